@@ -1,0 +1,191 @@
+//! The one place that calls the GEMM crate ([`faer`]). Everything else goes through [`gemm`].
+//!
+//! faer was chosen after measuring faer, `gemm`, `matrixmultiply` and OpenBLAS on the GRU shapes
+//! (large input projection, skinny per-step recurrent product, batch-8): faer is best or near-best
+//! on all of them, pure Rust, with runtime AVX2/AVX-512 dispatch (see `docs/gemm-choice.md`).
+
+use crate::float::Float;
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+
+/// A borrowed row-major matrix operand: `rows × cols` elements with row stride `ld`, optionally
+/// read transposed.
+#[derive(Clone, Copy, Debug)]
+pub struct Operand<'a, T> {
+    /// The storage.
+    pub data: &'a [T],
+    /// Row stride of the *stored* matrix.
+    pub ld: usize,
+    /// When true the stored matrix is the transpose of the operand.
+    pub transposed: bool,
+}
+
+impl<'a, T> Operand<'a, T> {
+    /// A plain row-major operand.
+    pub fn new(data: &'a [T], ld: usize) -> Self {
+        Operand {
+            data,
+            ld,
+            transposed: false,
+        }
+    }
+
+    /// The same storage, read transposed.
+    pub fn t(self) -> Self {
+        Operand {
+            transposed: !self.transposed,
+            ..self
+        }
+    }
+}
+
+/// `C (m × n, row stride ldc) = alpha · A (m × k) · B (k × n) [+ C if accumulate]`.
+///
+/// `threads` is the number of threads faer may use (1 = sequential, on the calling thread).
+/// Shapes are the caller's invariant (checked with `debug_assert!`): this is kernel code, fed only
+/// by validated layers.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn gemm<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: Operand<'_, T>,
+    b: Operand<'_, T>,
+    accumulate: bool,
+    c: &mut [T],
+    ldc: usize,
+    threads: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                c[i * ldc..i * ldc + n].fill(T::zero());
+            }
+        }
+        return;
+    }
+    T::gemm_raw(
+        m,
+        n,
+        k,
+        alpha,
+        a.data,
+        a.ld,
+        a.transposed,
+        b.data,
+        b.ld,
+        b.transposed,
+        accumulate,
+        c,
+        ldc,
+        threads,
+    );
+}
+
+fn span(rows: usize, cols: usize, ld: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * ld + cols
+    }
+}
+
+fn par(threads: usize) -> Par {
+    match std::num::NonZeroUsize::new(threads) {
+        Some(n) if threads > 1 => Par::Rayon(n),
+        _ => Par::Seq,
+    }
+}
+
+macro_rules! impl_float {
+    ($t:ty, $name:literal) => {
+        impl Float for $t {
+            const DTYPE: &'static str = $name;
+
+            #[inline]
+            fn of(x: f64) -> Self {
+                x as $t
+            }
+
+            #[inline]
+            fn f64(self) -> f64 {
+                self as f64
+            }
+
+            fn gemm_raw(
+                m: usize,
+                n: usize,
+                k: usize,
+                alpha: Self,
+                a: &[Self],
+                lda: usize,
+                ta: bool,
+                b: &[Self],
+                ldb: usize,
+                tb: bool,
+                accumulate: bool,
+                c: &mut [Self],
+                ldc: usize,
+                threads: usize,
+            ) {
+                let (ar, ac) = if ta { (k, m) } else { (m, k) };
+                let (br, bc) = if tb { (n, k) } else { (k, n) };
+                debug_assert!(a.len() >= span(ar, ac, lda));
+                debug_assert!(b.len() >= span(br, bc, ldb));
+                debug_assert!(c.len() >= span(m, n, ldc));
+                let a = MatRef::from_row_major_slice_with_stride(&a[..span(ar, ac, lda)], ar, ac, lda);
+                let b = MatRef::from_row_major_slice_with_stride(&b[..span(br, bc, ldb)], br, bc, ldb);
+                let a = if ta { a.transpose() } else { a };
+                let b = if tb { b.transpose() } else { b };
+                let clen = span(m, n, ldc);
+                let cm = MatMut::from_row_major_slice_with_stride_mut(&mut c[..clen], m, n, ldc);
+                let beta = if accumulate { Accum::Add } else { Accum::Replace };
+                matmul(cm, beta, a, b, alpha, par(threads));
+            }
+        }
+    };
+}
+
+impl_float!(f32, "float32");
+impl_float!(f64, "float64");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(m: usize, n: usize, k: usize, a: &[f64], b: &[f64]) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for p in 0..k {
+                    c[i * n + j] += a[i * k + p] * b[p * n + j];
+                }
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn gemm_matches_naive_in_all_transpositions() {
+        let (m, n, k) = (5, 7, 3);
+        let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.11).cos()).collect();
+        let want = naive(m, n, k, &a, &b);
+        let at: Vec<f64> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+        let bt: Vec<f64> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let ao = if ta { Operand::new(&at[..], m).t() } else { Operand::new(&a[..], k) };
+            let bo = if tb { Operand::new(&bt[..], k).t() } else { Operand::new(&b[..], n) };
+            let mut c = vec![1.0; m * n];
+            gemm(m, n, k, 1.0, ao, bo, true, &mut c, n, 1);
+            for (x, w) in c.iter().zip(&want) {
+                assert!((x - 1.0 - w).abs() < 1e-12, "ta={ta} tb={tb}");
+            }
+        }
+    }
+}

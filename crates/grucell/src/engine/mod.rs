@@ -1,0 +1,7 @@
+//! The fast path, free of Keras vocabulary: GEMM, fused gate kernels, vectorized math, scratch.
+
+pub mod gemm;
+pub mod gru;
+pub mod workspace;
+
+pub use gemm::{gemm, Operand};

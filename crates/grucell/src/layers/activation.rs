@@ -1,0 +1,544 @@
+//! Keras 3 activations by name, with their derivatives.
+//!
+//! Every element-wise activation of `keras.activations` is here, with Keras 3's definitions
+//! (notably `hard_sigmoid(x) = relu6(x + 3) / 6`, not TF-Keras 2's `0.2x + 0.5`), plus the row-wise
+//! `softmax` and `log_softmax` (over the last axis, as Keras does), which Dense layers often use.
+//! `glu` (halves the last axis), `sparsemax` and `threshold` (needs arguments) are rejected with
+//! an error that names them.
+
+use crate::error::ConfigError;
+use crate::float::Float;
+
+/// An activation function, named as Keras names it.
+///
+/// ```
+/// use grucell::Activation;
+/// let a = Activation::from_name("hard_sigmoid")?;
+/// assert!((a.apply(-1.0f32) - 1.0 / 3.0).abs() < 1e-7);
+/// assert_eq!(Activation::from_name("swish")?, Activation::Silu);
+/// assert!(Activation::from_name("Tanh").is_err()); // Keras names are exact
+/// # Ok::<(), grucell::ConfigError>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Activation {
+    /// `tanh x`
+    Tanh,
+    /// `1 / (1 + e^-x)`
+    Sigmoid,
+    /// `relu6(x + 3) / 6` (Keras 3)
+    HardSigmoid,
+    /// `max(x, 0)`
+    Relu,
+    /// `min(max(x, 0), 6)`
+    Relu6,
+    /// `x` if `x > 0` else `0.2 x`
+    LeakyRelu,
+    /// `x` if `x > 0` else `e^x − 1`
+    Elu,
+    /// `1.0507 · (x if x > 0 else 1.6733 (e^x − 1))`
+    Selu,
+    /// `max(x, 0) + expm1(min(x, 0))` (alpha 1)
+    Celu,
+    /// `log(1 + e^x)`
+    Softplus,
+    /// `x / (1 + |x|)`
+    Softsign,
+    /// `x · sigmoid(x)` (alias `swish`)
+    Silu,
+    /// `x · Φ(x)` (exact, erf form; Keras' default `approximate=False`)
+    Gelu,
+    /// `clip(x, −1, 1)`
+    HardTanh,
+    /// `x · hard_sigmoid(x)` (alias `hard_swish`)
+    HardSilu,
+    /// `e^x`
+    Exponential,
+    /// `x · tanh(softplus(x))`
+    Mish,
+    /// `−softplus(−x)`
+    LogSigmoid,
+    /// `x − tanh x`
+    TanhShrink,
+    /// `x` if `|x| > 0.5` else 0
+    HardShrink,
+    /// `x ∓ 0.5` outside `[−0.5, 0.5]`, else 0
+    SoftShrink,
+    /// 0 for `x ≤ −1`, `(x + 1)² / 4` for `x < 1`, else `x`
+    SparsePlus,
+    /// 0 for `x ≤ −1`, 1 for `x ≥ 1`, else `(x + 1) / 2`
+    SparseSigmoid,
+    /// `(x + sqrt(x² + 4)) / 2`
+    Squareplus,
+    /// `x` (Keras `linear` / `None`)
+    Linear,
+    /// Softmax over the last axis (row-wise).
+    Softmax,
+    /// Log-softmax over the last axis (row-wise).
+    LogSoftmax,
+}
+
+const SELU_ALPHA: f64 = 1.673_263_242_354_377_3;
+const SELU_SCALE: f64 = 1.050_700_987_355_480_5;
+
+const NAMES: &[(&str, Activation)] = &[
+    ("tanh", Activation::Tanh),
+    ("sigmoid", Activation::Sigmoid),
+    ("hard_sigmoid", Activation::HardSigmoid),
+    ("relu", Activation::Relu),
+    ("relu6", Activation::Relu6),
+    ("leaky_relu", Activation::LeakyRelu),
+    ("elu", Activation::Elu),
+    ("selu", Activation::Selu),
+    ("celu", Activation::Celu),
+    ("softplus", Activation::Softplus),
+    ("softsign", Activation::Softsign),
+    ("silu", Activation::Silu),
+    ("swish", Activation::Silu),
+    ("gelu", Activation::Gelu),
+    ("hard_tanh", Activation::HardTanh),
+    ("hard_silu", Activation::HardSilu),
+    ("hard_swish", Activation::HardSilu),
+    ("exponential", Activation::Exponential),
+    ("mish", Activation::Mish),
+    ("log_sigmoid", Activation::LogSigmoid),
+    ("tanh_shrink", Activation::TanhShrink),
+    ("hard_shrink", Activation::HardShrink),
+    ("soft_shrink", Activation::SoftShrink),
+    ("sparse_plus", Activation::SparsePlus),
+    ("sparse_sigmoid", Activation::SparseSigmoid),
+    ("squareplus", Activation::Squareplus),
+    ("linear", Activation::Linear),
+    ("softmax", Activation::Softmax),
+    ("log_softmax", Activation::LogSoftmax),
+];
+
+#[inline]
+fn sigmoid<T: Float>(x: T) -> T {
+    // Stable for both signs: never evaluates exp of a large positive number.
+    if x >= T::zero() {
+        T::one() / (T::one() + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (T::one() + e)
+    }
+}
+
+#[inline]
+fn softplus<T: Float>(x: T) -> T {
+    // log(1 + e^x) = max(x, 0) + log1p(e^-|x|)
+    x.max(T::zero()) + (-x.abs()).exp().ln_1p()
+}
+
+#[inline]
+fn erf<T: Float>(x: T) -> T {
+    T::of(libm::erf(x.f64()))
+}
+
+impl Activation {
+    /// Looks up a Keras activation name (exact, lower case, as Keras' dictionary). `None` in a
+    /// Keras config means `linear`; pass `"linear"`.
+    pub fn from_name(name: &str) -> Result<Self, ConfigError> {
+        if let Some((_, a)) = NAMES.iter().find(|(n, _)| *n == name) {
+            return Ok(*a);
+        }
+        match name {
+            "glu" | "sparsemax" | "threshold" => Err(ConfigError::unsupported(
+                "activation",
+                format!("`{name}` is not supported by grucell (it is not element-wise or needs arguments)"),
+            )),
+            _ => Err(ConfigError::UnknownName {
+                kind: "activation",
+                name: name.to_string(),
+                known: NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+            }),
+        }
+    }
+
+    /// The canonical Keras name (`swish` → `silu`, as Keras serializes it).
+    pub fn name(self) -> &'static str {
+        NAMES
+            .iter()
+            .find(|(_, a)| *a == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("linear")
+    }
+
+    /// Every supported activation, once each.
+    pub fn all() -> impl Iterator<Item = Activation> {
+        NAMES
+            .iter()
+            .filter(|(n, _)| *n != "swish" && *n != "hard_swish")
+            .map(|(_, a)| *a)
+    }
+
+    /// True for activations that act on each element alone (all but softmax / log_softmax).
+    pub fn is_elementwise(self) -> bool {
+        !matches!(self, Activation::Softmax | Activation::LogSoftmax)
+    }
+
+    /// True when the derivative cannot be computed from the output alone, so training must keep
+    /// the pre-activation.
+    pub fn grad_needs_input(self) -> bool {
+        use Activation::*;
+        matches!(
+            self,
+            Silu | Gelu | HardSilu | Mish | TanhShrink | HardShrink | SoftShrink | SparsePlus
+                | Squareplus | Softsign | Celu | LogSigmoid
+        )
+    }
+
+    /// Applies an element-wise activation to one value. Row-wise activations (softmax,
+    /// log_softmax) applied to a single value see a row of length one.
+    #[inline]
+    pub fn apply<T: Float>(self, x: T) -> T {
+        use Activation::*;
+        let zero = T::zero();
+        let one = T::one();
+        match self {
+            Tanh => x.tanh(),
+            Sigmoid => sigmoid(x),
+            HardSigmoid => ((x + T::of(3.0)).max(zero).min(T::of(6.0))) / T::of(6.0),
+            Relu => x.max(zero),
+            Relu6 => x.max(zero).min(T::of(6.0)),
+            LeakyRelu => {
+                if x > zero {
+                    x
+                } else {
+                    T::of(0.2) * x
+                }
+            }
+            Elu => {
+                if x > zero {
+                    x
+                } else {
+                    x.exp_m1()
+                }
+            }
+            Selu => {
+                if x > zero {
+                    T::of(SELU_SCALE) * x
+                } else {
+                    T::of(SELU_SCALE * SELU_ALPHA) * x.exp_m1()
+                }
+            }
+            Celu => x.max(zero) + x.min(zero).exp_m1(),
+            Softplus => softplus(x),
+            Softsign => x / (one + x.abs()),
+            Silu => x * sigmoid(x),
+            Gelu => T::of(0.5) * x * (one + erf(x / T::of(std::f64::consts::SQRT_2))),
+            HardTanh => x.max(-one).min(one),
+            HardSilu => x * HardSigmoid.apply(x),
+            Exponential => x.exp(),
+            Mish => x * softplus(x).tanh(),
+            LogSigmoid => -softplus(-x),
+            TanhShrink => x - x.tanh(),
+            HardShrink => {
+                if x.abs() > T::of(0.5) {
+                    x
+                } else {
+                    zero
+                }
+            }
+            SoftShrink => {
+                let t = T::of(0.5);
+                if x > t {
+                    x - t
+                } else if x < -t {
+                    x + t
+                } else {
+                    zero
+                }
+            }
+            SparsePlus => {
+                if x <= -one {
+                    zero
+                } else if x < one {
+                    T::of(0.25) * (x + one) * (x + one)
+                } else {
+                    x
+                }
+            }
+            SparseSigmoid => {
+                if x <= -one {
+                    zero
+                } else if x >= one {
+                    one
+                } else {
+                    T::of(0.5) * (x + one)
+                }
+            }
+            Squareplus => (x + (x * x + T::of(4.0)).sqrt()) / T::of(2.0),
+            Linear => x,
+            Softmax => one,
+            LogSoftmax => zero,
+        }
+    }
+
+    /// Derivative `f'(x)` of an element-wise activation, given the input `x` and the output
+    /// `y = f(x)`. Where the derivative jumps, the value TensorFlow's gradient gives is used.
+    #[inline]
+    pub fn derivative<T: Float>(self, x: T, y: T) -> T {
+        use Activation::*;
+        let zero = T::zero();
+        let one = T::one();
+        match self {
+            Tanh => one - y * y,
+            Sigmoid => y * (one - y),
+            HardSigmoid => {
+                if x > T::of(-3.0) && x < T::of(3.0) {
+                    T::of(1.0 / 6.0)
+                } else {
+                    zero
+                }
+            }
+            Relu => {
+                if x > zero {
+                    one
+                } else {
+                    zero
+                }
+            }
+            Relu6 => {
+                if x > zero && x < T::of(6.0) {
+                    one
+                } else {
+                    zero
+                }
+            }
+            LeakyRelu => {
+                if x > zero {
+                    one
+                } else {
+                    T::of(0.2)
+                }
+            }
+            Elu => {
+                if x > zero {
+                    one
+                } else {
+                    y + one
+                }
+            }
+            Selu => {
+                if x > zero {
+                    T::of(SELU_SCALE)
+                } else {
+                    y + T::of(SELU_SCALE * SELU_ALPHA)
+                }
+            }
+            Celu => {
+                if x > zero {
+                    one
+                } else {
+                    x.exp()
+                }
+            }
+            Softplus => sigmoid(x),
+            Softsign => {
+                let d = one + x.abs();
+                one / (d * d)
+            }
+            Silu => {
+                let s = sigmoid(x);
+                s + x * s * (one - s)
+            }
+            Gelu => {
+                let cdf = T::of(0.5) * (one + erf(x / T::of(std::f64::consts::SQRT_2)));
+                let pdf = (-(x * x) / T::of(2.0)).exp() / T::of((2.0 * std::f64::consts::PI).sqrt());
+                cdf + x * pdf
+            }
+            HardTanh => {
+                if x >= -one && x <= one {
+                    one
+                } else {
+                    zero
+                }
+            }
+            HardSilu => {
+                let hs = HardSigmoid.apply(x);
+                hs + x * HardSigmoid.derivative(x, hs)
+            }
+            Exponential => y,
+            Mish => {
+                let sp = softplus(x);
+                let t = sp.tanh();
+                t + x * (one - t * t) * sigmoid(x)
+            }
+            LogSigmoid => sigmoid(-x),
+            TanhShrink => {
+                let t = x.tanh();
+                t * t
+            }
+            HardShrink => {
+                if x.abs() > T::of(0.5) {
+                    one
+                } else {
+                    zero
+                }
+            }
+            SoftShrink => {
+                if x.abs() > T::of(0.5) {
+                    one
+                } else {
+                    zero
+                }
+            }
+            SparsePlus => {
+                if x <= -one {
+                    zero
+                } else if x < one {
+                    T::of(0.5) * (x + one)
+                } else {
+                    one
+                }
+            }
+            SparseSigmoid => {
+                if x > -one && x < one {
+                    T::of(0.5)
+                } else {
+                    zero
+                }
+            }
+            Squareplus => T::of(0.5) * (one + x / (x * x + T::of(4.0)).sqrt()),
+            Linear => one,
+            // Row-wise: a row of length one has a constant output.
+            Softmax | LogSoftmax => zero,
+        }
+    }
+
+    /// Applies the activation in place to one row (the last axis). Element-wise activations
+    /// treat the row element by element.
+    pub fn apply_row<T: Float>(self, row: &mut [T]) {
+        match self {
+            Activation::Softmax | Activation::LogSoftmax => {
+                let m = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+                let m = if m.is_finite() { m } else { T::zero() };
+                let mut s = T::zero();
+                for v in row.iter() {
+                    s += (*v - m).exp();
+                }
+                if self == Activation::Softmax {
+                    for v in row.iter_mut() {
+                        *v = (*v - m).exp() / s;
+                    }
+                } else {
+                    let ls = s.ln();
+                    for v in row.iter_mut() {
+                        *v = *v - m - ls;
+                    }
+                }
+            }
+            _ => {
+                for v in row.iter_mut() {
+                    *v = self.apply(*v);
+                }
+            }
+        }
+    }
+
+    /// Backward through one row: given the input row `x`, the output row `y` and the upstream
+    /// gradient `dy`, writes `dx` (`dx = J(x)ᵀ dy`).
+    pub fn backward_row<T: Float>(self, x: &[T], y: &[T], dy: &[T], dx: &mut [T]) {
+        match self {
+            Activation::Softmax => {
+                let dot: T = y.iter().zip(dy).map(|(&a, &b)| a * b).sum();
+                for ((d, &yi), &g) in dx.iter_mut().zip(y).zip(dy) {
+                    *d = yi * (g - dot);
+                }
+            }
+            Activation::LogSoftmax => {
+                let s: T = dy.iter().copied().sum();
+                for ((d, &yi), &g) in dx.iter_mut().zip(y).zip(dy) {
+                    *d = g - yi.exp() * s;
+                }
+            }
+            _ => {
+                for (((d, &xi), &yi), &g) in dx.iter_mut().zip(x).zip(y).zip(dy) {
+                    *d = g * self.derivative(xi, yi);
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Activation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Activation {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Activation::from_name(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for a in Activation::all() {
+            assert_eq!(Activation::from_name(a.name()).unwrap(), a);
+        }
+        assert!(matches!(
+            Activation::from_name("nope"),
+            Err(ConfigError::UnknownName { .. })
+        ));
+        assert!(matches!(
+            Activation::from_name("glu"),
+            Err(ConfigError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn derivatives_match_central_differences() {
+        for a in Activation::all().filter(|a| a.is_elementwise()) {
+            for i in -80..=80 {
+                let x = i as f64 * 0.0625 + 0.013; // avoid the kinks exactly
+                let h = 1e-6;
+                let num = (a.apply(x + h) - a.apply(x - h)) / (2.0 * h);
+                let ana = a.derivative(x, a.apply(x));
+                assert!(
+                    (num - ana).abs() < 1e-5 * (1.0 + num.abs()),
+                    "{a} at {x}: numeric {num} analytic {ana}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rowwise_backward_matches_central_differences() {
+        for a in [Activation::Softmax, Activation::LogSoftmax] {
+            let x = [0.3f64, -1.2, 2.0, 0.1];
+            let dy = [0.5f64, -0.25, 1.0, 0.75];
+            let mut y = x;
+            a.apply_row(&mut y);
+            let mut dx = [0.0; 4];
+            a.backward_row(&x, &y, &dy, &mut dx);
+            for k in 0..4 {
+                let h = 1e-6;
+                let (mut p, mut m) = (x, x);
+                p[k] += h;
+                m[k] -= h;
+                a.apply_row(&mut p);
+                a.apply_row(&mut m);
+                let num: f64 = (0..4).map(|j| dy[j] * (p[j] - m[j]) / (2.0 * h)).sum();
+                assert!((num - dx[k]).abs() < 1e-6, "{a} component {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn extremes_are_finite() {
+        for a in Activation::all().filter(|a| *a != Activation::Exponential) {
+            for x in [-1e30f32, -88.0, -20.0, 20.0, 88.0, 1e30] {
+                let y = a.apply(x);
+                assert!(!y.is_nan(), "{a}({x}) = NaN");
+                assert!(!a.derivative(x, y).is_nan(), "{a}'({x}) = NaN");
+            }
+        }
+    }
+}

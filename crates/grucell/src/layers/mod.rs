@@ -1,0 +1,12 @@
+//! Keras semantics: cells, layers, activations, initializers, regularizers, constraints, models.
+
+pub mod activation;
+pub mod bidirectional;
+pub mod constraint;
+pub mod dense;
+pub mod gru_cell;
+pub mod initializer;
+pub mod keras_json;
+pub mod model;
+pub mod regularizer;
+pub mod rnn;
