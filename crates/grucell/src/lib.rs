@@ -7,7 +7,7 @@
 //!
 //! The seed example of the Keras documentation:
 //!
-//! ```ignore
+//! ```
 //! use grucell::{GruCellConfig, Rnn, Tensor};
 //!
 //! // inputs <- k_random_uniform(c(32, 10, 8))
@@ -39,9 +39,9 @@ pub mod train;
 pub use error::{ConfigError, Error, FormatError, Result, ShapeError, TrainError};
 pub use float::Float;
 pub use layers::activation::Activation;
-// pub use layers::constraint::Constraint;
-// pub use layers::gru_cell::{GruCell, GruCellConfig};
-// pub use layers::initializer::Initializer;
-// pub use layers::regularizer::Regularizer;
-// pub use layers::rnn::{Rnn, RnnOutput};
+pub use layers::constraint::Constraint;
+pub use layers::gru_cell::{GruCell, GruCellConfig};
+pub use layers::initializer::Initializer;
+pub use layers::regularizer::Regularizer;
+pub use layers::rnn::{Mask, Rnn, RnnKind, RnnOutput, RnnStream};
 pub use tensor::Tensor;

@@ -143,7 +143,11 @@ macro_rules! impl_float {
                 let a = if ta { a.transpose() } else { a };
                 let b = if tb { b.transpose() } else { b };
                 let clen = span(m, n, ldc);
-                let cm = MatMut::from_row_major_slice_with_stride_mut(&mut c[..clen], m, n, ldc);
+                // Not `MatMut::from_row_major_slice_with_stride_mut`: in faer 0.24.4 it builds a
+                // column-major view (row stride 1, column stride `row_stride`), which writes the
+                // wrong elements. A column-major view of the transpose is the row-major matrix.
+                let cm = MatMut::from_column_major_slice_with_stride_mut(&mut c[..clen], n, m, ldc)
+                    .transpose_mut();
                 let beta = if accumulate { Accum::Add } else { Accum::Replace };
                 matmul(cm, beta, a, b, alpha, par(threads));
             }

@@ -1,1 +1,338 @@
-//! (being written)
+//! The GRU kernels: a whole sequence (inference or training forward) and single steps.
+//!
+//! Shape of the computation (see ARCHITECTURE.md and `docs/engine.md`):
+//! 1. one GEMM projects the inputs of every time step, `XP = X · W + b` (`(B·T) × 3u`), with the
+//!    recurrent z/r biases pre-summed into it;
+//! 2. per step one GEMM `h · U` into a preallocated `(B, 3u)` buffer (`reset_after = false` needs a
+//!    second, `(r ⊙ h) · U_h`, after the gates);
+//! 3. one fused pass per batch row computes the gates and the new state, applies the mask and
+//!    writes the outputs.
+//!
+//! Rows of `XP` and of the training trace are indexed `b·T + t` with `t` the *input* time index,
+//! so the weight/input gradients after the loop are single GEMMs against `X` as given.
+
+use super::gemm::{gemm, Operand};
+use super::workspace::{grow, GruWorkspace};
+use crate::float::Float;
+use crate::layers::activation::Activation;
+
+/// Borrowed GRU weights in Keras layout, free of Keras vocabulary otherwise.
+#[derive(Clone, Copy, Debug)]
+pub struct GruParams<'a, T> {
+    /// `(input_dim, 3u)`, gate blocks z, r, h.
+    pub kernel: &'a [T],
+    /// `(u, 3u)`.
+    pub recurrent: &'a [T],
+    /// Bias added to the input projection `(3u)`: Keras' input bias, plus (reset_after) the
+    /// recurrent z and r biases, pre-summed once by the layer. `None` = no bias.
+    pub xp_bias: Option<&'a [T]>,
+    /// Recurrent candidate bias `b_rh` `(u)` (reset_after only: it sits inside `r ⊙ (…)`).
+    pub hh_bias: Option<&'a [T]>,
+    /// Input feature count.
+    pub input_dim: usize,
+    /// Units `u`.
+    pub units: usize,
+    /// Keras `reset_after`.
+    pub reset_after: bool,
+    /// Candidate activation φ.
+    pub activation: Activation,
+    /// Gate activation σ.
+    pub recurrent_activation: Activation,
+}
+
+/// How a sequence is walked.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SequenceOptions<'a> {
+    /// `(B, T)` in input time order; `false` = masked step.
+    pub mask: Option<&'a [bool]>,
+    /// Walk time backwards; the output sequence stays in processing order (as Keras).
+    pub go_backwards: bool,
+    /// Masked steps output zeros instead of the previous output.
+    pub zero_output_for_mask: bool,
+    /// Threads the GEMMs may use.
+    pub threads: usize,
+}
+
+/// Where a sequence's results go. All buffers are caller-owned.
+#[derive(Debug)]
+pub struct SequenceOutputs<'a, T> {
+    /// `(B, T, u)` output at each processing step, or `None` when only the last is needed.
+    pub sequence: Option<&'a mut [T]>,
+    /// `(B, u)` output of the final step.
+    pub last_output: &'a mut [T],
+    /// `(B, u)` final state.
+    pub state: &'a mut [T],
+}
+
+/// What the training forward keeps for the backward pass. Rows are indexed `b·T + t`
+/// (`t` = input time index).
+#[derive(Debug, Default, Clone)]
+pub struct GruTrace<T> {
+    /// Post-activation gates `(B·T, 3u)`: z, r, ĥ.
+    pub gates: Vec<T>,
+    /// Pre-activation gates `(B·T, 3u)`, kept only when an activation's derivative needs them.
+    pub pre: Vec<T>,
+    /// `(B·T, u)`: `h·U_h + b_rh` (reset_after) or `r ⊙ h_prev` (reset_after = false).
+    pub hn: Vec<T>,
+    /// State before each step `(B·T, u)`.
+    pub h_prev: Vec<T>,
+    /// Whether `pre` is filled.
+    pub has_pre: bool,
+}
+
+impl<T: Float> GruTrace<T> {
+    fn prepare(&mut self, rows: usize, units: usize, keep_pre: bool) {
+        grow(&mut self.gates, rows * 3 * units);
+        grow(&mut self.hn, rows * units);
+        grow(&mut self.h_prev, rows * units);
+        self.has_pre = keep_pre;
+        if keep_pre {
+            grow(&mut self.pre, rows * 3 * units);
+        }
+    }
+}
+
+#[inline]
+fn sigmoid<T: Float>(x: T) -> T {
+    if x >= T::zero() {
+        T::one() / (T::one() + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (T::one() + e)
+    }
+}
+
+/// Applies an activation to one contiguous gate block with a tight loop for the common cases.
+#[inline]
+pub(crate) fn activate<T: Float>(a: Activation, v: &mut [T]) {
+    match a {
+        Activation::Sigmoid => v.iter_mut().for_each(|x| *x = sigmoid(*x)),
+        Activation::Tanh => v.iter_mut().for_each(|x| *x = x.tanh()),
+        Activation::Linear => {}
+        _ => a.apply_row(v),
+    }
+}
+
+/// `XP[(b·T+t)] = x[b, t] · W + b_in (+ b_rec for z, r when reset_after)` for every row.
+pub fn project_inputs<T: Float>(p: &GruParams<T>, x: &[T], rows: usize, xp: &mut [T], threads: usize) {
+    let g = 3 * p.units;
+    gemm(
+        rows,
+        g,
+        p.input_dim,
+        T::one(),
+        Operand::new(x, p.input_dim),
+        Operand::new(p.kernel, g),
+        false,
+        xp,
+        g,
+        threads,
+    );
+    if let Some(bias) = p.xp_bias {
+        for row in xp[..rows * g].chunks_exact_mut(g) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += *b;
+            }
+        }
+    }
+}
+
+/// One recurrent step for every batch row, given the rows' input projections.
+///
+/// `xp_row(b)` gives the offset of row `b`'s projection in `xp`. `h` is the state `(B, u)` and is
+/// left untouched; the candidate new state goes to `h_new`. `hu` is `(B, 3u)` scratch, `tmp`
+/// `(B, u)` scratch. When `keep` is given, gates (post and optionally pre-activation) and `hn` of
+/// row `b` are written at `keep.row(b)`.
+#[allow(clippy::too_many_arguments)]
+fn step_rows<T: Float>(
+    p: &GruParams<T>,
+    batch: usize,
+    xp: &[T],
+    xp_row: impl Fn(usize) -> usize,
+    h: &[T],
+    h_new: &mut [T],
+    hu: &mut [T],
+    tmp: &mut [T],
+    threads: usize,
+    mut keep: Option<(&mut GruTrace<T>, &dyn Fn(usize) -> usize)>,
+) {
+    let u = p.units;
+    let g = 3 * u;
+    let u2 = 2 * u;
+    if p.reset_after {
+        gemm(batch, g, u, T::one(), Operand::new(h, u), Operand::new(p.recurrent, g), false, hu, g, threads);
+    } else {
+        gemm(batch, u2, u, T::one(), Operand::new(h, u), Operand::new(p.recurrent, g), false, hu, g, threads);
+    }
+    // Gates z and r (and for reset_after the candidate too) row by row.
+    for b in 0..batch {
+        let x = &xp[xp_row(b)..xp_row(b) + g];
+        let hr = &mut hu[b * g..(b + 1) * g];
+        for (v, xv) in hr[..u2].iter_mut().zip(&x[..u2]) {
+            *v += *xv;
+        }
+        if let Some((tr, row)) = keep.as_mut() {
+            if tr.has_pre {
+                let o = row(b) * g;
+                tr.pre[o..o + u2].copy_from_slice(&hr[..u2]);
+            }
+        }
+        activate(p.recurrent_activation, &mut hr[..u]);
+        activate(p.recurrent_activation, &mut hr[u..u2]);
+        let hb = &h[b * u..(b + 1) * u];
+        if p.reset_after {
+            let (zr, cand) = hr.split_at_mut(u2);
+            let r = &zr[u..u2];
+            if let Some(br) = p.hh_bias {
+                for (c, bv) in cand.iter_mut().zip(br) {
+                    *c += *bv;
+                }
+            }
+            if let Some((tr, row)) = keep.as_mut() {
+                let o = row(b) * u;
+                tr.hn[o..o + u].copy_from_slice(cand);
+            }
+            for ((c, rv), xv) in cand.iter_mut().zip(r).zip(&x[u2..g]) {
+                *c = *xv + *rv * *c;
+            }
+        } else {
+            let tb = &mut tmp[b * u..(b + 1) * u];
+            for ((t, rv), hv) in tb.iter_mut().zip(&hr[u..u2]).zip(hb) {
+                *t = *rv * *hv;
+            }
+            if let Some((tr, row)) = keep.as_mut() {
+                let o = row(b) * u;
+                tr.hn[o..o + u].copy_from_slice(tb);
+            }
+        }
+    }
+    if !p.reset_after {
+        gemm(
+            batch,
+            u,
+            u,
+            T::one(),
+            Operand::new(tmp, u),
+            Operand::new(&p.recurrent[u2..], g),
+            false,
+            &mut hu[u2..],
+            g,
+            threads,
+        );
+        for b in 0..batch {
+            let x = &xp[xp_row(b) + u2..xp_row(b) + g];
+            for (c, xv) in hu[b * g + u2..(b + 1) * g].iter_mut().zip(x) {
+                *c += *xv;
+            }
+        }
+    }
+    // Candidate activation and the blend h' = z ⊙ h + (1 − z) ⊙ ĥ.
+    for b in 0..batch {
+        let hr = &mut hu[b * g..(b + 1) * g];
+        if let Some((tr, row)) = keep.as_mut() {
+            if tr.has_pre {
+                let o = row(b) * g;
+                tr.pre[o + u2..o + g].copy_from_slice(&hr[u2..g]);
+            }
+        }
+        activate(p.activation, &mut hr[u2..g]);
+        if let Some((tr, row)) = keep.as_mut() {
+            let o = row(b) * g;
+            tr.gates[o..o + g].copy_from_slice(hr);
+        }
+        let hb = &h[b * u..(b + 1) * u];
+        let nb = &mut h_new[b * u..(b + 1) * u];
+        let (z, rest) = hr.split_at(u);
+        let cand = &rest[u..];
+        for (((n, zv), hv), cv) in nb.iter_mut().zip(z).zip(hb).zip(cand) {
+            // Keras: z * h + (1 - z) * hh
+            *n = *zv * *hv + (T::one() - *zv) * *cv;
+        }
+    }
+}
+
+/// Runs a GRU over a whole sequence `x` `(B, T, D)`.
+///
+/// With `trace`, keeps what the backward pass needs. Buffers in `out` must have the documented
+/// sizes; callers (the layers) validate user shapes before calling.
+#[allow(clippy::too_many_arguments)]
+pub fn gru_sequence<T: Float>(
+    p: &GruParams<T>,
+    x: &[T],
+    batch: usize,
+    time: usize,
+    h0: Option<&[T]>,
+    opts: SequenceOptions<'_>,
+    out: SequenceOutputs<'_, T>,
+    ws: &mut GruWorkspace<T>,
+    mut trace: Option<&mut GruTrace<T>>,
+) {
+    let u = p.units;
+    let g = 3 * u;
+    let rows = batch * time;
+    ws.reserve(batch, time, u);
+    project_inputs(p, x, rows, &mut ws.xp, opts.threads);
+    match h0 {
+        Some(h0) => ws.h[..batch * u].copy_from_slice(&h0[..batch * u]),
+        None => ws.h[..batch * u].fill(T::zero()),
+    }
+    out.last_output[..batch * u].fill(T::zero());
+    if let Some(tr) = trace.as_deref_mut() {
+        let keep_pre = p.activation.grad_needs_input() || p.recurrent_activation.grad_needs_input();
+        tr.prepare(rows, u, keep_pre);
+    }
+    let mut sequence = out.sequence;
+    let GruWorkspace { xp, hu, h, tmp, h2, .. } = ws;
+    for k in 0..time {
+        let t = if opts.go_backwards { time - 1 - k } else { k };
+        let xp_row = |b: usize| (b * time + t) * g;
+        if let Some(tr) = trace.as_deref_mut() {
+            for b in 0..batch {
+                let o = (b * time + t) * u;
+                tr.h_prev[o..o + u].copy_from_slice(&h[b * u..(b + 1) * u]);
+            }
+        }
+        let row_of = |b: usize| b * time + t;
+        step_rows(
+            p,
+            batch,
+            xp,
+            xp_row,
+            &h[..batch * u],
+            &mut h2[..batch * u],
+            hu,
+            tmp,
+            opts.threads,
+            trace.as_deref_mut().map(|tr| (tr, &row_of as &dyn Fn(usize) -> usize)),
+        );
+        for b in 0..batch {
+            let valid = opts.mask.is_none_or(|m| m[b * time + t]);
+            let hb = &mut h[b * u..(b + 1) * u];
+            let lo = &mut out.last_output[b * u..(b + 1) * u];
+            if valid {
+                hb.copy_from_slice(&h2[b * u..(b + 1) * u]);
+                lo.copy_from_slice(hb);
+            } else if opts.zero_output_for_mask {
+                lo.fill(T::zero());
+            }
+            if let Some(seq) = sequence.as_deref_mut() {
+                let o = (b * time + k) * u;
+                seq[o..o + u].copy_from_slice(lo);
+            }
+        }
+    }
+    out.state[..batch * u].copy_from_slice(&h[..batch * u]);
+}
+
+/// One time step for a batch: `x_t` `(B, D)`, state `h` `(B, u)` updated in place.
+///
+/// Allocation-free once `ws` has seen this batch size.
+pub fn gru_step<T: Float>(p: &GruParams<T>, x_t: &[T], batch: usize, h: &mut [T], ws: &mut GruWorkspace<T>, threads: usize) {
+    let u = p.units;
+    let g = 3 * u;
+    ws.reserve(batch, 1, u);
+    project_inputs(p, x_t, batch, &mut ws.xp, threads);
+    let GruWorkspace { xp, hu, tmp, h2, .. } = ws;
+    step_rows(p, batch, xp, |b| b * g, &h[..batch * u], &mut h2[..batch * u], hu, tmp, threads, None);
+    h[..batch * u].copy_from_slice(&h2[..batch * u]);
+}

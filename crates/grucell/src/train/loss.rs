@@ -1,1 +1,1081 @@
-//! (being written)
+//! Keras 3 losses with their gradients, computed the way Keras 3.15.1 on TensorFlow 2.21 does.
+//!
+//! Every loss follows Keras' two stages:
+//!
+//! 1. a per-sample value `L_r` for each row `r` of the leading axes (the last axis is reduced:
+//!    the *mean* over it for the regression losses and binary crossentropy, the crossentropy *sum*
+//!    over classes for the categorical ones);
+//! 2. the default reduction `"sum_over_batch_size"`: `loss = Σ_r w_r · L_r / R`, where `R` is the
+//!    number of rows (all leading axes, e.g. `batch · time` for sequence outputs) and `w_r` the
+//!    optional sample weight (1 when absent). The divisor is `R` whether or not there are
+//!    weights (Keras' `"mean"` is the same; `"mean_with_sample_weight"` is not supported).
+//!
+//! Gradients are those TensorFlow's autodiff produces for Keras' graph, including its quirks:
+//! crossentropies on probabilities clip with the backend epsilon `ε = 1e-7`, and the clip passes
+//! no gradient for values strictly outside `[ε, 1 − ε]` (values exactly on a bound still get one,
+//! as `tf.clip_by_value` is `maximum(minimum(x, hi), lo)`); the fused softmax crossentropy kernels
+//! return `softmax − labels` whatever the labels sum to. Constants are rounded to `T` where
+//! TensorFlow rounds them (e.g. `1 − ε` is the `f32` nearest to `0.9999999`).
+//!
+//! Note for callers: in a compiled TensorFlow graph, Keras hands the crossentropies the *logits*
+//! when `y_pred` comes straight out of a `softmax`/`sigmoid` op (`_get_logits`), so
+//! `Dense(activation = "softmax")` + `categorical_crossentropy` trains through the
+//! `from_logits = true` formula (no clipping). Use [`Loss::with_logits`] for that case.
+
+use crate::error::{ConfigError, ShapeError};
+use crate::float::Float;
+use crate::layers::keras_json::{get_bool, get_f64};
+use serde_json::{json, Map, Value};
+
+/// Keras' backend epsilon (`keras.config.epsilon()`), the clip margin of the crossentropies.
+pub const EPSILON: f64 = 1e-7;
+
+/// A Keras loss with the default reduction (`"sum_over_batch_size"`).
+///
+/// ```
+/// use grucell::train::loss::Loss;
+///
+/// let loss = Loss::from_name("mse")?;
+/// // two samples, two outputs each
+/// let y_true = [0.0f32, 1.0, 1.0, 0.0];
+/// let y_pred = [0.5f32, 1.0, 1.0, 1.0];
+/// let mut grad = [0.0f32; 4];
+/// let value = loss.value_and_grad(&y_true, &y_pred, &[2, 2], None, &mut grad)?;
+/// assert!((value - 0.3125).abs() < 1e-7); // mean over outputs, then over samples
+/// assert_eq!(grad, [0.25, 0.0, 0.0, 0.5]); // 2 · (y_pred − y_true) / 4
+/// # Ok::<(), grucell::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Loss {
+    /// `L_r = mean_i (t_i − p_i)²` (`"mse"`, `keras.losses.MeanSquaredError`).
+    ///
+    /// Gradient: `∂/∂p_i = −g · ((t_i − p_i) · 2)` with `g = w_r / R / C`.
+    MeanSquaredError,
+    /// `L_r = mean_i |t_i − p_i|` (`"mae"`). Gradient `−g · sign(t_i − p_i)`, 0 where equal.
+    MeanAbsoluteError,
+    /// With `x = p − t`: `L_r = mean_i (½x² if |x| ≤ δ else δ|x| − ½δ²)` (`keras.losses.Huber`).
+    ///
+    /// Gradient `g · x` inside, `g · δ · sign(x)` outside. Keras' `Huber.get_config` omits
+    /// `delta`, so a Keras-saved Huber loss reloads (in Keras and here) with `delta = 1`.
+    Huber {
+        /// The switch point δ between the quadratic and the linear branch (Keras default 1.0).
+        delta: f64,
+    },
+    /// With `x = p − t`: `L_r = mean_i (x + softplus(−2x) − log 2)` (`keras.losses.LogCosh`).
+    ///
+    /// `softplus` is TensorFlow's (`z` above `−ln(ε_T) − 2`, `eᶻ` below `ln(ε_T) + 2`,
+    /// `log1p(eᶻ)` between, `ε_T` the machine epsilon); `log 2` is the `f32` value even for `f64`
+    /// (Keras computes `ops.log(2.0)` in float32). Gradient `g + g/(e^{2x} + 1) · (−2)`.
+    LogCosh,
+    /// Binary crossentropy, the mean over the last axis (`"bce"`, `"binary_crossentropy"`).
+    ///
+    /// Labels are first smoothed when `label_smoothing = s ≠ 0`: `t ← t(1 − s) + s/2`.
+    /// From probabilities: `o = clip(p, ε, 1 − ε)`, `L_r = mean_i −(t log o + (1 − t) log(1 − o))`,
+    /// gradient `−g (t/o − (1 − t)/(1 − o))` where `p` is inside the clip range, else 0.
+    /// From logits `z`: `L_r = mean_i (max(z, 0) − z t + log1p(e^{−|z|}))`, gradient
+    /// `g (σ(z) − t)` (as TensorFlow's composite op differentiates it).
+    BinaryCrossentropy {
+        /// `y_pred` holds logits rather than probabilities.
+        from_logits: bool,
+        /// Smoothing `s` in `[0, 1]` (0 = none).
+        label_smoothing: f64,
+    },
+    /// Categorical crossentropy over the last axis (one-hot `y_true`).
+    ///
+    /// Labels are smoothed when `s ≠ 0`: `t ← t(1 − s) + s/C`.
+    /// From probabilities: `q = p / Σp` (rows are renormalized), `o = clip(q, ε, 1 − ε)`,
+    /// `L_r = −Σ_i t_i log o_i`; the gradient goes back through the clip mask and the
+    /// normalization: `∂/∂p_j = d_j/S − Σ_i d_i p_i/S²` with `d_i = −g t_i/o_i` (0 where clipped).
+    /// From logits: `L_r = Σ_i t_i (logΣe^{z} − z_i)`, gradient `g (softmax(z)_i − t_i)`.
+    /// Here `g = w_r / R` (no mean over classes).
+    CategoricalCrossentropy {
+        /// `y_pred` holds logits rather than probabilities.
+        from_logits: bool,
+        /// Smoothing `s` in `[0, 1]` (0 = none).
+        label_smoothing: f64,
+    },
+    /// Categorical crossentropy with integer labels (given as floats, one per row).
+    ///
+    /// From probabilities: `z = log clip(p, ε, 1 − ε)`, then as from logits:
+    /// `L_r = logΣe^{z} − z_label`, gradient w.r.t. `z`: `g (softmax(z) − onehot)`, carried back
+    /// to `p` as `· 1/clip(p)` where `p` is inside the clip range, else 0.
+    SparseCategoricalCrossentropy {
+        /// `y_pred` holds logits rather than probabilities.
+        from_logits: bool,
+    },
+}
+
+/// Names Keras' `keras.losses.get` knows but grucell does not implement.
+const KERAS_UNSUPPORTED: &[&str] = &[
+    "KLDivergence",
+    "Poisson",
+    "BinaryFocalCrossentropy",
+    "CategoricalFocalCrossentropy",
+    "MeanAbsolutePercentageError",
+    "MeanSquaredLogarithmicError",
+    "CosineSimilarity",
+    "Hinge",
+    "SquaredHinge",
+    "CategoricalHinge",
+    "Dice",
+    "Tversky",
+    "Circle",
+    "CTC",
+    "CategoricalGeneralizedCrossEntropy",
+    "kl_divergence",
+    "poisson",
+    "binary_focal_crossentropy",
+    "categorical_focal_crossentropy",
+    "mean_absolute_percentage_error",
+    "mean_squared_logarithmic_error",
+    "cosine_similarity",
+    "hinge",
+    "squared_hinge",
+    "categorical_hinge",
+    "dice",
+    "tversky",
+    "circle",
+    "ctc",
+    "categorical_generalized_cross_entropy",
+    "kld",
+    "KLD",
+    "mape",
+    "MAPE",
+    "msle",
+    "MSLE",
+    "Loss",
+    "LossFunctionWrapper",
+];
+
+const KNOWN: &str = "mse, MSE, mean_squared_error, MeanSquaredError, mae, MAE, mean_absolute_error, \
+MeanAbsoluteError, huber, Huber, log_cosh, LogCosh, bce, BCE, binary_crossentropy, BinaryCrossentropy, \
+categorical_crossentropy, CategoricalCrossentropy, sparse_categorical_crossentropy, \
+SparseCategoricalCrossentropy";
+
+impl Loss {
+    /// Looks up a loss by the names `keras.losses.get` accepts (case-sensitive, as Keras):
+    /// the class names (`"MeanSquaredError"`, …, with default arguments), the function names
+    /// (`"mean_squared_error"`, `"huber"`, `"log_cosh"`, `"binary_crossentropy"`, …) and the aliases
+    /// `"mse"`, `"MSE"`, `"mae"`, `"MAE"`, `"bce"`, `"BCE"`.
+    ///
+    /// Other Keras losses give [`ConfigError::Unsupported`]; so do `"crossentropy"`/`"ce"`, which
+    /// Keras' `compile` resolves from the data shapes.
+    pub fn from_name(name: &str) -> Result<Self, ConfigError> {
+        let loss = match name {
+            "mse" | "MSE" | "mean_squared_error" | "MeanSquaredError" => Loss::MeanSquaredError,
+            "mae" | "MAE" | "mean_absolute_error" | "MeanAbsoluteError" => Loss::MeanAbsoluteError,
+            "huber" | "Huber" => Loss::Huber { delta: 1.0 },
+            "log_cosh" | "LogCosh" => Loss::LogCosh,
+            "bce" | "BCE" | "binary_crossentropy" | "BinaryCrossentropy" => {
+                Loss::BinaryCrossentropy {
+                    from_logits: false,
+                    label_smoothing: 0.0,
+                }
+            }
+            "categorical_crossentropy" | "CategoricalCrossentropy" => {
+                Loss::CategoricalCrossentropy {
+                    from_logits: false,
+                    label_smoothing: 0.0,
+                }
+            }
+            "sparse_categorical_crossentropy" | "SparseCategoricalCrossentropy" => {
+                Loss::SparseCategoricalCrossentropy { from_logits: false }
+            }
+            "crossentropy" | "ce" => {
+                return Err(ConfigError::unsupported(
+                    "loss",
+                    format!(
+                        "`{name}` (Keras picks binary, categorical or sparse crossentropy from the \
+                         data shapes); name the crossentropy explicitly"
+                    ),
+                ))
+            }
+            other if KERAS_UNSUPPORTED.contains(&other) => {
+                return Err(ConfigError::unsupported(
+                    "loss",
+                    format!(
+                        "Keras loss `{other}` is not implemented by grucell; supported: {KNOWN}"
+                    ),
+                ))
+            }
+            other => {
+                return Err(ConfigError::UnknownName {
+                    kind: "loss",
+                    name: other.to_string(),
+                    known: KNOWN.to_string(),
+                })
+            }
+        };
+        Ok(loss)
+    }
+
+    /// Reads a Keras `compile_config` `"loss"` entry: a name (`"mse"`), a serialized function
+    /// (`{"class_name": "function", "config": "mean_squared_error", …}`) or a serialized loss object
+    /// (`{"class_name": "BinaryCrossentropy", "config": {"from_logits": true, …}}`).
+    ///
+    /// Accepted config keys: `name`, `dtype` (ignored), `reduction` (`"sum_over_batch_size"`,
+    /// `"mean"` or absent), `axis` (`-1`), `from_logits`, `label_smoothing`, `delta`,
+    /// `ignore_class` (`null`). Anything else, lists/dicts of losses and other reductions are
+    /// errors that name the key.
+    pub fn from_keras(v: &Value) -> Result<Self, ConfigError> {
+        let obj = match v {
+            Value::String(s) => return Loss::from_name(s),
+            Value::Object(o) => o,
+            Value::Array(_) => {
+                return Err(ConfigError::unsupported(
+                    "loss",
+                    "a list of losses (multi-output models); give a single loss",
+                ))
+            }
+            other => {
+                return Err(ConfigError::invalid(
+                    "loss",
+                    other,
+                    "a loss name or a serialized Keras loss object",
+                ))
+            }
+        };
+        let class = match obj.get("class_name") {
+            Some(Value::String(c)) => c.as_str(),
+            _ => {
+                return Err(ConfigError::unsupported(
+                    "loss",
+                    format!(
+                    "a dict of losses or an object without `class_name` ({v}); give a single loss"
+                ),
+                ))
+            }
+        };
+        if class == "function" {
+            return match obj.get("config") {
+                Some(Value::String(f)) => Loss::from_name(f),
+                other => Err(ConfigError::invalid(
+                    "loss.config",
+                    other.unwrap_or(&Value::Null),
+                    "the name of a Keras loss function",
+                )),
+            };
+        }
+        let empty = Map::new();
+        let config = match obj.get("config") {
+            Some(Value::Object(c)) => c,
+            None | Some(Value::Null) => &empty,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    format!("{class}.config"),
+                    other,
+                    "an object",
+                ))
+            }
+        };
+        let base = Loss::from_name(class)?;
+        let allowed: &[&str] = match base {
+            Loss::MeanSquaredError | Loss::MeanAbsoluteError | Loss::LogCosh => &[],
+            Loss::Huber { .. } => &["delta"],
+            Loss::BinaryCrossentropy { .. } | Loss::CategoricalCrossentropy { .. } => {
+                &["from_logits", "label_smoothing", "axis"]
+            }
+            Loss::SparseCategoricalCrossentropy { .. } => &["from_logits", "ignore_class", "axis"],
+        };
+        for (key, val) in config {
+            match key.as_str() {
+                "name" | "dtype" => {}
+                "reduction" => match val {
+                    Value::String(r) if r == "sum_over_batch_size" || r == "mean" => {}
+                    other => {
+                        return Err(ConfigError::unsupported(
+                            "loss reduction",
+                            format!("{class}.reduction = {other}; grucell implements \"sum_over_batch_size\""),
+                        ))
+                    }
+                },
+                "axis" if allowed.contains(&"axis") => {
+                    if !(val.is_null() || val.as_i64() == Some(-1)) {
+                        return Err(ConfigError::unsupported(
+                            "loss axis",
+                            format!("{class}.axis = {val}; only the last axis (-1) is supported"),
+                        ));
+                    }
+                }
+                "ignore_class" if allowed.contains(&"ignore_class") => {
+                    if !val.is_null() {
+                        return Err(ConfigError::unsupported(
+                            "loss option",
+                            format!("{class}.ignore_class = {val}; only null is supported"),
+                        ));
+                    }
+                }
+                k if allowed.contains(&k) => {}
+                k => {
+                    return Err(ConfigError::invalid(
+                        format!("{class}.{k}"),
+                        val,
+                        format!("no such argument; {class} takes name, reduction{}", {
+                            let mut s = String::new();
+                            for a in allowed {
+                                s.push_str(", ");
+                                s.push_str(a);
+                            }
+                            s
+                        }),
+                    ))
+                }
+            }
+        }
+        let loss = match base {
+            Loss::Huber { .. } => Loss::Huber {
+                delta: get_f64(config, "delta", 1.0)?,
+            },
+            Loss::BinaryCrossentropy { .. } => Loss::BinaryCrossentropy {
+                from_logits: get_bool(config, "from_logits", false)?,
+                label_smoothing: get_f64(config, "label_smoothing", 0.0)?,
+            },
+            Loss::CategoricalCrossentropy { .. } => Loss::CategoricalCrossentropy {
+                from_logits: get_bool(config, "from_logits", false)?,
+                label_smoothing: get_f64(config, "label_smoothing", 0.0)?,
+            },
+            Loss::SparseCategoricalCrossentropy { .. } => Loss::SparseCategoricalCrossentropy {
+                from_logits: get_bool(config, "from_logits", false)?,
+            },
+            other => other,
+        };
+        loss.validate()?;
+        Ok(loss)
+    }
+
+    /// Serializes as Keras 3.15.1 does (`keras.saving.serialize_keras_object(loss)`), e.g.
+    /// `{"module": "keras.losses", "class_name": "BinaryCrossentropy", "config": {"name":
+    /// "binary_crossentropy", "reduction": "sum_over_batch_size", "from_logits": true,
+    /// "label_smoothing": 0.0, "axis": -1}, "registered_name": null}`. A Huber `delta` other than
+    /// 1 is written too (Keras omits it, but reads it).
+    pub fn to_keras(&self) -> Value {
+        let mut config = Map::new();
+        config.insert("name".into(), json!(self.keras_name()));
+        config.insert("reduction".into(), json!("sum_over_batch_size"));
+        match *self {
+            Loss::MeanSquaredError | Loss::MeanAbsoluteError | Loss::LogCosh => {}
+            Loss::Huber { delta } => {
+                if delta != 1.0 {
+                    config.insert("delta".into(), json!(delta));
+                }
+            }
+            Loss::BinaryCrossentropy {
+                from_logits,
+                label_smoothing,
+            }
+            | Loss::CategoricalCrossentropy {
+                from_logits,
+                label_smoothing,
+            } => {
+                config.insert("from_logits".into(), json!(from_logits));
+                config.insert("label_smoothing".into(), json!(label_smoothing));
+                config.insert("axis".into(), json!(-1));
+            }
+            Loss::SparseCategoricalCrossentropy { from_logits } => {
+                config.insert("from_logits".into(), json!(from_logits));
+                config.insert("ignore_class".into(), Value::Null);
+            }
+        }
+        json!({
+            "module": "keras.losses",
+            "class_name": self.keras_class_name(),
+            "config": Value::Object(config),
+            "registered_name": Value::Null,
+        })
+    }
+
+    /// Keras' class name (`"MeanSquaredError"`, `"Huber"`, `"BinaryCrossentropy"`, …).
+    pub fn keras_class_name(&self) -> &'static str {
+        match self {
+            Loss::MeanSquaredError => "MeanSquaredError",
+            Loss::MeanAbsoluteError => "MeanAbsoluteError",
+            Loss::Huber { .. } => "Huber",
+            Loss::LogCosh => "LogCosh",
+            Loss::BinaryCrossentropy { .. } => "BinaryCrossentropy",
+            Loss::CategoricalCrossentropy { .. } => "CategoricalCrossentropy",
+            Loss::SparseCategoricalCrossentropy { .. } => "SparseCategoricalCrossentropy",
+        }
+    }
+
+    /// The default `name` Keras gives the loss object (`"mean_squared_error"`, `"huber_loss"`, …),
+    /// also the key of its value in Keras' training logs.
+    pub fn keras_name(&self) -> &'static str {
+        match self {
+            Loss::MeanSquaredError => "mean_squared_error",
+            Loss::MeanAbsoluteError => "mean_absolute_error",
+            Loss::Huber { .. } => "huber_loss",
+            Loss::LogCosh => "log_cosh",
+            Loss::BinaryCrossentropy { .. } => "binary_crossentropy",
+            Loss::CategoricalCrossentropy { .. } => "categorical_crossentropy",
+            Loss::SparseCategoricalCrossentropy { .. } => "sparse_categorical_crossentropy",
+        }
+    }
+
+    /// Whether `y_true` holds one integer class index per row (shape `shape[..-1]`) rather than
+    /// an array shaped like `y_pred`.
+    pub fn sparse_labels(&self) -> bool {
+        matches!(self, Loss::SparseCategoricalCrossentropy { .. })
+    }
+
+    /// The same crossentropy reading logits (`from_logits = true`); other losses unchanged.
+    ///
+    /// This is what Keras does inside a compiled graph when `y_pred` is the direct output of a
+    /// `softmax` (categorical) or `sigmoid` (binary) activation: the caller then passes the
+    /// pre-activation values and chains the gradient through them instead of the activation.
+    pub fn with_logits(&self) -> Loss {
+        match *self {
+            Loss::BinaryCrossentropy {
+                label_smoothing, ..
+            } => Loss::BinaryCrossentropy {
+                from_logits: true,
+                label_smoothing,
+            },
+            Loss::CategoricalCrossentropy {
+                label_smoothing, ..
+            } => Loss::CategoricalCrossentropy {
+                from_logits: true,
+                label_smoothing,
+            },
+            Loss::SparseCategoricalCrossentropy { .. } => {
+                Loss::SparseCategoricalCrossentropy { from_logits: true }
+            }
+            other => other,
+        }
+    }
+
+    /// Checks the arguments: `delta` finite and ≥ 0, `label_smoothing` in `[0, 1]`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match *self {
+            Loss::Huber { delta } if !(delta.is_finite() && delta >= 0.0) => {
+                Err(ConfigError::invalid("delta", delta, "a finite number ≥ 0"))
+            }
+            Loss::BinaryCrossentropy {
+                label_smoothing, ..
+            }
+            | Loss::CategoricalCrossentropy {
+                label_smoothing, ..
+            } if !(0.0..=1.0).contains(&label_smoothing) => Err(ConfigError::invalid(
+                "label_smoothing",
+                label_smoothing,
+                "a number in [0, 1]",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The reduced loss and `∂loss/∂y_pred`, written into `grad` (overwritten, same length as
+    /// `y_pred`), exactly as `tf.GradientTape` gives them for the Keras loss.
+    ///
+    /// `shape` is the shape of `y_pred`, its last axis the features/classes (`C`); the rows are
+    /// the product `R` of the other axes. `y_true` has the shape of `y_pred`, except for
+    /// [`Loss::SparseCategoricalCrossentropy`] where it holds one class index (an integer-valued
+    /// float in `[0, C)`) per row. `sample_weight`, if given, holds one weight per row (shape
+    /// `shape[..-1]`; per-sample weights of sequence outputs must be repeated over time by the
+    /// caller, as Keras 3 itself does not broadcast them). A Keras output mask `m` is applied as
+    /// the weight `m · R / Σm`.
+    pub fn value_and_grad<T: Float>(
+        &self,
+        y_true: &[T],
+        y_pred: &[T],
+        shape: &[usize],
+        sample_weight: Option<&[T]>,
+        grad: &mut [T],
+    ) -> Result<T, ShapeError> {
+        if grad.len() != y_pred.len() {
+            return Err(ShapeError::ElementCount {
+                arg: "grad".into(),
+                shape: shape.to_vec(),
+                needed: y_pred.len(),
+                got: grad.len(),
+            });
+        }
+        self.compute(y_true, y_pred, shape, sample_weight, Some(grad))
+    }
+
+    /// The reduced loss only; see [`Loss::value_and_grad`] for the arguments.
+    pub fn value<T: Float>(
+        &self,
+        y_true: &[T],
+        y_pred: &[T],
+        shape: &[usize],
+        sample_weight: Option<&[T]>,
+    ) -> Result<T, ShapeError> {
+        self.compute(y_true, y_pred, shape, sample_weight, None)
+    }
+
+    fn compute<T: Float>(
+        &self,
+        y_true: &[T],
+        y_pred: &[T],
+        shape: &[usize],
+        sample_weight: Option<&[T]>,
+        mut grad: Option<&mut [T]>,
+    ) -> Result<T, ShapeError> {
+        let (rows, c) = check_shapes(self.sparse_labels(), y_true, y_pred, shape, sample_weight)?;
+        if rows == 0 {
+            return Ok(T::zero());
+        }
+        if self.sparse_labels() {
+            check_labels(y_true, c)?;
+        }
+        let inv_rows = T::one() / T::of(rows as f64);
+        let true_width = if self.sparse_labels() { 1 } else { c };
+        let mut total = 0.0f64;
+        for r in 0..rows {
+            let (t, p) = match (
+                y_true.get(r * true_width..(r + 1) * true_width),
+                y_pred.get(r * c..(r + 1) * c),
+            ) {
+                (Some(t), Some(p)) => (t, p),
+                _ => break, // unreachable: lengths checked above
+            };
+            let w = sample_weight.and_then(|s| s.get(r).copied());
+            // d loss / d L_r: the DivNoNan gradient 1/R, times the weight.
+            let g = match w {
+                Some(w) => inv_rows * w,
+                None => inv_rows,
+            };
+            let grow = grad
+                .as_deref_mut()
+                .and_then(|gr| gr.get_mut(r * c..(r + 1) * c));
+            let l = self.row(t, p, g, grow);
+            total += match w {
+                Some(w) => (l * w).f64(),
+                None => l.f64(),
+            };
+        }
+        Ok(T::of(total) / T::of(rows as f64))
+    }
+
+    /// The per-row loss `L_r`; writes `g · ∂L_r/∂p` into `grad` when given.
+    fn row<T: Float>(&self, t: &[T], p: &[T], g: T, grad: Option<&mut [T]>) -> T {
+        match *self {
+            Loss::MeanSquaredError => mean_row(t, p, g, grad, |t, p, ge| {
+                let x = t - p;
+                (x * x, -(ge * (x * T::of(2.0))))
+            }),
+            Loss::MeanAbsoluteError => mean_row(t, p, g, grad, |t, p, ge| {
+                let x = t - p;
+                (x.abs(), -(ge * sign(x)))
+            }),
+            Loss::Huber { delta } => {
+                let d = T::of(delta);
+                let half = T::of(0.5);
+                let lin = half * (d * d);
+                mean_row(t, p, g, grad, |t, p, ge| {
+                    let x = p - t;
+                    let a = x.abs();
+                    if a <= d {
+                        (half * (x * x), (half * ge) * (x * T::of(2.0)))
+                    } else {
+                        (d * a - lin, (d * ge) * sign(x))
+                    }
+                })
+            }
+            Loss::LogCosh => {
+                let log2 = T::of(f64::from(std::f32::consts::LN_2));
+                mean_row(t, p, g, grad, |t, p, ge| {
+                    let x = p - t;
+                    let z = x * T::of(-2.0);
+                    let v = (x + tf_softplus(z)) - log2;
+                    (v, ge + (ge / ((-z).exp() + T::one())) * T::of(-2.0))
+                })
+            }
+            Loss::BinaryCrossentropy {
+                from_logits,
+                label_smoothing,
+            } => {
+                let smooth = |t: T| {
+                    if label_smoothing != 0.0 {
+                        t * T::of(1.0 - label_smoothing) + T::of(0.5 * label_smoothing)
+                    } else {
+                        t
+                    }
+                };
+                if from_logits {
+                    mean_row(t, p, g, grad, |t, z, ge| {
+                        let t = smooth(t);
+                        let pos = z >= T::zero();
+                        let relu = if pos { z } else { T::zero() };
+                        let nal = if pos { -z } else { z };
+                        let e = nal.exp();
+                        let v = (relu - z * t) + e.ln_1p();
+                        // log1p and exp gradients, then the two `where` branches
+                        let s = (ge * (T::one() / (T::one() + e))) * e;
+                        let dz = (if pos { ge } else { T::zero() })
+                            + (-ge) * t
+                            + if pos { -s } else { s };
+                        (v, dz)
+                    })
+                } else {
+                    let (lo, hi) = clip_bounds::<T>();
+                    mean_row(t, p, g, grad, |t, p, ge| {
+                        let t = smooth(t);
+                        let o = p.min(hi).max(lo);
+                        let one_t = T::one() - t;
+                        let one_o = T::one() - o;
+                        let v = -(t * o.ln() + one_t * one_o.ln());
+                        let d = -ge;
+                        let dp = if clip_passes(p, lo, hi) {
+                            (t * d) * (T::one() / o) - (one_t * d) * (T::one() / one_o)
+                        } else {
+                            T::zero()
+                        };
+                        (v, dp)
+                    })
+                }
+            }
+            Loss::CategoricalCrossentropy {
+                from_logits,
+                label_smoothing,
+            } => {
+                let n = T::of(p.len() as f64);
+                let smooth = |t: T| {
+                    if label_smoothing != 0.0 {
+                        t * T::of(1.0 - label_smoothing) + T::of(label_smoothing) / n
+                    } else {
+                        t
+                    }
+                };
+                if from_logits {
+                    softmax_xent(p, g, grad, |i| {
+                        t.get(i).copied().map(smooth).unwrap_or_else(T::zero)
+                    })
+                } else {
+                    cce_probs(t, p, g, grad, smooth)
+                }
+            }
+            Loss::SparseCategoricalCrossentropy { from_logits } => {
+                let label = t.first().map(|l| l.f64() as usize).unwrap_or(0);
+                let onehot = |i: usize| if i == label { T::one() } else { T::zero() };
+                if from_logits {
+                    softmax_xent(p, g, grad, onehot)
+                } else {
+                    let (lo, hi) = clip_bounds::<T>();
+                    let logits: Vec<T> = p.iter().map(|&x| x.min(hi).max(lo).ln()).collect();
+                    match grad {
+                        None => softmax_xent(&logits, g, None, onehot),
+                        Some(gr) => {
+                            let v = softmax_xent(&logits, g, Some(&mut *gr), onehot);
+                            for (d, &x) in gr.iter_mut().zip(p) {
+                                *d = if clip_passes(x, lo, hi) {
+                                    *d * (T::one() / x.min(hi).max(lo))
+                                } else {
+                                    T::zero()
+                                };
+                            }
+                            v
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Loss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.keras_name())
+    }
+}
+
+/// `(ε, 1 − ε)` rounded to `T` as TensorFlow converts Keras' Python floats.
+fn clip_bounds<T: Float>() -> (T, T) {
+    (T::of(EPSILON), T::of(1.0 - EPSILON))
+}
+
+/// Whether `clip_by_value` (`maximum(minimum(x, hi), lo)`) passes a gradient to `x`:
+/// `Minimum` sends it to `x` when `x ≤ hi`, `Maximum` when `min(x, hi) ≥ lo`.
+fn clip_passes<T: Float>(x: T, lo: T, hi: T) -> bool {
+    x <= hi && x.min(hi) >= lo
+}
+
+/// TensorFlow's `sign`: −1, 0 or 1 (NaN stays NaN).
+fn sign<T: Float>(x: T) -> T {
+    if x > T::zero() {
+        T::one()
+    } else if x < T::zero() {
+        -T::one()
+    } else {
+        x * T::zero()
+    }
+}
+
+/// TensorFlow's `Softplus` kernel, thresholds included (`softplus_op.h`).
+fn tf_softplus<T: Float>(z: T) -> T {
+    let threshold = T::epsilon().ln() + T::of(2.0);
+    if z > -threshold {
+        z
+    } else if z < threshold {
+        z.exp()
+    } else {
+        z.exp().ln_1p()
+    }
+}
+
+/// A loss that is the mean over the row of an element-wise term: `f(t, p, ge)` returns the term
+/// and its gradient scaled by `ge = g / C` (TensorFlow's `Mean` gradient).
+fn mean_row<T: Float>(
+    t: &[T],
+    p: &[T],
+    g: T,
+    grad: Option<&mut [T]>,
+    f: impl Fn(T, T, T) -> (T, T),
+) -> T {
+    let c = T::of(p.len() as f64);
+    let ge = g / c;
+    let mut sum = T::zero();
+    match grad {
+        Some(gr) => {
+            for ((&t, &p), d) in t.iter().zip(p).zip(gr.iter_mut()) {
+                let (v, dv) = f(t, p, ge);
+                sum += v;
+                *d = dv;
+            }
+        }
+        None => {
+            for (&t, &p) in t.iter().zip(p) {
+                sum += f(t, p, ge).0;
+            }
+        }
+    }
+    sum / c
+}
+
+/// TensorFlow's fused (sparse) softmax crossentropy kernel on one row of logits `z`:
+/// `L = Σ_i t_i (log Σ e^{z−max} − (z_i − max))`, gradient `g · (e^{z_i−max}/Σ − t_i)`.
+fn softmax_xent<T: Float>(z: &[T], g: T, grad: Option<&mut [T]>, label: impl Fn(usize) -> T) -> T {
+    let max = z.iter().copied().fold(T::neg_infinity(), T::max);
+    let mut sum_exp = T::zero();
+    for &x in z {
+        sum_exp += (x - max).exp();
+    }
+    let lse = sum_exp.ln();
+    let mut loss = T::zero();
+    for (i, &x) in z.iter().enumerate() {
+        let t = label(i);
+        loss += t * (lse - (x - max));
+    }
+    if let Some(gr) = grad {
+        for (i, (d, &x)) in gr.iter_mut().zip(z).enumerate() {
+            *d = g * ((x - max).exp() / sum_exp - label(i));
+        }
+    }
+    loss
+}
+
+/// Categorical crossentropy from probabilities (Keras' TF backend): renormalize, clip, `−Σ t log o`.
+fn cce_probs<T: Float>(
+    t: &[T],
+    p: &[T],
+    g: T,
+    grad: Option<&mut [T]>,
+    smooth: impl Fn(T) -> T,
+) -> T {
+    let (lo, hi) = clip_bounds::<T>();
+    let mut s = T::zero();
+    for &x in p {
+        s += x;
+    }
+    let mut acc = T::zero();
+    for (&t, &x) in t.iter().zip(p) {
+        let o = (x / s).min(hi).max(lo);
+        acc += smooth(t) * o.ln();
+    }
+    if let Some(gr) = grad {
+        let d = -g;
+        // d/dq_i (0 where the clip stops it), then RealDiv's gradients: dq/S to p_i and
+        // Σ dq_i·((−p_i/S)/S) to S, which the reduce_sum broadcasts back to every p_j.
+        let mut gy = T::zero();
+        for ((&t, &x), dst) in t.iter().zip(p).zip(gr.iter_mut()) {
+            let q = x / s;
+            let dq = if clip_passes(q, lo, hi) {
+                (smooth(t) * d) * (T::one() / q.min(hi).max(lo))
+            } else {
+                T::zero()
+            };
+            gy += dq * ((-x / s) / s);
+            *dst = dq / s;
+        }
+        for dst in gr.iter_mut() {
+            *dst += gy;
+        }
+    }
+    -acc
+}
+
+/// Checks the array lengths against `shape`; returns `(rows, classes)`.
+fn check_shapes<T: Float>(
+    sparse: bool,
+    y_true: &[T],
+    y_pred: &[T],
+    shape: &[usize],
+    sample_weight: Option<&[T]>,
+) -> Result<(usize, usize), ShapeError> {
+    let (c, lead) = match shape.split_last() {
+        Some((&c, lead)) => (c, lead),
+        None => {
+            return Err(ShapeError::mismatch(
+                "shape",
+                shape,
+                "at least one axis (the last holds the features/classes)",
+            ))
+        }
+    };
+    let overflow =
+        || ShapeError::mismatch("shape", shape, "a shape whose element count fits in usize");
+    let rows = lead
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(overflow)?;
+    let n = rows.checked_mul(c).ok_or_else(overflow)?;
+    if c == 0 && rows > 0 {
+        return Err(ShapeError::mismatch(
+            "shape",
+            shape,
+            "a last axis of length ≥ 1",
+        ));
+    }
+    if y_pred.len() != n {
+        return Err(ShapeError::ElementCount {
+            arg: "y_pred".into(),
+            shape: shape.to_vec(),
+            needed: n,
+            got: y_pred.len(),
+        });
+    }
+    let true_n = if sparse { rows } else { n };
+    if y_true.len() != true_n {
+        return Err(ShapeError::ElementCount {
+            arg: if sparse {
+                "y_true (sparse labels, shape[..-1])"
+            } else {
+                "y_true"
+            }
+            .into(),
+            shape: if sparse {
+                lead.to_vec()
+            } else {
+                shape.to_vec()
+            },
+            needed: true_n,
+            got: y_true.len(),
+        });
+    }
+    if let Some(sw) = sample_weight {
+        if sw.len() != rows {
+            return Err(ShapeError::ElementCount {
+                arg: "sample_weight (one weight per row, shape[..-1])".into(),
+                shape: lead.to_vec(),
+                needed: rows,
+                got: sw.len(),
+            });
+        }
+    }
+    Ok((rows, c))
+}
+
+/// Sparse labels must be integer class indices in `[0, C)` (TensorFlow rejects others on CPU).
+fn check_labels<T: Float>(y_true: &[T], c: usize) -> Result<(), ShapeError> {
+    for (i, &l) in y_true.iter().enumerate() {
+        let v = l.f64();
+        if !(v.is_finite() && v.fract() == 0.0 && v >= 0.0 && v < c as f64) {
+            return Err(ShapeError::mismatch(
+                format!("y_true[{i}] (sparse label = {v})"),
+                &[y_true.len()],
+                format!("integer class indices in [0, {c})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn num_grad(
+        loss: &Loss,
+        t: &[f64],
+        p: &[f64],
+        shape: &[usize],
+        sw: Option<&[f64]>,
+    ) -> Vec<f64> {
+        (0..p.len())
+            .map(|i| {
+                let h = 1e-6;
+                let mut a = p.to_vec();
+                let mut b = p.to_vec();
+                a[i] += h;
+                b[i] -= h;
+                (loss.value(t, &a, shape, sw).unwrap() - loss.value(t, &b, shape, sw).unwrap())
+                    / (2.0 * h)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gradients_match_central_differences() {
+        let shape = [2, 3, 4];
+        let t_reg: Vec<f64> = (0..24).map(|i| ((i * 7) % 11) as f64 / 5.0 - 1.0).collect();
+        let p_reg: Vec<f64> = (0..24).map(|i| ((i * 5) % 13) as f64 / 4.0 - 1.5).collect();
+        let t_bin: Vec<f64> = (0..24).map(|i| (i % 3 == 0) as u8 as f64).collect();
+        let p_prob: Vec<f64> = (0..24)
+            .map(|i| 0.05 + 0.9 * ((i * 5) % 13) as f64 / 13.0)
+            .collect();
+        let t_oh: Vec<f64> = (0..24)
+            .map(|i| ((i % 4) == (i / 4) % 4) as u8 as f64)
+            .collect();
+        let t_sp: Vec<f64> = (0..6).map(|r| (r % 4) as f64).collect();
+        let sw: Vec<f64> = (0..6).map(|r| 0.5 + r as f64 * 0.25).collect();
+        let cases: Vec<(Loss, &[f64], &[f64])> = vec![
+            (Loss::MeanSquaredError, &t_reg, &p_reg),
+            (Loss::MeanAbsoluteError, &t_reg, &p_reg),
+            (Loss::Huber { delta: 0.7 }, &t_reg, &p_reg),
+            (Loss::LogCosh, &t_reg, &p_reg),
+            (
+                Loss::BinaryCrossentropy {
+                    from_logits: false,
+                    label_smoothing: 0.1,
+                },
+                &t_bin,
+                &p_prob,
+            ),
+            (
+                Loss::BinaryCrossentropy {
+                    from_logits: true,
+                    label_smoothing: 0.0,
+                },
+                &t_bin,
+                &p_reg,
+            ),
+            (
+                Loss::CategoricalCrossentropy {
+                    from_logits: false,
+                    label_smoothing: 0.2,
+                },
+                &t_oh,
+                &p_prob,
+            ),
+            (
+                Loss::CategoricalCrossentropy {
+                    from_logits: true,
+                    label_smoothing: 0.0,
+                },
+                &t_oh,
+                &p_reg,
+            ),
+            (
+                Loss::SparseCategoricalCrossentropy { from_logits: false },
+                &t_sp,
+                &p_prob,
+            ),
+            (
+                Loss::SparseCategoricalCrossentropy { from_logits: true },
+                &t_sp,
+                &p_reg,
+            ),
+        ];
+        for (loss, t, p) in cases {
+            for w in [None, Some(sw.as_slice())] {
+                let mut g = vec![0.0; 24];
+                loss.value_and_grad(t, p, &shape, w, &mut g).unwrap();
+                let n = num_grad(&loss, t, p, &shape, w);
+                for (a, b) in g.iter().zip(&n) {
+                    assert!(
+                        (a - b).abs() < 1e-6,
+                        "{loss:?}: analytic {a} vs numeric {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shape_errors_name_the_argument() {
+        let l = Loss::MeanSquaredError;
+        let mut g = [0.0f32; 4];
+        let e = l
+            .value_and_grad(&[0.0; 4], &[0.0; 3], &[2, 2], None, &mut g[..3])
+            .unwrap_err();
+        assert!(e.to_string().contains("y_pred"), "{e}");
+        let e = l.value(&[0.0f32; 3], &[0.0; 4], &[2, 2], None).unwrap_err();
+        assert!(e.to_string().contains("y_true"), "{e}");
+        let e = l
+            .value(&[0.0f32; 4], &[0.0; 4], &[2, 2], Some(&[1.0; 4]))
+            .unwrap_err();
+        assert!(e.to_string().contains("sample_weight"), "{e}");
+        let e = l.value::<f32>(&[], &[], &[], None).unwrap_err();
+        assert!(e.to_string().contains("shape"), "{e}");
+        let s = Loss::SparseCategoricalCrossentropy { from_logits: true };
+        let e = s
+            .value(&[0.0f32, 3.0], &[0.0; 6], &[2, 3], None)
+            .unwrap_err();
+        assert!(e.to_string().contains("y_true[1]"), "{e}");
+        let e = s
+            .value(&[0.5f32, 1.0], &[0.0; 6], &[2, 3], None)
+            .unwrap_err();
+        assert!(e.to_string().contains("[0, 3)"), "{e}");
+        assert_eq!(l.value::<f32>(&[], &[], &[0, 3], None).unwrap(), 0.0);
+    }
+
+    #[test]
+    fn names_and_keras_round_trip() {
+        for n in ["mse", "MSE", "mean_squared_error", "MeanSquaredError"] {
+            assert_eq!(Loss::from_name(n).unwrap(), Loss::MeanSquaredError);
+        }
+        assert_eq!(
+            Loss::from_name("BCE").unwrap(),
+            Loss::BinaryCrossentropy {
+                from_logits: false,
+                label_smoothing: 0.0
+            }
+        );
+        assert!(matches!(
+            Loss::from_name("mape"),
+            Err(ConfigError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            Loss::from_name("ce"),
+            Err(ConfigError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            Loss::from_name("Mse"),
+            Err(ConfigError::UnknownName { .. })
+        ));
+        let all = [
+            Loss::MeanSquaredError,
+            Loss::MeanAbsoluteError,
+            Loss::Huber { delta: 1.0 },
+            Loss::Huber { delta: 0.25 },
+            Loss::LogCosh,
+            Loss::BinaryCrossentropy {
+                from_logits: true,
+                label_smoothing: 0.1,
+            },
+            Loss::CategoricalCrossentropy {
+                from_logits: false,
+                label_smoothing: 0.0,
+            },
+            Loss::SparseCategoricalCrossentropy { from_logits: true },
+        ];
+        for l in all {
+            assert_eq!(Loss::from_keras(&l.to_keras()).unwrap(), l);
+        }
+        let f = json!({"module": "builtins", "class_name": "function", "config": "log_cosh", "registered_name": "function"});
+        assert_eq!(Loss::from_keras(&f).unwrap(), Loss::LogCosh);
+        let bad = json!({"class_name": "BinaryCrossentropy", "config": {"reduction": "sum"}});
+        assert!(matches!(
+            Loss::from_keras(&bad),
+            Err(ConfigError::Unsupported { .. })
+        ));
+        let bad = json!({"class_name": "MeanSquaredError", "config": {"from_logits": true}});
+        assert!(Loss::from_keras(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("from_logits"));
+        let bad = json!({"class_name": "BinaryCrossentropy", "config": {"label_smoothing": 2.0}});
+        assert!(Loss::from_keras(&bad).is_err());
+        assert!(Loss::from_keras(&json!(["mse", "mae"])).is_err());
+    }
+}

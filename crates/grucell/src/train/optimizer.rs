@@ -1,1 +1,1228 @@
-//! (being written)
+//! Keras 3 optimizers (SGD, Adam, AdamW, RMSprop, Adagrad) with Keras 3.15.1's exact update rules.
+//!
+//! One [`Optimizer::step`] is one Keras `optimizer.apply_gradients(...)` (TensorFlow backend), in
+//! Keras' order:
+//!
+//! 1. **clip** the gradients (at most one of the three options, each only when `> 0`):
+//!    * `clipnorm c`, per variable (`tf.clip_by_norm`): `g ← (g · c) / max(‖g‖₂, c)`;
+//!    * `global_clipnorm c`, over all variables: `n = √(Σ_vars Σ g²)`,
+//!      `g ← g · (c · min(1/n, 1/c) + (n − n))` (NaN for a non-finite norm, as Keras);
+//!    * `clipvalue c`: `g ← clip(g, −c, c)`;
+//! 2. **decoupled weight decay** (`weight_decay = wd`, the base optimizer's option, which AdamW
+//!    makes mandatory): `θ ← θ − (θ · wd) · lr`, before the update;
+//! 3. the optimizer's **update** (formulas on each [`OptimizerKind`] variant), with
+//!    `t = iterations + 1` in the update of step `iterations` (0-based);
+//! 4. `iterations += 1`.
+//!
+//! Constraints are the caller's business (Keras applies them right after the update).
+//!
+//! Arithmetic is in the variables' type `T`, with every constant rounded to `T` where TensorFlow
+//! rounds it (`1 − β₁` is computed in `f64` then rounded, `β₁ᵗ` is `powf` in `T`). Values Keras
+//! passes through `ops.cast`/`tf.cast` become float32 first, so even an `f64` optimizer uses
+//! `f64(f32(x))` for them, exactly as Keras does for float64 variables: the learning rate (a
+//! float32 `floatx` variable), SGD's momentum, Adam's β₁/β₂ inside `βᵗ`, the weight decay and
+//! Adagrad's initial accumulator value.
+
+use crate::error::{ConfigError, ShapeError};
+use crate::float::Float;
+use crate::layers::keras_json::get_bool;
+use serde_json::{json, Map, Value};
+
+/// The optimizer algorithm and its own hyper-parameters (Keras' defaults in each constructor of
+/// [`OptimizerConfig`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OptimizerKind {
+    /// `keras.optimizers.SGD` (default `learning_rate` 0.01).
+    ///
+    /// Without momentum: `θ ← θ − g·lr`. With momentum `μ > 0` (slot `momentum`, zeros):
+    /// `m ← m·μ − g·lr`, then `θ ← θ + m`, or with `nesterov`: `θ ← θ + (m·μ − g·lr)` (new `m`).
+    Sgd {
+        /// μ in `[0, 1]` (default 0).
+        momentum: f64,
+        /// Nesterov momentum (default false).
+        nesterov: bool,
+    },
+    /// `keras.optimizers.Adam` (default `learning_rate` 0.001).
+    ///
+    /// Slots `momentum` m and `velocity` v (zeros; plus `velocity_hat` with `amsgrad`):
+    /// `α = lr · √(1 − β₂ᵗ) / (1 − β₁ᵗ)`, `m ← m + (g − m)(1 − β₁)`, `v ← v + (g² − v)(1 − β₂)`,
+    /// amsgrad: `v̂ ← max(v̂, v)`, `v ← v̂`; then `θ ← θ − (m·α) / (√v + ε)`.
+    Adam {
+        /// β₁ (default 0.9).
+        beta_1: f64,
+        /// β₂ (default 0.999).
+        beta_2: f64,
+        /// ε (default 1e-7).
+        epsilon: f64,
+        /// AMSGrad variant (default false).
+        amsgrad: bool,
+    },
+    /// `keras.optimizers.AdamW`: exactly [`OptimizerKind::Adam`] plus the decoupled weight decay
+    /// of step 2, which must be set (`OptimizerConfig::weight_decay`, Keras default 0.004).
+    AdamW {
+        /// β₁ (default 0.9).
+        beta_1: f64,
+        /// β₂ (default 0.999).
+        beta_2: f64,
+        /// ε (default 1e-7).
+        epsilon: f64,
+        /// AMSGrad variant (default false).
+        amsgrad: bool,
+    },
+    /// `keras.optimizers.RMSprop` (default `learning_rate` 0.001).
+    ///
+    /// Slot `velocity` v (zeros): `v ← ρ·v + (1 − ρ)·g²`; `centered` adds slot `average_gradient`
+    /// a: `a ← ρ·a + (1 − ρ)·g`, `den = (v − a²) + ε`, else `den = v + ε`;
+    /// `Δ = (lr·g) / √den`; with momentum `μ > 0` (slot `momentum` m): `m ← μ·m + Δ`,
+    /// `θ ← θ − m`, else `θ ← θ − Δ`.
+    RmsProp {
+        /// ρ (default 0.9).
+        rho: f64,
+        /// μ ≥ 0 (default 0).
+        momentum: f64,
+        /// ε (default 1e-7).
+        epsilon: f64,
+        /// Centered variant (default false).
+        centered: bool,
+    },
+    /// `keras.optimizers.Adagrad` (default `learning_rate` 0.001).
+    ///
+    /// Slot `accumulator` A (initialized to `initial_accumulator_value`): `A ← A + g²`,
+    /// `θ ← θ − (lr·g) / √(A + ε)`.
+    Adagrad {
+        /// Initial value of the accumulators (default 0.1).
+        initial_accumulator_value: f64,
+        /// ε (default 1e-7).
+        epsilon: f64,
+    },
+}
+
+impl OptimizerKind {
+    /// Keras' class name (`"SGD"`, `"Adam"`, `"AdamW"`, `"RMSprop"`, `"Adagrad"`).
+    pub fn keras_class_name(&self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd { .. } => "SGD",
+            OptimizerKind::Adam { .. } => "Adam",
+            OptimizerKind::AdamW { .. } => "AdamW",
+            OptimizerKind::RmsProp { .. } => "RMSprop",
+            OptimizerKind::Adagrad { .. } => "Adagrad",
+        }
+    }
+
+    /// The default Keras object name (`auto_name` of the class): `"sgd"`, `"adam"`, `"adam_w"`,
+    /// `"rm_sprop"`, `"adagrad"`; it prefixes the optimizer variables' paths.
+    pub fn keras_name(&self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd { .. } => "sgd",
+            OptimizerKind::Adam { .. } => "adam",
+            OptimizerKind::AdamW { .. } => "adam_w",
+            OptimizerKind::RmsProp { .. } => "rm_sprop",
+            OptimizerKind::Adagrad { .. } => "adagrad",
+        }
+    }
+
+    /// Keras' default learning rate for this optimizer (0.01 for SGD, 0.001 otherwise).
+    pub fn default_learning_rate(&self) -> f64 {
+        match self {
+            OptimizerKind::Sgd { .. } => 0.01,
+            _ => 0.001,
+        }
+    }
+
+    /// Names of the per-variable slots, in the order Keras creates them (`build`).
+    fn slot_names(&self) -> Vec<&'static str> {
+        match *self {
+            OptimizerKind::Sgd { momentum, .. } => {
+                if momentum != 0.0 {
+                    vec!["momentum"]
+                } else {
+                    vec![]
+                }
+            }
+            OptimizerKind::Adam { amsgrad, .. } | OptimizerKind::AdamW { amsgrad, .. } => {
+                if amsgrad {
+                    vec!["momentum", "velocity", "velocity_hat"]
+                } else {
+                    vec!["momentum", "velocity"]
+                }
+            }
+            OptimizerKind::RmsProp {
+                momentum, centered, ..
+            } => {
+                let mut v = vec!["velocity"];
+                if momentum > 0.0 {
+                    v.push("momentum");
+                }
+                if centered {
+                    v.push("average_gradient");
+                }
+                v
+            }
+            OptimizerKind::Adagrad { .. } => vec!["accumulator"],
+        }
+    }
+
+    /// Keras' variable order as `(slot, variable)` pairs: slot groups one after the other, except
+    /// Adam's momentum/velocity, which `add_optimizer_variables` interleaves per variable.
+    fn keras_order(&self, n_vars: usize) -> Vec<(usize, usize)> {
+        let n_slots = self.slot_names().len();
+        let mut order = Vec::with_capacity(n_slots * n_vars);
+        let interleaved = if matches!(
+            self,
+            OptimizerKind::Adam { .. } | OptimizerKind::AdamW { .. }
+        ) {
+            2
+        } else {
+            1
+        };
+        let mut s = 0;
+        while s < n_slots {
+            let group = if s == 0 { interleaved.min(n_slots) } else { 1 };
+            for v in 0..n_vars {
+                for k in s..s + group {
+                    order.push((k, v));
+                }
+            }
+            s += group;
+        }
+        order
+    }
+}
+
+/// An optimizer configuration: the algorithm plus Keras' base-optimizer options.
+///
+/// ```
+/// use grucell::train::optimizer::{Optimizer, OptimizerConfig};
+///
+/// let mut cfg = OptimizerConfig::adam(0.01);
+/// cfg.clipnorm = Some(1.0);
+/// let mut opt = Optimizer::<f32>::new(cfg, &[3, 2])?;
+/// let mut w = vec![0.5f32; 3];
+/// let mut b = vec![0.0f32; 2];
+/// let mut gw = vec![0.1f32, -0.2, 0.3];
+/// let mut gb = vec![1.0f32, 0.0];
+/// opt.step(&mut [&mut w, &mut b], &mut [&mut gw, &mut gb])?;
+/// assert_eq!(opt.iterations(), 1);
+/// // Adam's first step moves every parameter with a non-zero gradient by ≈ lr against its sign
+/// assert!((w[0] - 0.49).abs() < 1e-5 && (w[1] - 0.51).abs() < 1e-5 && b[1] == 0.0);
+/// # Ok::<(), grucell::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerConfig {
+    /// The algorithm and its hyper-parameters.
+    pub kind: OptimizerKind,
+    /// Constant learning rate (schedules are not supported). Used as a float32 value.
+    pub learning_rate: f64,
+    /// Clip each gradient to this L2 norm (disabled when `≤ 0`).
+    pub clipnorm: Option<f64>,
+    /// Clip every gradient element to `[−clipvalue, clipvalue]` (disabled when `≤ 0`).
+    pub clipvalue: Option<f64>,
+    /// Clip all gradients together to this global L2 norm (disabled when `≤ 0`).
+    pub global_clipnorm: Option<f64>,
+    /// Decoupled weight decay `θ ← θ − θ·wd·lr` before each update (any optimizer; AdamW needs it).
+    pub weight_decay: Option<f64>,
+}
+
+const KERAS_OPTIMIZERS_UNSUPPORTED: &[&str] = &[
+    "optimizer",
+    "adadelta",
+    "adamax",
+    "adafactor",
+    "muon",
+    "multioptimizer",
+    "optimizermap",
+    "nadam",
+    "ftrl",
+    "lion",
+    "lamb",
+    "lossscaleoptimizer",
+    "schedulefreeadamw",
+];
+
+const BASE_KEYS: &[&str] = &[
+    "name",
+    "learning_rate",
+    "weight_decay",
+    "clipnorm",
+    "global_clipnorm",
+    "clipvalue",
+    "use_ema",
+    "ema_momentum",
+    "ema_overwrite_frequency",
+    "loss_scale_factor",
+    "gradient_accumulation_steps",
+    "decay",
+];
+
+impl OptimizerConfig {
+    fn with_kind(kind: OptimizerKind, learning_rate: f64) -> Self {
+        OptimizerConfig {
+            kind,
+            learning_rate,
+            clipnorm: None,
+            clipvalue: None,
+            global_clipnorm: None,
+            weight_decay: None,
+        }
+    }
+
+    /// SGD without momentum (Keras default learning rate 0.01).
+    pub fn sgd(learning_rate: f64) -> Self {
+        Self::with_kind(
+            OptimizerKind::Sgd {
+                momentum: 0.0,
+                nesterov: false,
+            },
+            learning_rate,
+        )
+    }
+
+    /// Adam with β₁ 0.9, β₂ 0.999, ε 1e-7, no AMSGrad (Keras default learning rate 0.001).
+    pub fn adam(learning_rate: f64) -> Self {
+        Self::with_kind(
+            OptimizerKind::Adam {
+                beta_1: 0.9,
+                beta_2: 0.999,
+                epsilon: 1e-7,
+                amsgrad: false,
+            },
+            learning_rate,
+        )
+    }
+
+    /// AdamW: Adam's defaults plus `weight_decay` 0.004.
+    pub fn adamw(learning_rate: f64) -> Self {
+        let mut c = Self::with_kind(
+            OptimizerKind::AdamW {
+                beta_1: 0.9,
+                beta_2: 0.999,
+                epsilon: 1e-7,
+                amsgrad: false,
+            },
+            learning_rate,
+        );
+        c.weight_decay = Some(0.004);
+        c
+    }
+
+    /// RMSprop with ρ 0.9, no momentum, ε 1e-7, not centered (Keras default learning rate 0.001).
+    pub fn rmsprop(learning_rate: f64) -> Self {
+        Self::with_kind(
+            OptimizerKind::RmsProp {
+                rho: 0.9,
+                momentum: 0.0,
+                epsilon: 1e-7,
+                centered: false,
+            },
+            learning_rate,
+        )
+    }
+
+    /// Adagrad with initial accumulator 0.1 and ε 1e-7 (Keras default learning rate 0.001).
+    pub fn adagrad(learning_rate: f64) -> Self {
+        Self::with_kind(
+            OptimizerKind::Adagrad {
+                initial_accumulator_value: 0.1,
+                epsilon: 1e-7,
+            },
+            learning_rate,
+        )
+    }
+
+    /// An optimizer by Keras name with all Keras defaults, learning rate included. Like
+    /// `keras.optimizers.get`, the name is case-insensitive: `"sgd"`, `"adam"`, `"adamw"`,
+    /// `"rmsprop"`, `"adagrad"` (and `"SGD"`, `"RMSprop"`, …).
+    pub fn from_name(name: &str) -> Result<Self, ConfigError> {
+        let lower = name.to_ascii_lowercase();
+        let cfg = match lower.as_str() {
+            "sgd" => Self::sgd(0.01),
+            "adam" => Self::adam(0.001),
+            "adamw" => Self::adamw(0.001),
+            "rmsprop" => Self::rmsprop(0.001),
+            "adagrad" => Self::adagrad(0.001),
+            other if KERAS_OPTIMIZERS_UNSUPPORTED.contains(&other) => {
+                return Err(ConfigError::unsupported(
+                    "optimizer",
+                    format!("Keras optimizer `{name}` is not implemented by grucell; supported: sgd, adam, adamw, rmsprop, adagrad"),
+                ))
+            }
+            _ => {
+                return Err(ConfigError::UnknownName {
+                    kind: "optimizer",
+                    name: name.to_string(),
+                    known: "sgd, adam, adamw, rmsprop, adagrad".into(),
+                })
+            }
+        };
+        Ok(cfg)
+    }
+
+    /// Reads a Keras `compile_config` `"optimizer"` entry: a name, or the serialized optimizer
+    /// Keras writes (`{"module": "keras.optimizers", "class_name": "Adam", "config": {...}}`).
+    ///
+    /// A learning-rate schedule, `use_ema: true`, a `loss_scale_factor` or
+    /// `gradient_accumulation_steps` give [`ConfigError::Unsupported`]; unknown keys are invalid
+    /// (Keras rejects them too). Missing keys take Keras' defaults. The result is validated.
+    pub fn from_keras(v: &Value) -> Result<Self, ConfigError> {
+        let obj = match v {
+            Value::String(s) => return Self::from_name(s),
+            Value::Object(o) => o,
+            other => {
+                return Err(ConfigError::invalid(
+                    "optimizer",
+                    other,
+                    "an optimizer name or a serialized Keras optimizer",
+                ))
+            }
+        };
+        let class = match obj.get("class_name") {
+            Some(Value::String(c)) => c.as_str(),
+            other => {
+                return Err(ConfigError::invalid(
+                    "optimizer.class_name",
+                    other.unwrap_or(&Value::Null),
+                    "a Keras optimizer class name",
+                ))
+            }
+        };
+        let empty = Map::new();
+        let c = match obj.get("config") {
+            Some(Value::Object(c)) => c,
+            None | Some(Value::Null) => &empty,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    format!("{class}.config"),
+                    other,
+                    "an object",
+                ))
+            }
+        };
+        let mut cfg = Self::from_name(class)?;
+        let (own_keys, default_wd): (&[&str], Option<f64>) = match cfg.kind {
+            OptimizerKind::Sgd { .. } => (&["momentum", "nesterov"], None),
+            OptimizerKind::Adam { .. } => (&["beta_1", "beta_2", "epsilon", "amsgrad"], None),
+            OptimizerKind::AdamW { .. } => {
+                (&["beta_1", "beta_2", "epsilon", "amsgrad"], Some(0.004))
+            }
+            OptimizerKind::RmsProp { .. } => (&["rho", "momentum", "epsilon", "centered"], None),
+            OptimizerKind::Adagrad { .. } => (&["initial_accumulator_value", "epsilon"], None),
+        };
+        for key in c.keys() {
+            if !BASE_KEYS.contains(&key.as_str()) && !own_keys.contains(&key.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{class}.{key}"),
+                    c.get(key).unwrap_or(&Value::Null),
+                    format!(
+                        "no such argument; {class} takes {}, {}",
+                        BASE_KEYS.join(", "),
+                        own_keys.join(", ")
+                    ),
+                ));
+            }
+        }
+        cfg.learning_rate = match c.get("learning_rate") {
+            None | Some(Value::Null) => cfg.kind.default_learning_rate(),
+            Some(Value::Object(s)) => {
+                let sched = s
+                    .get("class_name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("a callable");
+                return Err(ConfigError::unsupported(
+                    "learning rate",
+                    format!("{class}.learning_rate is a schedule ({sched}); only constant learning rates are supported"),
+                ));
+            }
+            Some(x) => x.as_f64().ok_or_else(|| {
+                ConfigError::invalid(format!("{class}.learning_rate"), x, "a number")
+            })?,
+        };
+        let opt = |k: &str| -> Result<Option<f64>, ConfigError> {
+            match c.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(x) => x.as_f64().map(Some).ok_or_else(|| {
+                    ConfigError::invalid(format!("{class}.{k}"), x, "a number or null")
+                }),
+            }
+        };
+        let num = |k: &str, d: f64| -> Result<f64, ConfigError> { Ok(opt(k)?.unwrap_or(d)) };
+        cfg.clipnorm = opt("clipnorm")?;
+        cfg.clipvalue = opt("clipvalue")?;
+        cfg.global_clipnorm = opt("global_clipnorm")?;
+        cfg.weight_decay = match c.get("weight_decay") {
+            None => default_wd,
+            Some(_) => opt("weight_decay")?,
+        };
+        if get_bool(c, "use_ema", false)? {
+            return Err(ConfigError::unsupported(
+                "optimizer option",
+                format!("{class}.use_ema = true (exponential moving average of the weights)"),
+            ));
+        }
+        for k in ["loss_scale_factor", "gradient_accumulation_steps"] {
+            if let Some(x) = c.get(k).filter(|x| !x.is_null()) {
+                return Err(ConfigError::unsupported(
+                    "optimizer option",
+                    format!("{class}.{k} = {x}"),
+                ));
+            }
+        }
+        cfg.kind = match cfg.kind {
+            OptimizerKind::Sgd { .. } => OptimizerKind::Sgd {
+                momentum: num("momentum", 0.0)?,
+                nesterov: get_bool(c, "nesterov", false)?,
+            },
+            OptimizerKind::Adam { .. } => OptimizerKind::Adam {
+                beta_1: num("beta_1", 0.9)?,
+                beta_2: num("beta_2", 0.999)?,
+                epsilon: num("epsilon", 1e-7)?,
+                amsgrad: get_bool(c, "amsgrad", false)?,
+            },
+            OptimizerKind::AdamW { .. } => OptimizerKind::AdamW {
+                beta_1: num("beta_1", 0.9)?,
+                beta_2: num("beta_2", 0.999)?,
+                epsilon: num("epsilon", 1e-7)?,
+                amsgrad: get_bool(c, "amsgrad", false)?,
+            },
+            OptimizerKind::RmsProp { .. } => OptimizerKind::RmsProp {
+                rho: num("rho", 0.9)?,
+                momentum: num("momentum", 0.0)?,
+                epsilon: num("epsilon", 1e-7)?,
+                centered: get_bool(c, "centered", false)?,
+            },
+            OptimizerKind::Adagrad { .. } => OptimizerKind::Adagrad {
+                initial_accumulator_value: num("initial_accumulator_value", 0.1)?,
+                epsilon: num("epsilon", 1e-7)?,
+            },
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Serializes as Keras 3.15.1 does (`keras.saving.serialize_keras_object(optimizer)`), with the
+    /// default object name and the learning rate written as its float32 value widened to f64
+    /// (Keras reads it back from its float32 variable: 0.001 → 0.0010000000474974513).
+    pub fn to_keras(&self) -> Value {
+        let mut c = Map::new();
+        let o = |x: Option<f64>| x.map_or(Value::Null, |v| json!(v));
+        c.insert("name".into(), json!(self.kind.keras_name()));
+        c.insert(
+            "learning_rate".into(),
+            json!(f64::from(self.learning_rate as f32)),
+        );
+        c.insert("weight_decay".into(), o(self.weight_decay));
+        c.insert("clipnorm".into(), o(self.clipnorm));
+        c.insert("global_clipnorm".into(), o(self.global_clipnorm));
+        c.insert("clipvalue".into(), o(self.clipvalue));
+        c.insert("use_ema".into(), json!(false));
+        c.insert("ema_momentum".into(), json!(0.99));
+        c.insert("ema_overwrite_frequency".into(), Value::Null);
+        c.insert("loss_scale_factor".into(), Value::Null);
+        c.insert("gradient_accumulation_steps".into(), Value::Null);
+        match self.kind {
+            OptimizerKind::Sgd { momentum, nesterov } => {
+                c.insert("momentum".into(), json!(momentum));
+                c.insert("nesterov".into(), json!(nesterov));
+            }
+            OptimizerKind::Adam {
+                beta_1,
+                beta_2,
+                epsilon,
+                amsgrad,
+            }
+            | OptimizerKind::AdamW {
+                beta_1,
+                beta_2,
+                epsilon,
+                amsgrad,
+            } => {
+                c.insert("beta_1".into(), json!(beta_1));
+                c.insert("beta_2".into(), json!(beta_2));
+                c.insert("epsilon".into(), json!(epsilon));
+                c.insert("amsgrad".into(), json!(amsgrad));
+            }
+            OptimizerKind::RmsProp {
+                rho,
+                momentum,
+                epsilon,
+                centered,
+            } => {
+                c.insert("rho".into(), json!(rho));
+                c.insert("momentum".into(), json!(momentum));
+                c.insert("epsilon".into(), json!(epsilon));
+                c.insert("centered".into(), json!(centered));
+            }
+            OptimizerKind::Adagrad {
+                initial_accumulator_value,
+                epsilon,
+            } => {
+                c.insert(
+                    "initial_accumulator_value".into(),
+                    json!(initial_accumulator_value),
+                );
+                c.insert("epsilon".into(), json!(epsilon));
+            }
+        }
+        json!({
+            "module": "keras.optimizers",
+            "class_name": self.kind.keras_class_name(),
+            "config": Value::Object(c),
+            "registered_name": Value::Null,
+        })
+    }
+
+    /// Checks the configuration: at most one of `clipnorm`, `clipvalue`, `global_clipnorm` (as
+    /// Keras), finite numbers, `learning_rate ≥ 0`, SGD momentum in `[0, 1]` (as Keras), β's in
+    /// `[0, 1)`, `ρ` in `[0, 1]`, `ε`, RMSprop momentum and the initial accumulator `≥ 0`, and a
+    /// weight decay for AdamW (as Keras).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let set = [self.clipnorm, self.clipvalue, self.global_clipnorm]
+            .iter()
+            .filter(|x| x.is_some())
+            .count();
+        if set > 1 {
+            return Err(ConfigError::invalid(
+                "clipnorm/clipvalue/global_clipnorm",
+                format!(
+                    "clipnorm={:?}, clipvalue={:?}, global_clipnorm={:?}",
+                    self.clipnorm, self.clipvalue, self.global_clipnorm
+                ),
+                "only one of `clipnorm`, `clipvalue` and `global_clipnorm` set",
+            ));
+        }
+        let finite = |arg: &str, x: f64| {
+            if x.is_finite() {
+                Ok(())
+            } else {
+                Err(ConfigError::invalid(arg, x, "a finite number"))
+            }
+        };
+        let range = |arg: &str, x: f64, lo: f64, hi: f64, hi_open: bool| {
+            let ok = x >= lo && if hi_open { x < hi } else { x <= hi };
+            if ok {
+                Ok(())
+            } else {
+                let close = if hi_open { ")" } else { "]" };
+                Err(ConfigError::invalid(
+                    arg,
+                    x,
+                    format!("a number in [{lo}, {hi}{close}"),
+                ))
+            }
+        };
+        range(
+            "learning_rate",
+            self.learning_rate,
+            0.0,
+            f64::INFINITY,
+            true,
+        )?;
+        for (arg, x) in [
+            ("clipnorm", self.clipnorm),
+            ("clipvalue", self.clipvalue),
+            ("global_clipnorm", self.global_clipnorm),
+            ("weight_decay", self.weight_decay),
+        ] {
+            if let Some(x) = x {
+                finite(arg, x)?;
+            }
+        }
+        match self.kind {
+            OptimizerKind::Sgd { momentum, .. } => range("momentum", momentum, 0.0, 1.0, false)?,
+            OptimizerKind::Adam {
+                beta_1,
+                beta_2,
+                epsilon,
+                ..
+            }
+            | OptimizerKind::AdamW {
+                beta_1,
+                beta_2,
+                epsilon,
+                ..
+            } => {
+                range("beta_1", beta_1, 0.0, 1.0, true)?;
+                range("beta_2", beta_2, 0.0, 1.0, true)?;
+                range("epsilon", epsilon, 0.0, f64::INFINITY, true)?;
+                if matches!(self.kind, OptimizerKind::AdamW { .. }) && self.weight_decay.is_none() {
+                    return Err(ConfigError::invalid(
+                        "weight_decay",
+                        "None",
+                        "a float (AdamW requires it)",
+                    ));
+                }
+            }
+            OptimizerKind::RmsProp {
+                rho,
+                momentum,
+                epsilon,
+                ..
+            } => {
+                range("rho", rho, 0.0, 1.0, false)?;
+                range("momentum", momentum, 0.0, f64::INFINITY, true)?;
+                range("epsilon", epsilon, 0.0, f64::INFINITY, true)?;
+            }
+            OptimizerKind::Adagrad {
+                initial_accumulator_value,
+                epsilon,
+            } => {
+                range(
+                    "initial_accumulator_value",
+                    initial_accumulator_value,
+                    0.0,
+                    f64::INFINITY,
+                    true,
+                )?;
+                range("epsilon", epsilon, 0.0, f64::INFINITY, true)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An optimizer with its state: the iteration counter and the slot variables of every model
+/// variable (see [`OptimizerConfig`] for an example).
+#[derive(Clone, Debug)]
+pub struct Optimizer<T: Float> {
+    config: OptimizerConfig,
+    iterations: u64,
+    var_sizes: Vec<usize>,
+    /// `slots[s][v]`: slot `s` (in `kind.slot_names()` order) of variable `v`.
+    slots: Vec<Vec<Vec<T>>>,
+}
+
+impl<T: Float> Optimizer<T> {
+    /// A fresh optimizer (iterations 0, slots at their initial values) for variables of the given
+    /// element counts, in the order later passed to [`Optimizer::step`].
+    pub fn new(config: OptimizerConfig, var_sizes: &[usize]) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let init = match config.kind {
+            OptimizerKind::Adagrad {
+                initial_accumulator_value,
+                ..
+            } => cast_f32::<T>(initial_accumulator_value),
+            _ => T::zero(),
+        };
+        let slots = config
+            .kind
+            .slot_names()
+            .iter()
+            .map(|_| var_sizes.iter().map(|&n| vec![init; n]).collect())
+            .collect();
+        Ok(Optimizer {
+            config,
+            iterations: 0,
+            var_sizes: var_sizes.to_vec(),
+            slots,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    /// Number of steps applied so far (Keras' `optimizer.iterations`).
+    pub fn iterations(&self) -> u64 {
+        self.iterations
+    }
+
+    /// Sets the iteration counter (e.g. when resuming from a saved optimizer).
+    pub fn set_iterations(&mut self, iterations: u64) {
+        self.iterations = iterations;
+    }
+
+    /// The learning rate as the updates use it: the float32 value, converted to `T`.
+    pub fn learning_rate(&self) -> T {
+        T::of(f64::from(self.config.learning_rate as f32))
+    }
+
+    /// One Keras `apply_gradients` step over all variables at once (clip, weight decay, update,
+    /// `iterations += 1`; see the module documentation). `grads[i]` is the gradient of `vars[i]`;
+    /// the gradients are clipped in place.
+    pub fn step(
+        &mut self,
+        vars: &mut [&mut [T]],
+        grads: &mut [&mut [T]],
+    ) -> Result<(), ShapeError> {
+        self.check(vars, grads)?;
+        self.clip(grads);
+        let lr = self.learning_rate();
+        if let Some(wd) = self.config.weight_decay {
+            let wd = cast_f32::<T>(wd);
+            for v in vars.iter_mut() {
+                for x in v.iter_mut() {
+                    *x -= (*x * wd) * lr;
+                }
+            }
+        }
+        let t = T::of((self.iterations as f64) + 1.0);
+        let kind = self.config.kind;
+        for (i, (v, g)) in vars.iter_mut().zip(grads.iter()).enumerate() {
+            let mut slots: Vec<&mut [T]> = self
+                .slots
+                .iter_mut()
+                .filter_map(|s| s.get_mut(i).map(|x| x.as_mut_slice()))
+                .collect();
+            update(kind, lr, t, v, g, &mut slots);
+        }
+        self.iterations += 1;
+        Ok(())
+    }
+
+    /// The optimizer's variables in Keras' order with Keras' paths, as `.keras` files store them
+    /// under `optimizer/vars/0..N`: `("{name}/iteration", [iterations])`,
+    /// `("{name}/learning_rate", [lr])`, then the slots, e.g. for Adam per model variable
+    /// `{path}_momentum`, `{path}_velocity` (then all `{path}_velocity_hat` with AMSGrad); for
+    /// RMSprop all `velocity`, then all `momentum`, then all `average_gradient`.
+    ///
+    /// `var_paths` are the model variables' Keras paths (`"sequential/gru/gru_cell/kernel"`); a
+    /// slot is named `"{name}/" + path.replace('/', '_') + "_" + slot`, `name` being the default
+    /// optimizer name (`"adam"`, `"rm_sprop"`, …). Keras stores the iteration as int64 and the
+    /// learning rate as float32: write them from [`Optimizer::iterations`] and the value here.
+    pub fn keras_variables(&self, var_paths: &[&str]) -> Result<Vec<(String, Vec<T>)>, ShapeError> {
+        if var_paths.len() != self.var_sizes.len() {
+            return Err(ShapeError::mismatch(
+                "var_paths",
+                &[var_paths.len()],
+                format!("one path per variable ({})", self.var_sizes.len()),
+            ));
+        }
+        let name = self.config.kind.keras_name();
+        let slot_names = self.config.kind.slot_names();
+        let mut out = vec![
+            (
+                format!("{name}/iteration"),
+                vec![T::of(self.iterations as f64)],
+            ),
+            (format!("{name}/learning_rate"), vec![self.learning_rate()]),
+        ];
+        for (s, v) in self.config.kind.keras_order(self.var_sizes.len()) {
+            let (Some(slot), Some(path), Some(values)) = (
+                slot_names.get(s),
+                var_paths.get(v),
+                self.slots.get(s).and_then(|x| x.get(v)),
+            ) else {
+                continue;
+            };
+            out.push((
+                format!("{name}/{}_{slot}", path.replace('/', "_")),
+                values.clone(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Restores the state from the values of [`Optimizer::keras_variables`] (same order and
+    /// lengths): the iteration counter (use [`Optimizer::set_iterations`] afterwards for counts
+    /// above 2²⁴ in `f32`), the learning rate (Keras restores it too) and every slot.
+    pub fn load_keras_variables(&mut self, values: &[&[T]]) -> Result<(), ShapeError> {
+        let order = self.config.kind.keras_order(self.var_sizes.len());
+        if values.len() != order.len() + 2 {
+            return Err(ShapeError::mismatch(
+                "optimizer variables",
+                &[values.len()],
+                format!(
+                    "{} arrays (iteration, learning_rate, then {} slots)",
+                    order.len() + 2,
+                    order.len()
+                ),
+            ));
+        }
+        let scalar = |i: usize, what: &str| -> Result<T, ShapeError> {
+            match values.get(i) {
+                Some([x]) => Ok(*x),
+                other => Err(ShapeError::mismatch(
+                    format!("optimizer variable {i} ({what})"),
+                    &[other.map_or(0, |x| x.len())],
+                    "a scalar",
+                )),
+            }
+        };
+        let it = scalar(0, "iteration")?.f64();
+        let lr = scalar(1, "learning_rate")?.f64();
+        if !(it.is_finite() && it >= 0.0 && it.fract() == 0.0) {
+            return Err(ShapeError::NonFinite {
+                arg: "optimizer variable 0 (iteration)".into(),
+                value: it,
+                index: 0,
+            });
+        }
+        for (k, &(s, v)) in order.iter().enumerate() {
+            let (Some(src), Some(dst)) = (
+                values.get(k + 2),
+                self.slots.get_mut(s).and_then(|x| x.get_mut(v)),
+            ) else {
+                continue;
+            };
+            if src.len() != dst.len() {
+                return Err(ShapeError::ElementCount {
+                    arg: format!("optimizer variable {}", k + 2),
+                    shape: vec![dst.len()],
+                    needed: dst.len(),
+                    got: src.len(),
+                });
+            }
+        }
+        for (k, &(s, v)) in order.iter().enumerate() {
+            if let (Some(src), Some(dst)) = (
+                values.get(k + 2),
+                self.slots.get_mut(s).and_then(|x| x.get_mut(v)),
+            ) {
+                dst.copy_from_slice(src);
+            }
+        }
+        self.iterations = it as u64;
+        self.config.learning_rate = lr;
+        Ok(())
+    }
+
+    fn check(&self, vars: &[&mut [T]], grads: &[&mut [T]]) -> Result<(), ShapeError> {
+        let n = self.var_sizes.len();
+        if vars.len() != n {
+            return Err(ShapeError::mismatch(
+                "vars",
+                &[vars.len()],
+                format!("{n} variables"),
+            ));
+        }
+        if grads.len() != n {
+            return Err(ShapeError::mismatch(
+                "grads",
+                &[grads.len()],
+                format!("{n} gradients"),
+            ));
+        }
+        for (i, ((v, g), &size)) in vars.iter().zip(grads).zip(&self.var_sizes).enumerate() {
+            for (arg, len) in [("vars", v.len()), ("grads", g.len())] {
+                if len != size {
+                    return Err(ShapeError::ElementCount {
+                        arg: format!("{arg}[{i}]"),
+                        shape: vec![size],
+                        needed: size,
+                        got: len,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keras' `_clip_gradients`: the first of clipnorm / global_clipnorm / clipvalue that is `> 0`.
+    fn clip(&self, grads: &mut [&mut [T]]) {
+        let c = &self.config;
+        if let Some(cn) = c.clipnorm.filter(|&x| x > 0.0) {
+            // tf.clip_by_norm: (g · c) / max(‖g‖, c); ‖g‖ = 0 stays 0.
+            let cn_t = T::of(cn);
+            for g in grads.iter_mut() {
+                let l2sum = sum_squares(g);
+                let l2norm = if l2sum > T::zero() {
+                    l2sum.sqrt()
+                } else {
+                    l2sum
+                };
+                let den = l2norm.max(cn_t);
+                for x in g.iter_mut() {
+                    *x = (*x * cn_t) / den;
+                }
+            }
+        } else if let Some(gn) = c.global_clipnorm.filter(|&x| x > 0.0) {
+            // Keras' global_norm: per-variable Σg² in T, summed in T, square root.
+            let mut total = T::zero();
+            for g in grads.iter() {
+                total += sum_squares(g);
+            }
+            let norm = total.sqrt();
+            // `+ (n − n)` turns an infinite or NaN norm into NaN, as Keras does on purpose.
+            #[allow(clippy::eq_op)]
+            let nan_if_not_finite = norm - norm;
+            let scale = T::of(gn) * (T::one() / norm).min(T::of(1.0 / gn)) + nan_if_not_finite;
+            for g in grads.iter_mut() {
+                for x in g.iter_mut() {
+                    *x *= scale;
+                }
+            }
+        } else if let Some(cv) = c.clipvalue.filter(|&x| x > 0.0) {
+            let (lo, hi) = (T::of(-cv), T::of(cv));
+            for g in grads.iter_mut() {
+                for x in g.iter_mut() {
+                    *x = x.min(hi).max(lo);
+                }
+            }
+        }
+    }
+}
+
+/// A Python float passed through `ops.cast(x, dtype)` / `tf.cast`: TensorFlow first makes it a
+/// float32 tensor, so even for `f64` variables the value is `f64(f32(x))` (SGD's momentum,
+/// Adam's β's in `βᵗ`, the weight decay). Plain arithmetic with Python floats is not rounded so.
+fn cast_f32<T: Float>(x: f64) -> T {
+    T::of(f64::from(x as f32))
+}
+
+/// `Σ g²` rounded to `T` (accumulated in f64, close to TensorFlow's tree reduction).
+fn sum_squares<T: Float>(g: &[T]) -> T {
+    T::of(g.iter().map(|&x| (x * x).f64()).sum::<f64>())
+}
+
+/// One variable's update (step 3 of the module documentation). `slots` are this variable's slot
+/// arrays in `slot_names()` order.
+fn update<T: Float>(
+    kind: OptimizerKind,
+    lr: T,
+    t: T,
+    v: &mut [T],
+    g: &[T],
+    slots: &mut [&mut [T]],
+) {
+    match (kind, slots) {
+        (OptimizerKind::Sgd { momentum, nesterov }, slots) => {
+            if let [m] = slots {
+                let mu = cast_f32::<T>(momentum);
+                for ((x, &g), m) in v.iter_mut().zip(g).zip(m.iter_mut()) {
+                    *m = *m * mu - g * lr;
+                    if nesterov {
+                        *x += *m * mu - g * lr;
+                    } else {
+                        *x += *m;
+                    }
+                }
+            } else {
+                for (x, &g) in v.iter_mut().zip(g) {
+                    *x -= g * lr;
+                }
+            }
+        }
+        (
+            OptimizerKind::Adam {
+                beta_1,
+                beta_2,
+                epsilon,
+                ..
+            }
+            | OptimizerKind::AdamW {
+                beta_1,
+                beta_2,
+                epsilon,
+                ..
+            },
+            slots,
+        ) => {
+            let b1p = cast_f32::<T>(beta_1).powf(t);
+            let b2p = cast_f32::<T>(beta_2).powf(t);
+            let alpha = lr * (T::one() - b2p).sqrt() / (T::one() - b1p);
+            let (c1, c2, eps) = (T::of(1.0 - beta_1), T::of(1.0 - beta_2), T::of(epsilon));
+            match slots {
+                [m, vel] => {
+                    for (((x, &g), m), vel) in
+                        v.iter_mut().zip(g).zip(m.iter_mut()).zip(vel.iter_mut())
+                    {
+                        *m += (g - *m) * c1;
+                        *vel += (g * g - *vel) * c2;
+                        *x -= (*m * alpha) / (vel.sqrt() + eps);
+                    }
+                }
+                [m, vel, vhat] => {
+                    for ((((x, &g), m), vel), vh) in v
+                        .iter_mut()
+                        .zip(g)
+                        .zip(m.iter_mut())
+                        .zip(vel.iter_mut())
+                        .zip(vhat.iter_mut())
+                    {
+                        *m += (g - *m) * c1;
+                        *vel += (g * g - *vel) * c2;
+                        *vh = vh.max(*vel);
+                        *x -= (*m * alpha) / (vh.sqrt() + eps);
+                    }
+                }
+                _ => {}
+            }
+        }
+        (
+            OptimizerKind::RmsProp {
+                rho,
+                momentum,
+                epsilon,
+                centered,
+            },
+            slots,
+        ) => {
+            let (r, c, eps, mu) = (
+                T::of(rho),
+                T::of(1.0 - rho),
+                T::of(epsilon),
+                T::of(momentum),
+            );
+            let (vel, rest) = match slots.split_first_mut() {
+                Some(x) => x,
+                None => return,
+            };
+            let (mut mom, rest) = if momentum > 0.0 {
+                match rest.split_first_mut() {
+                    Some((m, r)) => (Some(m), r),
+                    None => return,
+                }
+            } else {
+                (None, rest)
+            };
+            let mut avg = if centered { rest.first_mut() } else { None };
+            for (i, (x, &g)) in v.iter_mut().zip(g).enumerate() {
+                let Some(vi) = vel.get_mut(i) else { return };
+                *vi = r * *vi + c * (g * g);
+                let den = match avg.as_deref_mut().and_then(|a| a.get_mut(i)) {
+                    Some(a) => {
+                        *a = r * *a + c * g;
+                        (*vi - *a * *a) + eps
+                    }
+                    None => *vi + eps,
+                };
+                let inc = (lr * g) / den.sqrt();
+                match mom.as_deref_mut().and_then(|m| m.get_mut(i)) {
+                    Some(m) => {
+                        *m = mu * *m + inc;
+                        *x -= *m;
+                    }
+                    None => *x -= inc,
+                }
+            }
+        }
+        (OptimizerKind::Adagrad { epsilon, .. }, [acc]) => {
+            let eps = T::of(epsilon);
+            for ((x, &g), a) in v.iter_mut().zip(g).zip(acc.iter_mut()) {
+                *a += g * g;
+                *x -= (lr * g) / (*a + eps).sqrt();
+            }
+        }
+        (OptimizerKind::Adagrad { .. }, _) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keras_order_interleaves_adam_only() {
+        let adam = OptimizerConfig::adam(0.1);
+        assert_eq!(
+            adam.kind.keras_order(2),
+            vec![(0, 0), (1, 0), (0, 1), (1, 1)]
+        );
+        let mut ams = OptimizerConfig::adam(0.1);
+        ams.kind = OptimizerKind::Adam {
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon: 1e-7,
+            amsgrad: true,
+        };
+        assert_eq!(
+            ams.kind.keras_order(2),
+            vec![(0, 0), (1, 0), (0, 1), (1, 1), (2, 0), (2, 1)]
+        );
+        let rms = OptimizerKind::RmsProp {
+            rho: 0.9,
+            momentum: 0.5,
+            epsilon: 1e-7,
+            centered: true,
+        };
+        assert_eq!(
+            rms.keras_order(2),
+            vec![(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+        );
+        assert!(OptimizerConfig::sgd(0.1).kind.keras_order(3).is_empty());
+    }
+
+    #[test]
+    fn validation_rejects_what_keras_rejects() {
+        let mut c = OptimizerConfig::sgd(0.1);
+        c.clipnorm = Some(1.0);
+        c.clipvalue = Some(1.0);
+        assert!(c.validate().unwrap_err().to_string().contains("only one"));
+        let mut c = OptimizerConfig::adamw(0.1);
+        c.weight_decay = None;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("weight_decay"));
+        let mut c = OptimizerConfig::sgd(0.1);
+        c.kind = OptimizerKind::Sgd {
+            momentum: 1.5,
+            nesterov: false,
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("momentum"));
+        assert!(OptimizerConfig::adam(f64::NAN).validate().is_err());
+    }
+
+    #[test]
+    fn from_keras_rejects_schedules_and_unknown_keys() {
+        let s = json!({"class_name": "Adam", "config": {"learning_rate": {"class_name": "ExponentialDecay", "config": {}}}});
+        let e = OptimizerConfig::from_keras(&s).unwrap_err();
+        assert!(
+            matches!(e, ConfigError::Unsupported { .. })
+                && e.to_string().contains("ExponentialDecay")
+        );
+        let s = json!({"class_name": "SGD", "config": {"beta_1": 0.9}});
+        assert!(OptimizerConfig::from_keras(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("SGD.beta_1"));
+        let s = json!({"class_name": "SGD", "config": {"use_ema": true}});
+        assert!(matches!(
+            OptimizerConfig::from_keras(&s),
+            Err(ConfigError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            OptimizerConfig::from_name("nadam"),
+            Err(ConfigError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            OptimizerConfig::from_name("foo"),
+            Err(ConfigError::UnknownName { .. })
+        ));
+        assert_eq!(
+            OptimizerConfig::from_name("RMSprop").unwrap(),
+            OptimizerConfig::rmsprop(0.001)
+        );
+        let w = OptimizerConfig::from_keras(&json!({"class_name": "AdamW", "config": {}})).unwrap();
+        assert_eq!(w.weight_decay, Some(0.004));
+    }
+
+    #[test]
+    fn step_checks_shapes_and_load_round_trips() {
+        let mut o = Optimizer::<f32>::new(OptimizerConfig::adam(0.1), &[2, 1]).unwrap();
+        let mut a = [1.0f32, 2.0];
+        let mut b = [3.0f32];
+        let mut ga = [0.5f32, -0.5];
+        let mut gb = [1.0f32, 1.0];
+        let e = o
+            .step(&mut [&mut a, &mut b], &mut [&mut ga, &mut gb])
+            .unwrap_err();
+        assert!(e.to_string().contains("grads[1]"), "{e}");
+        assert_eq!(o.iterations(), 0);
+        o.step(&mut [&mut a, &mut b], &mut [&mut ga, &mut gb[..1]])
+            .unwrap();
+        let vars = o.keras_variables(&["d/kernel", "d/bias"]).unwrap();
+        let names: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "adam/iteration",
+                "adam/learning_rate",
+                "adam/d_kernel_momentum",
+                "adam/d_kernel_velocity",
+                "adam/d_bias_momentum",
+                "adam/d_bias_velocity"
+            ]
+        );
+        let mut fresh = Optimizer::<f32>::new(OptimizerConfig::adam(0.5), &[2, 1]).unwrap();
+        let refs: Vec<&[f32]> = vars.iter().map(|(_, v)| v.as_slice()).collect();
+        fresh.load_keras_variables(&refs).unwrap();
+        assert_eq!(fresh.iterations(), 1);
+        assert_eq!(
+            fresh.keras_variables(&["d/kernel", "d/bias"]).unwrap(),
+            vars
+        );
+        assert!(fresh.load_keras_variables(&refs[..3]).is_err());
+    }
+}
