@@ -493,6 +493,77 @@ fn h5_reads_integer_and_scalar_datasets() {
     );
 }
 
+#[test]
+fn h5_dtypes_layouts_and_string_attributes() {
+    let expect = json("h5_expect.json");
+    for libver in ["earliest", "latest"] {
+        let fname = format!("misc_{libver}.h5");
+        let f = H5File::open(&fixtures().join("h5").join(&fname)).unwrap();
+        for (p, d) in expect[&fname]["datasets"].as_object().unwrap() {
+            let t = f.read_f64(p).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(t.shape(), shape_of(&d["shape"]).as_slice(), "{fname}:{p}");
+            let want = values_of(&d["values"]);
+            for (i, (&g, &w)) in t.data().iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 2.0 * f64::EPSILON * w.abs(),
+                    "{fname}:{p}[{i}]: {g} vs {w}"
+                );
+            }
+            assert_eq!(t.len(), want.len(), "{fname}:{p}");
+        }
+        assert_eq!(
+            f.read_f64("data/f16").unwrap().data(),
+            &[1.0, -2.5, 65504.0, 2f64.powi(-24)]
+        );
+        assert_eq!(f.dataset_dtype("data/f16").unwrap(), "float16");
+        assert_eq!(
+            f.dataset_shape("data/i64_scalar").unwrap(),
+            Vec::<usize>::new()
+        );
+        let err = f.read_f64("data/strings").unwrap_err().to_string();
+        assert!(
+            err.contains("data/strings") && err.contains("string"),
+            "{err}"
+        );
+        // 40 children: dense link storage with libver latest; listing order is not creation order
+        // there, so sort.
+        let mut names = f.dataset_names("many").unwrap();
+        names.sort();
+        assert_eq!(names.len(), 40);
+        assert_eq!(names[39], "d39");
+        assert_eq!(f.read_f64("many/d07").unwrap().data(), &[7.0, 7.0]);
+        let all = f.datasets_under("").unwrap();
+        assert_eq!(all.len(), 9 + 40, "{fname}: {all:?}");
+        // String attributes of every kind.
+        assert_eq!(
+            f.attr_string("data", "vlen_str").unwrap().as_deref(),
+            Some("héllo")
+        );
+        assert_eq!(
+            f.attr_string("data", "fixed_bytes").unwrap().as_deref(),
+            Some("fixed")
+        );
+        assert_eq!(
+            f.attr_strings("data", "fixed_array").unwrap().unwrap(),
+            ["x", "yy", "zzz"]
+        );
+        assert_eq!(
+            f.attr_strings("data", "vlen_array").unwrap().unwrap(),
+            ["p", "qq"]
+        );
+        assert_eq!(f.attr_strings("data", "empty_f64").unwrap(), Some(vec![]));
+        assert_eq!(f.attr_f64("data", "number").unwrap(), Some(2.5));
+        let err = f.attr_strings("data", "int_array").unwrap_err().to_string();
+        assert!(
+            err.contains("data@int_array") && err.contains("expected strings"),
+            "{err}"
+        );
+        let mut attrs = f.attr_names("data").unwrap();
+        attrs.sort();
+        assert_eq!(attrs.len(), 7);
+    }
+}
+
 // ---------------------------------------------------------------- Keras files
 
 fn expect_keras() -> BTreeMap<String, Value> {
@@ -726,11 +797,24 @@ fn keras_dispatch_is_by_content() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("config.json"), "{err}");
-    // read_weights_file also takes a full legacy model.
+    // read_weights_file also takes a full legacy model or a .keras archive.
     assert!(matches!(
         read_weights_file(&k.join("seq_gru.h5")).unwrap(),
         KerasWeights::ByLayer { .. }
     ));
+    assert_eq!(
+        read_weights_file(&k.join("seq_gru.keras"))
+            .unwrap()
+            .num_arrays(),
+        5
+    );
+    let err = read_weights_file(&fixtures().join("npy/f32_c_2x3.npy"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("f32_c_2x3.npy") && err.contains("neither"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -789,7 +873,7 @@ fn run_all_loaders(bytes: &[u8]) {
                 let _ = h.attr_names(p);
             }
         }
-        for g in ["", "model_weights", "layers/gru/cell/vars"] {
+        for g in ["", "model_weights", "layers/gru/cell/vars", "data"] {
             let _ = h.group_names(g);
             let _ = h.attr_names(g);
             if let Ok(names) = h.attr_names(g) {
@@ -871,6 +955,8 @@ fn no_loader_panics_on_mutated_or_random_input() {
         ("keras/bidir.h5", 600),
         ("keras/tf2_style.h5", 600),
         ("keras/seq_gru.weights.h5", 400),
+        ("h5/misc_earliest.h5", 500),
+        ("h5/misc_latest.h5", 500),
     ];
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut panics = Vec::new();

@@ -40,7 +40,8 @@ pub const MAX_WALK_DEPTH: usize = 64;
 /// Largest expansion ratio assumed for chunked (possibly compressed) datasets.
 const MAX_CHUNKED_EXPANSION: u64 = 1100;
 
-/// An HDF5 file opened for reading (held in memory).
+/// An HDF5 file opened for reading (held in memory; clones share it).
+#[derive(Clone)]
 pub struct H5File {
     inner: Hdf5File,
     name: String,

@@ -203,13 +203,15 @@ pub fn read_npy_bytes(bytes: &[u8], name_for_errors: &str) -> Result<Array, Form
             10usize,
             bytes
                 .get(8..10)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize),
+                .and_then(|b| b.try_into().ok())
+                .map(|b| u16::from_le_bytes(b) as usize),
         ),
         2 | 3 => (
             12usize,
             bytes
                 .get(8..12)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize),
+                .and_then(|b| b.try_into().ok())
+                .map(|b| u32::from_le_bytes(b) as usize),
         ),
         v => {
             return Err(bad(

@@ -1,1 +1,638 @@
-//! (being written)
+//! Models: a graph of layers (Keras `Sequential` or `Functional`), run as Keras runs it, with
+//! mask propagation, multi-output, stateful layers and a `summary()` like Keras'.
+
+use crate::error::{ConfigError, Error, ShapeError};
+use crate::float::Float;
+use crate::layers::activation::Activation;
+use crate::layers::bidirectional::Bidirectional;
+use crate::layers::dense::Dense;
+use crate::layers::rnn::{dims3, Mask, Rnn};
+use crate::tensor::Tensor;
+
+/// One layer (or, in Functional models, one mask operation) of a model.
+#[derive(Clone, Debug)]
+pub enum Layer<T = f32> {
+    /// `InputLayer` with its batch shape (`None` = any size).
+    Input {
+        /// `(batch, time, features)` or any rank; `None` where Keras has `null`.
+        batch_shape: Vec<Option<usize>>,
+    },
+    /// `Masking(mask_value)`.
+    Masking {
+        /// A step is masked when every feature equals this.
+        mask_value: f64,
+    },
+    /// `GRU`, `RNN(GRUCell)` or `RNN(StackedRNNCells)`.
+    Rnn(Rnn<T>),
+    /// `Bidirectional(GRU | RNN)`.
+    Bidirectional(Bidirectional<T>),
+    /// `Dense`.
+    Dense(Dense<T>),
+    /// `Dropout(rate)`: the identity at inference.
+    Dropout {
+        /// Drop rate (training only).
+        rate: f64,
+        /// Seed of the dropout mask.
+        seed: Option<u64>,
+    },
+    /// `Activation(name)`.
+    Activation(Activation),
+    /// The `NotEqual(x, value)` op Keras serializes for a Functional `Masking`.
+    NotEqual {
+        /// The scalar compared against.
+        value: f64,
+    },
+    /// The `Any(axis)` op Keras serializes for a Functional `Masking`.
+    Any {
+        /// Reduced axis (negative from the end).
+        axis: isize,
+    },
+}
+
+/// A layer with its name and how Keras knows it.
+#[derive(Clone, Debug)]
+pub struct ModelLayer<T = f32> {
+    /// The layer's `name`.
+    pub name: String,
+    /// Keras class name (`GRU`, `RNN`, `Dense`, …).
+    pub class_name: String,
+    /// Whether its weights are trainable (Keras `trainable`).
+    pub trainable: bool,
+    /// The layer.
+    pub layer: Layer<T>,
+}
+
+impl<T: Float> ModelLayer<T> {
+    /// Number of weights (parameters) of the layer.
+    pub fn param_count(&self) -> usize {
+        match &self.layer {
+            Layer::Rnn(r) => r.param_count(),
+            Layer::Bidirectional(b) => b.param_count(),
+            Layer::Dense(d) => d.param_count(),
+            _ => 0,
+        }
+    }
+
+    /// True for the mask operations Keras records as graph nodes (not layers).
+    pub fn is_op(&self) -> bool {
+        matches!(self.layer, Layer::NotEqual { .. } | Layer::Any { .. })
+    }
+}
+
+/// A reference to one output of one call of a layer: `(layer index, node index, tensor index)`,
+/// as Keras' `keras_history`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TensorRef {
+    /// Index into [`Model::layers`].
+    pub layer: usize,
+    /// Which call of the layer (0 unless the layer is shared).
+    pub node: usize,
+    /// Which of the call's outputs.
+    pub index: usize,
+}
+
+/// A positional argument of a call.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NodeArg {
+    /// A tensor produced by another call.
+    Tensor(TensorRef),
+    /// A constant (e.g. `NotEqual(x, 0.0)`).
+    Scalar(f64),
+}
+
+/// One call of a layer in the graph.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    /// Which layer is called.
+    pub layer: usize,
+    /// Which call of that layer this is.
+    pub call: usize,
+    /// Positional arguments.
+    pub args: Vec<NodeArg>,
+    /// `initial_state=` keyword argument.
+    pub initial_state: Vec<TensorRef>,
+    /// `mask=` keyword argument.
+    pub mask: Option<TensorRef>,
+}
+
+/// Sequential or Functional, to write the model back the way it came.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    /// `keras.Sequential`.
+    Sequential,
+    /// `keras.Model` (Functional API).
+    Functional,
+}
+
+/// A Keras model: layers, the call graph, inputs and outputs.
+#[derive(Clone, Debug)]
+pub struct Model<T = f32> {
+    /// Model name.
+    pub name: String,
+    /// Sequential or Functional.
+    pub kind: ModelKind,
+    /// Layers in Keras' order.
+    pub layers: Vec<ModelLayer<T>>,
+    /// Calls in an order where every argument is computed before it is used.
+    pub nodes: Vec<Node>,
+    /// The model inputs (outputs of `Input` layers).
+    pub inputs: Vec<TensorRef>,
+    /// The model outputs, in Keras' order.
+    pub outputs: Vec<TensorRef>,
+    /// Keras `compile_config`, kept to write it back and to default `fit` options.
+    pub compile_config: Option<serde_json::Value>,
+    threads: usize,
+}
+
+/// A value flowing through the graph: a float tensor with its Keras mask, or a boolean tensor
+/// (the result of the mask operations).
+#[derive(Clone, Debug)]
+pub(crate) enum Val<T> {
+    F(Tensor<T>, Option<Mask>),
+    B(Vec<usize>, Vec<bool>),
+}
+
+impl<T: Float> Model<T> {
+    /// Assembles a model and checks the graph (every reference points at an earlier call).
+    pub fn new(
+        name: impl Into<String>,
+        kind: ModelKind,
+        layers: Vec<ModelLayer<T>>,
+        nodes: Vec<Node>,
+        inputs: Vec<TensorRef>,
+        outputs: Vec<TensorRef>,
+    ) -> Result<Self, Error> {
+        let m = Model { name: name.into(), kind, layers, nodes, inputs, outputs, compile_config: None, threads: 1 };
+        m.check_graph()?;
+        Ok(m)
+    }
+
+    /// A Sequential model: an `Input` of `(None, time, features)` followed by `layers`, each
+    /// fed the previous layer's first output.
+    ///
+    /// ```
+    /// use grucell::layers::dense::DenseConfig;
+    /// use grucell::layers::model::{Layer, Model};
+    /// use grucell::{GruCellConfig, Rnn, Tensor};
+    /// let gru = Rnn::<f32>::new(GruCellConfig::new(4).seed(Some(0)), 3)?;
+    /// let dense = DenseConfig::new(1).build(4, 0)?;
+    /// let model = Model::sequential("m", vec![None, Some(3)], vec![
+    ///     ("gru".into(), Layer::Rnn(gru)),
+    ///     ("dense".into(), Layer::Dense(dense)),
+    /// ])?;
+    /// let y = model.predict(&[Tensor::new(vec![2, 5, 3], vec![0.1; 30])?])?;
+    /// assert_eq!(y[0].shape(), &[2, 1]);
+    /// # Ok::<(), grucell::Error>(())
+    /// ```
+    pub fn sequential(name: &str, input_shape: Vec<Option<usize>>, layers: Vec<(String, Layer<T>)>) -> Result<Self, Error> {
+        let mut batch_shape = vec![None];
+        batch_shape.extend(input_shape);
+        let mut ml = vec![ModelLayer { name: "input_layer".into(), class_name: "InputLayer".into(), trainable: true, layer: Layer::Input { batch_shape } }];
+        let mut nodes = vec![Node { layer: 0, call: 0, args: vec![], initial_state: vec![], mask: None }];
+        for (i, (name, layer)) in layers.into_iter().enumerate() {
+            let class_name = default_class_name(&layer).to_string();
+            ml.push(ModelLayer { name, class_name, trainable: true, layer });
+            nodes.push(Node {
+                layer: i + 1,
+                call: 0,
+                args: vec![NodeArg::Tensor(TensorRef { layer: i, node: 0, index: 0 })],
+                initial_state: vec![],
+                mask: None,
+            });
+        }
+        let out = TensorRef { layer: ml.len() - 1, node: 0, index: 0 };
+        Model::new(name, ModelKind::Sequential, ml, nodes, vec![TensorRef { layer: 0, node: 0, index: 0 }], vec![out])
+    }
+
+    fn check_graph(&self) -> Result<(), Error> {
+        let mut seen = std::collections::HashSet::new();
+        let bad = |what: String| -> Error { ConfigError::invalid("model graph", what, "references to layers called earlier in the graph").into() };
+        for n in &self.nodes {
+            if n.layer >= self.layers.len() {
+                return Err(bad(format!("call of layer #{}", n.layer)));
+            }
+            let refs = n.args.iter().filter_map(|a| match a {
+                NodeArg::Tensor(t) => Some(*t),
+                NodeArg::Scalar(_) => None,
+            });
+            for r in refs.chain(n.initial_state.iter().copied()).chain(n.mask) {
+                if !seen.contains(&(r.layer, r.node)) {
+                    return Err(bad(format!("input of `{}` from layer #{} call {}", self.layers[n.layer].name, r.layer, r.node)));
+                }
+            }
+            seen.insert((n.layer, n.call));
+        }
+        for r in self.inputs.iter().chain(&self.outputs) {
+            if !seen.contains(&(r.layer, r.node)) {
+                return Err(bad(format!("model input/output from layer #{} call {}", r.layer, r.node)));
+            }
+        }
+        for r in &self.inputs {
+            if !matches!(self.layers[r.layer].layer, Layer::Input { .. }) {
+                return Err(bad(format!("model input `{}` is not an InputLayer", self.layers[r.layer].name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Threads the GEMMs may use (default 1).
+    pub fn set_threads(&mut self, n: usize) {
+        self.threads = n.max(1);
+        let n = self.threads;
+        for l in &mut self.layers {
+            match &mut l.layer {
+                Layer::Rnn(r) => *r = r.clone().threads(n),
+                Layer::Bidirectional(b) => {
+                    b.forward = b.forward.clone().threads(n);
+                    b.backward = b.backward.clone().threads(n);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Thread count.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Batch shape of each model input.
+    pub fn input_shapes(&self) -> Vec<Vec<Option<usize>>> {
+        self.inputs
+            .iter()
+            .map(|r| match &self.layers[r.layer].layer {
+                Layer::Input { batch_shape } => batch_shape.clone(),
+                _ => vec![],
+            })
+            .collect()
+    }
+
+    /// Total parameter count.
+    pub fn param_count(&self) -> usize {
+        self.layers.iter().map(ModelLayer::param_count).sum()
+    }
+
+    /// Runs the model on `inputs` (one tensor per model input) and returns its outputs in Keras'
+    /// order. Stateful layers start from their carried states but do not update them (see
+    /// [`Model::predict_stateful`]).
+    pub fn predict(&self, inputs: &[Tensor<T>]) -> Result<Vec<Tensor<T>>, Error> {
+        let vals = self.run(inputs)?;
+        self.collect_outputs(vals)
+    }
+
+    /// Like [`Model::predict`], but stateful layers keep their final states for the next call,
+    /// as Keras' `predict` does.
+    pub fn predict_stateful(&mut self, inputs: &[Tensor<T>]) -> Result<Vec<Tensor<T>>, Error> {
+        let vals = self.run_mut(inputs)?;
+        self.collect_outputs(vals)
+    }
+
+    /// Zeroes the carried state of every stateful layer (Keras `reset_states()`).
+    pub fn reset_states(&mut self) {
+        for l in &mut self.layers {
+            if let Layer::Rnn(r) = &mut l.layer {
+                r.reset_states();
+            }
+        }
+    }
+
+    fn collect_outputs(&self, vals: Vec<Vec<Val<T>>>) -> Result<Vec<Tensor<T>>, Error> {
+        let pos = self.node_positions();
+        self.outputs
+            .iter()
+            .map(|r| match lookup(&vals, &pos, *r)? {
+                Val::F(t, _) => Ok(t.clone()),
+                Val::B(..) => Err(ConfigError::unsupported("model output", "a boolean mask tensor").into()),
+            })
+            .collect()
+    }
+
+    pub(crate) fn node_positions(&self) -> std::collections::HashMap<(usize, usize), usize> {
+        self.nodes.iter().enumerate().map(|(i, n)| ((n.layer, n.call), i)).collect()
+    }
+
+    fn check_model_inputs(&self, inputs: &[Tensor<T>]) -> Result<(), Error> {
+        if inputs.len() != self.inputs.len() {
+            return Err(ConfigError::invalid("inputs", format!("{} arrays", inputs.len()), format!("{} (one per model input)", self.inputs.len())).into());
+        }
+        for (k, (x, shape)) in inputs.iter().zip(self.input_shapes()).enumerate() {
+            let ok = x.rank() == shape.len() && x.shape().iter().zip(&shape).all(|(d, s)| s.is_none_or(|s| s == *d));
+            if !ok {
+                let want: Vec<String> = shape.iter().map(|d| d.map_or("None".into(), |d| d.to_string())).collect();
+                return Err(ShapeError::mismatch(format!("input {k} (`{}`)", self.layers[self.inputs[k].layer].name), x.shape(), format!("({})", want.join(", "))).into());
+            }
+            x.check_finite(&format!("input {k}"))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn run(&self, inputs: &[Tensor<T>]) -> Result<Vec<Vec<Val<T>>>, Error> {
+        self.check_model_inputs(inputs)?;
+        let pos = self.node_positions();
+        let mut vals: Vec<Vec<Val<T>>> = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let out = self.eval_node(node, inputs, &vals, &pos, None)?;
+            vals.push(out);
+        }
+        Ok(vals)
+    }
+
+    fn run_mut(&mut self, inputs: &[Tensor<T>]) -> Result<Vec<Vec<Val<T>>>, Error> {
+        self.check_model_inputs(inputs)?;
+        let pos = self.node_positions();
+        let mut vals: Vec<Vec<Val<T>>> = Vec::with_capacity(self.nodes.len());
+        let mut finals: Vec<(usize, Vec<Tensor<T>>)> = Vec::new();
+        for node in &self.nodes {
+            let mut keep = Vec::new();
+            let out = self.eval_node(node, inputs, &vals, &pos, Some(&mut keep))?;
+            if !keep.is_empty() {
+                finals.push((node.layer, keep));
+            }
+            vals.push(out);
+        }
+        for (l, states) in finals {
+            if let Layer::Rnn(r) = &mut self.layers[l].layer {
+                r.set_carried_states(states);
+            }
+        }
+        Ok(vals)
+    }
+
+    fn eval_node(
+        &self,
+        node: &Node,
+        inputs: &[Tensor<T>],
+        vals: &[Vec<Val<T>>],
+        pos: &std::collections::HashMap<(usize, usize), usize>,
+        keep_states: Option<&mut Vec<Tensor<T>>>,
+    ) -> Result<Vec<Val<T>>, Error> {
+        let ml = &self.layers[node.layer];
+        let arg = |i: usize| -> Result<&Val<T>, Error> {
+            match node.args.get(i) {
+                Some(NodeArg::Tensor(r)) => lookup(vals, pos, *r),
+                _ => Err(ConfigError::invalid(format!("call of `{}`", ml.name), format!("argument {i}"), "a tensor").into()),
+            }
+        };
+        let float_arg = |i: usize| -> Result<(&Tensor<T>, Option<&Mask>), Error> {
+            match arg(i)? {
+                Val::F(t, m) => Ok((t, m.as_ref())),
+                Val::B(..) => Err(ConfigError::invalid(format!("input of `{}`", ml.name), "a boolean tensor", "a float tensor").into()),
+            }
+        };
+        // Keras fills `mask` from the input's mask only when the call has a single tensor
+        // argument: a call with `initial_state` tensors ignores an upstream mask unless it was
+        // passed explicitly.
+        let implicit_mask_allowed = node.initial_state.is_empty();
+        let explicit_mask = |batch: usize, time: usize| -> Result<Option<Mask>, Error> {
+            match node.mask {
+                None => Ok(None),
+                Some(r) => match lookup(vals, pos, r)? {
+                    Val::B(shape, data) if shape.as_slice() == [batch, time] => Ok(Some(Mask::new(batch, time, data.clone())?)),
+                    Val::B(shape, _) => Err(ShapeError::mismatch(format!("mask of `{}`", ml.name), shape, format!("({batch}, {time})")).into()),
+                    Val::F(..) => Err(ConfigError::invalid(format!("mask of `{}`", ml.name), "a float tensor", "a boolean mask").into()),
+                },
+            }
+        };
+        let states = || -> Result<Option<Vec<Tensor<T>>>, Error> {
+            if node.initial_state.is_empty() {
+                return Ok(None);
+            }
+            node.initial_state
+                .iter()
+                .map(|r| match lookup(vals, pos, *r)? {
+                    Val::F(t, _) => Ok(t.clone()),
+                    Val::B(..) => Err(ConfigError::invalid(format!("initial_state of `{}`", ml.name), "a boolean tensor", "a float tensor").into()),
+                })
+                .collect::<Result<Vec<_>, Error>>()
+                .map(Some)
+        };
+        let threads = self.threads;
+        Ok(match &ml.layer {
+            Layer::Input { .. } => {
+                let k = self.inputs.iter().position(|r| r.layer == node.layer).ok_or_else(|| ConfigError::invalid("InputLayer", &ml.name, "a model input"))?;
+                vec![Val::F(inputs[k].clone(), None)]
+            }
+            Layer::Masking { mask_value } => {
+                let (x, _) = float_arg(0)?;
+                let mask = Mask::from_values(x, T::of(*mask_value))?;
+                let d = x.shape()[2];
+                let mut y = x.clone();
+                for (row, keep) in y.data_mut().chunks_exact_mut(d.max(1)).zip(&mask.data) {
+                    if !keep {
+                        row.fill(T::zero());
+                    }
+                }
+                vec![Val::F(y, Some(mask))]
+            }
+            Layer::Rnn(rnn) => {
+                let (x, m) = float_arg(0)?;
+                let (b, t, _) = dims3(x, &format!("input of `{}`", ml.name))?;
+                let mask = explicit_mask(b, t)?.or_else(|| m.filter(|_| implicit_mask_allowed).cloned());
+                let init = states()?;
+                let (out, finals) = rnn.call_with_final_states(x, init.as_deref(), mask.as_ref())?;
+                if let Some(keep) = keep_states {
+                    if rnn.is_stateful() {
+                        *keep = finals;
+                    }
+                }
+                let out_mask = if rnn.returns_sequences() { mask } else { None };
+                let mut v = vec![Val::F(out.output, out_mask)];
+                v.extend(out.states.into_iter().map(|s| Val::F(s, None)));
+                v
+            }
+            Layer::Bidirectional(bi) => {
+                let (x, m) = float_arg(0)?;
+                let (b, t, _) = dims3(x, &format!("input of `{}`", ml.name))?;
+                let mask = explicit_mask(b, t)?.or_else(|| m.filter(|_| implicit_mask_allowed).cloned());
+                let init = states()?;
+                let outs = bi.call(x, init.as_deref(), mask.as_ref())?;
+                let n_out = if bi.merge_mode().is_some() { 1 } else { 2 };
+                let out_mask = if bi.forward.returns_sequences() { mask } else { None };
+                outs.into_iter().enumerate().map(|(i, o)| Val::F(o, if i < n_out { out_mask.clone() } else { None })).collect()
+            }
+            Layer::Dense(d) => {
+                let (x, m) = float_arg(0)?;
+                vec![Val::F(d.call(x, threads)?, m.cloned())]
+            }
+            Layer::Dropout { .. } => {
+                let (x, m) = float_arg(0)?;
+                vec![Val::F(x.clone(), m.cloned())]
+            }
+            Layer::Activation(a) => {
+                let (x, m) = float_arg(0)?;
+                let mut y = x.clone();
+                let last = y.shape().last().copied().unwrap_or(1).max(1);
+                for row in y.data_mut().chunks_exact_mut(last) {
+                    a.apply_row(row);
+                }
+                vec![Val::F(y, m.cloned())]
+            }
+            Layer::NotEqual { value } => {
+                let (x, _) = float_arg(0)?;
+                let v = T::of(*value);
+                vec![Val::B(x.shape().to_vec(), x.data().iter().map(|e| *e != v).collect())]
+            }
+            Layer::Any { axis } => {
+                let (shape, data) = match arg(0)? {
+                    Val::B(s, d) => (s.clone(), d.clone()),
+                    Val::F(t, _) => (t.shape().to_vec(), t.data().iter().map(|e| *e != T::zero()).collect()),
+                };
+                let r = shape.len() as isize;
+                let ax = if *axis < 0 { r + axis } else { *axis };
+                if ax != r - 1 || r == 0 {
+                    return Err(ConfigError::unsupported("Any axis", format!("{axis} on a rank-{r} tensor (only the last axis)")).into());
+                }
+                let last = shape[shape.len() - 1].max(1);
+                let out: Vec<bool> = data.chunks_exact(last).map(|c| c.iter().any(|b| *b)).collect();
+                vec![Val::B(shape[..shape.len() - 1].to_vec(), out)]
+            }
+        })
+    }
+
+    /// Output shapes of every call, inferred symbolically (`None` = not fixed).
+    pub fn output_shapes(&self) -> Result<Vec<Vec<Vec<Option<usize>>>>, Error> {
+        let pos = self.node_positions();
+        let mut shapes: Vec<Vec<Vec<Option<usize>>>> = Vec::new();
+        for node in &self.nodes {
+            let ml = &self.layers[node.layer];
+            let input = match node.args.first() {
+                Some(NodeArg::Tensor(r)) => {
+                    let p = pos.get(&(r.layer, r.node)).copied().unwrap_or(0);
+                    shapes.get(p).and_then(|s| s.get(r.index)).cloned().unwrap_or_default()
+                }
+                _ => vec![],
+            };
+            let batch = input.first().copied().flatten();
+            let time = input.get(1).copied().flatten();
+            let out = match &ml.layer {
+                Layer::Input { batch_shape } => vec![batch_shape.clone()],
+                Layer::Masking { .. } | Layer::Dropout { .. } | Layer::Activation(_) | Layer::NotEqual { .. } => vec![input],
+                Layer::Any { .. } => vec![input[..input.len().saturating_sub(1)].to_vec()],
+                Layer::Dense(d) => {
+                    let mut s = input;
+                    if let Some(l) = s.last_mut() {
+                        *l = Some(d.config().units);
+                    }
+                    vec![s]
+                }
+                Layer::Rnn(r) => {
+                    let mut v = vec![if r.returns_sequences() { vec![batch, time, Some(r.units())] } else { vec![batch, Some(r.units())] }];
+                    if r.returns_state() {
+                        v.extend(r.cells().iter().map(|c| vec![batch, Some(c.units())]));
+                    }
+                    v
+                }
+                Layer::Bidirectional(b) => {
+                    let seq = b.forward.returns_sequences();
+                    let shape = |u: usize| if seq { vec![batch, time, Some(u)] } else { vec![batch, Some(u)] };
+                    let mut v = match b.merge_mode() {
+                        Some(_) => vec![shape(b.units())],
+                        None => vec![shape(b.forward.units()), shape(b.backward.units())],
+                    };
+                    if b.forward.returns_state() {
+                        v.extend(b.forward.cells().iter().chain(b.backward.cells()).map(|c| vec![batch, Some(c.units())]));
+                    }
+                    v
+                }
+            };
+            shapes.push(out);
+        }
+        Ok(shapes)
+    }
+
+    /// A text summary like Keras' `model.summary()`: layers, output shapes, parameter counts.
+    pub fn summary(&self) -> String {
+        let shapes = self.output_shapes().unwrap_or_default();
+        let fmt_shape = |s: &Vec<Option<usize>>| {
+            let parts: Vec<String> = s.iter().map(|d| d.map_or("None".into(), |d| d.to_string())).collect();
+            if parts.len() == 1 { format!("({},)", parts[0]) } else { format!("({})", parts.join(", ")) }
+        };
+        let mut rows: Vec<(String, String, String)> = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let ml = &self.layers[node.layer];
+            if ml.is_op() || (self.kind == ModelKind::Sequential && matches!(ml.layer, Layer::Input { .. })) {
+                continue;
+            }
+            let out = shapes.get(i).map(|v| v.iter().map(fmt_shape).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+            let out = if shapes.get(i).is_some_and(|v| v.len() > 1) { format!("[{out}]") } else { out };
+            let params = if node.call == 0 { ml.param_count() } else { 0 };
+            rows.push((format!("{} ({})", ml.name, ml.class_name), out, group_digits(params)));
+        }
+        let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0).max(14) + 2;
+        let w1 = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0).max(12) + 2;
+        let w2 = 14;
+        let line = |l: char, m: char, r: char, f: char| format!("{l}{}{m}{}{m}{}{r}\n", f.to_string().repeat(w0 + 2), f.to_string().repeat(w1 + 2), f.to_string().repeat(w2 + 2));
+        let mut s = format!("Model: \"{}\"\n", self.name);
+        s += &line('┏', '┳', '┓', '━');
+        s += &format!("┃ {:<w0$} ┃ {:<w1$} ┃ {:>w2$} ┃\n", "Layer (type)", "Output Shape", "Param #");
+        s += &line('┡', '╇', '┩', '━');
+        for (k, (a, b, c)) in rows.iter().enumerate() {
+            s += &format!("│ {a:<w0$} │ {b:<w1$} │ {c:>w2$} │\n");
+            if k + 1 < rows.len() {
+                s += &line('├', '┼', '┤', '─');
+            }
+        }
+        s += &line('└', '┴', '┘', '─');
+        let total = self.param_count();
+        let trainable: usize = self.layers.iter().filter(|l| l.trainable).map(ModelLayer::param_count).sum();
+        let bytes = |n: usize| human_bytes(n * std::mem::size_of::<T>());
+        s += &format!(" Total params: {} ({})\n", group_digits(total), bytes(total));
+        s += &format!(" Trainable params: {} ({})\n", group_digits(trainable), bytes(trainable));
+        s += &format!(" Non-trainable params: {} ({})\n", group_digits(total - trainable), bytes(total - trainable));
+        s
+    }
+}
+
+pub(crate) fn lookup<'a, T>(
+    vals: &'a [Vec<Val<T>>],
+    pos: &std::collections::HashMap<(usize, usize), usize>,
+    r: TensorRef,
+) -> Result<&'a Val<T>, Error> {
+    pos.get(&(r.layer, r.node))
+        .and_then(|&p| vals.get(p))
+        .and_then(|v| v.get(r.index))
+        .ok_or_else(|| ConfigError::invalid("tensor reference", format!("layer #{} call {} output {}", r.layer, r.node, r.index), "an output computed earlier").into())
+}
+
+/// The Keras class name a layer is written back as.
+pub fn default_class_name<T: Float>(l: &Layer<T>) -> &'static str {
+    match l {
+        Layer::Input { .. } => "InputLayer",
+        Layer::Masking { .. } => "Masking",
+        Layer::Rnn(r) => match r.kind() {
+            crate::layers::rnn::RnnKind::Gru => "GRU",
+            _ => "RNN",
+        },
+        Layer::Bidirectional(_) => "Bidirectional",
+        Layer::Dense(_) => "Dense",
+        Layer::Dropout { .. } => "Dropout",
+        Layer::Activation(_) => "Activation",
+        Layer::NotEqual { .. } => "NotEqual",
+        Layer::Any { .. } => "Any",
+    }
+}
+
+fn group_digits(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn human_bytes(b: usize) -> String {
+    let b = b as f64;
+    if b < 1024.0 {
+        format!("{b:.2} B")
+    } else if b < 1024.0 * 1024.0 {
+        format!("{:.2} KB", b / 1024.0)
+    } else if b < 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2} MB", b / 1024.0 / 1024.0)
+    } else {
+        format!("{:.2} GB", b / 1024.0 / 1024.0 / 1024.0)
+    }
+}

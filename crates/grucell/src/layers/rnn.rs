@@ -328,6 +328,24 @@ impl<T: Float> Rnn<T> {
         Ok(out)
     }
 
+    /// Like [`Rnn::call_with`], also returning every cell's final state (whatever
+    /// `return_state` says).
+    pub fn call_with_final_states(
+        &self,
+        x: &Tensor<T>,
+        initial_state: Option<&[Tensor<T>]>,
+        mask: Option<&Mask>,
+    ) -> Result<(RnnOutput<T>, Vec<Tensor<T>>), Error> {
+        self.run(x, initial_state, mask)
+    }
+
+    /// Replaces a stateful layer's carried states (used by models after a stateful call).
+    pub(crate) fn set_carried_states(&mut self, states: Vec<Tensor<T>>) {
+        if self.stateful {
+            self.states = Some(states);
+        }
+    }
+
     /// Validates shapes and returns the per-cell initial states to use.
     fn check_inputs(
         &self,

@@ -18,6 +18,7 @@
 
 pub mod archive;
 pub mod legacy_h5;
+pub mod load;
 pub mod save;
 
 use std::collections::BTreeMap;
@@ -122,20 +123,32 @@ pub fn load_keras_bytes(bytes: Vec<u8>, name_for_errors: &str) -> Result<KerasFi
     }
 }
 
-/// Reads a weights-only HDF5 file: Keras 3 `model.save_weights("x.weights.h5")` (layout as in
-/// model.weights.h5 → [`KerasWeights::ByPath`]) or a legacy weights file with a root
-/// `layer_names` attribute (→ [`KerasWeights::ByLayer`]). Full legacy `.h5` models are accepted
-/// too (their `model_weights` group is read).
+/// Reads the weights of a Keras file without needing a model config: a Keras 3 weights file
+/// (`model.save_weights("x.weights.h5")`, same layout as model.weights.h5 →
+/// [`KerasWeights::ByPath`]), a legacy weights file with a root `layer_names` attribute or a full
+/// legacy `.h5` model (→ [`KerasWeights::ByLayer`]), or a `.keras` archive (its weights).
 pub fn read_weights_file(path: &Path) -> Result<KerasWeights, FormatError> {
-    let h5 = H5File::open(path)?;
-    if h5.attr_strings("", "layer_names")?.is_some() {
-        legacy_h5::read_layer_weights(&h5, "")
-    } else if h5.is_group("model_weights")
-        && h5.attr_strings("model_weights", "layer_names")?.is_some()
-    {
-        legacy_h5::read_layer_weights(&h5, "model_weights")
-    } else {
-        archive::read_weights_by_path(&h5).map(KerasWeights::ByPath)
+    let name = path.display().to_string();
+    let bytes = crate::io::npy::read_file(path)?;
+    match sniff(&bytes) {
+        Some(FileKind::Zip) => Ok(read_keras_archive_bytes(&bytes, &name)?.weights),
+        Some(FileKind::Hdf5) => {
+            let h5 = H5File::from_bytes(bytes, &name)?;
+            if h5.attr_strings("", "layer_names")?.is_some() {
+                legacy_h5::read_layer_weights(&h5, "")
+            } else if h5.is_group("model_weights")
+                && h5.attr_strings("model_weights", "layer_names")?.is_some()
+            {
+                legacy_h5::read_layer_weights(&h5, "model_weights")
+            } else {
+                archive::read_weights_by_path(&h5).map(KerasWeights::ByPath)
+            }
+        }
+        None => Err(FormatError::malformed(
+            name,
+            "file signature",
+            "neither a Keras weights file (HDF5) nor a .keras archive (zip)",
+        )),
     }
 }
 
