@@ -53,6 +53,17 @@ pub struct SequenceOptions<'a> {
     pub threads: usize,
 }
 
+/// Training-time dropout masks (values 0 or 1/(1−rate)), per sample and reused at every step,
+/// as Keras draws them. Gate order z, r, h; pass the same slice three times for Keras'
+/// single shared input mask (`recurrent_dropout == 0`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DropoutMasks<'a, T> {
+    /// Input masks `(B, D)` for the z, r and h projections.
+    pub input: Option<[&'a [T]; 3]>,
+    /// Recurrent masks `(B, u)` for the z, r and h recurrent products.
+    pub recurrent: Option<[&'a [T]; 3]>,
+}
+
 /// Where a sequence's results go. All buffers are caller-owned.
 #[derive(Debug)]
 pub struct SequenceOutputs<'a, T> {
@@ -102,6 +113,11 @@ fn sigmoid<T: Float>(x: T) -> T {
     }
 }
 
+/// Activations whose derivative the backward pass computes from the output alone.
+pub(crate) fn y_only_derivative(a: Activation) -> bool {
+    matches!(a, Activation::Sigmoid | Activation::Tanh | Activation::Linear)
+}
+
 /// Applies an activation to one contiguous gate block with a tight loop for the common cases.
 #[inline]
 pub(crate) fn activate<T: Float>(a: Activation, v: &mut [T]) {
@@ -137,6 +153,80 @@ pub fn project_inputs<T: Float>(p: &GruParams<T>, x: &[T], rows: usize, xp: &mut
     }
 }
 
+/// Like [`project_inputs`] with per-gate input dropout masks `(B, D)` reused over the `time`
+/// steps: `XP[:, g] = (X ⊙ m_g) · W_g + b`. Identical masks take a single GEMM.
+#[allow(clippy::too_many_arguments)]
+pub fn project_inputs_masked<T: Float>(
+    p: &GruParams<T>,
+    x: &[T],
+    batch: usize,
+    time: usize,
+    masks: [&[T]; 3],
+    xp: &mut [T],
+    scratch: &mut Vec<T>,
+    threads: usize,
+) {
+    let (d, u) = (p.input_dim, p.units);
+    let g = 3 * u;
+    let rows = batch * time;
+    let shared = std::ptr::eq(masks[0], masks[1]) && std::ptr::eq(masks[1], masks[2]);
+    grow(scratch, rows * d);
+    let blocks: &[usize] = if shared { &[0] } else { &[0, 1, 2] };
+    for &gate in blocks {
+        mask_rows(x, batch, time, d, masks[gate], &mut scratch[..rows * d]);
+        let (cols, off) = if shared { (g, 0) } else { (u, gate * u) };
+        gemm(rows, cols, d, T::one(), Operand::new(&scratch[..rows * d], d), Operand::new(&p.kernel[off..], g), false, &mut xp[off..], g, threads);
+    }
+    if let Some(bias) = p.xp_bias {
+        for row in xp[..rows * g].chunks_exact_mut(g) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += *b;
+            }
+        }
+    }
+}
+
+/// `out[b, t, :] = x[b, t, :] ⊙ m[b, :]`.
+pub(crate) fn mask_rows<T: Float>(x: &[T], batch: usize, time: usize, d: usize, m: &[T], out: &mut [T]) {
+    for b in 0..batch {
+        let mb = &m[b * d..(b + 1) * d];
+        for t in 0..time {
+            let o = (b * time + t) * d;
+            for ((y, xv), mv) in out[o..o + d].iter_mut().zip(&x[o..o + d]).zip(mb) {
+                *y = *xv * *mv;
+            }
+        }
+    }
+}
+
+/// `HU[:, gates] = h · U[:, gates]`, or per gate `(h ⊙ s_g) · U_g` with recurrent dropout masks.
+#[allow(clippy::too_many_arguments)]
+fn recurrent_product<T: Float>(
+    p: &GruParams<T>,
+    batch: usize,
+    gates: usize,
+    h: &[T],
+    hu: &mut [T],
+    rec: Option<[&[T]; 3]>,
+    hs: &mut [T],
+    threads: usize,
+) {
+    let u = p.units;
+    let g = 3 * u;
+    match rec {
+        None => gemm(batch, gates * u, u, T::one(), Operand::new(h, u), Operand::new(p.recurrent, g), false, hu, g, threads),
+        Some(s) => {
+            for gate in 0..gates {
+                let hsg = &mut hs[gate * batch * u..(gate + 1) * batch * u];
+                for ((o, hv), sv) in hsg.iter_mut().zip(&h[..batch * u]).zip(s[gate]) {
+                    *o = *hv * *sv;
+                }
+                gemm(batch, u, u, T::one(), Operand::new(hsg, u), Operand::new(&p.recurrent[gate * u..], g), false, &mut hu[gate * u..], g, threads);
+            }
+        }
+    }
+}
+
 /// One recurrent step for every batch row, given the rows' input projections.
 ///
 /// `xp_row(b)` gives the offset of row `b`'s projection in `xp`. `h` is the state `(B, u)` and is
@@ -153,17 +243,15 @@ fn step_rows<T: Float>(
     h_new: &mut [T],
     hu: &mut [T],
     tmp: &mut [T],
+    rec: Option<[&[T]; 3]>,
+    hs: &mut [T],
     threads: usize,
     mut keep: Option<(&mut GruTrace<T>, &dyn Fn(usize) -> usize)>,
 ) {
     let u = p.units;
     let g = 3 * u;
     let u2 = 2 * u;
-    if p.reset_after {
-        gemm(batch, g, u, T::one(), Operand::new(h, u), Operand::new(p.recurrent, g), false, hu, g, threads);
-    } else {
-        gemm(batch, u2, u, T::one(), Operand::new(h, u), Operand::new(p.recurrent, g), false, hu, g, threads);
-    }
+    recurrent_product(p, batch, if p.reset_after { 3 } else { 2 }, h, hu, rec, hs, threads);
     // Gates z and r (and for reset_after the candidate too) row by row.
     for b in 0..batch {
         let x = &xp[xp_row(b)..xp_row(b) + g];
@@ -199,6 +287,11 @@ fn step_rows<T: Float>(
             let tb = &mut tmp[b * u..(b + 1) * u];
             for ((t, rv), hv) in tb.iter_mut().zip(&hr[u..u2]).zip(hb) {
                 *t = *rv * *hv;
+            }
+            if let Some(s) = rec {
+                for (t, sv) in tb.iter_mut().zip(&s[2][b * u..(b + 1) * u]) {
+                    *t *= *sv;
+                }
             }
             if let Some((tr, row)) = keep.as_mut() {
                 let o = row(b) * u;
@@ -263,6 +356,7 @@ pub fn gru_sequence<T: Float>(
     time: usize,
     h0: Option<&[T]>,
     opts: SequenceOptions<'_>,
+    dropout: DropoutMasks<'_, T>,
     out: SequenceOutputs<'_, T>,
     ws: &mut GruWorkspace<T>,
     mut trace: Option<&mut GruTrace<T>>,
@@ -271,18 +365,24 @@ pub fn gru_sequence<T: Float>(
     let g = 3 * u;
     let rows = batch * time;
     ws.reserve(batch, time, u);
-    project_inputs(p, x, rows, &mut ws.xp, opts.threads);
+    match dropout.input {
+        None => project_inputs(p, x, rows, &mut ws.xp, opts.threads),
+        Some(m) => project_inputs_masked(p, x, batch, time, m, &mut ws.xp, &mut ws.xm, opts.threads),
+    }
+    if dropout.recurrent.is_some() {
+        grow(&mut ws.hs, 3 * batch * u);
+    }
     match h0 {
         Some(h0) => ws.h[..batch * u].copy_from_slice(&h0[..batch * u]),
         None => ws.h[..batch * u].fill(T::zero()),
     }
     out.last_output[..batch * u].fill(T::zero());
     if let Some(tr) = trace.as_deref_mut() {
-        let keep_pre = p.activation.grad_needs_input() || p.recurrent_activation.grad_needs_input();
+        let keep_pre = !(y_only_derivative(p.activation) && y_only_derivative(p.recurrent_activation));
         tr.prepare(rows, u, keep_pre);
     }
     let mut sequence = out.sequence;
-    let GruWorkspace { xp, hu, h, tmp, h2, .. } = ws;
+    let GruWorkspace { xp, hu, h, tmp, h2, hs, .. } = ws;
     for k in 0..time {
         let t = if opts.go_backwards { time - 1 - k } else { k };
         let xp_row = |b: usize| (b * time + t) * g;
@@ -302,6 +402,8 @@ pub fn gru_sequence<T: Float>(
             &mut h2[..batch * u],
             hu,
             tmp,
+            dropout.recurrent,
+            hs,
             opts.threads,
             trace.as_deref_mut().map(|tr| (tr, &row_of as &dyn Fn(usize) -> usize)),
         );
@@ -332,7 +434,7 @@ pub fn gru_step<T: Float>(p: &GruParams<T>, x_t: &[T], batch: usize, h: &mut [T]
     let g = 3 * u;
     ws.reserve(batch, 1, u);
     project_inputs(p, x_t, batch, &mut ws.xp, threads);
-    let GruWorkspace { xp, hu, tmp, h2, .. } = ws;
-    step_rows(p, batch, xp, |b| b * g, &h[..batch * u], &mut h2[..batch * u], hu, tmp, threads, None);
+    let GruWorkspace { xp, hu, tmp, h2, hs, .. } = ws;
+    step_rows(p, batch, xp, |b| b * g, &h[..batch * u], &mut h2[..batch * u], hu, tmp, None, hs, threads, None);
     h[..batch * u].copy_from_slice(&h2[..batch * u]);
 }

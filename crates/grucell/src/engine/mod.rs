@@ -2,6 +2,7 @@
 
 pub mod gemm;
 pub mod gru;
+pub mod gru_backward;
 pub mod workspace;
 
 pub use gemm::{gemm, Operand};

@@ -17,6 +17,10 @@ pub struct GruWorkspace<T> {
     pub(crate) tmp: Vec<T>,
     /// Scratch `(B, u)`: second state buffer.
     pub(crate) h2: Vec<T>,
+    /// Masked input copy `(B·T, D)` (training with input dropout only).
+    pub(crate) xm: Vec<T>,
+    /// Masked states `(3, B, u)` (training with recurrent dropout only).
+    pub(crate) hs: Vec<T>,
 }
 
 pub(crate) fn grow<T: Float>(v: &mut Vec<T>, n: usize) {
@@ -34,6 +38,8 @@ impl<T: Float> GruWorkspace<T> {
             h: Vec::new(),
             tmp: Vec::new(),
             h2: Vec::new(),
+            xm: Vec::new(),
+            hs: Vec::new(),
         }
     }
 
@@ -53,7 +59,7 @@ impl<T: Float> GruWorkspace<T> {
 
     /// Elements currently held (capacity in use).
     pub fn len(&self) -> usize {
-        self.xp.len() + self.hu.len() + self.h.len() + self.tmp.len() + self.h2.len()
+        self.xp.len() + self.hu.len() + self.h.len() + self.tmp.len() + self.h2.len() + self.xm.len() + self.hs.len()
     }
 
     /// True when nothing has been allocated yet.

@@ -1,7 +1,7 @@
 //! The RNN layer around GRU cells: `return_sequences`, `return_state`, `go_backwards`, `stateful`,
 //! `initial_state`, masking, stacked cells, and a step API for streaming.
 
-use crate::engine::gru::{gru_sequence, gru_step, SequenceOptions, SequenceOutputs};
+use crate::engine::gru::{gru_sequence, gru_step, DropoutMasks, SequenceOptions, SequenceOutputs};
 use crate::engine::workspace::GruWorkspace;
 use crate::error::{ConfigError, Error, ShapeError};
 use crate::float::Float;
@@ -441,6 +441,7 @@ impl<T: Float> Rnn<T> {
                 t,
                 initial.map(|s| s[k].data()),
                 opts,
+                DropoutMasks::default(),
                 SequenceOutputs {
                     sequence: if want_seq { Some(&mut seq) } else { None },
                     last_output: &mut last_k,

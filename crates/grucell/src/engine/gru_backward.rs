@@ -1,0 +1,275 @@
+//! Backpropagation through time for the GRU sequence kernel.
+//!
+//! Shaped as oneDNN shapes it: the forward keeps the post-activation gates (and pre-activations
+//! when an activation needs them), `h·U_h + b_rh` (or `r ⊙ h`) and the previous states; the reverse
+//! loop does only the element-wise gate gradients and `dh_prev += dG · Uᵀ` per step; the weight
+//! and input gradients are single GEMMs over all `B·T` rows after the loop
+//! (`dW = Xᵀ·dG_x`, `dU = H_prevᵀ·dG_h`, `dX = dG_x·Wᵀ`).
+
+use super::gemm::{gemm, Operand};
+use super::gru::{mask_rows, DropoutMasks, GruParams, GruTrace, SequenceOptions};
+use crate::float::Float;
+use crate::layers::activation::Activation;
+
+/// Gradients of the GRU weights in Keras layout. Accumulated into (`+=`), so a caller can sum
+/// over batches or calls; start from [`GruGrads::zeros`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct GruGrads<T> {
+    /// d kernel `(D, 3u)`.
+    pub kernel: Vec<T>,
+    /// d recurrent kernel `(u, 3u)`.
+    pub recurrent: Vec<T>,
+    /// d input-side bias `(3u)` (Keras bias row 0, or the whole `(3u,)` bias).
+    pub bias_input: Vec<T>,
+    /// d recurrent-side bias `(3u)` (Keras bias row 1; reset_after only).
+    pub bias_recurrent: Vec<T>,
+}
+
+impl<T: Float> GruGrads<T> {
+    /// Zero gradients for a cell of `input_dim` inputs and `units` units.
+    pub fn zeros(input_dim: usize, units: usize) -> Self {
+        let g = 3 * units;
+        GruGrads {
+            kernel: vec![T::zero(); input_dim * g],
+            recurrent: vec![T::zero(); units * g],
+            bias_input: vec![T::zero(); g],
+            bias_recurrent: vec![T::zero(); g],
+        }
+    }
+}
+
+/// Upstream gradients of a sequence call.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OutputGrads<'a, T> {
+    /// d loss / d output sequence `(B, T, u)`, in processing order (as the forward wrote it).
+    pub sequence: Option<&'a [T]>,
+    /// d loss / d last output `(B, u)`.
+    pub last: Option<&'a [T]>,
+    /// d loss / d final state `(B, u)`.
+    pub state: Option<&'a [T]>,
+}
+
+/// `d ← d ⊙ f'(pre)` for one gate block (row-wise for softmax-like activations).
+fn act_backward<T: Float>(a: Activation, pre: &[T], post: &[T], d: &mut [T], scratch: &mut Vec<T>) {
+    match a {
+        Activation::Sigmoid => d.iter_mut().zip(post).for_each(|(g, y)| *g *= *y * (T::one() - *y)),
+        Activation::Tanh => d.iter_mut().zip(post).for_each(|(g, y)| *g *= T::one() - *y * *y),
+        Activation::Linear => {}
+        a if a.is_elementwise() => d.iter_mut().zip(pre).zip(post).for_each(|((g, x), y)| *g *= a.derivative(*x, *y)),
+        a => {
+            scratch.clear();
+            scratch.extend_from_slice(d);
+            a.backward_row(pre, post, scratch, d);
+        }
+    }
+}
+
+/// Backward pass of [`super::gru::gru_sequence`] run with the same arguments and a trace.
+///
+/// Accumulates weight gradients into `grads`; writes `dx` `(B, T, D)` and `dh0` `(B, u)` when
+/// given (overwriting them).
+#[allow(clippy::too_many_arguments)]
+pub fn gru_sequence_backward<T: Float>(
+    p: &GruParams<T>,
+    x: &[T],
+    batch: usize,
+    time: usize,
+    opts: SequenceOptions<'_>,
+    dropout: DropoutMasks<'_, T>,
+    trace: &GruTrace<T>,
+    upstream: OutputGrads<'_, T>,
+    grads: &mut GruGrads<T>,
+    dx: Option<&mut [T]>,
+    dh0: Option<&mut [T]>,
+) {
+    let threads = opts.threads;
+    let (d, u) = (p.input_dim, p.units);
+    let g = 3 * u;
+    let u2 = 2 * u;
+    let rows = batch * time;
+    let mut dxp = vec![T::zero(); rows * g];
+    let mut dhu = vec![T::zero(); rows * g];
+    let mut dh = match upstream.state {
+        Some(s) => s[..batch * u].to_vec(),
+        None => vec![T::zero(); batch * u],
+    };
+    let mut carry = vec![T::zero(); batch * u];
+    let mut dh_prev = vec![T::zero(); batch * u];
+    let mut dhn = vec![T::zero(); batch * u];
+    let mut tmp = vec![T::zero(); batch * u];
+    let mut valid = vec![true; batch];
+    let mut scratch = Vec::with_capacity(u);
+    let gates_in_loop = if p.reset_after { 3 } else { 2 };
+    for k in (0..time).rev() {
+        let t = if opts.go_backwards { time - 1 - k } else { k };
+        // Output gradient of this step, routed to the new state or (masked) to the previous output.
+        for b in 0..batch {
+            valid[b] = opts.mask.is_none_or(|m| m[b * time + t]);
+            for j in 0..u {
+                let mut d_out = carry[b * u + j];
+                if let Some(s) = upstream.sequence {
+                    d_out += s[(b * time + k) * u + j];
+                }
+                if k + 1 == time {
+                    if let Some(l) = upstream.last {
+                        d_out += l[b * u + j];
+                    }
+                }
+                if valid[b] {
+                    dhn[b * u + j] = dh[b * u + j] + d_out;
+                    carry[b * u + j] = T::zero();
+                } else {
+                    carry[b * u + j] = if opts.zero_output_for_mask { T::zero() } else { d_out };
+                }
+            }
+        }
+        // Element-wise gate gradients.
+        for b in 0..batch {
+            let bu = b * u..(b + 1) * u;
+            if !valid[b] {
+                dh_prev[bu.clone()].copy_from_slice(&dh[bu]);
+                continue;
+            }
+            let row = b * time + t;
+            let gates = &trace.gates[row * g..(row + 1) * g];
+            let pre = if trace.has_pre { &trace.pre[row * g..(row + 1) * g] } else { gates };
+            let hp = &trace.h_prev[row * u..(row + 1) * u];
+            let hn = &trace.hn[row * u..(row + 1) * u];
+            let (z, r, n) = (&gates[..u], &gates[u..u2], &gates[u2..]);
+            let gx = &mut dxp[row * g..(row + 1) * g];
+            let dhb = &dhn[bu.clone()];
+            for j in 0..u {
+                gx[j] = dhb[j] * (hp[j] - n[j]); // dz
+                gx[u2 + j] = dhb[j] * (T::one() - z[j]); // dn
+                dh_prev[b * u + j] = dhb[j] * z[j];
+            }
+            act_backward(p.activation, &pre[u2..], n, &mut gx[u2..], &mut scratch);
+            if p.reset_after {
+                for j in 0..u {
+                    gx[u + j] = gx[u2 + j] * hn[j]; // dr
+                }
+                act_backward(p.recurrent_activation, &pre[u..u2], r, &mut gx[u..u2], &mut scratch);
+            }
+            act_backward(p.recurrent_activation, &pre[..u], z, &mut gx[..u], &mut scratch);
+            let gh = &mut dhu[row * g..(row + 1) * g];
+            gh[..u2].copy_from_slice(&gx[..u2]);
+            if p.reset_after {
+                for j in 0..u {
+                    gh[u2 + j] = gx[u2 + j] * r[j]; // d(h·U_h + b_rh)
+                }
+            } else {
+                gh[u2..].copy_from_slice(&gx[u2..]);
+            }
+        }
+        if !p.reset_after {
+            // d(r ⊙ h_s) = da_n · U_hᵀ, then dr and the direct path into h.
+            gemm(batch, u, u, T::one(), Operand::new(&dhu[t * g + u2..], time * g), Operand::new(&p.recurrent[u2..], g).t(), false, &mut tmp, u, threads);
+            for b in (0..batch).filter(|&b| valid[b]) {
+                let row = b * time + t;
+                let gates = &trace.gates[row * g..(row + 1) * g];
+                let pre = if trace.has_pre { &trace.pre[row * g..(row + 1) * g] } else { gates };
+                let hp = &trace.h_prev[row * u..(row + 1) * u];
+                let r = &gates[u..u2];
+                let s_h = dropout.recurrent.map(|s| &s[2][b * u..(b + 1) * u]);
+                let gx = &mut dxp[row * g..(row + 1) * g];
+                for j in 0..u {
+                    let drh = tmp[b * u + j];
+                    let sh = s_h.map_or(T::one(), |s| s[j]);
+                    gx[u + j] = drh * hp[j] * sh;
+                    dh_prev[b * u + j] += drh * r[j] * sh;
+                }
+                act_backward(p.recurrent_activation, &pre[u..u2], r, &mut gx[u..u2], &mut scratch);
+                dhu[row * g + u..row * g + u2].copy_from_slice(&gx[u..u2]);
+            }
+        }
+        // dh_prev += dG_h · Uᵀ over the recurrent gates (masked rows have dG_h = 0).
+        match dropout.recurrent {
+            None => gemm(
+                batch,
+                u,
+                gates_in_loop * u,
+                T::one(),
+                Operand::new(&dhu[t * g..], time * g),
+                Operand::new(p.recurrent, g).t(),
+                true,
+                &mut dh_prev,
+                u,
+                threads,
+            ),
+            Some(s) => {
+                for gate in 0..gates_in_loop {
+                    gemm(batch, u, u, T::one(), Operand::new(&dhu[t * g + gate * u..], time * g), Operand::new(&p.recurrent[gate * u..], g).t(), false, &mut tmp, u, threads);
+                    for b in (0..batch).filter(|&b| valid[b]) {
+                        for j in 0..u {
+                            dh_prev[b * u + j] += tmp[b * u + j] * s[gate][b * u + j];
+                        }
+                    }
+                }
+            }
+        }
+        std::mem::swap(&mut dh, &mut dh_prev);
+    }
+    if let Some(h0) = dh0 {
+        h0[..batch * u].copy_from_slice(&dh);
+    }
+    // Weight and input gradients: one GEMM each over all B·T rows.
+    let mut xm = Vec::new();
+    match dropout.input {
+        None => gemm(d, g, rows, T::one(), Operand::new(x, d).t(), Operand::new(&dxp, g), true, &mut grads.kernel, g, threads),
+        Some(m) => {
+            for gate in 0..3 {
+                xm.resize(rows * d, T::zero());
+                mask_rows(x, batch, time, d, m[gate], &mut xm);
+                gemm(d, u, rows, T::one(), Operand::new(&xm, d).t(), Operand::new(&dxp[gate * u..], g), true, &mut grads.kernel[gate * u..], g, threads);
+            }
+        }
+    }
+    if let Some(dx) = dx {
+        match dropout.input {
+            None => gemm(rows, d, g, T::one(), Operand::new(&dxp, g), Operand::new(p.kernel, g).t(), false, dx, d, threads),
+            Some(m) => {
+                dx[..rows * d].fill(T::zero());
+                let mut part = vec![T::zero(); rows * d];
+                for gate in 0..3 {
+                    gemm(rows, d, u, T::one(), Operand::new(&dxp[gate * u..], g), Operand::new(&p.kernel[gate * u..], g).t(), false, &mut part, d, threads);
+                    for b in 0..batch {
+                        let mb = &m[gate][b * d..(b + 1) * d];
+                        for t in 0..time {
+                            let o = (b * time + t) * d;
+                            for j in 0..d {
+                                dx[o + j] += part[o + j] * mb[j];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let hprev = &trace.h_prev[..rows * u];
+    let mut hm = Vec::new();
+    for gate in 0..3 {
+        // Left operand of gate `gate`'s recurrent product, over all rows.
+        let left: &[T] = if !p.reset_after && gate == 2 {
+            &trace.hn[..rows * u]
+        } else if let Some(s) = dropout.recurrent {
+            hm.resize(rows * u, T::zero());
+            mask_rows(hprev, batch, time, u, s[gate], &mut hm);
+            &hm
+        } else {
+            hprev
+        };
+        gemm(u, u, rows, T::one(), Operand::new(left, u).t(), Operand::new(&dhu[gate * u..], g), true, &mut grads.recurrent[gate * u..], g, threads);
+    }
+    for row in dxp.chunks_exact(g) {
+        for (acc, v) in grads.bias_input.iter_mut().zip(row) {
+            *acc += *v;
+        }
+    }
+    if p.reset_after {
+        for row in dhu.chunks_exact(g) {
+            for (acc, v) in grads.bias_recurrent.iter_mut().zip(row) {
+                *acc += *v;
+            }
+        }
+    }
+}
