@@ -358,7 +358,7 @@ impl<T: Float> Model<T> {
         Ok(vals)
     }
 
-    fn eval_node(
+    pub(crate) fn eval_node(
         &self,
         node: &Node,
         inputs: &[Tensor<T>],

@@ -347,7 +347,7 @@ impl<T: Float> Rnn<T> {
     }
 
     /// Validates shapes and returns the per-cell initial states to use.
-    fn check_inputs(
+    pub(crate) fn check_inputs(
         &self,
         x: &Tensor<T>,
         initial_state: Option<&[Tensor<T>]>,

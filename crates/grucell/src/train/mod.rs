@@ -2,3 +2,5 @@
 
 pub mod loss;
 pub mod optimizer;
+pub mod rnn_grad;
+pub mod backward;
