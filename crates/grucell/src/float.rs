@@ -36,6 +36,14 @@ pub trait Float:
     /// Converts to `f64` exactly.
     fn f64(self) -> f64;
 
+    /// In-place logistic sigmoid (vectorized for `f32`, see `engine::math`).
+    #[doc(hidden)]
+    fn sigmoid_inplace(v: &mut [Self]);
+
+    /// In-place tanh (vectorized for `f32`, see `engine::math`).
+    #[doc(hidden)]
+    fn tanh_inplace(v: &mut [Self]);
+
     /// Row-major GEMM: `C = alpha · op(A) · op(B) + beta · C`, `beta` being 0 or 1.
     ///
     /// `op(A)` is `m × k`, `op(B)` is `k × n`, `C` is `m × n` with row stride `ldc`. When `ta` is

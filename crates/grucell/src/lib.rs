@@ -28,9 +28,11 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod engine;
 pub mod error;
 pub mod float;
+pub mod forecast;
 pub mod io;
 pub mod layers;
 pub mod tensor;

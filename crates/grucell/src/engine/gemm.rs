@@ -103,9 +103,19 @@ fn par(threads: usize) -> Par {
 }
 
 macro_rules! impl_float {
-    ($t:ty, $name:literal) => {
+    ($t:ty, $name:literal, $sigmoid:expr, $tanh:expr) => {
         impl Float for $t {
             const DTYPE: &'static str = $name;
+
+            #[inline]
+            fn sigmoid_inplace(v: &mut [Self]) {
+                v.iter_mut().for_each(|x| *x = $sigmoid(*x));
+            }
+
+            #[inline]
+            fn tanh_inplace(v: &mut [Self]) {
+                v.iter_mut().for_each(|x| *x = $tanh(*x));
+            }
 
             #[inline]
             fn of(x: f64) -> Self {
@@ -155,8 +165,8 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32, "float32");
-impl_float!(f64, "float64");
+impl_float!(f32, "float32", crate::engine::math::sigmoid_f32, crate::engine::math::tanh_f32);
+impl_float!(f64, "float64", |x: f64| 1.0 / (1.0 + (-x).exp()), f64::tanh);
 
 #[cfg(test)]
 mod tests {

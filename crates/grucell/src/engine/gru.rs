@@ -103,16 +103,6 @@ impl<T: Float> GruTrace<T> {
     }
 }
 
-#[inline]
-fn sigmoid<T: Float>(x: T) -> T {
-    if x >= T::zero() {
-        T::one() / (T::one() + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (T::one() + e)
-    }
-}
-
 /// Activations whose derivative the backward pass computes from the output alone.
 pub(crate) fn y_only_derivative(a: Activation) -> bool {
     matches!(a, Activation::Sigmoid | Activation::Tanh | Activation::Linear)
@@ -122,8 +112,8 @@ pub(crate) fn y_only_derivative(a: Activation) -> bool {
 #[inline]
 pub(crate) fn activate<T: Float>(a: Activation, v: &mut [T]) {
     match a {
-        Activation::Sigmoid => v.iter_mut().for_each(|x| *x = sigmoid(*x)),
-        Activation::Tanh => v.iter_mut().for_each(|x| *x = x.tanh()),
+        Activation::Sigmoid => super::math::sigmoid_slice(v),
+        Activation::Tanh => super::math::tanh_slice(v),
         Activation::Linear => {}
         _ => a.apply_row(v),
     }

@@ -3,6 +3,7 @@
 pub mod gemm;
 pub mod gru;
 pub mod gru_backward;
+pub mod math;
 pub mod workspace;
 
 pub use gemm::{gemm, Operand};

@@ -20,6 +20,7 @@ pub mod archive;
 pub mod legacy_h5;
 pub mod load;
 pub mod save;
+pub mod write;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,0 +1,928 @@
+//! Saving a [`Model`] as Keras 3 writes it: a `.keras` archive (config.json, metadata.json,
+//! model.weights.h5) that `keras.saving.load_model` loads and predicts with identically, and
+//! the same weights as a safetensors file.
+//!
+//! This is the inverse of [`super::load`]: the weight paths follow the same object-path rules
+//! (`layers/<snake_case(class)>[_n]`, then `cell`, `cells/gru_cell[_n]`, `forward_layer`,
+//! `backward_layer`; Sequential's list leaves the InputLayer out, Functional's includes it and
+//! leaves the mask ops out), and config.json is what Keras 3.15.1 writes for the same model
+//! (module, class_name, config, registered_name, build_config; Functional entries add name and
+//! inbound_nodes in the Keras 3 `{"args": [...], "kwargs": {...}}` form). Checked against every
+//! fixture of tests/fixtures/models: same config (apart from Keras' `shared_object_id` keys and
+//! the few choices listed below) and same weight paths.
+//!
+//! Choices where the model does not record what Keras had:
+//! - the dtype is the model's float type: `Model<f32>` is written with `float32` policies and
+//!   float32 weights, `Model<f64>` with `float64` policies and float64 weights (as Keras saves a
+//!   model built with `dtype="float64"`). The Sequential's own policy stays `float32`, as Keras
+//!   writes it. `StackedRNNCells` gets the model's dtype, where Keras writes `float32`: Keras
+//!   3.15.1 cannot call its own file of a float64 `RNN([cells])` (TypeError: a float32 loop
+//!   variable becomes float64), and loads and runs ours;
+//! - a single initial state is written as a bare tensor (`initial_state=h`), several as a list;
+//!   Bidirectional always gets a list;
+//! - `StackedRNNCells` are named `stacked_rnn_cells`, `stacked_rnn_cells_1`, … in model order;
+//! - an uncompiled model gets `"compile_config": {}`, which is what Keras writes for one
+//!   (`Trainer.get_compile_config` returns `{}` when not compiled); the model's own
+//!   `compile_config` is written back unchanged otherwise, except that a legacy `.h5`
+//!   `training_config` is converted to Keras 3's form. Optimizer state is not written.
+//!
+//! ```
+//! use grucell::io::keras::write::{model_config_json, save_model};
+//! use grucell::layers::model::{Layer, Model};
+//! use grucell::{GruCellConfig, Rnn, Tensor};
+//! let gru = Rnn::<f32>::new(GruCellConfig::new(4).seed(Some(1)), 3)?
+//!     .with_kind(grucell::RnnKind::Gru)?
+//!     .name("gru");
+//! let model = Model::sequential("m", vec![Some(5), Some(3)], vec![("gru".into(), Layer::Rnn(gru))])?;
+//! let config = model_config_json(&model)?;
+//! assert_eq!(config["class_name"], "Sequential");
+//! assert_eq!(config["config"]["layers"][1]["class_name"], "GRU");
+//! let path = std::env::temp_dir().join(format!("grucell_doc_write_{}.keras", std::process::id()));
+//! save_model(&model, &path)?;
+//! let back = grucell::io::keras::load::load_model::<f32>(&path)?;
+//! let x = Tensor::new(vec![2, 5, 3], vec![0.25; 30])?;
+//! assert_eq!(back.predict(&[x.clone()])?, model.predict(&[x])?);
+//! # std::fs::remove_file(&path).ok();
+//! # Ok::<(), grucell::Error>(())
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use hdf5_writer::{AttributeBuilder, DatasetBuilder, Hdf5Builder, WriteOptions};
+use serde_json::{json, Map, Value};
+
+use super::save::{
+    write_keras_archive, write_weights_h5, VarsGroup, WeightEntry, KERAS_VERSION, WEIGHTS_ENTRY,
+};
+use crate::error::{ConfigError, Error, FormatError};
+use crate::float::Float;
+use crate::layers::bidirectional::Bidirectional;
+use crate::layers::gru_cell::{dtype_policy, GruCell};
+use crate::layers::keras_json::to_snake_case;
+use crate::layers::model::{
+    default_class_name, Layer, Model, ModelKind, ModelLayer, Node, NodeArg, TensorRef,
+};
+use crate::layers::rnn::{Rnn, RnnKind};
+use crate::tensor::Tensor;
+
+/// A shape as Keras writes it: `null` for an unknown dimension.
+type Shape = Vec<Option<usize>>;
+
+/// Writes `model` as a Keras 3 `.keras` archive (config.json with the model's compile_config if
+/// any, metadata.json, model.weights.h5), atomically: on error the file at `path`, if any, is
+/// left as it was.
+///
+/// Weights are float32 for `Model<f32>` and float64 (with `float64` dtype policies) for
+/// `Model<f64>`. Stateful layers' carried states are not saved (Keras does not save them either).
+///
+/// ```no_run
+/// let model = grucell::io::keras::load::load_model::<f32>("in.keras".as_ref())?;
+/// grucell::io::keras::write::save_model(&model, "out.keras".as_ref())?;
+/// # Ok::<(), grucell::Error>(())
+/// ```
+pub fn save_model<T: Float>(model: &Model<T>, path: &Path) -> Result<(), Error> {
+    let plan = Plan::new(model)?;
+    let h5 = plan.weights_h5()?;
+    write_keras_archive(path, &plan.config, &h5)?;
+    Ok(())
+}
+
+/// The config.json value Keras would write for this model (top level
+/// `{"module", "class_name", "config", "registered_name", "build_config", "compile_config"}`).
+///
+/// Fails when a Sequential model's graph is not a chain (each layer called once on the previous
+/// layer's first output), or when the graph refers to a call that does not exist.
+pub fn model_config_json<T: Float>(model: &Model<T>) -> Result<Value, Error> {
+    Ok(Plan::new(model)?.config)
+}
+
+/// Saves the model's weights as a safetensors file: tensor names are the `.keras` dataset
+/// paths (`"layers/gru/cell/vars/0"`); `__metadata__` holds `keras_config`
+/// (the config.json text of [`model_config_json`]), `keras_version`, `dtype` (the model's) and
+/// `format` = `"keras"`. Atomic like [`save_model`].
+///
+/// safetensors tensors are written as F32 (the writer, [`crate::io::safetensors::save_safetensors`],
+/// is float32-only): the weights of a `Model<f64>` are rounded to float32 here.
+///
+/// ```
+/// use grucell::io::keras::write::save_safetensors_model;
+/// use grucell::layers::model::{Layer, Model};
+/// use grucell::{GruCellConfig, Rnn};
+/// let gru = Rnn::<f32>::new(GruCellConfig::new(2).seed(Some(3)), 3)?;
+/// let model = Model::sequential("m", vec![None, Some(3)], vec![("rnn".into(), Layer::Rnn(gru))])?;
+/// let path = std::env::temp_dir().join(format!("grucell_doc_st_{}.safetensors", std::process::id()));
+/// save_safetensors_model(&model, &path)?;
+/// let (tensors, meta) = grucell::io::safetensors::load_safetensors_with_metadata(&path)?;
+/// assert_eq!(tensors[0].0, "layers/rnn/cell/vars/0");
+/// assert_eq!(tensors[0].1.shape(), &[3, 6]);
+/// assert!(meta.unwrap()["keras_config"].contains("\"GRUCell\""));
+/// # std::fs::remove_file(&path).ok();
+/// # Ok::<(), grucell::Error>(())
+/// ```
+pub fn save_safetensors_model<T: Float>(model: &Model<T>, path: &Path) -> Result<(), Error> {
+    let plan = Plan::new(model)?;
+    let owned: Vec<(String, Tensor<f32>)> = plan
+        .weights
+        .iter()
+        .map(|w| (format!("{}/{}", w.group, w.index), w.tensor.cast::<f32>()))
+        .collect();
+    let tensors: Vec<(String, Vec<usize>, &[f32])> = owned
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shape().to_vec(), t.data()))
+        .collect();
+    let shown = path.display().to_string();
+    let config = serde_json::to_string(&plan.config)
+        .map_err(|e| FormatError::malformed(&shown, "keras_config", e.to_string()))?;
+    let metadata = HashMap::from([
+        ("format".to_string(), "keras".to_string()),
+        ("keras_config".to_string(), config),
+        ("keras_version".to_string(), KERAS_VERSION.to_string()),
+        ("dtype".to_string(), T::DTYPE.to_string()),
+    ]);
+    crate::io::safetensors::save_safetensors(path, &tensors, Some(metadata))?;
+    Ok(())
+}
+
+/// One variable: its `vars` group, its index there, its value.
+struct Var<'a, T> {
+    group: String,
+    index: usize,
+    tensor: &'a Tensor<T>,
+}
+
+/// Everything a save needs: the config, the `vars` groups and the variables, in Keras' order.
+struct Plan<'a, T> {
+    config: Value,
+    groups: Vec<VarsGroup>,
+    weights: Vec<Var<'a, T>>,
+}
+
+impl<'a, T: Float> Plan<'a, T> {
+    fn new(model: &'a Model<T>) -> Result<Self, Error> {
+        let mut w = Writer {
+            model,
+            dtype: keras_dtype::<T>(),
+            shapes: node_shapes(model)?,
+            groups: Vec::new(),
+            weights: Vec::new(),
+            stacked: 0,
+        };
+        w.groups.push(VarsGroup::new("vars", &model.name));
+        let config = match model.kind {
+            ModelKind::Sequential => w.sequential()?,
+            ModelKind::Functional => w.functional()?,
+        };
+        Ok(Plan {
+            config,
+            groups: w.groups,
+            weights: w.weights,
+        })
+    }
+
+    /// The bytes of model.weights.h5.
+    fn weights_h5(&self) -> Result<Vec<u8>, FormatError> {
+        if T::DTYPE == "float64" {
+            let data: Vec<Tensor<f64>> = self
+                .weights
+                .iter()
+                .map(|w| w.tensor.cast::<f64>())
+                .collect();
+            let entries: Vec<(String, &Tensor<f64>)> = self
+                .weights
+                .iter()
+                .zip(&data)
+                .map(|(w, t)| (format!("{}/{}", w.group, w.index), t))
+                .collect();
+            return weights_h5_f64(&self.groups, &entries);
+        }
+        let data: Vec<Tensor<f32>> = self
+            .weights
+            .iter()
+            .map(|w| w.tensor.cast::<f32>())
+            .collect();
+        let entries: Vec<WeightEntry> = self
+            .weights
+            .iter()
+            .zip(&data)
+            .map(|(w, t)| WeightEntry {
+                group: w.group.clone(),
+                index: w.index,
+                shape: t.shape().to_vec(),
+                data: t.data(),
+            })
+            .collect();
+        write_weights_h5(&self.groups, &entries)
+    }
+}
+
+/// The Keras dtype name a model computing in `T` is saved with.
+fn keras_dtype<T: Float>() -> &'static str {
+    if T::DTYPE == "float64" {
+        "float64"
+    } else {
+        "float32"
+    }
+}
+
+/// Output shapes of every call, by `(layer, call)`.
+fn node_shapes<T: Float>(model: &Model<T>) -> Result<HashMap<(usize, usize), Vec<Shape>>, Error> {
+    let shapes = model.output_shapes()?;
+    Ok(model
+        .nodes
+        .iter()
+        .zip(shapes)
+        .map(|(n, s)| ((n.layer, n.call), s))
+        .collect())
+}
+
+/// Unique snake_case names per list, as Keras' object-path traversal makes them (the same rule
+/// as the loader's).
+#[derive(Default)]
+struct Namer(HashMap<String, usize>);
+
+impl Namer {
+    fn next(&mut self, class: &str) -> String {
+        let base = to_snake_case(class);
+        let n = self.0.entry(base.clone()).or_insert(0);
+        let name = if *n == 0 { base } else { format!("{base}_{n}") };
+        *n += 1;
+        name
+    }
+}
+
+struct Writer<'a, T> {
+    model: &'a Model<T>,
+    dtype: &'static str,
+    shapes: HashMap<(usize, usize), Vec<Shape>>,
+    groups: Vec<VarsGroup>,
+    weights: Vec<Var<'a, T>>,
+    /// StackedRNNCells written so far (for their names).
+    stacked: usize,
+}
+
+/// What a layer's first call was given, for its build_config.
+struct CallShapes {
+    /// Shape of the first positional argument.
+    input: Shape,
+    /// Shapes of the `initial_state` tensors.
+    states: Vec<Shape>,
+}
+
+fn shape_json(s: &[Option<usize>]) -> Value {
+    Value::Array(
+        s.iter()
+            .map(|d| d.map_or(Value::Null, |d| json!(d)))
+            .collect(),
+    )
+}
+
+/// `{"module", "class_name", "config", "registered_name"}`.
+fn object(
+    module: &str,
+    class: &str,
+    config: Map<String, Value>,
+    registered: Value,
+) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("module".into(), json!(module));
+    m.insert("class_name".into(), json!(class));
+    m.insert("config".into(), Value::Object(config));
+    m.insert("registered_name".into(), registered);
+    m
+}
+
+fn input_shape_build(s: &[Option<usize>]) -> Value {
+    json!({ "input_shape": shape_json(s) })
+}
+
+/// `name`, `trainable`, `dtype`: the keys every layer config starts with.
+fn base_config(name: &str, trainable: bool, dtype: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("name".into(), json!(name));
+    m.insert("trainable".into(), json!(trainable));
+    m.insert("dtype".into(), dtype_policy(dtype));
+    m
+}
+
+fn bad_graph(what: String) -> Error {
+    ConfigError::invalid(
+        "model graph",
+        what,
+        "references to calls present in the model",
+    )
+    .into()
+}
+
+impl<'a, T: Float> Writer<'a, T> {
+    fn layer(&self, i: usize) -> Result<&'a ModelLayer<T>, Error> {
+        self.model
+            .layers
+            .get(i)
+            .ok_or_else(|| bad_graph(format!("layer #{i}")))
+    }
+
+    fn shape_of(&self, r: TensorRef) -> Result<Shape, Error> {
+        self.shapes
+            .get(&(r.layer, r.node))
+            .and_then(|v| v.get(r.index))
+            .cloned()
+            .ok_or_else(|| {
+                bad_graph(format!(
+                    "output {} of layer #{} call {}",
+                    r.index, r.layer, r.node
+                ))
+            })
+    }
+
+    fn tensor_dtype(&self, r: TensorRef) -> Result<&'static str, Error> {
+        Ok(if self.layer(r.layer)?.is_op() {
+            "bool"
+        } else {
+            self.dtype
+        })
+    }
+
+    /// `{"class_name": "__keras_tensor__", "config": {"shape", "dtype", "keras_history"}}`.
+    fn keras_tensor(&self, r: TensorRef) -> Result<Value, Error> {
+        let name = &self.layer(r.layer)?.name;
+        Ok(json!({
+            "class_name": "__keras_tensor__",
+            "config": {
+                "shape": shape_json(&self.shape_of(r)?),
+                "dtype": self.tensor_dtype(r)?,
+                "keras_history": [name, r.node, r.index],
+            }
+        }))
+    }
+
+    fn history(&self, r: TensorRef) -> Result<Value, Error> {
+        Ok(json!([self.layer(r.layer)?.name, r.node, r.index]))
+    }
+
+    /// `[name, node, index]` for one tensor, a list of them for several (as Keras writes
+    /// `input_layers` / `output_layers`).
+    fn histories(&self, refs: &[TensorRef]) -> Result<Value, Error> {
+        match refs {
+            [one] => self.history(*one),
+            many => Ok(Value::Array(
+                many.iter()
+                    .map(|r| self.history(*r))
+                    .collect::<Result<_, _>>()?,
+            )),
+        }
+    }
+
+    /// Shapes of the first call of layer `i` (`None` when it is never called).
+    fn first_call(&self, i: usize) -> Result<Option<CallShapes>, Error> {
+        let Some(node) = self
+            .model
+            .nodes
+            .iter()
+            .filter(|n| n.layer == i)
+            .min_by_key(|n| n.call)
+        else {
+            return Ok(None);
+        };
+        let input = match node.args.first() {
+            Some(NodeArg::Tensor(r)) => self.shape_of(*r)?,
+            _ => return Ok(None),
+        };
+        let states = node
+            .initial_state
+            .iter()
+            .map(|r| self.shape_of(*r))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(CallShapes { input, states }))
+    }
+
+    fn sequential(&mut self) -> Result<Value, Error> {
+        let model = self.model;
+        // The graph must be the chain Sequential implies.
+        let chain = model.nodes.iter().enumerate().all(|(i, n)| {
+            n.layer == i
+                && n.call == 0
+                && n.initial_state.is_empty()
+                && n.mask.is_none()
+                && if i == 0 {
+                    n.args.is_empty()
+                } else {
+                    n.args
+                        == [NodeArg::Tensor(TensorRef {
+                            layer: i - 1,
+                            node: 0,
+                            index: 0,
+                        })]
+                }
+        });
+        let input_first = matches!(
+            model.layers.first().map(|l| &l.layer),
+            Some(Layer::Input { .. })
+        );
+        let single_input = model
+            .layers
+            .iter()
+            .skip(1)
+            .all(|l| !matches!(l.layer, Layer::Input { .. }) && !l.is_op());
+        if !chain || !input_first || !single_input || model.nodes.len() != model.layers.len() {
+            return Err(ConfigError::unsupported(
+                "Sequential model graph",
+                format!("`{}` is not a chain of layers each called once on the previous layer's output (write it as Functional)", model.name),
+            )
+            .into());
+        }
+        let mut namer = Namer::default();
+        let mut layers = Vec::with_capacity(model.layers.len());
+        let mut build_input = Shape::new();
+        for (i, ml) in model.layers.iter().enumerate() {
+            if let Layer::Input { batch_shape } = &ml.layer {
+                build_input = batch_shape.clone();
+                layers.push(Value::Object(self.input_layer(ml, batch_shape)));
+                continue;
+            }
+            let path = format!("layers/{}", namer.next(default_class_name(&ml.layer)));
+            let call = self.first_call(i)?;
+            layers.push(Value::Object(self.layer_object(
+                ml,
+                &path,
+                call.as_ref(),
+            )?));
+        }
+        let mut config = base_config(&model.name, true, "float32");
+        config.insert("layers".into(), Value::Array(layers));
+        config.insert("build_input_shape".into(), shape_json(&build_input));
+        let mut top = object("keras", "Sequential", config, Value::Null);
+        top.insert("build_config".into(), input_shape_build(&build_input));
+        top.insert("compile_config".into(), self.compile_config());
+        Ok(Value::Object(top))
+    }
+
+    fn functional(&mut self) -> Result<Value, Error> {
+        let model = self.model;
+        let mut namer = Namer::default();
+        let mut layers = Vec::with_capacity(model.layers.len());
+        for (i, ml) in model.layers.iter().enumerate() {
+            let mut entry = match &ml.layer {
+                Layer::Input { batch_shape } => {
+                    let path = format!("layers/{}", namer.next("InputLayer"));
+                    self.groups
+                        .push(VarsGroup::new(format!("{path}/vars"), &ml.name));
+                    self.input_layer(ml, batch_shape)
+                }
+                Layer::NotEqual { .. } => object(
+                    "keras.src.ops.numpy",
+                    "NotEqual",
+                    Map::from_iter([("name".to_string(), json!(ml.name))]),
+                    json!("NotEqual"),
+                ),
+                Layer::Any { axis } => {
+                    let config = Map::from_iter([
+                        ("name".to_string(), json!(ml.name)),
+                        ("axis".to_string(), json!(axis)),
+                        ("keepdims".to_string(), json!(false)),
+                    ]);
+                    object("keras.src.ops.numpy", "Any", config, json!("Any"))
+                }
+                _ => {
+                    let path = format!("layers/{}", namer.next(default_class_name(&ml.layer)));
+                    let call = self.first_call(i)?;
+                    self.layer_object(ml, &path, call.as_ref())?
+                }
+            };
+            entry.insert("name".into(), json!(ml.name));
+            let mut calls: Vec<&Node> = model.nodes.iter().filter(|n| n.layer == i).collect();
+            calls.sort_by_key(|n| n.call);
+            let inbound = if matches!(ml.layer, Layer::Input { .. }) {
+                vec![]
+            } else {
+                calls
+                    .iter()
+                    .map(|n| self.inbound_node(ml, n))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            entry.insert("inbound_nodes".into(), Value::Array(inbound));
+            layers.push(Value::Object(entry));
+        }
+        let mut config = Map::new();
+        config.insert("name".into(), json!(model.name));
+        config.insert("trainable".into(), json!(true));
+        config.insert("layers".into(), Value::Array(layers));
+        config.insert("input_layers".into(), self.histories(&model.inputs)?);
+        config.insert("output_layers".into(), self.histories(&model.outputs)?);
+        let mut top = object(
+            "keras.src.models.functional",
+            "Functional",
+            config,
+            json!("Functional"),
+        );
+        top.insert("build_config".into(), json!({ "input_shape": null }));
+        top.insert("compile_config".into(), self.compile_config());
+        Ok(Value::Object(top))
+    }
+
+    fn compile_config(&self) -> Value {
+        self.model
+            .compile_config
+            .as_ref()
+            .map_or_else(|| json!({}), keras3_compile_config)
+    }
+
+    /// One inbound node, with the keyword arguments Keras records for the layer's call.
+    fn inbound_node(&self, ml: &ModelLayer<T>, n: &Node) -> Result<Value, Error> {
+        let args = n
+            .args
+            .iter()
+            .map(|a| match a {
+                NodeArg::Tensor(r) => self.keras_tensor(*r),
+                NodeArg::Scalar(x) => Ok(json!(x)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mask = n.mask.map(|r| self.keras_tensor(r)).transpose()?;
+        let states = n
+            .initial_state
+            .iter()
+            .map(|r| self.keras_tensor(*r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut kwargs = Map::new();
+        match &ml.layer {
+            Layer::Rnn(_) | Layer::Bidirectional(_) if !states.is_empty() => {
+                let bare = matches!(ml.layer, Layer::Rnn(_)) && states.len() == 1;
+                let value = if bare {
+                    states.into_iter().next().unwrap_or(Value::Null)
+                } else {
+                    Value::Array(states)
+                };
+                kwargs.insert("initial_state".into(), value);
+                if let Some(m) = mask {
+                    kwargs.insert("mask".into(), m);
+                }
+            }
+            Layer::Rnn(_) => {
+                kwargs.insert("training".into(), json!(false));
+                kwargs.insert("mask".into(), mask.unwrap_or(Value::Null));
+            }
+            Layer::Bidirectional(_) => {
+                kwargs.insert("mask".into(), mask.unwrap_or(Value::Null));
+            }
+            Layer::Dropout { .. } => {
+                kwargs.insert("training".into(), json!(false));
+            }
+            _ => {}
+        }
+        Ok(json!({ "args": args, "kwargs": kwargs }))
+    }
+
+    fn input_layer(&self, ml: &ModelLayer<T>, batch_shape: &[Option<usize>]) -> Map<String, Value> {
+        let mut c = Map::new();
+        c.insert("batch_shape".into(), shape_json(batch_shape));
+        c.insert("dtype".into(), json!(self.dtype));
+        c.insert("sparse".into(), json!(false));
+        c.insert("ragged".into(), json!(false));
+        c.insert("name".into(), json!(ml.name));
+        c.insert("optional".into(), json!(false));
+        object("keras.layers", "InputLayer", c, Value::Null)
+    }
+
+    /// A (non-input, non-op) layer's serialized object; records its `vars` groups and weights
+    /// under `path`.
+    fn layer_object(
+        &mut self,
+        ml: &'a ModelLayer<T>,
+        path: &str,
+        call: Option<&CallShapes>,
+    ) -> Result<Map<String, Value>, Error> {
+        let class = default_class_name(&ml.layer);
+        let dtype = self.dtype;
+        let mut build = call.map(|c| input_shape_build(&c.input));
+        let config = match &ml.layer {
+            Layer::Masking { mask_value } => {
+                build = None;
+                let mut c = base_config(&ml.name, ml.trainable, dtype);
+                c.insert("mask_value".into(), json!(mask_value));
+                c
+            }
+            Layer::Dropout { rate, seed } => {
+                build = None;
+                let mut c = base_config(&ml.name, ml.trainable, dtype);
+                c.insert("rate".into(), json!(rate));
+                c.insert("seed".into(), json!(seed));
+                c.insert("noise_shape".into(), Value::Null);
+                c
+            }
+            Layer::Activation(a) => {
+                build = None;
+                let mut c = base_config(&ml.name, ml.trainable, dtype);
+                c.insert("activation".into(), json!(a.name()));
+                c
+            }
+            Layer::Dense(d) => {
+                let mut c = d.config().to_keras(dtype);
+                c.insert("name".into(), json!(ml.name));
+                c.insert("trainable".into(), json!(ml.trainable));
+                for (k, t) in d.weights().into_iter().enumerate() {
+                    self.weights.push(Var {
+                        group: format!("{path}/vars"),
+                        index: k,
+                        tensor: t,
+                    });
+                }
+                c
+            }
+            Layer::Rnn(r) => {
+                if let Some(c) = call.filter(|c| !c.states.is_empty()) {
+                    let states = match c.states.as_slice() {
+                        [one] => shape_json(one),
+                        many => Value::Array(many.iter().map(|s| shape_json(s)).collect()),
+                    };
+                    build = Some(
+                        json!({ "shapes_dict": { "sequences_shape": shape_json(&c.input), "initial_state_shape": states } }),
+                    );
+                }
+                return self.rnn_object(
+                    r,
+                    &ml.name,
+                    ml.trainable,
+                    path,
+                    call.map(|c| &c.input),
+                    build,
+                );
+            }
+            Layer::Bidirectional(b) => {
+                if let Some(c) = call.filter(|c| !c.states.is_empty()) {
+                    let states = Value::Array(c.states.iter().map(|s| shape_json(s)).collect());
+                    build = Some(
+                        json!({ "shapes_dict": { "sequences_shape": shape_json(&c.input), "initial_state_shape": states } }),
+                    );
+                }
+                self.bidirectional_config(b, ml, path, call.map(|c| &c.input))?
+            }
+            Layer::Input { .. } | Layer::NotEqual { .. } | Layer::Any { .. } => {
+                return Err(ConfigError::invalid(
+                    "layer",
+                    class,
+                    "a layer with a Keras layer config",
+                )
+                .into());
+            }
+        };
+        self.groups
+            .push(VarsGroup::new(format!("{path}/vars"), &ml.name));
+        let mut o = object("keras.layers", class, config, Value::Null);
+        if let Some(b) = build {
+            o.insert("build_config".into(), b);
+        }
+        Ok(o)
+    }
+
+    fn bidirectional_config(
+        &mut self,
+        b: &'a Bidirectional<T>,
+        ml: &ModelLayer<T>,
+        path: &str,
+        input: Option<&Shape>,
+    ) -> Result<Map<String, Value>, Error> {
+        let mut c = base_config(&ml.name, ml.trainable, self.dtype);
+        c.insert(
+            "merge_mode".into(),
+            b.merge_mode().map_or(Value::Null, |m| json!(m.name())),
+        );
+        // Keras renames the two copies `forward_<name>` / `backward_<name>` at construction.
+        let fname = format!(
+            "forward_{}",
+            b.forward
+                .name
+                .strip_prefix("forward_")
+                .unwrap_or(&b.forward.name)
+        );
+        let bname = format!(
+            "backward_{}",
+            b.backward
+                .name
+                .strip_prefix("backward_")
+                .unwrap_or(&b.backward.name)
+        );
+        let build = input.map(|s| input_shape_build(s));
+        let f = self.rnn_object(
+            &b.forward,
+            &fname,
+            ml.trainable,
+            &format!("{path}/forward_layer"),
+            input,
+            build.clone(),
+        )?;
+        let bw = self.rnn_object(
+            &b.backward,
+            &bname,
+            ml.trainable,
+            &format!("{path}/backward_layer"),
+            input,
+            build,
+        )?;
+        c.insert("layer".into(), Value::Object(f));
+        c.insert("backward_layer".into(), Value::Object(bw));
+        Ok(c)
+    }
+
+    /// A `GRU` or `RNN` layer object at `path`, with its `vars` groups and cell weights.
+    fn rnn_object(
+        &mut self,
+        r: &'a Rnn<T>,
+        name: &str,
+        trainable: bool,
+        path: &str,
+        input: Option<&Shape>,
+        build: Option<Value>,
+    ) -> Result<Map<String, Value>, Error> {
+        let dtype = self.dtype;
+        self.groups
+            .push(VarsGroup::new(format!("{path}/vars"), name));
+        let mut c = base_config(name, trainable, dtype);
+        c.insert("return_sequences".into(), json!(r.returns_sequences()));
+        c.insert("return_state".into(), json!(r.returns_state()));
+        c.insert("go_backwards".into(), json!(r.is_go_backwards()));
+        c.insert("stateful".into(), json!(r.is_stateful()));
+        c.insert("unroll".into(), json!(r.is_unrolled()));
+        c.insert(
+            "zero_output_for_mask".into(),
+            json!(r.zeroes_masked_outputs()),
+        );
+        let activity = r
+            .activity_regularizer_ref()
+            .map_or(Value::Null, |a| a.to_keras());
+        let batch = input.and_then(|s| s.first().copied()).flatten();
+        let class = match r.kind() {
+            RnnKind::Gru => {
+                let cell = r
+                    .cells()
+                    .first()
+                    .ok_or_else(|| ConfigError::invalid("GRU layer", name, "one cell"))?;
+                for (k, v) in cell.config().to_keras(dtype) {
+                    if !matches!(k.as_str(), "name" | "trainable" | "dtype") {
+                        c.insert(k, v);
+                    }
+                }
+                c.insert("activity_regularizer".into(), activity);
+                self.cell_weights(cell, &format!("{path}/cell/vars"), "gru_cell");
+                "GRU"
+            }
+            RnnKind::RnnCell => {
+                let cell = r
+                    .cells()
+                    .first()
+                    .ok_or_else(|| ConfigError::invalid("RNN layer", name, "one cell"))?;
+                c.insert(
+                    "cell".into(),
+                    Value::Object(self.cell_object(cell, batch, trainable)),
+                );
+                if !activity.is_null() {
+                    c.insert("activity_regularizer".into(), activity);
+                }
+                self.cell_weights(cell, &format!("{path}/cell/vars"), &cell.config().name);
+                "RNN"
+            }
+            RnnKind::RnnStacked => {
+                let sname = if self.stacked == 0 {
+                    "stacked_rnn_cells".to_string()
+                } else {
+                    format!("stacked_rnn_cells_{}", self.stacked)
+                };
+                self.stacked += 1;
+                self.groups
+                    .push(VarsGroup::new(format!("{path}/cell/vars"), &sname));
+                let mut namer = Namer::default();
+                let mut cells = Vec::with_capacity(r.cells().len());
+                for cell in r.cells() {
+                    cells.push(Value::Object(self.cell_object(cell, batch, trainable)));
+                    let p = format!("{path}/cell/cells/{}/vars", namer.next("GRUCell"));
+                    self.cell_weights(cell, &p, &cell.config().name);
+                }
+                // Keras writes `float32` here whatever the cells' dtype (RNN does not pass its
+                // dtype on to the StackedRNNCells it makes), and then cannot run its own file for
+                // a float64 model (a float32 state enters a float64 loop). The model's dtype
+                // loads and runs.
+                let mut sc = base_config(&sname, trainable, dtype);
+                sc.insert("cells".into(), Value::Array(cells));
+                let mut so = object("keras.layers", "StackedRNNCells", sc, Value::Null);
+                if let Some(d) = r.cells().first().map(GruCell::input_dim) {
+                    so.insert("build_config".into(), input_shape_build(&[batch, Some(d)]));
+                }
+                c.insert("cell".into(), Value::Object(so));
+                if !activity.is_null() {
+                    c.insert("activity_regularizer".into(), activity);
+                }
+                "RNN"
+            }
+        };
+        let mut o = object("keras.layers", class, c, Value::Null);
+        if let Some(b) = build {
+            o.insert("build_config".into(), b);
+        }
+        Ok(o)
+    }
+
+    /// A `GRUCell` object with its build_config `(batch, input_dim)`.
+    fn cell_object(
+        &self,
+        cell: &GruCell<T>,
+        batch: Option<usize>,
+        trainable: bool,
+    ) -> Map<String, Value> {
+        let mut c = cell.config().to_keras(self.dtype);
+        c.insert("trainable".into(), json!(trainable));
+        let mut o = object("keras.layers", "GRUCell", c, Value::Null);
+        o.insert(
+            "build_config".into(),
+            input_shape_build(&[batch, Some(cell.input_dim())]),
+        );
+        o
+    }
+
+    fn cell_weights(&mut self, cell: &'a GruCell<T>, group: &str, name: &str) {
+        self.groups.push(VarsGroup::new(group, name));
+        for (k, t) in cell.weights().into_iter().enumerate() {
+            self.weights.push(Var {
+                group: group.to_string(),
+                index: k,
+                tensor: t,
+            });
+        }
+    }
+}
+
+/// A Keras 3 `compile_config`. A legacy `.h5` `training_config` (recognised by its
+/// `optimizer_config` key) is converted as Keras' own loader converts it
+/// (`compile_args_from_training_config`): the optimizer becomes a serialized `keras.optimizers`
+/// object and the other keys get Keras' `compile()` defaults. Keras 3 passes `compile_config` to
+/// `compile(**config)`, which rejects `optimizer_config`. Anything else is written unchanged.
+fn keras3_compile_config(c: &Value) -> Value {
+    let Some(tc) = c.as_object().filter(|o| o.contains_key("optimizer_config")) else {
+        return c.clone();
+    };
+    let mut out = Map::new();
+    if let Some(opt) = tc.get("optimizer_config").and_then(Value::as_object) {
+        let mut o = Map::new();
+        o.insert("module".into(), json!("keras.optimizers"));
+        o.insert(
+            "class_name".into(),
+            opt.get("class_name").cloned().unwrap_or(Value::Null),
+        );
+        o.insert(
+            "config".into(),
+            opt.get("config").cloned().unwrap_or_else(|| json!({})),
+        );
+        o.insert("registered_name".into(), Value::Null);
+        out.insert("optimizer".into(), Value::Object(o));
+    }
+    let defaults = [
+        ("loss", Value::Null),
+        ("loss_weights", Value::Null),
+        ("metrics", Value::Null),
+        ("weighted_metrics", Value::Null),
+        ("run_eagerly", json!(false)),
+        ("steps_per_execution", json!(1)),
+        ("jit_compile", json!(false)),
+    ];
+    for (k, d) in defaults {
+        out.insert(k.into(), tc.get(k).cloned().unwrap_or(d));
+    }
+    Value::Object(out)
+}
+
+/// model.weights.h5 with float64 datasets, laid out as [`write_weights_h5`] lays out float32
+/// ones (that writer takes `f32` only; Keras stores a float64 model's variables as float64).
+/// `weights` are `(dataset path, tensor)`, the path being `<vars group>/<index>`.
+fn weights_h5_f64(
+    groups: &[VarsGroup],
+    weights: &[(String, &Tensor<f64>)],
+) -> Result<Vec<u8>, FormatError> {
+    let err = |part: &str, e: hdf5_writer::Error| {
+        FormatError::malformed(WEIGHTS_ENTRY, part, format!("HDF5 writer: {e}"))
+    };
+    // Sorted, as write_weights_h5 does, so the file does not depend on the order given.
+    let named: BTreeMap<&str, &str> = groups
+        .iter()
+        .map(|g| (g.path.as_str(), g.name.as_str()))
+        .collect();
+    let sorted: BTreeMap<&str, &Tensor<f64>> =
+        weights.iter().map(|(p, t)| (p.as_str(), *t)).collect();
+    if named.len() != groups.len() || sorted.len() != weights.len() {
+        return Err(FormatError::malformed(
+            WEIGHTS_ENTRY,
+            "file",
+            "a vars group or variable listed twice",
+        ));
+    }
+    let mut builder = Hdf5Builder::new();
+    for (path, name) in named {
+        builder = builder.group_attribute(path, AttributeBuilder::fixed_string("name", name));
+    }
+    for (path, t) in sorted {
+        let dims: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
+        builder = builder
+            .dataset(DatasetBuilder::typed_data(path, dims, t.data()).map_err(|e| err(path, e))?);
+    }
+    builder
+        .into_plan()
+        .and_then(|plan| plan.encode(WriteOptions::default()))
+        .map_err(|e| err("file", e))
+}
