@@ -151,7 +151,7 @@ fn check(c: Case, seed: u64) -> Vec<String> {
         pr.t,
         opts,
         pr.dropout(),
-        &trace,
+        &mut trace,
         OutputGrads { sequence: Some(&pr.w_seq), last: Some(&pr.w_last), state: Some(&pr.w_state) },
         &mut grads,
         Some(&mut dx),

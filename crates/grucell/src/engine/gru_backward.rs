@@ -67,7 +67,9 @@ fn act_backward<T: Float>(a: Activation, pre: &[T], post: &[T], d: &mut [T], scr
 /// Backward pass of [`super::gru::gru_sequence`] run with the same arguments and a trace.
 ///
 /// Accumulates weight gradients into `grads`; writes `dx` `(B, T, D)` and `dh0` `(B, u)` when
-/// given (overwriting them).
+/// given (overwriting them). The trace is consumed: the gate gradients of each step overwrite that
+/// step's saved gates (and, for reset_after, `hn`) once they are no longer needed, so training
+/// memory is the saved activations plus `O(B·u)` scratch.
 #[allow(clippy::too_many_arguments)]
 pub fn gru_sequence_backward<T: Float>(
     p: &GruParams<T>,
@@ -76,7 +78,7 @@ pub fn gru_sequence_backward<T: Float>(
     time: usize,
     opts: SequenceOptions<'_>,
     dropout: DropoutMasks<'_, T>,
-    trace: &GruTrace<T>,
+    trace: &mut GruTrace<T>,
     upstream: OutputGrads<'_, T>,
     grads: &mut GruGrads<T>,
     dx: Option<&mut [T]>,
@@ -87,8 +89,9 @@ pub fn gru_sequence_backward<T: Float>(
     let g = 3 * u;
     let u2 = 2 * u;
     let rows = batch * time;
-    let mut dxp = vec![T::zero(); rows * g];
-    let mut dhu = vec![T::zero(); rows * g];
+    // Per-step scratch: [dz, dr, dĥ] (input side) and [dz, dr, dg | dĥ] (recurrent side).
+    let mut sx = vec![T::zero(); batch * g];
+    let mut sh = vec![T::zero(); batch * g];
     let mut dh = match upstream.state {
         Some(s) => s[..batch * u].to_vec(),
         None => vec![T::zero(); batch * u],
@@ -128,6 +131,8 @@ pub fn gru_sequence_backward<T: Float>(
             let bu = b * u..(b + 1) * u;
             if !valid[b] {
                 dh_prev[bu.clone()].copy_from_slice(&dh[bu]);
+                sx[b * g..(b + 1) * g].fill(T::zero());
+                sh[b * g..(b + 1) * g].fill(T::zero());
                 continue;
             }
             let row = b * time + t;
@@ -136,7 +141,7 @@ pub fn gru_sequence_backward<T: Float>(
             let hp = &trace.h_prev[row * u..(row + 1) * u];
             let hn = &trace.hn[row * u..(row + 1) * u];
             let (z, r, n) = (&gates[..u], &gates[u..u2], &gates[u2..]);
-            let gx = &mut dxp[row * g..(row + 1) * g];
+            let gx = &mut sx[b * g..(b + 1) * g];
             let dhb = &dhn[bu.clone()];
             for j in 0..u {
                 gx[j] = dhb[j] * (hp[j] - n[j]); // dz
@@ -151,7 +156,7 @@ pub fn gru_sequence_backward<T: Float>(
                 act_backward(p.recurrent_activation, &pre[u..u2], r, &mut gx[u..u2], &mut scratch);
             }
             act_backward(p.recurrent_activation, &pre[..u], z, &mut gx[..u], &mut scratch);
-            let gh = &mut dhu[row * g..(row + 1) * g];
+            let gh = &mut sh[b * g..(b + 1) * g];
             gh[..u2].copy_from_slice(&gx[..u2]);
             if p.reset_after {
                 for j in 0..u {
@@ -163,7 +168,7 @@ pub fn gru_sequence_backward<T: Float>(
         }
         if !p.reset_after {
             // d(r ⊙ h_s) = da_n · U_hᵀ, then dr and the direct path into h.
-            gemm(batch, u, u, T::one(), Operand::new(&dhu[t * g + u2..], time * g), Operand::new(&p.recurrent[u2..], g).t(), false, &mut tmp, u, threads);
+            gemm(batch, u, u, T::one(), Operand::new(&sh[u2..], g), Operand::new(&p.recurrent[u2..], g).t(), false, &mut tmp, u, threads);
             for b in (0..batch).filter(|&b| valid[b]) {
                 let row = b * time + t;
                 let gates = &trace.gates[row * g..(row + 1) * g];
@@ -171,7 +176,7 @@ pub fn gru_sequence_backward<T: Float>(
                 let hp = &trace.h_prev[row * u..(row + 1) * u];
                 let r = &gates[u..u2];
                 let s_h = dropout.recurrent.map(|s| &s[2][b * u..(b + 1) * u]);
-                let gx = &mut dxp[row * g..(row + 1) * g];
+                let gx = &mut sx[b * g..(b + 1) * g];
                 for j in 0..u {
                     let drh = tmp[b * u + j];
                     let sh = s_h.map_or(T::one(), |s| s[j]);
@@ -179,7 +184,7 @@ pub fn gru_sequence_backward<T: Float>(
                     dh_prev[b * u + j] += drh * r[j] * sh;
                 }
                 act_backward(p.recurrent_activation, &pre[u..u2], r, &mut gx[u..u2], &mut scratch);
-                dhu[row * g + u..row * g + u2].copy_from_slice(&gx[u..u2]);
+                sh[b * g + u..b * g + u2].copy_from_slice(&gx[u..u2]);
             }
         }
         // dh_prev += dG_h · Uᵀ over the recurrent gates (masked rows have dG_h = 0).
@@ -189,7 +194,7 @@ pub fn gru_sequence_backward<T: Float>(
                 u,
                 gates_in_loop * u,
                 T::one(),
-                Operand::new(&dhu[t * g..], time * g),
+                Operand::new(&sh, g),
                 Operand::new(p.recurrent, g).t(),
                 true,
                 &mut dh_prev,
@@ -198,7 +203,7 @@ pub fn gru_sequence_backward<T: Float>(
             ),
             Some(s) => {
                 for gate in 0..gates_in_loop {
-                    gemm(batch, u, u, T::one(), Operand::new(&dhu[t * g + gate * u..], time * g), Operand::new(&p.recurrent[gate * u..], g).t(), false, &mut tmp, u, threads);
+                    gemm(batch, u, u, T::one(), Operand::new(&sh[gate * u..], g), Operand::new(&p.recurrent[gate * u..], g).t(), false, &mut tmp, u, threads);
                     for b in (0..batch).filter(|&b| valid[b]) {
                         for j in 0..u {
                             dh_prev[b * u + j] += tmp[b * u + j] * s[gate][b * u + j];
@@ -207,15 +212,25 @@ pub fn gru_sequence_backward<T: Float>(
                 }
             }
         }
+        // This step's saved activations are spent: keep its gate gradients in their place.
+        for b in 0..batch {
+            let row = b * time + t;
+            trace.gates[row * g..(row + 1) * g].copy_from_slice(&sx[b * g..(b + 1) * g]);
+            if p.reset_after {
+                trace.hn[row * u..(row + 1) * u].copy_from_slice(&sh[b * g + u2..(b + 1) * g]);
+            }
+        }
         std::mem::swap(&mut dh, &mut dh_prev);
     }
+    // From here on: `dxp` = d(input projections) (B·T, 3u); for reset_after `dg` = d(h·U_h + b_rh).
+    let dxp = &trace.gates[..rows * g];
     if let Some(h0) = dh0 {
         h0[..batch * u].copy_from_slice(&dh);
     }
     // Weight and input gradients: one GEMM each over all B·T rows.
     let mut xm = Vec::new();
     match dropout.input {
-        None => gemm(d, g, rows, T::one(), Operand::new(x, d).t(), Operand::new(&dxp, g), true, &mut grads.kernel, g, threads),
+        None => gemm(d, g, rows, T::one(), Operand::new(x, d).t(), Operand::new(dxp, g), true, &mut grads.kernel, g, threads),
         Some(m) => {
             for gate in 0..3 {
                 xm.resize(rows * d, T::zero());
@@ -226,7 +241,7 @@ pub fn gru_sequence_backward<T: Float>(
     }
     if let Some(dx) = dx {
         match dropout.input {
-            None => gemm(rows, d, g, T::one(), Operand::new(&dxp, g), Operand::new(p.kernel, g).t(), false, dx, d, threads),
+            None => gemm(rows, d, g, T::one(), Operand::new(dxp, g), Operand::new(p.kernel, g).t(), false, dx, d, threads),
             Some(m) => {
                 dx[..rows * d].fill(T::zero());
                 let mut part = vec![T::zero(); rows * d];
@@ -248,7 +263,7 @@ pub fn gru_sequence_backward<T: Float>(
     let hprev = &trace.h_prev[..rows * u];
     let mut hm = Vec::new();
     for gate in 0..3 {
-        // Left operand of gate `gate`'s recurrent product, over all rows.
+        // Left operand of gate `gate`'s recurrent product over all rows, and its gradient.
         let left: &[T] = if !p.reset_after && gate == 2 {
             &trace.hn[..rows * u]
         } else if let Some(s) = dropout.recurrent {
@@ -258,7 +273,8 @@ pub fn gru_sequence_backward<T: Float>(
         } else {
             hprev
         };
-        gemm(u, u, rows, T::one(), Operand::new(left, u).t(), Operand::new(&dhu[gate * u..], g), true, &mut grads.recurrent[gate * u..], g, threads);
+        let (right, ld) = if p.reset_after && gate == 2 { (&trace.hn[..rows * u], u) } else { (&dxp[gate * u..], g) };
+        gemm(u, u, rows, T::one(), Operand::new(left, u).t(), Operand::new(right, ld), true, &mut grads.recurrent[gate * u..], g, threads);
     }
     for row in dxp.chunks_exact(g) {
         for (acc, v) in grads.bias_input.iter_mut().zip(row) {
@@ -266,8 +282,8 @@ pub fn gru_sequence_backward<T: Float>(
         }
     }
     if p.reset_after {
-        for row in dhu.chunks_exact(g) {
-            for (acc, v) in grads.bias_recurrent.iter_mut().zip(row) {
+        for (row, dg) in dxp.chunks_exact(g).zip(trace.hn.chunks_exact(u)) {
+            for (acc, v) in grads.bias_recurrent.iter_mut().zip(row[..u2].iter().chain(dg)) {
                 *acc += *v;
             }
         }

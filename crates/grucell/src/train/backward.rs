@@ -487,7 +487,7 @@ impl<T: Float> Model<T> {
                     let d_out = it.next().flatten().unwrap_or_else(|| Tensor::zeros(o.shape().to_vec()));
                     let ds: Vec<Option<Tensor<T>>> = it.collect();
                     let d_states = states_grads(r, &ds, d_out.shape()[0]);
-                    let g = r.backward(&tape, &d_out, d_states.as_deref())?;
+                    let g = r.backward(*tape, &d_out, d_states.as_deref())?;
                     if trainable {
                         let mut i = 0;
                         for (c, cg) in r.cells().iter().zip(&g.cells) {
@@ -519,8 +519,8 @@ impl<T: Float> Model<T> {
                     if bi.backward.returns_sequences() {
                         flip_time(&mut dbo);
                     }
-                    let gf = bi.forward.backward(&f, &dfo, dfs.as_deref())?;
-                    let gb = bi.backward.backward(&b, &dbo, dbs.as_deref())?;
+                    let gf = bi.forward.backward(*f, &dfo, dfs.as_deref())?;
+                    let gb = bi.backward.backward(*b, &dbo, dbs.as_deref())?;
                     if trainable {
                         let mut i = 0;
                         for (r, gs) in [(&bi.forward, &gf), (&bi.backward, &gb)] {

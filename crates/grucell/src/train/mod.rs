@@ -4,3 +4,4 @@ pub mod loss;
 pub mod optimizer;
 pub mod rnn_grad;
 pub mod backward;
+pub mod fit;

@@ -140,9 +140,9 @@ impl<T: Float> Rnn<T> {
         Ok((RnnOutput { output, states }, finals, tape))
     }
 
-    /// Backward of [`Rnn::forward_train`]: `d_output` matches the output (`(B, T, u)` or `(B, u)`),
+    /// Backward of [`Rnn::forward_train`] (consumes the tape): `d_output` matches the output (`(B, T, u)` or `(B, u)`),
     /// `d_states` the final state of each cell (zeros when `None`).
-    pub fn backward(&self, tape: &RnnTape<T>, d_output: &Tensor<T>, d_states: Option<&[Tensor<T>]>) -> Result<RnnGrads<T>, Error> {
+    pub fn backward(&self, mut tape: RnnTape<T>, d_output: &Tensor<T>, d_states: Option<&[Tensor<T>]>) -> Result<RnnGrads<T>, Error> {
         let (b, t) = (tape.batch, tape.time);
         let n = self.cells().len();
         let mut cells: Vec<GruGrads<T>> = self.cells().iter().map(|c| GruGrads::zeros(c.input_dim(), c.units())).collect();
@@ -169,7 +169,7 @@ impl<T: Float> Rnn<T> {
                 t,
                 opts,
                 tape.dropout[k].masks(),
-                &tape.traces[k],
+                &mut tape.traces[k],
                 OutputGrads { sequence: seq_grad, last: last_grad, state: d_states.map(|s| s[k].data()) },
                 &mut cells[k],
                 Some(&mut dx),

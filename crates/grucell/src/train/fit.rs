@@ -1,0 +1,675 @@
+//! Keras' training loop: [`Model::fit`] (epochs of mini-batches, validation, early stopping,
+//! history, progress bar) and [`Model::evaluate`], as Keras 3.15.1's `fit`/`evaluate` run them on
+//! in-memory arrays.
+//!
+//! What is reproduced exactly (checked against Keras runs in `tests/fixtures/fit/`):
+//! - `validation_split = s` keeps the **last** `n − ⌊n·(1 − s)⌋` samples for validation, taken
+//!   before any shuffling (Keras' `train_validation_split`); it is ignored when validation data
+//!   is given, as in Keras;
+//! - batches of `batch_size` in order, the last partial batch included; one optimizer step each
+//!   ([`Model::train_on_batch`]);
+//! - the epoch `loss` is Keras' loss tracker: the batch losses (regularization included) averaged
+//!   with the batch sizes as weights, accumulated in the model's float type (Keras' `Mean` metric
+//!   in `floatx`); `val_loss` is [`Model::evaluate`] on the validation data after the epoch;
+//! - [`EarlyStopping`] is a port of `keras.callbacks.EarlyStopping` with `baseline = None` and
+//!   `start_from_epoch = 0`, including its quirks: the improvement test runs in float32 (Keras
+//!   compares with `ops.less` on Python floats), the first epoch never stops training, and the
+//!   best weights are restored at the end of training whether it stopped early or not.
+//!
+//! What differs: with `shuffle = true` the per-epoch permutation comes from a seeded [`StdRng`]
+//! (TensorFlow's shuffle cannot be reproduced), and so do dropout masks. A non-finite loss or
+//! gradient stops training with [`TrainError::NonFinite`] naming the epoch and batch (Keras would
+//! carry on with NaN weights); the weights are then those from before that batch. Stateful
+//! models are not trained (Keras resets their states at every epoch and carries them across
+//! batches; that is not implemented).
+
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde_json::{json, Value};
+
+use crate::error::{ConfigError, Error, ShapeError, TrainError};
+use crate::float::Float;
+use crate::layers::model::{Layer, Model, ModelLayer};
+use crate::tensor::Tensor;
+use crate::train::loss::Loss;
+use crate::train::optimizer::{Optimizer, OptimizerConfig};
+
+/// Mixed into the seed for the dropout stream, so that it differs from the shuffle stream.
+const DROPOUT_STREAM: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The value [`EarlyStopping`] watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Monitor {
+    /// The training loss of the epoch (`"loss"`).
+    Loss,
+    /// The validation loss after the epoch (`"val_loss"`, Keras' default); needs validation data.
+    ValLoss,
+}
+
+impl Monitor {
+    /// The Keras log key: `"loss"` or `"val_loss"`.
+    pub fn keras_name(&self) -> &'static str {
+        match self {
+            Monitor::Loss => "loss",
+            Monitor::ValLoss => "val_loss",
+        }
+    }
+}
+
+/// `keras.callbacks.EarlyStopping(monitor, min_delta, patience, restore_best_weights)` with
+/// `mode = "min"` (what `"auto"` picks for losses), no baseline and `start_from_epoch = 0`.
+///
+/// After each epoch: an epoch improves when `monitored + |min_delta| < best` (in float32);
+/// training stops once `patience` epochs in a row did not improve, never after the first epoch.
+/// With `restore_best_weights`, the weights of the best epoch are put back at the end of
+/// training (even when it did not stop early).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EarlyStopping {
+    /// The watched value (Keras default `val_loss`).
+    pub monitor: Monitor,
+    /// Epochs without improvement before stopping (Keras default 0).
+    pub patience: usize,
+    /// Smallest change that counts as an improvement; its sign is ignored (Keras default 0).
+    pub min_delta: f64,
+    /// Put the best epoch's weights back at the end (Keras default false).
+    pub restore_best_weights: bool,
+}
+
+impl Default for EarlyStopping {
+    /// Keras' defaults: `val_loss`, patience 0, min_delta 0, no restoring.
+    fn default() -> Self {
+        EarlyStopping {
+            monitor: Monitor::ValLoss,
+            patience: 0,
+            min_delta: 0.0,
+            restore_best_weights: false,
+        }
+    }
+}
+
+/// When [`Model::fit`] shows its progress on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// A progress bar per epoch and a summary line per epoch, only when stderr is a terminal.
+    Auto,
+    /// Nothing.
+    Never,
+    /// A summary line per epoch always; the bar itself only where stderr is a terminal.
+    Always,
+}
+
+/// Options of [`Model::fit`], Keras' `fit` arguments (defaults as Keras).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FitConfig {
+    /// Samples per optimizer step (Keras default 32); the last batch may be smaller.
+    pub batch_size: usize,
+    /// Number of passes over the training data (Keras default 1).
+    pub epochs: usize,
+    /// Reorder the training samples at the start of every epoch (Keras default true).
+    pub shuffle: bool,
+    /// Seed of the shuffling and dropout random streams; `None` draws one from the OS.
+    pub seed: Option<u64>,
+    /// Fraction in `[0, 1)` of the samples, taken from the end, held out for validation
+    /// (Keras default 0: none). Ignored when validation data is passed.
+    pub validation_split: f64,
+    /// Stop training when the monitored loss stops improving.
+    pub early_stopping: Option<EarlyStopping>,
+    /// Progress display on stderr.
+    pub progress: Progress,
+}
+
+impl Default for FitConfig {
+    fn default() -> Self {
+        FitConfig {
+            batch_size: 32,
+            epochs: 1,
+            shuffle: true,
+            seed: None,
+            validation_split: 0.0,
+            early_stopping: None,
+            progress: Progress::Auto,
+        }
+    }
+}
+
+impl FitConfig {
+    /// Checks the options: `batch_size ≥ 1`, `validation_split` in `[0, 1)`, a finite
+    /// `min_delta`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.batch_size == 0 {
+            return Err(ConfigError::invalid("batch_size", 0, "an integer ≥ 1"));
+        }
+        if !(0.0..1.0).contains(&self.validation_split) {
+            return Err(ConfigError::invalid(
+                "validation_split",
+                self.validation_split,
+                "a number in [0, 1)",
+            ));
+        }
+        if let Some(es) = &self.early_stopping {
+            if !es.min_delta.is_finite() {
+                return Err(ConfigError::invalid(
+                    "early_stopping.min_delta",
+                    es.min_delta,
+                    "a finite number",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`Model::fit`] returns: Keras' `History.history` plus how training ended.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct History {
+    /// Training loss of each epoch run.
+    pub loss: Vec<f64>,
+    /// Validation loss of each epoch run (empty without validation data).
+    pub val_loss: Vec<f64>,
+    /// Number of epochs run.
+    pub epochs_run: usize,
+    /// Whether early stopping ended training before `epochs`.
+    pub stopped_early: bool,
+    /// With early stopping: the 1-based epoch with the best monitored value (whose weights were
+    /// restored when `restore_best_weights`); `None` without early stopping or epochs.
+    pub best_epoch: Option<usize>,
+}
+
+impl History {
+    /// The history as a table: a header `epoch loss [val_loss]`, then one line per epoch.
+    pub fn table(&self) -> String {
+        let with_val = !self.val_loss.is_empty();
+        let mut s = String::from(if with_val {
+            "epoch\tloss\tval_loss\n"
+        } else {
+            "epoch\tloss\n"
+        });
+        for (i, l) in self.loss.iter().enumerate() {
+            s.push_str(&format!("{}\t{l}", i + 1));
+            if let Some(v) = self.val_loss.get(i) {
+                s.push_str(&format!("\t{v}"));
+            }
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// The `compile_config` Keras 3.15.1 writes for `model.compile(optimizer, loss)` with the other
+/// arguments at their defaults (`metrics` none, `steps_per_execution` 1, `jit_compile` false as
+/// `"auto"` resolves on CPU). Set it as [`Model::compile_config`] to save what `fit` used.
+pub fn keras_compile_config(loss: &Loss, optimizer: &OptimizerConfig) -> Value {
+    json!({
+        "optimizer": optimizer.to_keras(),
+        "loss": loss.to_keras(),
+        "loss_weights": null,
+        "metrics": null,
+        "weighted_metrics": null,
+        "run_eagerly": false,
+        "steps_per_execution": 1,
+        "jit_compile": false,
+    })
+}
+
+/// Keras' `EarlyStopping` state, ported line by line (`on_train_begin` is [`Stopper::new`]).
+struct Stopper<T> {
+    cfg: EarlyStopping,
+    wait: usize,
+    best: Option<f64>,
+    best_epoch: usize,
+    best_weights: Option<Vec<ModelLayer<T>>>,
+}
+
+impl<T: Float> Stopper<T> {
+    fn new(cfg: EarlyStopping) -> Self {
+        Stopper {
+            cfg,
+            wait: 0,
+            best: None,
+            best_epoch: 0,
+            best_weights: None,
+        }
+    }
+
+    /// `_is_improvement` with `monitor_op = ops.less` and `min_delta` negated: Keras subtracts
+    /// in Python floats, then `ops.less` compares the two as float32 tensors.
+    fn is_improvement(&self, current: f64) -> bool {
+        match self.best {
+            None => true,
+            Some(best) => ((current + self.cfg.min_delta.abs()) as f32) < (best as f32),
+        }
+    }
+
+    /// `on_epoch_end` (0-based `epoch`); true when training must stop.
+    fn on_epoch_end(&mut self, epoch: usize, current: f64, layers: &[ModelLayer<T>]) -> bool {
+        if self.cfg.restore_best_weights && self.best_weights.is_none() {
+            self.best_weights = Some(layers.to_vec());
+            self.best_epoch = epoch;
+        }
+        self.wait += 1;
+        if self.is_improvement(current) {
+            self.best = Some(current);
+            self.best_epoch = epoch;
+            if self.cfg.restore_best_weights {
+                self.best_weights = Some(layers.to_vec());
+            }
+            self.wait = 0;
+            return false;
+        }
+        self.wait >= self.cfg.patience && epoch > 0
+    }
+}
+
+/// Leading (sample) dimension shared by every array of `x` and `y`, at least 1.
+fn sample_count<T: Float>(
+    x: &[Tensor<T>],
+    y: &[Tensor<T>],
+    xname: &str,
+    yname: &str,
+) -> Result<usize, Error> {
+    let mut n = None;
+    let named = x
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("{xname}[{i}]"), t))
+        .chain(
+            y.iter()
+                .enumerate()
+                .map(|(i, t)| (format!("{yname}[{i}]"), t)),
+        );
+    for (name, t) in named {
+        let Some(&m) = t.shape().first() else {
+            return Err(
+                ShapeError::mismatch(name, t.shape(), "(samples, …): at least one axis").into(),
+            );
+        };
+        match n {
+            None => n = Some(m),
+            Some(k) if k != m => {
+                return Err(ShapeError::mismatch(
+                    name,
+                    t.shape(),
+                    format!("{k} samples on axis 0, as the first array of {xname}"),
+                )
+                .into())
+            }
+            Some(_) => {}
+        }
+    }
+    match n {
+        Some(n) if n > 0 => Ok(n),
+        _ => Err(ConfigError::invalid(xname, "no samples", "at least one sample").into()),
+    }
+}
+
+/// The rows `idx` (axis 0) of `t`, in that order.
+fn gather<T: Float>(t: &Tensor<T>, idx: &[usize]) -> Result<Tensor<T>, Error> {
+    let n = t.shape().first().copied().unwrap_or(0);
+    let row = if n == 0 { 0 } else { t.len() / n };
+    let mut data = Vec::with_capacity(idx.len() * row);
+    for &i in idx {
+        let r = t
+            .data()
+            .get(i * row..(i + 1) * row)
+            .ok_or_else(|| ShapeError::mismatch("sample index", &[i], format!("< {n}")))?;
+        data.extend_from_slice(r);
+    }
+    let mut shape = t.shape().to_vec();
+    if let Some(s) = shape.first_mut() {
+        *s = idx.len();
+    }
+    Ok(Tensor::new(shape, data)?)
+}
+
+/// Rows `start..end` of every array.
+fn slice_all<T: Float>(
+    ts: &[Tensor<T>],
+    start: usize,
+    end: usize,
+) -> Result<Vec<Tensor<T>>, Error> {
+    let idx: Vec<usize> = (start..end).collect();
+    ts.iter().map(|t| gather(t, &idx)).collect()
+}
+
+/// Puts the 1-based epoch and batch into a [`TrainError::NonFinite`].
+fn at_batch(e: Error, epoch: usize, batch: usize) -> Error {
+    match e {
+        Error::Train(TrainError::NonFinite { what, .. }) => {
+            TrainError::NonFinite { what, epoch, batch }.into()
+        }
+        other => other,
+    }
+}
+
+fn epoch_bar(show: bool, epoch: usize, epochs: usize, batches: usize) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    // The default draw target is stderr, hidden by indicatif itself when it is not a terminal.
+    let bar = ProgressBar::new(batches as u64).with_prefix(format!("Epoch {epoch}/{epochs}"));
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+impl<T: Float> Model<T> {
+    /// Errors when a layer is stateful (training those is not supported).
+    fn check_stateless(&self, what: &str) -> Result<(), Error> {
+        for l in &self.layers {
+            let stateful = match &l.layer {
+                Layer::Rnn(r) => r.is_stateful(),
+                Layer::Bidirectional(b) => b.forward.is_stateful() || b.backward.is_stateful(),
+                _ => false,
+            };
+            if stateful {
+                return Err(ConfigError::unsupported(
+                    what,
+                    format!(
+                        "stateful training unsupported: layer `{}` is stateful",
+                        l.name
+                    ),
+                )
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    fn check_arity(
+        &self,
+        x: &[Tensor<T>],
+        y: &[Tensor<T>],
+        xname: &str,
+        yname: &str,
+    ) -> Result<(), Error> {
+        if x.len() != self.inputs.len() {
+            return Err(ConfigError::invalid(
+                xname,
+                format!("{} arrays", x.len()),
+                format!("{} (one per model input)", self.inputs.len()),
+            )
+            .into());
+        }
+        if y.len() != self.outputs.len() {
+            return Err(ConfigError::invalid(
+                yname,
+                format!("{} arrays", y.len()),
+                format!("{} (one per model output)", self.outputs.len()),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The loss and the optimizer recorded in the model's Keras `compile_config`, each `None`
+    /// where the file has none (an uncompiled model saves `{}`).
+    pub fn compiled_loss_and_optimizer(
+        &self,
+    ) -> Result<(Option<Loss>, Option<OptimizerConfig>), Error> {
+        let Some(Value::Object(c)) = &self.compile_config else {
+            return Ok((None, None));
+        };
+        let loss = match c.get("loss") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(Loss::from_keras(v)?),
+        };
+        let opt = match c.get("optimizer") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(OptimizerConfig::from_keras(v)?),
+        };
+        Ok((loss, opt))
+    }
+
+    /// Keras `model.evaluate(x, y, batch_size)`: the loss (regularization penalties included, as
+    /// Keras' `compute_loss` adds them in evaluation too) of each batch in order, without
+    /// dropout, averaged with the batch sizes as weights.
+    ///
+    /// ```
+    /// use grucell::layers::dense::DenseConfig;
+    /// use grucell::layers::model::{Layer, Model};
+    /// use grucell::train::loss::Loss;
+    /// use grucell::{GruCellConfig, Rnn, Tensor};
+    /// let gru = Rnn::<f32>::new(GruCellConfig::new(3).seed(Some(0)), 2)?;
+    /// let dense = DenseConfig::new(1).build(3, 1)?;
+    /// let mut model = Model::sequential("m", vec![None, Some(2)], vec![
+    ///     ("gru".into(), Layer::Rnn(gru)),
+    ///     ("dense".into(), Layer::Dense(dense)),
+    /// ])?;
+    /// let x = Tensor::new(vec![5, 4, 2], (0..40).map(|i| (i % 5) as f32 / 5.0).collect())?;
+    /// let y = Tensor::new(vec![5, 1], vec![0.5; 5])?;
+    /// let all_at_once = model.evaluate(&[x.clone()], &[y.clone()], &Loss::MeanSquaredError, 5)?;
+    /// let in_batches = model.evaluate(&[x], &[y], &Loss::MeanSquaredError, 2)?;
+    /// assert!((all_at_once - in_batches).abs() < 1e-6);
+    /// # Ok::<(), grucell::Error>(())
+    /// ```
+    // Computed with `loss_and_grads` (whose gradients are discarded) so that the loss is exactly
+    // the training loss of the same weights: Keras' logits shortcut, output masks and activity
+    // regularizers live there. A loss-only forward would save the backward pass.
+    pub fn evaluate(
+        &mut self,
+        x: &[Tensor<T>],
+        y: &[Tensor<T>],
+        loss: &Loss,
+        batch_size: usize,
+    ) -> Result<f64, Error> {
+        if batch_size == 0 {
+            return Err(ConfigError::invalid("batch_size", 0, "an integer ≥ 1").into());
+        }
+        loss.validate()?;
+        self.check_stateless("evaluate")?;
+        self.check_arity(x, y, "x", "y")?;
+        let n = sample_count(x, y, "x", "y")?;
+        let (mut total, mut count) = (T::zero(), T::zero());
+        let mut start = 0;
+        while start < n {
+            let end = (start + batch_size).min(n);
+            let xb = slice_all(x, start, end)?;
+            let yb = slice_all(y, start, end)?;
+            let v = self.loss_and_grads(&xb, &yb, loss, None)?.loss;
+            let w = T::of((end - start) as f64);
+            total += v * w;
+            count += w;
+            start = end;
+        }
+        Ok((total / count).f64())
+    }
+
+    /// Keras `model.fit(x, y, batch_size, epochs, shuffle, validation_split | validation_data,
+    /// callbacks = [EarlyStopping])` on in-memory arrays (see the [module
+    /// documentation](self) for what matches Keras exactly).
+    ///
+    /// `x` holds one array per model input and `y` one per output, all with the samples on
+    /// axis 0. `optimizer` must have been made for [`Model::trainable_variables`]; it keeps its
+    /// state, so a second `fit` continues where the first ended, as in Keras.
+    ///
+    /// Errors: bad options or shapes; non-finite values in `x`/`y`; a stateful layer;
+    /// [`TrainError::NonFinite`] (with 1-based epoch and batch) when a batch's loss or gradient
+    /// is not finite, the weights being those from before that batch. Early stopping on
+    /// `val_loss` without validation data is an error (Keras only warns).
+    ///
+    /// ```
+    /// use grucell::layers::dense::DenseConfig;
+    /// use grucell::layers::model::{Layer, Model};
+    /// use grucell::train::fit::FitConfig;
+    /// use grucell::train::loss::Loss;
+    /// use grucell::train::optimizer::{Optimizer, OptimizerConfig};
+    /// use grucell::{GruCellConfig, Rnn, Tensor};
+    /// let gru = Rnn::<f32>::new(GruCellConfig::new(4).seed(Some(1)), 1)?;
+    /// let dense = DenseConfig::new(1).build(4, 2)?;
+    /// let mut model = Model::sequential("m", vec![None, Some(1)], vec![
+    ///     ("gru".into(), Layer::Rnn(gru)),
+    ///     ("dense".into(), Layer::Dense(dense)),
+    /// ])?;
+    /// // target: the mean of a 5-step sequence
+    /// let xs: Vec<f32> = (0..64 * 5).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    /// let ys: Vec<f32> = xs.chunks(5).map(|s| s.iter().sum::<f32>() / 5.0).collect();
+    /// let (x, y) = (Tensor::new(vec![64, 5, 1], xs)?, Tensor::new(vec![64, 1], ys)?);
+    /// let sizes: Vec<usize> = model.trainable_variables().iter().map(|(_, s)| s.iter().product()).collect();
+    /// let mut opt = Optimizer::new(OptimizerConfig::adam(0.02), &sizes)?;
+    /// let cfg = FitConfig { batch_size: 16, epochs: 20, seed: Some(7), validation_split: 0.25, ..FitConfig::default() };
+    /// let history = model.fit(&[x], &[y], &Loss::MeanSquaredError, &mut opt, &cfg, None)?;
+    /// assert_eq!(history.epochs_run, 20);
+    /// assert!(history.loss[19] < history.loss[0] / 2.0);
+    /// assert_eq!(history.val_loss.len(), 20); // the last 16 samples
+    /// # Ok::<(), grucell::Error>(())
+    /// ```
+    pub fn fit(
+        &mut self,
+        x: &[Tensor<T>],
+        y: &[Tensor<T>],
+        loss: &Loss,
+        optimizer: &mut Optimizer<T>,
+        cfg: &FitConfig,
+        validation_data: Option<(&[Tensor<T>], &[Tensor<T>])>,
+    ) -> Result<History, Error> {
+        cfg.validate()?;
+        loss.validate()?;
+        self.check_stateless("fit")?;
+        self.check_arity(x, y, "x", "y")?;
+        let n = sample_count(x, y, "x", "y")?;
+        for (i, t) in x.iter().enumerate() {
+            t.check_finite(&format!("x[{i}]"))?;
+        }
+        for (i, t) in y.iter().enumerate() {
+            t.check_finite(&format!("y[{i}]"))?;
+        }
+        // Validation data: given, or the tail of x/y (Keras' train_validation_split).
+        let mut n_train = n;
+        let split: Option<(Vec<Tensor<T>>, Vec<Tensor<T>>)> = match validation_data {
+            Some((vx, vy)) => {
+                self.check_arity(vx, vy, "validation x", "validation y")?;
+                sample_count(vx, vy, "validation x", "validation y")?;
+                None
+            }
+            None if cfg.validation_split > 0.0 => {
+                let split_at = (n as f64 * (1.0 - cfg.validation_split)).floor() as usize;
+                if split_at == 0 || split_at >= n {
+                    return Err(ConfigError::invalid(
+                        "validation_split",
+                        cfg.validation_split,
+                        format!("a fraction leaving at least one of the {n} samples for training and one for validation"),
+                    )
+                    .into());
+                }
+                n_train = split_at;
+                Some((slice_all(x, split_at, n)?, slice_all(y, split_at, n)?))
+            }
+            None => None,
+        };
+        let val: Option<(&[Tensor<T>], &[Tensor<T>])> =
+            validation_data.or(split.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice())));
+        let mut stopper = match &cfg.early_stopping {
+            Some(es) if es.monitor == Monitor::ValLoss && val.is_none() => {
+                return Err(ConfigError::invalid(
+                    "early_stopping.monitor",
+                    "val_loss",
+                    "`loss`, or validation data (validation_split > 0 or validation_data)",
+                )
+                .into())
+            }
+            Some(es) => Some(Stopper::<T>::new(es.clone())),
+            None => None,
+        };
+
+        let seed = cfg.seed.unwrap_or_else(rand::random);
+        let mut shuffle_rng = StdRng::seed_from_u64(seed);
+        let mut dropout_rng = StdRng::seed_from_u64(seed ^ DROPOUT_STREAM);
+        let show = match cfg.progress {
+            Progress::Never => false,
+            Progress::Auto => std::io::stderr().is_terminal(),
+            Progress::Always => true,
+        };
+        let batches = n_train.div_ceil(cfg.batch_size);
+        let mut order: Vec<usize> = (0..n_train).collect();
+        let mut history = History::default();
+        for epoch in 0..cfg.epochs {
+            let started = Instant::now();
+            if cfg.shuffle {
+                order.shuffle(&mut shuffle_rng);
+            }
+            let bar = epoch_bar(show, epoch + 1, cfg.epochs, batches);
+            let (mut total, mut count) = (T::zero(), T::zero());
+            for (b, idx) in order.chunks(cfg.batch_size).enumerate() {
+                let xb = x
+                    .iter()
+                    .map(|t| gather(t, idx))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let yb = y
+                    .iter()
+                    .map(|t| gather(t, idx))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let v = self
+                    .train_on_batch(&xb, &yb, loss, optimizer, Some(&mut dropout_rng))
+                    .map_err(|e| {
+                        bar.abandon();
+                        at_batch(e, epoch + 1, b + 1)
+                    })?;
+                let w = T::of(idx.len() as f64);
+                total += v * w;
+                count += w;
+                bar.inc(1);
+                bar.set_message(format!("loss {:.4}", (total / count).f64()));
+            }
+            bar.finish_and_clear();
+            let epoch_loss = (total / count).f64();
+            history.loss.push(epoch_loss);
+            let val_loss = match val {
+                Some((vx, vy)) => Some(self.evaluate(vx, vy, loss, cfg.batch_size)?),
+                None => None,
+            };
+            if let Some(v) = val_loss {
+                history.val_loss.push(v);
+            }
+            history.epochs_run += 1;
+            if show {
+                let v = val_loss
+                    .map(|v| format!(" - val_loss {v:.6}"))
+                    .unwrap_or_default();
+                eprintln!(
+                    "Epoch {}/{}: loss {epoch_loss:.6}{v} ({:.2} s)",
+                    epoch + 1,
+                    cfg.epochs,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            if let Some(s) = stopper.as_mut() {
+                let current = match s.cfg.monitor {
+                    Monitor::Loss => epoch_loss,
+                    Monitor::ValLoss => val_loss.unwrap_or(f64::NAN),
+                };
+                if s.on_epoch_end(epoch, current, &self.layers) {
+                    history.stopped_early = true;
+                    if show {
+                        eprintln!("Epoch {}: early stopping", epoch + 1);
+                    }
+                    break;
+                }
+            }
+        }
+        // on_train_end
+        if let Some(s) = stopper {
+            if history.epochs_run > 0 {
+                history.best_epoch = Some(s.best_epoch + 1);
+            }
+            if let Some(layers) = s.best_weights {
+                if show {
+                    eprintln!(
+                        "Restoring model weights from the end of the best epoch: {}.",
+                        s.best_epoch + 1
+                    );
+                }
+                self.layers = layers;
+                self.weights_changed();
+            }
+        }
+        Ok(history)
+    }
+}
