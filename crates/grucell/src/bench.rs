@@ -137,15 +137,13 @@ pub fn bench_size(size: &BenchSize, threads: usize, budget_ms: f64) -> BenchResu
         gru_sequence(&p, &x, b, t, None, opts, DropoutMasks::default(), SequenceOutputs { sequence: Some(seq), last_output: &mut last, state: &mut state }, ws, trace);
     };
     // Forward.
-    let mut tr0 = GruTrace::default();
-    let with_trace = std::env::var("GRUCELL_BENCH_TRACE").is_ok();
     let t0 = Instant::now();
-    fwd(&mut ws, &mut seq, if with_trace { Some(&mut tr0) } else { None });
+    fwd(&mut ws, &mut seq, None);
     let reps = reps_for(t0.elapsed().as_secs_f64() * 1e3, budget_ms / 2.0);
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
         let t0 = Instant::now();
-        fwd(&mut ws, &mut seq, if with_trace { Some(&mut tr0) } else { None });
+        fwd(&mut ws, &mut seq, None);
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     let forward_ms = median(times);

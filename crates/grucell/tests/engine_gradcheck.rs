@@ -84,8 +84,8 @@ impl Problem {
         let mut xb = self.bias[..g].to_vec();
         let mut hb = vec![];
         if self.c.reset_after {
-            for j in 0..2 * self.u {
-                xb[j] += self.bias[g + j];
+            for (j, v) in xb.iter_mut().enumerate().take(2 * self.u) {
+                *v += self.bias[g + j];
             }
             hb = self.bias[g + 2 * self.u..].to_vec();
         }

@@ -217,6 +217,9 @@ fn recurrent_product<T: Float>(
     }
 }
 
+/// Where a step's trace rows go: the trace and a map from batch row to trace row.
+type Keep<'a, T> = Option<(&'a mut GruTrace<T>, &'a dyn Fn(usize) -> usize)>;
+
 /// One recurrent step for every batch row, given the rows' input projections.
 ///
 /// `xp_row(b)` gives the offset of row `b`'s projection in `xp`. `h` is the state `(B, u)` and is
@@ -236,7 +239,7 @@ fn step_rows<T: Float>(
     rec: Option<[&[T]; 3]>,
     hs: &mut [T],
     threads: usize,
-    mut keep: Option<(&mut GruTrace<T>, &dyn Fn(usize) -> usize)>,
+    mut keep: Keep<'_, T>,
 ) {
     let u = p.units;
     let g = 3 * u;

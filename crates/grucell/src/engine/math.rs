@@ -26,7 +26,7 @@ pub fn exp_f32(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5;
     let er = p * r * r + r + 1.0;
     let ni = (k.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     let scale = f32::from_bits(((ni + 127) as u32) << 23);
@@ -44,10 +44,10 @@ pub fn sigmoid_f32(x: f32) -> f32 {
 pub fn tanh_f32(x: f32) -> f32 {
     let a = x.abs();
     let z = x * x;
-    let p = z * -5.704_988_7e-3 + 2.063_908_9e-2;
+    let p = z * -5.704_989e-3 + 2.063_909e-2;
     let p = p * z + -5.373_971_6e-2;
     let p = p * z + 1.333_144_2e-1;
-    let p = p * z + -3.333_328_2e-1;
+    let p = p * z + -3.333_328e-1;
     let small = (p * z) * x + x;
     let e = exp_f32(2.0 * if a > 44.0 { 44.0 } else { a }); // NaN stays NaN (f32::min would drop it)
     let big = 1.0 - 2.0 / (e + 1.0);

@@ -5,7 +5,11 @@ use serde_json::{Map, Value};
 
 /// Splits a serialized Keras object into `(class_name, config)`. A bare string is returned as
 /// `(string, empty config)`; `null` gives `None`.
-pub fn class_and_config(v: &Value) -> Result<Option<(String, Map<String, Value>)>, ConfigError> {
+/// A serialized object split into its class name and config map.
+pub type ClassAndConfig = (String, Map<String, Value>);
+
+/// Splits a serialized Keras object; see the module docs.
+pub fn class_and_config(v: &Value) -> Result<Option<ClassAndConfig>, ConfigError> {
     match v {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some((s.clone(), Map::new()))),

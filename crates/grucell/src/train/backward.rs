@@ -29,6 +29,12 @@ enum Cache<T> {
     Bi { f: Box<RnnTape<T>>, b: Box<RnnTape<T>>, fo: Tensor<T>, bo: Tensor<T> },
 }
 
+/// Values of every call and what each call kept for the backward pass.
+type Taped<T> = (Vec<Vec<Val<T>>>, Vec<Cache<T>>);
+
+/// Gradients of a Dense call: kernel, bias, input.
+type DenseGrads<T> = (Vec<T>, Option<Vec<T>>, Tensor<T>);
+
 /// One trainable variable of a model, addressed by layer and position in Keras' weight order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VarId {
@@ -278,7 +284,7 @@ impl<T: Float> Model<T> {
         Ok(value)
     }
 
-    fn forward_train(&self, inputs: &[Tensor<T>], mut rng: Option<&mut StdRng>) -> Result<(Vec<Vec<Val<T>>>, Vec<Cache<T>>), Error> {
+    fn forward_train(&self, inputs: &[Tensor<T>], mut rng: Option<&mut StdRng>) -> Result<Taped<T>, Error> {
         // Shape checks are shared with inference.
         if inputs.len() != self.inputs.len() {
             return Err(ConfigError::invalid("inputs", format!("{} arrays", inputs.len()), format!("{} (one per model input)", self.inputs.len())).into());
@@ -404,6 +410,7 @@ impl<T: Float> Model<T> {
         Ok((vals, caches))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
         vals: &[Vec<Val<T>>],
@@ -603,7 +610,7 @@ fn act_back<T: Float>(a: Activation, x: &Tensor<T>, y: &Tensor<T>, dy: &Tensor<T
     Ok(Tensor::new(x.shape().to_vec(), dx)?)
 }
 
-fn dense_backward<T: Float>(d: &Dense<T>, x: &Tensor<T>, dpre: &Tensor<T>, threads: usize) -> Result<(Vec<T>, Option<Vec<T>>, Tensor<T>), Error> {
+fn dense_backward<T: Float>(d: &Dense<T>, x: &Tensor<T>, dpre: &Tensor<T>, threads: usize) -> Result<DenseGrads<T>, Error> {
     use crate::engine::gemm::{gemm, Operand};
     let (i, o) = (d.input_dim(), d.config().units);
     let rows = x.len() / i.max(1);

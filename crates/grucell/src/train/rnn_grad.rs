@@ -54,6 +54,9 @@ impl<T: Float> CellDropout<T> {
     }
 }
 
+/// A training forward's output, every cell's final state, and its tape.
+pub type TrainForward<T> = (RnnOutput<T>, Vec<Tensor<T>>, RnnTape<T>);
+
 /// What the training forward of an RNN layer keeps.
 #[derive(Clone, Debug)]
 pub struct RnnTape<T> {
@@ -87,7 +90,7 @@ impl<T: Float> Rnn<T> {
         initial_state: Option<&[Tensor<T>]>,
         mask: Option<&Mask>,
         rng: Option<&mut rand::rngs::StdRng>,
-    ) -> Result<(RnnOutput<T>, Vec<Tensor<T>>, RnnTape<T>), Error> {
+    ) -> Result<TrainForward<T>, Error> {
         let (b, t) = self.check_inputs(x, initial_state, mask)?;
         x.check_finite("inputs")?;
         let initial = initial_state.map(|s| s.to_vec()).or_else(|| if self.is_stateful() { self.carried_states().map(|s| s.to_vec()) } else { None });
