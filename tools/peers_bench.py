@@ -235,7 +235,11 @@ def worker_keras(dims, opts):
         return grads
 
     info = {
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "keras_backend": keras.backend.backend()},
+        "versions": {
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "keras_backend": keras.backend.backend(),
+        },
         "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
     }
@@ -271,10 +275,22 @@ def worker_main(opts):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def run_process(cmd, env, timeout, cwd=None):
-    """Runs `cmd` in its own session; returns rc, stdout, stderr, wall seconds, peak RSS (KiB), timed_out.
+def vm_hwm_kib(pid):
+    """Peak resident set size (VmHWM, KiB) of a running process from /proc; None when unreadable."""
+    try:
+        for line in pathlib.Path("/proc/%d/status" % pid).read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
-    os.wait4 gives the resource usage of exactly this child, hence its own peak RSS.
+
+def run_process(cmd, env, timeout, cwd=None):
+    """Runs `cmd` in its own session; returns rc, stdout, stderr, wall seconds, peak RSS (KiB), timed_out
+    and the share of the machine's CPU time that other processes used meanwhile.
+
+    os.wait4 gives the resource usage of exactly this child (its CPU time, and the RSS fallback).
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         before = cpu_snapshot()
@@ -285,16 +301,24 @@ def run_process(cmd, env, timeout, cwd=None):
             return {"rc": None, "stdout": "", "stderr": str(e), "wall_s": 0.0, "maxrss_kib": None,
                     "timed_out": False, "others_cpu": None}
         timed_out = False
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() - t0 > timeout:
-                timed_out = True
-                os.killpg(proc.pid, signal.SIGKILL)
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.02)
+        hwm = None
+        try:
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                hwm = max(hwm or 0, vm_hwm_kib(proc.pid) or 0) or None
+                if time.monotonic() - t0 > timeout:
+                    timed_out = True
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    pid, status, usage = os.wait4(proc.pid, 0)
+                    break
+                time.sleep(0.01)
+        except BaseException:
+            # Ctrl-C or any error here: do not leave the benchmark process (own session) running.
+            os.killpg(proc.pid, signal.SIGKILL)
+            os.wait4(proc.pid, 0)
+            raise
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.monotonic() - t0
         after = cpu_snapshot()
@@ -313,7 +337,11 @@ def run_process(cmd, env, timeout, cwd=None):
             "stdout": out.read().decode("utf-8", "replace"),
             "stderr": err.read().decode("utf-8", "replace"),
             "wall_s": wall,
-            "maxrss_kib": usage.ru_maxrss,
+            # VmHWM is the peak RSS of the exec'd program itself; ru_maxrss also counts the forked copy of
+            # this driver before exec (a floor of the driver's own RSS), so it is only the fallback for a
+            # process that ended before the first 10 ms poll.
+            "maxrss_kib": hwm if hwm else usage.ru_maxrss,
+            "maxrss_source": "VmHWM" if hwm else "ru_maxrss",
             "timed_out": timed_out,
             "others_cpu": others,
         }
@@ -377,6 +405,7 @@ def run_peer(framework, name, dims, opts):
     busy = wait_quiet(opts)
     res = run_process(cmd, thread_env(opts.threads), opts.timeout)
     row = {"framework": framework, "size": name, "dims": list(dims), "maxrss_kib": res["maxrss_kib"],
+           "maxrss_source": res.get("maxrss_source"),
            "wall_s": round(res["wall_s"], 2), "cpu_busy_before": busy,
            "others_cpu_during": res["others_cpu"]}
     payload = None
@@ -441,8 +470,8 @@ def locate_grucell(opts, notes):
 
 
 def grucell_size_arg(name, dims):
-    """Size argument for `grucell bench --sizes`: the name for a standard size, BxTxIxH otherwise."""
-    return name if name in SIZES and SIZES[name] == dims else "x".join(str(d) for d in dims)
+    """Size argument for `grucell bench --sizes`: the name for a standard size, B,T,I,H otherwise."""
+    return name if name in SIZES and SIZES[name] == dims else ",".join(str(d) for d in dims)
 
 
 def run_grucell(binary, name, dims, opts):
@@ -450,6 +479,7 @@ def run_grucell(binary, name, dims, opts):
     busy = wait_quiet(opts)
     res = run_process(cmd, thread_env(opts.threads), opts.timeout)
     row = {"framework": "grucell", "size": name, "dims": list(dims), "maxrss_kib": res["maxrss_kib"],
+           "maxrss_source": res.get("maxrss_source"),
            "wall_s": round(res["wall_s"], 2), "command": " ".join(cmd), "cpu_busy_before": busy,
            "others_cpu_during": res["others_cpu"]}
     objs = []
@@ -477,6 +507,10 @@ def run_grucell(binary, name, dims, opts):
     row["train"] = {"median_ms": obj.get("train_ms")} if obj.get("train_ms") is not None else None
     if "version" in obj:
         row["versions"] = {"grucell": obj["version"]}
+    if isinstance(obj.get("peak_rss_mib"), (int, float)) and obj["peak_rss_mib"] > 0:
+        # grucell's own figure (read inside the process) beats a 10 ms poll of a short process.
+        row["maxrss_kib"] = int(obj["peak_rss_mib"] * 1024)
+        row["maxrss_source"] = "grucell peak_rss_mib"
     return row
 
 
@@ -541,7 +575,8 @@ def parse_sizes(opts):
 def fmt_cell(ms, flops):
     if ms is None:
         return "n/a"
-    return "%.3f (%.1f)" % (ms, flops / (ms * 1e6)) if ms < 10 else "%.1f (%.1f)" % (ms, flops / (ms * 1e6))
+    digits = 4 if ms < 0.1 else 3 if ms < 10 else 1
+    return "%.*f (%.1f)" % (digits, ms, flops / (ms * 1e6))
 
 
 def median_of(row, kind):
@@ -558,7 +593,7 @@ def render_tables(sizes, rows, frameworks):
                               ("train", "Training (forward + backward, all weight and input gradients)", 3.0)):
         out.append("%s: median ms (GFLOP/s)" % title)
         out.append("")
-        head = ["size", "B,T,I,H", "GFLOP"] + frameworks + ["fastest peer", "grucell / fastest"]
+        head = ["size", "B,T,I,H", "GFLOP"] + frameworks + ["fastest peer", "grucell / fastest", "others' CPU"]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "|".join(["---"] * len(head)) + "|")
         for name, dims in sizes:
@@ -569,7 +604,7 @@ def render_tables(sizes, rows, frameworks):
                 row = by.get((fw, name))
                 ms = median_of(row, kind)
                 if row is not None and "error" in row:
-                    cells.append("failed")
+                    cells.append("n/a" if fw == "grucell" else "failed")
                 elif fw == "onnxruntime" and kind == "train":
                     cells.append("n/a")
                 else:
@@ -579,8 +614,15 @@ def render_tables(sizes, rows, frameworks):
             mine = median_of(by.get(("grucell", name)), kind)
             cells.append(peer_best[0] if peer_best else "n/a")
             cells.append("%.2f" % (mine / peer_best[1]) if mine is not None and peer_best else "n/a")
+            noise = [by[(fw, name)].get("others_cpu_during") for fw in frameworks
+                     if (fw, name) in by and "error" not in by[(fw, name)]]
+            noise = [n for n in noise if n is not None]
+            cells.append("%.0f%%" % (100 * max(noise)) if noise else "n/a")
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
+    out.append("others' CPU: the largest share of the machine's CPU time that other processes used while one of")
+    out.append("the size's measurements ran (above ~15% the row is noisy).")
+    out.append("")
     out.append("Peak RSS per process (MiB, information only)")
     out.append("")
     head = ["size"] + frameworks
@@ -590,8 +632,8 @@ def render_tables(sizes, rows, frameworks):
         cells = [name]
         for fw in frameworks:
             row = by.get((fw, name))
-            rss = row.get("maxrss_kib") if row else None
-            cells.append("%.0f" % (rss / 1024) if rss else "n/a")
+            rss = row.get("maxrss_kib") if row and "error" not in row else None
+            cells.append("%.1f" % (rss / 1024) if rss else "n/a")
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -627,6 +669,8 @@ def main(argv=None):
     ap.add_argument("--build", action="store_true", help="run cargo build --release even if the binary exists")
     ap.add_argument("--build-timeout", type=float, default=1800.0, help="seconds allowed for the build")
     ap.add_argument("--json", metavar="OUT", default=None, help="write every raw number to this JSON file")
+    ap.add_argument("--from-json", metavar="FILE", default=None,
+                    help="print the tables of an earlier --json output instead of measuring")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--dims", help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
@@ -634,6 +678,22 @@ def main(argv=None):
         raise SystemExit("--threads: expected a positive integer, got %d" % opts.threads)
     if opts.worker:
         worker_main(opts)
+        return 0
+    if opts.from_json:
+        doc = json.loads(pathlib.Path(opts.from_json).read_text())
+        sizes = [(name, tuple(d[k] for k in ("batch", "time", "input", "units"))) for name, d in doc["sizes"].items()]
+        frameworks = []
+        for r in doc["results"]:
+            if r["framework"] not in frameworks:
+                frameworks.append(r["framework"])
+        print("date: %s" % doc["date"])
+        print("cpu: %s" % doc["cpu"])
+        print("threads: %s" % doc["threads"])
+        print("versions: %s" % ", ".join("%s %s" % kv for kv in sorted(doc["versions"].items())))
+        print()
+        print(render_tables(sizes, doc["results"], frameworks))
+        for n in doc.get("notes", []):
+            print("NOTE: " + n)
         return 0
 
     sizes = parse_sizes(opts)
@@ -671,7 +731,7 @@ def main(argv=None):
     if binary is not None and "grucell" not in versions:
         res = run_process([str(binary), "--version"], dict(os.environ), 10)
         if res["rc"] == 0 and res["stdout"].strip():
-            versions["grucell"] = res["stdout"].strip().splitlines()[0]
+            versions["grucell"] = res["stdout"].strip().splitlines()[0].replace("grucell ", "", 1)
 
     busy = [r["others_cpu_during"] for r in rows if r.get("others_cpu_during") is not None]
     noisy = [b for b in busy if b > opts.quiet_below]
@@ -680,6 +740,8 @@ def main(argv=None):
                      "numbers are noisy (see others_cpu_during in --json; use --wait-quiet/--retries)"
                      % (100 * min(noisy), 100 * max(noisy), len(noisy), len(busy)))
     frameworks = (["grucell"] if not opts.no_grucell else []) + peers
+    gemm_rates = [r["raw"]["gemm_gflops"] for r in grucell_rows
+                  if isinstance(r.get("raw", {}).get("gemm_gflops"), (int, float))]
     table = render_tables(sizes, rows, frameworks)
     header = [
         "date: %s" % started.strftime("%Y-%m-%d %H:%M %Z"),
@@ -690,6 +752,8 @@ def main(argv=None):
             " ".join(str(v) for v in cpu["load_avg_at_start"]),
             "%.0f%%..%.0f%%" % (100 * min(busy), 100 * max(busy)) if busy else "unknown"),
         "threads: %d (intra-op; inter-op 1)" % opts.threads,
+        "grucell's own GEMM rate at these threads: %s" % (
+            "%.1f GFLOP/s" % max(gemm_rates) if gemm_rates else "n/a"),
         "versions: %s" % ", ".join("%s %s" % kv for kv in sorted(versions.items())),
         "flops: %s" % FLOP_FORMULA,
         "timing: median of >= %d calls after %d warm-up calls, float32, h0 = 0" % (opts.reps, opts.warmup),
@@ -700,7 +764,8 @@ def main(argv=None):
     print(table)
     for n in notes:
         print("NOTE: " + n)
-    failed = [r for r in rows if "error" in r and r["framework"] != "grucell"]
+    grucell_all_failed = bool(grucell_rows) and all("error" in r for r in grucell_rows)
+    failed = [r for r in rows if "error" in r and not (r["framework"] == "grucell" and grucell_all_failed)]
     for r in failed:
         print("FAILED %s %s: %s" % (r["framework"], r["size"], r["error"]))
     print("total wall time: %.1f s" % (time.monotonic() - t_start))

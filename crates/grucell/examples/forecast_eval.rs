@@ -28,7 +28,7 @@ fn main() {
     eprintln!();
     let m = &out.metrics;
     println!("{path} n={} L={} h={} season={:?} ({}) rep={} test={:.4} naive={:.4} snaive={:?} ratio={:.3} time={:.1}s", m.points, m.lookback, m.horizon, m.season, m.season_source, m.representation, m.test_rmse, m.naive_rmse, m.seasonal_naive_rmse, m.ratio_to_naive, t.elapsed().as_secs_f64());
-    for c in &m.candidates { println!("   {} val={:.4} epochs={:?}", c.representation, c.val_rmse, c.epochs_run); }
+    for c in &m.candidates { println!("   {} val={:.4} test={:.4} epochs={:?}", c.representation, c.val_rmse, c.test_rmse, c.epochs_run); }
     println!("   val_naive={:.4}", m.val_naive_rmse);
     if let Ok(d) = std::env::var("OUTDIR") { grucell::forecast::write_outputs(&out, d.as_ref()).unwrap(); }
 }

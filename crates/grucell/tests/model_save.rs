@@ -26,7 +26,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 fn dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/models"
+    ))
 }
 
 /// Where saved files go, and whether to keep them.
@@ -38,7 +41,8 @@ fn out_dir(tag: &str) -> (PathBuf, bool) {
             (d, true)
         }
         None => {
-            let d = std::env::temp_dir().join(format!("grucell_model_save_{tag}_{}", std::process::id()));
+            let d = std::env::temp_dir()
+                .join(format!("grucell_model_save_{tag}_{}", std::process::id()));
             std::fs::create_dir_all(&d).unwrap();
             (d, false)
         }
@@ -46,44 +50,82 @@ fn out_dir(tag: &str) -> (PathBuf, bool) {
 }
 
 fn manifest_cases() -> Vec<Value> {
-    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(dir().join("manifest.json")).unwrap()).unwrap();
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("manifest.json")).unwrap())
+            .unwrap();
     let cases = manifest["cases"].as_array().unwrap().clone();
-    assert!(cases.len() >= 40, "fixture manifest has only {} cases", cases.len());
+    assert!(
+        cases.len() >= 40,
+        "fixture manifest has only {} cases",
+        cases.len()
+    );
     cases
 }
 
 /// Runs the model as tests/keras_models.rs does (stateful calls and resets included) and
 /// compares with the npz outputs; returns the largest difference.
 fn check_predictions<T: Float>(model: &mut Model<T>, case: &Value) -> Result<f64, String> {
-    let data: HashMap<String, Array> = read_npz(&dir().join(case["data"].as_str().unwrap())).map_err(|e| e.to_string())?.into_iter().collect();
+    let data: HashMap<String, Array> = read_npz(&dir().join(case["data"].as_str().unwrap()))
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .collect();
     let calls = case["calls"].as_u64().unwrap() as usize;
-    let resets: Vec<u64> = case["reset_before_call"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let resets: Vec<u64> = case["reset_before_call"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
     let n_in = case["n_inputs"].as_u64().unwrap() as usize;
     let n_out = case["n_outputs"].as_u64().unwrap() as usize;
     let atol = case["atol"].as_f64().unwrap();
-    let rtol = if case["dtype"] == "float64" { 0.0 } else { 1e-4 };
+    let rtol = if case["dtype"] == "float64" {
+        0.0
+    } else {
+        1e-4
+    };
     let mut worst: f64 = 0.0;
     model.reset_states();
     for c in 0..calls {
         if resets.contains(&(c as u64)) {
             model.reset_states();
         }
-        let key = |kind: &str, i: usize| if calls == 1 { format!("{kind}_{i}") } else { format!("call{c}_{kind}_{i}") };
-        let inputs: Vec<Tensor<T>> = (0..n_in).map(|i| data[&key("input", i)].to_f64().cast()).collect();
-        let outs = model.predict_stateful(&inputs).map_err(|e| format!("call {c}: predict: {e}"))?;
+        let key = |kind: &str, i: usize| {
+            if calls == 1 {
+                format!("{kind}_{i}")
+            } else {
+                format!("call{c}_{kind}_{i}")
+            }
+        };
+        let inputs: Vec<Tensor<T>> = (0..n_in)
+            .map(|i| data[&key("input", i)].to_f64().cast())
+            .collect();
+        let outs = model
+            .predict_stateful(&inputs)
+            .map_err(|e| format!("call {c}: predict: {e}"))?;
         if outs.len() != n_out {
-            return Err(format!("call {c}: {} outputs, expected {n_out}", outs.len()));
+            return Err(format!(
+                "call {c}: {} outputs, expected {n_out}",
+                outs.len()
+            ));
         }
         for (j, o) in outs.iter().enumerate() {
             let want = data[&key("output", j)].to_f64();
             if o.shape() != want.shape() {
-                return Err(format!("call {c} output {j}: shape {:?} expected {:?}", o.shape(), want.shape()));
+                return Err(format!(
+                    "call {c} output {j}: shape {:?} expected {:?}",
+                    o.shape(),
+                    want.shape()
+                ));
             }
             for (k, (a, b)) in o.data().iter().zip(want.data()).enumerate() {
                 let d = (a.f64() - b).abs();
                 worst = worst.max(d);
                 if d > atol + rtol * b.abs() || d.is_nan() {
-                    return Err(format!("call {c} output {j} flat index {k}: got {} expected {b} (|diff| {d:e})", a.f64()));
+                    return Err(format!(
+                        "call {c} output {j} flat index {k}: got {} expected {b} (|diff| {d:e})",
+                        a.f64()
+                    ));
                 }
             }
         }
@@ -94,7 +136,11 @@ fn check_predictions<T: Float>(model: &mut Model<T>, case: &Value) -> Result<f64
 /// Model datasets of a `.keras` file by path (optimizer state left out).
 fn model_datasets(f: &KerasFile) -> BTreeMap<String, Tensor<f64>> {
     match &f.weights {
-        KerasWeights::ByPath(m) => m.iter().filter(|(k, _)| !k.starts_with("optimizer/")).map(|(k, v)| (k.clone(), v.clone())).collect(),
+        KerasWeights::ByPath(m) => m
+            .iter()
+            .filter(|(k, _)| !k.starts_with("optimizer/"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         KerasWeights::ByLayer { .. } => panic!("{}: expected a .keras file", f.path),
     }
 }
@@ -108,7 +154,8 @@ fn normalize(v: &Value) -> Value {
     match v {
         Value::Object(o) => {
             let mut out = serde_json::Map::new();
-            let stacked_config = o.get("class_name").and_then(Value::as_str) == Some("StackedRNNCells");
+            let stacked_config =
+                o.get("class_name").and_then(Value::as_str) == Some("StackedRNNCells");
             for (k, x) in o {
                 if k == "shared_object_id" {
                     continue;
@@ -122,7 +169,11 @@ fn normalize(v: &Value) -> Value {
                     continue;
                 }
                 let x = match (k.as_str(), x) {
-                    ("initial_state" | "initial_state_shape", Value::Array(a)) if a.len() == 1 && !a[0].is_null() && !a[0].is_number() => a[0].clone(),
+                    ("initial_state" | "initial_state_shape", Value::Array(a))
+                        if a.len() == 1 && !a[0].is_null() && !a[0].is_number() =>
+                    {
+                        a[0].clone()
+                    }
                     _ => x.clone(),
                 };
                 out.insert(k.clone(), normalize(&x));
@@ -130,7 +181,9 @@ fn normalize(v: &Value) -> Value {
             Value::Object(out)
         }
         Value::Array(a) => Value::Array(a.iter().map(normalize).collect()),
-        Value::String(s) if s.starts_with("stacked_rnn_cells") => Value::String("stacked_rnn_cells".into()),
+        Value::String(s) if s.starts_with("stacked_rnn_cells") => {
+            Value::String("stacked_rnn_cells".into())
+        }
         x => x.clone(),
     }
 }
@@ -169,7 +222,10 @@ fn diff_text(a: &Value, b: &Value) -> Option<String> {
 /// The Keras config.json of a `.keras` file: model config plus its compile_config.
 fn keras_config_json(f: &KerasFile) -> Value {
     let mut c = f.model_config.clone();
-    c["compile_config"] = f.compile_config.clone().unwrap_or(Value::Object(Default::default()));
+    c["compile_config"] = f
+        .compile_config
+        .clone()
+        .unwrap_or(Value::Object(Default::default()));
     c
 }
 
@@ -179,7 +235,11 @@ fn round_trip<T: Float>(case: &Value, file: &str, out: &Path) -> Result<f64, Str
     let src = load_keras_file(&dir().join(file)).map_err(|e| format!("load: {e}"))?;
     let model = model_from_file::<T>(&src).map_err(|e| format!("build: {e}"))?;
     let from_h5 = file.ends_with(".h5");
-    let saved_path = out.join(if from_h5 { format!("{name}.from_h5.keras") } else { format!("{name}.keras") });
+    let saved_path = out.join(if from_h5 {
+        format!("{name}.from_h5.keras")
+    } else {
+        format!("{name}.keras")
+    });
     save_model(&model, &saved_path).map_err(|e| format!("save: {e}"))?;
     let saved = load_keras_file(&saved_path).map_err(|e| format!("reading the saved file: {e}"))?;
     if saved.keras_version.as_deref() != Some("3.15.1") {
@@ -187,15 +247,22 @@ fn round_trip<T: Float>(case: &Value, file: &str, out: &Path) -> Result<f64, Str
     }
 
     // Weights: the Keras file's dataset paths, shapes and values.
-    let reference = load_keras_file(&dir().join(format!("{name}.keras"))).map_err(|e| e.to_string())?;
+    let reference =
+        load_keras_file(&dir().join(format!("{name}.keras"))).map_err(|e| e.to_string())?;
     let (want, got) = (model_datasets(&reference), model_datasets(&saved));
     let (wk, gk): (Vec<_>, Vec<_>) = (want.keys().collect(), got.keys().collect());
     if wk != gk {
-        return Err(format!("weight paths differ:\n  keras:   {wk:?}\n  grucell: {gk:?}"));
+        return Err(format!(
+            "weight paths differ:\n  keras:   {wk:?}\n  grucell: {gk:?}"
+        ));
     }
     for (k, w) in &want {
         if got[k] != *w {
-            return Err(format!("dataset {k}: values or shape differ ({:?} vs {:?})", got[k].shape(), w.shape()));
+            return Err(format!(
+                "dataset {k}: values or shape differ ({:?} vs {:?})",
+                got[k].shape(),
+                w.shape()
+            ));
         }
     }
 
@@ -204,21 +271,32 @@ fn round_trip<T: Float>(case: &Value, file: &str, out: &Path) -> Result<f64, Str
     let config = keras_config_json(&saved);
     if !from_h5 {
         if let Some(d) = diff_text(&normalize(&config), &normalize(&keras_config_json(&src))) {
-            return Err(format!("config.json differs from Keras' (grucell vs keras):\n    {d}"));
+            return Err(format!(
+                "config.json differs from Keras' (grucell vs keras):\n    {d}"
+            ));
         }
     }
-    let mut reloaded = model_from_file::<T>(&saved).map_err(|e| format!("rebuilding the saved file: {e}"))?;
+    let mut reloaded =
+        model_from_file::<T>(&saved).map_err(|e| format!("rebuilding the saved file: {e}"))?;
     let again = model_config_json(&reloaded).map_err(|e| e.to_string())?;
     if let Some(d) = diff_text(&again, &config) {
         return Err(format!("config changes on a second save:\n    {d}"));
     }
 
     // safetensors: same names and values.
-    let st_path = out.join(format!("{name}.{}.safetensors", if from_h5 { "from_h5" } else { "keras" }));
+    let st_path = out.join(format!(
+        "{name}.{}.safetensors",
+        if from_h5 { "from_h5" } else { "keras" }
+    ));
     save_safetensors_model(&model, &st_path).map_err(|e| format!("safetensors: {e}"))?;
     let (tensors, meta) = load_safetensors_with_metadata(&st_path).map_err(|e| e.to_string())?;
     let names: Vec<&String> = tensors.iter().map(|(n, _)| n).collect();
-    if names.iter().copied().collect::<std::collections::BTreeSet<_>>() != want.keys().collect() {
+    if names
+        .iter()
+        .copied()
+        .collect::<std::collections::BTreeSet<_>>()
+        != want.keys().collect()
+    {
         return Err(format!("safetensors names {names:?}"));
     }
     for (n, t) in &tensors {
@@ -228,7 +306,8 @@ fn round_trip<T: Float>(case: &Value, file: &str, out: &Path) -> Result<f64, Str
         }
     }
     let meta = meta.ok_or("safetensors without metadata")?;
-    let meta_config: Value = serde_json::from_str(&meta["keras_config"]).map_err(|e| e.to_string())?;
+    let meta_config: Value =
+        serde_json::from_str(&meta["keras_config"]).map_err(|e| e.to_string())?;
     if meta_config != config || meta["dtype"] != T::DTYPE {
         return Err("safetensors metadata does not hold the model config".into());
     }
@@ -238,20 +317,44 @@ fn round_trip<T: Float>(case: &Value, file: &str, out: &Path) -> Result<f64, Str
     // saving problem, and is reported there).
     let mut original = model;
     let n_in = case["n_inputs"].as_u64().unwrap() as usize;
-    let data: HashMap<String, Array> = read_npz(&dir().join(case["data"].as_str().unwrap())).map_err(|e| e.to_string())?.into_iter().collect();
-    let key = |i: usize| if case["calls"] == 1 { format!("input_{i}") } else { format!("call0_input_{i}") };
+    let data: HashMap<String, Array> = read_npz(&dir().join(case["data"].as_str().unwrap()))
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .collect();
+    let key = |i: usize| {
+        if case["calls"] == 1 {
+            format!("input_{i}")
+        } else {
+            format!("call0_input_{i}")
+        }
+    };
     let inputs: Vec<Tensor<T>> = (0..n_in).map(|i| data[&key(i)].to_f64().cast()).collect();
-    if original.predict(&inputs).map_err(|e| e.to_string())? != reloaded.predict(&inputs).map_err(|e| e.to_string())? {
+    if original.predict(&inputs).map_err(|e| e.to_string())?
+        != reloaded.predict(&inputs).map_err(|e| e.to_string())?
+    {
         return Err("the reloaded model predicts differently from the loaded one".into());
     }
     if std::env::var_os("GRUCELL_SAVE_OUT").is_some() {
         // grucell's outputs for the first call, for tools/check_saved_keras.py --npz.
         let outs = reloaded.predict(&inputs).map_err(|e| e.to_string())?;
         let mut arrays: Vec<(String, grucell::io::npy::Array)> = Vec::new();
-        arrays.extend(inputs.iter().enumerate().map(|(i, x)| (format!("input_{i}"), x.cast::<f64>().into())));
-        arrays.extend(outs.iter().enumerate().map(|(j, y)| (format!("output_{j}"), y.cast::<f64>().into())));
-        let refs: Vec<(String, grucell::io::npy::ArrayRef)> = arrays.iter().map(|(k, a)| (k.clone(), a.as_array_ref())).collect();
-        grucell::io::npy::write_npz(&out.join(format!("{name}.grucell.npz")), &refs).map_err(|e| e.to_string())?;
+        arrays.extend(
+            inputs
+                .iter()
+                .enumerate()
+                .map(|(i, x)| (format!("input_{i}"), x.cast::<f64>().into())),
+        );
+        arrays.extend(
+            outs.iter()
+                .enumerate()
+                .map(|(j, y)| (format!("output_{j}"), y.cast::<f64>().into())),
+        );
+        let refs: Vec<(String, grucell::io::npy::ArrayRef)> = arrays
+            .iter()
+            .map(|(k, a)| (k.clone(), a.as_array_ref()))
+            .collect();
+        grucell::io::npy::write_npz(&out.join(format!("{name}.grucell.npz")), &refs)
+            .map_err(|e| e.to_string())?;
     }
     match check_predictions(&mut reloaded, case) {
         Err(e) if check_predictions(&mut original, case).as_ref().err() == Some(&e) => {
@@ -270,7 +373,11 @@ fn saved_models_reload_with_keras_paths_configs_and_outputs() {
     for case in manifest_cases() {
         for file in case["files"].as_array().unwrap() {
             let file = file.as_str().unwrap();
-            let r = if case["dtype"] == "float64" { round_trip::<f64>(&case, file, &out) } else { round_trip::<f32>(&case, file, &out) };
+            let r = if case["dtype"] == "float64" {
+                round_trip::<f64>(&case, file, &out)
+            } else {
+                round_trip::<f32>(&case, file, &out)
+            };
             match r {
                 Ok(w) => {
                     checked += 1;
@@ -283,7 +390,13 @@ fn saved_models_reload_with_keras_paths_configs_and_outputs() {
     if !keep {
         std::fs::remove_dir_all(&out).ok();
     }
-    assert!(failures.is_empty(), "{} of {} files failed:\n{}", failures.len(), failures.len() + checked, failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} files failed:\n{}",
+        failures.len(),
+        failures.len() + checked,
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -291,7 +404,10 @@ fn uncompiled_model_gets_empty_compile_config_and_compiled_one_keeps_it() {
     let src = load_keras_file(&dir().join("seed_gru.keras")).unwrap();
     let mut model = model_from_file::<f32>(&src).unwrap();
     assert!(model.compile_config.is_none());
-    assert_eq!(model_config_json(&model).unwrap()["compile_config"], serde_json::json!({}));
+    assert_eq!(
+        model_config_json(&model).unwrap()["compile_config"],
+        serde_json::json!({})
+    );
     let cc = serde_json::json!({"optimizer": "adam", "loss": "mse", "metrics": null, "loss_weights": null,
                                 "weighted_metrics": null, "run_eagerly": false, "steps_per_execution": 1, "jit_compile": false});
     model.compile_config = Some(cc.clone());
@@ -311,12 +427,18 @@ fn float64_models_are_saved_as_float64() {
     let model = model_from_file::<f64>(&src).unwrap();
     let c = model_config_json(&model).unwrap();
     assert_eq!(c["config"]["layers"][0]["config"]["dtype"], "float64");
-    assert_eq!(c["config"]["layers"][1]["config"]["dtype"]["config"]["name"], "float64");
+    assert_eq!(
+        c["config"]["layers"][1]["config"]["dtype"]["config"]["name"],
+        "float64"
+    );
     // The same model computing in f32 is written as a float32 model.
     let m32 = model_from_file::<f32>(&src).unwrap();
     let c32 = model_config_json(&m32).unwrap();
     assert_eq!(c32["config"]["layers"][0]["config"]["dtype"], "float32");
-    assert_eq!(c32["config"]["layers"][1]["config"]["dtype"]["config"]["name"], "float32");
+    assert_eq!(
+        c32["config"]["layers"][1]["config"]["dtype"]["config"]["name"],
+        "float32"
+    );
 }
 
 #[test]
@@ -342,10 +464,14 @@ fn a_failed_save_leaves_the_previous_file() {
 /// Deterministic inputs in [-1, 1) with some all-zero (masked) steps at the ends of rows.
 fn inputs<T: Float>(shape: &[usize], salt: u64, zero_tail: bool) -> Tensor<T> {
     let n: usize = shape.iter().product();
-    let mut s = salt.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = salt
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut data: Vec<T> = (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             T::of(((s >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0)
         })
         .collect();
@@ -353,7 +479,9 @@ fn inputs<T: Float>(shape: &[usize], salt: u64, zero_tail: bool) -> Tensor<T> {
         let (t, d) = (shape[1], shape[2]);
         for b in 0..shape[0] {
             for step in t.saturating_sub(b % 3)..t {
-                data[(b * t + step) * d..(b * t + step + 1) * d].iter_mut().for_each(|x| *x = T::zero());
+                data[(b * t + step) * d..(b * t + step + 1) * d]
+                    .iter_mut()
+                    .for_each(|x| *x = T::zero());
             }
         }
     }
@@ -362,7 +490,9 @@ fn inputs<T: Float>(shape: &[usize], salt: u64, zero_tail: bool) -> Tensor<T> {
 
 fn cell(units: usize, seed: u64) -> grucell::GruCellConfig {
     let bias = grucell::Initializer::from_keras(&serde_json::json!({"class_name": "RandomNormal", "config": {"mean": 0.0, "stddev": 0.5, "seed": null}})).unwrap();
-    grucell::GruCellConfig::new(units).seed(Some(seed)).bias_initializer(bias)
+    grucell::GruCellConfig::new(units)
+        .seed(Some(seed))
+        .bias_initializer(bias)
 }
 
 /// A Sequential model built in Rust: Masking, GRU, RNN(StackedRNNCells), Bidirectional,
@@ -372,13 +502,37 @@ fn rust_sequential<T: Float>() -> Model<T> {
     use grucell::layers::dense::DenseConfig;
     use grucell::layers::model::Layer;
     use grucell::{Activation, Rnn, RnnKind};
-    let gru = Rnn::<T>::new(cell(4, 1), 3).unwrap().with_kind(RnnKind::Gru).unwrap().name("gru").return_sequences(true);
-    let stacked = Rnn::<T>::stacked(vec![cell(3, 2).reset_after(false), cell(2, 3).use_bias(false)], 4).unwrap().name("rnn").return_sequences(true);
-    let f = Rnn::<T>::new(cell(2, 4), 2).unwrap().with_kind(RnnKind::Gru).unwrap().return_sequences(true);
-    let b = Rnn::<T>::new(cell(2, 5).activation(Activation::Relu), 2).unwrap().with_kind(RnnKind::Gru).unwrap().return_sequences(true).go_backwards(true);
+    let gru = Rnn::<T>::new(cell(4, 1), 3)
+        .unwrap()
+        .with_kind(RnnKind::Gru)
+        .unwrap()
+        .name("gru")
+        .return_sequences(true);
+    let stacked = Rnn::<T>::stacked(
+        vec![cell(3, 2).reset_after(false), cell(2, 3).use_bias(false)],
+        4,
+    )
+    .unwrap()
+    .name("rnn")
+    .return_sequences(true);
+    let f = Rnn::<T>::new(cell(2, 4), 2)
+        .unwrap()
+        .with_kind(RnnKind::Gru)
+        .unwrap()
+        .return_sequences(true);
+    let b = Rnn::<T>::new(cell(2, 5).activation(Activation::Relu), 2)
+        .unwrap()
+        .with_kind(RnnKind::Gru)
+        .unwrap()
+        .return_sequences(true)
+        .go_backwards(true);
     let bi = Bidirectional::new(f, b, Some(MergeMode::Concat)).unwrap();
     let last = Rnn::<T>::new(cell(3, 6), 4).unwrap().name("rnn_1");
-    let dense = DenseConfig::new(2).activation(Activation::Sigmoid).name("dense").build::<T>(3, 7).unwrap();
+    let dense = DenseConfig::new(2)
+        .activation(Activation::Sigmoid)
+        .name("dense")
+        .build::<T>(3, 7)
+        .unwrap();
     Model::sequential(
         "rust_seq",
         vec![Some(6), Some(3)],
@@ -387,7 +541,13 @@ fn rust_sequential<T: Float>() -> Model<T> {
             ("gru".into(), Layer::Rnn(gru)),
             ("rnn".into(), Layer::Rnn(stacked)),
             ("bidirectional".into(), Layer::Bidirectional(bi)),
-            ("dropout".into(), Layer::Dropout { rate: 0.25, seed: Some(3) }),
+            (
+                "dropout".into(),
+                Layer::Dropout {
+                    rate: 0.25,
+                    seed: Some(3),
+                },
+            ),
             ("activation".into(), Layer::Activation(Activation::Tanh)),
             ("rnn_1".into(), Layer::Rnn(last)),
             ("dense".into(), Layer::Dense(dense)),
@@ -402,20 +562,48 @@ fn rust_functional<T: Float>() -> Model<T> {
     use grucell::layers::dense::DenseConfig;
     use grucell::layers::model::{Layer, ModelKind, ModelLayer, Node, NodeArg, TensorRef};
     use grucell::{Rnn, RnnKind};
-    let ml = |name: &str, layer: Layer<T>| ModelLayer { name: name.into(), class_name: grucell::layers::model::default_class_name(&layer).into(), trainable: true, layer };
-    let gru = Rnn::<T>::new(cell(4, 11), 3).unwrap().with_kind(RnnKind::Gru).unwrap().return_sequences(true).return_state(true);
-    let gru_h = Rnn::<T>::new(cell(4, 12).reset_after(false), 3).unwrap().name("gru_h");
+    let ml = |name: &str, layer: Layer<T>| ModelLayer {
+        name: name.into(),
+        class_name: grucell::layers::model::default_class_name(&layer).into(),
+        trainable: true,
+        layer,
+    };
+    let gru = Rnn::<T>::new(cell(4, 11), 3)
+        .unwrap()
+        .with_kind(RnnKind::Gru)
+        .unwrap()
+        .return_sequences(true)
+        .return_state(true);
+    let gru_h = Rnn::<T>::new(cell(4, 12).reset_after(false), 3)
+        .unwrap()
+        .name("gru_h");
     let dense = DenseConfig::new(2).name("dense").build::<T>(4, 13).unwrap();
     let layers = vec![
-        ml("x", Layer::Input { batch_shape: vec![None, Some(5), Some(3)] }),
-        ml("h", Layer::Input { batch_shape: vec![None, Some(4)] }),
+        ml(
+            "x",
+            Layer::Input {
+                batch_shape: vec![None, Some(5), Some(3)],
+            },
+        ),
+        ml(
+            "h",
+            Layer::Input {
+                batch_shape: vec![None, Some(4)],
+            },
+        ),
         ml("masking", Layer::Masking { mask_value: 0.0 }),
         ml("gru", Layer::Rnn(gru)),
         ml("gru_h", Layer::Rnn(gru_h)),
         ml("dense", Layer::Dense(dense)),
     ];
     let t = |layer, node, index| TensorRef { layer, node, index };
-    let call = |layer, call, args: Vec<TensorRef>, initial_state: Vec<TensorRef>| Node { layer, call, args: args.into_iter().map(NodeArg::Tensor).collect(), initial_state, mask: None };
+    let call = |layer, call, args: Vec<TensorRef>, initial_state: Vec<TensorRef>| Node {
+        layer,
+        call,
+        args: args.into_iter().map(NodeArg::Tensor).collect(),
+        initial_state,
+        mask: None,
+    };
     let nodes = vec![
         call(0, 0, vec![], vec![]),
         call(1, 0, vec![], vec![]),
@@ -425,7 +613,15 @@ fn rust_functional<T: Float>() -> Model<T> {
         call(5, 0, vec![t(3, 0, 1)], vec![]),
         call(5, 1, vec![t(4, 0, 0)], vec![]),
     ];
-    Model::new("rust_functional", ModelKind::Functional, layers, nodes, vec![t(0, 0, 0), t(1, 0, 0)], vec![t(3, 0, 0), t(5, 0, 0), t(5, 1, 0)]).unwrap()
+    Model::new(
+        "rust_functional",
+        ModelKind::Functional,
+        layers,
+        nodes,
+        vec![t(0, 0, 0), t(1, 0, 0)],
+        vec![t(3, 0, 0), t(5, 0, 0), t(5, 1, 0)],
+    )
+    .unwrap()
 }
 
 fn rust_model_round_trip<T: Float>(model: &Model<T>, xs: &[Tensor<T>], out: &Path, keep: bool) {
@@ -434,11 +630,19 @@ fn rust_model_round_trip<T: Float>(model: &Model<T>, xs: &[Tensor<T>], out: &Pat
     let back = model_from_file::<T>(&load_keras_file(&path).unwrap()).unwrap();
     let want = model.predict(xs).unwrap();
     assert_eq!(back.predict(xs).unwrap(), want, "{}", model.name);
-    assert_eq!(model_config_json(&back).unwrap(), model_config_json(model).unwrap());
+    assert_eq!(
+        model_config_json(&back).unwrap(),
+        model_config_json(model).unwrap()
+    );
     let f = load_keras_file(&path).unwrap();
-    let KerasWeights::ByPath(w) = &f.weights else { panic!("{}: not a .keras file", path.display()) };
+    let KerasWeights::ByPath(w) = &f.weights else {
+        panic!("{}: not a .keras file", path.display())
+    };
     assert!(w.keys().all(|k| k.starts_with("layers/")), "{:?}", w.keys());
-    assert_eq!(w.values().map(|t| t.len()).sum::<usize>(), model.param_count());
+    assert_eq!(
+        w.values().map(|t| t.len()).sum::<usize>(),
+        model.param_count()
+    );
     if keep {
         // Inputs and grucell's outputs, for tools/check_saved_keras.py --npz.
         let mut arrays: Vec<(String, grucell::io::npy::Array)> = Vec::new();
@@ -448,8 +652,12 @@ fn rust_model_round_trip<T: Float>(model: &Model<T>, xs: &[Tensor<T>], out: &Pat
         for (j, y) in want.iter().enumerate() {
             arrays.push((format!("output_{j}"), y.cast::<f64>().into()));
         }
-        let refs: Vec<(String, grucell::io::npy::ArrayRef)> = arrays.iter().map(|(k, a)| (k.clone(), a.as_array_ref())).collect();
-        grucell::io::npy::write_npz(&out.join(format!("{}_{}.npz", model.name, T::DTYPE)), &refs).unwrap();
+        let refs: Vec<(String, grucell::io::npy::ArrayRef)> = arrays
+            .iter()
+            .map(|(k, a)| (k.clone(), a.as_array_ref()))
+            .collect();
+        grucell::io::npy::write_npz(&out.join(format!("{}_{}.npz", model.name, T::DTYPE)), &refs)
+            .unwrap();
     }
 }
 
@@ -458,28 +666,79 @@ fn models_built_in_rust_round_trip() {
     let (out, keep) = out_dir("rust");
     let seq32 = rust_sequential::<f32>();
     let c = model_config_json(&seq32).unwrap();
-    let names: Vec<&str> = c["config"]["layers"].as_array().unwrap().iter().map(|l| l["class_name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["InputLayer", "Masking", "GRU", "RNN", "Bidirectional", "Dropout", "Activation", "RNN", "Dense"]);
+    let names: Vec<&str> = c["config"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["class_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "InputLayer",
+            "Masking",
+            "GRU",
+            "RNN",
+            "Bidirectional",
+            "Dropout",
+            "Activation",
+            "RNN",
+            "Dense"
+        ]
+    );
     let bi = &c["config"]["layers"][4]["config"];
     assert_eq!(bi["layer"]["config"]["name"], "forward_rnn"); // Keras prefixes the wrapped layers' names
     assert_eq!(bi["backward_layer"]["config"]["name"], "backward_rnn");
-    assert_eq!(c["config"]["layers"][3]["config"]["cell"]["class_name"], "StackedRNNCells");
-    assert_eq!(c["config"]["layers"][3]["config"]["cell"]["config"]["cells"][1]["build_config"]["input_shape"], serde_json::json!([null, 3]));
+    assert_eq!(
+        c["config"]["layers"][3]["config"]["cell"]["class_name"],
+        "StackedRNNCells"
+    );
+    assert_eq!(
+        c["config"]["layers"][3]["config"]["cell"]["config"]["cells"][1]["build_config"]
+            ["input_shape"],
+        serde_json::json!([null, 3])
+    );
     rust_model_round_trip(&seq32, &[inputs::<f32>(&[4, 6, 3], 1, true)], &out, keep);
-    rust_model_round_trip(&rust_sequential::<f64>(), &[inputs::<f64>(&[4, 6, 3], 1, true)], &out, keep);
+    rust_model_round_trip(
+        &rust_sequential::<f64>(),
+        &[inputs::<f64>(&[4, 6, 3], 1, true)],
+        &out,
+        keep,
+    );
     let fun = rust_functional::<f32>();
     let c = model_config_json(&fun).unwrap();
-    assert_eq!(c["config"]["input_layers"], serde_json::json!([["x", 0, 0], ["h", 0, 0]]));
-    assert_eq!(c["config"]["output_layers"], serde_json::json!([["gru", 0, 0], ["dense", 0, 0], ["dense", 1, 0]]));
+    assert_eq!(
+        c["config"]["input_layers"],
+        serde_json::json!([["x", 0, 0], ["h", 0, 0]])
+    );
+    assert_eq!(
+        c["config"]["output_layers"],
+        serde_json::json!([["gru", 0, 0], ["dense", 0, 0], ["dense", 1, 0]])
+    );
     let dense_nodes = &c["config"]["layers"][5]["inbound_nodes"];
     assert_eq!(dense_nodes.as_array().unwrap().len(), 2);
-    assert_eq!(dense_nodes[1]["args"][0]["config"]["keras_history"], serde_json::json!(["gru_h", 0, 0]));
+    assert_eq!(
+        dense_nodes[1]["args"][0]["config"]["keras_history"],
+        serde_json::json!(["gru_h", 0, 0])
+    );
     let gru_h = &c["config"]["layers"][4];
-    assert_eq!(gru_h["build_config"]["shapes_dict"]["initial_state_shape"], serde_json::json!([null, 4]));
-    assert_eq!(gru_h["inbound_nodes"][0]["kwargs"]["initial_state"]["config"]["keras_history"], serde_json::json!(["h", 0, 0]));
-    let xs = [inputs::<f32>(&[3, 5, 3], 2, true), inputs::<f32>(&[3, 4], 3, false)];
+    assert_eq!(
+        gru_h["build_config"]["shapes_dict"]["initial_state_shape"],
+        serde_json::json!([null, 4])
+    );
+    assert_eq!(
+        gru_h["inbound_nodes"][0]["kwargs"]["initial_state"]["config"]["keras_history"],
+        serde_json::json!(["h", 0, 0])
+    );
+    let xs = [
+        inputs::<f32>(&[3, 5, 3], 2, true),
+        inputs::<f32>(&[3, 4], 3, false),
+    ];
     rust_model_round_trip(&fun, &xs, &out, keep);
-    let xs64 = [inputs::<f64>(&[3, 5, 3], 2, true), inputs::<f64>(&[3, 4], 3, false)];
+    let xs64 = [
+        inputs::<f64>(&[3, 5, 3], 2, true),
+        inputs::<f64>(&[3, 4], 3, false),
+    ];
     rust_model_round_trip(&rust_functional::<f64>(), &xs64, &out, keep);
     if !keep {
         std::fs::remove_dir_all(&out).ok();
@@ -488,7 +747,10 @@ fn models_built_in_rust_round_trip() {
 
 #[test]
 fn legacy_training_config_is_written_as_keras3_compile_config() {
-    let io = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/io/keras"));
+    let io = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/io/keras"
+    ));
     let (out, keep) = out_dir("legacy_compile");
     let keras3 = load_keras_file(&io.join("trained.keras")).unwrap();
     for name in ["trained.h5", "tf2_style.h5", "trained.keras"] {

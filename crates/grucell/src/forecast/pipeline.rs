@@ -146,6 +146,9 @@ pub struct CandidateReport {
     pub representation: String,
     /// RMSE (series units) of its members' mean forecast on the validation windows.
     pub val_rmse: f64,
+    /// RMSE of its members' mean forecast on the test windows (reported for comparison
+    /// only; the choice uses the validation RMSE).
+    pub test_rmse: f64,
     /// Epochs run by each member.
     pub epochs_run: Vec<usize>,
 }
@@ -252,6 +255,8 @@ pub struct PlotData {
     pub histories: Vec<TrainHistory>,
     /// Chosen representation name.
     pub representation: String,
+    /// Season length, if any.
+    pub season: Option<usize>,
     /// Test RMSE, last-value RMSE and seasonal-naive RMSE, for the title.
     pub rmse: (f64, f64, Option<f64>),
 }
@@ -377,6 +382,26 @@ fn train_member(
         }
         None => Ok((model, hist)),
     }
+}
+
+/// Relative margin within which validation RMSEs count as a tie.
+const TIE: f64 = 0.01;
+
+/// The candidate with the lowest validation RMSE; within [`TIE`] of it, differences are
+/// preferred to seasonal differences and those to levels, because a model of changes degrades
+/// gracefully (towards the last value) when the test leaves the range seen in training, and a
+/// model of levels does not.
+fn choose(reps: &[Representation], reports: &[CandidateReport]) -> usize {
+    let best = reports.iter().map(|r| r.val_rmse).filter(|v| v.is_finite()).fold(f64::INFINITY, f64::min);
+    let rank = |r: &Representation| match r {
+        Representation::Differences => 0,
+        Representation::SeasonalDifferences { .. } => 1,
+        Representation::Levels => 2,
+    };
+    (0..reports.len())
+        .filter(|&i| reports[i].val_rmse.is_finite() && reports[i].val_rmse <= best * (1.0 + TIE))
+        .min_by(|&a, &b| rank(&reps[a]).cmp(&rank(&reps[b])).then(reports[a].val_rmse.total_cmp(&reports[b].val_rmse)))
+        .unwrap_or(0)
 }
 
 /// Levels forecast for each origin from the model's scaled outputs.
@@ -519,32 +544,36 @@ pub fn forecast(series: &Series, cfg: &ForecastConfig, report: &(dyn Fn(Progress
         .map(|(i, &(c, m))| train_member(&candidates[c], cfg, lookback, cfg.seed.wrapping_add(m as u64), max_epochs, i, report))
         .collect::<Result<_, Error>>()?;
     let training_seconds = started.elapsed().as_secs_f64();
-    // Validation RMSE (levels) of each candidate's member mean.
+    // Validation (and, for the report, test) RMSE in the series' units of each candidate's
+    // member mean.
     let mut reports = Vec::new();
-    let mut best: Option<(usize, f64)> = None;
+    let mut outputs = Vec::new();
     for (ci, c) in candidates.iter().enumerate() {
         let members: Vec<&(Model<f32>, TrainHistory)> = jobs.iter().zip(&trained).filter(|((jc, _), _)| *jc == ci).map(|(_, t)| t).collect();
-        let mut mean = vec![0f32; c.val_y.len()];
-        for (m, _) in &members {
-            let p = predict_windows(m, &c.val_x, lookback)?;
-            for (a, v) in mean.iter_mut().zip(p) {
-                *a += v / members.len() as f32;
+        let (test_x, _, test_kept) = windows(&c.zs, &test_origins, lookback, h);
+        let mean = |x: &[f32], len: usize| -> Result<Vec<f32>, Error> {
+            let mut acc = vec![0f32; len];
+            for (m, _) in &members {
+                for (a, v) in acc.iter_mut().zip(predict_windows(m, x, lookback)?) {
+                    *a += v / members.len() as f32;
+                }
             }
-        }
-        let pred = to_levels(c.rep, &c.scaler, &y, &c.val_origins, &mean, h);
-        let val_rmse = rmse(&actuals(&y, &c.val_origins, h), &pred);
-        reports.push(CandidateReport { representation: c.rep.name(), val_rmse, epochs_run: members.iter().map(|(_, hh)| hh.loss.len()).collect() });
-        if val_rmse.is_finite() && best.is_none_or(|(_, b)| val_rmse < b) {
-            best = Some((ci, val_rmse));
-        }
+            Ok(acc)
+        };
+        let val_pred = to_levels(c.rep, &c.scaler, &y, &c.val_origins, &mean(&c.val_x, c.val_y.len())?, h);
+        let val_rmse = rmse(&actuals(&y, &c.val_origins, h), &val_pred);
+        let test_pred = to_levels(c.rep, &c.scaler, &y, &test_kept, &mean(&test_x, test_kept.len() * h)?, h);
+        let test_rmse = rmse(&actuals(&y, &test_kept, h), &test_pred);
+        reports.push(CandidateReport { representation: c.rep.name(), val_rmse, test_rmse, epochs_run: members.iter().map(|(_, hh)| hh.loss.len()).collect() });
+        outputs.push((test_x, test_kept));
     }
-    let chosen = best.map_or(0, |(c, _)| c);
+    let chosen = choose(&candidates.iter().map(|c| c.rep).collect::<Vec<_>>(), &reports);
     let c = &candidates[chosen];
     let members: Vec<Model<f32>> = jobs.iter().zip(&trained).filter(|((jc, _), _)| *jc == chosen).map(|(_, (m, _))| m.clone()).collect();
     let histories: Vec<TrainHistory> = jobs.iter().zip(&trained).filter(|((jc, _), _)| *jc == chosen).map(|(_, (_, hh))| hh.clone()).collect();
     let model = merge_members(&members)?;
-    // Test.
-    let (test_x, _, test_kept) = windows(&c.zs, &test_origins, lookback, h);
+    // Test, with the merged model (the one that is saved).
+    let (test_x, test_kept) = outputs.swap_remove(chosen);
     let test_out = predict_windows(&model, &test_x, lookback)?;
     let pred = to_levels(c.rep, &c.scaler, &y, &test_kept, &test_out, h);
     let act = actuals(&y, &test_kept, h);
@@ -623,6 +652,7 @@ Output: the next {h} values of z, scaled the same way: unscale (v * std + mean),
         horizon: h,
         histories,
         representation: rep_name,
+        season,
         rmse: (test_rmse, naive_rmse, seasonal_naive_rmse),
     };
     Ok(ForecastOutcome { metrics, model, test_inputs: Tensor::new(vec![n_test_windows, lookback, 1], test_x)?, plot })

@@ -116,17 +116,22 @@ fn draw(d: &PlotData, path: &Path) -> Result<(), String> {
             .map_err(|x| e(&x))?;
     }
 
-    // Bottom left: the test part close up.
+    // Bottom left: close-up of the end of the test part (two seasons, at least 100 points).
     {
-        let from = d.test_start.saturating_sub(1);
+        let season = d.season.unwrap_or(0);
+        let span = (2 * season).max(100);
+        let from = d.test_start.saturating_sub(1).max(n.saturating_sub(span));
+        let shown = n - from;
+        let what = if from + 1 == d.test_start { "Test part".to_string() } else { format!("Last {shown} points of the test part") };
         let last_path: Vec<(f64, f64)> = match d.test_origins.last() {
             Some(&t) if h > 1 => (0..h).filter_map(|k| d.test_forecasts.get((d.test_origins.len() - 1) * h + k).map(|v| ((t + 1 + k) as f64, *v))).collect(),
             _ => vec![],
         };
-        let (lo, hi) = range(d.values.iter().skip(from).copied().chain(step1.iter().map(|p| p.1)).chain(last_path.iter().map(|p| p.1)));
+        let close: Vec<(f64, f64)> = step1.iter().copied().filter(|p| p.0 >= from as f64).collect();
+        let (lo, hi) = range(d.values.iter().skip(from).copied().chain(close.iter().map(|p| p.1)).chain(last_path.iter().map(|p| p.1)));
         let sn = snaive.map_or(String::new(), |s| format!(", seasonal naive {s:.4}"));
         let mut chart = ChartBuilder::on(&bl)
-            .caption(format!("Test part: RMSE {rmse:.4} vs last value {naive:.4}{sn}"), ("sans-serif", 19))
+            .caption(format!("{what} (test RMSE {rmse:.4}, last value {naive:.4}{sn})"), ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(75)
@@ -150,7 +155,7 @@ fn draw(d: &PlotData, path: &Path) -> Result<(), String> {
             .label("actual")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], ACTUAL.stroke_width(3)));
         chart
-            .draw_series(LineSeries::new(step1.iter().copied(), FORECAST.stroke_width(2)))
+            .draw_series(LineSeries::new(close, FORECAST.stroke_width(2)))
             .map_err(|x| e(&x))?
             .label(fc_label.as_str())
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], FORECAST.stroke_width(3)));
@@ -171,26 +176,26 @@ fn draw(d: &PlotData, path: &Path) -> Result<(), String> {
             .map_err(|x| e(&x))?;
     }
 
-    // Bottom right: loss curves (log scale).
+    // Bottom right: loss curves.
     {
         let epochs = d.histories.iter().map(|hh| hh.loss.len()).max().unwrap_or(1).max(2);
         let all = d.histories.iter().flat_map(|hh| hh.loss.iter().chain(&hh.val_loss)).copied().filter(|v| v.is_finite() && *v > 0.0);
         let (lo, hi) = all.fold((f64::INFINITY, 0f64), |(a, b), v| (a.min(v), b.max(v)));
-        let (lo, hi) = if lo.is_finite() && hi > lo { (lo * 0.8, hi * 1.25) } else { (1e-3, 1.0) };
+        let (lo, hi) = if lo.is_finite() && hi > lo { ((lo - 0.08 * (hi - lo)).max(0.0), hi + 0.05 * (hi - lo)) } else { (0.0, 1.0) };
         let members = d.histories.len();
         let mut chart = ChartBuilder::on(&br)
             .caption(format!("Training loss ({members} member{})", if members == 1 { "" } else { "s" }), ("sans-serif", 19))
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(70)
-            .build_cartesian_2d(1f64..epochs as f64, (lo..hi).log_scale())
+            .build_cartesian_2d(1f64..epochs as f64, lo..hi)
             .map_err(|x| e(&x))?;
         chart
             .configure_mesh()
             .x_labels(6)
             .y_labels(6)
             .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| format!("{y:.1e}"))
+            .y_label_formatter(&|y| format!("{y:.3}"))
             .x_desc("epoch")
             .y_desc("MSE (scaled)")
             .label_style(("sans-serif", 14))

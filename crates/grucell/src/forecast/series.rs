@@ -191,9 +191,13 @@ pub fn autocorrelation(x: &[f64], lag: usize) -> f64 {
     cov / var
 }
 
-/// Detects a season length from the autocorrelation of the first differences of `y`: the lag
-/// in `2..=max_lag` with the highest local-maximum autocorrelation, when it is clearly
-/// significant (above `max(0.2, 3/√n)`). Returns the lag and its autocorrelation.
+/// Detects a season length from the autocorrelation (ACF) of the first differences of `y`.
+///
+/// Candidates are the lags in `2..=max_lag` whose ACF is above `max(0.2, 3/√n)` and at least
+/// 0.2 above the lowest ACF at a shorter lag (a cycle comes back; a smooth series' ACF only
+/// decays). Each is scored by the mean ACF at its first (up to) three multiples, so a true
+/// season beats a noise peak; the shortest lag scoring within 0.05 of the best wins (a
+/// season's multiples score as well as the season). Returns the lag and its ACF.
 ///
 /// Differences are used so that a trend does not make every lag look correlated.
 ///
@@ -211,16 +215,35 @@ pub fn detect_season(y: &[f64], max_lag: usize) -> Option<(usize, f64)> {
     if max_lag < 3 {
         return None;
     }
-    let acf: Vec<f64> = (0..=max_lag + 1).map(|l| autocorrelation(&d, l)).collect();
+    // Multiples are looked at up to two thirds of the length (the biased estimator shrinks
+    // long lags towards 0, which penalizes long seasons with few repetitions).
+    let reach = (d.len() * 2 / 3).max(max_lag + 1);
+    let acf: Vec<f64> = (0..=reach).map(|l| autocorrelation(&d, l)).collect();
     let threshold = (3.0 / (d.len() as f64).sqrt()).max(0.2);
-    let mut best: Option<(usize, f64)> = None;
+    // A true season also correlates at its multiples, a noise peak does not: score each
+    // peak by the mean autocorrelation at its first (up to) three multiples.
+    let score = |p: usize| -> f64 {
+        let k = (reach / p).clamp(1, 3);
+        (1..=k).map(|m| acf[m * p]).sum::<f64>() / k as f64
+    };
+    // Candidates: lags where the autocorrelation is significant and has risen clearly from
+    // a dip since lag 1 (a cycle, not the slow decay of a smooth series).
+    let mut low = f64::INFINITY;
+    let mut scored: Vec<(usize, f64, f64)> = Vec::new();
     for lag in 2..=max_lag {
-        let (a, prev, next) = (acf[lag], acf[lag - 1], acf[lag + 1]);
-        if a > prev && a >= next && a > threshold && best.is_none_or(|(_, b)| a > b + 0.02) {
-            best = Some((lag, a));
+        low = low.min(acf[lag - 1]);
+        let a = acf[lag];
+        if a > threshold && a - low > 0.2 {
+            let s = score(lag);
+            if s > threshold {
+                scored.push((lag, a, s));
+            }
         }
     }
-    best
+    // The best score, or the shortest lag scoring nearly as well (a season's multiples
+    // score as well as the season itself).
+    let top = scored.iter().map(|c| c.2).fold(f64::NEG_INFINITY, f64::max);
+    scored.into_iter().find(|c| c.2 >= top - 0.05).map(|(lag, a, _)| (lag, a))
 }
 
 #[cfg(test)]

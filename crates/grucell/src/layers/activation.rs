@@ -320,7 +320,8 @@ impl Activation {
                 }
             }
             Selu => {
-                if x > zero {
+                if x >= zero {
+                    // TF SeluGrad: the scale branch at x = 0
                     T::of(SELU_SCALE)
                 } else {
                     y + T::of(SELU_SCALE * SELU_ALPHA)
@@ -329,6 +330,9 @@ impl Activation {
             Celu => {
                 if x > zero {
                     one
+                } else if x == zero {
+                    // TF differentiates max(x,0) + expm1(min(x,0)): at the tie both branches pass 1.
+                    T::of(2.0)
                 } else {
                     x.exp()
                 }

@@ -34,13 +34,16 @@ impl Default for NormAxis {
 impl NormAxis {
     fn from_json(v: Option<&Value>) -> Result<Self, ConfigError> {
         let int = |x: &Value| {
-            x.as_i64()
-                .ok_or_else(|| ConfigError::invalid("axis", x, "an integer, a list of integers or null"))
+            x.as_i64().ok_or_else(|| {
+                ConfigError::invalid("axis", x, "an integer, a list of integers or null")
+            })
         };
         match v {
             None => Ok(NormAxis::Axis(0)),
             Some(Value::Null) => Ok(NormAxis::All),
-            Some(Value::Array(a)) => Ok(NormAxis::Axes(a.iter().map(int).collect::<Result<_, _>>()?)),
+            Some(Value::Array(a)) => {
+                Ok(NormAxis::Axes(a.iter().map(int).collect::<Result<_, _>>()?))
+            }
             Some(x) => Ok(NormAxis::Axis(int(x)?)),
         }
     }
@@ -66,15 +69,22 @@ impl NormAxis {
         for &a in axes {
             let r = rank as i64;
             let idx = if a < 0 { a + r } else { a };
-            let slot = usize::try_from(idx).ok().and_then(|i| mask.get_mut(i)).ok_or_else(|| {
-                ConfigError::invalid(
-                    "axis",
-                    a,
-                    format!("an axis in [-{rank}, {rank}) for a weight of shape {shape:?}"),
-                )
-            })?;
+            let slot = usize::try_from(idx)
+                .ok()
+                .and_then(|i| mask.get_mut(i))
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        "axis",
+                        a,
+                        format!("an axis in [-{rank}, {rank}) for a weight of shape {shape:?}"),
+                    )
+                })?;
             if *slot {
-                return Err(ConfigError::invalid("axis", format!("{axes:?}"), "axes without repeats"));
+                return Err(ConfigError::invalid(
+                    "axis",
+                    format!("{axes:?}"),
+                    "axes without repeats",
+                ));
             }
             *slot = true;
         }
@@ -412,8 +422,14 @@ mod tests {
 
     #[test]
     fn group_ids_row_major() {
-        assert_eq!(group_ids(&[2, 3], &[true, false]), (vec![0, 1, 2, 0, 1, 2], 3));
-        assert_eq!(group_ids(&[2, 3], &[false, true]), (vec![0, 0, 0, 1, 1, 1], 2));
+        assert_eq!(
+            group_ids(&[2, 3], &[true, false]),
+            (vec![0, 1, 2, 0, 1, 2], 3)
+        );
+        assert_eq!(
+            group_ids(&[2, 3], &[false, true]),
+            (vec![0, 0, 0, 1, 1, 1], 2)
+        );
         assert_eq!(group_ids(&[2, 3], &[true, true]), (vec![0; 6], 1));
         assert_eq!(group_ids(&[4], &[true]), (vec![0; 4], 1));
         let (ids, g) = group_ids(&[2, 2, 2], &[false, true, false]);
@@ -422,25 +438,40 @@ mod tests {
 
     #[test]
     fn axes_resolve_like_numpy() {
-        assert_eq!(NormAxis::Axis(-1).reduce_mask(&[2, 3]).unwrap(), vec![false, true]);
+        assert_eq!(
+            NormAxis::Axis(-1).reduce_mask(&[2, 3]).unwrap(),
+            vec![false, true]
+        );
         assert_eq!(NormAxis::Axis(0).reduce_mask(&[12]).unwrap(), vec![true]);
         assert!(NormAxis::Axis(1).reduce_mask(&[12]).is_err());
         assert!(NormAxis::Axis(-3).reduce_mask(&[2, 3]).is_err());
         assert!(NormAxis::Axes(vec![0, -2]).reduce_mask(&[2, 3]).is_err());
-        assert_eq!(NormAxis::All.reduce_mask(&[2, 3]).unwrap(), vec![true, true]);
+        assert_eq!(
+            NormAxis::All.reduce_mask(&[2, 3]).unwrap(),
+            vec![true, true]
+        );
     }
 
     #[test]
     fn projections() {
         // Unit norm per column, zero column stays zero.
         let mut w = [3.0f64, 0.0, 4.0, 0.0];
-        Constraint::UnitNorm { axis: NormAxis::Axis(0) }.apply(&mut w, &[2, 2]).unwrap();
+        Constraint::UnitNorm {
+            axis: NormAxis::Axis(0),
+        }
+        .apply(&mut w, &[2, 2])
+        .unwrap();
         assert!((w[0] - 0.6).abs() < 1e-6 && (w[2] - 0.8).abs() < 1e-6 && w[1] == 0.0);
         // MinMaxNorm with rate 0.5 moves half way: norm 5 → (0.5·1 + 0.5·5) = 3.
         let mut w = [3.0f64, 4.0];
-        Constraint::MinMaxNorm { min_value: 0.0, max_value: 1.0, rate: 0.5, axis: NormAxis::All }
-            .apply(&mut w, &[2])
-            .unwrap();
+        Constraint::MinMaxNorm {
+            min_value: 0.0,
+            max_value: 1.0,
+            rate: 0.5,
+            axis: NormAxis::All,
+        }
+        .apply(&mut w, &[2])
+        .unwrap();
         assert!(((w[0] * w[0] + w[1] * w[1]).sqrt() - 3.0).abs() < 1e-6);
         let mut w = [-1.0f32, 2.0];
         Constraint::NonNeg.apply(&mut w, &[2]).unwrap();
@@ -452,19 +483,40 @@ mod tests {
     fn configs() {
         assert_eq!(
             Constraint::from_name("max_norm").unwrap(),
-            Constraint::MaxNorm { max_value: 2.0, axis: NormAxis::Axis(0) }
+            Constraint::MaxNorm {
+                max_value: 2.0,
+                axis: NormAxis::Axis(0)
+            }
         );
-        assert!(matches!(Constraint::from_name("maxnorm"), Err(ConfigError::UnknownName { .. })));
-        assert!(matches!(Constraint::from_name("Constraint"), Err(ConfigError::Unsupported { .. })));
-        let bad = json!({"class_name": "MinMaxNorm", "config": {"min_value": 2.0, "max_value": 1.0}});
-        assert!(matches!(Constraint::from_keras(&bad), Err(ConfigError::InvalidValue { ref arg, .. }) if arg == "min_value"));
+        assert!(matches!(
+            Constraint::from_name("maxnorm"),
+            Err(ConfigError::UnknownName { .. })
+        ));
+        assert!(matches!(
+            Constraint::from_name("Constraint"),
+            Err(ConfigError::Unsupported { .. })
+        ));
+        let bad =
+            json!({"class_name": "MinMaxNorm", "config": {"min_value": 2.0, "max_value": 1.0}});
+        assert!(
+            matches!(Constraint::from_keras(&bad), Err(ConfigError::InvalidValue { ref arg, .. }) if arg == "min_value")
+        );
         let bad = json!({"class_name": "MaxNorm", "config": {"axis": 0.5}});
-        assert!(matches!(Constraint::from_keras(&bad), Err(ConfigError::InvalidValue { ref arg, .. }) if arg == "axis"));
-        let c = Constraint::from_keras(&json!({"class_name": "UnitNorm", "config": {"axis": [0, 1]},
-            "module": "keras.constraints", "registered_name": null, "shared_object_id": 5}))
+        assert!(
+            matches!(Constraint::from_keras(&bad), Err(ConfigError::InvalidValue { ref arg, .. }) if arg == "axis")
+        );
+        let c = Constraint::from_keras(
+            &json!({"class_name": "UnitNorm", "config": {"axis": [0, 1]},
+            "module": "keras.constraints", "registered_name": null, "shared_object_id": 5}),
+        )
         .unwrap()
         .unwrap();
-        assert_eq!(c, Constraint::UnitNorm { axis: NormAxis::Axes(vec![0, 1]) });
+        assert_eq!(
+            c,
+            Constraint::UnitNorm {
+                axis: NormAxis::Axes(vec![0, 1])
+            }
+        );
         assert_eq!(Constraint::from_keras(&Value::Null).unwrap(), None);
     }
 }

@@ -291,6 +291,7 @@ const NAMES: &[(&str, Kind)] = &[
 ];
 
 /// `stddev` of a unit normal truncated to ±2 (Keras' constant for `truncated_normal`).
+#[allow(clippy::excessive_precision)] // Keras' literal, verbatim
 const TRUNC_STD: f64 = 0.879_625_661_034_239_78;
 
 fn lookup(name: &str) -> Result<Kind, ConfigError> {
@@ -512,7 +513,14 @@ impl Initializer {
                 check_keys(
                     class,
                     cfg,
-                    &["seed", "scale", "mode", "distribution", "input_axes", "output_axes"],
+                    &[
+                        "seed",
+                        "scale",
+                        "mode",
+                        "distribution",
+                        "input_axes",
+                        "output_axes",
+                    ],
                 )?;
                 check_no_axes(cfg)?;
                 Initializer::VarianceScaling {
@@ -556,7 +564,11 @@ impl Initializer {
                 if stddev.is_finite() && stddev >= 0.0 {
                     Ok(())
                 } else {
-                    Err(ConfigError::invalid("stddev", stddev, "a finite number ≥ 0"))
+                    Err(ConfigError::invalid(
+                        "stddev",
+                        stddev,
+                        "a finite number ≥ 0",
+                    ))
                 }
             }
             Initializer::RandomUniform { minval, maxval, .. } => {
@@ -651,7 +663,7 @@ impl Initializer {
             match *self {
                 Initializer::Zeros | Initializer::Ones => json!({}),
                 Initializer::Constant { value } => json!({ "value": value }),
-                Initializer::Identity { gain } if gain == 1.0 => json!({}),
+                Initializer::Identity { gain: 1.0 } => json!({}),
                 Initializer::Identity { gain } => json!({ "gain": gain }),
                 Initializer::RandomNormal { mean, stddev, seed }
                 | Initializer::TruncatedNormal { mean, stddev, seed } => {
@@ -690,10 +702,18 @@ impl Initializer {
     ///
     /// Errors: invalid arguments, `Identity` on a non-2-D shape, `Orthogonal` on a shape of
     /// rank < 2, a shape whose element count overflows.
-    pub fn init<T: Float>(&self, shape: &[usize], fallback_seed: u64) -> Result<Tensor<T>, ConfigError> {
+    pub fn init<T: Float>(
+        &self,
+        shape: &[usize],
+        fallback_seed: u64,
+    ) -> Result<Tensor<T>, ConfigError> {
         self.validate()?;
         let n = checked_numel(shape).ok_or_else(|| {
-            ConfigError::invalid("shape", format!("{shape:?}"), "a shape whose element count fits in usize")
+            ConfigError::invalid(
+                "shape",
+                format!("{shape:?}"),
+                "a shape whose element count fits in usize",
+            )
         })?;
         let mut rng = StdRng::seed_from_u64(self.seed().unwrap_or(fallback_seed));
         let data: Vec<f64> = match *self {
@@ -716,9 +736,9 @@ impl Initializer {
             Initializer::RandomNormal { mean, stddev, .. } => {
                 (0..n).map(|_| mean + stddev * normal(&mut rng)).collect()
             }
-            Initializer::TruncatedNormal { mean, stddev, .. } => {
-                (0..n).map(|_| mean + stddev * truncated(&mut rng)).collect()
-            }
+            Initializer::TruncatedNormal { mean, stddev, .. } => (0..n)
+                .map(|_| mean + stddev * truncated(&mut rng))
+                .collect(),
             Initializer::RandomUniform { minval, maxval, .. } => {
                 (0..n).map(|_| uniform(&mut rng, minval, maxval)).collect()
             }
@@ -782,7 +802,12 @@ fn uniform(rng: &mut StdRng, minval: f64, maxval: f64) -> f64 {
 /// Keras' `Orthogonal.__call__`: flatten to `(rows, cols)` with `cols = shape[-1]`, draw a normal
 /// `(max, min)` matrix, QR it (faer), multiply the columns of Q by `sign(diag R)`, transpose
 /// when `rows < cols`, times `gain`.
-fn orthogonal(shape: &[usize], n: usize, gain: f64, rng: &mut StdRng) -> Result<Vec<f64>, ConfigError> {
+fn orthogonal(
+    shape: &[usize],
+    n: usize,
+    gain: f64,
+    rng: &mut StdRng,
+) -> Result<Vec<f64>, ConfigError> {
     let (cols, lead) = match shape.split_last() {
         Some((c, lead)) if !lead.is_empty() => (*c, lead),
         _ => {
@@ -820,7 +845,11 @@ fn orthogonal(shape: &[usize], n: usize, gain: f64, rng: &mut StdRng) -> Result<
         for (j, s) in sign.iter().enumerate() {
             let v = gain * q[(i, j)] * s;
             // Q is m × k; output is Q (rows ≥ cols) or Qᵀ (rows < cols), row-major.
-            let idx = if rows < cols { j * cols + i } else { i * cols + j };
+            let idx = if rows < cols {
+                j * cols + i
+            } else {
+                i * cols + j
+            };
             out[idx] = v;
         }
     }
@@ -861,7 +890,10 @@ mod tests {
     fn check_moments(v: &[f64], mean: f64, std: f64, what: &str) {
         let (m, s, _, _) = stats(v);
         let se = std / (v.len() as f64).sqrt();
-        assert!((m - mean).abs() <= 5.0 * se + 1e-12, "{what}: mean {m}, want {mean}");
+        assert!(
+            (m - mean).abs() <= 5.0 * se + 1e-12,
+            "{what}: mean {m}, want {mean}"
+        );
         assert!((s - std).abs() <= 0.02 * std, "{what}: std {s}, want {std}");
     }
 
@@ -889,7 +921,10 @@ mod tests {
     fn uniform_family_bounds_and_moments() {
         let shape = [256, 768];
         let cases = [
-            (Initializer::glorot_uniform(), (6.0f64 / (256.0 + 768.0)).sqrt()),
+            (
+                Initializer::glorot_uniform(),
+                (6.0f64 / (256.0 + 768.0)).sqrt(),
+            ),
             (Initializer::he_uniform(), (6.0f64 / 256.0).sqrt()),
             (Initializer::lecun_uniform(), (3.0f64 / 256.0).sqrt()),
             (
@@ -906,8 +941,14 @@ mod tests {
         for (init, limit) in cases {
             let v = sample(&init, &shape, 7);
             let (_, _, min, max) = stats(&v);
-            assert!(min >= -limit && max <= limit, "{init}: [{min}, {max}] vs ±{limit}");
-            assert!(min < -0.99 * limit && max > 0.99 * limit, "{init} does not fill its range");
+            assert!(
+                min >= -limit && max <= limit,
+                "{init}: [{min}, {max}] vs ±{limit}"
+            );
+            assert!(
+                min < -0.99 * limit && max > 0.99 * limit,
+                "{init} does not fill its range"
+            );
             check_moments(&v, 0.0, limit / 3f64.sqrt(), &init.to_string());
         }
         let v = sample(
@@ -924,7 +965,9 @@ mod tests {
         check_moments(&v, 0.5, 3.0 / 12f64.sqrt(), "uniform(-1,2)");
         // f32 draws stay inside the limits too (rounding may reach them, not cross them).
         let l = (6.0f64 / 1024.0).sqrt() as f32;
-        let w = Initializer::glorot_uniform().init::<f32>(&shape, 1).unwrap();
+        let w = Initializer::glorot_uniform()
+            .init::<f32>(&shape, 1)
+            .unwrap();
         assert!(w.data().iter().all(|x| x.abs() <= l));
     }
 
@@ -937,7 +980,11 @@ mod tests {
             (Initializer::glorot_normal(), vs(1.0, 512.0), true),
             (Initializer::he_normal(), vs(2.0, 256.0), true),
             (Initializer::lecun_normal(), vs(1.0, 256.0), true),
-            (Initializer::from_name("variance_scaling").unwrap(), vs(1.0, 256.0), true),
+            (
+                Initializer::from_name("variance_scaling").unwrap(),
+                vs(1.0, 256.0),
+                true,
+            ),
             (
                 Initializer::VarianceScaling {
                     scale: 0.5,
@@ -956,7 +1003,10 @@ mod tests {
             let (_, _, min, max) = stats(&v);
             if truncated {
                 let bound = 2.0 * target_std / TRUNC_STD;
-                assert!(min >= -bound && max <= bound, "{init}: [{min}, {max}] vs ±{bound}");
+                assert!(
+                    min >= -bound && max <= bound,
+                    "{init}: [{min}, {max}] vs ±{bound}"
+                );
                 assert!(max > 0.99 * bound);
             } else {
                 assert!(max > 3.0 * target_std, "{init} looks truncated");
@@ -1011,7 +1061,9 @@ mod tests {
         }
         // (u, 3u) in f32: R Rᵀ = I to f32 precision; the u×u gate blocks are not orthogonal.
         let u = 32;
-        let w = Initializer::orthogonal().init::<f32>(&[u, 3 * u], 4).unwrap();
+        let w = Initializer::orthogonal()
+            .init::<f32>(&[u, 3 * u], 4)
+            .unwrap();
         let w: Vec<f64> = w.data().iter().map(|&x| x as f64).collect();
         let g = gram(&w, u, 3 * u, true);
         for a in 0..u {
@@ -1020,7 +1072,9 @@ mod tests {
                 assert!((g[a * u + b] - want).abs() < 2e-6);
             }
         }
-        let block: Vec<f64> = (0..u).flat_map(|i| w[i * 3 * u..i * 3 * u + u].to_vec()).collect();
+        let block: Vec<f64> = (0..u)
+            .flat_map(|i| w[i * 3 * u..i * 3 * u + u].to_vec())
+            .collect();
         let gb = gram(&block, u, u, true);
         let dev = (0..u * u)
             .map(|i| (gb[i] - if i % (u + 1) == 0 { 1.0 } else { 0.0 }).abs())
@@ -1037,18 +1091,51 @@ mod tests {
 
     #[test]
     fn identity_and_constants() {
-        let w = Initializer::Identity { gain: 2.0 }.init::<f32>(&[2, 3], 0).unwrap();
+        let w = Initializer::Identity { gain: 2.0 }
+            .init::<f32>(&[2, 3], 0)
+            .unwrap();
         assert_eq!(w.data(), &[2.0, 0.0, 0.0, 0.0, 2.0, 0.0]);
-        let w = Initializer::from_name("identity").unwrap().init::<f64>(&[3, 2], 0).unwrap();
+        let w = Initializer::from_name("identity")
+            .unwrap()
+            .init::<f64>(&[3, 2], 0)
+            .unwrap();
         assert_eq!(w.data(), &[1.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
-        assert!(Initializer::Identity { gain: 1.0 }.init::<f32>(&[4], 0).is_err());
-        assert!(Initializer::Identity { gain: 1.0 }.init::<f32>(&[2, 2, 2], 0).is_err());
-        let w = Initializer::Constant { value: -2.5 }.init::<f32>(&[2, 6], 0).unwrap();
+        assert!(Initializer::Identity { gain: 1.0 }
+            .init::<f32>(&[4], 0)
+            .is_err());
+        assert!(Initializer::Identity { gain: 1.0 }
+            .init::<f32>(&[2, 2, 2], 0)
+            .is_err());
+        let w = Initializer::Constant { value: -2.5 }
+            .init::<f32>(&[2, 6], 0)
+            .unwrap();
         assert!(w.data().iter().all(|&x| x == -2.5));
-        assert!(Initializer::Ones.init::<f64>(&[3], 0).unwrap().data().iter().all(|&x| x == 1.0));
-        assert!(Initializer::Zeros.init::<f64>(&[2, 3], 0).unwrap().data().iter().all(|&x| x == 0.0));
-        assert_eq!(Initializer::glorot_uniform().init::<f32>(&[0, 12], 0).unwrap().len(), 0);
-        assert_eq!(Initializer::orthogonal().init::<f32>(&[0, 12], 0).unwrap().shape(), &[0, 12]);
+        assert!(Initializer::Ones
+            .init::<f64>(&[3], 0)
+            .unwrap()
+            .data()
+            .iter()
+            .all(|&x| x == 1.0));
+        assert!(Initializer::Zeros
+            .init::<f64>(&[2, 3], 0)
+            .unwrap()
+            .data()
+            .iter()
+            .all(|&x| x == 0.0));
+        assert_eq!(
+            Initializer::glorot_uniform()
+                .init::<f32>(&[0, 12], 0)
+                .unwrap()
+                .len(),
+            0
+        );
+        assert_eq!(
+            Initializer::orthogonal()
+                .init::<f32>(&[0, 12], 0)
+                .unwrap()
+                .shape(),
+            &[0, 12]
+        );
     }
 
     #[test]
@@ -1073,11 +1160,43 @@ mod tests {
     #[test]
     fn validation_names_the_argument() {
         let bad = [
-            (Initializer::RandomNormal { mean: 0.0, stddev: -1.0, seed: None }, "stddev"),
-            (Initializer::TruncatedNormal { mean: f64::NAN, stddev: 1.0, seed: None }, "mean"),
-            (Initializer::RandomUniform { minval: 1.0, maxval: 0.0, seed: None }, "minval"),
-            (Initializer::Constant { value: f64::INFINITY }, "value"),
-            (Initializer::Orthogonal { gain: f64::NAN, seed: None }, "gain"),
+            (
+                Initializer::RandomNormal {
+                    mean: 0.0,
+                    stddev: -1.0,
+                    seed: None,
+                },
+                "stddev",
+            ),
+            (
+                Initializer::TruncatedNormal {
+                    mean: f64::NAN,
+                    stddev: 1.0,
+                    seed: None,
+                },
+                "mean",
+            ),
+            (
+                Initializer::RandomUniform {
+                    minval: 1.0,
+                    maxval: 0.0,
+                    seed: None,
+                },
+                "minval",
+            ),
+            (
+                Initializer::Constant {
+                    value: f64::INFINITY,
+                },
+                "value",
+            ),
+            (
+                Initializer::Orthogonal {
+                    gain: f64::NAN,
+                    seed: None,
+                },
+                "gain",
+            ),
             (
                 Initializer::VarianceScaling {
                     scale: 0.0,
@@ -1111,19 +1230,41 @@ mod tests {
         assert_eq!(Initializer::from_name("one").unwrap(), Initializer::Ones);
         assert_eq!(
             Initializer::from_name("uniform").unwrap(),
-            Initializer::RandomUniform { minval: -0.05, maxval: 0.05, seed: None }
+            Initializer::RandomUniform {
+                minval: -0.05,
+                maxval: 0.05,
+                seed: None
+            }
         );
-        assert_eq!(Initializer::from_name("GlorotUniform").unwrap(), Initializer::glorot_uniform());
-        assert_eq!(Initializer::from_name("OrthogonalInitializer").unwrap(), Initializer::orthogonal());
-        assert!(matches!(Initializer::from_name("constant"), Err(ConfigError::InvalidValue { .. })));
-        assert!(matches!(Initializer::from_name("Glorot_Uniform"), Err(ConfigError::UnknownName { .. })));
-        assert!(matches!(Initializer::from_name("stft"), Err(ConfigError::Unsupported { .. })));
+        assert_eq!(
+            Initializer::from_name("GlorotUniform").unwrap(),
+            Initializer::glorot_uniform()
+        );
+        assert_eq!(
+            Initializer::from_name("OrthogonalInitializer").unwrap(),
+            Initializer::orthogonal()
+        );
+        assert!(matches!(
+            Initializer::from_name("constant"),
+            Err(ConfigError::InvalidValue { .. })
+        ));
+        assert!(matches!(
+            Initializer::from_name("Glorot_Uniform"),
+            Err(ConfigError::UnknownName { .. })
+        ));
+        assert!(matches!(
+            Initializer::from_name("stft"),
+            Err(ConfigError::Unsupported { .. })
+        ));
         // A preset whose parameters were changed serializes as VarianceScaling.
         let mut g = Initializer::glorot_uniform();
         if let Initializer::VarianceScaling { scale, .. } = &mut g {
             *scale = 3.0;
         }
         assert_eq!(g.class_name(), "VarianceScaling");
-        assert_eq!(Initializer::from_keras(&g.to_keras()).unwrap().to_keras(), g.to_keras());
+        assert_eq!(
+            Initializer::from_keras(&g.to_keras()).unwrap().to_keras(),
+            g.to_keras()
+        );
     }
 }

@@ -1,10 +1,13 @@
 //! Keras 3 weight regularizers (`keras.regularizers`): penalty, gradient, config (spec §2.3).
 //!
 //! Penalties are on the raw variable, summed over all elements, and enter the training loss
-//! unscaled (not divided by the batch size). Keras stores the factors of `L1` and
-//! `OrthogonalRegularizer` as float32 tensors, so their factor is rounded to float32 (in the
-//! config as well: `L1(0.01)` serializes `0.009999999776482582`); grucell does the same, in
-//! both float32 and float64.
+//! unscaled (not divided by the batch size).
+//!
+//! Factor precision, as Keras 3 on TensorFlow: every factor is applied rounded to float32, also
+//! to float64 weights (`ops.cast(0.01, "float64")` goes through a float32 tensor, so Keras' f64
+//! L2 penalty is `0.009999999776482582·Σw²`). `L1` and `OrthogonalRegularizer` even store the
+//! rounded factor in their config (`L1(0.01)` serializes `0.009999999776482582`); `L2` and
+//! `L1L2` keep the given value in the config. grucell does all of this the same way.
 
 use crate::error::ConfigError;
 use crate::float::Float;
@@ -69,12 +72,12 @@ pub enum Regularizer {
         /// Factor (≥ 0).
         l1: f64,
     },
-    /// `l2 · Σw²` (Keras `L2`, default 0.01).
+    /// `l2 · Σw²` (Keras `L2`, default 0.01; applied rounded to float32).
     L2 {
         /// Factor (≥ 0).
         l2: f64,
     },
-    /// `l1 · Σ|w| + l2 · Σw²` (Keras `L1L2`, defaults 0 and 0).
+    /// `l1 · Σ|w| + l2 · Σw²` (Keras `L1L2`, defaults 0 and 0; applied rounded to float32).
     L1L2 {
         /// L1 factor (≥ 0).
         l1: f64,
@@ -194,7 +197,9 @@ impl Regularizer {
             "Regularizer" | "regularizer" => {
                 return Err(ConfigError::unsupported(
                     "regularizer",
-                    format!("`{class}` (the abstract base class; Keras cannot serialize it either)"),
+                    format!(
+                        "`{class}` (the abstract base class; Keras cannot serialize it either)"
+                    ),
                 ))
             }
             _ => {
@@ -285,15 +290,15 @@ impl Regularizer {
         let sq_sum = || T::of(w.iter().map(|x| x.f64() * x.f64()).sum::<f64>());
         match *self {
             Regularizer::L1 { l1 } => T::of(round32(l1)) * abs_sum(),
-            Regularizer::L2 { l2 } => T::of(l2) * sq_sum(),
+            Regularizer::L2 { l2 } => T::of(round32(l2)) * sq_sum(),
             Regularizer::L1L2 { l1, l2 } => {
                 // Keras skips a zero factor's term entirely.
                 let mut p = T::zero();
                 if l1 != 0.0 {
-                    p += T::of(l1) * abs_sum();
+                    p += T::of(round32(l1)) * abs_sum();
                 }
                 if l2 != 0.0 {
-                    p += T::of(l2) * sq_sum();
+                    p += T::of(round32(l2)) * sq_sum();
                 }
                 p
             }
@@ -324,13 +329,13 @@ impl Regularizer {
                 }
             }
             Regularizer::L2 { l2 } => {
-                let f = T::of(2.0 * l2);
+                let f = T::of(2.0 * round32(l2));
                 for (g, &x) in grad.iter_mut().zip(w) {
                     *g += f * x;
                 }
             }
             Regularizer::L1L2 { l1, l2 } => {
-                let (f1, f2) = (T::of(l1), T::of(2.0 * l2));
+                let (f1, f2) = (T::of(round32(l1)), T::of(2.0 * round32(l2)));
                 for (g, &x) in grad.iter_mut().zip(w) {
                     *g += f1 * sign(x) + f2 * x;
                 }
@@ -371,7 +376,9 @@ fn ortho_setup<T: Float>(w: &[T], shape: &[usize], mode: OrthoMode) -> Option<Or
         return None;
     }
     let v: Vec<f64> = if columns {
-        (0..n * d).map(|k| w[(k % d) * cols + k / d].f64()).collect()
+        (0..n * d)
+            .map(|k| w[(k % d) * cols + k / d].f64())
+            .collect()
     } else {
         w.iter().map(|x| x.f64()).collect()
     };
@@ -479,7 +486,11 @@ impl Ortho {
             };
             for k in 0..d {
                 let dv = s * row_du[k] - s * s * s * dot * row_v[k];
-                let idx = if self.columns { k * self.cols + i } else { i * d + k };
+                let idx = if self.columns {
+                    k * self.cols + i
+                } else {
+                    i * d + k
+                };
                 if let Some(gr) = grad.get_mut(idx) {
                     *gr += T::of(dv);
                 }
@@ -513,7 +524,9 @@ mod tests {
     #[test]
     fn gradients_match_central_differences() {
         let shape = [4, 6];
-        let w: Vec<f64> = (0..24).map(|i| ((i * 37 % 23) as f64 - 11.0) / 7.0 + 0.013).collect();
+        let w: Vec<f64> = (0..24)
+            .map(|i| ((i * 37 % 23) as f64 - 11.0) / 7.0 + 0.013)
+            .collect();
         for r in [
             Regularizer::l1(0.3),
             Regularizer::l2(0.05),
@@ -525,7 +538,12 @@ mod tests {
             r.add_grad(&w, &shape, &mut g);
             let num = numeric_grad(&r, &w, &shape);
             for k in 0..24 {
-                assert!((g[k] - num[k]).abs() < 1e-7, "{r:?} [{k}]: {} vs {}", g[k], num[k]);
+                assert!(
+                    (g[k] - num[k]).abs() < 1e-7,
+                    "{r:?} [{k}]: {} vs {}",
+                    g[k],
+                    num[k]
+                );
             }
         }
     }
@@ -556,13 +574,30 @@ mod tests {
 
     #[test]
     fn configs() {
-        assert_eq!(Regularizer::from_name("l1").unwrap(), Regularizer::L1 { l1: round32(0.01) });
-        assert_eq!(Regularizer::from_name("L2").unwrap(), Regularizer::L2 { l2: 0.01 });
-        assert!(matches!(Regularizer::from_name("l1_l2"), Err(ConfigError::UnknownName { .. })));
-        assert!(matches!(Regularizer::from_name("Regularizer"), Err(ConfigError::Unsupported { .. })));
-        let e = Regularizer::from_keras(&json!({"class_name": "L2", "config": {"l2": -1.0}})).unwrap_err();
-        assert!(matches!(e, ConfigError::InvalidValue { ref arg, .. } if arg == "l2"), "{e}");
-        let e = Regularizer::from_keras(&json!({"class_name": "L2", "config": {"l3": 1.0}})).unwrap_err();
+        assert_eq!(
+            Regularizer::from_name("l1").unwrap(),
+            Regularizer::L1 { l1: round32(0.01) }
+        );
+        assert_eq!(
+            Regularizer::from_name("L2").unwrap(),
+            Regularizer::L2 { l2: 0.01 }
+        );
+        assert!(matches!(
+            Regularizer::from_name("l1_l2"),
+            Err(ConfigError::UnknownName { .. })
+        ));
+        assert!(matches!(
+            Regularizer::from_name("Regularizer"),
+            Err(ConfigError::Unsupported { .. })
+        ));
+        let e = Regularizer::from_keras(&json!({"class_name": "L2", "config": {"l2": -1.0}}))
+            .unwrap_err();
+        assert!(
+            matches!(e, ConfigError::InvalidValue { ref arg, .. } if arg == "l2"),
+            "{e}"
+        );
+        let e = Regularizer::from_keras(&json!({"class_name": "L2", "config": {"l3": 1.0}}))
+            .unwrap_err();
         assert!(e.to_string().contains("l3"), "{e}");
         let e = Regularizer::from_keras(&json!({"class_name": "OrthogonalRegularizer",
             "config": {"mode": "diagonal"}}))

@@ -42,6 +42,9 @@ use crate::train::optimizer::{Optimizer, OptimizerConfig};
 /// Mixed into the seed for the dropout stream, so that it differs from the shuffle stream.
 const DROPOUT_STREAM: u64 = 0x9E37_79B9_7F4A_7C15;
 
+/// Validation inputs and targets for [`Model::fit`]: one array per model input, one per output.
+pub type ValidationData<'a, T> = (&'a [Tensor<T>], &'a [Tensor<T>]);
+
 /// The value [`EarlyStopping`] watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Monitor {
@@ -310,7 +313,7 @@ fn sample_count<T: Float>(
 /// The rows `idx` (axis 0) of `t`, in that order.
 fn gather<T: Float>(t: &Tensor<T>, idx: &[usize]) -> Result<Tensor<T>, Error> {
     let n = t.shape().first().copied().unwrap_or(0);
-    let row = if n == 0 { 0 } else { t.len() / n };
+    let row = t.len().checked_div(n).unwrap_or(0);
     let mut data = Vec::with_capacity(idx.len() * row);
     for &i in idx {
         let r = t
@@ -528,7 +531,7 @@ impl<T: Float> Model<T> {
         loss: &Loss,
         optimizer: &mut Optimizer<T>,
         cfg: &FitConfig,
-        validation_data: Option<(&[Tensor<T>], &[Tensor<T>])>,
+        validation_data: Option<ValidationData<'_, T>>,
     ) -> Result<History, Error> {
         cfg.validate()?;
         loss.validate()?;
@@ -543,7 +546,7 @@ impl<T: Float> Model<T> {
         }
         // Validation data: given, or the tail of x/y (Keras' train_validation_split).
         let mut n_train = n;
-        let split: Option<(Vec<Tensor<T>>, Vec<Tensor<T>>)> = match validation_data {
+        let split: Option<[Vec<Tensor<T>>; 2]> = match validation_data {
             Some((vx, vy)) => {
                 self.check_arity(vx, vy, "validation x", "validation y")?;
                 sample_count(vx, vy, "validation x", "validation y")?;
@@ -560,12 +563,12 @@ impl<T: Float> Model<T> {
                     .into());
                 }
                 n_train = split_at;
-                Some((slice_all(x, split_at, n)?, slice_all(y, split_at, n)?))
+                Some([slice_all(x, split_at, n)?, slice_all(y, split_at, n)?])
             }
             None => None,
         };
-        let val: Option<(&[Tensor<T>], &[Tensor<T>])> =
-            validation_data.or(split.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice())));
+        let val: Option<ValidationData<'_, T>> =
+            validation_data.or(split.as_ref().map(|[a, b]| (a.as_slice(), b.as_slice())));
         let mut stopper = match &cfg.early_stopping {
             Some(es) if es.monitor == Monitor::ValLoss && val.is_none() => {
                 return Err(ConfigError::invalid(

@@ -1,0 +1,250 @@
+//! `grucell fit`: trains a Keras model file on `.npy` arrays, as Keras' `model.fit` does, and
+//! saves the trained model.
+//!
+//! Loss and optimizer not given on the command line come from the file's `compile_config`
+//! (what `model.compile(...)` recorded), else the optimizer defaults to Keras' `compile` default
+//! (`rmsprop`); there is no default loss. The saved model's `compile_config` records the loss
+//! and optimizer actually used.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use grucell::io::keras::load::{file_dtype, model_from_file};
+use grucell::io::keras::load_keras_file;
+use grucell::io::keras::write::{save_model, save_safetensors_model};
+use grucell::io::npy::read_npy;
+use grucell::layers::model::Model;
+use grucell::train::fit::{keras_compile_config, EarlyStopping, FitConfig, Monitor, Progress};
+use grucell::train::loss::Loss;
+use grucell::train::optimizer::{Optimizer, OptimizerConfig};
+use grucell::{Float, Tensor};
+use serde_json::Value;
+
+/// Arguments of `grucell fit`.
+#[derive(clap::Args, Debug, Clone)]
+#[command(
+    after_help = "Batches are taken in order (or reshuffled each epoch), the last partial batch included; \
+--validation-split holds out the LAST fraction of the samples (as Keras). Training that diverges (a NaN or \
+infinite loss or gradient) stops with an error naming the epoch and batch, and nothing is written."
+)]
+pub struct Args {
+    /// Keras model file (.keras or legacy .h5).
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// Inputs (.npy), samples on axis 0; repeat once per model input.
+    #[arg(long, value_name = "X.npy", required = true)]
+    pub x: Vec<PathBuf>,
+    /// Targets (.npy), samples on axis 0; repeat once per model output.
+    #[arg(long, value_name = "Y.npy", required = true)]
+    pub y: Vec<PathBuf>,
+    /// Loss, by Keras name (mse, mae, huber, log_cosh, binary_crossentropy,
+    /// categorical_crossentropy, sparse_categorical_crossentropy). Default: the model's compile config.
+    #[arg(long, value_name = "NAME")]
+    pub loss: Option<String>,
+    /// Optimizer (sgd, adam, adamw, rmsprop, adagrad) with Keras' defaults. Default: the model's
+    /// compile config, else rmsprop.
+    #[arg(long, value_name = "NAME")]
+    pub optimizer: Option<String>,
+    /// Learning rate, replacing the optimizer's.
+    #[arg(long, value_name = "F")]
+    pub learning_rate: Option<f64>,
+    /// Samples per optimizer step.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub batch_size: usize,
+    /// Passes over the training data.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub epochs: usize,
+    /// Keep the sample order (deterministic; the same results as Keras with shuffle=False).
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Fraction of the samples, taken from the end, held out for validation.
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    pub validation_split: f64,
+    /// Stop after N epochs without improvement of val_loss (loss without validation) and keep
+    /// the best epoch's weights (Keras EarlyStopping with restore_best_weights).
+    #[arg(long, value_name = "N")]
+    pub patience: Option<usize>,
+    /// Seed of the shuffling and dropout (default: random).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Threads for the matrix products.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub threads: usize,
+    /// No progress bar and no history table.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Where to save the trained model: .keras, or .safetensors (weights with the config).
+    #[arg(long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Allow --output to be the --model file itself.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+#[derive(Clone, Copy)]
+enum OutKind {
+    Keras,
+    Safetensors,
+}
+
+/// Checks `--output` before any work: its extension, and that it is not the input model.
+fn check_output(args: &Args) -> Result<OutKind> {
+    let ext = args
+        .output
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let kind = match ext.as_deref() {
+        Some("keras") => OutKind::Keras,
+        Some("safetensors") => OutKind::Safetensors,
+        _ => bail!(
+            "--output {}: expected a .keras or .safetensors file name",
+            args.output.display()
+        ),
+    };
+    if !args.overwrite && same_file(&args.model, &args.output) {
+        bail!(
+            "--output {} is the input model; pass --overwrite to replace it, or choose another file",
+            args.output.display()
+        );
+    }
+    Ok(kind)
+}
+
+/// Whether two paths name the same file (the second need not exist).
+fn same_file(a: &Path, b: &Path) -> bool {
+    let canon = |p: &Path| -> Option<PathBuf> {
+        if let Ok(c) = p.canonicalize() {
+            return Some(c);
+        }
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.canonicalize().ok()?,
+            _ => std::env::current_dir().ok()?,
+        };
+        Some(parent.join(p.file_name()?))
+    };
+    match (canon(a), canon(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+fn read_arrays<T: Float>(paths: &[PathBuf], flag: &str) -> Result<Vec<Tensor<T>>> {
+    paths
+        .iter()
+        .map(|p| {
+            read_npy(p)
+                .map(|a| a.into_float::<T>())
+                .with_context(|| format!("reading {flag} {}", p.display()))
+        })
+        .collect()
+}
+
+/// Runs `grucell fit`.
+pub fn run(args: &Args) -> Result<()> {
+    if args.threads == 0 || args.threads > 1024 {
+        bail!("--threads {}: expected 1..=1024", args.threads);
+    }
+    let out = check_output(args)?;
+    let file = load_keras_file(&args.model)
+        .with_context(|| format!("loading --model {}", args.model.display()))?;
+    if file_dtype(&file) == "float64" {
+        train::<f64>(args, model_from_file(&file)?, out)
+    } else {
+        train::<f32>(args, model_from_file(&file)?, out)
+    }
+}
+
+fn train<T: Float>(args: &Args, mut model: Model<T>, out: OutKind) -> Result<()> {
+    model.set_threads(args.threads);
+    let (compiled_loss, compiled_opt) = model
+        .compiled_loss_and_optimizer()
+        .with_context(|| format!("reading the compile config of {}", args.model.display()))?;
+    let from_config_loss = args.loss.is_none() && compiled_loss.is_some();
+    let loss = match (&args.loss, compiled_loss) {
+        (Some(name), _) => Loss::from_name(name).context("--loss")?,
+        (None, Some(l)) => l,
+        (None, None) => bail!(
+            "no --loss and the model has no compile config with a loss; give one, e.g. --loss mse"
+        ),
+    };
+    let from_config_opt =
+        args.optimizer.is_none() && args.learning_rate.is_none() && compiled_opt.is_some();
+    let mut opt_cfg = match (&args.optimizer, compiled_opt) {
+        (Some(name), _) => OptimizerConfig::from_name(name).context("--optimizer")?,
+        (None, Some(o)) => o,
+        (None, None) => OptimizerConfig::rmsprop(0.001),
+    };
+    if let Some(lr) = args.learning_rate {
+        opt_cfg.learning_rate = lr;
+    }
+    let sizes: Vec<usize> = model
+        .trainable_variables()
+        .iter()
+        .map(|(_, s)| s.iter().product())
+        .collect();
+    let mut optimizer =
+        Optimizer::<T>::new(opt_cfg.clone(), &sizes).context("--learning-rate / --optimizer")?;
+
+    let x = read_arrays::<T>(&args.x, "--x")?;
+    let y = read_arrays::<T>(&args.y, "--y")?;
+    let cfg = FitConfig {
+        batch_size: args.batch_size,
+        epochs: args.epochs,
+        shuffle: !args.no_shuffle,
+        seed: args.seed,
+        validation_split: args.validation_split,
+        early_stopping: args.patience.map(|patience| EarlyStopping {
+            monitor: if args.validation_split > 0.0 {
+                Monitor::ValLoss
+            } else {
+                Monitor::Loss
+            },
+            patience,
+            min_delta: 0.0,
+            restore_best_weights: true,
+        }),
+        progress: if args.quiet {
+            Progress::Never
+        } else {
+            Progress::Auto
+        },
+    };
+    let history = model.fit(&x, &y, &loss, &mut optimizer, &cfg, None)?;
+
+    // Record what was used, keeping the file's other compile settings.
+    let mut cc = match model.compile_config.take() {
+        Some(Value::Object(m)) if !m.is_empty() => m,
+        _ => match keras_compile_config(&loss, &opt_cfg) {
+            Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        },
+    };
+    if !from_config_loss {
+        cc.insert("loss".into(), loss.to_keras());
+    }
+    if !from_config_opt {
+        cc.insert("optimizer".into(), opt_cfg.to_keras());
+    }
+    model.compile_config = Some(Value::Object(cc));
+    match out {
+        OutKind::Keras => save_model(&model, &args.output),
+        OutKind::Safetensors => save_safetensors_model(&model, &args.output),
+    }
+    .with_context(|| format!("saving --output {}", args.output.display()))?;
+
+    if !args.quiet {
+        print!("{}", history.table());
+        let stop = match (history.stopped_early, history.best_epoch) {
+            (true, Some(b)) => format!(", stopped early; weights of epoch {b}"),
+            (false, Some(b)) => format!("; weights of epoch {b}"),
+            _ => String::new(),
+        };
+        println!(
+            "saved {} ({} epochs{stop})",
+            args.output.display(),
+            history.epochs_run
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,393 @@
+//! `grucell fit` end to end: trains fixture models from .npy files, checks the printed history
+//! against Keras' (tests/fixtures/fit/basic: compiled model, so no --loss/--optimizer needed),
+//! that the saved model loads and predicts, and the error paths (no loss, divergence, output
+//! equal to the input) leave no output behind.
+
+use grucell::io::keras::load::load_model;
+use grucell::io::npy::{read_npz, write_npy};
+use grucell::Tensor;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh scratch folder, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("grucell_cli_fit_{}_{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn grucell(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_grucell"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Writes the npz arrays `x_key`, `y_key` of a fixture as x.npy / y.npy in `dir`.
+fn arrays(
+    npz: &Path,
+    x_key: &str,
+    y_key: &str,
+    dir: &Scratch,
+    edit_y: impl Fn(&mut Tensor<f32>),
+) -> (PathBuf, PathBuf, Tensor<f32>) {
+    let a = read_npz(npz).unwrap();
+    let get = |k: &str| a.iter().find(|(n, _)| n == k).unwrap().1.to_f32();
+    let x = get(x_key);
+    let mut y = get(y_key);
+    edit_y(&mut y);
+    let (xp, yp) = (dir.path("x.npy"), dir.path("y.npy"));
+    write_npy(&xp, &x).unwrap();
+    write_npy(&yp, &y).unwrap();
+    (xp, yp, x)
+}
+
+/// `epoch loss val_loss` rows of the printed history.
+fn history(stdout: &str) -> Vec<Vec<f64>> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+        .map(|l| l.split('\t').map(|v| v.parse().unwrap()).collect())
+        .collect()
+}
+
+#[test]
+fn fits_compiled_fixture_like_keras() {
+    let dir = Scratch::new("keras");
+    let fx = root().join("tests/fixtures/fit");
+    let (xp, yp, x) = arrays(&fx.join("basic.npz"), "input_0", "target_0", &dir, |_| {});
+    let out = dir.path("trained.keras");
+    let o = grucell(&[
+        "fit",
+        "--model",
+        s(&fx.join("basic.keras")),
+        "--x",
+        s(&xp),
+        "--y",
+        s(&yp),
+        "--no-shuffle",
+        "--batch-size",
+        "3",
+        "--epochs",
+        "3",
+        "--validation-split",
+        "0.2",
+        "--output",
+        s(&out),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // compile config: Adam(0.02) + mse, as Keras recorded them; history as Keras printed it
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.join("fit.json")).unwrap()).unwrap();
+    let keras = &json["cases"][0]["history"];
+    let h = history(&stdout);
+    assert_eq!(h.len(), 3, "{stdout}");
+    for (e, row) in h.iter().enumerate() {
+        assert_eq!(row[0], (e + 1) as f64);
+        for (k, col) in [("loss", 1), ("val_loss", 2)] {
+            let want = keras[k][e].as_f64().unwrap();
+            assert!(
+                (row[col] - want).abs() < 1e-5 * want.abs(),
+                "epoch {} {k}: {} vs Keras {want}",
+                e + 1,
+                row[col]
+            );
+        }
+    }
+    // the saved model loads and predicts what Keras' trained model predicts
+    let m = load_model::<f32>(&out).unwrap();
+    let p = m.predict(&[x]).unwrap();
+    let a = read_npz(&fx.join("basic.npz")).unwrap();
+    let want = a
+        .iter()
+        .find(|(n, _)| n == "pred_after")
+        .unwrap()
+        .1
+        .to_f32();
+    assert!(p[0].max_abs_diff(&want) < 2e-5);
+    assert_eq!(
+        m.compile_config.as_ref().unwrap()["optimizer"]["class_name"],
+        "Adam"
+    );
+}
+
+#[test]
+fn fits_model_fixture_two_epochs_deterministically() {
+    let dir = Scratch::new("fixture");
+    let models = root().join("tests/fixtures/models");
+    let (xp, yp, x) = arrays(
+        &models.join("dense_stack.npz"),
+        "input_0",
+        "output_0",
+        &dir,
+        |y| y.data_mut().iter_mut().for_each(|v| *v = 1.0 - *v),
+    );
+    let model = models.join("dense_stack.keras");
+    let run = |out: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "fit",
+            "--model",
+            s(&model),
+            "--x",
+            s(&xp),
+            "--y",
+            s(&yp),
+            "--loss",
+            "mse",
+            "--optimizer",
+            "adam",
+        ];
+        a.extend_from_slice(&[
+            "--learning-rate",
+            "0.05",
+            "--no-shuffle",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "3",
+            "--output",
+            s(out),
+        ]);
+        a.extend_from_slice(extra);
+        let o = grucell(&a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let (o1, o2) = (dir.path("a.keras"), dir.path("b.keras"));
+    let stdout = run(&o1, &[]);
+    let h = history(&stdout);
+    assert_eq!(h.len(), 2, "{stdout}");
+    assert!(h[1][1] < h[0][1], "loss should decrease: {stdout}");
+    assert!(run(&o2, &["--quiet", "--threads", "2"]).is_empty());
+    let before = load_model::<f32>(&model)
+        .unwrap()
+        .predict(std::slice::from_ref(&x))
+        .unwrap();
+    let p1 = load_model::<f32>(&o1)
+        .unwrap()
+        .predict(std::slice::from_ref(&x))
+        .unwrap();
+    let p2 = load_model::<f32>(&o2)
+        .unwrap()
+        .predict(std::slice::from_ref(&x))
+        .unwrap();
+    assert_eq!(p1[0].shape(), &[4, 3]);
+    assert!(
+        p1[0].max_abs_diff(&before[0]) > 1e-3,
+        "training changed nothing"
+    );
+    assert!(
+        p1[0].max_abs_diff(&p2[0]) < 1e-6,
+        "--no-shuffle runs differ"
+    );
+    // the loss used is recorded in the saved compile config
+    let cc = load_model::<f32>(&o1).unwrap().compile_config.unwrap();
+    assert_eq!(cc["loss"]["class_name"], "MeanSquaredError");
+    // safetensors output
+    let st = dir.path("c.safetensors");
+    run(&st, &["--quiet"]);
+    assert!(std::fs::metadata(&st).unwrap().len() > 100);
+}
+
+#[test]
+fn missing_loss_is_an_error() {
+    let dir = Scratch::new("noloss");
+    let models = root().join("tests/fixtures/models");
+    let (xp, yp, _) = arrays(
+        &models.join("dense_stack.npz"),
+        "input_0",
+        "output_0",
+        &dir,
+        |_| {},
+    );
+    let out = dir.path("o.keras");
+    let o = grucell(&[
+        "fit",
+        "--model",
+        s(&models.join("dense_stack.keras")),
+        "--x",
+        s(&xp),
+        "--y",
+        s(&yp),
+        "--output",
+        s(&out),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("no --loss and the model has no compile config"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn divergence_fails_naming_epoch_and_batch_and_writes_nothing() {
+    let dir = Scratch::new("diverge");
+    let models = root().join("tests/fixtures/models");
+    // sample 2 (batch 2 with --batch-size 2) has a target whose squared error overflows float32
+    let (xp, yp, _) = arrays(
+        &models.join("dense_stack.npz"),
+        "input_0",
+        "output_0",
+        &dir,
+        |y| y.data_mut()[7] = 1e30,
+    );
+    let out = dir.path("o.keras");
+    let model = models.join("dense_stack.keras");
+    let o = grucell(&[
+        "fit",
+        "--model",
+        s(&model),
+        "--x",
+        s(&xp),
+        "--y",
+        s(&yp),
+        "--loss",
+        "mse",
+        "--no-shuffle",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "3",
+        "--output",
+        s(&out),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("epoch 1, batch 2"), "{err}");
+    assert!(!out.exists());
+    // a huge learning rate diverges too
+    let (xp, yp, _) = arrays(
+        &models.join("dense_stack.npz"),
+        "input_0",
+        "output_0",
+        &dir,
+        |_| {},
+    );
+    let o = grucell(&[
+        "fit",
+        "--model",
+        s(&model),
+        "--x",
+        s(&xp),
+        "--y",
+        s(&yp),
+        "--loss",
+        "mse",
+        "--optimizer",
+        "sgd",
+        "--learning-rate",
+        "1e30",
+        "--no-shuffle",
+        "--batch-size",
+        "1",
+        "--epochs",
+        "5",
+        "--output",
+        s(&out),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("training diverged") && err.contains("batch"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn output_must_differ_from_input_unless_overwrite() {
+    let dir = Scratch::new("overwrite");
+    let models = root().join("tests/fixtures/models");
+    let (xp, yp, x) = arrays(
+        &models.join("dense_stack.npz"),
+        "input_0",
+        "output_0",
+        &dir,
+        |y| y.data_mut().iter_mut().for_each(|v| *v += 1.0),
+    );
+    let model = dir.path("m.keras");
+    std::fs::copy(models.join("dense_stack.keras"), &model).unwrap();
+    let original = std::fs::read(&model).unwrap();
+    let args = |extra: &[&'static str]| {
+        let mut a: Vec<String> = [
+            "fit",
+            "--model",
+            s(&model),
+            "--x",
+            s(&xp),
+            "--y",
+            s(&yp),
+            "--loss",
+            "mse",
+            "--quiet",
+        ]
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+        a.extend(extra.iter().map(|v| v.to_string()));
+        a
+    };
+    // the same file, named differently
+    let same = dir.0.join(".").join("m.keras");
+    let mut a = args(&[]);
+    a.extend(["--output".to_string(), s(&same).to_string()]);
+    let o = Command::new(env!("CARGO_BIN_EXE_grucell"))
+        .args(&a)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--overwrite"), "{err}");
+    assert_eq!(std::fs::read(&model).unwrap(), original);
+    let mut a = args(&["--overwrite", "--learning-rate", "0.1"]);
+    a.extend(["--output".to_string(), s(&model).to_string()]);
+    let o = Command::new(env!("CARGO_BIN_EXE_grucell"))
+        .args(&a)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_ne!(std::fs::read(&model).unwrap(), original);
+    assert_eq!(
+        load_model::<f32>(&model).unwrap().predict(&[x]).unwrap()[0].shape(),
+        &[4, 3]
+    );
+    // an unsupported output kind is refused before training
+    let mut a = args(&[]);
+    a.extend(["--output".to_string(), s(&dir.path("o.h5")).to_string()]);
+    let o = Command::new(env!("CARGO_BIN_EXE_grucell"))
+        .args(&a)
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success()
+            && String::from_utf8_lossy(&o.stderr).contains(".keras or .safetensors")
+    );
+}
