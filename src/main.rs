@@ -37,6 +37,8 @@ enum Command {
     /// Print a Keras model's summary (layers, output shapes, parameter counts, dtype, compile
     /// settings).
     Inspect(cmd::inspect::Args),
+    /// Train a Keras model (.keras or .h5) on arrays (.npy), as Keras' fit, and save it.
+    Fit(cmd::fit::Args),
     /// Train a GRU forecaster on a column of a CSV file.
     Forecast(cmd::forecast::Args),
     /// Time the GRU engine (forward and training) on standard sizes.
@@ -49,6 +51,7 @@ impl Command {
             Command::Demo(a) => cmd::demo::run(a),
             Command::Predict(a) => cmd::predict::run(a),
             Command::Inspect(a) => cmd::inspect::run(a),
+            Command::Fit(a) => cmd::fit::run(a),
             Command::Forecast(a) => cmd::forecast::run(a),
             Command::Bench(a) => cmd::bench::run(a),
         }
@@ -79,13 +82,19 @@ fn one_line(e: &anyhow::Error) -> String {
             parts.push(msg);
         }
     }
-    parts.join(": ").split_whitespace().collect::<Vec<_>>().join(" ")
+    parts
+        .join(": ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// True when an error chain ends in a broken pipe (the reader of stdout went away).
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn main() -> ExitCode {
@@ -97,7 +106,10 @@ fn main() -> ExitCode {
             STDOUT_CLOSED.store(true, Ordering::SeqCst);
             return;
         }
-        let at = info.location().map(|l| format!(" (at {}:{})", l.file(), l.line())).unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!(" (at {}:{})", l.file(), l.line()))
+            .unwrap_or_default();
         eprintln!("error: internal error: {msg}{at}; please report it");
     }));
     // Usage errors exit with 2 here, `--help` and `--version` with 0.

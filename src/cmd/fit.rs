@@ -54,7 +54,8 @@ pub struct Args {
     /// Passes over the training data.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub epochs: usize,
-    /// Keep the sample order (deterministic; the same results as Keras with shuffle=False).
+    /// Keep the sample order (Keras shuffle=False: the same results as Keras for models without
+    /// dropout; with dropout, runs repeat with the same --seed).
     #[arg(long)]
     pub no_shuffle: bool,
     /// Fraction of the samples, taken from the end, held out for validation.

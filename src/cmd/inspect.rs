@@ -20,7 +20,10 @@ pub struct Args {
 
 /// `(None, 10, 8)`, with Python's one-element tuple comma.
 fn fmt_shape(s: &[Option<usize>]) -> String {
-    let parts: Vec<String> = s.iter().map(|d| d.map_or_else(|| "None".to_string(), |d| d.to_string())).collect();
+    let parts: Vec<String> = s
+        .iter()
+        .map(|d| d.map_or_else(|| "None".to_string(), |d| d.to_string()))
+        .collect();
     match parts.as_slice() {
         [one] => format!("({one},)"),
         _ => format!("({})", parts.join(", ")),
@@ -35,7 +38,10 @@ fn object_name(v: &Value) -> String {
             Some(c) => c.to_string(),
             None => v.to_string(),
         },
-        Value::Array(items) => format!("[{}]", items.iter().map(object_name).collect::<Vec<_>>().join(", ")),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(object_name).collect::<Vec<_>>().join(", ")
+        ),
         other => other.to_string(),
     }
 }
@@ -45,9 +51,17 @@ fn object_name(v: &Value) -> String {
 fn compile_summary(cc: &Value) -> Option<String> {
     let o = cc.as_object().filter(|o| !o.is_empty())?;
     let mut parts = Vec::new();
-    if let Some(opt) = o.get("optimizer").or_else(|| o.get("optimizer_config")).filter(|v| !v.is_null()) {
+    if let Some(opt) = o
+        .get("optimizer")
+        .or_else(|| o.get("optimizer_config"))
+        .filter(|v| !v.is_null())
+    {
         let mut s = format!("optimizer {}", object_name(opt));
-        if let Some(lr) = opt.get("config").and_then(|c| c.get("learning_rate")).and_then(Value::as_f64) {
+        if let Some(lr) = opt
+            .get("config")
+            .and_then(|c| c.get("learning_rate"))
+            .and_then(Value::as_f64)
+        {
             // Keras stores the float32 learning rate widened to f64 (0.0010000000474974513).
             s += &format!(" (learning_rate {})", lr as f32);
         }
@@ -56,10 +70,17 @@ fn compile_summary(cc: &Value) -> Option<String> {
     if let Some(loss) = o.get("loss").filter(|v| !v.is_null()) {
         parts.push(format!("loss {}", object_name(loss)));
     }
-    if let Some(m) = o.get("metrics").filter(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty())) {
+    if let Some(m) = o
+        .get("metrics")
+        .filter(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
+    {
         parts.push(format!("metrics {}", object_name(m)));
     }
-    Some(if parts.is_empty() { "yes".to_string() } else { parts.join(", ") })
+    Some(if parts.is_empty() {
+        "yes".to_string()
+    } else {
+        parts.join(", ")
+    })
 }
 
 /// The whole report for a model computing in `T`.
@@ -70,8 +91,15 @@ fn report<T: Float>(file: &KerasFile) -> Result<String> {
     s += &format!(" Inputs: {} {}\n", shapes.len(), shapes.join(", "));
     s += &format!(" Outputs: {}\n", model.outputs.len());
     s += &format!(" Dtype: {}\n", T::DTYPE);
-    s += &format!(" Keras version: {}\n", file.keras_version.as_deref().unwrap_or("unknown"));
-    let compiled = model.compile_config.as_ref().and_then(compile_summary).unwrap_or_else(|| "no".to_string());
+    s += &format!(
+        " Keras version: {}\n",
+        file.keras_version.as_deref().unwrap_or("unknown")
+    );
+    let compiled = model
+        .compile_config
+        .as_ref()
+        .and_then(compile_summary)
+        .unwrap_or_else(|| "no".to_string());
     s += &format!(" Compiled: {compiled}\n");
     Ok(s)
 }
@@ -79,8 +107,14 @@ fn report<T: Float>(file: &KerasFile) -> Result<String> {
 /// Runs `grucell inspect`.
 pub fn run(args: &Args) -> Result<()> {
     let file = load_keras_file(&args.model).context("cannot load the model")?;
-    let text = if file_dtype(&file) == "float64" { report::<f64>(&file)? } else { report::<f32>(&file)? };
+    let text = if file_dtype(&file) == "float64" {
+        report::<f64>(&file)?
+    } else {
+        report::<f32>(&file)?
+    };
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes()).and_then(|()| out.flush()).context("cannot write to stdout")?;
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")?;
     Ok(())
 }

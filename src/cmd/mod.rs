@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod fit;
 pub mod forecast;
 pub mod inspect;
 pub mod predict;

@@ -21,8 +21,10 @@ use std::path::{Path, PathBuf};
 
 /// Arguments of `grucell predict`.
 #[derive(clap::Args, Debug, Clone)]
-#[command(after_help = "A float64 model (saved with dtype float64) computes and writes float64; \
-any other model computes and writes float32.")]
+#[command(
+    after_help = "A float64 model (saved with dtype float64) computes and writes float64; \
+any other model computes and writes float32."
+)]
 pub struct Args {
     /// The model file (.keras or legacy .h5).
     #[arg(long, value_name = "M")]
@@ -48,7 +50,12 @@ enum Kind {
 }
 
 fn kind_of(p: &Path, what: &str) -> Result<Kind> {
-    match p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+    match p
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("npy") => Ok(Kind::Npy),
         Some("npz") => Ok(Kind::Npz),
         _ => bail!("{what} {}: expected a .npy or .npz file name", p.display()),
@@ -57,10 +64,19 @@ fn kind_of(p: &Path, what: &str) -> Result<Kind> {
 
 /// Reads the input arrays in model-input order. `names` are the Keras input layer names.
 fn read_inputs(paths: &[PathBuf], names: &[String]) -> Result<Vec<Array>> {
-    let kinds = paths.iter().map(|p| kind_of(p, "--input")).collect::<Result<Vec<_>>>()?;
+    let kinds = paths
+        .iter()
+        .map(|p| kind_of(p, "--input"))
+        .collect::<Result<Vec<_>>>()?;
     if let ([path], [Kind::Npz]) = (paths, kinds.as_slice()) {
         let arrays = read_npz(path).context("cannot read --input")?;
-        let available = || arrays.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ");
+        let available = || {
+            arrays
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let mut out = Vec::with_capacity(names.len());
         for (i, name) in names.iter().enumerate() {
             let key = format!("input_{i}");
@@ -68,7 +84,11 @@ fn read_inputs(paths: &[PathBuf], names: &[String]) -> Result<Vec<Array>> {
                 .iter()
                 .find(|(k, _)| *k == key)
                 .or_else(|| arrays.iter().find(|(k, _)| k == name))
-                .or(if names.len() == 1 && arrays.len() == 1 { arrays.first() } else { None });
+                .or(if names.len() == 1 && arrays.len() == 1 {
+                    arrays.first()
+                } else {
+                    None
+                });
             match found {
                 Some((_, a)) => out.push(a.clone()),
                 None => bail!(
@@ -80,8 +100,15 @@ fn read_inputs(paths: &[PathBuf], names: &[String]) -> Result<Vec<Array>> {
         }
         return Ok(out);
     }
-    if let Some(p) = paths.iter().zip(&kinds).find_map(|(p, k)| (*k == Kind::Npz).then_some(p)) {
-        bail!("--input {}: an .npz input must be the only --input (it holds all model inputs)", p.display());
+    if let Some(p) = paths
+        .iter()
+        .zip(&kinds)
+        .find_map(|(p, k)| (*k == Kind::Npz).then_some(p))
+    {
+        bail!(
+            "--input {}: an .npz input must be the only --input (it holds all model inputs)",
+            p.display()
+        );
     }
     if paths.len() != names.len() {
         bail!(
@@ -91,7 +118,10 @@ fn read_inputs(paths: &[PathBuf], names: &[String]) -> Result<Vec<Array>> {
             paths.len()
         );
     }
-    paths.iter().map(|p| read_npy(p).context("cannot read --input")).collect()
+    paths
+        .iter()
+        .map(|p| read_npy(p).context("cannot read --input"))
+        .collect()
 }
 
 /// Runs the model in `T` on `inputs` and writes the outputs to `args.output`.
@@ -108,18 +138,32 @@ where
             n_out.saturating_sub(1)
         );
     }
-    let names: Vec<String> =
-        model.inputs.iter().map(|r| model.layers.get(r.layer).map_or_else(String::new, |l| l.name.clone())).collect();
-    let xs: Vec<Tensor<T>> = read_inputs(&args.input, &names)?.into_iter().map(Array::into_float).collect();
+    let names: Vec<String> = model
+        .inputs
+        .iter()
+        .map(|r| {
+            model
+                .layers
+                .get(r.layer)
+                .map_or_else(String::new, |l| l.name.clone())
+        })
+        .collect();
+    let xs: Vec<Tensor<T>> = read_inputs(&args.input, &names)?
+        .into_iter()
+        .map(Array::into_float)
+        .collect();
     model.set_threads(args.threads);
     let outs = model.predict_stateful(&xs).context("prediction failed")?;
     match (out_kind, outs.as_slice()) {
-        (Kind::Npy, [y]) => write_npy(&args.output, y)?,
+        (Kind::Npy, [y]) => write_npy(&args.output, y).context("cannot write --output")?,
         (Kind::Npy, _) => bail!("the model returned {} outputs instead of 1", outs.len()),
         (Kind::Npz, _) => {
-            let named: Vec<(String, ArrayRef)> =
-                outs.iter().enumerate().map(|(i, t)| (format!("output_{i}"), t.into())).collect();
-            write_npz(&args.output, &named)?;
+            let named: Vec<(String, ArrayRef)> = outs
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (format!("output_{i}"), t.into()))
+                .collect();
+            write_npz(&args.output, &named).context("cannot write --output")?;
         }
     }
     Ok(())
@@ -129,8 +173,14 @@ where
 pub fn run(args: &Args) -> Result<()> {
     let file = load_keras_file(&args.model).context("cannot load --model")?;
     if file_dtype(&file) == "float64" {
-        predict_and_write(model_from_file::<f64>(&file).context("cannot build the model")?, args)
+        predict_and_write(
+            model_from_file::<f64>(&file).context("cannot build the model")?,
+            args,
+        )
     } else {
-        predict_and_write(model_from_file::<f32>(&file).context("cannot build the model")?, args)
+        predict_and_write(
+            model_from_file::<f32>(&file).context("cannot build the model")?,
+            args,
+        )
     }
 }

@@ -31,7 +31,10 @@ use std::path::PathBuf;
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
     }
     fn tensor(&mut self, shape: &[usize], s: f64) -> Tensor<f64> {
@@ -85,8 +88,22 @@ fn rnn_weight_count(r: &Rnn<f64>) -> usize {
 /// Reads variable `id` element `elem`.
 fn get_var(m: &Model<f64>, id: &VarId, elem: usize) -> f64 {
     match &m.layers[id.layer].layer {
-        Layer::Rnn(r) => r.cells().iter().flat_map(|c| c.weights()).nth(id.index).unwrap().data()[elem],
-        Layer::Bidirectional(b) => b.forward.cells().iter().chain(b.backward.cells()).flat_map(|c| c.weights()).nth(id.index).unwrap().data()[elem],
+        Layer::Rnn(r) => r
+            .cells()
+            .iter()
+            .flat_map(|c| c.weights())
+            .nth(id.index)
+            .unwrap()
+            .data()[elem],
+        Layer::Bidirectional(b) => b
+            .forward
+            .cells()
+            .iter()
+            .chain(b.backward.cells())
+            .flat_map(|c| c.weights())
+            .nth(id.index)
+            .unwrap()
+            .data()[elem],
         Layer::Dense(d) => d.weights()[id.index].data()[elem],
         _ => panic!("variable in a layer without weights"),
     }
@@ -125,26 +142,54 @@ fn with_var(m: &Model<f64>, id: &VarId, elem: usize, v: f64) -> Model<f64> {
     out
 }
 
-fn loss_of(m: &mut Model<f64>, x: &[Tensor<f64>], y: &[Tensor<f64>], loss: &Loss, seed: Option<u64>) -> f64 {
+fn loss_of(
+    m: &mut Model<f64>,
+    x: &[Tensor<f64>],
+    y: &[Tensor<f64>],
+    loss: &Loss,
+    seed: Option<u64>,
+) -> f64 {
     let mut rng = seed.map(StdRng::seed_from_u64);
     m.loss_and_grads(x, y, loss, rng.as_mut()).unwrap().loss
 }
 
 /// Central differences for every element of every trainable variable; returns the number of
 /// elements checked and the worst |analytic − numeric| / (1e-8 + 1e-6 · scale).
-fn gradcheck(label: &str, m: &Model<f64>, x: &[Tensor<f64>], y: &[Tensor<f64>], loss: &Loss, seed: Option<u64>) -> Result<(usize, f64), String> {
+fn gradcheck(
+    label: &str,
+    m: &Model<f64>,
+    x: &[Tensor<f64>],
+    y: &[Tensor<f64>],
+    loss: &Loss,
+    seed: Option<u64>,
+) -> Result<(usize, f64), String> {
     let mut base = m.clone();
     let mut rng = seed.map(StdRng::seed_from_u64);
-    let lg = base.loss_and_grads(x, y, loss, rng.as_mut()).map_err(|e| format!("{label}: {e}"))?;
+    let lg = base
+        .loss_and_grads(x, y, loss, rng.as_mut())
+        .map_err(|e| format!("{label}: {e}"))?;
     let vars = m.trainable_variables();
     if lg.grads.len() != vars.len() {
-        return Err(format!("{label}: {} gradients for {} variables", lg.grads.len(), vars.len()));
+        return Err(format!(
+            "{label}: {} gradients for {} variables",
+            lg.grads.len(),
+            vars.len()
+        ));
     }
     // Rebuilding without a change must reproduce the loss exactly (the perturbation helper
     // must not drop any layer flag).
-    let same = loss_of(&mut with_var(m, &vars[0].0, 0, get_var(m, &vars[0].0, 0)), x, y, loss, seed);
+    let same = loss_of(
+        &mut with_var(m, &vars[0].0, 0, get_var(m, &vars[0].0, 0)),
+        x,
+        y,
+        loss,
+        seed,
+    );
     if same != lg.loss {
-        return Err(format!("{label}: rebuilt model gives loss {same} instead of {}", lg.loss));
+        return Err(format!(
+            "{label}: rebuilt model gives loss {same} instead of {}",
+            lg.loss
+        ));
     }
     let mut worst: f64 = 0.0;
     let mut n = 0;
@@ -152,21 +197,29 @@ fn gradcheck(label: &str, m: &Model<f64>, x: &[Tensor<f64>], y: &[Tensor<f64>], 
     for ((id, shape), g) in vars.iter().zip(&lg.grads) {
         let count: usize = shape.iter().product();
         if g.len() != count {
-            errs.push(format!("{}: gradient has {} values for shape {shape:?}", id.path, g.len()));
+            errs.push(format!(
+                "{}: gradient has {} values for shape {shape:?}",
+                id.path,
+                g.len()
+            ));
             continue;
         }
-        for e in 0..count {
+        for (e, &ge) in g.iter().enumerate() {
             let w = get_var(m, id, e);
             let h = 1e-5 * w.abs().max(1.0);
             let lp = loss_of(&mut with_var(m, id, e, w + h), x, y, loss, seed);
             let lm = loss_of(&mut with_var(m, id, e, w - h), x, y, loss, seed);
             let num = (lp - lm) / (2.0 * h);
-            let tol = 1e-8 + 1e-6 * g[e].abs().max(num.abs());
-            let d = (g[e] - num).abs();
+            let tol = 1e-8 + 1e-6 * ge.abs().max(num.abs());
+            let d = (ge - num).abs();
             worst = worst.max(d / tol);
             n += 1;
-            if !(d <= tol) && errs.len() < 8 {
-                errs.push(format!("{}[{e}]: analytic {:.10e}, numeric {num:.10e}", id.path, g[e]));
+            // NaN-safe: a NaN difference fails too; the first 8 failures are listed
+            if (d.is_nan() || d > tol) && errs.len() < 8 {
+                errs.push(format!(
+                    "{}[{e}]: analytic {ge:.10e}, numeric {num:.10e}",
+                    id.path
+                ));
             }
         }
     }
@@ -180,12 +233,18 @@ fn gradcheck(label: &str, m: &Model<f64>, x: &[Tensor<f64>], y: &[Tensor<f64>], 
 // --------------------------------------------------------------------- models from the fixtures
 
 fn fixture_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/training"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/training"
+    ))
 }
 
 #[test]
 fn fixture_models_gradcheck() {
-    let m: Value = serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("manifest.json")).unwrap()).unwrap();
+    let m: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("manifest.json")).unwrap(),
+    )
+    .unwrap();
     let mut failures = Vec::new();
     let mut models = 0;
     let mut seen = std::collections::HashSet::new();
@@ -195,11 +254,21 @@ fn fixture_models_gradcheck() {
             continue; // opt_* cases share one model
         }
         let name = case["name"].as_str().unwrap();
-        let data: HashMap<String, Tensor<f64>> = read_npz(&fixture_dir().join(case["data"].as_str().unwrap())).unwrap().into_iter().map(|(k, a)| (k, a.to_f64())).collect();
-        let model = model_from_file::<f64>(&load_keras_file(&fixture_dir().join(file)).unwrap()).unwrap();
+        let data: HashMap<String, Tensor<f64>> =
+            read_npz(&fixture_dir().join(case["data"].as_str().unwrap()))
+                .unwrap()
+                .into_iter()
+                .map(|(k, a)| (k, a.to_f64()))
+                .collect();
+        let model =
+            model_from_file::<f64>(&load_keras_file(&fixture_dir().join(file)).unwrap()).unwrap();
         let loss = Loss::from_keras(&model.compile_config.as_ref().unwrap()["loss"]).unwrap();
-        let x: Vec<Tensor<f64>> = (0..case["n_inputs"].as_u64().unwrap()).map(|i| data[&format!("x_{i}")].clone()).collect();
-        let y: Vec<Tensor<f64>> = (0..case["n_outputs"].as_u64().unwrap()).map(|i| data[&format!("y_{i}")].clone()).collect();
+        let x: Vec<Tensor<f64>> = (0..case["n_inputs"].as_u64().unwrap())
+            .map(|i| data[&format!("x_{i}")].clone())
+            .collect();
+        let y: Vec<Tensor<f64>> = (0..case["n_outputs"].as_u64().unwrap())
+            .map(|i| data[&format!("y_{i}")].clone())
+            .collect();
         match gradcheck(name, &model, &x, &y, &loss, None) {
             Ok((n, w)) => eprintln!("ok   {name:30} {n:4} elements, worst err/tol {w:.3}"),
             Err(e) => failures.push(e),
@@ -207,20 +276,33 @@ fn fixture_models_gradcheck() {
         models += 1;
     }
     assert!(models >= 25, "only {models} fixture models");
-    assert!(failures.is_empty(), "{} models failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} models failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 // ----------------------------------------------------------------------- models built in Rust
 
 fn cell(units: usize, seed: u64) -> GruCellConfig {
-    GruCellConfig::new(units).seed(Some(seed)).bias_initializer(grucell::Initializer::RandomNormal { mean: 0.0, stddev: 0.4, seed: Some(seed + 100) })
+    GruCellConfig::new(units).seed(Some(seed)).bias_initializer(
+        grucell::Initializer::RandomNormal {
+            mean: 0.0,
+            stddev: 0.4,
+            seed: Some(seed + 100),
+        },
+    )
 }
 
 /// `B × T × D` data with whole steps set to 0 (masked by `Masking(0.0)`): a gap, trailing
 /// padding, leading steps, a sample with only its last step.
 fn masked_x(r: &mut Lcg, b: usize, t: usize, d: usize) -> Tensor<f64> {
     let mut x = r.tensor(&[b, t, d], 1.0);
-    let zero = |x: &mut Tensor<f64>, s: usize, k: usize| x.data_mut()[(s * t + k) * d..(s * t + k + 1) * d].fill(0.0);
+    let zero = |x: &mut Tensor<f64>, s: usize, k: usize| {
+        x.data_mut()[(s * t + k) * d..(s * t + k + 1) * d].fill(0.0)
+    };
     for &(s, k) in &[(1, 1), (1, 2), (2, t - 1), (3, 0), (3, 1)] {
         zero(&mut x, s, k);
     }
@@ -231,15 +313,27 @@ fn masked_x(r: &mut Lcg, b: usize, t: usize, d: usize) -> Tensor<f64> {
 }
 
 fn bidir_stacked(merge: MergeMode, rs: bool) -> Layer<f64> {
-    let cfgs = |s: u64| vec![cell(3, s), cell(2, s + 1).reset_after(false).name("gru_cell_1")];
+    let cfgs = |s: u64| {
+        vec![
+            cell(3, s),
+            cell(2, s + 1).reset_after(false).name("gru_cell_1"),
+        ]
+    };
     let f = Rnn::stacked(cfgs(1), 3).unwrap().return_sequences(rs);
-    let b = Rnn::stacked(cfgs(7), 3).unwrap().return_sequences(rs).go_backwards(true);
+    let b = Rnn::stacked(cfgs(7), 3)
+        .unwrap()
+        .return_sequences(rs)
+        .go_backwards(true);
     Layer::Bidirectional(Bidirectional::new(f, b, Some(merge)).unwrap())
 }
 
 fn dense(units: usize, input: usize, act: Activation, seed: u64) -> Layer<f64> {
     let mut c = DenseConfig::new(units).activation(act);
-    c.bias_initializer = grucell::Initializer::RandomNormal { mean: 0.0, stddev: 0.3, seed: Some(seed) };
+    c.bias_initializer = grucell::Initializer::RandomNormal {
+        mean: 0.0,
+        stddev: 0.3,
+        seed: Some(seed),
+    };
     Layer::Dense(c.build(input, seed).unwrap())
 }
 
@@ -248,13 +342,27 @@ fn built_models_gradcheck() {
     let (b, t, d) = (5, 5, 3);
     let mut r = Lcg(42);
     let mut failures = Vec::new();
-    let mut run = |label: &str, m: Model<f64>, x: Vec<Tensor<f64>>, y: Vec<Tensor<f64>>, loss: Loss, seed: Option<u64>| match gradcheck(label, &m, &x, &y, &loss, seed) {
-        Ok((n, w)) => eprintln!("ok   {label:40} {n:4} elements, worst err/tol {w:.3}"),
-        Err(e) => failures.push(e),
-    };
+    let mut run =
+        |label: &str,
+         m: Model<f64>,
+         x: Vec<Tensor<f64>>,
+         y: Vec<Tensor<f64>>,
+         loss: Loss,
+         seed: Option<u64>| match gradcheck(label, &m, &x, &y, &loss, seed) {
+            Ok((n, w)) => eprintln!("ok   {label:40} {n:4} elements, worst err/tol {w:.3}"),
+            Err(e) => failures.push(e),
+        };
     // Masking -> Bidirectional(stacked [GRUCell(3), GRUCell(2, ra=False)], seq), every merge mode
     // -> Dense(3, tanh) -> Dense(2); masked sequence loss.
-    for (i, merge) in [MergeMode::Concat, MergeMode::Sum, MergeMode::Mul, MergeMode::Ave].into_iter().enumerate() {
+    for (i, merge) in [
+        MergeMode::Concat,
+        MergeMode::Sum,
+        MergeMode::Mul,
+        MergeMode::Ave,
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let width = if merge == MergeMode::Concat { 4 } else { 2 };
         let m = Model::sequential(
             "bi",
@@ -262,12 +370,25 @@ fn built_models_gradcheck() {
             vec![
                 ("masking".into(), Layer::Masking { mask_value: 0.0 }),
                 ("bidirectional".into(), bidir_stacked(merge, true)),
-                ("dense".into(), dense(3, width, Activation::Tanh, 11 + i as u64)),
-                ("dense_1".into(), dense(2, 3, Activation::Linear, 21 + i as u64)),
+                (
+                    "dense".into(),
+                    dense(3, width, Activation::Tanh, 11 + i as u64),
+                ),
+                (
+                    "dense_1".into(),
+                    dense(2, 3, Activation::Linear, 21 + i as u64),
+                ),
             ],
         )
         .unwrap();
-        run(&format!("mask bidir stacked seq {merge:?}"), m, vec![masked_x(&mut r, b, t, d)], vec![r.tensor(&[b, t, 2], 1.0)], Loss::MeanSquaredError, None);
+        run(
+            &format!("mask bidir stacked seq {merge:?}"),
+            m,
+            vec![masked_x(&mut r, b, t, d)],
+            vec![r.tensor(&[b, t, 2], 1.0)],
+            Loss::MeanSquaredError,
+            None,
+        );
     }
     // Bidirectional(stacked) last output, masked, mul merge, sigmoid head + bce (logits shortcut).
     let m = Model::sequential(
@@ -280,34 +401,97 @@ fn built_models_gradcheck() {
         ],
     )
     .unwrap();
-    let yb = Tensor::new(vec![b, 2], (0..2 * b).map(|i| (i % 3 == 0) as u8 as f64).collect()).unwrap();
-    run("mask bidir stacked last mul + bce", m, vec![masked_x(&mut r, b, t, d)], vec![yb], Loss::BinaryCrossentropy { from_logits: false, label_smoothing: 0.0 }, None);
+    let yb = Tensor::new(
+        vec![b, 2],
+        (0..2 * b).map(|i| (i % 3 == 0) as u8 as f64).collect(),
+    )
+    .unwrap();
+    run(
+        "mask bidir stacked last mul + bce",
+        m,
+        vec![masked_x(&mut r, b, t, d)],
+        vec![yb],
+        Loss::BinaryCrossentropy {
+            from_logits: false,
+            label_smoothing: 0.0,
+        },
+        None,
+    );
 
     // Masking -> RNN(stacked, go_backwards, seq, activity L2) with softsign / sigmoid and
     // reset_after=False cells, regularizers -> Dense(2), log_cosh.
     let cfgs = vec![
-        cell(4, 31).activation(Activation::Softsign).kernel_regularizer(Some(Regularizer::L2 { l2: 0.03 })),
-        cell(3, 32).reset_after(false).name("gru_cell_1").recurrent_regularizer(Some(Regularizer::L1L2 { l1: 0.01, l2: 0.02 })).bias_regularizer(Some(Regularizer::L1 { l1: 0.02 })),
+        cell(4, 31)
+            .activation(Activation::Softsign)
+            .kernel_regularizer(Some(Regularizer::L2 { l2: 0.03 })),
+        cell(3, 32)
+            .reset_after(false)
+            .name("gru_cell_1")
+            .recurrent_regularizer(Some(Regularizer::L1L2 { l1: 0.01, l2: 0.02 }))
+            .bias_regularizer(Some(Regularizer::L1 { l1: 0.02 })),
     ];
-    let rnn = Rnn::stacked(cfgs, d).unwrap().return_sequences(true).go_backwards(true).activity_regularizer(Some(Regularizer::L2 { l2: 0.05 }));
+    let rnn = Rnn::stacked(cfgs, d)
+        .unwrap()
+        .return_sequences(true)
+        .go_backwards(true)
+        .activity_regularizer(Some(Regularizer::L2 { l2: 0.05 }));
     let m = Model::sequential(
         "stk",
         vec![Some(t), Some(d)],
-        vec![("masking".into(), Layer::Masking { mask_value: 0.0 }), ("rnn".into(), Layer::Rnn(rnn)), ("dense".into(), dense(2, 3, Activation::Linear, 9))],
+        vec![
+            ("masking".into(), Layer::Masking { mask_value: 0.0 }),
+            ("rnn".into(), Layer::Rnn(rnn)),
+            ("dense".into(), dense(2, 3, Activation::Linear, 9)),
+        ],
     )
     .unwrap();
-    run("mask stacked go_backwards activity log_cosh", m, vec![masked_x(&mut r, b, t, d)], vec![r.tensor(&[b, t, 2], 1.0)], Loss::LogCosh, None);
+    run(
+        "mask stacked go_backwards activity log_cosh",
+        m,
+        vec![masked_x(&mut r, b, t, d)],
+        vec![r.tensor(&[b, t, 2], 1.0)],
+        Loss::LogCosh,
+        None,
+    );
 
     // GRU(return_state) with activity regularizer: its state output gets a penalty too.
-    let rnn = Rnn::new(cell(3, 41), d).unwrap().return_sequences(true).return_state(true).activity_regularizer(Some(Regularizer::L2 { l2: 0.1 }));
-    let m = Model::sequential("st", vec![Some(t), Some(d)], vec![("gru".into(), Layer::Rnn(rnn)), ("dense".into(), dense(4, 3, Activation::Softmax, 3))]).unwrap();
+    let rnn = Rnn::new(cell(3, 41), d)
+        .unwrap()
+        .return_sequences(true)
+        .return_state(true)
+        .activity_regularizer(Some(Regularizer::L2 { l2: 0.1 }));
+    let m = Model::sequential(
+        "st",
+        vec![Some(t), Some(d)],
+        vec![
+            ("gru".into(), Layer::Rnn(rnn)),
+            ("dense".into(), dense(4, 3, Activation::Softmax, 3)),
+        ],
+    )
+    .unwrap();
     let ys = Tensor::new(vec![b, t], (0..b * t).map(|i| (i % 4) as f64).collect()).unwrap();
-    run("gru state activity + softmax sparse CE", m, vec![r.tensor(&[b, t, d], 1.0)], vec![ys], Loss::SparseCategoricalCrossentropy { from_logits: false }, None);
+    run(
+        "gru state activity + softmax sparse CE",
+        m,
+        vec![r.tensor(&[b, t, d], 1.0)],
+        vec![ys],
+        Loss::SparseCategoricalCrossentropy { from_logits: false },
+        None,
+    );
 
     // Dropout with a fixed seed: the masks are the same in every evaluation, so the loss is a
     // smooth function of the weights. Three+three masks (recurrent_dropout > 0), then one shared
     // input mask (ra=False), then a Dropout layer.
-    let g1 = Rnn::new(cell(4, 51).dropout(0.3).unwrap().recurrent_dropout(0.25).unwrap(), d).unwrap().return_sequences(true);
+    let g1 = Rnn::new(
+        cell(4, 51)
+            .dropout(0.3)
+            .unwrap()
+            .recurrent_dropout(0.25)
+            .unwrap(),
+        d,
+    )
+    .unwrap()
+    .return_sequences(true);
     let g2 = Rnn::new(cell(3, 52).reset_after(false).dropout(0.4).unwrap(), 4).unwrap();
     let m = Model::sequential(
         "drop",
@@ -315,31 +499,86 @@ fn built_models_gradcheck() {
         vec![
             ("gru".into(), Layer::Rnn(g1)),
             ("gru_1".into(), Layer::Rnn(g2)),
-            ("dropout".into(), Layer::Dropout { rate: 0.3, seed: None }),
+            (
+                "dropout".into(),
+                Layer::Dropout {
+                    rate: 0.3,
+                    seed: None,
+                },
+            ),
             ("dense".into(), dense(2, 3, Activation::Linear, 4)),
         ],
     )
     .unwrap();
-    let (x, y) = (vec![r.tensor(&[b, t, d], 1.0)], vec![r.tensor(&[b, 2], 1.0)]);
+    let (x, y) = (
+        vec![r.tensor(&[b, t, d], 1.0)],
+        vec![r.tensor(&[b, 2], 1.0)],
+    );
     // The seed must matter (dropout really on), and the same seed must give the same loss.
     let mut mm = m.clone();
-    let (l0, l1, l1b) = (loss_of(&mut mm, &x, &y, &Loss::MeanSquaredError, None), loss_of(&mut mm, &x, &y, &Loss::MeanSquaredError, Some(1)), loss_of(&mut mm, &x, &y, &Loss::MeanSquaredError, Some(1)));
-    assert!(l0 != l1 && l1 == l1b, "dropout: loss without {l0}, with seed 1 {l1} / {l1b}");
-    run("dropout (fixed seed)", m, x, y, Loss::MeanSquaredError, Some(1));
+    let (l0, l1, l1b) = (
+        loss_of(&mut mm, &x, &y, &Loss::MeanSquaredError, None),
+        loss_of(&mut mm, &x, &y, &Loss::MeanSquaredError, Some(1)),
+        loss_of(&mut mm, &x, &y, &Loss::MeanSquaredError, Some(1)),
+    );
+    assert!(
+        l0 != l1 && l1 == l1b,
+        "dropout: loss without {l0}, with seed 1 {l1} / {l1b}"
+    );
+    run(
+        "dropout (fixed seed)",
+        m,
+        x,
+        y,
+        Loss::MeanSquaredError,
+        Some(1),
+    );
 
     // Huber head on a Dense(relu-free) stack after GRU(go_backwards, ra=False, no bias).
-    let rnn = Rnn::new(GruCellConfig::new(3).seed(Some(61)).use_bias(false).reset_after(false), d).unwrap().go_backwards(true);
-    let m = Model::sequential("hub", vec![Some(t), Some(d)], vec![("gru".into(), Layer::Rnn(rnn)), ("dense".into(), dense(3, 3, Activation::Silu, 7)), ("dense_1".into(), dense(2, 3, Activation::Linear, 8))]).unwrap();
-    run("go_backwards nobias silu head huber", m, vec![r.tensor(&[b, t, d], 1.0)], vec![r.tensor(&[b, 2], 2.0)], Loss::Huber { delta: 0.5 }, None);
+    let rnn = Rnn::new(
+        GruCellConfig::new(3)
+            .seed(Some(61))
+            .use_bias(false)
+            .reset_after(false),
+        d,
+    )
+    .unwrap()
+    .go_backwards(true);
+    let m = Model::sequential(
+        "hub",
+        vec![Some(t), Some(d)],
+        vec![
+            ("gru".into(), Layer::Rnn(rnn)),
+            ("dense".into(), dense(3, 3, Activation::Silu, 7)),
+            ("dense_1".into(), dense(2, 3, Activation::Linear, 8)),
+        ],
+    )
+    .unwrap();
+    run(
+        "go_backwards nobias silu head huber",
+        m,
+        vec![r.tensor(&[b, t, d], 1.0)],
+        vec![r.tensor(&[b, 2], 2.0)],
+        Loss::Huber { delta: 0.5 },
+        None,
+    );
 
-    assert!(failures.is_empty(), "{} models failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} models failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------------- dropout
 
 fn frac_kept(m: &[f64], scale: f64) -> f64 {
     for &v in m {
-        assert!(v == 0.0 || (v - scale).abs() < 1e-12, "mask value {v}, expected 0 or {scale}");
+        assert!(
+            v == 0.0 || (v - scale).abs() < 1e-12,
+            "mask value {v}, expected 0 or {scale}"
+        );
     }
     m.iter().filter(|v| **v != 0.0).count() as f64 / m.len() as f64
 }
@@ -349,31 +588,56 @@ fn dropout_masks_have_keras_structure_and_statistics() {
     let (b, d, u) = (500, 8, 6);
     let mut rng = StdRng::seed_from_u64(7);
     // dropout only: one input mask (B, D), no recurrent masks.
-    let c = GruCellConfig::new(u).dropout(0.3).unwrap().build::<f64>(d).unwrap();
+    let c = GruCellConfig::new(u)
+        .dropout(0.3)
+        .unwrap()
+        .build::<f64>(d)
+        .unwrap();
     let m = CellDropout::draw(&c, b, &mut rng);
     assert_eq!((m.input.len(), m.recurrent.len()), (1, 0));
     assert_eq!(m.input[0].len(), b * d);
     let k = frac_kept(&m.input[0], 1.0 / 0.7);
     assert!((k - 0.7).abs() < 0.025, "kept {k}");
     // recurrent_dropout > 0: three input masks and three recurrent masks, independent.
-    let c = GruCellConfig::new(u).dropout(0.3).unwrap().recurrent_dropout(0.6).unwrap().build::<f64>(d).unwrap();
+    let c = GruCellConfig::new(u)
+        .dropout(0.3)
+        .unwrap()
+        .recurrent_dropout(0.6)
+        .unwrap()
+        .build::<f64>(d)
+        .unwrap();
     let m = CellDropout::draw(&c, b, &mut rng);
     assert_eq!((m.input.len(), m.recurrent.len()), (3, 3));
     for i in 0..3 {
         assert_eq!((m.input[i].len(), m.recurrent[i].len()), (b * d, b * u));
         let ki = frac_kept(&m.input[i], 1.0 / 0.7);
         let kr = frac_kept(&m.recurrent[i], 1.0 / 0.4);
-        assert!((ki - 0.7).abs() < 0.025 && (kr - 0.4).abs() < 0.03, "kept {ki} {kr}");
+        assert!(
+            (ki - 0.7).abs() < 0.025 && (kr - 0.4).abs() < 0.03,
+            "kept {ki} {kr}"
+        );
     }
-    assert!(m.input[0] != m.input[1] && m.input[1] != m.input[2] && m.recurrent[0] != m.recurrent[2]);
+    assert!(
+        m.input[0] != m.input[1] && m.input[1] != m.input[2] && m.recurrent[0] != m.recurrent[2]
+    );
     // recurrent_dropout only: no input masks.
-    let c = GruCellConfig::new(u).recurrent_dropout(0.2).unwrap().build::<f64>(d).unwrap();
+    let c = GruCellConfig::new(u)
+        .recurrent_dropout(0.2)
+        .unwrap()
+        .build::<f64>(d)
+        .unwrap();
     let m = CellDropout::draw(&c, b, &mut rng);
     assert_eq!((m.input.len(), m.recurrent.len()), (0, 3));
     let kr = frac_kept(&m.recurrent[1], 1.0 / 0.8);
     assert!((kr - 0.8).abs() < 0.03, "kept {kr}");
     // Keras applies dropout only for 0 < rate < 1: rate 1.0 means no dropout at all.
-    let c = GruCellConfig::new(u).dropout(1.0).unwrap().recurrent_dropout(1.0).unwrap().build::<f64>(d).unwrap();
+    let c = GruCellConfig::new(u)
+        .dropout(1.0)
+        .unwrap()
+        .recurrent_dropout(1.0)
+        .unwrap()
+        .build::<f64>(d)
+        .unwrap();
     let m = CellDropout::draw(&c, b, &mut rng);
     assert_eq!((m.input.len(), m.recurrent.len()), (0, 0));
     let c = GruCellConfig::new(u).build::<f64>(d).unwrap();
@@ -394,7 +658,13 @@ fn ref_gru(c: &GruCell<f64>, x: &Tensor<f64>, im: [&[f64]; 3], rm: [&[f64]; 3]) 
     let bias = c.bias().map(|t| t.data().to_vec()).unwrap_or_default();
     let ra = c.config().reset_after;
     let bi = |j: usize| bias.get(j).copied().unwrap_or(0.0);
-    let br = |j: usize| if ra { bias.get(3 * u + j).copied().unwrap_or(0.0) } else { 0.0 };
+    let br = |j: usize| {
+        if ra {
+            bias.get(3 * u + j).copied().unwrap_or(0.0)
+        } else {
+            0.0
+        }
+    };
     let mut h = vec![0.0; b * u];
     for step in 0..t {
         let mut hn = vec![0.0; b * u];
@@ -402,13 +672,27 @@ fn ref_gru(c: &GruCell<f64>, x: &Tensor<f64>, im: [&[f64]; 3], rm: [&[f64]; 3]) 
             let xs = &x.data()[(s * t + step) * d..(s * t + step + 1) * d];
             let hs = &h[s * u..(s + 1) * u];
             // input projection of gate g, column j
-            let xp = |g: usize, j: usize| (0..d).map(|i| xs[i] * im[g][s * d + i] * k[i * 3 * u + g * u + j]).sum::<f64>() + bi(g * u + j);
-            let hp = |g: usize, j: usize, hv: &dyn Fn(usize) -> f64| (0..u).map(|i| hv(i) * rk[i * 3 * u + g * u + j]).sum::<f64>();
-            let z: Vec<f64> = (0..u).map(|j| sigmoid(xp(0, j) + hp(0, j, &|i| hs[i] * rm[0][s * u + i]) + br(j))).collect();
-            let r: Vec<f64> = (0..u).map(|j| sigmoid(xp(1, j) + hp(1, j, &|i| hs[i] * rm[1][s * u + i]) + br(u + j))).collect();
+            let xp = |g: usize, j: usize| {
+                (0..d)
+                    .map(|i| xs[i] * im[g][s * d + i] * k[i * 3 * u + g * u + j])
+                    .sum::<f64>()
+                    + bi(g * u + j)
+            };
+            let hp = |g: usize, j: usize, hv: &dyn Fn(usize) -> f64| {
+                (0..u)
+                    .map(|i| hv(i) * rk[i * 3 * u + g * u + j])
+                    .sum::<f64>()
+            };
+            let z: Vec<f64> = (0..u)
+                .map(|j| sigmoid(xp(0, j) + hp(0, j, &|i| hs[i] * rm[0][s * u + i]) + br(j)))
+                .collect();
+            let r: Vec<f64> = (0..u)
+                .map(|j| sigmoid(xp(1, j) + hp(1, j, &|i| hs[i] * rm[1][s * u + i]) + br(u + j)))
+                .collect();
             for j in 0..u {
                 let cand = if ra {
-                    (xp(2, j) + r[j] * (hp(2, j, &|i| hs[i] * rm[2][s * u + i]) + br(2 * u + j))).tanh()
+                    (xp(2, j) + r[j] * (hp(2, j, &|i| hs[i] * rm[2][s * u + i]) + br(2 * u + j)))
+                        .tanh()
                 } else {
                     (xp(2, j) + hp(2, j, &|i| r[i] * hs[i] * rm[2][s * u + i])).tanh()
                 };
@@ -428,7 +712,12 @@ fn dropout_masks_are_applied_as_keras_applies_them() {
     let ones_d = vec![1.0; b * d];
     let ones_u = vec![1.0; b * u];
     for (ra, rec_drop) in [(true, 0.0), (false, 0.0), (true, 0.3), (false, 0.3)] {
-        let cfg = cell(u, 3).reset_after(ra).dropout(0.4).unwrap().recurrent_dropout(rec_drop).unwrap();
+        let cfg = cell(u, 3)
+            .reset_after(ra)
+            .dropout(0.4)
+            .unwrap()
+            .recurrent_dropout(rec_drop)
+            .unwrap();
         let rnn = Rnn::new(cfg, d).unwrap();
         let mut rng = StdRng::seed_from_u64(5);
         // forward_train draws the layer's masks first, so a clone of the rng sees the same ones.
@@ -448,21 +737,44 @@ fn dropout_masks_are_applied_as_keras_applies_them() {
                 }
             }
             let via_inference = rnn.call(&xm).unwrap().output.data().to_vec();
-            let reference = ref_gru(&rnn.cells()[0], &x, [&masks.input[0], &masks.input[0], &masks.input[0]], [&ones_u, &ones_u, &ones_u]);
+            let reference = ref_gru(
+                &rnn.cells()[0],
+                &x,
+                [&masks.input[0], &masks.input[0], &masks.input[0]],
+                [&ones_u, &ones_u, &ones_u],
+            );
             for (a, c) in via_inference.iter().zip(&reference) {
-                assert!((a - c).abs() < 1e-12, "reference GRU disagrees with inference");
+                assert!(
+                    (a - c).abs() < 1e-12,
+                    "reference GRU disagrees with inference"
+                );
             }
             via_inference
         } else {
             assert_eq!((masks.input.len(), masks.recurrent.len()), (3, 3));
             let im = [masks.input[0].as_slice(), &masks.input[1], &masks.input[2]];
-            let rm = [masks.recurrent[0].as_slice(), &masks.recurrent[1], &masks.recurrent[2]];
+            let rm = [
+                masks.recurrent[0].as_slice(),
+                &masks.recurrent[1],
+                &masks.recurrent[2],
+            ];
             ref_gru(&rnn.cells()[0], &x, im, rm)
         };
-        let no_drop = ref_gru(&rnn.cells()[0], &x, [&ones_d, &ones_d, &ones_d], [&ones_u, &ones_u, &ones_u]);
-        assert!(no_drop.iter().zip(&want).any(|(a, c)| (a - c).abs() > 1e-3), "masks had no effect");
+        let no_drop = ref_gru(
+            &rnn.cells()[0],
+            &x,
+            [&ones_d, &ones_d, &ones_d],
+            [&ones_u, &ones_u, &ones_u],
+        );
+        assert!(
+            no_drop.iter().zip(&want).any(|(a, c)| (a - c).abs() > 1e-3),
+            "masks had no effect"
+        );
         for (i, (a, c)) in got.iter().zip(&want).enumerate() {
-            assert!((a - c).abs() < 1e-12, "ra={ra} rec_drop={rec_drop} [{i}]: training forward {a}, reference {c}");
+            assert!(
+                (a - c).abs() < 1e-12,
+                "ra={ra} rec_drop={rec_drop} [{i}]: training forward {a}, reference {c}"
+            );
         }
     }
 }
@@ -472,7 +784,16 @@ fn inference_ignores_dropout() {
     let (b, t, d) = (3, 5, 3);
     let mut r = Lcg(13);
     let x = r.tensor(&[b, t, d], 1.0);
-    let with = Rnn::new(cell(4, 71).dropout(0.5).unwrap().recurrent_dropout(0.5).unwrap(), d).unwrap().return_sequences(true);
+    let with = Rnn::new(
+        cell(4, 71)
+            .dropout(0.5)
+            .unwrap()
+            .recurrent_dropout(0.5)
+            .unwrap(),
+        d,
+    )
+    .unwrap()
+    .return_sequences(true);
     // Same weights, rates 0.
     let plain_cells: Vec<GruCell<f64>> = with
         .cells()
@@ -481,12 +802,33 @@ fn inference_ignores_dropout() {
             let mut cfg = c.config().clone();
             cfg.dropout = 0.0;
             cfg.recurrent_dropout = 0.0;
-            GruCell::from_weights(cfg, c.kernel().clone(), c.recurrent_kernel().clone(), c.bias().cloned()).unwrap()
+            GruCell::from_weights(
+                cfg,
+                c.kernel().clone(),
+                c.recurrent_kernel().clone(),
+                c.bias().cloned(),
+            )
+            .unwrap()
         })
         .collect();
     let plain = rebuild_rnn(&with, plain_cells);
     let build = |rnn: Rnn<f64>| {
-        Model::sequential("m", vec![Some(t), Some(d)], vec![("gru".into(), Layer::Rnn(rnn)), ("dropout".into(), Layer::Dropout { rate: 0.5, seed: Some(1) }), ("dense".into(), dense(2, 4, Activation::Linear, 2))]).unwrap()
+        Model::sequential(
+            "m",
+            vec![Some(t), Some(d)],
+            vec![
+                ("gru".into(), Layer::Rnn(rnn)),
+                (
+                    "dropout".into(),
+                    Layer::Dropout {
+                        rate: 0.5,
+                        seed: Some(1),
+                    },
+                ),
+                ("dense".into(), dense(2, 4, Activation::Linear, 2)),
+            ],
+        )
+        .unwrap()
     };
     let (mut md, mut mp) = (build(with), build(plain));
     let pd = md.predict(std::slice::from_ref(&x)).unwrap();
@@ -495,11 +837,17 @@ fn inference_ignores_dropout() {
     // Without an rng, loss_and_grads is the inference forward as well; with one, dropout is on.
     let y = vec![r.tensor(&[b, t, 2], 1.0)];
     let xs = vec![x];
-    let a = md.loss_and_grads(&xs, &y, &Loss::MeanSquaredError, None).unwrap();
-    let c = mp.loss_and_grads(&xs, &y, &Loss::MeanSquaredError, None).unwrap();
+    let a = md
+        .loss_and_grads(&xs, &y, &Loss::MeanSquaredError, None)
+        .unwrap();
+    let c = mp
+        .loss_and_grads(&xs, &y, &Loss::MeanSquaredError, None)
+        .unwrap();
     assert_eq!(a.loss, c.loss);
     assert_eq!(a.grads, c.grads);
     let mut rng = StdRng::seed_from_u64(3);
-    let e = md.loss_and_grads(&xs, &y, &Loss::MeanSquaredError, Some(&mut rng)).unwrap();
+    let e = md
+        .loss_and_grads(&xs, &y, &Loss::MeanSquaredError, Some(&mut rng))
+        .unwrap();
     assert!(e.loss != a.loss, "dropout had no effect in training mode");
 }

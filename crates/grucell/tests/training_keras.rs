@@ -24,11 +24,16 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 fn dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/training"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/training"
+    ))
 }
 
 fn manifest() -> Vec<Value> {
-    let m: Value = serde_json::from_str(&std::fs::read_to_string(dir().join("manifest.json")).unwrap()).unwrap();
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("manifest.json")).unwrap())
+            .unwrap();
     m["cases"].as_array().unwrap().clone()
 }
 
@@ -39,10 +44,15 @@ fn weights<T: Float>(m: &Model<T>) -> Vec<Tensor<T>> {
     for l in &m.layers {
         let mut w = Vec::new();
         match &l.layer {
-            Layer::Rnn(r) => r.cells().iter().for_each(|c| w.extend(c.weights().into_iter().cloned())),
+            Layer::Rnn(r) => r
+                .cells()
+                .iter()
+                .for_each(|c| w.extend(c.weights().into_iter().cloned())),
             Layer::Bidirectional(b) => {
                 for r in [&b.forward, &b.backward] {
-                    r.cells().iter().for_each(|c| w.extend(c.weights().into_iter().cloned()));
+                    r.cells()
+                        .iter()
+                        .for_each(|c| w.extend(c.weights().into_iter().cloned()));
                 }
             }
             Layer::Dense(d) => w.extend(d.weights().into_iter().cloned()),
@@ -50,7 +60,10 @@ fn weights<T: Float>(m: &Model<T>) -> Vec<Tensor<T>> {
         }
         per_layer.push(w);
     }
-    m.trainable_variables().iter().map(|(id, _)| per_layer[id.layer][id.index].clone()).collect()
+    m.trainable_variables()
+        .iter()
+        .map(|(id, _)| per_layer[id.layer][id.index].clone())
+        .collect()
 }
 
 fn rows<T: Float>(t: &Tensor<T>, a: usize, b: usize) -> Tensor<T> {
@@ -67,15 +80,28 @@ struct Tol {
     loss_rtol: f64,
 }
 
-fn compare<T: Float>(what: &str, got: &[T], want: &Tensor<f64>, tol: &Tol, worst: &mut f64) -> Result<(), String> {
+fn compare<T: Float>(
+    what: &str,
+    got: &[T],
+    want: &Tensor<f64>,
+    tol: &Tol,
+    worst: &mut f64,
+) -> Result<(), String> {
     if got.len() != want.len() {
-        return Err(format!("{what}: {} values, Keras has {}", got.len(), want.len()));
+        return Err(format!(
+            "{what}: {} values, Keras has {}",
+            got.len(),
+            want.len()
+        ));
     }
     for (k, (a, b)) in got.iter().zip(want.data()).enumerate() {
         let d = (a.f64() - b).abs();
         *worst = worst.max(d / (tol.atol + tol.rtol * b.abs()));
-        if !(d <= tol.atol + tol.rtol * b.abs()) {
-            return Err(format!("{what}[{k}]: got {:.9e}, Keras {b:.9e} (|diff| {d:.2e})", a.f64()));
+        if d.is_nan() || d > tol.atol + tol.rtol * b.abs() {
+            return Err(format!(
+                "{what}[{k}]: got {:.9e}, Keras {b:.9e} (|diff| {d:.2e})",
+                a.f64()
+            ));
         }
     }
     Ok(())
@@ -83,9 +109,13 @@ fn compare<T: Float>(what: &str, got: &[T], want: &Tensor<f64>, tol: &Tol, worst
 
 fn close_loss(what: &str, got: f64, want: f64, rtol: f64) -> Result<(), String> {
     if (got - want).abs() <= rtol * want.abs().max(1e-3) {
+        // (a NaN `got` falls through to the error)
         Ok(())
     } else {
-        Err(format!("{what}: got {got:.9e}, Keras {want:.9e} (rel diff {:.2e})", (got - want).abs() / want.abs()))
+        Err(format!(
+            "{what}: got {got:.9e}, Keras {want:.9e} (rel diff {:.2e})",
+            (got - want).abs() / want.abs()
+        ))
     }
 }
 
@@ -94,43 +124,81 @@ fn run_case<T: Float>(case: &Value) -> Result<f64, String> {
     let f64_case = case["dtype"] == "float64";
     let manual = case["mode"] == "manual";
     let tol = if f64_case {
-        Tol { atol: 1e-10, rtol: 1e-10, loss_rtol: if manual { 1e-10 } else { 1e-6 } }
+        Tol {
+            atol: 1e-10,
+            rtol: 1e-10,
+            loss_rtol: if manual { 1e-10 } else { 1e-6 },
+        }
     } else {
-        Tol { atol: 1e-5, rtol: 1e-4, loss_rtol: 1e-5 }
+        Tol {
+            atol: 1e-5,
+            rtol: 1e-4,
+            loss_rtol: 1e-5,
+        }
     };
-    let data: HashMap<String, Array> = read_npz(&dir().join(case["data"].as_str().unwrap())).map_err(|e| e.to_string())?.into_iter().collect();
-    let arr = |k: String| -> Result<Tensor<f64>, String> { data.get(&k).map(Array::to_f64).ok_or(format!("npz has no `{k}`")) };
-    let kf = load_keras_file(&dir().join(case["model"].as_str().unwrap())).map_err(|e| format!("load: {e}"))?;
+    let data: HashMap<String, Array> = read_npz(&dir().join(case["data"].as_str().unwrap()))
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .collect();
+    let arr = |k: String| -> Result<Tensor<f64>, String> {
+        data.get(&k)
+            .map(Array::to_f64)
+            .ok_or(format!("npz has no `{k}`"))
+    };
+    let kf = load_keras_file(&dir().join(case["model"].as_str().unwrap()))
+        .map_err(|e| format!("load: {e}"))?;
     let mut model = model_from_file::<T>(&kf).map_err(|e| format!("build: {e}"))?;
-    let cc = model.compile_config.clone().ok_or("model has no compile_config")?;
-    let loss = Loss::from_keras(&cc["loss"]).map_err(|e| format!("loss from compile_config: {e}"))?;
+    let cc = model
+        .compile_config
+        .clone()
+        .ok_or("model has no compile_config")?;
+    let loss =
+        Loss::from_keras(&cc["loss"]).map_err(|e| format!("loss from compile_config: {e}"))?;
     if Loss::from_keras(&case["loss"]).map_err(|e| e.to_string())? != loss {
         return Err("manifest loss differs from the compile_config loss".into());
     }
     // The optimizer the case trained with (opt_* cases reuse one model with other optimizers).
-    let opt_cfg = OptimizerConfig::from_keras(&case["optimizer"]).map_err(|e| format!("optimizer: {e}"))?;
+    let opt_cfg =
+        OptimizerConfig::from_keras(&case["optimizer"]).map_err(|e| format!("optimizer: {e}"))?;
     if case["model"].as_str() == Some(&format!("{}.keras", case["name"].as_str().unwrap())) {
-        let compiled = OptimizerConfig::from_keras(&cc["optimizer"]).map_err(|e| format!("compile_config optimizer: {e}"))?;
+        let compiled = OptimizerConfig::from_keras(&cc["optimizer"])
+            .map_err(|e| format!("compile_config optimizer: {e}"))?;
         if compiled != opt_cfg {
             return Err(format!("compile_config optimizer {compiled:?} differs from the one Keras trained with {opt_cfg:?}"));
         }
     }
     let n_in = case["n_inputs"].as_u64().unwrap() as usize;
     let n_out = case["n_outputs"].as_u64().unwrap() as usize;
-    let x: Vec<Tensor<T>> = (0..n_in).map(|i| arr(format!("x_{i}")).map(|t| t.cast())).collect::<Result<_, _>>()?;
-    let y: Vec<Tensor<T>> = (0..n_out).map(|i| arr(format!("y_{i}")).map(|t| t.cast())).collect::<Result<_, _>>()?;
+    let x: Vec<Tensor<T>> = (0..n_in)
+        .map(|i| arr(format!("x_{i}")).map(|t| t.cast()))
+        .collect::<Result<_, _>>()?;
+    let y: Vec<Tensor<T>> = (0..n_out)
+        .map(|i| arr(format!("y_{i}")).map(|t| t.cast()))
+        .collect::<Result<_, _>>()?;
 
     // Variables: same count and shapes as Keras' trainable_weights.
     let vars = model.trainable_variables();
     let kvars = case["vars"].as_array().unwrap();
     if vars.len() != kvars.len() {
         let names: Vec<&str> = vars.iter().map(|(v, _)| v.path.as_str()).collect();
-        return Err(format!("{} trainable variables {names:?}, Keras has {}", vars.len(), kvars.len()));
+        return Err(format!(
+            "{} trainable variables {names:?}, Keras has {}",
+            vars.len(),
+            kvars.len()
+        ));
     }
     for ((id, shape), kv) in vars.iter().zip(kvars) {
-        let ks: Vec<usize> = kv[1].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let ks: Vec<usize> = kv[1]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
         if *shape != ks {
-            return Err(format!("variable {} shape {shape:?}, Keras {} {ks:?}", id.path, kv[0]));
+            return Err(format!(
+                "variable {} shape {shape:?}, Keras {} {ks:?}",
+                id.path, kv[0]
+            ));
         }
     }
     let mut worst: f64 = 0.0;
@@ -138,10 +206,29 @@ fn run_case<T: Float>(case: &Value) -> Result<f64, String> {
     // (a) loss and gradients on the whole data set.
     // Mismatches are collected (first one per array) so that one report shows them all.
     let mut errs: Vec<String> = Vec::new();
-    let lg = model.loss_and_grads(&x, &y, &loss, None).map_err(|e| format!("loss_and_grads: {e}"))?;
-    errs.extend(close_loss("loss0", lg.loss.f64(), case["loss0"].as_f64().unwrap(), tol.loss_rtol).err());
+    let lg = model
+        .loss_and_grads(&x, &y, &loss, None)
+        .map_err(|e| format!("loss_and_grads: {e}"))?;
+    errs.extend(
+        close_loss(
+            "loss0",
+            lg.loss.f64(),
+            case["loss0"].as_f64().unwrap(),
+            tol.loss_rtol,
+        )
+        .err(),
+    );
     for (k, g) in lg.grads.iter().enumerate() {
-        errs.extend(compare(&format!("grad of {} ({})", vars[k].0.path, kvars[k][0]), g, &arr(format!("grad_{k}"))?, &tol, &mut worst).err());
+        errs.extend(
+            compare(
+                &format!("grad of {} ({})", vars[k].0.path, kvars[k][0]),
+                g,
+                &arr(format!("grad_{k}"))?,
+                &tol,
+                &mut worst,
+            )
+            .err(),
+        );
     }
 
     // (b) the optimizer steps.
@@ -155,27 +242,58 @@ fn run_case<T: Float>(case: &Value) -> Result<f64, String> {
         for s in 0..b / bs {
             let xb: Vec<Tensor<T>> = x.iter().map(|t| rows(t, s * bs, (s + 1) * bs)).collect();
             let yb: Vec<Tensor<T>> = y.iter().map(|t| rows(t, s * bs, (s + 1) * bs)).collect();
-            let l = model.train_on_batch(&xb, &yb, &loss, &mut opt, None).map_err(|e| format!("train_on_batch step {}: {e}", losses.len()))?;
+            let l = model
+                .train_on_batch(&xb, &yb, &loss, &mut opt, None)
+                .map_err(|e| format!("train_on_batch step {}: {e}", losses.len()))?;
             losses.push(l.f64());
         }
     }
     if opt.iterations() as usize != case["steps"].as_u64().unwrap() as usize {
-        return Err(format!("{} optimizer steps, Keras {}", opt.iterations(), case["steps"]));
+        return Err(format!(
+            "{} optimizer steps, Keras {}",
+            opt.iterations(),
+            case["steps"]
+        ));
     }
     if let Some(sl) = case.get("step_losses").and_then(Value::as_array) {
         for (i, (got, want)) in losses.iter().zip(sl).enumerate() {
-            errs.extend(close_loss(&format!("loss of step {i}"), *got, want.as_f64().unwrap(), tol.loss_rtol).err());
+            errs.extend(
+                close_loss(
+                    &format!("loss of step {i}"),
+                    *got,
+                    want.as_f64().unwrap(),
+                    tol.loss_rtol,
+                )
+                .err(),
+            );
         }
     }
     if let Some(el) = case.get("epoch_losses").and_then(Value::as_array) {
         let per = losses.len() / el.len();
         for (e, want) in el.iter().enumerate() {
             let mean = losses[e * per..(e + 1) * per].iter().sum::<f64>() / per as f64;
-            errs.extend(close_loss(&format!("mean loss of epoch {e}"), mean, want.as_f64().unwrap(), tol.loss_rtol).err());
+            errs.extend(
+                close_loss(
+                    &format!("mean loss of epoch {e}"),
+                    mean,
+                    want.as_f64().unwrap(),
+                    tol.loss_rtol,
+                )
+                .err(),
+            );
         }
     }
     for (k, w) in weights(&model).iter().enumerate() {
-        errs.extend(compare(&format!("trained {} ({})", vars[k].0.path, kvars[k][0]), w.data(), &arr(format!("final_{k}"))?, &tol, &mut worst).err());
+        errs.extend(
+            compare(
+                &format!("trained {} ({})", vars[k].0.path, kvars[k][0]),
+                w.data(),
+                &arr(format!("final_{k}"))?,
+                &tol,
+                &mut worst,
+            )
+            .err(),
+        );
     }
     if errs.is_empty() {
         Ok(worst)
@@ -191,7 +309,11 @@ fn training_matches_keras() {
     let mut failures = Vec::new();
     for case in &cases {
         let name = case["name"].as_str().unwrap();
-        let r = if case["dtype"] == "float64" { run_case::<f64>(case) } else { run_case::<f32>(case) };
+        let r = if case["dtype"] == "float64" {
+            run_case::<f64>(case)
+        } else {
+            run_case::<f32>(case)
+        };
         match r {
             Ok(w) => eprintln!("ok   {name:34} worst |diff|/tol {w:.3}"),
             Err(e) => {
@@ -200,7 +322,13 @@ fn training_matches_keras() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 /// The fixture data must actually exercise the features the cases claim (guards the fixtures).
@@ -208,14 +336,47 @@ fn training_matches_keras() {
 fn fixtures_cover_the_brief() {
     let cases = manifest();
     let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    for want in ["mask_seq", "go_backwards_seq", "stacked", "bidir_sum_seq", "bidir_mul_last", "bidir_ave_seq", "bidir_concat_last", "func_init_state", "softmax_cce", "sigmoid_bce", "activation_sparse_ce", "regularizers", "constraints", "f64_gru_ra1"] {
+    for want in [
+        "mask_seq",
+        "go_backwards_seq",
+        "stacked",
+        "bidir_sum_seq",
+        "bidir_mul_last",
+        "bidir_ave_seq",
+        "bidir_concat_last",
+        "func_init_state",
+        "softmax_cce",
+        "sigmoid_bce",
+        "activation_sparse_ce",
+        "regularizers",
+        "constraints",
+        "f64_gru_ra1",
+    ] {
         assert!(names.contains(&want), "missing case {want}");
     }
-    let kinds: Vec<String> = cases.iter().map(|c| c["optimizer"]["class_name"].as_str().unwrap().to_string()).collect();
+    let kinds: Vec<String> = cases
+        .iter()
+        .map(|c| c["optimizer"]["class_name"].as_str().unwrap().to_string())
+        .collect();
     for k in ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"] {
         assert!(kinds.iter().any(|c| c == k), "no {k} case");
     }
-    let with = |key: &str| cases.iter().filter(|c| c["optimizer"]["config"][key].as_f64().is_some_and(|v| v > 0.0)).count();
-    assert!(with("clipnorm") >= 3 && with("global_clipnorm") >= 3, "clipping variants missing");
-    assert!(cases.iter().any(|c| c["mode"] == "fit") && cases.iter().filter(|c| c["dtype"] == "float64").count() >= 5);
+    let with = |key: &str| {
+        cases
+            .iter()
+            .filter(|c| {
+                c["optimizer"]["config"][key]
+                    .as_f64()
+                    .is_some_and(|v| v > 0.0)
+            })
+            .count()
+    };
+    assert!(
+        with("clipnorm") >= 3 && with("global_clipnorm") >= 3,
+        "clipping variants missing"
+    );
+    assert!(
+        cases.iter().any(|c| c["mode"] == "fit")
+            && cases.iter().filter(|c| c["dtype"] == "float64").count() >= 5
+    );
 }

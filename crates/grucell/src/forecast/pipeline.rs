@@ -16,9 +16,6 @@
 //! Averaging a few seeds (merged exactly into one GRU, see [`super::ensemble`]) makes the result
 //! much less dependent on one initialization.
 
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +28,7 @@ use crate::forecast::series::{detect_season, fill_gaps, windows, GapReport, Repr
 use crate::layers::dense::DenseConfig;
 use crate::layers::model::{Layer, Model};
 use crate::tensor::Tensor;
+use crate::train::fit::{FitConfig, Progress as FitProgress};
 use crate::train::loss::Loss;
 use crate::train::optimizer::{Optimizer, OptimizerConfig};
 use crate::{GruCellConfig, Rnn, RnnKind};
@@ -279,10 +277,12 @@ struct Candidate {
     rep: Representation,
     scaler: Scaler,
     zs: Vec<f64>,
-    fit_x: Vec<f32>,
-    fit_y: Vec<f32>,
-    val_x: Vec<f32>,
-    val_y: Vec<f32>,
+    /// Training windows `(N, lookback, 1)` and targets `(N, horizon)`.
+    fit_x: Tensor<f32>,
+    fit_y: Tensor<f32>,
+    /// Validation windows and targets.
+    val_x: Tensor<f32>,
+    val_y: Tensor<f32>,
     val_origins: Vec<usize>,
 }
 
@@ -307,13 +307,9 @@ fn predict_windows(model: &Model<f32>, x: &[f32], lookback: usize) -> Result<Vec
     Ok(out)
 }
 
-fn mse(a: &[f32], b: &[f32]) -> f64 {
-    let n = a.len().max(1) as f64;
-    a.iter().zip(b).map(|(x, y)| f64::from(x - y) * f64::from(x - y)).sum::<f64>() / n
-}
-
-/// Trains one member with Adam and early stopping on the validation loss, keeping the best
-/// weights.
+/// Trains one member with Adam ([`Model::fit`], one epoch at a time) and early stopping on the
+/// validation loss, keeping the best weights (Keras' `EarlyStopping(patience,
+/// restore_best_weights=True)`).
 #[allow(clippy::too_many_arguments)]
 fn train_member(
     c: &Candidate,
@@ -332,33 +328,25 @@ fn train_member(
     opt_cfg.global_clipnorm = Some(1.0);
     let mut opt = Optimizer::new(opt_cfg, &sizes)?;
     let loss = Loss::MeanSquaredError;
-    let n = c.fit_y.len() / h.max(1);
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(17));
-    let bs = cfg.batch_size.max(1);
     let mut best: Option<(f64, Model<f32>, usize)> = None;
     let mut hist = TrainHistory::default();
     let mut since_best = 0;
+    let val = (std::slice::from_ref(&c.val_x), std::slice::from_ref(&c.val_y));
     for epoch in 1..=max_epochs {
-        order.shuffle(&mut rng);
-        let mut total = 0.0;
-        let mut batches = 0usize;
-        for idx in order.chunks(bs) {
-            let mut xb = Vec::with_capacity(idx.len() * lookback);
-            let mut yb = Vec::with_capacity(idx.len() * h);
-            for &i in idx {
-                xb.extend_from_slice(&c.fit_x[i * lookback..(i + 1) * lookback]);
-                yb.extend_from_slice(&c.fit_y[i * h..(i + 1) * h]);
-            }
-            let xt = Tensor::new(vec![idx.len(), lookback, 1], xb)?;
-            let yt = Tensor::new(vec![idx.len(), h], yb)?;
-            let l = model.train_on_batch(&[xt], &[yt], &loss, &mut opt, None)?;
-            total += f64::from(l);
-            batches += 1;
-        }
-        let train_loss = total / batches.max(1) as f64;
-        let val_pred = predict_windows(&model, &c.val_x, lookback)?;
-        let val_loss = mse(&val_pred, &c.val_y);
+        // One epoch of Keras' fit (shuffled mini-batches, then the validation loss); early
+        // stopping with the best weights kept is done here, across epochs, so that progress can
+        // be reported after each one.
+        let fit_cfg = FitConfig {
+            batch_size: cfg.batch_size.max(1),
+            epochs: 1,
+            shuffle: true,
+            seed: Some(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(epoch as u64)),
+            progress: FitProgress::Never,
+            ..FitConfig::default()
+        };
+        let epoch_hist = model.fit(std::slice::from_ref(&c.fit_x), std::slice::from_ref(&c.fit_y), &loss, &mut opt, &fit_cfg, Some(val))?;
+        let train_loss = epoch_hist.loss.first().copied().unwrap_or(f64::NAN);
+        let val_loss = epoch_hist.val_loss.first().copied().unwrap_or(f64::NAN);
         hist.loss.push(train_loss);
         hist.val_loss.push(val_loss);
         report(Progress::Epoch { training, representation: c.rep.name(), epoch, loss: train_loss, val_loss });
@@ -383,6 +371,9 @@ fn train_member(
         None => Ok((model, hist)),
     }
 }
+
+/// Fewest training windows a representation needs.
+const MIN_FIT_WINDOWS: usize = 16;
 
 /// Relative margin within which validation RMSEs count as a tie.
 const TIE: f64 = 0.01;
@@ -453,10 +444,13 @@ pub fn forecast(series: &Series, cfg: &ForecastConfig, report: &(dyn Fn(Progress
     let n_val = ((n_train as f64 * cfg.validation_fraction).round() as usize).max(h);
     let n_fit = n_train.saturating_sub(n_val);
     let too_few = |need: String| -> Error {
-        ConfigError::invalid(format!("column `{}`", series.name), format!("{n} usable values (after gap handling)"), need).into()
+        ConfigError::invalid("series length", format!("{n} usable values in column `{}` (after gap handling)", series.name), need).into()
     };
-    if n_fit < 2 * h + 8 {
-        return Err(too_few(format!("at least {} values for horizon {h} (train/validation/test = 64/16/20 %)", ((2 * h + 8) as f64 / 0.64).ceil() as usize)));
+    // At least MIN_FIT_WINDOWS training windows with a lookback of 2, after the split.
+    let rows_for = |fit_points: usize| ((fit_points as f64) / ((1.0 - cfg.test_fraction) * (1.0 - cfg.validation_fraction))).ceil() as usize + 1;
+    let min_fit = (h + 1 + MIN_FIT_WINDOWS).max(2 * h + 8);
+    if n_fit < min_fit {
+        return Err(too_few(format!("at least {} values for horizon {h} (train/validation/test split with {MIN_FIT_WINDOWS} training windows)", rows_for(min_fit))));
     }
     // Season: given, or detected on the part that fits the weights.
     let (season, season_source) = match cfg.season {
@@ -469,14 +463,13 @@ pub fn forecast(series: &Series, cfg: &ForecastConfig, report: &(dyn Fn(Progress
     };
     // Lookback: one season + 1 (holds the value one season back), else 24; shortened so that
     // at least ~60 % of the fitting part makes windows.
-    let min_fit_windows = 16usize;
     let lookback = match cfg.lookback {
         Some(0) => return Err(ConfigError::invalid("lookback", 0, "at least 1").into()),
         Some(l) => {
-            if n_fit < l + h + min_fit_windows {
+            if n_fit < l + h + MIN_FIT_WINDOWS - 1 {
                 return Err(too_few(format!(
-                    "at least {} values for lookback {l} and horizon {h} ({min_fit_windows} training windows after the 64/16/20 % split); use a smaller --lookback",
-                    ((l + h + min_fit_windows) as f64 / 0.64).ceil() as usize
+                    "at least {} values for lookback {l} and horizon {h} ({MIN_FIT_WINDOWS} training windows after the train/validation/test split); use a smaller --lookback",
+                    rows_for(l + h + MIN_FIT_WINDOWS - 1)
                 )));
             }
             l
@@ -486,7 +479,7 @@ pub fn forecast(series: &Series, cfg: &ForecastConfig, report: &(dyn Fn(Progress
                 Some(s) if s <= 100 => s + 1,
                 _ => 24,
             };
-            want.min((n_fit * 2 / 5).max(2)).max(2)
+            want.min(n_fit * 2 / 5).min(n_fit + 1 - h - MIN_FIT_WINDOWS).max(2)
         }
     };
     // Candidates.
@@ -518,20 +511,30 @@ pub fn forecast(series: &Series, cfg: &ForecastConfig, report: &(dyn Fn(Progress
     for rep in reps {
         let o = rep.offset();
         let fo = fit_origins_all(o);
-        if fo.len() < min_fit_windows || val_origins.first().is_some_and(|&t| t + 1 < o + lookback) {
+        if fo.len() < MIN_FIT_WINDOWS || val_origins.first().is_some_and(|&t| t + 1 < o + lookback) {
             continue;
         }
         let z = rep.transform(&y);
         let scaler = Scaler::fit(&z[o..n_fit]);
         let zs: Vec<f64> = z.iter().map(|v| scaler.scale(*v)).collect();
-        let (fit_x, fit_y, _) = windows(&zs, &fo, lookback, h);
+        let (fit_x, fit_y, fk) = windows(&zs, &fo, lookback, h);
         let (val_x, val_y, vo) = windows(&zs, &val_origins, lookback, h);
-        candidates.push(Candidate { rep, scaler, zs, fit_x, fit_y, val_x, val_y, val_origins: vo });
+        let (nf, nv) = (fk.len(), vo.len());
+        candidates.push(Candidate {
+            rep,
+            scaler,
+            zs,
+            fit_x: Tensor::new(vec![nf, lookback, 1], fit_x)?,
+            fit_y: Tensor::new(vec![nf, h], fit_y)?,
+            val_x: Tensor::new(vec![nv, lookback, 1], val_x)?,
+            val_y: Tensor::new(vec![nv, h], val_y)?,
+            val_origins: vo,
+        });
     }
     if candidates.is_empty() {
-        return Err(too_few(format!("more values for lookback {lookback} and horizon {h} (no representation has {min_fit_windows} training windows)")));
+        return Err(too_few(format!("more values for lookback {lookback} and horizon {h} (no representation has {MIN_FIT_WINDOWS} training windows)")));
     }
-    let fit_windows = candidates.iter().map(|c| c.fit_y.len() / h).max().unwrap_or(0);
+    let fit_windows = candidates.iter().map(|c| c.fit_y.shape()[0]).max().unwrap_or(0);
     let max_epochs = cfg.epochs.unwrap_or_else(|| (60_000 / fit_windows.max(1)).clamp(30, 150));
     if max_epochs == 0 {
         return Err(ConfigError::invalid("epochs", 0, "at least 1").into());
@@ -560,7 +563,7 @@ pub fn forecast(series: &Series, cfg: &ForecastConfig, report: &(dyn Fn(Progress
             }
             Ok(acc)
         };
-        let val_pred = to_levels(c.rep, &c.scaler, &y, &c.val_origins, &mean(&c.val_x, c.val_y.len())?, h);
+        let val_pred = to_levels(c.rep, &c.scaler, &y, &c.val_origins, &mean(c.val_x.data(), c.val_y.len())?, h);
         let val_rmse = rmse(&actuals(&y, &c.val_origins, h), &val_pred);
         let test_pred = to_levels(c.rep, &c.scaler, &y, &test_kept, &mean(&test_x, test_kept.len() * h)?, h);
         let test_rmse = rmse(&actuals(&y, &test_kept, h), &test_pred);
@@ -611,7 +614,7 @@ Output: the next {h} values of z, scaled the same way: unscale (v * std + mean),
         train_size: n_fit,
         val_size: n_train - n_fit,
         test_size: n - n_train,
-        train_windows: c.fit_y.len() / h,
+        train_windows: c.fit_y.shape()[0],
         val_windows: c.val_origins.len(),
         test_windows: test_kept.len(),
         lookback,
