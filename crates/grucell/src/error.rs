@@ -26,6 +26,14 @@ pub enum ConfigError {
         /// The accepted names, comma separated.
         known: String,
     },
+    /// An error in the config of a named layer.
+    #[error("layer `{layer}`: {source}")]
+    InLayer {
+        /// Layer name and class, e.g. "gru (GRU)".
+        layer: String,
+        /// What is wrong.
+        source: Box<ConfigError>,
+    },
     /// A Keras layer, option or feature that grucell does not support (yet).
     #[error("unsupported {what}: {detail}")]
     Unsupported {
@@ -37,6 +45,14 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
+    /// Wraps an error with the layer it happened in.
+    pub fn in_layer(layer: impl Into<String>, source: ConfigError) -> Self {
+        ConfigError::InLayer {
+            layer: layer.into(),
+            source: Box::new(source),
+        }
+    }
+
     /// Shorthand for [`ConfigError::InvalidValue`].
     pub fn invalid(
         arg: impl Into<String>,

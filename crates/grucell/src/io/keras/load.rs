@@ -164,7 +164,7 @@ fn build_layer<T: Float>(entry: &Value, path: &str, w: &mut WeightReader) -> Res
     let trainable = get_bool(&cfg, "trainable", true)?;
     let with_name = |e: Error| -> Error {
         match e {
-            Error::Config(c) => ConfigError::invalid(format!("layer `{name}` ({class})"), "its config", c.to_string()).into(),
+            Error::Config(c) => ConfigError::in_layer(format!("{name} ({class})"), c).into(),
             other => other,
         }
     };
