@@ -77,26 +77,40 @@ fn read_inputs(paths: &[PathBuf], names: &[String]) -> Result<Vec<Array>> {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let mut out = Vec::with_capacity(names.len());
+        let mut picked = Vec::with_capacity(names.len());
         for (i, name) in names.iter().enumerate() {
             let key = format!("input_{i}");
             let found = arrays
                 .iter()
-                .find(|(k, _)| *k == key)
-                .or_else(|| arrays.iter().find(|(k, _)| k == name))
+                .position(|(k, _)| *k == key)
+                .or_else(|| arrays.iter().position(|(k, _)| k == name))
                 .or(if names.len() == 1 && arrays.len() == 1 {
-                    arrays.first()
+                    Some(0)
                 } else {
                     None
                 });
             match found {
-                Some((_, a)) => out.push(a.clone()),
+                Some(j) => picked.push(j),
                 None => bail!(
                     "--input {}: no array for model input {i} (`{name}`): expected an array named `{key}` or `{name}`, found [{}]",
                     path.display(),
                     available()
                 ),
             }
+        }
+        // Move the arrays out (an input named twice, e.g. `input_0` and a layer name, is cloned).
+        let mut slots: Vec<Option<Array>> = arrays.into_iter().map(|(_, a)| Some(a)).collect();
+        let mut out = Vec::with_capacity(picked.len());
+        for (n, &j) in picked.iter().enumerate() {
+            let reused_later = picked[n + 1..].contains(&j);
+            let a = match slots.get_mut(j) {
+                Some(slot) if reused_later => slot.clone(),
+                Some(slot) => slot.take(),
+                None => None,
+            };
+            out.push(a.ok_or_else(|| {
+                anyhow::anyhow!("--input {}: array {j} taken twice", path.display())
+            })?);
         }
         return Ok(out);
     }

@@ -331,11 +331,11 @@ fn train_member(
     let mut best: Option<(f64, Model<f32>, usize)> = None;
     let mut hist = TrainHistory::default();
     let mut since_best = 0;
-    let val = (std::slice::from_ref(&c.val_x), std::slice::from_ref(&c.val_y));
     for epoch in 1..=max_epochs {
-        // One epoch of Keras' fit (shuffled mini-batches, then the validation loss); early
-        // stopping with the best weights kept is done here, across epochs, so that progress can
-        // be reported after each one.
+        // One epoch of Keras' fit (shuffled mini-batches); the validation loss (a forward pass
+        // in large batches, cheaper than `evaluate`'s loss-and-gradients) and early stopping
+        // with the best weights kept are done here, so that progress can be reported after
+        // every epoch.
         let fit_cfg = FitConfig {
             batch_size: cfg.batch_size.max(1),
             epochs: 1,
@@ -344,9 +344,10 @@ fn train_member(
             progress: FitProgress::Never,
             ..FitConfig::default()
         };
-        let epoch_hist = model.fit(std::slice::from_ref(&c.fit_x), std::slice::from_ref(&c.fit_y), &loss, &mut opt, &fit_cfg, Some(val))?;
+        let epoch_hist = model.fit(std::slice::from_ref(&c.fit_x), std::slice::from_ref(&c.fit_y), &loss, &mut opt, &fit_cfg, None)?;
         let train_loss = epoch_hist.loss.first().copied().unwrap_or(f64::NAN);
-        let val_loss = epoch_hist.val_loss.first().copied().unwrap_or(f64::NAN);
+        let val_pred = predict_windows(&model, c.val_x.data(), lookback)?;
+        let val_loss = f64::from(loss.value(c.val_y.data(), &val_pred, c.val_y.shape(), None)?);
         hist.loss.push(train_loss);
         hist.val_loss.push(val_loss);
         report(Progress::Epoch { training, representation: c.rep.name(), epoch, loss: train_loss, val_loss });
