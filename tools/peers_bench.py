@@ -420,6 +420,14 @@ def run_peer(framework, name, dims, opts):
     return row
 
 
+def noise_rank(row):
+    """Sort key of a result row by noise: others' CPU share during it, unknown = 1, failed = 2."""
+    if "error" in row:
+        return 2.0
+    noise = row.get("others_cpu_during")
+    return 1.0 if noise is None else noise
+
+
 def run_quietest(job, opts):
     """Runs `job` (returning a result row) and reruns it up to --retries times while other processes
     used more than --quiet-below of the CPUs during it; keeps the row measured in the quietest run."""
@@ -430,7 +438,7 @@ def run_quietest(job, opts):
         if "error" in row:
             return row
         noise = row.get("others_cpu_during")
-        if best is None or (noise is not None and noise < best.get("others_cpu_during", 1.0)):
+        if best is None or noise_rank(row) < noise_rank(best):
             best = row
         if noise is None or noise <= opts.quiet_below:
             break
@@ -638,6 +646,39 @@ def render_tables(sizes, rows, frameworks):
     return "\n".join(out)
 
 
+def print_saved(paths):
+    """Prints the tables of saved --json runs; across several runs keeps, for each (framework, size),
+    the row measured with the least CPU use by other processes."""
+    docs = [json.loads(pathlib.Path(p).read_text()) for p in paths]
+    if len({doc["threads"] for doc in docs}) > 1 or len({doc["cpu"]["model"] for doc in docs}) > 1:
+        raise SystemExit("--from-json: the runs differ in thread count or CPU model; merge only like runs")
+    sizes, frameworks, best = {}, [], {}
+    for doc in docs:
+        for name, d in doc["sizes"].items():
+            sizes.setdefault(name, tuple(d[k] for k in ("batch", "time", "input", "units")))
+        for r in doc["results"]:
+            if r["framework"] not in frameworks:
+                frameworks.append(r["framework"])
+            key = (r["framework"], r["size"])
+            old = best.get(key)
+            if old is None or noise_rank(r) < noise_rank(old):
+                best[key] = dict(r, run_date=doc["date"])
+    versions = {}
+    for doc in docs:
+        versions.update(doc["versions"])
+    order = [n for n in SIZES if n in sizes] + [n for n in sizes if n not in SIZES]
+    print("runs: %s" % ", ".join(doc["date"] for doc in docs))
+    print("cpu: %s; logical cpus %s, physical cores %s; SIMD %s" % (
+        docs[0]["cpu"]["model"], docs[0]["cpu"]["logical_cpus"], docs[0]["cpu"]["physical_cores"],
+        " ".join(docs[0]["cpu"]["simd_flags"])))
+    print("threads: %s" % docs[0]["threads"])
+    print("versions: %s" % ", ".join("%s %s" % kv for kv in sorted(versions.items())))
+    print("flops: %s" % FLOP_FORMULA)
+    print()
+    print(render_tables([(n, sizes[n]) for n in order], list(best.values()), frameworks))
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="S,M,L,XL,T1",
@@ -669,8 +710,9 @@ def main(argv=None):
     ap.add_argument("--build", action="store_true", help="run cargo build --release even if the binary exists")
     ap.add_argument("--build-timeout", type=float, default=1800.0, help="seconds allowed for the build")
     ap.add_argument("--json", metavar="OUT", default=None, help="write every raw number to this JSON file")
-    ap.add_argument("--from-json", metavar="FILE", default=None,
-                    help="print the tables of an earlier --json output instead of measuring")
+    ap.add_argument("--from-json", metavar="FILE", nargs="+", default=None,
+                    help="print the tables of earlier --json outputs instead of measuring; with several "
+                         "files (same machine), each (framework, size) takes its quietest measurement")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--dims", help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
@@ -680,21 +722,7 @@ def main(argv=None):
         worker_main(opts)
         return 0
     if opts.from_json:
-        doc = json.loads(pathlib.Path(opts.from_json).read_text())
-        sizes = [(name, tuple(d[k] for k in ("batch", "time", "input", "units"))) for name, d in doc["sizes"].items()]
-        frameworks = []
-        for r in doc["results"]:
-            if r["framework"] not in frameworks:
-                frameworks.append(r["framework"])
-        print("date: %s" % doc["date"])
-        print("cpu: %s" % doc["cpu"])
-        print("threads: %s" % doc["threads"])
-        print("versions: %s" % ", ".join("%s %s" % kv for kv in sorted(doc["versions"].items())))
-        print()
-        print(render_tables(sizes, doc["results"], frameworks))
-        for n in doc.get("notes", []):
-            print("NOTE: " + n)
-        return 0
+        return print_saved(opts.from_json)
 
     sizes = parse_sizes(opts)
     peers = [p.strip() for p in opts.peers.split(",") if p.strip()]
@@ -711,13 +739,16 @@ def main(argv=None):
         binary = locate_grucell(opts, notes)
 
     rows = []
-    for name, dims in sizes:
-        jobs = ([("grucell", lambda: run_grucell(binary, name, dims, opts))] if binary is not None else [])
-        jobs += [(fw, lambda fw=fw: run_peer(fw, name, dims, opts)) for fw in peers]
-        for fw, job in jobs:
-            row = run_quietest(job, opts)
-            rows.append(row)
-            print("[%s] %s: %s" % (name, fw, progress_line(row)), flush=True)
+    try:
+        for name, dims in sizes:
+            jobs = ([("grucell", lambda: run_grucell(binary, name, dims, opts))] if binary is not None else [])
+            jobs += [(fw, lambda fw=fw: run_peer(fw, name, dims, opts)) for fw in peers]
+            for fw, job in jobs:
+                row = run_quietest(job, opts)
+                rows.append(row)
+                print("[%s] %s: %s" % (name, fw, progress_line(row)), flush=True)
+    except KeyboardInterrupt:
+        notes.append("interrupted: the tables hold only the measurements finished before Ctrl-C")
 
     grucell_rows = [r for r in rows if r["framework"] == "grucell"]
     if binary is not None and grucell_rows and all("error" in r for r in grucell_rows):

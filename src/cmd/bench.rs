@@ -30,7 +30,11 @@ pub struct Args {
 fn parse_sizes(raw: &[String]) -> Result<Vec<BenchSize>> {
     let mut out = Vec::new();
     for item in raw {
-        let parts: Vec<&str> = item.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+        let parts: Vec<&str> = item
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
         let mut i = 0;
         while i < parts.len() {
             if BenchSize::named(parts[i]).is_some() {
@@ -46,7 +50,10 @@ fn parse_sizes(raw: &[String]) -> Result<Vec<BenchSize>> {
         }
     }
     if out.is_empty() {
-        out = ["S", "M", "L", "XL", "T1"].iter().filter_map(|s| BenchSize::named(s)).collect();
+        out = ["S", "M", "L", "XL", "T1"]
+            .iter()
+            .filter_map(|s| BenchSize::named(s))
+            .collect();
     }
     Ok(out)
 }
@@ -69,7 +76,20 @@ pub fn run(args: &Args) -> Result<()> {
         if !json {
             println!("cpu: {cpu}; threads: {threads}; machine GEMM rate (3200x512·512x1536): {gemm:.1} GFLOP/s");
             println!("FLOPs: forward = 2·B·T·3H·(I+H); training = 3 × forward");
-            println!("{:>14} {:>5} {:>5} {:>5} {:>5} | {:>10} {:>8} {:>7} | {:>10} {:>8} | {:>8}", "size", "B", "T", "I", "H", "fwd ms", "GFLOP/s", "%gemm", "train ms", "GFLOP/s", "peak MiB");
+            println!(
+                "{:>14} {:>5} {:>5} {:>5} {:>5} | {:>10} {:>8} {:>7} | {:>10} {:>8} | {:>8}",
+                "size",
+                "B",
+                "T",
+                "I",
+                "H",
+                "fwd ms",
+                "GFLOP/s",
+                "%gemm",
+                "train ms",
+                "GFLOP/s",
+                "peak MiB"
+            );
         }
         for s in &sizes {
             let r = bench_size(s, threads, budget);
@@ -110,8 +130,19 @@ mod tests {
     #[test]
     fn sizes_parse_names_and_quadruples() {
         let s = parse_sizes(&["S,M,4,10,8,16".into(), "T1".into()]).unwrap();
-        let names: Vec<_> = s.iter().map(|s| (s.batch, s.time, s.input, s.units)).collect();
-        assert_eq!(names, vec![(1, 100, 32, 64), (32, 50, 64, 256), (4, 10, 8, 16), (1, 1, 64, 256)]);
+        let names: Vec<_> = s
+            .iter()
+            .map(|s| (s.batch, s.time, s.input, s.units))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                (1, 100, 32, 64),
+                (32, 50, 64, 256),
+                (4, 10, 8, 16),
+                (1, 1, 64, 256)
+            ]
+        );
         assert!(parse_sizes(&["Q".into()]).is_err());
         assert!(parse_sizes(&["1,2,3".into()]).is_err());
         assert_eq!(parse_sizes(&[]).unwrap().len(), 5);

@@ -40,7 +40,11 @@ fn shape(t: &Tensor<f32>) -> String {
 pub fn seed_example() -> anyhow::Result<()> {
     println!("1. The seed example (Keras layer_gru_cell documentation):");
     // inputs <- k_random_uniform(c(32, 10, 8))
-    let uniform = Initializer::RandomUniform { minval: 0.0, maxval: 1.0, seed: Some(0) };
+    let uniform = Initializer::RandomUniform {
+        minval: 0.0,
+        maxval: 1.0,
+        seed: Some(0),
+    };
     let inputs: Tensor<f32> = uniform.init(&[32, 10, 8], 0)?;
     // output <- inputs %>% layer_rnn(layer_gru_cell(4))
     let output = Rnn::new(GruCellConfig::new(4), 8)?.call(&inputs)?.output;
@@ -48,9 +52,14 @@ pub fn seed_example() -> anyhow::Result<()> {
     println!("   output <- inputs %>% layer_rnn(layer_gru_cell(4))");
     println!("   output$shape                 {}", shape(&output));
     // rnn <- layer_rnn(cell = layer_gru_cell(4), return_sequences = TRUE, return_state = TRUE)
-    let rnn = Rnn::new(GruCellConfig::new(4), 8)?.return_sequences(true).return_state(true);
+    let rnn = Rnn::new(GruCellConfig::new(4), 8)?
+        .return_sequences(true)
+        .return_state(true);
     let out = rnn.call(&inputs)?;
-    let final_state = out.states.first().ok_or_else(|| anyhow::anyhow!("the GRU returned no state"))?;
+    let final_state = out
+        .states
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("the GRU returned no state"))?;
     println!("   rnn <- layer_rnn(cell = layer_gru_cell(4), return_sequences = TRUE, return_state = TRUE)");
     println!("   c(whole_sequence_output, final_state) %<-% rnn(inputs)");
     println!("   whole_sequence_output$shape  {}", shape(&out.output));
@@ -65,11 +74,26 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     seed_example()?;
     println!("2. Forecasting weekly CO2 at Mauna Loa (1958-2001, NOAA/Scripps, data/co2_weekly_mauna_loa.csv)");
     println!("   one week ahead, chronological split; the last 20 % is the test part.");
-    let series = parse_series(CO2_CSV, "data/co2_weekly_mauna_loa.csv", Some("co2_ppm"), Some("date"))?;
-    let cfg = ForecastConfig { season: Some(52), seed: args.seed, epochs: args.epochs, ..ForecastConfig::default() };
+    let series = parse_series(
+        CO2_CSV,
+        "data/co2_weekly_mauna_loa.csv",
+        Some("co2_ppm"),
+        Some("date"),
+    )?;
+    let cfg = ForecastConfig {
+        season: Some(52),
+        seed: args.seed,
+        epochs: args.epochs,
+        ..ForecastConfig::default()
+    };
     let (outcome, files) = train_and_write(&series, &cfg, &args.out, args.quiet)?;
     println!();
-    let labels = Labels { unit: Some("ppm"), step: "week", seasonal: Some("same week one year earlier"), command: "cargo run --release --" };
+    let labels = Labels {
+        unit: Some("ppm"),
+        step: "week",
+        seasonal: Some("same week one year earlier"),
+        command: "cargo run --release --",
+    };
     print_report(&outcome, &files, &labels, "   ");
     println!();
     println!("Done in {:.1} s.", started.elapsed().as_secs_f64());

@@ -6,7 +6,9 @@
 //! forward = `2·B·T·3H·(I + H)`, training ≈ 3 × forward.
 
 use crate::engine::gemm::{gemm, Operand};
-use crate::engine::gru::{gru_sequence, DropoutMasks, GruParams, GruTrace, SequenceOptions, SequenceOutputs};
+use crate::engine::gru::{
+    gru_sequence, DropoutMasks, GruParams, GruTrace, SequenceOptions, SequenceOutputs,
+};
 use crate::engine::gru_backward::{gru_sequence_backward, GruGrads, OutputGrads};
 use crate::engine::workspace::GruWorkspace;
 use crate::error::{ConfigError, Error};
@@ -39,7 +41,13 @@ impl BenchSize {
             "T1" => (1, 1, 64, 256),
             _ => return None,
         };
-        Some(BenchSize { name: name.into(), batch: b, time: t, input: i, units: h })
+        Some(BenchSize {
+            name: name.into(),
+            batch: b,
+            time: t,
+            input: i,
+            units: h,
+        })
     }
 
     /// Parses `S`, `M`, … or `B,T,I,H`.
@@ -47,10 +55,26 @@ impl BenchSize {
         if let Some(n) = BenchSize::named(s) {
             return Ok(n);
         }
-        let parts: Vec<usize> = s.split(',').map(|p| p.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|_| ConfigError::invalid("--sizes", s, "S, M, L, XL, T1 or B,T,I,H"))?;
+        let parts: Vec<usize> = s
+            .split(',')
+            .map(|p| p.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| ConfigError::invalid("--sizes", s, "S, M, L, XL, T1 or B,T,I,H"))?;
         match parts.as_slice() {
-            &[b, t, i, h] if b > 0 && t > 0 && i > 0 && h > 0 && b * t * (i + h) < 1 << 31 => Ok(BenchSize { name: s.into(), batch: b, time: t, input: i, units: h }),
-            _ => Err(ConfigError::invalid("--sizes", s, "S, M, L, XL, T1 or four positive integers B,T,I,H")),
+            &[b, t, i, h] if b > 0 && t > 0 && i > 0 && h > 0 && b * t * (i + h) < 1 << 31 => {
+                Ok(BenchSize {
+                    name: s.into(),
+                    batch: b,
+                    time: t,
+                    input: i,
+                    units: h,
+                })
+            }
+            _ => Err(ConfigError::invalid(
+                "--sizes",
+                s,
+                "S, M, L, XL, T1 or four positive integers B,T,I,H",
+            )),
         }
     }
 
@@ -128,14 +152,35 @@ pub fn bench_size(size: &BenchSize, threads: usize, budget_ms: f64) -> BenchResu
         activation: Activation::Tanh,
         recurrent_activation: Activation::Sigmoid,
     };
-    let opts = SequenceOptions { mask: None, go_backwards: false, zero_output_for_mask: false, threads };
+    let opts = SequenceOptions {
+        mask: None,
+        go_backwards: false,
+        zero_output_for_mask: false,
+        threads,
+    };
     let mut ws = GruWorkspace::new();
     let mut seq = vec![0f32; b * t * h];
     let mut last = vec![0f32; b * h];
     let mut state = vec![0f32; b * h];
-    let mut fwd = |ws: &mut GruWorkspace<f32>, seq: &mut [f32], trace: Option<&mut GruTrace<f32>>| {
-        gru_sequence(&p, &x, b, t, None, opts, DropoutMasks::default(), SequenceOutputs { sequence: Some(seq), last_output: &mut last, state: &mut state }, ws, trace);
-    };
+    let mut fwd =
+        |ws: &mut GruWorkspace<f32>, seq: &mut [f32], trace: Option<&mut GruTrace<f32>>| {
+            gru_sequence(
+                &p,
+                &x,
+                b,
+                t,
+                None,
+                opts,
+                DropoutMasks::default(),
+                SequenceOutputs {
+                    sequence: Some(seq),
+                    last_output: &mut last,
+                    state: &mut state,
+                },
+                ws,
+                trace,
+            );
+        };
     // Forward.
     let t0 = Instant::now();
     fwd(&mut ws, &mut seq, None);
@@ -152,9 +197,29 @@ pub fn bench_size(size: &BenchSize, threads: usize, budget_ms: f64) -> BenchResu
     let mut trace = GruTrace::default();
     let mut grads = GruGrads::zeros(i, h);
     let mut dx = vec![0f32; b * t * i];
-    let mut train = |ws: &mut GruWorkspace<f32>, seq: &mut [f32], trace: &mut GruTrace<f32>, grads: &mut GruGrads<f32>, dx: &mut [f32]| {
+    let mut train = |ws: &mut GruWorkspace<f32>,
+                     seq: &mut [f32],
+                     trace: &mut GruTrace<f32>,
+                     grads: &mut GruGrads<f32>,
+                     dx: &mut [f32]| {
         fwd(ws, seq, Some(trace));
-        gru_sequence_backward(&p, &x, b, t, opts, DropoutMasks::default(), trace, OutputGrads { sequence: Some(&ones), last: None, state: None }, grads, Some(dx), None);
+        gru_sequence_backward(
+            &p,
+            &x,
+            b,
+            t,
+            opts,
+            DropoutMasks::default(),
+            trace,
+            OutputGrads {
+                sequence: Some(&ones),
+                last: None,
+                state: None,
+            },
+            grads,
+            Some(dx),
+            None,
+        );
     };
     let t0 = Instant::now();
     train(&mut ws, &mut seq, &mut trace, &mut grads, &mut dx);
@@ -165,7 +230,13 @@ pub fn bench_size(size: &BenchSize, threads: usize, budget_ms: f64) -> BenchResu
         train(&mut ws, &mut seq, &mut trace, &mut grads, &mut dx);
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
-    BenchResult { size: size.clone(), forward_ms, train_ms: median(times), threads, reps: reps.min(reps_t) }
+    BenchResult {
+        size: size.clone(),
+        forward_ms,
+        train_ms: median(times),
+        threads,
+        reps: reps.min(reps_t),
+    }
 }
 
 /// The machine's own single-GEMM rate in GFLOP/s on the large input-projection shape
@@ -178,7 +249,18 @@ pub fn gemm_gflops(threads: usize) -> f64 {
     let mut best = f64::INFINITY;
     for _ in 0..5 {
         let t0 = Instant::now();
-        gemm(m, n, k, 1.0, Operand::new(&a, k), Operand::new(&b, n), false, &mut c, n, threads);
+        gemm(
+            m,
+            n,
+            k,
+            1.0,
+            Operand::new(&a, k),
+            Operand::new(&b, n),
+            false,
+            &mut c,
+            n,
+            threads,
+        );
         best = best.min(t0.elapsed().as_secs_f64());
     }
     2.0 * (m * n * k) as f64 / best / 1e9
@@ -188,7 +270,12 @@ pub fn gemm_gflops(threads: usize) -> f64 {
 pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -206,6 +293,12 @@ pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> Re
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()
-        .map_err(|e| ConfigError::invalid("threads", threads, format!("a thread count the OS allows ({e})")))?;
+        .map_err(|e| {
+            ConfigError::invalid(
+                "threads",
+                threads,
+                format!("a thread count the OS allows ({e})"),
+            )
+        })?;
     Ok(pool.install(f))
 }

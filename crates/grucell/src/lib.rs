@@ -27,7 +27,10 @@
 //! ```
 
 #![warn(missing_docs)]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod bench;
 pub mod engine;
@@ -42,13 +45,13 @@ pub mod train;
 pub use error::{ConfigError, Error, FormatError, Result, ShapeError, TrainError};
 pub use float::Float;
 pub use layers::activation::Activation;
-pub use layers::model::Model;
-pub use train::fit::{FitConfig, History};
-pub use train::loss::Loss;
-pub use train::optimizer::{Optimizer, OptimizerConfig};
 pub use layers::constraint::Constraint;
 pub use layers::gru_cell::{GruCell, GruCellConfig};
 pub use layers::initializer::Initializer;
+pub use layers::model::Model;
 pub use layers::regularizer::Regularizer;
 pub use layers::rnn::{Mask, Rnn, RnnKind, RnnOutput, RnnStream};
 pub use tensor::Tensor;
+pub use train::fit::{FitConfig, History};
+pub use train::loss::Loss;
+pub use train::optimizer::{Optimizer, OptimizerConfig};

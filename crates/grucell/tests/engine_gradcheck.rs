@@ -2,7 +2,9 @@
 //! the inputs and the initial state, over both reset conventions, masks, go_backwards,
 //! zero_output_for_mask, dropout masks and several activations.
 
-use grucell::engine::gru::{gru_sequence, DropoutMasks, GruParams, GruTrace, SequenceOptions, SequenceOutputs};
+use grucell::engine::gru::{
+    gru_sequence, DropoutMasks, GruParams, GruTrace, SequenceOptions, SequenceOutputs,
+};
 use grucell::engine::gru_backward::{gru_sequence_backward, GruGrads, OutputGrads};
 use grucell::engine::workspace::GruWorkspace;
 use grucell::Activation;
@@ -10,7 +12,10 @@ use grucell::Activation;
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
     }
     fn vec(&mut self, n: usize, s: f64) -> Vec<f64> {
@@ -55,10 +60,32 @@ impl Problem {
         let (b, t, d, u) = (3, 5, 4, 3);
         let mut r = Lcg(seed);
         let g = 3 * u;
-        let mask: Vec<bool> = (0..b * t).map(|i| !c.masked || !matches!(i, 2 | 5 | 6 | 14)).collect();
-        let drop = |r: &mut Lcg, n: usize| -> Vec<f64> { (0..n).map(|_| if r.next() > -0.4 { 1.0 / 0.7 } else { 0.0 }).collect() };
-        let in_masks = if c.in_drop { vec![drop(&mut r, b * d), drop(&mut r, b * d), drop(&mut r, b * d)] } else { vec![] };
-        let rec_masks = if c.rec_drop { vec![drop(&mut r, b * u), drop(&mut r, b * u), drop(&mut r, b * u)] } else { vec![] };
+        let mask: Vec<bool> = (0..b * t)
+            .map(|i| !c.masked || !matches!(i, 2 | 5 | 6 | 14))
+            .collect();
+        let drop = |r: &mut Lcg, n: usize| -> Vec<f64> {
+            (0..n)
+                .map(|_| if r.next() > -0.4 { 1.0 / 0.7 } else { 0.0 })
+                .collect()
+        };
+        let in_masks = if c.in_drop {
+            vec![
+                drop(&mut r, b * d),
+                drop(&mut r, b * d),
+                drop(&mut r, b * d),
+            ]
+        } else {
+            vec![]
+        };
+        let rec_masks = if c.rec_drop {
+            vec![
+                drop(&mut r, b * u),
+                drop(&mut r, b * u),
+                drop(&mut r, b * u),
+            ]
+        } else {
+            vec![]
+        };
         Problem {
             c,
             b,
@@ -98,7 +125,11 @@ impl Problem {
             kernel: &self.kernel,
             recurrent: &self.rec,
             xp_bias: if self.c.bias { Some(&xb) } else { None },
-            hh_bias: if self.c.bias && self.c.reset_after { Some(&hb) } else { None },
+            hh_bias: if self.c.bias && self.c.reset_after {
+                Some(&hb)
+            } else {
+                None
+            },
             input_dim: self.d,
             units: self.u,
             reset_after: self.c.reset_after,
@@ -109,17 +140,50 @@ impl Problem {
         let mut seq = vec![0.0; b * t * u];
         let mut last = vec![0.0; b * u];
         let mut state = vec![0.0; b * u];
-        let opts = SequenceOptions { mask: Some(&self.mask), go_backwards: self.c.backwards, zero_output_for_mask: self.c.zero_out, threads: 1 };
+        let opts = SequenceOptions {
+            mask: Some(&self.mask),
+            go_backwards: self.c.backwards,
+            zero_output_for_mask: self.c.zero_out,
+            threads: 1,
+        };
         let dm = self.dropout();
-        gru_sequence(&p, &self.x, b, t, Some(&self.h0), opts, dm, SequenceOutputs { sequence: Some(&mut seq), last_output: &mut last, state: &mut state }, &mut GruWorkspace::new(), trace);
+        gru_sequence(
+            &p,
+            &self.x,
+            b,
+            t,
+            Some(&self.h0),
+            opts,
+            dm,
+            SequenceOutputs {
+                sequence: Some(&mut seq),
+                last_output: &mut last,
+                state: &mut state,
+            },
+            &mut GruWorkspace::new(),
+            trace,
+        );
         let dot = |a: &[f64], w: &[f64]| a.iter().zip(w).map(|(x, y)| x * y).sum::<f64>();
-        (dot(&seq, &self.w_seq) + dot(&last, &self.w_last) + dot(&state, &self.w_state), seq, last, state)
+        (
+            dot(&seq, &self.w_seq) + dot(&last, &self.w_last) + dot(&state, &self.w_state),
+            seq,
+            last,
+            state,
+        )
     }
 
     fn dropout(&self) -> DropoutMasks<'_, f64> {
         DropoutMasks {
-            input: if self.c.in_drop { Some([&self.in_masks[0], &self.in_masks[1], &self.in_masks[2]]) } else { None },
-            recurrent: if self.c.rec_drop { Some([&self.rec_masks[0], &self.rec_masks[1], &self.rec_masks[2]]) } else { None },
+            input: if self.c.in_drop {
+                Some([&self.in_masks[0], &self.in_masks[1], &self.in_masks[2]])
+            } else {
+                None
+            },
+            recurrent: if self.c.rec_drop {
+                Some([&self.rec_masks[0], &self.rec_masks[1], &self.rec_masks[2]])
+            } else {
+                None
+            },
         }
     }
 }
@@ -133,7 +197,11 @@ fn check(c: Case, seed: u64) -> Vec<String> {
         kernel: &pr.kernel,
         recurrent: &pr.rec,
         xp_bias: if c.bias { Some(&xb) } else { None },
-        hh_bias: if c.bias && c.reset_after { Some(&hb) } else { None },
+        hh_bias: if c.bias && c.reset_after {
+            Some(&hb)
+        } else {
+            None
+        },
         input_dim: pr.d,
         units: pr.u,
         reset_after: c.reset_after,
@@ -143,7 +211,12 @@ fn check(c: Case, seed: u64) -> Vec<String> {
     let mut grads = GruGrads::zeros(pr.d, pr.u);
     let mut dx = vec![0.0; pr.x.len()];
     let mut dh0 = vec![0.0; pr.h0.len()];
-    let opts = SequenceOptions { mask: Some(&pr.mask), go_backwards: c.backwards, zero_output_for_mask: c.zero_out, threads: 1 };
+    let opts = SequenceOptions {
+        mask: Some(&pr.mask),
+        go_backwards: c.backwards,
+        zero_output_for_mask: c.zero_out,
+        threads: 1,
+    };
     gru_sequence_backward(
         &p,
         &pr.x,
@@ -152,7 +225,11 @@ fn check(c: Case, seed: u64) -> Vec<String> {
         opts,
         pr.dropout(),
         &mut trace,
-        OutputGrads { sequence: Some(&pr.w_seq), last: Some(&pr.w_last), state: Some(&pr.w_state) },
+        OutputGrads {
+            sequence: Some(&pr.w_seq),
+            last: Some(&pr.w_last),
+            state: Some(&pr.w_state),
+        },
         &mut grads,
         Some(&mut dx),
         Some(&mut dh0),
@@ -179,7 +256,10 @@ fn check(c: Case, seed: u64) -> Vec<String> {
                 let num = (fp - fm) / (2.0 * h);
                 let ana = $ana[i];
                 if (num - ana).abs() > 1e-6 * (1.0 + num.abs()) {
-                    errs.push(format!("{c:?} seed {seed}: d{}[{i}] numeric {num} analytic {ana}", $name));
+                    errs.push(format!(
+                        "{c:?} seed {seed}: d{}[{i}] numeric {num} analytic {ana}",
+                        $name
+                    ));
                 }
             }
         };
@@ -199,14 +279,35 @@ fn backward_matches_finite_differences() {
     let mut errs = Vec::new();
     let mut n = 0;
     for reset_after in [true, false] {
-        for (act, rec) in [(Tanh, Sigmoid), (Softsign, HardSigmoid), (Elu, Sigmoid), (Softmax, Sigmoid), (Gelu, Softplus)] {
-            for (masked, backwards, zero_out) in [(false, false, false), (true, false, false), (true, true, false), (true, false, true)] {
+        for (act, rec) in [
+            (Tanh, Sigmoid),
+            (Softsign, HardSigmoid),
+            (Elu, Sigmoid),
+            (Softmax, Sigmoid),
+            (Gelu, Softplus),
+        ] {
+            for (masked, backwards, zero_out) in [
+                (false, false, false),
+                (true, false, false),
+                (true, true, false),
+                (true, false, true),
+            ] {
                 for (in_drop, rec_drop) in [(false, false), (true, false), (true, true)] {
                     for bias in [true, false] {
                         if !bias && (in_drop || masked) {
                             continue;
                         }
-                        let c = Case { reset_after, bias, act, rec, masked, backwards, zero_out, in_drop, rec_drop };
+                        let c = Case {
+                            reset_after,
+                            bias,
+                            act,
+                            rec,
+                            masked,
+                            backwards,
+                            zero_out,
+                            in_drop,
+                            rec_drop,
+                        };
                         errs.extend(check(c, 7 + n));
                         n += 1;
                     }
@@ -214,5 +315,10 @@ fn backward_matches_finite_differences() {
             }
         }
     }
-    assert!(errs.is_empty(), "{} mismatches over {n} cases, first 20:\n{}", errs.len(), errs[..errs.len().min(20)].join("\n"));
+    assert!(
+        errs.is_empty(),
+        "{} mismatches over {n} cases, first 20:\n{}",
+        errs.len(),
+        errs[..errs.len().min(20)].join("\n")
+    );
 }

@@ -12,20 +12,34 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 fn dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/models"
+    ))
 }
 
 fn run_case<T: Float>(case: &Value, file: &str) -> Result<f64, String> {
     let name = case["name"].as_str().unwrap();
-    let data: HashMap<String, Array> = read_npz(&dir().join(case["data"].as_str().unwrap())).map_err(|e| e.to_string())?.into_iter().collect();
+    let data: HashMap<String, Array> = read_npz(&dir().join(case["data"].as_str().unwrap()))
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .collect();
     let kf = load_keras_file(&dir().join(file)).map_err(|e| format!("load: {e}"))?;
     let want_dtype = case["dtype"].as_str().unwrap();
     if file_dtype(&kf) != want_dtype {
-        return Err(format!("dtype detected {} expected {want_dtype}", file_dtype(&kf)));
+        return Err(format!(
+            "dtype detected {} expected {want_dtype}",
+            file_dtype(&kf)
+        ));
     }
     let mut model = model_from_file::<T>(&kf).map_err(|e| format!("build: {e}"))?;
     let calls = case["calls"].as_u64().unwrap() as usize;
-    let resets: Vec<u64> = case["reset_before_call"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let resets: Vec<u64> = case["reset_before_call"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
     let n_in = case["n_inputs"].as_u64().unwrap() as usize;
     let n_out = case["n_outputs"].as_u64().unwrap() as usize;
     let atol = case["atol"].as_f64().unwrap();
@@ -35,22 +49,42 @@ fn run_case<T: Float>(case: &Value, file: &str) -> Result<f64, String> {
         if resets.contains(&(c as u64)) {
             model.reset_states();
         }
-        let key = |kind: &str, i: usize| if calls == 1 { format!("{kind}_{i}") } else { format!("call{c}_{kind}_{i}") };
-        let inputs: Vec<Tensor<T>> = (0..n_in).map(|i| data[&key("input", i)].to_f64().cast()).collect();
-        let outs = model.predict_stateful(&inputs).map_err(|e| format!("{name} call {c}: predict: {e}"))?;
+        let key = |kind: &str, i: usize| {
+            if calls == 1 {
+                format!("{kind}_{i}")
+            } else {
+                format!("call{c}_{kind}_{i}")
+            }
+        };
+        let inputs: Vec<Tensor<T>> = (0..n_in)
+            .map(|i| data[&key("input", i)].to_f64().cast())
+            .collect();
+        let outs = model
+            .predict_stateful(&inputs)
+            .map_err(|e| format!("{name} call {c}: predict: {e}"))?;
         if outs.len() != n_out {
-            return Err(format!("call {c}: {} outputs, expected {n_out}", outs.len()));
+            return Err(format!(
+                "call {c}: {} outputs, expected {n_out}",
+                outs.len()
+            ));
         }
         for (j, o) in outs.iter().enumerate() {
             let want = data[&key("output", j)].to_f64();
             if o.shape() != want.shape() {
-                return Err(format!("call {c} output {j}: shape {:?} expected {:?}", o.shape(), want.shape()));
+                return Err(format!(
+                    "call {c} output {j}: shape {:?} expected {:?}",
+                    o.shape(),
+                    want.shape()
+                ));
             }
             for (k, (a, b)) in o.data().iter().zip(want.data()).enumerate() {
                 let d = (a.f64() - b).abs();
                 worst = worst.max(d);
                 if d > atol + rtol * b.abs() || d.is_nan() {
-                    return Err(format!("call {c} output {j} flat index {k}: got {} expected {b} (|diff| {d:e})", a.f64()));
+                    return Err(format!(
+                        "call {c} output {j} flat index {k}: got {} expected {b} (|diff| {d:e})",
+                        a.f64()
+                    ));
                 }
             }
         }
@@ -60,15 +94,25 @@ fn run_case<T: Float>(case: &Value, file: &str) -> Result<f64, String> {
 
 #[test]
 fn every_keras_fixture_matches_keras() {
-    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(dir().join("manifest.json")).unwrap()).unwrap();
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("manifest.json")).unwrap())
+            .unwrap();
     let cases = manifest["cases"].as_array().unwrap();
-    assert!(cases.len() >= 40, "fixture manifest has only {} cases", cases.len());
+    assert!(
+        cases.len() >= 40,
+        "fixture manifest has only {} cases",
+        cases.len()
+    );
     let mut failures = Vec::new();
     let mut checked = 0;
     for case in cases {
         for file in case["files"].as_array().unwrap() {
             let file = file.as_str().unwrap();
-            let r = if case["dtype"] == "float64" { run_case::<f64>(case, file) } else { run_case::<f32>(case, file) };
+            let r = if case["dtype"] == "float64" {
+                run_case::<f64>(case, file)
+            } else {
+                run_case::<f32>(case, file)
+            };
             match r {
                 Ok(w) => {
                     checked += 1;
@@ -78,5 +122,11 @@ fn every_keras_fixture_matches_keras() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {} files failed:\n{}", failures.len(), failures.len() + checked, failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} files failed:\n{}",
+        failures.len(),
+        failures.len() + checked,
+        failures.join("\n")
+    );
 }

@@ -113,14 +113,34 @@ fn models_are_send_and_sync() {
 
 #[test]
 fn predicting_from_many_threads_equals_one_by_one() {
-    let r = Rnn::<f32>::new(GruCellConfig::new(8).activation(Activation::Tanh).seed(Some(5)), 4).unwrap().return_sequences(true);
-    let f = Rnn::<f32>::new(GruCellConfig::new(8).seed(Some(6)), 4).unwrap().return_sequences(true);
-    let bwd = Rnn::<f32>::new(GruCellConfig::new(8).seed(Some(7)), 4).unwrap().return_sequences(true).go_backwards(true);
+    let r = Rnn::<f32>::new(
+        GruCellConfig::new(8)
+            .activation(Activation::Tanh)
+            .seed(Some(5)),
+        4,
+    )
+    .unwrap()
+    .return_sequences(true);
+    let f = Rnn::<f32>::new(GruCellConfig::new(8).seed(Some(6)), 4)
+        .unwrap()
+        .return_sequences(true);
+    let bwd = Rnn::<f32>::new(GruCellConfig::new(8).seed(Some(7)), 4)
+        .unwrap()
+        .return_sequences(true)
+        .go_backwards(true);
     let bi = Bidirectional::new(f, bwd, Some(MergeMode::Concat)).unwrap();
-    let inputs: Vec<Tensor<f32>> = (0..16).map(|i| input(3, 5 + i % 4, 4, i as u64).cast()).collect();
-    let serial: Vec<_> = inputs.iter().map(|x| (r.call(x).unwrap().output, bi.call(x, None, None).unwrap())).collect();
+    let inputs: Vec<Tensor<f32>> = (0..16)
+        .map(|i| input(3, 5 + i % 4, 4, i as u64).cast())
+        .collect();
+    let serial: Vec<_> = inputs
+        .iter()
+        .map(|x| (r.call(x).unwrap().output, bi.call(x, None, None).unwrap()))
+        .collect();
     let parallel: Vec<_> = std::thread::scope(|s| {
-        let hs: Vec<_> = inputs.iter().map(|x| s.spawn(|| (r.call(x).unwrap().output, bi.call(x, None, None).unwrap()))).collect();
+        let hs: Vec<_> = inputs
+            .iter()
+            .map(|x| s.spawn(|| (r.call(x).unwrap().output, bi.call(x, None, None).unwrap())))
+            .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(serial, parallel);
@@ -134,6 +154,10 @@ fn streams_keep_one_state_each() {
     a.step(&r, &[1.0, 2.0]).unwrap();
     let after_a = a.output().to_vec();
     b.step(&r, &[-1.0, 0.5]).unwrap();
-    assert_eq!(a.output(), after_a.as_slice(), "stream b must not touch stream a");
+    assert_eq!(
+        a.output(),
+        after_a.as_slice(),
+        "stream b must not touch stream a"
+    );
     assert_ne!(a.output(), b.output());
 }

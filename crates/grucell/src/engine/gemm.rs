@@ -148,8 +148,10 @@ macro_rules! impl_float {
                 debug_assert!(a.len() >= span(ar, ac, lda));
                 debug_assert!(b.len() >= span(br, bc, ldb));
                 debug_assert!(c.len() >= span(m, n, ldc));
-                let a = MatRef::from_row_major_slice_with_stride(&a[..span(ar, ac, lda)], ar, ac, lda);
-                let b = MatRef::from_row_major_slice_with_stride(&b[..span(br, bc, ldb)], br, bc, ldb);
+                let a =
+                    MatRef::from_row_major_slice_with_stride(&a[..span(ar, ac, lda)], ar, ac, lda);
+                let b =
+                    MatRef::from_row_major_slice_with_stride(&b[..span(br, bc, ldb)], br, bc, ldb);
                 let a = if ta { a.transpose() } else { a };
                 let b = if tb { b.transpose() } else { b };
                 let clen = span(m, n, ldc);
@@ -158,14 +160,23 @@ macro_rules! impl_float {
                 // wrong elements. A column-major view of the transpose is the row-major matrix.
                 let cm = MatMut::from_column_major_slice_with_stride_mut(&mut c[..clen], n, m, ldc)
                     .transpose_mut();
-                let beta = if accumulate { Accum::Add } else { Accum::Replace };
+                let beta = if accumulate {
+                    Accum::Add
+                } else {
+                    Accum::Replace
+                };
                 matmul(cm, beta, a, b, alpha, par(threads));
             }
         }
     };
 }
 
-impl_float!(f32, "float32", crate::engine::math::sigmoid_f32, crate::engine::math::tanh_f32);
+impl_float!(
+    f32,
+    "float32",
+    crate::engine::math::sigmoid_f32,
+    crate::engine::math::tanh_f32
+);
 impl_float!(f64, "float64", |x: f64| 1.0 / (1.0 + (-x).exp()), f64::tanh);
 
 #[cfg(test)]
@@ -193,8 +204,16 @@ mod tests {
         let at: Vec<f64> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
         let bt: Vec<f64> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-            let ao = if ta { Operand::new(&at[..], m).t() } else { Operand::new(&a[..], k) };
-            let bo = if tb { Operand::new(&bt[..], k).t() } else { Operand::new(&b[..], n) };
+            let ao = if ta {
+                Operand::new(&at[..], m).t()
+            } else {
+                Operand::new(&a[..], k)
+            };
+            let bo = if tb {
+                Operand::new(&bt[..], k).t()
+            } else {
+                Operand::new(&b[..], n)
+            };
             let mut c = vec![1.0; m * n];
             gemm(m, n, k, 1.0, ao, bo, true, &mut c, n, 1);
             for (x, w) in c.iter().zip(&want) {

@@ -105,7 +105,10 @@ impl<T: Float> GruTrace<T> {
 
 /// Activations whose derivative the backward pass computes from the output alone.
 pub(crate) fn y_only_derivative(a: Activation) -> bool {
-    matches!(a, Activation::Sigmoid | Activation::Tanh | Activation::Linear)
+    matches!(
+        a,
+        Activation::Sigmoid | Activation::Tanh | Activation::Linear
+    )
 }
 
 /// Applies an activation to one contiguous gate block with a tight loop for the common cases.
@@ -120,7 +123,13 @@ pub(crate) fn activate<T: Float>(a: Activation, v: &mut [T]) {
 }
 
 /// `XP[(b·T+t)] = x[b, t] · W + b_in (+ b_rec for z, r when reset_after)` for every row.
-pub fn project_inputs<T: Float>(p: &GruParams<T>, x: &[T], rows: usize, xp: &mut [T], threads: usize) {
+pub fn project_inputs<T: Float>(
+    p: &GruParams<T>,
+    x: &[T],
+    rows: usize,
+    xp: &mut [T],
+    threads: usize,
+) {
     let g = 3 * p.units;
     gemm(
         rows,
@@ -165,7 +174,18 @@ pub fn project_inputs_masked<T: Float>(
     for &gate in blocks {
         mask_rows(x, batch, time, d, masks[gate], &mut scratch[..rows * d]);
         let (cols, off) = if shared { (g, 0) } else { (u, gate * u) };
-        gemm(rows, cols, d, T::one(), Operand::new(&scratch[..rows * d], d), Operand::new(&p.kernel[off..], g), false, &mut xp[off..], g, threads);
+        gemm(
+            rows,
+            cols,
+            d,
+            T::one(),
+            Operand::new(&scratch[..rows * d], d),
+            Operand::new(&p.kernel[off..], g),
+            false,
+            &mut xp[off..],
+            g,
+            threads,
+        );
     }
     if let Some(bias) = p.xp_bias {
         for row in xp[..rows * g].chunks_exact_mut(g) {
@@ -177,7 +197,14 @@ pub fn project_inputs_masked<T: Float>(
 }
 
 /// `out[b, t, :] = x[b, t, :] ⊙ m[b, :]`.
-pub(crate) fn mask_rows<T: Float>(x: &[T], batch: usize, time: usize, d: usize, m: &[T], out: &mut [T]) {
+pub(crate) fn mask_rows<T: Float>(
+    x: &[T],
+    batch: usize,
+    time: usize,
+    d: usize,
+    m: &[T],
+    out: &mut [T],
+) {
     for b in 0..batch {
         let mb = &m[b * d..(b + 1) * d];
         for t in 0..time {
@@ -204,14 +231,36 @@ fn recurrent_product<T: Float>(
     let u = p.units;
     let g = 3 * u;
     match rec {
-        None => gemm(batch, gates * u, u, T::one(), Operand::new(h, u), Operand::new(p.recurrent, g), false, hu, g, threads),
+        None => gemm(
+            batch,
+            gates * u,
+            u,
+            T::one(),
+            Operand::new(h, u),
+            Operand::new(p.recurrent, g),
+            false,
+            hu,
+            g,
+            threads,
+        ),
         Some(s) => {
             for gate in 0..gates {
                 let hsg = &mut hs[gate * batch * u..(gate + 1) * batch * u];
                 for ((o, hv), sv) in hsg.iter_mut().zip(&h[..batch * u]).zip(s[gate]) {
                     *o = *hv * *sv;
                 }
-                gemm(batch, u, u, T::one(), Operand::new(hsg, u), Operand::new(&p.recurrent[gate * u..], g), false, &mut hu[gate * u..], g, threads);
+                gemm(
+                    batch,
+                    u,
+                    u,
+                    T::one(),
+                    Operand::new(hsg, u),
+                    Operand::new(&p.recurrent[gate * u..], g),
+                    false,
+                    &mut hu[gate * u..],
+                    g,
+                    threads,
+                );
             }
         }
     }
@@ -244,7 +293,16 @@ fn step_rows<T: Float>(
     let u = p.units;
     let g = 3 * u;
     let u2 = 2 * u;
-    recurrent_product(p, batch, if p.reset_after { 3 } else { 2 }, h, hu, rec, hs, threads);
+    recurrent_product(
+        p,
+        batch,
+        if p.reset_after { 3 } else { 2 },
+        h,
+        hu,
+        rec,
+        hs,
+        threads,
+    );
     // Gates z and r (and for reset_after the candidate too) row by row.
     for b in 0..batch {
         let x = &xp[xp_row(b)..xp_row(b) + g];
@@ -360,7 +418,9 @@ pub fn gru_sequence<T: Float>(
     ws.reserve(batch, time, u);
     match dropout.input {
         None => project_inputs(p, x, rows, &mut ws.xp, opts.threads),
-        Some(m) => project_inputs_masked(p, x, batch, time, m, &mut ws.xp, &mut ws.xm, opts.threads),
+        Some(m) => {
+            project_inputs_masked(p, x, batch, time, m, &mut ws.xp, &mut ws.xm, opts.threads)
+        }
     }
     if dropout.recurrent.is_some() {
         grow(&mut ws.hs, 3 * batch * u);
@@ -371,11 +431,20 @@ pub fn gru_sequence<T: Float>(
     }
     out.last_output[..batch * u].fill(T::zero());
     if let Some(tr) = trace.as_deref_mut() {
-        let keep_pre = !(y_only_derivative(p.activation) && y_only_derivative(p.recurrent_activation));
+        let keep_pre =
+            !(y_only_derivative(p.activation) && y_only_derivative(p.recurrent_activation));
         tr.prepare(rows, u, keep_pre);
     }
     let mut sequence = out.sequence;
-    let GruWorkspace { xp, hu, h, tmp, h2, hs, .. } = ws;
+    let GruWorkspace {
+        xp,
+        hu,
+        h,
+        tmp,
+        h2,
+        hs,
+        ..
+    } = ws;
     for k in 0..time {
         let t = if opts.go_backwards { time - 1 - k } else { k };
         let xp_row = |b: usize| (b * time + t) * g;
@@ -398,7 +467,9 @@ pub fn gru_sequence<T: Float>(
             dropout.recurrent,
             hs,
             opts.threads,
-            trace.as_deref_mut().map(|tr| (tr, &row_of as &dyn Fn(usize) -> usize)),
+            trace
+                .as_deref_mut()
+                .map(|tr| (tr, &row_of as &dyn Fn(usize) -> usize)),
         );
         for b in 0..batch {
             let valid = opts.mask.is_none_or(|m| m[b * time + t]);
@@ -422,12 +493,39 @@ pub fn gru_sequence<T: Float>(
 /// One time step for a batch: `x_t` `(B, D)`, state `h` `(B, u)` updated in place.
 ///
 /// Allocation-free once `ws` has seen this batch size.
-pub fn gru_step<T: Float>(p: &GruParams<T>, x_t: &[T], batch: usize, h: &mut [T], ws: &mut GruWorkspace<T>, threads: usize) {
+pub fn gru_step<T: Float>(
+    p: &GruParams<T>,
+    x_t: &[T],
+    batch: usize,
+    h: &mut [T],
+    ws: &mut GruWorkspace<T>,
+    threads: usize,
+) {
     let u = p.units;
     let g = 3 * u;
     ws.reserve(batch, 1, u);
     project_inputs(p, x_t, batch, &mut ws.xp, threads);
-    let GruWorkspace { xp, hu, tmp, h2, hs, .. } = ws;
-    step_rows(p, batch, xp, |b| b * g, &h[..batch * u], &mut h2[..batch * u], hu, tmp, None, hs, threads, None);
+    let GruWorkspace {
+        xp,
+        hu,
+        tmp,
+        h2,
+        hs,
+        ..
+    } = ws;
+    step_rows(
+        p,
+        batch,
+        xp,
+        |b| b * g,
+        &h[..batch * u],
+        &mut h2[..batch * u],
+        hu,
+        tmp,
+        None,
+        hs,
+        threads,
+        None,
+    );
     h[..batch * u].copy_from_slice(&h2[..batch * u]);
 }

@@ -52,10 +52,20 @@ pub struct OutputGrads<'a, T> {
 /// `d ← d ⊙ f'(pre)` for one gate block (row-wise for softmax-like activations).
 fn act_backward<T: Float>(a: Activation, pre: &[T], post: &[T], d: &mut [T], scratch: &mut Vec<T>) {
     match a {
-        Activation::Sigmoid => d.iter_mut().zip(post).for_each(|(g, y)| *g *= *y * (T::one() - *y)),
-        Activation::Tanh => d.iter_mut().zip(post).for_each(|(g, y)| *g *= T::one() - *y * *y),
+        Activation::Sigmoid => d
+            .iter_mut()
+            .zip(post)
+            .for_each(|(g, y)| *g *= *y * (T::one() - *y)),
+        Activation::Tanh => d
+            .iter_mut()
+            .zip(post)
+            .for_each(|(g, y)| *g *= T::one() - *y * *y),
         Activation::Linear => {}
-        a if a.is_elementwise() => d.iter_mut().zip(pre).zip(post).for_each(|((g, x), y)| *g *= a.derivative(*x, *y)),
+        a if a.is_elementwise() => d
+            .iter_mut()
+            .zip(pre)
+            .zip(post)
+            .for_each(|((g, x), y)| *g *= a.derivative(*x, *y)),
         a => {
             scratch.clear();
             scratch.extend_from_slice(d);
@@ -122,7 +132,11 @@ pub fn gru_sequence_backward<T: Float>(
                     dhn[b * u + j] = dh[b * u + j] + d_out;
                     carry[b * u + j] = T::zero();
                 } else {
-                    carry[b * u + j] = if opts.zero_output_for_mask { T::zero() } else { d_out };
+                    carry[b * u + j] = if opts.zero_output_for_mask {
+                        T::zero()
+                    } else {
+                        d_out
+                    };
                 }
             }
         }
@@ -137,7 +151,11 @@ pub fn gru_sequence_backward<T: Float>(
             }
             let row = b * time + t;
             let gates = &trace.gates[row * g..(row + 1) * g];
-            let pre = if trace.has_pre { &trace.pre[row * g..(row + 1) * g] } else { gates };
+            let pre = if trace.has_pre {
+                &trace.pre[row * g..(row + 1) * g]
+            } else {
+                gates
+            };
             let hp = &trace.h_prev[row * u..(row + 1) * u];
             let hn = &trace.hn[row * u..(row + 1) * u];
             let (z, r, n) = (&gates[..u], &gates[u..u2], &gates[u2..]);
@@ -153,9 +171,21 @@ pub fn gru_sequence_backward<T: Float>(
                 for j in 0..u {
                     gx[u + j] = gx[u2 + j] * hn[j]; // dr
                 }
-                act_backward(p.recurrent_activation, &pre[u..u2], r, &mut gx[u..u2], &mut scratch);
+                act_backward(
+                    p.recurrent_activation,
+                    &pre[u..u2],
+                    r,
+                    &mut gx[u..u2],
+                    &mut scratch,
+                );
             }
-            act_backward(p.recurrent_activation, &pre[..u], z, &mut gx[..u], &mut scratch);
+            act_backward(
+                p.recurrent_activation,
+                &pre[..u],
+                z,
+                &mut gx[..u],
+                &mut scratch,
+            );
             let gh = &mut sh[b * g..(b + 1) * g];
             gh[..u2].copy_from_slice(&gx[..u2]);
             if p.reset_after {
@@ -168,11 +198,26 @@ pub fn gru_sequence_backward<T: Float>(
         }
         if !p.reset_after {
             // d(r ⊙ h_s) = da_n · U_hᵀ, then dr and the direct path into h.
-            gemm(batch, u, u, T::one(), Operand::new(&sh[u2..], g), Operand::new(&p.recurrent[u2..], g).t(), false, &mut tmp, u, threads);
+            gemm(
+                batch,
+                u,
+                u,
+                T::one(),
+                Operand::new(&sh[u2..], g),
+                Operand::new(&p.recurrent[u2..], g).t(),
+                false,
+                &mut tmp,
+                u,
+                threads,
+            );
             for b in (0..batch).filter(|&b| valid[b]) {
                 let row = b * time + t;
                 let gates = &trace.gates[row * g..(row + 1) * g];
-                let pre = if trace.has_pre { &trace.pre[row * g..(row + 1) * g] } else { gates };
+                let pre = if trace.has_pre {
+                    &trace.pre[row * g..(row + 1) * g]
+                } else {
+                    gates
+                };
                 let hp = &trace.h_prev[row * u..(row + 1) * u];
                 let r = &gates[u..u2];
                 let s_h = dropout.recurrent.map(|s| &s[2][b * u..(b + 1) * u]);
@@ -183,7 +228,13 @@ pub fn gru_sequence_backward<T: Float>(
                     gx[u + j] = drh * hp[j] * sh;
                     dh_prev[b * u + j] += drh * r[j] * sh;
                 }
-                act_backward(p.recurrent_activation, &pre[u..u2], r, &mut gx[u..u2], &mut scratch);
+                act_backward(
+                    p.recurrent_activation,
+                    &pre[u..u2],
+                    r,
+                    &mut gx[u..u2],
+                    &mut scratch,
+                );
                 sh[b * g + u..b * g + u2].copy_from_slice(&gx[u..u2]);
             }
         }
@@ -203,7 +254,18 @@ pub fn gru_sequence_backward<T: Float>(
             ),
             Some(s) => {
                 for gate in 0..gates_in_loop {
-                    gemm(batch, u, u, T::one(), Operand::new(&sh[gate * u..], g), Operand::new(&p.recurrent[gate * u..], g).t(), false, &mut tmp, u, threads);
+                    gemm(
+                        batch,
+                        u,
+                        u,
+                        T::one(),
+                        Operand::new(&sh[gate * u..], g),
+                        Operand::new(&p.recurrent[gate * u..], g).t(),
+                        false,
+                        &mut tmp,
+                        u,
+                        threads,
+                    );
                     for b in (0..batch).filter(|&b| valid[b]) {
                         for j in 0..u {
                             dh_prev[b * u + j] += tmp[b * u + j] * s[gate][b * u + j];
@@ -230,23 +292,67 @@ pub fn gru_sequence_backward<T: Float>(
     // Weight and input gradients: one GEMM each over all B·T rows.
     let mut xm = Vec::new();
     match dropout.input {
-        None => gemm(d, g, rows, T::one(), Operand::new(x, d).t(), Operand::new(dxp, g), true, &mut grads.kernel, g, threads),
+        None => gemm(
+            d,
+            g,
+            rows,
+            T::one(),
+            Operand::new(x, d).t(),
+            Operand::new(dxp, g),
+            true,
+            &mut grads.kernel,
+            g,
+            threads,
+        ),
         Some(m) => {
             for gate in 0..3 {
                 xm.resize(rows * d, T::zero());
                 mask_rows(x, batch, time, d, m[gate], &mut xm);
-                gemm(d, u, rows, T::one(), Operand::new(&xm, d).t(), Operand::new(&dxp[gate * u..], g), true, &mut grads.kernel[gate * u..], g, threads);
+                gemm(
+                    d,
+                    u,
+                    rows,
+                    T::one(),
+                    Operand::new(&xm, d).t(),
+                    Operand::new(&dxp[gate * u..], g),
+                    true,
+                    &mut grads.kernel[gate * u..],
+                    g,
+                    threads,
+                );
             }
         }
     }
     if let Some(dx) = dx {
         match dropout.input {
-            None => gemm(rows, d, g, T::one(), Operand::new(dxp, g), Operand::new(p.kernel, g).t(), false, dx, d, threads),
+            None => gemm(
+                rows,
+                d,
+                g,
+                T::one(),
+                Operand::new(dxp, g),
+                Operand::new(p.kernel, g).t(),
+                false,
+                dx,
+                d,
+                threads,
+            ),
             Some(m) => {
                 dx[..rows * d].fill(T::zero());
                 let mut part = vec![T::zero(); rows * d];
                 for gate in 0..3 {
-                    gemm(rows, d, u, T::one(), Operand::new(&dxp[gate * u..], g), Operand::new(&p.kernel[gate * u..], g).t(), false, &mut part, d, threads);
+                    gemm(
+                        rows,
+                        d,
+                        u,
+                        T::one(),
+                        Operand::new(&dxp[gate * u..], g),
+                        Operand::new(&p.kernel[gate * u..], g).t(),
+                        false,
+                        &mut part,
+                        d,
+                        threads,
+                    );
                     for b in 0..batch {
                         let mb = &m[gate][b * d..(b + 1) * d];
                         for t in 0..time {
@@ -273,8 +379,23 @@ pub fn gru_sequence_backward<T: Float>(
         } else {
             hprev
         };
-        let (right, ld) = if p.reset_after && gate == 2 { (&trace.hn[..rows * u], u) } else { (&dxp[gate * u..], g) };
-        gemm(u, u, rows, T::one(), Operand::new(left, u).t(), Operand::new(right, ld), true, &mut grads.recurrent[gate * u..], g, threads);
+        let (right, ld) = if p.reset_after && gate == 2 {
+            (&trace.hn[..rows * u], u)
+        } else {
+            (&dxp[gate * u..], g)
+        };
+        gemm(
+            u,
+            u,
+            rows,
+            T::one(),
+            Operand::new(left, u).t(),
+            Operand::new(right, ld),
+            true,
+            &mut grads.recurrent[gate * u..],
+            g,
+            threads,
+        );
     }
     for row in dxp.chunks_exact(g) {
         for (acc, v) in grads.bias_input.iter_mut().zip(row) {
@@ -283,7 +404,11 @@ pub fn gru_sequence_backward<T: Float>(
     }
     if p.reset_after {
         for (row, dg) in dxp.chunks_exact(g).zip(trace.hn.chunks_exact(u)) {
-            for (acc, v) in grads.bias_recurrent.iter_mut().zip(row[..u2].iter().chain(dg)) {
+            for (acc, v) in grads
+                .bias_recurrent
+                .iter_mut()
+                .zip(row[..u2].iter().chain(dg))
+            {
                 *acc += *v;
             }
         }

@@ -87,13 +87,17 @@ mod tests {
 
     #[test]
     fn exp_within_2_ulps() {
-        let worst = sweep(-87.0, 88.0, 200_000).map(|x| ulps(exp_f32(x), (x as f64).exp())).fold(0.0, f64::max);
+        let worst = sweep(-87.0, 88.0, 200_000)
+            .map(|x| ulps(exp_f32(x), (x as f64).exp()))
+            .fold(0.0, f64::max);
         assert!(worst <= 2.0, "exp worst {worst} ulps");
     }
 
     #[test]
     fn sigmoid_within_3_ulps() {
-        let worst = sweep(-80.0, 30.0, 200_000).map(|x| ulps(sigmoid_f32(x), 1.0 / (1.0 + (-(x as f64)).exp()))).fold(0.0, f64::max);
+        let worst = sweep(-80.0, 30.0, 200_000)
+            .map(|x| ulps(sigmoid_f32(x), 1.0 / (1.0 + (-(x as f64)).exp())))
+            .fold(0.0, f64::max);
         assert!(worst <= 3.0, "sigmoid worst {worst} ulps");
         assert_eq!(sigmoid_f32(1e30), 1.0);
         assert!(sigmoid_f32(-1e30) < 1e-37);
@@ -102,7 +106,10 @@ mod tests {
 
     #[test]
     fn tanh_within_4_ulps() {
-        let worst = sweep(-12.0, 12.0, 400_000).filter(|x| x.abs() > 1e-30).map(|x| ulps(tanh_f32(x), (x as f64).tanh())).fold(0.0, f64::max);
+        let worst = sweep(-12.0, 12.0, 400_000)
+            .filter(|x| x.abs() > 1e-30)
+            .map(|x| ulps(tanh_f32(x), (x as f64).tanh()))
+            .fold(0.0, f64::max);
         assert!(worst <= 4.0, "tanh worst {worst} ulps");
         assert_eq!(tanh_f32(1e30), 1.0);
         assert_eq!(tanh_f32(-1e30), -1.0);

@@ -59,7 +59,13 @@ impl<T: Float> GruWorkspace<T> {
 
     /// Elements currently held (capacity in use).
     pub fn len(&self) -> usize {
-        self.xp.len() + self.hu.len() + self.h.len() + self.tmp.len() + self.h2.len() + self.xm.len() + self.hs.len()
+        self.xp.len()
+            + self.hu.len()
+            + self.h.len()
+            + self.tmp.len()
+            + self.h2.len()
+            + self.xm.len()
+            + self.hs.len()
     }
 
     /// True when nothing has been allocated yet.

@@ -26,7 +26,11 @@ pub fn seasonal_naive(y: &[f64], t: usize, horizon: usize, s: usize) -> Vec<f64>
     (1..=horizon)
         .map(|k| {
             let back = s * k.div_ceil(s);
-            (t + k).checked_sub(back).and_then(|i| y.get(i)).copied().unwrap_or(f64::NAN)
+            (t + k)
+                .checked_sub(back)
+                .and_then(|i| y.get(i))
+                .copied()
+                .unwrap_or(f64::NAN)
         })
         .collect()
 }

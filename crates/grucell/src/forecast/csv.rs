@@ -32,7 +32,12 @@ pub struct Series {
 impl Series {
     /// A series from in-memory values (no dates).
     pub fn from_values(name: impl Into<String>, values: Vec<Option<f64>>) -> Self {
-        Series { name: name.into(), values, dates: None, reversed: false }
+        Series {
+            name: name.into(),
+            values,
+            dates: None,
+            reversed: false,
+        }
     }
 
     /// Number of rows (missing ones included).
@@ -83,7 +88,11 @@ fn parse_cell(cell: &str) -> Result<Option<f64>, ()> {
 /// # std::fs::remove_file(&path).ok();
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn read_series(path: &Path, column: Option<&str>, date_column: Option<&str>) -> Result<Series, Error> {
+pub fn read_series(
+    path: &Path,
+    column: Option<&str>,
+    date_column: Option<&str>,
+) -> Result<Series, Error> {
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| FormatError::io(&shown, e))?;
     parse_series(&bytes, &shown, column, date_column)
@@ -107,7 +116,12 @@ fn sniff_delimiter(bytes: &[u8]) -> u8 {
 /// Finds a header: exact match first, then a unique case-insensitive match.
 fn find_column(headers: &[String], name: &str) -> Option<usize> {
     headers.iter().position(|h| h == name).or_else(|| {
-        let hits: Vec<usize> = headers.iter().enumerate().filter(|(_, h)| h.trim().eq_ignore_ascii_case(name.trim())).map(|(i, _)| i).collect();
+        let hits: Vec<usize> = headers
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.trim().eq_ignore_ascii_case(name.trim()))
+            .map(|(i, _)| i)
+            .collect();
         match hits.as_slice() {
             [i] => Some(*i),
             _ => None,
@@ -116,24 +130,59 @@ fn find_column(headers: &[String], name: &str) -> Option<usize> {
 }
 
 fn list(headers: &[String]) -> String {
-    headers.iter().map(|h| format!("`{h}`")).collect::<Vec<_>>().join(", ")
+    headers
+        .iter()
+        .map(|h| format!("`{h}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Like [`read_series`], from bytes already in memory; `source` names them in errors.
-pub fn parse_series(bytes: &[u8], source: &str, column: Option<&str>, date_column: Option<&str>) -> Result<Series, Error> {
-    let bad = |part: String, msg: String| -> Error { FormatError::malformed(source, part, msg).into() };
-    let mut reader = csv::ReaderBuilder::new().delimiter(sniff_delimiter(bytes)).flexible(true).trim(csv::Trim::All).from_reader(bytes);
-    let headers: Vec<String> = reader.headers().map_err(|e| bad("header".into(), e.to_string()))?.iter().map(|h| h.trim_start_matches('\u{feff}').to_string()).collect();
+pub fn parse_series(
+    bytes: &[u8],
+    source: &str,
+    column: Option<&str>,
+    date_column: Option<&str>,
+) -> Result<Series, Error> {
+    let bad =
+        |part: String, msg: String| -> Error { FormatError::malformed(source, part, msg).into() };
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(sniff_delimiter(bytes))
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(bytes);
+    let headers: Vec<String> = reader
+        .headers()
+        .map_err(|e| bad("header".into(), e.to_string()))?
+        .iter()
+        .map(|h| h.trim_start_matches('\u{feff}').to_string())
+        .collect();
     if headers.is_empty() || headers.iter().all(|h| h.is_empty()) {
-        return Err(bad("header".into(), "the file is empty or has no header row; expected a header naming the columns".into()));
+        return Err(bad(
+            "header".into(),
+            "the file is empty or has no header row; expected a header naming the columns".into(),
+        ));
     }
-    let records: Vec<csv::StringRecord> = reader.records().collect::<Result<_, _>>().map_err(|e| bad("rows".into(), e.to_string()))?;
+    let records: Vec<csv::StringRecord> = reader
+        .records()
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad("rows".into(), e.to_string()))?;
     let date_idx = match date_column {
         None => None,
-        Some(d) => Some(find_column(&headers, d).ok_or_else(|| bad(format!("date column `{d}`"), format!("not found; available columns: {}", list(&headers))))?),
+        Some(d) => Some(find_column(&headers, d).ok_or_else(|| {
+            bad(
+                format!("date column `{d}`"),
+                format!("not found; available columns: {}", list(&headers)),
+            )
+        })?),
     };
     let value_idx = match column {
-        Some(c) => find_column(&headers, c).ok_or_else(|| bad(format!("column `{c}`"), format!("not found; available columns: {}", list(&headers))))?,
+        Some(c) => find_column(&headers, c).ok_or_else(|| {
+            bad(
+                format!("column `{c}`"),
+                format!("not found; available columns: {}", list(&headers)),
+            )
+        })?,
         None => {
             let numeric: Vec<usize> = (0..headers.len())
                 .filter(|i| Some(*i) != date_idx)
@@ -152,10 +201,29 @@ pub fn parse_series(bytes: &[u8], source: &str, column: Option<&str>, date_colum
                 .collect();
             match numeric.as_slice() {
                 [i] => *i,
-                [] => return Err(ConfigError::invalid("--column", "(not given)", format!("a column name: {} has no numeric column; columns: {}", source, list(&headers))).into()),
+                [] => {
+                    return Err(ConfigError::invalid(
+                        "--column",
+                        "(not given)",
+                        format!(
+                            "a column name: {} has no numeric column; columns: {}",
+                            source,
+                            list(&headers)
+                        ),
+                    )
+                    .into())
+                }
                 _ => {
-                    let names: Vec<String> = numeric.iter().filter_map(|i| headers.get(*i).cloned()).collect();
-                    return Err(ConfigError::invalid("--column", "(not given)", format!("one of the numeric columns {}", list(&names))).into());
+                    let names: Vec<String> = numeric
+                        .iter()
+                        .filter_map(|i| headers.get(*i).cloned())
+                        .collect();
+                    return Err(ConfigError::invalid(
+                        "--column",
+                        "(not given)",
+                        format!("one of the numeric columns {}", list(&names)),
+                    )
+                    .into());
                 }
             }
         }
@@ -177,12 +245,23 @@ pub fn parse_series(bytes: &[u8], source: &str, column: Option<&str>, date_colum
         }
     }
     if values.iter().all(Option::is_none) {
-        return Err(bad(format!("column `{name}`"), format!("has no numeric values in {} data rows", values.len())));
+        return Err(bad(
+            format!("column `{name}`"),
+            format!("has no numeric values in {} data rows", values.len()),
+        ));
     }
-    let mut series = Series { name, values, dates, reversed: false };
+    let mut series = Series {
+        name,
+        values,
+        dates,
+        reversed: false,
+    };
     if let Some(d) = &series.dates {
         let iso = |s: &String| s.len() >= 4 && s.bytes().take(4).all(|b| b.is_ascii_digit());
-        let descending = d.len() >= 2 && d.iter().all(iso) && d.windows(2).all(|w| w[0] >= w[1]) && d.first() != d.last();
+        let descending = d.len() >= 2
+            && d.iter().all(iso)
+            && d.windows(2).all(|w| w[0] >= w[1])
+            && d.first() != d.last();
         if descending {
             series.values.reverse();
             if let Some(d) = series.dates.as_mut() {
@@ -211,15 +290,24 @@ mod tests {
 
     #[test]
     fn missing_column_lists_available() {
-        let e = parse("date,co2\n2000,1\n", Some("value"), None).unwrap_err().to_string();
+        let e = parse("date,co2\n2000,1\n", Some("value"), None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`value`") && e.contains("`date`, `co2`"), "{e}");
-        let e = parse("date,co2\n2000,1\n", Some("co2"), Some("when")).unwrap_err().to_string();
-        assert!(e.contains("date column `when`") && e.contains("`date`, `co2`"), "{e}");
+        let e = parse("date,co2\n2000,1\n", Some("co2"), Some("when"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("date column `when`") && e.contains("`date`, `co2`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn text_cell_is_an_error_with_row() {
-        let e = parse("v\n1\n2\nabc\n", Some("v"), None).unwrap_err().to_string();
+        let e = parse("v\n1\n2\nabc\n", Some("v"), None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("row 4") && e.contains("`abc`"), "{e}");
     }
 
@@ -231,14 +319,24 @@ mod tests {
 
     #[test]
     fn case_insensitive_and_semicolon() {
-        let s = parse("Date;Value\n2001-01-01;1\n2001-01-02;2\n", Some("value"), Some("date")).unwrap();
+        let s = parse(
+            "Date;Value\n2001-01-01;1\n2001-01-02;2\n",
+            Some("value"),
+            Some("date"),
+        )
+        .unwrap();
         assert_eq!(s.values, vec![Some(1.0), Some(2.0)]);
         assert!(!s.reversed);
     }
 
     #[test]
     fn descending_dates_are_reversed() {
-        let s = parse("d,v\n2001-03,3\n2001-02,2\n2001-01,1\n", Some("v"), Some("d")).unwrap();
+        let s = parse(
+            "d,v\n2001-03,3\n2001-02,2\n2001-01,1\n",
+            Some("v"),
+            Some("d"),
+        )
+        .unwrap();
         assert_eq!(s.values, vec![Some(1.0), Some(2.0), Some(3.0)]);
         assert_eq!(s.dates.unwrap()[0], "2001-01");
         assert!(s.reversed);
@@ -248,7 +346,9 @@ mod tests {
     fn column_inferred_when_unique() {
         let s = parse("d,v\n2001-01,1\n2001-02,2\n", None, Some("d")).unwrap();
         assert_eq!(s.name, "v");
-        let e = parse("d,v,w\n2001-01,1,3\n", None, Some("d")).unwrap_err().to_string();
+        let e = parse("d,v,w\n2001-01,1,3\n", None, Some("d"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`v`, `w`"), "{e}");
     }
 }

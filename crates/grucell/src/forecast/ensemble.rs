@@ -25,12 +25,28 @@ fn parts(model: &Model<f32>) -> Result<(&Rnn<f32>, &Dense<f32>), Error> {
             Layer::Rnn(r) if rnn.is_none() => rnn = Some(r),
             Layer::Dense(d) if dense.is_none() => dense = Some(d),
             Layer::Input { .. } => {}
-            _ => return Err(ConfigError::unsupported("ensemble member", format!("layer `{}` (only Sequential(GRU, Dense) models merge)", l.name)).into()),
+            _ => {
+                return Err(ConfigError::unsupported(
+                    "ensemble member",
+                    format!(
+                        "layer `{}` (only Sequential(GRU, Dense) models merge)",
+                        l.name
+                    ),
+                )
+                .into())
+            }
         }
     }
     match (rnn, dense) {
         (Some(r), Some(d)) if r.cells().len() == 1 => Ok((r, d)),
-        _ => Err(ConfigError::unsupported("ensemble member", format!("model `{}` (expected one single-cell GRU followed by one Dense)", model.name)).into()),
+        _ => Err(ConfigError::unsupported(
+            "ensemble member",
+            format!(
+                "model `{}` (expected one single-cell GRU followed by one Dense)",
+                model.name
+            ),
+        )
+        .into()),
     }
 }
 
@@ -60,7 +76,9 @@ fn parts(model: &Model<f32>) -> Result<(&Rnn<f32>, &Dense<f32>), Error> {
 /// # Ok::<(), grucell::Error>(())
 /// ```
 pub fn merge_members(members: &[Model<f32>]) -> Result<Model<f32>, Error> {
-    let first = members.first().ok_or_else(|| ConfigError::invalid("members", "[]", "at least one model"))?;
+    let first = members
+        .first()
+        .ok_or_else(|| ConfigError::invalid("members", "[]", "at least one model"))?;
     if members.len() == 1 {
         return Ok(first.clone());
     }
@@ -79,8 +97,18 @@ pub fn merge_members(members: &[Model<f32>]) -> Result<Model<f32>, Error> {
             a.seed = cfg0.seed;
             a == cfg0
         };
-        if !same_cell || c.input_dim() != input_dim || d.config().units != h || d.input_dim() != u || m.input_shapes() != first.input_shapes() {
-            return Err(ConfigError::invalid("members", format!("model `{}`", m.name), "the same GRU config, input shape and Dense width as the first member").into());
+        if !same_cell
+            || c.input_dim() != input_dim
+            || d.config().units != h
+            || d.input_dim() != u
+            || m.input_shapes() != first.input_shapes()
+        {
+            return Err(ConfigError::invalid(
+                "members",
+                format!("model `{}`", m.name),
+                "the same GRU config, input shape and Dense width as the first member",
+            )
+            .into());
         }
         cells.push(c);
         denses.push(d);
@@ -122,7 +150,12 @@ pub fn merge_members(members: &[Model<f32>]) -> Result<Model<f32>, Error> {
         (Some(b), Some(shape)) => Some(Tensor::new(shape, b)?),
         _ => None,
     };
-    let cell = GruCell::from_weights(cfg, Tensor::new(vec![input_dim, g], kernel)?, Tensor::new(vec![ku, g], rec)?, bias_t)?;
+    let cell = GruCell::from_weights(
+        cfg,
+        Tensor::new(vec![input_dim, g], kernel)?,
+        Tensor::new(vec![ku, g], rec)?,
+        bias_t,
+    )?;
     let rnn = Rnn::from_cells(vec![cell], RnnKind::Gru)?.name(r0.name.clone());
     // Dense: stacked kernels / k, mean bias.
     let scale = 1.0 / k as f32;
@@ -139,9 +172,37 @@ pub fn merge_members(members: &[Model<f32>]) -> Result<Model<f32>, Error> {
         }
     }
     let dcfg: DenseConfig = d0.config().clone();
-    let dense = Dense::from_weights(dcfg.clone(), Tensor::new(vec![ku, h], dk)?, if dcfg.use_bias { Some(Tensor::new(vec![h], db)?) } else { None })?;
-    let input_shape = first.input_shapes().into_iter().next().map(|s| s.into_iter().skip(1).collect()).unwrap_or_else(|| vec![None, Some(input_dim)]);
-    let gru_name = first.layers.iter().find(|l| matches!(l.layer, Layer::Rnn(_))).map_or("gru".to_string(), |l| l.name.clone());
-    let dense_name = first.layers.iter().find(|l| matches!(l.layer, Layer::Dense(_))).map_or("dense".to_string(), |l| l.name.clone());
-    Model::sequential(&first.name, input_shape, vec![(gru_name, Layer::Rnn(rnn)), (dense_name, Layer::Dense(dense))])
+    let dense = Dense::from_weights(
+        dcfg.clone(),
+        Tensor::new(vec![ku, h], dk)?,
+        if dcfg.use_bias {
+            Some(Tensor::new(vec![h], db)?)
+        } else {
+            None
+        },
+    )?;
+    let input_shape = first
+        .input_shapes()
+        .into_iter()
+        .next()
+        .map(|s| s.into_iter().skip(1).collect())
+        .unwrap_or_else(|| vec![None, Some(input_dim)]);
+    let gru_name = first
+        .layers
+        .iter()
+        .find(|l| matches!(l.layer, Layer::Rnn(_)))
+        .map_or("gru".to_string(), |l| l.name.clone());
+    let dense_name = first
+        .layers
+        .iter()
+        .find(|l| matches!(l.layer, Layer::Dense(_)))
+        .map_or("dense".to_string(), |l| l.name.clone());
+    Model::sequential(
+        &first.name,
+        input_shape,
+        vec![
+            (gru_name, Layer::Rnn(rnn)),
+            (dense_name, Layer::Dense(dense)),
+        ],
+    )
 }

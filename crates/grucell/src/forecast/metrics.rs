@@ -7,7 +7,13 @@
 /// assert!((rmse(&[1.0, 2.0], &[1.0, 4.0]) - 2f64.sqrt()).abs() < 1e-12);
 /// ```
 pub fn rmse(actual: &[f64], predicted: &[f64]) -> f64 {
-    let (sum, n) = actual.iter().zip(predicted).filter(|(_, p)| p.is_finite()).fold((0.0, 0usize), |(s, n), (a, p)| (s + (a - p) * (a - p), n + 1));
+    let (sum, n) = actual
+        .iter()
+        .zip(predicted)
+        .filter(|(_, p)| p.is_finite())
+        .fold((0.0, 0usize), |(s, n), (a, p)| {
+            (s + (a - p) * (a - p), n + 1)
+        });
     if n == 0 {
         f64::NAN
     } else {
@@ -22,7 +28,11 @@ pub fn rmse(actual: &[f64], predicted: &[f64]) -> f64 {
 /// assert_eq!(mae(&[1.0, 2.0], &[2.0, 4.0]), 1.5);
 /// ```
 pub fn mae(actual: &[f64], predicted: &[f64]) -> f64 {
-    let (sum, n) = actual.iter().zip(predicted).filter(|(_, p)| p.is_finite()).fold((0.0, 0usize), |(s, n), (a, p)| (s + (a - p).abs(), n + 1));
+    let (sum, n) = actual
+        .iter()
+        .zip(predicted)
+        .filter(|(_, p)| p.is_finite())
+        .fold((0.0, 0usize), |(s, n), (a, p)| (s + (a - p).abs(), n + 1));
     if n == 0 {
         f64::NAN
     } else {
@@ -50,6 +60,9 @@ mod tests {
     fn skips_non_finite_predictions() {
         assert_eq!(rmse(&[1.0, 2.0, 3.0], &[1.0, f64::NAN, 5.0]), 2f64.sqrt());
         assert!(rmse(&[1.0], &[f64::NAN]).is_nan());
-        assert_eq!(rmse_by_step(&[0.0, 0.0, 0.0, 0.0], &[1.0, 2.0, 1.0, 2.0], 2), vec![1.0, 2.0]);
+        assert_eq!(
+            rmse_by_step(&[0.0, 0.0, 0.0, 0.0], &[1.0, 2.0, 1.0, 2.0], 2),
+            vec![1.0, 2.0]
+        );
     }
 }

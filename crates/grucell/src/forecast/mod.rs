@@ -45,8 +45,15 @@ pub fn write_outputs(outcome: &ForecastOutcome, dir: &Path) -> Result<OutputFile
         model: dir.join("model.keras"),
         test_inputs: dir.join("test_inputs.npy"),
     };
-    let json = serde_json::to_string_pretty(&outcome.metrics).map_err(|e| FormatError::malformed(files.metrics.display().to_string(), "metrics", e.to_string()))?;
-    std::fs::write(&files.metrics, json + "\n").map_err(|e| FormatError::io(files.metrics.display().to_string(), e))?;
+    let json = serde_json::to_string_pretty(&outcome.metrics).map_err(|e| {
+        FormatError::malformed(
+            files.metrics.display().to_string(),
+            "metrics",
+            e.to_string(),
+        )
+    })?;
+    std::fs::write(&files.metrics, json + "\n")
+        .map_err(|e| FormatError::io(files.metrics.display().to_string(), e))?;
     plot::draw_forecast(&outcome.plot, &files.plot)?;
     crate::io::keras::write::save_model(&outcome.model, &files.model)?;
     crate::io::npy::write_npy(&files.test_inputs, &outcome.test_inputs)?;

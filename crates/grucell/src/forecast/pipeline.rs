@@ -24,7 +24,9 @@ use crate::forecast::baseline::{last_value, seasonal_naive};
 use crate::forecast::csv::Series;
 use crate::forecast::ensemble::merge_members;
 use crate::forecast::metrics::{mae, rmse, rmse_by_step};
-use crate::forecast::series::{detect_season, fill_gaps, windows, GapReport, Representation, Scaler};
+use crate::forecast::series::{
+    detect_season, fill_gaps, windows, GapReport, Representation, Scaler,
+};
 use crate::layers::dense::DenseConfig;
 use crate::layers::model::{Layer, Model};
 use crate::tensor::Tensor;
@@ -287,10 +289,24 @@ struct Candidate {
 }
 
 /// Builds the `GRU(units) → Dense(horizon)` model that every member starts from.
-pub fn build_model(lookback: usize, horizon: usize, units: usize, seed: u64) -> Result<Model<f32>, Error> {
-    let gru = Rnn::new(GruCellConfig::new(units).seed(Some(seed)), 1)?.with_kind(RnnKind::Gru)?.name("gru");
+pub fn build_model(
+    lookback: usize,
+    horizon: usize,
+    units: usize,
+    seed: u64,
+) -> Result<Model<f32>, Error> {
+    let gru = Rnn::new(GruCellConfig::new(units).seed(Some(seed)), 1)?
+        .with_kind(RnnKind::Gru)?
+        .name("gru");
     let dense = DenseConfig::new(horizon).build(units, seed)?;
-    Model::sequential("gru_forecaster", vec![Some(lookback), Some(1)], vec![("gru".into(), Layer::Rnn(gru)), ("dense".into(), Layer::Dense(dense))])
+    Model::sequential(
+        "gru_forecaster",
+        vec![Some(lookback), Some(1)],
+        vec![
+            ("gru".into(), Layer::Rnn(gru)),
+            ("dense".into(), Layer::Dense(dense)),
+        ],
+    )
 }
 
 /// Runs the model over windows `x` (flattened `(N, lookback, 1)`) in chunks; returns `(N, h)`
@@ -323,7 +339,11 @@ fn train_member(
     let h = cfg.horizon;
     let mut model = build_model(lookback, h, cfg.units, seed)?;
     model.set_threads(1);
-    let sizes: Vec<usize> = model.trainable_variables().iter().map(|(_, s)| s.iter().product()).collect();
+    let sizes: Vec<usize> = model
+        .trainable_variables()
+        .iter()
+        .map(|(_, s)| s.iter().product())
+        .collect();
     let mut opt_cfg = OptimizerConfig::adam(cfg.learning_rate);
     opt_cfg.global_clipnorm = Some(1.0);
     let mut opt = Optimizer::new(opt_cfg, &sizes)?;
@@ -340,18 +360,36 @@ fn train_member(
             batch_size: cfg.batch_size.max(1),
             epochs: 1,
             shuffle: true,
-            seed: Some(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(epoch as u64)),
+            seed: Some(
+                seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    .wrapping_add(epoch as u64),
+            ),
             progress: FitProgress::Never,
             ..FitConfig::default()
         };
-        let epoch_hist = model.fit(std::slice::from_ref(&c.fit_x), std::slice::from_ref(&c.fit_y), &loss, &mut opt, &fit_cfg, None)?;
+        let epoch_hist = model.fit(
+            std::slice::from_ref(&c.fit_x),
+            std::slice::from_ref(&c.fit_y),
+            &loss,
+            &mut opt,
+            &fit_cfg,
+            None,
+        )?;
         let train_loss = epoch_hist.loss.first().copied().unwrap_or(f64::NAN);
         let val_pred = predict_windows(&model, c.val_x.data(), lookback)?;
         let val_loss = f64::from(loss.value(c.val_y.data(), &val_pred, c.val_y.shape(), None)?);
         hist.loss.push(train_loss);
         hist.val_loss.push(val_loss);
-        report(Progress::Epoch { training, representation: c.rep.name(), epoch, loss: train_loss, val_loss });
-        let improved = best.as_ref().is_none_or(|(b, _, _)| val_loss < b * (1.0 - 1e-4));
+        report(Progress::Epoch {
+            training,
+            representation: c.rep.name(),
+            epoch,
+            loss: train_loss,
+            val_loss,
+        });
+        let improved = best
+            .as_ref()
+            .is_none_or(|(b, _, _)| val_loss < b * (1.0 - 1e-4));
         if improved {
             best = Some((val_loss, model.clone(), epoch));
             since_best = 0;
@@ -363,7 +401,10 @@ fn train_member(
             }
         }
     }
-    report(Progress::Finished { training, epochs_run: hist.loss.len() });
+    report(Progress::Finished {
+        training,
+        epochs_run: hist.loss.len(),
+    });
     match best {
         Some((_, m, e)) => {
             hist.best_epoch = e;
@@ -377,14 +418,18 @@ fn train_member(
 const MIN_FIT_WINDOWS: usize = 16;
 
 /// Relative margin within which validation RMSEs count as a tie.
-const TIE: f64 = 0.01;
+const TIE: f64 = 0.05;
 
 /// The candidate with the lowest validation RMSE; within [`TIE`] of it, differences are
 /// preferred to seasonal differences and those to levels, because a model of changes degrades
 /// gracefully (towards the last value) when the test leaves the range seen in training, and a
 /// model of levels does not.
 fn choose(reps: &[Representation], reports: &[CandidateReport]) -> usize {
-    let best = reports.iter().map(|r| r.val_rmse).filter(|v| v.is_finite()).fold(f64::INFINITY, f64::min);
+    let best = reports
+        .iter()
+        .map(|r| r.val_rmse)
+        .filter(|v| v.is_finite())
+        .fold(f64::INFINITY, f64::min);
     let rank = |r: &Representation| match r {
         Representation::Differences => 0,
         Representation::SeasonalDifferences { .. } => 1,
@@ -392,22 +437,41 @@ fn choose(reps: &[Representation], reports: &[CandidateReport]) -> usize {
     };
     (0..reports.len())
         .filter(|&i| reports[i].val_rmse.is_finite() && reports[i].val_rmse <= best * (1.0 + TIE))
-        .min_by(|&a, &b| rank(&reps[a]).cmp(&rank(&reps[b])).then(reports[a].val_rmse.total_cmp(&reports[b].val_rmse)))
+        .min_by(|&a, &b| {
+            rank(&reps[a])
+                .cmp(&rank(&reps[b]))
+                .then(reports[a].val_rmse.total_cmp(&reports[b].val_rmse))
+        })
         .unwrap_or(0)
 }
 
 /// Levels forecast for each origin from the model's scaled outputs.
-fn to_levels(rep: Representation, scaler: &Scaler, y: &[f64], origins: &[usize], out: &[f32], h: usize) -> Vec<f64> {
+fn to_levels(
+    rep: Representation,
+    scaler: &Scaler,
+    y: &[f64],
+    origins: &[usize],
+    out: &[f32],
+    h: usize,
+) -> Vec<f64> {
     let mut levels = Vec::with_capacity(origins.len() * h);
     for (i, &t) in origins.iter().enumerate() {
-        let z: Vec<f64> = out.get(i * h..(i + 1) * h).unwrap_or(&[]).iter().map(|v| scaler.unscale(f64::from(*v))).collect();
+        let z: Vec<f64> = out
+            .get(i * h..(i + 1) * h)
+            .unwrap_or(&[])
+            .iter()
+            .map(|v| scaler.unscale(f64::from(*v)))
+            .collect();
         levels.extend(rep.reconstruct(&y[..=t.min(y.len().saturating_sub(1))], t, &z));
     }
     levels
 }
 
 fn actuals(y: &[f64], origins: &[usize], h: usize) -> Vec<f64> {
-    origins.iter().flat_map(|&t| (1..=h).map(move |k| y.get(t + k).copied().unwrap_or(f64::NAN))).collect()
+    origins
+        .iter()
+        .flat_map(|&t| (1..=h).map(move |k| y.get(t + k).copied().unwrap_or(f64::NAN)))
+        .collect()
 }
 
 /// Trains and evaluates a GRU forecaster on `series` (see the module documentation).
@@ -425,30 +489,63 @@ fn actuals(y: &[f64], origins: &[usize], h: usize) -> Vec<f64> {
 /// assert_eq!(out.metrics.season, Some(12));
 /// # Ok::<(), grucell::Error>(())
 /// ```
-pub fn forecast(series: &Series, cfg: &ForecastConfig, report: &(dyn Fn(Progress) + Sync)) -> Result<ForecastOutcome, Error> {
+pub fn forecast(
+    series: &Series,
+    cfg: &ForecastConfig,
+    report: &(dyn Fn(Progress) + Sync),
+) -> Result<ForecastOutcome, Error> {
     let started = std::time::Instant::now();
     let h = cfg.horizon;
     if h == 0 {
         return Err(ConfigError::invalid("horizon", 0, "at least 1").into());
     }
     if cfg.units == 0 || cfg.ensemble == 0 || cfg.batch_size == 0 {
-        return Err(ConfigError::invalid("units/ensemble/batch_size", format!("{}/{}/{}", cfg.units, cfg.ensemble, cfg.batch_size), "positive integers").into());
+        return Err(ConfigError::invalid(
+            "units/ensemble/batch_size",
+            format!("{}/{}/{}", cfg.units, cfg.ensemble, cfg.batch_size),
+            "positive integers",
+        )
+        .into());
     }
-    if !(0.0..0.9).contains(&cfg.test_fraction) || !(0.0..0.9).contains(&cfg.validation_fraction) || cfg.test_fraction <= 0.0 || cfg.validation_fraction <= 0.0 {
-        return Err(ConfigError::invalid("test/validation fraction", format!("{}/{}", cfg.test_fraction, cfg.validation_fraction), "in (0, 0.9)").into());
+    if !(0.0..0.9).contains(&cfg.test_fraction)
+        || !(0.0..0.9).contains(&cfg.validation_fraction)
+        || cfg.test_fraction <= 0.0
+        || cfg.validation_fraction <= 0.0
+    {
+        return Err(ConfigError::invalid(
+            "test/validation fraction",
+            format!("{}/{}", cfg.test_fraction, cfg.validation_fraction),
+            "in (0, 0.9)",
+        )
+        .into());
     }
     let (y, first, gaps) = fill_gaps(&series.values)?;
     let n = y.len();
-    let dates = series.dates.as_ref().map(|d| d.iter().skip(first).take(n).cloned().collect::<Vec<_>>());
+    let dates = series
+        .dates
+        .as_ref()
+        .map(|d| d.iter().skip(first).take(n).cloned().collect::<Vec<_>>());
     let n_test = ((n as f64 * cfg.test_fraction).round() as usize).max(h);
     let n_train = n.saturating_sub(n_test);
     let n_val = ((n_train as f64 * cfg.validation_fraction).round() as usize).max(h);
     let n_fit = n_train.saturating_sub(n_val);
     let too_few = |need: String| -> Error {
-        ConfigError::invalid("series length", format!("{n} usable values in column `{}` (after gap handling)", series.name), need).into()
+        ConfigError::invalid(
+            "series length",
+            format!(
+                "{n} usable values in column `{}` (after gap handling)",
+                series.name
+            ),
+            need,
+        )
+        .into()
     };
     // At least MIN_FIT_WINDOWS training windows with a lookback of 2, after the split.
-    let rows_for = |fit_points: usize| ((fit_points as f64) / ((1.0 - cfg.test_fraction) * (1.0 - cfg.validation_fraction))).ceil() as usize + 1;
+    let rows_for = |fit_points: usize| {
+        ((fit_points as f64) / ((1.0 - cfg.test_fraction) * (1.0 - cfg.validation_fraction))).ceil()
+            as usize
+            + 1
+    };
     let min_fit = (h + 1 + MIN_FIT_WINDOWS).max(2 * h + 8);
     if n_fit < min_fit {
         return Err(too_few(format!("at least {} values for horizon {h} (train/validation/test split with {MIN_FIT_WINDOWS} training windows)", rows_for(min_fit))));
@@ -480,7 +577,9 @@ pub fn forecast(series: &Series, cfg: &ForecastConfig, report: &(dyn Fn(Progress
                 Some(s) if s <= 100 => s + 1,
                 _ => 24,
             };
-            want.min(n_fit * 2 / 5).min(n_fit + 1 - h - MIN_FIT_WINDOWS).max(2)
+            want.min(n_fit * 2 / 5)
+                .min(n_fit + 1 - h - MIN_FIT_WINDOWS)
+                .max(2)
         }
     };
     // Candidates.
@@ -512,7 +611,8 @@ pub fn forecast(series: &Series, cfg: &ForecastConfig, report: &(dyn Fn(Progress
     for rep in reps {
         let o = rep.offset();
         let fo = fit_origins_all(o);
-        if fo.len() < MIN_FIT_WINDOWS || val_origins.first().is_some_and(|&t| t + 1 < o + lookback) {
+        if fo.len() < MIN_FIT_WINDOWS || val_origins.first().is_some_and(|&t| t + 1 < o + lookback)
+        {
             continue;
         }
         let z = rep.transform(&y);
@@ -535,17 +635,38 @@ pub fn forecast(series: &Series, cfg: &ForecastConfig, report: &(dyn Fn(Progress
     if candidates.is_empty() {
         return Err(too_few(format!("more values for lookback {lookback} and horizon {h} (no representation has {MIN_FIT_WINDOWS} training windows)")));
     }
-    let fit_windows = candidates.iter().map(|c| c.fit_y.shape()[0]).max().unwrap_or(0);
-    let max_epochs = cfg.epochs.unwrap_or_else(|| (60_000 / fit_windows.max(1)).clamp(30, 150));
+    let fit_windows = candidates
+        .iter()
+        .map(|c| c.fit_y.shape()[0])
+        .max()
+        .unwrap_or(0);
+    let max_epochs = cfg
+        .epochs
+        .unwrap_or_else(|| (60_000 / fit_windows.max(1)).clamp(30, 150));
     if max_epochs == 0 {
         return Err(ConfigError::invalid("epochs", 0, "at least 1").into());
     }
-    let jobs: Vec<(usize, usize)> = (0..candidates.len()).flat_map(|c| (0..cfg.ensemble).map(move |m| (c, m))).collect();
-    report(Progress::Plan { trainings: jobs.len(), max_epochs });
+    let jobs: Vec<(usize, usize)> = (0..candidates.len())
+        .flat_map(|c| (0..cfg.ensemble).map(move |m| (c, m)))
+        .collect();
+    report(Progress::Plan {
+        trainings: jobs.len(),
+        max_epochs,
+    });
     let trained: Vec<(Model<f32>, TrainHistory)> = jobs
         .par_iter()
         .enumerate()
-        .map(|(i, &(c, m))| train_member(&candidates[c], cfg, lookback, cfg.seed.wrapping_add(m as u64), max_epochs, i, report))
+        .map(|(i, &(c, m))| {
+            train_member(
+                &candidates[c],
+                cfg,
+                lookback,
+                cfg.seed.wrapping_add(m as u64),
+                max_epochs,
+                i,
+                report,
+            )
+        })
         .collect::<Result<_, Error>>()?;
     let training_seconds = started.elapsed().as_secs_f64();
     // Validation (and, for the report, test) RMSE in the series' units of each candidate's
@@ -553,7 +674,12 @@ pub fn forecast(series: &Series, cfg: &ForecastConfig, report: &(dyn Fn(Progress
     let mut reports = Vec::new();
     let mut outputs = Vec::new();
     for (ci, c) in candidates.iter().enumerate() {
-        let members: Vec<&(Model<f32>, TrainHistory)> = jobs.iter().zip(&trained).filter(|((jc, _), _)| *jc == ci).map(|(_, t)| t).collect();
+        let members: Vec<&(Model<f32>, TrainHistory)> = jobs
+            .iter()
+            .zip(&trained)
+            .filter(|((jc, _), _)| *jc == ci)
+            .map(|(_, t)| t)
+            .collect();
         let (test_x, _, test_kept) = windows(&c.zs, &test_origins, lookback, h);
         let mean = |x: &[f32], len: usize| -> Result<Vec<f32>, Error> {
             let mut acc = vec![0f32; len];
@@ -564,27 +690,70 @@ pub fn forecast(series: &Series, cfg: &ForecastConfig, report: &(dyn Fn(Progress
             }
             Ok(acc)
         };
-        let val_pred = to_levels(c.rep, &c.scaler, &y, &c.val_origins, &mean(c.val_x.data(), c.val_y.len())?, h);
+        let val_pred = to_levels(
+            c.rep,
+            &c.scaler,
+            &y,
+            &c.val_origins,
+            &mean(c.val_x.data(), c.val_y.len())?,
+            h,
+        );
         let val_rmse = rmse(&actuals(&y, &c.val_origins, h), &val_pred);
-        let test_pred = to_levels(c.rep, &c.scaler, &y, &test_kept, &mean(&test_x, test_kept.len() * h)?, h);
+        let test_pred = to_levels(
+            c.rep,
+            &c.scaler,
+            &y,
+            &test_kept,
+            &mean(&test_x, test_kept.len() * h)?,
+            h,
+        );
         let test_rmse = rmse(&actuals(&y, &test_kept, h), &test_pred);
-        reports.push(CandidateReport { representation: c.rep.name(), val_rmse, test_rmse, epochs_run: members.iter().map(|(_, hh)| hh.loss.len()).collect() });
+        reports.push(CandidateReport {
+            representation: c.rep.name(),
+            val_rmse,
+            test_rmse,
+            epochs_run: members.iter().map(|(_, hh)| hh.loss.len()).collect(),
+        });
         outputs.push((test_x, test_kept));
     }
-    let chosen = choose(&candidates.iter().map(|c| c.rep).collect::<Vec<_>>(), &reports);
+    let chosen = choose(
+        &candidates.iter().map(|c| c.rep).collect::<Vec<_>>(),
+        &reports,
+    );
     let c = &candidates[chosen];
-    let members: Vec<Model<f32>> = jobs.iter().zip(&trained).filter(|((jc, _), _)| *jc == chosen).map(|(_, (m, _))| m.clone()).collect();
-    let histories: Vec<TrainHistory> = jobs.iter().zip(&trained).filter(|((jc, _), _)| *jc == chosen).map(|(_, (_, hh))| hh.clone()).collect();
+    let members: Vec<Model<f32>> = jobs
+        .iter()
+        .zip(&trained)
+        .filter(|((jc, _), _)| *jc == chosen)
+        .map(|(_, (m, _))| m.clone())
+        .collect();
+    let histories: Vec<TrainHistory> = jobs
+        .iter()
+        .zip(&trained)
+        .filter(|((jc, _), _)| *jc == chosen)
+        .map(|(_, (_, hh))| hh.clone())
+        .collect();
     let model = merge_members(&members)?;
     // Test, with the merged model (the one that is saved).
     let (test_x, test_kept) = outputs.swap_remove(chosen);
     let test_out = predict_windows(&model, &test_x, lookback)?;
     let pred = to_levels(c.rep, &c.scaler, &y, &test_kept, &test_out, h);
     let act = actuals(&y, &test_kept, h);
-    let naive: Vec<f64> = test_kept.iter().flat_map(|&t| last_value(&y, t, h)).collect();
-    let snaive: Option<Vec<f64>> = season.map(|s| test_kept.iter().flat_map(|&t| seasonal_naive(&y, t, h, s)).collect());
+    let naive: Vec<f64> = test_kept
+        .iter()
+        .flat_map(|&t| last_value(&y, t, h))
+        .collect();
+    let snaive: Option<Vec<f64>> = season.map(|s| {
+        test_kept
+            .iter()
+            .flat_map(|&t| seasonal_naive(&y, t, h, s))
+            .collect()
+    });
     let val_act = actuals(&y, &val_origins, h);
-    let val_naive: Vec<f64> = val_origins.iter().flat_map(|&t| last_value(&y, t, h)).collect();
+    let val_naive: Vec<f64> = val_origins
+        .iter()
+        .flat_map(|&t| last_value(&y, t, h))
+        .collect();
     let test_rmse = rmse(&act, &pred);
     let naive_rmse = rmse(&act, &naive);
     let seasonal_naive_rmse = snaive.as_ref().map(|p| rmse(&act, p));
@@ -659,5 +828,10 @@ Output: the next {h} values of z, scaled the same way: unscale (v * std + mean),
         season,
         rmse: (test_rmse, naive_rmse, seasonal_naive_rmse),
     };
-    Ok(ForecastOutcome { metrics, model, test_inputs: Tensor::new(vec![n_test_windows, lookback, 1], test_x)?, plot })
+    Ok(ForecastOutcome {
+        metrics,
+        model,
+        test_inputs: Tensor::new(vec![n_test_windows, lookback, 1], test_x)?,
+        plot,
+    })
 }

@@ -29,7 +29,11 @@ const FORECAST: RGBColor = RGBColor(220, 50, 40);
 const VAL_LOSS: RGBColor = RGBColor(240, 140, 20);
 
 fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
     if !lo.is_finite() {
         return (0.0, 1.0);
     }
@@ -54,22 +58,46 @@ fn draw(d: &PlotData, path: &Path) -> Result<(), String> {
     let label = |x: f64| -> String {
         let i = x.round().max(0.0) as usize;
         match &d.dates {
-            Some(dates) => dates.get(i.min(n.saturating_sub(1))).cloned().unwrap_or_default(),
+            Some(dates) => dates
+                .get(i.min(n.saturating_sub(1)))
+                .cloned()
+                .unwrap_or_default(),
             None => i.to_string(),
         }
     };
     let x_desc = if d.dates.is_some() { "date" } else { "index" };
     // One-step-ahead forecasts: (t + 1, ŷ[t+1]).
     let h = d.horizon.max(1);
-    let step1: Vec<(f64, f64)> = d.test_origins.iter().enumerate().filter_map(|(i, &t)| d.test_forecasts.get(i * h).map(|v| ((t + 1) as f64, *v))).collect();
-    let fc_label = if h == 1 { "GRU forecast (one step ahead)".to_string() } else { format!("GRU forecast (1st of {h} steps)") };
+    let step1: Vec<(f64, f64)> = d
+        .test_origins
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &t)| d.test_forecasts.get(i * h).map(|v| ((t + 1) as f64, *v)))
+        .collect();
+    let fc_label = if h == 1 {
+        "GRU forecast (one step ahead)".to_string()
+    } else {
+        format!("GRU forecast (1st of {h} steps)")
+    };
     let (rmse, naive, snaive) = d.rmse;
-    let ratio = |a: f64| if a > 0.0 { format!("{:.2}×", rmse / a) } else { "n/a".into() };
+    let ratio = |a: f64| {
+        if a > 0.0 {
+            format!("{:.2}×", rmse / a)
+        } else {
+            "n/a".into()
+        }
+    };
 
     // Top: the whole series.
     {
         let (lo, hi) = range(d.values.iter().copied().chain(step1.iter().map(|p| p.1)));
-        let title = format!("{}: GRU forecast on {} — test RMSE {:.4} ({} last value)", d.name, d.representation.replace('_', " "), rmse, ratio(naive));
+        let title = format!(
+            "{}: GRU forecast on {} — test RMSE {:.4} ({} last value)",
+            d.name,
+            d.representation.replace('_', " "),
+            rmse,
+            ratio(naive)
+        );
         let mut chart = ChartBuilder::on(&top)
             .caption(title, ("sans-serif", 24))
             .margin(12)
@@ -89,20 +117,47 @@ fn draw(d: &PlotData, path: &Path) -> Result<(), String> {
             .light_line_style(WHITE)
             .draw()
             .map_err(|x| e(&x))?;
-        let shade = |from: usize, to: usize, c: RGBColor| Rectangle::new([(from as f64, lo), (to.saturating_sub(1) as f64, hi)], c.mix(0.10).filled());
-        chart.draw_series([shade(d.val_start, d.test_start, VAL_LOSS), shade(d.test_start, n, FORECAST)]).map_err(|x| e(&x))?;
+        let shade = |from: usize, to: usize, c: RGBColor| {
+            Rectangle::new(
+                [(from as f64, lo), (to.saturating_sub(1) as f64, hi)],
+                c.mix(0.10).filled(),
+            )
+        };
         chart
-            .draw_series(LineSeries::new(d.values.iter().enumerate().take(d.test_start).map(|(i, v)| (i as f64, *v)), TRAIN.stroke_width(1)))
+            .draw_series([
+                shade(d.val_start, d.test_start, VAL_LOSS),
+                shade(d.test_start, n, FORECAST),
+            ])
+            .map_err(|x| e(&x))?;
+        chart
+            .draw_series(LineSeries::new(
+                d.values
+                    .iter()
+                    .enumerate()
+                    .take(d.test_start)
+                    .map(|(i, v)| (i as f64, *v)),
+                TRAIN.stroke_width(1),
+            ))
             .map_err(|x| e(&x))?
             .label("history (train | validation shaded)")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], TRAIN.stroke_width(3)));
         chart
-            .draw_series(LineSeries::new(d.values.iter().enumerate().skip(d.test_start.saturating_sub(1)).map(|(i, v)| (i as f64, *v)), ACTUAL.stroke_width(1)))
+            .draw_series(LineSeries::new(
+                d.values
+                    .iter()
+                    .enumerate()
+                    .skip(d.test_start.saturating_sub(1))
+                    .map(|(i, v)| (i as f64, *v)),
+                ACTUAL.stroke_width(1),
+            ))
             .map_err(|x| e(&x))?
             .label("test actuals (shaded)")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], ACTUAL.stroke_width(3)));
         chart
-            .draw_series(LineSeries::new(step1.iter().copied(), FORECAST.stroke_width(1)))
+            .draw_series(LineSeries::new(
+                step1.iter().copied(),
+                FORECAST.stroke_width(1),
+            ))
             .map_err(|x| e(&x))?
             .label(fc_label.as_str())
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], FORECAST.stroke_width(3)));
@@ -122,16 +177,40 @@ fn draw(d: &PlotData, path: &Path) -> Result<(), String> {
         let span = (2 * season).max(100);
         let from = d.test_start.saturating_sub(1).max(n.saturating_sub(span));
         let shown = n - from;
-        let what = if from + 1 == d.test_start { "Test part".to_string() } else { format!("Last {shown} points of the test part") };
+        let what = if from + 1 == d.test_start {
+            "Test part".to_string()
+        } else {
+            format!("Last {shown} points of the test part")
+        };
         let last_path: Vec<(f64, f64)> = match d.test_origins.last() {
-            Some(&t) if h > 1 => (0..h).filter_map(|k| d.test_forecasts.get((d.test_origins.len() - 1) * h + k).map(|v| ((t + 1 + k) as f64, *v))).collect(),
+            Some(&t) if h > 1 => (0..h)
+                .filter_map(|k| {
+                    d.test_forecasts
+                        .get((d.test_origins.len() - 1) * h + k)
+                        .map(|v| ((t + 1 + k) as f64, *v))
+                })
+                .collect(),
             _ => vec![],
         };
-        let close: Vec<(f64, f64)> = step1.iter().copied().filter(|p| p.0 >= from as f64).collect();
-        let (lo, hi) = range(d.values.iter().skip(from).copied().chain(close.iter().map(|p| p.1)).chain(last_path.iter().map(|p| p.1)));
+        let close: Vec<(f64, f64)> = step1
+            .iter()
+            .copied()
+            .filter(|p| p.0 >= from as f64)
+            .collect();
+        let (lo, hi) = range(
+            d.values
+                .iter()
+                .skip(from)
+                .copied()
+                .chain(close.iter().map(|p| p.1))
+                .chain(last_path.iter().map(|p| p.1)),
+        );
         let sn = snaive.map_or(String::new(), |s| format!(", seasonal naive {s:.4}"));
         let mut chart = ChartBuilder::on(&bl)
-            .caption(format!("{what} (test RMSE {rmse:.4}, last value {naive:.4}{sn})"), ("sans-serif", 18))
+            .caption(
+                format!("{what} (test RMSE {rmse:.4}, last value {naive:.4}{sn})"),
+                ("sans-serif", 18),
+            )
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(75)
@@ -150,7 +229,14 @@ fn draw(d: &PlotData, path: &Path) -> Result<(), String> {
             .draw()
             .map_err(|x| e(&x))?;
         chart
-            .draw_series(LineSeries::new(d.values.iter().enumerate().skip(from).map(|(i, v)| (i as f64, *v)), ACTUAL.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                d.values
+                    .iter()
+                    .enumerate()
+                    .skip(from)
+                    .map(|(i, v)| (i as f64, *v)),
+                ACTUAL.stroke_width(2),
+            ))
             .map_err(|x| e(&x))?
             .label("actual")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], ACTUAL.stroke_width(3)));
@@ -161,10 +247,17 @@ fn draw(d: &PlotData, path: &Path) -> Result<(), String> {
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], FORECAST.stroke_width(3)));
         if !last_path.is_empty() {
             chart
-                .draw_series(DashedLineSeries::new(last_path, 6, 4, FORECAST.mix(0.8).stroke_width(2)))
+                .draw_series(DashedLineSeries::new(
+                    last_path,
+                    6,
+                    4,
+                    FORECAST.mix(0.8).stroke_width(2),
+                ))
                 .map_err(|x| e(&x))?
                 .label(format!("last {h}-step forecast"))
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], FORECAST.mix(0.8).stroke_width(2)));
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 22, y)], FORECAST.mix(0.8).stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
@@ -178,13 +271,34 @@ fn draw(d: &PlotData, path: &Path) -> Result<(), String> {
 
     // Bottom right: loss curves.
     {
-        let epochs = d.histories.iter().map(|hh| hh.loss.len()).max().unwrap_or(1).max(2);
-        let all = d.histories.iter().flat_map(|hh| hh.loss.iter().chain(&hh.val_loss)).copied().filter(|v| v.is_finite() && *v > 0.0);
+        let epochs = d
+            .histories
+            .iter()
+            .map(|hh| hh.loss.len())
+            .max()
+            .unwrap_or(1)
+            .max(2);
+        let all = d
+            .histories
+            .iter()
+            .flat_map(|hh| hh.loss.iter().chain(&hh.val_loss))
+            .copied()
+            .filter(|v| v.is_finite() && *v > 0.0);
         let (lo, hi) = all.fold((f64::INFINITY, 0f64), |(a, b), v| (a.min(v), b.max(v)));
-        let (lo, hi) = if lo.is_finite() && hi > lo { ((lo - 0.08 * (hi - lo)).max(0.0), hi + 0.05 * (hi - lo)) } else { (0.0, 1.0) };
+        let (lo, hi) = if lo.is_finite() && hi > lo {
+            ((lo - 0.08 * (hi - lo)).max(0.0), hi + 0.05 * (hi - lo))
+        } else {
+            (0.0, 1.0)
+        };
         let members = d.histories.len();
         let mut chart = ChartBuilder::on(&br)
-            .caption(format!("Training loss ({members} member{})", if members == 1 { "" } else { "s" }), ("sans-serif", 19))
+            .caption(
+                format!(
+                    "Training loss ({members} member{})",
+                    if members == 1 { "" } else { "s" }
+                ),
+                ("sans-serif", 19),
+            )
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(70)
@@ -204,18 +318,49 @@ fn draw(d: &PlotData, path: &Path) -> Result<(), String> {
             .draw()
             .map_err(|x| e(&x))?;
         for (m, hh) in d.histories.iter().enumerate() {
-            let train = chart.draw_series(LineSeries::new(hh.loss.iter().enumerate().map(|(i, v)| ((i + 1) as f64, *v)), TRAIN.stroke_width(2))).map_err(|x| e(&x))?;
+            let train = chart
+                .draw_series(LineSeries::new(
+                    hh.loss
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| ((i + 1) as f64, *v)),
+                    TRAIN.stroke_width(2),
+                ))
+                .map_err(|x| e(&x))?;
             if m == 0 {
-                train.label("train").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], TRAIN.stroke_width(3)));
+                train.label("train").legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 22, y)], TRAIN.stroke_width(3))
+                });
             }
-            let val = chart.draw_series(LineSeries::new(hh.val_loss.iter().enumerate().map(|(i, v)| ((i + 1) as f64, *v)), VAL_LOSS.stroke_width(2))).map_err(|x| e(&x))?;
+            let val = chart
+                .draw_series(LineSeries::new(
+                    hh.val_loss
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| ((i + 1) as f64, *v)),
+                    VAL_LOSS.stroke_width(2),
+                ))
+                .map_err(|x| e(&x))?;
             if m == 0 {
-                val.label("validation").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], VAL_LOSS.stroke_width(3)));
+                val.label("validation").legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 22, y)], VAL_LOSS.stroke_width(3))
+                });
             }
-            if let Some(v) = hh.best_epoch.checked_sub(1).and_then(|i| hh.val_loss.get(i)) {
-                let best = chart.draw_series([Circle::new((hh.best_epoch as f64, *v), 4, VAL_LOSS.filled())]).map_err(|x| e(&x))?;
+            if let Some(v) = hh
+                .best_epoch
+                .checked_sub(1)
+                .and_then(|i| hh.val_loss.get(i))
+            {
+                let best = chart
+                    .draw_series([Circle::new(
+                        (hh.best_epoch as f64, *v),
+                        4,
+                        VAL_LOSS.filled(),
+                    )])
+                    .map_err(|x| e(&x))?;
                 if m == 0 {
-                    best.label("kept (best validation)").legend(|(x, y)| Circle::new((x + 11, y), 4, VAL_LOSS.filled()));
+                    best.label("kept (best validation)")
+                        .legend(|(x, y)| Circle::new((x + 11, y), 4, VAL_LOSS.filled()));
                 }
             }
         }

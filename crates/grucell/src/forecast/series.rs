@@ -36,7 +36,9 @@ pub fn fill_gaps(values: &[Option<f64>]) -> Result<(Vec<f64>, usize, GapReport),
     let first = values.iter().position(Option::is_some);
     let last = values.iter().rposition(Option::is_some);
     let (Some(first), Some(last)) = (first, last) else {
-        return Err(ConfigError::invalid("series", "no observed values", "at least one number").into());
+        return Err(
+            ConfigError::invalid("series", "no observed values", "at least one number").into(),
+        );
     };
     let mut out = Vec::with_capacity(last + 1 - first);
     let mut interpolated = 0;
@@ -55,7 +57,11 @@ pub fn fill_gaps(values: &[Option<f64>]) -> Result<(Vec<f64>, usize, GapReport),
             prev = (i, *v);
         }
     }
-    let report = GapReport { dropped_leading: first, dropped_trailing: values.len() - 1 - last, interpolated };
+    let report = GapReport {
+        dropped_leading: first,
+        dropped_trailing: values.len() - 1 - last,
+        interpolated,
+    };
     Ok((out, first, report))
 }
 
@@ -81,7 +87,9 @@ impl Representation {
         match self {
             Representation::Levels => "levels".into(),
             Representation::Differences => "differences".into(),
-            Representation::SeasonalDifferences { season } => format!("seasonal_differences_{season}"),
+            Representation::SeasonalDifferences { season } => {
+                format!("seasonal_differences_{season}")
+            }
         }
     }
 
@@ -97,7 +105,15 @@ impl Representation {
     /// `z` aligned with `y`: `z[i]` for `i ≥ offset`, `0.0` before (never used).
     pub fn transform(&self, y: &[f64]) -> Vec<f64> {
         let o = self.offset();
-        (0..y.len()).map(|i| if i < o { 0.0 } else { y[i] - if o == 0 { 0.0 } else { y[i - o] } }).collect()
+        (0..y.len())
+            .map(|i| {
+                if i < o {
+                    0.0
+                } else {
+                    y[i] - if o == 0 { 0.0 } else { y[i - o] }
+                }
+            })
+            .collect()
     }
 
     /// Levels `ŷ[t+1 ..= t+h]` from predicted representation values `z_hat[0..h]` at origin
@@ -119,7 +135,15 @@ impl Representation {
                 for (k0, z) in z_hat.iter().enumerate() {
                     let k = k0 + 1;
                     // The value one season before t+k: observed when t+k−s ≤ t, else predicted.
-                    let base = if k <= s { (t + k).checked_sub(s).and_then(|i| y.get(i)).copied().unwrap_or(yt) } else { out.get(k0 - s).copied().unwrap_or(yt) };
+                    let base = if k <= s {
+                        (t + k)
+                            .checked_sub(s)
+                            .and_then(|i| y.get(i))
+                            .copied()
+                            .unwrap_or(yt)
+                    } else {
+                        out.get(k0 - s).copied().unwrap_or(yt)
+                    };
                     out.push(z + base);
                 }
                 out
@@ -144,7 +168,14 @@ impl Scaler {
         let mean = z.iter().sum::<f64>() / n;
         let var = z.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
         let std = var.sqrt();
-        Scaler { mean, std: if std.is_finite() && std > 1e-12 * mean.abs().max(1.0) { std } else { 1.0 } }
+        Scaler {
+            mean,
+            std: if std.is_finite() && std > 1e-12 * mean.abs().max(1.0) {
+                std
+            } else {
+                1.0
+            },
+        }
     }
 
     /// `(v − mean) / std`.
@@ -161,7 +192,12 @@ impl Scaler {
 /// Inputs `(N, lookback, 1)` and targets `(N, horizon)`, flattened, for the given origins of
 /// the scaled representation `zs`. Origins must satisfy `t + 1 ≥ lookback` and
 /// `t + horizon < zs.len()`; others are skipped.
-pub fn windows(zs: &[f64], origins: &[usize], lookback: usize, horizon: usize) -> (Vec<f32>, Vec<f32>, Vec<usize>) {
+pub fn windows(
+    zs: &[f64],
+    origins: &[usize],
+    lookback: usize,
+    horizon: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<usize>) {
     let mut x = Vec::with_capacity(origins.len() * lookback);
     let mut y = Vec::with_capacity(origins.len() * horizon);
     let mut kept = Vec::with_capacity(origins.len());
@@ -243,7 +279,10 @@ pub fn detect_season(y: &[f64], max_lag: usize) -> Option<(usize, f64)> {
     // The best score, or the shortest lag scoring nearly as well (a season's multiples
     // score as well as the season itself).
     let top = scored.iter().map(|c| c.2).fold(f64::NEG_INFINITY, f64::max);
-    scored.into_iter().find(|c| c.2 >= top - 0.05).map(|(lag, a, _)| (lag, a))
+    scored
+        .into_iter()
+        .find(|c| c.2 >= top - 0.05)
+        .map(|(lag, a, _)| (lag, a))
 }
 
 #[cfg(test)]
@@ -252,17 +291,31 @@ mod tests {
 
     #[test]
     fn fill_gaps_interpolates_and_trims() {
-        let (y, first, r) = fill_gaps(&[None, None, Some(0.0), None, Some(3.0), Some(5.0), None]).unwrap();
+        let (y, first, r) =
+            fill_gaps(&[None, None, Some(0.0), None, Some(3.0), Some(5.0), None]).unwrap();
         assert_eq!(y, vec![0.0, 1.5, 3.0, 5.0]);
         assert_eq!(first, 2);
-        assert_eq!(r, GapReport { dropped_leading: 2, dropped_trailing: 1, interpolated: 1 });
+        assert_eq!(
+            r,
+            GapReport {
+                dropped_leading: 2,
+                dropped_trailing: 1,
+                interpolated: 1
+            }
+        );
         assert!(fill_gaps(&[None, None]).is_err());
     }
 
     #[test]
     fn representations_round_trip() {
-        let y: Vec<f64> = (0..30).map(|i| (i as f64 * 0.7).sin() * 3.0 + i as f64).collect();
-        for rep in [Representation::Levels, Representation::Differences, Representation::SeasonalDifferences { season: 5 }] {
+        let y: Vec<f64> = (0..30)
+            .map(|i| (i as f64 * 0.7).sin() * 3.0 + i as f64)
+            .collect();
+        for rep in [
+            Representation::Levels,
+            Representation::Differences,
+            Representation::SeasonalDifferences { season: 5 },
+        ] {
             let z = rep.transform(&y);
             let t = 17;
             // Reconstructing the true future representation gives the true future levels,
@@ -270,7 +323,11 @@ mod tests {
             let h = 9;
             let back = rep.reconstruct(&y[..=t], t, &z[t + 1..=t + h]);
             for (k, v) in back.iter().enumerate() {
-                assert!((v - y[t + 1 + k]).abs() < 1e-9, "{rep:?} k={k}: {v} vs {}", y[t + 1 + k]);
+                assert!(
+                    (v - y[t + 1 + k]).abs() < 1e-9,
+                    "{rep:?} k={k}: {v} vs {}",
+                    y[t + 1 + k]
+                );
             }
         }
     }
@@ -292,16 +349,24 @@ mod tests {
     fn season_detection() {
         let mut state = 1u64;
         let mut noise = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 11) as f64 / (1u64 << 53) as f64) - 0.5
         };
-        let seasonal: Vec<f64> = (0..500).map(|i| (i as f64 * std::f64::consts::TAU / 24.0).sin() + 0.3 * noise() + 0.05 * i as f64).collect();
+        let seasonal: Vec<f64> = (0..500)
+            .map(|i| {
+                (i as f64 * std::f64::consts::TAU / 24.0).sin() + 0.3 * noise() + 0.05 * i as f64
+            })
+            .collect();
         assert_eq!(detect_season(&seasonal, 100).map(|(s, _)| s), Some(24));
         let mut acc = 0.0;
-        let walk: Vec<f64> = (0..500).map(|_| {
-            acc += noise();
-            acc
-        }).collect();
+        let walk: Vec<f64> = (0..500)
+            .map(|_| {
+                acc += noise();
+                acc
+            })
+            .collect();
         assert_eq!(detect_season(&walk, 100), None);
     }
 }

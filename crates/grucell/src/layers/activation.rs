@@ -182,8 +182,17 @@ impl Activation {
         use Activation::*;
         matches!(
             self,
-            Silu | Gelu | HardSilu | Mish | TanhShrink | HardShrink | SoftShrink | SparsePlus
-                | Squareplus | Softsign | Celu | LogSigmoid
+            Silu | Gelu
+                | HardSilu
+                | Mish
+                | TanhShrink
+                | HardShrink
+                | SoftShrink
+                | SparsePlus
+                | Squareplus
+                | Softsign
+                | Celu
+                | LogSigmoid
         )
     }
 
@@ -348,7 +357,8 @@ impl Activation {
             }
             Gelu => {
                 let cdf = T::of(0.5) * (one + erf(x / T::of(std::f64::consts::SQRT_2)));
-                let pdf = (-(x * x) / T::of(2.0)).exp() / T::of((2.0 * std::f64::consts::PI).sqrt());
+                let pdf =
+                    (-(x * x) / T::of(2.0)).exp() / T::of((2.0 * std::f64::consts::PI).sqrt());
                 cdf + x * pdf
             }
             HardTanh => {

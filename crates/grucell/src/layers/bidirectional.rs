@@ -28,7 +28,11 @@ impl MergeMode {
             Some("sum") => Ok(Some(MergeMode::Sum)),
             Some("ave") => Ok(Some(MergeMode::Ave)),
             Some("mul") => Ok(Some(MergeMode::Mul)),
-            Some(other) => Err(ConfigError::invalid("merge_mode", other, "one of concat, sum, ave, mul or null")),
+            Some(other) => Err(ConfigError::invalid(
+                "merge_mode",
+                other,
+                "one of concat, sum, ave, mul or null",
+            )),
         }
     }
 
@@ -70,8 +74,14 @@ pub struct Bidirectional<T = f32> {
 impl<T: Float> Bidirectional<T> {
     /// Pairs two layers. As in Keras, `zero_output_for_mask` of both is forced to
     /// `return_sequences`, and the two must agree on `return_sequences` / `return_state`.
-    pub fn new(forward: Rnn<T>, backward: Rnn<T>, merge_mode: Option<MergeMode>) -> Result<Self, Error> {
-        if forward.returns_sequences() != backward.returns_sequences() || forward.returns_state() != backward.returns_state() {
+    pub fn new(
+        forward: Rnn<T>,
+        backward: Rnn<T>,
+        merge_mode: Option<MergeMode>,
+    ) -> Result<Self, Error> {
+        if forward.returns_sequences() != backward.returns_sequences()
+            || forward.returns_state() != backward.returns_state()
+        {
             return Err(ConfigError::invalid(
                 "backward_layer",
                 "return_sequences/return_state differing from the forward layer",
@@ -80,10 +90,23 @@ impl<T: Float> Bidirectional<T> {
             .into());
         }
         if forward.input_dim() != backward.input_dim() {
-            return Err(ConfigError::invalid("backward_layer", backward.input_dim(), format!("{} input features like the forward layer", forward.input_dim())).into());
+            return Err(ConfigError::invalid(
+                "backward_layer",
+                backward.input_dim(),
+                format!(
+                    "{} input features like the forward layer",
+                    forward.input_dim()
+                ),
+            )
+            .into());
         }
         if !backward.is_go_backwards() || forward.is_go_backwards() {
-            return Err(ConfigError::invalid("go_backwards", "forward/backward flags", "forward go_backwards = false and backward go_backwards = true").into());
+            return Err(ConfigError::invalid(
+                "go_backwards",
+                "forward/backward flags",
+                "forward go_backwards = false and backward go_backwards = true",
+            )
+            .into());
         }
         let rs = forward.returns_sequences();
         Ok(Bidirectional {
@@ -115,15 +138,25 @@ impl<T: Float> Bidirectional<T> {
     /// Runs both directions. Returns, like Keras: `[merged]` or `[forward, backward]` (merge mode
     /// `None`), followed with `return_state` by the forward states then the backward states.
     /// `initial_state`, if given, is the forward layer's states followed by the backward layer's.
-    pub fn call(&self, x: &Tensor<T>, initial_state: Option<&[Tensor<T>]>, mask: Option<&Mask>) -> Result<Vec<Tensor<T>>, Error> {
+    pub fn call(
+        &self,
+        x: &Tensor<T>,
+        initial_state: Option<&[Tensor<T>]>,
+        mask: Option<&Mask>,
+    ) -> Result<Vec<Tensor<T>>, Error> {
         let nf = self.forward.cells().len();
         let (fs, bs) = match initial_state {
-            Some(s) if s.len() == nf + self.backward.cells().len() => (Some(&s[..nf]), Some(&s[nf..])),
+            Some(s) if s.len() == nf + self.backward.cells().len() => {
+                (Some(&s[..nf]), Some(&s[nf..]))
+            }
             Some(s) => {
                 return Err(ConfigError::invalid(
                     "initial_state",
                     format!("{} tensors", s.len()),
-                    format!("{} (forward states then backward states)", nf + self.backward.cells().len()),
+                    format!(
+                        "{} (forward states then backward states)",
+                        nf + self.backward.cells().len()
+                    ),
                 )
                 .into())
             }
@@ -133,7 +166,11 @@ impl<T: Float> Bidirectional<T> {
         let mut b = self.backward.call_with(x, bs, mask)?;
         if self.backward.returns_sequences() {
             // Flip the backward sequence back so position t aligns with input t.
-            let (bn, tn, un) = (b.output.shape()[0], b.output.shape()[1], b.output.shape()[2]);
+            let (bn, tn, un) = (
+                b.output.shape()[0],
+                b.output.shape()[1],
+                b.output.shape()[2],
+            );
             let data = b.output.data_mut();
             for s in 0..bn {
                 for t in 0..tn / 2 {

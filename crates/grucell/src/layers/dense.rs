@@ -68,9 +68,14 @@ impl DenseConfig {
 
     /// Reads a Keras `Dense` config.
     pub fn from_keras(c: &Map<String, Value>) -> Result<Self, ConfigError> {
-        let units = get_u64(c, "units")?.ok_or_else(|| ConfigError::invalid("Dense.units", "missing", "a positive integer"))?;
+        let units = get_u64(c, "units")?
+            .ok_or_else(|| ConfigError::invalid("Dense.units", "missing", "a positive integer"))?;
         if units == 0 || units as usize > MAX_UNITS * 16 {
-            return Err(ConfigError::invalid("Dense.units", units, "a positive integer (at most 1048576)"));
+            return Err(ConfigError::invalid(
+                "Dense.units",
+                units,
+                "a positive integer (at most 1048576)",
+            ));
         }
         let mut d = DenseConfig::new(units as usize);
         d.activation = activation_of(c, "activation", Activation::Linear)?;
@@ -81,15 +86,26 @@ impl DenseConfig {
         if let Some(v) = c.get("bias_initializer") {
             d.bias_initializer = Initializer::from_keras(v)?;
         }
-        d.kernel_regularizer = c.get("kernel_regularizer").map_or(Ok(None), Regularizer::from_keras)?;
-        d.bias_regularizer = c.get("bias_regularizer").map_or(Ok(None), Regularizer::from_keras)?;
-        d.kernel_constraint = c.get("kernel_constraint").map_or(Ok(None), Constraint::from_keras)?;
-        d.bias_constraint = c.get("bias_constraint").map_or(Ok(None), Constraint::from_keras)?;
+        d.kernel_regularizer = c
+            .get("kernel_regularizer")
+            .map_or(Ok(None), Regularizer::from_keras)?;
+        d.bias_regularizer = c
+            .get("bias_regularizer")
+            .map_or(Ok(None), Regularizer::from_keras)?;
+        d.kernel_constraint = c
+            .get("kernel_constraint")
+            .map_or(Ok(None), Constraint::from_keras)?;
+        d.bias_constraint = c
+            .get("bias_constraint")
+            .map_or(Ok(None), Constraint::from_keras)?;
         if let Some(n) = get_str(c, "name")? {
             d.name = n.into();
         }
         if let Some(Value::Object(q)) = c.get("quantization_config") {
-            return Err(ConfigError::unsupported("Dense option", format!("quantization_config {}", Value::Object(q.clone()))));
+            return Err(ConfigError::unsupported(
+                "Dense option",
+                format!("quantization_config {}", Value::Object(q.clone())),
+            ));
         }
         Ok(d)
     }
@@ -104,20 +120,44 @@ impl DenseConfig {
         m.insert("units".into(), json!(self.units));
         m.insert("activation".into(), json!(self.activation.name()));
         m.insert("use_bias".into(), json!(self.use_bias));
-        m.insert("kernel_initializer".into(), self.kernel_initializer.to_keras());
+        m.insert(
+            "kernel_initializer".into(),
+            self.kernel_initializer.to_keras(),
+        );
         m.insert("bias_initializer".into(), self.bias_initializer.to_keras());
-        m.insert("kernel_regularizer".into(), opt(self.kernel_regularizer.as_ref().map(Regularizer::to_keras)));
-        m.insert("bias_regularizer".into(), opt(self.bias_regularizer.as_ref().map(Regularizer::to_keras)));
-        m.insert("kernel_constraint".into(), opt(self.kernel_constraint.as_ref().map(Constraint::to_keras)));
-        m.insert("bias_constraint".into(), opt(self.bias_constraint.as_ref().map(Constraint::to_keras)));
+        m.insert(
+            "kernel_regularizer".into(),
+            opt(self.kernel_regularizer.as_ref().map(Regularizer::to_keras)),
+        );
+        m.insert(
+            "bias_regularizer".into(),
+            opt(self.bias_regularizer.as_ref().map(Regularizer::to_keras)),
+        );
+        m.insert(
+            "kernel_constraint".into(),
+            opt(self.kernel_constraint.as_ref().map(Constraint::to_keras)),
+        );
+        m.insert(
+            "bias_constraint".into(),
+            opt(self.bias_constraint.as_ref().map(Constraint::to_keras)),
+        );
         m.insert("quantization_config".into(), Value::Null);
         m
     }
 
     /// Builds the layer with fresh weights for `input_dim` features.
     pub fn build<T: Float>(&self, input_dim: usize, seed: u64) -> Result<Dense<T>, Error> {
-        let kernel = self.kernel_initializer.init(&[input_dim, self.units], seed)?;
-        let bias = if self.use_bias { Some(self.bias_initializer.init(&[self.units], seed.wrapping_add(1))?) } else { None };
+        let kernel = self
+            .kernel_initializer
+            .init(&[input_dim, self.units], seed)?;
+        let bias = if self.use_bias {
+            Some(
+                self.bias_initializer
+                    .init(&[self.units], seed.wrapping_add(1))?,
+            )
+        } else {
+            None
+        };
         Dense::from_weights(self.clone(), kernel, bias)
     }
 }
@@ -132,9 +172,18 @@ pub struct Dense<T = f32> {
 
 impl<T: Float> Dense<T> {
     /// Wraps weights; fails when shapes disagree with the config.
-    pub fn from_weights(config: DenseConfig, kernel: Tensor<T>, bias: Option<Tensor<T>>) -> Result<Self, Error> {
+    pub fn from_weights(
+        config: DenseConfig,
+        kernel: Tensor<T>,
+        bias: Option<Tensor<T>>,
+    ) -> Result<Self, Error> {
         if kernel.rank() != 2 || kernel.shape()[1] != config.units || kernel.shape()[0] == 0 {
-            return Err(ShapeError::mismatch(format!("{}.kernel", config.name), kernel.shape(), format!("(input_dim, {})", config.units)).into());
+            return Err(ShapeError::mismatch(
+                format!("{}.kernel", config.name),
+                kernel.shape(),
+                format!("(input_dim, {})", config.units),
+            )
+            .into());
         }
         match (&bias, config.use_bias) {
             (Some(b), true) if b.shape() == [config.units] => {}
@@ -143,12 +192,20 @@ impl<T: Float> Dense<T> {
                 return Err(ShapeError::mismatch(
                     format!("{}.bias", config.name),
                     b.as_ref().map_or(&[][..], |b| b.shape()),
-                    if config.use_bias { format!("({},)", config.units) } else { "no bias (use_bias = false)".into() },
+                    if config.use_bias {
+                        format!("({},)", config.units)
+                    } else {
+                        "no bias (use_bias = false)".into()
+                    },
                 )
                 .into())
             }
         }
-        Ok(Dense { config, kernel, bias })
+        Ok(Dense {
+            config,
+            kernel,
+            bias,
+        })
     }
 
     /// The config.
@@ -192,12 +249,28 @@ impl<T: Float> Dense<T> {
     pub fn linear(&self, x: &Tensor<T>, threads: usize) -> Result<Tensor<T>, Error> {
         let d = self.input_dim();
         if x.rank() == 0 || x.shape()[x.rank() - 1] != d {
-            return Err(ShapeError::mismatch(format!("{} input", self.config.name), x.shape(), format!("(…, {d})")).into());
+            return Err(ShapeError::mismatch(
+                format!("{} input", self.config.name),
+                x.shape(),
+                format!("(…, {d})"),
+            )
+            .into());
         }
         let rows = x.len() / d;
         let n = self.config.units;
         let mut out = vec![T::zero(); rows * n];
-        gemm(rows, n, d, T::one(), Operand::new(x.data(), d), Operand::new(self.kernel.data(), n), false, &mut out, n, threads);
+        gemm(
+            rows,
+            n,
+            d,
+            T::one(),
+            Operand::new(x.data(), d),
+            Operand::new(self.kernel.data(), n),
+            false,
+            &mut out,
+            n,
+            threads,
+        );
         if let Some(b) = &self.bias {
             for row in out.chunks_exact_mut(n) {
                 for (v, bv) in row.iter_mut().zip(b.data()) {

@@ -186,16 +186,28 @@ impl GruCellConfig {
             return Err(ConfigError::invalid("units", 0, "a positive integer"));
         }
         if self.units > MAX_UNITS {
-            return Err(ConfigError::invalid("units", self.units, format!("at most {MAX_UNITS}")));
+            return Err(ConfigError::invalid(
+                "units",
+                self.units,
+                format!("at most {MAX_UNITS}"),
+            ));
         }
         check_rate("dropout", self.dropout)?;
         check_rate("recurrent_dropout", self.recurrent_dropout)?;
-        for i in [&self.kernel_initializer, &self.recurrent_initializer, &self.bias_initializer] {
+        for i in [
+            &self.kernel_initializer,
+            &self.recurrent_initializer,
+            &self.bias_initializer,
+        ] {
             i.validate()?;
         }
-        for r in [&self.kernel_regularizer, &self.recurrent_regularizer, &self.bias_regularizer]
-            .into_iter()
-            .flatten()
+        for r in [
+            &self.kernel_regularizer,
+            &self.recurrent_regularizer,
+            &self.bias_regularizer,
+        ]
+        .into_iter()
+        .flatten()
         {
             r.validate()?;
         }
@@ -230,11 +242,17 @@ impl GruCellConfig {
     pub fn build<T: Float>(&self, input_dim: usize) -> Result<GruCell<T>, Error> {
         self.validate()?;
         if input_dim == 0 || input_dim > MAX_UNITS * 16 {
-            return Err(ConfigError::invalid("input_dim", input_dim, "a positive feature count").into());
+            return Err(
+                ConfigError::invalid("input_dim", input_dim, "a positive feature count").into(),
+            );
         }
         let seed = self.seed.unwrap_or_else(rand::random);
-        let kernel = self.kernel_initializer.init(&self.kernel_shape(input_dim), seed)?;
-        let recurrent = self.recurrent_initializer.init(&self.recurrent_shape(), seed.wrapping_add(1))?;
+        let kernel = self
+            .kernel_initializer
+            .init(&self.kernel_shape(input_dim), seed)?;
+        let recurrent = self
+            .recurrent_initializer
+            .init(&self.recurrent_shape(), seed.wrapping_add(1))?;
         let bias = match self.bias_shape() {
             Some(s) => Some(self.bias_initializer.init(&s, seed.wrapping_add(2))?),
             None => None,
@@ -246,7 +264,8 @@ impl GruCellConfig {
     pub fn from_keras(c: &Map<String, Value>) -> Result<Self, ConfigError> {
         let units = get_u64(c, "units")?
             .ok_or_else(|| ConfigError::invalid("units", "missing", "a positive integer"))?;
-        let units = usize::try_from(units).map_err(|_| ConfigError::invalid("units", units, "a positive integer"))?;
+        let units = usize::try_from(units)
+            .map_err(|_| ConfigError::invalid("units", units, "a positive integer"))?;
         let mut cfg = GruCellConfig::new(units);
         cfg.activation = activation_of(c, "activation", Activation::Tanh)?;
         cfg.recurrent_activation = activation_of(c, "recurrent_activation", Activation::Sigmoid)?;
@@ -296,17 +315,47 @@ impl GruCellConfig {
         m.insert("dtype".into(), dtype_policy(dtype));
         m.insert("units".into(), json!(self.units));
         m.insert("activation".into(), json!(self.activation.name()));
-        m.insert("recurrent_activation".into(), json!(self.recurrent_activation.name()));
+        m.insert(
+            "recurrent_activation".into(),
+            json!(self.recurrent_activation.name()),
+        );
         m.insert("use_bias".into(), json!(self.use_bias));
-        m.insert("kernel_initializer".into(), self.kernel_initializer.to_keras());
-        m.insert("recurrent_initializer".into(), self.recurrent_initializer.to_keras());
+        m.insert(
+            "kernel_initializer".into(),
+            self.kernel_initializer.to_keras(),
+        );
+        m.insert(
+            "recurrent_initializer".into(),
+            self.recurrent_initializer.to_keras(),
+        );
         m.insert("bias_initializer".into(), self.bias_initializer.to_keras());
-        m.insert("kernel_regularizer".into(), opt(self.kernel_regularizer.as_ref().map(Regularizer::to_keras)));
-        m.insert("recurrent_regularizer".into(), opt(self.recurrent_regularizer.as_ref().map(Regularizer::to_keras)));
-        m.insert("bias_regularizer".into(), opt(self.bias_regularizer.as_ref().map(Regularizer::to_keras)));
-        m.insert("kernel_constraint".into(), opt(self.kernel_constraint.as_ref().map(Constraint::to_keras)));
-        m.insert("recurrent_constraint".into(), opt(self.recurrent_constraint.as_ref().map(Constraint::to_keras)));
-        m.insert("bias_constraint".into(), opt(self.bias_constraint.as_ref().map(Constraint::to_keras)));
+        m.insert(
+            "kernel_regularizer".into(),
+            opt(self.kernel_regularizer.as_ref().map(Regularizer::to_keras)),
+        );
+        m.insert(
+            "recurrent_regularizer".into(),
+            opt(self
+                .recurrent_regularizer
+                .as_ref()
+                .map(Regularizer::to_keras)),
+        );
+        m.insert(
+            "bias_regularizer".into(),
+            opt(self.bias_regularizer.as_ref().map(Regularizer::to_keras)),
+        );
+        m.insert(
+            "kernel_constraint".into(),
+            opt(self.kernel_constraint.as_ref().map(Constraint::to_keras)),
+        );
+        m.insert(
+            "recurrent_constraint".into(),
+            opt(self.recurrent_constraint.as_ref().map(Constraint::to_keras)),
+        );
+        m.insert(
+            "bias_constraint".into(),
+            opt(self.bias_constraint.as_ref().map(Constraint::to_keras)),
+        );
         m.insert("dropout".into(), json!(self.dropout));
         m.insert("recurrent_dropout".into(), json!(self.recurrent_dropout));
         m.insert("reset_after".into(), json!(self.reset_after));
@@ -333,12 +382,18 @@ fn check_rate(arg: &str, rate: f64) -> Result<f64, ConfigError> {
 }
 
 /// Reads an activation field: a Keras name, `null` (→ linear) or a serialized function object.
-pub fn activation_of(c: &Map<String, Value>, key: &str, default: Activation) -> Result<Activation, ConfigError> {
+pub fn activation_of(
+    c: &Map<String, Value>,
+    key: &str,
+    default: Activation,
+) -> Result<Activation, ConfigError> {
     match c.get(key) {
         None => Ok(default),
         Some(Value::Null) => Ok(Activation::Linear),
         Some(Value::String(s)) => Activation::from_name(s).map_err(|e| match e {
-            ConfigError::UnknownName { name, known, .. } => ConfigError::invalid(key, name, format!("a Keras activation name ({known})")),
+            ConfigError::UnknownName { name, known, .. } => {
+                ConfigError::invalid(key, name, format!("a Keras activation name ({known})"))
+            }
             other => other,
         }),
         Some(Value::Object(o)) => {
@@ -347,7 +402,9 @@ pub fn activation_of(c: &Map<String, Value>, key: &str, default: Activation) -> 
                 .get("config")
                 .and_then(Value::as_str)
                 .or_else(|| o.get("class_name").and_then(Value::as_str))
-                .ok_or_else(|| ConfigError::invalid(key, Value::Object(o.clone()), "an activation name"))?;
+                .ok_or_else(|| {
+                    ConfigError::invalid(key, Value::Object(o.clone()), "an activation name")
+                })?;
             Activation::from_name(name)
         }
         Some(v) => Err(ConfigError::invalid(key, v, "an activation name or null")),
@@ -408,7 +465,10 @@ impl<T: Float> GruCell<T> {
                     format!("{}.bias", config.name),
                     b.as_ref().map_or(&[][..], |b| b.shape()),
                     match s {
-                        Some(s) => format!("{s:?} (use_bias = true, reset_after = {})", config.reset_after),
+                        Some(s) => format!(
+                            "{s:?} (use_bias = true, reset_after = {})",
+                            config.reset_after
+                        ),
                         None => "no bias (use_bias = false)".to_string(),
                     },
                 )
@@ -500,8 +560,16 @@ impl<T: Float> GruCell<T> {
         GruParams {
             kernel: self.kernel.data(),
             recurrent: self.recurrent_kernel.data(),
-            xp_bias: if self.bias.is_some() { Some(&self.xp_bias) } else { None },
-            hh_bias: if self.config.reset_after && self.bias.is_some() { Some(&self.hh_bias) } else { None },
+            xp_bias: if self.bias.is_some() {
+                Some(&self.xp_bias)
+            } else {
+                None
+            },
+            hh_bias: if self.config.reset_after && self.bias.is_some() {
+                Some(&self.hh_bias)
+            } else {
+                None
+            },
             input_dim: self.input_dim,
             units: self.config.units,
             reset_after: self.config.reset_after,

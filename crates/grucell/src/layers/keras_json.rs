@@ -14,10 +14,9 @@ pub fn class_and_config(v: &Value) -> Result<Option<ClassAndConfig>, ConfigError
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some((s.clone(), Map::new()))),
         Value::Object(o) => {
-            let class = o
-                .get("class_name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ConfigError::invalid("class_name", v, "a Keras object with a string `class_name`"))?;
+            let class = o.get("class_name").and_then(Value::as_str).ok_or_else(|| {
+                ConfigError::invalid("class_name", v, "a Keras object with a string `class_name`")
+            })?;
             let config = match o.get("config") {
                 Some(Value::Object(c)) => c.clone(),
                 None | Some(Value::Null) => Map::new(),
@@ -31,7 +30,11 @@ pub fn class_and_config(v: &Value) -> Result<Option<ClassAndConfig>, ConfigError
             };
             Ok(Some((class.to_string(), config)))
         }
-        other => Err(ConfigError::invalid("object", other, "a string, an object or null")),
+        other => Err(ConfigError::invalid(
+            "object",
+            other,
+            "a string, an object or null",
+        )),
     }
 }
 
@@ -61,7 +64,11 @@ pub fn get_u64(c: &Map<String, Value>, key: &str) -> Result<Option<u64>, ConfigE
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
             .as_u64()
-            .or_else(|| v.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < 1e18).map(|f| f as u64))
+            .or_else(|| {
+                v.as_f64()
+                    .filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < 1e18)
+                    .map(|f| f as u64)
+            })
             .map(Some)
             .ok_or_else(|| ConfigError::invalid(key, v, "a non-negative integer")),
     }
@@ -80,7 +87,10 @@ pub fn get_str<'a>(c: &'a Map<String, Value>, key: &str) -> Result<Option<&'a st
 /// (`GlorotUniform` → `glorot_uniform`, `L1L2` → `l1l2`), exactly as
 /// `keras.src.utils.naming.to_snake_case` does it with its three regular expressions.
 pub fn to_snake_case(name: &str) -> String {
-    let c: Vec<char> = name.chars().filter(|c| c.is_alphanumeric() || *c == '_').collect();
+    let c: Vec<char> = name
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
     // re.sub("(.)([A-Z][a-z]+)", r"\1_\2")
     let mut step = Vec::with_capacity(c.len() + 4);
     let mut i = 0;

@@ -162,7 +162,16 @@ impl<T: Float> Model<T> {
         inputs: Vec<TensorRef>,
         outputs: Vec<TensorRef>,
     ) -> Result<Self, Error> {
-        let m = Model { name: name.into(), kind, layers, nodes, inputs, outputs, compile_config: None, threads: 1 };
+        let m = Model {
+            name: name.into(),
+            kind,
+            layers,
+            nodes,
+            inputs,
+            outputs,
+            compile_config: None,
+            threads: 1,
+        };
         m.check_graph()?;
         Ok(m)
     }
@@ -184,29 +193,75 @@ impl<T: Float> Model<T> {
     /// assert_eq!(y[0].shape(), &[2, 1]);
     /// # Ok::<(), grucell::Error>(())
     /// ```
-    pub fn sequential(name: &str, input_shape: Vec<Option<usize>>, layers: Vec<(String, Layer<T>)>) -> Result<Self, Error> {
+    pub fn sequential(
+        name: &str,
+        input_shape: Vec<Option<usize>>,
+        layers: Vec<(String, Layer<T>)>,
+    ) -> Result<Self, Error> {
         let mut batch_shape = vec![None];
         batch_shape.extend(input_shape);
-        let mut ml = vec![ModelLayer { name: "input_layer".into(), class_name: "InputLayer".into(), trainable: true, layer: Layer::Input { batch_shape } }];
-        let mut nodes = vec![Node { layer: 0, call: 0, args: vec![], initial_state: vec![], mask: None }];
+        let mut ml = vec![ModelLayer {
+            name: "input_layer".into(),
+            class_name: "InputLayer".into(),
+            trainable: true,
+            layer: Layer::Input { batch_shape },
+        }];
+        let mut nodes = vec![Node {
+            layer: 0,
+            call: 0,
+            args: vec![],
+            initial_state: vec![],
+            mask: None,
+        }];
         for (i, (name, layer)) in layers.into_iter().enumerate() {
             let class_name = default_class_name(&layer).to_string();
-            ml.push(ModelLayer { name, class_name, trainable: true, layer });
+            ml.push(ModelLayer {
+                name,
+                class_name,
+                trainable: true,
+                layer,
+            });
             nodes.push(Node {
                 layer: i + 1,
                 call: 0,
-                args: vec![NodeArg::Tensor(TensorRef { layer: i, node: 0, index: 0 })],
+                args: vec![NodeArg::Tensor(TensorRef {
+                    layer: i,
+                    node: 0,
+                    index: 0,
+                })],
                 initial_state: vec![],
                 mask: None,
             });
         }
-        let out = TensorRef { layer: ml.len() - 1, node: 0, index: 0 };
-        Model::new(name, ModelKind::Sequential, ml, nodes, vec![TensorRef { layer: 0, node: 0, index: 0 }], vec![out])
+        let out = TensorRef {
+            layer: ml.len() - 1,
+            node: 0,
+            index: 0,
+        };
+        Model::new(
+            name,
+            ModelKind::Sequential,
+            ml,
+            nodes,
+            vec![TensorRef {
+                layer: 0,
+                node: 0,
+                index: 0,
+            }],
+            vec![out],
+        )
     }
 
     fn check_graph(&self) -> Result<(), Error> {
         let mut seen = std::collections::HashSet::new();
-        let bad = |what: String| -> Error { ConfigError::invalid("model graph", what, "references to layers called earlier in the graph").into() };
+        let bad = |what: String| -> Error {
+            ConfigError::invalid(
+                "model graph",
+                what,
+                "references to layers called earlier in the graph",
+            )
+            .into()
+        };
         for n in &self.nodes {
             if n.layer >= self.layers.len() {
                 return Err(bad(format!("call of layer #{}", n.layer)));
@@ -217,19 +272,28 @@ impl<T: Float> Model<T> {
             });
             for r in refs.chain(n.initial_state.iter().copied()).chain(n.mask) {
                 if !seen.contains(&(r.layer, r.node)) {
-                    return Err(bad(format!("input of `{}` from layer #{} call {}", self.layers[n.layer].name, r.layer, r.node)));
+                    return Err(bad(format!(
+                        "input of `{}` from layer #{} call {}",
+                        self.layers[n.layer].name, r.layer, r.node
+                    )));
                 }
             }
             seen.insert((n.layer, n.call));
         }
         for r in self.inputs.iter().chain(&self.outputs) {
             if !seen.contains(&(r.layer, r.node)) {
-                return Err(bad(format!("model input/output from layer #{} call {}", r.layer, r.node)));
+                return Err(bad(format!(
+                    "model input/output from layer #{} call {}",
+                    r.layer, r.node
+                )));
             }
         }
         for r in &self.inputs {
             if !matches!(self.layers[r.layer].layer, Layer::Input { .. }) {
-                return Err(bad(format!("model input `{}` is not an InputLayer", self.layers[r.layer].name)));
+                return Err(bad(format!(
+                    "model input `{}` is not an InputLayer",
+                    self.layers[r.layer].name
+                )));
             }
         }
         Ok(())
@@ -302,24 +366,47 @@ impl<T: Float> Model<T> {
             .iter()
             .map(|r| match lookup(&vals, &pos, *r)? {
                 Val::F(t, _) => Ok(t.clone()),
-                Val::B(..) => Err(ConfigError::unsupported("model output", "a boolean mask tensor").into()),
+                Val::B(..) => {
+                    Err(ConfigError::unsupported("model output", "a boolean mask tensor").into())
+                }
             })
             .collect()
     }
 
     pub(crate) fn node_positions(&self) -> std::collections::HashMap<(usize, usize), usize> {
-        self.nodes.iter().enumerate().map(|(i, n)| ((n.layer, n.call), i)).collect()
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| ((n.layer, n.call), i))
+            .collect()
     }
 
     fn check_model_inputs(&self, inputs: &[Tensor<T>]) -> Result<(), Error> {
         if inputs.len() != self.inputs.len() {
-            return Err(ConfigError::invalid("inputs", format!("{} arrays", inputs.len()), format!("{} (one per model input)", self.inputs.len())).into());
+            return Err(ConfigError::invalid(
+                "inputs",
+                format!("{} arrays", inputs.len()),
+                format!("{} (one per model input)", self.inputs.len()),
+            )
+            .into());
         }
         for (k, (x, shape)) in inputs.iter().zip(self.input_shapes()).enumerate() {
-            let ok = x.rank() == shape.len() && x.shape().iter().zip(&shape).all(|(d, s)| s.is_none_or(|s| s == *d));
+            let ok = x.rank() == shape.len()
+                && x.shape()
+                    .iter()
+                    .zip(&shape)
+                    .all(|(d, s)| s.is_none_or(|s| s == *d));
             if !ok {
-                let want: Vec<String> = shape.iter().map(|d| d.map_or("None".into(), |d| d.to_string())).collect();
-                return Err(ShapeError::mismatch(format!("input {k} (`{}`)", self.layers[self.inputs[k].layer].name), x.shape(), format!("({})", want.join(", "))).into());
+                let want: Vec<String> = shape
+                    .iter()
+                    .map(|d| d.map_or("None".into(), |d| d.to_string()))
+                    .collect();
+                return Err(ShapeError::mismatch(
+                    format!("input {k} (`{}`)", self.layers[self.inputs[k].layer].name),
+                    x.shape(),
+                    format!("({})", want.join(", ")),
+                )
+                .into());
             }
             x.check_finite(&format!("input {k}"))?;
         }
@@ -370,13 +457,23 @@ impl<T: Float> Model<T> {
         let arg = |i: usize| -> Result<&Val<T>, Error> {
             match node.args.get(i) {
                 Some(NodeArg::Tensor(r)) => lookup(vals, pos, *r),
-                _ => Err(ConfigError::invalid(format!("call of `{}`", ml.name), format!("argument {i}"), "a tensor").into()),
+                _ => Err(ConfigError::invalid(
+                    format!("call of `{}`", ml.name),
+                    format!("argument {i}"),
+                    "a tensor",
+                )
+                .into()),
             }
         };
         let float_arg = |i: usize| -> Result<(&Tensor<T>, Option<&Mask>), Error> {
             match arg(i)? {
                 Val::F(t, m) => Ok((t, m.as_ref())),
-                Val::B(..) => Err(ConfigError::invalid(format!("input of `{}`", ml.name), "a boolean tensor", "a float tensor").into()),
+                Val::B(..) => Err(ConfigError::invalid(
+                    format!("input of `{}`", ml.name),
+                    "a boolean tensor",
+                    "a float tensor",
+                )
+                .into()),
             }
         };
         // Keras fills `mask` from the input's mask only when the call has a single tensor
@@ -387,9 +484,21 @@ impl<T: Float> Model<T> {
             match node.mask {
                 None => Ok(None),
                 Some(r) => match lookup(vals, pos, r)? {
-                    Val::B(shape, data) if shape.as_slice() == [batch, time] => Ok(Some(Mask::new(batch, time, data.clone())?)),
-                    Val::B(shape, _) => Err(ShapeError::mismatch(format!("mask of `{}`", ml.name), shape, format!("({batch}, {time})")).into()),
-                    Val::F(..) => Err(ConfigError::invalid(format!("mask of `{}`", ml.name), "a float tensor", "a boolean mask").into()),
+                    Val::B(shape, data) if shape.as_slice() == [batch, time] => {
+                        Ok(Some(Mask::new(batch, time, data.clone())?))
+                    }
+                    Val::B(shape, _) => Err(ShapeError::mismatch(
+                        format!("mask of `{}`", ml.name),
+                        shape,
+                        format!("({batch}, {time})"),
+                    )
+                    .into()),
+                    Val::F(..) => Err(ConfigError::invalid(
+                        format!("mask of `{}`", ml.name),
+                        "a float tensor",
+                        "a boolean mask",
+                    )
+                    .into()),
                 },
             }
         };
@@ -401,7 +510,12 @@ impl<T: Float> Model<T> {
                 .iter()
                 .map(|r| match lookup(vals, pos, *r)? {
                     Val::F(t, _) => Ok(t.clone()),
-                    Val::B(..) => Err(ConfigError::invalid(format!("initial_state of `{}`", ml.name), "a boolean tensor", "a float tensor").into()),
+                    Val::B(..) => Err(ConfigError::invalid(
+                        format!("initial_state of `{}`", ml.name),
+                        "a boolean tensor",
+                        "a float tensor",
+                    )
+                    .into()),
                 })
                 .collect::<Result<Vec<_>, Error>>()
                 .map(Some)
@@ -409,7 +523,11 @@ impl<T: Float> Model<T> {
         let threads = self.threads;
         Ok(match &ml.layer {
             Layer::Input { .. } => {
-                let k = self.inputs.iter().position(|r| r.layer == node.layer).ok_or_else(|| ConfigError::invalid("InputLayer", &ml.name, "a model input"))?;
+                let k = self
+                    .inputs
+                    .iter()
+                    .position(|r| r.layer == node.layer)
+                    .ok_or_else(|| ConfigError::invalid("InputLayer", &ml.name, "a model input"))?;
                 vec![Val::F(inputs[k].clone(), None)]
             }
             Layer::Masking { mask_value } => {
@@ -427,9 +545,11 @@ impl<T: Float> Model<T> {
             Layer::Rnn(rnn) => {
                 let (x, m) = float_arg(0)?;
                 let (b, t, _) = dims3(x, &format!("input of `{}`", ml.name))?;
-                let mask = explicit_mask(b, t)?.or_else(|| m.filter(|_| implicit_mask_allowed).cloned());
+                let mask =
+                    explicit_mask(b, t)?.or_else(|| m.filter(|_| implicit_mask_allowed).cloned());
                 let init = states()?;
-                let (out, finals) = rnn.call_with_final_states(x, init.as_deref(), mask.as_ref())?;
+                let (out, finals) =
+                    rnn.call_with_final_states(x, init.as_deref(), mask.as_ref())?;
                 if let Some(keep) = keep_states {
                     if rnn.is_stateful() {
                         *keep = finals;
@@ -443,12 +563,20 @@ impl<T: Float> Model<T> {
             Layer::Bidirectional(bi) => {
                 let (x, m) = float_arg(0)?;
                 let (b, t, _) = dims3(x, &format!("input of `{}`", ml.name))?;
-                let mask = explicit_mask(b, t)?.or_else(|| m.filter(|_| implicit_mask_allowed).cloned());
+                let mask =
+                    explicit_mask(b, t)?.or_else(|| m.filter(|_| implicit_mask_allowed).cloned());
                 let init = states()?;
                 let outs = bi.call(x, init.as_deref(), mask.as_ref())?;
                 let n_out = if bi.merge_mode().is_some() { 1 } else { 2 };
-                let out_mask = if bi.forward.returns_sequences() { mask } else { None };
-                outs.into_iter().enumerate().map(|(i, o)| Val::F(o, if i < n_out { out_mask.clone() } else { None })).collect()
+                let out_mask = if bi.forward.returns_sequences() {
+                    mask
+                } else {
+                    None
+                };
+                outs.into_iter()
+                    .enumerate()
+                    .map(|(i, o)| Val::F(o, if i < n_out { out_mask.clone() } else { None }))
+                    .collect()
             }
             Layer::Dense(d) => {
                 let (x, m) = float_arg(0)?;
@@ -470,20 +598,33 @@ impl<T: Float> Model<T> {
             Layer::NotEqual { value } => {
                 let (x, _) = float_arg(0)?;
                 let v = T::of(*value);
-                vec![Val::B(x.shape().to_vec(), x.data().iter().map(|e| *e != v).collect())]
+                vec![Val::B(
+                    x.shape().to_vec(),
+                    x.data().iter().map(|e| *e != v).collect(),
+                )]
             }
             Layer::Any { axis } => {
                 let (shape, data) = match arg(0)? {
                     Val::B(s, d) => (s.clone(), d.clone()),
-                    Val::F(t, _) => (t.shape().to_vec(), t.data().iter().map(|e| *e != T::zero()).collect()),
+                    Val::F(t, _) => (
+                        t.shape().to_vec(),
+                        t.data().iter().map(|e| *e != T::zero()).collect(),
+                    ),
                 };
                 let r = shape.len() as isize;
                 let ax = if *axis < 0 { r + axis } else { *axis };
                 if ax != r - 1 || r == 0 {
-                    return Err(ConfigError::unsupported("Any axis", format!("{axis} on a rank-{r} tensor (only the last axis)")).into());
+                    return Err(ConfigError::unsupported(
+                        "Any axis",
+                        format!("{axis} on a rank-{r} tensor (only the last axis)"),
+                    )
+                    .into());
                 }
                 let last = shape[shape.len() - 1].max(1);
-                let out: Vec<bool> = data.chunks_exact(last).map(|c| c.iter().any(|b| *b)).collect();
+                let out: Vec<bool> = data
+                    .chunks_exact(last)
+                    .map(|c| c.iter().any(|b| *b))
+                    .collect();
                 vec![Val::B(shape[..shape.len() - 1].to_vec(), out)]
             }
         })
@@ -498,7 +639,11 @@ impl<T: Float> Model<T> {
             let input = match node.args.first() {
                 Some(NodeArg::Tensor(r)) => {
                     let p = pos.get(&(r.layer, r.node)).copied().unwrap_or(0);
-                    shapes.get(p).and_then(|s| s.get(r.index)).cloned().unwrap_or_default()
+                    shapes
+                        .get(p)
+                        .and_then(|s| s.get(r.index))
+                        .cloned()
+                        .unwrap_or_default()
                 }
                 _ => vec![],
             };
@@ -506,7 +651,10 @@ impl<T: Float> Model<T> {
             let time = input.get(1).copied().flatten();
             let out = match &ml.layer {
                 Layer::Input { batch_shape } => vec![batch_shape.clone()],
-                Layer::Masking { .. } | Layer::Dropout { .. } | Layer::Activation(_) | Layer::NotEqual { .. } => vec![input],
+                Layer::Masking { .. }
+                | Layer::Dropout { .. }
+                | Layer::Activation(_)
+                | Layer::NotEqual { .. } => vec![input],
                 Layer::Any { .. } => vec![input[..input.len().saturating_sub(1)].to_vec()],
                 Layer::Dense(d) => {
                     let mut s = input;
@@ -516,7 +664,11 @@ impl<T: Float> Model<T> {
                     vec![s]
                 }
                 Layer::Rnn(r) => {
-                    let mut v = vec![if r.returns_sequences() { vec![batch, time, Some(r.units())] } else { vec![batch, Some(r.units())] }];
+                    let mut v = vec![if r.returns_sequences() {
+                        vec![batch, time, Some(r.units())]
+                    } else {
+                        vec![batch, Some(r.units())]
+                    }];
                     if r.returns_state() {
                         v.extend(r.cells().iter().map(|c| vec![batch, Some(c.units())]));
                     }
@@ -524,13 +676,25 @@ impl<T: Float> Model<T> {
                 }
                 Layer::Bidirectional(b) => {
                     let seq = b.forward.returns_sequences();
-                    let shape = |u: usize| if seq { vec![batch, time, Some(u)] } else { vec![batch, Some(u)] };
+                    let shape = |u: usize| {
+                        if seq {
+                            vec![batch, time, Some(u)]
+                        } else {
+                            vec![batch, Some(u)]
+                        }
+                    };
                     let mut v = match b.merge_mode() {
                         Some(_) => vec![shape(b.units())],
                         None => vec![shape(b.forward.units()), shape(b.backward.units())],
                     };
                     if b.forward.returns_state() {
-                        v.extend(b.forward.cells().iter().chain(b.backward.cells()).map(|c| vec![batch, Some(c.units())]));
+                        v.extend(
+                            b.forward
+                                .cells()
+                                .iter()
+                                .chain(b.backward.cells())
+                                .map(|c| vec![batch, Some(c.units())]),
+                        );
                     }
                     v
                 }
@@ -544,27 +708,69 @@ impl<T: Float> Model<T> {
     pub fn summary(&self) -> String {
         let shapes = self.output_shapes().unwrap_or_default();
         let fmt_shape = |s: &Vec<Option<usize>>| {
-            let parts: Vec<String> = s.iter().map(|d| d.map_or("None".into(), |d| d.to_string())).collect();
-            if parts.len() == 1 { format!("({},)", parts[0]) } else { format!("({})", parts.join(", ")) }
+            let parts: Vec<String> = s
+                .iter()
+                .map(|d| d.map_or("None".into(), |d| d.to_string()))
+                .collect();
+            if parts.len() == 1 {
+                format!("({},)", parts[0])
+            } else {
+                format!("({})", parts.join(", "))
+            }
         };
         let mut rows: Vec<(String, String, String)> = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
             let ml = &self.layers[node.layer];
-            if ml.is_op() || (self.kind == ModelKind::Sequential && matches!(ml.layer, Layer::Input { .. })) {
+            if ml.is_op()
+                || (self.kind == ModelKind::Sequential && matches!(ml.layer, Layer::Input { .. }))
+            {
                 continue;
             }
-            let out = shapes.get(i).map(|v| v.iter().map(fmt_shape).collect::<Vec<_>>().join(", ")).unwrap_or_default();
-            let out = if shapes.get(i).is_some_and(|v| v.len() > 1) { format!("[{out}]") } else { out };
+            let out = shapes
+                .get(i)
+                .map(|v| v.iter().map(fmt_shape).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default();
+            let out = if shapes.get(i).is_some_and(|v| v.len() > 1) {
+                format!("[{out}]")
+            } else {
+                out
+            };
             let params = if node.call == 0 { ml.param_count() } else { 0 };
-            rows.push((format!("{} ({})", ml.name, ml.class_name), out, group_digits(params)));
+            rows.push((
+                format!("{} ({})", ml.name, ml.class_name),
+                out,
+                group_digits(params),
+            ));
         }
-        let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0).max(14) + 2;
-        let w1 = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0).max(12) + 2;
+        let w0 = rows
+            .iter()
+            .map(|r| r.0.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(14)
+            + 2;
+        let w1 = rows
+            .iter()
+            .map(|r| r.1.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(12)
+            + 2;
         let w2 = 14;
-        let line = |l: char, m: char, r: char, f: char| format!("{l}{}{m}{}{m}{}{r}\n", f.to_string().repeat(w0 + 2), f.to_string().repeat(w1 + 2), f.to_string().repeat(w2 + 2));
+        let line = |l: char, m: char, r: char, f: char| {
+            format!(
+                "{l}{}{m}{}{m}{}{r}\n",
+                f.to_string().repeat(w0 + 2),
+                f.to_string().repeat(w1 + 2),
+                f.to_string().repeat(w2 + 2)
+            )
+        };
         let mut s = format!("Model: \"{}\"\n", self.name);
         s += &line('┏', '┳', '┓', '━');
-        s += &format!("┃ {:<w0$} ┃ {:<w1$} ┃ {:>w2$} ┃\n", "Layer (type)", "Output Shape", "Param #");
+        s += &format!(
+            "┃ {:<w0$} ┃ {:<w1$} ┃ {:>w2$} ┃\n",
+            "Layer (type)", "Output Shape", "Param #"
+        );
         s += &line('┡', '╇', '┩', '━');
         for (k, (a, b, c)) in rows.iter().enumerate() {
             s += &format!("│ {a:<w0$} │ {b:<w1$} │ {c:>w2$} │\n");
@@ -574,11 +780,28 @@ impl<T: Float> Model<T> {
         }
         s += &line('└', '┴', '┘', '─');
         let total = self.param_count();
-        let trainable: usize = self.layers.iter().filter(|l| l.trainable).map(ModelLayer::param_count).sum();
+        let trainable: usize = self
+            .layers
+            .iter()
+            .filter(|l| l.trainable)
+            .map(ModelLayer::param_count)
+            .sum();
         let bytes = |n: usize| human_bytes(n * std::mem::size_of::<T>());
-        s += &format!(" Total params: {} ({})\n", group_digits(total), bytes(total));
-        s += &format!(" Trainable params: {} ({})\n", group_digits(trainable), bytes(trainable));
-        s += &format!(" Non-trainable params: {} ({})\n", group_digits(total - trainable), bytes(total - trainable));
+        s += &format!(
+            " Total params: {} ({})\n",
+            group_digits(total),
+            bytes(total)
+        );
+        s += &format!(
+            " Trainable params: {} ({})\n",
+            group_digits(trainable),
+            bytes(trainable)
+        );
+        s += &format!(
+            " Non-trainable params: {} ({})\n",
+            group_digits(total - trainable),
+            bytes(total - trainable)
+        );
         s
     }
 }
@@ -591,7 +814,14 @@ pub(crate) fn lookup<'a, T>(
     pos.get(&(r.layer, r.node))
         .and_then(|&p| vals.get(p))
         .and_then(|v| v.get(r.index))
-        .ok_or_else(|| ConfigError::invalid("tensor reference", format!("layer #{} call {} output {}", r.layer, r.node, r.index), "an output computed earlier").into())
+        .ok_or_else(|| {
+            ConfigError::invalid(
+                "tensor reference",
+                format!("layer #{} call {} output {}", r.layer, r.node, r.index),
+                "an output computed earlier",
+            )
+            .into()
+        })
 }
 
 /// The Keras class name a layer is written back as.

@@ -112,7 +112,11 @@ impl Mask {
 pub(crate) fn dims3<T>(x: &Tensor<T>, arg: &str) -> Result<(usize, usize, usize), ShapeError> {
     match x.shape() {
         &[b, t, d] => Ok((b, t, d)),
-        s => Err(ShapeError::mismatch(arg, s, "rank 3: (batch, time, features)")),
+        s => Err(ShapeError::mismatch(
+            arg,
+            s,
+            "rank 3: (batch, time, features)",
+        )),
     }
 }
 
@@ -128,7 +132,11 @@ impl<T: Float> Rnn<T> {
         let mut cells = Vec::with_capacity(configs.len());
         let mut d = input_dim;
         for (k, c) in configs.into_iter().enumerate() {
-            let c = if k > 0 && c.name == "gru_cell" { c.clone().name(format!("gru_cell_{k}")) } else { c };
+            let c = if k > 0 && c.name == "gru_cell" {
+                c.clone().name(format!("gru_cell_{k}"))
+            } else {
+                c
+            };
             let cell = c.build(d)?;
             d = cell.units();
             cells.push(cell);
@@ -147,13 +155,23 @@ impl<T: Float> Rnn<T> {
                 return Err(ShapeError::mismatch(
                     format!("cells[{}].kernel", k + 1),
                     w[1].kernel().shape(),
-                    format!("({}, {}) to follow a cell of {} units", w[0].units(), 3 * w[1].units(), w[0].units()),
+                    format!(
+                        "({}, {}) to follow a cell of {} units",
+                        w[0].units(),
+                        3 * w[1].units(),
+                        w[0].units()
+                    ),
                 )
                 .into());
             }
         }
         if kind != RnnKind::RnnStacked && cells.len() != 1 {
-            return Err(ConfigError::invalid("cells", cells.len(), "one cell unless the layer is stacked").into());
+            return Err(ConfigError::invalid(
+                "cells",
+                cells.len(),
+                "one cell unless the layer is stacked",
+            )
+            .into());
         }
         let name = match kind {
             RnnKind::Gru => "gru",
@@ -223,7 +241,11 @@ impl<T: Float> Rnn<T> {
     /// Changes how the layer is serialized (`GRU` vs `RNN(GRUCell)`); single-cell only for `Gru`.
     pub fn with_kind(mut self, kind: RnnKind) -> Result<Self, ConfigError> {
         if kind != RnnKind::RnnStacked && self.cells.len() != 1 {
-            return Err(ConfigError::invalid("kind", format!("{kind:?}"), "RnnStacked for several cells"));
+            return Err(ConfigError::invalid(
+                "kind",
+                format!("{kind:?}"),
+                "RnnStacked for several cells",
+            ));
         }
         self.kind = kind;
         Ok(self)
@@ -358,16 +380,30 @@ impl<T: Float> Rnn<T> {
             return Err(ShapeError::mismatch(
                 "inputs",
                 x.shape(),
-                format!("(batch, time, {}) — the layer was built for {} features", self.input_dim(), self.input_dim()),
+                format!(
+                    "(batch, time, {}) — the layer was built for {} features",
+                    self.input_dim(),
+                    self.input_dim()
+                ),
             )
             .into());
         }
         if t == 0 {
-            return Err(ShapeError::mismatch("inputs", x.shape(), "at least one time step (Keras fails on T = 0)").into());
+            return Err(ShapeError::mismatch(
+                "inputs",
+                x.shape(),
+                "at least one time step (Keras fails on T = 0)",
+            )
+            .into());
         }
         if let Some(m) = mask {
             if m.batch != b || m.time != t {
-                return Err(ShapeError::mismatch("mask", &[m.batch, m.time], format!("({b}, {t})")).into());
+                return Err(ShapeError::mismatch(
+                    "mask",
+                    &[m.batch, m.time],
+                    format!("({b}, {t})"),
+                )
+                .into());
             }
         }
         if let Some(s) = initial_state {
@@ -381,7 +417,12 @@ impl<T: Float> Rnn<T> {
             }
             for (k, (st, c)) in s.iter().zip(&self.cells).enumerate() {
                 if st.shape() != [b, c.units()] {
-                    return Err(ShapeError::mismatch(format!("initial_state[{k}]"), st.shape(), format!("({b}, {})", c.units())).into());
+                    return Err(ShapeError::mismatch(
+                        format!("initial_state[{k}]"),
+                        st.shape(),
+                        format!("({b}, {})", c.units()),
+                    )
+                    .into());
                 }
             }
         }
@@ -408,14 +449,22 @@ impl<T: Float> Rnn<T> {
     ) -> Result<(RnnOutput<T>, Vec<Tensor<T>>), Error> {
         let (b, t) = self.check_inputs(x, initial_state, mask)?;
         x.check_finite("inputs")?;
-        let initial = initial_state.or(if self.stateful { self.states.as_deref() } else { None });
+        let initial = initial_state.or(if self.stateful {
+            self.states.as_deref()
+        } else {
+            None
+        });
         let mut ws = GruWorkspace::new();
         let n = self.cells.len();
         // Stacked cells run layer by layer (identical numbers: a masked step holds every cell's
         // state, and each layer's input projection becomes one GEMM). With go_backwards the first
         // cell walks backwards and writes its sequence in processing order; later cells walk that
         // sequence forwards with the mask reversed to match.
-        let reversed_mask = if self.go_backwards && n > 1 { mask.map(Mask::reversed) } else { None };
+        let reversed_mask = if self.go_backwards && n > 1 {
+            mask.map(Mask::reversed)
+        } else {
+            None
+        };
         let mut input = x.data().to_vec();
         let mut finals = Vec::with_capacity(n);
         let mut last = Tensor::zeros(vec![b, self.units()]);
@@ -424,10 +473,18 @@ impl<T: Float> Rnn<T> {
             let u = cell.units();
             let is_last = k + 1 == n;
             let want_seq = !is_last || self.return_sequences;
-            let mut seq = if want_seq { vec![T::zero(); b * t * u] } else { Vec::new() };
+            let mut seq = if want_seq {
+                vec![T::zero(); b * t * u]
+            } else {
+                Vec::new()
+            };
             let mut last_k = vec![T::zero(); b * u];
             let mut state = vec![T::zero(); b * u];
-            let m = if k == 0 { mask } else { reversed_mask.as_ref().or(mask) };
+            let m = if k == 0 {
+                mask
+            } else {
+                reversed_mask.as_ref().or(mask)
+            };
             let opts = SequenceOptions {
                 mask: m.map(|m| m.data.as_slice()),
                 go_backwards: self.go_backwards && k == 0,
@@ -463,7 +520,11 @@ impl<T: Float> Rnn<T> {
         } else {
             last
         };
-        let states = if self.return_state { finals.clone() } else { Vec::new() };
+        let states = if self.return_state {
+            finals.clone()
+        } else {
+            Vec::new()
+        };
         Ok((RnnOutput { output, states }, finals))
     }
 
@@ -471,7 +532,11 @@ impl<T: Float> Rnn<T> {
     pub fn stream(&self, batch: usize) -> RnnStream<T> {
         RnnStream {
             batch,
-            states: self.cells.iter().map(|c| vec![T::zero(); batch * c.units()]).collect(),
+            states: self
+                .cells
+                .iter()
+                .map(|c| vec![T::zero(); batch * c.units()])
+                .collect(),
             ws: GruWorkspace::new(),
             layer_in: Vec::new(),
         }
@@ -507,10 +572,26 @@ impl<T: Float> RnnStream<T> {
     /// Feeds one step `x_t` `(B, D)` and returns the new output `(B, u)` of the last cell.
     pub fn step(&mut self, rnn: &Rnn<T>, x_t: &[T]) -> Result<&[T], Error> {
         if x_t.len() != self.batch * rnn.input_dim() {
-            return Err(ShapeError::mismatch("x_t", &[x_t.len()], format!("({}, {}) flattened", self.batch, rnn.input_dim())).into());
+            return Err(ShapeError::mismatch(
+                "x_t",
+                &[x_t.len()],
+                format!("({}, {}) flattened", self.batch, rnn.input_dim()),
+            )
+            .into());
         }
-        if self.states.len() != rnn.cells.len() || self.states.iter().zip(&rnn.cells).any(|(s, c)| s.len() != self.batch * c.units()) {
-            return Err(ConfigError::invalid("stream", "a stream of another layer", "a stream made by this layer's `stream()`").into());
+        if self.states.len() != rnn.cells.len()
+            || self
+                .states
+                .iter()
+                .zip(&rnn.cells)
+                .any(|(s, c)| s.len() != self.batch * c.units())
+        {
+            return Err(ConfigError::invalid(
+                "stream",
+                "a stream of another layer",
+                "a stream made by this layer's `stream()`",
+            )
+            .into());
         }
         for (k, cell) in rnn.cells.iter().enumerate() {
             if k > 0 {
@@ -518,7 +599,14 @@ impl<T: Float> RnnStream<T> {
                 self.layer_in.extend_from_slice(&self.states[k - 1]);
             }
             let input = if k == 0 { x_t } else { &self.layer_in[..] };
-            gru_step(&cell.params(), input, self.batch, &mut self.states[k], &mut self.ws, rnn.threads);
+            gru_step(
+                &cell.params(),
+                input,
+                self.batch,
+                &mut self.states[k],
+                &mut self.ws,
+                rnn.threads,
+            );
         }
         Ok(self.output())
     }

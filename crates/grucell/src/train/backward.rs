@@ -22,11 +22,23 @@ use std::collections::HashMap;
 enum Cache<T> {
     None,
     Masking(Mask),
-    Dense { x: Tensor<T>, pre: Tensor<T>, y: Tensor<T> },
-    Act { x: Tensor<T>, y: Tensor<T> },
+    Dense {
+        x: Tensor<T>,
+        pre: Tensor<T>,
+        y: Tensor<T>,
+    },
+    Act {
+        x: Tensor<T>,
+        y: Tensor<T>,
+    },
     Dropout(Vec<T>),
     Rnn(Box<RnnTape<T>>),
-    Bi { f: Box<RnnTape<T>>, b: Box<RnnTape<T>>, fo: Tensor<T>, bo: Tensor<T> },
+    Bi {
+        f: Box<RnnTape<T>>,
+        b: Box<RnnTape<T>>,
+        fo: Tensor<T>,
+        bo: Tensor<T>,
+    },
 }
 
 /// Values of every call and what each call kept for the backward pass.
@@ -71,12 +83,24 @@ impl<T: Float> Model<T> {
             if !l.trainable {
                 continue;
             }
-            let mut push = |index: usize, path: String, shape: &[usize]| out.push((VarId { layer: li, index, path }, shape.to_vec()));
+            let mut push = |index: usize, path: String, shape: &[usize]| {
+                out.push((
+                    VarId {
+                        layer: li,
+                        index,
+                        path,
+                    },
+                    shape.to_vec(),
+                ))
+            };
             match &l.layer {
                 Layer::Rnn(r) => {
                     let mut i = 0;
                     for c in r.cells() {
-                        for (n, w) in cell_weight_names(c.config().use_bias).iter().zip(c.weights()) {
+                        for (n, w) in cell_weight_names(c.config().use_bias)
+                            .iter()
+                            .zip(c.weights())
+                        {
                             push(i, format!("{}/{}/{n}", l.name, c.config().name), w.shape());
                             i += 1;
                         }
@@ -84,10 +108,20 @@ impl<T: Float> Model<T> {
                 }
                 Layer::Bidirectional(b) => {
                     let mut i = 0;
-                    for (dir, r) in [(&b.forward.name, &b.forward), (&b.backward.name, &b.backward)] {
+                    for (dir, r) in [
+                        (&b.forward.name, &b.forward),
+                        (&b.backward.name, &b.backward),
+                    ] {
                         for c in r.cells() {
-                            for (n, w) in cell_weight_names(c.config().use_bias).iter().zip(c.weights()) {
-                                push(i, format!("{}/{dir}/{}/{n}", l.name, c.config().name), w.shape());
+                            for (n, w) in cell_weight_names(c.config().use_bias)
+                                .iter()
+                                .zip(c.weights())
+                            {
+                                push(
+                                    i,
+                                    format!("{}/{dir}/{}/{n}", l.name, c.config().name),
+                                    w.shape(),
+                                );
                                 i += 1;
                             }
                         }
@@ -117,7 +151,10 @@ impl<T: Float> Model<T> {
                 }
                 Layer::Dense(d) => {
                     let c = d.config().clone();
-                    let regs = [(c.kernel_regularizer, c.kernel_constraint), (c.bias_regularizer, c.bias_constraint)];
+                    let regs = [
+                        (c.kernel_regularizer, c.kernel_constraint),
+                        (c.bias_regularizer, c.bias_constraint),
+                    ];
                     for (w, (r, k)) in d.weights_mut().into_iter().zip(regs) {
                         out.push((w, r, k));
                     }
@@ -134,8 +171,14 @@ impl<T: Float> Model<T> {
             match &mut l.layer {
                 Layer::Rnn(r) => r.cells_mut().iter_mut().for_each(|c| c.weights_changed()),
                 Layer::Bidirectional(b) => {
-                    b.forward.cells_mut().iter_mut().for_each(|c| c.weights_changed());
-                    b.backward.cells_mut().iter_mut().for_each(|c| c.weights_changed());
+                    b.forward
+                        .cells_mut()
+                        .iter_mut()
+                        .for_each(|c| c.weights_changed());
+                    b.backward
+                        .cells_mut()
+                        .iter_mut()
+                        .for_each(|c| c.weights_changed());
                 }
                 _ => {}
             }
@@ -164,11 +207,17 @@ impl<T: Float> Model<T> {
         rng: Option<&mut StdRng>,
     ) -> Result<LossAndGrads<T>, Error> {
         if y.len() != self.outputs.len() {
-            return Err(ConfigError::invalid("targets", format!("{} arrays", y.len()), format!("{} (one per model output)", self.outputs.len())).into());
+            return Err(ConfigError::invalid(
+                "targets",
+                format!("{} arrays", y.len()),
+                format!("{} (one per model output)", self.outputs.len()),
+            )
+            .into());
         }
         let (vals, caches) = self.forward_train(x, rng)?;
         let pos = self.node_positions();
-        let mut dvals: Vec<Vec<Option<Tensor<T>>>> = vals.iter().map(|v| vec![None; v.len()]).collect();
+        let mut dvals: Vec<Vec<Option<Tensor<T>>>> =
+            vals.iter().map(|v| vec![None; v.len()]).collect();
         let mut total = T::zero();
         let mut logit_nodes = std::collections::HashSet::new();
         // Data loss on every output, summed (Keras' default loss_weights of 1).
@@ -179,13 +228,31 @@ impl<T: Float> Model<T> {
             };
             // Keras' crossentropies read the logits of a sigmoid/softmax output directly.
             let logits = match (&caches[p], loss) {
-                (Cache::Dense { pre, .. }, Loss::BinaryCrossentropy { from_logits: false, .. } | Loss::CategoricalCrossentropy { from_logits: false, .. } | Loss::SparseCategoricalCrossentropy { from_logits: false })
-                    if matches!(self.layers[r.layer].layer, Layer::Dense(ref d) if matches!(d.config().activation, Activation::Sigmoid | Activation::Softmax)) =>
-                {
+                (
+                    Cache::Dense { pre, .. },
+                    Loss::BinaryCrossentropy {
+                        from_logits: false, ..
+                    }
+                    | Loss::CategoricalCrossentropy {
+                        from_logits: false, ..
+                    }
+                    | Loss::SparseCategoricalCrossentropy { from_logits: false },
+                ) if matches!(self.layers[r.layer].layer, Layer::Dense(ref d) if matches!(d.config().activation, Activation::Sigmoid | Activation::Softmax)) => {
                     Some(pre)
                 }
-                (Cache::Act { x, .. }, Loss::BinaryCrossentropy { from_logits: false, .. } | Loss::CategoricalCrossentropy { from_logits: false, .. } | Loss::SparseCategoricalCrossentropy { from_logits: false })
-                    if matches!(self.layers[r.layer].layer, Layer::Activation(Activation::Sigmoid | Activation::Softmax)) =>
+                (
+                    Cache::Act { x, .. },
+                    Loss::BinaryCrossentropy {
+                        from_logits: false, ..
+                    }
+                    | Loss::CategoricalCrossentropy {
+                        from_logits: false, ..
+                    }
+                    | Loss::SparseCategoricalCrossentropy { from_logits: false },
+                ) if matches!(
+                    self.layers[r.layer].layer,
+                    Layer::Activation(Activation::Sigmoid | Activation::Softmax)
+                ) =>
                 {
                     Some(x)
                 }
@@ -196,19 +263,35 @@ impl<T: Float> Model<T> {
                 None => (pred, *loss),
             };
             let shape = used.shape().to_vec();
-            let expect_true: Vec<usize> = if loss_fn.sparse_labels() { shape[..shape.len() - 1].to_vec() } else { shape.clone() };
-            if yt.shape() != expect_true.as_slice() && !(loss_fn.sparse_labels() && yt.shape() == [&expect_true[..], &[1]].concat().as_slice()) {
-                return Err(ShapeError::mismatch(format!("targets[{k}]"), yt.shape(), format!("{expect_true:?} to match output {k}")).into());
+            let expect_true: Vec<usize> = if loss_fn.sparse_labels() {
+                shape[..shape.len() - 1].to_vec()
+            } else {
+                shape.clone()
+            };
+            if yt.shape() != expect_true.as_slice()
+                && !(loss_fn.sparse_labels()
+                    && yt.shape() == [&expect_true[..], &[1]].concat().as_slice())
+            {
+                return Err(ShapeError::mismatch(
+                    format!("targets[{k}]"),
+                    yt.shape(),
+                    format!("{expect_true:?} to match output {k}"),
+                )
+                .into());
             }
             // An output mask becomes sample weights m·R/Σm over the loss rows, as Keras applies it.
             let sw: Option<Vec<T>> = mask.as_ref().filter(|_| shape.len() == 3).map(|m| {
                 let n = m.data.len();
                 let kept = m.data.iter().filter(|b| **b).count().max(1);
                 let s = T::of(n as f64 / kept as f64);
-                m.data.iter().map(|b| if *b { s } else { T::zero() }).collect()
+                m.data
+                    .iter()
+                    .map(|b| if *b { s } else { T::zero() })
+                    .collect()
             });
             let mut grad = vec![T::zero(); used.len()];
-            let v = loss_fn.value_and_grad(yt.data(), used.data(), &shape, sw.as_deref(), &mut grad)?;
+            let v =
+                loss_fn.value_and_grad(yt.data(), used.data(), &shape, sw.as_deref(), &mut grad)?;
             total += v;
             let g = Tensor::new(shape, grad)?;
             if logits.is_some() {
@@ -237,8 +320,15 @@ impl<T: Float> Model<T> {
             }
         }
         let vars = self.trainable_variables();
-        let index: HashMap<(usize, usize), usize> = vars.iter().enumerate().map(|(i, (v, _))| ((v.layer, v.index), i)).collect();
-        let mut grads: Vec<Vec<T>> = vars.iter().map(|(_, s)| vec![T::zero(); s.iter().product()]).collect();
+        let index: HashMap<(usize, usize), usize> = vars
+            .iter()
+            .enumerate()
+            .map(|(i, (v, _))| ((v.layer, v.index), i))
+            .collect();
+        let mut grads: Vec<Vec<T>> = vars
+            .iter()
+            .map(|(_, s)| vec![T::zero(); s.iter().product()])
+            .collect();
         self.backward(&vals, caches, dvals, &pos, &index, &logit_nodes, &mut grads)?;
         // Weight penalties and their gradients.
         for ((w, r, _), g) in self.variables_mut().into_iter().zip(grads.iter_mut()) {
@@ -261,16 +351,30 @@ impl<T: Float> Model<T> {
         optimizer: &mut Optimizer<T>,
         rng: Option<&mut StdRng>,
     ) -> Result<T, Error> {
-        let LossAndGrads { loss: value, mut grads } = self.loss_and_grads(x, y, loss, rng)?;
+        let LossAndGrads {
+            loss: value,
+            mut grads,
+        } = self.loss_and_grads(x, y, loss, rng)?;
         if !value.is_finite() {
-            return Err(TrainError::NonFinite { what: "loss", epoch: 0, batch: 0 }.into());
+            return Err(TrainError::NonFinite {
+                what: "loss",
+                epoch: 0,
+                batch: 0,
+            }
+            .into());
         }
         if grads.iter().flatten().any(|g| !g.is_finite()) {
-            return Err(TrainError::NonFinite { what: "gradient", epoch: 0, batch: 0 }.into());
+            return Err(TrainError::NonFinite {
+                what: "gradient",
+                epoch: 0,
+                batch: 0,
+            }
+            .into());
         }
         {
             let mut vars = self.variables_mut();
-            let mut vslices: Vec<&mut [T]> = vars.iter_mut().map(|(w, _, _)| w.data_mut()).collect();
+            let mut vslices: Vec<&mut [T]> =
+                vars.iter_mut().map(|(w, _, _)| w.data_mut()).collect();
             let mut gslices: Vec<&mut [T]> = grads.iter_mut().map(|g| g.as_mut_slice()).collect();
             optimizer.step(&mut vslices, &mut gslices)?;
             for (w, _, c) in vars {
@@ -284,10 +388,19 @@ impl<T: Float> Model<T> {
         Ok(value)
     }
 
-    fn forward_train(&self, inputs: &[Tensor<T>], mut rng: Option<&mut StdRng>) -> Result<Taped<T>, Error> {
+    fn forward_train(
+        &self,
+        inputs: &[Tensor<T>],
+        mut rng: Option<&mut StdRng>,
+    ) -> Result<Taped<T>, Error> {
         // Shape checks are shared with inference.
         if inputs.len() != self.inputs.len() {
-            return Err(ConfigError::invalid("inputs", format!("{} arrays", inputs.len()), format!("{} (one per model input)", self.inputs.len())).into());
+            return Err(ConfigError::invalid(
+                "inputs",
+                format!("{} arrays", inputs.len()),
+                format!("{} (one per model input)", self.inputs.len()),
+            )
+            .into());
         }
         let pos = self.node_positions();
         let mut vals: Vec<Vec<Val<T>>> = Vec::with_capacity(self.nodes.len());
@@ -298,17 +411,34 @@ impl<T: Float> Model<T> {
                 match node.args.get(i) {
                     Some(NodeArg::Tensor(r)) => match lookup(&vals, &pos, *r)? {
                         Val::F(t, m) => Ok((t.clone(), m.clone())),
-                        Val::B(..) => Err(ConfigError::invalid(format!("input of `{}`", ml.name), "a boolean tensor", "a float tensor").into()),
+                        Val::B(..) => Err(ConfigError::invalid(
+                            format!("input of `{}`", ml.name),
+                            "a boolean tensor",
+                            "a float tensor",
+                        )
+                        .into()),
                     },
-                    _ => Err(ConfigError::invalid(format!("call of `{}`", ml.name), format!("argument {i}"), "a tensor").into()),
+                    _ => Err(ConfigError::invalid(
+                        format!("call of `{}`", ml.name),
+                        format!("argument {i}"),
+                        "a tensor",
+                    )
+                    .into()),
                 }
             };
             let explicit_mask = |b: usize, t: usize| -> Result<Option<Mask>, Error> {
                 match node.mask {
                     None => Ok(None),
                     Some(r) => match lookup(&vals, &pos, r)? {
-                        Val::B(s, d) if s.as_slice() == [b, t] => Ok(Some(Mask::new(b, t, d.clone())?)),
-                        _ => Err(ConfigError::invalid(format!("mask of `{}`", ml.name), "a tensor of another shape", format!("({b}, {t}) booleans")).into()),
+                        Val::B(s, d) if s.as_slice() == [b, t] => {
+                            Ok(Some(Mask::new(b, t, d.clone())?))
+                        }
+                        _ => Err(ConfigError::invalid(
+                            format!("mask of `{}`", ml.name),
+                            "a tensor of another shape",
+                            format!("({b}, {t}) booleans"),
+                        )
+                        .into()),
                     },
                 }
             };
@@ -320,7 +450,12 @@ impl<T: Float> Model<T> {
                     .iter()
                     .map(|r| match lookup(&vals, &pos, *r)? {
                         Val::F(t, _) => Ok(t.clone()),
-                        Val::B(..) => Err(ConfigError::invalid("initial_state", "a boolean tensor", "a float tensor").into()),
+                        Val::B(..) => Err(ConfigError::invalid(
+                            "initial_state",
+                            "a boolean tensor",
+                            "a float tensor",
+                        )
+                        .into()),
                     })
                     .collect::<Result<Vec<_>, Error>>()
                     .map(Some)
@@ -332,7 +467,8 @@ impl<T: Float> Model<T> {
                     let (b, t, _) = dims3(&x, &format!("input of `{}`", ml.name))?;
                     let mask = explicit_mask(b, t)?.or(m.filter(|_| implicit));
                     let s = init()?;
-                    let (o, _, tape) = r.forward_train(&x, s.as_deref(), mask.as_ref(), rng.as_deref_mut())?;
+                    let (o, _, tape) =
+                        r.forward_train(&x, s.as_deref(), mask.as_ref(), rng.as_deref_mut())?;
                     let om = if r.returns_sequences() { mask } else { None };
                     let mut v = vec![Val::F(o.output, om)];
                     v.extend(o.states.into_iter().map(|s| Val::F(s, None)));
@@ -345,22 +481,55 @@ impl<T: Float> Model<T> {
                     let s = init()?;
                     let nf = bi.forward.cells().len();
                     let (fs, bs) = match &s {
-                        Some(s) if s.len() == nf + bi.backward.cells().len() => (Some(&s[..nf]), Some(&s[nf..])),
-                        Some(_) => return Err(ConfigError::invalid("initial_state", "wrong count", "forward then backward states").into()),
+                        Some(s) if s.len() == nf + bi.backward.cells().len() => {
+                            (Some(&s[..nf]), Some(&s[nf..]))
+                        }
+                        Some(_) => {
+                            return Err(ConfigError::invalid(
+                                "initial_state",
+                                "wrong count",
+                                "forward then backward states",
+                            )
+                            .into())
+                        }
                         None => (None, None),
                     };
-                    let (fo, _, ft) = bi.forward.forward_train(&x, fs, mask.as_ref(), rng.as_deref_mut())?;
-                    let (mut bo, _, bt) = bi.backward.forward_train(&x, bs, mask.as_ref(), rng.as_deref_mut())?;
+                    let (fo, _, ft) =
+                        bi.forward
+                            .forward_train(&x, fs, mask.as_ref(), rng.as_deref_mut())?;
+                    let (mut bo, _, bt) =
+                        bi.backward
+                            .forward_train(&x, bs, mask.as_ref(), rng.as_deref_mut())?;
                     if bi.backward.returns_sequences() {
                         flip_time(&mut bo.output);
                     }
-                    let om = if bi.forward.returns_sequences() { mask } else { None };
+                    let om = if bi.forward.returns_sequences() {
+                        mask
+                    } else {
+                        None
+                    };
                     let mut v = match bi.merge_mode() {
-                        None => vec![Val::F(fo.output.clone(), om.clone()), Val::F(bo.output.clone(), om)],
+                        None => vec![
+                            Val::F(fo.output.clone(), om.clone()),
+                            Val::F(bo.output.clone(), om),
+                        ],
                         Some(mode) => vec![Val::F(merge(mode, &fo.output, &bo.output)?, om)],
                     };
-                    v.extend(fo.states.into_iter().chain(bo.states).map(|s| Val::F(s, None)));
-                    (v, Cache::Bi { f: Box::new(ft), b: Box::new(bt), fo: fo.output, bo: bo.output })
+                    v.extend(
+                        fo.states
+                            .into_iter()
+                            .chain(bo.states)
+                            .map(|s| Val::F(s, None)),
+                    );
+                    (
+                        v,
+                        Cache::Bi {
+                            f: Box::new(ft),
+                            b: Box::new(bt),
+                            fo: fo.output,
+                            bo: bo.output,
+                        },
+                    )
                 }
                 Layer::Dense(d) => {
                     let (x, m) = arg_t(0)?;
@@ -386,9 +555,20 @@ impl<T: Float> Model<T> {
                     match rng.as_deref_mut() {
                         Some(r) if *rate > 0.0 && *rate < 1.0 => {
                             let scale = T::of(1.0 / (1.0 - rate));
-                            let mask: Vec<T> = (0..x.len()).map(|_| if (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64 >= *rate { scale } else { T::zero() }).collect();
+                            let mask: Vec<T> = (0..x.len())
+                                .map(|_| {
+                                    if (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64 >= *rate {
+                                        scale
+                                    } else {
+                                        T::zero()
+                                    }
+                                })
+                                .collect();
                             let mut y = x.clone();
-                            y.data_mut().iter_mut().zip(&mask).for_each(|(v, k)| *v *= *k);
+                            y.data_mut()
+                                .iter_mut()
+                                .zip(&mask)
+                                .for_each(|(v, k)| *v *= *k);
                             (vec![Val::F(y, m)], Cache::Dropout(mask))
                         }
                         _ => (vec![Val::F(x, m)], Cache::None),
@@ -398,11 +578,16 @@ impl<T: Float> Model<T> {
                     let v = self.eval_node(node, inputs, &vals, &pos, None)?;
                     let mask = match &v[0] {
                         Val::F(_, Some(m)) => m.clone(),
-                        _ => return Err(ConfigError::invalid("Masking", "no mask", "a mask").into()),
+                        _ => {
+                            return Err(ConfigError::invalid("Masking", "no mask", "a mask").into())
+                        }
                     };
                     (v, Cache::Masking(mask))
                 }
-                _ => (self.eval_node(node, inputs, &vals, &pos, None)?, Cache::None),
+                _ => (
+                    self.eval_node(node, inputs, &vals, &pos, None)?,
+                    Cache::None,
+                ),
             };
             vals.push(out);
             caches.push(cache);
@@ -434,7 +619,10 @@ impl<T: Float> Model<T> {
             };
             let out_grads = std::mem::take(&mut dvals[p]);
             let cache = std::mem::replace(&mut caches[p], Cache::None);
-            let send = |r: Option<TensorRef>, g: Tensor<T>, dvals: &mut Vec<Vec<Option<Tensor<T>>>>| -> Result<(), Error> {
+            let send = |r: Option<TensorRef>,
+                        g: Tensor<T>,
+                        dvals: &mut Vec<Vec<Option<Tensor<T>>>>|
+             -> Result<(), Error> {
                 if let Some(r) = r {
                     if let Some(&q) = pos.get(&(r.layer, r.node)) {
                         if let Some(slot) = dvals[q].get_mut(r.index) {
@@ -451,9 +639,15 @@ impl<T: Float> Model<T> {
             };
             match (&ml.layer, cache) {
                 (Layer::Dense(d), Cache::Dense { x, pre, y }) => {
-                    let Some(dy) = out_grads.into_iter().next().flatten() else { continue };
+                    let Some(dy) = out_grads.into_iter().next().flatten() else {
+                        continue;
+                    };
                     // A logits gradient (crossentropy shortcut) already is d pre-activation.
-                    let dpre = if logit_nodes.contains(&p) { dy } else { act_back(d.config().activation, &pre, &y, &dy)? };
+                    let dpre = if logit_nodes.contains(&p) {
+                        dy
+                    } else {
+                        act_back(d.config().activation, &pre, &y, &dy)?
+                    };
                     let (dw, db, dx) = dense_backward(d, &x, &dpre, self.threads())?;
                     if trainable {
                         var_grad(0, &dw);
@@ -464,12 +658,20 @@ impl<T: Float> Model<T> {
                     send(first_arg, dx, &mut dvals)?;
                 }
                 (Layer::Activation(a), Cache::Act { x, y }) => {
-                    let Some(dy) = out_grads.into_iter().next().flatten() else { continue };
-                    let dx = if logit_nodes.contains(&p) { dy } else { act_back(*a, &x, &y, &dy)? };
+                    let Some(dy) = out_grads.into_iter().next().flatten() else {
+                        continue;
+                    };
+                    let dx = if logit_nodes.contains(&p) {
+                        dy
+                    } else {
+                        act_back(*a, &x, &y, &dy)?
+                    };
                     send(first_arg, dx, &mut dvals)?;
                 }
                 (Layer::Dropout { .. }, Cache::Dropout(m)) => {
-                    let Some(mut dy) = out_grads.into_iter().next().flatten() else { continue };
+                    let Some(mut dy) = out_grads.into_iter().next().flatten() else {
+                        continue;
+                    };
                     dy.data_mut().iter_mut().zip(&m).for_each(|(g, k)| *g *= *k);
                     send(first_arg, dy, &mut dvals)?;
                 }
@@ -479,7 +681,9 @@ impl<T: Float> Model<T> {
                     }
                 }
                 (Layer::Masking { .. }, Cache::Masking(mask)) => {
-                    let Some(mut dy) = out_grads.into_iter().next().flatten() else { continue };
+                    let Some(mut dy) = out_grads.into_iter().next().flatten() else {
+                        continue;
+                    };
                     let d = dy.shape()[2].max(1);
                     for (row, keep) in dy.data_mut().chunks_exact_mut(d).zip(&mask.data) {
                         if !keep {
@@ -491,14 +695,19 @@ impl<T: Float> Model<T> {
                 (Layer::Rnn(r), Cache::Rnn(tape)) => {
                     let mut it = out_grads.into_iter();
                     let Val::F(o, _) = &vals[p][0] else { continue };
-                    let d_out = it.next().flatten().unwrap_or_else(|| Tensor::zeros(o.shape().to_vec()));
+                    let d_out = it
+                        .next()
+                        .flatten()
+                        .unwrap_or_else(|| Tensor::zeros(o.shape().to_vec()));
                     let ds: Vec<Option<Tensor<T>>> = it.collect();
                     let d_states = states_grads(r, &ds, d_out.shape()[0]);
                     let g = r.backward(*tape, &d_out, d_states.as_deref())?;
                     if trainable {
                         let mut i = 0;
                         for (c, cg) in r.cells().iter().zip(&g.cells) {
-                            for w in cell_grad_arrays(c.config().use_bias, c.config().reset_after, cg) {
+                            for w in
+                                cell_grad_arrays(c.config().use_bias, c.config().reset_after, cg)
+                            {
                                 var_grad(i, &w);
                                 i += 1;
                             }
@@ -512,9 +721,19 @@ impl<T: Float> Model<T> {
                 (Layer::Bidirectional(bi), Cache::Bi { f, b, fo, bo }) => {
                     let mut it = out_grads.into_iter();
                     let (dfo, mut dbo) = match bi.merge_mode() {
-                        None => (it.next().flatten().unwrap_or_else(|| Tensor::zeros(fo.shape().to_vec())), it.next().flatten().unwrap_or_else(|| Tensor::zeros(bo.shape().to_vec()))),
+                        None => (
+                            it.next()
+                                .flatten()
+                                .unwrap_or_else(|| Tensor::zeros(fo.shape().to_vec())),
+                            it.next()
+                                .flatten()
+                                .unwrap_or_else(|| Tensor::zeros(bo.shape().to_vec())),
+                        ),
                         Some(mode) => {
-                            let dy = it.next().flatten().unwrap_or_else(|| Tensor::zeros(merged_shape(mode, &fo, &bo)));
+                            let dy = it
+                                .next()
+                                .flatten()
+                                .unwrap_or_else(|| Tensor::zeros(merged_shape(mode, &fo, &bo)));
                             split_merge(mode, &dy, &fo, &bo)?
                         }
                     };
@@ -522,7 +741,11 @@ impl<T: Float> Model<T> {
                     let nf = bi.forward.cells().len();
                     let batch = fo.shape()[0];
                     let dfs = states_grads(&bi.forward, &ds[..nf.min(ds.len())], batch);
-                    let dbs = states_grads(&bi.backward, if ds.len() > nf { &ds[nf..] } else { &[] }, batch);
+                    let dbs = states_grads(
+                        &bi.backward,
+                        if ds.len() > nf { &ds[nf..] } else { &[] },
+                        batch,
+                    );
                     if bi.backward.returns_sequences() {
                         flip_time(&mut dbo);
                     }
@@ -532,7 +755,11 @@ impl<T: Float> Model<T> {
                         let mut i = 0;
                         for (r, gs) in [(&bi.forward, &gf), (&bi.backward, &gb)] {
                             for (c, cg) in r.cells().iter().zip(&gs.cells) {
-                                for w in cell_grad_arrays(c.config().use_bias, c.config().reset_after, cg) {
+                                for w in cell_grad_arrays(
+                                    c.config().use_bias,
+                                    c.config().reset_after,
+                                    cg,
+                                ) {
                                     var_grad(i, &w);
                                     i += 1;
                                 }
@@ -540,9 +767,16 @@ impl<T: Float> Model<T> {
                         }
                     }
                     let mut dx = gf.dx;
-                    dx.data_mut().iter_mut().zip(gb.dx.data()).for_each(|(a, b)| *a += *b);
+                    dx.data_mut()
+                        .iter_mut()
+                        .zip(gb.dx.data())
+                        .for_each(|(a, b)| *a += *b);
                     send(first_arg, dx, &mut dvals)?;
-                    for (r, d) in node.initial_state.iter().zip(gf.dinitial.into_iter().chain(gb.dinitial)) {
+                    for (r, d) in node
+                        .initial_state
+                        .iter()
+                        .zip(gf.dinitial.into_iter().chain(gb.dinitial))
+                    {
                         send(Some(*r), d, &mut dvals)?;
                     }
                 }
@@ -553,7 +787,10 @@ impl<T: Float> Model<T> {
     }
 }
 
-fn push_rnn<'a, T: Float>(r: &'a mut Rnn<T>, out: &mut Vec<(&'a mut Tensor<T>, Option<Regularizer>, Option<Constraint>)>) {
+fn push_rnn<'a, T: Float>(
+    r: &'a mut Rnn<T>,
+    out: &mut Vec<(&'a mut Tensor<T>, Option<Regularizer>, Option<Constraint>)>,
+) {
     for c in r.cells_mut() {
         let cfg = c.config().clone();
         let regs = [
@@ -568,7 +805,11 @@ fn push_rnn<'a, T: Float>(r: &'a mut Rnn<T>, out: &mut Vec<(&'a mut Tensor<T>, O
 }
 
 /// Cell gradients in Keras weight order and shapes (bias `(2, 3u)` = [input row; recurrent row]).
-fn cell_grad_arrays<T: Float>(use_bias: bool, reset_after: bool, g: &crate::engine::gru_backward::GruGrads<T>) -> Vec<Vec<T>> {
+fn cell_grad_arrays<T: Float>(
+    use_bias: bool,
+    reset_after: bool,
+    g: &crate::engine::gru_backward::GruGrads<T>,
+) -> Vec<Vec<T>> {
     let mut v = vec![g.kernel.clone(), g.recurrent.clone()];
     if use_bias {
         let mut b = g.bias_input.clone();
@@ -581,11 +822,26 @@ fn cell_grad_arrays<T: Float>(use_bias: bool, reset_after: bool, g: &crate::engi
 }
 
 /// Per-cell final-state gradients, zeros where a state was not used; `None` when none was.
-fn states_grads<T: Float>(r: &Rnn<T>, ds: &[Option<Tensor<T>>], batch: usize) -> Option<Vec<Tensor<T>>> {
+fn states_grads<T: Float>(
+    r: &Rnn<T>,
+    ds: &[Option<Tensor<T>>],
+    batch: usize,
+) -> Option<Vec<Tensor<T>>> {
     if ds.iter().all(Option::is_none) {
         return None;
     }
-    Some(r.cells().iter().enumerate().map(|(k, c)| ds.get(k).cloned().flatten().unwrap_or_else(|| Tensor::zeros(vec![batch, c.units()]))).collect())
+    Some(
+        r.cells()
+            .iter()
+            .enumerate()
+            .map(|(k, c)| {
+                ds.get(k)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or_else(|| Tensor::zeros(vec![batch, c.units()]))
+            })
+            .collect(),
+    )
 }
 
 fn add_grad<T: Float>(slot: &mut Option<Tensor<T>>, g: Tensor<T>) -> Result<(), Error> {
@@ -593,29 +849,64 @@ fn add_grad<T: Float>(slot: &mut Option<Tensor<T>>, g: Tensor<T>) -> Result<(), 
         None => *slot = Some(g),
         Some(s) => {
             if s.shape() != g.shape() {
-                return Err(ShapeError::mismatch("gradient", g.shape(), format!("{:?}", s.shape())).into());
+                return Err(ShapeError::mismatch(
+                    "gradient",
+                    g.shape(),
+                    format!("{:?}", s.shape()),
+                )
+                .into());
             }
-            s.data_mut().iter_mut().zip(g.data()).for_each(|(a, b)| *a += *b);
+            s.data_mut()
+                .iter_mut()
+                .zip(g.data())
+                .for_each(|(a, b)| *a += *b);
         }
     }
     Ok(())
 }
 
-fn act_back<T: Float>(a: Activation, x: &Tensor<T>, y: &Tensor<T>, dy: &Tensor<T>) -> Result<Tensor<T>, Error> {
+fn act_back<T: Float>(
+    a: Activation,
+    x: &Tensor<T>,
+    y: &Tensor<T>,
+    dy: &Tensor<T>,
+) -> Result<Tensor<T>, Error> {
     let n = x.shape().last().copied().unwrap_or(1).max(1);
     let mut dx = vec![T::zero(); x.len()];
-    for (((xr, yr), gr), dr) in x.data().chunks_exact(n).zip(y.data().chunks_exact(n)).zip(dy.data().chunks_exact(n)).zip(dx.chunks_exact_mut(n)) {
+    for (((xr, yr), gr), dr) in x
+        .data()
+        .chunks_exact(n)
+        .zip(y.data().chunks_exact(n))
+        .zip(dy.data().chunks_exact(n))
+        .zip(dx.chunks_exact_mut(n))
+    {
         a.backward_row(xr, yr, gr, dr);
     }
     Ok(Tensor::new(x.shape().to_vec(), dx)?)
 }
 
-fn dense_backward<T: Float>(d: &Dense<T>, x: &Tensor<T>, dpre: &Tensor<T>, threads: usize) -> Result<DenseGrads<T>, Error> {
+fn dense_backward<T: Float>(
+    d: &Dense<T>,
+    x: &Tensor<T>,
+    dpre: &Tensor<T>,
+    threads: usize,
+) -> Result<DenseGrads<T>, Error> {
     use crate::engine::gemm::{gemm, Operand};
     let (i, o) = (d.input_dim(), d.config().units);
     let rows = x.len() / i.max(1);
     let mut dw = vec![T::zero(); i * o];
-    gemm(i, o, rows, T::one(), Operand::new(x.data(), i).t(), Operand::new(dpre.data(), o), false, &mut dw, o, threads);
+    gemm(
+        i,
+        o,
+        rows,
+        T::one(),
+        Operand::new(x.data(), i).t(),
+        Operand::new(dpre.data(), o),
+        false,
+        &mut dw,
+        o,
+        threads,
+    );
     let db = d.bias().map(|_| {
         let mut s = vec![T::zero(); o];
         for r in dpre.data().chunks_exact(o) {
@@ -624,7 +915,18 @@ fn dense_backward<T: Float>(d: &Dense<T>, x: &Tensor<T>, dpre: &Tensor<T>, threa
         s
     });
     let mut dx = vec![T::zero(); rows * i];
-    gemm(rows, i, o, T::one(), Operand::new(dpre.data(), o), Operand::new(d.kernel().data(), o).t(), false, &mut dx, i, threads);
+    gemm(
+        rows,
+        i,
+        o,
+        T::one(),
+        Operand::new(dpre.data(), o),
+        Operand::new(d.kernel().data(), o).t(),
+        false,
+        &mut dx,
+        i,
+        threads,
+    );
     Ok((dw, db, Tensor::new(x.shape().to_vec(), dx)?))
 }
 
@@ -652,7 +954,12 @@ fn merged_shape<T: Float>(mode: MergeMode, f: &Tensor<T>, b: &Tensor<T>) -> Vec<
     s
 }
 
-fn split_merge<T: Float>(mode: MergeMode, dy: &Tensor<T>, f: &Tensor<T>, b: &Tensor<T>) -> Result<(Tensor<T>, Tensor<T>), Error> {
+fn split_merge<T: Float>(
+    mode: MergeMode,
+    dy: &Tensor<T>,
+    f: &Tensor<T>,
+    b: &Tensor<T>,
+) -> Result<(Tensor<T>, Tensor<T>), Error> {
     let shape = f.shape().to_vec();
     Ok(match mode {
         MergeMode::Concat => {
@@ -664,17 +971,33 @@ fn split_merge<T: Float>(mode: MergeMode, dy: &Tensor<T>, f: &Tensor<T>, b: &Ten
                 df.extend_from_slice(&row[..uf]);
                 db.extend_from_slice(&row[uf..]);
             }
-            (Tensor::new(shape, df)?, Tensor::new(b.shape().to_vec(), db)?)
+            (
+                Tensor::new(shape, df)?,
+                Tensor::new(b.shape().to_vec(), db)?,
+            )
         }
         MergeMode::Sum => (dy.clone(), dy.clone()),
         MergeMode::Ave => {
             let h = T::of(0.5);
             let g: Vec<T> = dy.data().iter().map(|v| *v * h).collect();
-            (Tensor::new(shape.clone(), g.clone())?, Tensor::new(shape, g)?)
+            (
+                Tensor::new(shape.clone(), g.clone())?,
+                Tensor::new(shape, g)?,
+            )
         }
         MergeMode::Mul => {
-            let df = dy.data().iter().zip(b.data()).map(|(g, v)| *g * *v).collect();
-            let db = dy.data().iter().zip(f.data()).map(|(g, v)| *g * *v).collect();
+            let df = dy
+                .data()
+                .iter()
+                .zip(b.data())
+                .map(|(g, v)| *g * *v)
+                .collect();
+            let db = dy
+                .data()
+                .iter()
+                .zip(f.data())
+                .map(|(g, v)| *g * *v)
+                .collect();
             (Tensor::new(shape.clone(), df)?, Tensor::new(shape, db)?)
         }
     })

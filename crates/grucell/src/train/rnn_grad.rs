@@ -28,14 +28,26 @@ impl<T: Float> CellDropout<T> {
         let active = |r: f64| r > 0.0 && r < 1.0;
         let mask = |n: usize, rate: f64, rng: &mut dyn rand::RngCore| -> Vec<T> {
             let scale = T::of(1.0 / (1.0 - rate));
-            (0..n).map(|_| if rng.random::<f64>() >= rate { scale } else { T::zero() }).collect()
+            (0..n)
+                .map(|_| {
+                    if rng.random::<f64>() >= rate {
+                        scale
+                    } else {
+                        T::zero()
+                    }
+                })
+                .collect()
         };
         let mut out = CellDropout::default();
         if active(c.recurrent_dropout) {
             if active(c.dropout) {
-                out.input = (0..3).map(|_| mask(batch * cell.input_dim(), c.dropout, rng)).collect();
+                out.input = (0..3)
+                    .map(|_| mask(batch * cell.input_dim(), c.dropout, rng))
+                    .collect();
             }
-            out.recurrent = (0..3).map(|_| mask(batch * cell.units(), c.recurrent_dropout, rng)).collect();
+            out.recurrent = (0..3)
+                .map(|_| mask(batch * cell.units(), c.recurrent_dropout, rng))
+                .collect();
         } else if active(c.dropout) {
             out.input = vec![mask(batch * cell.input_dim(), c.dropout, rng)];
         }
@@ -49,7 +61,11 @@ impl<T: Float> CellDropout<T> {
                 3 => Some([&self.input[0], &self.input[1], &self.input[2]]),
                 _ => None,
             },
-            recurrent: if self.recurrent.len() == 3 { Some([&self.recurrent[0], &self.recurrent[1], &self.recurrent[2]]) } else { None },
+            recurrent: if self.recurrent.len() == 3 {
+                Some([&self.recurrent[0], &self.recurrent[1], &self.recurrent[2]])
+            } else {
+                None
+            },
         }
     }
 }
@@ -93,11 +109,30 @@ impl<T: Float> Rnn<T> {
     ) -> Result<TrainForward<T>, Error> {
         let (b, t) = self.check_inputs(x, initial_state, mask)?;
         x.check_finite("inputs")?;
-        let initial = initial_state.map(|s| s.to_vec()).or_else(|| if self.is_stateful() { self.carried_states().map(|s| s.to_vec()) } else { None });
+        let initial = initial_state.map(|s| s.to_vec()).or_else(|| {
+            if self.is_stateful() {
+                self.carried_states().map(|s| s.to_vec())
+            } else {
+                None
+            }
+        });
         let n = self.cells().len();
         let mut rng = rng;
-        let reversed_mask = if self.is_go_backwards() && n > 1 { mask.map(Mask::reversed) } else { None };
-        let mut tape = RnnTape { batch: b, time: t, inputs: Vec::new(), traces: Vec::new(), dropout: Vec::new(), mask: mask.cloned(), reversed_mask, initial };
+        let reversed_mask = if self.is_go_backwards() && n > 1 {
+            mask.map(Mask::reversed)
+        } else {
+            None
+        };
+        let mut tape = RnnTape {
+            batch: b,
+            time: t,
+            inputs: Vec::new(),
+            traces: Vec::new(),
+            dropout: Vec::new(),
+            mask: mask.cloned(),
+            reversed_mask,
+            initial,
+        };
         let mut ws = GruWorkspace::new();
         let mut input = x.data().to_vec();
         let mut finals = Vec::with_capacity(n);
@@ -113,8 +148,17 @@ impl<T: Float> Rnn<T> {
             let mut last_k = vec![T::zero(); b * u];
             let mut state = vec![T::zero(); b * u];
             let mut trace = GruTrace::default();
-            let m = if k == 0 { tape.mask.as_ref() } else { tape.reversed_mask.as_ref().or(tape.mask.as_ref()) };
-            let opts = SequenceOptions { mask: m.map(|m| m.data.as_slice()), go_backwards: self.is_go_backwards() && k == 0, zero_output_for_mask: self.zeroes_masked_outputs(), threads: self.thread_count() };
+            let m = if k == 0 {
+                tape.mask.as_ref()
+            } else {
+                tape.reversed_mask.as_ref().or(tape.mask.as_ref())
+            };
+            let opts = SequenceOptions {
+                mask: m.map(|m| m.data.as_slice()),
+                go_backwards: self.is_go_backwards() && k == 0,
+                zero_output_for_mask: self.zeroes_masked_outputs(),
+                threads: self.thread_count(),
+            };
             gru_sequence(
                 &cell.params(),
                 &input,
@@ -123,7 +167,11 @@ impl<T: Float> Rnn<T> {
                 tape.initial.as_ref().map(|s| s[k].data()),
                 opts,
                 drop.masks(),
-                SequenceOutputs { sequence: Some(&mut seq), last_output: &mut last_k, state: &mut state },
+                SequenceOutputs {
+                    sequence: Some(&mut seq),
+                    last_output: &mut last_k,
+                    state: &mut state,
+                },
                 &mut ws,
                 Some(&mut trace),
             );
@@ -138,28 +186,62 @@ impl<T: Float> Rnn<T> {
             }
         }
         let u = self.units();
-        let output = if self.returns_sequences() { Tensor::new(vec![b, t, u], seq_out)? } else { Tensor::new(vec![b, u], last)? };
-        let states = if self.returns_state() { finals.clone() } else { Vec::new() };
+        let output = if self.returns_sequences() {
+            Tensor::new(vec![b, t, u], seq_out)?
+        } else {
+            Tensor::new(vec![b, u], last)?
+        };
+        let states = if self.returns_state() {
+            finals.clone()
+        } else {
+            Vec::new()
+        };
         Ok((RnnOutput { output, states }, finals, tape))
     }
 
     /// Backward of [`Rnn::forward_train`] (consumes the tape): `d_output` matches the output (`(B, T, u)` or `(B, u)`),
     /// `d_states` the final state of each cell (zeros when `None`).
-    pub fn backward(&self, mut tape: RnnTape<T>, d_output: &Tensor<T>, d_states: Option<&[Tensor<T>]>) -> Result<RnnGrads<T>, Error> {
+    pub fn backward(
+        &self,
+        mut tape: RnnTape<T>,
+        d_output: &Tensor<T>,
+        d_states: Option<&[Tensor<T>]>,
+    ) -> Result<RnnGrads<T>, Error> {
         let (b, t) = (tape.batch, tape.time);
         let n = self.cells().len();
-        let mut cells: Vec<GruGrads<T>> = self.cells().iter().map(|c| GruGrads::zeros(c.input_dim(), c.units())).collect();
-        let mut dinitial: Vec<Tensor<T>> = self.cells().iter().map(|c| Tensor::zeros(vec![b, c.units()])).collect();
+        let mut cells: Vec<GruGrads<T>> = self
+            .cells()
+            .iter()
+            .map(|c| GruGrads::zeros(c.input_dim(), c.units()))
+            .collect();
+        let mut dinitial: Vec<Tensor<T>> = self
+            .cells()
+            .iter()
+            .map(|c| Tensor::zeros(vec![b, c.units()]))
+            .collect();
         // Gradient w.r.t. the current cell's output sequence (flows from the next cell's dx).
         let mut d_seq: Option<Vec<T>> = None;
         let mut dx_out = Vec::new();
         for k in (0..n).rev() {
             let cell = &self.cells()[k];
             let is_last = k + 1 == n;
-            let m = if k == 0 { tape.mask.as_ref() } else { tape.reversed_mask.as_ref().or(tape.mask.as_ref()) };
-            let opts = SequenceOptions { mask: m.map(|m| m.data.as_slice()), go_backwards: self.is_go_backwards() && k == 0, zero_output_for_mask: self.zeroes_masked_outputs(), threads: self.thread_count() };
+            let m = if k == 0 {
+                tape.mask.as_ref()
+            } else {
+                tape.reversed_mask.as_ref().or(tape.mask.as_ref())
+            };
+            let opts = SequenceOptions {
+                mask: m.map(|m| m.data.as_slice()),
+                go_backwards: self.is_go_backwards() && k == 0,
+                zero_output_for_mask: self.zeroes_masked_outputs(),
+                threads: self.thread_count(),
+            };
             let (seq_grad, last_grad) = if is_last {
-                if self.returns_sequences() { (Some(d_output.data()), None) } else { (None, Some(d_output.data())) }
+                if self.returns_sequences() {
+                    (Some(d_output.data()), None)
+                } else {
+                    (None, Some(d_output.data()))
+                }
             } else {
                 (d_seq.as_deref(), None)
             };
@@ -173,7 +255,11 @@ impl<T: Float> Rnn<T> {
                 opts,
                 tape.dropout[k].masks(),
                 &mut tape.traces[k],
-                OutputGrads { sequence: seq_grad, last: last_grad, state: d_states.map(|s| s[k].data()) },
+                OutputGrads {
+                    sequence: seq_grad,
+                    last: last_grad,
+                    state: d_states.map(|s| s[k].data()),
+                },
                 &mut cells[k],
                 Some(&mut dx),
                 Some(&mut dh0),
@@ -187,6 +273,10 @@ impl<T: Float> Rnn<T> {
                 d_seq = Some(dx);
             }
         }
-        Ok(RnnGrads { cells, dx: Tensor::new(vec![b, t, self.input_dim()], dx_out)?, dinitial })
+        Ok(RnnGrads {
+            cells,
+            dx: Tensor::new(vec![b, t, self.input_dim()], dx_out)?,
+            dinitial,
+        })
     }
 }

@@ -8,7 +8,9 @@ use crate::float::Float;
 use crate::layers::bidirectional::{Bidirectional, MergeMode};
 use crate::layers::dense::{Dense, DenseConfig};
 use crate::layers::gru_cell::{activation_of, GruCell, GruCellConfig};
-use crate::layers::keras_json::{class_and_config, get_bool, get_f64, get_str, get_u64, to_snake_case};
+use crate::layers::keras_json::{
+    class_and_config, get_bool, get_f64, get_str, get_u64, to_snake_case,
+};
 use crate::layers::model::{Layer, Model, ModelKind, ModelLayer, Node, NodeArg, TensorRef};
 use crate::layers::regularizer::Regularizer;
 use crate::layers::rnn::{Rnn, RnnKind};
@@ -38,7 +40,10 @@ pub fn file_dtype(file: &KerasFile) -> &'static str {
                 if let Some(d) = o.get("dtype") {
                     let name = match d {
                         Value::String(s) => Some(s.as_str()),
-                        Value::Object(p) => p.get("config").and_then(|c| c.get("name")).and_then(Value::as_str),
+                        Value::Object(p) => p
+                            .get("config")
+                            .and_then(|c| c.get("name"))
+                            .and_then(Value::as_str),
                         _ => None,
                     };
                     if name == Some("float64") {
@@ -62,13 +67,25 @@ pub fn file_dtype(file: &KerasFile) -> &'static str {
 pub fn model_from_file<T: Float>(file: &KerasFile) -> Result<Model<T>, Error> {
     let (class, cfg) = class_and_config(&file.model_config)?
         .ok_or_else(|| FormatError::malformed(&file.path, "model config", "null model config"))?;
-    let mut weights = WeightReader { file, used_layers: 0 };
+    let mut weights = WeightReader {
+        file,
+        used_layers: 0,
+    };
     let mut model = match class.as_str() {
         "Sequential" => sequential(&cfg, &mut weights)?,
         "Functional" | "Model" => functional(&cfg, &mut weights)?,
-        other => return Err(ConfigError::unsupported("model class", format!("`{other}` (supported: Sequential, Functional)")).into()),
+        other => {
+            return Err(ConfigError::unsupported(
+                "model class",
+                format!("`{other}` (supported: Sequential, Functional)"),
+            )
+            .into())
+        }
     };
-    model.compile_config = file.compile_config.clone().filter(|c| c.as_object().is_some_and(|o| !o.is_empty()));
+    model.compile_config = file
+        .compile_config
+        .clone()
+        .filter(|c| c.as_object().is_some_and(|o| !o.is_empty()));
     Ok(model)
 }
 
@@ -80,25 +97,44 @@ struct WeightReader<'a> {
 
 impl WeightReader<'_> {
     /// The arrays of one layer: `paths` are the `.keras` dataset paths in Keras' weight order.
-    fn layer_arrays<T: Float>(&mut self, layer_name: &str, paths: &[String]) -> Result<Vec<Tensor<T>>, Error> {
+    fn layer_arrays<T: Float>(
+        &mut self,
+        layer_name: &str,
+        paths: &[String],
+    ) -> Result<Vec<Tensor<T>>, Error> {
         match &self.file.weights {
             KerasWeights::ByPath(map) => paths
                 .iter()
                 .map(|p| {
                     map.get(p).map(Tensor::cast).ok_or_else(|| {
-                        FormatError::malformed(&self.file.path, "model.weights.h5", format!("missing dataset `{p}` for layer `{layer_name}`")).into()
+                        FormatError::malformed(
+                            &self.file.path,
+                            "model.weights.h5",
+                            format!("missing dataset `{p}` for layer `{layer_name}`"),
+                        )
+                        .into()
                     })
                 })
                 .collect(),
-            KerasWeights::ByLayer { layer_names, weights } => {
+            KerasWeights::ByLayer {
+                layer_names,
+                weights,
+            } => {
                 // By name first; otherwise by position among the layers that have weights, as
                 // Keras' legacy loader does.
                 let arrays = match weights.get(layer_name).filter(|w| !w.is_empty()) {
                     Some(w) => w,
                     None => {
-                        let with: Vec<&String> = layer_names.iter().filter(|n| weights.get(*n).is_some_and(|w| !w.is_empty())).collect();
+                        let with: Vec<&String> = layer_names
+                            .iter()
+                            .filter(|n| weights.get(*n).is_some_and(|w| !w.is_empty()))
+                            .collect();
                         let name = with.get(self.used_layers).ok_or_else(|| {
-                            FormatError::malformed(&self.file.path, "model_weights", format!("no weights for layer `{layer_name}`"))
+                            FormatError::malformed(
+                                &self.file.path,
+                                "model_weights",
+                                format!("no weights for layer `{layer_name}`"),
+                            )
                         })?;
                         &weights[*name]
                     }
@@ -108,7 +144,11 @@ impl WeightReader<'_> {
                     return Err(FormatError::malformed(
                         &self.file.path,
                         format!("model_weights/{layer_name}"),
-                        format!("{} arrays, expected {} for this layer's config", arrays.len(), paths.len()),
+                        format!(
+                            "{} arrays, expected {} for this layer's config",
+                            arrays.len(),
+                            paths.len()
+                        ),
                     )
                     .into());
                 }
@@ -126,7 +166,11 @@ impl Namer {
     fn next(&mut self, class: &str) -> String {
         let base = to_snake_case(class);
         let n = self.0.entry(base.clone()).or_insert(0);
-        let name = if *n == 0 { base.clone() } else { format!("{base}_{n}") };
+        let name = if *n == 0 {
+            base.clone()
+        } else {
+            format!("{base}_{n}")
+        };
         *n += 1;
         name
     }
@@ -137,11 +181,19 @@ fn layer_name(cfg: &Map<String, Value>, fallback: &str) -> Result<String, Config
 }
 
 fn batch_shape(cfg: &Map<String, Value>) -> Result<Option<Vec<Option<usize>>>, ConfigError> {
-    let v = ["batch_shape", "batch_input_shape"].iter().find_map(|k| cfg.get(*k).filter(|v| !v.is_null()));
+    let v = ["batch_shape", "batch_input_shape"]
+        .iter()
+        .find_map(|k| cfg.get(*k).filter(|v| !v.is_null()));
     let Some(v) = v else { return Ok(None) };
-    let arr = v.as_array().ok_or_else(|| ConfigError::invalid("batch_shape", v, "a list of integers or nulls"))?;
+    let arr = v
+        .as_array()
+        .ok_or_else(|| ConfigError::invalid("batch_shape", v, "a list of integers or nulls"))?;
     if arr.len() > 8 {
-        return Err(ConfigError::invalid("batch_shape", v, "at most 8 dimensions"));
+        return Err(ConfigError::invalid(
+            "batch_shape",
+            v,
+            "at most 8 dimensions",
+        ));
     }
     arr.iter()
         .map(|d| match d {
@@ -150,7 +202,9 @@ fn batch_shape(cfg: &Map<String, Value>) -> Result<Option<Vec<Option<usize>>>, C
                 .as_u64()
                 .filter(|&n| n <= 1 << 32)
                 .map(|n| Some(n as usize))
-                .ok_or_else(|| ConfigError::invalid("batch_shape", v, "non-negative integers or nulls")),
+                .ok_or_else(|| {
+                    ConfigError::invalid("batch_shape", v, "non-negative integers or nulls")
+                }),
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
@@ -158,8 +212,13 @@ fn batch_shape(cfg: &Map<String, Value>) -> Result<Option<Vec<Option<usize>>>, C
 
 /// Parses one layer entry and reads its weights. `path` is its `.keras` object path
 /// (`layers/gru`), `name` its layer name.
-fn build_layer<T: Float>(entry: &Value, path: &str, w: &mut WeightReader) -> Result<ModelLayer<T>, Error> {
-    let (class, cfg) = class_and_config(entry)?.ok_or_else(|| ConfigError::invalid("layer", "null", "a layer object"))?;
+fn build_layer<T: Float>(
+    entry: &Value,
+    path: &str,
+    w: &mut WeightReader,
+) -> Result<ModelLayer<T>, Error> {
+    let (class, cfg) = class_and_config(entry)?
+        .ok_or_else(|| ConfigError::invalid("layer", "null", "a layer object"))?;
     let name = layer_name(&cfg, &to_snake_case(&class))?;
     let trainable = get_bool(&cfg, "trainable", true)?;
     let with_name = |e: Error| -> Error {
@@ -210,21 +269,41 @@ fn build_layer<T: Float>(entry: &Value, path: &str, w: &mut WeightReader) -> Res
             .into())
         }
     };
-    Ok(ModelLayer { name, class_name: class, trainable, layer })
+    Ok(ModelLayer {
+        name,
+        class_name: class,
+        trainable,
+        layer,
+    })
 }
 
 /// Reads a GRU cell's weights given its vars path.
-fn cell_with_weights<T: Float>(cfg: GruCellConfig, vars: &str, owner: &str, w: &mut Vec<Tensor<T>>) -> Result<GruCell<T>, Error> {
+fn cell_with_weights<T: Float>(
+    cfg: GruCellConfig,
+    vars: &str,
+    owner: &str,
+    w: &mut Vec<Tensor<T>>,
+) -> Result<GruCell<T>, Error> {
     let n = if cfg.use_bias { 3 } else { 2 };
     let _ = vars;
     if w.len() < n {
-        return Err(ConfigError::invalid(format!("weights of `{owner}`"), format!("{} arrays", w.len()), format!("{n} for cell `{}`", cfg.name)).into());
+        return Err(ConfigError::invalid(
+            format!("weights of `{owner}`"),
+            format!("{} arrays", w.len()),
+            format!("{n} for cell `{}`", cfg.name),
+        )
+        .into());
     }
     let mut it = w.drain(..n);
     let (k, r, b) = (it.next(), it.next(), it.next());
     drop(it);
     let (Some(k), Some(r)) = (k, r) else {
-        return Err(ConfigError::invalid(format!("weights of `{owner}`"), "too few arrays", "kernel and recurrent_kernel").into());
+        return Err(ConfigError::invalid(
+            format!("weights of `{owner}`"),
+            "too few arrays",
+            "kernel and recurrent_kernel",
+        )
+        .into());
     };
     GruCell::from_weights(cfg, k, r, b)
 }
@@ -248,7 +327,9 @@ fn rnn_layer<T: Float>(
         cells.push((c, format!("{path}/cell/vars")));
         RnnKind::Gru
     } else {
-        let cell = cfg.get("cell").ok_or_else(|| ConfigError::invalid("RNN.cell", "missing", "a GRUCell or StackedRNNCells"))?;
+        let cell = cfg.get("cell").ok_or_else(|| {
+            ConfigError::invalid("RNN.cell", "missing", "a GRUCell or StackedRNNCells")
+        })?;
         let cell_list: Vec<Value> = match cell {
             Value::Array(a) => a.clone(),
             v => vec![v.clone()],
@@ -256,30 +337,51 @@ fn rnn_layer<T: Float>(
         let mut flat = Vec::new();
         let mut stacked = cell_list.len() > 1;
         for c in &cell_list {
-            let (cc, ccfg) = class_and_config(c)?.ok_or_else(|| ConfigError::invalid("RNN.cell", "null", "a cell"))?;
+            let (cc, ccfg) = class_and_config(c)?
+                .ok_or_else(|| ConfigError::invalid("RNN.cell", "null", "a cell"))?;
             match cc.as_str() {
                 "GRUCell" => flat.push(ccfg),
                 "StackedRNNCells" => {
                     stacked = true;
-                    let list = ccfg.get("cells").and_then(Value::as_array).ok_or_else(|| ConfigError::invalid("StackedRNNCells.cells", "missing", "a list of cells"))?;
+                    let list = ccfg.get("cells").and_then(Value::as_array).ok_or_else(|| {
+                        ConfigError::invalid("StackedRNNCells.cells", "missing", "a list of cells")
+                    })?;
                     for sc in list {
-                        let (scc, sccfg) = class_and_config(sc)?.ok_or_else(|| ConfigError::invalid("StackedRNNCells.cells", "null", "a cell"))?;
+                        let (scc, sccfg) = class_and_config(sc)?.ok_or_else(|| {
+                            ConfigError::invalid("StackedRNNCells.cells", "null", "a cell")
+                        })?;
                         if scc != "GRUCell" {
-                            return Err(ConfigError::unsupported("RNN cell", format!("`{scc}` in StackedRNNCells (only GRUCell)")).into());
+                            return Err(ConfigError::unsupported(
+                                "RNN cell",
+                                format!("`{scc}` in StackedRNNCells (only GRUCell)"),
+                            )
+                            .into());
                         }
                         flat.push(sccfg);
                     }
                 }
-                other => return Err(ConfigError::unsupported("RNN cell", format!("`{other}` (only GRUCell and StackedRNNCells of GRUCell)")).into()),
+                other => {
+                    return Err(ConfigError::unsupported(
+                        "RNN cell",
+                        format!("`{other}` (only GRUCell and StackedRNNCells of GRUCell)"),
+                    )
+                    .into())
+                }
             }
         }
         if flat.is_empty() {
-            return Err(ConfigError::invalid("RNN.cell", "no cells", "at least one GRUCell").into());
+            return Err(
+                ConfigError::invalid("RNN.cell", "no cells", "at least one GRUCell").into(),
+            );
         }
         let mut namer = Namer::default();
         for c in flat {
             let gc = GruCellConfig::from_keras(&c)?;
-            let p = if stacked { format!("{path}/cell/cells/{}/vars", namer.next("GRUCell")) } else { format!("{path}/cell/vars") };
+            let p = if stacked {
+                format!("{path}/cell/cells/{}/vars", namer.next("GRUCell"))
+            } else {
+                format!("{path}/cell/vars")
+            };
             cells.push((gc, p));
         }
         if stacked {
@@ -307,7 +409,9 @@ fn rnn_layer<T: Float>(
             }
         }
     }
-    let activity = cfg.get("activity_regularizer").map_or(Ok(None), Regularizer::from_keras)?;
+    let activity = cfg
+        .get("activity_regularizer")
+        .map_or(Ok(None), Regularizer::from_keras)?;
     if get_bool(cfg, "stateful", false)? && get_bool(cfg, "go_backwards", false)? {
         // Allowed by Keras; nothing special to do.
     }
@@ -322,22 +426,39 @@ fn rnn_layer<T: Float>(
         .activity_regularizer(activity))
 }
 
-fn bidirectional<T: Float>(cfg: &Map<String, Value>, name: &str, path: &str, w: &mut WeightReader) -> Result<Bidirectional<T>, Error> {
+fn bidirectional<T: Float>(
+    cfg: &Map<String, Value>,
+    name: &str,
+    path: &str,
+    w: &mut WeightReader,
+) -> Result<Bidirectional<T>, Error> {
     let merge = MergeMode::from_keras(get_str(cfg, "merge_mode")?)?;
-    let fwd = cfg.get("layer").ok_or_else(|| ConfigError::invalid("Bidirectional.layer", "missing", "a GRU or RNN layer"))?;
-    let (fc, fcfg) = class_and_config(fwd)?.ok_or_else(|| ConfigError::invalid("Bidirectional.layer", "null", "a layer"))?;
+    let fwd = cfg.get("layer").ok_or_else(|| {
+        ConfigError::invalid("Bidirectional.layer", "missing", "a GRU or RNN layer")
+    })?;
+    let (fc, fcfg) = class_and_config(fwd)?
+        .ok_or_else(|| ConfigError::invalid("Bidirectional.layer", "null", "a layer"))?;
     let (bc, bcfg) = match cfg.get("backward_layer").filter(|v| !v.is_null()) {
-        Some(b) => class_and_config(b)?.ok_or_else(|| ConfigError::invalid("Bidirectional.backward_layer", "null", "a layer"))?,
+        Some(b) => class_and_config(b)?.ok_or_else(|| {
+            ConfigError::invalid("Bidirectional.backward_layer", "null", "a layer")
+        })?,
         None => {
             // Keras builds the backward layer as a copy with go_backwards flipped.
             let mut c = fcfg.clone();
-            c.insert("go_backwards".into(), Value::Bool(!get_bool(&fcfg, "go_backwards", false)?));
+            c.insert(
+                "go_backwards".into(),
+                Value::Bool(!get_bool(&fcfg, "go_backwards", false)?),
+            );
             (fc.clone(), c)
         }
     };
     for c in [&fc, &bc] {
         if c != "GRU" && c != "RNN" {
-            return Err(ConfigError::unsupported("Bidirectional layer", format!("`{c}` (only GRU and RNN of GRU cells)")).into());
+            return Err(ConfigError::unsupported(
+                "Bidirectional layer",
+                format!("`{c}` (only GRU and RNN of GRU cells)"),
+            )
+            .into());
         }
     }
     let fname = layer_name(&fcfg, "forward_layer")?;
@@ -350,7 +471,10 @@ fn bidirectional<T: Float>(cfg: &Map<String, Value>, name: &str, path: &str, w: 
         KerasWeights::ByLayer { .. } => {
             // Legacy h5: one list for the wrapper, forward weights then backward.
             let count = |c: &str, m: &Map<String, Value>| -> Result<usize, Error> {
-                Ok(rnn_cell_configs(c, m)?.iter().map(|c| if c.use_bias { 3 } else { 2 }).sum())
+                Ok(rnn_cell_configs(c, m)?
+                    .iter()
+                    .map(|c| if c.use_bias { 3 } else { 2 })
+                    .sum())
             };
             let n = count(&fc, &fcfg)? + count(&bc, &bcfg)?;
             let paths: Vec<String> = (0..n).map(|i| format!("{path}/{i}")).collect();
@@ -370,7 +494,9 @@ fn rnn_cell_configs(class: &str, cfg: &Map<String, Value>) -> Result<Vec<GruCell
     if class == "GRU" {
         return Ok(vec![GruCellConfig::from_keras(cfg)?]);
     }
-    let cell = cfg.get("cell").ok_or_else(|| ConfigError::invalid("RNN.cell", "missing", "a cell"))?;
+    let cell = cfg
+        .get("cell")
+        .ok_or_else(|| ConfigError::invalid("RNN.cell", "missing", "a cell"))?;
     let mut out = Vec::new();
     let list: Vec<Value> = match cell {
         Value::Array(a) => a.clone(),
@@ -379,7 +505,11 @@ fn rnn_cell_configs(class: &str, cfg: &Map<String, Value>) -> Result<Vec<GruCell
     for c in &list {
         if let Some((cc, ccfg)) = class_and_config(c)? {
             if cc == "StackedRNNCells" {
-                for sc in ccfg.get("cells").and_then(Value::as_array).map_or(&[][..], |v| v.as_slice()) {
+                for sc in ccfg
+                    .get("cells")
+                    .and_then(Value::as_array)
+                    .map_or(&[][..], |v| v.as_slice())
+                {
                     if let Some((_, sccfg)) = class_and_config(sc)? {
                         out.push(GruCellConfig::from_keras(&sccfg)?);
                     }
@@ -393,72 +523,174 @@ fn rnn_cell_configs(class: &str, cfg: &Map<String, Value>) -> Result<Vec<GruCell
 }
 
 fn is_op(entry: &Value) -> bool {
-    entry.get("module").and_then(Value::as_str).is_some_and(|m| m.starts_with("keras.src.ops"))
+    entry
+        .get("module")
+        .and_then(Value::as_str)
+        .is_some_and(|m| m.starts_with("keras.src.ops"))
 }
 
 fn sequential<T: Float>(cfg: &Map<String, Value>, w: &mut WeightReader) -> Result<Model<T>, Error> {
     let name = layer_name(cfg, "sequential")?;
-    let list = cfg.get("layers").and_then(Value::as_array).ok_or_else(|| ConfigError::invalid("Sequential.layers", "missing", "a list of layers"))?;
+    let list = cfg
+        .get("layers")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ConfigError::invalid("Sequential.layers", "missing", "a list of layers"))?;
     if list.len() > 10_000 {
-        return Err(ConfigError::invalid("Sequential.layers", list.len(), "at most 10000 layers").into());
+        return Err(
+            ConfigError::invalid("Sequential.layers", list.len(), "at most 10000 layers").into(),
+        );
     }
     let mut layers: Vec<ModelLayer<T>> = Vec::new();
     let mut namer = Namer::default();
     for entry in list {
-        let (class, _) = class_and_config(entry)?.ok_or_else(|| ConfigError::invalid("layer", "null", "a layer object"))?;
-        let path = if class == "InputLayer" { String::new() } else { format!("layers/{}", namer.next(&class)) };
+        let (class, _) = class_and_config(entry)?
+            .ok_or_else(|| ConfigError::invalid("layer", "null", "a layer object"))?;
+        let path = if class == "InputLayer" {
+            String::new()
+        } else {
+            format!("layers/{}", namer.next(&class))
+        };
         layers.push(build_layer(entry, &path, w)?);
     }
     if !matches!(layers.first().map(|l| &l.layer), Some(Layer::Input { .. })) {
         // No InputLayer: take the shape from build_input_shape or the first layer's config.
         let shape = batch_shape(cfg)?
-            .or(cfg.get("build_input_shape").and_then(|v| batch_shape(&Map::from_iter([("batch_shape".to_string(), v.clone())])).ok().flatten()))
-            .or_else(|| list.first().and_then(|e| e.get("config")).and_then(Value::as_object).and_then(|c| batch_shape(c).ok().flatten()))
-            .ok_or_else(|| ConfigError::invalid("Sequential", "no input shape", "an InputLayer or build_input_shape"))?;
-        layers.insert(0, ModelLayer { name: "input_layer".into(), class_name: "InputLayer".into(), trainable: true, layer: Layer::Input { batch_shape: shape } });
+            .or(cfg.get("build_input_shape").and_then(|v| {
+                batch_shape(&Map::from_iter([("batch_shape".to_string(), v.clone())]))
+                    .ok()
+                    .flatten()
+            }))
+            .or_else(|| {
+                list.first()
+                    .and_then(|e| e.get("config"))
+                    .and_then(Value::as_object)
+                    .and_then(|c| batch_shape(c).ok().flatten())
+            })
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    "Sequential",
+                    "no input shape",
+                    "an InputLayer or build_input_shape",
+                )
+            })?;
+        layers.insert(
+            0,
+            ModelLayer {
+                name: "input_layer".into(),
+                class_name: "InputLayer".into(),
+                trainable: true,
+                layer: Layer::Input { batch_shape: shape },
+            },
+        );
     }
-    let mut nodes = vec![Node { layer: 0, call: 0, args: vec![], initial_state: vec![], mask: None }];
+    let mut nodes = vec![Node {
+        layer: 0,
+        call: 0,
+        args: vec![],
+        initial_state: vec![],
+        mask: None,
+    }];
     for i in 1..layers.len() {
-        nodes.push(Node { layer: i, call: 0, args: vec![NodeArg::Tensor(TensorRef { layer: i - 1, node: 0, index: 0 })], initial_state: vec![], mask: None });
+        nodes.push(Node {
+            layer: i,
+            call: 0,
+            args: vec![NodeArg::Tensor(TensorRef {
+                layer: i - 1,
+                node: 0,
+                index: 0,
+            })],
+            initial_state: vec![],
+            mask: None,
+        });
     }
     let last = layers.len() - 1;
     let n_out = match &layers[last].layer {
         Layer::Rnn(r) if r.returns_state() => 1 + r.cells().len(),
-        Layer::Bidirectional(b) => (if b.merge_mode().is_some() { 1 } else { 2 }) + if b.forward.returns_state() { 2 * b.forward.cells().len() } else { 0 },
+        Layer::Bidirectional(b) => {
+            (if b.merge_mode().is_some() { 1 } else { 2 })
+                + if b.forward.returns_state() {
+                    2 * b.forward.cells().len()
+                } else {
+                    0
+                }
+        }
         _ => 1,
     };
-    let outputs = (0..n_out).map(|index| TensorRef { layer: last, node: 0, index }).collect();
-    Model::new(name, ModelKind::Sequential, layers, nodes, vec![TensorRef { layer: 0, node: 0, index: 0 }], outputs)
+    let outputs = (0..n_out)
+        .map(|index| TensorRef {
+            layer: last,
+            node: 0,
+            index,
+        })
+        .collect();
+    Model::new(
+        name,
+        ModelKind::Sequential,
+        layers,
+        nodes,
+        vec![TensorRef {
+            layer: 0,
+            node: 0,
+            index: 0,
+        }],
+        outputs,
+    )
 }
 
 /// Parses `[name, node, index]` (or a list of them).
 fn history_triples(v: &Value) -> Result<Vec<(String, usize, usize)>, ConfigError> {
     let triple = |t: &Value| -> Result<(String, usize, usize), ConfigError> {
-        let a = t.as_array().filter(|a| a.len() >= 3).ok_or_else(|| ConfigError::invalid("tensor reference", t, "[layer_name, node_index, tensor_index]"))?;
-        let name = a[0].as_str().ok_or_else(|| ConfigError::invalid("tensor reference", t, "a layer name first"))?;
-        let n = a[1].as_u64().ok_or_else(|| ConfigError::invalid("tensor reference", t, "an integer node index"))?;
-        let i = a[2].as_u64().ok_or_else(|| ConfigError::invalid("tensor reference", t, "an integer tensor index"))?;
+        let a = t.as_array().filter(|a| a.len() >= 3).ok_or_else(|| {
+            ConfigError::invalid(
+                "tensor reference",
+                t,
+                "[layer_name, node_index, tensor_index]",
+            )
+        })?;
+        let name = a[0]
+            .as_str()
+            .ok_or_else(|| ConfigError::invalid("tensor reference", t, "a layer name first"))?;
+        let n = a[1]
+            .as_u64()
+            .ok_or_else(|| ConfigError::invalid("tensor reference", t, "an integer node index"))?;
+        let i = a[2].as_u64().ok_or_else(|| {
+            ConfigError::invalid("tensor reference", t, "an integer tensor index")
+        })?;
         Ok((name.to_string(), n as usize, i as usize))
     };
     match v.as_array() {
         Some(a) if a.first().is_some_and(Value::is_string) => Ok(vec![triple(v)?]),
         Some(a) => a.iter().map(triple).collect(),
-        None => Err(ConfigError::invalid("input_layers/output_layers", v, "a list")),
+        None => Err(ConfigError::invalid(
+            "input_layers/output_layers",
+            v,
+            "a list",
+        )),
     }
 }
 
 fn functional<T: Float>(cfg: &Map<String, Value>, w: &mut WeightReader) -> Result<Model<T>, Error> {
     let name = layer_name(cfg, "functional")?;
-    let list = cfg.get("layers").and_then(Value::as_array).ok_or_else(|| ConfigError::invalid("Functional.layers", "missing", "a list of layers"))?;
+    let list = cfg
+        .get("layers")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ConfigError::invalid("Functional.layers", "missing", "a list of layers"))?;
     if list.len() > 10_000 {
-        return Err(ConfigError::invalid("Functional.layers", list.len(), "at most 10000 layers").into());
+        return Err(
+            ConfigError::invalid("Functional.layers", list.len(), "at most 10000 layers").into(),
+        );
     }
     let mut namer = Namer::default();
     let mut layers: Vec<ModelLayer<T>> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     for entry in list {
-        let (class, _) = class_and_config(entry)?.ok_or_else(|| ConfigError::invalid("layer", "null", "a layer object"))?;
-        let path = if is_op(entry) { String::new() } else { format!("layers/{}", namer.next(&class)) };
+        let (class, _) = class_and_config(entry)?
+            .ok_or_else(|| ConfigError::invalid("layer", "null", "a layer object"))?;
+        let path = if is_op(entry) {
+            String::new()
+        } else {
+            format!("layers/{}", namer.next(&class))
+        };
         let mut ml = build_layer::<T>(entry, &path, w)?;
         if let Some(n) = entry.get("name").and_then(Value::as_str) {
             ml.name = n.to_string();
@@ -471,28 +703,56 @@ fn functional<T: Float>(cfg: &Map<String, Value>, w: &mut WeightReader) -> Resul
     // Calls, in the order the layer list gives them (Keras writes layers topologically).
     let mut nodes: Vec<Node> = Vec::new();
     for (li, entry) in list.iter().enumerate() {
-        let inbound = entry.get("inbound_nodes").and_then(Value::as_array).cloned().unwrap_or_default();
+        let inbound = entry
+            .get("inbound_nodes")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         if matches!(layers[li].layer, Layer::Input { .. }) {
-            nodes.push(Node { layer: li, call: 0, args: vec![], initial_state: vec![], mask: None });
+            nodes.push(Node {
+                layer: li,
+                call: 0,
+                args: vec![],
+                initial_state: vec![],
+                mask: None,
+            });
             continue;
         }
         for (call, n) in inbound.iter().enumerate() {
             let mut node = parse_node(n, &index)?;
             node.layer = li;
             node.call = call;
-            if let (Layer::NotEqual { value }, Some(NodeArg::Scalar(s))) = (&mut layers[li].layer, node.args.get(1)) {
+            if let (Layer::NotEqual { value }, Some(NodeArg::Scalar(s))) =
+                (&mut layers[li].layer, node.args.get(1))
+            {
                 *value = *s;
             }
             nodes.push(node);
         }
     }
     let refs = |key: &str| -> Result<Vec<TensorRef>, Error> {
-        let v = cfg.get(key).ok_or_else(|| ConfigError::invalid(format!("Functional.{key}"), "missing", "a list of [layer, node, index]"))?;
+        let v = cfg.get(key).ok_or_else(|| {
+            ConfigError::invalid(
+                format!("Functional.{key}"),
+                "missing",
+                "a list of [layer, node, index]",
+            )
+        })?;
         history_triples(v)?
             .into_iter()
             .map(|(n, node, i)| {
-                let layer = *index.get(&n).ok_or_else(|| ConfigError::invalid(format!("Functional.{key}"), &n, "the name of a layer in the model"))?;
-                Ok(TensorRef { layer, node, index: i })
+                let layer = *index.get(&n).ok_or_else(|| {
+                    ConfigError::invalid(
+                        format!("Functional.{key}"),
+                        &n,
+                        "the name of a layer in the model",
+                    )
+                })?;
+                Ok(TensorRef {
+                    layer,
+                    node,
+                    index: i,
+                })
             })
             .collect()
     };
@@ -514,7 +774,13 @@ fn toposort(mut pending: Vec<Node>) -> Result<Vec<Node>, Error> {
             let deps_ok = n
                 .args
                 .iter()
-                .filter_map(|a| if let NodeArg::Tensor(t) = a { Some(*t) } else { None })
+                .filter_map(|a| {
+                    if let NodeArg::Tensor(t) = a {
+                        Some(*t)
+                    } else {
+                        None
+                    }
+                })
                 .chain(n.initial_state.iter().copied())
                 .chain(n.mask)
                 .all(|r| done.contains(&(r.layer, r.node)));
@@ -526,7 +792,12 @@ fn toposort(mut pending: Vec<Node>) -> Result<Vec<Node>, Error> {
             }
         }
         if rest.len() == before {
-            return Err(ConfigError::invalid("model graph", "a cycle or a reference to a missing call", "an acyclic graph").into());
+            return Err(ConfigError::invalid(
+                "model graph",
+                "a cycle or a reference to a missing call",
+                "an acyclic graph",
+            )
+            .into());
         }
         pending = rest;
     }
@@ -538,8 +809,12 @@ fn toposort(mut pending: Vec<Node>) -> Result<Vec<Node>, Error> {
 fn parse_node(n: &Value, index: &HashMap<String, usize>) -> Result<Node, Error> {
     let tensor_ref = |v: &Value| -> Result<Option<TensorRef>, Error> {
         let hist = match v {
-            Value::Object(o) if o.get("class_name").and_then(Value::as_str) == Some("__keras_tensor__") => {
-                o.get("config").and_then(|c| c.get("keras_history")).cloned()
+            Value::Object(o)
+                if o.get("class_name").and_then(Value::as_str) == Some("__keras_tensor__") =>
+            {
+                o.get("config")
+                    .and_then(|c| c.get("keras_history"))
+                    .cloned()
             }
             _ => None,
         };
@@ -547,23 +822,48 @@ fn parse_node(n: &Value, index: &HashMap<String, usize>) -> Result<Node, Error> 
             None => Ok(None),
             Some(h) => {
                 let t = history_triples(&h)?;
-                let (name, node, i) = t.into_iter().next().ok_or_else(|| ConfigError::invalid("keras_history", &h, "[layer, node, index]"))?;
-                let layer = *index.get(&name).ok_or_else(|| ConfigError::invalid("keras_history", &name, "the name of a layer in the model"))?;
-                Ok(Some(TensorRef { layer, node, index: i }))
+                let (name, node, i) = t.into_iter().next().ok_or_else(|| {
+                    ConfigError::invalid("keras_history", &h, "[layer, node, index]")
+                })?;
+                let layer = *index.get(&name).ok_or_else(|| {
+                    ConfigError::invalid("keras_history", &name, "the name of a layer in the model")
+                })?;
+                Ok(Some(TensorRef {
+                    layer,
+                    node,
+                    index: i,
+                }))
             }
         }
     };
     let refs_of = |v: &Value| -> Result<Vec<TensorRef>, Error> {
         match v {
-            Value::Array(a) => a.iter().map(|x| tensor_ref(x)?.ok_or_else(|| ConfigError::invalid("tensor list", x, "Keras tensors").into())).collect(),
+            Value::Array(a) => a
+                .iter()
+                .map(|x| {
+                    tensor_ref(x)?.ok_or_else(|| {
+                        ConfigError::invalid("tensor list", x, "Keras tensors").into()
+                    })
+                })
+                .collect(),
             Value::Null => Ok(vec![]),
             x => Ok(tensor_ref(x)?.into_iter().collect()),
         }
     };
-    let mut node = Node { layer: 0, call: 0, args: vec![], initial_state: vec![], mask: None };
+    let mut node = Node {
+        layer: 0,
+        call: 0,
+        args: vec![],
+        initial_state: vec![],
+        mask: None,
+    };
     match n {
         Value::Object(o) => {
-            for a in o.get("args").and_then(Value::as_array).map_or(&[][..], |v| v.as_slice()) {
+            for a in o
+                .get("args")
+                .and_then(Value::as_array)
+                .map_or(&[][..], |v| v.as_slice())
+            {
                 match a {
                     Value::Number(x) => node.args.push(NodeArg::Scalar(x.as_f64().unwrap_or(0.0))),
                     Value::Array(list) => {
@@ -575,7 +875,13 @@ fn parse_node(n: &Value, index: &HashMap<String, usize>) -> Result<Node, Error> 
                     }
                     other => match tensor_ref(other)? {
                         Some(r) => node.args.push(NodeArg::Tensor(r)),
-                        None => return Err(ConfigError::unsupported("call argument", other.to_string()).into()),
+                        None => {
+                            return Err(ConfigError::unsupported(
+                                "call argument",
+                                other.to_string(),
+                            )
+                            .into())
+                        }
                     },
                 }
             }
@@ -588,7 +894,11 @@ fn parse_node(n: &Value, index: &HashMap<String, usize>) -> Result<Node, Error> 
                 }
                 for k in kw.keys() {
                     if !matches!(k.as_str(), "initial_state" | "mask" | "training") {
-                        return Err(ConfigError::unsupported("call keyword argument", format!("`{k}`")).into());
+                        return Err(ConfigError::unsupported(
+                            "call keyword argument",
+                            format!("`{k}`"),
+                        )
+                        .into());
                     }
                 }
             }
@@ -596,16 +906,30 @@ fn parse_node(n: &Value, index: &HashMap<String, usize>) -> Result<Node, Error> 
         Value::Array(calls) => {
             // TF-Keras 2: [[name, node, index, kwargs], ...]
             for c in calls {
-                let a = c.as_array().ok_or_else(|| ConfigError::invalid("inbound node", c, "[name, node, index, kwargs]"))?;
+                let a = c.as_array().ok_or_else(|| {
+                    ConfigError::invalid("inbound node", c, "[name, node, index, kwargs]")
+                })?;
                 let (name, nd, i) = history_triples(&Value::Array(a[..a.len().min(3)].to_vec()))?
                     .into_iter()
                     .next()
-                    .ok_or_else(|| ConfigError::invalid("inbound node", c, "[name, node, index, kwargs]"))?;
-                let layer = *index.get(&name).ok_or_else(|| ConfigError::invalid("inbound node", &name, "a layer name"))?;
-                node.args.push(NodeArg::Tensor(TensorRef { layer, node: nd, index: i }));
+                    .ok_or_else(|| {
+                        ConfigError::invalid("inbound node", c, "[name, node, index, kwargs]")
+                    })?;
+                let layer = *index
+                    .get(&name)
+                    .ok_or_else(|| ConfigError::invalid("inbound node", &name, "a layer name"))?;
+                node.args.push(NodeArg::Tensor(TensorRef {
+                    layer,
+                    node: nd,
+                    index: i,
+                }));
             }
         }
-        other => return Err(ConfigError::invalid("inbound node", other, "an object with args/kwargs").into()),
+        other => {
+            return Err(
+                ConfigError::invalid("inbound node", other, "an object with args/kwargs").into(),
+            )
+        }
     }
     Ok(node)
 }
