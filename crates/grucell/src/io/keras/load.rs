@@ -3,7 +3,7 @@
 //! paths derived from the layer list; legacy `.h5`: per layer, in `weight_names` order).
 
 use super::{load_keras_file, KerasFile, KerasWeights};
-use crate::error::{ConfigError, Error, FormatError, ShapeError};
+use crate::error::{ConfigError, Error, FormatError};
 use crate::float::Float;
 use crate::layers::bidirectional::{Bidirectional, MergeMode};
 use crate::layers::dense::{Dense, DenseConfig};
@@ -280,12 +280,10 @@ fn build_layer<T: Float>(
 /// Reads a GRU cell's weights given its vars path.
 fn cell_with_weights<T: Float>(
     cfg: GruCellConfig,
-    vars: &str,
     owner: &str,
     w: &mut Vec<Tensor<T>>,
 ) -> Result<GruCell<T>, Error> {
     let n = if cfg.use_bias { 3 } else { 2 };
-    let _ = vars;
     if w.len() < n {
         return Err(ConfigError::invalid(
             format!("weights of `{owner}`"),
@@ -393,8 +391,8 @@ fn rnn_layer<T: Float>(
     let mut built = Vec::with_capacity(cells.len());
     match legacy_arrays {
         Some(arrays) => {
-            for (c, p) in cells {
-                built.push(cell_with_weights(c, &p, name, arrays)?);
+            for (c, _) in cells {
+                built.push(cell_with_weights(c, name, arrays)?);
             }
         }
         None => {
@@ -404,8 +402,8 @@ fn rnn_layer<T: Float>(
                 paths.extend((0..n).map(|i| format!("{p}/{i}")));
             }
             let mut arrays = w.layer_arrays::<T>(name, &paths)?;
-            for (c, p) in cells {
-                built.push(cell_with_weights(c, &p, name, &mut arrays)?);
+            for (c, _) in cells {
+                built.push(cell_with_weights(c, name, &mut arrays)?);
             }
         }
     }
@@ -932,9 +930,4 @@ fn parse_node(n: &Value, index: &HashMap<String, usize>) -> Result<Node, Error> 
         }
     }
     Ok(node)
-}
-
-#[allow(dead_code)]
-fn shape_err(arg: &str, got: &[usize], want: &str) -> Error {
-    ShapeError::mismatch(arg, got, want).into()
 }
