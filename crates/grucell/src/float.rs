@@ -36,6 +36,14 @@ pub trait Float:
     /// Converts to `f64` exactly.
     fn f64(self) -> f64;
 
+    /// The slice itself when `Self` is `f32` (lets kernels pick an `f32`-only instruction path).
+    #[doc(hidden)]
+    fn slice_f32(v: &[Self]) -> Option<&[f32]>;
+
+    /// Mutable form of [`Float::slice_f32`].
+    #[doc(hidden)]
+    fn slice_f32_mut(v: &mut [Self]) -> Option<&mut [f32]>;
+
     /// In-place logistic sigmoid (vectorized for `f32`, see `engine::math`).
     #[doc(hidden)]
     fn sigmoid_inplace(v: &mut [Self]);

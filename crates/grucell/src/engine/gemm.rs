@@ -102,10 +102,33 @@ fn par(threads: usize) -> Par {
     }
 }
 
+fn same_f32(v: &[f32]) -> Option<&[f32]> {
+    Some(v)
+}
+fn same_f32_mut(v: &mut [f32]) -> Option<&mut [f32]> {
+    Some(v)
+}
+fn not_f32<T>(_: &[T]) -> Option<&[f32]> {
+    None
+}
+fn not_f32_mut<T>(_: &mut [T]) -> Option<&mut [f32]> {
+    None
+}
+
 macro_rules! impl_float {
-    ($t:ty, $name:literal, $sigmoid:expr, $tanh:expr) => {
+    ($t:ty, $name:literal, $sigmoid:expr, $tanh:expr, $s32:ident, $s32m:ident) => {
         impl Float for $t {
             const DTYPE: &'static str = $name;
+
+            #[inline]
+            fn slice_f32(v: &[Self]) -> Option<&[f32]> {
+                $s32(v)
+            }
+
+            #[inline]
+            fn slice_f32_mut(v: &mut [Self]) -> Option<&mut [f32]> {
+                $s32m(v)
+            }
 
             #[inline]
             fn sigmoid_inplace(v: &mut [Self]) {
@@ -175,9 +198,18 @@ impl_float!(
     f32,
     "float32",
     crate::engine::math::sigmoid_f32,
-    crate::engine::math::tanh_f32
+    crate::engine::math::tanh_f32,
+    same_f32,
+    same_f32_mut
 );
-impl_float!(f64, "float64", |x: f64| 1.0 / (1.0 + (-x).exp()), f64::tanh);
+impl_float!(
+    f64,
+    "float64",
+    |x: f64| 1.0 / (1.0 + (-x).exp()),
+    f64::tanh,
+    not_f32,
+    not_f32_mut
+);
 
 #[cfg(test)]
 mod tests {

@@ -12,6 +12,7 @@
 //! so the weight/input gradients after the loop are single GEMMs against `X` as given.
 
 use super::gemm::{gemm, Operand};
+use super::packed::Rhs;
 use super::workspace::{grow, GruWorkspace};
 use crate::float::Float;
 use crate::layers::activation::Activation;
@@ -131,18 +132,29 @@ pub fn project_inputs<T: Float>(
     threads: usize,
 ) {
     let g = 3 * p.units;
-    gemm(
-        rows,
-        g,
-        p.input_dim,
-        T::one(),
-        Operand::new(x, p.input_dim),
-        Operand::new(p.kernel, g),
-        false,
-        xp,
-        g,
-        threads,
-    );
+    if rows <= 2 {
+        // Streaming and single steps: the in-place batch-1 kernel has no call overhead.
+        let w = Rhs::Plain {
+            data: p.kernel,
+            ld: g,
+            seg: g,
+        };
+        let d = p.input_dim;
+        w.matmul(rows, x, d, 0..d, 0..1, xp, g, false, 1, &mut Vec::new());
+    } else {
+        gemm(
+            rows,
+            g,
+            p.input_dim,
+            T::one(),
+            Operand::new(x, p.input_dim),
+            Operand::new(p.kernel, g),
+            false,
+            xp,
+            g,
+            threads,
+        );
+    }
     if let Some(bias) = p.xp_bias {
         for row in xp[..rows * g].chunks_exact_mut(g) {
             for (v, b) in row.iter_mut().zip(bias) {
@@ -220,6 +232,7 @@ pub(crate) fn mask_rows<T: Float>(
 #[allow(clippy::too_many_arguments)]
 fn recurrent_product<T: Float>(
     p: &GruParams<T>,
+    rhs: Rhs<'_, T>,
     batch: usize,
     gates: usize,
     h: &[T],
@@ -227,41 +240,52 @@ fn recurrent_product<T: Float>(
     rec: Option<[&[T]; 3]>,
     hs: &mut [T],
     threads: usize,
+    scratch: &mut Vec<T>,
 ) {
     let u = p.units;
     let g = 3 * u;
     match rec {
-        None => gemm(
-            batch,
-            gates * u,
-            u,
-            T::one(),
-            Operand::new(h, u),
-            Operand::new(p.recurrent, g),
-            false,
-            hu,
-            g,
-            threads,
-        ),
+        None => rhs.matmul(batch, h, u, 0..u, 0..gates, hu, g, false, threads, scratch),
         Some(s) => {
             for gate in 0..gates {
                 let hsg = &mut hs[gate * batch * u..(gate + 1) * batch * u];
                 for ((o, hv), sv) in hsg.iter_mut().zip(&h[..batch * u]).zip(s[gate]) {
                     *o = *hv * *sv;
                 }
-                gemm(
+                rhs.matmul(
                     batch,
+                    hsg,
                     u,
-                    u,
-                    T::one(),
-                    Operand::new(hsg, u),
-                    Operand::new(&p.recurrent[gate * u..], g),
-                    false,
-                    &mut hu[gate * u..],
+                    0..u,
+                    gate..gate + 1,
+                    hu,
                     g,
+                    false,
                     threads,
+                    scratch,
                 );
             }
+        }
+    }
+}
+
+/// The recurrent kernel as the time loop reads it: packed once when the sequence is long enough
+/// for the copy to pay off (batch ≥ 2, ≥ 4 steps), else in place.
+pub(crate) fn recurrent_rhs<'a, T: Float>(
+    p: &GruParams<'a, T>,
+    batch: usize,
+    time: usize,
+    packed: &'a mut super::packed::PackedRhs<T>,
+) -> Rhs<'a, T> {
+    let u = p.units;
+    if batch >= 2 && time >= 4 {
+        packed.pack(Operand::new(p.recurrent, 3 * u), u, u, 3);
+        Rhs::Packed(packed)
+    } else {
+        Rhs::Plain {
+            data: p.recurrent,
+            ld: 3 * u,
+            seg: u,
         }
     }
 }
@@ -278,6 +302,7 @@ type Keep<'a, T> = Option<(&'a mut GruTrace<T>, &'a dyn Fn(usize) -> usize)>;
 #[allow(clippy::too_many_arguments)]
 fn step_rows<T: Float>(
     p: &GruParams<T>,
+    rhs: Rhs<'_, T>,
     batch: usize,
     xp: &[T],
     xp_row: impl Fn(usize) -> usize,
@@ -288,6 +313,7 @@ fn step_rows<T: Float>(
     rec: Option<[&[T]; 3]>,
     hs: &mut [T],
     threads: usize,
+    scratch: &mut Vec<T>,
     mut keep: Keep<'_, T>,
 ) {
     let u = p.units;
@@ -295,6 +321,7 @@ fn step_rows<T: Float>(
     let u2 = 2 * u;
     recurrent_product(
         p,
+        rhs,
         batch,
         if p.reset_after { 3 } else { 2 },
         h,
@@ -302,6 +329,7 @@ fn step_rows<T: Float>(
         rec,
         hs,
         threads,
+        scratch,
     );
     // Gates z and r (and for reset_after the candidate too) row by row.
     for b in 0..batch {
@@ -351,18 +379,7 @@ fn step_rows<T: Float>(
         }
     }
     if !p.reset_after {
-        gemm(
-            batch,
-            u,
-            u,
-            T::one(),
-            Operand::new(tmp, u),
-            Operand::new(&p.recurrent[u2..], g),
-            false,
-            &mut hu[u2..],
-            g,
-            threads,
-        );
+        rhs.matmul(batch, tmp, u, 0..u, 2..3, hu, g, false, threads, scratch);
         for b in 0..batch {
             let x = &xp[xp_row(b) + u2..xp_row(b) + g];
             for (c, xv) in hu[b * g + u2..(b + 1) * g].iter_mut().zip(x) {
@@ -443,8 +460,11 @@ pub fn gru_sequence<T: Float>(
         tmp,
         h2,
         hs,
+        packed,
+        pscratch,
         ..
     } = ws;
+    let rhs = recurrent_rhs(p, batch, time, packed);
     for k in 0..time {
         let t = if opts.go_backwards { time - 1 - k } else { k };
         let xp_row = |b: usize| (b * time + t) * g;
@@ -457,6 +477,7 @@ pub fn gru_sequence<T: Float>(
         let row_of = |b: usize| b * time + t;
         step_rows(
             p,
+            rhs,
             batch,
             xp,
             xp_row,
@@ -467,6 +488,7 @@ pub fn gru_sequence<T: Float>(
             dropout.recurrent,
             hs,
             opts.threads,
+            pscratch,
             trace
                 .as_deref_mut()
                 .map(|tr| (tr, &row_of as &dyn Fn(usize) -> usize)),
@@ -511,10 +533,17 @@ pub fn gru_step<T: Float>(
         tmp,
         h2,
         hs,
+        pscratch,
         ..
     } = ws;
+    let rhs = Rhs::Plain {
+        data: p.recurrent,
+        ld: g,
+        seg: u,
+    };
     step_rows(
         p,
+        rhs,
         batch,
         xp,
         |b| b * g,
@@ -525,6 +554,7 @@ pub fn gru_step<T: Float>(
         None,
         hs,
         threads,
+        pscratch,
         None,
     );
     h[..batch * u].copy_from_slice(&h2[..batch * u]);

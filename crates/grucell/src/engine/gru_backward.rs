@@ -8,6 +8,7 @@
 
 use super::gemm::{gemm, Operand};
 use super::gru::{mask_rows, DropoutMasks, GruParams, GruTrace, SequenceOptions};
+use super::packed::{PackedRhs, Rhs};
 use crate::float::Float;
 use crate::layers::activation::Activation;
 
@@ -47,6 +48,77 @@ pub struct OutputGrads<'a, T> {
     pub last: Option<&'a [T]>,
     /// d loss / d final state `(B, u)`.
     pub state: Option<&'a [T]>,
+}
+
+/// `Uᵀ` for the per-step `dG · Uᵀ` of the reverse loop: packed once for sequences of 4 or more
+/// steps (as the forward packs `U`), else read in place by the GEMM crate.
+struct RecurrentT<'a, T> {
+    packed: Option<Rhs<'a, T>>,
+    recurrent: &'a [T],
+    batch: usize,
+    units: usize,
+    threads: usize,
+}
+
+impl<'a, T: Float> RecurrentT<'a, T> {
+    fn new(
+        p: &GruParams<'a, T>,
+        batch: usize,
+        time: usize,
+        threads: usize,
+        store: &'a mut PackedRhs<T>,
+    ) -> Self {
+        let u = p.units;
+        let packed = (time >= 4).then(|| {
+            store.pack(Operand::new(p.recurrent, 3 * u).t(), 3 * u, u, 1);
+            Rhs::Packed(&*store)
+        });
+        RecurrentT {
+            packed,
+            recurrent: p.recurrent,
+            batch,
+            units: u,
+            threads,
+        }
+    }
+
+    /// `C (+)= G[:, kr] · U[:, kr]ᵀ` with `G` of row stride `3u` and `C` `(B, u)`.
+    fn product(
+        &self,
+        gsrc: &[T],
+        kr: std::ops::Range<usize>,
+        c: &mut [T],
+        accumulate: bool,
+        scratch: &mut Vec<T>,
+    ) {
+        let (u, g) = (self.units, 3 * self.units);
+        match self.packed {
+            Some(rhs) => rhs.matmul(
+                self.batch,
+                gsrc,
+                g,
+                kr,
+                0..1,
+                c,
+                u,
+                accumulate,
+                self.threads,
+                scratch,
+            ),
+            None => gemm(
+                self.batch,
+                u,
+                kr.len(),
+                T::one(),
+                Operand::new(&gsrc[kr.start..], g),
+                Operand::new(&self.recurrent[kr.start..], g).t(),
+                accumulate,
+                c,
+                u,
+                self.threads,
+            ),
+        }
+    }
 }
 
 /// `d ← d ⊙ f'(pre)` for one gate block (row-wise for softmax-like activations).
@@ -113,6 +185,9 @@ pub fn gru_sequence_backward<T: Float>(
     let mut valid = vec![true; batch];
     let mut scratch = Vec::with_capacity(u);
     let gates_in_loop = if p.reset_after { 3 } else { 2 };
+    let mut packed = PackedRhs::new();
+    let mut pscratch = Vec::new();
+    let rec = RecurrentT::new(p, batch, time, threads, &mut packed);
     for k in (0..time).rev() {
         let t = if opts.go_backwards { time - 1 - k } else { k };
         // Output gradient of this step, routed to the new state or (masked) to the previous output.
@@ -198,18 +273,7 @@ pub fn gru_sequence_backward<T: Float>(
         }
         if !p.reset_after {
             // d(r ⊙ h_s) = da_n · U_hᵀ, then dr and the direct path into h.
-            gemm(
-                batch,
-                u,
-                u,
-                T::one(),
-                Operand::new(&sh[u2..], g),
-                Operand::new(&p.recurrent[u2..], g).t(),
-                false,
-                &mut tmp,
-                u,
-                threads,
-            );
+            rec.product(&sh, u2..g, &mut tmp, false, &mut pscratch);
             for b in (0..batch).filter(|&b| valid[b]) {
                 let row = b * time + t;
                 let gates = &trace.gates[row * g..(row + 1) * g];
@@ -240,31 +304,15 @@ pub fn gru_sequence_backward<T: Float>(
         }
         // dh_prev += dG_h · Uᵀ over the recurrent gates (masked rows have dG_h = 0).
         match dropout.recurrent {
-            None => gemm(
-                batch,
-                u,
-                gates_in_loop * u,
-                T::one(),
-                Operand::new(&sh, g),
-                Operand::new(p.recurrent, g).t(),
-                true,
-                &mut dh_prev,
-                u,
-                threads,
-            ),
+            None => rec.product(&sh, 0..gates_in_loop * u, &mut dh_prev, true, &mut pscratch),
             Some(s) => {
                 for gate in 0..gates_in_loop {
-                    gemm(
-                        batch,
-                        u,
-                        u,
-                        T::one(),
-                        Operand::new(&sh[gate * u..], g),
-                        Operand::new(&p.recurrent[gate * u..], g).t(),
-                        false,
+                    rec.product(
+                        &sh,
+                        gate * u..(gate + 1) * u,
                         &mut tmp,
-                        u,
-                        threads,
+                        false,
+                        &mut pscratch,
                     );
                     for b in (0..batch).filter(|&b| valid[b]) {
                         for j in 0..u {

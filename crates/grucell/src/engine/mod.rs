@@ -4,6 +4,9 @@ pub mod gemm;
 pub mod gru;
 pub mod gru_backward;
 pub mod math;
+pub mod packed;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 pub mod workspace;
 
 pub use gemm::{gemm, Operand};

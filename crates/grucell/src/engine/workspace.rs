@@ -2,6 +2,7 @@
 //! the time loop never allocates. A workspace grows to the largest problem it has seen and is then
 //! reused: streaming one step at a time allocates nothing after the first call.
 
+use super::packed::PackedRhs;
 use crate::float::Float;
 
 /// Scratch buffers for [`crate::engine::gru`]. Create one per thread (or per stream) and reuse it.
@@ -21,6 +22,10 @@ pub struct GruWorkspace<T> {
     pub(crate) xm: Vec<T>,
     /// Masked states `(3, B, u)` (training with recurrent dropout only).
     pub(crate) hs: Vec<T>,
+    /// The recurrent kernel packed for the time loop (`u × 3u`, padded to whole panels).
+    pub(crate) packed: PackedRhs<T>,
+    /// Panel-major scratch of a recurrent product split between threads `(B, 3u)` padded.
+    pub(crate) pscratch: Vec<T>,
 }
 
 pub(crate) fn grow<T: Float>(v: &mut Vec<T>, n: usize) {
@@ -40,12 +45,15 @@ impl<T: Float> GruWorkspace<T> {
             h2: Vec::new(),
             xm: Vec::new(),
             hs: Vec::new(),
+            packed: PackedRhs::new(),
+            pscratch: Vec::new(),
         }
     }
 
     /// Number of elements the workspace needs for a problem of this size (for memory budgets).
     pub fn required_len(batch: usize, time: usize, units: usize) -> usize {
-        time * batch * 3 * units + batch * 3 * units + 3 * batch * units
+        let padded = 3 * units.div_ceil(super::packed::NR) * super::packed::NR;
+        time * batch * 3 * units + batch * 3 * units + 3 * batch * units + (units + batch) * padded
     }
 
     /// Grows every buffer to fit `(batch, time, units)`.
@@ -66,6 +74,8 @@ impl<T: Float> GruWorkspace<T> {
             + self.h2.len()
             + self.xm.len()
             + self.hs.len()
+            + self.packed.len()
+            + self.pscratch.len()
     }
 
     /// True when nothing has been allocated yet.

@@ -1,0 +1,144 @@
+//! AVX2 + FMA register tiles for the `f32` recurrent products (x86-64 only).
+//!
+//! The generic kernels of [`super::packed`] are correct everywhere, but LLVM's SLP vectorizer
+//! turns their `[[f32; 16]; R]` accumulators into shuffles and stack spills. These spell the tile
+//! out in AVX registers: `R × 16` accumulators (two `__m256` per row), one broadcast of `A` and
+//! two loads of `B` per `k`. They are called only after `is_x86_feature_detected!` has seen both
+//! AVX2 and FMA. Every raw load is preceded by a bounds check of the whole range it reads, made
+//! once per tile; a failed check returns `false` and the caller uses the generic kernel.
+
+use super::packed::NR;
+use std::arch::x86_64::{
+    __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+};
+use std::ops::Range;
+
+/// Columns per strip of the batch-1 kernel (8 registers).
+pub(super) const WIDE: usize = 64;
+
+/// `C[0..m, 0..16] (+)= A[0..m, kr] · B[0..|kr|, 0..16]` for one full-width panel (`B` already
+/// offset to row `kr.start`). Returns `false`, having done nothing, if a slice is too short.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn panel(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    kr: &Range<usize>,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) -> bool {
+    let klen = kr.len();
+    if m == 0 {
+        return true;
+    }
+    let fits = klen == 0 || b.len() >= (klen - 1) * ldb + NR;
+    if !fits || a.len() < (m - 1) * lda + kr.end || c.len() < (m - 1) * ldc + NR {
+        return false;
+    }
+    let mut i = 0;
+    while i < m {
+        let (a, c) = (&a[i * lda..], &mut c[i * ldc..]);
+        let rows = match m - i {
+            1 => tile::<1>(a, lda, kr, b, ldb, c, ldc, accumulate),
+            2 => tile::<2>(a, lda, kr, b, ldb, c, ldc, accumulate),
+            3 => tile::<3>(a, lda, kr, b, ldb, c, ldc, accumulate),
+            _ => tile::<4>(a, lda, kr, b, ldb, c, ldc, accumulate),
+        };
+        i += rows;
+    }
+    true
+}
+
+/// One `R × 16` tile; returns `R`. Bounds were checked by [`panel`].
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn tile<const R: usize>(
+    a: &[f32],
+    lda: usize,
+    kr: &Range<usize>,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) -> usize {
+    let klen = kr.len();
+    let rows: [&[f32]; R] = std::array::from_fn(|i| &a[i * lda + kr.start..i * lda + kr.end]);
+    let mut lo: [__m256; R] = [_mm256_setzero_ps(); R];
+    let mut hi: [__m256; R] = [_mm256_setzero_ps(); R];
+    let bp = b.as_ptr();
+    for kk in 0..klen {
+        // SAFETY: kk·ldb + 16 ≤ (klen − 1)·ldb + 16 ≤ b.len(), checked by `panel`.
+        let (b0, b1) = unsafe {
+            (
+                _mm256_loadu_ps(bp.add(kk * ldb)),
+                _mm256_loadu_ps(bp.add(kk * ldb + 8)),
+            )
+        };
+        for i in 0..R {
+            let av = _mm256_set1_ps(rows[i][kk]);
+            lo[i] = _mm256_fmadd_ps(av, b0, lo[i]);
+            hi[i] = _mm256_fmadd_ps(av, b1, hi[i]);
+        }
+    }
+    for i in 0..R {
+        let mut out = [0f32; NR];
+        // SAFETY: `out` holds 16 floats; the two stores write 8 each.
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr(), lo[i]);
+            _mm256_storeu_ps(out.as_mut_ptr().add(8), hi[i]);
+        }
+        store(&mut c[i * ldc..i * ldc + NR], &out, accumulate);
+    }
+    R
+}
+
+/// One row of `A` times a 64-column strip of `B` read in place (`B` offset to row `kr.start`
+/// and to the strip's first column). Returns `false` if a slice is too short.
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn strip(
+    a: &[f32],
+    kr: &Range<usize>,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    accumulate: bool,
+) -> bool {
+    let klen = kr.len();
+    let fits = klen == 0 || b.len() >= (klen - 1) * ldb + WIDE;
+    if !fits || a.len() < kr.end || c.len() < WIDE {
+        return false;
+    }
+    let a = &a[kr.clone()];
+    let mut acc: [__m256; 8] = [_mm256_setzero_ps(); 8];
+    let bp = b.as_ptr();
+    for (kk, av) in a.iter().enumerate() {
+        let av = _mm256_set1_ps(*av);
+        for (v, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: kk·ldb + 8v + 8 ≤ (klen − 1)·ldb + 64 ≤ b.len(), checked above.
+            let bv = unsafe { _mm256_loadu_ps(bp.add(kk * ldb + 8 * v)) };
+            *acc = _mm256_fmadd_ps(av, bv, *acc);
+        }
+    }
+    let mut out = [0f32; WIDE];
+    for (v, acc) in acc.iter().enumerate() {
+        // SAFETY: `out` holds 64 floats; store v writes out[8v..8v + 8].
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * v), *acc) };
+    }
+    store(&mut c[..WIDE], &out, accumulate);
+    true
+}
+
+#[inline(always)]
+fn store(c: &mut [f32], v: &[f32], accumulate: bool) {
+    if accumulate {
+        c.iter_mut().zip(v).for_each(|(d, x)| *d += *x);
+    } else {
+        c.copy_from_slice(v);
+    }
+}
