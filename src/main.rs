@@ -13,6 +13,11 @@
 //! - 101: an internal error (a bug): one line `error: internal error: ...` on stderr, never a
 //!   backtrace.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 mod cmd;
 
 use clap::{Parser, Subcommand};

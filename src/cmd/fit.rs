@@ -149,10 +149,11 @@ pub fn run(args: &Args) -> Result<()> {
     let out = check_output(args)?;
     let file = load_keras_file(&args.model)
         .with_context(|| format!("loading --model {}", args.model.display()))?;
+    let building = || format!("cannot build the model in --model {}", args.model.display());
     if file_dtype(&file) == "float64" {
-        train::<f64>(args, model_from_file(&file)?, out)
+        train::<f64>(args, model_from_file(&file).with_context(building)?, out)
     } else {
-        train::<f32>(args, model_from_file(&file)?, out)
+        train::<f32>(args, model_from_file(&file).with_context(building)?, out)
     }
 }
 

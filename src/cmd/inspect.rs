@@ -85,7 +85,8 @@ fn compile_summary(cc: &Value) -> Option<String> {
 
 /// The whole report for a model computing in `T`.
 fn report<T: Float>(file: &KerasFile) -> Result<String> {
-    let model = model_from_file::<T>(file).context("cannot build the model")?;
+    let model = model_from_file::<T>(file)
+        .with_context(|| format!("cannot build the model in {}", file.path))?;
     let mut s = model.summary();
     let shapes: Vec<String> = model.input_shapes().iter().map(|s| fmt_shape(s)).collect();
     s += &format!(" Inputs: {} {}\n", shapes.len(), shapes.join(", "));

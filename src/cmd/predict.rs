@@ -167,7 +167,14 @@ where
         .map(Array::into_float)
         .collect();
     model.set_threads(args.threads);
-    let outs = model.predict_stateful(&xs).context("prediction failed")?;
+    let outs = model.predict_stateful(&xs).with_context(|| {
+        let inputs: Vec<String> = args.input.iter().map(|p| p.display().to_string()).collect();
+        format!(
+            "cannot run --model {} on --input {}",
+            args.model.display(),
+            inputs.join(", ")
+        )
+    })?;
     match (out_kind, outs.as_slice()) {
         (Kind::Npy, [y]) => write_npy(&args.output, y).context("cannot write --output")?,
         (Kind::Npy, _) => bail!("the model returned {} outputs instead of 1", outs.len()),
@@ -186,15 +193,11 @@ where
 /// Runs `grucell predict`.
 pub fn run(args: &Args) -> Result<()> {
     let file = load_keras_file(&args.model).context("cannot load --model")?;
+    // Config errors name the layer and the value; the context adds the file.
+    let building = || format!("cannot build the model in --model {}", args.model.display());
     if file_dtype(&file) == "float64" {
-        predict_and_write(
-            model_from_file::<f64>(&file).context("cannot build the model")?,
-            args,
-        )
+        predict_and_write(model_from_file::<f64>(&file).with_context(building)?, args)
     } else {
-        predict_and_write(
-            model_from_file::<f32>(&file).context("cannot build the model")?,
-            args,
-        )
+        predict_and_write(model_from_file::<f32>(&file).with_context(building)?, args)
     }
 }

@@ -16,9 +16,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use grucell::io::atomic::atomic_write;
 use grucell::io::keras::save::{
-    atomic_write, write_keras_archive, write_weights_h5, write_weights_h5_with_ints,
-    IntWeightEntry, VarsGroup, WeightEntry, KERAS_VERSION,
+    write_keras_archive, write_weights_h5, write_weights_h5_with_ints, IntWeightEntry, VarsGroup,
+    WeightEntry, KERAS_VERSION,
 };
 use grucell::io::safetensors::{
     load_safetensors, load_safetensors_with_metadata, save_safetensors,

@@ -102,6 +102,12 @@ fn par(threads: usize) -> Par {
     }
 }
 
+fn sigmoid_f64_slice(v: &mut [f64]) {
+    v.iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp()));
+}
+fn tanh_f64_slice(v: &mut [f64]) {
+    v.iter_mut().for_each(|x| *x = x.tanh());
+}
 fn same_f32(v: &[f32]) -> Option<&[f32]> {
     Some(v)
 }
@@ -116,7 +122,7 @@ fn not_f32_mut<T>(_: &mut [T]) -> Option<&mut [f32]> {
 }
 
 macro_rules! impl_float {
-    ($t:ty, $name:literal, $sigmoid:expr, $tanh:expr, $s32:ident, $s32m:ident) => {
+    ($t:ty, $name:literal, $sigmoid:path, $tanh:path, $s32:ident, $s32m:ident) => {
         impl Float for $t {
             const DTYPE: &'static str = $name;
 
@@ -132,12 +138,12 @@ macro_rules! impl_float {
 
             #[inline]
             fn sigmoid_inplace(v: &mut [Self]) {
-                v.iter_mut().for_each(|x| *x = $sigmoid(*x));
+                $sigmoid(v)
             }
 
             #[inline]
             fn tanh_inplace(v: &mut [Self]) {
-                v.iter_mut().for_each(|x| *x = $tanh(*x));
+                $tanh(v)
             }
 
             #[inline]
@@ -197,16 +203,16 @@ macro_rules! impl_float {
 impl_float!(
     f32,
     "float32",
-    crate::engine::math::sigmoid_f32,
-    crate::engine::math::tanh_f32,
+    crate::engine::math::sigmoid_slice_f32,
+    crate::engine::math::tanh_slice_f32,
     same_f32,
     same_f32_mut
 );
 impl_float!(
     f64,
     "float64",
-    |x: f64| 1.0 / (1.0 + (-x).exp()),
-    f64::tanh,
+    sigmoid_f64_slice,
+    tanh_f64_slice,
     not_f32,
     not_f32_mut
 );

@@ -306,7 +306,7 @@ pub fn gru_sequence_backward<T: Float>(
         match dropout.recurrent {
             None => rec.product(&sh, 0..gates_in_loop * u, &mut dh_prev, true, &mut pscratch),
             Some(s) => {
-                for gate in 0..gates_in_loop {
+                for (gate, sg) in s.iter().enumerate().take(gates_in_loop) {
                     rec.product(
                         &sh,
                         gate * u..(gate + 1) * u,
@@ -316,7 +316,7 @@ pub fn gru_sequence_backward<T: Float>(
                     );
                     for b in (0..batch).filter(|&b| valid[b]) {
                         for j in 0..u {
-                            dh_prev[b * u + j] += tmp[b * u + j] * s[gate][b * u + j];
+                            dh_prev[b * u + j] += tmp[b * u + j] * sg[b * u + j];
                         }
                     }
                 }

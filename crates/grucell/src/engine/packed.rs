@@ -19,6 +19,8 @@
 //! into `C`, so no two threads ever hold the same memory.
 
 use super::gemm::Operand;
+#[cfg(target_arch = "x86_64")]
+use super::math::avx2_fma;
 use super::workspace::grow;
 use crate::float::Float;
 use rayon::prelude::*;
@@ -66,14 +68,19 @@ impl<T: Float> PackedRhs<T> {
     pub fn pack(&mut self, b: Operand<'_, T>, k: usize, seg: usize, segs: usize) {
         let pps = seg.div_ceil(NR);
         let panel_len = k * NR;
-        self.data.clear();
-        grow(&mut self.data, pps * segs * panel_len);
+        // Every element is written below (padding included), so old contents need no clearing.
+        self.data.resize(pps * segs * panel_len, T::zero());
         for s in 0..segs {
             for q in 0..pps {
                 let c0 = s * seg + q * NR;
                 let w = NR.min(seg - q * NR);
                 let p = s * pps + q;
                 let dst = &mut self.data[p * panel_len..(p + 1) * panel_len];
+                if w < NR {
+                    for row in dst.chunks_exact_mut(NR) {
+                        row[w..].fill(T::zero());
+                    }
+                }
                 if b.transposed {
                     // Element (kk, c) of B is stored at data[c·ld + kk].
                     for j in 0..w {
@@ -312,13 +319,6 @@ fn strip_avx2_fma<T: Float>(
 
 /// Columns per strip of the batch-1 kernel: 8 AVX registers of `f32` accumulators.
 const WIDE: usize = 64;
-
-/// Whether the CPU runs the AVX2 + FMA kernels (the standard library caches the answer).
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn avx2_fma() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-}
 
 #[inline(always)]
 fn strip_kernel<T: Float, const FMA: bool>(

@@ -39,18 +39,61 @@ pub(super) fn panel(
     if !fits || a.len() < (m - 1) * lda + kr.end || c.len() < (m - 1) * ldc + NR {
         return false;
     }
+    // k in blocks of KC, so that a block of the panel (16 KiB) stays in L1 across the row tiles.
+    let mut k0 = kr.start;
+    while k0 < kr.end || k0 == kr.start {
+        let k1 = (k0 + KC).min(kr.end);
+        let b = &b[(k0 - kr.start) * ldb..];
+        rows_of_panel(
+            m,
+            a,
+            lda,
+            &(k0..k1),
+            b,
+            ldb,
+            c,
+            ldc,
+            accumulate || k0 > kr.start,
+        );
+        if k1 >= kr.end {
+            break;
+        }
+        k0 = k1;
+    }
+    true
+}
+
+/// Rows of `A` per k block of [`panel`].
+const KC: usize = 256;
+
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+fn rows_of_panel(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    kr: &Range<usize>,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
     let mut i = 0;
     while i < m {
         let (a, c) = (&a[i * lda..], &mut c[i * ldc..]);
+        // Tiles of 6 rows (12 accumulators hide the FMA latency); a remainder of 7 or 8 rows
+        // is split 4 + 3 / 4 + 4 rather than leaving a thin tile of 1–2.
         let rows = match m - i {
             1 => tile::<1>(a, lda, kr, b, ldb, c, ldc, accumulate),
             2 => tile::<2>(a, lda, kr, b, ldb, c, ldc, accumulate),
             3 => tile::<3>(a, lda, kr, b, ldb, c, ldc, accumulate),
-            _ => tile::<4>(a, lda, kr, b, ldb, c, ldc, accumulate),
+            4 | 7 | 8 => tile::<4>(a, lda, kr, b, ldb, c, ldc, accumulate),
+            5 => tile::<5>(a, lda, kr, b, ldb, c, ldc, accumulate),
+            _ => tile::<6>(a, lda, kr, b, ldb, c, ldc, accumulate),
         };
         i += rows;
     }
-    true
 }
 
 /// One `R × 16` tile; returns `R`. Bounds were checked by [`panel`].
@@ -68,12 +111,19 @@ fn tile<const R: usize>(
     accumulate: bool,
 ) -> usize {
     let klen = kr.len();
-    let rows: [&[f32]; R] = std::array::from_fn(|i| &a[i * lda + kr.start..i * lda + kr.end]);
+    // Local proofs for the unchecked reads below (panics only if `panel` let a bad call through).
+    let a = &a[..(R - 1) * lda + kr.end];
+    let b = if klen == 0 {
+        b
+    } else {
+        &b[..(klen - 1) * ldb + NR]
+    };
+    let ap = a.as_ptr();
     let mut lo: [__m256; R] = [_mm256_setzero_ps(); R];
     let mut hi: [__m256; R] = [_mm256_setzero_ps(); R];
     let bp = b.as_ptr();
     for kk in 0..klen {
-        // SAFETY: kk·ldb + 16 ≤ (klen − 1)·ldb + 16 ≤ b.len(), checked by `panel`.
+        // SAFETY: kk·ldb + 16 ≤ (klen − 1)·ldb + 16 = b.len() (sliced above).
         let (b0, b1) = unsafe {
             (
                 _mm256_loadu_ps(bp.add(kk * ldb)),
@@ -81,7 +131,8 @@ fn tile<const R: usize>(
             )
         };
         for i in 0..R {
-            let av = _mm256_set1_ps(rows[i][kk]);
+            // SAFETY: i·lda + kr.start + kk < (R − 1)·lda + kr.end = a.len() (sliced above).
+            let av = _mm256_set1_ps(unsafe { *ap.add(i * lda + kr.start + kk) });
             lo[i] = _mm256_fmadd_ps(av, b0, lo[i]);
             hi[i] = _mm256_fmadd_ps(av, b1, hi[i]);
         }

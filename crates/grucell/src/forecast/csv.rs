@@ -5,8 +5,9 @@
 //! - an empty cell, `NA`, `N/A`, `NaN`, `nan`, `null`, `None`, `.`, `?` or `-` is **missing**
 //!   (kept as `None`: [`super::series::fill_gaps`] interpolates interior gaps and drops
 //!   leading/trailing ones);
-//! - any other text that is not a number is an **error** naming the row and the cell, so that a
-//!   wrong column or a broken file is not silently read as gaps.
+//! - any other text that is not a number, and a number that is not finite (`inf`, `1e400`), is
+//!   an **error** naming the row and the cell, so that a wrong column or a broken file is not
+//!   silently read as gaps.
 //!
 //! Rows are read in file order. When a date column is given and its values are ISO-like
 //! (`YYYY…`) and run backwards (newest first, as many exports do), the rows are reversed so the
@@ -59,16 +60,26 @@ impl Series {
 /// Cell texts read as a missing value (compared case-insensitively after trimming).
 const MISSING_MARKERS: &[&str] = &["", "na", "n/a", "nan", "null", "none", ".", "?", "-"];
 
-/// Parses one cell: `Ok(None)` for a missing marker, `Err(())` for other non-numeric text.
-fn parse_cell(cell: &str) -> Result<Option<f64>, ()> {
+/// Why a cell is not a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BadCell {
+    /// Text that is not a number.
+    NotANumber,
+    /// A number that is infinite or too large for `f64` (`inf`, `1e400`).
+    NotFinite,
+}
+
+/// Parses one cell: `Ok(None)` for a missing marker, an error for other non-numeric text and
+/// for numbers that are not finite (an overflowed `1e400` is not silently a gap).
+fn parse_cell(cell: &str) -> Result<Option<f64>, BadCell> {
     let t = cell.trim();
     if MISSING_MARKERS.iter().any(|m| t.eq_ignore_ascii_case(m)) {
         return Ok(None);
     }
     match t.parse::<f64>() {
         Ok(v) if v.is_finite() => Ok(Some(v)),
-        Ok(_) => Ok(None),
-        Err(_) => Err(()),
+        Ok(_) => Err(BadCell::NotFinite),
+        Err(_) => Err(BadCell::NotANumber),
     }
 }
 
@@ -193,7 +204,7 @@ pub fn parse_series(
                         match parse_cell(c) {
                             Ok(Some(_)) => any = true,
                             Ok(None) => {}
-                            Err(()) => return false,
+                            Err(_) => return false,
                         }
                     }
                     any
@@ -233,10 +244,14 @@ pub fn parse_series(
     let mut dates = date_idx.map(|_| Vec::with_capacity(records.len()));
     for (i, r) in records.iter().enumerate() {
         let cell = r.get(value_idx).unwrap_or("");
-        let v = parse_cell(cell).map_err(|()| {
+        let v = parse_cell(cell).map_err(|why| {
+            let what = match why {
+                BadCell::NotANumber => "is not a number",
+                BadCell::NotFinite => "is not a finite number",
+            };
             bad(
                 format!("column `{name}`, row {}", i + 2),
-                format!("`{cell}` is not a number (empty cells and NA/NaN/null/./? are read as missing values)"),
+                format!("`{cell}` {what}; expected a number (empty cells and NA/NaN/null/./? are read as missing values)"),
             )
         })?;
         values.push(v);

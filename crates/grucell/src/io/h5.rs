@@ -65,7 +65,11 @@ enum Node {
 
 impl H5File {
     /// Opens HDF5 content held in memory; `name_for_errors` is used in error messages.
+    ///
+    /// A file shorter than the end-of-file address its superblock records (a truncated copy) is
+    /// refused before anything else is read, as the HDF5 library refuses it.
     pub fn from_bytes(bytes: Vec<u8>, name_for_errors: &str) -> Result<Self, FormatError> {
+        check_superblock_eof(&bytes, name_for_errors)?;
         let len = bytes.len() as u64;
         let budget = len
             .saturating_mul(MAX_CHUNKED_EXPANSION)
@@ -255,7 +259,7 @@ impl H5File {
             |e: hdf5_reader::error::Error| self.err(part.clone(), format!("cannot read: {e}"));
         let data: Vec<f64> = match d.dtype().clone() {
             Datatype::FloatingPoint { size: 8, .. } => {
-                let mut v = vec![0f64; n];
+                let mut v = try_filled(self, n, 0f64, &part)?;
                 guard(&self.name, &part, || d.read_into(&mut v))?.map_err(rerr)?;
                 v
             }
@@ -421,6 +425,82 @@ impl H5File {
     }
 }
 
+/// HDF5's signature; the superblock sits at offset 0 or after a user block of 512 · 2^k bytes.
+const SIGNATURE: &[u8; 8] = b"\x89HDF\r\n\x1a\n";
+
+/// Refuses a file shorter than the end-of-file address its superblock records.
+///
+/// `hdf5-reader` does not make this check, so a file cut at its tail would otherwise load as
+/// long as what was cut held nothing it reads. Layout (HDF5 file format spec, §II.A; every
+/// offset below is from the signature):
+/// - version 0 and 1: signature (8), versions of superblock, free space, root symbol table
+///   entry, reserved, shared header (5 bytes), size of offsets (1, at 13), size of lengths (1),
+///   reserved (1), leaf and internal node K (2 + 2), consistency flags (4) — 24 bytes; version 1
+///   adds indexed storage K (2) and reserved (2). Then base address, free-space address,
+///   **end-of-file address**, driver info address (one offset each): the EOF address is at 24 +
+///   2·O (version 0) or 28 + 2·O (version 1).
+/// - version 2 and 3: signature (8), version (1), size of offsets (1, at 9), size of lengths (1),
+///   flags (1), then base address, superblock extension address, **end-of-file address** (at
+///   12 + 2·O), root object header address, checksum.
+///
+/// The stored address counts from the start of the file, user block included (checked on files
+/// h5py writes with a 512- and a 1024-byte user block), so it is compared with the whole length.
+/// An undefined address (all bits set) and superblock versions above 3 are left to the reader.
+fn check_superblock_eof(bytes: &[u8], name: &str) -> Result<(), FormatError> {
+    let mut at = 0usize;
+    while bytes.get(at..at.saturating_add(8)) != Some(&SIGNATURE[..]) {
+        if at.saturating_add(8) > bytes.len() {
+            return Ok(()); // no signature: the reader reports it
+        }
+        at = if at == 0 { 512 } else { at.saturating_mul(2) };
+    }
+    let bad = |msg: String| Err(FormatError::malformed(name, "superblock", msg));
+    let byte = |i: usize| bytes.get(at.saturating_add(i)).copied();
+    let Some(version) = byte(8) else {
+        return bad("truncated after the signature; expected a superblock version".into());
+    };
+    let (size_pos, base_pos) = match version {
+        0 => (13, 24),
+        1 => (13, 28),
+        2 | 3 => (9, 12),
+        _ => return Ok(()),
+    };
+    let Some(size) = byte(size_pos) else {
+        return bad(format!(
+            "version {version} superblock truncated at {} bytes; expected the size of offsets",
+            bytes.len()
+        ));
+    };
+    if !matches!(size, 2 | 4 | 8) {
+        return bad(format!(
+            "size of offsets is {size}; expected 2, 4 or 8 bytes"
+        ));
+    }
+    let size = usize::from(size);
+    let eof_pos = at + base_pos + 2 * size;
+    let Some(field) = bytes.get(eof_pos..eof_pos + size) else {
+        return bad(format!(
+            "version {version} superblock truncated: the file has {} bytes, the end-of-file \
+             address field needs {}",
+            bytes.len(),
+            eof_pos + size
+        ));
+    };
+    let claimed = field
+        .iter()
+        .rev()
+        .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+    let undefined = field.iter().all(|&b| b == 0xff);
+    let actual = bytes.len() as u64;
+    if !undefined && claimed > actual {
+        return bad(format!(
+            "the file is truncated: the superblock records an end-of-file address of {claimed} \
+             bytes, but the file has {actual} bytes"
+        ));
+    }
+    Ok(())
+}
+
 /// Reads `n` elements of type `S` and widens them to `f64`.
 fn read_as<S>(
     f: &H5File,
@@ -431,10 +511,34 @@ fn read_as<S>(
 where
     S: hdf5_reader::H5Type + Default + Copy + Into<f64>,
 {
-    let mut v = vec![S::default(); n];
+    let mut v = try_filled(f, n, S::default(), part)?;
     guard(&f.name, part, || d.read_into(&mut v))?
         .map_err(|e| f.err(part, format!("cannot read: {e}")))?;
-    Ok(v.into_iter().map(Into::into).collect())
+    let mut out: Vec<f64> = Vec::new();
+    out.try_reserve_exact(n)
+        .map_err(|_| no_memory(f, n, 8, part))?;
+    out.extend(v.into_iter().map(Into::into));
+    Ok(out)
+}
+
+/// `n` copies of `fill`, allocated fallibly: a dataset too large for the memory available
+/// (e.g. under `ulimit -v`) is an error naming it, not an abort.
+fn try_filled<S: Clone>(f: &H5File, n: usize, fill: S, part: &str) -> Result<Vec<S>, FormatError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| no_memory(f, n, std::mem::size_of::<S>(), part))?;
+    v.resize(n, fill);
+    Ok(v)
+}
+
+fn no_memory(f: &H5File, n: usize, size: usize, part: &str) -> FormatError {
+    f.err(
+        part,
+        format!(
+            "cannot allocate {} bytes for {n} elements",
+            n.saturating_mul(size)
+        ),
+    )
 }
 
 /// 64-bit integers have no lossless `Into<f64>`.
@@ -446,12 +550,13 @@ fn read_int64(
     signed: bool,
 ) -> Result<Vec<f64>, FormatError> {
     let e = |e: hdf5_reader::error::Error| f.err(part, format!("cannot read: {e}"));
+    // Converted in place (same size), so no second buffer is needed.
     if signed {
-        let mut v = vec![0i64; n];
+        let mut v = try_filled(f, n, 0i64, part)?;
         guard(&f.name, part, || d.read_into(&mut v))?.map_err(e)?;
         Ok(v.into_iter().map(|x| x as f64).collect())
     } else {
-        let mut v = vec![0u64; n];
+        let mut v = try_filled(f, n, 0u64, part)?;
         guard(&f.name, part, || d.read_into(&mut v))?.map_err(e)?;
         Ok(v.into_iter().map(|x| x as f64).collect())
     }
@@ -529,6 +634,82 @@ fn guard<R>(file: &str, part: &str, f: impl FnOnce() -> R) -> Result<R, FormatEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A superblock of `version` with 8-byte offsets recording `eof`, padded to `len` bytes.
+    fn superblock(version: u8, eof: u64, len: usize, user_block: usize) -> Vec<u8> {
+        let mut b = vec![0u8; user_block];
+        b.extend_from_slice(SIGNATURE);
+        b.push(version);
+        let base = match version {
+            0 | 1 => {
+                b.extend_from_slice(&[0, 0, 0, 0, 8, 8, 0, 4, 0, 16, 0, 0, 0, 0, 0]);
+                if version == 1 {
+                    b.extend_from_slice(&[32, 0, 0, 0]);
+                }
+                b.len()
+            }
+            _ => {
+                b.extend_from_slice(&[8, 8, 0]);
+                b.len()
+            }
+        };
+        assert_eq!(
+            base - user_block,
+            if version == 1 {
+                28
+            } else if version == 0 {
+                24
+            } else {
+                12
+            }
+        );
+        b.extend_from_slice(&(user_block as u64).to_le_bytes()); // base address
+        b.extend_from_slice(&u64::MAX.to_le_bytes()); // free space / extension: undefined
+        b.extend_from_slice(&eof.to_le_bytes());
+        b.resize(len.max(b.len()), 0);
+        b
+    }
+
+    #[test]
+    fn superblock_eof_is_checked_for_every_version() {
+        for version in [0u8, 1, 2, 3] {
+            for ub in [0usize, 512] {
+                let n = ub + 200;
+                assert!(check_superblock_eof(&superblock(version, n as u64, n, ub), "f").is_ok());
+                // Longer than recorded is fine (as for the HDF5 library).
+                assert!(check_superblock_eof(&superblock(version, 100, n, ub), "f").is_ok());
+                let e = check_superblock_eof(&superblock(version, n as u64 + 1, n, ub), "f.h5")
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    e.contains("f.h5")
+                        && e.contains("superblock")
+                        && e.contains(&format!("{}", n + 1))
+                        && e.contains(&format!("{n} bytes")),
+                    "v{version}: {e}"
+                );
+                // Undefined address: left to the reader.
+                assert!(check_superblock_eof(&superblock(version, u64::MAX, n, ub), "f").is_ok());
+            }
+        }
+        // Cut inside the superblock.
+        let full = superblock(0, 200, 200, 0);
+        let e = check_superblock_eof(&full[..44], "f")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("superblock truncated"), "{e}");
+        let e = check_superblock_eof(&full[..8], "f")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("after the signature"), "{e}");
+        let mut odd = full.clone();
+        odd[13] = 3;
+        let e = check_superblock_eof(&odd, "f").unwrap_err().to_string();
+        assert!(e.contains("size of offsets is 3"), "{e}");
+        // No signature: nothing to check here.
+        assert!(check_superblock_eof(b"not hdf5", "f").is_ok());
+        assert!(check_superblock_eof(b"", "f").is_ok());
+    }
 
     #[test]
     fn half_floats() {

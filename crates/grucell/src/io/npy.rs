@@ -28,14 +28,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::io::{Read, Seek, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::{Read, Write};
+use std::path::Path;
 
 use npyz::{DType, TypeChar, WriterBuilder};
 
 use crate::error::FormatError;
 use crate::float::Float;
+use crate::io::atomic::atomic_write;
 use crate::tensor::{checked_numel, Tensor};
 
 /// Largest `.npy` header (the Python dict literal) accepted, in bytes. numpy's own reader refuses
@@ -658,9 +658,21 @@ pub(crate) fn read_zip_entries(
                 ),
             ));
         }
-        let mut data = Vec::with_capacity(declared.min(bytes.len() as u64) as usize);
+        // Reserved fallibly, so that running out of memory (e.g. under `ulimit -v`) is an error
+        // rather than an abort; reading one byte past the declared size detects a lying header.
+        let mut data = Vec::new();
+        usize::try_from(declared)
+            .ok()
+            .and_then(|n| data.try_reserve_exact(n).ok())
+            .ok_or_else(|| {
+                FormatError::malformed(
+                    name,
+                    part.clone(),
+                    format!("cannot allocate {declared} bytes to decompress it"),
+                )
+            })?;
         (&mut entry)
-            .take(limit + 1)
+            .take(declared + 1)
             .read_to_end(&mut data)
             .map_err(|e| {
                 FormatError::malformed(name, part.clone(), format!("could not decompress: {e}"))
@@ -693,7 +705,7 @@ pub(crate) fn read_zip_entries(
 /// Atomic: the data goes to a temporary file in the same directory, which is then renamed over
 /// `path`; on error the temporary file is removed and `path` is untouched.
 pub fn write_npy<T: Float>(path: &Path, t: &Tensor<T>) -> Result<(), FormatError> {
-    write_atomic(path, |w| write_npy_to(w, t))
+    atomic_write(path, |w| write_npy_to(w, t))
 }
 
 /// Writes `.npy` bytes for `t` to `w`.
@@ -740,7 +752,7 @@ pub fn write_npz(path: &Path, arrays: &[(String, ArrayRef)]) -> Result<(), Forma
             ));
         }
     }
-    write_atomic(path, |w| {
+    atomic_write(path, |w| {
         let mut zw = zip::ZipWriter::new(w);
         let mut buf = Vec::new();
         for (key, array) in arrays {
@@ -760,53 +772,6 @@ pub fn write_npz(path: &Path, arrays: &[(String, ArrayRef)]) -> Result<(), Forma
         Ok(())
     })
 }
-
-/// Writes a file atomically: `write` fills a temporary file next to `path` (same directory, so
-/// the final rename stays on one file system), which is flushed, synced and renamed over `path`.
-/// On any error the temporary file is removed and `path` is left as it was.
-pub(crate) fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
-) -> Result<(), FormatError> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let pname = path.display().to_string();
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| FormatError::malformed(&pname, "path", "expected a file name"))?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.{}.{}.tmp",
-        file_name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        let mut w = std::io::BufWriter::new(file);
-        write(&mut w)?;
-        w.flush()?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        FormatError::io(pname, e)
-    })
-}
-
-// `Seek` is needed by `zip::ZipWriter`; `BufWriter<File>` provides it.
-const _: fn() = || {
-    fn seekable<W: Seek>() {}
-    seekable::<std::io::BufWriter<std::fs::File>>();
-};
 
 #[cfg(test)]
 mod tests {

@@ -5,17 +5,17 @@
 //! (F64 is rounded to f32) and returns them in file order.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::error::FormatError;
-use crate::io::keras::save::atomic_write;
+use crate::io::atomic::atomic_write;
 use crate::tensor::{checked_numel, Tensor};
 
-/// The safetensors format's own limit on the JSON header (100 MB), checked before reading the
-/// file so that a corrupt length cannot make us allocate or read more.
+/// The safetensors format's own limit on the JSON header (100 MB), checked before the header is
+/// parsed.
 const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// Tensors as loaded: name and f32 tensor, in file order.
@@ -86,7 +86,7 @@ pub fn save_safetensors(
 
 /// Loads every tensor of a safetensors file, in file order, as f32 (F64 tensors are rounded).
 ///
-/// The header length is checked against the file size before anything else is read; any other
+/// The header length is checked against the file size before the header is parsed; any other
 /// dtype, a malformed header or data that does not cover the declared tensors gives
 /// [`FormatError::Malformed`] naming the part.
 pub fn load_safetensors(path: &Path) -> Result<NamedTensors, FormatError> {
@@ -97,47 +97,62 @@ pub fn load_safetensors(path: &Path) -> Result<NamedTensors, FormatError> {
 pub fn load_safetensors_with_metadata(
     path: &Path,
 ) -> Result<(NamedTensors, Option<HashMap<String, String>>), FormatError> {
-    let shown = path.display().to_string();
-    let io = |e| FormatError::io(&shown, e);
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    let file_len = file.metadata().map_err(io)?.len();
-    let mut head = [0u8; 8];
-    if file_len < 8 {
-        return Err(FormatError::malformed(
-            &shown,
-            "header",
-            format!("file is {file_len} bytes; expected at least 8 (the header length)"),
-        ));
-    }
-    file.read_exact(&mut head).map_err(io)?;
+    // The whole file is read: the data must be in memory anyway, and the length field is then
+    // checked against what is there before the header is parsed.
+    let bytes = crate::io::npy::read_file(path)?;
+    load_safetensors_bytes(&bytes, &path.display().to_string())
+}
+
+/// As [`load_safetensors_with_metadata`], on content held in memory; `name_for_errors` is used
+/// in messages.
+///
+/// ```
+/// use grucell::io::safetensors::load_safetensors_bytes;
+/// // A header length far beyond the content is refused before anything is parsed.
+/// let mut bytes = u64::MAX.to_le_bytes().to_vec();
+/// bytes.extend_from_slice(b"{}");
+/// let err = load_safetensors_bytes(&bytes, "m.safetensors").unwrap_err().to_string();
+/// assert!(err.contains("m.safetensors") && err.contains("header length"));
+/// ```
+pub fn load_safetensors_bytes(
+    buffer: &[u8],
+    name_for_errors: &str,
+) -> Result<(NamedTensors, Option<HashMap<String, String>>), FormatError> {
+    let shown = name_for_errors;
+    let (head, rest) = match buffer.split_first_chunk::<8>() {
+        Some((head, rest)) => (*head, rest),
+        None => {
+            return Err(FormatError::malformed(
+                shown,
+                "header",
+                format!(
+                    "content is {} bytes; expected at least 8 (the header length)",
+                    buffer.len()
+                ),
+            ))
+        }
+    };
     let header_len = u64::from_le_bytes(head);
-    if header_len > MAX_HEADER_BYTES || header_len > file_len - 8 {
+    let after = rest.len() as u64;
+    if header_len > MAX_HEADER_BYTES || header_len > after {
         return Err(FormatError::malformed(
-            &shown,
+            shown,
             "header",
             format!(
-                "header length {header_len} does not fit: file has {} bytes after the length \
-                 field, format limit {MAX_HEADER_BYTES}",
-                file_len - 8
+                "header length {header_len} does not fit: {after} bytes follow the length \
+                 field, format limit {MAX_HEADER_BYTES}"
             ),
         ));
     }
-    let capacity = usize::try_from(file_len).map_err(|_| {
-        FormatError::malformed(&shown, "file", "larger than this platform can address")
-    })?;
-    let mut buffer = Vec::with_capacity(capacity);
-    buffer.extend_from_slice(&head);
-    file.read_to_end(&mut buffer).map_err(io)?;
-
-    let (_, meta) = SafeTensors::read_metadata(&buffer)
-        .map_err(|e| FormatError::malformed(&shown, "header", e.to_string()))?;
-    let st = SafeTensors::deserialize(&buffer)
-        .map_err(|e| FormatError::malformed(&shown, "header", e.to_string()))?;
+    let (_, meta) = SafeTensors::read_metadata(buffer)
+        .map_err(|e| FormatError::malformed(shown, "header", e.to_string()))?;
+    let st = SafeTensors::deserialize(buffer)
+        .map_err(|e| FormatError::malformed(shown, "header", e.to_string()))?;
     let mut out = Vec::with_capacity(st.len());
     for name in meta.offset_keys() {
         let view = st
             .tensor(&name)
-            .map_err(|e| FormatError::malformed(&shown, &name, e.to_string()))?;
+            .map_err(|e| FormatError::malformed(shown, &name, e.to_string()))?;
         let data: Vec<f32> = match view.dtype() {
             Dtype::F32 => view
                 .data()
@@ -153,14 +168,14 @@ pub fn load_safetensors_with_metadata(
                 .collect(),
             other => {
                 return Err(FormatError::malformed(
-                    &shown,
+                    shown,
                     &name,
                     format!("dtype {other:?} is not supported; expected F32 or F64"),
                 ))
             }
         };
         let tensor = Tensor::new(view.shape().to_vec(), data)
-            .map_err(|e| FormatError::malformed(&shown, &name, e.to_string()))?;
+            .map_err(|e| FormatError::malformed(shown, &name, e.to_string()))?;
         out.push((name, tensor));
     }
     Ok((out, meta.metadata().clone()))

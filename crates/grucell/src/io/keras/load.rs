@@ -2,7 +2,7 @@
 //! Keras 3 and TF-Keras 2 node formats) and assigns weights by Keras' own rules (`.keras`: object
 //! paths derived from the layer list; legacy `.h5`: per layer, in `weight_names` order).
 
-use super::{load_keras_file, KerasFile, KerasWeights};
+use super::{load_keras_file, KerasFile, KerasWeights, Namer};
 use crate::error::{ConfigError, Error, FormatError};
 use crate::float::Float;
 use crate::layers::bidirectional::{Bidirectional, MergeMode};
@@ -155,24 +155,6 @@ impl WeightReader<'_> {
                 Ok(arrays.iter().map(|(_, t)| t.cast()).collect())
             }
         }
-    }
-}
-
-/// Unique snake_case names per list, as Keras' object-path traversal makes them.
-#[derive(Default)]
-struct Namer(HashMap<String, usize>);
-
-impl Namer {
-    fn next(&mut self, class: &str) -> String {
-        let base = to_snake_case(class);
-        let n = self.0.entry(base.clone()).or_insert(0);
-        let name = if *n == 0 {
-            base.clone()
-        } else {
-            format!("{base}_{n}")
-        };
-        *n += 1;
-        name
     }
 }
 
@@ -520,6 +502,30 @@ fn rnn_cell_configs(class: &str, cfg: &Map<String, Value>) -> Result<Vec<GruCell
     Ok(out)
 }
 
+/// The model config's `layers` list; the error shows what is there instead (shortened).
+fn layer_list<'a>(cfg: &'a Map<String, Value>, class: &str) -> Result<&'a Vec<Value>, ConfigError> {
+    match cfg.get("layers") {
+        Some(Value::Array(list)) => Ok(list),
+        Some(other) => {
+            let text = other.to_string();
+            let shown = match text.char_indices().nth(80) {
+                Some((cut, _)) => format!("{}…", &text[..cut]),
+                None => text,
+            };
+            Err(ConfigError::invalid(
+                format!("{class}.layers"),
+                shown,
+                "a list of layers",
+            ))
+        }
+        None => Err(ConfigError::invalid(
+            format!("{class}.layers"),
+            "missing",
+            "a list of layers",
+        )),
+    }
+}
+
 fn is_op(entry: &Value) -> bool {
     entry
         .get("module")
@@ -529,10 +535,7 @@ fn is_op(entry: &Value) -> bool {
 
 fn sequential<T: Float>(cfg: &Map<String, Value>, w: &mut WeightReader) -> Result<Model<T>, Error> {
     let name = layer_name(cfg, "sequential")?;
-    let list = cfg
-        .get("layers")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ConfigError::invalid("Sequential.layers", "missing", "a list of layers"))?;
+    let list = layer_list(cfg, "Sequential")?;
     if list.len() > 10_000 {
         return Err(
             ConfigError::invalid("Sequential.layers", list.len(), "at most 10000 layers").into(),
@@ -669,10 +672,7 @@ fn history_triples(v: &Value) -> Result<Vec<(String, usize, usize)>, ConfigError
 
 fn functional<T: Float>(cfg: &Map<String, Value>, w: &mut WeightReader) -> Result<Model<T>, Error> {
     let name = layer_name(cfg, "functional")?;
-    let list = cfg
-        .get("layers")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ConfigError::invalid("Functional.layers", "missing", "a list of layers"))?;
+    let list = layer_list(cfg, "Functional")?;
     if list.len() > 10_000 {
         return Err(
             ConfigError::invalid("Functional.layers", list.len(), "at most 10000 layers").into(),

@@ -22,7 +22,7 @@ pub mod load;
 pub mod save;
 pub mod write;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 pub use archive::{read_keras_archive, read_keras_archive_bytes};
@@ -150,6 +150,23 @@ pub fn read_weights_file(path: &Path) -> Result<KerasWeights, FormatError> {
             "file signature",
             "neither a Keras weights file (HDF5) nor a .keras archive (zip)",
         )),
+    }
+}
+
+/// Unique snake_case names within one list, as Keras' object-path traversal makes them
+/// (`gru`, `gru_1`, …): used by the loader to find a layer's weights and by the writer to
+/// place them.
+#[derive(Default)]
+pub(crate) struct Namer(HashMap<String, usize>);
+
+impl Namer {
+    /// The name for the next object of class `class` in this list.
+    pub(crate) fn next(&mut self, class: &str) -> String {
+        let base = crate::layers::keras_json::to_snake_case(class);
+        let n = self.0.entry(base.clone()).or_insert(0);
+        let name = if *n == 0 { base } else { format!("{base}_{n}") };
+        *n += 1;
+        name
     }
 }
 

@@ -55,11 +55,11 @@ use serde_json::{json, Map, Value};
 use super::save::{
     write_keras_archive, write_weights_h5, VarsGroup, WeightEntry, KERAS_VERSION, WEIGHTS_ENTRY,
 };
+use super::Namer;
 use crate::error::{ConfigError, Error, FormatError};
 use crate::float::Float;
 use crate::layers::bidirectional::Bidirectional;
 use crate::layers::gru_cell::{dtype_policy, GruCell};
-use crate::layers::keras_json::to_snake_case;
 use crate::layers::model::{
     default_class_name, Layer, Model, ModelKind, ModelLayer, Node, NodeArg, TensorRef,
 };
@@ -234,21 +234,6 @@ fn node_shapes<T: Float>(model: &Model<T>) -> Result<HashMap<(usize, usize), Vec
         .zip(shapes)
         .map(|(n, s)| ((n.layer, n.call), s))
         .collect())
-}
-
-/// Unique snake_case names per list, as Keras' object-path traversal makes them (the same rule
-/// as the loader's).
-#[derive(Default)]
-struct Namer(HashMap<String, usize>);
-
-impl Namer {
-    fn next(&mut self, class: &str) -> String {
-        let base = to_snake_case(class);
-        let n = self.0.entry(base.clone()).or_insert(0);
-        let name = if *n == 0 { base } else { format!("{base}_{n}") };
-        *n += 1;
-        name
-    }
 }
 
 struct Writer<'a, T> {
