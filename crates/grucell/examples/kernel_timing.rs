@@ -23,11 +23,80 @@ fn time<F: FnMut()>(name: &str, flops: f64, mut f: F) {
     );
 }
 
+/// `kernel_timing fwd B T I H THREADS REPS`: the forward sequence kernel only (for `perf record`).
+fn forward_only(a: &[usize]) {
+    use grucell::engine::gru::*;
+    use grucell::engine::workspace::GruWorkspace;
+    let (b, t, i, h, threads, reps) = (a[0], a[1], a[2], a[3], a[4], a[5]);
+    let g = 3 * h;
+    let v = |n: usize, s: f32| {
+        (0..n)
+            .map(|k| ((k as f32) * 0.37).sin() * s)
+            .collect::<Vec<f32>>()
+    };
+    let (kernel, recurrent, xb, hb, x) = (
+        v(i * g, 0.05),
+        v(h * g, 0.05),
+        v(g, 0.1),
+        v(h, 0.1),
+        v(b * t * i, 1.0),
+    );
+    let p = GruParams {
+        kernel: &kernel,
+        recurrent: &recurrent,
+        xp_bias: Some(&xb),
+        hh_bias: Some(&hb),
+        input_dim: i,
+        units: h,
+        reset_after: true,
+        activation: grucell::Activation::Tanh,
+        recurrent_activation: grucell::Activation::Sigmoid,
+    };
+    let opts = SequenceOptions {
+        threads,
+        ..Default::default()
+    };
+    let mut ws = GruWorkspace::new();
+    let (mut seq, mut last, mut state) =
+        (vec![0f32; b * t * h], vec![0f32; b * h], vec![0f32; b * h]);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let start = Instant::now();
+        for _ in 0..reps {
+            gru_sequence(
+                &p,
+                &x,
+                b,
+                t,
+                None,
+                opts,
+                DropoutMasks::default(),
+                SequenceOutputs {
+                    sequence: Some(&mut seq),
+                    last_output: &mut last,
+                    state: &mut state,
+                },
+                &mut ws,
+                None,
+            );
+        }
+        println!(
+            "{:.3} ms per forward",
+            start.elapsed().as_secs_f64() * 1e3 / reps as f64
+        );
+    });
+}
+
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|s| s.parse().unwrap())
-        .collect();
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(|s| s == "fwd").unwrap_or(false) {
+        let a: Vec<usize> = raw[1..].iter().map(|s| s.parse().unwrap()).collect();
+        return forward_only(&a);
+    }
+    let args: Vec<usize> = raw.iter().map(|s| s.parse().unwrap()).collect();
     let (m, u, threads) = (args[0], args[1], args[2]);
     if args.len() > 3 {
         // Fixed work for `perf stat`: mode 0 = packed, 1 = faer; args[4] repetitions.

@@ -12,7 +12,9 @@
 //! so the weight/input gradients after the loop are single GEMMs against `X` as given.
 
 use super::gemm::{gemm, Operand};
-use super::packed::Rhs;
+use super::packed::{Par, Rhs};
+use super::team::Team;
+use rayon::prelude::*;
 use super::workspace::{grow, GruWorkspace};
 use crate::float::Float;
 use crate::layers::activation::Activation;
@@ -123,6 +125,9 @@ pub(crate) fn activate<T: Float>(a: Activation, v: &mut [T]) {
     }
 }
 
+/// Input widths up to which [`project_inputs`] uses the packed kernel instead of the GEMM crate.
+const PROJECT_OWN_MAX_K: usize = 256;
+
 /// `XP[(b·T+t)] = x[b, t] · W + b_in (+ b_rec for z, r when reset_after)` for every row.
 pub fn project_inputs<T: Float>(
     p: &GruParams<T>,
@@ -141,6 +146,25 @@ pub fn project_inputs<T: Float>(
         };
         let d = p.input_dim;
         w.matmul(rows, x, d, 0..d, 0..1, xp, g, false, 1, &mut Vec::new());
+    } else if p.input_dim <= PROJECT_OWN_MAX_K && rows >= 64 {
+        // Short inputs: the packed kernel, rows split between threads (the GEMM crate's
+        // packing is most of the work when k is this small).
+        let d = p.input_dim;
+        let mut packed = super::packed::PackedRhs::new();
+        packed.pack(Operand::new(p.kernel, g), d, g, 1);
+        let w = Rhs::Packed(&packed);
+        let per = rows.div_ceil(threads.max(1)).max(1);
+        let xp = &mut xp[..rows * g];
+        let job = |(i, out): (usize, &mut [T])| {
+            let m = out.len() / g;
+            let xs = &x[i * per * d..];
+            w.matmul(m, xs, d, 0..d, 0..1, out, g, false, 1, &mut Vec::new());
+        };
+        if threads > 1 {
+            xp.par_chunks_mut(per * g).enumerate().for_each(job);
+        } else {
+            xp.chunks_mut(per * g).enumerate().for_each(job);
+        }
     } else {
         gemm(
             rows,
@@ -239,20 +263,21 @@ fn recurrent_product<T: Float>(
     hu: &mut [T],
     rec: Option<[&[T]; 3]>,
     hs: &mut [T],
-    threads: usize,
+    par: Par<'_, T>,
     scratch: &mut Vec<T>,
 ) {
     let u = p.units;
     let g = 3 * u;
     match rec {
-        None => rhs.matmul(batch, h, u, 0..u, 0..gates, hu, g, false, threads, scratch),
+        None => rhs.product(par, batch, h, u, 0..u, 0..gates, hu, g, false, scratch),
         Some(s) => {
             for gate in 0..gates {
                 let hsg = &mut hs[gate * batch * u..(gate + 1) * batch * u];
                 for ((o, hv), sv) in hsg.iter_mut().zip(&h[..batch * u]).zip(s[gate]) {
                     *o = *hv * *sv;
                 }
-                rhs.matmul(
+                rhs.product(
+                    par,
                     batch,
                     hsg,
                     u,
@@ -261,12 +286,17 @@ fn recurrent_product<T: Float>(
                     hu,
                     g,
                     false,
-                    threads,
                     scratch,
                 );
             }
         }
     }
+}
+
+/// Whether a sequence's time loop gets a [`Team`]: two or more threads, enough steps to pay for
+/// starting the helpers, and a per-step product worth splitting (≥ 2^20 multiply-adds).
+pub(crate) fn use_team(threads: usize, batch: usize, time: usize, units: usize) -> bool {
+    threads >= 2 && time >= 4 && batch >= 4 && batch * 3 * units * units >= 1 << 20
 }
 
 /// The recurrent kernel as the time loop reads it: packed once when the sequence is long enough
@@ -312,7 +342,7 @@ fn step_rows<T: Float>(
     tmp: &mut [T],
     rec: Option<[&[T]; 3]>,
     hs: &mut [T],
-    threads: usize,
+    par: Par<'_, T>,
     scratch: &mut Vec<T>,
     mut keep: Keep<'_, T>,
 ) {
@@ -328,7 +358,7 @@ fn step_rows<T: Float>(
         hu,
         rec,
         hs,
-        threads,
+        par,
         scratch,
     );
     // Gates z and r (and for reset_after the candidate too) row by row.
@@ -379,7 +409,7 @@ fn step_rows<T: Float>(
         }
     }
     if !p.reset_after {
-        rhs.matmul(batch, tmp, u, 0..u, 2..3, hu, g, false, threads, scratch);
+        rhs.product(par, batch, tmp, u, 0..u, 2..3, hu, g, false, scratch);
         for b in 0..batch {
             let x = &xp[xp_row(b) + u2..xp_row(b) + g];
             for (c, xv) in hu[b * g + u2..(b + 1) * g].iter_mut().zip(x) {
@@ -465,49 +495,56 @@ pub fn gru_sequence<T: Float>(
         ..
     } = ws;
     let rhs = recurrent_rhs(p, batch, time, packed);
-    for k in 0..time {
-        let t = if opts.go_backwards { time - 1 - k } else { k };
-        let xp_row = |b: usize| (b * time + t) * g;
-        if let Some(tr) = trace.as_deref_mut() {
+    let mut run = |par: Par<'_, T>| {
+        for k in 0..time {
+            let t = if opts.go_backwards { time - 1 - k } else { k };
+            let xp_row = |b: usize| (b * time + t) * g;
+            if let Some(tr) = trace.as_deref_mut() {
+                for b in 0..batch {
+                    let o = (b * time + t) * u;
+                    tr.h_prev[o..o + u].copy_from_slice(&h[b * u..(b + 1) * u]);
+                }
+            }
+            let row_of = |b: usize| b * time + t;
+            step_rows(
+                p,
+                rhs,
+                batch,
+                xp,
+                xp_row,
+                &h[..batch * u],
+                &mut h2[..batch * u],
+                hu,
+                tmp,
+                dropout.recurrent,
+                hs,
+                par,
+                pscratch,
+                trace
+                    .as_deref_mut()
+                    .map(|tr| (tr, &row_of as &dyn Fn(usize) -> usize)),
+            );
             for b in 0..batch {
-                let o = (b * time + t) * u;
-                tr.h_prev[o..o + u].copy_from_slice(&h[b * u..(b + 1) * u]);
+                let valid = opts.mask.is_none_or(|m| m[b * time + t]);
+                let hb = &mut h[b * u..(b + 1) * u];
+                let lo = &mut out.last_output[b * u..(b + 1) * u];
+                if valid {
+                    hb.copy_from_slice(&h2[b * u..(b + 1) * u]);
+                    lo.copy_from_slice(hb);
+                } else if opts.zero_output_for_mask {
+                    lo.fill(T::zero());
+                }
+                if let Some(seq) = sequence.as_deref_mut() {
+                    let o = (b * time + k) * u;
+                    seq[o..o + u].copy_from_slice(lo);
+                }
             }
         }
-        let row_of = |b: usize| b * time + t;
-        step_rows(
-            p,
-            rhs,
-            batch,
-            xp,
-            xp_row,
-            &h[..batch * u],
-            &mut h2[..batch * u],
-            hu,
-            tmp,
-            dropout.recurrent,
-            hs,
-            opts.threads,
-            pscratch,
-            trace
-                .as_deref_mut()
-                .map(|tr| (tr, &row_of as &dyn Fn(usize) -> usize)),
-        );
-        for b in 0..batch {
-            let valid = opts.mask.is_none_or(|m| m[b * time + t]);
-            let hb = &mut h[b * u..(b + 1) * u];
-            let lo = &mut out.last_output[b * u..(b + 1) * u];
-            if valid {
-                hb.copy_from_slice(&h2[b * u..(b + 1) * u]);
-                lo.copy_from_slice(hb);
-            } else if opts.zero_output_for_mask {
-                lo.fill(T::zero());
-            }
-            if let Some(seq) = sequence.as_deref_mut() {
-                let o = (b * time + k) * u;
-                seq[o..o + u].copy_from_slice(lo);
-            }
-        }
+    };
+    if use_team(opts.threads, batch, time, u) {
+        Team::run(opts.threads, rhs, |team| run(Par::Team(team)));
+    } else {
+        run(Par::Threads(opts.threads));
     }
     out.state[..batch * u].copy_from_slice(&h[..batch * u]);
 }
@@ -553,7 +590,7 @@ pub fn gru_step<T: Float>(
         tmp,
         None,
         hs,
-        threads,
+        Par::Threads(threads),
         pscratch,
         None,
     );

@@ -104,6 +104,15 @@ impl<T: Float> PackedRhs<T> {
     }
 }
 
+/// How a recurrent product may use threads.
+#[derive(Debug, Clone, Copy)]
+pub enum Par<'a, T> {
+    /// Up to this many rayon threads (split only when the product is large enough).
+    Threads(usize),
+    /// A team of spinning helpers that lives for the whole sequence.
+    Team(&'a super::team::Team<T>),
+}
+
 /// The right-hand side of a recurrent product.
 #[derive(Debug, Clone, Copy)]
 pub enum Rhs<'a, T> {
@@ -168,7 +177,6 @@ impl<T: Float> Rhs<'_, T> {
         let seg = self.seg();
         let pps = seg.div_ceil(NR);
         let n_panels = segs.len() * pps;
-        let panel_at = |i: usize| (segs.start + i / pps, i % pps);
         let work = m * segs.len() * seg * kr.len();
         if threads <= 1 || work < PAR_MIN_WORK || n_panels < 2 {
             if let Rhs::Plain { data, ld, .. } = *self {
@@ -190,11 +198,7 @@ impl<T: Float> Rhs<'_, T> {
                     return;
                 }
             }
-            for i in 0..n_panels {
-                let (s, q) = panel_at(i);
-                let (c0, w, b, ldb) = self.panel(s, q);
-                run_panel(m, a, lda, &kr, b, ldb, w, &mut c[c0..], ldc, accumulate);
-            }
+            self.panels_into(&kr, &segs, 0..n_panels, m, a, lda, c, ldc, accumulate);
             return;
         }
         // Panel-major scratch: panel i's m × NR tile at i·m·NR; each thread takes a run of panels.
@@ -205,17 +209,80 @@ impl<T: Float> Rhs<'_, T> {
             .par_chunks_mut(per * tile)
             .enumerate()
             .for_each(|(ti, chunk)| {
-                for (j, out) in chunk.chunks_exact_mut(tile).enumerate() {
-                    let (s, q) = panel_at(ti * per + j);
-                    let (_, w, b, ldb) = self.panel(s, q);
-                    run_panel(m, a, lda, &kr, b, ldb, w, out, NR, false);
-                }
+                let end = (ti * per + chunk.len() / tile).min(n_panels);
+                run_panel_range(self, &kr, &segs, ti * per..end, m, a, lda, chunk);
             });
-        for i in 0..n_panels {
-            let (s, q) = panel_at(i);
-            let (c0, w, _, _) = self.panel(s, q);
-            let src = &scratch[i * tile..(i + 1) * tile];
-            for (r, sr) in src.chunks_exact(NR).enumerate() {
+        self.scatter(&segs, 0..n_panels, m, scratch, c, ldc, accumulate);
+    }
+
+    /// [`Rhs::matmul`] or the team's product, as `par` says.
+    #[allow(clippy::too_many_arguments)]
+    pub fn product(
+        &self,
+        par: Par<'_, T>,
+        m: usize,
+        a: &[T],
+        lda: usize,
+        kr: Range<usize>,
+        segs: Range<usize>,
+        c: &mut [T],
+        ldc: usize,
+        accumulate: bool,
+        scratch: &mut Vec<T>,
+    ) {
+        match par {
+            Par::Threads(t) => self.matmul(m, a, lda, kr, segs, c, ldc, accumulate, t, scratch),
+            Par::Team(team) if m > 0 && !segs.is_empty() => {
+                team.matmul(*self, m, a, lda, kr, segs, c, ldc, accumulate)
+            }
+            Par::Team(_) => {}
+        }
+    }
+
+    /// Panels per segment.
+    pub(crate) fn panels_per_segment(&self) -> usize {
+        self.seg().div_ceil(NR)
+    }
+
+    /// Computes panels `panels` (indices within `segs`) straight into row-major `C`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn panels_into(
+        &self,
+        kr: &Range<usize>,
+        segs: &Range<usize>,
+        panels: Range<usize>,
+        m: usize,
+        a: &[T],
+        lda: usize,
+        c: &mut [T],
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let pps = self.panels_per_segment();
+        for i in panels {
+            let (c0, w, b, ldb) = self.panel(segs.start + i / pps, i % pps);
+            run_panel(m, a, lda, kr, b, ldb, w, &mut c[c0..], ldc, accumulate);
+        }
+    }
+
+    /// Adds (or copies) panel-major tiles of panels `panels` into row-major `C`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn scatter(
+        &self,
+        segs: &Range<usize>,
+        panels: Range<usize>,
+        m: usize,
+        src: &[T],
+        c: &mut [T],
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let pps = self.panels_per_segment();
+        let tile = m * NR;
+        for (j, i) in panels.enumerate() {
+            let (c0, w, _, _) = self.panel(segs.start + i / pps, i % pps);
+            let tile_src = &src[j * tile..(j + 1) * tile];
+            for (r, sr) in tile_src.chunks_exact(NR).enumerate() {
                 let dst = &mut c[r * ldc + c0..r * ldc + c0 + w];
                 if accumulate {
                     dst.iter_mut().zip(sr).for_each(|(d, v)| *d += *v);
@@ -224,6 +291,37 @@ impl<T: Float> Rhs<'_, T> {
                 }
             }
         }
+    }
+}
+
+/// Computes panels `panels` (indices within `segs`) into panel-major `out` (`m × NR` each).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_panel_range<T: Float>(
+    rhs: &Rhs<'_, T>,
+    kr: &Range<usize>,
+    segs: &Range<usize>,
+    panels: Range<usize>,
+    m: usize,
+    a: &[T],
+    lda: usize,
+    out: &mut [T],
+) {
+    let pps = rhs.panels_per_segment();
+    let tile = m * NR;
+    for (j, i) in panels.enumerate() {
+        let (_, w, b, ldb) = rhs.panel(segs.start + i / pps, i % pps);
+        run_panel(
+            m,
+            a,
+            lda,
+            kr,
+            b,
+            ldb,
+            w,
+            &mut out[j * tile..(j + 1) * tile],
+            NR,
+            false,
+        );
     }
 }
 
