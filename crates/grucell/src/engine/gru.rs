@@ -14,10 +14,10 @@
 use super::gemm::{gemm, Operand};
 use super::packed::{Par, Rhs};
 use super::team::Team;
-use rayon::prelude::*;
 use super::workspace::{grow, GruWorkspace};
 use crate::float::Float;
 use crate::layers::activation::Activation;
+use rayon::prelude::*;
 
 /// Borrowed GRU weights in Keras layout, free of Keras vocabulary otherwise.
 #[derive(Clone, Copy, Debug)]

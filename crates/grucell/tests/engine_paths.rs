@@ -1,0 +1,252 @@
+//! The engine's code paths against each other and against f64: batch-1 strips, in-place and
+//! packed recurrent weights, the packed-kernel and GEMM-crate input projections, the spinning
+//! helper team (threads ≥ 2 on large steps), rayon splits in the backward pass; both reset
+//! conventions, masks, go_backwards and recurrent dropout. Sizes are chosen so that every path is
+//! taken (see `engine::gru::use_team` and `recurrent_rhs`).
+//!
+//! Splitting work between threads never changes the order of any sum, so the f32 results of
+//! 1, 2 and 3 threads must be *identical*; all of them must match f64 to f32 round-off.
+
+use grucell::engine::gru::{
+    gru_sequence, DropoutMasks, GruParams, GruTrace, SequenceOptions, SequenceOutputs,
+};
+use grucell::engine::gru_backward::{gru_sequence_backward, GruGrads, OutputGrads};
+use grucell::engine::workspace::GruWorkspace;
+use grucell::{Activation, Float};
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize, s: f64) -> Vec<f64> {
+        (0..n).map(|_| self.next() * s).collect()
+    }
+}
+
+struct Problem {
+    b: usize,
+    t: usize,
+    d: usize,
+    u: usize,
+    reset_after: bool,
+    backwards: bool,
+    kernel: Vec<f64>,
+    rec: Vec<f64>,
+    xb: Vec<f64>,
+    hb: Vec<f64>,
+    x: Vec<f64>,
+    h0: Vec<f64>,
+    mask: Vec<bool>,
+    rec_masks: Option<Vec<Vec<f64>>>,
+    dseq: Vec<f64>,
+}
+
+/// Everything a run produces: outputs, then (training) gradients.
+type Results<T> = (Vec<T>, Vec<T>, Option<(GruGrads<T>, Vec<T>)>);
+
+impl Problem {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        (b, t, d, u): (usize, usize, usize, usize),
+        reset_after: bool,
+        masked: bool,
+        backwards: bool,
+        rec_drop: bool,
+        seed: u64,
+    ) -> Self {
+        let mut r = Lcg(seed);
+        let g = 3 * u;
+        let s = 1.0 / (u as f64).sqrt();
+        let rec_masks = rec_drop.then(|| {
+            (0..3)
+                .map(|_| {
+                    (0..b * u)
+                        .map(|_| if r.next() > -0.5 { 1.0 / 0.75 } else { 0.0 })
+                        .collect()
+                })
+                .collect()
+        });
+        Problem {
+            b,
+            t,
+            d,
+            u,
+            reset_after,
+            backwards,
+            kernel: r.vec(d * g, 1.0 / (d as f64).sqrt()),
+            rec: r.vec(u * g, s),
+            xb: r.vec(g, 0.3),
+            hb: r.vec(u, 0.3),
+            x: r.vec(b * t * d, 1.0),
+            h0: r.vec(b * u, 0.5),
+            mask: (0..b * t).map(|i| !masked || i % 7 != 3).collect(),
+            rec_masks,
+            dseq: r.vec(b * t * u, 1.0),
+        }
+    }
+
+    fn run<T: Float>(&self, threads: usize, train: bool) -> Results<T> {
+        let c = |v: &[f64]| v.iter().map(|&x| T::of(x)).collect::<Vec<T>>();
+        let (kernel, rec, xb, hb, x, h0) = (
+            c(&self.kernel),
+            c(&self.rec),
+            c(&self.xb),
+            c(&self.hb),
+            c(&self.x),
+            c(&self.h0),
+        );
+        let rm: Option<Vec<Vec<T>>> = self
+            .rec_masks
+            .as_ref()
+            .map(|m| m.iter().map(|v| c(v)).collect());
+        let p = GruParams {
+            kernel: &kernel,
+            recurrent: &rec,
+            xp_bias: Some(&xb),
+            hh_bias: self.reset_after.then_some(&hb[..]),
+            input_dim: self.d,
+            units: self.u,
+            reset_after: self.reset_after,
+            activation: Activation::Tanh,
+            recurrent_activation: Activation::Sigmoid,
+        };
+        let (b, t, u) = (self.b, self.t, self.u);
+        let opts = SequenceOptions {
+            mask: Some(&self.mask),
+            go_backwards: self.backwards,
+            zero_output_for_mask: false,
+            threads,
+        };
+        let dm = DropoutMasks {
+            input: None,
+            recurrent: rm.as_ref().map(|m| [&m[0][..], &m[1][..], &m[2][..]]),
+        };
+        let mut seq = vec![T::zero(); b * t * u];
+        let mut last = vec![T::zero(); b * u];
+        let mut state = vec![T::zero(); b * u];
+        let mut trace = GruTrace::default();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            gru_sequence(
+                &p,
+                &x,
+                b,
+                t,
+                Some(&h0),
+                opts,
+                dm,
+                SequenceOutputs {
+                    sequence: Some(&mut seq),
+                    last_output: &mut last,
+                    state: &mut state,
+                },
+                &mut GruWorkspace::new(),
+                train.then_some(&mut trace),
+            );
+        });
+        let grads = train.then(|| {
+            let mut grads = GruGrads::zeros(self.d, u);
+            let mut dx = vec![T::zero(); b * t * self.d];
+            let dseq = c(&self.dseq);
+            pool.install(|| {
+                gru_sequence_backward(
+                    &p,
+                    &x,
+                    b,
+                    t,
+                    opts,
+                    dm,
+                    &mut trace,
+                    OutputGrads {
+                        sequence: Some(&dseq),
+                        last: None,
+                        state: None,
+                    },
+                    &mut grads,
+                    Some(&mut dx),
+                    None,
+                );
+            });
+            (grads, dx)
+        });
+        (seq, state, grads)
+    }
+}
+
+fn close(label: &str, a: &[f32], want: &[f64], tol: f64) {
+    assert_eq!(a.len(), want.len(), "{label}: length");
+    let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    for (i, (x, y)) in a.iter().zip(want).enumerate() {
+        assert!(
+            (*x as f64 - y).abs() <= tol * scale,
+            "{label}[{i}]: f32 {x} vs f64 {y} (scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn all_paths_agree_with_f64_and_across_thread_counts() {
+    // (B, T, D, u): batch-1 strips; in-place tiles (T < 4); packed + packed-kernel projection;
+    // team with the packed-kernel projection; team with the GEMM-crate projection (D > 256).
+    let sizes = [
+        (1, 5, 3, 70),
+        (3, 2, 5, 40),
+        (13, 6, 7, 40),
+        (16, 5, 24, 256),
+        (8, 4, 300, 256),
+    ];
+    let mut seed = 1;
+    for &size in &sizes {
+        for (reset_after, masked, backwards, rec_drop) in [
+            (true, false, false, false),
+            (false, true, true, false),
+            (true, true, false, true),
+            (false, false, true, true),
+        ] {
+            seed += 1;
+            let pr = Problem::new(size, reset_after, masked, backwards, rec_drop, seed);
+            let label = format!(
+                "{size:?} reset_after={reset_after} mask={masked} back={backwards} drop={rec_drop}"
+            );
+            let train = size.3 <= 40 || rec_drop; // keep the f64 training runs few and small
+            let (seq64, state64, g64) = pr.run::<f64>(1, train);
+            let (seq1, state1, g1) = pr.run::<f32>(1, train);
+            close(&format!("{label} seq"), &seq1, &seq64, 2e-5);
+            close(&format!("{label} state"), &state1, &state64, 2e-5);
+            if let (Some((g32, dx32)), Some((g64, dx64))) = (&g1, &g64) {
+                close(&format!("{label} dU"), &g32.recurrent, &g64.recurrent, 1e-4);
+                close(&format!("{label} dW"), &g32.kernel, &g64.kernel, 1e-4);
+                close(
+                    &format!("{label} db"),
+                    &g32.bias_input,
+                    &g64.bias_input,
+                    1e-4,
+                );
+                close(&format!("{label} dx"), dx32, dx64, 1e-4);
+            }
+            for threads in [2, 3] {
+                let (seq, state, g) = pr.run::<f32>(threads, train);
+                assert!(
+                    seq == seq1,
+                    "{label}: {threads} threads changed the outputs"
+                );
+                assert!(
+                    state == state1,
+                    "{label}: {threads} threads changed the state"
+                );
+                if let (Some((ga, dxa)), Some((gb, dxb))) = (&g, &g1) {
+                    assert!(ga == gb, "{label}: {threads} threads changed the gradients");
+                    assert!(dxa == dxb, "{label}: {threads} threads changed dx");
+                }
+            }
+        }
+    }
+}
