@@ -7,8 +7,10 @@
 //! (`dW = Xᵀ·dG_x`, `dU = H_prevᵀ·dG_h`, `dX = dG_x·Wᵀ`).
 
 use super::gemm::{gemm, Operand};
+use super::gru::use_team;
 use super::gru::{mask_rows, DropoutMasks, GruParams, GruTrace, SequenceOptions};
-use super::packed::{PackedRhs, Rhs};
+use super::packed::{PackedRhs, Par, Rhs};
+use super::team::Team;
 use crate::float::Float;
 use crate::layers::activation::Activation;
 
@@ -85,6 +87,7 @@ impl<'a, T: Float> RecurrentT<'a, T> {
     /// `C (+)= G[:, kr] · U[:, kr]ᵀ` with `G` of row stride `3u` and `C` `(B, u)`.
     fn product(
         &self,
+        par: Par<'_, T>,
         gsrc: &[T],
         kr: std::ops::Range<usize>,
         c: &mut [T],
@@ -93,7 +96,8 @@ impl<'a, T: Float> RecurrentT<'a, T> {
     ) {
         let (u, g) = (self.units, 3 * self.units);
         match self.packed {
-            Some(rhs) => rhs.matmul(
+            Some(rhs) => rhs.product(
+                par,
                 self.batch,
                 gsrc,
                 g,
@@ -102,7 +106,6 @@ impl<'a, T: Float> RecurrentT<'a, T> {
                 c,
                 u,
                 accumulate,
-                self.threads,
                 scratch,
             ),
             None => gemm(
@@ -188,93 +191,43 @@ pub fn gru_sequence_backward<T: Float>(
     let mut packed = PackedRhs::new();
     let mut pscratch = Vec::new();
     let rec = RecurrentT::new(p, batch, time, threads, &mut packed);
-    for k in (0..time).rev() {
-        let t = if opts.go_backwards { time - 1 - k } else { k };
-        // Output gradient of this step, routed to the new state or (masked) to the previous output.
-        for b in 0..batch {
-            valid[b] = opts.mask.is_none_or(|m| m[b * time + t]);
-            for j in 0..u {
-                let mut d_out = carry[b * u + j];
-                if let Some(s) = upstream.sequence {
-                    d_out += s[(b * time + k) * u + j];
-                }
-                if k + 1 == time {
-                    if let Some(l) = upstream.last {
-                        d_out += l[b * u + j];
+    let mut run = |par: Par<'_, T>| {
+        for k in (0..time).rev() {
+            let t = if opts.go_backwards { time - 1 - k } else { k };
+            // Output gradient of this step, routed to the new state or (masked) to the previous output.
+            for b in 0..batch {
+                valid[b] = opts.mask.is_none_or(|m| m[b * time + t]);
+                for j in 0..u {
+                    let mut d_out = carry[b * u + j];
+                    if let Some(s) = upstream.sequence {
+                        d_out += s[(b * time + k) * u + j];
+                    }
+                    if k + 1 == time {
+                        if let Some(l) = upstream.last {
+                            d_out += l[b * u + j];
+                        }
+                    }
+                    if valid[b] {
+                        dhn[b * u + j] = dh[b * u + j] + d_out;
+                        carry[b * u + j] = T::zero();
+                    } else {
+                        carry[b * u + j] = if opts.zero_output_for_mask {
+                            T::zero()
+                        } else {
+                            d_out
+                        };
                     }
                 }
-                if valid[b] {
-                    dhn[b * u + j] = dh[b * u + j] + d_out;
-                    carry[b * u + j] = T::zero();
-                } else {
-                    carry[b * u + j] = if opts.zero_output_for_mask {
-                        T::zero()
-                    } else {
-                        d_out
-                    };
+            }
+            // Element-wise gate gradients.
+            for b in 0..batch {
+                let bu = b * u..(b + 1) * u;
+                if !valid[b] {
+                    dh_prev[bu.clone()].copy_from_slice(&dh[bu]);
+                    sx[b * g..(b + 1) * g].fill(T::zero());
+                    sh[b * g..(b + 1) * g].fill(T::zero());
+                    continue;
                 }
-            }
-        }
-        // Element-wise gate gradients.
-        for b in 0..batch {
-            let bu = b * u..(b + 1) * u;
-            if !valid[b] {
-                dh_prev[bu.clone()].copy_from_slice(&dh[bu]);
-                sx[b * g..(b + 1) * g].fill(T::zero());
-                sh[b * g..(b + 1) * g].fill(T::zero());
-                continue;
-            }
-            let row = b * time + t;
-            let gates = &trace.gates[row * g..(row + 1) * g];
-            let pre = if trace.has_pre {
-                &trace.pre[row * g..(row + 1) * g]
-            } else {
-                gates
-            };
-            let hp = &trace.h_prev[row * u..(row + 1) * u];
-            let hn = &trace.hn[row * u..(row + 1) * u];
-            let (z, r, n) = (&gates[..u], &gates[u..u2], &gates[u2..]);
-            let gx = &mut sx[b * g..(b + 1) * g];
-            let dhb = &dhn[bu.clone()];
-            for j in 0..u {
-                gx[j] = dhb[j] * (hp[j] - n[j]); // dz
-                gx[u2 + j] = dhb[j] * (T::one() - z[j]); // dn
-                dh_prev[b * u + j] = dhb[j] * z[j];
-            }
-            act_backward(p.activation, &pre[u2..], n, &mut gx[u2..], &mut scratch);
-            if p.reset_after {
-                for j in 0..u {
-                    gx[u + j] = gx[u2 + j] * hn[j]; // dr
-                }
-                act_backward(
-                    p.recurrent_activation,
-                    &pre[u..u2],
-                    r,
-                    &mut gx[u..u2],
-                    &mut scratch,
-                );
-            }
-            act_backward(
-                p.recurrent_activation,
-                &pre[..u],
-                z,
-                &mut gx[..u],
-                &mut scratch,
-            );
-            let gh = &mut sh[b * g..(b + 1) * g];
-            gh[..u2].copy_from_slice(&gx[..u2]);
-            if p.reset_after {
-                for j in 0..u {
-                    gh[u2 + j] = gx[u2 + j] * r[j]; // d(h·U_h + b_rh)
-                }
-            } else {
-                gh[u2..].copy_from_slice(&gx[u2..]);
-            }
-        }
-        if !p.reset_after {
-            // d(r ⊙ h_s) = da_n · U_hᵀ, then dr and the direct path into h.
-            rec.product(&sh, u2..g, &mut tmp, false, &mut pscratch);
-            for b in (0..batch).filter(|&b| valid[b]) {
                 let row = b * time + t;
                 let gates = &trace.gates[row * g..(row + 1) * g];
                 let pre = if trace.has_pre {
@@ -283,54 +236,120 @@ pub fn gru_sequence_backward<T: Float>(
                     gates
                 };
                 let hp = &trace.h_prev[row * u..(row + 1) * u];
-                let r = &gates[u..u2];
-                let s_h = dropout.recurrent.map(|s| &s[2][b * u..(b + 1) * u]);
+                let hn = &trace.hn[row * u..(row + 1) * u];
+                let (z, r, n) = (&gates[..u], &gates[u..u2], &gates[u2..]);
                 let gx = &mut sx[b * g..(b + 1) * g];
+                let dhb = &dhn[bu.clone()];
                 for j in 0..u {
-                    let drh = tmp[b * u + j];
-                    let sh = s_h.map_or(T::one(), |s| s[j]);
-                    gx[u + j] = drh * hp[j] * sh;
-                    dh_prev[b * u + j] += drh * r[j] * sh;
+                    gx[j] = dhb[j] * (hp[j] - n[j]); // dz
+                    gx[u2 + j] = dhb[j] * (T::one() - z[j]); // dn
+                    dh_prev[b * u + j] = dhb[j] * z[j];
+                }
+                act_backward(p.activation, &pre[u2..], n, &mut gx[u2..], &mut scratch);
+                if p.reset_after {
+                    for j in 0..u {
+                        gx[u + j] = gx[u2 + j] * hn[j]; // dr
+                    }
+                    act_backward(
+                        p.recurrent_activation,
+                        &pre[u..u2],
+                        r,
+                        &mut gx[u..u2],
+                        &mut scratch,
+                    );
                 }
                 act_backward(
                     p.recurrent_activation,
-                    &pre[u..u2],
-                    r,
-                    &mut gx[u..u2],
+                    &pre[..u],
+                    z,
+                    &mut gx[..u],
                     &mut scratch,
                 );
-                sh[b * g + u..b * g + u2].copy_from_slice(&gx[u..u2]);
+                let gh = &mut sh[b * g..(b + 1) * g];
+                gh[..u2].copy_from_slice(&gx[..u2]);
+                if p.reset_after {
+                    for j in 0..u {
+                        gh[u2 + j] = gx[u2 + j] * r[j]; // d(h·U_h + b_rh)
+                    }
+                } else {
+                    gh[u2..].copy_from_slice(&gx[u2..]);
+                }
             }
-        }
-        // dh_prev += dG_h · Uᵀ over the recurrent gates (masked rows have dG_h = 0).
-        match dropout.recurrent {
-            None => rec.product(&sh, 0..gates_in_loop * u, &mut dh_prev, true, &mut pscratch),
-            Some(s) => {
-                for (gate, sg) in s.iter().enumerate().take(gates_in_loop) {
-                    rec.product(
-                        &sh,
-                        gate * u..(gate + 1) * u,
-                        &mut tmp,
-                        false,
-                        &mut pscratch,
+            if !p.reset_after {
+                // d(r ⊙ h_s) = da_n · U_hᵀ, then dr and the direct path into h.
+                rec.product(par, &sh, u2..g, &mut tmp, false, &mut pscratch);
+                for b in (0..batch).filter(|&b| valid[b]) {
+                    let row = b * time + t;
+                    let gates = &trace.gates[row * g..(row + 1) * g];
+                    let pre = if trace.has_pre {
+                        &trace.pre[row * g..(row + 1) * g]
+                    } else {
+                        gates
+                    };
+                    let hp = &trace.h_prev[row * u..(row + 1) * u];
+                    let r = &gates[u..u2];
+                    let s_h = dropout.recurrent.map(|s| &s[2][b * u..(b + 1) * u]);
+                    let gx = &mut sx[b * g..(b + 1) * g];
+                    for j in 0..u {
+                        let drh = tmp[b * u + j];
+                        let sh = s_h.map_or(T::one(), |s| s[j]);
+                        gx[u + j] = drh * hp[j] * sh;
+                        dh_prev[b * u + j] += drh * r[j] * sh;
+                    }
+                    act_backward(
+                        p.recurrent_activation,
+                        &pre[u..u2],
+                        r,
+                        &mut gx[u..u2],
+                        &mut scratch,
                     );
-                    for b in (0..batch).filter(|&b| valid[b]) {
-                        for j in 0..u {
-                            dh_prev[b * u + j] += tmp[b * u + j] * sg[b * u + j];
+                    sh[b * g + u..b * g + u2].copy_from_slice(&gx[u..u2]);
+                }
+            }
+            // dh_prev += dG_h · Uᵀ over the recurrent gates (masked rows have dG_h = 0).
+            match dropout.recurrent {
+                None => rec.product(
+                    par,
+                    &sh,
+                    0..gates_in_loop * u,
+                    &mut dh_prev,
+                    true,
+                    &mut pscratch,
+                ),
+                Some(s) => {
+                    for (gate, sg) in s.iter().enumerate().take(gates_in_loop) {
+                        rec.product(
+                            par,
+                            &sh,
+                            gate * u..(gate + 1) * u,
+                            &mut tmp,
+                            false,
+                            &mut pscratch,
+                        );
+                        for b in (0..batch).filter(|&b| valid[b]) {
+                            for j in 0..u {
+                                dh_prev[b * u + j] += tmp[b * u + j] * sg[b * u + j];
+                            }
                         }
                     }
                 }
             }
-        }
-        // This step's saved activations are spent: keep its gate gradients in their place.
-        for b in 0..batch {
-            let row = b * time + t;
-            trace.gates[row * g..(row + 1) * g].copy_from_slice(&sx[b * g..(b + 1) * g]);
-            if p.reset_after {
-                trace.hn[row * u..(row + 1) * u].copy_from_slice(&sh[b * g + u2..(b + 1) * g]);
+            // This step's saved activations are spent: keep its gate gradients in their place.
+            for b in 0..batch {
+                let row = b * time + t;
+                trace.gates[row * g..(row + 1) * g].copy_from_slice(&sx[b * g..(b + 1) * g]);
+                if p.reset_after {
+                    trace.hn[row * u..(row + 1) * u].copy_from_slice(&sh[b * g + u2..(b + 1) * g]);
+                }
             }
+            std::mem::swap(&mut dh, &mut dh_prev);
         }
-        std::mem::swap(&mut dh, &mut dh_prev);
+    };
+    match rec.packed {
+        Some(rhs) if use_team(threads, batch, time, u) => {
+            Team::run(threads, rhs, |team| run(Par::Team(team)))
+        }
+        _ => run(Par::Threads(threads)),
     }
     // From here on: `dxp` = d(input projections) (B·T, 3u); for reset_after `dg` = d(h·U_h + b_rh).
     let dxp = &trace.gates[..rows * g];

@@ -7,7 +7,7 @@ pub mod math;
 pub mod packed;
 #[cfg(target_arch = "x86_64")]
 mod simd;
-pub mod team;
+pub(crate) mod team;
 pub mod workspace;
 
 pub use gemm::{gemm, Operand};

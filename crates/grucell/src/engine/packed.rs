@@ -106,7 +106,7 @@ impl<T: Float> PackedRhs<T> {
 
 /// How a recurrent product may use threads.
 #[derive(Debug, Clone, Copy)]
-pub enum Par<'a, T> {
+pub(crate) enum Par<'a, T> {
     /// Up to this many rayon threads (split only when the product is large enough).
     Threads(usize),
     /// A team of spinning helpers that lives for the whole sequence.
@@ -217,7 +217,7 @@ impl<T: Float> Rhs<'_, T> {
 
     /// [`Rhs::matmul`] or the team's product, as `par` says.
     #[allow(clippy::too_many_arguments)]
-    pub fn product(
+    pub(crate) fn product(
         &self,
         par: Par<'_, T>,
         m: usize,

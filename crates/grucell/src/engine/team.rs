@@ -32,7 +32,7 @@ struct Job {
 
 /// Helper threads that stay awake for one sequence; create with [`Team::run`].
 #[derive(Debug)]
-pub struct Team<T> {
+pub(crate) struct Team<T> {
     a: RwLock<Vec<T>>,
     job: Mutex<Job>,
     outs: Vec<Mutex<Vec<T>>>,
@@ -127,7 +127,8 @@ impl<T: Float> Team<T> {
         }
     }
 
-    /// `C[:, segs] (+)= A[:, kr] · B[kr, segs]` with the helpers taking their shares.
+    /// `C[:, segs] (+)= A[:, kr] · B[kr, segs]` with the helpers taking their shares. `rhs`
+    /// must be the one the team was started with (the helpers hold their own copy of it).
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
         &self,
