@@ -13,7 +13,7 @@
 
 use super::gemm::{gemm, Operand};
 use super::packed::{Par, Rhs};
-use super::team::Team;
+use super::team::{StepCtx, Team};
 use super::workspace::{grow, GruWorkspace};
 use crate::float::Float;
 use crate::layers::activation::Activation;
@@ -295,8 +295,16 @@ fn recurrent_product<T: Float>(
 
 /// Whether a sequence's time loop gets a [`Team`]: two or more threads, enough steps to pay for
 /// starting the helpers, and a per-step product worth splitting (≥ 2^20 multiply-adds).
+/// Never more team members than the machine has hardware threads: a spinning helper without a
+/// core of its own would stall every step.
 pub(crate) fn use_team(threads: usize, batch: usize, time: usize, units: usize) -> bool {
-    threads >= 2 && time >= 4 && batch >= 4 && batch * 3 * units * units >= 1 << 20
+    team_size(threads) >= 2 && time >= 4 && batch >= 4 && batch * 3 * units * units >= 1 << 20
+}
+
+/// `threads`, capped at the hardware threads available to the process.
+pub(crate) fn team_size(threads: usize) -> usize {
+    let hw = std::thread::available_parallelism().map_or(1, |n| n.get());
+    threads.min(hw)
 }
 
 /// The recurrent kernel as the time loop reads it: packed once when the sequence is long enough
@@ -495,6 +503,22 @@ pub fn gru_sequence<T: Float>(
         ..
     } = ws;
     let rhs = recurrent_rhs(p, batch, time, packed);
+    let xp: &[T] = xp;
+    // Inference with element-wise activations and no recurrent dropout: the team fuses each
+    // step's product and gate pass (see `StepCtx`).
+    let fused = (trace.is_none()
+        && dropout.recurrent.is_none()
+        && p.reset_after
+        && p.activation.is_elementwise()
+        && p.recurrent_activation.is_elementwise())
+    .then_some(StepCtx {
+        xp,
+        time,
+        units: u,
+        hh_bias: p.hh_bias,
+        activation: p.activation,
+        recurrent_activation: p.recurrent_activation,
+    });
     let mut run = |par: Par<'_, T>| {
         for k in 0..time {
             let t = if opts.go_backwards { time - 1 - k } else { k };
@@ -506,24 +530,36 @@ pub fn gru_sequence<T: Float>(
                 }
             }
             let row_of = |b: usize| b * time + t;
-            step_rows(
-                p,
-                rhs,
-                batch,
-                xp,
-                xp_row,
-                &h[..batch * u],
-                &mut h2[..batch * u],
-                hu,
-                tmp,
-                dropout.recurrent,
-                hs,
-                par,
-                pscratch,
-                trace
-                    .as_deref_mut()
-                    .map(|tr| (tr, &row_of as &dyn Fn(usize) -> usize)),
-            );
+            if let (Par::Team(team), Some(ctx)) = (par, &fused) {
+                team.fused_step(
+                    rhs,
+                    ctx,
+                    t,
+                    batch,
+                    &h[..batch * u],
+                    &mut h2[..batch * u],
+                    pscratch,
+                );
+            } else {
+                step_rows(
+                    p,
+                    rhs,
+                    batch,
+                    xp,
+                    xp_row,
+                    &h[..batch * u],
+                    &mut h2[..batch * u],
+                    hu,
+                    tmp,
+                    dropout.recurrent,
+                    hs,
+                    par,
+                    pscratch,
+                    trace
+                        .as_deref_mut()
+                        .map(|tr| (tr, &row_of as &dyn Fn(usize) -> usize)),
+                );
+            }
             for b in 0..batch {
                 let valid = opts.mask.is_none_or(|m| m[b * time + t]);
                 let hb = &mut h[b * u..(b + 1) * u];
@@ -542,7 +578,9 @@ pub fn gru_sequence<T: Float>(
         }
     };
     if use_team(opts.threads, batch, time, u) {
-        Team::run(opts.threads, rhs, |team| run(Par::Team(team)));
+        Team::run(team_size(opts.threads), rhs, fused, |team| {
+            run(Par::Team(team))
+        });
     } else {
         run(Par::Threads(opts.threads));
     }

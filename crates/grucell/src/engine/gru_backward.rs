@@ -7,8 +7,8 @@
 //! (`dW = Xᵀ·dG_x`, `dU = H_prevᵀ·dG_h`, `dX = dG_x·Wᵀ`).
 
 use super::gemm::{gemm, Operand};
-use super::gru::use_team;
 use super::gru::{mask_rows, DropoutMasks, GruParams, GruTrace, SequenceOptions};
+use super::gru::{team_size, use_team};
 use super::packed::{PackedRhs, Par, Rhs};
 use super::team::Team;
 use crate::float::Float;
@@ -347,7 +347,7 @@ pub fn gru_sequence_backward<T: Float>(
     };
     match rec.packed {
         Some(rhs) if use_team(threads, batch, time, u) => {
-            Team::run(threads, rhs, |team| run(Par::Team(team)))
+            Team::run(team_size(threads), rhs, None, |team| run(Par::Team(team)))
         }
         _ => run(Par::Threads(threads)),
     }

@@ -138,7 +138,7 @@ impl<T: Float> Rhs<'_, T> {
     }
 
     /// Panel `q` of segment `s`: its first column, width, data (starting at row 0) and row stride.
-    fn panel(&self, s: usize, q: usize) -> (usize, usize, &[T], usize) {
+    pub(crate) fn panel(&self, s: usize, q: usize) -> (usize, usize, &[T], usize) {
         let seg = self.seg();
         let c0 = s * seg + q * NR;
         let w = NR.min(seg - q * NR);
@@ -328,7 +328,7 @@ pub(crate) fn run_panel_range<T: Float>(
 /// One panel for all `m` rows, with the best kernel the CPU runs.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-fn run_panel<T: Float>(
+pub(crate) fn run_panel<T: Float>(
     m: usize,
     a: &[T],
     lda: usize,

@@ -13,8 +13,10 @@
 //! marks the team failed and the caller computes the missing panels itself, so a bug cannot hang
 //! the caller.
 
-use super::packed::{run_panel_range, Rhs, NR};
+use super::gru::activate;
+use super::packed::{run_panel, run_panel_range, Rhs, NR};
 use crate::float::Float;
+use crate::layers::activation::Activation;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
@@ -28,6 +30,28 @@ struct Job {
     segs: Range<usize>,
     /// Panels per share: the caller does share 0, helper `i` share `i + 1`.
     per: usize,
+    /// A fused step at time index `t` (see [`StepCtx`]) instead of a plain product.
+    fused_t: Option<usize>,
+}
+
+/// What a fused inference step needs besides `U`: with `reset_after = true`, element-wise
+/// activations, no recurrent dropout and no training trace, each thread computes the z, r and
+/// candidate panels of its own units and then their new state, so the gate pass is split between
+/// the threads too and only `(B, units of the share)` values cross back.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StepCtx<'a, T> {
+    /// Input projections `(B·T, 3u)`, rows `b·T + t`.
+    pub xp: &'a [T],
+    /// Sequence length `T`.
+    pub time: usize,
+    /// Units `u`.
+    pub units: usize,
+    /// Recurrent candidate bias `(u)`.
+    pub hh_bias: Option<&'a [T]>,
+    /// Candidate activation (element-wise).
+    pub activation: Activation,
+    /// Gate activation (element-wise).
+    pub recurrent_activation: Activation,
 }
 
 /// Helper threads that stay awake for one sequence; create with [`Team::run`].
@@ -81,7 +105,12 @@ impl<T> Drop for FailOnUnwind<'_, T> {
 impl<T: Float> Team<T> {
     /// Runs `body` with a team of `threads − 1` helpers serving products of `rhs`; the helpers
     /// exist only for the duration of the call.
-    pub fn run<R>(threads: usize, rhs: Rhs<'_, T>, body: impl FnOnce(&Team<T>) -> R) -> R {
+    pub fn run<R>(
+        threads: usize,
+        rhs: Rhs<'_, T>,
+        ctx: Option<StepCtx<'_, T>>,
+        body: impl FnOnce(&Team<T>) -> R,
+    ) -> R {
         let helpers = threads.saturating_sub(1).max(1);
         let team = Team {
             a: RwLock::new(Vec::new()),
@@ -95,16 +124,17 @@ impl<T: Float> Team<T> {
         std::thread::scope(|s| {
             for i in 0..helpers {
                 let team = &team;
-                s.spawn(move || team.helper(rhs, i));
+                s.spawn(move || team.helper(rhs, ctx, i));
             }
             let _stop = StopOnDrop(&team);
             body(&team)
         })
     }
 
-    fn helper(&self, rhs: Rhs<'_, T>, idx: usize) {
+    fn helper(&self, rhs: Rhs<'_, T>, ctx: Option<StepCtx<'_, T>>, idx: usize) {
         let _fail = FailOnUnwind(self);
         let mut seen = 0;
+        let mut tiles = Vec::new();
         loop {
             wait_for(|| {
                 self.posted.load(Ordering::Acquire) > seen || self.stop.load(Ordering::Acquire)
@@ -117,6 +147,17 @@ impl<T: Float> Team<T> {
             {
                 let a = lock(self.a.read());
                 let mut out = lock(self.outs[idx].lock());
+                if let (Some(t), Some(ctx)) = (job.fused_t, ctx) {
+                    let units = fused_share(&job, &rhs, idx + 1);
+                    out.resize(units.len() * job.m * NR, T::zero());
+                    for (j, q) in units.enumerate() {
+                        let tile = &mut out[j * job.m * NR..(j + 1) * job.m * NR];
+                        fused_panel(&rhs, &ctx, t, q, job.m, &a, &mut tiles, tile, NR, 0);
+                    }
+                    drop((a, out));
+                    self.done.fetch_add(1, Ordering::AcqRel);
+                    continue;
+                }
                 let panels = share(&job, &rhs, idx + 1);
                 out.resize(panels.len() * job.m * NR, T::zero());
                 run_panel_range(
@@ -150,6 +191,7 @@ impl<T: Float> Team<T> {
             kr: kr.clone(),
             segs: segs.clone(),
             per: n_panels.div_ceil(shares),
+            fused_t: None,
         };
         {
             let mut sa = lock(self.a.write());
@@ -182,6 +224,145 @@ impl<T: Float> Team<T> {
             }
             let out = lock(out.lock());
             rhs.scatter(&segs, panels, m, &out, c, ldc, accumulate);
+        }
+    }
+}
+
+impl<T: Float> Team<T> {
+    /// One fused inference step at time index `t`: `h_new = GRU(h, xp[:, t])` for all `m`
+    /// rows, the units split between the caller and the helpers. The team must have been started
+    /// with a [`StepCtx`]; `tiles` is the caller's scratch.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn fused_step(
+        &self,
+        rhs: Rhs<'_, T>,
+        ctx: &StepCtx<'_, T>,
+        t: usize,
+        m: usize,
+        h: &[T],
+        h_new: &mut [T],
+        tiles: &mut Vec<T>,
+    ) {
+        let u = ctx.units;
+        let shares = self.outs.len() + 1;
+        let job = Job {
+            m,
+            lda: u,
+            kr: 0..u,
+            segs: 0..3,
+            per: rhs.panels_per_segment().div_ceil(shares),
+            fused_t: Some(t),
+        };
+        {
+            let mut sa = lock(self.a.write());
+            sa.clear();
+            sa.extend_from_slice(&h[..m * u]);
+        }
+        *lock(self.job.lock()) = job.clone();
+        let target = self.done.load(Ordering::Acquire) + self.outs.len();
+        self.posted.fetch_add(1, Ordering::AcqRel);
+        for q in fused_share(&job, &rhs, 0) {
+            fused_panel(&rhs, ctx, t, q, m, h, tiles, h_new, u, q * NR);
+        }
+        wait_for(|| {
+            self.done.load(Ordering::Acquire) >= target || self.failed.load(Ordering::Acquire)
+        });
+        for (i, out) in self.outs.iter().enumerate() {
+            let units = fused_share(&job, &rhs, i + 1);
+            if self.failed.load(Ordering::Acquire) {
+                for q in units {
+                    fused_panel(&rhs, ctx, t, q, m, h, tiles, h_new, u, q * NR);
+                }
+                continue;
+            }
+            let out = lock(out.lock());
+            for (j, q) in units.enumerate() {
+                let w = NR.min(u - q * NR);
+                let tile = &out[j * m * NR..(j + 1) * m * NR];
+                for (b, row) in tile.chunks_exact(NR).enumerate() {
+                    h_new[b * u + q * NR..b * u + q * NR + w].copy_from_slice(&row[..w]);
+                }
+            }
+        }
+    }
+}
+
+/// The unit panels (of [`NR`] units) of share `s` in a fused step.
+fn fused_share<T: Float>(job: &Job, rhs: &Rhs<'_, T>, s: usize) -> Range<usize> {
+    let n = rhs.panels_per_segment();
+    (s * job.per).min(n)..((s + 1) * job.per).min(n)
+}
+
+/// Units `q·NR ..` of one fused step: the three gate panels of `h · U`, then the gates and the new
+/// state, written to `out[b·ldo + col0 + j]`. The arithmetic is exactly that of the unfused step
+/// (same kernels, same order), so results do not depend on the thread count.
+#[allow(clippy::too_many_arguments)]
+fn fused_panel<T: Float>(
+    rhs: &Rhs<'_, T>,
+    ctx: &StepCtx<'_, T>,
+    t: usize,
+    q: usize,
+    m: usize,
+    h: &[T],
+    tiles: &mut Vec<T>,
+    out: &mut [T],
+    ldo: usize,
+    col0: usize,
+) {
+    let u = ctx.units;
+    let g = 3 * u;
+    let tl = m * NR;
+    tiles.resize(3 * tl, T::zero());
+    let mut w = 0;
+    for gate in 0..3 {
+        let (_, width, b, ldb) = rhs.panel(gate, q);
+        w = width;
+        run_panel(
+            m,
+            h,
+            u,
+            &(0..u),
+            b,
+            ldb,
+            w,
+            &mut tiles[gate * tl..],
+            NR,
+            false,
+        );
+    }
+    let j0 = q * NR;
+    let (tz, rest) = tiles.split_at_mut(tl);
+    let (tr, th) = rest.split_at_mut(tl);
+    for b in 0..m {
+        let x = &ctx.xp[(b * ctx.time + t) * g..(b * ctx.time + t + 1) * g];
+        let z = &mut tz[b * NR..b * NR + w];
+        let r = &mut tr[b * NR..b * NR + w];
+        let c = &mut th[b * NR..b * NR + w];
+        for (v, xv) in z.iter_mut().zip(&x[j0..j0 + w]) {
+            *v += *xv;
+        }
+        for (v, xv) in r.iter_mut().zip(&x[u + j0..u + j0 + w]) {
+            *v += *xv;
+        }
+        activate(ctx.recurrent_activation, z);
+        activate(ctx.recurrent_activation, r);
+        if let Some(bh) = ctx.hh_bias {
+            for (v, bv) in c.iter_mut().zip(&bh[j0..j0 + w]) {
+                *v += *bv;
+            }
+        }
+        for ((v, rv), xv) in c
+            .iter_mut()
+            .zip(r.iter())
+            .zip(&x[2 * u + j0..2 * u + j0 + w])
+        {
+            *v = *xv + *rv * *v;
+        }
+        activate(ctx.activation, c);
+        let hb = &h[b * u + j0..b * u + j0 + w];
+        let o = &mut out[b * ldo + col0..b * ldo + col0 + w];
+        for (((n, zv), hv), cv) in o.iter_mut().zip(z.iter()).zip(hb).zip(c.iter()) {
+            *n = *zv * *hv + (T::one() - *zv) * *cv;
         }
     }
 }
