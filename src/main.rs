@@ -13,6 +13,7 @@
 //! - 101: an internal error (a bug): one line `error: internal error: ...` on stderr, never a
 //!   backtrace.
 
+#![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)

@@ -27,6 +27,9 @@
 //! ```
 
 #![warn(missing_docs)]
+// `unsafe` is allowed only in the engine's kernel modules (`engine::{math, packed, simd}`), and
+// every block there must carry a `// SAFETY:` comment.
+#![deny(unsafe_code, clippy::undocumented_unsafe_blocks)]
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)

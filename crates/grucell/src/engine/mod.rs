@@ -3,9 +3,12 @@
 pub mod gemm;
 pub mod gru;
 pub mod gru_backward;
+#[allow(unsafe_code)] // runtime-dispatched AVX2+FMA gate math
 pub mod math;
+#[allow(unsafe_code)] // runtime-dispatched AVX2+FMA kernels
 pub mod packed;
 #[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)] // AVX2+FMA register tiles (raw loads after bounds checks)
 mod simd;
 pub(crate) mod team;
 pub mod workspace;
