@@ -61,7 +61,7 @@ impl ConfigError {
     ) -> Self {
         ConfigError::InvalidValue {
             arg: arg.into(),
-            value: value.to_string(),
+            value: shorten(value.to_string()),
             expected: expected.into(),
         }
     }
@@ -204,3 +204,27 @@ pub enum Error {
 
 /// Result alias with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Values quoted in messages are cut to 200 characters (a hostile config can hold megabytes).
+fn shorten(s: String) -> String {
+    const MAX: usize = 200;
+    match s.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}… ({} characters)", &s[..cut], s.chars().count()),
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod shorten_tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_cut() {
+        let e = ConfigError::invalid("units", "9".repeat(5000), "an integer");
+        let msg = e.to_string();
+        assert!(msg.len() < 400, "{msg}");
+        assert!(msg.contains("(5000 characters)"));
+        let e = ConfigError::invalid("units", "é".repeat(10), "x");
+        assert!(e.to_string().contains(&"é".repeat(10)));
+    }
+}

@@ -3,7 +3,7 @@
 //! paths derived from the layer list; legacy `.h5`: per layer, in `weight_names` order).
 
 use super::{load_keras_file, KerasFile, KerasWeights, Namer};
-use crate::error::{ConfigError, Error, FormatError};
+use crate::error::{ConfigError, Error, FormatError, ShapeError};
 use crate::float::Float;
 use crate::layers::bidirectional::{Bidirectional, MergeMode};
 use crate::layers::dense::{Dense, DenseConfig};
@@ -206,6 +206,13 @@ fn build_layer<T: Float>(
     let with_name = |e: Error| -> Error {
         match e {
             Error::Config(c) => ConfigError::in_layer(format!("{name} ({class})"), c).into(),
+            // Weight shapes that do not fit the config: name the layer as well as the array.
+            Error::Shape(ShapeError::Mismatch { arg, got, expected }) => ShapeError::Mismatch {
+                arg: format!("{name}/{arg}"),
+                got,
+                expected,
+            }
+            .into(),
             other => other,
         }
     };
