@@ -298,12 +298,18 @@ fn recurrent_product<T: Float>(
 /// Never more team members than the machine has hardware threads: a spinning helper without a
 /// core of its own would stall every step.
 pub(crate) fn use_team(threads: usize, batch: usize, time: usize, units: usize) -> bool {
-    team_size(threads) >= 2 && time >= 4 && batch >= 4 && batch * 3 * units * units >= 1 << 20
+    threads >= 2
+        && time >= 4
+        && batch >= 4
+        && batch * 3 * units * units >= 1 << 20
+        && team_size(threads) >= 2
 }
 
-/// `threads`, capped at the hardware threads available to the process.
+/// `threads`, capped at the hardware threads available to the process (asked once: the query
+/// reads cgroup files and costs more than a whole batch-1 step).
 pub(crate) fn team_size(threads: usize) -> usize {
-    let hw = std::thread::available_parallelism().map_or(1, |n| n.get());
+    static HW: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let hw = *HW.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     threads.min(hw)
 }
 
