@@ -1,8 +1,12 @@
 //! The one place that calls the GEMM crate ([`faer`]). Everything else goes through [`gemm`].
 //!
-//! faer was chosen after measuring faer, `gemm`, `matrixmultiply` and OpenBLAS on the GRU shapes
-//! (large input projection, skinny per-step recurrent product, batch-8): faer is best or near-best
-//! on all of them, pure Rust, with runtime AVX2/AVX-512 dispatch (see `docs/gemm-choice.md`).
+//! Used for the large products (the input projection of all steps for inputs wider than 256
+//! features, and in training `dW`, `dU`,
+//! `dX`) and for short sequences. faer was chosen after measuring faer, `gemm`, `matrixmultiply`
+//! and OpenBLAS on the GRU shapes (`docs/gemm-choice.md`, `tools/gemm_compare`): on the large
+//! products all four are within noise on one thread and faer is best or within ~17 % on two,
+//! pure Rust, with runtime AVX2/AVX-512 dispatch. The per-step recurrent products of long
+//! sequences use the crate's own packed kernels instead (`engine::packed`).
 
 use crate::float::Float;
 use faer::linalg::matmul::matmul;
