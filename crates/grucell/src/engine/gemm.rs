@@ -1,8 +1,7 @@
 //! The one place that calls the GEMM crate ([`faer`]). Everything else goes through [`gemm`].
 //!
 //! Used for the large products (the input projection of all steps for inputs wider than 256
-//! features, and in training `dW`, `dU`,
-//! `dX`) and for short sequences. faer was chosen after measuring faer, `gemm`, `matrixmultiply`
+//! features, and in training `dW`, `dU`, `dX`) and for short sequences. faer was chosen after measuring faer, `gemm`, `matrixmultiply`
 //! and OpenBLAS on the GRU shapes (`docs/gemm-choice.md`, `tools/gemm_compare`): on the large
 //! products all four are within noise on one thread and faer is best or within ~17 % on two,
 //! pure Rust, with runtime AVX2/AVX-512 dispatch. The per-step recurrent products of long
