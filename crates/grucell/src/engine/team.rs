@@ -10,8 +10,8 @@
 //! No `unsafe`: the state the helpers share with the caller is behind a `RwLock` (the left operand,
 //! copied in once per step, `B·u` values) and one `Mutex` per helper (its output panels); the
 //! atomics only order the phases, so every lock is uncontended when taken. A helper that panics
-//! marks the team failed and the caller computes the missing panels itself, so a bug cannot hang
-//! the caller.
+//! (or cannot be started) marks the team failed and the caller computes the missing panels itself,
+//! so neither a bug nor a thread limit can hang the caller.
 
 use super::gru::activate;
 use super::packed::{run_panel, run_panel_range, Rhs, NR};
@@ -124,7 +124,13 @@ impl<T: Float> Team<T> {
         std::thread::scope(|s| {
             for i in 0..helpers {
                 let team = &team;
-                s.spawn(move || team.helper(rhs, ctx, i));
+                let spawned = std::thread::Builder::new()
+                    .name(format!("grucell-team-{i}"))
+                    .spawn_scoped(s, move || team.helper(rhs, ctx, i));
+                if spawned.is_err() {
+                    // No thread (resource limits): the caller computes every share itself.
+                    team.failed.store(true, Ordering::Release);
+                }
             }
             let _stop = StopOnDrop(&team);
             body(&team)
@@ -371,4 +377,63 @@ fn fused_panel<T: Float>(
 fn share<T: Float>(job: &Job, rhs: &Rhs<'_, T>, s: usize) -> Range<usize> {
     let n = job.segs.len() * rhs.panels_per_segment();
     (s * job.per).min(n)..((s + 1) * job.per).min(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::gemm::Operand;
+    use crate::engine::packed::PackedRhs;
+
+    fn product(threads: usize, fail: bool) -> Vec<f32> {
+        let (m, k, seg) = (9, 70, 40);
+        let b: Vec<f32> = (0..k * 3 * seg).map(|i| (i as f32 * 0.37).sin()).collect();
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.11).cos()).collect();
+        let mut pk = PackedRhs::new();
+        pk.pack(Operand::new(&b[..], 3 * seg), k, seg, 3);
+        let rhs = Rhs::Packed(&pk);
+        let mut c = vec![0.25f32; m * 3 * seg];
+        if threads == 1 {
+            for _ in 0..3 {
+                rhs.matmul(
+                    m,
+                    &a,
+                    k,
+                    0..k,
+                    0..3,
+                    &mut c,
+                    3 * seg,
+                    true,
+                    1,
+                    &mut Vec::new(),
+                );
+            }
+            return c;
+        }
+        Team::run(threads, rhs, None, |team| {
+            if fail {
+                team.failed.store(true, Ordering::Release);
+            }
+            for _ in 0..3 {
+                // Several steps: the helpers must follow every posted job.
+                team.matmul(rhs, m, &a, k, 0..k, 0..3, &mut c, 3 * seg, true);
+            }
+        });
+        c
+    }
+
+    /// The team gives exactly the single-threaded result, also when a helper is marked failed
+    /// (the caller then computes every share itself instead of waiting).
+    #[test]
+    fn team_matches_single_thread_and_survives_failed_helpers() {
+        let want = product(1, false);
+        for threads in [2, 3] {
+            assert_eq!(product(threads, false), want, "{threads} threads");
+            assert_eq!(
+                product(threads, true),
+                want,
+                "{threads} threads, failed helpers"
+            );
+        }
+    }
 }
