@@ -9,9 +9,10 @@
 //!
 //! No `unsafe`: the state the helpers share with the caller is behind a `RwLock` (the left operand,
 //! copied in once per step, `B·u` values) and one `Mutex` per helper (its output panels); the
-//! atomics only order the phases, so every lock is uncontended when taken. A helper that panics
-//! (or cannot be started) marks the team failed and the caller computes the missing panels itself,
-//! so neither a bug nor a thread limit can hang the caller.
+//! atomics only order the phases, so every lock is uncontended when taken. A helper that panics,
+//! cannot be started, or keeps the caller waiting more than [`GIVE_UP`] (a busy machine) marks the
+//! team failed; the caller then computes every share itself for the rest of the sequence, so
+//! neither a bug, a thread limit nor an oversubscribed machine can hang or crawl the caller.
 
 use super::gru::activate;
 use super::packed::{run_panel, run_panel_range, Rhs, NR};
@@ -20,6 +21,7 @@ use crate::layers::activation::Activation;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 /// One posted product: `C[:, segs] (+)= A[:, kr] · B[kr, segs]`, `A` being the team's copy.
 #[derive(Clone, Debug, Default)]
@@ -66,18 +68,39 @@ pub(crate) struct Team<T> {
     failed: AtomicBool,
 }
 
-/// Spins (then yields) until `cond` holds.
+/// How long a waiting thread spins before it starts yielding its core: a little more than a
+/// step's gate pass at the sizes where teams are used, so a quiet machine never leaves the spin.
+const SPIN: Duration = Duration::from_micros(50);
+
+/// How long the caller waits for the helpers of one step before it concludes that the machine is
+/// oversubscribed (a helper without a core of its own) and finishes the sequence alone: waiting
+/// for a descheduled helper every step made 2 threads ~10× slower than 1 on a busy machine.
+const GIVE_UP: Duration = Duration::from_millis(2);
+
+/// Spins, then yields, until `cond` holds (`true`) or `give_up` has passed (`false`).
 #[inline]
-fn wait_for(cond: impl Fn() -> bool) {
-    let mut spins = 0u32;
+fn wait_for(cond: impl Fn() -> bool, give_up: Option<Duration>) -> bool {
+    if cond() {
+        return true;
+    }
+    let start = Instant::now();
+    let mut spinning = true;
+    let mut n = 0u32;
     while !cond() {
-        if spins < 20_000 {
+        if spinning {
             std::hint::spin_loop();
-            spins += 1;
+            n = n.wrapping_add(1);
+            if n % 64 == 0 && start.elapsed() > SPIN {
+                spinning = false;
+            }
         } else {
+            if give_up.is_some_and(|g| start.elapsed() > g) {
+                return false;
+            }
             std::thread::yield_now();
         }
     }
+    true
 }
 
 fn lock<G>(r: Result<G, PoisonError<G>>) -> G {
@@ -142,10 +165,12 @@ impl<T: Float> Team<T> {
         let mut seen = 0;
         let mut tiles = Vec::new();
         loop {
-            wait_for(|| {
-                self.posted.load(Ordering::Acquire) > seen || self.stop.load(Ordering::Acquire)
-            });
-            if self.stop.load(Ordering::Acquire) {
+            let quit = || self.stop.load(Ordering::Acquire) || self.failed.load(Ordering::Acquire);
+            wait_for(
+                || self.posted.load(Ordering::Acquire) > seen || quit(),
+                None,
+            );
+            if quit() {
                 return;
             }
             seen += 1;
@@ -190,6 +215,10 @@ impl<T: Float> Team<T> {
         accumulate: bool,
     ) {
         let n_panels = segs.len() * rhs.panels_per_segment();
+        if self.failed.load(Ordering::Acquire) {
+            rhs.panels_into(&kr, &segs, 0..n_panels, m, a, lda, c, ldc, accumulate);
+            return;
+        }
         let shares = self.outs.len() + 1;
         let job = Job {
             m,
@@ -219,9 +248,13 @@ impl<T: Float> Team<T> {
             ldc,
             accumulate,
         );
-        wait_for(|| {
-            self.done.load(Ordering::Acquire) >= target || self.failed.load(Ordering::Acquire)
-        });
+        let arrived = wait_for(
+            || self.done.load(Ordering::Acquire) >= target || self.failed.load(Ordering::Acquire),
+            Some(GIVE_UP),
+        );
+        if !arrived {
+            self.failed.store(true, Ordering::Release);
+        }
         for (i, out) in self.outs.iter().enumerate() {
             let panels = share(&job, &rhs, i + 1);
             if self.failed.load(Ordering::Acquire) {
@@ -250,6 +283,12 @@ impl<T: Float> Team<T> {
         tiles: &mut Vec<T>,
     ) {
         let u = ctx.units;
+        if self.failed.load(Ordering::Acquire) {
+            for q in 0..rhs.panels_per_segment() {
+                fused_panel(&rhs, ctx, t, q, m, h, tiles, h_new, u, q * NR);
+            }
+            return;
+        }
         let shares = self.outs.len() + 1;
         let job = Job {
             m,
@@ -270,9 +309,13 @@ impl<T: Float> Team<T> {
         for q in fused_share(&job, &rhs, 0) {
             fused_panel(&rhs, ctx, t, q, m, h, tiles, h_new, u, q * NR);
         }
-        wait_for(|| {
-            self.done.load(Ordering::Acquire) >= target || self.failed.load(Ordering::Acquire)
-        });
+        let arrived = wait_for(
+            || self.done.load(Ordering::Acquire) >= target || self.failed.load(Ordering::Acquire),
+            Some(GIVE_UP),
+        );
+        if !arrived {
+            self.failed.store(true, Ordering::Release);
+        }
         for (i, out) in self.outs.iter().enumerate() {
             let units = fused_share(&job, &rhs, i + 1);
             if self.failed.load(Ordering::Acquire) {
