@@ -12,8 +12,26 @@
 //! Without packing (batch 1, single steps) the same micro-kernel reads `B` in place.
 //!
 //! Instruction sets: the kernels are generic Rust that LLVM vectorizes; on x86-64 they are also
-//! compiled with AVX2 + FMA enabled and that copy is chosen at run time when the CPU has both
-//! (the only `unsafe` of the crate: calling a `#[target_feature]` function, after the check).
+//! compiled with AVX2 + FMA enabled, and `f32` full panels use the explicit AVX2 tiles of
+//! `engine::simd`; those copies are chosen at run time when the CPU has both features (calling a
+//! `#[target_feature]` function after the check is this module's only `unsafe`).
+//!
+//! These are kernel functions: dimensions are the caller's invariant (the layers validate user
+//! shapes first), and a slice shorter than the dimensions say panics on indexing.
+//!
+//! ```
+//! use grucell::engine::gemm::Operand;
+//! use grucell::engine::packed::{PackedRhs, Rhs};
+//!
+//! // U: 2 × 6 (k = 2 units, three gate segments of 2 columns), h: 1 × 2.
+//! let u = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5];
+//! let mut packed = PackedRhs::new();
+//! packed.pack(Operand::new(&u, 6), 2, 2, 3);
+//! let h = [1.0f32, 2.0];
+//! let mut hu = [0.0f32; 6];
+//! Rhs::Packed(&packed).matmul(1, &h, 2, 0..2, 0..3, &mut hu, 6, false, 1, &mut Vec::new());
+//! assert_eq!(hu, [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
+//! ```
 //! With two or more threads and enough work, panels are split between threads; each thread writes
 //! its panels into its own contiguous part of a panel-major scratch buffer, which is then copied
 //! into `C`, so no two threads ever hold the same memory.
