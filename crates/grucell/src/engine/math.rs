@@ -15,9 +15,10 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 /// 1.5·2²³: adding it rounds to an integer held in the mantissa.
 const MAGIC: f32 = 12_582_912.0;
 
-/// `a·b + c`, fused when `F` (compiled only into functions with the FMA target feature).
+/// `a·b + c`, fused when `F` (only inside functions compiled with the FMA target feature:
+/// elsewhere a fused multiply-add is a slow software call). Shared with `engine::packed`.
 #[inline(always)]
-fn madd<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
+pub(crate) fn madd<T: Float, const F: bool>(a: T, b: T, c: T) -> T {
     if F {
         a.mul_add(b, c)
     } else {
@@ -34,15 +35,15 @@ pub fn exp_f32(x: f32) -> f32 {
 #[inline(always)]
 fn exp_impl<const F: bool>(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    let k = madd::<F>(x, LOG2E, MAGIC);
+    let k = madd::<f32, F>(x, LOG2E, MAGIC);
     let n = k - MAGIC;
-    let r = madd::<F>(n, -LN2_LO, madd::<F>(n, -LN2_HI, x));
-    let p = madd::<F>(r, 1.987_569_1e-4, 1.398_199_9e-3);
-    let p = madd::<F>(p, r, 8.333_452e-3);
-    let p = madd::<F>(p, r, 4.166_579_6e-2);
-    let p = madd::<F>(p, r, 1.666_666_5e-1);
-    let p = madd::<F>(p, r, 0.5);
-    let er = madd::<F>(p * r, r, r) + 1.0;
+    let r = madd::<f32, F>(n, -LN2_LO, madd::<f32, F>(n, -LN2_HI, x));
+    let p = madd::<f32, F>(r, 1.987_569_1e-4, 1.398_199_9e-3);
+    let p = madd::<f32, F>(p, r, 8.333_452e-3);
+    let p = madd::<f32, F>(p, r, 4.166_579_6e-2);
+    let p = madd::<f32, F>(p, r, 1.666_666_5e-1);
+    let p = madd::<f32, F>(p, r, 0.5);
+    let er = madd::<f32, F>(p * r, r, r) + 1.0;
     let ni = (k.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     let scale = f32::from_bits(((ni + 127) as u32) << 23);
     er * scale
@@ -69,11 +70,11 @@ pub fn tanh_f32(x: f32) -> f32 {
 fn tanh_impl<const F: bool>(x: f32) -> f32 {
     let a = x.abs();
     let z = x * x;
-    let p = madd::<F>(z, -5.704_989e-3, 2.063_909e-2);
-    let p = madd::<F>(p, z, -5.373_971_6e-2);
-    let p = madd::<F>(p, z, 1.333_144_2e-1);
-    let p = madd::<F>(p, z, -3.333_328e-1);
-    let small = madd::<F>(p * z, x, x);
+    let p = madd::<f32, F>(z, -5.704_989e-3, 2.063_909e-2);
+    let p = madd::<f32, F>(p, z, -5.373_971_6e-2);
+    let p = madd::<f32, F>(p, z, 1.333_144_2e-1);
+    let p = madd::<f32, F>(p, z, -3.333_328e-1);
+    let small = madd::<f32, F>(p * z, x, x);
     let e = exp_impl::<F>(2.0 * if a > 44.0 { 44.0 } else { a }); // NaN stays NaN (f32::min would drop it)
     let big = 1.0 - 2.0 / (e + 1.0);
     let big = f32::from_bits(big.to_bits() | (x.to_bits() & 0x8000_0000));

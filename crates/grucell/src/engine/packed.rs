@@ -39,6 +39,7 @@
 use super::gemm::Operand;
 #[cfg(target_arch = "x86_64")]
 use super::math::avx2_fma;
+use super::math::madd;
 use super::workspace::grow;
 use crate::float::Float;
 use rayon::prelude::*;
@@ -301,12 +302,7 @@ impl<T: Float> Rhs<'_, T> {
             let (c0, w, _, _) = self.panel(segs.start + i / pps, i % pps);
             let tile_src = &src[j * tile..(j + 1) * tile];
             for (r, sr) in tile_src.chunks_exact(NR).enumerate() {
-                let dst = &mut c[r * ldc + c0..r * ldc + c0 + w];
-                if accumulate {
-                    dst.iter_mut().zip(sr).for_each(|(d, v)| *d += *v);
-                } else {
-                    dst.copy_from_slice(&sr[..w]);
-                }
+                store(&mut c[r * ldc + c0..r * ldc + c0 + w], &sr[..w], accumulate);
             }
         }
     }
@@ -474,8 +470,9 @@ fn strip_kernel<T: Float, const FMA: bool>(
     }
 }
 
+/// `c += acc` or `c = acc`: how every kernel writes its results into `C`.
 #[inline(always)]
-fn store<T: Float>(c: &mut [T], acc: &[T], accumulate: bool) {
+pub(crate) fn store<T: Float>(c: &mut [T], acc: &[T], accumulate: bool) {
     if accumulate {
         c.iter_mut().zip(acc).for_each(|(d, v)| *d += *v);
     } else {
@@ -548,15 +545,6 @@ fn panel_kernel<T: Float, const FMA: bool>(
     }
 }
 
-#[inline(always)]
-fn madd<T: Float, const FMA: bool>(a: T, b: T, c: T) -> T {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
 /// `C[0..R, 0..NR] (+)= A[0..R, kr] · B[0..|kr|, 0..NR]` in registers.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -583,12 +571,7 @@ fn tile<T: Float, const R: usize, const FMA: bool>(
         }
     }
     for (i, acc) in acc.iter().enumerate() {
-        let cr = &mut c[i * ldc..i * ldc + NR];
-        if accumulate {
-            cr.iter_mut().zip(acc).for_each(|(d, v)| *d += *v);
-        } else {
-            cr.copy_from_slice(acc);
-        }
+        store(&mut c[i * ldc..i * ldc + NR], acc, accumulate);
     }
 }
 
@@ -610,12 +593,7 @@ fn edge_row<T: Float, const FMA: bool>(
             *s = madd::<T, FMA>(*av, *bv, *s);
         }
     }
-    let cr = &mut c[..w];
-    if accumulate {
-        cr.iter_mut().zip(&acc).for_each(|(d, v)| *d += *v);
-    } else {
-        cr.copy_from_slice(&acc[..w]);
-    }
+    store(&mut c[..w], &acc[..w], accumulate);
 }
 
 #[cfg(test)]

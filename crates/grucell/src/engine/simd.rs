@@ -7,7 +7,7 @@
 //! AVX2 and FMA. Every raw load is preceded by a bounds check of the whole range it reads, made
 //! once per tile; a failed check returns `false` and the caller uses the generic kernel.
 
-use super::packed::NR;
+use super::packed::{store, NR};
 use std::arch::x86_64::{
     __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
 };
@@ -39,62 +39,36 @@ pub(super) fn panel(
     if !fits || a.len() < (m - 1) * lda + kr.end || c.len() < (m - 1) * ldc + NR {
         return false;
     }
-    // k in blocks of KC, so that a block of the panel (16 KiB) stays in L1 across the row tiles.
+    // k in blocks of KC, so that a block of the panel (16 KiB) stays in L1 across the row tiles;
+    // blocks after the first add to what the earlier ones wrote.
     let mut k0 = kr.start;
-    while k0 < kr.end || k0 == kr.start {
+    loop {
         let k1 = (k0 + KC).min(kr.end);
-        let b = &b[(k0 - kr.start) * ldb..];
-        rows_of_panel(
-            m,
-            a,
-            lda,
-            &(k0..k1),
-            b,
-            ldb,
-            c,
-            ldc,
-            accumulate || k0 > kr.start,
-        );
+        let (kb, b) = (k0..k1, &b[(k0 - kr.start) * ldb..]);
+        let acc = accumulate || k0 > kr.start;
+        let mut i = 0;
+        while i < m {
+            let (a, c) = (&a[i * lda..], &mut c[i * ldc..]);
+            // Tiles of 6 rows (12 accumulators hide the FMA latency); a remainder of 7 or 8 rows
+            // is split 4 + 3 / 4 + 4 rather than leaving a thin tile of 1–2.
+            i += match m - i {
+                1 => tile::<1>(a, lda, &kb, b, ldb, c, ldc, acc),
+                2 => tile::<2>(a, lda, &kb, b, ldb, c, ldc, acc),
+                3 => tile::<3>(a, lda, &kb, b, ldb, c, ldc, acc),
+                4 | 7 | 8 => tile::<4>(a, lda, &kb, b, ldb, c, ldc, acc),
+                5 => tile::<5>(a, lda, &kb, b, ldb, c, ldc, acc),
+                _ => tile::<6>(a, lda, &kb, b, ldb, c, ldc, acc),
+            };
+        }
         if k1 >= kr.end {
-            break;
+            return true;
         }
         k0 = k1;
     }
-    true
 }
 
-/// Rows of `A` per k block of [`panel`].
+/// Depth (`k`) of one block of [`panel`].
 const KC: usize = 256;
-
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-fn rows_of_panel(
-    m: usize,
-    a: &[f32],
-    lda: usize,
-    kr: &Range<usize>,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
-    accumulate: bool,
-) {
-    let mut i = 0;
-    while i < m {
-        let (a, c) = (&a[i * lda..], &mut c[i * ldc..]);
-        // Tiles of 6 rows (12 accumulators hide the FMA latency); a remainder of 7 or 8 rows
-        // is split 4 + 3 / 4 + 4 rather than leaving a thin tile of 1–2.
-        let rows = match m - i {
-            1 => tile::<1>(a, lda, kr, b, ldb, c, ldc, accumulate),
-            2 => tile::<2>(a, lda, kr, b, ldb, c, ldc, accumulate),
-            3 => tile::<3>(a, lda, kr, b, ldb, c, ldc, accumulate),
-            4 | 7 | 8 => tile::<4>(a, lda, kr, b, ldb, c, ldc, accumulate),
-            5 => tile::<5>(a, lda, kr, b, ldb, c, ldc, accumulate),
-            _ => tile::<6>(a, lda, kr, b, ldb, c, ldc, accumulate),
-        };
-        i += rows;
-    }
-}
 
 /// One `R × 16` tile; returns `R`. Bounds were checked by [`panel`].
 #[target_feature(enable = "avx2,fma")]
@@ -183,13 +157,4 @@ pub(super) fn strip(
     }
     store(&mut c[..WIDE], &out, accumulate);
     true
-}
-
-#[inline(always)]
-fn store(c: &mut [f32], v: &[f32], accumulate: bool) {
-    if accumulate {
-        c.iter_mut().zip(v).for_each(|(d, x)| *d += *x);
-    } else {
-        c.copy_from_slice(v);
-    }
 }

@@ -228,14 +228,7 @@ impl<T: Float> Team<T> {
             per: n_panels.div_ceil(shares),
             fused_t: None,
         };
-        {
-            let mut sa = lock(self.a.write());
-            sa.clear();
-            sa.extend_from_slice(&a[..(m - 1) * lda + kr.end]);
-        }
-        *lock(self.job.lock()) = job.clone();
-        let target = self.done.load(Ordering::Acquire) + self.outs.len();
-        self.posted.fetch_add(1, Ordering::AcqRel);
+        let target = self.post(&job, &a[..(m - 1) * lda + kr.end]);
         // The caller's share, straight into C.
         rhs.panels_into(
             &kr,
@@ -248,13 +241,7 @@ impl<T: Float> Team<T> {
             ldc,
             accumulate,
         );
-        let arrived = wait_for(
-            || self.done.load(Ordering::Acquire) >= target || self.failed.load(Ordering::Acquire),
-            Some(GIVE_UP),
-        );
-        if !arrived {
-            self.failed.store(true, Ordering::Release);
-        }
+        self.wait_helpers(target);
         for (i, out) in self.outs.iter().enumerate() {
             let panels = share(&job, &rhs, i + 1);
             if self.failed.load(Ordering::Acquire) {
@@ -265,9 +252,7 @@ impl<T: Float> Team<T> {
             rhs.scatter(&segs, panels, m, &out, c, ldc, accumulate);
         }
     }
-}
 
-impl<T: Float> Team<T> {
     /// One fused inference step at time index `t`: `h_new = GRU(h, xp[:, t])` for all `m`
     /// rows, the units split between the caller and the helpers. The team must have been started
     /// with a [`StepCtx`]; `tiles` is the caller's scratch.
@@ -298,24 +283,11 @@ impl<T: Float> Team<T> {
             per: rhs.panels_per_segment().div_ceil(shares),
             fused_t: Some(t),
         };
-        {
-            let mut sa = lock(self.a.write());
-            sa.clear();
-            sa.extend_from_slice(&h[..m * u]);
-        }
-        *lock(self.job.lock()) = job.clone();
-        let target = self.done.load(Ordering::Acquire) + self.outs.len();
-        self.posted.fetch_add(1, Ordering::AcqRel);
+        let target = self.post(&job, &h[..m * u]);
         for q in fused_share(&job, &rhs, 0) {
             fused_panel(&rhs, ctx, t, q, m, h, tiles, h_new, u, q * NR);
         }
-        let arrived = wait_for(
-            || self.done.load(Ordering::Acquire) >= target || self.failed.load(Ordering::Acquire),
-            Some(GIVE_UP),
-        );
-        if !arrived {
-            self.failed.store(true, Ordering::Release);
-        }
+        self.wait_helpers(target);
         for (i, out) in self.outs.iter().enumerate() {
             let units = fused_share(&job, &rhs, i + 1);
             if self.failed.load(Ordering::Acquire) {
@@ -332,6 +304,34 @@ impl<T: Float> Team<T> {
                     h_new[b * u + q * NR..b * u + q * NR + w].copy_from_slice(&row[..w]);
                 }
             }
+        }
+    }
+}
+
+impl<T: Float> Team<T> {
+    /// Hands `job` and its left operand to the helpers; returns the `done` count at which all of
+    /// them have finished it.
+    fn post(&self, job: &Job, a: &[T]) -> usize {
+        {
+            let mut sa = lock(self.a.write());
+            sa.clear();
+            sa.extend_from_slice(a);
+        }
+        *lock(self.job.lock()) = job.clone();
+        let target = self.done.load(Ordering::Acquire) + self.outs.len();
+        self.posted.fetch_add(1, Ordering::AcqRel);
+        target
+    }
+
+    /// Waits until the helpers reach `target` or the team has failed; marks it failed when they
+    /// keep the caller waiting longer than [`GIVE_UP`].
+    fn wait_helpers(&self, target: usize) {
+        let arrived = wait_for(
+            || self.done.load(Ordering::Acquire) >= target || self.failed.load(Ordering::Acquire),
+            Some(GIVE_UP),
+        );
+        if !arrived {
+            self.failed.store(true, Ordering::Release);
         }
     }
 }
