@@ -44,10 +44,14 @@ struct Problem {
     mask: Vec<bool>,
     rec_masks: Option<Vec<Vec<f64>>>,
     dseq: Vec<f64>,
+    /// Pass `h0` (else no initial state: zeros, the first step's products skipped).
+    h0_given: bool,
+    /// Ask the backward pass for `d h0` (else its last product is skipped).
+    want_dh0: bool,
 }
 
-/// Everything a run produces: outputs, then (training) gradients.
-type Results<T> = (Vec<T>, Vec<T>, Option<(GruGrads<T>, Vec<T>)>);
+/// Everything a run produces: outputs, then (training) gradients, `dx` and `dh0` (when asked).
+type Results<T> = (Vec<T>, Vec<T>, Option<(GruGrads<T>, Vec<T>, Vec<T>)>);
 
 impl Problem {
     #[allow(clippy::too_many_arguments)]
@@ -87,6 +91,8 @@ impl Problem {
             mask: (0..b * t).map(|i| !masked || i % 7 != 3).collect(),
             rec_masks,
             dseq: r.vec(b * t * u, 1.0),
+            h0_given: true,
+            want_dh0: false,
         }
     }
 
@@ -140,7 +146,7 @@ impl Problem {
                 &x,
                 b,
                 t,
-                Some(&h0),
+                self.h0_given.then_some(&h0[..]),
                 opts,
                 dm,
                 SequenceOutputs {
@@ -155,6 +161,7 @@ impl Problem {
         let grads = train.then(|| {
             let mut grads = GruGrads::zeros(self.d, u);
             let mut dx = vec![T::zero(); b * t * self.d];
+            let mut dh0 = vec![T::zero(); if self.want_dh0 { b * u } else { 0 }];
             let dseq = c(&self.dseq);
             pool.install(|| {
                 gru_sequence_backward(
@@ -172,10 +179,10 @@ impl Problem {
                     },
                     &mut grads,
                     Some(&mut dx),
-                    None,
+                    self.want_dh0.then_some(&mut dh0[..]),
                 );
             });
-            (grads, dx)
+            (grads, dx, dh0)
         });
         (seq, state, grads)
     }
@@ -221,7 +228,7 @@ fn all_paths_agree_with_f64_and_across_thread_counts() {
             let (seq1, state1, g1) = pr.run::<f32>(1, train);
             close(&format!("{label} seq"), &seq1, &seq64, 2e-5);
             close(&format!("{label} state"), &state1, &state64, 2e-5);
-            if let (Some((g32, dx32)), Some((g64, dx64))) = (&g1, &g64) {
+            if let (Some((g32, dx32, _)), Some((g64, dx64, _))) = (&g1, &g64) {
                 close(&format!("{label} dU"), &g32.recurrent, &g64.recurrent, 1e-4);
                 close(&format!("{label} dW"), &g32.kernel, &g64.kernel, 1e-4);
                 close(
@@ -242,9 +249,65 @@ fn all_paths_agree_with_f64_and_across_thread_counts() {
                     state == state1,
                     "{label}: {threads} threads changed the state"
                 );
-                if let (Some((ga, dxa)), Some((gb, dxb))) = (&g, &g1) {
+                if let (Some((ga, dxa, _)), Some((gb, dxb, _))) = (&g, &g1) {
                     assert!(ga == gb, "{label}: {threads} threads changed the gradients");
                     assert!(dxa == dxb, "{label}: {threads} threads changed dx");
+                }
+            }
+        }
+    }
+}
+
+/// Bit-for-bit equality that treats NaN as equal to NaN.
+fn same(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
+}
+
+/// No initial state means zeros, and the engine then skips the first step's products (`0 · U`);
+/// not asking for `d h0` skips the backward's last product. Both must change nothing, on every
+/// path and thread count, and a non-finite `U` must turn the skip off (`0 · ∞` is NaN in Keras).
+#[test]
+fn skipped_first_products_change_nothing() {
+    let sizes = [(1, 5, 3, 70), (13, 6, 7, 40), (16, 5, 24, 256)];
+    let mut seed = 100;
+    for &size in &sizes {
+        for (reset_after, masked, backwards, rec_drop) in [
+            (true, false, false, false),
+            (false, true, true, false),
+            (true, true, false, true),
+        ] {
+            for poison in [false, true] {
+                seed += 1;
+                let mut pr = Problem::new(size, reset_after, masked, backwards, rec_drop, seed);
+                pr.h0.iter_mut().for_each(|v| *v = 0.0);
+                if poison {
+                    pr.rec[5] = f64::INFINITY;
+                }
+                let label = format!(
+                    "{size:?} reset_after={reset_after} mask={masked} back={backwards} \
+                     drop={rec_drop} inf={poison}"
+                );
+                let train = !poison;
+                for threads in [1, 2] {
+                    let (seq_a, state_a, g_a) = pr.run::<f32>(threads, train);
+                    pr.h0_given = false;
+                    pr.want_dh0 = true;
+                    let (seq_b, state_b, g_b) = pr.run::<f32>(threads, train);
+                    pr.h0_given = true;
+                    pr.want_dh0 = false;
+                    assert!(same(&seq_a, &seq_b), "{label} th={threads}: outputs");
+                    assert!(same(&state_a, &state_b), "{label} th={threads}: state");
+                    if poison {
+                        assert!(seq_a.iter().any(|v| v.is_nan()), "{label}: NaN expected");
+                    }
+                    if let (Some((ga, dxa, _)), Some((gb, dxb, dh0))) = (&g_a, &g_b) {
+                        assert!(ga == gb, "{label} th={threads}: gradients");
+                        assert!(dxa == dxb, "{label} th={threads}: dx");
+                        assert!(dh0.iter().any(|v| *v != 0.0), "{label}: dh0 computed");
+                    }
                 }
             }
         }

@@ -128,6 +128,10 @@ pub(crate) fn activate<T: Float>(a: Activation, v: &mut [T]) {
 /// Input widths up to which [`project_inputs`] uses the packed kernel instead of the GEMM crate.
 const PROJECT_OWN_MAX_K: usize = 256;
 
+/// Rows per block of the packed-kernel projection: a block's outputs (`48 × 3u`) stay in L2
+/// while its panels are computed and its bias added, so `XP` is written to memory once.
+const PROJECT_MC: usize = 48;
+
 /// `XP[(b·T+t)] = x[b, t] · W + b_in (+ b_rec for z, r when reset_after)` for every row.
 pub fn project_inputs<T: Float>(
     p: &GruParams<T>,
@@ -137,6 +141,17 @@ pub fn project_inputs<T: Float>(
     threads: usize,
 ) {
     let g = 3 * p.units;
+    let d = p.input_dim;
+    let xp = &mut xp[..rows * g];
+    let add_bias = |block: &mut [T]| {
+        if let Some(bias) = p.xp_bias {
+            for row in block.chunks_exact_mut(g) {
+                for (v, b) in row.iter_mut().zip(bias) {
+                    *v += *b;
+                }
+            }
+        }
+    };
     if rows <= 2 {
         // Streaming and single steps: the in-place batch-1 kernel has no call overhead.
         let w = Rhs::Plain {
@@ -144,47 +159,40 @@ pub fn project_inputs<T: Float>(
             ld: g,
             seg: g,
         };
-        let d = p.input_dim;
         w.matmul(rows, x, d, 0..d, 0..1, xp, g, false, 1, &mut Vec::new());
-    } else if p.input_dim <= PROJECT_OWN_MAX_K && rows >= 64 {
-        // Short inputs: the packed kernel, rows split between threads (the GEMM crate's
-        // packing is most of the work when k is this small).
-        let d = p.input_dim;
+        add_bias(xp);
+    } else if d <= PROJECT_OWN_MAX_K && rows >= 64 {
+        // Short inputs: the packed kernel (the GEMM crate's packing is most of the work when k
+        // is this small), in blocks of rows shared out between threads, each block's bias added
+        // while it is still in cache.
         let mut packed = super::packed::PackedRhs::new();
         packed.pack(Operand::new(p.kernel, g), d, g, 1);
         let w = Rhs::Packed(&packed);
-        let per = rows.div_ceil(threads.max(1)).max(1);
-        let xp = &mut xp[..rows * g];
         let job = |(i, out): (usize, &mut [T])| {
             let m = out.len() / g;
-            let xs = &x[i * per * d..];
+            let xs = &x[i * PROJECT_MC * d..];
             w.matmul(m, xs, d, 0..d, 0..1, out, g, false, 1, &mut Vec::new());
+            add_bias(out);
         };
         if threads > 1 {
-            xp.par_chunks_mut(per * g).enumerate().for_each(job);
+            xp.par_chunks_mut(PROJECT_MC * g).enumerate().for_each(job);
         } else {
-            xp.chunks_mut(per * g).enumerate().for_each(job);
+            xp.chunks_mut(PROJECT_MC * g).enumerate().for_each(job);
         }
     } else {
         gemm(
             rows,
             g,
-            p.input_dim,
+            d,
             T::one(),
-            Operand::new(x, p.input_dim),
+            Operand::new(x, d),
             Operand::new(p.kernel, g),
             false,
             xp,
             g,
             threads,
         );
-    }
-    if let Some(bias) = p.xp_bias {
-        for row in xp[..rows * g].chunks_exact_mut(g) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v += *b;
-            }
-        }
+        add_bias(xp);
     }
 }
 
@@ -341,7 +349,8 @@ type Keep<'a, T> = Option<(&'a mut GruTrace<T>, &'a dyn Fn(usize) -> usize)>;
 ///
 /// `xp_row(b)` gives the offset of row `b`'s projection in `xp`. `h` is the state `(B, u)` and is
 /// left untouched; the candidate new state goes to `h_new`. `hu` is `(B, 3u)` scratch, `tmp`
-/// `(B, u)` scratch. When `keep` is given, gates (post and optionally pre-activation) and `hn` of
+/// `(B, u)` scratch. `zero_state` says that `h` is all zeros and `U` finite: the products are then
+/// exactly zero and skipped. When `keep` is given, gates (post and optionally pre-activation) and `hn` of
 /// row `b` are written at `keep.row(b)`.
 #[allow(clippy::too_many_arguments)]
 fn step_rows<T: Float>(
@@ -358,23 +367,28 @@ fn step_rows<T: Float>(
     hs: &mut [T],
     par: Par<'_, T>,
     scratch: &mut Vec<T>,
+    zero_state: bool,
     mut keep: Keep<'_, T>,
 ) {
     let u = p.units;
     let g = 3 * u;
     let u2 = 2 * u;
-    recurrent_product(
-        p,
-        rhs,
-        batch,
-        if p.reset_after { 3 } else { 2 },
-        h,
-        hu,
-        rec,
-        hs,
-        par,
-        scratch,
-    );
+    if zero_state {
+        hu[..batch * g].fill(T::zero());
+    } else {
+        recurrent_product(
+            p,
+            rhs,
+            batch,
+            if p.reset_after { 3 } else { 2 },
+            h,
+            hu,
+            rec,
+            hs,
+            par,
+            scratch,
+        );
+    }
     // Gates z and r (and for reset_after the candidate too) row by row.
     for b in 0..batch {
         let x = &xp[xp_row(b)..xp_row(b) + g];
@@ -423,7 +437,9 @@ fn step_rows<T: Float>(
         }
     }
     if !p.reset_after {
-        rhs.product(par, batch, tmp, u, 0..u, 2..3, hu, g, false, scratch);
+        if !zero_state {
+            rhs.product(par, batch, tmp, u, 0..u, 2..3, hu, g, false, scratch);
+        }
         for b in 0..batch {
             let x = &xp[xp_row(b) + u2..xp_row(b) + g];
             for (c, xv) in hu[b * g + u2..(b + 1) * g].iter_mut().zip(x) {
@@ -509,6 +525,9 @@ pub fn gru_sequence<T: Float>(
         ..
     } = ws;
     let rhs = recurrent_rhs(p, batch, time, packed);
+    // No initial state: the first step's products are `0 · U = 0` (exactly, for a finite `U`,
+    // which packing checks), so that step skips them.
+    let zero_start = h0.is_none() && matches!(rhs, Rhs::Packed(pk) if pk.is_finite());
     let xp: &[T] = xp;
     // Inference with element-wise activations and no recurrent dropout: the team fuses each
     // step's product and gate pass (see `StepCtx`).
@@ -536,7 +555,8 @@ pub fn gru_sequence<T: Float>(
                 }
             }
             let row_of = |b: usize| b * time + t;
-            if let (Par::Team(team), Some(ctx)) = (par, &fused) {
+            let zero_state = zero_start && k == 0;
+            if let (Par::Team(team), Some(ctx), false) = (par, &fused, zero_state) {
                 team.fused_step(
                     rhs,
                     ctx,
@@ -561,6 +581,7 @@ pub fn gru_sequence<T: Float>(
                     hs,
                     par,
                     pscratch,
+                    zero_state,
                     trace
                         .as_deref_mut()
                         .map(|tr| (tr, &row_of as &dyn Fn(usize) -> usize)),
@@ -636,6 +657,7 @@ pub fn gru_step<T: Float>(
         hs,
         Par::Threads(threads),
         pscratch,
+        false,
         None,
     );
     h[..batch * u].copy_from_slice(&h2[..batch * u]);

@@ -149,6 +149,96 @@ fn act_backward<T: Float>(a: Activation, pre: &[T], post: &[T], d: &mut [T], scr
     }
 }
 
+/// `d_out = carry + d_seq (+ d_last)` for one batch row: added to the state gradient
+/// (`dhn = dh + d_out`) on a valid step, carried to the previous output on a masked one.
+fn route_output_grad<T: Float>(
+    carry: &mut [T],
+    seq: Option<&[T]>,
+    last: Option<&[T]>,
+    dh: &[T],
+    dhn: &mut [T],
+    valid: bool,
+    zero_output_for_mask: bool,
+) {
+    // d_out is built in `carry` (same summation order as written above), then moved.
+    if let Some(s) = seq {
+        carry.iter_mut().zip(s).for_each(|(c, v)| *c += *v);
+    }
+    if let Some(l) = last {
+        carry.iter_mut().zip(l).for_each(|(c, v)| *c += *v);
+    }
+    if valid {
+        for ((n, h), c) in dhn.iter_mut().zip(dh).zip(carry.iter_mut()) {
+            *n = *h + *c;
+            *c = T::zero();
+        }
+    } else if zero_output_for_mask {
+        carry.fill(T::zero());
+    }
+}
+
+/// One batch row's saved activations at one step.
+struct GateRows<'a, T> {
+    /// Post-activation gates `(3u)`: z, r, ĥ.
+    gates: &'a [T],
+    /// Pre-activations `(3u)` when kept.
+    pre: Option<&'a [T]>,
+    /// State before the step `(u)`.
+    h_prev: &'a [T],
+    /// `h·U_h + b_rh` (reset_after) or `r ⊙ h_prev` `(u)`.
+    hn: &'a [T],
+}
+
+/// Gate gradients of one batch row from its state gradient `dhn`: the input side `gx` `(3u)`
+/// (dz, dr, dĥ — for `reset_after = false` dr is filled in after the candidate's product), the
+/// recurrent side `gh` `(3u)`, and the direct part of `dh_prev` (`dhn ⊙ z`).
+fn gate_grads_row<T: Float>(
+    p: &GruParams<T>,
+    rows: &GateRows<'_, T>,
+    dhn: &[T],
+    gx: &mut [T],
+    gh: &mut [T],
+    dh_prev: &mut [T],
+    scratch: &mut Vec<T>,
+) {
+    let u = p.units;
+    let u2 = 2 * u;
+    let gates = rows.gates;
+    let pre = rows.pre.unwrap_or(gates);
+    let (z, r, n) = (&gates[..u], &gates[u..u2], &gates[u2..]);
+    let (dz, rest) = gx.split_at_mut(u);
+    let (dr, dn) = rest.split_at_mut(u);
+    for (((((dzv, dnv), dp), d), zv), (hv, nv)) in dz
+        .iter_mut()
+        .zip(dn.iter_mut())
+        .zip(dh_prev.iter_mut())
+        .zip(dhn)
+        .zip(z)
+        .zip(rows.h_prev.iter().zip(n))
+    {
+        *dzv = *d * (*hv - *nv);
+        *dnv = *d * (T::one() - *zv);
+        *dp = *d * *zv;
+    }
+    act_backward(p.activation, &pre[u2..], n, dn, scratch);
+    if p.reset_after {
+        for ((drv, dnv), hnv) in dr.iter_mut().zip(dn.iter()).zip(rows.hn) {
+            *drv = *dnv * *hnv;
+        }
+        act_backward(p.recurrent_activation, &pre[u..u2], r, dr, scratch);
+    }
+    act_backward(p.recurrent_activation, &pre[..u], z, dz, scratch);
+    gh[..u2].copy_from_slice(&gx[..u2]);
+    if p.reset_after {
+        // d(h·U_h + b_rh) = dĥ ⊙ r
+        for ((o, dnv), rv) in gh[u2..].iter_mut().zip(&gx[u2..]).zip(r) {
+            *o = *dnv * *rv;
+        }
+    } else {
+        gh[u2..].copy_from_slice(&gx[u2..]);
+    }
+}
+
 /// Backward pass of [`super::gru::gru_sequence`] run with the same arguments and a trace.
 ///
 /// Accumulates weight gradients into `grads`; writes `dx` `(B, T, D)` and `dh0` `(B, u)` when
@@ -191,33 +281,30 @@ pub fn gru_sequence_backward<T: Float>(
     let mut packed = PackedRhs::new();
     let mut pscratch = Vec::new();
     let rec = RecurrentT::new(p, batch, time, threads, &mut packed);
+    let want_dh0 = dh0.is_some();
     let mut run = |par: Par<'_, T>| {
         for k in (0..time).rev() {
             let t = if opts.go_backwards { time - 1 - k } else { k };
             // Output gradient of this step, routed to the new state or (masked) to the previous output.
             for b in 0..batch {
                 valid[b] = opts.mask.is_none_or(|m| m[b * time + t]);
-                for j in 0..u {
-                    let mut d_out = carry[b * u + j];
-                    if let Some(s) = upstream.sequence {
-                        d_out += s[(b * time + k) * u + j];
-                    }
-                    if k + 1 == time {
-                        if let Some(l) = upstream.last {
-                            d_out += l[b * u + j];
-                        }
-                    }
-                    if valid[b] {
-                        dhn[b * u + j] = dh[b * u + j] + d_out;
-                        carry[b * u + j] = T::zero();
-                    } else {
-                        carry[b * u + j] = if opts.zero_output_for_mask {
-                            T::zero()
-                        } else {
-                            d_out
-                        };
-                    }
-                }
+                let bu = b * u..(b + 1) * u;
+                let seq = upstream
+                    .sequence
+                    .map(|s| &s[(b * time + k) * u..(b * time + k + 1) * u]);
+                let last = upstream
+                    .last
+                    .filter(|_| k + 1 == time)
+                    .map(|l| &l[bu.clone()]);
+                route_output_grad(
+                    &mut carry[bu.clone()],
+                    seq,
+                    last,
+                    &dh[bu.clone()],
+                    &mut dhn[bu],
+                    valid[b],
+                    opts.zero_output_for_mask,
+                );
             }
             // Element-wise gate gradients.
             for b in 0..batch {
@@ -229,51 +316,21 @@ pub fn gru_sequence_backward<T: Float>(
                     continue;
                 }
                 let row = b * time + t;
-                let gates = &trace.gates[row * g..(row + 1) * g];
-                let pre = if trace.has_pre {
-                    &trace.pre[row * g..(row + 1) * g]
-                } else {
-                    gates
+                let rows = GateRows {
+                    gates: &trace.gates[row * g..(row + 1) * g],
+                    pre: trace.has_pre.then(|| &trace.pre[row * g..(row + 1) * g]),
+                    h_prev: &trace.h_prev[row * u..(row + 1) * u],
+                    hn: &trace.hn[row * u..(row + 1) * u],
                 };
-                let hp = &trace.h_prev[row * u..(row + 1) * u];
-                let hn = &trace.hn[row * u..(row + 1) * u];
-                let (z, r, n) = (&gates[..u], &gates[u..u2], &gates[u2..]);
-                let gx = &mut sx[b * g..(b + 1) * g];
-                let dhb = &dhn[bu.clone()];
-                for j in 0..u {
-                    gx[j] = dhb[j] * (hp[j] - n[j]); // dz
-                    gx[u2 + j] = dhb[j] * (T::one() - z[j]); // dn
-                    dh_prev[b * u + j] = dhb[j] * z[j];
-                }
-                act_backward(p.activation, &pre[u2..], n, &mut gx[u2..], &mut scratch);
-                if p.reset_after {
-                    for j in 0..u {
-                        gx[u + j] = gx[u2 + j] * hn[j]; // dr
-                    }
-                    act_backward(
-                        p.recurrent_activation,
-                        &pre[u..u2],
-                        r,
-                        &mut gx[u..u2],
-                        &mut scratch,
-                    );
-                }
-                act_backward(
-                    p.recurrent_activation,
-                    &pre[..u],
-                    z,
-                    &mut gx[..u],
+                gate_grads_row(
+                    p,
+                    &rows,
+                    &dhn[bu.clone()],
+                    &mut sx[b * g..(b + 1) * g],
+                    &mut sh[b * g..(b + 1) * g],
+                    &mut dh_prev[bu],
                     &mut scratch,
                 );
-                let gh = &mut sh[b * g..(b + 1) * g];
-                gh[..u2].copy_from_slice(&gx[..u2]);
-                if p.reset_after {
-                    for j in 0..u {
-                        gh[u2 + j] = gx[u2 + j] * r[j]; // d(h·U_h + b_rh)
-                    }
-                } else {
-                    gh[u2..].copy_from_slice(&gx[u2..]);
-                }
             }
             if !p.reset_after {
                 // d(r ⊙ h_s) = da_n · U_hᵀ, then dr and the direct path into h.
@@ -306,8 +363,11 @@ pub fn gru_sequence_backward<T: Float>(
                     sh[b * g + u..b * g + u2].copy_from_slice(&gx[u..u2]);
                 }
             }
-            // dh_prev += dG_h · Uᵀ over the recurrent gates (masked rows have dG_h = 0).
+            // dh_prev += dG_h · Uᵀ over the recurrent gates (masked rows have dG_h = 0). The
+            // first step's `dh_prev` is `dh0`, not needed unless asked for.
+            let need_dh_prev = k > 0 || want_dh0;
             match dropout.recurrent {
+                _ if !need_dh_prev => {}
                 None => rec.product(
                     par,
                     &sh,
@@ -435,8 +495,16 @@ pub fn gru_sequence_backward<T: Float>(
     }
     let hprev = &trace.h_prev[..rows * u];
     let mut hm = Vec::new();
-    for gate in 0..3 {
-        // Left operand of gate `gate`'s recurrent product over all rows, and its gradient.
+    // Gates z and r share their left operand (`H_prev`) unless recurrent dropout masks differ per
+    // gate: then one GEMM covers both (`u × 2u`), which runs faster than two `u × u` ones.
+    let blocks: &[std::ops::Range<usize>] = if dropout.recurrent.is_none() {
+        &[0..2, 2..3]
+    } else {
+        &[0..1, 1..2, 2..3]
+    };
+    for gates in blocks {
+        let gate = gates.start;
+        // Left operand of these gates' recurrent product over all rows, and its gradient.
         let left: &[T] = if !p.reset_after && gate == 2 {
             &trace.hn[..rows * u]
         } else if let Some(s) = dropout.recurrent {
@@ -453,7 +521,7 @@ pub fn gru_sequence_backward<T: Float>(
         };
         gemm(
             u,
-            u,
+            gates.len() * u,
             rows,
             T::one(),
             Operand::new(left, u).t(),

@@ -59,6 +59,7 @@ pub struct PackedRhs<T> {
     seg: usize,
     segs: usize,
     pps: usize,
+    finite: bool,
 }
 
 impl<T: Float> PackedRhs<T> {
@@ -70,7 +71,14 @@ impl<T: Float> PackedRhs<T> {
             seg: 0,
             segs: 0,
             pps: 0,
+            finite: true,
         }
+    }
+
+    /// Whether every packed value is finite (so that `0 · B = 0` exactly: a product with an
+    /// all-zero left operand may then be skipped).
+    pub fn is_finite(&self) -> bool {
+        self.finite
     }
 
     /// Elements held.
@@ -89,6 +97,8 @@ impl<T: Float> PackedRhs<T> {
         let panel_len = k * NR;
         // Every element is written below (padding included), so old contents need no clearing.
         self.data.resize(pps * segs * panel_len, T::zero());
+        // Checked while copying (a separate scan would read `B` again).
+        let mut finite = true;
         for s in 0..segs {
             for q in 0..pps {
                 let c0 = s * seg + q * NR;
@@ -106,12 +116,16 @@ impl<T: Float> PackedRhs<T> {
                         let src = &b.data[(c0 + j) * b.ld..(c0 + j) * b.ld + k];
                         for (kk, v) in src.iter().enumerate() {
                             dst[kk * NR + j] = *v;
+                            finite &= v.is_finite();
                         }
                     }
                 } else {
                     for (kk, row) in dst.chunks_exact_mut(NR).enumerate() {
                         let o = kk * b.ld + c0;
-                        row[..w].copy_from_slice(&b.data[o..o + w]);
+                        for (d, v) in row[..w].iter_mut().zip(&b.data[o..o + w]) {
+                            *d = *v;
+                            finite &= v.is_finite();
+                        }
                     }
                 }
             }
@@ -120,6 +134,7 @@ impl<T: Float> PackedRhs<T> {
         self.seg = seg;
         self.segs = segs;
         self.pps = pps;
+        self.finite = finite;
     }
 }
 

@@ -382,19 +382,27 @@ fn fused_panel<T: Float>(
     let j0 = q * NR;
     let (tz, rest) = tiles.split_at_mut(tl);
     let (tr, th) = rest.split_at_mut(tl);
+    let th = &mut th[..tl];
+    // Each activation runs once over the whole `m × NR` tile (a call per row and gate cost more
+    // than the math at these widths). Columns `w..NR` of a narrow last panel hold leftovers
+    // that are activated but never read.
+    let xrow = |b: usize| &ctx.xp[(b * ctx.time + t) * g..(b * ctx.time + t + 1) * g];
     for b in 0..m {
-        let x = &ctx.xp[(b * ctx.time + t) * g..(b * ctx.time + t + 1) * g];
+        let x = xrow(b);
         let z = &mut tz[b * NR..b * NR + w];
-        let r = &mut tr[b * NR..b * NR + w];
-        let c = &mut th[b * NR..b * NR + w];
         for (v, xv) in z.iter_mut().zip(&x[j0..j0 + w]) {
             *v += *xv;
         }
+        let r = &mut tr[b * NR..b * NR + w];
         for (v, xv) in r.iter_mut().zip(&x[u + j0..u + j0 + w]) {
             *v += *xv;
         }
-        activate(ctx.recurrent_activation, z);
-        activate(ctx.recurrent_activation, r);
+    }
+    activate(ctx.recurrent_activation, tz);
+    activate(ctx.recurrent_activation, tr);
+    for b in 0..m {
+        let x = xrow(b);
+        let c = &mut th[b * NR..b * NR + w];
         if let Some(bh) = ctx.hh_bias {
             for (v, bv) in c.iter_mut().zip(&bh[j0..j0 + w]) {
                 *v += *bv;
@@ -402,15 +410,18 @@ fn fused_panel<T: Float>(
         }
         for ((v, rv), xv) in c
             .iter_mut()
-            .zip(r.iter())
+            .zip(&tr[b * NR..b * NR + w])
             .zip(&x[2 * u + j0..2 * u + j0 + w])
         {
             *v = *xv + *rv * *v;
         }
-        activate(ctx.activation, c);
+    }
+    activate(ctx.activation, th);
+    for b in 0..m {
+        let (z, c) = (&tz[b * NR..b * NR + w], &th[b * NR..b * NR + w]);
         let hb = &h[b * u + j0..b * u + j0 + w];
         let o = &mut out[b * ldo + col0..b * ldo + col0 + w];
-        for (((n, zv), hv), cv) in o.iter_mut().zip(z.iter()).zip(hb).zip(c.iter()) {
+        for (((n, zv), hv), cv) in o.iter_mut().zip(z).zip(hb).zip(c) {
             *n = *zv * *hv + (T::one() - *zv) * *cv;
         }
     }
