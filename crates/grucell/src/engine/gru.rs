@@ -327,11 +327,12 @@ pub(crate) fn recurrent_rhs<'a, T: Float>(
     p: &GruParams<'a, T>,
     batch: usize,
     time: usize,
+    threads: usize,
     packed: &'a mut super::packed::PackedRhs<T>,
 ) -> Rhs<'a, T> {
     let u = p.units;
     if batch >= 2 && time >= 4 {
-        packed.pack(Operand::new(p.recurrent, 3 * u), u, u, 3);
+        packed.pack_with_threads(Operand::new(p.recurrent, 3 * u), u, u, 3, threads);
         Rhs::Packed(packed)
     } else {
         Rhs::Plain {
@@ -524,7 +525,7 @@ pub fn gru_sequence<T: Float>(
         pscratch,
         ..
     } = ws;
-    let rhs = recurrent_rhs(p, batch, time, packed);
+    let rhs = recurrent_rhs(p, batch, time, opts.threads, packed);
     // No initial state: the first step's products are `0 · U = 0` (exactly, for a finite `U`,
     // which packing checks), so that step skips them.
     let zero_start = h0.is_none() && matches!(rhs, Rhs::Packed(pk) if pk.is_finite());

@@ -72,7 +72,7 @@ impl<'a, T: Float> RecurrentT<'a, T> {
     ) -> Self {
         let u = p.units;
         let packed = (time >= 4).then(|| {
-            store.pack(Operand::new(p.recurrent, 3 * u).t(), 3 * u, u, 1);
+            store.pack_with_threads(Operand::new(p.recurrent, 3 * u).t(), 3 * u, u, 1, threads);
             Rhs::Packed(&*store)
         });
         RecurrentT {

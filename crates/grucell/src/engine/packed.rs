@@ -93,50 +93,99 @@ impl<T: Float> PackedRhs<T> {
 
     /// Packs `B` (`k × segs·seg`, read through `b`) as `segs` segments of `seg` columns.
     pub fn pack(&mut self, b: Operand<'_, T>, k: usize, seg: usize, segs: usize) {
+        self.pack_with_threads(b, k, seg, segs, 1);
+    }
+
+    /// [`PackedRhs::pack`] with groups of panels shared out between up to `threads` rayon
+    /// threads (a weight matrix of 1024 units is 12 MiB: packing it is memory-bound and costs
+    /// a few ms on one core).
+    pub fn pack_with_threads(
+        &mut self,
+        b: Operand<'_, T>,
+        k: usize,
+        seg: usize,
+        segs: usize,
+        threads: usize,
+    ) {
         let pps = seg.div_ceil(NR);
         let panel_len = k * NR;
+        let n_panels = pps * segs;
         // Every element is written below (padding included), so old contents need no clearing.
-        self.data.resize(pps * segs * panel_len, T::zero());
-        // Checked while copying (a separate scan would read `B` again).
-        let mut finite = true;
-        for s in 0..segs {
-            for q in 0..pps {
-                let c0 = s * seg + q * NR;
-                let w = NR.min(seg - q * NR);
-                let p = s * pps + q;
-                let dst = &mut self.data[p * panel_len..(p + 1) * panel_len];
-                if w < NR {
-                    for row in dst.chunks_exact_mut(NR) {
-                        row[w..].fill(T::zero());
-                    }
-                }
-                if b.transposed {
-                    // Element (kk, c) of B is stored at data[c·ld + kk].
-                    for j in 0..w {
-                        let src = &b.data[(c0 + j) * b.ld..(c0 + j) * b.ld + k];
-                        for (kk, v) in src.iter().enumerate() {
-                            dst[kk * NR + j] = *v;
-                            finite &= v.is_finite();
-                        }
-                    }
-                } else {
-                    for (kk, row) in dst.chunks_exact_mut(NR).enumerate() {
-                        let o = kk * b.ld + c0;
-                        for (d, v) in row[..w].iter_mut().zip(&b.data[o..o + w]) {
-                            *d = *v;
-                            finite &= v.is_finite();
-                        }
-                    }
-                }
-            }
-        }
+        self.data.resize(n_panels * panel_len, T::zero());
         self.k = k;
         self.seg = seg;
         self.segs = segs;
         self.pps = pps;
-        self.finite = finite;
+        if panel_len == 0 {
+            self.finite = true;
+            return;
+        }
+        // Groups of adjacent panels: a row of `B` is then read as GROUP·NR contiguous values.
+        let group = GROUP.min(n_panels).max(1);
+        let job = |(gi, chunk): (usize, &mut [T])| -> bool {
+            let mut finite = true;
+            let first = gi * group;
+            let panels = chunk.len() / panel_len;
+            // First column and width of each panel of the group.
+            let mut geo = [(0usize, 0usize); GROUP];
+            for (j, p) in (first..first + panels).enumerate() {
+                let (s, q) = (p / pps, p % pps);
+                geo[j] = (s * seg + q * NR, NR.min(seg - q * NR));
+            }
+            let geo = &geo[..panels];
+            if b.transposed {
+                // Element (kk, c) of B is stored at data[c·ld + kk]: a column is contiguous.
+                for (j, &(c0, w)) in geo.iter().enumerate() {
+                    let dst = &mut chunk[j * panel_len..(j + 1) * panel_len];
+                    for jj in 0..NR {
+                        if jj >= w {
+                            dst.chunks_exact_mut(NR).for_each(|row| row[jj] = T::zero());
+                            continue;
+                        }
+                        let src = &b.data[(c0 + jj) * b.ld..(c0 + jj) * b.ld + k];
+                        for (row, v) in dst.chunks_exact_mut(NR).zip(src) {
+                            row[jj] = *v;
+                            finite &= v.is_finite();
+                        }
+                    }
+                }
+            } else {
+                for kk in 0..k {
+                    for (j, &(c0, w)) in geo.iter().enumerate() {
+                        let o = j * panel_len + kk * NR;
+                        let row = &mut chunk[o..o + NR];
+                        let src = &b.data[kk * b.ld + c0..kk * b.ld + c0 + w];
+                        for (d, v) in row[..w].iter_mut().zip(src) {
+                            *d = *v;
+                            finite &= v.is_finite();
+                        }
+                        row[w..].fill(T::zero());
+                    }
+                }
+            }
+            finite
+        };
+        let data = &mut self.data[..n_panels * panel_len];
+        self.finite = if threads > 1 && data.len() >= PAR_MIN_PACK {
+            data.par_chunks_mut(group * panel_len)
+                .enumerate()
+                .map(job)
+                .reduce(|| true, |a, b| a && b)
+        } else {
+            data.chunks_mut(group * panel_len)
+                .enumerate()
+                .map(job)
+                .fold(true, |a, b| a && b)
+        };
     }
 }
+
+/// Panels packed together (see [`PackedRhs::pack_with_threads`]).
+const GROUP: usize = 8;
+
+/// Packed sizes (elements) from which packing is split between threads: below it (512 units
+/// and less) the memory-bound copy gains nothing measurable from a second thread.
+const PAR_MIN_PACK: usize = 1 << 21;
 
 /// How a recurrent product may use threads.
 #[derive(Debug, Clone, Copy)]
@@ -722,6 +771,43 @@ mod tests {
     #[test]
     fn matches_reference_gemm_f32() {
         check_against_reference::<f32>(2e-4);
+    }
+
+    /// Packing split between threads writes exactly what one thread writes (both layouts,
+    /// ragged last panels), and `is_finite` sees a NaN wherever it is.
+    #[test]
+    fn threaded_packing_matches_and_checks_finiteness() {
+        let (k, seg, segs) = (1000, 700, 3);
+        let mut b: Vec<f32> = ramp(k * seg * segs, 0.01)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for transposed in [false, true] {
+            // Same shape either way: k × segs·seg (transposed: stored as its transpose).
+            fn src(b: &[f32], transposed: bool, k: usize, n: usize) -> Operand<'_, f32> {
+                if transposed {
+                    Operand::new(b, k).t()
+                } else {
+                    Operand::new(b, n)
+                }
+            }
+            let n = seg * segs;
+            let mut one = PackedRhs::new();
+            one.pack(src(&b, transposed, k, n), k, seg, segs);
+            assert!(one.len() >= PAR_MIN_PACK && one.is_finite());
+            let mut three = PackedRhs::new();
+            pool.install(|| three.pack_with_threads(src(&b, transposed, k, n), k, seg, segs, 3));
+            assert!(one.data == three.data, "transposed={transposed}");
+            assert!(three.is_finite());
+            b[k * seg * segs - 5] = f32::NAN;
+            pool.install(|| three.pack_with_threads(src(&b, transposed, k, n), k, seg, segs, 3));
+            assert!(!three.is_finite(), "transposed={transposed}");
+            b[k * seg * segs - 5] = 0.5;
+        }
     }
 
     #[test]
