@@ -172,10 +172,12 @@ impl<T: Float> PackedRhs<T> {
                 .map(job)
                 .reduce(|| true, |a, b| a && b)
         } else {
-            data.chunks_mut(group * panel_len)
-                .enumerate()
-                .map(job)
-                .fold(true, |a, b| a && b)
+            // Every group must be packed: no short-circuiting `all`.
+            let mut finite = true;
+            for item in data.chunks_mut(group * panel_len).enumerate() {
+                finite &= job(item);
+            }
+            finite
         };
     }
 }
