@@ -588,21 +588,32 @@ pub fn gru_sequence<T: Float>(
                         .map(|tr| (tr, &row_of as &dyn Fn(usize) -> usize)),
                 );
             }
+            // The new state becomes the state by swapping the two buffers; a masked row first
+            // takes its old state over. Without a mask the output is the new state, and the last
+            // output (set after the loop) the final state.
             for b in 0..batch {
-                let valid = opts.mask.is_none_or(|m| m[b * time + t]);
-                let hb = &mut h[b * u..(b + 1) * u];
-                let lo = &mut out.last_output[b * u..(b + 1) * u];
-                if valid {
-                    hb.copy_from_slice(&h2[b * u..(b + 1) * u]);
-                    lo.copy_from_slice(hb);
-                } else if opts.zero_output_for_mask {
-                    lo.fill(T::zero());
-                }
+                let rows = b * u..(b + 1) * u;
+                let out_row = match opts.mask {
+                    None => &h2[rows],
+                    Some(m) => {
+                        let lo = &mut out.last_output[rows.clone()];
+                        if m[b * time + t] {
+                            lo.copy_from_slice(&h2[rows]);
+                        } else {
+                            h2[rows.clone()].copy_from_slice(&h[rows]);
+                            if opts.zero_output_for_mask {
+                                lo.fill(T::zero());
+                            }
+                        }
+                        &*lo
+                    }
+                };
                 if let Some(seq) = sequence.as_deref_mut() {
                     let o = (b * time + k) * u;
-                    seq[o..o + u].copy_from_slice(lo);
+                    seq[o..o + u].copy_from_slice(out_row);
                 }
             }
+            std::mem::swap(h, h2);
         }
     };
     if use_team(opts.threads, batch, time, u) {
@@ -613,6 +624,9 @@ pub fn gru_sequence<T: Float>(
         run(Par::Threads(opts.threads));
     }
     out.state[..batch * u].copy_from_slice(&h[..batch * u]);
+    if opts.mask.is_none() && time > 0 {
+        out.last_output[..batch * u].copy_from_slice(&h[..batch * u]);
+    }
 }
 
 /// One time step for a batch: `x_t` `(B, D)`, state `h` `(B, u)` updated in place.
