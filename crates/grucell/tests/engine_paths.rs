@@ -202,13 +202,15 @@ fn close(label: &str, a: &[f32], want: &[f64], tol: f64) {
 #[test]
 fn all_paths_agree_with_f64_and_across_thread_counts() {
     // (B, T, D, u): batch-1 strips; in-place tiles (T < 4); packed + packed-kernel projection;
-    // team with the packed-kernel projection; team with the GEMM-crate projection (D > 256).
+    // team with the packed-kernel projection; team with the GEMM-crate projection (D > 256);
+    // team with a narrow last panel (u = 200 is not a multiple of 16).
     let sizes = [
         (1, 5, 3, 70),
         (3, 2, 5, 40),
         (13, 6, 7, 40),
         (16, 5, 24, 256),
         (8, 4, 300, 256),
+        (24, 5, 10, 200),
     ];
     let mut seed = 1;
     for &size in &sizes {
