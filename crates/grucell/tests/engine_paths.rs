@@ -273,7 +273,12 @@ fn same(a: &[f32], b: &[f32]) -> bool {
 /// path and thread count, and a non-finite `U` must turn the skip off (`0 · ∞` is NaN in Keras).
 #[test]
 fn skipped_first_products_change_nothing() {
-    let sizes = [(1, 5, 3, 70), (13, 6, 7, 40), (16, 5, 24, 256)];
+    let sizes = [
+        (1, 5, 3, 70),
+        (13, 6, 7, 40),
+        (16, 5, 24, 256),
+        (24, 5, 10, 200),
+    ];
     let mut seed = 100;
     for &size in &sizes {
         for (reset_after, masked, backwards, rec_drop) in [
@@ -292,8 +297,9 @@ fn skipped_first_products_change_nothing() {
                     "{size:?} reset_after={reset_after} mask={masked} back={backwards} \
                      drop={rec_drop} inf={poison}"
                 );
-                let train = !poison;
-                for threads in [1, 2] {
+                // Inference (fused team steps, inputs projected in the step) and training.
+                let trains: &[bool] = if poison { &[false] } else { &[false, true] };
+                for (&train, threads) in trains.iter().flat_map(|t| [(t, 1), (t, 2)]) {
                     let (seq_a, state_a, g_a) = pr.run::<f32>(threads, train);
                     pr.h0_given = false;
                     pr.want_dh0 = true;

@@ -13,7 +13,7 @@
 
 use super::gemm::{gemm, Operand};
 use super::packed::{Par, Rhs};
-use super::team::{StepCtx, Team};
+use super::team::{StepAt, StepCtx, StepInputs, Team};
 use super::workspace::{grow, GruWorkspace};
 use crate::float::Float;
 use crate::layers::activation::Activation;
@@ -161,7 +161,7 @@ pub fn project_inputs<T: Float>(
         };
         w.matmul(rows, x, d, 0..d, 0..1, xp, g, false, 1, &mut Vec::new());
         add_bias(xp);
-    } else if d <= PROJECT_OWN_MAX_K && rows >= 64 {
+    } else if d <= PROJECT_OWN_MAX_K {
         // Short inputs: the packed kernel (the GEMM crate's packing is most of the work when k
         // is this small), in blocks of rows shared out between threads, each block's bias added
         // while it is still in cache.
@@ -493,8 +493,27 @@ pub fn gru_sequence<T: Float>(
     let u = p.units;
     let g = 3 * u;
     let rows = batch * time;
-    ws.reserve(batch, time, u);
+    let team = use_team(opts.threads, batch, time, u);
+    // Inference with element-wise activations and no recurrent dropout: the team fuses each
+    // step's products and gate pass (see `StepCtx`); for short inputs it projects them in the
+    // step too (`StepInputs::Raw`).
+    let fusable = trace.is_none()
+        && dropout.recurrent.is_none()
+        && p.reset_after
+        && p.activation.is_elementwise()
+        && p.recurrent_activation.is_elementwise();
+    let raw = team && fusable && dropout.input.is_none() && p.input_dim <= PROJECT_OWN_MAX_K;
+    if raw {
+        // Only the two state buffers: no projections buffer, no unfused-step scratch.
+        grow(&mut ws.h, batch * u);
+        grow(&mut ws.h2, batch * u);
+    } else {
+        ws.reserve(batch, time, u);
+    }
     match dropout.input {
+        _ if raw => ws
+            .wpacked
+            .pack(Operand::new(p.kernel, g), p.input_dim, u, 3),
         None => project_inputs(p, x, rows, &mut ws.xp, opts.threads),
         Some(m) => {
             project_inputs_masked(p, x, batch, time, m, &mut ws.xp, &mut ws.xm, opts.threads)
@@ -522,6 +541,7 @@ pub fn gru_sequence<T: Float>(
         h2,
         hs,
         packed,
+        wpacked,
         pscratch,
         ..
     } = ws;
@@ -530,15 +550,18 @@ pub fn gru_sequence<T: Float>(
     // which packing checks), so that step skips them.
     let zero_start = h0.is_none() && matches!(rhs, Rhs::Packed(pk) if pk.is_finite());
     let xp: &[T] = xp;
-    // Inference with element-wise activations and no recurrent dropout: the team fuses each
-    // step's product and gate pass (see `StepCtx`).
-    let fused = (trace.is_none()
-        && dropout.recurrent.is_none()
-        && p.reset_after
-        && p.activation.is_elementwise()
-        && p.recurrent_activation.is_elementwise())
-    .then_some(StepCtx {
-        xp,
+    let inputs = if raw {
+        StepInputs::Raw {
+            x,
+            input_dim: p.input_dim,
+            w: Rhs::Packed(wpacked),
+            bias: p.xp_bias,
+        }
+    } else {
+        StepInputs::Projected(xp)
+    };
+    let fused = fusable.then_some(StepCtx {
+        inputs,
         time,
         units: u,
         hh_bias: p.hh_bias,
@@ -557,11 +580,14 @@ pub fn gru_sequence<T: Float>(
             }
             let row_of = |b: usize| b * time + t;
             let zero_state = zero_start && k == 0;
-            if let (Par::Team(team), Some(ctx), false) = (par, &fused, zero_state) {
+            if let (Par::Team(team), Some(ctx)) = (par, &fused) {
                 team.fused_step(
                     rhs,
                     ctx,
-                    t,
+                    StepAt {
+                        t,
+                        zero: zero_state,
+                    },
                     batch,
                     &h[..batch * u],
                     &mut h2[..batch * u],
@@ -616,7 +642,7 @@ pub fn gru_sequence<T: Float>(
             std::mem::swap(h, h2);
         }
     };
-    if use_team(opts.threads, batch, time, u) {
+    if team {
         Team::run(team_size(opts.threads), rhs, fused, |team| {
             run(Par::Team(team))
         });

@@ -32,8 +32,9 @@ struct Job {
     segs: Range<usize>,
     /// Panels per share: the caller does share 0, helper `i` share `i + 1`.
     per: usize,
-    /// A fused step at time index `t` (see [`StepCtx`]) instead of a plain product.
-    fused_t: Option<usize>,
+    /// A fused step at time index `t` (see [`StepCtx`]) instead of a plain product, and whether
+    /// its state is all zeros (`h·U` skipped).
+    fused: Option<(usize, bool)>,
 }
 
 /// What a fused inference step needs besides `U`: with `reset_after = true`, element-wise
@@ -42,8 +43,8 @@ struct Job {
 /// the threads too and only `(B, units of the share)` values cross back.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StepCtx<'a, T> {
-    /// Input projections `(B·T, 3u)`, rows `b·T + t`.
-    pub xp: &'a [T],
+    /// Where each step's input projections come from.
+    pub inputs: StepInputs<'a, T>,
     /// Sequence length `T`.
     pub time: usize,
     /// Units `u`.
@@ -54,6 +55,27 @@ pub(crate) struct StepCtx<'a, T> {
     pub activation: Activation,
     /// Gate activation (element-wise).
     pub recurrent_activation: Activation,
+}
+
+/// The input side of a fused step.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum StepInputs<'a, T> {
+    /// Projected before the loop: `(B·T, 3u)`, rows `b·T + t`.
+    Projected(&'a [T]),
+    /// Projected inside each step, by each thread for its own units: `x_t · W + b`, with the
+    /// same kernel, panels and summation order as [`super::gru::project_inputs`] (inputs of at
+    /// most 256 features), so the results are identical; the `(B·T, 3u)` buffer is never
+    /// written and read back.
+    Raw {
+        /// Inputs `(B, T, D)`.
+        x: &'a [T],
+        /// `D`.
+        input_dim: usize,
+        /// The input kernel `W` packed as three gate segments.
+        w: Rhs<'a, T>,
+        /// The projection's bias `(3u)`.
+        bias: Option<&'a [T]>,
+    },
 }
 
 /// Helper threads that stay awake for one sequence; create with [`Team::run`].
@@ -178,12 +200,13 @@ impl<T: Float> Team<T> {
             {
                 let a = lock(self.a.read());
                 let mut out = lock(self.outs[idx].lock());
-                if let (Some(t), Some(ctx)) = (job.fused_t, ctx) {
+                if let (Some((t, zero)), Some(ctx)) = (job.fused, ctx) {
                     let units = fused_share(&job, &rhs, idx + 1);
                     out.resize(units.len() * job.m * NR, T::zero());
+                    let at = StepAt { t, zero };
                     for (j, q) in units.enumerate() {
                         let tile = &mut out[j * job.m * NR..(j + 1) * job.m * NR];
-                        fused_panel(&rhs, &ctx, t, q, job.m, &a, &mut tiles, tile, NR, 0);
+                        fused_panel(&rhs, &ctx, at, q, job.m, &a, &mut tiles, tile, NR, 0);
                     }
                     drop((a, out));
                     self.done.fetch_add(1, Ordering::AcqRel);
@@ -226,7 +249,7 @@ impl<T: Float> Team<T> {
             kr: kr.clone(),
             segs: segs.clone(),
             per: n_panels.div_ceil(shares),
-            fused_t: None,
+            fused: None,
         };
         let target = self.post(&job, &a[..(m - 1) * lda + kr.end]);
         // The caller's share, straight into C.
@@ -253,7 +276,7 @@ impl<T: Float> Team<T> {
         }
     }
 
-    /// One fused inference step at time index `t`: `h_new = GRU(h, xp[:, t])` for all `m`
+    /// One fused inference step at time index `at.t`: `h_new = GRU(h, x[:, t])` for all `m`
     /// rows, the units split between the caller and the helpers. The team must have been started
     /// with a [`StepCtx`]; `tiles` is the caller's scratch.
     #[allow(clippy::too_many_arguments)]
@@ -261,7 +284,7 @@ impl<T: Float> Team<T> {
         &self,
         rhs: Rhs<'_, T>,
         ctx: &StepCtx<'_, T>,
-        t: usize,
+        at: StepAt,
         m: usize,
         h: &[T],
         h_new: &mut [T],
@@ -270,7 +293,7 @@ impl<T: Float> Team<T> {
         let u = ctx.units;
         if self.failed.load(Ordering::Acquire) {
             for q in 0..rhs.panels_per_segment() {
-                fused_panel(&rhs, ctx, t, q, m, h, tiles, h_new, u, q * NR);
+                fused_panel(&rhs, ctx, at, q, m, h, tiles, h_new, u, q * NR);
             }
             return;
         }
@@ -281,18 +304,18 @@ impl<T: Float> Team<T> {
             kr: 0..u,
             segs: 0..3,
             per: rhs.panels_per_segment().div_ceil(shares),
-            fused_t: Some(t),
+            fused: Some((at.t, at.zero)),
         };
         let target = self.post(&job, &h[..m * u]);
         for q in fused_share(&job, &rhs, 0) {
-            fused_panel(&rhs, ctx, t, q, m, h, tiles, h_new, u, q * NR);
+            fused_panel(&rhs, ctx, at, q, m, h, tiles, h_new, u, q * NR);
         }
         self.wait_helpers(target);
         for (i, out) in self.outs.iter().enumerate() {
             let units = fused_share(&job, &rhs, i + 1);
             if self.failed.load(Ordering::Acquire) {
                 for q in units {
-                    fused_panel(&rhs, ctx, t, q, m, h, tiles, h_new, u, q * NR);
+                    fused_panel(&rhs, ctx, at, q, m, h, tiles, h_new, u, q * NR);
                 }
                 continue;
             }
@@ -342,14 +365,25 @@ fn fused_share<T: Float>(job: &Job, rhs: &Rhs<'_, T>, s: usize) -> Range<usize> 
     (s * job.per).min(n)..((s + 1) * job.per).min(n)
 }
 
-/// Units `q·NR ..` of one fused step: the three gate panels of `h · U`, then the gates and the new
-/// state, written to `out[b·ldo + col0 + j]`. The arithmetic is exactly that of the unfused step
-/// (same kernels, same order), so results do not depend on the thread count.
+/// Which step a fused step is: time index `t`, and whether the state is all zeros (no initial
+/// state, first step: `h·U = 0` exactly and is not computed).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StepAt {
+    /// Input time index.
+    pub t: usize,
+    /// The state is all zeros.
+    pub zero: bool,
+}
+
+/// Units `q·NR ..` of one fused step: the three gate panels of `h · U` (and with
+/// [`StepInputs::Raw`] of `x_t · W + b`), then the gates and the new state, written to
+/// `out[b·ldo + col0 + j]`. The arithmetic is exactly that of the unfused step (same kernels,
+/// same order), so results do not depend on the thread count.
 #[allow(clippy::too_many_arguments)]
 fn fused_panel<T: Float>(
     rhs: &Rhs<'_, T>,
     ctx: &StepCtx<'_, T>,
-    t: usize,
+    at: StepAt,
     q: usize,
     m: usize,
     h: &[T],
@@ -358,61 +392,90 @@ fn fused_panel<T: Float>(
     ldo: usize,
     col0: usize,
 ) {
-    let u = ctx.units;
+    let (t, u) = (at.t, ctx.units);
     let g = 3 * u;
     let tl = m * NR;
-    tiles.resize(3 * tl, T::zero());
+    let j0 = q * NR;
+    tiles.resize(6 * tl, T::zero());
+    let (th_tiles, tx_tiles) = tiles.split_at_mut(3 * tl);
     let mut w = 0;
     for gate in 0..3 {
         let (_, width, b, ldb) = rhs.panel(gate, q);
         w = width;
-        run_panel(
-            m,
-            h,
-            u,
-            &(0..u),
-            b,
-            ldb,
-            w,
-            &mut tiles[gate * tl..],
-            NR,
-            false,
-        );
+        let tile = &mut th_tiles[gate * tl..(gate + 1) * tl];
+        if at.zero {
+            tile.fill(T::zero());
+        } else {
+            run_panel(m, h, u, &(0..u), b, ldb, w, tile, NR, false);
+        }
+        if let StepInputs::Raw {
+            x,
+            input_dim: d,
+            w: wk,
+            bias,
+        } = ctx.inputs
+        {
+            // Rows b·T + t of x: offset t·D, stride T·D.
+            let (_, _, b, ldb) = wk.panel(gate, q);
+            let xt = &mut tx_tiles[gate * tl..(gate + 1) * tl];
+            run_panel(
+                m,
+                &x[t * d..],
+                ctx.time * d,
+                &(0..d),
+                b,
+                ldb,
+                w,
+                xt,
+                NR,
+                false,
+            );
+            if let Some(bias) = bias {
+                let bias = &bias[gate * u + j0..gate * u + j0 + w];
+                for row in xt.chunks_exact_mut(NR) {
+                    for (v, bv) in row[..w].iter_mut().zip(bias) {
+                        *v += *bv;
+                    }
+                }
+            }
+        }
     }
-    let j0 = q * NR;
-    let (tz, rest) = tiles.split_at_mut(tl);
+    let (tz, rest) = th_tiles.split_at_mut(tl);
     let (tr, th) = rest.split_at_mut(tl);
-    let th = &mut th[..tl];
+    // The input projection of row `b`, gate `gate`, these units.
+    let xin = |b: usize, gate: usize| -> &[T] {
+        match ctx.inputs {
+            StepInputs::Projected(xp) => {
+                let o = (b * ctx.time + t) * g + gate * u + j0;
+                &xp[o..o + w]
+            }
+            StepInputs::Raw { .. } => {
+                let o = gate * tl + b * NR;
+                &tx_tiles[o..o + w]
+            }
+        }
+    };
     // Each activation runs once over the whole `m × NR` tile (a call per row and gate cost more
     // than the math at these widths). Columns `w..NR` of a narrow last panel hold leftovers
     // that are activated but never read.
-    let xrow = |b: usize| &ctx.xp[(b * ctx.time + t) * g..(b * ctx.time + t + 1) * g];
     for b in 0..m {
-        let x = xrow(b);
-        let z = &mut tz[b * NR..b * NR + w];
-        for (v, xv) in z.iter_mut().zip(&x[j0..j0 + w]) {
+        for (v, xv) in tz[b * NR..b * NR + w].iter_mut().zip(xin(b, 0)) {
             *v += *xv;
         }
-        let r = &mut tr[b * NR..b * NR + w];
-        for (v, xv) in r.iter_mut().zip(&x[u + j0..u + j0 + w]) {
+        for (v, xv) in tr[b * NR..b * NR + w].iter_mut().zip(xin(b, 1)) {
             *v += *xv;
         }
     }
     activate(ctx.recurrent_activation, tz);
     activate(ctx.recurrent_activation, tr);
     for b in 0..m {
-        let x = xrow(b);
         let c = &mut th[b * NR..b * NR + w];
         if let Some(bh) = ctx.hh_bias {
             for (v, bv) in c.iter_mut().zip(&bh[j0..j0 + w]) {
                 *v += *bv;
             }
         }
-        for ((v, rv), xv) in c
-            .iter_mut()
-            .zip(&tr[b * NR..b * NR + w])
-            .zip(&x[2 * u + j0..2 * u + j0 + w])
-        {
+        for ((v, rv), xv) in c.iter_mut().zip(&tr[b * NR..b * NR + w]).zip(xin(b, 2)) {
             *v = *xv + *rv * *v;
         }
     }

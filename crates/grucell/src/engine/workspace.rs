@@ -24,6 +24,8 @@ pub struct GruWorkspace<T> {
     pub(crate) hs: Vec<T>,
     /// The recurrent kernel packed for the time loop (`u × 3u`, padded to whole panels).
     pub(crate) packed: PackedRhs<T>,
+    /// The input kernel packed for projections inside the steps (`D × 3u`, short inputs only).
+    pub(crate) wpacked: PackedRhs<T>,
     /// Panel-major scratch of a recurrent product split between threads `(B, 3u)` padded.
     pub(crate) pscratch: Vec<T>,
 }
@@ -46,6 +48,7 @@ impl<T: Float> GruWorkspace<T> {
             xm: Vec::new(),
             hs: Vec::new(),
             packed: PackedRhs::new(),
+            wpacked: PackedRhs::new(),
             pscratch: Vec::new(),
         }
     }
@@ -75,6 +78,7 @@ impl<T: Float> GruWorkspace<T> {
             + self.xm.len()
             + self.hs.len()
             + self.packed.len()
+            + self.wpacked.len()
             + self.pscratch.len()
     }
 
