@@ -160,7 +160,7 @@ fn route_output_grad<T: Float>(
     valid: bool,
     zero_output_for_mask: bool,
 ) {
-    // d_out is built in `carry` (same summation order as written above), then moved.
+    // d_out is summed in `carry` (carry + d_seq + d_last, in that order), then moved.
     if let Some(s) = seq {
         carry.iter_mut().zip(s).for_each(|(c, v)| *c += *v);
     }

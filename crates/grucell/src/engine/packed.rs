@@ -96,9 +96,9 @@ impl<T: Float> PackedRhs<T> {
         self.pack_with_threads(b, k, seg, segs, 1);
     }
 
-    /// [`PackedRhs::pack`] with groups of panels shared out between up to `threads` rayon
-    /// threads (a weight matrix of 1024 units is 12 MiB: packing it is memory-bound and costs
-    /// a few ms on one core).
+    /// [`PackedRhs::pack`] with groups of panels shared out as at most `threads` rayon tasks
+    /// (from 2^21 elements: a weight matrix of 1024 units is 12 MiB, and packing
+    /// it is memory-bound and costs a few ms on one core).
     pub fn pack_with_threads(
         &mut self,
         b: Operand<'_, T>,
@@ -122,7 +122,7 @@ impl<T: Float> PackedRhs<T> {
         }
         // Groups of adjacent panels: a row of `B` is then read as GROUP·NR contiguous values.
         let group = GROUP.min(n_panels).max(1);
-        let job = |(gi, chunk): (usize, &mut [T])| -> bool {
+        let pack_group = |gi: usize, chunk: &mut [T]| -> bool {
             let mut finite = true;
             let first = gi * group;
             let panels = chunk.len() / panel_len;
@@ -165,19 +165,30 @@ impl<T: Float> PackedRhs<T> {
             }
             finite
         };
-        let data = &mut self.data[..n_panels * panel_len];
-        self.finite = if threads > 1 && data.len() >= PAR_MIN_PACK {
-            data.par_chunks_mut(group * panel_len)
-                .enumerate()
-                .map(job)
-                .reduce(|| true, |a, b| a && b)
+        // A run of groups per task, at most `threads` tasks. Every group is packed (no
+        // short-circuiting `all`), the finiteness flags are and-ed.
+        let n_groups = n_panels.div_ceil(group);
+        let tasks = if n_panels * panel_len >= PAR_MIN_PACK {
+            threads.clamp(1, n_groups)
         } else {
-            // Every group must be packed: no short-circuiting `all`.
+            1
+        };
+        let per = n_groups.div_ceil(tasks);
+        let task = |(ti, chunk): (usize, &mut [T])| -> bool {
             let mut finite = true;
-            for item in data.chunks_mut(group * panel_len).enumerate() {
-                finite &= job(item);
+            for (j, gchunk) in chunk.chunks_mut(group * panel_len).enumerate() {
+                finite &= pack_group(ti * per + j, gchunk);
             }
             finite
+        };
+        let data = &mut self.data[..n_panels * panel_len];
+        self.finite = if tasks > 1 {
+            data.par_chunks_mut(per * group * panel_len)
+                .enumerate()
+                .map(task)
+                .reduce(|| true, |a, b| a && b)
+        } else {
+            task((0, data))
         };
     }
 }
@@ -287,17 +298,39 @@ impl<T: Float> Rhs<'_, T> {
             return;
         }
         // Panel-major scratch: panel i's m × NR tile at i·m·NR; each thread takes a run of panels.
+        // Accumulating products start from C's values in the scratch, so that every element is
+        // summed in the order of the single-threaded path (see `gather`).
         let tile = m * NR;
         grow(scratch, n_panels * tile);
+        if accumulate {
+            self.gather(
+                &segs,
+                0..n_panels,
+                m,
+                c,
+                ldc,
+                &mut scratch[..n_panels * tile],
+            );
+        }
         let per = n_panels.div_ceil(threads);
         scratch[..n_panels * tile]
             .par_chunks_mut(per * tile)
             .enumerate()
             .for_each(|(ti, chunk)| {
                 let end = (ti * per + chunk.len() / tile).min(n_panels);
-                run_panel_range(self, &kr, &segs, ti * per..end, m, a, lda, chunk);
+                run_panel_range(
+                    self,
+                    &kr,
+                    &segs,
+                    ti * per..end,
+                    m,
+                    a,
+                    lda,
+                    chunk,
+                    accumulate,
+                );
             });
-        self.scatter(&segs, 0..n_panels, m, scratch, c, ldc, accumulate);
+        self.scatter(&segs, 0..n_panels, m, scratch, c, ldc, false);
     }
 
     /// [`Rhs::matmul`] or the team's product, as `par` says.
@@ -350,6 +383,33 @@ impl<T: Float> Rhs<'_, T> {
         }
     }
 
+    /// Copies the columns of panels `panels` of row-major `C` into panel-major tiles (the
+    /// inverse of [`Rhs::scatter`]; padding columns get zeros). A split product that accumulates
+    /// starts each tile from `C` and adds the k-blocks of the kernel to it one by one, exactly as
+    /// the single-threaded path does in place: `((C + A·B[k-block 0]) + …)`. Adding a separately
+    /// computed tile to `C` would round differently once `k` spans several blocks.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn gather(
+        &self,
+        segs: &Range<usize>,
+        panels: Range<usize>,
+        m: usize,
+        c: &[T],
+        ldc: usize,
+        dst: &mut [T],
+    ) {
+        let pps = self.panels_per_segment();
+        let tile = m * NR;
+        for (j, i) in panels.enumerate() {
+            let (c0, w, _, _) = self.panel(segs.start + i / pps, i % pps);
+            let tile_dst = &mut dst[j * tile..(j + 1) * tile];
+            for (r, dr) in tile_dst.chunks_exact_mut(NR).enumerate() {
+                dr[..w].copy_from_slice(&c[r * ldc + c0..r * ldc + c0 + w]);
+                dr[w..].fill(T::zero());
+            }
+        }
+    }
+
     /// Adds (or copies) panel-major tiles of panels `panels` into row-major `C`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn scatter(
@@ -374,7 +434,8 @@ impl<T: Float> Rhs<'_, T> {
     }
 }
 
-/// Computes panels `panels` (indices within `segs`) into panel-major `out` (`m × NR` each).
+/// Computes panels `panels` (indices within `segs`) into panel-major `out` (`m × NR` each),
+/// adding to what `out` holds when `accumulate` (see [`Rhs::gather`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_panel_range<T: Float>(
     rhs: &Rhs<'_, T>,
@@ -385,6 +446,7 @@ pub(crate) fn run_panel_range<T: Float>(
     a: &[T],
     lda: usize,
     out: &mut [T],
+    accumulate: bool,
 ) {
     let pps = rhs.panels_per_segment();
     let tile = m * NR;
@@ -400,7 +462,7 @@ pub(crate) fn run_panel_range<T: Float>(
             w,
             &mut out[j * tile..(j + 1) * tile],
             NR,
-            false,
+            accumulate,
         );
     }
 }

@@ -32,6 +32,8 @@ struct Job {
     segs: Range<usize>,
     /// Panels per share: the caller does share 0, helper `i` share `i + 1`.
     per: usize,
+    /// The helpers' output tiles hold `C`'s values (gathered by the caller) to add to.
+    accumulate: bool,
     /// A fused step at time index `t` (see [`StepCtx`]) instead of a plain product, and whether
     /// its state is all zeros (`h·U` skipped).
     fused: Option<(usize, bool)>,
@@ -215,7 +217,15 @@ impl<T: Float> Team<T> {
                 let panels = share(&job, &rhs, idx + 1);
                 out.resize(panels.len() * job.m * NR, T::zero());
                 run_panel_range(
-                    &rhs, &job.kr, &job.segs, panels, job.m, &a, job.lda, &mut out,
+                    &rhs,
+                    &job.kr,
+                    &job.segs,
+                    panels,
+                    job.m,
+                    &a,
+                    job.lda,
+                    &mut out,
+                    job.accumulate,
                 );
             }
             self.done.fetch_add(1, Ordering::AcqRel);
@@ -249,8 +259,19 @@ impl<T: Float> Team<T> {
             kr: kr.clone(),
             segs: segs.clone(),
             per: n_panels.div_ceil(shares),
+            accumulate,
             fused: None,
         };
+        if accumulate {
+            // Each helper adds to `C`'s values, in the order of the single-threaded path
+            // (see `Rhs::gather`).
+            for (i, out) in self.outs.iter().enumerate() {
+                let panels = share(&job, &rhs, i + 1);
+                let mut out = lock(out.lock());
+                out.resize(panels.len() * m * NR, T::zero());
+                rhs.gather(&segs, panels, m, c, ldc, &mut out);
+            }
+        }
         let target = self.post(&job, &a[..(m - 1) * lda + kr.end]);
         // The caller's share, straight into C.
         rhs.panels_into(
@@ -272,7 +293,7 @@ impl<T: Float> Team<T> {
                 continue;
             }
             let out = lock(out.lock());
-            rhs.scatter(&segs, panels, m, &out, c, ldc, accumulate);
+            rhs.scatter(&segs, panels, m, &out, c, ldc, false);
         }
     }
 
@@ -304,6 +325,7 @@ impl<T: Float> Team<T> {
             kr: 0..u,
             segs: 0..3,
             per: rhs.panels_per_segment().div_ceil(shares),
+            accumulate: false,
             fused: Some((at.t, at.zero)),
         };
         let target = self.post(&job, &h[..m * u]);
@@ -503,7 +525,9 @@ mod tests {
     use crate::engine::packed::PackedRhs;
 
     fn product(threads: usize, fail: bool) -> Vec<f32> {
-        let (m, k, seg) = (9, 70, 40);
+        // k spans three of the AVX2 kernel's k-blocks: accumulating products must add them to
+        // `C` in the single-threaded order.
+        let (m, k, seg) = (9, 600, 40);
         let b: Vec<f32> = (0..k * 3 * seg).map(|i| (i as f32 * 0.37).sin()).collect();
         let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.11).cos()).collect();
         let mut pk = PackedRhs::new();
