@@ -145,11 +145,7 @@ pub fn project_inputs<T: Float>(
     let xp = &mut xp[..rows * g];
     let add_bias = |block: &mut [T]| {
         if let Some(bias) = p.xp_bias {
-            for row in block.chunks_exact_mut(g) {
-                for (v, b) in row.iter_mut().zip(bias) {
-                    *v += *b;
-                }
-            }
+            add_bias_rows(bias, block, g);
         }
     };
     if rows <= 2 {
@@ -232,10 +228,16 @@ pub fn project_inputs_masked<T: Float>(
         );
     }
     if let Some(bias) = p.xp_bias {
-        for row in xp[..rows * g].chunks_exact_mut(g) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v += *b;
-            }
+        add_bias_rows(bias, &mut xp[..rows * g], g);
+    }
+}
+
+/// `block[r·stride + j] += bias[j]` for every row `r` and `j < bias.len()`: the projection's bias,
+/// added in one place for every projection path (so all of them round alike).
+pub(crate) fn add_bias_rows<T: Float>(bias: &[T], block: &mut [T], stride: usize) {
+    for row in block.chunks_exact_mut(stride) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += *b;
         }
     }
 }

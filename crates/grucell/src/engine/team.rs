@@ -14,7 +14,7 @@
 //! team failed; the caller then computes every share itself for the rest of the sequence, so
 //! neither a bug, a thread limit nor an oversubscribed machine can hang or crawl the caller.
 
-use super::gru::activate;
+use super::gru::{activate, add_bias_rows};
 use super::packed::{run_panel, run_panel_range, Rhs, NR};
 use crate::float::Float;
 use crate::layers::activation::Activation;
@@ -453,12 +453,7 @@ fn fused_panel<T: Float>(
                 false,
             );
             if let Some(bias) = bias {
-                let bias = &bias[gate * u + j0..gate * u + j0 + w];
-                for row in xt.chunks_exact_mut(NR) {
-                    for (v, bv) in row[..w].iter_mut().zip(bias) {
-                        *v += *bv;
-                    }
-                }
+                add_bias_rows(&bias[gate * u + j0..gate * u + j0 + w], xt, NR);
             }
         }
     }
