@@ -14,19 +14,8 @@ use grucell::engine::gru_backward::{gru_sequence_backward, GruGrads, OutputGrads
 use grucell::engine::workspace::GruWorkspace;
 use grucell::{Activation, Float};
 
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-    }
-    fn vec(&mut self, n: usize, s: f64) -> Vec<f64> {
-        (0..n).map(|_| self.next() * s).collect()
-    }
-}
+mod common;
+use common::Lcg;
 
 struct Problem {
     b: usize,

@@ -28,20 +28,8 @@ use std::path::PathBuf;
 
 // ------------------------------------------------------------------------------------ helpers
 
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-    }
-    fn tensor(&mut self, shape: &[usize], s: f64) -> Tensor<f64> {
-        let n = shape.iter().product();
-        Tensor::new(shape.to_vec(), (0..n).map(|_| self.next() * s).collect()).unwrap()
-    }
-}
+mod common;
+use common::Lcg;
 
 fn rebuild_rnn(r: &Rnn<f64>, cells: Vec<GruCell<f64>>) -> Rnn<f64> {
     Rnn::from_cells(cells, r.kind())
