@@ -10,6 +10,7 @@ use crate::engine::gru::{
     gru_sequence, DropoutMasks, GruParams, GruTrace, SequenceOptions, SequenceOutputs,
 };
 use crate::engine::gru_backward::{gru_sequence_backward, GruGrads, OutputGrads};
+use crate::engine::prepacked::PackedWeights;
 use crate::engine::workspace::GruWorkspace;
 use crate::error::{ConfigError, Error};
 use crate::layers::activation::Activation;
@@ -151,6 +152,14 @@ pub fn bench_size(size: &BenchSize, threads: usize, budget_ms: f64) -> BenchResu
         reset_after: true,
         activation: Activation::Tanh,
         recurrent_activation: Activation::Sigmoid,
+        packed: None,
+    };
+    // Inference runs on weights packed once, as a layer does across calls (and ONNX Runtime at
+    // session creation); training packs in every call, since its weights change every step.
+    let prepacked = PackedWeights::new(&p, threads).ok();
+    let p_inf = GruParams {
+        packed: prepacked.as_ref(),
+        ..p
     };
     let opts = SequenceOptions {
         mask: None,
@@ -165,7 +174,7 @@ pub fn bench_size(size: &BenchSize, threads: usize, budget_ms: f64) -> BenchResu
     let mut fwd =
         |ws: &mut GruWorkspace<f32>, seq: &mut [f32], trace: Option<&mut GruTrace<f32>>| {
             gru_sequence(
-                &p,
+                if trace.is_some() { &p } else { &p_inf },
                 &x,
                 b,
                 t,

@@ -124,6 +124,7 @@ impl Problem {
             reset_after: self.c.reset_after,
             activation: self.c.act,
             recurrent_activation: self.c.rec,
+            packed: None,
         };
         let (b, t, u) = (self.b, self.t, self.u);
         let mut seq = vec![0.0; b * t * u];
@@ -196,6 +197,7 @@ fn check(c: Case, seed: u64) -> Vec<String> {
         reset_after: c.reset_after,
         activation: c.act,
         recurrent_activation: c.rec,
+        packed: None,
     };
     let mut grads = GruGrads::zeros(pr.d, pr.u);
     let mut dx = vec![0.0; pr.x.len()];

@@ -11,6 +11,7 @@ use grucell::engine::gru::{
     gru_sequence, DropoutMasks, GruParams, GruTrace, SequenceOptions, SequenceOutputs,
 };
 use grucell::engine::gru_backward::{gru_sequence_backward, GruGrads, OutputGrads};
+use grucell::engine::prepacked::PackedWeights;
 use grucell::engine::workspace::GruWorkspace;
 use grucell::{Activation, Float};
 
@@ -37,6 +38,8 @@ struct Problem {
     h0_given: bool,
     /// Ask the backward pass for `d h0` (else its last product is skipped).
     want_dh0: bool,
+    /// Run on weights packed ahead of the call ([`PackedWeights`]).
+    prepack: bool,
 }
 
 /// Everything a run produces: outputs, then (training) gradients, `dx` and `dh0` (when asked).
@@ -82,6 +85,7 @@ impl Problem {
             dseq: r.vec(b * t * u, 1.0),
             h0_given: true,
             want_dh0: false,
+            prepack: false,
         }
     }
 
@@ -109,6 +113,14 @@ impl Problem {
             reset_after: self.reset_after,
             activation: Activation::Tanh,
             recurrent_activation: Activation::Sigmoid,
+            packed: None,
+        };
+        let prepacked = self
+            .prepack
+            .then(|| PackedWeights::new(&p, threads).unwrap());
+        let p = GruParams {
+            packed: prepacked.as_ref(),
+            ..p
         };
         let (b, t, u) = (self.b, self.t, self.u);
         let opts = SequenceOptions {
@@ -210,7 +222,7 @@ fn all_paths_agree_with_f64_and_across_thread_counts() {
             (false, false, true, true),
         ] {
             seed += 1;
-            let pr = Problem::new(size, reset_after, masked, backwards, rec_drop, seed);
+            let mut pr = Problem::new(size, reset_after, masked, backwards, rec_drop, seed);
             let label = format!(
                 "{size:?} reset_after={reset_after} mask={masked} back={backwards} drop={rec_drop}"
             );
@@ -233,9 +245,14 @@ fn all_paths_agree_with_f64_and_across_thread_counts() {
                     );
                     close(&format!("{label} dx"), dx32, dx64, 1e-4);
                 }
-                for threads in [2, 3] {
+                // Other thread counts, and weights packed ahead of the call, change nothing.
+                for (threads, prepack) in [(2, false), (3, false), (1, true), (2, true)] {
+                    pr.prepack = prepack;
                     let (seq, state, g) = pr.run::<f32>(threads, train);
-                    let label = format!("{label} train={train}: {threads} threads changed");
+                    pr.prepack = false;
+                    let label = format!(
+                        "{label} train={train}: {threads} threads, prepack={prepack} changed"
+                    );
                     assert!(seq == seq1, "{label} the outputs");
                     assert!(state == state1, "{label} the state");
                     if let (Some((ga, dxa, _)), Some((gb, dxb, _))) = (&g, &g1) {
@@ -308,4 +325,73 @@ fn skipped_first_products_change_nothing() {
             }
         }
     }
+}
+
+/// Single steps (`gru_step`, what streams call) read a pre-packed `U` for three or more rows
+/// and a pre-packed `W` in the projection: the numbers must not change.
+#[test]
+fn single_steps_on_prepacked_weights_change_nothing() {
+    use grucell::engine::gru::gru_step;
+    for &(b, d, u) in &[(5, 7, 40), (3, 300, 33), (2, 9, 20), (1, 4, 64)] {
+        let pr = Problem::new((b, 1, d, u), true, false, false, false, 7 + u as u64);
+        let c = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let (kernel, rec, xb, hb, x) = (c(&pr.kernel), c(&pr.rec), c(&pr.xb), c(&pr.hb), c(&pr.x));
+        let p = GruParams {
+            kernel: &kernel,
+            recurrent: &rec,
+            xp_bias: Some(&xb),
+            hh_bias: Some(&hb),
+            input_dim: d,
+            units: u,
+            reset_after: true,
+            activation: Activation::Tanh,
+            recurrent_activation: Activation::Sigmoid,
+            packed: None,
+        };
+        let pw = PackedWeights::new(&p, 1).unwrap();
+        let mut outs = Vec::new();
+        for packed in [None, Some(&pw)] {
+            let p = GruParams { packed, ..p };
+            let mut h = c(&pr.h0);
+            let mut ws = GruWorkspace::new();
+            // Three steps, so the state is not the initial one.
+            for _ in 0..3 {
+                gru_step(&p, &x, b, &mut h, &mut ws, 1);
+            }
+            outs.push(h);
+        }
+        assert!(same(&outs[0], &outs[1]), "(B, D, u) = {:?}", (b, d, u));
+    }
+}
+
+/// Packing checks the slices against the dimensions it is given.
+#[test]
+fn packed_weights_reject_short_slices() {
+    let (d, u) = (4, 8);
+    let kernel = vec![0.0f32; d * 3 * u - 1];
+    let rec = vec![0.0f32; u * 3 * u];
+    let p = GruParams {
+        kernel: &kernel,
+        recurrent: &rec,
+        xp_bias: None,
+        hh_bias: None,
+        input_dim: d,
+        units: u,
+        reset_after: true,
+        activation: Activation::Tanh,
+        recurrent_activation: Activation::Sigmoid,
+        packed: None,
+    };
+    let e = PackedWeights::new(&p, 1).unwrap_err().to_string();
+    assert!(
+        e.contains("kernel") && e.contains("95") && e.contains("96"),
+        "{e}"
+    );
+    let p = GruParams {
+        kernel: &rec[..d * 3 * u],
+        recurrent: &rec[..u * 3 * u - 3],
+        ..p
+    };
+    let e = PackedWeights::new(&p, 1).unwrap_err().to_string();
+    assert!(e.contains("recurrent_kernel") && e.contains("192"), "{e}");
 }

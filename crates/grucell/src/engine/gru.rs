@@ -41,6 +41,9 @@ pub struct GruParams<'a, T> {
     pub activation: Activation,
     /// Gate activation σ.
     pub recurrent_activation: Activation,
+    /// `W` and `U` packed ahead of the call (made from these same weights), or `None` to pack
+    /// inside the call where packing pays off. Results are identical either way.
+    pub packed: Option<&'a super::prepacked::PackedWeights<T>>,
 }
 
 /// How a sequence is walked.
@@ -161,13 +164,18 @@ pub fn project_inputs<T: Float>(
         // Short inputs: the packed kernel (the GEMM crate's packing is most of the work when k
         // is this small), in blocks of rows shared out between threads, each block's bias added
         // while it is still in cache.
-        let mut packed = super::packed::PackedRhs::new();
-        packed.pack(Operand::new(p.kernel, g), d, g, 1);
-        let w = Rhs::Packed(&packed);
+        let mut own = super::packed::PackedRhs::new();
+        let w = Rhs::Packed(match prepacked_kernel(p) {
+            Some(pk) => pk,
+            None => {
+                own.pack(Operand::new(p.kernel, g), d, p.units, 3);
+                &own
+            }
+        });
         let job = |(i, out): (usize, &mut [T])| {
             let m = out.len() / g;
             let xs = &x[i * PROJECT_MC * d..];
-            w.matmul(m, xs, d, 0..d, 0..1, out, g, false, 1, &mut Vec::new());
+            w.matmul(m, xs, d, 0..d, 0..3, out, g, false, 1, &mut Vec::new());
             add_bias(out);
         };
         if threads > 1 {
@@ -190,6 +198,13 @@ pub fn project_inputs<T: Float>(
         );
         add_bias(xp);
     }
+}
+
+/// The caller's pre-packed `W` (segments z, r, h), when it has `p`'s dimensions.
+fn prepacked_kernel<'a, T: Float>(p: &GruParams<'a, T>) -> Option<&'a super::packed::PackedRhs<T>> {
+    p.packed
+        .filter(|pw| pw.fits(p.input_dim, p.units))
+        .map(|pw| pw.kernel())
 }
 
 /// Like [`project_inputs`] with per-gate input dropout masks `(B, D)` reused over the `time`
@@ -334,6 +349,9 @@ pub(crate) fn recurrent_rhs<'a, T: Float>(
 ) -> Rhs<'a, T> {
     let u = p.units;
     if batch >= 2 && time >= 4 {
+        if let Some(pw) = p.packed.filter(|pw| pw.fits(p.input_dim, u)) {
+            return Rhs::Packed(pw.recurrent());
+        }
         packed.pack_with_threads(Operand::new(p.recurrent, 3 * u), u, u, 3, threads);
         Rhs::Packed(packed)
     } else {
@@ -512,10 +530,14 @@ pub fn gru_sequence<T: Float>(
     } else {
         ws.reserve(batch, time, u);
     }
+    let prepacked_w = prepacked_kernel(p);
     match dropout.input {
-        _ if raw => ws
-            .wpacked
-            .pack(Operand::new(p.kernel, g), p.input_dim, u, 3),
+        _ if raw => {
+            if prepacked_w.is_none() {
+                ws.wpacked
+                    .pack(Operand::new(p.kernel, g), p.input_dim, u, 3);
+            }
+        }
         None => project_inputs(p, x, rows, &mut ws.xp, opts.threads),
         Some(m) => {
             project_inputs_masked(p, x, batch, time, m, &mut ws.xp, &mut ws.xm, opts.threads)
@@ -556,7 +578,7 @@ pub fn gru_sequence<T: Float>(
         StepInputs::Raw {
             x,
             input_dim: p.input_dim,
-            w: Rhs::Packed(wpacked),
+            w: Rhs::Packed(prepacked_w.unwrap_or(wpacked)),
             bias: p.xp_bias,
         }
     } else {
@@ -681,10 +703,15 @@ pub fn gru_step<T: Float>(
         pscratch,
         ..
     } = ws;
-    let rhs = Rhs::Plain {
-        data: p.recurrent,
-        ld: g,
-        seg: u,
+    // The pre-packed `U` when there is one (same kernel and summation order as in place, for
+    // the panel kernel's three or more rows).
+    let rhs = match p.packed {
+        Some(pw) if batch >= 3 && pw.fits(p.input_dim, u) => Rhs::Packed(pw.recurrent()),
+        _ => Rhs::Plain {
+            data: p.recurrent,
+            ld: g,
+            seg: u,
+        },
     };
     step_rows(
         p,

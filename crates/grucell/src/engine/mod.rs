@@ -7,6 +7,7 @@ pub mod gru_backward;
 pub mod math;
 #[allow(unsafe_code)] // runtime-dispatched AVX2+FMA kernels
 pub mod packed;
+pub mod prepacked;
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)] // AVX2+FMA register tiles (raw loads after bounds checks)
 mod simd;

@@ -81,6 +81,11 @@ impl<T: Float> PackedRhs<T> {
         self.finite
     }
 
+    /// `(k, seg, segs)` of the current packing: rows, columns per segment, segments.
+    pub fn shape(&self) -> (usize, usize, usize) {
+        (self.k, self.seg, self.segs)
+    }
+
     /// Elements held.
     pub fn len(&self) -> usize {
         self.data.len()
@@ -654,7 +659,9 @@ fn panel_kernel<T: Float, const FMA: bool>(
     let mr = mr::<T>();
     let mut i = 0;
     while i < m {
-        let rows = mr.min(m - i);
+        // The rows spread evenly over the fewest tiles (no thin last tile; see `simd::panel`).
+        let left = m - i;
+        let rows = left.div_ceil(left.div_ceil(mr));
         let a = &a[i * lda..];
         let c = &mut c[i * ldc..];
         if w == NR {

@@ -49,13 +49,17 @@ pub(super) fn panel(
         let mut i = 0;
         while i < m {
             let (a, c) = (&a[i * lda..], &mut c[i * ldc..]);
-            // Tiles of 6 rows (12 accumulators hide the FMA latency); a remainder of 7 or 8 rows
-            // is split 4 + 3 / 4 + 4 rather than leaving a thin tile of 1–2.
-            i += match m - i {
+            // At most 6 rows per tile (12 accumulators hide the FMA latency), the rows spread
+            // evenly over the fewest tiles: a tile of r >= 4 rows runs at the FMA units' full
+            // rate, a thin one of 1–2 at half of it (too few independent accumulators), so
+            // 32 rows go 6,6,5,5,5,5 rather than 6,6,6,6,6,2. A row's sums do not depend on
+            // its tile, so results are unchanged.
+            let left = m - i;
+            i += match left.div_ceil(left.div_ceil(6)) {
                 1 => tile::<1>(a, lda, &kb, b, ldb, c, ldc, acc),
                 2 => tile::<2>(a, lda, &kb, b, ldb, c, ldc, acc),
                 3 => tile::<3>(a, lda, &kb, b, ldb, c, ldc, acc),
-                4 | 7 | 8 => tile::<4>(a, lda, &kb, b, ldb, c, ldc, acc),
+                4 => tile::<4>(a, lda, &kb, b, ldb, c, ldc, acc),
                 5 => tile::<5>(a, lda, &kb, b, ldb, c, ldc, acc),
                 _ => tile::<6>(a, lda, &kb, b, ldb, c, ldc, acc),
             };

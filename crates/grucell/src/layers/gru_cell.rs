@@ -2,6 +2,7 @@
 //! weights in Keras layout.
 
 use crate::engine::gru::GruParams;
+use crate::engine::prepacked::PackedWeights;
 use crate::error::{ConfigError, Error, ShapeError};
 use crate::float::Float;
 use crate::layers::activation::Activation;
@@ -11,6 +12,7 @@ use crate::layers::keras_json::{get_bool, get_f64, get_str, get_u64};
 use crate::layers::regularizer::Regularizer;
 use crate::tensor::Tensor;
 use serde_json::{json, Map, Value};
+use std::sync::OnceLock;
 
 /// Configuration of a GRU cell: the arguments of Keras' `GRUCell` / R's `layer_gru_cell`, with
 /// the same defaults.
@@ -427,6 +429,9 @@ pub struct GruCell<T = f32> {
     xp_bias: Vec<T>,
     /// Recurrent candidate bias (`u`), reset_after only.
     hh_bias: Vec<T>,
+    /// `W` and `U` packed for the engine on the first inference call that packs, reused by
+    /// later calls, dropped whenever the weights change.
+    packed: OnceLock<PackedWeights<T>>,
 }
 
 impl<T: Float> GruCell<T> {
@@ -483,6 +488,7 @@ impl<T: Float> GruCell<T> {
             bias,
             xp_bias: Vec::new(),
             hh_bias: Vec::new(),
+            packed: OnceLock::new(),
         };
         cell.refresh_biases();
         Ok(cell)
@@ -549,13 +555,30 @@ impl<T: Float> GruCell<T> {
     /// Must be called after weights were modified through [`GruCell::weights_mut`].
     pub(crate) fn weights_changed(&mut self) {
         self.refresh_biases();
+        self.packed = OnceLock::new();
     }
     /// Number of parameters.
     pub fn param_count(&self) -> usize {
         self.weights().iter().map(|w| w.len()).sum()
     }
 
-    /// The borrowed parameters the engine runs on.
+    /// [`GruCell::params`] with `W` and `U` packed (once: the packing is kept with the cell and
+    /// reused until the weights change) when the engine would pack them for this call (a
+    /// batch of 2 or more over 4 or more steps, or a single step of 3 or more rows). Results
+    /// are identical to [`GruCell::params`]'; only the packing leaves the call. For inference,
+    /// where the weights stay fixed across calls.
+    pub fn params_for(&self, batch: usize, time: usize, threads: usize) -> GruParams<'_, T> {
+        let mut p = self.params();
+        if p.packed.is_none() && ((batch >= 2 && time >= 4) || (time == 1 && batch >= 3)) {
+            if let Ok(pw) = PackedWeights::new(&p, threads) {
+                p.packed = Some(self.packed.get_or_init(|| pw));
+            }
+        }
+        p
+    }
+
+    /// The borrowed parameters the engine runs on (with the packed weights if an earlier
+    /// [`GruCell::params_for`] packed them).
     pub fn params(&self) -> GruParams<'_, T> {
         GruParams {
             kernel: self.kernel.data(),
@@ -575,6 +598,7 @@ impl<T: Float> GruCell<T> {
             reset_after: self.config.reset_after,
             activation: self.config.activation,
             recurrent_activation: self.config.recurrent_activation,
+            packed: self.packed.get(),
         }
     }
 
@@ -588,6 +612,7 @@ impl<T: Float> GruCell<T> {
             bias: self.bias.as_ref().map(Tensor::cast),
             xp_bias: Vec::new(),
             hh_bias: Vec::new(),
+            packed: OnceLock::new(),
         };
         c.refresh_biases();
         c

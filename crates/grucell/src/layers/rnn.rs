@@ -492,7 +492,7 @@ impl<T: Float> Rnn<T> {
                 threads: self.threads,
             };
             gru_sequence(
-                &cell.params(),
+                &cell.params_for(b, t, self.threads),
                 &input,
                 b,
                 t,
@@ -600,7 +600,7 @@ impl<T: Float> RnnStream<T> {
             }
             let input = if k == 0 { x_t } else { &self.layer_in[..] };
             gru_step(
-                &cell.params(),
+                &cell.params_for(self.batch, 1, rnn.threads),
                 input,
                 self.batch,
                 &mut self.states[k],
@@ -626,5 +626,63 @@ impl<T: Float> RnnStream<T> {
         for s in &mut self.states {
             s.fill(T::zero());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call_seq(rnn: &Rnn<f32>, x: &Tensor<f32>) -> Vec<f32> {
+        rnn.call(x).unwrap().output.data().to_vec()
+    }
+
+    /// Inference packs the weights once and keeps them with the cell; a weight change (as the
+    /// trainer makes one) must drop that packing, or later calls would run on the old weights.
+    #[test]
+    fn packed_weights_follow_weight_changes() {
+        let cfg = GruCellConfig::new(20).seed(Some(3));
+        let mut rnn = Rnn::<f32>::new(cfg, 6).unwrap().return_sequences(true);
+        let (b, t, d) = (4, 5, 6);
+        let data = (0..b * t * d)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0)
+            .collect();
+        let x = Tensor::new(vec![b, t, d], data).unwrap();
+        assert!(rnn.cells()[0].params().packed.is_none());
+        let before = call_seq(&rnn, &x);
+        assert!(
+            rnn.cells()[0].params().packed.is_some(),
+            "packed by the call"
+        );
+        assert_eq!(
+            call_seq(&rnn, &x),
+            before,
+            "the kept packing reproduces the call"
+        );
+
+        let cell = &mut rnn.cells_mut()[0];
+        for w in cell.weights_mut() {
+            w.data_mut().iter_mut().for_each(|v| *v = -0.5 * *v + 0.01);
+        }
+        cell.weights_changed();
+        assert!(
+            rnn.cells()[0].params().packed.is_none(),
+            "dropped on change"
+        );
+        let after = call_seq(&rnn, &x);
+        assert_ne!(after, before);
+
+        let c = &rnn.cells()[0];
+        let fresh = GruCell::from_weights(
+            c.config().clone(),
+            c.kernel().clone(),
+            c.recurrent_kernel().clone(),
+            c.bias().cloned(),
+        )
+        .unwrap();
+        let fresh = Rnn::from_cells(vec![fresh], RnnKind::Gru)
+            .unwrap()
+            .return_sequences(true);
+        assert_eq!(call_seq(&fresh, &x), after);
     }
 }
