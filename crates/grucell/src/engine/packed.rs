@@ -81,11 +81,6 @@ impl<T: Float> PackedRhs<T> {
         self.finite
     }
 
-    /// `(k, seg, segs)` of the current packing: rows, columns per segment, segments.
-    pub fn shape(&self) -> (usize, usize, usize) {
-        (self.k, self.seg, self.segs)
-    }
-
     /// Elements held.
     pub fn len(&self) -> usize {
         self.data.len()

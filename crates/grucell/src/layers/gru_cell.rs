@@ -565,8 +565,9 @@ impl<T: Float> GruCell<T> {
     /// [`GruCell::params`] with `W` and `U` packed (once: the packing is kept with the cell and
     /// reused until the weights change) when the engine would pack them for this call (a
     /// batch of 2 or more over 4 or more steps, or a single step of 3 or more rows). Results
-    /// are identical to [`GruCell::params`]'; only the packing leaves the call. For inference,
-    /// where the weights stay fixed across calls.
+    /// are identical to those with [`GruCell::params`]; only the packing leaves the call. For
+    /// inference, where the weights stay fixed across calls; the packing costs as much memory
+    /// again as `W` and `U`.
     pub fn params_for(&self, batch: usize, time: usize, threads: usize) -> GruParams<'_, T> {
         let mut p = self.params();
         if p.packed.is_none() && ((batch >= 2 && time >= 4) || (time == 1 && batch >= 3)) {
