@@ -349,6 +349,11 @@ fn single_steps_on_prepacked_weights_change_nothing() {
             packed: None,
         };
         let pw = PackedWeights::new(&p, 1).unwrap();
+        // `U` padded to whole 16-column panels per gate; `W` only for inputs of ≤ 256 features
+        // (wider ones are projected by the GEMM crate from the slice).
+        let per_row = 3 * u.div_ceil(16) * 16;
+        let w_rows = if d <= 256 { d } else { 0 };
+        assert_eq!(pw.len(), per_row * (u + w_rows), "(D, u) = {:?}", (d, u));
         let mut outs = Vec::new();
         for packed in [None, Some(&pw)] {
             let p = GruParams { packed, ..p };

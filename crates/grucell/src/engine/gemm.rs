@@ -74,9 +74,10 @@ pub fn gemm<T: Float>(
     }
     if a.transposed && m >= TRANSPOSE_MIN_M && n >= TRANSPOSE_MIN_M {
         // faer is markedly slower with a transposed left operand of this size (the weight
-        // gradients `Xᵀ·dG`, `H_prevᵀ·dG`): measured on the dev VM, 2 threads, f32,
-        // 1024×400·400×3072 ~95 → ~130 GFLOP/s, 512×3200·3200×1024 ~95 → ~105, the copy
-        // included; at m = 64 or 256 it gained nothing. So the transpose is materialized first.
+        // gradients `Xᵀ·dG`, `H_prevᵀ·dG`): measured on the dev VM, 2 threads, f32, medians,
+        // the copy included: 512×3200·3200×1536 ~100 → ~133 GFLOP/s, 1024×400·400×3072 ~95 →
+        // ~130, 512×3200·3200×1024 ~95 → ~105; at m = 64 or 256 it gained nothing. So the
+        // transpose is materialized first.
         let mut at = vec![T::zero(); m * k];
         transpose_into(a.data, k, m, a.ld, &mut at, threads);
         return gemm(

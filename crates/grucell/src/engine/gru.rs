@@ -129,7 +129,7 @@ pub(crate) fn activate<T: Float>(a: Activation, v: &mut [T]) {
 }
 
 /// Input widths up to which [`project_inputs`] uses the packed kernel instead of the GEMM crate.
-const PROJECT_OWN_MAX_K: usize = 256;
+pub(crate) const PROJECT_OWN_MAX_K: usize = 256;
 
 /// Rows per block of the packed-kernel projection: a block's outputs (`48 × 3u`) stay in L2
 /// while its panels are computed and its bias added, so `XP` is written to memory once.
@@ -204,7 +204,7 @@ pub fn project_inputs<T: Float>(
 fn prepacked_kernel<'a, T: Float>(p: &GruParams<'a, T>) -> Option<&'a super::packed::PackedRhs<T>> {
     p.packed
         .filter(|pw| pw.fits(p.input_dim, p.units))
-        .map(|pw| pw.kernel())
+        .and_then(|pw| pw.kernel())
 }
 
 /// Like [`project_inputs`] with per-gate input dropout masks `(B, D)` reused over the `time`

@@ -3,18 +3,19 @@
 //! ms) and of a short-input `W` then leaves the call.
 
 use super::gemm::Operand;
-use super::gru::GruParams;
+use super::gru::{GruParams, PROJECT_OWN_MAX_K};
 use super::packed::PackedRhs;
 use crate::error::ShapeError;
 use crate::float::Float;
 
-/// The recurrent kernel `U` `(u, 3u)` and the input kernel `W` `(D, 3u)` of one GRU cell, packed
-/// into the 16-column panels the engine's kernels read, each gate block (z, r, h) its own
-/// segment.
+/// The recurrent kernel `U` `(u, 3u)` and, for inputs of at most 256 features, the input kernel
+/// `W` `(D, 3u)` of one GRU cell, packed into the 16-column panels the engine's kernels read, each
+/// gate block (z, r, h) its own segment. (Wider inputs are projected by the GEMM crate, which
+/// reads `W` in place; packing it would only cost memory.)
 ///
 /// Pass it in [`GruParams::packed`]. It must have been made from the **same** weights as the
-/// params it travels with: the engine reads `U` (and `W` for short inputs) from here instead of
-/// from the slices. Rebuild it whenever the weights change ([`crate::layers::gru_cell::GruCell`]
+/// params it travels with: the engine reads `U` (and a packed `W`) from here instead of from
+/// the slices. Rebuild it whenever the weights change ([`crate::layers::gru_cell::GruCell`]
 /// does this itself). Results are bit-identical with and without it; only the packing moves
 /// out of the call.
 ///
@@ -46,23 +47,25 @@ use crate::float::Float;
 #[derive(Clone)]
 pub struct PackedWeights<T> {
     recurrent: PackedRhs<T>,
-    kernel: PackedRhs<T>,
+    kernel: Option<PackedRhs<T>>,
     input_dim: usize,
     units: usize,
 }
 
 impl<T: Float> PackedWeights<T> {
-    /// Packs `p.kernel` and `p.recurrent` (splitting the copy between up to `threads` threads
-    /// for large weights). Fails when a slice is shorter than the dimensions say.
+    /// Packs `p.recurrent` and (inputs of at most 256 features) `p.kernel`, splitting the copy
+    /// between up to `threads` threads for large weights. Fails when a slice is shorter than the
+    /// dimensions say.
     pub fn new(p: &GruParams<'_, T>, threads: usize) -> Result<Self, ShapeError> {
         let (d, u) = (p.input_dim, p.units);
-        let g = 3 * u;
-        for (name, have, need) in [
-            ("kernel", p.kernel.len(), d * g),
-            ("recurrent_kernel", p.recurrent.len(), u * g),
+        let g = u.saturating_mul(3);
+        for (name, have, rows) in [
+            ("kernel", p.kernel.len(), d),
+            ("recurrent_kernel", p.recurrent.len(), u),
         ] {
+            // Saturating: dimensions whose product overflows are simply too large for the slice.
+            let need = rows.saturating_mul(g);
             if have < need {
-                let rows = if name == "kernel" { d } else { u };
                 return Err(ShapeError::mismatch(
                     name,
                     &[have],
@@ -72,8 +75,11 @@ impl<T: Float> PackedWeights<T> {
         }
         let mut recurrent = PackedRhs::new();
         recurrent.pack_with_threads(Operand::new(p.recurrent, g), u, u, 3, threads);
-        let mut kernel = PackedRhs::new();
-        kernel.pack_with_threads(Operand::new(p.kernel, g), d, u, 3, threads);
+        let kernel = (d <= PROJECT_OWN_MAX_K).then(|| {
+            let mut kernel = PackedRhs::new();
+            kernel.pack_with_threads(Operand::new(p.kernel, g), d, u, 3, threads);
+            kernel
+        });
         Ok(PackedWeights {
             recurrent,
             kernel,
@@ -92,9 +98,9 @@ impl<T: Float> PackedWeights<T> {
         self.input_dim
     }
 
-    /// Elements held (both packings, padding included).
+    /// Elements held (the packings, padding included).
     pub fn len(&self) -> usize {
-        self.recurrent.len() + self.kernel.len()
+        self.recurrent.len() + self.kernel.as_ref().map_or(0, PackedRhs::len)
     }
 
     /// True when both weights are empty (zero units).
@@ -113,9 +119,9 @@ impl<T: Float> PackedWeights<T> {
         &self.recurrent
     }
 
-    /// Packed `W`: `D` rows, segments z, r, h of `u` columns.
-    pub(crate) fn kernel(&self) -> &PackedRhs<T> {
-        &self.kernel
+    /// Packed `W` (inputs of at most 256 features): `D` rows, segments z, r, h of `u` columns.
+    pub(crate) fn kernel(&self) -> Option<&PackedRhs<T>> {
+        self.kernel.as_ref()
     }
 }
 
