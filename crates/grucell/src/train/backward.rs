@@ -371,7 +371,7 @@ impl<T: Float> Model<T> {
             }
             .into());
         }
-        {
+        let updated = (|| -> Result<(), Error> {
             let mut vars = self.variables_mut();
             let mut vslices: Vec<&mut [T]> =
                 vars.iter_mut().map(|(w, _, _)| w.data_mut()).collect();
@@ -383,8 +383,12 @@ impl<T: Float> Model<T> {
                     c.apply(w.data_mut(), &shape)?;
                 }
             }
-        }
+            Ok(())
+        })();
+        // Also after a failed update: weights may have changed before the error, and the
+        // derived data (pre-summed biases, packed inference weights) must follow them.
         self.weights_changed();
+        updated?;
         Ok(value)
     }
 
