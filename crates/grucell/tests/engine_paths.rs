@@ -1,8 +1,9 @@
 //! The engine's code paths against each other and against f64: batch-1 strips, in-place and
 //! packed recurrent weights, the packed-kernel and GEMM-crate input projections, the spinning
-//! helper team (threads ≥ 2 on large steps), rayon splits in the backward pass; both reset
-//! conventions, masks, go_backwards and recurrent dropout. Sizes are chosen so that every path is
-//! taken (see `engine::gru::use_team` and `recurrent_rhs`).
+//! helper team (threads ≥ 2 on large steps), rayon splits in the backward pass, weights packed
+//! ahead of the call (`PackedWeights`); both reset conventions, masks, go_backwards and recurrent
+//! dropout. Sizes are chosen so that every path is taken (see `engine::gru::use_team` and
+//! `recurrent_rhs`).
 //!
 //! Splitting work between threads never changes the order of any sum, so the f32 results of
 //! 1, 2 and 3 threads must be *identical*; all of them must match f64 to f32 round-off.
