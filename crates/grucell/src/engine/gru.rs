@@ -13,6 +13,7 @@
 
 use super::gemm::{gemm, Operand};
 use super::packed::{Par, Rhs};
+use super::prepacked::PackedWeights;
 use super::team::{StepAt, StepCtx, StepInputs, Team};
 use super::workspace::{grow, GruWorkspace};
 use crate::float::Float;
@@ -43,7 +44,7 @@ pub struct GruParams<'a, T> {
     pub recurrent_activation: Activation,
     /// `W` and `U` packed ahead of the call (made from these same weights), or `None` to pack
     /// inside the call where packing pays off. Results are identical either way.
-    pub packed: Option<&'a super::prepacked::PackedWeights<T>>,
+    pub packed: Option<&'a PackedWeights<T>>,
 }
 
 /// How a sequence is walked.
@@ -200,12 +201,25 @@ pub fn project_inputs<T: Float>(
     }
 }
 
-/// The caller's pre-packed `W` (segments z, r, h), when it has `p`'s dimensions.
-fn prepacked_kernel<'a, T: Float>(p: &GruParams<'a, T>) -> Option<&'a super::packed::PackedRhs<T>> {
-    p.packed
-        .filter(|pw| pw.fits(p.input_dim, p.units))
-        .and_then(|pw| pw.kernel())
+/// The caller's pre-packed weights, when they have `p`'s dimensions.
+fn prepacked<'a, T: Float>(p: &GruParams<'a, T>) -> Option<&'a PackedWeights<T>> {
+    p.packed.filter(|pw| pw.fits(p.input_dim, p.units))
 }
+
+/// The caller's pre-packed `W` (segments z, r, h), when there is one for `p`.
+fn prepacked_kernel<'a, T: Float>(p: &GruParams<'a, T>) -> Option<&'a super::packed::PackedRhs<T>> {
+    prepacked(p).and_then(PackedWeights::kernel)
+}
+
+/// Whether a sequence of this size reads `U` packed (the time loop's panel kernel; see
+/// [`recurrent_rhs`]).
+pub(crate) fn packs_recurrent(batch: usize, time: usize) -> bool {
+    batch >= 2 && time >= 4
+}
+
+/// Rows from which a single step ([`gru_step`]) reads a pre-packed `U` (the panel kernel; fewer
+/// rows take the in-place strips).
+pub(crate) const STEP_PACKED_MIN_ROWS: usize = 3;
 
 /// Like [`project_inputs`] with per-gate input dropout masks `(B, D)` reused over the `time`
 /// steps: `XP[:, g] = (X ⊙ m_g) · W_g + b`. Identical masks take a single GEMM.
@@ -348,8 +362,8 @@ pub(crate) fn recurrent_rhs<'a, T: Float>(
     packed: &'a mut super::packed::PackedRhs<T>,
 ) -> Rhs<'a, T> {
     let u = p.units;
-    if batch >= 2 && time >= 4 {
-        if let Some(pw) = p.packed.filter(|pw| pw.fits(p.input_dim, u)) {
+    if packs_recurrent(batch, time) {
+        if let Some(pw) = prepacked(p) {
             return Rhs::Packed(pw.recurrent());
         }
         packed.pack_with_threads(Operand::new(p.recurrent, 3 * u), u, u, 3, threads);
@@ -705,8 +719,8 @@ pub fn gru_step<T: Float>(
     } = ws;
     // The pre-packed `U` when there is one (same kernel and summation order as in place, for
     // the panel kernel's three or more rows).
-    let rhs = match p.packed {
-        Some(pw) if batch >= 3 && pw.fits(p.input_dim, u) => Rhs::Packed(pw.recurrent()),
+    let rhs = match prepacked(p) {
+        Some(pw) if batch >= STEP_PACKED_MIN_ROWS => Rhs::Packed(pw.recurrent()),
         _ => Rhs::Plain {
             data: p.recurrent,
             ld: g,

@@ -34,9 +34,8 @@ struct Job {
     per: usize,
     /// The helpers' output tiles hold `C`'s values (gathered by the caller) to add to.
     accumulate: bool,
-    /// A fused step at time index `t` (see [`StepCtx`]) instead of a plain product, and whether
-    /// its state is all zeros (`h·U` skipped).
-    fused: Option<(usize, bool)>,
+    /// A fused step (see [`StepCtx`]) instead of a plain product.
+    fused: Option<StepAt>,
 }
 
 /// What a fused inference step needs besides `U`: with `reset_after = true`, element-wise
@@ -202,10 +201,9 @@ impl<T: Float> Team<T> {
             {
                 let a = lock(self.a.read());
                 let mut out = lock(self.outs[idx].lock());
-                if let (Some((t, zero)), Some(ctx)) = (job.fused, ctx) {
+                if let (Some(at), Some(ctx)) = (job.fused, ctx) {
                     let units = fused_share(&job, &rhs, idx + 1);
                     out.resize(units.len() * job.m * NR, T::zero());
-                    let at = StepAt { t, zero };
                     for (j, q) in units.enumerate() {
                         let tile = &mut out[j * job.m * NR..(j + 1) * job.m * NR];
                         fused_panel(&rhs, &ctx, at, q, job.m, &a, &mut tiles, tile, NR, 0);
@@ -326,7 +324,7 @@ impl<T: Float> Team<T> {
             segs: 0..3,
             per: rhs.panels_per_segment().div_ceil(shares),
             accumulate: false,
-            fused: Some((at.t, at.zero)),
+            fused: Some(at),
         };
         let target = self.post(&job, &h[..m * u]);
         for q in fused_share(&job, &rhs, 0) {

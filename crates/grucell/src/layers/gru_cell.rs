@@ -1,7 +1,7 @@
 //! `GruCell`: the Keras `GRUCell` configuration (every seed argument, Keras defaults) and its
 //! weights in Keras layout.
 
-use crate::engine::gru::GruParams;
+use crate::engine::gru::{packs_recurrent, GruParams, STEP_PACKED_MIN_ROWS};
 use crate::engine::prepacked::PackedWeights;
 use crate::error::{ConfigError, Error, ShapeError};
 use crate::float::Float;
@@ -570,7 +570,9 @@ impl<T: Float> GruCell<T> {
     /// again as `W` and `U`.
     pub fn params_for(&self, batch: usize, time: usize, threads: usize) -> GruParams<'_, T> {
         let mut p = self.params();
-        if p.packed.is_none() && ((batch >= 2 && time >= 4) || (time == 1 && batch >= 3)) {
+        let engine_packs =
+            packs_recurrent(batch, time) || (time == 1 && batch >= STEP_PACKED_MIN_ROWS);
+        if p.packed.is_none() && engine_packs {
             if let Ok(pw) = PackedWeights::new(&p, threads) {
                 p.packed = Some(self.packed.get_or_init(|| pw));
             }
