@@ -43,6 +43,28 @@ struct Problem {
     prepack: bool,
 }
 
+/// Keras-default activations (tanh, sigmoid) over `(kernel, recurrent)`, biases
+/// `(input side, recurrent candidate)` and `(D, u)`, nothing pre-packed.
+fn tanh_params<'a, T>(
+    (kernel, recurrent): (&'a [T], &'a [T]),
+    (xp_bias, hh_bias): (Option<&'a [T]>, Option<&'a [T]>),
+    (input_dim, units): (usize, usize),
+    reset_after: bool,
+) -> GruParams<'a, T> {
+    GruParams {
+        kernel,
+        recurrent,
+        xp_bias,
+        hh_bias,
+        input_dim,
+        units,
+        reset_after,
+        activation: Activation::Tanh,
+        recurrent_activation: Activation::Sigmoid,
+        packed: None,
+    }
+}
+
 /// Everything a run produces: outputs, then (training) gradients, `dx` and `dh0` (when asked).
 type Results<T> = (Vec<T>, Vec<T>, Option<(GruGrads<T>, Vec<T>, Vec<T>)>);
 
@@ -104,18 +126,12 @@ impl Problem {
             .rec_masks
             .as_ref()
             .map(|m| m.iter().map(|v| c(v)).collect());
-        let p = GruParams {
-            kernel: &kernel,
-            recurrent: &rec,
-            xp_bias: Some(&xb),
-            hh_bias: self.reset_after.then_some(&hb[..]),
-            input_dim: self.d,
-            units: self.u,
-            reset_after: self.reset_after,
-            activation: Activation::Tanh,
-            recurrent_activation: Activation::Sigmoid,
-            packed: None,
-        };
+        let p = tanh_params(
+            (&kernel, &rec),
+            (Some(&xb), self.reset_after.then_some(&hb[..])),
+            (self.d, self.u),
+            self.reset_after,
+        );
         let prepacked = self
             .prepack
             .then(|| PackedWeights::new(&p, threads).unwrap());
@@ -337,18 +353,7 @@ fn single_steps_on_prepacked_weights_change_nothing() {
         let pr = Problem::new((b, 1, d, u), true, false, false, false, 7 + u as u64);
         let c = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
         let (kernel, rec, xb, hb, x) = (c(&pr.kernel), c(&pr.rec), c(&pr.xb), c(&pr.hb), c(&pr.x));
-        let p = GruParams {
-            kernel: &kernel,
-            recurrent: &rec,
-            xp_bias: Some(&xb),
-            hh_bias: Some(&hb),
-            input_dim: d,
-            units: u,
-            reset_after: true,
-            activation: Activation::Tanh,
-            recurrent_activation: Activation::Sigmoid,
-            packed: None,
-        };
+        let p = tanh_params((&kernel, &rec), (Some(&xb), Some(&hb)), (d, u), true);
         let pw = PackedWeights::new(&p, 1).unwrap();
         // `U` padded to whole 16-column panels per gate; `W` only for inputs of ≤ 256 features
         // (wider ones are projected by the GEMM crate from the slice).
@@ -376,18 +381,7 @@ fn packed_weights_reject_short_slices() {
     let (d, u) = (4, 8);
     let kernel = vec![0.0f32; d * 3 * u - 1];
     let rec = vec![0.0f32; u * 3 * u];
-    let p = GruParams {
-        kernel: &kernel,
-        recurrent: &rec,
-        xp_bias: None,
-        hh_bias: None,
-        input_dim: d,
-        units: u,
-        reset_after: true,
-        activation: Activation::Tanh,
-        recurrent_activation: Activation::Sigmoid,
-        packed: None,
-    };
+    let p = tanh_params((&kernel, &rec), (None, None), (d, u), true);
     let e = PackedWeights::new(&p, 1).unwrap_err().to_string();
     assert!(
         e.contains("kernel") && e.contains("95") && e.contains("96"),
