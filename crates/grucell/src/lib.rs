@@ -27,8 +27,8 @@
 //! ```
 
 #![warn(missing_docs)]
-// `unsafe` is allowed only in the engine's kernel modules (`engine::{math, packed, simd}`), and
-// every block there must carry a `// SAFETY:` comment.
+// `unsafe` is allowed only in the engine's kernel modules (`engine::{math, packed, simd}`) and
+// in `engine::pages` (one `madvise`), and every block there must carry a `// SAFETY:` comment.
 #![deny(unsafe_code, clippy::undocumented_unsafe_blocks)]
 #![cfg_attr(
     not(test),

@@ -7,6 +7,8 @@ pub mod gru_backward;
 pub mod math;
 #[allow(unsafe_code)] // runtime-dispatched AVX2+FMA kernels
 pub mod packed;
+#[allow(unsafe_code)] // madvise: huge pages for large buffers
+mod pages;
 pub mod prepacked;
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)] // AVX2+FMA register tiles (raw loads after bounds checks)

@@ -111,7 +111,7 @@ impl<T: Float> PackedRhs<T> {
         let panel_len = k * NR;
         let n_panels = pps * segs;
         // Every element is written below (padding included), so old contents need no clearing.
-        self.data.resize(n_panels * panel_len, T::zero());
+        super::pages::resize(&mut self.data, n_panels * panel_len, T::zero());
         self.k = k;
         self.seg = seg;
         self.segs = segs;

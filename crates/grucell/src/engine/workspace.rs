@@ -30,9 +30,10 @@ pub struct GruWorkspace<T> {
     pub(crate) pscratch: Vec<T>,
 }
 
+/// Grows `v` to at least `n` elements (large buffers on huge pages, see [`super::pages`]).
 pub(crate) fn grow<T: Float>(v: &mut Vec<T>, n: usize) {
     if v.len() < n {
-        v.resize(n, T::zero());
+        super::pages::resize(v, n, T::zero());
     }
 }
 
