@@ -592,7 +592,39 @@ mod tests {
     use crate::engine::gemm::Operand;
     use crate::engine::packed::PackedRhs;
 
-    fn product(threads: usize, fail: bool) -> Vec<f32> {
+    /// Runs `body` on the team while a thread holds helper 0's output lock for `hold`, so the
+    /// helper stalls after taking the job: the caller takes every panel (its own and the
+    /// helper's), and if `hold` is longer than [`GIVE_UP`] it also gives the helper up.
+    fn with_late_helper<T: Float>(team: &Team<T>, hold: Duration, body: impl FnOnce()) {
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let _g = team.outs[0].lock().unwrap();
+                held_tx.send(()).unwrap();
+                std::thread::sleep(hold);
+            });
+            held_rx.recv().unwrap();
+            body();
+        });
+    }
+
+    /// What a test does to the team before its products: nothing, mark it failed, or stall
+    /// helper 0 for a while (see [`with_late_helper`]).
+    #[derive(Clone, Copy, Debug)]
+    enum Trouble {
+        None,
+        Failed,
+        Late(Duration),
+    }
+
+    const TROUBLES: [Trouble; 4] = [
+        Trouble::None,
+        Trouble::Failed,
+        Trouble::Late(Duration::from_micros(500)),
+        Trouble::Late(Duration::from_millis(10)),
+    ];
+
+    fn product(threads: usize, trouble: Trouble) -> Vec<f32> {
         // k spans three of the AVX2 kernel's k-blocks: accumulating products must add them to
         // `C` in the single-threaded order.
         let (m, k, seg) = (9, 600, 40);
@@ -620,20 +652,26 @@ mod tests {
             return c;
         }
         Team::run(threads, rhs, None, |team| {
-            if fail {
-                team.failed.store(true, Ordering::Release);
-            }
-            for _ in 0..3 {
-                // Several steps: the helpers must follow every posted job.
-                team.matmul(rhs, m, &a, k, 0..k, 0..3, &mut c, 3 * seg, true);
+            let mut steps = || {
+                for _ in 0..3 {
+                    // Several steps: the helpers must follow every posted job.
+                    team.matmul(rhs, m, &a, k, 0..k, 0..3, &mut c, 3 * seg, true);
+                }
+            };
+            match trouble {
+                Trouble::None => steps(),
+                Trouble::Failed => {
+                    team.failed.store(true, Ordering::Release);
+                    steps();
+                }
+                Trouble::Late(hold) => with_late_helper(team, hold, steps),
             }
         });
         c
     }
 
-    /// Fused steps: 2 and 3 threads, a helper that arrives only after the caller has taken
-    /// every panel (its own and the helper's), and a team whose helpers failed all give the
-    /// caller-only result.
+    /// Fused steps on 2 and 3 threads give the caller-only result, also when helper 0 arrives
+    /// late or is given up on (see [`product`]).
     #[test]
     fn fused_steps_match_when_panels_move_between_threads() {
         let (m, u, time) = (7, 520, 3);
@@ -654,41 +692,33 @@ mod tests {
             recurrent_activation: Activation::Sigmoid,
         };
         let at = StepAt { t: 1, zero: false };
-        let run = |threads: usize, mode: u8| -> Vec<f32> {
+        let run = |threads: usize, trouble: Trouble| -> Vec<f32> {
             let mut out = vec![0f32; m * u];
             Team::run(threads, rhs, Some(ctx), |team| {
                 let mut tiles = Vec::new();
-                match mode {
-                    0 => team.fused_step(rhs, &ctx, at, m, &h, &mut out, &mut tiles),
-                    1 => {
+                let mut step = || team.fused_step(rhs, &ctx, at, m, &h, &mut out, &mut tiles);
+                match trouble {
+                    Trouble::None => step(),
+                    Trouble::Failed => {
                         team.failed.store(true, Ordering::Release);
-                        team.fused_step(rhs, &ctx, at, m, &h, &mut out, &mut tiles);
+                        step();
                     }
-                    _ => {
-                        // Hold the helper's output lock until the caller has had time to take
-                        // every panel; the helper then finds none left (or, on a slow machine,
-                        // is given up on). Either way the values must not change.
-                        let (held_tx, held_rx) = std::sync::mpsc::channel();
-                        std::thread::scope(|sc| {
-                            sc.spawn(|| {
-                                let _g = team.outs[0].lock().unwrap();
-                                held_tx.send(()).unwrap();
-                                std::thread::sleep(Duration::from_micros(500));
-                            });
-                            held_rx.recv().unwrap();
-                            team.fused_step(rhs, &ctx, at, m, &h, &mut out, &mut tiles);
-                        });
-                    }
+                    Trouble::Late(hold) => with_late_helper(team, hold, step),
                 }
             });
             out
         };
-        let want = run(2, 1);
+        let want = run(2, Trouble::Failed);
         assert!(want.iter().all(|v| v.is_finite()));
         for threads in [2, 3] {
-            assert_eq!(run(threads, 0), want, "{threads} threads");
+            for trouble in TROUBLES {
+                assert_eq!(
+                    run(threads, trouble),
+                    want,
+                    "{threads} threads, {trouble:?}"
+                );
+            }
         }
-        assert_eq!(run(2, 2), want, "late helper");
     }
 
     /// Every panel of every share is taken exactly once, whichever threads race for them.
@@ -737,17 +767,20 @@ mod tests {
     }
 
     /// The team gives exactly the single-threaded result, also when a helper is marked failed
-    /// (the caller then computes every share itself instead of waiting).
+    /// (the caller then computes every share itself instead of waiting), arrives late (the
+    /// caller takes its panels) or is given up on mid-product (the caller starts again from
+    /// the original `C`).
     #[test]
     fn team_matches_single_thread_and_survives_failed_helpers() {
-        let want = product(1, false);
+        let want = product(1, Trouble::None);
         for threads in [2, 3] {
-            assert_eq!(product(threads, false), want, "{threads} threads");
-            assert_eq!(
-                product(threads, true),
-                want,
-                "{threads} threads, failed helpers"
-            );
+            for trouble in TROUBLES {
+                assert_eq!(
+                    product(threads, trouble),
+                    want,
+                    "{threads} threads, {trouble:?}"
+                );
+            }
         }
     }
 }
