@@ -49,7 +49,7 @@ use std::ops::Range;
 pub const NR: usize = 16;
 
 /// Work (multiply-adds) below which a product runs on the calling thread only.
-const PAR_MIN_WORK: usize = 1 << 20;
+pub(crate) const PAR_MIN_WORK: usize = 1 << 20;
 
 /// `B` packed into column panels, grouped in equal segments of columns.
 #[derive(Debug, Clone, Default)]
