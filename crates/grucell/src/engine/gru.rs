@@ -182,7 +182,7 @@ pub fn project_inputs<T: Float>(
         // A small projection stays on the calling thread: waking a sleeping rayon worker costs
         // more than it saves (S, 100 × 32 · 32 × 192: median call 0.11–0.16 ms with the split,
         // 0.10 without).
-        if threads > 1 && rows * d * g >= super::packed::PAR_MIN_WORK {
+        if threads > 1 && rows.saturating_mul(d).saturating_mul(g) >= super::packed::PAR_MIN_WORK {
             xp.par_chunks_mut(PROJECT_MC * g).enumerate().for_each(job);
         } else {
             xp.chunks_mut(PROJECT_MC * g).enumerate().for_each(job);

@@ -117,6 +117,7 @@ struct Out<T> {
 struct Claim(AtomicU64);
 
 impl Claim {
+    /// Panel indices are `units / 16`: far below the 2³² each half of the word holds.
     fn set(&self, r: Range<usize>) {
         self.0
             .store(((r.start as u64) << 32) | r.end as u64, Ordering::Relaxed);
