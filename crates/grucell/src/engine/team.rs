@@ -625,6 +625,31 @@ mod tests {
         Trouble::Late(Duration::from_millis(10)),
     ];
 
+    /// Runs `body` on `team` after doing `trouble` to it.
+    fn with_trouble<T: Float>(team: &Team<T>, trouble: Trouble, body: impl FnOnce()) {
+        match trouble {
+            Trouble::None => body(),
+            Trouble::Failed => {
+                team.failed.store(true, Ordering::Release);
+                body();
+            }
+            Trouble::Late(hold) => with_late_helper(team, hold, body),
+        }
+    }
+
+    /// `run(threads, trouble)` equals `want` for 2 and 3 threads and every [`TROUBLES`] entry.
+    fn assert_matches_under_trouble(want: &[f32], run: impl Fn(usize, Trouble) -> Vec<f32>) {
+        for threads in [2, 3] {
+            for trouble in TROUBLES {
+                assert_eq!(
+                    run(threads, trouble),
+                    want,
+                    "{threads} threads, {trouble:?}"
+                );
+            }
+        }
+    }
+
     fn product(threads: usize, trouble: Trouble) -> Vec<f32> {
         // k spans three of the AVX2 kernel's k-blocks: accumulating products must add them to
         // `C` in the single-threaded order.
@@ -653,20 +678,12 @@ mod tests {
             return c;
         }
         Team::run(threads, rhs, None, |team| {
-            let mut steps = || {
+            with_trouble(team, trouble, || {
                 for _ in 0..3 {
                     // Several steps: the helpers must follow every posted job.
                     team.matmul(rhs, m, &a, k, 0..k, 0..3, &mut c, 3 * seg, true);
                 }
-            };
-            match trouble {
-                Trouble::None => steps(),
-                Trouble::Failed => {
-                    team.failed.store(true, Ordering::Release);
-                    steps();
-                }
-                Trouble::Late(hold) => with_late_helper(team, hold, steps),
-            }
+            })
         });
         c
     }
@@ -697,29 +714,15 @@ mod tests {
             let mut out = vec![0f32; m * u];
             Team::run(threads, rhs, Some(ctx), |team| {
                 let mut tiles = Vec::new();
-                let mut step = || team.fused_step(rhs, &ctx, at, m, &h, &mut out, &mut tiles);
-                match trouble {
-                    Trouble::None => step(),
-                    Trouble::Failed => {
-                        team.failed.store(true, Ordering::Release);
-                        step();
-                    }
-                    Trouble::Late(hold) => with_late_helper(team, hold, step),
-                }
+                with_trouble(team, trouble, || {
+                    team.fused_step(rhs, &ctx, at, m, &h, &mut out, &mut tiles)
+                })
             });
             out
         };
         let want = run(2, Trouble::Failed);
         assert!(want.iter().all(|v| v.is_finite()));
-        for threads in [2, 3] {
-            for trouble in TROUBLES {
-                assert_eq!(
-                    run(threads, trouble),
-                    want,
-                    "{threads} threads, {trouble:?}"
-                );
-            }
-        }
+        assert_matches_under_trouble(&want, run);
     }
 
     /// Every panel of every share is taken exactly once, whichever threads race for them.
@@ -769,19 +772,10 @@ mod tests {
 
     /// The team gives exactly the single-threaded result, also when a helper is marked failed
     /// (the caller then computes every share itself instead of waiting), arrives late (the
-    /// caller takes its panels) or is given up on mid-product (the caller starts again from
-    /// the original `C`).
+    /// caller takes its panels) or is given up on mid-product (the caller computes the
+    /// helper's share itself; the helper's tiles were never added to `C`).
     #[test]
     fn team_matches_single_thread_and_survives_failed_helpers() {
-        let want = product(1, Trouble::None);
-        for threads in [2, 3] {
-            for trouble in TROUBLES {
-                assert_eq!(
-                    product(threads, trouble),
-                    want,
-                    "{threads} threads, {trouble:?}"
-                );
-            }
-        }
+        assert_matches_under_trouble(&product(1, Trouble::None), product);
     }
 }
