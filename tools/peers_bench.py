@@ -484,6 +484,8 @@ def grucell_size_arg(name, dims):
 
 def run_grucell(binary, name, dims, opts):
     cmd = [str(binary), "bench", "--threads", str(opts.threads), "--json", "--sizes", grucell_size_arg(name, dims)]
+    if opts.grucell_isa:
+        cmd += ["--isa", opts.grucell_isa]
     busy = wait_quiet(opts)
     res = run_process(cmd, thread_env(opts.threads), opts.timeout)
     row = {"framework": "grucell", "size": name, "dims": list(dims), "maxrss_kib": res["maxrss_kib"],
@@ -705,6 +707,8 @@ def main(argv=None):
     ap.add_argument("--keras-python", default=None,
                     help="python interpreter for the Keras subprocess (default: this one)")
     ap.add_argument("--grucell", default=None, help="grucell binary (default: target/release/grucell)")
+    ap.add_argument("--grucell-isa", default=None, metavar="ISA",
+                    help="widest grucell kernels: portable, avx2 or avx512 (default: the best the CPU has)")
     ap.add_argument("--no-grucell", action="store_true", help="benchmark the peers only")
     ap.add_argument("--no-build", action="store_true", help="never run cargo build --release")
     ap.add_argument("--build", action="store_true", help="run cargo build --release even if the binary exists")
@@ -773,6 +777,7 @@ def main(argv=None):
     frameworks = (["grucell"] if not opts.no_grucell else []) + peers
     gemm_rates = [r["raw"]["gemm_gflops"] for r in grucell_rows
                   if isinstance(r.get("raw", {}).get("gemm_gflops"), (int, float))]
+    isas = sorted({r["raw"]["isa"] for r in grucell_rows if isinstance(r.get("raw", {}).get("isa"), str)})
     table = render_tables(sizes, rows, frameworks)
     header = [
         "date: %s" % started.strftime("%Y-%m-%d %H:%M %Z"),
@@ -783,8 +788,8 @@ def main(argv=None):
             " ".join(str(v) for v in cpu["load_avg_at_start"]),
             "%.0f%%..%.0f%%" % (100 * min(busy), 100 * max(busy)) if busy else "unknown"),
         "threads: %d (intra-op; inter-op 1)" % opts.threads,
-        "grucell's own GEMM rate at these threads: %s" % (
-            "%.1f GFLOP/s" % max(gemm_rates) if gemm_rates else "n/a"),
+        "grucell's own GEMM rate at these threads: %s; grucell kernels: %s" % (
+            "%.1f GFLOP/s" % max(gemm_rates) if gemm_rates else "n/a", ", ".join(isas) or "n/a"),
         "versions: %s" % ", ".join("%s %s" % kv for kv in sorted(versions.items())),
         "flops: %s" % FLOP_FORMULA,
         "timing: median of >= %d calls after %d warm-up calls, float32, h0 = 0" % (opts.reps, opts.warmup),

@@ -24,6 +24,11 @@ pub struct Args {
     /// Time budget per size in milliseconds (median over as many repetitions as fit, 3..200).
     #[arg(long, value_name = "MS", default_value_t = 3000.0)]
     pub budget_ms: f64,
+    /// Widest grucell kernels to use: portable, avx2 or avx512 (default: the best the CPU has),
+    /// e.g. to time the AVX2 kernels on an AVX-512 machine. The GEMM crate (faer) still picks
+    /// its own.
+    #[arg(long, value_name = "ISA")]
+    pub isa: Option<String>,
 }
 
 /// Splits `S,M,L` into names while keeping `B,T,I,H` groups of four integers together.
@@ -66,6 +71,13 @@ pub fn run(args: &Args) -> Result<()> {
     if !(args.budget_ms.is_finite() && args.budget_ms > 0.0) {
         anyhow::bail!("--budget-ms {}: expected a positive number", args.budget_ms);
     }
+    if let Some(isa) = &args.isa {
+        let isa = isa
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--isa {isa}: expected portable, avx2 or avx512"))?;
+        grucell::engine::isa::set_limit(isa);
+    }
+    let kernels = grucell::engine::isa::active();
     let sizes = parse_sizes(&args.sizes)?;
     let threads = args.threads;
     let json = args.json;
@@ -74,7 +86,7 @@ pub fn run(args: &Args) -> Result<()> {
         let cpu = cpu_model();
         let gemm = gemm_gflops(threads);
         if !json {
-            println!("cpu: {cpu}; threads: {threads}; machine GEMM rate (3200x512·512x1536): {gemm:.1} GFLOP/s");
+            println!("cpu: {cpu}; kernels: {kernels}; threads: {threads}; machine GEMM rate (3200x512·512x1536): {gemm:.1} GFLOP/s");
             println!("FLOPs: forward = 2·B·T·3H·(I+H); training = 3 × forward");
             println!(
                 "{:>14} {:>5} {:>5} {:>5} {:>5} | {:>10} {:>8} {:>7} | {:>10} {:>8} | {:>8}",
@@ -100,6 +112,7 @@ pub fn run(args: &Args) -> Result<()> {
                     "forward_ms": r.forward_ms, "train_ms": r.train_ms, "threads": threads,
                     "forward_gflops": r.forward_gflops(), "train_gflops": r.train_gflops(),
                     "gemm_gflops": gemm, "peak_rss_mib": rss, "cpu": cpu, "reps": r.reps,
+                    "isa": kernels.name(),
                 });
                 println!("{v}");
             } else {

@@ -3,9 +3,10 @@
 pub mod gemm;
 pub mod gru;
 pub mod gru_backward;
-#[allow(unsafe_code)] // runtime-dispatched AVX2+FMA gate math
+pub mod isa;
+#[allow(unsafe_code)] // runtime-dispatched AVX2+FMA / AVX-512 gate math
 pub mod math;
-#[allow(unsafe_code)] // runtime-dispatched AVX2+FMA kernels
+#[allow(unsafe_code)] // runtime-dispatched AVX2+FMA / AVX-512 kernels
 pub mod packed;
 #[allow(unsafe_code)] // madvise: huge pages for large buffers
 mod pages;
@@ -13,6 +14,9 @@ pub mod prepacked;
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)] // AVX2+FMA register tiles (raw loads after bounds checks)
 mod simd;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)] // AVX-512F register tiles (raw loads after bounds checks)
+mod simd512;
 pub(crate) mod team;
 pub mod workspace;
 

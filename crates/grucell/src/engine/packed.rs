@@ -13,8 +13,9 @@
 //!
 //! Instruction sets: the kernels are generic Rust that LLVM vectorizes; on x86-64 they are also
 //! compiled with AVX2 + FMA enabled, and `f32` full panels use the explicit AVX2 tiles of
-//! `engine::simd`; those copies are chosen at run time when the CPU has both features (calling a
-//! `#[target_feature]` function after the check is this module's only `unsafe`).
+//! `engine::simd` or the AVX-512 tiles of `engine::simd512`; those copies are chosen at run time
+//! by [`super::isa::active`] (calling a `#[target_feature]` function after the check is this
+//! module's only `unsafe`).
 //!
 //! These are kernel functions: dimensions are the caller's invariant (the layers validate user
 //! shapes first), and a slice shorter than the dimensions say panics on indexing.
@@ -38,7 +39,7 @@
 
 use super::gemm::Operand;
 #[cfg(target_arch = "x86_64")]
-use super::math::avx2_fma;
+use super::isa::{active, Isa};
 use super::math::madd;
 use super::workspace::grow;
 use crate::float::Float;
@@ -484,20 +485,28 @@ pub(crate) fn run_panel<T: Float>(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        if avx2_fma() {
+        let isa = active();
+        if isa >= Isa::Avx2Fma {
             if let (true, Some(a32), Some(b32), Some(c32)) = (
                 w == NR,
                 T::slice_f32(a),
                 T::slice_f32(b).and_then(|b| b.get(kr.start * ldb..)),
                 T::slice_f32_mut(c),
             ) {
-                // SAFETY: the CPU has AVX2 and FMA (checked above), the only requirement of
-                // these `#[target_feature]` functions.
-                if unsafe { super::simd::panel(m, a32, lda, kr, b32, ldb, c32, ldc, accumulate) } {
+                // SAFETY: the CPU has AVX2 and FMA, and AVX-512F where `isa` says so (checked by
+                // `active`), the only requirements of these `#[target_feature]` functions.
+                let done = unsafe {
+                    if isa == Isa::Avx512 {
+                        super::simd512::panel(m, a32, lda, kr, b32, ldb, c32, ldc, accumulate)
+                    } else {
+                        super::simd::panel(m, a32, lda, kr, b32, ldb, c32, ldc, accumulate)
+                    }
+                };
+                if done {
                     return;
                 }
             }
-            // SAFETY: as above.
+            // SAFETY: the CPU has AVX2 and FMA (checked by `active`).
             unsafe { panel_avx2_fma(m, a, lda, kr, b, ldb, w, c, ldc, accumulate) };
             return;
         }
@@ -518,7 +527,8 @@ fn run_strip<T: Float>(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        if avx2_fma() {
+        let isa = active();
+        if isa >= Isa::Avx2Fma {
             let mut c0 = 0;
             if let (Some(a32), Some(b32), Some(c32)) =
                 (T::slice_f32(a), T::slice_f32(b), T::slice_f32_mut(c))
@@ -528,14 +538,22 @@ fn run_strip<T: Float>(
                     else {
                         break;
                     };
-                    // SAFETY: the CPU has AVX2 and FMA (`avx2_fma`).
-                    if !unsafe { super::simd::strip(a32, kr, bs, ldb, cs, accumulate) } {
+                    // SAFETY: the CPU has AVX2 and FMA, and AVX-512F where `isa` says so
+                    // (checked by `active`).
+                    let done = unsafe {
+                        if isa == Isa::Avx512 {
+                            super::simd512::strip(a32, kr, bs, ldb, cs, accumulate)
+                        } else {
+                            super::simd::strip(a32, kr, bs, ldb, cs, accumulate)
+                        }
+                    };
+                    if !done {
                         break;
                     }
                     c0 += WIDE;
                 }
             }
-            // SAFETY: as above.
+            // SAFETY: the CPU has AVX2 and FMA (checked by `active`).
             unsafe { strip_avx2_fma(a, kr, &b[c0..], ldb, w - c0, &mut c[c0..], accumulate) };
             return;
         }

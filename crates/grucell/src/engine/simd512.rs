@@ -1,0 +1,321 @@
+//! AVX-512F register tiles for the `f32` recurrent products (x86-64 only).
+//!
+//! The same products as [`super::simd`] with 16-lane registers: a [`NR`]-column panel row is one
+//! register, so a tile holds up to 16 rows (16 accumulators of the 32 registers; at least 8 are
+//! needed to hide the FMA latency at two FMAs per cycle) and the batch-1 strip keeps two sets of
+//! four accumulators, for even and odd `k`. A panel's tile sums `k` in the same order as the AVX2
+//! tile, so both give the same bits; the strip's two halves change the order (round-off only).
+//! They are called only after [`super::isa::active`] has reported AVX-512F. Every raw load is
+//! preceded by a bounds check of the whole range it reads, made once per tile; a failed check
+//! returns `false` and the caller uses another kernel.
+
+use super::packed::{store, NR};
+use super::simd::WIDE;
+use std::arch::x86_64::{
+    __m512, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps,
+    _mm512_storeu_ps,
+};
+use std::ops::Range;
+
+/// Most rows per tile: 16 accumulators leave registers for `B` and the broadcasts.
+const MAX_ROWS: usize = 16;
+
+/// Depth (`k`) of one block of [`panel`]: 256 × 16 floats of the panel (16 KiB) stay in L1.
+const KC: usize = 256;
+
+/// `C[0..m, 0..16] (+)= A[0..m, kr] · B[0..|kr|, 0..16]` for one full-width panel (`B` already
+/// offset to row `kr.start`). Returns `false`, having done nothing, if a slice is too short.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn panel(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    kr: &Range<usize>,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) -> bool {
+    let klen = kr.len();
+    if m == 0 {
+        return true;
+    }
+    let fits = klen == 0 || b.len() >= (klen - 1) * ldb + NR;
+    if !fits || a.len() < (m - 1) * lda + kr.end || c.len() < (m - 1) * ldc + NR {
+        return false;
+    }
+    let mut k0 = kr.start;
+    loop {
+        let k1 = (k0 + KC).min(kr.end);
+        let (kb, b) = (k0..k1, &b[(k0 - kr.start) * ldb..]);
+        let acc = accumulate || k0 > kr.start;
+        let mut i = 0;
+        while i < m {
+            let (a, c) = (&a[i * lda..], &mut c[i * ldc..]);
+            // The rows spread evenly over the fewest tiles (as in `simd::panel`).
+            let left = m - i;
+            macro_rules! tiles {
+                ($($r:literal)*) => {
+                    match left.div_ceil(left.div_ceil(MAX_ROWS)) {
+                        $($r => tile::<$r>(a, lda, &kb, b, ldb, c, ldc, acc),)*
+                        _ => tile::<MAX_ROWS>(a, lda, &kb, b, ldb, c, ldc, acc),
+                    }
+                };
+            }
+            i += tiles!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+        }
+        if k1 >= kr.end {
+            return true;
+        }
+        k0 = k1;
+    }
+}
+
+/// One `R × 16` tile; returns `R`. Bounds were checked by [`panel`].
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn tile<const R: usize>(
+    a: &[f32],
+    lda: usize,
+    kr: &Range<usize>,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) -> usize {
+    let klen = kr.len();
+    // Local proofs for the unchecked reads below (panics only if `panel` let a bad call through).
+    let a = &a[..(R - 1) * lda + kr.end];
+    let b = if klen == 0 {
+        b
+    } else {
+        &b[..(klen - 1) * ldb + NR]
+    };
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    let mut acc: [__m512; R] = [_mm512_setzero_ps(); R];
+    for kk in 0..klen {
+        // SAFETY: kk·ldb + 16 ≤ (klen − 1)·ldb + 16 = b.len() (sliced above).
+        let bv = unsafe { _mm512_loadu_ps(bp.add(kk * ldb)) };
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: i·lda + kr.start + kk < (R − 1)·lda + kr.end = a.len() (sliced above).
+            let av = _mm512_set1_ps(unsafe { *ap.add(i * lda + kr.start + kk) });
+            *acc = _mm512_fmadd_ps(av, bv, *acc);
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        let mut out = [0f32; NR];
+        // SAFETY: `out` holds 16 floats, what one store writes.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), *acc) };
+        store(&mut c[i * ldc..i * ldc + NR], &out, accumulate);
+    }
+    R
+}
+
+/// One row of `A` times a 64-column strip of `B` read in place (`B` offset to row `kr.start`
+/// and to the strip's first column). Returns `false` if a slice is too short.
+#[target_feature(enable = "avx512f")]
+pub(super) fn strip(
+    a: &[f32],
+    kr: &Range<usize>,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    accumulate: bool,
+) -> bool {
+    const V: usize = WIDE / NR;
+    let klen = kr.len();
+    let fits = klen == 0 || b.len() >= (klen - 1) * ldb + WIDE;
+    if !fits || a.len() < kr.end || c.len() < WIDE {
+        return false;
+    }
+    let a = &a[kr.clone()];
+    let bp = b.as_ptr();
+    // Two accumulator sets (even and odd k): four dependent chains alone would wait on the FMA
+    // latency.
+    let mut even: [__m512; V] = [_mm512_setzero_ps(); V];
+    let mut odd: [__m512; V] = [_mm512_setzero_ps(); V];
+    let pairs = a.chunks_exact(2);
+    let last = pairs.remainder().first().copied();
+    for (p, pair) in pairs.enumerate() {
+        let (a0, a1) = (_mm512_set1_ps(pair[0]), _mm512_set1_ps(pair[1]));
+        let row = 2 * p * ldb;
+        for v in 0..V {
+            // SAFETY: row + ldb + 16v + 16 ≤ (klen − 1)·ldb + 64 ≤ b.len(), checked above
+            // (2p + 1 ≤ klen − 1).
+            let (b0, b1) = unsafe {
+                (
+                    _mm512_loadu_ps(bp.add(row + NR * v)),
+                    _mm512_loadu_ps(bp.add(row + ldb + NR * v)),
+                )
+            };
+            even[v] = _mm512_fmadd_ps(a0, b0, even[v]);
+            odd[v] = _mm512_fmadd_ps(a1, b1, odd[v]);
+        }
+    }
+    if let Some(al) = last {
+        let (al, row) = (_mm512_set1_ps(al), (klen - 1) * ldb);
+        for (v, even) in even.iter_mut().enumerate() {
+            // SAFETY: row + 16v + 16 ≤ (klen − 1)·ldb + 64 ≤ b.len(), checked above.
+            let bv = unsafe { _mm512_loadu_ps(bp.add(row + NR * v)) };
+            *even = _mm512_fmadd_ps(al, bv, *even);
+        }
+    }
+    let mut out = [0f32; WIDE];
+    for v in 0..V {
+        // SAFETY: `out` holds 64 floats; store v writes out[16v..16v + 16].
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(NR * v), _mm512_add_ps(even[v], odd[v])) };
+    }
+    store(&mut c[..WIDE], &out, accumulate);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    //! These run only where the CPU has AVX-512F (elsewhere they pass without checking anything
+    //! and say so): each kernel against an `f64` reference and against the AVX2 kernel.
+    use super::*;
+
+    fn avx512() -> bool {
+        let yes = std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        if !yes {
+            eprintln!("no AVX-512F on this CPU: AVX-512 kernels not exercised");
+        }
+        yes
+    }
+
+    fn data(n: usize, s: f32) -> Vec<f32> {
+        (0..n).map(|i| ((i as f32) * s).sin()).collect()
+    }
+
+    /// `C = A[:, kr] · B[kr, cols]` in f64, `B` row-major with stride `ldb`.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        m: usize,
+        a: &[f32],
+        lda: usize,
+        kr: &Range<usize>,
+        b: &[f32],
+        ldb: usize,
+        cols: usize,
+        c0: &[f32],
+        ldc: usize,
+        accumulate: bool,
+    ) -> Vec<f64> {
+        let mut out = vec![0f64; m * cols];
+        for i in 0..m {
+            for j in 0..cols {
+                let mut s = if accumulate {
+                    f64::from(c0[i * ldc + j])
+                } else {
+                    0.0
+                };
+                for k in kr.clone() {
+                    s += f64::from(a[i * lda + k]) * f64::from(b[(k - kr.start) * ldb + j]);
+                }
+                out[i * cols + j] = s;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn panel_matches_reference_and_the_avx2_tile_bit_for_bit() {
+        if !avx512() {
+            return;
+        }
+        // Row counts across every tile size and the even spreads (17 = 9 + 8, 33 = 11·3, 64);
+        // k over one and several KC blocks with an offset start.
+        for &m in &[1usize, 2, 3, 5, 8, 15, 16, 17, 31, 33, 64] {
+            for &(k0, k1) in &[(0usize, 0usize), (0, 7), (3, 300), (0, 512), (5, 600)] {
+                for &accumulate in &[false, true] {
+                    let kr = k0..k1;
+                    let lda = k1 + 3;
+                    let ldb = NR + 4;
+                    let ldc = NR + 2;
+                    let a = data(m * lda, 0.37);
+                    let b = data(kr.len().max(1) * ldb, 0.11);
+                    let c0 = data(m * ldc, 0.23);
+                    let mut c = c0.clone();
+                    // SAFETY: AVX-512F, AVX2 and FMA are present (checked above).
+                    assert!(unsafe { panel(m, &a, lda, &kr, &b, ldb, &mut c, ldc, accumulate) });
+                    let want = reference(m, &a, lda, &kr, &b, ldb, NR, &c0, ldc, accumulate);
+                    let mut c2 = c0.clone();
+                    // SAFETY: as above.
+                    assert!(unsafe {
+                        super::super::simd::panel(
+                            m, &a, lda, &kr, &b, ldb, &mut c2, ldc, accumulate,
+                        )
+                    });
+                    for i in 0..m {
+                        for j in 0..NR {
+                            let (got, avx2) = (c[i * ldc + j], c2[i * ldc + j]);
+                            let w = want[i * NR + j];
+                            assert!(
+                                (f64::from(got) - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                                "m {m} k {kr:?} acc {accumulate} ({i},{j}): {got} vs {w}"
+                            );
+                            assert_eq!(got.to_bits(), avx2.to_bits(), "m {m} k {kr:?} ({i},{j})");
+                        }
+                        // Columns past the panel are untouched.
+                        assert_eq!(
+                            c[i * ldc + NR..(i + 1) * ldc],
+                            c0[i * ldc + NR..(i + 1) * ldc]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strip_matches_reference() {
+        if !avx512() {
+            return;
+        }
+        for &(k0, k1) in &[(0usize, 0usize), (0, 1), (2, 9), (0, 64), (1, 300)] {
+            for &accumulate in &[false, true] {
+                let kr = k0..k1;
+                let ldb = WIDE + 8;
+                let a = data(k1 + 2, 0.41);
+                let b = data(kr.len().max(1) * ldb, 0.07);
+                let c0 = data(WIDE + 3, 0.19);
+                let mut c = c0.clone();
+                // SAFETY: AVX-512F is present (checked above).
+                assert!(unsafe { strip(&a, &kr, &b, ldb, &mut c, accumulate) });
+                let want = reference(1, &a, 0, &kr, &b, ldb, WIDE, &c0, 0, accumulate);
+                for j in 0..WIDE {
+                    let w = want[j];
+                    assert!(
+                        (f64::from(c[j]) - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                        "k {kr:?} acc {accumulate} col {j}: {} vs {w}",
+                        c[j]
+                    );
+                }
+                assert_eq!(c[WIDE..], c0[WIDE..]);
+            }
+        }
+    }
+
+    #[test]
+    fn short_slices_are_refused_not_read() {
+        if !avx512() {
+            return;
+        }
+        let (a, b) = (vec![1f32; 40], vec![1f32; 10 * NR]);
+        let mut c = vec![0f32; 2 * NR];
+        // SAFETY: AVX-512F is present (checked above).
+        unsafe {
+            assert!(!panel(3, &a, 20, &(0..10), &b, NR, &mut c, NR, false)); // a too short
+            assert!(!panel(2, &a, 20, &(0..11), &b, NR, &mut c, NR, false)); // b too short
+            assert!(!panel(2, &a, 20, &(0..10), &b, NR, &mut c, NR + 1, false)); // c too short
+            assert!(!strip(&a, &(0..10), &b, NR, &mut c, false)); // b narrower than a strip
+        }
+        assert!(c.iter().all(|&v| v == 0.0));
+    }
+}
