@@ -176,7 +176,7 @@ fn wait_for(cond: impl Fn() -> bool, give_up: Option<Duration>) -> bool {
         if spinning {
             std::hint::spin_loop();
             n = n.wrapping_add(1);
-            if n % 64 == 0 && start.elapsed() > SPIN {
+            if n.is_multiple_of(64) && start.elapsed() > SPIN {
                 spinning = false;
             }
         } else {
