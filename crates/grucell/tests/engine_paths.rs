@@ -1,9 +1,10 @@
 //! The engine's code paths against each other and against f64: batch-1 strips, in-place and
 //! packed recurrent weights, the packed-kernel and GEMM-crate input projections, the spinning
-//! helper team (threads ≥ 2 on large steps), rayon splits in the backward pass, weights packed
-//! ahead of the call (`PackedWeights`); both reset conventions, masks, go_backwards and recurrent
-//! dropout. Sizes are chosen so that every path is taken (see `engine::gru::use_team` and
-//! `recurrent_rhs`).
+//! helper team (threads ≥ 2 on large steps), sequences split by batch rows (training and
+//! unfused inference with ≥ 16 rows and 2 or more threads: `engine::gru::batch_parts`), rayon
+//! splits in the backward pass, weights packed ahead of the call (`PackedWeights`); both reset
+//! conventions, masks, go_backwards and recurrent dropout. Sizes are chosen so that every path is
+//! taken (see `engine::gru::use_team`, `batch_parts` and `recurrent_rhs`).
 //!
 //! Splitting work between threads never changes the order of any sum, so the f32 results of
 //! 1, 2 and 3 threads must be *identical*; all of them must match f64 to f32 round-off.
@@ -221,7 +222,10 @@ fn close(label: &str, a: &[f32], want: &[f64], tol: f64) {
 fn all_paths_agree_with_f64_and_across_thread_counts() {
     // (B, T, D, u): batch-1 strips; in-place tiles (T < 4); packed + packed-kernel projection;
     // team with the packed-kernel projection; team with the GEMM-crate projection (D > 256);
-    // team with a narrow last panel (u = 200 is not a multiple of 16).
+    // team with a narrow last panel (u = 200 is not a multiple of 16). Training and the unfused
+    // inference runs (reset_after = false, recurrent dropout) of the 16- and 24-row sizes split
+    // the batch into parts (two, or three for 24 rows and 3 threads where the machine has
+    // them); the 8-row size keeps the team.
     let sizes = [
         (1, 5, 3, 70),
         (3, 2, 5, 40),

@@ -7,12 +7,13 @@
 //! (`dW = Xᵀ·dG_x`, `dU = H_prevᵀ·dG_h`, `dX = dG_x·Wᵀ`).
 
 use super::gemm::{gemm, Operand};
+use super::gru::{batch_parts, team_size, use_team, TraceRows};
 use super::gru::{mask_rows, DropoutMasks, GruParams, GruTrace, SequenceOptions};
-use super::gru::{team_size, use_team};
 use super::packed::{PackedRhs, Par, Rhs};
 use super::team::Team;
 use crate::float::Float;
 use crate::layers::activation::Activation;
+use rayon::prelude::*;
 
 /// Gradients of the GRU weights in Keras layout. Accumulated into (`+=`), so a caller can sum
 /// over batches or calls; start from [`GruGrads::zeros`].
@@ -57,19 +58,12 @@ pub struct OutputGrads<'a, T> {
 struct RecurrentT<'a, T> {
     packed: Option<Rhs<'a, T>>,
     recurrent: &'a [T],
-    batch: usize,
     units: usize,
     threads: usize,
 }
 
 impl<'a, T: Float> RecurrentT<'a, T> {
-    fn new(
-        p: &GruParams<'a, T>,
-        batch: usize,
-        time: usize,
-        threads: usize,
-        store: &'a mut PackedRhs<T>,
-    ) -> Self {
+    fn new(p: &GruParams<'a, T>, time: usize, threads: usize, store: &'a mut PackedRhs<T>) -> Self {
         let u = p.units;
         let packed = (time >= 4).then(|| {
             store.pack_with_threads(Operand::new(p.recurrent, 3 * u).t(), 3 * u, u, 1, threads);
@@ -78,16 +72,17 @@ impl<'a, T: Float> RecurrentT<'a, T> {
         RecurrentT {
             packed,
             recurrent: p.recurrent,
-            batch,
             units: u,
             threads,
         }
     }
 
-    /// `C (+)= G[:, kr] · U[:, kr]ᵀ` with `G` of row stride `3u` and `C` `(B, u)`.
+    /// `C (+)= G[:, kr] · U[:, kr]ᵀ` with `G` `(m, 3u)` and `C` `(m, u)`.
+    #[allow(clippy::too_many_arguments)]
     fn product(
         &self,
         par: Par<'_, T>,
+        m: usize,
         gsrc: &[T],
         kr: std::ops::Range<usize>,
         c: &mut [T],
@@ -96,20 +91,9 @@ impl<'a, T: Float> RecurrentT<'a, T> {
     ) {
         let (u, g) = (self.units, 3 * self.units);
         match self.packed {
-            Some(rhs) => rhs.product(
-                par,
-                self.batch,
-                gsrc,
-                g,
-                kr,
-                0..1,
-                c,
-                u,
-                accumulate,
-                scratch,
-            ),
+            Some(rhs) => rhs.product(par, m, gsrc, g, kr, 0..1, c, u, accumulate, scratch),
             None => gemm(
-                self.batch,
+                m,
                 u,
                 kr.len(),
                 T::one(),
@@ -118,7 +102,10 @@ impl<'a, T: Float> RecurrentT<'a, T> {
                 accumulate,
                 c,
                 u,
-                self.threads,
+                match par {
+                    Par::Threads(t) => t,
+                    Par::Team(_) => self.threads,
+                },
             ),
         }
     }
@@ -257,165 +244,112 @@ pub fn gru_sequence_backward<T: Float>(
     upstream: OutputGrads<'_, T>,
     grads: &mut GruGrads<T>,
     dx: Option<&mut [T]>,
-    dh0: Option<&mut [T]>,
+    mut dh0: Option<&mut [T]>,
 ) {
     let threads = opts.threads;
     let (d, u) = (p.input_dim, p.units);
     let g = 3 * u;
     let u2 = 2 * u;
     let rows = batch * time;
-    // Per-step scratch: [dz, dr, dĥ] (input side) and [dz, dr, dg | dĥ] (recurrent side).
-    let mut sx = vec![T::zero(); batch * g];
-    let mut sh = vec![T::zero(); batch * g];
-    let mut dh = match upstream.state {
-        Some(s) => s[..batch * u].to_vec(),
-        None => vec![T::zero(); batch * u],
-    };
-    let mut carry = vec![T::zero(); batch * u];
-    let mut dh_prev = vec![T::zero(); batch * u];
-    let mut dhn = vec![T::zero(); batch * u];
-    let mut tmp = vec![T::zero(); batch * u];
-    let mut valid = vec![true; batch];
-    let mut scratch = Vec::with_capacity(u);
-    let gates_in_loop = if p.reset_after { 3 } else { 2 };
     let mut packed = PackedRhs::new();
-    let mut pscratch = Vec::new();
-    let rec = RecurrentT::new(p, batch, time, threads, &mut packed);
-    let want_dh0 = dh0.is_some();
-    let mut run = |par: Par<'_, T>| {
-        for k in (0..time).rev() {
-            let t = if opts.go_backwards { time - 1 - k } else { k };
-            // Output gradient of this step, routed to the new state or (masked) to the previous output.
-            for b in 0..batch {
-                valid[b] = opts.mask.is_none_or(|m| m[b * time + t]);
-                let bu = b * u..(b + 1) * u;
-                let seq = upstream
-                    .sequence
-                    .map(|s| &s[(b * time + k) * u..(b * time + k + 1) * u]);
-                let last = upstream
-                    .last
-                    .filter(|_| k + 1 == time)
-                    .map(|l| &l[bu.clone()]);
-                route_output_grad(
-                    &mut carry[bu.clone()],
-                    seq,
-                    last,
-                    &dh[bu.clone()],
-                    &mut dhn[bu],
-                    valid[b],
-                    opts.zero_output_for_mask,
-                );
-            }
-            // Element-wise gate gradients.
-            for b in 0..batch {
-                let bu = b * u..(b + 1) * u;
-                if !valid[b] {
-                    dh_prev[bu.clone()].copy_from_slice(&dh[bu]);
-                    sx[b * g..(b + 1) * g].fill(T::zero());
-                    sh[b * g..(b + 1) * g].fill(T::zero());
-                    continue;
+    let rec = RecurrentT::new(p, time, threads, &mut packed);
+    let parts = batch_parts(threads, batch, time, u, std::mem::size_of::<T>());
+    let mut view = Some(trace.rows(rows, u));
+    if parts > 1 && rec.packed.is_some() {
+        // Batch rows are independent sequences: each part runs the whole reverse loop for its
+        // rows on one thread (see `gru::batch_parts`); the GEMMs below then see every row.
+        let mut jobs = Vec::with_capacity(parts);
+        let mut dh0_rest = dh0.as_deref_mut();
+        let mut b0 = 0;
+        for i in 0..parts {
+            let b1 = batch * (i + 1) / parts;
+            let n = b1 - b0;
+            let (tr, rest) = match view.take() {
+                Some(v) => v.split_at_row(n * time, u),
+                None => break,
+            };
+            view = Some(rest);
+            let (dh0_part, rest) = match dh0_rest.take() {
+                Some(h) => {
+                    let (a, b) = h.split_at_mut(n * u);
+                    (Some(a), Some(b))
                 }
-                let row = b * time + t;
-                let rows = GateRows {
-                    gates: &trace.gates[row * g..(row + 1) * g],
-                    pre: trace.has_pre.then(|| &trace.pre[row * g..(row + 1) * g]),
-                    h_prev: &trace.h_prev[row * u..(row + 1) * u],
-                    hn: &trace.hn[row * u..(row + 1) * u],
-                };
-                gate_grads_row(
+                None => (None, None),
+            };
+            dh0_rest = rest;
+            let r = b0..b1;
+            jobs.push((
+                n,
+                SequenceOptions {
+                    mask: opts.mask.map(|m| &m[r.start * time..r.end * time]),
+                    threads: 1,
+                    ..opts
+                },
+                dropout
+                    .recurrent
+                    .map(|m| m.map(|mg| &mg[r.start * u..r.end * u])),
+                tr,
+                OutputGrads {
+                    sequence: upstream
+                        .sequence
+                        .map(|v| &v[r.start * time * u..r.end * time * u]),
+                    last: upstream.last.map(|v| &v[r.start * u..r.end * u]),
+                    state: upstream.state.map(|v| &v[r.start * u..r.end * u]),
+                },
+                dh0_part,
+            ));
+            b0 = b1;
+        }
+        let rec = &rec;
+        jobs.into_par_iter()
+            .for_each(|(n, opts, rec_masks, tr, upstream, dh0)| {
+                reverse_rows(
                     p,
-                    &rows,
-                    &dhn[bu.clone()],
-                    &mut sx[b * g..(b + 1) * g],
-                    &mut sh[b * g..(b + 1) * g],
-                    &mut dh_prev[bu],
-                    &mut scratch,
+                    rec,
+                    Par::Threads(1),
+                    n,
+                    time,
+                    opts,
+                    rec_masks,
+                    tr,
+                    upstream,
+                    dh0,
                 );
+            });
+    } else if let Some(tr) = view.take() {
+        match rec.packed {
+            Some(rhs) if use_team(threads, batch, time, u) => {
+                Team::run(team_size(threads), rhs, None, |team| {
+                    reverse_rows(
+                        p,
+                        &rec,
+                        Par::Team(team),
+                        batch,
+                        time,
+                        opts,
+                        dropout.recurrent,
+                        tr,
+                        upstream,
+                        dh0,
+                    )
+                })
             }
-            if !p.reset_after {
-                // d(r ⊙ h_s) = da_n · U_hᵀ, then dr and the direct path into h.
-                rec.product(par, &sh, u2..g, &mut tmp, false, &mut pscratch);
-                for b in (0..batch).filter(|&b| valid[b]) {
-                    let row = b * time + t;
-                    let gates = &trace.gates[row * g..(row + 1) * g];
-                    let pre = if trace.has_pre {
-                        &trace.pre[row * g..(row + 1) * g]
-                    } else {
-                        gates
-                    };
-                    let hp = &trace.h_prev[row * u..(row + 1) * u];
-                    let r = &gates[u..u2];
-                    let s_h = dropout.recurrent.map(|s| &s[2][b * u..(b + 1) * u]);
-                    let gx = &mut sx[b * g..(b + 1) * g];
-                    for j in 0..u {
-                        let drh = tmp[b * u + j];
-                        let sh = s_h.map_or(T::one(), |s| s[j]);
-                        gx[u + j] = drh * hp[j] * sh;
-                        dh_prev[b * u + j] += drh * r[j] * sh;
-                    }
-                    act_backward(
-                        p.recurrent_activation,
-                        &pre[u..u2],
-                        r,
-                        &mut gx[u..u2],
-                        &mut scratch,
-                    );
-                    sh[b * g + u..b * g + u2].copy_from_slice(&gx[u..u2]);
-                }
-            }
-            // dh_prev += dG_h · Uᵀ over the recurrent gates (masked rows have dG_h = 0). The
-            // first step's `dh_prev` is `dh0`, not needed unless asked for.
-            let need_dh_prev = k > 0 || want_dh0;
-            match dropout.recurrent {
-                _ if !need_dh_prev => {}
-                None => rec.product(
-                    par,
-                    &sh,
-                    0..gates_in_loop * u,
-                    &mut dh_prev,
-                    true,
-                    &mut pscratch,
-                ),
-                Some(s) => {
-                    for (gate, sg) in s.iter().enumerate().take(gates_in_loop) {
-                        rec.product(
-                            par,
-                            &sh,
-                            gate * u..(gate + 1) * u,
-                            &mut tmp,
-                            false,
-                            &mut pscratch,
-                        );
-                        for b in (0..batch).filter(|&b| valid[b]) {
-                            for j in 0..u {
-                                dh_prev[b * u + j] += tmp[b * u + j] * sg[b * u + j];
-                            }
-                        }
-                    }
-                }
-            }
-            // This step's saved activations are spent: keep its gate gradients in their place.
-            for b in 0..batch {
-                let row = b * time + t;
-                trace.gates[row * g..(row + 1) * g].copy_from_slice(&sx[b * g..(b + 1) * g]);
-                if p.reset_after {
-                    trace.hn[row * u..(row + 1) * u].copy_from_slice(&sh[b * g + u2..(b + 1) * g]);
-                }
-            }
-            std::mem::swap(&mut dh, &mut dh_prev);
+            _ => reverse_rows(
+                p,
+                &rec,
+                Par::Threads(threads),
+                batch,
+                time,
+                opts,
+                dropout.recurrent,
+                tr,
+                upstream,
+                dh0,
+            ),
         }
-    };
-    match rec.packed {
-        Some(rhs) if use_team(threads, batch, time, u) => {
-            Team::run(team_size(threads), rhs, None, |team| run(Par::Team(team)))
-        }
-        _ => run(Par::Threads(threads)),
     }
     // From here on: `dxp` = d(input projections) (B·T, 3u); for reset_after `dg` = d(h·U_h + b_rh).
     let dxp = &trace.gates[..rows * g];
-    if let Some(h0) = dh0 {
-        h0[..batch * u].copy_from_slice(&dh);
-    }
     // Weight and input gradients: one GEMM each over all B·T rows.
     let mut xm = Vec::new();
     match dropout.input {
@@ -547,5 +481,169 @@ pub fn gru_sequence_backward<T: Float>(
                 *acc += *v;
             }
         }
+    }
+}
+
+/// The reverse loop for `batch` rows (the whole batch, or one part of it with the matching rows
+/// of the mask, recurrent dropout masks, trace and upstream gradients): the element-wise gate
+/// gradients and `dh_prev += dG · Uᵀ` per step. Leaves the gate gradients in the trace (see
+/// [`gru_sequence_backward`]) and writes `d h0` to `dh0` when given.
+#[allow(clippy::too_many_arguments)]
+fn reverse_rows<T: Float>(
+    p: &GruParams<T>,
+    rec: &RecurrentT<'_, T>,
+    par: Par<'_, T>,
+    batch: usize,
+    time: usize,
+    opts: SequenceOptions<'_>,
+    rec_masks: Option<[&[T]; 3]>,
+    trace: TraceRows<'_, T>,
+    upstream: OutputGrads<'_, T>,
+    dh0: Option<&mut [T]>,
+) {
+    let u = p.units;
+    let g = 3 * u;
+    let u2 = 2 * u;
+    // Per-step scratch: [dz, dr, dĥ] (input side) and [dz, dr, dg | dĥ] (recurrent side).
+    let mut sx = vec![T::zero(); batch * g];
+    let mut sh = vec![T::zero(); batch * g];
+    let mut dh = match upstream.state {
+        Some(s) => s[..batch * u].to_vec(),
+        None => vec![T::zero(); batch * u],
+    };
+    let mut carry = vec![T::zero(); batch * u];
+    let mut dh_prev = vec![T::zero(); batch * u];
+    let mut dhn = vec![T::zero(); batch * u];
+    let mut tmp = vec![T::zero(); batch * u];
+    let mut valid = vec![true; batch];
+    let mut scratch = Vec::with_capacity(u);
+    let gates_in_loop = if p.reset_after { 3 } else { 2 };
+    let mut pscratch = Vec::new();
+    let want_dh0 = dh0.is_some();
+    for k in (0..time).rev() {
+        let t = if opts.go_backwards { time - 1 - k } else { k };
+        // Output gradient of this step, routed to the new state or (masked) to the previous output.
+        for b in 0..batch {
+            valid[b] = opts.mask.is_none_or(|m| m[b * time + t]);
+            let bu = b * u..(b + 1) * u;
+            let seq = upstream
+                .sequence
+                .map(|s| &s[(b * time + k) * u..(b * time + k + 1) * u]);
+            let last = upstream
+                .last
+                .filter(|_| k + 1 == time)
+                .map(|l| &l[bu.clone()]);
+            route_output_grad(
+                &mut carry[bu.clone()],
+                seq,
+                last,
+                &dh[bu.clone()],
+                &mut dhn[bu],
+                valid[b],
+                opts.zero_output_for_mask,
+            );
+        }
+        // Element-wise gate gradients.
+        for b in 0..batch {
+            let bu = b * u..(b + 1) * u;
+            if !valid[b] {
+                dh_prev[bu.clone()].copy_from_slice(&dh[bu]);
+                sx[b * g..(b + 1) * g].fill(T::zero());
+                sh[b * g..(b + 1) * g].fill(T::zero());
+                continue;
+            }
+            let row = b * time + t;
+            let rows = GateRows {
+                gates: &trace.gates[row * g..(row + 1) * g],
+                pre: trace.has_pre.then(|| &trace.pre[row * g..(row + 1) * g]),
+                h_prev: &trace.h_prev[row * u..(row + 1) * u],
+                hn: &trace.hn[row * u..(row + 1) * u],
+            };
+            gate_grads_row(
+                p,
+                &rows,
+                &dhn[bu.clone()],
+                &mut sx[b * g..(b + 1) * g],
+                &mut sh[b * g..(b + 1) * g],
+                &mut dh_prev[bu],
+                &mut scratch,
+            );
+        }
+        if !p.reset_after {
+            // d(r ⊙ h_s) = da_n · U_hᵀ, then dr and the direct path into h.
+            rec.product(par, batch, &sh, u2..g, &mut tmp, false, &mut pscratch);
+            for b in (0..batch).filter(|&b| valid[b]) {
+                let row = b * time + t;
+                let gates = &trace.gates[row * g..(row + 1) * g];
+                let pre = if trace.has_pre {
+                    &trace.pre[row * g..(row + 1) * g]
+                } else {
+                    gates
+                };
+                let hp = &trace.h_prev[row * u..(row + 1) * u];
+                let r = &gates[u..u2];
+                let s_h = rec_masks.map(|s| &s[2][b * u..(b + 1) * u]);
+                let gx = &mut sx[b * g..(b + 1) * g];
+                for j in 0..u {
+                    let drh = tmp[b * u + j];
+                    let sh = s_h.map_or(T::one(), |s| s[j]);
+                    gx[u + j] = drh * hp[j] * sh;
+                    dh_prev[b * u + j] += drh * r[j] * sh;
+                }
+                act_backward(
+                    p.recurrent_activation,
+                    &pre[u..u2],
+                    r,
+                    &mut gx[u..u2],
+                    &mut scratch,
+                );
+                sh[b * g + u..b * g + u2].copy_from_slice(&gx[u..u2]);
+            }
+        }
+        // dh_prev += dG_h · Uᵀ over the recurrent gates (masked rows have dG_h = 0). The
+        // first step's `dh_prev` is `dh0`, not needed unless asked for.
+        let need_dh_prev = k > 0 || want_dh0;
+        match rec_masks {
+            _ if !need_dh_prev => {}
+            None => rec.product(
+                par,
+                batch,
+                &sh,
+                0..gates_in_loop * u,
+                &mut dh_prev,
+                true,
+                &mut pscratch,
+            ),
+            Some(s) => {
+                for (gate, sg) in s.iter().enumerate().take(gates_in_loop) {
+                    rec.product(
+                        par,
+                        batch,
+                        &sh,
+                        gate * u..(gate + 1) * u,
+                        &mut tmp,
+                        false,
+                        &mut pscratch,
+                    );
+                    for b in (0..batch).filter(|&b| valid[b]) {
+                        for j in 0..u {
+                            dh_prev[b * u + j] += tmp[b * u + j] * sg[b * u + j];
+                        }
+                    }
+                }
+            }
+        }
+        // This step's saved activations are spent: keep its gate gradients in their place.
+        for b in 0..batch {
+            let row = b * time + t;
+            trace.gates[row * g..(row + 1) * g].copy_from_slice(&sx[b * g..(b + 1) * g]);
+            if p.reset_after {
+                trace.hn[row * u..(row + 1) * u].copy_from_slice(&sh[b * g + u2..(b + 1) * g]);
+            }
+        }
+        std::mem::swap(&mut dh, &mut dh_prev);
+    }
+    if let Some(h0) = dh0 {
+        h0[..batch * u].copy_from_slice(&dh);
     }
 }

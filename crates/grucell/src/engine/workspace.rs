@@ -28,6 +28,8 @@ pub struct GruWorkspace<T> {
     pub(crate) wpacked: PackedRhs<T>,
     /// Panel-major scratch of a recurrent product split between threads `(B, 3u)` padded.
     pub(crate) pscratch: Vec<T>,
+    /// One workspace per part of a sequence split by batch rows (`gru::batch_parts`).
+    pub(crate) parts: Vec<GruWorkspace<T>>,
 }
 
 /// Grows `v` to at least `n` elements (large buffers on huge pages, see [`super::pages`]).
@@ -51,6 +53,7 @@ impl<T: Float> GruWorkspace<T> {
             packed: PackedRhs::new(),
             wpacked: PackedRhs::new(),
             pscratch: Vec::new(),
+            parts: Vec::new(),
         }
     }
 
