@@ -9,7 +9,7 @@
 use super::gemm::{gemm, Operand};
 use super::gru::{batch_parts, team_size, use_team, TraceRows};
 use super::gru::{mask_rows, DropoutMasks, GruParams, GruTrace, SequenceOptions};
-use super::packed::{PackedRhs, Par, Rhs};
+use super::packed::{PackedRhs, Par, Rhs, PAR_MIN_WORK};
 use super::team::Team;
 use crate::float::Float;
 use crate::layers::activation::Activation;
@@ -249,7 +249,6 @@ pub fn gru_sequence_backward<T: Float>(
     let threads = opts.threads;
     let (d, u) = (p.input_dim, p.units);
     let g = 3 * u;
-    let u2 = 2 * u;
     let rows = batch * time;
     let mut packed = PackedRhs::new();
     let rec = RecurrentT::new(p, time, threads, &mut packed);
@@ -466,22 +465,65 @@ pub fn gru_sequence_backward<T: Float>(
             threads,
         );
     }
-    for row in dxp.chunks_exact(g) {
-        for (acc, v) in grads.bias_input.iter_mut().zip(row) {
-            *acc += *v;
-        }
-    }
-    if p.reset_after {
-        for (row, dg) in dxp.chunks_exact(g).zip(trace.hn.chunks_exact(u)) {
-            for (acc, v) in grads
-                .bias_recurrent
-                .iter_mut()
-                .zip(row[..u2].iter().chain(dg))
-            {
+    bias_grads(
+        dxp,
+        p.reset_after.then(|| &trace.hn[..rows * u]),
+        rows,
+        u,
+        grads,
+        threads,
+    );
+}
+
+/// Bias gradients, the column sums over all `rows`: `db_in += Σ dG_x` and, for reset_after,
+/// `db_rec += Σ [dz, dr | dĥ_rec]` (`hn` holding the last block). One pass over the rows, the
+/// columns shared out between threads: every sum keeps the row order of one thread.
+fn bias_grads<T: Float>(
+    dxp: &[T],
+    hn: Option<&[T]>,
+    rows: usize,
+    u: usize,
+    grads: &mut GruGrads<T>,
+    threads: usize,
+) {
+    let (g, u2) = (3 * u, 2 * u);
+    let sum = |c0: usize, bi: &mut [T], br: &mut [T]| {
+        let c1 = c0 + bi.len();
+        for r in 0..rows {
+            let row = &dxp[r * g + c0..r * g + c1];
+            for (acc, v) in bi.iter_mut().zip(row) {
                 *acc += *v;
             }
+            if let Some(hn) = hn {
+                // Columns below 2u come from dG_x, the rest from hn (column j ↦ hn[j − 2u]).
+                let split = u2.clamp(c0, c1) - c0;
+                for (acc, v) in br[..split].iter_mut().zip(&row[..split]) {
+                    *acc += *v;
+                }
+                if c0 + split < c1 {
+                    let h0 = r * u + (c0 + split - u2);
+                    for (acc, v) in br[split..].iter_mut().zip(&hn[h0..h0 + (c1 - c0 - split)]) {
+                        *acc += *v;
+                    }
+                }
+            }
         }
+    };
+    let (bi, br) = (&mut grads.bias_input[..g], &mut grads.bias_recurrent[..g]);
+    let parts = if rows.saturating_mul(g) >= PAR_MIN_WORK {
+        team_size(threads)
+    } else {
+        1
+    };
+    if parts < 2 {
+        return sum(0, bi, br);
     }
+    // Column runs of whole 16-float lines, one per thread.
+    let cols = g.div_ceil(parts).div_ceil(16) * 16;
+    bi.par_chunks_mut(cols)
+        .zip(br.par_chunks_mut(cols))
+        .enumerate()
+        .for_each(|(i, (bi, br))| sum(i * cols, bi, br));
 }
 
 /// The reverse loop for `batch` rows (the whole batch, or one part of it with the matching rows
@@ -645,5 +687,47 @@ fn reverse_rows<T: Float>(
     }
     if let Some(h0) = dh0 {
         h0[..batch * u].copy_from_slice(&dh);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The column-split bias sums give the serial sums bit for bit, with the split falling
+    /// inside the input-side columns, at the `dĥ` block and inside it (`u` = 64, 100, 256).
+    #[test]
+    fn bias_sums_split_between_threads_match_one_thread() {
+        for &u in &[64usize, 100, 256] {
+            let g = 3 * u;
+            let rows = PAR_MIN_WORK / g + 3;
+            let val = |i: usize| ((i as f32) * 0.37).sin();
+            let dxp: Vec<f32> = (0..rows * g).map(val).collect();
+            let hn: Vec<f32> = (0..rows * u).map(|i| val(i + 11)).collect();
+            for reset_after in [true, false] {
+                let hn = reset_after.then_some(&hn[..]);
+                let mut one = GruGrads::zeros(2, u);
+                one.bias_input.iter_mut().for_each(|b| *b = 0.5);
+                one.bias_recurrent.iter_mut().for_each(|b| *b = -0.25);
+                let mut two = one.clone();
+                bias_grads(&dxp, hn, rows, u, &mut one, 1);
+                bias_grads(&dxp, hn, rows, u, &mut two, 2);
+                assert_eq!(one, two, "u {u} reset_after {reset_after}");
+                // And against a plain f64 sum.
+                for j in 0..g {
+                    let col: f64 = (0..rows).map(|r| f64::from(dxp[r * g + j])).sum();
+                    assert!((f64::from(one.bias_input[j]) - 0.5 - col).abs() < 1e-2);
+                    let rec = match hn {
+                        None => 0.0,
+                        Some(_) if j < 2 * u => col,
+                        Some(hn) => (0..rows).map(|r| f64::from(hn[r * u + j - 2 * u])).sum(),
+                    };
+                    assert!(
+                        (f64::from(one.bias_recurrent[j]) + 0.25 - rec).abs() < 1e-2,
+                        "u {u} col {j}"
+                    );
+                }
+            }
+        }
     }
 }
