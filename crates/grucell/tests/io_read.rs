@@ -296,7 +296,7 @@ fn failed_write_leaves_nothing() {
 
 fn npy_with_header(dict: &str, data: &[u8]) -> Vec<u8> {
     let mut h = dict.to_string();
-    while (10 + h.len() + 1) % 16 != 0 {
+    while !(10 + h.len() + 1).is_multiple_of(16) {
         h.push(' ');
     }
     h.push('\n');
