@@ -46,7 +46,10 @@ mod tests {
         // every value comes from index ≤ 10 at the same phase mod 3
         for (k, v) in f.iter().enumerate() {
             let target = 10 + k + 1;
-            assert!(*v <= 10.0 && (target - *v as usize).is_multiple_of(3), "k={k} v={v}");
+            assert!(
+                *v <= 10.0 && (target - *v as usize).is_multiple_of(3),
+                "k={k} v={v}"
+            );
         }
         assert!(seasonal_naive(&y, 1, 1, 5)[0].is_nan());
         assert_eq!(last_value(&y, 4, 2), vec![4.0, 4.0]);
