@@ -610,3 +610,28 @@ fn usage_errors_exit_2() {
         assert!(stdout(&o).contains(sub), "--help does not list {sub}");
     }
 }
+
+/// `grucell bench --isa`: a bad name is a clean error naming the flag and what it accepts; a
+/// capped run reports the kernels it used in its JSON line.
+#[test]
+fn bench_isa_flag() {
+    let o = grucell(&["bench", "--isa", "sse9", "--sizes", "T1"]);
+    assert_fails_with(&o, &["--isa", "sse9", "avx512"]);
+    let o = grucell(&[
+        "bench",
+        "--isa",
+        "portable",
+        "--json",
+        "--sizes",
+        "T1",
+        "--budget-ms",
+        "50",
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let line: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(line["isa"], "portable");
+    assert_eq!(line["size"], "T1");
+    assert!(line["forward_ms"].as_f64().unwrap() > 0.0);
+}
