@@ -138,32 +138,26 @@ pub(crate) struct TraceRows<'a, T> {
 }
 
 impl<'a, T> TraceRows<'a, T> {
-    /// Splits after trace row `row` (a multiple of `T`: whole batch rows).
-    pub(crate) fn split_at_row(self, row: usize, units: usize) -> (Self, Self) {
+    /// The first `rows` trace rows (a multiple of `T`: whole batch rows), leaving the others in
+    /// `self`.
+    pub(crate) fn take_front(&mut self, rows: usize, units: usize) -> TraceRows<'a, T> {
         let g = 3 * units;
-        let (g0, g1) = self.gates.split_at_mut(row * g);
-        let pre_at = if self.has_pre { row * g } else { 0 };
-        let (p0, p1) = self.pre.split_at_mut(pre_at);
-        let (n0, n1) = self.hn.split_at_mut(row * units);
-        let (h0, h1) = self.h_prev.split_at_mut(row * units);
-        let has_pre = self.has_pre;
-        (
-            TraceRows {
-                gates: g0,
-                pre: p0,
-                hn: n0,
-                h_prev: h0,
-                has_pre,
-            },
-            TraceRows {
-                gates: g1,
-                pre: p1,
-                hn: n1,
-                h_prev: h1,
-                has_pre,
-            },
-        )
+        TraceRows {
+            gates: take_front(&mut self.gates, rows * g),
+            pre: take_front(&mut self.pre, if self.has_pre { rows * g } else { 0 }),
+            hn: take_front(&mut self.hn, rows * units),
+            h_prev: take_front(&mut self.h_prev, rows * units),
+            has_pre: self.has_pre,
+        }
     }
+}
+
+/// The first `n` values of `*rest`, leaving the others in `*rest`: how a sequence split by batch
+/// rows hands each part its rows of a caller's buffer.
+pub(crate) fn take_front<'a, T>(rest: &mut &'a mut [T], n: usize) -> &'a mut [T] {
+    let (head, tail) = std::mem::take(rest).split_at_mut(n);
+    *rest = tail;
+    head
 }
 
 /// Activations whose derivative the backward pass computes from the output alone.
@@ -672,26 +666,6 @@ fn split_sequence<T: Float>(
     for (i, ws) in sub.iter_mut().enumerate().take(parts) {
         let b1 = batch * (i + 1) / parts;
         let n = b1 - b0;
-        let (s_part, s_rest) = match seq.take() {
-            Some(sq) => {
-                let (a, b) = sq.split_at_mut(n * time * u);
-                (Some(a), Some(b))
-            }
-            None => (None, None),
-        };
-        seq = s_rest;
-        let (l_part, l_rest) = std::mem::take(&mut last).split_at_mut(n * u);
-        last = l_rest;
-        let (st_part, st_rest) = std::mem::take(&mut state).split_at_mut(n * u);
-        state = st_rest;
-        let (t_part, t_rest) = match trace.take() {
-            Some(tr) => {
-                let (a, b) = tr.split_at_row(n * time, u);
-                (Some(a), Some(b))
-            }
-            None => (None, None),
-        };
-        trace = t_rest;
         let rows = b0..b1;
         jobs.push((
             n,
@@ -707,12 +681,12 @@ fn split_sequence<T: Float>(
                 recurrent: mask_part(dropout.recurrent, &rows, u),
             },
             SequenceOutputs {
-                sequence: s_part,
-                last_output: l_part,
-                state: st_part,
+                sequence: seq.as_mut().map(|s| take_front(s, n * time * u)),
+                last_output: take_front(&mut last, n * u),
+                state: take_front(&mut state, n * u),
             },
             ws,
-            t_part,
+            trace.as_mut().map(|tr| tr.take_front(n * time, u)),
         ));
         b0 = b1;
     }
@@ -723,7 +697,7 @@ fn split_sequence<T: Float>(
 }
 
 /// Batch rows `rows` of per-gate masks `(B, per)`.
-fn mask_part<'a, T>(
+pub(crate) fn mask_part<'a, T>(
     m: Option<[&'a [T]; 3]>,
     rows: &std::ops::Range<usize>,
     per: usize,

@@ -7,7 +7,7 @@
 //! (`dW = Xᵀ·dG_x`, `dU = H_prevᵀ·dG_h`, `dX = dG_x·Wᵀ`).
 
 use super::gemm::{gemm, Operand};
-use super::gru::{batch_parts, team_size, use_team, TraceRows};
+use super::gru::{batch_parts, mask_part, take_front, team_size, use_team, TraceRows};
 use super::gru::{mask_rows, DropoutMasks, GruParams, GruTrace, SequenceOptions};
 use super::packed::{PackedRhs, Par, Rhs, PAR_MIN_WORK};
 use super::team::Team;
@@ -253,29 +253,15 @@ pub fn gru_sequence_backward<T: Float>(
     let mut packed = PackedRhs::new();
     let rec = RecurrentT::new(p, time, threads, &mut packed);
     let parts = batch_parts(threads, batch, time, u, std::mem::size_of::<T>());
-    let mut view = Some(trace.rows(rows, u));
+    let mut view = trace.rows(rows, u);
     if parts > 1 && rec.packed.is_some() {
         // Batch rows are independent sequences: each part runs the whole reverse loop for its
         // rows on one thread (see `gru::batch_parts`); the GEMMs below then see every row.
         let mut jobs = Vec::with_capacity(parts);
-        let mut dh0_rest = dh0.as_deref_mut();
         let mut b0 = 0;
         for i in 0..parts {
             let b1 = batch * (i + 1) / parts;
             let n = b1 - b0;
-            let (tr, rest) = match view.take() {
-                Some(v) => v.split_at_row(n * time, u),
-                None => break,
-            };
-            view = Some(rest);
-            let (dh0_part, rest) = match dh0_rest.take() {
-                Some(h) => {
-                    let (a, b) = h.split_at_mut(n * u);
-                    (Some(a), Some(b))
-                }
-                None => (None, None),
-            };
-            dh0_rest = rest;
             let r = b0..b1;
             jobs.push((
                 n,
@@ -284,10 +270,8 @@ pub fn gru_sequence_backward<T: Float>(
                     threads: 1,
                     ..opts
                 },
-                dropout
-                    .recurrent
-                    .map(|m| m.map(|mg| &mg[r.start * u..r.end * u])),
-                tr,
+                mask_part(dropout.recurrent, &r, u),
+                view.take_front(n * time, u),
                 OutputGrads {
                     sequence: upstream
                         .sequence
@@ -295,7 +279,7 @@ pub fn gru_sequence_backward<T: Float>(
                     last: upstream.last.map(|v| &v[r.start * u..r.end * u]),
                     state: upstream.state.map(|v| &v[r.start * u..r.end * u]),
                 },
-                dh0_part,
+                dh0.as_mut().map(|h| take_front(h, n * u)),
             ));
             b0 = b1;
         }
@@ -315,36 +299,26 @@ pub fn gru_sequence_backward<T: Float>(
                     dh0,
                 );
             });
-    } else if let Some(tr) = view.take() {
-        match rec.packed {
-            Some(rhs) if use_team(threads, batch, time, u) => {
-                Team::run(team_size(threads), rhs, None, |team| {
-                    reverse_rows(
-                        p,
-                        &rec,
-                        Par::Team(team),
-                        batch,
-                        time,
-                        opts,
-                        dropout.recurrent,
-                        tr,
-                        upstream,
-                        dh0,
-                    )
-                })
-            }
-            _ => reverse_rows(
+    } else {
+        let run = |par: Par<'_, T>| {
+            reverse_rows(
                 p,
                 &rec,
-                Par::Threads(threads),
+                par,
                 batch,
                 time,
                 opts,
                 dropout.recurrent,
-                tr,
+                view,
                 upstream,
                 dh0,
-            ),
+            )
+        };
+        match rec.packed {
+            Some(rhs) if use_team(threads, batch, time, u) => {
+                Team::run(team_size(threads), rhs, None, |team| run(Par::Team(team)))
+            }
+            _ => run(Par::Threads(threads)),
         }
     }
     // From here on: `dxp` = d(input projections) (B·T, 3u); for reset_after `dg` = d(h·U_h + b_rh).
