@@ -268,6 +268,77 @@ fn rowwise_activations_match_keras() {
     );
 }
 
+/// NaN, ±inf and overflowing inputs — what a layer sees after one that overflowed — give what
+/// TensorFlow's kernels give (NaN propagates through `relu`, `hard_tanh`, ...; a softmax row
+/// holding NaN or +inf is NaN throughout). The engine's vectorized sigmoid/tanh are held to the
+/// same values.
+#[test]
+fn nonfinite_inputs_propagate_as_in_keras() {
+    let fx = fixture("activations.json");
+    let sp = &fx["special"];
+    let x32 = arr32(&sp["x"]);
+    let mut failures = Vec::new();
+    for (name, e) in sp["elementwise"].as_object().unwrap() {
+        let a = Activation::from_name(name).unwrap();
+        let (y32, y64) = (arr32(&e["y32"]), arr64(&e["y64"]));
+        let mut row32 = x32.clone();
+        a.apply_row(&mut row32);
+        let mut engine = x32.clone();
+        match name.as_str() {
+            "sigmoid" => grucell::engine::math::sigmoid_slice_f32(&mut engine),
+            "tanh" => grucell::engine::math::tanh_slice_f32(&mut engine),
+            _ => a.apply_row(&mut engine),
+        }
+        for (i, &x) in x32.iter().enumerate() {
+            let checks = [
+                ("f32", a.apply(x) as f64, y32[i] as f64),
+                ("f32 row", row32[i] as f64, y32[i] as f64),
+                ("f32 engine", engine[i] as f64, y32[i] as f64),
+                ("f64", a.apply(x as f64), y64[i]),
+            ];
+            for (what, ours, keras) in checks {
+                let ok = same_nonfinite(ours, keras)
+                    || (ours.is_finite()
+                        && keras.is_finite()
+                        && (ours - keras).abs() <= 1e-6 * keras.abs().max(1.0));
+                if !ok {
+                    failures.push(format!(
+                        "{name} {what} at x={x}: ours {ours:e}, keras {keras:e}"
+                    ));
+                }
+            }
+        }
+    }
+    let rows = &sp["rows"];
+    let cols = rows["shape"][1].as_u64().unwrap() as usize;
+    let x = arr32(&rows["x"]);
+    for name in ["softmax", "log_softmax"] {
+        let a = Activation::from_name(name).unwrap();
+        let (k32, k64) = (arr32(&rows[name]["y32"]), arr64(&rows[name]["y64"]));
+        for (r, row) in x.chunks(cols).enumerate() {
+            let mut y = row.to_vec();
+            a.apply_row(&mut y);
+            let mut yd: Vec<f64> = row.iter().map(|&v| v as f64).collect();
+            a.apply_row(&mut yd);
+            for j in 0..cols {
+                let k = r * cols + j;
+                if !close32(y[j], k32[k]) || !close64(yd[j], k64[k]) {
+                    failures.push(format!(
+                        "{name} row {r} col {j}: ours {:e} / {:e}, keras {:e} / {:e}",
+                        y[j], yd[j], k32[k], k64[k]
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 // ------------------------------------------------------------------------------ weights
 
 struct Weight {

@@ -134,6 +134,33 @@ fn erf<T: Float>(x: T) -> T {
     T::of(libm::erf(x.f64()))
 }
 
+/// `max(x, lo)` that keeps a NaN `x`, as TensorFlow's `relu`, `relu6`, `hard_sigmoid`,
+/// `hard_tanh` and `celu` do (`f32::max` would return `lo`).
+#[inline]
+fn max_nan<T: Float>(x: T, lo: T) -> T {
+    if x < lo {
+        lo
+    } else {
+        x
+    }
+}
+
+/// `min(x, hi)` that keeps a NaN `x`.
+#[inline]
+fn min_nan<T: Float>(x: T, hi: T) -> T {
+    if x > hi {
+        hi
+    } else {
+        x
+    }
+}
+
+/// `x` clipped to `[lo, hi]`, NaN kept.
+#[inline]
+fn clip<T: Float>(x: T, lo: T, hi: T) -> T {
+    min_nan(max_nan(x, lo), hi)
+}
+
 impl Activation {
     /// Looks up a Keras activation name (exact, lower case, as Keras' dictionary). `None` in a
     /// Keras config means `linear`; pass `"linear"`.
@@ -206,9 +233,9 @@ impl Activation {
         match self {
             Tanh => x.tanh(),
             Sigmoid => sigmoid(x),
-            HardSigmoid => ((x + T::of(3.0)).max(zero).min(T::of(6.0))) / T::of(6.0),
-            Relu => x.max(zero),
-            Relu6 => x.max(zero).min(T::of(6.0)),
+            HardSigmoid => clip(x + T::of(3.0), zero, T::of(6.0)) / T::of(6.0),
+            Relu => max_nan(x, zero),
+            Relu6 => clip(x, zero, T::of(6.0)),
             LeakyRelu => {
                 if x > zero {
                     x
@@ -230,12 +257,12 @@ impl Activation {
                     T::of(SELU_SCALE * SELU_ALPHA) * x.exp_m1()
                 }
             }
-            Celu => x.max(zero) + x.min(zero).exp_m1(),
+            Celu => max_nan(x, zero) + min_nan(x, zero).exp_m1(),
             Softplus => softplus(x),
             Softsign => x / (one + x.abs()),
             Silu => x * sigmoid(x),
             Gelu => T::of(0.5) * x * (one + erf(x / T::of(std::f64::consts::SQRT_2))),
-            HardTanh => x.max(-one).min(one),
+            HardTanh => clip(x, -one, one),
             HardSilu => x * HardSigmoid.apply(x),
             Exponential => x.exp(),
             Mish => x * softplus(x).tanh(),
@@ -425,8 +452,8 @@ impl Activation {
     pub fn apply_row<T: Float>(self, row: &mut [T]) {
         match self {
             Activation::Softmax | Activation::LogSoftmax => {
+                // As TensorFlow: a row holding +inf (inf − inf) or NaN is NaN throughout.
                 let m = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
-                let m = if m.is_finite() { m } else { T::zero() };
                 let mut s = T::zero();
                 for v in row.iter() {
                     s += (*v - m).exp();

@@ -448,7 +448,8 @@ impl<T: Float> Rnn<T> {
         mask: Option<&Mask>,
     ) -> Result<(RnnOutput<T>, Vec<Tensor<T>>), Error> {
         let (b, t) = self.check_inputs(x, initial_state, mask)?;
-        x.check_finite("inputs")?;
+        // Non-finite values propagate as in Keras (a model refuses them in its own inputs; an
+        // earlier layer that overflowed hands them on, and Keras' result is NaN/inf, not an error).
         let initial = initial_state.or(if self.stateful {
             self.states.as_deref()
         } else {
@@ -684,5 +685,31 @@ mod tests {
             .unwrap()
             .return_sequences(true);
         assert_eq!(call_seq(&fresh, &x), after);
+    }
+
+    /// Keras propagates non-finite values through a GRU (an earlier layer may have overflowed):
+    /// the batch row holding a NaN turns NaN from that step on, the other rows are untouched
+    /// (for an infinity too), and the call does not fail.
+    #[test]
+    fn non_finite_inputs_propagate_per_batch_row() {
+        let cfg = GruCellConfig::new(5).seed(Some(4));
+        let rnn = Rnn::<f32>::new(cfg, 3).unwrap().return_sequences(true);
+        let (b, t, d) = (3, 4, 3);
+        let data: Vec<f32> = (0..b * t * d).map(|i| (i % 5) as f32 / 5.0 - 0.4).collect();
+        let clean = call_seq(&rnn, &Tensor::new(vec![b, t, d], data.clone()).unwrap());
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut dirty = data.clone();
+            dirty[(t + 2) * d + 1] = bad; // row 1, step 2
+            let out = call_seq(&rnn, &Tensor::new(vec![b, t, d], dirty).unwrap());
+            for (i, (o, c)) in out.iter().zip(&clean).enumerate() {
+                let (row, step) = (i / (t * 5), i / 5 % t);
+                if row == 1 && step >= 2 {
+                    // An infinity saturates the gates (it may well stay finite); NaN spreads.
+                    assert!(bad.is_infinite() || o.is_nan(), "NaN: row 1 step {step} is {o}");
+                } else {
+                    assert_eq!(o.to_bits(), c.to_bits(), "{bad}: row {row} step {step}");
+                }
+            }
+        }
     }
 }

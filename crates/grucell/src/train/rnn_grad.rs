@@ -108,7 +108,6 @@ impl<T: Float> Rnn<T> {
         rng: Option<&mut rand::rngs::StdRng>,
     ) -> Result<TrainForward<T>, Error> {
         let (b, t) = self.check_inputs(x, initial_state, mask)?;
-        x.check_finite("inputs")?;
         let initial = initial_state.map(|s| s.to_vec()).or_else(|| {
             if self.is_stateful() {
                 self.carried_states().map(|s| s.to_vec())
