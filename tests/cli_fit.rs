@@ -387,3 +387,133 @@ fn output_must_differ_from_input_unless_overwrite() {
             && String::from_utf8_lossy(&o.stderr).contains(".keras or .safetensors")
     );
 }
+
+/// Every dataset of a `.keras` file's model.weights.h5, by path.
+fn datasets(path: &Path) -> std::collections::BTreeMap<String, Tensor<f64>> {
+    match grucell::io::keras::load_keras_file(path).unwrap().weights {
+        grucell::io::keras::KerasWeights::ByPath(m) => m,
+        other => panic!("{}: not a .keras file: {other:?}", path.display()),
+    }
+}
+
+/// tests/fixtures/resume: a model Keras trained and saved (with its optimizer's variables),
+/// trained one more epoch by `grucell fit` and by Keras (load_model + fit). grucell restores the
+/// state (iteration count, learning rate, Adam's AMSGrad maxima, RMSprop's centred averages,
+/// SGD's Nesterov momentum, Adagrad's accumulators, AdamW with clipping), so its output file
+/// holds what Keras' holds: the same datasets — weights and `optimizer/vars` — to float32
+/// round-off.
+#[test]
+fn continues_training_from_a_keras_optimizer_state() {
+    let fx = root().join("tests/fixtures/resume");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.join("resume.json")).unwrap()).unwrap();
+    let cases = meta["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 5);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let bs = case["batch_size"].to_string();
+        let dir = Scratch::new(&format!("resume_{name}"));
+        let (xp, yp, _) = arrays(
+            &fx.join(format!("{name}.npz")),
+            "input_0",
+            "target_0",
+            &dir,
+            |_| {},
+        );
+        let trained = fx.join(format!("{name}_trained.keras"));
+        let out = dir.path("out.keras");
+        let run = grucell(&[
+            "fit",
+            "--model",
+            s(&trained),
+            "--x",
+            s(&xp),
+            "--y",
+            s(&yp),
+            "--batch-size",
+            &bs,
+            "--epochs",
+            "1",
+            "--no-shuffle",
+            "--output",
+            s(&out),
+        ]);
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert!(
+            run.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(
+            stdout.contains("restored the optimizer state") && run.stderr.is_empty(),
+            "{name}: {stdout}"
+        );
+        let want = datasets(&fx.join(format!("{name}_continued.keras")));
+        let got = datasets(&out);
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "{name}: dataset paths"
+        );
+        assert!(
+            want.keys().any(|k| k == "optimizer/vars/2"),
+            "{name}: slots in the fixture"
+        );
+        for (path, w) in &want {
+            let g = &got[path];
+            assert_eq!(g.shape(), w.shape(), "{name} {path}");
+            let diff = g.max_abs_diff(w);
+            assert!(
+                diff <= 1e-5,
+                "{name} {path}: differs from Keras by {diff:e}"
+            );
+        }
+    }
+}
+
+/// An optimizer that is not the file's compiled one (here `--optimizer sgd` over a file
+/// trained with Adam) starts from a fresh state, as a recompiled Keras model does, and the
+/// saved file holds the new optimizer's variables (SGD without momentum: iteration and
+/// learning rate only).
+#[test]
+fn another_optimizer_starts_fresh() {
+    let fx = root().join("tests/fixtures/resume");
+    let dir = Scratch::new("resume_other");
+    let (xp, yp, _) = arrays(
+        &fx.join("adamw_clip.npz"),
+        "input_0",
+        "target_0",
+        &dir,
+        |_| {},
+    );
+    let out = dir.path("out.keras");
+    let run = grucell(&[
+        "fit",
+        "--model",
+        s(&fx.join("adamw_clip_trained.keras")),
+        "--x",
+        s(&xp),
+        "--y",
+        s(&yp),
+        "--batch-size",
+        "3",
+        "--epochs",
+        "1",
+        "--no-shuffle",
+        "--optimizer",
+        "sgd",
+        "--output",
+        s(&out),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&run.stdout).contains("restored"));
+    let got = datasets(&out);
+    let opt: Vec<_> = got.keys().filter(|k| k.starts_with("optimizer/")).collect();
+    assert_eq!(opt, ["optimizer/vars/0", "optimizer/vars/1"]);
+    // Four batches of one epoch, counted from zero.
+    assert_eq!(got["optimizer/vars/0"].data(), &[4.0]);
+}

@@ -22,7 +22,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures"
-GROUPS = ["params", "io", "io_write", "models", "optim", "training", "fit"]
+GROUPS = ["params", "io", "io_write", "models", "optim", "training", "fit", "resume"]
 
 
 def main(argv):

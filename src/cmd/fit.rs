@@ -5,13 +5,21 @@
 //! (what `model.compile(...)` recorded), else the optimizer defaults to Keras' `compile` default
 //! (`rmsprop`); there is no default loss. The saved model's `compile_config` records the loss
 //! and optimizer actually used.
+//!
+//! Optimizer state: when the optimizer is the file's compiled one (no `--optimizer` or
+//! `--learning-rate`), the state the file holds (`optimizer/vars` of a model Keras or grucell
+//! trained: iteration count, learning rate, Adam's moments, …) is restored, as Keras'
+//! `load_model` restores it, so training continues with the steps Keras would take. A file
+//! whose saved optimizer has a different number of variables (another optimizer, other
+//! trainable variables) is trained from a fresh state, with a warning, as Keras does. The
+//! `.keras` output holds the state after training.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use grucell::io::keras::load::{file_dtype, model_from_file};
 use grucell::io::keras::load_keras_file;
-use grucell::io::keras::write::{save_model, save_safetensors_model};
+use grucell::io::keras::write::{save_model_with_optimizer, save_safetensors_model};
 use grucell::io::npy::read_npy;
 use grucell::layers::model::Model;
 use grucell::train::fit::{keras_compile_config, EarlyStopping, FitConfig, Monitor, Progress};
@@ -150,14 +158,61 @@ pub fn run(args: &Args) -> Result<()> {
     let file = load_keras_file(&args.model)
         .with_context(|| format!("loading --model {}", args.model.display()))?;
     let building = || format!("cannot build the model in --model {}", args.model.display());
+    let saved_opt = file.optimizer_variables();
     if file_dtype(&file) == "float64" {
-        train::<f64>(args, model_from_file(&file).with_context(building)?, out)
+        let model = model_from_file(&file).with_context(building)?;
+        train::<f64>(args, model, &saved_opt, out)
     } else {
-        train::<f32>(args, model_from_file(&file).with_context(building)?, out)
+        let model = model_from_file(&file).with_context(building)?;
+        train::<f32>(args, model, &saved_opt, out)
     }
 }
 
-fn train<T: Float>(args: &Args, mut model: Model<T>, out: OutKind) -> Result<()> {
+/// Restores the optimizer state saved in the model file (see the module documentation);
+/// returns whether it did.
+fn restore_optimizer<T: Float>(
+    args: &Args,
+    optimizer: &mut Optimizer<T>,
+    saved: &[&Tensor<f64>],
+) -> Result<bool> {
+    let want = optimizer.num_keras_variables();
+    // Two variables (iteration, learning rate): compiled but never trained, nothing to restore.
+    if saved.len() <= 2 && want > 2 {
+        return Ok(false);
+    }
+    if saved.len() != want {
+        eprintln!(
+            "warning: not restoring the optimizer state of --model {}: it holds {} variables, this \
+             optimizer has {want}; training starts from a fresh state (Keras skips it too)",
+            args.model.display(),
+            saved.len()
+        );
+        return Ok(false);
+    }
+    let values: Vec<Vec<T>> = saved
+        .iter()
+        .map(|t| t.data().iter().map(|&v| T::of(v)).collect())
+        .collect();
+    let refs: Vec<&[T]> = values.iter().map(Vec::as_slice).collect();
+    optimizer.load_keras_variables(&refs).with_context(|| {
+        format!(
+            "restoring the optimizer state of --model {}",
+            args.model.display()
+        )
+    })?;
+    // The count is stored as int64; read as f64 it is exact, as T (f32) it may not be.
+    if let Some(&it) = saved.first().and_then(|t| t.data().first()) {
+        optimizer.set_iterations(it as u64);
+    }
+    Ok(true)
+}
+
+fn train<T: Float>(
+    args: &Args,
+    mut model: Model<T>,
+    saved_opt: &[&Tensor<f64>],
+    out: OutKind,
+) -> Result<()> {
     model.set_threads(args.threads);
     let (compiled_loss, compiled_opt) = model
         .compiled_loss_and_optimizer()
@@ -187,6 +242,13 @@ fn train<T: Float>(args: &Args, mut model: Model<T>, out: OutKind) -> Result<()>
         .collect();
     let mut optimizer =
         Optimizer::<T>::new(opt_cfg.clone(), &sizes).context("--learning-rate / --optimizer")?;
+    if from_config_opt && restore_optimizer(args, &mut optimizer, saved_opt)? && !args.quiet {
+        println!(
+            "restored the optimizer state of {} (iteration {})",
+            args.model.display(),
+            optimizer.iterations()
+        );
+    }
 
     let x = read_arrays::<T>(&args.x, "--x")?;
     let y = read_arrays::<T>(&args.y, "--y")?;
@@ -230,7 +292,7 @@ fn train<T: Float>(args: &Args, mut model: Model<T>, out: OutKind) -> Result<()>
     }
     model.compile_config = Some(Value::Object(cc));
     match out {
-        OutKind::Keras => save_model(&model, &args.output),
+        OutKind::Keras => save_model_with_optimizer(&model, &optimizer, &args.output),
         OutKind::Safetensors => save_safetensors_model(&model, &args.output),
     }
     .with_context(|| format!("saving --output {}", args.output.display()))?;

@@ -100,6 +100,17 @@ pub enum ShapeError {
         /// Number of elements supplied.
         got: usize,
     },
+    /// A value outside the range an operation accepts (e.g. a saved iteration count that is
+    /// negative or not a whole number).
+    #[error("`{arg}` is {value}, expected {expected}")]
+    OutOfRange {
+        /// Which value.
+        arg: String,
+        /// The value.
+        value: f64,
+        /// What is accepted, in words.
+        expected: String,
+    },
     /// A value that must be finite is NaN or infinite.
     #[error("`{arg}` contains a non-finite value ({value}) at flat index {index}")]
     NonFinite {

@@ -771,3 +771,110 @@ fn legacy_training_config_is_written_as_keras3_compile_config() {
         std::fs::remove_dir_all(&out).ok();
     }
 }
+
+/// `save_model_with_optimizer` writes `optimizer/vars` (int64 iteration count, learning rate,
+/// slots shaped like the trainable variables, in Keras' order) for float32 and float64 models;
+/// reading them back into a fresh optimizer restores the same state, and an optimizer made for
+/// other variables is refused.
+#[test]
+fn optimizer_state_round_trips_through_the_file() {
+    use grucell::io::keras::write::save_model_with_optimizer;
+    use grucell::train::loss::Loss;
+    use grucell::train::optimizer::{Optimizer, OptimizerConfig};
+    fn check<T: Float>(tag: &str) {
+        let file = load_keras_file(&dir().join("seed_gru.keras")).unwrap();
+        let mut model: Model<T> = model_from_file(&file).unwrap();
+        let vars = model.trainable_variables();
+        let sizes: Vec<usize> = vars.iter().map(|(_, s)| s.iter().product()).collect();
+        let mut cfg = OptimizerConfig::adam(0.01);
+        cfg.kind = match cfg.kind {
+            grucell::train::optimizer::OptimizerKind::Adam {
+                beta_1,
+                beta_2,
+                epsilon,
+                ..
+            } => grucell::train::optimizer::OptimizerKind::Adam {
+                beta_1,
+                beta_2,
+                epsilon,
+                amsgrad: true,
+            },
+            k => k,
+        };
+        let mut opt = Optimizer::<T>::new(cfg.clone(), &sizes).unwrap();
+        let shape = model.input_shapes()[0].clone();
+        let (t, d) = (shape[1].unwrap_or(3), shape[2].unwrap());
+        let x = Tensor::new(
+            vec![2, t, d],
+            (0..2 * t * d)
+                .map(|i| T::of((i % 7) as f64 / 7.0 - 0.4))
+                .collect(),
+        )
+        .unwrap();
+        let out = model.predict(std::slice::from_ref(&x)).unwrap();
+        let y = Tensor::new(out[0].shape().to_vec(), vec![T::of(0.3); out[0].len()]).unwrap();
+        for _ in 0..3 {
+            model
+                .train_on_batch(
+                    std::slice::from_ref(&x),
+                    std::slice::from_ref(&y),
+                    &Loss::from_name("mse").unwrap(),
+                    &mut opt,
+                    None,
+                )
+                .unwrap();
+        }
+        // Compiled, so that Keras builds an optimizer to load the state into.
+        model.compile_config = Some(grucell::train::fit::keras_compile_config(
+            &Loss::from_name("mse").unwrap(),
+            &cfg,
+        ));
+        let (out_dir, keep) = out_dir(&format!("opt_{tag}"));
+        let path = out_dir.join(format!("with_optimizer_{tag}.keras"));
+        save_model_with_optimizer(&model, &opt, &path).unwrap();
+        let saved = load_keras_file(&path).unwrap();
+        let got = saved.optimizer_variables();
+        assert_eq!(
+            got.len(),
+            2 + 3 * vars.len(),
+            "{tag}: iteration, lr, 3 AMSGrad slots per variable"
+        );
+        assert_eq!(got[0].data(), &[3.0], "{tag}: iterations");
+        for (k, t) in got[2..].iter().enumerate() {
+            // Keras' AMSGrad order: momentum, velocity per variable, then all velocity_hat.
+            let v = if k < 2 * vars.len() {
+                k / 2
+            } else {
+                k - 2 * vars.len()
+            };
+            assert_eq!(t.shape(), vars[v].1.as_slice(), "{tag}: slot {k}");
+        }
+        let values: Vec<Vec<T>> = got
+            .iter()
+            .map(|t| t.data().iter().map(|&v| T::of(v)).collect())
+            .collect();
+        let refs: Vec<&[T]> = values.iter().map(Vec::as_slice).collect();
+        let mut back = Optimizer::<T>::new(cfg.clone(), &sizes).unwrap();
+        back.load_keras_variables(&refs).unwrap();
+        let paths: Vec<String> = vars.iter().map(|(id, _)| id.path.clone()).collect();
+        let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+        assert_eq!(back.iterations(), 3);
+        let a = opt.keras_variables(&paths).unwrap();
+        let b = back.keras_variables(&paths).unwrap();
+        assert!(
+            a.iter().zip(&b).all(|(p, q)| p.0 == q.0 && p.1 == q.1),
+            "{tag}: restored state"
+        );
+        // An optimizer for other variables does not fit this model.
+        let other = Optimizer::<T>::new(cfg, &[5, 5, 5]).unwrap();
+        let err = save_model_with_optimizer(&model, &other, &path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("optimizer slot"), "{tag}: {err}");
+        if !keep {
+            let _ = std::fs::remove_dir_all(&out_dir);
+        }
+    }
+    check::<f32>("f32");
+    check::<f64>("f64");
+}

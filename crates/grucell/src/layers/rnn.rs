@@ -705,7 +705,10 @@ mod tests {
                 let (row, step) = (i / (t * 5), i / 5 % t);
                 if row == 1 && step >= 2 {
                     // An infinity saturates the gates (it may well stay finite); NaN spreads.
-                    assert!(bad.is_infinite() || o.is_nan(), "NaN: row 1 step {step} is {o}");
+                    assert!(
+                        bad.is_infinite() || o.is_nan(),
+                        "NaN: row 1 step {step} is {o}"
+                    );
                 } else {
                     assert_eq!(o.to_bits(), c.to_bits(), "{bad}: row {row} step {step}");
                 }

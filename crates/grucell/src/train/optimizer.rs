@@ -788,7 +788,6 @@ impl<T: Float> Optimizer<T> {
             ));
         }
         let name = self.config.kind.keras_name();
-        let slot_names = self.config.kind.slot_names();
         let mut out = vec![
             (
                 format!("{name}/iteration"),
@@ -796,20 +795,36 @@ impl<T: Float> Optimizer<T> {
             ),
             (format!("{name}/learning_rate"), vec![self.learning_rate()]),
         ];
-        for (s, v) in self.config.kind.keras_order(self.var_sizes.len()) {
-            let (Some(slot), Some(path), Some(values)) = (
-                slot_names.get(s),
-                var_paths.get(v),
-                self.slots.get(s).and_then(|x| x.get(v)),
-            ) else {
-                continue;
-            };
-            out.push((
-                format!("{name}/{}_{slot}", path.replace('/', "_")),
-                values.clone(),
-            ));
+        for (slot, v, values) in self.keras_slots() {
+            if let Some(path) = var_paths.get(v) {
+                out.push((
+                    format!("{name}/{}_{slot}", path.replace('/', "_")),
+                    values.to_vec(),
+                ));
+            }
         }
         Ok(out)
+    }
+
+    /// How many variables Keras saves for this optimizer: the iteration count, the learning
+    /// rate and every slot (the length [`Optimizer::load_keras_variables`] expects).
+    pub fn num_keras_variables(&self) -> usize {
+        2 + self.config.kind.slot_names().len() * self.var_sizes.len()
+    }
+
+    /// The slots in Keras' order (`optimizer/vars/2`, `3`, …): slot name, index of the model
+    /// variable it belongs to (its shape is that variable's), values.
+    pub(crate) fn keras_slots(&self) -> Vec<(&'static str, usize, &[T])> {
+        let slot_names = self.config.kind.slot_names();
+        self.config
+            .kind
+            .keras_order(self.var_sizes.len())
+            .into_iter()
+            .filter_map(|(s, v)| {
+                let values = self.slots.get(s)?.get(v)?;
+                Some((*slot_names.get(s)?, v, values.as_slice()))
+            })
+            .collect()
     }
 
     /// Restores the state from the values of [`Optimizer::keras_variables`] (same order and
@@ -840,11 +855,12 @@ impl<T: Float> Optimizer<T> {
         };
         let it = scalar(0, "iteration")?.f64();
         let lr = scalar(1, "learning_rate")?.f64();
-        if !(it.is_finite() && it >= 0.0 && it.fract() == 0.0) {
-            return Err(ShapeError::NonFinite {
+        // A whole count up to 2⁵³ (beyond that f64 no longer counts steps one by one).
+        if !(it >= 0.0 && it.fract() == 0.0 && it <= 9_007_199_254_740_992.0) {
+            return Err(ShapeError::OutOfRange {
                 arg: "optimizer variable 0 (iteration)".into(),
                 value: it,
-                index: 0,
+                expected: "a whole number of steps in 0..=2^53".into(),
             });
         }
         for (k, &(s, v)) in order.iter().enumerate() {
@@ -1224,5 +1240,17 @@ mod tests {
             vars
         );
         assert!(fresh.load_keras_variables(&refs[..3]).is_err());
+        assert_eq!(fresh.num_keras_variables(), refs.len());
+        for bad in [-1.0f32, 1.5, 1e30, f32::NAN] {
+            let it = [bad];
+            let mut r = refs.clone();
+            r[0] = &it;
+            let e = fresh.load_keras_variables(&r).unwrap_err();
+            assert!(
+                matches!(e, ShapeError::OutOfRange { .. }) && e.to_string().contains("iteration"),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(fresh.iterations(), 1, "a refused load changes nothing");
     }
 }

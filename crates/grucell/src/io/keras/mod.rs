@@ -68,6 +68,22 @@ pub enum KerasWeights {
     },
 }
 
+impl KerasFile {
+    /// The optimizer's saved variables, `optimizer/vars/0`, `1`, … in order (a `.keras` file of
+    /// a compiled model: the iteration count, the learning rate, then the slots in Keras' order,
+    /// as [`crate::train::optimizer::Optimizer::load_keras_variables`] takes them). Empty for a
+    /// legacy `.h5` file and for a model saved without an optimizer; a compiled model that never
+    /// trained has just the first two.
+    pub fn optimizer_variables(&self) -> Vec<&Tensor<f64>> {
+        let KerasWeights::ByPath(m) = &self.weights else {
+            return Vec::new();
+        };
+        (0..)
+            .map_while(|i| m.get(&format!("optimizer/vars/{i}")))
+            .collect()
+    }
+}
+
 impl KerasWeights {
     /// Total number of arrays.
     pub fn num_arrays(&self) -> usize {

@@ -24,7 +24,8 @@
 //! - an uncompiled model gets `"compile_config": {}`, which is what Keras writes for one
 //!   (`Trainer.get_compile_config` returns `{}` when not compiled); the model's own
 //!   `compile_config` is written back unchanged otherwise, except that a legacy `.h5`
-//!   `training_config` is converted to Keras 3's form. Optimizer state is not written.
+//!   `training_config` is converted to Keras 3's form. Optimizer state is written by
+//!   [`save_model_with_optimizer`] (not by [`save_model`]).
 //!
 //! ```
 //! use grucell::io::keras::write::{model_config_json, save_model};
@@ -53,10 +54,11 @@ use hdf5_writer::{AttributeBuilder, DatasetBuilder, Hdf5Builder, WriteOptions};
 use serde_json::{json, Map, Value};
 
 use super::save::{
-    write_keras_archive, write_weights_h5, VarsGroup, WeightEntry, KERAS_VERSION, WEIGHTS_ENTRY,
+    write_keras_archive, write_weights_h5_with_ints, IntWeightEntry, VarsGroup, WeightEntry,
+    KERAS_VERSION, WEIGHTS_ENTRY,
 };
 use super::Namer;
-use crate::error::{ConfigError, Error, FormatError};
+use crate::error::{ConfigError, Error, FormatError, ShapeError};
 use crate::float::Float;
 use crate::layers::bidirectional::Bidirectional;
 use crate::layers::gru_cell::{dtype_policy, GruCell};
@@ -65,6 +67,7 @@ use crate::layers::model::{
 };
 use crate::layers::rnn::{Rnn, RnnKind};
 use crate::tensor::Tensor;
+use crate::train::optimizer::Optimizer;
 
 /// A shape as Keras writes it: `null` for an unknown dimension.
 type Shape = Vec<Option<usize>>;
@@ -83,9 +86,95 @@ type Shape = Vec<Option<usize>>;
 /// ```
 pub fn save_model<T: Float>(model: &Model<T>, path: &Path) -> Result<(), Error> {
     let plan = Plan::new(model)?;
-    let h5 = plan.weights_h5()?;
+    let h5 = plan.weights_h5(None)?;
     write_keras_archive(path, &plan.config, &h5)?;
     Ok(())
+}
+
+/// Saves the model as [`save_model`] does, with the state of the optimizer that trained it, as
+/// Keras saves a compiled model after `fit`: `optimizer/vars` holds the iteration count (int64),
+/// the learning rate and the slots (Adam's momentums and velocities, …) in Keras' order, so
+/// that `keras.saving.load_model` restores them and a further `model.fit` in Keras continues
+/// with the steps grucell would take (and the reverse: `grucell fit` restores a Keras file's
+/// state, see [`KerasFile::optimizer_variables`](super::KerasFile::optimizer_variables)).
+///
+/// `optimizer` must be the one made for [`Model::trainable_variables`] (as [`Model::fit`] takes
+/// it); an optimizer for other variables is refused with a shape error. Keras names the group
+/// after its optimizer object (`adam`, `adam_1`, …); grucell writes the default name, which
+/// Keras does not check when loading.
+///
+/// ```
+/// use grucell::io::keras::write::save_model_with_optimizer;
+/// use grucell::layers::model::{Layer, Model};
+/// use grucell::train::optimizer::{Optimizer, OptimizerConfig};
+/// use grucell::{GruCellConfig, Rnn};
+/// let gru = Rnn::<f32>::new(GruCellConfig::new(2).seed(Some(3)), 3)?;
+/// let model = Model::sequential("m", vec![None, Some(3)], vec![("rnn".into(), Layer::Rnn(gru))])?;
+/// let sizes: Vec<usize> = model.trainable_variables().iter().map(|(_, s)| s.iter().product()).collect();
+/// let opt = Optimizer::<f32>::new(OptimizerConfig::adam(0.01), &sizes)?;
+/// let path = std::env::temp_dir().join(format!("grucell_doc_opt_{}.keras", std::process::id()));
+/// save_model_with_optimizer(&model, &opt, &path)?;
+/// let file = grucell::io::keras::load_keras_file(&path)?;
+/// // iteration, learning rate, then a momentum and a velocity per variable (3 of them)
+/// assert_eq!(file.optimizer_variables().len(), 2 + 2 * 3);
+/// # std::fs::remove_file(&path).ok();
+/// # Ok::<(), grucell::Error>(())
+/// ```
+pub fn save_model_with_optimizer<T: Float>(
+    model: &Model<T>,
+    optimizer: &Optimizer<T>,
+    path: &Path,
+) -> Result<(), Error> {
+    let plan = Plan::new(model)?;
+    let state = OptimizerVars::new(model, optimizer)?;
+    let h5 = plan.weights_h5(Some(&state))?;
+    write_keras_archive(path, &plan.config, &h5)?;
+    Ok(())
+}
+
+/// An optimizer's variables as `optimizer/vars` stores them: dataset 0 the iteration count
+/// (int64), then the learning rate and the slots, each with its shape.
+struct OptimizerVars<T> {
+    name: &'static str,
+    iterations: i64,
+    values: Vec<Tensor<T>>,
+}
+
+impl<T: Float> OptimizerVars<T> {
+    fn new(model: &Model<T>, optimizer: &Optimizer<T>) -> Result<Self, Error> {
+        let shapes: Vec<Vec<usize>> = model
+            .trainable_variables()
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect();
+        let mut values = vec![Tensor::new(vec![], vec![optimizer.learning_rate()])?];
+        for (slot, v, data) in optimizer.keras_slots() {
+            let shape = shapes.get(v).cloned().unwrap_or_default();
+            let t = Tensor::new(shape, data.to_vec()).map_err(|_| {
+                ShapeError::mismatch(
+                    format!("optimizer slot `{slot}` of variable {v}"),
+                    &[data.len()],
+                    format!(
+                        "the size of the model's trainable variable {v} (the optimizer must be made for Model::trainable_variables, {} variables)",
+                        shapes.len()
+                    ),
+                )
+            })?;
+            values.push(t);
+        }
+        let iterations = i64::try_from(optimizer.iterations()).map_err(|_| {
+            ShapeError::mismatch(
+                "optimizer iterations",
+                &[],
+                format!("at most {} (int64)", i64::MAX),
+            )
+        })?;
+        Ok(OptimizerVars {
+            name: optimizer.config().kind.keras_name(),
+            iterations,
+            values,
+        })
+    }
 }
 
 /// The config.json value Keras would write for this model (top level
@@ -180,39 +269,50 @@ impl<'a, T: Float> Plan<'a, T> {
         })
     }
 
-    /// The bytes of model.weights.h5.
-    fn weights_h5(&self) -> Result<Vec<u8>, FormatError> {
+    /// The bytes of model.weights.h5, with the optimizer's variables when given.
+    fn weights_h5(&self, optimizer: Option<&OptimizerVars<T>>) -> Result<Vec<u8>, FormatError> {
+        const OPT_GROUP: &str = "optimizer/vars";
+        let mut groups = self.groups.clone();
+        let mut vars: Vec<(String, usize, &Tensor<T>)> = self
+            .weights
+            .iter()
+            .map(|w| (w.group.clone(), w.index, w.tensor))
+            .collect();
+        let iterations: Vec<i64> = optimizer.map(|o| vec![o.iterations]).unwrap_or_default();
+        let mut ints = Vec::new();
+        if let Some(o) = optimizer {
+            groups.push(VarsGroup::new(OPT_GROUP, o.name));
+            ints.push(IntWeightEntry {
+                group: OPT_GROUP.into(),
+                index: 0,
+                shape: vec![],
+                data: &iterations,
+            });
+            for (i, t) in o.values.iter().enumerate() {
+                vars.push((OPT_GROUP.into(), i + 1, t));
+            }
+        }
         if T::DTYPE == "float64" {
-            let data: Vec<Tensor<f64>> = self
-                .weights
-                .iter()
-                .map(|w| w.tensor.cast::<f64>())
-                .collect();
-            let entries: Vec<(String, &Tensor<f64>)> = self
-                .weights
+            let data: Vec<Tensor<f64>> = vars.iter().map(|v| v.2.cast::<f64>()).collect();
+            let entries: Vec<(String, &Tensor<f64>)> = vars
                 .iter()
                 .zip(&data)
-                .map(|(w, t)| (format!("{}/{}", w.group, w.index), t))
+                .map(|(v, t)| (format!("{}/{}", v.0, v.1), t))
                 .collect();
-            return weights_h5_f64(&self.groups, &entries);
+            return weights_h5_f64(&groups, &entries, &ints);
         }
-        let data: Vec<Tensor<f32>> = self
-            .weights
-            .iter()
-            .map(|w| w.tensor.cast::<f32>())
-            .collect();
-        let entries: Vec<WeightEntry> = self
-            .weights
+        let data: Vec<Tensor<f32>> = vars.iter().map(|v| v.2.cast::<f32>()).collect();
+        let entries: Vec<WeightEntry> = vars
             .iter()
             .zip(&data)
-            .map(|(w, t)| WeightEntry {
-                group: w.group.clone(),
-                index: w.index,
+            .map(|(v, t)| WeightEntry {
+                group: v.0.clone(),
+                index: v.1,
                 shape: t.shape().to_vec(),
                 data: t.data(),
             })
             .collect();
-        write_weights_h5(&self.groups, &entries)
+        write_weights_h5_with_ints(&groups, &entries, &ints)
     }
 }
 
@@ -879,6 +979,7 @@ fn keras3_compile_config(c: &Value) -> Value {
 fn weights_h5_f64(
     groups: &[VarsGroup],
     weights: &[(String, &Tensor<f64>)],
+    ints: &[IntWeightEntry],
 ) -> Result<Vec<u8>, FormatError> {
     let err = |part: &str, e: hdf5_writer::Error| {
         FormatError::malformed(WEIGHTS_ENTRY, part, format!("HDF5 writer: {e}"))
@@ -905,6 +1006,12 @@ fn weights_h5_f64(
         let dims: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
         builder = builder
             .dataset(DatasetBuilder::typed_data(path, dims, t.data()).map_err(|e| err(path, e))?);
+    }
+    for e in ints {
+        let path = format!("{}/{}", e.group, e.index);
+        let dims: Vec<u64> = e.shape.iter().map(|&d| d as u64).collect();
+        builder = builder
+            .dataset(DatasetBuilder::typed_data(&path, dims, e.data).map_err(|x| err(&path, x))?);
     }
     builder
         .into_plan()
