@@ -396,8 +396,9 @@ fn datasets(path: &Path) -> std::collections::BTreeMap<String, Tensor<f64>> {
     }
 }
 
-/// tests/fixtures/resume: a model Keras trained and saved (with its optimizer's variables),
-/// trained one more epoch by `grucell fit` and by Keras (load_model + fit). grucell restores the
+/// tests/fixtures/resume: a model Keras trained and saved (with its optimizer's variables, as
+/// `.keras` and as legacy `.h5`), trained one more epoch by `grucell fit` and by Keras
+/// (load_model of the `.keras` + fit). grucell restores the
 /// state (iteration count, learning rate, Adam's AMSGrad maxima, RMSprop's centred averages,
 /// SGD's Nesterov momentum, Adagrad's accumulators, AdamW with clipping), so its output file
 /// holds what Keras' holds: the same datasets — weights and `optimizer/vars` — to float32
@@ -420,53 +421,53 @@ fn continues_training_from_a_keras_optimizer_state() {
             &dir,
             |_| {},
         );
-        let trained = fx.join(format!("{name}_trained.keras"));
-        let out = dir.path("out.keras");
-        let run = grucell(&[
-            "fit",
-            "--model",
-            s(&trained),
-            "--x",
-            s(&xp),
-            "--y",
-            s(&yp),
-            "--batch-size",
-            &bs,
-            "--epochs",
-            "1",
-            "--no-shuffle",
-            "--output",
-            s(&out),
-        ]);
-        let stdout = String::from_utf8_lossy(&run.stdout);
-        assert!(
-            run.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        assert!(
-            stdout.contains("restored the optimizer state") && run.stderr.is_empty(),
-            "{name}: {stdout}"
-        );
         let want = datasets(&fx.join(format!("{name}_continued.keras")));
-        let got = datasets(&out);
-        assert_eq!(
-            got.keys().collect::<Vec<_>>(),
-            want.keys().collect::<Vec<_>>(),
-            "{name}: dataset paths"
-        );
         assert!(
             want.keys().any(|k| k == "optimizer/vars/2"),
             "{name}: slots in the fixture"
         );
-        for (path, w) in &want {
-            let g = &got[path];
-            assert_eq!(g.shape(), w.shape(), "{name} {path}");
-            let diff = g.max_abs_diff(w);
+        // The legacy .h5 of the same trained model holds the same state (`optimizer_weights`).
+        for ext in ["keras", "h5"] {
+            let trained = fx.join(format!("{name}_trained.{ext}"));
+            let out = dir.path(&format!("out_{ext}.keras"));
+            let run = grucell(&[
+                "fit",
+                "--model",
+                s(&trained),
+                "--x",
+                s(&xp),
+                "--y",
+                s(&yp),
+                "--batch-size",
+                &bs,
+                "--epochs",
+                "1",
+                "--no-shuffle",
+                "--output",
+                s(&out),
+            ]);
+            let stdout = String::from_utf8_lossy(&run.stdout);
+            let stderr = String::from_utf8_lossy(&run.stderr);
+            assert!(run.status.success(), "{name}.{ext}: {stderr}");
             assert!(
-                diff <= 1e-5,
-                "{name} {path}: differs from Keras by {diff:e}"
+                stdout.contains("restored the optimizer state") && stderr.is_empty(),
+                "{name}.{ext}: {stdout} {stderr}"
             );
+            let got = datasets(&out);
+            assert_eq!(
+                got.keys().collect::<Vec<_>>(),
+                want.keys().collect::<Vec<_>>(),
+                "{name}.{ext}: dataset paths"
+            );
+            for (path, w) in &want {
+                let g = &got[path];
+                assert_eq!(g.shape(), w.shape(), "{name}.{ext} {path}");
+                let diff = g.max_abs_diff(w);
+                assert!(
+                    diff <= 1e-5,
+                    "{name}.{ext} {path}: differs from Keras by {diff:e}"
+                );
+            }
         }
     }
 }

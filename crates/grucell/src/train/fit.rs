@@ -413,7 +413,9 @@ impl<T: Float> Model<T> {
     }
 
     /// The loss and the optimizer recorded in the model's Keras `compile_config`, each `None`
-    /// where the file has none (an uncompiled model saves `{}`).
+    /// where the file has none (an uncompiled model saves `{}`). A legacy `.h5` file's
+    /// `training_config` names its optimizer `optimizer_config` (`{"class_name", "config"}`),
+    /// which is read the same way, as Keras' legacy loader compiles the model with it.
     pub fn compiled_loss_and_optimizer(
         &self,
     ) -> Result<(Option<Loss>, Option<OptimizerConfig>), Error> {
@@ -424,7 +426,7 @@ impl<T: Float> Model<T> {
             None | Some(Value::Null) => None,
             Some(v) => Some(Loss::from_keras(v)?),
         };
-        let opt = match c.get("optimizer") {
+        let opt = match c.get("optimizer").or_else(|| c.get("optimizer_config")) {
             None | Some(Value::Null) => None,
             Some(v) => Some(OptimizerConfig::from_keras(v)?),
         };

@@ -119,6 +119,7 @@ pub fn read_keras_archive_bytes(
         compile_config,
         keras_version,
         weights: KerasWeights::ByPath(weights),
+        legacy_optimizer_weights: Vec::new(),
         path: name.to_string(),
     })
 }

@@ -5,7 +5,8 @@
 //! `layer_names`, and per layer a group with attribute `weight_names` whose datasets sit at
 //! `model_weights/<layer>/<weight name>` (the `/` in weight names make nested groups; TF-Keras 2
 //! names end in `:0`). Attributes too big for one HDF5 header are split by Keras into
-//! `layer_names0`, `layer_names1`, … — both forms are read.
+//! `layer_names0`, `layer_names1`, … — both forms are read. A compiled, trained model also has
+//! group `optimizer_weights` (attribute `weight_names`: iteration, learning rate, slots).
 //!
 //! ```
 //! use grucell::io::keras::{read_legacy_h5, KerasWeights};
@@ -77,11 +78,19 @@ pub fn read_legacy_h5_file(h5: &H5File) -> Result<KerasFile, FormatError> {
         ));
     }
     let weights = read_layer_weights(h5, "model_weights")?;
+    // Lenient, as Keras' loader: optimizer weights it cannot set are skipped with a warning, and
+    // the model still loads.
+    let legacy_optimizer_weights = if h5.is_group("optimizer_weights") {
+        read_layer(h5, "optimizer_weights").unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     Ok(KerasFile {
         model_config,
         compile_config,
         keras_version,
         weights,
+        legacy_optimizer_weights,
         path: name.to_string(),
     })
 }

@@ -46,6 +46,13 @@ pub struct KerasFile {
     pub keras_version: Option<String>,
     /// The weights.
     pub weights: KerasWeights,
+    /// Legacy `.h5`: the optimizer's weights (group `optimizer_weights`, in its `weight_names`
+    /// order: iteration, learning rate, slots), as `(name, array)`; empty when the file has none
+    /// or the group cannot be read (Keras, too, goes on without optimizer weights it cannot
+    /// set). Always empty for `.keras`, whose optimizer variables are in
+    /// [`KerasFile::weights`] under `optimizer/vars/…`. [`KerasFile::optimizer_variables`]
+    /// reads either.
+    pub legacy_optimizer_weights: Vec<(String, Tensor<f64>)>,
     /// The file's path (or the name given for in-memory content), for messages.
     pub path: String,
 }
@@ -69,18 +76,22 @@ pub enum KerasWeights {
 }
 
 impl KerasFile {
-    /// The optimizer's saved variables, `optimizer/vars/0`, `1`, … in order (a `.keras` file of
-    /// a compiled model: the iteration count, the learning rate, then the slots in Keras' order,
-    /// as [`crate::train::optimizer::Optimizer::load_keras_variables`] takes them). Empty for a
-    /// legacy `.h5` file and for a model saved without an optimizer; a compiled model that never
-    /// trained has just the first two.
+    /// The optimizer's saved variables in Keras' order — the iteration count, the learning rate,
+    /// then the slots, as [`crate::train::optimizer::Optimizer::load_keras_variables`] takes
+    /// them: `optimizer/vars/0`, `1`, … of a `.keras` file, or the `optimizer_weights` of a
+    /// legacy `.h5` file. Empty for a model saved without an optimizer; a compiled model that
+    /// never trained has just the first two.
     pub fn optimizer_variables(&self) -> Vec<&Tensor<f64>> {
-        let KerasWeights::ByPath(m) = &self.weights else {
-            return Vec::new();
-        };
-        (0..)
-            .map_while(|i| m.get(&format!("optimizer/vars/{i}")))
-            .collect()
+        match &self.weights {
+            KerasWeights::ByPath(m) => (0..)
+                .map_while(|i| m.get(&format!("optimizer/vars/{i}")))
+                .collect(),
+            KerasWeights::ByLayer { .. } => self
+                .legacy_optimizer_weights
+                .iter()
+                .map(|(_, t)| t)
+                .collect(),
+        }
     }
 }
 
