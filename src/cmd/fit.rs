@@ -214,9 +214,17 @@ fn train<T: Float>(
     out: OutKind,
 ) -> Result<()> {
     model.set_threads(args.threads);
-    let (compiled_loss, compiled_opt) = model
-        .compiled_loss_and_optimizer()
-        .with_context(|| format!("reading the compile config of {}", args.model.display()))?;
+    // The file's loss and optimizer are only read when the command line does not replace them,
+    // so that one grucell cannot read does not stop a run that names its own.
+    let reading = || format!("reading the compile config of {}", args.model.display());
+    let compiled_loss = match &args.loss {
+        Some(_) => None,
+        None => model.compiled_loss().with_context(reading)?,
+    };
+    let compiled_opt = match &args.optimizer {
+        Some(_) => None,
+        None => model.compiled_optimizer().with_context(reading)?,
+    };
     let from_config_loss = args.loss.is_none() && compiled_loss.is_some();
     let loss = match (&args.loss, compiled_loss) {
         (Some(name), _) => Loss::from_name(name).context("--loss")?,

@@ -785,3 +785,24 @@ fn gru_learns_to_recall_the_first_input_over_30_steps() {
     assert!(before < 0.65, "untrained accuracy {before}");
     assert!(acc >= 0.99, "held-out accuracy {acc} after {h:?}");
 }
+
+/// A legacy `.h5` file records its optimizer as `training_config.optimizer_config`; it is the
+/// compiled optimizer, as Keras' legacy loader compiles with it (not "none", which made
+/// `grucell fit` fall back to RMSprop).
+#[test]
+fn legacy_h5_compiled_optimizer_is_read() {
+    let dir = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/io/keras"
+    ));
+    for (file, lr) in [
+        ("tf2_style.h5", 0.001),
+        ("trained.h5", 0.0010000000474974513),
+    ] {
+        let model = load_model::<f32>(&dir.join(file)).unwrap();
+        let (loss, opt) = model.compiled_loss_and_optimizer().unwrap();
+        assert!(loss.is_some(), "{file}");
+        assert_eq!(opt, Some(OptimizerConfig::adam(lr)), "{file}");
+        assert_eq!(model.compiled_optimizer().unwrap(), opt);
+    }
+}

@@ -419,18 +419,32 @@ impl<T: Float> Model<T> {
     pub fn compiled_loss_and_optimizer(
         &self,
     ) -> Result<(Option<Loss>, Option<OptimizerConfig>), Error> {
+        Ok((self.compiled_loss()?, self.compiled_optimizer()?))
+    }
+
+    /// The loss of [`Model::compiled_loss_and_optimizer`] alone (so that a caller replacing the
+    /// optimizer is not stopped by one it cannot read).
+    pub fn compiled_loss(&self) -> Result<Option<Loss>, Error> {
+        match self.compile_entry(&["loss"]) {
+            None => Ok(None),
+            Some(v) => Ok(Some(Loss::from_keras(v)?)),
+        }
+    }
+
+    /// The optimizer of [`Model::compiled_loss_and_optimizer`] alone.
+    pub fn compiled_optimizer(&self) -> Result<Option<OptimizerConfig>, Error> {
+        match self.compile_entry(&["optimizer", "optimizer_config"]) {
+            None => Ok(None),
+            Some(v) => Ok(Some(OptimizerConfig::from_keras(v)?)),
+        }
+    }
+
+    /// The first of `keys` present (and not null) in the compile config.
+    fn compile_entry(&self, keys: &[&str]) -> Option<&Value> {
         let Some(Value::Object(c)) = &self.compile_config else {
-            return Ok((None, None));
+            return None;
         };
-        let loss = match c.get("loss") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(Loss::from_keras(v)?),
-        };
-        let opt = match c.get("optimizer").or_else(|| c.get("optimizer_config")) {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(OptimizerConfig::from_keras(v)?),
-        };
-        Ok((loss, opt))
+        keys.iter().find_map(|k| c.get(*k).filter(|v| !v.is_null()))
     }
 
     /// Keras `model.evaluate(x, y, batch_size)`: the loss (regularization penalties included, as

@@ -251,7 +251,12 @@ const BASE_KEYS: &[&str] = &[
     "ema_overwrite_frequency",
     "loss_scale_factor",
     "gradient_accumulation_steps",
+    // Ignored, as Keras 3 ignores it (with a warning): TF-Keras 2's learning-rate decay.
     "decay",
+    // Written by TF-Keras 2.11+ into the optimizer config of legacy `.h5` files; neither changes
+    // an update (Keras 3 refuses them and loads such a file uncompiled; grucell reads the rest).
+    "jit_compile",
+    "is_legacy_optimizer",
 ];
 
 impl OptimizerConfig {
@@ -1202,6 +1207,17 @@ mod tests {
         );
         let w = OptimizerConfig::from_keras(&json!({"class_name": "AdamW", "config": {}})).unwrap();
         assert_eq!(w.weight_decay, Some(0.004));
+        // A TF-Keras 2.11 optimizer config (legacy .h5 training_config): its extra keys change
+        // no update and are ignored.
+        let tf2 = json!({"class_name": "Adam", "config": {"name": "Adam", "weight_decay": null,
+            "clipnorm": null, "global_clipnorm": null, "clipvalue": null, "use_ema": false,
+            "ema_momentum": 0.99, "ema_overwrite_frequency": null, "jit_compile": true,
+            "is_legacy_optimizer": false, "learning_rate": 0.002, "beta_1": 0.9,
+            "beta_2": 0.999, "epsilon": 1e-07, "amsgrad": false, "decay": 0.0}});
+        assert_eq!(
+            OptimizerConfig::from_keras(&tf2).unwrap(),
+            OptimizerConfig::adam(0.002)
+        );
     }
 
     #[test]
