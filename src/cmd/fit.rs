@@ -176,8 +176,9 @@ fn restore_optimizer<T: Float>(
     saved: &[&Tensor<f64>],
 ) -> Result<bool> {
     let want = optimizer.num_keras_variables();
-    // Two variables (iteration, learning rate): compiled but never trained, nothing to restore.
-    if saved.len() <= 2 && want > 2 {
+    // None (saved without an optimizer), or just the iteration and the learning rate of an
+    // optimizer that never trained (when this one has slots): nothing to restore.
+    if saved.is_empty() || (saved.len() <= 2 && want > 2) {
         return Ok(false);
     }
     if saved.len() != want {
