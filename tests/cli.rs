@@ -375,6 +375,21 @@ fn inspect_prints_layers_params_and_metadata() {
             "inspect output lacks `{needle}`:\n{out}"
         );
     }
+    assert!(!out.contains("Optimizer state"), "{out}");
+
+    // A model Keras trained with AMSGrad Adam (GRU + Dense: 5 variables, 3 slots each, plus the
+    // iteration and the learning rate), 2 epochs of 4 batches, as .keras and as legacy .h5.
+    for ext in ["keras", "h5"] {
+        let f = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("tests/fixtures/resume/adam_amsgrad_trained.{ext}"));
+        let o = grucell(&["inspect".as_ref(), f.as_os_str()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = stdout(&o);
+        assert!(
+            out.contains("Optimizer state: 17 variables, iteration 8"),
+            "{ext}: {out}"
+        );
+    }
 
     // Legacy h5, compiled with Adam + mse: GRU(4) on 3 features = 3·12 + 4·12 + 2·12 = 108.
     let trained = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/io/keras/trained.h5");

@@ -1,6 +1,7 @@
 //! `grucell inspect M`: a summary like Keras' `model.summary()`, then the input shapes, the
-//! output count, the compute dtype, the Keras version that wrote the file and the compile
-//! settings (optimizer, loss, metrics) when the model was compiled.
+//! output count, the compute dtype, the Keras version that wrote the file, the compile
+//! settings (optimizer, loss, metrics) when the model was compiled, and the saved optimizer
+//! state (variable count, iteration) when the file holds one.
 
 use anyhow::{Context, Result};
 use grucell::io::keras::load::{file_dtype, model_from_file};
@@ -102,6 +103,15 @@ fn report<T: Float>(file: &KerasFile) -> Result<String> {
         .and_then(compile_summary)
         .unwrap_or_else(|| "no".to_string());
     s += &format!(" Compiled: {compiled}\n");
+    // The optimizer's saved variables (what `grucell fit` and Keras restore): the first is the
+    // iteration count.
+    let saved = file.optimizer_variables();
+    if let Some(it) = saved.first().and_then(|t| t.data().first()) {
+        s += &format!(
+            " Optimizer state: {} variables, iteration {it}\n",
+            saved.len()
+        );
+    }
     Ok(s)
 }
 
