@@ -24,7 +24,7 @@ use grucell::io::npy::read_npy;
 use grucell::layers::model::Model;
 use grucell::train::fit::{keras_compile_config, EarlyStopping, FitConfig, Monitor, Progress};
 use grucell::train::loss::Loss;
-use grucell::train::optimizer::{Optimizer, OptimizerConfig};
+use grucell::train::optimizer::{Optimizer, OptimizerConfig, Restored};
 use grucell::{Float, Tensor};
 use serde_json::Value;
 
@@ -175,37 +175,22 @@ fn restore_optimizer<T: Float>(
     optimizer: &mut Optimizer<T>,
     saved: &[&Tensor<f64>],
 ) -> Result<bool> {
-    let want = optimizer.num_keras_variables();
-    // None (saved without an optimizer), or just the iteration and the learning rate of an
-    // optimizer that never trained (when this one has slots): nothing to restore.
-    if saved.is_empty() || (saved.len() <= 2 && want > 2) {
-        return Ok(false);
+    let shown = args.model.display();
+    match optimizer
+        .restore_keras_state(saved)
+        .with_context(|| format!("restoring the optimizer state of --model {shown}"))?
+    {
+        Restored::Yes => Ok(true),
+        Restored::NothingSaved => Ok(false),
+        Restored::Mismatch { saved, expected } => {
+            eprintln!(
+                "warning: not restoring the optimizer state of --model {shown}: it holds {saved} \
+                 variables, this optimizer has {expected}; training starts from a fresh state \
+                 (Keras skips it too)"
+            );
+            Ok(false)
+        }
     }
-    if saved.len() != want {
-        eprintln!(
-            "warning: not restoring the optimizer state of --model {}: it holds {} variables, this \
-             optimizer has {want}; training starts from a fresh state (Keras skips it too)",
-            args.model.display(),
-            saved.len()
-        );
-        return Ok(false);
-    }
-    let values: Vec<Vec<T>> = saved
-        .iter()
-        .map(|t| t.data().iter().map(|&v| T::of(v)).collect())
-        .collect();
-    let refs: Vec<&[T]> = values.iter().map(Vec::as_slice).collect();
-    optimizer.load_keras_variables(&refs).with_context(|| {
-        format!(
-            "restoring the optimizer state of --model {}",
-            args.model.display()
-        )
-    })?;
-    // The count is stored as int64; read as f64 it is exact, as T (f32) it may not be.
-    if let Some(&it) = saved.first().and_then(|t| t.data().first()) {
-        optimizer.set_iterations(it as u64);
-    }
-    Ok(true)
 }
 
 fn train<T: Float>(

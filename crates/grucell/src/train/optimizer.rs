@@ -684,6 +684,38 @@ impl OptimizerConfig {
     }
 }
 
+/// What [`Optimizer::restore_keras_state`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restored {
+    /// The whole state was loaded.
+    Yes,
+    /// The file holds no state to restore (no optimizer variables, or only the iteration count
+    /// and learning rate of an optimizer that never trained).
+    NothingSaved,
+    /// The file's state has another number of variables (another optimizer or other trainable
+    /// variables): nothing was loaded.
+    Mismatch {
+        /// Variables in the file.
+        saved: usize,
+        /// Variables this optimizer has.
+        expected: usize,
+    },
+}
+
+/// A saved iteration count: a whole number up to 2⁵³ (beyond that f64 no longer counts steps
+/// one by one).
+fn check_iteration(it: f64) -> Result<(), ShapeError> {
+    if it >= 0.0 && it.fract() == 0.0 && it <= 9_007_199_254_740_992.0 {
+        Ok(())
+    } else {
+        Err(ShapeError::OutOfRange {
+            arg: "optimizer variable 0 (iteration)".into(),
+            value: it,
+            expected: "a whole number of steps in 0..=2^53".into(),
+        })
+    }
+}
+
 /// An optimizer with its state: the iteration counter and the slot variables of every model
 /// variable (see [`OptimizerConfig`] for an example).
 #[derive(Clone, Debug)]
@@ -811,6 +843,59 @@ impl<T: Float> Optimizer<T> {
         Ok(out)
     }
 
+    /// Restores the state a Keras file saved for this optimizer (the arrays of
+    /// [`KerasFile::optimizer_variables`](crate::io::keras::KerasFile::optimizer_variables)), as
+    /// Keras' `load_model` restores a compiled model's optimizer: when the file holds exactly as
+    /// many variables as this optimizer has, every one is loaded (the iteration count exactly,
+    /// beyond `f32`'s integers too); otherwise nothing changes and the outcome says why (Keras
+    /// skips such a state with a warning). Fails, changing nothing, when the counts agree but
+    /// an array's size or the iteration count is wrong.
+    ///
+    /// ```
+    /// use grucell::train::optimizer::{Optimizer, OptimizerConfig, Restored};
+    /// use grucell::Tensor;
+    /// let mut opt = Optimizer::<f32>::new(OptimizerConfig::adam(0.01), &[2])?;
+    /// let t = |v: &[f64]| Tensor::new(vec![v.len()], v.to_vec()).unwrap();
+    /// let saved = [t(&[7.0]), t(&[0.01]), t(&[0.1, 0.2]), t(&[0.3, 0.4])];
+    /// let refs: Vec<&Tensor<f64>> = saved.iter().collect();
+    /// assert_eq!(opt.restore_keras_state(&refs)?, Restored::Yes);
+    /// assert_eq!(opt.iterations(), 7);
+    /// // An optimizer that never trained saved only its iteration count and learning rate.
+    /// assert_eq!(opt.restore_keras_state(&refs[..2])?, Restored::NothingSaved);
+    /// # Ok::<(), grucell::Error>(())
+    /// ```
+    pub fn restore_keras_state(
+        &mut self,
+        saved: &[&crate::tensor::Tensor<f64>],
+    ) -> Result<Restored, ShapeError> {
+        let want = self.num_keras_variables();
+        if saved.is_empty() || (saved.len() <= 2 && want > 2) {
+            return Ok(Restored::NothingSaved);
+        }
+        if saved.len() != want {
+            return Ok(Restored::Mismatch {
+                saved: saved.len(),
+                expected: want,
+            });
+        }
+        let values: Vec<Vec<T>> = saved
+            .iter()
+            .map(|t| t.data().iter().map(|&v| T::of(v)).collect())
+            .collect();
+        let refs: Vec<&[T]> = values.iter().map(Vec::as_slice).collect();
+        // The count as f64 (exact for int64 counts up to 2^53), not as `T` rounds it; checked
+        // before anything is loaded.
+        let it = saved.first().and_then(|t| t.data().first()).copied();
+        if let Some(it) = it {
+            check_iteration(it)?;
+        }
+        self.load_keras_variables(&refs)?;
+        if let Some(it) = it {
+            self.iterations = it as u64;
+        }
+        Ok(Restored::Yes)
+    }
+
     /// How many variables Keras saves for this optimizer: the iteration count, the learning
     /// rate and every slot (the length [`Optimizer::load_keras_variables`] expects).
     pub fn num_keras_variables(&self) -> usize {
@@ -860,14 +945,7 @@ impl<T: Float> Optimizer<T> {
         };
         let it = scalar(0, "iteration")?.f64();
         let lr = scalar(1, "learning_rate")?.f64();
-        // A whole count up to 2⁵³ (beyond that f64 no longer counts steps one by one).
-        if !(it >= 0.0 && it.fract() == 0.0 && it <= 9_007_199_254_740_992.0) {
-            return Err(ShapeError::OutOfRange {
-                arg: "optimizer variable 0 (iteration)".into(),
-                value: it,
-                expected: "a whole number of steps in 0..=2^53".into(),
-            });
-        }
+        check_iteration(it)?;
         for (k, &(s, v)) in order.iter().enumerate() {
             let (Some(src), Some(dst)) = (
                 values.get(k + 2),
@@ -1268,5 +1346,36 @@ mod tests {
             );
         }
         assert_eq!(fresh.iterations(), 1, "a refused load changes nothing");
+
+        // From a file's arrays: the count exactly (2^40 + 1 is not an f32), a wrong count of
+        // arrays leaves the state alone and says so.
+        let t = |v: &[f64]| crate::tensor::Tensor::new(vec![v.len()], v.to_vec()).unwrap();
+        let big = (1u64 << 40) + 1;
+        let mut arrays = vec![t(&[big as f64]), t(&[0.25])];
+        arrays.extend(
+            vars[2..]
+                .iter()
+                .map(|(_, v)| t(&v.iter().map(|x| f64::from(*x)).collect::<Vec<_>>())),
+        );
+        let refs: Vec<&crate::tensor::Tensor<f64>> = arrays.iter().collect();
+        assert_eq!(fresh.restore_keras_state(&refs).unwrap(), Restored::Yes);
+        assert_eq!(fresh.iterations(), big);
+        assert_eq!(fresh.config().learning_rate, 0.25);
+        assert_eq!(
+            fresh.restore_keras_state(&refs[..5]).unwrap(),
+            Restored::Mismatch {
+                saved: 5,
+                expected: 6
+            }
+        );
+        assert_eq!(fresh.iterations(), big);
+        assert_eq!(
+            fresh.restore_keras_state(&[]).unwrap(),
+            Restored::NothingSaved
+        );
+        let short = t(&[0.0]);
+        let mut bad = refs.clone();
+        bad[3] = &short;
+        assert!(fresh.restore_keras_state(&bad).is_err());
     }
 }
