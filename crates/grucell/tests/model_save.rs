@@ -864,11 +864,15 @@ fn optimizer_state_round_trips_through_the_file() {
             "{tag}: restored state"
         );
         // An optimizer for other variables does not fit this model.
-        let other = Optimizer::<T>::new(cfg, &[5, 5, 5]).unwrap();
-        let err = save_model_with_optimizer(&model, &other, &path)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("optimizer slot"), "{tag}: {err}");
+        let mut more = sizes.clone();
+        more.push(1);
+        for other_sizes in [vec![5, 5, 5], more] {
+            let other = Optimizer::<T>::new(cfg.clone(), &other_sizes).unwrap();
+            let err = save_model_with_optimizer(&model, &other, &path)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("optimizer slot"), "{tag}: {err}");
+        }
         if !keep {
             let _ = std::fs::remove_dir_all(&out_dir);
         }

@@ -149,8 +149,7 @@ impl<T: Float> OptimizerVars<T> {
             .collect();
         let mut values = vec![Tensor::new(vec![], vec![optimizer.learning_rate()])?];
         for (slot, v, data) in optimizer.keras_slots() {
-            let shape = shapes.get(v).cloned().unwrap_or_default();
-            let t = Tensor::new(shape, data.to_vec()).map_err(|_| {
+            let misfit = || {
                 ShapeError::mismatch(
                     format!("optimizer slot `{slot}` of variable {v}"),
                     &[data.len()],
@@ -159,16 +158,16 @@ impl<T: Float> OptimizerVars<T> {
                         shapes.len()
                     ),
                 )
-            })?;
-            values.push(t);
+            };
+            let shape = shapes.get(v).ok_or_else(misfit)?;
+            values.push(Tensor::new(shape.clone(), data.to_vec()).map_err(|_| misfit())?);
         }
-        let iterations = i64::try_from(optimizer.iterations()).map_err(|_| {
-            ShapeError::mismatch(
-                "optimizer iterations",
-                &[],
-                format!("at most {} (int64)", i64::MAX),
-            )
-        })?;
+        let iterations =
+            i64::try_from(optimizer.iterations()).map_err(|_| ShapeError::OutOfRange {
+                arg: "optimizer iterations".into(),
+                value: optimizer.iterations() as f64,
+                expected: format!("at most {} (Keras stores an int64)", i64::MAX),
+            })?;
         Ok(OptimizerVars {
             name: optimizer.config().kind.keras_name(),
             iterations,
