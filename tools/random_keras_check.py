@@ -1,0 +1,308 @@
+#!/usr/bin/env python3
+"""Random Keras models against `grucell`: what the fixtures do not enumerate.
+
+Builds random models with Keras 3.15.1 (GRU, RNN(GRUCell), RNN(StackedRNNCells), Bidirectional,
+Masking, Dense, random activations, biases, masks, initial states, return_state), saves each as
+`.keras` and legacy `.h5`, and compares with the `grucell` binary:
+
+  predict  single-output models: `grucell predict` (1 and 2 threads, both formats) vs Keras'
+           `model.predict`; NaN/inf positions must agree (unstable models overflow), finite values
+           within 1e-5 relative to max(1, |y|)
+  multi    models with initial-state inputs and return_state outputs (.npz in and out)
+  fit      compiled models (random optimizer, loss, regularizers, constraints, masks), trained
+           with shuffle=False: `grucell fit` from the untrained file vs Keras' weights after fit
+           (within 1e-5); then both continue one more epoch from grucell's output (Keras:
+           load_model + fit), which checks that the saved optimizer state is Keras' own
+
+    python3 -m venv .venv-fixtures && .venv-fixtures/bin/pip install -r tools/requirements-fixtures.txt
+    cargo build --release
+    .venv-fixtures/bin/python tools/random_keras_check.py predict --n 40 --seed 1
+    .venv-fixtures/bin/python tools/random_keras_check.py fit --n 20 --seed 5
+
+Prints one line per model that disagrees and a summary; exits 1 when any did. Models whose
+outputs exceed 1e3 in magnitude (unbounded activations that blow up) are reported as "unstable"
+and not counted: there round-off differences are amplified without bound, in Keras too.
+Not run by CI (it needs TensorFlow).
+"""
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import warnings
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+ACTS = ["tanh", "sigmoid", "relu", "linear", "hard_sigmoid", "softsign", "elu", "selu", "softplus",
+        "swish", "gelu", "relu6", "silu", "mish", "hard_silu"]
+
+
+def run(cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    return r.returncode, r.stdout, r.stderr
+
+
+def compare(p, y):
+    """Largest error relative to max(1, |y|) over finite entries; None when non-finite
+    positions disagree."""
+    if p.shape != y.shape:
+        return None
+    if not np.array_equal(np.isnan(p), np.isnan(y)):
+        return None
+    inf = np.isinf(y)
+    if not np.array_equal(p[inf], y[inf]):
+        return None
+    fin = np.isfinite(y)
+    if not fin.any():
+        return 0.0
+    if not np.isfinite(p[fin]).all():
+        return None
+    return float(np.max(np.abs(p[fin] - y[fin]) / np.maximum(1.0, np.abs(y[fin]))))
+
+
+def random_recurrent(rng, layers, x, u, last, pick):
+    kw = dict(activation=pick(ACTS), recurrent_activation=pick(ACTS),
+              use_bias=bool(rng.random() < 0.8), reset_after=bool(rng.random() < 0.6))
+    rs = (not last) or rng.random() < 0.4
+    gb = bool(rng.random() < 0.25)
+    kind = pick(["gru", "rnn", "stacked", "bidi"])
+    if kind == "gru":
+        lay = layers.GRU(u, return_sequences=rs, go_backwards=gb, **kw)
+    elif kind == "rnn":
+        lay = layers.RNN(layers.GRUCell(u, **kw), return_sequences=rs, go_backwards=gb)
+    elif kind == "stacked":
+        cells = [layers.GRUCell(int(rng.integers(1, 6)), **kw),
+                 layers.GRUCell(u, activation=pick(ACTS), reset_after=bool(rng.random() < 0.5))]
+        lay = layers.RNN(cells, return_sequences=rs, go_backwards=gb)
+    else:
+        lay = layers.Bidirectional(layers.GRU(u, return_sequences=rs, **kw),
+                                   merge_mode=pick(["concat", "sum", "mul", "ave"]))
+    return lay(x), f"{kind}({u}, {kw['activation']}/{kw['recurrent_activation']}, rs={rs})"
+
+
+def check_predict(args, keras, layers, rng, pick, out):
+    bad = unstable = 0
+    for i in range(args.n):
+        keras.utils.set_random_seed(args.seed * 1000 + i)
+        T, D, B = int(rng.integers(1, 9)), int(rng.integers(1, 7)), int(rng.integers(1, 6))
+        var_t = rng.random() < 0.3
+        inp = keras.Input((None if var_t else T, D))
+        x, desc = inp, []
+        mask = rng.random() < 0.35
+        if mask:
+            x = layers.Masking(mask_value=0.0)(x)
+        nl = int(rng.integers(1, 4))
+        for l in range(nl):
+            x, d = random_recurrent(rng, layers, x, int(rng.integers(1, 9)), l == nl - 1, pick)
+            desc.append(d)
+        if rng.random() < 0.5:
+            x = layers.Dense(int(rng.integers(1, 5)),
+                             activation=pick(["linear", "relu", "sigmoid", "tanh", "softmax"]))(x)
+        m = keras.Model(inp, x)
+        for w in m.weights:
+            if "bias" in w.path:
+                w.assign(rng.normal(size=w.shape).astype("float32") * 0.5)
+        X = rng.normal(size=(B, int(rng.integers(1, 9)) if var_t else T, D)).astype("float32")
+        if mask:
+            for b in range(B):
+                X[b, int(rng.integers(0, X.shape[1] + 1)):] = 0.0
+        Y = m.predict(X, verbose=0)
+        np.save(out / "x.npy", X)
+        if np.nanmax(np.abs(np.where(np.isfinite(Y), Y, 0))) > 1e3 or not np.isfinite(Y).all():
+            unstable += 1
+        for ext in ["keras", "h5"]:
+            m.save(out / f"m.{ext}")
+            for th in ["1", "2"]:
+                rc, _, err = run([args.grucell, "predict", "--model", str(out / f"m.{ext}"),
+                                  "--input", str(out / "x.npy"), "--output", str(out / "p.npy"),
+                                  "--threads", th])
+                e = compare(np.load(out / "p.npy"), Y) if rc == 0 else None
+                stable = np.isfinite(Y).all() and np.abs(Y).max() <= 1e3
+                if rc != 0 or (stable and (e is None or e > 1e-5)):
+                    bad += 1
+                    print(f"model {i} .{ext} threads {th}: {err.strip()[:200] or e} | {' -> '.join(desc)}")
+    print(f"predict: {args.n} models x 2 formats x 2 thread counts, {bad} disagreements, "
+          f"{unstable} unstable (not counted)")
+    return bad
+
+
+def check_multi(args, keras, layers, rng, pick, out):
+    bad = 0
+    for i in range(args.n):
+        keras.utils.set_random_seed(args.seed * 100 + i)
+        T, D, B, u = (int(rng.integers(1, 7)), int(rng.integers(1, 5)), int(rng.integers(1, 5)),
+                      int(rng.integers(1, 6)))
+        inp = keras.Input((T, D))
+        ins, xs = [inp], [rng.normal(size=(B, T, D)).astype("float32")]
+        x = inp
+        if rng.random() < 0.4:
+            x = layers.Masking()(x)
+            for b in range(B):
+                xs[0][b, int(rng.integers(0, T + 1)):] = 0
+        kw = dict(reset_after=bool(rng.random() < 0.5), use_bias=bool(rng.random() < 0.8),
+                  activation=pick(["tanh", "relu", "sigmoid"]))
+        rs, gb = bool(rng.random() < 0.5), bool(rng.random() < 0.3)
+        kind = pick(["gru", "stacked", "bidi"])
+
+        def state(n):
+            h = keras.Input((n,))
+            ins.append(h)
+            xs.append(rng.normal(size=(B, n)).astype("float32"))
+            return h
+
+        if kind == "gru":
+            init = [state(u)] if rng.random() < 0.6 else None
+            lay = layers.GRU(u, return_sequences=rs, return_state=True, go_backwards=gb, **kw)
+        elif kind == "stacked":
+            u2 = int(rng.integers(1, 5))
+            init = [state(u), state(u2)] if rng.random() < 0.6 else None
+            lay = layers.RNN([layers.GRUCell(u, **kw), layers.GRUCell(u2)], return_sequences=rs,
+                             return_state=True, go_backwards=gb)
+        else:
+            init = [state(u), state(u)] if rng.random() < 0.6 else None
+            lay = layers.Bidirectional(layers.GRU(u, return_sequences=rs, return_state=True, **kw),
+                                       merge_mode=pick(["concat", "sum", None]))
+        outs = list(lay(x, initial_state=init) if init else lay(x))
+        if rng.random() < 0.4:
+            outs[0] = layers.Dense(2)(outs[0])
+        m = keras.Model(ins, outs)
+        ys = m.predict(xs, verbose=0)
+        ys = ys if isinstance(ys, list) else [ys]
+        np.savez(out / "x.npz", **{f"input_{k}": v for k, v in enumerate(xs)})
+        for ext in ["keras", "h5"]:
+            m.save(out / f"m.{ext}")
+            rc, _, err = run([args.grucell, "predict", "--model", str(out / f"m.{ext}"),
+                              "--input", str(out / "x.npz"), "--output", str(out / "p.npz")])
+            errs = []
+            if rc == 0:
+                p = np.load(out / "p.npz")
+                errs = [compare(p[f"output_{k}"], y) for k, y in enumerate(ys)]
+            if rc != 0 or any(e is None or e > 1e-5 for e in errs):
+                bad += 1
+                print(f"model {i} .{ext} ({kind}, init={init is not None}): {err.strip()[:200] or errs}")
+    print(f"multi: {args.n} models x 2 formats, {bad} disagreements")
+    return bad
+
+
+def check_fit(args, keras, layers, rng, pick, out):
+    bad = 0
+    reg = lambda: pick([None, "l2", "l1", keras.regularizers.L1L2(0.01, 0.02)])  # noqa: E731
+    con = lambda: pick([None, None, "non_neg", keras.constraints.MaxNorm(1.5),  # noqa: E731
+                        keras.constraints.UnitNorm()])
+    for i in range(args.n):
+        keras.utils.set_random_seed(args.seed * 1000 + i)
+        T, D, N = int(rng.integers(1, 8)), int(rng.integers(1, 6)), int(rng.integers(5, 40))
+        inp = keras.Input((T, D))
+        x = inp
+        mask = rng.random() < 0.3
+        if mask:
+            x = layers.Masking(mask_value=0.0)(x)
+        nl = int(rng.integers(1, 3))
+        for l in range(nl):
+            u = int(rng.integers(1, 7))
+            kw = dict(activation=pick(["tanh", "tanh", "softsign", "elu"]),
+                      recurrent_activation=pick(["sigmoid", "sigmoid", "hard_sigmoid"]),
+                      use_bias=bool(rng.random() < 0.85), reset_after=bool(rng.random() < 0.6),
+                      kernel_regularizer=reg(), recurrent_regularizer=reg(), bias_regularizer=reg(),
+                      kernel_constraint=con(), recurrent_constraint=con(), bias_constraint=con())
+            rs = l < nl - 1 or rng.random() < 0.3
+            kind = pick(["gru", "rnn", "bidi"])
+            if kind == "gru":
+                x = layers.GRU(u, return_sequences=rs, go_backwards=bool(rng.random() < 0.2), **kw)(x)
+            elif kind == "rnn":
+                x = layers.RNN(layers.GRUCell(u, **kw), return_sequences=rs)(x)
+            else:
+                x = layers.Bidirectional(layers.GRU(u, return_sequences=rs, **kw),
+                                         merge_mode=pick(["concat", "sum", "ave", "mul"]))(x)
+        loss = pick(["mse", "mae", "huber", "log_cosh", "binary_crossentropy",
+                     "categorical_crossentropy"])
+        k = int(rng.integers(2, 4))
+        act = {"binary_crossentropy": "sigmoid", "categorical_crossentropy": "softmax"}.get(
+            loss, pick(["linear", "tanh"]))
+        m = keras.Model(inp, layers.Dense(k, activation=act)(x))
+        lr = float(pick([0.01, 0.003, 0.05]))
+        opt_name = pick(["sgd", "adam", "adamw", "rmsprop", "adagrad"])
+        opt = {"sgd": lambda: keras.optimizers.SGD(lr, momentum=float(pick([0.0, 0.9]))),
+               "adam": lambda: keras.optimizers.Adam(lr, amsgrad=bool(rng.random() < 0.3)),
+               "adamw": lambda: keras.optimizers.AdamW(lr),
+               "rmsprop": lambda: keras.optimizers.RMSprop(lr, momentum=float(pick([0.0, 0.5]))),
+               "adagrad": lambda: keras.optimizers.Adagrad(lr)}[opt_name]()
+        m.compile(optimizer=opt, loss=loss)
+        X = rng.normal(size=(N, T, D)).astype("float32")
+        if mask:
+            for b in range(N):
+                X[b, int(rng.integers(1, T + 1)):] = 0.0
+        yshape = (N,) + tuple(m.output.shape[1:])
+        if loss == "binary_crossentropy":
+            Y = (rng.random(yshape) < 0.5).astype("float32")
+        elif loss == "categorical_crossentropy":
+            Y = np.eye(k, dtype="float32")[rng.integers(0, k, yshape[:-1])]
+        else:
+            Y = rng.normal(size=yshape).astype("float32")
+        np.save(out / "x.npy", X)
+        np.save(out / "y.npy", Y)
+        m.save(out / "untrained.keras")
+        bs, ep = int(rng.integers(2, 12)), int(rng.integers(1, 4))
+        m.fit(X, Y, batch_size=bs, epochs=ep, shuffle=False, verbose=0)
+        common = ["--x", str(out / "x.npy"), "--y", str(out / "y.npy"), "--batch-size", str(bs),
+                  "--no-shuffle", "--quiet"]
+        label = f"model {i} ({opt_name}, {loss}, mask={mask})"
+        rc, _, err = run([args.grucell, "fit", "--model", str(out / "untrained.keras"),
+                          "--epochs", str(ep), "--output", str(out / "ours.keras"), *common])
+        if rc != 0:
+            bad += 1
+            print(f"{label}: fit failed: {err.strip()[:200]}")
+            continue
+        ours = keras.saving.load_model(out / "ours.keras")
+        e = max(float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in zip(ours.weights, m.weights))
+        # One more epoch from grucell's file: in Keras (its optimizer state restored) and in grucell.
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            again = keras.saving.load_model(out / "ours.keras")
+            skipped = [str(x.message) for x in w if "optimizer" in str(x.message)]
+        again.fit(X, Y, batch_size=bs, epochs=1, shuffle=False, verbose=0)
+        rc, _, err = run([args.grucell, "fit", "--model", str(out / "ours.keras"), "--epochs", "1",
+                          "--output", str(out / "ours2.keras"), *common])
+        e2 = None
+        if rc == 0:
+            ours2 = keras.saving.load_model(out / "ours2.keras")
+            e2 = max(float(np.max(np.abs(a.numpy() - b.numpy())))
+                     for a, b in zip(ours2.weights, again.weights))
+        if e > 1e-5 or e2 is None or e2 > 1e-5 or skipped:
+            bad += 1
+            print(f"{label}: fit {e:.2e}, continued {e2}, Keras warnings {skipped[:1]} {err.strip()[:200]}")
+    print(f"fit: {args.n} models, {bad} disagreements")
+    return bad
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("what", choices=["predict", "multi", "fit"])
+    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--grucell", default=str(ROOT / "target" / "release" / "grucell"))
+    args = ap.parse_args()
+    import keras
+    from keras import layers
+
+    assert keras.__version__ == "3.15.1", f"pinned to keras 3.15.1, found {keras.__version__}"
+    rng = np.random.default_rng(args.seed)
+
+    def pick(items):
+        return items[rng.integers(len(items))]
+
+    check = {"predict": check_predict, "multi": check_multi, "fit": check_fit}[args.what]
+    with tempfile.TemporaryDirectory() as d:
+        bad = check(args, keras, layers, rng, pick, pathlib.Path(d))
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
