@@ -102,7 +102,7 @@ pub enum ShapeError {
     },
     /// A value outside the range an operation accepts (e.g. a saved iteration count that is
     /// negative or not a whole number).
-    #[error("`{arg}` is {value}, expected {expected}")]
+    #[error("`{arg}` is {value:?}, expected {expected}")]
     OutOfRange {
         /// Which value.
         arg: String,

@@ -1044,7 +1044,12 @@ impl<T: Float> Optimizer<T> {
             let (lo, hi) = (T::of(-cv), T::of(cv));
             for g in grads.iter_mut() {
                 for x in g.iter_mut() {
-                    *x = x.min(hi).max(lo);
+                    // NaN stays NaN, as in `ops.clip` (`f32::min/max` would clip it).
+                    if *x > hi {
+                        *x = hi;
+                    } else if *x < lo {
+                        *x = lo;
+                    }
                 }
             }
         }
@@ -1130,7 +1135,10 @@ fn update<T: Float>(
                     {
                         *m += (g - *m) * c1;
                         *vel += (g * g - *vel) * c2;
-                        *vh = vh.max(*vel);
+                        // `ops.maximum`: NaN on either side gives NaN (`f32::max` drops it).
+                        if *vel > *vh || vel.is_nan() {
+                            *vh = *vel;
+                        }
                         *x -= (*m * alpha) / (vh.sqrt() + eps);
                     }
                 }
@@ -1199,6 +1207,36 @@ fn update<T: Float>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// NaN is not clipped away nor dropped by AMSGrad's maximum (TensorFlow's `clip_by_value`
+    /// and `maximum` keep it): a corrupted state or gradient shows as NaN weights, as in Keras.
+    #[test]
+    fn nan_survives_clipvalue_and_amsgrad_max() {
+        let mut cfg = OptimizerConfig::sgd(0.1);
+        cfg.clipvalue = Some(0.5);
+        let mut o = Optimizer::<f32>::new(cfg, &[2]).unwrap();
+        let mut w = [1.0f32, 1.0];
+        let mut g = [f32::NAN, 3.0];
+        o.step(&mut [&mut w], &mut [&mut g]).unwrap();
+        assert!(w[0].is_nan() && (w[1] - 0.95).abs() < 1e-7, "{w:?}");
+
+        let mut ams = OptimizerConfig::adam(0.1);
+        ams.kind = OptimizerKind::Adam {
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon: 1e-7,
+            amsgrad: true,
+        };
+        let mut o = Optimizer::<f32>::new(ams, &[2]).unwrap();
+        // iteration, lr, m, v, v̂ — the saved velocity of element 0 is NaN
+        let (m, v, vh) = ([0.0f32; 2], [f32::NAN, 0.0], [0.0f32; 2]);
+        o.load_keras_variables(&[&[0.0], &[0.1], &m, &v, &vh])
+            .unwrap();
+        let mut w = [1.0f32, 1.0];
+        let mut g = [0.5f32, 0.5];
+        o.step(&mut [&mut w], &mut [&mut g]).unwrap();
+        assert!(w[0].is_nan() && w[1].is_finite(), "{w:?}");
+    }
 
     #[test]
     fn keras_order_interleaves_adam_only() {
