@@ -662,11 +662,8 @@ fn split_sequence<T: Float>(
     let (mut seq, mut last, mut state, mut trace) =
         (out.sequence, out.last_output, out.state, trace);
     let mut jobs = Vec::with_capacity(parts);
-    let mut b0 = 0;
-    for (i, ws) in sub.iter_mut().enumerate().take(parts) {
-        let b1 = batch * (i + 1) / parts;
-        let n = b1 - b0;
-        let rows = b0..b1;
+    for (rows, ws) in part_rows(batch, parts).zip(sub.iter_mut()) {
+        let n = rows.len();
         jobs.push((
             n,
             &x[rows.start * time * d..rows.end * time * d],
@@ -688,12 +685,20 @@ fn split_sequence<T: Float>(
             ws,
             trace.as_mut().map(|tr| tr.take_front(n * time, u)),
         ));
-        b0 = b1;
     }
     jobs.into_par_iter()
         .for_each(|(n, x, h0, opts, dropout, out, ws, trace)| {
             sequence_rows(p, x, n, time, h0, opts, dropout, out, ws, trace, Some(rhs));
         });
+}
+
+/// The batch rows of each of `parts` parts, in order: consecutive ranges covering `0..batch`,
+/// sizes differing by at most one (the split of [`batch_parts`], forward and backward alike).
+pub(crate) fn part_rows(
+    batch: usize,
+    parts: usize,
+) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..parts).map(move |i| batch * i / parts..batch * (i + 1) / parts)
 }
 
 /// Batch rows `rows` of per-gate masks `(B, per)`.

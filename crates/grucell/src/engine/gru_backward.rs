@@ -7,7 +7,7 @@
 //! (`dW = Xᵀ·dG_x`, `dU = H_prevᵀ·dG_h`, `dX = dG_x·Wᵀ`).
 
 use super::gemm::{gemm, Operand};
-use super::gru::{batch_parts, mask_part, take_front, team_size, use_team, TraceRows};
+use super::gru::{batch_parts, mask_part, part_rows, take_front, team_size, use_team, TraceRows};
 use super::gru::{mask_rows, DropoutMasks, GruParams, GruTrace, SequenceOptions};
 use super::packed::{PackedRhs, Par, Rhs, PAR_MIN_WORK};
 use super::team::Team;
@@ -258,11 +258,8 @@ pub fn gru_sequence_backward<T: Float>(
         // Batch rows are independent sequences: each part runs the whole reverse loop for its
         // rows on one thread (see `gru::batch_parts`); the GEMMs below then see every row.
         let mut jobs = Vec::with_capacity(parts);
-        let mut b0 = 0;
-        for i in 0..parts {
-            let b1 = batch * (i + 1) / parts;
-            let n = b1 - b0;
-            let r = b0..b1;
+        for r in part_rows(batch, parts) {
+            let n = r.len();
             jobs.push((
                 n,
                 SequenceOptions {
@@ -281,7 +278,6 @@ pub fn gru_sequence_backward<T: Float>(
                 },
                 dh0.as_mut().map(|h| take_front(h, n * u)),
             ));
-            b0 = b1;
         }
         let rec = &rec;
         jobs.into_par_iter()

@@ -1208,6 +1208,18 @@ fn update<T: Float>(
 mod tests {
     use super::*;
 
+    /// Adam with Keras' defaults and `amsgrad = True`.
+    fn amsgrad(learning_rate: f64) -> OptimizerConfig {
+        let mut c = OptimizerConfig::adam(learning_rate);
+        c.kind = OptimizerKind::Adam {
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon: 1e-7,
+            amsgrad: true,
+        };
+        c
+    }
+
     /// NaN is not clipped away nor dropped by AMSGrad's maximum (TensorFlow's `clip_by_value`
     /// and `maximum` keep it): a corrupted state or gradient shows as NaN weights, as in Keras.
     #[test]
@@ -1220,13 +1232,7 @@ mod tests {
         o.step(&mut [&mut w], &mut [&mut g]).unwrap();
         assert!(w[0].is_nan() && (w[1] - 0.95).abs() < 1e-7, "{w:?}");
 
-        let mut ams = OptimizerConfig::adam(0.1);
-        ams.kind = OptimizerKind::Adam {
-            beta_1: 0.9,
-            beta_2: 0.999,
-            epsilon: 1e-7,
-            amsgrad: true,
-        };
+        let ams = amsgrad(0.1);
         let mut o = Optimizer::<f32>::new(ams, &[2]).unwrap();
         // iteration, lr, m, v, v̂ — the saved velocity of element 0 is NaN
         let (m, v, vh) = ([0.0f32; 2], [f32::NAN, 0.0], [0.0f32; 2]);
@@ -1245,13 +1251,7 @@ mod tests {
             adam.kind.keras_order(2),
             vec![(0, 0), (1, 0), (0, 1), (1, 1)]
         );
-        let mut ams = OptimizerConfig::adam(0.1);
-        ams.kind = OptimizerKind::Adam {
-            beta_1: 0.9,
-            beta_2: 0.999,
-            epsilon: 1e-7,
-            amsgrad: true,
-        };
+        let ams = amsgrad(0.1);
         assert_eq!(
             ams.kind.keras_order(2),
             vec![(0, 0), (1, 0), (0, 1), (1, 1), (2, 0), (2, 1)]
