@@ -7,6 +7,8 @@ Pinned reference: tensorflow-cpu==2.21.0, keras==3.15.1 (see tools/requirements-
     .venv-fixtures/bin/pip install -r tools/requirements-fixtures.txt
     .venv-fixtures/bin/python tools/make_fixtures.py            # all groups
     .venv-fixtures/bin/python tools/make_fixtures.py models     # one group
+    FIXTURE_CASES=time_distributed .venv-fixtures/bin/python tools/make_fixtures.py models
+                                                                # some cases of the models group
 
 Each group lives in tools/fixtures/<group>.py and exposes `generate(out_dir: pathlib.Path)`.
 Everything is seeded, so a rerun gives the same files up to Keras' own nondeterminism.

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Random Keras models against `grucell`: what the fixtures do not enumerate.
 
-Builds random models with Keras 3.15.1 (GRU, RNN(GRUCell), RNN(StackedRNNCells), Bidirectional,
-Masking, Dense, random activations, biases, masks, initial states, return_state), saves each as
+Builds random models with Keras 3.15.1 (Sequential or Functional; GRU, RNN(GRUCell),
+RNN(StackedRNNCells), Bidirectional, Masking, Dense, TimeDistributed(Dense | Dropout | Activation),
+random activations, biases, masks, initial states, return_state), saves each as
 `.keras` and legacy `.h5`, and compares with the `grucell` binary:
 
   predict  single-output models: `grucell predict` (1 and 2 threads, both formats) vs Keras'
@@ -67,7 +68,8 @@ def compare(p, y):
     return float(np.max(np.abs(p[fin] - y[fin]) / np.maximum(1.0, np.abs(y[fin]))))
 
 
-def random_recurrent(rng, layers, x, u, last, pick):
+def random_recurrent(rng, layers, u, last, pick):
+    """A random recurrent layer, whether it returns sequences, and its description."""
     kw = dict(activation=pick(ACTS), recurrent_activation=pick(ACTS),
               use_bias=bool(rng.random() < 0.8), reset_after=bool(rng.random() < 0.6))
     rs = (not last) or rng.random() < 0.4
@@ -84,7 +86,35 @@ def random_recurrent(rng, layers, x, u, last, pick):
     else:
         lay = layers.Bidirectional(layers.GRU(u, return_sequences=rs, **kw),
                                    merge_mode=pick(["concat", "sum", "mul", "ave"]))
-    return lay(x), f"{kind}({u}, {kw['activation']}/{kw['recurrent_activation']}, rs={rs})"
+    return lay, rs, f"{kind}({u}, {kw['activation']}/{kw['recurrent_activation']}, rs={rs})"
+
+
+def random_head(rng, layers, seq, pick, acts):
+    """The layers after the recurrent ones: maybe a Dense (wrapped in TimeDistributed on a
+    sequence, sometimes), maybe TimeDistributed(Dropout | Activation)."""
+    head, desc = [], []
+    if seq and rng.random() < 0.3:
+        head.append(layers.TimeDistributed(pick([layers.Dropout(0.3), layers.Activation(pick(acts))])))
+        desc.append("TimeDistributed(Dropout|Activation)")
+    if rng.random() < 0.5:
+        dense = layers.Dense(int(rng.integers(1, 5)), activation=pick(acts))
+        if seq and rng.random() < 0.5:
+            head.append(layers.TimeDistributed(dense))
+            desc.append("TimeDistributed(Dense)")
+        else:
+            head.append(dense)
+            desc.append("Dense")
+    return head, desc
+
+
+def chain(keras, rng, inp, lays):
+    """The layers applied one after the other: as a Functional model or, sometimes, Sequential."""
+    if rng.random() < 0.3:
+        return keras.Sequential([inp, *lays]), "Sequential"
+    x = inp
+    for lay in lays:
+        x = lay(x)
+    return keras.Model(inp, x), "Functional"
 
 
 def check_predict(args, keras, layers, rng, pick, out):
@@ -94,18 +124,18 @@ def check_predict(args, keras, layers, rng, pick, out):
         T, D, B = int(rng.integers(1, 9)), int(rng.integers(1, 7)), int(rng.integers(1, 6))
         var_t = rng.random() < 0.3
         inp = keras.Input((None if var_t else T, D))
-        x, desc = inp, []
+        lays, desc = [], []
         mask = rng.random() < 0.35
         if mask:
-            x = layers.Masking(mask_value=0.0)(x)
+            lays.append(layers.Masking(mask_value=0.0))
         nl = int(rng.integers(1, 4))
         for l in range(nl):
-            x, d = random_recurrent(rng, layers, x, int(rng.integers(1, 9)), l == nl - 1, pick)
+            lay, seq, d = random_recurrent(rng, layers, int(rng.integers(1, 9)), l == nl - 1, pick)
+            lays.append(lay)
             desc.append(d)
-        if rng.random() < 0.5:
-            x = layers.Dense(int(rng.integers(1, 5)),
-                             activation=pick(["linear", "relu", "sigmoid", "tanh", "softmax"]))(x)
-        m = keras.Model(inp, x)
+        head, d = random_head(rng, layers, seq, pick, ["linear", "relu", "sigmoid", "tanh", "softmax"])
+        m, kind = chain(keras, rng, inp, lays + head)
+        desc = [kind, *desc, *d]
         for w in m.weights:
             if "bias" in w.path:
                 w.assign(rng.normal(size=w.shape).astype("float32") * 0.5)
@@ -200,10 +230,10 @@ def check_fit(args, keras, layers, rng, pick, out):
         keras.utils.set_random_seed(args.seed * 1000 + i)
         T, D, N = int(rng.integers(1, 8)), int(rng.integers(1, 6)), int(rng.integers(5, 40))
         inp = keras.Input((T, D))
-        x = inp
+        lays = []
         mask = rng.random() < 0.3
         if mask:
-            x = layers.Masking(mask_value=0.0)(x)
+            lays.append(layers.Masking(mask_value=0.0))
         nl = int(rng.integers(1, 3))
         for l in range(nl):
             u = int(rng.integers(1, 7))
@@ -215,18 +245,24 @@ def check_fit(args, keras, layers, rng, pick, out):
             rs = l < nl - 1 or rng.random() < 0.3
             kind = pick(["gru", "rnn", "bidi"])
             if kind == "gru":
-                x = layers.GRU(u, return_sequences=rs, go_backwards=bool(rng.random() < 0.2), **kw)(x)
+                lays.append(layers.GRU(u, return_sequences=rs, go_backwards=bool(rng.random() < 0.2), **kw))
             elif kind == "rnn":
-                x = layers.RNN(layers.GRUCell(u, **kw), return_sequences=rs)(x)
+                lays.append(layers.RNN(layers.GRUCell(u, **kw), return_sequences=rs))
             else:
-                x = layers.Bidirectional(layers.GRU(u, return_sequences=rs, **kw),
-                                         merge_mode=pick(["concat", "sum", "ave", "mul"]))(x)
+                lays.append(layers.Bidirectional(layers.GRU(u, return_sequences=rs, **kw),
+                                                 merge_mode=pick(["concat", "sum", "ave", "mul"])))
         loss = pick(["mse", "mae", "huber", "log_cosh", "binary_crossentropy",
                      "categorical_crossentropy"])
         k = int(rng.integers(2, 4))
         act = {"binary_crossentropy": "sigmoid", "categorical_crossentropy": "softmax"}.get(
             loss, pick(["linear", "tanh"]))
-        m = keras.Model(inp, layers.Dense(k, activation=act)(x))
+        dense = layers.Dense(k, activation=act)
+        if rs and rng.random() < 0.5:
+            # TimeDistributed(Activation) too (not Dropout: its random mask differs from Keras').
+            if rng.random() < 0.4:
+                lays.append(layers.TimeDistributed(layers.Activation(pick(["tanh", "relu"]))))
+            dense = layers.TimeDistributed(dense)
+        m, kind = chain(keras, rng, inp, lays + [dense])
         lr = float(pick([0.01, 0.003, 0.05]))
         opt_name = pick(["sgd", "adam", "adamw", "rmsprop", "adagrad"])
         opt = {"sgd": lambda: keras.optimizers.SGD(lr, momentum=float(pick([0.0, 0.9]))),
@@ -239,7 +275,7 @@ def check_fit(args, keras, layers, rng, pick, out):
         if mask:
             for b in range(N):
                 X[b, int(rng.integers(1, T + 1)):] = 0.0
-        yshape = (N,) + tuple(m.output.shape[1:])
+        yshape = (N,) + tuple(m.compute_output_shape((N, T, D))[1:])
         if loss == "binary_crossentropy":
             Y = (rng.random(yshape) < 0.5).astype("float32")
         elif loss == "categorical_crossentropy":
@@ -253,7 +289,7 @@ def check_fit(args, keras, layers, rng, pick, out):
         m.fit(X, Y, batch_size=bs, epochs=ep, shuffle=False, verbose=0)
         common = ["--x", str(out / "x.npy"), "--y", str(out / "y.npy"), "--batch-size", str(bs),
                   "--no-shuffle", "--quiet"]
-        label = f"model {i} ({opt_name}, {loss}, mask={mask})"
+        label = f"model {i} ({kind}, {opt_name}, {loss}, mask={mask}, {dense.__class__.__name__})"
         rc, _, err = run([args.grucell, "fit", "--model", str(out / "untrained.keras"),
                           "--epochs", str(ep), "--output", str(out / "ours.keras"), *common])
         if rc != 0:

@@ -567,6 +567,7 @@ fn rust_functional<T: Float>() -> Model<T> {
         class_name: grucell::layers::model::default_class_name(&layer).into(),
         trainable: true,
         layer,
+        time_distributed: None,
     };
     let gru = Rnn::<T>::new(cell(4, 11), 3)
         .unwrap()

@@ -69,6 +69,11 @@ pub struct GruCellConfig {
     pub seed: Option<u64>,
     /// Layer name (Keras' `name`), `gru_cell` by default.
     pub name: String,
+    /// Keras `trainable`: whether training updates this cell's weights. For a `GRU` layer it is
+    /// the layer's flag; for `RNN(GRUCell …)` the cell's own (see [`ModelLayer::trainable`]).
+    ///
+    /// [`ModelLayer::trainable`]: crate::layers::model::ModelLayer::trainable
+    pub trainable: bool,
 }
 
 impl GruCellConfig {
@@ -93,6 +98,7 @@ impl GruCellConfig {
             reset_after: true,
             seed: None,
             name: "gru_cell".into(),
+            trainable: true,
         }
     }
 
@@ -174,6 +180,11 @@ impl GruCellConfig {
     /// Sets `seed`.
     pub fn seed(mut self, seed: Option<u64>) -> Self {
         self.seed = seed;
+        self
+    }
+    /// Sets `trainable`.
+    pub fn trainable(mut self, b: bool) -> Self {
+        self.trainable = b;
         self
     }
     /// Sets the layer name.
@@ -304,6 +315,7 @@ impl GruCellConfig {
         if let Some(n) = get_str(c, "name")? {
             cfg.name = n.to_string();
         }
+        cfg.trainable = get_bool(c, "trainable", true)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -313,7 +325,7 @@ impl GruCellConfig {
         let opt = |v: Option<Value>| v.unwrap_or(Value::Null);
         let mut m = Map::new();
         m.insert("name".into(), json!(self.name));
-        m.insert("trainable".into(), json!(true));
+        m.insert("trainable".into(), json!(self.trainable));
         m.insert("dtype".into(), dtype_policy(dtype));
         m.insert("units".into(), json!(self.units));
         m.insert("activation".into(), json!(self.activation.name()));
@@ -512,6 +524,10 @@ impl<T: Float> GruCell<T> {
         }
     }
 
+    /// Sets whether training updates this cell's weights (Keras `cell.trainable = b`).
+    pub fn set_trainable(&mut self, b: bool) {
+        self.config.trainable = b;
+    }
     /// The configuration.
     pub fn config(&self) -> &GruCellConfig {
         &self.config

@@ -6,7 +6,7 @@ use crate::float::Float;
 use crate::layers::activation::Activation;
 use crate::layers::bidirectional::Bidirectional;
 use crate::layers::dense::Dense;
-use crate::layers::rnn::{dims3, Mask, Rnn};
+use crate::layers::rnn::{dims3, Mask, Rnn, RnnKind};
 use crate::tensor::Tensor;
 
 /// One layer (or, in Functional models, one mask operation) of a model.
@@ -56,10 +56,38 @@ pub struct ModelLayer<T = f32> {
     pub name: String,
     /// Keras class name (`GRU`, `RNN`, `Dense`, …).
     pub class_name: String,
-    /// Whether its weights are trainable (Keras `trainable`).
+    /// The layer's own Keras `trainable` flag, as its config holds it.
+    ///
+    /// Keras 3.15.1 decides trainability per variable, by the flag of the layer that owns the
+    /// variable: a `GRU` layer's flag is its cell's, but the flag a wrapper is *constructed* with
+    /// — `RNN(cell, trainable=False)`, `Bidirectional(…, trainable=False)`,
+    /// `TimeDistributed(…, trainable=False)` — does not reach the cells or layer it wraps, and
+    /// Keras still trains those. [`ModelLayer::variable_trainable`] applies that rule;
+    /// [`ModelLayer::set_trainable`] is Keras' `layer.trainable = b`, which sets every flag
+    /// inside the layer too.
     pub trainable: bool,
-    /// The layer.
+    /// The layer (for a `TimeDistributed` layer, the wrapped one).
     pub layer: Layer<T>,
+    /// Set when this is a Keras `TimeDistributed` wrapper: the wrapped layer's own name, class
+    /// and flag, while `name` and `class_name` above are the wrapper's.
+    pub time_distributed: Option<Wrapped>,
+}
+
+/// The layer inside a Keras `TimeDistributed` wrapper.
+///
+/// `TimeDistributed(layer)` applies `layer` to every time step of a `(batch, time, …)` input
+/// and passes the mask through. For the layers grucell wraps — `Dense`, `Dropout`,
+/// `Activation` — that is exactly what the layer computes on the sequence itself (on the last
+/// axis, element by element, or per row), so a wrapped layer runs, trains and is counted as
+/// its unwrapped self; only loading and saving know about the wrapper.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wrapped {
+    /// The wrapped layer's `name` (e.g. `dense`).
+    pub name: String,
+    /// The wrapped layer's Keras class (`Dense`, `Dropout`, `Activation`).
+    pub class_name: String,
+    /// The wrapped layer's own `trainable` flag.
+    pub trainable: bool,
 }
 
 impl<T: Float> ModelLayer<T> {
@@ -71,6 +99,102 @@ impl<T: Float> ModelLayer<T> {
             Layer::Dense(d) => d.param_count(),
             _ => 0,
         }
+    }
+
+    /// Whether training updates each of the layer's variables, in Keras' weight order (see
+    /// [`ModelLayer::trainable`] for the rule).
+    ///
+    /// ```
+    /// use grucell::layers::model::{Layer, ModelLayer};
+    /// use grucell::{GruCellConfig, Rnn};
+    ///
+    /// // RNN([GRUCell(3), GRUCell(2, trainable=False)]): the second cell's 3 arrays stay frozen.
+    /// let configs = vec![GruCellConfig::new(3), GruCellConfig::new(2).trainable(false)];
+    /// let rnn = Rnn::<f32>::stacked(configs, 4)?;
+    /// let mut layer = ModelLayer::new("rnn", Layer::Rnn(rnn));
+    /// assert_eq!(layer.variable_trainable(), [true, true, true, false, false, false]);
+    /// layer.set_trainable(false); // Keras: layer.trainable = False
+    /// assert_eq!(layer.variable_trainable(), [false; 6]);
+    /// # Ok::<(), grucell::Error>(())
+    /// ```
+    pub fn variable_trainable(&self) -> Vec<bool> {
+        let cells = |r: &Rnn<T>, gate: bool| -> Vec<bool> {
+            r.cells()
+                .iter()
+                .flat_map(|c| std::iter::repeat_n(gate && c.config().trainable, c.weights().len()))
+                .collect()
+        };
+        match &self.layer {
+            // GRU passes its flag to the cell it makes; RNN(cells) leaves the cells' own.
+            Layer::Rnn(r) => cells(r, self.trainable || r.kind() != RnnKind::Gru),
+            Layer::Bidirectional(b) => {
+                let mut v = cells(&b.forward, true);
+                v.extend(cells(&b.backward, true));
+                v
+            }
+            Layer::Dense(d) => {
+                let own = self
+                    .time_distributed
+                    .as_ref()
+                    .map_or(self.trainable, |w| w.trainable);
+                vec![own; d.weights().len()]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Keras' `layer.trainable = b`: sets the layer's flag and every flag inside it (cells,
+    /// both directions of a `Bidirectional`, the layer in a `TimeDistributed`).
+    pub fn set_trainable(&mut self, b: bool) {
+        self.trainable = b;
+        if let Some(w) = &mut self.time_distributed {
+            w.trainable = b;
+        }
+        match &mut self.layer {
+            Layer::Rnn(r) => r.cells_mut().iter_mut().for_each(|c| c.set_trainable(b)),
+            Layer::Bidirectional(bi) => {
+                for r in [&mut bi.forward, &mut bi.backward] {
+                    r.cells_mut().iter_mut().for_each(|c| c.set_trainable(b));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A layer named `name` with Keras' default class for it, trainable, not wrapped.
+    pub fn new(name: impl Into<String>, layer: Layer<T>) -> Self {
+        ModelLayer {
+            name: name.into(),
+            class_name: default_class_name(&layer).to_string(),
+            trainable: true,
+            layer,
+            time_distributed: None,
+        }
+    }
+
+    /// Number of weights training updates (see [`ModelLayer::variable_trainable`]).
+    pub fn trainable_param_count(&self) -> usize {
+        let weights: Vec<usize> = match &self.layer {
+            Layer::Rnn(r) => r
+                .cells()
+                .iter()
+                .flat_map(|c| c.weights())
+                .map(Tensor::len)
+                .collect(),
+            Layer::Bidirectional(b) => [&b.forward, &b.backward]
+                .iter()
+                .flat_map(|r| r.cells().iter().flat_map(|c| c.weights()))
+                .map(Tensor::len)
+                .collect(),
+            Layer::Dense(d) => d.weights().into_iter().map(Tensor::len).collect(),
+            _ => Vec::new(),
+        };
+        weights
+            .iter()
+            .zip(self.variable_trainable())
+            .filter(|(_, t)| *t)
+            .map(|(n, _)| n)
+            .sum()
     }
 
     /// True for the mask operations Keras records as graph nodes (not layers).
@@ -205,6 +329,7 @@ impl<T: Float> Model<T> {
             class_name: "InputLayer".into(),
             trainable: true,
             layer: Layer::Input { batch_shape },
+            time_distributed: None,
         }];
         let mut nodes = vec![Node {
             layer: 0,
@@ -220,6 +345,7 @@ impl<T: Float> Model<T> {
                 class_name,
                 trainable: true,
                 layer,
+                time_distributed: None,
             });
             nodes.push(Node {
                 layer: i + 1,
@@ -783,8 +909,7 @@ impl<T: Float> Model<T> {
         let trainable: usize = self
             .layers
             .iter()
-            .filter(|l| l.trainable)
-            .map(ModelLayer::param_count)
+            .map(ModelLayer::trainable_param_count)
             .sum();
         let bytes = |n: usize| human_bytes(n * std::mem::size_of::<T>());
         s += &format!(

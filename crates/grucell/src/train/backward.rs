@@ -80,18 +80,18 @@ impl<T: Float> Model<T> {
     pub fn trainable_variables(&self) -> Vec<(VarId, Vec<usize>)> {
         let mut out = Vec::new();
         for (li, l) in self.layers.iter().enumerate() {
-            if !l.trainable {
-                continue;
-            }
+            let trains = l.variable_trainable();
             let mut push = |index: usize, path: String, shape: &[usize]| {
-                out.push((
-                    VarId {
-                        layer: li,
-                        index,
-                        path,
-                    },
-                    shape.to_vec(),
-                ))
+                if trains.get(index).copied().unwrap_or(false) {
+                    out.push((
+                        VarId {
+                            layer: li,
+                            index,
+                            path,
+                        },
+                        shape.to_vec(),
+                    ))
+                }
             };
             match &l.layer {
                 Layer::Rnn(r) => {
@@ -142,12 +142,14 @@ impl<T: Float> Model<T> {
     /// constraint. Call [`Model::weights_changed`] after writing.
     fn variables_mut(&mut self) -> Vec<(&mut Tensor<T>, Option<Regularizer>, Option<Constraint>)> {
         let mut out = Vec::new();
-        for l in self.layers.iter_mut().filter(|l| l.trainable) {
+        for l in self.layers.iter_mut() {
+            let trains = l.variable_trainable();
+            let mut all = Vec::new();
             match &mut l.layer {
-                Layer::Rnn(r) => push_rnn(r, &mut out),
+                Layer::Rnn(r) => push_rnn(r, &mut all),
                 Layer::Bidirectional(b) => {
-                    push_rnn(&mut b.forward, &mut out);
-                    push_rnn(&mut b.backward, &mut out);
+                    push_rnn(&mut b.forward, &mut all);
+                    push_rnn(&mut b.backward, &mut all);
                 }
                 Layer::Dense(d) => {
                     let c = d.config().clone();
@@ -156,11 +158,17 @@ impl<T: Float> Model<T> {
                         (c.bias_regularizer, c.bias_constraint),
                     ];
                     for (w, (r, k)) in d.weights_mut().into_iter().zip(regs) {
-                        out.push((w, r, k));
+                        all.push((w, r, k));
                     }
                 }
                 _ => {}
             }
+            out.extend(
+                all.into_iter()
+                    .zip(trains)
+                    .filter(|(_, t)| *t)
+                    .map(|(v, _)| v),
+            );
         }
         out
     }
@@ -616,7 +624,8 @@ impl<T: Float> Model<T> {
                 continue;
             }
             let ml = &self.layers[node.layer];
-            let trainable = ml.trainable;
+            // Gradients are handed out only to trainable variables (`var_grad` skips the rest).
+            let trainable = ml.variable_trainable().contains(&true);
             let first_arg = match node.args.first() {
                 Some(NodeArg::Tensor(r)) => Some(*r),
                 _ => None,

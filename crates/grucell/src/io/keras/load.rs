@@ -11,7 +11,9 @@ use crate::layers::gru_cell::{activation_of, GruCell, GruCellConfig};
 use crate::layers::keras_json::{
     class_and_config, get_bool, get_f64, get_str, get_u64, to_snake_case,
 };
-use crate::layers::model::{Layer, Model, ModelKind, ModelLayer, Node, NodeArg, TensorRef};
+use crate::layers::model::{
+    Layer, Model, ModelKind, ModelLayer, Node, NodeArg, TensorRef, Wrapped,
+};
 use crate::layers::regularizer::Regularizer;
 use crate::layers::rnn::{Rnn, RnnKind};
 use crate::tensor::Tensor;
@@ -193,16 +195,30 @@ fn batch_shape(cfg: &Map<String, Value>) -> Result<Option<Vec<Option<usize>>>, C
 }
 
 /// Parses one layer entry and reads its weights. `path` is its `.keras` object path
-/// (`layers/gru`), `name` its layer name.
+/// (`layers/gru`).
 fn build_layer<T: Float>(
     entry: &Value,
     path: &str,
     w: &mut WeightReader,
 ) -> Result<ModelLayer<T>, Error> {
+    build_layer_in(entry, path, w, None)
+}
+
+/// [`build_layer`] for a layer whose legacy `.h5` weights sit under another layer's group
+/// (`legacy_group`: the `TimeDistributed` wrapper around it), or under its own name (`None`).
+fn build_layer_in<T: Float>(
+    entry: &Value,
+    path: &str,
+    w: &mut WeightReader,
+    legacy_group: Option<&str>,
+) -> Result<ModelLayer<T>, Error> {
     let (class, cfg) = class_and_config(entry)?
         .ok_or_else(|| ConfigError::invalid("layer", "null", "a layer object"))?;
     let name = layer_name(&cfg, &to_snake_case(&class))?;
     let trainable = get_bool(&cfg, "trainable", true)?;
+    if class == "TimeDistributed" {
+        return time_distributed(&cfg, name, trainable, path, w);
+    }
     let with_name = |e: Error| -> Error {
         match e {
             Error::Config(c) => ConfigError::in_layer(format!("{name} ({class})"), c).into(),
@@ -232,7 +248,7 @@ fn build_layer<T: Float>(
             if dc.use_bias {
                 paths.push(format!("{path}/vars/1"));
             }
-            let mut arr = w.layer_arrays::<T>(&name, &paths)?.into_iter();
+            let mut arr = w.layer_arrays::<T>(legacy_group.unwrap_or(&name), &paths)?.into_iter();
             let (kernel, bias) = (arr.next(), arr.next());
             let kernel = kernel.ok_or_else(|| ConfigError::invalid(format!("Dense `{name}`"), "no kernel", "a kernel"))?;
             Layer::Dense(Dense::from_weights(dc, kernel, bias)?)
@@ -253,7 +269,7 @@ fn build_layer<T: Float>(
         other => {
             return Err(ConfigError::unsupported(
                 "layer",
-                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, Dense, Dropout, Activation"),
+                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation), Dense, Dropout, Activation"),
             )
             .into())
         }
@@ -263,6 +279,53 @@ fn build_layer<T: Float>(
         class_name: class,
         trainable,
         layer,
+        time_distributed: None,
+    })
+}
+
+/// `TimeDistributed(layer)` for the layers whose per-step application is the layer itself on
+/// the sequence (see [`Wrapped`]); its variables are under `path/layer` (`.keras`) or the
+/// wrapper's group (legacy `.h5`).
+fn time_distributed<T: Float>(
+    cfg: &Map<String, Value>,
+    name: String,
+    trainable: bool,
+    path: &str,
+    w: &mut WeightReader,
+) -> Result<ModelLayer<T>, Error> {
+    let entry = cfg.get("layer").filter(|v| !v.is_null()).ok_or_else(|| {
+        ConfigError::invalid(
+            format!("TimeDistributed `{name}`"),
+            "no `layer`",
+            "the wrapped layer",
+        )
+    })?;
+    let (class, _) = class_and_config(entry)?.ok_or_else(|| {
+        ConfigError::invalid(
+            format!("TimeDistributed `{name}`"),
+            "null `layer`",
+            "the wrapped layer",
+        )
+    })?;
+    if !matches!(class.as_str(), "Dense" | "Dropout" | "Activation") {
+        return Err(ConfigError::unsupported(
+            "layer inside TimeDistributed",
+            format!("`{class}` (in `{name}`); supported: Dense, Dropout, Activation"),
+        )
+        .into());
+    }
+    let inner = build_layer_in::<T>(entry, &format!("{path}/layer"), w, Some(&name))?;
+    Ok(ModelLayer {
+        name,
+        class_name: "TimeDistributed".into(),
+        // The wrapper's own flag; the wrapped layer's decides training (ModelLayer::trainable).
+        trainable,
+        layer: inner.layer,
+        time_distributed: Some(Wrapped {
+            name: inner.name,
+            class_name: inner.class_name,
+            trainable: inner.trainable,
+        }),
     })
 }
 
@@ -588,6 +651,7 @@ fn sequential<T: Float>(cfg: &Map<String, Value>, w: &mut WeightReader) -> Resul
                 class_name: "InputLayer".into(),
                 trainable: true,
                 layer: Layer::Input { batch_shape: shape },
+                time_distributed: None,
             },
         );
     }

@@ -63,7 +63,7 @@ use crate::float::Float;
 use crate::layers::bidirectional::Bidirectional;
 use crate::layers::gru_cell::{dtype_policy, GruCell};
 use crate::layers::model::{
-    default_class_name, Layer, Model, ModelKind, ModelLayer, Node, NodeArg, TensorRef,
+    default_class_name, Layer, Model, ModelKind, ModelLayer, Node, NodeArg, TensorRef, Wrapped,
 };
 use crate::layers::rnn::{Rnn, RnnKind};
 use crate::tensor::Tensor;
@@ -316,6 +316,24 @@ impl<'a, T: Float> Plan<'a, T> {
 }
 
 /// The Keras dtype name a model computing in `T` is saved with.
+/// The `trainable` flag written for a layer made only of cells (a `Bidirectional`'s two layers,
+/// a `StackedRNNCells`): whether all its cells are trainable. Keras sets those flags either
+/// together with the cells' (`layer.trainable = b` reaches every sublayer) or leaves them at
+/// their default while a wrapper's constructor flag stops above them; training reads only the
+/// cells' flags.
+fn cells_trainable<T: Float>(r: &Rnn<T>) -> bool {
+    r.cells().iter().all(|c| c.config().trainable)
+}
+
+/// The Keras class a layer is saved as: its wrapper's, if it has one.
+fn saved_class<T: Float>(ml: &ModelLayer<T>) -> &'static str {
+    if ml.time_distributed.is_some() {
+        "TimeDistributed"
+    } else {
+        default_class_name(&ml.layer)
+    }
+}
+
 fn keras_dtype<T: Float>() -> &'static str {
     if T::DTYPE == "float64" {
         "float64"
@@ -524,7 +542,7 @@ impl<'a, T: Float> Writer<'a, T> {
                 layers.push(Value::Object(self.input_layer(ml, batch_shape)));
                 continue;
             }
-            let path = format!("layers/{}", namer.next(default_class_name(&ml.layer)));
+            let path = format!("layers/{}", namer.next(saved_class(ml)));
             let call = self.first_call(i)?;
             layers.push(Value::Object(self.layer_object(
                 ml,
@@ -568,7 +586,7 @@ impl<'a, T: Float> Writer<'a, T> {
                     object("keras.src.ops.numpy", "Any", config, json!("Any"))
                 }
                 _ => {
-                    let path = format!("layers/{}", namer.next(default_class_name(&ml.layer)));
+                    let path = format!("layers/{}", namer.next(saved_class(ml)));
                     let call = self.first_call(i)?;
                     self.layer_object(ml, &path, call.as_ref())?
                 }
@@ -648,6 +666,11 @@ impl<'a, T: Float> Writer<'a, T> {
             Layer::Bidirectional(_) => {
                 kwargs.insert("mask".into(), mask.unwrap_or(Value::Null));
             }
+            // TimeDistributed's `call(inputs, training=None, mask=None)`: Keras records the
+            // mask only, `null` when there is none.
+            _ if ml.time_distributed.is_some() => {
+                kwargs.insert("mask".into(), mask.unwrap_or(Value::Null));
+            }
             Layer::Dropout { .. } => {
                 kwargs.insert("training".into(), json!(false));
             }
@@ -675,40 +698,19 @@ impl<'a, T: Float> Writer<'a, T> {
         path: &str,
         call: Option<&CallShapes>,
     ) -> Result<Map<String, Value>, Error> {
+        if let Some(inner) = &ml.time_distributed {
+            return self.time_distributed_object(ml, inner, path, call);
+        }
         let class = default_class_name(&ml.layer);
-        let dtype = self.dtype;
         let mut build = call.map(|c| input_shape_build(&c.input));
         let config = match &ml.layer {
-            Layer::Masking { mask_value } => {
-                build = None;
-                let mut c = base_config(&ml.name, ml.trainable, dtype);
-                c.insert("mask_value".into(), json!(mask_value));
-                c
-            }
-            Layer::Dropout { rate, seed } => {
-                build = None;
-                let mut c = base_config(&ml.name, ml.trainable, dtype);
-                c.insert("rate".into(), json!(rate));
-                c.insert("seed".into(), json!(seed));
-                c.insert("noise_shape".into(), Value::Null);
-                c
-            }
-            Layer::Activation(a) => {
-                build = None;
-                let mut c = base_config(&ml.name, ml.trainable, dtype);
-                c.insert("activation".into(), json!(a.name()));
-                c
-            }
-            Layer::Dense(d) => {
-                let mut c = d.config().to_keras(dtype);
-                c.insert("name".into(), json!(ml.name));
-                c.insert("trainable".into(), json!(ml.trainable));
-                for (k, t) in d.weights().into_iter().enumerate() {
-                    self.weights.push(Var {
-                        group: format!("{path}/vars"),
-                        index: k,
-                        tensor: t,
-                    });
+            Layer::Masking { .. }
+            | Layer::Dropout { .. }
+            | Layer::Activation(_)
+            | Layer::Dense(_) => {
+                let (c, built) = self.plain_config(&ml.layer, &ml.name, ml.trainable, path)?;
+                if !built {
+                    build = None;
                 }
                 c
             }
@@ -758,6 +760,110 @@ impl<'a, T: Float> Writer<'a, T> {
         Ok(o)
     }
 
+    /// The config of a layer without sublayers (`Masking`, `Dropout`, `Activation`, `Dense`),
+    /// and whether Keras gives it a `build_config` (only `Dense` is built); records a `Dense`'s
+    /// weights under `path/vars`.
+    fn plain_config(
+        &mut self,
+        layer: &'a Layer<T>,
+        name: &str,
+        trainable: bool,
+        path: &str,
+    ) -> Result<(Map<String, Value>, bool), Error> {
+        let dtype = self.dtype;
+        Ok(match layer {
+            Layer::Masking { mask_value } => {
+                let mut c = base_config(name, trainable, dtype);
+                c.insert("mask_value".into(), json!(mask_value));
+                (c, false)
+            }
+            Layer::Dropout { rate, seed } => {
+                let mut c = base_config(name, trainable, dtype);
+                c.insert("rate".into(), json!(rate));
+                c.insert("seed".into(), json!(seed));
+                c.insert("noise_shape".into(), Value::Null);
+                (c, false)
+            }
+            Layer::Activation(a) => {
+                let mut c = base_config(name, trainable, dtype);
+                c.insert("activation".into(), json!(a.name()));
+                (c, false)
+            }
+            Layer::Dense(d) => {
+                let mut c = d.config().to_keras(dtype);
+                c.insert("name".into(), json!(name));
+                c.insert("trainable".into(), json!(trainable));
+                for (k, t) in d.weights().into_iter().enumerate() {
+                    self.weights.push(Var {
+                        group: format!("{path}/vars"),
+                        index: k,
+                        tensor: t,
+                    });
+                }
+                (c, true)
+            }
+            other => {
+                return Err(ConfigError::invalid(
+                    "layer",
+                    default_class_name(other),
+                    "Masking, Dropout, Activation or Dense",
+                )
+                .into())
+            }
+        })
+    }
+
+    /// `TimeDistributed(layer)`: the wrapped layer's object at `path/layer`, built on the
+    /// input without its time axis, inside the wrapper's.
+    fn time_distributed_object(
+        &mut self,
+        ml: &'a ModelLayer<T>,
+        inner: &Wrapped,
+        path: &str,
+        call: Option<&CallShapes>,
+    ) -> Result<Map<String, Value>, Error> {
+        if !matches!(
+            ml.layer,
+            Layer::Dense(_) | Layer::Dropout { .. } | Layer::Activation(_)
+        ) {
+            return Err(ConfigError::unsupported(
+                "layer inside TimeDistributed",
+                format!("{} (in `{}`)", default_class_name(&ml.layer), ml.name),
+            )
+            .into());
+        }
+        let inner_path = format!("{path}/layer");
+        let (config, built) =
+            self.plain_config(&ml.layer, &inner.name, inner.trainable, &inner_path)?;
+        self.groups
+            .push(VarsGroup::new(format!("{inner_path}/vars"), &inner.name));
+        let mut wrapped = object(
+            "keras.layers",
+            default_class_name(&ml.layer),
+            config,
+            Value::Null,
+        );
+        if let Some(c) = call.filter(|_| built) {
+            let step: Shape = c
+                .input
+                .iter()
+                .enumerate()
+                .filter(|&(axis, _)| axis != 1)
+                .map(|(_, d)| *d)
+                .collect();
+            wrapped.insert("build_config".into(), input_shape_build(&step));
+        }
+        let mut c = base_config(&ml.name, ml.trainable, self.dtype);
+        c.insert("layer".into(), Value::Object(wrapped));
+        self.groups
+            .push(VarsGroup::new(format!("{path}/vars"), &ml.name));
+        let mut o = object("keras.layers", "TimeDistributed", c, Value::Null);
+        if let Some(c) = call {
+            o.insert("build_config".into(), input_shape_build(&c.input));
+        }
+        Ok(o)
+    }
+
     fn bidirectional_config(
         &mut self,
         b: &'a Bidirectional<T>,
@@ -786,10 +892,11 @@ impl<'a, T: Float> Writer<'a, T> {
                 .unwrap_or(&b.backward.name)
         );
         let build = input.map(|s| input_shape_build(s));
+        // The two layers' own flags: their cells' (see `cells_trainable`).
         let f = self.rnn_object(
             &b.forward,
             &fname,
-            ml.trainable,
+            cells_trainable(&b.forward),
             &format!("{path}/forward_layer"),
             input,
             build.clone(),
@@ -797,7 +904,7 @@ impl<'a, T: Float> Writer<'a, T> {
         let bw = self.rnn_object(
             &b.backward,
             &bname,
-            ml.trainable,
+            cells_trainable(&b.backward),
             &format!("{path}/backward_layer"),
             input,
             build,
@@ -854,10 +961,7 @@ impl<'a, T: Float> Writer<'a, T> {
                     .cells()
                     .first()
                     .ok_or_else(|| ConfigError::invalid("RNN layer", name, "one cell"))?;
-                c.insert(
-                    "cell".into(),
-                    Value::Object(self.cell_object(cell, batch, trainable)),
-                );
+                c.insert("cell".into(), Value::Object(self.cell_object(cell, batch)));
                 if !activity.is_null() {
                     c.insert("activity_regularizer".into(), activity);
                 }
@@ -876,7 +980,7 @@ impl<'a, T: Float> Writer<'a, T> {
                 let mut namer = Namer::default();
                 let mut cells = Vec::with_capacity(r.cells().len());
                 for cell in r.cells() {
-                    cells.push(Value::Object(self.cell_object(cell, batch, trainable)));
+                    cells.push(Value::Object(self.cell_object(cell, batch)));
                     let p = format!("{path}/cell/cells/{}/vars", namer.next("GRUCell"));
                     self.cell_weights(cell, &p, &cell.config().name);
                 }
@@ -884,7 +988,7 @@ impl<'a, T: Float> Writer<'a, T> {
                 // dtype on to the StackedRNNCells it makes), and then cannot run its own file for
                 // a float64 model (a float32 state enters a float64 loop). The model's dtype
                 // loads and runs.
-                let mut sc = base_config(&sname, trainable, dtype);
+                let mut sc = base_config(&sname, cells_trainable(r), dtype);
                 sc.insert("cells".into(), Value::Array(cells));
                 let mut so = object("keras.layers", "StackedRNNCells", sc, Value::Null);
                 if let Some(d) = r.cells().first().map(GruCell::input_dim) {
@@ -905,14 +1009,8 @@ impl<'a, T: Float> Writer<'a, T> {
     }
 
     /// A `GRUCell` object with its build_config `(batch, input_dim)`.
-    fn cell_object(
-        &self,
-        cell: &GruCell<T>,
-        batch: Option<usize>,
-        trainable: bool,
-    ) -> Map<String, Value> {
-        let mut c = cell.config().to_keras(self.dtype);
-        c.insert("trainable".into(), json!(trainable));
+    fn cell_object(&self, cell: &GruCell<T>, batch: Option<usize>) -> Map<String, Value> {
+        let c = cell.config().to_keras(self.dtype);
         let mut o = object("keras.layers", "GRUCell", c, Value::Null);
         o.insert(
             "build_config".into(),
