@@ -3,7 +3,7 @@
 
 Builds random models with Keras 3.15.1 (Sequential or Functional; GRU, RNN(GRUCell),
 RNN(StackedRNNCells), Bidirectional, Masking, Dense, TimeDistributed(Dense | Dropout | Activation),
-random activations, biases, masks, initial states, return_state), saves each as
+random activations, biases, masks, initial states, return_state, frozen layers), saves each as
 `.keras` and legacy `.h5`, and compares with the `grucell` binary:
 
   predict  single-output models: `grucell predict` (1 and 2 threads, both formats) vs Keras'
@@ -244,13 +244,22 @@ def check_fit(args, keras, layers, rng, pick, out):
                       kernel_constraint=con(), recurrent_constraint=con(), bias_constraint=con())
             rs = l < nl - 1 or rng.random() < 0.3
             kind = pick(["gru", "rnn", "bidi"])
+            # Freezing: a constructor flag (which Keras does not pass from a wrapper to what it
+            # wraps), a cell's own flag, or `layer.trainable = False` afterwards.
+            freeze = pick(["none"] * 6 + ["ctor", "inner", "setter"])
+            ctor = {"trainable": False} if freeze == "ctor" else {}
+            inner = {"trainable": False} if freeze == "inner" else {}
             if kind == "gru":
-                lays.append(layers.GRU(u, return_sequences=rs, go_backwards=bool(rng.random() < 0.2), **kw))
+                lay = layers.GRU(u, return_sequences=rs, go_backwards=bool(rng.random() < 0.2),
+                                 **kw, **ctor, **inner)
             elif kind == "rnn":
-                lays.append(layers.RNN(layers.GRUCell(u, **kw), return_sequences=rs))
+                lay = layers.RNN(layers.GRUCell(u, **kw, **inner), return_sequences=rs, **ctor)
             else:
-                lays.append(layers.Bidirectional(layers.GRU(u, return_sequences=rs, **kw),
-                                                 merge_mode=pick(["concat", "sum", "ave", "mul"])))
+                lay = layers.Bidirectional(layers.GRU(u, return_sequences=rs, **kw, **inner),
+                                           merge_mode=pick(["concat", "sum", "ave", "mul"]), **ctor)
+            if freeze == "setter":
+                lay.trainable = False
+            lays.append(lay)
         loss = pick(["mse", "mae", "huber", "log_cosh", "binary_crossentropy",
                      "categorical_crossentropy"])
         k = int(rng.integers(2, 4))

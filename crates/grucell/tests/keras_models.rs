@@ -130,3 +130,42 @@ fn every_keras_fixture_matches_keras() {
         failures.join("\n")
     );
 }
+
+/// A model whose layers compute in 16-bit floats in Keras is reported (the CLI warns: grucell
+/// computes it in float32); float32 and float64 models are not.
+#[test]
+fn reduced_precision_policies_are_reported() {
+    use grucell::io::keras::load::reduced_precision_policy;
+    let mut f = load_keras_file(&dir().join("seed_gru.keras")).unwrap();
+    assert_eq!(reduced_precision_policy(&f), None);
+    let f64_file = load_keras_file(&dir().join("f64_gru_seq.keras")).unwrap();
+    assert_eq!(reduced_precision_policy(&f64_file), None);
+    // Keras writes a mixed-precision layer as {"dtype": {"class_name": "DTypePolicy",
+    // "config": {"name": "mixed_float16"}}}; older files as a bare string.
+    fn set_policy(v: &mut Value, name: &str) -> usize {
+        match v {
+            Value::Object(o) => {
+                let mut n = 0;
+                if let Some(Value::Object(p)) = o.get_mut("dtype") {
+                    if let Some(c) = p.get_mut("config").and_then(Value::as_object_mut) {
+                        c.insert("name".into(), Value::String(name.into()));
+                        n += 1;
+                    }
+                }
+                n + o.values_mut().map(|c| set_policy(c, name)).sum::<usize>()
+            }
+            Value::Array(a) => a.iter_mut().map(|c| set_policy(c, name)).sum(),
+            _ => 0,
+        }
+    }
+    assert!(set_policy(&mut f.model_config, "mixed_float16") > 0);
+    assert_eq!(
+        reduced_precision_policy(&f).as_deref(),
+        Some("mixed_float16")
+    );
+    set_policy(&mut f.model_config, "mixed_bfloat16");
+    assert_eq!(
+        reduced_precision_policy(&f).as_deref(),
+        Some("mixed_bfloat16")
+    );
+}

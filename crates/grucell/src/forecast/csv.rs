@@ -70,12 +70,21 @@ enum BadCell {
 }
 
 /// Parses one cell: `Ok(None)` for a missing marker, an error for other non-numeric text and
-/// for numbers that are not finite (an overflowed `1e400` is not silently a gap).
-fn parse_cell(cell: &str) -> Result<Option<f64>, BadCell> {
+/// for numbers that are not finite (an overflowed `1e400` is not silently a gap). With
+/// `decimal_comma` (files whose fields are not separated by commas), `2,5` reads as 2.5, as
+/// spreadsheets in many locales write it.
+fn parse_cell(cell: &str, decimal_comma: bool) -> Result<Option<f64>, BadCell> {
     let t = cell.trim();
     if MISSING_MARKERS.iter().any(|m| t.eq_ignore_ascii_case(m)) {
         return Ok(None);
     }
+    let swapped;
+    let t = if decimal_comma && t.matches(',').count() == 1 && !t.contains('.') {
+        swapped = t.replacen(',', ".", 1);
+        swapped.as_str()
+    } else {
+        t
+    };
     match t.parse::<f64>() {
         Ok(v) if v.is_finite() => Ok(Some(v)),
         Ok(_) => Err(BadCell::NotFinite),
@@ -157,8 +166,10 @@ pub fn parse_series(
 ) -> Result<Series, Error> {
     let bad =
         |part: String, msg: String| -> Error { FormatError::malformed(source, part, msg).into() };
+    let delimiter = sniff_delimiter(bytes);
+    let decimal_comma = delimiter != b',';
     let mut reader = csv::ReaderBuilder::new()
-        .delimiter(sniff_delimiter(bytes))
+        .delimiter(delimiter)
         .flexible(true)
         .trim(csv::Trim::All)
         .from_reader(bytes);
@@ -201,7 +212,7 @@ pub fn parse_series(
                     let cells = records.iter().filter_map(|r| r.get(i));
                     let mut any = false;
                     for c in cells {
-                        match parse_cell(c) {
+                        match parse_cell(c, decimal_comma) {
                             Ok(Some(_)) => any = true,
                             Ok(None) => {}
                             Err(_) => return false,
@@ -244,7 +255,7 @@ pub fn parse_series(
     let mut dates = date_idx.map(|_| Vec::with_capacity(records.len()));
     for (i, r) in records.iter().enumerate() {
         let cell = r.get(value_idx).unwrap_or("");
-        let v = parse_cell(cell).map_err(|why| {
+        let v = parse_cell(cell, decimal_comma).map_err(|why| {
             let what = match why {
                 BadCell::NotANumber => "is not a number",
                 BadCell::NotFinite => "is not a finite number",
@@ -342,6 +353,23 @@ mod tests {
         .unwrap();
         assert_eq!(s.values, vec![Some(1.0), Some(2.0)]);
         assert!(!s.reversed);
+    }
+
+    #[test]
+    fn semicolon_files_may_use_decimal_commas() {
+        let s = parse(
+            "Datum;Wert\n2001-01-01;1,5\n2001-01-02;-2,25\n2001-01-03;3\n2001-01-04;4.5\n",
+            None,
+            Some("datum"),
+        )
+        .unwrap();
+        assert_eq!(s.values, vec![Some(1.5), Some(-2.25), Some(3.0), Some(4.5)]);
+        let s = parse("d\tv\n1\t0,5\n", Some("v"), None).unwrap();
+        assert_eq!(s.values, vec![Some(0.5)]);
+        // Thousands separators are not guessed: `1,234.5` is text, in any file.
+        assert!(parse("d;v\n1;1,234.5\n", Some("v"), None).is_err());
+        // In a comma-separated file a quoted `1,5` is not a number either.
+        assert!(parse("d,v\n1,\"1,5\"\n", Some("v"), None).is_err());
     }
 
     #[test]

@@ -36,7 +36,34 @@ pub fn load_model<T: Float>(path: &Path) -> Result<Model<T>, Error> {
 /// The dtype the model was saved to compute in: `"float64"` when any layer's dtype policy says
 /// so, else `"float32"`.
 pub fn file_dtype(file: &KerasFile) -> &'static str {
-    fn walk(v: &Value) -> bool {
+    if dtype_policies(&file.model_config).contains("float64") {
+        "float64"
+    } else {
+        "float32"
+    }
+}
+
+/// A dtype policy of the model that computes in less than float32 (`mixed_float16`,
+/// `bfloat16`, …), if any. grucell computes such a model in float32: its results are closer to
+/// the exact ones than Keras' and differ from them by Keras' float16 round-off, so callers warn.
+///
+/// ```no_run
+/// let file = grucell::io::keras::load_keras_file("model.keras".as_ref())?;
+/// if let Some(p) = grucell::io::keras::load::reduced_precision_policy(&file) {
+///     eprintln!("warning: the model computes in {p} in Keras; grucell computes in float32");
+/// }
+/// # Ok::<(), grucell::Error>(())
+/// ```
+pub fn reduced_precision_policy(file: &KerasFile) -> Option<String> {
+    dtype_policies(&file.model_config)
+        .into_iter()
+        .find(|p| p.contains("float16"))
+}
+
+/// Every dtype policy name in a model config (`dtype` keys: a string, or a `DTypePolicy`
+/// object with `config.name`).
+fn dtype_policies(config: &Value) -> std::collections::BTreeSet<String> {
+    fn walk(v: &Value, out: &mut std::collections::BTreeSet<String>) {
         match v {
             Value::Object(o) => {
                 if let Some(d) = o.get("dtype") {
@@ -48,21 +75,19 @@ pub fn file_dtype(file: &KerasFile) -> &'static str {
                             .and_then(Value::as_str),
                         _ => None,
                     };
-                    if name == Some("float64") {
-                        return true;
+                    if let Some(n) = name {
+                        out.insert(n.to_string());
                     }
                 }
-                o.values().any(walk)
+                o.values().for_each(|c| walk(c, out));
             }
-            Value::Array(a) => a.iter().any(walk),
-            _ => false,
+            Value::Array(a) => a.iter().for_each(|c| walk(c, out)),
+            _ => {}
         }
     }
-    if walk(&file.model_config) {
-        "float64"
-    } else {
-        "float32"
-    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(config, &mut out);
+    out
 }
 
 /// Builds the model described by an already-read Keras file.
