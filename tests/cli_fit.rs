@@ -518,3 +518,78 @@ fn another_optimizer_starts_fresh() {
     // Four batches of one epoch, counted from zero.
     assert_eq!(got["optimizer/vars/0"].data(), &[4.0]);
 }
+
+/// A compiled model saved by TF-Keras 2 (`tf_keras` 2.21, legacy `.h5`: optimizer `Custom>Adam`,
+/// `is_legacy_optimizer`/`jit_compile` keys) trains with its own optimizer and loss as TF-Keras
+/// trained it, and the `.keras` written holds a Keras 3 compile config (no TF-Keras-only keys).
+#[test]
+fn fits_a_tf_keras_2_file_like_tf_keras() {
+    let dir = Scratch::new("tf2");
+    let fx = root().join("tests/fixtures/tfkeras");
+    let (xp, yp, _) = arrays(
+        &fx.join("fit_adam.npz"),
+        "input_0",
+        "target_0",
+        &dir,
+        |_| {},
+    );
+    let out = dir.path("out.keras");
+    let o = grucell(&[
+        "fit",
+        "--model",
+        s(&fx.join("fit_adam.h5")),
+        "--x",
+        s(&xp),
+        "--y",
+        s(&yp),
+        "--batch-size",
+        "2",
+        "--epochs",
+        "2",
+        "--no-shuffle",
+        "--quiet",
+        "--output",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = read_npz(&fx.join("fit_adam.npz")).unwrap();
+    let got = datasets(&out);
+    let mut checked = 0;
+    for (path, w) in [
+        "layers/gru/cell/vars/0",
+        "layers/gru/cell/vars/1",
+        "layers/gru/cell/vars/2",
+        "layers/dense/vars/0",
+        "layers/dense/vars/1",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, p)| {
+        (
+            p,
+            want.iter()
+                .find(|(n, _)| *n == format!("weight_{i}"))
+                .unwrap()
+                .1
+                .to_f64(),
+        )
+    }) {
+        let g = &got[*path];
+        assert_eq!(g.shape(), w.shape(), "{path}");
+        let d = g
+            .data()
+            .iter()
+            .zip(w.data())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(d < 1e-5, "{path}: differs from TF-Keras by {d}");
+        checked += 1;
+    }
+    assert_eq!(checked, 5);
+    let file = grucell::io::keras::load_keras_file(&out).unwrap();
+    let opt = &file.compile_config.as_ref().unwrap()["optimizer"];
+    assert_eq!(opt["class_name"], "Adam", "{opt}");
+    for k in ["is_legacy_optimizer", "jit_compile"] {
+        assert!(opt["config"].get(k).is_none(), "{k} kept in {opt}");
+    }
+}

@@ -24,7 +24,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures"
-GROUPS = ["params", "io", "io_write", "models", "optim", "training", "fit", "resume"]
+GROUPS = ["params", "io", "io_write", "models", "optim", "training", "fit", "resume", "tfkeras"]
 
 
 def main(argv):

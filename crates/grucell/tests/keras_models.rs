@@ -18,13 +18,25 @@ fn dir() -> PathBuf {
     ))
 }
 
+/// Models written by TF-Keras 2 (tools/fixtures/tfkeras.py), same manifest format.
+fn tf2_dir() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/tfkeras"
+    ))
+}
+
 fn run_case<T: Float>(case: &Value, file: &str) -> Result<f64, String> {
+    run_case_in::<T>(&dir(), case, file)
+}
+
+fn run_case_in<T: Float>(dir: &std::path::Path, case: &Value, file: &str) -> Result<f64, String> {
     let name = case["name"].as_str().unwrap();
-    let data: HashMap<String, Array> = read_npz(&dir().join(case["data"].as_str().unwrap()))
+    let data: HashMap<String, Array> = read_npz(&dir.join(case["data"].as_str().unwrap()))
         .map_err(|e| e.to_string())?
         .into_iter()
         .collect();
-    let kf = load_keras_file(&dir().join(file)).map_err(|e| format!("load: {e}"))?;
+    let kf = load_keras_file(&dir.join(file)).map_err(|e| format!("load: {e}"))?;
     let want_dtype = case["dtype"].as_str().unwrap();
     if file_dtype(&kf) != want_dtype {
         return Err(format!(
@@ -129,6 +141,28 @@ fn every_keras_fixture_matches_keras() {
         failures.len() + checked,
         failures.join("\n")
     );
+}
+
+/// TF-Keras 2 files (legacy `.h5` and TF-Keras' own `.keras` zip): its node format, with initial
+/// states as extra call inputs, masks through TimeDistributed, stacked cells.
+#[test]
+fn tf_keras_2_fixtures_match_tf_keras() {
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(tf2_dir().join("manifest.json")).unwrap())
+            .unwrap();
+    let cases = manifest["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 3);
+    let mut failures = Vec::new();
+    for case in cases {
+        for file in case["files"].as_array().unwrap() {
+            let file = file.as_str().unwrap();
+            match run_case_in::<f32>(&tf2_dir(), case, file) {
+                Ok(w) => eprintln!("ok   {file:45} max|diff| {w:.2e}"),
+                Err(e) => failures.push(format!("{file}: {e}")),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// A model whose layers compute in 16-bit floats in Keras is reported (the CLI warns: grucell

@@ -402,7 +402,8 @@ impl OptimizerConfig {
                 ))
             }
         };
-        let mut cfg = Self::from_name(class)?;
+        // TF-Keras 2.11+ writes registered names, `Custom>Adam`: the class is after the `>`.
+        let mut cfg = Self::from_name(class.rsplit('>').next().unwrap_or(class))?;
         let (own_keys, default_wd): (&[&str], Option<f64>) = match cfg.kind {
             OptimizerKind::Sgd { .. } => (&["momentum", "nesterov"], None),
             OptimizerKind::Adam { .. } => (&["beta_1", "beta_2", "epsilon", "amsgrad"], None),
@@ -1323,9 +1324,9 @@ mod tests {
         );
         let w = OptimizerConfig::from_keras(&json!({"class_name": "AdamW", "config": {}})).unwrap();
         assert_eq!(w.weight_decay, Some(0.004));
-        // A TF-Keras 2.11 optimizer config (legacy .h5 training_config): its extra keys change
-        // no update and are ignored.
-        let tf2 = json!({"class_name": "Adam", "config": {"name": "Adam", "weight_decay": null,
+        // A TF-Keras 2.11+ optimizer config (legacy .h5 training_config, as tf_keras 2.21 writes
+        // it, registered name `Custom>Adam`): its extra keys change no update and are ignored.
+        let tf2 = json!({"class_name": "Custom>Adam", "config": {"name": "Adam", "weight_decay": null,
             "clipnorm": null, "global_clipnorm": null, "clipvalue": null, "use_ema": false,
             "ema_momentum": 0.99, "ema_overwrite_frequency": null, "jit_compile": true,
             "is_legacy_optimizer": false, "learning_rate": 0.002, "beta_1": 0.9,

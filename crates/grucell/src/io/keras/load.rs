@@ -816,6 +816,18 @@ fn functional<T: Float>(cfg: &Map<String, Value>, w: &mut WeightReader) -> Resul
             let mut node = parse_node(n, &index)?;
             node.layer = li;
             node.call = call;
+            // TF-Keras 2 passes an RNN's initial states as extra inputs of the call
+            // (`[[x], [h0], …]`); Keras 3 as the `initial_state` keyword.
+            if n.is_array()
+                && matches!(layers[li].layer, Layer::Rnn(_) | Layer::Bidirectional(_))
+                && node.args.len() > 1
+            {
+                for a in node.args.split_off(1) {
+                    if let NodeArg::Tensor(r) = a {
+                        node.initial_state.push(r);
+                    }
+                }
+            }
             if let (Layer::NotEqual { value }, Some(NodeArg::Scalar(s))) =
                 (&mut layers[li].layer, node.args.get(1))
             {
@@ -998,7 +1010,48 @@ fn parse_node(n: &Value, index: &HashMap<String, usize>) -> Result<Node, Error> 
             }
         }
         Value::Array(calls) => {
-            // TF-Keras 2: [[name, node, index, kwargs], ...]
+            // TF-Keras 2: [[name, node, index, kwargs], ...]; every entry carries the call's
+            // keyword arguments, tensors in them as [name, node, index].
+            let tf2_refs = |v: &Value| -> Result<Vec<TensorRef>, Error> {
+                if v.is_null() {
+                    return Ok(vec![]);
+                }
+                history_triples(v)?
+                    .into_iter()
+                    .map(|(name, nd, i)| {
+                        let layer = *index.get(&name).ok_or_else(|| {
+                            ConfigError::invalid("inbound node", &name, "a layer name")
+                        })?;
+                        Ok(TensorRef {
+                            layer,
+                            node: nd,
+                            index: i,
+                        })
+                    })
+                    .collect()
+            };
+            if let Some(Value::Object(kw)) = calls
+                .first()
+                .and_then(Value::as_array)
+                .and_then(|a| a.get(3))
+            {
+                for (k, v) in kw {
+                    match k.as_str() {
+                        "mask" => node.mask = tf2_refs(v)?.into_iter().next(),
+                        "initial_state" => node.initial_state = tf2_refs(v)?,
+                        "training" => {}
+                        // Bidirectional records `constants: None`; RNN constants are not supported.
+                        "constants" if v.is_null() => {}
+                        other => {
+                            return Err(ConfigError::unsupported(
+                                "call keyword argument",
+                                format!("`{other}`"),
+                            )
+                            .into())
+                        }
+                    }
+                }
+            }
             for c in calls {
                 let a = c.as_array().ok_or_else(|| {
                     ConfigError::invalid("inbound node", c, "[name, node, index, kwargs]")

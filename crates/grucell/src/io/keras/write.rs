@@ -1044,14 +1044,21 @@ fn keras3_compile_config(c: &Value) -> Value {
     if let Some(opt) = tc.get("optimizer_config").and_then(Value::as_object) {
         let mut o = Map::new();
         o.insert("module".into(), json!("keras.optimizers"));
-        o.insert(
-            "class_name".into(),
-            opt.get("class_name").cloned().unwrap_or(Value::Null),
-        );
-        o.insert(
-            "config".into(),
-            opt.get("config").cloned().unwrap_or_else(|| json!({})),
-        );
+        // TF-Keras 2.11+ writes registered names (`Custom>Adam`); Keras 3 wants the class.
+        let class = match opt.get("class_name") {
+            Some(Value::String(c)) => json!(c.rsplit('>').next().unwrap_or(c)),
+            other => other.cloned().unwrap_or(Value::Null),
+        };
+        o.insert("class_name".into(), class);
+        // Keras 3 refuses TF-Keras 2's `is_legacy_optimizer` and `jit_compile` ("Argument(s) not
+        // recognized") and warns about `decay`, which neither it nor grucell applies.
+        let mut config = opt.get("config").cloned().unwrap_or_else(|| json!({}));
+        if let Some(c) = config.as_object_mut() {
+            for k in ["is_legacy_optimizer", "jit_compile", "decay"] {
+                c.remove(k);
+            }
+        }
+        o.insert("config".into(), config);
         o.insert("registered_name".into(), Value::Null);
         out.insert("optimizer".into(), Value::Object(o));
     }
