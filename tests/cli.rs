@@ -650,3 +650,59 @@ fn bench_isa_flag() {
     assert_eq!(line["size"], "T1");
     assert!(line["forward_ms"].as_f64().unwrap() > 0.0);
 }
+
+/// A stateful model with a fixed batch size (4) given 8 rows runs them as Keras'
+/// `predict(x, batch_size=4)` does: 4 rows, then 4 more from the carried states. The fixture's
+/// first two calls (state carried from call 0 to call 1) give the expected outputs; 6 rows (not a
+/// multiple of 4) are refused with the batch size named.
+#[test]
+fn stateful_model_runs_a_multiple_of_its_batch_size_carrying_states() {
+    let dir = TempDir::new("stateful_rows");
+    let data = npz_map(&fixtures().join("stateful_gru.npz"));
+    let (x0, x1) = (
+        data["call0_input_0"].to_f64(),
+        data["call1_input_0"].to_f64(),
+    );
+    let mut both = x0.data().to_vec();
+    both.extend_from_slice(x1.data());
+    let mut shape = x0.shape().to_vec();
+    shape[0] *= 2;
+    let x = Tensor::new(shape, both).unwrap();
+    let (xp, yp) = (dir.path("x.npy"), dir.path("y.npy"));
+    write_npy(&xp, &x.cast::<f32>()).unwrap();
+    let o = grucell(&[
+        "predict".as_ref(),
+        "--model".as_ref(),
+        fixtures().join("stateful_gru.keras").as_os_str(),
+        "--input".as_ref(),
+        xp.as_os_str(),
+        "--output".as_ref(),
+        yp.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = read_npy(&yp).unwrap().to_f64();
+    let (y0, y1) = (
+        data["call0_output_0"].to_f64(),
+        data["call1_output_0"].to_f64(),
+    );
+    let mut want = y0.data().to_vec();
+    want.extend_from_slice(y1.data());
+    let mut wshape = y0.shape().to_vec();
+    wshape[0] *= 2;
+    let want = Array::F64(Tensor::new(wshape, want).unwrap());
+    let d = compare(&Array::F64(got), &want, 1e-5, 1e-4).unwrap();
+    assert!(d <= 1e-5, "{d}");
+
+    let six = Tensor::new(vec![6, 5, 3], x.data()[..90].to_vec()).unwrap();
+    write_npy(&xp, &six.cast::<f32>()).unwrap();
+    let o = grucell(&[
+        "predict".as_ref(),
+        "--model".as_ref(),
+        fixtures().join("stateful_gru.keras").as_os_str(),
+        "--input".as_ref(),
+        xp.as_os_str(),
+        "--output".as_ref(),
+        yp.as_os_str(),
+    ]);
+    assert_fails_with(&o, &["[6, 5, 3]", "(4, 5, 3)"]);
+}

@@ -23,7 +23,9 @@ use std::path::{Path, PathBuf};
 #[derive(clap::Args, Debug, Clone)]
 #[command(
     after_help = "A float64 model (saved with dtype float64) computes and writes float64; \
-any other model computes and writes float32."
+any other model computes and writes float32. A model built for a fixed batch size B (stateful \
+models are) takes any multiple of B rows and runs them B at a time, stateful layers carrying \
+their states from one batch to the next, as Keras' predict(x, batch_size=B)."
 )]
 pub struct Args {
     /// The model file (.keras or legacy .h5).
@@ -167,7 +169,18 @@ where
         .map(Array::into_float)
         .collect();
     model.set_threads(args.threads);
-    let outs = model.predict_stateful(&xs).with_context(|| {
+    // A model built for a fixed batch size (stateful ones must be) runs more rows the way
+    // Keras' `predict(x, batch_size=B)` does: B rows at a time, states carried across.
+    let fixed = model
+        .input_shapes()
+        .iter()
+        .find_map(|s| s.first().copied().flatten());
+    let rows = xs.first().and_then(|x| x.shape().first().copied());
+    let outs = match (fixed, rows) {
+        (Some(b), Some(n)) if b > 0 && n > b && n % b == 0 => model.predict_in_batches(&xs, b),
+        _ => model.predict_stateful(&xs),
+    }
+    .with_context(|| {
         let inputs: Vec<String> = args.input.iter().map(|p| p.display().to_string()).collect();
         format!(
             "cannot run --model {} on --input {}",

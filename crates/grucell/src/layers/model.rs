@@ -477,6 +477,83 @@ impl<T: Float> Model<T> {
         self.collect_outputs(vals)
     }
 
+    /// Keras' `predict(inputs, batch_size=batch_size)`: runs the inputs in consecutive slices of
+    /// `batch_size` rows (the last may be shorter) and joins the outputs along the batch axis.
+    /// Stateful layers carry their states from one slice to the next, as in Keras, which is how
+    /// a stateful model with a fixed batch size runs more rows than that size.
+    ///
+    /// ```
+    /// use grucell::layers::model::{Layer, Model};
+    /// use grucell::{GruCellConfig, Rnn, Tensor};
+    ///
+    /// let rnn = Rnn::<f32>::new(GruCellConfig::new(3), 2)?.stateful(true);
+    /// let mut model = Model::sequential("m", vec![Some(4), Some(2)], vec![("rnn".into(), Layer::Rnn(rnn))])?;
+    /// let x = Tensor::new(vec![6, 4, 2], (0..48).map(|v| v as f32 / 48.0).collect())?;
+    /// let y = model.predict_in_batches(&[x], 2)?;
+    /// assert_eq!(y[0].shape(), &[6, 3]);
+    /// # Ok::<(), grucell::Error>(())
+    /// ```
+    pub fn predict_in_batches(
+        &mut self,
+        inputs: &[Tensor<T>],
+        batch_size: usize,
+    ) -> Result<Vec<Tensor<T>>, Error> {
+        if batch_size == 0 {
+            return Err(ConfigError::invalid("batch_size", 0, "a positive integer").into());
+        }
+        let rows = match inputs.first() {
+            Some(x) => x.shape().first().copied().unwrap_or(0),
+            None => return self.predict_stateful(inputs),
+        };
+        if let Some((i, x)) = inputs
+            .iter()
+            .enumerate()
+            .find(|(_, x)| x.shape().first() != Some(&rows))
+        {
+            return Err(ShapeError::mismatch(
+                format!("input {i}"),
+                x.shape(),
+                format!("batch size {rows}, as input 0"),
+            )
+            .into());
+        }
+        if rows <= batch_size {
+            return self.predict_stateful(inputs);
+        }
+        let mut parts: Vec<Vec<Tensor<T>>> = Vec::new();
+        for start in (0..rows).step_by(batch_size) {
+            let end = (start + batch_size).min(rows);
+            let slice: Vec<Tensor<T>> = inputs
+                .iter()
+                .map(|x| {
+                    let row = x.len() / rows.max(1);
+                    let mut shape = x.shape().to_vec();
+                    shape[0] = end - start;
+                    Tensor::new(shape, x.data()[start * row..end * row].to_vec())
+                })
+                .collect::<Result<_, _>>()?;
+            parts.push(self.predict_stateful(&slice)?);
+        }
+        let n_out = parts.first().map_or(0, Vec::len);
+        (0..n_out)
+            .map(|j| {
+                let first = &parts[0][j];
+                let mut shape = first.shape().to_vec();
+                let mut data = Vec::new();
+                for p in &parts {
+                    data.extend_from_slice(p[j].data());
+                }
+                if let Some(b) = shape.first_mut() {
+                    *b = parts
+                        .iter()
+                        .map(|p| p[j].shape().first().copied().unwrap_or(0))
+                        .sum();
+                }
+                Ok(Tensor::new(shape, data)?)
+            })
+            .collect()
+    }
+
     /// Zeroes the carried state of every stateful layer (Keras `reset_states()`).
     pub fn reset_states(&mut self) {
         for l in &mut self.layers {
