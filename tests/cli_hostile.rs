@@ -578,3 +578,51 @@ fn the_address_space_limit_is_applied() {
         ADDRESS_SPACE_KIB.to_string()
     );
 }
+
+/// A model whose GRU computes in float16 in Keras (`mixed_float16`) still runs, in float32, and
+/// `predict` and `inspect` warn that its numbers differ from Keras' by 16-bit round-off.
+#[test]
+fn a_16_bit_policy_runs_in_float32_with_a_warning() {
+    let dir = TempDir::new("mixed16");
+    let model = dir.path("mixed.keras");
+    rewrite_keras(&models().join("seed_gru.keras"), &model, |c| {
+        gru_config(c)["dtype"]["config"]["name"] = Value::String("mixed_float16".into());
+    });
+    let data: Vec<(String, Array)> = read_npz(&models().join("seed_gru.npz")).unwrap();
+    let x = data.iter().find(|(n, _)| n == "input_0").unwrap().1.clone();
+    let xp = dir.path("x.npy");
+    match &x {
+        Array::F32(t) => write_npy(&xp, t).unwrap(),
+        Array::F64(t) => write_npy(&xp, t).unwrap(),
+    }
+    let yp = dir.path("y.npy");
+    let args: Vec<String> = [
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        xp.to_str().unwrap(),
+        "--output",
+        yp.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let r = run_limited(&dir, "predict", &args);
+    assert!(r.status.success(), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("mixed_float16") && r.stderr.contains("float32"),
+        "{}",
+        r.stderr
+    );
+    let r = run_limited(
+        &dir,
+        "inspect",
+        &["inspect".to_string(), model.to_str().unwrap().to_string()],
+    );
+    assert!(
+        r.status.success() && r.stderr.contains("mixed_float16"),
+        "{}",
+        r.stderr
+    );
+}

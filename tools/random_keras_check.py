@@ -261,10 +261,10 @@ def check_fit(args, keras, layers, rng, pick, out):
                 lay.trainable = False
             lays.append(lay)
         loss = pick(["mse", "mae", "huber", "log_cosh", "binary_crossentropy",
-                     "categorical_crossentropy"])
+                     "categorical_crossentropy", "sparse_categorical_crossentropy"])
         k = int(rng.integers(2, 4))
-        act = {"binary_crossentropy": "sigmoid", "categorical_crossentropy": "softmax"}.get(
-            loss, pick(["linear", "tanh"]))
+        act = {"binary_crossentropy": "sigmoid", "categorical_crossentropy": "softmax",
+               "sparse_categorical_crossentropy": "softmax"}.get(loss, pick(["linear", "tanh"]))
         dense = layers.Dense(k, activation=act)
         if rs and rng.random() < 0.5:
             # TimeDistributed(Activation) too (not Dropout: its random mask differs from Keras').
@@ -289,6 +289,8 @@ def check_fit(args, keras, layers, rng, pick, out):
             Y = (rng.random(yshape) < 0.5).astype("float32")
         elif loss == "categorical_crossentropy":
             Y = np.eye(k, dtype="float32")[rng.integers(0, k, yshape[:-1])]
+        elif loss == "sparse_categorical_crossentropy":
+            Y = rng.integers(0, k, yshape[:-1]).astype("float32")
         else:
             Y = rng.normal(size=yshape).astype("float32")
         np.save(out / "x.npy", X)

@@ -157,7 +157,7 @@ pub fn run(args: &Args) -> Result<()> {
     let out = check_output(args)?;
     let file = load_keras_file(&args.model)
         .with_context(|| format!("loading --model {}", args.model.display()))?;
-    super::warn_reduced_precision(&file, &args.model);
+    super::warn_reduced_precision(&file, &format!("--model {}", args.model.display()));
     let building = || format!("cannot build the model in --model {}", args.model.display());
     let saved_opt = file.optimizer_variables();
     if file_dtype(&file) == "float64" {

@@ -118,7 +118,7 @@ fn report<T: Float>(file: &KerasFile) -> Result<String> {
 /// Runs `grucell inspect`.
 pub fn run(args: &Args) -> Result<()> {
     let file = load_keras_file(&args.model).context("cannot load the model")?;
-    super::warn_reduced_precision(&file, &args.model);
+    super::warn_reduced_precision(&file, &args.model.display().to_string());
     let text = if file_dtype(&file) == "float64" {
         report::<f64>(&file)?
     } else {

@@ -206,7 +206,7 @@ where
 /// Runs `grucell predict`.
 pub fn run(args: &Args) -> Result<()> {
     let file = load_keras_file(&args.model).context("cannot load --model")?;
-    super::warn_reduced_precision(&file, &args.model);
+    super::warn_reduced_precision(&file, &format!("--model {}", args.model.display()));
     // Config errors name the layer and the value; the context adds the file.
     let building = || format!("cannot build the model in --model {}", args.model.display());
     if file_dtype(&file) == "float64" {
