@@ -519,25 +519,42 @@ fn another_optimizer_starts_fresh() {
     assert_eq!(got["optimizer/vars/0"].data(), &[4.0]);
 }
 
-/// A compiled model saved by TF-Keras 2 (`tf_keras` 2.21, legacy `.h5`: optimizer `Custom>Adam`,
-/// `is_legacy_optimizer`/`jit_compile` keys) trains with its own optimizer and loss as TF-Keras
-/// trained it, and the `.keras` written holds a Keras 3 compile config (no TF-Keras-only keys).
-#[test]
-fn fits_a_tf_keras_2_file_like_tf_keras() {
-    let dir = Scratch::new("tf2");
+/// Every weight of a saved model, in Keras' `model.get_weights()` order.
+fn all_weights(path: &Path) -> Vec<Tensor<f64>> {
+    use grucell::layers::model::Layer;
+    let file = grucell::io::keras::load_keras_file(path).unwrap();
+    let model = grucell::io::keras::load::model_from_file::<f64>(&file).unwrap();
+    let mut out = Vec::new();
+    for ml in &model.layers {
+        match &ml.layer {
+            Layer::Rnn(r) => r
+                .cells()
+                .iter()
+                .for_each(|c| out.extend(c.weights().into_iter().cloned())),
+            Layer::Bidirectional(b) => {
+                for r in [&b.forward, &b.backward] {
+                    r.cells()
+                        .iter()
+                        .for_each(|c| out.extend(c.weights().into_iter().cloned()));
+                }
+            }
+            Layer::Dense(d) => out.extend(d.weights().into_iter().cloned()),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `grucell fit` on a TF-Keras 2 fixture (tests/fixtures/tfkeras) for `epochs`, its weights
+/// against the `weight_i` TF-Keras ended with; returns the output file.
+fn fit_like_tf_keras(dir: &Scratch, model: &str, npz: &str, epochs: &str) -> PathBuf {
     let fx = root().join("tests/fixtures/tfkeras");
-    let (xp, yp, _) = arrays(
-        &fx.join("fit_adam.npz"),
-        "input_0",
-        "target_0",
-        &dir,
-        |_| {},
-    );
+    let (xp, yp, _) = arrays(&fx.join(npz), "input_0", "target_0", dir, |_| {});
     let out = dir.path("out.keras");
     let o = grucell(&[
         "fit",
         "--model",
-        s(&fx.join("fit_adam.h5")),
+        s(&fx.join(model)),
         "--x",
         s(&xp),
         "--y",
@@ -545,51 +562,51 @@ fn fits_a_tf_keras_2_file_like_tf_keras() {
         "--batch-size",
         "2",
         "--epochs",
-        "2",
+        epochs,
         "--no-shuffle",
-        "--quiet",
         "--output",
         s(&out),
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let want = read_npz(&fx.join("fit_adam.npz")).unwrap();
-    let got = datasets(&out);
-    let mut checked = 0;
-    for (path, w) in [
-        "layers/gru/cell/vars/0",
-        "layers/gru/cell/vars/1",
-        "layers/gru/cell/vars/2",
-        "layers/dense/vars/0",
-        "layers/dense/vars/1",
-    ]
-    .iter()
-    .enumerate()
-    .map(|(i, p)| {
-        (
-            p,
-            want.iter()
-                .find(|(n, _)| *n == format!("weight_{i}"))
-                .unwrap()
-                .1
-                .to_f64(),
-        )
-    }) {
-        let g = &got[*path];
-        assert_eq!(g.shape(), w.shape(), "{path}");
-        let d = g
-            .data()
-            .iter()
-            .zip(w.data())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
-        assert!(d < 1e-5, "{path}: differs from TF-Keras by {d}");
-        checked += 1;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{model}: {err}");
+    assert!(!err.contains("warning"), "{model}: {err}");
+    let want = read_npz(&fx.join(npz)).unwrap();
+    let want: Vec<Tensor<f64>> = (0..)
+        .map_while(|i| want.iter().find(|(n, _)| *n == format!("weight_{i}")))
+        .map(|(_, a)| a.to_f64())
+        .collect();
+    let got = all_weights(&out);
+    assert_eq!(got.len(), want.len(), "{model}");
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.shape(), w.shape(), "{model} weight {i}");
+        let d = g.max_abs_diff(w);
+        assert!(d < 1e-5, "{model} weight {i}: differs from TF-Keras by {d}");
     }
-    assert_eq!(checked, 5);
+    out
+}
+
+/// A compiled model saved by TF-Keras 2 (`tf_keras` 2.21, legacy `.h5`: optimizer `Custom>Adam`,
+/// `is_legacy_optimizer`/`jit_compile` keys) trains with its own optimizer and loss as TF-Keras
+/// trained it, and the `.keras` written holds a Keras 3 compile config (no TF-Keras-only keys).
+#[test]
+fn fits_a_tf_keras_2_file_like_tf_keras() {
+    let dir = Scratch::new("tf2");
+    let out = fit_like_tf_keras(&dir, "fit_adam.h5", "fit_adam.npz", "2");
     let file = grucell::io::keras::load_keras_file(&out).unwrap();
     let opt = &file.compile_config.as_ref().unwrap()["optimizer"];
     assert_eq!(opt["class_name"], "Adam", "{opt}");
     for k in ["is_legacy_optimizer", "jit_compile"] {
         assert!(opt["config"].get(k).is_none(), "{k} kept in {opt}");
+    }
+}
+
+/// TF-Keras 2 files trained and saved with their optimizer state (`iteration:0` then the slots,
+/// no learning-rate variable) continue in grucell with that state, as in TF-Keras (AMSGrad's
+/// maxima, centred RMSprop with momentum; Bidirectional, stacked cells, masking).
+#[test]
+fn continues_training_from_a_tf_keras_2_optimizer_state() {
+    for name in ["resume_amsgrad", "resume_rmsprop"] {
+        let dir = Scratch::new(&format!("tf2_{name}"));
+        fit_like_tf_keras(&dir, &format!("{name}.h5"), &format!("{name}.npz"), "1");
     }
 }

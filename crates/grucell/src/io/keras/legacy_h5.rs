@@ -81,7 +81,8 @@ pub fn read_legacy_h5_file(h5: &H5File) -> Result<KerasFile, FormatError> {
     // Lenient, as Keras' loader: optimizer weights it cannot set are skipped with a warning, and
     // the model still loads.
     let legacy_optimizer_weights = if h5.is_group("optimizer_weights") {
-        read_layer(h5, "optimizer_weights").unwrap_or_default()
+        let w = read_layer(h5, "optimizer_weights").unwrap_or_default();
+        with_learning_rate(w, compile_config.as_ref())
     } else {
         Vec::new()
     };
@@ -93,6 +94,29 @@ pub fn read_legacy_h5_file(h5: &H5File) -> Result<KerasFile, FormatError> {
         legacy_optimizer_weights,
         path: name.to_string(),
     })
+}
+
+/// TF-Keras 2 (its 2.11+ optimizers) saves `iteration:0` and then the slots, in the order Keras
+/// 3 kept, but no learning-rate variable, which Keras 3 keeps second (`adam/iteration`,
+/// `adam/learning_rate`, …). Inserts the rate of the file's optimizer config there, so the state
+/// reads as Keras 3's; any other layout, or no rate in the config, is returned unchanged.
+fn with_learning_rate(
+    mut w: Vec<(String, crate::tensor::Tensor<f64>)>,
+    compile_config: Option<&serde_json::Value>,
+) -> Vec<(String, crate::tensor::Tensor<f64>)> {
+    let tf2 = w.first().is_some_and(|(n, _)| n == "iteration:0")
+        && !w.iter().any(|(n, _)| n.contains("learning_rate"));
+    let lr = compile_config
+        .and_then(|c| c.get("optimizer_config"))
+        .and_then(|o| o.get("config"))
+        .and_then(|c| c.get("learning_rate"))
+        .and_then(serde_json::Value::as_f64);
+    if let (true, Some(lr)) = (tf2, lr) {
+        if let Ok(t) = crate::tensor::Tensor::new(vec![], vec![lr]) {
+            w.insert(1, ("learning_rate:0".to_string(), t));
+        }
+    }
+    w
 }
 
 /// Reads the per-layer weights of a legacy weights group (`"model_weights"` in a model file,
