@@ -19,6 +19,7 @@ random activations, biases, masks, initial states, return_state, frozen layers),
     cargo build --release
     .venv-fixtures/bin/python tools/random_keras_check.py predict --n 40 --seed 1
     .venv-fixtures/bin/python tools/random_keras_check.py fit --n 20 --seed 5
+    .venv-fixtures/bin/python tools/random_keras_check.py predict --n 20 --seed 7 --tf-keras
 
 Prints one line per model that disagrees and a summary; exits 1 when any did. Models whose
 outputs exceed 1e3 in magnitude (unbounded activations that blow up) are reported as "unstable"
@@ -137,7 +138,7 @@ def check_predict(args, keras, layers, rng, pick, out):
         m, kind = chain(keras, rng, inp, lays + head)
         desc = [kind, *desc, *d]
         for w in m.weights:
-            if "bias" in w.path:
+            if "bias" in getattr(w, "path", w.name):
                 w.assign(rng.normal(size=w.shape).astype("float32") * 0.5)
         X = rng.normal(size=(B, int(rng.integers(1, 9)) if var_t else T, D)).astype("float32")
         if mask:
@@ -335,11 +336,24 @@ def main():
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--grucell", default=str(ROOT / "target" / "release" / "grucell"))
+    ap.add_argument("--tf-keras", action="store_true",
+                    help="build and save the models with TF-Keras 2 (tf_keras 2.21) instead of Keras 3")
     args = ap.parse_args()
-    import keras
-    from keras import layers
+    if args.tf_keras and args.what == "fit":
+        ap.error("--tf-keras checks predict and multi (grucell's fit writes Keras 3 files)")
+    if args.tf_keras:
+        import tf_keras as keras
+        from tf_keras import layers
 
-    assert keras.__version__ == "3.15.1", f"pinned to keras 3.15.1, found {keras.__version__}"
+        assert keras.__version__.startswith("2.21"), f"pinned to tf_keras 2.21, found {keras.__version__}"
+        # Activations TF-Keras 2 does not have.
+        for a in ["hard_silu"]:
+            ACTS.remove(a)
+    else:
+        import keras
+        from keras import layers
+
+        assert keras.__version__ == "3.15.1", f"pinned to keras 3.15.1, found {keras.__version__}"
     rng = np.random.default_rng(args.seed)
 
     def pick(items):

@@ -201,6 +201,13 @@ fn train<T: Float>(
     out: OutKind,
 ) -> Result<()> {
     model.set_threads(args.threads);
+    // A model no Keras 3 file can hold fails now, not after training.
+    grucell::io::keras::write::model_config_json(&model).with_context(|| {
+        format!(
+            "--model {} cannot be saved after training",
+            args.model.display()
+        )
+    })?;
     // The file's loss and optimizer are only read when the command line does not replace them,
     // so that one grucell cannot read does not stop a run that names its own.
     let reading = || format!("reading the compile config of {}", args.model.display());

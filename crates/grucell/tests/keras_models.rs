@@ -151,7 +151,7 @@ fn tf_keras_2_fixtures_match_tf_keras() {
         serde_json::from_str(&std::fs::read_to_string(tf2_dir().join("manifest.json")).unwrap())
             .unwrap();
     let cases = manifest["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 3);
+    assert_eq!(cases.len(), 4);
     let mut failures = Vec::new();
     for case in cases {
         for file in case["files"].as_array().unwrap() {
@@ -163,6 +163,24 @@ fn tf_keras_2_fixtures_match_tf_keras() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// TF-Keras 2's `hard_sigmoid` (0.2x + 0.5, which tf2_hard_sigmoid computes with) has no Keras 3
+/// equivalent: saving such a model as a Keras 3 file is refused, naming the layer, instead of
+/// writing a `hard_sigmoid` that Keras 3 would read as x/6 + 0.5.
+#[test]
+fn tf_keras_2_hard_sigmoid_is_not_saved_as_keras_3s() {
+    let f = load_keras_file(&tf2_dir().join("tf2_hard_sigmoid.h5")).unwrap();
+    let model = model_from_file::<f32>(&f).unwrap();
+    let out = std::env::temp_dir().join(format!("grucell_hs2_{}.keras", std::process::id()));
+    let e = grucell::io::keras::write::save_model(&model, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("hard_sigmoid") && e.contains("layer `gru"),
+        "{e}"
+    );
+    assert!(!out.exists());
 }
 
 /// A model whose layers compute in 16-bit floats in Keras is reported (the CLI warns: grucell

@@ -27,6 +27,11 @@ pub enum Activation {
     Sigmoid,
     /// `relu6(x + 3) / 6` (Keras 3)
     HardSigmoid,
+    /// `clip(0.2 x + 0.5, 0, 1)`: what `hard_sigmoid` meant in Keras 2 and TF-Keras 2 (the
+    /// default recurrent activation of Keras ≤ 2.2's GRU). A file those wrote that says
+    /// `hard_sigmoid` loads as this; [`Activation::from_name`] never returns it, and Keras 3
+    /// has no activation equal to it, so a model holding it cannot be saved as a Keras 3 file.
+    HardSigmoidKeras2,
     /// `max(x, 0)`
     Relu,
     /// `min(max(x, 0), 6)`
@@ -183,6 +188,9 @@ impl Activation {
 
     /// The canonical Keras name (`swish` → `silu`, as Keras serializes it).
     pub fn name(self) -> &'static str {
+        if self == Activation::HardSigmoidKeras2 {
+            return "hard_sigmoid";
+        }
         NAMES
             .iter()
             .find(|(_, a)| *a == self)
@@ -234,6 +242,8 @@ impl Activation {
             Tanh => x.tanh(),
             Sigmoid => sigmoid(x),
             HardSigmoid => clip(x + T::of(3.0), zero, T::of(6.0)) / T::of(6.0),
+            // TF-Keras 2: multiply, add, clip_by_value (two roundings, no fused multiply-add).
+            HardSigmoidKeras2 => clip(x * T::of(0.2) + T::of(0.5), zero, one),
             Relu => max_nan(x, zero),
             Relu6 => clip(x, zero, T::of(6.0)),
             LeakyRelu => {
@@ -323,6 +333,15 @@ impl Activation {
             HardSigmoid => {
                 if x > T::of(-3.0) && x < T::of(3.0) {
                     T::of(1.0 / 6.0)
+                } else {
+                    zero
+                }
+            }
+            HardSigmoidKeras2 => {
+                // TensorFlow's clip_by_value passes the gradient on its bounds too.
+                let v = x * T::of(0.2) + T::of(0.5);
+                if v >= zero && v <= one {
+                    T::of(0.2)
                 } else {
                     zero
                 }

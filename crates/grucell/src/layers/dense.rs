@@ -171,6 +171,13 @@ pub struct Dense<T = f32> {
 }
 
 impl<T: Float> Dense<T> {
+    /// Replaces the activation by `f` of itself (see [`GruCell`]'s counterpart).
+    ///
+    /// [`GruCell`]: crate::layers::gru_cell::GruCell
+    pub(crate) fn map_activation(&mut self, f: impl Fn(Activation) -> Activation) {
+        self.config.activation = f(self.config.activation);
+    }
+
     /// Wraps weights; fails when shapes disagree with the config.
     pub fn from_weights(
         config: DenseConfig,

@@ -524,6 +524,13 @@ impl<T: Float> GruCell<T> {
         }
     }
 
+    /// Replaces `activation` and `recurrent_activation` by `f` of themselves (loading files
+    /// whose activation names meant something else, see [`Activation::HardSigmoidKeras2`]).
+    pub(crate) fn map_activations(&mut self, f: impl Fn(Activation) -> Activation) {
+        self.config.activation = f(self.config.activation);
+        self.config.recurrent_activation = f(self.config.recurrent_activation);
+    }
+
     /// Sets whether training updates this cell's weights (Keras `cell.trainable = b`).
     pub fn set_trainable(&mut self, b: bool) {
         self.config.trainable = b;

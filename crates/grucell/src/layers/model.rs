@@ -161,6 +161,40 @@ impl<T: Float> ModelLayer<T> {
         }
     }
 
+    /// Applies `f` to every activation of the layer (cells, Dense, Activation).
+    pub(crate) fn map_activations(&mut self, f: impl Fn(Activation) -> Activation + Copy) {
+        match &mut self.layer {
+            Layer::Rnn(r) => r.cells_mut().iter_mut().for_each(|c| c.map_activations(f)),
+            Layer::Bidirectional(b) => {
+                for r in [&mut b.forward, &mut b.backward] {
+                    r.cells_mut().iter_mut().for_each(|c| c.map_activations(f));
+                }
+            }
+            Layer::Dense(d) => d.map_activation(f),
+            Layer::Activation(a) => *a = f(*a),
+            _ => {}
+        }
+    }
+
+    /// Every activation of the layer (cells, Dense, Activation).
+    pub fn activations(&self) -> Vec<Activation> {
+        match &self.layer {
+            Layer::Rnn(r) => r
+                .cells()
+                .iter()
+                .flat_map(|c| [c.config().activation, c.config().recurrent_activation])
+                .collect(),
+            Layer::Bidirectional(b) => [&b.forward, &b.backward]
+                .iter()
+                .flat_map(|r| r.cells().iter())
+                .flat_map(|c| [c.config().activation, c.config().recurrent_activation])
+                .collect(),
+            Layer::Dense(d) => vec![d.config().activation],
+            Layer::Activation(a) => vec![*a],
+            _ => Vec::new(),
+        }
+    }
+
     /// A layer named `name` with Keras' default class for it, trainable, not wrapped.
     pub fn new(name: impl Into<String>, layer: Layer<T>) -> Self {
         ModelLayer {

@@ -113,7 +113,26 @@ pub fn model_from_file<T: Float>(file: &KerasFile) -> Result<Model<T>, Error> {
         .compile_config
         .clone()
         .filter(|c| c.as_object().is_some_and(|o| !o.is_empty()));
+    if written_by_keras_2(file) {
+        // `hard_sigmoid` was 0.2x + 0.5 before Keras 3 (x/6 + 0.5).
+        for l in &mut model.layers {
+            l.map_activations(|a| match a {
+                crate::Activation::HardSigmoid => crate::Activation::HardSigmoidKeras2,
+                other => other,
+            });
+        }
+    }
     Ok(model)
+}
+
+/// Whether the file was written by Keras 2 or TF-Keras 2 (`keras_version` 2.x or older).
+pub fn written_by_keras_2(file: &KerasFile) -> bool {
+    file.keras_version.as_deref().is_some_and(|v| {
+        v.split('.')
+            .next()
+            .and_then(|m| m.trim().parse::<u32>().ok())
+            .is_some_and(|m| m < 3)
+    })
 }
 
 struct WeightReader<'a> {

@@ -248,6 +248,21 @@ struct Plan<'a, T> {
 
 impl<'a, T: Float> Plan<'a, T> {
     fn new(model: &'a Model<T>) -> Result<Self, Error> {
+        if let Some(l) = model.layers.iter().find(|l| {
+            l.activations()
+                .contains(&crate::Activation::HardSigmoidKeras2)
+        }) {
+            return Err(ConfigError::unsupported(
+                "activation",
+                format!(
+                    "TF-Keras 2's `hard_sigmoid` (0.2x + 0.5) in layer `{}`: Keras 3 has no such \
+                     activation (its `hard_sigmoid` is x/6 + 0.5), so no Keras 3 file can hold \
+                     this model",
+                    l.name
+                ),
+            )
+            .into());
+        }
         let mut w = Writer {
             model,
             dtype: keras_dtype::<T>(),
