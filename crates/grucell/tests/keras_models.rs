@@ -151,7 +151,7 @@ fn tf_keras_2_fixtures_match_tf_keras() {
         serde_json::from_str(&std::fs::read_to_string(tf2_dir().join("manifest.json")).unwrap())
             .unwrap();
     let cases = manifest["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 4);
+    assert_eq!(cases.len(), 5);
     let mut failures = Vec::new();
     for case in cases {
         for file in case["files"].as_array().unwrap() {
@@ -180,6 +180,21 @@ fn tf_keras_2_hard_sigmoid_is_not_saved_as_keras_3s() {
         e.contains("hard_sigmoid") && e.contains("layer `gru"),
         "{e}"
     );
+    assert!(!out.exists());
+}
+
+/// A TF-Keras 2 call that keeps its input's mask alongside initial states (tf2_masked_states,
+/// which computes so) cannot be written as a Keras 3 call, which would drop the mask: saving is
+/// refused, naming the layer.
+#[test]
+fn tf_keras_2_masked_states_are_not_saved_as_keras_3_calls() {
+    let f = load_keras_file(&tf2_dir().join("tf2_masked_states.h5")).unwrap();
+    let model = model_from_file::<f32>(&f).unwrap();
+    let out = std::env::temp_dir().join(format!("grucell_ms2_{}.keras", std::process::id()));
+    let e = grucell::io::keras::write::save_model(&model, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("initial states and a mask"), "{e}");
     assert!(!out.exists());
 }
 

@@ -604,6 +604,7 @@ fn rust_functional<T: Float>() -> Model<T> {
         args: args.into_iter().map(NodeArg::Tensor).collect(),
         initial_state,
         mask: None,
+        states_keep_mask: false,
     };
     let nodes = vec![
         call(0, 0, vec![], vec![]),

@@ -271,6 +271,10 @@ pub struct Node {
     pub initial_state: Vec<TensorRef>,
     /// `mask=` keyword argument.
     pub mask: Option<TensorRef>,
+    /// TF-Keras 2 semantics for a call with initial states: they came as extra call inputs, and
+    /// the mask of the first input still applies (Keras 3 drops an upstream mask when
+    /// `initial_state` is given). Set by the loader for TF-Keras 2 files.
+    pub states_keep_mask: bool,
 }
 
 /// Sequential or Functional, to write the model back the way it came.
@@ -371,6 +375,7 @@ impl<T: Float> Model<T> {
             args: vec![],
             initial_state: vec![],
             mask: None,
+            states_keep_mask: false,
         }];
         for (i, (name, layer)) in layers.into_iter().enumerate() {
             let class_name = default_class_name(&layer).to_string();
@@ -391,6 +396,7 @@ impl<T: Float> Model<T> {
                 })],
                 initial_state: vec![],
                 mask: None,
+                states_keep_mask: false,
             });
         }
         let out = TensorRef {
@@ -716,7 +722,7 @@ impl<T: Float> Model<T> {
         // Keras fills `mask` from the input's mask only when the call has a single tensor
         // argument: a call with `initial_state` tensors ignores an upstream mask unless it was
         // passed explicitly.
-        let implicit_mask_allowed = node.initial_state.is_empty();
+        let implicit_mask_allowed = node.initial_state.is_empty() || node.states_keep_mask;
         let explicit_mask = |batch: usize, time: usize| -> Result<Option<Mask>, Error> {
             match node.mask {
                 None => Ok(None),

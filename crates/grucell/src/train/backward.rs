@@ -472,7 +472,7 @@ impl<T: Float> Model<T> {
                     .collect::<Result<Vec<_>, Error>>()
                     .map(Some)
             };
-            let implicit = node.initial_state.is_empty();
+            let implicit = node.initial_state.is_empty() || node.states_keep_mask;
             let (out, cache): (Vec<Val<T>>, Cache<T>) = match &ml.layer {
                 Layer::Rnn(r) => {
                     let (x, m) = arg_t(0)?;

@@ -705,6 +705,7 @@ fn sequential<T: Float>(cfg: &Map<String, Value>, w: &mut WeightReader) -> Resul
         args: vec![],
         initial_state: vec![],
         mask: None,
+        states_keep_mask: false,
     }];
     for i in 1..layers.len() {
         nodes.push(Node {
@@ -717,6 +718,7 @@ fn sequential<T: Float>(cfg: &Map<String, Value>, w: &mut WeightReader) -> Resul
             })],
             initial_state: vec![],
             mask: None,
+            states_keep_mask: false,
         });
     }
     let last = layers.len() - 1;
@@ -828,6 +830,7 @@ fn functional<T: Float>(cfg: &Map<String, Value>, w: &mut WeightReader) -> Resul
                 args: vec![],
                 initial_state: vec![],
                 mask: None,
+                states_keep_mask: false,
             });
             continue;
         }
@@ -846,6 +849,7 @@ fn functional<T: Float>(cfg: &Map<String, Value>, w: &mut WeightReader) -> Resul
                         node.initial_state.push(r);
                     }
                 }
+                node.states_keep_mask = true;
             }
             if let (Layer::NotEqual { value }, Some(NodeArg::Scalar(s))) =
                 (&mut layers[li].layer, node.args.get(1))
@@ -981,6 +985,7 @@ fn parse_node(n: &Value, index: &HashMap<String, usize>) -> Result<Node, Error> 
         args: vec![],
         initial_state: vec![],
         mask: None,
+        states_keep_mask: false,
     };
     match n {
         Value::Object(o) => {

@@ -263,6 +263,23 @@ impl<'a, T: Float> Plan<'a, T> {
             )
             .into());
         }
+        // A TF-Keras 2 call that keeps its input's mask alongside initial states cannot be
+        // written as a Keras 3 call (Keras 3 drops the mask there), when a mask can exist.
+        let masking = model
+            .layers
+            .iter()
+            .any(|l| matches!(l.layer, Layer::Masking { .. }));
+        if let Some(n) = model.nodes.iter().find(|n| n.states_keep_mask && masking) {
+            let name = model.layers.get(n.layer).map_or("?", |l| l.name.as_str());
+            return Err(ConfigError::unsupported(
+                "call",
+                format!(
+                    "`{name}` takes initial states and a mask together as TF-Keras 2 does; \
+                     Keras 3 ignores the mask of such a call, so no Keras 3 file computes the same"
+                ),
+            )
+            .into());
+        }
         let mut w = Writer {
             model,
             dtype: keras_dtype::<T>(),
