@@ -849,8 +849,9 @@ fn functional<T: Float>(cfg: &Map<String, Value>, w: &mut WeightReader) -> Resul
                         node.initial_state.push(r);
                     }
                 }
-                node.states_keep_mask = true;
             }
+            // And there the input's mask still applies to a call with states.
+            node.states_keep_mask = n.is_array() && !node.initial_state.is_empty();
             if let (Layer::NotEqual { value }, Some(NodeArg::Scalar(s))) =
                 (&mut layers[li].layer, node.args.get(1))
             {
