@@ -185,7 +185,7 @@ fn tf_keras_2_hard_sigmoid_is_not_saved_as_keras_3s() {
 
 /// A TF-Keras 2 call that keeps its input's mask alongside initial states (tf2_masked_states,
 /// which computes so) cannot be written as a Keras 3 call, which would drop the mask: saving is
-/// refused, naming the layer.
+/// refused.
 #[test]
 fn tf_keras_2_masked_states_are_not_saved_as_keras_3_calls() {
     let f = load_keras_file(&tf2_dir().join("tf2_masked_states.h5")).unwrap();
