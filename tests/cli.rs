@@ -659,50 +659,36 @@ fn bench_isa_flag() {
 fn stateful_model_runs_a_multiple_of_its_batch_size_carrying_states() {
     let dir = TempDir::new("stateful_rows");
     let data = npz_map(&fixtures().join("stateful_gru.npz"));
-    let (x0, x1) = (
-        data["call0_input_0"].to_f64(),
-        data["call1_input_0"].to_f64(),
-    );
-    let mut both = x0.data().to_vec();
-    both.extend_from_slice(x1.data());
-    let mut shape = x0.shape().to_vec();
-    shape[0] *= 2;
-    let x = Tensor::new(shape, both).unwrap();
+    // Two calls' arrays as one batch: call 0's rows, then call 1's.
+    let both = |kind: &str| {
+        let (a, b) = (
+            data[&format!("call0_{kind}_0")].to_f64(),
+            data[&format!("call1_{kind}_0")].to_f64(),
+        );
+        let mut shape = a.shape().to_vec();
+        shape[0] *= 2;
+        Tensor::new(shape, [a.data(), b.data()].concat()).unwrap()
+    };
     let (xp, yp) = (dir.path("x.npy"), dir.path("y.npy"));
-    write_npy(&xp, &x.cast::<f32>()).unwrap();
-    let o = grucell(&[
-        "predict".as_ref(),
-        "--model".as_ref(),
-        fixtures().join("stateful_gru.keras").as_os_str(),
-        "--input".as_ref(),
-        xp.as_os_str(),
-        "--output".as_ref(),
-        yp.as_os_str(),
-    ]);
+    let predict = |x: &Tensor<f64>| {
+        write_npy(&xp, &x.cast::<f32>()).unwrap();
+        grucell(&[
+            "predict".as_ref(),
+            "--model".as_ref(),
+            fixtures().join("stateful_gru.keras").as_os_str(),
+            "--input".as_ref(),
+            xp.as_os_str(),
+            "--output".as_ref(),
+            yp.as_os_str(),
+        ])
+    };
+    let x = both("input");
+    let o = predict(&x);
     assert!(o.status.success(), "{}", stderr(&o));
     let got = read_npy(&yp).unwrap().to_f64();
-    let (y0, y1) = (
-        data["call0_output_0"].to_f64(),
-        data["call1_output_0"].to_f64(),
-    );
-    let mut want = y0.data().to_vec();
-    want.extend_from_slice(y1.data());
-    let mut wshape = y0.shape().to_vec();
-    wshape[0] *= 2;
-    let want = Array::F64(Tensor::new(wshape, want).unwrap());
-    let d = compare(&Array::F64(got), &want, 1e-5, 1e-4).unwrap();
+    let d = compare(&Array::F64(got), &Array::F64(both("output")), 1e-5, 1e-4).unwrap();
     assert!(d <= 1e-5, "{d}");
 
     let six = Tensor::new(vec![6, 5, 3], x.data()[..90].to_vec()).unwrap();
-    write_npy(&xp, &six.cast::<f32>()).unwrap();
-    let o = grucell(&[
-        "predict".as_ref(),
-        "--model".as_ref(),
-        fixtures().join("stateful_gru.keras").as_os_str(),
-        "--input".as_ref(),
-        xp.as_os_str(),
-        "--output".as_ref(),
-        yp.as_os_str(),
-    ]);
-    assert_fails_with(&o, &["[6, 5, 3]", "(4, 5, 3)"]);
+    assert_fails_with(&predict(&six), &["[6, 5, 3]", "(4, 5, 3)"]);
 }

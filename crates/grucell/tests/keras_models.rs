@@ -165,22 +165,29 @@ fn tf_keras_2_fixtures_match_tf_keras() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The error of saving a TF-Keras 2 fixture as a Keras 3 file, checking that no file was left.
+fn keras3_save_error(fixture: &str) -> String {
+    let f = load_keras_file(&tf2_dir().join(fixture)).unwrap();
+    let model = model_from_file::<f32>(&f).unwrap();
+    let stem = fixture.trim_end_matches(".h5");
+    let out = std::env::temp_dir().join(format!("grucell_{stem}_{}.keras", std::process::id()));
+    let e = grucell::io::keras::write::save_model(&model, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(!out.exists(), "{fixture}: a file was written");
+    e
+}
+
 /// TF-Keras 2's `hard_sigmoid` (0.2x + 0.5, which tf2_hard_sigmoid computes with) has no Keras 3
 /// equivalent: saving such a model as a Keras 3 file is refused, naming the layer, instead of
 /// writing a `hard_sigmoid` that Keras 3 would read as x/6 + 0.5.
 #[test]
 fn tf_keras_2_hard_sigmoid_is_not_saved_as_keras_3s() {
-    let f = load_keras_file(&tf2_dir().join("tf2_hard_sigmoid.h5")).unwrap();
-    let model = model_from_file::<f32>(&f).unwrap();
-    let out = std::env::temp_dir().join(format!("grucell_hs2_{}.keras", std::process::id()));
-    let e = grucell::io::keras::write::save_model(&model, &out)
-        .unwrap_err()
-        .to_string();
+    let e = keras3_save_error("tf2_hard_sigmoid.h5");
     assert!(
         e.contains("hard_sigmoid") && e.contains("layer `gru"),
         "{e}"
     );
-    assert!(!out.exists());
 }
 
 /// A TF-Keras 2 call that keeps its input's mask alongside initial states (tf2_masked_states,
@@ -188,14 +195,8 @@ fn tf_keras_2_hard_sigmoid_is_not_saved_as_keras_3s() {
 /// refused.
 #[test]
 fn tf_keras_2_masked_states_are_not_saved_as_keras_3_calls() {
-    let f = load_keras_file(&tf2_dir().join("tf2_masked_states.h5")).unwrap();
-    let model = model_from_file::<f32>(&f).unwrap();
-    let out = std::env::temp_dir().join(format!("grucell_ms2_{}.keras", std::process::id()));
-    let e = grucell::io::keras::write::save_model(&model, &out)
-        .unwrap_err()
-        .to_string();
+    let e = keras3_save_error("tf2_masked_states.h5");
     assert!(e.contains("initial states and a mask"), "{e}");
-    assert!(!out.exists());
 }
 
 /// A model whose layers compute in 16-bit floats in Keras is reported (the CLI warns: grucell
