@@ -33,6 +33,9 @@ pub struct DenseConfig {
     pub kernel_constraint: Option<Constraint>,
     /// Bias constraint.
     pub bias_constraint: Option<Constraint>,
+    /// Penalty on the layer's output, added to the loss divided by the batch size (not applied
+    /// inside a `TimeDistributed` wrapper, where Keras 3 calls the layer's `call` directly).
+    pub activity_regularizer: Option<Regularizer>,
     /// Layer name.
     pub name: String,
 }
@@ -50,6 +53,7 @@ impl DenseConfig {
             bias_regularizer: None,
             kernel_constraint: None,
             bias_constraint: None,
+            activity_regularizer: None,
             name: "dense".into(),
         }
     }
@@ -98,6 +102,9 @@ impl DenseConfig {
         d.bias_constraint = c
             .get("bias_constraint")
             .map_or(Ok(None), Constraint::from_keras)?;
+        d.activity_regularizer = c
+            .get("activity_regularizer")
+            .map_or(Ok(None), Regularizer::from_keras)?;
         if let Some(n) = get_str(c, "name")? {
             d.name = n.into();
         }
@@ -117,6 +124,10 @@ impl DenseConfig {
         m.insert("name".into(), json!(self.name));
         m.insert("trainable".into(), json!(true));
         m.insert("dtype".into(), dtype_policy(dtype));
+        // Keras' base layer config holds the key only when one is set.
+        if let Some(r) = &self.activity_regularizer {
+            m.insert("activity_regularizer".into(), r.to_keras());
+        }
         m.insert("units".into(), json!(self.units));
         m.insert("activation".into(), json!(self.activation.name()));
         m.insert("use_bias".into(), json!(self.use_bias));

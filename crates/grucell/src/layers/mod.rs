@@ -4,6 +4,7 @@ pub mod activation;
 pub mod bidirectional;
 pub mod constraint;
 pub mod dense;
+pub mod embedding;
 pub mod gru_cell;
 pub mod initializer;
 pub mod keras_json;

@@ -6,6 +6,8 @@ use crate::float::Float;
 use crate::layers::activation::Activation;
 use crate::layers::bidirectional::Bidirectional;
 use crate::layers::dense::Dense;
+use crate::layers::embedding::Embedding;
+use crate::layers::regularizer::Regularizer;
 use crate::layers::rnn::{dims3, Mask, Rnn, RnnKind};
 use crate::tensor::Tensor;
 
@@ -28,6 +30,8 @@ pub enum Layer<T = f32> {
     Bidirectional(Bidirectional<T>),
     /// `Dense`.
     Dense(Dense<T>),
+    /// `Embedding`: integer indices to table rows (and, with `mask_zero`, the padding mask).
+    Embedding(Embedding<T>),
     /// `Dropout(rate)`: the identity at inference.
     Dropout {
         /// Drop rate (training only).
@@ -97,6 +101,7 @@ impl<T: Float> ModelLayer<T> {
             Layer::Rnn(r) => r.param_count(),
             Layer::Bidirectional(b) => b.param_count(),
             Layer::Dense(d) => d.param_count(),
+            Layer::Embedding(e) => e.param_count(),
             _ => 0,
         }
     }
@@ -139,6 +144,7 @@ impl<T: Float> ModelLayer<T> {
                     .map_or(self.trainable, |w| w.trainable);
                 vec![own; d.weights().len()]
             }
+            Layer::Embedding(_) => vec![self.trainable],
             _ => Vec::new(),
         }
     }
@@ -221,6 +227,7 @@ impl<T: Float> ModelLayer<T> {
                 .map(Tensor::len)
                 .collect(),
             Layer::Dense(d) => d.weights().into_iter().map(Tensor::len).collect(),
+            Layer::Embedding(e) => vec![e.param_count()],
             _ => Vec::new(),
         };
         weights
@@ -229,6 +236,19 @@ impl<T: Float> ModelLayer<T> {
             .filter(|(_, t)| *t)
             .map(|(n, _)| n)
             .sum()
+    }
+
+    /// The layer's activity regularizer, when Keras applies one to its outputs (`GRU`/`RNN`,
+    /// `Dense` outside a `TimeDistributed` wrapper, `Embedding`).
+    pub fn activity_regularizer(&self) -> Option<&Regularizer> {
+        match &self.layer {
+            Layer::Rnn(r) => r.activity_regularizer_ref(),
+            Layer::Dense(d) if self.time_distributed.is_none() => {
+                d.config().activity_regularizer.as_ref()
+            }
+            Layer::Embedding(e) => e.config().activity_regularizer.as_ref(),
+            _ => None,
+        }
     }
 
     /// True for the mask operations Keras records as graph nodes (not layers).
@@ -825,6 +845,10 @@ impl<T: Float> Model<T> {
                 let (x, m) = float_arg(0)?;
                 vec![Val::F(d.call(x, threads)?, m.cloned())]
             }
+            Layer::Embedding(e) => {
+                let (x, _) = float_arg(0)?;
+                vec![Val::F(e.call(x)?, e.compute_mask(x)?)]
+            }
             Layer::Dropout { .. } => {
                 let (x, m) = float_arg(0)?;
                 vec![Val::F(x.clone(), m.cloned())]
@@ -904,6 +928,11 @@ impl<T: Float> Model<T> {
                     if let Some(l) = s.last_mut() {
                         *l = Some(d.config().units);
                     }
+                    vec![s]
+                }
+                Layer::Embedding(e) => {
+                    let mut s = input;
+                    s.push(Some(e.config().output_dim));
                     vec![s]
                 }
                 Layer::Rnn(r) => {
@@ -1077,6 +1106,7 @@ pub fn default_class_name<T: Float>(l: &Layer<T>) -> &'static str {
         },
         Layer::Bidirectional(_) => "Bidirectional",
         Layer::Dense(_) => "Dense",
+        Layer::Embedding(_) => "Embedding",
         Layer::Dropout { .. } => "Dropout",
         Layer::Activation(_) => "Activation",
         Layer::NotEqual { .. } => "NotEqual",

@@ -32,6 +32,8 @@ enum Cache<T> {
         y: Tensor<T>,
     },
     Dropout(Vec<T>),
+    /// An `Embedding` call keeps its indices.
+    Embedding(Tensor<T>),
     Rnn(Box<RnnTape<T>>),
     Bi {
         f: Box<RnnTape<T>>,
@@ -132,6 +134,9 @@ impl<T: Float> Model<T> {
                         push(i, format!("{}/{n}", l.name), w.shape());
                     }
                 }
+                Layer::Embedding(e) => {
+                    push(0, format!("{}/embeddings", l.name), e.embeddings().shape());
+                }
                 _ => {}
             }
         }
@@ -159,6 +164,16 @@ impl<T: Float> Model<T> {
                     ];
                     for (w, (r, k)) in d.weights_mut().into_iter().zip(regs) {
                         all.push((w, r, k));
+                    }
+                }
+                Layer::Embedding(e) => {
+                    let c = e.config().clone();
+                    for w in e.weights_mut() {
+                        all.push((
+                            w,
+                            c.embeddings_regularizer.clone(),
+                            c.embeddings_constraint.clone(),
+                        ));
                     }
                 }
                 _ => {}
@@ -310,20 +325,29 @@ impl<T: Float> Model<T> {
                 add_grad(&mut dvals[p][r.index], g)?;
             }
         }
-        // Activity regularizers (RNN layers): penalty / batch on every output tensor of the call.
+        // Activity regularizers: penalty / batch on every output tensor of the call.
         for (i, node) in self.nodes.iter().enumerate() {
-            if let Layer::Rnn(r) = &self.layers[node.layer].layer {
-                if let Some(reg) = r.activity_regularizer_ref() {
-                    for (j, v) in vals[i].iter().enumerate() {
-                        if let Val::F(t, _) = v {
-                            let b = T::of(t.shape()[0].max(1) as f64);
-                            total += reg.penalty(t.data(), t.shape()) / b;
-                            let mut g = vec![T::zero(); t.len()];
-                            reg.add_grad(t.data(), t.shape(), &mut g);
-                            g.iter_mut().for_each(|v| *v /= b);
-                            add_grad(&mut dvals[i][j], Tensor::new(t.shape().to_vec(), g)?)?;
-                        }
+            let Some(reg) = self.layers[node.layer].activity_regularizer() else {
+                continue;
+            };
+            for (j, v) in vals[i].iter().enumerate() {
+                if let Val::F(t, _) = v {
+                    let b = T::of(t.shape()[0].max(1) as f64);
+                    total += reg.penalty(t.data(), t.shape()) / b;
+                    let mut g = vec![T::zero(); t.len()];
+                    reg.add_grad(t.data(), t.shape(), &mut g);
+                    g.iter_mut().for_each(|v| *v /= b);
+                    let mut g = Tensor::new(t.shape().to_vec(), g)?;
+                    // A logits output's gradient slot holds d pre-activation: bring this one
+                    // there too.
+                    if let (true, Layer::Dense(d), Cache::Dense { pre, y, .. }) = (
+                        logit_nodes.contains(&i),
+                        &self.layers[node.layer].layer,
+                        &caches[i],
+                    ) {
+                        g = act_back(d.config().activation, pre, y, &g)?;
                     }
+                    add_grad(&mut dvals[i][j], g)?;
                 }
             }
         }
@@ -586,6 +610,12 @@ impl<T: Float> Model<T> {
                         _ => (vec![Val::F(x, m)], Cache::None),
                     }
                 }
+                Layer::Embedding(e) => {
+                    let (x, _) = arg_t(0)?;
+                    let y = e.call(&x)?;
+                    let mask = e.compute_mask(&x)?;
+                    (vec![Val::F(y, mask)], Cache::Embedding(x))
+                }
                 Layer::Masking { .. } => {
                     let v = self.eval_node(node, inputs, &vals, &pos, None)?;
                     let mask = match &v[0] {
@@ -691,6 +721,16 @@ impl<T: Float> Model<T> {
                 (Layer::Dropout { .. }, Cache::None) => {
                     if let Some(dy) = out_grads.into_iter().next().flatten() {
                         send(first_arg, dy, &mut dvals)?;
+                    }
+                }
+                // Indices have no gradient (Keras' is `None` for an integer cast): only the
+                // table gets one.
+                (Layer::Embedding(e), Cache::Embedding(x)) => {
+                    let Some(dy) = out_grads.into_iter().next().flatten() else {
+                        continue;
+                    };
+                    if trainable {
+                        var_grad(0, &e.table_grad(&x, &dy)?);
                     }
                 }
                 (Layer::Masking { .. }, Cache::Masking(mask)) => {

@@ -7,6 +7,7 @@ use crate::error::{ConfigError, Error, FormatError, ShapeError};
 use crate::float::Float;
 use crate::layers::bidirectional::{Bidirectional, MergeMode};
 use crate::layers::dense::{Dense, DenseConfig};
+use crate::layers::embedding::{Embedding, EmbeddingConfig};
 use crate::layers::gru_cell::{activation_of, GruCell, GruCellConfig};
 use crate::layers::keras_json::{
     class_and_config, get_bool, get_f64, get_str, get_u64, to_snake_case,
@@ -297,6 +298,16 @@ fn build_layer_in<T: Float>(
             let kernel = kernel.ok_or_else(|| ConfigError::invalid(format!("Dense `{name}`"), "no kernel", "a kernel"))?;
             Layer::Dense(Dense::from_weights(dc, kernel, bias)?)
         }
+        "Embedding" => {
+            let ec = EmbeddingConfig::from_keras(&cfg).map_err(|e| with_name(e.into()))?;
+            let paths = [format!("{path}/vars/0")];
+            let table = w
+                .layer_arrays::<T>(legacy_group.unwrap_or(&name), &paths)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| ConfigError::invalid(format!("Embedding `{name}`"), "no embeddings", "an embeddings table"))?;
+            Layer::Embedding(Embedding::from_weights(ec, table).map_err(with_name)?)
+        }
         "GRU" | "RNN" => Layer::Rnn(rnn_layer(&class, &cfg, &name, path, w, None).map_err(with_name)?),
         "Bidirectional" => Layer::Bidirectional(bidirectional(&cfg, &name, path, w).map_err(with_name)?),
         "NotEqual" => Layer::NotEqual { value: 0.0 },
@@ -313,7 +324,7 @@ fn build_layer_in<T: Float>(
         other => {
             return Err(ConfigError::unsupported(
                 "layer",
-                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation), Dense, Dropout, Activation"),
+                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation), Dense, Dropout, Activation"),
             )
             .into())
         }

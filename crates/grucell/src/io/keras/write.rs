@@ -265,10 +265,11 @@ impl<'a, T: Float> Plan<'a, T> {
         }
         // A TF-Keras 2 call that keeps its input's mask alongside initial states cannot be
         // written as a Keras 3 call (Keras 3 drops the mask there), when a mask can exist.
-        let masking = model
-            .layers
-            .iter()
-            .any(|l| matches!(l.layer, Layer::Masking { .. }));
+        let masking = model.layers.iter().any(|l| match &l.layer {
+            Layer::Masking { .. } => true,
+            Layer::Embedding(e) => e.config().mask_zero,
+            _ => false,
+        });
         if let Some(n) = model.nodes.iter().find(|n| n.states_keep_mask && masking) {
             let name = model.layers.get(n.layer).map_or("?", |l| l.name.as_str());
             return Err(ConfigError::unsupported(
@@ -739,7 +740,8 @@ impl<'a, T: Float> Writer<'a, T> {
             Layer::Masking { .. }
             | Layer::Dropout { .. }
             | Layer::Activation(_)
-            | Layer::Dense(_) => {
+            | Layer::Dense(_)
+            | Layer::Embedding(_) => {
                 let (c, built) = self.plain_config(&ml.layer, &ml.name, ml.trainable, path)?;
                 if !built {
                     build = None;
@@ -792,9 +794,9 @@ impl<'a, T: Float> Writer<'a, T> {
         Ok(o)
     }
 
-    /// The config of a layer without sublayers (`Masking`, `Dropout`, `Activation`, `Dense`),
-    /// and whether Keras gives it a `build_config` (only `Dense` is built); records a `Dense`'s
-    /// weights under `path/vars`.
+    /// The config of a layer without sublayers (`Masking`, `Dropout`, `Activation`, `Dense`,
+    /// `Embedding`), and whether Keras gives it a `build_config` (only the layers with weights
+    /// are built); records their weights under `path/vars`.
     fn plain_config(
         &mut self,
         layer: &'a Layer<T>,
@@ -834,11 +836,22 @@ impl<'a, T: Float> Writer<'a, T> {
                 }
                 (c, true)
             }
+            Layer::Embedding(e) => {
+                let mut c = e.config().to_keras(dtype);
+                c.insert("name".into(), json!(name));
+                c.insert("trainable".into(), json!(trainable));
+                self.weights.push(Var {
+                    group: format!("{path}/vars"),
+                    index: 0,
+                    tensor: e.embeddings(),
+                });
+                (c, true)
+            }
             other => {
                 return Err(ConfigError::invalid(
                     "layer",
                     default_class_name(other),
-                    "Masking, Dropout, Activation or Dense",
+                    "Masking, Dropout, Activation, Dense or Embedding",
                 )
                 .into())
             }
