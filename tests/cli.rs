@@ -692,3 +692,59 @@ fn stateful_model_runs_a_multiple_of_its_batch_size_carrying_states() {
     let six = Tensor::new(vec![6, 5, 3], x.data()[..90].to_vec()).unwrap();
     assert_fails_with(&predict(&six), &["[6, 5, 3]", "(4, 5, 3)"]);
 }
+
+/// `.npy` bytes of an `int64` array (NumPy's default integer type, what token ids usually are).
+fn npy_i64(shape: &[usize], data: &[i64]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| format!("{d}, ")).collect();
+    let mut header = format!(
+        "{{'descr': '<i8', 'fortran_order': False, 'shape': ({}), }}",
+        dims.concat().trim_end_matches(' ')
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    data.iter()
+        .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+    out
+}
+
+/// An Embedding model (mask_zero → GRU → GRU) on integer token ids, as Keras users hold them:
+/// the same outputs as Keras on the float ids of the fixture; an id outside the vocabulary is a
+/// clean error naming the layer and its `input_dim`.
+#[test]
+fn predict_embedding_model_on_integer_token_ids() {
+    let dir = TempDir::new("embedding");
+    let c = case("embedding_mask_zero");
+    let data = npz_map(&fixtures().join(c["data"].as_str().unwrap()));
+    let x = data["input_0"].to_f64();
+    let ids: Vec<i64> = x.data().iter().map(|v| *v as i64).collect();
+    // Whole ids, with padding (0) among them.
+    assert!(ids.contains(&0) && x.data().iter().all(|v| v.fract() == 0.0));
+    let xp = dir.path("ids.npy");
+    std::fs::write(&xp, npy_i64(x.shape(), &ids)).unwrap();
+    let model = fixtures().join("embedding_mask_zero.keras");
+    let y = dir.path("y.npy");
+    let run = |input: &Path| {
+        grucell(&[
+            "predict".as_ref(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--input".as_ref(),
+            input.as_os_str(),
+            "--output".as_ref(),
+            y.as_os_str(),
+        ])
+    };
+    let o = run(&xp);
+    assert!(o.status.success(), "{}", stderr(&o));
+    compare(&read_npy(&y).unwrap(), &data["output_0"], 1e-5, 1e-4).unwrap();
+
+    let mut bad = ids.clone();
+    bad[5] = 12; // the vocabulary is 0..12
+    std::fs::write(&xp, npy_i64(x.shape(), &bad)).unwrap();
+    assert_fails_with(&run(&xp), &["embedding", "flat index 5", "input_dim = 12"]);
+}
