@@ -15,6 +15,7 @@ use grucell::io::keras::load_keras_file;
 use grucell::io::npy::read_npz;
 use grucell::layers::bidirectional::{Bidirectional, MergeMode};
 use grucell::layers::dense::{Dense, DenseConfig};
+use grucell::layers::embedding::{Embedding, EmbeddingConfig};
 use grucell::layers::model::{Layer, Model};
 use grucell::train::backward::VarId;
 use grucell::train::loss::Loss;
@@ -93,6 +94,7 @@ fn get_var(m: &Model<f64>, id: &VarId, elem: usize) -> f64 {
             .unwrap()
             .data()[elem],
         Layer::Dense(d) => d.weights()[id.index].data()[elem],
+        Layer::Embedding(e) => e.embeddings().data()[elem],
         _ => panic!("variable in a layer without weights"),
     }
 }
@@ -124,6 +126,11 @@ fn with_var(m: &Model<f64>, id: &VarId, elem: usize, v: f64) -> Model<f64> {
                 _ => bias.as_mut().unwrap().data_mut()[elem] = v,
             }
             *d = Dense::from_weights(d.config().clone(), k, bias).unwrap();
+        }
+        Layer::Embedding(e) => {
+            let mut table = e.embeddings().clone();
+            table.data_mut()[elem] = v;
+            *e = Embedding::from_weights(e.config().clone(), table).unwrap();
         }
         _ => panic!("variable in a layer without weights"),
     }
@@ -548,6 +555,56 @@ fn built_models_gradcheck() {
         vec![r.tensor(&[b, t, d], 1.0)],
         vec![r.tensor(&[b, 2], 2.0)],
         Loss::Huber { delta: 0.5 },
+        None,
+    );
+
+    // Embedding(7, 3, mask_zero, L2 table penalty, L2 activity penalty) -> GRU(3) -> Dense(2,
+    // sigmoid, L1 activity penalty) + binary crossentropy: the table's gradient sums repeated
+    // ids and skips padding, and the Dense activity penalty's gradient joins the crossentropy's
+    // logits shortcut.
+    let mut ec = EmbeddingConfig::new(7, 3).mask_zero(true);
+    ec.embeddings_initializer = grucell::Initializer::RandomNormal {
+        mean: 0.0,
+        stddev: 0.5,
+        seed: Some(3),
+    };
+    ec.embeddings_regularizer = Some(Regularizer::L2 { l2: 0.05 });
+    ec.activity_regularizer = Some(Regularizer::L2 { l2: 0.1 });
+    let mut head = DenseConfig::new(2).activation(Activation::Sigmoid);
+    head.activity_regularizer = Some(Regularizer::L1 { l1: 0.2 });
+    let m = Model::sequential(
+        "emb",
+        vec![Some(t)],
+        vec![
+            ("embedding".into(), Layer::Embedding(ec.build(1).unwrap())),
+            ("gru".into(), Layer::Rnn(Rnn::new(cell(3, 71), 3).unwrap())),
+            ("dense".into(), Layer::Dense(head.build(3, 72).unwrap())),
+        ],
+    )
+    .unwrap();
+    // Ids 1..6 with repeats, -1 (the last row), and trailing padding in two rows.
+    let ids: Vec<f64> = (0..b * t)
+        .map(|i| match (i / t, i % t) {
+            (1, s) if s >= 2 => 0.0,
+            (3, s) if s >= 4 => 0.0,
+            (0, 0) => -1.0,
+            (_, s) => ((i / t + s / 2) % 6 + 1) as f64,
+        })
+        .collect();
+    let yb = Tensor::new(
+        vec![b, 2],
+        (0..2 * b).map(|i| (i % 3 == 1) as u8 as f64).collect(),
+    )
+    .unwrap();
+    run(
+        "embedding mask_zero + activity penalties + bce",
+        m,
+        vec![Tensor::new(vec![b, t], ids).unwrap()],
+        vec![yb],
+        Loss::BinaryCrossentropy {
+            from_logits: false,
+            label_smoothing: 0.0,
+        },
         None,
     );
 
