@@ -2,8 +2,9 @@
 """Random Keras models against `grucell`: what the fixtures do not enumerate.
 
 Builds random models with Keras 3.15.1 (Sequential or Functional; GRU, RNN(GRUCell),
-RNN(StackedRNNCells), Bidirectional, Masking, Dense, TimeDistributed(Dense | Dropout | Activation),
-random activations, biases, masks, initial states, return_state, frozen layers), saves each as
+RNN(StackedRNNCells), Bidirectional, Masking, Embedding (token ids, mask_zero), Dense,
+TimeDistributed(Dense | Dropout | Activation), random activations, biases, masks, initial states,
+return_state, frozen layers, activity penalties), saves each as
 `.keras` and legacy `.h5`, and compares with the `grucell` binary:
 
   predict  single-output models: `grucell predict` (1 and 2 threads, both formats) vs Keras'
@@ -124,10 +125,17 @@ def check_predict(args, keras, layers, rng, pick, out):
         keras.utils.set_random_seed(args.seed * 1000 + i)
         T, D, B = int(rng.integers(1, 9)), int(rng.integers(1, 7)), int(rng.integers(1, 6))
         var_t = rng.random() < 0.3
-        inp = keras.Input((None if var_t else T, D))
+        # Token ids through an Embedding (its mask_zero mask, or none) instead of features.
+        emb = rng.random() < 0.25
+        V = int(rng.integers(2, 12))
+        inp = keras.Input((None if var_t else T,) if emb else (None if var_t else T, D))
         lays, desc = [], []
         mask = rng.random() < 0.35
-        if mask:
+        if emb:
+            lays.append(layers.Embedding(V, D, mask_zero=mask,
+                                         embeddings_initializer=keras.initializers.RandomNormal(0.0, 0.7)))
+            desc.append(f"Embedding({V}, {D}, mask_zero={mask})")
+        elif mask:
             lays.append(layers.Masking(mask_value=0.0))
         nl = int(rng.integers(1, 4))
         for l in range(nl):
@@ -141,6 +149,10 @@ def check_predict(args, keras, layers, rng, pick, out):
             if "bias" in getattr(w, "path", w.name):
                 w.assign(rng.normal(size=w.shape).astype("float32") * 0.5)
         X = rng.normal(size=(B, int(rng.integers(1, 9)) if var_t else T, D)).astype("float32")
+        if emb:
+            # Ids from -V (counted from the end; TF-Keras 2 refuses them) to V - 1; 0 is padding
+            # under mask_zero.
+            X = rng.integers(0 if args.tf_keras else -V, V, size=X.shape[:2]).astype("float32")
         if mask:
             for b in range(B):
                 X[b, int(rng.integers(0, X.shape[1] + 1)):] = 0.0
@@ -230,10 +242,17 @@ def check_fit(args, keras, layers, rng, pick, out):
     for i in range(args.n):
         keras.utils.set_random_seed(args.seed * 1000 + i)
         T, D, N = int(rng.integers(1, 8)), int(rng.integers(1, 6)), int(rng.integers(5, 40))
-        inp = keras.Input((T, D))
+        emb = rng.random() < 0.25
+        V = int(rng.integers(2, 10))
+        inp = keras.Input((T,) if emb else (T, D))
         lays = []
         mask = rng.random() < 0.3
-        if mask:
+        if emb:
+            lays.append(layers.Embedding(V, D, mask_zero=mask, embeddings_regularizer=reg(),
+                                         embeddings_constraint=con(),
+                                         activity_regularizer=pick([None, None, "l2"]),
+                                         trainable=bool(rng.random() < 0.85)))
+        elif mask:
             lays.append(layers.Masking(mask_value=0.0))
         nl = int(rng.integers(1, 3))
         for l in range(nl):
@@ -266,7 +285,7 @@ def check_fit(args, keras, layers, rng, pick, out):
         k = int(rng.integers(2, 4))
         act = {"binary_crossentropy": "sigmoid", "categorical_crossentropy": "softmax",
                "sparse_categorical_crossentropy": "softmax"}.get(loss, pick(["linear", "tanh"]))
-        dense = layers.Dense(k, activation=act)
+        dense = layers.Dense(k, activation=act, activity_regularizer=pick([None, None, None, "l1"]))
         if rs and rng.random() < 0.5:
             # TimeDistributed(Activation) too (not Dropout: its random mask differs from Keras').
             if rng.random() < 0.4:
@@ -282,10 +301,13 @@ def check_fit(args, keras, layers, rng, pick, out):
                "adagrad": lambda: keras.optimizers.Adagrad(lr)}[opt_name]()
         m.compile(optimizer=opt, loss=loss)
         X = rng.normal(size=(N, T, D)).astype("float32")
+        if emb:
+            X = rng.integers(-V, V, size=(N, T)).astype("float32")
+            X[X == 0] = 1.0
         if mask:
             for b in range(N):
                 X[b, int(rng.integers(1, T + 1)):] = 0.0
-        yshape = (N,) + tuple(m.compute_output_shape((N, T, D))[1:])
+        yshape = (N,) + tuple(m.compute_output_shape(X.shape)[1:])
         if loss == "binary_crossentropy":
             Y = (rng.random(yshape) < 0.5).astype("float32")
         elif loss == "categorical_crossentropy":
@@ -301,7 +323,7 @@ def check_fit(args, keras, layers, rng, pick, out):
         m.fit(X, Y, batch_size=bs, epochs=ep, shuffle=False, verbose=0)
         common = ["--x", str(out / "x.npy"), "--y", str(out / "y.npy"), "--batch-size", str(bs),
                   "--no-shuffle", "--quiet"]
-        label = f"model {i} ({kind}, {opt_name}, {loss}, mask={mask}, {dense.__class__.__name__})"
+        label = f"model {i} ({kind}, {opt_name}, {loss}, mask={mask}, emb={emb}, {dense.__class__.__name__})"
         rc, _, err = run([args.grucell, "fit", "--model", str(out / "untrained.keras"),
                           "--epochs", str(ep), "--output", str(out / "ours.keras"), *common])
         if rc != 0:
@@ -326,8 +348,20 @@ def check_fit(args, keras, layers, rng, pick, out):
         if e > 1e-5 or e2 is None or e2 > 1e-5 or skipped:
             bad += 1
             print(f"{label}: fit {e:.2e}, continued {e2}, Keras warnings {skipped[:1]} {err.strip()[:200]}")
+            keep(args, out, f"fit_{i}", m, dict(batch_size=bs, epochs=ep))
     print(f"fit: {args.n} models, {bad} disagreements")
     return bad
+
+
+def keep(args, out, name, model, info):
+    """With --keep DIR: copies a disagreeing case's files (and Keras' own result) to DIR/name."""
+    if args.keep:
+        import shutil
+
+        dst = pathlib.Path(args.keep) / name
+        shutil.copytree(out, dst, dirs_exist_ok=True)
+        model.save(dst / "keras_result.keras")
+        (dst / "info.json").write_text(json.dumps(info) + "\n")
 
 
 def main():
@@ -336,6 +370,7 @@ def main():
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--grucell", default=str(ROOT / "target" / "release" / "grucell"))
+    ap.add_argument("--keep", metavar="DIR", help="copy the files of each disagreeing case into DIR")
     ap.add_argument("--tf-keras", action="store_true",
                     help="build and save the models with TF-Keras 2 (tf_keras 2.21) instead of Keras 3")
     args = ap.parse_args()

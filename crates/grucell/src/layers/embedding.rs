@@ -11,6 +11,7 @@ use crate::layers::keras_json::{get_bool, get_str, get_u64};
 use crate::layers::regularizer::Regularizer;
 use crate::layers::rnn::Mask;
 use crate::tensor::Tensor;
+use crate::train::optimizer::RowGrads;
 use serde_json::{json, Map, Value};
 
 /// Largest vocabulary (`input_dim`) a file may declare: 2^24 rows, the largest index a
@@ -297,10 +298,10 @@ impl<T: Float> Embedding<T> {
         }
     }
 
-    /// Gradient of the table for output gradient `dy` (shape `x.shape + (output_dim,)`):
-    /// each row's gradient is the sum of `dy` over the elements that selected it, as the dense
-    /// form of TensorFlow's gather gradient.
-    pub fn table_grad(&self, x: &Tensor<T>, dy: &Tensor<T>) -> Result<Vec<T>, Error> {
+    /// Gradient of the table for output gradient `dy` (shape `x.shape + (output_dim,)`), in
+    /// the form TensorFlow's gather gives it: one row of `dy` per input element, for the table
+    /// row that element selected ([`RowGrads::dense`] sums them per table row).
+    pub fn row_grads(&self, x: &Tensor<T>, dy: &Tensor<T>) -> Result<RowGrads<T>, Error> {
         let d = self.config.output_dim;
         if dy.len() != x.len() * d {
             return Err(ShapeError::mismatch(
@@ -310,14 +311,7 @@ impl<T: Float> Embedding<T> {
             )
             .into());
         }
-        let mut g = vec![T::zero(); self.embeddings.len()];
-        for (r, dr) in self.rows(x)?.into_iter().zip(dy.data().chunks_exact(d)) {
-            g[r * d..(r + 1) * d]
-                .iter_mut()
-                .zip(dr)
-                .for_each(|(a, b)| *a += *b);
-        }
-        Ok(g)
+        Ok(RowGrads::new(d, self.rows(x)?, dy.data().to_vec())?)
     }
 }
 
@@ -354,7 +348,7 @@ mod tests {
         let dy = Tensor::new(vec![1, 4, 2], (1..=8).map(f64::from).collect()).unwrap();
         // Row 1 twice (elements 0 and 3), row 0 twice (elements 1 and 2).
         assert_eq!(
-            e.table_grad(&x, &dy).unwrap(),
+            e.row_grads(&x, &dy).unwrap().dense(8).unwrap(),
             [
                 3.0 + 5.0,
                 4.0 + 6.0,

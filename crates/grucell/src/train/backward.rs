@@ -12,7 +12,7 @@ use crate::layers::regularizer::Regularizer;
 use crate::layers::rnn::{dims3, Mask, Rnn};
 use crate::tensor::Tensor;
 use crate::train::loss::Loss;
-use crate::train::optimizer::Optimizer;
+use crate::train::optimizer::{Optimizer, RowGrads};
 use crate::train::rnn_grad::RnnTape;
 use rand::rngs::StdRng;
 use rand::RngCore;
@@ -43,6 +43,13 @@ enum Cache<T> {
     },
 }
 
+/// Where the backward pass leaves the gradients: dense per variable, plus the row form of
+/// `Embedding` tables (see [`LossAndGrads::rows`]).
+struct Grads<'a, T> {
+    dense: &'a mut [Vec<T>],
+    rows: &'a mut [Option<RowGrads<T>>],
+}
+
 /// Values of every call and what each call kept for the backward pass.
 type Taped<T> = (Vec<Vec<Val<T>>>, Vec<Cache<T>>);
 
@@ -67,6 +74,10 @@ pub struct LossAndGrads<T> {
     pub loss: T,
     /// Gradient of each trainable variable, aligned with [`Model::trainable_variables`].
     pub grads: Vec<Vec<T>>,
+    /// For an `Embedding` table whose gradient comes from its lookups only (no weight penalty),
+    /// the looked-up rows as TensorFlow's `IndexedSlices` holds them (`grads` has their sums):
+    /// the optimizer squares those rows, as Keras does ([`Optimizer::step_with_rows`]).
+    pub rows: Vec<Option<RowGrads<T>>>,
 }
 
 fn cell_weight_names(use_bias: bool) -> &'static [&'static str] {
@@ -361,15 +372,31 @@ impl<T: Float> Model<T> {
             .iter()
             .map(|(_, s)| vec![T::zero(); s.iter().product()])
             .collect();
-        self.backward(&vals, caches, dvals, &pos, &index, &logit_nodes, &mut grads)?;
-        // Weight penalties and their gradients.
-        for ((w, r, _), g) in self.variables_mut().into_iter().zip(grads.iter_mut()) {
+        let mut rows: Vec<Option<RowGrads<T>>> = vec![None; vars.len()];
+        let mut sink = Grads {
+            dense: &mut grads,
+            rows: &mut rows,
+        };
+        self.backward(&vals, caches, dvals, &pos, &index, &logit_nodes, &mut sink)?;
+        // Weight penalties and their gradients (a penalty's gradient is dense: TensorFlow then
+        // sums the lookups' rows into it).
+        for (((w, r, _), g), rg) in self
+            .variables_mut()
+            .into_iter()
+            .zip(grads.iter_mut())
+            .zip(rows.iter_mut())
+        {
             if let Some(r) = r {
                 total += r.penalty(w.data(), w.shape());
                 r.add_grad(w.data(), w.shape(), g);
+                *rg = None;
             }
         }
-        Ok(LossAndGrads { loss: total, grads })
+        Ok(LossAndGrads {
+            loss: total,
+            grads,
+            rows,
+        })
     }
 
     /// One optimizer step on one batch (Keras `train_on_batch`): loss and gradients, the update,
@@ -386,6 +413,7 @@ impl<T: Float> Model<T> {
         let LossAndGrads {
             loss: value,
             mut grads,
+            mut rows,
         } = self.loss_and_grads(x, y, loss, rng)?;
         if !value.is_finite() {
             return Err(TrainError::NonFinite {
@@ -408,7 +436,7 @@ impl<T: Float> Model<T> {
             let mut vslices: Vec<&mut [T]> =
                 vars.iter_mut().map(|(w, _, _)| w.data_mut()).collect();
             let mut gslices: Vec<&mut [T]> = grads.iter_mut().map(|g| g.as_mut_slice()).collect();
-            optimizer.step(&mut vslices, &mut gslices)?;
+            optimizer.step_with_rows(&mut vslices, &mut gslices, &mut rows)?;
             for (w, _, c) in vars {
                 if let Some(c) = c {
                     let shape = w.shape().to_vec();
@@ -646,8 +674,9 @@ impl<T: Float> Model<T> {
         pos: &HashMap<(usize, usize), usize>,
         index: &HashMap<(usize, usize), usize>,
         logit_nodes: &std::collections::HashSet<usize>,
-        grads: &mut [Vec<T>],
+        sink: &mut Grads<'_, T>,
     ) -> Result<(), Error> {
+        let grads = &mut *sink.dense;
         for p in (0..self.nodes.len()).rev() {
             let node = &self.nodes[p];
             if dvals[p].iter().all(Option::is_none) {
@@ -730,7 +759,15 @@ impl<T: Float> Model<T> {
                         continue;
                     };
                     if trainable {
-                        var_grad(0, &e.table_grad(&x, &dy)?);
+                        let rg = e.row_grads(&x, &dy)?;
+                        if let Some(&k) = index.get(&(node.layer, 0)) {
+                            let g = rg.dense(grads[k].len())?;
+                            grads[k].iter_mut().zip(&g).for_each(|(a, b)| *a += *b);
+                            match &mut sink.rows[k] {
+                                Some(all) => all.extend(rg)?,
+                                slot => *slot = Some(rg),
+                            }
+                        }
                     }
                 }
                 (Layer::Masking { .. }, Cache::Masking(mask)) => {
