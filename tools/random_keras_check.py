@@ -11,7 +11,8 @@ return_state, frozen layers, activity penalties), saves each as
            `model.predict`; NaN/inf positions must agree (unstable models overflow), finite values
            within 1e-5 relative to max(1, |y|)
   multi    models with initial-state inputs and return_state outputs (.npz in and out)
-  fit      compiled models (random optimizer, loss, regularizers, constraints, masks), trained
+  fit      compiled models (random optimizer and clipping, loss, regularizers, constraints, masks,
+           Embedding tables with and without penalties), trained
            with shuffle=False: `grucell fit` from the untrained file vs Keras' weights after fit
            (within 1e-5); then both continue one more epoch from grucell's output (Keras:
            load_model + fit), which checks that the saved optimizer state is Keras' own
@@ -294,11 +295,12 @@ def check_fit(args, keras, layers, rng, pick, out):
         m, kind = chain(keras, rng, inp, lays + [dense])
         lr = float(pick([0.01, 0.003, 0.05]))
         opt_name = pick(["sgd", "adam", "adamw", "rmsprop", "adagrad"])
-        opt = {"sgd": lambda: keras.optimizers.SGD(lr, momentum=float(pick([0.0, 0.9]))),
-               "adam": lambda: keras.optimizers.Adam(lr, amsgrad=bool(rng.random() < 0.3)),
-               "adamw": lambda: keras.optimizers.AdamW(lr),
-               "rmsprop": lambda: keras.optimizers.RMSprop(lr, momentum=float(pick([0.0, 0.5]))),
-               "adagrad": lambda: keras.optimizers.Adagrad(lr)}[opt_name]()
+        clip = pick([{}, {}, {}, {"clipnorm": 0.5}, {"clipvalue": 0.05}, {"global_clipnorm": 0.5}])
+        opt = {"sgd": lambda: keras.optimizers.SGD(lr, momentum=float(pick([0.0, 0.9])), **clip),
+               "adam": lambda: keras.optimizers.Adam(lr, amsgrad=bool(rng.random() < 0.3), **clip),
+               "adamw": lambda: keras.optimizers.AdamW(lr, **clip),
+               "rmsprop": lambda: keras.optimizers.RMSprop(lr, momentum=float(pick([0.0, 0.5])), **clip),
+               "adagrad": lambda: keras.optimizers.Adagrad(lr, **clip)}[opt_name]()
         m.compile(optimizer=opt, loss=loss)
         X = rng.normal(size=(N, T, D)).astype("float32")
         if emb:
@@ -323,7 +325,7 @@ def check_fit(args, keras, layers, rng, pick, out):
         m.fit(X, Y, batch_size=bs, epochs=ep, shuffle=False, verbose=0)
         common = ["--x", str(out / "x.npy"), "--y", str(out / "y.npy"), "--batch-size", str(bs),
                   "--no-shuffle", "--quiet"]
-        label = f"model {i} ({kind}, {opt_name}, {loss}, mask={mask}, emb={emb}, {dense.__class__.__name__})"
+        label = f"model {i} ({kind}, {opt_name} {clip}, {loss}, mask={mask}, emb={emb}, {dense.__class__.__name__})"
         rc, _, err = run([args.grucell, "fit", "--model", str(out / "untrained.keras"),
                           "--epochs", str(ep), "--output", str(out / "ours.keras"), *common])
         if rc != 0:
