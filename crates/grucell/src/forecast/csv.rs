@@ -149,6 +149,38 @@ fn find_column(headers: &[String], name: &str) -> Option<usize> {
     })
 }
 
+/// The first column whose every cell starts like an ISO date (`1958-03-29`, `1949-01`,
+/// `2020/05/01 10:00`; not decimal years like `1958.2027`, which are numbers): read as the
+/// dates when `--date-column` is not given.
+fn date_like_column(headers: &[String], records: &[csv::StringRecord]) -> Option<usize> {
+    let date_like = |c: &str| {
+        let b = c.as_bytes();
+        b.len() >= 7
+            && b[..4].iter().all(u8::is_ascii_digit)
+            && matches!(b[4], b'-' | b'/')
+            && b[5].is_ascii_digit()
+    };
+    (0..headers.len())
+        .find(|&i| !records.is_empty() && records.iter().all(|r| r.get(i).is_some_and(date_like)))
+}
+
+/// A column of row numbers: named like an index (empty, pandas' `Unnamed: 0`, `index`, `id`)
+/// and holding consecutive integers, counting up or down.
+fn is_row_number_column(header: &str, records: &[csv::StringRecord], i: usize) -> bool {
+    let h = header.trim().to_ascii_lowercase();
+    let named = h.is_empty() || h.starts_with("unnamed") || h == "index" || h == "id";
+    let nums: Option<Vec<i64>> = records
+        .iter()
+        .map(|r| r.get(i).and_then(|c| c.trim().parse::<i64>().ok()))
+        .collect();
+    named
+        && nums.is_some_and(|n| {
+            n.len() >= 2
+                && (n.windows(2).all(|w| w[1] == w[0] + 1)
+                    || n.windows(2).all(|w| w[1] == w[0] - 1))
+        })
+}
+
 fn list(headers: &[String]) -> String {
     headers
         .iter()
@@ -190,7 +222,7 @@ pub fn parse_series(
         .collect::<Result<_, _>>()
         .map_err(|e| bad("rows".into(), e.to_string()))?;
     let date_idx = match date_column {
-        None => None,
+        None => date_like_column(&headers, &records),
         Some(d) => Some(find_column(&headers, d).ok_or_else(|| {
             bad(
                 format!("date column `{d}`"),
@@ -221,6 +253,18 @@ pub fn parse_series(
                     any
                 })
                 .collect();
+            // A row number column (pandas' unnamed index, `index`, `id`) is not the series,
+            // when another numeric column is there.
+            let not_index: Vec<usize> = numeric
+                .iter()
+                .copied()
+                .filter(|&i| !is_row_number_column(&headers[i], &records, i))
+                .collect();
+            let numeric = if not_index.is_empty() {
+                numeric
+            } else {
+                not_index
+            };
             match numeric.as_slice() {
                 [i] => *i,
                 [] => {
@@ -327,6 +371,28 @@ mod tests {
             e.contains("date column `when`") && e.contains("`date`, `co2`"),
             "{e}"
         );
+    }
+
+    /// A file as pandas writes it (unnamed index column), newest first, without `--date-column`:
+    /// the index is not taken for the series, and the ISO dates are found and put in order.
+    #[test]
+    fn pandas_index_is_skipped_and_iso_dates_are_found() {
+        let s = parse(
+            ",Month,Sunspots\n2,1749-03-01,30.5\n1,1749-02-01,20.0\n0,1749-01-01,10.0\n",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.name, "Sunspots");
+        assert_eq!(s.values, [Some(10.0), Some(20.0), Some(30.5)]);
+        assert!(s.reversed);
+        assert_eq!(s.dates.unwrap()[0], "1749-01-01");
+        // Two real series stay ambiguous; a lone index column is still a series.
+        assert!(parse("a,b\n1,5\n2,6\n", None, None).is_err());
+        assert_eq!(parse("id\n1\n2\n", None, None).unwrap().name, "id");
+        // Values of four digits and a decimal point are numbers, not dates.
+        let s = parse("t,v\n2000-01,1234.5\n2000-02,1240.25\n", None, None).unwrap();
+        assert_eq!((s.name.as_str(), s.dates.unwrap().len()), ("v", 2));
     }
 
     #[test]
