@@ -24,7 +24,7 @@ pub struct Args {
     /// CSV file with a header row.
     #[arg(long, value_name = "FILE")]
     pub csv: PathBuf,
-    /// Numeric column to forecast (default: the only numeric column).
+    /// Numeric column to forecast (default: the only numeric column, a row-number index column aside).
     #[arg(long, value_name = "NAME")]
     pub column: Option<String>,
     /// Output folder for metrics.json, forecast.png, model.keras, test_inputs.npy.
