@@ -152,7 +152,7 @@ fn tf_keras_2_fixtures_match_tf_keras() {
         serde_json::from_str(&std::fs::read_to_string(tf2_dir().join("manifest.json")).unwrap())
             .unwrap();
     let cases = manifest["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 6);
+    assert_eq!(cases.len(), 7);
     let mut failures = Vec::new();
     for case in cases {
         for file in case["files"].as_array().unwrap() {
@@ -198,6 +198,14 @@ fn tf_keras_2_hard_sigmoid_is_not_saved_as_keras_3s() {
 fn tf_keras_2_masked_states_are_not_saved_as_keras_3_calls() {
     let e = keras3_save_error("tf2_masked_states.h5");
     assert!(e.contains("initial states and a mask"), "{e}");
+}
+
+/// TF-Keras 2 merges masks otherwise than Keras 3 (tf2_masked_merge computes with TF-Keras 2's
+/// rule): saving such a model with masks as a Keras 3 file is refused, naming the merge.
+#[test]
+fn tf_keras_2_masked_merges_are_not_saved_as_keras_3s() {
+    let e = keras3_save_error("tf2_masked_merge.h5");
+    assert!(e.contains("merges masks as TF-Keras 2 does"), "{e}");
 }
 
 /// A model whose layers compute in 16-bit floats in Keras is reported (the CLI warns: grucell

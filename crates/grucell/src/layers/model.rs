@@ -7,6 +7,7 @@ use crate::layers::activation::Activation;
 use crate::layers::bidirectional::Bidirectional;
 use crate::layers::dense::Dense;
 use crate::layers::embedding::Embedding;
+use crate::layers::merge::{Merge, MergeOp};
 use crate::layers::regularizer::Regularizer;
 use crate::layers::rnn::{dims3, Mask, Rnn, RnnKind};
 use crate::tensor::Tensor;
@@ -32,6 +33,9 @@ pub enum Layer<T = f32> {
     Dense(Dense<T>),
     /// `Embedding`: integer indices to table rows (and, with `mask_zero`, the padding mask).
     Embedding(Embedding<T>),
+    /// A merge layer (`Concatenate`, `Add`, `Subtract`, `Multiply`, `Average`, `Maximum`,
+    /// `Minimum`) over the call's tensor arguments.
+    Merge(Merge),
     /// `Dropout(rate)`: the identity at inference.
     Dropout {
         /// Drop rate (training only).
@@ -849,6 +853,14 @@ impl<T: Float> Model<T> {
                 let (x, _) = float_arg(0)?;
                 vec![Val::F(e.call(x)?, e.compute_mask(x)?)]
             }
+            Layer::Merge(merge) => {
+                let args = (0..node.args.len())
+                    .map(float_arg)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let xs: Vec<&Tensor<T>> = args.iter().map(|(x, _)| *x).collect();
+                let masks: Vec<Option<&Mask>> = args.iter().map(|(_, m)| *m).collect();
+                vec![Val::F(merge.op.call(&xs)?, merge.mask(&xs, &masks)?)]
+            }
             Layer::Dropout { .. } => {
                 let (x, m) = float_arg(0)?;
                 vec![Val::F(x.clone(), m.cloned())]
@@ -935,6 +947,36 @@ impl<T: Float> Model<T> {
                     s.push(Some(e.config().output_dim));
                     vec![s]
                 }
+                Layer::Merge(Merge {
+                    op: MergeOp::Concatenate { axis },
+                    ..
+                }) => {
+                    // The concatenated axis adds up the inputs' sizes (`None` if any is).
+                    let inputs: Vec<Vec<Option<usize>>> = node
+                        .args
+                        .iter()
+                        .map(|a| match a {
+                            NodeArg::Tensor(r) => pos
+                                .get(&(r.layer, r.node))
+                                .and_then(|&p| shapes.get(p))
+                                .and_then(|s| s.get(r.index))
+                                .cloned()
+                                .unwrap_or_default(),
+                            NodeArg::Scalar(_) => vec![],
+                        })
+                        .collect();
+                    let mut s = input;
+                    let rank = s.len() as isize;
+                    let a = if *axis < 0 { rank + axis } else { *axis };
+                    if let Some(slot) = usize::try_from(a).ok().and_then(|a| s.get_mut(a)) {
+                        *slot = inputs
+                            .iter()
+                            .map(|i| i.get(a as usize).copied().flatten())
+                            .sum::<Option<usize>>();
+                    }
+                    vec![s]
+                }
+                Layer::Merge(_) => vec![input],
                 Layer::Rnn(r) => {
                     let mut v = vec![if r.returns_sequences() {
                         vec![batch, time, Some(r.units())]
@@ -1107,6 +1149,7 @@ pub fn default_class_name<T: Float>(l: &Layer<T>) -> &'static str {
         Layer::Bidirectional(_) => "Bidirectional",
         Layer::Dense(_) => "Dense",
         Layer::Embedding(_) => "Embedding",
+        Layer::Merge(m) => m.op.class_name(),
         Layer::Dropout { .. } => "Dropout",
         Layer::Activation(_) => "Activation",
         Layer::NotEqual { .. } => "NotEqual",

@@ -34,6 +34,8 @@ enum Cache<T> {
     Dropout(Vec<T>),
     /// An `Embedding` call keeps its indices.
     Embedding(Tensor<T>),
+    /// A merge keeps its inputs.
+    Merge(Vec<Tensor<T>>),
     Rnn(Box<RnnTape<T>>),
     Bi {
         f: Box<RnnTape<T>>,
@@ -644,6 +646,13 @@ impl<T: Float> Model<T> {
                     let mask = e.compute_mask(&x)?;
                     (vec![Val::F(y, mask)], Cache::Embedding(x))
                 }
+                Layer::Merge(_) => {
+                    let out = self.eval_node(node, inputs, &vals, &pos, None)?;
+                    let xs = (0..node.args.len())
+                        .map(|i| arg_t(i).map(|(x, _)| x))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    (out, Cache::Merge(xs))
+                }
                 Layer::Masking { .. } => {
                     let v = self.eval_node(node, inputs, &vals, &pos, None)?;
                     let mask = match &v[0] {
@@ -767,6 +776,17 @@ impl<T: Float> Model<T> {
                                 Some(all) => all.extend(rg)?,
                                 slot => *slot = Some(rg),
                             }
+                        }
+                    }
+                }
+                (Layer::Merge(merge), Cache::Merge(xs)) => {
+                    let Some(dy) = out_grads.into_iter().next().flatten() else {
+                        continue;
+                    };
+                    let refs: Vec<&Tensor<T>> = xs.iter().collect();
+                    for (a, g) in node.args.iter().zip(merge.op.backward(&refs, &dy)?) {
+                        if let NodeArg::Tensor(r) = a {
+                            send(Some(*r), g, &mut dvals)?;
                         }
                     }
                 }

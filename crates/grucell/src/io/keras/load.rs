@@ -12,6 +12,7 @@ use crate::layers::gru_cell::{activation_of, GruCell, GruCellConfig};
 use crate::layers::keras_json::{
     class_and_config, get_bool, get_f64, get_str, get_u64, to_snake_case,
 };
+use crate::layers::merge::{Merge, MergeOp};
 use crate::layers::model::{
     Layer, Model, ModelKind, ModelLayer, Node, NodeArg, TensorRef, Wrapped,
 };
@@ -115,8 +116,12 @@ pub fn model_from_file<T: Float>(file: &KerasFile) -> Result<Model<T>, Error> {
         .clone()
         .filter(|c| c.as_object().is_some_and(|o| !o.is_empty()));
     if written_by_keras_2(file) {
-        // `hard_sigmoid` was 0.2x + 0.5 before Keras 3 (x/6 + 0.5).
+        // `hard_sigmoid` was 0.2x + 0.5 before Keras 3 (x/6 + 0.5), and merged masks were
+        // ANDed.
         for l in &mut model.layers {
+            if let Layer::Merge(m) = &mut l.layer {
+                m.keras2_masks = true;
+            }
             l.map_activations(|a| match a {
                 crate::Activation::HardSigmoid => crate::Activation::HardSigmoidKeras2,
                 other => other,
@@ -308,6 +313,28 @@ fn build_layer_in<T: Float>(
                 .ok_or_else(|| ConfigError::invalid(format!("Embedding `{name}`"), "no embeddings", "an embeddings table"))?;
             Layer::Embedding(Embedding::from_weights(ec, table).map_err(with_name)?)
         }
+        "Concatenate" | "Add" | "Subtract" | "Multiply" | "Average" | "Maximum" | "Minimum"
+            if entry.get("module").and_then(Value::as_str).is_some_and(|m| m.contains(".ops")) =>
+        {
+            // The op of the same name (`keras.src.ops.numpy.Concatenate`), which Keras records
+            // when it computes a merged mask.
+            return Err(ConfigError::unsupported(
+                "operation",
+                format!("`{class}` op (`{name}`): the mask of a merge of masked tensors is not supported"),
+            )
+            .into());
+        }
+        "Concatenate" | "Add" | "Subtract" | "Multiply" | "Average" | "Maximum" | "Minimum" => {
+            let axis = match cfg.get("axis") {
+                None | Some(Value::Null) => -1,
+                Some(v) => v
+                    .as_i64()
+                    .filter(|a| a.abs() <= 8)
+                    .ok_or_else(|| ConfigError::invalid(format!("{class}.axis"), v, "an integer axis"))?
+                    as isize,
+            };
+            Layer::Merge(Merge::new(MergeOp::from_class(&class, axis).ok_or_else(|| ConfigError::unsupported("layer", class.clone()))?))
+        }
         "GRU" | "RNN" => Layer::Rnn(rnn_layer(&class, &cfg, &name, path, w, None).map_err(with_name)?),
         "Bidirectional" => Layer::Bidirectional(bidirectional(&cfg, &name, path, w).map_err(with_name)?),
         "NotEqual" => Layer::NotEqual { value: 0.0 },
@@ -321,10 +348,17 @@ fn build_layer_in<T: Float>(
             }
             Layer::Any { axis }
         }
+        other if entry.get("module").and_then(Value::as_str).is_some_and(|m| m.contains(".ops")) => {
+            return Err(ConfigError::unsupported(
+                "operation",
+                format!("`{other}` (`{name}`): of the operations Keras records in a model graph, grucell runs NotEqual and Any (the masks of Masking and Embedding); others, such as those of a mask through a merge of masked tensors, are not supported"),
+            )
+            .into())
+        }
         other => {
             return Err(ConfigError::unsupported(
                 "layer",
-                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation), Dense, Dropout, Activation"),
+                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation), Dense, Dropout, Activation, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
             )
             .into())
         }

@@ -62,6 +62,7 @@ use crate::error::{ConfigError, Error, FormatError, ShapeError};
 use crate::float::Float;
 use crate::layers::bidirectional::Bidirectional;
 use crate::layers::gru_cell::{dtype_policy, GruCell};
+use crate::layers::merge::{Merge, MergeOp};
 use crate::layers::model::{
     default_class_name, Layer, Model, ModelKind, ModelLayer, Node, NodeArg, TensorRef, Wrapped,
 };
@@ -270,6 +271,21 @@ impl<'a, T: Float> Plan<'a, T> {
             Layer::Embedding(e) => e.config().mask_zero,
             _ => false,
         });
+        if let Some(l) = model
+            .layers
+            .iter()
+            .find(|l| matches!(l.layer, Layer::Merge(m) if m.keras2_masks) && masking)
+        {
+            return Err(ConfigError::unsupported(
+                "merge",
+                format!(
+                    "`{}` merges masks as TF-Keras 2 does (a step is kept if every masked input \
+                     keeps it); Keras 3 merges them otherwise, so no Keras 3 file computes the same",
+                    l.name
+                ),
+            )
+            .into());
+        }
         if let Some(n) = model.nodes.iter().find(|n| n.states_keep_mask && masking) {
             let name = model.layers.get(n.layer).map_or("?", |l| l.name.as_str());
             return Err(ConfigError::unsupported(
@@ -400,6 +416,8 @@ struct Writer<'a, T> {
 struct CallShapes {
     /// Shape of the first positional argument.
     input: Shape,
+    /// Shapes of every positional tensor argument (a merge layer's list).
+    args: Vec<Shape>,
     /// Shapes of the `initial_state` tensors.
     states: Vec<Shape>,
 }
@@ -528,7 +546,19 @@ impl<'a, T: Float> Writer<'a, T> {
             .iter()
             .map(|r| self.shape_of(*r))
             .collect::<Result<_, _>>()?;
-        Ok(Some(CallShapes { input, states }))
+        let args = node
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                NodeArg::Tensor(r) => Some(self.shape_of(*r)),
+                NodeArg::Scalar(_) => None,
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Some(CallShapes {
+            input,
+            args,
+            states,
+        }))
     }
 
     fn sequential(&mut self) -> Result<Value, Error> {
@@ -664,7 +694,7 @@ impl<'a, T: Float> Writer<'a, T> {
 
     /// One inbound node, with the keyword arguments Keras records for the layer's call.
     fn inbound_node(&self, ml: &ModelLayer<T>, n: &Node) -> Result<Value, Error> {
-        let args = n
+        let mut args = n
             .args
             .iter()
             .map(|a| match a {
@@ -672,6 +702,10 @@ impl<'a, T: Float> Writer<'a, T> {
                 NodeArg::Scalar(x) => Ok(json!(x)),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // A merge layer is called on one list of tensors.
+        if matches!(ml.layer, Layer::Merge(_)) {
+            args = vec![Value::Array(args)];
+        }
         let mask = n.mask.map(|r| self.keras_tensor(r)).transpose()?;
         let states = n
             .initial_state
@@ -775,6 +809,17 @@ impl<'a, T: Float> Writer<'a, T> {
                     );
                 }
                 self.bidirectional_config(b, ml, path, call.map(|c| &c.input))?
+            }
+            Layer::Merge(Merge { op, .. }) => {
+                // Built on the list of its inputs' shapes.
+                build = call.map(|c| {
+                    json!({ "input_shape": Value::Array(c.args.iter().map(|s| shape_json(s)).collect()) })
+                });
+                let mut c = base_config(&ml.name, ml.trainable, self.dtype);
+                if let MergeOp::Concatenate { axis } = op {
+                    c.insert("axis".into(), json!(axis));
+                }
+                c
             }
             Layer::Input { .. } | Layer::NotEqual { .. } | Layer::Any { .. } => {
                 return Err(ConfigError::invalid(

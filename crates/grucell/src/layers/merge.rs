@@ -1,0 +1,465 @@
+//! Keras merge layers: `Concatenate`, `Add`, `Subtract`, `Multiply`, `Average`, `Maximum`,
+//! `Minimum` — how the branches of a Functional model (a GRU over a sequence, another over a
+//! second input) are joined.
+
+use crate::error::{ConfigError, Error, ShapeError};
+use crate::float::Float;
+use crate::layers::rnn::Mask;
+use crate::tensor::Tensor;
+
+/// A merge layer as a model holds it: the operation and whose mask rule applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Merge {
+    /// The operation.
+    pub op: MergeOp,
+    /// TF-Keras 2's mask rule (files Keras 2 wrote) instead of Keras 3's; see [`MergeOp::mask`].
+    pub keras2_masks: bool,
+}
+
+impl Merge {
+    /// A merge with Keras 3's mask rule.
+    pub fn new(op: MergeOp) -> Self {
+        Merge {
+            op,
+            keras2_masks: false,
+        }
+    }
+
+    /// The output mask ([`MergeOp::mask`] with this merge's rule).
+    pub fn mask<T: Float>(
+        &self,
+        xs: &[&Tensor<T>],
+        masks: &[Option<&Mask>],
+    ) -> Result<Option<Mask>, Error> {
+        self.op.mask(xs, masks, self.keras2_masks)
+    }
+}
+
+/// One merge operation (no weights).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MergeOp {
+    /// `Concatenate(axis)` (Keras default `axis = -1`).
+    Concatenate {
+        /// Axis, negative from the end.
+        axis: isize,
+    },
+    /// `Add`: the element-wise sum.
+    Add,
+    /// `Subtract`: `inputs[0] − inputs[1]` (exactly two inputs).
+    Subtract,
+    /// `Multiply`: the element-wise product.
+    Multiply,
+    /// `Average`: the element-wise mean.
+    Average,
+    /// `Maximum`: the element-wise maximum.
+    Maximum,
+    /// `Minimum`: the element-wise minimum.
+    Minimum,
+}
+
+impl MergeOp {
+    /// The merge layer of a Keras class name (`Concatenate` takes its `axis`).
+    pub fn from_class(class: &str, axis: isize) -> Option<Self> {
+        Some(match class {
+            "Concatenate" => MergeOp::Concatenate { axis },
+            "Add" => MergeOp::Add,
+            "Subtract" => MergeOp::Subtract,
+            "Multiply" => MergeOp::Multiply,
+            "Average" => MergeOp::Average,
+            "Maximum" => MergeOp::Maximum,
+            "Minimum" => MergeOp::Minimum,
+            _ => return None,
+        })
+    }
+
+    /// The Keras class name.
+    pub fn class_name(self) -> &'static str {
+        match self {
+            MergeOp::Concatenate { .. } => "Concatenate",
+            MergeOp::Add => "Add",
+            MergeOp::Subtract => "Subtract",
+            MergeOp::Multiply => "Multiply",
+            MergeOp::Average => "Average",
+            MergeOp::Maximum => "Maximum",
+            MergeOp::Minimum => "Minimum",
+        }
+    }
+
+    /// The concatenation axis as an index into a rank-`rank` shape.
+    fn axis_index(axis: isize, rank: usize) -> Result<usize, Error> {
+        let a = if axis < 0 { rank as isize + axis } else { axis };
+        if a < 1 || a >= rank as isize {
+            return Err(ConfigError::invalid(
+                "Concatenate.axis",
+                axis,
+                format!("a non-batch axis of the rank-{rank} inputs"),
+            )
+            .into());
+        }
+        Ok(a as usize)
+    }
+
+    /// Checks the inputs and returns the output shape.
+    pub fn output_shape(self, shapes: &[&[usize]]) -> Result<Vec<usize>, Error> {
+        let Some(first) = shapes.first() else {
+            return Err(ConfigError::invalid(self.class_name(), "no inputs", "at least 1").into());
+        };
+        if self == MergeOp::Subtract && shapes.len() != 2 {
+            return Err(
+                ConfigError::invalid("Subtract inputs", shapes.len(), "exactly 2 tensors").into(),
+            );
+        }
+        match self {
+            MergeOp::Concatenate { axis } => {
+                let a = Self::axis_index(axis, first.len())?;
+                let mut out = first.to_vec();
+                out[a] = 0;
+                for s in shapes {
+                    let fits = s.len() == first.len()
+                        && s.iter()
+                            .zip(first.iter())
+                            .enumerate()
+                            .all(|(i, (x, y))| i == a || x == y);
+                    if !fits {
+                        return Err(ShapeError::mismatch(
+                            "Concatenate input",
+                            s,
+                            format!("{first:?} except along axis {a}"),
+                        )
+                        .into());
+                    }
+                    out[a] += s[a];
+                }
+                Ok(out)
+            }
+            _ => {
+                if let Some(s) = shapes.iter().find(|s| s != &first) {
+                    return Err(ShapeError::mismatch(
+                        format!("{} input", self.class_name()),
+                        s,
+                        format!("{first:?} (the shape of the first input)"),
+                    )
+                    .into());
+                }
+                Ok(first.to_vec())
+            }
+        }
+    }
+
+    /// The merged tensor.
+    ///
+    /// ```
+    /// use grucell::layers::merge::MergeOp;
+    /// use grucell::Tensor;
+    ///
+    /// let a = Tensor::new(vec![1, 2], vec![1.0f32, 2.0])?;
+    /// let b = Tensor::new(vec![1, 1], vec![5.0f32])?;
+    /// let c = MergeOp::Concatenate { axis: -1 }.call(&[&a, &b])?;
+    /// assert_eq!((c.shape(), c.data()), (&[1usize, 3][..], &[1.0, 2.0, 5.0][..]));
+    /// assert_eq!(MergeOp::Maximum.call(&[&a, &a])?.data(), &[1.0, 2.0]);
+    /// # Ok::<(), grucell::Error>(())
+    /// ```
+    pub fn call<T: Float>(self, xs: &[&Tensor<T>]) -> Result<Tensor<T>, Error> {
+        let shapes: Vec<&[usize]> = xs.iter().map(|x| x.shape()).collect();
+        let shape = self.output_shape(&shapes)?;
+        let first = xs[0];
+        let data = match self {
+            MergeOp::Concatenate { axis } => {
+                let a = Self::axis_index(axis, shape.len())?;
+                // Blocks of `inner` elements (everything after the axis) per outer index.
+                let outer: usize = shape[..a].iter().product();
+                let inner: usize = shape[a + 1..].iter().product();
+                let mut out = Vec::with_capacity(shape.iter().product());
+                for o in 0..outer {
+                    for x in xs {
+                        let n = x.shape()[a] * inner;
+                        out.extend_from_slice(&x.data()[o * n..(o + 1) * n]);
+                    }
+                }
+                out
+            }
+            _ => {
+                let mut out = first.data().to_vec();
+                for x in &xs[1..] {
+                    for (o, &v) in out.iter_mut().zip(x.data()) {
+                        *o = match self {
+                            MergeOp::Add | MergeOp::Average => *o + v,
+                            MergeOp::Subtract => *o - v,
+                            MergeOp::Multiply => *o * v,
+                            // TensorFlow's maximum/minimum (NaN propagates).
+                            MergeOp::Maximum => pick(*o, v, *o >= v),
+                            _ => pick(*o, v, *o <= v),
+                        };
+                    }
+                }
+                if self == MergeOp::Average {
+                    let n = T::of(xs.len() as f64);
+                    out.iter_mut().for_each(|o| *o /= n);
+                }
+                out
+            }
+        };
+        Ok(Tensor::new(shape, data)?)
+    }
+
+    /// Gradients of every input for the output gradient `dy` (TensorFlow's rules: `Maximum`
+    /// and `Minimum` send a tie to the earlier input).
+    pub fn backward<T: Float>(
+        self,
+        xs: &[&Tensor<T>],
+        dy: &Tensor<T>,
+    ) -> Result<Vec<Tensor<T>>, Error> {
+        let shapes: Vec<&[usize]> = xs.iter().map(|x| x.shape()).collect();
+        let shape = self.output_shape(&shapes)?;
+        if dy.shape() != shape.as_slice() {
+            return Err(ShapeError::mismatch(
+                format!("gradient of {}", self.class_name()),
+                dy.shape(),
+                format!("{shape:?}"),
+            )
+            .into());
+        }
+        let g = dy.data();
+        let grads: Vec<Vec<T>> = match self {
+            MergeOp::Concatenate { axis } => {
+                let a = Self::axis_index(axis, shape.len())?;
+                let outer: usize = shape[..a].iter().product();
+                let inner: usize = shape[a + 1..].iter().product();
+                let mut out: Vec<Vec<T>> = xs.iter().map(|x| Vec::with_capacity(x.len())).collect();
+                let mut pos = 0;
+                for _ in 0..outer {
+                    for (x, o) in xs.iter().zip(out.iter_mut()) {
+                        let n = x.shape()[a] * inner;
+                        o.extend_from_slice(&g[pos..pos + n]);
+                        pos += n;
+                    }
+                }
+                out
+            }
+            MergeOp::Add => xs.iter().map(|_| g.to_vec()).collect(),
+            MergeOp::Average => {
+                let n = T::of(xs.len() as f64);
+                xs.iter()
+                    .map(|_| g.iter().map(|&v| v / n).collect())
+                    .collect()
+            }
+            MergeOp::Subtract => vec![g.to_vec(), g.iter().map(|&v| -v).collect()],
+            MergeOp::Multiply => (0..xs.len())
+                .map(|i| {
+                    g.iter()
+                        .enumerate()
+                        .map(|(e, &v)| {
+                            xs.iter()
+                                .enumerate()
+                                .filter(|(j, _)| *j != i)
+                                .fold(v, |acc, (_, x)| acc * x.data()[e])
+                        })
+                        .collect()
+                })
+                .collect(),
+            MergeOp::Maximum | MergeOp::Minimum => {
+                // Replays the left fold: the running winner keeps a tie.
+                let mut out: Vec<Vec<T>> = xs.iter().map(|x| vec![T::zero(); x.len()]).collect();
+                for (e, &v) in g.iter().enumerate() {
+                    let mut best = 0;
+                    for j in 1..xs.len() {
+                        let (cur, new) = (xs[best].data()[e], xs[j].data()[e]);
+                        let keep = if self == MergeOp::Maximum {
+                            cur >= new
+                        } else {
+                            cur <= new
+                        };
+                        if !keep {
+                            best = j;
+                        }
+                    }
+                    out[best][e] = v;
+                }
+                out
+            }
+        };
+        xs.iter()
+            .zip(grads)
+            .map(|(x, g)| Ok(Tensor::new(x.shape().to_vec(), g)?))
+            .collect()
+    }
+
+    /// The output mask from the inputs' `(batch, time)` masks, as Keras computes it; `None`
+    /// when no input has one. Keras 3.15.1: `Concatenate` on the last axis keeps a step if *any*
+    /// input keeps it (an input without a mask keeps every step), on the time axis joins the
+    /// masks; the other merges have no mask if an input has none, else keep a step if any input
+    /// keeps it. TF-Keras 2 (`keras2`): a step is kept if every masked input keeps it.
+    pub fn mask<T: Float>(
+        self,
+        xs: &[&Tensor<T>],
+        masks: &[Option<&Mask>],
+        keras2: bool,
+    ) -> Result<Option<Mask>, Error> {
+        if masks.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let (b, t) = match xs.first().map(|x| x.shape()) {
+            Some(&[b, t, ..]) => (b, t),
+            _ => return Ok(None),
+        };
+        let every_masked = || -> Result<Option<Mask>, Error> {
+            let mut keep = vec![true; b * t];
+            for m in masks.iter().flatten() {
+                keep.iter_mut().zip(&m.data).for_each(|(k, v)| *k &= *v);
+            }
+            Ok(Some(Mask::new(b, t, keep)?))
+        };
+        match self {
+            MergeOp::Concatenate { axis }
+                if keras2 && Self::axis_index(axis, xs[0].rank())? + 1 == xs[0].rank() =>
+            {
+                every_masked()
+            }
+            _ if keras2 && !matches!(self, MergeOp::Concatenate { .. }) => every_masked(),
+            MergeOp::Concatenate { axis } => {
+                let rank = xs[0].rank();
+                let a = Self::axis_index(axis, rank)?;
+                if rank == 3 && a == 2 {
+                    let mut keep = vec![false; b * t];
+                    for m in masks {
+                        match m {
+                            None => keep.iter_mut().for_each(|k| *k = true),
+                            Some(m) => keep.iter_mut().zip(&m.data).for_each(|(k, v)| *k |= *v),
+                        }
+                    }
+                    Ok(Some(Mask::new(b, t, keep)?))
+                } else if rank == 3 && a == 1 {
+                    let total: usize = xs.iter().map(|x| x.shape()[1]).sum();
+                    let mut keep = Vec::with_capacity(b * total);
+                    for row in 0..b {
+                        for (x, m) in xs.iter().zip(masks) {
+                            let tx = x.shape()[1];
+                            match m {
+                                None => keep.extend(std::iter::repeat_n(true, tx)),
+                                Some(m) => {
+                                    keep.extend_from_slice(&m.data[row * tx..(row + 1) * tx])
+                                }
+                            }
+                        }
+                    }
+                    Ok(Some(Mask::new(b, total, keep)?))
+                } else {
+                    Err(ConfigError::unsupported(
+                        "Concatenate of masked inputs",
+                        format!("axis {axis} of rank-{rank} inputs (only the time or feature axis of sequences)"),
+                    )
+                    .into())
+                }
+            }
+            _ => {
+                if masks.iter().any(Option::is_none) {
+                    return Ok(None);
+                }
+                let mut keep = vec![false; b * t];
+                for m in masks.iter().flatten() {
+                    keep.iter_mut().zip(&m.data).for_each(|(k, v)| *k |= *v);
+                }
+                Ok(Some(Mask::new(b, t, keep)?))
+            }
+        }
+    }
+}
+
+/// `a` where `first` holds, else `b`; NaN in either gives NaN (TensorFlow's maximum/minimum).
+fn pick<T: Float>(a: T, b: T, first: bool) -> T {
+    if a.is_nan() || b.is_nan() {
+        a + b
+    } else if first {
+        a
+    } else {
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(shape: &[usize], v: &[f64]) -> Tensor<f64> {
+        Tensor::new(shape.to_vec(), v.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn concatenate_on_time_and_feature_axes_and_back() {
+        let a = t(&[1, 2, 2], &[1.0, 2.0, 3.0, 4.0]);
+        let b = t(&[1, 2, 1], &[5.0, 6.0]);
+        let c = MergeOp::Concatenate { axis: -1 }.call(&[&a, &b]).unwrap();
+        assert_eq!(c.data(), &[1.0, 2.0, 5.0, 3.0, 4.0, 6.0]);
+        let g = MergeOp::Concatenate { axis: 2 }
+            .backward(&[&a, &b], &c)
+            .unwrap();
+        assert_eq!((g[0].data(), g[1].data()), (a.data(), b.data()));
+        let d = MergeOp::Concatenate { axis: 1 }.call(&[&a, &a]).unwrap();
+        assert_eq!(d.shape(), &[1, 4, 2]);
+        assert!(MergeOp::Concatenate { axis: 1 }.call(&[&a, &b]).is_err());
+    }
+
+    #[test]
+    fn elementwise_merges_and_their_gradients() {
+        let a = t(&[1, 3], &[1.0, 5.0, 2.0]);
+        let b = t(&[1, 3], &[4.0, 5.0, -1.0]);
+        let dy = t(&[1, 3], &[1.0, 2.0, 3.0]);
+        let max = MergeOp::Maximum.backward(&[&a, &b], &dy).unwrap();
+        // A tie (5 = 5) goes to the first input.
+        assert_eq!(
+            (max[0].data(), max[1].data()),
+            (&[0.0, 2.0, 3.0][..], &[1.0, 0.0, 0.0][..])
+        );
+        let mul = MergeOp::Multiply.backward(&[&a, &b], &dy).unwrap();
+        assert_eq!(mul[0].data(), &[4.0, 10.0, -3.0]);
+        assert_eq!(
+            MergeOp::Average.call(&[&a, &b]).unwrap().data(),
+            &[2.5, 5.0, 0.5]
+        );
+        assert_eq!(
+            MergeOp::Subtract.backward(&[&a, &b], &dy).unwrap()[1].data(),
+            &[-1.0, -2.0, -3.0]
+        );
+        assert!(MergeOp::Subtract.call(&[&a, &b, &a]).is_err());
+        assert!(MergeOp::Add
+            .call(&[&a, &dy, &t(&[1, 2], &[0.0, 0.0])])
+            .is_err());
+    }
+
+    #[test]
+    fn masks_follow_keras() {
+        let x = t(&[1, 3, 1], &[0.0; 3]);
+        let m = Mask::new(1, 3, vec![true, false, false]).unwrap();
+        let n = Mask::new(1, 3, vec![true, true, false]).unwrap();
+        let cat = MergeOp::Concatenate { axis: -1 };
+        let mask = |op: MergeOp, ms: &[Option<&Mask>], k2: bool| {
+            op.mask(&[&x, &x], ms, k2).unwrap().map(|m| m.data)
+        };
+        // Keras 3: Concatenate ORs (an unmasked input keeps all); other merges OR, or no mask.
+        assert_eq!(
+            mask(cat, &[Some(&m), Some(&n)], false).unwrap(),
+            [true, true, false]
+        );
+        assert_eq!(mask(cat, &[Some(&m), None], false).unwrap(), [true; 3]);
+        assert_eq!(
+            mask(MergeOp::Add, &[Some(&m), Some(&n)], false).unwrap(),
+            [true, true, false]
+        );
+        assert_eq!(mask(MergeOp::Add, &[Some(&m), None], false), None);
+        assert_eq!(mask(MergeOp::Add, &[None, None], false), None);
+        // TF-Keras 2: every masked input must keep the step.
+        assert_eq!(
+            mask(cat, &[Some(&m), None], true).unwrap(),
+            [true, false, false]
+        );
+        assert_eq!(
+            mask(MergeOp::Add, &[Some(&m), Some(&n)], true).unwrap(),
+            [true, false, false]
+        );
+        let time = MergeOp::Concatenate { axis: 1 }
+            .mask(&[&x, &x], &[Some(&m), None], false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(time.data, [true, false, false, true, true, true]);
+    }
+}
