@@ -379,6 +379,16 @@ fn hostile_predict_inputs_fail_cleanly_under_a_memory_limit() {
             &["batch_shape"],
         ),
         (
+            // An op Keras records for a merged mask (unsupported), under the class name a merge
+            // layer also has.
+            "mask_op",
+            Box::new(|c| {
+                c["config"]["layers"][1]["module"] = json!("keras.src.ops.numpy");
+                c["config"]["layers"][1]["class_name"] = json!("Concatenate");
+            }),
+            &["unsupported operation", "`Concatenate`"],
+        ),
+        (
             "no_layers",
             Box::new(|c| c["config"]["layers"] = json!("none")),
             &["Sequential.layers", "\"none\"", "a list of layers"],

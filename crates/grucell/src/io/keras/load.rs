@@ -313,16 +313,17 @@ fn build_layer_in<T: Float>(
                 .ok_or_else(|| ConfigError::invalid(format!("Embedding `{name}`"), "no embeddings", "an embeddings table"))?;
             Layer::Embedding(Embedding::from_weights(ec, table).map_err(with_name)?)
         }
-        "Concatenate" | "Add" | "Subtract" | "Multiply" | "Average" | "Maximum" | "Minimum"
-            if entry.get("module").and_then(Value::as_str).is_some_and(|m| m.contains(".ops")) =>
+        // An op Keras records in the graph (`keras.src.ops…`; some share a merge layer's class
+        // name, like `Concatenate`), other than the two of Masking's and Embedding's masks.
+        other
+            if !matches!(other, "NotEqual" | "Any")
+                && entry.get("module").and_then(Value::as_str).is_some_and(|m| m.contains(".ops")) =>
         {
-            // The op of the same name (`keras.src.ops.numpy.Concatenate`), which Keras records
-            // when it computes a merged mask.
             return Err(ConfigError::unsupported(
                 "operation",
-                format!("`{class}` op (`{name}`): the mask of a merge of masked tensors is not supported"),
+                format!("`{other}` (`{name}`): of the operations Keras records in a model graph, grucell runs NotEqual and Any (the masks of Masking and Embedding); others, such as those of a mask through a merge of masked tensors, are not supported"),
             )
-            .into());
+            .into())
         }
         "Concatenate" | "Add" | "Subtract" | "Multiply" | "Average" | "Maximum" | "Minimum" => {
             let axis = match cfg.get("axis") {
@@ -347,13 +348,6 @@ fn build_layer_in<T: Float>(
                 return Err(ConfigError::unsupported("Any option", "keepdims = true").into());
             }
             Layer::Any { axis }
-        }
-        other if entry.get("module").and_then(Value::as_str).is_some_and(|m| m.contains(".ops")) => {
-            return Err(ConfigError::unsupported(
-                "operation",
-                format!("`{other}` (`{name}`): of the operations Keras records in a model graph, grucell runs NotEqual and Any (the masks of Masking and Embedding); others, such as those of a mask through a merge of masked tensors, are not supported"),
-            )
-            .into())
         }
         other => {
             return Err(ConfigError::unsupported(
