@@ -213,7 +213,7 @@ pub enum Error {
     Train(#[from] TrainError),
 }
 
-/// Result alias with [`Error`].
+/// Result alias with [`Error`](enum@Error).
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Values quoted in messages are cut to 200 characters (a hostile config can hold megabytes).
