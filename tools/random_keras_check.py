@@ -2,7 +2,8 @@
 """Random Keras models against `grucell`: what the fixtures do not enumerate.
 
 Builds random models with Keras 3.15.1 (Sequential or Functional; GRU, RNN(GRUCell),
-RNN(StackedRNNCells), Bidirectional, Masking, Embedding (token ids, mask_zero), Dense,
+RNN(StackedRNNCells), Bidirectional, Masking, Embedding (token ids, mask_zero), merged GRU
+branches (Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum), Dense,
 TimeDistributed(Dense | Dropout | Activation), random activations, biases, masks, initial states,
 return_state, frozen layers, activity penalties), saves each as
 `.keras` and legacy `.h5`, and compares with the `grucell` binary:
@@ -110,9 +111,32 @@ def random_head(rng, layers, seq, pick, acts):
     return head, desc
 
 
+class Branches:
+    """Two layers on the same tensor, joined by a merge layer (Functional models only)."""
+
+    def __init__(self, a, b, merge):
+        self.a, self.b, self.merge = a, b, merge
+
+    def __call__(self, x):
+        return self.merge([self.a(x), self.b(x)])
+
+
+def random_branches(rng, layers, u, rs, pick, **kw):
+    """GRU(u) twice (one maybe backwards) on the same input, merged by a random merge layer."""
+    a = layers.GRU(u, return_sequences=rs, go_backwards=bool(rng.random() < 0.3), **kw)
+    b = layers.GRU(u, return_sequences=rs, **kw)
+    ops = [layers.Concatenate(), layers.Add(), layers.Subtract(), layers.Multiply(), layers.Average(),
+           layers.Maximum(), layers.Minimum()]
+    if rs:
+        ops.append(layers.Concatenate(axis=1))
+    merge = pick(ops)
+    return Branches(a, b, merge), f"[GRU({u}), GRU({u})] -> {merge.__class__.__name__}"
+
+
 def chain(keras, rng, inp, lays):
-    """The layers applied one after the other: as a Functional model or, sometimes, Sequential."""
-    if rng.random() < 0.3:
+    """The layers applied one after the other: as a Functional model or, sometimes, Sequential
+    (never with merged branches)."""
+    if rng.random() < 0.3 and not any(isinstance(lay, Branches) for lay in lays):
         return keras.Sequential([inp, *lays]), "Sequential"
     x = inp
     for lay in lays:
@@ -141,6 +165,11 @@ def check_predict(args, keras, layers, rng, pick, out):
         nl = int(rng.integers(1, 4))
         for l in range(nl):
             lay, seq, d = random_recurrent(rng, layers, int(rng.integers(1, 9)), l == nl - 1, pick)
+            if not mask and rng.random() < 0.15:
+                # (Keras 3 records the mask of a merge of masked tensors as graph ops, which
+                # grucell refuses: no merges behind a mask here.)
+                lay, d = random_branches(rng, layers, int(rng.integers(1, 6)), seq, pick,
+                                         activation=pick(ACTS), reset_after=bool(rng.random() < 0.6))
             lays.append(lay)
             desc.append(d)
         head, d = random_head(rng, layers, seq, pick, ["linear", "relu", "sigmoid", "tanh", "softmax"])
@@ -280,6 +309,8 @@ def check_fit(args, keras, layers, rng, pick, out):
                                            merge_mode=pick(["concat", "sum", "ave", "mul"]), **ctor)
             if freeze == "setter":
                 lay.trainable = False
+            if not mask and freeze == "none" and rng.random() < 0.15:
+                lay, _ = random_branches(rng, layers, u, rs, pick, **kw)
             lays.append(lay)
         loss = pick(["mse", "mae", "huber", "log_cosh", "binary_crossentropy",
                      "categorical_crossentropy", "sparse_categorical_crossentropy"])
