@@ -379,14 +379,13 @@ fn hostile_predict_inputs_fail_cleanly_under_a_memory_limit() {
             &["batch_shape"],
         ),
         (
-            // An op Keras records for a merged mask (unsupported), under the class name a merge
-            // layer also has.
-            "mask_op",
+            // A graph op grucell does not run.
+            "graph_op",
             Box::new(|c| {
                 c["config"]["layers"][1]["module"] = json!("keras.src.ops.numpy");
-                c["config"]["layers"][1]["class_name"] = json!("Concatenate");
+                c["config"]["layers"][1]["class_name"] = json!("Transpose");
             }),
-            &["unsupported operation", "`Concatenate`"],
+            &["unsupported operation", "`Transpose`"],
         ),
         (
             "no_layers",

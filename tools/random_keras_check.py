@@ -165,9 +165,8 @@ def check_predict(args, keras, layers, rng, pick, out):
         nl = int(rng.integers(1, 4))
         for l in range(nl):
             lay, seq, d = random_recurrent(rng, layers, int(rng.integers(1, 9)), l == nl - 1, pick)
-            if not mask and rng.random() < 0.15:
-                # (Keras 3 records the mask of a merge of masked tensors as graph ops, which
-                # grucell refuses: no merges behind a mask here.)
+            if rng.random() < 0.15:
+                # Behind a mask, Keras 3 records the merged mask as graph ops.
                 lay, d = random_branches(rng, layers, int(rng.integers(1, 6)), seq, pick,
                                          activation=pick(ACTS), reset_after=bool(rng.random() < 0.6))
             lays.append(lay)
@@ -309,7 +308,7 @@ def check_fit(args, keras, layers, rng, pick, out):
                                            merge_mode=pick(["concat", "sum", "ave", "mul"]), **ctor)
             if freeze == "setter":
                 lay.trainable = False
-            if not mask and freeze == "none" and rng.random() < 0.15:
+            if freeze == "none" and rng.random() < 0.15:
                 lay, _ = random_branches(rng, layers, u, rs, pick, **kw)
             lays.append(lay)
         loss = pick(["mse", "mae", "huber", "log_cosh", "binary_crossentropy",

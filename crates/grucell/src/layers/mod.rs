@@ -8,6 +8,7 @@ pub mod embedding;
 pub mod gru_cell;
 pub mod initializer;
 pub mod keras_json;
+pub mod mask_ops;
 pub mod merge;
 pub mod model;
 pub mod regularizer;

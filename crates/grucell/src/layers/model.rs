@@ -7,6 +7,7 @@ use crate::layers::activation::Activation;
 use crate::layers::bidirectional::Bidirectional;
 use crate::layers::dense::Dense;
 use crate::layers::embedding::Embedding;
+use crate::layers::mask_ops::MaskOp;
 use crate::layers::merge::{Merge, MergeOp};
 use crate::layers::regularizer::Regularizer;
 use crate::layers::rnn::{dims3, Mask, Rnn, RnnKind};
@@ -55,6 +56,8 @@ pub enum Layer<T = f32> {
         /// Reduced axis (negative from the end).
         axis: isize,
     },
+    /// One of the boolean ops Keras serializes for the mask of a merge of masked tensors.
+    MaskOp(MaskOp),
 }
 
 /// A layer with its name and how Keras knows it.
@@ -257,7 +260,10 @@ impl<T: Float> ModelLayer<T> {
 
     /// True for the mask operations Keras records as graph nodes (not layers).
     pub fn is_op(&self) -> bool {
-        matches!(self.layer, Layer::NotEqual { .. } | Layer::Any { .. })
+        matches!(
+            self.layer,
+            Layer::NotEqual { .. } | Layer::Any { .. } | Layer::MaskOp(_)
+        )
     }
 }
 
@@ -874,6 +880,31 @@ impl<T: Float> Model<T> {
                 }
                 vec![Val::F(y, m.cloned())]
             }
+            Layer::MaskOp(op) => {
+                let flags = (0..node.args.len())
+                    .map(|i| {
+                        Ok(match arg(i)? {
+                            Val::B(s, d) => (s.clone(), d.clone()),
+                            // `zeros_like` / `ones_like` of a float tensor read its shape only.
+                            Val::F(t, _) => (t.shape().to_vec(), Vec::new()),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, Error>>()?;
+                if !matches!(op, MaskOp::ZerosLike | MaskOp::OnesLike)
+                    && flags
+                        .iter()
+                        .any(|(s, d)| d.len() != s.iter().product::<usize>())
+                {
+                    return Err(ConfigError::invalid(
+                        format!("input of `{}`", ml.name),
+                        "a float tensor",
+                        "a boolean mask",
+                    )
+                    .into());
+                }
+                let (shape, data) = op.apply(&flags)?;
+                vec![Val::B(shape, data)]
+            }
             Layer::NotEqual { value } => {
                 let (x, _) = float_arg(0)?;
                 let v = T::of(*value);
@@ -935,6 +966,23 @@ impl<T: Float> Model<T> {
                 | Layer::Activation(_)
                 | Layer::NotEqual { .. } => vec![input],
                 Layer::Any { .. } => vec![input[..input.len().saturating_sub(1)].to_vec()],
+                Layer::MaskOp(op) => {
+                    let args: Vec<Vec<Option<usize>>> = node
+                        .args
+                        .iter()
+                        .filter_map(|a| match a {
+                            NodeArg::Tensor(r) => Some(
+                                pos.get(&(r.layer, r.node))
+                                    .and_then(|&p| shapes.get(p))
+                                    .and_then(|s| s.get(r.index))
+                                    .cloned()
+                                    .unwrap_or_default(),
+                            ),
+                            NodeArg::Scalar(_) => None,
+                        })
+                        .collect();
+                    vec![op.output_shape(&args)]
+                }
                 Layer::Dense(d) => {
                     let mut s = input;
                     if let Some(l) = s.last_mut() {
@@ -1154,6 +1202,7 @@ pub fn default_class_name<T: Float>(l: &Layer<T>) -> &'static str {
         Layer::Activation(_) => "Activation",
         Layer::NotEqual { .. } => "NotEqual",
         Layer::Any { .. } => "Any",
+        Layer::MaskOp(op) => op.class_name(),
     }
 }
 

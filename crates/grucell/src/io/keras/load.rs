@@ -12,6 +12,7 @@ use crate::layers::gru_cell::{activation_of, GruCell, GruCellConfig};
 use crate::layers::keras_json::{
     class_and_config, get_bool, get_f64, get_str, get_u64, to_snake_case,
 };
+use crate::layers::mask_ops::MaskOp;
 use crate::layers::merge::{Merge, MergeOp};
 use crate::layers::model::{
     Layer, Model, ModelKind, ModelLayer, Node, NodeArg, TensorRef, Wrapped,
@@ -244,6 +245,16 @@ fn batch_shape(cfg: &Map<String, Value>) -> Result<Option<Vec<Option<usize>>>, C
         .map(Some)
 }
 
+/// Whether a config entry is an op Keras recorded in the graph rather than a layer: its module
+/// is `keras.src.ops…`, or (legacy `.h5` configs carry no module) it is one of the mask ops and
+/// its config has no `trainable` key, which every layer's has (`Concatenate` is both).
+fn is_recorded_op(entry: &Value, class: &str, cfg: &Map<String, Value>) -> bool {
+    match entry.get("module").and_then(Value::as_str) {
+        Some(m) => m.contains(".ops"),
+        None => MaskOp::from_class(class, -1).is_some() && !cfg.contains_key("trainable"),
+    }
+}
+
 /// Parses one layer entry and reads its weights. `path` is its `.keras` object path
 /// (`layers/gru`).
 fn build_layer<T: Float>(
@@ -315,15 +326,26 @@ fn build_layer_in<T: Float>(
         }
         // An op Keras records in the graph (`keras.src.ops…`; some share a merge layer's class
         // name, like `Concatenate`), other than the two of Masking's and Embedding's masks.
-        other
-            if !matches!(other, "NotEqual" | "Any")
-                && entry.get("module").and_then(Value::as_str).is_some_and(|m| m.contains(".ops")) =>
-        {
-            return Err(ConfigError::unsupported(
-                "operation",
-                format!("`{other}` (`{name}`): of the operations Keras records in a model graph, grucell runs NotEqual and Any (the masks of Masking and Embedding); others, such as those of a mask through a merge of masked tensors, are not supported"),
-            )
-            .into())
+        other if !matches!(other, "NotEqual" | "Any") && is_recorded_op(entry, other, &cfg) => {
+            let axis = match cfg.get("axis") {
+                None | Some(Value::Null) => -1,
+                Some(v) => v
+                    .as_i64()
+                    .filter(|a| a.abs() <= 8)
+                    .ok_or_else(|| ConfigError::invalid(format!("{other}.axis"), v, "an integer axis"))?
+                    as isize,
+            };
+            let bool_dtype = matches!(cfg.get("dtype").and_then(Value::as_str), None | Some("bool"));
+            match MaskOp::from_class(other, axis).filter(|_| bool_dtype) {
+                Some(op) => Layer::MaskOp(op),
+                None => {
+                    return Err(ConfigError::unsupported(
+                        "operation",
+                        format!("`{other}` (`{name}`): of the operations Keras records in a model graph, grucell runs those of masks (NotEqual, Any, ExpandDims, ZerosLike/OnesLike of bool, LogicalOr, Concatenate)"),
+                    )
+                    .into())
+                }
+            }
         }
         "Concatenate" | "Add" | "Subtract" | "Multiply" | "Average" | "Maximum" | "Minimum" => {
             let axis = match cfg.get("axis") {

@@ -62,6 +62,7 @@ use crate::error::{ConfigError, Error, FormatError, ShapeError};
 use crate::float::Float;
 use crate::layers::bidirectional::Bidirectional;
 use crate::layers::gru_cell::{dtype_policy, GruCell};
+use crate::layers::mask_ops::MaskOp;
 use crate::layers::merge::{Merge, MergeOp};
 use crate::layers::model::{
     default_class_name, Layer, Model, ModelKind, ModelLayer, Node, NodeArg, TensorRef, Wrapped,
@@ -648,6 +649,20 @@ impl<'a, T: Float> Writer<'a, T> {
                     ]);
                     object("keras.src.ops.numpy", "Any", config, json!("Any"))
                 }
+                Layer::MaskOp(op) => {
+                    let mut config = Map::from_iter([("name".to_string(), json!(ml.name))]);
+                    match op {
+                        MaskOp::ExpandDims { axis } | MaskOp::Concatenate { axis } => {
+                            config.insert("axis".into(), json!(axis));
+                        }
+                        MaskOp::ZerosLike | MaskOp::OnesLike => {
+                            config.insert("dtype".into(), json!("bool"));
+                        }
+                        MaskOp::LogicalOr => {}
+                    }
+                    let class = op.class_name();
+                    object("keras.src.ops.numpy", class, config, json!(class))
+                }
                 _ => {
                     let path = format!("layers/{}", namer.next(saved_class(ml)));
                     let call = self.first_call(i)?;
@@ -702,8 +717,11 @@ impl<'a, T: Float> Writer<'a, T> {
                 NodeArg::Scalar(x) => Ok(json!(x)),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        // A merge layer is called on one list of tensors.
-        if matches!(ml.layer, Layer::Merge(_)) {
+        // A merge layer (and the concatenate op) is called on one list of tensors.
+        if matches!(
+            ml.layer,
+            Layer::Merge(_) | Layer::MaskOp(MaskOp::Concatenate { .. })
+        ) {
             args = vec![Value::Array(args)];
         }
         let mask = n.mask.map(|r| self.keras_tensor(r)).transpose()?;
@@ -821,7 +839,7 @@ impl<'a, T: Float> Writer<'a, T> {
                 }
                 c
             }
-            Layer::Input { .. } | Layer::NotEqual { .. } | Layer::Any { .. } => {
+            Layer::Input { .. } | Layer::NotEqual { .. } | Layer::Any { .. } | Layer::MaskOp(_) => {
                 return Err(ConfigError::invalid(
                     "layer",
                     class,
