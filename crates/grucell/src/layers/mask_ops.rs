@@ -4,6 +4,7 @@
 //! act on `(shape, flags)` values; `NotEqual` and `Any` (Masking's) live in the model itself.
 
 use crate::error::{ConfigError, Error, ShapeError};
+use crate::layers::merge::concat;
 
 /// One recorded mask operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,42 +127,11 @@ impl MaskOp {
                     )
                     .into());
                 }
-                let a = a as usize;
-                let mut shape = first.clone();
-                shape[a] = 0;
-                for (s, _) in args {
-                    let fits = s.len() == first.len()
-                        && s.iter()
-                            .zip(first.iter())
-                            .enumerate()
-                            .all(|(i, (x, y))| i == a || x == y);
-                    if !fits {
-                        return Err(ShapeError::mismatch(
-                            "Concatenate op argument",
-                            s,
-                            format!("{first:?} except along axis {a}"),
-                        )
-                        .into());
-                    }
-                    shape[a] += s[a];
-                }
-                let outer: usize = shape[..a].iter().product();
-                let inner: usize = shape[a + 1..].iter().product();
-                let mut out = Vec::with_capacity(shape.iter().product());
-                for o in 0..outer {
-                    for (s, d) in args {
-                        let n = s[a] * inner;
-                        let block = d.get(o * n..(o + 1) * n).ok_or_else(|| {
-                            ShapeError::mismatch(
-                                "Concatenate op argument",
-                                &[d.len()],
-                                format!("{} flags", s.iter().product::<usize>()),
-                            )
-                        })?;
-                        out.extend_from_slice(block);
-                    }
-                }
-                Ok((shape, out))
+                let parts: Vec<(&[usize], &[bool])> = args
+                    .iter()
+                    .map(|(s, d)| (s.as_slice(), d.as_slice()))
+                    .collect();
+                concat(&parts, a as usize, "Concatenate op argument")
             }
         }
     }

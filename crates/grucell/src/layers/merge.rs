@@ -110,28 +110,11 @@ impl MergeOp {
             );
         }
         match self {
-            MergeOp::Concatenate { axis } => {
-                let a = Self::axis_index(axis, first.len())?;
-                let mut out = first.to_vec();
-                out[a] = 0;
-                for s in shapes {
-                    let fits = s.len() == first.len()
-                        && s.iter()
-                            .zip(first.iter())
-                            .enumerate()
-                            .all(|(i, (x, y))| i == a || x == y);
-                    if !fits {
-                        return Err(ShapeError::mismatch(
-                            "Concatenate input",
-                            s,
-                            format!("{first:?} except along axis {a}"),
-                        )
-                        .into());
-                    }
-                    out[a] += s[a];
-                }
-                Ok(out)
-            }
+            MergeOp::Concatenate { axis } => concat_shape(
+                shapes,
+                Self::axis_index(axis, first.len())?,
+                "Concatenate input",
+            ),
             _ => {
                 if let Some(s) = shapes.iter().find(|s| s != &first) {
                     return Err(ShapeError::mismatch(
@@ -165,18 +148,14 @@ impl MergeOp {
         let first = xs[0];
         let data = match self {
             MergeOp::Concatenate { axis } => {
-                let a = Self::axis_index(axis, shape.len())?;
-                // Blocks of `inner` elements (everything after the axis) per outer index.
-                let outer: usize = shape[..a].iter().product();
-                let inner: usize = shape[a + 1..].iter().product();
-                let mut out = Vec::with_capacity(shape.iter().product());
-                for o in 0..outer {
-                    for x in xs {
-                        let n = x.shape()[a] * inner;
-                        out.extend_from_slice(&x.data()[o * n..(o + 1) * n]);
-                    }
-                }
-                out
+                let parts: Vec<(&[usize], &[T])> =
+                    xs.iter().map(|x| (x.shape(), x.data())).collect();
+                concat(
+                    &parts,
+                    Self::axis_index(axis, shape.len())?,
+                    "Concatenate input",
+                )?
+                .1
             }
             _ => {
                 let mut out = first.data().to_vec();
@@ -363,6 +342,66 @@ impl MergeOp {
             }
         }
     }
+}
+
+/// The shape of `shapes` concatenated along axis `a`: equal elsewhere (`what` names them in
+/// the error).
+pub(crate) fn concat_shape(shapes: &[&[usize]], a: usize, what: &str) -> Result<Vec<usize>, Error> {
+    let Some(first) = shapes.first() else {
+        return Err(ConfigError::invalid(what, "no tensors", "at least 1").into());
+    };
+    let mut out = first.to_vec();
+    if a >= out.len() {
+        return Err(ConfigError::invalid(
+            what,
+            format!("axis {a}"),
+            format!("an axis of rank-{} tensors", out.len()),
+        )
+        .into());
+    }
+    out[a] = 0;
+    for s in shapes {
+        let fits = s.len() == first.len()
+            && s.iter()
+                .zip(first.iter())
+                .enumerate()
+                .all(|(i, (x, y))| i == a || x == y);
+        if !fits {
+            return Err(
+                ShapeError::mismatch(what, s, format!("{first:?} except along axis {a}")).into(),
+            );
+        }
+        out[a] += s[a];
+    }
+    Ok(out)
+}
+
+/// Row-major tensors (shape, values) concatenated along axis `a`: for every index before the
+/// axis, each part's block of `size(a) × (everything after a)` values in turn.
+pub(crate) fn concat<E: Copy>(
+    parts: &[(&[usize], &[E])],
+    a: usize,
+    what: &str,
+) -> Result<(Vec<usize>, Vec<E>), Error> {
+    let shapes: Vec<&[usize]> = parts.iter().map(|(s, _)| *s).collect();
+    let shape = concat_shape(&shapes, a, what)?;
+    let outer: usize = shape[..a].iter().product();
+    let inner: usize = shape[a + 1..].iter().product();
+    let mut out = Vec::with_capacity(shape.iter().product());
+    for o in 0..outer {
+        for (s, d) in parts {
+            let n = s[a] * inner;
+            let block = d.get(o * n..(o + 1) * n).ok_or_else(|| {
+                ShapeError::mismatch(
+                    what,
+                    &[d.len()],
+                    format!("{} values", s.iter().product::<usize>()),
+                )
+            })?;
+            out.extend_from_slice(block);
+        }
+    }
+    Ok((shape, out))
 }
 
 /// `a` where `first` holds, else `b`; NaN in either gives NaN (TensorFlow's maximum/minimum).

@@ -245,6 +245,18 @@ fn batch_shape(cfg: &Map<String, Value>) -> Result<Option<Vec<Option<usize>>>, C
         .map(Some)
 }
 
+/// A config's `axis` (default −1, the last), bounded to the ranks grucell handles.
+fn axis_of(cfg: &Map<String, Value>, class: &str) -> Result<isize, ConfigError> {
+    match cfg.get("axis") {
+        None | Some(Value::Null) => Ok(-1),
+        Some(v) => v
+            .as_i64()
+            .filter(|a| a.abs() <= 8)
+            .map(|a| a as isize)
+            .ok_or_else(|| ConfigError::invalid(format!("{class}.axis"), v, "an integer axis")),
+    }
+}
+
 /// Whether a config entry is an op Keras recorded in the graph rather than a layer: its module
 /// is `keras.src.ops…`, or (legacy `.h5` configs carry no module) it is one of the mask ops and
 /// its config has no `trainable` key, which every layer's has (`Concatenate` is both).
@@ -327,14 +339,7 @@ fn build_layer_in<T: Float>(
         // An op Keras records in the graph (`keras.src.ops…`; some share a merge layer's class
         // name, like `Concatenate`), other than the two of Masking's and Embedding's masks.
         other if !matches!(other, "NotEqual" | "Any") && is_recorded_op(entry, other, &cfg) => {
-            let axis = match cfg.get("axis") {
-                None | Some(Value::Null) => -1,
-                Some(v) => v
-                    .as_i64()
-                    .filter(|a| a.abs() <= 8)
-                    .ok_or_else(|| ConfigError::invalid(format!("{other}.axis"), v, "an integer axis"))?
-                    as isize,
-            };
+            let axis = axis_of(&cfg, other)?;
             let bool_dtype = matches!(cfg.get("dtype").and_then(Value::as_str), None | Some("bool"));
             match MaskOp::from_class(other, axis).filter(|_| bool_dtype) {
                 Some(op) => Layer::MaskOp(op),
@@ -348,14 +353,7 @@ fn build_layer_in<T: Float>(
             }
         }
         "Concatenate" | "Add" | "Subtract" | "Multiply" | "Average" | "Maximum" | "Minimum" => {
-            let axis = match cfg.get("axis") {
-                None | Some(Value::Null) => -1,
-                Some(v) => v
-                    .as_i64()
-                    .filter(|a| a.abs() <= 8)
-                    .ok_or_else(|| ConfigError::invalid(format!("{class}.axis"), v, "an integer axis"))?
-                    as isize,
-            };
+            let axis = axis_of(&cfg, &class)?;
             Layer::Merge(Merge::new(MergeOp::from_class(&class, axis).ok_or_else(|| ConfigError::unsupported("layer", class.clone()))?))
         }
         "GRU" | "RNN" => Layer::Rnn(rnn_layer(&class, &cfg, &name, path, w, None).map_err(with_name)?),
