@@ -316,7 +316,15 @@ impl MergeOp {
                             match m {
                                 None => keep.extend(std::iter::repeat_n(true, tx)),
                                 Some(m) => {
-                                    keep.extend_from_slice(&m.data[row * tx..(row + 1) * tx])
+                                    let part =
+                                        m.data.get(row * tx..(row + 1) * tx).ok_or_else(|| {
+                                            ShapeError::mismatch(
+                                                "mask of a Concatenate input",
+                                                &[m.batch, m.time],
+                                                format!("({b}, {tx})"),
+                                            )
+                                        })?;
+                                    keep.extend_from_slice(part)
                                 }
                             }
                         }
