@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_grucell");
 
 fn fixtures() -> PathBuf {
@@ -695,21 +697,9 @@ fn stateful_model_runs_a_multiple_of_its_batch_size_carrying_states() {
 
 /// `.npy` bytes of an `int64` array (NumPy's default integer type, what token ids usually are).
 fn npy_i64(shape: &[usize], data: &[i64]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(|d| format!("{d}, ")).collect();
-    let mut header = format!(
-        "{{'descr': '<i8', 'fortran_order': False, 'shape': ({}), }}",
-        dims.concat().trim_end_matches(' ')
-    );
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    data.iter()
-        .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
-    out
+    let dims: String = shape.iter().map(|d| format!("{d},")).collect();
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    common::npy_raw("<i8", &format!("({dims})"), &bytes)
 }
 
 /// An Embedding model (mask_zero → GRU → GRU) on integer token ids, as Keras users hold them:

@@ -16,6 +16,9 @@
 use grucell::io::keras::save::{write_keras_archive, write_weights_h5, VarsGroup, WeightEntry};
 use grucell::io::keras::{load_keras_file, KerasWeights};
 use grucell::io::npy::{read_npy, read_npz, write_npy, Array};
+
+mod common;
+use common::npy_raw;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -148,20 +151,6 @@ fn check_clean(tag: &str, err: &str) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// A `.npy` file with a hand-written header dict and raw data.
-fn npy_raw(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + dict.len() + 1) % 64 != 0 {
-        dict.push(' ');
-    }
-    dict.push('\n');
-    let mut v = b"\x93NUMPY\x01\x00".to_vec();
-    v.extend_from_slice(&(dict.len() as u16).to_le_bytes());
-    v.extend_from_slice(dict.as_bytes());
-    v.extend_from_slice(data);
-    v
 }
 
 /// Rewrites a `.keras` fixture with its config edited by `edit` (weights unchanged), through

@@ -4,7 +4,7 @@
 //! act on `(shape, flags)` values; `NotEqual` and `Any` (Masking's) live in the model itself.
 
 use crate::error::{ConfigError, Error, ShapeError};
-use crate::layers::merge::concat;
+use crate::layers::merge::{axis_in, concat, concat_symbolic};
 
 /// One recorded mask operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,18 +84,16 @@ impl MaskOp {
             MaskOp::ExpandDims { axis } => {
                 arity(1)?;
                 let (shape, data) = &args[0];
-                let rank = shape.len() as isize + 1;
-                let a = if axis < 0 { rank + axis } else { axis };
-                if !(0..rank).contains(&a) {
-                    return Err(ConfigError::invalid(
+                let rank = shape.len() + 1;
+                let a = axis_in(axis, rank).ok_or_else(|| {
+                    ConfigError::invalid(
                         "ExpandDims.axis",
                         axis,
                         format!("an axis of a rank-{rank} result"),
                     )
-                    .into());
-                }
+                })?;
                 let mut s = shape.clone();
-                s.insert(a as usize, 1);
+                s.insert(a, 1);
                 Ok((s, data.clone()))
             }
             MaskOp::ZerosLike | MaskOp::OnesLike => {
@@ -117,21 +115,19 @@ impl MaskOp {
                     )
                     .into());
                 };
-                let rank = first.len() as isize;
-                let a = if axis < 0 { rank + axis } else { axis };
-                if !(0..rank).contains(&a) {
-                    return Err(ConfigError::invalid(
+                let rank = first.len();
+                let a = axis_in(axis, rank).ok_or_else(|| {
+                    ConfigError::invalid(
                         "Concatenate op axis",
                         axis,
                         format!("an axis of rank-{rank} tensors"),
                     )
-                    .into());
-                }
+                })?;
                 let parts: Vec<(&[usize], &[bool])> = args
                     .iter()
                     .map(|(s, d)| (s.as_slice(), d.as_slice()))
                     .collect();
-                concat(&parts, a as usize, "Concatenate op argument")
+                concat(&parts, a, "Concatenate op argument")
             }
         }
     }
@@ -141,11 +137,9 @@ impl MaskOp {
         let first = args.first().cloned().unwrap_or_default();
         match self {
             MaskOp::ExpandDims { axis } => {
-                let rank = first.len() as isize + 1;
-                let a = if axis < 0 { rank + axis } else { axis };
                 let mut s = first;
-                if (0..rank).contains(&a) {
-                    s.insert(a as usize, Some(1));
+                if let Some(a) = axis_in(axis, s.len() + 1) {
+                    s.insert(a, Some(1));
                 }
                 s
             }
@@ -161,18 +155,7 @@ impl MaskOp {
                     })
                     .collect()
             }
-            MaskOp::Concatenate { axis } => {
-                let rank = first.len() as isize;
-                let a = if axis < 0 { rank + axis } else { axis };
-                let mut s = first;
-                if let Some(slot) = usize::try_from(a).ok().and_then(|a| s.get_mut(a)) {
-                    *slot = args
-                        .iter()
-                        .map(|x| x.get(a as usize).copied().flatten())
-                        .sum::<Option<usize>>();
-                }
-                s
-            }
+            MaskOp::Concatenate { axis } => concat_symbolic(args, axis),
         }
     }
 }

@@ -87,16 +87,14 @@ impl MergeOp {
 
     /// The concatenation axis as an index into a rank-`rank` shape.
     fn axis_index(axis: isize, rank: usize) -> Result<usize, Error> {
-        let a = if axis < 0 { rank as isize + axis } else { axis };
-        if a < 1 || a >= rank as isize {
-            return Err(ConfigError::invalid(
+        axis_in(axis, rank).filter(|&a| a >= 1).ok_or_else(|| {
+            ConfigError::invalid(
                 "Concatenate.axis",
                 axis,
                 format!("a non-batch axis of the rank-{rank} inputs"),
             )
-            .into());
-        }
-        Ok(a as usize)
+            .into()
+        })
     }
 
     /// Checks the inputs and returns the output shape.
@@ -350,6 +348,22 @@ impl MergeOp {
             }
         }
     }
+}
+
+/// Keras' `axis` (negative from the end) as an index into a rank-`rank` shape, if it is one.
+pub(crate) fn axis_in(axis: isize, rank: usize) -> Option<usize> {
+    let a = if axis < 0 { rank as isize + axis } else { axis };
+    usize::try_from(a).ok().filter(|&a| a < rank)
+}
+
+/// The shape of symbolic shapes (`None` = unknown size) concatenated along `axis`: the
+/// first's, with the axis' sizes added up (`None` if any is unknown).
+pub(crate) fn concat_symbolic(args: &[Vec<Option<usize>>], axis: isize) -> Vec<Option<usize>> {
+    let mut s = args.first().cloned().unwrap_or_default();
+    if let Some(a) = axis_in(axis, s.len()) {
+        s[a] = args.iter().map(|x| x.get(a).copied().flatten()).sum();
+    }
+    s
 }
 
 /// The shape of `shapes` concatenated along axis `a`: equal elsewhere (`what` names them in

@@ -8,7 +8,7 @@ use crate::layers::bidirectional::Bidirectional;
 use crate::layers::dense::Dense;
 use crate::layers::embedding::Embedding;
 use crate::layers::mask_ops::MaskOp;
-use crate::layers::merge::{Merge, MergeOp};
+use crate::layers::merge::{concat_symbolic, Merge, MergeOp};
 use crate::layers::regularizer::Regularizer;
 use crate::layers::rnn::{dims3, Mask, Rnn, RnnKind};
 use crate::tensor::Tensor;
@@ -959,6 +959,22 @@ impl<T: Float> Model<T> {
             };
             let batch = input.first().copied().flatten();
             let time = input.get(1).copied().flatten();
+            // Every tensor argument's shape (merges and mask ops take several).
+            let arg_shapes = || -> Vec<Vec<Option<usize>>> {
+                node.args
+                    .iter()
+                    .filter_map(|a| match a {
+                        NodeArg::Tensor(r) => Some(
+                            pos.get(&(r.layer, r.node))
+                                .and_then(|&p| shapes.get(p))
+                                .and_then(|s| s.get(r.index))
+                                .cloned()
+                                .unwrap_or_default(),
+                        ),
+                        NodeArg::Scalar(_) => None,
+                    })
+                    .collect()
+            };
             let out = match &ml.layer {
                 Layer::Input { batch_shape } => vec![batch_shape.clone()],
                 Layer::Masking { .. }
@@ -966,23 +982,7 @@ impl<T: Float> Model<T> {
                 | Layer::Activation(_)
                 | Layer::NotEqual { .. } => vec![input],
                 Layer::Any { .. } => vec![input[..input.len().saturating_sub(1)].to_vec()],
-                Layer::MaskOp(op) => {
-                    let args: Vec<Vec<Option<usize>>> = node
-                        .args
-                        .iter()
-                        .filter_map(|a| match a {
-                            NodeArg::Tensor(r) => Some(
-                                pos.get(&(r.layer, r.node))
-                                    .and_then(|&p| shapes.get(p))
-                                    .and_then(|s| s.get(r.index))
-                                    .cloned()
-                                    .unwrap_or_default(),
-                            ),
-                            NodeArg::Scalar(_) => None,
-                        })
-                        .collect();
-                    vec![op.output_shape(&args)]
-                }
+                Layer::MaskOp(op) => vec![op.output_shape(&arg_shapes())],
                 Layer::Dense(d) => {
                     let mut s = input;
                     if let Some(l) = s.last_mut() {
@@ -998,32 +998,7 @@ impl<T: Float> Model<T> {
                 Layer::Merge(Merge {
                     op: MergeOp::Concatenate { axis },
                     ..
-                }) => {
-                    // The concatenated axis adds up the inputs' sizes (`None` if any is).
-                    let inputs: Vec<Vec<Option<usize>>> = node
-                        .args
-                        .iter()
-                        .map(|a| match a {
-                            NodeArg::Tensor(r) => pos
-                                .get(&(r.layer, r.node))
-                                .and_then(|&p| shapes.get(p))
-                                .and_then(|s| s.get(r.index))
-                                .cloned()
-                                .unwrap_or_default(),
-                            NodeArg::Scalar(_) => vec![],
-                        })
-                        .collect();
-                    let mut s = input;
-                    let rank = s.len() as isize;
-                    let a = if *axis < 0 { rank + axis } else { *axis };
-                    if let Some(slot) = usize::try_from(a).ok().and_then(|a| s.get_mut(a)) {
-                        *slot = inputs
-                            .iter()
-                            .map(|i| i.get(a as usize).copied().flatten())
-                            .sum::<Option<usize>>();
-                    }
-                    vec![s]
-                }
+                }) => vec![concat_symbolic(&arg_shapes(), *axis)],
                 Layer::Merge(_) => vec![input],
                 Layer::Rnn(r) => {
                     let mut v = vec![if r.returns_sequences() {
