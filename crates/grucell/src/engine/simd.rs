@@ -10,6 +10,7 @@
 use super::packed::{store, NR};
 use std::arch::x86_64::{
     __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+    _mm_prefetch, _MM_HINT_T0,
 };
 use std::ops::Range;
 
@@ -18,6 +19,14 @@ pub(super) const WIDE: usize = 64;
 
 /// `C[0..m, 0..16] (+)= A[0..m, kr] · B[0..|kr|, 0..16]` for one full-width panel (`B` already
 /// offset to row `kr.start`). Returns `false`, having done nothing, if a slice is too short.
+///
+/// `next` is the packed panel that will be computed after this one (offset to row `kr.start`;
+/// empty: none, or `B` is in the caches anyway). With it, while each block of `k` rows is
+/// computed, the lines of the block after it (this panel's, or the first of `next`) are
+/// requested ahead, spread over the block's tiles: a recurrent kernel larger than the caches
+/// (XL's 12 MiB) is read from memory on every step, and the first tile of each block otherwise
+/// waits for its lines instead of overlapping the memory reads with the other tiles' FMAs
+/// (B = 16, 1024 units: +10–20 % on a product, dev VM).
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn panel(
@@ -30,6 +39,7 @@ pub(super) fn panel(
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
+    next: &[f32],
 ) -> bool {
     let klen = kr.len();
     if m == 0 {
@@ -44,8 +54,19 @@ pub(super) fn panel(
     let mut k0 = kr.start;
     loop {
         let k1 = (k0 + KC).min(kr.end);
-        let (kb, b) = (k0..k1, &b[(k0 - kr.start) * ldb..]);
+        let (kb, bk) = (k0..k1, &b[(k0 - kr.start) * ldb..]);
         let acc = accumulate || k0 > kr.start;
+        // The lines to request during this block: one per row of `k` (ldb = NR floats = 64
+        // bytes), at most a block's worth.
+        let ahead = if next.is_empty() || ldb != NR {
+            &[][..]
+        } else if k1 < kr.end {
+            let n = (kr.end - k1).min(KC) * NR;
+            &b[(k1 - kr.start) * NR..][..n]
+        } else {
+            &next[..next.len().min(KC * NR)]
+        };
+        let lines = ahead.len() / NR;
         let mut i = 0;
         while i < m {
             let (a, c) = (&a[i * lda..], &mut c[i * ldc..]);
@@ -55,13 +76,16 @@ pub(super) fn panel(
             // 32 rows go 6,6,5,5,5,5 rather than 6,6,6,6,6,2. A row's sums do not depend on
             // its tile, so results are unchanged.
             let left = m - i;
-            i += match left.div_ceil(left.div_ceil(6)) {
-                1 => tile::<1>(a, lda, &kb, b, ldb, c, ldc, acc),
-                2 => tile::<2>(a, lda, &kb, b, ldb, c, ldc, acc),
-                3 => tile::<3>(a, lda, &kb, b, ldb, c, ldc, acc),
-                4 => tile::<4>(a, lda, &kb, b, ldb, c, ldc, acc),
-                5 => tile::<5>(a, lda, &kb, b, ldb, c, ldc, acc),
-                _ => tile::<6>(a, lda, &kb, b, ldb, c, ldc, acc),
+            let rows = left.div_ceil(left.div_ceil(6));
+            // This tile's share of the lines, in proportion to its rows.
+            let pf = &ahead[lines * i / m * NR..lines * (i + rows) / m * NR];
+            i += match rows {
+                1 => tile::<1>(a, lda, &kb, bk, ldb, c, ldc, acc, pf),
+                2 => tile::<2>(a, lda, &kb, bk, ldb, c, ldc, acc, pf),
+                3 => tile::<3>(a, lda, &kb, bk, ldb, c, ldc, acc, pf),
+                4 => tile::<4>(a, lda, &kb, bk, ldb, c, ldc, acc, pf),
+                5 => tile::<5>(a, lda, &kb, bk, ldb, c, ldc, acc, pf),
+                _ => tile::<6>(a, lda, &kb, bk, ldb, c, ldc, acc, pf),
             };
         }
         if k1 >= kr.end {
@@ -74,7 +98,8 @@ pub(super) fn panel(
 /// Depth (`k`) of one block of [`panel`].
 const KC: usize = 256;
 
-/// One `R × 16` tile; returns `R`. Bounds were checked by [`panel`].
+/// One `R × 16` tile; returns `R`. Bounds were checked by [`panel`]. Requests the cache line
+/// at every `NR`-th float of `pf`, one per row of `k`, until `pf` is done.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
@@ -87,6 +112,7 @@ fn tile<const R: usize>(
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
+    pf: &[f32],
 ) -> usize {
     let klen = kr.len();
     // Local proofs for the unchecked reads below (panics only if `panel` let a bad call through).
@@ -100,7 +126,13 @@ fn tile<const R: usize>(
     let mut lo: [__m256; R] = [_mm256_setzero_ps(); R];
     let mut hi: [__m256; R] = [_mm256_setzero_ps(); R];
     let bp = b.as_ptr();
+    let (pfp, pf_lines) = (pf.as_ptr(), pf.len() / NR);
     for kk in 0..klen {
+        if kk < pf_lines {
+            // In bounds (kk·NR < pf.len()); a prefetch reads nothing into registers and never
+            // faults.
+            _mm_prefetch::<_MM_HINT_T0>(pfp.wrapping_add(kk * NR).cast::<i8>());
+        }
         // SAFETY: kk·ldb + 16 ≤ (klen − 1)·ldb + 16 = b.len() (sliced above).
         let (b0, b1) = unsafe {
             (

@@ -249,7 +249,16 @@ mod tests {
                     // SAFETY: as above.
                     assert!(unsafe {
                         super::super::simd::panel(
-                            m, &a, lda, &kr, &b, ldb, &mut c2, ldc, accumulate,
+                            m,
+                            &a,
+                            lda,
+                            &kr,
+                            &b,
+                            ldb,
+                            &mut c2,
+                            ldc,
+                            accumulate,
+                            &[],
                         )
                     });
                     for i in 0..m {

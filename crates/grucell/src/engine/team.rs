@@ -502,7 +502,14 @@ fn fused_panel<T: Float>(
         if at.zero {
             tile.fill(T::zero());
         } else {
-            run_panel(m, h, u, &(0..u), b, ldb, w, tile, NR, false);
+            // The owner of a share takes its panels in order, so after the three gates of `q`
+            // come those of `q + 1`.
+            let next = if gate < 2 {
+                rhs.upcoming_at(gate + 1, q)
+            } else {
+                rhs.upcoming_at(0, q + 1)
+            };
+            run_panel(m, h, u, &(0..u), b, ldb, w, tile, NR, false, next);
         }
         if let StepInputs::Raw {
             x,
@@ -525,6 +532,7 @@ fn fused_panel<T: Float>(
                 xt,
                 NR,
                 false,
+                &[],
             );
             if let Some(bias) = bias {
                 add_bias_rows(&bias[gate * u + j0..gate * u + j0 + w], xt, NR);
@@ -692,7 +700,8 @@ mod tests {
     /// late or is given up on (see [`product`]).
     #[test]
     fn fused_steps_match_when_panels_move_between_threads() {
-        let (m, u, time) = (7, 520, 3);
+        // 600 units: `U` is 4.1 MiB, so the panels also request their next ones ahead.
+        let (m, u, time) = (7, 600, 3);
         let g = 3 * u;
         let uw: Vec<f32> = (0..u * g).map(|i| (i as f32 * 0.37).sin() * 0.2).collect();
         let xp: Vec<f32> = (0..m * time * g).map(|i| (i as f32 * 0.13).cos()).collect();
@@ -701,6 +710,7 @@ mod tests {
         let mut pk = PackedRhs::new();
         pk.pack(Operand::new(&uw[..], g), u, u, 3);
         let rhs = Rhs::Packed(&pk);
+        assert!(!rhs.upcoming_at(0, 1).is_empty());
         let ctx = StepCtx {
             inputs: StepInputs::Projected(&xp),
             time,
