@@ -445,6 +445,31 @@ def run_quietest(job, opts):
     return best
 
 
+def combine_rounds(got):
+    """One row from the rows of several rounds of one (framework, size): its forward and train medians
+    are the medians of the rounds' medians, its noise figure the largest; every round is kept under
+    "rounds". One round: that row unchanged."""
+    ok = [r for r in got if "error" not in r]
+    if len(got) == 1 or not ok:
+        return got[0]
+    row = dict(ok[0])
+    for kind in ("forward", "train"):
+        vals = [median_of(r, kind) for r in ok if median_of(r, kind) is not None]
+        if vals:
+            row[kind] = {"median_ms": statistics.median(vals), "round_medians_ms": vals}
+    noise = [r.get("others_cpu_during") for r in ok if r.get("others_cpu_during") is not None]
+    row["others_cpu_during"] = max(noise) if noise else None
+    rss = [r.get("maxrss_kib") for r in ok if isinstance(r.get("maxrss_kib"), int)]
+    row["maxrss_kib"] = max(rss) if rss else row.get("maxrss_kib")
+    row["rounds"] = got
+    if "raw" in row:
+        gemm = [r["raw"].get("gemm_gflops") for r in ok
+                if isinstance(r.get("raw", {}).get("gemm_gflops"), (int, float))]
+        if gemm:
+            row["raw"] = dict(row["raw"], gemm_gflops=statistics.median(gemm))
+    return row
+
+
 def progress_line(row):
     """One line for the progress log: medians or the failure, plus the noise figures."""
     noise = "others' CPU %s before, %s during, attempt %s" % (
@@ -703,6 +728,9 @@ def main(argv=None):
     ap.add_argument("--retries", type=int, default=0,
                     help="rerun a measurement up to this many times while other processes used more than "
                          "--quiet-below of the CPUs during it, keeping the quietest run (default 0)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every framework on a size this many times, in an order rotated each "
+                         "round, and report the median of the rounds' medians (default 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keras-python", default=None,
                     help="python interpreter for the Keras subprocess (default: this one)")
@@ -722,6 +750,8 @@ def main(argv=None):
     opts = ap.parse_args(argv)
     if opts.threads < 1:
         raise SystemExit("--threads: expected a positive integer, got %d" % opts.threads)
+    if opts.rounds < 1:
+        raise SystemExit("--rounds: expected a positive integer, got %d" % opts.rounds)
     if opts.worker:
         worker_main(opts)
         return 0
@@ -747,10 +777,17 @@ def main(argv=None):
         for name, dims in sizes:
             jobs = ([("grucell", lambda: run_grucell(binary, name, dims, opts))] if binary is not None else [])
             jobs += [(fw, lambda fw=fw: run_peer(fw, name, dims, opts)) for fw in peers]
-            for fw, job in jobs:
-                row = run_quietest(job, opts)
-                rows.append(row)
-                print("[%s] %s: %s" % (name, fw, progress_line(row)), flush=True)
+            per_fw = {fw: [] for fw, _ in jobs}
+            for r in range(opts.rounds):
+                # Round r starts at the r-th framework, so that none is always measured first or
+                # last: a slow minute on the machine then falls on each of them in turn.
+                for fw, job in jobs[r % len(jobs):] + jobs[:r % len(jobs)]:
+                    row = run_quietest(job, opts)
+                    row["round"] = r + 1
+                    per_fw[fw].append(row)
+                    print("[%s] %s%s: %s" % (name, fw, " (round %d)" % (r + 1) if opts.rounds > 1 else "",
+                                             progress_line(row)), flush=True)
+            rows += [combine_rounds(got) for got in per_fw.values() if got]
     except KeyboardInterrupt:
         notes.append("interrupted: the tables hold only the measurements finished before Ctrl-C")
 
@@ -792,7 +829,9 @@ def main(argv=None):
             "%.1f GFLOP/s" % max(gemm_rates) if gemm_rates else "n/a", ", ".join(isas) or "n/a"),
         "versions: %s" % ", ".join("%s %s" % kv for kv in sorted(versions.items())),
         "flops: %s" % FLOP_FORMULA,
-        "timing: median of >= %d calls after %d warm-up calls, float32, h0 = 0" % (opts.reps, opts.warmup),
+        "timing: median of >= %d calls after %d warm-up calls, float32, h0 = 0%s" % (
+            opts.reps, opts.warmup,
+            "; median over %d rounds (order rotated each round)" % opts.rounds if opts.rounds > 1 else ""),
     ]
     print()
     print("\n".join(header))
@@ -814,7 +853,7 @@ def main(argv=None):
             "versions": versions,
             "flop_formula": FLOP_FORMULA,
             "settings": {k: getattr(opts, k) for k in
-                         ("warmup", "reps", "min_time", "max_time", "timeout", "seed", "peers", "sizes")},
+                         ("warmup", "reps", "min_time", "max_time", "timeout", "seed", "peers", "sizes", "rounds")},
             "sizes": {name: dict(zip(("batch", "time", "input", "units"), dims)) for name, dims in sizes},
             "results": rows,
             "notes": notes,
