@@ -52,7 +52,7 @@ pub const NR: usize = 16;
 /// Size (bytes) from which a packed kernel is taken to be read from memory, not from the caches,
 /// on every product (a recurrent kernel on every time step): its panels are then prefetched
 /// ahead (see `simd::panel`). Below it, the requests only cost issue slots (3 MiB of `U`:
-/// −1 to −5 %, dev VM with a 32 MiB L3 shared between tenants; 12 MiB: +10–20 %).
+/// −1 to −5 %, dev VM with a 32 MiB L3 shared between tenants; 12 MiB: +5–10 % in most runs).
 pub(crate) const STREAMED_MIN_BYTES: usize = 4 << 20;
 
 /// Work (multiply-adds) below which a product runs on the calling thread only.
@@ -255,29 +255,39 @@ impl<T: Float> Rhs<'_, T> {
         }
     }
 
-    /// The data of panel `i` of `segs` when it is one of `panels` and this kernel is packed and
-    /// too large to stay in the caches between products ([`STREAMED_MIN_BYTES`]); else empty.
-    /// What a panel's kernel requests ahead while the panel before it is computed.
-    pub(crate) fn upcoming(&self, segs: &Range<usize>, i: usize, panels: &Range<usize>) -> &[T] {
+    /// What a panel's kernel requests ahead while it computes (see `simd::panel`): `None` unless
+    /// this kernel is packed and too large to stay in the caches between products
+    /// ([`STREAMED_MIN_BYTES`]); then the data of panel `i` of `segs`, the one computed next,
+    /// or an empty slice when `i` is not one of `panels` (the kernel then requests only its own
+    /// panel's blocks ahead).
+    pub(crate) fn upcoming(
+        &self,
+        segs: &Range<usize>,
+        i: usize,
+        panels: &Range<usize>,
+    ) -> Option<&[T]> {
         let pps = self.panels_per_segment();
         if !panels.contains(&i) || pps == 0 {
-            return &[];
+            return self.streamed().then_some(&[][..]);
         }
         self.upcoming_at(segs.start + i / pps, i % pps)
     }
 
     /// Panel `q` of segment `s` as [`Rhs::upcoming`] gives it (empty past the last panel).
-    pub(crate) fn upcoming_at(&self, s: usize, q: usize) -> &[T] {
+    pub(crate) fn upcoming_at(&self, s: usize, q: usize) -> Option<&[T]> {
         match self {
-            Rhs::Packed(p)
-                if s < p.segs
-                    && q < p.pps
-                    && p.data.len() * std::mem::size_of::<T>() >= STREAMED_MIN_BYTES =>
-            {
+            Rhs::Packed(p) if self.streamed() => Some(if s < p.segs && q < p.pps {
                 self.panel(s, q).2
-            }
-            _ => &[],
+            } else {
+                &[]
+            }),
+            _ => None,
         }
+    }
+
+    /// Packed and at least [`STREAMED_MIN_BYTES`].
+    fn streamed(&self) -> bool {
+        matches!(self, Rhs::Packed(p) if p.data.len() * std::mem::size_of::<T>() >= STREAMED_MIN_BYTES)
     }
 
     /// `C[:, cols of segs] (+)= A[:, kr] · B[kr, cols of segs]`.
@@ -528,7 +538,7 @@ pub(crate) fn run_panel<T: Float>(
     c: &mut [T],
     ldc: usize,
     accumulate: bool,
-    next: &[T],
+    next: Option<&[T]>,
 ) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -546,9 +556,11 @@ pub(crate) fn run_panel<T: Float>(
                     if isa == Isa::Avx512 {
                         super::simd512::panel(m, a32, lda, kr, b32, ldb, c32, ldc, accumulate)
                     } else {
-                        let next = T::slice_f32(next)
-                            .and_then(|n| n.get(kr.start * ldb..))
-                            .unwrap_or(&[]);
+                        // Offset to row `kr.start`, as `b` is; `None` also for a `next`
+                        // that is shorter than that (never, for panels of one packing).
+                        let next = next
+                            .and_then(T::slice_f32)
+                            .map(|n| n.get(kr.start * ldb..).unwrap_or(&[]));
                         super::simd::panel(m, a32, lda, kr, b32, ldb, c32, ldc, accumulate, next)
                     }
                 };
@@ -852,8 +864,10 @@ mod tests {
                             seg,
                         }
                     };
-                    assert_eq!(!rhs.upcoming(&(0..3), 1, &(0..2)).is_empty(), streamed);
-                    assert!(rhs.upcoming(&(0..3), 2, &(0..2)).is_empty());
+                    let next = rhs.upcoming(&(0..3), 1, &(0..2));
+                    assert_eq!(next.is_some_and(|n| !n.is_empty()), streamed);
+                    let past = rhs.upcoming(&(0..3), 2, &(0..2));
+                    assert_eq!(past.map(<[T]>::len), streamed.then_some(0));
                     for (kr, sr) in [(0..k, 0..3), (1..k, 1..3), (k / 2..k, 2..3)] {
                         for accumulate in [false, true] {
                             for threads in [1, 3] {

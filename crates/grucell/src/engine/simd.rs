@@ -20,13 +20,13 @@ pub(super) const WIDE: usize = 64;
 /// `C[0..m, 0..16] (+)= A[0..m, kr] · B[0..|kr|, 0..16]` for one full-width panel (`B` already
 /// offset to row `kr.start`). Returns `false`, having done nothing, if a slice is too short.
 ///
-/// `next` is the packed panel that will be computed after this one (offset to row `kr.start`;
-/// empty: none, or `B` is in the caches anyway). With it, while each block of `k` rows is
+/// `next`: `None` when `B` stays in the caches; else the packed panel computed after this one
+/// (offset to row `kr.start`; empty if there is none). Then, while each block of `k` rows is
 /// computed, the lines of the block after it (this panel's, or the first of `next`) are
 /// requested ahead, spread over the block's tiles: a recurrent kernel larger than the caches
 /// (XL's 12 MiB) is read from memory on every step, and the first tile of each block otherwise
 /// waits for its lines instead of overlapping the memory reads with the other tiles' FMAs
-/// (B = 16, 1024 units: +10–20 % on a product, dev VM).
+/// (B = 16, 1024 units: +5–10 % on a product in most runs, 1–20 % over all, dev VM).
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn panel(
@@ -39,7 +39,7 @@ pub(super) fn panel(
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
-    next: &[f32],
+    next: Option<&[f32]>,
 ) -> bool {
     let klen = kr.len();
     if m == 0 {
@@ -58,13 +58,13 @@ pub(super) fn panel(
         let acc = accumulate || k0 > kr.start;
         // The lines to request during this block: one per row of `k` (ldb = NR floats = 64
         // bytes), at most a block's worth.
-        let ahead = if next.is_empty() || ldb != NR {
-            &[][..]
-        } else if k1 < kr.end {
-            let n = (kr.end - k1).min(KC) * NR;
-            &b[(k1 - kr.start) * NR..][..n]
-        } else {
-            &next[..next.len().min(KC * NR)]
+        let ahead = match next {
+            Some(_) if ldb == NR && k1 < kr.end => {
+                let n = (kr.end - k1).min(KC) * NR;
+                &b[(k1 - kr.start) * NR..][..n]
+            }
+            Some(next) if ldb == NR => &next[..next.len().min(KC * NR)],
+            _ => &[][..],
         };
         let lines = ahead.len() / NR;
         let mut i = 0;

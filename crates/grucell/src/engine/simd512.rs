@@ -249,16 +249,7 @@ mod tests {
                     // SAFETY: as above.
                     assert!(unsafe {
                         super::super::simd::panel(
-                            m,
-                            &a,
-                            lda,
-                            &kr,
-                            &b,
-                            ldb,
-                            &mut c2,
-                            ldc,
-                            accumulate,
-                            &[],
+                            m, &a, lda, &kr, &b, ldb, &mut c2, ldc, accumulate, None,
                         )
                     });
                     for i in 0..m {

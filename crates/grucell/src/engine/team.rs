@@ -532,7 +532,7 @@ fn fused_panel<T: Float>(
                 xt,
                 NR,
                 false,
-                &[],
+                None,
             );
             if let Some(bias) = bias {
                 add_bias_rows(&bias[gate * u + j0..gate * u + j0 + w], xt, NR);
@@ -710,7 +710,7 @@ mod tests {
         let mut pk = PackedRhs::new();
         pk.pack(Operand::new(&uw[..], g), u, u, 3);
         let rhs = Rhs::Packed(&pk);
-        assert!(!rhs.upcoming_at(0, 1).is_empty());
+        assert!(rhs.upcoming_at(0, 1).is_some_and(|n| !n.is_empty()));
         let ctx = StepCtx {
             inputs: StepInputs::Projected(&xp),
             time,
