@@ -16,7 +16,10 @@ return_state, frozen layers, activity penalties), saves each as
            Embedding tables with and without penalties), trained
            with shuffle=False: `grucell fit` from the untrained file vs Keras' weights after fit
            (within 1e-5); then both continue one more epoch from grucell's output (Keras:
-           load_model + fit), which checks that the saved optimizer state is Keras' own
+           load_model + fit), which checks that the saved optimizer state is Keras' own. A model
+           whose Keras float32 result is more than 1e-5 from Keras' own float64 result (trained
+           alike) is reported as "unstable" and not counted (its continued epoch must still
+           agree)
 
     python3 -m venv .venv-fixtures && .venv-fixtures/bin/pip install -r tools/requirements-fixtures.txt
     cargo build --release
@@ -264,7 +267,7 @@ def check_multi(args, keras, layers, rng, pick, out):
 
 
 def check_fit(args, keras, layers, rng, pick, out):
-    bad = 0
+    bad = unstable = 0
     reg = lambda: pick([None, "l2", "l1", keras.regularizers.L1L2(0.01, 0.02)])  # noqa: E731
     con = lambda: pick([None, None, "non_neg", keras.constraints.MaxNorm(1.5),  # noqa: E731
                         keras.constraints.UnitNorm()])
@@ -378,11 +381,51 @@ def check_fit(args, keras, layers, rng, pick, out):
             e2 = max(float(np.max(np.abs(a.numpy() - b.numpy())))
                      for a, b in zip(ours2.weights, again.weights))
         if e > 1e-5 or e2 is None or e2 > 1e-5 or skipped:
+            # Is the float32 result determined by the math at all? Keras again in float64 from
+            # the same weights: when Keras' own float32 result is further than the tolerance from
+            # it, round-off decides the outcome (e.g. a gradient that is exactly zero in float64
+            # but round-off noise in float32, blown up by a unit-norm constraint to
+            # w / (1e-7 + |w|)), and comparing two float32 implementations says nothing.
+            ek = keras_f64_distance(keras, out / "untrained.keras", m, X, Y, bs, ep)
+            if ek > 1e-5 and e2 is not None and e2 <= 1e-5 and not skipped:
+                unstable += 1
+                print(f"{label}: unstable (not counted): fit {e:.2e}, but Keras' float32 result "
+                      f"is {ek:.2e} from its float64 one")
+                continue
             bad += 1
-            print(f"{label}: fit {e:.2e}, continued {e2}, Keras warnings {skipped[:1]} {err.strip()[:200]}")
+            print(f"{label}: fit {e:.2e}, continued {e2}, Keras warnings {skipped[:1]} "
+                  f"{err.strip()[:200]} (Keras float32 vs float64: {ek:.2e})")
             keep(args, out, f"fit_{i}", m, dict(batch_size=bs, epochs=ep))
-    print(f"fit: {args.n} models, {bad} disagreements")
+    print(f"fit: {args.n} models, {bad} disagreements, {unstable} unstable (not counted)")
     return bad
+
+
+def keras_f64_distance(keras, untrained, m32, X, Y, bs, ep):
+    """Largest difference between `m32`'s weights after fit and those of the same model, compiled
+    and trained the same way, in float64."""
+    base = keras.saving.load_model(untrained)
+    old = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    try:
+        def to_f64(v):
+            # Layer configs carry their dtype policy ("float32"): rewritten, not inherited.
+            if isinstance(v, dict):
+                return {k: to_f64(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [to_f64(x) for x in v]
+            return "float64" if v == "float32" else v
+
+        m64 = keras.Model.from_config(to_f64(base.get_config()))
+        for a, b in zip(m64.weights, base.weights):
+            a.assign(np.asarray(b.numpy(), dtype=a.dtype))
+        opt = keras.optimizers.deserialize(keras.optimizers.serialize(base.optimizer))
+        m64.compile(optimizer=opt, loss=base.loss)
+        m64.fit(X.astype("float64"), Y.astype("float64"), batch_size=bs, epochs=ep,
+                shuffle=False, verbose=0)
+        return max(float(np.max(np.abs(a.numpy() - b.numpy().astype("float64"))))
+                   for a, b in zip(m64.weights, m32.weights))
+    finally:
+        keras.config.set_floatx(old)
 
 
 def keep(args, out, name, model, info):
