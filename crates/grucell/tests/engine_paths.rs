@@ -348,8 +348,8 @@ fn skipped_first_products_change_nothing() {
     }
 }
 
-/// Single steps (`gru_step`, what streams call) read a pre-packed `U` for three or more rows
-/// and a pre-packed `W` in the projection: the numbers must not change.
+/// Single steps (`gru_step`, what streams call) read a pre-packed `U` for one row and for three
+/// or more rows, and a pre-packed `W` in the projection: the numbers must not change.
 #[test]
 fn single_steps_on_prepacked_weights_change_nothing() {
     use grucell::engine::gru::gru_step;
@@ -359,11 +359,12 @@ fn single_steps_on_prepacked_weights_change_nothing() {
         let (kernel, rec, xb, hb, x) = (c(&pr.kernel), c(&pr.rec), c(&pr.xb), c(&pr.hb), c(&pr.x));
         let p = tanh_params((&kernel, &rec), (Some(&xb), Some(&hb)), (d, u), true);
         let pw = PackedWeights::new(&p, 1).unwrap();
-        // `U` padded to whole 16-column panels per gate; `W` only for inputs of ≤ 256 features
-        // (wider ones are projected by the GEMM crate from the slice).
+        // `U` padded to whole 16-column panels per gate, each panel one 16-value row longer
+        // than its depth (see `panel_stride`); `W` only for inputs of ≤ 256 features (wider
+        // ones are projected by the GEMM crate from the slice).
         let per_row = 3 * u.div_ceil(16) * 16;
-        let w_rows = if d <= 256 { d } else { 0 };
-        assert_eq!(pw.len(), per_row * (u + w_rows), "(D, u) = {:?}", (d, u));
+        let w_len = if d <= 256 { per_row * (d + 1) } else { 0 };
+        assert_eq!(pw.len(), per_row * (u + 1) + w_len, "(D, u) = {:?}", (d, u));
         let mut outs = Vec::new();
         for packed in [None, Some(&pw)] {
             let p = GruParams { packed, ..p };

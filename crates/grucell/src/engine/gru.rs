@@ -203,13 +203,22 @@ pub fn project_inputs<T: Float>(
         }
     };
     if rows <= 2 {
-        // Streaming and single steps: the in-place batch-1 kernel has no call overhead.
-        let w = Rhs::Plain {
-            data: p.kernel,
-            ld: g,
-            seg: g,
-        };
-        w.matmul(rows, x, d, 0..d, 0..1, xp, g, false, 1, &mut Vec::new());
+        // Streaming and single steps: the batch-1 strips have no call overhead. One row reads
+        // a pre-packed `W` when there is one (sequential panels instead of rows a stride apart;
+        // the same sums).
+        match prepacked_kernel(p) {
+            Some(pk) if rows == 1 => {
+                Rhs::Packed(pk).matmul(1, x, d, 0..d, 0..3, xp, g, false, 1, &mut Vec::new())
+            }
+            _ => {
+                let w = Rhs::Plain {
+                    data: p.kernel,
+                    ld: g,
+                    seg: g,
+                };
+                w.matmul(rows, x, d, 0..d, 0..1, xp, g, false, 1, &mut Vec::new());
+            }
+        }
         add_bias(xp);
     } else if d <= PROJECT_OWN_MAX_K {
         // Short inputs: the packed kernel (the GEMM crate's packing is most of the work when k
@@ -415,8 +424,10 @@ pub(crate) fn recurrent_rhs<'a, T: Float>(
     packed: &'a mut super::packed::PackedRhs<T>,
 ) -> Rhs<'a, T> {
     let u = p.units;
-    if packs_recurrent(batch, time) {
-        if let Some(pw) = prepacked(p) {
+    let prepacked = prepacked(p);
+    if packs_recurrent(batch, time) || (batch == 1 && prepacked.is_some()) {
+        // Batch 1 reads a pre-packed `U` with the same strips as in place (same sums).
+        if let Some(pw) = prepacked {
             return Rhs::Packed(pw.recurrent());
         }
         packed.pack_with_threads(Operand::new(p.recurrent, 3 * u), u, u, 3, threads);
@@ -780,8 +791,14 @@ fn sequence_rows<T: Float>(
         None => recurrent_rhs(p, batch, time, opts.threads, packed),
     };
     // No initial state: the first step's products are `0 · U = 0` (exactly, for a finite `U`,
-    // which packing checks), so that step skips them.
-    let zero_start = h0.is_none() && matches!(rhs, Rhs::Packed(pk) if pk.is_finite());
+    // which packing checks), so that step skips them. `U` read in place (short sequences, batch
+    // 1) is known finite when the caller packed it beforehand: a single step with no state
+    // (T1: 1 × 256 · 256 × 768) then costs only its input projection.
+    let finite_u = match rhs {
+        Rhs::Packed(pk) => pk.is_finite(),
+        Rhs::Plain { .. } => prepacked(p).is_some_and(|pw| pw.recurrent().is_finite()),
+    };
+    let zero_start = h0.is_none() && finite_u;
     let xp: &[T] = xp;
     let inputs = if raw {
         StepInputs::Raw {
@@ -913,9 +930,9 @@ pub fn gru_step<T: Float>(
         ..
     } = ws;
     // The pre-packed `U` when there is one (same kernel and summation order as in place, for
-    // the panel kernel's three or more rows).
+    // the panel kernel's three or more rows and the strips of one row).
     let rhs = match prepacked(p) {
-        Some(pw) if batch >= STEP_PACKED_MIN_ROWS => Rhs::Packed(pw.recurrent()),
+        Some(pw) if batch >= STEP_PACKED_MIN_ROWS || batch == 1 => Rhs::Packed(pw.recurrent()),
         _ => Rhs::Plain {
             data: p.recurrent,
             ld: g,

@@ -58,6 +58,98 @@ pub(crate) const STREAMED_MIN_BYTES: usize = 4 << 20;
 /// Work (multiply-adds) below which a product runs on the calling thread only.
 pub(crate) const PAR_MIN_WORK: usize = 1 << 20;
 
+/// The left operand `A` of a panel product: its rows (stride `lda`, indexed by absolute `k`) and,
+/// where the product made one ([`Lhs::wanted`]), a copy of `A[0..m, kr]` packed for the AVX-512
+/// tiles: in row tiles of at most [`LHS_TILE_ROWS`] rows, split as [`tile_rows`] splits them, each
+/// tile k-major: element `(i, k)` of the tile of `R` rows from row `i0` at
+/// `i0·|kr| + (k − kr.start)·R + (i − i0)`.
+///
+/// A register tile broadcasts one value of each of its rows per `k`. Read from the rows, that is
+/// one address per row, each a stride away (an index register and an add per row per `k`, and on
+/// Intel cores an FMA with an indexed memory operand is split into two operations): the AVX-512
+/// tile then issues ~50 operations per 16 FMAs and runs at about half the FMA rate. From the
+/// packed copy the tile's values for one `k` are adjacent, every broadcast is a fixed offset
+/// from one pointer, and the tile reads one sequential stream.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Lhs<'a, T> {
+    /// Rows of `A`.
+    pub rows: &'a [T],
+    /// Row stride of `rows`.
+    pub lda: usize,
+    /// `A[0..m, kr]` k-major, if made.
+    pub kmajor: Option<&'a [T]>,
+}
+
+impl<'a, T: Float> Lhs<'a, T> {
+    /// Rows only.
+    pub(crate) fn rows(rows: &'a [T], lda: usize) -> Self {
+        Lhs {
+            rows,
+            lda,
+            kmajor: None,
+        }
+    }
+
+    /// Whether a product of `m` rows, depth `k`, over `n_panels` panels should read `A` packed:
+    /// only the AVX-512 `f32` tiles read it, and only for kernels of at least
+    /// [`LHS_PACK_MIN_BYTES`].
+    pub(crate) fn wanted(m: usize, k: usize, n_panels: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            m >= 2
+                && std::mem::size_of::<T>() == 4
+                && n_panels.saturating_mul(k).saturating_mul(NR * 4) >= LHS_PACK_MIN_BYTES
+                && active() == Isa::Avx512
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (m, k, n_panels);
+            false
+        }
+    }
+
+    /// Packs `A[0..m, kr]` (rows of stride `lda`) into `dst[..m·|kr|]` as [`Lhs`] describes.
+    pub(crate) fn pack_into(a: &[T], lda: usize, m: usize, kr: &Range<usize>, dst: &mut [T]) {
+        let klen = kr.len();
+        let mut i0 = 0;
+        while i0 < m {
+            let r = tile_rows(m, i0, LHS_TILE_ROWS);
+            let tile = &mut dst[i0 * klen..(i0 + r) * klen];
+            // The tile's rows side by side, written in order (one sequential stream out).
+            let mut rows: [&[T]; LHS_TILE_ROWS] = [&[]; LHS_TILE_ROWS];
+            for (i, row) in rows[..r].iter_mut().enumerate() {
+                *row = &a[(i0 + i) * lda + kr.start..(i0 + i) * lda + kr.end];
+            }
+            for (k, dk) in tile.chunks_exact_mut(r).enumerate() {
+                for (d, row) in dk.iter_mut().zip(&rows[..r]) {
+                    *d = row[k];
+                }
+            }
+            i0 += r;
+        }
+    }
+}
+
+/// Kernel size (bytes) from which a product packs its left operand (see [`Lhs`]). Measured on
+/// an AVX-512 Xeon (2 MiB L2 per core), 2 threads, in-process alternation: a 12 MiB `U`
+/// (B = 16, 1024 units) +11–15 % per step, 3 MiB (B = 64, 512 units) +3–7 %, but 768 KiB
+/// (B = 32, 256 units: M) −5–7 %: a step there is ~0.1 ms, and the copy is made by the caller
+/// while the team's helpers wait for it.
+pub(crate) const LHS_PACK_MIN_BYTES: usize = 2 << 20;
+
+/// Most rows per register tile of the AVX-512 kernel, and per tile of a packed [`Lhs`].
+pub(crate) const LHS_TILE_ROWS: usize = 16;
+
+/// Rows of the register tile that starts at row `i` of `m`: tiles of at most `max` rows, the rows
+/// spread evenly over the fewest tiles. A tile of 4 or more rows runs at the FMA units' full
+/// rate, a thin one of 1–2 at half of it (too few independent accumulators), so with `max = 6`
+/// 32 rows go 6,6,5,5,5,5 rather than 6,6,6,6,6,2. A row's sums do not depend on its tile.
+#[inline]
+pub(crate) fn tile_rows(m: usize, i: usize, max: usize) -> usize {
+    let left = m - i;
+    left.div_ceil(left.div_ceil(max))
+}
+
 /// `B` packed into column panels, grouped in equal segments of columns.
 #[derive(Debug, Clone, Default)]
 pub struct PackedRhs<T> {
@@ -116,9 +208,10 @@ impl<T: Float> PackedRhs<T> {
     ) {
         let pps = seg.div_ceil(NR);
         let panel_len = k * NR;
+        let stride = panel_stride(k);
         let n_panels = pps * segs;
         // Every element is written below (padding included), so old contents need no clearing.
-        super::pages::resize(&mut self.data, n_panels * panel_len, T::zero());
+        super::pages::resize(&mut self.data, n_panels * stride, T::zero());
         self.k = k;
         self.seg = seg;
         self.segs = segs;
@@ -132,7 +225,7 @@ impl<T: Float> PackedRhs<T> {
         let pack_group = |gi: usize, chunk: &mut [T]| -> bool {
             let mut finite = true;
             let first = gi * group;
-            let panels = chunk.len() / panel_len;
+            let panels = chunk.len() / stride;
             // First column and width of each panel of the group.
             let mut geo = [(0usize, 0usize); GROUP];
             for (j, p) in (first..first + panels).enumerate() {
@@ -143,7 +236,7 @@ impl<T: Float> PackedRhs<T> {
             if b.transposed {
                 // Element (kk, c) of B is stored at data[c·ld + kk]: a column is contiguous.
                 for (j, &(c0, w)) in geo.iter().enumerate() {
-                    let dst = &mut chunk[j * panel_len..(j + 1) * panel_len];
+                    let dst = &mut chunk[j * stride..j * stride + panel_len];
                     for jj in 0..NR {
                         if jj >= w {
                             dst.chunks_exact_mut(NR).for_each(|row| row[jj] = T::zero());
@@ -159,7 +252,7 @@ impl<T: Float> PackedRhs<T> {
             } else {
                 for kk in 0..k {
                     for (j, &(c0, w)) in geo.iter().enumerate() {
-                        let o = j * panel_len + kk * NR;
+                        let o = j * stride + kk * NR;
                         let row = &mut chunk[o..o + NR];
                         let src = &b.data[kk * b.ld + c0..kk * b.ld + c0 + w];
                         for (d, v) in row[..w].iter_mut().zip(src) {
@@ -169,6 +262,9 @@ impl<T: Float> PackedRhs<T> {
                         row[w..].fill(T::zero());
                     }
                 }
+            }
+            for j in 0..panels {
+                chunk[j * stride + panel_len..(j + 1) * stride].fill(T::zero());
             }
             finite
         };
@@ -183,14 +279,14 @@ impl<T: Float> PackedRhs<T> {
         let per = n_groups.div_ceil(tasks);
         let task = |(ti, chunk): (usize, &mut [T])| -> bool {
             let mut finite = true;
-            for (j, gchunk) in chunk.chunks_mut(group * panel_len).enumerate() {
+            for (j, gchunk) in chunk.chunks_mut(group * stride).enumerate() {
                 finite &= pack_group(ti * per + j, gchunk);
             }
             finite
         };
-        let data = &mut self.data[..n_panels * panel_len];
+        let data = &mut self.data[..n_panels * stride];
         self.finite = if tasks > 1 {
-            data.par_chunks_mut(per * group * panel_len)
+            data.par_chunks_mut(per * group * stride)
                 .enumerate()
                 .map(task)
                 .reduce(|| true, |a, b| a && b)
@@ -202,6 +298,18 @@ impl<T: Float> PackedRhs<T> {
 
 /// Panels packed together (see [`PackedRhs::pack_with_threads`]).
 const GROUP: usize = 8;
+
+/// Distance (elements) between the starts of two packed panels of depth `k`: one cache line more
+/// than a panel holds. Panels of a depth that is a multiple of 64 would otherwise start a
+/// multiple of 4 KiB apart, so that the same row of adjacent panels, which the batch-1 strips
+/// read together, would fall into the same L1 sets (and alias in the store-forwarding checks).
+pub(crate) fn panel_stride(k: usize) -> usize {
+    if k == 0 {
+        0
+    } else {
+        k * NR + NR
+    }
+}
 
 /// Packed sizes (elements) from which packing is split between threads: below it (512 units
 /// and less) the memory-bound copy gains nothing measurable from a second thread.
@@ -247,9 +355,9 @@ impl<T: Float> Rhs<'_, T> {
         let w = NR.min(seg - q * NR);
         match self {
             Rhs::Packed(p) => {
-                let len = p.k * NR;
+                let (len, stride) = (p.k * NR, panel_stride(p.k));
                 let i = s * p.pps + q;
-                (c0, w, &p.data[i * len..(i + 1) * len], NR)
+                (c0, w, &p.data[i * stride..i * stride + len], NR)
             }
             Rhs::Plain { data, ld, .. } => (c0, w, &data[c0..], *ld),
         }
@@ -317,16 +425,15 @@ impl<T: Float> Rhs<'_, T> {
         let n_panels = segs.len() * pps;
         let work = m * segs.len() * seg * kr.len();
         if threads <= 1 || work < PAR_MIN_WORK || n_panels < 2 {
-            if let Rhs::Plain { data, ld, .. } = *self {
-                if m <= 2 {
+            match *self {
+                Rhs::Plain { data, ld, .. } if m <= 2 => {
                     // Batch 1–2 in place: wide strips, each `B` row read as 256 contiguous bytes.
                     for s in segs {
                         for r in 0..m {
                             run_strip(
                                 &a[r * lda..],
                                 &kr,
-                                &data[s * seg..],
-                                ld,
+                                Strip::Plain(&data[s * seg..], ld),
                                 seg,
                                 &mut c[r * ldc + s * seg..],
                                 accumulate,
@@ -335,44 +442,71 @@ impl<T: Float> Rhs<'_, T> {
                     }
                     return;
                 }
+                Rhs::Packed(p) if m == 1 => {
+                    // Batch 1 packed: the same strips, their four 16-column vectors read from
+                    // four adjacent panels (one sequential stream each) and summed exactly as
+                    // in place (a register tile of one row would be one chain of dependent
+                    // FMAs per panel, 4× slower).
+                    let stride = panel_stride(p.k);
+                    for s in segs {
+                        let d = &p.data[s * pps * stride..(s + 1) * pps * stride];
+                        run_strip(
+                            a,
+                            &kr,
+                            Strip::Packed(d, stride),
+                            seg,
+                            &mut c[s * seg..],
+                            accumulate,
+                        );
+                    }
+                    return;
+                }
+                _ => {}
             }
-            self.panels_into(&kr, &segs, 0..n_panels, m, a, lda, c, ldc, accumulate);
+            let lhs = if Lhs::<T>::wanted(m, kr.len(), n_panels) {
+                grow(scratch, m * kr.len());
+                Lhs::pack_into(a, lda, m, &kr, scratch);
+                Lhs {
+                    rows: a,
+                    lda,
+                    kmajor: Some(&scratch[..m * kr.len()]),
+                }
+            } else {
+                Lhs::rows(a, lda)
+            };
+            self.panels_into(&kr, &segs, 0..n_panels, m, lhs, c, ldc, accumulate);
             return;
         }
         // Panel-major scratch: panel i's m × NR tile at i·m·NR; each thread takes a run of panels.
         // Accumulating products start from C's values in the scratch, so that every element is
         // summed in the order of the single-threaded path (see `gather`).
         let tile = m * NR;
-        grow(scratch, n_panels * tile);
+        let kmajor = Lhs::<T>::wanted(m, kr.len(), n_panels);
+        let at_len = if kmajor { m * kr.len() } else { 0 };
+        grow(scratch, n_panels * tile + at_len);
+        let (tiles, at) = scratch.split_at_mut(n_panels * tile);
+        let lhs = if kmajor {
+            Lhs::pack_into(a, lda, m, &kr, at);
+            Lhs {
+                rows: a,
+                lda,
+                kmajor: Some(&at[..at_len]),
+            }
+        } else {
+            Lhs::rows(a, lda)
+        };
         if accumulate {
-            self.gather(
-                &segs,
-                0..n_panels,
-                m,
-                c,
-                ldc,
-                &mut scratch[..n_panels * tile],
-            );
+            self.gather(&segs, 0..n_panels, m, c, ldc, tiles);
         }
         let per = n_panels.div_ceil(threads);
-        scratch[..n_panels * tile]
+        tiles
             .par_chunks_mut(per * tile)
             .enumerate()
             .for_each(|(ti, chunk)| {
                 let end = (ti * per + chunk.len() / tile).min(n_panels);
-                run_panel_range(
-                    self,
-                    &kr,
-                    &segs,
-                    ti * per..end,
-                    m,
-                    a,
-                    lda,
-                    chunk,
-                    accumulate,
-                );
+                run_panel_range(self, &kr, &segs, ti * per..end, m, lhs, chunk, accumulate);
             });
-        self.scatter(&segs, 0..n_panels, m, scratch, c, ldc, false);
+        self.scatter(&segs, 0..n_panels, m, tiles, c, ldc, false);
     }
 
     /// [`Rhs::matmul`] or the team's product, as `par` says.
@@ -412,8 +546,7 @@ impl<T: Float> Rhs<'_, T> {
         segs: &Range<usize>,
         panels: Range<usize>,
         m: usize,
-        a: &[T],
-        lda: usize,
+        a: Lhs<'_, T>,
         c: &mut [T],
         ldc: usize,
         accumulate: bool,
@@ -422,19 +555,7 @@ impl<T: Float> Rhs<'_, T> {
         for i in panels.clone() {
             let (c0, w, b, ldb) = self.panel(segs.start + i / pps, i % pps);
             let next = self.upcoming(segs, i + 1, &panels);
-            run_panel(
-                m,
-                a,
-                lda,
-                kr,
-                b,
-                ldb,
-                w,
-                &mut c[c0..],
-                ldc,
-                accumulate,
-                next,
-            );
+            run_panel(m, a, kr, b, ldb, w, &mut c[c0..], ldc, accumulate, next);
         }
     }
 
@@ -498,8 +619,7 @@ pub(crate) fn run_panel_range<T: Float>(
     segs: &Range<usize>,
     panels: Range<usize>,
     m: usize,
-    a: &[T],
-    lda: usize,
+    a: Lhs<'_, T>,
     out: &mut [T],
     accumulate: bool,
 ) {
@@ -511,7 +631,6 @@ pub(crate) fn run_panel_range<T: Float>(
         run_panel(
             m,
             a,
-            lda,
             kr,
             b,
             ldb,
@@ -529,8 +648,7 @@ pub(crate) fn run_panel_range<T: Float>(
 #[inline]
 pub(crate) fn run_panel<T: Float>(
     m: usize,
-    a: &[T],
-    lda: usize,
+    lhs: Lhs<'_, T>,
     kr: &Range<usize>,
     b: &[T],
     ldb: usize,
@@ -540,6 +658,7 @@ pub(crate) fn run_panel<T: Float>(
     accumulate: bool,
     next: Option<&[T]>,
 ) {
+    let (a, lda) = (lhs.rows, lhs.lda);
     #[cfg(target_arch = "x86_64")]
     {
         let isa = active();
@@ -550,17 +669,20 @@ pub(crate) fn run_panel<T: Float>(
                 T::slice_f32(b).and_then(|b| b.get(kr.start * ldb..)),
                 T::slice_f32_mut(c),
             ) {
+                // Offset to row `kr.start`, as `b` is; empty for a `next` that is shorter than
+                // that (never, for panels of one packing).
+                let next = next
+                    .and_then(T::slice_f32)
+                    .map(|n| n.get(kr.start * ldb..).unwrap_or(&[]));
                 // SAFETY: the CPU has AVX2 and FMA, and AVX-512F where `isa` says so (checked by
                 // `active`), the only requirements of these `#[target_feature]` functions.
                 let done = unsafe {
                     if isa == Isa::Avx512 {
-                        super::simd512::panel(m, a32, lda, kr, b32, ldb, c32, ldc, accumulate)
+                        let at = lhs.kmajor.and_then(T::slice_f32);
+                        super::simd512::panel(
+                            m, a32, lda, at, kr, b32, ldb, c32, ldc, accumulate, next,
+                        )
                     } else {
-                        // Offset to row `kr.start`, as `b` is; `None` also for a `next`
-                        // that is shorter than that (never, for panels of one packing).
-                        let next = next
-                            .and_then(T::slice_f32)
-                            .map(|n| n.get(kr.start * ldb..).unwrap_or(&[]));
                         super::simd::panel(m, a32, lda, kr, b32, ldb, c32, ldc, accumulate, next)
                     }
                 };
@@ -576,37 +698,58 @@ pub(crate) fn run_panel<T: Float>(
     panel_kernel::<T, false>(m, a, lda, kr, b, ldb, w, c, ldc, accumulate);
 }
 
-/// One row of `A` times `w` columns of `B` read in place, in strips of [`WIDE`] columns.
+/// Where a batch-1 product reads the `w` columns of one segment of `B`.
+#[derive(Clone, Copy)]
+enum Strip<'a, T> {
+    /// In place: row-major, row stride `ld`.
+    Plain(&'a [T], usize),
+    /// The segment's [`NR`]-column panels (`k` rows each, zero-padded), [`panel_stride`] apart.
+    Packed(&'a [T], usize),
+}
+
+impl<'a, T> Strip<'a, T> {
+    /// The data from column `c0` (a multiple of [`NR`]), its row stride, and the distance between
+    /// its 16-column vectors.
+    fn at(self, c0: usize) -> (&'a [T], usize, usize) {
+        match self {
+            Strip::Plain(d, ld) => (&d[c0..], ld, NR),
+            Strip::Packed(d, stride) => (&d[c0 / NR * stride..], NR, stride),
+        }
+    }
+}
+
+/// One row of `A` times `w` columns of `B`, in strips of [`WIDE`] columns: every column is summed
+/// in the same order whether `B` is in place or packed.
 #[inline]
 fn run_strip<T: Float>(
     a: &[T],
     kr: &Range<usize>,
-    b: &[T],
-    ldb: usize,
+    b: Strip<'_, T>,
     w: usize,
     c: &mut [T],
     accumulate: bool,
 ) {
+    let mut c0 = 0;
     #[cfg(target_arch = "x86_64")]
     {
         let isa = active();
         if isa >= Isa::Avx2Fma {
-            let mut c0 = 0;
-            if let (Some(a32), Some(b32), Some(c32)) =
-                (T::slice_f32(a), T::slice_f32(b), T::slice_f32_mut(c))
-            {
+            if let (Some(a32), Some(c32)) = (T::slice_f32(a), T::slice_f32_mut(c)) {
                 while c0 + WIDE <= w {
-                    let (Some(bs), Some(cs)) = (b32.get(kr.start * ldb + c0..), c32.get_mut(c0..))
-                    else {
+                    let (bs, ldb, vs) = b.at(c0);
+                    let (Some(bs), Some(cs)) = (
+                        T::slice_f32(bs).and_then(|bs| bs.get(kr.start * ldb..)),
+                        c32.get_mut(c0..),
+                    ) else {
                         break;
                     };
                     // SAFETY: the CPU has AVX2 and FMA, and AVX-512F where `isa` says so
                     // (checked by `active`).
                     let done = unsafe {
                         if isa == Isa::Avx512 {
-                            super::simd512::strip(a32, kr, bs, ldb, cs, accumulate)
+                            super::simd512::strip(a32, kr, bs, ldb, vs, cs, accumulate)
                         } else {
-                            super::simd::strip(a32, kr, bs, ldb, cs, accumulate)
+                            super::simd::strip(a32, kr, bs, ldb, vs, cs, accumulate)
                         }
                     };
                     if !done {
@@ -615,13 +758,26 @@ fn run_strip<T: Float>(
                     c0 += WIDE;
                 }
             }
-            // SAFETY: the CPU has AVX2 and FMA (checked by `active`).
-            unsafe { strip_avx2_fma(a, kr, &b[c0..], ldb, w - c0, &mut c[c0..], accumulate) };
-            return;
         }
     }
-    strip_kernel::<T, false>(a, kr, b, ldb, w, c, accumulate);
+    // The columns left (all of them without SIMD kernels), 16 at a time.
+    while c0 < w {
+        let cw = NR.min(w - c0);
+        let (bs, ldb, _) = b.at(c0);
+        #[cfg(target_arch = "x86_64")]
+        if active() >= Isa::Avx2Fma {
+            // SAFETY: the CPU has AVX2 and FMA (checked by `active`).
+            unsafe { strip_avx2_fma(a, kr, bs, ldb, cw, &mut c[c0..], accumulate) };
+            c0 += cw;
+            continue;
+        }
+        strip_kernel::<T, false>(a, kr, bs, ldb, cw, &mut c[c0..], accumulate);
+        c0 += cw;
+    }
 }
+
+/// Columns per strip of the batch-1 SIMD kernels.
+const WIDE: usize = 64;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -637,9 +793,8 @@ fn strip_avx2_fma<T: Float>(
     strip_kernel::<T, true>(a, kr, b, ldb, w, c, accumulate);
 }
 
-/// Columns per strip of the batch-1 kernel: 8 AVX registers of `f32` accumulators.
-const WIDE: usize = 64;
-
+/// One row of `A` times `w ≤ NR` columns of `B` (row stride `ldb`), each column summed over `k`
+/// in order.
 #[inline(always)]
 fn strip_kernel<T: Float, const FMA: bool>(
     a: &[T],
@@ -650,32 +805,15 @@ fn strip_kernel<T: Float, const FMA: bool>(
     c: &mut [T],
     accumulate: bool,
 ) {
-    let a = &a[kr.clone()];
     let b = &b[kr.start * ldb..];
-    let mut c0 = 0;
-    while c0 + WIDE <= w {
-        let mut acc = [T::zero(); WIDE];
-        for (kk, av) in a.iter().enumerate() {
-            let bv = &b[kk * ldb + c0..kk * ldb + c0 + WIDE];
-            for (s, bv) in acc.iter_mut().zip(bv) {
-                *s = madd::<T, FMA>(*av, *bv, *s);
-            }
+    let mut acc = [T::zero(); NR];
+    for (kk, av) in a[kr.clone()].iter().enumerate() {
+        let bv = &b[kk * ldb..kk * ldb + w];
+        for (s, bv) in acc.iter_mut().zip(bv) {
+            *s = madd::<T, FMA>(*av, *bv, *s);
         }
-        store(&mut c[c0..c0 + WIDE], &acc, accumulate);
-        c0 += WIDE;
     }
-    while c0 < w {
-        let cw = NR.min(w - c0);
-        let mut acc = [T::zero(); NR];
-        for (kk, av) in a.iter().enumerate() {
-            let bv = &b[kk * ldb + c0..kk * ldb + c0 + cw];
-            for (s, bv) in acc.iter_mut().zip(bv) {
-                *s = madd::<T, FMA>(*av, *bv, *s);
-            }
-        }
-        store(&mut c[c0..c0 + cw], &acc[..cw], accumulate);
-        c0 += cw;
-    }
+    store(&mut c[..w], &acc[..w], accumulate);
 }
 
 /// `c += acc` or `c = acc`: how every kernel writes its results into `C`.
@@ -734,9 +872,7 @@ fn panel_kernel<T: Float, const FMA: bool>(
     let mr = mr::<T>();
     let mut i = 0;
     while i < m {
-        // The rows spread evenly over the fewest tiles (no thin last tile; see `simd::panel`).
-        let left = m - i;
-        let rows = left.div_ceil(left.div_ceil(mr));
+        let rows = tile_rows(m, i, mr);
         let a = &a[i * lda..];
         let c = &mut c[i * ldc..];
         if w == NR {
@@ -963,6 +1099,69 @@ mod tests {
             assert!(!three.is_finite(), "transposed={transposed}");
             b[k * seg * segs - 5] = 0.5;
         }
+    }
+
+    /// Batch 1 gives the same bits from packed panels as from `B` in place: the strips read the
+    /// panels' vectors in the same order (full 64-column strips and the narrower rest).
+    fn batch_one_packed_matches_in_place<T: Float>() {
+        for &(k, seg) in &[(5, 3), (64, 64), (70, 100), (33, 130), (256, 200)] {
+            let n = 3 * seg;
+            let b: Vec<T> = ramp(k * n, 0.37).into_iter().map(T::of).collect();
+            let a: Vec<T> = ramp(k + 2, 0.11).into_iter().map(T::of).collect();
+            let mut pk = PackedRhs::new();
+            pk.pack(Operand::new(&b[..], n), k, seg, 3);
+            let plain = Rhs::Plain {
+                data: &b,
+                ld: n,
+                seg,
+            };
+            for (kr, sr) in [(0..k, 0..3), (1..k, 1..3), (k / 2..k, 2..3)] {
+                for accumulate in [false, true] {
+                    let mut want = vec![T::of(0.5); n];
+                    let mut got = want.clone();
+                    plain.matmul(
+                        1,
+                        &a,
+                        k,
+                        kr.clone(),
+                        sr.clone(),
+                        &mut want,
+                        n,
+                        accumulate,
+                        1,
+                        &mut Vec::new(),
+                    );
+                    Rhs::Packed(&pk).matmul(
+                        1,
+                        &a,
+                        k,
+                        kr.clone(),
+                        sr.clone(),
+                        &mut got,
+                        n,
+                        accumulate,
+                        1,
+                        &mut Vec::new(),
+                    );
+                    for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            x.f64().to_bits() == y.f64().to_bits(),
+                            "k={k} seg={seg} at {i}: {x} vs {y}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batch_one_packed_matches_in_place_f32() {
+        batch_one_packed_matches_in_place::<f32>();
+    }
+
+    #[test]
+    fn batch_one_packed_matches_in_place_f64() {
+        batch_one_packed_matches_in_place::<f64>();
     }
 
     #[test]

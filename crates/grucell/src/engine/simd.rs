@@ -7,7 +7,7 @@
 //! AVX2 and FMA. Every raw load is preceded by a bounds check of the whole range it reads, made
 //! once per tile; a failed check returns `false` and the caller uses the generic kernel.
 
-use super::packed::{store, NR};
+use super::packed::{store, tile_rows, NR};
 use std::arch::x86_64::{
     __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
     _mm_prefetch, _MM_HINT_T0,
@@ -70,13 +70,8 @@ pub(super) fn panel(
         let mut i = 0;
         while i < m {
             let (a, c) = (&a[i * lda..], &mut c[i * ldc..]);
-            // At most 6 rows per tile (12 accumulators hide the FMA latency), the rows spread
-            // evenly over the fewest tiles: a tile of r >= 4 rows runs at the FMA units' full
-            // rate, a thin one of 1–2 at half of it (too few independent accumulators), so
-            // 32 rows go 6,6,5,5,5,5 rather than 6,6,6,6,6,2. A row's sums do not depend on
-            // its tile, so results are unchanged.
-            let left = m - i;
-            let rows = left.div_ceil(left.div_ceil(6));
+            // At most 6 rows per tile (12 accumulators hide the FMA latency).
+            let rows = tile_rows(m, i, 6);
             // This tile's share of the lines, in proportion to its rows.
             let pf = &ahead[lines * i / m * NR..lines * (i + rows) / m * NR];
             i += match rows {
@@ -159,19 +154,21 @@ fn tile<const R: usize>(
     R
 }
 
-/// One row of `A` times a 64-column strip of `B` read in place (`B` offset to row `kr.start`
-/// and to the strip's first column). Returns `false` if a slice is too short.
+/// One row of `A` times a 64-column strip of `B` (offset to row `kr.start` and to the strip's
+/// first column): row stride `ldb`, its four 16-column vectors `vs` apart (`16` in place, a
+/// panel's length when `B` is packed). Returns `false` if a slice is too short.
 #[target_feature(enable = "avx2,fma")]
 pub(super) fn strip(
     a: &[f32],
     kr: &Range<usize>,
     b: &[f32],
     ldb: usize,
+    vs: usize,
     c: &mut [f32],
     accumulate: bool,
 ) -> bool {
     let klen = kr.len();
-    let fits = klen == 0 || b.len() >= (klen - 1) * ldb + WIDE;
+    let fits = klen == 0 || b.len() >= (klen - 1) * ldb + 3 * vs + NR;
     if !fits || a.len() < kr.end || c.len() < WIDE {
         return false;
     }
@@ -181,8 +178,9 @@ pub(super) fn strip(
     for (kk, av) in a.iter().enumerate() {
         let av = _mm256_set1_ps(*av);
         for (v, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: kk·ldb + 8v + 8 ≤ (klen − 1)·ldb + 64 ≤ b.len(), checked above.
-            let bv = unsafe { _mm256_loadu_ps(bp.add(kk * ldb + 8 * v)) };
+            // SAFETY: kk·ldb + (v/2)·vs + 8·(v%2) + 8 ≤ (klen − 1)·ldb + 3·vs + 16 ≤ b.len(),
+            // checked above.
+            let bv = unsafe { _mm256_loadu_ps(bp.add(kk * ldb + (v / 2) * vs + 8 * (v % 2))) };
             *acc = _mm256_fmadd_ps(av, bv, *acc);
         }
     }

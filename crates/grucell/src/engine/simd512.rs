@@ -9,34 +9,40 @@
 //! preceded by a bounds check of the whole range it reads, made once per tile; a failed check
 //! returns `false` and the caller uses another kernel.
 
-use super::packed::{store, NR};
+use super::packed::{store, tile_rows, LHS_TILE_ROWS, NR};
 use super::simd::WIDE;
 use std::arch::x86_64::{
     __m512, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps,
-    _mm512_storeu_ps,
+    _mm512_storeu_ps, _mm_prefetch, _MM_HINT_T0,
 };
 use std::ops::Range;
 
 /// Most rows per tile: 16 accumulators leave registers for `B` and the broadcasts.
-const MAX_ROWS: usize = 16;
+const MAX_ROWS: usize = LHS_TILE_ROWS;
 
 /// Depth (`k`) of one block of [`panel`]: 256 × 16 floats of the panel (16 KiB) stay in L1.
 const KC: usize = 256;
 
 /// `C[0..m, 0..16] (+)= A[0..m, kr] · B[0..|kr|, 0..16]` for one full-width panel (`B` already
 /// offset to row `kr.start`). Returns `false`, having done nothing, if a slice is too short.
+///
+/// `at`: `A[0..m, kr]` packed (see `packed::Lhs`), read instead of the rows of `a` when given
+/// and long enough. `next`: what to request ahead while computing, as in
+/// [`super::simd::panel`].
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn panel(
     m: usize,
     a: &[f32],
     lda: usize,
+    at: Option<&[f32]>,
     kr: &Range<usize>,
     b: &[f32],
     ldb: usize,
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
+    next: Option<&[f32]>,
 ) -> bool {
     let klen = kr.len();
     if m == 0 {
@@ -46,21 +52,40 @@ pub(super) fn panel(
     if !fits || a.len() < (m - 1) * lda + kr.end || c.len() < (m - 1) * ldc + NR {
         return false;
     }
+    let at = at.filter(|t| klen > 0 && t.len() >= m * klen);
     let mut k0 = kr.start;
     loop {
         let k1 = (k0 + KC).min(kr.end);
-        let (kb, b) = (k0..k1, &b[(k0 - kr.start) * ldb..]);
+        let (kb, bk) = (k0..k1, &b[(k0 - kr.start) * ldb..]);
         let acc = accumulate || k0 > kr.start;
+        let ahead = match next {
+            Some(_) if ldb == NR && k1 < kr.end => {
+                let n = (kr.end - k1).min(KC) * NR;
+                &b[(k1 - kr.start) * NR..][..n]
+            }
+            Some(next) if ldb == NR => &next[..next.len().min(KC * NR)],
+            _ => &[][..],
+        };
+        let lines = ahead.len() / NR;
         let mut i = 0;
         while i < m {
             let (a, c) = (&a[i * lda..], &mut c[i * ldc..]);
-            // The rows spread evenly over the fewest tiles (as in `simd::panel`).
-            let left = m - i;
+            let rows = tile_rows(m, i, MAX_ROWS);
+            let pf = &ahead[lines * i / m * NR..lines * (i + rows) / m * NR];
             macro_rules! tiles {
                 ($($r:literal)*) => {
-                    match left.div_ceil(left.div_ceil(MAX_ROWS)) {
-                        $($r => tile::<$r>(a, lda, &kb, b, ldb, c, ldc, acc),)*
-                        _ => tile::<MAX_ROWS>(a, lda, &kb, b, ldb, c, ldc, acc),
+                    match (rows, at) {
+                        $(($r, None) => tile::<$r>(a, lda, &kb, bk, ldb, c, ldc, acc, pf),)*
+                        (_, None) => tile::<MAX_ROWS>(a, lda, &kb, bk, ldb, c, ldc, acc, pf),
+                        // This tile's block: from row i, k0, stride `rows`.
+                        $(($r, Some(t)) => {
+                            let t = &t[i * klen + (k0 - kr.start) * $r..];
+                            tile_packed::<$r>(t, kb.len(), bk, ldb, c, ldc, acc, pf)
+                        })*
+                        (_, Some(t)) => {
+                            let t = &t[i * klen + (k0 - kr.start) * MAX_ROWS..];
+                            tile_packed::<MAX_ROWS>(t, kb.len(), bk, ldb, c, ldc, acc, pf)
+                        }
                     }
                 };
             }
@@ -73,7 +98,8 @@ pub(super) fn panel(
     }
 }
 
-/// One `R × 16` tile; returns `R`. Bounds were checked by [`panel`].
+/// One `R × 16` tile; returns `R`. Bounds were checked by [`panel`]. Requests the cache line
+/// at every `NR`-th float of `pf`, one per row of `k`, until `pf` is done.
 #[target_feature(enable = "avx512f")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
@@ -86,6 +112,7 @@ fn tile<const R: usize>(
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
+    pf: &[f32],
 ) -> usize {
     let klen = kr.len();
     // Local proofs for the unchecked reads below (panics only if `panel` let a bad call through).
@@ -97,7 +124,13 @@ fn tile<const R: usize>(
     };
     let (ap, bp) = (a.as_ptr(), b.as_ptr());
     let mut acc: [__m512; R] = [_mm512_setzero_ps(); R];
+    let (pfp, pf_lines) = (pf.as_ptr(), pf.len() / NR);
     for kk in 0..klen {
+        if kk < pf_lines {
+            // In bounds (kk·NR < pf.len()); a prefetch reads nothing into registers and never
+            // faults.
+            _mm_prefetch::<_MM_HINT_T0>(pfp.wrapping_add(kk * NR).cast::<i8>());
+        }
         // SAFETY: kk·ldb + 16 ≤ (klen − 1)·ldb + 16 = b.len() (sliced above).
         let bv = unsafe { _mm512_loadu_ps(bp.add(kk * ldb)) };
         for (i, acc) in acc.iter_mut().enumerate() {
@@ -115,20 +148,71 @@ fn tile<const R: usize>(
     R
 }
 
-/// One row of `A` times a 64-column strip of `B` read in place (`B` offset to row `kr.start`
-/// and to the strip's first column). Returns `false` if a slice is too short.
+/// [`tile`] reading `A` packed: the tile's `R` values for `k` at `a[k·R..][..R]` (`a` offset to
+/// the tile's block at its first `k`). Same sums in the same order.
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn tile_packed<const R: usize>(
+    a: &[f32],
+    klen: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    pf: &[f32],
+) -> usize {
+    // Local proofs for the unchecked reads below (panics only if `panel` let a bad call through).
+    let (a, b) = if klen == 0 {
+        (a, b)
+    } else {
+        (&a[..klen * R], &b[..(klen - 1) * ldb + NR])
+    };
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    let mut acc: [__m512; R] = [_mm512_setzero_ps(); R];
+    let (pfp, pf_lines) = (pf.as_ptr(), pf.len() / NR);
+    for kk in 0..klen {
+        if kk < pf_lines {
+            // In bounds (kk·NR < pf.len()); a prefetch reads nothing into registers and never
+            // faults.
+            _mm_prefetch::<_MM_HINT_T0>(pfp.wrapping_add(kk * NR).cast::<i8>());
+        }
+        // SAFETY: kk·ldb + 16 ≤ (klen − 1)·ldb + 16 = b.len() (sliced above).
+        let bv = unsafe { _mm512_loadu_ps(bp.add(kk * ldb)) };
+        // SAFETY: kk·R + R ≤ klen·R = a.len() (sliced above).
+        let ak = unsafe { ap.add(kk * R) };
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: i < R, so kk·R + i < a.len().
+            let av = _mm512_set1_ps(unsafe { *ak.add(i) });
+            *acc = _mm512_fmadd_ps(av, bv, *acc);
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        let mut out = [0f32; NR];
+        // SAFETY: `out` holds 16 floats, what one store writes.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), *acc) };
+        store(&mut c[i * ldc..i * ldc + NR], &out, accumulate);
+    }
+    R
+}
+
+/// One row of `A` times a 64-column strip of `B` (offset to row `kr.start` and to the strip's
+/// first column): row stride `ldb`, its four 16-column vectors `vs` apart (`16` in place, a
+/// panel's length when `B` is packed). Returns `false` if a slice is too short.
 #[target_feature(enable = "avx512f")]
 pub(super) fn strip(
     a: &[f32],
     kr: &Range<usize>,
     b: &[f32],
     ldb: usize,
+    vs: usize,
     c: &mut [f32],
     accumulate: bool,
 ) -> bool {
     const V: usize = WIDE / NR;
     let klen = kr.len();
-    let fits = klen == 0 || b.len() >= (klen - 1) * ldb + WIDE;
+    let fits = klen == 0 || b.len() >= (klen - 1) * ldb + (V - 1) * vs + NR;
     if !fits || a.len() < kr.end || c.len() < WIDE {
         return false;
     }
@@ -144,12 +228,12 @@ pub(super) fn strip(
         let (a0, a1) = (_mm512_set1_ps(pair[0]), _mm512_set1_ps(pair[1]));
         let row = 2 * p * ldb;
         for v in 0..V {
-            // SAFETY: row + ldb + 16v + 16 ≤ (klen − 1)·ldb + 64 ≤ b.len(), checked above
-            // (2p + 1 ≤ klen − 1).
+            // SAFETY: row + ldb + v·vs + 16 ≤ (klen − 1)·ldb + (V − 1)·vs + 16 ≤ b.len(),
+            // checked above (2p + 1 ≤ klen − 1).
             let (b0, b1) = unsafe {
                 (
-                    _mm512_loadu_ps(bp.add(row + NR * v)),
-                    _mm512_loadu_ps(bp.add(row + ldb + NR * v)),
+                    _mm512_loadu_ps(bp.add(row + vs * v)),
+                    _mm512_loadu_ps(bp.add(row + ldb + vs * v)),
                 )
             };
             even[v] = _mm512_fmadd_ps(a0, b0, even[v]);
@@ -159,8 +243,8 @@ pub(super) fn strip(
     if let Some(al) = last {
         let (al, row) = (_mm512_set1_ps(al), (klen - 1) * ldb);
         for (v, even) in even.iter_mut().enumerate() {
-            // SAFETY: row + 16v + 16 ≤ (klen − 1)·ldb + 64 ≤ b.len(), checked above.
-            let bv = unsafe { _mm512_loadu_ps(bp.add(row + NR * v)) };
+            // SAFETY: row + v·vs + 16 ≤ (klen − 1)·ldb + (V − 1)·vs + 16 ≤ b.len(), checked above.
+            let bv = unsafe { _mm512_loadu_ps(bp.add(row + vs * v)) };
             *even = _mm512_fmadd_ps(al, bv, *even);
         }
     }
@@ -178,6 +262,7 @@ mod tests {
     //! These run only where the CPU has AVX-512F (elsewhere they pass without checking anything
     //! and say so): each kernel against an `f64` reference and against the AVX2 kernel.
     use super::*;
+    use crate::engine::packed::Lhs;
 
     fn avx512() -> bool {
         let yes = std::arch::is_x86_feature_detected!("avx512f")
@@ -243,7 +328,11 @@ mod tests {
                     let c0 = data(m * ldc, 0.23);
                     let mut c = c0.clone();
                     // SAFETY: AVX-512F, AVX2 and FMA are present (checked above).
-                    assert!(unsafe { panel(m, &a, lda, &kr, &b, ldb, &mut c, ldc, accumulate) });
+                    assert!(unsafe {
+                        panel(
+                            m, &a, lda, None, &kr, &b, ldb, &mut c, ldc, accumulate, None,
+                        )
+                    });
                     let want = reference(m, &a, lda, &kr, &b, ldb, NR, &c0, ldc, accumulate);
                     let mut c2 = c0.clone();
                     // SAFETY: as above.
@@ -252,6 +341,27 @@ mod tests {
                             m, &a, lda, &kr, &b, ldb, &mut c2, ldc, accumulate, None,
                         )
                     });
+                    // The left operand packed (`packed::Lhs`): the same bits.
+                    let mut at = vec![f32::NAN; m * kr.len()];
+                    Lhs::pack_into(&a, lda, m, &kr, &mut at);
+                    let mut c3 = c0.clone();
+                    // SAFETY: as above.
+                    assert!(unsafe {
+                        panel(
+                            m,
+                            &a,
+                            lda,
+                            Some(&at),
+                            &kr,
+                            &b,
+                            ldb,
+                            &mut c3,
+                            ldc,
+                            accumulate,
+                            None,
+                        )
+                    });
+                    assert_eq!(c3, c, "packed A: m {m} k {kr:?} acc {accumulate}");
                     for i in 0..m {
                         for j in 0..NR {
                             let (got, avx2) = (c[i * ldc + j], c2[i * ldc + j]);
@@ -287,7 +397,7 @@ mod tests {
                 let c0 = data(WIDE + 3, 0.19);
                 let mut c = c0.clone();
                 // SAFETY: AVX-512F is present (checked above).
-                assert!(unsafe { strip(&a, &kr, &b, ldb, &mut c, accumulate) });
+                assert!(unsafe { strip(&a, &kr, &b, ldb, NR, &mut c, accumulate) });
                 let want = reference(1, &a, 0, &kr, &b, ldb, WIDE, &c0, 0, accumulate);
                 for j in 0..WIDE {
                     let w = want[j];
@@ -309,12 +419,40 @@ mod tests {
         }
         let (a, b) = (vec![1f32; 40], vec![1f32; 10 * NR]);
         let mut c = vec![0f32; 2 * NR];
+        let k10 = 0..10;
         // SAFETY: AVX-512F is present (checked above).
         unsafe {
-            assert!(!panel(3, &a, 20, &(0..10), &b, NR, &mut c, NR, false)); // a too short
-            assert!(!panel(2, &a, 20, &(0..11), &b, NR, &mut c, NR, false)); // b too short
-            assert!(!panel(2, &a, 20, &(0..10), &b, NR, &mut c, NR + 1, false)); // c too short
-            assert!(!strip(&a, &(0..10), &b, NR, &mut c, false)); // b narrower than a strip
+            assert!(!panel(
+                3, &a, 20, None, &k10, &b, NR, &mut c, NR, false, None
+            )); // a too short
+            assert!(!panel(
+                2,
+                &a,
+                20,
+                None,
+                &(0..11),
+                &b,
+                NR,
+                &mut c,
+                NR,
+                false,
+                None
+            )); // b
+            assert!(!panel(
+                2,
+                &a,
+                20,
+                None,
+                &k10,
+                &b,
+                NR,
+                &mut c,
+                NR + 1,
+                false,
+                None
+            )); // c
+            assert!(!strip(&a, &k10, &b, NR, NR, &mut c, false)); // b narrower than a strip
+            assert!(!strip(&a, &k10, &b, NR, 2 * NR, &mut c, false)); // vectors past b's end
         }
         assert!(c.iter().all(|&v| v == 0.0));
     }

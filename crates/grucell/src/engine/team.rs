@@ -20,7 +20,8 @@
 //! neither a bug, a thread limit nor an oversubscribed machine can hang or crawl the caller.
 
 use super::gru::{activate, add_bias_rows};
-use super::packed::{run_panel, run_panel_range, Rhs, NR};
+use super::packed::{run_panel, run_panel_range, Lhs, Rhs, NR};
+use super::workspace::grow;
 use crate::float::Float;
 use crate::layers::activation::Activation;
 use std::ops::Range;
@@ -41,6 +42,26 @@ struct Job {
     accumulate: bool,
     /// A fused step (see [`StepCtx`]) instead of a plain product.
     fused: Option<StepAt>,
+    /// The left operand is also shared k-major (see [`Lhs`]).
+    kmajor: bool,
+}
+
+/// The team's copy of a product's left operand.
+#[derive(Debug, Default)]
+struct Left<T> {
+    rows: Vec<T>,
+    kmajor: Vec<T>,
+}
+
+impl<T: Float> Left<T> {
+    /// The operand of `job`.
+    fn lhs(&self, job: &Job) -> Lhs<'_, T> {
+        Lhs {
+            rows: &self.rows,
+            lda: job.lda,
+            kmajor: job.kmajor.then_some(&self.kmajor[..]),
+        }
+    }
 }
 
 /// What a fused inference step needs besides `U`: with `reset_after = true`, element-wise
@@ -87,7 +108,7 @@ pub(crate) enum StepInputs<'a, T> {
 /// Helper threads that stay awake for one sequence; create with [`Team::run`].
 #[derive(Debug)]
 pub(crate) struct Team<T> {
-    a: RwLock<Vec<T>>,
+    a: RwLock<Left<T>>,
     job: Mutex<Job>,
     outs: Vec<Mutex<Out<T>>>,
     /// Per share of a fused step, the unit panels not yet taken (see [`Claim`]).
@@ -222,7 +243,7 @@ impl<T: Float> Team<T> {
     ) -> R {
         let helpers = threads.saturating_sub(1).max(1);
         let team = Team {
-            a: RwLock::new(Vec::new()),
+            a: RwLock::new(Left::default()),
             job: Mutex::new(Job::default()),
             outs: (0..helpers).map(|_| Mutex::new(Out::default())).collect(),
             claims: (0..=helpers).map(|_| Claim::default()).collect(),
@@ -263,7 +284,8 @@ impl<T: Float> Team<T> {
             seen += 1;
             let job = lock(self.job.lock()).clone();
             {
-                let a = lock(self.a.read());
+                let left = lock(self.a.read());
+                let a = left.lhs(&job);
                 let mut out = lock(self.outs[idx].lock());
                 if let (Some(at), Some(ctx)) = (job.fused, ctx) {
                     let tl = job.m * NR;
@@ -276,9 +298,9 @@ impl<T: Float> Team<T> {
                             out.tiles.resize((j + 1) * tl, T::zero());
                         }
                         let tile = &mut out.tiles[j * tl..(j + 1) * tl];
-                        fused_panel(&rhs, &ctx, at, q, job.m, &a, &mut tiles, tile, NR, 0);
+                        fused_panel(&rhs, &ctx, at, q, job.m, a, &mut tiles, tile, NR, 0);
                     }
-                    drop((a, out));
+                    drop((left, out));
                     self.done.fetch_add(1, Ordering::AcqRel);
                     continue;
                 }
@@ -290,8 +312,7 @@ impl<T: Float> Team<T> {
                     &job.segs,
                     panels,
                     job.m,
-                    &a,
-                    job.lda,
+                    a,
                     &mut out.tiles,
                     job.accumulate,
                 );
@@ -316,8 +337,9 @@ impl<T: Float> Team<T> {
         accumulate: bool,
     ) {
         let n_panels = segs.len() * rhs.panels_per_segment();
+        let rows = Lhs::rows(a, lda);
         if self.failed.load(Ordering::Acquire) {
-            rhs.panels_into(&kr, &segs, 0..n_panels, m, a, lda, c, ldc, accumulate);
+            rhs.panels_into(&kr, &segs, 0..n_panels, m, rows, c, ldc, accumulate);
             return;
         }
         let shares = self.outs.len() + 1;
@@ -329,6 +351,7 @@ impl<T: Float> Team<T> {
             per: n_panels.div_ceil(shares),
             accumulate,
             fused: None,
+            kmajor: Lhs::<T>::wanted(m, kr.len(), n_panels),
         };
         if accumulate {
             // Each helper adds to `C`'s values, in the order of the single-threaded path
@@ -342,22 +365,19 @@ impl<T: Float> Team<T> {
         }
         let target = self.post(&job, &a[..(m - 1) * lda + kr.end]);
         // The caller's share, straight into C.
-        rhs.panels_into(
-            &kr,
-            &segs,
-            share(&job, &rhs, 0),
-            m,
-            a,
-            lda,
-            c,
-            ldc,
-            accumulate,
-        );
+        {
+            let left = lock(self.a.read());
+            let own = Lhs {
+                kmajor: left.lhs(&job).kmajor,
+                ..rows
+            };
+            rhs.panels_into(&kr, &segs, share(&job, &rhs, 0), m, own, c, ldc, accumulate);
+        }
         self.wait_helpers(target);
         for (i, out) in self.outs.iter().enumerate() {
             let panels = share(&job, &rhs, i + 1);
             if self.failed.load(Ordering::Acquire) {
-                rhs.panels_into(&kr, &segs, panels, m, a, lda, c, ldc, accumulate);
+                rhs.panels_into(&kr, &segs, panels, m, rows, c, ldc, accumulate);
                 continue;
             }
             let out = lock(out.lock());
@@ -380,9 +400,10 @@ impl<T: Float> Team<T> {
         tiles: &mut Vec<T>,
     ) {
         let u = ctx.units;
+        let rows = Lhs::rows(h, u);
         if self.failed.load(Ordering::Acquire) {
             for q in 0..rhs.panels_per_segment() {
-                fused_panel(&rhs, ctx, at, q, m, h, tiles, h_new, u, q * NR);
+                fused_panel(&rhs, ctx, at, q, m, rows, tiles, h_new, u, q * NR);
             }
             return;
         }
@@ -395,21 +416,29 @@ impl<T: Float> Team<T> {
             per: rhs.panels_per_segment().div_ceil(shares),
             accumulate: false,
             fused: Some(at),
+            kmajor: !at.zero && Lhs::<T>::wanted(m, u, 3 * rhs.panels_per_segment()),
         };
         for (s, claim) in self.claims.iter().enumerate() {
             claim.set(fused_share(&job, &rhs, s));
         }
         // `post` publishes the claims with the job (release on `posted`).
         let target = self.post(&job, &h[..m * u]);
-        while let Some(q) = next_panel(&self.claims, 0) {
-            fused_panel(&rhs, ctx, at, q, m, h, tiles, h_new, u, q * NR);
+        {
+            let left = lock(self.a.read());
+            let own = Lhs {
+                kmajor: left.lhs(&job).kmajor,
+                ..rows
+            };
+            while let Some(q) = next_panel(&self.claims, 0) {
+                fused_panel(&rhs, ctx, at, q, m, own, tiles, h_new, u, q * NR);
+            }
         }
         self.wait_helpers(target);
         if self.failed.load(Ordering::Acquire) {
             // A helper gave up or was given up on mid-step: which of its panels are done is
             // unknown, so the caller computes every panel (the same values) itself.
             for q in 0..rhs.panels_per_segment() {
-                fused_panel(&rhs, ctx, at, q, m, h, tiles, h_new, u, q * NR);
+                fused_panel(&rhs, ctx, at, q, m, rows, tiles, h_new, u, q * NR);
             }
             return;
         }
@@ -428,13 +457,18 @@ impl<T: Float> Team<T> {
 }
 
 impl<T: Float> Team<T> {
-    /// Hands `job` and its left operand to the helpers; returns the `done` count at which all of
-    /// them have finished it.
+    /// Hands `job` and its left operand (rows `a`, and k-major where `job.kmajor`) to the
+    /// helpers; returns the `done` count at which all of them have finished it.
     fn post(&self, job: &Job, a: &[T]) -> usize {
         {
             let mut sa = lock(self.a.write());
-            sa.clear();
-            sa.extend_from_slice(a);
+            let sa = &mut *sa;
+            sa.rows.clear();
+            sa.rows.extend_from_slice(a);
+            if job.kmajor {
+                grow(&mut sa.kmajor, job.m * job.kr.len());
+                Lhs::pack_into(a, job.lda, job.m, &job.kr, &mut sa.kmajor);
+            }
         }
         *lock(self.job.lock()) = job.clone();
         let target = self.done.load(Ordering::Acquire) + self.outs.len();
@@ -482,12 +516,13 @@ fn fused_panel<T: Float>(
     at: StepAt,
     q: usize,
     m: usize,
-    h: &[T],
+    hl: Lhs<'_, T>,
     tiles: &mut Vec<T>,
     out: &mut [T],
     ldo: usize,
     col0: usize,
 ) {
+    let h = hl.rows;
     let (t, u) = (at.t, ctx.units);
     let g = 3 * u;
     let tl = m * NR;
@@ -509,7 +544,7 @@ fn fused_panel<T: Float>(
             } else {
                 rhs.upcoming_at(0, q + 1)
             };
-            run_panel(m, h, u, &(0..u), b, ldb, w, tile, NR, false, next);
+            run_panel(m, hl, &(0..u), b, ldb, w, tile, NR, false, next);
         }
         if let StepInputs::Raw {
             x,
@@ -523,8 +558,7 @@ fn fused_panel<T: Float>(
             let xt = &mut tx_tiles[gate * tl..(gate + 1) * tl];
             run_panel(
                 m,
-                &x[t * d..],
-                ctx.time * d,
+                Lhs::rows(&x[t * d..], ctx.time * d),
                 &(0..d),
                 b,
                 ldb,

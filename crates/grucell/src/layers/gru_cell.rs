@@ -587,14 +587,16 @@ impl<T: Float> GruCell<T> {
 
     /// [`GruCell::params`] with `W` and `U` packed (once: the packing is kept with the cell and
     /// reused until the weights change) when the engine would pack them for this call (a
-    /// batch of 2 or more over 4 or more steps, or a single step of 3 or more rows). Results
+    /// batch of 2 or more over 4 or more steps, a single step of 3 or more rows, or a batch of
+    /// one, whose strips then read sequential panels instead of rows a stride apart). Results
     /// are identical to those with [`GruCell::params`]; only the packing leaves the call. For
     /// inference, where the weights stay fixed across calls; the packing costs as much memory
     /// again as `W` and `U`.
     pub fn params_for(&self, batch: usize, time: usize, threads: usize) -> GruParams<'_, T> {
         let mut p = self.params();
-        let engine_packs =
-            packs_recurrent(batch, time) || (time == 1 && batch >= STEP_PACKED_MIN_ROWS);
+        let engine_packs = packs_recurrent(batch, time)
+            || (time == 1 && batch >= STEP_PACKED_MIN_ROWS)
+            || batch == 1;
         if p.packed.is_none() && engine_packs {
             if let Ok(pw) = PackedWeights::new(&p, threads) {
                 p.packed = Some(self.packed.get_or_init(|| pw));
