@@ -192,3 +192,72 @@ pub(super) fn strip(
     store(&mut c[..WIDE], &out, accumulate);
     true
 }
+
+#[cfg(test)]
+mod tests {
+    //! These run only where the CPU has AVX2 and FMA (elsewhere they pass without checking
+    //! anything and say so).
+    use super::*;
+
+    fn avx2() -> bool {
+        let yes = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        if !yes {
+            eprintln!("no AVX2+FMA on this CPU: AVX2 kernels not exercised");
+        }
+        yes
+    }
+
+    /// The strip reads its four 16-column vectors from a row (`vs = 16`) or from four panels
+    /// (`vs` = a panel's stride) with the same sums: the same bits, close to an `f64` sum.
+    #[test]
+    fn strip_gives_the_same_bits_from_rows_and_from_panels() {
+        if !avx2() {
+            return;
+        }
+        for &(k0, k1) in &[(0usize, 0usize), (0, 1), (2, 9), (0, 64), (1, 300)] {
+            let kr = k0..k1;
+            let a: Vec<f32> = (0..k1 + 2).map(|i| (i as f32 * 0.41).sin()).collect();
+            let ld = WIDE + 8;
+            let rows: Vec<f32> = (0..k1.max(1) * ld)
+                .map(|i| (i as f32 * 0.07).cos())
+                .collect();
+            // The same 64 columns as four panels of k1 rows, `stride` apart.
+            let stride = k1 * NR + NR;
+            let mut panels = vec![f32::NAN; 4 * stride.max(NR)];
+            for p in 0..4 {
+                for k in 0..k1 {
+                    for j in 0..NR {
+                        panels[p * stride + k * NR + j] = rows[k * ld + p * NR + j];
+                    }
+                }
+            }
+            for accumulate in [false, true] {
+                let c0: Vec<f32> = (0..WIDE).map(|i| i as f32 * 0.01).collect();
+                let (mut c1, mut c2) = (c0.clone(), c0.clone());
+                // SAFETY: AVX2 and FMA are present (checked above).
+                unsafe {
+                    assert!(strip(
+                        &a,
+                        &kr,
+                        &rows[k0 * ld..],
+                        ld,
+                        NR,
+                        &mut c1,
+                        accumulate
+                    ));
+                    let pb = &panels[k0 * NR..];
+                    assert!(strip(&a, &kr, pb, NR, stride, &mut c2, accumulate));
+                }
+                assert_eq!(c1, c2, "k {kr:?} acc {accumulate}");
+                for j in 0..WIDE {
+                    let mut want = if accumulate { f64::from(c0[j]) } else { 0.0 };
+                    for k in kr.clone() {
+                        want += f64::from(a[k]) * f64::from(rows[k * ld + j]);
+                    }
+                    assert!((f64::from(c1[j]) - want).abs() < 1e-4, "k {kr:?} col {j}");
+                }
+            }
+        }
+    }
+}
