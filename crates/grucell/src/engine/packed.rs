@@ -538,6 +538,26 @@ impl<T: Float> Rhs<'_, T> {
         self.seg().div_ceil(NR)
     }
 
+    /// The panel that panel `i` (full, of width `w` and row stride `ldb`) is computed together
+    /// with by [`run_panel_pair`]: panel `i + 1` of `panels` (its first column and data) when both
+    /// are full packed panels of a kernel that is not streamed (a streamed one is prefetched
+    /// panel by panel, see [`Rhs::upcoming`]).
+    fn pair_with(
+        &self,
+        segs: &Range<usize>,
+        i: usize,
+        panels: &Range<usize>,
+        w: usize,
+        ldb: usize,
+    ) -> Option<(usize, &[T])> {
+        if w != NR || ldb != NR || i + 1 >= panels.end || self.streamed() {
+            return None;
+        }
+        let pps = self.panels_per_segment();
+        let (c1, w1, b1, _) = self.panel(segs.start + (i + 1) / pps, (i + 1) % pps);
+        (w1 == NR).then_some((c1, b1))
+    }
+
     /// Computes panels `panels` (indices within `segs`) straight into row-major `C`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn panels_into(
@@ -552,8 +572,18 @@ impl<T: Float> Rhs<'_, T> {
         accumulate: bool,
     ) {
         let pps = self.panels_per_segment();
+        let mut skip = false;
         for i in panels.clone() {
+            if std::mem::take(&mut skip) {
+                continue;
+            }
             let (c0, w, b, ldb) = self.panel(segs.start + i / pps, i % pps);
+            if let Some((c1, b1)) = self.pair_with(segs, i, &panels, w, ldb) {
+                if run_panel_pair(m, a, kr, b, b1, c, (c0, c1), ldc, accumulate) {
+                    skip = true;
+                    continue;
+                }
+            }
             let next = self.upcoming(segs, i + 1, &panels);
             run_panel(m, a, kr, b, ldb, w, &mut c[c0..], ldc, accumulate, next);
         }
@@ -625,8 +655,19 @@ pub(crate) fn run_panel_range<T: Float>(
 ) {
     let pps = rhs.panels_per_segment();
     let tile = m * NR;
+    let mut skip = false;
     for (j, i) in panels.clone().enumerate() {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
         let (_, w, b, ldb) = rhs.panel(segs.start + i / pps, i % pps);
+        if let Some((_, b1)) = rhs.pair_with(segs, i, &panels, w, ldb) {
+            let os = (j * tile, (j + 1) * tile);
+            if run_panel_pair(m, a, kr, b, b1, out, os, NR, accumulate) {
+                skip = true;
+                continue;
+            }
+        }
         let next = rhs.upcoming(segs, i + 1, &panels);
         run_panel(
             m,
@@ -696,6 +737,42 @@ pub(crate) fn run_panel<T: Float>(
         }
     }
     panel_kernel::<T, false>(m, a, lda, kr, b, ldb, w, c, ldc, accumulate);
+}
+
+/// Two full panels (`b0`, `b1`: packed, row stride [`NR`], from row 0) for all `m` rows at once,
+/// into `c` at `o0` and `o1` (row stride `ldc`), when the AVX-512 kernel can (`f32`, `A`
+/// packed): `true` if done, `false` (nothing done) for the caller to run them one by one with
+/// [`run_panel`], which gives the same values.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn run_panel_pair<T: Float>(
+    m: usize,
+    lhs: Lhs<'_, T>,
+    kr: &Range<usize>,
+    b0: &[T],
+    b1: &[T],
+    c: &mut [T],
+    offsets: (usize, usize),
+    ldc: usize,
+    accumulate: bool,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if active() == Isa::Avx512 {
+        if let (Some(at), Some(b0), Some(b1), Some(c)) = (
+            lhs.kmajor.and_then(T::slice_f32),
+            T::slice_f32(b0).and_then(|b| b.get(kr.start * NR..)),
+            T::slice_f32(b1).and_then(|b| b.get(kr.start * NR..)),
+            T::slice_f32_mut(c),
+        ) {
+            // SAFETY: the CPU has AVX-512F (checked by `active`), the function's only
+            // requirement.
+            return unsafe {
+                super::simd512::panel_pair(m, at, kr, b0, b1, c, offsets, ldc, accumulate)
+            };
+        }
+    }
+    let _ = (m, lhs, kr, b0, b1, c, offsets, ldc, accumulate);
+    false
 }
 
 /// Where a batch-1 product reads the `w` columns of one segment of `B`.
@@ -970,6 +1047,9 @@ mod tests {
             // Packed, 4.4 MiB (f32): larger than the caches are taken to hold, so the kernel
             // prefetches each next block and panel (k in three blocks, the last one short).
             (16, 600, 600),
+            // Packed, 2.6 MiB (f32): on AVX-512 the left operand is packed and full panels go
+            // in pairs (the last panel of each segment, 10 wide, alone).
+            (20, 520, 410),
         ] {
             let segs = 3;
             let n = seg * segs;

@@ -148,6 +148,128 @@ fn tile<const R: usize>(
     R
 }
 
+/// Two full-width packed panels against one packed left operand (see `packed::Lhs`):
+/// `C0 (+)= A[0..m, kr] · B0`, `C1 (+)= A[0..m, kr] · B1`, both panels row stride [`NR`] and
+/// offset to row `kr.start`; element `(i, j)` of `C0` at `c[o0 + i·ldc + j]`, of `C1` at
+/// `c[o1 + i·ldc + j]` (the two must not overlap). Each value of `A` is broadcast once for both panels, so the packed
+/// operand is read once per pair instead of once per panel; every sum is formed as [`panel`]
+/// forms it (same blocks, same order). Returns `false`, having done nothing, if a slice is short.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn panel_pair(
+    m: usize,
+    at: &[f32],
+    kr: &Range<usize>,
+    b0: &[f32],
+    b1: &[f32],
+    c: &mut [f32],
+    (o0, o1): (usize, usize),
+    ldc: usize,
+    accumulate: bool,
+) -> bool {
+    let klen = kr.len();
+    if m == 0 {
+        return true;
+    }
+    let cl = (m - 1) * ldc + NR;
+    if klen == 0
+        || at.len() < m * klen
+        || b0.len() < klen * NR
+        || b1.len() < klen * NR
+        || c.len() < o0.max(o1) + cl
+    {
+        return false;
+    }
+    let mut k0 = kr.start;
+    loop {
+        let k1 = (k0 + KC).min(kr.end);
+        let kl = k1 - k0;
+        let o = (k0 - kr.start) * NR;
+        let (b0k, b1k) = (&b0[o..], &b1[o..]);
+        let acc = accumulate || k0 > kr.start;
+        let mut i = 0;
+        while i < m {
+            // The packed tile of `rows` rows, as two halves of at most 8 rows (2 × 8
+            // accumulators, two `B` vectors and a broadcast fit the 32 registers).
+            let rows = tile_rows(m, i, MAX_ROWS);
+            let t = &at[i * klen + (k0 - kr.start) * rows..];
+            let h1 = rows.div_ceil(2);
+            let mut off = 0;
+            for h in [h1, rows - h1] {
+                let os = (o0 + (i + off) * ldc, o1 + (i + off) * ldc);
+                macro_rules! halves {
+                    ($($r:literal)*) => {
+                        match h {
+                            0 => {}
+                            $($r => tile_pair::<$r>(t, rows, off, kl, b0k, b1k, c, os, ldc, acc),)*
+                            _ => tile_pair::<8>(t, rows, off, kl, b0k, b1k, c, os, ldc, acc),
+                        }
+                    };
+                }
+                halves!(1 2 3 4 5 6 7);
+                off += h;
+            }
+            i += rows;
+        }
+        if k1 >= kr.end {
+            return true;
+        }
+        k0 = k1;
+    }
+}
+
+/// `R` rows (from row `off` of a packed tile of `stride` rows) times two panels. Bounds were
+/// checked by [`panel_pair`].
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn tile_pair<const R: usize>(
+    a: &[f32],
+    stride: usize,
+    off: usize,
+    klen: usize,
+    b0: &[f32],
+    b1: &[f32],
+    c: &mut [f32],
+    (o0, o1): (usize, usize),
+    ldc: usize,
+    accumulate: bool,
+) {
+    // Local proofs for the unchecked reads below (panics only if `panel_pair` let a bad call
+    // through; klen ≥ 1 there).
+    let a = &a[..(klen - 1) * stride + off + R];
+    let (b0, b1) = (&b0[..klen * NR], &b1[..klen * NR]);
+    let (ap, p0, p1) = (a.as_ptr(), b0.as_ptr(), b1.as_ptr());
+    let mut s0: [__m512; R] = [_mm512_setzero_ps(); R];
+    let mut s1: [__m512; R] = [_mm512_setzero_ps(); R];
+    for kk in 0..klen {
+        // SAFETY: kk·NR + 16 ≤ klen·NR = b0.len() = b1.len() (sliced above).
+        let (v0, v1) = unsafe {
+            (
+                _mm512_loadu_ps(p0.add(kk * NR)),
+                _mm512_loadu_ps(p1.add(kk * NR)),
+            )
+        };
+        // SAFETY: kk·stride + off + R ≤ (klen − 1)·stride + off + R = a.len() (sliced above).
+        let ak = unsafe { ap.add(kk * stride + off) };
+        for i in 0..R {
+            // SAFETY: i < R (see above).
+            let av = _mm512_set1_ps(unsafe { *ak.add(i) });
+            s0[i] = _mm512_fmadd_ps(av, v0, s0[i]);
+            s1[i] = _mm512_fmadd_ps(av, v1, s1[i]);
+        }
+    }
+    for i in 0..R {
+        let mut out = [0f32; NR];
+        // SAFETY: `out` holds 16 floats, what one store writes.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), s0[i]) };
+        store(&mut c[o0 + i * ldc..o0 + i * ldc + NR], &out, accumulate);
+        // SAFETY: as above.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), s1[i]) };
+        store(&mut c[o1 + i * ldc..o1 + i * ldc + NR], &out, accumulate);
+    }
+}
+
 /// [`tile`] reading `A` packed: the tile's `R` values for `k` at `a[k·R..][..R]` (`a` offset to
 /// the tile's block at its first `k`). Same sums in the same order.
 #[target_feature(enable = "avx512f")]
@@ -321,10 +443,11 @@ mod tests {
                 for &accumulate in &[false, true] {
                     let kr = k0..k1;
                     let lda = k1 + 3;
-                    let ldb = NR + 4;
+                    // Packed panels (row stride NR) for even m, a wider stride for odd m.
+                    let ldb = if m % 2 == 0 { NR } else { NR + 4 };
                     let ldc = NR + 2;
                     let a = data(m * lda, 0.37);
-                    let b = data(kr.len().max(1) * ldb, 0.11);
+                    let b = data(kr.len().max(1) * ldb + NR, 0.11);
                     let c0 = data(m * ldc, 0.23);
                     let mut c = c0.clone();
                     // SAFETY: AVX-512F, AVX2 and FMA are present (checked above).
@@ -362,6 +485,36 @@ mod tests {
                         )
                     });
                     assert_eq!(c3, c, "packed A: m {m} k {kr:?} acc {accumulate}");
+                    // Two panels at once (the second one `b` read from its row 1), into one
+                    // buffer at two offsets: each the bits of its own `panel`.
+                    if ldb == NR && !kr.is_empty() {
+                        let b1 = &b[NR..];
+                        let mut want1 = c0.clone();
+                        // SAFETY: as above.
+                        assert!(unsafe {
+                            panel(
+                                m,
+                                &a,
+                                lda,
+                                Some(&at),
+                                &kr,
+                                b1,
+                                ldb,
+                                &mut want1,
+                                ldc,
+                                accumulate,
+                                None,
+                            )
+                        });
+                        let o1 = m * ldc + 3;
+                        let mut both = [c0.clone(), vec![0.0; 3], c0.clone()].concat();
+                        // SAFETY: as above.
+                        assert!(unsafe {
+                            panel_pair(m, &at, &kr, &b, b1, &mut both, (0, o1), ldc, accumulate)
+                        });
+                        assert_eq!(both[..m * ldc], c[..], "pair 0: m {m} k {kr:?}");
+                        assert_eq!(both[o1..], want1[..], "pair 1: m {m} k {kr:?}");
+                    }
                     for i in 0..m {
                         for j in 0..NR {
                             let (got, avx2) = (c[i * ldc + j], c2[i * ldc + j]);

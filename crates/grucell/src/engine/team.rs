@@ -20,7 +20,7 @@
 //! neither a bug, a thread limit nor an oversubscribed machine can hang or crawl the caller.
 
 use super::gru::{activate, add_bias_rows};
-use super::packed::{run_panel, run_panel_range, Lhs, Rhs, NR};
+use super::packed::{run_panel, run_panel_pair, run_panel_range, Lhs, Rhs, NR};
 use super::workspace::grow;
 use crate::float::Float;
 use crate::layers::activation::Activation;
@@ -529,6 +529,16 @@ fn fused_panel<T: Float>(
     let j0 = q * NR;
     tiles.resize(6 * tl, T::zero());
     let (th_tiles, tx_tiles) = tiles.split_at_mut(3 * tl);
+    // Gates z and r of these units as one pair of panels (each value of `h` broadcast once for
+    // both), where the kernel can and the kernel is not streamed (a streamed one is prefetched
+    // panel by panel).
+    let paired = !at.zero && rhs.upcoming_at(0, q).is_none() && {
+        let ((_, w0, b0, ldb0), (_, w1, b1, ldb1)) = (rhs.panel(0, q), rhs.panel(1, q));
+        let zr = &mut th_tiles[..2 * tl];
+        w0 == NR && w1 == NR && ldb0 == NR && ldb1 == NR && {
+            run_panel_pair(m, hl, &(0..u), b0, b1, zr, (0, tl), NR, false)
+        }
+    };
     let mut w = 0;
     for gate in 0..3 {
         let (_, width, b, ldb) = rhs.panel(gate, q);
@@ -536,6 +546,8 @@ fn fused_panel<T: Float>(
         let tile = &mut th_tiles[gate * tl..(gate + 1) * tl];
         if at.zero {
             tile.fill(T::zero());
+        } else if paired && gate < 2 {
+            // Done above.
         } else {
             // The owner of a share takes its panels in order, so after the three gates of `q`
             // come those of `q + 1`.
