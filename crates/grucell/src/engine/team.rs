@@ -42,7 +42,7 @@ struct Job {
     accumulate: bool,
     /// A fused step (see [`StepCtx`]) instead of a plain product.
     fused: Option<StepAt>,
-    /// The left operand is also shared k-major (see [`Lhs`]).
+    /// The left operand is also shared packed (see [`Lhs`]).
     kmajor: bool,
 }
 
@@ -457,7 +457,7 @@ impl<T: Float> Team<T> {
 }
 
 impl<T: Float> Team<T> {
-    /// Hands `job` and its left operand (rows `a`, and k-major where `job.kmajor`) to the
+    /// Hands `job` and its left operand (rows `a`, and packed where `job.kmajor`) to the
     /// helpers; returns the `done` count at which all of them have finished it.
     fn post(&self, job: &Job, a: &[T]) -> usize {
         {
