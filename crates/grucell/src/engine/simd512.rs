@@ -151,9 +151,10 @@ fn tile<const R: usize>(
 /// Two full-width packed panels against one packed left operand (see `packed::Lhs`):
 /// `C0 (+)= A[0..m, kr] · B0`, `C1 (+)= A[0..m, kr] · B1`, both panels row stride [`NR`] and
 /// offset to row `kr.start`; element `(i, j)` of `C0` at `c[o0 + i·ldc + j]`, of `C1` at
-/// `c[o1 + i·ldc + j]` (the two must not overlap). Each value of `A` is broadcast once for both panels, so the packed
-/// operand is read once per pair instead of once per panel; every sum is formed as [`panel`]
-/// forms it (same blocks, same order). Returns `false`, having done nothing, if a slice is short.
+/// `c[o1 + i·ldc + j]` (the two must not overlap). Each value of `A` is broadcast once for both
+/// panels, so the packed operand is read once per pair instead of once per panel; every sum is
+/// formed as [`panel`] forms it (same blocks, same order). Returns `false`, having done nothing,
+/// if a slice is short.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn panel_pair(
