@@ -56,16 +56,7 @@ pub(super) fn panel(
         let k1 = (k0 + KC).min(kr.end);
         let (kb, bk) = (k0..k1, &b[(k0 - kr.start) * ldb..]);
         let acc = accumulate || k0 > kr.start;
-        // The lines to request during this block: one per row of `k` (ldb = NR floats = 64
-        // bytes), at most a block's worth.
-        let ahead = match next {
-            Some(_) if ldb == NR && k1 < kr.end => {
-                let n = (kr.end - k1).min(KC) * NR;
-                &b[(k1 - kr.start) * NR..][..n]
-            }
-            Some(next) if ldb == NR => &next[..next.len().min(KC * NR)],
-            _ => &[][..],
-        };
+        let ahead = ahead(b, ldb, kr, k1, KC, next);
         let lines = ahead.len() / NR;
         let mut i = 0;
         while i < m {
@@ -92,6 +83,28 @@ pub(super) fn panel(
 
 /// Depth (`k`) of one block of [`panel`].
 const KC: usize = 256;
+
+/// What a panel kernel requests ahead while it computes the block of `k` rows that ends at `k1`
+/// (see [`panel`]): the lines of the next block of `b` (offset to row `kr.start`), or after the
+/// last block the first `kc` rows of `next`; one line per row of `k` (`ldb = NR` floats = 64
+/// bytes), at most a block's worth. Empty when `next` is `None` or `b` is not packed.
+pub(super) fn ahead<'a>(
+    b: &'a [f32],
+    ldb: usize,
+    kr: &Range<usize>,
+    k1: usize,
+    kc: usize,
+    next: Option<&'a [f32]>,
+) -> &'a [f32] {
+    match next {
+        Some(_) if ldb == NR && k1 < kr.end => {
+            let n = (kr.end - k1).min(kc) * NR;
+            &b[(k1 - kr.start) * NR..][..n]
+        }
+        Some(next) if ldb == NR => &next[..next.len().min(kc * NR)],
+        _ => &[][..],
+    }
+}
 
 /// One `R × 16` tile; returns `R`. Bounds were checked by [`panel`]. Requests the cache line
 /// at every `NR`-th float of `pf`, one per row of `k`, until `pf` is done.

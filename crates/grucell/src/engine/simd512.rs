@@ -58,14 +58,7 @@ pub(super) fn panel(
         let k1 = (k0 + KC).min(kr.end);
         let (kb, bk) = (k0..k1, &b[(k0 - kr.start) * ldb..]);
         let acc = accumulate || k0 > kr.start;
-        let ahead = match next {
-            Some(_) if ldb == NR && k1 < kr.end => {
-                let n = (kr.end - k1).min(KC) * NR;
-                &b[(k1 - kr.start) * NR..][..n]
-            }
-            Some(next) if ldb == NR => &next[..next.len().min(KC * NR)],
-            _ => &[][..],
-        };
+        let ahead = super::simd::ahead(b, ldb, kr, k1, KC, next);
         let lines = ahead.len() / NR;
         let mut i = 0;
         while i < m {
