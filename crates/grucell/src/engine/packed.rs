@@ -77,7 +77,7 @@ pub(crate) struct Lhs<'a, T> {
     /// Row stride of `rows`.
     pub lda: usize,
     /// `A[0..m, kr]` packed as described above, if made.
-    pub kmajor: Option<&'a [T]>,
+    pub packed: Option<&'a [T]>,
 }
 
 impl<'a, T: Float> Lhs<'a, T> {
@@ -86,7 +86,25 @@ impl<'a, T: Float> Lhs<'a, T> {
         Lhs {
             rows,
             lda,
-            kmajor: None,
+            packed: None,
+        }
+    }
+
+    /// The rows and their packed copy, written into `dst` (at least `m·|kr|` long) by
+    /// [`Lhs::pack_into`].
+    pub(crate) fn with_packed(
+        rows: &'a [T],
+        lda: usize,
+        m: usize,
+        kr: &Range<usize>,
+        dst: &'a mut [T],
+    ) -> Self {
+        let len = m * kr.len();
+        Lhs::pack_into(rows, lda, m, kr, dst);
+        Lhs {
+            rows,
+            lda,
+            packed: Some(&dst[..len]),
         }
     }
 
@@ -466,12 +484,7 @@ impl<T: Float> Rhs<'_, T> {
             }
             let lhs = if Lhs::<T>::wanted(m, kr.len(), n_panels) {
                 grow(scratch, m * kr.len());
-                Lhs::pack_into(a, lda, m, &kr, scratch);
-                Lhs {
-                    rows: a,
-                    lda,
-                    kmajor: Some(&scratch[..m * kr.len()]),
-                }
+                Lhs::with_packed(a, lda, m, &kr, scratch)
             } else {
                 Lhs::rows(a, lda)
             };
@@ -482,17 +495,14 @@ impl<T: Float> Rhs<'_, T> {
         // Accumulating products start from C's values in the scratch, so that every element is
         // summed in the order of the single-threaded path (see `gather`).
         let tile = m * NR;
-        let kmajor = Lhs::<T>::wanted(m, kr.len(), n_panels);
-        let at_len = if kmajor { m * kr.len() } else { 0 };
-        grow(scratch, n_panels * tile + at_len);
+        let pack = Lhs::<T>::wanted(m, kr.len(), n_panels);
+        grow(
+            scratch,
+            n_panels * tile + if pack { m * kr.len() } else { 0 },
+        );
         let (tiles, at) = scratch.split_at_mut(n_panels * tile);
-        let lhs = if kmajor {
-            Lhs::pack_into(a, lda, m, &kr, at);
-            Lhs {
-                rows: a,
-                lda,
-                kmajor: Some(&at[..at_len]),
-            }
+        let lhs = if pack {
+            Lhs::with_packed(a, lda, m, &kr, at)
         } else {
             Lhs::rows(a, lda)
         };
@@ -720,7 +730,7 @@ pub(crate) fn run_panel<T: Float>(
                 // `active`), the only requirements of these `#[target_feature]` functions.
                 let done = unsafe {
                     if isa == Isa::Avx512 {
-                        let at = lhs.kmajor.and_then(T::slice_f32);
+                        let at = lhs.packed.and_then(T::slice_f32);
                         super::simd512::panel(
                             m, a32, lda, at, kr, b32, ldb, c32, ldc, accumulate, next,
                         )
@@ -760,7 +770,7 @@ pub(crate) fn run_panel_pair<T: Float>(
     #[cfg(target_arch = "x86_64")]
     if active() == Isa::Avx512 {
         if let (Some(at), Some(b0), Some(b1), Some(c)) = (
-            lhs.kmajor.and_then(T::slice_f32),
+            lhs.packed.and_then(T::slice_f32),
             T::slice_f32(b0).and_then(|b| b.get(kr.start * NR..)),
             T::slice_f32(b1).and_then(|b| b.get(kr.start * NR..)),
             T::slice_f32_mut(c),

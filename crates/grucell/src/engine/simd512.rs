@@ -68,16 +68,20 @@ pub(super) fn panel(
             macro_rules! tiles {
                 ($($r:literal)*) => {
                     match (rows, at) {
-                        $(($r, None) => tile::<$r>(a, lda, &kb, bk, ldb, c, ldc, acc, pf),)*
-                        (_, None) => tile::<MAX_ROWS>(a, lda, &kb, bk, ldb, c, ldc, acc, pf),
+                        $(($r, None) => {
+                            tile::<$r, false>(a, lda, &kb, bk, ldb, c, ldc, acc, pf)
+                        })*
+                        (_, None) => {
+                            tile::<MAX_ROWS, false>(a, lda, &kb, bk, ldb, c, ldc, acc, pf)
+                        }
                         // This tile's block: from row i, k0, stride `rows`.
                         $(($r, Some(t)) => {
                             let t = &t[i * klen + (k0 - kr.start) * $r..];
-                            tile_packed::<$r>(t, kb.len(), bk, ldb, c, ldc, acc, pf)
+                            tile::<$r, true>(t, $r, &kb, bk, ldb, c, ldc, acc, pf)
                         })*
                         (_, Some(t)) => {
                             let t = &t[i * klen + (k0 - kr.start) * MAX_ROWS..];
-                            tile_packed::<MAX_ROWS>(t, kb.len(), bk, ldb, c, ldc, acc, pf)
+                            tile::<MAX_ROWS, true>(t, MAX_ROWS, &kb, bk, ldb, c, ldc, acc, pf)
                         }
                     }
                 };
@@ -91,12 +95,16 @@ pub(super) fn panel(
     }
 }
 
-/// One `R × 16` tile; returns `R`. Bounds were checked by [`panel`]. Requests the cache line
-/// at every `NR`-th float of `pf`, one per row of `k`, until `pf` is done.
+/// One `R × 16` tile over the `k` of `kr`; returns `R`. Bounds were checked by [`panel`].
+/// `A` is read from its rows (`a` indexed by absolute `k`, row stride `lda`) or, when `PACKED`,
+/// from the tile's packed block (`a` offset to it, the tile's `R` values for the `kk`-th `k` of
+/// `kr` at `a[kk·R..][..R]`, `lda = R`): the same sums in the same order, but the packed
+/// broadcasts are fixed offsets from one pointer. Requests the cache line at every `NR`-th float
+/// of `pf`, one per row of `k`, until `pf` is done.
 #[target_feature(enable = "avx512f")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
-fn tile<const R: usize>(
+fn tile<const R: usize, const PACKED: bool>(
     a: &[f32],
     lda: usize,
     kr: &Range<usize>,
@@ -109,7 +117,11 @@ fn tile<const R: usize>(
 ) -> usize {
     let klen = kr.len();
     // Local proofs for the unchecked reads below (panics only if `panel` let a bad call through).
-    let a = &a[..(R - 1) * lda + kr.end];
+    let a = if PACKED {
+        &a[..klen * R]
+    } else {
+        &a[..(R - 1) * lda + kr.end]
+    };
     let b = if klen == 0 {
         b
     } else {
@@ -126,9 +138,16 @@ fn tile<const R: usize>(
         }
         // SAFETY: kk·ldb + 16 ≤ (klen − 1)·ldb + 16 = b.len() (sliced above).
         let bv = unsafe { _mm512_loadu_ps(bp.add(kk * ldb)) };
+        // Where row i's value for this k is: kk·R + i packed, i·lda + kr.start + kk from rows.
+        let (first, step) = if PACKED {
+            (kk * R, 1)
+        } else {
+            (kr.start + kk, lda)
+        };
         for (i, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: i·lda + kr.start + kk < (R − 1)·lda + kr.end = a.len() (sliced above).
-            let av = _mm512_set1_ps(unsafe { *ap.add(i * lda + kr.start + kk) });
+            // SAFETY: packed, kk·R + i < klen·R; from rows, i·lda + kr.start + kk <
+            // (R − 1)·lda + kr.end; either is a.len() (sliced above).
+            let av = _mm512_set1_ps(unsafe { *ap.add(first + i * step) });
             *acc = _mm512_fmadd_ps(av, bv, *acc);
         }
     }
@@ -262,55 +281,6 @@ fn tile_pair<const R: usize>(
         unsafe { _mm512_storeu_ps(out.as_mut_ptr(), s1[i]) };
         store(&mut c[o1 + i * ldc..o1 + i * ldc + NR], &out, accumulate);
     }
-}
-
-/// [`tile`] reading `A` packed: the tile's `R` values for `k` at `a[k·R..][..R]` (`a` offset to
-/// the tile's block at its first `k`). Same sums in the same order.
-#[target_feature(enable = "avx512f")]
-#[inline]
-#[allow(clippy::too_many_arguments)]
-fn tile_packed<const R: usize>(
-    a: &[f32],
-    klen: usize,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
-    accumulate: bool,
-    pf: &[f32],
-) -> usize {
-    // Local proofs for the unchecked reads below (panics only if `panel` let a bad call through).
-    let (a, b) = if klen == 0 {
-        (a, b)
-    } else {
-        (&a[..klen * R], &b[..(klen - 1) * ldb + NR])
-    };
-    let (ap, bp) = (a.as_ptr(), b.as_ptr());
-    let mut acc: [__m512; R] = [_mm512_setzero_ps(); R];
-    let (pfp, pf_lines) = (pf.as_ptr(), pf.len() / NR);
-    for kk in 0..klen {
-        if kk < pf_lines {
-            // In bounds (kk·NR < pf.len()); a prefetch reads nothing into registers and never
-            // faults.
-            _mm_prefetch::<_MM_HINT_T0>(pfp.wrapping_add(kk * NR).cast::<i8>());
-        }
-        // SAFETY: kk·ldb + 16 ≤ (klen − 1)·ldb + 16 = b.len() (sliced above).
-        let bv = unsafe { _mm512_loadu_ps(bp.add(kk * ldb)) };
-        // SAFETY: kk·R + R ≤ klen·R = a.len() (sliced above).
-        let ak = unsafe { ap.add(kk * R) };
-        for (i, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: i < R, so kk·R + i < a.len().
-            let av = _mm512_set1_ps(unsafe { *ak.add(i) });
-            *acc = _mm512_fmadd_ps(av, bv, *acc);
-        }
-    }
-    for (i, acc) in acc.iter().enumerate() {
-        let mut out = [0f32; NR];
-        // SAFETY: `out` holds 16 floats, what one store writes.
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), *acc) };
-        store(&mut c[i * ldc..i * ldc + NR], &out, accumulate);
-    }
-    R
 }
 
 /// One row of `A` times a 64-column strip of `B` (offset to row `kr.start` and to the strip's

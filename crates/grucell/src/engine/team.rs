@@ -43,14 +43,14 @@ struct Job {
     /// A fused step (see [`StepCtx`]) instead of a plain product.
     fused: Option<StepAt>,
     /// The left operand is also shared packed (see [`Lhs`]).
-    kmajor: bool,
+    pack_lhs: bool,
 }
 
 /// The team's copy of a product's left operand.
 #[derive(Debug, Default)]
 struct Left<T> {
     rows: Vec<T>,
-    kmajor: Vec<T>,
+    packed: Vec<T>,
 }
 
 impl<T: Float> Left<T> {
@@ -59,7 +59,7 @@ impl<T: Float> Left<T> {
         Lhs {
             rows: &self.rows,
             lda: job.lda,
-            kmajor: job.kmajor.then_some(&self.kmajor[..]),
+            packed: job.pack_lhs.then_some(&self.packed[..]),
         }
     }
 }
@@ -351,7 +351,7 @@ impl<T: Float> Team<T> {
             per: n_panels.div_ceil(shares),
             accumulate,
             fused: None,
-            kmajor: Lhs::<T>::wanted(m, kr.len(), n_panels),
+            pack_lhs: Lhs::<T>::wanted(m, kr.len(), n_panels),
         };
         if accumulate {
             // Each helper adds to `C`'s values, in the order of the single-threaded path
@@ -364,13 +364,10 @@ impl<T: Float> Team<T> {
             }
         }
         let target = self.post(&job, &a[..(m - 1) * lda + kr.end]);
-        // The caller's share, straight into C.
+        // The caller's share, straight into C, from the team's copy (packed where the job says).
         {
             let left = lock(self.a.read());
-            let own = Lhs {
-                kmajor: left.lhs(&job).kmajor,
-                ..rows
-            };
+            let own = left.lhs(&job);
             rhs.panels_into(&kr, &segs, share(&job, &rhs, 0), m, own, c, ldc, accumulate);
         }
         self.wait_helpers(target);
@@ -416,7 +413,7 @@ impl<T: Float> Team<T> {
             per: rhs.panels_per_segment().div_ceil(shares),
             accumulate: false,
             fused: Some(at),
-            kmajor: !at.zero && Lhs::<T>::wanted(m, u, 3 * rhs.panels_per_segment()),
+            pack_lhs: !at.zero && Lhs::<T>::wanted(m, u, 3 * rhs.panels_per_segment()),
         };
         for (s, claim) in self.claims.iter().enumerate() {
             claim.set(fused_share(&job, &rhs, s));
@@ -425,10 +422,7 @@ impl<T: Float> Team<T> {
         let target = self.post(&job, &h[..m * u]);
         {
             let left = lock(self.a.read());
-            let own = Lhs {
-                kmajor: left.lhs(&job).kmajor,
-                ..rows
-            };
+            let own = left.lhs(&job);
             while let Some(q) = next_panel(&self.claims, 0) {
                 fused_panel(&rhs, ctx, at, q, m, own, tiles, h_new, u, q * NR);
             }
@@ -457,7 +451,7 @@ impl<T: Float> Team<T> {
 }
 
 impl<T: Float> Team<T> {
-    /// Hands `job` and its left operand (rows `a`, and packed where `job.kmajor`) to the
+    /// Hands `job` and its left operand (rows `a`, and packed where `job.pack_lhs`) to the
     /// helpers; returns the `done` count at which all of them have finished it.
     fn post(&self, job: &Job, a: &[T]) -> usize {
         {
@@ -465,9 +459,9 @@ impl<T: Float> Team<T> {
             let sa = &mut *sa;
             sa.rows.clear();
             sa.rows.extend_from_slice(a);
-            if job.kmajor {
-                grow(&mut sa.kmajor, job.m * job.kr.len());
-                Lhs::pack_into(a, job.lda, job.m, &job.kr, &mut sa.kmajor);
+            if job.pack_lhs {
+                grow(&mut sa.packed, job.m * job.kr.len());
+                Lhs::pack_into(a, job.lda, job.m, &job.kr, &mut sa.packed);
             }
         }
         *lock(self.job.lock()) = job.clone();
