@@ -14,6 +14,7 @@ use grucell::engine::gru::{
 };
 use grucell::engine::gru_backward::{gru_sequence_backward, GruGrads, OutputGrads};
 use grucell::engine::prepacked::PackedWeights;
+use grucell::engine::projection;
 use grucell::engine::workspace::GruWorkspace;
 use grucell::{Activation, Float};
 
@@ -266,17 +267,36 @@ fn all_paths_agree_with_f64_and_across_thread_counts() {
                     );
                     close(&format!("{label} dx"), dx32, dx64, 1e-4);
                 }
-                // Other thread counts, and weights packed ahead of the call, change nothing.
+                // Other thread counts, and weights packed ahead of the call, change nothing;
+                // except that a wide input (D > 256) of a short call is then projected from the
+                // pre-packed `W` (`engine::projection`, where available), which sums in another
+                // order: those runs must agree with the f64 reference and among themselves
+                // (gradients included).
+                let (rows, d) = (size.0 * size.1, size.2);
+                let own = d > 256 && projection::preferred::<f32>(rows);
+                let mut packed_first = None;
                 for (threads, prepack) in [(2, false), (3, false), (1, true), (2, true)] {
                     pr.prepack = prepack;
-                    let (seq, state, g) = pr.run::<f32>(threads, train);
+                    let run = pr.run::<f32>(threads, train);
                     pr.prepack = false;
                     let label = format!(
                         "{label} train={train}: {threads} threads, prepack={prepack} changed"
                     );
-                    assert!(seq == seq1, "{label} the outputs");
-                    assert!(state == state1, "{label} the state");
-                    if let (Some((ga, dxa, _)), Some((gb, dxb, _))) = (&g, &g1) {
+                    let want = match &packed_first {
+                        _ if !(prepack && own) => (&seq1, &state1, &g1),
+                        Some((s, st, g)) => (s, st, g),
+                        None => {
+                            close(&format!("{label} seq"), &run.0, &seq64, 2e-5);
+                            close(&format!("{label} state"), &run.1, &state64, 2e-5);
+                            assert!(run.0 != seq1, "{label}: expected the own projection");
+                            packed_first = Some(run);
+                            continue;
+                        }
+                    };
+                    let (seq, state, g) = &run;
+                    assert!(seq == want.0, "{label} the outputs");
+                    assert!(state == want.1, "{label} the state");
+                    if let (Some((ga, dxa, _)), Some((gb, dxb, _))) = (g, want.2) {
                         assert!(ga == gb, "{label} the gradients");
                         assert!(dxa == dxb, "{label} dx");
                     }
@@ -349,7 +369,8 @@ fn skipped_first_products_change_nothing() {
 }
 
 /// Single steps (`gru_step`, what streams call) read a pre-packed `U` for one row and for three
-/// or more rows, and a pre-packed `W` in the projection: the numbers must not change.
+/// or more rows, and a pre-packed `W` in the projection: the numbers must not change (beyond
+/// round-off where a wide `W` is read by `engine::projection`).
 #[test]
 fn single_steps_on_prepacked_weights_change_nothing() {
     use grucell::engine::gru::gru_step;
@@ -360,10 +381,12 @@ fn single_steps_on_prepacked_weights_change_nothing() {
         let p = tanh_params((&kernel, &rec), (Some(&xb), Some(&hb)), (d, u), true);
         let pw = PackedWeights::new(&p, 1).unwrap();
         // `U` padded to whole 16-column panels per gate, each panel one 16-value row longer
-        // than its depth (see `panel_stride`); `W` only for inputs of ≤ 256 features (wider
-        // ones are projected by the GEMM crate from the slice).
+        // than its depth (see `panel_stride`); `W` for inputs of ≤ 256 features, and for wider
+        // ones where `engine::projection` may read it (elsewhere the GEMM crate projects them
+        // from the slice).
         let per_row = 3 * u.div_ceil(16) * 16;
-        let w_len = if d <= 256 { per_row * (d + 1) } else { 0 };
+        let packs_w = d <= 256 || projection::available::<f32>();
+        let w_len = if packs_w { per_row * (d + 1) } else { 0 };
         assert_eq!(pw.len(), per_row * (u + 1) + w_len, "(D, u) = {:?}", (d, u));
         let mut outs = Vec::new();
         for packed in [None, Some(&pw)] {
@@ -376,7 +399,15 @@ fn single_steps_on_prepacked_weights_change_nothing() {
             }
             outs.push(h);
         }
-        assert!(same(&outs[0], &outs[1]), "(B, D, u) = {:?}", (b, d, u));
+        if d > 256 && projection::preferred::<f32>(b) {
+            // The pre-packed wide `W` is read by `engine::projection`: another summation order.
+            for (x, y) in outs[0].iter().zip(&outs[1]) {
+                assert!((x - y).abs() <= 1e-5, "(B, D, u) = {:?}: {x} vs {y}", (b, d, u));
+            }
+            assert!(!same(&outs[0], &outs[1]), "expected the own projection");
+        } else {
+            assert!(same(&outs[0], &outs[1]), "(B, D, u) = {:?}", (b, d, u));
+        }
     }
 }
 

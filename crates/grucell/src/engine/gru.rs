@@ -14,6 +14,7 @@
 use super::gemm::{gemm, Operand};
 use super::packed::{Par, Rhs};
 use super::prepacked::PackedWeights;
+use super::projection::{preferred, project};
 use super::team::{StepAt, StepCtx, StepInputs, Team};
 use super::workspace::{grow, GruWorkspace};
 use crate::float::Float;
@@ -187,11 +188,31 @@ pub(crate) const PROJECT_OWN_MAX_K: usize = 256;
 const PROJECT_MC: usize = 48;
 
 /// `XP[(b·T+t)] = x[b, t] · W + b_in (+ b_rec for z, r when reset_after)` for every row.
+///
+/// `scratch` holds a packed copy of `x` when a pre-packed wide `W` is read by
+/// [`super::projection::project`] (see [`super::projection::preferred`]).
 pub fn project_inputs<T: Float>(
     p: &GruParams<T>,
     x: &[T],
     rows: usize,
     xp: &mut [T],
+    scratch: &mut Vec<T>,
+    threads: usize,
+) {
+    let own = preferred::<T>(rows);
+    project_rows(p, x, rows, own, xp, scratch, threads);
+}
+
+/// [`project_inputs`], with the choice of [`super::projection::project`] for wide inputs made by
+/// the caller (`own`): a sequence split into parts by batch rows makes it once for the whole
+/// call, so that the parts sum exactly as the whole would.
+pub(crate) fn project_rows<T: Float>(
+    p: &GruParams<T>,
+    x: &[T],
+    rows: usize,
+    own: bool,
+    xp: &mut [T],
+    scratch: &mut Vec<T>,
     threads: usize,
 ) {
     let g = 3 * p.units;
@@ -246,6 +267,9 @@ pub fn project_inputs<T: Float>(
         } else {
             xp.chunks_mut(PROJECT_MC * g).enumerate().for_each(job);
         }
+    } else if let Some(pk) = prepacked_kernel(p).filter(|_| own) {
+        // Few rows: `W` packed once beats the GEMM crate's copy of it in every call.
+        project(pk, rows, x, d, xp, g, p.xp_bias, scratch, threads);
     } else {
         gemm(
             rows,
@@ -600,7 +624,7 @@ pub fn gru_sequence<T: Float>(
     if parts > 1 && !fusable(p, trace.is_some(), dropout) {
         split_sequence(p, x, batch, time, h0, opts, dropout, out, ws, trace, parts);
     } else {
-        sequence_rows(p, x, batch, time, h0, opts, dropout, out, ws, trace, None);
+        sequence_rows(p, x, batch, time, h0, opts, dropout, out, ws, trace, None, rows);
     }
 }
 
@@ -697,9 +721,11 @@ fn split_sequence<T: Float>(
             trace.as_mut().map(|tr| tr.take_front(n * time, u)),
         ));
     }
+    let call_rows = batch * time;
     jobs.into_par_iter()
         .for_each(|(n, x, h0, opts, dropout, out, ws, trace)| {
-            sequence_rows(p, x, n, time, h0, opts, dropout, out, ws, trace, Some(rhs));
+            let (rhs, rows) = (Some(rhs), call_rows);
+            sequence_rows(p, x, n, time, h0, opts, dropout, out, ws, trace, rhs, rows);
         });
 }
 
@@ -735,6 +761,7 @@ fn sequence_rows<T: Float>(
     ws: &mut GruWorkspace<T>,
     mut trace: Option<TraceRows<'_, T>>,
     shared: Option<Rhs<'_, T>>,
+    call_rows: usize,
 ) {
     let u = p.units;
     let g = 3 * u;
@@ -760,7 +787,10 @@ fn sequence_rows<T: Float>(
                     .pack(Operand::new(p.kernel, g), p.input_dim, u, 3);
             }
         }
-        None => project_inputs(p, x, rows, &mut ws.xp, opts.threads),
+        None => {
+            let own = preferred::<T>(call_rows);
+            project_rows(p, x, rows, own, &mut ws.xp, &mut ws.xm, opts.threads)
+        }
         Some(m) => {
             project_inputs_masked(p, x, batch, time, m, &mut ws.xp, &mut ws.xm, opts.threads)
         }
@@ -919,7 +949,7 @@ pub fn gru_step<T: Float>(
     let u = p.units;
     let g = 3 * u;
     ws.reserve(batch, 1, u);
-    project_inputs(p, x_t, batch, &mut ws.xp, threads);
+    project_inputs(p, x_t, batch, &mut ws.xp, &mut ws.xm, threads);
     let GruWorkspace {
         xp,
         hu,

@@ -11,6 +11,7 @@ pub mod packed;
 #[allow(unsafe_code)] // madvise: huge pages for large buffers
 mod pages;
 pub mod prepacked;
+pub mod projection;
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)] // AVX2+FMA register tiles (raw loads after bounds checks)
 mod simd;

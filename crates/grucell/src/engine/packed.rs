@@ -112,16 +112,19 @@ impl<'a, T: Float> Lhs<'a, T> {
     /// only the AVX-512 `f32` tiles read it, and only for kernels of at least
     /// [`LHS_PACK_MIN_BYTES`].
     pub(crate) fn wanted(m: usize, k: usize, n_panels: usize) -> bool {
+        m >= 2
+            && n_panels.saturating_mul(k).saturating_mul(NR * 4) >= LHS_PACK_MIN_BYTES
+            && Self::packs()
+    }
+
+    /// Whether the kernels read a packed `A` at all: the AVX-512 `f32` tiles.
+    pub(crate) fn packs() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            m >= 2
-                && std::mem::size_of::<T>() == 4
-                && n_panels.saturating_mul(k).saturating_mul(NR * 4) >= LHS_PACK_MIN_BYTES
-                && active() == Isa::Avx512
+            std::mem::size_of::<T>() == 4 && active() == Isa::Avx512
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (m, k, n_panels);
             false
         }
     }
@@ -196,6 +199,21 @@ impl<T: Float> PackedRhs<T> {
     /// all-zero left operand may then be skipped).
     pub fn is_finite(&self) -> bool {
         self.finite
+    }
+
+    /// Depth `k` (rows of `B`).
+    pub fn depth(&self) -> usize {
+        self.k
+    }
+
+    /// Segments packed.
+    pub fn segments(&self) -> usize {
+        self.segs
+    }
+
+    /// Columns of `B` (all segments).
+    pub fn columns(&self) -> usize {
+        self.segs * self.seg
     }
 
     /// Elements held.

@@ -5,19 +5,23 @@
 use super::gemm::Operand;
 use super::gru::{GruParams, PROJECT_OWN_MAX_K};
 use super::packed::PackedRhs;
+use super::projection;
 use crate::error::ShapeError;
 use crate::float::Float;
 
-/// The recurrent kernel `U` `(u, 3u)` and, for inputs of at most 256 features, the input kernel
-/// `W` `(D, 3u)` of one GRU cell, packed into the 16-column panels the engine's kernels read, each
-/// gate block (z, r, h) its own segment. (Wider inputs are projected by the GEMM crate, which
-/// reads `W` in place; packing it would only cost memory.)
+/// The recurrent kernel `U` `(u, 3u)` and the input kernel `W` `(D, 3u)` of one GRU cell, packed
+/// into the 16-column panels the engine's kernels read, each gate block (z, r, h) its own
+/// segment. `W` is packed for inputs of at most 256 features, and for wider inputs where
+/// [`super::projection`] may read it (`f32` on CPUs with the AVX-512 kernels, for calls of up to
+/// 512 rows); elsewhere wide inputs are projected by the GEMM crate, which reads `W` in
+/// place, and packing it would only cost memory.
 ///
 /// Pass it in [`GruParams::packed`]. It must have been made from the **same** weights as the
 /// params it travels with: the engine reads `U` (and a packed `W`) from here instead of from
 /// the slices. Rebuild it whenever the weights change ([`crate::layers::gru_cell::GruCell`]
-/// does this itself). Results are bit-identical with and without it; only the packing moves
-/// out of the call.
+/// does this itself). Results are bit-identical with and without it (only the packing moves out
+/// of the call), except for the wide-input projections that [`super::projection`] takes over:
+/// their sums are formed in another order than the GEMM crate's (round-off only).
 ///
 /// ```
 /// use grucell::engine::gru::GruParams;
@@ -75,7 +79,7 @@ impl<T: Float> PackedWeights<T> {
         }
         let mut recurrent = PackedRhs::new();
         recurrent.pack_with_threads(Operand::new(p.recurrent, g), u, u, 3, threads);
-        let kernel = (d <= PROJECT_OWN_MAX_K).then(|| {
+        let kernel = (d <= PROJECT_OWN_MAX_K || projection::available::<T>()).then(|| {
             let mut kernel = PackedRhs::new();
             kernel.pack_with_threads(Operand::new(p.kernel, g), d, u, 3, threads);
             kernel

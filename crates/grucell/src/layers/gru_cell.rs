@@ -589,9 +589,11 @@ impl<T: Float> GruCell<T> {
     /// reused until the weights change) when the engine would pack them for this call (a
     /// batch of 2 or more over 4 or more steps, a single step of 3 or more rows, or a batch of
     /// one, whose strips then read sequential panels instead of rows a stride apart). Results
-    /// are identical to those with [`GruCell::params`]; only the packing leaves the call. For
-    /// inference, where the weights stay fixed across calls; the packing costs as much memory
-    /// again as `W` and `U`.
+    /// are identical to those without the packing (only the packing leaves the call), except
+    /// for inputs wider than 256 features in calls that
+    /// [`crate::engine::projection::preferred`] gives to the packed `W` (round-off only; see
+    /// [`PackedWeights`]). For inference, where the weights stay fixed across calls; the packing
+    /// costs as much memory again as `W` and `U`.
     pub fn params_for(&self, batch: usize, time: usize, threads: usize) -> GruParams<'_, T> {
         let mut p = self.params();
         let engine_packs = packs_recurrent(batch, time)

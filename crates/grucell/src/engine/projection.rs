@@ -1,0 +1,254 @@
+//! The input projection `XP = X · W + b` of all time steps from a `W` packed once (inference),
+//! in row blocks that stay in L2, instead of the GEMM crate.
+//!
+//! A general GEMM packs `W` on every call, and with a row split between threads, every thread
+//! packs all of it: for XL's projection (400 × 1024 · 1024 × 3072) that is a 12 MiB copy per
+//! thread for only 200 rows each. Here `W` was packed into column panels once (by
+//! [`super::prepacked::PackedWeights`]); each thread packs its block of `X` rows (at most
+//! [`BLOCK_BYTES`], so it stays in L2) into register-tile order ([`Lhs`]) and runs the panel
+//! kernels over every panel (two at a time where both are full: one broadcast of `X` feeds both),
+//! each panel's block of `XP` still in cache when its bias is added.
+//!
+//! Measured on an AVX-512 Xeon (2 cores, 2 MiB L2 each), 2 threads, f32, calls alternated in one
+//! process, best of 40: 400 × 1024 · 1024 × 3072 281–292 GFLOP/s against 231–236 for faer on
+//! row halves (XL forward −6 %: medians 24.5 → 22.8–23.0 ms); 400 × 512 · 512 × 1536 282–293
+//! against 265–270. With more rows faer was as fast or faster (3200 × 512 · 512 × 1536: 264–275
+//! against 277–282; L forward +2–5 % with this), because its copy of `W` then serves many rows;
+//! so the engine uses this only for calls of up to [`MAX_ROWS`] rows ([`preferred`]). On that
+//! machine's slow spells (when the host is busy, everything ~40 % slower) the two were within
+//! ±8 % either way.
+//!
+//! ```
+//! use grucell::engine::gemm::Operand;
+//! use grucell::engine::packed::PackedRhs;
+//! use grucell::engine::projection::project;
+//!
+//! // W: 2 × 6 (2 inputs, three gate segments of 2 units), X: 3 rows.
+//! let w = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5];
+//! let mut packed = PackedRhs::new();
+//! packed.pack(Operand::new(&w, 6), 2, 2, 3);
+//! let x = [1.0f32, 2.0, 0.0, 1.0, 2.0, 0.0];
+//! let bias = [0.0f32, 0.0, 0.0, 0.0, 0.0, 1.0];
+//! let mut xp = [0.0f32; 18];
+//! project(&packed, 3, &x, 2, &mut xp, 6, Some(&bias), &mut Vec::new(), 1);
+//! assert_eq!(&xp[..6], &[2.0, 3.0, 4.0, 5.0, 6.0, 8.0]);
+//! assert_eq!(&xp[12..], &[2.0, 4.0, 6.0, 8.0, 10.0, 13.0]);
+//! ```
+
+use super::packed::{run_panel, run_panel_pair, Lhs, PackedRhs, Rhs, NR};
+use super::workspace::grow;
+use crate::float::Float;
+use rayon::prelude::*;
+
+/// Most rows of a call for which [`preferred`] chooses [`project`] (see the module docs).
+pub const MAX_ROWS: usize = 512;
+
+/// Most bytes of a packed block of `X` rows (a quarter to a half of the L2 of the cores this was
+/// measured on, which also holds the panels of `W` and the block of `XP` passing through).
+const BLOCK_BYTES: usize = 1 << 20;
+
+/// Whether the engine projects wide inputs with [`project`] at all: `f32` on CPUs with the
+/// AVX-512 kernels. ([`project`] computes the same product on any CPU; elsewhere the GEMM crate
+/// was not measured against it.) [`super::prepacked::PackedWeights`] packs wide `W` only here.
+pub fn available<T: Float>() -> bool {
+    Lhs::<T>::packs()
+}
+
+/// Whether a call projecting `rows` rows (all time steps of all batch rows) reads a pre-packed
+/// wide `W` with [`project`] rather than the GEMM crate: where [`available`], up to [`MAX_ROWS`]
+/// rows. The thread count plays no part, so that results do not depend on it.
+pub fn preferred<T: Float>(rows: usize) -> bool {
+    available::<T>() && rows <= MAX_ROWS
+}
+
+/// `C[r, j] = Σ_k A[r, k] · B[k, j] (+ bias[j])` for the `m` rows of `A` (row stride `lda`, `k`
+/// = the packing's depth) and every column of `b` (all its segments, at their own column index
+/// in `C`, row stride `ldc`). Rows are split into blocks (at most [`BLOCK_BYTES`] of `A` each,
+/// as many per thread), packed into `scratch`; the blocks run on at most `threads` rayon threads.
+///
+/// Each element is summed in the order of the packed panel kernels (k-blocks of 256), whatever
+/// the thread count; the bias is added last, as `add_bias_rows` adds it.
+///
+/// Kernel code: slices shorter than the dimensions say panic on indexing.
+#[allow(clippy::too_many_arguments)]
+pub fn project<T: Float>(
+    b: &PackedRhs<T>,
+    m: usize,
+    a: &[T],
+    lda: usize,
+    c: &mut [T],
+    ldc: usize,
+    bias: Option<&[T]>,
+    scratch: &mut Vec<T>,
+    threads: usize,
+) {
+    let (k, cols) = (b.depth(), b.columns());
+    if m == 0 || cols == 0 {
+        return;
+    }
+    let threads = threads.max(1);
+    let max_rows = (BLOCK_BYTES / (k.max(1) * std::mem::size_of::<T>())).clamp(16, 256);
+    let blocks = threads * m.div_ceil(threads * max_rows);
+    let rows = m.div_ceil(blocks).div_ceil(16) * 16;
+    grow(scratch, m * k);
+    let c = &mut c[..(m - 1) * ldc + cols];
+    let job = |(i, (cb, sb)): (usize, (&mut [T], &mut [T]))| {
+        let r0 = i * rows;
+        block(b, (rows).min(m - r0), &a[r0 * lda..], lda, cb, ldc, bias, sb);
+    };
+    let work = c.par_chunks_mut(rows * ldc).zip(scratch[..m * k].par_chunks_mut(rows * k));
+    if threads > 1 && m > rows {
+        work.enumerate().for_each(job);
+    } else {
+        c.chunks_mut(rows * ldc)
+            .zip(scratch[..m * k].chunks_mut(rows * k))
+            .enumerate()
+            .for_each(job);
+    }
+}
+
+/// One block of `m` rows: `A` packed into `at`, then every panel (pairs of full panels together),
+/// each panel's columns of the bias added right after it.
+#[allow(clippy::too_many_arguments)]
+fn block<T: Float>(
+    b: &PackedRhs<T>,
+    m: usize,
+    a: &[T],
+    lda: usize,
+    c: &mut [T],
+    ldc: usize,
+    bias: Option<&[T]>,
+    at: &mut [T],
+) {
+    let k = b.depth();
+    let kr = 0..k;
+    let rhs = Rhs::Packed(b);
+    let pps = rhs.panels_per_segment();
+    let n = pps * b.segments();
+    let lhs = Lhs::with_packed(a, lda, m, &kr, at);
+    let add_bias = |c: &mut [T], c0: usize, w: usize| {
+        if let Some(bias) = bias {
+            for r in 0..m {
+                let row = &mut c[r * ldc + c0..r * ldc + c0 + w];
+                for (v, bv) in row.iter_mut().zip(&bias[c0..c0 + w]) {
+                    *v += *bv;
+                }
+            }
+        }
+    };
+    let mut i = 0;
+    while i < n {
+        let (c0, w, b0, ldb) = rhs.panel(i / pps, i % pps);
+        if w == NR && i + 1 < n {
+            let (c1, w1, b1, _) = rhs.panel((i + 1) / pps, (i + 1) % pps);
+            if w1 == NR && run_panel_pair(m, lhs, &kr, b0, b1, c, (c0, c1), ldc, false) {
+                add_bias(c, c0, NR);
+                add_bias(c, c1, NR);
+                i += 2;
+                continue;
+            }
+        }
+        run_panel(m, lhs, &kr, b0, ldb, w, &mut c[c0..], ldc, false, None);
+        add_bias(c, c0, w);
+        i += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::gemm::Operand;
+
+    fn data(n: usize, s: f64) -> Vec<f64> {
+        (0..n).map(|i| ((i as f64) * s).sin()).collect()
+    }
+
+    /// Against an `f64` reference on ragged shapes (segments not a multiple of 16 units, so
+    /// partial panels beside pairs; rows not a multiple of 16; `k` over several k-blocks; wide
+    /// `ldc`), with and without bias, on 1–3 threads; and `f64` itself.
+    #[test]
+    fn matches_reference() {
+        for &(m, k, u, threads) in &[
+            (1, 3, 2, 1),
+            (5, 40, 16, 2),
+            (37, 300, 21, 2),
+            (70, 520, 40, 3),
+            (600, 24, 33, 2),
+        ] {
+            let g = 3 * u;
+            let ldc = g + 5;
+            let (a64, w64, b64) = (data(m * k, 0.37), data(k * g, 0.11), data(g, 0.9));
+            let mut want = vec![0f64; m * g];
+            for r in 0..m {
+                for j in 0..g {
+                    want[r * g + j] =
+                        (0..k).map(|i| a64[r * k + i] * w64[i * g + j]).sum::<f64>() + b64[j];
+                }
+            }
+            let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+            let (a, w, bias) = (f32s(&a64), f32s(&w64), f32s(&b64));
+            let mut pk = PackedRhs::new();
+            pk.pack(Operand::new(&w, g), k, u, 3);
+            for with_bias in [false, true] {
+                let mut c = vec![7f32; m * ldc];
+                let bias = with_bias.then_some(&bias[..]);
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .map(|pool| {
+                        pool.install(|| {
+                            project(&pk, m, &a, k, &mut c, ldc, bias, &mut Vec::new(), threads)
+                        })
+                    })
+                    .ok();
+                for r in 0..m {
+                    for j in 0..g {
+                        let want = want[r * g + j] - if with_bias { 0.0 } else { b64[j] };
+                        let got = c[r * ldc + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()) * (k as f64).sqrt(),
+                            "{m}×{k}·{k}×{g} ({r}, {j}): {got} vs {want}"
+                        );
+                    }
+                    assert!(c[r * ldc + g..(r + 1) * ldc].iter().all(|&v| v == 7.0));
+                }
+            }
+            // f64 runs the same driver with the generic kernels.
+            let mut pk64 = PackedRhs::new();
+            pk64.pack(Operand::new(&w64, g), k, u, 3);
+            let mut c = vec![0f64; m * g];
+            project(&pk64, m, &a64, k, &mut c, g, Some(&b64), &mut Vec::new(), 1);
+            for (got, want) in c.iter().zip(&want) {
+                assert!((got - want).abs() <= 1e-12 * (1.0 + want.abs()) * k as f64);
+            }
+        }
+    }
+
+    /// The split between threads changes nothing: every element is summed in the same order.
+    #[test]
+    fn thread_count_does_not_change_bits() {
+        let (m, k, u) = (300, 130, 48);
+        let g = 3 * u;
+        let a: Vec<f32> = data(m * k, 0.3).iter().map(|&v| v as f32).collect();
+        let w: Vec<f32> = data(k * g, 0.7).iter().map(|&v| v as f32).collect();
+        let mut pk = PackedRhs::new();
+        pk.pack(Operand::new(&w, g), k, u, 3);
+        let run = |threads: usize| {
+            let mut c = vec![0f32; m * g];
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(|e| e.to_string());
+            match pool {
+                Ok(pool) => pool.install(|| {
+                    project(&pk, m, &a, k, &mut c, g, None, &mut Vec::new(), threads)
+                }),
+                Err(e) => panic!("thread pool: {e}"),
+            }
+            c
+        };
+        let one = run(1);
+        assert_eq!(one, run(2));
+        assert_eq!(one, run(3));
+    }
+}
