@@ -7,6 +7,7 @@
 //! pure Rust, with runtime AVX2/AVX-512 dispatch. The per-step recurrent products of long
 //! sequences use the crate's own packed kernels instead (`engine::packed`).
 
+use super::workspace::grow;
 use crate::float::Float;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -62,6 +63,38 @@ pub fn gemm<T: Float>(
     ldc: usize,
     threads: usize,
 ) {
+    gemm_with(
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        b,
+        accumulate,
+        c,
+        ldc,
+        threads,
+        &mut Vec::new(),
+    );
+}
+
+/// [`gemm`], with the buffer that a large transposed left operand is copied into (see
+/// [`transposes`]) supplied by the caller: kept between calls, it costs no fresh pages (in L
+/// training, three 6.5 MB copies per call had been ~4 % of the time in page faults).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_with<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: Operand<'_, T>,
+    b: Operand<'_, T>,
+    accumulate: bool,
+    c: &mut [T],
+    ldc: usize,
+    threads: usize,
+    scratch: &mut Vec<T>,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -73,25 +106,22 @@ pub fn gemm<T: Float>(
         }
         return;
     }
-    if a.transposed && m >= TRANSPOSE_MIN_M && n >= TRANSPOSE_MIN_M {
-        // faer is markedly slower with a transposed left operand of this size (the weight
-        // gradients `Xᵀ·dG`, `H_prevᵀ·dG`): measured on the dev VM, 2 threads, f32, medians,
-        // the copy included: 512×3200·3200×1536 ~100 → ~133 GFLOP/s, 1024×400·400×3072 ~95 →
-        // ~130, 512×3200·3200×1024 ~95 → ~105; at m = 64 or 256 it gained nothing. So the
-        // transpose is materialized first.
-        let mut at = vec![T::zero(); m * k];
-        transpose_into(a.data, k, m, a.ld, &mut at, threads);
-        return gemm(
+    if a.transposed && transposes(m, n) {
+        grow(scratch, m * k);
+        let at = &mut scratch[..m * k];
+        transpose_into(a.data, k, m, a.ld, at, threads);
+        return gemm_with(
             m,
             n,
             k,
             alpha,
-            Operand::new(&at, k),
+            Operand::new(at, k),
             b,
             accumulate,
             c,
             ldc,
             threads,
+            &mut Vec::new(),
         );
     }
     if let Some(rows) = row_blocks(m, threads).filter(|_| !a.transposed) {
@@ -163,13 +193,22 @@ fn row_blocks(m: usize, threads: usize) -> Option<usize> {
 const ROW_SPLIT_MIN_ROWS: usize = 64;
 
 /// Left operands read transposed from this many rows (and columns of `C`) are copied into
-/// row-major form before the GEMM (see [`gemm`]).
+/// row-major form before the GEMM (see [`transposes`]).
 const TRANSPOSE_MIN_M: usize = 512;
+
+/// Whether [`gemm`] copies a transposed left operand of a product with `m` rows and `n` columns
+/// into row-major form first. faer is markedly slower with a transposed left operand of this
+/// size (the weight gradients `Xᵀ·dG`, `H_prevᵀ·dG`): measured on the dev VM, 2 threads, f32,
+/// medians, the copy included: 512×3200·3200×1536 ~100 → ~133 GFLOP/s, 1024×400·400×3072 ~95 →
+/// ~130, 512×3200·3200×1024 ~95 → ~105; at m = 64 or 256 it gained nothing.
+pub fn transposes(m: usize, n: usize) -> bool {
+    m >= TRANSPOSE_MIN_M && n >= TRANSPOSE_MIN_M
+}
 
 /// `dst` (`cols × rows`, row-major) = the transpose of `src` (`rows × cols`, row stride `ld`),
 /// in blocks of 32 rows of `dst` (a 128-byte piece of a `src` row goes to 32 sequential write
 /// streams), blocks shared out between threads.
-fn transpose_into<T: Float>(
+pub(crate) fn transpose_into<T: Float>(
     src: &[T],
     rows: usize,
     cols: usize,

@@ -97,6 +97,10 @@ pub struct GruTrace<T> {
     pub h_prev: Vec<T>,
     /// Whether `pre` is filled.
     pub has_pre: bool,
+    /// Kept between backward passes so that they allocate nothing new: `Uᵀ` packed for the
+    /// reverse loop, and the row-major copy of a transposed weight-gradient operand.
+    pub(crate) packed_t: super::packed::PackedRhs<T>,
+    pub(crate) transposed: Vec<T>,
 }
 
 impl<T: Float> GruTrace<T> {

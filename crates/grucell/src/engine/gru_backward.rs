@@ -6,11 +6,12 @@
 //! and input gradients are single GEMMs over all `B·T` rows after the loop
 //! (`dW = Xᵀ·dG_x`, `dU = H_prevᵀ·dG_h`, `dX = dG_x·Wᵀ`).
 
-use super::gemm::{gemm, Operand};
+use super::gemm::{gemm, gemm_with, transpose_into, transposes, Operand};
 use super::gru::{batch_parts, mask_part, part_rows, take_front, team_size, use_team, TraceRows};
 use super::gru::{mask_rows, DropoutMasks, GruParams, GruTrace, SequenceOptions};
 use super::packed::{PackedRhs, Par, Rhs, PAR_MIN_WORK};
 use super::team::Team;
+use super::workspace::grow;
 use crate::float::Float;
 use crate::layers::activation::Activation;
 use rayon::prelude::*;
@@ -250,7 +251,8 @@ pub fn gru_sequence_backward<T: Float>(
     let (d, u) = (p.input_dim, p.units);
     let g = 3 * u;
     let rows = batch * time;
-    let mut packed = PackedRhs::new();
+    let mut packed = std::mem::take(&mut trace.packed_t);
+    let mut lt = std::mem::take(&mut trace.transposed);
     let rec = RecurrentT::new(p, time, threads, &mut packed);
     let parts = batch_parts(threads, batch, time, u, std::mem::size_of::<T>());
     let mut view = trace.rows(rows, u);
@@ -322,7 +324,7 @@ pub fn gru_sequence_backward<T: Float>(
     // Weight and input gradients: one GEMM each over all B·T rows.
     let mut xm = Vec::new();
     match dropout.input {
-        None => gemm(
+        None => gemm_with(
             d,
             g,
             rows,
@@ -333,12 +335,13 @@ pub fn gru_sequence_backward<T: Float>(
             &mut grads.kernel,
             g,
             threads,
+            &mut lt,
         ),
         Some(m) => {
             for gate in 0..3 {
                 xm.resize(rows * d, T::zero());
                 mask_rows(x, batch, time, d, m[gate], &mut xm);
-                gemm(
+                gemm_with(
                     d,
                     u,
                     rows,
@@ -349,6 +352,7 @@ pub fn gru_sequence_backward<T: Float>(
                     &mut grads.kernel[gate * u..],
                     g,
                     threads,
+                    &mut lt,
                 );
             }
         }
@@ -405,6 +409,10 @@ pub fn gru_sequence_backward<T: Float>(
     } else {
         &[0..1, 1..2, 2..3]
     };
+    // Which operand `lt` holds transposed (address and length), when it is a trace buffer that
+    // the next block may share (no recurrent dropout): `H_prev` serves z, r and, with
+    // reset_after, ĥ, and is then copied once.
+    let mut held = None;
     for gates in blocks {
         let gate = gates.start;
         // Left operand of these gates' recurrent product over all rows, and its gradient.
@@ -422,12 +430,24 @@ pub fn gru_sequence_backward<T: Float>(
         } else {
             (&dxp[gate * u..], g)
         };
+        let n = gates.len() * u;
+        let key = dropout.recurrent.is_none().then_some((left.as_ptr(), left.len()));
+        let a = if transposes(u, n) {
+            if held.is_none() || held != key {
+                grow(&mut lt, rows * u);
+                transpose_into(left, rows, u, u, &mut lt[..rows * u], threads);
+                held = key;
+            }
+            Operand::new(&lt[..rows * u], rows)
+        } else {
+            Operand::new(left, u).t()
+        };
         gemm(
             u,
-            gates.len() * u,
+            n,
             rows,
             T::one(),
-            Operand::new(left, u).t(),
+            a,
             Operand::new(right, ld),
             true,
             &mut grads.recurrent[gate * u..],
@@ -443,6 +463,8 @@ pub fn gru_sequence_backward<T: Float>(
         grads,
         threads,
     );
+    trace.packed_t = packed;
+    trace.transposed = lt;
 }
 
 /// Bias gradients, the column sums over all `rows`: `db_in += Σ dG_x` and, for reset_after,
