@@ -402,7 +402,11 @@ fn single_steps_on_prepacked_weights_change_nothing() {
         if d > 256 && projection::preferred::<f32>(b) {
             // The pre-packed wide `W` is read by `engine::projection`: another summation order.
             for (x, y) in outs[0].iter().zip(&outs[1]) {
-                assert!((x - y).abs() <= 1e-5, "(B, D, u) = {:?}: {x} vs {y}", (b, d, u));
+                assert!(
+                    (x - y).abs() <= 1e-5,
+                    "(B, D, u) = {:?}: {x} vs {y}",
+                    (b, d, u)
+                );
             }
             assert!(!same(&outs[0], &outs[1]), "expected the own projection");
         } else {

@@ -628,7 +628,9 @@ pub fn gru_sequence<T: Float>(
     if parts > 1 && !fusable(p, trace.is_some(), dropout) {
         split_sequence(p, x, batch, time, h0, opts, dropout, out, ws, trace, parts);
     } else {
-        sequence_rows(p, x, batch, time, h0, opts, dropout, out, ws, trace, None, rows);
+        sequence_rows(
+            p, x, batch, time, h0, opts, dropout, out, ws, trace, None, rows,
+        );
     }
 }
 

@@ -431,7 +431,10 @@ pub fn gru_sequence_backward<T: Float>(
             (&dxp[gate * u..], g)
         };
         let n = gates.len() * u;
-        let key = dropout.recurrent.is_none().then_some((left.as_ptr(), left.len()));
+        let key = dropout
+            .recurrent
+            .is_none()
+            .then_some((left.as_ptr(), left.len()));
         let a = if transposes(u, n) {
             if held.is_none() || held != key {
                 grow(&mut lt, rows * u);
@@ -718,6 +721,116 @@ mod tests {
                         (f64::from(one.bias_recurrent[j]) + 0.25 - rec).abs() < 1e-2,
                         "u {u} col {j}"
                     );
+                }
+            }
+        }
+    }
+
+    /// The weight gradients of a layer wide enough for the transposed-operand copies (`D`, `u` ≥
+    /// 512: `Xᵀ` for `dW`, `H_prevᵀ` once for both `dU` blocks with reset_after, twice without)
+    /// equal `Xᵀ·dG` and `H_prevᵀ·[dz dr | dĥ_rec]` formed from what the backward leaves in the
+    /// trace, on two calls that reuse the trace's buffers.
+    #[test]
+    fn weight_gradients_through_transposed_copies() {
+        use crate::engine::gru::{gru_sequence, SequenceOutputs};
+        use crate::engine::workspace::GruWorkspace;
+        let (b, t, d, u) = (2, 3, 512, 512);
+        let (g, rows) = (3 * u, b * t);
+        let val = |n: usize, s: f32| -> Vec<f32> {
+            (0..n).map(|i| ((i as f32) * s).sin() * 0.05).collect()
+        };
+        let (kernel, rec, x) = (val(d * g, 0.37), val(u * g, 0.11), val(rows * d, 0.7));
+        let h0 = val(b * u, 0.3);
+        for reset_after in [true, false] {
+            let p = GruParams {
+                kernel: &kernel,
+                recurrent: &rec,
+                xp_bias: None,
+                hh_bias: None,
+                input_dim: d,
+                units: u,
+                reset_after,
+                activation: Activation::Tanh,
+                recurrent_activation: Activation::Sigmoid,
+                packed: None,
+            };
+            let opts = SequenceOptions {
+                mask: None,
+                go_backwards: false,
+                zero_output_for_mask: false,
+                threads: 2,
+            };
+            let (mut ws, mut trace) = (GruWorkspace::new(), GruTrace::default());
+            let (mut seq, mut last, mut state) =
+                (vec![0f32; rows * u], vec![0f32; b * u], vec![0f32; b * u]);
+            let ones = vec![1f32; rows * u];
+            for call in 0..2 {
+                gru_sequence(
+                    &p,
+                    &x,
+                    b,
+                    t,
+                    Some(&h0),
+                    opts,
+                    DropoutMasks::default(),
+                    SequenceOutputs {
+                        sequence: Some(&mut seq),
+                        last_output: &mut last,
+                        state: &mut state,
+                    },
+                    &mut ws,
+                    Some(&mut trace),
+                );
+                let mut grads = GruGrads::zeros(d, u);
+                gru_sequence_backward(
+                    &p,
+                    &x,
+                    b,
+                    t,
+                    opts,
+                    DropoutMasks::default(),
+                    &mut trace,
+                    OutputGrads {
+                        sequence: Some(&ones),
+                        last: None,
+                        state: None,
+                    },
+                    &mut grads,
+                    None,
+                    None,
+                );
+                let (dg, hn, hp) = (&trace.gates, &trace.hn, &trace.h_prev);
+                let check = |got: f32, want: f64, what: &str| {
+                    assert!(
+                        (f64::from(got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "reset_after {reset_after} call {call} {what}: {got} vs {want}"
+                    );
+                };
+                for i in (0..d).step_by(37) {
+                    for j in (0..g).step_by(5) {
+                        let want: f64 = (0..rows)
+                            .map(|r| f64::from(x[r * d + i]) * f64::from(dg[r * g + j]))
+                            .sum();
+                        check(grads.kernel[i * g + j], want, "dW");
+                    }
+                }
+                for i in (0..u).step_by(31) {
+                    for j in (0..g).step_by(5) {
+                        // Left operand: H_prev, except `r ⊙ H_prev` (held in `hn`) for the
+                        // candidate without reset_after; right: dG, except `dĥ_rec` (in `hn`)
+                        // for the candidate with reset_after.
+                        let want: f64 = (0..rows)
+                            .map(|r| {
+                                let (l, rt) = match (j >= 2 * u, reset_after) {
+                                    (false, _) => (hp[r * u + i], dg[r * g + j]),
+                                    (true, true) => (hp[r * u + i], hn[r * u + j - 2 * u]),
+                                    (true, false) => (hn[r * u + i], dg[r * g + j]),
+                                };
+                                f64::from(l) * f64::from(rt)
+                            })
+                            .sum();
+                        check(grads.recurrent[i * g + j], want, "dU");
+                    }
                 }
             }
         }

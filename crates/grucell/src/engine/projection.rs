@@ -94,9 +94,12 @@ pub fn project<T: Float>(
     let c = &mut c[..(m - 1) * ldc + cols];
     let job = |(i, (cb, sb)): (usize, (&mut [T], &mut [T]))| {
         let r0 = i * rows;
-        block(b, (rows).min(m - r0), &a[r0 * lda..], lda, cb, ldc, bias, sb);
+        let a = &a[r0 * lda..];
+        block(b, rows.min(m - r0), a, lda, cb, ldc, bias, sb);
     };
-    let work = c.par_chunks_mut(rows * ldc).zip(scratch[..m * k].par_chunks_mut(rows * k));
+    let work = c
+        .par_chunks_mut(rows * ldc)
+        .zip(scratch[..m * k].par_chunks_mut(rows * k));
     if threads > 1 && m > rows {
         work.enumerate().for_each(job);
     } else {
@@ -240,9 +243,8 @@ mod tests {
                 .build()
                 .map_err(|e| e.to_string());
             match pool {
-                Ok(pool) => pool.install(|| {
-                    project(&pk, m, &a, k, &mut c, g, None, &mut Vec::new(), threads)
-                }),
+                Ok(pool) => pool
+                    .install(|| project(&pk, m, &a, k, &mut c, g, None, &mut Vec::new(), threads)),
                 Err(e) => panic!("thread pool: {e}"),
             }
             c
