@@ -198,12 +198,14 @@ fn rewrite_fixture(name: &str) {
         .collect();
     let h5 = write_weights_h5_with_ints(&inp.groups, &weights, &ints).unwrap();
 
-    let out_dir = match std::env::var_os("GRUCELL_IO_WRITE_OUT") {
+    // Kept for inspection only when asked for (GRUCELL_IO_WRITE_OUT); the scratch folder is
+    // removed at the end.
+    let (out_dir, keep) = match std::env::var_os("GRUCELL_IO_WRITE_OUT") {
         Some(d) => {
             std::fs::create_dir_all(&d).unwrap();
-            PathBuf::from(d)
+            (PathBuf::from(d), true)
         }
-        None => scratch(&format!("rewrite_{name}")),
+        None => (scratch(&format!("rewrite_{name}")), false),
     };
     let out = out_dir.join(format!("{name}.keras"));
     write_keras_archive(&out, &config, &h5).unwrap();
@@ -226,6 +228,9 @@ fn rewrite_fixture(name: &str) {
     assert_eq!(new_tree.groups, orig_tree.groups);
     assert_eq!(new_tree.datasets, orig_tree.datasets);
     assert!(new_tree.datasets.values().all(|d| d.contiguous));
+    if !keep {
+        std::fs::remove_dir_all(&out_dir).unwrap();
+    }
 }
 
 #[test]
