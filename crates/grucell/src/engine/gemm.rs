@@ -106,6 +106,15 @@ pub fn gemm_with<T: Float>(
         }
         return;
     }
+    // A small product runs on the calling thread: faer's parallel split wakes rayon workers,
+    // which cost more than the product (one training step of batch 1, 256 units: its weight
+    // gradients and `dx` are 1-deep or 1-row products, 20–40 µs of a ~80 µs step went to
+    // waking and yielding threads).
+    let threads = if m.saturating_mul(n).saturating_mul(k) < SEQ_MAX_WORK {
+        1
+    } else {
+        threads
+    };
     if a.transposed && transposes(m, n) {
         grow(scratch, m * k);
         let at = &mut scratch[..m * k];
@@ -188,6 +197,10 @@ fn row_blocks(m: usize, threads: usize) -> Option<usize> {
     let _ = m;
     None
 }
+
+/// Work (multiply-adds) below which [`gemm`] runs on the calling thread whatever `threads` says
+/// (the threshold of the crate's own panel products, `packed::PAR_MIN_WORK`).
+const SEQ_MAX_WORK: usize = super::packed::PAR_MIN_WORK;
 
 /// Fewest rows per thread for [`row_blocks`].
 const ROW_SPLIT_MIN_ROWS: usize = 64;
