@@ -80,7 +80,7 @@ pub fn gemm<T: Float>(
 
 /// [`gemm`], with the buffer that a large transposed left operand is copied into (see
 /// [`transposes`]) supplied by the caller: kept between calls, it costs no fresh pages (in L
-/// training, three 6.5 MB copies per call had been ~4 % of the time in page faults).
+/// training, three 6.5 MB copies per call had cost ~3 % of its time in page faults and clearing).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_with<T: Float>(
     m: usize,

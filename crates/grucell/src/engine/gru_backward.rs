@@ -232,7 +232,10 @@ fn gate_grads_row<T: Float>(
 /// Accumulates weight gradients into `grads`; writes `dx` `(B, T, D)` and `dh0` `(B, u)` when
 /// given (overwriting them). The trace is consumed: the gate gradients of each step overwrite that
 /// step's saved gates (and, for reset_after, `hn`) once they are no longer needed, so training
-/// memory is the saved activations plus `O(B·u)` scratch.
+/// memory is the saved activations plus `O(B·u)` scratch, plus two buffers the trace keeps for the
+/// next call: `Uᵀ` packed (the size of `U`) and, for layers with 512 or more inputs or units, the
+/// row-major copy of `Xᵀ` or `H_prevᵀ` that the weight-gradient GEMMs read (`B·T·max(D, u)`, the
+/// size of one saved activation; see [`super::gemm::transposes`]).
 #[allow(clippy::too_many_arguments)]
 pub fn gru_sequence_backward<T: Float>(
     p: &GruParams<T>,

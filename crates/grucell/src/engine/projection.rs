@@ -10,13 +10,14 @@
 //! each panel's block of `XP` still in cache when its bias is added.
 //!
 //! Measured on an AVX-512 Xeon (2 cores, 2 MiB L2 each), 2 threads, f32, calls alternated in one
-//! process, best of 40: 400 × 1024 · 1024 × 3072 281–292 GFLOP/s against 231–236 for faer on
-//! row halves (XL forward −6 %: medians 24.5 → 22.8–23.0 ms); 400 × 512 · 512 × 1536 282–293
-//! against 265–270. With more rows faer was as fast or faster (3200 × 512 · 512 × 1536: 264–275
-//! against 277–282; L forward +2–5 % with this), because its copy of `W` then serves many rows;
-//! so the engine uses this only for calls of up to [`MAX_ROWS`] rows ([`preferred`]). On that
-//! machine's slow spells (when the host is busy, everything ~40 % slower) the two were within
-//! ±8 % either way.
+//! process: 400 × 1024 · 1024 × 3072 281–292 GFLOP/s against 231–236 for faer on row halves (best
+//! of 40, a quiet moment), medians 247–252 against 232–233 in another; XL forward (150 calls of
+//! each) −4 to −5 % in minimum, first quartile and median. 400 × 512 · 512 × 1536: 282–293 against
+//! 265–270 in one run, 2–9 % slower in others; in the GRU with that shape (B = 8, T = 50) equal.
+//! With more rows faer was as fast or faster (3200 × 512 · 512 × 1536: 264–275 against 277–282;
+//! L forward +2–5 % with this), because its copy of `W` then serves many rows; so the engine uses
+//! this only for calls of up to [`MAX_ROWS`] rows ([`preferred`]). On that machine's slow spells
+//! (when the host is busy, everything up to ~40 % slower) the two were within ±8 % either way.
 //!
 //! ```
 //! use grucell::engine::gemm::Operand;
@@ -86,8 +87,17 @@ pub fn project<T: Float>(
     if m == 0 || cols == 0 {
         return;
     }
+    if k == 0 {
+        // An empty sum: the bias alone.
+        for row in c.chunks_mut(ldc).take(m) {
+            for (j, v) in row[..cols].iter_mut().enumerate() {
+                *v = bias.map_or(T::zero(), |bias| bias[j]);
+            }
+        }
+        return;
+    }
     let threads = threads.max(1);
-    let max_rows = (BLOCK_BYTES / (k.max(1) * std::mem::size_of::<T>())).clamp(16, 256);
+    let max_rows = (BLOCK_BYTES / (k * std::mem::size_of::<T>())).clamp(16, 256);
     let blocks = threads * m.div_ceil(threads * max_rows);
     let rows = m.div_ceil(blocks).div_ceil(16) * 16;
     grow(scratch, m * k);
@@ -172,6 +182,7 @@ mod tests {
     #[test]
     fn matches_reference() {
         for &(m, k, u, threads) in &[
+            (4, 0, 5, 2),
             (1, 3, 2, 1),
             (5, 40, 16, 2),
             (37, 300, 21, 2),
@@ -209,7 +220,8 @@ mod tests {
                         let want = want[r * g + j] - if with_bias { 0.0 } else { b64[j] };
                         let got = c[r * ldc + j] as f64;
                         assert!(
-                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()) * (k as f64).sqrt(),
+                            (got - want).abs()
+                                <= 1e-4 * (1.0 + want.abs()) * (k as f64).sqrt().max(1.0),
                             "{m}×{k}·{k}×{g} ({r}, {j}): {got} vs {want}"
                         );
                     }
