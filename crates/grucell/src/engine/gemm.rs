@@ -46,9 +46,9 @@ impl<'a, T> Operand<'a, T> {
 
 /// `C (m × n, row stride ldc) = alpha · A (m × k) · B (k × n) [+ C if accumulate]`.
 ///
-/// `threads` is the number of threads faer may use (1 = sequential, on the calling thread).
-/// Shapes are the caller's invariant (checked with `debug_assert!`): this is kernel code, fed only
-/// by validated layers.
+/// `threads` is the most threads faer may use (1 = sequential, on the calling thread); products
+/// of fewer than 2²⁰ multiply-adds always run on the calling thread. Shapes are the caller's
+/// invariant (checked with `debug_assert!`): this is kernel code, fed only by validated layers.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub fn gemm<T: Float>(
