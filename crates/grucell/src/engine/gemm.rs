@@ -116,9 +116,7 @@ pub fn gemm_with<T: Float>(
         threads
     };
     if a.transposed && transposes(m, n) {
-        grow(scratch, m * k);
-        let at = &mut scratch[..m * k];
-        transpose_into(a.data, k, m, a.ld, at, threads);
+        let at = transposed_copy(a.data, k, m, a.ld, scratch, threads);
         return gemm_with(
             m,
             n,
@@ -218,10 +216,27 @@ pub fn transposes(m: usize, n: usize) -> bool {
     m >= TRANSPOSE_MIN_M && n >= TRANSPOSE_MIN_M
 }
 
+/// The transpose of `src` (`rows × cols`, row stride `ld`) written into `scratch` (grown as
+/// needed) and returned (`cols × rows`, row-major): the copy [`gemm_with`] reads for a large
+/// transposed left operand, also made by callers that share one copy between several products.
+pub(crate) fn transposed_copy<'s, T: Float>(
+    src: &[T],
+    rows: usize,
+    cols: usize,
+    ld: usize,
+    scratch: &'s mut Vec<T>,
+    threads: usize,
+) -> &'s [T] {
+    grow(scratch, rows * cols);
+    let dst = &mut scratch[..rows * cols];
+    transpose_into(src, rows, cols, ld, dst, threads);
+    dst
+}
+
 /// `dst` (`cols × rows`, row-major) = the transpose of `src` (`rows × cols`, row stride `ld`),
 /// in blocks of 32 rows of `dst` (a 128-byte piece of a `src` row goes to 32 sequential write
 /// streams), blocks shared out between threads.
-pub(crate) fn transpose_into<T: Float>(
+fn transpose_into<T: Float>(
     src: &[T],
     rows: usize,
     cols: usize,

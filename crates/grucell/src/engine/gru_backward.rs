@@ -6,12 +6,11 @@
 //! and input gradients are single GEMMs over all `B·T` rows after the loop
 //! (`dW = Xᵀ·dG_x`, `dU = H_prevᵀ·dG_h`, `dX = dG_x·Wᵀ`).
 
-use super::gemm::{gemm, gemm_with, transpose_into, transposes, Operand};
+use super::gemm::{gemm, gemm_with, transposed_copy, transposes, Operand};
 use super::gru::{batch_parts, mask_part, part_rows, take_front, team_size, use_team, TraceRows};
 use super::gru::{mask_rows, DropoutMasks, GruParams, GruTrace, SequenceOptions};
 use super::packed::{PackedRhs, Par, Rhs, PAR_MIN_WORK};
 use super::team::Team;
-use super::workspace::grow;
 use crate::float::Float;
 use crate::layers::activation::Activation;
 use rayon::prelude::*;
@@ -440,8 +439,7 @@ pub fn gru_sequence_backward<T: Float>(
             .then_some((left.as_ptr(), left.len()));
         let a = if transposes(u, n) {
             if held.is_none() || held != key {
-                grow(&mut lt, rows * u);
-                transpose_into(left, rows, u, u, &mut lt[..rows * u], threads);
+                transposed_copy(left, rows, u, u, &mut lt, threads);
                 held = key;
             }
             Operand::new(&lt[..rows * u], rows)
