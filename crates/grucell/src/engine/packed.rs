@@ -131,6 +131,21 @@ impl<'a, T: Float> Lhs<'a, T> {
 
     /// Packs `A[0..m, kr]` (rows of stride `lda`) into `dst[..m·|kr|]` as [`Lhs`] describes.
     pub(crate) fn pack_into(a: &[T], lda: usize, m: usize, kr: &Range<usize>, dst: &mut [T]) {
+        #[cfg(target_arch = "x86_64")]
+        if active() == Isa::Avx512 {
+            if let (Some(a32), Some(d32)) = (T::slice_f32(a), T::slice_f32_mut(dst)) {
+                // SAFETY: the CPU has AVX-512F (checked by `active`), the function's only
+                // requirement.
+                if unsafe { super::simd512::pack_lhs(a32, lda, m, kr, d32) } {
+                    return;
+                }
+            }
+        }
+        Self::pack_portable(a, lda, m, kr, dst);
+    }
+
+    /// [`Lhs::pack_into`] element by element (any type, any CPU).
+    pub(crate) fn pack_portable(a: &[T], lda: usize, m: usize, kr: &Range<usize>, dst: &mut [T]) {
         let klen = kr.len();
         let mut i0 = 0;
         while i0 < m {
@@ -160,6 +175,9 @@ pub(crate) const LHS_PACK_MIN_BYTES: usize = 2 << 20;
 
 /// Most rows per register tile of the AVX-512 kernel, and per tile of a packed [`Lhs`].
 pub(crate) const LHS_TILE_ROWS: usize = 16;
+/// Depth (`k`) of one block of the AVX2 and AVX-512 panel kernels (each element is summed block
+/// by block, a block's products in `k` order): 256 × 16 floats of a panel (16 KiB) stay in L1.
+pub(crate) const KC: usize = 256;
 
 /// Rows of the register tile that starts at row `i` of `m`: tiles of at most `max` rows, the rows
 /// spread evenly over the fewest tiles. A tile of 4 or more rows runs at the FMA units' full
@@ -601,15 +619,33 @@ impl<T: Float> Rhs<'_, T> {
         accumulate: bool,
     ) {
         let pps = self.panels_per_segment();
-        let mut skip = false;
+        let mut skip = 0;
         for i in panels.clone() {
-            if std::mem::take(&mut skip) {
+            if skip > 0 {
+                skip -= 1;
                 continue;
             }
             let (c0, w, b, ldb) = self.panel(segs.start + i / pps, i % pps);
             if let Some((c1, b1)) = self.pair_with(segs, i, &panels, w, ldb) {
+                if let Some((c2, b2)) = self.pair_with(segs, i + 1, &panels, NR, NR) {
+                    if run_panel_group::<T, 3, KC>(
+                        m,
+                        a,
+                        kr,
+                        [b, b1, b2],
+                        c,
+                        [c0, c1, c2],
+                        ldc,
+                        accumulate,
+                        None,
+                        [&[]; 3],
+                    ) {
+                        skip = 2;
+                        continue;
+                    }
+                }
                 if run_panel_pair(m, a, kr, b, b1, c, (c0, c1), ldc, accumulate) {
-                    skip = true;
+                    skip = 1;
                     continue;
                 }
             }
@@ -684,16 +720,35 @@ pub(crate) fn run_panel_range<T: Float>(
 ) {
     let pps = rhs.panels_per_segment();
     let tile = m * NR;
-    let mut skip = false;
+    let mut skip = 0;
     for (j, i) in panels.clone().enumerate() {
-        if std::mem::take(&mut skip) {
+        if skip > 0 {
+            skip -= 1;
             continue;
         }
         let (_, w, b, ldb) = rhs.panel(segs.start + i / pps, i % pps);
         if let Some((_, b1)) = rhs.pair_with(segs, i, &panels, w, ldb) {
+            if let Some((_, b2)) = rhs.pair_with(segs, i + 1, &panels, NR, NR) {
+                let os = [j * tile, (j + 1) * tile, (j + 2) * tile];
+                if run_panel_group::<T, 3, KC>(
+                    m,
+                    a,
+                    kr,
+                    [b, b1, b2],
+                    out,
+                    os,
+                    NR,
+                    accumulate,
+                    None,
+                    [&[]; 3],
+                ) {
+                    skip = 2;
+                    continue;
+                }
+            }
             let os = (j * tile, (j + 1) * tile);
             if run_panel_pair(m, a, kr, b, b1, out, os, NR, accumulate) {
-                skip = true;
+                skip = 1;
                 continue;
             }
         }
@@ -801,6 +856,58 @@ pub(crate) fn run_panel_pair<T: Float>(
         }
     }
     let _ = (m, lhs, kr, b0, b1, c, offsets, ldc, accumulate);
+    false
+}
+
+/// `P` full panels (`bs`: packed, row stride [`NR`], from row 0) for all `m` rows at once, into
+/// `c` at `offsets` (row stride `ldc`), each panel's 16 values of `bias` added last, when the
+/// AVX-512 kernel can (`f32`, `A` packed): `true` if done, `false` (nothing done) for the
+/// caller to compute them otherwise. `next`: the panels computed after these (requested ahead;
+/// may be empty).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn run_panel_group<T: Float, const P: usize, const KC: usize>(
+    m: usize,
+    lhs: Lhs<'_, T>,
+    kr: &Range<usize>,
+    bs: [&[T]; P],
+    c: &mut [T],
+    offsets: [usize; P],
+    ldc: usize,
+    accumulate: bool,
+    bias: Option<[&[T]; P]>,
+    next: [&[T]; P],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if active() == Isa::Avx512 {
+        fn f32s<T: Float, const P: usize>(v: [&[T]; P], from: usize) -> Option<[&[f32]; P]> {
+            let v: [Option<&[f32]>; P] =
+                std::array::from_fn(|p| T::slice_f32(v[p]).and_then(|b| b.get(from..)));
+            v.iter()
+                .all(Option::is_some)
+                .then(|| std::array::from_fn(|p| v[p].unwrap_or(&[])))
+        }
+        let bias32 = match bias {
+            Some(b) => f32s(b, 0).map(Some),
+            None => Some(None),
+        };
+        let next32 = f32s(next, 0).unwrap_or([&[]; P]);
+        if let (Some(at), Some(b), Some(bias), Some(c)) = (
+            lhs.packed.and_then(T::slice_f32),
+            f32s(bs, kr.start * NR),
+            bias32,
+            T::slice_f32_mut(c),
+        ) {
+            // SAFETY: the CPU has AVX-512F (checked by `active`), the function's only
+            // requirement.
+            return unsafe {
+                super::simd512::panel_group::<P, KC>(
+                    m, at, kr, b, c, offsets, ldc, accumulate, bias, next32,
+                )
+            };
+        }
+    }
+    let _ = (m, lhs, kr, bs, c, offsets, ldc, accumulate, bias, next);
     false
 }
 
@@ -1055,6 +1162,32 @@ mod tests {
 
     fn ramp(n: usize, s: f64) -> Vec<f64> {
         (0..n).map(|i| ((i as f64) * s).sin()).collect()
+    }
+
+    /// The vectorized packing (AVX-512 `f32`; elsewhere `pack_into` is the portable copy) writes
+    /// what the element-by-element copy writes: tiles of every size (ragged `m`), depths with and
+    /// without a remainder past multiples of 16, a k-range that starts inside the rows.
+    #[test]
+    fn packing_matches_the_portable_copy() {
+        for &m in &[1usize, 2, 7, 15, 16, 17, 31, 33, 50, 64] {
+            for &(k0, k1) in &[
+                (0usize, 0usize),
+                (0, 5),
+                (0, 16),
+                (3, 40),
+                (1, 65),
+                (0, 128),
+            ] {
+                let kr = k0..k1;
+                let lda = k1 + 3;
+                let a: Vec<f32> = ramp(m * lda, 0.37).iter().map(|&v| v as f32).collect();
+                let len = m * kr.len();
+                let (mut got, mut want) = (vec![-1f32; len + 3], vec![-1f32; len + 3]);
+                Lhs::pack_into(&a, lda, m, &kr, &mut got);
+                Lhs::pack_portable(&a, lda, m, &kr, &mut want);
+                assert_eq!(got, want, "m = {m}, k = {kr:?}");
+            }
+        }
     }
 
     /// Every path (packed / in place, transposed source, partial k, gate runs, accumulate,

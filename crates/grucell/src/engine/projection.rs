@@ -6,18 +6,22 @@
 //! thread for only 200 rows each. Here `W` was packed into column panels once (by
 //! [`super::prepacked::PackedWeights`]); each thread packs its block of `X` rows (at most
 //! [`BLOCK_BYTES`], so it stays in L2) into register-tile order ([`Lhs`]) and runs the panel
-//! kernels over every panel (two at a time where both are full: one broadcast of `X` feeds both),
-//! each panel's block of `XP` still in cache when its bias is added.
+//! kernels over every panel: three full panels at a time (one broadcast of `X` feeds 24
+//! accumulators), in k-blocks of [`GROUP_KC`], each panel's bias added by the kernel as it
+//! stores the last block.
 //!
 //! Measured on an AVX-512 Xeon (2 cores, 2 MiB L2 each), 2 threads, f32, calls alternated in one
-//! process: 400 × 1024 · 1024 × 3072 281–292 GFLOP/s against 231–236 for faer on row halves (best
-//! of 40, a quiet moment), medians 247–252 against 232–233 in another; XL forward (150 calls of
-//! each) −4 to −5 % in minimum, first quartile and median. 400 × 512 · 512 × 1536: 282–293 against
-//! 265–270 in one run, 2–9 % slower in others; in the GRU with that shape (B = 8, T = 50) equal.
-//! With more rows faer was as fast or faster (3200 × 512 · 512 × 1536: 264–275 against 277–282;
-//! L forward +2–5 % with this), because its copy of `W` then serves many rows; so the engine uses
-//! this only for calls of up to [`MAX_ROWS`] rows ([`preferred`]). On that machine's slow spells
-//! (when the host is busy, everything up to ~40 % slower) the two were within ±8 % either way.
+//! process. Session 12 (panel pairs, bias added in a second pass): 400 × 1024 · 1024 × 3072
+//! 281–292 GFLOP/s against 231–236 for faer on row halves (best of 40, a quiet moment), medians
+//! 247–252 against 232–233 in another; XL forward −4 to −5 %. Session 13 (three panels, bias in
+//! the kernel, `X` packed by an in-register transpose), best/median of 60: 275/256–262 against
+//! 263–269/247–255 for pairs and 233/214 for faer; 400 × 512 · 512 × 1536: 284–285/274–275
+//! against 281/267–270 (pairs), 239/230 (faer). The bias pass alone had cost 5–8 %. With more rows
+//! faer stays as fast or faster (3200 × 512 · 512 × 1536: 257/248 against 285/274; L forward
+//! +2 % with this), because its copy of `W` then serves many rows while each row block here
+//! reads all of `W` again; so the engine uses this only for calls of up to [`MAX_ROWS`] rows
+//! ([`preferred`]). On that machine's slow spells (the host busy, everything up to ~40 % slower)
+//! all of these move by more than the differences between them.
 //!
 //! ```
 //! use grucell::engine::gemm::Operand;
@@ -36,10 +40,11 @@
 //! assert_eq!(&xp[12..], &[2.0, 4.0, 6.0, 8.0, 10.0, 13.0]);
 //! ```
 
-use super::packed::{run_panel, run_panel_pair, Lhs, PackedRhs, Rhs, NR};
+use super::packed::{run_panel, run_panel_group, Lhs, PackedRhs, Rhs, NR};
 use super::workspace::grow;
 use crate::float::Float;
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// Most rows of a call for which [`preferred`] chooses [`project`] (see the module docs).
 pub const MAX_ROWS: usize = 512;
@@ -47,6 +52,10 @@ pub const MAX_ROWS: usize = 512;
 /// Most bytes of a packed block of `X` rows (a quarter to a half of the L2 of the cores this was
 /// measured on, which also holds the panels of `W` and the block of `XP` passing through).
 const BLOCK_BYTES: usize = 1 << 20;
+
+/// Depth (`k`) of the k-blocks of three panels at once: their 128 × 48 floats (24 KiB) and a row
+/// tile's 16 rows of packed `X` (8 KiB) stay in L1 together (256: 2–5 % slower).
+const GROUP_KC: usize = 128;
 
 /// Whether the engine projects wide inputs with [`project`] at all: `f32` on CPUs with the
 /// AVX-512 kernels. ([`project`] computes the same product on any CPU; elsewhere the GEMM crate
@@ -67,8 +76,9 @@ pub fn preferred<T: Float>(rows: usize) -> bool {
 /// in `C`, row stride `ldc`). Rows are split into blocks (at most [`BLOCK_BYTES`] of `A` each,
 /// as many per thread), packed into `scratch`; the blocks run on at most `threads` rayon threads.
 ///
-/// Each element is summed in the order of the packed panel kernels (k-blocks of 256), whatever
-/// the thread count; the bias is added last, as `add_bias_rows` adds it.
+/// Each element is summed block by block in `k` — k-blocks of [`GROUP_KC`] for full panels on
+/// AVX-512 (`f32`), of 256 for a last, partial panel and on other CPUs — whatever the thread
+/// count; the bias is added last, as `add_bias_rows` adds it.
 ///
 /// Kernel code: slices shorter than the dimensions say panic on indexing.
 #[allow(clippy::too_many_arguments)]
@@ -120,8 +130,8 @@ pub fn project<T: Float>(
     }
 }
 
-/// One block of `m` rows: `A` packed into `at`, then every panel (pairs of full panels together),
-/// each panel's columns of the bias added right after it.
+/// One block of `m` rows: `A` packed into `at`, then every panel (up to three full panels
+/// together), each panel's columns of the bias added as it is stored or right after it.
 #[allow(clippy::too_many_arguments)]
 fn block<T: Float>(
     b: &PackedRhs<T>,
@@ -151,20 +161,64 @@ fn block<T: Float>(
     };
     let mut i = 0;
     while i < n {
-        let (c0, w, b0, ldb) = rhs.panel(i / pps, i % pps);
-        if w == NR && i + 1 < n {
-            let (c1, w1, b1, _) = rhs.panel((i + 1) / pps, (i + 1) % pps);
-            if w1 == NR && run_panel_pair(m, lhs, &kr, b0, b1, c, (c0, c1), ldc, false) {
-                add_bias(c, c0, NR);
-                add_bias(c, c1, NR);
-                i += 2;
-                continue;
-            }
+        // Up to three full panels at once, their bias added by the kernel.
+        let full = (i..n.min(i + 3))
+            .take_while(|&j| rhs.panel(j / pps, j % pps).1 == NR)
+            .count();
+        let done = match full {
+            3 => group::<T, 3>(&rhs, i, n, m, lhs, &kr, c, ldc, bias),
+            2 => group::<T, 2>(&rhs, i, n, m, lhs, &kr, c, ldc, bias),
+            1 => group::<T, 1>(&rhs, i, n, m, lhs, &kr, c, ldc, bias),
+            _ => false,
+        };
+        if done {
+            i += full;
+            continue;
         }
+        let (c0, w, b0, ldb) = rhs.panel(i / pps, i % pps);
         run_panel(m, lhs, &kr, b0, ldb, w, &mut c[c0..], ldc, false, None);
         add_bias(c, c0, w);
         i += 1;
     }
+}
+
+/// Full panels `i..i + P` of the `n` with the AVX-512 group kernel, if it runs here.
+#[allow(clippy::too_many_arguments)]
+fn group<T: Float, const P: usize>(
+    rhs: &Rhs<'_, T>,
+    i: usize,
+    n: usize,
+    m: usize,
+    lhs: Lhs<'_, T>,
+    kr: &Range<usize>,
+    c: &mut [T],
+    ldc: usize,
+    bias: Option<&[T]>,
+) -> bool {
+    let pps = rhs.panels_per_segment();
+    let panel = |j: usize| rhs.panel(j / pps, j % pps);
+    let ps: [(usize, usize, &[T], usize); P] = std::array::from_fn(|j| panel(i + j));
+    let next: [&[T]; P] = std::array::from_fn(|j| {
+        let q = i + P + j;
+        if q < n {
+            panel(q).2
+        } else {
+            &[]
+        }
+    });
+    let bias = bias.map(|b| std::array::from_fn(|j| &b[ps[j].0..ps[j].0 + NR]));
+    run_panel_group::<T, P, GROUP_KC>(
+        m,
+        lhs,
+        kr,
+        std::array::from_fn(|j| ps[j].2),
+        c,
+        std::array::from_fn(|j| ps[j].0),
+        ldc,
+        false,
+        bias,
+        next,
+    )
 }
 
 #[cfg(test)]

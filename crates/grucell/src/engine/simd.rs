@@ -7,7 +7,7 @@
 //! AVX2 and FMA. Every raw load is preceded by a bounds check of the whole range it reads, made
 //! once per tile; a failed check returns `false` and the caller uses the generic kernel.
 
-use super::packed::{store, tile_rows, NR};
+use super::packed::{store, tile_rows, KC, NR};
 use std::arch::x86_64::{
     __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
     _mm_prefetch, _MM_HINT_T0,
@@ -80,9 +80,6 @@ pub(super) fn panel(
         k0 = k1;
     }
 }
-
-/// Depth (`k`) of one block of [`panel`].
-const KC: usize = 256;
 
 /// What a panel kernel requests ahead while it computes the block of `k` rows that ends at `k1`
 /// (see [`panel`]): the lines of the next block of `b` (offset to row `kr.start`), or after the

@@ -526,7 +526,23 @@ fn fused_panel<T: Float>(
     // Gates z and r of these units as one pair of panels (each value of `h` broadcast once for
     // both), where the kernel can and the kernel is not streamed (a streamed one is prefetched
     // panel by panel).
-    let paired = !at.zero && rhs.upcoming_at(0, q).is_none() && {
+    let tripled = !at.zero && rhs.upcoming_at(0, q).is_none() && {
+        let p: [(usize, usize, &[T], usize); 3] = std::array::from_fn(|g| rhs.panel(g, q));
+        p.iter().all(|x| x.1 == NR && x.3 == NR)
+            && super::packed::run_panel_group::<T, 3, 256>(
+                m,
+                hl,
+                &(0..u),
+                [p[0].2, p[1].2, p[2].2],
+                th_tiles,
+                [0, tl, 2 * tl],
+                NR,
+                false,
+                None,
+                [&[], &[], &[]],
+            )
+    };
+    let paired = !tripled && !at.zero && rhs.upcoming_at(0, q).is_none() && {
         let ((_, w0, b0, ldb0), (_, w1, b1, ldb1)) = (rhs.panel(0, q), rhs.panel(1, q));
         let zr = &mut th_tiles[..2 * tl];
         w0 == NR && w1 == NR && ldb0 == NR && ldb1 == NR && {
@@ -540,7 +556,7 @@ fn fused_panel<T: Float>(
         let tile = &mut th_tiles[gate * tl..(gate + 1) * tl];
         if at.zero {
             tile.fill(T::zero());
-        } else if paired && gate < 2 {
+        } else if tripled || (paired && gate < 2) {
             // Done above.
         } else {
             // The owner of a share takes its panels in order, so after the three gates of `q`
