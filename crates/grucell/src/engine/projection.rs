@@ -1,14 +1,16 @@
 //! The input projection `XP = X · W + b` of all time steps from a `W` packed once (inference),
-//! in row blocks that stay in L2, instead of the GEMM crate.
+//! in small row blocks, instead of the GEMM crate.
 //!
 //! A general GEMM packs `W` on every call, and with a row split between threads, every thread
 //! packs all of it: for XL's projection (400 × 1024 · 1024 × 3072) that is a 12 MiB copy per
 //! thread for only 200 rows each. Here `W` was packed into column panels once (by
-//! [`super::prepacked::PackedWeights`]); each thread packs its block of `X` rows (at most
-//! [`BLOCK_BYTES`], so it stays in L2) into register-tile order ([`Lhs`]) and runs the panel
-//! kernels over every panel: three full panels at a time (one broadcast of `X` feeds 24
-//! accumulators), in k-blocks of [`GROUP_KC`], each panel's bias added by the kernel as it
-//! stores the last block.
+//! [`super::prepacked::PackedWeights`]); each thread packs its blocks of `X` rows (at most
+//! [`BLOCK_ROWS`] each) into register-tile order ([`Lhs`]) and runs the panel kernels over every
+//! panel: three full panels at a time (one broadcast of `X` feeds 24 accumulators), in k-blocks
+//! of [`GROUP_KC`], each panel's bias added by the kernel as it stores the last block. A block's
+//! packed rows for one k-block (at most 128 × 128 floats, 64 KiB) are read by every group of
+//! panels, so they stay close (L1/L2) while `W` streams from L2/L3 once per block, each group's
+//! next k-block requested ahead.
 //!
 //! Measured on an AVX-512 Xeon (2 cores, 2 MiB L2 each), 2 threads, f32, calls alternated in one
 //! process. Session 12 (panel pairs, bias added in a second pass): 400 × 1024 · 1024 × 3072
@@ -49,9 +51,13 @@ use std::ops::Range;
 /// Most rows of a call for which [`preferred`] chooses [`project`] (see the module docs).
 pub const MAX_ROWS: usize = 512;
 
-/// Most bytes of a packed block of `X` rows (a quarter to a half of the L2 of the cores this was
-/// measured on, which also holds the panels of `W` and the block of `XP` passing through).
-const BLOCK_BYTES: usize = 1 << 20;
+/// Most rows of `X` per block (see the module docs). Measured on the Xeon of the module docs,
+/// best of 30: one thread, 400 × 1024 · 1024 × 3072 and 400 × 512 · 512 × 1536 133–142 GFLOP/s
+/// with 128 or 64 rows against 125–137 with the blocks of up to 1 MiB (256 rows here) used
+/// before, whose packed rows streamed from L2 for every group of panels (3200 × 512 · 512 ×
+/// 1536: 64 rows 133–136, 128 rows 125–126, 256 rows 110–112); two threads in a slow spell of
+/// the host, 64 rows lost 5–8 % (`W` read again for every block) while 128 held.
+const BLOCK_ROWS: usize = 128;
 
 /// Depth (`k`) of the k-blocks of three panels at once: their 128 × 48 floats (24 KiB) and a row
 /// tile's 16 rows of packed `X` (8 KiB) stay in L1 together (256: 2–5 % slower).
@@ -73,8 +79,8 @@ pub fn preferred<T: Float>(rows: usize) -> bool {
 
 /// `C[r, j] = Σ_k A[r, k] · B[k, j] (+ bias[j])` for the `m` rows of `A` (row stride `lda`, `k`
 /// = the packing's depth) and every column of `b` (all its segments, at their own column index
-/// in `C`, row stride `ldc`). Rows are split into blocks (at most [`BLOCK_BYTES`] of `A` each,
-/// as many per thread), packed into `scratch`; the blocks run on at most `threads` rayon threads.
+/// in `C`, row stride `ldc`). Rows are split evenly into blocks (at most [`BLOCK_ROWS`] each, as
+/// many per thread), packed into `scratch`; the blocks run on at most `threads` rayon threads.
 ///
 /// Each element is summed block by block in `k` — k-blocks of [`GROUP_KC`] for full panels on
 /// AVX-512 (`f32`), of 256 for a last, partial panel and on other CPUs — whatever the thread
@@ -107,48 +113,45 @@ pub fn project<T: Float>(
         return;
     }
     let threads = threads.max(1);
-    let max_rows = (BLOCK_BYTES / (k * std::mem::size_of::<T>())).clamp(16, 256);
-    let blocks = threads * m.div_ceil(threads * max_rows);
-    let rows = m.div_ceil(blocks).div_ceil(16) * 16;
+    let blocks = threads * m.div_ceil(threads * BLOCK_ROWS);
+    let rows = m.div_ceil(blocks);
     grow(scratch, m * k);
     let c = &mut c[..(m - 1) * ldc + cols];
-    let job = |(i, (cb, sb)): (usize, (&mut [T], &mut [T]))| {
+    let job = |(i, (cb, at)): (usize, (&mut [T], &mut [T]))| {
         let r0 = i * rows;
-        let a = &a[r0 * lda..];
-        block(b, rows.min(m - r0), a, lda, cb, ldc, bias, sb);
+        let m = rows.min(m - r0);
+        let kr = 0..k;
+        let lhs = Lhs::with_packed(&a[r0 * lda..], lda, m, &kr, at);
+        panels(b, m, lhs, &kr, cb, ldc, bias);
     };
-    let work = c
-        .par_chunks_mut(rows * ldc)
-        .zip(scratch[..m * k].par_chunks_mut(rows * k));
+    let scratch = &mut scratch[..m * k];
     if threads > 1 && m > rows {
-        work.enumerate().for_each(job);
+        c.par_chunks_mut(rows * ldc)
+            .zip(scratch.par_chunks_mut(rows * k))
+            .enumerate()
+            .for_each(job);
     } else {
         c.chunks_mut(rows * ldc)
-            .zip(scratch[..m * k].chunks_mut(rows * k))
+            .zip(scratch.chunks_mut(rows * k))
             .enumerate()
             .for_each(job);
     }
 }
 
-/// One block of `m` rows: `A` packed into `at`, then every panel (up to three full panels
-/// together), each panel's columns of the bias added as it is stored or right after it.
-#[allow(clippy::too_many_arguments)]
-fn block<T: Float>(
+/// Every panel of `b` for the `m` rows of `lhs` (packed): up to three full panels together,
+/// each panel's columns of the bias added as it is stored or right after it.
+fn panels<T: Float>(
     b: &PackedRhs<T>,
     m: usize,
-    a: &[T],
-    lda: usize,
+    lhs: Lhs<'_, T>,
+    kr: &Range<usize>,
     c: &mut [T],
     ldc: usize,
     bias: Option<&[T]>,
-    at: &mut [T],
 ) {
-    let k = b.depth();
-    let kr = 0..k;
-    let rhs = Rhs::Packed(b);
+    let rhs = &Rhs::Packed(b);
     let pps = rhs.panels_per_segment();
     let n = pps * b.segments();
-    let lhs = Lhs::with_packed(a, lda, m, &kr, at);
     let add_bias = |c: &mut [T], c0: usize, w: usize| {
         if let Some(bias) = bias {
             for r in 0..m {
@@ -166,9 +169,9 @@ fn block<T: Float>(
             .take_while(|&j| rhs.panel(j / pps, j % pps).1 == NR)
             .count();
         let done = match full {
-            3 => group::<T, 3>(&rhs, i, n, m, lhs, &kr, c, ldc, bias),
-            2 => group::<T, 2>(&rhs, i, n, m, lhs, &kr, c, ldc, bias),
-            1 => group::<T, 1>(&rhs, i, n, m, lhs, &kr, c, ldc, bias),
+            3 => group::<T, 3>(rhs, i, n, m, lhs, kr, c, ldc, bias),
+            2 => group::<T, 2>(rhs, i, n, m, lhs, kr, c, ldc, bias),
+            1 => group::<T, 1>(rhs, i, n, m, lhs, kr, c, ldc, bias),
             _ => false,
         };
         if done {
@@ -176,7 +179,7 @@ fn block<T: Float>(
             continue;
         }
         let (c0, w, b0, ldb) = rhs.panel(i / pps, i % pps);
-        run_panel(m, lhs, &kr, b0, ldb, w, &mut c[c0..], ldc, false, None);
+        run_panel(m, lhs, kr, b0, ldb, w, &mut c[c0..], ldc, false, None);
         add_bias(c, c0, w);
         i += 1;
     }
@@ -241,6 +244,7 @@ mod tests {
             (5, 40, 16, 2),
             (37, 300, 21, 2),
             (70, 520, 40, 3),
+            (150, 520, 200, 2),
             (600, 24, 33, 2),
         ] {
             let g = 3 * u;
