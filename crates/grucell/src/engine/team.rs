@@ -20,7 +20,9 @@
 //! neither a bug, a thread limit nor an oversubscribed machine can hang or crawl the caller.
 
 use super::gru::{activate, add_bias_rows};
-use super::packed::{run_panel, run_panel_pair, run_panel_range, Lhs, Rhs, NR};
+use super::packed::{
+    run_panel, run_panel_group, run_panel_pair, run_panel_range, Lhs, Rhs, KC, NR,
+};
 use super::workspace::grow;
 use crate::float::Float;
 use crate::layers::activation::Activation;
@@ -523,13 +525,13 @@ fn fused_panel<T: Float>(
     let j0 = q * NR;
     tiles.resize(6 * tl, T::zero());
     let (th_tiles, tx_tiles) = tiles.split_at_mut(3 * tl);
-    // Gates z and r of these units as one pair of panels (each value of `h` broadcast once for
-    // both), where the kernel can and the kernel is not streamed (a streamed one is prefetched
-    // panel by panel).
+    // Gates z, r and ĥ of these units as one group of panels (each value of `h` broadcast once
+    // for all three; else z and r as a pair), where the kernel can and the kernel is not streamed
+    // (a streamed one is prefetched panel by panel). Either gives each panel's own sums.
     let tripled = !at.zero && rhs.upcoming_at(0, q).is_none() && {
         let p: [(usize, usize, &[T], usize); 3] = std::array::from_fn(|g| rhs.panel(g, q));
         p.iter().all(|x| x.1 == NR && x.3 == NR)
-            && super::packed::run_panel_group::<T, 3, 256>(
+            && run_panel_group::<T, 3, KC>(
                 m,
                 hl,
                 &(0..u),
