@@ -351,10 +351,11 @@ pub fn project_inputs_masked<T: Float>(
     }
 }
 
-/// `block[r·stride + j] += bias[j]` for every row `r` and `j < bias.len()`: the projection's bias,
-/// added in one place for every projection path (so all of them round alike).
+/// `block[r·stride + j] += bias[j]` for every row `r` and `j < bias.len()` (the last row may end
+/// right after its `bias.len()` values): the projection's bias, added in one place for every
+/// projection path (so all of them round alike).
 pub(crate) fn add_bias_rows<T: Float>(bias: &[T], block: &mut [T], stride: usize) {
-    for row in block.chunks_exact_mut(stride) {
+    for row in block.chunks_mut(stride) {
         for (v, b) in row.iter_mut().zip(bias) {
             *v += *b;
         }

@@ -586,7 +586,7 @@ impl<T: Float> Rhs<'_, T> {
     }
 
     /// The panel that panel `i` (full, of width `w` and row stride `ldb`) is computed together
-    /// with by [`run_panel_pair`]: panel `i + 1` of `panels` (its first column and data) when both
+    /// with by [`run_panel_group`]: panel `i + 1` of `panels` (its first column and data) when both
     /// are full packed panels of a kernel that is not streamed (a streamed one is prefetched
     /// panel by panel, see [`Rhs::upcoming`]).
     fn pair_with(
@@ -627,25 +627,27 @@ impl<T: Float> Rhs<'_, T> {
             }
             let (c0, w, b, ldb) = self.panel(segs.start + i / pps, i % pps);
             if let Some((c1, b1)) = self.pair_with(segs, i, &panels, w, ldb) {
-                if let Some((c2, b2)) = self.pair_with(segs, i + 1, &panels, NR, NR) {
-                    if run_panel_group::<T, 3, KC>(
-                        m,
-                        a,
-                        kr,
-                        [b, b1, b2],
-                        c,
-                        [c0, c1, c2],
-                        ldc,
-                        accumulate,
-                        None,
-                        [&[]; 3],
-                    ) {
-                        skip = 2;
-                        continue;
+                // With the panel after it too when that one pairs as well.
+                let done = match self.pair_with(segs, i + 1, &panels, NR, NR) {
+                    Some((c2, b2)) => {
+                        let (bs, os) = ([b, b1, b2], [c0, c1, c2]);
+                        let none = [&[][..]; 3];
+                        run_panel_group::<T, 3, KC>(
+                            m, a, kr, bs, c, os, ldc, accumulate, None, none,
+                        )
+                        .then_some(2)
                     }
-                }
-                if run_panel_pair(m, a, kr, b, b1, c, (c0, c1), ldc, accumulate) {
-                    skip = 1;
+                    None => {
+                        let (bs, os) = ([b, b1], [c0, c1]);
+                        let none = [&[][..]; 2];
+                        run_panel_group::<T, 2, KC>(
+                            m, a, kr, bs, c, os, ldc, accumulate, None, none,
+                        )
+                        .then_some(1)
+                    }
+                };
+                if let Some(more) = done {
+                    skip = more;
                     continue;
                 }
             }
@@ -728,27 +730,45 @@ pub(crate) fn run_panel_range<T: Float>(
         }
         let (_, w, b, ldb) = rhs.panel(segs.start + i / pps, i % pps);
         if let Some((_, b1)) = rhs.pair_with(segs, i, &panels, w, ldb) {
-            if let Some((_, b2)) = rhs.pair_with(segs, i + 1, &panels, NR, NR) {
-                let os = [j * tile, (j + 1) * tile, (j + 2) * tile];
-                if run_panel_group::<T, 3, KC>(
-                    m,
-                    a,
-                    kr,
-                    [b, b1, b2],
-                    out,
-                    os,
-                    NR,
-                    accumulate,
-                    None,
-                    [&[]; 3],
-                ) {
-                    skip = 2;
-                    continue;
+            // With the panel after it too when that one pairs as well.
+            let done = match rhs.pair_with(segs, i + 1, &panels, NR, NR) {
+                Some((_, b2)) => {
+                    let os = [j * tile, (j + 1) * tile, (j + 2) * tile];
+                    let none = [&[][..]; 3];
+                    run_panel_group::<T, 3, KC>(
+                        m,
+                        a,
+                        kr,
+                        [b, b1, b2],
+                        out,
+                        os,
+                        NR,
+                        accumulate,
+                        None,
+                        none,
+                    )
+                    .then_some(2)
                 }
-            }
-            let os = (j * tile, (j + 1) * tile);
-            if run_panel_pair(m, a, kr, b, b1, out, os, NR, accumulate) {
-                skip = 1;
+                None => {
+                    let os = [j * tile, (j + 1) * tile];
+                    let none = [&[][..]; 2];
+                    run_panel_group::<T, 2, KC>(
+                        m,
+                        a,
+                        kr,
+                        [b, b1],
+                        out,
+                        os,
+                        NR,
+                        accumulate,
+                        None,
+                        none,
+                    )
+                    .then_some(1)
+                }
+            };
+            if let Some(more) = done {
+                skip = more;
                 continue;
             }
         }
@@ -821,42 +841,6 @@ pub(crate) fn run_panel<T: Float>(
         }
     }
     panel_kernel::<T, false>(m, a, lda, kr, b, ldb, w, c, ldc, accumulate);
-}
-
-/// Two full panels (`b0`, `b1`: packed, row stride [`NR`], from row 0) for all `m` rows at once,
-/// into `c` at `o0` and `o1` (row stride `ldc`), when the AVX-512 kernel can (`f32`, `A`
-/// packed): `true` if done, `false` (nothing done) for the caller to run them one by one with
-/// [`run_panel`], which gives the same values.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-pub(crate) fn run_panel_pair<T: Float>(
-    m: usize,
-    lhs: Lhs<'_, T>,
-    kr: &Range<usize>,
-    b0: &[T],
-    b1: &[T],
-    c: &mut [T],
-    offsets: (usize, usize),
-    ldc: usize,
-    accumulate: bool,
-) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if active() == Isa::Avx512 {
-        if let (Some(at), Some(b0), Some(b1), Some(c)) = (
-            lhs.packed.and_then(T::slice_f32),
-            T::slice_f32(b0).and_then(|b| b.get(kr.start * NR..)),
-            T::slice_f32(b1).and_then(|b| b.get(kr.start * NR..)),
-            T::slice_f32_mut(c),
-        ) {
-            // SAFETY: the CPU has AVX-512F (checked by `active`), the function's only
-            // requirement.
-            return unsafe {
-                super::simd512::panel_pair(m, at, kr, b0, b1, c, offsets, ldc, accumulate)
-            };
-        }
-    }
-    let _ = (m, lhs, kr, b0, b1, c, offsets, ldc, accumulate);
-    false
 }
 
 /// `P` full panels (`bs`: packed, row stride [`NR`], from row 0) for all `m` rows at once, into

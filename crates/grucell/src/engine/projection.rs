@@ -42,6 +42,7 @@
 //! assert_eq!(&xp[12..], &[2.0, 4.0, 6.0, 8.0, 10.0, 13.0]);
 //! ```
 
+use super::gru::add_bias_rows;
 use super::packed::{run_panel, run_panel_group, Lhs, PackedRhs, Rhs, NR};
 use super::workspace::grow;
 use crate::float::Float;
@@ -152,16 +153,6 @@ fn panels<T: Float>(
     let rhs = &Rhs::Packed(b);
     let pps = rhs.panels_per_segment();
     let n = pps * b.segments();
-    let add_bias = |c: &mut [T], c0: usize, w: usize| {
-        if let Some(bias) = bias {
-            for r in 0..m {
-                let row = &mut c[r * ldc + c0..r * ldc + c0 + w];
-                for (v, bv) in row.iter_mut().zip(&bias[c0..c0 + w]) {
-                    *v += *bv;
-                }
-            }
-        }
-    };
     let mut i = 0;
     while i < n {
         // Up to three full panels at once, their bias added by the kernel.
@@ -180,7 +171,9 @@ fn panels<T: Float>(
         }
         let (c0, w, b0, ldb) = rhs.panel(i / pps, i % pps);
         run_panel(m, lhs, kr, b0, ldb, w, &mut c[c0..], ldc, false, None);
-        add_bias(c, c0, w);
+        if let Some(bias) = bias {
+            add_bias_rows(&bias[c0..c0 + w], &mut c[c0..(m - 1) * ldc + c0 + w], ldc);
+        }
         i += 1;
     }
 }
@@ -234,7 +227,7 @@ mod tests {
     }
 
     /// Against an `f64` reference on ragged shapes (segments not a multiple of 16 units, so
-    /// partial panels beside pairs; rows not a multiple of 16; `k` over several k-blocks; wide
+    /// partial panels beside groups; rows not a multiple of 16; `k` over several k-blocks; wide
     /// `ldc`), with and without bias, on 1–3 threads; and `f64` itself.
     #[test]
     fn matches_reference() {

@@ -159,129 +159,6 @@ fn tile<const R: usize, const PACKED: bool>(
     R
 }
 
-/// Two full-width packed panels against one packed left operand (see `packed::Lhs`):
-/// `C0 (+)= A[0..m, kr] · B0`, `C1 (+)= A[0..m, kr] · B1`, both panels row stride [`NR`] and
-/// offset to row `kr.start`; element `(i, j)` of `C0` at `c[o0 + i·ldc + j]`, of `C1` at
-/// `c[o1 + i·ldc + j]` (the two must not overlap). Each value of `A` is broadcast once for both
-/// panels, so the packed operand is read once per pair instead of once per panel; every sum is
-/// formed as [`panel`] forms it (same blocks, same order). Returns `false`, having done nothing,
-/// if a slice is short.
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-pub(super) fn panel_pair(
-    m: usize,
-    at: &[f32],
-    kr: &Range<usize>,
-    b0: &[f32],
-    b1: &[f32],
-    c: &mut [f32],
-    (o0, o1): (usize, usize),
-    ldc: usize,
-    accumulate: bool,
-) -> bool {
-    let klen = kr.len();
-    if m == 0 {
-        return true;
-    }
-    let cl = (m - 1) * ldc + NR;
-    if klen == 0
-        || at.len() < m * klen
-        || b0.len() < klen * NR
-        || b1.len() < klen * NR
-        || c.len() < o0.max(o1) + cl
-    {
-        return false;
-    }
-    let mut k0 = kr.start;
-    loop {
-        let k1 = (k0 + KC).min(kr.end);
-        let kl = k1 - k0;
-        let o = (k0 - kr.start) * NR;
-        let (b0k, b1k) = (&b0[o..], &b1[o..]);
-        let acc = accumulate || k0 > kr.start;
-        let mut i = 0;
-        while i < m {
-            // The packed tile of `rows` rows, as two halves of at most 8 rows (2 × 8
-            // accumulators, two `B` vectors and a broadcast fit the 32 registers).
-            let rows = tile_rows(m, i, MAX_ROWS);
-            let t = &at[i * klen + (k0 - kr.start) * rows..];
-            let h1 = rows.div_ceil(2);
-            let mut off = 0;
-            for h in [h1, rows - h1] {
-                let os = (o0 + (i + off) * ldc, o1 + (i + off) * ldc);
-                macro_rules! halves {
-                    ($($r:literal)*) => {
-                        match h {
-                            0 => {}
-                            $($r => tile_pair::<$r>(t, rows, off, kl, b0k, b1k, c, os, ldc, acc),)*
-                            _ => tile_pair::<8>(t, rows, off, kl, b0k, b1k, c, os, ldc, acc),
-                        }
-                    };
-                }
-                halves!(1 2 3 4 5 6 7);
-                off += h;
-            }
-            i += rows;
-        }
-        if k1 >= kr.end {
-            return true;
-        }
-        k0 = k1;
-    }
-}
-
-/// `R` rows (from row `off` of a packed tile of `stride` rows) times two panels. Bounds were
-/// checked by [`panel_pair`].
-#[target_feature(enable = "avx512f")]
-#[inline]
-#[allow(clippy::too_many_arguments)]
-fn tile_pair<const R: usize>(
-    a: &[f32],
-    stride: usize,
-    off: usize,
-    klen: usize,
-    b0: &[f32],
-    b1: &[f32],
-    c: &mut [f32],
-    (o0, o1): (usize, usize),
-    ldc: usize,
-    accumulate: bool,
-) {
-    // Local proofs for the unchecked reads below (panics only if `panel_pair` let a bad call
-    // through; klen ≥ 1 there).
-    let a = &a[..(klen - 1) * stride + off + R];
-    let (b0, b1) = (&b0[..klen * NR], &b1[..klen * NR]);
-    let (ap, p0, p1) = (a.as_ptr(), b0.as_ptr(), b1.as_ptr());
-    let mut s0: [__m512; R] = [_mm512_setzero_ps(); R];
-    let mut s1: [__m512; R] = [_mm512_setzero_ps(); R];
-    for kk in 0..klen {
-        // SAFETY: kk·NR + 16 ≤ klen·NR = b0.len() = b1.len() (sliced above).
-        let (v0, v1) = unsafe {
-            (
-                _mm512_loadu_ps(p0.add(kk * NR)),
-                _mm512_loadu_ps(p1.add(kk * NR)),
-            )
-        };
-        // SAFETY: kk·stride + off + R ≤ (klen − 1)·stride + off + R = a.len() (sliced above).
-        let ak = unsafe { ap.add(kk * stride + off) };
-        for i in 0..R {
-            // SAFETY: i < R (see above).
-            let av = _mm512_set1_ps(unsafe { *ak.add(i) });
-            s0[i] = _mm512_fmadd_ps(av, v0, s0[i]);
-            s1[i] = _mm512_fmadd_ps(av, v1, s1[i]);
-        }
-    }
-    for i in 0..R {
-        let mut out = [0f32; NR];
-        // SAFETY: `out` holds 16 floats, what one store writes.
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), s0[i]) };
-        store(&mut c[o0 + i * ldc..o0 + i * ldc + NR], &out, accumulate);
-        // SAFETY: as above.
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), s1[i]) };
-        store(&mut c[o1 + i * ldc..o1 + i * ldc + NR], &out, accumulate);
-    }
-}
-
 /// Packs `A[0..m, kr]` (rows of stride `lda`) into `dst[..m·|kr|]` in the layout of
 /// `packed::Lhs` (tiles of [`tile_rows`] rows, each k-major), the same values as the portable
 /// `Lhs::pack_into` writes: 16 values of `k` of the tile's rows at a time are transposed in
@@ -383,13 +260,13 @@ fn transpose16(v: &mut [__m512; 16]) {
 /// overlap). Each value of `A` is broadcast once for all `P` panels. k-blocks of `BK`: each
 /// element is `((C +) (A·B)[block 0] + (A·B)[block 1]) + … + bias`, each block's products
 /// summed in `k` order from zero, and the bias added last, in the order `add_bias_rows` adds it
-/// after a product. With `BK = KC` and no bias every element is exactly what [`panel`] and
-/// [`panel_pair`] compute. While a block runs, the next one (of these panels, or else the first
+/// after a product. With `BK = KC` and no bias every element is exactly what [`panel`] computes
+/// for its panel alone. While a block runs, the next one (of these panels, or else the first
 /// of `next`, the panels computed after these) is requested into L1, a share in each row tile.
 /// Returns `false`, having done nothing, if a slice is short.
 ///
 /// With `P = 3` a half tile keeps 8 × 3 accumulators, and each `k` costs 8 broadcasts and 3
-/// loads for 24 FMAs instead of 8 and 2 for 16 ([`panel_pair`]). Measured on an AVX-512 Xeon
+/// loads for 24 FMAs instead of 8 and 2 for 16 with `P = 2`. Measured on an AVX-512 Xeon
 /// (one thread, packed operands, `BK` = 128): 208 × 1024 · 1024 × 3072 (XL's projection, `B`
 /// from L3) 145–147 GFLOP/s against 127–129 for pairs; 240 × 512 · 512 × 48 (all in cache)
 /// 171 (98 % of the core's peak) against 143.
@@ -740,7 +617,18 @@ mod tests {
                         let mut both = [c0.clone(), vec![0.0; 3], c0.clone()].concat();
                         // SAFETY: as above.
                         assert!(unsafe {
-                            panel_pair(m, &at, &kr, &b, b1, &mut both, (0, o1), ldc, accumulate)
+                            panel_group::<2, KC>(
+                                m,
+                                &at,
+                                &kr,
+                                [&b[..], b1],
+                                &mut both,
+                                [0, o1],
+                                ldc,
+                                accumulate,
+                                None,
+                                [&[]; 2],
+                            )
                         });
                         assert_eq!(both[..m * ldc], c[..], "pair 0: m {m} k {kr:?}");
                         assert_eq!(both[o1..], want1[..], "pair 1: m {m} k {kr:?}");

@@ -20,9 +20,7 @@
 //! neither a bug, a thread limit nor an oversubscribed machine can hang or crawl the caller.
 
 use super::gru::{activate, add_bias_rows};
-use super::packed::{
-    run_panel, run_panel_group, run_panel_pair, run_panel_range, Lhs, Rhs, KC, NR,
-};
+use super::packed::{run_panel, run_panel_group, run_panel_range, Lhs, Rhs, KC, NR};
 use super::workspace::grow;
 use crate::float::Float;
 use crate::layers::activation::Activation;
@@ -526,9 +524,10 @@ fn fused_panel<T: Float>(
     tiles.resize(6 * tl, T::zero());
     let (th_tiles, tx_tiles) = tiles.split_at_mut(3 * tl);
     // Gates z, r and ĥ of these units as one group of panels (each value of `h` broadcast once
-    // for all three; else z and r as a pair), where the kernel can and the kernel is not streamed
-    // (a streamed one is prefetched panel by panel). Either gives each panel's own sums.
-    let tripled = !at.zero && rhs.upcoming_at(0, q).is_none() && {
+    // for all three, each panel's own sums), where the kernel can and the kernel is not streamed
+    // (a streamed one is prefetched panel by panel). The three gates' panels `q` are equally
+    // wide, so where the group kernel cannot run (no AVX-512, `h` not packed), no pair could.
+    let grouped = !at.zero && rhs.upcoming_at(0, q).is_none() && {
         let p: [(usize, usize, &[T], usize); 3] = std::array::from_fn(|g| rhs.panel(g, q));
         p.iter().all(|x| x.1 == NR && x.3 == NR)
             && run_panel_group::<T, 3, KC>(
@@ -544,13 +543,6 @@ fn fused_panel<T: Float>(
                 [&[], &[], &[]],
             )
     };
-    let paired = !tripled && !at.zero && rhs.upcoming_at(0, q).is_none() && {
-        let ((_, w0, b0, ldb0), (_, w1, b1, ldb1)) = (rhs.panel(0, q), rhs.panel(1, q));
-        let zr = &mut th_tiles[..2 * tl];
-        w0 == NR && w1 == NR && ldb0 == NR && ldb1 == NR && {
-            run_panel_pair(m, hl, &(0..u), b0, b1, zr, (0, tl), NR, false)
-        }
-    };
     let mut w = 0;
     for gate in 0..3 {
         let (_, width, b, ldb) = rhs.panel(gate, q);
@@ -558,7 +550,7 @@ fn fused_panel<T: Float>(
         let tile = &mut th_tiles[gate * tl..(gate + 1) * tl];
         if at.zero {
             tile.fill(T::zero());
-        } else if tripled || (paired && gate < 2) {
+        } else if grouped {
             // Done above.
         } else {
             // The owner of a share takes its panels in order, so after the three gates of `q`
