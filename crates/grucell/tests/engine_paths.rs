@@ -10,7 +10,8 @@
 //! 1, 2 and 3 threads must be *identical*; all of them must match f64 to f32 round-off.
 
 use grucell::engine::gru::{
-    gru_sequence, DropoutMasks, GruParams, GruTrace, SequenceOptions, SequenceOutputs,
+    gru_sequence, projects_in_step, DropoutMasks, GruParams, GruTrace, SequenceOptions,
+    SequenceOutputs,
 };
 use grucell::engine::gru_backward::{gru_sequence_backward, GruGrads, OutputGrads};
 use grucell::engine::prepacked::PackedWeights;
@@ -223,7 +224,10 @@ fn close(label: &str, a: &[f32], want: &[f64], tol: f64) {
 fn all_paths_agree_with_f64_and_across_thread_counts() {
     // (B, T, D, u): batch-1 strips; in-place tiles (T < 4); packed + packed-kernel projection;
     // team with the packed-kernel projection; team with the GEMM-crate projection (D > 256);
-    // team with a narrow last panel (u = 200 is not a multiple of 16). Training and the unfused
+    // team with a narrow last panel (u = 200 is not a multiple of 16); a wide input (D > 256) of
+    // 64 batch rows, projected inside the team's fused inference steps (where AVX-512 `f32`
+    // makes `projects_in_step` say so) and otherwise by the GEMM crate, with a narrow last
+    // panel (u = 88). Training and the unfused
     // inference runs (reset_after = false, recurrent dropout) of the 16- and 24-row sizes split
     // the batch into parts (two, or three for 24 rows and 3 threads where the machine has
     // them); the 8-row size keeps the team.
@@ -234,6 +238,7 @@ fn all_paths_agree_with_f64_and_across_thread_counts() {
         (16, 5, 24, 256),
         (8, 4, 300, 256),
         (24, 5, 10, 200),
+        (64, 5, 300, 88),
     ];
     let mut seed = 1;
     for &size in &sizes {
@@ -271,9 +276,13 @@ fn all_paths_agree_with_f64_and_across_thread_counts() {
                 // except that a wide input (D > 256) of a short call is then projected from the
                 // pre-packed `W` (`engine::projection`, where available), which sums in another
                 // order: those runs must agree with the f64 reference and among themselves
-                // (gradients included).
+                // (gradients included). Fused inference that projects wide inputs in its steps
+                // does so with or without the pre-packed `W`.
                 let (rows, d) = (size.0 * size.1, size.2);
-                let own = d > 256 && projection::preferred::<f32>(rows);
+                let fused = !train && reset_after && !rec_drop;
+                let own = d > 256
+                    && projection::preferred::<f32>(rows)
+                    && !(fused && projects_in_step::<f32>(size.0, d));
                 let mut packed_first = None;
                 for (threads, prepack) in [(2, false), (3, false), (1, true), (2, true)] {
                     pr.prepack = prepack;
@@ -324,6 +333,7 @@ fn skipped_first_products_change_nothing() {
         (13, 6, 7, 40),
         (16, 5, 24, 256),
         (24, 5, 10, 200),
+        (64, 5, 300, 88),
     ];
     let mut seed = 100;
     for &size in &sizes {

@@ -12,10 +12,10 @@
 //! so the weight/input gradients after the loop are single GEMMs against `X` as given.
 
 use super::gemm::{gemm, Operand};
-use super::packed::{Par, Rhs};
+use super::packed::{Lhs, Par, Rhs};
 use super::prepacked::PackedWeights;
 use super::projection::{preferred, project};
-use super::team::{StepAt, StepCtx, StepInputs, Team};
+use super::team::{fused_step_alone, StepAt, StepCtx, StepInputs, Team};
 use super::workspace::{grow, GruWorkspace};
 use crate::float::Float;
 use crate::layers::activation::Activation;
@@ -186,6 +186,35 @@ pub(crate) fn activate<T: Float>(a: Activation, v: &mut [T]) {
 
 /// Input widths up to which [`project_inputs`] uses the packed kernel instead of the GEMM crate.
 pub(crate) const PROJECT_OWN_MAX_K: usize = 256;
+
+/// Fewest batch rows for which [`projects_in_step`] takes inputs wider than
+/// [`PROJECT_OWN_MAX_K`] into the steps. Each step then reads `W` as well as `U`, which pays
+/// where enough rows share each value read. Measured on an AVX-512 Xeon (2 MiB L2 per core),
+/// 2 threads, forward (B, T, D, u), medians in one process, against projecting all steps
+/// first with the GEMM crate: (64, 50, 512, 512) −4 %, (128, 25, 512, 512) −4 %, (64, 50,
+/// 384, 384) −4 %, (64, 50, 512, 1024) −5 %, (64, 50, 1024, 512) ±0; (32, 50, 512, 512) ±0 to
+/// −13 % (noisy); (16, 50, 512, 512) +7 %, (16, 25, 1024, 1024) +10 %, (8, 50, 512, 256) +30 %.
+const IN_STEP_MIN_BATCH: usize = 64;
+
+/// Fewest input elements for which a sequence's inputs are packed for its steps by rayon
+/// threads (L's 1.6 M take ~0.3 ms on one thread).
+const PACK_PAR_MIN: usize = 1 << 18;
+
+/// Whether a fused inference call (see `StepCtx`: no trace, no dropout, `reset_after`,
+/// element-wise activations) of `batch` rows projects its inputs with the panel kernels step by
+/// step, inside the fused steps (`StepInputs::Raw`: no `(B·T, 3u)` buffer written and read
+/// back, `x_t` packed for the group kernel where the kernels read packed operands): inputs of
+/// at most [`PROJECT_OWN_MAX_K`] features always (a call without a [`Team`] projects those
+/// before the loop, with the same sums); wider ones with `f32` on AVX-512 CPUs from
+/// [`IN_STEP_MIN_BATCH`] rows, in the steps whatever the thread count (without a team, fused
+/// steps on the calling thread; one thread, L forward: 76.6 against 78.7 ms with the GEMM
+/// crate's projection). The thread count plays no part, so results do not depend on it. Other
+/// calls project wide inputs with the GEMM crate (or [`super::projection::project`], see
+/// [`preferred`]).
+pub fn projects_in_step<T: Float>(batch: usize, input_dim: usize) -> bool {
+    input_dim <= PROJECT_OWN_MAX_K
+        || (super::projection::available::<T>() && batch >= IN_STEP_MIN_BATCH)
+}
 
 /// Rows per block of the packed-kernel projection: a block's outputs (`48 × 3u`) stay in L2
 /// while its panels are computed and its bias added, so `XP` is written to memory once.
@@ -775,10 +804,15 @@ fn sequence_rows<T: Float>(
     let rows = batch * time;
     let team = use_team(opts.threads, batch, time, u);
     // Inference with element-wise activations and no recurrent dropout: the team fuses each
-    // step's products and gate pass (see `StepCtx`); for short inputs it projects them in the
-    // step too (`StepInputs::Raw`).
+    // step's products and gate pass (see `StepCtx`), and where `projects_in_step` says so it
+    // projects the inputs in the step too (`StepInputs::Raw`). Without a team, wide inputs are
+    // still projected in the steps (fused steps on this thread alone: the GEMM crate cannot
+    // give the team's sums), short ones before the loop, with the same sums.
+    let d = p.input_dim;
     let fusable = fusable(p, trace.is_some(), dropout);
-    let raw = team && fusable && dropout.input.is_none() && p.input_dim <= PROJECT_OWN_MAX_K;
+    let in_step = fusable && dropout.input.is_none() && projects_in_step::<T>(batch, d);
+    let alone = in_step && !team && d > PROJECT_OWN_MAX_K;
+    let raw = in_step && (team || alone);
     if raw {
         // Only the two state buffers: no projections buffer, no unfused-step scratch.
         grow(&mut ws.h, batch * u);
@@ -790,8 +824,7 @@ fn sequence_rows<T: Float>(
     match dropout.input {
         _ if raw => {
             if prepacked_w.is_none() {
-                ws.wpacked
-                    .pack(Operand::new(p.kernel, g), p.input_dim, u, 3);
+                ws.wpacked.pack(Operand::new(p.kernel, g), d, u, 3);
             }
         }
         None => {
@@ -821,6 +854,7 @@ fn sequence_rows<T: Float>(
         packed,
         wpacked,
         pscratch,
+        xm,
         ..
     } = ws;
     let rhs = match shared {
@@ -837,12 +871,28 @@ fn sequence_rows<T: Float>(
     };
     let zero_start = h0.is_none() && finite_u;
     let xp: &[T] = xp;
+    // The inputs of each step packed for the group kernel, all before the loop (input dropout,
+    // the buffer's other use, never comes here).
+    let packed_x = raw && Lhs::<T>::packs();
+    if packed_x {
+        let n = batch * d;
+        grow(xm, time * n);
+        let pack = |(t, dst): (usize, &mut [T])| {
+            Lhs::pack_into(&x[t * d..], time * d, batch, &(0..d), dst);
+        };
+        if opts.threads > 1 && time * n >= PACK_PAR_MIN {
+            xm[..time * n].par_chunks_mut(n).enumerate().for_each(pack);
+        } else {
+            xm[..time * n].chunks_mut(n).enumerate().for_each(pack);
+        }
+    }
     let inputs = if raw {
         StepInputs::Raw {
             x,
-            input_dim: p.input_dim,
+            input_dim: d,
             w: Rhs::Packed(prepacked_w.unwrap_or(wpacked)),
             bias: p.xp_bias,
+            packed_x: packed_x.then_some(&xm[..time * batch * d]),
         }
     } else {
         StepInputs::Projected(xp)
@@ -867,14 +917,27 @@ fn sequence_rows<T: Float>(
             }
             let row_of = |b: usize| b * time + t;
             let zero_state = zero_start && k == 0;
-            if let (Par::Team(team), Some(ctx)) = (par, &fused) {
+            let at = StepAt {
+                t,
+                zero: zero_state,
+            };
+            if let (true, Some(ctx)) = (alone, &fused) {
+                fused_step_alone(
+                    rhs,
+                    ctx,
+                    at,
+                    batch,
+                    &h[..batch * u],
+                    &mut h2[..batch * u],
+                    pscratch,
+                    // Free in fused steps (no recurrent dropout): `h` packed.
+                    hs,
+                );
+            } else if let (Par::Team(team), Some(ctx)) = (par, &fused) {
                 team.fused_step(
                     rhs,
                     ctx,
-                    StepAt {
-                        t,
-                        zero: zero_state,
-                    },
+                    at,
                     batch,
                     &h[..batch * u],
                     &mut h2[..batch * u],

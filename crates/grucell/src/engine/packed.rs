@@ -1013,6 +1013,21 @@ fn strip_kernel<T: Float, const FMA: bool>(
     store(&mut c[..w], &acc[..w], accumulate);
 }
 
+/// Asks for the cache line holding `v[0]` to be brought into L1 (nothing on other CPUs, or for
+/// an empty slice): for data read soon at addresses the hardware prefetchers cannot guess.
+#[inline(always)]
+pub(crate) fn prefetch<T>(v: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(x) = v.first() {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: SSE is part of x86-64; a prefetch reads nothing into registers and never
+        // faults (and the address is that of a live element anyway).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(x).cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
+}
+
 /// `c += acc` or `c = acc`: how every kernel writes its results into `C`.
 #[inline(always)]
 pub(crate) fn store<T: Float>(c: &mut [T], acc: &[T], accumulate: bool) {

@@ -62,7 +62,7 @@ const BLOCK_ROWS: usize = 128;
 
 /// Depth (`k`) of the k-blocks of three panels at once: their 128 × 48 floats (24 KiB) and a row
 /// tile's 16 rows of packed `X` (8 KiB) stay in L1 together (256: 2–5 % slower).
-const GROUP_KC: usize = 128;
+pub(crate) const GROUP_KC: usize = 128;
 
 /// Whether the engine projects wide inputs with [`project`] at all: `f32` on CPUs with the
 /// AVX-512 kernels. ([`project`] computes the same product on any CPU; elsewhere the GEMM crate

@@ -19,8 +19,9 @@
 //! team failed; the caller then computes every share itself for the rest of the sequence, so
 //! neither a bug, a thread limit nor an oversubscribed machine can hang or crawl the caller.
 
-use super::gru::{activate, add_bias_rows};
-use super::packed::{run_panel, run_panel_group, run_panel_range, Lhs, Rhs, KC, NR};
+use super::gru::{activate, add_bias_rows, PROJECT_OWN_MAX_K};
+use super::packed::{prefetch, run_panel, run_panel_group, run_panel_range, Lhs, Rhs, KC, NR};
+use super::projection::GROUP_KC;
 use super::workspace::grow;
 use crate::float::Float;
 use crate::layers::activation::Activation;
@@ -89,10 +90,12 @@ pub(crate) struct StepCtx<'a, T> {
 pub(crate) enum StepInputs<'a, T> {
     /// Projected before the loop: `(B·T, 3u)`, rows `b·T + t`.
     Projected(&'a [T]),
-    /// Projected inside each step, by each thread for its own units: `x_t · W + b`, with the
-    /// same kernel, panels and summation order as [`super::gru::project_inputs`] (inputs of at
-    /// most 256 features), so the results are identical; the `(B·T, 3u)` buffer is never
-    /// written and read back.
+    /// Projected inside each step, by each thread for its own units: `x_t · W + b`; the
+    /// `(B·T, 3u)` buffer is never written and read back (see
+    /// [`super::gru::projects_in_step`]). Inputs of at most 256 features are summed as
+    /// [`super::gru::project_inputs`] sums them before the loop of a call without a team, so
+    /// the results are identical; wider ones are projected in the steps whatever the thread
+    /// count ([`fused_step_alone`] without a team).
     Raw {
         /// Inputs `(B, T, D)`.
         x: &'a [T],
@@ -102,6 +105,9 @@ pub(crate) enum StepInputs<'a, T> {
         w: Rhs<'a, T>,
         /// The projection's bias `(3u)`.
         bias: Option<&'a [T]>,
+        /// `x` packed for the group kernel (see `packed::Lhs`), step by step: rows `b·T + t` of
+        /// step `t` (all `B` of them) at `t·B·D`. Without it, `x` is read from its rows.
+        packed_x: Option<&'a [T]>,
     },
 }
 
@@ -499,6 +505,38 @@ pub(crate) struct StepAt {
     pub zero: bool,
 }
 
+/// One fused inference step on the calling thread alone, every unit panel in order: what
+/// [`Team::fused_step`] computes, with the same sums (`h` packed into `packed_h` where the
+/// kernels read it packed). Used where [`super::gru::projects_in_step`] takes wide inputs into
+/// the steps but no team runs, so that they are projected in the steps all the same.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fused_step_alone<T: Float>(
+    rhs: Rhs<'_, T>,
+    ctx: &StepCtx<'_, T>,
+    at: StepAt,
+    m: usize,
+    h: &[T],
+    h_new: &mut [T],
+    tiles: &mut Vec<T>,
+    packed_h: &mut Vec<T>,
+) {
+    let u = ctx.units;
+    let panels = rhs.panels_per_segment();
+    let pack = !at.zero && Lhs::<T>::wanted(m, u, 3 * panels);
+    if pack {
+        grow(packed_h, m * u);
+        Lhs::pack_into(h, u, m, &(0..u), packed_h);
+    }
+    let hl = Lhs {
+        rows: &h[..m * u],
+        lda: u,
+        packed: if pack { packed_h.get(..m * u) } else { None },
+    };
+    for q in 0..panels {
+        fused_panel(&rhs, ctx, at, q, m, hl, tiles, h_new, u, q * NR);
+    }
+}
+
 /// Units `q·NR ..` of one fused step: the three gate panels of `h · U` (and with
 /// [`StepInputs::Raw`] of `x_t · W + b`), then the gates and the new state, written to
 /// `out[b·ldo + col0 + j]`. The arithmetic is exactly that of the unfused step (same kernels,
@@ -523,6 +561,16 @@ fn fused_panel<T: Float>(
     let j0 = q * NR;
     tiles.resize(6 * tl, T::zero());
     let (th_tiles, tx_tiles) = tiles.split_at_mut(3 * tl);
+    if let StepInputs::Projected(xp) = ctx.inputs {
+        // This panel's input projections (one line per row and gate, rows a whole sequence's
+        // projections apart: no hardware prefetcher follows them), requested now so that they
+        // arrive while the products run (XL forward −1 to −2 %).
+        for b in 0..m {
+            for gate in 0..3 {
+                prefetch(&xp[(b * ctx.time + t) * g + gate * u + j0..]);
+            }
+        }
+    }
     // Gates z, r and ĥ of these units as one group of panels (each value of `h` broadcast once
     // for all three, each panel's own sums), where the kernel can and the kernel is not streamed
     // (a streamed one is prefetched panel by panel). The three gates' panels `q` are equally
@@ -542,6 +590,60 @@ fn fused_panel<T: Float>(
                 None,
                 [&[], &[], &[]],
             )
+    };
+    // With `x_t` packed, its products for the three gates as one group too (the bias added as
+    // they are stored). Short inputs in k-blocks of `KC`: a call without a team projects them
+    // before the loop with `run_panel`, which sums the same; wider ones, which are projected in
+    // the steps with or without a team, in those of `GROUP_KC` (as `projection::project`).
+    let xgrouped = match ctx.inputs {
+        StepInputs::Raw {
+            x,
+            input_dim: d,
+            w: wk,
+            bias,
+            packed_x: Some(px),
+        } => {
+            let p: [(usize, usize, &[T], usize); 3] = std::array::from_fn(|g| wk.panel(g, q));
+            p.iter().all(|x| x.1 == NR && x.3 == NR) && {
+                let lhs = Lhs {
+                    rows: &x[t * d..],
+                    lda: ctx.time * d,
+                    packed: px.get(t * m * d..(t + 1) * m * d),
+                };
+                let bs = [p[0].2, p[1].2, p[2].2];
+                // Full panels: units j0..j0 + NR of each gate exist.
+                let bias = bias.map(|b| std::array::from_fn(|g| &b[g * u + j0..g * u + j0 + NR]));
+                let (os, none) = ([0, tl, 2 * tl], [&[] as &[T]; 3]);
+                if d <= PROJECT_OWN_MAX_K {
+                    run_panel_group::<T, 3, KC>(
+                        m,
+                        lhs,
+                        &(0..d),
+                        bs,
+                        tx_tiles,
+                        os,
+                        NR,
+                        false,
+                        bias,
+                        none,
+                    )
+                } else {
+                    run_panel_group::<T, 3, GROUP_KC>(
+                        m,
+                        lhs,
+                        &(0..d),
+                        bs,
+                        tx_tiles,
+                        os,
+                        NR,
+                        false,
+                        bias,
+                        none,
+                    )
+                }
+            }
+        }
+        _ => false,
     };
     let mut w = 0;
     for gate in 0..3 {
@@ -567,8 +669,13 @@ fn fused_panel<T: Float>(
             input_dim: d,
             w: wk,
             bias,
+            ..
         } = ctx.inputs
         {
+            if xgrouped {
+                // Done above.
+                continue;
+            }
             // Rows b·T + t of x: offset t·D, stride T·D.
             let (_, _, b, ldb) = wk.panel(gate, q);
             let xt = &mut tx_tiles[gate * tl..(gate + 1) * tl];
