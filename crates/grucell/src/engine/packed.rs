@@ -108,13 +108,21 @@ impl<'a, T: Float> Lhs<'a, T> {
         }
     }
 
-    /// Whether a product of `m` rows, depth `k`, over `n_panels` panels should read `A` packed:
-    /// only the AVX-512 `f32` tiles read it, and only for kernels of at least
-    /// [`LHS_PACK_MIN_BYTES`].
+    /// Whether a product of `m` rows, depth `k`, over `n_panels` panels that packs `A` on the
+    /// thread that runs it should read `A` packed: only the AVX-512 `f32` tiles read it, and
+    /// only for kernels of at least [`LHS_PACK_MIN_BYTES`].
     pub(crate) fn wanted(m: usize, k: usize, n_panels: usize) -> bool {
-        m >= 2
-            && n_panels.saturating_mul(k).saturating_mul(NR * 4) >= LHS_PACK_MIN_BYTES
-            && Self::packs()
+        Self::wanted_from(m, k, n_panels, LHS_PACK_MIN_BYTES)
+    }
+
+    /// [`Lhs::wanted`] for a product shared by a team, whose helpers wait while the caller
+    /// packs: kernels of at least [`TEAM_LHS_PACK_MIN_BYTES`].
+    pub(crate) fn wanted_by_team(m: usize, k: usize, n_panels: usize) -> bool {
+        Self::wanted_from(m, k, n_panels, TEAM_LHS_PACK_MIN_BYTES)
+    }
+
+    fn wanted_from(m: usize, k: usize, n_panels: usize, min_bytes: usize) -> bool {
+        m >= 2 && n_panels.saturating_mul(k).saturating_mul(NR * 4) >= min_bytes && Self::packs()
     }
 
     /// Whether the kernels read a packed `A` at all: the AVX-512 `f32` tiles.
@@ -166,12 +174,20 @@ impl<'a, T: Float> Lhs<'a, T> {
     }
 }
 
-/// Kernel size (bytes) from which a product packs its left operand (see [`Lhs`]). Measured on
-/// an AVX-512 Xeon (2 MiB L2 per core), 2 threads, in-process alternation: a 12 MiB `U`
-/// (B = 16, 1024 units) +11–15 % per step, 3 MiB (B = 64, 512 units) +3–7 %, but 768 KiB
-/// (B = 32, 256 units: M) −5–7 %: a step there is ~0.1 ms, and the copy is made by the caller
-/// while the team's helpers wait for it.
-pub(crate) const LHS_PACK_MIN_BYTES: usize = 2 << 20;
+/// Kernel size (bytes) from which a product packs its left operand on the thread that runs it
+/// (see [`Lhs`]; a sequence split by batch rows, rayon-split products, a step without a team).
+/// Measured on an AVX-512 Xeon (2 MiB L2 per core), 2 threads, medians in one process,
+/// training (B, T, D, u), against 2 MiB (the threshold before the in-register transpose made
+/// packing 5–6× cheaper): M −9 %, (32, 50, 128, 128) −5 %, (16, 50, 64, 256) −4 %, (32, 50, 64,
+/// 64) −4 % (48 KiB kernel; −0 % with 64 KiB here), (4, 50, 64, 128) ±0; inference (16, 100, 32,
+/// 96) −9 %.
+pub(crate) const LHS_PACK_MIN_BYTES: usize = 16 << 10;
+
+/// Kernel size (bytes) from which a team's product packs its left operand: the caller packs it
+/// while the helpers wait. Same machine, inference against 2 MiB: M (768 KiB) −4 %, (16, 50, 64,
+/// 256) −5 %, (16, 100, 32, 96) −9 %; a 192 KiB kernel (32, 50, 128, 128) lost 4 % when packing
+/// from 64 KiB, and was not touched at 256 KiB.
+pub(crate) const TEAM_LHS_PACK_MIN_BYTES: usize = 256 << 10;
 
 /// Most rows per register tile of the AVX-512 kernel, and per tile of a packed [`Lhs`].
 pub(crate) const LHS_TILE_ROWS: usize = 16;

@@ -357,7 +357,7 @@ impl<T: Float> Team<T> {
             per: n_panels.div_ceil(shares),
             accumulate,
             fused: None,
-            pack_lhs: Lhs::<T>::wanted(m, kr.len(), n_panels),
+            pack_lhs: Lhs::<T>::wanted_by_team(m, kr.len(), n_panels),
         };
         if accumulate {
             // Each helper adds to `C`'s values, in the order of the single-threaded path
@@ -419,7 +419,7 @@ impl<T: Float> Team<T> {
             per: rhs.panels_per_segment().div_ceil(shares),
             accumulate: false,
             fused: Some(at),
-            pack_lhs: !at.zero && Lhs::<T>::wanted(m, u, 3 * rhs.panels_per_segment()),
+            pack_lhs: !at.zero && Lhs::<T>::wanted_by_team(m, u, 3 * rhs.panels_per_segment()),
         };
         for (s, claim) in self.claims.iter().enumerate() {
             claim.set(fused_share(&job, &rhs, s));
