@@ -1029,6 +1029,29 @@ fn strip_kernel<T: Float, const FMA: bool>(
     store(&mut c[..w], &acc[..w], accumulate);
 }
 
+/// `dst` (`nc × rows`, row-major) = the transpose of columns `c0..c0 + nc` of `src` (`rows`
+/// rows of stride `ld`), by 16 × 16 register transposes on AVX-512 (`f32`); `false`, having
+/// done nothing, on other CPUs and types or if a slice is short.
+pub(crate) fn transpose_cols<T: Float>(
+    src: &[T],
+    ld: usize,
+    rows: usize,
+    c0: usize,
+    nc: usize,
+    dst: &mut [T],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if active() == Isa::Avx512 {
+        if let (Some(s), Some(d)) = (T::slice_f32(src), T::slice_f32_mut(dst)) {
+            // SAFETY: the CPU has AVX-512F (checked by `active`), the function's only
+            // requirement.
+            return unsafe { super::simd512::transpose_cols(s, ld, rows, c0, nc, d) };
+        }
+    }
+    let _ = (src, ld, rows, c0, nc, dst);
+    false
+}
+
 /// Asks for the cache line holding `v[0]` to be brought into L1 (nothing on other CPUs, or for
 /// an empty slice): for data read soon at addresses the hardware prefetchers cannot guess.
 #[inline(always)]

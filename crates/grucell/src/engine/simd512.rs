@@ -215,6 +215,56 @@ pub(super) fn pack_lhs(
     true
 }
 
+/// `dst[j·rows + r] = src[r·ld + c0 + j]` for `r < rows`, `j < nc`: columns `c0..c0 + nc` of
+/// `src` (`rows` rows of stride `ld`) written as the rows of `dst` (`nc × rows`, row-major).
+/// Blocks of 16 × 16 are transposed in registers (16 loads and 16 stores of whole vectors),
+/// the edges copied element by element. Returns `false`, having done nothing, if a slice is
+/// too short.
+#[target_feature(enable = "avx512f")]
+pub(super) fn transpose_cols(
+    src: &[f32],
+    ld: usize,
+    rows: usize,
+    c0: usize,
+    nc: usize,
+    dst: &mut [f32],
+) -> bool {
+    if rows == 0 || nc == 0 {
+        return true;
+    }
+    if src.len() < (rows - 1) * ld + c0 + nc || dst.len() < nc * rows {
+        return false;
+    }
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut r = 0;
+    while r + 16 <= rows {
+        let mut j = 0;
+        while j + 16 <= nc {
+            // SAFETY: (r + i)·ld + c0 + j + 16 ≤ (rows − 1)·ld + c0 + nc ≤ src.len().
+            let mut v: [__m512; 16] =
+                std::array::from_fn(|i| unsafe { _mm512_loadu_ps(sp.add((r + i) * ld + c0 + j)) });
+            transpose16(&mut v);
+            for (jj, v) in v.iter().enumerate() {
+                // SAFETY: (j + jj)·rows + r + 16 ≤ (nc − 1)·rows + rows ≤ dst.len().
+                unsafe { _mm512_storeu_ps(dp.add((j + jj) * rows + r), *v) };
+            }
+            j += 16;
+        }
+        for jj in j..nc {
+            for i in r..r + 16 {
+                dst[jj * rows + i] = src[i * ld + c0 + jj];
+            }
+        }
+        r += 16;
+    }
+    for i in r..rows {
+        for jj in 0..nc {
+            dst[jj * rows + i] = src[i * ld + c0 + jj];
+        }
+    }
+    true
+}
+
 /// Transposes the 16 × 16 matrix whose rows are `v` in place.
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -749,6 +799,34 @@ mod tests {
     }
 
     /// The in-register transpose, on its own: row `i` of the result is column `i`.
+    #[test]
+    fn transpose_cols_transposes() {
+        if !avx512() {
+            return;
+        }
+        for &(rows, cols, c0, nc) in &[
+            (1, 1, 0, 1),
+            (16, 16, 0, 16),
+            (37, 50, 3, 33),
+            (64, 40, 8, 32),
+            (5, 70, 20, 17),
+        ] {
+            let ld = cols + 3;
+            let src = data(rows * ld, 0.3);
+            let mut dst = vec![f32::NAN; nc * rows];
+            // SAFETY: AVX-512F checked above.
+            assert!(unsafe { transpose_cols(&src, ld, rows, c0, nc, &mut dst) });
+            for j in 0..nc {
+                for r in 0..rows {
+                    assert_eq!(dst[j * rows + r].to_bits(), src[r * ld + c0 + j].to_bits());
+                }
+            }
+            let mut short = vec![0f32; nc * rows - 1];
+            // SAFETY: as above.
+            assert!(!unsafe { transpose_cols(&src, ld, rows, c0, nc, &mut short) });
+        }
+    }
+
     #[test]
     fn transpose16_transposes() {
         if !avx512() {
