@@ -1401,7 +1401,8 @@ mod tests {
     }
 
     /// Batch 1 gives the same bits from packed panels as from `B` in place: the strips read the
-    /// panels' vectors in the same order (full 64-column strips and the narrower rest).
+    /// panels' vectors in the same order (full 64-column strips and the narrower rest), whichever
+    /// order the segments are taken in.
     fn batch_one_packed_matches_in_place<T: Float>() {
         for &(k, seg) in &[(5, 3), (64, 64), (70, 100), (33, 130), (256, 200)] {
             let n = 3 * seg;
@@ -1430,23 +1431,29 @@ mod tests {
                         1,
                         &mut Vec::new(),
                     );
-                    Rhs::Packed(&pk).matmul(
-                        1,
-                        &a,
-                        k,
-                        kr.clone(),
-                        sr.clone(),
-                        &mut got,
-                        n,
-                        accumulate,
-                        1,
-                        &mut Vec::new(),
-                    );
-                    for (i, (x, y)) in got.iter().zip(&want).enumerate() {
-                        assert!(
-                            x.f64().to_bits() == y.f64().to_bits(),
-                            "k={k} seg={seg} at {i}: {x} vs {y}"
+                    // Twice: consecutive products take the segments in opposite orders
+                    // (`STRIP_ORDER`), with the same bits.
+                    let first = got.clone();
+                    for _ in 0..2 {
+                        got.copy_from_slice(&first);
+                        Rhs::Packed(&pk).matmul(
+                            1,
+                            &a,
+                            k,
+                            kr.clone(),
+                            sr.clone(),
+                            &mut got,
+                            n,
+                            accumulate,
+                            1,
+                            &mut Vec::new(),
                         );
+                        for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                            assert!(
+                                x.f64().to_bits() == y.f64().to_bits(),
+                                "k={k} seg={seg} at {i}: {x} vs {y}"
+                            );
+                        }
                     }
                 }
             }
