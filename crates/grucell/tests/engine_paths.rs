@@ -3,8 +3,10 @@
 //! helper team (threads ≥ 2 on large steps), sequences split by batch rows (training and
 //! unfused inference with ≥ 16 rows and 2 or more threads: `engine::gru::batch_parts`), rayon
 //! splits in the backward pass, weights packed ahead of the call (`PackedWeights`); both reset
-//! conventions, masks, go_backwards and recurrent dropout. Sizes are chosen so that every path is
-//! taken (see `engine::gru::use_team`, `batch_parts` and `recurrent_rhs`).
+//! conventions, masks, go_backwards and recurrent dropout; under every kernel level the CPU
+//! has (portable, AVX2+FMA, AVX-512: `engine::isa::set_limit`), each with its own paths. Sizes
+//! are chosen so that every path is taken (see `engine::gru::use_team`, `batch_parts`,
+//! `recurrent_rhs` and `projects_in_step`).
 //!
 //! Splitting work between threads never changes the order of any sum, so the f32 results of
 //! 1, 2 and 3 threads must be *identical*; all of them must match f64 to f32 round-off.
@@ -14,6 +16,7 @@ use grucell::engine::gru::{
     SequenceOutputs,
 };
 use grucell::engine::gru_backward::{gru_sequence_backward, GruGrads, OutputGrads};
+use grucell::engine::isa::{self, Isa};
 use grucell::engine::prepacked::PackedWeights;
 use grucell::engine::projection;
 use grucell::engine::workspace::GruWorkspace;
@@ -220,8 +223,37 @@ fn close(label: &str, a: &[f32], want: &[f64], tol: f64) {
     }
 }
 
+/// The kernels' level is process-wide ([`isa::set_limit`]): the tests of this file take turns.
+static ISA_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn isa_turn() -> std::sync::MutexGuard<'static, ()> {
+    ISA_TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Restores the best level when dropped (also when a check fails).
+struct FullIsa;
+
+impl Drop for FullIsa {
+    fn drop(&mut self) {
+        isa::set_limit(Isa::Avx512);
+    }
+}
+
+/// Every kernel level this CPU has (portable, AVX2+FMA, AVX-512), each taking its own paths
+/// (e.g. the in-step projection of wide inputs and the packed left operands only on AVX-512).
 #[test]
 fn all_paths_agree_with_f64_and_across_thread_counts() {
+    let _turn = isa_turn();
+    let _full = FullIsa;
+    for level in [Isa::Portable, Isa::Avx2Fma, Isa::Avx512] {
+        if level <= isa::detected() {
+            isa::set_limit(level);
+            check_all_paths(level);
+        }
+    }
+}
+
+fn check_all_paths(level: Isa) {
     // (B, T, D, u): batch-1 strips; in-place tiles (T < 4); packed + packed-kernel projection;
     // team with the packed-kernel projection; team with the GEMM-crate projection (D > 256);
     // team with a narrow last panel (u = 200 is not a multiple of 16); a wide input (D > 256) of
@@ -251,7 +283,8 @@ fn all_paths_agree_with_f64_and_across_thread_counts() {
             seed += 1;
             let mut pr = Problem::new(size, reset_after, masked, backwards, rec_drop, seed);
             let label = format!(
-                "{size:?} reset_after={reset_after} mask={masked} back={backwards} drop={rec_drop}"
+                "{level}: {size:?} reset_after={reset_after} mask={masked} back={backwards} \
+                 drop={rec_drop}"
             );
             // The f64 reference trains only on a few small cases; the f32 runs compare thread
             // counts both in inference (fused team steps) and in training (gradients too).
@@ -328,6 +361,7 @@ fn same(a: &[f32], b: &[f32]) -> bool {
 /// path and thread count, and a non-finite `U` must turn the skip off (`0 · ∞` is NaN in Keras).
 #[test]
 fn skipped_first_products_change_nothing() {
+    let _turn = isa_turn();
     let sizes = [
         (1, 5, 3, 70),
         (13, 6, 7, 40),
@@ -383,6 +417,7 @@ fn skipped_first_products_change_nothing() {
 /// round-off where a wide `W` is read by `engine::projection`).
 #[test]
 fn single_steps_on_prepacked_weights_change_nothing() {
+    let _turn = isa_turn();
     use grucell::engine::gru::gru_step;
     for &(b, d, u) in &[(5, 7, 40), (3, 300, 33), (2, 9, 20), (1, 4, 64)] {
         let pr = Problem::new((b, 1, d, u), true, false, false, false, 7 + u as u64);
@@ -428,6 +463,7 @@ fn single_steps_on_prepacked_weights_change_nothing() {
 /// Packing checks the slices against the dimensions it is given.
 #[test]
 fn packed_weights_reject_short_slices() {
+    let _turn = isa_turn();
     let (d, u) = (4, 8);
     let kernel = vec![0.0f32; d * 3 * u - 1];
     let rec = vec![0.0f32; u * 3 * u];

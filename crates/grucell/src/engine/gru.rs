@@ -892,7 +892,12 @@ fn sequence_rows<T: Float>(
             input_dim: d,
             w: Rhs::Packed(prepacked_w.unwrap_or(wpacked)),
             bias: p.xp_bias,
-            packed_x: packed_x.then_some(&xm[..time * batch * d]),
+            // (Not `then_some`: its argument is evaluated, and `xm` is short when not packed.)
+            packed_x: if packed_x {
+                xm.get(..time * batch * d)
+            } else {
+                None
+            },
         }
     } else {
         StepInputs::Projected(xp)
