@@ -61,7 +61,8 @@ pub const MAX_ROWS: usize = 512;
 const BLOCK_ROWS: usize = 128;
 
 /// Depth (`k`) of the k-blocks of three panels at once: their 128 × 48 floats (24 KiB) and a row
-/// tile's 16 rows of packed `X` (8 KiB) stay in L1 together (256: 2–5 % slower).
+/// tile's 16 rows of packed `X` (8 KiB) stay in L1 together (256: 2–5 % slower). Also the
+/// k-blocks of wide inputs projected inside fused steps (`team::StepInputs::Raw`).
 pub(crate) const GROUP_KC: usize = 128;
 
 /// Whether the engine projects wide inputs with [`project`] at all: `f32` on CPUs with the
