@@ -926,37 +926,23 @@ fn sequence_rows<T: Float>(
                 t,
                 zero: zero_state,
             };
-            if let (true, Some(ctx)) = (alone, &fused) {
-                fused_step_alone(
-                    rhs,
-                    ctx,
-                    at,
-                    batch,
-                    &h[..batch * u],
-                    &mut h2[..batch * u],
-                    pscratch,
-                    // Free in fused steps (no recurrent dropout): `h` packed.
-                    hs,
-                );
-            } else if let (Par::Team(team), Some(ctx)) = (par, &fused) {
-                team.fused_step(
-                    rhs,
-                    ctx,
-                    at,
-                    batch,
-                    &h[..batch * u],
-                    &mut h2[..batch * u],
-                    pscratch,
-                );
-            } else {
-                step_rows(
+            let (hb, hn) = (&h[..batch * u], &mut h2[..batch * u]);
+            match (par, &fused) {
+                (Par::Team(team), Some(ctx)) => {
+                    team.fused_step(rhs, ctx, at, batch, hb, hn, pscratch);
+                }
+                // Free in fused steps (no recurrent dropout), `hs` holds `h` packed.
+                (_, Some(ctx)) if alone => {
+                    fused_step_alone(rhs, ctx, at, batch, hb, hn, pscratch, hs);
+                }
+                _ => step_rows(
                     p,
                     rhs,
                     batch,
                     xp,
                     xp_row,
-                    &h[..batch * u],
-                    &mut h2[..batch * u],
+                    hb,
+                    hn,
                     hu,
                     tmp,
                     dropout.recurrent,
@@ -967,7 +953,7 @@ fn sequence_rows<T: Float>(
                     trace
                         .as_mut()
                         .map(|tr| (tr, &row_of as &dyn Fn(usize) -> usize)),
-                );
+                ),
             }
             // The new state becomes the state by swapping the two buffers; a masked row first
             // takes its old state over. Without a mask the output is the new state, and the last

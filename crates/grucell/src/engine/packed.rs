@@ -412,7 +412,8 @@ pub enum Rhs<'a, T> {
 }
 
 impl<T: Float> Rhs<'_, T> {
-    fn seg(&self) -> usize {
+    /// Columns per segment (a GRU's units, for its kernels' gate segments).
+    pub(crate) fn seg(&self) -> usize {
         match self {
             Rhs::Packed(p) => p.seg,
             Rhs::Plain { seg, .. } => *seg,

@@ -522,15 +522,12 @@ pub(crate) fn fused_step_alone<T: Float>(
 ) {
     let u = ctx.units;
     let panels = rhs.panels_per_segment();
-    let pack = !at.zero && Lhs::<T>::wanted(m, u, 3 * panels);
-    if pack {
+    let h = &h[..m * u];
+    let hl = if !at.zero && Lhs::<T>::wanted(m, u, 3 * panels) {
         grow(packed_h, m * u);
-        Lhs::pack_into(h, u, m, &(0..u), packed_h);
-    }
-    let hl = Lhs {
-        rows: &h[..m * u],
-        lda: u,
-        packed: if pack { packed_h.get(..m * u) } else { None },
+        Lhs::with_packed(h, u, m, &(0..u), packed_h)
+    } else {
+        Lhs::rows(h, u)
     };
     for q in 0..panels {
         fused_panel(&rhs, ctx, at, q, m, hl, tiles, h_new, u, q * NR);
@@ -575,22 +572,9 @@ fn fused_panel<T: Float>(
     // for all three, each panel's own sums), where the kernel can and the kernel is not streamed
     // (a streamed one is prefetched panel by panel). The three gates' panels `q` are equally
     // wide, so where the group kernel cannot run (no AVX-512, `h` not packed), no pair could.
-    let grouped = !at.zero && rhs.upcoming_at(0, q).is_none() && {
-        let p: [(usize, usize, &[T], usize); 3] = std::array::from_fn(|g| rhs.panel(g, q));
-        p.iter().all(|x| x.1 == NR && x.3 == NR)
-            && run_panel_group::<T, 3, KC>(
-                m,
-                hl,
-                &(0..u),
-                [p[0].2, p[1].2, p[2].2],
-                th_tiles,
-                [0, tl, 2 * tl],
-                NR,
-                false,
-                None,
-                [&[], &[], &[]],
-            )
-    };
+    let grouped = !at.zero
+        && rhs.upcoming_at(0, q).is_none()
+        && gate_group::<T, KC>(rhs, q, m, hl, u, th_tiles, None);
     // With `x_t` packed, its products for the three gates as one group too (the bias added as
     // they are stored). Short inputs in k-blocks of `KC`: a call without a team projects them
     // before the loop with `run_panel`, which sums the same; wider ones, which are projected in
@@ -603,44 +587,15 @@ fn fused_panel<T: Float>(
             bias,
             packed_x: Some(px),
         } => {
-            let p: [(usize, usize, &[T], usize); 3] = std::array::from_fn(|g| wk.panel(g, q));
-            p.iter().all(|x| x.1 == NR && x.3 == NR) && {
-                let lhs = Lhs {
-                    rows: &x[t * d..],
-                    lda: ctx.time * d,
-                    packed: px.get(t * m * d..(t + 1) * m * d),
-                };
-                let bs = [p[0].2, p[1].2, p[2].2];
-                // Full panels: units j0..j0 + NR of each gate exist.
-                let bias = bias.map(|b| std::array::from_fn(|g| &b[g * u + j0..g * u + j0 + NR]));
-                let (os, none) = ([0, tl, 2 * tl], [&[] as &[T]; 3]);
-                if d <= PROJECT_OWN_MAX_K {
-                    run_panel_group::<T, 3, KC>(
-                        m,
-                        lhs,
-                        &(0..d),
-                        bs,
-                        tx_tiles,
-                        os,
-                        NR,
-                        false,
-                        bias,
-                        none,
-                    )
-                } else {
-                    run_panel_group::<T, 3, GROUP_KC>(
-                        m,
-                        lhs,
-                        &(0..d),
-                        bs,
-                        tx_tiles,
-                        os,
-                        NR,
-                        false,
-                        bias,
-                        none,
-                    )
-                }
+            let lhs = Lhs {
+                rows: &x[t * d..],
+                lda: ctx.time * d,
+                packed: px.get(t * m * d..(t + 1) * m * d),
+            };
+            if d <= PROJECT_OWN_MAX_K {
+                gate_group::<T, KC>(&wk, q, m, lhs, d, tx_tiles, bias)
+            } else {
+                gate_group::<T, GROUP_KC>(&wk, q, m, lhs, d, tx_tiles, bias)
             }
         }
         _ => false,
@@ -744,6 +699,40 @@ fn fused_panel<T: Float>(
             *n = *zv * *hv + (T::one() - *zv) * *cv;
         }
     }
+}
+
+/// `A[0..m, 0..k] · B` for the three gate panels `q` of `rhs` as one group (each value of `A`
+/// broadcast once for all three, each panel's own sums in k-blocks of `BK`), gate `g`'s `m × NR`
+/// tile at `tiles[g·m·NR..]`, each gate's columns of `bias` (`3u`) added as they are stored.
+/// `false`, having done nothing, where a panel is narrow or the group kernel cannot run.
+fn gate_group<T: Float, const BK: usize>(
+    rhs: &Rhs<'_, T>,
+    q: usize,
+    m: usize,
+    lhs: Lhs<'_, T>,
+    k: usize,
+    tiles: &mut [T],
+    bias: Option<&[T]>,
+) -> bool {
+    let p: [(usize, usize, &[T], usize); 3] = std::array::from_fn(|g| rhs.panel(g, q));
+    if !p.iter().all(|x| x.1 == NR && x.3 == NR) {
+        return false;
+    }
+    // Full panels: units j0..j0 + NR of each gate exist.
+    let (u, j0, tl) = (rhs.seg(), q * NR, m * NR);
+    let bias = bias.map(|b| std::array::from_fn(|g| &b[g * u + j0..g * u + j0 + NR]));
+    run_panel_group::<T, 3, BK>(
+        m,
+        lhs,
+        &(0..k),
+        [p[0].2, p[1].2, p[2].2],
+        tiles,
+        [0, tl, 2 * tl],
+        NR,
+        false,
+        bias,
+        [&[], &[], &[]],
+    )
 }
 
 /// The panel indices (within `job.segs`) of share `s`.
