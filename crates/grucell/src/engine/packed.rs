@@ -969,7 +969,7 @@ fn run_strip<T: Float>(
                     // (checked by `active`).
                     let done = unsafe {
                         if isa == Isa::Avx512 {
-                            super::simd512::strip(a32, kr, bs, ldb, vs, cs, accumulate)
+                            super::simd512::strip::<4>(a32, kr, bs, ldb, vs, cs, accumulate)
                         } else {
                             super::simd::strip(a32, kr, bs, ldb, vs, cs, accumulate)
                         }
@@ -978,6 +978,36 @@ fn run_strip<T: Float>(
                         break;
                     }
                     c0 += WIDE;
+                }
+            }
+        }
+    }
+    // On AVX-512, the columns left in strips of 32 and 16 (two accumulators per vector, for
+    // even and odd `k`: one chain of dependent FMAs per vector waited on the FMA latency).
+    #[cfg(target_arch = "x86_64")]
+    if c0 + NR <= w && active() == Isa::Avx512 {
+        if let (Some(a32), Some(c32)) = (T::slice_f32(a), T::slice_f32_mut(c)) {
+            for v in [2, 1] {
+                while c0 + v * NR <= w {
+                    let (bs, ldb, vs) = b.at(c0);
+                    let (Some(bs), Some(cs)) = (
+                        T::slice_f32(bs).and_then(|bs| bs.get(kr.start * ldb..)),
+                        c32.get_mut(c0..),
+                    ) else {
+                        break;
+                    };
+                    // SAFETY: the CPU has AVX-512F (checked by `active`).
+                    let done = unsafe {
+                        if v == 2 {
+                            super::simd512::strip::<2>(a32, kr, bs, ldb, vs, cs, accumulate)
+                        } else {
+                            super::simd512::strip::<1>(a32, kr, bs, ldb, vs, cs, accumulate)
+                        }
+                    };
+                    if !done {
+                        break;
+                    }
+                    c0 += v * NR;
                 }
             }
         }

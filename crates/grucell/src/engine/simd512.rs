@@ -476,11 +476,12 @@ fn tile_group<const R: usize, const P: usize>(
     }
 }
 
-/// One row of `A` times a 64-column strip of `B` (offset to row `kr.start` and to the strip's
-/// first column): row stride `ldb`, its four 16-column vectors `vs` apart (`16` in place, a
-/// panel's length when `B` is packed). Returns `false` if a slice is too short.
+/// One row of `A` times a strip of `V` 16-column vectors of `B` (64, 32 or 16 columns; offset to
+/// row `kr.start` and to the strip's first column): row stride `ldb`, its vectors `vs` apart
+/// (`16` in place, a panel's length when `B` is packed). Returns `false` if a slice is too
+/// short.
 #[target_feature(enable = "avx512f")]
-pub(super) fn strip(
+pub(super) fn strip<const V: usize>(
     a: &[f32],
     kr: &Range<usize>,
     b: &[f32],
@@ -489,10 +490,10 @@ pub(super) fn strip(
     c: &mut [f32],
     accumulate: bool,
 ) -> bool {
-    const V: usize = WIDE / NR;
+    let width = V * NR;
     let klen = kr.len();
     let fits = klen == 0 || b.len() >= (klen - 1) * ldb + (V - 1) * vs + NR;
-    if !fits || a.len() < kr.end || c.len() < WIDE {
+    if width > WIDE || !fits || a.len() < kr.end || c.len() < width {
         return false;
     }
     let a = &a[kr.clone()];
@@ -529,10 +530,10 @@ pub(super) fn strip(
     }
     let mut out = [0f32; WIDE];
     for v in 0..V {
-        // SAFETY: `out` holds 64 floats; store v writes out[16v..16v + 16].
+        // SAFETY: `out` holds 64 ≥ 16·V floats; store v writes out[16v..16v + 16].
         unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(NR * v), _mm512_add_ps(even[v], odd[v])) };
     }
-    store(&mut c[..WIDE], &out, accumulate);
+    store(&mut c[..width], &out[..width], accumulate);
     true
 }
 
@@ -851,33 +852,41 @@ mod tests {
         }
     }
 
-    #[test]
-    fn strip_matches_reference() {
-        if !avx512() {
-            return;
-        }
+    /// A strip of `V` vectors against the `f64` reference; the columns past it untouched.
+    fn check_strip<const V: usize>() {
+        let width = V * NR;
         for &(k0, k1) in &[(0usize, 0usize), (0, 1), (2, 9), (0, 64), (1, 300)] {
             for &accumulate in &[false, true] {
                 let kr = k0..k1;
                 let ldb = WIDE + 8;
                 let a = data(k1 + 2, 0.41);
                 let b = data(kr.len().max(1) * ldb, 0.07);
-                let c0 = data(WIDE + 3, 0.19);
+                let c0 = data(width + 3, 0.19);
                 let mut c = c0.clone();
-                // SAFETY: AVX-512F is present (checked above).
-                assert!(unsafe { strip(&a, &kr, &b, ldb, NR, &mut c, accumulate) });
-                let want = reference(1, &a, 0, &kr, &b, ldb, WIDE, &c0, 0, accumulate);
-                for j in 0..WIDE {
+                // SAFETY: AVX-512F is present (checked by the caller).
+                assert!(unsafe { strip::<V>(&a, &kr, &b, ldb, NR, &mut c, accumulate) });
+                let want = reference(1, &a, 0, &kr, &b, ldb, width, &c0, 0, accumulate);
+                for j in 0..width {
                     let w = want[j];
                     assert!(
                         (f64::from(c[j]) - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                        "k {kr:?} acc {accumulate} col {j}: {} vs {w}",
+                        "V {V} k {kr:?} acc {accumulate} col {j}: {} vs {w}",
                         c[j]
                     );
                 }
-                assert_eq!(c[WIDE..], c0[WIDE..]);
+                assert_eq!(c[width..], c0[width..]);
             }
         }
+    }
+
+    #[test]
+    fn strip_matches_reference() {
+        if !avx512() {
+            return;
+        }
+        check_strip::<4>();
+        check_strip::<2>();
+        check_strip::<1>();
     }
 
     #[test]
@@ -919,8 +928,9 @@ mod tests {
                 false,
                 None
             )); // c
-            assert!(!strip(&a, &k10, &b, NR, NR, &mut c, false)); // b narrower than a strip
-            assert!(!strip(&a, &k10, &b, NR, 2 * NR, &mut c, false)); // vectors past b's end
+            assert!(!strip::<4>(&a, &k10, &b, NR, NR, &mut c, false)); // b narrower than a strip
+            assert!(!strip::<4>(&a, &k10, &b, NR, 2 * NR, &mut c, false)); // vectors past b's end
+            assert!(!strip::<2>(&a, &k10, &b, NR, NR, &mut c, false)); // c narrower than 32
         }
         assert!(c.iter().all(|&v| v == 0.0));
     }
