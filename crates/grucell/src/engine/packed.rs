@@ -940,8 +940,8 @@ impl<'a, T> Strip<'a, T> {
     }
 }
 
-/// One row of `A` times `w` columns of `B`, in strips of [`WIDE`] columns: every column is summed
-/// in the same order whether `B` is in place or packed.
+/// One row of `A` times `w` columns of `B`, in strips of [`WIDE`] columns (then 32 and 16 on
+/// AVX-512): every column is summed in the same order whether `B` is in place or packed.
 #[inline]
 fn run_strip<T: Float>(
     a: &[T],
@@ -952,12 +952,22 @@ fn run_strip<T: Float>(
     accumulate: bool,
 ) {
     let mut c0 = 0;
+    // Strips of 64 columns (AVX2+FMA or AVX-512), then on AVX-512 of 32 and 16 (two accumulators
+    // per vector, for even and odd `k`: one chain of dependent FMAs per vector waited on the
+    // FMA latency).
     #[cfg(target_arch = "x86_64")]
     {
         let isa = active();
-        if isa >= Isa::Avx2Fma {
-            if let (Some(a32), Some(c32)) = (T::slice_f32(a), T::slice_f32_mut(c)) {
-                while c0 + WIDE <= w {
+        let widths: &[usize] = match isa {
+            Isa::Avx512 => &[WIDE, 2 * NR, NR],
+            Isa::Avx2Fma => &[WIDE],
+            Isa::Portable => &[],
+        };
+        if let (false, Some(a32), Some(c32)) =
+            (widths.is_empty(), T::slice_f32(a), T::slice_f32_mut(c))
+        {
+            for &width in widths {
+                while c0 + width <= w {
                     let (bs, ldb, vs) = b.at(c0);
                     let (Some(bs), Some(cs)) = (
                         T::slice_f32(bs).and_then(|bs| bs.get(kr.start * ldb..)),
@@ -966,48 +976,25 @@ fn run_strip<T: Float>(
                         break;
                     };
                     // SAFETY: the CPU has AVX2 and FMA, and AVX-512F where `isa` says so
-                    // (checked by `active`).
+                    // (checked by `active`); strips narrower than WIDE only with AVX-512F.
                     let done = unsafe {
-                        if isa == Isa::Avx512 {
-                            super::simd512::strip::<4>(a32, kr, bs, ldb, vs, cs, accumulate)
-                        } else {
-                            super::simd::strip(a32, kr, bs, ldb, vs, cs, accumulate)
+                        match (isa, width) {
+                            (Isa::Avx512, WIDE) => {
+                                super::simd512::strip::<4>(a32, kr, bs, ldb, vs, cs, accumulate)
+                            }
+                            (Isa::Avx512, 32) => {
+                                super::simd512::strip::<2>(a32, kr, bs, ldb, vs, cs, accumulate)
+                            }
+                            (Isa::Avx512, _) => {
+                                super::simd512::strip::<1>(a32, kr, bs, ldb, vs, cs, accumulate)
+                            }
+                            _ => super::simd::strip(a32, kr, bs, ldb, vs, cs, accumulate),
                         }
                     };
                     if !done {
                         break;
                     }
-                    c0 += WIDE;
-                }
-            }
-        }
-    }
-    // On AVX-512, the columns left in strips of 32 and 16 (two accumulators per vector, for
-    // even and odd `k`: one chain of dependent FMAs per vector waited on the FMA latency).
-    #[cfg(target_arch = "x86_64")]
-    if c0 + NR <= w && active() == Isa::Avx512 {
-        if let (Some(a32), Some(c32)) = (T::slice_f32(a), T::slice_f32_mut(c)) {
-            for v in [2, 1] {
-                while c0 + v * NR <= w {
-                    let (bs, ldb, vs) = b.at(c0);
-                    let (Some(bs), Some(cs)) = (
-                        T::slice_f32(bs).and_then(|bs| bs.get(kr.start * ldb..)),
-                        c32.get_mut(c0..),
-                    ) else {
-                        break;
-                    };
-                    // SAFETY: the CPU has AVX-512F (checked by `active`).
-                    let done = unsafe {
-                        if v == 2 {
-                            super::simd512::strip::<2>(a32, kr, bs, ldb, vs, cs, accumulate)
-                        } else {
-                            super::simd512::strip::<1>(a32, kr, bs, ldb, vs, cs, accumulate)
-                        }
-                    };
-                    if !done {
-                        break;
-                    }
-                    c0 += v * NR;
+                    c0 += width;
                 }
             }
         }
