@@ -98,9 +98,11 @@ pub struct GruTrace<T> {
     /// Whether `pre` is filled.
     pub has_pre: bool,
     /// Kept between backward passes so that they allocate nothing new: `Uᵀ` packed for the
-    /// reverse loop, and the row-major copy of a transposed weight-gradient operand.
+    /// reverse loop, the row-major copy of a chunk of a transposed weight-gradient operand, and
+    /// each batch row's bias-gradient sums `(B, 4u)`.
     pub(crate) packed_t: super::packed::PackedRhs<T>,
     pub(crate) transposed: Vec<T>,
+    pub(crate) bias_rows: Vec<T>,
 }
 
 impl<T: Float> GruTrace<T> {
