@@ -1004,6 +1004,21 @@ fn run_strip<T: Float>(
         let cw = NR.min(w - c0);
         let (bs, ldb, _) = b.at(c0);
         #[cfg(target_arch = "x86_64")]
+        if active() == Isa::Avx512 && cw < NR {
+            // The last columns of a segment that is not a multiple of 16 wide.
+            if let (Some(a32), Some(bs), Some(cs)) = (
+                T::slice_f32(a),
+                T::slice_f32(bs).and_then(|bs| bs.get(kr.start * ldb..)),
+                T::slice_f32_mut(&mut c[c0..]),
+            ) {
+                // SAFETY: the CPU has AVX-512F (checked by `active`).
+                if unsafe { super::simd512::strip_tail(a32, kr, bs, ldb, cw, cs, accumulate) } {
+                    c0 += cw;
+                    continue;
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
         if active() >= Isa::Avx2Fma {
             // SAFETY: the CPU has AVX2 and FMA (checked by `active`).
             unsafe { strip_avx2_fma(a, kr, bs, ldb, cw, &mut c[c0..], accumulate) };

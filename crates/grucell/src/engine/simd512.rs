@@ -12,10 +12,10 @@
 use super::packed::{store, tile_rows, KC, LHS_TILE_ROWS, NR};
 use super::simd::WIDE;
 use std::arch::x86_64::{
-    __m512, _mm512_add_ps, _mm512_castpd_ps, _mm512_castps_pd, _mm512_fmadd_ps, _mm512_loadu_ps,
-    _mm512_mask_storeu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_shuffle_f32x4,
-    _mm512_storeu_ps, _mm512_unpackhi_pd, _mm512_unpackhi_ps, _mm512_unpacklo_pd,
-    _mm512_unpacklo_ps, _mm_prefetch, _MM_HINT_T0,
+    __m512, __mmask16, _mm512_add_ps, _mm512_castpd_ps, _mm512_castps_pd, _mm512_fmadd_ps,
+    _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_set1_ps,
+    _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_storeu_ps, _mm512_unpackhi_pd,
+    _mm512_unpackhi_ps, _mm512_unpacklo_pd, _mm512_unpacklo_ps, _mm_prefetch, _MM_HINT_T0,
 };
 use std::ops::Range;
 
@@ -476,6 +476,58 @@ fn tile_group<const R: usize, const P: usize>(
     }
 }
 
+/// One row of `A` times the last `w < 16` columns of a segment of `B` (offset to row `kr.start`
+/// and to the first of those columns, row stride `ldb`), as [`strip`] sums them (even and odd
+/// `k` apart, then added) but reading only those `w` columns (masked loads), so it serves `B`
+/// in place and packed alike. Before, such columns were one chain of dependent FMAs each.
+/// Returns `false` if a slice is too short.
+#[target_feature(enable = "avx512f")]
+pub(super) fn strip_tail(
+    a: &[f32],
+    kr: &Range<usize>,
+    b: &[f32],
+    ldb: usize,
+    w: usize,
+    c: &mut [f32],
+    accumulate: bool,
+) -> bool {
+    let klen = kr.len();
+    let fits = klen == 0 || b.len() >= (klen - 1) * ldb + w;
+    if w == 0 || w >= NR || !fits || a.len() < kr.end || c.len() < w {
+        return false;
+    }
+    let a = &a[kr.clone()];
+    let bp = b.as_ptr();
+    // Lanes w..16 are neither read nor written.
+    let mask: __mmask16 = (1u16 << w) - 1;
+    let (mut even, mut odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let pairs = a.chunks_exact(2);
+    let last = pairs.remainder().first().copied();
+    for (p, pair) in pairs.enumerate() {
+        let row = 2 * p * ldb;
+        // SAFETY: the `w` lanes read end at row + ldb + w ≤ (klen − 1)·ldb + w ≤ b.len()
+        // (2p + 1 ≤ klen − 1, checked above); masked-off lanes are not accessed.
+        let (b0, b1) = unsafe {
+            (
+                _mm512_maskz_loadu_ps(mask, bp.add(row)),
+                _mm512_maskz_loadu_ps(mask, bp.add(row + ldb)),
+            )
+        };
+        even = _mm512_fmadd_ps(_mm512_set1_ps(pair[0]), b0, even);
+        odd = _mm512_fmadd_ps(_mm512_set1_ps(pair[1]), b1, odd);
+    }
+    if let Some(al) = last {
+        // SAFETY: the `w` lanes read end at (klen − 1)·ldb + w ≤ b.len(), checked above.
+        let bv = unsafe { _mm512_maskz_loadu_ps(mask, bp.add((klen - 1) * ldb)) };
+        even = _mm512_fmadd_ps(_mm512_set1_ps(al), bv, even);
+    }
+    let mut out = [0f32; NR];
+    // SAFETY: `out` holds 16 floats.
+    unsafe { _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(even, odd)) };
+    store(&mut c[..w], &out[..w], accumulate);
+    true
+}
+
 /// One row of `A` times a strip of `V` 16-column vectors of `B` (64, 32 or 16 columns; offset to
 /// row `kr.start` and to the strip's first column): row stride `ldb`, its vectors `vs` apart
 /// (`16` in place, a panel's length when `B` is packed). Returns `false` if a slice is too
@@ -887,6 +939,52 @@ mod tests {
         check_strip::<4>();
         check_strip::<2>();
         check_strip::<1>();
+    }
+
+    /// Every tail width, with `B` ending exactly after the last row's `w` columns (the masked
+    /// loads read nothing past it), one value short refused, and the columns past `w` of `C`
+    /// untouched.
+    #[test]
+    fn strip_tail_matches_reference() {
+        if !avx512() {
+            return;
+        }
+        for w in 1..NR {
+            for &(k0, k1) in &[(0usize, 0usize), (0, 1), (2, 9), (0, 64), (1, 300)] {
+                for &accumulate in &[false, true] {
+                    let kr = k0..k1;
+                    let ldb = 3 * NR + 5;
+                    let a = data(k1 + 2, 0.41);
+                    let len = if kr.is_empty() {
+                        w
+                    } else {
+                        (kr.len() - 1) * ldb + w
+                    };
+                    let b = data(len, 0.07);
+                    let c0 = data(NR + 3, 0.19);
+                    let mut c = c0.clone();
+                    // SAFETY: AVX-512F is present (checked above).
+                    assert!(unsafe { strip_tail(&a, &kr, &b, ldb, w, &mut c, accumulate) });
+                    let want = reference(1, &a, 0, &kr, &b, ldb, w, &c0, 0, accumulate);
+                    for j in 0..w {
+                        let v = want[j];
+                        assert!(
+                            (f64::from(c[j]) - v).abs() <= 1e-5 * (1.0 + v.abs()),
+                            "w {w} k {kr:?} acc {accumulate} col {j}: {} vs {v}",
+                            c[j]
+                        );
+                    }
+                    assert_eq!(c[w..], c0[w..]);
+                    if !kr.is_empty() {
+                        // SAFETY: as above.
+                        let short = unsafe {
+                            strip_tail(&a, &kr, &b[..len - 1], ldb, w, &mut c, accumulate)
+                        };
+                        assert!(!short, "w {w} k {kr:?}: a short `B` was read");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
