@@ -191,9 +191,32 @@ pub(crate) const TEAM_LHS_PACK_MIN_BYTES: usize = 256 << 10;
 
 /// Most rows per register tile of the AVX-512 kernel, and per tile of a packed [`Lhs`].
 pub(crate) const LHS_TILE_ROWS: usize = 16;
-/// Depth (`k`) of one block of the AVX2 and AVX-512 panel kernels (each element is summed block
-/// by block, a block's products in `k` order): 256 × 16 floats of a panel (16 KiB) stay in L1.
+/// Depth (`k`) of one block of the AVX2 and AVX-512 panel kernels for products of depth up to
+/// `KC` (each element is summed block by block, a block's products in `k` order): 256 × 16
+/// floats of a panel (16 KiB) stay in L1. Deeper products take blocks of [`KC_DEEP`] (see
+/// [`block_depth`]).
 pub(crate) const KC: usize = 256;
+
+/// Depth of the k-blocks of products deeper than [`KC`]. A block of three panels (the group
+/// kernel) is then 24 KiB instead of 48, so it and the packed rows of two 16-row tiles share
+/// L1 where the 48 KiB block was partly evicted by the second tile's rows and re-read from L2.
+/// Measured on the AVX-512 Xeon (48 KiB L1), one thread, `h·U` with `U` streamed (3 MiB):
+/// 32 × 512 · 512 × 1536 136 → 141 GFLOP/s, 64 rows 145 → 148, 16 × 1024 · 1024 × 3072 ±0;
+/// two threads, in one process: L training −2 %, L forward −1.5 %, XL forward ±0. Products of
+/// depth up to 256 keep one block: M training (depth 768 in its reverse loop) was 2.5 % slower
+/// with 128 for every depth, as was anything that split its only block in two.
+pub(crate) const KC_DEEP: usize = 128;
+
+/// Depth of the k-blocks of the AVX2 and AVX-512 panel kernels for a product of depth `k`
+/// ([`KC`] or [`KC_DEEP`]): a function of the depth alone, so that every path that computes
+/// a product (team or not, group or single panels, any thread count) sums it the same way.
+pub(crate) fn block_depth(k: usize) -> usize {
+    if k <= KC {
+        KC
+    } else {
+        KC_DEEP
+    }
+}
 
 /// Rows of the register tile that starts at row `i` of `m`: tiles of at most `max` rows, the rows
 /// spread evenly over the fewest tiles. A tile of 4 or more rows runs at the FMA units' full
@@ -657,7 +680,7 @@ impl<T: Float> Rhs<'_, T> {
                     Some((c2, b2)) => {
                         let (bs, os) = ([b, b1, b2], [c0, c1, c2]);
                         let none = [&[][..]; 3];
-                        run_panel_group::<T, 3, KC>(
+                        run_panel_group_by_depth::<T, 3>(
                             m, a, kr, bs, c, os, ldc, accumulate, None, none,
                         )
                         .then_some(2)
@@ -665,7 +688,7 @@ impl<T: Float> Rhs<'_, T> {
                     None => {
                         let (bs, os) = ([b, b1], [c0, c1]);
                         let none = [&[][..]; 2];
-                        run_panel_group::<T, 2, KC>(
+                        run_panel_group_by_depth::<T, 2>(
                             m, a, kr, bs, c, os, ldc, accumulate, None, none,
                         )
                         .then_some(1)
@@ -760,7 +783,7 @@ pub(crate) fn run_panel_range<T: Float>(
                 Some((_, b2)) => {
                     let os = [j * tile, (j + 1) * tile, (j + 2) * tile];
                     let none = [&[][..]; 3];
-                    run_panel_group::<T, 3, KC>(
+                    run_panel_group_by_depth::<T, 3>(
                         m,
                         a,
                         kr,
@@ -777,7 +800,7 @@ pub(crate) fn run_panel_range<T: Float>(
                 None => {
                     let os = [j * tile, (j + 1) * tile];
                     let none = [&[][..]; 2];
-                    run_panel_group::<T, 2, KC>(
+                    run_panel_group_by_depth::<T, 2>(
                         m,
                         a,
                         kr,
@@ -868,6 +891,27 @@ pub(crate) fn run_panel<T: Float>(
     panel_kernel::<T, false>(m, a, lda, kr, b, ldb, w, c, ldc, accumulate);
 }
 
+/// [`run_panel_group`] in k-blocks of [`block_depth`]`(|kr|)`, as [`run_panel`] sums.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_panel_group_by_depth<T: Float, const P: usize>(
+    m: usize,
+    lhs: Lhs<'_, T>,
+    kr: &Range<usize>,
+    bs: [&[T]; P],
+    c: &mut [T],
+    offsets: [usize; P],
+    ldc: usize,
+    accumulate: bool,
+    bias: Option<[&[T]; P]>,
+    next: [&[T]; P],
+) -> bool {
+    if block_depth(kr.len()) == KC {
+        run_panel_group::<T, P, KC>(m, lhs, kr, bs, c, offsets, ldc, accumulate, bias, next)
+    } else {
+        run_panel_group::<T, P, KC_DEEP>(m, lhs, kr, bs, c, offsets, ldc, accumulate, bias, next)
+    }
+}
+
 /// `P` full panels (`bs`: packed, row stride [`NR`], from row 0) for all `m` rows at once, into
 /// `c` at `offsets` (row stride `ldc`), each panel's 16 values of `bias` added last, when the
 /// AVX-512 kernel can (`f32`, `A` packed): `true` if done, `false` (nothing done) for the
@@ -875,7 +919,7 @@ pub(crate) fn run_panel<T: Float>(
 /// may be empty).
 #[allow(clippy::too_many_arguments)]
 #[inline]
-pub(crate) fn run_panel_group<T: Float, const P: usize, const KC: usize>(
+pub(crate) fn run_panel_group<T: Float, const P: usize, const BK: usize>(
     m: usize,
     lhs: Lhs<'_, T>,
     kr: &Range<usize>,
@@ -910,7 +954,7 @@ pub(crate) fn run_panel_group<T: Float, const P: usize, const KC: usize>(
             // SAFETY: the CPU has AVX-512F (checked by `active`), the function's only
             // requirement.
             return unsafe {
-                super::simd512::panel_group::<P, KC>(
+                super::simd512::panel_group::<P, BK>(
                     m, at, kr, b, c, offsets, ldc, accumulate, bias, next32,
                 )
             };

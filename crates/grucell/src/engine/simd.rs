@@ -7,7 +7,7 @@
 //! AVX2 and FMA. Every raw load is preceded by a bounds check of the whole range it reads, made
 //! once per tile; a failed check returns `false` and the caller uses the generic kernel.
 
-use super::packed::{store, tile_rows, KC, NR};
+use super::packed::{block_depth, store, tile_rows, NR};
 use std::arch::x86_64::{
     __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
     _mm_prefetch, _MM_HINT_T0,
@@ -49,14 +49,16 @@ pub(super) fn panel(
     if !fits || a.len() < (m - 1) * lda + kr.end || c.len() < (m - 1) * ldc + NR {
         return false;
     }
-    // k in blocks of KC, so that a block of the panel (16 KiB) stays in L1 across the row tiles;
+    // k in blocks of `block_depth` (KC or KC_DEEP), so that a block of the panel (16 or 8 KiB)
+    // stays in L1 across the row tiles;
     // blocks after the first add to what the earlier ones wrote.
+    let depth = block_depth(klen);
     let mut k0 = kr.start;
     loop {
-        let k1 = (k0 + KC).min(kr.end);
+        let k1 = (k0 + depth).min(kr.end);
         let (kb, bk) = (k0..k1, &b[(k0 - kr.start) * ldb..]);
         let acc = accumulate || k0 > kr.start;
-        let ahead = ahead(b, ldb, kr, k1, KC, next);
+        let ahead = ahead(b, ldb, kr, k1, depth, next);
         let lines = ahead.len() / NR;
         let mut i = 0;
         while i < m {

@@ -9,7 +9,7 @@
 //! preceded by a bounds check of the whole range it reads, made once per tile; a failed check
 //! returns `false` and the caller uses another kernel.
 
-use super::packed::{store, tile_rows, KC, LHS_TILE_ROWS, NR};
+use super::packed::{block_depth, store, tile_rows, LHS_TILE_ROWS, NR};
 use super::simd::WIDE;
 use std::arch::x86_64::{
     __m512, __mmask16, _mm512_add_ps, _mm512_castpd_ps, _mm512_castps_pd, _mm512_fmadd_ps,
@@ -52,12 +52,13 @@ pub(super) fn panel(
         return false;
     }
     let at = at.filter(|t| klen > 0 && t.len() >= m * klen);
+    let depth = block_depth(klen);
     let mut k0 = kr.start;
     loop {
-        let k1 = (k0 + KC).min(kr.end);
+        let k1 = (k0 + depth).min(kr.end);
         let (kb, bk) = (k0..k1, &b[(k0 - kr.start) * ldb..]);
         let acc = accumulate || k0 > kr.start;
-        let ahead = super::simd::ahead(b, ldb, kr, k1, KC, next);
+        let ahead = super::simd::ahead(b, ldb, kr, k1, depth, next);
         let lines = ahead.len() / NR;
         let mut i = 0;
         while i < m {
@@ -310,7 +311,8 @@ fn transpose16(v: &mut [__m512; 16]) {
 /// overlap). Each value of `A` is broadcast once for all `P` panels. k-blocks of `BK`: each
 /// element is `((C +) (A·B)[block 0] + (A·B)[block 1]) + … + bias`, each block's products
 /// summed in `k` order from zero, and the bias added last, in the order `add_bias_rows` adds it
-/// after a product. With `BK = KC` and no bias every element is exactly what [`panel`] computes
+/// after a product. With `BK = block_depth(|kr|)` and no bias every element is exactly what
+/// [`panel`] computes
 /// for its panel alone. While a block runs, the next one (of these panels, or else the first
 /// of `next`, the panels computed after these) is requested into L1, a share in each row tile.
 /// Returns `false`, having done nothing, if a slice is short.
@@ -594,7 +596,7 @@ mod tests {
     //! These run only where the CPU has AVX-512F (elsewhere they pass without checking anything
     //! and say so): each kernel against an `f64` reference and against the AVX2 kernel.
     use super::*;
-    use crate::engine::packed::Lhs;
+    use crate::engine::packed::{Lhs, KC, KC_DEEP};
 
     fn avx512() -> bool {
         let yes = std::arch::is_x86_feature_detected!("avx512f")
@@ -720,7 +722,7 @@ mod tests {
                         let mut both = [c0.clone(), vec![0.0; 3], c0.clone()].concat();
                         // SAFETY: as above.
                         assert!(unsafe {
-                            panel_group::<2, KC>(
+                            group_like_panel::<2>(
                                 m,
                                 &at,
                                 &kr,
@@ -757,8 +759,35 @@ mod tests {
         }
     }
 
+    /// [`panel_group`] in the k-blocks [`panel`] takes for this depth ([`block_depth`]).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn group_like_panel<const P: usize>(
+        m: usize,
+        at: &[f32],
+        kr: &Range<usize>,
+        bs: [&[f32]; P],
+        c: &mut [f32],
+        os: [usize; P],
+        ldc: usize,
+        accumulate: bool,
+        bias: Option<[&[f32]; P]>,
+        next: [&[f32]; P],
+    ) -> bool {
+        // SAFETY: the caller's promise.
+        unsafe {
+            if block_depth(kr.len()) == KC {
+                panel_group::<P, KC>(m, at, kr, bs, c, os, ldc, accumulate, bias, next)
+            } else {
+                panel_group::<P, KC_DEEP>(m, at, kr, bs, c, os, ldc, accumulate, bias, next)
+            }
+        }
+    }
+
     /// `P` panels through [`panel_group`] against `P` calls of [`panel`]: bit for bit with
-    /// k-blocks of `KC` and no bias; with k-blocks of 128 and a bias, against the `f64`
+    /// their k-blocks ([`block_depth`]) and no bias; with k-blocks of 128 and a bias, against the `f64`
     /// reference. Columns outside the panels stay untouched.
     fn check_group<const P: usize>() {
         for &m in &[1usize, 3, 8, 15, 16, 17, 33, 64] {
@@ -781,7 +810,7 @@ mod tests {
                     let next: [&[f32]; P] = std::array::from_fn(|p| &b[p * NR..(p + 4) * NR]);
                     // SAFETY: AVX-512F is present (checked by the caller).
                     assert!(unsafe {
-                        panel_group::<P, KC>(
+                        group_like_panel::<P>(
                             m, &at, &kr, bs, &mut got, os, ldc, accumulate, None, next,
                         )
                     });

@@ -20,7 +20,8 @@
 //! neither a bug, a thread limit nor an oversubscribed machine can hang or crawl the caller.
 
 use super::gru::{activate, add_bias_rows, PROJECT_OWN_MAX_K};
-use super::packed::{prefetch, run_panel, run_panel_group, run_panel_range, Lhs, Rhs, KC, NR};
+use super::packed::{block_depth, prefetch, run_panel, run_panel_group, run_panel_range};
+use super::packed::{Lhs, Rhs, KC, KC_DEEP, NR};
 use super::projection::GROUP_KC;
 use super::workspace::grow;
 use crate::float::Float;
@@ -574,7 +575,7 @@ fn fused_panel<T: Float>(
     // wide, so where the group kernel cannot run (no AVX-512, `h` not packed), no pair could.
     let grouped = !at.zero
         && rhs.upcoming_at(0, q).is_none()
-        && gate_group::<T, KC>(rhs, q, m, hl, u, th_tiles, None);
+        && gate_group_by_depth::<T>(rhs, q, m, hl, u, th_tiles, None);
     // With `x_t` packed, its products for the three gates as one group too (the bias added as
     // they are stored). Short inputs in k-blocks of `KC`: a call without a team projects them
     // before the loop with `run_panel`, which sums the same; wider ones, which are projected in
@@ -593,7 +594,7 @@ fn fused_panel<T: Float>(
                 packed: px.get(t * m * d..(t + 1) * m * d),
             };
             if d <= PROJECT_OWN_MAX_K {
-                gate_group::<T, KC>(&wk, q, m, lhs, d, tx_tiles, bias)
+                gate_group_by_depth::<T>(&wk, q, m, lhs, d, tx_tiles, bias)
             } else {
                 gate_group::<T, GROUP_KC>(&wk, q, m, lhs, d, tx_tiles, bias)
             }
@@ -698,6 +699,23 @@ fn fused_panel<T: Float>(
         for (((n, zv), hv), cv) in o.iter_mut().zip(z).zip(hb).zip(c) {
             *n = *zv * *hv + (T::one() - *zv) * *cv;
         }
+    }
+}
+
+/// [`gate_group`] in the k-blocks of the panel kernels for depth `k` ([`block_depth`]).
+fn gate_group_by_depth<T: Float>(
+    rhs: &Rhs<'_, T>,
+    q: usize,
+    m: usize,
+    lhs: Lhs<'_, T>,
+    k: usize,
+    tiles: &mut [T],
+    bias: Option<&[T]>,
+) -> bool {
+    if block_depth(k) == KC {
+        gate_group::<T, KC>(rhs, q, m, lhs, k, tiles, bias)
+    } else {
+        gate_group::<T, KC_DEEP>(rhs, q, m, lhs, k, tiles, bias)
     }
 }
 
