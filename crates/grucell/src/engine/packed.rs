@@ -1043,20 +1043,29 @@ fn run_strip<T: Float>(
             }
         }
     }
-    // The columns left (all of them without SIMD kernels), 16 at a time.
+    // The columns left (all of them without SIMD kernels; AVX2 columns past the 64-column
+    // strips), 16 at a time.
     while c0 < w {
         let cw = NR.min(w - c0);
         let (bs, ldb, _) = b.at(c0);
         #[cfg(target_arch = "x86_64")]
-        if active() == Isa::Avx512 && cw < NR {
-            // The last columns of a segment that is not a multiple of 16 wide.
+        if active() >= Isa::Avx2Fma {
+            // Up to 16 columns (on AVX-512 only the last ones of a segment that is not a
+            // multiple of 16 wide come here), even and odd `k` summed apart.
             if let (Some(a32), Some(bs), Some(cs)) = (
                 T::slice_f32(a),
                 T::slice_f32(bs).and_then(|bs| bs.get(kr.start * ldb..)),
                 T::slice_f32_mut(&mut c[c0..]),
             ) {
-                // SAFETY: the CPU has AVX-512F (checked by `active`).
-                if unsafe { super::simd512::strip_tail(a32, kr, bs, ldb, cw, cs, accumulate) } {
+                // SAFETY: the CPU has AVX2 and FMA, and AVX-512F where `active` says so.
+                let done = unsafe {
+                    if active() == Isa::Avx512 {
+                        super::simd512::strip_tail(a32, kr, bs, ldb, cw, cs, accumulate)
+                    } else {
+                        super::simd::strip_tail(a32, kr, bs, ldb, cw, cs, accumulate)
+                    }
+                };
+                if done {
                     c0 += cw;
                     continue;
                 }

@@ -9,8 +9,8 @@
 
 use super::packed::{block_depth, store, tile_rows, NR};
 use std::arch::x86_64::{
-    __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
-    _mm_prefetch, _MM_HINT_T0,
+    __m256, _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_maskload_ps, _mm256_set1_ps,
+    _mm256_setr_epi32, _mm256_setzero_ps, _mm256_storeu_ps, _mm_prefetch, _MM_HINT_T0,
 };
 use std::ops::Range;
 
@@ -205,6 +205,89 @@ pub(super) fn strip(
     true
 }
 
+/// One row of `A` times `w ≤ 16` columns of `B` (offset to row `kr.start` and to the first of
+/// those columns, row stride `ldb`): the columns of a segment past its 64-column strips, 16 at
+/// a time. Reads only those `w` columns (masked loads), so it serves `B` in place and packed
+/// alike: two 8-lane halves, each summed over even and odd `k` apart and then added (before,
+/// each column was one chain of dependent FMAs). Returns `false` if a slice is too short.
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn strip_tail(
+    a: &[f32],
+    kr: &Range<usize>,
+    b: &[f32],
+    ldb: usize,
+    w: usize,
+    c: &mut [f32],
+    accumulate: bool,
+) -> bool {
+    let klen = kr.len();
+    let fits = klen == 0 || b.len() >= (klen - 1) * ldb + w;
+    if w == 0 || w > NR || !fits || a.len() < kr.end || c.len() < w {
+        return false;
+    }
+    let a = &a[kr.clone()];
+    let bp = b.as_ptr();
+    // Lane i of half h is read where 8h + i < w (the sign bit of its mask word set).
+    let lane = |i: i32| if i < w as i32 { -1 } else { 0 };
+    let masks = [
+        _mm256_setr_epi32(
+            lane(0),
+            lane(1),
+            lane(2),
+            lane(3),
+            lane(4),
+            lane(5),
+            lane(6),
+            lane(7),
+        ),
+        _mm256_setr_epi32(
+            lane(8),
+            lane(9),
+            lane(10),
+            lane(11),
+            lane(12),
+            lane(13),
+            lane(14),
+            lane(15),
+        ),
+    ];
+    let mut even = [_mm256_setzero_ps(); 2];
+    let mut odd = [_mm256_setzero_ps(); 2];
+    let pairs = a.chunks_exact(2);
+    let last = pairs.remainder().first().copied();
+    for (p, pair) in pairs.enumerate() {
+        let (a0, a1) = (_mm256_set1_ps(pair[0]), _mm256_set1_ps(pair[1]));
+        let row = 2 * p * ldb;
+        for h in 0..2 {
+            // SAFETY: the lanes read end at row + ldb + w ≤ (klen − 1)·ldb + w ≤ b.len()
+            // (2p + 1 ≤ klen − 1, checked above); masked-off lanes are not accessed.
+            let (b0, b1) = unsafe {
+                (
+                    _mm256_maskload_ps(bp.add(row + 8 * h), masks[h]),
+                    _mm256_maskload_ps(bp.add(row + ldb + 8 * h), masks[h]),
+                )
+            };
+            even[h] = _mm256_fmadd_ps(a0, b0, even[h]);
+            odd[h] = _mm256_fmadd_ps(a1, b1, odd[h]);
+        }
+    }
+    if let Some(al) = last {
+        let (al, row) = (_mm256_set1_ps(al), (klen - 1) * ldb);
+        for h in 0..2 {
+            // SAFETY: the lanes read end at (klen − 1)·ldb + w ≤ b.len(), checked above.
+            let bv = unsafe { _mm256_maskload_ps(bp.add(row + 8 * h), masks[h]) };
+            even[h] = _mm256_fmadd_ps(al, bv, even[h]);
+        }
+    }
+    let mut out = [0f32; NR];
+    for h in 0..2 {
+        // SAFETY: `out` holds 16 floats; store h writes out[8h..8h + 8].
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * h), _mm256_add_ps(even[h], odd[h])) };
+    }
+    store(&mut c[..w], &out[..w], accumulate);
+    true
+}
+
 #[cfg(test)]
 mod tests {
     //! These run only where the CPU has AVX2 and FMA (elsewhere they pass without checking
@@ -218,6 +301,53 @@ mod tests {
             eprintln!("no AVX2+FMA on this CPU: AVX2 kernels not exercised");
         }
         yes
+    }
+
+    /// Every width up to 16, with `B` ending right after the last row's `w` columns (the masked
+    /// loads read nothing past it), one value short refused, the columns past `w` untouched.
+    #[test]
+    fn strip_tail_matches_an_f64_sum() {
+        if !avx2() {
+            return;
+        }
+        for w in 1..=NR {
+            for &(k0, k1) in &[(0usize, 0usize), (0, 1), (2, 9), (0, 64), (1, 300)] {
+                for &accumulate in &[false, true] {
+                    let kr = k0..k1;
+                    let ldb = 3 * NR + 5;
+                    let a: Vec<f32> = (0..k1 + 2).map(|i| (i as f32 * 0.41).sin()).collect();
+                    let len = if kr.is_empty() {
+                        w
+                    } else {
+                        (kr.len() - 1) * ldb + w
+                    };
+                    let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.07).sin()).collect();
+                    let c0: Vec<f32> = (0..NR + 3).map(|i| (i as f32 * 0.19).sin()).collect();
+                    let mut c = c0.clone();
+                    // SAFETY: AVX2 and FMA are present (checked above).
+                    assert!(unsafe { strip_tail(&a, &kr, &b, ldb, w, &mut c, accumulate) });
+                    for j in 0..w {
+                        let mut want = if accumulate { f64::from(c0[j]) } else { 0.0 };
+                        for (kk, k) in kr.clone().enumerate() {
+                            want += f64::from(a[k]) * f64::from(b[kk * ldb + j]);
+                        }
+                        assert!(
+                            (f64::from(c[j]) - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "w {w} k {kr:?} acc {accumulate} col {j}: {} vs {want}",
+                            c[j]
+                        );
+                    }
+                    assert_eq!(c[w..], c0[w..]);
+                    if !kr.is_empty() {
+                        // SAFETY: as above.
+                        let short = unsafe {
+                            strip_tail(&a, &kr, &b[..len - 1], ldb, w, &mut c, accumulate)
+                        };
+                        assert!(!short, "w {w} k {kr:?}: a short `B` was read");
+                    }
+                }
+            }
+        }
     }
 
     /// The strip reads its four 16-column vectors from a row (`vs = 16`) or from four panels
