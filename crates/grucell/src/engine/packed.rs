@@ -55,6 +55,15 @@ pub const NR: usize = 16;
 /// −1 to −5 %, dev VM with a 32 MiB L3 shared between tenants; 12 MiB: +5–10 % in most runs).
 pub(crate) const STREAMED_MIN_BYTES: usize = 4 << 20;
 
+/// Fewest rows from which a fused step computes the three gate panels of a streamed kernel as
+/// one group (`team::fused_panel`: each value of `h` broadcast once for all three, the next
+/// panels requested ahead by the group kernel) rather than panel by panel. The two compute the
+/// same sums. Measured on the AVX-512 Xeon, 2 threads, inference (B, T, D, u), medians in one
+/// process: XL (16, 25, 1024, 1024) 20.8 → 19.9 ms, (32, 25, 256, 1024) −9 %, (16, 50, 512,
+/// 768) −7 %, (64, 20, 512, 1024) −10 %; with fewer rows the group lost: (8, 30, 128, 640)
+/// +4 %, (4, 50, 256, 1024) +3 %.
+pub(crate) const STREAMED_GROUP_MIN_ROWS: usize = 16;
+
 /// Work (multiply-adds) below which a product runs on the calling thread only.
 pub(crate) const PAR_MIN_WORK: usize = 1 << 20;
 
@@ -476,6 +485,17 @@ impl<T: Float> Rhs<'_, T> {
         self.upcoming_at(segs.start + i / pps, i % pps)
     }
 
+    /// What a group of `P` panels requests ahead: [`Rhs::upcoming`] for panels `i..i + P` of
+    /// `panels` (those computed after the group), empty where there is nothing to request.
+    fn upcoming_group<const P: usize>(
+        &self,
+        segs: &Range<usize>,
+        i: usize,
+        panels: &Range<usize>,
+    ) -> [&[T]; P] {
+        std::array::from_fn(|p| self.upcoming(segs, i + p, panels).unwrap_or(&[]))
+    }
+
     /// Panel `q` of segment `s` as [`Rhs::upcoming`] gives it (empty past the last panel).
     pub(crate) fn upcoming_at(&self, s: usize, q: usize) -> Option<&[T]> {
         match self {
@@ -489,7 +509,7 @@ impl<T: Float> Rhs<'_, T> {
     }
 
     /// Packed and at least [`STREAMED_MIN_BYTES`].
-    fn streamed(&self) -> bool {
+    pub(crate) fn streamed(&self) -> bool {
         matches!(self, Rhs::Packed(p) if p.data.len() * std::mem::size_of::<T>() >= STREAMED_MIN_BYTES)
     }
 
@@ -634,9 +654,9 @@ impl<T: Float> Rhs<'_, T> {
     }
 
     /// The panel that panel `i` (full, of width `w` and row stride `ldb`) is computed together
-    /// with by [`run_panel_group`]: panel `i + 1` of `panels` (its first column and data) when both
-    /// are full packed panels of a kernel that is not streamed (a streamed one is prefetched
-    /// panel by panel, see [`Rhs::upcoming`]).
+    /// with by [`run_panel_group`] for `m` rows: panel `i + 1` of `panels` (its first column and
+    /// data) when both are full packed panels, of a kernel that is not streamed or of `m` ≥
+    /// [`STREAMED_GROUP_MIN_ROWS`] rows (fewer take a streamed kernel panel by panel).
     fn pair_with(
         &self,
         segs: &Range<usize>,
@@ -644,8 +664,13 @@ impl<T: Float> Rhs<'_, T> {
         panels: &Range<usize>,
         w: usize,
         ldb: usize,
+        m: usize,
     ) -> Option<(usize, &[T])> {
-        if w != NR || ldb != NR || i + 1 >= panels.end || self.streamed() {
+        if w != NR
+            || ldb != NR
+            || i + 1 >= panels.end
+            || (self.streamed() && m < STREAMED_GROUP_MIN_ROWS)
+        {
             return None;
         }
         let pps = self.panels_per_segment();
@@ -674,22 +699,22 @@ impl<T: Float> Rhs<'_, T> {
                 continue;
             }
             let (c0, w, b, ldb) = self.panel(segs.start + i / pps, i % pps);
-            if let Some((c1, b1)) = self.pair_with(segs, i, &panels, w, ldb) {
+            if let Some((c1, b1)) = self.pair_with(segs, i, &panels, w, ldb, m) {
                 // With the panel after it too when that one pairs as well.
-                let done = match self.pair_with(segs, i + 1, &panels, NR, NR) {
+                let done = match self.pair_with(segs, i + 1, &panels, NR, NR, m) {
                     Some((c2, b2)) => {
                         let (bs, os) = ([b, b1, b2], [c0, c1, c2]);
-                        let none = [&[][..]; 3];
+                        let next = self.upcoming_group::<3>(segs, i + 3, &panels);
                         run_panel_group_by_depth::<T, 3>(
-                            m, a, kr, bs, c, os, ldc, accumulate, None, none,
+                            m, a, kr, bs, c, os, ldc, accumulate, None, next,
                         )
                         .then_some(2)
                     }
                     None => {
                         let (bs, os) = ([b, b1], [c0, c1]);
-                        let none = [&[][..]; 2];
+                        let next = self.upcoming_group::<2>(segs, i + 2, &panels);
                         run_panel_group_by_depth::<T, 2>(
-                            m, a, kr, bs, c, os, ldc, accumulate, None, none,
+                            m, a, kr, bs, c, os, ldc, accumulate, None, next,
                         )
                         .then_some(1)
                     }
@@ -777,12 +802,12 @@ pub(crate) fn run_panel_range<T: Float>(
             continue;
         }
         let (_, w, b, ldb) = rhs.panel(segs.start + i / pps, i % pps);
-        if let Some((_, b1)) = rhs.pair_with(segs, i, &panels, w, ldb) {
+        if let Some((_, b1)) = rhs.pair_with(segs, i, &panels, w, ldb, m) {
             // With the panel after it too when that one pairs as well.
-            let done = match rhs.pair_with(segs, i + 1, &panels, NR, NR) {
+            let done = match rhs.pair_with(segs, i + 1, &panels, NR, NR, m) {
                 Some((_, b2)) => {
                     let os = [j * tile, (j + 1) * tile, (j + 2) * tile];
-                    let none = [&[][..]; 3];
+                    let next = rhs.upcoming_group::<3>(segs, i + 3, &panels);
                     run_panel_group_by_depth::<T, 3>(
                         m,
                         a,
@@ -793,13 +818,13 @@ pub(crate) fn run_panel_range<T: Float>(
                         NR,
                         accumulate,
                         None,
-                        none,
+                        next,
                     )
                     .then_some(2)
                 }
                 None => {
                     let os = [j * tile, (j + 1) * tile];
-                    let none = [&[][..]; 2];
+                    let next = rhs.upcoming_group::<2>(segs, i + 2, &panels);
                     run_panel_group_by_depth::<T, 2>(
                         m,
                         a,
@@ -810,7 +835,7 @@ pub(crate) fn run_panel_range<T: Float>(
                         NR,
                         accumulate,
                         None,
-                        none,
+                        next,
                     )
                     .then_some(1)
                 }

@@ -21,7 +21,7 @@
 
 use super::gru::{activate, add_bias_rows, PROJECT_OWN_MAX_K};
 use super::packed::{block_depth, prefetch, run_panel, run_panel_group, run_panel_range};
-use super::packed::{Lhs, Rhs, KC, KC_DEEP, NR};
+use super::packed::{Lhs, Rhs, KC, KC_DEEP, NR, STREAMED_GROUP_MIN_ROWS};
 use super::projection::GROUP_KC;
 use super::workspace::grow;
 use crate::float::Float;
@@ -570,11 +570,12 @@ fn fused_panel<T: Float>(
         }
     }
     // Gates z, r and ĥ of these units as one group of panels (each value of `h` broadcast once
-    // for all three, each panel's own sums), where the kernel can and the kernel is not streamed
-    // (a streamed one is prefetched panel by panel). The three gates' panels `q` are equally
-    // wide, so where the group kernel cannot run (no AVX-512, `h` not packed), no pair could.
+    // for all three, each panel's own sums), where the kernel can; a streamed kernel only from
+    // `STREAMED_GROUP_MIN_ROWS` rows (fewer are faster panel by panel). The three gates' panels
+    // `q` are equally wide, so where the group kernel cannot run (no AVX-512, `h` not packed),
+    // no pair could.
     let grouped = !at.zero
-        && rhs.upcoming_at(0, q).is_none()
+        && (!rhs.streamed() || m >= STREAMED_GROUP_MIN_ROWS)
         && gate_group_by_depth::<T>(rhs, q, m, hl, u, th_tiles, None);
     // With `x_t` packed, its products for the three gates as one group too (the bias added as
     // they are stored). Short inputs in k-blocks of `KC`: a call without a team projects them
@@ -739,6 +740,9 @@ fn gate_group<T: Float, const BK: usize>(
     // Full panels: units j0..j0 + NR of each gate exist.
     let (u, j0, tl) = (rhs.seg(), q * NR, m * NR);
     let bias = bias.map(|b| std::array::from_fn(|g| &b[g * u + j0..g * u + j0 + NR]));
+    // A streamed kernel's next panels (those of `q + 1`, which the owner of a share computes
+    // next) are requested while these run.
+    let next: [&[T]; 3] = std::array::from_fn(|g| rhs.upcoming_at(g, q + 1).unwrap_or(&[]));
     run_panel_group::<T, 3, BK>(
         m,
         lhs,
@@ -749,7 +753,7 @@ fn gate_group<T: Float, const BK: usize>(
         NR,
         false,
         bias,
-        [&[], &[], &[]],
+        next,
     )
 }
 
