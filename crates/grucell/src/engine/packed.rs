@@ -705,16 +705,36 @@ impl<T: Float> Rhs<'_, T> {
                     Some((c2, b2)) => {
                         let (bs, os) = ([b, b1, b2], [c0, c1, c2]);
                         let next = self.upcoming_group::<3>(segs, i + 3, &panels);
-                        run_panel_group_by_depth::<T, 3>(
-                            m, a, kr, bs, c, os, ldc, accumulate, None, next,
+                        run_panel_group::<T, 3>(
+                            m,
+                            a,
+                            kr,
+                            block_depth(kr.len()),
+                            bs,
+                            c,
+                            os,
+                            ldc,
+                            accumulate,
+                            None,
+                            next,
                         )
                         .then_some(2)
                     }
                     None => {
                         let (bs, os) = ([b, b1], [c0, c1]);
                         let next = self.upcoming_group::<2>(segs, i + 2, &panels);
-                        run_panel_group_by_depth::<T, 2>(
-                            m, a, kr, bs, c, os, ldc, accumulate, None, next,
+                        run_panel_group::<T, 2>(
+                            m,
+                            a,
+                            kr,
+                            block_depth(kr.len()),
+                            bs,
+                            c,
+                            os,
+                            ldc,
+                            accumulate,
+                            None,
+                            next,
                         )
                         .then_some(1)
                     }
@@ -808,10 +828,11 @@ pub(crate) fn run_panel_range<T: Float>(
                 Some((_, b2)) => {
                     let os = [j * tile, (j + 1) * tile, (j + 2) * tile];
                     let next = rhs.upcoming_group::<3>(segs, i + 3, &panels);
-                    run_panel_group_by_depth::<T, 3>(
+                    run_panel_group::<T, 3>(
                         m,
                         a,
                         kr,
+                        block_depth(kr.len()),
                         [b, b1, b2],
                         out,
                         os,
@@ -825,10 +846,11 @@ pub(crate) fn run_panel_range<T: Float>(
                 None => {
                     let os = [j * tile, (j + 1) * tile];
                     let next = rhs.upcoming_group::<2>(segs, i + 2, &panels);
-                    run_panel_group_by_depth::<T, 2>(
+                    run_panel_group::<T, 2>(
                         m,
                         a,
                         kr,
+                        block_depth(kr.len()),
                         [b, b1],
                         out,
                         os,
@@ -916,38 +938,19 @@ pub(crate) fn run_panel<T: Float>(
     panel_kernel::<T, false>(m, a, lda, kr, b, ldb, w, c, ldc, accumulate);
 }
 
-/// [`run_panel_group`] in k-blocks of [`block_depth`]`(|kr|)`, as [`run_panel`] sums.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn run_panel_group_by_depth<T: Float, const P: usize>(
-    m: usize,
-    lhs: Lhs<'_, T>,
-    kr: &Range<usize>,
-    bs: [&[T]; P],
-    c: &mut [T],
-    offsets: [usize; P],
-    ldc: usize,
-    accumulate: bool,
-    bias: Option<[&[T]; P]>,
-    next: [&[T]; P],
-) -> bool {
-    if block_depth(kr.len()) == KC {
-        run_panel_group::<T, P, KC>(m, lhs, kr, bs, c, offsets, ldc, accumulate, bias, next)
-    } else {
-        run_panel_group::<T, P, KC_DEEP>(m, lhs, kr, bs, c, offsets, ldc, accumulate, bias, next)
-    }
-}
-
-/// `P` full panels (`bs`: packed, row stride [`NR`], from row 0) for all `m` rows at once, into
+/// `P` full panels (`bs`: packed, row stride [`NR`], from row 0) for all `m` rows at once, in
+/// k-blocks of `bk` ([`block_depth`] gives the panel kernels' own), into
 /// `c` at `offsets` (row stride `ldc`), each panel's 16 values of `bias` added last, when the
 /// AVX-512 kernel can (`f32`, `A` packed): `true` if done, `false` (nothing done) for the
 /// caller to compute them otherwise. `next`: the panels computed after these (requested ahead;
 /// may be empty).
 #[allow(clippy::too_many_arguments)]
 #[inline]
-pub(crate) fn run_panel_group<T: Float, const P: usize, const BK: usize>(
+pub(crate) fn run_panel_group<T: Float, const P: usize>(
     m: usize,
     lhs: Lhs<'_, T>,
     kr: &Range<usize>,
+    bk: usize,
     bs: [&[T]; P],
     c: &mut [T],
     offsets: [usize; P],
@@ -979,13 +982,13 @@ pub(crate) fn run_panel_group<T: Float, const P: usize, const BK: usize>(
             // SAFETY: the CPU has AVX-512F (checked by `active`), the function's only
             // requirement.
             return unsafe {
-                super::simd512::panel_group::<P, BK>(
-                    m, at, kr, b, c, offsets, ldc, accumulate, bias, next32,
+                super::simd512::panel_group::<P>(
+                    m, at, kr, bk, b, c, offsets, ldc, accumulate, bias, next32,
                 )
             };
         }
     }
-    let _ = (m, lhs, kr, bs, c, offsets, ldc, accumulate, bias, next);
+    let _ = (m, lhs, kr, bk, bs, c, offsets, ldc, accumulate, bias, next);
     false
 }
 

@@ -204,10 +204,11 @@ fn group<T: Float, const P: usize>(
         }
     });
     let bias = bias.map(|b| std::array::from_fn(|j| &b[ps[j].0..ps[j].0 + NR]));
-    run_panel_group::<T, P, GROUP_KC>(
+    run_panel_group::<T, P>(
         m,
         lhs,
         kr,
+        GROUP_KC,
         std::array::from_fn(|j| ps[j].2),
         c,
         std::array::from_fn(|j| ps[j].0),

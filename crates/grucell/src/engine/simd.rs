@@ -303,47 +303,61 @@ mod tests {
         yes
     }
 
-    /// Every width up to 16, with `B` ending right after the last row's `w` columns (the masked
-    /// loads read nothing past it), one value short refused, the columns past `w` untouched.
+    /// The tail kernels (AVX2 here, AVX-512 in `simd512`, each where the CPU has it) for every
+    /// width up to 16 (the AVX-512 one takes only the last columns of a segment, under 16), with
+    /// `B` ending right after the last row's `w` columns (the masked loads read nothing past it):
+    /// close to an `f64` sum, one value short refused, the columns past `w` untouched.
     #[test]
-    fn strip_tail_matches_an_f64_sum() {
-        if !avx2() {
-            return;
+    fn strip_tails_match_an_f64_sum() {
+        type Tail = dyn Fn(&[f32], &Range<usize>, &[f32], usize, usize, &mut [f32], bool) -> bool;
+        let mut kernels: Vec<(&str, usize, Box<Tail>)> = Vec::new();
+        if avx2() {
+            // SAFETY: AVX2 and FMA are present (checked just above).
+            let f = |a: &[f32], kr: &Range<usize>, b: &[f32], ldb, w, c: &mut [f32], acc| unsafe {
+                strip_tail(a, kr, b, ldb, w, c, acc)
+            };
+            kernels.push(("avx2", NR, Box::new(f)));
         }
-        for w in 1..=NR {
-            for &(k0, k1) in &[(0usize, 0usize), (0, 1), (2, 9), (0, 64), (1, 300)] {
-                for &accumulate in &[false, true] {
-                    let kr = k0..k1;
-                    let ldb = 3 * NR + 5;
-                    let a: Vec<f32> = (0..k1 + 2).map(|i| (i as f32 * 0.41).sin()).collect();
-                    let len = if kr.is_empty() {
-                        w
-                    } else {
-                        (kr.len() - 1) * ldb + w
-                    };
-                    let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.07).sin()).collect();
-                    let c0: Vec<f32> = (0..NR + 3).map(|i| (i as f32 * 0.19).sin()).collect();
-                    let mut c = c0.clone();
-                    // SAFETY: AVX2 and FMA are present (checked above).
-                    assert!(unsafe { strip_tail(&a, &kr, &b, ldb, w, &mut c, accumulate) });
-                    for j in 0..w {
-                        let mut want = if accumulate { f64::from(c0[j]) } else { 0.0 };
-                        for (kk, k) in kr.clone().enumerate() {
-                            want += f64::from(a[k]) * f64::from(b[kk * ldb + j]);
-                        }
-                        assert!(
-                            (f64::from(c[j]) - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                            "w {w} k {kr:?} acc {accumulate} col {j}: {} vs {want}",
-                            c[j]
-                        );
-                    }
-                    assert_eq!(c[w..], c0[w..]);
-                    if !kr.is_empty() {
-                        // SAFETY: as above.
-                        let short = unsafe {
-                            strip_tail(&a, &kr, &b[..len - 1], ldb, w, &mut c, accumulate)
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F is present (checked just above).
+            let f = |a: &[f32], kr: &Range<usize>, b: &[f32], ldb, w, c: &mut [f32], acc| unsafe {
+                super::super::simd512::strip_tail(a, kr, b, ldb, w, c, acc)
+            };
+            kernels.push(("avx512", NR - 1, Box::new(f)));
+        }
+        for (name, widest, tail) in &kernels {
+            for w in 1..=*widest {
+                for &(k0, k1) in &[(0usize, 0usize), (0, 1), (2, 9), (0, 64), (1, 300)] {
+                    for &accumulate in &[false, true] {
+                        let kr = k0..k1;
+                        let ldb = 3 * NR + 5;
+                        let a: Vec<f32> = (0..k1 + 2).map(|i| (i as f32 * 0.41).sin()).collect();
+                        let len = if kr.is_empty() {
+                            w
+                        } else {
+                            (kr.len() - 1) * ldb + w
                         };
-                        assert!(!short, "w {w} k {kr:?}: a short `B` was read");
+                        let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.07).sin()).collect();
+                        let c0: Vec<f32> = (0..NR + 3).map(|i| (i as f32 * 0.19).sin()).collect();
+                        let mut c = c0.clone();
+                        let at = format!("{name} w {w} k {kr:?} acc {accumulate}");
+                        assert!(tail(&a, &kr, &b, ldb, w, &mut c, accumulate), "{at}");
+                        for j in 0..w {
+                            let mut want = if accumulate { f64::from(c0[j]) } else { 0.0 };
+                            for (kk, k) in kr.clone().enumerate() {
+                                want += f64::from(a[k]) * f64::from(b[kk * ldb + j]);
+                            }
+                            assert!(
+                                (f64::from(c[j]) - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                "{at} col {j}: {} vs {want}",
+                                c[j]
+                            );
+                        }
+                        assert_eq!(c[w..], c0[w..], "{at}");
+                        if !kr.is_empty() {
+                            let short = tail(&a, &kr, &b[..len - 1], ldb, w, &mut c, accumulate);
+                            assert!(!short, "{at}: a short `B` was read");
+                        }
                     }
                 }
             }

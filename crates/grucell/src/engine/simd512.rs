@@ -308,10 +308,10 @@ fn transpose16(v: &mut [__m512; 16]) {
 /// `P` (1 to 3) full-width packed panels against one packed left operand (see `packed::Lhs`):
 /// `C_p (+)= A[0..m, kr] · B_p (+ bias_p)` for each `p`, panel `p` row stride [`NR`] and offset
 /// to row `kr.start`, element `(i, j)` of `C_p` at `c[os[p] + i·ldc + j]` (they must not
-/// overlap). Each value of `A` is broadcast once for all `P` panels. k-blocks of `BK`: each
+/// overlap). Each value of `A` is broadcast once for all `P` panels. k-blocks of `depth`: each
 /// element is `((C +) (A·B)[block 0] + (A·B)[block 1]) + … + bias`, each block's products
 /// summed in `k` order from zero, and the bias added last, in the order `add_bias_rows` adds it
-/// after a product. With `BK = block_depth(|kr|)` and no bias every element is exactly what
+/// after a product. With `depth = block_depth(|kr|)` and no bias every element is exactly what
 /// [`panel`] computes
 /// for its panel alone. While a block runs, the next one (of these panels, or else the first
 /// of `next`, the panels computed after these) is requested into L1, a share in each row tile.
@@ -319,15 +319,16 @@ fn transpose16(v: &mut [__m512; 16]) {
 ///
 /// With `P = 3` a half tile keeps 8 × 3 accumulators, and each `k` costs 8 broadcasts and 3
 /// loads for 24 FMAs instead of 8 and 2 for 16 with `P = 2`. Measured on an AVX-512 Xeon
-/// (one thread, packed operands, `BK` = 128): 208 × 1024 · 1024 × 3072 (XL's projection, `B`
+/// (one thread, packed operands, `depth` = 128): 208 × 1024 · 1024 × 3072 (XL's projection, `B`
 /// from L3) 145–147 GFLOP/s against 127–129 for pairs; 240 × 512 · 512 × 48 (all in cache)
 /// 171 (98 % of the core's peak) against 143.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn panel_group<const P: usize, const BK: usize>(
+pub(super) fn panel_group<const P: usize>(
     m: usize,
     at: &[f32],
     kr: &Range<usize>,
+    depth: usize,
     bs: [&[f32]; P],
     c: &mut [f32],
     os: [usize; P],
@@ -342,6 +343,7 @@ pub(super) fn panel_group<const P: usize, const BK: usize>(
     }
     let cl = (m - 1) * ldc + NR;
     if klen == 0
+        || depth == 0
         || at.len() < m * klen
         || bs.iter().any(|b| b.len() < klen * NR)
         || os.iter().any(|&o| c.len() < o + cl)
@@ -352,7 +354,7 @@ pub(super) fn panel_group<const P: usize, const BK: usize>(
     let tiles = m.div_ceil(MAX_ROWS);
     let mut k0 = kr.start;
     loop {
-        let k1 = (k0 + BK).min(kr.end);
+        let k1 = (k0 + depth).min(kr.end);
         let (kl, o) = (k1 - k0, (k0 - kr.start) * NR);
         let bk: [&[f32]; P] = std::array::from_fn(|p| &bs[p][o..]);
         let acc = accumulate || k0 > kr.start;
@@ -365,7 +367,7 @@ pub(super) fn panel_group<const P: usize, const BK: usize>(
             } else {
                 &bs[p][(k1 - kr.start) * NR..]
             };
-            &b[..b.len().min(BK * NR)]
+            &b[..b.len().min(depth * NR)]
         });
         let lines = ahead.iter().map(|b| b.len() / NR).min().unwrap_or(0);
         let mut i = 0;
@@ -596,7 +598,7 @@ mod tests {
     //! These run only where the CPU has AVX-512F (elsewhere they pass without checking anything
     //! and say so): each kernel against an `f64` reference and against the AVX2 kernel.
     use super::*;
-    use crate::engine::packed::{Lhs, KC, KC_DEEP};
+    use crate::engine::packed::Lhs;
 
     fn avx512() -> bool {
         let yes = std::arch::is_x86_feature_detected!("avx512f")
@@ -722,10 +724,11 @@ mod tests {
                         let mut both = [c0.clone(), vec![0.0; 3], c0.clone()].concat();
                         // SAFETY: as above.
                         assert!(unsafe {
-                            group_like_panel::<2>(
+                            panel_group::<2>(
                                 m,
                                 &at,
                                 &kr,
+                                block_depth(kr.len()),
                                 [&b[..], b1],
                                 &mut both,
                                 [0, o1],
@@ -759,33 +762,6 @@ mod tests {
         }
     }
 
-    /// [`panel_group`] in the k-blocks [`panel`] takes for this depth ([`block_depth`]).
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512F.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn group_like_panel<const P: usize>(
-        m: usize,
-        at: &[f32],
-        kr: &Range<usize>,
-        bs: [&[f32]; P],
-        c: &mut [f32],
-        os: [usize; P],
-        ldc: usize,
-        accumulate: bool,
-        bias: Option<[&[f32]; P]>,
-        next: [&[f32]; P],
-    ) -> bool {
-        // SAFETY: the caller's promise.
-        unsafe {
-            if block_depth(kr.len()) == KC {
-                panel_group::<P, KC>(m, at, kr, bs, c, os, ldc, accumulate, bias, next)
-            } else {
-                panel_group::<P, KC_DEEP>(m, at, kr, bs, c, os, ldc, accumulate, bias, next)
-            }
-        }
-    }
-
     /// `P` panels through [`panel_group`] against `P` calls of [`panel`]: bit for bit with
     /// their k-blocks ([`block_depth`]) and no bias; with k-blocks of 128 and a bias, against the `f64`
     /// reference. Columns outside the panels stay untouched.
@@ -810,17 +786,28 @@ mod tests {
                     let next: [&[f32]; P] = std::array::from_fn(|p| &b[p * NR..(p + 4) * NR]);
                     // SAFETY: AVX-512F is present (checked by the caller).
                     assert!(unsafe {
-                        group_like_panel::<P>(
-                            m, &at, &kr, bs, &mut got, os, ldc, accumulate, None, next,
+                        panel_group::<P>(
+                            m,
+                            &at,
+                            &kr,
+                            block_depth(kr.len()),
+                            bs,
+                            &mut got,
+                            os,
+                            ldc,
+                            accumulate,
+                            None,
+                            next,
                         )
                     });
                     let mut biased: Vec<f32> = fresh().collect();
                     // SAFETY: as above.
                     assert!(unsafe {
-                        panel_group::<P, 128>(
+                        panel_group::<P>(
                             m,
                             &at,
                             &kr,
+                            128,
                             bs,
                             &mut biased,
                             os,
@@ -968,52 +955,6 @@ mod tests {
         check_strip::<4>();
         check_strip::<2>();
         check_strip::<1>();
-    }
-
-    /// Every tail width, with `B` ending exactly after the last row's `w` columns (the masked
-    /// loads read nothing past it), one value short refused, and the columns past `w` of `C`
-    /// untouched.
-    #[test]
-    fn strip_tail_matches_reference() {
-        if !avx512() {
-            return;
-        }
-        for w in 1..NR {
-            for &(k0, k1) in &[(0usize, 0usize), (0, 1), (2, 9), (0, 64), (1, 300)] {
-                for &accumulate in &[false, true] {
-                    let kr = k0..k1;
-                    let ldb = 3 * NR + 5;
-                    let a = data(k1 + 2, 0.41);
-                    let len = if kr.is_empty() {
-                        w
-                    } else {
-                        (kr.len() - 1) * ldb + w
-                    };
-                    let b = data(len, 0.07);
-                    let c0 = data(NR + 3, 0.19);
-                    let mut c = c0.clone();
-                    // SAFETY: AVX-512F is present (checked above).
-                    assert!(unsafe { strip_tail(&a, &kr, &b, ldb, w, &mut c, accumulate) });
-                    let want = reference(1, &a, 0, &kr, &b, ldb, w, &c0, 0, accumulate);
-                    for j in 0..w {
-                        let v = want[j];
-                        assert!(
-                            (f64::from(c[j]) - v).abs() <= 1e-5 * (1.0 + v.abs()),
-                            "w {w} k {kr:?} acc {accumulate} col {j}: {} vs {v}",
-                            c[j]
-                        );
-                    }
-                    assert_eq!(c[w..], c0[w..]);
-                    if !kr.is_empty() {
-                        // SAFETY: as above.
-                        let short = unsafe {
-                            strip_tail(&a, &kr, &b[..len - 1], ldb, w, &mut c, accumulate)
-                        };
-                        assert!(!short, "w {w} k {kr:?}: a short `B` was read");
-                    }
-                }
-            }
-        }
     }
 
     #[test]

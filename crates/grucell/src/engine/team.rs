@@ -21,7 +21,7 @@
 
 use super::gru::{activate, add_bias_rows, PROJECT_OWN_MAX_K};
 use super::packed::{block_depth, prefetch, run_panel, run_panel_group, run_panel_range};
-use super::packed::{Lhs, Rhs, KC, KC_DEEP, NR, STREAMED_GROUP_MIN_ROWS};
+use super::packed::{Lhs, Rhs, NR, STREAMED_GROUP_MIN_ROWS};
 use super::projection::GROUP_KC;
 use super::workspace::grow;
 use crate::float::Float;
@@ -576,7 +576,7 @@ fn fused_panel<T: Float>(
     // no pair could.
     let grouped = !at.zero
         && (!rhs.streamed() || m >= STREAMED_GROUP_MIN_ROWS)
-        && gate_group_by_depth::<T>(rhs, q, m, hl, u, th_tiles, None);
+        && gate_group(rhs, q, m, hl, u, block_depth(u), th_tiles, None);
     // With `x_t` packed, its products for the three gates as one group too (the bias added as
     // they are stored). Short inputs in k-blocks of `KC`: a call without a team projects them
     // before the loop with `run_panel`, which sums the same; wider ones, which are projected in
@@ -595,9 +595,9 @@ fn fused_panel<T: Float>(
                 packed: px.get(t * m * d..(t + 1) * m * d),
             };
             if d <= PROJECT_OWN_MAX_K {
-                gate_group_by_depth::<T>(&wk, q, m, lhs, d, tx_tiles, bias)
+                gate_group(&wk, q, m, lhs, d, block_depth(d), tx_tiles, bias)
             } else {
-                gate_group::<T, GROUP_KC>(&wk, q, m, lhs, d, tx_tiles, bias)
+                gate_group(&wk, q, m, lhs, d, GROUP_KC, tx_tiles, bias)
             }
         }
         _ => false,
@@ -703,33 +703,18 @@ fn fused_panel<T: Float>(
     }
 }
 
-/// [`gate_group`] in the k-blocks of the panel kernels for depth `k` ([`block_depth`]).
-fn gate_group_by_depth<T: Float>(
-    rhs: &Rhs<'_, T>,
-    q: usize,
-    m: usize,
-    lhs: Lhs<'_, T>,
-    k: usize,
-    tiles: &mut [T],
-    bias: Option<&[T]>,
-) -> bool {
-    if block_depth(k) == KC {
-        gate_group::<T, KC>(rhs, q, m, lhs, k, tiles, bias)
-    } else {
-        gate_group::<T, KC_DEEP>(rhs, q, m, lhs, k, tiles, bias)
-    }
-}
-
 /// `A[0..m, 0..k] · B` for the three gate panels `q` of `rhs` as one group (each value of `A`
-/// broadcast once for all three, each panel's own sums in k-blocks of `BK`), gate `g`'s `m × NR`
+/// broadcast once for all three, each panel's own sums in k-blocks of `bk`), gate `g`'s `m × NR`
 /// tile at `tiles[g·m·NR..]`, each gate's columns of `bias` (`3u`) added as they are stored.
 /// `false`, having done nothing, where a panel is narrow or the group kernel cannot run.
-fn gate_group<T: Float, const BK: usize>(
+#[allow(clippy::too_many_arguments)]
+fn gate_group<T: Float>(
     rhs: &Rhs<'_, T>,
     q: usize,
     m: usize,
     lhs: Lhs<'_, T>,
     k: usize,
+    bk: usize,
     tiles: &mut [T],
     bias: Option<&[T]>,
 ) -> bool {
@@ -743,10 +728,11 @@ fn gate_group<T: Float, const BK: usize>(
     // A streamed kernel's next panels (those of `q + 1`, which the owner of a share computes
     // next) are requested while these run.
     let next: [&[T]; 3] = std::array::from_fn(|g| rhs.upcoming_at(g, q + 1).unwrap_or(&[]));
-    run_panel_group::<T, 3, BK>(
+    run_panel_group::<T, 3>(
         m,
         lhs,
         &(0..k),
+        bk,
         [p[0].2, p[1].2, p[2].2],
         tiles,
         [0, tl, 2 * tl],
