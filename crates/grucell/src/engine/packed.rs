@@ -55,10 +55,10 @@ pub const NR: usize = 16;
 /// −1 to −5 %, dev VM with a 32 MiB L3 shared between tenants; 12 MiB: +5–10 % in most runs).
 pub(crate) const STREAMED_MIN_BYTES: usize = 4 << 20;
 
-/// Fewest rows from which a fused step computes the three gate panels of a streamed kernel as
-/// one group (`team::fused_panel`: each value of `h` broadcast once for all three, the next
-/// panels requested ahead by the group kernel) rather than panel by panel. The two compute the
-/// same sums. Measured on the AVX-512 Xeon, 2 threads, inference (B, T, D, u), medians in one
+/// Fewest rows from which the products take a streamed kernel in groups of panels (a fused
+/// step's three gate panels, `team::fused_panel`; adjacent panels elsewhere, [`Rhs::pair_with`]:
+/// each value of `h` broadcast once for the group, the next panels requested ahead by the group
+/// kernel) rather than panel by panel. The two compute the same sums. Measured on the AVX-512 Xeon, 2 threads, inference (B, T, D, u), medians in one
 /// process: XL (16, 25, 1024, 1024) 20.8 → 19.9 ms, (32, 25, 256, 1024) −9 %, (16, 50, 512,
 /// 768) −7 %, (64, 20, 512, 1024) −10 %; with fewer rows the group lost: (8, 30, 128, 640)
 /// +4 %, (4, 50, 256, 1024) +3 %.
@@ -211,7 +211,7 @@ pub(crate) const KC: usize = 256;
 /// L1 where the 48 KiB block was partly evicted by the second tile's rows and re-read from L2.
 /// Measured on the AVX-512 Xeon (48 KiB L1), one thread, `h·U` with `U` streamed (3 MiB):
 /// 32 × 512 · 512 × 1536 136 → 141 GFLOP/s, 64 rows 145 → 148, 16 × 1024 · 1024 × 3072 ±0;
-/// two threads, in one process: L training −2 %, L forward −1.5 %, XL forward ±0. Products of
+/// two threads, in one process: L training −2.5 %, L forward −1.5 %, XL forward ±0. Products of
 /// depth up to 256 keep one block: M training (depth 768 in its reverse loop) was 2.5 % slower
 /// with 128 for every depth, as was anything that split its only block in two.
 pub(crate) const KC_DEEP: usize = 128;

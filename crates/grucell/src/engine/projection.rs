@@ -5,9 +5,9 @@
 //! packs all of it: for XL's projection (400 × 1024 · 1024 × 3072) that is a 12 MiB copy per
 //! thread for only 200 rows each. Here `W` was packed into column panels once (by
 //! [`super::prepacked::PackedWeights`]); each thread packs its blocks of `X` rows (at most
-//! [`BLOCK_ROWS`] each) into register-tile order ([`Lhs`]) and runs the panel kernels over every
+//! `BLOCK_ROWS` each) into register-tile order (`packed::Lhs`) and runs the panel kernels over every
 //! panel: three full panels at a time (one broadcast of `X` feeds 24 accumulators), in k-blocks
-//! of [`GROUP_KC`], each panel's bias added by the kernel as it stores the last block. A block's
+//! of `GROUP_KC`, each panel's bias added by the kernel as it stores the last block. A block's
 //! packed rows for one k-block (at most 128 × 128 floats, 64 KiB) are read by every group of
 //! panels, so they stay close (L1/L2) while `W` streams from L2/L3 once per block, each group's
 //! next k-block requested ahead.
@@ -81,12 +81,13 @@ pub fn preferred<T: Float>(rows: usize) -> bool {
 
 /// `C[r, j] = Σ_k A[r, k] · B[k, j] (+ bias[j])` for the `m` rows of `A` (row stride `lda`, `k`
 /// = the packing's depth) and every column of `b` (all its segments, at their own column index
-/// in `C`, row stride `ldc`). Rows are split evenly into blocks (at most [`BLOCK_ROWS`] each, as
+/// in `C`, row stride `ldc`). Rows are split evenly into blocks (at most `BLOCK_ROWS` each, as
 /// many per thread), packed into `scratch`; the blocks run on at most `threads` rayon threads.
 ///
-/// Each element is summed block by block in `k` — k-blocks of [`GROUP_KC`] for full panels on
-/// AVX-512 (`f32`), of 256 for a last, partial panel and on other CPUs — whatever the thread
-/// count; the bias is added last, as `add_bias_rows` adds it.
+/// Each element is summed block by block in `k` — k-blocks of `GROUP_KC` (128) for full panels
+/// on AVX-512 (`f32`), of the panel kernels' own depth for a last, partial panel and on other
+/// CPUs (256, or 128 for a depth over 256) — whatever the thread count; the bias is added last,
+/// as `add_bias_rows` adds it.
 ///
 /// Kernel code: slices shorter than the dimensions say panic on indexing.
 #[allow(clippy::too_many_arguments)]
