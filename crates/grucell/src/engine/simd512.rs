@@ -312,9 +312,9 @@ fn transpose16(v: &mut [__m512; 16]) {
 /// element is `((C +) (A·B)[block 0] + (A·B)[block 1]) + … + bias`, each block's products
 /// summed in `k` order from zero, and the bias added last, in the order `add_bias_rows` adds it
 /// after a product. With `depth = block_depth(|kr|)` and no bias every element is exactly what
-/// [`panel`] computes
-/// for its panel alone. While a block runs, the next one (of these panels, or else the first
-/// of `next`, the panels computed after these) is requested into L1, a share in each row tile.
+/// [`panel`] computes for its panel alone. While a block runs, the next one (of these panels, or
+/// else the first of `next`, the panels computed after these) is requested into L1, a share in
+/// each row tile.
 /// Returns `false`, having done nothing, if a slice is short.
 ///
 /// With `P = 3` a half tile keeps 8 × 3 accumulators, and each `k` costs 8 broadcasts and 3
