@@ -678,6 +678,72 @@ impl<T: Float> Rhs<'_, T> {
         (w1 == NR).then_some((c1, b1))
     }
 
+    /// Panel `i` of `panels` (`first`: its column, width, data and row stride) together with
+    /// the one or two after it where they pair ([`Rhs::pair_with`]), by [`run_panel_group`] into
+    /// `c` (row stride `ldc`) at `offset(g, column)` for the group's `g`-th panel, the panels
+    /// after the group requested ahead: how many panels it computed, 0 if none (the caller then
+    /// computes panel `i` alone).
+    #[allow(clippy::too_many_arguments)]
+    fn group_from(
+        &self,
+        kr: &Range<usize>,
+        segs: &Range<usize>,
+        panels: &Range<usize>,
+        i: usize,
+        first: (usize, usize, &[T], usize),
+        m: usize,
+        a: Lhs<'_, T>,
+        c: &mut [T],
+        ldc: usize,
+        accumulate: bool,
+        offset: impl Fn(usize, usize) -> usize,
+    ) -> usize {
+        let (c0, w, b, ldb) = first;
+        let Some((c1, b1)) = self.pair_with(segs, i, panels, w, ldb, m) else {
+            return 0;
+        };
+        let depth = block_depth(kr.len());
+        let done = match self.pair_with(segs, i + 1, panels, NR, NR, m) {
+            Some((c2, b2)) => {
+                let os = [offset(0, c0), offset(1, c1), offset(2, c2)];
+                let next = self.upcoming_group::<3>(segs, i + 3, panels);
+                run_panel_group::<T, 3>(
+                    m,
+                    a,
+                    kr,
+                    depth,
+                    [b, b1, b2],
+                    c,
+                    os,
+                    ldc,
+                    accumulate,
+                    None,
+                    next,
+                )
+                .then_some(3)
+            }
+            None => {
+                let os = [offset(0, c0), offset(1, c1)];
+                let next = self.upcoming_group::<2>(segs, i + 2, panels);
+                run_panel_group::<T, 2>(
+                    m,
+                    a,
+                    kr,
+                    depth,
+                    [b, b1],
+                    c,
+                    os,
+                    ldc,
+                    accumulate,
+                    None,
+                    next,
+                )
+                .then_some(2)
+            }
+        };
+        done.unwrap_or(0)
+    }
+
     /// Computes panels `panels` (indices within `segs`) straight into row-major `C`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn panels_into(
@@ -698,51 +764,24 @@ impl<T: Float> Rhs<'_, T> {
                 skip -= 1;
                 continue;
             }
-            let (c0, w, b, ldb) = self.panel(segs.start + i / pps, i % pps);
-            if let Some((c1, b1)) = self.pair_with(segs, i, &panels, w, ldb, m) {
-                // With the panel after it too when that one pairs as well.
-                let done = match self.pair_with(segs, i + 1, &panels, NR, NR, m) {
-                    Some((c2, b2)) => {
-                        let (bs, os) = ([b, b1, b2], [c0, c1, c2]);
-                        let next = self.upcoming_group::<3>(segs, i + 3, &panels);
-                        run_panel_group::<T, 3>(
-                            m,
-                            a,
-                            kr,
-                            block_depth(kr.len()),
-                            bs,
-                            c,
-                            os,
-                            ldc,
-                            accumulate,
-                            None,
-                            next,
-                        )
-                        .then_some(2)
-                    }
-                    None => {
-                        let (bs, os) = ([b, b1], [c0, c1]);
-                        let next = self.upcoming_group::<2>(segs, i + 2, &panels);
-                        run_panel_group::<T, 2>(
-                            m,
-                            a,
-                            kr,
-                            block_depth(kr.len()),
-                            bs,
-                            c,
-                            os,
-                            ldc,
-                            accumulate,
-                            None,
-                            next,
-                        )
-                        .then_some(1)
-                    }
-                };
-                if let Some(more) = done {
-                    skip = more;
-                    continue;
-                }
+            let first = self.panel(segs.start + i / pps, i % pps);
+            let (c0, w, b, ldb) = first;
+            let done = self.group_from(
+                kr,
+                segs,
+                &panels,
+                i,
+                first,
+                m,
+                a,
+                c,
+                ldc,
+                accumulate,
+                |_, col| col,
+            );
+            if done > 0 {
+                skip = done - 1;
+                continue;
             }
             let next = self.upcoming(segs, i + 1, &panels);
             run_panel(m, a, kr, b, ldb, w, &mut c[c0..], ldc, accumulate, next);
@@ -821,51 +860,13 @@ pub(crate) fn run_panel_range<T: Float>(
             skip -= 1;
             continue;
         }
-        let (_, w, b, ldb) = rhs.panel(segs.start + i / pps, i % pps);
-        if let Some((_, b1)) = rhs.pair_with(segs, i, &panels, w, ldb, m) {
-            // With the panel after it too when that one pairs as well.
-            let done = match rhs.pair_with(segs, i + 1, &panels, NR, NR, m) {
-                Some((_, b2)) => {
-                    let os = [j * tile, (j + 1) * tile, (j + 2) * tile];
-                    let next = rhs.upcoming_group::<3>(segs, i + 3, &panels);
-                    run_panel_group::<T, 3>(
-                        m,
-                        a,
-                        kr,
-                        block_depth(kr.len()),
-                        [b, b1, b2],
-                        out,
-                        os,
-                        NR,
-                        accumulate,
-                        None,
-                        next,
-                    )
-                    .then_some(2)
-                }
-                None => {
-                    let os = [j * tile, (j + 1) * tile];
-                    let next = rhs.upcoming_group::<2>(segs, i + 2, &panels);
-                    run_panel_group::<T, 2>(
-                        m,
-                        a,
-                        kr,
-                        block_depth(kr.len()),
-                        [b, b1],
-                        out,
-                        os,
-                        NR,
-                        accumulate,
-                        None,
-                        next,
-                    )
-                    .then_some(1)
-                }
-            };
-            if let Some(more) = done {
-                skip = more;
-                continue;
-            }
+        let first = rhs.panel(segs.start + i / pps, i % pps);
+        let (_, w, b, ldb) = first;
+        let at = |g: usize, _| (j + g) * tile;
+        let done = rhs.group_from(kr, segs, &panels, i, first, m, a, out, NR, accumulate, at);
+        if done > 0 {
+            skip = done - 1;
+            continue;
         }
         let next = rhs.upcoming(segs, i + 1, &panels);
         run_panel(
