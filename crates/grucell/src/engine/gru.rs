@@ -12,6 +12,7 @@
 //! so the weight/input gradients after the loop are single GEMMs against `X` as given.
 
 use super::gemm::{gemm, Operand};
+use super::math::vectorized;
 use super::packed::{Lhs, Par, Rhs};
 use super::prepacked::PackedWeights;
 use super::projection::{preferred, project};
@@ -548,53 +549,59 @@ fn step_rows<T: Float>(
             scratch,
         );
     }
-    // Gates z and r (and for reset_after the candidate too) row by row.
-    for b in 0..batch {
-        let x = &xp[xp_row(b)..xp_row(b) + g];
-        let hr = &mut hu[b * g..(b + 1) * g];
-        for (v, xv) in hr[..u2].iter_mut().zip(&x[..u2]) {
-            *v += *xv;
-        }
-        if let Some((tr, row)) = keep.as_mut() {
-            if tr.has_pre {
-                let o = row(b) * g;
-                tr.pre[o..o + u2].copy_from_slice(&hr[..u2]);
-            }
-        }
-        activate(p.recurrent_activation, &mut hr[..u]);
-        activate(p.recurrent_activation, &mut hr[u..u2]);
-        let hb = &h[b * u..(b + 1) * u];
-        if p.reset_after {
-            let (zr, cand) = hr.split_at_mut(u2);
-            let r = &zr[u..u2];
-            if let Some(br) = p.hh_bias {
-                for (c, bv) in cand.iter_mut().zip(br) {
-                    *c += *bv;
+    // Gates z and r (and for reset_after the candidate too) row by row, vectorized as wide as
+    // the kernels run.
+    vectorized(
+        #[inline(always)]
+        || {
+            for b in 0..batch {
+                let x = &xp[xp_row(b)..xp_row(b) + g];
+                let hr = &mut hu[b * g..(b + 1) * g];
+                for (v, xv) in hr[..u2].iter_mut().zip(&x[..u2]) {
+                    *v += *xv;
+                }
+                if let Some((tr, row)) = keep.as_mut() {
+                    if tr.has_pre {
+                        let o = row(b) * g;
+                        tr.pre[o..o + u2].copy_from_slice(&hr[..u2]);
+                    }
+                }
+                activate(p.recurrent_activation, &mut hr[..u]);
+                activate(p.recurrent_activation, &mut hr[u..u2]);
+                let hb = &h[b * u..(b + 1) * u];
+                if p.reset_after {
+                    let (zr, cand) = hr.split_at_mut(u2);
+                    let r = &zr[u..u2];
+                    if let Some(br) = p.hh_bias {
+                        for (c, bv) in cand.iter_mut().zip(br) {
+                            *c += *bv;
+                        }
+                    }
+                    if let Some((tr, row)) = keep.as_mut() {
+                        let o = row(b) * u;
+                        tr.hn[o..o + u].copy_from_slice(cand);
+                    }
+                    for ((c, rv), xv) in cand.iter_mut().zip(r).zip(&x[u2..g]) {
+                        *c = *xv + *rv * *c;
+                    }
+                } else {
+                    let tb = &mut tmp[b * u..(b + 1) * u];
+                    for ((t, rv), hv) in tb.iter_mut().zip(&hr[u..u2]).zip(hb) {
+                        *t = *rv * *hv;
+                    }
+                    if let Some(s) = rec {
+                        for (t, sv) in tb.iter_mut().zip(&s[2][b * u..(b + 1) * u]) {
+                            *t *= *sv;
+                        }
+                    }
+                    if let Some((tr, row)) = keep.as_mut() {
+                        let o = row(b) * u;
+                        tr.hn[o..o + u].copy_from_slice(tb);
+                    }
                 }
             }
-            if let Some((tr, row)) = keep.as_mut() {
-                let o = row(b) * u;
-                tr.hn[o..o + u].copy_from_slice(cand);
-            }
-            for ((c, rv), xv) in cand.iter_mut().zip(r).zip(&x[u2..g]) {
-                *c = *xv + *rv * *c;
-            }
-        } else {
-            let tb = &mut tmp[b * u..(b + 1) * u];
-            for ((t, rv), hv) in tb.iter_mut().zip(&hr[u..u2]).zip(hb) {
-                *t = *rv * *hv;
-            }
-            if let Some(s) = rec {
-                for (t, sv) in tb.iter_mut().zip(&s[2][b * u..(b + 1) * u]) {
-                    *t *= *sv;
-                }
-            }
-            if let Some((tr, row)) = keep.as_mut() {
-                let o = row(b) * u;
-                tr.hn[o..o + u].copy_from_slice(tb);
-            }
-        }
-    }
+        },
+    );
     if !p.reset_after {
         if !zero_state {
             rhs.product(par, batch, tmp, u, 0..u, 2..3, hu, g, false, scratch);
@@ -607,28 +614,33 @@ fn step_rows<T: Float>(
         }
     }
     // Candidate activation and the blend h' = z ⊙ h + (1 − z) ⊙ ĥ.
-    for b in 0..batch {
-        let hr = &mut hu[b * g..(b + 1) * g];
-        if let Some((tr, row)) = keep.as_mut() {
-            if tr.has_pre {
-                let o = row(b) * g;
-                tr.pre[o + u2..o + g].copy_from_slice(&hr[u2..g]);
+    vectorized(
+        #[inline(always)]
+        || {
+            for b in 0..batch {
+                let hr = &mut hu[b * g..(b + 1) * g];
+                if let Some((tr, row)) = keep.as_mut() {
+                    if tr.has_pre {
+                        let o = row(b) * g;
+                        tr.pre[o + u2..o + g].copy_from_slice(&hr[u2..g]);
+                    }
+                }
+                activate(p.activation, &mut hr[u2..g]);
+                if let Some((tr, row)) = keep.as_mut() {
+                    let o = row(b) * g;
+                    tr.gates[o..o + g].copy_from_slice(hr);
+                }
+                let hb = &h[b * u..(b + 1) * u];
+                let nb = &mut h_new[b * u..(b + 1) * u];
+                let (z, rest) = hr.split_at(u);
+                let cand = &rest[u..];
+                for (((n, zv), hv), cv) in nb.iter_mut().zip(z).zip(hb).zip(cand) {
+                    // Keras: z * h + (1 - z) * hh
+                    *n = *zv * *hv + (T::one() - *zv) * *cv;
+                }
             }
-        }
-        activate(p.activation, &mut hr[u2..g]);
-        if let Some((tr, row)) = keep.as_mut() {
-            let o = row(b) * g;
-            tr.gates[o..o + g].copy_from_slice(hr);
-        }
-        let hb = &h[b * u..(b + 1) * u];
-        let nb = &mut h_new[b * u..(b + 1) * u];
-        let (z, rest) = hr.split_at(u);
-        let cand = &rest[u..];
-        for (((n, zv), hv), cv) in nb.iter_mut().zip(z).zip(hb).zip(cand) {
-            // Keras: z * h + (1 - z) * hh
-            *n = *zv * *hv + (T::one() - *zv) * *cv;
-        }
-    }
+        },
+    );
 }
 
 /// Runs a GRU over a whole sequence `x` `(B, T, D)`.

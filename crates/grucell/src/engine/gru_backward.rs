@@ -9,6 +9,7 @@
 use super::gemm::{for_transposed_chunks, gemm, gemm_with, transposes, Operand};
 use super::gru::{batch_parts, mask_part, part_rows, take_front, team_size, use_team, TraceRows};
 use super::gru::{mask_rows, DropoutMasks, GruParams, GruTrace, SequenceOptions};
+use super::math::vectorized;
 use super::packed::{PackedRhs, Par, Rhs};
 use super::team::Team;
 use super::workspace::grow;
@@ -113,6 +114,7 @@ impl<'a, T: Float> RecurrentT<'a, T> {
 }
 
 /// `d ← d ⊙ f'(pre)` for one gate block (row-wise for softmax-like activations).
+#[inline(always)]
 fn act_backward<T: Float>(a: Activation, pre: &[T], post: &[T], d: &mut [T], scratch: &mut Vec<T>) {
     match a {
         Activation::Sigmoid => d
@@ -139,6 +141,7 @@ fn act_backward<T: Float>(a: Activation, pre: &[T], post: &[T], d: &mut [T], scr
 
 /// `d_out = carry + d_seq (+ d_last)` for one batch row: added to the state gradient
 /// (`dhn = dh + d_out`) on a valid step, carried to the previous output on a masked one.
+#[inline(always)]
 fn route_output_grad<T: Float>(
     carry: &mut [T],
     seq: Option<&[T]>,
@@ -180,6 +183,7 @@ struct GateRows<'a, T> {
 /// Gate gradients of one batch row from its state gradient `dhn`: the input side `gx` `(3u)`
 /// (dz, dr, dĥ — for `reset_after = false` dr is filled in after the candidate's product), the
 /// recurrent side `gh` `(3u)`, and the direct part of `dh_prev` (`dhn ⊙ z`).
+#[inline(always)]
 fn gate_grads_row<T: Float>(
     p: &GruParams<T>,
     rows: &GateRows<'_, T>,
@@ -196,17 +200,14 @@ fn gate_grads_row<T: Float>(
     let (z, r, n) = (&gates[..u], &gates[u..u2], &gates[u2..]);
     let (dz, rest) = gx.split_at_mut(u);
     let (dr, dn) = rest.split_at_mut(u);
-    for (((((dzv, dnv), dp), d), zv), (hv, nv)) in dz
-        .iter_mut()
-        .zip(dn.iter_mut())
-        .zip(dh_prev.iter_mut())
-        .zip(dhn)
-        .zip(z)
-        .zip(rows.h_prev.iter().zip(n))
-    {
-        *dzv = *d * (*hv - *nv);
-        *dnv = *d * (T::one() - *zv);
-        *dp = *d * *zv;
+    // Indexed over equal-length slices (a six-way zip was left scalar by the compiler).
+    let (dh_prev, dhn, h_prev) = (&mut dh_prev[..u], &dhn[..u], &rows.h_prev[..u]);
+    let (dn, n) = (&mut dn[..u], &n[..u]);
+    for j in 0..u {
+        let d = dhn[j];
+        dz[j] = d * (h_prev[j] - n[j]);
+        dn[j] = d * (T::one() - z[j]);
+        dh_prev[j] = d * z[j];
     }
     act_backward(p.activation, &pre[u2..], n, dn, scratch);
     if p.reset_after {
@@ -559,53 +560,59 @@ fn reverse_rows<T: Float>(
     let want_dh0 = dh0.is_some();
     for k in (0..time).rev() {
         let t = if opts.go_backwards { time - 1 - k } else { k };
-        // Output gradient of this step, routed to the new state or (masked) to the previous output.
-        for b in 0..batch {
-            valid[b] = opts.mask.is_none_or(|m| m[b * time + t]);
-            let bu = b * u..(b + 1) * u;
-            let seq = upstream
-                .sequence
-                .map(|s| &s[(b * time + k) * u..(b * time + k + 1) * u]);
-            let last = upstream
-                .last
-                .filter(|_| k + 1 == time)
-                .map(|l| &l[bu.clone()]);
-            route_output_grad(
-                &mut carry[bu.clone()],
-                seq,
-                last,
-                &dh[bu.clone()],
-                &mut dhn[bu],
-                valid[b],
-                opts.zero_output_for_mask,
-            );
-        }
-        // Element-wise gate gradients.
-        for b in 0..batch {
-            let bu = b * u..(b + 1) * u;
-            if !valid[b] {
-                dh_prev[bu.clone()].copy_from_slice(&dh[bu]);
-                sx[b * g..(b + 1) * g].fill(T::zero());
-                sh[b * g..(b + 1) * g].fill(T::zero());
-                continue;
-            }
-            let row = b * time + t;
-            let rows = GateRows {
-                gates: &trace.gates[row * g..(row + 1) * g],
-                pre: trace.has_pre.then(|| &trace.pre[row * g..(row + 1) * g]),
-                h_prev: &trace.h_prev[row * u..(row + 1) * u],
-                hn: &trace.hn[row * u..(row + 1) * u],
-            };
-            gate_grads_row(
-                p,
-                &rows,
-                &dhn[bu.clone()],
-                &mut sx[b * g..(b + 1) * g],
-                &mut sh[b * g..(b + 1) * g],
-                &mut dh_prev[bu],
-                &mut scratch,
-            );
-        }
+        // The element-wise work of the step, vectorized as wide as the kernels run.
+        vectorized(
+            #[inline(always)]
+            || {
+                // Output gradient of this step, routed to the new state or (masked) to the previous output.
+                for b in 0..batch {
+                    valid[b] = opts.mask.is_none_or(|m| m[b * time + t]);
+                    let bu = b * u..(b + 1) * u;
+                    let seq = upstream
+                        .sequence
+                        .map(|s| &s[(b * time + k) * u..(b * time + k + 1) * u]);
+                    let last = upstream
+                        .last
+                        .filter(|_| k + 1 == time)
+                        .map(|l| &l[bu.clone()]);
+                    route_output_grad(
+                        &mut carry[bu.clone()],
+                        seq,
+                        last,
+                        &dh[bu.clone()],
+                        &mut dhn[bu],
+                        valid[b],
+                        opts.zero_output_for_mask,
+                    );
+                }
+                // Element-wise gate gradients.
+                for b in 0..batch {
+                    let bu = b * u..(b + 1) * u;
+                    if !valid[b] {
+                        dh_prev[bu.clone()].copy_from_slice(&dh[bu]);
+                        sx[b * g..(b + 1) * g].fill(T::zero());
+                        sh[b * g..(b + 1) * g].fill(T::zero());
+                        continue;
+                    }
+                    let row = b * time + t;
+                    let rows = GateRows {
+                        gates: &trace.gates[row * g..(row + 1) * g],
+                        pre: trace.has_pre.then(|| &trace.pre[row * g..(row + 1) * g]),
+                        h_prev: &trace.h_prev[row * u..(row + 1) * u],
+                        hn: &trace.hn[row * u..(row + 1) * u],
+                    };
+                    gate_grads_row(
+                        p,
+                        &rows,
+                        &dhn[bu.clone()],
+                        &mut sx[b * g..(b + 1) * g],
+                        &mut sh[b * g..(b + 1) * g],
+                        &mut dh_prev[bu],
+                        &mut scratch,
+                    );
+                }
+            },
+        );
         if !p.reset_after {
             // d(r ⊙ h_s) = da_n · U_hᵀ, then dr and the direct path into h.
             rec.product(par, batch, &sh, u2..g, &mut tmp, false, &mut pscratch);
@@ -672,24 +679,29 @@ fn reverse_rows<T: Float>(
         }
         // This step's saved activations are spent: keep its gate gradients in their place.
         // ... and add them to the row's bias sums (`sums`: `Σ dG_x`, then `Σ dĥ_rec`).
-        for b in 0..batch {
-            let row = b * time + t;
-            let (gx, s) = (
-                &sx[b * g..(b + 1) * g],
-                &mut sums[b * 4 * u..(b + 1) * 4 * u],
-            );
-            trace.gates[row * g..(row + 1) * g].copy_from_slice(gx);
-            for (acc, v) in s[..g].iter_mut().zip(gx) {
-                *acc += *v;
-            }
-            if p.reset_after {
-                let gh = &sh[b * g + u2..(b + 1) * g];
-                trace.hn[row * u..(row + 1) * u].copy_from_slice(gh);
-                for (acc, v) in s[g..].iter_mut().zip(gh) {
-                    *acc += *v;
+        vectorized(
+            #[inline(always)]
+            || {
+                for b in 0..batch {
+                    let row = b * time + t;
+                    let (gx, s) = (
+                        &sx[b * g..(b + 1) * g],
+                        &mut sums[b * 4 * u..(b + 1) * 4 * u],
+                    );
+                    trace.gates[row * g..(row + 1) * g].copy_from_slice(gx);
+                    for (acc, v) in s[..g].iter_mut().zip(gx) {
+                        *acc += *v;
+                    }
+                    if p.reset_after {
+                        let gh = &sh[b * g + u2..(b + 1) * g];
+                        trace.hn[row * u..(row + 1) * u].copy_from_slice(gh);
+                        for (acc, v) in s[g..].iter_mut().zip(gh) {
+                            *acc += *v;
+                        }
+                    }
                 }
-            }
-        }
+            },
+        );
         std::mem::swap(&mut dh, &mut dh_prev);
     }
     if let Some(h0) = dh0 {
