@@ -16,6 +16,7 @@ use std::arch::x86_64::{
     _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_set1_ps,
     _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_storeu_ps, _mm512_unpackhi_pd,
     _mm512_unpackhi_ps, _mm512_unpacklo_pd, _mm512_unpacklo_ps, _mm_prefetch, _MM_HINT_T0,
+    _MM_HINT_T1,
 };
 use std::ops::Range;
 
@@ -313,8 +314,9 @@ fn transpose16(v: &mut [__m512; 16]) {
 /// summed in `k` order from zero, and the bias added last, in the order `add_bias_rows` adds it
 /// after a product. With `depth = block_depth(|kr|)` and no bias every element is exactly what
 /// [`panel`] computes for its panel alone. While a block runs, the next one (of these panels, or
-/// else the first of `next`, the panels computed after these) is requested into L1, a share in
-/// each row tile.
+/// else the first of `next`, the panels computed after these) is requested into L2, a share in
+/// each row tile, and the half tile that reads a block first requests its lines into L1
+/// [`NEAR_AHEAD`] values of `k` before it reads them (the other halves find them there).
 /// Returns `false`, having done nothing, if a slice is short.
 ///
 /// With `P = 3` a half tile keeps 8 × 3 accumulators, and each `k` costs 8 broadcasts and 3
@@ -322,6 +324,13 @@ fn transpose16(v: &mut [__m512; 16]) {
 /// (one thread, packed operands, `depth` = 128): 208 × 1024 · 1024 × 3072 (XL's projection, `B`
 /// from L3) 145–147 GFLOP/s against 127–129 for pairs; 240 × 512 · 512 × 48 (all in cache)
 /// 171 (98 % of the core's peak) against 143.
+///
+/// The block ahead went into L1 until the near requests were added: where one tile of 16 rows
+/// reads each block (a team's step of 16 batch rows), the block ahead and the block being read
+/// did not fit L1 together, and a third of the block ahead was never requested. Two threads,
+/// alternated in one process: XL forward −2 to −2.5 %, (16, 50, 512, 1024) −3 %, M forward
+/// −1 %, L training −1 %; the same with 4 or 12 values ahead, and 1–2 % less with the block
+/// ahead still into L1.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn panel_group<const P: usize>(
@@ -386,15 +395,17 @@ pub(super) fn panel_group<const P: usize>(
                 (rows - h1, pf.start + pf.len() / 2..pf.end),
             ] {
                 let oh: [usize; P] = std::array::from_fn(|p| os[p] + (i + off) * ldc);
+                // The first half tile of the block reads it from L2 (or beyond).
+                let near = tile == 0 && off == 0;
                 macro_rules! halves {
                     ($($r:literal)*) => {
                         match h {
                             0 => {}
                             $($r => tile_group::<$r, P>(
-                                t, rows, off, kl, bk, c, oh, ldc, acc, bias, ahead, pf,
+                                t, rows, off, kl, bk, c, oh, ldc, acc, bias, ahead, pf, near,
                             ),)*
                             _ => tile_group::<8, P>(
-                                t, rows, off, kl, bk, c, oh, ldc, acc, bias, ahead, pf,
+                                t, rows, off, kl, bk, c, oh, ldc, acc, bias, ahead, pf, near,
                             ),
                         }
                     };
@@ -412,9 +423,14 @@ pub(super) fn panel_group<const P: usize>(
     }
 }
 
+/// Values of `k` ahead at which the first half tile of a group kernel's block requests the
+/// block's lines into L1 (see [`panel_group`]).
+const NEAR_AHEAD: usize = 8;
+
 /// `R` rows (from row `off` of a packed tile of `stride` rows) times `P` panels; requests lines
-/// `pf` of `ahead` (line `l` of panel `p` is request `l·P + p`), one per `k`. Bounds were
-/// checked by [`panel_group`].
+/// `pf` of `ahead` (line `l` of panel `p` is request `l·P + p`) into L2, one per `k`, and when
+/// `near`, the panels' own lines [`NEAR_AHEAD`] values of `k` ahead into L1. Bounds were checked
+/// by [`panel_group`].
 #[target_feature(enable = "avx512f")]
 #[inline]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // registers by row and panel
@@ -431,6 +447,7 @@ fn tile_group<const R: usize, const P: usize>(
     bias: Option<[&[f32]; P]>,
     ahead: [&[f32]; P],
     pf: Range<usize>,
+    near: bool,
 ) {
     // Local proofs for the unchecked reads below (panics only if `panel_group` let a bad call
     // through; klen ≥ 1 there).
@@ -440,11 +457,19 @@ fn tile_group<const R: usize, const P: usize>(
     let pfp: [*const f32; P] = std::array::from_fn(|p| ahead[p].as_ptr());
     let mut s: [[__m512; R]; P] = [[_mm512_setzero_ps(); R]; P];
     for kk in 0..klen {
+        if near && kk + NEAR_AHEAD < klen {
+            for p in 0..P {
+                // Within panel p's block (kk + NEAR_AHEAD < klen); a prefetch reads nothing
+                // into registers and never faults.
+                _mm_prefetch::<_MM_HINT_T0>(
+                    bp[p].wrapping_add((kk + NEAR_AHEAD) * NR).cast::<i8>(),
+                );
+            }
+        }
         if kk < pf.len() {
             let l = pf.start + kk;
-            // Within `ahead` (l / P < lines); a prefetch reads nothing into registers and
-            // never faults.
-            _mm_prefetch::<_MM_HINT_T0>(pfp[l % P].wrapping_add(l / P * NR).cast::<i8>());
+            // Within `ahead` (l / P < lines).
+            _mm_prefetch::<_MM_HINT_T1>(pfp[l % P].wrapping_add(l / P * NR).cast::<i8>());
         }
         // SAFETY: kk·NR + 16 ≤ klen·NR = every panel's length (sliced above).
         let v: [__m512; P] =
