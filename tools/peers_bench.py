@@ -421,26 +421,80 @@ def run_peer(framework, name, dims, opts):
 
 
 def noise_rank(row):
-    """Sort key of a result row by noise: others' CPU share during it, unknown = 1, failed = 2."""
+    """Sort key of a result row by noise (see noise_of): unknown = 1, failed = 2."""
     if "error" in row:
         return 2.0
-    noise = row.get("others_cpu_during")
+    noise = noise_of(row)
     return 1.0 if noise is None else noise
+
+
+def host_speed(n=300_000):
+    """Iterations per second of a fixed pure-Python loop, best of three (~15 ms each): how fast the
+    host lets this VM run right now. On a shared host a slow spell slows every process alike for
+    minutes at a time, and the CPU-use figures inside the VM do not show it."""
+    best = 0.0
+    for _ in range(3):
+        t = time.perf_counter()
+        s = 0
+        for i in range(n):
+            s += i
+        best = max(best, n / max(time.perf_counter() - t, 1e-9))
+    return best
+
+
+_FASTEST_HOST = [0.0]
+
+
+def relative_host_speed():
+    """host_speed() as a fraction of the fastest seen in this run (1.0 = as fast as ever)."""
+    v = host_speed()
+    _FASTEST_HOST[0] = max(_FASTEST_HOST[0], v)
+    return round(v / _FASTEST_HOST[0], 3)
+
+
+def wait_fast(opts):
+    """With --slow-below, waits up to --wait-quiet seconds (at least 60) while the host runs slower
+    than --slow-below of its fastest; returns the last relative speed seen (None when off)."""
+    if opts.slow_below <= 0:
+        return None
+    deadline = time.monotonic() + max(opts.wait_quiet, 60.0)
+    rel = relative_host_speed()
+    while rel < opts.slow_below and time.monotonic() < deadline:
+        time.sleep(5.0)
+        rel = relative_host_speed()
+    return rel
+
+
+def noise_of(row):
+    """The larger of others' CPU share during a row and, with --slow-below, how much slower than its
+    fastest the host ran just before or after it (None: unknown)."""
+    noise = row.get("others_cpu_during")
+    speeds = [row.get(k) for k in ("host_speed_before", "host_speed_after") if row.get(k) is not None]
+    if speeds:
+        noise = max(noise or 0.0, 1.0 - min(speeds))
+    return noise
 
 
 def run_quietest(job, opts):
     """Runs `job` (returning a result row) and reruns it up to --retries times while other processes
-    used more than --quiet-below of the CPUs during it; keeps the row measured in the quietest run."""
+    used more than --quiet-below of the CPUs during it or, with --slow-below, the host ran slower
+    than that fraction of its fastest just before or after it; keeps the row measured in the
+    quietest run."""
     best = None
     for attempt in range(1 + max(0, opts.retries)):
+        before = wait_fast(opts)
         row = job()
         row["attempt"] = attempt + 1
         if "error" in row:
             return row
+        if before is not None:
+            row["host_speed_before"] = before
+            row["host_speed_after"] = relative_host_speed()
         noise = row.get("others_cpu_during")
         if best is None or noise_rank(row) < noise_rank(best):
             best = row
-        if noise is None or noise <= opts.quiet_below:
+        slow = before is not None and min(row["host_speed_before"], row["host_speed_after"]) < opts.slow_below
+        if (noise is None or noise <= opts.quiet_below) and not slow:
             break
     return best
 
@@ -728,6 +782,11 @@ def main(argv=None):
     ap.add_argument("--retries", type=int, default=0,
                     help="rerun a measurement up to this many times while other processes used more than "
                          "--quiet-below of the CPUs during it, keeping the quietest run (default 0)")
+    ap.add_argument("--slow-below", type=float, default=0.0, metavar="FRACTION",
+                    help="before each process wait (up to --wait-quiet seconds, at least 60) while a "
+                         "fixed Python loop runs slower than this fraction of its fastest in this run, "
+                         "and with --retries rerun a measurement after which it did (a slow spell of a "
+                         "shared host, invisible to the CPU-use figures); e.g. 0.85 (default 0: off)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="measure every framework on a size this many times, in an order rotated each "
                          "round, and report the median of the rounds' medians (default 1)")
