@@ -33,8 +33,9 @@ pub(crate) fn madd<T: Float, const F: bool>(a: T, b: T, c: T) -> T {
 /// gradients) that the compiler inlines into it are then vectorized 16 (AVX-512) or 8 (AVX2)
 /// lanes wide instead of the baseline's 4. Element-wise `+`, `−`, `×` give the same bits at any
 /// width (no multiply-add is ever contracted), so results do not depend on the level. Only
-/// code inlined into `f` benefits: callers keep `f` to the loops and mark the helpers they call
-/// `#[inline(always)]`.
+/// code inlined here benefits: callers pass an `#[inline(always)]` closure (a plain one stayed a
+/// call, compiled for the baseline, and nothing changed) holding the loops, and mark the helpers
+/// it calls `#[inline(always)]`; kernels it calls keep their own dispatch.
 #[inline]
 pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
