@@ -606,12 +606,17 @@ fn step_rows<T: Float>(
         if !zero_state {
             rhs.product(par, batch, tmp, u, 0..u, 2..3, hu, g, false, scratch);
         }
-        for b in 0..batch {
-            let x = &xp[xp_row(b) + u2..xp_row(b) + g];
-            for (c, xv) in hu[b * g + u2..(b + 1) * g].iter_mut().zip(x) {
-                *c += *xv;
-            }
-        }
+        vectorized(
+            #[inline(always)]
+            || {
+                for b in 0..batch {
+                    let x = &xp[xp_row(b) + u2..xp_row(b) + g];
+                    for (c, xv) in hu[b * g + u2..(b + 1) * g].iter_mut().zip(x) {
+                        *c += *xv;
+                    }
+                }
+            },
+        );
     }
     // Candidate activation and the blend h' = z ⊙ h + (1 − z) ⊙ ĥ.
     vectorized(

@@ -616,33 +616,38 @@ fn reverse_rows<T: Float>(
         if !p.reset_after {
             // d(r ⊙ h_s) = da_n · U_hᵀ, then dr and the direct path into h.
             rec.product(par, batch, &sh, u2..g, &mut tmp, false, &mut pscratch);
-            for b in (0..batch).filter(|&b| valid[b]) {
-                let row = b * time + t;
-                let gates = &trace.gates[row * g..(row + 1) * g];
-                let pre = if trace.has_pre {
-                    &trace.pre[row * g..(row + 1) * g]
-                } else {
-                    gates
-                };
-                let hp = &trace.h_prev[row * u..(row + 1) * u];
-                let r = &gates[u..u2];
-                let s_h = rec_masks.map(|s| &s[2][b * u..(b + 1) * u]);
-                let gx = &mut sx[b * g..(b + 1) * g];
-                for j in 0..u {
-                    let drh = tmp[b * u + j];
-                    let sh = s_h.map_or(T::one(), |s| s[j]);
-                    gx[u + j] = drh * hp[j] * sh;
-                    dh_prev[b * u + j] += drh * r[j] * sh;
-                }
-                act_backward(
-                    p.recurrent_activation,
-                    &pre[u..u2],
-                    r,
-                    &mut gx[u..u2],
-                    &mut scratch,
-                );
-                sh[b * g + u..b * g + u2].copy_from_slice(&gx[u..u2]);
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    for b in (0..batch).filter(|&b| valid[b]) {
+                        let row = b * time + t;
+                        let gates = &trace.gates[row * g..(row + 1) * g];
+                        let pre = if trace.has_pre {
+                            &trace.pre[row * g..(row + 1) * g]
+                        } else {
+                            gates
+                        };
+                        let hp = &trace.h_prev[row * u..(row + 1) * u];
+                        let r = &gates[u..u2];
+                        let s_h = rec_masks.map(|s| &s[2][b * u..(b + 1) * u]);
+                        let gx = &mut sx[b * g..(b + 1) * g];
+                        for j in 0..u {
+                            let drh = tmp[b * u + j];
+                            let sh = s_h.map_or(T::one(), |s| s[j]);
+                            gx[u + j] = drh * hp[j] * sh;
+                            dh_prev[b * u + j] += drh * r[j] * sh;
+                        }
+                        act_backward(
+                            p.recurrent_activation,
+                            &pre[u..u2],
+                            r,
+                            &mut gx[u..u2],
+                            &mut scratch,
+                        );
+                        sh[b * g + u..b * g + u2].copy_from_slice(&gx[u..u2]);
+                    }
+                },
+            );
         }
         // dh_prev += dG_h · Uᵀ over the recurrent gates (masked rows have dG_h = 0). The
         // first step's `dh_prev` is `dh0`, not needed unless asked for.
