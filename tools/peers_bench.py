@@ -786,7 +786,7 @@ def main(argv=None):
                     help="before each process wait (up to --wait-quiet seconds, at least 60) while a "
                          "fixed Python loop runs slower than this fraction of its fastest in this run, "
                          "and with --retries rerun a measurement after which it did (a slow spell of a "
-                         "shared host, invisible to the CPU-use figures); e.g. 0.85 (default 0: off)")
+                         "shared host, invisible to the CPU-use figures); e.g. 0.9 (default 0: off)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="measure every framework on a size this many times, in an order rotated each "
                          "round, and report the median of the rounds' medians (default 1)")
