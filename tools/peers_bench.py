@@ -45,6 +45,8 @@ SIZES = {
 PEERS = ("torch", "onnxruntime", "keras")
 RESULT_TAG = "PEERS_BENCH_RESULT "
 FLOP_FORMULA = "forward FLOPs = 2*B*T*3H*(I+H) (elementwise ignored); training FLOPs = 3 x forward"
+# The shim --hide-avx512 preloads into every measured process (set by main).
+HIDE_AVX512_SO = None
 
 
 def forward_flops(b, t, i, h):
@@ -72,7 +74,30 @@ def thread_env(threads):
     env["CUDA_VISIBLE_DEVICES"] = ""
     env["KERAS_BACKEND"] = "tensorflow"
     env["PYTHONHASHSEED"] = "0"
+    if HIDE_AVX512_SO:
+        env["LD_PRELOAD"] = " ".join(filter(None, [HIDE_AVX512_SO, env.get("LD_PRELOAD")]))
     return env
+
+
+def build_hide_avx512(tmpdir):
+    """Compiles tools/hide_avx512.c into `tmpdir`; returns the shared object's path."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        raise SystemExit("--hide-avx512: needs Linux on x86-64 (CPUID faulting), not %s %s"
+                         % (platform.system(), platform.machine()))
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        raise SystemExit("--hide-avx512: no C compiler (cc or gcc) on PATH")
+    out = str(pathlib.Path(tmpdir) / "hide_avx512.so")
+    res = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", out, str(ROOT / "tools" / "hide_avx512.c")],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit("--hide-avx512: compiling tools/hide_avx512.c failed: %s" % tail(res.stderr))
+    check = subprocess.run([sys.executable, "-c", "pass"], env=dict(os.environ, LD_PRELOAD=out),
+                           capture_output=True, text=True)
+    if check.returncode != 0:
+        raise SystemExit("--hide-avx512: the shim does not work here (exit code %s): %s"
+                         % (check.returncode, tail(check.stderr)))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -731,8 +756,11 @@ def print_saved(paths):
     """Prints the tables of saved --json runs; across several runs keeps, for each (framework, size),
     the row measured with the least CPU use by other processes."""
     docs = [json.loads(pathlib.Path(p).read_text()) for p in paths]
-    if len({doc["threads"] for doc in docs}) > 1 or len({doc["cpu"]["model"] for doc in docs}) > 1:
-        raise SystemExit("--from-json: the runs differ in thread count or CPU model; merge only like runs")
+    hidden = {bool(doc["settings"].get("hide_avx512")) for doc in docs}
+    if len({doc["threads"] for doc in docs}) > 1 or len({doc["cpu"]["model"] for doc in docs}) > 1 \
+            or len(hidden) > 1:
+        raise SystemExit("--from-json: the runs differ in thread count, CPU model or --hide-avx512; "
+                         "merge only like runs")
     sizes, frameworks, best = {}, [], {}
     for doc in docs:
         for name, d in doc["sizes"].items():
@@ -751,7 +779,8 @@ def print_saved(paths):
     print("runs: %s" % ", ".join(doc["date"] for doc in docs))
     print("cpu: %s; logical cpus %s, physical cores %s; SIMD %s" % (
         docs[0]["cpu"]["model"], docs[0]["cpu"]["logical_cpus"], docs[0]["cpu"]["physical_cores"],
-        " ".join(docs[0]["cpu"]["simd_flags"])))
+        " ".join(docs[0]["cpu"]["simd_flags"]))
+        + ("; AVX-512 hidden from every engine (--hide-avx512)" if True in hidden else ""))
     print("threads: %s" % docs[0]["threads"])
     print("versions: %s" % ", ".join("%s %s" % kv for kv in sorted(versions.items())))
     print("flops: %s" % FLOP_FORMULA)
@@ -796,6 +825,10 @@ def main(argv=None):
     ap.add_argument("--grucell", default=None, help="grucell binary (default: target/release/grucell)")
     ap.add_argument("--grucell-isa", default=None, metavar="ISA",
                     help="widest grucell kernels: portable, avx2 or avx512 (default: the best the CPU has)")
+    ap.add_argument("--hide-avx512", action="store_true",
+                    help="hide AVX-512 (and AMX) from every measured process, grucell and peers alike, "
+                         "through the CPUID-faulting shim tools/hide_avx512.c (Linux x86-64, needs cc): "
+                         "an AVX-512 machine then stands in for an AVX2-only one")
     ap.add_argument("--no-grucell", action="store_true", help="benchmark the peers only")
     ap.add_argument("--no-build", action="store_true", help="never run cargo build --release")
     ap.add_argument("--build", action="store_true", help="run cargo build --release even if the binary exists")
@@ -825,6 +858,10 @@ def main(argv=None):
     started = datetime.datetime.now().astimezone()
     cpu = cpu_info()
     notes = []
+    global HIDE_AVX512_SO
+    shim_dir = tempfile.TemporaryDirectory(prefix="peers_bench_")
+    if opts.hide_avx512:
+        HIDE_AVX512_SO = build_hide_avx512(shim_dir.name)
     t_start = time.monotonic()
 
     binary = None
@@ -874,12 +911,15 @@ def main(argv=None):
     gemm_rates = [r["raw"]["gemm_gflops"] for r in grucell_rows
                   if isinstance(r.get("raw", {}).get("gemm_gflops"), (int, float))]
     isas = sorted({r["raw"]["isa"] for r in grucell_rows if isinstance(r.get("raw", {}).get("isa"), str)})
+    if opts.hide_avx512 and "avx512" in isas:
+        notes.append("--hide-avx512: grucell still reported AVX-512 kernels: the shim did not take")
     table = render_tables(sizes, rows, frameworks)
     header = [
         "date: %s" % started.strftime("%Y-%m-%d %H:%M %Z"),
         "cpu: %s; logical cpus %s, physical cores %s, usable %s; SIMD %s" % (
             cpu["model"], cpu["logical_cpus"], cpu["physical_cores"], cpu["usable_cpus"],
-            " ".join(cpu["simd_flags"]) or "-"),
+            " ".join(cpu["simd_flags"]) or "-")
+        + ("; AVX-512 hidden from every engine (--hide-avx512)" if opts.hide_avx512 else ""),
         "load average at start: %s; other processes' CPU use during the measurements: %s" % (
             " ".join(str(v) for v in cpu["load_avg_at_start"]),
             "%.0f%%..%.0f%%" % (100 * min(busy), 100 * max(busy)) if busy else "unknown"),
@@ -912,7 +952,8 @@ def main(argv=None):
             "versions": versions,
             "flop_formula": FLOP_FORMULA,
             "settings": {k: getattr(opts, k) for k in
-                         ("warmup", "reps", "min_time", "max_time", "timeout", "seed", "peers", "sizes", "rounds")},
+                         ("warmup", "reps", "min_time", "max_time", "timeout", "seed", "peers", "sizes", "rounds",
+                          "hide_avx512")},
             "sizes": {name: dict(zip(("batch", "time", "input", "units"), dims)) for name, dims in sizes},
             "results": rows,
             "notes": notes,
