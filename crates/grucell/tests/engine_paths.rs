@@ -240,7 +240,8 @@ impl Drop for FullIsa {
 }
 
 /// Every kernel level this CPU has (portable, AVX2+FMA, AVX-512), each taking its own paths
-/// (e.g. the in-step projection of wide inputs and the packed left operands only on AVX-512).
+/// (e.g. the packed left operands and the group kernels only on AVX-512, the in-step projection
+/// of wide inputs on AVX-512 and AVX2).
 #[test]
 fn all_paths_agree_with_f64_and_across_thread_counts() {
     let _turn = isa_turn();
@@ -257,12 +258,11 @@ fn check_all_paths(level: Isa) {
     // (B, T, D, u): batch-1 strips; in-place tiles (T < 4); packed + packed-kernel projection;
     // team with the packed-kernel projection; team with the GEMM-crate projection (D > 256);
     // team with a narrow last panel (u = 200 is not a multiple of 16); a wide input (D > 256) of
-    // 64 batch rows, projected inside the team's fused inference steps (where AVX-512 `f32`
-    // makes `projects_in_step` say so) and otherwise by the GEMM crate, with a narrow last
-    // panel (u = 88). Training and the unfused
-    // inference runs (reset_after = false, recurrent dropout) of the 16- and 24-row sizes split
-    // the batch into parts (two, or three for 24 rows and 3 threads where the machine has
-    // them); the 8-row size keeps the team.
+    // 64 batch rows, projected inside the team's fused inference steps (where AVX-512 or AVX2
+    // `f32` make `projects_in_step` say so) and otherwise by the GEMM crate, with a narrow
+    // last panel (u = 88). Training and the unfused inference runs (reset_after = false,
+    // recurrent dropout) of the 16- and 24-row sizes split the batch into parts (two, or three
+    // for 24 rows and 3 threads where the machine has them); the 8-row size keeps the team.
     let sizes = [
         (1, 5, 3, 70),
         (3, 2, 5, 40),

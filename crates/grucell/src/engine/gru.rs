@@ -207,9 +207,9 @@ const PACK_PAR_MIN: usize = 1 << 18;
 /// element-wise activations) of `batch` rows projects its inputs with the panel kernels step by
 /// step, inside the fused steps (`StepInputs::Raw`: no `(B·T, 3u)` buffer written and read
 /// back, `x_t` packed for the group kernel where the kernels read packed operands): inputs of
-/// at most `PROJECT_OWN_MAX_K` (256) features always (a call without a team (`engine::team`) projects those
-/// before the loop, with the same sums); wider ones with `f32` on AVX-512 CPUs from
-/// `IN_STEP_MIN_BATCH` (64) rows, in the steps whatever the thread count (without a team, fused
+/// at most `PROJECT_OWN_MAX_K` (256) features always (a call without a team (`engine::team`)
+/// projects those before the loop, with the same sums); wider ones with `f32` on AVX-512 and
+/// AVX2 CPUs (see [`super::projection::available`]) from `IN_STEP_MIN_BATCH` (64) rows, in the steps whatever the thread count (without a team, fused
 /// steps on the calling thread; one thread, L forward: 76.6 against 78.7 ms with the GEMM
 /// crate's projection). The thread count plays no part, so results do not depend on it. Other
 /// calls project wide inputs with the GEMM crate (or [`super::projection::project`], see

@@ -12,9 +12,9 @@ use crate::float::Float;
 /// The recurrent kernel `U` `(u, 3u)` and the input kernel `W` `(D, 3u)` of one GRU cell, packed
 /// into the 16-column panels the engine's kernels read, each gate block (z, r, h) its own
 /// segment. `W` is packed for inputs of at most 256 features, and for wider inputs where
-/// [`super::projection`] may read it (`f32` on CPUs with the AVX-512 kernels, for calls of up to
-/// 512 rows); elsewhere wide inputs are projected by the GEMM crate, which reads `W` in
-/// place, and packing it would only cost memory.
+/// [`super::projection`] may read it (`f32` on CPUs with the AVX-512 or AVX2 kernels, for calls
+/// of up to 512 rows, and inside fused steps); elsewhere wide inputs are projected by the GEMM
+/// crate, which reads `W` in place, and packing it would only cost memory.
 ///
 /// Pass it in [`GruParams::packed`]. It must have been made from the **same** weights as the
 /// params it travels with: the engine reads `U` (and a packed `W`) from here instead of from

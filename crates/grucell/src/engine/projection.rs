@@ -66,10 +66,24 @@ const BLOCK_ROWS: usize = 128;
 pub(crate) const GROUP_KC: usize = 128;
 
 /// Whether the engine projects wide inputs with [`project`] at all: `f32` on CPUs with the
-/// AVX-512 kernels. ([`project`] computes the same product on any CPU; elsewhere the GEMM crate
-/// was not measured against it.) [`super::prepacked::PackedWeights`] packs wide `W` only here.
+/// AVX-512 or the AVX2 + FMA kernels. ([`project`] computes the same product on any CPU;
+/// elsewhere the GEMM crate was not measured against it.) [`super::prepacked::PackedWeights`]
+/// packs wide `W` only here.
+///
+/// AVX2 (session 17, the AVX-512 Xeon of the module docs with AVX-512 hidden from every
+/// library, `tools/hide_avx512.c`; 2 threads, forward medians in one process, against the
+/// GEMM crate): (64, 50, 512, 512) −4.5 %, (128, 25, 512, 512) −5 %, (64, 50, 512, 1024) −1 %,
+/// (64, 50, 1024, 512) −1 % — the wide inputs projected inside the fused steps
+/// (`gru::projects_in_step`); XL (400 rows through [`project`]) ±1 %.
 pub fn available<T: Float>() -> bool {
-    Lhs::<T>::packs()
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::mem::size_of::<T>() == 4 && super::isa::active() >= super::isa::Isa::Avx2Fma
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Whether a call projecting `rows` rows (all time steps of all batch rows) reads a pre-packed
