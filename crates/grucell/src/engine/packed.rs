@@ -38,6 +38,7 @@
 //! into `C`, so no two threads ever hold the same memory.
 
 use super::gemm::Operand;
+use super::gru::add_bias_rows;
 #[cfg(target_arch = "x86_64")]
 use super::isa::{active, Isa};
 use super::math::madd;
@@ -784,7 +785,19 @@ impl<T: Float> Rhs<'_, T> {
                 continue;
             }
             let next = self.upcoming(segs, i + 1, &panels);
-            run_panel(m, a, kr, b, ldb, w, &mut c[c0..], ldc, accumulate, next);
+            run_panel(
+                m,
+                a,
+                kr,
+                b,
+                ldb,
+                w,
+                &mut c[c0..],
+                ldc,
+                accumulate,
+                next,
+                None,
+            );
         }
     }
 
@@ -880,11 +893,14 @@ pub(crate) fn run_panel_range<T: Float>(
             NR,
             accumulate,
             next,
+            None,
         );
     }
 }
 
-/// One panel for all `m` rows, with the best kernel the CPU runs.
+/// One panel for all `m` rows, with the best kernel the CPU runs; then `bias` (the panel's `w`
+/// values, if given) added to each row as `gru::add_bias_rows` adds it (the AVX2 kernel adds
+/// it as it stores the last block: the same bits, one pass over `C` less).
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub(crate) fn run_panel<T: Float>(
@@ -898,8 +914,14 @@ pub(crate) fn run_panel<T: Float>(
     ldc: usize,
     accumulate: bool,
     next: Option<&[T]>,
+    bias: Option<&[T]>,
 ) {
     let (a, lda) = (lhs.rows, lhs.lda);
+    let add_bias = |c: &mut [T]| {
+        if let (Some(bias), true) = (bias, m > 0) {
+            add_bias_rows(&bias[..w], &mut c[..(m - 1) * ldc + w], ldc);
+        }
+    };
     #[cfg(target_arch = "x86_64")]
     {
         let isa = active();
@@ -917,26 +939,36 @@ pub(crate) fn run_panel<T: Float>(
                     .map(|n| n.get(kr.start * ldb..).unwrap_or(&[]));
                 // SAFETY: the CPU has AVX2 and FMA, and AVX-512F where `isa` says so (checked by
                 // `active`), the only requirements of these `#[target_feature]` functions.
-                let done = unsafe {
+                let (done, fused) = unsafe {
                     if isa == Isa::Avx512 {
                         let at = lhs.packed.and_then(T::slice_f32);
-                        super::simd512::panel(
+                        let done = super::simd512::panel(
                             m, a32, lda, at, kr, b32, ldb, c32, ldc, accumulate, next,
-                        )
+                        );
+                        (done, false)
                     } else {
-                        super::simd::panel(m, a32, lda, kr, b32, ldb, c32, ldc, accumulate, next)
+                        let bias = bias.and_then(T::slice_f32);
+                        let done = super::simd::panel(
+                            m, a32, lda, kr, b32, ldb, c32, ldc, accumulate, next, bias,
+                        );
+                        (done, bias.is_some())
                     }
                 };
                 if done {
+                    if !fused {
+                        add_bias(c);
+                    }
                     return;
                 }
             }
             // SAFETY: the CPU has AVX2 and FMA (checked by `active`).
             unsafe { panel_avx2_fma(m, a, lda, kr, b, ldb, w, c, ldc, accumulate) };
+            add_bias(c);
             return;
         }
     }
     panel_kernel::<T, false>(m, a, lda, kr, b, ldb, w, c, ldc, accumulate);
+    add_bias(c);
 }
 
 /// `P` full panels (`bs`: packed, row stride [`NR`], from row 0) for all `m` rows at once, in

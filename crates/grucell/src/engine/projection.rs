@@ -42,7 +42,6 @@
 //! assert_eq!(&xp[12..], &[2.0, 4.0, 6.0, 8.0, 10.0, 13.0]);
 //! ```
 
-use super::gru::add_bias_rows;
 use super::packed::{run_panel, run_panel_group, Lhs, PackedRhs, Rhs, NR};
 use super::workspace::grow;
 use crate::float::Float;
@@ -186,10 +185,8 @@ fn panels<T: Float>(
             continue;
         }
         let (c0, w, b0, ldb) = rhs.panel(i / pps, i % pps);
-        run_panel(m, lhs, kr, b0, ldb, w, &mut c[c0..], ldc, false, None);
-        if let Some(bias) = bias {
-            add_bias_rows(&bias[c0..c0 + w], &mut c[c0..(m - 1) * ldc + c0 + w], ldc);
-        }
+        let bias = bias.map(|b| &b[c0..c0 + w]);
+        run_panel(m, lhs, kr, b0, ldb, w, &mut c[c0..], ldc, false, None, bias);
         i += 1;
     }
 }

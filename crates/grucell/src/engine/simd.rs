@@ -27,6 +27,10 @@ pub(super) const WIDE: usize = 64;
 /// (XL's 12 MiB) is read from memory on every step, and the first tile of each block otherwise
 /// waits for its lines instead of overlapping the memory reads with the other tiles' FMAs
 /// (B = 16, 1024 units: +5–10 % on a product in most runs, 1–20 % over all, dev VM).
+///
+/// `bias`: the panel's 16 values, added to each row of `C` as the last block is stored, in the
+/// order `gru::add_bias_rows` adds them after a product (the same bits), without a second pass
+/// over `C`.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn panel(
@@ -40,12 +44,20 @@ pub(super) fn panel(
     ldc: usize,
     accumulate: bool,
     next: Option<&[f32]>,
+    bias: Option<&[f32]>,
 ) -> bool {
     let klen = kr.len();
     if m == 0 {
         return true;
     }
     let fits = klen == 0 || b.len() >= (klen - 1) * ldb + NR;
+    let bias = match bias {
+        Some(bias) => match bias.get(..NR) {
+            Some(bias) => Some(bias),
+            None => return false,
+        },
+        None => None,
+    };
     if !fits || a.len() < (m - 1) * lda + kr.end || c.len() < (m - 1) * ldc + NR {
         return false;
     }
@@ -58,6 +70,8 @@ pub(super) fn panel(
         let k1 = (k0 + depth).min(kr.end);
         let (kb, bk) = (k0..k1, &b[(k0 - kr.start) * ldb..]);
         let acc = accumulate || k0 > kr.start;
+        let last = k1 >= kr.end;
+        let bias = if last { bias } else { None };
         let ahead = ahead(b, ldb, kr, k1, depth, next);
         let lines = ahead.len() / NR;
         let mut i = 0;
@@ -68,15 +82,15 @@ pub(super) fn panel(
             // This tile's share of the lines, in proportion to its rows.
             let pf = &ahead[lines * i / m * NR..lines * (i + rows) / m * NR];
             i += match rows {
-                1 => tile::<1>(a, lda, &kb, bk, ldb, c, ldc, acc, pf),
-                2 => tile::<2>(a, lda, &kb, bk, ldb, c, ldc, acc, pf),
-                3 => tile::<3>(a, lda, &kb, bk, ldb, c, ldc, acc, pf),
-                4 => tile::<4>(a, lda, &kb, bk, ldb, c, ldc, acc, pf),
-                5 => tile::<5>(a, lda, &kb, bk, ldb, c, ldc, acc, pf),
-                _ => tile::<6>(a, lda, &kb, bk, ldb, c, ldc, acc, pf),
+                1 => tile::<1>(a, lda, &kb, bk, ldb, c, ldc, acc, pf, bias),
+                2 => tile::<2>(a, lda, &kb, bk, ldb, c, ldc, acc, pf, bias),
+                3 => tile::<3>(a, lda, &kb, bk, ldb, c, ldc, acc, pf, bias),
+                4 => tile::<4>(a, lda, &kb, bk, ldb, c, ldc, acc, pf, bias),
+                5 => tile::<5>(a, lda, &kb, bk, ldb, c, ldc, acc, pf, bias),
+                _ => tile::<6>(a, lda, &kb, bk, ldb, c, ldc, acc, pf, bias),
             };
         }
-        if k1 >= kr.end {
+        if last {
             return true;
         }
         k0 = k1;
@@ -106,7 +120,8 @@ pub(super) fn ahead<'a>(
 }
 
 /// One `R × 16` tile; returns `R`. Bounds were checked by [`panel`]. Requests the cache line
-/// at every `NR`-th float of `pf`, one per row of `k`, until `pf` is done.
+/// at every `NR`-th float of `pf`, one per row of `k`, until `pf` is done; adds `bias` (16
+/// values) to each row after storing it.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
@@ -120,6 +135,7 @@ fn tile<const R: usize>(
     ldc: usize,
     accumulate: bool,
     pf: &[f32],
+    bias: Option<&[f32]>,
 ) -> usize {
     let klen = kr.len();
     // Local proofs for the unchecked reads below (panics only if `panel` let a bad call through).
@@ -161,7 +177,13 @@ fn tile<const R: usize>(
             _mm256_storeu_ps(out.as_mut_ptr(), lo[i]);
             _mm256_storeu_ps(out.as_mut_ptr().add(8), hi[i]);
         }
-        store(&mut c[i * ldc..i * ldc + NR], &out, accumulate);
+        let row = &mut c[i * ldc..i * ldc + NR];
+        store(row, &out, accumulate);
+        if let Some(bias) = bias {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += *b;
+            }
+        }
     }
     R
 }
@@ -359,6 +381,75 @@ mod tests {
                             assert!(!short, "{at}: a short `B` was read");
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// The panel kernel's bias, added as the last k-block is stored: the same bits as the kernel
+    /// without it followed by `gru::add_bias_rows`, over one and several k-blocks, with and
+    /// without accumulating; a bias shorter than a panel refused before anything is written.
+    #[test]
+    fn panel_bias_is_the_separate_pass_bit_for_bit() {
+        if !avx2() {
+            return;
+        }
+        let bias: Vec<f32> = (0..NR).map(|j| (j as f32 * 0.7).cos() * 3.0).collect();
+        for &(m, k0, k1) in &[
+            (1usize, 0usize, 0usize),
+            (5, 0, 7),
+            (13, 3, 300),
+            (16, 0, 1024),
+        ] {
+            let (lda, ldc) = (k1 + 3, NR + 5);
+            let a: Vec<f32> = (0..m * lda).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..(k1 - k0).max(1) * NR)
+                .map(|i| (i as f32 * 0.11).sin())
+                .collect();
+            let c0: Vec<f32> = (0..m * ldc).map(|i| (i as f32 * 0.23).sin()).collect();
+            let kr = k0..k1;
+            for accumulate in [false, true] {
+                let (mut fused, mut apart) = (c0.clone(), c0.clone());
+                // SAFETY: AVX2 and FMA are present (checked above).
+                unsafe {
+                    let args = (m, &a[..], lda, &kr, &b[..]);
+                    assert!(panel(
+                        args.0,
+                        args.1,
+                        args.2,
+                        args.3,
+                        args.4,
+                        NR,
+                        &mut fused,
+                        ldc,
+                        accumulate,
+                        None,
+                        Some(&bias),
+                    ));
+                    assert!(panel(
+                        args.0, args.1, args.2, args.3, args.4, NR, &mut apart, ldc, accumulate,
+                        None, None,
+                    ));
+                    let mut untouched = c0.clone();
+                    assert!(!panel(
+                        args.0,
+                        args.1,
+                        args.2,
+                        args.3,
+                        args.4,
+                        NR,
+                        &mut untouched,
+                        ldc,
+                        accumulate,
+                        None,
+                        Some(&bias[..NR - 1]),
+                    ));
+                    assert_eq!(untouched, c0);
+                }
+                super::super::gru::add_bias_rows(&bias, &mut apart, ldc);
+                let at = format!("m {m} k {kr:?} acc {accumulate}");
+                for (i, (x, y)) in fused.iter().zip(&apart).enumerate() {
+                    assert_eq!(x.to_bits(), y.to_bits(), "{at} [{i}]: {x} vs {y}");
                 }
             }
         }

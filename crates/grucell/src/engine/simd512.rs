@@ -700,7 +700,7 @@ mod tests {
                     // SAFETY: as above.
                     assert!(unsafe {
                         super::super::simd::panel(
-                            m, &a, lda, &kr, &b, ldb, &mut c2, ldc, accumulate, None,
+                            m, &a, lda, &kr, &b, ldb, &mut c2, ldc, accumulate, None, None,
                         )
                     });
                     // The left operand packed (`packed::Lhs`): the same bits.

@@ -19,7 +19,7 @@
 //! team failed; the caller then computes every share itself for the rest of the sequence, so
 //! neither a bug, a thread limit nor an oversubscribed machine can hang or crawl the caller.
 
-use super::gru::{activate, add_bias_rows, PROJECT_OWN_MAX_K};
+use super::gru::{activate, PROJECT_OWN_MAX_K};
 use super::packed::{block_depth, prefetch, run_panel, run_panel_group, run_panel_range};
 use super::packed::{Lhs, Rhs, NR, STREAMED_GROUP_MIN_ROWS};
 use super::projection::GROUP_KC;
@@ -619,7 +619,7 @@ fn fused_panel<T: Float>(
             } else {
                 rhs.upcoming_at(0, q + 1)
             };
-            run_panel(m, hl, &(0..u), b, ldb, w, tile, NR, false, next);
+            run_panel(m, hl, &(0..u), b, ldb, w, tile, NR, false, next, None);
         }
         if let StepInputs::Raw {
             x,
@@ -647,10 +647,8 @@ fn fused_panel<T: Float>(
                 NR,
                 false,
                 None,
+                bias.map(|bias| &bias[gate * u + j0..gate * u + j0 + w]),
             );
-            if let Some(bias) = bias {
-                add_bias_rows(&bias[gate * u + j0..gate * u + j0 + w], xt, NR);
-            }
         }
     }
     let (tz, rest) = th_tiles.split_at_mut(tl);
