@@ -1196,8 +1196,8 @@ fn strip_kernel<T: Float, const FMA: bool>(
 }
 
 /// `dst` (`nc × rows`, row-major) = the transpose of columns `c0..c0 + nc` of `src` (`rows`
-/// rows of stride `ld`), by 16 × 16 register transposes on AVX-512 (`f32`); `false`, having
-/// done nothing, on other CPUs and types or if a slice is short.
+/// rows of stride `ld`), by 16 × 16 register transposes on AVX-512 and 8 × 8 ones on AVX2
+/// (`f32`); `false`, having done nothing, on other CPUs and types or if a slice is short.
 pub(crate) fn transpose_cols<T: Float>(
     src: &[T],
     ld: usize,
@@ -1207,11 +1207,19 @@ pub(crate) fn transpose_cols<T: Float>(
     dst: &mut [T],
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if active() == Isa::Avx512 {
+    let isa = active();
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2Fma {
         if let (Some(s), Some(d)) = (T::slice_f32(src), T::slice_f32_mut(dst)) {
-            // SAFETY: the CPU has AVX-512F (checked by `active`), the function's only
-            // requirement.
-            return unsafe { super::simd512::transpose_cols(s, ld, rows, c0, nc, d) };
+            // SAFETY: the CPU has AVX-512F where `isa` says so, else AVX2 and FMA (checked by
+            // `active`), the functions' only requirements.
+            return unsafe {
+                if isa == Isa::Avx512 {
+                    super::simd512::transpose_cols(s, ld, rows, c0, nc, d)
+                } else {
+                    super::simd::transpose_cols(s, ld, rows, c0, nc, d)
+                }
+            };
         }
     }
     let _ = (src, ld, rows, c0, nc, dst);

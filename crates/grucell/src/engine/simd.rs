@@ -9,8 +9,10 @@
 
 use super::packed::{block_depth, store, tile_rows, NR};
 use std::arch::x86_64::{
-    __m256, _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_maskload_ps, _mm256_set1_ps,
-    _mm256_setr_epi32, _mm256_setzero_ps, _mm256_storeu_ps, _mm_prefetch, _MM_HINT_T0,
+    __m256, _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_maskload_ps,
+    _mm256_permute2f128_ps, _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps,
+    _mm256_shuffle_ps, _mm256_storeu_ps, _mm256_unpackhi_ps, _mm256_unpacklo_ps, _mm_prefetch,
+    _MM_HINT_T0,
 };
 use std::ops::Range;
 
@@ -310,6 +312,86 @@ pub(super) fn strip_tail(
     true
 }
 
+/// `dst` (`nc × rows`, row-major) = the transpose of columns `c0..c0 + nc` of `src` (`rows`
+/// rows of stride `ld`), by 8 × 8 register transposes (the AVX2 twin of
+/// `simd512::transpose_cols`; the edges element by element). Returns `false`, having done
+/// nothing, if a slice is too short.
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn transpose_cols(
+    src: &[f32],
+    ld: usize,
+    rows: usize,
+    c0: usize,
+    nc: usize,
+    dst: &mut [f32],
+) -> bool {
+    if rows == 0 || nc == 0 {
+        return true;
+    }
+    if src.len() < (rows - 1) * ld + c0 + nc || dst.len() < nc * rows {
+        return false;
+    }
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut r = 0;
+    while r + 8 <= rows {
+        let mut j = 0;
+        while j + 8 <= nc {
+            // SAFETY: (r + i)·ld + c0 + j + 8 ≤ (rows − 1)·ld + c0 + nc ≤ src.len().
+            let mut v: [__m256; 8] =
+                std::array::from_fn(|i| unsafe { _mm256_loadu_ps(sp.add((r + i) * ld + c0 + j)) });
+            transpose8(&mut v);
+            for (jj, v) in v.iter().enumerate() {
+                // SAFETY: (j + jj)·rows + r + 8 ≤ (nc − 1)·rows + rows ≤ dst.len().
+                unsafe { _mm256_storeu_ps(dp.add((j + jj) * rows + r), *v) };
+            }
+            j += 8;
+        }
+        for jj in j..nc {
+            for i in r..r + 8 {
+                dst[jj * rows + i] = src[i * ld + c0 + jj];
+            }
+        }
+        r += 8;
+    }
+    for i in r..rows {
+        for jj in 0..nc {
+            dst[jj * rows + i] = src[i * ld + c0 + jj];
+        }
+    }
+    true
+}
+
+/// Transposes the 8 × 8 matrix whose rows are `v` in place (pairs of rows interleaved, then
+/// pairs of pairs, then the 128-bit halves swapped across).
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn transpose8(v: &mut [__m256; 8]) {
+    let t0 = _mm256_unpacklo_ps(v[0], v[1]);
+    let t1 = _mm256_unpackhi_ps(v[0], v[1]);
+    let t2 = _mm256_unpacklo_ps(v[2], v[3]);
+    let t3 = _mm256_unpackhi_ps(v[2], v[3]);
+    let t4 = _mm256_unpacklo_ps(v[4], v[5]);
+    let t5 = _mm256_unpackhi_ps(v[4], v[5]);
+    let t6 = _mm256_unpacklo_ps(v[6], v[7]);
+    let t7 = _mm256_unpackhi_ps(v[6], v[7]);
+    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    v[0] = _mm256_permute2f128_ps::<0x20>(s0, s4);
+    v[1] = _mm256_permute2f128_ps::<0x20>(s1, s5);
+    v[2] = _mm256_permute2f128_ps::<0x20>(s2, s6);
+    v[3] = _mm256_permute2f128_ps::<0x20>(s3, s7);
+    v[4] = _mm256_permute2f128_ps::<0x31>(s0, s4);
+    v[5] = _mm256_permute2f128_ps::<0x31>(s1, s5);
+    v[6] = _mm256_permute2f128_ps::<0x31>(s2, s6);
+    v[7] = _mm256_permute2f128_ps::<0x31>(s3, s7);
+}
+
 #[cfg(test)]
 mod tests {
     //! These run only where the CPU has AVX2 and FMA (elsewhere they pass without checking
@@ -383,6 +465,37 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The 8 × 8 register transposes and their edges: `dst` row `j` is column `c0 + j`, bit for
+    /// bit; a short `dst` refused.
+    #[test]
+    fn transpose_cols_transposes() {
+        if !avx2() {
+            return;
+        }
+        for &(rows, cols, c0, nc) in &[
+            (1, 1, 0, 1),
+            (8, 8, 0, 8),
+            (16, 16, 0, 16),
+            (37, 50, 3, 33),
+            (64, 40, 8, 32),
+            (5, 70, 20, 17),
+        ] {
+            let ld = cols + 3;
+            let src: Vec<f32> = (0..rows * ld).map(|i| (i as f32 * 0.3).sin()).collect();
+            let mut dst = vec![f32::NAN; nc * rows];
+            // SAFETY: AVX2 and FMA are present (checked above).
+            assert!(unsafe { transpose_cols(&src, ld, rows, c0, nc, &mut dst) });
+            for j in 0..nc {
+                for r in 0..rows {
+                    assert_eq!(dst[j * rows + r].to_bits(), src[r * ld + c0 + j].to_bits());
+                }
+            }
+            let mut short = vec![0f32; nc * rows - 1];
+            // SAFETY: as above.
+            assert!(!unsafe { transpose_cols(&src, ld, rows, c0, nc, &mut short) });
         }
     }
 
