@@ -256,7 +256,8 @@ fn all_paths_agree_with_f64_and_across_thread_counts() {
 
 fn check_all_paths(level: Isa) {
     // (B, T, D, u): batch-1 strips; in-place tiles (T < 4); packed + packed-kernel projection;
-    // team with the packed-kernel projection; team with the GEMM-crate projection (D > 256);
+    // team with the packed-kernel projection; team with a wide input (D > 256: the GEMM crate's
+    // projection, or on AVX-512 and AVX2 `f32` the pre-packed one, `projection::preferred`);
     // team with a narrow last panel (u = 200 is not a multiple of 16); a wide input (D > 256) of
     // 64 batch rows, projected inside the team's fused inference steps (where AVX-512 or AVX2
     // `f32` make `projects_in_step` say so) and otherwise by the GEMM crate, with a narrow

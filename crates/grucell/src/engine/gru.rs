@@ -209,9 +209,9 @@ const PACK_PAR_MIN: usize = 1 << 18;
 /// back, `x_t` packed for the group kernel where the kernels read packed operands): inputs of
 /// at most `PROJECT_OWN_MAX_K` (256) features always (a call without a team (`engine::team`)
 /// projects those before the loop, with the same sums); wider ones with `f32` on AVX-512 and
-/// AVX2 CPUs (see [`super::projection::available`]) from `IN_STEP_MIN_BATCH` (64) rows, in the steps whatever the thread count (without a team, fused
-/// steps on the calling thread; one thread, L forward: 76.6 against 78.7 ms with the GEMM
-/// crate's projection). The thread count plays no part, so results do not depend on it. Other
+/// AVX2 CPUs (see [`super::projection::available`]) from `IN_STEP_MIN_BATCH` (64) rows, in the
+/// steps whatever the thread count (without a team, fused steps on the calling thread; one
+/// thread, L forward: 76.6 against 78.7 ms with the GEMM crate's projection). The thread count plays no part, so results do not depend on it. Other
 /// calls project wide inputs with the GEMM crate (or [`super::projection::project`], see
 /// [`preferred`]).
 pub fn projects_in_step<T: Float>(batch: usize, input_dim: usize) -> bool {
