@@ -527,43 +527,15 @@ mod tests {
             let c0: Vec<f32> = (0..m * ldc).map(|i| (i as f32 * 0.23).sin()).collect();
             let kr = k0..k1;
             for accumulate in [false, true] {
-                let (mut fused, mut apart) = (c0.clone(), c0.clone());
                 // SAFETY: AVX2 and FMA are present (checked above).
-                unsafe {
-                    let args = (m, &a[..], lda, &kr, &b[..]);
-                    assert!(panel(
-                        args.0,
-                        args.1,
-                        args.2,
-                        args.3,
-                        args.4,
-                        NR,
-                        &mut fused,
-                        ldc,
-                        accumulate,
-                        None,
-                        Some(&bias),
-                    ));
-                    assert!(panel(
-                        args.0, args.1, args.2, args.3, args.4, NR, &mut apart, ldc, accumulate,
-                        None, None,
-                    ));
-                    let mut untouched = c0.clone();
-                    assert!(!panel(
-                        args.0,
-                        args.1,
-                        args.2,
-                        args.3,
-                        args.4,
-                        NR,
-                        &mut untouched,
-                        ldc,
-                        accumulate,
-                        None,
-                        Some(&bias[..NR - 1]),
-                    ));
-                    assert_eq!(untouched, c0);
-                }
+                let run = |c: &mut [f32], bias: Option<&[f32]>| unsafe {
+                    panel(m, &a, lda, &kr, &b, NR, c, ldc, accumulate, None, bias)
+                };
+                let (mut fused, mut apart, mut untouched) = (c0.clone(), c0.clone(), c0.clone());
+                assert!(run(&mut fused, Some(&bias)));
+                assert!(run(&mut apart, None));
+                assert!(!run(&mut untouched, Some(&bias[..NR - 1])));
+                assert_eq!(untouched, c0);
                 super::super::gru::add_bias_rows(&bias, &mut apart, ldc);
                 let at = format!("m {m} k {kr:?} acc {accumulate}");
                 for (i, (x, y)) in fused.iter().zip(&apart).enumerate() {
