@@ -47,6 +47,7 @@ RESULT_TAG = "PEERS_BENCH_RESULT "
 FLOP_FORMULA = "forward FLOPs = 2*B*T*3H*(I+H) (elementwise ignored); training FLOPs = 3 x forward"
 # The shim --hide-avx512 preloads into every measured process (set by main).
 HIDE_AVX512_SO = None
+HIDDEN_NOTE = "; AVX-512 hidden from every engine (--hide-avx512)"
 
 
 def forward_flops(b, t, i, h):
@@ -780,7 +781,7 @@ def print_saved(paths):
     print("cpu: %s; logical cpus %s, physical cores %s; SIMD %s" % (
         docs[0]["cpu"]["model"], docs[0]["cpu"]["logical_cpus"], docs[0]["cpu"]["physical_cores"],
         " ".join(docs[0]["cpu"]["simd_flags"]))
-        + ("; AVX-512 hidden from every engine (--hide-avx512)" if True in hidden else ""))
+        + (HIDDEN_NOTE if True in hidden else ""))
     print("threads: %s" % docs[0]["threads"])
     print("versions: %s" % ", ".join("%s %s" % kv for kv in sorted(versions.items())))
     print("flops: %s" % FLOP_FORMULA)
@@ -859,8 +860,9 @@ def main(argv=None):
     cpu = cpu_info()
     notes = []
     global HIDE_AVX512_SO
-    shim_dir = tempfile.TemporaryDirectory(prefix="peers_bench_")
-    if opts.hide_avx512:
+    # Kept until main returns: the measured processes load the shim from it.
+    shim_dir = tempfile.TemporaryDirectory(prefix="peers_bench_") if opts.hide_avx512 else None
+    if shim_dir is not None:
         HIDE_AVX512_SO = build_hide_avx512(shim_dir.name)
     t_start = time.monotonic()
 
@@ -919,7 +921,7 @@ def main(argv=None):
         "cpu: %s; logical cpus %s, physical cores %s, usable %s; SIMD %s" % (
             cpu["model"], cpu["logical_cpus"], cpu["physical_cores"], cpu["usable_cpus"],
             " ".join(cpu["simd_flags"]) or "-")
-        + ("; AVX-512 hidden from every engine (--hide-avx512)" if opts.hide_avx512 else ""),
+        + (HIDDEN_NOTE if opts.hide_avx512 else ""),
         "load average at start: %s; other processes' CPU use during the measurements: %s" % (
             " ".join(str(v) for v in cpu["load_avg_at_start"]),
             "%.0f%%..%.0f%%" % (100 * min(busy), 100 * max(busy)) if busy else "unknown"),
