@@ -1,7 +1,7 @@
 //! The engine's code paths against each other and against f64: batch-1 strips, in-place and
 //! packed recurrent weights, the packed-kernel and GEMM-crate input projections, the spinning
-//! helper team (threads ≥ 2 on large steps), sequences split by batch rows (training and
-//! unfused inference with ≥ 16 rows and 2 or more threads: `engine::gru::batch_parts`), rayon
+//! helper team (threads ≥ 2 on large steps), sequences split by batch rows (≥ 16 rows and 2 or
+//! more threads: `engine::gru::batch_parts`, and for fused inference `fused_split_pays`), rayon
 //! splits in the backward pass, weights packed ahead of the call (`PackedWeights`); both reset
 //! conventions, masks, go_backwards and recurrent dropout; under every kernel level the CPU
 //! has (portable, AVX2+FMA, AVX-512: `engine::isa::set_limit`), each with its own paths. Sizes
@@ -258,12 +258,14 @@ fn check_all_paths(level: Isa) {
     // (B, T, D, u): batch-1 strips; in-place tiles (T < 4); packed + packed-kernel projection;
     // team with the packed-kernel projection; team with a wide input (D > 256: the GEMM crate's
     // projection, or on AVX-512 and AVX2 `f32` the pre-packed one, `projection::preferred`);
-    // team with a narrow last panel (u = 200 is not a multiple of 16); a wide input (D > 256) of
-    // 64 batch rows, projected inside the team's fused inference steps (where AVX-512 or AVX2
-    // `f32` make `projects_in_step` say so) and otherwise by the GEMM crate, with a narrow
-    // last panel (u = 88). Training and the unfused inference runs (reset_after = false,
-    // recurrent dropout) of the 16- and 24-row sizes split the batch into parts (two, or three
-    // for 24 rows and 3 threads where the machine has them); the 8-row size keeps the team.
+    // a narrow last panel (u = 200 is not a multiple of 16); a wide input (D > 256) of 64 batch
+    // rows, projected inside the fused inference steps (where AVX-512 or AVX2 `f32` make
+    // `projects_in_step` say so) and otherwise by the GEMM crate, with a narrow last panel
+    // (u = 88), and the same with a `U` too large for the batch split (u = 600: the team's
+    // fused steps project it). The 16-, 24- and 64-row sizes with a small `U` split the batch
+    // into parts (two, or three for 24 rows and 3 threads where the machine has them), in
+    // inference as in training, each part's fused steps then projecting wide inputs as the
+    // whole call would; the 8-row size and u = 600 keep the team.
     let sizes = [
         (1, 5, 3, 70),
         (3, 2, 5, 40),
@@ -272,6 +274,7 @@ fn check_all_paths(level: Isa) {
         (8, 4, 300, 256),
         (24, 5, 10, 200),
         (64, 5, 300, 88),
+        (64, 4, 300, 600),
     ];
     let mut seed = 1;
     for &size in &sizes {

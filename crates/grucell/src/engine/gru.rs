@@ -211,7 +211,9 @@ const PACK_PAR_MIN: usize = 1 << 18;
 /// projects those before the loop, with the same sums); wider ones with `f32` on AVX-512 and
 /// AVX2 CPUs (see [`super::projection::available`]) from `IN_STEP_MIN_BATCH` (64) rows, in the
 /// steps whatever the thread count (without a team, fused steps on the calling thread; one
-/// thread, L forward: 76.6 against 78.7 ms with the GEMM crate's projection). The thread count plays no part, so results do not depend on it. Other
+/// thread, L forward: 76.6 against 78.7 ms with the GEMM crate's projection). `batch` is the
+/// whole call's, also for each part of a call split by batch rows ([`batch_parts`]): the
+/// thread count plays no part, so results do not depend on it. Other
 /// calls project wide inputs with the GEMM crate (or [`super::projection::project`], see
 /// [`preferred`]).
 pub fn projects_in_step<T: Float>(batch: usize, input_dim: usize) -> bool {
@@ -673,8 +675,10 @@ pub fn gru_sequence<T: Float>(
         tr.prepare(rows, u, keep_pre);
         tr.rows(rows, u)
     });
-    let parts = batch_parts(opts.threads, batch, time, u, std::mem::size_of::<T>());
-    if parts > 1 && !fusable(p, trace.is_some(), dropout) {
+    let elem = std::mem::size_of::<T>();
+    let parts = batch_parts(opts.threads, batch, time, u, elem);
+    let fused = fusable(p, trace.is_some(), dropout);
+    if parts > 1 && (!fused || fused_split_pays(batch, parts, u, elem)) {
         split_sequence(p, x, batch, time, h0, opts, dropout, out, ws, trace, parts);
     } else {
         sequence_rows(
@@ -702,12 +706,13 @@ const SPLIT_MAX_U_BYTES: usize = 4 << 20;
 /// register tiles.
 const SPLIT_MIN_ROWS: usize = 8;
 
-/// Into how many parts of whole batch rows a sequence that is not fused is split, each part run
-/// by one thread from start to end (1: not split). Batch rows are independent sequences, so the
-/// parts need no step-by-step synchronisation at all and their element-wise passes run in
-/// parallel too — unlike a [`Team`], whose threads share each step's product and then wait
-/// while the caller alone does the gate pass. Training forward + backward, 2 threads, M size:
-/// 33.0 ms against 37.6 ms with the team (dev VM, medians of six alternating runs).
+/// Into how many parts of whole batch rows a sequence may be split, each part run by one thread
+/// from start to end (1: not split; fused inference only where [`fused_split_pays`] too). Batch
+/// rows are independent sequences, so the parts need no step-by-step synchronisation at all and
+/// their element-wise passes run in parallel too — unlike a [`Team`], whose threads share each
+/// step's product and hand the state between cores at every step. Training forward + backward,
+/// 2 threads, M size: 33.0 ms against 37.6 ms with the team (dev VM, medians of six alternating
+/// runs).
 pub(crate) fn batch_parts(
     threads: usize,
     batch: usize,
@@ -723,6 +728,32 @@ pub(crate) fn batch_parts(
         return 1;
     }
     team_size(threads).min(batch / SPLIT_MIN_ROWS).max(1)
+}
+
+/// Rows per part from which fused inference steps are split by batch rows (see
+/// [`fused_split_pays`]), whatever the size of `U`.
+const FUSED_SPLIT_MIN_ROWS: usize = 16;
+
+/// Largest recurrent kernel (bytes) for which fused inference steps are split by batch rows
+/// with fewer than [`FUSED_SPLIT_MIN_ROWS`] rows per part.
+const FUSED_SPLIT_SMALL_U_BYTES: usize = 1 << 20;
+
+/// Whether a fused inference sequence (see `StepCtx`) that [`batch_parts`] splits into `parts`
+/// runs faster split than with a [`Team`]. The team shares each step's unit panels between the
+/// threads, and so hands `h` and the new state from core to core at every step; split, each
+/// thread runs its own rows' whole sequence with no handoff, but reads all of `U` at every step
+/// instead of its share. That pays when `U` stays in a core's cache or each part's rows make
+/// enough use of each line of `U`: two threads, one process, binaries alternated three times,
+/// AVX-512 (AVX-512 hidden): M forward 4.13 → 3.33 ms (6.33 → 5.77), (128, 50, 64, 128) −22 %
+/// (−10 %), (128, 25, 512, 512) −9 %, (64, 50, 64, 256) −16 %, L −1 to −2 %, (16, 50, 64, 256)
+/// −5 % (±5 %); with 8 rows per part and a 3 MiB `U` it does not, (16, 50, 512, 512) +2 to +4 %
+/// (+1 to +7 %).
+fn fused_split_pays(batch: usize, parts: usize, units: usize, elem: usize) -> bool {
+    let u_bytes = 3usize
+        .saturating_mul(units)
+        .saturating_mul(units)
+        .saturating_mul(elem);
+    batch / parts.max(1) >= FUSED_SPLIT_MIN_ROWS || u_bytes <= FUSED_SPLIT_SMALL_U_BYTES
 }
 
 /// [`gru_sequence`] over `parts` runs of whole batch rows at once, one thread each (rayon), on
@@ -829,7 +860,10 @@ fn sequence_rows<T: Float>(
     // give the team's sums), short ones before the loop, with the same sums.
     let d = p.input_dim;
     let fusable = fusable(p, trace.is_some(), dropout);
-    let in_step = fusable && dropout.input.is_none() && projects_in_step::<T>(batch, d);
+    // Decided on the whole call's batch, so that a part of a split call projects its inputs as
+    // the unsplit call would (the same sums whatever the thread count).
+    let call_batch = call_rows / time.max(1);
+    let in_step = fusable && dropout.input.is_none() && projects_in_step::<T>(call_batch, d);
     let alone = in_step && !team && d > PROJECT_OWN_MAX_K;
     let raw = in_step && (team || alone);
     if raw {
