@@ -1,7 +1,7 @@
 //! The engine's code paths against each other and against f64: batch-1 strips, in-place and
 //! packed recurrent weights, the packed-kernel and GEMM-crate input projections, the spinning
-//! helper team (threads ≥ 2 on large steps), sequences split by batch rows (≥ 16 rows and 2 or
-//! more threads: `engine::gru::batch_parts`, and for fused inference `fused_split_pays`), rayon
+//! helper team (threads ≥ 2 on large steps), sequences split by batch rows (2 or more threads
+//! and enough rows per part: `engine::gru::batch_parts`), rayon
 //! splits in the backward pass, weights packed ahead of the call (`PackedWeights`); both reset
 //! conventions, masks, go_backwards and recurrent dropout; under every kernel level the CPU
 //! has (portable, AVX2+FMA, AVX-512: `engine::isa::set_limit`), each with its own paths. Sizes
@@ -256,16 +256,17 @@ fn all_paths_agree_with_f64_and_across_thread_counts() {
 
 fn check_all_paths(level: Isa) {
     // (B, T, D, u): batch-1 strips; in-place tiles (T < 4); packed + packed-kernel projection;
-    // team with the packed-kernel projection; team with a wide input (D > 256: the GEMM crate's
-    // projection, or on AVX-512 and AVX2 `f32` the pre-packed one, `projection::preferred`);
-    // a narrow last panel (u = 200 is not a multiple of 16); a wide input (D > 256) of 64 batch
-    // rows, projected inside the fused inference steps (where AVX-512 or AVX2 `f32` make
-    // `projects_in_step` say so) and otherwise by the GEMM crate, with a narrow last panel
-    // (u = 88), and the same with a `U` too large for the batch split (u = 600: the team's
-    // fused steps project it). The 16-, 24- and 64-row sizes with a small `U` split the batch
-    // into parts (two, or three for 24 rows and 3 threads where the machine has them), in
-    // inference as in training, each part's fused steps then projecting wide inputs as the
-    // whole call would; the 8-row size and u = 600 keep the team.
+    // the batch split in parts (16 and 24 rows: two, or three for 24 rows and 3 threads where
+    // the machine has them), in inference as in training, with the packed-kernel projection
+    // and a narrow last panel (u = 200 is not a multiple of 16); the team with a wide input
+    // (8 rows, D > 256: the GEMM crate's projection, or on AVX-512 and AVX2 `f32` the
+    // pre-packed one, `projection::preferred`) and with a narrow input that its fused steps
+    // project themselves (12 rows and a `U` over 1 MiB: too few rows per part to split); a wide
+    // input of 64 batch rows split in parts whose fused inference steps project it as the whole
+    // call would (where AVX-512 or AVX2 `f32` make `projects_in_step` say so; otherwise the GEMM
+    // crate does), with a narrow last panel (u = 88) and with a `U` over 4 MiB (u = 600). (The
+    // team's fused steps that project wide inputs are compared with one thread in
+    // `engine::team`'s tests: sequences reach them only with a `U` over 16 MiB.)
     let sizes = [
         (1, 5, 3, 70),
         (3, 2, 5, 40),
@@ -275,6 +276,7 @@ fn check_all_paths(level: Isa) {
         (24, 5, 10, 200),
         (64, 5, 300, 88),
         (64, 4, 300, 600),
+        (12, 5, 20, 300),
     ];
     let mut seed = 1;
     for &size in &sizes {

@@ -675,10 +675,16 @@ pub fn gru_sequence<T: Float>(
         tr.prepare(rows, u, keep_pre);
         tr.rows(rows, u)
     });
-    let elem = std::mem::size_of::<T>();
-    let parts = batch_parts(opts.threads, batch, time, u, elem);
     let fused = fusable(p, trace.is_some(), dropout);
-    if parts > 1 && (!fused || fused_split_pays(batch, parts, u, elem)) {
+    let parts = batch_parts(
+        opts.threads,
+        batch,
+        time,
+        u,
+        std::mem::size_of::<T>(),
+        fused,
+    );
+    if parts > 1 {
         split_sequence(p, x, batch, time, h0, opts, dropout, out, ws, trace, parts);
     } else {
         sequence_rows(
@@ -699,26 +705,64 @@ fn fusable<T: Float>(p: &GruParams<T>, training: bool, dropout: DropoutMasks<'_,
 
 /// Largest recurrent kernel (bytes) for which a sequence is split by batch rows (see
 /// [`batch_parts`]): each part then reads all of `U` at every step, twice the cache traffic of
-/// splitting the units, which only pays while `U` stays in the caches (XL's 12 MiB does not).
-const SPLIT_MAX_U_BYTES: usize = 4 << 20;
+/// splitting the units, which pays only while `U` stays in the caches and each part's rows make
+/// enough use of each of its lines ([`split_min_rows`]).
+const SPLIT_MAX_U_BYTES: usize = 16 << 20;
 
 /// Fewest batch rows per part of a split sequence: below this a part's products run on thin
 /// register tiles.
 const SPLIT_MIN_ROWS: usize = 8;
 
-/// Into how many parts of whole batch rows a sequence may be split, each part run by one thread
-/// from start to end (1: not split; fused inference only where [`fused_split_pays`] too). Batch
-/// rows are independent sequences, so the parts need no step-by-step synchronisation at all and
-/// their element-wise passes run in parallel too — unlike a [`Team`], whose threads share each
-/// step's product and hand the state between cores at every step. Training forward + backward,
-/// 2 threads, M size: 33.0 ms against 37.6 ms with the team (dev VM, medians of six alternating
-/// runs).
+/// Largest recurrent kernel (bytes) for which parts of [`SPLIT_MIN_ROWS`] rows suffice in
+/// training and unfused inference; above it they need twice as many.
+const SPLIT_SMALL_U_BYTES: usize = 4 << 20;
+
+/// Largest recurrent kernel (bytes) for which fused inference splits into parts as small as
+/// training's; above it fused parts need twice as many rows as training's.
+const FUSED_SPLIT_SMALL_U_BYTES: usize = 1 << 20;
+
+/// Fewest batch rows per part for which a sequence with a recurrent kernel of `u_bytes` runs
+/// faster split by batch rows than with a [`Team`] (`fused`: fused inference steps, see
+/// `StepCtx`). The team shares each step's unit panels between the threads and hands `h` and
+/// the new state from core to core at every step; split, each thread runs its own rows' whole
+/// sequence with no handoff, but reads all of `U` at every step instead of its share, so the
+/// larger `U` the more rows a part needs. Two threads, one process, binaries alternated three or
+/// four times (AVX-512; AVX-512 hidden where given):
+///
+/// - fused inference, `U` ≤ 1 MiB, 8+ rows: M forward 4.13 → 3.33 ms (6.33 → 5.77),
+///   (128, 50, 64, 128) −22 % (−10 %), (64, 50, 64, 256) −16 %, (16, 50, 64, 256) −5 % (±5 %);
+/// - fused inference, `U` of 3 MiB: 16+ rows pay (L −1 to −5 %, (128, 25, 512, 512) −9 %),
+///   8 do not ((16, 50, 512, 512) +2 to +4 %, +1 to +7 %);
+/// - `U` of 7–12 MiB, training: 16+ rows pay ((32, 50, 256, 768) −12 %, (64, 50, 512, 1024)
+///   −10 %, (128, 25, 1024, 1024) −9 %), 8 do not (XL +3 %); fused inference: 32+ rows pay
+///   ((64, 50, 512, 1024) −4 %, (128, 25, 1024, 1024) −8 %), 16 do not ((32, 50, 256, 768)
+///   +3 %).
+fn split_min_rows(u_bytes: usize, fused: bool) -> usize {
+    let rows = if u_bytes <= SPLIT_SMALL_U_BYTES {
+        SPLIT_MIN_ROWS
+    } else {
+        2 * SPLIT_MIN_ROWS
+    };
+    if fused && u_bytes > FUSED_SPLIT_SMALL_U_BYTES {
+        2 * rows
+    } else {
+        rows
+    }
+}
+
+/// Into how many parts of whole batch rows a sequence is split, each part run by one thread
+/// from start to end (1: not split; `fused`: fused inference steps). Batch rows are independent
+/// sequences, so the parts need no step-by-step synchronisation at all and their element-wise
+/// passes run in parallel too — unlike a [`Team`] (see [`split_min_rows`]). Training forward +
+/// backward, 2 threads, M size: 33.0 ms against 37.6 ms with the team (dev VM, medians of six
+/// alternating runs).
 pub(crate) fn batch_parts(
     threads: usize,
     batch: usize,
     time: usize,
     units: usize,
     elem: usize,
+    fused: bool,
 ) -> usize {
     let u_bytes = 3usize
         .saturating_mul(units)
@@ -727,33 +771,9 @@ pub(crate) fn batch_parts(
     if threads < 2 || time < 4 || u_bytes > SPLIT_MAX_U_BYTES {
         return 1;
     }
-    team_size(threads).min(batch / SPLIT_MIN_ROWS).max(1)
-}
-
-/// Rows per part from which fused inference steps are split by batch rows (see
-/// [`fused_split_pays`]), whatever the size of `U`.
-const FUSED_SPLIT_MIN_ROWS: usize = 16;
-
-/// Largest recurrent kernel (bytes) for which fused inference steps are split by batch rows
-/// with fewer than [`FUSED_SPLIT_MIN_ROWS`] rows per part.
-const FUSED_SPLIT_SMALL_U_BYTES: usize = 1 << 20;
-
-/// Whether a fused inference sequence (see `StepCtx`) that [`batch_parts`] splits into `parts`
-/// runs faster split than with a [`Team`]. The team shares each step's unit panels between the
-/// threads, and so hands `h` and the new state from core to core at every step; split, each
-/// thread runs its own rows' whole sequence with no handoff, but reads all of `U` at every step
-/// instead of its share. That pays when `U` stays in a core's cache or each part's rows make
-/// enough use of each line of `U`: two threads, one process, binaries alternated three times,
-/// AVX-512 (AVX-512 hidden): M forward 4.13 → 3.33 ms (6.33 → 5.77), (128, 50, 64, 128) −22 %
-/// (−10 %), (128, 25, 512, 512) −9 %, (64, 50, 64, 256) −16 %, L −1 to −2 %, (16, 50, 64, 256)
-/// −5 % (±5 %); with 8 rows per part and a 3 MiB `U` it does not, (16, 50, 512, 512) +2 to +4 %
-/// (+1 to +7 %).
-fn fused_split_pays(batch: usize, parts: usize, units: usize, elem: usize) -> bool {
-    let u_bytes = 3usize
-        .saturating_mul(units)
-        .saturating_mul(units)
-        .saturating_mul(elem);
-    batch / parts.max(1) >= FUSED_SPLIT_MIN_ROWS || u_bytes <= FUSED_SPLIT_SMALL_U_BYTES
+    team_size(threads)
+        .min(batch / split_min_rows(u_bytes, fused))
+        .max(1)
 }
 
 /// [`gru_sequence`] over `parts` runs of whole batch rows at once, one thread each (rayon), on

@@ -264,7 +264,7 @@ pub fn gru_sequence_backward<T: Float>(
     sums[..batch * 4 * u].fill(T::zero());
     let mut part_sums = &mut sums[..batch * 4 * u];
     let rec = RecurrentT::new(p, time, threads, &mut packed);
-    let parts = batch_parts(threads, batch, time, u, std::mem::size_of::<T>());
+    let parts = batch_parts(threads, batch, time, u, std::mem::size_of::<T>(), false);
     let mut view = trace.rows(rows, u);
     if parts > 1 && rec.packed.is_some() {
         // Batch rows are independent sequences: each part runs the whole reverse loop for its

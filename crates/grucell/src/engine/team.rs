@@ -887,6 +887,74 @@ mod tests {
         assert_matches_under_trouble(&want, run);
     }
 
+    /// Fused steps that project their own inputs (`StepInputs::Raw`: narrow and wide inputs,
+    /// `x_t` packed where the kernels read it packed) give on 2 and 3 threads what
+    /// [`fused_step_alone`] gives on one, also when helper 0 arrives late or is given up on.
+    /// (Sequences reach the team with wide inputs only where `U` is too large to split the
+    /// batch, `gru::batch_parts`, so `engine_paths` cannot afford that case.)
+    #[test]
+    fn fused_steps_projecting_their_inputs_match_one_thread() {
+        for d in [40, 300] {
+            let (m, u, time, t) = (9, 96, 3, 1);
+            let g = 3 * u;
+            let w: Vec<f32> = (0..d * g).map(|i| (i as f32 * 0.29).sin() * 0.1).collect();
+            let uw: Vec<f32> = (0..u * g).map(|i| (i as f32 * 0.37).sin() * 0.2).collect();
+            let x: Vec<f32> = (0..m * time * d).map(|i| (i as f32 * 0.13).cos()).collect();
+            let bias: Vec<f32> = (0..g).map(|i| i as f32 * 0.003 - 0.2).collect();
+            let hb: Vec<f32> = (0..u).map(|i| i as f32 * 0.01).collect();
+            let h: Vec<f32> = (0..m * u).map(|i| (i as f32 * 0.07).sin()).collect();
+            let (mut pk, mut wp) = (PackedRhs::new(), PackedRhs::new());
+            pk.pack(Operand::new(&uw[..], g), u, u, 3);
+            wp.pack(Operand::new(&w[..], g), d, u, 3);
+            let rhs = Rhs::Packed(&pk);
+            // Each step's rows `b·T + t` packed at `t·B·D`, as `gru::sequence_rows` packs them.
+            let packed_x = Lhs::<f32>::packs().then(|| {
+                let mut px = vec![0f32; time * m * d];
+                for (s, dst) in px.chunks_mut(m * d).enumerate() {
+                    Lhs::pack_into(&x[s * d..], time * d, m, &(0..d), dst);
+                }
+                px
+            });
+            let ctx = StepCtx {
+                inputs: StepInputs::Raw {
+                    x: &x,
+                    input_dim: d,
+                    w: Rhs::Packed(&wp),
+                    bias: Some(&bias),
+                    packed_x: packed_x.as_deref(),
+                },
+                time,
+                units: u,
+                hh_bias: Some(&hb),
+                activation: Activation::Tanh,
+                recurrent_activation: Activation::Sigmoid,
+            };
+            let at = StepAt { t, zero: false };
+            let mut want = vec![0f32; m * u];
+            fused_step_alone(
+                rhs,
+                &ctx,
+                at,
+                m,
+                &h,
+                &mut want,
+                &mut Vec::new(),
+                &mut Vec::new(),
+            );
+            assert!(want.iter().all(|v| v.is_finite() && *v != 0.0), "d = {d}");
+            assert_matches_under_trouble(&want, |threads, trouble| {
+                let mut out = vec![0f32; m * u];
+                Team::run(threads, rhs, Some(ctx), |team| {
+                    let mut tiles = Vec::new();
+                    with_trouble(team, trouble, || {
+                        team.fused_step(rhs, &ctx, at, m, &h, &mut out, &mut tiles)
+                    })
+                });
+                out
+            });
+        }
+    }
+
     /// Every panel of every share is taken exactly once, whichever threads race for them.
     #[test]
     fn claims_hand_out_each_panel_once() {
