@@ -5,7 +5,10 @@
 //! that cost as much as the second thread saved (2 threads ran the M forward no faster than 1).
 //! Like the thread pools of oneDNN and ONNX Runtime, the team's helpers therefore stay awake for
 //! the whole sequence: they spin on a step counter, compute their share of the panels, and spin
-//! again, so a step costs two cache-line handoffs instead of a futex wake-up.
+//! again, so a step costs two cache-line handoffs instead of a futex wake-up. Calls with enough
+//! batch rows per thread for the size of `U` skip even that: they split the batch, each thread
+//! running its own rows' whole sequence (`gru::batch_parts`); the team serves the others
+//! (few rows, or a `U` too large to read whole on every core at every step).
 //!
 //! In a fused step a thread that has finished its own share goes on with the panels the others
 //! have not started ([`Claim`]): on a shared VM one core is often slowed for a while, and a
