@@ -851,6 +851,27 @@ mod tests {
         c
     }
 
+    /// One fused step of `ctx` at `at` for the `m` rows of `h`, on a team of `threads` after
+    /// doing `trouble` to it.
+    fn team_step(
+        threads: usize,
+        trouble: Trouble,
+        rhs: Rhs<'_, f32>,
+        ctx: &StepCtx<'_, f32>,
+        at: StepAt,
+        m: usize,
+        h: &[f32],
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; m * ctx.units];
+        Team::run(threads, rhs, Some(*ctx), |team| {
+            let mut tiles = Vec::new();
+            with_trouble(team, trouble, || {
+                team.fused_step(rhs, ctx, at, m, h, &mut out, &mut tiles)
+            })
+        });
+        out
+    }
+
     /// Fused steps on 2 and 3 threads give the caller-only result, also when helper 0 arrives
     /// late or is given up on (see [`product`]).
     #[test]
@@ -875,16 +896,7 @@ mod tests {
             recurrent_activation: Activation::Sigmoid,
         };
         let at = StepAt { t: 1, zero: false };
-        let run = |threads: usize, trouble: Trouble| -> Vec<f32> {
-            let mut out = vec![0f32; m * u];
-            Team::run(threads, rhs, Some(ctx), |team| {
-                let mut tiles = Vec::new();
-                with_trouble(team, trouble, || {
-                    team.fused_step(rhs, &ctx, at, m, &h, &mut out, &mut tiles)
-                })
-            });
-            out
-        };
+        let run = |threads, trouble| team_step(threads, trouble, rhs, &ctx, at, m, &h);
         let want = run(2, Trouble::Failed);
         assert!(want.iter().all(|v| v.is_finite()));
         assert_matches_under_trouble(&want, run);
@@ -946,14 +958,7 @@ mod tests {
             );
             assert!(want.iter().all(|v| v.is_finite() && *v != 0.0), "d = {d}");
             assert_matches_under_trouble(&want, |threads, trouble| {
-                let mut out = vec![0f32; m * u];
-                Team::run(threads, rhs, Some(ctx), |team| {
-                    let mut tiles = Vec::new();
-                    with_trouble(team, trouble, || {
-                        team.fused_step(rhs, &ctx, at, m, &h, &mut out, &mut tiles)
-                    })
-                });
-                out
+                team_step(threads, trouble, rhs, &ctx, at, m, &h)
             });
         }
     }
