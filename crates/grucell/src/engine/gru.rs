@@ -212,7 +212,7 @@ const PACK_PAR_MIN: usize = 1 << 18;
 /// AVX2 CPUs (see [`super::projection::available`]) from `IN_STEP_MIN_BATCH` (64) rows, in the
 /// steps whatever the thread count (without a team, fused steps on the calling thread; one
 /// thread, L forward: 76.6 against 78.7 ms with the GEMM crate's projection). `batch` is the
-/// whole call's, also for each part of a call split by batch rows ([`batch_parts`]): the
+/// whole call's, also for each part of a call split by batch rows (`batch_parts`): the
 /// thread count plays no part, so results do not depend on it. Other
 /// calls project wide inputs with the GEMM crate (or [`super::projection::project`], see
 /// [`preferred`]).
