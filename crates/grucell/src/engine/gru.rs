@@ -756,6 +756,10 @@ fn split_min_rows(u_bytes: usize, fused: bool) -> usize {
 /// passes run in parallel too — unlike a [`Team`] (see [`split_min_rows`]). Training forward +
 /// backward, 2 threads, M size: 33.0 ms against 37.6 ms with the team (dev VM, medians of six
 /// alternating runs).
+///
+/// Fused inference is split only where the parts use every thread: with more threads than
+/// parts the team, which shares each step among all of them, stays (as before fused inference
+/// was split at all; the split was measured on two cores only).
 pub(crate) fn batch_parts(
     threads: usize,
     batch: usize,
@@ -771,9 +775,13 @@ pub(crate) fn batch_parts(
     if threads < 2 || time < 4 || u_bytes > SPLIT_MAX_U_BYTES {
         return 1;
     }
-    team_size(threads)
-        .min(batch / split_min_rows(u_bytes, fused))
-        .max(1)
+    let all = team_size(threads);
+    let parts = all.min(batch / split_min_rows(u_bytes, fused)).max(1);
+    if fused && parts < all {
+        1
+    } else {
+        parts
+    }
 }
 
 /// [`gru_sequence`] over `parts` runs of whole batch rows at once, one thread each (rayon), on
