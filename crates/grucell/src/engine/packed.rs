@@ -1195,6 +1195,26 @@ fn strip_kernel<T: Float, const FMA: bool>(
     store(&mut c[..w], &acc[..w], accumulate);
 }
 
+/// `dst[j·rows + i] = src[i·ld + c0 + j]` for `i` in `rs` and `j` in `cs`, element by element:
+/// the edges of [`transpose_cols`]' register-block kernels (AVX-512's 16 × 16 and AVX2's 8 × 8
+/// blocks leave the same kinds of edges: columns past the last whole block of each block of rows,
+/// and the rows past the last whole block).
+pub(super) fn transpose_edge(
+    src: &[f32],
+    ld: usize,
+    c0: usize,
+    rs: Range<usize>,
+    cs: Range<usize>,
+    dst: &mut [f32],
+    rows: usize,
+) {
+    for j in cs {
+        for i in rs.clone() {
+            dst[j * rows + i] = src[i * ld + c0 + j];
+        }
+    }
+}
+
 /// `dst` (`nc × rows`, row-major) = the transpose of columns `c0..c0 + nc` of `src` (`rows`
 /// rows of stride `ld`), by 16 × 16 register transposes on AVX-512 and 8 × 8 ones on AVX2
 /// (`f32`); `false`, having done nothing, on other CPUs and types or if a slice is short.

@@ -7,7 +7,7 @@
 //! AVX2 and FMA. Every raw load is preceded by a bounds check of the whole range it reads, made
 //! once per tile; a failed check returns `false` and the caller uses the generic kernel.
 
-use super::packed::{block_depth, store, tile_rows, NR};
+use super::packed::{block_depth, store, tile_rows, transpose_edge, NR};
 use std::arch::x86_64::{
     __m256, _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_maskload_ps,
     _mm256_permute2f128_ps, _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps,
@@ -351,18 +351,10 @@ pub(super) fn transpose_cols(
             }
             j += 8;
         }
-        for jj in j..nc {
-            for i in r..r + 8 {
-                dst[jj * rows + i] = src[i * ld + c0 + jj];
-            }
-        }
+        transpose_edge(src, ld, c0, r..r + 8, j..nc, dst, rows);
         r += 8;
     }
-    for i in r..rows {
-        for jj in 0..nc {
-            dst[jj * rows + i] = src[i * ld + c0 + jj];
-        }
-    }
+    transpose_edge(src, ld, c0, r..rows, 0..nc, dst, rows);
     true
 }
 

@@ -9,7 +9,7 @@
 //! preceded by a bounds check of the whole range it reads, made once per tile; a failed check
 //! returns `false` and the caller uses another kernel.
 
-use super::packed::{block_depth, store, tile_rows, LHS_TILE_ROWS, NR};
+use super::packed::{block_depth, store, tile_rows, transpose_edge, LHS_TILE_ROWS, NR};
 use super::simd::WIDE;
 use std::arch::x86_64::{
     __m512, __mmask16, _mm512_add_ps, _mm512_castpd_ps, _mm512_castps_pd, _mm512_fmadd_ps,
@@ -252,18 +252,10 @@ pub(super) fn transpose_cols(
             }
             j += 16;
         }
-        for jj in j..nc {
-            for i in r..r + 16 {
-                dst[jj * rows + i] = src[i * ld + c0 + jj];
-            }
-        }
+        transpose_edge(src, ld, c0, r..r + 16, j..nc, dst, rows);
         r += 16;
     }
-    for i in r..rows {
-        for jj in 0..nc {
-            dst[jj * rows + i] = src[i * ld + c0 + jj];
-        }
-    }
+    transpose_edge(src, ld, c0, r..rows, 0..nc, dst, rows);
     true
 }
 
