@@ -687,9 +687,12 @@ pub fn gru_sequence<T: Float>(
     if parts > 1 {
         split_sequence(p, x, batch, time, h0, opts, dropout, out, ws, trace, parts);
     } else {
-        sequence_rows(
-            p, x, batch, time, h0, opts, dropout, out, ws, trace, None, rows,
-        );
+        let shared = Shared {
+            recurrent: None,
+            kernel: None,
+            call_rows: rows,
+        };
+        sequence_rows(p, x, batch, time, h0, opts, dropout, out, ws, trace, shared);
     }
 }
 
@@ -785,7 +788,8 @@ pub(crate) fn batch_parts(
 }
 
 /// [`gru_sequence`] over `parts` runs of whole batch rows at once, one thread each (rayon), on
-/// the same packed `U`. Each row's arithmetic is the single-threaded path's.
+/// the same packed `U` (and, where their fused steps project wide inputs, the same packed `W`).
+/// Each row's arithmetic is the single-threaded path's.
 #[allow(clippy::too_many_arguments)]
 fn split_sequence<T: Float>(
     p: &GruParams<T>,
@@ -802,9 +806,25 @@ fn split_sequence<T: Float>(
 ) {
     let (d, u) = (p.input_dim, p.units);
     let GruWorkspace {
-        packed, parts: sub, ..
+        packed,
+        wpacked,
+        parts: sub,
+        ..
     } = ws;
     let rhs = recurrent_rhs(p, batch, time, opts.threads, packed);
+    // Parts run without a team, so their fused steps project wide inputs themselves
+    // (`sequence_rows`' `alone`) and read a packed `W`: packed here once for all of them (each
+    // part packing its own copy cost one copy of `W` per part) unless the caller packed it.
+    let fused = fusable(p, trace.is_some(), dropout);
+    let w = (fused
+        && dropout.input.is_none()
+        && d > PROJECT_OWN_MAX_K
+        && projects_in_step::<T>(batch, d)
+        && prepacked_kernel(p).is_none())
+    .then(|| {
+        wpacked.pack_with_threads(Operand::new(p.kernel, 3 * u), d, u, 3, opts.threads);
+        &*wpacked
+    });
     if sub.len() < parts {
         sub.resize_with(parts, GruWorkspace::new);
     }
@@ -838,8 +858,12 @@ fn split_sequence<T: Float>(
     let call_rows = batch * time;
     jobs.into_par_iter()
         .for_each(|(n, x, h0, opts, dropout, out, ws, trace)| {
-            let (rhs, rows) = (Some(rhs), call_rows);
-            sequence_rows(p, x, n, time, h0, opts, dropout, out, ws, trace, rhs, rows);
+            let shared = Shared {
+                recurrent: Some(rhs),
+                kernel: w,
+                call_rows,
+            };
+            sequence_rows(p, x, n, time, h0, opts, dropout, out, ws, trace, shared);
         });
 }
 
@@ -861,7 +885,20 @@ pub(crate) fn mask_part<'a, T>(
     m.map(|m| m.map(|g| &g[rows.start * per..rows.end * per]))
 }
 
-/// The body of [`gru_sequence`] for `batch` rows, with `U` as `shared` gives it (or packed here).
+/// What the parts of a call split by batch rows ([`split_sequence`]) share.
+#[derive(Clone, Copy)]
+struct Shared<'a, T> {
+    /// `U` as the time loop reads it (`None`: see [`recurrent_rhs`]).
+    recurrent: Option<Rhs<'a, T>>,
+    /// `W` packed for fused steps that project wide inputs (`None`: the caller's
+    /// [`PackedWeights`], or packed by the part).
+    kernel: Option<&'a super::packed::PackedRhs<T>>,
+    /// Rows `B·T` of the whole call, on which the choices that change sums are made.
+    call_rows: usize,
+}
+
+/// The body of [`gru_sequence`] for `batch` rows, with `U` and `W` as `shared` gives them (or
+/// packed here).
 #[allow(clippy::too_many_arguments)]
 fn sequence_rows<T: Float>(
     p: &GruParams<T>,
@@ -874,9 +911,9 @@ fn sequence_rows<T: Float>(
     out: SequenceOutputs<'_, T>,
     ws: &mut GruWorkspace<T>,
     mut trace: Option<TraceRows<'_, T>>,
-    shared: Option<Rhs<'_, T>>,
-    call_rows: usize,
+    shared: Shared<'_, T>,
 ) {
+    let call_rows = shared.call_rows;
     let u = p.units;
     let g = 3 * u;
     let rows = batch * time;
@@ -901,7 +938,7 @@ fn sequence_rows<T: Float>(
     } else {
         ws.reserve(batch, time, u);
     }
-    let prepacked_w = prepacked_kernel(p);
+    let prepacked_w = prepacked_kernel(p).or(shared.kernel);
     match dropout.input {
         _ if raw => {
             if prepacked_w.is_none() {
@@ -938,7 +975,7 @@ fn sequence_rows<T: Float>(
         xm,
         ..
     } = ws;
-    let rhs = match shared {
+    let rhs = match shared.recurrent {
         Some(rhs) => rhs,
         None => recurrent_rhs(p, batch, time, opts.threads, packed),
     };
