@@ -816,10 +816,8 @@ fn split_sequence<T: Float>(
     // (`sequence_rows`' `alone`) and read a packed `W`: packed here once for all of them (each
     // part packing its own copy cost one copy of `W` per part) unless the caller packed it.
     let fused = fusable(p, trace.is_some(), dropout);
-    let w = (fused
-        && dropout.input.is_none()
+    let w = (inputs_in_steps(p, fused, dropout, batch)
         && d > PROJECT_OWN_MAX_K
-        && projects_in_step::<T>(batch, d)
         && prepacked_kernel(p).is_none())
     .then(|| {
         wpacked.pack_with_threads(Operand::new(p.kernel, 3 * u), d, u, 3, opts.threads);
@@ -885,6 +883,17 @@ pub(crate) fn mask_part<'a, T>(
     m.map(|m| m.map(|g| &g[rows.start * per..rows.end * per]))
 }
 
+/// Whether the fused steps (`fusable`) of a call of `call_batch` rows project their inputs
+/// themselves (see [`projects_in_step`]; never with input dropout).
+fn inputs_in_steps<T: Float>(
+    p: &GruParams<T>,
+    fusable: bool,
+    dropout: DropoutMasks<'_, T>,
+    call_batch: usize,
+) -> bool {
+    fusable && dropout.input.is_none() && projects_in_step::<T>(call_batch, p.input_dim)
+}
+
 /// What the parts of a call split by batch rows ([`split_sequence`]) share.
 #[derive(Clone, Copy)]
 struct Shared<'a, T> {
@@ -927,8 +936,7 @@ fn sequence_rows<T: Float>(
     let fusable = fusable(p, trace.is_some(), dropout);
     // Decided on the whole call's batch, so that a part of a split call projects its inputs as
     // the unsplit call would (the same sums whatever the thread count).
-    let call_batch = call_rows / time.max(1);
-    let in_step = fusable && dropout.input.is_none() && projects_in_step::<T>(call_batch, d);
+    let in_step = inputs_in_steps(p, fusable, dropout, call_rows / time.max(1));
     let alone = in_step && !team && d > PROJECT_OWN_MAX_K;
     let raw = in_step && (team || alone);
     if raw {
