@@ -950,7 +950,10 @@ fn sequence_rows<T: Float>(
     match dropout.input {
         _ if raw => {
             if prepacked_w.is_none() {
-                ws.wpacked.pack(Operand::new(p.kernel, g), d, u, 3);
+                // (A part of a split call is on one thread; a team's call packs on all of them,
+                // as `split_sequence` packs for its parts.)
+                ws.wpacked
+                    .pack_with_threads(Operand::new(p.kernel, g), d, u, 3, opts.threads);
             }
         }
         None => {
