@@ -9,9 +9,10 @@
 //!   an **error** naming the row and the cell, so that a wrong column or a broken file is not
 //!   silently read as gaps.
 //!
-//! Rows are read in file order. When a date column is given and its values are ISO-like
-//! (`YYYY…`) and run backwards (newest first, as many exports do), the rows are reversed so the
-//! series is chronological; [`Series::reversed`] records it.
+//! Rows are read in file order. When a date column is given or found and its values are dates
+//! (`1958-03-29`, `29.03.1958`, `3/29/1958 10:00`) or whole numbers (a `year` column) that run
+//! backwards (newest first, as many exports do), the rows are reversed so the series is
+//! chronological; [`Series::reversed`] records it.
 
 use std::path::Path;
 
@@ -149,19 +150,121 @@ fn find_column(headers: &[String], name: &str) -> Option<usize> {
     })
 }
 
-/// The first column whose every cell starts like an ISO date (`1958-03-29`, `1949-01`,
-/// `2020/05/01 10:00`; not decimal years like `1958.2027`, which are numbers): read as the
-/// dates when `--date-column` is not given.
-fn date_like_column(headers: &[String], records: &[csv::StringRecord]) -> Option<usize> {
-    let date_like = |c: &str| {
-        let b = c.as_bytes();
-        b.len() >= 7
-            && b[..4].iter().all(u8::is_ascii_digit)
-            && matches!(b[4], b'-' | b'/')
-            && b[5].is_ascii_digit()
+/// How a column writes its dates; decides the order of [`date_key`]'s fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DateStyle {
+    /// Year first: `1958-03-29`, `1949-01`, `2020/05/01 10:00` (ordered as text after the year).
+    YearFirst,
+    /// Day, month, year: `29.03.1958`, `29/03/1958 10:00`.
+    DayFirst,
+    /// Month, day, year: `3/29/1958` (the US order).
+    MonthFirst,
+    /// Whole numbers in a column named like a time axis (`year`, `t`, `time`, `step`, `period`).
+    Number,
+}
+
+/// A date cell as a sortable key: (year or number, month, day, the rest of the cell, such as a
+/// time of day, compared as text). `None` when the cell is not written in `style`.
+fn date_key(cell: &str, style: DateStyle) -> Option<(i64, u32, u32, String)> {
+    let c = cell.trim();
+    let b = c.as_bytes();
+    match style {
+        DateStyle::YearFirst => {
+            let year_first = b.len() >= 7
+                && b[..4].iter().all(u8::is_ascii_digit)
+                && matches!(b[4], b'-' | b'/')
+                && b[5].is_ascii_digit();
+            let year = c.get(..4)?.parse().ok()?;
+            year_first.then(|| (year, 0, 0, c[4..].to_string()))
+        }
+        DateStyle::DayFirst | DateStyle::MonthFirst => {
+            // `A?B?YYYY…` with one- or two-digit A and B and one separator kind (`/`, `.`, `-`).
+            let (date, rest) = c.split_at(c.find([' ', 'T']).unwrap_or(c.len()));
+            let sep = date.bytes().find(|x| matches!(x, b'/' | b'.' | b'-'))?;
+            let mut parts = date.split(sep as char);
+            let (a, m, y) = (parts.next()?, parts.next()?, parts.next()?);
+            let small =
+                |s: &str| (1..=2).contains(&s.len()) && s.bytes().all(|x| x.is_ascii_digit());
+            if parts.next().is_some() || !small(a) || !small(m) || y.len() != 4 {
+                return None;
+            }
+            let (a, m, y): (u32, u32, i64) = (a.parse().ok()?, m.parse().ok()?, y.parse().ok()?);
+            let (day, month) = if style == DateStyle::DayFirst {
+                (a, m)
+            } else {
+                (m, a)
+            };
+            ((1..=12).contains(&month) && (1..=31).contains(&day))
+                .then(|| (y, month, day, rest.to_string()))
+        }
+        DateStyle::Number => c.parse::<i64>().ok().map(|n| (n, 0, 0, String::new())),
+    }
+}
+
+/// The style in which every cell of column `i` is a date: year first, else day first or month
+/// first (day first when both read every cell, unless the separator is `/`, which the US writes
+/// month first), else whole numbers. `None` when no style reads them all.
+fn date_style(records: &[csv::StringRecord], i: usize) -> Option<DateStyle> {
+    let reads = |style| {
+        !records.is_empty()
+            && records
+                .iter()
+                .all(|r| r.get(i).is_some_and(|c| date_key(c, style).is_some()))
     };
+    let slashed = records
+        .first()
+        .and_then(|r| r.get(i))
+        .is_some_and(|c| c.contains('/'));
+    let order = if slashed {
+        [
+            DateStyle::YearFirst,
+            DateStyle::MonthFirst,
+            DateStyle::DayFirst,
+            DateStyle::Number,
+        ]
+    } else {
+        [
+            DateStyle::YearFirst,
+            DateStyle::DayFirst,
+            DateStyle::MonthFirst,
+            DateStyle::Number,
+        ]
+    };
+    order.into_iter().find(|&s| reads(s))
+}
+
+/// Headers of columns that count time in whole numbers (see [`time_number_column`]).
+const TIME_AXIS_NAMES: &[&str] = &["year", "t", "time", "step", "period"];
+
+/// The first column whose every cell is a date ([`date_style`]: `1958-03-29`, `1949-01`,
+/// `2020/05/01 10:00`, `29.03.1958`, `3/29/1958`; not decimal years like `1958.2027`, which are
+/// numbers): read as the dates when `--date-column` is not given. Failing that, a column named
+/// like a time axis ([`TIME_AXIS_NAMES`]) whose whole numbers run strictly up or down, when the
+/// file has other columns.
+fn date_like_column(headers: &[String], records: &[csv::StringRecord]) -> Option<usize> {
     (0..headers.len())
-        .find(|&i| !records.is_empty() && records.iter().all(|r| r.get(i).is_some_and(date_like)))
+        .find(|&i| matches!(date_style(records, i), Some(s) if s != DateStyle::Number))
+        .or_else(|| time_number_column(headers, records))
+}
+
+/// A column named like a time axis holding whole numbers that run strictly up or down
+/// (`year` 1900, 1901, …; `t` 0, 1, …), when there is another column to forecast.
+fn time_number_column(headers: &[String], records: &[csv::StringRecord]) -> Option<usize> {
+    if headers.len() < 2 {
+        return None;
+    }
+    (0..headers.len()).find(|&i| {
+        let h = headers[i].trim().to_ascii_lowercase();
+        let nums: Option<Vec<i64>> = records
+            .iter()
+            .map(|r| r.get(i).and_then(|c| c.trim().parse::<i64>().ok()))
+            .collect();
+        TIME_AXIS_NAMES.contains(&h.as_str())
+            && nums.is_some_and(|n| {
+                n.len() >= 2
+                    && (n.windows(2).all(|w| w[1] > w[0]) || n.windows(2).all(|w| w[1] < w[0]))
+            })
+    })
 }
 
 /// A column of row numbers: named like an index (empty, pandas' `Unnamed: 0`, `index`, `id`)
@@ -327,11 +430,12 @@ pub fn parse_series(
         reversed: false,
     };
     if let Some(d) = &series.dates {
-        let iso = |s: &String| s.len() >= 4 && s.bytes().take(4).all(|b| b.is_ascii_digit());
-        let descending = d.len() >= 2
-            && d.iter().all(iso)
-            && d.windows(2).all(|w| w[0] >= w[1])
-            && d.first() != d.last();
+        let keys: Option<Vec<_>> = date_idx
+            .and_then(|i| date_style(&records, i))
+            .and_then(|style| d.iter().map(|c| date_key(c, style)).collect());
+        let descending = keys.is_some_and(|k| {
+            k.len() >= 2 && k.windows(2).all(|w| w[0] >= w[1]) && k.first() != k.last()
+        });
         if descending {
             series.values.reverse();
             if let Some(d) = series.dates.as_mut() {
@@ -448,6 +552,54 @@ mod tests {
         .unwrap();
         assert_eq!(s.values, vec![Some(1.0), Some(2.0), Some(3.0)]);
         assert_eq!(s.dates.unwrap()[0], "2001-01");
+        assert!(s.reversed);
+    }
+
+    /// Day-first, month-first and whole-number time axes are found without `--date-column`
+    /// and put newest-last.
+    #[test]
+    fn other_date_styles_are_found_and_ordered() {
+        // US month-first dates with a time, newest first.
+        let s = parse(
+            "when,v\n1/13/2021 10:00,3\n12/31/2020 23:00,2\n12/31/2020 09:00,1\n",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!((s.name.as_str(), s.reversed), ("v", true));
+        assert_eq!(s.values, [Some(1.0), Some(2.0), Some(3.0)]);
+        assert_eq!(s.dates.unwrap()[0], "12/31/2020 09:00");
+        // Day-first dotted dates, semicolons and decimal commas, newest first.
+        let s = parse("Datum;Wert\n02.01.2021;2,5\n31.12.2020;1,5\n", None, None).unwrap();
+        assert_eq!((s.name.as_str(), s.reversed), ("Wert", true));
+        assert_eq!(s.values, [Some(1.5), Some(2.5)]);
+        // Ambiguous slashed dates read month first: 01/02 (Jan 2) comes before 02/01 (Feb 1).
+        let s = parse("d,v\n02/01/2021,2\n01/02/2021,1\n", None, None).unwrap();
+        assert!(s.reversed);
+        // ... and dotted ones day first: 01.02 (Feb 1) comes after 02.01 (Jan 2).
+        let s = parse("d,v\n01.02.2021,2\n02.01.2021,1\n", None, None).unwrap();
+        assert!(s.reversed);
+        let s = parse("d,v\n02.01.2021,1\n01.02.2021,2\n", None, None).unwrap();
+        assert!(!s.reversed);
+        // A `year` column of whole numbers is the time axis, newest first or not.
+        let s = parse("Year,Rainfall\n1903,3.5\n1902,2\n1900,1\n", None, None).unwrap();
+        assert_eq!((s.name.as_str(), s.reversed), ("Rainfall", true));
+        assert_eq!(s.values, [Some(1.0), Some(2.0), Some(3.5)]);
+        assert_eq!(s.dates.unwrap(), ["1900", "1902", "1903"]);
+        let s = parse("t,v\n0,5\n1,6\n2,7\n", None, None).unwrap();
+        assert_eq!((s.name.as_str(), s.reversed), ("v", false));
+        // Not a time axis: repeated numbers, another name, or the only column.
+        assert!(parse("t,v\n0,5\n0,6\n", None, None).is_err());
+        assert!(parse("n,v\n0,5\n1,6\n", None, None).is_err());
+        assert_eq!(parse("year\n1\n2\n", None, None).unwrap().name, "year");
+        // Not dates: impossible months and days, two-digit years.
+        for bad in ["13/13/2020", "1.2.20", "0/5/2020", "5/32/2020"] {
+            for style in [DateStyle::DayFirst, DateStyle::MonthFirst] {
+                assert_eq!(date_key(bad, style), None, "{bad}");
+            }
+        }
+        // An explicit date column of whole numbers orders the rows too.
+        let s = parse("k,v\n3,1\n2,2\n", Some("v"), Some("k")).unwrap();
         assert!(s.reversed);
     }
 
