@@ -409,7 +409,7 @@ fn continues_training_from_a_keras_optimizer_state() {
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fx.join("resume.json")).unwrap()).unwrap();
     let cases = meta["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 12);
+    assert_eq!(cases.len(), 16);
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let bs = case["batch_size"].to_string();

@@ -327,13 +327,17 @@ def check_fit(args, keras, layers, rng, pick, out):
             dense = layers.TimeDistributed(dense)
         m, kind = chain(keras, rng, inp, lays + [dense])
         lr = float(pick([0.01, 0.003, 0.05]))
-        opt_name = pick(["sgd", "adam", "adamw", "rmsprop", "adagrad"])
+        opt_name = pick(["sgd", "adam", "adamw", "rmsprop", "adagrad", "nadam", "adamax", "lion", "adadelta"])
         clip = pick([{}, {}, {}, {"clipnorm": 0.5}, {"clipvalue": 0.05}, {"global_clipnorm": 0.5}])
         opt = {"sgd": lambda: keras.optimizers.SGD(lr, momentum=float(pick([0.0, 0.9])), **clip),
                "adam": lambda: keras.optimizers.Adam(lr, amsgrad=bool(rng.random() < 0.3), **clip),
                "adamw": lambda: keras.optimizers.AdamW(lr, **clip),
                "rmsprop": lambda: keras.optimizers.RMSprop(lr, momentum=float(pick([0.0, 0.5])), **clip),
-               "adagrad": lambda: keras.optimizers.Adagrad(lr, **clip)}[opt_name]()
+               "adagrad": lambda: keras.optimizers.Adagrad(lr, **clip),
+               "nadam": lambda: keras.optimizers.Nadam(lr, **clip),
+               "adamax": lambda: keras.optimizers.Adamax(lr, **clip),
+               "lion": lambda: keras.optimizers.Lion(lr / 10, **clip),
+               "adadelta": lambda: keras.optimizers.Adadelta(lr * 20, **clip)}[opt_name]()
         m.compile(optimizer=opt, loss=loss)
         X = rng.normal(size=(N, T, D)).astype("float32")
         if emb:

@@ -49,8 +49,8 @@ pub struct Args {
     /// categorical_crossentropy, sparse_categorical_crossentropy). Default: the model's compile config.
     #[arg(long, value_name = "NAME")]
     pub loss: Option<String>,
-    /// Optimizer (sgd, adam, adamw, rmsprop, adagrad) with Keras' defaults. Default: the model's
-    /// compile config, else rmsprop.
+    /// Optimizer (sgd, adam, adamw, rmsprop, adagrad, nadam, adamax, lion, adadelta) with Keras'
+    /// defaults. Default: the model's compile config, else rmsprop.
     #[arg(long, value_name = "NAME")]
     pub optimizer: Option<String>,
     /// Learning rate, replacing the optimizer's.

@@ -675,7 +675,7 @@ impl<T: Float> Model<T> {
                     .map(|d| d.map_or("None".into(), |d| d.to_string()))
                     .collect();
                 return Err(ShapeError::mismatch(
-                    format!("input {k} (`{}`)", self.layers[self.inputs[k].layer].name),
+                    format!("input {k} ({})", self.layers[self.inputs[k].layer].name),
                     x.shape(),
                     format!("({})", want.join(", ")),
                 )

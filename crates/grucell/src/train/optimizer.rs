@@ -1,4 +1,5 @@
-//! Keras 3 optimizers (SGD, Adam, AdamW, RMSprop, Adagrad) with Keras 3.15.1's exact update rules.
+//! Keras 3 optimizers (SGD, Adam, AdamW, RMSprop, Adagrad, Nadam, Adamax, Lion, Adadelta) with
+//! Keras 3.15.1's exact update rules.
 //!
 //! One [`Optimizer::step`] is one Keras `optimizer.apply_gradients(...)` (TensorFlow backend), in
 //! Keras' order:
@@ -20,9 +21,10 @@
 //! of an `Embedding` table as `IndexedSlices`, one row of values per looked-up index (an index
 //! that occurs twice gives two rows), and Keras' optimizer ops keep that form where they can.
 //! Where a formula squares the gradient, the rows are squared *before* they are summed per
-//! index: `Σ gᵢ²` instead of `(Σ gᵢ)²` (Adam's and RMSprop's `v`, Adagrad's accumulator), and so
-//! are the norms of `clipnorm` and `global_clipnorm`; `clipvalue` clips each row before the
-//! sum. `global_clipnorm`'s scaling makes the gradient dense again (later squares are `(Σ gᵢ)²`).
+//! index: `Σ gᵢ²` instead of `(Σ gᵢ)²` (Adam's, Nadam's and RMSprop's `v`, Adagrad's and
+//! Adadelta's accumulators), Adamax's `|g|` is likewise `Σ |gᵢ|`, and so are the norms of
+//! `clipnorm` and `global_clipnorm`; `clipvalue` clips each row before the sum.
+//! `global_clipnorm`'s scaling makes the gradient dense again (later squares are `(Σ gᵢ)²`).
 //! Measured against Keras 3.15.1 for every optimizer and clip option.
 //!
 //! Arithmetic is in the variables' type `T`, with every constant rounded to `T` where TensorFlow
@@ -104,10 +106,60 @@ pub enum OptimizerKind {
         /// ε (default 1e-7).
         epsilon: f64,
     },
+    /// `keras.optimizers.Nadam` (default `learning_rate` 0.001): Adam with Nesterov momentum.
+    ///
+    /// Slots `momentum` m and `velocity` v (zeros) and one scalar, the product `Π` of the `μ`'s
+    /// (starts at 1; Keras saves it last, as `nadam/variable`). Each step first sets
+    /// `Π ← Π·β₁·(1 − ½·0.96ᵗ)`, then per variable with `μₜ = β₁(1 − ½·0.96ᵗ)`,
+    /// `μₜ₊₁ = β₁(1 − ½·0.96ᵗ⁺¹)`: `m ← m + (g − m)(1 − β₁)`, `v ← v + (g² − v)(1 − β₂)`,
+    /// `m̂ = μₜ₊₁·m / (1 − Π·μₜ₊₁) + (1 − μₜ)·g / (1 − Π)`, `v̂ = v / (1 − β₂ᵗ)`,
+    /// `θ ← θ − m̂·lr / (√v̂ + ε)`.
+    Nadam {
+        /// β₁ (default 0.9).
+        beta_1: f64,
+        /// β₂ (default 0.999).
+        beta_2: f64,
+        /// ε (default 1e-7).
+        epsilon: f64,
+    },
+    /// `keras.optimizers.Adamax` (default `learning_rate` 0.001): Adam with the infinity norm.
+    ///
+    /// Slots `momentum` m and `norm` u (zeros): `m ← m + (g − m)(1 − β₁)`,
+    /// `u ← max(β₂·u, |g|)`, `θ ← θ − lr·m / ((1 − β₁ᵗ)(u + ε))`.
+    Adamax {
+        /// β₁ (default 0.9).
+        beta_1: f64,
+        /// β₂ (default 0.999).
+        beta_2: f64,
+        /// ε (default 1e-7).
+        epsilon: f64,
+    },
+    /// `keras.optimizers.Lion` (default `learning_rate` 0.001).
+    ///
+    /// Slot `momentum` m (zeros): `θ ← θ − lr·sign(β₁·m + (1 − β₁)·g)`, then
+    /// `m ← β₂·m + (1 − β₂)·g`.
+    Lion {
+        /// β₁ in `(0, 1]` (default 0.9).
+        beta_1: f64,
+        /// β₂ (default 0.99).
+        beta_2: f64,
+    },
+    /// `keras.optimizers.Adadelta` (default `learning_rate` 0.001).
+    ///
+    /// Slots `accumulated_grad` A and `accumulated_delta_var` D (zeros):
+    /// `A ← ρ·A + (1 − ρ)·g²`, `Δ = −(√(D + ε)·g) / √(A + ε)`, `D ← ρ·D + (1 − ρ)·Δ²`,
+    /// `θ ← θ + lr·Δ`.
+    Adadelta {
+        /// ρ (default 0.95).
+        rho: f64,
+        /// ε (default 1e-7).
+        epsilon: f64,
+    },
 }
 
 impl OptimizerKind {
-    /// Keras' class name (`"SGD"`, `"Adam"`, `"AdamW"`, `"RMSprop"`, `"Adagrad"`).
+    /// Keras' class name (`"SGD"`, `"Adam"`, `"AdamW"`, `"RMSprop"`, `"Adagrad"`, `"Nadam"`,
+    /// `"Adamax"`, `"Lion"`, `"Adadelta"`).
     pub fn keras_class_name(&self) -> &'static str {
         match self {
             OptimizerKind::Sgd { .. } => "SGD",
@@ -115,11 +167,16 @@ impl OptimizerKind {
             OptimizerKind::AdamW { .. } => "AdamW",
             OptimizerKind::RmsProp { .. } => "RMSprop",
             OptimizerKind::Adagrad { .. } => "Adagrad",
+            OptimizerKind::Nadam { .. } => "Nadam",
+            OptimizerKind::Adamax { .. } => "Adamax",
+            OptimizerKind::Lion { .. } => "Lion",
+            OptimizerKind::Adadelta { .. } => "Adadelta",
         }
     }
 
     /// The default Keras object name (`auto_name` of the class): `"sgd"`, `"adam"`, `"adam_w"`,
-    /// `"rm_sprop"`, `"adagrad"`; it prefixes the optimizer variables' paths.
+    /// `"rm_sprop"`, `"adagrad"`, `"nadam"`, `"adamax"`, `"lion"`, `"adadelta"`; it prefixes the
+    /// optimizer variables' paths.
     pub fn keras_name(&self) -> &'static str {
         match self {
             OptimizerKind::Sgd { .. } => "sgd",
@@ -127,6 +184,10 @@ impl OptimizerKind {
             OptimizerKind::AdamW { .. } => "adam_w",
             OptimizerKind::RmsProp { .. } => "rm_sprop",
             OptimizerKind::Adagrad { .. } => "adagrad",
+            OptimizerKind::Nadam { .. } => "nadam",
+            OptimizerKind::Adamax { .. } => "adamax",
+            OptimizerKind::Lion { .. } => "lion",
+            OptimizerKind::Adadelta { .. } => "adadelta",
         }
     }
 
@@ -168,17 +229,35 @@ impl OptimizerKind {
                 v
             }
             OptimizerKind::Adagrad { .. } => vec!["accumulator"],
+            OptimizerKind::Nadam { .. } => vec!["momentum", "velocity"],
+            OptimizerKind::Adamax { .. } => vec!["momentum", "norm"],
+            OptimizerKind::Lion { .. } => vec!["momentum"],
+            OptimizerKind::Adadelta { .. } => vec!["accumulated_grad", "accumulated_delta_var"],
+        }
+    }
+
+    /// The optimizer's own scalar variables after the slots, as (Keras name, initial value):
+    /// Nadam's product of momentum factors, which Keras creates unnamed (`nadam/variable`).
+    fn scalars(&self) -> &'static [(&'static str, f64)] {
+        match self {
+            OptimizerKind::Nadam { .. } => &[("variable", 1.0)],
+            _ => &[],
         }
     }
 
     /// Keras' variable order as `(slot, variable)` pairs: slot groups one after the other, except
-    /// Adam's momentum/velocity, which `add_optimizer_variables` interleaves per variable.
+    /// the first two slots of the optimizers that create them with one `add_optimizer_variables`
+    /// call (Adam's momentum/velocity, Nadam's, Adamax's, Adadelta's), interleaved per variable.
     fn keras_order(&self, n_vars: usize) -> Vec<(usize, usize)> {
         let n_slots = self.slot_names().len();
         let mut order = Vec::with_capacity(n_slots * n_vars);
         let interleaved = if matches!(
             self,
-            OptimizerKind::Adam { .. } | OptimizerKind::AdamW { .. }
+            OptimizerKind::Adam { .. }
+                | OptimizerKind::AdamW { .. }
+                | OptimizerKind::Nadam { .. }
+                | OptimizerKind::Adamax { .. }
+                | OptimizerKind::Adadelta { .. }
         ) {
             2
         } else {
@@ -234,15 +313,11 @@ pub struct OptimizerConfig {
 
 const KERAS_OPTIMIZERS_UNSUPPORTED: &[&str] = &[
     "optimizer",
-    "adadelta",
-    "adamax",
     "adafactor",
     "muon",
     "multioptimizer",
     "optimizermap",
-    "nadam",
     "ftrl",
-    "lion",
     "lamb",
     "lossscaleoptimizer",
     "schedulefreeadamw",
@@ -343,10 +418,58 @@ impl OptimizerConfig {
         )
     }
 
+    /// Nadam with β₁ 0.9, β₂ 0.999, ε 1e-7 (Keras default learning rate 0.001).
+    pub fn nadam(learning_rate: f64) -> Self {
+        Self::with_kind(
+            OptimizerKind::Nadam {
+                beta_1: 0.9,
+                beta_2: 0.999,
+                epsilon: 1e-7,
+            },
+            learning_rate,
+        )
+    }
+
+    /// Adamax with β₁ 0.9, β₂ 0.999, ε 1e-7 (Keras default learning rate 0.001).
+    pub fn adamax(learning_rate: f64) -> Self {
+        Self::with_kind(
+            OptimizerKind::Adamax {
+                beta_1: 0.9,
+                beta_2: 0.999,
+                epsilon: 1e-7,
+            },
+            learning_rate,
+        )
+    }
+
+    /// Lion with β₁ 0.9, β₂ 0.99 (Keras default learning rate 0.001).
+    pub fn lion(learning_rate: f64) -> Self {
+        Self::with_kind(
+            OptimizerKind::Lion {
+                beta_1: 0.9,
+                beta_2: 0.99,
+            },
+            learning_rate,
+        )
+    }
+
+    /// Adadelta with ρ 0.95, ε 1e-7 (Keras default learning rate 0.001).
+    pub fn adadelta(learning_rate: f64) -> Self {
+        Self::with_kind(
+            OptimizerKind::Adadelta {
+                rho: 0.95,
+                epsilon: 1e-7,
+            },
+            learning_rate,
+        )
+    }
+
     /// An optimizer by Keras name with all Keras defaults, learning rate included. Like
     /// `keras.optimizers.get`, the name is case-insensitive: `"sgd"`, `"adam"`, `"adamw"`,
-    /// `"rmsprop"`, `"adagrad"` (and `"SGD"`, `"RMSprop"`, …).
+    /// `"rmsprop"`, `"adagrad"`, `"nadam"`, `"adamax"`, `"lion"`, `"adadelta"` (and `"SGD"`,
+    /// `"RMSprop"`, …).
     pub fn from_name(name: &str) -> Result<Self, ConfigError> {
+        const SUPPORTED: &str = "sgd, adam, adamw, rmsprop, adagrad, nadam, adamax, lion, adadelta";
         let lower = name.to_ascii_lowercase();
         let cfg = match lower.as_str() {
             "sgd" => Self::sgd(0.01),
@@ -354,17 +477,21 @@ impl OptimizerConfig {
             "adamw" => Self::adamw(0.001),
             "rmsprop" => Self::rmsprop(0.001),
             "adagrad" => Self::adagrad(0.001),
+            "nadam" => Self::nadam(0.001),
+            "adamax" => Self::adamax(0.001),
+            "lion" => Self::lion(0.001),
+            "adadelta" => Self::adadelta(0.001),
             other if KERAS_OPTIMIZERS_UNSUPPORTED.contains(&other) => {
                 return Err(ConfigError::unsupported(
                     "optimizer",
-                    format!("Keras optimizer `{name}` is not implemented by grucell; supported: sgd, adam, adamw, rmsprop, adagrad"),
+                    format!("Keras optimizer `{name}` is not implemented by grucell; supported: {SUPPORTED}"),
                 ))
             }
             _ => {
                 return Err(ConfigError::UnknownName {
                     kind: "optimizer",
                     name: name.to_string(),
-                    known: "sgd, adam, adamw, rmsprop, adagrad".into(),
+                    known: SUPPORTED.into(),
                 })
             }
         };
@@ -421,6 +548,11 @@ impl OptimizerConfig {
             }
             OptimizerKind::RmsProp { .. } => (&["rho", "momentum", "epsilon", "centered"], None),
             OptimizerKind::Adagrad { .. } => (&["initial_accumulator_value", "epsilon"], None),
+            OptimizerKind::Nadam { .. } | OptimizerKind::Adamax { .. } => {
+                (&["beta_1", "beta_2", "epsilon"], None)
+            }
+            OptimizerKind::Lion { .. } => (&["beta_1", "beta_2"], None),
+            OptimizerKind::Adadelta { .. } => (&["rho", "epsilon"], None),
         };
         for key in c.keys() {
             if !BASE_KEYS.contains(&key.as_str()) && !own_keys.contains(&key.as_str()) {
@@ -508,6 +640,24 @@ impl OptimizerConfig {
                 initial_accumulator_value: num("initial_accumulator_value", 0.1)?,
                 epsilon: num("epsilon", 1e-7)?,
             },
+            OptimizerKind::Nadam { .. } => OptimizerKind::Nadam {
+                beta_1: num("beta_1", 0.9)?,
+                beta_2: num("beta_2", 0.999)?,
+                epsilon: num("epsilon", 1e-7)?,
+            },
+            OptimizerKind::Adamax { .. } => OptimizerKind::Adamax {
+                beta_1: num("beta_1", 0.9)?,
+                beta_2: num("beta_2", 0.999)?,
+                epsilon: num("epsilon", 1e-7)?,
+            },
+            OptimizerKind::Lion { .. } => OptimizerKind::Lion {
+                beta_1: num("beta_1", 0.9)?,
+                beta_2: num("beta_2", 0.99)?,
+            },
+            OptimizerKind::Adadelta { .. } => OptimizerKind::Adadelta {
+                rho: num("rho", 0.95)?,
+                epsilon: num("epsilon", 1e-7)?,
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -576,6 +726,28 @@ impl OptimizerConfig {
                 );
                 c.insert("epsilon".into(), json!(epsilon));
             }
+            OptimizerKind::Nadam {
+                beta_1,
+                beta_2,
+                epsilon,
+            }
+            | OptimizerKind::Adamax {
+                beta_1,
+                beta_2,
+                epsilon,
+            } => {
+                c.insert("beta_1".into(), json!(beta_1));
+                c.insert("beta_2".into(), json!(beta_2));
+                c.insert("epsilon".into(), json!(epsilon));
+            }
+            OptimizerKind::Lion { beta_1, beta_2 } => {
+                c.insert("beta_1".into(), json!(beta_1));
+                c.insert("beta_2".into(), json!(beta_2));
+            }
+            OptimizerKind::Adadelta { rho, epsilon } => {
+                c.insert("rho".into(), json!(rho));
+                c.insert("epsilon".into(), json!(epsilon));
+            }
         }
         json!({
             "module": "keras.optimizers",
@@ -587,8 +759,9 @@ impl OptimizerConfig {
 
     /// Checks the configuration: at most one of `clipnorm`, `clipvalue`, `global_clipnorm` (as
     /// Keras), finite numbers, `learning_rate ≥ 0`, SGD momentum in `[0, 1]` (as Keras), β's in
-    /// `[0, 1)`, `ρ` in `[0, 1]`, `ε`, RMSprop momentum and the initial accumulator `≥ 0`, and a
-    /// weight decay for AdamW (as Keras).
+    /// `[0, 1)` (Lion's β₁ in `(0, 1]`, as Keras, and β₂ in `[0, 1]`), `ρ` in `[0, 1]`, `ε`,
+    /// RMSprop momentum and the initial accumulator `≥ 0`, and a weight decay for AdamW (as
+    /// Keras).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let set = [self.clipnorm, self.clipvalue, self.global_clipnorm]
             .iter()
@@ -689,6 +862,34 @@ impl OptimizerConfig {
                 )?;
                 range("epsilon", epsilon, 0.0, f64::INFINITY, true)?;
             }
+            OptimizerKind::Nadam {
+                beta_1,
+                beta_2,
+                epsilon,
+            }
+            | OptimizerKind::Adamax {
+                beta_1,
+                beta_2,
+                epsilon,
+            } => {
+                range("beta_1", beta_1, 0.0, 1.0, true)?;
+                range("beta_2", beta_2, 0.0, 1.0, true)?;
+                range("epsilon", epsilon, 0.0, f64::INFINITY, true)?;
+            }
+            OptimizerKind::Lion { beta_1, beta_2 } => {
+                if !(beta_1 > 0.0 && beta_1 <= 1.0) {
+                    return Err(ConfigError::invalid(
+                        "beta_1",
+                        beta_1,
+                        "a number in (0, 1] (Lion degenerates to SignSGD otherwise)",
+                    ));
+                }
+                range("beta_2", beta_2, 0.0, 1.0, false)?;
+            }
+            OptimizerKind::Adadelta { rho, epsilon } => {
+                range("rho", rho, 0.0, 1.0, false)?;
+                range("epsilon", epsilon, 0.0, f64::INFINITY, true)?;
+            }
         }
         Ok(())
     }
@@ -735,6 +936,8 @@ pub struct Optimizer<T: Float> {
     var_sizes: Vec<usize>,
     /// `slots[s][v]`: slot `s` (in `kind.slot_names()` order) of variable `v`.
     slots: Vec<Vec<Vec<T>>>,
+    /// The optimizer's own scalars (`kind.scalars()` order): Nadam's product of momentum factors.
+    scalars: Vec<T>,
 }
 
 impl<T: Float> Optimizer<T> {
@@ -755,11 +958,18 @@ impl<T: Float> Optimizer<T> {
             .iter()
             .map(|_| var_sizes.iter().map(|&n| vec![init; n]).collect())
             .collect();
+        let scalars = config
+            .kind
+            .scalars()
+            .iter()
+            .map(|&(_, x)| T::of(x))
+            .collect();
         Ok(Optimizer {
             config,
             iterations: 0,
             var_sizes: var_sizes.to_vec(),
             slots,
+            scalars,
         })
     }
 
@@ -838,17 +1048,28 @@ impl<T: Float> Optimizer<T> {
         }
         let t = T::of((self.iterations as f64) + 1.0);
         let kind = self.config.kind;
+        if let (OptimizerKind::Nadam { beta_1, .. }, [product]) =
+            (kind, self.scalars.as_mut_slice())
+        {
+            // Keras' `Nadam._backend_update_step`, before the variables' updates (Python floats
+            // in plain arithmetic: not rounded through float32).
+            let half = T::of(0.5);
+            *product = (*product * T::of(beta_1)) * (T::one() - half * T::of(0.96).powf(t));
+        }
+        let product = self.scalars.first().copied().unwrap_or_else(T::one);
+        let row_term = kind.row_term::<T>();
         for (i, (v, g)) in vars.iter_mut().zip(grads.iter()).enumerate() {
             let mut slots: Vec<&mut [T]> = self
                 .slots
                 .iter_mut()
                 .filter_map(|s| s.get_mut(i).map(|x| x.as_mut_slice()))
                 .collect();
-            let squares = rows
+            let per_row = rows
                 .get(i)
                 .and_then(Option::as_ref)
-                .map(|r| r.squares(g.len()));
-            update(kind, lr, t, v, g, squares.as_deref(), &mut slots);
+                .map(|r| r.summed(g.len(), row_term));
+            let step = Step { lr, t, product };
+            update(kind, step, v, g, per_row.as_deref(), &mut slots);
         }
         self.iterations += 1;
         Ok(())
@@ -881,11 +1102,16 @@ impl<T: Float> Optimizer<T> {
             (format!("{name}/learning_rate"), vec![self.learning_rate()]),
         ];
         for (slot, v, values) in self.keras_slots() {
-            if let Some(path) = var_paths.get(v) {
-                out.push((
-                    format!("{name}/{}_{slot}", path.replace('/', "_")),
-                    values.to_vec(),
-                ));
+            match v {
+                Some(v) => {
+                    if let Some(path) = var_paths.get(v) {
+                        out.push((
+                            format!("{name}/{}_{slot}", path.replace('/', "_")),
+                            values.to_vec(),
+                        ));
+                    }
+                }
+                None => out.push((format!("{name}/{slot}"), values.to_vec())),
             }
         }
         Ok(out)
@@ -945,38 +1171,50 @@ impl<T: Float> Optimizer<T> {
     }
 
     /// How many variables Keras saves for this optimizer: the iteration count, the learning
-    /// rate and every slot (the length [`Optimizer::load_keras_variables`] expects).
+    /// rate, every slot and the optimizer's own scalars (the length
+    /// [`Optimizer::load_keras_variables`] expects).
     pub fn num_keras_variables(&self) -> usize {
-        2 + self.config.kind.slot_names().len() * self.var_sizes.len()
+        2 + self.config.kind.slot_names().len() * self.var_sizes.len() + self.scalars.len()
     }
 
-    /// The slots in Keras' order (`optimizer/vars/2`, `3`, …): slot name, index of the model
-    /// variable it belongs to (its shape is that variable's), values.
-    pub(crate) fn keras_slots(&self) -> Vec<(&'static str, usize, &[T])> {
+    /// The slots in Keras' order (`optimizer/vars/2`, `3`, …), then the optimizer's own scalars:
+    /// name, index of the model variable a slot belongs to (its shape is that variable's; `None`
+    /// for a scalar), values.
+    pub(crate) fn keras_slots(&self) -> Vec<(&'static str, Option<usize>, &[T])> {
         let slot_names = self.config.kind.slot_names();
-        self.config
+        let slots = self
+            .config
             .kind
             .keras_order(self.var_sizes.len())
             .into_iter()
             .filter_map(|(s, v)| {
                 let values = self.slots.get(s)?.get(v)?;
-                Some((*slot_names.get(s)?, v, values.as_slice()))
-            })
-            .collect()
+                Some((*slot_names.get(s)?, Some(v), values.as_slice()))
+            });
+        let scalars = self
+            .config
+            .kind
+            .scalars()
+            .iter()
+            .zip(&self.scalars)
+            .map(|(&(name, _), x)| (name, None, std::slice::from_ref(x)));
+        slots.chain(scalars).collect()
     }
 
     /// Restores the state from the values of [`Optimizer::keras_variables`] (same order and
     /// lengths): the iteration counter (use [`Optimizer::set_iterations`] afterwards for counts
-    /// above 2²⁴ in `f32`), the learning rate (Keras restores it too) and every slot.
+    /// above 2²⁴ in `f32`), the learning rate (Keras restores it too), every slot and the
+    /// optimizer's own scalars.
     pub fn load_keras_variables(&mut self, values: &[&[T]]) -> Result<(), ShapeError> {
         let order = self.config.kind.keras_order(self.var_sizes.len());
-        if values.len() != order.len() + 2 {
+        let n_scalars = self.scalars.len();
+        if values.len() != order.len() + 2 + n_scalars {
             return Err(ShapeError::mismatch(
                 "optimizer variables",
                 &[values.len()],
                 format!(
-                    "{} arrays (iteration, learning_rate, then {} slots)",
-                    order.len() + 2,
+                    "{} arrays (iteration, learning_rate, then {} slots and {n_scalars} scalars)",
+                    order.len() + 2 + n_scalars,
                     order.len()
                 ),
             ));
@@ -994,6 +1232,9 @@ impl<T: Float> Optimizer<T> {
         let it = scalar(0, "iteration")?.f64();
         let lr = scalar(1, "learning_rate")?.f64();
         check_iteration(it)?;
+        let own: Vec<T> = (0..n_scalars)
+            .map(|k| scalar(2 + order.len() + k, "the optimizer's own scalar"))
+            .collect::<Result<_, _>>()?;
         for (k, &(s, v)) in order.iter().enumerate() {
             let (Some(src), Some(dst)) = (
                 values.get(k + 2),
@@ -1018,6 +1259,7 @@ impl<T: Float> Optimizer<T> {
                 dst.copy_from_slice(src);
             }
         }
+        self.scalars = own;
         self.iterations = it as u64;
         self.config.learning_rate = lr;
         Ok(())
@@ -1196,11 +1438,12 @@ impl<T: Float> RowGrads<T> {
         self.accumulate(g, |v| v);
     }
 
-    /// `Σ rows² per index`: what Keras squares where the gradient is `IndexedSlices`.
-    fn squares(&self, len: usize) -> Vec<T> {
-        let mut sq = vec![T::zero(); len];
-        self.accumulate(&mut sq, |v| v * v);
-        sq
+    /// `Σ f(row) per index`: what Keras computes row by row before summing where the gradient
+    /// is `IndexedSlices` (`f` = square, or Adamax's absolute value).
+    fn summed(&self, len: usize, f: fn(T) -> T) -> Vec<T> {
+        let mut out = vec![T::zero(); len];
+        self.accumulate(&mut out, f);
+        out
     }
 
     fn accumulate(&self, out: &mut [T], f: impl Fn(T) -> T) {
@@ -1225,19 +1468,45 @@ fn sum_squares<T: Float>(g: &[T]) -> T {
     T::of(g.iter().map(|&x| (x * x).f64()).sum::<f64>())
 }
 
-/// One variable's update (step 3 of the module documentation). `slots` are this variable's slot
-/// arrays in `slot_names()` order.
-fn update<T: Float>(
-    kind: OptimizerKind,
+/// What one step's updates share: the learning rate, `t = iterations + 1` and Nadam's product of
+/// momentum factors (already updated for this step; 1 for the other optimizers).
+#[derive(Clone, Copy)]
+struct Step<T> {
     lr: T,
     t: T,
+    product: T,
+}
+
+impl OptimizerKind {
+    /// The non-linear function of the gradient that Keras applies row by row where the gradient
+    /// is `IndexedSlices`: `|g|` for Adamax, `g²` for the others (unused by SGD and Lion).
+    fn row_term<T: Float>(&self) -> fn(T) -> T {
+        match self {
+            OptimizerKind::Adamax { .. } => |x: T| x.abs(),
+            _ => |x: T| x * x,
+        }
+    }
+}
+
+/// One variable's update (step 3 of the module documentation). `slots` are this variable's slot
+/// arrays in `slot_names()` order; `per_row` is [`OptimizerKind::row_term`] of the gradient's
+/// rows summed per index, where the gradient came as rows.
+fn update<T: Float>(
+    kind: OptimizerKind,
+    step: Step<T>,
     v: &mut [T],
     g: &[T],
-    squares: Option<&[T]>,
+    per_row: Option<&[T]>,
     slots: &mut [&mut [T]],
 ) {
-    // `g²` per element: the row gradients' own squares where Keras keeps `IndexedSlices`.
-    let sq = |i: usize, g: T| squares.and_then(|s| s.get(i)).copied().unwrap_or(g * g);
+    let Step { lr, t, product } = step;
+    // `g²` (Adamax: `|g|`) per element: summed from the rows where Keras keeps `IndexedSlices`.
+    let sq = |i: usize, g: T| {
+        per_row
+            .and_then(|s| s.get(i))
+            .copied()
+            .unwrap_or_else(|| kind.row_term::<T>()(g))
+    };
     match (kind, slots) {
         (OptimizerKind::Sgd { momentum, nesterov }, slots) => {
             if let [m] = slots {
@@ -1366,6 +1635,113 @@ fn update<T: Float>(
             }
         }
         (OptimizerKind::Adagrad { .. }, _) => {}
+        (
+            OptimizerKind::Nadam {
+                beta_1,
+                beta_2,
+                epsilon,
+            },
+            [m, vel],
+        ) => {
+            // `ops.cast` of Python floats: through float32 (`decay`, β's); `1 − β` in `T`.
+            let (one, half) = (T::one(), T::of(0.5));
+            let (b1, b2, decay) = (
+                cast_f32::<T>(beta_1),
+                cast_f32::<T>(beta_2),
+                cast_f32::<T>(0.96),
+            );
+            let u_t = b1 * (one - half * decay.powf(t));
+            let u_next = b1 * (one - half * decay.powf(t + one));
+            let product_next = product * u_next;
+            let b2p = b2.powf(t);
+            let (c1, c2, eps) = (one - b1, one - b2, T::of(epsilon));
+            for (i, (((x, &g), m), vel)) in v
+                .iter_mut()
+                .zip(g)
+                .zip(m.iter_mut())
+                .zip(vel.iter_mut())
+                .enumerate()
+            {
+                *m += (g - *m) * c1;
+                *vel += (sq(i, g) - *vel) * c2;
+                let m_hat =
+                    (u_next * *m) / (one - product_next) + ((one - u_t) * g) / (one - product);
+                let v_hat = *vel / (one - b2p);
+                *x -= (m_hat * lr) / (v_hat.sqrt() + eps);
+            }
+        }
+        (
+            OptimizerKind::Adamax {
+                beta_1,
+                beta_2,
+                epsilon,
+            },
+            [m, u],
+        ) => {
+            let b1p = cast_f32::<T>(beta_1).powf(t);
+            let (c1, b2, eps) = (T::of(1.0 - beta_1), T::of(beta_2), T::of(epsilon));
+            for (i, (((x, &g), m), u)) in v
+                .iter_mut()
+                .zip(g)
+                .zip(m.iter_mut())
+                .zip(u.iter_mut())
+                .enumerate()
+            {
+                *m += (g - *m) * c1;
+                // `ops.maximum`: NaN on either side gives NaN (`f32::max` drops it).
+                let (a, b) = (b2 * *u, sq(i, g));
+                *u = if a.is_nan() || b > a { b } else { a };
+                *x -= (lr * *m) / ((T::one() - b1p) * (*u + eps));
+            }
+        }
+        (OptimizerKind::Lion { beta_1, beta_2 }, [m]) => {
+            let (b1, b2) = (cast_f32::<T>(beta_1), cast_f32::<T>(beta_2));
+            let (c1, c2) = (T::of(1.0) - b1, T::of(1.0) - b2);
+            for ((x, &g), m) in v.iter_mut().zip(g).zip(m.iter_mut()) {
+                let d = *m * b1 + g * c1;
+                // `ops.sign`: 0 for ±0, NaN for NaN.
+                let sign = if d > T::zero() {
+                    T::one()
+                } else if d < T::zero() {
+                    -T::one()
+                } else {
+                    d
+                };
+                *x -= lr * sign;
+                *m = *m * b2 + g * c2;
+            }
+        }
+        (OptimizerKind::Adadelta { rho, epsilon }, [acc_g, acc_d]) => {
+            let (r, c, eps) = (T::of(rho), T::of(1.0 - rho), T::of(epsilon));
+            for (i, (((x, &g), ag), ad)) in v
+                .iter_mut()
+                .zip(g)
+                .zip(acc_g.iter_mut())
+                .zip(acc_d.iter_mut())
+                .enumerate()
+            {
+                *ag = r * *ag + c * sq(i, g);
+                let (rms_d, rms_g) = ((*ad + eps).sqrt(), (*ag + eps).sqrt());
+                let delta = -((rms_d * g) / rms_g);
+                // Keras squares `Δ` row by row where `g` came as rows: `Σ Δᵢ² = (√D/√A)²·Σ gᵢ²`.
+                let delta_sq = match per_row.and_then(|s| s.get(i)) {
+                    Some(&g2) => {
+                        let ratio = rms_d / rms_g;
+                        ratio * ratio * g2
+                    }
+                    None => delta * delta,
+                };
+                *ad = r * *ad + c * delta_sq;
+                *x += lr * delta;
+            }
+        }
+        (
+            OptimizerKind::Nadam { .. }
+            | OptimizerKind::Adamax { .. }
+            | OptimizerKind::Lion { .. }
+            | OptimizerKind::Adadelta { .. },
+            _,
+        ) => {}
     }
 }
 
@@ -1487,6 +1863,89 @@ mod tests {
         };
         assert!(c.validate().unwrap_err().to_string().contains("momentum"));
         assert!(OptimizerConfig::adam(f64::NAN).validate().is_err());
+        // Lion's β₁ must be in (0, 1], as Keras checks; the other new optimizers' ranges too.
+        for beta_1 in [0.0, 1.5, f64::NAN] {
+            let mut c = OptimizerConfig::lion(0.1);
+            c.kind = OptimizerKind::Lion {
+                beta_1,
+                beta_2: 0.99,
+            };
+            assert!(c.validate().unwrap_err().to_string().contains("beta_1"));
+        }
+        let mut c = OptimizerConfig::lion(0.1);
+        c.kind = OptimizerKind::Lion {
+            beta_1: 1.0,
+            beta_2: 0.99,
+        };
+        assert!(c.validate().is_ok());
+        let mut c = OptimizerConfig::adadelta(0.1);
+        c.kind = OptimizerKind::Adadelta {
+            rho: 1.5,
+            epsilon: 1e-7,
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("rho"));
+        for mut c in [OptimizerConfig::nadam(0.1), OptimizerConfig::adamax(0.1)] {
+            match &mut c.kind {
+                OptimizerKind::Nadam { beta_2, .. } | OptimizerKind::Adamax { beta_2, .. } => {
+                    *beta_2 = 1.0
+                }
+                _ => unreachable!(),
+            }
+            assert!(c.validate().unwrap_err().to_string().contains("beta_2"));
+        }
+    }
+
+    /// The names `keras.optimizers.get` takes, and the ones grucell does not implement.
+    #[test]
+    fn names_and_defaults() {
+        for (name, class, lr) in [
+            ("Nadam", "Nadam", 0.001),
+            ("adamax", "Adamax", 0.001),
+            ("lion", "Lion", 0.001),
+            ("adadelta", "Adadelta", 0.001),
+            ("SGD", "SGD", 0.01),
+        ] {
+            let c = OptimizerConfig::from_name(name).unwrap();
+            assert_eq!((c.kind.keras_class_name(), c.learning_rate), (class, lr));
+            // Serialized with the float32 learning rate, as Keras writes it.
+            let back = OptimizerConfig::from_keras(&c.to_keras()).unwrap();
+            assert_eq!((back.kind, back.learning_rate as f32), (c.kind, lr as f32));
+        }
+        let e = OptimizerConfig::from_name("ftrl").unwrap_err().to_string();
+        assert!(e.contains("not implemented") && e.contains("lion"), "{e}");
+        assert!(OptimizerConfig::from_name("sgdd").is_err());
+    }
+
+    /// Nadam saves its product of momentum factors after the slots, and a state without it (or
+    /// with a non-scalar there) is refused.
+    #[test]
+    fn nadam_scalar_is_saved_and_checked() {
+        let mut o = Optimizer::<f32>::new(OptimizerConfig::nadam(0.1), &[2]).unwrap();
+        o.step(&mut [&mut [1.0, 2.0]], &mut [&mut [0.5, -0.5]])
+            .unwrap();
+        let vars = o.keras_variables(&["w"]).unwrap();
+        let names: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "nadam/iteration",
+                "nadam/learning_rate",
+                "nadam/w_momentum",
+                "nadam/w_velocity",
+                "nadam/variable"
+            ]
+        );
+        // Π after one step: β₁·(1 − ½·0.96).
+        let want = 0.9f32 * (1.0 - 0.5 * 0.96f32);
+        assert!((vars[4].1[0] - want).abs() < 1e-7);
+        assert_eq!(o.num_keras_variables(), 5);
+        let refs: Vec<&[f32]> = vars.iter().map(|(_, v)| v.as_slice()).collect();
+        let mut back = Optimizer::<f32>::new(OptimizerConfig::nadam(0.1), &[2]).unwrap();
+        assert!(back.load_keras_variables(&refs[..4]).is_err());
+        let bad = [refs[0], refs[1], refs[2], refs[3], &[1.0f32, 2.0][..]];
+        assert!(back.load_keras_variables(&bad).is_err());
+        back.load_keras_variables(&refs).unwrap();
+        assert_eq!(back.keras_variables(&["w"]).unwrap(), vars);
     }
 
     #[test]
@@ -1508,7 +1967,7 @@ mod tests {
             Err(ConfigError::Unsupported { .. })
         ));
         assert!(matches!(
-            OptimizerConfig::from_name("nadam"),
+            OptimizerConfig::from_name("ftrl"),
             Err(ConfigError::Unsupported { .. })
         ));
         assert!(matches!(

@@ -151,6 +151,11 @@ impl<T: Float> OptimizerVars<T> {
             .collect();
         let mut values = vec![Tensor::new(vec![], vec![optimizer.learning_rate()])?];
         for (slot, v, data) in optimizer.keras_slots() {
+            // An optimizer's own scalar (Nadam's product of momentum factors).
+            let Some(v) = v else {
+                values.push(Tensor::new(vec![], data.to_vec())?);
+                continue;
+            };
             let misfit = || {
                 ShapeError::mismatch(
                     format!("optimizer slot `{slot}` of variable {v}"),
