@@ -4,8 +4,9 @@
 Builds random models with Keras 3.15.1 (Sequential or Functional; GRU, RNN(GRUCell),
 RNN(StackedRNNCells), Bidirectional, Masking, Embedding (token ids, mask_zero), merged GRU
 branches (Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum), Dense,
-TimeDistributed(Dense | Dropout | Activation), random activations, biases, masks, initial states,
-return_state, frozen layers, activity penalties), saves each as
+TimeDistributed(Dense | Dropout | Activation), GlobalAveragePooling1D, GlobalMaxPooling1D,
+Flatten, RepeatVector, random activations, biases, masks, initial states, return_state, frozen
+layers, activity penalties; nine optimizers), saves each as
 `.keras` and legacy `.h5`, and compares with the `grucell` binary:
 
   predict  single-output models: `grucell predict` (1 and 2 threads, both formats) vs Keras'
@@ -96,10 +97,28 @@ def random_recurrent(rng, layers, u, last, pick):
     return lay, rs, f"{kind}({u}, {kw['activation']}/{kw['recurrent_activation']}, rs={rs})"
 
 
-def random_head(rng, layers, seq, pick, acts):
-    """The layers after the recurrent ones: maybe a Dense (wrapped in TimeDistributed on a
+def random_head(rng, layers, seq, pick, acts, fixed_t=True):
+    """The layers after the recurrent ones: maybe a pooling or Flatten head on a sequence, or
+    RepeatVector -> GRU after a last state; maybe a Dense (wrapped in TimeDistributed on a
     sequence, sometimes), maybe TimeDistributed(Dropout | Activation)."""
     head, desc = [], []
+    if seq and rng.random() < 0.3:
+        pools = [layers.GlobalAveragePooling1D(), layers.GlobalMaxPooling1D(),
+                 layers.GlobalAveragePooling1D(data_format="channels_first", keepdims=bool(rng.random() < 0.5))]
+        if fixed_t:
+            pools.append(layers.Flatten())
+        pool = pick(pools)
+        head.append(pool)
+        desc.append(pool.__class__.__name__)
+        if pool.__class__.__name__ == "GlobalAveragePooling1D" and pool.data_format == "channels_first":
+            seq = pool.keepdims  # (B, T, 1) with keepdims, else (B, T)
+        else:
+            seq = False
+    elif not seq and rng.random() < 0.2:
+        n = int(rng.integers(1, 5))
+        head += [layers.RepeatVector(n), layers.GRU(int(rng.integers(1, 5)), return_sequences=bool(rng.random() < 0.5))]
+        desc.append(f"RepeatVector({n}) -> GRU")
+        seq = head[-1].return_sequences
     if seq and rng.random() < 0.3:
         head.append(layers.TimeDistributed(pick([layers.Dropout(0.3), layers.Activation(pick(acts))])))
         desc.append("TimeDistributed(Dropout|Activation)")
@@ -174,7 +193,8 @@ def check_predict(args, keras, layers, rng, pick, out):
                                          activation=pick(ACTS), reset_after=bool(rng.random() < 0.6))
             lays.append(lay)
             desc.append(d)
-        head, d = random_head(rng, layers, seq, pick, ["linear", "relu", "sigmoid", "tanh", "softmax"])
+        head, d = random_head(rng, layers, seq, pick, ["linear", "relu", "sigmoid", "tanh", "softmax"],
+                              fixed_t=not var_t)
         m, kind = chain(keras, rng, inp, lays + head)
         desc = [kind, *desc, *d]
         for w in m.weights:
@@ -320,6 +340,17 @@ def check_fit(args, keras, layers, rng, pick, out):
         act = {"binary_crossentropy": "sigmoid", "categorical_crossentropy": "softmax",
                "sparse_categorical_crossentropy": "softmax"}.get(loss, pick(["linear", "tanh"]))
         dense = layers.Dense(k, activation=act, activity_regularizer=pick([None, None, None, "l1"]))
+        if rs and rng.random() < 0.3:
+            # A pooling head (the masked mean only without masks: a fully masked sample is 0/0).
+            pools = [layers.GlobalMaxPooling1D(), layers.Flatten()]
+            if not mask:
+                pools.append(layers.GlobalAveragePooling1D())
+            lays.append(pick(pools))
+            rs = False
+        elif not rs and rng.random() < 0.15:
+            lays += [layers.RepeatVector(int(rng.integers(1, 4))),
+                     layers.GRU(int(rng.integers(1, 5)), return_sequences=True)]
+            rs = True
         if rs and rng.random() < 0.5:
             # TimeDistributed(Activation) too (not Dropout: its random mask differs from Keras').
             if rng.random() < 0.4:

@@ -9,7 +9,9 @@ use crate::layers::dense::Dense;
 use crate::layers::embedding::Embedding;
 use crate::layers::mask_ops::MaskOp;
 use crate::layers::merge::{concat_symbolic, Merge, MergeOp};
+use crate::layers::pooling::GlobalPooling1D;
 use crate::layers::regularizer::Regularizer;
+use crate::layers::reshaping::{Flatten, RepeatVector};
 use crate::layers::rnn::{dims3, Mask, Rnn, RnnKind};
 use crate::tensor::Tensor;
 
@@ -46,6 +48,12 @@ pub enum Layer<T = f32> {
     },
     /// `Activation(name)`.
     Activation(Activation),
+    /// `GlobalAveragePooling1D` (masked mean over the steps) or `GlobalMaxPooling1D`.
+    GlobalPooling(GlobalPooling1D),
+    /// `Flatten`.
+    Flatten(Flatten),
+    /// `RepeatVector(n)`.
+    RepeatVector(RepeatVector),
     /// The `NotEqual(x, value)` op Keras serializes for a Functional `Masking`.
     NotEqual {
         /// The scalar compared against.
@@ -880,6 +888,14 @@ impl<T: Float> Model<T> {
                 }
                 vec![Val::F(y, m.cloned())]
             }
+            Layer::GlobalPooling(p) => {
+                let (x, m) = float_arg(0)?;
+                let (b, t) = p.batch_and_steps(x.shape());
+                let mask = explicit_mask(b, t)?.or_else(|| m.cloned());
+                vec![Val::F(p.call(x, mask.as_ref())?, None)]
+            }
+            Layer::Flatten(f) => vec![Val::F(f.call(float_arg(0)?.0)?, None)],
+            Layer::RepeatVector(r) => vec![Val::F(r.call(float_arg(0)?.0)?, None)],
             Layer::MaskOp(op) => {
                 let flags = (0..node.args.len())
                     .map(|i| {
@@ -982,6 +998,9 @@ impl<T: Float> Model<T> {
                 | Layer::Activation(_)
                 | Layer::NotEqual { .. } => vec![input],
                 Layer::Any { .. } => vec![input[..input.len().saturating_sub(1)].to_vec()],
+                Layer::GlobalPooling(p) => vec![p.output_shape(&input)],
+                Layer::Flatten(f) => vec![f.output_shape(&input)],
+                Layer::RepeatVector(r) => vec![r.output_shape(&input)],
                 Layer::MaskOp(op) => vec![op.output_shape(&arg_shapes())],
                 Layer::Dense(d) => {
                     let mut s = input;
@@ -1175,6 +1194,9 @@ pub fn default_class_name<T: Float>(l: &Layer<T>) -> &'static str {
         Layer::Merge(m) => m.op.class_name(),
         Layer::Dropout { .. } => "Dropout",
         Layer::Activation(_) => "Activation",
+        Layer::GlobalPooling(p) => p.class_name(),
+        Layer::Flatten(_) => "Flatten",
+        Layer::RepeatVector(_) => "RepeatVector",
         Layer::NotEqual { .. } => "NotEqual",
         Layer::Any { .. } => "Any",
         Layer::MaskOp(op) => op.class_name(),

@@ -36,6 +36,10 @@ enum Cache<T> {
     Embedding(Tensor<T>),
     /// A merge keeps its inputs.
     Merge(Vec<Tensor<T>>),
+    /// A global pooling keeps its input and the mask it used.
+    Pool(Tensor<T>, Option<Mask>),
+    /// `Flatten` keeps its input's shape.
+    Shape(Vec<usize>),
     Rnn(Box<RnnTape<T>>),
     Bi {
         f: Box<RnnTape<T>>,
@@ -646,6 +650,20 @@ impl<T: Float> Model<T> {
                     let mask = e.compute_mask(&x)?;
                     (vec![Val::F(y, mask)], Cache::Embedding(x))
                 }
+                Layer::GlobalPooling(pool) => {
+                    let (x, m) = arg_t(0)?;
+                    let (b, t) = pool.batch_and_steps(x.shape());
+                    let mask = explicit_mask(b, t)?.or(m);
+                    let y = pool.call(&x, mask.as_ref())?;
+                    (vec![Val::F(y, None)], Cache::Pool(x, mask))
+                }
+                Layer::Flatten(f) => {
+                    let (x, _) = arg_t(0)?;
+                    (
+                        vec![Val::F(f.call(&x)?, None)],
+                        Cache::Shape(x.shape().to_vec()),
+                    )
+                }
                 Layer::Merge(_) => {
                     let out = self.eval_node(node, inputs, &vals, &pos, None)?;
                     let xs = (0..node.args.len())
@@ -789,6 +807,28 @@ impl<T: Float> Model<T> {
                             send(Some(*r), g, &mut dvals)?;
                         }
                     }
+                }
+                (Layer::GlobalPooling(pool), Cache::Pool(x, mask)) => {
+                    let Some(dy) = out_grads.into_iter().next().flatten() else {
+                        continue;
+                    };
+                    send(
+                        first_arg,
+                        pool.backward(&x, mask.as_ref(), &dy)?,
+                        &mut dvals,
+                    )?;
+                }
+                (Layer::Flatten(f), Cache::Shape(shape)) => {
+                    let Some(dy) = out_grads.into_iter().next().flatten() else {
+                        continue;
+                    };
+                    send(first_arg, f.backward(&shape, &dy)?, &mut dvals)?;
+                }
+                (Layer::RepeatVector(r), _) => {
+                    let Some(dy) = out_grads.into_iter().next().flatten() else {
+                        continue;
+                    };
+                    send(first_arg, r.backward(&dy)?, &mut dvals)?;
                 }
                 (Layer::Masking { .. }, Cache::Masking(mask)) => {
                     let Some(mut dy) = out_grads.into_iter().next().flatten() else {

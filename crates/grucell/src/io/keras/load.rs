@@ -17,7 +17,9 @@ use crate::layers::merge::{Merge, MergeOp};
 use crate::layers::model::{
     Layer, Model, ModelKind, ModelLayer, Node, NodeArg, TensorRef, Wrapped,
 };
+use crate::layers::pooling::{GlobalPooling1D, PoolOp};
 use crate::layers::regularizer::Regularizer;
+use crate::layers::reshaping::{Flatten, RepeatVector};
 use crate::layers::rnn::{Rnn, RnnKind};
 use crate::tensor::Tensor;
 use serde_json::{Map, Value};
@@ -315,6 +317,14 @@ fn build_layer_in<T: Float>(
             seed: get_u64(&cfg, "seed")?,
         },
         "Activation" => Layer::Activation(activation_of(&cfg, "activation", crate::Activation::Linear)?),
+        "GlobalAveragePooling1D" | "GlobalAvgPool1D" => {
+            Layer::GlobalPooling(GlobalPooling1D::from_keras(PoolOp::Average, &cfg).map_err(|e| with_name(e.into()))?)
+        }
+        "GlobalMaxPooling1D" | "GlobalMaxPool1D" => {
+            Layer::GlobalPooling(GlobalPooling1D::from_keras(PoolOp::Max, &cfg).map_err(|e| with_name(e.into()))?)
+        }
+        "Flatten" => Layer::Flatten(Flatten::from_keras(&cfg).map_err(|e| with_name(e.into()))?),
+        "RepeatVector" => Layer::RepeatVector(RepeatVector::from_keras(&cfg).map_err(|e| with_name(e.into()))?),
         "Dense" => {
             let dc = DenseConfig::from_keras(&cfg).map_err(|e| with_name(e.into()))?;
             let mut paths = vec![format!("{path}/vars/0")];
@@ -372,7 +382,7 @@ fn build_layer_in<T: Float>(
         other => {
             return Err(ConfigError::unsupported(
                 "layer",
-                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation), Dense, Dropout, Activation, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
+                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation), Dense, Dropout, Activation, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
             )
             .into())
         }

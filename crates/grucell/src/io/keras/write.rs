@@ -67,6 +67,7 @@ use crate::layers::merge::{Merge, MergeOp};
 use crate::layers::model::{
     default_class_name, Layer, Model, ModelKind, ModelLayer, Node, NodeArg, TensorRef, Wrapped,
 };
+use crate::layers::pooling::PoolOp;
 use crate::layers::rnn::{Rnn, RnnKind};
 use crate::tensor::Tensor;
 use crate::train::optimizer::Optimizer;
@@ -764,6 +765,11 @@ impl<'a, T: Float> Writer<'a, T> {
             Layer::Dropout { .. } => {
                 kwargs.insert("training".into(), json!(false));
             }
+            // `GlobalAveragePooling1D.call(inputs, mask=None)`: Keras records the mask, `null`
+            // when there is none (`GlobalMaxPooling1D.call` takes none).
+            Layer::GlobalPooling(p) if p.op == PoolOp::Average => {
+                kwargs.insert("mask".into(), mask.unwrap_or(Value::Null));
+            }
             _ => {}
         }
         Ok(json!({ "args": args, "kwargs": kwargs }))
@@ -832,6 +838,24 @@ impl<'a, T: Float> Writer<'a, T> {
                     );
                 }
                 self.bidirectional_config(b, ml, path, call.map(|c| &c.input))?
+            }
+            // Built at construction (no `build_config`), or built on their input (Flatten,
+            // RepeatVector), as Keras writes them.
+            Layer::GlobalPooling(p) => {
+                build = None;
+                let mut c = base_config(&ml.name, ml.trainable, self.dtype);
+                p.write_keras(&mut c);
+                c
+            }
+            Layer::Flatten(f) => {
+                let mut c = base_config(&ml.name, ml.trainable, self.dtype);
+                f.write_keras(&mut c);
+                c
+            }
+            Layer::RepeatVector(r) => {
+                let mut c = base_config(&ml.name, ml.trainable, self.dtype);
+                r.write_keras(&mut c);
+                c
             }
             Layer::Merge(Merge { op, .. }) => {
                 // Built on the list of its inputs' shapes.
