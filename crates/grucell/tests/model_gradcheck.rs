@@ -17,6 +17,7 @@ use grucell::layers::bidirectional::{Bidirectional, MergeMode};
 use grucell::layers::dense::{Dense, DenseConfig};
 use grucell::layers::embedding::{Embedding, EmbeddingConfig};
 use grucell::layers::model::{Layer, Model};
+use grucell::layers::normalization::LayerNorm;
 use grucell::train::backward::VarId;
 use grucell::train::loss::Loss;
 use grucell::train::rnn_grad::CellDropout;
@@ -95,6 +96,7 @@ fn get_var(m: &Model<f64>, id: &VarId, elem: usize) -> f64 {
             .data()[elem],
         Layer::Dense(d) => d.weights()[id.index].data()[elem],
         Layer::Embedding(e) => e.embeddings().data()[elem],
+        Layer::LayerNorm(n) => n.weights()[id.index].data()[elem],
         _ => panic!("variable in a layer without weights"),
     }
 }
@@ -131,6 +133,15 @@ fn with_var(m: &Model<f64>, id: &VarId, elem: usize, v: f64) -> Model<f64> {
             let mut table = e.embeddings().clone();
             table.data_mut()[elem] = v;
             *e = Embedding::from_weights(e.config().clone(), table).unwrap();
+        }
+        Layer::LayerNorm(n) => {
+            let mut ws: Vec<Tensor<f64>> = n.weights().into_iter().cloned().collect();
+            ws[id.index].data_mut()[elem] = v;
+            let (scale, center) = (n.config().scale, n.config().center);
+            let mut it = ws.into_iter();
+            let gamma = if scale { it.next() } else { None };
+            let beta = if center { it.next() } else { None };
+            *n = LayerNorm::from_weights(n.config().clone(), gamma, beta).unwrap();
         }
         _ => panic!("variable in a layer without weights"),
     }

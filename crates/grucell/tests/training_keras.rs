@@ -56,6 +56,7 @@ fn weights<T: Float>(m: &Model<T>) -> Vec<Tensor<T>> {
                 }
             }
             Layer::Dense(d) => w.extend(d.weights().into_iter().cloned()),
+            Layer::LayerNorm(n) => w.extend(n.weights().into_iter().cloned()),
             _ => {}
         }
         per_layer.push(w);

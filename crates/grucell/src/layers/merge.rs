@@ -33,6 +33,137 @@ impl Merge {
     ) -> Result<Option<Mask>, Error> {
         self.op.mask(xs, masks, self.keras2_masks)
     }
+
+    /// Whether this call is Keras 3's masked `Maximum` / `Minimum` (see [`Merge::call`]).
+    fn masked_extremum(&self, masks: &[Option<&Mask>]) -> bool {
+        !self.keras2_masks
+            && matches!(self.op, MergeOp::Maximum | MergeOp::Minimum)
+            && masks.iter().any(Option::is_some)
+    }
+
+    /// The merged tensor of inputs with their masks (`masks[i]` of `xs[i]`, `(batch, time)`).
+    ///
+    /// Keras 3 merges masked inputs of `Maximum` and `Minimum` step by step
+    /// (`_apply_merge_op_and_or_mask`): a masked step of an input takes the running result's
+    /// value, a masked step of the running result takes the input's, so a step every input
+    /// masks keeps the first input's value. The other merges, and TF-Keras 2's, ignore masks
+    /// ([`MergeOp::call`]).
+    ///
+    /// ```
+    /// use grucell::layers::merge::{Merge, MergeOp};
+    /// use grucell::layers::rnn::Mask;
+    /// use grucell::Tensor;
+    /// // (batch 1, 2 steps, 1 feature); step 1 of the second input is masked.
+    /// let a = Tensor::new(vec![1, 2, 1], vec![5.0f32, 5.0])?;
+    /// let b = Tensor::new(vec![1, 2, 1], vec![1.0f32, 1.0])?;
+    /// let m = Mask::new(1, 2, vec![true, false])?;
+    /// let y = Merge::new(MergeOp::Minimum).call(&[&a, &b], &[None, Some(&m)])?;
+    /// assert_eq!(y.data(), &[1.0, 5.0]);
+    /// # Ok::<(), grucell::Error>(())
+    /// ```
+    pub fn call<T: Float>(
+        &self,
+        xs: &[&Tensor<T>],
+        masks: &[Option<&Mask>],
+    ) -> Result<Tensor<T>, Error> {
+        if !self.masked_extremum(masks) {
+            return self.op.call(xs);
+        }
+        let (values, _) = self.masked_sources(xs, masks)?;
+        Ok(Tensor::new(xs[0].shape().to_vec(), values)?)
+    }
+
+    /// Gradients of every input for the output gradient `dy`, for the inputs and masks of
+    /// [`Merge::call`] (a masked `Maximum` / `Minimum` sends each element's gradient to the
+    /// input its value came from).
+    pub fn backward<T: Float>(
+        &self,
+        xs: &[&Tensor<T>],
+        masks: &[Option<&Mask>],
+        dy: &Tensor<T>,
+    ) -> Result<Vec<Tensor<T>>, Error> {
+        if !self.masked_extremum(masks) {
+            return self.op.backward(xs, dy);
+        }
+        if dy.shape() != xs[0].shape() {
+            return Err(ShapeError::mismatch(
+                format!("gradient of {}", self.op.class_name()),
+                dy.shape(),
+                format!("{:?}", xs[0].shape()),
+            )
+            .into());
+        }
+        let (_, sources) = self.masked_sources(xs, masks)?;
+        let mut grads: Vec<Vec<T>> = xs.iter().map(|x| vec![T::zero(); x.len()]).collect();
+        for (e, (&src, &g)) in sources.iter().zip(dy.data()).enumerate() {
+            grads[src][e] = g;
+        }
+        xs.iter()
+            .zip(grads)
+            .map(|(x, g)| Ok(Tensor::new(x.shape().to_vec(), g)?))
+            .collect()
+    }
+
+    /// Keras 3's masked left fold of `Maximum` / `Minimum`: every element's value and the
+    /// input it came from.
+    fn masked_sources<T: Float>(
+        &self,
+        xs: &[&Tensor<T>],
+        masks: &[Option<&Mask>],
+    ) -> Result<(Vec<T>, Vec<usize>), Error> {
+        let shapes: Vec<&[usize]> = xs.iter().map(|x| x.shape()).collect();
+        let shape = self.op.output_shape(&shapes)?;
+        let &[b, t, f] = shape.as_slice() else {
+            return Err(ShapeError::mismatch(
+                format!("masked input of {}", self.op.class_name()),
+                &shape,
+                "(batch, time, features) for a (batch, time) mask",
+            )
+            .into());
+        };
+        for m in masks.iter().flatten() {
+            if (m.batch, m.time) != (b, t) {
+                return Err(ShapeError::mismatch(
+                    format!("mask of a {} input", self.op.class_name()),
+                    &[m.batch, m.time],
+                    format!("({b}, {t})"),
+                )
+                .into());
+            }
+        }
+        let keeps = |i: usize, step: usize| masks.get(i).copied().flatten().map(|m| m.data[step]);
+        let max = self.op == MergeOp::Maximum;
+        let mut values = Vec::with_capacity(b * t * f);
+        let mut sources = Vec::with_capacity(b * t * f);
+        for e in 0..b * t * f {
+            let step = e / f.max(1);
+            let (mut out, mut src, mut out_keep) = (xs[0].data()[e], 0, keeps(0, step));
+            for (j, x) in xs.iter().enumerate().skip(1) {
+                let keep = keeps(j, step);
+                let (mut v, mut vsrc) = (x.data()[e], j);
+                if keep == Some(false) {
+                    (v, vsrc) = (out, src);
+                }
+                if out_keep == Some(false) {
+                    (out, src) = (v, vsrc);
+                }
+                out_keep = match (out_keep, keep) {
+                    (Some(a), Some(k)) => Some(a || k),
+                    _ => None,
+                };
+                // TensorFlow's maximum/minimum: the running value wins a tie; NaN propagates.
+                let first = if max { out >= v } else { out <= v };
+                let picked = pick(out, v, first);
+                if !(first || out.is_nan() || v.is_nan()) {
+                    src = vsrc;
+                }
+                out = picked;
+            }
+            values.push(out);
+            sources.push(src);
+        }
+        Ok((values, sources))
+    }
 }
 
 /// One merge operation (no weights).

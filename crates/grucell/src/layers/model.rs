@@ -9,6 +9,7 @@ use crate::layers::dense::Dense;
 use crate::layers::embedding::Embedding;
 use crate::layers::mask_ops::MaskOp;
 use crate::layers::merge::{concat_symbolic, Merge, MergeOp};
+use crate::layers::normalization::LayerNorm;
 use crate::layers::pooling::GlobalPooling1D;
 use crate::layers::regularizer::Regularizer;
 use crate::layers::reshaping::{Flatten, RepeatVector};
@@ -48,6 +49,8 @@ pub enum Layer<T = f32> {
     },
     /// `Activation(name)`.
     Activation(Activation),
+    /// `LayerNormalization` over the last axis.
+    LayerNorm(LayerNorm<T>),
     /// `GlobalAveragePooling1D` (masked mean over the steps) or `GlobalMaxPooling1D`.
     GlobalPooling(GlobalPooling1D),
     /// `Flatten`.
@@ -117,6 +120,7 @@ impl<T: Float> ModelLayer<T> {
             Layer::Bidirectional(b) => b.param_count(),
             Layer::Dense(d) => d.param_count(),
             Layer::Embedding(e) => e.param_count(),
+            Layer::LayerNorm(n) => n.param_count(),
             _ => 0,
         }
     }
@@ -160,6 +164,7 @@ impl<T: Float> ModelLayer<T> {
                 vec![own; d.weights().len()]
             }
             Layer::Embedding(_) => vec![self.trainable],
+            Layer::LayerNorm(n) => vec![self.trainable; n.weights().len()],
             _ => Vec::new(),
         }
     }
@@ -243,6 +248,7 @@ impl<T: Float> ModelLayer<T> {
                 .collect(),
             Layer::Dense(d) => d.weights().into_iter().map(Tensor::len).collect(),
             Layer::Embedding(e) => vec![e.param_count()],
+            Layer::LayerNorm(n) => n.weights().into_iter().map(Tensor::len).collect(),
             _ => Vec::new(),
         };
         weights
@@ -873,7 +879,7 @@ impl<T: Float> Model<T> {
                     .collect::<Result<Vec<_>, _>>()?;
                 let xs: Vec<&Tensor<T>> = args.iter().map(|(x, _)| *x).collect();
                 let masks: Vec<Option<&Mask>> = args.iter().map(|(_, m)| *m).collect();
-                vec![Val::F(merge.op.call(&xs)?, merge.mask(&xs, &masks)?)]
+                vec![Val::F(merge.call(&xs, &masks)?, merge.mask(&xs, &masks)?)]
             }
             Layer::Dropout { .. } => {
                 let (x, m) = float_arg(0)?;
@@ -888,10 +894,17 @@ impl<T: Float> Model<T> {
                 }
                 vec![Val::F(y, m.cloned())]
             }
+            Layer::LayerNorm(n) => {
+                let (x, m) = float_arg(0)?;
+                vec![Val::F(n.call(x)?, m.cloned())]
+            }
             Layer::GlobalPooling(p) => {
                 let (x, m) = float_arg(0)?;
-                let (b, t) = p.batch_and_steps(x.shape());
-                let mask = explicit_mask(b, t)?.or_else(|| m.cloned());
+                // The explicit mask as it is (the layer checks and broadcasts it).
+                let mask = match node.mask {
+                    None => m.cloned(),
+                    Some(r) => Some(mask_value(lookup(vals, pos, r)?, &ml.name)?),
+                };
                 vec![Val::F(p.call(x, mask.as_ref())?, None)]
             }
             Layer::Flatten(f) => vec![Val::F(f.call(float_arg(0)?.0)?, None)],
@@ -996,6 +1009,7 @@ impl<T: Float> Model<T> {
                 Layer::Masking { .. }
                 | Layer::Dropout { .. }
                 | Layer::Activation(_)
+                | Layer::LayerNorm(_)
                 | Layer::NotEqual { .. } => vec![input],
                 Layer::Any { .. } => vec![input[..input.len().saturating_sub(1)].to_vec()],
                 Layer::GlobalPooling(p) => vec![p.output_shape(&input)],
@@ -1194,12 +1208,32 @@ pub fn default_class_name<T: Float>(l: &Layer<T>) -> &'static str {
         Layer::Merge(m) => m.op.class_name(),
         Layer::Dropout { .. } => "Dropout",
         Layer::Activation(_) => "Activation",
+        Layer::LayerNorm(_) => "LayerNormalization",
         Layer::GlobalPooling(p) => p.class_name(),
         Layer::Flatten(_) => "Flatten",
         Layer::RepeatVector(_) => "RepeatVector",
         Layer::NotEqual { .. } => "NotEqual",
         Layer::Any { .. } => "Any",
         Layer::MaskOp(op) => op.class_name(),
+    }
+}
+
+/// A `(batch, time)` boolean value as a mask (a call's explicit `mask` argument).
+pub(crate) fn mask_value<T: Float>(v: &Val<T>, layer: &str) -> Result<Mask, Error> {
+    match v {
+        Val::B(shape, data) if shape.len() == 2 => Ok(Mask::new(shape[0], shape[1], data.clone())?),
+        Val::B(shape, _) => Err(ShapeError::mismatch(
+            format!("mask of `{layer}`"),
+            shape,
+            "(batch, time) booleans",
+        )
+        .into()),
+        Val::F(..) => Err(ConfigError::invalid(
+            format!("mask of `{layer}`"),
+            "a float tensor",
+            "a boolean mask",
+        )
+        .into()),
     }
 }
 

@@ -166,44 +166,66 @@ impl GlobalPooling1D {
         }
     }
 
-    /// The mask the average uses: `(batch, steps)`, checked against the input.
-    fn kept<'m>(&self, l: &Layout, mask: Option<&'m Mask>) -> Result<Option<&'m Mask>, Error> {
-        match (self.op, mask) {
-            (PoolOp::Average, Some(m)) => {
-                if (m.batch, m.time) != (l.batch, l.steps) {
-                    return Err(ShapeError::mismatch(
-                        format!("mask of {}", self.class_name()),
-                        &[m.batch, m.time],
-                        format!("({}, {}), the input's batch and steps", l.batch, l.steps),
-                    )
-                    .into());
-                }
-                Ok(Some(m))
-            }
-            _ => Ok(None),
+    /// How the average weighs the steps of each row under its input's mask, as Keras
+    /// broadcasts it (`expand_dims` on the features axis, then `sum(where(mask, x, 0)) /
+    /// sum(mask)`): per `(batch, step)` how many times the step enters the sum, and per row the
+    /// divisor. A mask of the steps as they are gives the masked mean; a `(batch, 1)` mask
+    /// gives, for a kept row, the *sum* of every step divided by 1, and a mask of `T` steps
+    /// over a single step counts it `kept` times and divides by `kept` (Keras' own arithmetic
+    /// for those broadcasts). Without a mask: every step once, divided by the step count.
+    fn weights(&self, l: &Layout, mask: Option<&Mask>) -> Result<(Vec<usize>, Vec<usize>), Error> {
+        let Some(m) = mask.filter(|_| self.op == PoolOp::Average) else {
+            return Ok((vec![1; l.batch * l.steps], vec![l.steps; l.batch]));
+        };
+        if m.batch != l.batch || !(m.time == l.steps || m.time == 1 || l.steps == 1) {
+            return Err(ShapeError::mismatch(
+                format!("mask of {}", self.class_name()),
+                &[m.batch, m.time],
+                format!(
+                    "({}, {}) or ({}, 1), to broadcast over the input's batch and steps",
+                    l.batch, l.steps, l.batch
+                ),
+            )
+            .into());
         }
+        let rows = m.data.chunks_exact(m.time.max(1));
+        let mut mult = Vec::with_capacity(l.batch * l.steps);
+        let mut div = Vec::with_capacity(l.batch);
+        for row in rows.take(l.batch) {
+            let kept = row.iter().filter(|&&k| k).count();
+            if m.time == l.steps {
+                mult.extend(row.iter().map(|&k| usize::from(k)));
+            } else if m.time == 1 {
+                mult.extend(std::iter::repeat_n(kept, l.steps));
+            } else {
+                mult.push(kept);
+            }
+            div.push(kept);
+        }
+        Ok((mult, div))
     }
 
     /// The layer on `x` with its input's mask (used by the average only).
     pub fn call<T: Float>(&self, x: &Tensor<T>, mask: Option<&Mask>) -> Result<Tensor<T>, Error> {
         let l = self.layout(x)?;
-        let mask = self.kept(&l, mask)?;
+        let (mult, div) = self.weights(&l, mask)?;
         let data = x.data();
         let mut out = Vec::with_capacity(l.batch * l.features);
         for b in 0..l.batch {
             let base = b * l.steps * l.features;
-            let keep = |t: usize| mask.is_none_or(|m| m.data[b * l.steps + t]);
             for f in 0..l.features {
                 let at = |t: usize| data[base + t * l.step_stride + f * l.feature_stride];
                 out.push(match self.op {
                     PoolOp::Average => {
                         let mut sum = T::zero();
-                        let mut count = 0usize;
-                        for t in (0..l.steps).filter(|&t| keep(t)) {
-                            sum += at(t);
-                            count += 1;
+                        for t in 0..l.steps {
+                            match mult[b * l.steps + t] {
+                                0 => {}
+                                1 => sum += at(t),
+                                k => sum += at(t) * T::of(k as f64),
+                            }
                         }
-                        sum / T::of(count as f64)
+                        sum / T::of(div[b] as f64)
                     }
                     // NaN wins, as TensorFlow's reduce_max propagates it.
                     PoolOp::Max => (0..l.steps).map(at).fold(T::neg_infinity(), |m, v| {
@@ -220,8 +242,9 @@ impl GlobalPooling1D {
     }
 
     /// The gradient with respect to `x` given the output's gradient `dy`, as TensorFlow takes
-    /// it: the average spreads `dy / count` over the kept steps; the maximum gives `dy` to the
-    /// steps equal to the maximum, shared equally among ties.
+    /// it: the average gives each step `dy · (times it is summed) / divisor` (0 for a step the
+    /// mask drops); the maximum gives `dy` to the steps equal to the maximum, shared equally
+    /// among ties.
     pub fn backward<T: Float>(
         &self,
         x: &Tensor<T>,
@@ -229,7 +252,7 @@ impl GlobalPooling1D {
         dy: &Tensor<T>,
     ) -> Result<Tensor<T>, Error> {
         let l = self.layout(x)?;
-        let mask = self.kept(&l, mask)?;
+        let (mult, div) = self.weights(&l, mask)?;
         if dy.len() != l.batch * l.features {
             return Err(ShapeError::mismatch(
                 format!("output gradient of {}", self.class_name()),
@@ -246,16 +269,18 @@ impl GlobalPooling1D {
         let mut dx = vec![T::zero(); x.len()];
         for b in 0..l.batch {
             let base = b * l.steps * l.features;
-            let keep = |t: usize| mask.is_none_or(|m| m.data[b * l.steps + t]);
-            let count = (0..l.steps).filter(|&t| keep(t)).count();
             for f in 0..l.features {
                 let g = dy.data()[b * l.features + f];
                 let idx = |t: usize| base + t * l.step_stride + f * l.feature_stride;
                 match &y {
                     None => {
-                        let share = g / T::of(count as f64);
-                        for t in (0..l.steps).filter(|&t| keep(t)) {
-                            dx[idx(t)] = share;
+                        let share = g / T::of(div[b] as f64);
+                        for t in 0..l.steps {
+                            match mult[b * l.steps + t] {
+                                0 => {}
+                                1 => dx[idx(t)] = share,
+                                k => dx[idx(t)] = share * T::of(k as f64),
+                            }
                         }
                     }
                     Some(y) => {
@@ -310,6 +335,17 @@ mod tests {
         // A mask of another shape is an error, not a wrong answer.
         let short = Mask::new(2, 2, vec![true; 4]).unwrap();
         assert!(avg.call(&x, Some(&short)).is_err());
+        // A (batch, 1) mask broadcasts over the steps and divides by its own sum, as Keras'
+        // `sum(where(mask, x, 0)) / sum(mask)` does: the sum of a kept row, 0/0 otherwise.
+        let rows = Mask::new(2, 1, vec![true, false]).unwrap();
+        let y = avg.call(&x, Some(&rows)).unwrap();
+        assert_eq!(y.data()[0], 9.0);
+        assert!(y.data()[1].is_nan());
+        // A 3-step mask over a single step: counted `kept` times, divided by `kept`.
+        let one = t(&[2, 1, 1], &[4.0, 5.0]);
+        let y = avg.call(&one, Some(&mask)).unwrap();
+        assert_eq!(y.data()[0], 4.0);
+        assert!(y.data()[1].is_nan());
         assert!(avg.call(&t(&[2, 3], &[0.0; 6]), None).is_err());
     }
 

@@ -7,7 +7,7 @@ use crate::layers::activation::Activation;
 use crate::layers::bidirectional::{merge, MergeMode};
 use crate::layers::constraint::Constraint;
 use crate::layers::dense::Dense;
-use crate::layers::model::{lookup, Layer, Model, NodeArg, TensorRef, Val};
+use crate::layers::model::{lookup, mask_value, Layer, Model, NodeArg, TensorRef, Val};
 use crate::layers::regularizer::Regularizer;
 use crate::layers::rnn::{dims3, Mask, Rnn};
 use crate::tensor::Tensor;
@@ -34,8 +34,10 @@ enum Cache<T> {
     Dropout(Vec<T>),
     /// An `Embedding` call keeps its indices.
     Embedding(Tensor<T>),
-    /// A merge keeps its inputs.
-    Merge(Vec<Tensor<T>>),
+    /// A merge keeps its inputs and their masks.
+    Merge(Vec<Tensor<T>>, Vec<Option<Mask>>),
+    /// A `LayerNormalization` call keeps its input.
+    LayerNorm(Tensor<T>),
     /// A global pooling keeps its input and the mask it used.
     Pool(Tensor<T>, Option<Mask>),
     /// `Flatten` keeps its input's shape.
@@ -154,6 +156,17 @@ impl<T: Float> Model<T> {
                 Layer::Embedding(e) => {
                     push(0, format!("{}/embeddings", l.name), e.embeddings().shape());
                 }
+                Layer::LayerNorm(n) => {
+                    let names = n
+                        .config()
+                        .scale
+                        .then_some("gamma")
+                        .into_iter()
+                        .chain(n.config().center.then_some("beta"));
+                    for (i, (name, w)) in names.zip(n.weights()).enumerate() {
+                        push(i, format!("{}/{name}", l.name), w.shape());
+                    }
+                }
                 _ => {}
             }
         }
@@ -180,6 +193,12 @@ impl<T: Float> Model<T> {
                         (c.bias_regularizer, c.bias_constraint),
                     ];
                     for (w, (r, k)) in d.weights_mut().into_iter().zip(regs) {
+                        all.push((w, r, k));
+                    }
+                }
+                Layer::LayerNorm(n) => {
+                    let rules = n.weight_rules();
+                    for (w, (r, k)) in n.weights_mut().into_iter().zip(rules) {
                         all.push((w, r, k));
                     }
                 }
@@ -652,10 +671,16 @@ impl<T: Float> Model<T> {
                 }
                 Layer::GlobalPooling(pool) => {
                     let (x, m) = arg_t(0)?;
-                    let (b, t) = pool.batch_and_steps(x.shape());
-                    let mask = explicit_mask(b, t)?.or(m);
+                    let mask = match node.mask {
+                        None => m,
+                        Some(r) => Some(mask_value(lookup(&vals, &pos, r)?, &ml.name)?),
+                    };
                     let y = pool.call(&x, mask.as_ref())?;
                     (vec![Val::F(y, None)], Cache::Pool(x, mask))
+                }
+                Layer::LayerNorm(n) => {
+                    let (x, m) = arg_t(0)?;
+                    (vec![Val::F(n.call(&x)?, m)], Cache::LayerNorm(x))
                 }
                 Layer::Flatten(f) => {
                     let (x, _) = arg_t(0)?;
@@ -666,10 +691,12 @@ impl<T: Float> Model<T> {
                 }
                 Layer::Merge(_) => {
                     let out = self.eval_node(node, inputs, &vals, &pos, None)?;
-                    let xs = (0..node.args.len())
-                        .map(|i| arg_t(i).map(|(x, _)| x))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    (out, Cache::Merge(xs))
+                    let (xs, masks) = (0..node.args.len())
+                        .map(arg_t)
+                        .collect::<Result<Vec<_>, _>>()?
+                        .into_iter()
+                        .unzip();
+                    (out, Cache::Merge(xs, masks))
                 }
                 Layer::Masking { .. } => {
                     let v = self.eval_node(node, inputs, &vals, &pos, None)?;
@@ -797,12 +824,13 @@ impl<T: Float> Model<T> {
                         }
                     }
                 }
-                (Layer::Merge(merge), Cache::Merge(xs)) => {
+                (Layer::Merge(merge), Cache::Merge(xs, masks)) => {
                     let Some(dy) = out_grads.into_iter().next().flatten() else {
                         continue;
                     };
                     let refs: Vec<&Tensor<T>> = xs.iter().collect();
-                    for (a, g) in node.args.iter().zip(merge.op.backward(&refs, &dy)?) {
+                    let mrefs: Vec<Option<&Mask>> = masks.iter().map(Option::as_ref).collect();
+                    for (a, g) in node.args.iter().zip(merge.backward(&refs, &mrefs, &dy)?) {
                         if let NodeArg::Tensor(r) = a {
                             send(Some(*r), g, &mut dvals)?;
                         }
@@ -817,6 +845,18 @@ impl<T: Float> Model<T> {
                         pool.backward(&x, mask.as_ref(), &dy)?,
                         &mut dvals,
                     )?;
+                }
+                (Layer::LayerNorm(n), Cache::LayerNorm(x)) => {
+                    let Some(dy) = out_grads.into_iter().next().flatten() else {
+                        continue;
+                    };
+                    let g = n.backward(&x, &dy)?;
+                    if trainable {
+                        for (i, w) in g.gamma.iter().chain(g.beta.iter()).enumerate() {
+                            var_grad(i, w);
+                        }
+                    }
+                    send(first_arg, g.x, &mut dvals)?;
                 }
                 (Layer::Flatten(f), Cache::Shape(shape)) => {
                     let Some(dy) = out_grads.into_iter().next().flatten() else {

@@ -17,6 +17,7 @@ use crate::layers::merge::{Merge, MergeOp};
 use crate::layers::model::{
     Layer, Model, ModelKind, ModelLayer, Node, NodeArg, TensorRef, Wrapped,
 };
+use crate::layers::normalization::{LayerNorm, LayerNormConfig};
 use crate::layers::pooling::{GlobalPooling1D, PoolOp};
 use crate::layers::regularizer::Regularizer;
 use crate::layers::reshaping::{Flatten, RepeatVector};
@@ -317,6 +318,15 @@ fn build_layer_in<T: Float>(
             seed: get_u64(&cfg, "seed")?,
         },
         "Activation" => Layer::Activation(activation_of(&cfg, "activation", crate::Activation::Linear)?),
+        "LayerNormalization" => {
+            let nc = LayerNormConfig::from_keras(&cfg).map_err(|e| with_name(e.into()))?;
+            let n_weights = usize::from(nc.scale) + usize::from(nc.center);
+            let paths: Vec<String> = (0..n_weights).map(|k| format!("{path}/vars/{k}")).collect();
+            let mut arr = w.layer_arrays::<T>(legacy_group.unwrap_or(&name), &paths)?.into_iter();
+            let gamma = if nc.scale { arr.next() } else { None };
+            let beta = if nc.center { arr.next() } else { None };
+            Layer::LayerNorm(LayerNorm::from_weights(nc, gamma, beta).map_err(with_name)?)
+        }
         "GlobalAveragePooling1D" | "GlobalAvgPool1D" => {
             Layer::GlobalPooling(GlobalPooling1D::from_keras(PoolOp::Average, &cfg).map_err(|e| with_name(e.into()))?)
         }
@@ -382,7 +392,7 @@ fn build_layer_in<T: Float>(
         other => {
             return Err(ConfigError::unsupported(
                 "layer",
-                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation), Dense, Dropout, Activation, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
+                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation), Dense, Dropout, Activation, LayerNormalization, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
             )
             .into())
         }

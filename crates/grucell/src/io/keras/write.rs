@@ -804,7 +804,8 @@ impl<'a, T: Float> Writer<'a, T> {
             | Layer::Dropout { .. }
             | Layer::Activation(_)
             | Layer::Dense(_)
-            | Layer::Embedding(_) => {
+            | Layer::Embedding(_)
+            | Layer::LayerNorm(_) => {
                 let (c, built) = self.plain_config(&ml.layer, &ml.name, ml.trainable, path)?;
                 if !built {
                     build = None;
@@ -937,6 +938,19 @@ impl<'a, T: Float> Writer<'a, T> {
                     index: 0,
                     tensor: e.embeddings(),
                 });
+                (c, true)
+            }
+            Layer::LayerNorm(n) => {
+                let mut c = n.config().to_keras(dtype);
+                c.insert("name".into(), json!(name));
+                c.insert("trainable".into(), json!(trainable));
+                for (k, t) in n.weights().into_iter().enumerate() {
+                    self.weights.push(Var {
+                        group: format!("{path}/vars"),
+                        index: k,
+                        tensor: t,
+                    });
+                }
                 (c, true)
             }
             other => {
