@@ -83,6 +83,30 @@ pub fn get_str<'a>(c: &'a Map<String, Value>, key: &str) -> Result<Option<&'a st
     }
 }
 
+/// Reads a layer's `data_format` (`"channels_last"`, the default, or `"channels_first"`):
+/// whether the features come before the steps. `layer` names the layer class in errors.
+pub fn channels_first(c: &Map<String, Value>, layer: &str) -> Result<bool, ConfigError> {
+    match c.get("data_format") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::String(s)) if s == "channels_last" => Ok(false),
+        Some(Value::String(s)) if s == "channels_first" => Ok(true),
+        Some(other) => Err(ConfigError::invalid(
+            format!("{layer}.data_format"),
+            other,
+            "\"channels_last\" or \"channels_first\"",
+        )),
+    }
+}
+
+/// The `data_format` value Keras writes for [`channels_first`]'s flag.
+pub fn data_format(channels_first: bool) -> Value {
+    Value::from(if channels_first {
+        "channels_first"
+    } else {
+        "channels_last"
+    })
+}
+
 /// Converts Keras' class names to the snake_case names its serializer also accepts
 /// (`GlorotUniform` → `glorot_uniform`, `L1L2` → `l1l2`), exactly as
 /// `keras.src.utils.naming.to_snake_case` does it with its three regular expressions.

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{ConfigError, Error, ShapeError};
 use crate::float::Float;
-use crate::layers::keras_json::get_bool;
+use crate::layers::keras_json::{channels_first, data_format, get_bool};
 use crate::layers::rnn::Mask;
 use crate::tensor::Tensor;
 
@@ -77,33 +77,17 @@ impl GlobalPooling1D {
 
     /// Reads a Keras config (`data_format`, `keepdims`).
     pub fn from_keras(op: PoolOp, cfg: &Map<String, Value>) -> Result<Self, ConfigError> {
-        let channels_first = match cfg.get("data_format") {
-            None | Some(Value::Null) => false,
-            Some(Value::String(s)) if s == "channels_last" => false,
-            Some(Value::String(s)) if s == "channels_first" => true,
-            Some(other) => {
-                return Err(ConfigError::invalid(
-                    "data_format",
-                    other,
-                    "\"channels_last\" or \"channels_first\"",
-                ))
-            }
-        };
+        let layer = GlobalPooling1D::new(op);
         Ok(GlobalPooling1D {
-            op,
-            channels_first,
+            channels_first: channels_first(cfg, layer.class_name())?,
             keepdims: get_bool(cfg, "keepdims", false)?,
+            ..layer
         })
     }
 
     /// Adds this layer's own keys to a Keras config.
     pub fn write_keras(&self, cfg: &mut Map<String, Value>) {
-        let format = if self.channels_first {
-            "channels_first"
-        } else {
-            "channels_last"
-        };
-        cfg.insert("data_format".into(), Value::from(format));
+        cfg.insert("data_format".into(), data_format(self.channels_first));
         cfg.insert("keepdims".into(), Value::from(self.keepdims));
     }
 

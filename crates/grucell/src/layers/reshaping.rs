@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{ConfigError, Error, ShapeError};
 use crate::float::Float;
+use crate::layers::keras_json::{channels_first, data_format};
 use crate::tensor::Tensor;
 
 /// `Flatten`: `(batch, d1, d2, …)` to `(batch, d1·d2·…)`. With `data_format = "channels_first"`
@@ -44,29 +45,14 @@ fn swap_last_two<T: Float>(data: &[T], b: usize, c: usize, r: usize) -> Vec<T> {
 impl Flatten {
     /// Reads a Keras config (`data_format`).
     pub fn from_keras(cfg: &Map<String, Value>) -> Result<Self, ConfigError> {
-        let channels_first = match cfg.get("data_format") {
-            None | Some(Value::Null) => false,
-            Some(Value::String(s)) if s == "channels_last" => false,
-            Some(Value::String(s)) if s == "channels_first" => true,
-            Some(other) => {
-                return Err(ConfigError::invalid(
-                    "Flatten.data_format",
-                    other,
-                    "\"channels_last\" or \"channels_first\"",
-                ))
-            }
-        };
-        Ok(Flatten { channels_first })
+        Ok(Flatten {
+            channels_first: channels_first(cfg, "Flatten")?,
+        })
     }
 
     /// Adds this layer's own keys to a Keras config.
     pub fn write_keras(&self, cfg: &mut Map<String, Value>) {
-        let format = if self.channels_first {
-            "channels_first"
-        } else {
-            "channels_last"
-        };
-        cfg.insert("data_format".into(), Value::from(format));
+        cfg.insert("data_format".into(), data_format(self.channels_first));
     }
 
     /// The output shape for an input shape (`None` = not fixed).
