@@ -568,6 +568,7 @@ fn rust_functional<T: Float>() -> Model<T> {
         trainable: true,
         layer,
         time_distributed: None,
+        activity_regularizer: None,
     };
     let gru = Rnn::<T>::new(cell(4, 11), 3)
         .unwrap()

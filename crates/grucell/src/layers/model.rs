@@ -93,6 +93,10 @@ pub struct ModelLayer<T = f32> {
     /// Set when this is a Keras `TimeDistributed` wrapper: the wrapped layer's own name, class
     /// and flag, while `name` and `class_name` above are the wrapper's.
     pub time_distributed: Option<Wrapped>,
+    /// The `activity_regularizer` of a layer whose own config type does not hold one (every
+    /// layer but GRU/RNN, Dense and Embedding): Keras adds its penalty of the layer's output to
+    /// the training loss, divided by the batch size, as for those.
+    pub activity_regularizer: Option<Regularizer>,
 }
 
 /// The layer inside a Keras `TimeDistributed` wrapper.
@@ -229,6 +233,7 @@ impl<T: Float> ModelLayer<T> {
             trainable: true,
             layer,
             time_distributed: None,
+            activity_regularizer: None,
         }
     }
 
@@ -268,7 +273,8 @@ impl<T: Float> ModelLayer<T> {
                 d.config().activity_regularizer.as_ref()
             }
             Layer::Embedding(e) => e.config().activity_regularizer.as_ref(),
-            _ => None,
+            Layer::Dense(_) => None,
+            _ => self.activity_regularizer.as_ref(),
         }
     }
 
@@ -412,6 +418,7 @@ impl<T: Float> Model<T> {
             trainable: true,
             layer: Layer::Input { batch_shape },
             time_distributed: None,
+            activity_regularizer: None,
         }];
         let mut nodes = vec![Node {
             layer: 0,
@@ -429,6 +436,7 @@ impl<T: Float> Model<T> {
                 trainable: true,
                 layer,
                 time_distributed: None,
+                activity_regularizer: None,
             });
             nodes.push(Node {
                 layer: i + 1,

@@ -397,12 +397,21 @@ fn build_layer_in<T: Float>(
             .into())
         }
     };
+    // Every other layer's activity penalty (GRU/RNN, Dense and Embedding hold their own).
+    let activity_regularizer = match layer {
+        Layer::Rnn(_) | Layer::Dense(_) | Layer::Embedding(_) => None,
+        _ => cfg
+            .get("activity_regularizer")
+            .map_or(Ok(None), Regularizer::from_keras)
+            .map_err(|e| with_name(e.into()))?,
+    };
     Ok(ModelLayer {
         name,
         class_name: class,
         trainable,
         layer,
         time_distributed: None,
+        activity_regularizer,
     })
 }
 
@@ -444,6 +453,9 @@ fn time_distributed<T: Float>(
         // The wrapper's own flag; the wrapped layer's decides training (ModelLayer::trainable).
         trainable,
         layer: inner.layer,
+        // Keras 3 calls the wrapped layer's `call` (no penalty of its own); the wrapper's
+        // penalty is not read.
+        activity_regularizer: None,
         time_distributed: Some(Wrapped {
             name: inner.name,
             class_name: inner.class_name,
@@ -775,6 +787,7 @@ fn sequential<T: Float>(cfg: &Map<String, Value>, w: &mut WeightReader) -> Resul
                 trainable: true,
                 layer: Layer::Input { batch_shape: shape },
                 time_distributed: None,
+                activity_regularizer: None,
             },
         );
     }

@@ -878,6 +878,10 @@ impl<'a, T: Float> Writer<'a, T> {
                 .into());
             }
         };
+        let mut config = config;
+        if let Some(r) = &ml.activity_regularizer {
+            config.insert("activity_regularizer".into(), r.to_keras());
+        }
         self.groups
             .push(VarsGroup::new(format!("{path}/vars"), &ml.name));
         let mut o = object("keras.layers", class, config, Value::Null);
