@@ -322,7 +322,13 @@ fn build_layer_in<T: Float>(
             let nc = LayerNormConfig::from_keras(&cfg).map_err(|e| with_name(e.into()))?;
             let n_weights = usize::from(nc.scale) + usize::from(nc.center);
             let paths: Vec<String> = (0..n_weights).map(|k| format!("{path}/vars/{k}")).collect();
-            let mut arr = w.layer_arrays::<T>(legacy_group.unwrap_or(&name), &paths)?.into_iter();
+            // Neither `center` nor `scale`: no weights (and no arrays in the file to read).
+            let arrays = if paths.is_empty() {
+                Vec::new()
+            } else {
+                w.layer_arrays::<T>(legacy_group.unwrap_or(&name), &paths)?
+            };
+            let mut arr = arrays.into_iter();
             let gamma = if nc.scale { arr.next() } else { None };
             let beta = if nc.center { arr.next() } else { None };
             Layer::LayerNorm(LayerNorm::from_weights(nc, gamma, beta).map_err(with_name)?)
