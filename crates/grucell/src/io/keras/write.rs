@@ -799,7 +799,7 @@ impl<'a, T: Float> Writer<'a, T> {
         }
         let class = default_class_name(&ml.layer);
         let mut build = call.map(|c| input_shape_build(&c.input));
-        let config = match &ml.layer {
+        let mut config = match &ml.layer {
             Layer::Masking { .. }
             | Layer::Dropout { .. }
             | Layer::Activation(_)
@@ -878,7 +878,6 @@ impl<'a, T: Float> Writer<'a, T> {
                 .into());
             }
         };
-        let mut config = config;
         if let Some(r) = &ml.activity_regularizer {
             config.insert("activity_regularizer".into(), r.to_keras());
         }
