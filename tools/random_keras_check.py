@@ -464,15 +464,21 @@ def to_f64_config(v):
     return "float64" if v == "float32" else v
 
 
+def f64_copy(m32):
+    """`m32` rebuilt in float64 with the same weights (call with floatx set to float64). Layer
+    configs carry their dtype policy ("float32"): rewritten, not inherited."""
+    m64 = type(m32).from_config(to_f64_config(m32.get_config()))
+    for a, b in zip(m64.weights, m32.weights):
+        a.assign(np.asarray(b.numpy(), dtype=a.dtype))
+    return m64
+
+
 def keras_f64_prediction(keras, m32, X):
     """The prediction of `m32` rebuilt in float64 with the same weights."""
     old = keras.config.floatx()
     keras.config.set_floatx("float64")
     try:
-        m64 = type(m32).from_config(to_f64_config(m32.get_config()))
-        for a, b in zip(m64.weights, m32.weights):
-            a.assign(np.asarray(b.numpy(), dtype=a.dtype))
-        return m64.predict(X.astype("float64"), verbose=0)
+        return f64_copy(m32).predict(X.astype("float64"), verbose=0)
     finally:
         keras.config.set_floatx(old)
 
@@ -484,10 +490,7 @@ def keras_f64_distance(keras, untrained, m32, X, Y, bs, ep):
     old = keras.config.floatx()
     keras.config.set_floatx("float64")
     try:
-        # Layer configs carry their dtype policy ("float32"): rewritten, not inherited.
-        m64 = type(base).from_config(to_f64_config(base.get_config()))
-        for a, b in zip(m64.weights, base.weights):
-            a.assign(np.asarray(b.numpy(), dtype=a.dtype))
+        m64 = f64_copy(base)
         opt = keras.optimizers.deserialize(keras.optimizers.serialize(base.optimizer))
         m64.compile(optimizer=opt, loss=base.loss)
         m64.fit(X.astype("float64"), Y.astype("float64"), batch_size=bs, epochs=ep,
