@@ -908,11 +908,7 @@ impl<T: Float> Model<T> {
             }
             Layer::GlobalPooling(p) => {
                 let (x, m) = float_arg(0)?;
-                // The explicit mask as it is (the layer checks and broadcasts it).
-                let mask = match node.mask {
-                    None => m.cloned(),
-                    Some(r) => Some(mask_value(lookup(vals, pos, r)?, &ml.name)?),
-                };
+                let mask = call_mask(node, vals, pos, m.cloned(), &ml.name)?;
                 vec![Val::F(p.call(x, mask.as_ref())?, None)]
             }
             Layer::Flatten(f) => vec![Val::F(f.call(float_arg(0)?.0)?, None)],
@@ -1226,10 +1222,22 @@ pub fn default_class_name<T: Float>(l: &Layer<T>) -> &'static str {
     }
 }
 
-/// A `(batch, time)` boolean value as a mask (a call's explicit `mask` argument).
-pub(crate) fn mask_value<T: Float>(v: &Val<T>, layer: &str) -> Result<Mask, Error> {
-    match v {
-        Val::B(shape, data) if shape.len() == 2 => Ok(Mask::new(shape[0], shape[1], data.clone())?),
+/// The mask a call of `layer` takes: its explicit `mask` argument as it is (any `(batch, time)`
+/// shape; the layer checks it against its input), else `implicit`, its input's.
+pub(crate) fn call_mask<T: Float>(
+    node: &Node,
+    vals: &[Vec<Val<T>>],
+    pos: &std::collections::HashMap<(usize, usize), usize>,
+    implicit: Option<Mask>,
+    layer: &str,
+) -> Result<Option<Mask>, Error> {
+    let Some(r) = node.mask else {
+        return Ok(implicit);
+    };
+    match lookup(vals, pos, r)? {
+        Val::B(shape, data) if shape.len() == 2 => {
+            Ok(Some(Mask::new(shape[0], shape[1], data.clone())?))
+        }
         Val::B(shape, _) => Err(ShapeError::mismatch(
             format!("mask of `{layer}`"),
             shape,

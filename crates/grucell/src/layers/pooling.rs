@@ -107,14 +107,6 @@ impl GlobalPooling1D {
         }
     }
 
-    /// The batch size and the number of steps of an input of this shape (0 where it has no
-    /// such axis): the shape of the mask the average takes.
-    pub fn batch_and_steps(&self, shape: &[usize]) -> (usize, usize) {
-        let steps_axis = if self.channels_first { 2 } else { 1 };
-        let at = |i: usize| shape.get(i).copied().unwrap_or(0);
-        (at(0), at(steps_axis))
-    }
-
     fn layout<T: Float>(&self, x: &Tensor<T>) -> Result<Layout, ShapeError> {
         let &[batch, a, b] = x.shape() else {
             return Err(ShapeError::mismatch(

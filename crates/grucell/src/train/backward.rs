@@ -7,7 +7,7 @@ use crate::layers::activation::Activation;
 use crate::layers::bidirectional::{merge, MergeMode};
 use crate::layers::constraint::Constraint;
 use crate::layers::dense::Dense;
-use crate::layers::model::{lookup, mask_value, Layer, Model, NodeArg, TensorRef, Val};
+use crate::layers::model::{call_mask, lookup, Layer, Model, NodeArg, TensorRef, Val};
 use crate::layers::regularizer::Regularizer;
 use crate::layers::rnn::{dims3, Mask, Rnn};
 use crate::tensor::Tensor;
@@ -671,10 +671,7 @@ impl<T: Float> Model<T> {
                 }
                 Layer::GlobalPooling(pool) => {
                     let (x, m) = arg_t(0)?;
-                    let mask = match node.mask {
-                        None => m,
-                        Some(r) => Some(mask_value(lookup(&vals, &pos, r)?, &ml.name)?),
-                    };
+                    let mask = call_mask(node, &vals, &pos, m, &ml.name)?;
                     let y = pool.call(&x, mask.as_ref())?;
                     (vec![Val::F(y, None)], Cache::Pool(x, mask))
                 }

@@ -891,7 +891,7 @@ impl<'a, T: Float> Writer<'a, T> {
     }
 
     /// The config of a layer without sublayers (`Masking`, `Dropout`, `Activation`, `Dense`,
-    /// `Embedding`), and whether Keras gives it a `build_config` (only the layers with weights
+    /// `Embedding`, `LayerNormalization`), and whether Keras gives it a `build_config` (only the layers with weights
     /// are built); records their weights under `path/vars`.
     fn plain_config(
         &mut self,
@@ -901,70 +901,48 @@ impl<'a, T: Float> Writer<'a, T> {
         path: &str,
     ) -> Result<(Map<String, Value>, bool), Error> {
         let dtype = self.dtype;
-        Ok(match layer {
+        // The layers with weights: their own config, built, weights under `path/vars`.
+        let weighted = match layer {
+            Layer::Dense(d) => Some((d.config().to_keras(dtype), d.weights())),
+            Layer::Embedding(e) => Some((e.config().to_keras(dtype), vec![e.embeddings()])),
+            Layer::LayerNorm(n) => Some((n.config().to_keras(dtype), n.weights())),
+            _ => None,
+        };
+        if let Some((mut c, weights)) = weighted {
+            c.insert("name".into(), json!(name));
+            c.insert("trainable".into(), json!(trainable));
+            for (k, t) in weights.into_iter().enumerate() {
+                self.weights.push(Var {
+                    group: format!("{path}/vars"),
+                    index: k,
+                    tensor: t,
+                });
+            }
+            return Ok((c, true));
+        }
+        let mut c = base_config(name, trainable, dtype);
+        match layer {
             Layer::Masking { mask_value } => {
-                let mut c = base_config(name, trainable, dtype);
                 c.insert("mask_value".into(), json!(mask_value));
-                (c, false)
             }
             Layer::Dropout { rate, seed } => {
-                let mut c = base_config(name, trainable, dtype);
                 c.insert("rate".into(), json!(rate));
                 c.insert("seed".into(), json!(seed));
                 c.insert("noise_shape".into(), Value::Null);
-                (c, false)
             }
             Layer::Activation(a) => {
-                let mut c = base_config(name, trainable, dtype);
                 c.insert("activation".into(), json!(a.name()));
-                (c, false)
-            }
-            Layer::Dense(d) => {
-                let mut c = d.config().to_keras(dtype);
-                c.insert("name".into(), json!(name));
-                c.insert("trainable".into(), json!(trainable));
-                for (k, t) in d.weights().into_iter().enumerate() {
-                    self.weights.push(Var {
-                        group: format!("{path}/vars"),
-                        index: k,
-                        tensor: t,
-                    });
-                }
-                (c, true)
-            }
-            Layer::Embedding(e) => {
-                let mut c = e.config().to_keras(dtype);
-                c.insert("name".into(), json!(name));
-                c.insert("trainable".into(), json!(trainable));
-                self.weights.push(Var {
-                    group: format!("{path}/vars"),
-                    index: 0,
-                    tensor: e.embeddings(),
-                });
-                (c, true)
-            }
-            Layer::LayerNorm(n) => {
-                let mut c = n.config().to_keras(dtype);
-                c.insert("name".into(), json!(name));
-                c.insert("trainable".into(), json!(trainable));
-                for (k, t) in n.weights().into_iter().enumerate() {
-                    self.weights.push(Var {
-                        group: format!("{path}/vars"),
-                        index: k,
-                        tensor: t,
-                    });
-                }
-                (c, true)
             }
             other => {
                 return Err(ConfigError::invalid(
                     "layer",
                     default_class_name(other),
-                    "Masking, Dropout, Activation, Dense or Embedding",
+                    "Masking, Dropout, Activation, Dense, Embedding or LayerNormalization",
                 )
                 .into())
             }
-        })
+        }
+        Ok((c, false))
     }
 
     /// `TimeDistributed(layer)`: the wrapped layer's object at `path/layer`, built on the
