@@ -4,7 +4,7 @@
 Builds random models with Keras 3.15.1 (Sequential or Functional; GRU, RNN(GRUCell),
 RNN(StackedRNNCells), Bidirectional, Masking, Embedding (token ids, mask_zero), merged GRU
 branches (Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum), Dense,
-TimeDistributed(Dense | Dropout | Activation), LayerNormalization, GlobalAveragePooling1D,
+TimeDistributed(Dense | Dropout | Activation), LayerNormalization, Conv1D, GlobalAveragePooling1D,
 GlobalMaxPooling1D, Flatten, RepeatVector, random activations, biases, masks, initial states, return_state, frozen
 layers, activity penalties; nine optimizers), saves each as
 `.keras` and legacy `.h5`, and compares with the `grucell` binary:
@@ -138,6 +138,23 @@ def random_head(rng, layers, seq, pick, acts, fixed_t=True):
     return head, desc
 
 
+def random_conv(rng, layers, T, D, var_t, pick, **kw):
+    """A random Conv1D over (B, T, D) (padding, strides or dilation, groups, channels_first on
+    a fixed T), or None when the draw does not fit the input."""
+    cf = (not var_t) and rng.random() < 0.25
+    steps, channels = (D, T) if cf else (T, D)
+    k = int(rng.integers(1, 4))
+    s, d = (int(rng.integers(1, 3)), 1) if rng.random() < 0.5 else (1, int(rng.integers(1, 3)))
+    pads = ["same", "causal"] + (["valid"] if steps is not None and steps >= (k - 1) * d + 1 else [])
+    pad = pick(pads)
+    groups = pick([g for g in (1, 2, 3) if channels % g == 0])
+    f = groups * int(rng.integers(1, 4))
+    lay = layers.Conv1D(f, k, strides=s, dilation_rate=d, padding=pad, groups=groups,
+                        data_format="channels_first" if cf else "channels_last",
+                        activation=pick(["linear", "relu", "tanh"]), use_bias=bool(rng.random() < 0.85), **kw)
+    return lay, f"Conv1D({f}, {k}, s={s}, d={d}, {pad}, g={groups}{', cf' if cf else ''})"
+
+
 class Branches:
     """Two layers on the same tensor, joined by a merge layer (Functional models only)."""
 
@@ -189,6 +206,10 @@ def check_predict(args, keras, layers, rng, pick, out):
             desc.append(f"Embedding({V}, {D}, mask_zero={mask})")
         elif mask:
             lays.append(layers.Masking(mask_value=0.0))
+        if not emb and rng.random() < 0.25:
+            lay, d = random_conv(rng, layers, T, D, var_t, pick)
+            lays.append(lay)
+            desc.append(d)
         nl = int(rng.integers(1, 4))
         for l in range(nl):
             lay, seq, d = random_recurrent(rng, layers, int(rng.integers(1, 9)), l == nl - 1, pick)
@@ -320,6 +341,9 @@ def check_fit(args, keras, layers, rng, pick, out):
                                          trainable=bool(rng.random() < 0.85)))
         elif mask:
             lays.append(layers.Masking(mask_value=0.0))
+        if not emb and rng.random() < 0.25:
+            lays.append(random_conv(rng, layers, T, D, False, pick, kernel_regularizer=reg(),
+                                    bias_constraint=con())[0])
         nl = int(rng.integers(1, 3))
         for l in range(nl):
             u = int(rng.integers(1, 7))

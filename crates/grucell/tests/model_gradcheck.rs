@@ -14,6 +14,7 @@ use grucell::io::keras::load::model_from_file;
 use grucell::io::keras::load_keras_file;
 use grucell::io::npy::read_npz;
 use grucell::layers::bidirectional::{Bidirectional, MergeMode};
+use grucell::layers::conv::Conv1D;
 use grucell::layers::dense::{Dense, DenseConfig};
 use grucell::layers::embedding::{Embedding, EmbeddingConfig};
 use grucell::layers::model::{Layer, Model};
@@ -97,6 +98,7 @@ fn get_var(m: &Model<f64>, id: &VarId, elem: usize) -> f64 {
         Layer::Dense(d) => d.weights()[id.index].data()[elem],
         Layer::Embedding(e) => e.embeddings().data()[elem],
         Layer::LayerNorm(n) => n.weights()[id.index].data()[elem],
+        Layer::Conv1D(c) => c.weights()[id.index].data()[elem],
         _ => panic!("variable in a layer without weights"),
     }
 }
@@ -142,6 +144,15 @@ fn with_var(m: &Model<f64>, id: &VarId, elem: usize, v: f64) -> Model<f64> {
             let gamma = if scale { it.next() } else { None };
             let beta = if center { it.next() } else { None };
             *n = LayerNorm::from_weights(n.config().clone(), gamma, beta).unwrap();
+        }
+        Layer::Conv1D(c) => {
+            let mut k = c.kernel().clone();
+            let mut bias = c.bias().cloned();
+            match id.index {
+                0 => k.data_mut()[elem] = v,
+                _ => bias.as_mut().unwrap().data_mut()[elem] = v,
+            }
+            *c = Conv1D::from_weights(c.config().clone(), k, bias).unwrap();
         }
         _ => panic!("variable in a layer without weights"),
     }

@@ -57,6 +57,7 @@ fn weights<T: Float>(m: &Model<T>) -> Vec<Tensor<T>> {
             }
             Layer::Dense(d) => w.extend(d.weights().into_iter().cloned()),
             Layer::LayerNorm(n) => w.extend(n.weights().into_iter().cloned()),
+            Layer::Conv1D(c) => w.extend(c.weights().into_iter().cloned()),
             _ => {}
         }
         per_layer.push(w);

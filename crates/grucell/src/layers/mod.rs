@@ -3,6 +3,7 @@
 pub mod activation;
 pub mod bidirectional;
 pub mod constraint;
+pub mod conv;
 pub mod dense;
 pub mod embedding;
 pub mod gru_cell;

@@ -5,6 +5,7 @@ use crate::error::{ConfigError, Error, ShapeError};
 use crate::float::Float;
 use crate::layers::activation::Activation;
 use crate::layers::bidirectional::Bidirectional;
+use crate::layers::conv::Conv1D;
 use crate::layers::dense::Dense;
 use crate::layers::embedding::Embedding;
 use crate::layers::mask_ops::MaskOp;
@@ -51,6 +52,8 @@ pub enum Layer<T = f32> {
     Activation(Activation),
     /// `LayerNormalization` over the last axis.
     LayerNorm(LayerNorm<T>),
+    /// `Conv1D` over the steps (drops the mask, as Keras does).
+    Conv1D(Conv1D<T>),
     /// `GlobalAveragePooling1D` (masked mean over the steps) or `GlobalMaxPooling1D`.
     GlobalPooling(GlobalPooling1D),
     /// `Flatten`.
@@ -125,6 +128,7 @@ impl<T: Float> ModelLayer<T> {
             Layer::Dense(d) => d.param_count(),
             Layer::Embedding(e) => e.param_count(),
             Layer::LayerNorm(n) => n.param_count(),
+            Layer::Conv1D(c) => c.param_count(),
             _ => 0,
         }
     }
@@ -169,6 +173,7 @@ impl<T: Float> ModelLayer<T> {
             }
             Layer::Embedding(_) => vec![self.trainable],
             Layer::LayerNorm(n) => vec![self.trainable; n.weights().len()],
+            Layer::Conv1D(c) => vec![self.trainable; c.weights().len()],
             _ => Vec::new(),
         }
     }
@@ -201,6 +206,7 @@ impl<T: Float> ModelLayer<T> {
                 }
             }
             Layer::Dense(d) => d.map_activation(f),
+            Layer::Conv1D(c) => c.map_activation(f),
             Layer::Activation(a) => *a = f(*a),
             _ => {}
         }
@@ -220,6 +226,7 @@ impl<T: Float> ModelLayer<T> {
                 .flat_map(|c| [c.config().activation, c.config().recurrent_activation])
                 .collect(),
             Layer::Dense(d) => vec![d.config().activation],
+            Layer::Conv1D(c) => vec![c.config().activation],
             Layer::Activation(a) => vec![*a],
             _ => Vec::new(),
         }
@@ -254,6 +261,7 @@ impl<T: Float> ModelLayer<T> {
             Layer::Dense(d) => d.weights().into_iter().map(Tensor::len).collect(),
             Layer::Embedding(e) => vec![e.param_count()],
             Layer::LayerNorm(n) => n.weights().into_iter().map(Tensor::len).collect(),
+            Layer::Conv1D(c) => c.weights().into_iter().map(Tensor::len).collect(),
             _ => Vec::new(),
         };
         weights
@@ -906,6 +914,7 @@ impl<T: Float> Model<T> {
                 let (x, m) = float_arg(0)?;
                 vec![Val::F(n.call(x)?, m.cloned())]
             }
+            Layer::Conv1D(c) => vec![Val::F(c.call(float_arg(0)?.0, threads)?, None)],
             Layer::GlobalPooling(p) => {
                 let (x, m) = float_arg(0)?;
                 let mask = call_mask(node, vals, pos, m.cloned(), &ml.name)?;
@@ -1019,6 +1028,7 @@ impl<T: Float> Model<T> {
                 Layer::GlobalPooling(p) => vec![p.output_shape(&input)],
                 Layer::Flatten(f) => vec![f.output_shape(&input)],
                 Layer::RepeatVector(r) => vec![r.output_shape(&input)],
+                Layer::Conv1D(c) => vec![c.config().output_shape(&input)],
                 Layer::MaskOp(op) => vec![op.output_shape(&arg_shapes())],
                 Layer::Dense(d) => {
                     let mut s = input;
@@ -1213,6 +1223,7 @@ pub fn default_class_name<T: Float>(l: &Layer<T>) -> &'static str {
         Layer::Dropout { .. } => "Dropout",
         Layer::Activation(_) => "Activation",
         Layer::LayerNorm(_) => "LayerNormalization",
+        Layer::Conv1D(_) => "Conv1D",
         Layer::GlobalPooling(p) => p.class_name(),
         Layer::Flatten(_) => "Flatten",
         Layer::RepeatVector(_) => "RepeatVector",

@@ -156,6 +156,11 @@ impl<T: Float> Model<T> {
                 Layer::Embedding(e) => {
                     push(0, format!("{}/embeddings", l.name), e.embeddings().shape());
                 }
+                Layer::Conv1D(c) => {
+                    for (i, (n, w)) in ["kernel", "bias"].iter().zip(c.weights()).enumerate() {
+                        push(i, format!("{}/{n}", l.name), w.shape());
+                    }
+                }
                 Layer::LayerNorm(n) => {
                     let names = n
                         .config()
@@ -199,6 +204,12 @@ impl<T: Float> Model<T> {
                 Layer::LayerNorm(n) => {
                     let rules = n.weight_rules();
                     for (w, (r, k)) in n.weights_mut().into_iter().zip(rules) {
+                        all.push((w, r, k));
+                    }
+                }
+                Layer::Conv1D(c) => {
+                    let rules = c.weight_rules();
+                    for (w, (r, k)) in c.weights_mut().into_iter().zip(rules) {
                         all.push((w, r, k));
                     }
                 }
@@ -296,7 +307,11 @@ impl<T: Float> Model<T> {
                         from_logits: false, ..
                     }
                     | Loss::SparseCategoricalCrossentropy { from_logits: false },
-                ) if matches!(self.layers[r.layer].layer, Layer::Dense(ref d) if matches!(d.config().activation, Activation::Sigmoid | Activation::Softmax)) => {
+                ) if matches!(
+                    weighted_activation(&self.layers[r.layer].layer),
+                    Some(Activation::Sigmoid | Activation::Softmax)
+                ) =>
+                {
                     Some(pre)
                 }
                 (
@@ -376,12 +391,12 @@ impl<T: Float> Model<T> {
                     let mut g = Tensor::new(t.shape().to_vec(), g)?;
                     // A logits output's gradient slot holds d pre-activation: bring this one
                     // there too.
-                    if let (true, Layer::Dense(d), Cache::Dense { pre, y, .. }) = (
+                    if let (true, Some(a), Cache::Dense { pre, y, .. }) = (
                         logit_nodes.contains(&i),
-                        &self.layers[node.layer].layer,
+                        weighted_activation(&self.layers[node.layer].layer),
                         &caches[i],
                     ) {
-                        g = act_back(d.config().activation, pre, y, &g)?;
+                        g = act_back(a, pre, y, &g)?;
                     }
                     add_grad(&mut dvals[i][j], g)?;
                 }
@@ -679,6 +694,17 @@ impl<T: Float> Model<T> {
                     let (x, m) = arg_t(0)?;
                     (vec![Val::F(n.call(&x)?, m)], Cache::LayerNorm(x))
                 }
+                Layer::Conv1D(c) => {
+                    let (x, _) = arg_t(0)?;
+                    let pre = c.linear(&x, self.threads())?;
+                    let mut y = pre.clone();
+                    let last = y.shape()[2].max(1);
+                    for row in y.data_mut().chunks_exact_mut(last) {
+                        c.config().activation.apply_row(row);
+                    }
+                    // Keras' Conv1D drops the mask.
+                    (vec![Val::F(y.clone(), None)], Cache::Dense { x, pre, y })
+                }
                 Layer::Flatten(f) => {
                     let (x, _) = arg_t(0)?;
                     (
@@ -779,6 +805,24 @@ impl<T: Float> Model<T> {
                         }
                     }
                     send(first_arg, dx, &mut dvals)?;
+                }
+                (Layer::Conv1D(c), Cache::Dense { x, pre, y }) => {
+                    let Some(dy) = out_grads.into_iter().next().flatten() else {
+                        continue;
+                    };
+                    let dpre = if logit_nodes.contains(&p) {
+                        dy
+                    } else {
+                        act_back(c.config().activation, &pre, &y, &dy)?
+                    };
+                    let g = c.backward(&x, &dpre, self.threads())?;
+                    if trainable {
+                        var_grad(0, &g.kernel);
+                        if let Some(db) = g.bias {
+                            var_grad(1, &db);
+                        }
+                    }
+                    send(first_arg, g.x, &mut dvals)?;
                 }
                 (Layer::Activation(a), Cache::Act { x, y }) => {
                     let Some(dy) = out_grads.into_iter().next().flatten() else {
@@ -1050,6 +1094,16 @@ fn add_grad<T: Float>(slot: &mut Option<Tensor<T>>, g: Tensor<T>) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// The activation of a layer with weights whose output Keras' crossentropies can read as
+/// logits (`Dense`, `Conv1D`).
+fn weighted_activation<T: Float>(layer: &Layer<T>) -> Option<Activation> {
+    match layer {
+        Layer::Dense(d) => Some(d.config().activation),
+        Layer::Conv1D(c) => Some(c.config().activation),
+        _ => None,
+    }
 }
 
 fn act_back<T: Float>(

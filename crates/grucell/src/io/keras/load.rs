@@ -6,6 +6,7 @@ use super::{load_keras_file, KerasFile, KerasWeights, Namer};
 use crate::error::{ConfigError, Error, FormatError, ShapeError};
 use crate::float::Float;
 use crate::layers::bidirectional::{Bidirectional, MergeMode};
+use crate::layers::conv::{Conv1D, Conv1DConfig};
 use crate::layers::dense::{Dense, DenseConfig};
 use crate::layers::embedding::{Embedding, EmbeddingConfig};
 use crate::layers::gru_cell::{activation_of, GruCell, GruCellConfig};
@@ -339,6 +340,17 @@ fn build_layer_in<T: Float>(
         "GlobalMaxPooling1D" | "GlobalMaxPool1D" => {
             Layer::GlobalPooling(GlobalPooling1D::from_keras(PoolOp::Max, &cfg).map_err(|e| with_name(e.into()))?)
         }
+        "Conv1D" | "Convolution1D" => {
+            let cc = Conv1DConfig::from_keras(&cfg).map_err(|e| with_name(e.into()))?;
+            let mut paths = vec![format!("{path}/vars/0")];
+            if cc.use_bias {
+                paths.push(format!("{path}/vars/1"));
+            }
+            let mut arr = w.layer_arrays::<T>(legacy_group.unwrap_or(&name), &paths)?.into_iter();
+            let (kernel, bias) = (arr.next(), arr.next());
+            let kernel = kernel.ok_or_else(|| ConfigError::invalid(format!("Conv1D `{name}`"), "no kernel", "a kernel"))?;
+            Layer::Conv1D(Conv1D::from_weights(cc, kernel, bias).map_err(with_name)?)
+        }
         "Flatten" => Layer::Flatten(Flatten::from_keras(&cfg).map_err(|e| with_name(e.into()))?),
         "RepeatVector" => Layer::RepeatVector(RepeatVector::from_keras(&cfg).map_err(|e| with_name(e.into()))?),
         "Dense" => {
@@ -398,7 +410,7 @@ fn build_layer_in<T: Float>(
         other => {
             return Err(ConfigError::unsupported(
                 "layer",
-                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation), Dense, Dropout, Activation, LayerNormalization, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
+                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation), Dense, Dropout, Activation, LayerNormalization, Conv1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
             )
             .into())
         }

@@ -805,7 +805,8 @@ impl<'a, T: Float> Writer<'a, T> {
             | Layer::Activation(_)
             | Layer::Dense(_)
             | Layer::Embedding(_)
-            | Layer::LayerNorm(_) => {
+            | Layer::LayerNorm(_)
+            | Layer::Conv1D(_) => {
                 let (c, built) = self.plain_config(&ml.layer, &ml.name, ml.trainable, path)?;
                 if !built {
                     build = None;
@@ -891,7 +892,7 @@ impl<'a, T: Float> Writer<'a, T> {
     }
 
     /// The config of a layer without sublayers (`Masking`, `Dropout`, `Activation`, `Dense`,
-    /// `Embedding`, `LayerNormalization`), and whether Keras gives it a `build_config` (only the layers with weights
+    /// `Embedding`, `LayerNormalization`, `Conv1D`), and whether Keras gives it a `build_config` (only the layers with weights
     /// are built); records their weights under `path/vars`.
     fn plain_config(
         &mut self,
@@ -906,6 +907,7 @@ impl<'a, T: Float> Writer<'a, T> {
             Layer::Dense(d) => Some((d.config().to_keras(dtype), d.weights())),
             Layer::Embedding(e) => Some((e.config().to_keras(dtype), vec![e.embeddings()])),
             Layer::LayerNorm(n) => Some((n.config().to_keras(dtype), n.weights())),
+            Layer::Conv1D(c) => Some((c.config().to_keras(dtype), c.weights())),
             _ => None,
         };
         if let Some((mut c, weights)) = weighted {
@@ -937,7 +939,7 @@ impl<'a, T: Float> Writer<'a, T> {
                 return Err(ConfigError::invalid(
                     "layer",
                     default_class_name(other),
-                    "Masking, Dropout, Activation, Dense, Embedding or LayerNormalization",
+                    "Masking, Dropout, Activation, Dense, Embedding, LayerNormalization or Conv1D",
                 )
                 .into())
             }
