@@ -12,6 +12,7 @@ pub mod keras_json;
 pub mod mask_ops;
 pub mod merge;
 pub mod model;
+pub mod noise;
 pub mod normalization;
 pub mod pooling;
 pub mod regularizer;

@@ -10,10 +10,11 @@ use crate::layers::dense::Dense;
 use crate::layers::embedding::Embedding;
 use crate::layers::mask_ops::MaskOp;
 use crate::layers::merge::{concat_symbolic, Merge, MergeOp};
+use crate::layers::noise::Noise;
 use crate::layers::normalization::LayerNorm;
 use crate::layers::pooling::GlobalPooling1D;
 use crate::layers::regularizer::Regularizer;
-use crate::layers::reshaping::{Flatten, RepeatVector};
+use crate::layers::reshaping::{Flatten, Permute, RepeatVector, Reshape};
 use crate::layers::rnn::{dims3, Mask, Rnn, RnnKind};
 use crate::tensor::Tensor;
 
@@ -54,6 +55,14 @@ pub enum Layer<T = f32> {
     LayerNorm(LayerNorm<T>),
     /// `Conv1D` over the steps (drops the mask, as Keras does).
     Conv1D(Conv1D<T>),
+    /// `SpatialDropout1D`, `GaussianNoise` or `GaussianDropout`: the identity at inference.
+    Noise(Noise),
+    /// `ActivityRegularization(l1, l2)`: the identity, with its `L1L2` penalty on the output.
+    ActivityRegularization(Regularizer),
+    /// `Permute(dims)`.
+    Permute(Permute),
+    /// `Reshape(target_shape)`.
+    Reshape(Reshape),
     /// `GlobalAveragePooling1D` (masked mean over the steps) or `GlobalMaxPooling1D`.
     GlobalPooling(GlobalPooling1D),
     /// `Flatten`.
@@ -281,6 +290,7 @@ impl<T: Float> ModelLayer<T> {
                 d.config().activity_regularizer.as_ref()
             }
             Layer::Embedding(e) => e.config().activity_regularizer.as_ref(),
+            Layer::ActivityRegularization(r) => Some(r),
             Layer::Dense(_) => None,
             _ => self.activity_regularizer.as_ref(),
         }
@@ -897,10 +907,12 @@ impl<T: Float> Model<T> {
                 let masks: Vec<Option<&Mask>> = args.iter().map(|(_, m)| *m).collect();
                 vec![Val::F(merge.call(&xs, &masks)?, merge.mask(&xs, &masks)?)]
             }
-            Layer::Dropout { .. } => {
+            Layer::Dropout { .. } | Layer::Noise(_) | Layer::ActivityRegularization(_) => {
                 let (x, m) = float_arg(0)?;
                 vec![Val::F(x.clone(), m.cloned())]
             }
+            Layer::Permute(p) => vec![Val::F(p.call(float_arg(0)?.0)?, None)],
+            Layer::Reshape(r) => vec![Val::F(r.call(float_arg(0)?.0)?, None)],
             Layer::Activation(a) => {
                 let (x, m) = float_arg(0)?;
                 let mut y = x.clone();
@@ -1023,7 +1035,11 @@ impl<T: Float> Model<T> {
                 | Layer::Dropout { .. }
                 | Layer::Activation(_)
                 | Layer::LayerNorm(_)
+                | Layer::Noise(_)
+                | Layer::ActivityRegularization(_)
                 | Layer::NotEqual { .. } => vec![input],
+                Layer::Permute(p) => vec![p.output_shape(&input)],
+                Layer::Reshape(r) => vec![r.output_shape(&input)],
                 Layer::Any { .. } => vec![input[..input.len().saturating_sub(1)].to_vec()],
                 Layer::GlobalPooling(p) => vec![p.output_shape(&input)],
                 Layer::Flatten(f) => vec![f.output_shape(&input)],
@@ -1224,6 +1240,10 @@ pub fn default_class_name<T: Float>(l: &Layer<T>) -> &'static str {
         Layer::Activation(_) => "Activation",
         Layer::LayerNorm(_) => "LayerNormalization",
         Layer::Conv1D(_) => "Conv1D",
+        Layer::Noise(n) => n.class_name(),
+        Layer::ActivityRegularization(_) => "ActivityRegularization",
+        Layer::Permute(_) => "Permute",
+        Layer::Reshape(_) => "Reshape",
         Layer::GlobalPooling(p) => p.class_name(),
         Layer::Flatten(_) => "Flatten",
         Layer::RepeatVector(_) => "RepeatVector",

@@ -712,6 +712,31 @@ impl<T: Float> Model<T> {
                         Cache::Shape(x.shape().to_vec()),
                     )
                 }
+                Layer::Reshape(r) => {
+                    let (x, _) = arg_t(0)?;
+                    (
+                        vec![Val::F(r.call(&x)?, None)],
+                        Cache::Shape(x.shape().to_vec()),
+                    )
+                }
+                Layer::Noise(n) => {
+                    let (mut x, m) = arg_t(0)?;
+                    match rng.as_deref_mut() {
+                        Some(r) => match n.factors::<T>(x.shape(), r)? {
+                            Some(f) => {
+                                x.data_mut().iter_mut().zip(&f).for_each(|(v, k)| *v *= *k);
+                                (vec![Val::F(x, m)], Cache::Dropout(f))
+                            }
+                            None => {
+                                if let Some(e) = n.additive::<T>(x.shape(), r) {
+                                    x.data_mut().iter_mut().zip(&e).for_each(|(v, k)| *v += *k);
+                                }
+                                (vec![Val::F(x, m)], Cache::None)
+                            }
+                        },
+                        None => (vec![Val::F(x, m)], Cache::None),
+                    }
+                }
                 Layer::Merge(_) => {
                     let out = self.eval_node(node, inputs, &vals, &pos, None)?;
                     let (xs, masks) = (0..node.args.len())
@@ -842,9 +867,30 @@ impl<T: Float> Model<T> {
                     dy.data_mut().iter_mut().zip(&m).for_each(|(g, k)| *g *= *k);
                     send(first_arg, dy, &mut dvals)?;
                 }
-                (Layer::Dropout { .. }, Cache::None) => {
+                (Layer::Noise(_), Cache::Dropout(m)) => {
+                    let Some(mut dy) = out_grads.into_iter().next().flatten() else {
+                        continue;
+                    };
+                    dy.data_mut().iter_mut().zip(&m).for_each(|(g, k)| *g *= *k);
+                    send(first_arg, dy, &mut dvals)?;
+                }
+                // The identity (or an added noise) passes the gradient on unchanged.
+                (
+                    Layer::Dropout { .. } | Layer::Noise(_) | Layer::ActivityRegularization(_),
+                    Cache::None,
+                ) => {
                     if let Some(dy) = out_grads.into_iter().next().flatten() {
                         send(first_arg, dy, &mut dvals)?;
+                    }
+                }
+                (Layer::Permute(perm), _) => {
+                    if let Some(dy) = out_grads.into_iter().next().flatten() {
+                        send(first_arg, perm.backward(&dy)?, &mut dvals)?;
+                    }
+                }
+                (Layer::Reshape(r), Cache::Shape(shape)) => {
+                    if let Some(dy) = out_grads.into_iter().next().flatten() {
+                        send(first_arg, r.backward(&shape, &dy)?, &mut dvals)?;
                     }
                 }
                 // Indices have no gradient (Keras' is `None` for an integer cast): only the

@@ -18,10 +18,11 @@ use crate::layers::merge::{Merge, MergeOp};
 use crate::layers::model::{
     Layer, Model, ModelKind, ModelLayer, Node, NodeArg, TensorRef, Wrapped,
 };
+use crate::layers::noise::Noise;
 use crate::layers::normalization::{LayerNorm, LayerNormConfig};
 use crate::layers::pooling::{GlobalPooling1D, PoolOp};
 use crate::layers::regularizer::Regularizer;
-use crate::layers::reshaping::{Flatten, RepeatVector};
+use crate::layers::reshaping::{Flatten, Permute, RepeatVector, Reshape};
 use crate::layers::rnn::{Rnn, RnnKind};
 use crate::tensor::Tensor;
 use serde_json::{Map, Value};
@@ -249,6 +250,20 @@ fn batch_shape(cfg: &Map<String, Value>) -> Result<Option<Vec<Option<usize>>>, C
         .map(Some)
 }
 
+/// A config's finite, non-negative number `key` (default 0): `ActivityRegularization`'s factors.
+fn non_negative(cfg: &Map<String, Value>, key: &str) -> Result<f64, ConfigError> {
+    let v = get_f64(cfg, key, 0.0)?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(ConfigError::invalid(
+            format!("ActivityRegularization.{key}"),
+            v,
+            "a finite number ≥ 0",
+        ))
+    }
+}
+
 /// A config's `axis` (default −1, the last), bounded to the ranks grucell handles.
 fn axis_of(cfg: &Map<String, Value>, class: &str) -> Result<isize, ConfigError> {
     match cfg.get("axis") {
@@ -351,6 +366,17 @@ fn build_layer_in<T: Float>(
             let kernel = kernel.ok_or_else(|| ConfigError::invalid(format!("Conv1D `{name}`"), "no kernel", "a kernel"))?;
             Layer::Conv1D(Conv1D::from_weights(cc, kernel, bias).map_err(with_name)?)
         }
+        "SpatialDropout1D" | "GaussianNoise" | "GaussianDropout" => Layer::Noise(
+            Noise::from_keras(&class, &cfg)
+                .map_err(|e| with_name(e.into()))?
+                .ok_or_else(|| ConfigError::unsupported("layer", class.clone()))?,
+        ),
+        "ActivityRegularization" => Layer::ActivityRegularization(Regularizer::L1L2 {
+            l1: non_negative(&cfg, "l1")?,
+            l2: non_negative(&cfg, "l2")?,
+        }),
+        "Permute" => Layer::Permute(Permute::from_keras(&cfg).map_err(|e| with_name(e.into()))?),
+        "Reshape" => Layer::Reshape(Reshape::from_keras(&cfg).map_err(|e| with_name(e.into()))?),
         "Flatten" => Layer::Flatten(Flatten::from_keras(&cfg).map_err(|e| with_name(e.into()))?),
         "RepeatVector" => Layer::RepeatVector(RepeatVector::from_keras(&cfg).map_err(|e| with_name(e.into()))?),
         "Dense" => {
@@ -410,14 +436,18 @@ fn build_layer_in<T: Float>(
         other => {
             return Err(ConfigError::unsupported(
                 "layer",
-                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation), Dense, Dropout, Activation, LayerNormalization, Conv1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
+                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation), Dense, Dropout, Activation, SpatialDropout1D, GaussianNoise, GaussianDropout, ActivityRegularization, LayerNormalization, Conv1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
             )
             .into())
         }
     };
-    // Every other layer's activity penalty (GRU/RNN, Dense and Embedding hold their own).
+    // Every other layer's activity penalty (GRU/RNN, Dense and Embedding hold their own;
+    // ActivityRegularization's is its l1 and l2).
     let activity_regularizer = match layer {
-        Layer::Rnn(_) | Layer::Dense(_) | Layer::Embedding(_) => None,
+        Layer::Rnn(_)
+        | Layer::Dense(_)
+        | Layer::Embedding(_)
+        | Layer::ActivityRegularization(_) => None,
         _ => cfg
             .get("activity_regularizer")
             .map_or(Ok(None), Regularizer::from_keras)

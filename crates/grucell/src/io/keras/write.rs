@@ -67,7 +67,9 @@ use crate::layers::merge::{Merge, MergeOp};
 use crate::layers::model::{
     default_class_name, Layer, Model, ModelKind, ModelLayer, Node, NodeArg, TensorRef, Wrapped,
 };
+use crate::layers::noise::Noise;
 use crate::layers::pooling::PoolOp;
+use crate::layers::regularizer::Regularizer;
 use crate::layers::rnn::{Rnn, RnnKind};
 use crate::tensor::Tensor;
 use crate::train::optimizer::Optimizer;
@@ -762,7 +764,7 @@ impl<'a, T: Float> Writer<'a, T> {
             _ if ml.time_distributed.is_some() => {
                 kwargs.insert("mask".into(), mask.unwrap_or(Value::Null));
             }
-            Layer::Dropout { .. } => {
+            Layer::Dropout { .. } | Layer::Noise(_) => {
                 kwargs.insert("training".into(), json!(false));
             }
             // `GlobalAveragePooling1D.call(inputs, mask=None)`: Keras records the mask, `null`
@@ -857,6 +859,52 @@ impl<'a, T: Float> Writer<'a, T> {
             Layer::RepeatVector(r) => {
                 let mut c = base_config(&ml.name, ml.trainable, self.dtype);
                 r.write_keras(&mut c);
+                c
+            }
+            Layer::Permute(p) => {
+                let mut c = base_config(&ml.name, ml.trainable, self.dtype);
+                p.write_keras(&mut c);
+                c
+            }
+            Layer::Reshape(r) => {
+                build = None;
+                let mut c = base_config(&ml.name, ml.trainable, self.dtype);
+                r.write_keras(&mut c);
+                c
+            }
+            // SpatialDropout1D's config is its own four keys (no `trainable`, the dtype by name).
+            Layer::Noise(n @ Noise::SpatialDropout1D { .. }) => {
+                build = None;
+                let mut c = Map::new();
+                n.write_keras(&mut c);
+                c.insert("name".into(), json!(ml.name));
+                c.insert("dtype".into(), json!(self.dtype));
+                c
+            }
+            Layer::Noise(n) => {
+                build = None;
+                let mut c = base_config(&ml.name, ml.trainable, self.dtype);
+                n.write_keras(&mut c);
+                c
+            }
+            Layer::ActivityRegularization(r) => {
+                build = None;
+                let mut c = base_config(&ml.name, ml.trainable, self.dtype);
+                let (l1, l2) = match *r {
+                    Regularizer::L1L2 { l1, l2 } => (l1, l2),
+                    Regularizer::L1 { l1 } => (l1, 0.0),
+                    Regularizer::L2 { l2 } => (0.0, l2),
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            format!("ActivityRegularization `{}`", ml.name),
+                            "another regularizer",
+                            "L1, L2 or L1L2 factors",
+                        )
+                        .into())
+                    }
+                };
+                c.insert("l1".into(), json!(l1));
+                c.insert("l2".into(), json!(l2));
                 c
             }
             Layer::Merge(Merge { op, .. }) => {
