@@ -217,7 +217,7 @@ def check_predict(args, keras, layers, rng, pick, out):
             lays.append(layers.Permute((2, 1)))  # the GRU then runs over the features (no mask)
             desc.append("Permute((2, 1))")
         elif not emb and rng.random() < 0.25:
-            lay, d = random_conv(rng, layers, T, D, var_t, pick)
+            lay, d = random_conv(rng, layers, None if var_t else T, D, var_t, pick)
             lays.append(lay)
             desc.append(d)
         nl = int(rng.integers(1, 4))
