@@ -5,7 +5,7 @@ Builds random models with Keras 3.15.1 (Sequential or Functional; GRU, RNN(GRUCe
 RNN(StackedRNNCells), Bidirectional, Masking, Embedding (token ids, mask_zero), merged GRU
 branches (Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum), Dense,
 TimeDistributed(Dense | Dropout | Activation), LayerNormalization, Conv1D, SpatialDropout1D,
-GaussianNoise, GaussianDropout, ActivityRegularization, Permute, GlobalAveragePooling1D,
+GaussianNoise, GaussianDropout, ActivityRegularization, Permute, BatchNormalization, GlobalAveragePooling1D,
 GlobalMaxPooling1D, Flatten, RepeatVector, random activations, biases, masks, initial states, return_state, frozen
 layers, activity penalties; nine optimizers), saves each as
 `.keras` and legacy `.h5`, and compares with the `grucell` binary:
@@ -99,6 +99,12 @@ def random_recurrent(rng, layers, u, last, pick):
     return lay, rs, f"{kind}({u}, {kw['activation']}/{kw['recurrent_activation']}, rs={rs})"
 
 
+def keras_uniform(lo, hi):
+    import keras
+
+    return keras.initializers.RandomUniform(lo, hi)
+
+
 def random_head(rng, layers, seq, pick, acts, fixed_t=True):
     """The layers after the recurrent ones: maybe a pooling or Flatten head on a sequence, or
     RepeatVector -> GRU after a last state; maybe a Dense (wrapped in TimeDistributed on a
@@ -125,6 +131,12 @@ def random_head(rng, layers, seq, pick, acts, fixed_t=True):
         head.append(layers.LayerNormalization(center=bool(rng.random() < 0.8), scale=bool(rng.random() < 0.8),
                                               gamma_initializer="random_normal", beta_initializer="random_normal"))
         desc.append("LayerNormalization")
+    if rng.random() < 0.15:
+        head.append(layers.BatchNormalization(center=bool(rng.random() < 0.8), scale=bool(rng.random() < 0.8),
+                                              gamma_initializer="random_normal", beta_initializer="random_normal",
+                                              moving_mean_initializer="random_normal",
+                                              moving_variance_initializer=keras_uniform(0.5, 1.5)))
+        desc.append("BatchNormalization")
     if seq and rng.random() < 0.3:
         head.append(layers.TimeDistributed(pick([layers.Dropout(0.3), layers.Activation(pick(acts))])))
         desc.append("TimeDistributed(Dropout|Activation)")
@@ -397,6 +409,10 @@ def check_fit(args, keras, layers, rng, pick, out):
         dense = layers.Dense(k, activation=act, activity_regularizer=pick([None, None, None, "l1"]))
         if rng.random() < 0.15:
             lays.append(layers.LayerNormalization(gamma_regularizer=reg(), beta_constraint=con()))
+        if rng.random() < 0.15:
+            # Trained with the batch's statistics (masked), its moving ones compared after fit.
+            lays.append(layers.BatchNormalization(momentum=float(pick([0.9, 0.99])), gamma_regularizer=reg(),
+                                                  beta_constraint=con(), trainable=bool(rng.random() < 0.85)))
         if rs and rng.random() < 0.3:
             # A pooling head (the masked mean only without masks: a fully masked sample is 0/0).
             pools = [layers.GlobalMaxPooling1D(), layers.Flatten()]

@@ -13,6 +13,7 @@
 use grucell::io::keras::load::model_from_file;
 use grucell::io::keras::load_keras_file;
 use grucell::io::npy::read_npz;
+use grucell::layers::batch_norm::BatchNorm;
 use grucell::layers::bidirectional::{Bidirectional, MergeMode};
 use grucell::layers::conv::Conv1D;
 use grucell::layers::dense::{Dense, DenseConfig};
@@ -99,6 +100,7 @@ fn get_var(m: &Model<f64>, id: &VarId, elem: usize) -> f64 {
         Layer::Embedding(e) => e.embeddings().data()[elem],
         Layer::LayerNorm(n) => n.weights()[id.index].data()[elem],
         Layer::Conv1D(c) => c.weights()[id.index].data()[elem],
+        Layer::BatchNorm(n) => n.weights()[id.index].data()[elem],
         _ => panic!("variable in a layer without weights"),
     }
 }
@@ -153,6 +155,16 @@ fn with_var(m: &Model<f64>, id: &VarId, elem: usize, v: f64) -> Model<f64> {
                 _ => bias.as_mut().unwrap().data_mut()[elem] = v,
             }
             *c = Conv1D::from_weights(c.config().clone(), k, bias).unwrap();
+        }
+        Layer::BatchNorm(n) => {
+            let mut ws: Vec<Tensor<f64>> = n.weights().into_iter().cloned().collect();
+            ws[id.index].data_mut()[elem] = v;
+            let (scale, center) = (n.config().scale, n.config().center);
+            let mut it = ws.into_iter();
+            let gamma = if scale { it.next() } else { None };
+            let beta = if center { it.next() } else { None };
+            let (mean, var) = (it.next().unwrap(), it.next().unwrap());
+            *n = BatchNorm::from_weights(n.config().clone(), gamma, beta, mean, var).unwrap();
         }
         _ => panic!("variable in a layer without weights"),
     }

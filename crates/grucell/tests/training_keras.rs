@@ -40,6 +40,30 @@ fn manifest() -> Vec<Value> {
 /// The trainable weights of a model in `trainable_variables()` order, read through the public
 /// layer accessors (independently of the library's own variable walk).
 fn weights<T: Float>(m: &Model<T>) -> Vec<Tensor<T>> {
+    let per_layer = layer_weights(m);
+    m.trainable_variables()
+        .iter()
+        .map(|(id, _)| per_layer[id.layer][id.index].clone())
+        .collect()
+}
+
+/// The weights training does not optimize, in Keras' `non_trainable_weights` order (layer by
+/// layer, each layer's in its weight order).
+fn non_trainable<T: Float>(m: &Model<T>) -> Vec<Tensor<T>> {
+    layer_weights(m)
+        .into_iter()
+        .zip(&m.layers)
+        .flat_map(|(w, l)| {
+            w.into_iter()
+                .zip(l.variable_trainable())
+                .filter(|(_, t)| !t)
+                .map(|(w, _)| w)
+        })
+        .collect()
+}
+
+/// Every layer's weights in Keras' order.
+fn layer_weights<T: Float>(m: &Model<T>) -> Vec<Vec<Tensor<T>>> {
     let mut per_layer: Vec<Vec<Tensor<T>>> = Vec::new();
     for l in &m.layers {
         let mut w = Vec::new();
@@ -58,14 +82,13 @@ fn weights<T: Float>(m: &Model<T>) -> Vec<Tensor<T>> {
             Layer::Dense(d) => w.extend(d.weights().into_iter().cloned()),
             Layer::LayerNorm(n) => w.extend(n.weights().into_iter().cloned()),
             Layer::Conv1D(c) => w.extend(c.weights().into_iter().cloned()),
+            Layer::BatchNorm(n) => w.extend(n.weights().into_iter().cloned()),
+            Layer::Embedding(e) => w.push(e.embeddings().clone()),
             _ => {}
         }
         per_layer.push(w);
     }
-    m.trainable_variables()
-        .iter()
-        .map(|(id, _)| per_layer[id.layer][id.index].clone())
-        .collect()
+    per_layer
 }
 
 fn rows<T: Float>(t: &Tensor<T>, a: usize, b: usize) -> Tensor<T> {
@@ -296,6 +319,31 @@ fn run_case<T: Float>(case: &Value) -> Result<f64, String> {
             )
             .err(),
         );
+    }
+    // The moving statistics (and other non-trainable weights), where the case recorded them.
+    if data.contains_key("final_nt_0") {
+        let nt = non_trainable(&model);
+        let recorded = (0..)
+            .take_while(|k| data.contains_key(&format!("final_nt_{k}")))
+            .count();
+        if nt.len() != recorded {
+            errs.push(format!(
+                "{} non-trainable weights, Keras {recorded}",
+                nt.len()
+            ));
+        }
+        for (k, w) in nt.iter().enumerate().take(recorded) {
+            errs.extend(
+                compare(
+                    &format!("non-trainable weight {k} after training"),
+                    w.data(),
+                    &arr(format!("final_nt_{k}"))?,
+                    &tol,
+                    &mut worst,
+                )
+                .err(),
+            );
+        }
     }
     if errs.is_empty() {
         Ok(worst)

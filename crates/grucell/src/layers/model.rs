@@ -4,6 +4,7 @@
 use crate::error::{ConfigError, Error, ShapeError};
 use crate::float::Float;
 use crate::layers::activation::Activation;
+use crate::layers::batch_norm::BatchNorm;
 use crate::layers::bidirectional::Bidirectional;
 use crate::layers::conv::Conv1D;
 use crate::layers::dense::Dense;
@@ -55,6 +56,8 @@ pub enum Layer<T = f32> {
     LayerNorm(LayerNorm<T>),
     /// `Conv1D` over the steps (drops the mask, as Keras does).
     Conv1D(Conv1D<T>),
+    /// `BatchNormalization` over one axis.
+    BatchNorm(BatchNorm<T>),
     /// `SpatialDropout1D`, `GaussianNoise` or `GaussianDropout`: the identity at inference.
     Noise(Noise),
     /// `ActivityRegularization(l1, l2)`: the identity, with its `L1L2` penalty on the output.
@@ -138,6 +141,7 @@ impl<T: Float> ModelLayer<T> {
             Layer::Embedding(e) => e.param_count(),
             Layer::LayerNorm(n) => n.param_count(),
             Layer::Conv1D(c) => c.param_count(),
+            Layer::BatchNorm(n) => n.param_count(),
             _ => 0,
         }
     }
@@ -183,6 +187,12 @@ impl<T: Float> ModelLayer<T> {
             Layer::Embedding(_) => vec![self.trainable],
             Layer::LayerNorm(n) => vec![self.trainable; n.weights().len()],
             Layer::Conv1D(c) => vec![self.trainable; c.weights().len()],
+            // γ and β; the moving statistics are never trainable.
+            Layer::BatchNorm(n) => {
+                let mut v = vec![self.trainable; n.trainable_weight_count()];
+                v.extend([false, false]);
+                v
+            }
             _ => Vec::new(),
         }
     }
@@ -271,6 +281,7 @@ impl<T: Float> ModelLayer<T> {
             Layer::Embedding(e) => vec![e.param_count()],
             Layer::LayerNorm(n) => n.weights().into_iter().map(Tensor::len).collect(),
             Layer::Conv1D(c) => c.weights().into_iter().map(Tensor::len).collect(),
+            Layer::BatchNorm(n) => n.weights().into_iter().map(Tensor::len).collect(),
             _ => Vec::new(),
         };
         weights
@@ -927,6 +938,10 @@ impl<T: Float> Model<T> {
                 vec![Val::F(n.call(x)?, m.cloned())]
             }
             Layer::Conv1D(c) => vec![Val::F(c.call(float_arg(0)?.0, threads)?, None)],
+            Layer::BatchNorm(n) => {
+                let (x, m) = float_arg(0)?;
+                vec![Val::F(n.call(x)?, m.cloned())]
+            }
             Layer::GlobalPooling(p) => {
                 let (x, m) = float_arg(0)?;
                 let mask = call_mask(node, vals, pos, m.cloned(), &ml.name)?;
@@ -1037,6 +1052,7 @@ impl<T: Float> Model<T> {
                 | Layer::LayerNorm(_)
                 | Layer::Noise(_)
                 | Layer::ActivityRegularization(_)
+                | Layer::BatchNorm(_)
                 | Layer::NotEqual { .. } => vec![input],
                 Layer::Permute(p) => vec![p.output_shape(&input)],
                 Layer::Reshape(r) => vec![r.output_shape(&input)],
@@ -1240,6 +1256,7 @@ pub fn default_class_name<T: Float>(l: &Layer<T>) -> &'static str {
         Layer::Activation(_) => "Activation",
         Layer::LayerNorm(_) => "LayerNormalization",
         Layer::Conv1D(_) => "Conv1D",
+        Layer::BatchNorm(_) => "BatchNormalization",
         Layer::Noise(n) => n.class_name(),
         Layer::ActivityRegularization(_) => "ActivityRegularization",
         Layer::Permute(_) => "Permute",

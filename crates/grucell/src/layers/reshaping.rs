@@ -404,7 +404,9 @@ impl Reshape {
         let unknown = target.iter().filter(|&&d| d == -1).count();
         if target.len() > MAX_AXES
             || unknown > 1
-            || target.iter().any(|&d| d == 0 || !(-1..=1 << 31).contains(&d))
+            || target
+                .iter()
+                .any(|&d| d == 0 || !(-1..=1 << 31).contains(&d))
         {
             return Err(ConfigError::invalid(
                 "Reshape.target_shape",

@@ -4,6 +4,7 @@
 use crate::error::{ConfigError, Error, ShapeError, TrainError};
 use crate::float::Float;
 use crate::layers::activation::Activation;
+use crate::layers::batch_norm::BatchStats;
 use crate::layers::bidirectional::{merge, MergeMode};
 use crate::layers::constraint::Constraint;
 use crate::layers::dense::Dense;
@@ -38,6 +39,9 @@ enum Cache<T> {
     Merge(Vec<Tensor<T>>, Vec<Option<Mask>>),
     /// A `LayerNormalization` call keeps its input.
     LayerNorm(Tensor<T>),
+    /// A `BatchNormalization` call keeps its input, its mask and the batch statistics it used
+    /// (`None`: a frozen layer, which used the moving ones).
+    BatchNorm(Tensor<T>, Option<Mask>, Option<BatchStats<T>>),
     /// A global pooling keeps its input and the mask it used.
     Pool(Tensor<T>, Option<Mask>),
     /// `Flatten` keeps its input's shape.
@@ -161,6 +165,17 @@ impl<T: Float> Model<T> {
                         push(i, format!("{}/{n}", l.name), w.shape());
                     }
                 }
+                Layer::BatchNorm(n) => {
+                    let names = n
+                        .config()
+                        .scale
+                        .then_some("gamma")
+                        .into_iter()
+                        .chain(n.config().center.then_some("beta"));
+                    for (i, (name, w)) in names.zip(n.weights()).enumerate() {
+                        push(i, format!("{}/{name}", l.name), w.shape());
+                    }
+                }
                 Layer::LayerNorm(n) => {
                     let names = n
                         .config()
@@ -210,6 +225,12 @@ impl<T: Float> Model<T> {
                 Layer::Conv1D(c) => {
                     let rules = c.weight_rules();
                     for (w, (r, k)) in c.weights_mut().into_iter().zip(rules) {
+                        all.push((w, r, k));
+                    }
+                }
+                Layer::BatchNorm(n) => {
+                    let rules = n.weight_rules();
+                    for (w, (r, k)) in n.weights_mut().into_iter().zip(rules) {
                         all.push((w, r, k));
                     }
                 }
@@ -268,7 +289,8 @@ impl<T: Float> Model<T> {
 
     /// Loss and gradients of every trainable variable for one batch, as Keras' `train_step`
     /// computes them. `rng` enables training-mode dropout (masks drawn as Keras structures them);
-    /// `None` runs without dropout.
+    /// `None` runs without dropout. Like Keras' training forward pass, it moves the moving
+    /// statistics of every (not frozen) `BatchNormalization` layer.
     pub fn loss_and_grads(
         &mut self,
         x: &[Tensor<T>],
@@ -285,6 +307,15 @@ impl<T: Float> Model<T> {
             .into());
         }
         let (vals, caches) = self.forward_train(x, rng)?;
+        // Keras' training forward moves BatchNormalization's moving statistics, call by call.
+        for (i, cache) in caches.iter().enumerate() {
+            let layer = self.nodes[i].layer;
+            if let (Layer::BatchNorm(n), Cache::BatchNorm(_, _, Some(s))) =
+                (&mut self.layers[layer].layer, cache)
+            {
+                n.update_moving(s);
+            }
+        }
         let pos = self.node_positions();
         let mut dvals: Vec<Vec<Option<Tensor<T>>>> =
             vals.iter().map(|v| vec![None; v.len()]).collect();
@@ -694,6 +725,21 @@ impl<T: Float> Model<T> {
                     let (x, m) = arg_t(0)?;
                     (vec![Val::F(n.call(&x)?, m)], Cache::LayerNorm(x))
                 }
+                // Keras normalizes with the batch's statistics in training, unless the layer
+                // is frozen (`training and self.trainable`).
+                Layer::BatchNorm(n) => {
+                    let (x, m) = arg_t(0)?;
+                    let mask = call_mask(node, &vals, &pos, m.clone(), &ml.name)?;
+                    if ml.trainable {
+                        let (y, stats) = n.call_train(&x, mask.as_ref())?;
+                        (vec![Val::F(y, m)], Cache::BatchNorm(x, mask, Some(stats)))
+                    } else {
+                        (
+                            vec![Val::F(n.call(&x)?, m)],
+                            Cache::BatchNorm(x, mask, None),
+                        )
+                    }
+                }
                 Layer::Conv1D(c) => {
                     let (x, _) = arg_t(0)?;
                     let pre = c.linear(&x, self.threads())?;
@@ -938,6 +984,18 @@ impl<T: Float> Model<T> {
                         continue;
                     };
                     let g = n.backward(&x, &dy)?;
+                    if trainable {
+                        for (i, w) in g.gamma.iter().chain(g.beta.iter()).enumerate() {
+                            var_grad(i, w);
+                        }
+                    }
+                    send(first_arg, g.x, &mut dvals)?;
+                }
+                (Layer::BatchNorm(n), Cache::BatchNorm(x, mask, stats)) => {
+                    let Some(dy) = out_grads.into_iter().next().flatten() else {
+                        continue;
+                    };
+                    let g = n.backward(&x, mask.as_ref(), stats.as_ref(), &dy)?;
                     if trainable {
                         for (i, w) in g.gamma.iter().chain(g.beta.iter()).enumerate() {
                             var_grad(i, w);

@@ -5,6 +5,7 @@
 use super::{load_keras_file, KerasFile, KerasWeights, Namer};
 use crate::error::{ConfigError, Error, FormatError, ShapeError};
 use crate::float::Float;
+use crate::layers::batch_norm::{BatchNorm, BatchNormConfig};
 use crate::layers::bidirectional::{Bidirectional, MergeMode};
 use crate::layers::conv::{Conv1D, Conv1DConfig};
 use crate::layers::dense::{Dense, DenseConfig};
@@ -355,6 +356,18 @@ fn build_layer_in<T: Float>(
         "GlobalMaxPooling1D" | "GlobalMaxPool1D" => {
             Layer::GlobalPooling(GlobalPooling1D::from_keras(PoolOp::Max, &cfg).map_err(|e| with_name(e.into()))?)
         }
+        "BatchNormalization" => {
+            let bc = BatchNormConfig::from_keras(&cfg).map_err(|e| with_name(e.into()))?;
+            let n = usize::from(bc.scale) + usize::from(bc.center) + 2;
+            let paths: Vec<String> = (0..n).map(|k| format!("{path}/vars/{k}")).collect();
+            let mut arr = w.layer_arrays::<T>(legacy_group.unwrap_or(&name), &paths)?.into_iter();
+            let gamma = if bc.scale { arr.next() } else { None };
+            let beta = if bc.center { arr.next() } else { None };
+            let (Some(mean), Some(var)) = (arr.next(), arr.next()) else {
+                return Err(ConfigError::invalid(format!("BatchNormalization `{name}`"), "no moving statistics", "moving_mean and moving_variance").into());
+            };
+            Layer::BatchNorm(BatchNorm::from_weights(bc, gamma, beta, mean, var).map_err(with_name)?)
+        }
         "Conv1D" | "Convolution1D" => {
             let cc = Conv1DConfig::from_keras(&cfg).map_err(|e| with_name(e.into()))?;
             let mut paths = vec![format!("{path}/vars/0")];
@@ -436,7 +449,7 @@ fn build_layer_in<T: Float>(
         other => {
             return Err(ConfigError::unsupported(
                 "layer",
-                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation), Dense, Dropout, Activation, SpatialDropout1D, GaussianNoise, GaussianDropout, ActivityRegularization, LayerNormalization, Conv1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
+                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation), Dense, Dropout, Activation, SpatialDropout1D, GaussianNoise, GaussianDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
             )
             .into())
         }

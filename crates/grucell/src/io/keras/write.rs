@@ -772,6 +772,10 @@ impl<'a, T: Float> Writer<'a, T> {
             Layer::GlobalPooling(p) if p.op == PoolOp::Average => {
                 kwargs.insert("mask".into(), mask.unwrap_or(Value::Null));
             }
+            // `BatchNormalization.call(inputs, training=None, mask=None)` records it too.
+            Layer::BatchNorm(_) => {
+                kwargs.insert("mask".into(), mask.unwrap_or(Value::Null));
+            }
             _ => {}
         }
         Ok(json!({ "args": args, "kwargs": kwargs }))
@@ -808,6 +812,7 @@ impl<'a, T: Float> Writer<'a, T> {
             | Layer::Dense(_)
             | Layer::Embedding(_)
             | Layer::LayerNorm(_)
+            | Layer::BatchNorm(_)
             | Layer::Conv1D(_) => {
                 let (c, built) = self.plain_config(&ml.layer, &ml.name, ml.trainable, path)?;
                 if !built {
@@ -940,7 +945,7 @@ impl<'a, T: Float> Writer<'a, T> {
     }
 
     /// The config of a layer without sublayers (`Masking`, `Dropout`, `Activation`, `Dense`,
-    /// `Embedding`, `LayerNormalization`, `Conv1D`), and whether Keras gives it a `build_config` (only the layers with weights
+    /// `Embedding`, `LayerNormalization`, `BatchNormalization`, `Conv1D`), and whether Keras gives it a `build_config` (only the layers with weights
     /// are built); records their weights under `path/vars`.
     fn plain_config(
         &mut self,
@@ -956,6 +961,7 @@ impl<'a, T: Float> Writer<'a, T> {
             Layer::Embedding(e) => Some((e.config().to_keras(dtype), vec![e.embeddings()])),
             Layer::LayerNorm(n) => Some((n.config().to_keras(dtype), n.weights())),
             Layer::Conv1D(c) => Some((c.config().to_keras(dtype), c.weights())),
+            Layer::BatchNorm(n) => Some((n.config().to_keras(dtype), n.weights())),
             _ => None,
         };
         if let Some((mut c, weights)) = weighted {
