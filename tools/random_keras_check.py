@@ -5,7 +5,8 @@ Builds random models with Keras 3.15.1 (Sequential or Functional; GRU, RNN(GRUCe
 RNN(StackedRNNCells), Bidirectional, Masking, Embedding (token ids, mask_zero), merged GRU
 branches (Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum), Dense,
 TimeDistributed(Dense | Dropout | Activation), LayerNormalization, Conv1D, SpatialDropout1D,
-GaussianNoise, GaussianDropout, ActivityRegularization, Permute, BatchNormalization, GlobalAveragePooling1D,
+GaussianNoise, GaussianDropout, ActivityRegularization, Permute, BatchNormalization, MaxPooling1D,
+AveragePooling1D, GlobalAveragePooling1D,
 GlobalMaxPooling1D, Flatten, RepeatVector, random activations, biases, masks, initial states, return_state, frozen
 layers, activity penalties; nine optimizers), saves each as
 `.keras` and legacy `.h5`, and compares with the `grucell` binary:
@@ -165,7 +166,25 @@ def random_conv(rng, layers, T, D, var_t, pick, **kw):
     lay = layers.Conv1D(f, k, strides=s, dilation_rate=d, padding=pad, groups=groups,
                         data_format="channels_first" if cf else "channels_last",
                         activation=pick(["linear", "relu", "tanh"]), use_bias=bool(rng.random() < 0.85), **kw)
-    return lay, f"Conv1D({f}, {k}, s={s}, d={d}, {pad}, g={groups}{', cf' if cf else ''})"
+    desc = f"Conv1D({f}, {k}, s={s}, d={d}, {pad}, g={groups}{', cf' if cf else ''})"
+    if rng.random() < 0.4:
+        # A window pooling after it ("same" padding fits any step count).
+        pool = pick([layers.MaxPooling1D, layers.AveragePooling1D])(int(rng.integers(2, 4)),
+                                                                     strides=int(rng.integers(1, 3)), padding="same")
+        return Chain([lay, pool]), f"{desc} -> {pool.__class__.__name__}"
+    return lay, desc
+
+
+class Chain:
+    """Layers applied one after the other, as one entry of a model's layer list."""
+
+    def __init__(self, lays):
+        self.lays = lays
+
+    def __call__(self, x):
+        for lay in self.lays:
+            x = lay(x)
+        return x
 
 
 class Branches:
@@ -193,8 +212,9 @@ def random_branches(rng, layers, u, rs, pick, **kw):
 def chain(keras, rng, inp, lays):
     """The layers applied one after the other: as a Functional model or, sometimes, Sequential
     (never with merged branches)."""
-    if rng.random() < 0.3 and not any(isinstance(lay, Branches) for lay in lays):
-        return keras.Sequential([inp, *lays]), "Sequential"
+    flat = [y for lay in lays for y in (lay.lays if isinstance(lay, Chain) else [lay])]
+    if rng.random() < 0.3 and not any(isinstance(lay, Branches) for lay in flat):
+        return keras.Sequential([inp, *flat]), "Sequential"
     x = inp
     for lay in lays:
         x = lay(x)

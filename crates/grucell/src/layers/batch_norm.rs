@@ -125,6 +125,15 @@ impl BatchNormConfig {
                 "renorm = true (batch renormalization)",
             ));
         }
+        // TF-Keras 2's ghost batches and custom adjustments change what training computes.
+        for key in ["virtual_batch_size", "adjustment"] {
+            if let Some(v) = c.get(key).filter(|v| !v.is_null()) {
+                return Err(ConfigError::unsupported(
+                    "BatchNormalization option",
+                    format!("{key} = {v}"),
+                ));
+            }
+        }
         for (key, slot) in [
             ("beta_initializer", &mut n.beta_initializer),
             ("gamma_initializer", &mut n.gamma_initializer),
@@ -727,6 +736,7 @@ mod tests {
     fn bad_configs_and_inputs_are_errors() {
         let cfg = |v: Value| serde_json::from_value::<Map<String, Value>>(v).unwrap();
         assert!(BatchNormConfig::from_keras(&cfg(json!({"renorm": true}))).is_err());
+        assert!(BatchNormConfig::from_keras(&cfg(json!({"virtual_batch_size": 2}))).is_err());
         assert!(BatchNormConfig::from_keras(&cfg(json!({"axis": [1, 2]}))).is_err());
         assert!(BatchNormConfig::from_keras(&cfg(json!({"momentum": -1.0}))).is_err());
         let l = bn(-1, true, true);

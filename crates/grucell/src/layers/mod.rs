@@ -19,3 +19,4 @@ pub mod pooling;
 pub mod regularizer;
 pub mod reshaping;
 pub mod rnn;
+pub mod window_pooling;

@@ -17,6 +17,7 @@ use crate::layers::pooling::GlobalPooling1D;
 use crate::layers::regularizer::Regularizer;
 use crate::layers::reshaping::{Flatten, Permute, RepeatVector, Reshape};
 use crate::layers::rnn::{dims3, Mask, Rnn, RnnKind};
+use crate::layers::window_pooling::Pooling1D;
 use crate::tensor::Tensor;
 
 /// One layer (or, in Functional models, one mask operation) of a model.
@@ -58,6 +59,8 @@ pub enum Layer<T = f32> {
     Conv1D(Conv1D<T>),
     /// `BatchNormalization` over one axis.
     BatchNorm(BatchNorm<T>),
+    /// `MaxPooling1D` or `AveragePooling1D` (drops the mask).
+    Pooling(Pooling1D),
     /// `SpatialDropout1D`, `GaussianNoise` or `GaussianDropout`: the identity at inference.
     Noise(Noise),
     /// `ActivityRegularization(l1, l2)`: the identity, with its `L1L2` penalty on the output.
@@ -923,6 +926,7 @@ impl<T: Float> Model<T> {
                 vec![Val::F(x.clone(), m.cloned())]
             }
             Layer::Permute(p) => vec![Val::F(p.call(float_arg(0)?.0)?, None)],
+            Layer::Pooling(p) => vec![Val::F(p.call(float_arg(0)?.0)?, None)],
             Layer::Reshape(r) => vec![Val::F(r.call(float_arg(0)?.0)?, None)],
             Layer::Activation(a) => {
                 let (x, m) = float_arg(0)?;
@@ -1055,6 +1059,7 @@ impl<T: Float> Model<T> {
                 | Layer::BatchNorm(_)
                 | Layer::NotEqual { .. } => vec![input],
                 Layer::Permute(p) => vec![p.output_shape(&input)],
+                Layer::Pooling(p) => vec![p.output_shape(&input)],
                 Layer::Reshape(r) => vec![r.output_shape(&input)],
                 Layer::Any { .. } => vec![input[..input.len().saturating_sub(1)].to_vec()],
                 Layer::GlobalPooling(p) => vec![p.output_shape(&input)],
@@ -1257,6 +1262,7 @@ pub fn default_class_name<T: Float>(l: &Layer<T>) -> &'static str {
         Layer::LayerNorm(_) => "LayerNormalization",
         Layer::Conv1D(_) => "Conv1D",
         Layer::BatchNorm(_) => "BatchNormalization",
+        Layer::Pooling(p) => p.class_name(),
         Layer::Noise(n) => n.class_name(),
         Layer::ActivityRegularization(_) => "ActivityRegularization",
         Layer::Permute(_) => "Permute",

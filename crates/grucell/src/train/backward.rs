@@ -37,8 +37,9 @@ enum Cache<T> {
     Embedding(Tensor<T>),
     /// A merge keeps its inputs and their masks.
     Merge(Vec<Tensor<T>>, Vec<Option<Mask>>),
-    /// A `LayerNormalization` call keeps its input.
-    LayerNorm(Tensor<T>),
+    /// A call that needs only its input (`LayerNormalization`, `MaxPooling1D`,
+    /// `AveragePooling1D`).
+    Input(Tensor<T>),
     /// A `BatchNormalization` call keeps its input, its mask and the batch statistics it used
     /// (`None`: a frozen layer, which used the moving ones).
     BatchNorm(Tensor<T>, Option<Mask>, Option<BatchStats<T>>),
@@ -723,7 +724,7 @@ impl<T: Float> Model<T> {
                 }
                 Layer::LayerNorm(n) => {
                     let (x, m) = arg_t(0)?;
-                    (vec![Val::F(n.call(&x)?, m)], Cache::LayerNorm(x))
+                    (vec![Val::F(n.call(&x)?, m)], Cache::Input(x))
                 }
                 // Keras normalizes with the batch's statistics in training, unless the layer
                 // is frozen (`training and self.trainable`).
@@ -757,6 +758,10 @@ impl<T: Float> Model<T> {
                         vec![Val::F(f.call(&x)?, None)],
                         Cache::Shape(x.shape().to_vec()),
                     )
+                }
+                Layer::Pooling(p) => {
+                    let (x, _) = arg_t(0)?;
+                    (vec![Val::F(p.call(&x)?, None)], Cache::Input(x))
                 }
                 Layer::Reshape(r) => {
                     let (x, _) = arg_t(0)?;
@@ -934,6 +939,11 @@ impl<T: Float> Model<T> {
                         send(first_arg, perm.backward(&dy)?, &mut dvals)?;
                     }
                 }
+                (Layer::Pooling(pool), Cache::Input(x)) => {
+                    if let Some(dy) = out_grads.into_iter().next().flatten() {
+                        send(first_arg, pool.backward(&x, &dy)?, &mut dvals)?;
+                    }
+                }
                 (Layer::Reshape(r), Cache::Shape(shape)) => {
                     if let Some(dy) = out_grads.into_iter().next().flatten() {
                         send(first_arg, r.backward(&shape, &dy)?, &mut dvals)?;
@@ -979,7 +989,7 @@ impl<T: Float> Model<T> {
                         &mut dvals,
                     )?;
                 }
-                (Layer::LayerNorm(n), Cache::LayerNorm(x)) => {
+                (Layer::LayerNorm(n), Cache::Input(x)) => {
                     let Some(dy) = out_grads.into_iter().next().flatten() else {
                         continue;
                     };

@@ -25,6 +25,7 @@ use crate::layers::pooling::{GlobalPooling1D, PoolOp};
 use crate::layers::regularizer::Regularizer;
 use crate::layers::reshaping::{Flatten, Permute, RepeatVector, Reshape};
 use crate::layers::rnn::{Rnn, RnnKind};
+use crate::layers::window_pooling::{Pooling1D, WindowOp};
 use crate::tensor::Tensor;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -388,6 +389,10 @@ fn build_layer_in<T: Float>(
             l1: non_negative(&cfg, "l1")?,
             l2: non_negative(&cfg, "l2")?,
         }),
+        "MaxPooling1D" | "MaxPool1D" => Layer::Pooling(Pooling1D::from_keras(WindowOp::Max, &cfg).map_err(|e| with_name(e.into()))?),
+        "AveragePooling1D" | "AvgPool1D" => {
+            Layer::Pooling(Pooling1D::from_keras(WindowOp::Average, &cfg).map_err(|e| with_name(e.into()))?)
+        }
         "Permute" => Layer::Permute(Permute::from_keras(&cfg).map_err(|e| with_name(e.into()))?),
         "Reshape" => Layer::Reshape(Reshape::from_keras(&cfg).map_err(|e| with_name(e.into()))?),
         "Flatten" => Layer::Flatten(Flatten::from_keras(&cfg).map_err(|e| with_name(e.into()))?),
@@ -449,7 +454,7 @@ fn build_layer_in<T: Float>(
         other => {
             return Err(ConfigError::unsupported(
                 "layer",
-                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation), Dense, Dropout, Activation, SpatialDropout1D, GaussianNoise, GaussianDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
+                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation), Dense, Dropout, Activation, SpatialDropout1D, GaussianNoise, GaussianDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
             )
             .into())
         }

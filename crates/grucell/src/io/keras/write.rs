@@ -871,6 +871,12 @@ impl<'a, T: Float> Writer<'a, T> {
                 p.write_keras(&mut c);
                 c
             }
+            Layer::Pooling(p) => {
+                build = None;
+                let mut c = base_config(&ml.name, ml.trainable, self.dtype);
+                p.write_keras(&mut c);
+                c
+            }
             Layer::Reshape(r) => {
                 build = None;
                 let mut c = base_config(&ml.name, ml.trainable, self.dtype);
