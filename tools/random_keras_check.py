@@ -263,7 +263,13 @@ def check_predict(args, keras, layers, rng, pick, out):
             desc.append(d)
         head, d = random_head(rng, layers, seq, pick, ["linear", "relu", "sigmoid", "tanh", "softmax"],
                               fixed_t=not var_t)
-        m, kind = chain(keras, rng, inp, lays + head)
+        try:
+            m, kind = chain(keras, rng, inp, lays + head)
+        except Exception as e:  # a draw Keras cannot build (e.g. a normalization of an unknown size)
+            keras_fails += 1
+            print(f"model {i}: skipped, Keras cannot build it: {str(e).splitlines()[0][:120]} | "
+                  f"{' -> '.join(desc + d)}")
+            continue
         desc = [kind, *desc, *d]
         for w in m.weights:
             if "bias" in getattr(w, "path", w.name):

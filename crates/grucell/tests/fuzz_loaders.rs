@@ -787,7 +787,8 @@ fn csv_hostile_inputs_are_clear() {
 
 /// Models whose config and weights are mutated: Sequential and Functional, `.keras` and legacy
 /// `.h5` (TF-Keras 2 node format included), GRU, RNN(GRUCell), stacked cells, Bidirectional,
-/// masking, initial states, regularizers, Dense heads, float64.
+/// masking, initial states, regularizers, Dense heads, float64, Conv1D and window pooling,
+/// BatchNormalization, the noise layers, Permute and Reshape.
 const MODEL_FIXTURES: &[&str] = &[
     "io/keras/seq_gru.keras",
     "io/keras/bidir.keras",
@@ -804,6 +805,10 @@ const MODEL_FIXTURES: &[&str] = &[
     "models/dense_heads.keras",
     "models/f64_functional_mask_dense.keras",
     "models/stateful_stacked.h5",
+    "models/conv_pooling_gru.keras",
+    "models/conv1d_groups_channels_first.h5",
+    "models/batch_norm.keras",
+    "models/noise_permute_reshape.keras",
 ];
 
 /// Builds the model as `grucell predict` does and, when that works, runs what `predict` and
