@@ -6,7 +6,7 @@ RNN(StackedRNNCells), Bidirectional, Masking, Embedding (token ids, mask_zero), 
 branches (Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum), Dense,
 TimeDistributed(Dense | Dropout | Activation), LayerNormalization, Conv1D, SpatialDropout1D,
 GaussianNoise, GaussianDropout, ActivityRegularization, Permute, BatchNormalization, MaxPooling1D,
-AveragePooling1D, GlobalAveragePooling1D,
+AveragePooling1D, Attention, AdditiveAttention, GlobalAveragePooling1D,
 GlobalMaxPooling1D, Flatten, RepeatVector, random activations, biases, masks, initial states, return_state, frozen
 layers, activity penalties; nine optimizers), saves each as
 `.keras` and legacy `.h5`, and compares with the `grucell` binary:
@@ -175,6 +175,25 @@ def random_conv(rng, layers, T, D, var_t, pick, **kw):
     return lay, desc
 
 
+class SelfAttention:
+    """An attention layer over a sequence and itself (Functional models only)."""
+
+    def __init__(self, layer, causal):
+        self.layer, self.causal = layer, causal
+
+    def __call__(self, x):
+        if self.causal:
+            return self.layer([x, x], use_causal_mask=True)
+        return self.layer([x, x])
+
+
+def random_attention(rng, layers, pick):
+    lay = pick([layers.Attention(), layers.Attention(use_scale=True), layers.Attention(score_mode="concat"),
+                layers.AdditiveAttention(), layers.AdditiveAttention(use_scale=False)])
+    causal = bool(rng.random() < 0.3)
+    return SelfAttention(lay, causal), f"{lay.__class__.__name__}(self{', causal' if causal else ''})"
+
+
 class Chain:
     """Layers applied one after the other, as one entry of a model's layer list."""
 
@@ -213,7 +232,7 @@ def chain(keras, rng, inp, lays):
     """The layers applied one after the other: as a Functional model or, sometimes, Sequential
     (never with merged branches)."""
     flat = [y for lay in lays for y in (lay.lays if isinstance(lay, Chain) else [lay])]
-    if rng.random() < 0.3 and not any(isinstance(lay, Branches) for lay in flat):
+    if rng.random() < 0.3 and not any(isinstance(lay, (Branches, SelfAttention)) for lay in flat):
         return keras.Sequential([inp, *flat]), "Sequential"
     x = inp
     for lay in lays:
@@ -259,6 +278,10 @@ def check_predict(args, keras, layers, rng, pick, out):
                 # Behind a mask, Keras 3 records the merged mask as graph ops.
                 lay, d = random_branches(rng, layers, int(rng.integers(1, 6)), seq, pick,
                                          activation=pick(ACTS), reset_after=bool(rng.random() < 0.6))
+            lays.append(lay)
+            desc.append(d)
+        if seq and rng.random() < 0.2:
+            lay, d = random_attention(rng, layers, pick)
             lays.append(lay)
             desc.append(d)
         head, d = random_head(rng, layers, seq, pick, ["linear", "relu", "sigmoid", "tanh", "softmax"],
@@ -427,6 +450,8 @@ def check_fit(args, keras, layers, rng, pick, out):
             if freeze == "none" and rng.random() < 0.15:
                 lay, _ = random_branches(rng, layers, u, rs, pick, **kw)
             lays.append(lay)
+        if rs and rng.random() < 0.15:
+            lays.append(random_attention(rng, layers, pick)[0])
         loss = pick(["mse", "mae", "huber", "log_cosh", "binary_crossentropy",
                      "categorical_crossentropy", "sparse_categorical_crossentropy"])
         k = int(rng.integers(2, 4))

@@ -101,6 +101,7 @@ fn get_var(m: &Model<f64>, id: &VarId, elem: usize) -> f64 {
         Layer::LayerNorm(n) => n.weights()[id.index].data()[elem],
         Layer::Conv1D(c) => c.weights()[id.index].data()[elem],
         Layer::BatchNorm(n) => n.weights()[id.index].data()[elem],
+        Layer::Attention(a) => a.weights()[id.index].data()[elem],
         _ => panic!("variable in a layer without weights"),
     }
 }
@@ -165,6 +166,11 @@ fn with_var(m: &Model<f64>, id: &VarId, elem: usize, v: f64) -> Model<f64> {
             let beta = if center { it.next() } else { None };
             let (mean, var) = (it.next().unwrap(), it.next().unwrap());
             *n = BatchNorm::from_weights(n.config().clone(), gamma, beta, mean, var).unwrap();
+        }
+        Layer::Attention(a) => {
+            let mut ws: Vec<Tensor<f64>> = a.weights().into_iter().cloned().collect();
+            ws[id.index].data_mut()[elem] = v;
+            *a = a.clone().with_weights(ws).unwrap();
         }
         _ => panic!("variable in a layer without weights"),
     }

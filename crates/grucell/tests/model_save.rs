@@ -606,6 +606,7 @@ fn rust_functional<T: Float>() -> Model<T> {
         initial_state,
         mask: None,
         states_keep_mask: false,
+        attention: Default::default(),
     };
     let nodes = vec![
         call(0, 0, vec![], vec![]),

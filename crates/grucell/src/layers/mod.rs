@@ -1,6 +1,7 @@
 //! Keras semantics: cells, layers, activations, initializers, regularizers, constraints, models.
 
 pub mod activation;
+pub mod attention;
 pub mod batch_norm;
 pub mod bidirectional;
 pub mod constraint;

@@ -4,6 +4,7 @@
 use crate::error::{ConfigError, Error, ShapeError};
 use crate::float::Float;
 use crate::layers::activation::Activation;
+use crate::layers::attention::{Attention, AttentionCall};
 use crate::layers::batch_norm::BatchNorm;
 use crate::layers::bidirectional::Bidirectional;
 use crate::layers::conv::Conv1D;
@@ -61,6 +62,8 @@ pub enum Layer<T = f32> {
     BatchNorm(BatchNorm<T>),
     /// `MaxPooling1D` or `AveragePooling1D` (drops the mask).
     Pooling(Pooling1D),
+    /// `Attention` or `AdditiveAttention` over `[query, value(, key)]`.
+    Attention(Attention<T>),
     /// `SpatialDropout1D`, `GaussianNoise` or `GaussianDropout`: the identity at inference.
     Noise(Noise),
     /// `ActivityRegularization(l1, l2)`: the identity, with its `L1L2` penalty on the output.
@@ -145,6 +148,7 @@ impl<T: Float> ModelLayer<T> {
             Layer::LayerNorm(n) => n.param_count(),
             Layer::Conv1D(c) => c.param_count(),
             Layer::BatchNorm(n) => n.param_count(),
+            Layer::Attention(a) => a.param_count(),
             _ => 0,
         }
     }
@@ -190,6 +194,7 @@ impl<T: Float> ModelLayer<T> {
             Layer::Embedding(_) => vec![self.trainable],
             Layer::LayerNorm(n) => vec![self.trainable; n.weights().len()],
             Layer::Conv1D(c) => vec![self.trainable; c.weights().len()],
+            Layer::Attention(a) => vec![self.trainable; a.weights().len()],
             // γ and β; the moving statistics are never trainable.
             Layer::BatchNorm(n) => {
                 let mut v = vec![self.trainable; n.trainable_weight_count()];
@@ -285,6 +290,7 @@ impl<T: Float> ModelLayer<T> {
             Layer::LayerNorm(n) => n.weights().into_iter().map(Tensor::len).collect(),
             Layer::Conv1D(c) => c.weights().into_iter().map(Tensor::len).collect(),
             Layer::BatchNorm(n) => n.weights().into_iter().map(Tensor::len).collect(),
+            Layer::Attention(a) => a.weights().into_iter().map(Tensor::len).collect(),
             _ => Vec::new(),
         };
         weights
@@ -357,6 +363,8 @@ pub struct Node {
     /// the mask of the first input still applies (Keras 3 drops an upstream mask when
     /// `initial_state` is given). Set by the loader for TF-Keras 2 files.
     pub states_keep_mask: bool,
+    /// An attention call's `use_causal_mask` and `return_attention_scores`.
+    pub attention: AttentionCall,
 }
 
 /// Sequential or Functional, to write the model back the way it came.
@@ -459,6 +467,7 @@ impl<T: Float> Model<T> {
             initial_state: vec![],
             mask: None,
             states_keep_mask: false,
+            attention: AttentionCall::default(),
         }];
         for (i, (name, layer)) in layers.into_iter().enumerate() {
             let class_name = default_class_name(&layer).to_string();
@@ -481,6 +490,7 @@ impl<T: Float> Model<T> {
                 initial_state: vec![],
                 mask: None,
                 states_keep_mask: false,
+                attention: AttentionCall::default(),
             });
         }
         let out = TensorRef {
@@ -925,6 +935,21 @@ impl<T: Float> Model<T> {
                 let (x, m) = float_arg(0)?;
                 vec![Val::F(x.clone(), m.cloned())]
             }
+            Layer::Attention(a) => {
+                let (q, qm) = float_arg(0)?;
+                let (v, vm) = float_arg(1)?;
+                let k = if node.args.len() > 2 {
+                    Some(float_arg(2)?.0)
+                } else {
+                    None
+                };
+                let (out, w) = a.call(q, v, k, qm, vm, node.attention)?;
+                let mut o = vec![Val::F(out, qm.cloned())];
+                if node.attention.return_attention_scores {
+                    o.push(Val::F(w, None));
+                }
+                o
+            }
             Layer::Permute(p) => vec![Val::F(p.call(float_arg(0)?.0)?, None)],
             Layer::Pooling(p) => vec![Val::F(p.call(float_arg(0)?.0)?, None)],
             Layer::Reshape(r) => vec![Val::F(r.call(float_arg(0)?.0)?, None)],
@@ -1060,6 +1085,16 @@ impl<T: Float> Model<T> {
                 | Layer::NotEqual { .. } => vec![input],
                 Layer::Permute(p) => vec![p.output_shape(&input)],
                 Layer::Pooling(p) => vec![p.output_shape(&input)],
+                Layer::Attention(a) => {
+                    let args = arg_shapes();
+                    let value = args.get(1).cloned().unwrap_or_default();
+                    let [out, scores] = a.output_shapes(&input, &value);
+                    if node.attention.return_attention_scores {
+                        vec![out, scores]
+                    } else {
+                        vec![out]
+                    }
+                }
                 Layer::Reshape(r) => vec![r.output_shape(&input)],
                 Layer::Any { .. } => vec![input[..input.len().saturating_sub(1)].to_vec()],
                 Layer::GlobalPooling(p) => vec![p.output_shape(&input)],
@@ -1263,6 +1298,7 @@ pub fn default_class_name<T: Float>(l: &Layer<T>) -> &'static str {
         Layer::Conv1D(_) => "Conv1D",
         Layer::BatchNorm(_) => "BatchNormalization",
         Layer::Pooling(p) => p.class_name(),
+        Layer::Attention(a) => a.class_name(),
         Layer::Noise(n) => n.class_name(),
         Layer::ActivityRegularization(_) => "ActivityRegularization",
         Layer::Permute(_) => "Permute",

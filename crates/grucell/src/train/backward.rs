@@ -4,6 +4,7 @@
 use crate::error::{ConfigError, Error, ShapeError, TrainError};
 use crate::float::Float;
 use crate::layers::activation::Activation;
+use crate::layers::attention::Score;
 use crate::layers::batch_norm::BatchStats;
 use crate::layers::bidirectional::{merge, MergeMode};
 use crate::layers::constraint::Constraint;
@@ -43,6 +44,16 @@ enum Cache<T> {
     /// A `BatchNormalization` call keeps its input, its mask and the batch statistics it used
     /// (`None`: a frozen layer, which used the moving ones).
     BatchNorm(Tensor<T>, Option<Mask>, Option<BatchStats<T>>),
+    /// An attention call keeps its query, value, key (if given), the query's mask, the weights
+    /// it applied and their dropout factors.
+    Attention {
+        q: Tensor<T>,
+        v: Tensor<T>,
+        k: Option<Tensor<T>>,
+        q_mask: Option<Mask>,
+        weights: Tensor<T>,
+        drop: Option<Vec<T>>,
+    },
     /// A global pooling keeps its input and the mask it used.
     Pool(Tensor<T>, Option<Mask>),
     /// `Flatten` keeps its input's shape.
@@ -166,6 +177,16 @@ impl<T: Float> Model<T> {
                         push(i, format!("{}/{n}", l.name), w.shape());
                     }
                 }
+                Layer::Attention(a) => {
+                    let names = a
+                        .use_scale
+                        .then_some("scale")
+                        .into_iter()
+                        .chain((a.score == Score::Concat).then_some("concat_score_weight"));
+                    for (i, (name, w)) in names.zip(a.weights()).enumerate() {
+                        push(i, format!("{}/{name}", l.name), w.shape());
+                    }
+                }
                 Layer::BatchNorm(n) => {
                     let names = n
                         .config()
@@ -228,6 +249,9 @@ impl<T: Float> Model<T> {
                     for (w, (r, k)) in c.weights_mut().into_iter().zip(rules) {
                         all.push((w, r, k));
                     }
+                }
+                Layer::Attention(a) => {
+                    all.extend(a.weights_mut().into_iter().map(|w| (w, None, None)));
                 }
                 Layer::BatchNorm(n) => {
                     let rules = n.weight_rules();
@@ -788,6 +812,40 @@ impl<T: Float> Model<T> {
                         None => (vec![Val::F(x, m)], Cache::None),
                     }
                 }
+                Layer::Attention(a) => {
+                    let (q, q_mask) = arg_t(0)?;
+                    let (v, v_mask) = arg_t(1)?;
+                    let k = if node.args.len() > 2 {
+                        Some(arg_t(2)?.0)
+                    } else {
+                        None
+                    };
+                    let r = a.call_train(
+                        &q,
+                        &v,
+                        k.as_ref(),
+                        q_mask.as_ref(),
+                        v_mask.as_ref(),
+                        node.attention,
+                        rng.as_deref_mut(),
+                    )?;
+                    let (weights, drop) = (r.weights, r.drop);
+                    let mut o = vec![Val::F(r.out, q_mask.clone())];
+                    if node.attention.return_attention_scores {
+                        o.push(Val::F(weights.clone(), None));
+                    }
+                    (
+                        o,
+                        Cache::Attention {
+                            q,
+                            v,
+                            k,
+                            q_mask,
+                            weights,
+                            drop,
+                        },
+                    )
+                }
                 Layer::Merge(_) => {
                     let out = self.eval_node(node, inputs, &vals, &pos, None)?;
                     let (xs, masks) = (0..node.args.len())
@@ -965,6 +1023,47 @@ impl<T: Float> Model<T> {
                                 slot => *slot = Some(rg),
                             }
                         }
+                    }
+                }
+                (
+                    Layer::Attention(a),
+                    Cache::Attention {
+                        q,
+                        v,
+                        k,
+                        q_mask,
+                        weights,
+                        drop,
+                    },
+                ) => {
+                    let mut outs = out_grads.into_iter();
+                    let (d_out, d_weights) = (outs.next().flatten(), outs.next().flatten());
+                    if d_out.is_none() && d_weights.is_none() {
+                        continue;
+                    }
+                    let g = a.backward(
+                        &q,
+                        &v,
+                        k.as_ref(),
+                        q_mask.as_ref(),
+                        &weights,
+                        drop.as_deref(),
+                        d_out.as_ref(),
+                        d_weights.as_ref(),
+                    )?;
+                    if trainable {
+                        for (i, w) in g.weights.iter().enumerate() {
+                            var_grad(i, w);
+                        }
+                    }
+                    let arg = |i: usize| match node.args.get(i) {
+                        Some(NodeArg::Tensor(r)) => Some(*r),
+                        _ => None,
+                    };
+                    send(arg(0), g.query, &mut dvals)?;
+                    send(arg(1), g.value, &mut dvals)?;
+                    if let Some(dk) = g.key {
+                        send(arg(2), dk, &mut dvals)?;
                     }
                 }
                 (Layer::Merge(merge), Cache::Merge(xs, masks)) => {

@@ -5,6 +5,7 @@
 use super::{load_keras_file, KerasFile, KerasWeights, Namer};
 use crate::error::{ConfigError, Error, FormatError, ShapeError};
 use crate::float::Float;
+use crate::layers::attention::{Attention, AttentionCall};
 use crate::layers::batch_norm::{BatchNorm, BatchNormConfig};
 use crate::layers::bidirectional::{Bidirectional, MergeMode};
 use crate::layers::conv::{Conv1D, Conv1DConfig};
@@ -389,6 +390,12 @@ fn build_layer_in<T: Float>(
             l1: non_negative(&cfg, "l1")?,
             l2: non_negative(&cfg, "l2")?,
         }),
+        "Attention" | "AdditiveAttention" => {
+            let a = Attention::<T>::from_keras(&class, &cfg).map_err(|e| with_name(e.into()))?;
+            let paths: Vec<String> = (0..a.weight_count()).map(|k| format!("{path}/vars/{k}")).collect();
+            let arrays = if paths.is_empty() { Vec::new() } else { w.layer_arrays::<T>(legacy_group.unwrap_or(&name), &paths)? };
+            Layer::Attention(a.with_weights(arrays).map_err(with_name)?)
+        }
         "MaxPooling1D" | "MaxPool1D" => Layer::Pooling(Pooling1D::from_keras(WindowOp::Max, &cfg).map_err(|e| with_name(e.into()))?),
         "AveragePooling1D" | "AvgPool1D" => {
             Layer::Pooling(Pooling1D::from_keras(WindowOp::Average, &cfg).map_err(|e| with_name(e.into()))?)
@@ -454,7 +461,7 @@ fn build_layer_in<T: Float>(
         other => {
             return Err(ConfigError::unsupported(
                 "layer",
-                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation), Dense, Dropout, Activation, SpatialDropout1D, GaussianNoise, GaussianDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
+                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation), Dense, Dropout, Activation, SpatialDropout1D, GaussianNoise, GaussianDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, Attention, AdditiveAttention, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
             )
             .into())
         }
@@ -864,6 +871,7 @@ fn sequential<T: Float>(cfg: &Map<String, Value>, w: &mut WeightReader) -> Resul
         initial_state: vec![],
         mask: None,
         states_keep_mask: false,
+        attention: Default::default(),
     }];
     for i in 1..layers.len() {
         nodes.push(Node {
@@ -877,6 +885,7 @@ fn sequential<T: Float>(cfg: &Map<String, Value>, w: &mut WeightReader) -> Resul
             initial_state: vec![],
             mask: None,
             states_keep_mask: false,
+            attention: Default::default(),
         });
     }
     let last = layers.len() - 1;
@@ -989,6 +998,7 @@ fn functional<T: Float>(cfg: &Map<String, Value>, w: &mut WeightReader) -> Resul
                 initial_state: vec![],
                 mask: None,
                 states_keep_mask: false,
+                attention: Default::default(),
             });
             continue;
         }
@@ -1092,6 +1102,23 @@ fn toposort(mut pending: Vec<Node>) -> Result<Vec<Node>, Error> {
     Ok(out)
 }
 
+/// An attention call's options from its keyword arguments (absent: false).
+fn attention_call(kw: &Map<String, Value>) -> Result<AttentionCall, ConfigError> {
+    let flag = |k: &str| match kw.get(k) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(ConfigError::invalid(
+            format!("call argument `{k}`"),
+            v,
+            "true or false",
+        )),
+    };
+    Ok(AttentionCall {
+        use_causal_mask: flag("use_causal_mask")?,
+        return_attention_scores: flag("return_attention_scores")?,
+    })
+}
+
 /// Parses one inbound node: Keras 3 `{"args": [...], "kwargs": {...}}` or TF-Keras 2
 /// `[[name, node, index, kwargs], ...]`.
 fn parse_node(n: &Value, index: &HashMap<String, usize>) -> Result<Node, Error> {
@@ -1145,6 +1172,7 @@ fn parse_node(n: &Value, index: &HashMap<String, usize>) -> Result<Node, Error> 
         initial_state: vec![],
         mask: None,
         states_keep_mask: false,
+        attention: Default::default(),
     };
     match n {
         Value::Object(o) => {
@@ -1181,8 +1209,16 @@ fn parse_node(n: &Value, index: &HashMap<String, usize>) -> Result<Node, Error> 
                 if let Some(v) = kw.get("mask") {
                     node.mask = refs_of(v)?.into_iter().next();
                 }
+                node.attention = attention_call(kw)?;
                 for k in kw.keys() {
-                    if !matches!(k.as_str(), "initial_state" | "mask" | "training") {
+                    if !matches!(
+                        k.as_str(),
+                        "initial_state"
+                            | "mask"
+                            | "training"
+                            | "use_causal_mask"
+                            | "return_attention_scores"
+                    ) {
                         return Err(ConfigError::unsupported(
                             "call keyword argument",
                             format!("`{k}`"),
@@ -1218,8 +1254,10 @@ fn parse_node(n: &Value, index: &HashMap<String, usize>) -> Result<Node, Error> 
                 .and_then(Value::as_array)
                 .and_then(|a| a.get(3))
             {
+                node.attention = attention_call(kw)?;
                 for (k, v) in kw {
                     match k.as_str() {
+                        "use_causal_mask" | "return_attention_scores" => {}
                         "mask" => node.mask = tf2_refs(v)?.into_iter().next(),
                         "initial_state" => node.initial_state = tf2_refs(v)?,
                         "training" => {}

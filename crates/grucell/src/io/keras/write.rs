@@ -728,7 +728,7 @@ impl<'a, T: Float> Writer<'a, T> {
         // A merge layer (and the concatenate op) is called on one list of tensors.
         if matches!(
             ml.layer,
-            Layer::Merge(_) | Layer::MaskOp(MaskOp::Concatenate { .. })
+            Layer::Merge(_) | Layer::Attention(_) | Layer::MaskOp(MaskOp::Concatenate { .. })
         ) {
             args = vec![Value::Array(args)];
         }
@@ -775,6 +775,15 @@ impl<'a, T: Float> Writer<'a, T> {
             // `BatchNormalization.call(inputs, training=None, mask=None)` records it too.
             Layer::BatchNorm(_) => {
                 kwargs.insert("mask".into(), mask.unwrap_or(Value::Null));
+            }
+            // The options a call passed (Keras records those given; grucell those set).
+            Layer::Attention(_) => {
+                if n.attention.use_causal_mask {
+                    kwargs.insert("use_causal_mask".into(), json!(true));
+                }
+                if n.attention.return_attention_scores {
+                    kwargs.insert("return_attention_scores".into(), json!(true));
+                }
             }
             _ => {}
         }
@@ -916,6 +925,22 @@ impl<'a, T: Float> Writer<'a, T> {
                 };
                 c.insert("l1".into(), json!(l1));
                 c.insert("l2".into(), json!(l2));
+                c
+            }
+            Layer::Attention(a) => {
+                // Built on the list of its inputs' shapes; weights under `path/vars`.
+                build = call.map(|c| {
+                    json!({ "input_shape": Value::Array(c.args.iter().map(|s| shape_json(s)).collect()) })
+                });
+                let mut c = base_config(&ml.name, ml.trainable, self.dtype);
+                a.write_keras(&mut c);
+                for (k, t) in a.weights().into_iter().enumerate() {
+                    self.weights.push(Var {
+                        group: format!("{path}/vars"),
+                        index: k,
+                        tensor: t,
+                    });
+                }
                 c
             }
             Layer::Merge(Merge { op, .. }) => {
