@@ -1,7 +1,8 @@
 //! The boolean operations Keras 3 records in a Functional graph when it computes the mask of a
 //! merge of masked tensors (`Concatenate.compute_mask`, the merges' `logical_or`):
-//! `ExpandDims`, `ZerosLike` / `OnesLike` (bool), `LogicalOr` and the `Concatenate` *op*. They
-//! act on `(shape, flags)` values; `NotEqual` and `Any` (Masking's) live in the model itself.
+//! `ExpandDims`, `ZerosLike` / `OnesLike` (bool), `LogicalOr` and the `Concatenate` *op*, and
+//! the `ConvertToTensor` of the attention layers' `compute_mask`. They act on `(shape, flags)`
+//! values; `NotEqual` and `Any` (Masking's) live in the model itself.
 
 use crate::error::{ConfigError, Error, ShapeError};
 use crate::layers::merge::{axis_in, concat, concat_symbolic};
@@ -25,13 +26,23 @@ pub enum MaskOp {
         /// Axis (negative from the end).
         axis: isize,
     },
+    /// `ops.convert_to_tensor(mask)` (module `keras.src.ops.core`): the identity.
+    ConvertToTensor,
 }
 
 /// A boolean tensor: shape and row-major flags.
 pub type Flags = (Vec<usize>, Vec<bool>);
 
 impl MaskOp {
-    /// The Keras class name (module `keras.src.ops.numpy`).
+    /// The module Keras records for the op.
+    pub fn module(self) -> &'static str {
+        match self {
+            MaskOp::ConvertToTensor => "keras.src.ops.core",
+            _ => "keras.src.ops.numpy",
+        }
+    }
+
+    /// The Keras class name (module [`MaskOp::module`]).
     pub fn class_name(self) -> &'static str {
         match self {
             MaskOp::ExpandDims { .. } => "ExpandDims",
@@ -39,6 +50,7 @@ impl MaskOp {
             MaskOp::OnesLike => "OnesLike",
             MaskOp::LogicalOr => "LogicalOr",
             MaskOp::Concatenate { .. } => "Concatenate",
+            MaskOp::ConvertToTensor => "ConvertToTensor",
         }
     }
 
@@ -50,6 +62,7 @@ impl MaskOp {
             "OnesLike" => MaskOp::OnesLike,
             "LogicalOr" => MaskOp::LogicalOr,
             "Concatenate" => MaskOp::Concatenate { axis },
+            "ConvertToTensor" => MaskOp::ConvertToTensor,
             _ => return None,
         })
     }
@@ -106,6 +119,10 @@ impl MaskOp {
                 arity(2)?;
                 broadcast_or(&args[0], &args[1])
             }
+            MaskOp::ConvertToTensor => {
+                arity(1)?;
+                Ok(args[0].clone())
+            }
             MaskOp::Concatenate { axis } => {
                 let Some((first, _)) = args.first() else {
                     return Err(ConfigError::invalid(
@@ -143,7 +160,7 @@ impl MaskOp {
                 }
                 s
             }
-            MaskOp::ZerosLike | MaskOp::OnesLike => first,
+            MaskOp::ZerosLike | MaskOp::OnesLike | MaskOp::ConvertToTensor => first,
             MaskOp::LogicalOr => {
                 let other = args.get(1).cloned().unwrap_or_default();
                 first

@@ -435,7 +435,7 @@ fn build_layer_in<T: Float>(
                 None => {
                     return Err(ConfigError::unsupported(
                         "operation",
-                        format!("`{other}` (`{name}`): of the operations Keras records in a model graph, grucell runs those of masks (NotEqual, Any, ExpandDims, ZerosLike/OnesLike of bool, LogicalOr, Concatenate)"),
+                        format!("`{other}` (`{name}`): of the operations Keras records in a model graph, grucell runs those of masks (NotEqual, Any, ExpandDims, ZerosLike/OnesLike of bool, LogicalOr, Concatenate, ConvertToTensor)"),
                     )
                     .into())
                 }

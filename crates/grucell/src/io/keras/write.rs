@@ -667,9 +667,14 @@ impl<'a, T: Float> Writer<'a, T> {
                             config.insert("dtype".into(), json!("bool"));
                         }
                         MaskOp::LogicalOr => {}
+                        MaskOp::ConvertToTensor => {
+                            for k in ["dtype", "sparse", "ragged"] {
+                                config.insert(k.into(), Value::Null);
+                            }
+                        }
                     }
                     let class = op.class_name();
-                    object("keras.src.ops.numpy", class, config, json!(class))
+                    object(op.module(), class, config, json!(class))
                 }
                 _ => {
                     let path = format!("layers/{}", namer.next(saved_class(ml)));
