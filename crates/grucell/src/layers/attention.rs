@@ -155,6 +155,12 @@ impl<T: Float> Attention<T> {
                 }
             }
         };
+        if get_bool(c, "causal", false)? {
+            return Err(ConfigError::unsupported(
+                format!("{class} option"),
+                "causal = true (TF-Keras 2's deprecated form of the call's use_causal_mask)",
+            ));
+        }
         let dropout = get_f64(c, "dropout", 0.0)?;
         if !(0.0..=1.0).contains(&dropout) {
             return Err(ConfigError::invalid(
@@ -873,6 +879,7 @@ mod tests {
             Attention::<f32>::from_keras("Attention", &cfg(r#"{"score_mode": "general"}"#))
                 .is_err()
         );
+        assert!(Attention::<f32>::from_keras("Attention", &cfg(r#"{"causal": true}"#)).is_err());
         let add = Attention::<f32>::from_keras("AdditiveAttention", &cfg("{}")).unwrap();
         assert!(add.use_scale && add.weight_count() == 1);
         assert!(add
