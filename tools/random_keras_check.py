@@ -241,7 +241,7 @@ def chain(keras, rng, inp, lays):
 
 
 def check_predict(args, keras, layers, rng, pick, out):
-    bad = unstable = keras_fails = 0
+    bad = unstable = keras_fails = no_f64 = 0
     for i in range(args.n):
         keras.utils.set_random_seed(args.seed * 1000 + i)
         T, D, B = int(rng.integers(1, 9)), int(rng.integers(1, 7)), int(rng.integers(1, 6))
@@ -320,10 +320,9 @@ def check_predict(args, keras, layers, rng, pick, out):
         else:
             try:
                 f64_gap = compare(Y, keras_f64_prediction(keras, m, X))
-            except Exception as e:  # e.g. TensorFlow has no float64 kernel for this layer
-                keras_fails += 1
-                print(f"model {i}: skipped, Keras cannot run its float64 copy: {str(e).splitlines()[0][:120]}")
-                continue
+            except Exception:  # e.g. TensorFlow has no float64 kernel for this layer (NCW Conv1D)
+                f64_gap = 0.0  # compared with Keras' float32 result alone
+                no_f64 += 1
             if f64_gap is None or f64_gap > 1e-5:
                 unstable += 1
         for ext in ["keras", "h5"]:
@@ -340,7 +339,8 @@ def check_predict(args, keras, layers, rng, pick, out):
                     np.save(out / "keras_y.npy", Y)
                     keep(args, out, f"predict_{args.seed}_{i}", m, {"desc": desc})
     print(f"predict: {args.n} models x 2 formats x 2 thread counts, {bad} disagreements, "
-          f"{unstable} unstable (not counted), {keras_fails} that Keras itself cannot run (skipped)")
+          f"{unstable} unstable (not counted), {keras_fails} that Keras itself cannot run (skipped), "
+          f"{no_f64} without Keras' float64 stability check (TensorFlow cannot run their float64 copy)")
     return bad
 
 
