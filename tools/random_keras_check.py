@@ -609,16 +609,23 @@ def keras_f64_prediction(keras, m32, X):
         keras.config.set_floatx(old)
 
 
+def compiled_f64_copy(keras, untrained):
+    """The untrained model file rebuilt in float64 and compiled as it was (call with floatx set to
+    float64)."""
+    base = keras.saving.load_model(untrained)
+    m64 = f64_copy(base)
+    opt = keras.optimizers.deserialize(keras.optimizers.serialize(base.optimizer))
+    m64.compile(optimizer=opt, loss=base.loss)
+    return m64
+
+
 def keras_f64_distance(keras, untrained, m32, X, Y, bs, ep):
     """Largest difference between `m32`'s weights after fit and those of the same model, compiled
     and trained the same way, in float64."""
-    base = keras.saving.load_model(untrained)
     old = keras.config.floatx()
     keras.config.set_floatx("float64")
     try:
-        m64 = f64_copy(base)
-        opt = keras.optimizers.deserialize(keras.optimizers.serialize(base.optimizer))
-        m64.compile(optimizer=opt, loss=base.loss)
+        m64 = compiled_f64_copy(keras, untrained)
         m64.fit(X.astype("float64"), Y.astype("float64"), batch_size=bs, epochs=ep,
                 shuffle=False, verbose=0)
         return max(float(np.max(np.abs(a.numpy() - b.numpy().astype("float64"))))
@@ -630,13 +637,10 @@ def keras_f64_distance(keras, untrained, m32, X, Y, bs, ep):
 def grucell_f64_distance(args, keras, untrained, X, Y, bs, ep, out):
     """Largest difference between the weights Keras and `grucell fit` reach from the float64
     copy of the untrained model (same optimizer, data, batches and epochs)."""
-    base = keras.saving.load_model(untrained)
     old = keras.config.floatx()
     keras.config.set_floatx("float64")
     try:
-        m64 = f64_copy(base)
-        opt = keras.optimizers.deserialize(keras.optimizers.serialize(base.optimizer))
-        m64.compile(optimizer=opt, loss=base.loss)
+        m64 = compiled_f64_copy(keras, untrained)
         m64.save(out / "untrained64.keras")
         np.save(out / "x64.npy", X.astype("float64"))
         np.save(out / "y64.npy", Y.astype("float64"))

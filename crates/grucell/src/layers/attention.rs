@@ -437,15 +437,8 @@ impl<T: Float> Attention<T> {
         v_mask: Option<&Mask>,
         opts: AttentionCall,
     ) -> Result<(Tensor<T>, Tensor<T>), Error> {
-        let k = k.unwrap_or(v);
-        let n = self.dims(q, v, k)?;
-        Self::check_masks(q_mask, v_mask, n)?;
-        let w = self.softmax(self.scores(q, k, n), v_mask, opts.use_causal_mask, n);
-        let out = Self::apply(&w, v, q_mask, n);
-        Ok((
-            Tensor::new(vec![n.b, n.tq, n.dv], out)?,
-            Tensor::new(vec![n.b, n.tq, n.tv], w)?,
-        ))
+        let r = self.call_train(q, v, k, q_mask, v_mask, opts, None)?;
+        Ok((r.out, r.weights))
     }
 
     /// `weights·value`, zero at the query's masked steps.
@@ -476,7 +469,8 @@ impl<T: Float> Attention<T> {
     }
 
     /// The layer in training: as [`Attention::call`], with dropout on the weights when `rng` is
-    /// given; also returns the dropout factors applied (for [`Attention::backward`]).
+    /// given (and a rate set); also returns the dropout factors applied (for
+    /// [`Attention::backward`]).
     #[allow(clippy::too_many_arguments)]
     pub fn call_train(
         &self,

@@ -862,54 +862,40 @@ impl<'a, T: Float> Writer<'a, T> {
                 }
                 self.bidirectional_config(b, ml, path, call.map(|c| &c.input))?
             }
-            // Built at construction (no `build_config`), or built on their input (Flatten,
-            // RepeatVector), as Keras writes them.
-            Layer::GlobalPooling(p) => {
-                build = None;
+            // The base config and the layer's own keys. Built on their input (Flatten,
+            // RepeatVector, Permute) or at construction (no `build_config`), as Keras writes them.
+            Layer::GlobalPooling(_)
+            | Layer::Flatten(_)
+            | Layer::RepeatVector(_)
+            | Layer::Permute(_)
+            | Layer::Pooling(_)
+            | Layer::Reshape(_)
+            | Layer::Noise(_) => {
+                if !matches!(
+                    ml.layer,
+                    Layer::Flatten(_) | Layer::RepeatVector(_) | Layer::Permute(_)
+                ) {
+                    build = None;
+                }
                 let mut c = base_config(&ml.name, ml.trainable, self.dtype);
-                p.write_keras(&mut c);
-                c
-            }
-            Layer::Flatten(f) => {
-                let mut c = base_config(&ml.name, ml.trainable, self.dtype);
-                f.write_keras(&mut c);
-                c
-            }
-            Layer::RepeatVector(r) => {
-                let mut c = base_config(&ml.name, ml.trainable, self.dtype);
-                r.write_keras(&mut c);
-                c
-            }
-            Layer::Permute(p) => {
-                let mut c = base_config(&ml.name, ml.trainable, self.dtype);
-                p.write_keras(&mut c);
-                c
-            }
-            Layer::Pooling(p) => {
-                build = None;
-                let mut c = base_config(&ml.name, ml.trainable, self.dtype);
-                p.write_keras(&mut c);
-                c
-            }
-            Layer::Reshape(r) => {
-                build = None;
-                let mut c = base_config(&ml.name, ml.trainable, self.dtype);
-                r.write_keras(&mut c);
-                c
-            }
-            // SpatialDropout1D's config is its own four keys (no `trainable`, the dtype by name).
-            Layer::Noise(n @ Noise::SpatialDropout1D { .. }) => {
-                build = None;
-                let mut c = Map::new();
-                n.write_keras(&mut c);
-                c.insert("name".into(), json!(ml.name));
-                c.insert("dtype".into(), json!(self.dtype));
-                c
-            }
-            Layer::Noise(n) => {
-                build = None;
-                let mut c = base_config(&ml.name, ml.trainable, self.dtype);
-                n.write_keras(&mut c);
+                match &ml.layer {
+                    Layer::GlobalPooling(p) => p.write_keras(&mut c),
+                    Layer::Flatten(f) => f.write_keras(&mut c),
+                    Layer::RepeatVector(r) => r.write_keras(&mut c),
+                    Layer::Permute(p) => p.write_keras(&mut c),
+                    Layer::Pooling(p) => p.write_keras(&mut c),
+                    Layer::Reshape(r) => r.write_keras(&mut c),
+                    // SpatialDropout1D's config is its own four keys (no `trainable`, the
+                    // dtype by name).
+                    Layer::Noise(n @ Noise::SpatialDropout1D { .. }) => {
+                        c = Map::new();
+                        n.write_keras(&mut c);
+                        c.insert("name".into(), json!(ml.name));
+                        c.insert("dtype".into(), json!(self.dtype));
+                    }
+                    Layer::Noise(n) => n.write_keras(&mut c),
+                    _ => {}
+                }
                 c
             }
             Layer::ActivityRegularization(r) => {
