@@ -806,3 +806,64 @@ fn legacy_h5_compiled_optimizer_is_read() {
         assert_eq!(model.compiled_optimizer().unwrap(), opt);
     }
 }
+
+/// `evaluate` runs in Keras' inference mode: a `BatchNormalization` layer normalizes with its
+/// moving statistics and keeps them, while a training step normalizes with the batch's and moves
+/// them.
+#[test]
+fn evaluate_leaves_batch_normalization_statistics_alone() {
+    let dir = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/training"
+    ));
+    let mut model = load_model::<f64>(&dir.join("batch_norm_masked.keras")).unwrap();
+    let data: HashMap<String, Tensor<f64>> = read_npz(&dir.join("batch_norm_masked.npz"))
+        .unwrap()
+        .into_iter()
+        .map(|(k, a)| (k, a.to_f64()))
+        .collect();
+    let (x, y) = (data["x_0"].clone(), data["y_0"].clone());
+    let stats = |m: &Model<f64>| -> Vec<Vec<f64>> {
+        m.layers
+            .iter()
+            .filter_map(|l| match &l.layer {
+                Layer::BatchNorm(n) => Some(n.moving_mean().data().to_vec()),
+                _ => None,
+            })
+            .collect()
+    };
+    let before = stats(&model);
+    assert_eq!(before.len(), 2);
+    let loss = model
+        .evaluate(&[x.clone()], &[y.clone()], &Loss::MeanSquaredError, 6)
+        .unwrap();
+    assert_eq!(stats(&model), before);
+    // The loss of the inference-mode prediction (plus the model's weight penalty).
+    let p = model.predict(&[x.clone()]).unwrap().remove(0);
+    let mse = p
+        .data()
+        .iter()
+        .zip(y.data())
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum::<f64>()
+        / p.len() as f64;
+    let penalty = model.regularization_loss();
+    assert!(
+        (loss - (mse + penalty)).abs() < 1e-9,
+        "{loss} vs {mse} + {penalty}"
+    );
+    // A training step moves them.
+    let mut opt = Optimizer::<f64>::new(
+        OptimizerConfig::sgd(0.0),
+        &model
+            .trainable_variables()
+            .iter()
+            .map(|(_, s)| s.iter().product())
+            .collect::<Vec<usize>>(),
+    )
+    .unwrap();
+    model
+        .train_on_batch(&[x], &[y], &Loss::MeanSquaredError, &mut opt, None)
+        .unwrap();
+    assert_ne!(stats(&model), before);
+}

@@ -323,6 +323,19 @@ impl<T: Float> Model<T> {
         loss: &Loss,
         rng: Option<&mut StdRng>,
     ) -> Result<LossAndGrads<T>, Error> {
+        self.loss_and_grads_in(x, y, loss, rng, true)
+    }
+
+    /// [`Model::loss_and_grads`] in training mode (`training`), or in Keras' inference mode
+    /// (`evaluate`: `BatchNormalization` on its moving statistics, which stay as they are).
+    pub(crate) fn loss_and_grads_in(
+        &mut self,
+        x: &[Tensor<T>],
+        y: &[Tensor<T>],
+        loss: &Loss,
+        rng: Option<&mut StdRng>,
+        training: bool,
+    ) -> Result<LossAndGrads<T>, Error> {
         if y.len() != self.outputs.len() {
             return Err(ConfigError::invalid(
                 "targets",
@@ -331,7 +344,7 @@ impl<T: Float> Model<T> {
             )
             .into());
         }
-        let (vals, caches) = self.forward_train(x, rng)?;
+        let (vals, caches) = self.forward_train(x, rng, training)?;
         // Keras' training forward moves BatchNormalization's moving statistics, call by call.
         for (i, cache) in caches.iter().enumerate() {
             let layer = self.nodes[i].layer;
@@ -552,6 +565,7 @@ impl<T: Float> Model<T> {
         &self,
         inputs: &[Tensor<T>],
         mut rng: Option<&mut StdRng>,
+        training: bool,
     ) -> Result<Taped<T>, Error> {
         // Shape checks are shared with inference.
         if inputs.len() != self.inputs.len() {
@@ -755,7 +769,7 @@ impl<T: Float> Model<T> {
                 Layer::BatchNorm(n) => {
                     let (x, m) = arg_t(0)?;
                     let mask = call_mask(node, &vals, &pos, m.clone(), &ml.name)?;
-                    if ml.trainable {
+                    if ml.trainable && training {
                         let (y, stats) = n.call_train(&x, mask.as_ref())?;
                         (vec![Val::F(y, m)], Cache::BatchNorm(x, mask, Some(stats)))
                     } else {

@@ -448,8 +448,9 @@ impl<T: Float> Model<T> {
     }
 
     /// Keras `model.evaluate(x, y, batch_size)`: the loss (regularization penalties included, as
-    /// Keras' `compute_loss` adds them in evaluation too) of each batch in order, without
-    /// dropout, averaged with the batch sizes as weights.
+    /// Keras' `compute_loss` adds them in evaluation too) of each batch in order, in inference
+    /// mode (no dropout; `BatchNormalization` on its moving statistics, left unchanged), averaged
+    /// with the batch sizes as weights.
     ///
     /// ```
     /// use grucell::layers::dense::DenseConfig;
@@ -469,9 +470,9 @@ impl<T: Float> Model<T> {
     /// assert!((all_at_once - in_batches).abs() < 1e-6);
     /// # Ok::<(), grucell::Error>(())
     /// ```
-    // Computed with `loss_and_grads` (whose gradients are discarded) so that the loss is exactly
-    // the training loss of the same weights: Keras' logits shortcut, output masks and activity
-    // regularizers live there. A loss-only forward would save the backward pass.
+    // Computed with `loss_and_grads` in inference mode (its gradients discarded) so that the loss
+    // is exactly the training loss of the same weights: Keras' logits shortcut, output masks and
+    // activity regularizers live there. A loss-only forward would save the backward pass.
     pub fn evaluate(
         &mut self,
         x: &[Tensor<T>],
@@ -492,7 +493,7 @@ impl<T: Float> Model<T> {
             let end = (start + batch_size).min(n);
             let xb = slice_all(x, start, end)?;
             let yb = slice_all(y, start, end)?;
-            let v = self.loss_and_grads(&xb, &yb, loss, None)?.loss;
+            let v = self.loss_and_grads_in(&xb, &yb, loss, None, false)?.loss;
             let w = T::of((end - start) as f64);
             total += v * w;
             count += w;
