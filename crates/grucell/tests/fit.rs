@@ -835,11 +835,16 @@ fn evaluate_leaves_batch_normalization_statistics_alone() {
     let before = stats(&model);
     assert_eq!(before.len(), 2);
     let loss = model
-        .evaluate(&[x.clone()], &[y.clone()], &Loss::MeanSquaredError, 6)
+        .evaluate(
+            std::slice::from_ref(&x),
+            std::slice::from_ref(&y),
+            &Loss::MeanSquaredError,
+            6,
+        )
         .unwrap();
     assert_eq!(stats(&model), before);
     // The loss of the inference-mode prediction (plus the model's weight penalty).
-    let p = model.predict(&[x.clone()]).unwrap().remove(0);
+    let p = model.predict(std::slice::from_ref(&x)).unwrap().remove(0);
     let mse = p
         .data()
         .iter()
