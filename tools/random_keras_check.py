@@ -4,7 +4,8 @@
 Builds random models with Keras 3.15.1 (Sequential or Functional; GRU, RNN(GRUCell),
 RNN(StackedRNNCells), Bidirectional, Masking, Embedding (token ids, mask_zero), merged GRU
 branches (Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum), Dense,
-TimeDistributed(Dense | Dropout | Activation), LayerNormalization, Conv1D, SpatialDropout1D,
+TimeDistributed(Dense | Dropout | Activation | LayerNormalization), LayerNormalization, Conv1D,
+SpatialDropout1D,
 GaussianNoise, GaussianDropout, ActivityRegularization, Permute, BatchNormalization, MaxPooling1D,
 AveragePooling1D, Attention, AdditiveAttention, GlobalAveragePooling1D,
 GlobalMaxPooling1D, Flatten, RepeatVector, random activations, biases, masks, initial states, return_state, frozen
@@ -139,8 +140,9 @@ def random_head(rng, layers, seq, pick, acts, fixed_t=True):
                                               moving_variance_initializer=keras_uniform(0.5, 1.5)))
         desc.append("BatchNormalization")
     if seq and rng.random() < 0.3:
-        head.append(layers.TimeDistributed(pick([layers.Dropout(0.3), layers.Activation(pick(acts))])))
-        desc.append("TimeDistributed(Dropout|Activation)")
+        head.append(layers.TimeDistributed(pick([layers.Dropout(0.3), layers.Activation(pick(acts)),
+                                                 layers.LayerNormalization(gamma_initializer="random_normal")])))
+        desc.append("TimeDistributed(Dropout|Activation|LayerNormalization)")
     if rng.random() < 0.5:
         dense = layers.Dense(int(rng.integers(1, 5)), activation=pick(acts))
         if seq and rng.random() < 0.5:

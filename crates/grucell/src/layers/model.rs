@@ -124,14 +124,15 @@ pub struct ModelLayer<T = f32> {
 ///
 /// `TimeDistributed(layer)` applies `layer` to every time step of a `(batch, time, …)` input
 /// and passes the mask through. For the layers grucell wraps — `Dense`, `Dropout`,
-/// `Activation` — that is exactly what the layer computes on the sequence itself (on the last
-/// axis, element by element, or per row), so a wrapped layer runs, trains and is counted as
-/// its unwrapped self; only loading and saving know about the wrapper.
+/// `Activation`, `LayerNormalization` — that is exactly what the layer computes on the sequence
+/// itself (on the last axis, element by element, or per row), so a wrapped layer runs, trains
+/// and is counted as its unwrapped self; only loading and saving know about the wrapper.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Wrapped {
     /// The wrapped layer's `name` (e.g. `dense`).
     pub name: String,
-    /// The wrapped layer's Keras class (`Dense`, `Dropout`, `Activation`).
+    /// The wrapped layer's Keras class (`Dense`, `Dropout`, `Activation`,
+    /// `LayerNormalization`).
     pub class_name: String,
     /// The wrapped layer's own `trainable` flag.
     pub trainable: bool,
@@ -184,15 +185,20 @@ impl<T: Float> ModelLayer<T> {
                 v.extend(cells(&b.backward, true));
                 v
             }
-            Layer::Dense(d) => {
+            // Inside a TimeDistributed wrapper, the wrapped layer's own flag.
+            Layer::Dense(_) | Layer::LayerNorm(_) => {
                 let own = self
                     .time_distributed
                     .as_ref()
                     .map_or(self.trainable, |w| w.trainable);
-                vec![own; d.weights().len()]
+                let n = match &self.layer {
+                    Layer::Dense(d) => d.weights().len(),
+                    Layer::LayerNorm(n) => n.weights().len(),
+                    _ => 0,
+                };
+                vec![own; n]
             }
             Layer::Embedding(_) => vec![self.trainable],
-            Layer::LayerNorm(n) => vec![self.trainable; n.weights().len()],
             Layer::Conv1D(c) => vec![self.trainable; c.weights().len()],
             Layer::Attention(a) => vec![self.trainable; a.weights().len()],
             // γ and β; the moving statistics are never trainable.

@@ -461,7 +461,7 @@ fn build_layer_in<T: Float>(
         other => {
             return Err(ConfigError::unsupported(
                 "layer",
-                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation), Dense, Dropout, Activation, SpatialDropout1D, GaussianNoise, GaussianDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, Attention, AdditiveAttention, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
+                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation | LayerNormalization), Dense, Dropout, Activation, SpatialDropout1D, GaussianNoise, GaussianDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, Attention, AdditiveAttention, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
             )
             .into())
         }
@@ -512,10 +512,15 @@ fn time_distributed<T: Float>(
             "the wrapped layer",
         )
     })?;
-    if !matches!(class.as_str(), "Dense" | "Dropout" | "Activation") {
+    if !matches!(
+        class.as_str(),
+        "Dense" | "Dropout" | "Activation" | "LayerNormalization"
+    ) {
         return Err(ConfigError::unsupported(
             "layer inside TimeDistributed",
-            format!("`{class}` (in `{name}`); supported: Dense, Dropout, Activation"),
+            format!(
+                "`{class}` (in `{name}`); supported: Dense, Dropout, Activation, LayerNormalization"
+            ),
         )
         .into());
     }

@@ -1034,7 +1034,7 @@ impl<'a, T: Float> Writer<'a, T> {
     ) -> Result<Map<String, Value>, Error> {
         if !matches!(
             ml.layer,
-            Layer::Dense(_) | Layer::Dropout { .. } | Layer::Activation(_)
+            Layer::Dense(_) | Layer::Dropout { .. } | Layer::Activation(_) | Layer::LayerNorm(_)
         ) {
             return Err(ConfigError::unsupported(
                 "layer inside TimeDistributed",
