@@ -13,13 +13,13 @@
 //!   query's mask. With `return_attention_scores` the call also returns the weights.
 
 use rand::rngs::StdRng;
-use rand::RngCore;
 use serde_json::{json, Map, Value};
 
 use crate::engine::gemm::{gemm, Operand};
 use crate::error::{ConfigError, Error, ShapeError};
 use crate::float::Float;
 use crate::layers::keras_json::{get_bool, get_f64, get_str, get_u64};
+use crate::layers::noise::keep_factors;
 use crate::layers::rnn::Mask;
 use crate::tensor::Tensor;
 
@@ -458,13 +458,7 @@ impl<T: Float> Attention<T> {
                 1,
             );
         }
-        if let Some(m) = q_mask {
-            for (r, row) in out.chunks_exact_mut(n.dv.max(1)).enumerate() {
-                if !m.data[r] {
-                    row.fill(T::zero());
-                }
-            }
-        }
+        zero_masked_rows(&mut out, n.dv, q_mask);
         out
     }
 
@@ -488,16 +482,7 @@ impl<T: Float> Attention<T> {
         let mut w = self.softmax(self.scores(q, kk, n), v_mask, opts.use_causal_mask, n);
         let drop = match rng {
             Some(r) if self.dropout > 0.0 && self.dropout < 1.0 => {
-                let keep = T::of(1.0 / (1.0 - self.dropout));
-                let f: Vec<T> = (0..w.len())
-                    .map(|_| {
-                        if (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64 >= self.dropout {
-                            keep
-                        } else {
-                            T::zero()
-                        }
-                    })
-                    .collect();
+                let f: Vec<T> = keep_factors(w.len(), self.dropout, r);
                 w.iter_mut().zip(&f).for_each(|(a, b)| *a *= *b);
                 Some(f)
             }
@@ -534,13 +519,7 @@ impl<T: Float> Attention<T> {
         let mut dv = vec![T::zero(); v.len()];
         if let Some(dout) = d_out {
             let mut dout = dout.data().to_vec();
-            if let Some(m) = q_mask {
-                for (r, row) in dout.chunks_exact_mut(n.dv.max(1)).enumerate() {
-                    if !m.data[r] {
-                        row.fill(T::zero());
-                    }
-                }
-            }
+            zero_masked_rows(&mut dout, n.dv, q_mask);
             for b in 0..n.b {
                 // dW += dOut · Vᵀ ; dV = Wᵀ · dOut
                 gemm(
@@ -698,6 +677,17 @@ impl<T: Float> Attention<T> {
             value: Tensor::new(v.shape().to_vec(), dv)?,
             key,
         })
+    }
+}
+
+/// Zeroes the rows (of `width` values, one per query step) that `mask` hides.
+fn zero_masked_rows<T: Float>(data: &mut [T], width: usize, mask: Option<&Mask>) {
+    if let Some(m) = mask {
+        for (row, keep) in data.chunks_exact_mut(width.max(1)).zip(&m.data) {
+            if !keep {
+                row.fill(T::zero());
+            }
+        }
     }
 }
 

@@ -144,18 +144,9 @@ impl Noise {
                     )
                     .into());
                 };
-                let scale = T::of(1.0 / (1.0 - rate));
                 let mut f = vec![T::zero(); n];
                 for bi in 0..*b {
-                    let keep: Vec<T> = (0..*c)
-                        .map(|_| {
-                            if uniform(rng) >= rate {
-                                scale
-                            } else {
-                                T::zero()
-                            }
-                        })
-                        .collect();
+                    let keep: Vec<T> = keep_factors(*c, rate, rng);
                     for ti in 0..*t {
                         f[(bi * t + ti) * c..][..*c].copy_from_slice(&keep);
                     }
@@ -182,9 +173,20 @@ impl Noise {
     }
 }
 
-/// A uniform draw in `[0, 1)` with 53 random bits (as `Dropout`'s masks draw).
-fn uniform(rng: &mut StdRng) -> f64 {
-    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+/// `n` dropout factors of `rate`, Keras' `1 / (1 − rate)` for a kept value and 0 for a dropped
+/// one, one uniform draw with 53 random bits each, in order (the masks of `Dropout`,
+/// `SpatialDropout1D` and the attention layers' weights).
+pub(crate) fn keep_factors<T: Float>(n: usize, rate: f64, rng: &mut StdRng) -> Vec<T> {
+    let scale = T::of(1.0 / (1.0 - rate));
+    (0..n)
+        .map(|_| {
+            if (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 >= rate {
+                scale
+            } else {
+                T::zero()
+            }
+        })
+        .collect()
 }
 
 /// A standard normal draw.

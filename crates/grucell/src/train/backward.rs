@@ -10,6 +10,7 @@ use crate::layers::bidirectional::{merge, MergeMode};
 use crate::layers::constraint::Constraint;
 use crate::layers::dense::Dense;
 use crate::layers::model::{call_mask, lookup, Layer, Model, NodeArg, TensorRef, Val};
+use crate::layers::noise::keep_factors;
 use crate::layers::regularizer::Regularizer;
 use crate::layers::rnn::{dims3, Mask, Rnn};
 use crate::tensor::Tensor;
@@ -17,7 +18,6 @@ use crate::train::loss::Loss;
 use crate::train::optimizer::{Optimizer, RowGrads};
 use crate::train::rnn_grad::RnnTape;
 use rand::rngs::StdRng;
-use rand::RngCore;
 use std::collections::HashMap;
 
 /// What a layer call keeps for the backward pass.
@@ -728,16 +728,7 @@ impl<T: Float> Model<T> {
                     let (x, m) = arg_t(0)?;
                     match rng.as_deref_mut() {
                         Some(r) if *rate > 0.0 && *rate < 1.0 => {
-                            let scale = T::of(1.0 / (1.0 - rate));
-                            let mask: Vec<T> = (0..x.len())
-                                .map(|_| {
-                                    if (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64 >= *rate {
-                                        scale
-                                    } else {
-                                        T::zero()
-                                    }
-                                })
-                                .collect();
+                            let mask: Vec<T> = keep_factors(x.len(), *rate, r);
                             let mut y = x.clone();
                             y.data_mut()
                                 .iter_mut()
