@@ -6,7 +6,8 @@ RNN(StackedRNNCells), Bidirectional, Masking, Embedding (token ids, mask_zero), 
 branches (Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum), Dense,
 TimeDistributed(Dense | Dropout | Activation | LayerNormalization), LayerNormalization, Conv1D,
 SpatialDropout1D,
-GaussianNoise, GaussianDropout, ActivityRegularization, Permute, BatchNormalization, MaxPooling1D,
+GaussianNoise, GaussianDropout, ActivityRegularization, Permute, BatchNormalization, Normalization,
+MaxPooling1D,
 AveragePooling1D, Attention, AdditiveAttention, GlobalAveragePooling1D,
 GlobalMaxPooling1D, Flatten, RepeatVector, random activations, biases, masks, initial states, return_state, frozen
 layers, activity penalties; nine optimizers), saves each as
@@ -154,6 +155,25 @@ def random_head(rng, layers, seq, pick, acts, fixed_t=True):
     return head, desc
 
 
+def random_normalization(rng, layers, T, D, var_t, pick):
+    """A random Normalization of (B, T, D) inputs: per feature, per step and feature, per step or
+    one for all (the axes over steps only on a fixed T), adapted on random data or given its
+    statistics (sometimes of lower rank, broadcast; sometimes a variance of 0), maybe inverted."""
+    axis = pick([-1, None] + ([] if var_t else [(1, 2), 1]))
+    kept = {-1: (D,), None: (), (1, 2): (T, D), 1: (T,)}[axis]
+    invert = bool(rng.random() < 0.2)
+    if rng.random() < 0.5:
+        lay = layers.Normalization(axis=axis, invert=invert)
+        lay.adapt((rng.normal(size=(8, T or 4, D)) * 2.0 + 1.0).astype("float32"))
+        return lay, f"Normalization(axis={axis}, adapted, invert={invert})"
+    if kept and rng.random() < 0.3:
+        kept = kept[1:]  # a lower-rank mean, broadcast over the leading kept axes
+    mean = rng.normal(size=kept)
+    var = rng.uniform(0.0, 3.0, size=kept) * (rng.random(size=kept) > 0.1)
+    lay = layers.Normalization(axis=axis, invert=invert, mean=mean.tolist(), variance=var.tolist())
+    return lay, f"Normalization(axis={axis}, mean{list(kept)}, invert={invert})"
+
+
 def random_conv(rng, layers, T, D, var_t, pick, **kw):
     """A random Conv1D over (B, T, D) (padding, strides or dilation, groups, channels_first on
     a fixed T), or None when the draw does not fit the input."""
@@ -260,6 +280,10 @@ def check_predict(args, keras, layers, rng, pick, out):
             desc.append(f"Embedding({V}, {D}, mask_zero={mask})")
         elif mask:
             lays.append(layers.Masking(mask_value=0.0))
+        if not emb and rng.random() < 0.15:
+            lay, d = random_normalization(rng, layers, None if var_t else T, D, var_t, pick)
+            lays.append(lay)
+            desc.append(d)
         if rng.random() < 0.2:
             # Identity at inference; the mask passes.
             lay = pick([layers.SpatialDropout1D(0.3), layers.GaussianNoise(0.2), layers.GaussianDropout(0.3),
@@ -429,6 +453,8 @@ def check_fit(args, keras, layers, rng, pick, out):
                                     bias_constraint=con())[0])
         if rng.random() < 0.1:
             lays.append(layers.ActivityRegularization(0.01, 0.02))
+        if not emb and rng.random() < 0.15:
+            lays.append(random_normalization(rng, layers, T, D, False, pick)[0])
         nl = int(rng.integers(1, 3))
         for l in range(nl):
             u = int(rng.integers(1, 7))

@@ -809,6 +809,8 @@ const MODEL_FIXTURES: &[&str] = &[
     "models/conv1d_groups_channels_first.h5",
     "models/batch_norm.keras",
     "models/noise_permute_reshape.keras",
+    "models/normalization.keras",
+    "models/normalization.h5",
 ];
 
 /// Builds the model as `grucell predict` does and, when that works, runs what `predict` and

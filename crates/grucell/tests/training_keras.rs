@@ -54,8 +54,13 @@ fn non_trainable<T: Float>(m: &Model<T>) -> Vec<Tensor<T>> {
         .into_iter()
         .zip(&m.layers)
         .flat_map(|(w, l)| {
+            // A Normalization's int64 count follows its float variables (never trainable).
             w.into_iter()
-                .zip(l.variable_trainable())
+                .zip(
+                    l.variable_trainable()
+                        .into_iter()
+                        .chain(std::iter::repeat(false)),
+                )
                 .filter(|(_, t)| !t)
                 .map(|(w, _)| w)
         })
@@ -85,6 +90,12 @@ fn layer_weights<T: Float>(m: &Model<T>) -> Vec<Vec<Tensor<T>>> {
             Layer::BatchNorm(n) => w.extend(n.weights().into_iter().cloned()),
             Layer::Attention(a) => w.extend(a.weights().into_iter().cloned()),
             Layer::Embedding(e) => w.push(e.embeddings().clone()),
+            Layer::Normalization(n) => {
+                w.extend(n.weights().into_iter().cloned());
+                if let Some(c) = n.count() {
+                    w.push(Tensor::new(vec![], vec![T::of(c as f64)]).unwrap());
+                }
+            }
             _ => {}
         }
         per_layer.push(w);

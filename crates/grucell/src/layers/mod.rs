@@ -17,6 +17,7 @@ pub mod model;
 pub mod noise;
 pub mod normalization;
 pub mod pooling;
+pub mod preprocessing;
 pub mod regularizer;
 pub mod reshaping;
 pub mod rnn;

@@ -15,6 +15,7 @@ use crate::layers::merge::{concat_symbolic, Merge, MergeOp};
 use crate::layers::noise::Noise;
 use crate::layers::normalization::LayerNorm;
 use crate::layers::pooling::GlobalPooling1D;
+use crate::layers::preprocessing::Normalization;
 use crate::layers::regularizer::Regularizer;
 use crate::layers::reshaping::{Flatten, Permute, RepeatVector, Reshape};
 use crate::layers::rnn::{dims3, Mask, Rnn, RnnKind};
@@ -60,6 +61,8 @@ pub enum Layer<T = f32> {
     Conv1D(Conv1D<T>),
     /// `BatchNormalization` over one axis.
     BatchNorm(BatchNorm<T>),
+    /// `Normalization` (the preprocessing layer): fixed mean and variance, never trained.
+    Normalization(Normalization<T>),
     /// `MaxPooling1D` or `AveragePooling1D` (drops the mask).
     Pooling(Pooling1D),
     /// `Attention` or `AdditiveAttention` over `[query, value(, key)]`.
@@ -150,6 +153,7 @@ impl<T: Float> ModelLayer<T> {
             Layer::Conv1D(c) => c.param_count(),
             Layer::BatchNorm(n) => n.param_count(),
             Layer::Attention(a) => a.param_count(),
+            Layer::Normalization(n) => n.param_count(),
             _ => 0,
         }
     }
@@ -207,6 +211,8 @@ impl<T: Float> ModelLayer<T> {
                 v.extend([false, false]);
                 v
             }
+            // Its statistics (the int64 count is not among the float variables).
+            Layer::Normalization(n) => vec![false; n.weights().len()],
             _ => Vec::new(),
         }
     }
@@ -941,6 +947,10 @@ impl<T: Float> Model<T> {
                 let (x, m) = float_arg(0)?;
                 vec![Val::F(x.clone(), m.cloned())]
             }
+            Layer::Normalization(n) => {
+                let (x, m) = float_arg(0)?;
+                vec![Val::F(n.call(x)?, m.cloned())]
+            }
             Layer::Attention(a) => {
                 let (q, qm) = float_arg(0)?;
                 let (v, vm) = float_arg(1)?;
@@ -1088,6 +1098,7 @@ impl<T: Float> Model<T> {
                 | Layer::Noise(_)
                 | Layer::ActivityRegularization(_)
                 | Layer::BatchNorm(_)
+                | Layer::Normalization(_)
                 | Layer::NotEqual { .. } => vec![input],
                 Layer::Permute(p) => vec![p.output_shape(&input)],
                 Layer::Pooling(p) => vec![p.output_shape(&input)],
@@ -1247,21 +1258,28 @@ impl<T: Float> Model<T> {
             .iter()
             .map(ModelLayer::trainable_param_count)
             .sum();
-        let bytes = |n: usize| human_bytes(n * std::mem::size_of::<T>());
+        // Each `Normalization` count is an int64 (8 bytes), the other parameters are `T`s.
+        let ints = self
+            .layers
+            .iter()
+            .filter(|l| matches!(&l.layer, Layer::Normalization(n) if n.count().is_some()))
+            .count();
+        let bytes =
+            |n: usize, ints: usize| human_bytes((n - ints) * std::mem::size_of::<T>() + ints * 8);
         s += &format!(
             " Total params: {} ({})\n",
             group_digits(total),
-            bytes(total)
+            bytes(total, ints)
         );
         s += &format!(
             " Trainable params: {} ({})\n",
             group_digits(trainable),
-            bytes(trainable)
+            bytes(trainable, 0)
         );
         s += &format!(
             " Non-trainable params: {} ({})\n",
             group_digits(total - trainable),
-            bytes(total - trainable)
+            bytes(total - trainable, ints)
         );
         s
     }
@@ -1303,6 +1321,7 @@ pub fn default_class_name<T: Float>(l: &Layer<T>) -> &'static str {
         Layer::LayerNorm(_) => "LayerNormalization",
         Layer::Conv1D(_) => "Conv1D",
         Layer::BatchNorm(_) => "BatchNormalization",
+        Layer::Normalization(_) => "Normalization",
         Layer::Pooling(p) => p.class_name(),
         Layer::Attention(a) => a.class_name(),
         Layer::Noise(n) => n.class_name(),

@@ -755,6 +755,10 @@ impl<T: Float> Model<T> {
                     let (x, m) = arg_t(0)?;
                     (vec![Val::F(n.call(&x)?, m)], Cache::Input(x))
                 }
+                Layer::Normalization(n) => {
+                    let (x, m) = arg_t(0)?;
+                    (vec![Val::F(n.call(&x)?, m)], Cache::None)
+                }
                 // Keras normalizes with the batch's statistics in training, unless the layer
                 // is frozen (`training and self.trainable`).
                 Layer::BatchNorm(n) => {
@@ -995,6 +999,11 @@ impl<T: Float> Model<T> {
                 ) => {
                     if let Some(dy) = out_grads.into_iter().next().flatten() {
                         send(first_arg, dy, &mut dvals)?;
+                    }
+                }
+                (Layer::Normalization(n), _) => {
+                    if let Some(dy) = out_grads.into_iter().next().flatten() {
+                        send(first_arg, n.backward(&dy)?, &mut dvals)?;
                     }
                 }
                 (Layer::Permute(perm), _) => {

@@ -23,6 +23,7 @@ use crate::layers::model::{
 use crate::layers::noise::Noise;
 use crate::layers::normalization::{LayerNorm, LayerNormConfig};
 use crate::layers::pooling::{GlobalPooling1D, PoolOp};
+use crate::layers::preprocessing::{Normalization, NormalizationConfig};
 use crate::layers::regularizer::Regularizer;
 use crate::layers::reshaping::{Flatten, Permute, RepeatVector, Reshape};
 use crate::layers::rnn::{Rnn, RnnKind};
@@ -381,6 +382,24 @@ fn build_layer_in<T: Float>(
             let kernel = kernel.ok_or_else(|| ConfigError::invalid(format!("Conv1D `{name}`"), "no kernel", "a kernel"))?;
             Layer::Conv1D(Conv1D::from_weights(cc, kernel, bias).map_err(with_name)?)
         }
+        "Normalization" => {
+            let nc = NormalizationConfig::from_keras(&cfg).map_err(|e| with_name(e.into()))?;
+            if nc.given.is_some() {
+                Layer::Normalization(Normalization::from_config(nc).map_err(with_name)?)
+            } else {
+                // mean, variance and the int64 count (read as f64: exact below 2^53).
+                let paths: Vec<String> = (0..3).map(|k| format!("{path}/vars/{k}")).collect();
+                let mut arr = w.layer_arrays::<f64>(legacy_group.unwrap_or(&name), &paths)?.into_iter();
+                let (Some(mean), Some(var), Some(count)) = (arr.next(), arr.next(), arr.next()) else {
+                    return Err(ConfigError::invalid(format!("Normalization `{name}`"), "fewer than 3 variables", "mean, variance and count").into());
+                };
+                let count = match count.data() {
+                    [c] if c.fract() == 0.0 && c.abs() < 9.0e15 => *c as i64,
+                    _ => return Err(ShapeError::mismatch(format!("{name}/count"), count.shape(), "one integer (an int64 scalar)").into()),
+                };
+                Layer::Normalization(Normalization::from_weights(nc, mean.cast(), var.cast(), count).map_err(with_name)?)
+            }
+        }
         "SpatialDropout1D" | "GaussianNoise" | "GaussianDropout" => Layer::Noise(
             Noise::from_keras(&class, &cfg)
                 .map_err(|e| with_name(e.into()))?
@@ -461,7 +480,7 @@ fn build_layer_in<T: Float>(
         other => {
             return Err(ConfigError::unsupported(
                 "layer",
-                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation | LayerNormalization), Dense, Dropout, Activation, SpatialDropout1D, GaussianNoise, GaussianDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, Attention, AdditiveAttention, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
+                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation | LayerNormalization), Dense, Dropout, Activation, Normalization, SpatialDropout1D, GaussianNoise, GaussianDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, Attention, AdditiveAttention, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
             )
             .into())
         }

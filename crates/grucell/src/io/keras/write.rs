@@ -224,6 +224,14 @@ pub fn save_safetensors_model<T: Float>(model: &Model<T>, path: &Path) -> Result
         .weights
         .iter()
         .map(|w| (format!("{}/{}", w.group, w.index), w.tensor.cast::<f32>()))
+        // Int64 scalars (a Normalization's count) as float32 too, exact below 2^24.
+        .chain(plan.ints.iter().map(|v| {
+            let mut t = Tensor::zeros(vec![]);
+            if let Some(c) = t.data_mut().first_mut() {
+                *c = v.value as f32;
+            }
+            (format!("{}/{}", v.group, v.index), t)
+        }))
         .collect();
     let tensors: Vec<(String, Vec<usize>, &[f32])> = owned
         .iter()
@@ -249,11 +257,19 @@ struct Var<'a, T> {
     tensor: &'a Tensor<T>,
 }
 
+/// One int64 scalar variable (a `Normalization`'s `count`): its `vars` group, index, value.
+struct IntVar {
+    group: String,
+    index: usize,
+    value: i64,
+}
+
 /// Everything a save needs: the config, the `vars` groups and the variables, in Keras' order.
 struct Plan<'a, T> {
     config: Value,
     groups: Vec<VarsGroup>,
     weights: Vec<Var<'a, T>>,
+    ints: Vec<IntVar>,
 }
 
 impl<'a, T: Float> Plan<'a, T> {
@@ -312,6 +328,7 @@ impl<'a, T: Float> Plan<'a, T> {
             shapes: node_shapes(model)?,
             groups: Vec::new(),
             weights: Vec::new(),
+            ints: Vec::new(),
             stacked: 0,
         };
         w.groups.push(VarsGroup::new("vars", &model.name));
@@ -323,6 +340,7 @@ impl<'a, T: Float> Plan<'a, T> {
             config,
             groups: w.groups,
             weights: w.weights,
+            ints: w.ints,
         })
     }
 
@@ -336,7 +354,18 @@ impl<'a, T: Float> Plan<'a, T> {
             .map(|w| (w.group.clone(), w.index, w.tensor))
             .collect();
         let iterations: Vec<i64> = optimizer.map(|o| vec![o.iterations]).unwrap_or_default();
-        let mut ints = Vec::new();
+        let values: Vec<[i64; 1]> = self.ints.iter().map(|v| [v.value]).collect();
+        let mut ints: Vec<IntWeightEntry> = self
+            .ints
+            .iter()
+            .zip(&values)
+            .map(|(v, data)| IntWeightEntry {
+                group: v.group.clone(),
+                index: v.index,
+                shape: vec![],
+                data,
+            })
+            .collect();
         if let Some(o) = optimizer {
             groups.push(VarsGroup::new(OPT_GROUP, o.name));
             ints.push(IntWeightEntry {
@@ -417,6 +446,7 @@ struct Writer<'a, T> {
     shapes: HashMap<(usize, usize), Vec<Shape>>,
     groups: Vec<VarsGroup>,
     weights: Vec<Var<'a, T>>,
+    ints: Vec<IntVar>,
     /// StackedRNNCells written so far (for their names).
     stacked: usize,
 }
@@ -827,6 +857,7 @@ impl<'a, T: Float> Writer<'a, T> {
             | Layer::Embedding(_)
             | Layer::LayerNorm(_)
             | Layer::BatchNorm(_)
+            | Layer::Normalization(_)
             | Layer::Conv1D(_) => {
                 let (c, built) = self.plain_config(&ml.layer, &ml.name, ml.trainable, path)?;
                 if !built {
@@ -984,6 +1015,16 @@ impl<'a, T: Float> Writer<'a, T> {
             Layer::LayerNorm(n) => Some((n.config().to_keras(dtype), n.weights())),
             Layer::Conv1D(c) => Some((c.config().to_keras(dtype), c.weights())),
             Layer::BatchNorm(n) => Some((n.config().to_keras(dtype), n.weights())),
+            Layer::Normalization(n) => {
+                if let Some(count) = n.count() {
+                    self.ints.push(IntVar {
+                        group: format!("{path}/vars"),
+                        index: n.weights().len(),
+                        value: count,
+                    });
+                }
+                Some((n.config().to_keras(dtype), n.weights()))
+            }
             _ => None,
         };
         if let Some((mut c, weights)) = weighted {
