@@ -41,13 +41,19 @@ impl Merge {
             && masks.iter().any(Option::is_some)
     }
 
+    /// Whether this call is Keras 3's masked `Multiply` (see [`Merge::call`]).
+    fn masked_product(&self, masks: &[Option<&Mask>]) -> bool {
+        !self.keras2_masks && self.op == MergeOp::Multiply && masks.iter().any(Option::is_some)
+    }
+
     /// The merged tensor of inputs with their masks (`masks[i]` of `xs[i]`, `(batch, time)`).
     ///
     /// Keras 3 merges masked inputs of `Maximum` and `Minimum` step by step
     /// (`_apply_merge_op_and_or_mask`): a masked step of an input takes the running result's
     /// value, a masked step of the running result takes the input's, so a step every input
-    /// masks keeps the first input's value. The other merges, and TF-Keras 2's, ignore masks
-    /// ([`MergeOp::call`]).
+    /// masks keeps the first input's value. Its `Multiply` counts a masked step of an input as 1
+    /// and, when every input has a mask, gives 0 at the steps no input keeps. The other merges,
+    /// and TF-Keras 2's, ignore masks ([`MergeOp::call`]).
     ///
     /// ```
     /// use grucell::layers::merge::{Merge, MergeOp};
@@ -66,6 +72,22 @@ impl Merge {
         xs: &[&Tensor<T>],
         masks: &[Option<&Mask>],
     ) -> Result<Tensor<T>, Error> {
+        if self.masked_product(masks) {
+            let (b, t, f) = masked_dims(self.op, xs, masks)?;
+            let mut out = vec![T::zero(); b * t * f];
+            for (e, o) in out.iter_mut().enumerate() {
+                let step = e / f.max(1);
+                if !product_kept(masks, step) {
+                    continue;
+                }
+                // Keras' left fold, a masked factor being 1.
+                *o = (0..xs.len())
+                    .map(|j| factor(xs, masks, j, e, step))
+                    .reduce(|a, v| a * v)
+                    .unwrap_or(T::zero());
+            }
+            return Ok(Tensor::new(vec![b, t, f], out)?);
+        }
         if !self.masked_extremum(masks) {
             return self.op.call(xs);
         }
@@ -82,6 +104,39 @@ impl Merge {
         masks: &[Option<&Mask>],
         dy: &Tensor<T>,
     ) -> Result<Vec<Tensor<T>>, Error> {
+        if self.masked_product(masks) {
+            let (b, t, f) = masked_dims(self.op, xs, masks)?;
+            if dy.shape() != [b, t, f] {
+                return Err(ShapeError::mismatch(
+                    "gradient of Multiply",
+                    dy.shape(),
+                    format!("({b}, {t}, {f})"),
+                )
+                .into());
+            }
+            let mut grads: Vec<Vec<T>> = xs.iter().map(|x| vec![T::zero(); x.len()]).collect();
+            for (e, &g) in dy.data().iter().enumerate() {
+                let step = e / f.max(1);
+                if !product_kept(masks, step) {
+                    continue;
+                }
+                for (i, gi) in grads.iter_mut().enumerate() {
+                    // A factor masked to 1 gets no gradient.
+                    if masks[i].is_some_and(|m| !m.data[step]) {
+                        continue;
+                    }
+                    gi[e] = (0..xs.len())
+                        .filter(|&j| j != i)
+                        .map(|j| factor(xs, masks, j, e, step))
+                        .fold(g, |a, v| a * v);
+                }
+            }
+            return xs
+                .iter()
+                .zip(grads)
+                .map(|(x, g)| Ok(Tensor::new(x.shape().to_vec(), g)?))
+                .collect();
+        }
         if !self.masked_extremum(masks) {
             return self.op.backward(xs, dy);
         }
@@ -111,26 +166,7 @@ impl Merge {
         xs: &[&Tensor<T>],
         masks: &[Option<&Mask>],
     ) -> Result<(Vec<T>, Vec<usize>), Error> {
-        let shapes: Vec<&[usize]> = xs.iter().map(|x| x.shape()).collect();
-        let shape = self.op.output_shape(&shapes)?;
-        let &[b, t, f] = shape.as_slice() else {
-            return Err(ShapeError::mismatch(
-                format!("masked input of {}", self.op.class_name()),
-                &shape,
-                "(batch, time, features) for a (batch, time) mask",
-            )
-            .into());
-        };
-        for m in masks.iter().flatten() {
-            if (m.batch, m.time) != (b, t) {
-                return Err(ShapeError::mismatch(
-                    format!("mask of a {} input", self.op.class_name()),
-                    &[m.batch, m.time],
-                    format!("({b}, {t})"),
-                )
-                .into());
-            }
-        }
+        let (b, t, f) = masked_dims(self.op, xs, masks)?;
         let keeps = |i: usize, step: usize| masks.get(i).copied().flatten().map(|m| m.data[step]);
         let max = self.op == MergeOp::Maximum;
         let mut values = Vec::with_capacity(b * t * f);
@@ -163,6 +199,73 @@ impl Merge {
             sources.push(src);
         }
         Ok((values, sources))
+    }
+}
+
+/// The `(batch, time, features)` of a merge of masked inputs, after checking that every input
+/// has that shape and every mask its `(batch, time)`.
+fn masked_dims<T: Float>(
+    op: MergeOp,
+    xs: &[&Tensor<T>],
+    masks: &[Option<&Mask>],
+) -> Result<(usize, usize, usize), Error> {
+    let shapes: Vec<&[usize]> = xs.iter().map(|x| x.shape()).collect();
+    let shape = op.output_shape(&shapes)?;
+    let &[b, t, f] = shape.as_slice() else {
+        return Err(ShapeError::mismatch(
+            format!("masked input of {}", op.class_name()),
+            &shape,
+            "(batch, time, features) for a (batch, time) mask",
+        )
+        .into());
+    };
+    if let Some(x) = xs.iter().find(|x| x.shape() != shape.as_slice()) {
+        return Err(ShapeError::mismatch(
+            format!("masked input of {}", op.class_name()),
+            x.shape(),
+            format!("{shape:?}, the shape of every input (no broadcasting under a mask)"),
+        )
+        .into());
+    }
+    if masks.len() != xs.len() {
+        return Err(ShapeError::mismatch(
+            format!("masks of {}", op.class_name()),
+            &[masks.len()],
+            format!("one per input, {}", xs.len()),
+        )
+        .into());
+    }
+    for m in masks.iter().flatten() {
+        if (m.batch, m.time) != (b, t) {
+            return Err(ShapeError::mismatch(
+                format!("mask of a {} input", op.class_name()),
+                &[m.batch, m.time],
+                format!("({b}, {t})"),
+            )
+            .into());
+        }
+    }
+    Ok((b, t, f))
+}
+
+/// Whether Keras 3's masked `Multiply` keeps a `step` (flat `batch · time` index): unless every
+/// input has a mask and none keeps it.
+fn product_kept(masks: &[Option<&Mask>], step: usize) -> bool {
+    !masks.iter().all(|m| m.is_some_and(|m| !m.data[step]))
+}
+
+/// Factor `j` of element `e` in Keras 3's masked `Multiply`: the input's value, or 1 where its
+/// mask drops the step.
+fn factor<T: Float>(
+    xs: &[&Tensor<T>],
+    masks: &[Option<&Mask>],
+    j: usize,
+    e: usize,
+    step: usize,
+) -> T {
+    match masks[j] {
+        Some(m) if !m.data[step] => T::one(),
+        _ => xs[j].data()[e],
     }
 }
 
@@ -589,6 +692,48 @@ mod tests {
         let d = MergeOp::Concatenate { axis: 1 }.call(&[&a, &a]).unwrap();
         assert_eq!(d.shape(), &[1, 4, 2]);
         assert!(MergeOp::Concatenate { axis: 1 }.call(&[&a, &b]).is_err());
+    }
+
+    #[test]
+    fn keras3_masked_multiply_counts_masked_factors_as_one() {
+        // (1 sample, 3 steps, 1 feature): a keeps steps 0 and 1, b keeps 0 and 2.
+        let a = t(&[1, 3, 1], &[2.0, 3.0, 4.0]);
+        let b = t(&[1, 3, 1], &[5.0, 6.0, 7.0]);
+        let c = t(&[1, 3, 1], &[-1.0, -2.0, -3.0]);
+        let ma = Mask::new(1, 3, vec![true, true, false]).unwrap();
+        let mb = Mask::new(1, 3, vec![true, false, true]).unwrap();
+        let mul = Merge::new(MergeOp::Multiply);
+        let y = mul.call(&[&a, &b], &[Some(&ma), Some(&mb)]).unwrap();
+        assert_eq!(y.data(), &[10.0, 3.0, 7.0]);
+        // A step every input drops is 0 (step 1 here).
+        let m_none = Mask::new(1, 3, vec![false, false, false]).unwrap();
+        let y = mul.call(&[&a, &b], &[Some(&m_none), Some(&mb)]).unwrap();
+        assert_eq!(y.data(), &[5.0, 0.0, 7.0]);
+        // An input without a mask: no zeroing, masked factors are 1.
+        let y = mul.call(&[&a, &c], &[Some(&m_none), None]).unwrap();
+        assert_eq!(y.data(), c.data());
+        // Gradients: the product of the other factors; none for a factor masked to 1.
+        let dy = t(&[1, 3, 1], &[1.0, 10.0, 100.0]);
+        let g = mul
+            .backward(&[&a, &b], &[Some(&ma), Some(&mb)], &dy)
+            .unwrap();
+        assert_eq!(g[0].data(), &[5.0, 10.0, 0.0]);
+        assert_eq!(g[1].data(), &[2.0, 0.0, 100.0]);
+        let g = mul
+            .backward(&[&a, &b], &[Some(&m_none), Some(&mb)], &dy)
+            .unwrap();
+        assert_eq!(g[0].data(), &[0.0, 0.0, 0.0]);
+        assert_eq!(g[1].data(), &[1.0, 0.0, 100.0]);
+        // TF-Keras 2's Multiply ignores masks.
+        let old = Merge {
+            op: MergeOp::Multiply,
+            keras2_masks: true,
+        };
+        let y = old.call(&[&a, &b], &[Some(&ma), Some(&mb)]).unwrap();
+        assert_eq!(y.data(), &[10.0, 18.0, 28.0]);
+        // Masked inputs must not broadcast.
+        let short = t(&[1, 1, 1], &[2.0]);
+        assert!(mul.call(&[&a, &short], &[Some(&ma), None]).is_err());
     }
 
     #[test]
