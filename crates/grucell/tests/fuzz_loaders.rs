@@ -811,6 +811,8 @@ const MODEL_FIXTURES: &[&str] = &[
     "models/noise_permute_reshape.keras",
     "models/normalization.keras",
     "models/normalization.h5",
+    "models/multi_head_attention.keras",
+    "models/merge_masked_multiply.keras",
 ];
 
 /// Builds the model as `grucell predict` does and, when that works, runs what `predict` and

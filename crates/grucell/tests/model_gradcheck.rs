@@ -19,6 +19,7 @@ use grucell::layers::conv::Conv1D;
 use grucell::layers::dense::{Dense, DenseConfig};
 use grucell::layers::embedding::{Embedding, EmbeddingConfig};
 use grucell::layers::model::{Layer, Model};
+use grucell::layers::multi_head_attention::MultiHeadAttention;
 use grucell::layers::normalization::LayerNorm;
 use grucell::train::backward::VarId;
 use grucell::train::loss::Loss;
@@ -102,6 +103,7 @@ fn get_var(m: &Model<f64>, id: &VarId, elem: usize) -> f64 {
         Layer::Conv1D(c) => c.weights()[id.index].data()[elem],
         Layer::BatchNorm(n) => n.weights()[id.index].data()[elem],
         Layer::Attention(a) => a.weights()[id.index].data()[elem],
+        Layer::MultiHeadAttention(a) => a.weights()[id.index].data()[elem],
         _ => panic!("variable in a layer without weights"),
     }
 }
@@ -171,6 +173,11 @@ fn with_var(m: &Model<f64>, id: &VarId, elem: usize, v: f64) -> Model<f64> {
             let mut ws: Vec<Tensor<f64>> = a.weights().into_iter().cloned().collect();
             ws[id.index].data_mut()[elem] = v;
             *a = a.clone().with_weights(ws).unwrap();
+        }
+        Layer::MultiHeadAttention(a) => {
+            let mut ws: Vec<Tensor<f64>> = a.weights().into_iter().cloned().collect();
+            ws[id.index].data_mut()[elem] = v;
+            *a = MultiHeadAttention::from_weights(a.config().clone(), ws).unwrap();
         }
         _ => panic!("variable in a layer without weights"),
     }

@@ -89,6 +89,7 @@ fn layer_weights<T: Float>(m: &Model<T>) -> Vec<Vec<Tensor<T>>> {
             Layer::Conv1D(c) => w.extend(c.weights().into_iter().cloned()),
             Layer::BatchNorm(n) => w.extend(n.weights().into_iter().cloned()),
             Layer::Attention(a) => w.extend(a.weights().into_iter().cloned()),
+            Layer::MultiHeadAttention(a) => w.extend(a.weights().into_iter().cloned()),
             Layer::Embedding(e) => w.push(e.embeddings().clone()),
             Layer::Normalization(n) => {
                 w.extend(n.weights().into_iter().cloned());

@@ -10,8 +10,10 @@ use crate::layers::bidirectional::Bidirectional;
 use crate::layers::conv::Conv1D;
 use crate::layers::dense::Dense;
 use crate::layers::embedding::Embedding;
+use crate::layers::keras_order::MaskClearing;
 use crate::layers::mask_ops::MaskOp;
 use crate::layers::merge::{concat_symbolic, Merge, MergeOp};
+use crate::layers::multi_head_attention::MultiHeadAttention;
 use crate::layers::noise::Noise;
 use crate::layers::normalization::LayerNorm;
 use crate::layers::pooling::GlobalPooling1D;
@@ -67,6 +69,8 @@ pub enum Layer<T = f32> {
     Pooling(Pooling1D),
     /// `Attention` or `AdditiveAttention` over `[query, value(, key)]`.
     Attention(Attention<T>),
+    /// `MultiHeadAttention` over `(query, value(, key))`.
+    MultiHeadAttention(MultiHeadAttention<T>),
     /// `SpatialDropout1D`, `GaussianNoise` or `GaussianDropout`: the identity at inference.
     Noise(Noise),
     /// `ActivityRegularization(l1, l2)`: the identity, with its `L1L2` penalty on the output.
@@ -154,6 +158,7 @@ impl<T: Float> ModelLayer<T> {
             Layer::BatchNorm(n) => n.param_count(),
             Layer::Attention(a) => a.param_count(),
             Layer::Normalization(n) => n.param_count(),
+            Layer::MultiHeadAttention(a) => a.param_count(),
             _ => 0,
         }
     }
@@ -205,6 +210,7 @@ impl<T: Float> ModelLayer<T> {
             Layer::Embedding(_) => vec![self.trainable],
             Layer::Conv1D(c) => vec![self.trainable; c.weights().len()],
             Layer::Attention(a) => vec![self.trainable; a.weights().len()],
+            Layer::MultiHeadAttention(a) => vec![self.trainable; a.weights().len()],
             // γ and β; the moving statistics are never trainable.
             Layer::BatchNorm(n) => {
                 let mut v = vec![self.trainable; n.trainable_weight_count()];
@@ -303,6 +309,7 @@ impl<T: Float> ModelLayer<T> {
             Layer::Conv1D(c) => c.weights().into_iter().map(Tensor::len).collect(),
             Layer::BatchNorm(n) => n.weights().into_iter().map(Tensor::len).collect(),
             Layer::Attention(a) => a.weights().into_iter().map(Tensor::len).collect(),
+            Layer::MultiHeadAttention(a) => a.weights().into_iter().map(Tensor::len).collect(),
             _ => Vec::new(),
         };
         weights
@@ -766,11 +773,57 @@ impl<T: Float> Model<T> {
         self.check_model_inputs(inputs)?;
         let pos = self.node_positions();
         let mut vals: Vec<Vec<Val<T>>> = Vec::with_capacity(self.nodes.len());
-        for node in &self.nodes {
+        let plan = self.mask_clearing();
+        let mut originals = std::collections::HashMap::new();
+        for (c, node) in self.nodes.iter().enumerate() {
+            if let Some(p) = &plan {
+                Self::clear_masks_before(p, c, node, &mut vals, &pos, &mut originals);
+            }
             let out = self.eval_node(node, inputs, &vals, &pos, None)?;
             vals.push(out);
         }
         Ok(vals)
+    }
+
+    /// The calls that see an argument's mask removed by an earlier `MultiHeadAttention` call
+    /// (see [`crate::layers::keras_order`]); `None` when the model has no such layer.
+    pub(crate) fn mask_clearing(&self) -> Option<MaskClearing> {
+        let attention: Vec<bool> = self
+            .nodes
+            .iter()
+            .map(|n| matches!(self.layers[n.layer].layer, Layer::MultiHeadAttention(_)))
+            .collect();
+        MaskClearing::plan(&self.nodes, &self.outputs, &attention)
+    }
+
+    /// Before call `c` (`node`) runs: removes the masks of its arguments that an attention call
+    /// Keras ran before it removed, and puts back those it did not (`originals` keeps them).
+    pub(crate) fn clear_masks_before(
+        plan: &MaskClearing,
+        c: usize,
+        node: &Node,
+        vals: &mut [Vec<Val<T>>],
+        pos: &std::collections::HashMap<(usize, usize), usize>,
+        originals: &mut std::collections::HashMap<TensorRef, Option<Mask>>,
+    ) {
+        for a in &node.args {
+            let NodeArg::Tensor(r) = a else { continue };
+            if !plan.watches(*r) {
+                continue;
+            }
+            let slot = pos
+                .get(&(r.layer, r.node))
+                .and_then(|&p| vals.get_mut(p))
+                .and_then(|v| v.get_mut(r.index));
+            if let Some(Val::F(_, m)) = slot {
+                let original = originals.entry(*r).or_insert_with(|| m.clone());
+                *m = if plan.is_cleared(c, *r) {
+                    None
+                } else {
+                    original.clone()
+                };
+            }
+        }
     }
 
     fn run_mut(&mut self, inputs: &[Tensor<T>]) -> Result<Vec<Vec<Val<T>>>, Error> {
@@ -778,7 +831,12 @@ impl<T: Float> Model<T> {
         let pos = self.node_positions();
         let mut vals: Vec<Vec<Val<T>>> = Vec::with_capacity(self.nodes.len());
         let mut finals: Vec<(usize, Vec<Tensor<T>>)> = Vec::new();
-        for node in &self.nodes {
+        let plan = self.mask_clearing();
+        let mut originals = std::collections::HashMap::new();
+        for (c, node) in self.nodes.iter().enumerate() {
+            if let Some(p) = &plan {
+                Self::clear_masks_before(p, c, node, &mut vals, &pos, &mut originals);
+            }
             let mut keep = Vec::new();
             let out = self.eval_node(node, inputs, &vals, &pos, Some(&mut keep))?;
             if !keep.is_empty() {
@@ -966,6 +1024,22 @@ impl<T: Float> Model<T> {
                 }
                 o
             }
+            Layer::MultiHeadAttention(a) => {
+                let (q, qm) = float_arg(0)?;
+                let (v, vm) = float_arg(1)?;
+                let (k, km) = if node.args.len() > 2 {
+                    let (k, km) = float_arg(2)?;
+                    (Some(k), km)
+                } else {
+                    (None, None)
+                };
+                let (out, w) = a.call(q, v, k, [qm, vm, km], node.attention)?;
+                let mut o = vec![Val::F(out, qm.cloned())];
+                if node.attention.return_attention_scores {
+                    o.push(Val::F(w, None));
+                }
+                o
+            }
             Layer::Permute(p) => vec![Val::F(p.call(float_arg(0)?.0)?, None)],
             Layer::Pooling(p) => vec![Val::F(p.call(float_arg(0)?.0)?, None)],
             Layer::Reshape(r) => vec![Val::F(r.call(float_arg(0)?.0)?, None)],
@@ -1103,6 +1177,16 @@ impl<T: Float> Model<T> {
                 Layer::Permute(p) => vec![p.output_shape(&input)],
                 Layer::Pooling(p) => vec![p.output_shape(&input)],
                 Layer::Attention(a) => {
+                    let args = arg_shapes();
+                    let value = args.get(1).cloned().unwrap_or_default();
+                    let [out, scores] = a.output_shapes(&input, &value);
+                    if node.attention.return_attention_scores {
+                        vec![out, scores]
+                    } else {
+                        vec![out]
+                    }
+                }
+                Layer::MultiHeadAttention(a) => {
                     let args = arg_shapes();
                     let value = args.get(1).cloned().unwrap_or_default();
                     let [out, scores] = a.output_shapes(&input, &value);
@@ -1324,6 +1408,7 @@ pub fn default_class_name<T: Float>(l: &Layer<T>) -> &'static str {
         Layer::Normalization(_) => "Normalization",
         Layer::Pooling(p) => p.class_name(),
         Layer::Attention(a) => a.class_name(),
+        Layer::MultiHeadAttention(_) => "MultiHeadAttention",
         Layer::Noise(n) => n.class_name(),
         Layer::ActivityRegularization(_) => "ActivityRegularization",
         Layer::Permute(_) => "Permute",

@@ -10,6 +10,7 @@ use crate::layers::bidirectional::{merge, MergeMode};
 use crate::layers::constraint::Constraint;
 use crate::layers::dense::Dense;
 use crate::layers::model::{call_mask, lookup, Layer, Model, NodeArg, TensorRef, Val};
+use crate::layers::multi_head_attention::MhaTrace;
 use crate::layers::noise::keep_factors;
 use crate::layers::regularizer::Regularizer;
 use crate::layers::rnn::{dims3, Mask, Rnn};
@@ -53,6 +54,13 @@ enum Cache<T> {
         q_mask: Option<Mask>,
         weights: Tensor<T>,
         drop: Option<Vec<T>>,
+    },
+    /// A `MultiHeadAttention` call keeps its inputs and its trace.
+    Mha {
+        q: Tensor<T>,
+        v: Tensor<T>,
+        k: Option<Tensor<T>>,
+        trace: Box<MhaTrace<T>>,
     },
     /// A global pooling keeps its input and the mask it used.
     Pool(Tensor<T>, Option<Mask>),
@@ -187,6 +195,19 @@ impl<T: Float> Model<T> {
                         push(i, format!("{}/{name}", l.name), w.shape());
                     }
                 }
+                Layer::MultiHeadAttention(a) => {
+                    let parts: &[&str] = if a.config().use_bias {
+                        &["kernel", "bias"]
+                    } else {
+                        &["kernel"]
+                    };
+                    let names = ["query", "key", "value", "attention_output"]
+                        .iter()
+                        .flat_map(|p| parts.iter().map(move |w| format!("{p}/{w}")));
+                    for (i, (name, w)) in names.zip(a.weights()).enumerate() {
+                        push(i, format!("{}/{name}", l.name), w.shape());
+                    }
+                }
                 Layer::BatchNorm(n) => {
                     let names = n
                         .config()
@@ -252,6 +273,12 @@ impl<T: Float> Model<T> {
                 }
                 Layer::Attention(a) => {
                     all.extend(a.weights_mut().into_iter().map(|w| (w, None, None)));
+                }
+                Layer::MultiHeadAttention(a) => {
+                    let rules = a.weight_rules();
+                    for (w, (r, k)) in a.weights_mut().into_iter().zip(rules) {
+                        all.push((w, r, k));
+                    }
                 }
                 Layer::BatchNorm(n) => {
                     let rules = n.weight_rules();
@@ -579,7 +606,12 @@ impl<T: Float> Model<T> {
         let pos = self.node_positions();
         let mut vals: Vec<Vec<Val<T>>> = Vec::with_capacity(self.nodes.len());
         let mut caches = Vec::with_capacity(self.nodes.len());
-        for node in &self.nodes {
+        let plan = self.mask_clearing();
+        let mut originals = std::collections::HashMap::new();
+        for (c, node) in self.nodes.iter().enumerate() {
+            if let Some(p) = &plan {
+                Self::clear_masks_before(p, c, node, &mut vals, &pos, &mut originals);
+            }
             let ml = &self.layers[node.layer];
             let arg_t = |i: usize| -> Result<(Tensor<T>, Option<Mask>), Error> {
                 match node.args.get(i) {
@@ -855,6 +887,30 @@ impl<T: Float> Model<T> {
                         },
                     )
                 }
+                Layer::MultiHeadAttention(a) => {
+                    let (q, q_mask) = arg_t(0)?;
+                    let (v, v_mask) = arg_t(1)?;
+                    let (k, k_mask) = if node.args.len() > 2 {
+                        let (k, m) = arg_t(2)?;
+                        (Some(k), m)
+                    } else {
+                        (None, None)
+                    };
+                    let (out, scores, trace) = a.call_train(
+                        &q,
+                        &v,
+                        k.as_ref(),
+                        [q_mask.as_ref(), v_mask.as_ref(), k_mask.as_ref()],
+                        node.attention,
+                        rng.as_deref_mut(),
+                    )?;
+                    let mut o = vec![Val::F(out, q_mask)];
+                    if node.attention.return_attention_scores {
+                        o.push(Val::F(scores, None));
+                    }
+                    let trace = Box::new(trace);
+                    (o, Cache::Mha { q, v, k, trace })
+                }
                 Layer::Merge(_) => {
                     let out = self.eval_node(node, inputs, &vals, &pos, None)?;
                     let (xs, masks) = (0..node.args.len())
@@ -1064,6 +1120,35 @@ impl<T: Float> Model<T> {
                         drop.as_deref(),
                         d_out.as_ref(),
                         d_weights.as_ref(),
+                    )?;
+                    if trainable {
+                        for (i, w) in g.weights.iter().enumerate() {
+                            var_grad(i, w);
+                        }
+                    }
+                    let arg = |i: usize| match node.args.get(i) {
+                        Some(NodeArg::Tensor(r)) => Some(*r),
+                        _ => None,
+                    };
+                    send(arg(0), g.query, &mut dvals)?;
+                    send(arg(1), g.value, &mut dvals)?;
+                    if let Some(dk) = g.key {
+                        send(arg(2), dk, &mut dvals)?;
+                    }
+                }
+                (Layer::MultiHeadAttention(a), Cache::Mha { q, v, k, trace }) => {
+                    let mut outs = out_grads.into_iter();
+                    let (d_out, d_scores) = (outs.next().flatten(), outs.next().flatten());
+                    if d_out.is_none() && d_scores.is_none() {
+                        continue;
+                    }
+                    let g = a.backward(
+                        &q,
+                        &v,
+                        k.as_ref(),
+                        &trace,
+                        d_out.as_ref(),
+                        d_scores.as_ref(),
                     )?;
                     if trainable {
                         for (i, w) in g.weights.iter().enumerate() {

@@ -20,6 +20,7 @@ use crate::layers::merge::{Merge, MergeOp};
 use crate::layers::model::{
     Layer, Model, ModelKind, ModelLayer, Node, NodeArg, TensorRef, Wrapped,
 };
+use crate::layers::multi_head_attention::{MultiHeadAttention, MultiHeadAttentionConfig};
 use crate::layers::noise::Noise;
 use crate::layers::normalization::{LayerNorm, LayerNormConfig};
 use crate::layers::pooling::{GlobalPooling1D, PoolOp};
@@ -415,6 +416,16 @@ fn build_layer_in<T: Float>(
             let arrays = if paths.is_empty() { Vec::new() } else { w.layer_arrays::<T>(legacy_group.unwrap_or(&name), &paths)? };
             Layer::Attention(a.with_weights(arrays).map_err(with_name)?)
         }
+        "MultiHeadAttention" => {
+            let mc = MultiHeadAttentionConfig::from_keras(&cfg).map_err(|e| with_name(e.into()))?;
+            let parts: &[usize] = if mc.use_bias { &[0, 1] } else { &[0] };
+            let paths: Vec<String> = ["query_dense", "key_dense", "value_dense", "output_dense"]
+                .iter()
+                .flat_map(|sub| parts.iter().map(move |k| format!("{path}/{sub}/vars/{k}")))
+                .collect();
+            let arrays = w.layer_arrays::<T>(legacy_group.unwrap_or(&name), &paths)?;
+            Layer::MultiHeadAttention(MultiHeadAttention::from_weights(mc, arrays).map_err(with_name)?)
+        }
         "MaxPooling1D" | "MaxPool1D" => Layer::Pooling(Pooling1D::from_keras(WindowOp::Max, &cfg).map_err(|e| with_name(e.into()))?),
         "AveragePooling1D" | "AvgPool1D" => {
             Layer::Pooling(Pooling1D::from_keras(WindowOp::Average, &cfg).map_err(|e| with_name(e.into()))?)
@@ -480,7 +491,7 @@ fn build_layer_in<T: Float>(
         other => {
             return Err(ConfigError::unsupported(
                 "layer",
-                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation | LayerNormalization), Dense, Dropout, Activation, Normalization, SpatialDropout1D, GaussianNoise, GaussianDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, Attention, AdditiveAttention, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
+                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation | LayerNormalization), Dense, Dropout, Activation, Normalization, SpatialDropout1D, GaussianNoise, GaussianDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, Attention, AdditiveAttention, MultiHeadAttention, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
             )
             .into())
         }
@@ -1234,6 +1245,22 @@ fn parse_node(n: &Value, index: &HashMap<String, usize>) -> Result<Node, Error> 
                     node.mask = refs_of(v)?.into_iter().next();
                 }
                 node.attention = attention_call(kw)?;
+                // An attention's tensors passed by keyword (`mha(h, value=v, key=k)`) follow
+                // the positional ones in the call's order.
+                for name in ["query", "value", "key"] {
+                    if let Some(v) = kw.get(name) {
+                        let r = refs_of(v)?;
+                        let [one] = r.as_slice() else {
+                            return Err(ConfigError::invalid(
+                                format!("call argument `{name}`"),
+                                v,
+                                "one tensor",
+                            )
+                            .into());
+                        };
+                        node.args.push(NodeArg::Tensor(*one));
+                    }
+                }
                 for k in kw.keys() {
                     if !matches!(
                         k.as_str(),
@@ -1242,6 +1269,9 @@ fn parse_node(n: &Value, index: &HashMap<String, usize>) -> Result<Node, Error> 
                             | "training"
                             | "use_causal_mask"
                             | "return_attention_scores"
+                            | "query"
+                            | "value"
+                            | "key"
                     ) {
                         return Err(ConfigError::unsupported(
                             "call keyword argument",
@@ -1287,6 +1317,13 @@ fn parse_node(n: &Value, index: &HashMap<String, usize>) -> Result<Node, Error> 
                         "training" => {}
                         // Bidirectional records `constants: None`; RNN constants are not supported.
                         "constants" if v.is_null() => {}
+                        "value" | "key" => {
+                            return Err(ConfigError::unsupported(
+                                "layer call",
+                                format!("`{k}` passed by keyword, as TF-Keras 2 calls MultiHeadAttention: grucell runs Keras 3's MultiHeadAttention (TF-Keras 2's masks its scores otherwise)"),
+                            )
+                            .into())
+                        }
                         other => {
                             return Err(ConfigError::unsupported(
                                 "call keyword argument",

@@ -329,6 +329,7 @@ impl<'a, T: Float> Plan<'a, T> {
             groups: Vec::new(),
             weights: Vec::new(),
             ints: Vec::new(),
+            attention_sublayers: 0,
             stacked: 0,
         };
         w.groups.push(VarsGroup::new("vars", &model.name));
@@ -447,6 +448,8 @@ struct Writer<'a, T> {
     groups: Vec<VarsGroup>,
     weights: Vec<Var<'a, T>>,
     ints: Vec<IntVar>,
+    /// MultiHeadAttention layers written so far (for their sublayers' names).
+    attention_sublayers: usize,
     /// StackedRNNCells written so far (for their names).
     stacked: usize,
 }
@@ -812,7 +815,7 @@ impl<'a, T: Float> Writer<'a, T> {
                 kwargs.insert("mask".into(), mask.unwrap_or(Value::Null));
             }
             // The options a call passed (Keras records those given; grucell those set).
-            Layer::Attention(_) => {
+            Layer::Attention(_) | Layer::MultiHeadAttention(_) => {
                 if n.attention.use_causal_mask {
                     kwargs.insert("use_causal_mask".into(), json!(true));
                 }
@@ -962,6 +965,58 @@ impl<'a, T: Float> Writer<'a, T> {
                         index: k,
                         tensor: t,
                     });
+                }
+                c
+            }
+            Layer::MultiHeadAttention(a) => {
+                // Built on its inputs' shapes; each projection's weights under its sublayer,
+                // the softmax and dropout sublayers with empty groups, as Keras saves them.
+                build = call.map(|c| {
+                    let mut d = Map::new();
+                    for (key, s) in ["query_shape", "value_shape", "key_shape"]
+                        .iter()
+                        .zip(&c.args)
+                    {
+                        d.insert((*key).into(), shape_json(s));
+                    }
+                    json!({ "shapes_dict": d })
+                });
+                let dtype = self.dtype;
+                let mut c = a.config().to_keras(dtype);
+                c.insert("name".into(), json!(ml.name));
+                c.insert("trainable".into(), json!(ml.trainable));
+                let step = if a.config().use_bias { 2 } else { 1 };
+                let weights = a.weights();
+                for (p, (sub, name)) in [
+                    ("query_dense", "query"),
+                    ("key_dense", "key"),
+                    ("value_dense", "value"),
+                    ("output_dense", "attention_output"),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    let group = format!("{path}/{sub}/vars");
+                    self.groups.push(VarsGroup::new(group.clone(), name));
+                    for (k, t) in weights[p * step..(p + 1) * step].iter().enumerate() {
+                        self.weights.push(Var {
+                            group: group.clone(),
+                            index: k,
+                            tensor: t,
+                        });
+                    }
+                }
+                // Auto-named by Keras when it builds the layers in order: `softmax`, `softmax_1`, …
+                let k = self.attention_sublayers;
+                self.attention_sublayers += 1;
+                for (sub, name) in [("_softmax", "softmax"), ("_dropout_layer", "dropout")] {
+                    let name = if k == 0 {
+                        name.to_string()
+                    } else {
+                        format!("{name}_{k}")
+                    };
+                    self.groups
+                        .push(VarsGroup::new(format!("{path}/{sub}/vars"), name));
                 }
                 c
             }
