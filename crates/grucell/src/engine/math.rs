@@ -86,15 +86,25 @@ fn exp_impl<const F: bool>(x: f32) -> f32 {
     er * scale
 }
 
-/// `1 / (1 + e^-x)` for f32.
+/// `1 / (1 + e^-x)` for f32; exactly 0 below `ln(f32::MIN_POSITIVE)` (≈ −87.34), as
+/// TensorFlow computes it (`e^x` there is subnormal, and TensorFlow's CPU threads flush
+/// subnormals to zero): a saturated gate then has exactly zero slope, as in Keras.
 #[inline(always)]
 pub fn sigmoid_f32(x: f32) -> f32 {
     sigmoid_impl::<false>(x)
 }
 
+/// `ln(f32::MIN_POSITIVE)`: below it TensorFlow's sigmoid is 0.
+const SIGMOID_ZERO_BELOW: f32 = -87.336_55;
+
 #[inline(always)]
 fn sigmoid_impl<const F: bool>(x: f32) -> f32 {
-    1.0 / (1.0 + exp_impl::<F>(-x))
+    let y = 1.0 / (1.0 + exp_impl::<F>(-x));
+    if x < SIGMOID_ZERO_BELOW {
+        0.0
+    } else {
+        y
+    }
 }
 
 /// `tanh x` for f32: an odd polynomial near zero, `1 − 2/(e^{2|x|} + 1)` elsewhere.
@@ -245,6 +255,19 @@ mod tests {
         let mut e = [f32::NAN, 1e30, -1e30];
         sigmoid_slice_f32(&mut e);
         assert!(e[0].is_nan() && e[1] == 1.0 && e[2] < 1e-37);
+    }
+
+    #[test]
+    fn sigmoid_saturates_to_exact_zero_and_one_as_tensorflow() {
+        let mut v = vec![-1e7f32, -88.0, -87.4, -87.3, 0.0, 17.0, 88.0, 1e7];
+        let scalar: Vec<f32> = v.iter().map(|x| sigmoid_f32(*x)).collect();
+        sigmoid_slice_f32(&mut v);
+        for got in [&v, &scalar] {
+            assert_eq!(&got[..3], &[0.0, 0.0, 0.0]);
+            assert!(got[3] > 0.0 && got[3] < 1.2e-38 * 1.1);
+            assert_eq!(got[4], 0.5);
+            assert_eq!(&got[5..], &[1.0, 1.0, 1.0]);
+        }
     }
 
     #[test]
