@@ -8,7 +8,8 @@ TimeDistributed(Dense | Dropout | Activation | LayerNormalization), LayerNormali
 SpatialDropout1D,
 GaussianNoise, GaussianDropout, ActivityRegularization, Permute, BatchNormalization, Normalization,
 MaxPooling1D,
-AveragePooling1D, Attention, AdditiveAttention, GlobalAveragePooling1D,
+AveragePooling1D, Attention, AdditiveAttention, MultiHeadAttention (self-attention, maybe a residual
+block), GlobalAveragePooling1D,
 GlobalMaxPooling1D, Flatten, RepeatVector, random activations, biases, masks, initial states, return_state, frozen
 layers, activity penalties; nine optimizers), saves each as
 `.keras` and legacy `.h5`, and compares with the `grucell` binary:
@@ -209,10 +210,35 @@ class SelfAttention:
         return self.layer([x, x])
 
 
-def random_attention(rng, layers, pick):
+class MhaBlock:
+    """MultiHeadAttention over a sequence and itself, maybe in a residual block
+    (LayerNormalization(Add([x, attention(x, x)]))) (Functional models only)."""
+
+    def __init__(self, layer, causal, residual, layers):
+        self.layer, self.causal, self.residual, self.layers = layer, causal, residual, layers
+
+    def __call__(self, x):
+        a = self.layer(x, x, use_causal_mask=True) if self.causal else self.layer(x, x)
+        if self.residual:
+            return self.layers.LayerNormalization()(self.layers.Add()([x, a]))
+        return a
+
+
+def random_attention(rng, layers, pick, dropout_ok=True):
+    causal = bool(rng.random() < 0.3)
+    if rng.random() < 0.4:
+        residual = bool(rng.random() < 0.5)
+        kw = dict(value_dim=pick([None, 2, 3]), use_bias=bool(rng.random() < 0.8),
+                  dropout=pick([0.0, 0.2]) if dropout_ok else 0.0,
+                  sliding_window=pick([None, None, 2]),
+                  bias_initializer="random_normal")
+        if not residual:
+            kw["output_shape"] = pick([None, int(rng.integers(1, 5))])
+        lay = layers.MultiHeadAttention(int(rng.integers(1, 4)), int(rng.integers(1, 5)), **kw)
+        return MhaBlock(lay, causal, residual, layers), (f"MultiHeadAttention(self{', causal' if causal else ''}"
+                                                          f"{', residual' if residual else ''}, {kw})")
     lay = pick([layers.Attention(), layers.Attention(use_scale=True), layers.Attention(score_mode="concat"),
                 layers.AdditiveAttention(), layers.AdditiveAttention(use_scale=False)])
-    causal = bool(rng.random() < 0.3)
     return SelfAttention(lay, causal), f"{lay.__class__.__name__}(self{', causal' if causal else ''})"
 
 
@@ -254,7 +280,7 @@ def chain(keras, rng, inp, lays):
     """The layers applied one after the other: as a Functional model or, sometimes, Sequential
     (never with merged branches)."""
     flat = [y for lay in lays for y in (lay.lays if isinstance(lay, Chain) else [lay])]
-    if rng.random() < 0.3 and not any(isinstance(lay, (Branches, SelfAttention)) for lay in flat):
+    if rng.random() < 0.3 and not any(isinstance(lay, (Branches, SelfAttention, MhaBlock)) for lay in flat):
         return keras.Sequential([inp, *flat]), "Sequential"
     x = inp
     for lay in lays:
@@ -484,7 +510,7 @@ def check_fit(args, keras, layers, rng, pick, out):
                 lay, _ = random_branches(rng, layers, u, rs, pick, **kw)
             lays.append(lay)
         if rs and rng.random() < 0.15:
-            lays.append(random_attention(rng, layers, pick)[0])
+            lays.append(random_attention(rng, layers, pick, dropout_ok=False)[0])
         loss = pick(["mse", "mae", "huber", "log_cosh", "binary_crossentropy",
                      "categorical_crossentropy", "sparse_categorical_crossentropy"])
         k = int(rng.integers(2, 4))

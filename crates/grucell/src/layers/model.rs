@@ -1176,20 +1176,16 @@ impl<T: Float> Model<T> {
                 | Layer::NotEqual { .. } => vec![input],
                 Layer::Permute(p) => vec![p.output_shape(&input)],
                 Layer::Pooling(p) => vec![p.output_shape(&input)],
-                Layer::Attention(a) => {
+                Layer::Attention(_) | Layer::MultiHeadAttention(_) => {
                     let args = arg_shapes();
                     let value = args.get(1).cloned().unwrap_or_default();
-                    let [out, scores] = a.output_shapes(&input, &value);
-                    if node.attention.return_attention_scores {
-                        vec![out, scores]
+                    let [out, scores] = if let Layer::Attention(a) = &ml.layer {
+                        a.output_shapes(&input, &value)
+                    } else if let Layer::MultiHeadAttention(a) = &ml.layer {
+                        a.output_shapes(&input, &value)
                     } else {
-                        vec![out]
-                    }
-                }
-                Layer::MultiHeadAttention(a) => {
-                    let args = arg_shapes();
-                    let value = args.get(1).cloned().unwrap_or_default();
-                    let [out, scores] = a.output_shapes(&input, &value);
+                        [Vec::new(), Vec::new()]
+                    };
                     if node.attention.return_attention_scores {
                         vec![out, scores]
                     } else {

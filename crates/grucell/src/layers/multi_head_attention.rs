@@ -27,7 +27,7 @@ use serde_json::{json, Map, Value};
 use crate::engine::gemm::{gemm, Operand};
 use crate::error::{ConfigError, Error, ShapeError};
 use crate::float::Float;
-use crate::layers::attention::AttentionCall;
+use crate::layers::attention::{AttentionCall, AttentionGrads};
 use crate::layers::constraint::Constraint;
 use crate::layers::gru_cell::{dtype_policy, MAX_UNITS};
 use crate::layers::initializer::{Initializer, VsPreset};
@@ -308,19 +308,6 @@ pub struct MhaTrace<T> {
 
 /// A training call's output, attention weights `(batch, heads, T, S)` and trace.
 pub type TrainOutput<T> = (Tensor<T>, Tensor<T>, MhaTrace<T>);
-
-/// Gradients of a `MultiHeadAttention` call.
-#[derive(Clone, Debug)]
-pub struct MhaGrads<T> {
-    /// d loss / d weights, in [`MultiHeadAttention::weights`] order.
-    pub weights: Vec<Vec<T>>,
-    /// d loss / d query.
-    pub query: Tensor<T>,
-    /// d loss / d value (with the key's gradient when the key is the value).
-    pub value: Tensor<T>,
-    /// d loss / d key, when the call had its own key.
-    pub key: Option<Tensor<T>>,
-}
 
 /// Sizes of one call.
 #[derive(Clone, Copy, Debug)]
@@ -654,7 +641,7 @@ impl<T: Float> MultiHeadAttention<T> {
         trace: &MhaTrace<T>,
         d_out: Option<&Tensor<T>>,
         d_scores: Option<&Tensor<T>>,
-    ) -> Result<MhaGrads<T>, Error> {
+    ) -> Result<AttentionGrads<T>, Error> {
         let kx = k.unwrap_or(v);
         let n = self.dims(q, v, kx)?;
         let (heads, kd, vd) = (
@@ -871,7 +858,7 @@ impl<T: Float> MultiHeadAttention<T> {
             dxv.iter_mut().zip(&dxk).for_each(|(a, b)| *a += *b);
             None
         };
-        Ok(MhaGrads {
+        Ok(AttentionGrads {
             weights: wgrads,
             query: Tensor::new(q.shape().to_vec(), dxq)?,
             value: Tensor::new(v.shape().to_vec(), dxv)?,

@@ -1096,60 +1096,46 @@ impl<T: Float> Model<T> {
                     }
                 }
                 (
-                    Layer::Attention(a),
-                    Cache::Attention {
-                        q,
-                        v,
-                        k,
-                        q_mask,
-                        weights,
-                        drop,
-                    },
+                    Layer::Attention(_) | Layer::MultiHeadAttention(_),
+                    c @ (Cache::Attention { .. } | Cache::Mha { .. }),
                 ) => {
                     let mut outs = out_grads.into_iter();
                     let (d_out, d_weights) = (outs.next().flatten(), outs.next().flatten());
                     if d_out.is_none() && d_weights.is_none() {
                         continue;
                     }
-                    let g = a.backward(
-                        &q,
-                        &v,
-                        k.as_ref(),
-                        q_mask.as_ref(),
-                        &weights,
-                        drop.as_deref(),
-                        d_out.as_ref(),
-                        d_weights.as_ref(),
-                    )?;
-                    if trainable {
-                        for (i, w) in g.weights.iter().enumerate() {
-                            var_grad(i, w);
-                        }
-                    }
-                    let arg = |i: usize| match node.args.get(i) {
-                        Some(NodeArg::Tensor(r)) => Some(*r),
-                        _ => None,
+                    let g = match (&ml.layer, c) {
+                        (
+                            Layer::Attention(a),
+                            Cache::Attention {
+                                q,
+                                v,
+                                k,
+                                q_mask,
+                                weights,
+                                drop,
+                            },
+                        ) => a.backward(
+                            &q,
+                            &v,
+                            k.as_ref(),
+                            q_mask.as_ref(),
+                            &weights,
+                            drop.as_deref(),
+                            d_out.as_ref(),
+                            d_weights.as_ref(),
+                        )?,
+                        (Layer::MultiHeadAttention(a), Cache::Mha { q, v, k, trace }) => a
+                            .backward(
+                                &q,
+                                &v,
+                                k.as_ref(),
+                                &trace,
+                                d_out.as_ref(),
+                                d_weights.as_ref(),
+                            )?,
+                        _ => continue,
                     };
-                    send(arg(0), g.query, &mut dvals)?;
-                    send(arg(1), g.value, &mut dvals)?;
-                    if let Some(dk) = g.key {
-                        send(arg(2), dk, &mut dvals)?;
-                    }
-                }
-                (Layer::MultiHeadAttention(a), Cache::Mha { q, v, k, trace }) => {
-                    let mut outs = out_grads.into_iter();
-                    let (d_out, d_scores) = (outs.next().flatten(), outs.next().flatten());
-                    if d_out.is_none() && d_scores.is_none() {
-                        continue;
-                    }
-                    let g = a.backward(
-                        &q,
-                        &v,
-                        k.as_ref(),
-                        &trace,
-                        d_out.as_ref(),
-                        d_scores.as_ref(),
-                    )?;
                     if trainable {
                         for (i, w) in g.weights.iter().enumerate() {
                             var_grad(i, w);
