@@ -779,7 +779,8 @@ impl<T: Float> Model<T> {
             if let Some(p) = &plan {
                 Self::clear_masks_before(p, c, node, &mut vals, &pos, &mut originals);
             }
-            let out = self.eval_node(node, inputs, &vals, &pos, None)?;
+            let mut out = self.eval_node(node, inputs, &vals, &pos, None)?;
+            self.recorded_output_mask(node, &vals, &pos, &mut out)?;
             vals.push(out);
         }
         Ok(vals)
@@ -794,6 +795,38 @@ impl<T: Float> Model<T> {
             .map(|n| matches!(self.layers[n.layer].layer, Layer::MultiHeadAttention(_)))
             .collect();
         MaskClearing::plan(&self.nodes, &self.outputs, &attention)
+    }
+
+    /// A layer that passes its input's mask on hands on the mask argument Keras recorded for
+    /// its call, when there is one (`compute_mask(inputs, mask)`), whatever mask its input
+    /// tensor carries at run time: the two differ once a `MultiHeadAttention` has removed the
+    /// input's mask (see [`crate::layers::keras_order`]).
+    pub(crate) fn recorded_output_mask(
+        &self,
+        node: &Node,
+        vals: &[Vec<Val<T>>],
+        pos: &std::collections::HashMap<(usize, usize), usize>,
+        out: &mut [Val<T>],
+    ) -> Result<(), Error> {
+        if node.mask.is_none() {
+            return Ok(());
+        }
+        let ml = &self.layers[node.layer];
+        let passes = matches!(
+            ml.layer,
+            Layer::Dense(_)
+                | Layer::Dropout { .. }
+                | Layer::Noise(_)
+                | Layer::ActivityRegularization(_)
+                | Layer::Normalization(_)
+                | Layer::Activation(_)
+                | Layer::LayerNorm(_)
+                | Layer::BatchNorm(_)
+        );
+        if let (true, Some(Val::F(_, m))) = (passes, out.first_mut()) {
+            *m = call_mask(node, vals, pos, None, &ml.name)?;
+        }
+        Ok(())
     }
 
     /// Before call `c` (`node`) runs: removes the masks of its arguments that an attention call
@@ -838,7 +871,8 @@ impl<T: Float> Model<T> {
                 Self::clear_masks_before(p, c, node, &mut vals, &pos, &mut originals);
             }
             let mut keep = Vec::new();
-            let out = self.eval_node(node, inputs, &vals, &pos, Some(&mut keep))?;
+            let mut out = self.eval_node(node, inputs, &vals, &pos, Some(&mut keep))?;
+            self.recorded_output_mask(node, &vals, &pos, &mut out)?;
             if !keep.is_empty() {
                 finals.push((node.layer, keep));
             }

@@ -935,6 +935,8 @@ impl<T: Float> Model<T> {
                     Cache::None,
                 ),
             };
+            let mut out = out;
+            self.recorded_output_mask(node, &vals, &pos, &mut out)?;
             vals.push(out);
             caches.push(cache);
         }
