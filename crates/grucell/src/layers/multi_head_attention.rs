@@ -652,6 +652,22 @@ impl<T: Float> MultiHeadAttention<T> {
         let (t, s) = (n.t, n.s);
         let (ldq, ldv) = (heads * kd, heads * vd);
         let dout_dim = self.output_dim();
+        if trace.probs.len() != n.b * heads * t * s
+            || trace.o.len() != n.b * t * ldv
+            || trace.q.len() != n.b * t * ldq
+            || trace.k.len() != n.b * s * ldq
+            || trace.v.len() != n.b * s * ldv
+        {
+            return Err(ShapeError::mismatch(
+                "attention trace",
+                &[trace.probs.len()],
+                format!(
+                    "the trace of a call on these inputs ({} weights)",
+                    n.b * heads * t * s
+                ),
+            )
+            .into());
+        }
         let zeros_out;
         let d_out = match d_out {
             Some(d) => d,
@@ -1225,6 +1241,19 @@ mod tests {
         assert!(m
             .call(&wrong, &x, None, [None; 3], AttentionCall::default())
             .is_err());
+        // A trace of a call on other inputs.
+        let longer = Tensor::<f32>::zeros(vec![1, 4, 3]);
+        let (_, _, trace) = m
+            .call_train(
+                &longer,
+                &longer,
+                None,
+                [None; 3],
+                AttentionCall::default(),
+                None,
+            )
+            .unwrap();
+        assert!(m.backward(&x, &x, None, &trace, None, None).is_err());
         let bad_mask = Mask::new(1, 3, vec![true; 3]).unwrap();
         assert!(m
             .call(
