@@ -85,6 +85,35 @@ pub struct AttentionGrads<T> {
     pub key: Option<Tensor<T>>,
 }
 
+impl<T: Float> AttentionGrads<T> {
+    /// The gradients of a call on `q`, `v` and, if it had its own, the key `k`, from the flat
+    /// gradients of the three inputs: where the value served as the key, the key's gradient is
+    /// added to the value's.
+    pub(crate) fn of_inputs(
+        weights: Vec<Vec<T>>,
+        q: &Tensor<T>,
+        v: &Tensor<T>,
+        k: Option<&Tensor<T>>,
+        dq: Vec<T>,
+        mut dv: Vec<T>,
+        dk: Vec<T>,
+    ) -> Result<Self, Error> {
+        let key = match k {
+            Some(k) => Some(Tensor::new(k.shape().to_vec(), dk)?),
+            None => {
+                dv.iter_mut().zip(&dk).for_each(|(a, b)| *a += *b);
+                None
+            }
+        };
+        Ok(AttentionGrads {
+            weights,
+            query: Tensor::new(q.shape().to_vec(), dq)?,
+            value: Tensor::new(v.shape().to_vec(), dv)?,
+            key,
+        })
+    }
+}
+
 /// What a training call gives: the output, the weights it applied (after dropout) and the
 /// dropout factors (`None` without dropout).
 pub struct TrainOutput<T> {
@@ -664,19 +693,7 @@ impl<T: Float> Attention<T> {
         let mut grads = Vec::new();
         grads.extend(dscale);
         grads.extend(dcw);
-        let key = match k {
-            Some(_) => Some(Tensor::new(kk.shape().to_vec(), dk)?),
-            None => {
-                dv.iter_mut().zip(&dk).for_each(|(a, b)| *a += *b);
-                None
-            }
-        };
-        Ok(AttentionGrads {
-            weights: grads,
-            query: Tensor::new(q.shape().to_vec(), dq)?,
-            value: Tensor::new(v.shape().to_vec(), dv)?,
-            key,
-        })
+        AttentionGrads::of_inputs(grads, q, v, k, dq, dv, dk)
     }
 }
 

@@ -274,28 +274,9 @@ impl<T: Float> Dense<T> {
             )
             .into());
         }
-        let rows = x.len() / d;
         let n = self.config.units;
-        let mut out = vec![T::zero(); rows * n];
-        gemm(
-            rows,
-            n,
-            d,
-            T::one(),
-            Operand::new(x.data(), d),
-            Operand::new(self.kernel.data(), n),
-            false,
-            &mut out,
-            n,
-            threads,
-        );
-        if let Some(b) = &self.bias {
-            for row in out.chunks_exact_mut(n) {
-                for (v, bv) in row.iter_mut().zip(b.data()) {
-                    *v += *bv;
-                }
-            }
-        }
+        let bias = self.bias.as_ref().map(Tensor::data);
+        let out = affine(x.data(), d, self.kernel.data(), n, bias, threads);
         let mut shape = x.shape().to_vec();
         let last = shape.len() - 1;
         shape[last] = n;
@@ -311,4 +292,84 @@ impl<T: Float> Dense<T> {
         }
         Ok(y)
     }
+}
+
+/// `x · W + b` for the rows of `x` (`d` values each), `W` row-major `d × n`: the product of
+/// Dense and of MultiHeadAttention's projections.
+pub(crate) fn affine<T: Float>(
+    x: &[T],
+    d: usize,
+    kernel: &[T],
+    n: usize,
+    bias: Option<&[T]>,
+    threads: usize,
+) -> Vec<T> {
+    let rows = x.len() / d.max(1);
+    let mut out = vec![T::zero(); rows * n];
+    gemm(
+        rows,
+        n,
+        d,
+        T::one(),
+        Operand::new(x, d),
+        Operand::new(kernel, n),
+        false,
+        &mut out,
+        n,
+        threads,
+    );
+    if let Some(b) = bias {
+        for row in out.chunks_exact_mut(n.max(1)) {
+            row.iter_mut().zip(b).for_each(|(v, bv)| *v += *bv);
+        }
+    }
+    out
+}
+
+/// Gradients of [`affine`] for the output gradient `dy`: `(dW = xᵀ·dy, db = Σ dy` (with a
+/// bias)`, dx = dy·Wᵀ)`.
+pub(crate) fn affine_backward<T: Float>(
+    x: &[T],
+    d: usize,
+    kernel: &[T],
+    n: usize,
+    with_bias: bool,
+    dy: &[T],
+    threads: usize,
+) -> (Vec<T>, Option<Vec<T>>, Vec<T>) {
+    let rows = x.len() / d.max(1);
+    let mut dw = vec![T::zero(); d * n];
+    gemm(
+        d,
+        n,
+        rows,
+        T::one(),
+        Operand::new(x, d).t(),
+        Operand::new(dy, n),
+        false,
+        &mut dw,
+        n,
+        threads,
+    );
+    let db = with_bias.then(|| {
+        let mut s = vec![T::zero(); n];
+        for r in dy.chunks_exact(n.max(1)) {
+            s.iter_mut().zip(r).for_each(|(a, b)| *a += *b);
+        }
+        s
+    });
+    let mut dx = vec![T::zero(); rows * d];
+    gemm(
+        rows,
+        d,
+        n,
+        T::one(),
+        Operand::new(dy, n),
+        Operand::new(kernel, n).t(),
+        false,
+        &mut dx,
+        d,
+        threads,
+    );
+    (dw, db, dx)
 }

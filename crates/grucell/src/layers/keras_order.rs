@@ -126,21 +126,24 @@ impl MaskClearing {
             return None;
         }
         let ranks = keras_ranks(nodes, outputs);
-        let args = |nd: &Node| -> Vec<TensorRef> {
-            nd.args
-                .iter()
-                .filter_map(|a| match a {
-                    NodeArg::Tensor(r) => Some(*r),
-                    NodeArg::Scalar(_) => None,
-                })
-                .collect()
-        };
+        let args: Vec<Vec<TensorRef>> = nodes
+            .iter()
+            .map(|nd| {
+                nd.args
+                    .iter()
+                    .filter_map(|a| match a {
+                        NodeArg::Tensor(r) => Some(*r),
+                        NodeArg::Scalar(_) => None,
+                    })
+                    .collect()
+            })
+            .collect();
         let mut plan = MaskClearing::default();
-        for (m, nd) in nodes.iter().enumerate().filter(|(m, _)| attention[*m]) {
-            for r in args(nd) {
+        for m in (0..nodes.len()).filter(|&m| attention[m]) {
+            for &r in &args[m] {
                 plan.watched.insert(r);
-                for (c, other) in nodes.iter().enumerate() {
-                    if ranks[c] > ranks[m] && args(other).contains(&r) {
+                for (c, theirs) in args.iter().enumerate() {
+                    if ranks[c] > ranks[m] && theirs.contains(&r) {
                         plan.cleared.insert((c, r));
                     }
                 }

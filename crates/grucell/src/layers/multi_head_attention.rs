@@ -21,6 +21,8 @@
 //! `flash_attention`, an `activity_regularizer` (Keras gives it to each projection) and an
 //! `attention_mask` call argument are refused with an error naming them.
 
+use std::borrow::Cow;
+
 use rand::rngs::StdRng;
 use serde_json::{json, Map, Value};
 
@@ -29,6 +31,7 @@ use crate::error::{ConfigError, Error, ShapeError};
 use crate::float::Float;
 use crate::layers::attention::{AttentionCall, AttentionGrads};
 use crate::layers::constraint::Constraint;
+use crate::layers::dense::{affine, affine_backward};
 use crate::layers::gru_cell::{dtype_policy, MAX_UNITS};
 use crate::layers::initializer::{Initializer, VsPreset};
 use crate::layers::keras_json::{get_bool, get_f64, get_str, get_u64};
@@ -482,35 +485,37 @@ impl<T: Float> MultiHeadAttention<T> {
         Ok(Some(out))
     }
 
-    /// `x·W + b` of projection `p` on `rows` rows.
-    fn project(&self, p: usize, x: &[T], rows: usize) -> Vec<T> {
-        let (w, bias) = self.proj(p);
-        // The output kernel is (heads, value_dim, out): its first two axes are the input.
+    /// `(inputs, outputs)` of projection `p` as a matrix product: the output kernel is
+    /// `(heads, value_dim, out)`, its first two axes the input.
+    fn proj_dims(&self, p: usize) -> (usize, usize) {
+        let w = self.proj(p).0;
         let d = if p == 3 {
             w.shape()[0] * w.shape()[1]
         } else {
             w.shape()[0]
         };
-        let n = w.len() / d.max(1);
-        let mut out = vec![T::zero(); rows * n];
-        gemm(
-            rows,
-            n,
-            d,
-            T::one(),
-            Operand::new(x, d),
-            Operand::new(w.data(), n),
-            false,
-            &mut out,
-            n,
-            1,
-        );
-        if let Some(b) = bias {
-            for row in out.chunks_exact_mut(n.max(1)) {
-                row.iter_mut().zip(b.data()).for_each(|(v, b)| *v += *b);
-            }
+        (d, w.len() / d.max(1))
+    }
+
+    /// `x·W + b` of projection `p`.
+    fn project(&self, p: usize, x: &[T]) -> Vec<T> {
+        let (w, bias) = self.proj(p);
+        let (d, n) = self.proj_dims(p);
+        affine(x, d, w.data(), n, bias.map(Tensor::data), 1)
+    }
+
+    /// Gradients of projection `p` (input `x`, output gradient `dy`): its weights' into
+    /// `wgrads` (Keras' order), the input's returned.
+    fn project_back(&self, p: usize, x: &[T], dy: &[T], wgrads: &mut [Vec<T>]) -> Vec<T> {
+        let (w, _) = self.proj(p);
+        let (d, n) = self.proj_dims(p);
+        let (dw, db, dx) = affine_backward(x, d, w.data(), n, self.config.use_bias, dy, 1);
+        let step = if self.config.use_bias { 2 } else { 1 };
+        wgrads[p * step] = dw;
+        if let Some(db) = db {
+            wgrads[p * step + 1] = db;
         }
-        out
+        dx
     }
 
     /// The output and the attention weights `(batch, heads, T, S)` of a call at inference.
@@ -549,15 +554,10 @@ impl<T: Float> MultiHeadAttention<T> {
         );
         let explicit = self.config.dropout > 0.0 || opts.return_attention_scores;
         let scale = T::one() / T::of(kd as f64).sqrt();
-        let qp = self.project(0, q.data(), n.b * n.t);
-        let kp = self.project(1, kx.data(), n.b * n.s);
-        let vp = self.project(2, v.data(), n.b * n.s);
-        // Keras' explicit route scales the query first; dot_product_attention the scores.
-        let qs: Vec<T> = if explicit {
-            qp.iter().map(|x| *x * scale).collect()
-        } else {
-            qp.clone()
-        };
+        let qp = self.project(0, q.data());
+        let kp = self.project(1, kx.data());
+        let vp = self.project(2, v.data());
+        let qs = scaled_query(&qp, explicit, scale);
         let (ldq, ldv) = (heads * kd, heads * vd);
         let (t, s) = (n.t, n.s);
         let mut probs = vec![T::zero(); n.b * heads * t * s];
@@ -614,7 +614,7 @@ impl<T: Float> MultiHeadAttention<T> {
                 );
             }
         }
-        let out = self.project(3, &o, n.b * t);
+        let out = self.project(3, &o);
         let out = Tensor::new(vec![n.b, t, self.output_dim()], out)?;
         let scores = Tensor::new(vec![n.b, heads, t, s], probs.clone())?;
         let trace = MhaTrace {
@@ -699,48 +699,15 @@ impl<T: Float> MultiHeadAttention<T> {
             .iter()
             .map(|w| vec![T::zero(); w.len()])
             .collect();
-        let step = if self.config.use_bias { 2 } else { 1 };
         // Output projection: dWo = Oᵀ·dY, dbo = Σ dY, dO = dY·Woᵀ.
         let rows_q = n.b * t;
-        let (wo, _) = self.proj(3);
-        gemm(
-            ldv,
-            dout_dim,
-            rows_q,
-            T::one(),
-            Operand::new(&trace.o, ldv).t(),
-            Operand::new(d_out.data(), dout_dim),
-            false,
-            &mut wgrads[3 * step],
-            dout_dim,
-            1,
-        );
-        if self.config.use_bias {
-            column_sums(d_out.data(), dout_dim, &mut wgrads[7]);
-        }
-        let mut d_o = vec![T::zero(); rows_q * ldv];
-        gemm(
-            rows_q,
-            ldv,
-            dout_dim,
-            T::one(),
-            Operand::new(d_out.data(), dout_dim),
-            Operand::new(wo.data(), dout_dim).t(),
-            false,
-            &mut d_o,
-            ldv,
-            1,
-        );
+        let d_o = self.project_back(3, &trace.o, d_out.data(), &mut wgrads);
         let weights: Vec<T> = match &trace.keep {
             Some(f) => trace.probs.iter().zip(f).map(|(p, k)| *p * *k).collect(),
             None => trace.probs.clone(),
         };
         let scale = T::one() / T::of(kd as f64).sqrt();
-        let qs: Vec<T> = if trace.explicit {
-            trace.q.iter().map(|x| *x * scale).collect()
-        } else {
-            trace.q.clone()
-        };
+        let qs = scaled_query(&trace.q, trace.explicit, scale);
         let mut dq = vec![T::zero(); rows_q * ldq];
         let mut dk = vec![T::zero(); n.b * s * ldq];
         let mut dv = vec![T::zero(); n.b * s * ldv];
@@ -831,55 +798,10 @@ impl<T: Float> MultiHeadAttention<T> {
             dq.iter_mut().for_each(|g| *g *= scale);
         }
         // The three input projections.
-        let mut proj_back = |p: usize, x: &[T], rows: usize, dy: &[T]| -> Vec<T> {
-            let (w, _) = self.proj(p);
-            let d = w.shape()[0];
-            let m = w.len() / d.max(1);
-            gemm(
-                d,
-                m,
-                rows,
-                T::one(),
-                Operand::new(x, d).t(),
-                Operand::new(dy, m),
-                false,
-                &mut wgrads[p * step],
-                m,
-                1,
-            );
-            if self.config.use_bias {
-                column_sums(dy, m, &mut wgrads[p * step + 1]);
-            }
-            let mut dx = vec![T::zero(); rows * d];
-            gemm(
-                rows,
-                d,
-                m,
-                T::one(),
-                Operand::new(dy, m),
-                Operand::new(w.data(), m).t(),
-                false,
-                &mut dx,
-                d,
-                1,
-            );
-            dx
-        };
-        let dxq = proj_back(0, q.data(), rows_q, &dq);
-        let dxk = proj_back(1, kx.data(), n.b * s, &dk);
-        let mut dxv = proj_back(2, v.data(), n.b * s, &dv);
-        let key = if k.is_some() {
-            Some(Tensor::new(kx.shape().to_vec(), dxk)?)
-        } else {
-            dxv.iter_mut().zip(&dxk).for_each(|(a, b)| *a += *b);
-            None
-        };
-        Ok(AttentionGrads {
-            weights: wgrads,
-            query: Tensor::new(q.shape().to_vec(), dxq)?,
-            value: Tensor::new(v.shape().to_vec(), dxv)?,
-            key,
-        })
+        let dxq = self.project_back(0, q.data(), &dq, &mut wgrads);
+        let dxk = self.project_back(1, kx.data(), &dk, &mut wgrads);
+        let dxv = self.project_back(2, v.data(), &dv, &mut wgrads);
+        AttentionGrads::of_inputs(wgrads, q, v, k, dxq, dxv, dxk)
     }
 
     /// Output shapes `[output, scores]` for symbolic query and value shapes.
@@ -900,6 +822,16 @@ impl<T: Float> MultiHeadAttention<T> {
     /// Input feature counts (query, value, key) for a saved build config.
     pub fn input_features(&self) -> (usize, usize, usize) {
         self.input_dims()
+    }
+}
+
+/// The projected query as the scores' product reads it: Keras' explicit route scales the query
+/// first, `dot_product_attention` the scores after (then the query is used as it is).
+fn scaled_query<T: Float>(q: &[T], explicit: bool, scale: T) -> Cow<'_, [T]> {
+    if explicit {
+        Cow::Owned(q.iter().map(|x| *x * scale).collect())
+    } else {
+        Cow::Borrowed(q)
     }
 }
 
@@ -931,13 +863,6 @@ fn softmax_row<T: Float>(row: &mut [T], keep: Option<&[bool]>, explicit: bool) {
         sum += *x;
     }
     row.iter_mut().for_each(|x| *x /= sum);
-}
-
-/// `out[j] = Σ_rows x[row, j]` for a row-major `x` with `cols` columns.
-fn column_sums<T: Float>(x: &[T], cols: usize, out: &mut [T]) {
-    for row in x.chunks_exact(cols.max(1)) {
-        out.iter_mut().zip(row).for_each(|(o, v)| *o += *v);
-    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use crate::layers::attention::Score;
 use crate::layers::batch_norm::BatchStats;
 use crate::layers::bidirectional::{merge, MergeMode};
 use crate::layers::constraint::Constraint;
-use crate::layers::dense::Dense;
+use crate::layers::dense::{affine_backward, Dense};
 use crate::layers::model::{call_mask, lookup, Layer, Model, NodeArg, TensorRef, Val};
 use crate::layers::multi_head_attention::MhaTrace;
 use crate::layers::noise::keep_factors;
@@ -1432,40 +1432,14 @@ fn dense_backward<T: Float>(
     dpre: &Tensor<T>,
     threads: usize,
 ) -> Result<DenseGrads<T>, Error> {
-    use crate::engine::gemm::{gemm, Operand};
     let (i, o) = (d.input_dim(), d.config().units);
-    let rows = x.len() / i.max(1);
-    let mut dw = vec![T::zero(); i * o];
-    gemm(
+    let (dw, db, dx) = affine_backward(
+        x.data(),
         i,
+        d.kernel().data(),
         o,
-        rows,
-        T::one(),
-        Operand::new(x.data(), i).t(),
-        Operand::new(dpre.data(), o),
-        false,
-        &mut dw,
-        o,
-        threads,
-    );
-    let db = d.bias().map(|_| {
-        let mut s = vec![T::zero(); o];
-        for r in dpre.data().chunks_exact(o) {
-            s.iter_mut().zip(r).for_each(|(a, b)| *a += *b);
-        }
-        s
-    });
-    let mut dx = vec![T::zero(); rows * i];
-    gemm(
-        rows,
-        i,
-        o,
-        T::one(),
-        Operand::new(dpre.data(), o),
-        Operand::new(d.kernel().data(), o).t(),
-        false,
-        &mut dx,
-        i,
+        d.bias().is_some(),
+        dpre.data(),
         threads,
     );
     Ok((dw, db, Tensor::new(x.shape().to_vec(), dx)?))
