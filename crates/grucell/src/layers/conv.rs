@@ -716,7 +716,7 @@ impl<T: Float> Conv1D<T> {
         }
         let bias = self.bias.as_ref().map(|_| {
             let mut s = vec![T::zero(); f];
-            if self.bias_on_steps(&d) {
+            if self.bias_gradient_on_steps(&d) {
                 for (r, row) in dl.chunks_exact(f).enumerate() {
                     s[r % d.out] += row.iter().copied().sum::<T>();
                 }
@@ -739,14 +739,29 @@ impl<T: Float> Conv1D<T> {
         })
     }
 
-    /// Whether Keras 3.15.1 with the TensorFlow backend adds the bias along the *steps*: its
-    /// `ops.add` turns an add of a bias-shaped `(1, filters, 1)` tensor into `tf.nn.bias_add`,
-    /// in `NHWC` form whenever the last axis has the bias' length. With `channels_first` and as
-    /// many output steps as filters (more than one), the output `(batch, filters, steps)` then
-    /// gets `bias[t]` at step `t` instead of `bias[f]` for filter `f`. grucell reproduces it,
-    /// since that is what Keras computes (with a graph traced on unknown step counts Keras would
-    /// not; `predict` and `fit` trace on the data's shapes).
+    /// Whether Keras 3.15.1 with the TensorFlow backend adds the bias along the *steps* in
+    /// `predict`, `fit` and `evaluate`. Its `ops.add` turns an add of a bias-shaped
+    /// `(1, filters, 1)` tensor into `tf.nn.bias_add`, in `NHWC` form whenever the last axis
+    /// has the bias' length: with `channels_first` and as many output steps as filters (more
+    /// than one), the output `(batch, filters, steps)` gets `bias[t]` at step `t` instead of
+    /// `bias[f]` for filter `f` ([`Self::bias_gradient_on_steps`]). In the graphs those methods
+    /// run, TensorFlow's optimizer fuses a plain convolution (one group, no dilation) with that
+    /// bias add into one convolution that adds `bias[f]` per filter after all; a grouped
+    /// convolution (which Keras runs under XLA) or a dilated one is not fused and keeps `bias[t]`.
+    /// Keras' eager call, `model(x)`, always gives `bias[t]`; grucell follows `predict` and
+    /// `fit` (with a graph traced on unknown step counts Keras would not add along the steps at
+    /// all; `predict` and `fit` trace on the data's shapes). Measured with TensorFlow 2.21 on
+    /// x86 CPUs, where a `channels_first` convolution runs only in float32 with oneDNN.
     fn bias_on_steps(&self, d: &Dims) -> bool {
+        self.bias_gradient_on_steps(d) && (self.config.groups > 1 || self.config.dilation_rate > 1)
+    }
+
+    /// Whether Keras' gradient of the bias sums the output gradient along the steps: always
+    /// when the bias add is written along the steps (see [`Self::bias_on_steps`]), even when
+    /// TensorFlow's fused forward adds it per filter, since the gradient is taken on the unfused
+    /// `BiasAdd` (so Keras' `fit` then steps the bias by a gradient of another function than
+    /// the one it computes; grucell takes the same steps).
+    fn bias_gradient_on_steps(&self, d: &Dims) -> bool {
         self.config.channels_first && self.config.filters > 1 && d.out == self.config.filters
     }
 
@@ -848,7 +863,8 @@ mod tests {
                 for f in 0..c.filters {
                     let g = f / fg;
                     // Keras' bias along the steps (see Conv1D::bias_on_steps).
-                    let bi_ = if c.channels_first && c.filters > 1 && out == c.filters {
+                    let unfused = c.groups > 1 || c.dilation_rate > 1;
+                    let bi_ = if c.channels_first && c.filters > 1 && out == c.filters && unfused {
                         to
                     } else {
                         f
@@ -978,6 +994,17 @@ mod tests {
                 assert!((fd - g.kernel[i]).abs() < 1e-6, "{c:?} dk[{i}]");
             }
             let db = g.bias.unwrap();
+            let d = conv.dims(&x).unwrap();
+            if conv.bias_gradient_on_steps(&d) && !conv.bias_on_steps(&d) {
+                // Keras' fused forward adds the bias per filter, its gradient sums along the
+                // steps: the gradient is not the forward's derivative (Conv1D::bias_on_steps).
+                let (f, o) = (c.filters, d.out);
+                for (t, v) in db.iter().enumerate() {
+                    let want: f64 = (0..d.batch * f).map(|r| w[r * o + t]).sum();
+                    assert!((want - v).abs() < 1e-12, "{c:?} db[{t}]");
+                }
+                continue;
+            }
             for (f, v) in db.iter().enumerate() {
                 let mut cp = conv.clone();
                 if let Some(b) = cp.bias.as_mut() {
