@@ -207,6 +207,9 @@ pub fn print_report(o: &ForecastOutcome, files: &OutputFiles, labels: &Labels, i
             m.gaps.interpolated, m.gaps.dropped_leading, m.gaps.dropped_trailing
         );
     }
+    if let Some(axis) = &m.time_axis {
+        println!("{indent}  dates from {axis}");
+    }
     if m.reversed {
         println!("{indent}  rows were newest-first: reversed into chronological order");
     }

@@ -25,8 +25,12 @@ pub struct Series {
     pub name: String,
     /// The values in chronological order; `None` for a missing cell.
     pub values: Vec<Option<f64>>,
-    /// The date column's text, aligned with `values`, when a date column was given.
+    /// The dates' text, aligned with `values`, when a date column was given or a time axis
+    /// found (`1959Q1` for a `year` and a `quarter` column).
     pub dates: Option<Vec<String>>,
+    /// Where the dates come from (``column `date` ``, ``columns `year` + `month` ``), when
+    /// they do.
+    pub time_axis: Option<String>,
     /// True when the rows were reversed to put them in chronological order.
     pub reversed: bool,
 }
@@ -38,6 +42,7 @@ impl Series {
             name: name.into(),
             values,
             dates: None,
+            time_axis: None,
             reversed: false,
         }
     }
@@ -155,17 +160,23 @@ fn find_column(headers: &[String], name: &str) -> Option<usize> {
 enum DateStyle {
     /// Year first: `1958-03-29`, `1949-01`, `2020/05/01 10:00` (ordered as text after the year).
     YearFirst,
+    /// Dates that name their month or period: `Jan-1-1995`, `01 Jan 1995`, `March 2001`,
+    /// `1974Q1`, `Q3 1974`, `1995M07`, `2020-W05`.
+    Named,
     /// Day, month, year: `29.03.1958`, `29/03/1958 10:00`.
     DayFirst,
     /// Month, day, year: `3/29/1958` (the US order).
     MonthFirst,
-    /// Whole numbers in a column named like a time axis (`year`, `t`, `time`, `step`, `period`).
+    /// Whole numbers in a column named like a time axis (`year`, `t`, `time`, `date`, …).
     Number,
 }
 
-/// A date cell as a sortable key: (year or number, month, day, the rest of the cell, such as a
-/// time of day, compared as text). `None` when the cell is not written in `style`.
-fn date_key(cell: &str, style: DateStyle) -> Option<(i64, u32, u32, String)> {
+/// A date as a sortable key: (year or number, month, day, the rest of the cell, such as a time
+/// of day, compared as text).
+type DateKey = (i64, u32, u32, String);
+
+/// A date cell as a sortable key. `None` when the cell is not written in `style`.
+fn date_key(cell: &str, style: DateStyle) -> Option<DateKey> {
     let c = cell.trim();
     let b = c.as_bytes();
     match style {
@@ -177,15 +188,15 @@ fn date_key(cell: &str, style: DateStyle) -> Option<(i64, u32, u32, String)> {
             let year = c.get(..4)?.parse().ok()?;
             year_first.then(|| (year, 0, 0, c[4..].to_string()))
         }
+        DateStyle::Named => named_date_key(c),
         DateStyle::DayFirst | DateStyle::MonthFirst => {
             // `A?B?YYYY…` with one- or two-digit A and B and one separator kind (`/`, `.`, `-`).
             let (date, rest) = c.split_at(c.find([' ', 'T']).unwrap_or(c.len()));
             let sep = date.bytes().find(|x| matches!(x, b'/' | b'.' | b'-'))?;
             let mut parts = date.split(sep as char);
             let (a, m, y) = (parts.next()?, parts.next()?, parts.next()?);
-            let small =
-                |s: &str| (1..=2).contains(&s.len()) && s.bytes().all(|x| x.is_ascii_digit());
-            if parts.next().is_some() || !small(a) || !small(m) || y.len() != 4 {
+            if parts.next().is_some() || !is_small_number(a) || !is_small_number(m) || y.len() != 4
+            {
                 return None;
             }
             let (a, m, y): (u32, u32, i64) = (a.parse().ok()?, m.parse().ok()?, y.parse().ok()?);
@@ -201,9 +212,112 @@ fn date_key(cell: &str, style: DateStyle) -> Option<(i64, u32, u32, String)> {
     }
 }
 
-/// The style in which every cell of column `i` is a date: year first, else day first or month
-/// first (day first when both read every cell, unless the separator is `/`, which the US writes
-/// month first), else whole numbers. `None` when no style reads them all.
+/// One or two ASCII digits.
+fn is_small_number(s: &str) -> bool {
+    (1..=2).contains(&s.len()) && s.bytes().all(|x| x.is_ascii_digit())
+}
+
+/// A four-digit year.
+fn four_digit_year(s: &str) -> Option<i64> {
+    (s.len() == 4 && s.bytes().all(|x| x.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
+}
+
+/// The month (1–12) an English month name or its abbreviation (`Jan`, `Sept`, `JANUARY`) names.
+fn month_number(word: &str) -> Option<u32> {
+    const MONTHS: [&str; 12] = [
+        "january",
+        "february",
+        "march",
+        "april",
+        "may",
+        "june",
+        "july",
+        "august",
+        "september",
+        "october",
+        "november",
+        "december",
+    ];
+    let w = word.trim().trim_end_matches('.').to_ascii_lowercase();
+    if w.len() < 3 || !w.bytes().all(|x| x.is_ascii_alphabetic()) {
+        return None;
+    }
+    MONTHS
+        .iter()
+        .position(|m| m.starts_with(&w))
+        .and_then(|i| u32::try_from(i + 1).ok())
+}
+
+/// A year followed or preceded by a period code: `1974Q1`, `1974-Q1`, `1974 q1`, `Q1 1974`,
+/// `Q1-1974` (quarters, as month 3q − 2), `1995M07`, `1995m7` (months), `2020-W05`, `2020W5`
+/// (ISO weeks, kept in the day field).
+fn period_code_key(c: &str) -> Option<DateKey> {
+    let compact: String = c
+        .chars()
+        .filter(|x| !matches!(x, ' ' | '-' | '/' | '.'))
+        .collect::<String>()
+        .to_ascii_uppercase();
+    let (year, code) = if compact.len() > 4 && compact.as_bytes()[0].is_ascii_digit() {
+        (compact.get(..4)?, compact.get(4..)?)
+    } else {
+        let split = compact.len().checked_sub(4)?;
+        (compact.get(split..)?, compact.get(..split)?)
+    };
+    let year = four_digit_year(year)?;
+    let (kind, number) = (code.get(..1)?, code.get(1..)?);
+    if !is_small_number(number) {
+        return None;
+    }
+    let n: u32 = number.parse().ok()?;
+    match kind {
+        "Q" if (1..=4).contains(&n) => Some((year, 3 * n - 2, 0, String::new())),
+        "M" if (1..=12).contains(&n) => Some((year, n, 0, String::new())),
+        "W" if (1..=53).contains(&n) => Some((year, 0, n, String::new())),
+        _ => None,
+    }
+}
+
+/// A date that names its month (`Jan-1-1995`, `1-Jan-1995`, `01 January 1995`, `Jan 1995`,
+/// `1995-Jan-01`, `March 3, 2001 10:00`) or its period ([`period_code_key`]). Exactly one month
+/// name, one four-digit year and at most one day (1–31); a trailing time of day (`10:00`) is
+/// kept as text.
+fn named_date_key(c: &str) -> Option<DateKey> {
+    if let Some(k) = period_code_key(c) {
+        return Some(k);
+    }
+    let mut tokens: Vec<&str> = c
+        .split([' ', '-', '/', ',', '.'])
+        .filter(|t| !t.is_empty())
+        .collect();
+    let rest = match tokens.last() {
+        Some(t) if t.contains(':') => tokens.pop().unwrap_or_default(),
+        _ => "",
+    };
+    let (mut months, mut years, mut days) = (Vec::new(), Vec::new(), Vec::new());
+    for t in tokens {
+        if let Some(m) = month_number(t) {
+            months.push(m);
+        } else if let Some(y) = four_digit_year(t) {
+            years.push(y);
+        } else if is_small_number(t) {
+            days.push(t.parse::<u32>().ok()?);
+        } else {
+            return None;
+        }
+    }
+    match (months.as_slice(), years.as_slice(), days.as_slice()) {
+        ([m], [y], []) => Some((*y, *m, 0, rest.to_string())),
+        ([m], [y], [d]) if (1..=31).contains(d) => Some((*y, *m, *d, rest.to_string())),
+        _ => None,
+    }
+}
+
+/// The style in which every cell of column `i` is a date: year first, else named months or
+/// periods, else day first or month first (day first when both read every cell, unless the
+/// separator is `/`, which the US writes month first), else whole numbers. `None` when no style
+/// reads them all.
 fn date_style(records: &[csv::StringRecord], i: usize) -> Option<DateStyle> {
     let reads = |style| {
         !records.is_empty()
@@ -215,73 +329,277 @@ fn date_style(records: &[csv::StringRecord], i: usize) -> Option<DateStyle> {
         .first()
         .and_then(|r| r.get(i))
         .is_some_and(|c| c.contains('/'));
-    let order = if slashed {
-        [
-            DateStyle::YearFirst,
-            DateStyle::MonthFirst,
-            DateStyle::DayFirst,
-            DateStyle::Number,
-        ]
+    let (first, second) = if slashed {
+        (DateStyle::MonthFirst, DateStyle::DayFirst)
     } else {
-        [
-            DateStyle::YearFirst,
-            DateStyle::DayFirst,
-            DateStyle::MonthFirst,
-            DateStyle::Number,
-        ]
+        (DateStyle::DayFirst, DateStyle::MonthFirst)
     };
-    order.into_iter().find(|&s| reads(s))
+    [
+        DateStyle::YearFirst,
+        DateStyle::Named,
+        first,
+        second,
+        DateStyle::Number,
+    ]
+    .into_iter()
+    .find(|&s| reads(s))
 }
 
 /// Headers of columns that count time in whole numbers (see [`time_number_column`]).
-const TIME_AXIS_NAMES: &[&str] = &["year", "t", "time", "step", "period"];
+const TIME_AXIS_NAMES: &[&str] = &[
+    "year",
+    "t",
+    "time",
+    "step",
+    "period",
+    "date",
+    "datetime",
+    "timestamp",
+    "ds",
+    "month",
+    "quarter",
+    "week",
+    "day",
+    "hour",
+];
 
-/// The first column whose every cell is a date ([`date_style`]: `1958-03-29`, `1949-01`,
-/// `2020/05/01 10:00`, `29.03.1958`, `3/29/1958`; not decimal years like `1958.2027`, which are
-/// numbers): read as the dates when `--date-column` is not given. Failing that, a column named
-/// like a time axis ([`TIME_AXIS_NAMES`]) whose whole numbers run strictly up or down, when the
-/// file has other columns.
-fn date_like_column(headers: &[String], records: &[csv::StringRecord]) -> Option<usize> {
+/// A part of the calendar held in its own column (`year`, `month`, … — see [`CalendarPart::of`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum CalendarPart {
+    Year,
+    Quarter,
+    Month,
+    Week,
+    Day,
+    Hour,
+}
+
+impl CalendarPart {
+    /// The part a header names (`Year`, `yr`, `MONTH`, `qtr`, …).
+    fn of(header: &str) -> Option<Self> {
+        Some(match header.trim().to_ascii_lowercase().as_str() {
+            "year" | "yr" | "yyyy" => CalendarPart::Year,
+            "quarter" | "qtr" => CalendarPart::Quarter,
+            "month" | "mon" | "mm" => CalendarPart::Month,
+            "week" | "wk" => CalendarPart::Week,
+            "day" | "dd" => CalendarPart::Day,
+            "hour" | "hr" | "hh" => CalendarPart::Hour,
+            _ => return None,
+        })
+    }
+
+    /// The part's value in `cell`: a whole number in its range (a month may also be named).
+    fn value(self, cell: &str) -> Option<i64> {
+        let c = cell.trim();
+        let n = c.parse::<i64>().ok().or_else(|| {
+            (self == CalendarPart::Month)
+                .then(|| month_number(c).map(i64::from))
+                .flatten()
+        })?;
+        let range = match self {
+            CalendarPart::Year => i64::MIN..=i64::MAX,
+            CalendarPart::Quarter => 1..=4,
+            CalendarPart::Month => 1..=12,
+            CalendarPart::Week => 1..=53,
+            CalendarPart::Day => 1..=31,
+            CalendarPart::Hour => 0..=23,
+        };
+        range.contains(&n).then_some(n)
+    }
+}
+
+/// Where the series' time axis comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum TimeAxis {
+    /// One column of dates or of whole numbers counting time.
+    Column(usize),
+    /// A year column and finer calendar parts in their own columns (`year`, `month`; `year`,
+    /// `quarter`; `year`, `month`, `day`, `hour`), coarsest first.
+    Calendar(Vec<(usize, CalendarPart)>),
+}
+
+impl TimeAxis {
+    /// The columns the axis reads.
+    fn columns(&self) -> Vec<usize> {
+        match self {
+            TimeAxis::Column(i) => vec![*i],
+            TimeAxis::Calendar(parts) => parts.iter().map(|(i, _)| *i).collect(),
+        }
+    }
+
+    /// How the axis is described in messages and `metrics.json`.
+    fn describe(&self, headers: &[String]) -> String {
+        let names: Vec<String> = self
+            .columns()
+            .iter()
+            .filter_map(|i| headers.get(*i).map(|h| format!("`{h}`")))
+            .collect();
+        match names.as_slice() {
+            [one] => format!("column {one}"),
+            _ => format!("columns {}", names.join(" + ")),
+        }
+    }
+
+    /// The row's date as text (`1959Q1`, `1959-03`, `1959-03-07 05h`) and its sortable key, or
+    /// `None` when a cell does not read.
+    fn date(&self, r: &csv::StringRecord, style: Option<DateStyle>) -> Option<(String, DateKey)> {
+        match self {
+            TimeAxis::Column(i) => {
+                let cell = r.get(*i)?;
+                Some((cell.to_string(), date_key(cell, style?)?))
+            }
+            TimeAxis::Calendar(parts) => {
+                let (mut text, mut key) = (String::new(), (0, 0, 0, String::new()));
+                for &(i, part) in parts {
+                    let v = part.value(r.get(i)?)?;
+                    let small = u32::try_from(v).unwrap_or(0);
+                    match part {
+                        CalendarPart::Year => {
+                            text = v.to_string();
+                            key.0 = v;
+                        }
+                        CalendarPart::Quarter => {
+                            text.push_str(&format!("Q{v}"));
+                            key.1 = 3 * small - 2;
+                        }
+                        CalendarPart::Month => {
+                            text.push_str(&format!("-{v:02}"));
+                            key.1 = small;
+                        }
+                        CalendarPart::Week => {
+                            text.push_str(&format!("-W{v:02}"));
+                            key.2 = small;
+                        }
+                        CalendarPart::Day => {
+                            text.push_str(&format!("-{v:02}"));
+                            key.2 = small;
+                        }
+                        CalendarPart::Hour => {
+                            text.push_str(&format!(" {v:02}h"));
+                            key.3 = format!("{v:02}");
+                        }
+                    }
+                }
+                Some((text, key))
+            }
+        }
+    }
+}
+
+/// Keys that run strictly up or strictly down.
+fn strictly_monotone<K: PartialOrd>(keys: &[K]) -> bool {
+    keys.len() >= 2
+        && (keys.windows(2).all(|w| w[1] > w[0]) || keys.windows(2).all(|w| w[1] < w[0]))
+}
+
+/// The time axis found when `--date-column` is not given: the first column whose every cell is
+/// a date ([`date_style`]: `1958-03-29`, `1949-01`, `2020/05/01 10:00`, `Jan-1-1995`, `1974Q1`,
+/// `29.03.1958`, `3/29/1958`; not decimal years like `1958.2027`, which are numbers); failing
+/// that, a year column with finer calendar parts beside it ([`calendar_columns`]); failing that,
+/// a column named like a time axis ([`TIME_AXIS_NAMES`]) whose whole numbers run strictly up or
+/// down, when the file has other columns.
+fn find_time_axis(headers: &[String], records: &[csv::StringRecord]) -> Option<TimeAxis> {
     (0..headers.len())
         .find(|&i| matches!(date_style(records, i), Some(s) if s != DateStyle::Number))
-        .or_else(|| time_number_column(headers, records))
+        .map(TimeAxis::Column)
+        .or_else(|| calendar_columns(headers, records))
+        .or_else(|| time_number_column(headers, records).map(TimeAxis::Column))
+}
+
+/// A year column and at least one finer calendar part (quarter, month, week, day, hour) in
+/// columns of their own, every cell in range, whose combined dates run strictly up or down:
+/// `year,quarter,gdp` or `Year,Month,Value`. One column per part; a day needs a month.
+fn calendar_columns(headers: &[String], records: &[csv::StringRecord]) -> Option<TimeAxis> {
+    let mut parts: Vec<(usize, CalendarPart)> = Vec::new();
+    for (i, h) in headers.iter().enumerate() {
+        let Some(part) = CalendarPart::of(h) else {
+            continue;
+        };
+        let reads = records
+            .iter()
+            .all(|r| r.get(i).and_then(|c| part.value(c)).is_some());
+        if reads && !parts.iter().any(|(_, p)| *p == part) {
+            parts.push((i, part));
+        }
+    }
+    parts.sort_by_key(|(_, p)| *p);
+    let has = |p| parts.iter().any(|(_, q)| *q == p);
+    let coarse = [
+        CalendarPart::Quarter,
+        CalendarPart::Month,
+        CalendarPart::Week,
+    ];
+    let finer = parts.len() >= 2 && coarse.iter().filter(|p| has(**p)).count() <= 1;
+    if !has(CalendarPart::Year) || !finer || (has(CalendarPart::Day) && !has(CalendarPart::Month)) {
+        return None;
+    }
+    let axis = TimeAxis::Calendar(parts);
+    let keys: Option<Vec<DateKey>> = records
+        .iter()
+        .map(|r| axis.date(r, None).map(|d| d.1))
+        .collect();
+    keys.is_some_and(|k| strictly_monotone(&k)).then_some(axis)
 }
 
 /// A column named like a time axis holding whole numbers that run strictly up or down
-/// (`year` 1900, 1901, …; `t` 0, 1, …), when there is another column to forecast.
+/// (`year` 1900, 1901, …; `t` 0, 1, …; `date` 19580329, 19580405, …), when there is another
+/// column to forecast.
 fn time_number_column(headers: &[String], records: &[csv::StringRecord]) -> Option<usize> {
     if headers.len() < 2 {
         return None;
     }
     (0..headers.len()).find(|&i| {
         let h = headers[i].trim().to_ascii_lowercase();
-        let nums: Option<Vec<i64>> = records
-            .iter()
-            .map(|r| r.get(i).and_then(|c| c.trim().parse::<i64>().ok()))
-            .collect();
         TIME_AXIS_NAMES.contains(&h.as_str())
-            && nums.is_some_and(|n| {
-                n.len() >= 2
-                    && (n.windows(2).all(|w| w[1] > w[0]) || n.windows(2).all(|w| w[1] < w[0]))
-            })
+            && whole_numbers(records, i).is_some_and(|n| strictly_monotone(&n))
     })
 }
 
-/// A column of row numbers: named like an index (empty, pandas' `Unnamed: 0`, `index`, `id`)
-/// and holding consecutive integers, counting up or down.
-fn is_row_number_column(header: &str, records: &[csv::StringRecord], i: usize) -> bool {
-    let h = header.trim().to_ascii_lowercase();
-    let named = h.is_empty() || h.starts_with("unnamed") || h == "index" || h == "id";
-    let nums: Option<Vec<i64>> = records
+/// Every cell of column `i` as a whole number, or `None`.
+fn whole_numbers(records: &[csv::StringRecord], i: usize) -> Option<Vec<i64>> {
+    records
         .iter()
         .map(|r| r.get(i).and_then(|c| c.trim().parse::<i64>().ok()))
-        .collect();
-    named
-        && nums.is_some_and(|n| {
-            n.len() >= 2
+        .collect()
+}
+
+/// The two rules by which a numeric column is passed over as the series (see [`skipped`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Skip {
+    /// Row numbers: named like an index (empty, pandas' `Unnamed: 0`, `index`, `id`) and
+    /// holding consecutive integers, counting up or down.
+    RowNumbers,
+    /// Whole numbers in a column named like a time axis that never turn back (`year`, `t`,
+    /// `date`), or in a column named like a finer calendar part, within its range (`month`
+    /// 1–12, `day` 1–31, … of a daily file whose date is spread over columns).
+    TimeNamed,
+}
+
+/// Whether column `i` is passed over by `rule` when another numeric column is there.
+fn skipped(rule: Skip, header: &str, records: &[csv::StringRecord], i: usize) -> bool {
+    let h = header.trim().to_ascii_lowercase();
+    let Some(n) = whole_numbers(records, i).filter(|n| n.len() >= 2) else {
+        return false;
+    };
+    match rule {
+        Skip::RowNumbers => {
+            let named = h.is_empty() || h.starts_with("unnamed") || h == "index" || h == "id";
+            named
                 && (n.windows(2).all(|w| w[1] == w[0] + 1)
                     || n.windows(2).all(|w| w[1] == w[0] - 1))
-        })
+        }
+        // A finer calendar part cycles through its range; a year or another time axis never
+        // turns back (a daily file repeats its year).
+        Skip::TimeNamed => match CalendarPart::of(&h) {
+            Some(p) if p != CalendarPart::Year => records
+                .iter()
+                .all(|r| r.get(i).and_then(|c| p.value(c)).is_some()),
+            _ => {
+                (CalendarPart::of(&h).is_some() || TIME_AXIS_NAMES.contains(&h.as_str()))
+                    && (n.windows(2).all(|w| w[1] >= w[0]) || n.windows(2).all(|w| w[1] <= w[0]))
+            }
+        },
+    }
 }
 
 fn list(headers: &[String]) -> String {
@@ -324,15 +642,18 @@ pub fn parse_series(
         .records()
         .collect::<Result<_, _>>()
         .map_err(|e| bad("rows".into(), e.to_string()))?;
-    let date_idx = match date_column {
-        None => date_like_column(&headers, &records),
-        Some(d) => Some(find_column(&headers, d).ok_or_else(|| {
-            bad(
-                format!("date column `{d}`"),
-                format!("not found; available columns: {}", list(&headers)),
-            )
-        })?),
+    let axis = match date_column {
+        None => find_time_axis(&headers, &records),
+        Some(d) => Some(TimeAxis::Column(find_column(&headers, d).ok_or_else(
+            || {
+                bad(
+                    format!("date column `{d}`"),
+                    format!("not found; available columns: {}", list(&headers)),
+                )
+            },
+        )?)),
     };
+    let axis_columns = axis.as_ref().map(TimeAxis::columns).unwrap_or_default();
     let value_idx = match column {
         Some(c) => find_column(&headers, c).ok_or_else(|| {
             bad(
@@ -342,7 +663,7 @@ pub fn parse_series(
         })?,
         None => {
             let numeric: Vec<usize> = (0..headers.len())
-                .filter(|i| Some(*i) != date_idx)
+                .filter(|i| !axis_columns.contains(i))
                 .filter(|&i| {
                     let cells = records.iter().filter_map(|r| r.get(i));
                     let mut any = false;
@@ -356,18 +677,20 @@ pub fn parse_series(
                     any
                 })
                 .collect();
-            // A row number column (pandas' unnamed index, `index`, `id`) is not the series,
-            // when another numeric column is there.
-            let not_index: Vec<usize> = numeric
-                .iter()
-                .copied()
-                .filter(|&i| !is_row_number_column(&headers[i], &records, i))
-                .collect();
-            let numeric = if not_index.is_empty() {
-                numeric
-            } else {
-                not_index
-            };
+            // Row numbers (pandas' unnamed index, `index`, `id`), then whole numbers in columns
+            // named like a time axis or calendar part, are not the series when another numeric
+            // column is there.
+            let mut numeric = numeric;
+            for rule in [Skip::RowNumbers, Skip::TimeNamed] {
+                let kept: Vec<usize> = numeric
+                    .iter()
+                    .copied()
+                    .filter(|&i| !skipped(rule, &headers[i], &records, i))
+                    .collect();
+                if !kept.is_empty() {
+                    numeric = kept;
+                }
+            }
             match numeric.as_slice() {
                 [i] => *i,
                 [] => {
@@ -399,7 +722,12 @@ pub fn parse_series(
     };
     let name = headers.get(value_idx).cloned().unwrap_or_default();
     let mut values = Vec::with_capacity(records.len());
-    let mut dates = date_idx.map(|_| Vec::with_capacity(records.len()));
+    let style = match &axis {
+        Some(TimeAxis::Column(i)) => date_style(&records, *i),
+        _ => None,
+    };
+    let mut dates = axis.as_ref().map(|_| Vec::with_capacity(records.len()));
+    let mut keys = axis.as_ref().map(|_| Vec::with_capacity(records.len()));
     for (i, r) in records.iter().enumerate() {
         let cell = r.get(value_idx).unwrap_or("");
         let v = parse_cell(cell, decimal_comma).map_err(|why| {
@@ -413,8 +741,17 @@ pub fn parse_series(
             )
         })?;
         values.push(v);
-        if let (Some(d), Some(di)) = (dates.as_mut(), date_idx) {
-            d.push(r.get(di).unwrap_or("").to_string());
+        if let (Some(d), Some(a)) = (dates.as_mut(), axis.as_ref()) {
+            let date = a.date(r, style);
+            let text = match (a, &date) {
+                (_, Some((text, _))) => text.clone(),
+                (TimeAxis::Column(i), None) => r.get(*i).unwrap_or("").to_string(),
+                (TimeAxis::Calendar(_), None) => String::new(),
+            };
+            d.push(text);
+            if let Some(k) = keys.as_mut() {
+                k.push(date.map(|d| d.1));
+            }
         }
     }
     if values.iter().all(Option::is_none) {
@@ -427,15 +764,14 @@ pub fn parse_series(
         name,
         values,
         dates,
+        time_axis: axis.as_ref().map(|a| a.describe(&headers)),
         reversed: false,
     };
-    if let Some(d) = &series.dates {
-        let keys: Option<Vec<_>> = date_idx
-            .and_then(|i| date_style(&records, i))
-            .and_then(|style| d.iter().map(|c| date_key(c, style)).collect());
-        let descending = keys.is_some_and(|k| {
-            k.len() >= 2 && k.windows(2).all(|w| w[0] >= w[1]) && k.first() != k.last()
-        });
+    // Every row's key read: newest first when they never rise and are not all equal.
+    let keys: Option<Vec<DateKey>> = keys.and_then(|k| k.into_iter().collect());
+    if let Some(k) = keys {
+        let descending =
+            k.len() >= 2 && k.windows(2).all(|w| w[0] >= w[1]) && k.first() != k.last();
         if descending {
             series.values.reverse();
             if let Some(d) = series.dates.as_mut() {
@@ -588,8 +924,11 @@ mod tests {
         assert_eq!(s.dates.unwrap(), ["1900", "1902", "1903"]);
         let s = parse("t,v\n0,5\n1,6\n2,7\n", None, None).unwrap();
         assert_eq!((s.name.as_str(), s.reversed), ("v", false));
-        // Not a time axis: repeated numbers, another name, or the only column.
-        assert!(parse("t,v\n0,5\n0,6\n", None, None).is_err());
+        // Not a time axis: repeated numbers, another name, or the only column. A time-named
+        // column that never turns back is still not the series; one that does may be.
+        let s = parse("t,v\n0,5\n0,6\n", None, None).unwrap();
+        assert_eq!((s.name.as_str(), s.dates.is_none()), ("v", true));
+        assert!(parse("t,v\n3,5\n1,6\n2,7\n", None, None).is_err());
         assert!(parse("n,v\n0,5\n1,6\n", None, None).is_err());
         assert_eq!(parse("year\n1\n2\n", None, None).unwrap().name, "year");
         // Not dates: impossible months and days, two-digit years.
@@ -601,6 +940,102 @@ mod tests {
         // An explicit date column of whole numbers orders the rows too.
         let s = parse("k,v\n3,1\n2,2\n", Some("v"), Some("k")).unwrap();
         assert!(s.reversed);
+    }
+
+    /// Dates that name their month or period are found and ordered.
+    #[test]
+    fn named_months_and_period_codes() {
+        let key = |c| date_key(c, DateStyle::Named);
+        assert_eq!(key("Jan-1-1995"), Some((1995, 1, 1, String::new())));
+        assert_eq!(key("01 Jan 1995"), Some((1995, 1, 1, String::new())));
+        assert_eq!(
+            key("March 3, 2001 10:00"),
+            Some((2001, 3, 3, "10:00".into()))
+        );
+        assert_eq!(key("SEPT 2001"), Some((2001, 9, 0, String::new())));
+        assert_eq!(key("1995-Oct"), Some((1995, 10, 0, String::new())));
+        assert_eq!(key("1974Q1"), Some((1974, 1, 0, String::new())));
+        assert_eq!(key("Q3 1974"), Some((1974, 7, 0, String::new())));
+        assert_eq!(key("1974-q4"), Some((1974, 10, 0, String::new())));
+        assert_eq!(key("1995M07"), Some((1995, 7, 0, String::new())));
+        assert_eq!(key("2020-W05"), Some((2020, 0, 5, String::new())));
+        for bad in [
+            "Ja 1995",
+            "Jan Feb 1995",
+            "Jan 1995 1996",
+            "Jan 32 1995",
+            "Jan 95",
+            "1974Q5",
+            "1995M13",
+            "Q1",
+            "hello 1995",
+            "1 2 Jan 1995",
+            "",
+        ] {
+            assert_eq!(key(bad), None, "{bad}");
+        }
+        // statsmodels' elec_equip: `Jan-1-1995`, monthly, here newest first.
+        let s = parse(
+            "DATE,v\nMar-1-1995,3\nFeb-1-1995,2\nJan-1-1995,1\n",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.values, [Some(1.0), Some(2.0), Some(3.0)]);
+        assert!(s.reversed);
+        assert_eq!(s.time_axis.as_deref(), Some("column `DATE`"));
+        // Quarters across a year boundary, newest last.
+        let s = parse("period,v\n1974Q3,1\n1974Q4,2\n1975Q1,3\n", None, None).unwrap();
+        assert_eq!((s.name.as_str(), s.reversed), ("v", false));
+    }
+
+    /// A year column and finer calendar parts in columns of their own make the time axis; a
+    /// `date` column of whole numbers (`19580329`) is one too, and neither is the series.
+    #[test]
+    fn calendar_columns_and_numeric_dates() {
+        // statsmodels' macrodata-like: year, quarter, value; newest first.
+        let s = parse(
+            "year,quarter,gdp\n1960,1,3\n1959,4,2\n1959,3,1\n",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!((s.name.as_str(), s.reversed), ("gdp", true));
+        assert_eq!(s.dates.unwrap(), ["1959Q3", "1959Q4", "1960Q1"]);
+        assert_eq!(s.time_axis.as_deref(), Some("columns `year` + `quarter`"));
+        // Month names in a month column.
+        let s = parse("Year,Month,Value\n2000,Dec,1\n2001,Jan,2\n", None, None).unwrap();
+        assert_eq!(s.dates.unwrap(), ["2000-12", "2001-01"]);
+        // Year, month, day, newest first.
+        let text = "year,month,day,flow\n2001,2,1,3\n2001,1,31,2\n2001,1,30,1\n";
+        let s = parse(text, None, None).unwrap();
+        assert_eq!((s.name.as_str(), s.reversed), ("flow", true));
+        assert_eq!(s.dates.unwrap()[0], "2001-01-30");
+        // Not a time axis: repeated dates (two stations), or a day without a month. The
+        // calendar columns are still not taken for the series.
+        let s = parse("year,month,v\n2000,1,1\n2000,1,2\n", None, None).unwrap();
+        assert_eq!((s.name.as_str(), s.dates.is_none()), ("v", true));
+        let s = parse("year,day,v\n2000,1,1\n2001,2,2\n", None, None).unwrap();
+        assert_eq!(s.name, "v");
+        assert_eq!(s.time_axis.as_deref(), Some("column `year`"));
+        // statsmodels' co2: a `date` column of yyyymmdd numbers, gaps in the values.
+        let s = parse(
+            "date,co2\n19580329,316.1\n19580405,\n19580412,317.5\n",
+            None,
+            None,
+        );
+        let s = s.unwrap();
+        assert_eq!((s.name.as_str(), s.missing()), ("co2", 1));
+        assert_eq!(s.time_axis.as_deref(), Some("column `date`"));
+        // A single time-named column is still a series, and a measured `time` beside an index
+        // column is the series.
+        assert_eq!(parse("month\n3\n1\n", None, None).unwrap().name, "month");
+        assert_eq!(
+            parse("id,time\n1,30\n2,25\n3,31\n", None, None)
+                .unwrap()
+                .name,
+            "time"
+        );
     }
 
     #[test]

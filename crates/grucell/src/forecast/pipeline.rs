@@ -163,6 +163,10 @@ pub struct ForecastMetrics {
     pub rows: usize,
     /// What the gap handling did.
     pub gaps: GapReport,
+    /// Where the dates came from (``column `date` ``, ``columns `year` + `quarter` ``); `None`
+    /// when the file has no time axis grucell found or was given.
+    #[serde(default)]
+    pub time_axis: Option<String>,
     /// True when the rows were reversed into chronological order.
     pub reversed: bool,
     /// Points used after gap handling.
@@ -779,6 +783,7 @@ Output: the next {h} values of z, scaled the same way: unscale (v * std + mean),
         column: series.name.clone(),
         rows: series.values.len(),
         gaps,
+        time_axis: series.time_axis.clone(),
         reversed: series.reversed,
         points: n,
         train_size: n_fit,
