@@ -228,7 +228,7 @@ def random_attention(rng, layers, pick, dropout_ok=True):
     causal = bool(rng.random() < 0.3)
     if rng.random() < 0.4:
         residual = bool(rng.random() < 0.5)
-        kw = dict(value_dim=pick([None, 2, 3]), use_bias=bool(rng.random() < 0.8),
+        kw = dict(value_dim=pick([None, 1, 2, 3]), use_bias=bool(rng.random() < 0.8),
                   dropout=pick([0.0, 0.2]) if dropout_ok else 0.0,
                   sliding_window=pick([None, None, 2]),
                   bias_initializer="random_normal")

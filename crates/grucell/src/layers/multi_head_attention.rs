@@ -497,22 +497,58 @@ impl<T: Float> MultiHeadAttention<T> {
         (d, w.len() / d.max(1))
     }
 
-    /// `x·W + b` of projection `p`.
-    fn project(&self, p: usize, x: &[T]) -> Vec<T> {
-        let (w, bias) = self.proj(p);
-        let (d, n) = self.proj_dims(p);
-        affine(x, d, w.data(), n, bias.map(Tensor::data), 1)
+    /// Whether Keras adds projection `p`'s bias along the input's `steps` instead of per head:
+    /// a query, key or value projection of size 1 per head (`key_dim` or `value_dim` 1) with
+    /// more than one head, and as many heads as the input has steps. Keras 3.15.1's `EinsumDense`
+    /// adds its `(heads, 1)` bias with `ops.add`, which on TensorFlow becomes `tf.nn.bias_add`
+    /// whenever the bias has one axis longer than 1 whose length is the output's second or last
+    /// axis; on the output `(batch, steps, heads, 1)` that is the steps', and `bias_add` in `NCHW`
+    /// form adds `bias[t]` at step `t`. Eager calls and `predict` agree here (the einsum is not
+    /// fused with it), and the gradient is that function's.
+    fn bias_on_steps(&self, p: usize, steps: usize) -> bool {
+        let w = self.proj(p).0.shape();
+        p < 3 && self.config.use_bias && w[2] == 1 && w[1] > 1 && w[1] == steps
     }
 
-    /// Gradients of projection `p` (input `x`, output gradient `dy`): its weights' into
-    /// `wgrads` (Keras' order), the input's returned.
-    fn project_back(&self, p: usize, x: &[T], dy: &[T], wgrads: &mut [Vec<T>]) -> Vec<T> {
+    /// `x·W + b` of projection `p` over an input of `steps` steps.
+    fn project(&self, p: usize, x: &[T], steps: usize) -> Vec<T> {
+        let (w, bias) = self.proj(p);
+        let (d, n) = self.proj_dims(p);
+        if !self.bias_on_steps(p, steps) {
+            return affine(x, d, w.data(), n, bias.map(Tensor::data), 1);
+        }
+        let mut y = affine(x, d, w.data(), n, None, 1);
+        if let Some(b) = bias {
+            for (r, row) in y.chunks_exact_mut(n).enumerate() {
+                let bt = b.data()[r % steps];
+                row.iter_mut().for_each(|v| *v += bt);
+            }
+        }
+        y
+    }
+
+    /// Gradients of projection `p` (input `x` of `steps` steps, output gradient `dy`): its
+    /// weights' into `wgrads` (Keras' order), the input's returned.
+    fn project_back(
+        &self,
+        p: usize,
+        x: &[T],
+        steps: usize,
+        dy: &[T],
+        wgrads: &mut [Vec<T>],
+    ) -> Vec<T> {
         let (w, _) = self.proj(p);
         let (d, n) = self.proj_dims(p);
         let (dw, db, dx) = affine_backward(x, d, w.data(), n, self.config.use_bias, dy, 1);
         let step = if self.config.use_bias { 2 } else { 1 };
         wgrads[p * step] = dw;
-        if let Some(db) = db {
+        if let Some(mut db) = db {
+            if self.bias_on_steps(p, steps) {
+                db.iter_mut().for_each(|g| *g = T::zero());
+                for (r, row) in dy.chunks_exact(n).enumerate() {
+                    db[r % steps] += row.iter().copied().sum::<T>();
+                }
+            }
             wgrads[p * step + 1] = db;
         }
         dx
@@ -554,9 +590,9 @@ impl<T: Float> MultiHeadAttention<T> {
         );
         let explicit = self.config.dropout > 0.0 || opts.return_attention_scores;
         let scale = T::one() / T::of(kd as f64).sqrt();
-        let qp = self.project(0, q.data());
-        let kp = self.project(1, kx.data());
-        let vp = self.project(2, v.data());
+        let qp = self.project(0, q.data(), q.shape()[1]);
+        let kp = self.project(1, kx.data(), kx.shape()[1]);
+        let vp = self.project(2, v.data(), v.shape()[1]);
         let qs = scaled_query(&qp, explicit, scale);
         let (ldq, ldv) = (heads * kd, heads * vd);
         let (t, s) = (n.t, n.s);
@@ -614,7 +650,7 @@ impl<T: Float> MultiHeadAttention<T> {
                 );
             }
         }
-        let out = self.project(3, &o);
+        let out = self.project(3, &o, q.shape()[1]);
         let out = Tensor::new(vec![n.b, t, self.output_dim()], out)?;
         let scores = Tensor::new(vec![n.b, heads, t, s], probs.clone())?;
         let trace = MhaTrace {
@@ -701,7 +737,7 @@ impl<T: Float> MultiHeadAttention<T> {
             .collect();
         // Output projection: dWo = Oᵀ·dY, dbo = Σ dY, dO = dY·Woᵀ.
         let rows_q = n.b * t;
-        let d_o = self.project_back(3, &trace.o, d_out.data(), &mut wgrads);
+        let d_o = self.project_back(3, &trace.o, 0, d_out.data(), &mut wgrads);
         let weights: Vec<T> = match &trace.keep {
             Some(f) => trace.probs.iter().zip(f).map(|(p, k)| *p * *k).collect(),
             None => trace.probs.clone(),
@@ -798,9 +834,9 @@ impl<T: Float> MultiHeadAttention<T> {
             dq.iter_mut().for_each(|g| *g *= scale);
         }
         // The three input projections.
-        let dxq = self.project_back(0, q.data(), &dq, &mut wgrads);
-        let dxk = self.project_back(1, kx.data(), &dk, &mut wgrads);
-        let dxv = self.project_back(2, v.data(), &dv, &mut wgrads);
+        let dxq = self.project_back(0, q.data(), q.shape()[1], &dq, &mut wgrads);
+        let dxk = self.project_back(1, kx.data(), kx.shape()[1], &dk, &mut wgrads);
+        let dxv = self.project_back(2, v.data(), v.shape()[1], &dv, &mut wgrads);
         AttentionGrads::of_inputs(wgrads, q, v, k, dxq, dxv, dxk)
     }
 
