@@ -30,7 +30,7 @@ pub struct Args {
     /// Output folder for metrics.json, forecast.png, model.keras, test_inputs.npy.
     #[arg(long, value_name = "DIR", default_value = "out/forecast")]
     pub out: PathBuf,
-    /// Column with the dates (used for the plot's axis and to order rows newest-last; default: the first column of dates such as 1958-03-29, 1949-01, 29.03.1958 or 3/29/1958, else a year/t/time/step/period column of whole numbers running up or down, if any).
+    /// Column with the dates (used for the plot's axis and to order rows newest-last; default: the first column of dates such as 1958-03-29, 1949-01, Jan-1-1995, 1974Q1, 29.03.1958 or 3/29/1958, else a year column with quarter/month/week/day/hour columns beside it, else a year/t/time/step/period/date/timestamp/... column of whole numbers running up or down, if any).
     #[arg(long, value_name = "C")]
     pub date_column: Option<String>,
     /// Input window length (default: season + 1 for seasons up to 100, else 24; shorter for short series).
