@@ -455,7 +455,7 @@ def check_multi(args, keras, layers, rng, pick, out):
 
 
 def check_fit(args, keras, layers, rng, pick, out):
-    bad = unstable = 0
+    bad = unstable = skipped = 0
     reg = lambda: pick([None, "l2", "l1", keras.regularizers.L1L2(0.01, 0.02)])  # noqa: E731
     con = lambda: pick([None, None, "non_neg", keras.constraints.MaxNorm(1.5),  # noqa: E731
                         keras.constraints.UnitNorm()])
@@ -539,7 +539,12 @@ def check_fit(args, keras, layers, rng, pick, out):
             if rng.random() < 0.4:
                 lays.append(layers.TimeDistributed(layers.Activation(pick(["tanh", "relu"]))))
             dense = layers.TimeDistributed(dense)
-        m, kind = chain(keras, rng, inp, lays + [dense])
+        try:
+            m, kind = chain(keras, rng, inp, lays + [dense])
+        except Exception as e:  # a draw Keras cannot build (e.g. a normalization of an unknown size)
+            skipped += 1
+            print(f"model {i}: skipped, Keras cannot build it: {str(e).splitlines()[0][:120]}", flush=True)
+            continue
         lr = float(pick([0.01, 0.003, 0.05]))
         opt_name = pick(["sgd", "adam", "adamw", "rmsprop", "adagrad", "nadam", "adamax", "lion", "adadelta"])
         clip = pick([{}, {}, {}, {"clipnorm": 0.5}, {"clipvalue": 0.05}, {"global_clipnorm": 0.5}])
@@ -631,7 +636,8 @@ def check_fit(args, keras, layers, rng, pick, out):
             print(f"{label}: fit {e:.2e}, continued {e2}, Keras warnings {skipped[:1]} "
                   f"{err.strip()[:200]} (Keras float32 vs float64: {ek:.2e})")
             keep(args, out, f"fit_{i}", m, dict(batch_size=bs, epochs=ep))
-    print(f"fit: {args.n} models, {bad} disagreements, {unstable} unstable (not counted)")
+    print(f"fit: {args.n} models, {bad} disagreements, {unstable} unstable (not counted), "
+          f"{skipped} that Keras cannot build (skipped)")
     return bad
 
 
