@@ -455,7 +455,7 @@ def check_multi(args, keras, layers, rng, pick, out):
 
 
 def check_fit(args, keras, layers, rng, pick, out):
-    bad = unstable = skipped = 0
+    bad = unstable = unbuildable = 0
     reg = lambda: pick([None, "l2", "l1", keras.regularizers.L1L2(0.01, 0.02)])  # noqa: E731
     con = lambda: pick([None, None, "non_neg", keras.constraints.MaxNorm(1.5),  # noqa: E731
                         keras.constraints.UnitNorm()])
@@ -542,7 +542,7 @@ def check_fit(args, keras, layers, rng, pick, out):
         try:
             m, kind = chain(keras, rng, inp, lays + [dense])
         except Exception as e:  # a draw Keras cannot build (e.g. a normalization of an unknown size)
-            skipped += 1
+            unbuildable += 1
             print(f"model {i}: skipped, Keras cannot build it: {str(e).splitlines()[0][:120]}", flush=True)
             continue
         lr = float(pick([0.01, 0.003, 0.05]))
@@ -637,7 +637,7 @@ def check_fit(args, keras, layers, rng, pick, out):
                   f"{err.strip()[:200]} (Keras float32 vs float64: {ek:.2e})")
             keep(args, out, f"fit_{i}", m, dict(batch_size=bs, epochs=ep))
     print(f"fit: {args.n} models, {bad} disagreements, {unstable} unstable (not counted), "
-          f"{skipped} that Keras cannot build (skipped)")
+          f"{unbuildable} that Keras cannot build (skipped)")
     return bad
 
 
