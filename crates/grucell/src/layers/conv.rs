@@ -416,6 +416,8 @@ pub struct Conv1D<T = f32> {
     config: Conv1DConfig,
     kernel: Tensor<T>,
     bias: Option<Tensor<T>>,
+    /// TF-Keras 2's bias add (always per filter), for files Keras 2 wrote.
+    keras2_bias: bool,
 }
 
 /// Gradients of a `Conv1D` call.
@@ -483,7 +485,15 @@ impl<T: Float> Conv1D<T> {
             config,
             kernel,
             bias,
+            keras2_bias: false,
         })
+    }
+
+    /// Adds the bias per filter in every case, as TF-Keras 2 does (it reshapes the bias of a
+    /// `channels_first` Conv1D to `(1, filters, 1)`), instead of Keras 3's rule (see
+    /// [`Self::linear`]); set for files Keras 2 wrote.
+    pub fn set_keras2_bias(&mut self, keras2: bool) {
+        self.keras2_bias = keras2;
     }
 
     /// The config.
@@ -762,7 +772,10 @@ impl<T: Float> Conv1D<T> {
     /// `BiasAdd` (so Keras' `fit` then steps the bias by a gradient of another function than
     /// the one it computes; grucell takes the same steps).
     fn bias_gradient_on_steps(&self, d: &Dims) -> bool {
-        self.config.channels_first && self.config.filters > 1 && d.out == self.config.filters
+        !self.keras2_bias
+            && self.config.channels_first
+            && self.config.filters > 1
+            && d.out == self.config.filters
     }
 
     /// Columns of one group's unfolded input (`kernel_size · channels / groups`) and its

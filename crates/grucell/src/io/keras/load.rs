@@ -127,11 +127,13 @@ pub fn model_from_file<T: Float>(file: &KerasFile) -> Result<Model<T>, Error> {
         .clone()
         .filter(|c| c.as_object().is_some_and(|o| !o.is_empty()));
     if written_by_keras_2(file) {
-        // `hard_sigmoid` was 0.2x + 0.5 before Keras 3 (x/6 + 0.5), and merged masks were
-        // ANDed.
+        // `hard_sigmoid` was 0.2x + 0.5 before Keras 3 (x/6 + 0.5), merged masks were ANDed,
+        // and a Conv1D added its bias per filter.
         for l in &mut model.layers {
-            if let Layer::Merge(m) = &mut l.layer {
-                m.keras2_masks = true;
+            match &mut l.layer {
+                Layer::Merge(m) => m.keras2_masks = true,
+                Layer::Conv1D(c) => c.set_keras2_bias(true),
+                _ => {}
             }
             l.map_activations(|a| match a {
                 crate::Activation::HardSigmoid => crate::Activation::HardSigmoidKeras2,
