@@ -145,7 +145,7 @@ fn every_keras_fixture_matches_keras() {
 
 /// TF-Keras 2 files (legacy `.h5` and TF-Keras' own `.keras` zip): its node format, with initial
 /// states as extra call inputs, masks through TimeDistributed, stacked cells, an R-style
-/// `Embedding(input_length=…)` first layer without an InputLayer.
+/// `Embedding(input_length=…)` first layer without an InputLayer, Conv1D biases per filter.
 #[test]
 fn tf_keras_2_fixtures_match_tf_keras() {
     let manifest: Value =
