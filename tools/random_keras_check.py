@@ -224,9 +224,10 @@ class MhaBlock:
         return a
 
 
-def random_attention(rng, layers, pick, dropout_ok=True):
+def random_attention(rng, layers, pick, dropout_ok=True, mha_ok=True):
+    """`mha_ok=False` for TF-Keras 2 models: grucell refuses TF-Keras 2's MultiHeadAttention."""
     causal = bool(rng.random() < 0.3)
-    if rng.random() < 0.4:
+    if rng.random() < 0.4 and mha_ok:
         residual = bool(rng.random() < 0.5)
         kw = dict(value_dim=pick([None, 1, 2, 3]), use_bias=bool(rng.random() < 0.8),
                   dropout=pick([0.0, 0.2]) if dropout_ok else 0.0,
@@ -333,7 +334,7 @@ def check_predict(args, keras, layers, rng, pick, out):
             lays.append(lay)
             desc.append(d)
         if seq and rng.random() < 0.2:
-            lay, d = random_attention(rng, layers, pick)
+            lay, d = random_attention(rng, layers, pick, mha_ok=not args.tf_keras)
             lays.append(lay)
             desc.append(d)
         head, d = random_head(rng, layers, seq, pick, ["linear", "relu", "sigmoid", "tanh", "softmax"],
