@@ -4,6 +4,9 @@
 //! TensorFlow's paddings (`valid`; `same`, the odd padded step on the right; `causal`, all of it
 //! on the left), `strides` `s`, `dilation_rate` `d` and `groups` (each group of filters reads its
 //! own slice of the channels). The kernel is `(kernel_size, channels / groups, filters)`.
+//! One exception, as Keras on TensorFlow computes it: a `channels_first` convolution with as
+//! many output steps as filters may add `bias[t]` at step `t` and sums the bias' gradient along
+//! the steps (see `Conv1D::bias_on_steps`; not in files TF-Keras 2 wrote).
 //!
 //! Keras' `Conv1D` does not support masking: its output carries no mask (Keras warns and
 //! drops it), and so does grucell's.
@@ -490,8 +493,9 @@ impl<T: Float> Conv1D<T> {
     }
 
     /// Adds the bias per filter in every case, as TF-Keras 2 does (it reshapes the bias of a
-    /// `channels_first` Conv1D to `(1, filters, 1)`), instead of Keras 3's rule (see
-    /// [`Self::linear`]); set for files Keras 2 wrote.
+    /// `channels_first` Conv1D to `(1, filters, 1)`), instead of Keras 3's rule (along the
+    /// steps for some `channels_first` convolutions with as many output steps as filters); set
+    /// for files Keras 2 wrote.
     pub fn set_keras2_bias(&mut self, keras2: bool) {
         self.keras2_bias = keras2;
     }
