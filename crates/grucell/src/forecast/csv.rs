@@ -486,6 +486,17 @@ impl TimeAxis {
     }
 }
 
+/// A compact date `YYYYMMDD` (month 1–12, day 1–31) as `YYYY-MM-DD`.
+fn compact_date(cell: &str) -> Option<String> {
+    let c = cell.trim();
+    if c.len() != 8 || !c.bytes().all(|x| x.is_ascii_digit()) {
+        return None;
+    }
+    let (y, m, d) = (&c[..4], &c[4..6], &c[6..]);
+    let (mn, dn): (u32, u32) = (m.parse().ok()?, d.parse().ok()?);
+    ((1..=12).contains(&mn) && (1..=31).contains(&dn)).then(|| format!("{y}-{m}-{d}"))
+}
+
 /// Keys that run strictly up or strictly down.
 fn strictly_monotone<K: PartialOrd>(keys: &[K]) -> bool {
     keys.len() >= 2
@@ -760,6 +771,15 @@ pub fn parse_series(
             format!("has no numeric values in {} data rows", values.len()),
         ));
     }
+    // Whole numbers that are all compact dates (`19580329`) are shown as `1958-03-29`.
+    if style == Some(DateStyle::Number) {
+        if let Some(d) = dates.as_mut() {
+            let shown: Option<Vec<String>> = d.iter().map(|c| compact_date(c)).collect();
+            if let Some(shown) = shown {
+                *d = shown;
+            }
+        }
+    }
     let mut series = Series {
         name,
         values,
@@ -1027,6 +1047,10 @@ mod tests {
         let s = s.unwrap();
         assert_eq!((s.name.as_str(), s.missing()), ("co2", 1));
         assert_eq!(s.time_axis.as_deref(), Some("column `date`"));
+        assert_eq!(s.dates.unwrap(), ["1958-03-29", "1958-04-05", "1958-04-12"]);
+        // Numbers that are not all dates stay numbers.
+        let s = parse("date,v\n19581329,1\n19581330,2\n", None, None).unwrap();
+        assert_eq!(s.dates.unwrap(), ["19581329", "19581330"]);
         // A single time-named column is still a series, and a measured `time` beside an index
         // column is the series.
         assert_eq!(parse("month\n3\n1\n", None, None).unwrap().name, "month");
