@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::layers::model::{Node, NodeArg, TensorRef};
+use crate::layers::model::{Node, TensorRef};
 
 /// Each node's position in Keras' execution order (`ranks[i]` for `nodes[i]`); nodes the
 /// outputs do not depend on come last, in their own order.
@@ -26,14 +26,7 @@ pub(crate) fn keras_ranks(nodes: &[Node], outputs: &[TensorRef]) -> Vec<usize> {
     let parents: Vec<Vec<usize>> = nodes
         .iter()
         .map(|nd| {
-            nd.args
-                .iter()
-                .filter_map(|a| match a {
-                    NodeArg::Tensor(r) => Some(*r),
-                    NodeArg::Scalar(_) => None,
-                })
-                .chain(nd.initial_state.iter().copied())
-                .chain(nd.mask)
+            nd.inputs()
                 .filter_map(|r| pos.get(&(r.layer, r.node)).copied())
                 .collect()
         })
@@ -126,18 +119,7 @@ impl MaskClearing {
             return None;
         }
         let ranks = keras_ranks(nodes, outputs);
-        let args: Vec<Vec<TensorRef>> = nodes
-            .iter()
-            .map(|nd| {
-                nd.args
-                    .iter()
-                    .filter_map(|a| match a {
-                        NodeArg::Tensor(r) => Some(*r),
-                        NodeArg::Scalar(_) => None,
-                    })
-                    .collect()
-            })
-            .collect();
+        let args: Vec<Vec<TensorRef>> = nodes.iter().map(|nd| nd.tensor_args().collect()).collect();
         let mut plan = MaskClearing::default();
         for m in (0..nodes.len()).filter(|&m| attention[m]) {
             for &r in &args[m] {
@@ -167,6 +149,7 @@ impl MaskClearing {
 mod tests {
     use super::*;
     use crate::layers::attention::AttentionCall;
+    use crate::layers::model::NodeArg;
 
     fn node(layer: usize, args: &[usize]) -> Node {
         Node {

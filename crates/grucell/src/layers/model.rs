@@ -386,6 +386,24 @@ pub struct Node {
     pub attention: AttentionCall,
 }
 
+impl Node {
+    /// The tensors the call reads: its positional tensor arguments, then `initial_state`, then
+    /// `mask` (the order of Keras' `node.input_tensors`, `tree.flatten` of the arguments).
+    pub fn inputs(&self) -> impl Iterator<Item = TensorRef> + '_ {
+        self.tensor_args()
+            .chain(self.initial_state.iter().copied())
+            .chain(self.mask)
+    }
+
+    /// The positional arguments that are tensors (constants left out).
+    pub fn tensor_args(&self) -> impl Iterator<Item = TensorRef> + '_ {
+        self.args.iter().filter_map(|a| match a {
+            NodeArg::Tensor(t) => Some(*t),
+            NodeArg::Scalar(_) => None,
+        })
+    }
+}
+
 /// Sequential or Functional, to write the model back the way it came.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModelKind {
@@ -545,11 +563,7 @@ impl<T: Float> Model<T> {
             if n.layer >= self.layers.len() {
                 return Err(bad(format!("call of layer #{}", n.layer)));
             }
-            let refs = n.args.iter().filter_map(|a| match a {
-                NodeArg::Tensor(t) => Some(*t),
-                NodeArg::Scalar(_) => None,
-            });
-            for r in refs.chain(n.initial_state.iter().copied()).chain(n.mask) {
+            for r in n.inputs() {
                 if !seen.contains(&(r.layer, r.node)) {
                     return Err(bad(format!(
                         "input of `{}` from layer #{} call {}",

@@ -628,10 +628,7 @@ impl<T: Float> MultiHeadAttention<T> {
             }
             _ => None,
         };
-        let dropped: Option<Vec<T>> = keep
-            .as_ref()
-            .map(|f| probs.iter().zip(f).map(|(p, k)| *p * *k).collect());
-        let weights = dropped.as_deref().unwrap_or(&probs);
+        let weights = dropped_weights(&probs, keep.as_deref());
         let mut o = vec![T::zero(); n.b * t * ldv];
         for b in 0..n.b {
             for h in 0..heads {
@@ -738,10 +735,7 @@ impl<T: Float> MultiHeadAttention<T> {
         // Output projection: dWo = Oᵀ·dY, dbo = Σ dY, dO = dY·Woᵀ.
         let rows_q = n.b * t;
         let d_o = self.project_back(3, &trace.o, 0, d_out.data(), &mut wgrads);
-        let weights: Vec<T> = match &trace.keep {
-            Some(f) => trace.probs.iter().zip(f).map(|(p, k)| *p * *k).collect(),
-            None => trace.probs.clone(),
-        };
+        let weights = dropped_weights(&trace.probs, trace.keep.as_deref());
         let scale = T::one() / T::of(kd as f64).sqrt();
         let qs = scaled_query(&trace.q, trace.explicit, scale);
         let mut dq = vec![T::zero(); rows_q * ldq];
@@ -868,6 +862,15 @@ fn scaled_query<T: Float>(q: &[T], explicit: bool, scale: T) -> Cow<'_, [T]> {
         Cow::Owned(q.iter().map(|x| *x * scale).collect())
     } else {
         Cow::Borrowed(q)
+    }
+}
+
+/// The attention weights as the product with the values reads them: `probs` times the dropout
+/// factors `keep` when dropout applies, `probs` itself otherwise.
+fn dropped_weights<'a, T: Float>(probs: &'a [T], keep: Option<&[T]>) -> Cow<'a, [T]> {
+    match keep {
+        Some(f) => Cow::Owned(probs.iter().zip(f).map(|(p, k)| *p * *k).collect()),
+        None => Cow::Borrowed(probs),
     }
 }
 
