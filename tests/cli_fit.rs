@@ -400,16 +400,17 @@ fn datasets(path: &Path) -> std::collections::BTreeMap<String, Tensor<f64>> {
 /// `.keras` and as legacy `.h5`), trained one more epoch by `grucell fit` and by Keras
 /// (load_model of the `.keras` + fit). grucell restores the
 /// state (iteration count, learning rate, Adam's AMSGrad maxima, RMSprop's centred averages,
-/// SGD's Nesterov momentum, Adagrad's accumulators, AdamW with clipping), so its output file
-/// holds what Keras' holds: the same datasets — weights and `optimizer/vars` — to float32
-/// round-off.
+/// SGD's Nesterov momentum, Adagrad's accumulators, AdamW with clipping), and a learning-rate
+/// schedule continues from the saved iteration count, so its output file holds what Keras'
+/// holds: the same datasets — weights and `optimizer/vars` — to float32 round-off, and the same
+/// schedule in its compile config.
 #[test]
 fn continues_training_from_a_keras_optimizer_state() {
     let fx = root().join("tests/fixtures/resume");
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fx.join("resume.json")).unwrap()).unwrap();
     let cases = meta["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 16);
+    assert_eq!(cases.len(), 22);
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let bs = case["batch_size"].to_string();
@@ -422,6 +423,18 @@ fn continues_training_from_a_keras_optimizer_state() {
             |_| {},
         );
         let want = datasets(&fx.join(format!("{name}_continued.keras")));
+        let rate = |p: &Path| {
+            let cc = grucell::io::keras::load_keras_file(p)
+                .unwrap()
+                .compile_config;
+            cc.unwrap()["optimizer"]["config"]["learning_rate"].clone()
+        };
+        let want_rate = rate(&fx.join(format!("{name}_continued.keras")));
+        assert_eq!(
+            want_rate.is_object(),
+            name.starts_with("schedule_"),
+            "{name}: {want_rate}"
+        );
         assert!(
             want.keys().any(|k| k == "optimizer/vars/2"),
             "{name}: slots in the fixture"
@@ -459,6 +472,9 @@ fn continues_training_from_a_keras_optimizer_state() {
                 want.keys().collect::<Vec<_>>(),
                 "{name}.{ext}: dataset paths"
             );
+            if want_rate.is_object() {
+                assert_eq!(rate(&out), want_rate, "{name}.{ext}: the saved schedule");
+            }
             for (path, w) in &want {
                 let g = &got[path];
                 assert_eq!(g.shape(), w.shape(), "{name}.{ext} {path}");

@@ -546,18 +546,40 @@ def check_fit(args, keras, layers, rng, pick, out):
             unbuildable += 1
             print(f"model {i}: skipped, Keras cannot build it: {str(e).splitlines()[0][:120]}", flush=True)
             continue
-        lr = float(pick([0.01, 0.003, 0.05]))
+        lr0 = float(pick([0.01, 0.003, 0.05]))
+        S = keras.optimizers.schedules
+        sched = pick([None, None, None,
+                      lambda r: S.ExponentialDecay(r, int(rng.integers(1, 6)), 0.7, staircase=bool(rng.random() < 0.5)),
+                      lambda r: S.InverseTimeDecay(r, 2, 0.5, staircase=bool(rng.random() < 0.5)),
+                      lambda r: S.PiecewiseConstantDecay([2, 5], [r, r / 2, r / 5]),
+                      lambda r: S.PolynomialDecay(r, 4, r / 10, power=2.0, cycle=bool(rng.random() < 0.5)),
+                      lambda r: S.CosineDecay(r / 10, 5, alpha=0.1, warmup_target=r, warmup_steps=2),
+                      lambda r: S.CosineDecayRestarts(r, 2, t_mul=float(pick([1.0, 1.5, 2.0])), m_mul=0.8)])
+
+        class Rate(float):
+            """The drawn learning rate: scaling it (Lion's /10, Adadelta's *20) scales the schedule's."""
+
+            def value(self):
+                return sched(float(self)) if sched else float(self)
+
+            def __truediv__(self, k):
+                return Rate(float(self) / k)
+
+            def __mul__(self, k):
+                return Rate(float(self) * k)
+
+        lr = Rate(lr0)
         opt_name = pick(["sgd", "adam", "adamw", "rmsprop", "adagrad", "nadam", "adamax", "lion", "adadelta"])
         clip = pick([{}, {}, {}, {"clipnorm": 0.5}, {"clipvalue": 0.05}, {"global_clipnorm": 0.5}])
-        opt = {"sgd": lambda: keras.optimizers.SGD(lr, momentum=float(pick([0.0, 0.9])), **clip),
-               "adam": lambda: keras.optimizers.Adam(lr, amsgrad=bool(rng.random() < 0.3), **clip),
-               "adamw": lambda: keras.optimizers.AdamW(lr, **clip),
-               "rmsprop": lambda: keras.optimizers.RMSprop(lr, momentum=float(pick([0.0, 0.5])), **clip),
-               "adagrad": lambda: keras.optimizers.Adagrad(lr, **clip),
-               "nadam": lambda: keras.optimizers.Nadam(lr, **clip),
-               "adamax": lambda: keras.optimizers.Adamax(lr, **clip),
-               "lion": lambda: keras.optimizers.Lion(lr / 10, **clip),
-               "adadelta": lambda: keras.optimizers.Adadelta(lr * 20, **clip)}[opt_name]()
+        opt = {"sgd": lambda: keras.optimizers.SGD(lr.value(), momentum=float(pick([0.0, 0.9])), **clip),
+               "adam": lambda: keras.optimizers.Adam(lr.value(), amsgrad=bool(rng.random() < 0.3), **clip),
+               "adamw": lambda: keras.optimizers.AdamW(lr.value(), **clip),
+               "rmsprop": lambda: keras.optimizers.RMSprop(lr.value(), momentum=float(pick([0.0, 0.5])), **clip),
+               "adagrad": lambda: keras.optimizers.Adagrad(lr.value(), **clip),
+               "nadam": lambda: keras.optimizers.Nadam(lr.value(), **clip),
+               "adamax": lambda: keras.optimizers.Adamax(lr.value(), **clip),
+               "lion": lambda: keras.optimizers.Lion((lr / 10).value(), **clip),
+               "adadelta": lambda: keras.optimizers.Adadelta((lr * 20).value(), **clip)}[opt_name]()
         m.compile(optimizer=opt, loss=loss)
         X = rng.normal(size=(N, T, D)).astype("float32")
         if emb:
@@ -582,7 +604,9 @@ def check_fit(args, keras, layers, rng, pick, out):
         m.fit(X, Y, batch_size=bs, epochs=ep, shuffle=False, verbose=0)
         common = ["--x", str(out / "x.npy"), "--y", str(out / "y.npy"), "--batch-size", str(bs),
                   "--no-shuffle", "--quiet"]
-        label = f"model {i} ({kind}, {opt_name} {clip}, {loss}, mask={mask}, emb={emb}, {dense.__class__.__name__})"
+        rate = type(opt._learning_rate).__name__ if sched else "constant rate"
+        label = (f"model {i} ({kind}, {opt_name} {clip}, {rate}, {loss}, mask={mask}, emb={emb}, "
+                 f"{dense.__class__.__name__})")
         rc, _, err = run([args.grucell, "fit", "--model", str(out / "untrained.keras"),
                           "--epochs", str(ep), "--output", str(out / "ours.keras"), *common])
         if rc != 0:

@@ -8,7 +8,8 @@
 //!
 //! Optimizer state: when the optimizer is the file's compiled one (no `--optimizer` or
 //! `--learning-rate`), the state the file holds (`optimizer/vars` of a model Keras or grucell
-//! trained: iteration count, learning rate, Adam's moments, …) is restored, as Keras'
+//! trained: iteration count, learning rate, Adam's moments, …) is restored; a learning-rate
+//! schedule (Keras' six built-in ones) continues from that iteration count, as Keras'
 //! `load_model` restores it, so training continues with the steps Keras would take. A file
 //! whose saved optimizer has a different number of variables (another optimizer, other
 //! trainable variables) is trained from a fresh state, with a warning, as Keras does. The
@@ -53,7 +54,7 @@ pub struct Args {
     /// defaults. Default: the model's compile config, else rmsprop.
     #[arg(long, value_name = "NAME")]
     pub optimizer: Option<String>,
-    /// Learning rate, replacing the optimizer's.
+    /// Learning rate, a constant replacing the optimizer's (a learning-rate schedule too).
     #[arg(long, value_name = "F")]
     pub learning_rate: Option<f64>,
     /// Samples per optimizer step.
@@ -235,7 +236,7 @@ fn train<T: Float>(
         (None, None) => OptimizerConfig::rmsprop(0.001),
     };
     if let Some(lr) = args.learning_rate {
-        opt_cfg.learning_rate = lr;
+        opt_cfg.learning_rate = lr.into();
     }
     let sizes: Vec<usize> = model
         .trainable_variables()

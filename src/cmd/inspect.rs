@@ -58,13 +58,18 @@ fn compile_summary(cc: &Value) -> Option<String> {
         .filter(|v| !v.is_null())
     {
         let mut s = format!("optimizer {}", object_name(opt));
-        if let Some(lr) = opt
-            .get("config")
-            .and_then(|c| c.get("learning_rate"))
-            .and_then(Value::as_f64)
-        {
+        match opt.get("config").and_then(|c| c.get("learning_rate")) {
             // Keras stores the float32 learning rate widened to f64 (0.0010000000474974513).
-            s += &format!(" (learning_rate {})", lr as f32);
+            Some(Value::Number(lr)) => {
+                s += &format!(
+                    " (learning_rate {})",
+                    lr.as_f64().unwrap_or(f64::NAN) as f32
+                );
+            }
+            Some(sched @ Value::Object(_)) => {
+                s += &format!(" (learning_rate schedule {})", object_name(sched));
+            }
+            _ => {}
         }
         parts.push(s);
     }

@@ -247,3 +247,44 @@ fn optimizer_state_round_trips_through_keras_variables() {
         }
     }
 }
+
+/// Keras' learning-rate schedules, read from their serialized form and evaluated at the step
+/// counts Keras evaluated them at: the same float32 rate, to one unit in the last place (the
+/// schedules are a few float32 operations; `powf`, `cos` and `ln` are the C library's, as in
+/// TensorFlow's scalar kernels).
+#[test]
+fn learning_rate_schedules_match_keras() {
+    use grucell::train::schedule::LearningRateSchedule;
+    let fx = load("schedules.json");
+    let cases = fx["cases"].as_array().unwrap();
+    assert!(cases.len() >= 19);
+    let mut exact = 0;
+    let mut total = 0;
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let s = LearningRateSchedule::from_keras(&case["keras"], name).unwrap();
+        let steps = case["steps"].as_array().unwrap();
+        let rates = case["rates"].as_array().unwrap();
+        for (step, want) in steps.iter().zip(rates) {
+            let step = step.as_u64().unwrap();
+            let got = s.at(step);
+            let want = match want {
+                Value::String(x) => x.parse::<f32>().unwrap(),
+                x => x.as_f64().unwrap() as f32,
+            };
+            total += 1;
+            if got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()) {
+                exact += 1;
+                continue;
+            }
+            let ulps = (got.to_bits() as i64 - want.to_bits() as i64).abs();
+            assert!(
+                got.is_finite() && ulps <= 1,
+                "{name} at step {step}: grucell {got:e}, Keras {want:e} ({ulps} ulps)"
+            );
+        }
+    }
+    eprintln!("schedules: {exact} of {total} rates bit for bit");
+    // Nearly all of them bit for bit.
+    assert!(exact * 100 >= total * 95, "{exact} of {total} exact");
+}

@@ -5,3 +5,4 @@ pub mod fit;
 pub mod loss;
 pub mod optimizer;
 pub mod rnn_grad;
+pub mod schedule;

@@ -37,6 +37,7 @@
 use crate::error::{ConfigError, ShapeError};
 use crate::float::Float;
 use crate::layers::keras_json::get_bool;
+use crate::train::schedule::LearningRate;
 use serde_json::{json, Map, Value};
 
 /// The optimizer algorithm and its own hyper-parameters (Keras' defaults in each constructor of
@@ -299,8 +300,9 @@ impl OptimizerKind {
 pub struct OptimizerConfig {
     /// The algorithm and its hyper-parameters.
     pub kind: OptimizerKind,
-    /// Constant learning rate (schedules are not supported). Used as a float32 value.
-    pub learning_rate: f64,
+    /// The learning rate: a constant (used as its float32 value) or one of Keras' schedules,
+    /// evaluated at [`Optimizer::iterations`] before each step.
+    pub learning_rate: LearningRate,
     /// Clip each gradient to this L2 norm (disabled when `≤ 0`).
     pub clipnorm: Option<f64>,
     /// Clip every gradient element to `[−clipvalue, clipvalue]` (disabled when `≤ 0`).
@@ -347,7 +349,7 @@ impl OptimizerConfig {
     fn with_kind(kind: OptimizerKind, learning_rate: f64) -> Self {
         OptimizerConfig {
             kind,
-            learning_rate,
+            learning_rate: LearningRate::Constant(learning_rate),
             clipnorm: None,
             clipvalue: None,
             global_clipnorm: None,
@@ -501,8 +503,10 @@ impl OptimizerConfig {
     /// Reads a Keras `compile_config` `"optimizer"` entry: a name, or the serialized optimizer
     /// Keras writes (`{"module": "keras.optimizers", "class_name": "Adam", "config": {...}}`).
     ///
-    /// A learning-rate schedule, `use_ema: true`, a `loss_scale_factor` or
-    /// `gradient_accumulation_steps` give [`ConfigError::Unsupported`]; unknown keys are invalid
+    /// The learning rate may be a number or one of Keras' built-in schedules
+    /// ([`LearningRateSchedule`](crate::train::schedule::LearningRateSchedule)). Another
+    /// schedule, `use_ema: true`, a `loss_scale_factor` or `gradient_accumulation_steps` give
+    /// [`ConfigError::Unsupported`]; unknown keys are invalid
     /// (Keras rejects them too). Missing keys take Keras' defaults. The result is validated.
     pub fn from_keras(v: &Value) -> Result<Self, ConfigError> {
         let obj = match v {
@@ -568,20 +572,8 @@ impl OptimizerConfig {
             }
         }
         cfg.learning_rate = match c.get("learning_rate") {
-            None | Some(Value::Null) => cfg.kind.default_learning_rate(),
-            Some(Value::Object(s)) => {
-                let sched = s
-                    .get("class_name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("a callable");
-                return Err(ConfigError::unsupported(
-                    "learning rate",
-                    format!("{class}.learning_rate is a schedule ({sched}); only constant learning rates are supported"),
-                ));
-            }
-            Some(x) => x.as_f64().ok_or_else(|| {
-                ConfigError::invalid(format!("{class}.learning_rate"), x, "a number")
-            })?,
+            None | Some(Value::Null) => LearningRate::Constant(cfg.kind.default_learning_rate()),
+            Some(x) => LearningRate::from_keras(x, class)?,
         };
         let opt = |k: &str| -> Result<Option<f64>, ConfigError> {
             match c.get(k) {
@@ -664,16 +656,14 @@ impl OptimizerConfig {
     }
 
     /// Serializes as Keras 3.15.1 does (`keras.saving.serialize_keras_object(optimizer)`), with the
-    /// default object name and the learning rate written as its float32 value widened to f64
-    /// (Keras reads it back from its float32 variable: 0.001 → 0.0010000000474974513).
+    /// default object name and the learning rate as [`LearningRate::to_keras`] writes it (a
+    /// constant as its float32 value widened to f64, as Keras reads it back from its float32
+    /// variable: 0.001 → 0.0010000000474974513).
     pub fn to_keras(&self) -> Value {
         let mut c = Map::new();
         let o = |x: Option<f64>| x.map_or(Value::Null, |v| json!(v));
         c.insert("name".into(), json!(self.kind.keras_name()));
-        c.insert(
-            "learning_rate".into(),
-            json!(f64::from(self.learning_rate as f32)),
-        );
+        c.insert("learning_rate".into(), self.learning_rate.to_keras());
         c.insert("weight_decay".into(), o(self.weight_decay));
         c.insert("clipnorm".into(), o(self.clipnorm));
         c.insert("global_clipnorm".into(), o(self.global_clipnorm));
@@ -758,7 +748,8 @@ impl OptimizerConfig {
     }
 
     /// Checks the configuration: at most one of `clipnorm`, `clipvalue`, `global_clipnorm` (as
-    /// Keras), finite numbers, `learning_rate ≥ 0`, SGD momentum in `[0, 1]` (as Keras), β's in
+    /// Keras), finite numbers, a constant `learning_rate ≥ 0` (a schedule as
+    /// [`LearningRate::validate`]), SGD momentum in `[0, 1]` (as Keras), β's in
     /// `[0, 1)` (Lion's β₁ in `(0, 1]`, as Keras, and β₂ in `[0, 1]`), `ρ` in `[0, 1]`, `ε`,
     /// RMSprop momentum and the initial accumulator `≥ 0`, and a weight decay for AdamW (as
     /// Keras).
@@ -797,13 +788,10 @@ impl OptimizerConfig {
                 ))
             }
         };
-        range(
-            "learning_rate",
-            self.learning_rate,
-            0.0,
-            f64::INFINITY,
-            true,
-        )?;
+        match &self.learning_rate {
+            LearningRate::Constant(lr) => range("learning_rate", *lr, 0.0, f64::INFINITY, true)?,
+            schedule => schedule.validate()?,
+        }
         for (arg, x) in [
             ("clipnorm", self.clipnorm),
             ("clipvalue", self.clipvalue),
@@ -988,9 +976,16 @@ impl<T: Float> Optimizer<T> {
         self.iterations = iterations;
     }
 
-    /// The learning rate as the updates use it: the float32 value, converted to `T`.
+    /// The learning rate the next step uses: the float32 value (of the schedule at
+    /// [`Optimizer::iterations`]), converted to `T`.
     pub fn learning_rate(&self) -> T {
-        T::of(f64::from(self.config.learning_rate as f32))
+        T::of(f64::from(self.config.learning_rate.at(self.iterations)))
+    }
+
+    /// How many scalars precede the slots in Keras' variables: the iteration count, and the
+    /// learning rate when it is a constant (a schedule has no variable).
+    fn leading_scalars(&self) -> usize {
+        1 + usize::from(self.config.learning_rate.constant().is_some())
     }
 
     /// One Keras `apply_gradients` step over all variables at once (clip, weight decay, update,
@@ -1077,7 +1072,8 @@ impl<T: Float> Optimizer<T> {
 
     /// The optimizer's variables in Keras' order with Keras' paths, as `.keras` files store them
     /// under `optimizer/vars/0..N`: `("{name}/iteration", [iterations])`,
-    /// `("{name}/learning_rate", [lr])`, then the slots, e.g. for Adam per model variable
+    /// `("{name}/learning_rate", [lr])` (not with a schedule, which Keras does not store in a
+    /// variable), then the slots, e.g. for Adam per model variable
     /// `{path}_momentum`, `{path}_velocity` (then all `{path}_velocity_hat` with AMSGrad); for
     /// RMSprop all `velocity`, then all `momentum`, then all `average_gradient`.
     ///
@@ -1094,13 +1090,13 @@ impl<T: Float> Optimizer<T> {
             ));
         }
         let name = self.config.kind.keras_name();
-        let mut out = vec![
-            (
-                format!("{name}/iteration"),
-                vec![T::of(self.iterations as f64)],
-            ),
-            (format!("{name}/learning_rate"), vec![self.learning_rate()]),
-        ];
+        let mut out = vec![(
+            format!("{name}/iteration"),
+            vec![T::of(self.iterations as f64)],
+        )];
+        if self.leading_scalars() == 2 {
+            out.push((format!("{name}/learning_rate"), vec![self.learning_rate()]));
+        }
         for (slot, v, values) in self.keras_slots() {
             match v {
                 Some(v) => {
@@ -1143,7 +1139,8 @@ impl<T: Float> Optimizer<T> {
         saved: &[&crate::tensor::Tensor<f64>],
     ) -> Result<Restored, ShapeError> {
         let want = self.num_keras_variables();
-        if saved.is_empty() || (saved.len() <= 2 && want > 2) {
+        let lead = self.leading_scalars();
+        if saved.is_empty() || (saved.len() <= lead && want > lead) {
             return Ok(Restored::NothingSaved);
         }
         if saved.len() != want {
@@ -1171,13 +1168,15 @@ impl<T: Float> Optimizer<T> {
     }
 
     /// How many variables Keras saves for this optimizer: the iteration count, the learning
-    /// rate, every slot and the optimizer's own scalars (the length
+    /// rate (unless it is a schedule), every slot and the optimizer's own scalars (the length
     /// [`Optimizer::load_keras_variables`] expects).
     pub fn num_keras_variables(&self) -> usize {
-        2 + self.config.kind.slot_names().len() * self.var_sizes.len() + self.scalars.len()
+        self.leading_scalars()
+            + self.config.kind.slot_names().len() * self.var_sizes.len()
+            + self.scalars.len()
     }
 
-    /// The slots in Keras' order (`optimizer/vars/2`, `3`, …), then the optimizer's own scalars:
+    /// The slots in Keras' order (`optimizer/vars/2`, `3`, …; `1`, `2`, … with a schedule), then the optimizer's own scalars:
     /// name, index of the model variable a slot belongs to (its shape is that variable's; `None`
     /// for a scalar), values.
     pub(crate) fn keras_slots(&self) -> Vec<(&'static str, Option<usize>, &[T])> {
@@ -1203,18 +1202,20 @@ impl<T: Float> Optimizer<T> {
 
     /// Restores the state from the values of [`Optimizer::keras_variables`] (same order and
     /// lengths): the iteration counter (use [`Optimizer::set_iterations`] afterwards for counts
-    /// above 2²⁴ in `f32`), the learning rate (Keras restores it too), every slot and the
-    /// optimizer's own scalars.
+    /// above 2²⁴ in `f32`), a constant learning rate (Keras restores it too), every slot and
+    /// the optimizer's own scalars.
     pub fn load_keras_variables(&mut self, values: &[&[T]]) -> Result<(), ShapeError> {
         let order = self.config.kind.keras_order(self.var_sizes.len());
         let n_scalars = self.scalars.len();
-        if values.len() != order.len() + 2 + n_scalars {
+        let lead = self.leading_scalars();
+        if values.len() != order.len() + lead + n_scalars {
+            let rate = if lead == 2 { "learning_rate, " } else { "" };
             return Err(ShapeError::mismatch(
                 "optimizer variables",
                 &[values.len()],
                 format!(
-                    "{} arrays (iteration, learning_rate, then {} slots and {n_scalars} scalars)",
-                    order.len() + 2 + n_scalars,
+                    "{} arrays (iteration, {rate}then {} slots and {n_scalars} scalars)",
+                    order.len() + lead + n_scalars,
                     order.len()
                 ),
             ));
@@ -1230,21 +1231,25 @@ impl<T: Float> Optimizer<T> {
             }
         };
         let it = scalar(0, "iteration")?.f64();
-        let lr = scalar(1, "learning_rate")?.f64();
+        let lr = if lead == 2 {
+            Some(scalar(1, "learning_rate")?.f64())
+        } else {
+            None
+        };
         check_iteration(it)?;
         let own: Vec<T> = (0..n_scalars)
-            .map(|k| scalar(2 + order.len() + k, "the optimizer's own scalar"))
+            .map(|k| scalar(lead + order.len() + k, "the optimizer's own scalar"))
             .collect::<Result<_, _>>()?;
         for (k, &(s, v)) in order.iter().enumerate() {
             let (Some(src), Some(dst)) = (
-                values.get(k + 2),
+                values.get(k + lead),
                 self.slots.get_mut(s).and_then(|x| x.get_mut(v)),
             ) else {
                 continue;
             };
             if src.len() != dst.len() {
                 return Err(ShapeError::ElementCount {
-                    arg: format!("optimizer variable {}", k + 2),
+                    arg: format!("optimizer variable {}", k + lead),
                     shape: vec![dst.len()],
                     needed: dst.len(),
                     got: src.len(),
@@ -1253,7 +1258,7 @@ impl<T: Float> Optimizer<T> {
         }
         for (k, &(s, v)) in order.iter().enumerate() {
             if let (Some(src), Some(dst)) = (
-                values.get(k + 2),
+                values.get(k + lead),
                 self.slots.get_mut(s).and_then(|x| x.get_mut(v)),
             ) {
                 dst.copy_from_slice(src);
@@ -1261,7 +1266,9 @@ impl<T: Float> Optimizer<T> {
         }
         self.scalars = own;
         self.iterations = it as u64;
-        self.config.learning_rate = lr;
+        if let Some(lr) = lr {
+            self.config.learning_rate = LearningRate::Constant(lr);
+        }
         Ok(())
     }
 
@@ -1906,10 +1913,13 @@ mod tests {
             ("SGD", "SGD", 0.01),
         ] {
             let c = OptimizerConfig::from_name(name).unwrap();
-            assert_eq!((c.kind.keras_class_name(), c.learning_rate), (class, lr));
+            assert_eq!(
+                (c.kind.keras_class_name(), c.learning_rate.constant()),
+                (class, Some(lr))
+            );
             // Serialized with the float32 learning rate, as Keras writes it.
             let back = OptimizerConfig::from_keras(&c.to_keras()).unwrap();
-            assert_eq!((back.kind, back.learning_rate as f32), (c.kind, lr as f32));
+            assert_eq!((back.kind, back.learning_rate.at(0)), (c.kind, lr as f32));
         }
         let e = OptimizerConfig::from_name("ftrl").unwrap_err().to_string();
         assert!(e.contains("not implemented") && e.contains("lion"), "{e}");
@@ -1948,13 +1958,56 @@ mod tests {
         assert_eq!(back.keras_variables(&["w"]).unwrap(), vars);
     }
 
+    /// With a schedule, Keras keeps no learning-rate variable: the slots follow the iteration
+    /// count, and the rate follows the restored count.
     #[test]
-    fn from_keras_rejects_schedules_and_unknown_keys() {
-        let s = json!({"class_name": "Adam", "config": {"learning_rate": {"class_name": "ExponentialDecay", "config": {}}}});
+    fn a_schedule_has_no_rate_variable_and_continues_from_the_count() {
+        let s = json!({"class_name": "SGD", "config": {"momentum": 0.5, "learning_rate":
+            {"class_name": "PiecewiseConstantDecay", "config": {"boundaries": [1], "values": [0.5, 0.25]}}}});
+        let cfg = OptimizerConfig::from_keras(&s).unwrap();
+        let mut o = Optimizer::<f32>::new(cfg.clone(), &[1]).unwrap();
+        assert_eq!((o.num_keras_variables(), o.learning_rate()), (2, 0.5));
+        let untrained = o.keras_variables(&["w"]).unwrap();
+        let names: Vec<&str> = untrained.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["sgd/iteration", "sgd/w_momentum"]);
+        let t = |v: &[f64]| crate::tensor::Tensor::new(vec![v.len()], v.to_vec()).unwrap();
+        let it = t(&[0.0]);
+        assert_eq!(
+            o.restore_keras_state(&[&it]).unwrap(),
+            Restored::NothingSaved
+        );
+        let (it, m) = (t(&[2.0]), t(&[0.1]));
+        assert_eq!(o.restore_keras_state(&[&it, &m]).unwrap(), Restored::Yes);
+        assert_eq!(o.learning_rate(), 0.25);
+        let mut w = [1.0f32];
+        o.step(&mut [&mut w], &mut [&mut [1.0]]).unwrap();
+        // m ← 0.1·0.5 − 1·0.25, θ ← θ + m
+        assert_eq!(w, [1.0 + (0.1 * 0.5 - 0.25)]);
+        // Saved with Keras 3's default name for the unnamed schedule, and read back the same.
+        let saved = cfg.to_keras();
+        assert_eq!(
+            saved["config"]["learning_rate"]["config"]["name"],
+            "PiecewiseConstant"
+        );
+        assert_eq!(
+            OptimizerConfig::from_keras(&saved).unwrap().to_keras(),
+            saved
+        );
+    }
+
+    #[test]
+    fn from_keras_rejects_unknown_schedules_and_keys() {
+        let s = json!({"class_name": "Adam", "config": {"learning_rate": {"class_name": "LinearCosineDecay", "config": {}}}});
         let e = OptimizerConfig::from_keras(&s).unwrap_err();
         assert!(
             matches!(e, ConfigError::Unsupported { .. })
-                && e.to_string().contains("ExponentialDecay")
+                && e.to_string().contains("LinearCosineDecay")
+        );
+        let s = json!({"class_name": "Adam", "config": {"learning_rate": {"class_name": "ExponentialDecay", "config": {}}}});
+        let e = OptimizerConfig::from_keras(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("Adam.learning_rate.initial_learning_rate"),
+            "{e}"
         );
         let s = json!({"class_name": "SGD", "config": {"beta_1": 0.9}});
         assert!(OptimizerConfig::from_keras(&s)
@@ -2055,7 +2108,7 @@ mod tests {
         let refs: Vec<&crate::tensor::Tensor<f64>> = arrays.iter().collect();
         assert_eq!(fresh.restore_keras_state(&refs).unwrap(), Restored::Yes);
         assert_eq!(fresh.iterations(), big);
-        assert_eq!(fresh.config().learning_rate, 0.25);
+        assert_eq!(fresh.config().learning_rate, LearningRate::Constant(0.25));
         assert_eq!(
             fresh.restore_keras_state(&refs[..5]).unwrap(),
             Restored::Mismatch {

@@ -138,7 +138,7 @@ pub fn save_model_with_optimizer<T: Float>(
 }
 
 /// An optimizer's variables as `optimizer/vars` stores them: dataset 0 the iteration count
-/// (int64), then the learning rate and the slots, each with its shape.
+/// (int64), then the learning rate (a constant one) and the slots, each with its shape.
 struct OptimizerVars<T> {
     name: &'static str,
     iterations: i64,
@@ -152,7 +152,11 @@ impl<T: Float> OptimizerVars<T> {
             .into_iter()
             .map(|(_, s)| s)
             .collect();
-        let mut values = vec![Tensor::new(vec![], vec![optimizer.learning_rate()])?];
+        // A learning-rate schedule has no variable (Keras keeps only a constant rate in one).
+        let mut values = Vec::new();
+        if optimizer.config().learning_rate.constant().is_some() {
+            values.push(Tensor::new(vec![], vec![optimizer.learning_rate()])?);
+        }
         for (slot, v, data) in optimizer.keras_slots() {
             // An optimizer's own scalar (Nadam's product of momentum factors).
             let Some(v) = v else {
