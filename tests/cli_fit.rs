@@ -410,7 +410,7 @@ fn continues_training_from_a_keras_optimizer_state() {
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fx.join("resume.json")).unwrap()).unwrap();
     let cases = meta["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 22);
+    assert_eq!(cases.len(), 24);
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let bs = case["batch_size"].to_string();
@@ -618,10 +618,11 @@ fn fits_a_tf_keras_2_file_like_tf_keras() {
 
 /// TF-Keras 2 files trained and saved with their optimizer state (`iteration:0` then the slots,
 /// no learning-rate variable) continue in grucell with that state, as in TF-Keras (AMSGrad's
-/// maxima, centred RMSprop with momentum; Bidirectional, stacked cells, masking).
+/// maxima, centred RMSprop with momentum, a learning-rate schedule without a name;
+/// Bidirectional, stacked cells, masking).
 #[test]
 fn continues_training_from_a_tf_keras_2_optimizer_state() {
-    for name in ["resume_amsgrad", "resume_rmsprop"] {
+    for name in ["resume_amsgrad", "resume_rmsprop", "resume_schedule"] {
         let dir = Scratch::new(&format!("tf2_{name}"));
         fit_like_tf_keras(&dir, &format!("{name}.h5"), &format!("{name}.npz"), "1");
     }

@@ -457,6 +457,7 @@ def check_multi(args, keras, layers, rng, pick, out):
 
 def check_fit(args, keras, layers, rng, pick, out):
     bad = unstable = unbuildable = 0
+    with_schedule = with_ema = 0
     reg = lambda: pick([None, "l2", "l1", keras.regularizers.L1L2(0.01, 0.02)])  # noqa: E731
     con = lambda: pick([None, None, "non_neg", keras.constraints.MaxNorm(1.5),  # noqa: E731
                         keras.constraints.UnitNorm()])
@@ -571,6 +572,9 @@ def check_fit(args, keras, layers, rng, pick, out):
         lr = Rate(lr0)
         opt_name = pick(["sgd", "adam", "adamw", "rmsprop", "adagrad", "nadam", "adamax", "lion", "adadelta"])
         clip = pick([{}, {}, {}, {"clipnorm": 0.5}, {"clipvalue": 0.05}, {"global_clipnorm": 0.5}])
+        # The moving average of the weights (Keras 3 only: grucell refuses TF-Keras 2's).
+        clip = {**clip, **pick([{}, {}, {}, {"use_ema": True, "ema_momentum": 0.9},
+                                {"use_ema": True, "ema_momentum": 0.6, "ema_overwrite_frequency": 2}])}
         opt = {"sgd": lambda: keras.optimizers.SGD(lr.value(), momentum=float(pick([0.0, 0.9])), **clip),
                "adam": lambda: keras.optimizers.Adam(lr.value(), amsgrad=bool(rng.random() < 0.3), **clip),
                "adamw": lambda: keras.optimizers.AdamW(lr.value(), **clip),
@@ -581,6 +585,8 @@ def check_fit(args, keras, layers, rng, pick, out):
                "lion": lambda: keras.optimizers.Lion((lr / 10).value(), **clip),
                "adadelta": lambda: keras.optimizers.Adadelta((lr * 20).value(), **clip)}[opt_name]()
         m.compile(optimizer=opt, loss=loss)
+        with_schedule += sched is not None
+        with_ema += "use_ema" in clip
         X = rng.normal(size=(N, T, D)).astype("float32")
         if emb:
             X = rng.integers(-V, V, size=(N, T)).astype("float32")
@@ -662,7 +668,8 @@ def check_fit(args, keras, layers, rng, pick, out):
                   f"{err.strip()[:200]} (Keras float32 vs float64: {ek:.2e})")
             keep(args, out, f"fit_{i}", m, dict(batch_size=bs, epochs=ep))
     print(f"fit: {args.n} models, {bad} disagreements, {unstable} unstable (not counted), "
-          f"{unbuildable} that Keras cannot build (skipped)")
+          f"{unbuildable} that Keras cannot build (skipped); {with_schedule} with a learning-rate schedule, "
+          f"{with_ema} with use_ema")
     return bad
 
 

@@ -238,7 +238,9 @@ impl<T: Float> Model<T> {
 
     /// Mutable views of the trainable variables (same order), with their regularizer and
     /// constraint. Call [`Model::weights_changed`] after writing.
-    fn variables_mut(&mut self) -> Vec<(&mut Tensor<T>, Option<Regularizer>, Option<Constraint>)> {
+    pub(crate) fn variables_mut(
+        &mut self,
+    ) -> Vec<(&mut Tensor<T>, Option<Regularizer>, Option<Constraint>)> {
         let mut out = Vec::new();
         for l in self.layers.iter_mut() {
             let trains = l.variable_trainable();

@@ -14,7 +14,10 @@
 //! - [`EarlyStopping`] is a port of `keras.callbacks.EarlyStopping` with `baseline = None` and
 //!   `start_from_epoch = 0`, including its quirks: the improvement test runs in float32 (Keras
 //!   compares with `ops.less` on Python floats), the first epoch never stops training, and the
-//!   best weights are restored at the end of training whether it stopped early or not.
+//!   best weights are restored at the end of training whether it stopped early or not;
+//! - after the last epoch, the optimizer's `finalize_variable_values` (with `use_ema` the weights
+//!   take their moving averages, [`Optimizer::finalize_variable_values`]), then early stopping's
+//!   restore, in Keras' order.
 //!
 //! What differs: with `shuffle = true` the per-epoch permutation comes from a seeded [`StdRng`]
 //! (TensorFlow's shuffle cannot be reproduced), and so do dropout masks. A non-finite loss or
@@ -673,6 +676,18 @@ impl<T: Float> Model<T> {
                     break;
                 }
             }
+        }
+        // Keras' `optimizer.finalize_variable_values` (the weights take their moving averages
+        // with `use_ema`), before the callbacks' `on_train_end`.
+        if cfg.epochs > 0 && optimizer.config().ema.is_some() {
+            let done = {
+                let mut vars = self.variables_mut();
+                let mut slices: Vec<&mut [T]> =
+                    vars.iter_mut().map(|(w, _, _)| w.data_mut()).collect();
+                optimizer.finalize_variable_values(&mut slices)
+            };
+            self.weights_changed();
+            done?;
         }
         // on_train_end
         if let Some(s) = stopper {

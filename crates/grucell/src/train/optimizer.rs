@@ -311,6 +311,38 @@ pub struct OptimizerConfig {
     pub global_clipnorm: Option<f64>,
     /// Decoupled weight decay `θ ← θ − θ·wd·lr` before each update (any optimizer; AdamW needs it).
     pub weight_decay: Option<f64>,
+    /// Keras' `use_ema`: an exponential moving average of the weights (`None`: off, Keras'
+    /// default).
+    pub ema: Option<Ema>,
+}
+
+/// Keras 3's exponential moving average of the weights (`use_ema=True`, `ema_momentum`,
+/// `ema_overwrite_frequency`).
+///
+/// After each step's update (before the caller's constraints, as Keras), every trainable
+/// variable's average (slot `average`, zeros at first) becomes `a ← μ·a + (1 − μ)·θ`, with
+/// `μ = 0` on the first step (`iterations == 0`), so that it starts at the weights. Every
+/// `overwrite_frequency` steps (when `(iterations + 1) % f == 0`) the weights are set to their
+/// averages, and so they are at the end of [`Model::fit`](crate::layers::model::Model::fit)
+/// ([`Optimizer::finalize_variable_values`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ema {
+    /// `μ` in `[0, 1]` (Keras' default 0.99); `T`'s value of it (not float32's in an `f64`
+    /// model: Keras multiplies a Python float into the variable's dtype).
+    pub momentum: f64,
+    /// Overwrite the weights with their averages every this many steps (`None`: only at the end
+    /// of `fit`).
+    pub overwrite_frequency: Option<u64>,
+}
+
+impl Default for Ema {
+    /// Keras' defaults: momentum 0.99, no periodic overwrite.
+    fn default() -> Self {
+        Ema {
+            momentum: 0.99,
+            overwrite_frequency: None,
+        }
+    }
 }
 
 const KERAS_OPTIMIZERS_UNSUPPORTED: &[&str] = &[
@@ -354,6 +386,7 @@ impl OptimizerConfig {
             clipvalue: None,
             global_clipnorm: None,
             weight_decay: None,
+            ema: None,
         }
     }
 
@@ -504,8 +537,9 @@ impl OptimizerConfig {
     /// Keras writes (`{"module": "keras.optimizers", "class_name": "Adam", "config": {...}}`).
     ///
     /// The learning rate may be a number or one of Keras' built-in schedules
-    /// ([`LearningRateSchedule`](crate::train::schedule::LearningRateSchedule)). Another
-    /// schedule, `use_ema: true`, a `loss_scale_factor` or `gradient_accumulation_steps` give
+    /// ([`LearningRateSchedule`](crate::train::schedule::LearningRateSchedule)); `use_ema`
+    /// gives [`OptimizerConfig::ema`]. Another schedule, TF-Keras 2's `use_ema` (whose average
+    /// starts otherwise), a `loss_scale_factor` or `gradient_accumulation_steps` give
     /// [`ConfigError::Unsupported`]; unknown keys are invalid
     /// (Keras rejects them too). Missing keys take Keras' defaults. The result is validated.
     pub fn from_keras(v: &Value) -> Result<Self, ConfigError> {
@@ -592,10 +626,30 @@ impl OptimizerConfig {
             Some(_) => opt("weight_decay")?,
         };
         if get_bool(c, "use_ema", false)? {
-            return Err(ConfigError::unsupported(
-                "optimizer option",
-                format!("{class}.use_ema = true (exponential moving average of the weights)"),
-            ));
+            // TF-Keras 2.11+ writes `is_legacy_optimizer`; its average starts at the weights the
+            // optimizer was built with and has no first-step rule.
+            if c.contains_key("is_legacy_optimizer") {
+                return Err(ConfigError::unsupported(
+                    "optimizer option",
+                    format!("{class}.use_ema = true in a TF-Keras 2 optimizer (grucell computes Keras 3's moving average)"),
+                ));
+            }
+            let overwrite_frequency = match c.get("ema_overwrite_frequency") {
+                None | Some(Value::Null) => None,
+                // Keras treats 0 as "not set" (it tests the value's truth).
+                Some(v) if v.as_u64() == Some(0) => None,
+                Some(v) => Some(v.as_u64().ok_or_else(|| {
+                    ConfigError::invalid(
+                        format!("{class}.ema_overwrite_frequency"),
+                        v,
+                        "a whole number ≥ 1 or null",
+                    )
+                })?),
+            };
+            cfg.ema = Some(Ema {
+                momentum: num("ema_momentum", 0.99)?,
+                overwrite_frequency,
+            });
         }
         for k in ["loss_scale_factor", "gradient_accumulation_steps"] {
             if let Some(x) = c.get(k).filter(|x| !x.is_null()) {
@@ -668,9 +722,13 @@ impl OptimizerConfig {
         c.insert("clipnorm".into(), o(self.clipnorm));
         c.insert("global_clipnorm".into(), o(self.global_clipnorm));
         c.insert("clipvalue".into(), o(self.clipvalue));
-        c.insert("use_ema".into(), json!(false));
-        c.insert("ema_momentum".into(), json!(0.99));
-        c.insert("ema_overwrite_frequency".into(), Value::Null);
+        let ema = self.ema.unwrap_or_default();
+        c.insert("use_ema".into(), json!(self.ema.is_some()));
+        c.insert("ema_momentum".into(), json!(ema.momentum));
+        c.insert(
+            "ema_overwrite_frequency".into(),
+            json!(ema.overwrite_frequency),
+        );
         c.insert("loss_scale_factor".into(), Value::Null);
         c.insert("gradient_accumulation_steps".into(), Value::Null);
         match self.kind {
@@ -791,6 +849,16 @@ impl OptimizerConfig {
         match &self.learning_rate {
             LearningRate::Constant(lr) => range("learning_rate", *lr, 0.0, f64::INFINITY, true)?,
             schedule => schedule.validate()?,
+        }
+        if let Some(ema) = self.ema {
+            range("ema_momentum", ema.momentum, 0.0, 1.0, false)?;
+            if ema.overwrite_frequency == Some(0) {
+                return Err(ConfigError::invalid(
+                    "ema_overwrite_frequency",
+                    0,
+                    "a whole number ≥ 1 or None",
+                ));
+            }
         }
         for (arg, x) in [
             ("clipnorm", self.clipnorm),
@@ -926,6 +994,8 @@ pub struct Optimizer<T: Float> {
     slots: Vec<Vec<Vec<T>>>,
     /// The optimizer's own scalars (`kind.scalars()` order): Nadam's product of momentum factors.
     scalars: Vec<T>,
+    /// The moving averages of the variables (`use_ema`; empty without).
+    averages: Vec<Vec<T>>,
 }
 
 impl<T: Float> Optimizer<T> {
@@ -952,12 +1022,17 @@ impl<T: Float> Optimizer<T> {
             .iter()
             .map(|&(_, x)| T::of(x))
             .collect();
+        let averages = match config.ema {
+            Some(_) => var_sizes.iter().map(|&n| vec![T::zero(); n]).collect(),
+            None => Vec::new(),
+        };
         Ok(Optimizer {
             config,
             iterations: 0,
             var_sizes: var_sizes.to_vec(),
             slots,
             scalars,
+            averages,
         })
     }
 
@@ -1066,14 +1141,80 @@ impl<T: Float> Optimizer<T> {
             let step = Step { lr, t, product };
             update(kind, step, v, g, per_row.as_deref(), &mut slots);
         }
+        if let Some(ema) = self.config.ema {
+            // Keras' `_update_model_variables_moving_average`, then the periodic overwrite.
+            let m = if self.iterations == 0 {
+                T::zero()
+            } else {
+                T::of(ema.momentum)
+            };
+            let rest = T::one() - m;
+            for (v, avg) in vars.iter_mut().zip(self.averages.iter_mut()) {
+                for (a, &x) in avg.iter_mut().zip(v.iter()) {
+                    *a = m * *a + rest * x;
+                }
+            }
+            if let Some(f) = ema.overwrite_frequency {
+                if (self.iterations + 1).is_multiple_of(f) {
+                    for (v, avg) in vars.iter_mut().zip(&self.averages) {
+                        v.copy_from_slice(avg);
+                    }
+                }
+            }
+        }
         self.iterations += 1;
+        Ok(())
+    }
+
+    /// Keras' `optimizer.finalize_variable_values`, which `fit` calls after its last epoch: with
+    /// [`OptimizerConfig::ema`], the variables take their moving averages; otherwise nothing
+    /// changes. `vars` as in [`Optimizer::step`].
+    ///
+    /// ```
+    /// use grucell::train::optimizer::{Ema, Optimizer, OptimizerConfig};
+    ///
+    /// let mut cfg = OptimizerConfig::sgd(0.1);
+    /// cfg.ema = Some(Ema { momentum: 0.5, overwrite_frequency: None });
+    /// let mut opt = Optimizer::<f32>::new(cfg, &[1])?;
+    /// let mut w = [1.0f32];
+    /// opt.step(&mut [&mut w], &mut [&mut [1.0]])?; // w 0.9, average 0.9 (the first step)
+    /// opt.step(&mut [&mut w], &mut [&mut [1.0]])?; // w 0.8, average 0.5·0.9 + 0.5·0.8
+    /// opt.finalize_variable_values(&mut [&mut w])?;
+    /// assert!((w[0] - 0.85).abs() < 1e-6);
+    /// # Ok::<(), grucell::Error>(())
+    /// ```
+    pub fn finalize_variable_values(&self, vars: &mut [&mut [T]]) -> Result<(), ShapeError> {
+        if self.config.ema.is_none() {
+            return Ok(());
+        }
+        let n = self.var_sizes.len();
+        if vars.len() != n {
+            return Err(ShapeError::mismatch(
+                "vars",
+                &[vars.len()],
+                format!("{n} variables"),
+            ));
+        }
+        for (i, (v, avg)) in vars.iter_mut().zip(&self.averages).enumerate() {
+            if v.len() != avg.len() {
+                return Err(ShapeError::ElementCount {
+                    arg: format!("vars[{i}]"),
+                    shape: vec![avg.len()],
+                    needed: avg.len(),
+                    got: v.len(),
+                });
+            }
+        }
+        for (v, avg) in vars.iter_mut().zip(&self.averages) {
+            v.copy_from_slice(avg);
+        }
         Ok(())
     }
 
     /// The optimizer's variables in Keras' order with Keras' paths, as `.keras` files store them
     /// under `optimizer/vars/0..N`: `("{name}/iteration", [iterations])`,
     /// `("{name}/learning_rate", [lr])` (not with a schedule, which Keras does not store in a
-    /// variable), then the slots, e.g. for Adam per model variable
+    /// variable), with `use_ema` every variable's `{path}_average`, then the slots, e.g. for Adam per model variable
     /// `{path}_momentum`, `{path}_velocity` (then all `{path}_velocity_hat` with AMSGrad); for
     /// RMSprop all `velocity`, then all `momentum`, then all `average_gradient`.
     ///
@@ -1168,18 +1309,26 @@ impl<T: Float> Optimizer<T> {
     }
 
     /// How many variables Keras saves for this optimizer: the iteration count, the learning
-    /// rate (unless it is a schedule), every slot and the optimizer's own scalars (the length
-    /// [`Optimizer::load_keras_variables`] expects).
+    /// rate (unless it is a schedule), the moving averages (with `use_ema`), every slot and the
+    /// optimizer's own scalars (the length [`Optimizer::load_keras_variables`] expects).
     pub fn num_keras_variables(&self) -> usize {
         self.leading_scalars()
+            + self.averages.len()
             + self.config.kind.slot_names().len() * self.var_sizes.len()
             + self.scalars.len()
     }
 
-    /// The slots in Keras' order (`optimizer/vars/2`, `3`, …; `1`, `2`, … with a schedule), then the optimizer's own scalars:
-    /// name, index of the model variable a slot belongs to (its shape is that variable's; `None`
-    /// for a scalar), values.
+    /// The slots in Keras' order (`optimizer/vars/2`, `3`, …; `1`, `2`, … with a schedule), the
+    /// moving averages first (with `use_ema`), then the optimizer's own scalars: name, index of
+    /// the model variable a slot belongs to (its shape is that variable's; `None` for a scalar),
+    /// values.
     pub(crate) fn keras_slots(&self) -> Vec<(&'static str, Option<usize>, &[T])> {
+        // Keras' base optimizer builds the moving averages before the algorithm's slots.
+        let averages = self
+            .averages
+            .iter()
+            .enumerate()
+            .map(|(v, a)| ("average", Some(v), a.as_slice()));
         let slot_names = self.config.kind.slot_names();
         let slots = self
             .config
@@ -1197,7 +1346,7 @@ impl<T: Float> Optimizer<T> {
             .iter()
             .zip(&self.scalars)
             .map(|(&(name, _), x)| (name, None, std::slice::from_ref(x)));
-        slots.chain(scalars).collect()
+        averages.chain(slots).chain(scalars).collect()
     }
 
     /// Restores the state from the values of [`Optimizer::keras_variables`] (same order and
@@ -1208,14 +1357,22 @@ impl<T: Float> Optimizer<T> {
         let order = self.config.kind.keras_order(self.var_sizes.len());
         let n_scalars = self.scalars.len();
         let lead = self.leading_scalars();
-        if values.len() != order.len() + lead + n_scalars {
+        let n_avg = self.averages.len();
+        // Where the algorithm's slots start: after the iteration, the rate and the averages.
+        let first = lead + n_avg;
+        let want = first + order.len() + n_scalars;
+        if values.len() != want {
             let rate = if lead == 2 { "learning_rate, " } else { "" };
+            let avg = if n_avg > 0 {
+                format!("{n_avg} moving averages, ")
+            } else {
+                String::new()
+            };
             return Err(ShapeError::mismatch(
                 "optimizer variables",
                 &[values.len()],
                 format!(
-                    "{} arrays (iteration, {rate}then {} slots and {n_scalars} scalars)",
-                    order.len() + lead + n_scalars,
+                    "{want} arrays (iteration, {rate}{avg}then {} slots and {n_scalars} scalars)",
                     order.len()
                 ),
             ));
@@ -1238,29 +1395,38 @@ impl<T: Float> Optimizer<T> {
         };
         check_iteration(it)?;
         let own: Vec<T> = (0..n_scalars)
-            .map(|k| scalar(lead + order.len() + k, "the optimizer's own scalar"))
+            .map(|k| scalar(first + order.len() + k, "the optimizer's own scalar"))
             .collect::<Result<_, _>>()?;
+        // (index in `values`, destination) in Keras' order: the averages, then the slots.
+        let mut targets: Vec<(usize, &mut Vec<T>)> = self
+            .averages
+            .iter_mut()
+            .enumerate()
+            .map(|(k, a)| (lead + k, a))
+            .collect();
+        // Slot `s` of variable `v` is `values[first + k]` for `order[k] == (s, v)`.
+        let mut position = vec![vec![0; self.var_sizes.len()]; self.slots.len()];
         for (k, &(s, v)) in order.iter().enumerate() {
-            let (Some(src), Some(dst)) = (
-                values.get(k + lead),
-                self.slots.get_mut(s).and_then(|x| x.get_mut(v)),
-            ) else {
-                continue;
-            };
-            if src.len() != dst.len() {
+            if let Some(p) = position.get_mut(s).and_then(|x| x.get_mut(v)) {
+                *p = first + k;
+            }
+        }
+        for (per_var, at) in self.slots.iter_mut().zip(&position) {
+            targets.extend(at.iter().copied().zip(per_var.iter_mut()));
+        }
+        for (i, dst) in &targets {
+            let got = values.get(*i).map_or(0, |x| x.len());
+            if got != dst.len() {
                 return Err(ShapeError::ElementCount {
-                    arg: format!("optimizer variable {}", k + lead),
+                    arg: format!("optimizer variable {i}"),
                     shape: vec![dst.len()],
                     needed: dst.len(),
-                    got: src.len(),
+                    got,
                 });
             }
         }
-        for (k, &(s, v)) in order.iter().enumerate() {
-            if let (Some(src), Some(dst)) = (
-                values.get(k + lead),
-                self.slots.get_mut(s).and_then(|x| x.get_mut(v)),
-            ) {
+        for (i, dst) in targets {
+            if let Some(src) = values.get(i) {
                 dst.copy_from_slice(src);
             }
         }
@@ -1995,6 +2161,67 @@ mod tests {
         );
     }
 
+    /// `use_ema` as Keras 3 writes it round-trips; TF-Keras 2's is refused, and Keras' checks
+    /// hold (momentum in [0, 1], a whole overwrite frequency, 0 meaning none).
+    #[test]
+    fn ema_options_read_and_write_as_keras() {
+        let s = json!({"class_name": "Adam", "config": {"use_ema": true, "ema_momentum": 0.9,
+            "ema_overwrite_frequency": 3}});
+        let c = OptimizerConfig::from_keras(&s).unwrap();
+        let ema = Ema {
+            momentum: 0.9,
+            overwrite_frequency: Some(3),
+        };
+        assert_eq!(c.ema, Some(ema));
+        assert_eq!(
+            OptimizerConfig::from_keras(&c.to_keras()).unwrap().ema,
+            c.ema
+        );
+        let off = OptimizerConfig::adam(0.001).to_keras();
+        assert_eq!(
+            (&off["config"]["use_ema"], &off["config"]["ema_momentum"]),
+            (&json!(false), &json!(0.99))
+        );
+        let zero =
+            json!({"class_name": "SGD", "config": {"use_ema": true, "ema_overwrite_frequency": 0}});
+        assert_eq!(
+            OptimizerConfig::from_keras(&zero).unwrap().ema,
+            Some(Ema::default())
+        );
+        for bad in [
+            json!({"class_name": "SGD", "config": {"use_ema": true, "ema_momentum": 1.5}}),
+            json!({"class_name": "SGD", "config": {"use_ema": true, "ema_overwrite_frequency": 2.5}}),
+        ] {
+            assert!(matches!(
+                OptimizerConfig::from_keras(&bad),
+                Err(ConfigError::InvalidValue { .. })
+            ));
+        }
+        let tf2 = json!({"class_name": "Custom>SGD", "config": {"use_ema": true, "is_legacy_optimizer": false}});
+        let e = OptimizerConfig::from_keras(&tf2).unwrap_err();
+        assert!(
+            matches!(e, ConfigError::Unsupported { .. }) && e.to_string().contains("TF-Keras 2")
+        );
+        // The averages are saved after the iteration count and rate, before the slots.
+        let o = Optimizer::<f32>::new(c, &[2]).unwrap();
+        let names: Vec<String> = o
+            .keras_variables(&["w"])
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "adam/iteration",
+                "adam/learning_rate",
+                "adam/w_average",
+                "adam/w_momentum",
+                "adam/w_velocity"
+            ]
+        );
+    }
+
     #[test]
     fn from_keras_rejects_unknown_schedules_and_keys() {
         let s = json!({"class_name": "Adam", "config": {"learning_rate": {"class_name": "LinearCosineDecay", "config": {}}}});
@@ -2014,7 +2241,7 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("SGD.beta_1"));
-        let s = json!({"class_name": "SGD", "config": {"use_ema": true}});
+        let s = json!({"class_name": "SGD", "config": {"gradient_accumulation_steps": 2}});
         assert!(matches!(
             OptimizerConfig::from_keras(&s),
             Err(ConfigError::Unsupported { .. })
