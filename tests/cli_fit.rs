@@ -410,7 +410,7 @@ fn continues_training_from_a_keras_optimizer_state() {
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fx.join("resume.json")).unwrap()).unwrap();
     let cases = meta["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 24);
+    assert_eq!(cases.len(), 26);
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let bs = case["batch_size"].to_string();
@@ -430,9 +430,8 @@ fn continues_training_from_a_keras_optimizer_state() {
             cc.unwrap()["optimizer"]["config"]["learning_rate"].clone()
         };
         let want_rate = rate(&fx.join(format!("{name}_continued.keras")));
-        assert_eq!(
-            want_rate.is_object(),
-            name.starts_with("schedule_"),
+        assert!(
+            want_rate.is_object() || !name.starts_with("schedule_"),
             "{name}: {want_rate}"
         );
         assert!(

@@ -457,7 +457,7 @@ def check_multi(args, keras, layers, rng, pick, out):
 
 def check_fit(args, keras, layers, rng, pick, out):
     bad = unstable = unbuildable = 0
-    with_schedule = with_ema = 0
+    with_schedule = with_ema = with_accumulation = 0
     reg = lambda: pick([None, "l2", "l1", keras.regularizers.L1L2(0.01, 0.02)])  # noqa: E731
     con = lambda: pick([None, None, "non_neg", keras.constraints.MaxNorm(1.5),  # noqa: E731
                         keras.constraints.UnitNorm()])
@@ -574,7 +574,8 @@ def check_fit(args, keras, layers, rng, pick, out):
         clip = pick([{}, {}, {}, {"clipnorm": 0.5}, {"clipvalue": 0.05}, {"global_clipnorm": 0.5}])
         # The moving average of the weights (Keras 3 only: grucell refuses TF-Keras 2's).
         clip = {**clip, **pick([{}, {}, {}, {"use_ema": True, "ema_momentum": 0.9},
-                                {"use_ema": True, "ema_momentum": 0.6, "ema_overwrite_frequency": 2}])}
+                                {"use_ema": True, "ema_momentum": 0.6, "ema_overwrite_frequency": 2}]),
+                **pick([{}, {}, {}, {"gradient_accumulation_steps": 2}, {"gradient_accumulation_steps": 3}])}
         opt = {"sgd": lambda: keras.optimizers.SGD(lr.value(), momentum=float(pick([0.0, 0.9])), **clip),
                "adam": lambda: keras.optimizers.Adam(lr.value(), amsgrad=bool(rng.random() < 0.3), **clip),
                "adamw": lambda: keras.optimizers.AdamW(lr.value(), **clip),
@@ -587,6 +588,7 @@ def check_fit(args, keras, layers, rng, pick, out):
         m.compile(optimizer=opt, loss=loss)
         with_schedule += sched is not None
         with_ema += "use_ema" in clip
+        with_accumulation += "gradient_accumulation_steps" in clip
         X = rng.normal(size=(N, T, D)).astype("float32")
         if emb:
             X = rng.integers(-V, V, size=(N, T)).astype("float32")
@@ -669,7 +671,7 @@ def check_fit(args, keras, layers, rng, pick, out):
             keep(args, out, f"fit_{i}", m, dict(batch_size=bs, epochs=ep))
     print(f"fit: {args.n} models, {bad} disagreements, {unstable} unstable (not counted), "
           f"{unbuildable} that Keras cannot build (skipped); {with_schedule} with a learning-rate schedule, "
-          f"{with_ema} with use_ema")
+          f"{with_ema} with use_ema, {with_accumulation} with gradient accumulation")
     return bad
 
 

@@ -12,10 +12,17 @@
 //! 2. **decoupled weight decay** (`weight_decay = wd`, the base optimizer's option, which AdamW
 //!    makes mandatory): `θ ← θ − (θ · wd) · lr`, before the update;
 //! 3. the optimizer's **update** (formulas on each [`OptimizerKind`] variant), with
-//!    `t = iterations + 1` in the update of step `iterations` (0-based);
-//! 4. `iterations += 1`.
+//!    `t = iterations + 1` in the update of step `iterations` (0-based), at the learning rate of
+//!    that step ([`LearningRate`]: a constant or a schedule of `iterations`);
+//! 4. with `use_ema`, the **moving average** of the weights ([`Ema`]);
+//! 5. `iterations += 1`.
 //!
-//! Constraints are the caller's business (Keras applies them right after the update).
+//! With `gradient_accumulation_steps = k` (Keras' option), steps 1–3 happen on every `k`-th
+//! step only, with the mean of the accumulated gradients; the other steps only add their
+//! gradients to the accumulators (then 4 and 5), and `t` counts updates
+//! ([`OptimizerConfig::gradient_accumulation_steps`]).
+//!
+//! Constraints are the caller's business (Keras applies them right after every step).
 //!
 //! **Row gradients** ([`RowGrads`], [`Optimizer::step_with_rows`]): TensorFlow gives the gradient
 //! of an `Embedding` table as `IndexedSlices`, one row of values per looked-up index (an index
@@ -314,6 +321,13 @@ pub struct OptimizerConfig {
     /// Keras' `use_ema`: an exponential moving average of the weights (`None`: off, Keras'
     /// default).
     pub ema: Option<Ema>,
+    /// Keras' `gradient_accumulation_steps` (`None`: off; else `k ≥ 2`): every step adds its
+    /// gradients to accumulators (slot `gradient_accumulator`), and every `k`-th step (when
+    /// `(iterations + 1) % k == 0`) applies `(g + acc) / k` instead (clipped, with weight
+    /// decay) and clears them. `iterations` counts every step; the update rules' `t` is
+    /// `⌊iterations / k⌋ + 1`, a schedule sees `iterations`, and an `Embedding`'s row gradients
+    /// are summed per row first (TensorFlow makes `IndexedSlices` dense when it adds them).
+    pub gradient_accumulation_steps: Option<u64>,
 }
 
 /// Keras 3's exponential moving average of the weights (`use_ema=True`, `ema_momentum`,
@@ -387,6 +401,7 @@ impl OptimizerConfig {
             global_clipnorm: None,
             weight_decay: None,
             ema: None,
+            gradient_accumulation_steps: None,
         }
     }
 
@@ -538,8 +553,9 @@ impl OptimizerConfig {
     ///
     /// The learning rate may be a number or one of Keras' built-in schedules
     /// ([`LearningRateSchedule`](crate::train::schedule::LearningRateSchedule)); `use_ema`
-    /// gives [`OptimizerConfig::ema`]. Another schedule, TF-Keras 2's `use_ema` (whose average
-    /// starts otherwise), a `loss_scale_factor` or `gradient_accumulation_steps` give
+    /// gives [`OptimizerConfig::ema`], `gradient_accumulation_steps`
+    /// [`OptimizerConfig::gradient_accumulation_steps`]. Another schedule, TF-Keras 2's `use_ema`
+    /// (whose average starts otherwise) or a `loss_scale_factor` give
     /// [`ConfigError::Unsupported`]; unknown keys are invalid
     /// (Keras rejects them too). Missing keys take Keras' defaults. The result is validated.
     pub fn from_keras(v: &Value) -> Result<Self, ConfigError> {
@@ -651,14 +667,24 @@ impl OptimizerConfig {
                 overwrite_frequency,
             });
         }
-        for k in ["loss_scale_factor", "gradient_accumulation_steps"] {
-            if let Some(x) = c.get(k).filter(|x| !x.is_null()) {
-                return Err(ConfigError::unsupported(
-                    "optimizer option",
-                    format!("{class}.{k} = {x}"),
-                ));
-            }
+        if let Some(x) = c.get("loss_scale_factor").filter(|x| !x.is_null()) {
+            return Err(ConfigError::unsupported(
+                "optimizer option",
+                format!("{class}.loss_scale_factor = {x}"),
+            ));
         }
+        cfg.gradient_accumulation_steps = match c.get("gradient_accumulation_steps") {
+            None | Some(Value::Null) => None,
+            // Keras tests the value's truth: 0 is "not set".
+            Some(v) if v.as_u64() == Some(0) => None,
+            Some(v) => Some(v.as_u64().ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("{class}.gradient_accumulation_steps"),
+                    v,
+                    "a whole number ≥ 2 or null",
+                )
+            })?),
+        };
         cfg.kind = match cfg.kind {
             OptimizerKind::Sgd { .. } => OptimizerKind::Sgd {
                 momentum: num("momentum", 0.0)?,
@@ -730,7 +756,10 @@ impl OptimizerConfig {
             json!(ema.overwrite_frequency),
         );
         c.insert("loss_scale_factor".into(), Value::Null);
-        c.insert("gradient_accumulation_steps".into(), Value::Null);
+        c.insert(
+            "gradient_accumulation_steps".into(),
+            json!(self.gradient_accumulation_steps),
+        );
         match self.kind {
             OptimizerKind::Sgd { momentum, nesterov } => {
                 c.insert("momentum".into(), json!(momentum));
@@ -849,6 +878,15 @@ impl OptimizerConfig {
         match &self.learning_rate {
             LearningRate::Constant(lr) => range("learning_rate", *lr, 0.0, f64::INFINITY, true)?,
             schedule => schedule.validate()?,
+        }
+        if let Some(k) = self.gradient_accumulation_steps {
+            if k < 2 {
+                return Err(ConfigError::invalid(
+                    "gradient_accumulation_steps",
+                    k,
+                    "a whole number ≥ 2 or None (as Keras)",
+                ));
+            }
         }
         if let Some(ema) = self.ema {
             range("ema_momentum", ema.momentum, 0.0, 1.0, false)?;
@@ -996,6 +1034,9 @@ pub struct Optimizer<T: Float> {
     scalars: Vec<T>,
     /// The moving averages of the variables (`use_ema`; empty without).
     averages: Vec<Vec<T>>,
+    /// The gradients summed since the last update (`gradient_accumulation_steps`; empty
+    /// without).
+    accumulators: Vec<Vec<T>>,
 }
 
 impl<T: Float> Optimizer<T> {
@@ -1022,10 +1063,14 @@ impl<T: Float> Optimizer<T> {
             .iter()
             .map(|&(_, x)| T::of(x))
             .collect();
-        let averages = match config.ema {
-            Some(_) => var_sizes.iter().map(|&n| vec![T::zero(); n]).collect(),
-            None => Vec::new(),
+        let zeros = |on: bool| -> Vec<Vec<T>> {
+            match on {
+                true => var_sizes.iter().map(|&n| vec![T::zero(); n]).collect(),
+                false => Vec::new(),
+            }
         };
+        let averages = zeros(config.ema.is_some());
+        let accumulators = zeros(config.gradient_accumulation_steps.is_some());
         Ok(Optimizer {
             config,
             iterations: 0,
@@ -1033,6 +1078,7 @@ impl<T: Float> Optimizer<T> {
             slots,
             scalars,
             averages,
+            accumulators,
         })
     }
 
@@ -1106,6 +1152,33 @@ impl<T: Float> Optimizer<T> {
                 r.check_fits(g.len(), i)?;
             }
         }
+        // Keras' `iterations` property: the count of updates (all steps without accumulation).
+        let k = self.config.gradient_accumulation_steps.unwrap_or(1).max(1);
+        let updates = self.iterations / k;
+        let mut no_rows: [Option<RowGrads<T>>; 0] = [];
+        let rows = if k > 1 {
+            // TensorFlow adds the rows into a dense tensor: `grads` (their sums) are that.
+            let last = (self.iterations + 1).is_multiple_of(k);
+            let kk = T::of(k as f64);
+            for (g, acc) in grads.iter_mut().zip(self.accumulators.iter_mut()) {
+                for (x, a) in g.iter_mut().zip(acc.iter_mut()) {
+                    if last {
+                        *x = (*x + *a) / kk;
+                        *a = T::zero();
+                    } else {
+                        *a += *x;
+                    }
+                }
+            }
+            if !last {
+                self.moving_average(vars, updates);
+                self.iterations += 1;
+                return Ok(());
+            }
+            &mut no_rows[..]
+        } else {
+            rows
+        };
         self.clip(grads, rows);
         let lr = self.learning_rate();
         if let Some(wd) = self.config.weight_decay {
@@ -1116,7 +1189,7 @@ impl<T: Float> Optimizer<T> {
                 }
             }
         }
-        let t = T::of((self.iterations as f64) + 1.0);
+        let t = T::of((updates as f64) + 1.0);
         let kind = self.config.kind;
         if let (OptimizerKind::Nadam { beta_1, .. }, [product]) =
             (kind, self.scalars.as_mut_slice())
@@ -1141,29 +1214,36 @@ impl<T: Float> Optimizer<T> {
             let step = Step { lr, t, product };
             update(kind, step, v, g, per_row.as_deref(), &mut slots);
         }
-        if let Some(ema) = self.config.ema {
-            // Keras' `_update_model_variables_moving_average`, then the periodic overwrite.
-            let m = if self.iterations == 0 {
-                T::zero()
-            } else {
-                T::of(ema.momentum)
-            };
-            let rest = T::one() - m;
-            for (v, avg) in vars.iter_mut().zip(self.averages.iter_mut()) {
-                for (a, &x) in avg.iter_mut().zip(v.iter()) {
-                    *a = m * *a + rest * x;
-                }
+        self.moving_average(vars, updates);
+        self.iterations += 1;
+        Ok(())
+    }
+
+    /// Keras' `_update_model_variables_moving_average` with `use_ema` (after every step, an
+    /// accumulating one too), then the periodic overwrite; `updates` is Keras' `iterations`
+    /// property (the step count divided by the accumulation steps).
+    fn moving_average(&mut self, vars: &mut [&mut [T]], updates: u64) {
+        let Some(ema) = self.config.ema else {
+            return;
+        };
+        let m = if updates == 0 {
+            T::zero()
+        } else {
+            T::of(ema.momentum)
+        };
+        let rest = T::one() - m;
+        for (v, avg) in vars.iter_mut().zip(self.averages.iter_mut()) {
+            for (a, &x) in avg.iter_mut().zip(v.iter()) {
+                *a = m * *a + rest * x;
             }
-            if let Some(f) = ema.overwrite_frequency {
-                if (self.iterations + 1).is_multiple_of(f) {
-                    for (v, avg) in vars.iter_mut().zip(&self.averages) {
-                        v.copy_from_slice(avg);
-                    }
+        }
+        if let Some(f) = ema.overwrite_frequency {
+            if (updates + 1).is_multiple_of(f) {
+                for (v, avg) in vars.iter_mut().zip(&self.averages) {
+                    v.copy_from_slice(avg);
                 }
             }
         }
-        self.iterations += 1;
-        Ok(())
     }
 
     /// Keras' `optimizer.finalize_variable_values`, which `fit` calls after its last epoch: with
@@ -1214,7 +1294,8 @@ impl<T: Float> Optimizer<T> {
     /// The optimizer's variables in Keras' order with Keras' paths, as `.keras` files store them
     /// under `optimizer/vars/0..N`: `("{name}/iteration", [iterations])`,
     /// `("{name}/learning_rate", [lr])` (not with a schedule, which Keras does not store in a
-    /// variable), with `use_ema` every variable's `{path}_average`, then the slots, e.g. for Adam per model variable
+    /// variable), with `use_ema` every variable's `{path}_average`, with gradient accumulation
+    /// every variable's `{path}_gradient_accumulator`, then the slots, e.g. for Adam per model variable
     /// `{path}_momentum`, `{path}_velocity` (then all `{path}_velocity_hat` with AMSGrad); for
     /// RMSprop all `velocity`, then all `momentum`, then all `average_gradient`.
     ///
@@ -1309,26 +1390,34 @@ impl<T: Float> Optimizer<T> {
     }
 
     /// How many variables Keras saves for this optimizer: the iteration count, the learning
-    /// rate (unless it is a schedule), the moving averages (with `use_ema`), every slot and the
-    /// optimizer's own scalars (the length [`Optimizer::load_keras_variables`] expects).
+    /// rate (unless it is a schedule), the moving averages (with `use_ema`), the gradient
+    /// accumulators, every slot and the optimizer's own scalars (the length [`Optimizer::load_keras_variables`] expects).
     pub fn num_keras_variables(&self) -> usize {
         self.leading_scalars()
             + self.averages.len()
+            + self.accumulators.len()
             + self.config.kind.slot_names().len() * self.var_sizes.len()
             + self.scalars.len()
     }
 
     /// The slots in Keras' order (`optimizer/vars/2`, `3`, …; `1`, `2`, … with a schedule), the
-    /// moving averages first (with `use_ema`), then the optimizer's own scalars: name, index of
+    /// moving averages and gradient accumulators first, then the optimizer's own scalars: name, index of
     /// the model variable a slot belongs to (its shape is that variable's; `None` for a scalar),
     /// values.
     pub(crate) fn keras_slots(&self) -> Vec<(&'static str, Option<usize>, &[T])> {
-        // Keras' base optimizer builds the moving averages before the algorithm's slots.
+        // Keras' base optimizer builds the moving averages and the gradient accumulators before
+        // the algorithm's slots.
         let averages = self
             .averages
             .iter()
             .enumerate()
-            .map(|(v, a)| ("average", Some(v), a.as_slice()));
+            .map(|(v, a)| ("average", Some(v), a.as_slice()))
+            .chain(
+                self.accumulators
+                    .iter()
+                    .enumerate()
+                    .map(|(v, a)| ("gradient_accumulator", Some(v), a.as_slice())),
+            );
         let slot_names = self.config.kind.slot_names();
         let slots = self
             .config
@@ -1357,14 +1446,15 @@ impl<T: Float> Optimizer<T> {
         let order = self.config.kind.keras_order(self.var_sizes.len());
         let n_scalars = self.scalars.len();
         let lead = self.leading_scalars();
-        let n_avg = self.averages.len();
-        // Where the algorithm's slots start: after the iteration, the rate and the averages.
+        let n_avg = self.averages.len() + self.accumulators.len();
+        // Where the algorithm's slots start: after the iteration, the rate, the averages and the
+        // accumulators.
         let first = lead + n_avg;
         let want = first + order.len() + n_scalars;
         if values.len() != want {
             let rate = if lead == 2 { "learning_rate, " } else { "" };
             let avg = if n_avg > 0 {
-                format!("{n_avg} moving averages, ")
+                format!("{n_avg} moving averages and gradient accumulators, ")
             } else {
                 String::new()
             };
@@ -1401,6 +1491,7 @@ impl<T: Float> Optimizer<T> {
         let mut targets: Vec<(usize, &mut Vec<T>)> = self
             .averages
             .iter_mut()
+            .chain(self.accumulators.iter_mut())
             .enumerate()
             .map(|(k, a)| (lead + k, a))
             .collect();
@@ -2222,6 +2313,50 @@ mod tests {
         );
     }
 
+    /// `gradient_accumulation_steps` as Keras reads it (0 is off, 1 is refused), saved back,
+    /// and the accumulators saved after the averages, before the slots.
+    #[test]
+    fn gradient_accumulation_reads_and_saves_as_keras() {
+        let cfg = |k: Value| {
+            OptimizerConfig::from_keras(&json!({"class_name": "Adam", "config": {
+                "use_ema": true, "gradient_accumulation_steps": k}}))
+        };
+        assert_eq!(cfg(json!(0)).unwrap().gradient_accumulation_steps, None);
+        assert!(cfg(json!(1)).is_err() && cfg(json!(2.5)).is_err() && cfg(json!(-2)).is_err());
+        let c = cfg(json!(3)).unwrap();
+        assert_eq!(c.gradient_accumulation_steps, Some(3));
+        assert_eq!(c.to_keras()["config"]["gradient_accumulation_steps"], 3);
+        let o = Optimizer::<f32>::new(c, &[2]).unwrap();
+        let names: Vec<String> = o
+            .keras_variables(&["w"])
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "adam/iteration",
+                "adam/learning_rate",
+                "adam/w_average",
+                "adam/w_gradient_accumulator",
+                "adam/w_momentum",
+                "adam/w_velocity"
+            ]
+        );
+        // Two accumulating steps, then the update with the mean gradient (SGD: exact).
+        let mut sgd = OptimizerConfig::sgd(0.5);
+        sgd.gradient_accumulation_steps = Some(3);
+        let mut o = Optimizer::<f32>::new(sgd, &[1]).unwrap();
+        let mut w = [1.0f32];
+        for g in [1.0f32, 2.0] {
+            o.step(&mut [&mut w], &mut [&mut [g]]).unwrap();
+            assert_eq!(w, [1.0]);
+        }
+        o.step(&mut [&mut w], &mut [&mut [6.0]]).unwrap();
+        assert_eq!((w, o.iterations()), ([1.0 - 0.5 * 3.0], 3));
+    }
+
     #[test]
     fn from_keras_rejects_unknown_schedules_and_keys() {
         let s = json!({"class_name": "Adam", "config": {"learning_rate": {"class_name": "LinearCosineDecay", "config": {}}}});
@@ -2241,7 +2376,7 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("SGD.beta_1"));
-        let s = json!({"class_name": "SGD", "config": {"gradient_accumulation_steps": 2}});
+        let s = json!({"class_name": "SGD", "config": {"loss_scale_factor": 128.0}});
         assert!(matches!(
             OptimizerConfig::from_keras(&s),
             Err(ConfigError::Unsupported { .. })
