@@ -514,10 +514,11 @@ def check_fit(args, keras, layers, rng, pick, out):
         if rs and rng.random() < 0.15:
             lays.append(random_attention(rng, layers, pick, dropout_ok=False)[0])
         loss = pick(["mse", "mae", "huber", "log_cosh", "binary_crossentropy",
-                     "categorical_crossentropy", "sparse_categorical_crossentropy"])
+                     "categorical_crossentropy", "sparse_categorical_crossentropy",
+                     "mape", "msle", "poisson", "hinge", "squared_hinge"])
         k = int(rng.integers(2, 4))
         act = {"binary_crossentropy": "sigmoid", "categorical_crossentropy": "softmax",
-               "sparse_categorical_crossentropy": "softmax"}.get(loss, pick(["linear", "tanh"]))
+               "sparse_categorical_crossentropy": "softmax", "poisson": "softplus"}.get(loss, pick(["linear", "tanh"]))
         dense = layers.Dense(k, activation=act, activity_regularizer=pick([None, None, None, "l1"]))
         if rng.random() < 0.15:
             lays.append(layers.LayerNormalization(gamma_regularizer=reg(), beta_constraint=con()))
@@ -603,6 +604,12 @@ def check_fit(args, keras, layers, rng, pick, out):
             Y = np.eye(k, dtype="float32")[rng.integers(0, k, yshape[:-1])]
         elif loss == "sparse_categorical_crossentropy":
             Y = rng.integers(0, k, yshape[:-1]).astype("float32")
+        elif loss in ("msle", "poisson", "mape"):
+            Y = rng.uniform(0.0, 2.0, size=yshape).astype("float32")
+        elif loss in ("hinge", "squared_hinge"):
+            Y = (rng.random(yshape) < 0.5).astype("float32")
+            if rng.random() < 0.5:
+                Y = 2 * Y - 1
         else:
             Y = rng.normal(size=yshape).astype("float32")
         np.save(out / "x.npy", X)

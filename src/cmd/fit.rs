@@ -46,8 +46,9 @@ pub struct Args {
     /// Targets (.npy), samples on axis 0; repeat once per model output.
     #[arg(long, value_name = "Y.npy", required = true)]
     pub y: Vec<PathBuf>,
-    /// Loss, by Keras name (mse, mae, huber, log_cosh, binary_crossentropy,
-    /// categorical_crossentropy, sparse_categorical_crossentropy). Default: the model's compile config.
+    /// Loss, by Keras name (mse, mae, huber, log_cosh, mape, msle, poisson, hinge, squared_hinge,
+    /// binary_crossentropy, categorical_crossentropy, sparse_categorical_crossentropy). Default:
+    /// the model's compile config.
     #[arg(long, value_name = "NAME")]
     pub loss: Option<String>,
     /// Optimizer (sgd, adam, adamw, rmsprop, adagrad, nadam, adamax, lion, adadelta) with Keras'

@@ -69,6 +69,11 @@ fn loss_from_args(a: &Value) -> Loss {
         "SparseCategoricalCrossentropy" => Loss::SparseCategoricalCrossentropy {
             from_logits: b("from_logits"),
         },
+        "MeanAbsolutePercentageError" => Loss::MeanAbsolutePercentageError,
+        "MeanSquaredLogarithmicError" => Loss::MeanSquaredLogarithmicError,
+        "Poisson" => Loss::Poisson,
+        "Hinge" => Loss::Hinge,
+        "SquaredHinge" => Loss::SquaredHinge,
         other => panic!("unexpected loss {other}"),
     }
 }

@@ -103,6 +103,22 @@ pub enum Loss {
         /// `y_pred` holds logits rather than probabilities.
         from_logits: bool,
     },
+    /// `L_r = 100 · mean_i |(t_i − p_i) / max(|t_i|, ε)|` (`"mape"`,
+    /// `keras.losses.MeanAbsolutePercentageError`). Gradient `−(g·100/C · sign(x)) / max(|t|, ε)`.
+    MeanAbsolutePercentageError,
+    /// `L_r = mean_i (log(max(p_i, ε) + 1) − log(max(t_i, ε) + 1))²` (`"msle"`,
+    /// `keras.losses.MeanSquaredLogarithmicError`; `ε` is the float32 value even for `f64`, as
+    /// Keras converts it). No gradient where `p < ε`.
+    MeanSquaredLogarithmicError,
+    /// `L_r = mean_i (p_i − t_i · log(p_i + ε))` (`"poisson"`, `keras.losses.Poisson`).
+    Poisson,
+    /// `L_r = mean_i max(1 − t_i p_i, 0)` (`"hinge"`, `keras.losses.Hinge`). Labels that are all
+    /// 0 or 1 in the batch (Keras tests the whole `y_true` tensor) become `2t − 1`. The gradient
+    /// `−g·t` passes where `1 − t p ≥ 0` (TensorFlow's `maximum` sends ties to its first input).
+    Hinge,
+    /// `L_r = mean_i max(1 − t_i p_i, 0)²` (`"squared_hinge"`, `keras.losses.SquaredHinge`), with
+    /// [`Loss::Hinge`]'s labels.
+    SquaredHinge,
 }
 
 /// Names Keras' `keras.losses.get` knows but grucell does not implement.
@@ -111,11 +127,7 @@ const KERAS_UNSUPPORTED: &[&str] = &[
     "Poisson",
     "BinaryFocalCrossentropy",
     "CategoricalFocalCrossentropy",
-    "MeanAbsolutePercentageError",
-    "MeanSquaredLogarithmicError",
     "CosineSimilarity",
-    "Hinge",
-    "SquaredHinge",
     "CategoricalHinge",
     "Dice",
     "Tversky",
@@ -126,11 +138,7 @@ const KERAS_UNSUPPORTED: &[&str] = &[
     "poisson",
     "binary_focal_crossentropy",
     "categorical_focal_crossentropy",
-    "mean_absolute_percentage_error",
-    "mean_squared_logarithmic_error",
     "cosine_similarity",
-    "hinge",
-    "squared_hinge",
     "categorical_hinge",
     "dice",
     "tversky",
@@ -139,10 +147,6 @@ const KERAS_UNSUPPORTED: &[&str] = &[
     "categorical_generalized_cross_entropy",
     "kld",
     "KLD",
-    "mape",
-    "MAPE",
-    "msle",
-    "MSLE",
     "Loss",
     "LossFunctionWrapper",
 ];
@@ -150,7 +154,9 @@ const KERAS_UNSUPPORTED: &[&str] = &[
 const KNOWN: &str = "mse, MSE, mean_squared_error, MeanSquaredError, mae, MAE, mean_absolute_error, \
 MeanAbsoluteError, huber, Huber, log_cosh, LogCosh, bce, BCE, binary_crossentropy, BinaryCrossentropy, \
 categorical_crossentropy, CategoricalCrossentropy, sparse_categorical_crossentropy, \
-SparseCategoricalCrossentropy";
+SparseCategoricalCrossentropy, mape, MAPE, mean_absolute_percentage_error, \
+MeanAbsolutePercentageError, msle, MSLE, mean_squared_logarithmic_error, MeanSquaredLogarithmicError, \
+poisson, Poisson, hinge, Hinge, squared_hinge, SquaredHinge";
 
 impl Loss {
     /// Looks up a loss by the names `keras.losses.get` accepts (case-sensitive, as Keras):
@@ -181,6 +187,15 @@ impl Loss {
             "sparse_categorical_crossentropy" | "SparseCategoricalCrossentropy" => {
                 Loss::SparseCategoricalCrossentropy { from_logits: false }
             }
+            "mape" | "MAPE" | "mean_absolute_percentage_error" | "MeanAbsolutePercentageError" => {
+                Loss::MeanAbsolutePercentageError
+            }
+            "msle" | "MSLE" | "mean_squared_logarithmic_error" | "MeanSquaredLogarithmicError" => {
+                Loss::MeanSquaredLogarithmicError
+            }
+            "poisson" | "Poisson" => Loss::Poisson,
+            "hinge" | "Hinge" => Loss::Hinge,
+            "squared_hinge" | "SquaredHinge" => Loss::SquaredHinge,
             "crossentropy" | "ce" => {
                 return Err(ConfigError::unsupported(
                     "loss",
@@ -270,7 +285,14 @@ impl Loss {
         };
         let base = Loss::from_name(class)?;
         let allowed: &[&str] = match base {
-            Loss::MeanSquaredError | Loss::MeanAbsoluteError | Loss::LogCosh => &[],
+            Loss::MeanSquaredError
+            | Loss::MeanAbsoluteError
+            | Loss::LogCosh
+            | Loss::MeanAbsolutePercentageError
+            | Loss::MeanSquaredLogarithmicError
+            | Loss::Poisson
+            | Loss::Hinge
+            | Loss::SquaredHinge => &[],
             Loss::Huber { .. } => &["delta"],
             Loss::BinaryCrossentropy { .. } | Loss::CategoricalCrossentropy { .. } => {
                 &["from_logits", "label_smoothing", "axis"]
@@ -353,7 +375,14 @@ impl Loss {
         config.insert("name".into(), json!(self.keras_name()));
         config.insert("reduction".into(), json!("sum_over_batch_size"));
         match *self {
-            Loss::MeanSquaredError | Loss::MeanAbsoluteError | Loss::LogCosh => {}
+            Loss::MeanSquaredError
+            | Loss::MeanAbsoluteError
+            | Loss::LogCosh
+            | Loss::MeanAbsolutePercentageError
+            | Loss::MeanSquaredLogarithmicError
+            | Loss::Poisson
+            | Loss::Hinge
+            | Loss::SquaredHinge => {}
             Loss::Huber { delta } => {
                 if delta != 1.0 {
                     config.insert("delta".into(), json!(delta));
@@ -394,6 +423,11 @@ impl Loss {
             Loss::BinaryCrossentropy { .. } => "BinaryCrossentropy",
             Loss::CategoricalCrossentropy { .. } => "CategoricalCrossentropy",
             Loss::SparseCategoricalCrossentropy { .. } => "SparseCategoricalCrossentropy",
+            Loss::MeanAbsolutePercentageError => "MeanAbsolutePercentageError",
+            Loss::MeanSquaredLogarithmicError => "MeanSquaredLogarithmicError",
+            Loss::Poisson => "Poisson",
+            Loss::Hinge => "Hinge",
+            Loss::SquaredHinge => "SquaredHinge",
         }
     }
 
@@ -408,6 +442,11 @@ impl Loss {
             Loss::BinaryCrossentropy { .. } => "binary_crossentropy",
             Loss::CategoricalCrossentropy { .. } => "categorical_crossentropy",
             Loss::SparseCategoricalCrossentropy { .. } => "sparse_categorical_crossentropy",
+            Loss::MeanAbsolutePercentageError => "mean_absolute_percentage_error",
+            Loss::MeanSquaredLogarithmicError => "mean_squared_logarithmic_error",
+            Loss::Poisson => "poisson",
+            Loss::Hinge => "hinge",
+            Loss::SquaredHinge => "squared_hinge",
         }
     }
 
@@ -520,6 +559,18 @@ impl Loss {
         }
         let inv_rows = T::one() / T::of(rows as f64);
         let true_width = if self.sparse_labels() { 1 } else { c };
+        // Keras' `convert_binary_labels_to_hinge`: if every label of the batch is 0 or 1, all
+        // become `2t − 1`.
+        let hinge_labels: Vec<T>;
+        let y_true = match self {
+            Loss::Hinge | Loss::SquaredHinge
+                if y_true.iter().all(|&t| t == T::zero() || t == T::one()) =>
+            {
+                hinge_labels = y_true.iter().map(|&t| T::of(2.0) * t - T::one()).collect();
+                &hinge_labels[..]
+            }
+            _ => y_true,
+        };
         let mut total = 0.0f64;
         for r in 0..rows {
             let (t, p) = match (
@@ -572,6 +623,49 @@ impl Loss {
                     }
                 })
             }
+            Loss::MeanAbsolutePercentageError => {
+                let eps = T::of(EPSILON);
+                let hundred = T::of(100.0);
+                // The mean is multiplied by 100, so its gradient is (g·100)/C.
+                hundred
+                    * mean_row(t, p, g * hundred, grad, |t, p, ge| {
+                        let d = t.abs().max(eps);
+                        let x = (t - p) / d;
+                        (x.abs(), -((ge * sign(x)) / d))
+                    })
+            }
+            Loss::MeanSquaredLogarithmicError => {
+                // `ops.convert_to_tensor(backend.epsilon())` is float32, widened for f64.
+                let eps = T::of(f64::from(EPSILON as f32));
+                mean_row(t, p, g, grad, |t, p, ge| {
+                    let u = p.max(eps) + T::one();
+                    let x = u.ln() - (t.max(eps) + T::one()).ln();
+                    let dp = if p >= eps {
+                        (ge * (T::of(2.0) * x)) * (T::one() / u)
+                    } else {
+                        T::zero()
+                    };
+                    (x * x, dp)
+                })
+            }
+            Loss::Poisson => {
+                let eps = T::of(EPSILON);
+                mean_row(t, p, g, grad, |t, p, ge| {
+                    let q = p + eps;
+                    (p - t * q.ln(), ge + ((-ge) * t) * (T::one() / q))
+                })
+            }
+            Loss::Hinge => mean_row(t, p, g, grad, |t, p, ge| {
+                let m = T::one() - t * p;
+                let v = m.max(T::zero());
+                (v, if m >= T::zero() { (-ge) * t } else { T::zero() })
+            }),
+            Loss::SquaredHinge => mean_row(t, p, g, grad, |t, p, ge| {
+                let m = T::one() - t * p;
+                let v = m.max(T::zero());
+                let dv = ge * (T::of(2.0) * v);
+                (v * v, if m >= T::zero() { (-dv) * t } else { T::zero() })
+            }),
             Loss::LogCosh => {
                 let log2 = T::of(f64::from(std::f32::consts::LN_2));
                 mean_row(t, p, g, grad, |t, p, ge| {
@@ -1031,8 +1125,12 @@ mod tests {
                 label_smoothing: 0.0
             }
         );
+        assert_eq!(
+            Loss::from_name("mape").unwrap(),
+            Loss::MeanAbsolutePercentageError
+        );
         assert!(matches!(
-            Loss::from_name("mape"),
+            Loss::from_name("kld"),
             Err(ConfigError::Unsupported { .. })
         ));
         assert!(matches!(
@@ -1058,6 +1156,11 @@ mod tests {
                 label_smoothing: 0.0,
             },
             Loss::SparseCategoricalCrossentropy { from_logits: true },
+            Loss::MeanAbsolutePercentageError,
+            Loss::MeanSquaredLogarithmicError,
+            Loss::Poisson,
+            Loss::Hinge,
+            Loss::SquaredHinge,
         ];
         for l in all {
             assert_eq!(Loss::from_keras(&l.to_keras()).unwrap(), l);
