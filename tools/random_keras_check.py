@@ -515,10 +515,10 @@ def check_fit(args, keras, layers, rng, pick, out):
             lays.append(random_attention(rng, layers, pick, dropout_ok=False)[0])
         loss = pick(["mse", "mae", "huber", "log_cosh", "binary_crossentropy",
                      "categorical_crossentropy", "sparse_categorical_crossentropy",
-                     "mape", "msle", "poisson", "hinge", "squared_hinge"])
+                     "mape", "msle", "poisson", "hinge", "squared_hinge", "categorical_hinge", "kld"])
         k = int(rng.integers(2, 4))
         act = {"binary_crossentropy": "sigmoid", "categorical_crossentropy": "softmax",
-               "sparse_categorical_crossentropy": "softmax", "poisson": "softplus"}.get(loss, pick(["linear", "tanh"]))
+               "sparse_categorical_crossentropy": "softmax", "poisson": "softplus", "kld": "softmax"}.get(loss, pick(["linear", "tanh"]))
         dense = layers.Dense(k, activation=act, activity_regularizer=pick([None, None, None, "l1"]))
         if rng.random() < 0.15:
             lays.append(layers.LayerNormalization(gamma_regularizer=reg(), beta_constraint=con()))
@@ -600,10 +600,12 @@ def check_fit(args, keras, layers, rng, pick, out):
         yshape = (N,) + tuple(m.compute_output_shape(X.shape)[1:])
         if loss == "binary_crossentropy":
             Y = (rng.random(yshape) < 0.5).astype("float32")
-        elif loss == "categorical_crossentropy":
+        elif loss in ("categorical_crossentropy", "categorical_hinge"):
             Y = np.eye(k, dtype="float32")[rng.integers(0, k, yshape[:-1])]
         elif loss == "sparse_categorical_crossentropy":
             Y = rng.integers(0, k, yshape[:-1]).astype("float32")
+        elif loss == "kld":
+            Y = rng.dirichlet(np.ones(k), size=yshape[:-1]).astype("float32")
         elif loss in ("msle", "poisson", "mape"):
             Y = rng.uniform(0.0, 2.0, size=yshape).astype("float32")
         elif loss in ("hinge", "squared_hinge"):

@@ -74,6 +74,8 @@ fn loss_from_args(a: &Value) -> Loss {
         "Poisson" => Loss::Poisson,
         "Hinge" => Loss::Hinge,
         "SquaredHinge" => Loss::SquaredHinge,
+        "CategoricalHinge" => Loss::CategoricalHinge,
+        "KLDivergence" => Loss::KlDivergence,
         other => panic!("unexpected loss {other}"),
     }
 }

@@ -119,34 +119,35 @@ pub enum Loss {
     /// `L_r = mean_i max(1 − t_i p_i, 0)²` (`"squared_hinge"`, `keras.losses.SquaredHinge`), with
     /// [`Loss::Hinge`]'s labels.
     SquaredHinge,
+    /// `L_r = max(max_i (1 − t_i) p_i − Σ_i t_i p_i + 1, 0)` (`"categorical_hinge"`,
+    /// `keras.losses.CategoricalHinge`), no mean over classes. The gradient of the `max` is
+    /// shared equally among tied entries, as TensorFlow's `reduce_max` does.
+    CategoricalHinge,
+    /// `L_r = Σ_i t̂_i log(t̂_i / p̂_i)` with `t̂ = clip(t, ε, 1)`, `p̂ = clip(p, ε, 1)` (`"kld"`,
+    /// `keras.losses.KLDivergence`), no mean over classes; no gradient where the clip cuts `p`.
+    KlDivergence,
 }
 
 /// Names Keras' `keras.losses.get` knows but grucell does not implement.
 const KERAS_UNSUPPORTED: &[&str] = &[
-    "KLDivergence",
     "Poisson",
     "BinaryFocalCrossentropy",
     "CategoricalFocalCrossentropy",
     "CosineSimilarity",
-    "CategoricalHinge",
     "Dice",
     "Tversky",
     "Circle",
     "CTC",
     "CategoricalGeneralizedCrossEntropy",
-    "kl_divergence",
     "poisson",
     "binary_focal_crossentropy",
     "categorical_focal_crossentropy",
     "cosine_similarity",
-    "categorical_hinge",
     "dice",
     "tversky",
     "circle",
     "ctc",
     "categorical_generalized_cross_entropy",
-    "kld",
-    "KLD",
     "Loss",
     "LossFunctionWrapper",
 ];
@@ -156,7 +157,8 @@ MeanAbsoluteError, huber, Huber, log_cosh, LogCosh, bce, BCE, binary_crossentrop
 categorical_crossentropy, CategoricalCrossentropy, sparse_categorical_crossentropy, \
 SparseCategoricalCrossentropy, mape, MAPE, mean_absolute_percentage_error, \
 MeanAbsolutePercentageError, msle, MSLE, mean_squared_logarithmic_error, MeanSquaredLogarithmicError, \
-poisson, Poisson, hinge, Hinge, squared_hinge, SquaredHinge";
+poisson, Poisson, hinge, Hinge, squared_hinge, SquaredHinge, categorical_hinge, CategoricalHinge, \
+kld, KLD, kl_divergence, KLDivergence";
 
 impl Loss {
     /// Looks up a loss by the names `keras.losses.get` accepts (case-sensitive, as Keras):
@@ -196,6 +198,8 @@ impl Loss {
             "poisson" | "Poisson" => Loss::Poisson,
             "hinge" | "Hinge" => Loss::Hinge,
             "squared_hinge" | "SquaredHinge" => Loss::SquaredHinge,
+            "categorical_hinge" | "CategoricalHinge" => Loss::CategoricalHinge,
+            "kld" | "KLD" | "kl_divergence" | "KLDivergence" => Loss::KlDivergence,
             "crossentropy" | "ce" => {
                 return Err(ConfigError::unsupported(
                     "loss",
@@ -285,19 +289,13 @@ impl Loss {
         };
         let base = Loss::from_name(class)?;
         let allowed: &[&str] = match base {
-            Loss::MeanSquaredError
-            | Loss::MeanAbsoluteError
-            | Loss::LogCosh
-            | Loss::MeanAbsolutePercentageError
-            | Loss::MeanSquaredLogarithmicError
-            | Loss::Poisson
-            | Loss::Hinge
-            | Loss::SquaredHinge => &[],
             Loss::Huber { .. } => &["delta"],
             Loss::BinaryCrossentropy { .. } | Loss::CategoricalCrossentropy { .. } => {
                 &["from_logits", "label_smoothing", "axis"]
             }
             Loss::SparseCategoricalCrossentropy { .. } => &["from_logits", "ignore_class", "axis"],
+            // The others take only `name`, `reduction` (and `dtype`).
+            _ => &[],
         };
         for (key, val) in config {
             match key.as_str() {
@@ -375,14 +373,6 @@ impl Loss {
         config.insert("name".into(), json!(self.keras_name()));
         config.insert("reduction".into(), json!("sum_over_batch_size"));
         match *self {
-            Loss::MeanSquaredError
-            | Loss::MeanAbsoluteError
-            | Loss::LogCosh
-            | Loss::MeanAbsolutePercentageError
-            | Loss::MeanSquaredLogarithmicError
-            | Loss::Poisson
-            | Loss::Hinge
-            | Loss::SquaredHinge => {}
             Loss::Huber { delta } => {
                 if delta != 1.0 {
                     config.insert("delta".into(), json!(delta));
@@ -404,6 +394,8 @@ impl Loss {
                 config.insert("from_logits".into(), json!(from_logits));
                 config.insert("ignore_class".into(), Value::Null);
             }
+            // The others have no arguments of their own.
+            _ => {}
         }
         json!({
             "module": "keras.losses",
@@ -428,6 +420,8 @@ impl Loss {
             Loss::Poisson => "Poisson",
             Loss::Hinge => "Hinge",
             Loss::SquaredHinge => "SquaredHinge",
+            Loss::CategoricalHinge => "CategoricalHinge",
+            Loss::KlDivergence => "KLDivergence",
         }
     }
 
@@ -447,6 +441,8 @@ impl Loss {
             Loss::Poisson => "poisson",
             Loss::Hinge => "hinge",
             Loss::SquaredHinge => "squared_hinge",
+            Loss::CategoricalHinge => "categorical_hinge",
+            Loss::KlDivergence => "kl_divergence",
         }
     }
 
@@ -666,6 +662,56 @@ impl Loss {
                 let dv = ge * (T::of(2.0) * v);
                 (v * v, if m >= T::zero() { (-dv) * t } else { T::zero() })
             }),
+            Loss::CategoricalHinge => {
+                let mut pos = T::zero();
+                let mut neg = T::neg_infinity();
+                for (&t, &p) in t.iter().zip(p) {
+                    pos += t * p;
+                    neg = neg.max((T::one() - t) * p);
+                }
+                let m = (neg - pos) + T::one();
+                if let Some(gr) = grad {
+                    let passes = m >= T::zero();
+                    let ties = t
+                        .iter()
+                        .zip(p)
+                        .filter(|&(&t, &p)| (T::one() - t) * p == neg)
+                        .count();
+                    let share = T::one() / T::of(ties.max(1) as f64);
+                    for ((d, &t), &p) in gr.iter_mut().zip(t).zip(p) {
+                        *d = if passes {
+                            let top = if (T::one() - t) * p == neg {
+                                share * g
+                            } else {
+                                T::zero()
+                            };
+                            top * (T::one() - t) + (-g) * t
+                        } else {
+                            T::zero()
+                        };
+                    }
+                }
+                m.max(T::zero())
+            }
+            Loss::KlDivergence => {
+                let lo = T::of(EPSILON);
+                let mut sum = T::zero();
+                let mut gr = grad;
+                for (i, (&t, &p)) in t.iter().zip(p).enumerate() {
+                    let tc = t.min(T::one()).max(lo);
+                    let pc = p.min(T::one()).max(lo);
+                    let u = tc / pc;
+                    sum += tc * u.ln();
+                    if let Some(d) = gr.as_deref_mut().and_then(|gr| gr.get_mut(i)) {
+                        *d = if clip_passes(p, lo, T::one()) {
+                            ((g * tc) * (T::one() / u)) * ((-tc / pc) / pc)
+                        } else {
+                            T::zero()
+                        };
+                    }
+                }
+                sum
+            }
             Loss::LogCosh => {
                 let log2 = T::of(f64::from(std::f32::consts::LN_2));
                 mean_row(t, p, g, grad, |t, p, ge| {
@@ -1130,7 +1176,7 @@ mod tests {
             Loss::MeanAbsolutePercentageError
         );
         assert!(matches!(
-            Loss::from_name("kld"),
+            Loss::from_name("cosine_similarity"),
             Err(ConfigError::Unsupported { .. })
         ));
         assert!(matches!(
@@ -1161,6 +1207,8 @@ mod tests {
             Loss::Poisson,
             Loss::Hinge,
             Loss::SquaredHinge,
+            Loss::CategoricalHinge,
+            Loss::KlDivergence,
         ];
         for l in all {
             assert_eq!(Loss::from_keras(&l.to_keras()).unwrap(), l);
