@@ -373,10 +373,8 @@ impl Loss {
         config.insert("name".into(), json!(self.keras_name()));
         config.insert("reduction".into(), json!("sum_over_batch_size"));
         match *self {
-            Loss::Huber { delta } => {
-                if delta != 1.0 {
-                    config.insert("delta".into(), json!(delta));
-                }
+            Loss::Huber { delta } if delta != 1.0 => {
+                config.insert("delta".into(), json!(delta));
             }
             Loss::BinaryCrossentropy {
                 from_logits,
