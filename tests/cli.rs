@@ -392,6 +392,21 @@ fn inspect_prints_layers_params_and_metadata() {
             "{ext}: {out}"
         );
     }
+    // A learning-rate schedule is named; its optimizer keeps no learning-rate variable (SGD with
+    // momentum on GRU + Dense: the iteration and 5 momentums).
+    let f = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/resume/schedule_restarts_sgd_trained.keras");
+    let o = grucell(&["inspect".as_ref(), f.as_os_str()]);
+    let out = stdout(&o);
+    for needle in [
+        "optimizer SGD (learning_rate schedule CosineDecayRestarts)",
+        "Optimizer state: 6 variables, iteration 6",
+    ] {
+        assert!(
+            out.contains(needle),
+            "inspect output lacks `{needle}`:\n{out}"
+        );
+    }
 
     // Legacy h5, compiled with Adam + mse: GRU(4) on 3 features = 3·12 + 4·12 + 2·12 = 108.
     let trained = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/io/keras/trained.h5");
