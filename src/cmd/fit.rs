@@ -55,7 +55,7 @@ pub struct Args {
     /// defaults. Default: the model's compile config, else rmsprop.
     #[arg(long, value_name = "NAME")]
     pub optimizer: Option<String>,
-    /// Learning rate, a constant replacing the optimizer's (a learning-rate schedule too).
+    /// Learning rate: a constant that replaces the optimizer's rate or schedule.
     #[arg(long, value_name = "F")]
     pub learning_rate: Option<f64>,
     /// Samples per optimizer step.
