@@ -684,7 +684,7 @@ def check_fit(args, keras, layers, rng, pick, out):
                   f"{err.strip()[:200]} (Keras float32 vs float64: {ek:.2e})")
             keep(args, out, f"fit_{i}", m, dict(batch_size=bs, epochs=ep))
     print(f"fit: {args.n} models, {bad} disagreements, {unstable} unstable (not counted), "
-          f"{unbuildable} that Keras cannot build (skipped); {with_schedule} with a learning-rate schedule, "
+          f"{unbuildable} that Keras cannot build or fit (skipped); {with_schedule} with a learning-rate schedule, "
           f"{with_ema} with use_ema, {with_accumulation} with gradient accumulation")
     return bad
 
