@@ -130,7 +130,6 @@ pub enum Loss {
 
 /// Names Keras' `keras.losses.get` knows but grucell does not implement.
 const KERAS_UNSUPPORTED: &[&str] = &[
-    "Poisson",
     "BinaryFocalCrossentropy",
     "CategoricalFocalCrossentropy",
     "CosineSimilarity",
@@ -139,7 +138,6 @@ const KERAS_UNSUPPORTED: &[&str] = &[
     "Circle",
     "CTC",
     "CategoricalGeneralizedCrossEntropy",
-    "poisson",
     "binary_focal_crossentropy",
     "categorical_focal_crossentropy",
     "cosine_similarity",

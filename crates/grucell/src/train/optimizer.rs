@@ -634,6 +634,18 @@ impl OptimizerConfig {
             }
         };
         let num = |k: &str, d: f64| -> Result<f64, ConfigError> { Ok(opt(k)?.unwrap_or(d)) };
+        // A step count; Keras tests the value's truth, so 0 is "not set" (the range is checked
+        // by `validate`).
+        let count = |k: &str, expected: &str| -> Result<Option<u64>, ConfigError> {
+            match c.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => match v.as_u64() {
+                    Some(0) => Ok(None),
+                    Some(n) => Ok(Some(n)),
+                    None => Err(ConfigError::invalid(format!("{class}.{k}"), v, expected)),
+                },
+            }
+        };
         cfg.clipnorm = opt("clipnorm")?;
         cfg.clipvalue = opt("clipvalue")?;
         cfg.global_clipnorm = opt("global_clipnorm")?;
@@ -650,21 +662,12 @@ impl OptimizerConfig {
                     format!("{class}.use_ema = true in a TF-Keras 2 optimizer (grucell computes Keras 3's moving average)"),
                 ));
             }
-            let overwrite_frequency = match c.get("ema_overwrite_frequency") {
-                None | Some(Value::Null) => None,
-                // Keras treats 0 as "not set" (it tests the value's truth).
-                Some(v) if v.as_u64() == Some(0) => None,
-                Some(v) => Some(v.as_u64().ok_or_else(|| {
-                    ConfigError::invalid(
-                        format!("{class}.ema_overwrite_frequency"),
-                        v,
-                        "a whole number ≥ 1 or null",
-                    )
-                })?),
-            };
             cfg.ema = Some(Ema {
                 momentum: num("ema_momentum", 0.99)?,
-                overwrite_frequency,
+                overwrite_frequency: count(
+                    "ema_overwrite_frequency",
+                    "a whole number ≥ 1 or null",
+                )?,
             });
         }
         if let Some(x) = c.get("loss_scale_factor").filter(|x| !x.is_null()) {
@@ -673,18 +676,8 @@ impl OptimizerConfig {
                 format!("{class}.loss_scale_factor = {x}"),
             ));
         }
-        cfg.gradient_accumulation_steps = match c.get("gradient_accumulation_steps") {
-            None | Some(Value::Null) => None,
-            // Keras tests the value's truth: 0 is "not set".
-            Some(v) if v.as_u64() == Some(0) => None,
-            Some(v) => Some(v.as_u64().ok_or_else(|| {
-                ConfigError::invalid(
-                    format!("{class}.gradient_accumulation_steps"),
-                    v,
-                    "a whole number ≥ 2 or null",
-                )
-            })?),
-        };
+        cfg.gradient_accumulation_steps =
+            count("gradient_accumulation_steps", "a whole number ≥ 2 or null")?;
         cfg.kind = match cfg.kind {
             OptimizerKind::Sgd { .. } => OptimizerKind::Sgd {
                 momentum: num("momentum", 0.0)?,
@@ -875,10 +868,7 @@ impl OptimizerConfig {
                 ))
             }
         };
-        match &self.learning_rate {
-            LearningRate::Constant(lr) => range("learning_rate", *lr, 0.0, f64::INFINITY, true)?,
-            schedule => schedule.validate()?,
-        }
+        self.learning_rate.validate()?;
         if let Some(k) = self.gradient_accumulation_steps {
             if k < 2 {
                 return Err(ConfigError::invalid(
@@ -1064,9 +1054,10 @@ impl<T: Float> Optimizer<T> {
             .map(|&(_, x)| T::of(x))
             .collect();
         let zeros = |on: bool| -> Vec<Vec<T>> {
-            match on {
-                true => var_sizes.iter().map(|&n| vec![T::zero(); n]).collect(),
-                false => Vec::new(),
+            if on {
+                var_sizes.iter().map(|&n| vec![T::zero(); n]).collect()
+            } else {
+                Vec::new()
             }
         };
         let averages = zeros(config.ema.is_some());
