@@ -394,44 +394,23 @@ impl<T: Float> Model<T> {
             let Val::F(pred, mask) = &vals[p][r.index] else {
                 return Err(ConfigError::unsupported("model output", "a boolean tensor").into());
             };
-            // Keras' crossentropies read the logits of a sigmoid/softmax output directly.
-            let logits = match (&caches[p], loss) {
-                (
-                    Cache::Dense { pre, .. },
-                    Loss::BinaryCrossentropy {
-                        from_logits: false, ..
-                    }
-                    | Loss::CategoricalCrossentropy {
-                        from_logits: false, ..
-                    }
-                    | Loss::SparseCategoricalCrossentropy { from_logits: false },
-                ) if matches!(
-                    weighted_activation(&self.layers[r.layer].layer),
-                    Some(Activation::Sigmoid | Activation::Softmax)
-                ) =>
-                {
-                    Some(pre)
-                }
-                (
-                    Cache::Act { x, .. },
-                    Loss::BinaryCrossentropy {
-                        from_logits: false, ..
-                    }
-                    | Loss::CategoricalCrossentropy {
-                        from_logits: false, ..
-                    }
-                    | Loss::SparseCategoricalCrossentropy { from_logits: false },
-                ) if matches!(
-                    self.layers[r.layer].layer,
-                    Layer::Activation(Activation::Sigmoid | Activation::Softmax)
-                ) =>
-                {
-                    Some(x)
-                }
+            // Keras' crossentropies read the input of a sigmoid/softmax output activation
+            // (`Loss::on_activation_output`). A `TimeDistributed` wrapper's output is a
+            // transposed stack, which carries no logits.
+            let ml = &self.layers[r.layer];
+            let activation = match (&caches[p], &ml.layer) {
+                _ if ml.time_distributed.is_some() => None,
+                (Cache::Dense { pre, .. }, layer) => weighted_activation(layer).map(|a| (a, pre)),
+                (Cache::Act { x, .. }, Layer::Activation(a)) => Some((*a, x)),
                 _ => None,
             };
-            let (used, loss_fn) = match logits {
-                Some(l) => (l, loss.with_logits()),
+            let shortcut = match activation {
+                Some((a, z)) => loss.on_activation_output(a)?.map(|l| (z, l)),
+                None => None,
+            };
+            let logits = shortcut.as_ref().map(|(z, _)| *z);
+            let (used, loss_fn) = match shortcut {
+                Some((z, l)) => (z, l),
                 None => (pred, *loss),
             };
             let shape = used.shape().to_vec();
@@ -568,6 +547,14 @@ impl<T: Float> Model<T> {
                 batch: 0,
             }
             .into());
+        }
+        if let Some(s) = optimizer.config().loss_scale_factor {
+            // Keras differentiates `loss · s` (the optimizer divides by `s` again).
+            let s = T::of(s);
+            grads
+                .iter_mut()
+                .for_each(|g| g.iter_mut().for_each(|x| *x *= s));
+            rows.iter_mut().flatten().for_each(|r| r.scale(s));
         }
         let updated = (|| -> Result<(), Error> {
             let mut vars = self.variables_mut();

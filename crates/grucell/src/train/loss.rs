@@ -24,6 +24,7 @@
 
 use crate::error::{ConfigError, ShapeError};
 use crate::float::Float;
+use crate::layers::activation::Activation;
 use crate::layers::keras_json::{get_bool, get_f64};
 use serde_json::{json, Map, Value};
 
@@ -126,26 +127,63 @@ pub enum Loss {
     /// `L_r = Σ_i t̂_i log(t̂_i / p̂_i)` with `t̂ = clip(t, ε, 1)`, `p̂ = clip(p, ε, 1)` (`"kld"`,
     /// `keras.losses.KLDivergence`), no mean over classes; no gradient where the clip cuts `p`.
     KlDivergence,
+    /// `L_r = −Σ_i t̂_i p̂_i` with `v̂ = v · min(rsqrt(Σ v²), 1/ε)` (`"cosine_similarity"`,
+    /// `keras.losses.CosineSimilarity`, last axis), no mean over the features. A zero row
+    /// gives 0, and its gradient is `−g · t̂ / ε` (the `minimum` passes none to the norm).
+    CosineSimilarity,
+    /// Binary focal crossentropy (`"binary_focal_crossentropy"`,
+    /// `keras.losses.BinaryFocalCrossentropy`), the mean over the last axis of
+    /// `w · (1 − p_t)^γ · bce(t, y)` with `p_t = t·y + (1 − t)(1 − y)` on the unclipped
+    /// probability `y`, `bce` [`Loss::BinaryCrossentropy`]'s element term, and `w = t·α +
+    /// (1 − t)(1 − α)` under class balancing (else 1). Labels are smoothed first as in binary
+    /// crossentropy. From logits `z`: `y = σ(z)`, and `bce` is computed from `z` (Keras hands the
+    /// logits of its own sigmoid to the crossentropy).
+    BinaryFocalCrossentropy {
+        /// Weigh class 1 by `α` and class 0 by `1 − α`.
+        apply_class_balancing: bool,
+        /// `α` of the class balancing (Keras default 0.25).
+        alpha: f64,
+        /// The focusing exponent `γ` (Keras default 2).
+        gamma: f64,
+        /// `y_pred` holds logits rather than probabilities.
+        from_logits: bool,
+        /// Smoothing `s` in `[0, 1]` (0 = none).
+        label_smoothing: f64,
+    },
+    /// Categorical focal crossentropy (`"categorical_focal_crossentropy"`,
+    /// `keras.losses.CategoricalFocalCrossentropy`): `L_r = Σ_i α (1 − o_i)^γ · (−t_i log o_i)`
+    /// with `o = clip(q, ε, 1 − ε)`, `q = y / Σy` (from logits `y = softmax(z)`), labels smoothed
+    /// as in categorical crossentropy. Keras computes it without a crossentropy op, so a softmax
+    /// output is never read as logits.
+    CategoricalFocalCrossentropy {
+        /// The class weight `α` (one number; Keras default 0.25).
+        alpha: f64,
+        /// The focusing exponent `γ` (Keras default 2).
+        gamma: f64,
+        /// `y_pred` holds logits rather than probabilities.
+        from_logits: bool,
+        /// Smoothing `s` in `[0, 1]` (0 = none).
+        label_smoothing: f64,
+    },
+    /// Generalized crossentropy with integer labels (`keras.losses.CategoricalGeneralizedCrossEntropy`):
+    /// `L_r = (1 − p^q) / q` with `p = y_pred[label]` (no clip). Labels are one per row (shape
+    /// `shape[..-1]`), as for [`Loss::SparseCategoricalCrossentropy`].
+    CategoricalGeneralizedCrossEntropy {
+        /// The noise parameter `q` in `(0, 1)` (Keras default 0.5).
+        q: f64,
+    },
 }
 
 /// Names Keras' `keras.losses.get` knows but grucell does not implement.
 const KERAS_UNSUPPORTED: &[&str] = &[
-    "BinaryFocalCrossentropy",
-    "CategoricalFocalCrossentropy",
-    "CosineSimilarity",
     "Dice",
     "Tversky",
     "Circle",
     "CTC",
-    "CategoricalGeneralizedCrossEntropy",
-    "binary_focal_crossentropy",
-    "categorical_focal_crossentropy",
-    "cosine_similarity",
     "dice",
     "tversky",
     "circle",
     "ctc",
-    "categorical_generalized_cross_entropy",
     "Loss",
     "LossFunctionWrapper",
 ];
@@ -156,7 +194,9 @@ categorical_crossentropy, CategoricalCrossentropy, sparse_categorical_crossentro
 SparseCategoricalCrossentropy, mape, MAPE, mean_absolute_percentage_error, \
 MeanAbsolutePercentageError, msle, MSLE, mean_squared_logarithmic_error, MeanSquaredLogarithmicError, \
 poisson, Poisson, hinge, Hinge, squared_hinge, SquaredHinge, categorical_hinge, CategoricalHinge, \
-kld, KLD, kl_divergence, KLDivergence";
+kld, KLD, kl_divergence, KLDivergence, cosine_similarity, CosineSimilarity, binary_focal_crossentropy, \
+BinaryFocalCrossentropy, categorical_focal_crossentropy, CategoricalFocalCrossentropy, \
+CategoricalGeneralizedCrossEntropy";
 
 impl Loss {
     /// Looks up a loss by the names `keras.losses.get` accepts (case-sensitive, as Keras):
@@ -198,6 +238,28 @@ impl Loss {
             "squared_hinge" | "SquaredHinge" => Loss::SquaredHinge,
             "categorical_hinge" | "CategoricalHinge" => Loss::CategoricalHinge,
             "kld" | "KLD" | "kl_divergence" | "KLDivergence" => Loss::KlDivergence,
+            "cosine_similarity" | "CosineSimilarity" => Loss::CosineSimilarity,
+            "binary_focal_crossentropy" | "BinaryFocalCrossentropy" => {
+                Loss::BinaryFocalCrossentropy {
+                    apply_class_balancing: false,
+                    alpha: 0.25,
+                    gamma: 2.0,
+                    from_logits: false,
+                    label_smoothing: 0.0,
+                }
+            }
+            "categorical_focal_crossentropy" | "CategoricalFocalCrossentropy" => {
+                Loss::CategoricalFocalCrossentropy {
+                    alpha: 0.25,
+                    gamma: 2.0,
+                    from_logits: false,
+                    label_smoothing: 0.0,
+                }
+            }
+            // Keras' `losses.get` knows only the class, not a function name.
+            "CategoricalGeneralizedCrossEntropy" => {
+                Loss::CategoricalGeneralizedCrossEntropy { q: 0.5 }
+            }
             "crossentropy" | "ce" => {
                 return Err(ConfigError::unsupported(
                     "loss",
@@ -292,6 +354,20 @@ impl Loss {
                 &["from_logits", "label_smoothing", "axis"]
             }
             Loss::SparseCategoricalCrossentropy { .. } => &["from_logits", "ignore_class", "axis"],
+            Loss::BinaryFocalCrossentropy { .. } => &[
+                "from_logits",
+                "label_smoothing",
+                "axis",
+                "apply_class_balancing",
+                "alpha",
+                "gamma",
+            ],
+            Loss::CategoricalFocalCrossentropy { .. } => {
+                &["from_logits", "label_smoothing", "axis", "alpha", "gamma"]
+            }
+            // Keras' config omits `axis`; the constructor takes it.
+            Loss::CosineSimilarity => &["axis"],
+            Loss::CategoricalGeneralizedCrossEntropy { .. } => &["q"],
             // The others take only `name`, `reduction` (and `dtype`).
             _ => &[],
         };
@@ -355,6 +431,32 @@ impl Loss {
             Loss::SparseCategoricalCrossentropy { .. } => Loss::SparseCategoricalCrossentropy {
                 from_logits: get_bool(config, "from_logits", false)?,
             },
+            Loss::BinaryFocalCrossentropy { .. } => Loss::BinaryFocalCrossentropy {
+                apply_class_balancing: get_bool(config, "apply_class_balancing", false)?,
+                alpha: get_f64(config, "alpha", 0.25)?,
+                gamma: get_f64(config, "gamma", 2.0)?,
+                from_logits: get_bool(config, "from_logits", false)?,
+                label_smoothing: get_f64(config, "label_smoothing", 0.0)?,
+            },
+            Loss::CategoricalFocalCrossentropy { .. } => {
+                if let Some(a @ Value::Array(_)) = config.get("alpha") {
+                    return Err(ConfigError::unsupported(
+                        "loss option",
+                        format!("{class}.alpha = {a}; grucell takes one α for all classes"),
+                    ));
+                }
+                Loss::CategoricalFocalCrossentropy {
+                    alpha: get_f64(config, "alpha", 0.25)?,
+                    gamma: get_f64(config, "gamma", 2.0)?,
+                    from_logits: get_bool(config, "from_logits", false)?,
+                    label_smoothing: get_f64(config, "label_smoothing", 0.0)?,
+                }
+            }
+            Loss::CategoricalGeneralizedCrossEntropy { .. } => {
+                Loss::CategoricalGeneralizedCrossEntropy {
+                    q: get_f64(config, "q", 0.5)?,
+                }
+            }
             other => other,
         };
         loss.validate()?;
@@ -390,6 +492,35 @@ impl Loss {
                 config.insert("from_logits".into(), json!(from_logits));
                 config.insert("ignore_class".into(), Value::Null);
             }
+            Loss::BinaryFocalCrossentropy {
+                apply_class_balancing,
+                alpha,
+                gamma,
+                from_logits,
+                label_smoothing,
+            } => {
+                config.insert("from_logits".into(), json!(from_logits));
+                config.insert("label_smoothing".into(), json!(label_smoothing));
+                config.insert("axis".into(), json!(-1));
+                config.insert("apply_class_balancing".into(), json!(apply_class_balancing));
+                config.insert("alpha".into(), json!(alpha));
+                config.insert("gamma".into(), json!(gamma));
+            }
+            Loss::CategoricalFocalCrossentropy {
+                alpha,
+                gamma,
+                from_logits,
+                label_smoothing,
+            } => {
+                config.insert("from_logits".into(), json!(from_logits));
+                config.insert("label_smoothing".into(), json!(label_smoothing));
+                config.insert("axis".into(), json!(-1));
+                config.insert("alpha".into(), json!(alpha));
+                config.insert("gamma".into(), json!(gamma));
+            }
+            Loss::CategoricalGeneralizedCrossEntropy { q } => {
+                config.insert("q".into(), json!(q));
+            }
             // The others have no arguments of their own.
             _ => {}
         }
@@ -418,6 +549,10 @@ impl Loss {
             Loss::SquaredHinge => "SquaredHinge",
             Loss::CategoricalHinge => "CategoricalHinge",
             Loss::KlDivergence => "KLDivergence",
+            Loss::CosineSimilarity => "CosineSimilarity",
+            Loss::BinaryFocalCrossentropy { .. } => "BinaryFocalCrossentropy",
+            Loss::CategoricalFocalCrossentropy { .. } => "CategoricalFocalCrossentropy",
+            Loss::CategoricalGeneralizedCrossEntropy { .. } => "CategoricalGeneralizedCrossEntropy",
         }
     }
 
@@ -439,22 +574,43 @@ impl Loss {
             Loss::SquaredHinge => "squared_hinge",
             Loss::CategoricalHinge => "categorical_hinge",
             Loss::KlDivergence => "kl_divergence",
+            Loss::CosineSimilarity => "cosine_similarity",
+            Loss::BinaryFocalCrossentropy { .. } => "binary_focal_crossentropy",
+            Loss::CategoricalFocalCrossentropy { .. } => "categorical_focal_crossentropy",
+            Loss::CategoricalGeneralizedCrossEntropy { .. } => {
+                "categorical_generalized_cross_entropy"
+            }
         }
     }
 
     /// Whether `y_true` holds one integer class index per row (shape `shape[..-1]`) rather than
     /// an array shaped like `y_pred`.
     pub fn sparse_labels(&self) -> bool {
-        matches!(self, Loss::SparseCategoricalCrossentropy { .. })
+        matches!(
+            self,
+            Loss::SparseCategoricalCrossentropy { .. }
+                | Loss::CategoricalGeneralizedCrossEntropy { .. }
+        )
     }
 
     /// The same crossentropy reading logits (`from_logits = true`); other losses unchanged.
     ///
-    /// This is what Keras does inside a compiled graph when `y_pred` is the direct output of a
-    /// `softmax` (categorical) or `sigmoid` (binary) activation: the caller then passes the
-    /// pre-activation values and chains the gradient through them instead of the activation.
+    /// See [`Loss::on_activation_output`] for when Keras does this.
     pub fn with_logits(&self) -> Loss {
         match *self {
+            Loss::BinaryFocalCrossentropy {
+                apply_class_balancing,
+                alpha,
+                gamma,
+                label_smoothing,
+                ..
+            } => Loss::BinaryFocalCrossentropy {
+                apply_class_balancing,
+                alpha,
+                gamma,
+                from_logits: true,
+                label_smoothing,
+            },
             Loss::BinaryCrossentropy {
                 label_smoothing, ..
             } => Loss::BinaryCrossentropy {
@@ -474,9 +630,84 @@ impl Loss {
         }
     }
 
-    /// Checks the arguments: `delta` finite and ≥ 0, `label_smoothing` in `[0, 1]`.
+    /// The loss Keras 3 on TensorFlow applies to the *input* `z` of a `sigmoid` or `softmax`
+    /// activation when `y_pred` is that activation's output (`Some`), or `None` when it uses
+    /// `y_pred` itself.
+    ///
+    /// Keras' activations attach their input to their output (`_keras_logits`), and the
+    /// backend's crossentropy ops then read `z` as logits, with or without `from_logits`, and
+    /// even when a categorical crossentropy follows a sigmoid or a binary one a softmax. So
+    /// `Dense(activation = "softmax")` + `categorical_crossentropy` trains through the
+    /// `from_logits = true` formula (no clipping), and `from_logits = true` after a sigmoid still
+    /// reads the sigmoid's input. Binary focal crossentropy on probabilities calls that op too
+    /// (its focal factor uses `y_pred`, which after a sigmoid is `σ(z)`); after a softmax that
+    /// mix is not implemented ([`ConfigError::Unsupported`]). The caller passes `z` and carries
+    /// the gradient back from there.
+    ///
+    /// ```
+    /// use grucell::layers::activation::Activation;
+    /// use grucell::train::loss::Loss;
+    ///
+    /// let bce = Loss::from_name("binary_crossentropy")?;
+    /// assert_eq!(bce.on_activation_output(Activation::Sigmoid)?, Some(bce.with_logits()));
+    /// assert_eq!(bce.on_activation_output(Activation::Tanh)?, None);
+    /// # Ok::<(), grucell::Error>(())
+    /// ```
+    pub fn on_activation_output(
+        &self,
+        activation: Activation,
+    ) -> Result<Option<Loss>, ConfigError> {
+        if !matches!(activation, Activation::Sigmoid | Activation::Softmax) {
+            return Ok(None);
+        }
+        Ok(match *self {
+            Loss::BinaryCrossentropy { .. }
+            | Loss::CategoricalCrossentropy { .. }
+            | Loss::SparseCategoricalCrossentropy { .. } => Some(self.with_logits()),
+            Loss::BinaryFocalCrossentropy {
+                from_logits: false, ..
+            } => {
+                if activation == Activation::Softmax {
+                    return Err(ConfigError::unsupported(
+                        "loss",
+                        "binary_focal_crossentropy on a softmax output (Keras reads the softmax's \
+                         input as sigmoid logits for the crossentropy and the softmax output for \
+                         the focal factor)",
+                    ));
+                }
+                Some(self.with_logits())
+            }
+            _ => None,
+        })
+    }
+
+    /// Checks the arguments: `delta` finite and ≥ 0, `label_smoothing` in `[0, 1]`, focal `α`
+    /// and `γ` finite, `q` in `(0, 1)`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         match *self {
+            Loss::BinaryFocalCrossentropy { alpha, gamma, .. }
+            | Loss::CategoricalFocalCrossentropy { alpha, gamma, .. }
+                if !(alpha.is_finite() && gamma.is_finite()) =>
+            {
+                Err(ConfigError::invalid(
+                    "alpha, gamma",
+                    format!("{alpha}, {gamma}"),
+                    "finite numbers",
+                ))
+            }
+            Loss::BinaryFocalCrossentropy {
+                label_smoothing, ..
+            }
+            | Loss::CategoricalFocalCrossentropy {
+                label_smoothing, ..
+            } if !(0.0..=1.0).contains(&label_smoothing) => Err(ConfigError::invalid(
+                "label_smoothing",
+                label_smoothing,
+                "a number in [0, 1]",
+            )),
+            Loss::CategoricalGeneralizedCrossEntropy { q } if !(q > 0.0 && q < 1.0) => Err(
+                ConfigError::invalid("q", q, "a number in (0, 1), as Keras requires"),
+            ),
             Loss::Huber { delta } if !(delta.is_finite() && delta >= 0.0) => {
                 Err(ConfigError::invalid("delta", delta, "a finite number ≥ 0"))
             }
@@ -591,7 +822,7 @@ impl Loss {
     }
 
     /// The per-row loss `L_r`; writes `g · ∂L_r/∂p` into `grad` when given.
-    fn row<T: Float>(&self, t: &[T], p: &[T], g: T, grad: Option<&mut [T]>) -> T {
+    fn row<T: Float>(&self, t: &[T], p: &[T], g: T, mut grad: Option<&mut [T]>) -> T {
         match *self {
             Loss::MeanSquaredError => mean_row(t, p, g, grad, |t, p, ge| {
                 let x = t - p;
@@ -720,46 +951,132 @@ impl Loss {
             Loss::BinaryCrossentropy {
                 from_logits,
                 label_smoothing,
+            } => mean_row(t, p, g, grad, |t, x, ge| {
+                let t = smooth_binary(t, label_smoothing);
+                if from_logits {
+                    sigmoid_xent(t, x, ge)
+                } else {
+                    bce_prob(t, x, ge)
+                }
+            }),
+            Loss::BinaryFocalCrossentropy {
+                apply_class_balancing,
+                alpha,
+                gamma,
+                from_logits,
+                label_smoothing,
             } => {
+                let (gm, a1, a0) = (T::of(gamma), T::of(alpha), T::of(1.0 - alpha));
+                let gm1 = gm - T::one();
+                mean_row(t, p, g, grad, |t, x, ge| {
+                    let t = smooth_binary(t, label_smoothing);
+                    let y = if from_logits {
+                        Activation::Sigmoid.apply(x)
+                    } else {
+                        x
+                    };
+                    let one_t = T::one() - t;
+                    let pt = t * y + one_t * (T::one() - y);
+                    let m = T::one() - pt;
+                    let ff = m.powf(gm);
+                    let w = apply_class_balancing.then(|| t * a1 + one_t * a0);
+                    // d(focal · bce): `ge·w` (or `ge`) split over the two factors.
+                    let u = w.map_or(ge, |w| ge * w);
+                    let (bce, dbce) = if from_logits {
+                        sigmoid_xent(t, x, u * ff)
+                    } else {
+                        bce_prob(t, x, u * ff)
+                    };
+                    let v = w.map_or(ff * bce, |w| w * (ff * bce));
+                    // Pow's gradient `d · γ · m^(γ−1)`, then p_t's two products.
+                    let dpt = -(((u * bce) * gm) * m.powf(gm1));
+                    let dy = dpt * t + -(dpt * one_t);
+                    let dx = if from_logits {
+                        dbce + dy * (y * (T::one() - y))
+                    } else {
+                        dbce + dy
+                    };
+                    (v, dx)
+                })
+            }
+            Loss::CategoricalFocalCrossentropy {
+                alpha,
+                gamma,
+                from_logits,
+                label_smoothing,
+            } => {
+                let n = T::of(p.len() as f64);
                 let smooth = |t: T| {
                     if label_smoothing != 0.0 {
-                        t * T::of(1.0 - label_smoothing) + T::of(0.5 * label_smoothing)
+                        t * T::of(1.0 - label_smoothing) + T::of(label_smoothing) / n
                     } else {
                         t
                     }
                 };
                 if from_logits {
-                    mean_row(t, p, g, grad, |t, z, ge| {
-                        let t = smooth(t);
-                        let pos = z >= T::zero();
-                        let relu = if pos { z } else { T::zero() };
-                        let nal = if pos { -z } else { z };
-                        let e = nal.exp();
-                        let v = (relu - z * t) + e.ln_1p();
-                        // log1p and exp gradients, then the two `where` branches
-                        let s = (ge * (T::one() / (T::one() + e))) * e;
-                        let dz = (if pos { ge } else { T::zero() })
-                            + (-ge) * t
-                            + if pos { -s } else { s };
-                        (v, dz)
-                    })
+                    let mut y = p.to_vec();
+                    Activation::Softmax.apply_row(&mut y);
+                    let v = focal_probs(t, &y, g, grad.as_deref_mut(), smooth, alpha, gamma);
+                    if let Some(gr) = grad {
+                        // SoftmaxGrad: (dy − Σ dy·y) · y
+                        let mut dot = T::zero();
+                        for (&d, &s) in gr.iter().zip(&y) {
+                            dot += d * s;
+                        }
+                        for (d, &s) in gr.iter_mut().zip(&y) {
+                            *d = (*d - dot) * s;
+                        }
+                    }
+                    v
                 } else {
-                    let (lo, hi) = clip_bounds::<T>();
-                    mean_row(t, p, g, grad, |t, p, ge| {
-                        let t = smooth(t);
-                        let o = p.min(hi).max(lo);
-                        let one_t = T::one() - t;
-                        let one_o = T::one() - o;
-                        let v = -(t * o.ln() + one_t * one_o.ln());
-                        let d = -ge;
-                        let dp = if clip_passes(p, lo, hi) {
-                            (t * d) * (T::one() / o) - (one_t * d) * (T::one() / one_o)
-                        } else {
-                            T::zero()
-                        };
-                        (v, dp)
-                    })
+                    focal_probs(t, p, g, grad, smooth, alpha, gamma)
                 }
+            }
+            Loss::CosineSimilarity => {
+                let cap = T::of(1.0 / EPSILON);
+                // Keras' `normalize`: v · minimum(rsqrt(Σ v²), 1/ε).
+                let sq_norm = |v: &[T]| v.iter().fold(T::zero(), |a, &x| a + x * x);
+                let (st, sp) = (sq_norm(t), sq_norm(p));
+                let (rt, rp) = (T::one() / st.sqrt(), T::one() / sp.sqrt());
+                let (it, ip) = (rt.min(cap), rp.min(cap));
+                let mut dot = T::zero();
+                for (&a, &b) in t.iter().zip(p) {
+                    dot += (a * it) * (b * ip);
+                }
+                if let Some(gr) = grad {
+                    // d p̂_i = −g·t̂_i; p̂ = p·inv gives d p_i = d p̂_i·inv and d inv = Σ d p̂_i·p_i.
+                    let mut dinv = T::zero();
+                    for ((d, &a), &b) in gr.iter_mut().zip(t).zip(p) {
+                        let dph = (-g) * (a * it);
+                        *d = dph * ip;
+                        dinv += dph * b;
+                    }
+                    // `minimum` passes it on where rsqrt ≤ 1/ε; RsqrtGrad −½(dy·r)(r·r); Square 2x.
+                    if rp <= cap {
+                        let ds = (T::of(-0.5) * (dinv * rp)) * (rp * rp);
+                        for (d, &b) in gr.iter_mut().zip(p) {
+                            *d += ds * (b * T::of(2.0));
+                        }
+                    }
+                }
+                -dot
+            }
+            Loss::CategoricalGeneralizedCrossEntropy { q } => {
+                let label = t.first().map(|l| l.f64() as usize).unwrap_or(0);
+                let onehot = |i: usize| if i == label { T::one() } else { T::zero() };
+                // p = Σ y_pred · onehot, as Keras forms it.
+                let pl = p
+                    .iter()
+                    .enumerate()
+                    .fold(T::zero(), |a, (i, &x)| a + x * onehot(i));
+                let qt = T::of(q);
+                if let Some(gr) = grad {
+                    let dp = ((-(g / qt)) * qt) * pl.powf(qt - T::one());
+                    for (i, d) in gr.iter_mut().enumerate() {
+                        *d = dp * onehot(i);
+                    }
+                }
+                (T::one() - pl.powf(qt)) / qt
             }
             Loss::CategoricalCrossentropy {
                 from_logits,
@@ -847,6 +1164,96 @@ fn tf_softplus<T: Float>(z: T) -> T {
     } else {
         z.exp().ln_1p()
     }
+}
+
+/// Binary label smoothing `t(1 − s) + s/2` (none for `s = 0`, as Keras skips it).
+fn smooth_binary<T: Float>(t: T, s: f64) -> T {
+    if s != 0.0 {
+        t * T::of(1.0 - s) + T::of(0.5 * s)
+    } else {
+        t
+    }
+}
+
+/// TensorFlow's `sigmoid_cross_entropy_with_logits` on one element: `max(z, 0) − z·t +
+/// log1p(e^{−|z|})` and its gradient for the upstream `ge`, as TensorFlow differentiates the
+/// composite op.
+fn sigmoid_xent<T: Float>(t: T, z: T, ge: T) -> (T, T) {
+    let pos = z >= T::zero();
+    let relu = if pos { z } else { T::zero() };
+    let nal = if pos { -z } else { z };
+    let e = nal.exp();
+    let v = (relu - z * t) + e.ln_1p();
+    // log1p and exp gradients, then the two `where` branches
+    let s = (ge * (T::one() / (T::one() + e))) * e;
+    let dz = (if pos { ge } else { T::zero() }) + (-ge) * t + if pos { -s } else { s };
+    (v, dz)
+}
+
+/// Binary crossentropy of one probability (Keras' TensorFlow backend): `o = clip(p, ε, 1 − ε)`,
+/// `−(t log o + (1 − t) log(1 − o))`, and its gradient for the upstream `ge` (none where the
+/// clip cuts `p`).
+fn bce_prob<T: Float>(t: T, p: T, ge: T) -> (T, T) {
+    let (lo, hi) = clip_bounds::<T>();
+    let o = p.min(hi).max(lo);
+    let one_t = T::one() - t;
+    let one_o = T::one() - o;
+    let v = -(t * o.ln() + one_t * one_o.ln());
+    let d = -ge;
+    let dp = if clip_passes(p, lo, hi) {
+        (t * d) * (T::one() / o) - (one_t * d) * (T::one() / one_o)
+    } else {
+        T::zero()
+    };
+    (v, dp)
+}
+
+/// Keras' categorical focal crossentropy on one row of probabilities `y`: `q = y / Σy`,
+/// `o = clip(q, ε, 1 − ε)`, `Σ_i α(1 − o_i)^γ · (−t_i log o_i)`; writes `∂/∂y` for the upstream
+/// `g` into `grad` (through the clip mask and the normalization, as [`cce_probs`]).
+fn focal_probs<T: Float>(
+    t: &[T],
+    y: &[T],
+    g: T,
+    grad: Option<&mut [T]>,
+    smooth: impl Fn(T) -> T,
+    alpha: f64,
+    gamma: f64,
+) -> T {
+    let (lo, hi) = clip_bounds::<T>();
+    let (a, gm) = (T::of(alpha), T::of(gamma));
+    let gm1 = gm - T::one();
+    let s = y.iter().fold(T::zero(), |acc, &x| acc + x);
+    let mut total = T::zero();
+    for (&t, &x) in t.iter().zip(y) {
+        let o = (x / s).min(hi).max(lo);
+        let cce = (-smooth(t)) * o.ln();
+        total += ((T::one() - o).powf(gm) * a) * cce;
+    }
+    if let Some(gr) = grad {
+        let mut gy = T::zero();
+        for ((&t, &x), dst) in t.iter().zip(y).zip(gr.iter_mut()) {
+            let q = x / s;
+            let o = q.min(hi).max(lo);
+            let m = T::one() - o;
+            let cce = (-smooth(t)) * o.ln();
+            let wf = m.powf(gm) * a;
+            // d(wf · cce): to the modulating factor (times α, Pow's γ·m^(γ−1), Sub's −1) and
+            // to the log (times −t, Log's 1/o).
+            let dm = (((g * cce) * a) * gm) * m.powf(gm1);
+            let dq = if clip_passes(q, lo, hi) {
+                -dm + ((g * wf) * (-smooth(t))) * (T::one() / o)
+            } else {
+                T::zero()
+            };
+            gy += dq * ((-x / s) / s);
+            *dst = dq / s;
+        }
+        for dst in gr.iter_mut() {
+            *dst += gy;
+        }
+    }
+    total
 }
 
 /// A loss that is the mean over the row of an element-wise term: `f(t, p, ge)` returns the term

@@ -328,6 +328,15 @@ pub struct OptimizerConfig {
     /// `⌊iterations / k⌋ + 1`, a schedule sees `iterations`, and an `Embedding`'s row gradients
     /// are summed per row first (TensorFlow makes `IndexedSlices` dense when it adds them).
     pub gradient_accumulation_steps: Option<u64>,
+    /// Keras 3's `loss_scale_factor` (`None`: off; else a finite number > 0): Keras' train step
+    /// multiplies the loss by it before differentiating, and [`Optimizer::step`] divides the
+    /// gradients by it first, as Keras' `apply_gradients` does. [`Model::fit`] and
+    /// [`Model::train_on_batch`] scale the gradients they compute (unscaled) before the step, so
+    /// the update equals Keras' exactly for a power of two and to round-off otherwise.
+    ///
+    /// [`Model::fit`]: crate::layers::model::Model::fit
+    /// [`Model::train_on_batch`]: crate::layers::model::Model::train_on_batch
+    pub loss_scale_factor: Option<f64>,
 }
 
 /// Keras 3's exponential moving average of the weights (`use_ema=True`, `ema_momentum`,
@@ -402,6 +411,7 @@ impl OptimizerConfig {
             weight_decay: None,
             ema: None,
             gradient_accumulation_steps: None,
+            loss_scale_factor: None,
         }
     }
 
@@ -554,9 +564,9 @@ impl OptimizerConfig {
     /// The learning rate may be a number or one of Keras' built-in schedules
     /// ([`LearningRateSchedule`](crate::train::schedule::LearningRateSchedule)); `use_ema`
     /// gives [`OptimizerConfig::ema`], `gradient_accumulation_steps`
-    /// [`OptimizerConfig::gradient_accumulation_steps`]. Another schedule, TF-Keras 2's `use_ema`
-    /// (whose average starts otherwise) or a `loss_scale_factor` give
-    /// [`ConfigError::Unsupported`]; unknown keys are invalid
+    /// [`OptimizerConfig::gradient_accumulation_steps`] and `loss_scale_factor`
+    /// [`OptimizerConfig::loss_scale_factor`]. Another schedule or TF-Keras 2's `use_ema`
+    /// (whose average starts otherwise) give [`ConfigError::Unsupported`]; unknown keys are invalid
     /// (Keras rejects them too). Missing keys take Keras' defaults. The result is validated.
     pub fn from_keras(v: &Value) -> Result<Self, ConfigError> {
         let obj = match v {
@@ -670,12 +680,7 @@ impl OptimizerConfig {
                 )?,
             });
         }
-        if let Some(x) = c.get("loss_scale_factor").filter(|x| !x.is_null()) {
-            return Err(ConfigError::unsupported(
-                "optimizer option",
-                format!("{class}.loss_scale_factor = {x}"),
-            ));
-        }
+        cfg.loss_scale_factor = opt("loss_scale_factor")?;
         cfg.gradient_accumulation_steps =
             count("gradient_accumulation_steps", "a whole number ≥ 2 or null")?;
         cfg.kind = match cfg.kind {
@@ -748,7 +753,7 @@ impl OptimizerConfig {
             "ema_overwrite_frequency".into(),
             json!(ema.overwrite_frequency),
         );
-        c.insert("loss_scale_factor".into(), Value::Null);
+        c.insert("loss_scale_factor".into(), json!(self.loss_scale_factor));
         c.insert(
             "gradient_accumulation_steps".into(),
             json!(self.gradient_accumulation_steps),
@@ -869,6 +874,15 @@ impl OptimizerConfig {
             }
         };
         self.learning_rate.validate()?;
+        if let Some(s) = self.loss_scale_factor {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(ConfigError::invalid(
+                    "loss_scale_factor",
+                    s,
+                    "a finite number > 0 or None",
+                ));
+            }
+        }
         if let Some(k) = self.gradient_accumulation_steps {
             if k < 2 {
                 return Err(ConfigError::invalid(
@@ -1142,6 +1156,16 @@ impl<T: Float> Optimizer<T> {
             if let (Some(r), Some(g)) = (r, grads.get(i)) {
                 r.check_fits(g.len(), i)?;
             }
+        }
+        if let Some(s) = self.config.loss_scale_factor {
+            // Keras' `apply`: the gradients of the scaled loss are divided by the scale first.
+            let s = T::of(s);
+            grads
+                .iter_mut()
+                .for_each(|g| g.iter_mut().for_each(|x| *x /= s));
+            rows.iter_mut()
+                .flatten()
+                .for_each(|r| r.values.iter_mut().for_each(|x| *x /= s));
         }
         // Keras' `iterations` property: the count of updates (all steps without accumulation).
         let k = self.config.gradient_accumulation_steps.unwrap_or(1).max(1);
@@ -1630,6 +1654,11 @@ pub struct RowGrads<T> {
 }
 
 impl<T: Float> RowGrads<T> {
+    /// Multiplies every row by `s`.
+    pub(crate) fn scale(&mut self, s: T) {
+        self.values.iter_mut().for_each(|x| *x *= s);
+    }
+
     /// Rows `values[k·width..(k+1)·width]` for the variable's row `indices[k]`. Fails when
     /// `values` does not hold `width` values per index.
     pub fn new(width: usize, indices: Vec<usize>, values: Vec<T>) -> Result<Self, ShapeError> {
