@@ -457,7 +457,8 @@ def check_multi(args, keras, layers, rng, pick, out):
 
 def check_fit(args, keras, layers, rng, pick, out):
     bad = unstable = unbuildable = 0
-    with_schedule = with_ema = with_accumulation = 0
+    with_schedule = with_ema = with_accumulation = with_scale = 0
+    drawn = {}  # loss name (and from_logits) -> count
     reg = lambda: pick([None, "l2", "l1", keras.regularizers.L1L2(0.01, 0.02)])  # noqa: E731
     con = lambda: pick([None, None, "non_neg", keras.constraints.MaxNorm(1.5),  # noqa: E731
                         keras.constraints.UnitNorm()])
@@ -515,10 +516,38 @@ def check_fit(args, keras, layers, rng, pick, out):
             lays.append(random_attention(rng, layers, pick, dropout_ok=False)[0])
         loss = pick(["mse", "mae", "huber", "log_cosh", "binary_crossentropy",
                      "categorical_crossentropy", "sparse_categorical_crossentropy",
-                     "mape", "msle", "poisson", "hinge", "squared_hinge", "categorical_hinge", "kld"])
+                     "mape", "msle", "poisson", "hinge", "squared_hinge", "categorical_hinge", "kld",
+                     "cosine_similarity", "binary_focal_crossentropy", "categorical_focal_crossentropy",
+                     "generalized_ce"])
         k = int(rng.integers(2, 4))
         act = {"binary_crossentropy": "sigmoid", "categorical_crossentropy": "softmax",
-               "sparse_categorical_crossentropy": "softmax", "poisson": "softplus", "kld": "softmax"}.get(loss, pick(["linear", "tanh"]))
+               "sparse_categorical_crossentropy": "softmax", "poisson": "softplus", "kld": "softmax",
+               "generalized_ce": "softmax"}.get(loss, pick(["linear", "tanh"]))
+        # The loss object: with random arguments, from_logits=True on a linear head or (Keras reads
+        # the activation's input anyway) on a sigmoid/softmax one.
+        L = keras.losses
+        logits = bool(rng.random() < 0.3)
+        if loss == "binary_crossentropy":
+            loss_obj = L.BinaryCrossentropy(from_logits=logits, label_smoothing=float(pick([0.0, 0.1])))
+        elif loss == "categorical_crossentropy":
+            loss_obj = L.CategoricalCrossentropy(from_logits=logits)
+        elif loss == "sparse_categorical_crossentropy":
+            loss_obj = L.SparseCategoricalCrossentropy(from_logits=logits)
+        elif loss == "binary_focal_crossentropy":
+            act = "linear" if logits else "sigmoid"
+            loss_obj = L.BinaryFocalCrossentropy(apply_class_balancing=bool(rng.random() < 0.5),
+                                                 alpha=float(pick([0.25, 0.6])), gamma=float(pick([2.0, 1.5, 0.0])),
+                                                 from_logits=logits, label_smoothing=float(pick([0.0, 0.1])))
+        elif loss == "categorical_focal_crossentropy":
+            act = "linear" if logits else "softmax"
+            loss_obj = L.CategoricalFocalCrossentropy(alpha=float(pick([0.25, 1.0])), gamma=float(pick([2.0, 1.5])),
+                                                      from_logits=logits, label_smoothing=float(pick([0.0, 0.1])))
+        elif loss == "generalized_ce":
+            loss_obj = L.CategoricalGeneralizedCrossEntropy(q=float(pick([0.5, 0.8])))
+        elif loss == "cosine_similarity":
+            loss_obj = L.CosineSimilarity()
+        else:
+            loss_obj = loss
         dense = layers.Dense(k, activation=act, activity_regularizer=pick([None, None, None, "l1"]))
         if rng.random() < 0.15:
             lays.append(layers.LayerNormalization(gamma_regularizer=reg(), beta_constraint=con()))
@@ -576,7 +605,8 @@ def check_fit(args, keras, layers, rng, pick, out):
         # The moving average of the weights (Keras 3 only: grucell refuses TF-Keras 2's).
         clip = {**clip, **pick([{}, {}, {}, {"use_ema": True, "ema_momentum": 0.9},
                                 {"use_ema": True, "ema_momentum": 0.6, "ema_overwrite_frequency": 2}]),
-                **pick([{}, {}, {}, {"gradient_accumulation_steps": 2}, {"gradient_accumulation_steps": 3}])}
+                **pick([{}, {}, {}, {"gradient_accumulation_steps": 2}, {"gradient_accumulation_steps": 3}]),
+                **pick([{}, {}, {}, {}, {"loss_scale_factor": 3.0}, {"loss_scale_factor": 128.0}])}
         opt = {"sgd": lambda: keras.optimizers.SGD(lr.value(), momentum=float(pick([0.0, 0.9])), **clip),
                "adam": lambda: keras.optimizers.Adam(lr.value(), amsgrad=bool(rng.random() < 0.3), **clip),
                "adamw": lambda: keras.optimizers.AdamW(lr.value(), **clip),
@@ -586,10 +616,13 @@ def check_fit(args, keras, layers, rng, pick, out):
                "adamax": lambda: keras.optimizers.Adamax(lr.value(), **clip),
                "lion": lambda: keras.optimizers.Lion((lr / 10).value(), **clip),
                "adadelta": lambda: keras.optimizers.Adadelta((lr * 20).value(), **clip)}[opt_name]()
-        m.compile(optimizer=opt, loss=loss)
+        m.compile(optimizer=opt, loss=loss_obj)
         with_schedule += sched is not None
         with_ema += "use_ema" in clip
         with_accumulation += "gradient_accumulation_steps" in clip
+        with_scale += "loss_scale_factor" in clip
+        lkey = loss + (" from_logits" if getattr(loss_obj, "_fn_kwargs", {}).get("from_logits") else "")
+        drawn[lkey] = drawn.get(lkey, 0) + 1
         X = rng.normal(size=(N, T, D)).astype("float32")
         if emb:
             X = rng.integers(-V, V, size=(N, T)).astype("float32")
@@ -598,11 +631,11 @@ def check_fit(args, keras, layers, rng, pick, out):
             for b in range(N):
                 X[b, int(rng.integers(1, T + 1)):] = 0.0
         yshape = (N,) + tuple(m.compute_output_shape(X.shape)[1:])
-        if loss == "binary_crossentropy":
+        if loss in ("binary_crossentropy", "binary_focal_crossentropy"):
             Y = (rng.random(yshape) < 0.5).astype("float32")
-        elif loss in ("categorical_crossentropy", "categorical_hinge"):
+        elif loss in ("categorical_crossentropy", "categorical_hinge", "categorical_focal_crossentropy"):
             Y = np.eye(k, dtype="float32")[rng.integers(0, k, yshape[:-1])]
-        elif loss == "sparse_categorical_crossentropy":
+        elif loss in ("sparse_categorical_crossentropy", "generalized_ce"):
             Y = rng.integers(0, k, yshape[:-1]).astype("float32")
         elif loss == "kld":
             Y = rng.dirichlet(np.ones(k), size=yshape[:-1]).astype("float32")
@@ -627,7 +660,8 @@ def check_fit(args, keras, layers, rng, pick, out):
         common = ["--x", str(out / "x.npy"), "--y", str(out / "y.npy"), "--batch-size", str(bs),
                   "--no-shuffle", "--quiet"]
         rate = type(opt._learning_rate).__name__ if sched else "constant rate"
-        label = (f"model {i} ({kind}, {opt_name} {clip}, {rate}, {loss}, mask={mask}, emb={emb}, "
+        lname = loss if isinstance(loss_obj, str) else json.dumps(keras.saving.serialize_keras_object(loss_obj)["config"])
+        label = (f"model {i} ({kind}, {opt_name} {clip}, {rate}, {loss} {lname}, act={act}, mask={mask}, emb={emb}, "
                  f"{dense.__class__.__name__})")
         rc, _, err = run([args.grucell, "fit", "--model", str(out / "untrained.keras"),
                           "--epochs", str(ep), "--output", str(out / "ours.keras"), *common])
@@ -685,7 +719,8 @@ def check_fit(args, keras, layers, rng, pick, out):
             keep(args, out, f"fit_{i}", m, dict(batch_size=bs, epochs=ep))
     print(f"fit: {args.n} models, {bad} disagreements, {unstable} unstable (not counted), "
           f"{unbuildable} that Keras cannot build or fit (skipped); {with_schedule} with a learning-rate schedule, "
-          f"{with_ema} with use_ema, {with_accumulation} with gradient accumulation")
+          f"{with_ema} with use_ema, {with_accumulation} with gradient accumulation, {with_scale} with "
+          f"loss_scale_factor; losses drawn: {dict(sorted(drawn.items()))}")
     return bad
 
 

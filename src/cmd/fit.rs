@@ -47,8 +47,10 @@ pub struct Args {
     #[arg(long, value_name = "Y.npy", required = true)]
     pub y: Vec<PathBuf>,
     /// Loss, by Keras name (mse, mae, huber, log_cosh, mape, msle, poisson, hinge, squared_hinge,
-    /// categorical_hinge, kld, binary_crossentropy, categorical_crossentropy,
-    /// sparse_categorical_crossentropy). Default: the model's compile config.
+    /// categorical_hinge, kld, cosine_similarity, binary_crossentropy, categorical_crossentropy,
+    /// sparse_categorical_crossentropy, binary_focal_crossentropy, categorical_focal_crossentropy,
+    /// CategoricalGeneralizedCrossEntropy), with Keras' default arguments. Default: the model's
+    /// compile config.
     #[arg(long, value_name = "NAME")]
     pub loss: Option<String>,
     /// Optimizer (sgd, adam, adamw, rmsprop, adagrad, nadam, adamax, lion, adadelta) with Keras'

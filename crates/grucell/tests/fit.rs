@@ -872,3 +872,13 @@ fn evaluate_leaves_batch_normalization_statistics_alone() {
         .unwrap();
     assert_ne!(stats(&model), before);
 }
+
+/// A channels_first Conv1D with as many output steps as filters (Keras writes its bias add
+/// along the steps): Keras' `fit` trains through the fused, per-filter add when every batch is
+/// full, and through the add along the steps when one is partial; its validation, `predict` and
+/// `evaluate` use the per-filter add in both cases.
+#[test]
+fn keras_conv1d_channels_first_bias_with_and_without_a_partial_batch() {
+    check_keras_case("conv_cf_partial");
+    check_keras_case("conv_cf_full");
+}

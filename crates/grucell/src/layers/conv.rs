@@ -421,6 +421,9 @@ pub struct Conv1D<T = f32> {
     bias: Option<Tensor<T>>,
     /// TF-Keras 2's bias add (always per filter), for files Keras 2 wrote.
     keras2_bias: bool,
+    /// Set while `Model::fit` trains on batches that include a partial one (Keras then keeps
+    /// the bias add along the steps unfused; see `bias_on_steps`).
+    partial_batch_fit: bool,
 }
 
 /// Gradients of a `Conv1D` call.
@@ -489,6 +492,7 @@ impl<T: Float> Conv1D<T> {
             kernel,
             bias,
             keras2_bias: false,
+            partial_batch_fit: false,
         })
     }
 
@@ -498,6 +502,12 @@ impl<T: Float> Conv1D<T> {
     /// for files Keras 2 wrote.
     pub fn set_keras2_bias(&mut self, keras2: bool) {
         self.keras2_bias = keras2;
+    }
+
+    /// Runs the training forward as Keras' `fit` does when the epoch's batches include a
+    /// partial one (see `bias_on_steps`); `Model::fit` sets it for its training steps only.
+    pub(crate) fn set_partial_batch_fit(&mut self, on: bool) {
+        self.partial_batch_fit = on;
     }
 
     /// The config.
@@ -762,12 +772,18 @@ impl<T: Float> Conv1D<T> {
     /// run, TensorFlow's optimizer fuses a plain convolution (one group, no dilation) with that
     /// bias add into one convolution that adds `bias[f]` per filter after all; a grouped
     /// convolution (which Keras runs under XLA) or a dilated one is not fused and keeps `bias[t]`.
-    /// Keras' eager call, `model(x)`, always gives `bias[t]`; grucell follows `predict` and
-    /// `fit` (with a graph traced on unknown step counts Keras would not add along the steps at
-    /// all; `predict` and `fit` trace on the data's shapes). Measured with TensorFlow 2.21 on
-    /// x86 CPUs, where a `channels_first` convolution runs only in float32 with oneDNN.
+    /// One exception: the training graph of a `fit` whose batches include a partial one (its
+    /// data set's batch size is then unknown when it is traced) keeps `bias[t]` for every
+    /// convolution, in every step of the epoch, while `predict`, `evaluate` and `fit`'s
+    /// validation still fuse (measured over strides 1–3, kernel sizes 1–3, both paddings and
+    /// five activations). Keras' eager call, `model(x)`, always gives `bias[t]`; grucell
+    /// follows `predict` and `fit` (with a graph traced on unknown step counts Keras would not
+    /// add along the steps at all; `predict` and `fit` trace on the data's shapes). Measured
+    /// with TensorFlow 2.21 on x86 CPUs, where a `channels_first` convolution runs only in
+    /// float32 with oneDNN.
     fn bias_on_steps(&self, d: &Dims) -> bool {
-        self.bias_gradient_on_steps(d) && (self.config.groups > 1 || self.config.dilation_rate > 1)
+        self.bias_gradient_on_steps(d)
+            && (self.config.groups > 1 || self.config.dilation_rate > 1 || self.partial_batch_fit)
     }
 
     /// Whether Keras' gradient of the bias sums the output gradient along the steps: always

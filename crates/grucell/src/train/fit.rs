@@ -367,6 +367,16 @@ fn epoch_bar(show: bool, epoch: usize, epochs: usize, batches: usize) -> Progres
 }
 
 impl<T: Float> Model<T> {
+    /// Tells every `Conv1D` whether the training steps that follow are those of a Keras `fit`
+    /// whose batches include a partial one.
+    fn set_partial_batch_fit(&mut self, on: bool) {
+        for l in &mut self.layers {
+            if let Layer::Conv1D(c) = &mut l.layer {
+                c.set_partial_batch_fit(on);
+            }
+        }
+    }
+
     /// Errors when a layer is stateful (training those is not supported).
     fn check_stateless(&self, what: &str) -> Result<(), Error> {
         for l in &self.layers {
@@ -611,6 +621,7 @@ impl<T: Float> Model<T> {
             Progress::Always => true,
         };
         let batches = n_train.div_ceil(cfg.batch_size);
+        let partial_batch = !n_train.is_multiple_of(cfg.batch_size);
         let mut order: Vec<usize> = (0..n_train).collect();
         let mut history = History::default();
         for epoch in 0..cfg.epochs {
@@ -620,27 +631,35 @@ impl<T: Float> Model<T> {
             }
             let bar = epoch_bar(show, epoch + 1, cfg.epochs, batches);
             let (mut total, mut count) = (T::zero(), T::zero());
-            for (b, idx) in order.chunks(cfg.batch_size).enumerate() {
-                let xb = x
-                    .iter()
-                    .map(|t| gather(t, idx))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let yb = y
-                    .iter()
-                    .map(|t| gather(t, idx))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let v = self
-                    .train_on_batch(&xb, &yb, loss, optimizer, Some(&mut dropout_rng))
-                    .map_err(|e| {
-                        bar.abandon();
-                        at_batch(e, epoch + 1, b + 1)
-                    })?;
-                let w = T::of(idx.len() as f64);
-                total += v * w;
-                count += w;
-                bar.inc(1);
-                bar.set_message(format!("loss {:.4}", (total / count).f64()));
-            }
+            // Keras traces its training step on an unknown batch size when the epoch ends with
+            // a partial batch, which changes one layer's forward (Conv1D::bias_on_steps).
+            self.set_partial_batch_fit(partial_batch);
+            let trained = (|| -> Result<(), Error> {
+                for (b, idx) in order.chunks(cfg.batch_size).enumerate() {
+                    let xb = x
+                        .iter()
+                        .map(|t| gather(t, idx))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let yb = y
+                        .iter()
+                        .map(|t| gather(t, idx))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let v = self
+                        .train_on_batch(&xb, &yb, loss, optimizer, Some(&mut dropout_rng))
+                        .map_err(|e| {
+                            bar.abandon();
+                            at_batch(e, epoch + 1, b + 1)
+                        })?;
+                    let w = T::of(idx.len() as f64);
+                    total += v * w;
+                    count += w;
+                    bar.inc(1);
+                    bar.set_message(format!("loss {:.4}", (total / count).f64()));
+                }
+                Ok(())
+            })();
+            self.set_partial_batch_fit(false);
+            trained?;
             bar.finish_and_clear();
             let epoch_loss = (total / count).f64();
             history.loss.push(epoch_loss);

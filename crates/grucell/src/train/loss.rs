@@ -1518,6 +1518,54 @@ mod tests {
                 &t_sp,
                 &p_reg,
             ),
+            (Loss::CosineSimilarity, &t_reg, &p_reg),
+            (
+                Loss::BinaryFocalCrossentropy {
+                    apply_class_balancing: true,
+                    alpha: 0.3,
+                    gamma: 2.0,
+                    from_logits: false,
+                    label_smoothing: 0.1,
+                },
+                &t_bin,
+                &p_prob,
+            ),
+            (
+                Loss::BinaryFocalCrossentropy {
+                    apply_class_balancing: false,
+                    alpha: 0.25,
+                    gamma: 1.5,
+                    from_logits: true,
+                    label_smoothing: 0.0,
+                },
+                &t_bin,
+                &p_reg,
+            ),
+            (
+                Loss::CategoricalFocalCrossentropy {
+                    alpha: 0.4,
+                    gamma: 2.5,
+                    from_logits: false,
+                    label_smoothing: 0.2,
+                },
+                &t_oh,
+                &p_prob,
+            ),
+            (
+                Loss::CategoricalFocalCrossentropy {
+                    alpha: 0.25,
+                    gamma: 2.0,
+                    from_logits: true,
+                    label_smoothing: 0.0,
+                },
+                &t_oh,
+                &p_reg,
+            ),
+            (
+                Loss::CategoricalGeneralizedCrossEntropy { q: 0.7 },
+                &t_sp,
+                &p_prob,
+            ),
         ];
         for (loss, t, p) in cases {
             for w in [None, Some(sw.as_slice())] {
@@ -1579,8 +1627,13 @@ mod tests {
             Loss::MeanAbsolutePercentageError
         );
         assert!(matches!(
-            Loss::from_name("cosine_similarity"),
+            Loss::from_name("dice"),
             Err(ConfigError::Unsupported { .. })
+        ));
+        // Keras' `losses.get` does not know this one's function name either.
+        assert!(matches!(
+            Loss::from_name("categorical_generalized_cross_entropy"),
+            Err(ConfigError::UnknownName { .. })
         ));
         assert!(matches!(
             Loss::from_name("ce"),
@@ -1612,6 +1665,21 @@ mod tests {
             Loss::SquaredHinge,
             Loss::CategoricalHinge,
             Loss::KlDivergence,
+            Loss::CosineSimilarity,
+            Loss::BinaryFocalCrossentropy {
+                apply_class_balancing: true,
+                alpha: 0.6,
+                gamma: 1.5,
+                from_logits: true,
+                label_smoothing: 0.2,
+            },
+            Loss::CategoricalFocalCrossentropy {
+                alpha: 0.5,
+                gamma: 3.0,
+                from_logits: false,
+                label_smoothing: 0.1,
+            },
+            Loss::CategoricalGeneralizedCrossEntropy { q: 0.8 },
         ];
         for l in all {
             assert_eq!(Loss::from_keras(&l.to_keras()).unwrap(), l);
@@ -1631,5 +1699,48 @@ mod tests {
         let bad = json!({"class_name": "BinaryCrossentropy", "config": {"label_smoothing": 2.0}});
         assert!(Loss::from_keras(&bad).is_err());
         assert!(Loss::from_keras(&json!(["mse", "mae"])).is_err());
+        // Per-class α, a q outside (0, 1) and a binary focal loss on a softmax are refused.
+        let bad =
+            json!({"class_name": "CategoricalFocalCrossentropy", "config": {"alpha": [0.1, 0.9]}});
+        assert!(matches!(
+            Loss::from_keras(&bad),
+            Err(ConfigError::Unsupported { .. })
+        ));
+        let bad = json!({"class_name": "CategoricalGeneralizedCrossEntropy", "config": {"q": 1.0}});
+        assert!(Loss::from_keras(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains('q'));
+        let focal = Loss::from_name("binary_focal_crossentropy").unwrap();
+        assert!(matches!(
+            focal.on_activation_output(Activation::Softmax),
+            Err(ConfigError::Unsupported { .. })
+        ));
+        assert_eq!(
+            focal.on_activation_output(Activation::Sigmoid).unwrap(),
+            Some(focal.with_logits())
+        );
+        // Keras reads a sigmoid's input even when the loss already says from_logits.
+        let bce = Loss::BinaryCrossentropy {
+            from_logits: true,
+            label_smoothing: 0.0,
+        };
+        assert_eq!(
+            bce.on_activation_output(Activation::Sigmoid).unwrap(),
+            Some(bce)
+        );
+        assert_eq!(
+            focal
+                .with_logits()
+                .on_activation_output(Activation::Sigmoid)
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            Loss::CosineSimilarity
+                .on_activation_output(Activation::Softmax)
+                .unwrap(),
+            None
+        );
     }
 }

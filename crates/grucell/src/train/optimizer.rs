@@ -2333,6 +2333,44 @@ mod tests {
         );
     }
 
+    /// `loss_scale_factor` is read, validated and saved back, and `step` divides the given
+    /// gradients (those of the scaled loss) by it, rows included.
+    #[test]
+    fn loss_scale_factor_divides_the_gradients() {
+        let cfg = |s: Value| {
+            OptimizerConfig::from_keras(&json!({"class_name": "SGD", "config": {
+                "learning_rate": 0.5, "loss_scale_factor": s}}))
+        };
+        assert_eq!(cfg(Value::Null).unwrap().loss_scale_factor, None);
+        assert!(cfg(json!(0.0)).is_err() && cfg(json!(-2.0)).is_err() && cfg(json!("x")).is_err());
+        let c = cfg(json!(4.0)).unwrap();
+        assert_eq!(c.to_keras()["config"]["loss_scale_factor"], 4.0);
+        let mut scaled = Optimizer::<f32>::new(c, &[2, 2]).unwrap();
+        let mut plain = Optimizer::<f32>::new(OptimizerConfig::sgd(0.5), &[2, 2]).unwrap();
+        let (mut a, mut b) = ([1.0f32, 2.0], [1.0f32, 2.0]);
+        let (mut ta, mut tb) = ([1.0f32, 1.0], [1.0f32, 1.0]);
+        let mut ga = [4.0f32, -8.0];
+        let mut ra = [0.0f32, 12.0];
+        let rows = RowGrads::new(1, vec![1], vec![12.0f32]).unwrap();
+        scaled
+            .step_with_rows(
+                &mut [&mut a, &mut ta],
+                &mut [&mut ga, &mut ra],
+                &mut [None, Some(rows)],
+            )
+            .unwrap();
+        let rows = RowGrads::new(1, vec![1], vec![3.0f32]).unwrap();
+        plain
+            .step_with_rows(
+                &mut [&mut b, &mut tb],
+                &mut [&mut [1.0f32, -2.0], &mut [0.0f32, 3.0]],
+                &mut [None, Some(rows)],
+            )
+            .unwrap();
+        assert_eq!((a, ta), (b, tb));
+        assert_eq!(a, [0.5, 3.0]);
+    }
+
     /// `gradient_accumulation_steps` as Keras reads it (0 is off, 1 is refused), saved back,
     /// and the accumulators saved after the averages, before the slots.
     #[test]
@@ -2396,11 +2434,6 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("SGD.beta_1"));
-        let s = json!({"class_name": "SGD", "config": {"loss_scale_factor": 128.0}});
-        assert!(matches!(
-            OptimizerConfig::from_keras(&s),
-            Err(ConfigError::Unsupported { .. })
-        ));
         assert!(matches!(
             OptimizerConfig::from_name("ftrl"),
             Err(ConfigError::Unsupported { .. })
