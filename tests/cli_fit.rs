@@ -615,6 +615,35 @@ fn fits_a_tf_keras_2_file_like_tf_keras() {
     }
 }
 
+/// TF-Keras 2 files compiled with loss objects (config with `reduction: "auto"` and `fn`) train
+/// as TF-Keras trains them: binary crossentropy `from_logits=True` on a sigmoid output (read as
+/// the sigmoid's input), binary and categorical focal crossentropies, cosine similarity, Huber
+/// with its delta, categorical crossentropy with label smoothing.
+#[test]
+fn fits_tf_keras_2_files_compiled_with_loss_objects() {
+    for name in [
+        "bce_logits_sigmoid",
+        "binary_focal",
+        "categorical_focal",
+        "cosine",
+        "huber",
+        "cce_smoothing",
+    ] {
+        let dir = Scratch::new(&format!("tf2_loss_{name}"));
+        let model = format!("fit_loss_{name}.h5");
+        let out = fit_like_tf_keras(&dir, &model, &format!("fit_loss_{name}.npz"), "2");
+        // The `.keras` written carries the loss in Keras 3's form (Keras 3 refuses `fn`).
+        let file = grucell::io::keras::load_keras_file(&out).unwrap();
+        let loss = &file.compile_config.as_ref().unwrap()["loss"];
+        assert_eq!(loss["module"], "keras.losses", "{name}: {loss}");
+        assert_eq!(
+            loss["config"]["reduction"], "sum_over_batch_size",
+            "{name}: {loss}"
+        );
+        assert!(loss["config"].get("fn").is_none(), "{name}: {loss}");
+    }
+}
+
 /// TF-Keras 2 files trained and saved with their optimizer state (`iteration:0` then the slots,
 /// no learning-rate variable) continue in grucell with that state, as in TF-Keras (AMSGrad's
 /// maxima, centred RMSprop with momentum, a learning-rate schedule without a name;

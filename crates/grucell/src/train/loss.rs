@@ -293,9 +293,10 @@ impl Loss {
     /// (`{"class_name": "BinaryCrossentropy", "config": {"from_logits": true, …}}`).
     ///
     /// Accepted config keys: `name`, `dtype` (ignored), `reduction` (`"sum_over_batch_size"`,
-    /// `"mean"` or absent), `axis` (`-1`), `from_logits`, `label_smoothing`, `delta`,
-    /// `ignore_class` (`null`). Anything else, lists/dicts of losses and other reductions are
-    /// errors that name the key.
+    /// `"mean"`, TF-Keras 2's `"auto"` or absent), TF-Keras 2's `fn` (the loss' own function),
+    /// `axis` (`-1`), `from_logits`, `label_smoothing`, `delta`, `ignore_class` (`null`), the
+    /// focal losses' `alpha`, `gamma`, `apply_class_balancing`, and `q`. Anything else,
+    /// lists/dicts of losses and other reductions are errors that name the key.
     pub fn from_keras(v: &Value) -> Result<Self, ConfigError> {
         let obj = match v {
             Value::String(s) => return Loss::from_name(s),
@@ -374,8 +375,23 @@ impl Loss {
         for (key, val) in config {
             match key.as_str() {
                 "name" | "dtype" => {}
+                // TF-Keras 2 names the loss function the class wraps.
+                "fn" => {
+                    let same = val
+                        .as_str()
+                        .and_then(|f| Loss::from_name(f).ok())
+                        .is_some_and(|f| std::mem::discriminant(&f) == std::mem::discriminant(&base));
+                    if !same {
+                        return Err(ConfigError::invalid(
+                            format!("{class}.fn"),
+                            val,
+                            format!("the name of {class}'s own loss function"),
+                        ));
+                    }
+                }
+                // TF-Keras 2 writes "auto", which `fit` resolves to "sum_over_batch_size".
                 "reduction" => match val {
-                    Value::String(r) if r == "sum_over_batch_size" || r == "mean" => {}
+                    Value::String(r) if matches!(r.as_str(), "sum_over_batch_size" | "mean" | "auto") => {}
                     other => {
                         return Err(ConfigError::unsupported(
                             "loss reduction",
@@ -1699,6 +1715,14 @@ mod tests {
         let bad = json!({"class_name": "BinaryCrossentropy", "config": {"label_smoothing": 2.0}});
         assert!(Loss::from_keras(&bad).is_err());
         assert!(Loss::from_keras(&json!(["mse", "mae"])).is_err());
+        // TF-Keras 2's form: reduction "auto" and the wrapped function's name.
+        let tf2 = json!({"class_name": "Huber", "config": {"reduction": "auto", "name": "huber_loss", "delta": 0.5, "fn": "huber"}});
+        assert_eq!(Loss::from_keras(&tf2).unwrap(), Loss::Huber { delta: 0.5 });
+        let bad = json!({"class_name": "Huber", "config": {"reduction": "auto", "fn": "log_cosh"}});
+        assert!(Loss::from_keras(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("Huber.fn"));
         // Per-class α, a q outside (0, 1) and a binary focal loss on a softmax are refused.
         let bad =
             json!({"class_name": "CategoricalFocalCrossentropy", "config": {"alpha": [0.1, 0.9]}});

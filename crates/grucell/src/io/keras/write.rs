@@ -72,6 +72,7 @@ use crate::layers::pooling::PoolOp;
 use crate::layers::regularizer::Regularizer;
 use crate::layers::rnn::{Rnn, RnnKind};
 use crate::tensor::Tensor;
+use crate::train::loss::Loss;
 use crate::train::optimizer::Optimizer;
 
 /// A shape as Keras writes it: `null` for an unknown dimension.
@@ -1383,6 +1384,15 @@ fn keras3_compile_config(c: &Value) -> Value {
     ];
     for (k, d) in defaults {
         out.insert(k.into(), tc.get(k).cloned().unwrap_or(d));
+    }
+    // A TF-Keras 2 loss object (`reduction: "auto"`, `fn`) in Keras 3's form, which Keras 3's
+    // `compile` accepts; a loss grucell cannot read stays as it was.
+    if let Some(l) = out.get_mut("loss") {
+        if l.is_object() {
+            if let Ok(loss) = Loss::from_keras(l) {
+                *l = loss.to_keras();
+            }
+        }
     }
     Value::Object(out)
 }
