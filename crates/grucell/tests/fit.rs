@@ -882,3 +882,25 @@ fn keras_conv1d_channels_first_bias_with_and_without_a_partial_batch() {
     check_keras_case("conv_cf_partial");
     check_keras_case("conv_cf_full");
 }
+
+/// CategoricalGeneralizedCrossEntropy takes one label per sample, shape `(batch,)`: Keras
+/// broadcasts the one-hot of `(batch, 1)` labels against every sample, which grucell refuses,
+/// while the sparse crossentropy squeezes that axis.
+#[test]
+fn generalized_crossentropy_refuses_labels_with_a_trailing_axis() {
+    let mut m = gru_dense(3, 2, Activation::Softmax, 1);
+    let (x, _) = regression_data(4, 3, 1);
+    let x = std::slice::from_ref(&x);
+    let flat = Tensor::new(vec![4], vec![0.0f32; 4]).unwrap();
+    let col = Tensor::new(vec![4, 1], vec![0.0f32; 4]).unwrap();
+    let gce = Loss::CategoricalGeneralizedCrossEntropy { q: 0.5 };
+    m.loss_and_grads(x, std::slice::from_ref(&flat), &gce, None)
+        .unwrap();
+    let e = m
+        .loss_and_grads(x, std::slice::from_ref(&col), &gce, None)
+        .unwrap_err();
+    assert!(e.to_string().contains("targets[0]"), "{e}");
+    let scce = Loss::SparseCategoricalCrossentropy { from_logits: false };
+    m.loss_and_grads(x, std::slice::from_ref(&col), &scce, None)
+        .unwrap();
+}

@@ -17,10 +17,11 @@
 //! return `softmax − labels` whatever the labels sum to. Constants are rounded to `T` where
 //! TensorFlow rounds them (e.g. `1 − ε` is the `f32` nearest to `0.9999999`).
 //!
-//! Note for callers: in a compiled TensorFlow graph, Keras hands the crossentropies the *logits*
-//! when `y_pred` comes straight out of a `softmax`/`sigmoid` op (`_get_logits`), so
-//! `Dense(activation = "softmax")` + `categorical_crossentropy` trains through the
-//! `from_logits = true` formula (no clipping). Use [`Loss::with_logits`] for that case.
+//! Note for callers: Keras hands the crossentropies the *logits* when `y_pred` comes straight
+//! out of a `softmax`/`sigmoid` activation (`_get_logits`), so `Dense(activation = "softmax")` +
+//! `categorical_crossentropy` trains through the `from_logits = true` formula (no clipping).
+//! [`Loss::on_activation_output`] says when, and which loss then applies to the activation's
+//! input.
 
 use crate::error::{ConfigError, ShapeError};
 use crate::float::Float;
@@ -711,16 +712,6 @@ impl Loss {
                     "finite numbers",
                 ))
             }
-            Loss::BinaryFocalCrossentropy {
-                label_smoothing, ..
-            }
-            | Loss::CategoricalFocalCrossentropy {
-                label_smoothing, ..
-            } if !(0.0..=1.0).contains(&label_smoothing) => Err(ConfigError::invalid(
-                "label_smoothing",
-                label_smoothing,
-                "a number in [0, 1]",
-            )),
             Loss::CategoricalGeneralizedCrossEntropy { q } if !(q > 0.0 && q < 1.0) => Err(
                 ConfigError::invalid("q", q, "a number in (0, 1), as Keras requires"),
             ),
@@ -731,6 +722,12 @@ impl Loss {
                 label_smoothing, ..
             }
             | Loss::CategoricalCrossentropy {
+                label_smoothing, ..
+            }
+            | Loss::BinaryFocalCrossentropy {
+                label_smoothing, ..
+            }
+            | Loss::CategoricalFocalCrossentropy {
                 label_smoothing, ..
             } if !(0.0..=1.0).contains(&label_smoothing) => Err(ConfigError::invalid(
                 "label_smoothing",
