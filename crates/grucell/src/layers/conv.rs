@@ -775,8 +775,9 @@ impl<T: Float> Conv1D<T> {
     /// One exception: the training graph of a `fit` whose batches include a partial one (its
     /// data set's batch size is then unknown when it is traced) keeps `bias[t]` for every
     /// convolution, in every step of the epoch, while `predict`, `evaluate` and `fit`'s
-    /// validation still fuse (measured over strides 1–3, kernel sizes 1–3, both paddings and
-    /// five activations). Keras' eager call, `model(x)`, always gives `bias[t]`; grucell
+    /// validation still fuse (measured with strides 1 and 2, dilated and grouped convolutions,
+    /// and six sample counts and batch sizes; the fused forward of full batches over strides
+    /// 1–3, kernel sizes 1–3, both paddings and seven activations). Keras' eager call, `model(x)`, always gives `bias[t]`; grucell
     /// follows `predict` and `fit` (with a graph traced on unknown step counts Keras would not
     /// add along the steps at all; `predict` and `fit` trace on the data's shapes). Measured
     /// with TensorFlow 2.21 on x86 CPUs, where a `channels_first` convolution runs only in

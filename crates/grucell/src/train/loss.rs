@@ -489,10 +489,8 @@ impl Loss {
         let mut config = Map::new();
         config.insert("name".into(), json!(self.keras_name()));
         config.insert("reduction".into(), json!("sum_over_batch_size"));
-        match *self {
-            Loss::Huber { delta } if delta != 1.0 => {
-                config.insert("delta".into(), json!(delta));
-            }
+        // The crossentropies' common arguments, then each loss' own.
+        let common = match *self {
             Loss::BinaryCrossentropy {
                 from_logits,
                 label_smoothing,
@@ -500,10 +498,27 @@ impl Loss {
             | Loss::CategoricalCrossentropy {
                 from_logits,
                 label_smoothing,
-            } => {
-                config.insert("from_logits".into(), json!(from_logits));
-                config.insert("label_smoothing".into(), json!(label_smoothing));
-                config.insert("axis".into(), json!(-1));
+            }
+            | Loss::BinaryFocalCrossentropy {
+                from_logits,
+                label_smoothing,
+                ..
+            }
+            | Loss::CategoricalFocalCrossentropy {
+                from_logits,
+                label_smoothing,
+                ..
+            } => Some((from_logits, label_smoothing)),
+            _ => None,
+        };
+        if let Some((from_logits, label_smoothing)) = common {
+            config.insert("from_logits".into(), json!(from_logits));
+            config.insert("label_smoothing".into(), json!(label_smoothing));
+            config.insert("axis".into(), json!(-1));
+        }
+        match *self {
+            Loss::Huber { delta } if delta != 1.0 => {
+                config.insert("delta".into(), json!(delta));
             }
             Loss::SparseCategoricalCrossentropy { from_logits } => {
                 config.insert("from_logits".into(), json!(from_logits));
@@ -513,25 +528,13 @@ impl Loss {
                 apply_class_balancing,
                 alpha,
                 gamma,
-                from_logits,
-                label_smoothing,
+                ..
             } => {
-                config.insert("from_logits".into(), json!(from_logits));
-                config.insert("label_smoothing".into(), json!(label_smoothing));
-                config.insert("axis".into(), json!(-1));
                 config.insert("apply_class_balancing".into(), json!(apply_class_balancing));
                 config.insert("alpha".into(), json!(alpha));
                 config.insert("gamma".into(), json!(gamma));
             }
-            Loss::CategoricalFocalCrossentropy {
-                alpha,
-                gamma,
-                from_logits,
-                label_smoothing,
-            } => {
-                config.insert("from_logits".into(), json!(from_logits));
-                config.insert("label_smoothing".into(), json!(label_smoothing));
-                config.insert("axis".into(), json!(-1));
+            Loss::CategoricalFocalCrossentropy { alpha, gamma, .. } => {
                 config.insert("alpha".into(), json!(alpha));
                 config.insert("gamma".into(), json!(gamma));
             }

@@ -4,6 +4,8 @@
 //! One [`Optimizer::step`] is one Keras `optimizer.apply_gradients(...)` (TensorFlow backend), in
 //! Keras' order:
 //!
+//! 0. with `loss_scale_factor s`, the gradients (those of the loss times `s`) are **divided by
+//!    `s`** ([`OptimizerConfig::loss_scale_factor`]);
 //! 1. **clip** the gradients (at most one of the three options, each only when `> 0`):
 //!    * `clipnorm c`, per variable (`tf.clip_by_norm`): `g ← (g · c) / max(‖g‖₂, c)`;
 //!    * `global_clipnorm c`, over all variables: `n = √(Σ_vars Σ g²)`,
