@@ -419,12 +419,9 @@ impl<T: Float> Model<T> {
             } else {
                 shape.clone()
             };
-            // Labels with a trailing axis of 1 are squeezed, except for the generalized
-            // crossentropy, whose one_hot Keras broadcasts against every sample instead.
-            let squeezable = loss_fn.sparse_labels()
-                && !matches!(loss_fn, Loss::CategoricalGeneralizedCrossEntropy { .. });
             if yt.shape() != expect_true.as_slice()
-                && !(squeezable && yt.shape() == [&expect_true[..], &[1]].concat().as_slice())
+                && !(loss_fn.squeezes_label_axis()
+                    && yt.shape() == [&expect_true[..], &[1]].concat().as_slice())
             {
                 return Err(ShapeError::mismatch(
                     format!("targets[{k}]"),

@@ -613,6 +613,13 @@ impl Loss {
         )
     }
 
+    /// Whether sparse labels may also come with a trailing axis of 1 (`shape[..-1] + [1]`), which
+    /// Keras squeezes. Not for [`Loss::CategoricalGeneralizedCrossEntropy`], whose one-hot Keras
+    /// broadcasts against every sample instead (grucell refuses that shape).
+    pub fn squeezes_label_axis(&self) -> bool {
+        matches!(self, Loss::SparseCategoricalCrossentropy { .. })
+    }
+
     /// The same crossentropy reading logits (`from_logits = true`); other losses unchanged.
     ///
     /// See [`Loss::on_activation_output`] for when Keras does this.
@@ -1021,14 +1028,7 @@ impl Loss {
                 from_logits,
                 label_smoothing,
             } => {
-                let n = T::of(p.len() as f64);
-                let smooth = |t: T| {
-                    if label_smoothing != 0.0 {
-                        t * T::of(1.0 - label_smoothing) + T::of(label_smoothing) / n
-                    } else {
-                        t
-                    }
-                };
+                let smooth = |t: T| smooth_categorical(t, label_smoothing, p.len());
                 if from_logits {
                     let mut y = p.to_vec();
                     Activation::Softmax.apply_row(&mut y);
@@ -1078,8 +1078,7 @@ impl Loss {
                 -dot
             }
             Loss::CategoricalGeneralizedCrossEntropy { q } => {
-                let label = t.first().map(|l| l.f64() as usize).unwrap_or(0);
-                let onehot = |i: usize| if i == label { T::one() } else { T::zero() };
+                let onehot = onehot_of::<T>(t);
                 // p = Σ y_pred · onehot, as Keras forms it.
                 let pl = p
                     .iter()
@@ -1098,14 +1097,7 @@ impl Loss {
                 from_logits,
                 label_smoothing,
             } => {
-                let n = T::of(p.len() as f64);
-                let smooth = |t: T| {
-                    if label_smoothing != 0.0 {
-                        t * T::of(1.0 - label_smoothing) + T::of(label_smoothing) / n
-                    } else {
-                        t
-                    }
-                };
+                let smooth = |t: T| smooth_categorical(t, label_smoothing, p.len());
                 if from_logits {
                     softmax_xent(p, g, grad, |i| {
                         t.get(i).copied().map(smooth).unwrap_or_else(T::zero)
@@ -1115,8 +1107,7 @@ impl Loss {
                 }
             }
             Loss::SparseCategoricalCrossentropy { from_logits } => {
-                let label = t.first().map(|l| l.f64() as usize).unwrap_or(0);
-                let onehot = |i: usize| if i == label { T::one() } else { T::zero() };
+                let onehot = onehot_of::<T>(t);
                 if from_logits {
                     softmax_xent(p, g, grad, onehot)
                 } else {
@@ -1189,6 +1180,22 @@ fn smooth_binary<T: Float>(t: T, s: f64) -> T {
     } else {
         t
     }
+}
+
+/// Categorical label smoothing over `classes` classes, `t(1 − s) + s/C` with `s/C` divided in
+/// `T` (Keras divides by the class count as a tensor; none for `s = 0`, as Keras skips it).
+fn smooth_categorical<T: Float>(t: T, s: f64, classes: usize) -> T {
+    if s != 0.0 {
+        t * T::of(1.0 - s) + T::of(s) / T::of(classes as f64)
+    } else {
+        t
+    }
+}
+
+/// The one-hot row of a sparse label (the integer-valued `t[0]`, checked by the caller).
+fn onehot_of<T: Float>(t: &[T]) -> impl Fn(usize) -> T {
+    let label = t.first().map(|l| l.f64() as usize).unwrap_or(0);
+    move |i| if i == label { T::one() } else { T::zero() }
 }
 
 /// TensorFlow's `sigmoid_cross_entropy_with_logits` on one element: `max(z, 0) − z·t +

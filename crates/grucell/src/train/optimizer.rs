@@ -2035,6 +2035,15 @@ fn update<T: Float>(
 mod tests {
     use super::*;
 
+    /// The paths of an optimizer's Keras variables for one variable `w`.
+    fn variable_names(o: &Optimizer<f32>) -> Vec<String> {
+        o.keras_variables(&["w"])
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    }
+
     /// Adam with Keras' defaults and `amsgrad = True`.
     fn amsgrad(learning_rate: f64) -> OptimizerConfig {
         let mut c = OptimizerConfig::adam(learning_rate);
@@ -2317,14 +2326,8 @@ mod tests {
         );
         // The averages are saved after the iteration count and rate, before the slots.
         let o = Optimizer::<f32>::new(c, &[2]).unwrap();
-        let names: Vec<String> = o
-            .keras_variables(&["w"])
-            .unwrap()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
         assert_eq!(
-            names,
+            variable_names(&o),
             [
                 "adam/iteration",
                 "adam/learning_rate",
@@ -2387,14 +2390,8 @@ mod tests {
         assert_eq!(c.gradient_accumulation_steps, Some(3));
         assert_eq!(c.to_keras()["config"]["gradient_accumulation_steps"], 3);
         let o = Optimizer::<f32>::new(c, &[2]).unwrap();
-        let names: Vec<String> = o
-            .keras_variables(&["w"])
-            .unwrap()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
         assert_eq!(
-            names,
+            variable_names(&o),
             [
                 "adam/iteration",
                 "adam/learning_rate",
