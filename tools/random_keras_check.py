@@ -5,6 +5,7 @@ Builds random models with Keras 3.15.1 (Sequential or Functional; GRU, RNN(GRUCe
 RNN(StackedRNNCells), Bidirectional, Masking, Embedding (token ids, mask_zero), merged GRU
 branches (Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum), Dense,
 TimeDistributed(Dense | Dropout | Activation | LayerNormalization), LayerNormalization, Conv1D,
+ReLU, LeakyReLU, ELU, Identity, Rescaling, UnitNormalization, Softmax,
 SpatialDropout1D,
 GaussianNoise, GaussianDropout, ActivityRegularization, Permute, BatchNormalization, Normalization,
 MaxPooling1D,
@@ -265,6 +266,29 @@ class Branches:
         return self.merge([self.a(x), self.b(x)])
 
 
+def random_pointwise(rng, layers, pick):
+    """A weightless layer that passes the mask on: ReLU (random max_value / negative_slope /
+    threshold), LeakyReLU, ELU, Identity, Rescaling or UnitNormalization."""
+    kind = pick(["relu", "relu", "leaky", "elu", "identity", "rescaling", "unit"])
+    if kind == "relu":
+        kw = dict(max_value=pick([None, None, 6.0, float(rng.uniform(0.5, 3.0))]),
+                  negative_slope=pick([0.0, 0.0, float(rng.uniform(0.05, 0.5))]),
+                  threshold=pick([0.0, 0.0, float(rng.uniform(0.0, 0.5))]))
+        return layers.ReLU(**kw), f"ReLU({kw})"
+    if kind == "leaky":
+        s = float(rng.uniform(0.0, 0.5))
+        return layers.LeakyReLU(s), f"LeakyReLU({s:.3f})"
+    if kind == "elu":
+        a = float(rng.uniform(0.1, 2.0))
+        return layers.ELU(a), f"ELU({a:.3f})"
+    if kind == "identity":
+        return layers.Identity(), "Identity"
+    if kind == "rescaling":
+        sc, off = float(rng.uniform(-3.0, 3.0)), float(rng.uniform(-1.0, 1.0))
+        return layers.Rescaling(sc, off), f"Rescaling({sc:.3f}, {off:.3f})"
+    return layers.UnitNormalization(), "UnitNormalization"
+
+
 def random_branches(rng, layers, u, rs, pick, **kw):
     """GRU(u) twice (one maybe backwards) on the same input, merged by a random merge layer."""
     a = layers.GRU(u, return_sequences=rs, go_backwards=bool(rng.random() < 0.3), **kw)
@@ -333,6 +357,10 @@ def check_predict(args, keras, layers, rng, pick, out):
                                          activation=pick(ACTS), reset_after=bool(rng.random() < 0.6))
             lays.append(lay)
             desc.append(d)
+            if rng.random() < 0.15:
+                lay, d = random_pointwise(rng, layers, pick)
+                lays.append(lay)
+                desc.append(d)
         if seq and rng.random() < 0.2:
             lay, d = random_attention(rng, layers, pick, mha_ok=not args.tf_keras)
             lays.append(lay)
@@ -512,6 +540,8 @@ def check_fit(args, keras, layers, rng, pick, out):
             if freeze == "none" and rng.random() < 0.15:
                 lay, _ = random_branches(rng, layers, u, rs, pick, **kw)
             lays.append(lay)
+            if rng.random() < 0.15:
+                lays.append(random_pointwise(rng, layers, pick)[0])
         if rs and rng.random() < 0.15:
             lays.append(random_attention(rng, layers, pick, dropout_ok=False)[0])
         loss = pick(["mse", "mae", "huber", "log_cosh", "binary_crossentropy",
@@ -548,7 +578,12 @@ def check_fit(args, keras, layers, rng, pick, out):
             loss_obj = L.CosineSimilarity()
         else:
             loss_obj = loss
-        dense = layers.Dense(k, activation=act, activity_regularizer=pick([None, None, None, "l1"]))
+        # A softmax head is sometimes Dense -> Softmax layer (whose input Keras' crossentropies
+        # read as logits too), or -> Activation(softmax) behind a sequence mask, which Keras'
+        # Softmax refuses.
+        softmax_layer = act == "softmax" and rng.random() < 0.3
+        dense = layers.Dense(k, activation="linear" if softmax_layer else act,
+                             activity_regularizer=pick([None, None, None, "l1"]))
         if rng.random() < 0.15:
             lays.append(layers.LayerNormalization(gamma_regularizer=reg(), beta_constraint=con()))
         if rng.random() < 0.15:
@@ -572,7 +607,8 @@ def check_fit(args, keras, layers, rng, pick, out):
                 lays.append(layers.TimeDistributed(layers.Activation(pick(["tanh", "relu"]))))
             dense = layers.TimeDistributed(dense)
         try:
-            m, kind = chain(keras, rng, inp, lays + [dense])
+            tail = [layers.Activation("softmax") if rs and mask else layers.Softmax()] if softmax_layer else []
+            m, kind = chain(keras, rng, inp, lays + [dense] + tail)
         except Exception as e:  # a draw Keras cannot build (e.g. a normalization of an unknown size)
             unbuildable += 1
             print(f"model {i}: skipped, Keras cannot build it: {str(e).splitlines()[0][:120]}", flush=True)

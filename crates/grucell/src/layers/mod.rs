@@ -18,6 +18,7 @@ pub mod model;
 pub mod multi_head_attention;
 pub mod noise;
 pub mod normalization;
+pub mod pointwise;
 pub mod pooling;
 pub mod preprocessing;
 pub mod regularizer;

@@ -16,6 +16,7 @@ use crate::layers::merge::{concat_symbolic, Merge, MergeOp};
 use crate::layers::multi_head_attention::MultiHeadAttention;
 use crate::layers::noise::Noise;
 use crate::layers::normalization::LayerNorm;
+use crate::layers::pointwise::Pointwise;
 use crate::layers::pooling::GlobalPooling1D;
 use crate::layers::preprocessing::Normalization;
 use crate::layers::regularizer::Regularizer;
@@ -57,6 +58,8 @@ pub enum Layer<T = f32> {
     },
     /// `Activation(name)`.
     Activation(Activation),
+    /// `ReLU`, `LeakyReLU`, `ELU`, `Softmax`, `Identity`, `Rescaling` or `UnitNormalization`.
+    Pointwise(Pointwise),
     /// `LayerNormalization` over the last axis.
     LayerNorm(LayerNorm<T>),
     /// `Conv1D` over the steps (drops the mask, as Keras does).
@@ -834,6 +837,7 @@ impl<T: Float> Model<T> {
                 | Layer::ActivityRegularization(_)
                 | Layer::Normalization(_)
                 | Layer::Activation(_)
+                | Layer::Pointwise(_)
                 | Layer::LayerNorm(_)
                 | Layer::BatchNorm(_)
         );
@@ -1100,6 +1104,10 @@ impl<T: Float> Model<T> {
                 }
                 vec![Val::F(y, m.cloned())]
             }
+            Layer::Pointwise(p) => {
+                let (x, m) = float_arg(0)?;
+                vec![Val::F(p.call_masked(x, m)?, m.cloned())]
+            }
             Layer::LayerNorm(n) => {
                 let (x, m) = float_arg(0)?;
                 vec![Val::F(n.call(x)?, m.cloned())]
@@ -1216,6 +1224,7 @@ impl<T: Float> Model<T> {
                 Layer::Masking { .. }
                 | Layer::Dropout { .. }
                 | Layer::Activation(_)
+                | Layer::Pointwise(_)
                 | Layer::LayerNorm(_)
                 | Layer::Noise(_)
                 | Layer::ActivityRegularization(_)
@@ -1446,6 +1455,7 @@ pub fn default_class_name<T: Float>(l: &Layer<T>) -> &'static str {
         Layer::Merge(m) => m.op.class_name(),
         Layer::Dropout { .. } => "Dropout",
         Layer::Activation(_) => "Activation",
+        Layer::Pointwise(p) => p.class_name(),
         Layer::LayerNorm(_) => "LayerNormalization",
         Layer::Conv1D(_) => "Conv1D",
         Layer::BatchNorm(_) => "BatchNormalization",

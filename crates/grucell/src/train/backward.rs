@@ -402,6 +402,9 @@ impl<T: Float> Model<T> {
                 _ if ml.time_distributed.is_some() => None,
                 (Cache::Dense { pre, .. }, layer) => weighted_activation(layer).map(|a| (a, pre)),
                 (Cache::Act { x, .. }, Layer::Activation(a)) => Some((*a, x)),
+                (Cache::Act { x, .. }, Layer::Pointwise(pw)) => {
+                    pw.logits_activation().map(|a| (a, x))
+                }
                 _ => None,
             };
             let shortcut = match activation {
@@ -468,12 +471,21 @@ impl<T: Float> Model<T> {
                     let mut g = Tensor::new(t.shape().to_vec(), g)?;
                     // A logits output's gradient slot holds d pre-activation: bring this one
                     // there too.
-                    if let (true, Some(a), Cache::Dense { pre, y, .. }) = (
-                        logit_nodes.contains(&i),
-                        weighted_activation(&self.layers[node.layer].layer),
-                        &caches[i],
-                    ) {
-                        g = act_back(a, pre, y, &g)?;
+                    if logit_nodes.contains(&i) {
+                        let layer = &self.layers[node.layer].layer;
+                        let back = match (&caches[i], layer) {
+                            (Cache::Dense { pre, y, .. }, _) => {
+                                weighted_activation(layer).map(|a| (a, pre, y))
+                            }
+                            (Cache::Act { x, y }, Layer::Activation(a)) => Some((*a, x, y)),
+                            (Cache::Act { x, y }, Layer::Pointwise(pw)) => {
+                                pw.logits_activation().map(|a| (a, x, y))
+                            }
+                            _ => None,
+                        };
+                        if let Some((a, pre, y)) = back {
+                            g = act_back(a, pre, y, &g)?;
+                        }
                     }
                     add_grad(&mut dvals[i][j], g)?;
                 }
@@ -743,6 +755,11 @@ impl<T: Float> Model<T> {
                     for row in y.data_mut().chunks_exact_mut(last) {
                         a.apply_row(row);
                     }
+                    (vec![Val::F(y.clone(), m)], Cache::Act { x, y })
+                }
+                Layer::Pointwise(pw) => {
+                    let (x, m) = arg_t(0)?;
+                    let y = pw.call_masked(&x, m.as_ref())?;
                     (vec![Val::F(y.clone(), m)], Cache::Act { x, y })
                 }
                 Layer::Dropout { rate, .. } => {
@@ -1022,6 +1039,17 @@ impl<T: Float> Model<T> {
                         dy
                     } else {
                         act_back(*a, &x, &y, &dy)?
+                    };
+                    send(first_arg, dx, &mut dvals)?;
+                }
+                (Layer::Pointwise(pw), Cache::Act { x, y }) => {
+                    let Some(dy) = out_grads.into_iter().next().flatten() else {
+                        continue;
+                    };
+                    let dx = if logit_nodes.contains(&p) {
+                        dy
+                    } else {
+                        pw.backward(&x, &y, &dy)?
                     };
                     send(first_arg, dx, &mut dvals)?;
                 }

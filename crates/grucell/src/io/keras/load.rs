@@ -23,6 +23,7 @@ use crate::layers::model::{
 use crate::layers::multi_head_attention::{MultiHeadAttention, MultiHeadAttentionConfig};
 use crate::layers::noise::Noise;
 use crate::layers::normalization::{LayerNorm, LayerNormConfig};
+use crate::layers::pointwise::Pointwise;
 use crate::layers::pooling::{GlobalPooling1D, PoolOp};
 use crate::layers::preprocessing::{Normalization, NormalizationConfig};
 use crate::layers::regularizer::Regularizer;
@@ -490,13 +491,14 @@ fn build_layer_in<T: Float>(
             }
             Layer::Any { axis }
         }
-        other => {
-            return Err(ConfigError::unsupported(
+        other => match Pointwise::from_keras(other, &cfg).map_err(|e| with_name(e.into()))? {
+            Some(p) => Layer::Pointwise(p),
+            None => return Err(ConfigError::unsupported(
                 "layer",
-                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation | LayerNormalization), Dense, Dropout, Activation, Normalization, SpatialDropout1D, GaussianNoise, GaussianDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, Attention, AdditiveAttention, MultiHeadAttention, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
+                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation | LayerNormalization), Dense, Dropout, Activation, ReLU, LeakyReLU, ELU, Softmax, Identity, Rescaling, UnitNormalization, Normalization, SpatialDropout1D, GaussianNoise, GaussianDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, Attention, AdditiveAttention, MultiHeadAttention, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
             )
-            .into())
-        }
+            .into()),
+        },
     };
     // Every other layer's activity penalty (GRU/RNN, Dense and Embedding hold their own;
     // ActivityRegularization's is its l1 and l2).

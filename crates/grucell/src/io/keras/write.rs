@@ -68,6 +68,7 @@ use crate::layers::model::{
     default_class_name, Layer, Model, ModelKind, ModelLayer, Node, NodeArg, TensorRef, Wrapped,
 };
 use crate::layers::noise::Noise;
+use crate::layers::pointwise::Pointwise;
 use crate::layers::pooling::PoolOp;
 use crate::layers::regularizer::Regularizer;
 use crate::layers::rnn::{Rnn, RnnKind};
@@ -902,17 +903,21 @@ impl<'a, T: Float> Writer<'a, T> {
                 self.bidirectional_config(b, ml, path, call.map(|c| &c.input))?
             }
             // The base config and the layer's own keys. Built on their input (Flatten,
-            // RepeatVector, Permute) or at construction (no `build_config`), as Keras writes them.
+            // RepeatVector, Permute, Rescaling) or at construction (no `build_config`), as Keras writes them.
             Layer::GlobalPooling(_)
             | Layer::Flatten(_)
             | Layer::RepeatVector(_)
             | Layer::Permute(_)
             | Layer::Pooling(_)
             | Layer::Reshape(_)
-            | Layer::Noise(_) => {
+            | Layer::Noise(_)
+            | Layer::Pointwise(_) => {
                 if !matches!(
                     ml.layer,
-                    Layer::Flatten(_) | Layer::RepeatVector(_) | Layer::Permute(_)
+                    Layer::Flatten(_)
+                        | Layer::RepeatVector(_)
+                        | Layer::Permute(_)
+                        | Layer::Pointwise(Pointwise::Rescaling { .. })
                 ) {
                     build = None;
                 }
@@ -924,6 +929,7 @@ impl<'a, T: Float> Writer<'a, T> {
                     Layer::Permute(p) => p.write_keras(&mut c),
                     Layer::Pooling(p) => p.write_keras(&mut c),
                     Layer::Reshape(r) => r.write_keras(&mut c),
+                    Layer::Pointwise(p) => p.write_keras(&mut c),
                     // SpatialDropout1D's config is its own four keys (no `trainable`, the
                     // dtype by name).
                     Layer::Noise(n @ Noise::SpatialDropout1D { .. }) => {

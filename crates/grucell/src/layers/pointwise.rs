@@ -1,0 +1,686 @@
+//! The weightless layers that map each feature vector of their input on its own and pass its
+//! mask on: `ReLU`, `LeakyReLU`, `ELU`, `Softmax`, `Identity`, `Rescaling` and
+//! `UnitNormalization`, as Keras 3.15.1 computes them with the TensorFlow backend (and with
+//! TensorFlow's gradients, ties included).
+//!
+//! They differ from the [`Activation`] layer in carrying arguments (a `ReLU`'s `max_value`, a
+//! `LeakyReLU`'s slope, …), so they keep their own Keras class when a model is written back.
+
+use serde_json::{json, Map, Value};
+
+use crate::error::{ConfigError, Error, ShapeError};
+use crate::float::Float;
+use crate::layers::activation::Activation;
+use crate::layers::rnn::Mask;
+use crate::tensor::Tensor;
+
+/// A `Rescaling` factor or offset: one number, or one per feature (last axis).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Coef {
+    /// One number for every value (Keras writes a float).
+    Scalar(f64),
+    /// One number per feature (Keras writes a list).
+    PerFeature(Vec<f64>),
+}
+
+impl Coef {
+    fn read(cfg: &Map<String, Value>, key: &str, default: f64) -> Result<Self, ConfigError> {
+        let arg = format!("Rescaling.{key}");
+        match cfg.get(key) {
+            None | Some(Value::Null) => Ok(Coef::Scalar(default)),
+            Some(Value::Array(a)) if !a.is_empty() => a
+                .iter()
+                .map(|v| v.as_f64().filter(|f| f.is_finite()))
+                .collect::<Option<Vec<f64>>>()
+                .map(Coef::PerFeature)
+                .ok_or_else(|| {
+                    ConfigError::invalid(arg, Value::Array(a.clone()), "finite numbers")
+                }),
+            Some(v) => v
+                .as_f64()
+                .filter(|f| f.is_finite())
+                .map(Coef::Scalar)
+                .ok_or_else(|| {
+                    ConfigError::invalid(arg, v, "a finite number or a non-empty list of them")
+                }),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            Coef::Scalar(s) => json!(s),
+            Coef::PerFeature(v) => json!(v),
+        }
+    }
+
+    /// The value for feature `j` of `n`, after checking that a list has 1 or `n` entries.
+    fn at<T: Float>(&self, n: usize, key: &str) -> Result<Vec<T>, Error> {
+        match self {
+            Coef::Scalar(s) => Ok(vec![T::of(*s); n]),
+            Coef::PerFeature(v) if v.len() == 1 => Ok(vec![T::of(v[0]); n]),
+            Coef::PerFeature(v) if v.len() == n => Ok(v.iter().map(|&s| T::of(s)).collect()),
+            Coef::PerFeature(v) => Err(ShapeError::mismatch(
+                format!("Rescaling.{key}"),
+                &[v.len()],
+                format!("1 or {n} values (the input's last axis)"),
+            )
+            .into()),
+        }
+    }
+}
+
+/// One of the weightless, mask-preserving layers of this module.
+///
+/// ```
+/// use grucell::layers::pointwise::Pointwise;
+/// use grucell::Tensor;
+/// let x = Tensor::new(vec![1, 4], vec![-2.0f32, 0.5, 3.0, 9.0])?;
+/// let relu = Pointwise::Relu { max_value: Some(4.0), negative_slope: 0.5, threshold: 0.0 };
+/// assert_eq!(relu.call(&x)?.data(), &[-1.0f32, 0.5, 3.0, 4.0]);
+/// let leaky = Pointwise::LeakyRelu { negative_slope: 0.3 };
+/// assert!((leaky.call(&x)?.data()[0] + 0.6).abs() < 1e-6);
+/// # Ok::<(), grucell::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pointwise {
+    /// `ReLU(max_value, negative_slope, threshold)`: Keras' `activations.relu`.
+    Relu {
+        /// Upper clip (`None`: none).
+        max_value: Option<f64>,
+        /// Slope below the threshold.
+        negative_slope: f64,
+        /// Values at or below it are damped.
+        threshold: f64,
+    },
+    /// `LeakyReLU(negative_slope)` (default 0.3; TF-Keras 2 calls it `alpha`).
+    LeakyRelu {
+        /// Slope for `x ≤ 0`.
+        negative_slope: f64,
+    },
+    /// `ELU(alpha)`: `x` for `x > 0`, else `alpha · (eˣ − 1)`.
+    Elu {
+        /// Scale of the negative part.
+        alpha: f64,
+    },
+    /// `Softmax(axis = -1)` over the last axis.
+    Softmax,
+    /// `Identity`.
+    Identity,
+    /// `Rescaling(scale, offset)`: `x · scale + offset`.
+    Rescaling {
+        /// Factor.
+        scale: Coef,
+        /// Added after the factor.
+        offset: Coef,
+    },
+    /// `UnitNormalization(axis = -1)`: `x · min(1/√Σx², 10¹²)` over the last axis.
+    UnitNormalization,
+}
+
+/// `UnitNormalization`'s ε (`ops.normalize(…, epsilon=1e-12)`).
+const UNIT_NORM_EPSILON: f64 = 1e-12;
+
+/// TensorFlow's `LeakyRelu` holds its slope in a `float` attribute, so a `float64` model gets
+/// the slope rounded to `float32` too.
+fn leaky_attr<T: Float>(slope: f64) -> T {
+    T::of(f64::from(slope as f32))
+}
+
+/// Reads a last-axis-only `axis` (`-1`, `[-1]`, absent) of `class`.
+fn last_axis(cfg: &Map<String, Value>, class: &str) -> Result<(), ConfigError> {
+    let ok = match cfg.get("axis") {
+        None | Some(Value::Null) => true,
+        Some(Value::Array(a)) => a.len() == 1 && a[0].as_i64() == Some(-1),
+        Some(v) => v.as_i64() == Some(-1),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::unsupported(
+            format!("{class}.axis"),
+            format!(
+                "{} (grucell runs {class} over the last axis, -1)",
+                cfg.get("axis").unwrap_or(&Value::Null)
+            ),
+        ))
+    }
+}
+
+fn non_negative(
+    cfg: &Map<String, Value>,
+    class: &str,
+    key: &str,
+    default: f64,
+) -> Result<f64, ConfigError> {
+    let v = cfg.get(key).unwrap_or(&Value::Null);
+    match v {
+        Value::Null => Ok(default),
+        _ => v
+            .as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0)
+            .ok_or_else(|| {
+                ConfigError::invalid(format!("{class}.{key}"), v, "a finite number ≥ 0")
+            }),
+    }
+}
+
+impl Pointwise {
+    /// Reads the config of Keras class `class` (`ReLU`, `LeakyReLU`, `ELU`, `Softmax`,
+    /// `Identity`, `Rescaling`, `UnitNormalization`); `None` for another class.
+    pub fn from_keras(class: &str, cfg: &Map<String, Value>) -> Result<Option<Self>, ConfigError> {
+        Ok(Some(match class {
+            "ReLU" => {
+                let max_value = match cfg.get("max_value") {
+                    None | Some(Value::Null) => None,
+                    Some(_) => Some(non_negative(cfg, class, "max_value", 0.0)?),
+                };
+                Pointwise::Relu {
+                    max_value,
+                    negative_slope: non_negative(cfg, class, "negative_slope", 0.0)?,
+                    threshold: non_negative(cfg, class, "threshold", 0.0)?,
+                }
+            }
+            "LeakyReLU" => {
+                // Keras 3 still takes TF-Keras 2's `alpha` for the slope.
+                let key = if cfg.contains_key("negative_slope") {
+                    "negative_slope"
+                } else {
+                    "alpha"
+                };
+                Pointwise::LeakyRelu {
+                    negative_slope: non_negative(cfg, class, key, 0.3)?,
+                }
+            }
+            "ELU" => {
+                let v = cfg.get("alpha").unwrap_or(&Value::Null);
+                let alpha = match v {
+                    Value::Null => 1.0,
+                    _ => v
+                        .as_f64()
+                        .filter(|f| f.is_finite())
+                        .ok_or_else(|| ConfigError::invalid("ELU.alpha", v, "a finite number"))?,
+                };
+                Pointwise::Elu { alpha }
+            }
+            "Softmax" => {
+                last_axis(cfg, class)?;
+                Pointwise::Softmax
+            }
+            "Identity" => Pointwise::Identity,
+            "Rescaling" => Pointwise::Rescaling {
+                scale: Coef::read(cfg, "scale", 1.0)?,
+                offset: Coef::read(cfg, "offset", 0.0)?,
+            },
+            "UnitNormalization" => {
+                last_axis(cfg, class)?;
+                Pointwise::UnitNormalization
+            }
+            _ => return Ok(None),
+        }))
+    }
+
+    /// The Keras class name.
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            Pointwise::Relu { .. } => "ReLU",
+            Pointwise::LeakyRelu { .. } => "LeakyReLU",
+            Pointwise::Elu { .. } => "ELU",
+            Pointwise::Softmax => "Softmax",
+            Pointwise::Identity => "Identity",
+            Pointwise::Rescaling { .. } => "Rescaling",
+            Pointwise::UnitNormalization => "UnitNormalization",
+        }
+    }
+
+    /// Adds the layer's own keys to a Keras config.
+    pub fn write_keras(&self, c: &mut Map<String, Value>) {
+        match self {
+            Pointwise::Relu {
+                max_value,
+                negative_slope,
+                threshold,
+            } => {
+                c.insert("max_value".into(), json!(max_value));
+                c.insert("negative_slope".into(), json!(negative_slope));
+                c.insert("threshold".into(), json!(threshold));
+            }
+            Pointwise::LeakyRelu { negative_slope } => {
+                c.insert("negative_slope".into(), json!(negative_slope));
+            }
+            Pointwise::Elu { alpha } => {
+                c.insert("alpha".into(), json!(alpha));
+            }
+            Pointwise::Softmax | Pointwise::UnitNormalization => {
+                c.insert("axis".into(), json!(-1));
+            }
+            Pointwise::Identity => {}
+            Pointwise::Rescaling { scale, offset } => {
+                c.insert("scale".into(), scale.to_json());
+                c.insert("offset".into(), offset.to_json());
+            }
+        }
+    }
+
+    /// The activation whose input Keras' crossentropies read as logits when this layer makes
+    /// a model output (`Softmax`, which calls `activations.softmax`).
+    pub fn logits_activation(&self) -> Option<Activation> {
+        matches!(self, Pointwise::Softmax).then_some(Activation::Softmax)
+    }
+
+    /// [`Pointwise::call`] on an input that may carry a mask, which passes through. Keras
+    /// refuses a `Softmax` that gets a `(batch, time)` mask with its `(batch, time, features)`
+    /// input (the mask does not broadcast), and so does this.
+    pub fn call_masked<T: Float>(
+        &self,
+        x: &Tensor<T>,
+        mask: Option<&Mask>,
+    ) -> Result<Tensor<T>, Error> {
+        if matches!(self, Pointwise::Softmax) && mask.is_some() {
+            return Err(ConfigError::unsupported(
+                "Softmax input",
+                "a masked tensor (Keras refuses it too: a (batch, time) mask does not broadcast to the (batch, time, features) input)",
+            )
+            .into());
+        }
+        self.call(x)
+    }
+
+    /// Applies the layer to `x` (any rank; rows along the last axis).
+    pub fn call<T: Float>(&self, x: &Tensor<T>) -> Result<Tensor<T>, Error> {
+        let n = x.shape().last().copied().unwrap_or(1).max(1);
+        let mut y = x.clone();
+        match self {
+            Pointwise::Relu { .. } | Pointwise::LeakyRelu { .. } | Pointwise::Elu { .. } => {
+                y.data_mut().iter_mut().for_each(|v| *v = self.scalar(*v));
+            }
+            Pointwise::Softmax => {
+                for row in y.data_mut().chunks_exact_mut(n) {
+                    Activation::Softmax.apply_row(row);
+                }
+            }
+            Pointwise::Identity => {}
+            Pointwise::Rescaling { scale, offset } => {
+                let (s, o) = (scale.at::<T>(n, "scale")?, offset.at::<T>(n, "offset")?);
+                for row in y.data_mut().chunks_exact_mut(n) {
+                    for ((v, &s), &o) in row.iter_mut().zip(&s).zip(&o) {
+                        *v = *v * s + o;
+                    }
+                }
+            }
+            Pointwise::UnitNormalization => {
+                for row in y.data_mut().chunks_exact_mut(n) {
+                    let inv = unit_norm_inv(row).0;
+                    row.iter_mut().for_each(|v| *v *= inv);
+                }
+            }
+        }
+        Ok(y)
+    }
+
+    /// The element-wise layers' value at one point, step by step as Keras' ops compute it.
+    fn scalar<T: Float>(&self, x: T) -> T {
+        let zero = T::zero();
+        let relu = |v: T| if v > zero { v } else { zero };
+        match *self {
+            Pointwise::LeakyRelu { negative_slope }
+            | Pointwise::Relu {
+                max_value: None,
+                negative_slope,
+                threshold: 0.0,
+            } if negative_slope != 0.0 => {
+                if x > zero {
+                    x
+                } else {
+                    x * leaky_attr::<T>(negative_slope)
+                }
+            }
+            Pointwise::LeakyRelu { .. } => relu(x),
+            Pointwise::Relu {
+                max_value,
+                negative_slope,
+                threshold,
+            } => {
+                let th = T::of(threshold);
+                let mut v = if threshold != 0.0 {
+                    if x > th {
+                        x
+                    } else {
+                        zero
+                    }
+                } else if max_value == Some(6.0) {
+                    relu(x).min(T::of(6.0))
+                } else {
+                    relu(x)
+                };
+                if let Some(m) = max_value.filter(|_| threshold != 0.0 || max_value != Some(6.0)) {
+                    v = v.max(zero).min(T::of(m));
+                }
+                if negative_slope != 0.0 {
+                    let neg = if threshold != 0.0 {
+                        relu(-x + th)
+                    } else {
+                        relu(-x)
+                    };
+                    v -= T::of(negative_slope) * neg;
+                }
+                v
+            }
+            Pointwise::Elu { alpha } => {
+                let e = if x > zero { x } else { x.exp_m1() };
+                if alpha == 1.0 || x > zero {
+                    e
+                } else {
+                    T::of(alpha) * e
+                }
+            }
+            _ => x,
+        }
+    }
+
+    /// The derivative of [`Pointwise::scalar`] at `x`, as TensorFlow's gradients give it.
+    fn scalar_grad<T: Float>(&self, x: T) -> T {
+        let (zero, one) = (T::zero(), T::one());
+        let step = |b: bool| if b { one } else { zero };
+        match *self {
+            Pointwise::LeakyRelu { negative_slope }
+            | Pointwise::Relu {
+                max_value: None,
+                negative_slope,
+                threshold: 0.0,
+            } if negative_slope != 0.0 => {
+                if x > zero {
+                    one
+                } else {
+                    leaky_attr::<T>(negative_slope)
+                }
+            }
+            Pointwise::LeakyRelu { .. } => step(x > zero),
+            Pointwise::Relu {
+                max_value,
+                negative_slope,
+                threshold,
+            } => {
+                let th = T::of(threshold);
+                // The positive part: `where(x > t, x, 0)`, `relu6` or `relu`, then `clip`.
+                let (mut g, v) = if threshold != 0.0 {
+                    (step(x > th), if x > th { x } else { zero })
+                } else if max_value == Some(6.0) {
+                    (step(x > zero && x < T::of(6.0)), zero)
+                } else {
+                    (step(x > zero), if x > zero { x } else { zero })
+                };
+                if let Some(m) = max_value.filter(|_| threshold != 0.0 || max_value != Some(6.0)) {
+                    // `clip_by_value` passes the gradient on inside [0, m], ends included.
+                    if v < zero || v > T::of(m) {
+                        g = zero;
+                    }
+                }
+                if negative_slope != 0.0 {
+                    let inner = if threshold != 0.0 { -x + th } else { -x };
+                    if inner > zero {
+                        g += T::of(negative_slope);
+                    }
+                }
+                g
+            }
+            Pointwise::Elu { alpha } => {
+                if x > zero {
+                    one
+                } else {
+                    // EluGrad: dy·(y + 1) for y = eˣ − 1 < 0, then alpha's factor.
+                    let e = x.exp_m1();
+                    let d = if e < zero { e + one } else { one };
+                    if alpha == 1.0 {
+                        d
+                    } else {
+                        T::of(alpha) * d
+                    }
+                }
+            }
+            _ => one,
+        }
+    }
+
+    /// The gradient with respect to the input, given the input `x`, the output `y` and the
+    /// output's gradient `dy`.
+    pub fn backward<T: Float>(
+        &self,
+        x: &Tensor<T>,
+        y: &Tensor<T>,
+        dy: &Tensor<T>,
+    ) -> Result<Tensor<T>, Error> {
+        if x.shape() != dy.shape() || y.shape() != dy.shape() {
+            return Err(ShapeError::mismatch(
+                format!("{} output gradient", self.class_name()),
+                dy.shape(),
+                format!("{:?} (the layer's input and output)", x.shape()),
+            )
+            .into());
+        }
+        let n = x.shape().last().copied().unwrap_or(1).max(1);
+        let mut dx = dy.clone();
+        match self {
+            Pointwise::Relu { .. } | Pointwise::LeakyRelu { .. } | Pointwise::Elu { .. } => {
+                for (d, &v) in dx.data_mut().iter_mut().zip(x.data()) {
+                    *d *= self.scalar_grad(v);
+                }
+            }
+            Pointwise::Softmax => {
+                for ((xr, yr), (gr, dr)) in
+                    x.data().chunks_exact(n).zip(y.data().chunks_exact(n)).zip(
+                        dy.data()
+                            .chunks_exact(n)
+                            .zip(dx.data_mut().chunks_exact_mut(n)),
+                    )
+                {
+                    Activation::Softmax.backward_row(xr, yr, gr, dr);
+                }
+            }
+            Pointwise::Identity => {}
+            Pointwise::Rescaling { scale, .. } => {
+                let s = scale.at::<T>(n, "scale")?;
+                for row in dx.data_mut().chunks_exact_mut(n) {
+                    row.iter_mut().zip(&s).for_each(|(d, &s)| *d *= s);
+                }
+            }
+            Pointwise::UnitNormalization => {
+                for (xr, dr) in x
+                    .data()
+                    .chunks_exact(n)
+                    .zip(dx.data_mut().chunks_exact_mut(n))
+                {
+                    let (inv, r, cap) = unit_norm_inv(xr);
+                    // y = x·inv: dx = dy·inv, d inv = Σ dy·x; `minimum` passes d inv on where
+                    // rsqrt ≤ 1/ε; RsqrtGrad −½(d inv·r)(r·r); Square 2x.
+                    let dinv = dr.iter().zip(xr).fold(T::zero(), |a, (&d, &v)| a + d * v);
+                    dr.iter_mut().for_each(|d| *d *= inv);
+                    if r <= cap {
+                        let ds = (T::of(-0.5) * (dinv * r)) * (r * r);
+                        for (d, &v) in dr.iter_mut().zip(xr) {
+                            *d += ds * (v * T::of(2.0));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(dx)
+    }
+}
+
+/// `(min(r, 1/ε), r, 1/ε)` for `r = 1/√Σx²` of one row (`ops.normalize`'s order-2 form).
+fn unit_norm_inv<T: Float>(row: &[T]) -> (T, T, T) {
+    let cap = T::of(1.0 / UNIT_NORM_EPSILON);
+    let s = row.iter().fold(T::zero(), |a, &v| a + v * v);
+    let r = T::one() / s.sqrt();
+    (r.min(cap), r, cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layers() -> Vec<Pointwise> {
+        vec![
+            Pointwise::Relu {
+                max_value: None,
+                negative_slope: 0.0,
+                threshold: 0.0,
+            },
+            Pointwise::Relu {
+                max_value: Some(6.0),
+                negative_slope: 0.0,
+                threshold: 0.0,
+            },
+            Pointwise::Relu {
+                max_value: Some(2.5),
+                negative_slope: 0.1,
+                threshold: 0.0,
+            },
+            Pointwise::Relu {
+                max_value: None,
+                negative_slope: 0.2,
+                threshold: 0.0,
+            },
+            Pointwise::Relu {
+                max_value: Some(3.0),
+                negative_slope: 0.3,
+                threshold: 0.5,
+            },
+            Pointwise::Relu {
+                max_value: None,
+                negative_slope: 0.0,
+                threshold: 0.7,
+            },
+            Pointwise::LeakyRelu {
+                negative_slope: 0.3,
+            },
+            Pointwise::LeakyRelu {
+                negative_slope: 0.0,
+            },
+            Pointwise::Elu { alpha: 1.0 },
+            Pointwise::Elu { alpha: 0.4 },
+            Pointwise::Softmax,
+            Pointwise::Identity,
+            Pointwise::Rescaling {
+                scale: Coef::PerFeature(vec![0.5, -2.0, 3.0]),
+                offset: Coef::Scalar(0.25),
+            },
+            Pointwise::UnitNormalization,
+        ]
+    }
+
+    #[test]
+    fn gradients_match_central_differences() {
+        let x = Tensor::new(vec![2, 3], vec![-1.3f64, 0.37, 2.9, 0.81, -0.22, 7.4]).unwrap();
+        // A weighted sum of the output, so that Softmax and UnitNormalization get a gradient.
+        let w = [0.3, -1.1, 0.7, 1.9, 0.2, -0.6];
+        for l in layers() {
+            let y = l.call(&x).unwrap();
+            let dy = Tensor::new(vec![2, 3], w.to_vec()).unwrap();
+            let dx = l.backward(&x, &y, &dy).unwrap();
+            for i in 0..x.len() {
+                let f = |h: f64| {
+                    let mut xp = x.clone();
+                    xp.data_mut()[i] += h;
+                    let yp = l.call(&xp).unwrap();
+                    yp.data().iter().zip(&w).map(|(a, b)| a * b).sum::<f64>()
+                };
+                let fd = (f(1e-6) - f(-1e-6)) / 2e-6;
+                assert!(
+                    (fd - dx.data()[i]).abs() < 1e-6,
+                    "{l:?} at {i}: {fd} vs {}",
+                    dx.data()[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn keras_values() {
+        // keras.layers.ReLU(max_value=3, negative_slope=0.3, threshold=0.5) and friends on
+        // [-10, -5, 0, 0.25, 5, 10], printed by Keras 3.15.1 (float32 values as doubles).
+        let x = Tensor::new(vec![6], vec![-10.0f32, -5.0, 0.0, 0.25, 5.0, 10.0]).unwrap();
+        let f32s = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        let relu = Pointwise::Relu {
+            max_value: Some(3.0),
+            negative_slope: 0.3,
+            threshold: 0.5,
+        };
+        let keras = [
+            -3.1500000953674316,
+            -1.6500000953674316,
+            -0.15000000596046448,
+            -0.07500000298023224,
+            3.0,
+            3.0,
+        ];
+        assert_eq!(relu.call(&x).unwrap().data(), f32s(&keras).as_slice());
+        let th = Pointwise::Relu {
+            max_value: None,
+            negative_slope: 0.0,
+            threshold: 5.0,
+        };
+        assert_eq!(
+            th.call(&x).unwrap().data(),
+            &[0.0f32, 0.0, 0.0, 0.0, 0.0, 10.0]
+        );
+        let keras = [
+            -1.9999091625213623,
+            -1.9865241050720215,
+            0.0,
+            0.25,
+            5.0,
+            10.0,
+        ];
+        let e = Pointwise::Elu { alpha: 2.0 }.call(&x).unwrap();
+        assert_eq!(e.data(), f32s(&keras).as_slice());
+        let u = Pointwise::UnitNormalization
+            .call(&Tensor::new(vec![2, 2], vec![3.0f32, 4.0, 0.0, 0.0]).unwrap())
+            .unwrap();
+        assert_eq!(u.data(), &[0.6f32, 0.8, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn configs_round_trip_and_refuse() {
+        for l in layers() {
+            let mut c = Map::new();
+            l.write_keras(&mut c);
+            assert_eq!(
+                Pointwise::from_keras(l.class_name(), &c).unwrap(),
+                Some(l.clone())
+            );
+        }
+        let cfg = |v: Value| v.as_object().cloned().unwrap();
+        assert_eq!(
+            Pointwise::from_keras("LeakyReLU", &cfg(json!({"alpha": 0.1}))).unwrap(),
+            Some(Pointwise::LeakyRelu {
+                negative_slope: 0.1
+            })
+        );
+        assert_eq!(Pointwise::from_keras("Dense", &Map::new()).unwrap(), None);
+        for (class, c) in [
+            ("ReLU", json!({"max_value": -1.0})),
+            ("ReLU", json!({"negative_slope": -0.1})),
+            ("LeakyReLU", json!({"negative_slope": "x"})),
+            ("Softmax", json!({"axis": 1})),
+            ("UnitNormalization", json!({"axis": [1, 2]})),
+            ("Rescaling", json!({"scale": []})),
+            ("Rescaling", json!({"offset": [1.0, "a"]})),
+        ] {
+            let e = Pointwise::from_keras(class, &cfg(c.clone()))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(class), "{class} {c}: {e}");
+        }
+        let r = Pointwise::Rescaling {
+            scale: Coef::PerFeature(vec![1.0, 2.0]),
+            offset: Coef::Scalar(0.0),
+        };
+        let x = Tensor::new(vec![1, 3], vec![1.0f32, 2.0, 3.0]).unwrap();
+        assert!(r
+            .call(&x)
+            .unwrap_err()
+            .to_string()
+            .contains("Rescaling.scale"));
+    }
+}
