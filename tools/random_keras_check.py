@@ -5,7 +5,8 @@ Builds random models with Keras 3.15.1 (Sequential or Functional; GRU, RNN(GRUCe
 RNN(StackedRNNCells), Bidirectional, Masking, Embedding (token ids, mask_zero), merged GRU
 branches (Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum), Dense,
 TimeDistributed(Dense | Dropout | Activation | LayerNormalization), LayerNormalization, Conv1D,
-ReLU, LeakyReLU, ELU, Identity, Rescaling, UnitNormalization, Softmax,
+ReLU, LeakyReLU, ELU, Identity, Rescaling, UnitNormalization, Softmax, ZeroPadding1D, Cropping1D,
+UpSampling1D,
 SpatialDropout1D,
 GaussianNoise, GaussianDropout, ActivityRegularization, Permute, BatchNormalization, Normalization,
 MaxPooling1D,
@@ -289,6 +290,23 @@ def random_pointwise(rng, layers, pick):
     return layers.UnitNormalization(), "UnitNormalization"
 
 
+def random_steps(rng, layers, pick, crop_ok):
+    """A layer that changes the number of steps (and drops the mask): ZeroPadding1D (maybe
+    channels_first, padding the features), UpSampling1D, or Cropping1D when `crop_ok`."""
+    kinds = ["pad", "pad_cf", "up"] + (["crop"] if crop_ok else [])
+    kind = pick(kinds)
+    if kind == "pad":
+        p = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+        return layers.ZeroPadding1D(p), f"ZeroPadding1D({p})"
+    if kind == "pad_cf":
+        return layers.ZeroPadding1D(1, data_format="channels_first"), "ZeroPadding1D(1, channels_first)"
+    if kind == "up":
+        n = int(rng.integers(1, 4))
+        return layers.UpSampling1D(n), f"UpSampling1D({n})"
+    c = pick([(1, 0), (0, 1)])
+    return layers.Cropping1D(c), f"Cropping1D({c})"
+
+
 def random_branches(rng, layers, u, rs, pick, **kw):
     """GRU(u) twice (one maybe backwards) on the same input, merged by a random merge layer."""
     a = layers.GRU(u, return_sequences=rs, go_backwards=bool(rng.random() < 0.3), **kw)
@@ -359,6 +377,10 @@ def check_predict(args, keras, layers, rng, pick, out):
             desc.append(d)
             if rng.random() < 0.15:
                 lay, d = random_pointwise(rng, layers, pick)
+                lays.append(lay)
+                desc.append(d)
+            if seq and l < nl - 1 and rng.random() < 0.1:
+                lay, d = random_steps(rng, layers, pick, crop_ok=T >= 4)
                 lays.append(lay)
                 desc.append(d)
         if seq and rng.random() < 0.2:
@@ -542,6 +564,8 @@ def check_fit(args, keras, layers, rng, pick, out):
             lays.append(lay)
             if rng.random() < 0.15:
                 lays.append(random_pointwise(rng, layers, pick)[0])
+            if rs and l < nl - 1 and rng.random() < 0.1:
+                lays.append(random_steps(rng, layers, pick, crop_ok=T >= 4)[0])
         if rs and rng.random() < 0.15:
             lays.append(random_attention(rng, layers, pick, dropout_ok=False)[0])
         loss = pick(["mse", "mae", "huber", "log_cosh", "binary_crossentropy",

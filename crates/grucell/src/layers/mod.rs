@@ -24,4 +24,5 @@ pub mod preprocessing;
 pub mod regularizer;
 pub mod reshaping;
 pub mod rnn;
+pub mod steps;
 pub mod window_pooling;

@@ -22,6 +22,7 @@ use crate::layers::preprocessing::Normalization;
 use crate::layers::regularizer::Regularizer;
 use crate::layers::reshaping::{Flatten, Permute, RepeatVector, Reshape};
 use crate::layers::rnn::{dims3, Mask, Rnn, RnnKind};
+use crate::layers::steps::StepLayer;
 use crate::layers::window_pooling::Pooling1D;
 use crate::tensor::Tensor;
 
@@ -88,6 +89,8 @@ pub enum Layer<T = f32> {
     Flatten(Flatten),
     /// `RepeatVector(n)`.
     RepeatVector(RepeatVector),
+    /// `ZeroPadding1D`, `Cropping1D` or `UpSampling1D` (drop the mask).
+    Steps(StepLayer),
     /// The `NotEqual(x, value)` op Keras serializes for a Functional `Masking`.
     NotEqual {
         /// The scalar compared against.
@@ -1124,6 +1127,7 @@ impl<T: Float> Model<T> {
             }
             Layer::Flatten(f) => vec![Val::F(f.call(float_arg(0)?.0)?, None)],
             Layer::RepeatVector(r) => vec![Val::F(r.call(float_arg(0)?.0)?, None)],
+            Layer::Steps(l) => vec![Val::F(l.call(float_arg(0)?.0)?, None)],
             Layer::MaskOp(op) => {
                 let flags = (0..node.args.len())
                     .map(|i| {
@@ -1254,6 +1258,7 @@ impl<T: Float> Model<T> {
                 Layer::GlobalPooling(p) => vec![p.output_shape(&input)],
                 Layer::Flatten(f) => vec![f.output_shape(&input)],
                 Layer::RepeatVector(r) => vec![r.output_shape(&input)],
+                Layer::Steps(l) => vec![l.output_shape(&input)],
                 Layer::Conv1D(c) => vec![c.config().output_shape(&input)],
                 Layer::MaskOp(op) => vec![op.output_shape(&arg_shapes())],
                 Layer::Dense(d) => {
@@ -1470,6 +1475,7 @@ pub fn default_class_name<T: Float>(l: &Layer<T>) -> &'static str {
         Layer::GlobalPooling(p) => p.class_name(),
         Layer::Flatten(_) => "Flatten",
         Layer::RepeatVector(_) => "RepeatVector",
+        Layer::Steps(l) => l.class_name(),
         Layer::NotEqual { .. } => "NotEqual",
         Layer::Any { .. } => "Any",
         Layer::MaskOp(op) => op.class_name(),

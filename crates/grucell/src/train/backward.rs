@@ -64,7 +64,7 @@ enum Cache<T> {
     },
     /// A global pooling keeps its input and the mask it used.
     Pool(Tensor<T>, Option<Mask>),
-    /// `Flatten` keeps its input's shape.
+    /// `Flatten`, `ZeroPadding1D`, `Cropping1D` and `UpSampling1D` keep their input's shape.
     Shape(Vec<usize>),
     Rnn(Box<RnnTape<T>>),
     Bi {
@@ -830,6 +830,13 @@ impl<T: Float> Model<T> {
                         Cache::Shape(x.shape().to_vec()),
                     )
                 }
+                Layer::Steps(l) => {
+                    let (x, _) = arg_t(0)?;
+                    (
+                        vec![Val::F(l.call(&x)?, None)],
+                        Cache::Shape(x.shape().to_vec()),
+                    )
+                }
                 Layer::Pooling(p) => {
                     let (x, _) = arg_t(0)?;
                     (vec![Val::F(p.call(&x)?, None)], Cache::Input(x))
@@ -1221,6 +1228,12 @@ impl<T: Float> Model<T> {
                         continue;
                     };
                     send(first_arg, f.backward(&shape, &dy)?, &mut dvals)?;
+                }
+                (Layer::Steps(l), Cache::Shape(shape)) => {
+                    let Some(dy) = out_grads.into_iter().next().flatten() else {
+                        continue;
+                    };
+                    send(first_arg, l.backward(&shape, &dy)?, &mut dvals)?;
                 }
                 (Layer::RepeatVector(r), _) => {
                     let Some(dy) = out_grads.into_iter().next().flatten() else {

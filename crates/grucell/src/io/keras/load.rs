@@ -29,6 +29,7 @@ use crate::layers::preprocessing::{Normalization, NormalizationConfig};
 use crate::layers::regularizer::Regularizer;
 use crate::layers::reshaping::{Flatten, Permute, RepeatVector, Reshape};
 use crate::layers::rnn::{Rnn, RnnKind};
+use crate::layers::steps::StepLayer;
 use crate::layers::window_pooling::{Pooling1D, WindowOp};
 use crate::tensor::Tensor;
 use serde_json::{Map, Value};
@@ -491,11 +492,15 @@ fn build_layer_in<T: Float>(
             }
             Layer::Any { axis }
         }
-        other => match Pointwise::from_keras(other, &cfg).map_err(|e| with_name(e.into()))? {
-            Some(p) => Layer::Pointwise(p),
-            None => return Err(ConfigError::unsupported(
+        other => match (
+            Pointwise::from_keras(other, &cfg).map_err(|e| with_name(e.into()))?,
+            StepLayer::from_keras(other, &cfg).map_err(|e| with_name(e.into()))?,
+        ) {
+            (Some(p), _) => Layer::Pointwise(p),
+            (None, Some(l)) => Layer::Steps(l),
+            (None, None) => return Err(ConfigError::unsupported(
                 "layer",
-                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation | LayerNormalization), Dense, Dropout, Activation, ReLU, LeakyReLU, ELU, Softmax, Identity, Rescaling, UnitNormalization, Normalization, SpatialDropout1D, GaussianNoise, GaussianDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, Attention, AdditiveAttention, MultiHeadAttention, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
+                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation | LayerNormalization), Dense, Dropout, Activation, ReLU, LeakyReLU, ELU, Softmax, Identity, Rescaling, UnitNormalization, Normalization, SpatialDropout1D, GaussianNoise, GaussianDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, ZeroPadding1D, Cropping1D, UpSampling1D, Attention, AdditiveAttention, MultiHeadAttention, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
             )
             .into()),
         },

@@ -903,7 +903,7 @@ impl<'a, T: Float> Writer<'a, T> {
                 self.bidirectional_config(b, ml, path, call.map(|c| &c.input))?
             }
             // The base config and the layer's own keys. Built on their input (Flatten,
-            // RepeatVector, Permute, Rescaling) or at construction (no `build_config`), as Keras writes them.
+            // RepeatVector, Permute, Rescaling, the step layers) or at construction (no `build_config`), as Keras writes them.
             Layer::GlobalPooling(_)
             | Layer::Flatten(_)
             | Layer::RepeatVector(_)
@@ -911,12 +911,14 @@ impl<'a, T: Float> Writer<'a, T> {
             | Layer::Pooling(_)
             | Layer::Reshape(_)
             | Layer::Noise(_)
-            | Layer::Pointwise(_) => {
+            | Layer::Pointwise(_)
+            | Layer::Steps(_) => {
                 if !matches!(
                     ml.layer,
                     Layer::Flatten(_)
                         | Layer::RepeatVector(_)
                         | Layer::Permute(_)
+                        | Layer::Steps(_)
                         | Layer::Pointwise(Pointwise::Rescaling { .. })
                 ) {
                     build = None;
@@ -930,6 +932,7 @@ impl<'a, T: Float> Writer<'a, T> {
                     Layer::Pooling(p) => p.write_keras(&mut c),
                     Layer::Reshape(r) => r.write_keras(&mut c),
                     Layer::Pointwise(p) => p.write_keras(&mut c),
+                    Layer::Steps(l) => l.write_keras(&mut c),
                     // SpatialDropout1D's config is its own four keys (no `trainable`, the
                     // dtype by name).
                     Layer::Noise(n @ Noise::SpatialDropout1D { .. }) => {
