@@ -5,7 +5,7 @@ Builds random models with Keras 3.15.1 (Sequential or Functional; GRU, RNN(GRUCe
 RNN(StackedRNNCells), Bidirectional, Masking, Embedding (token ids, mask_zero), merged GRU
 branches (Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum), Dense,
 TimeDistributed(Dense | Dropout | Activation | LayerNormalization), LayerNormalization, Conv1D,
-ReLU, LeakyReLU, ELU, Identity, Rescaling, UnitNormalization, Softmax, ZeroPadding1D, Cropping1D,
+ReLU, LeakyReLU, PReLU, ELU, Identity, Rescaling, UnitNormalization, Softmax, ZeroPadding1D, Cropping1D,
 UpSampling1D,
 SpatialDropout1D,
 GaussianNoise, GaussianDropout, ActivityRegularization, Permute, BatchNormalization, Normalization,
@@ -268,9 +268,15 @@ class Branches:
 
 
 def random_pointwise(rng, layers, pick):
-    """A weightless layer that passes the mask on: ReLU (random max_value / negative_slope /
-    threshold), LeakyReLU, ELU, Identity, Rescaling or UnitNormalization."""
-    kind = pick(["relu", "relu", "leaky", "elu", "identity", "rescaling", "unit"])
+    """A layer that maps each value or feature vector and passes the mask on: ReLU (random
+    max_value / negative_slope / threshold), LeakyReLU, PReLU, ELU, Identity, Rescaling or
+    UnitNormalization."""
+    kind = pick(["relu", "relu", "leaky", "elu", "identity", "rescaling", "unit", "prelu", "prelu"])
+    if kind == "prelu":
+        # One alpha per feature (per step too without shared_axes: not on variable-length input).
+        shared = pick([[1], [1], None])
+        return (layers.PReLU(alpha_initializer=keras_uniform(-0.5, 1.0), shared_axes=shared),
+                f"PReLU(shared_axes={shared})")
     if kind == "relu":
         kw = dict(max_value=pick([None, None, 6.0, float(rng.uniform(0.5, 3.0))]),
                   negative_slope=pick([0.0, 0.0, float(rng.uniform(0.05, 0.5))]),

@@ -788,7 +788,8 @@ fn csv_hostile_inputs_are_clear() {
 /// Models whose config and weights are mutated: Sequential and Functional, `.keras` and legacy
 /// `.h5` (TF-Keras 2 node format included), GRU, RNN(GRUCell), stacked cells, Bidirectional,
 /// masking, initial states, regularizers, Dense heads, float64, Conv1D and window pooling,
-/// BatchNormalization, the noise layers, Permute and Reshape.
+/// BatchNormalization, the noise layers, Permute and Reshape, the pointwise layers (ReLU, Rescaling,
+/// …) and the step layers (ZeroPadding1D, Cropping1D, UpSampling1D) and PReLU.
 const MODEL_FIXTURES: &[&str] = &[
     "io/keras/seq_gru.keras",
     "io/keras/bidir.keras",
@@ -813,6 +814,10 @@ const MODEL_FIXTURES: &[&str] = &[
     "models/normalization.h5",
     "models/multi_head_attention.keras",
     "models/merge_masked_multiply.keras",
+    "models/pointwise_layers.keras",
+    "models/relu_variants.h5",
+    "models/step_layers.keras",
+    "models/prelu.h5",
 ];
 
 /// Builds the model as `grucell predict` does and, when that works, runs what `predict` and

@@ -21,6 +21,7 @@ use grucell::layers::embedding::{Embedding, EmbeddingConfig};
 use grucell::layers::model::{Layer, Model};
 use grucell::layers::multi_head_attention::MultiHeadAttention;
 use grucell::layers::normalization::LayerNorm;
+use grucell::layers::prelu::PRelu;
 use grucell::train::backward::VarId;
 use grucell::train::loss::Loss;
 use grucell::train::rnn_grad::CellDropout;
@@ -104,6 +105,7 @@ fn get_var(m: &Model<f64>, id: &VarId, elem: usize) -> f64 {
         Layer::BatchNorm(n) => n.weights()[id.index].data()[elem],
         Layer::Attention(a) => a.weights()[id.index].data()[elem],
         Layer::MultiHeadAttention(a) => a.weights()[id.index].data()[elem],
+        Layer::PRelu(p) => p.alpha().data()[elem],
         _ => panic!("variable in a layer without weights"),
     }
 }
@@ -178,6 +180,11 @@ fn with_var(m: &Model<f64>, id: &VarId, elem: usize, v: f64) -> Model<f64> {
             let mut ws: Vec<Tensor<f64>> = a.weights().into_iter().cloned().collect();
             ws[id.index].data_mut()[elem] = v;
             *a = MultiHeadAttention::from_weights(a.config().clone(), ws).unwrap();
+        }
+        Layer::PRelu(p) => {
+            let mut alpha = p.alpha().clone();
+            alpha.data_mut()[elem] = v;
+            *p = PRelu::from_weights(p.config().clone(), alpha).unwrap();
         }
         _ => panic!("variable in a layer without weights"),
     }

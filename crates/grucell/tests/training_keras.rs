@@ -91,6 +91,7 @@ fn layer_weights<T: Float>(m: &Model<T>) -> Vec<Vec<Tensor<T>>> {
             Layer::Attention(a) => w.extend(a.weights().into_iter().cloned()),
             Layer::MultiHeadAttention(a) => w.extend(a.weights().into_iter().cloned()),
             Layer::Embedding(e) => w.push(e.embeddings().clone()),
+            Layer::PRelu(p) => w.push(p.alpha().clone()),
             Layer::Normalization(n) => {
                 w.extend(n.weights().into_iter().cloned());
                 if let Some(c) = n.count() {
@@ -368,7 +369,7 @@ fn run_case<T: Float>(case: &Value) -> Result<f64, String> {
 #[test]
 fn training_matches_keras() {
     let cases = manifest();
-    assert!(cases.len() >= 89, "only {} training cases", cases.len());
+    assert!(cases.len() >= 90, "only {} training cases", cases.len());
     let mut failures = Vec::new();
     for case in &cases {
         let name = case["name"].as_str().unwrap();

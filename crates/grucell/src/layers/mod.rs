@@ -20,6 +20,7 @@ pub mod noise;
 pub mod normalization;
 pub mod pointwise;
 pub mod pooling;
+pub mod prelu;
 pub mod preprocessing;
 pub mod regularizer;
 pub mod reshaping;

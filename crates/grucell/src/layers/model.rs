@@ -18,6 +18,7 @@ use crate::layers::noise::Noise;
 use crate::layers::normalization::LayerNorm;
 use crate::layers::pointwise::Pointwise;
 use crate::layers::pooling::GlobalPooling1D;
+use crate::layers::prelu::PRelu;
 use crate::layers::preprocessing::Normalization;
 use crate::layers::regularizer::Regularizer;
 use crate::layers::reshaping::{Flatten, Permute, RepeatVector, Reshape};
@@ -61,6 +62,8 @@ pub enum Layer<T = f32> {
     Activation(Activation),
     /// `ReLU`, `LeakyReLU`, `ELU`, `Softmax`, `Identity`, `Rescaling` or `UnitNormalization`.
     Pointwise(Pointwise),
+    /// `PReLU` (a learned slope per position).
+    PRelu(PRelu<T>),
     /// `LayerNormalization` over the last axis.
     LayerNorm(LayerNorm<T>),
     /// `Conv1D` over the steps (drops the mask, as Keras does).
@@ -161,6 +164,7 @@ impl<T: Float> ModelLayer<T> {
             Layer::Embedding(e) => e.param_count(),
             Layer::LayerNorm(n) => n.param_count(),
             Layer::Conv1D(c) => c.param_count(),
+            Layer::PRelu(p) => p.param_count(),
             Layer::BatchNorm(n) => n.param_count(),
             Layer::Attention(a) => a.param_count(),
             Layer::Normalization(n) => n.param_count(),
@@ -215,6 +219,7 @@ impl<T: Float> ModelLayer<T> {
             }
             Layer::Embedding(_) => vec![self.trainable],
             Layer::Conv1D(c) => vec![self.trainable; c.weights().len()],
+            Layer::PRelu(_) => vec![self.trainable],
             Layer::Attention(a) => vec![self.trainable; a.weights().len()],
             Layer::MultiHeadAttention(a) => vec![self.trainable; a.weights().len()],
             // γ and β; the moving statistics are never trainable.
@@ -313,6 +318,7 @@ impl<T: Float> ModelLayer<T> {
             Layer::Embedding(e) => vec![e.param_count()],
             Layer::LayerNorm(n) => n.weights().into_iter().map(Tensor::len).collect(),
             Layer::Conv1D(c) => c.weights().into_iter().map(Tensor::len).collect(),
+            Layer::PRelu(p) => vec![p.param_count()],
             Layer::BatchNorm(n) => n.weights().into_iter().map(Tensor::len).collect(),
             Layer::Attention(a) => a.weights().into_iter().map(Tensor::len).collect(),
             Layer::MultiHeadAttention(a) => a.weights().into_iter().map(Tensor::len).collect(),
@@ -841,6 +847,7 @@ impl<T: Float> Model<T> {
                 | Layer::Normalization(_)
                 | Layer::Activation(_)
                 | Layer::Pointwise(_)
+                | Layer::PRelu(_)
                 | Layer::LayerNorm(_)
                 | Layer::BatchNorm(_)
         );
@@ -1111,6 +1118,10 @@ impl<T: Float> Model<T> {
                 let (x, m) = float_arg(0)?;
                 vec![Val::F(p.call_masked(x, m)?, m.cloned())]
             }
+            Layer::PRelu(p) => {
+                let (x, m) = float_arg(0)?;
+                vec![Val::F(p.call(x)?, m.cloned())]
+            }
             Layer::LayerNorm(n) => {
                 let (x, m) = float_arg(0)?;
                 vec![Val::F(n.call(x)?, m.cloned())]
@@ -1229,6 +1240,7 @@ impl<T: Float> Model<T> {
                 | Layer::Dropout { .. }
                 | Layer::Activation(_)
                 | Layer::Pointwise(_)
+                | Layer::PRelu(_)
                 | Layer::LayerNorm(_)
                 | Layer::Noise(_)
                 | Layer::ActivityRegularization(_)
@@ -1461,6 +1473,7 @@ pub fn default_class_name<T: Float>(l: &Layer<T>) -> &'static str {
         Layer::Dropout { .. } => "Dropout",
         Layer::Activation(_) => "Activation",
         Layer::Pointwise(p) => p.class_name(),
+        Layer::PRelu(_) => "PReLU",
         Layer::LayerNorm(_) => "LayerNormalization",
         Layer::Conv1D(_) => "Conv1D",
         Layer::BatchNorm(_) => "BatchNormalization",

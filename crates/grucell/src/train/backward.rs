@@ -39,7 +39,7 @@ enum Cache<T> {
     Embedding(Tensor<T>),
     /// A merge keeps its inputs and their masks.
     Merge(Vec<Tensor<T>>, Vec<Option<Mask>>),
-    /// A call that needs only its input (`LayerNormalization`, `MaxPooling1D`,
+    /// A call that needs only its input (`LayerNormalization`, `PReLU`, `MaxPooling1D`,
     /// `AveragePooling1D`).
     Input(Tensor<T>),
     /// A `BatchNormalization` call keeps its input, its mask and the batch statistics it used
@@ -180,6 +180,7 @@ impl<T: Float> Model<T> {
                 Layer::Embedding(e) => {
                     push(0, format!("{}/embeddings", l.name), e.embeddings().shape());
                 }
+                Layer::PRelu(p) => push(0, format!("{}/alpha", l.name), p.alpha().shape()),
                 Layer::Conv1D(c) => {
                     for (i, (n, w)) in ["kernel", "bias"].iter().zip(c.weights()).enumerate() {
                         push(i, format!("{}/{n}", l.name), w.shape());
@@ -287,6 +288,10 @@ impl<T: Float> Model<T> {
                     for (w, (r, k)) in n.weights_mut().into_iter().zip(rules) {
                         all.push((w, r, k));
                     }
+                }
+                Layer::PRelu(p) => {
+                    let c = p.config().clone();
+                    all.push((p.alpha_mut(), c.alpha_regularizer, c.alpha_constraint));
                 }
                 Layer::Embedding(e) => {
                     let c = e.config().clone();
@@ -793,6 +798,10 @@ impl<T: Float> Model<T> {
                     let (x, m) = arg_t(0)?;
                     (vec![Val::F(n.call(&x)?, m)], Cache::Input(x))
                 }
+                Layer::PRelu(p) => {
+                    let (x, m) = arg_t(0)?;
+                    (vec![Val::F(p.call(&x)?, m)], Cache::Input(x))
+                }
                 Layer::Normalization(n) => {
                     let (x, m) = arg_t(0)?;
                     (vec![Val::F(n.call(&x)?, m)], Cache::None)
@@ -1208,6 +1217,16 @@ impl<T: Float> Model<T> {
                         for (i, w) in g.gamma.iter().chain(g.beta.iter()).enumerate() {
                             var_grad(i, w);
                         }
+                    }
+                    send(first_arg, g.x, &mut dvals)?;
+                }
+                (Layer::PRelu(pr), Cache::Input(x)) => {
+                    let Some(dy) = out_grads.into_iter().next().flatten() else {
+                        continue;
+                    };
+                    let g = pr.backward(&x, &dy)?;
+                    if trainable {
+                        var_grad(0, &g.alpha);
                     }
                     send(first_arg, g.x, &mut dvals)?;
                 }

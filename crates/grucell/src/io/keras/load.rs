@@ -25,6 +25,7 @@ use crate::layers::noise::Noise;
 use crate::layers::normalization::{LayerNorm, LayerNormConfig};
 use crate::layers::pointwise::Pointwise;
 use crate::layers::pooling::{GlobalPooling1D, PoolOp};
+use crate::layers::prelu::{PRelu, PReluConfig};
 use crate::layers::preprocessing::{Normalization, NormalizationConfig};
 use crate::layers::regularizer::Regularizer;
 use crate::layers::reshaping::{Flatten, Permute, RepeatVector, Reshape};
@@ -358,6 +359,15 @@ fn build_layer_in<T: Float>(
             let beta = if nc.center { arr.next() } else { None };
             Layer::LayerNorm(LayerNorm::from_weights(nc, gamma, beta).map_err(with_name)?)
         }
+        "PReLU" => {
+            let pc = PReluConfig::from_keras(&cfg).map_err(|e| with_name(e.into()))?;
+            let alpha = w
+                .layer_arrays::<T>(legacy_group.unwrap_or(&name), &[format!("{path}/vars/0")])?
+                .into_iter()
+                .next()
+                .ok_or_else(|| ConfigError::invalid(format!("PReLU `{name}`"), "no alpha", "an alpha array"))?;
+            Layer::PRelu(PRelu::from_weights(pc, alpha).map_err(with_name)?)
+        }
         "GlobalAveragePooling1D" | "GlobalAvgPool1D" => {
             Layer::GlobalPooling(GlobalPooling1D::from_keras(PoolOp::Average, &cfg).map_err(|e| with_name(e.into()))?)
         }
@@ -500,7 +510,7 @@ fn build_layer_in<T: Float>(
             (None, Some(l)) => Layer::Steps(l),
             (None, None) => return Err(ConfigError::unsupported(
                 "layer",
-                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation | LayerNormalization), Dense, Dropout, Activation, ReLU, LeakyReLU, ELU, Softmax, Identity, Rescaling, UnitNormalization, Normalization, SpatialDropout1D, GaussianNoise, GaussianDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, ZeroPadding1D, Cropping1D, UpSampling1D, Attention, AdditiveAttention, MultiHeadAttention, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
+                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation | LayerNormalization), Dense, Dropout, Activation, ReLU, LeakyReLU, PReLU, ELU, Softmax, Identity, Rescaling, UnitNormalization, Normalization, SpatialDropout1D, GaussianNoise, GaussianDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, ZeroPadding1D, Cropping1D, UpSampling1D, Attention, AdditiveAttention, MultiHeadAttention, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
             )
             .into()),
         },
