@@ -145,14 +145,15 @@ fn every_keras_fixture_matches_keras() {
 
 /// TF-Keras 2 files (legacy `.h5` and TF-Keras' own `.keras` zip): its node format, with initial
 /// states as extra call inputs, masks through TimeDistributed, stacked cells, an R-style
-/// `Embedding(input_length=…)` first layer without an InputLayer, Conv1D biases per filter.
+/// `Embedding(input_length=…)` first layer without an InputLayer, Conv1D biases per filter, the
+/// pointwise, PReLU and step layers (LeakyReLU's `alpha`).
 #[test]
 fn tf_keras_2_fixtures_match_tf_keras() {
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(tf2_dir().join("manifest.json")).unwrap())
             .unwrap();
     let cases = manifest["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 8);
+    assert_eq!(cases.len(), 9);
     let mut failures = Vec::new();
     for case in cases {
         for file in case["files"].as_array().unwrap() {
