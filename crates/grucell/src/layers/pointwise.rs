@@ -53,7 +53,7 @@ impl Coef {
         }
     }
 
-    /// The value for feature `j` of `n`, after checking that a list has 1 or `n` entries.
+    /// The `n` per-feature values, after checking that a list has 1 or `n` entries.
     fn at<T: Float>(&self, n: usize, key: &str) -> Result<Vec<T>, Error> {
         match self {
             Coef::Scalar(s) => Ok(vec![T::of(*s); n]),
@@ -317,54 +317,57 @@ impl Pointwise {
         Ok(y)
     }
 
-    /// The element-wise layers' value at one point, step by step as Keras' ops compute it.
-    fn scalar<T: Float>(&self, x: T) -> T {
-        let zero = T::zero();
-        let relu = |v: T| if v > zero { v } else { zero };
+    /// A `ReLU`'s `(max_value, negative_slope, threshold)`, and a `LeakyReLU`'s as the `ReLU` it
+    /// equals, `(None, slope, 0)`; `None` for the other layers.
+    fn relu_args(&self) -> Option<(Option<f64>, f64, f64)> {
         match *self {
-            Pointwise::LeakyRelu { negative_slope }
-            | Pointwise::Relu {
-                max_value: None,
-                negative_slope,
-                threshold: 0.0,
-            } if negative_slope != 0.0 => {
-                if x > zero {
-                    x
-                } else {
-                    x * leaky_attr::<T>(negative_slope)
-                }
-            }
-            Pointwise::LeakyRelu { .. } => relu(x),
             Pointwise::Relu {
                 max_value,
                 negative_slope,
                 threshold,
-            } => {
-                let th = T::of(threshold);
-                let mut v = if threshold != 0.0 {
-                    if x > th {
-                        x
-                    } else {
-                        zero
-                    }
-                } else if max_value == Some(6.0) {
-                    relu(x).min(T::of(6.0))
+            } => Some((max_value, negative_slope, threshold)),
+            Pointwise::LeakyRelu { negative_slope } => Some((None, negative_slope, 0.0)),
+            _ => None,
+        }
+    }
+
+    /// The element-wise layers' value at one point, step by step as Keras' `relu` and `elu`
+    /// compute it (`ReLU.static_call`: `leaky_relu` when only the slope is set, else the
+    /// positive part by `where(x > t, x, 0)`, `relu6` or `relu`, then `clip` to `max_value`,
+    /// minus `slope · relu(t − x)`).
+    fn scalar<T: Float>(&self, x: T) -> T {
+        let zero = T::zero();
+        let relu = |v: T| if v > zero { v } else { zero };
+        if let Some((max_value, slope, threshold)) = self.relu_args() {
+            if slope != 0.0 && max_value.is_none() && threshold == 0.0 {
+                return if x > zero {
+                    x
                 } else {
-                    relu(x)
+                    x * leaky_attr::<T>(slope)
                 };
-                if let Some(m) = max_value.filter(|_| threshold != 0.0 || max_value != Some(6.0)) {
-                    v = v.max(zero).min(T::of(m));
-                }
-                if negative_slope != 0.0 {
-                    let neg = if threshold != 0.0 {
-                        relu(-x + th)
-                    } else {
-                        relu(-x)
-                    };
-                    v -= T::of(negative_slope) * neg;
-                }
-                v
             }
+            let th = T::of(threshold);
+            let relu6 = threshold == 0.0 && max_value == Some(6.0);
+            let mut v = if threshold != 0.0 {
+                if x > th {
+                    x
+                } else {
+                    zero
+                }
+            } else if relu6 {
+                relu(x).min(T::of(6.0))
+            } else {
+                relu(x)
+            };
+            if let Some(m) = max_value.filter(|_| !relu6) {
+                v = v.max(zero).min(T::of(m));
+            }
+            if slope != 0.0 {
+                v -= T::of(slope) * relu(-x + th);
+            }
+            return v;
+        }
+        match *self {
             Pointwise::Elu { alpha } => {
                 let e = if x > zero { x } else { x.exp_m1() };
                 if alpha == 1.0 || x > zero {
@@ -377,52 +380,37 @@ impl Pointwise {
         }
     }
 
-    /// The derivative of [`Pointwise::scalar`] at `x`, as TensorFlow's gradients give it.
+    /// The derivative of [`Pointwise::scalar`] at `x`, as TensorFlow's gradients give it
+    /// (`ReluGrad` and `LeakyReluGrad` pass at `x > 0`, `Relu6Grad` inside `(0, 6)`,
+    /// `clip_by_value` inside `[0, m]`, ends included; `EluGrad` from the output).
     fn scalar_grad<T: Float>(&self, x: T) -> T {
         let (zero, one) = (T::zero(), T::one());
         let step = |b: bool| if b { one } else { zero };
-        match *self {
-            Pointwise::LeakyRelu { negative_slope }
-            | Pointwise::Relu {
-                max_value: None,
-                negative_slope,
-                threshold: 0.0,
-            } if negative_slope != 0.0 => {
-                if x > zero {
+        if let Some((max_value, slope, threshold)) = self.relu_args() {
+            if slope != 0.0 && max_value.is_none() && threshold == 0.0 {
+                return if x > zero {
                     one
                 } else {
-                    leaky_attr::<T>(negative_slope)
-                }
-            }
-            Pointwise::LeakyRelu { .. } => step(x > zero),
-            Pointwise::Relu {
-                max_value,
-                negative_slope,
-                threshold,
-            } => {
-                let th = T::of(threshold);
-                // The positive part: `where(x > t, x, 0)`, `relu6` or `relu`, then `clip`.
-                let (mut g, v) = if threshold != 0.0 {
-                    (step(x > th), if x > th { x } else { zero })
-                } else if max_value == Some(6.0) {
-                    (step(x > zero && x < T::of(6.0)), zero)
-                } else {
-                    (step(x > zero), if x > zero { x } else { zero })
+                    leaky_attr::<T>(slope)
                 };
-                if let Some(m) = max_value.filter(|_| threshold != 0.0 || max_value != Some(6.0)) {
-                    // `clip_by_value` passes the gradient on inside [0, m], ends included.
-                    if v < zero || v > T::of(m) {
-                        g = zero;
-                    }
-                }
-                if negative_slope != 0.0 {
-                    let inner = if threshold != 0.0 { -x + th } else { -x };
-                    if inner > zero {
-                        g += T::of(negative_slope);
-                    }
-                }
-                g
             }
+            let th = T::of(threshold);
+            let relu6 = threshold == 0.0 && max_value == Some(6.0);
+            let (mut g, v) = if relu6 {
+                (step(x > zero && x < T::of(6.0)), zero)
+            } else {
+                // `where(x > t, x, 0)` and `relu` (t = 0) alike.
+                (step(x > th), if x > th { x } else { zero })
+            };
+            if max_value.is_some_and(|m| !relu6 && v > T::of(m)) {
+                g = zero;
+            }
+            if slope != 0.0 && -x + th > zero {
+                g += T::of(slope);
+            }
+            return g;
+        }
+        match *self {
             Pointwise::Elu { alpha } => {
                 if x > zero {
                     one

@@ -403,14 +403,9 @@ impl<T: Float> Model<T> {
             // (`Loss::on_activation_output`). A `TimeDistributed` wrapper's output is a
             // transposed stack, which carries no logits.
             let ml = &self.layers[r.layer];
-            let activation = match (&caches[p], &ml.layer) {
-                _ if ml.time_distributed.is_some() => None,
-                (Cache::Dense { pre, .. }, layer) => weighted_activation(layer).map(|a| (a, pre)),
-                (Cache::Act { x, .. }, Layer::Activation(a)) => Some((*a, x)),
-                (Cache::Act { x, .. }, Layer::Pointwise(pw)) => {
-                    pw.logits_activation().map(|a| (a, x))
-                }
-                _ => None,
+            let activation = match ml.time_distributed {
+                Some(_) => None,
+                None => output_activation(&caches[p], &ml.layer).map(|(a, pre, _)| (a, pre)),
             };
             let shortcut = match activation {
                 Some((a, z)) => loss.on_activation_output(a)?.map(|l| (z, l)),
@@ -478,17 +473,7 @@ impl<T: Float> Model<T> {
                     // there too.
                     if logit_nodes.contains(&i) {
                         let layer = &self.layers[node.layer].layer;
-                        let back = match (&caches[i], layer) {
-                            (Cache::Dense { pre, y, .. }, _) => {
-                                weighted_activation(layer).map(|a| (a, pre, y))
-                            }
-                            (Cache::Act { x, y }, Layer::Activation(a)) => Some((*a, x, y)),
-                            (Cache::Act { x, y }, Layer::Pointwise(pw)) => {
-                                pw.logits_activation().map(|a| (a, x, y))
-                            }
-                            _ => None,
-                        };
-                        if let Some((a, pre, y)) = back {
+                        if let Some((a, pre, y)) = output_activation(&caches[i], layer) {
                             g = act_back(a, pre, y, &g)?;
                         }
                     }
@@ -1447,6 +1432,21 @@ fn add_grad<T: Float>(slot: &mut Option<Tensor<T>>, g: Tensor<T>) -> Result<(), 
 
 /// The activation of a layer with weights whose output Keras' crossentropies can read as
 /// logits (`Dense`, `Conv1D`).
+/// The activation that ends a call, with its input and output: a Dense or Conv1D layer's own, an
+/// `Activation` layer's, or the softmax of a `Softmax` layer (what Keras' crossentropies may
+/// read the logits of).
+fn output_activation<'c, T: Float>(
+    cache: &'c Cache<T>,
+    layer: &Layer<T>,
+) -> Option<(Activation, &'c Tensor<T>, &'c Tensor<T>)> {
+    match (cache, layer) {
+        (Cache::Dense { pre, y, .. }, _) => weighted_activation(layer).map(|a| (a, pre, y)),
+        (Cache::Act { x, y }, Layer::Activation(a)) => Some((*a, x, y)),
+        (Cache::Act { x, y }, Layer::Pointwise(pw)) => pw.logits_activation().map(|a| (a, x, y)),
+        _ => None,
+    }
+}
+
 fn weighted_activation<T: Float>(layer: &Layer<T>) -> Option<Activation> {
     match layer {
         Layer::Dense(d) => Some(d.config().activation),

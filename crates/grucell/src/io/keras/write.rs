@@ -904,7 +904,8 @@ impl<'a, T: Float> Writer<'a, T> {
                 self.bidirectional_config(b, ml, path, call.map(|c| &c.input))?
             }
             // The base config and the layer's own keys. Built on their input (Flatten,
-            // RepeatVector, Permute, Rescaling, the step layers) or at construction (no `build_config`), as Keras writes them.
+            // RepeatVector, Permute, Rescaling, the step layers) or at construction (no
+            // `build_config`), as Keras writes them.
             Layer::GlobalPooling(_)
             | Layer::Flatten(_)
             | Layer::RepeatVector(_)
