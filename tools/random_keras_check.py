@@ -8,7 +8,7 @@ TimeDistributed(Dense | Dropout | Activation | LayerNormalization), LayerNormali
 ReLU, LeakyReLU, PReLU, ELU, Identity, Rescaling, UnitNormalization, Softmax, ZeroPadding1D, Cropping1D,
 UpSampling1D,
 SpatialDropout1D,
-GaussianNoise, GaussianDropout, ActivityRegularization, Permute, BatchNormalization, Normalization,
+GaussianNoise, GaussianDropout, AlphaDropout, ActivityRegularization, Permute, BatchNormalization, Normalization,
 MaxPooling1D,
 AveragePooling1D, Attention, AdditiveAttention, MultiHeadAttention (self-attention, maybe a residual
 block), GlobalAveragePooling1D,
@@ -362,7 +362,7 @@ def check_predict(args, keras, layers, rng, pick, out):
         if rng.random() < 0.2:
             # Identity at inference; the mask passes.
             lay = pick([layers.SpatialDropout1D(0.3), layers.GaussianNoise(0.2), layers.GaussianDropout(0.3),
-                        layers.ActivityRegularization(0.01, 0.02)])
+                        layers.AlphaDropout(0.2), layers.ActivityRegularization(0.01, 0.02)])
             lays.append(lay)
             desc.append(lay.__class__.__name__)
         if not emb and not var_t and rng.random() < 0.1:

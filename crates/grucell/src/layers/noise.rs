@@ -1,7 +1,8 @@
 //! The regularization layers that are the identity at inference and perturb their input in
 //! training: `SpatialDropout1D` (drops whole channels of a sequence), `GaussianNoise` (adds
-//! `N(0, stddev²)`) and `GaussianDropout` (multiplies by `N(1, rate / (1 − rate))`), as Keras
-//! 3.15.1 defines them. All three pass the mask on.
+//! `N(0, stddev²)`), `GaussianDropout` (multiplies by `N(1, rate / (1 − rate))`) and
+//! `AlphaDropout` (sets dropped values to SELU's negative saturation, then an affine map that
+//! keeps the mean and variance), as Keras 3.15.1 defines them. All four pass the mask on.
 //!
 //! Their training noise is drawn from grucell's own generator: like `Dropout`'s, it has Keras'
 //! distribution and structure but not TensorFlow's random numbers.
@@ -22,8 +23,9 @@ use crate::layers::keras_json::{get_f64, get_u64};
 /// use rand::SeedableRng;
 /// let spatial = Noise::SpatialDropout1D { rate: 0.5, seed: None };
 /// // Training: one factor per (sample, channel), 0 or 1 / (1 − rate), the same at every step.
-/// let f = spatial.factors::<f32>(&[2, 3, 4], &mut rand::rngs::StdRng::seed_from_u64(1))?;
+/// let (f, e) = spatial.perturbation::<f32>(&[2, 3, 4], &mut rand::rngs::StdRng::seed_from_u64(1))?;
 /// let f = f.expect("multiplicative");
+/// assert!(e.is_none());
 /// for b in 0..2 {
 ///     for t in 1..3 {
 ///         assert_eq!(f[(b * 3 + t) * 4..][..4], f[b * 12..][..4]);
@@ -57,7 +59,19 @@ pub enum Noise {
         /// Seed of the noise.
         seed: Option<u64>,
     },
+    /// `AlphaDropout(rate)`: a dropped value becomes `α' = −1.7581` (SELU's negative
+    /// saturation), then every value `a·x + b` with `a = ((1 − rate)(1 + rate·α'²))^(−1/2)`,
+    /// `b = −a·α'·rate`.
+    AlphaDropout {
+        /// Drop rate.
+        rate: f64,
+        /// Seed of the mask.
+        seed: Option<u64>,
+    },
 }
+
+/// SELU's `−scale·alpha`, the value `AlphaDropout` gives a dropped input.
+const ALPHA_P: f64 = -1.673_263_242_354_377_3 * 1.050_700_987_355_480_5;
 
 impl Noise {
     /// Reads the config of a Keras noise layer of class `class`; `None` for other classes.
@@ -88,6 +102,21 @@ impl Noise {
                 rate: in_unit("rate")?,
                 seed,
             },
+            "AlphaDropout" => {
+                if !matches!(cfg.get("noise_shape"), None | Some(Value::Null)) {
+                    return Err(ConfigError::unsupported(
+                        "AlphaDropout.noise_shape",
+                        format!(
+                            "{} (grucell draws one value per input value)",
+                            cfg["noise_shape"]
+                        ),
+                    ));
+                }
+                Noise::AlphaDropout {
+                    rate: in_unit("rate")?,
+                    seed,
+                }
+            }
             _ => return Ok(None),
         }))
     }
@@ -98,6 +127,7 @@ impl Noise {
             Noise::SpatialDropout1D { .. } => "SpatialDropout1D",
             Noise::GaussianNoise { .. } => "GaussianNoise",
             Noise::GaussianDropout { .. } => "GaussianDropout",
+            Noise::AlphaDropout { .. } => "AlphaDropout",
         }
     }
 
@@ -107,31 +137,38 @@ impl Noise {
             Noise::SpatialDropout1D { rate, seed } => ("rate", rate, seed),
             Noise::GaussianNoise { stddev, seed } => ("stddev", stddev, seed),
             Noise::GaussianDropout { rate, seed } => ("rate", rate, seed),
+            Noise::AlphaDropout { rate, seed } => ("rate", rate, seed),
         };
         cfg.insert(key.into(), json!(v));
         cfg.insert("seed".into(), json!(seed));
+        if let Noise::AlphaDropout { .. } = self {
+            cfg.insert("noise_shape".into(), Value::Null);
+        }
     }
 
     /// Whether training changes the input at all (a rate or deviation of 0, or a rate of 1
     /// that `Dropout` also leaves alone, do not).
     fn active(&self) -> bool {
         match *self {
-            Noise::SpatialDropout1D { rate, .. } | Noise::GaussianDropout { rate, .. } => {
-                rate > 0.0 && rate < 1.0
-            }
+            Noise::SpatialDropout1D { rate, .. }
+            | Noise::GaussianDropout { rate, .. }
+            | Noise::AlphaDropout { rate, .. } => rate > 0.0 && rate < 1.0,
             Noise::GaussianNoise { stddev, .. } => stddev > 0.0,
         }
     }
 
-    /// The training-mode factors `y = x ⊙ f` for an input of `shape` (`SpatialDropout1D`,
-    /// `GaussianDropout`), or `None` when the layer adds its noise instead (or does nothing).
-    pub fn factors<T: Float>(
+    /// The training-mode perturbation `y = x ⊙ f + e` for an input of `shape`: the factors `f`
+    /// (`SpatialDropout1D`, `GaussianDropout`, `AlphaDropout`) and the added `e`
+    /// (`GaussianNoise`, `AlphaDropout`), each `None` where the layer has none (both when it
+    /// does nothing).
+    #[allow(clippy::type_complexity)]
+    pub fn perturbation<T: Float>(
         &self,
         shape: &[usize],
         rng: &mut StdRng,
-    ) -> Result<Option<Vec<T>>, Error> {
+    ) -> Result<(Option<Vec<T>>, Option<Vec<T>>), Error> {
         if !self.active() {
-            return Ok(None);
+            return Ok((None, None));
         }
         let n: usize = shape.iter().product();
         Ok(match *self {
@@ -151,25 +188,38 @@ impl Noise {
                         f[(bi * t + ti) * c..][..*c].copy_from_slice(&keep);
                     }
                 }
-                Some(f)
+                (Some(f), None)
             }
             Noise::GaussianDropout { rate, .. } => {
                 let sd = (rate / (1.0 - rate)).sqrt();
-                Some((0..n).map(|_| T::of(1.0 + sd * normal(rng))).collect())
+                (
+                    Some((0..n).map(|_| T::of(1.0 + sd * normal(rng))).collect()),
+                    None,
+                )
             }
-            Noise::GaussianNoise { .. } => None,
+            Noise::GaussianNoise { stddev, .. } => (
+                None,
+                Some((0..n).map(|_| T::of(stddev * normal(rng))).collect()),
+            ),
+            Noise::AlphaDropout { rate, .. } => {
+                let a = ((1.0 - rate) * (1.0 + rate * ALPHA_P * ALPHA_P)).powf(-0.5);
+                let b = -a * ALPHA_P * rate;
+                // keep_factors gives 1/(1 − rate) for a kept value: only whether it is kept counts.
+                let kept: Vec<bool> = keep_factors::<f64>(n, rate, rng)
+                    .into_iter()
+                    .map(|k| k != 0.0)
+                    .collect();
+                let f = kept
+                    .iter()
+                    .map(|&k| T::of(if k { a } else { 0.0 }))
+                    .collect();
+                let e = kept
+                    .iter()
+                    .map(|&k| T::of(if k { b } else { a * ALPHA_P + b }))
+                    .collect();
+                (Some(f), Some(e))
+            }
         })
-    }
-
-    /// The training-mode noise `y = x + e` for an input of `shape` (`GaussianNoise`), or `None`.
-    pub fn additive<T: Float>(&self, shape: &[usize], rng: &mut StdRng) -> Option<Vec<T>> {
-        match *self {
-            Noise::GaussianNoise { stddev, .. } if self.active() => {
-                let n: usize = shape.iter().product();
-                Some((0..n).map(|_| T::of(stddev * normal(rng))).collect())
-            }
-            _ => None,
-        }
     }
 }
 
@@ -208,7 +258,7 @@ mod tests {
             rate: 0.2,
             seed: None,
         };
-        let f = gd.factors::<f64>(&shape, &mut rng).unwrap().unwrap();
+        let f = gd.perturbation::<f64>(&shape, &mut rng).unwrap().0.unwrap();
         let mean = f.iter().sum::<f64>() / n as f64;
         let var = f.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
         assert!(
@@ -219,26 +269,46 @@ mod tests {
             stddev: 0.3,
             seed: None,
         };
-        assert!(gn.factors::<f64>(&shape, &mut rng).unwrap().is_none());
-        let e = gn.additive::<f64>(&shape, &mut rng).unwrap();
+        let (f, e) = gn.perturbation::<f64>(&shape, &mut rng).unwrap();
+        assert!(f.is_none());
+        let e = e.unwrap();
         let var = e.iter().map(|v| v * v).sum::<f64>() / n as f64;
         assert!((var - 0.09).abs() < 0.003, "{var}");
         let sd = Noise::SpatialDropout1D {
             rate: 0.25,
             seed: None,
         };
-        let f = sd.factors::<f64>(&shape, &mut rng).unwrap().unwrap();
+        let f = sd.perturbation::<f64>(&shape, &mut rng).unwrap().0.unwrap();
         let kept = f.iter().filter(|v| **v != 0.0).count() as f64 / n as f64;
         assert!((kept - 0.75).abs() < 0.03, "{kept}");
         assert!(f
             .iter()
             .all(|v| *v == 0.0 || (*v - 4.0 / 3.0).abs() < 1e-12));
-        assert!(sd.factors::<f64>(&[2, 3], &mut rng).is_err());
+        assert!(sd.perturbation::<f64>(&[2, 3], &mut rng).is_err());
         let off = Noise::SpatialDropout1D {
             rate: 0.0,
             seed: None,
         };
-        assert!(off.factors::<f64>(&shape, &mut rng).unwrap().is_none());
+        assert_eq!(
+            off.perturbation::<f64>(&shape, &mut rng).unwrap(),
+            (None, None)
+        );
+        // AlphaDropout keeps zero mean and unit variance of a standard normal input.
+        let ad = Noise::AlphaDropout {
+            rate: 0.2,
+            seed: None,
+        };
+        let (f, e) = ad.perturbation::<f64>(&shape, &mut rng).unwrap();
+        let (f, e) = (f.unwrap(), e.unwrap());
+        let y: Vec<f64> = (0..n).map(|i| normal(&mut rng) * f[i] + e[i]).collect();
+        let mean = y.iter().sum::<f64>() / n as f64;
+        let var = y.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
+        assert!(
+            mean.abs() < 0.01 && (var - 1.0).abs() < 0.02,
+            "{mean} {var}"
+        );
+        let dropped = f.iter().filter(|v| **v == 0.0).count() as f64 / n as f64;
+        assert!((dropped - 0.2).abs() < 0.01, "{dropped}");
     }
 
     #[test]
@@ -260,5 +330,23 @@ mod tests {
         let e = Noise::from_keras("GaussianNoise", &cfg(r#"{"stddev": 2.0}"#)).unwrap_err();
         assert!(e.to_string().contains("GaussianNoise.stddev"), "{e}");
         assert!(Noise::from_keras("Dense", &cfg("{}")).unwrap().is_none());
+        let a = Noise::from_keras(
+            "AlphaDropout",
+            &cfg(r#"{"rate": 0.1, "seed": null, "noise_shape": null}"#),
+        )
+        .unwrap()
+        .unwrap();
+        let mut m = Map::new();
+        a.write_keras(&mut m);
+        assert_eq!(
+            Value::Object(m),
+            json!({"rate": 0.1, "seed": null, "noise_shape": null})
+        );
+        let e = Noise::from_keras(
+            "AlphaDropout",
+            &cfg(r#"{"rate": 0.1, "noise_shape": [1, 1]}"#),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("AlphaDropout.noise_shape"), "{e}");
     }
 }

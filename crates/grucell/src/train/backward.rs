@@ -844,21 +844,18 @@ impl<T: Float> Model<T> {
                 }
                 Layer::Noise(n) => {
                     let (mut x, m) = arg_t(0)?;
-                    match rng.as_deref_mut() {
-                        Some(r) => match n.factors::<T>(x.shape(), r)? {
-                            Some(f) => {
-                                x.data_mut().iter_mut().zip(&f).for_each(|(v, k)| *v *= *k);
-                                (vec![Val::F(x, m)], Cache::Dropout(f))
-                            }
-                            None => {
-                                if let Some(e) = n.additive::<T>(x.shape(), r) {
-                                    x.data_mut().iter_mut().zip(&e).for_each(|(v, k)| *v += *k);
-                                }
-                                (vec![Val::F(x, m)], Cache::None)
-                            }
-                        },
-                        None => (vec![Val::F(x, m)], Cache::None),
+                    let (f, e) = match rng.as_deref_mut() {
+                        Some(r) => n.perturbation::<T>(x.shape(), r)?,
+                        None => (None, None),
+                    };
+                    if let Some(f) = &f {
+                        x.data_mut().iter_mut().zip(f).for_each(|(v, k)| *v *= *k);
                     }
+                    if let Some(e) = e {
+                        x.data_mut().iter_mut().zip(&e).for_each(|(v, k)| *v += *k);
+                    }
+                    let cache = f.map_or(Cache::None, Cache::Dropout);
+                    (vec![Val::F(x, m)], cache)
                 }
                 Layer::Attention(a) => {
                     let (q, q_mask) = arg_t(0)?;

@@ -415,7 +415,7 @@ fn build_layer_in<T: Float>(
                 Layer::Normalization(Normalization::from_weights(nc, mean.cast(), var.cast(), count).map_err(with_name)?)
             }
         }
-        "SpatialDropout1D" | "GaussianNoise" | "GaussianDropout" => Layer::Noise(
+        "SpatialDropout1D" | "GaussianNoise" | "GaussianDropout" | "AlphaDropout" => Layer::Noise(
             Noise::from_keras(&class, &cfg)
                 .map_err(|e| with_name(e.into()))?
                 .ok_or_else(|| ConfigError::unsupported("layer", class.clone()))?,
@@ -510,7 +510,7 @@ fn build_layer_in<T: Float>(
             (None, Some(l)) => Layer::Steps(l),
             (None, None) => return Err(ConfigError::unsupported(
                 "layer",
-                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation | LayerNormalization), Dense, Dropout, Activation, ReLU, LeakyReLU, PReLU, ELU, Softmax, Identity, Rescaling, UnitNormalization, Normalization, SpatialDropout1D, GaussianNoise, GaussianDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, ZeroPadding1D, Cropping1D, UpSampling1D, Attention, AdditiveAttention, MultiHeadAttention, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
+                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation | LayerNormalization), Dense, Dropout, Activation, ReLU, LeakyReLU, PReLU, ELU, Softmax, Identity, Rescaling, UnitNormalization, Normalization, SpatialDropout1D, GaussianNoise, GaussianDropout, AlphaDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, ZeroPadding1D, Cropping1D, UpSampling1D, Attention, AdditiveAttention, MultiHeadAttention, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
             )
             .into()),
         },
