@@ -11,7 +11,7 @@ SpatialDropout1D,
 GaussianNoise, GaussianDropout, AlphaDropout, ActivityRegularization, Permute, BatchNormalization, Normalization,
 MaxPooling1D,
 AveragePooling1D, Attention, AdditiveAttention, MultiHeadAttention (self-attention, maybe a residual
-block), GlobalAveragePooling1D,
+block), Dot attention, GlobalAveragePooling1D,
 GlobalMaxPooling1D, Flatten, RepeatVector, random activations, biases, masks, initial states, return_state, frozen
 layers, activity penalties; nine optimizers), saves each as
 `.keras` and legacy `.h5`, and compares with the `grucell` binary:
@@ -212,6 +212,19 @@ class SelfAttention:
         return self.layer([x, x])
 
 
+class DotAttention:
+    """Luong attention of a sequence over itself with Dot layers (Functional models only):
+    Dot(axes=[2, 2]) scores -> Softmax -> Dot(axes=[2, 1]) context, maybe cosine scores."""
+
+    def __init__(self, layers, normalize):
+        self.layers, self.normalize = layers, normalize
+
+    def __call__(self, x):
+        L = self.layers
+        w = L.Softmax()(L.Dot(axes=[2, 2], normalize=self.normalize)([x, x]))
+        return L.Dot(axes=[2, 1])([w, x])
+
+
 class MhaBlock:
     """MultiHeadAttention over a sequence and itself, maybe in a residual block
     (LayerNormalization(Add([x, attention(x, x)]))) (Functional models only)."""
@@ -240,6 +253,9 @@ def random_attention(rng, layers, pick, dropout_ok=True, mha_ok=True):
         lay = layers.MultiHeadAttention(int(rng.integers(1, 4)), int(rng.integers(1, 5)), **kw)
         return MhaBlock(lay, causal, residual, layers), (f"MultiHeadAttention(self{', causal' if causal else ''}"
                                                           f"{', residual' if residual else ''}, {kw})")
+    if rng.random() < 0.2:
+        normalize = bool(rng.random() < 0.5)
+        return DotAttention(layers, normalize), f"Dot attention(self, normalize={normalize})"
     lay = pick([layers.Attention(), layers.Attention(use_scale=True), layers.Attention(score_mode="concat"),
                 layers.AdditiveAttention(), layers.AdditiveAttention(use_scale=False)])
     return SelfAttention(lay, causal), f"{lay.__class__.__name__}(self{', causal' if causal else ''})"
@@ -329,7 +345,7 @@ def chain(keras, rng, inp, lays):
     """The layers applied one after the other: as a Functional model or, sometimes, Sequential
     (never with merged branches)."""
     flat = [y for lay in lays for y in (lay.lays if isinstance(lay, Chain) else [lay])]
-    if rng.random() < 0.3 and not any(isinstance(lay, (Branches, SelfAttention, MhaBlock)) for lay in flat):
+    if rng.random() < 0.3 and not any(isinstance(lay, (Branches, SelfAttention, MhaBlock, DotAttention)) for lay in flat):
         return keras.Sequential([inp, *flat]), "Sequential"
     x = inp
     for lay in lays:

@@ -7,6 +7,7 @@ pub mod bidirectional;
 pub mod constraint;
 pub mod conv;
 pub mod dense;
+pub mod dot;
 pub mod embedding;
 pub mod gru_cell;
 pub mod initializer;

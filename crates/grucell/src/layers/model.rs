@@ -9,6 +9,7 @@ use crate::layers::batch_norm::BatchNorm;
 use crate::layers::bidirectional::Bidirectional;
 use crate::layers::conv::Conv1D;
 use crate::layers::dense::Dense;
+use crate::layers::dot::Dot;
 use crate::layers::embedding::Embedding;
 use crate::layers::keras_order::MaskClearing;
 use crate::layers::mask_ops::MaskOp;
@@ -51,6 +52,8 @@ pub enum Layer<T = f32> {
     /// A merge layer (`Concatenate`, `Add`, `Subtract`, `Multiply`, `Average`, `Maximum`,
     /// `Minimum`) over the call's tensor arguments.
     Merge(Merge),
+    /// `Dot(axes, normalize)` over its two tensor arguments (no mask on the output).
+    Dot(Dot),
     /// `Dropout(rate)`: the identity at inference.
     Dropout {
         /// Drop rate (training only).
@@ -1055,6 +1058,11 @@ impl<T: Float> Model<T> {
                 let (x, _) = float_arg(0)?;
                 vec![Val::F(e.call(x)?, e.compute_mask(x)?)]
             }
+            Layer::Dot(d) => {
+                let (x, _) = float_arg(0)?;
+                let (y, _) = float_arg(1)?;
+                vec![Val::F(d.call(x, y)?, None)]
+            }
             Layer::Merge(merge) => {
                 let args = (0..node.args.len())
                     .map(float_arg)
@@ -1290,6 +1298,11 @@ impl<T: Float> Model<T> {
                     ..
                 }) => vec![concat_symbolic(&arg_shapes(), *axis)],
                 Layer::Merge(_) => vec![input],
+                Layer::Dot(d) => {
+                    let args = arg_shapes();
+                    let y = args.get(1).cloned().unwrap_or_default();
+                    vec![d.output_shape(&input, &y)]
+                }
                 Layer::Rnn(r) => {
                     let mut v = vec![if r.returns_sequences() {
                         vec![batch, time, Some(r.units())]
@@ -1470,6 +1483,7 @@ pub fn default_class_name<T: Float>(l: &Layer<T>) -> &'static str {
         Layer::Dense(_) => "Dense",
         Layer::Embedding(_) => "Embedding",
         Layer::Merge(m) => m.op.class_name(),
+        Layer::Dot(_) => "Dot",
         Layer::Dropout { .. } => "Dropout",
         Layer::Activation(_) => "Activation",
         Layer::Pointwise(p) => p.class_name(),

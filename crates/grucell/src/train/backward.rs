@@ -37,7 +37,7 @@ enum Cache<T> {
     Dropout(Vec<T>),
     /// An `Embedding` call keeps its indices.
     Embedding(Tensor<T>),
-    /// A merge keeps its inputs and their masks.
+    /// A merge (or `Dot`) keeps its inputs and their masks.
     Merge(Vec<Tensor<T>>, Vec<Option<Mask>>),
     /// A call that needs only its input (`LayerNormalization`, `PReLU`, `MaxPooling1D`,
     /// `AveragePooling1D`).
@@ -915,7 +915,7 @@ impl<T: Float> Model<T> {
                     let trace = Box::new(trace);
                     (o, Cache::Mha { q, v, k, trace })
                 }
-                Layer::Merge(_) => {
+                Layer::Merge(_) | Layer::Dot(_) => {
                     let out = self.eval_node(node, inputs, &vals, &pos, None)?;
                     let (xs, masks) = (0..node.args.len())
                         .map(arg_t)
@@ -1175,6 +1175,20 @@ impl<T: Float> Model<T> {
                     let refs: Vec<&Tensor<T>> = xs.iter().collect();
                     let mrefs: Vec<Option<&Mask>> = masks.iter().map(Option::as_ref).collect();
                     for (a, g) in node.args.iter().zip(merge.backward(&refs, &mrefs, &dy)?) {
+                        if let NodeArg::Tensor(r) = a {
+                            send(Some(*r), g, &mut dvals)?;
+                        }
+                    }
+                }
+                (Layer::Dot(d), Cache::Merge(xs, _)) => {
+                    let Some(dy) = out_grads.into_iter().next().flatten() else {
+                        continue;
+                    };
+                    let [x, y] = xs.as_slice() else {
+                        return Err(ConfigError::invalid("Dot", xs.len(), "two inputs").into());
+                    };
+                    let (gx, gy) = d.backward(x, y, &dy)?;
+                    for (a, g) in node.args.iter().zip([gx, gy]) {
                         if let NodeArg::Tensor(r) = a {
                             send(Some(*r), g, &mut dvals)?;
                         }

@@ -10,6 +10,7 @@ use crate::layers::batch_norm::{BatchNorm, BatchNormConfig};
 use crate::layers::bidirectional::{Bidirectional, MergeMode};
 use crate::layers::conv::{Conv1D, Conv1DConfig};
 use crate::layers::dense::{Dense, DenseConfig};
+use crate::layers::dot::Dot;
 use crate::layers::embedding::{Embedding, EmbeddingConfig};
 use crate::layers::gru_cell::{activation_of, GruCell, GruCellConfig};
 use crate::layers::keras_json::{
@@ -485,6 +486,7 @@ fn build_layer_in<T: Float>(
                 }
             }
         }
+        "Dot" => Layer::Dot(Dot::from_keras(&cfg).map_err(|e| with_name(e.into()))?),
         "Concatenate" | "Add" | "Subtract" | "Multiply" | "Average" | "Maximum" | "Minimum" => {
             let axis = axis_of(&cfg, &class)?;
             Layer::Merge(Merge::new(MergeOp::from_class(&class, axis).ok_or_else(|| ConfigError::unsupported("layer", class.clone()))?))
@@ -510,7 +512,7 @@ fn build_layer_in<T: Float>(
             (None, Some(l)) => Layer::Steps(l),
             (None, None) => return Err(ConfigError::unsupported(
                 "layer",
-                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation | LayerNormalization), Dense, Dropout, Activation, ReLU, LeakyReLU, PReLU, ELU, Softmax, Identity, Rescaling, UnitNormalization, Normalization, SpatialDropout1D, GaussianNoise, GaussianDropout, AlphaDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, ZeroPadding1D, Cropping1D, UpSampling1D, Attention, AdditiveAttention, MultiHeadAttention, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum"),
+                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation | LayerNormalization), Dense, Dropout, Activation, ReLU, LeakyReLU, PReLU, ELU, Softmax, Identity, Rescaling, UnitNormalization, Normalization, SpatialDropout1D, GaussianNoise, GaussianDropout, AlphaDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, ZeroPadding1D, Cropping1D, UpSampling1D, Attention, AdditiveAttention, MultiHeadAttention, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum, Dot"),
             )
             .into()),
         },

@@ -772,7 +772,10 @@ impl<'a, T: Float> Writer<'a, T> {
         // A merge layer (and the concatenate op) is called on one list of tensors.
         if matches!(
             ml.layer,
-            Layer::Merge(_) | Layer::Attention(_) | Layer::MaskOp(MaskOp::Concatenate { .. })
+            Layer::Merge(_)
+                | Layer::Dot(_)
+                | Layer::Attention(_)
+                | Layer::MaskOp(MaskOp::Concatenate { .. })
         ) {
             args = vec![Value::Array(args)];
         }
@@ -816,8 +819,9 @@ impl<'a, T: Float> Writer<'a, T> {
             Layer::GlobalPooling(p) if p.op == PoolOp::Average => {
                 kwargs.insert("mask".into(), mask.unwrap_or(Value::Null));
             }
-            // `BatchNormalization.call(inputs, training=None, mask=None)` records it too.
-            Layer::BatchNorm(_) => {
+            // `BatchNormalization.call(inputs, training=None, mask=None)` and
+            // `Softmax.call(inputs, mask=None)` record it too.
+            Layer::BatchNorm(_) | Layer::Pointwise(Pointwise::Softmax) => {
                 kwargs.insert("mask".into(), mask.unwrap_or(Value::Null));
             }
             // The options a call passed (Keras records those given; grucell those set).
@@ -1036,14 +1040,21 @@ impl<'a, T: Float> Writer<'a, T> {
                 }
                 c
             }
-            Layer::Merge(Merge { op, .. }) => {
+            Layer::Merge(_) | Layer::Dot(_) => {
                 // Built on the list of its inputs' shapes.
                 build = call.map(|c| {
                     json!({ "input_shape": Value::Array(c.args.iter().map(|s| shape_json(s)).collect()) })
                 });
                 let mut c = base_config(&ml.name, ml.trainable, self.dtype);
-                if let MergeOp::Concatenate { axis } = op {
-                    c.insert("axis".into(), json!(axis));
+                match &ml.layer {
+                    Layer::Merge(Merge {
+                        op: MergeOp::Concatenate { axis },
+                        ..
+                    }) => {
+                        c.insert("axis".into(), json!(axis));
+                    }
+                    Layer::Dot(d) => d.write_keras(&mut c),
+                    _ => {}
                 }
                 c
             }
