@@ -4,7 +4,8 @@
 Builds random models with Keras 3.15.1 (Sequential or Functional; GRU, RNN(GRUCell),
 RNN(StackedRNNCells), Bidirectional, Masking, Embedding (token ids, mask_zero), merged GRU
 branches (Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum), Dense,
-TimeDistributed(Dense | Dropout | Activation | LayerNormalization), LayerNormalization, Conv1D,
+TimeDistributed(Dense | Dropout | Activation | LayerNormalization), LayerNormalization, RMSNormalization,
+Conv1D,
 ReLU, LeakyReLU, PReLU, ELU, Identity, Rescaling, UnitNormalization, Softmax, ZeroPadding1D, Cropping1D,
 UpSampling1D,
 SpatialDropout1D,
@@ -137,6 +138,9 @@ def random_head(rng, layers, seq, pick, acts, fixed_t=True):
         head.append(layers.LayerNormalization(center=bool(rng.random() < 0.8), scale=bool(rng.random() < 0.8),
                                               gamma_initializer="random_normal", beta_initializer="random_normal"))
         desc.append("LayerNormalization")
+    elif rng.random() < 0.1:
+        head.append(layers.RMSNormalization(epsilon=float(pick([1e-6, 1e-3]))))  # drops the mask
+        desc.append("RMSNormalization")
     if rng.random() < 0.15:
         head.append(layers.BatchNormalization(center=bool(rng.random() < 0.8), scale=bool(rng.random() < 0.8),
                                               gamma_initializer="random_normal", beta_initializer="random_normal",
@@ -632,6 +636,8 @@ def check_fit(args, keras, layers, rng, pick, out):
                              activity_regularizer=pick([None, None, None, "l1"]))
         if rng.random() < 0.15:
             lays.append(layers.LayerNormalization(gamma_regularizer=reg(), beta_constraint=con()))
+        elif rng.random() < 0.1:
+            lays.append(layers.RMSNormalization())
         if rng.random() < 0.15:
             # Trained with the batch's statistics (masked), its moving ones compared after fit.
             lays.append(layers.BatchNormalization(momentum=float(pick([0.9, 0.99])), gamma_regularizer=reg(),

@@ -789,7 +789,7 @@ fn csv_hostile_inputs_are_clear() {
 /// `.h5` (TF-Keras 2 node format included), GRU, RNN(GRUCell), stacked cells, Bidirectional,
 /// masking, initial states, regularizers, Dense heads, float64, Conv1D and window pooling,
 /// BatchNormalization, the noise layers, Permute and Reshape, the pointwise layers (ReLU, Rescaling,
-/// …) and the step layers (ZeroPadding1D, Cropping1D, UpSampling1D) and PReLU.
+/// …) and the step layers (ZeroPadding1D, Cropping1D, UpSampling1D), PReLU, Dot and RMSNormalization.
 const MODEL_FIXTURES: &[&str] = &[
     "io/keras/seq_gru.keras",
     "io/keras/bidir.keras",
@@ -818,6 +818,8 @@ const MODEL_FIXTURES: &[&str] = &[
     "models/relu_variants.h5",
     "models/step_layers.keras",
     "models/prelu.h5",
+    "models/dot_attention.keras",
+    "models/rms_normalization.keras",
 ];
 
 /// Builds the model as `grucell predict` does and, when that works, runs what `predict` and

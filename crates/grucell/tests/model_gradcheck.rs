@@ -22,6 +22,7 @@ use grucell::layers::model::{Layer, Model};
 use grucell::layers::multi_head_attention::MultiHeadAttention;
 use grucell::layers::normalization::LayerNorm;
 use grucell::layers::prelu::PRelu;
+use grucell::layers::rms_norm::RmsNorm;
 use grucell::train::backward::VarId;
 use grucell::train::loss::Loss;
 use grucell::train::rnn_grad::CellDropout;
@@ -106,6 +107,7 @@ fn get_var(m: &Model<f64>, id: &VarId, elem: usize) -> f64 {
         Layer::Attention(a) => a.weights()[id.index].data()[elem],
         Layer::MultiHeadAttention(a) => a.weights()[id.index].data()[elem],
         Layer::PRelu(p) => p.alpha().data()[elem],
+        Layer::RmsNorm(n) => n.scale().data()[elem],
         _ => panic!("variable in a layer without weights"),
     }
 }
@@ -185,6 +187,11 @@ fn with_var(m: &Model<f64>, id: &VarId, elem: usize, v: f64) -> Model<f64> {
             let mut alpha = p.alpha().clone();
             alpha.data_mut()[elem] = v;
             *p = PRelu::from_weights(p.config().clone(), alpha).unwrap();
+        }
+        Layer::RmsNorm(n) => {
+            let mut scale = n.scale().clone();
+            scale.data_mut()[elem] = v;
+            *n = RmsNorm::from_weights(n.config().clone(), scale).unwrap();
         }
         _ => panic!("variable in a layer without weights"),
     }

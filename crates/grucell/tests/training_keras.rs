@@ -92,6 +92,7 @@ fn layer_weights<T: Float>(m: &Model<T>) -> Vec<Vec<Tensor<T>>> {
             Layer::MultiHeadAttention(a) => w.extend(a.weights().into_iter().cloned()),
             Layer::Embedding(e) => w.push(e.embeddings().clone()),
             Layer::PRelu(p) => w.push(p.alpha().clone()),
+            Layer::RmsNorm(n) => w.push(n.scale().clone()),
             Layer::Normalization(n) => {
                 w.extend(n.weights().into_iter().cloned());
                 if let Some(c) = n.count() {
@@ -369,7 +370,7 @@ fn run_case<T: Float>(case: &Value) -> Result<f64, String> {
 #[test]
 fn training_matches_keras() {
     let cases = manifest();
-    assert!(cases.len() >= 91, "only {} training cases", cases.len());
+    assert!(cases.len() >= 92, "only {} training cases", cases.len());
     let mut failures = Vec::new();
     for case in &cases {
         let name = case["name"].as_str().unwrap();

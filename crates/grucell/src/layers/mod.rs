@@ -25,6 +25,7 @@ pub mod prelu;
 pub mod preprocessing;
 pub mod regularizer;
 pub mod reshaping;
+pub mod rms_norm;
 pub mod rnn;
 pub mod steps;
 pub mod window_pooling;

@@ -23,6 +23,7 @@ use crate::layers::prelu::PRelu;
 use crate::layers::preprocessing::Normalization;
 use crate::layers::regularizer::Regularizer;
 use crate::layers::reshaping::{Flatten, Permute, RepeatVector, Reshape};
+use crate::layers::rms_norm::RmsNorm;
 use crate::layers::rnn::{dims3, Mask, Rnn, RnnKind};
 use crate::layers::steps::StepLayer;
 use crate::layers::window_pooling::Pooling1D;
@@ -67,6 +68,8 @@ pub enum Layer<T = f32> {
     Pointwise(Pointwise),
     /// `PReLU` (a learned slope per position).
     PRelu(PRelu<T>),
+    /// `RMSNormalization` over the last axis (drops the mask, as Keras does).
+    RmsNorm(RmsNorm<T>),
     /// `LayerNormalization` over the last axis.
     LayerNorm(LayerNorm<T>),
     /// `Conv1D` over the steps (drops the mask, as Keras does).
@@ -168,6 +171,7 @@ impl<T: Float> ModelLayer<T> {
             Layer::LayerNorm(n) => n.param_count(),
             Layer::Conv1D(c) => c.param_count(),
             Layer::PRelu(p) => p.param_count(),
+            Layer::RmsNorm(n) => n.param_count(),
             Layer::BatchNorm(n) => n.param_count(),
             Layer::Attention(a) => a.param_count(),
             Layer::Normalization(n) => n.param_count(),
@@ -222,7 +226,7 @@ impl<T: Float> ModelLayer<T> {
             }
             Layer::Embedding(_) => vec![self.trainable],
             Layer::Conv1D(c) => vec![self.trainable; c.weights().len()],
-            Layer::PRelu(_) => vec![self.trainable],
+            Layer::PRelu(_) | Layer::RmsNorm(_) => vec![self.trainable],
             Layer::Attention(a) => vec![self.trainable; a.weights().len()],
             Layer::MultiHeadAttention(a) => vec![self.trainable; a.weights().len()],
             // γ and β; the moving statistics are never trainable.
@@ -322,6 +326,7 @@ impl<T: Float> ModelLayer<T> {
             Layer::LayerNorm(n) => n.weights().into_iter().map(Tensor::len).collect(),
             Layer::Conv1D(c) => c.weights().into_iter().map(Tensor::len).collect(),
             Layer::PRelu(p) => vec![p.param_count()],
+            Layer::RmsNorm(n) => vec![n.param_count()],
             Layer::BatchNorm(n) => n.weights().into_iter().map(Tensor::len).collect(),
             Layer::Attention(a) => a.weights().into_iter().map(Tensor::len).collect(),
             Layer::MultiHeadAttention(a) => a.weights().into_iter().map(Tensor::len).collect(),
@@ -1130,6 +1135,7 @@ impl<T: Float> Model<T> {
                 let (x, m) = float_arg(0)?;
                 vec![Val::F(p.call(x)?, m.cloned())]
             }
+            Layer::RmsNorm(n) => vec![Val::F(n.call(float_arg(0)?.0)?, None)],
             Layer::LayerNorm(n) => {
                 let (x, m) = float_arg(0)?;
                 vec![Val::F(n.call(x)?, m.cloned())]
@@ -1249,6 +1255,7 @@ impl<T: Float> Model<T> {
                 | Layer::Activation(_)
                 | Layer::Pointwise(_)
                 | Layer::PRelu(_)
+                | Layer::RmsNorm(_)
                 | Layer::LayerNorm(_)
                 | Layer::Noise(_)
                 | Layer::ActivityRegularization(_)
@@ -1488,6 +1495,7 @@ pub fn default_class_name<T: Float>(l: &Layer<T>) -> &'static str {
         Layer::Activation(_) => "Activation",
         Layer::Pointwise(p) => p.class_name(),
         Layer::PRelu(_) => "PReLU",
+        Layer::RmsNorm(_) => "RMSNormalization",
         Layer::LayerNorm(_) => "LayerNormalization",
         Layer::Conv1D(_) => "Conv1D",
         Layer::BatchNorm(_) => "BatchNormalization",

@@ -39,8 +39,8 @@ enum Cache<T> {
     Embedding(Tensor<T>),
     /// A merge (or `Dot`) keeps its inputs and their masks.
     Merge(Vec<Tensor<T>>, Vec<Option<Mask>>),
-    /// A call that needs only its input (`LayerNormalization`, `PReLU`, `MaxPooling1D`,
-    /// `AveragePooling1D`).
+    /// A call that needs only its input (`LayerNormalization`, `RMSNormalization`, `PReLU`,
+    /// `MaxPooling1D`, `AveragePooling1D`).
     Input(Tensor<T>),
     /// A `BatchNormalization` call keeps its input, its mask and the batch statistics it used
     /// (`None`: a frozen layer, which used the moving ones).
@@ -181,6 +181,7 @@ impl<T: Float> Model<T> {
                     push(0, format!("{}/embeddings", l.name), e.embeddings().shape());
                 }
                 Layer::PRelu(p) => push(0, format!("{}/alpha", l.name), p.alpha().shape()),
+                Layer::RmsNorm(n) => push(0, format!("{}/scale", l.name), n.scale().shape()),
                 Layer::Conv1D(c) => {
                     for (i, (n, w)) in ["kernel", "bias"].iter().zip(c.weights()).enumerate() {
                         push(i, format!("{}/{n}", l.name), w.shape());
@@ -293,6 +294,7 @@ impl<T: Float> Model<T> {
                     let c = p.config().clone();
                     all.push((p.alpha_mut(), c.alpha_regularizer, c.alpha_constraint));
                 }
+                Layer::RmsNorm(n) => all.push((n.scale_mut(), None, None)),
                 Layer::Embedding(e) => {
                     let c = e.config().clone();
                     for w in e.weights_mut() {
@@ -787,6 +789,10 @@ impl<T: Float> Model<T> {
                     let (x, m) = arg_t(0)?;
                     (vec![Val::F(p.call(&x)?, m)], Cache::Input(x))
                 }
+                Layer::RmsNorm(n) => {
+                    let (x, _) = arg_t(0)?;
+                    (vec![Val::F(n.call(&x)?, None)], Cache::Input(x))
+                }
                 Layer::Normalization(n) => {
                     let (x, m) = arg_t(0)?;
                     (vec![Val::F(n.call(&x)?, m)], Cache::None)
@@ -1223,6 +1229,16 @@ impl<T: Float> Model<T> {
                     let g = pr.backward(&x, &dy)?;
                     if trainable {
                         var_grad(0, &g.alpha);
+                    }
+                    send(first_arg, g.x, &mut dvals)?;
+                }
+                (Layer::RmsNorm(n), Cache::Input(x)) => {
+                    let Some(dy) = out_grads.into_iter().next().flatten() else {
+                        continue;
+                    };
+                    let g = n.backward(&x, &dy)?;
+                    if trainable {
+                        var_grad(0, &g.scale);
                     }
                     send(first_arg, g.x, &mut dvals)?;
                 }

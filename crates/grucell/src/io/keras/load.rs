@@ -30,6 +30,7 @@ use crate::layers::prelu::{PRelu, PReluConfig};
 use crate::layers::preprocessing::{Normalization, NormalizationConfig};
 use crate::layers::regularizer::Regularizer;
 use crate::layers::reshaping::{Flatten, Permute, RepeatVector, Reshape};
+use crate::layers::rms_norm::{RmsNorm, RmsNormConfig};
 use crate::layers::rnn::{Rnn, RnnKind};
 use crate::layers::steps::StepLayer;
 use crate::layers::window_pooling::{Pooling1D, WindowOp};
@@ -369,6 +370,15 @@ fn build_layer_in<T: Float>(
                 .ok_or_else(|| ConfigError::invalid(format!("PReLU `{name}`"), "no alpha", "an alpha array"))?;
             Layer::PRelu(PRelu::from_weights(pc, alpha).map_err(with_name)?)
         }
+        "RMSNormalization" => {
+            let rc = RmsNormConfig::from_keras(&cfg).map_err(|e| with_name(e.into()))?;
+            let scale = w
+                .layer_arrays::<T>(legacy_group.unwrap_or(&name), &[format!("{path}/vars/0")])?
+                .into_iter()
+                .next()
+                .ok_or_else(|| ConfigError::invalid(format!("RMSNormalization `{name}`"), "no scale", "a scale array"))?;
+            Layer::RmsNorm(RmsNorm::from_weights(rc, scale).map_err(with_name)?)
+        }
         "GlobalAveragePooling1D" | "GlobalAvgPool1D" => {
             Layer::GlobalPooling(GlobalPooling1D::from_keras(PoolOp::Average, &cfg).map_err(|e| with_name(e.into()))?)
         }
@@ -512,7 +522,7 @@ fn build_layer_in<T: Float>(
             (None, Some(l)) => Layer::Steps(l),
             (None, None) => return Err(ConfigError::unsupported(
                 "layer",
-                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation | LayerNormalization), Dense, Dropout, Activation, ReLU, LeakyReLU, PReLU, ELU, Softmax, Identity, Rescaling, UnitNormalization, Normalization, SpatialDropout1D, GaussianNoise, GaussianDropout, AlphaDropout, ActivityRegularization, LayerNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, ZeroPadding1D, Cropping1D, UpSampling1D, Attention, AdditiveAttention, MultiHeadAttention, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum, Dot"),
+                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation | LayerNormalization), Dense, Dropout, Activation, ReLU, LeakyReLU, PReLU, ELU, Softmax, Identity, Rescaling, UnitNormalization, Normalization, SpatialDropout1D, GaussianNoise, GaussianDropout, AlphaDropout, ActivityRegularization, LayerNormalization, RMSNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, ZeroPadding1D, Cropping1D, UpSampling1D, Attention, AdditiveAttention, MultiHeadAttention, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum, Dot"),
             )
             .into()),
         },

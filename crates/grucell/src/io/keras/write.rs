@@ -872,6 +872,7 @@ impl<'a, T: Float> Writer<'a, T> {
             | Layer::BatchNorm(_)
             | Layer::Normalization(_)
             | Layer::PRelu(_)
+            | Layer::RmsNorm(_)
             | Layer::Conv1D(_) => {
                 let (c, built) = self.plain_config(&ml.layer, &ml.name, ml.trainable, path)?;
                 if !built {
@@ -1097,6 +1098,7 @@ impl<'a, T: Float> Writer<'a, T> {
             Layer::LayerNorm(n) => Some((n.config().to_keras(dtype), n.weights())),
             Layer::Conv1D(c) => Some((c.config().to_keras(dtype), c.weights())),
             Layer::PRelu(p) => Some((p.config().to_keras(dtype), vec![p.alpha()])),
+            Layer::RmsNorm(n) => Some((n.config().to_keras(dtype), vec![n.scale()])),
             Layer::BatchNorm(n) => Some((n.config().to_keras(dtype), n.weights())),
             Layer::Normalization(n) => {
                 if let Some(count) = n.count() {
