@@ -122,7 +122,7 @@ impl<T: Float> PRelu<T> {
             .shared_axes
             .iter()
             .flatten()
-            .all(|&a| alpha.shape().get(a - 1) == Some(&1));
+            .all(|&a| a.checked_sub(1).and_then(|i| alpha.shape().get(i)) == Some(&1));
         if alpha.rank() == 0 || alpha.len() > MAX_UNITS * 64 || !shared_ok {
             return Err(ShapeError::mismatch(
                 format!("{}.alpha", config.name),
@@ -325,6 +325,12 @@ mod tests {
         }
         let wrong = Tensor::new(vec![3, 2], vec![0.0f32; 6]).unwrap();
         assert!(PRelu::from_weights(c.clone(), wrong).is_err());
+        let axis0 = PReluConfig {
+            shared_axes: Some(vec![0]),
+            ..c.clone()
+        };
+        let ones = Tensor::new(vec![1, 2], vec![0.0f32; 2]).unwrap();
+        assert!(PRelu::from_weights(axis0, ones).is_err());
         let l =
             PRelu::from_weights(c, Tensor::new(vec![1, 2], vec![0.5f32, 0.5]).unwrap()).unwrap();
         assert!(l
