@@ -4,7 +4,8 @@
 Builds random models with Keras 3.15.1 (Sequential or Functional; GRU, RNN(GRUCell),
 RNN(StackedRNNCells), Bidirectional, Masking, Embedding (token ids, mask_zero), merged GRU
 branches (Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum), Dense,
-TimeDistributed(Dense | Dropout | Activation | LayerNormalization), LayerNormalization, RMSNormalization,
+TimeDistributed(Dense | Dropout | Activation | LayerNormalization | pointwise), LayerNormalization,
+RMSNormalization,
 Conv1D,
 ReLU, LeakyReLU, PReLU, ELU, Identity, Rescaling, UnitNormalization, Softmax, ZeroPadding1D, Cropping1D,
 UpSampling1D,
@@ -149,8 +150,9 @@ def random_head(rng, layers, seq, pick, acts, fixed_t=True):
         desc.append("BatchNormalization")
     if seq and rng.random() < 0.3:
         head.append(layers.TimeDistributed(pick([layers.Dropout(0.3), layers.Activation(pick(acts)),
-                                                 layers.LayerNormalization(gamma_initializer="random_normal")])))
-        desc.append("TimeDistributed(Dropout|Activation|LayerNormalization)")
+                                                 layers.LayerNormalization(gamma_initializer="random_normal"),
+                                                 random_pointwise(rng, layers, pick, prelu=False)[0]])))
+        desc.append("TimeDistributed(Dropout|Activation|LayerNormalization|pointwise)")
     if rng.random() < 0.5:
         dense = layers.Dense(int(rng.integers(1, 5)), activation=pick(acts))
         if seq and rng.random() < 0.5:
@@ -287,11 +289,11 @@ class Branches:
         return self.merge([self.a(x), self.b(x)])
 
 
-def random_pointwise(rng, layers, pick):
+def random_pointwise(rng, layers, pick, prelu=True):
     """A layer that maps each value or feature vector and passes the mask on: ReLU (random
     max_value / negative_slope / threshold), LeakyReLU, PReLU, ELU, Identity, Rescaling or
     UnitNormalization."""
-    kind = pick(["relu", "relu", "leaky", "elu", "identity", "rescaling", "unit", "prelu", "prelu"])
+    kind = pick(["relu", "relu", "leaky", "elu", "identity", "rescaling", "unit"] + ["prelu", "prelu"] * prelu)
     if kind == "prelu":
         # One alpha per feature (per step too without shared_axes: not on variable-length input).
         shared = pick([[1], [1], None])

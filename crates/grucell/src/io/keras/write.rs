@@ -1081,8 +1081,9 @@ impl<'a, T: Float> Writer<'a, T> {
     }
 
     /// The config of a layer without sublayers (`Masking`, `Dropout`, `Activation`, `Dense`,
-    /// `Embedding`, `LayerNormalization`, `BatchNormalization`, `Conv1D`), and whether Keras gives it a `build_config` (only the layers with weights
-    /// are built); records their weights under `path/vars`.
+    /// `Embedding`, `LayerNormalization`, `BatchNormalization`, `Conv1D`, …, and the pointwise
+    /// layers inside `TimeDistributed`), and whether Keras gives it a `build_config` (the layers
+    /// with weights, and `Rescaling`); records their weights under `path/vars`.
     fn plain_config(
         &mut self,
         layer: &'a Layer<T>,
@@ -1137,6 +1138,12 @@ impl<'a, T: Float> Writer<'a, T> {
             Layer::Activation(a) => {
                 c.insert("activation".into(), json!(a.name()));
             }
+            // Inside a TimeDistributed wrapper (elsewhere they are written with the layers
+            // without weights); Keras builds a Rescaling.
+            Layer::Pointwise(p) => {
+                p.write_keras(&mut c);
+                return Ok((c, matches!(p, Pointwise::Rescaling { .. })));
+            }
             other => {
                 return Err(ConfigError::invalid(
                     "layer",
@@ -1160,7 +1167,11 @@ impl<'a, T: Float> Writer<'a, T> {
     ) -> Result<Map<String, Value>, Error> {
         if !matches!(
             ml.layer,
-            Layer::Dense(_) | Layer::Dropout { .. } | Layer::Activation(_) | Layer::LayerNorm(_)
+            Layer::Dense(_)
+                | Layer::Dropout { .. }
+                | Layer::Activation(_)
+                | Layer::LayerNorm(_)
+                | Layer::Pointwise(_)
         ) {
             return Err(ConfigError::unsupported(
                 "layer inside TimeDistributed",
