@@ -166,6 +166,28 @@ struct WeightReader<'a> {
 }
 
 impl WeightReader<'_> {
+    /// The one array of a layer with a single weight (`vars/0` under `path`); `what` names it
+    /// in the error when the file has none.
+    fn single_array<T: Float>(
+        &mut self,
+        layer_name: &str,
+        path: &str,
+        class: &str,
+        what: &str,
+    ) -> Result<Tensor<T>, Error> {
+        self.layer_arrays::<T>(layer_name, &[format!("{path}/vars/0")])?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("{class} `{layer_name}`"),
+                    format!("no {what}"),
+                    format!("its {what}"),
+                )
+                .into()
+            })
+    }
+
     /// The arrays of one layer: `paths` are the `.keras` dataset paths in Keras' weight order.
     fn layer_arrays<T: Float>(
         &mut self,
@@ -363,20 +385,12 @@ fn build_layer_in<T: Float>(
         }
         "PReLU" => {
             let pc = PReluConfig::from_keras(&cfg).map_err(|e| with_name(e.into()))?;
-            let alpha = w
-                .layer_arrays::<T>(legacy_group.unwrap_or(&name), &[format!("{path}/vars/0")])?
-                .into_iter()
-                .next()
-                .ok_or_else(|| ConfigError::invalid(format!("PReLU `{name}`"), "no alpha", "an alpha array"))?;
+            let alpha = w.single_array::<T>(legacy_group.unwrap_or(&name), path, "PReLU", "alpha")?;
             Layer::PRelu(PRelu::from_weights(pc, alpha).map_err(with_name)?)
         }
         "RMSNormalization" => {
             let rc = RmsNormConfig::from_keras(&cfg).map_err(|e| with_name(e.into()))?;
-            let scale = w
-                .layer_arrays::<T>(legacy_group.unwrap_or(&name), &[format!("{path}/vars/0")])?
-                .into_iter()
-                .next()
-                .ok_or_else(|| ConfigError::invalid(format!("RMSNormalization `{name}`"), "no scale", "a scale array"))?;
+            let scale = w.single_array::<T>(legacy_group.unwrap_or(&name), path, "RMSNormalization", "scale")?;
             Layer::RmsNorm(RmsNorm::from_weights(rc, scale).map_err(with_name)?)
         }
         "GlobalAveragePooling1D" | "GlobalAvgPool1D" => {
@@ -472,12 +486,7 @@ fn build_layer_in<T: Float>(
         }
         "Embedding" => {
             let ec = EmbeddingConfig::from_keras(&cfg).map_err(|e| with_name(e.into()))?;
-            let paths = [format!("{path}/vars/0")];
-            let table = w
-                .layer_arrays::<T>(legacy_group.unwrap_or(&name), &paths)?
-                .into_iter()
-                .next()
-                .ok_or_else(|| ConfigError::invalid(format!("Embedding `{name}`"), "no embeddings", "an embeddings table"))?;
+            let table = w.single_array::<T>(legacy_group.unwrap_or(&name), path, "Embedding", "embeddings")?;
             Layer::Embedding(Embedding::from_weights(ec, table).map_err(with_name)?)
         }
         // An op Keras records in the graph (`keras.src.ops…`; some share a merge layer's class
