@@ -79,10 +79,12 @@ impl Dot {
             Value::Array(_) | Value::Null => return Err(err()),
             _ => DotAxes::Same(int(v)?),
         };
-        let normalize =
-            crate::layers::keras_json::get_bool(cfg, "normalize", false).map_err(|_| {
-                ConfigError::invalid("Dot.normalize", &cfg["normalize"], "true or false")
-            })?;
+        let normalize = match cfg.get("normalize") {
+            None | Some(Value::Null) => false,
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| ConfigError::invalid("Dot.normalize", v, "true or false"))?,
+        };
         Ok(Dot { axes, normalize })
     }
 

@@ -103,13 +103,10 @@ impl Noise {
                 seed,
             },
             "AlphaDropout" => {
-                if !matches!(cfg.get("noise_shape"), None | Some(Value::Null)) {
+                if let Some(shape) = cfg.get("noise_shape").filter(|v| !v.is_null()) {
                     return Err(ConfigError::unsupported(
                         "AlphaDropout.noise_shape",
-                        format!(
-                            "{} (grucell draws one value per input value)",
-                            cfg["noise_shape"]
-                        ),
+                        format!("{shape} (grucell draws one value per input value)"),
                     ));
                 }
                 Noise::AlphaDropout {
