@@ -7,6 +7,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{ConfigError, Error, ShapeError};
 use crate::float::Float;
+use crate::layers::pointwise::L2Scale;
 use crate::tensor::Tensor;
 
 /// Most values a `Dot` output may hold (1 GiB of `float32`).
@@ -209,27 +210,21 @@ impl Dot {
     }
 
     /// `x` scaled along its contracted axis by `min(1/√Σx², 1/ε)` (when normalizing), with the
-    /// per-row `(scale, 1/√Σx²)` for the backward pass.
-    fn normalized<T: Float>(&self, x: &Tensor<T>, v: View) -> (Tensor<T>, Vec<(T, T)>) {
+    /// per-row scales for the backward pass.
+    fn normalized<T: Float>(&self, x: &Tensor<T>, v: View) -> (Tensor<T>, Vec<L2Scale<T>>) {
         if !self.normalize {
             return (x.clone(), Vec::new());
         }
         let batch = x.shape()[0];
-        let cap = T::of(1.0 / EPSILON);
         let mut out = x.clone();
         let mut scales = Vec::with_capacity(batch * v.rows);
         for b in 0..batch {
             for r in 0..v.rows {
-                let s = (0..v.k).fold(T::zero(), |a, k| {
-                    let e = x.data()[v.at(b, r, k)];
-                    a + e * e
-                });
-                let rs = T::one() / s.sqrt();
-                let inv = rs.min(cap);
+                let s = L2Scale::of((0..v.k).map(|k| x.data()[v.at(b, r, k)]), EPSILON);
                 for k in 0..v.k {
-                    out.data_mut()[v.at(b, r, k)] *= inv;
+                    out.data_mut()[v.at(b, r, k)] *= s.inv;
                 }
-                scales.push((inv, rs));
+                scales.push(s);
             }
         }
         (out, scales)
@@ -305,33 +300,31 @@ impl Dot {
         ))
     }
 
-    /// The gradient with respect to an input from that of its normalized copy: `x̂ = x·inv`,
-    /// `inv = min(r, 1/ε)`, `r = rsqrt(Σx²)` (RsqrtGrad `−½(d inv·r)(r·r)`, Square `2x`).
+    /// The gradient with respect to an input from that of its normalized copy (see
+    /// [`L2Scale::square_sum_grad`]).
     fn unnormalize<T: Float>(
         &self,
         x: &Tensor<T>,
         v: View,
-        scales: &[(T, T)],
+        scales: &[L2Scale<T>],
         mut d: Vec<T>,
     ) -> Vec<T> {
         if !self.normalize {
             return d;
         }
-        let cap = T::of(1.0 / EPSILON);
         let xd = x.data();
         for b in 0..x.shape()[0] {
             for r in 0..v.rows {
-                let (inv, rs) = scales[b * v.rows + r];
+                let s = scales[b * v.rows + r];
                 let dinv =
                     (0..v.k).fold(T::zero(), |a, k| a + d[v.at(b, r, k)] * xd[v.at(b, r, k)]);
                 for k in 0..v.k {
-                    d[v.at(b, r, k)] *= inv;
+                    d[v.at(b, r, k)] *= s.inv;
                 }
-                if rs <= cap {
-                    let ds = (T::of(-0.5) * (dinv * rs)) * (rs * rs);
+                if let Some(c) = s.square_sum_grad(dinv) {
                     for k in 0..v.k {
                         let i = v.at(b, r, k);
-                        d[i] += ds * (xd[i] * T::of(2.0));
+                        d[i] += c * (xd[i] * T::of(2.0));
                     }
                 }
             }

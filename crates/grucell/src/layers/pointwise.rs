@@ -309,7 +309,7 @@ impl Pointwise {
             }
             Pointwise::UnitNormalization => {
                 for row in y.data_mut().chunks_exact_mut(n) {
-                    let inv = unit_norm_inv(row).0;
+                    let inv = L2Scale::of(row.iter().copied(), UNIT_NORM_EPSILON).inv;
                     row.iter_mut().for_each(|v| *v *= inv);
                 }
             }
@@ -477,15 +477,12 @@ impl Pointwise {
                     .chunks_exact(n)
                     .zip(dx.data_mut().chunks_exact_mut(n))
                 {
-                    let (inv, r, cap) = unit_norm_inv(xr);
-                    // y = x·inv: dx = dy·inv, d inv = Σ dy·x; `minimum` passes d inv on where
-                    // rsqrt ≤ 1/ε; RsqrtGrad −½(d inv·r)(r·r); Square 2x.
+                    let scale = L2Scale::of(xr.iter().copied(), UNIT_NORM_EPSILON);
                     let dinv = dr.iter().zip(xr).fold(T::zero(), |a, (&d, &v)| a + d * v);
-                    dr.iter_mut().for_each(|d| *d *= inv);
-                    if r <= cap {
-                        let ds = (T::of(-0.5) * (dinv * r)) * (r * r);
+                    dr.iter_mut().for_each(|d| *d *= scale.inv);
+                    if let Some(c) = scale.square_sum_grad(dinv) {
                         for (d, &v) in dr.iter_mut().zip(xr) {
-                            *d += ds * (v * T::of(2.0));
+                            *d += c * (v * T::of(2.0));
                         }
                     }
                 }
@@ -495,12 +492,36 @@ impl Pointwise {
     }
 }
 
-/// `(min(r, 1/ε), r, 1/ε)` for `r = 1/√Σx²` of one row (`ops.normalize`'s order-2 form).
-fn unit_norm_inv<T: Float>(row: &[T]) -> (T, T, T) {
-    let cap = T::of(1.0 / UNIT_NORM_EPSILON);
-    let s = row.iter().fold(T::zero(), |a, &v| a + v * v);
-    let r = T::one() / s.sqrt();
-    (r.min(cap), r, cap)
+/// The scale of Keras' order-2 `ops.normalize(x, epsilon)` of one vector, `x̂ = x·inv` with
+/// `inv = min(r, 1/ε)` and `r = 1/√Σx²`, and its gradient. `UnitNormalization` (ε = 10⁻¹²),
+/// `Dot(normalize=True)` and the cosine-similarity loss (ε = 10⁻⁷) use it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct L2Scale<T> {
+    /// The factor applied, `min(r, 1/ε)`.
+    pub(crate) inv: T,
+    r: T,
+    cap: T,
+}
+
+impl<T: Float> L2Scale<T> {
+    /// The scale of the vector `values`.
+    pub(crate) fn of(values: impl IntoIterator<Item = T>, epsilon: f64) -> Self {
+        let cap = T::of(1.0 / epsilon);
+        let s = values.into_iter().fold(T::zero(), |a, v| a + v * v);
+        let r = T::one() / s.sqrt();
+        L2Scale {
+            inv: r.min(cap),
+            r,
+            cap,
+        }
+    }
+
+    /// Given `d inv = Σ d x̂·x`, the `c` of the gradient's extra term `c·2x`: `minimum` passes
+    /// `d inv` on where `rsqrt ≤ 1/ε` (`None` elsewhere), then RsqrtGrad `−½(d inv·r)(r·r)`.
+    /// The whole gradient is `dx = d x̂·inv + c·2x`.
+    pub(crate) fn square_sum_grad(&self, dinv: T) -> Option<T> {
+        (self.r <= self.cap).then(|| (T::of(-0.5) * (dinv * self.r)) * (self.r * self.r))
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use crate::error::{ConfigError, ShapeError};
 use crate::float::Float;
 use crate::layers::activation::Activation;
 use crate::layers::keras_json::{get_bool, get_f64};
+use crate::layers::pointwise::L2Scale;
 use serde_json::{json, Map, Value};
 
 /// Keras' backend epsilon (`keras.config.epsilon()`), the clip margin of the crossentropies.
@@ -1049,29 +1050,26 @@ impl Loss {
                 }
             }
             Loss::CosineSimilarity => {
-                let cap = T::of(1.0 / EPSILON);
                 // Keras' `normalize`: v · minimum(rsqrt(Σ v²), 1/ε).
-                let sq_norm = |v: &[T]| v.iter().fold(T::zero(), |a, &x| a + x * x);
-                let (st, sp) = (sq_norm(t), sq_norm(p));
-                let (rt, rp) = (T::one() / st.sqrt(), T::one() / sp.sqrt());
-                let (it, ip) = (rt.min(cap), rp.min(cap));
+                let (it, ip) = (
+                    L2Scale::of(t.iter().copied(), EPSILON).inv,
+                    L2Scale::of(p.iter().copied(), EPSILON),
+                );
                 let mut dot = T::zero();
                 for (&a, &b) in t.iter().zip(p) {
-                    dot += (a * it) * (b * ip);
+                    dot += (a * it) * (b * ip.inv);
                 }
                 if let Some(gr) = grad {
                     // d p̂_i = −g·t̂_i; p̂ = p·inv gives d p_i = d p̂_i·inv and d inv = Σ d p̂_i·p_i.
                     let mut dinv = T::zero();
                     for ((d, &a), &b) in gr.iter_mut().zip(t).zip(p) {
                         let dph = (-g) * (a * it);
-                        *d = dph * ip;
+                        *d = dph * ip.inv;
                         dinv += dph * b;
                     }
-                    // `minimum` passes it on where rsqrt ≤ 1/ε; RsqrtGrad −½(dy·r)(r·r); Square 2x.
-                    if rp <= cap {
-                        let ds = (T::of(-0.5) * (dinv * rp)) * (rp * rp);
+                    if let Some(c) = ip.square_sum_grad(dinv) {
                         for (d, &b) in gr.iter_mut().zip(p) {
-                            *d += ds * (b * T::of(2.0));
+                            *d += c * (b * T::of(2.0));
                         }
                     }
                 }
