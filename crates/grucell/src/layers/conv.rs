@@ -777,11 +777,11 @@ impl<T: Float> Conv1D<T> {
     /// convolution, in every step of the epoch, while `predict`, `evaluate` and `fit`'s
     /// validation still fuse (measured with strides 1 and 2, dilated and grouped convolutions,
     /// and six sample counts and batch sizes; the fused forward of full batches over strides
-    /// 1–3, kernel sizes 1–3, both paddings and seven activations). Keras' eager call, `model(x)`, always gives `bias[t]`; grucell
-    /// follows `predict` and `fit` (with a graph traced on unknown step counts Keras would not
-    /// add along the steps at all; `predict` and `fit` trace on the data's shapes). Measured
-    /// with TensorFlow 2.21 on x86 CPUs, where a `channels_first` convolution runs only in
-    /// float32 with oneDNN.
+    /// 1–3, kernel sizes 1–3, both paddings and seven activations). Keras' eager call,
+    /// `model(x)`, always gives `bias[t]`; grucell follows `predict` and `fit` (with a graph
+    /// traced on unknown step counts Keras would not add along the steps at all; `predict` and
+    /// `fit` trace on the data's shapes). Measured with TensorFlow 2.21 on x86 CPUs, where a
+    /// `channels_first` convolution runs only in float32 with oneDNN.
     fn bias_on_steps(&self, d: &Dims) -> bool {
         self.bias_gradient_on_steps(d)
             && (self.config.groups > 1 || self.config.dilation_rate > 1 || self.partial_batch_fit)

@@ -201,11 +201,7 @@ impl Noise {
             Noise::AlphaDropout { rate, .. } => {
                 let a = ((1.0 - rate) * (1.0 + rate * ALPHA_P * ALPHA_P)).powf(-0.5);
                 let b = -a * ALPHA_P * rate;
-                // keep_factors gives 1/(1 − rate) for a kept value: only whether it is kept counts.
-                let kept: Vec<bool> = keep_factors::<f64>(n, rate, rng)
-                    .into_iter()
-                    .map(|k| k != 0.0)
-                    .collect();
+                let kept: Vec<bool> = keep_mask(n, rate, rng).collect();
                 let f = kept
                     .iter()
                     .map(|&k| T::of(if k { a } else { 0.0 }))
@@ -220,19 +216,19 @@ impl Noise {
     }
 }
 
+/// Whether each of `n` values is kept by a dropout of `rate`: one uniform draw with 53 random
+/// bits each, in order, kept when it is `≥ rate` (Keras' `greater_equal(uniform, rate)`).
+fn keep_mask(n: usize, rate: f64, rng: &mut StdRng) -> impl Iterator<Item = bool> + '_ {
+    (0..n).map(move |_| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 >= rate)
+}
+
 /// `n` dropout factors of `rate`, Keras' `1 / (1 − rate)` for a kept value and 0 for a dropped
-/// one, one uniform draw with 53 random bits each, in order (the masks of `Dropout`,
-/// `SpatialDropout1D` and the attention layers' weights).
+/// one, from [`keep_mask`] (the masks of `Dropout`, `SpatialDropout1D` and the attention layers'
+/// weights).
 pub(crate) fn keep_factors<T: Float>(n: usize, rate: f64, rng: &mut StdRng) -> Vec<T> {
     let scale = T::of(1.0 / (1.0 - rate));
-    (0..n)
-        .map(|_| {
-            if (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 >= rate {
-                scale
-            } else {
-                T::zero()
-            }
-        })
+    keep_mask(n, rate, rng)
+        .map(|k| if k { scale } else { T::zero() })
         .collect()
 }
 
