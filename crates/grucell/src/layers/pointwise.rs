@@ -261,6 +261,11 @@ impl Pointwise {
         }
     }
 
+    /// Whether Keras writes a `build_config` for the layer: only `Rescaling` has a `build`.
+    pub(crate) fn keras_builds(&self) -> bool {
+        matches!(self, Pointwise::Rescaling { .. })
+    }
+
     /// The activation whose input Keras' crossentropies read as logits when this layer makes
     /// a model output (`Softmax`, which calls `activations.softmax`).
     pub fn logits_activation(&self) -> Option<Activation> {

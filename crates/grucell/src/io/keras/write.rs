@@ -920,14 +920,15 @@ impl<'a, T: Float> Writer<'a, T> {
             | Layer::Noise(_)
             | Layer::Pointwise(_)
             | Layer::Steps(_) => {
-                if !matches!(
-                    ml.layer,
+                let built = match &ml.layer {
                     Layer::Flatten(_)
-                        | Layer::RepeatVector(_)
-                        | Layer::Permute(_)
-                        | Layer::Steps(_)
-                        | Layer::Pointwise(Pointwise::Rescaling { .. })
-                ) {
+                    | Layer::RepeatVector(_)
+                    | Layer::Permute(_)
+                    | Layer::Steps(_) => true,
+                    Layer::Pointwise(p) => p.keras_builds(),
+                    _ => false,
+                };
+                if !built {
                     build = None;
                 }
                 let mut c = base_config(&ml.name, ml.trainable, self.dtype);
@@ -1139,10 +1140,10 @@ impl<'a, T: Float> Writer<'a, T> {
                 c.insert("activation".into(), json!(a.name()));
             }
             // Inside a TimeDistributed wrapper (elsewhere they are written with the layers
-            // without weights); Keras builds a Rescaling.
+            // without weights).
             Layer::Pointwise(p) => {
                 p.write_keras(&mut c);
-                return Ok((c, matches!(p, Pointwise::Rescaling { .. })));
+                return Ok((c, p.keras_builds()));
             }
             other => {
                 return Err(ConfigError::invalid(
