@@ -4,7 +4,7 @@
 //! equal to the input) leave no output behind.
 
 use grucell::io::keras::load::load_model;
-use grucell::io::npy::{read_npz, write_npy};
+use grucell::io::npy::{read_npy, read_npz, write_npy};
 use grucell::Tensor;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -217,6 +217,25 @@ fn fits_model_fixture_two_epochs_deterministically() {
     let st = dir.path("c.safetensors");
     run(&st, &["--quiet"]);
     assert!(std::fs::metadata(&st).unwrap().len() > 100);
+    // ... is a model file `predict` reads: the same run, so the same predictions as a.keras.
+    let (xin, yst) = (dir.path("x_in.npy"), dir.path("y_st.npy"));
+    write_npy(&xin, &x).unwrap();
+    let o = grucell(&[
+        "predict",
+        "--model",
+        s(&st),
+        "--input",
+        s(&xin),
+        "--output",
+        s(&yst),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let from_st: Tensor<f32> = read_npy(&yst).unwrap().to_f64().cast();
+    assert!(
+        from_st.max_abs_diff(&p1[0]) == 0.0,
+        "{from_st:?} vs {:?}",
+        p1[0]
+    );
 }
 
 #[test]

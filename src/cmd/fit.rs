@@ -37,7 +37,7 @@ use serde_json::Value;
 infinite loss or gradient) stops with an error naming the epoch and batch, and nothing is written."
 )]
 pub struct Args {
-    /// Keras model file (.keras or legacy .h5).
+    /// Keras model file (.keras or legacy .h5), or a .safetensors model written by grucell fit.
     #[arg(long, value_name = "FILE")]
     pub model: PathBuf,
     /// Inputs (.npy), samples on axis 0; repeat once per model input.

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 /// Arguments of `grucell inspect`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// The model file (.keras or legacy .h5).
+    /// The model file (.keras or legacy .h5), or a .safetensors model written by grucell fit.
     #[arg(value_name = "MODEL")]
     pub model: PathBuf,
 }

@@ -28,7 +28,7 @@ models are) takes any multiple of B rows and runs them B at a time, stateful lay
 their states from one batch to the next, as Keras' predict(x, batch_size=B)."
 )]
 pub struct Args {
-    /// The model file (.keras or legacy .h5).
+    /// The model file (.keras or legacy .h5), or a .safetensors model written by grucell fit.
     #[arg(long, value_name = "M")]
     pub model: PathBuf,
     /// Input array(s): one .npy per model input (repeat the flag, in model input order), or one

@@ -440,6 +440,10 @@ fn safetensors_loader_survives_mutations() {
                         assert_eq!(t.len(), t.shape().iter().product::<usize>());
                     }
                 }
+                // As a model file (`grucell predict --model x.safetensors`).
+                if let Ok(file) = load_keras_bytes(bytes.clone(), &name) {
+                    build_and_run(&file);
+                }
             });
         }
     }

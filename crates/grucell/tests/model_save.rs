@@ -334,6 +334,28 @@ fn round_trip<T: Float>(case: &Value, file: &str, out: &Path) -> Result<f64, Str
     {
         return Err("the reloaded model predicts differently from the loaded one".into());
     }
+    // The safetensors file is a model file too: it loads with the same compile config and
+    // predicts as the loaded model (exactly in float32; a float64 model's weights were written
+    // rounded to float32).
+    let st_file = load_keras_file(&st_path).map_err(|e| format!("loading the safetensors: {e}"))?;
+    if st_file.compile_config != saved.compile_config {
+        return Err("the safetensors model's compile config differs from the .keras one".into());
+    }
+    let from_st =
+        model_from_file::<T>(&st_file).map_err(|e| format!("building the safetensors: {e}"))?;
+    let (a, b) = (
+        original.predict(&inputs).map_err(|e| e.to_string())?,
+        from_st.predict(&inputs).map_err(|e| e.to_string())?,
+    );
+    let tolerance = if T::DTYPE == "float32" { 0.0 } else { 1e-5 };
+    for (x, y) in a.iter().zip(&b) {
+        let d = x.max_abs_diff(y);
+        if d.is_nan() || d > tolerance {
+            return Err(format!(
+                "the safetensors model predicts differently (max|diff| {d:.2e})"
+            ));
+        }
+    }
     if std::env::var_os("GRUCELL_SAVE_OUT").is_some() {
         // grucell's outputs for the first call, for tools/check_saved_keras.py --npz.
         let outs = reloaded.predict(&inputs).map_err(|e| e.to_string())?;

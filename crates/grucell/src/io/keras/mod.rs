@@ -19,6 +19,7 @@
 pub mod archive;
 pub mod legacy_h5;
 pub mod load;
+pub mod safetensors_model;
 pub mod save;
 pub mod write;
 
@@ -27,6 +28,7 @@ use std::path::Path;
 
 pub use archive::{read_keras_archive, read_keras_archive_bytes};
 pub use legacy_h5::{read_legacy_h5, read_legacy_h5_bytes};
+pub use safetensors_model::read_safetensors_model_bytes;
 
 use crate::error::FormatError;
 use crate::io::h5::H5File;
@@ -112,15 +114,21 @@ pub enum FileKind {
     Zip,
     /// An HDF5 file (legacy `.h5`, `.weights.h5`).
     Hdf5,
+    /// A safetensors file (grucell's `.safetensors` model, or weights alone).
+    Safetensors,
 }
 
 /// HDF5's signature; it sits at offset 0 or after a user block of 512 · 2^k bytes.
 const HDF5_MAGIC: &[u8; 8] = b"\x89HDF\r\n\x1a\n";
 
-/// Recognises a zip archive (`PK\x03\x04`, or `PK\x05\x06` for an empty one) or an HDF5 file.
+/// Recognises a zip archive (`PK\x03\x04`, or `PK\x05\x06` for an empty one), a safetensors
+/// file (a little-endian header length the content covers, then `{`) or an HDF5 file.
 pub fn sniff(bytes: &[u8]) -> Option<FileKind> {
     if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
         return Some(FileKind::Zip);
+    }
+    if safetensors_model::looks_like_safetensors(bytes) {
+        return Some(FileKind::Safetensors);
     }
     let mut off = 0usize;
     while let Some(sig) = bytes.get(off..off + 8) {
@@ -132,7 +140,8 @@ pub fn sniff(bytes: &[u8]) -> Option<FileKind> {
     None
 }
 
-/// Reads a Keras model file: a `.keras` archive or a legacy `.h5`, told apart by content.
+/// Reads a Keras model file: a `.keras` archive, a legacy `.h5` or a safetensors model written by
+/// grucell ([`safetensors_model`]), told apart by content.
 pub fn load_keras_file(path: &Path) -> Result<KerasFile, FormatError> {
     let bytes = crate::io::npy::read_file(path)?;
     load_keras_bytes(bytes, &path.display().to_string())
@@ -143,10 +152,11 @@ pub fn load_keras_bytes(bytes: Vec<u8>, name_for_errors: &str) -> Result<KerasFi
     match sniff(&bytes) {
         Some(FileKind::Zip) => read_keras_archive_bytes(&bytes, name_for_errors),
         Some(FileKind::Hdf5) => read_legacy_h5_bytes(bytes, name_for_errors),
+        Some(FileKind::Safetensors) => read_safetensors_model_bytes(&bytes, name_for_errors),
         None => Err(FormatError::malformed(
             name_for_errors,
             "file signature",
-            "neither a .keras archive (zip) nor a legacy .h5 model (HDF5)",
+            "neither a .keras archive (zip), a legacy .h5 model (HDF5) nor a safetensors model written by grucell",
         )),
     }
 }
@@ -154,12 +164,17 @@ pub fn load_keras_bytes(bytes: Vec<u8>, name_for_errors: &str) -> Result<KerasFi
 /// Reads the weights of a Keras file without needing a model config: a Keras 3 weights file
 /// (`model.save_weights("x.weights.h5")`, same layout as model.weights.h5 →
 /// [`KerasWeights::ByPath`]), a legacy weights file with a root `layer_names` attribute or a full
-/// legacy `.h5` model (→ [`KerasWeights::ByLayer`]), or a `.keras` archive (its weights).
+/// legacy `.h5` model (→ [`KerasWeights::ByLayer`]), a `.keras` archive (its weights), or a
+/// safetensors file (its tensors by name → [`KerasWeights::ByPath`]).
 pub fn read_weights_file(path: &Path) -> Result<KerasWeights, FormatError> {
     let name = path.display().to_string();
     let bytes = crate::io::npy::read_file(path)?;
     match sniff(&bytes) {
         Some(FileKind::Zip) => Ok(read_keras_archive_bytes(&bytes, &name)?.weights),
+        Some(FileKind::Safetensors) => {
+            let (tensors, _) = crate::io::safetensors::load_safetensors_bytes(&bytes, &name)?;
+            safetensors_model::weights_by_path(tensors, &name).map(KerasWeights::ByPath)
+        }
         Some(FileKind::Hdf5) => {
             let h5 = H5File::from_bytes(bytes, &name)?;
             if h5.attr_strings("", "layer_names")?.is_some() {
@@ -175,7 +190,7 @@ pub fn read_weights_file(path: &Path) -> Result<KerasWeights, FormatError> {
         None => Err(FormatError::malformed(
             name,
             "file signature",
-            "neither a Keras weights file (HDF5) nor a .keras archive (zip)",
+            "neither a Keras weights file (HDF5), a .keras archive (zip) nor a safetensors file",
         )),
     }
 }
@@ -234,6 +249,9 @@ mod tests {
         let mut ub = vec![0u8; 512];
         ub.extend_from_slice(HDF5_MAGIC);
         assert_eq!(sniff(&ub), Some(FileKind::Hdf5));
+        let mut st = 2u64.to_le_bytes().to_vec();
+        st.extend_from_slice(b"{}");
+        assert_eq!(sniff(&st), Some(FileKind::Safetensors));
         assert_eq!(sniff(b"{}"), None);
         assert_eq!(sniff(b""), None);
     }
