@@ -824,6 +824,8 @@ const MODEL_FIXTURES: &[&str] = &[
     "models/prelu.h5",
     "models/dot_attention.keras",
     "models/rms_normalization.keras",
+    "models/softmax_axes.keras",
+    "models/legacy_h5_axes.h5",
 ];
 
 /// Builds the model as `grucell predict` does and, when that works, runs what `predict` and

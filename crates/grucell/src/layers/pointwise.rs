@@ -102,8 +102,12 @@ pub enum Pointwise {
         /// Scale of the negative part.
         alpha: f64,
     },
-    /// `Softmax(axis = -1)` over the last axis.
-    Softmax,
+    /// `Softmax(axis)`: over one axis (`activations.softmax`), or over several as
+    /// `exp(x − logsumexp(x))`.
+    Softmax {
+        /// The axis or axes (default `-1`).
+        axis: Axis,
+    },
     /// `Identity`.
     Identity,
     /// `Rescaling(scale, offset)`: `x · scale + offset`.
@@ -113,8 +117,11 @@ pub enum Pointwise {
         /// Added after the factor.
         offset: Coef,
     },
-    /// `UnitNormalization(axis = -1)`: `x · min(1/√Σx², 10¹²)` over the last axis.
-    UnitNormalization,
+    /// `UnitNormalization(axis)`: `x · min(1/√Σx², 10¹²)`, the sum over the axis or axes.
+    UnitNormalization {
+        /// The axis or axes (default `-1`).
+        axis: Axis,
+    },
 }
 
 /// `UnitNormalization`'s ε (`ops.normalize(…, epsilon=1e-12)`).
@@ -126,23 +133,219 @@ fn leaky_attr<T: Float>(slope: f64) -> T {
     T::of(f64::from(slope as f32))
 }
 
-/// Reads a last-axis-only `axis` (`-1`, `[-1]`, absent) of `class`.
-fn last_axis(cfg: &Map<String, Value>, class: &str) -> Result<(), ConfigError> {
-    let ok = match cfg.get("axis") {
-        None | Some(Value::Null) => true,
-        Some(Value::Array(a)) => a.len() == 1 && a[0].as_i64() == Some(-1),
-        Some(v) => v.as_i64() == Some(-1),
-    };
-    if ok {
-        Ok(())
+/// The `axis` argument of `Softmax` and `UnitNormalization`, in the form the config gave it
+/// (Keras writes it back so): one axis, or a list of them. Negative values count from the end;
+/// the batch axis (0) is refused.
+///
+/// ```
+/// use grucell::layers::pointwise::{Axis, Pointwise};
+/// use grucell::Tensor;
+/// // Softmax over the time axis of a (batch, time, 1) tensor of scores.
+/// let softmax = Pointwise::Softmax { axis: Axis::One(1) };
+/// let x = Tensor::new(vec![1, 2, 1], vec![0.0f32, 2.0f32.ln()])?;
+/// let y = softmax.call(&x)?;
+/// assert!((y.data()[0] - 1.0 / 3.0).abs() < 1e-6 && (y.data()[1] - 2.0 / 3.0).abs() < 1e-6);
+/// # Ok::<(), grucell::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Axis {
+    /// One axis (an integer in the config).
+    One(i64),
+    /// A list of axes.
+    List(Vec<i64>),
+}
+
+impl Default for Axis {
+    fn default() -> Self {
+        Axis::One(-1)
+    }
+}
+
+impl Axis {
+    /// Reads `class`'s `axis` (absent or `null`: `-1`).
+    fn read(cfg: &Map<String, Value>, class: &str) -> Result<Self, ConfigError> {
+        let arg = format!("{class}.axis");
+        let one = |v: &Value| {
+            v.as_i64().filter(|&a| a != 0).ok_or_else(|| {
+                ConfigError::invalid(
+                    arg.clone(),
+                    v,
+                    "a non-zero integer (axis 0 is the batch, which grucell does not reduce over)",
+                )
+            })
+        };
+        let axis = match cfg.get("axis") {
+            None | Some(Value::Null) => Axis::default(),
+            Some(Value::Array(a)) if !a.is_empty() => {
+                let axes = a.iter().map(one).collect::<Result<Vec<i64>, _>>()?;
+                if (1..axes.len()).any(|i| axes[..i].contains(&axes[i])) {
+                    return Err(ConfigError::invalid(
+                        arg,
+                        Value::Array(a.clone()),
+                        "distinct axes",
+                    ));
+                }
+                Axis::List(axes)
+            }
+            Some(v) => Axis::One(one(v)?),
+        };
+        Ok(axis)
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            Axis::One(a) => json!(a),
+            Axis::List(a) => json!(a),
+        }
+    }
+
+    /// The axes as given.
+    pub fn values(&self) -> &[i64] {
+        match self {
+            Axis::One(a) => std::slice::from_ref(a),
+            Axis::List(a) => a,
+        }
+    }
+
+    /// Whether the reduction runs over one axis (Keras' `activations.softmax` path).
+    fn single(&self) -> bool {
+        self.values().len() == 1
+    }
+
+    /// The axes of a rank-`rank` input, ascending; each must name an axis other than the batch.
+    fn resolve(&self, rank: usize, class: &str) -> Result<Vec<usize>, Error> {
+        let r = rank as i64;
+        let mut out = Vec::with_capacity(self.values().len());
+        for &a in self.values() {
+            let k = if a < 0 { a + r } else { a };
+            if k < 1 || k >= r {
+                return Err(ShapeError::mismatch(
+                    format!("{class} input (axis {a})"),
+                    &[rank],
+                    "a rank with that axis beyond the batch axis",
+                )
+                .into());
+            }
+            out.push(k as usize);
+        }
+        out.sort_unstable();
+        if out.windows(2).any(|w| w[0] == w[1]) {
+            return Err(ConfigError::invalid(
+                format!("{class}.axis"),
+                self.to_json(),
+                format!("distinct axes of a rank-{rank} input"),
+            )
+            .into());
+        }
+        Ok(out)
+    }
+}
+
+/// The groups a reduction over some axes runs on, each as a row: the row length, and the order
+/// that gathers the input's values row after row (`None` when the axes are the trailing ones, so
+/// that rows are already contiguous). TensorFlow moves a non-last softmax axis last in the same
+/// way (a transpose), then runs its row kernel.
+struct Groups {
+    len: usize,
+    order: Option<Vec<usize>>,
+}
+
+impl Groups {
+    fn new(shape: &[usize], axes: &[usize]) -> Self {
+        let rank = shape.len();
+        let len = axes.iter().map(|&a| shape[a]).product::<usize>().max(1);
+        let trailing = axes
+            .iter()
+            .enumerate()
+            .all(|(i, &a)| a == rank - axes.len() + i);
+        if trailing {
+            return Groups { len, order: None };
+        }
+        let mut strides = vec![1usize; rank];
+        for i in (0..rank.saturating_sub(1)).rev() {
+            strides[i] = strides[i + 1] * shape[i + 1];
+        }
+        // Kept axes first, then the reduced ones: an odometer over the permuted shape.
+        let perm: Vec<usize> = (0..rank)
+            .filter(|a| !axes.contains(a))
+            .chain(axes.iter().copied())
+            .collect();
+        let dims: Vec<usize> = perm.iter().map(|&a| shape[a]).collect();
+        let steps: Vec<usize> = perm.iter().map(|&a| strides[a]).collect();
+        let total = shape.iter().product::<usize>();
+        let mut order = Vec::with_capacity(total);
+        let mut idx = vec![0usize; rank];
+        let mut offset = 0usize;
+        for _ in 0..total {
+            order.push(offset);
+            for d in (0..rank).rev() {
+                idx[d] += 1;
+                offset += steps[d];
+                if idx[d] < dims[d] {
+                    break;
+                }
+                offset -= steps[d] * dims[d];
+                idx[d] = 0;
+            }
+        }
+        Groups {
+            len,
+            order: Some(order),
+        }
+    }
+
+    /// The values, row after row.
+    fn gather<T: Copy>(&self, data: &[T]) -> Vec<T> {
+        match &self.order {
+            None => data.to_vec(),
+            Some(order) => order.iter().filter_map(|&i| data.get(i).copied()).collect(),
+        }
+    }
+
+    /// Writes rows (as [`Groups::gather`] gives them) back to their places in `out`.
+    fn scatter<T: Copy>(&self, rows: &[T], out: &mut [T]) {
+        match &self.order {
+            None => out.copy_from_slice(rows),
+            Some(order) => {
+                for (&i, &v) in order.iter().zip(rows) {
+                    if let Some(o) = out.get_mut(i) {
+                        *o = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Softmax over several axes as Keras' `Softmax` layer computes it:
+/// `exp(x − logsumexp(x))`, TensorFlow's `reduce_logsumexp` being `log(Σ exp(x − m)) + m` with
+/// `m` the row's maximum (0 when that is not finite).
+fn softmax_via_logsumexp<T: Float>(row: &mut [T]) {
+    let m = logsumexp_shift(row);
+    let s = row.iter().fold(T::zero(), |a, &v| a + (v - m).exp());
+    let lse = s.ln() + m;
+    row.iter_mut().for_each(|v| *v = (*v - lse).exp());
+}
+
+/// `reduce_logsumexp`'s shift: the maximum, or 0 when it is not finite.
+fn logsumexp_shift<T: Float>(row: &[T]) -> T {
+    let m = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+    if m.is_finite() {
+        m
     } else {
-        Err(ConfigError::unsupported(
-            format!("{class}.axis"),
-            format!(
-                "{} (grucell runs {class} over the last axis, -1)",
-                cfg.get("axis").unwrap_or(&Value::Null)
-            ),
-        ))
+        T::zero()
+    }
+}
+
+/// The gradient of [`softmax_via_logsumexp`] as TensorFlow differentiates it: through `exp`,
+/// `g = dy·y`, then through `logsumexp` (its shift held constant),
+/// `dx = g − (Σg)·exp(x − m)/Σexp(x − m)`.
+fn softmax_via_logsumexp_grad<T: Float>(x: &[T], y: &[T], dy: &[T], dx: &mut [T]) {
+    let m = logsumexp_shift(x);
+    let s = x.iter().fold(T::zero(), |a, &v| a + (v - m).exp());
+    let total = y.iter().zip(dy).fold(T::zero(), |a, (&y, &g)| a + g * y);
+    for (((d, &xv), &yv), &g) in dx.iter_mut().zip(x).zip(y).zip(dy) {
+        *d = g * yv - total * ((xv - m).exp() / s);
     }
 }
 
@@ -202,19 +405,17 @@ impl Pointwise {
                 };
                 Pointwise::Elu { alpha }
             }
-            "Softmax" => {
-                last_axis(cfg, class)?;
-                Pointwise::Softmax
-            }
+            "Softmax" => Pointwise::Softmax {
+                axis: Axis::read(cfg, class)?,
+            },
             "Identity" => Pointwise::Identity,
             "Rescaling" => Pointwise::Rescaling {
                 scale: Coef::read(cfg, "scale", 1.0)?,
                 offset: Coef::read(cfg, "offset", 0.0)?,
             },
-            "UnitNormalization" => {
-                last_axis(cfg, class)?;
-                Pointwise::UnitNormalization
-            }
+            "UnitNormalization" => Pointwise::UnitNormalization {
+                axis: Axis::read(cfg, class)?,
+            },
             _ => return Ok(None),
         }))
     }
@@ -225,10 +426,10 @@ impl Pointwise {
             Pointwise::Relu { .. } => "ReLU",
             Pointwise::LeakyRelu { .. } => "LeakyReLU",
             Pointwise::Elu { .. } => "ELU",
-            Pointwise::Softmax => "Softmax",
+            Pointwise::Softmax { .. } => "Softmax",
             Pointwise::Identity => "Identity",
             Pointwise::Rescaling { .. } => "Rescaling",
-            Pointwise::UnitNormalization => "UnitNormalization",
+            Pointwise::UnitNormalization { .. } => "UnitNormalization",
         }
     }
 
@@ -250,8 +451,8 @@ impl Pointwise {
             Pointwise::Elu { alpha } => {
                 c.insert("alpha".into(), json!(alpha));
             }
-            Pointwise::Softmax | Pointwise::UnitNormalization => {
-                c.insert("axis".into(), json!(-1));
+            Pointwise::Softmax { axis } | Pointwise::UnitNormalization { axis } => {
+                c.insert("axis".into(), axis.to_json());
             }
             Pointwise::Identity => {}
             Pointwise::Rescaling { scale, offset } => {
@@ -267,9 +468,27 @@ impl Pointwise {
     }
 
     /// The activation whose input Keras' crossentropies read as logits when this layer makes
-    /// a model output (`Softmax`, which calls `activations.softmax`).
+    /// a model output: a `Softmax` over one axis, which calls `activations.softmax` (its
+    /// output keeps the logits whatever the axis; the loss then takes the softmax of those
+    /// logits over its own axis, the last, as Keras does). A `Softmax` over several axes
+    /// computes `exp(x − logsumexp(x))`, which carries no logits.
     pub fn logits_activation(&self) -> Option<Activation> {
-        matches!(self, Pointwise::Softmax).then_some(Activation::Softmax)
+        match self {
+            Pointwise::Softmax { axis } if axis.single() => Some(Activation::Softmax),
+            _ => None,
+        }
+    }
+
+    /// Whether the layer is the same on each time step of a sequence as on the sequence, so
+    /// that `TimeDistributed` around it is the layer itself: every layer here except a
+    /// `Softmax` or `UnitNormalization` over an axis other than the last.
+    pub fn per_step(&self) -> bool {
+        match self {
+            Pointwise::Softmax { axis } | Pointwise::UnitNormalization { axis } => {
+                axis.values() == [-1]
+            }
+            _ => true,
+        }
     }
 
     /// [`Pointwise::call`] on an input that may carry a mask, which passes through. Keras
@@ -280,7 +499,7 @@ impl Pointwise {
         x: &Tensor<T>,
         mask: Option<&Mask>,
     ) -> Result<Tensor<T>, Error> {
-        if matches!(self, Pointwise::Softmax) && mask.is_some() {
+        if matches!(self, Pointwise::Softmax { .. }) && mask.is_some() {
             return Err(ConfigError::unsupported(
                 "Softmax input",
                 "a masked tensor (Keras refuses it too: a (batch, time) mask does not broadcast to the (batch, time, features) input)",
@@ -290,7 +509,8 @@ impl Pointwise {
         self.call(x)
     }
 
-    /// Applies the layer to `x` (any rank; rows along the last axis).
+    /// Applies the layer to `x` (any rank; rows along the last axis, or along a `Softmax`'s
+    /// or `UnitNormalization`'s axes).
     pub fn call<T: Float>(&self, x: &Tensor<T>) -> Result<Tensor<T>, Error> {
         let n = x.shape().last().copied().unwrap_or(1).max(1);
         let mut y = x.clone();
@@ -298,10 +518,17 @@ impl Pointwise {
             Pointwise::Relu { .. } | Pointwise::LeakyRelu { .. } | Pointwise::Elu { .. } => {
                 y.data_mut().iter_mut().for_each(|v| *v = self.scalar(*v));
             }
-            Pointwise::Softmax => {
-                for row in y.data_mut().chunks_exact_mut(n) {
-                    Activation::Softmax.apply_row(row);
+            Pointwise::Softmax { axis } => {
+                let g = Groups::new(x.shape(), &axis.resolve(x.shape().len(), "Softmax")?);
+                let mut rows = g.gather(x.data());
+                for row in rows.chunks_exact_mut(g.len) {
+                    if axis.single() {
+                        Activation::Softmax.apply_row(row);
+                    } else {
+                        softmax_via_logsumexp(row);
+                    }
                 }
+                g.scatter(&rows, y.data_mut());
             }
             Pointwise::Identity => {}
             Pointwise::Rescaling { scale, offset } => {
@@ -312,11 +539,17 @@ impl Pointwise {
                     }
                 }
             }
-            Pointwise::UnitNormalization => {
-                for row in y.data_mut().chunks_exact_mut(n) {
+            Pointwise::UnitNormalization { axis } => {
+                let g = Groups::new(
+                    x.shape(),
+                    &axis.resolve(x.shape().len(), "UnitNormalization")?,
+                );
+                let mut rows = g.gather(x.data());
+                for row in rows.chunks_exact_mut(g.len) {
                     let inv = L2Scale::of(row.iter().copied(), UNIT_NORM_EPSILON).inv;
                     row.iter_mut().for_each(|v| *v *= inv);
                 }
+                g.scatter(&rows, y.data_mut());
             }
         }
         Ok(y)
@@ -458,16 +691,22 @@ impl Pointwise {
                     *d *= self.scalar_grad(v);
                 }
             }
-            Pointwise::Softmax => {
-                for ((xr, yr), (gr, dr)) in
-                    x.data().chunks_exact(n).zip(y.data().chunks_exact(n)).zip(
-                        dy.data()
-                            .chunks_exact(n)
-                            .zip(dx.data_mut().chunks_exact_mut(n)),
-                    )
+            Pointwise::Softmax { axis } => {
+                let g = Groups::new(x.shape(), &axis.resolve(x.shape().len(), "Softmax")?);
+                let (xs, ys, gs) = (g.gather(x.data()), g.gather(y.data()), g.gather(dy.data()));
+                let mut ds = gs.clone();
+                for ((xr, yr), (gr, dr)) in xs
+                    .chunks_exact(g.len)
+                    .zip(ys.chunks_exact(g.len))
+                    .zip(gs.chunks_exact(g.len).zip(ds.chunks_exact_mut(g.len)))
                 {
-                    Activation::Softmax.backward_row(xr, yr, gr, dr);
+                    if axis.single() {
+                        Activation::Softmax.backward_row(xr, yr, gr, dr);
+                    } else {
+                        softmax_via_logsumexp_grad(xr, yr, gr, dr);
+                    }
                 }
+                g.scatter(&ds, dx.data_mut());
             }
             Pointwise::Identity => {}
             Pointwise::Rescaling { scale, .. } => {
@@ -476,12 +715,13 @@ impl Pointwise {
                     row.iter_mut().zip(&s).for_each(|(d, &s)| *d *= s);
                 }
             }
-            Pointwise::UnitNormalization => {
-                for (xr, dr) in x
-                    .data()
-                    .chunks_exact(n)
-                    .zip(dx.data_mut().chunks_exact_mut(n))
-                {
+            Pointwise::UnitNormalization { axis } => {
+                let g = Groups::new(
+                    x.shape(),
+                    &axis.resolve(x.shape().len(), "UnitNormalization")?,
+                );
+                let (xs, mut ds) = (g.gather(x.data()), g.gather(dy.data()));
+                for (xr, dr) in xs.chunks_exact(g.len).zip(ds.chunks_exact_mut(g.len)) {
                     let scale = L2Scale::of(xr.iter().copied(), UNIT_NORM_EPSILON);
                     let dinv = dr.iter().zip(xr).fold(T::zero(), |a, (&d, &v)| a + d * v);
                     dr.iter_mut().for_each(|d| *d *= scale.inv);
@@ -491,6 +731,7 @@ impl Pointwise {
                         }
                     }
                 }
+                g.scatter(&ds, dx.data_mut());
             }
         }
         Ok(dx)
@@ -573,14 +814,37 @@ mod tests {
             },
             Pointwise::Elu { alpha: 1.0 },
             Pointwise::Elu { alpha: 0.4 },
-            Pointwise::Softmax,
+            Pointwise::Softmax {
+                axis: Axis::default(),
+            },
             Pointwise::Identity,
             Pointwise::Rescaling {
                 scale: Coef::PerFeature(vec![0.5, -2.0, 3.0]),
                 offset: Coef::Scalar(0.25),
             },
-            Pointwise::UnitNormalization,
+            Pointwise::UnitNormalization {
+                axis: Axis::default(),
+            },
         ]
+    }
+
+    /// The layers that reduce over axes, with every kind of axis a rank-3 input allows.
+    fn axis_layers() -> Vec<Pointwise> {
+        let axes = [
+            Axis::One(1),
+            Axis::One(-2),
+            Axis::List(vec![2]),
+            Axis::List(vec![1, 2]),
+            Axis::List(vec![-1, 1]),
+        ];
+        axes.iter()
+            .flat_map(|a| {
+                [
+                    Pointwise::Softmax { axis: a.clone() },
+                    Pointwise::UnitNormalization { axis: a.clone() },
+                ]
+            })
+            .collect()
     }
 
     #[test]
@@ -606,6 +870,75 @@ mod tests {
                     dx.data()[i]
                 );
             }
+        }
+    }
+
+    #[test]
+    fn axis_gradients_match_central_differences() {
+        let x: Vec<f64> = (0..24)
+            .map(|i| ((i * 7 % 11) as f64 - 5.0) * 0.37)
+            .collect();
+        let x = Tensor::new(vec![2, 3, 4], x).unwrap();
+        let w: Vec<f64> = (0..24)
+            .map(|i| ((i * 5 % 13) as f64 - 6.0) * 0.21)
+            .collect();
+        for l in axis_layers() {
+            let y = l.call(&x).unwrap();
+            let dy = Tensor::new(vec![2, 3, 4], w.clone()).unwrap();
+            let dx = l.backward(&x, &y, &dy).unwrap();
+            for i in 0..x.len() {
+                let f = |h: f64| {
+                    let mut xp = x.clone();
+                    xp.data_mut()[i] += h;
+                    let yp = l.call(&xp).unwrap();
+                    yp.data().iter().zip(&w).map(|(a, b)| a * b).sum::<f64>()
+                };
+                let fd = (f(1e-6) - f(-1e-6)) / 2e-6;
+                assert!(
+                    (fd - dx.data()[i]).abs() < 1e-6,
+                    "{l:?} at {i}: {fd} vs {}",
+                    dx.data()[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn axes_reduce_over_the_right_values() {
+        // (1, 2, 3): softmax over the time axis normalizes each feature over the 2 steps.
+        let x = Tensor::new(vec![1, 2, 3], vec![0.0f64, 1.0, 2.0, 3.0, 5.0, 2.0]).unwrap();
+        let y = Pointwise::Softmax { axis: Axis::One(1) }.call(&x).unwrap();
+        for f in 0..3 {
+            let (a, b) = (x.data()[f], x.data()[3 + f]);
+            let want = a.exp() / (a.exp() + b.exp());
+            assert!((y.data()[f] - want).abs() < 1e-15, "{f}");
+            assert!((y.data()[f] + y.data()[3 + f] - 1.0).abs() < 1e-15);
+        }
+        // Over both non-batch axes: the six values sum to one (and [1, 2] is [2, 1]).
+        let both = Pointwise::Softmax {
+            axis: Axis::List(vec![2, 1]),
+        };
+        let y = both.call(&x).unwrap();
+        assert!((y.data().iter().sum::<f64>() - 1.0).abs() < 1e-15);
+        let norm = Pointwise::UnitNormalization {
+            axis: Axis::List(vec![1, 2]),
+        }
+        .call(&x)
+        .unwrap();
+        assert!((norm.data().iter().map(|v| v * v).sum::<f64>() - 1.0).abs() < 1e-15);
+        // The batch axis, an axis beyond the rank and one axis named twice are refused.
+        for (axis, rank) in [
+            (Axis::One(-3), 3),
+            (Axis::One(3), 3),
+            (Axis::One(2), 2),
+            (Axis::List(vec![2, -1]), 3),
+        ] {
+            let x = Tensor::new(vec![1; rank], vec![1.0f32]).unwrap();
+            let e = Pointwise::Softmax { axis: axis.clone() }
+                .call(&x)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("Softmax"), "{axis:?}: {e}");
         }
     }
 
@@ -648,15 +981,17 @@ mod tests {
         ];
         let e = Pointwise::Elu { alpha: 2.0 }.call(&x).unwrap();
         assert_eq!(e.data(), f32s(&keras).as_slice());
-        let u = Pointwise::UnitNormalization
-            .call(&Tensor::new(vec![2, 2], vec![3.0f32, 4.0, 0.0, 0.0]).unwrap())
-            .unwrap();
+        let u = Pointwise::UnitNormalization {
+            axis: Axis::default(),
+        }
+        .call(&Tensor::new(vec![2, 2], vec![3.0f32, 4.0, 0.0, 0.0]).unwrap())
+        .unwrap();
         assert_eq!(u.data(), &[0.6f32, 0.8, 0.0, 0.0]);
     }
 
     #[test]
     fn configs_round_trip_and_refuse() {
-        for l in layers() {
+        for l in layers().into_iter().chain(axis_layers()) {
             let mut c = Map::new();
             l.write_keras(&mut c);
             assert_eq!(
@@ -676,8 +1011,10 @@ mod tests {
             ("ReLU", json!({"max_value": -1.0})),
             ("ReLU", json!({"negative_slope": -0.1})),
             ("LeakyReLU", json!({"negative_slope": "x"})),
-            ("Softmax", json!({"axis": 1})),
-            ("UnitNormalization", json!({"axis": [1, 2]})),
+            ("Softmax", json!({"axis": 0})),
+            ("Softmax", json!({"axis": "x"})),
+            ("UnitNormalization", json!({"axis": [1, 1]})),
+            ("UnitNormalization", json!({"axis": [0, 1]})),
             ("Rescaling", json!({"scale": []})),
             ("Rescaling", json!({"offset": [1.0, "a"]})),
         ] {

@@ -327,7 +327,61 @@ fn build_layer<T: Float>(
     path: &str,
     w: &mut WeightReader,
 ) -> Result<ModelLayer<T>, Error> {
-    build_layer_in(entry, path, w, None)
+    let Some(rewritten) = legacy_axis(entry) else {
+        return build_layer_in(entry, path, w, None);
+    };
+    // Keras builds the layer with the rewritten axis. Where that cannot be built (the saved
+    // weights or statistics have the original axes' shape, and Keras' own load fails), the
+    // layer is built as the file describes it.
+    let used = w.used_layers;
+    match build_layer_in(&rewritten, path, w, None) {
+        Ok(layer) => Ok(layer),
+        Err(e) => {
+            w.used_layers = used;
+            build_layer_in(entry, path, w, None).map_err(|_| e)
+        }
+    }
+}
+
+/// What Keras' legacy deserializer makes of a model's layer entry that carries no `module`
+/// (legacy `.h5` configs): `saving_utils.model_from_config` pops the layer's `axis` and puts
+/// back only `int(axis[0])` for a one-element list or `int(axis)` for a number, so a list of
+/// several axes, an empty one or `null` leaves the layer at its default axis (a `Softmax`
+/// over `[1, 2]` saved to `.h5` comes back as one over the last axis). `None` when the entry is
+/// kept as it is. (Wrapped layers are deserialized by their wrapper, untouched.)
+fn legacy_axis(entry: &Value) -> Option<Value> {
+    if entry.get("module").is_some() {
+        return None;
+    }
+    let axis = entry.get("config")?.get("axis")?;
+    let as_int = |v: &Value| match v {
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(v.clone()),
+        // Python's `int` truncates a float towards zero.
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .map(|f| serde_json::json!(f.trunc() as i64)),
+        _ => None,
+    };
+    let kept = match axis {
+        Value::Array(a) if a.len() == 1 => match as_int(&a[0]) {
+            Some(v) => Some(v),
+            // `int()` of something else fails in Keras: left for the layer to refuse.
+            None => return None,
+        },
+        Value::Number(_) => as_int(axis),
+        _ => None,
+    };
+    if kept.as_ref() == Some(axis) {
+        return None;
+    }
+    let mut out = entry.clone();
+    let cfg = out.get_mut("config")?.as_object_mut()?;
+    match kept {
+        Some(v) => cfg.insert("axis".into(), v),
+        None => cfg.remove("axis"),
+    };
+    Some(out)
 }
 
 /// [`build_layer`] for a layer whose legacy `.h5` weights sit under another layer's group
@@ -605,6 +659,17 @@ fn time_distributed<T: Float>(
         .into());
     }
     let inner = build_layer_in::<T>(entry, &format!("{path}/layer"), w, Some(&name))?;
+    if let Layer::Pointwise(p) = &inner.layer {
+        if !p.per_step() {
+            // Inside the wrapper the axes count on (batch · time, features): only the last
+            // one means the same on the sequence.
+            return Err(ConfigError::unsupported(
+                format!("{}.axis inside TimeDistributed `{name}`", p.class_name()),
+                "an axis other than -1",
+            )
+            .into());
+        }
+    }
     Ok(ModelLayer {
         name,
         class_name: "TimeDistributed".into(),
@@ -1411,4 +1476,37 @@ fn parse_node(n: &Value, index: &HashMap<String, usize>) -> Result<Node, Error> 
         }
     }
     Ok(node)
+}
+
+#[cfg(test)]
+mod legacy_axis_tests {
+    use super::legacy_axis;
+    use serde_json::{json, Value};
+
+    fn axis_after(axis: Value) -> Option<Option<Value>> {
+        let entry = json!({"class_name": "Softmax", "config": {"name": "s", "axis": axis}});
+        legacy_axis(&entry).map(|e| e["config"].get("axis").cloned())
+    }
+
+    #[test]
+    fn keras_legacy_loader_rewrites_axis() {
+        // One-element lists and floats become integers; longer lists, empty ones and null go.
+        assert_eq!(axis_after(json!([2])), Some(Some(json!(2))));
+        assert_eq!(axis_after(json!(1.7)), Some(Some(json!(1))));
+        assert_eq!(axis_after(json!([1, 2])), Some(None));
+        assert_eq!(axis_after(json!([])), Some(None));
+        assert_eq!(axis_after(Value::Null), Some(None));
+        assert_eq!(axis_after(json!("x")), Some(None));
+        // Kept: an integer, and what `int()` would refuse (left for the layer to refuse).
+        assert_eq!(axis_after(json!(-1)), None);
+        assert_eq!(axis_after(json!(["a"])), None);
+        // Entries with a module (Keras 3 configs) and entries without an axis are not touched.
+        let keras3 =
+            json!({"module": "keras.layers", "class_name": "Softmax", "config": {"axis": [1, 2]}});
+        assert_eq!(legacy_axis(&keras3), None);
+        assert_eq!(
+            legacy_axis(&json!({"class_name": "Dense", "config": {"units": 2}})),
+            None
+        );
+    }
 }

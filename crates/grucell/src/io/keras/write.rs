@@ -821,7 +821,7 @@ impl<'a, T: Float> Writer<'a, T> {
             }
             // `BatchNormalization.call(inputs, training=None, mask=None)` and
             // `Softmax.call(inputs, mask=None)` record it too.
-            Layer::BatchNorm(_) | Layer::Pointwise(Pointwise::Softmax) => {
+            Layer::BatchNorm(_) | Layer::Pointwise(Pointwise::Softmax { .. }) => {
                 kwargs.insert("mask".into(), mask.unwrap_or(Value::Null));
             }
             // The options a call passed (Keras records those given; grucell those set).
