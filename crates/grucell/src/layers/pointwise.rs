@@ -7,6 +7,7 @@
 //! `LeakyReLU`'s slope, …), so they keep their own Keras class when a model is written back.
 
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 
 use crate::error::{ConfigError, Error, ShapeError};
 use crate::float::Float;
@@ -212,6 +213,11 @@ impl Axis {
         self.values().len() == 1
     }
 
+    /// How a reduction over these axes of an input of shape `shape` visits its rows.
+    fn groups(&self, shape: &[usize], class: &str) -> Result<Groups, Error> {
+        Ok(Groups::new(shape, &self.resolve(shape.len(), class)?))
+    }
+
     /// The axes of a rank-`rank` input, ascending; each must name an axis other than the batch.
     fn resolve(&self, rank: usize, class: &str) -> Result<Vec<usize>, Error> {
         let r = rank as i64;
@@ -294,26 +300,37 @@ impl Groups {
         }
     }
 
-    /// The values, row after row.
-    fn gather<T: Copy>(&self, data: &[T]) -> Vec<T> {
+    /// The values, row after row (borrowed when the rows are contiguous already).
+    fn gather<'a, T: Copy>(&self, data: &'a [T]) -> Cow<'a, [T]> {
         match &self.order {
-            None => data.to_vec(),
+            None => Cow::Borrowed(data),
             Some(order) => order.iter().filter_map(|&i| data.get(i).copied()).collect(),
         }
     }
 
-    /// Writes rows (as [`Groups::gather`] gives them) back to their places in `out`.
-    fn scatter<T: Copy>(&self, rows: &[T], out: &mut [T]) {
-        match &self.order {
-            None => out.copy_from_slice(rows),
-            Some(order) => {
-                for (&i, &v) in order.iter().zip(rows) {
-                    if let Some(o) = out.get_mut(i) {
-                        *o = v;
-                    }
-                }
+    /// Runs `f(i, row)` on each row `i` of `out`, in place when the rows are contiguous, else on
+    /// gathered rows that are then written back to their places.
+    fn map_rows<T: Copy>(&self, out: &mut [T], mut f: impl FnMut(usize, &mut [T])) {
+        let Some(order) = &self.order else {
+            out.chunks_exact_mut(self.len)
+                .enumerate()
+                .for_each(|(i, row)| f(i, row));
+            return;
+        };
+        let mut rows = self.gather(out).into_owned();
+        rows.chunks_exact_mut(self.len)
+            .enumerate()
+            .for_each(|(i, row)| f(i, row));
+        for (&i, &v) in order.iter().zip(&rows) {
+            if let Some(o) = out.get_mut(i) {
+                *o = v;
             }
         }
+    }
+
+    /// Row `i` of gathered values.
+    fn row<'a, T>(&self, rows: &'a [T], i: usize) -> &'a [T] {
+        rows.get(i * self.len..(i + 1) * self.len).unwrap_or(&[])
     }
 }
 
@@ -519,16 +536,14 @@ impl Pointwise {
                 y.data_mut().iter_mut().for_each(|v| *v = self.scalar(*v));
             }
             Pointwise::Softmax { axis } => {
-                let g = Groups::new(x.shape(), &axis.resolve(x.shape().len(), "Softmax")?);
-                let mut rows = g.gather(x.data());
-                for row in rows.chunks_exact_mut(g.len) {
-                    if axis.single() {
-                        Activation::Softmax.apply_row(row);
-                    } else {
-                        softmax_via_logsumexp(row);
-                    }
-                }
-                g.scatter(&rows, y.data_mut());
+                axis.groups(x.shape(), "Softmax")?
+                    .map_rows(y.data_mut(), |_, row| {
+                        if axis.single() {
+                            Activation::Softmax.apply_row(row);
+                        } else {
+                            softmax_via_logsumexp(row);
+                        }
+                    });
             }
             Pointwise::Identity => {}
             Pointwise::Rescaling { scale, offset } => {
@@ -540,16 +555,11 @@ impl Pointwise {
                 }
             }
             Pointwise::UnitNormalization { axis } => {
-                let g = Groups::new(
-                    x.shape(),
-                    &axis.resolve(x.shape().len(), "UnitNormalization")?,
-                );
-                let mut rows = g.gather(x.data());
-                for row in rows.chunks_exact_mut(g.len) {
-                    let inv = L2Scale::of(row.iter().copied(), UNIT_NORM_EPSILON).inv;
-                    row.iter_mut().for_each(|v| *v *= inv);
-                }
-                g.scatter(&rows, y.data_mut());
+                axis.groups(x.shape(), "UnitNormalization")?
+                    .map_rows(y.data_mut(), |_, row| {
+                        let inv = L2Scale::of(row.iter().copied(), UNIT_NORM_EPSILON).inv;
+                        row.iter_mut().for_each(|v| *v *= inv);
+                    });
             }
         }
         Ok(y)
@@ -692,21 +702,16 @@ impl Pointwise {
                 }
             }
             Pointwise::Softmax { axis } => {
-                let g = Groups::new(x.shape(), &axis.resolve(x.shape().len(), "Softmax")?);
+                let g = axis.groups(x.shape(), "Softmax")?;
                 let (xs, ys, gs) = (g.gather(x.data()), g.gather(y.data()), g.gather(dy.data()));
-                let mut ds = gs.clone();
-                for ((xr, yr), (gr, dr)) in xs
-                    .chunks_exact(g.len)
-                    .zip(ys.chunks_exact(g.len))
-                    .zip(gs.chunks_exact(g.len).zip(ds.chunks_exact_mut(g.len)))
-                {
+                g.map_rows(dx.data_mut(), |i, dr| {
+                    let (xr, yr, gr) = (g.row(&xs, i), g.row(&ys, i), g.row(&gs, i));
                     if axis.single() {
                         Activation::Softmax.backward_row(xr, yr, gr, dr);
                     } else {
                         softmax_via_logsumexp_grad(xr, yr, gr, dr);
                     }
-                }
-                g.scatter(&ds, dx.data_mut());
+                });
             }
             Pointwise::Identity => {}
             Pointwise::Rescaling { scale, .. } => {
@@ -716,12 +721,10 @@ impl Pointwise {
                 }
             }
             Pointwise::UnitNormalization { axis } => {
-                let g = Groups::new(
-                    x.shape(),
-                    &axis.resolve(x.shape().len(), "UnitNormalization")?,
-                );
-                let (xs, mut ds) = (g.gather(x.data()), g.gather(dy.data()));
-                for (xr, dr) in xs.chunks_exact(g.len).zip(ds.chunks_exact_mut(g.len)) {
+                let g = axis.groups(x.shape(), "UnitNormalization")?;
+                let xs = g.gather(x.data());
+                g.map_rows(dx.data_mut(), |i, dr| {
+                    let xr = g.row(&xs, i);
                     let scale = L2Scale::of(xr.iter().copied(), UNIT_NORM_EPSILON);
                     let dinv = dr.iter().zip(xr).fold(T::zero(), |a, (&d, &v)| a + d * v);
                     dr.iter_mut().for_each(|d| *d *= scale.inv);
@@ -730,8 +733,7 @@ impl Pointwise {
                             *d += c * (v * T::of(2.0));
                         }
                     }
-                }
-                g.scatter(&ds, dx.data_mut());
+                });
             }
         }
         Ok(dx)
