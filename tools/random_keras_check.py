@@ -151,7 +151,7 @@ def random_head(rng, layers, seq, pick, acts, fixed_t=True):
     if seq and rng.random() < 0.3:
         head.append(layers.TimeDistributed(pick([layers.Dropout(0.3), layers.Activation(pick(acts)),
                                                  layers.LayerNormalization(gamma_initializer="random_normal"),
-                                                 random_pointwise(rng, layers, pick, prelu=False)[0]])))
+                                                 random_pointwise(rng, layers, pick, prelu=True)[0]])))
         desc.append("TimeDistributed(Dropout|Activation|LayerNormalization|pointwise)")
     if rng.random() < 0.5:
         dense = layers.Dense(int(rng.integers(1, 5)), activation=pick(acts))

@@ -826,6 +826,7 @@ const MODEL_FIXTURES: &[&str] = &[
     "models/rms_normalization.keras",
     "models/softmax_axes.keras",
     "models/legacy_h5_axes.h5",
+    "models/td_prelu.h5",
 ];
 
 /// Builds the model as `grucell predict` does and, when that works, runs what `predict` and

@@ -157,13 +157,18 @@ impl<T: Float> PRelu<T> {
         self.alpha.len()
     }
 
-    /// For each value of `x` (row-major), the index of its `α` (broadcast along the shared
-    /// axes); fails when `x` is not `(batch, …α's shape with any size on shared axes)`.
+    /// For each value of the trailing `α.ndim()` axes of `x` (row-major), the index of its `α`
+    /// (broadcast along the shared axes, and along any leading axes as numpy broadcasting does:
+    /// `TimeDistributed(PReLU)` has an `α` per feature, applied at every step); fails when `x`
+    /// is not `(batch, …, α's shape with any size on shared axes)`.
     fn alpha_index(&self, x: &Tensor<T>) -> Result<Vec<usize>, Error> {
         let a = self.alpha.shape();
         let s = x.shape();
-        let fits =
-            s.len() == a.len() + 1 && a.iter().zip(&s[1..]).all(|(&ad, &xd)| ad == xd || ad == 1);
+        let lead = s.len().saturating_sub(a.len());
+        let fits = lead >= 1
+            && a.iter()
+                .zip(&s[lead..])
+                .all(|(&ad, &xd)| ad == xd || ad == 1);
         if !fits {
             return Err(ShapeError::mismatch(
                 format!("{} input", self.config.name),
@@ -179,14 +184,14 @@ impl<T: Float> PRelu<T> {
             strides[k] = if a[k] == 1 { 0 } else { acc };
             acc *= a[k];
         }
-        let inner: usize = s[1..].iter().product();
+        let inner: usize = s[lead..].iter().product();
         let mut idx = Vec::with_capacity(inner);
         let mut pos = vec![0usize; a.len()];
         for _ in 0..inner {
             idx.push(pos.iter().zip(&strides).map(|(p, st)| p * st).sum());
             for k in (0..pos.len()).rev() {
                 pos[k] += 1;
-                if pos[k] < s[k + 1] {
+                if pos[k] < s[k + lead] {
                     break;
                 }
                 pos[k] = 0;
@@ -265,6 +270,9 @@ mod tests {
             (json!(null), vec![3, 2]),
             (json!([1]), vec![1, 2]),
             (json!(2), vec![3, 1]),
+            // Inside TimeDistributed: α per feature, or one, over every batch row and step.
+            (json!(null), vec![2]),
+            (json!([1]), vec![1]),
         ] {
             let n: usize = ashape.iter().product();
             let alpha =

@@ -585,7 +585,7 @@ fn build_layer_in<T: Float>(
             (None, Some(l)) => Layer::Steps(l),
             (None, None) => return Err(ConfigError::unsupported(
                 "layer",
-                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation | LayerNormalization | the pointwise layers), Dense, Dropout, Activation, ReLU, LeakyReLU, PReLU, ELU, Softmax, Identity, Rescaling, UnitNormalization, Normalization, SpatialDropout1D, GaussianNoise, GaussianDropout, AlphaDropout, ActivityRegularization, LayerNormalization, RMSNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, ZeroPadding1D, Cropping1D, UpSampling1D, Attention, AdditiveAttention, MultiHeadAttention, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum, Dot"),
+                format!("`{other}` (layer `{name}`); supported: InputLayer, Masking, Embedding, GRU, RNN(GRUCell | StackedRNNCells), Bidirectional, TimeDistributed(Dense | Dropout | Activation | LayerNormalization | PReLU | the pointwise layers), Dense, Dropout, Activation, ReLU, LeakyReLU, PReLU, ELU, Softmax, Identity, Rescaling, UnitNormalization, Normalization, SpatialDropout1D, GaussianNoise, GaussianDropout, AlphaDropout, ActivityRegularization, LayerNormalization, RMSNormalization, BatchNormalization, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D, Flatten, RepeatVector, Permute, Reshape, ZeroPadding1D, Cropping1D, UpSampling1D, Attention, AdditiveAttention, MultiHeadAttention, Concatenate, Add, Subtract, Multiply, Average, Maximum, Minimum, Dot"),
             )
             .into()),
         },
@@ -649,11 +649,12 @@ fn time_distributed<T: Float>(
             | "Identity"
             | "Rescaling"
             | "UnitNormalization"
+            | "PReLU"
     ) {
         return Err(ConfigError::unsupported(
             "layer inside TimeDistributed",
             format!(
-                "`{class}` (in `{name}`); supported: Dense, Dropout, Activation, LayerNormalization, ReLU, LeakyReLU, ELU, Softmax, Identity, Rescaling, UnitNormalization"
+                "`{class}` (in `{name}`); supported: Dense, Dropout, Activation, LayerNormalization, ReLU, LeakyReLU, PReLU, ELU, Softmax, Identity, Rescaling, UnitNormalization"
             ),
         )
         .into());

@@ -1173,6 +1173,7 @@ impl<'a, T: Float> Writer<'a, T> {
                 | Layer::Activation(_)
                 | Layer::LayerNorm(_)
                 | Layer::Pointwise(_)
+                | Layer::PRelu(_)
         ) {
             return Err(ConfigError::unsupported(
                 "layer inside TimeDistributed",
