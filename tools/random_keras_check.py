@@ -139,7 +139,7 @@ def random_head(rng, layers, seq, pick, acts, fixed_t=True):
         head.append(layers.LayerNormalization(center=bool(rng.random() < 0.8), scale=bool(rng.random() < 0.8),
                                               gamma_initializer="random_normal", beta_initializer="random_normal"))
         desc.append("LayerNormalization")
-    elif rng.random() < 0.1:
+    elif rng.random() < 0.1 and hasattr(layers, "RMSNormalization"):  # not in TF-Keras 2
         head.append(layers.RMSNormalization(epsilon=float(pick([1e-6, 1e-3]))))  # drops the mask
         desc.append("RMSNormalization")
     if rng.random() < 0.15:

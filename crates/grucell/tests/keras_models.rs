@@ -153,7 +153,7 @@ fn tf_keras_2_fixtures_match_tf_keras() {
         serde_json::from_str(&std::fs::read_to_string(tf2_dir().join("manifest.json")).unwrap())
             .unwrap();
     let cases = manifest["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 9);
+    assert_eq!(cases.len(), 10);
     let mut failures = Vec::new();
     for case in cases {
         for file in case["files"].as_array().unwrap() {

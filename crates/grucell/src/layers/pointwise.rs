@@ -496,13 +496,15 @@ impl Pointwise {
         }
     }
 
-    /// Whether the layer is the same on each time step of a sequence as on the sequence, so
-    /// that `TimeDistributed` around it is the layer itself: every layer here except a
-    /// `Softmax` or `UnitNormalization` over an axis other than the last.
+    /// Whether the layer, with its axes counted on the sequence (a wrapped layer's axis
+    /// `k ≥ 1` is the sequence's `k + 1`), is the same on each time step as on the sequence, so
+    /// that `TimeDistributed` around it is the layer itself: every layer here except a `Softmax`
+    /// or `UnitNormalization` with a negative axis other than `-1`, which may count into the
+    /// merged batch and time axis.
     pub fn per_step(&self) -> bool {
         match self {
             Pointwise::Softmax { axis } | Pointwise::UnitNormalization { axis } => {
-                axis.values() == [-1]
+                axis.values().iter().all(|&a| a == -1 || a > 0)
             }
             _ => true,
         }

@@ -659,14 +659,16 @@ fn time_distributed<T: Float>(
         )
         .into());
     }
-    let inner = build_layer_in::<T>(entry, &format!("{path}/layer"), w, Some(&name))?;
+    let mut entry = entry.clone();
+    if let Some(cfg) = entry.get_mut("config").and_then(Value::as_object_mut) {
+        shift_axis(cfg, 1);
+    }
+    let inner = build_layer_in::<T>(&entry, &format!("{path}/layer"), w, Some(&name))?;
     if let Layer::Pointwise(p) = &inner.layer {
         if !p.per_step() {
-            // Inside the wrapper the axes count on (batch · time, features): only the last
-            // one means the same on the sequence.
             return Err(ConfigError::unsupported(
                 format!("{}.axis inside TimeDistributed `{name}`", p.class_name()),
-                "an axis other than -1",
+                "a negative axis other than -1 (it may count into the merged batch and time axis)",
             )
             .into());
         }
@@ -686,6 +688,24 @@ fn time_distributed<T: Float>(
             trainable: inner.trainable,
         }),
     })
+}
+
+/// Moves the non-negative `axis` values (an integer or a list) of a layer config by `by`. The
+/// layer inside `TimeDistributed` sees `(batch · time, …)`, so its axis `k ≥ 1` is the
+/// sequence's axis `k + 1` (TF-Keras 2 writes the axes a layer was built with that way, e.g.
+/// `LayerNormalization(axis=[1])`); negative axes count from the end in both. The loader moves a
+/// wrapped layer's axes by `+1`, the writer by `−1`.
+pub(crate) fn shift_axis(cfg: &mut Map<String, Value>, by: i64) {
+    let shift = |v: &mut Value| {
+        if let Some(k) = v.as_i64().filter(|&k| k > 0) {
+            *v = Value::from(k.saturating_add(by));
+        }
+    };
+    match cfg.get_mut("axis") {
+        Some(Value::Array(list)) => list.iter_mut().for_each(shift),
+        Some(other) => shift(other),
+        None => {}
+    }
 }
 
 /// Reads a GRU cell's weights given its vars path.

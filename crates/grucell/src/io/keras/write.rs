@@ -1182,8 +1182,10 @@ impl<'a, T: Float> Writer<'a, T> {
             .into());
         }
         let inner_path = format!("{path}/layer");
-        let (config, built) =
+        let (mut config, built) =
             self.plain_config(&ml.layer, &inner.name, inner.trainable, &inner_path)?;
+        // Axes back to the wrapped layer's own count (see `load::shift_axis`).
+        crate::io::keras::load::shift_axis(&mut config, -1);
         self.groups
             .push(VarsGroup::new(format!("{inner_path}/vars"), &inner.name));
         let mut wrapped = object(
