@@ -851,29 +851,34 @@ mod tests {
             .collect()
     }
 
+    /// Central differences of `Σ w·layer(x)` against `backward` for every input value.
+    fn check_input_gradients(l: &Pointwise, x: &Tensor<f64>, w: &[f64]) {
+        let y = l.call(x).unwrap();
+        let dy = Tensor::new(x.shape().to_vec(), w.to_vec()).unwrap();
+        let dx = l.backward(x, &y, &dy).unwrap();
+        for i in 0..x.len() {
+            let f = |h: f64| {
+                let mut xp = x.clone();
+                xp.data_mut()[i] += h;
+                let yp = l.call(&xp).unwrap();
+                yp.data().iter().zip(w).map(|(a, b)| a * b).sum::<f64>()
+            };
+            let fd = (f(1e-6) - f(-1e-6)) / 2e-6;
+            assert!(
+                (fd - dx.data()[i]).abs() < 1e-6,
+                "{l:?} at {i}: {fd} vs {}",
+                dx.data()[i]
+            );
+        }
+    }
+
     #[test]
     fn gradients_match_central_differences() {
         let x = Tensor::new(vec![2, 3], vec![-1.3f64, 0.37, 2.9, 0.81, -0.22, 7.4]).unwrap();
         // A weighted sum of the output, so that Softmax and UnitNormalization get a gradient.
         let w = [0.3, -1.1, 0.7, 1.9, 0.2, -0.6];
         for l in layers() {
-            let y = l.call(&x).unwrap();
-            let dy = Tensor::new(vec![2, 3], w.to_vec()).unwrap();
-            let dx = l.backward(&x, &y, &dy).unwrap();
-            for i in 0..x.len() {
-                let f = |h: f64| {
-                    let mut xp = x.clone();
-                    xp.data_mut()[i] += h;
-                    let yp = l.call(&xp).unwrap();
-                    yp.data().iter().zip(&w).map(|(a, b)| a * b).sum::<f64>()
-                };
-                let fd = (f(1e-6) - f(-1e-6)) / 2e-6;
-                assert!(
-                    (fd - dx.data()[i]).abs() < 1e-6,
-                    "{l:?} at {i}: {fd} vs {}",
-                    dx.data()[i]
-                );
-            }
+            check_input_gradients(&l, &x, &w);
         }
     }
 
@@ -887,23 +892,7 @@ mod tests {
             .map(|i| ((i * 5 % 13) as f64 - 6.0) * 0.21)
             .collect();
         for l in axis_layers() {
-            let y = l.call(&x).unwrap();
-            let dy = Tensor::new(vec![2, 3, 4], w.clone()).unwrap();
-            let dx = l.backward(&x, &y, &dy).unwrap();
-            for i in 0..x.len() {
-                let f = |h: f64| {
-                    let mut xp = x.clone();
-                    xp.data_mut()[i] += h;
-                    let yp = l.call(&xp).unwrap();
-                    yp.data().iter().zip(&w).map(|(a, b)| a * b).sum::<f64>()
-                };
-                let fd = (f(1e-6) - f(-1e-6)) / 2e-6;
-                assert!(
-                    (fd - dx.data()[i]).abs() < 1e-6,
-                    "{l:?} at {i}: {fd} vs {}",
-                    dx.data()[i]
-                );
-            }
+            check_input_gradients(&l, &x, &w);
         }
     }
 
