@@ -1,6 +1,7 @@
 //! `LayerNormalization` over the last axis (features), as Keras 3.15.1 computes it with the
-//! TensorFlow backend: per row, `mean` and `variance` (`tf.nn.moments`), `inv = rsqrt(variance +
-//! ε)·γ`, `y = x·inv + (β − mean·inv)`. The mask passes through unchanged.
+//! TensorFlow backend in graph mode (`predict`, `fit`): per row, `mean` and `variance`
+//! (`tf.nn.moments`), `inv = rsqrt(variance + ε)·γ`, `y = (x·inv − mean·inv) + β`. The mask passes
+//! through unchanged.
 //!
 //! Other axes and the deprecated `rms_scaling` are refused with an error naming them.
 
@@ -335,11 +336,14 @@ impl<T: Float> LayerNorm<T> {
             let (mean, r) = self.moments(row);
             for (i, v) in row.iter_mut().enumerate() {
                 let inv = self.gamma.as_ref().map_or(r, |g| r * g.data()[i]);
-                let res = self
+                // Keras writes `x·inv + (−mean·inv + β)`; TensorFlow's graph optimizer (in
+                // `predict` and `fit`) adds the two products first and β last. The order
+                // matters where |mean| ≫ the spread: a constant row gives exactly β.
+                let centered = *v * inv + -mean * inv;
+                *v = self
                     .beta
                     .as_ref()
-                    .map_or(-mean * inv, |b| -mean * inv + b.data()[i]);
-                *v = *v * inv + res;
+                    .map_or(centered, |b| centered + b.data()[i]);
             }
         }
         Ok(y)
@@ -407,6 +411,44 @@ mod tests {
         let gamma = scale.then(|| Tensor::new(vec![3], vec![0.5, -1.5, 2.0]).unwrap());
         let beta = center.then(|| Tensor::new(vec![3], vec![0.1, 0.0, -0.3]).unwrap());
         LayerNorm::from_weights(cfg, gamma, beta).unwrap()
+    }
+
+    /// Rows far from zero against their spread, as Keras 3.15.1 `predict` prints them
+    /// (`LayerNormalization` with γ = 0.37, β = 0.11): a constant row gives exactly β, where
+    /// Keras' eager `x·inv + (−mean·inv + β)` gives 0.
+    #[test]
+    fn keras_graph_mode_values() {
+        let cfg = LayerNormConfig::default();
+        let gamma = Some(Tensor::new(vec![3], vec![0.37f32; 3]).unwrap());
+        let beta = Some(Tensor::new(vec![3], vec![0.11f32; 3]).unwrap());
+        let l = LayerNorm::from_weights(cfg, gamma, beta).unwrap();
+        let x = Tensor::new(
+            vec![3, 3],
+            vec![
+                1e5 + 1.0,
+                1e5 + 2.5,
+                1e5 + 3.0,
+                5e5,
+                5e5,
+                5e5,
+                0.3,
+                -0.2,
+                0.9,
+            ],
+        )
+        .unwrap();
+        let keras = [
+            -0.3978125f32,
+            0.25453126,
+            0.47328126,
+            0.11,
+            0.11,
+            0.11,
+            0.08264133,
+            -0.32773864,
+            0.57509726,
+        ];
+        assert_eq!(l.call(&x).unwrap().data(), &keras);
     }
 
     /// Gradients of `Σ y·w` against central differences, with and without `γ` / `β`.
