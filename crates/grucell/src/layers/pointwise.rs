@@ -215,11 +215,13 @@ impl Axis {
 
     /// How a reduction over these axes of an input of shape `shape` visits its rows.
     fn groups(&self, shape: &[usize], class: &str) -> Result<Groups, Error> {
-        Ok(Groups::new(shape, &self.resolve(shape.len(), class)?))
+        Ok(Groups::new(shape, &self.resolve(shape, class)?))
     }
 
-    /// The axes of a rank-`rank` input, ascending; each must name an axis other than the batch.
-    fn resolve(&self, rank: usize, class: &str) -> Result<Vec<usize>, Error> {
+    /// The axes of an input of shape `shape`, ascending; each must name an axis other than the
+    /// batch.
+    fn resolve(&self, shape: &[usize], class: &str) -> Result<Vec<usize>, Error> {
+        let rank = shape.len();
         let r = rank as i64;
         let mut out = Vec::with_capacity(self.values().len());
         for &a in self.values() {
@@ -227,8 +229,8 @@ impl Axis {
             if k < 1 || k >= r {
                 return Err(ShapeError::mismatch(
                     format!("{class} input (axis {a})"),
-                    &[rank],
-                    "a rank with that axis beyond the batch axis",
+                    shape,
+                    "a shape with that axis beyond the batch axis",
                 )
                 .into());
             }
