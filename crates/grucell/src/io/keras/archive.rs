@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{check_model_config, parse_json, KerasFile, KerasWeights};
+use super::{parse_config_json, parse_json, KerasFile, KerasWeights};
 use crate::error::FormatError;
 use crate::io::h5::H5File;
 use crate::io::npy::{read_file, read_zip_entries};
@@ -74,12 +74,7 @@ pub fn read_keras_archive_bytes(
             "missing: not a .keras archive (expected config.json, metadata.json, model.weights.h5)",
         )
     })?;
-    let mut model_config = parse_json(&config, name, CONFIG)?;
-    check_model_config(&model_config, name, CONFIG)?;
-    let compile_config = model_config
-        .as_object_mut()
-        .and_then(|o| o.remove("compile_config"))
-        .filter(|v| !v.is_null());
+    let (model_config, compile_config) = parse_config_json(&config, name, CONFIG)?;
 
     let keras_version = match metadata {
         Some(m) => {

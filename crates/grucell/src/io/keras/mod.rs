@@ -222,6 +222,23 @@ pub(crate) fn parse_json(
         .map_err(|e| FormatError::malformed(file, part, format!("invalid JSON: {e}")))
 }
 
+/// Parses a config.json text (a `.keras` archive's, or the metadata of a grucell safetensors
+/// model) into the model config, checked as [`check_model_config`] does, and the
+/// `compile_config` taken out of it (absent or `null` → `None`).
+pub(crate) fn parse_config_json(
+    text: &[u8],
+    file: &str,
+    part: &str,
+) -> Result<(serde_json::Value, Option<serde_json::Value>), FormatError> {
+    let mut model_config = parse_json(text, file, part)?;
+    check_model_config(&model_config, file, part)?;
+    let compile_config = model_config
+        .as_object_mut()
+        .and_then(|o| o.remove("compile_config"))
+        .filter(|v| !v.is_null());
+    Ok((model_config, compile_config))
+}
+
 /// Checks that a model config is a Keras object with a string `class_name`.
 pub(crate) fn check_model_config(
     v: &serde_json::Value,

@@ -5,7 +5,7 @@
 //! Reading one gives the same [`KerasFile`] a `.keras` archive gives, so everything that loads a
 //! Keras model (`load_model`, `grucell predict`, `inspect`, `fit`) loads these too.
 
-use super::{check_model_config, parse_json, KerasFile, KerasWeights};
+use super::{parse_config_json, KerasFile, KerasWeights};
 use crate::error::FormatError;
 use crate::io::safetensors::{load_safetensors_bytes, NamedTensors};
 use crate::tensor::Tensor;
@@ -64,12 +64,7 @@ pub fn read_safetensors_model_bytes(
         }
     };
     let part = format!("__metadata__: {CONFIG_KEY}");
-    let mut model_config = parse_json(config.as_bytes(), name, &part)?;
-    check_model_config(&model_config, name, &part)?;
-    let compile_config = model_config
-        .as_object_mut()
-        .and_then(|o| o.remove("compile_config"))
-        .filter(|v| !v.is_null());
+    let (model_config, compile_config) = parse_config_json(config.as_bytes(), name, &part)?;
     let weights = weights_by_path(tensors, name)?;
     Ok(KerasFile {
         model_config,
