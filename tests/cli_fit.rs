@@ -138,6 +138,80 @@ fn fits_compiled_fixture_like_keras() {
     );
 }
 
+/// A stateful model (fixed batch 4) trains in batches of its own size without --batch-size,
+/// carrying its states as Keras does (the history is Keras'); another batch size is refused.
+#[test]
+fn fits_a_stateful_model_in_batches_of_its_size() {
+    let dir = Scratch::new("stateful");
+    let fx = root().join("tests/fixtures/fit");
+    let (xp, yp, _) = arrays(
+        &fx.join("stateful_basic.npz"),
+        "input_0",
+        "target_0",
+        &dir,
+        |_| {},
+    );
+    let out = dir.path("trained.keras");
+    let model = fx.join("stateful_basic.keras");
+    let args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "fit",
+            "--model",
+            s(&model),
+            "--x",
+            s(&xp),
+            "--y",
+            s(&yp),
+            "--no-shuffle",
+            "--epochs",
+            "3",
+            "--validation-split",
+            "0.25",
+            "--output",
+            s(&out),
+        ];
+        a.extend_from_slice(extra);
+        a.iter().map(|v| v.to_string()).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| grucell(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run(args(&["--batch-size", "3"]));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && !out.exists());
+    assert!(
+        stderr.contains("batch_size") && stderr.contains("4, the batch size"),
+        "{stderr}"
+    );
+    let o = run(args(&[]));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.join("fit.json")).unwrap()).unwrap();
+    let case = json["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "stateful_basic")
+        .unwrap();
+    let h = history(&stdout);
+    assert_eq!(h.len(), 3, "{stdout}");
+    for (e, row) in h.iter().enumerate() {
+        for (k, col) in [("loss", 1), ("val_loss", 2)] {
+            let want = case["history"][k][e].as_f64().unwrap();
+            assert!(
+                (row[col] - want).abs() < 1e-5 * want.abs(),
+                "epoch {} {k}: {} vs Keras {want}",
+                e + 1,
+                row[col]
+            );
+        }
+    }
+    assert!(load_model::<f32>(&out).unwrap().is_stateful());
+}
+
 #[test]
 fn fits_model_fixture_two_epochs_deterministically() {
     let dir = Scratch::new("fixture");

@@ -60,9 +60,10 @@ pub struct Args {
     /// Learning rate: a constant that replaces the optimizer's rate or schedule.
     #[arg(long, value_name = "F")]
     pub learning_rate: Option<f64>,
-    /// Samples per optimizer step.
-    #[arg(long, value_name = "N", default_value_t = 32)]
-    pub batch_size: usize,
+    /// Samples per optimizer step [default: the model's fixed input batch size if it has
+    /// stateful layers (every batch must then have that size), else 32].
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
     /// Passes over the training data.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub epochs: usize,
@@ -139,6 +140,19 @@ fn same_file(a: &Path, b: &Path) -> bool {
     match (canon(a), canon(b)) {
         (Some(x), Some(y)) => x == y,
         _ => a == b,
+    }
+}
+
+/// Keras' default batch size (32), or the fixed input batch size of a stateful model, which
+/// takes batches of that size only.
+fn default_batch_size<T: Float>(model: &Model<T>) -> usize {
+    let fixed = model
+        .input_shapes()
+        .iter()
+        .find_map(|s| s.first().copied().flatten());
+    match fixed {
+        Some(b) if model.is_stateful() => b,
+        _ => 32,
     }
 }
 
@@ -259,7 +273,9 @@ fn train<T: Float>(
     let x = read_arrays::<T>(&args.x, "--x")?;
     let y = read_arrays::<T>(&args.y, "--y")?;
     let cfg = FitConfig {
-        batch_size: args.batch_size,
+        batch_size: args
+            .batch_size
+            .unwrap_or_else(|| default_batch_size(&model)),
         epochs: args.epochs,
         shuffle: !args.no_shuffle,
         seed: args.seed,

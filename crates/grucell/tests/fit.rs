@@ -219,7 +219,17 @@ fn check_keras_case(name: &str) -> (Value, History) {
         rel(&h.val_loss, &want_val)
     );
     let x = data["input_0"].clone();
-    let pred = model.predict(std::slice::from_ref(&x)).unwrap();
+    let batch_size = case["batch_size"].as_u64().unwrap() as usize;
+    // Stateful models carry their states on from fit into predict (in batches of their size)
+    // and from there into evaluate, as the Keras run did.
+    let pred = if case["stateful"].as_bool().unwrap_or(false) {
+        assert!(model.is_stateful());
+        model
+            .predict_in_batches(std::slice::from_ref(&x), batch_size)
+            .unwrap()
+    } else {
+        model.predict(std::slice::from_ref(&x)).unwrap()
+    };
     let diff = pred[0].max_abs_diff(&data["pred_after"]);
     eprintln!("{name}: predictions after fit: max abs difference {diff:e}");
     assert!(
@@ -232,7 +242,7 @@ fn check_keras_case(name: &str) -> (Value, History) {
             &[x],
             &[data["target_0"].clone()],
             &loss.unwrap(),
-            case["batch_size"].as_u64().unwrap() as usize,
+            batch_size,
         )
         .unwrap();
     let want_ev = f64::from(data["eval_after"].data()[0]);
@@ -273,6 +283,28 @@ fn keras_early_stopping_on_loss_with_min_delta() {
         h.loss[3] < h.loss[2] && h.loss[2] - h.loss[3] < 0.05,
         "{h:?}"
     );
+}
+
+#[test]
+fn keras_stateful_states_carry_through_batches_validation_and_epochs() {
+    let (_, h) = check_keras_case("stateful_basic");
+    assert_eq!(h.val_loss.len(), 3);
+}
+
+#[test]
+fn keras_stateful_bidirectional_and_stacked_cells_with_a_mask() {
+    check_keras_case("stateful_bidi_stacked");
+}
+
+#[test]
+fn keras_stateful_early_stopping_restores_weights_not_states() {
+    let (case, h) = check_keras_case("stateful_early_stop");
+    assert!(h.stopped_early, "{h:?}");
+    assert_eq!(
+        h.best_epoch,
+        Some(case["best_epoch"].as_u64().unwrap() as usize + 1)
+    );
+    assert!(h.best_epoch < Some(h.epochs_run), "{h:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -694,34 +726,72 @@ fn bad_inputs_are_errors() {
     assert!(e.contains("x[0]"), "{e}");
 }
 
+/// A stateful model takes batches of one size: a partial batch, or a batch size other than
+/// the model's fixed one, is refused before any step, naming `batch_size`.
 #[test]
-fn stateful_models_are_refused() {
-    let gru = Rnn::<f32>::new(GruCellConfig::new(3).seed(Some(1)), 2)
-        .unwrap()
-        .stateful(true);
-    let mut m = Model::sequential(
-        "m",
-        vec![Some(3), Some(2)],
-        vec![("gru".into(), Layer::Rnn(gru))],
-    )
-    .unwrap();
-    let (x, _) = regression_data(4, 3, 1);
-    let y = Tensor::new(vec![4, 3], vec![0.0; 12]).unwrap();
-    let mut opt = optimizer_for(&m, OptimizerConfig::sgd(0.01));
-    let e = m
-        .fit(
-            &[x],
-            &[y],
+fn stateful_fit_refuses_partial_and_other_batch_sizes() {
+    let stateful_model = |batch: Option<usize>| {
+        let gru = Rnn::<f32>::new(GruCellConfig::new(3).seed(Some(1)), 2)
+            .unwrap()
+            .stateful(true);
+        let mut m = Model::sequential(
+            "m",
+            vec![Some(3), Some(2)],
+            vec![("gru".into(), Layer::Rnn(gru))],
+        )
+        .unwrap();
+        m.layers[0].layer = Layer::Input {
+            batch_shape: vec![batch, Some(3), Some(2)],
+        };
+        m
+    };
+    let (x, _) = regression_data(6, 3, 1);
+    let y = Tensor::new(vec![6, 3], vec![0.0; 18]).unwrap();
+    let run = |m: &mut Model<f32>, cfg: FitConfig| {
+        let mut opt = optimizer_for(m, OptimizerConfig::sgd(0.01));
+        m.fit(
+            std::slice::from_ref(&x),
+            std::slice::from_ref(&y),
             &Loss::MeanSquaredError,
             &mut opt,
-            &quiet(2, 1),
+            &cfg,
             None,
         )
+    };
+    let mut m = stateful_model(None);
+    let before = m.layers.clone();
+    let e = run(&mut m, quiet(4, 1)).unwrap_err().to_string();
+    assert!(
+        e.contains("batch_size") && e.contains("6 training samples"),
+        "{e}"
+    );
+    let e = run(
+        &mut m,
+        FitConfig {
+            validation_split: 0.5,
+            ..quiet(2, 1)
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("3 training samples"), "{e}");
+    assert_eq!(format!("{:?}", m.layers), format!("{before:?}"));
+    let e = run(&mut stateful_model(Some(2)), quiet(3, 1))
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("stateful training unsupported") && e.contains("`gru`"),
+        e.contains("batch_size") && e.contains("2, the batch size"),
         "{e}"
+    );
+    // Whole batches train, and the layer keeps the last batch's final states.
+    let mut m = stateful_model(Some(3));
+    run(&mut m, quiet(3, 2)).unwrap();
+    let Layer::Rnn(r) = &m.layers[1].layer else {
+        panic!("layer 1 is the GRU")
+    };
+    assert_eq!(
+        r.carried_states().map(|s| s[0].shape().to_vec()),
+        Some(vec![3, 3])
     );
 }
 

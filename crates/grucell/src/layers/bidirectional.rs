@@ -47,6 +47,10 @@ impl MergeMode {
     }
 }
 
+/// What [`Bidirectional::call_with_final_states`] returns: the outputs of
+/// [`Bidirectional::call`], then every cell's final state (forward layer's, then backward's).
+pub type OutputsAndFinals<T> = (Vec<Tensor<T>>, Vec<Tensor<T>>);
+
 /// A bidirectional wrapper: `forward` walks time forwards, `backward` (built with
 /// `go_backwards = true`) walks it backwards; its sequence is flipped back before merging.
 ///
@@ -144,6 +148,18 @@ impl<T: Float> Bidirectional<T> {
         initial_state: Option<&[Tensor<T>]>,
         mask: Option<&Mask>,
     ) -> Result<Vec<Tensor<T>>, Error> {
+        Ok(self.call_with_final_states(x, initial_state, mask)?.0)
+    }
+
+    /// Like [`Bidirectional::call`], also returning every cell's final state (forward layer's
+    /// cells, then the backward layer's), whatever `return_state` says: what stateful layers
+    /// carry to the next call.
+    pub fn call_with_final_states(
+        &self,
+        x: &Tensor<T>,
+        initial_state: Option<&[Tensor<T>]>,
+        mask: Option<&Mask>,
+    ) -> Result<OutputsAndFinals<T>, Error> {
         let nf = self.forward.cells().len();
         let (fs, bs) = match initial_state {
             Some(s) if s.len() == nf + self.backward.cells().len() => {
@@ -162,8 +178,9 @@ impl<T: Float> Bidirectional<T> {
             }
             None => (None, None),
         };
-        let f = self.forward.call_with(x, fs, mask)?;
-        let mut b = self.backward.call_with(x, bs, mask)?;
+        let (f, mut finals) = self.forward.call_with_final_states(x, fs, mask)?;
+        let (mut b, back_finals) = self.backward.call_with_final_states(x, bs, mask)?;
+        finals.extend(back_finals);
         if self.backward.returns_sequences() {
             // Flip the backward sequence back so position t aligns with input t.
             let (bn, tn, un) = (
@@ -186,7 +203,26 @@ impl<T: Float> Bidirectional<T> {
         };
         outs.extend(f.states);
         outs.extend(b.states);
-        Ok(outs)
+        Ok((outs, finals))
+    }
+
+    /// Whether the wrapped layers are stateful (Keras requires both or neither).
+    pub fn is_stateful(&self) -> bool {
+        self.forward.is_stateful() || self.backward.is_stateful()
+    }
+
+    /// Zeroes both layers' carried states (Keras `reset_states()`).
+    pub fn reset_states(&mut self) {
+        self.forward.reset_states();
+        self.backward.reset_states();
+    }
+
+    /// Replaces the carried states of stateful layers: the forward layer's cells, then the
+    /// backward layer's, as [`Bidirectional::call_with_final_states`] returns them.
+    pub(crate) fn set_carried_states(&mut self, mut states: Vec<Tensor<T>>) {
+        let back = states.split_off(self.forward.cells().len().min(states.len()));
+        self.forward.set_carried_states(states);
+        self.backward.set_carried_states(back);
     }
 }
 

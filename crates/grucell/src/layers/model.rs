@@ -744,10 +744,48 @@ impl<T: Float> Model<T> {
     /// Zeroes the carried state of every stateful layer (Keras `reset_states()`).
     pub fn reset_states(&mut self) {
         for l in &mut self.layers {
-            if let Layer::Rnn(r) = &mut l.layer {
-                r.reset_states();
+            match &mut l.layer {
+                Layer::Rnn(r) => r.reset_states(),
+                Layer::Bidirectional(b) => b.reset_states(),
+                _ => {}
             }
         }
+    }
+
+    /// Whether a layer carries states from one call to the next (`stateful=True`).
+    pub fn is_stateful(&self) -> bool {
+        self.layers.iter().any(|l| match &l.layer {
+            Layer::Rnn(r) => r.is_stateful(),
+            Layer::Bidirectional(b) => b.is_stateful(),
+            _ => false,
+        })
+    }
+
+    /// Gives the stateful layer `layer` the final states of its last call (a `Bidirectional`'s
+    /// forward cells, then its backward cells).
+    pub(crate) fn set_carried_states(&mut self, layer: usize, states: Vec<Tensor<T>>) {
+        match self.layers.get_mut(layer).map(|l| &mut l.layer) {
+            Some(Layer::Rnn(r)) => r.set_carried_states(states),
+            Some(Layer::Bidirectional(b)) => b.set_carried_states(states),
+            _ => {}
+        }
+    }
+
+    /// Replaces the layers with `layers` (the same model with other weights, e.g. an earlier
+    /// epoch's), keeping the stateful layers' current carried states: in Keras they are not
+    /// weights.
+    pub(crate) fn restore_layers(&mut self, mut layers: Vec<ModelLayer<T>>) {
+        for (new, old) in layers.iter_mut().zip(&self.layers) {
+            match (&mut new.layer, &old.layer) {
+                (Layer::Rnn(n), Layer::Rnn(o)) => n.keep_carried_states_of(o),
+                (Layer::Bidirectional(n), Layer::Bidirectional(o)) => {
+                    n.forward.keep_carried_states_of(&o.forward);
+                    n.backward.keep_carried_states_of(&o.backward);
+                }
+                _ => {}
+            }
+        }
+        self.layers = layers;
     }
 
     fn collect_outputs(&self, vals: Vec<Vec<Val<T>>>) -> Result<Vec<Tensor<T>>, Error> {
@@ -915,9 +953,7 @@ impl<T: Float> Model<T> {
             vals.push(out);
         }
         for (l, states) in finals {
-            if let Layer::Rnn(r) = &mut self.layers[l].layer {
-                r.set_carried_states(states);
-            }
+            self.set_carried_states(l, states);
         }
         Ok(vals)
     }
@@ -1043,7 +1079,13 @@ impl<T: Float> Model<T> {
                 let mask =
                     explicit_mask(b, t)?.or_else(|| m.filter(|_| implicit_mask_allowed).cloned());
                 let init = states()?;
-                let outs = bi.call(x, init.as_deref(), mask.as_ref())?;
+                let (outs, finals) =
+                    bi.call_with_final_states(x, init.as_deref(), mask.as_ref())?;
+                if let Some(keep) = keep_states {
+                    if bi.is_stateful() {
+                        *keep = finals;
+                    }
+                }
                 let n_out = if bi.merge_mode().is_some() { 1 } else { 2 };
                 let out_mask = if bi.forward.returns_sequences() {
                     mask

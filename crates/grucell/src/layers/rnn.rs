@@ -368,6 +368,14 @@ impl<T: Float> Rnn<T> {
         }
     }
 
+    /// Takes `other`'s carried states (none if it has none), e.g. when earlier weights are
+    /// restored: Keras' states are not weights, and stay as the last call left them.
+    pub(crate) fn keep_carried_states_of(&mut self, other: &Rnn<T>) {
+        if self.stateful {
+            self.states.clone_from(&other.states);
+        }
+    }
+
     /// Validates shapes and returns the per-cell initial states to use.
     pub(crate) fn check_inputs(
         &self,

@@ -82,8 +82,13 @@ struct Grads<'a, T> {
     rows: &'a mut [Option<RowGrads<T>>],
 }
 
-/// Values of every call and what each call kept for the backward pass.
-type Taped<T> = (Vec<Vec<Val<T>>>, Vec<Cache<T>>);
+/// The final states of the stateful layers' calls (layer index, states), which they carry to
+/// the next batch.
+type CarriedStates<T> = Vec<(usize, Vec<Tensor<T>>)>;
+
+/// Values of every call, what each call kept for the backward pass, and the stateful layers'
+/// final states.
+type Taped<T> = (Vec<Vec<Val<T>>>, Vec<Cache<T>>, CarriedStates<T>);
 
 /// Gradients of a Dense call: kernel, bias, input.
 type DenseGrads<T> = (Vec<T>, Option<Vec<T>>, Tensor<T>);
@@ -380,7 +385,12 @@ impl<T: Float> Model<T> {
             )
             .into());
         }
-        let (vals, caches) = self.forward_train(x, rng, training)?;
+        let (vals, caches, finals) = self.forward_train(x, rng, training)?;
+        // Stateful layers carry the batch's final states to the next one, in training as in
+        // evaluation (Keras assigns them in every call; they are not differentiated through).
+        for (layer, states) in finals {
+            self.set_carried_states(layer, states);
+        }
         // Keras' training forward moves BatchNormalization's moving statistics, call by call.
         for (i, cache) in caches.iter().enumerate() {
             let layer = self.nodes[i].layer;
@@ -599,6 +609,7 @@ impl<T: Float> Model<T> {
         let pos = self.node_positions();
         let mut vals: Vec<Vec<Val<T>>> = Vec::with_capacity(self.nodes.len());
         let mut caches = Vec::with_capacity(self.nodes.len());
+        let mut finals = Vec::new();
         let plan = self.mask_clearing();
         let mut originals = std::collections::HashMap::new();
         for (c, node) in self.nodes.iter().enumerate() {
@@ -666,8 +677,11 @@ impl<T: Float> Model<T> {
                     let (b, t, _) = dims3(&x, &format!("input of `{}`", ml.name))?;
                     let mask = explicit_mask(b, t)?.or(m.filter(|_| implicit));
                     let s = init()?;
-                    let (o, _, tape) =
+                    let (o, f, tape) =
                         r.forward_train(&x, s.as_deref(), mask.as_ref(), rng.as_deref_mut())?;
+                    if r.is_stateful() {
+                        finals.push((node.layer, f));
+                    }
                     let om = if r.returns_sequences() { mask } else { None };
                     let mut v = vec![Val::F(o.output, om)];
                     v.extend(o.states.into_iter().map(|s| Val::F(s, None)));
@@ -693,12 +707,16 @@ impl<T: Float> Model<T> {
                         }
                         None => (None, None),
                     };
-                    let (fo, _, ft) =
+                    let (fo, mut f, ft) =
                         bi.forward
                             .forward_train(&x, fs, mask.as_ref(), rng.as_deref_mut())?;
-                    let (mut bo, _, bt) =
+                    let (mut bo, b, bt) =
                         bi.backward
                             .forward_train(&x, bs, mask.as_ref(), rng.as_deref_mut())?;
+                    if bi.is_stateful() {
+                        f.extend(b);
+                        finals.push((node.layer, f));
+                    }
                     if bi.backward.returns_sequences() {
                         flip_time(&mut bo.output);
                     }
@@ -950,7 +968,7 @@ impl<T: Float> Model<T> {
             vals.push(out);
             caches.push(cache);
         }
-        Ok((vals, caches))
+        Ok((vals, caches, finals))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -15,6 +15,11 @@
 //!   `start_from_epoch = 0`, including its quirks: the improvement test runs in float32 (Keras
 //!   compares with `ops.less` on Python floats), the first epoch never stops training, and the
 //!   best weights are restored at the end of training whether it stopped early or not;
+//! - stateful layers carry their states from each batch to the next, through the validation
+//!   batches after each epoch and from one epoch into the next, with no reset (Keras assigns a
+//!   stateful RNN's states in every call, training or not; its `fit` never resets them); the
+//!   states are not weights, so restoring the best weights leaves them as they are. Every
+//!   batch then needs the same size, as in Keras;
 //! - after the last epoch, the optimizer's `finalize_variable_values` (with `use_ema` the weights
 //!   take their moving averages, [`Optimizer::finalize_variable_values`]), then early stopping's
 //!   restore, in Keras' order.
@@ -22,9 +27,8 @@
 //! What differs: with `shuffle = true` the per-epoch permutation comes from a seeded [`StdRng`]
 //! (TensorFlow's shuffle cannot be reproduced), and so do dropout masks. A non-finite loss or
 //! gradient stops training with [`TrainError::NonFinite`] naming the epoch and batch (Keras would
-//! carry on with NaN weights); the weights are then those from before that batch. Stateful
-//! models are not trained (Keras resets their states at every epoch and carries them across
-//! batches; that is not implemented).
+//! carry on with NaN weights); the weights are then those from before that batch (a stateful
+//! layer's states are those that batch's forward ended with, as in Keras).
 
 use std::io::IsTerminal;
 use std::time::Instant;
@@ -377,20 +381,39 @@ impl<T: Float> Model<T> {
         }
     }
 
-    /// Errors when a layer is stateful (training those is not supported).
-    fn check_stateless(&self, what: &str) -> Result<(), Error> {
-        for l in &self.layers {
-            let stateful = match &l.layer {
-                Layer::Rnn(r) => r.is_stateful(),
-                Layer::Bidirectional(b) => b.forward.is_stateful() || b.backward.is_stateful(),
-                _ => false,
-            };
-            if stateful {
-                return Err(ConfigError::unsupported(
-                    what,
+    /// With stateful layers, checks that every batch of `samples` (`(what, count)` pairs) has
+    /// `batch_size` rows, the batch size of the model's inputs where it is fixed: the layers
+    /// carry their states from one batch to the next, and Keras refuses a partial batch or
+    /// another batch size.
+    fn check_stateful_batches(
+        &self,
+        batch_size: usize,
+        samples: &[(&str, usize)],
+    ) -> Result<(), Error> {
+        if !self.is_stateful() {
+            return Ok(());
+        }
+        if let Some(fixed) = self
+            .input_shapes()
+            .iter()
+            .filter_map(|s| s.first().copied().flatten())
+            .find(|&b| b != batch_size)
+        {
+            return Err(ConfigError::invalid(
+                "batch_size",
+                batch_size,
+                format!("{fixed}, the batch size of the stateful model's inputs"),
+            )
+            .into());
+        }
+        for &(what, n) in samples {
+            if !n.is_multiple_of(batch_size) {
+                return Err(ConfigError::invalid(
+                    "batch_size",
+                    batch_size,
                     format!(
-                        "stateful training unsupported: layer `{}` is stateful",
-                        l.name
+                        "a divisor of the {n} {what} samples: a stateful model carries its \
+                         states from batch to batch and takes no partial batch"
                     ),
                 )
                 .into());
@@ -463,7 +486,8 @@ impl<T: Float> Model<T> {
     /// Keras `model.evaluate(x, y, batch_size)`: the loss (regularization penalties included, as
     /// Keras' `compute_loss` adds them in evaluation too) of each batch in order, in inference
     /// mode (no dropout; `BatchNormalization` on its moving statistics, left unchanged), averaged
-    /// with the batch sizes as weights.
+    /// with the batch sizes as weights. Stateful layers carry their states through the batches
+    /// and keep the last ones, as in Keras (every batch then needs `batch_size` rows).
     ///
     /// ```
     /// use grucell::layers::dense::DenseConfig;
@@ -497,9 +521,9 @@ impl<T: Float> Model<T> {
             return Err(ConfigError::invalid("batch_size", 0, "an integer ≥ 1").into());
         }
         loss.validate()?;
-        self.check_stateless("evaluate")?;
         self.check_arity(x, y, "x", "y")?;
         let n = sample_count(x, y, "x", "y")?;
+        self.check_stateful_batches(batch_size, &[("evaluation", n)])?;
         let (mut total, mut count) = (T::zero(), T::zero());
         let mut start = 0;
         while start < n {
@@ -523,7 +547,9 @@ impl<T: Float> Model<T> {
     /// axis 0. `optimizer` must have been made for [`Model::trainable_variables`]; it keeps its
     /// state, so a second `fit` continues where the first ended, as in Keras.
     ///
-    /// Errors: bad options or shapes; non-finite values in `x`/`y`; a stateful layer;
+    /// Errors: bad options or shapes; non-finite values in `x`/`y`; with stateful layers, a
+    /// batch size that does not divide the training and validation samples or differs from the
+    /// model's fixed input batch size;
     /// [`TrainError::NonFinite`] (with 1-based epoch and batch) when a batch's loss or gradient
     /// is not finite, the weights being those from before that batch. Early stopping on
     /// `val_loss` without validation data is an error (Keras only warns).
@@ -565,7 +591,6 @@ impl<T: Float> Model<T> {
     ) -> Result<History, Error> {
         cfg.validate()?;
         loss.validate()?;
-        self.check_stateless("fit")?;
         self.check_arity(x, y, "x", "y")?;
         let n = sample_count(x, y, "x", "y")?;
         for (i, t) in x.iter().enumerate() {
@@ -576,10 +601,11 @@ impl<T: Float> Model<T> {
         }
         // Validation data: given, or the tail of x/y (Keras' train_validation_split).
         let mut n_train = n;
+        let mut n_val = 0;
         let split: Option<[Vec<Tensor<T>>; 2]> = match validation_data {
             Some((vx, vy)) => {
                 self.check_arity(vx, vy, "validation x", "validation y")?;
-                sample_count(vx, vy, "validation x", "validation y")?;
+                n_val = sample_count(vx, vy, "validation x", "validation y")?;
                 None
             }
             None if cfg.validation_split > 0.0 => {
@@ -593,10 +619,15 @@ impl<T: Float> Model<T> {
                     .into());
                 }
                 n_train = split_at;
+                n_val = n - split_at;
                 Some([slice_all(x, split_at, n)?, slice_all(y, split_at, n)?])
             }
             None => None,
         };
+        self.check_stateful_batches(
+            cfg.batch_size,
+            &[("training", n_train), ("validation", n_val)],
+        )?;
         let val: Option<ValidationData<'_, T>> =
             validation_data.or(split.as_ref().map(|[a, b]| (a.as_slice(), b.as_slice())));
         let mut stopper = match &cfg.early_stopping {
@@ -720,7 +751,7 @@ impl<T: Float> Model<T> {
                         s.best_epoch + 1
                     );
                 }
-                self.layers = layers;
+                self.restore_layers(layers);
                 self.weights_changed();
             }
         }

@@ -841,9 +841,6 @@ fn rnn_layer<T: Float>(
     let activity = cfg
         .get("activity_regularizer")
         .map_or(Ok(None), Regularizer::from_keras)?;
-    if get_bool(cfg, "stateful", false)? && get_bool(cfg, "go_backwards", false)? {
-        // Allowed by Keras; nothing special to do.
-    }
     Ok(Rnn::from_cells(built, kind)?
         .name(name)
         .return_sequences(get_bool(cfg, "return_sequences", false)?)
