@@ -86,25 +86,27 @@ def compare(p, y):
     return float(np.max(np.abs(p[fin] - y[fin]) / np.maximum(1.0, np.abs(y[fin]))))
 
 
-def random_recurrent(rng, layers, u, last, pick):
+def random_recurrent(rng, layers, u, last, pick, stateful=False):
     """A random recurrent layer, whether it returns sequences, and its description."""
     kw = dict(activation=pick(ACTS), recurrent_activation=pick(ACTS),
               use_bias=bool(rng.random() < 0.8), reset_after=bool(rng.random() < 0.6))
+    sf = {"stateful": True} if stateful else {}
     rs = (not last) or rng.random() < 0.4
     gb = bool(rng.random() < 0.25)
     kind = pick(["gru", "rnn", "stacked", "bidi"])
     if kind == "gru":
-        lay = layers.GRU(u, return_sequences=rs, go_backwards=gb, **kw)
+        lay = layers.GRU(u, return_sequences=rs, go_backwards=gb, **kw, **sf)
     elif kind == "rnn":
-        lay = layers.RNN(layers.GRUCell(u, **kw), return_sequences=rs, go_backwards=gb)
+        lay = layers.RNN(layers.GRUCell(u, **kw), return_sequences=rs, go_backwards=gb, **sf)
     elif kind == "stacked":
         cells = [layers.GRUCell(int(rng.integers(1, 6)), **kw),
                  layers.GRUCell(u, activation=pick(ACTS), reset_after=bool(rng.random() < 0.5))]
-        lay = layers.RNN(cells, return_sequences=rs, go_backwards=gb)
+        lay = layers.RNN(cells, return_sequences=rs, go_backwards=gb, **sf)
     else:
-        lay = layers.Bidirectional(layers.GRU(u, return_sequences=rs, **kw),
+        lay = layers.Bidirectional(layers.GRU(u, return_sequences=rs, **kw, **sf),
                                    merge_mode=pick(["concat", "sum", "mul", "ave"]))
-    return lay, rs, f"{kind}({u}, {kw['activation']}/{kw['recurrent_activation']}, rs={rs})"
+    st = ", stateful" if stateful else ""
+    return lay, rs, f"{kind}({u}, {kw['activation']}/{kw['recurrent_activation']}, rs={rs}{st})"
 
 
 def keras_uniform(lo, hi):
@@ -364,7 +366,7 @@ def chain(keras, rng, inp, lays):
 
 
 def check_predict(args, keras, layers, rng, pick, out):
-    bad = unstable = keras_fails = no_f64 = 0
+    bad = unstable = keras_fails = no_f64 = with_states = 0
     for i in range(args.n):
         keras.utils.set_random_seed(args.seed * 1000 + i)
         T, D, B = int(rng.integers(1, 9)), int(rng.integers(1, 7)), int(rng.integers(1, 6))
@@ -372,7 +374,13 @@ def check_predict(args, keras, layers, rng, pick, out):
         # Token ids through an Embedding (its mask_zero mask, or none) instead of features.
         emb = rng.random() < 0.25
         V = int(rng.integers(2, 12))
-        inp = keras.Input((None if var_t else T,) if emb else (None if var_t else T, D))
+        # Stateful recurrent layers: a fixed batch of B rows, predicted on several batches of
+        # rows (states carried from one to the next, in Keras' predict(x, batch_size=B) and in
+        # grucell predict).
+        stateful = bool(rng.random() < args.stateful)
+        batches = int(rng.integers(2, 4)) if stateful else 1
+        shape = (None if var_t else T,) if emb else (None if var_t else T, D)
+        inp = keras.Input(batch_shape=(B, *shape)) if stateful else keras.Input(shape)
         lays, desc = [], []
         mask = rng.random() < 0.35
         if emb:
@@ -400,8 +408,9 @@ def check_predict(args, keras, layers, rng, pick, out):
             desc.append(d)
         nl = int(rng.integers(1, 4))
         for l in range(nl):
-            lay, seq, d = random_recurrent(rng, layers, int(rng.integers(1, 9)), l == nl - 1, pick)
-            if rng.random() < 0.15:
+            lay, seq, d = random_recurrent(rng, layers, int(rng.integers(1, 9)), l == nl - 1, pick,
+                                           stateful=stateful)
+            if not stateful and rng.random() < 0.15:
                 # Behind a mask, Keras 3 records the merged mask as graph ops.
                 lay, d = random_branches(rng, layers, int(rng.integers(1, 6)), seq, pick,
                                          activation=pick(ACTS), reset_after=bool(rng.random() < 0.6))
@@ -432,16 +441,18 @@ def check_predict(args, keras, layers, rng, pick, out):
         for w in m.weights:
             if "bias" in getattr(w, "path", w.name):
                 w.assign(rng.normal(size=w.shape).astype("float32") * 0.5)
-        X = rng.normal(size=(B, int(rng.integers(1, 9)) if var_t else T, D)).astype("float32")
+        X = rng.normal(size=(B * batches, int(rng.integers(1, 9)) if var_t else T, D)).astype("float32")
         if emb:
             # Ids from -V (counted from the end; TF-Keras 2 refuses them) to V - 1; 0 is padding
             # under mask_zero.
             X = rng.integers(0 if args.tf_keras else -V, V, size=X.shape[:2]).astype("float32")
         if mask:
-            for b in range(B):
+            for b in range(X.shape[0]):
                 X[b, int(rng.integers(0, X.shape[1] + 1)):] = 0.0
+        pbs = B if stateful else None
+        with_states += stateful
         try:
-            Y = m.predict(X, verbose=0)
+            Y = m.predict(X, batch_size=pbs, verbose=0)
         except Exception as e:  # Keras itself cannot run this draw: nothing to compare with
             keras_fails += 1
             print(f"model {i}: skipped, Keras fails: {str(e).splitlines()[0][:120]} | {' -> '.join(desc)}")
@@ -454,7 +465,7 @@ def check_predict(args, keras, layers, rng, pick, out):
             unstable += 1
         else:
             try:
-                f64_gap = compare(Y, keras_f64_prediction(keras, m, X))
+                f64_gap = compare(Y, keras_f64_prediction(keras, m, X, pbs))
             except Exception:  # e.g. TensorFlow has no float64 kernel for this layer (NCW Conv1D)
                 f64_gap = 0.0  # compared with Keras' float32 result alone
                 no_f64 += 1
@@ -468,7 +479,8 @@ def check_predict(args, keras, layers, rng, pick, out):
                 # list `axis` of several axes): the reference is what Keras makes of the file,
                 # when it can read it back at all.
                 try:
-                    want = keras.saving.load_model(out / "m.h5", compile=False).predict(X, verbose=0)
+                    want = keras.saving.load_model(out / "m.h5", compile=False).predict(X, batch_size=pbs,
+                                                                                      verbose=0)
                 except Exception:
                     want = Y
             for th in ["1", "2"]:
@@ -484,6 +496,7 @@ def check_predict(args, keras, layers, rng, pick, out):
                     keep(args, out, f"predict_{args.seed}_{i}", m, {"desc": desc})
     print(f"predict: {args.n} models x 2 formats x 2 thread counts, {bad} disagreements, "
           f"{unstable} unstable (not counted), {keras_fails} that Keras itself cannot run (skipped), "
+          f"{with_states} stateful run in batches, "
           f"{no_f64} without Keras' float64 stability check (TensorFlow cannot run their float64 copy)")
     return bad
 
@@ -548,7 +561,7 @@ def check_multi(args, keras, layers, rng, pick, out):
 
 def check_fit(args, keras, layers, rng, pick, out):
     bad = unstable = unbuildable = 0
-    with_schedule = with_ema = with_accumulation = with_scale = 0
+    with_schedule = with_ema = with_accumulation = with_scale = with_states = 0
     drawn = {}  # loss name (and from_logits) -> count
     reg = lambda: pick([None, "l2", "l1", keras.regularizers.L1L2(0.01, 0.02)])  # noqa: E731
     con = lambda: pick([None, None, "non_neg", keras.constraints.MaxNorm(1.5),  # noqa: E731
@@ -558,7 +571,16 @@ def check_fit(args, keras, layers, rng, pick, out):
         T, D, N = int(rng.integers(1, 8)), int(rng.integers(1, 6)), int(rng.integers(5, 40))
         emb = rng.random() < 0.25
         V = int(rng.integers(2, 10))
-        inp = keras.Input((T,) if emb else (T, D))
+        # Stateful recurrent layers: a fixed batch size that divides the samples; states carried
+        # from batch to batch and epoch to epoch (and not saved: the continued fit starts at 0).
+        stateful = bool(rng.random() < args.stateful)
+        sbs = int(rng.integers(2, 6))
+        if stateful:
+            N = sbs * int(rng.integers(2, 6))
+            inp = keras.Input(batch_shape=(sbs, T) if emb else (sbs, T, D))
+        else:
+            inp = keras.Input((T,) if emb else (T, D))
+        sf = {"stateful": True} if stateful else {}
         lays = []
         mask = rng.random() < 0.3
         if emb:
@@ -592,15 +614,15 @@ def check_fit(args, keras, layers, rng, pick, out):
             inner = {"trainable": False} if freeze == "inner" else {}
             if kind == "gru":
                 lay = layers.GRU(u, return_sequences=rs, go_backwards=bool(rng.random() < 0.2),
-                                 **kw, **ctor, **inner)
+                                 **kw, **ctor, **inner, **sf)
             elif kind == "rnn":
-                lay = layers.RNN(layers.GRUCell(u, **kw, **inner), return_sequences=rs, **ctor)
+                lay = layers.RNN(layers.GRUCell(u, **kw, **inner), return_sequences=rs, **ctor, **sf)
             else:
-                lay = layers.Bidirectional(layers.GRU(u, return_sequences=rs, **kw, **inner),
+                lay = layers.Bidirectional(layers.GRU(u, return_sequences=rs, **kw, **inner, **sf),
                                            merge_mode=pick(["concat", "sum", "ave", "mul"]), **ctor)
             if freeze == "setter":
                 lay.trainable = False
-            if freeze == "none" and rng.random() < 0.15:
+            if freeze == "none" and not stateful and rng.random() < 0.15:
                 lay, _ = random_branches(rng, layers, u, rs, pick, **kw)
             lays.append(lay)
             if rng.random() < 0.15:
@@ -724,6 +746,7 @@ def check_fit(args, keras, layers, rng, pick, out):
         with_ema += "use_ema" in clip
         with_accumulation += "gradient_accumulation_steps" in clip
         with_scale += "loss_scale_factor" in clip
+        with_states += stateful
         lkey = loss + (" from_logits" if getattr(loss_obj, "_fn_kwargs", {}).get("from_logits") else "")
         drawn[lkey] = drawn.get(lkey, 0) + 1
         X = rng.normal(size=(N, T, D)).astype("float32")
@@ -754,6 +777,8 @@ def check_fit(args, keras, layers, rng, pick, out):
         np.save(out / "y.npy", Y)
         m.save(out / "untrained.keras")
         bs, ep = int(rng.integers(2, 12)), int(rng.integers(1, 4))
+        if stateful:
+            bs = sbs
         try:
             m.fit(X, Y, batch_size=bs, epochs=ep, shuffle=False, verbose=0)
         except Exception as e:  # a draw Keras builds but cannot train (a shape it checks late)
@@ -764,7 +789,7 @@ def check_fit(args, keras, layers, rng, pick, out):
                   "--no-shuffle", "--quiet"]
         rate = type(opt._learning_rate).__name__ if sched else "constant rate"
         lname = loss if isinstance(loss_obj, str) else json.dumps(keras.saving.serialize_keras_object(loss_obj)["config"])
-        label = (f"model {i} ({kind}, {opt_name} {clip}, {rate}, {loss} {lname}, act={act}, mask={mask}, emb={emb}, "
+        label = (f"model {i} ({kind}{', stateful' if stateful else ''}, {opt_name} {clip}, {rate}, {loss} {lname}, act={act}, mask={mask}, emb={emb}, "
                  f"{dense.__class__.__name__})")
         rc, _, err = run([args.grucell, "fit", "--model", str(out / "untrained.keras"),
                           "--epochs", str(ep), "--output", str(out / "ours.keras"), *common])
@@ -823,7 +848,7 @@ def check_fit(args, keras, layers, rng, pick, out):
     print(f"fit: {args.n} models, {bad} disagreements, {unstable} unstable (not counted), "
           f"{unbuildable} that Keras cannot build or fit (skipped); {with_schedule} with a learning-rate schedule, "
           f"{with_ema} with use_ema, {with_accumulation} with gradient accumulation, {with_scale} with "
-          f"loss_scale_factor; losses drawn: {dict(sorted(drawn.items()))}")
+          f"loss_scale_factor, {with_states} stateful; losses drawn: {dict(sorted(drawn.items()))}")
     return bad
 
 
@@ -845,12 +870,12 @@ def f64_copy(m32):
     return m64
 
 
-def keras_f64_prediction(keras, m32, X):
+def keras_f64_prediction(keras, m32, X, batch_size=None):
     """The prediction of `m32` rebuilt in float64 with the same weights."""
     old = keras.config.floatx()
     keras.config.set_floatx("float64")
     try:
-        return f64_copy(m32).predict(X.astype("float64"), verbose=0)
+        return f64_copy(m32).predict(X.astype("float64"), batch_size=batch_size, verbose=0)
     finally:
         keras.config.set_floatx(old)
 
@@ -919,6 +944,8 @@ def main():
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--grucell", default=str(ROOT / "target" / "release" / "grucell"))
+    ap.add_argument("--stateful", type=float, default=0.15, metavar="P",
+                    help="predict, fit: the share of models whose recurrent layers are stateful")
     ap.add_argument("--keep", metavar="DIR", help="copy the files of each disagreeing case into DIR")
     ap.add_argument("--tf-keras", action="store_true",
                     help="build and save the models with TF-Keras 2 (tf_keras 2.21) instead of Keras 3")

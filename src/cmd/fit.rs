@@ -78,6 +78,10 @@ pub struct Args {
     /// the best epoch's weights (Keras EarlyStopping with restore_best_weights).
     #[arg(long, value_name = "N")]
     pub patience: Option<usize>,
+    /// Zero the stateful layers' states at the start of every epoch (as a Keras callback calling
+    /// their `reset_state()` in `on_epoch_begin`; Keras' fit itself never resets them).
+    #[arg(long)]
+    pub reset_states_each_epoch: bool,
     /// Seed of the shuffling and dropout (default: random).
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
@@ -295,6 +299,7 @@ fn train<T: Float>(
         } else {
             Progress::Auto
         },
+        reset_states_each_epoch: args.reset_states_each_epoch,
     };
     let history = model.fit(&x, &y, &loss, &mut optimizer, &cfg, None)?;
 

@@ -159,6 +159,7 @@ fn run_keras_case(name: &str) -> (Value, Model<f32>, History, HashMap<String, Te
         early_stopping,
         progress: Progress::Never,
         seed: Some(0),
+        reset_states_each_epoch: case["reset_states_each_epoch"].as_bool().unwrap_or(false),
     };
     let h = model
         .fit(
@@ -294,6 +295,12 @@ fn keras_stateful_states_carry_through_batches_validation_and_epochs() {
 #[test]
 fn keras_stateful_bidirectional_and_stacked_cells_with_a_mask() {
     check_keras_case("stateful_bidi_stacked");
+}
+
+#[test]
+fn keras_stateful_with_a_callback_resetting_states_each_epoch() {
+    let (case, _) = check_keras_case("stateful_reset_each_epoch");
+    assert_eq!(case["reset_states_each_epoch"], true);
 }
 
 #[test]

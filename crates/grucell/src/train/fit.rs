@@ -131,6 +131,10 @@ pub struct FitConfig {
     pub early_stopping: Option<EarlyStopping>,
     /// Progress display on stderr.
     pub progress: Progress,
+    /// Zero the stateful layers' states at the start of every epoch, as a Keras callback that
+    /// calls each stateful layer's `reset_state()` (TF-Keras 2: `model.reset_states()`) in
+    /// `on_epoch_begin` does (Keras' `fit` itself never resets them; default false).
+    pub reset_states_each_epoch: bool,
 }
 
 impl Default for FitConfig {
@@ -143,6 +147,7 @@ impl Default for FitConfig {
             validation_split: 0.0,
             early_stopping: None,
             progress: Progress::Auto,
+            reset_states_each_epoch: false,
         }
     }
 }
@@ -657,6 +662,9 @@ impl<T: Float> Model<T> {
         let mut history = History::default();
         for epoch in 0..cfg.epochs {
             let started = Instant::now();
+            if cfg.reset_states_each_epoch {
+                self.reset_states();
+            }
             if cfg.shuffle {
                 order.shuffle(&mut shuffle_rng);
             }
