@@ -356,7 +356,9 @@ impl<T: Float> Model<T> {
     /// Loss and gradients of every trainable variable for one batch, as Keras' `train_step`
     /// computes them. `rng` enables training-mode dropout (masks drawn as Keras structures them);
     /// `None` runs without dropout. Like Keras' training forward pass, it moves the moving
-    /// statistics of every (not frozen) `BatchNormalization` layer.
+    /// statistics of every (not frozen) `BatchNormalization` layer, and stateful RNN layers
+    /// start from their carried states and keep the batch's final ones (not differentiated
+    /// through: the gradients are those of truncated backpropagation, as in Keras).
     pub fn loss_and_grads(
         &mut self,
         x: &[Tensor<T>],
