@@ -708,6 +708,15 @@ fn fits_a_tf_keras_2_file_like_tf_keras() {
     }
 }
 
+/// A stateful TF-Keras 2 model (`batch_input_shape` (2, 5, 3), stacked stateful GRUs, one going
+/// backwards) trains as TF-Keras trains it: states carried through all batches and epochs.
+#[test]
+fn fits_a_stateful_tf_keras_2_file_like_tf_keras() {
+    let dir = Scratch::new("tf2_stateful");
+    let out = fit_like_tf_keras(&dir, "fit_stateful.h5", "fit_stateful.npz", "3");
+    assert!(load_model::<f32>(&out).unwrap().is_stateful());
+}
+
 /// TF-Keras 2 files compiled with loss objects (config with `reduction: "auto"` and `fn`) train
 /// as TF-Keras trains them: binary crossentropy `from_logits=True` on a sigmoid output (read as
 /// the sigmoid's input), binary and categorical focal crossentropies, cosine similarity, Huber

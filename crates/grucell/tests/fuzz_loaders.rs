@@ -793,7 +793,8 @@ fn csv_hostile_inputs_are_clear() {
 /// `.h5` (TF-Keras 2 node format included), GRU, RNN(GRUCell), stacked cells, Bidirectional,
 /// masking, initial states, regularizers, Dense heads, float64, Conv1D and window pooling,
 /// BatchNormalization, the noise layers, Permute and Reshape, the pointwise layers (ReLU, Rescaling,
-/// …) and the step layers (ZeroPadding1D, Cropping1D, UpSampling1D), PReLU, Dot and RMSNormalization.
+/// …) and the step layers (ZeroPadding1D, Cropping1D, UpSampling1D), PReLU, Dot, RMSNormalization
+/// and stateful Bidirectional and stacked layers.
 const MODEL_FIXTURES: &[&str] = &[
     "io/keras/seq_gru.keras",
     "io/keras/bidir.keras",
@@ -827,6 +828,7 @@ const MODEL_FIXTURES: &[&str] = &[
     "models/softmax_axes.keras",
     "models/legacy_h5_axes.h5",
     "models/td_prelu.h5",
+    "fit/stateful_bidi_stacked.keras",
 ];
 
 /// Builds the model as `grucell predict` does and, when that works, runs what `predict` and
