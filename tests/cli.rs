@@ -665,7 +665,33 @@ fn bench_isa_flag() {
     let line: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(line["isa"], "portable");
     assert_eq!(line["size"], "T1");
+    assert_eq!(line["reset_after"], true);
     assert!(line["forward_ms"].as_f64().unwrap() > 0.0);
+}
+
+/// `grucell bench --reset-after false` times Keras' other convention and says so.
+#[test]
+fn bench_reset_after_flag() {
+    let o = grucell(&["bench", "--reset-after", "maybe", "--sizes", "T1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--reset-after"), "{}", stderr(&o));
+    let o = grucell(&[
+        "bench",
+        "--reset-after",
+        "false",
+        "--json",
+        "--sizes",
+        "2,3,4,5",
+        "--budget-ms",
+        "20",
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let line: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(line["reset_after"], false);
+    assert_eq!(line["units"], 5);
+    assert!(line["train_ms"].as_f64().unwrap() > 0.0);
 }
 
 /// A stateful model with a fixed batch size (4) given 8 rows runs them as Keras'

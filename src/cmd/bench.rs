@@ -6,7 +6,9 @@
 //! this command next to PyTorch, ONNX Runtime and Keras and prints the ratios.
 
 use anyhow::Result;
-use grucell::bench::{bench_size, cpu_model, gemm_gflops, peak_rss_mib, with_threads, BenchSize};
+use grucell::bench::{
+    bench_size_with, cpu_model, gemm_gflops, peak_rss_mib, with_threads, BenchSize,
+};
 
 /// Arguments of `grucell bench`.
 #[derive(clap::Args, Debug, Clone)]
@@ -29,6 +31,10 @@ pub struct Args {
     /// its own.
     #[arg(long, value_name = "ISA")]
     pub isa: Option<String>,
+    /// Keras' GRU convention timed: true (the default, Keras' and PyTorch's) or false (the reset
+    /// gate applied before the candidate's recurrent product, ONNX linear_before_reset = 0).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub reset_after: bool,
 }
 
 /// Splits `S,M,L` into names while keeping `B,T,I,H` groups of four integers together.
@@ -82,11 +88,12 @@ pub fn run(args: &Args) -> Result<()> {
     let threads = args.threads;
     let json = args.json;
     let budget = args.budget_ms;
+    let reset_after = args.reset_after;
     with_threads(threads, move || -> Result<()> {
         let cpu = cpu_model();
         let gemm = gemm_gflops(threads);
         if !json {
-            println!("cpu: {cpu}; kernels: {kernels}; threads: {threads}; machine GEMM rate (3200x512·512x1536): {gemm:.1} GFLOP/s");
+            println!("cpu: {cpu}; kernels: {kernels}; threads: {threads}; reset_after: {reset_after}; machine GEMM rate (3200x512·512x1536): {gemm:.1} GFLOP/s");
             println!("FLOPs: forward = 2·B·T·3H·(I+H); training = 3 × forward");
             println!(
                 "{:>14} {:>5} {:>5} {:>5} {:>5} | {:>10} {:>8} {:>7} | {:>10} {:>8} | {:>8}",
@@ -104,7 +111,7 @@ pub fn run(args: &Args) -> Result<()> {
             );
         }
         for s in &sizes {
-            let r = bench_size(s, threads, budget);
+            let r = bench_size_with(s, threads, budget, reset_after);
             let rss = peak_rss_mib().unwrap_or(f64::NAN);
             if json {
                 let v = serde_json::json!({
@@ -112,7 +119,7 @@ pub fn run(args: &Args) -> Result<()> {
                     "forward_ms": r.forward_ms, "train_ms": r.train_ms, "threads": threads,
                     "forward_gflops": r.forward_gflops(), "train_gflops": r.train_gflops(),
                     "gemm_gflops": gemm, "peak_rss_mib": rss, "cpu": cpu, "reps": r.reps,
-                    "isa": kernels.name(),
+                    "isa": kernels.name(), "reset_after": reset_after,
                 });
                 println!("{v}");
             } else {

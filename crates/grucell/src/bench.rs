@@ -133,8 +133,21 @@ fn reps_for(one_ms: f64, budget_ms: f64) -> usize {
     ((budget_ms / one_ms.max(1e-3)) as usize).clamp(3, 200)
 }
 
-/// Times the engine on one size with `threads` threads (run inside a rayon pool of that size).
+/// Times the engine on one size with `threads` threads (run inside a rayon pool of that size),
+/// in Keras' default convention (`reset_after = true`).
 pub fn bench_size(size: &BenchSize, threads: usize, budget_ms: f64) -> BenchResult {
+    bench_size_with(size, threads, budget_ms, true)
+}
+
+/// [`bench_size`] in either convention: `reset_after = false` is Keras' other one (the reset
+/// gate applied to the state before its product with the candidate's recurrent kernel, ONNX
+/// `linear_before_reset = 0`), with the same FLOP count.
+pub fn bench_size_with(
+    size: &BenchSize,
+    threads: usize,
+    budget_ms: f64,
+    reset_after: bool,
+) -> BenchResult {
     let (b, t, i, h) = (size.batch, size.time, size.input, size.units);
     let g = 3 * h;
     let kernel = pseudo(i * g, 1, (6.0 / (i + g) as f32).sqrt());
@@ -146,10 +159,10 @@ pub fn bench_size(size: &BenchSize, threads: usize, budget_ms: f64) -> BenchResu
         kernel: &kernel,
         recurrent: &recurrent,
         xp_bias: Some(&xb),
-        hh_bias: Some(&hb),
+        hh_bias: reset_after.then_some(hb.as_slice()),
         input_dim: i,
         units: h,
-        reset_after: true,
+        reset_after,
         activation: Activation::Tanh,
         recurrent_activation: Activation::Sigmoid,
         packed: None,
