@@ -167,10 +167,11 @@ def worker_torch(dims, opts):
     return info, measure(forward, opts), measure(train, opts)
 
 
-def build_onnx_gru(dims, seed):
+def build_onnx_gru(dims, seed, reset_after=True):
     """ONNX model with one GRU node: X [T,B,I] -> Y [T,1,B,H], W [1,3H,I], R [1,3H,H], B [1,6H].
 
-    Gate order z, r, h (ONNX); linear_before_reset=1 (= Keras reset_after=True = PyTorch); no h0 (zeros).
+    Gate order z, r, h (ONNX); linear_before_reset=1 (= Keras reset_after=True = PyTorch), or 0 for
+    Keras' reset_after=False; no h0 (zeros).
     """
     import numpy as np
     import onnx
@@ -183,7 +184,8 @@ def build_onnx_gru(dims, seed):
     r = rng.uniform(-s, s, (1, 3 * h, h)).astype(np.float32)
     bias = rng.uniform(-s, s, (1, 6 * h)).astype(np.float32)
     node = helper.make_node(
-        "GRU", inputs=["X", "W", "R", "B"], outputs=["Y"], hidden_size=h, linear_before_reset=1
+        "GRU", inputs=["X", "W", "R", "B"], outputs=["Y"], hidden_size=h,
+        linear_before_reset=1 if reset_after else 0
     )
     graph = helper.make_graph(
         [node],
@@ -208,7 +210,7 @@ def worker_onnxruntime(dims, opts):
     import onnxruntime as ort
 
     b, t, i, h = dims
-    model = build_onnx_gru(dims, opts.seed)
+    model = build_onnx_gru(dims, opts.seed, not opts.reset_before)
     so = ort.SessionOptions()
     so.intra_op_num_threads = opts.threads
     so.inter_op_num_threads = 1
@@ -235,7 +237,8 @@ def worker_keras(dims, opts):
 
     b, t, i, h = dims
     keras.utils.set_random_seed(opts.seed)
-    layer = keras.layers.GRU(h, return_sequences=True)  # reset_after=True (default) == linear_before_reset
+    # reset_after=True (default) == linear_before_reset; False with --reset-before
+    layer = keras.layers.GRU(h, return_sequences=True, reset_after=not opts.reset_before)
     layer.build((b, t, i))
     x = tf.random.normal((b, t, i))
 
@@ -427,7 +430,7 @@ def run_peer(framework, name, dims, opts):
         "--min-time", str(opts.min_time),
         "--max-time", str(opts.max_time),
         "--seed", str(opts.seed),
-    ]
+    ] + (["--reset-before"] if opts.reset_before else [])
     busy = wait_quiet(opts)
     res = run_process(cmd, thread_env(opts.threads), opts.timeout)
     row = {"framework": framework, "size": name, "dims": list(dims), "maxrss_kib": res["maxrss_kib"],
@@ -591,6 +594,8 @@ def run_grucell(binary, name, dims, opts):
     cmd = [str(binary), "bench", "--threads", str(opts.threads), "--json", "--sizes", grucell_size_arg(name, dims)]
     if opts.grucell_isa:
         cmd += ["--isa", opts.grucell_isa]
+    if opts.reset_before:
+        cmd += ["--reset-after", "false"]
     busy = wait_quiet(opts)
     res = run_process(cmd, thread_env(opts.threads), opts.timeout)
     row = {"framework": "grucell", "size": name, "dims": list(dims), "maxrss_kib": res["maxrss_kib"],
@@ -830,6 +835,9 @@ def main(argv=None):
                     help="hide AVX-512 (and AMX) from every measured process, grucell and peers alike, "
                          "through the CPUID-faulting shim tools/hide_avx512.c (Linux x86-64, needs cc): "
                          "an AVX-512 machine then stands in for an AVX2-only one")
+    ap.add_argument("--reset-before", action="store_true",
+                    help="time Keras' other convention, reset_after=False (ONNX linear_before_reset=0), in "
+                         "grucell, ONNX Runtime and Keras; PyTorch has no such GRU and is left out")
     ap.add_argument("--no-grucell", action="store_true", help="benchmark the peers only")
     ap.add_argument("--no-build", action="store_true", help="never run cargo build --release")
     ap.add_argument("--build", action="store_true", help="run cargo build --release even if the binary exists")
@@ -856,6 +864,9 @@ def main(argv=None):
     for p in peers:
         if p not in PEERS:
             raise SystemExit("--peers: unknown peer %r; expected some of %s" % (p, ",".join(PEERS)))
+    if opts.reset_before and "torch" in peers:
+        peers.remove("torch")
+        print("--reset-before: PyTorch left out (its GRU has only the reset-after convention)", flush=True)
     started = datetime.datetime.now().astimezone()
     cpu = cpu_info()
     notes = []
@@ -926,6 +937,8 @@ def main(argv=None):
             " ".join(str(v) for v in cpu["load_avg_at_start"]),
             "%.0f%%..%.0f%%" % (100 * min(busy), 100 * max(busy)) if busy else "unknown"),
         "threads: %d (intra-op; inter-op 1)" % opts.threads,
+        "convention: %s" % ("reset_after=False (ONNX linear_before_reset=0)" if opts.reset_before
+                            else "reset_after=True (ONNX linear_before_reset=1, PyTorch)"),
         "grucell's own GEMM rate at these threads: %s; grucell kernels: %s" % (
             "%.1f GFLOP/s" % max(gemm_rates) if gemm_rates else "n/a", ", ".join(isas) or "n/a"),
         "versions: %s" % ", ".join("%s %s" % kv for kv in sorted(versions.items())),
@@ -955,7 +968,7 @@ def main(argv=None):
             "flop_formula": FLOP_FORMULA,
             "settings": {k: getattr(opts, k) for k in
                          ("warmup", "reps", "min_time", "max_time", "timeout", "seed", "peers", "sizes", "rounds",
-                          "hide_avx512")},
+                          "hide_avx512", "reset_before")},
             "sizes": {name: dict(zip(("batch", "time", "input", "units"), dims)) for name, dims in sizes},
             "results": rows,
             "notes": notes,
