@@ -763,10 +763,11 @@ def print_saved(paths):
     the row measured with the least CPU use by other processes."""
     docs = [json.loads(pathlib.Path(p).read_text()) for p in paths]
     hidden = {bool(doc["settings"].get("hide_avx512")) for doc in docs}
+    before = {bool(doc["settings"].get("reset_before")) for doc in docs}
     if len({doc["threads"] for doc in docs}) > 1 or len({doc["cpu"]["model"] for doc in docs}) > 1 \
-            or len(hidden) > 1:
-        raise SystemExit("--from-json: the runs differ in thread count, CPU model or --hide-avx512; "
-                         "merge only like runs")
+            or len(hidden) > 1 or len(before) > 1:
+        raise SystemExit("--from-json: the runs differ in thread count, CPU model, --hide-avx512 or "
+                         "--reset-before; merge only like runs")
     sizes, frameworks, best = {}, [], {}
     for doc in docs:
         for name, d in doc["sizes"].items():
@@ -788,6 +789,8 @@ def print_saved(paths):
         " ".join(docs[0]["cpu"]["simd_flags"]))
         + (HIDDEN_NOTE if True in hidden else ""))
     print("threads: %s" % docs[0]["threads"])
+    if True in before:
+        print("convention: reset_after=False (ONNX linear_before_reset=0)")
     print("versions: %s" % ", ".join("%s %s" % kv for kv in sorted(versions.items())))
     print("flops: %s" % FLOP_FORMULA)
     print()
