@@ -73,6 +73,34 @@ fn history(stdout: &str) -> Vec<Vec<f64>> {
         .collect()
 }
 
+/// The printed history (`epoch loss val_loss` rows) is the one Keras recorded for the
+/// `tests/fixtures/fit` case `name`, to float32 round-off.
+fn assert_history_like_keras(stdout: &str, name: &str, epochs: usize) {
+    let path = root().join("tests/fixtures/fit/fit.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let case = json["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap();
+    let h = history(stdout);
+    assert_eq!(h.len(), epochs, "{stdout}");
+    for (e, row) in h.iter().enumerate() {
+        assert_eq!(row[0], (e + 1) as f64);
+        for (k, col) in [("loss", 1), ("val_loss", 2)] {
+            let want = case["history"][k][e].as_f64().unwrap();
+            assert!(
+                (row[col] - want).abs() < 1e-5 * want.abs(),
+                "{name}: epoch {} {k}: {} vs Keras {want}",
+                e + 1,
+                row[col]
+            );
+        }
+    }
+}
+
 #[test]
 fn fits_compiled_fixture_like_keras() {
     let dir = Scratch::new("keras");
@@ -104,23 +132,7 @@ fn fits_compiled_fixture_like_keras() {
         String::from_utf8_lossy(&o.stderr)
     );
     // compile config: Adam(0.02) + mse, as Keras recorded them; history as Keras printed it
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fx.join("fit.json")).unwrap()).unwrap();
-    let keras = &json["cases"][0]["history"];
-    let h = history(&stdout);
-    assert_eq!(h.len(), 3, "{stdout}");
-    for (e, row) in h.iter().enumerate() {
-        assert_eq!(row[0], (e + 1) as f64);
-        for (k, col) in [("loss", 1), ("val_loss", 2)] {
-            let want = keras[k][e].as_f64().unwrap();
-            assert!(
-                (row[col] - want).abs() < 1e-5 * want.abs(),
-                "epoch {} {k}: {} vs Keras {want}",
-                e + 1,
-                row[col]
-            );
-        }
-    }
+    assert_history_like_keras(&stdout, "basic", 3);
     // the saved model loads and predicts what Keras' trained model predicts
     let m = load_model::<f32>(&out).unwrap();
     let p = m.predict(&[x]).unwrap();
@@ -188,27 +200,7 @@ fn fits_a_stateful_model_in_batches_of_its_size() {
         "{}\n{stdout}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fx.join("fit.json")).unwrap()).unwrap();
-    let case = json["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "stateful_basic")
-        .unwrap();
-    let h = history(&stdout);
-    assert_eq!(h.len(), 3, "{stdout}");
-    for (e, row) in h.iter().enumerate() {
-        for (k, col) in [("loss", 1), ("val_loss", 2)] {
-            let want = case["history"][k][e].as_f64().unwrap();
-            assert!(
-                (row[col] - want).abs() < 1e-5 * want.abs(),
-                "epoch {} {k}: {} vs Keras {want}",
-                e + 1,
-                row[col]
-            );
-        }
-    }
+    assert_history_like_keras(&stdout, "stateful_basic", 3);
     assert!(load_model::<f32>(&out).unwrap().is_stateful());
 }
 
