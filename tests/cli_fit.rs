@@ -204,6 +204,61 @@ fn fits_a_stateful_model_in_batches_of_its_size() {
     assert!(load_model::<f32>(&out).unwrap().is_stateful());
 }
 
+/// `--sample-weight W.npy`: Keras' per-sample weights (validation split included) give Keras'
+/// history; weights of the wrong shape are refused before training.
+#[test]
+fn fits_with_sample_weights_like_keras() {
+    let dir = Scratch::new("weighted");
+    let fx = root().join("tests/fixtures/fit");
+    let npz = fx.join("weighted_split.npz");
+    let (xp, yp, _) = arrays(&npz, "input_0", "target_0", &dir, |_| {});
+    let a = read_npz(&npz).unwrap();
+    let w = a
+        .iter()
+        .find(|(n, _)| n == "sample_weight")
+        .unwrap()
+        .1
+        .to_f32();
+    let (wp, bad) = (dir.path("w.npy"), dir.path("w2.npy"));
+    write_npy(&wp, &w).unwrap();
+    write_npy(&bad, &Tensor::new(vec![10, 2], vec![1.0f32; 20]).unwrap()).unwrap();
+    let out = dir.path("trained.keras");
+    let run = |w: &Path| {
+        grucell(&[
+            "fit",
+            "--model",
+            s(&fx.join("weighted_split.keras")),
+            "--x",
+            s(&xp),
+            "--y",
+            s(&yp),
+            "--sample-weight",
+            s(w),
+            "--no-shuffle",
+            "--batch-size",
+            "3",
+            "--epochs",
+            "2",
+            "--validation-split",
+            "0.2",
+            "--output",
+            s(&out),
+        ])
+    };
+    let o = run(&bad);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && !out.exists());
+    assert!(stderr.contains("sample_weight"), "{stderr}");
+    let o = run(&wp);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_history_like_keras(&stdout, "weighted_split", 2);
+}
+
 #[test]
 fn fits_model_fixture_two_epochs_deterministically() {
     let dir = Scratch::new("fixture");

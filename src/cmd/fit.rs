@@ -82,6 +82,11 @@ pub struct Args {
     /// their `reset_state()` in `on_epoch_begin`; Keras' fit itself never resets them).
     #[arg(long)]
     pub reset_states_each_epoch: bool,
+    /// Keras' `sample_weight` (.npy): one weight per sample of --x, or per sample and step for a
+    /// sequence output, multiplying those loss terms (the validation split keeps its samples'
+    /// weights).
+    #[arg(long, value_name = "W.npy")]
+    pub sample_weight: Option<PathBuf>,
     /// Seed of the shuffling and dropout (default: random).
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
@@ -169,6 +174,21 @@ fn read_arrays<T: Float>(paths: &[PathBuf], flag: &str) -> Result<Vec<Tensor<T>>
                 .with_context(|| format!("reading {flag} {}", p.display()))
         })
         .collect()
+}
+
+/// `--sample-weight`: weights shaped like the loss terms, `(N,)` or `(N, T)`.
+fn read_sample_weight(path: &Path) -> Result<Tensor<f64>> {
+    let a = read_npy(path)
+        .map(|a| a.into_float::<f64>())
+        .with_context(|| format!("reading --sample-weight {}", path.display()))?;
+    if !(1..=2).contains(&a.shape().len()) {
+        bail!(
+            "--sample-weight {}: shape {:?}, expected (samples,) or (samples, steps)",
+            path.display(),
+            a.shape()
+        );
+    }
+    Ok(a)
 }
 
 /// Runs `grucell fit`.
@@ -300,6 +320,11 @@ fn train<T: Float>(
             Progress::Auto
         },
         reset_states_each_epoch: args.reset_states_each_epoch,
+        sample_weight: args
+            .sample_weight
+            .as_deref()
+            .map(read_sample_weight)
+            .transpose()?,
     };
     let history = model.fit(&x, &y, &loss, &mut optimizer, &cfg, None)?;
 

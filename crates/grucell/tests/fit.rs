@@ -160,6 +160,10 @@ fn run_keras_case(name: &str) -> (Value, Model<f32>, History, HashMap<String, Te
         progress: Progress::Never,
         seed: Some(0),
         reset_states_each_epoch: case["reset_states_each_epoch"].as_bool().unwrap_or(false),
+        sample_weight: case["sample_weight"]
+            .as_bool()
+            .unwrap_or(false)
+            .then(|| data["sample_weight"].cast::<f64>()),
     };
     let h = model
         .fit(
@@ -295,6 +299,50 @@ fn keras_stateful_states_carry_through_batches_validation_and_epochs() {
 #[test]
 fn keras_stateful_bidirectional_and_stacked_cells_with_a_mask() {
     check_keras_case("stateful_bidi_stacked");
+}
+
+#[test]
+fn keras_sample_weight_per_sample_with_validation_split_and_partial_batch() {
+    check_keras_case("weighted_split");
+}
+
+#[test]
+fn keras_sample_weight_per_step_on_a_masked_sequence_output() {
+    check_keras_case("weighted_masked_seq");
+}
+
+/// Weights that are not shaped like the loss terms are refused, as Keras refuses them: one per
+/// sample on a sequence output, or a count that is not the samples'.
+#[test]
+fn sample_weight_must_match_the_loss_terms() {
+    let (_, mut model, data) = keras_case("weighted_masked_seq");
+    let (loss, opt) = model.compiled_loss_and_optimizer().unwrap();
+    let loss = loss.unwrap();
+    let mut opt = optimizer_for(&model, opt.unwrap());
+    let (x, y) = (&data["input_0"], &data["target_0"]);
+    let n = x.shape()[0];
+    for (shape, want) in [
+        (vec![n], "one weight per loss term"),
+        (vec![n - 1, 6], "(8,) or (8, steps)"),
+    ] {
+        let len = shape.iter().product();
+        let cfg = FitConfig {
+            sample_weight: Some(Tensor::new(shape, vec![1.0; len]).unwrap()),
+            ..quiet(4, 1)
+        };
+        let e = model
+            .fit(
+                std::slice::from_ref(x),
+                std::slice::from_ref(y),
+                &loss,
+                &mut opt,
+                &cfg,
+                None,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sample_weight") && e.contains(want), "{e}");
+    }
 }
 
 #[test]

@@ -366,7 +366,7 @@ impl<T: Float> Model<T> {
         loss: &Loss,
         rng: Option<&mut StdRng>,
     ) -> Result<LossAndGrads<T>, Error> {
-        self.loss_and_grads_in(x, y, loss, rng, true)
+        self.loss_and_grads_in(x, y, None, loss, rng, true)
     }
 
     /// [`Model::loss_and_grads`] in training mode (`training`), or in Keras' inference mode
@@ -375,6 +375,7 @@ impl<T: Float> Model<T> {
         &mut self,
         x: &[Tensor<T>],
         y: &[Tensor<T>],
+        sample_weight: Option<&[T]>,
         loss: &Loss,
         rng: Option<&mut StdRng>,
         training: bool,
@@ -447,8 +448,10 @@ impl<T: Float> Model<T> {
                 )
                 .into());
             }
-            // An output mask becomes sample weights m·R/Σm over the loss rows, as Keras applies it.
-            let sw: Option<Vec<T>> = mask.as_ref().filter(|_| shape.len() == 3).map(|m| {
+            // An output mask becomes sample weights m·R/Σm over the loss rows, as Keras applies it
+            // (`apply_mask`), times the caller's per-sample weights, spread over each sample's
+            // rows (`squeeze_or_expand_to_same_rank`).
+            let masked: Option<Vec<T>> = mask.as_ref().filter(|_| shape.len() == 3).map(|m| {
                 let n = m.data.len();
                 let kept = m.data.iter().filter(|b| **b).count().max(1);
                 let s = T::of(n as f64 / kept as f64);
@@ -457,6 +460,10 @@ impl<T: Float> Model<T> {
                     .map(|b| if *b { s } else { T::zero() })
                     .collect()
             });
+            let sw = match sample_weight {
+                None => masked,
+                Some(w) => Some(per_row_weights(w, &shape, masked.as_deref(), k)?),
+            };
             let mut grad = vec![T::zero(); used.len()];
             let v =
                 loss_fn.value_and_grad(yt.data(), used.data(), &shape, sw.as_deref(), &mut grad)?;
@@ -543,11 +550,49 @@ impl<T: Float> Model<T> {
         optimizer: &mut Optimizer<T>,
         rng: Option<&mut StdRng>,
     ) -> Result<T, Error> {
+        self.train_step(x, y, None, loss, optimizer, rng)
+    }
+
+    /// [`Model::train_on_batch`] with Keras' `sample_weight`, flattened: one weight per loss term
+    /// of every output, `(B,)` for outputs `(B, C)` and `(B, T)` for sequence outputs
+    /// `(B, T, C)`. Each term is multiplied by its weight; the mean still divides by the number
+    /// of terms, as Keras' `sum_over_batch_size` does, and an output mask multiplies in as well.
+    pub fn train_on_batch_weighted(
+        &mut self,
+        x: &[Tensor<T>],
+        y: &[Tensor<T>],
+        sample_weight: &[T],
+        loss: &Loss,
+        optimizer: &mut Optimizer<T>,
+        rng: Option<&mut StdRng>,
+    ) -> Result<T, Error> {
+        self.train_step(x, y, Some(sample_weight), loss, optimizer, rng)
+    }
+
+    pub(crate) fn train_step(
+        &mut self,
+        x: &[Tensor<T>],
+        y: &[Tensor<T>],
+        sample_weight: Option<&[T]>,
+        loss: &Loss,
+        optimizer: &mut Optimizer<T>,
+        rng: Option<&mut StdRng>,
+    ) -> Result<T, Error> {
+        if let Some(w) = sample_weight {
+            if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+                return Err(ConfigError::invalid(
+                    format!("sample_weight[{i}]"),
+                    w[i].f64(),
+                    "a finite number",
+                )
+                .into());
+            }
+        }
         let LossAndGrads {
             loss: value,
             mut grads,
             mut rows,
-        } = self.loss_and_grads(x, y, loss, rng)?;
+        } = self.loss_and_grads_in(x, y, sample_weight, loss, rng, true)?;
         if !value.is_finite() {
             return Err(TrainError::NonFinite {
                 what: "loss",
@@ -1397,6 +1442,38 @@ impl<T: Float> Model<T> {
         }
         Ok(())
     }
+}
+
+/// Keras' sample weights `w` for output `output` of shape `shape` (`(B, …, C)`): one per loss
+/// term, i.e. per position of every axis but the last (`(B,)` for `(B, C)`, `(B, T)` for a
+/// sequence), times the mask's row weights where it has some. Keras refuses weights of another
+/// shape (per sample on a sequence output, say), and so does this.
+fn per_row_weights<T: Float>(
+    w: &[T],
+    shape: &[usize],
+    masked: Option<&[T]>,
+    output: usize,
+) -> Result<Vec<T>, Error> {
+    let terms = &shape[..shape.len().saturating_sub(1).max(1).min(shape.len())];
+    let rows: usize = terms.iter().product();
+    if w.len() != rows {
+        return Err(ShapeError::mismatch(
+            "sample_weight",
+            &[w.len()],
+            format!(
+                "{terms:?}: one weight per loss term of output {output} (Keras weighs a sequence \
+                 output's steps with (batch, steps) weights, and refuses one weight per sample there)"
+            ),
+        )
+        .into());
+    }
+    let mut out = w.to_vec();
+    if let Some(m) = masked {
+        if m.len() == out.len() {
+            out.iter_mut().zip(m).for_each(|(o, &f)| *o *= f);
+        }
+    }
+    Ok(out)
 }
 
 fn push_rnn<'a, T: Float>(

@@ -20,6 +20,8 @@
 //!   stateful RNN's states in every call, training or not; its `fit` never resets them); the
 //!   states are not weights, so restoring the best weights leaves them as they are. Every
 //!   batch then needs the same size, as in Keras;
+//! - `sample_weight` (shaped like the loss terms) multiplies each term, in training and in the
+//!   validation split, which keeps its samples' weights;
 //! - after the last epoch, the optimizer's `finalize_variable_values` (with `use_ema` the weights
 //!   take their moving averages, [`Optimizer::finalize_variable_values`]), then early stopping's
 //!   restore, in Keras' order.
@@ -135,6 +137,11 @@ pub struct FitConfig {
     /// calls each stateful layer's `reset_state()` (TF-Keras 2: `model.reset_states()`) in
     /// `on_epoch_begin` does (Keras' `fit` itself never resets them; default false).
     pub reset_states_each_epoch: bool,
+    /// Keras' `sample_weight`, shaped like the loss terms: `(N,)` (a weight per sample) for
+    /// outputs `(N, C)`, `(N, T)` (a weight per step) for sequence outputs. The validation split
+    /// keeps its samples' weights, as Keras splits them; given validation data is unweighted.
+    /// `None`: every term weighs 1.
+    pub sample_weight: Option<Tensor<f64>>,
 }
 
 impl Default for FitConfig {
@@ -148,6 +155,7 @@ impl Default for FitConfig {
             early_stopping: None,
             progress: Progress::Auto,
             reset_states_each_epoch: false,
+            sample_weight: None,
         }
     }
 }
@@ -526,6 +534,18 @@ impl<T: Float> Model<T> {
             return Err(ConfigError::invalid("batch_size", 0, "an integer ≥ 1").into());
         }
         loss.validate()?;
+        self.evaluate_in(x, y, None, loss, batch_size)
+    }
+
+    /// [`Model::evaluate`] with optional per-sample weights (Keras' `sample_weight`).
+    fn evaluate_in(
+        &mut self,
+        x: &[Tensor<T>],
+        y: &[Tensor<T>],
+        sample_weight: Option<&[T]>,
+        loss: &Loss,
+        batch_size: usize,
+    ) -> Result<f64, Error> {
         self.check_arity(x, y, "x", "y")?;
         let n = sample_count(x, y, "x", "y")?;
         self.check_stateful_batches(batch_size, &[("evaluation", n)])?;
@@ -535,7 +555,12 @@ impl<T: Float> Model<T> {
             let end = (start + batch_size).min(n);
             let xb = slice_all(x, start, end)?;
             let yb = slice_all(y, start, end)?;
-            let v = self.loss_and_grads_in(&xb, &yb, loss, None, false)?.loss;
+            // The weights of samples start..end (each sample's share of a flat slice).
+            let per = sample_weight.map_or(0, |w| w.len().checked_div(n).unwrap_or(0));
+            let wb = sample_weight.and_then(|w| w.get(start * per..end * per));
+            let v = self
+                .loss_and_grads_in(&xb, &yb, wb, loss, None, false)?
+                .loss;
             let w = T::of((end - start) as f64);
             total += v * w;
             count += w;
@@ -604,6 +629,23 @@ impl<T: Float> Model<T> {
         for (i, t) in y.iter().enumerate() {
             t.check_finite(&format!("y[{i}]"))?;
         }
+        // Per sample, `per` weights (1, or one per step).
+        let (weights, per): (Option<Vec<T>>, usize) = match &cfg.sample_weight {
+            None => (None, 0),
+            Some(w) if w.shape().first() != Some(&n) || w.shape().len() > 2 => {
+                return Err(ShapeError::mismatch(
+                    "sample_weight",
+                    w.shape(),
+                    format!("({n},) or ({n}, steps): the loss terms of the {n} samples of x"),
+                )
+                .into())
+            }
+            Some(w) => {
+                w.check_finite("sample_weight")?;
+                let per = w.len().checked_div(n).unwrap_or(0);
+                (Some(w.data().iter().map(|&v| T::of(v)).collect()), per)
+            }
+        };
         // Validation data: given, or the tail of x/y (Keras' train_validation_split).
         let mut n_train = n;
         let mut n_val = 0;
@@ -633,6 +675,11 @@ impl<T: Float> Model<T> {
             cfg.batch_size,
             &[("training", n_train), ("validation", n_val)],
         )?;
+        // The split's samples keep their weights; given validation data has none.
+        let val_weights: Option<&[T]> = match (&split, &weights) {
+            (Some(_), Some(w)) => w.get(n_train * per..),
+            _ => None,
+        };
         let val: Option<ValidationData<'_, T>> =
             validation_data.or(split.as_ref().map(|[a, b]| (a.as_slice(), b.as_slice())));
         let mut stopper = match &cfg.early_stopping {
@@ -683,8 +730,21 @@ impl<T: Float> Model<T> {
                         .iter()
                         .map(|t| gather(t, idx))
                         .collect::<Result<Vec<_>, _>>()?;
+                    let wb: Option<Vec<T>> = weights.as_ref().map(|w| {
+                        idx.iter()
+                            .flat_map(|&i| &w[i * per..(i + 1) * per])
+                            .copied()
+                            .collect()
+                    });
                     let v = self
-                        .train_on_batch(&xb, &yb, loss, optimizer, Some(&mut dropout_rng))
+                        .train_step(
+                            &xb,
+                            &yb,
+                            wb.as_deref(),
+                            loss,
+                            optimizer,
+                            Some(&mut dropout_rng),
+                        )
                         .map_err(|e| {
                             bar.abandon();
                             at_batch(e, epoch + 1, b + 1)
@@ -703,7 +763,9 @@ impl<T: Float> Model<T> {
             let epoch_loss = (total / count).f64();
             history.loss.push(epoch_loss);
             let val_loss = match val {
-                Some((vx, vy)) => Some(self.evaluate(vx, vy, loss, cfg.batch_size)?),
+                Some((vx, vy)) => {
+                    Some(self.evaluate_in(vx, vy, val_weights, loss, cfg.batch_size)?)
+                }
                 None => None,
             };
             if let Some(v) = val_loss {
