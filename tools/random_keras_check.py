@@ -324,10 +324,11 @@ def random_pointwise(rng, layers, pick, prelu=True, axes_ok=False):
     return layers.UnitNormalization(axis=axis), f"UnitNormalization(axis={axis})"
 
 
-def random_steps(rng, layers, pick, crop_ok):
+def random_steps(rng, layers, pick, crop_ok, cf_ok=True):
     """A layer that changes the number of steps (and drops the mask): ZeroPadding1D (maybe
-    channels_first, padding the features), UpSampling1D, or Cropping1D when `crop_ok`."""
-    kinds = ["pad", "pad_cf", "up"] + (["crop"] if crop_ok else [])
+    channels_first, padding the features, when `cf_ok`: TF-Keras 2's has no data_format),
+    UpSampling1D, or Cropping1D when `crop_ok`."""
+    kinds = ["pad", "up"] + (["pad_cf"] if cf_ok else []) + (["crop"] if crop_ok else [])
     kind = pick(kinds)
     if kind == "pad":
         p = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
@@ -421,7 +422,7 @@ def check_predict(args, keras, layers, rng, pick, out):
                 lays.append(lay)
                 desc.append(d)
             if seq and l < nl - 1 and rng.random() < 0.1:
-                lay, d = random_steps(rng, layers, pick, crop_ok=T >= 4)
+                lay, d = random_steps(rng, layers, pick, crop_ok=T >= 4, cf_ok=not args.tf_keras)
                 lays.append(lay)
                 desc.append(d)
         if seq and rng.random() < 0.2:
