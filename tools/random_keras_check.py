@@ -562,7 +562,7 @@ def check_multi(args, keras, layers, rng, pick, out):
 
 def check_fit(args, keras, layers, rng, pick, out):
     bad = unstable = unbuildable = 0
-    with_schedule = with_ema = with_accumulation = with_scale = with_states = 0
+    with_schedule = with_ema = with_accumulation = with_scale = with_states = with_weights = 0
     drawn = {}  # loss name (and from_logits) -> count
     reg = lambda: pick([None, "l2", "l1", keras.regularizers.L1L2(0.01, 0.02)])  # noqa: E731
     con = lambda: pick([None, None, "non_neg", keras.constraints.MaxNorm(1.5),  # noqa: E731
@@ -780,14 +780,23 @@ def check_fit(args, keras, layers, rng, pick, out):
         bs, ep = int(rng.integers(2, 12)), int(rng.integers(1, 4))
         if stateful:
             bs = sbs
+        # Keras' sample_weight, shaped like the loss terms: the targets' shape without its class
+        # axis (sparse labels have none), some weights 0.
+        sw = None
+        if rng.random() < args.weighted:
+            sparse = loss in ("sparse_categorical_crossentropy", "generalized_ce")
+            sw = rng.uniform(0.0, 2.0, Y.shape if sparse else Y.shape[:-1]).astype("float32")
+            sw[rng.random(sw.shape) < 0.1] = 0.0
+            np.save(out / "w.npy", sw)
+        with_weights += sw is not None
         try:
-            m.fit(X, Y, batch_size=bs, epochs=ep, shuffle=False, verbose=0)
+            m.fit(X, Y, batch_size=bs, epochs=ep, shuffle=False, verbose=0, sample_weight=sw)
         except Exception as e:  # a draw Keras builds but cannot train (a shape it checks late)
             unbuildable += 1
             print(f"model {i}: skipped, Keras cannot fit it: {str(e).splitlines()[0][:120]}", flush=True)
             continue
         common = ["--x", str(out / "x.npy"), "--y", str(out / "y.npy"), "--batch-size", str(bs),
-                  "--no-shuffle", "--quiet"]
+                  "--no-shuffle", "--quiet"] + (["--sample-weight", str(out / "w.npy")] if sw is not None else [])
         rate = type(opt._learning_rate).__name__ if sched else "constant rate"
         lname = loss if isinstance(loss_obj, str) else json.dumps(keras.saving.serialize_keras_object(loss_obj)["config"])
         label = (f"model {i} ({kind}{', stateful' if stateful else ''}, {opt_name} {clip}, {rate}, {loss} {lname}, act={act}, mask={mask}, emb={emb}, "
@@ -805,7 +814,7 @@ def check_fit(args, keras, layers, rng, pick, out):
             warnings.simplefilter("always")
             again = keras.saving.load_model(out / "ours.keras")
             skipped = [str(x.message) for x in w if "optimizer" in str(x.message)]
-        again.fit(X, Y, batch_size=bs, epochs=1, shuffle=False, verbose=0)
+        again.fit(X, Y, batch_size=bs, epochs=1, shuffle=False, verbose=0, sample_weight=sw)
         rc, _, err = run([args.grucell, "fit", "--model", str(out / "ours.keras"), "--epochs", "1",
                           "--output", str(out / "ours2.keras"), *common])
         e2 = None
@@ -820,7 +829,7 @@ def check_fit(args, keras, layers, rng, pick, out):
             # but round-off noise in float32, blown up by a unit-norm constraint to
             # w / (1e-7 + |w|)), and comparing two float32 implementations says nothing.
             try:
-                ek = keras_f64_distance(keras, out / "untrained.keras", m, X, Y, bs, ep)
+                ek = keras_f64_distance(keras, out / "untrained.keras", m, X, Y, bs, ep, sw)
             except Exception as why:  # a layer Keras cannot run in float64: counted as a disagreement
                 ek = float("nan")
                 print(f"{label}: Keras in float64 failed: {str(why)[:120]}")
@@ -832,7 +841,7 @@ def check_fit(args, keras, layers, rng, pick, out):
             if ek > 1e-5 and not skipped:
                 # The continued epoch is as sensitive: train the float64 copy with grucell too.
                 try:
-                    g64 = grucell_f64_distance(args, keras, out / "untrained.keras", X, Y, bs, ep, out)
+                    g64 = grucell_f64_distance(args, keras, out / "untrained.keras", X, Y, bs, ep, out, sw)
                 except Exception as why:
                     g64 = float("nan")
                     print(f"{label}: float64 comparison failed: {str(why)[:120]}")
@@ -849,7 +858,7 @@ def check_fit(args, keras, layers, rng, pick, out):
     print(f"fit: {args.n} models, {bad} disagreements, {unstable} unstable (not counted), "
           f"{unbuildable} that Keras cannot build or fit (skipped); {with_schedule} with a learning-rate schedule, "
           f"{with_ema} with use_ema, {with_accumulation} with gradient accumulation, {with_scale} with "
-          f"loss_scale_factor, {with_states} stateful; losses drawn: {dict(sorted(drawn.items()))}")
+          f"loss_scale_factor, {with_states} stateful, {with_weights} with sample weights; losses drawn: {dict(sorted(drawn.items()))}")
     return bad
 
 
@@ -891,7 +900,7 @@ def compiled_f64_copy(keras, untrained):
     return m64
 
 
-def keras_f64_distance(keras, untrained, m32, X, Y, bs, ep):
+def keras_f64_distance(keras, untrained, m32, X, Y, bs, ep, sw=None):
     """Largest difference between `m32`'s weights after fit and those of the same model, compiled
     and trained the same way, in float64."""
     old = keras.config.floatx()
@@ -899,14 +908,14 @@ def keras_f64_distance(keras, untrained, m32, X, Y, bs, ep):
     try:
         m64 = compiled_f64_copy(keras, untrained)
         m64.fit(X.astype("float64"), Y.astype("float64"), batch_size=bs, epochs=ep,
-                shuffle=False, verbose=0)
+                shuffle=False, verbose=0, sample_weight=None if sw is None else sw.astype("float64"))
         return max(float(np.max(np.abs(a.numpy() - b.numpy().astype("float64"))))
                    for a, b in zip(m64.weights, m32.weights))
     finally:
         keras.config.set_floatx(old)
 
 
-def grucell_f64_distance(args, keras, untrained, X, Y, bs, ep, out):
+def grucell_f64_distance(args, keras, untrained, X, Y, bs, ep, out, sw=None):
     """Largest difference between the weights Keras and `grucell fit` reach from the float64
     copy of the untrained model (same optimizer, data, batches and epochs)."""
     old = keras.config.floatx()
@@ -916,10 +925,13 @@ def grucell_f64_distance(args, keras, untrained, X, Y, bs, ep, out):
         m64.save(out / "untrained64.keras")
         np.save(out / "x64.npy", X.astype("float64"))
         np.save(out / "y64.npy", Y.astype("float64"))
-        m64.fit(X.astype("float64"), Y.astype("float64"), batch_size=bs, epochs=ep, shuffle=False, verbose=0)
+        w64 = None if sw is None else sw.astype("float64")
+        m64.fit(X.astype("float64"), Y.astype("float64"), batch_size=bs, epochs=ep, shuffle=False, verbose=0,
+                sample_weight=w64)
         rc, _, err = run([args.grucell, "fit", "--model", str(out / "untrained64.keras"), "--x", str(out / "x64.npy"),
                           "--y", str(out / "y64.npy"), "--batch-size", str(bs), "--epochs", str(ep), "--no-shuffle",
-                          "--quiet", "--output", str(out / "ours64.keras")])
+                          "--quiet", "--output", str(out / "ours64.keras")]
+                         + ([] if sw is None else ["--sample-weight", str(out / "w.npy")]))
         if rc != 0:
             raise RuntimeError(err.strip()[:200])
         ours = keras.saving.load_model(out / "ours64.keras")
@@ -947,6 +959,8 @@ def main():
     ap.add_argument("--grucell", default=str(ROOT / "target" / "release" / "grucell"))
     ap.add_argument("--stateful", type=float, default=0.15, metavar="P",
                     help="predict, fit: the share of models whose recurrent layers are stateful")
+    ap.add_argument("--weighted", type=float, default=0.2, metavar="P",
+                    help="fit: the share of fits with Keras' sample_weight")
     ap.add_argument("--keep", metavar="DIR", help="copy the files of each disagreeing case into DIR")
     ap.add_argument("--tf-keras", action="store_true",
                     help="build and save the models with TF-Keras 2 (tf_keras 2.21) instead of Keras 3")
