@@ -848,6 +848,28 @@ fn stateful_fit_refuses_partial_and_other_batch_sizes() {
         r.carried_states().map(|s| s[0].shape().to_vec()),
         Some(vec![3, 3])
     );
+    // A step that fails on its weights (three, one per sample, would be right; six are not)
+    // leaves the carried states as they were.
+    let before = r.carried_states().map(<[Tensor<f32>]>::to_vec);
+    let mut opt = optimizer_for(&m, OptimizerConfig::sgd(0.01));
+    let xb = Tensor::new(vec![3, 3, 2], x.data()[..18].to_vec()).unwrap();
+    let yb = Tensor::new(vec![3, 3], vec![0.0; 9]).unwrap();
+    let e = m
+        .train_on_batch_weighted(
+            &[xb],
+            &[yb],
+            &[1.0; 6],
+            &Loss::MeanSquaredError,
+            &mut opt,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sample_weight"), "{e}");
+    let Layer::Rnn(r) = &m.layers[1].layer else {
+        panic!("layer 1 is the GRU")
+    };
+    assert_eq!(r.carried_states().map(<[Tensor<f32>]>::to_vec), before);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -389,20 +389,19 @@ impl<T: Float> Model<T> {
             .into());
         }
         let (vals, caches, finals) = self.forward_train(x, rng, training)?;
-        // Stateful layers carry the batch's final states to the next one, in training as in
-        // evaluation (Keras assigns them in every call; they are not differentiated through).
-        for (layer, states) in finals {
-            self.set_carried_states(layer, states);
-        }
-        // Keras' training forward moves BatchNormalization's moving statistics, call by call.
-        for (i, cache) in caches.iter().enumerate() {
-            let layer = self.nodes[i].layer;
-            if let (Layer::BatchNorm(n), Cache::BatchNorm(_, _, Some(s))) =
-                (&mut self.layers[layer].layer, cache)
-            {
-                n.update_moving(s);
-            }
-        }
+        // Keras' training forward moves BatchNormalization's moving statistics, call by call,
+        // and stateful layers carry the batch's final states to the next one, in training as in
+        // evaluation (not differentiated through). Both are applied once the loss and gradients
+        // are computed: a call that fails on its targets or weights changes nothing, as Keras'
+        // traced step would fail before it ran.
+        let moved: Vec<(usize, BatchStats<T>)> = caches
+            .iter()
+            .enumerate()
+            .filter_map(|(i, cache)| match cache {
+                Cache::BatchNorm(_, _, Some(s)) => Some((self.nodes[i].layer, s.clone())),
+                _ => None,
+            })
+            .collect();
         let pos = self.node_positions();
         let mut dvals: Vec<Vec<Option<Tensor<T>>>> =
             vals.iter().map(|v| vec![None; v.len()]).collect();
@@ -449,8 +448,7 @@ impl<T: Float> Model<T> {
                 .into());
             }
             // An output mask becomes sample weights m·R/Σm over the loss rows, as Keras applies it
-            // (`apply_mask`), times the caller's per-sample weights, spread over each sample's
-            // rows (`squeeze_or_expand_to_same_rank`).
+            // (`apply_mask`), times the caller's weights (one per loss term) where given.
             let masked: Option<Vec<T>> = mask.as_ref().filter(|_| shape.len() == 3).map(|m| {
                 let n = m.data.len();
                 let kept = m.data.iter().filter(|b| **b).count().max(1);
@@ -531,6 +529,14 @@ impl<T: Float> Model<T> {
                 r.add_grad(w.data(), w.shape(), g);
                 *rg = None;
             }
+        }
+        for (layer, stats) in moved {
+            if let Layer::BatchNorm(n) = &mut self.layers[layer].layer {
+                n.update_moving(&stats);
+            }
+        }
+        for (layer, states) in finals {
+            self.set_carried_states(layer, states);
         }
         Ok(LossAndGrads {
             loss: total,
