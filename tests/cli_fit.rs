@@ -165,7 +165,7 @@ fn fits_a_stateful_model_in_batches_of_its_size() {
     );
     let out = dir.path("trained.keras");
     let model = fx.join("stateful_basic.keras");
-    let args = |extra: &[&'static str]| {
+    let run = |extra: &[&str]| {
         let mut a = vec![
             "fit",
             "--model",
@@ -183,17 +183,16 @@ fn fits_a_stateful_model_in_batches_of_its_size() {
             s(&out),
         ];
         a.extend_from_slice(extra);
-        a.iter().map(|v| v.to_string()).collect::<Vec<_>>()
+        grucell(&a)
     };
-    let run = |a: Vec<String>| grucell(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    let o = run(args(&["--batch-size", "3"]));
+    let o = run(&["--batch-size", "3"]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && !out.exists());
     assert!(
         stderr.contains("batch_size") && stderr.contains("4, the batch size"),
         "{stderr}"
     );
-    let o = run(args(&[]));
+    let o = run(&[]);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success(),

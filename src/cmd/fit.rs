@@ -155,11 +155,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// Keras' default batch size (32), or the fixed input batch size of a stateful model, which
 /// takes batches of that size only.
 fn default_batch_size<T: Float>(model: &Model<T>) -> usize {
-    let fixed = model
-        .input_shapes()
-        .iter()
-        .find_map(|s| s.first().copied().flatten());
-    match fixed {
+    match model.fixed_batch_size() {
         Some(b) if model.is_stateful() => b,
         _ => 32,
     }

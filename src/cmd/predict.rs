@@ -171,10 +171,7 @@ where
     model.set_threads(args.threads);
     // A model built for a fixed batch size (stateful ones must be) runs more rows the way
     // Keras' `predict(x, batch_size=B)` does: B rows at a time, states carried across.
-    let fixed = model
-        .input_shapes()
-        .iter()
-        .find_map(|s| s.first().copied().flatten());
+    let fixed = model.fixed_batch_size();
     let rows = xs.first().and_then(|x| x.shape().first().copied());
     let outs = match (fixed, rows) {
         (Some(b), Some(n)) if b > 0 && n > b && n % b == 0 => model.predict_in_batches(&xs, b),

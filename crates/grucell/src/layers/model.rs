@@ -752,6 +752,14 @@ impl<T: Float> Model<T> {
         }
     }
 
+    /// The batch size the model's inputs are built for, where one is fixed (Keras
+    /// `batch_shape`; stateful models have one): that of the first input that fixes it.
+    pub fn fixed_batch_size(&self) -> Option<usize> {
+        self.input_shapes()
+            .iter()
+            .find_map(|s| s.first().copied().flatten())
+    }
+
     /// Whether a layer carries states from one call to the next (`stateful=True`).
     pub fn is_stateful(&self) -> bool {
         self.layers.iter().any(|l| match &l.layer {

@@ -549,14 +549,14 @@ impl<T: Float> Model<T> {
         self.check_arity(x, y, "x", "y")?;
         let n = sample_count(x, y, "x", "y")?;
         self.check_stateful_batches(batch_size, &[("evaluation", n)])?;
+        // Each sample's share of the flat weights (1, or one per step).
+        let per = sample_weight.map_or(0, |w| w.len().checked_div(n).unwrap_or(0));
         let (mut total, mut count) = (T::zero(), T::zero());
         let mut start = 0;
         while start < n {
             let end = (start + batch_size).min(n);
             let xb = slice_all(x, start, end)?;
             let yb = slice_all(y, start, end)?;
-            // The weights of samples start..end (each sample's share of a flat slice).
-            let per = sample_weight.map_or(0, |w| w.len().checked_div(n).unwrap_or(0));
             let wb = sample_weight.and_then(|w| w.get(start * per..end * per));
             let v = self
                 .loss_and_grads_in(&xb, &yb, wb, loss, None, false)?
