@@ -258,6 +258,67 @@ fn fits_with_sample_weights_like_keras() {
     assert_history_like_keras(&stdout, "weighted_split", 2);
 }
 
+/// `--class-weight C:W,…`: Keras' class weights give Keras' history (the validation split
+/// unweighted); a malformed list and one given with --sample-weight are refused.
+#[test]
+fn fits_with_class_weights_like_keras() {
+    let dir = Scratch::new("class-weighted");
+    let fx = root().join("tests/fixtures/fit");
+    let (xp, yp, _) = arrays(
+        &fx.join("class_onehot.npz"),
+        "input_0",
+        "target_0",
+        &dir,
+        |_| {},
+    );
+    let out = dir.path("trained.keras");
+    let model = fx.join("class_onehot.keras");
+    let run = |extra: &[&str]| {
+        let mut a = vec![
+            "fit",
+            "--model",
+            s(&model),
+            "--x",
+            s(&xp),
+            "--y",
+            s(&yp),
+            "--no-shuffle",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "3",
+            "--validation-split",
+            "0.25",
+            "--output",
+            s(&out),
+        ];
+        a.extend_from_slice(extra);
+        grucell(&a)
+    };
+    for (bad, want) in [
+        ("0:1,1", "expected CLASS:WEIGHT"),
+        ("a:1", "not an integer"),
+        ("1:inf", "not a finite number"),
+        ("1:2,1:3", "class 1 is given twice"),
+    ] {
+        let o = run(&["--class-weight", bad]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && !out.exists());
+        assert!(stderr.contains(want), "{bad}: {stderr}");
+    }
+    let o = run(&["--class-weight", "0:1", "--sample-weight", s(&xp)]);
+    assert!(!o.status.success() && !out.exists());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be used with"));
+    let o = run(&["--class-weight", "0:1, 1:3, 2:0.25"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_history_like_keras(&stdout, "class_onehot", 3);
+}
+
 #[test]
 fn fits_model_fixture_two_epochs_deterministically() {
     let dir = Scratch::new("fixture");

@@ -15,6 +15,7 @@
 //! trainable variables) is trained from a fresh state, with a warning, as Keras does. The
 //! `.keras` output holds the state after training.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -87,6 +88,11 @@ pub struct Args {
     /// weights).
     #[arg(long, value_name = "W.npy")]
     pub sample_weight: Option<PathBuf>,
+    /// Keras' `class_weight`, as `CLASS:WEIGHT,…` (e.g. `0:1,1:4.5`): each training sample
+    /// weighs as its class (its target, rounded, or the arg-max of a one-hot target); classes
+    /// not listed weigh 1, and the validation split is not weighted.
+    #[arg(long, value_name = "C:W,…", value_parser = parse_class_weight, conflicts_with = "sample_weight")]
+    pub class_weight: Option<BTreeMap<i64, f64>>,
     /// Seed of the shuffling and dropout (default: random).
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
@@ -185,6 +191,30 @@ fn read_sample_weight(path: &Path) -> Result<Tensor<f64>> {
         );
     }
     Ok(a)
+}
+
+/// `--class-weight`: `CLASS:WEIGHT` pairs separated by commas, each class once.
+fn parse_class_weight(s: &str) -> std::result::Result<BTreeMap<i64, f64>, String> {
+    let mut map = BTreeMap::new();
+    for pair in s.split(',').map(str::trim) {
+        let (c, w) = pair
+            .split_once(':')
+            .ok_or_else(|| format!("`{pair}`: expected CLASS:WEIGHT, e.g. 1:2.5"))?;
+        let c: i64 = c
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{pair}`: the class `{}` is not an integer", c.trim()))?;
+        let w: f64 = w
+            .trim()
+            .parse()
+            .ok()
+            .filter(|w: &f64| w.is_finite())
+            .ok_or_else(|| format!("`{pair}`: the weight `{}` is not a finite number", w.trim()))?;
+        if map.insert(c, w).is_some() {
+            return Err(format!("class {c} is given twice"));
+        }
+    }
+    Ok(map)
 }
 
 /// Runs `grucell fit`.
@@ -321,6 +351,7 @@ fn train<T: Float>(
             .as_deref()
             .map(read_sample_weight)
             .transpose()?,
+        class_weight: args.class_weight.clone(),
     };
     let history = model.fit(&x, &y, &loss, &mut optimizer, &cfg, None)?;
 

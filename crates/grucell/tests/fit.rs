@@ -164,6 +164,14 @@ fn run_keras_case(name: &str) -> (Value, Model<f32>, History, HashMap<String, Te
             .as_bool()
             .unwrap_or(false)
             .then(|| data["sample_weight"].cast::<f64>()),
+        class_weight: case
+            .get("class_weight")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.parse().unwrap(), v.as_f64().unwrap()))
+                    .collect()
+            }),
     };
     let h = model
         .fit(
@@ -309,6 +317,154 @@ fn keras_sample_weight_per_sample_with_validation_split_and_partial_batch() {
 #[test]
 fn keras_sample_weight_per_step_on_a_masked_sequence_output() {
     check_keras_case("weighted_masked_seq");
+}
+
+#[test]
+fn keras_class_weight_one_hot_with_unweighted_validation_split() {
+    let (_, h) = check_keras_case("class_onehot");
+    assert_eq!(h.val_loss.len(), 3);
+}
+
+#[test]
+fn keras_class_weight_class_indices_with_an_absent_class() {
+    check_keras_case("class_sparse");
+}
+
+#[test]
+fn keras_class_weight_binary_targets_of_shape_n_by_1() {
+    check_keras_case("class_binary");
+}
+
+/// Class weights change the training (so the fixtures test them), and give the same steps as
+/// the sample weights they stand for; the validation part stays unweighted.
+#[test]
+fn class_weight_equals_its_sample_weights_and_leaves_validation_unweighted() {
+    let (case, model, data) = keras_case("class_binary");
+    let (x, y) = (&data["input_0"], &data["target_0"]);
+    let run = |cfg: FitConfig, x: &Tensor<f32>, y: &Tensor<f32>| {
+        let mut m = model.clone();
+        let (loss, opt) = m.compiled_loss_and_optimizer().unwrap();
+        let mut opt = optimizer_for(&m, opt.unwrap());
+        let h = m
+            .fit(
+                std::slice::from_ref(x),
+                std::slice::from_ref(y),
+                &loss.unwrap(),
+                &mut opt,
+                &cfg,
+                None,
+            )
+            .unwrap();
+        (h, m.predict(std::slice::from_ref(x)).unwrap())
+    };
+    let base = FitConfig {
+        shuffle: false,
+        ..quiet(4, 2)
+    };
+    let cw: std::collections::BTreeMap<i64, f64> = [(0, 0.5), (1, 4.0)].into();
+    let class_w = |v: &f32| if *v == 1.0 { 4.0 } else { 0.5 };
+    let (with_cw, p_cw) = run(
+        FitConfig {
+            class_weight: Some(cw.clone()),
+            ..base.clone()
+        },
+        x,
+        y,
+    );
+    let (plain, p_plain) = run(base.clone(), x, y);
+    assert!(p_cw[0].max_abs_diff(&p_plain[0]) > 1e-3);
+    assert_ne!(with_cw.loss, plain.loss);
+    // Without a validation split: exactly the sample weights of the classes.
+    let w: Vec<f64> = y.data().iter().map(class_w).collect();
+    let sample_w = Tensor::new(vec![w.len()], w).unwrap();
+    let (with_sw, p_sw) = run(
+        FitConfig {
+            sample_weight: Some(sample_w.clone()),
+            ..base.clone()
+        },
+        x,
+        y,
+    );
+    assert_eq!(with_cw.loss, with_sw.loss);
+    assert_eq!(p_cw[0].max_abs_diff(&p_sw[0]), 0.0);
+    // With one: the validation loss is the unweighted one.
+    let split = case["validation_split"].as_f64().unwrap();
+    assert!(split > 0.0);
+    let (h, _) = run(
+        FitConfig {
+            class_weight: Some(cw),
+            validation_split: split,
+            ..base.clone()
+        },
+        x,
+        y,
+    );
+    let (h_sw, _) = run(
+        FitConfig {
+            sample_weight: Some(sample_w.clone()),
+            validation_split: split,
+            ..base
+        },
+        x,
+        y,
+    );
+    assert_eq!(h.loss, h_sw.loss);
+    assert_ne!(
+        h.val_loss, h_sw.val_loss,
+        "sample weights weigh the split, class weights not"
+    );
+}
+
+/// Keras' rules for class weights: one class per sample, one output, not with sample weights,
+/// finite weights.
+#[test]
+fn class_weight_refusals() {
+    let (_, model, data) = keras_case("class_onehot");
+    let (loss, opt) = model.compiled_loss_and_optimizer().unwrap();
+    let loss = loss.unwrap();
+    let x = &data["input_0"];
+    let n = x.shape()[0];
+    let fit = |cfg: FitConfig, y: Tensor<f32>| {
+        let mut m = model.clone();
+        let mut o = optimizer_for(&m, opt.clone().unwrap());
+        m.fit(std::slice::from_ref(x), &[y], &loss, &mut o, &cfg, None)
+            .unwrap_err()
+            .to_string()
+    };
+    let cw = || Some([(0, 2.0)].into());
+    let seq = Tensor::new(vec![n, 2, 3], vec![0.0; n * 6]).unwrap();
+    let e = fit(
+        FitConfig {
+            class_weight: cw(),
+            ..quiet(4, 1)
+        },
+        seq,
+    );
+    assert!(
+        e.contains("class_weight") && e.contains("one class per sample"),
+        "{e}"
+    );
+    let y = data["target_0"].clone();
+    let e = fit(
+        FitConfig {
+            class_weight: cw(),
+            sample_weight: Some(Tensor::new(vec![n], vec![1.0; n]).unwrap()),
+            ..quiet(4, 1)
+        },
+        y.clone(),
+    );
+    assert!(
+        e.contains("class_weight") && e.contains("sample_weight"),
+        "{e}"
+    );
+    let e = fit(
+        FitConfig {
+            class_weight: Some([(1, f64::NAN)].into()),
+            ..quiet(4, 1)
+        },
+        y,
+    );
+    assert!(e.contains("class_weight[1]") && e.contains("finite"), "{e}");
 }
 
 /// Weights that are not shaped like the loss terms are refused, as Keras refuses them: one per

@@ -22,6 +22,9 @@
 //!   batch then needs the same size, as in Keras;
 //! - `sample_weight` (shaped like the loss terms) multiplies each term, in training and in the
 //!   validation split, which keeps its samples' weights;
+//! - `class_weight` gives each training sample the weight of its class (Keras'
+//!   `class_weight_to_sample_weights`: the target rounded half to even, or its arg-max when it is
+//!   one-hot); the validation data stays unweighted;
 //! - after the last epoch, the optimizer's `finalize_variable_values` (with `use_ema` the weights
 //!   take their moving averages, [`Optimizer::finalize_variable_values`]), then early stopping's
 //!   restore, in Keras' order.
@@ -32,6 +35,7 @@
 //! carry on with NaN weights); the weights are then those from before that batch (a stateful
 //! layer's states are those that batch's forward ended with, as in Keras).
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::Instant;
 
@@ -142,6 +146,13 @@ pub struct FitConfig {
     /// keeps its samples' weights, as Keras splits them; given validation data is unweighted.
     /// `None`: every term weighs 1.
     pub sample_weight: Option<Tensor<f64>>,
+    /// Keras' `class_weight`: a weight per class index; each training sample weighs as its
+    /// class, and classes not listed weigh 1. The class of a sample is its target rounded half to
+    /// even (targets `(N,)` or `(N, 1)`) or the index of its largest entry (one-hot targets
+    /// `(N, C)`), as Keras' `class_weight_to_sample_weights` finds it. Single-output models only,
+    /// not together with `sample_weight`; the validation data is not weighted (Keras applies it
+    /// to the training batches only).
+    pub class_weight: Option<BTreeMap<i64, f64>>,
 }
 
 impl Default for FitConfig {
@@ -156,6 +167,7 @@ impl Default for FitConfig {
             progress: Progress::Auto,
             reset_states_each_epoch: false,
             sample_weight: None,
+            class_weight: None,
         }
     }
 }
@@ -172,6 +184,25 @@ impl FitConfig {
                 "validation_split",
                 self.validation_split,
                 "a number in [0, 1)",
+            ));
+        }
+        if let Some((k, w)) = self
+            .class_weight
+            .iter()
+            .flatten()
+            .find(|(_, w)| !w.is_finite())
+        {
+            return Err(ConfigError::invalid(
+                format!("class_weight[{k}]"),
+                w,
+                "a finite weight",
+            ));
+        }
+        if self.class_weight.is_some() && self.sample_weight.is_some() {
+            return Err(ConfigError::invalid(
+                "class_weight",
+                "given with sample_weight",
+                "one of class_weight and sample_weight, not both (Keras refuses both at once)",
             ));
         }
         if let Some(es) = &self.early_stopping {
@@ -331,6 +362,62 @@ fn sample_count<T: Float>(
 }
 
 /// The rows `idx` (axis 0) of `t`, in that order.
+/// Keras' `class_weight_to_sample_weights`: the weight of each sample's class, 1 for classes
+/// `class_weight` does not list. A sample's class is its target rounded half to even (NumPy's
+/// `round`) for targets `(N,)` or `(N, 1)`, the index of the first largest entry for one-hot
+/// targets `(N, C)`; either must leave one class per sample, as Keras needs.
+fn class_sample_weights<T: Float>(
+    y: &Tensor<T>,
+    class_weight: &BTreeMap<i64, f64>,
+) -> Result<Vec<T>, Error> {
+    let shape = y.shape();
+    let n = shape.first().copied().unwrap_or(0);
+    let last = shape.last().copied().unwrap_or(0);
+    let one_hot = shape.len() > 1 && last != 1;
+    let classes_per_sample = if one_hot {
+        shape[1..shape.len() - 1].iter().product::<usize>()
+    } else {
+        shape[1..].iter().product::<usize>()
+    };
+    if classes_per_sample != 1 || (one_hot && last == 0) {
+        return Err(ShapeError::mismatch(
+            "y (with class_weight)",
+            shape,
+            format!(
+                "({n},) or ({n}, 1) class indices, or ({n}, classes) one-hot: Keras' class_weight \
+                 takes one class per sample"
+            ),
+        )
+        .into());
+    }
+    let class_of = |row: &[T]| -> i64 {
+        if one_hot {
+            // NumPy's argmax: the first of equal largest entries.
+            let mut best = 0;
+            for (j, v) in row.iter().enumerate() {
+                if *v > row[best] {
+                    best = j;
+                }
+            }
+            best as i64
+        } else {
+            // NumPy's round (half to even), then astype("int32"); x86 turns values out of
+            // the int32 range into i32::MIN.
+            let r = row.first().map_or(0.0, |v| v.f64().round_ties_even());
+            if r >= f64::from(i32::MIN) && r <= f64::from(i32::MAX) {
+                r as i64
+            } else {
+                i64::from(i32::MIN)
+            }
+        }
+    };
+    let width = if one_hot { last } else { 1 };
+    Ok(y.data()
+        .chunks(width)
+        .map(|row| T::of(class_weight.get(&class_of(row)).copied().unwrap_or(1.0)))
+        .collect())
+}
+
 fn gather<T: Float>(t: &Tensor<T>, idx: &[usize]) -> Result<Tensor<T>, Error> {
     let n = t.shape().first().copied().unwrap_or(0);
     let row = t.len().checked_div(n).unwrap_or(0);
@@ -631,6 +718,21 @@ impl<T: Float> Model<T> {
         }
         // Per sample, `per` weights (1, or one per step).
         let (weights, per): (Option<Vec<T>>, usize) = match &cfg.sample_weight {
+            None if cfg.class_weight.is_some() => {
+                let [y] = y else {
+                    return Err(ConfigError::invalid(
+                        "class_weight",
+                        format!("a model with {} outputs", y.len()),
+                        "a model with a single output (as Keras)",
+                    )
+                    .into());
+                };
+                let cw = cfg
+                    .class_weight
+                    .as_ref()
+                    .map_or_else(BTreeMap::new, Clone::clone);
+                (Some(class_sample_weights(y, &cw)?), 1)
+            }
             None => (None, 0),
             Some(w) if w.shape().first() != Some(&n) || w.shape().len() > 2 => {
                 return Err(ShapeError::mismatch(
@@ -675,9 +777,10 @@ impl<T: Float> Model<T> {
             cfg.batch_size,
             &[("training", n_train), ("validation", n_val)],
         )?;
-        // The split's samples keep their weights; given validation data has none.
+        // The split's samples keep their sample weights; given validation data has none, and
+        // class weights apply to the training batches only.
         let val_weights: Option<&[T]> = match (&split, &weights) {
-            (Some(_), Some(w)) => w.get(n_train * per..),
+            (Some(_), Some(w)) if cfg.class_weight.is_none() => w.get(n_train * per..),
             _ => None,
         };
         let val: Option<ValidationData<'_, T>> =
