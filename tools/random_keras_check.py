@@ -562,7 +562,7 @@ def check_multi(args, keras, layers, rng, pick, out):
 
 def check_fit(args, keras, layers, rng, pick, out):
     bad = unstable = unbuildable = 0
-    with_schedule = with_ema = with_accumulation = with_scale = with_states = with_weights = 0
+    with_schedule = with_ema = with_accumulation = with_scale = with_states = with_weights = with_class_weights = 0
     drawn = {}  # loss name (and from_logits) -> count
     reg = lambda: pick([None, "l2", "l1", keras.regularizers.L1L2(0.01, 0.02)])  # noqa: E731
     con = lambda: pick([None, None, "non_neg", keras.constraints.MaxNorm(1.5),  # noqa: E731
@@ -789,14 +789,23 @@ def check_fit(args, keras, layers, rng, pick, out):
             sw[rng.random(sw.shape) < 0.1] = 0.0
             np.save(out / "w.npy", sw)
         with_weights += sw is not None
+        # Keras' class_weight (one class per sample: targets (N,), (N, 1) or one-hot (N, C);
+        # regression targets are rounded to classes too, negative ones included).
+        cw = None
+        if sw is None and Y.ndim <= 2 and rng.random() < args.class_weighted:
+            labels = np.unique(np.round(Y).astype("int32") if Y.ndim == 1 or Y.shape[-1] == 1 else np.argmax(Y, -1))
+            keys = set(rng.choice(labels, size=int(rng.integers(1, len(labels) + 1)), replace=False).tolist())
+            keys.add(int(labels.max()) + 1)  # a class that never occurs
+            cw = {int(c): float(np.float32(rng.uniform(0.1, 3.0))) for c in sorted(keys)}
+        with_class_weights += cw is not None
         try:
-            m.fit(X, Y, batch_size=bs, epochs=ep, shuffle=False, verbose=0, sample_weight=sw)
+            m.fit(X, Y, batch_size=bs, epochs=ep, shuffle=False, verbose=0, sample_weight=sw, class_weight=cw)
         except Exception as e:  # a draw Keras builds but cannot train (a shape it checks late)
             unbuildable += 1
             print(f"model {i}: skipped, Keras cannot fit it: {str(e).splitlines()[0][:120]}", flush=True)
             continue
         common = ["--x", str(out / "x.npy"), "--y", str(out / "y.npy"), "--batch-size", str(bs),
-                  "--no-shuffle", "--quiet"] + (["--sample-weight", str(out / "w.npy")] if sw is not None else [])
+                  "--no-shuffle", "--quiet"] + weight_args(out, sw, cw)
         rate = type(opt._learning_rate).__name__ if sched else "constant rate"
         lname = loss if isinstance(loss_obj, str) else json.dumps(keras.saving.serialize_keras_object(loss_obj)["config"])
         label = (f"model {i} ({kind}{', stateful' if stateful else ''}, {opt_name} {clip}, {rate}, {loss} {lname}, act={act}, mask={mask}, emb={emb}, "
@@ -814,7 +823,7 @@ def check_fit(args, keras, layers, rng, pick, out):
             warnings.simplefilter("always")
             again = keras.saving.load_model(out / "ours.keras")
             skipped = [str(x.message) for x in w if "optimizer" in str(x.message)]
-        again.fit(X, Y, batch_size=bs, epochs=1, shuffle=False, verbose=0, sample_weight=sw)
+        again.fit(X, Y, batch_size=bs, epochs=1, shuffle=False, verbose=0, sample_weight=sw, class_weight=cw)
         rc, _, err = run([args.grucell, "fit", "--model", str(out / "ours.keras"), "--epochs", "1",
                           "--output", str(out / "ours2.keras"), *common])
         e2 = None
@@ -829,7 +838,7 @@ def check_fit(args, keras, layers, rng, pick, out):
             # but round-off noise in float32, blown up by a unit-norm constraint to
             # w / (1e-7 + |w|)), and comparing two float32 implementations says nothing.
             try:
-                ek = keras_f64_distance(keras, out / "untrained.keras", m, X, Y, bs, ep, sw)
+                ek = keras_f64_distance(keras, out / "untrained.keras", m, X, Y, bs, ep, sw, cw)
             except Exception as why:  # a layer Keras cannot run in float64: counted as a disagreement
                 ek = float("nan")
                 print(f"{label}: Keras in float64 failed: {str(why)[:120]}")
@@ -841,7 +850,7 @@ def check_fit(args, keras, layers, rng, pick, out):
             if ek > 1e-5 and not skipped:
                 # The continued epoch is as sensitive: train the float64 copy with grucell too.
                 try:
-                    g64 = grucell_f64_distance(args, keras, out / "untrained.keras", X, Y, bs, ep, out, sw)
+                    g64 = grucell_f64_distance(args, keras, out / "untrained.keras", X, Y, bs, ep, out, sw, cw)
                 except Exception as why:
                     g64 = float("nan")
                     print(f"{label}: float64 comparison failed: {str(why)[:120]}")
@@ -854,11 +863,11 @@ def check_fit(args, keras, layers, rng, pick, out):
             bad += 1
             print(f"{label}: fit {e:.2e}, continued {e2}, Keras warnings {skipped[:1]} "
                   f"{err.strip()[:200]} (Keras float32 vs float64: {ek:.2e})")
-            keep(args, out, f"fit_{i}", m, dict(batch_size=bs, epochs=ep))
+            keep(args, out, f"fit_{i}", m, dict(batch_size=bs, epochs=ep, class_weight=cw))
     print(f"fit: {args.n} models, {bad} disagreements, {unstable} unstable (not counted), "
           f"{unbuildable} that Keras cannot build or fit (skipped); {with_schedule} with a learning-rate schedule, "
           f"{with_ema} with use_ema, {with_accumulation} with gradient accumulation, {with_scale} with "
-          f"loss_scale_factor, {with_states} stateful, {with_weights} with sample weights; losses drawn: {dict(sorted(drawn.items()))}")
+          f"loss_scale_factor, {with_states} stateful, {with_weights} with sample weights, {with_class_weights} with class weights; losses drawn: {dict(sorted(drawn.items()))}")
     return bad
 
 
@@ -900,7 +909,16 @@ def compiled_f64_copy(keras, untrained):
     return m64
 
 
-def keras_f64_distance(keras, untrained, m32, X, Y, bs, ep, sw=None):
+def weight_args(out, sw, cw):
+    """`grucell fit`'s options for Keras' sample_weight (saved as w.npy) or class_weight."""
+    if sw is not None:
+        return ["--sample-weight", str(out / "w.npy")]
+    if cw is not None:
+        return ["--class-weight", ",".join(f"{c}:{w!r}" for c, w in cw.items())]
+    return []
+
+
+def keras_f64_distance(keras, untrained, m32, X, Y, bs, ep, sw=None, cw=None):
     """Largest difference between `m32`'s weights after fit and those of the same model, compiled
     and trained the same way, in float64."""
     old = keras.config.floatx()
@@ -908,14 +926,14 @@ def keras_f64_distance(keras, untrained, m32, X, Y, bs, ep, sw=None):
     try:
         m64 = compiled_f64_copy(keras, untrained)
         m64.fit(X.astype("float64"), Y.astype("float64"), batch_size=bs, epochs=ep,
-                shuffle=False, verbose=0, sample_weight=None if sw is None else sw.astype("float64"))
+                shuffle=False, verbose=0, sample_weight=None if sw is None else sw.astype("float64"), class_weight=cw)
         return max(float(np.max(np.abs(a.numpy() - b.numpy().astype("float64"))))
                    for a, b in zip(m64.weights, m32.weights))
     finally:
         keras.config.set_floatx(old)
 
 
-def grucell_f64_distance(args, keras, untrained, X, Y, bs, ep, out, sw=None):
+def grucell_f64_distance(args, keras, untrained, X, Y, bs, ep, out, sw=None, cw=None):
     """Largest difference between the weights Keras and `grucell fit` reach from the float64
     copy of the untrained model (same optimizer, data, batches and epochs)."""
     old = keras.config.floatx()
@@ -927,11 +945,11 @@ def grucell_f64_distance(args, keras, untrained, X, Y, bs, ep, out, sw=None):
         np.save(out / "y64.npy", Y.astype("float64"))
         w64 = None if sw is None else sw.astype("float64")
         m64.fit(X.astype("float64"), Y.astype("float64"), batch_size=bs, epochs=ep, shuffle=False, verbose=0,
-                sample_weight=w64)
+                sample_weight=w64, class_weight=cw)
         rc, _, err = run([args.grucell, "fit", "--model", str(out / "untrained64.keras"), "--x", str(out / "x64.npy"),
                           "--y", str(out / "y64.npy"), "--batch-size", str(bs), "--epochs", str(ep), "--no-shuffle",
                           "--quiet", "--output", str(out / "ours64.keras")]
-                         + ([] if sw is None else ["--sample-weight", str(out / "w.npy")]))
+                         + weight_args(out, sw, cw))
         if rc != 0:
             raise RuntimeError(err.strip()[:200])
         ours = keras.saving.load_model(out / "ours64.keras")
@@ -959,6 +977,8 @@ def main():
     ap.add_argument("--grucell", default=str(ROOT / "target" / "release" / "grucell"))
     ap.add_argument("--stateful", type=float, default=0.15, metavar="P",
                     help="predict, fit: the share of models whose recurrent layers are stateful")
+    ap.add_argument("--class-weighted", type=float, default=0.15, metavar="P",
+                    help="fit: the share of fits (of those without sample weights) with Keras' class_weight")
     ap.add_argument("--weighted", type=float, default=0.2, metavar="P",
                     help="fit: the share of fits with Keras' sample_weight")
     ap.add_argument("--keep", metavar="DIR", help="copy the files of each disagreeing case into DIR")

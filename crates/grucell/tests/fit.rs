@@ -465,6 +465,33 @@ fn class_weight_refusals() {
         y,
     );
     assert!(e.contains("class_weight[1]") && e.contains("finite"), "{e}");
+    // Two outputs (Keras: "only supported for Models with a single output").
+    let dir = fixture("").join("../training");
+    let mut two = load_model::<f32>(&dir.join("bidir_none_two_outputs.keras")).unwrap();
+    let d: HashMap<String, Tensor<f32>> = read_npz(&dir.join("bidir_none_two_outputs.npz"))
+        .unwrap()
+        .into_iter()
+        .map(|(k, a)| (k, a.to_f32()))
+        .collect();
+    let mut o = optimizer_for(&two, OptimizerConfig::sgd(0.1));
+    let e = two
+        .fit(
+            &[d["x_0"].clone()],
+            &[d["y_0"].clone(), d["y_1"].clone()],
+            &Loss::MeanSquaredError,
+            &mut o,
+            &FitConfig {
+                class_weight: cw(),
+                ..quiet(4, 1)
+            },
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("class_weight") && e.contains("single output"),
+        "{e}"
+    );
 }
 
 /// Weights that are not shaped like the loss terms are refused, as Keras refuses them: one per
