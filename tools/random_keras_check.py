@@ -816,7 +816,13 @@ def check_fit(args, keras, layers, rng, pick, out):
             bad += 1
             print(f"{label}: fit failed: {err.strip()[:200]}")
             continue
-        ours = keras.saving.load_model(out / "ours.keras")
+        try:
+            ours = keras.saving.load_model(out / "ours.keras")
+        except Exception as why:  # grucell wrote a file Keras cannot load: a disagreement
+            bad += 1
+            print(f"{label}: Keras cannot load grucell's trained file: {str(why).splitlines()[0][:200]}")
+            keep(args, out, f"fit_{i}", m, dict(batch_size=bs, epochs=ep, class_weight=cw))
+            continue
         e = max(float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in zip(ours.weights, m.weights))
         # One more epoch from grucell's file: in Keras (its optimizer state restored) and in grucell.
         with warnings.catch_warnings(record=True) as w:

@@ -906,3 +906,51 @@ fn optimizer_state_round_trips_through_the_file() {
     check::<f32>("f32");
     check::<f64>("f64");
 }
+
+/// A Normalization adapted on data with a size 1 on a kept axis (broadcast over the input's
+/// size there) keeps its variables' shape: the saved `build_config` gives that size, since Keras
+/// builds the variables from it on load (the inbound shape would make (5, 2) variables that
+/// the saved (5, 1) values do not fit, and Keras would refuse the file).
+#[test]
+fn normalization_with_broadcast_statistics_saves_a_build_shape_keras_can_load() {
+    use grucell::layers::dense::DenseConfig;
+    use grucell::layers::model::Layer;
+    use grucell::layers::preprocessing::Normalization;
+    use grucell::Rnn;
+    let stats = |v: f32| Tensor::new(vec![5, 1], vec![v; 5]).unwrap();
+    for (axis, want) in [
+        (vec![1, 2], vec![Value::Null, 5.into(), 1.into()]),
+        (vec![-2, -1], vec![Value::Null, 5.into(), 1.into()]),
+    ] {
+        let norm = Normalization::new(axis.clone(), false, stats(0.5), stats(2.0)).unwrap();
+        let model = Model::sequential(
+            "m",
+            vec![Some(5), Some(2)],
+            vec![
+                ("normalization".into(), Layer::Normalization(norm)),
+                (
+                    "gru".into(),
+                    Layer::Rnn(Rnn::<f32>::new(cell(3, 1), 2).unwrap()),
+                ),
+                (
+                    "dense".into(),
+                    Layer::Dense(DenseConfig::new(1).build(3, 2).unwrap()),
+                ),
+            ],
+        )
+        .unwrap();
+        let c = model_config_json(&model).unwrap();
+        let layer = &c["config"]["layers"][1];
+        assert_eq!(layer["class_name"], "Normalization", "{layer}");
+        assert_eq!(
+            layer["build_config"]["input_shape"],
+            Value::Array(want),
+            "axis {axis:?}"
+        );
+        // The model's input stays (5, 2).
+        assert_eq!(
+            c["config"]["layers"][0]["config"]["batch_shape"],
+            serde_json::json!([null, 5, 2])
+        );
+    }
+}

@@ -321,6 +321,32 @@ impl<T: Float> Normalization<T> {
         }
     }
 
+    /// The input shape to record in a Keras `build_config` for an input of shape `input`: for
+    /// statistics held as variables, the kept axes take the statistics' sizes. Keras builds the
+    /// variables from that shape (`mean` of shape `input[kept axes]`), and a layer adapted on
+    /// data with a size 1 there (then broadcast) has variables of that size, not the input's.
+    pub(crate) fn build_input_shape(&self, input: &[Option<usize>]) -> Vec<Option<usize>> {
+        let mut shape = input.to_vec();
+        if matches!(self.stats, Stats::Given) {
+            return shape;
+        }
+        let r = input.len() as isize;
+        let mut kept: Vec<usize> = self
+            .config
+            .axis
+            .iter()
+            .map(|&a| if a < 0 { a + r } else { a })
+            .filter_map(|d| usize::try_from(d).ok().filter(|&d| d < input.len()))
+            .collect();
+        kept.sort_unstable();
+        if kept.len() == self.mean.rank() {
+            for (d, &m) in kept.iter().zip(self.mean.shape()) {
+                shape[*d] = Some(m);
+            }
+        }
+        shape
+    }
+
     /// For each axis of an input of shape `shape`, the stride of the statistics along it (0
     /// where they are broadcast), after checking that the statistics fit the input.
     fn strides(&self, shape: &[usize]) -> Result<Vec<usize>, Error> {

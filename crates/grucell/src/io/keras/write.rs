@@ -877,6 +877,8 @@ impl<'a, T: Float> Writer<'a, T> {
                 let (c, built) = self.plain_config(&ml.layer, &ml.name, ml.trainable, path)?;
                 if !built {
                     build = None;
+                } else if let (Layer::Normalization(n), Some(c)) = (&ml.layer, call) {
+                    build = Some(input_shape_build(&n.build_input_shape(&c.input)));
                 }
                 c
             }
