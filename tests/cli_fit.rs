@@ -319,6 +319,91 @@ fn fits_with_class_weights_like_keras() {
     assert_history_like_keras(&stdout, "class_onehot", 3);
 }
 
+/// `--validation-x/--validation-y` (Keras' `validation_data`): the last quarter of the
+/// `class_onehot` samples given as validation data gives the history Keras reported for
+/// `validation_split=0.25` on all of them. Half of the pair, or both with --validation-split,
+/// is refused.
+#[test]
+fn fits_with_validation_data_like_keras() {
+    let dir = Scratch::new("validation-data");
+    let fx = root().join("tests/fixtures/fit");
+    let a = read_npz(&fx.join("class_onehot.npz")).unwrap();
+    let get = |k: &str| a.iter().find(|(n, _)| n == k).unwrap().1.to_f32();
+    let rows = |t: &Tensor<f32>, from: usize, to: usize| {
+        let row: usize = t.shape()[1..].iter().product();
+        let mut shape = t.shape().to_vec();
+        shape[0] = to - from;
+        Tensor::new(shape, t.data()[from * row..to * row].to_vec()).unwrap()
+    };
+    let (x, y) = (get("input_0"), get("target_0"));
+    let n = x.shape()[0];
+    let cut = n * 3 / 4; // Keras: floor(n · (1 − 0.25))
+    let paths: Vec<PathBuf> = ["x", "y", "vx", "vy"]
+        .iter()
+        .map(|k| dir.path(&format!("{k}.npy")))
+        .collect();
+    for (p, t) in paths.iter().zip([
+        rows(&x, 0, cut),
+        rows(&y, 0, cut),
+        rows(&x, cut, n),
+        rows(&y, cut, n),
+    ]) {
+        write_npy(p, &t).unwrap();
+    }
+    let out = dir.path("trained.keras");
+    let model = fx.join("class_onehot.keras");
+    let run = |extra: &[&str]| {
+        let mut a = vec![
+            "fit",
+            "--model",
+            s(&model),
+            "--x",
+            s(&paths[0]),
+            "--y",
+            s(&paths[1]),
+            "--no-shuffle",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "3",
+            "--class-weight",
+            "0:1,1:3,2:0.25",
+            "--output",
+            s(&out),
+        ];
+        a.extend_from_slice(extra);
+        grucell(&a)
+    };
+    for bad in [
+        vec!["--validation-x", s(&paths[2])],
+        vec!["--validation-y", s(&paths[3])],
+        vec![
+            "--validation-x",
+            s(&paths[2]),
+            "--validation-y",
+            s(&paths[3]),
+            "--validation-split",
+            "0.2",
+        ],
+    ] {
+        let o = run(&bad);
+        assert!(!o.status.success() && !out.exists(), "{bad:?}");
+    }
+    let o = run(&[
+        "--validation-x",
+        s(&paths[2]),
+        "--validation-y",
+        s(&paths[3]),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_history_like_keras(&stdout, "class_onehot", 3);
+}
+
 #[test]
 fn fits_model_fixture_two_epochs_deterministically() {
     let dir = Scratch::new("fixture");

@@ -1013,6 +1013,10 @@ def main():
 
     check = {"predict": check_predict, "multi": check_multi, "fit": check_fit}[args.what]
     with tempfile.TemporaryDirectory() as d:
+        # A copy of the binary: a rebuild during the (long) run must not swap it mid-way.
+        import shutil
+
+        args.grucell = shutil.copy2(args.grucell, pathlib.Path(d) / "grucell")
         bad = check(args, keras, layers, rng, pick, pathlib.Path(d))
     sys.exit(1 if bad else 0)
 

@@ -75,7 +75,20 @@ pub struct Args {
     /// Fraction of the samples, taken from the end, held out for validation.
     #[arg(long, value_name = "F", default_value_t = 0.0)]
     pub validation_split: f64,
-    /// Stop after N epochs without improvement of val_loss (loss without validation) and keep
+    /// Validation inputs (.npy), as Keras' `validation_data`; repeat once per model input.
+    /// Evaluated after every epoch (unweighted); needs --validation-y.
+    #[arg(
+        long,
+        value_name = "X.npy",
+        requires = "validation_y",
+        conflicts_with = "validation_split"
+    )]
+    pub validation_x: Vec<PathBuf>,
+    /// Validation targets (.npy); repeat once per model output. Needs --validation-x.
+    #[arg(long, value_name = "Y.npy", requires = "validation_x")]
+    pub validation_y: Vec<PathBuf>,
+    /// Stop after N epochs without improvement of val_loss (loss without validation data or
+    /// split) and keep
     /// the best epoch's weights (Keras EarlyStopping with restore_best_weights).
     #[arg(long, value_name = "N")]
     pub patience: Option<usize>,
@@ -322,6 +335,9 @@ fn train<T: Float>(
 
     let x = read_arrays::<T>(&args.x, "--x")?;
     let y = read_arrays::<T>(&args.y, "--y")?;
+    let val_x = read_arrays::<T>(&args.validation_x, "--validation-x")?;
+    let val_y = read_arrays::<T>(&args.validation_y, "--validation-y")?;
+    let validation = (!val_x.is_empty()).then_some((val_x.as_slice(), val_y.as_slice()));
     let cfg = FitConfig {
         batch_size: args
             .batch_size
@@ -331,7 +347,7 @@ fn train<T: Float>(
         seed: args.seed,
         validation_split: args.validation_split,
         early_stopping: args.patience.map(|patience| EarlyStopping {
-            monitor: if args.validation_split > 0.0 {
+            monitor: if args.validation_split > 0.0 || validation.is_some() {
                 Monitor::ValLoss
             } else {
                 Monitor::Loss
@@ -353,7 +369,7 @@ fn train<T: Float>(
             .transpose()?,
         class_weight: args.class_weight.clone(),
     };
-    let history = model.fit(&x, &y, &loss, &mut optimizer, &cfg, None)?;
+    let history = model.fit(&x, &y, &loss, &mut optimizer, &cfg, validation)?;
 
     // Record what was used, keeping the file's other compile settings.
     let mut cc = match model.compile_config.take() {
