@@ -366,7 +366,21 @@ fn sample_count<T: Float>(
 /// `class_weight` does not list. A sample's class is its target rounded half to even (NumPy's
 /// `round`) for targets `(N,)` or `(N, 1)`, the index of the first largest entry for one-hot
 /// targets `(N, C)`; either must leave one class per sample, as Keras needs.
-fn class_sample_weights<T: Float>(
+///
+/// [`Model::fit`] applies it with [`FitConfig::class_weight`]; for Keras'
+/// `train_on_batch(x, y, class_weight=…)`, pass its result to [`Model::train_on_batch_weighted`].
+///
+/// ```
+/// use grucell::train::fit::class_sample_weights;
+/// use grucell::Tensor;
+/// let cw = [(0, 0.5), (2, 3.0)].into();
+/// let labels = Tensor::new(vec![4], vec![0.0f32, 1.0, 2.0, 2.5])?; // 2.5 rounds to 2
+/// assert_eq!(class_sample_weights(&labels, &cw)?, [0.5, 1.0, 3.0, 3.0]);
+/// let one_hot = Tensor::new(vec![2, 3], vec![0.0f32, 0.0, 1.0, 1.0, 0.0, 0.0])?;
+/// assert_eq!(class_sample_weights(&one_hot, &cw)?, [3.0, 0.5]);
+/// # Ok::<(), grucell::Error>(())
+/// ```
+pub fn class_sample_weights<T: Float>(
     y: &Tensor<T>,
     class_weight: &BTreeMap<i64, f64>,
 ) -> Result<Vec<T>, Error> {
