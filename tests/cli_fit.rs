@@ -329,12 +329,6 @@ fn fits_with_validation_data_like_keras() {
     let fx = root().join("tests/fixtures/fit");
     let a = read_npz(&fx.join("class_onehot.npz")).unwrap();
     let get = |k: &str| a.iter().find(|(n, _)| n == k).unwrap().1.to_f32();
-    let rows = |t: &Tensor<f32>, from: usize, to: usize| {
-        let row: usize = t.shape()[1..].iter().product();
-        let mut shape = t.shape().to_vec();
-        shape[0] = to - from;
-        Tensor::new(shape, t.data()[from * row..to * row].to_vec()).unwrap()
-    };
     let (x, y) = (get("input_0"), get("target_0"));
     let n = x.shape()[0];
     let cut = n * 3 / 4; // Keras: floor(n · (1 − 0.25))
@@ -402,6 +396,72 @@ fn fits_with_validation_data_like_keras() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert_history_like_keras(&stdout, "class_onehot", 3);
+}
+
+/// `--validation-sample-weight`: the weighted tail of `weighted_split` as validation data gives
+/// the history of Keras' `validation_split=0.2` run, whose split keeps its weights.
+#[test]
+fn fits_with_weighted_validation_data_like_keras() {
+    let dir = Scratch::new("weighted-validation");
+    let fx = root().join("tests/fixtures/fit");
+    let a = read_npz(&fx.join("weighted_split.npz")).unwrap();
+    let get = |k: &str| a.iter().find(|(n, _)| n == k).unwrap().1.to_f32();
+    let (x, y, w) = (get("input_0"), get("target_0"), get("sample_weight"));
+    let n = x.shape()[0];
+    let cut = n * 4 / 5; // Keras: floor(n · (1 − 0.2))
+    let names = ["x", "y", "w", "vx", "vy", "vw"];
+    let paths: Vec<PathBuf> = names
+        .iter()
+        .map(|k| dir.path(&format!("{k}.npy")))
+        .collect();
+    let parts = [(0, cut), (cut, n)]
+        .into_iter()
+        .flat_map(|(a, b)| [rows(&x, a, b), rows(&y, a, b), rows(&w, a, b)]);
+    for (p, t) in paths.iter().zip(parts) {
+        write_npy(p, &t).unwrap();
+    }
+    let (out, model) = (dir.path("trained.keras"), fx.join("weighted_split.keras"));
+    let mut args = vec![
+        "fit",
+        "--model",
+        s(&model),
+        "--no-shuffle",
+        "--batch-size",
+        "3",
+        "--epochs",
+        "2",
+        "--output",
+        s(&out),
+    ];
+    for (flag, p) in [
+        "--x",
+        "--y",
+        "--sample-weight",
+        "--validation-x",
+        "--validation-y",
+        "--validation-sample-weight",
+    ]
+    .into_iter()
+    .zip(&paths)
+    {
+        args.extend([flag, s(p)]);
+    }
+    let o = grucell(&args);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_history_like_keras(&stdout, "weighted_split", 2);
+}
+
+/// The samples `from..to` (axis 0) of `t`.
+fn rows(t: &Tensor<f32>, from: usize, to: usize) -> Tensor<f32> {
+    let row: usize = t.shape()[1..].iter().product();
+    let mut shape = t.shape().to_vec();
+    shape[0] = to - from;
+    Tensor::new(shape, t.data()[from * row..to * row].to_vec()).unwrap()
 }
 
 #[test]

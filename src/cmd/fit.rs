@@ -87,6 +87,10 @@ pub struct Args {
     /// Validation targets (.npy); repeat once per model output. Needs --validation-x.
     #[arg(long, value_name = "Y.npy", requires = "validation_x")]
     pub validation_y: Vec<PathBuf>,
+    /// Weights of the validation samples (.npy), shaped as --sample-weight's (Keras'
+    /// `validation_data=(x, y, sample_weight)`). Needs --validation-x.
+    #[arg(long, value_name = "W.npy", requires = "validation_x")]
+    pub validation_sample_weight: Option<PathBuf>,
     /// Stop after N epochs without improvement of val_loss (loss without validation data or
     /// split) and keep
     /// the best epoch's weights (Keras EarlyStopping with restore_best_weights).
@@ -191,14 +195,14 @@ fn read_arrays<T: Float>(paths: &[PathBuf], flag: &str) -> Result<Vec<Tensor<T>>
         .collect()
 }
 
-/// `--sample-weight`: weights shaped like the loss terms, `(N,)` or `(N, T)`.
-fn read_sample_weight(path: &Path) -> Result<Tensor<f64>> {
+/// `--sample-weight` (`flag`): weights shaped like the loss terms, `(N,)` or `(N, T)`.
+fn read_sample_weight(path: &Path, flag: &str) -> Result<Tensor<f64>> {
     let a = read_npy(path)
         .map(|a| a.into_float::<f64>())
-        .with_context(|| format!("reading --sample-weight {}", path.display()))?;
+        .with_context(|| format!("reading {flag} {}", path.display()))?;
     if !(1..=2).contains(&a.shape().len()) {
         bail!(
-            "--sample-weight {}: shape {:?}, expected (samples,) or (samples, steps)",
+            "{flag} {}: shape {:?}, expected (samples,) or (samples, steps)",
             path.display(),
             a.shape()
         );
@@ -365,9 +369,14 @@ fn train<T: Float>(
         sample_weight: args
             .sample_weight
             .as_deref()
-            .map(read_sample_weight)
+            .map(|p| read_sample_weight(p, "--sample-weight"))
             .transpose()?,
         class_weight: args.class_weight.clone(),
+        validation_sample_weight: args
+            .validation_sample_weight
+            .as_deref()
+            .map(|p| read_sample_weight(p, "--validation-sample-weight"))
+            .transpose()?,
     };
     let history = model.fit(&x, &y, &loss, &mut optimizer, &cfg, validation)?;
 

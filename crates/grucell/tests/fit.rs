@@ -172,6 +172,7 @@ fn run_keras_case(name: &str) -> (Value, Model<f32>, History, HashMap<String, Te
                     .map(|(k, v)| (k.parse().unwrap(), v.as_f64().unwrap()))
                     .collect()
             }),
+        validation_sample_weight: None,
     };
     let h = model
         .fit(
@@ -490,6 +491,88 @@ fn class_weight_refusals() {
         .to_string();
     assert!(
         e.contains("class_weight") && e.contains("single output"),
+        "{e}"
+    );
+}
+
+/// The samples `from..to` (axis 0) of `t`.
+fn rows<T: grucell::Float>(t: &Tensor<T>, from: usize, to: usize) -> Tensor<T> {
+    let row: usize = t.shape()[1..].iter().product();
+    let mut shape = t.shape().to_vec();
+    shape[0] = to - from;
+    Tensor::new(shape, t.data()[from * row..to * row].to_vec()).unwrap()
+}
+
+/// Keras' `validation_data=(x, y, sample_weight)`: the tail of `weighted_split` given as
+/// weighted validation data is Keras' `validation_split=0.2` run (whose split keeps its
+/// weights). Weights without validation data, or of another count, are refused.
+#[test]
+fn weighted_validation_data_equals_the_weighted_split() {
+    let (case, model, data) = keras_case("weighted_split");
+    let (x, y) = (&data["input_0"], &data["target_0"]);
+    let w = data["sample_weight"].cast::<f64>();
+    let n = x.shape()[0];
+    let cut = (n as f64 * (1.0 - case["validation_split"].as_f64().unwrap())).floor() as usize;
+    let (loss, opt) = model.compiled_loss_and_optimizer().unwrap();
+    let loss = loss.unwrap();
+    let fit = |cfg: FitConfig, with_val: bool| {
+        let mut m = model.clone();
+        let mut o = optimizer_for(&m, opt.clone().unwrap());
+        let (vx, vy) = ([rows(x, cut, n)], [rows(y, cut, n)]);
+        m.fit(
+            &[rows(x, 0, cut)],
+            &[rows(y, 0, cut)],
+            &loss,
+            &mut o,
+            &cfg,
+            with_val.then_some((vx.as_slice(), vy.as_slice())),
+        )
+    };
+    let cfg = FitConfig {
+        shuffle: false,
+        sample_weight: Some(rows(&w, 0, cut)),
+        validation_sample_weight: Some(rows(&w, cut, n)),
+        ..quiet(case["batch_size"].as_u64().unwrap() as usize, 2)
+    };
+    let h = fit(cfg.clone(), true).unwrap();
+    for (got, key) in [(&h.loss, "loss"), (&h.val_loss, "val_loss")] {
+        let want: Vec<f64> = case["history"][key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(got.len(), want.len());
+        for (a, b) in got.iter().zip(&want) {
+            assert!(close(*a, *b, 1e-5), "{key}: grucell {a}, Keras {b}");
+        }
+    }
+    let unweighted = fit(
+        FitConfig {
+            validation_sample_weight: None,
+            ..cfg.clone()
+        },
+        true,
+    )
+    .unwrap();
+    assert_eq!(unweighted.loss, h.loss);
+    assert_ne!(unweighted.val_loss, h.val_loss);
+    let e = fit(cfg.clone(), false).unwrap_err().to_string();
+    assert!(
+        e.contains("validation_sample_weight") && e.contains("without validation data"),
+        "{e}"
+    );
+    let e = fit(
+        FitConfig {
+            validation_sample_weight: Some(rows(&w, cut - 1, n)),
+            ..cfg
+        },
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("validation_sample_weight") && e.contains("(2,)"),
         "{e}"
     );
 }

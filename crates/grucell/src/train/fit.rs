@@ -21,7 +21,8 @@
 //!   states are not weights, so restoring the best weights leaves them as they are. Every
 //!   batch then needs the same size, as in Keras;
 //! - `sample_weight` (shaped like the loss terms) multiplies each term, in training and in the
-//!   validation split, which keeps its samples' weights;
+//!   validation split, which keeps its samples' weights; given validation data has its own
+//!   (`validation_sample_weight`, Keras' `validation_data=(x, y, sample_weight)`);
 //! - `class_weight` gives each training sample the weight of its class (Keras'
 //!   `class_weight_to_sample_weights`: the target rounded half to even, or its arg-max when it is
 //!   one-hot); the validation data stays unweighted;
@@ -143,8 +144,8 @@ pub struct FitConfig {
     pub reset_states_each_epoch: bool,
     /// Keras' `sample_weight`, shaped like the loss terms: `(N,)` (a weight per sample) for
     /// outputs `(N, C)`, `(N, T)` (a weight per step) for sequence outputs. The validation split
-    /// keeps its samples' weights, as Keras splits them; given validation data is unweighted.
-    /// `None`: every term weighs 1.
+    /// keeps its samples' weights, as Keras splits them; given validation data takes
+    /// `validation_sample_weight`. `None`: every term weighs 1.
     pub sample_weight: Option<Tensor<f64>>,
     /// Keras' `class_weight`: a weight per class index; each training sample weighs as its
     /// class, and classes not listed weigh 1. The class of a sample is its target rounded half to
@@ -153,6 +154,10 @@ pub struct FitConfig {
     /// not together with `sample_weight`; the validation data is not weighted (Keras applies it
     /// to the training batches only).
     pub class_weight: Option<BTreeMap<i64, f64>>,
+    /// Weights of the validation data passed to [`Model::fit`], shaped like its loss terms as
+    /// `sample_weight` is (Keras' `validation_data=(x_val, y_val, val_sample_weight)`). Needs
+    /// validation data; `None`: unweighted.
+    pub validation_sample_weight: Option<Tensor<f64>>,
 }
 
 impl Default for FitConfig {
@@ -168,6 +173,7 @@ impl Default for FitConfig {
             reset_states_each_epoch: false,
             sample_weight: None,
             class_weight: None,
+            validation_sample_weight: None,
         }
     }
 }
@@ -791,11 +797,34 @@ impl<T: Float> Model<T> {
             cfg.batch_size,
             &[("training", n_train), ("validation", n_val)],
         )?;
-        // The split's samples keep their sample weights; given validation data has none, and
-        // class weights apply to the training batches only.
+        // The split's samples keep their sample weights; given validation data has its own, if
+        // any; class weights apply to the training batches only.
+        let given_val_weights: Option<Vec<T>> = match (&validation_data, &cfg.validation_sample_weight) {
+            (_, None) => None,
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "validation_sample_weight",
+                    "given without validation data",
+                    "validation data to weigh (validation_data)",
+                )
+                .into())
+            }
+            (Some(_), Some(w)) if w.shape().first() != Some(&n_val) || w.shape().len() > 2 => {
+                return Err(ShapeError::mismatch(
+                    "validation_sample_weight",
+                    w.shape(),
+                    format!("({n_val},) or ({n_val}, steps): the loss terms of the {n_val} validation samples"),
+                )
+                .into())
+            }
+            (Some(_), Some(w)) => {
+                w.check_finite("validation_sample_weight")?;
+                Some(w.data().iter().map(|&v| T::of(v)).collect())
+            }
+        };
         let val_weights: Option<&[T]> = match (&split, &weights) {
             (Some(_), Some(w)) if cfg.class_weight.is_none() => w.get(n_train * per..),
-            _ => None,
+            _ => given_val_weights.as_deref(),
         };
         let val: Option<ValidationData<'_, T>> =
             validation_data.or(split.as_ref().map(|[a, b]| (a.as_slice(), b.as_slice())));
