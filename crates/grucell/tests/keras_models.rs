@@ -146,14 +146,15 @@ fn every_keras_fixture_matches_keras() {
 /// TF-Keras 2 files (legacy `.h5` and TF-Keras' own `.keras` zip): its node format, with initial
 /// states as extra call inputs, masks through TimeDistributed, stacked cells, an R-style
 /// `Embedding(input_length=…)` first layer without an InputLayer, Conv1D biases per filter, the
-/// pointwise, PReLU and step layers (LeakyReLU's `alpha`).
+/// pointwise, PReLU and step layers (LeakyReLU's `alpha`), the layers that drop a mask there
+/// (Normalization, Identity, Rescaling).
 #[test]
 fn tf_keras_2_fixtures_match_tf_keras() {
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(tf2_dir().join("manifest.json")).unwrap())
             .unwrap();
     let cases = manifest["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 10);
+    assert_eq!(cases.len(), 11);
     let mut failures = Vec::new();
     for case in cases {
         for file in case["files"].as_array().unwrap() {
@@ -207,6 +208,19 @@ fn tf_keras_2_masked_states_are_not_saved_as_keras_3_calls() {
 fn tf_keras_2_masked_merges_are_not_saved_as_keras_3s() {
     let e = keras3_save_error("tf2_masked_merge.h5");
     assert!(e.contains("merges masks as TF-Keras 2 does"), "{e}");
+}
+
+/// TF-Keras 2's Normalization, Identity and Rescaling drop the mask, Keras 3's pass it on:
+/// saving such a model with masks as a Keras 3 file is refused, naming the layer.
+#[test]
+fn tf_keras_2_mask_dropping_layers_are_not_saved_as_keras_3s() {
+    for file in ["tf2_mask_droppers.h5", "tf2_mask_droppers.keras"] {
+        let e = keras3_save_error(file);
+        assert!(
+            e.contains("drops its input's mask as TF-Keras 2's Normalization does"),
+            "{e}"
+        );
+    }
 }
 
 /// A model whose layers compute in 16-bit floats in Keras is reported (the CLI warns: grucell

@@ -591,6 +591,7 @@ fn rust_functional<T: Float>() -> Model<T> {
         layer,
         time_distributed: None,
         activity_regularizer: None,
+        drops_mask: false,
     };
     let gru = Rnn::<T>::new(cell(4, 11), 3)
         .unwrap()

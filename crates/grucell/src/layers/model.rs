@@ -140,6 +140,10 @@ pub struct ModelLayer<T = f32> {
     /// layer but GRU/RNN, Dense and Embedding): Keras adds its penalty of the layer's output to
     /// the training loss, divided by the batch size, as for those.
     pub activity_regularizer: Option<Regularizer>,
+    /// The layer's outputs carry no mask whatever its inputs carry: TF-Keras 2's `Normalization`,
+    /// `Identity` and `Rescaling` do not support masking and drop it, where Keras 3's pass it on.
+    /// The loader sets it for those layers of TF-Keras 2 files; false everywhere else.
+    pub drops_mask: bool,
 }
 
 /// The layer inside a Keras `TimeDistributed` wrapper.
@@ -304,6 +308,7 @@ impl<T: Float> ModelLayer<T> {
             layer,
             time_distributed: None,
             activity_regularizer: None,
+            drops_mask: false,
         }
     }
 
@@ -516,6 +521,7 @@ impl<T: Float> Model<T> {
             layer: Layer::Input { batch_shape },
             time_distributed: None,
             activity_regularizer: None,
+            drops_mask: false,
         }];
         let mut nodes = vec![Node {
             layer: 0,
@@ -535,6 +541,7 @@ impl<T: Float> Model<T> {
                 layer,
                 time_distributed: None,
                 activity_regularizer: None,
+                drops_mask: false,
             });
             nodes.push(Node {
                 layer: i + 1,
@@ -888,10 +895,18 @@ impl<T: Float> Model<T> {
         pos: &std::collections::HashMap<(usize, usize), usize>,
         out: &mut [Val<T>],
     ) -> Result<(), Error> {
+        let ml = &self.layers[node.layer];
+        if ml.drops_mask {
+            for v in out.iter_mut() {
+                if let Val::F(_, m) = v {
+                    *m = None;
+                }
+            }
+            return Ok(());
+        }
         if node.mask.is_none() {
             return Ok(());
         }
-        let ml = &self.layers[node.layer];
         let passes = matches!(
             ml.layer,
             Layer::Dense(_)

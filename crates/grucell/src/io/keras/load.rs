@@ -133,11 +133,18 @@ pub fn model_from_file<T: Float>(file: &KerasFile) -> Result<Model<T>, Error> {
         .filter(|c| c.as_object().is_some_and(|o| !o.is_empty()));
     if written_by_keras_2(file) {
         // `hard_sigmoid` was 0.2x + 0.5 before Keras 3 (x/6 + 0.5), merged masks were ANDed,
-        // and a Conv1D added its bias per filter.
+        // a Conv1D added its bias per filter, and Normalization, Identity and Rescaling did not
+        // support masking (inside TimeDistributed, TF-Keras 2 refuses a mask for them).
         for l in &mut model.layers {
             match &mut l.layer {
                 Layer::Merge(m) => m.keras2_masks = true,
                 Layer::Conv1D(c) => c.set_keras2_bias(true),
+                Layer::Normalization(_)
+                | Layer::Pointwise(Pointwise::Identity | Pointwise::Rescaling { .. })
+                    if l.time_distributed.is_none() =>
+                {
+                    l.drops_mask = true;
+                }
                 _ => {}
             }
             l.map_activations(|a| match a {
@@ -609,6 +616,7 @@ fn build_layer_in<T: Float>(
         layer,
         time_distributed: None,
         activity_regularizer,
+        drops_mask: false,
     })
 }
 
@@ -682,6 +690,7 @@ fn time_distributed<T: Float>(
         // Keras 3 calls the wrapped layer's `call` (no penalty of its own); the wrapper's
         // penalty is not read.
         activity_regularizer: None,
+        drops_mask: false,
         time_distributed: Some(Wrapped {
             name: inner.name,
             class_name: inner.class_name,
@@ -1029,6 +1038,7 @@ fn sequential<T: Float>(cfg: &Map<String, Value>, w: &mut WeightReader) -> Resul
                 layer: Layer::Input { batch_shape: shape },
                 time_distributed: None,
                 activity_regularizer: None,
+                drops_mask: false,
             },
         );
     }

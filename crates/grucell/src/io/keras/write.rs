@@ -317,6 +317,17 @@ impl<'a, T: Float> Plan<'a, T> {
             )
             .into());
         }
+        if let Some(l) = model.layers.iter().find(|l| l.drops_mask && masking) {
+            return Err(ConfigError::unsupported(
+                "layer",
+                format!(
+                    "`{}` drops its input's mask as TF-Keras 2's {} does; Keras 3's passes it on, \
+                     so no Keras 3 file computes the same",
+                    l.name, l.class_name
+                ),
+            )
+            .into());
+        }
         if let Some(n) = model.nodes.iter().find(|n| n.states_keep_mask && masking) {
             let name = model.layers.get(n.layer).map_or("?", |l| l.name.as_str());
             return Err(ConfigError::unsupported(
