@@ -64,6 +64,50 @@ fn arrays(
     (xp, yp, x)
 }
 
+/// The stdout of a run that must have succeeded (else fails with its stderr and stdout).
+fn success_stdout(o: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
+}
+
+/// Writes the arrays `keys` of a fixture, split at sample `cut`, as `<key>.npy` (samples before
+/// `cut`) then `v<key>.npy` (the rest) in `dir`; returns the paths in that order.
+fn split_arrays(npz: &Path, keys: &[&str], cut: usize, dir: &Scratch) -> Vec<PathBuf> {
+    let a = read_npz(npz).unwrap();
+    let get = |k: &str| a.iter().find(|(n, _)| n == k).unwrap().1.to_f32();
+    let mut paths = Vec::new();
+    for (prefix, part) in [("", 0), ("v", 1)] {
+        for k in keys {
+            let t = get(k);
+            let n = t.shape()[0];
+            let (from, to) = if part == 0 { (0, cut) } else { (cut, n) };
+            let p = dir.path(&format!("{prefix}{k}.npy"));
+            write_npy(&p, &rows(&t, from, to)).unwrap();
+            paths.push(p);
+        }
+    }
+    paths
+}
+
+/// The samples `from..to` (axis 0) of `t`.
+fn rows(t: &Tensor<f32>, from: usize, to: usize) -> Tensor<f32> {
+    let row: usize = t.shape()[1..].iter().product();
+    let mut shape = t.shape().to_vec();
+    shape[0] = to - from;
+    Tensor::new(shape, t.data()[from * row..to * row].to_vec()).unwrap()
+}
+
+/// The number of samples of array `key` of a fixture.
+fn fixture_rows(npz: &Path, key: &str) -> usize {
+    let a = read_npz(npz).unwrap();
+    a.iter().find(|(n, _)| n == key).unwrap().1.shape()[0]
+}
+
 /// `epoch loss val_loss` rows of the printed history.
 fn history(stdout: &str) -> Vec<Vec<f64>> {
     stdout
@@ -125,12 +169,7 @@ fn fits_compiled_fixture_like_keras() {
         "--output",
         s(&out),
     ]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{}\n{stdout}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = success_stdout(&o);
     // compile config: Adam(0.02) + mse, as Keras recorded them; history as Keras printed it
     assert_history_like_keras(&stdout, "basic", 3);
     // the saved model loads and predicts what Keras' trained model predicts
@@ -193,12 +232,7 @@ fn fits_a_stateful_model_in_batches_of_its_size() {
         "{stderr}"
     );
     let o = run(&[]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{}\n{stdout}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = success_stdout(&o);
     assert_history_like_keras(&stdout, "stateful_basic", 3);
     assert!(load_model::<f32>(&out).unwrap().is_stateful());
 }
@@ -249,12 +283,7 @@ fn fits_with_sample_weights_like_keras() {
     assert!(!o.status.success() && !out.exists());
     assert!(stderr.contains("sample_weight"), "{stderr}");
     let o = run(&wp);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{}\n{stdout}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = success_stdout(&o);
     assert_history_like_keras(&stdout, "weighted_split", 2);
 }
 
@@ -310,12 +339,7 @@ fn fits_with_class_weights_like_keras() {
     assert!(!o.status.success() && !out.exists());
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be used with"));
     let o = run(&["--class-weight", "0:1, 1:3, 2:0.25"]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{}\n{stdout}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = success_stdout(&o);
     assert_history_like_keras(&stdout, "class_onehot", 3);
 }
 
@@ -327,23 +351,10 @@ fn fits_with_class_weights_like_keras() {
 fn fits_with_validation_data_like_keras() {
     let dir = Scratch::new("validation-data");
     let fx = root().join("tests/fixtures/fit");
-    let a = read_npz(&fx.join("class_onehot.npz")).unwrap();
-    let get = |k: &str| a.iter().find(|(n, _)| n == k).unwrap().1.to_f32();
-    let (x, y) = (get("input_0"), get("target_0"));
-    let n = x.shape()[0];
-    let cut = n * 3 / 4; // Keras: floor(n · (1 − 0.25))
-    let paths: Vec<PathBuf> = ["x", "y", "vx", "vy"]
-        .iter()
-        .map(|k| dir.path(&format!("{k}.npy")))
-        .collect();
-    for (p, t) in paths.iter().zip([
-        rows(&x, 0, cut),
-        rows(&y, 0, cut),
-        rows(&x, cut, n),
-        rows(&y, cut, n),
-    ]) {
-        write_npy(p, &t).unwrap();
-    }
+    let npz = fx.join("class_onehot.npz");
+    let n = fixture_rows(&npz, "input_0");
+    // Keras: floor(n · (1 − 0.25)); paths x, y, vx, vy.
+    let paths = split_arrays(&npz, &["input_0", "target_0"], n * 3 / 4, &dir);
     let out = dir.path("trained.keras");
     let model = fx.join("class_onehot.keras");
     let run = |extra: &[&str]| {
@@ -389,12 +400,7 @@ fn fits_with_validation_data_like_keras() {
         "--validation-y",
         s(&paths[3]),
     ]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{}\n{stdout}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = success_stdout(&o);
     assert_history_like_keras(&stdout, "class_onehot", 3);
 }
 
@@ -404,22 +410,11 @@ fn fits_with_validation_data_like_keras() {
 fn fits_with_weighted_validation_data_like_keras() {
     let dir = Scratch::new("weighted-validation");
     let fx = root().join("tests/fixtures/fit");
-    let a = read_npz(&fx.join("weighted_split.npz")).unwrap();
-    let get = |k: &str| a.iter().find(|(n, _)| n == k).unwrap().1.to_f32();
-    let (x, y, w) = (get("input_0"), get("target_0"), get("sample_weight"));
-    let n = x.shape()[0];
-    let cut = n * 4 / 5; // Keras: floor(n · (1 − 0.2))
-    let names = ["x", "y", "w", "vx", "vy", "vw"];
-    let paths: Vec<PathBuf> = names
-        .iter()
-        .map(|k| dir.path(&format!("{k}.npy")))
-        .collect();
-    let parts = [(0, cut), (cut, n)]
-        .into_iter()
-        .flat_map(|(a, b)| [rows(&x, a, b), rows(&y, a, b), rows(&w, a, b)]);
-    for (p, t) in paths.iter().zip(parts) {
-        write_npy(p, &t).unwrap();
-    }
+    let npz = fx.join("weighted_split.npz");
+    let n = fixture_rows(&npz, "input_0");
+    // Keras: floor(n · (1 − 0.2)); paths x, y, w, vx, vy, vw.
+    let keys = ["input_0", "target_0", "sample_weight"];
+    let paths = split_arrays(&npz, &keys, n * 4 / 5, &dir);
     let (out, model) = (dir.path("trained.keras"), fx.join("weighted_split.keras"));
     let mut args = vec![
         "fit",
@@ -447,21 +442,8 @@ fn fits_with_weighted_validation_data_like_keras() {
         args.extend([flag, s(p)]);
     }
     let o = grucell(&args);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{}\n{stdout}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = success_stdout(&o);
     assert_history_like_keras(&stdout, "weighted_split", 2);
-}
-
-/// The samples `from..to` (axis 0) of `t`.
-fn rows(t: &Tensor<f32>, from: usize, to: usize) -> Tensor<f32> {
-    let row: usize = t.shape()[1..].iter().product();
-    let mut shape = t.shape().to_vec();
-    shape[0] = to - from;
-    Tensor::new(shape, t.data()[from * row..to * row].to_vec()).unwrap()
 }
 
 #[test]
