@@ -76,7 +76,8 @@ pub struct Args {
     #[arg(long, value_name = "F", default_value_t = 0.0)]
     pub validation_split: f64,
     /// Validation inputs (.npy), as Keras' `validation_data`; repeat once per model input.
-    /// Evaluated after every epoch (unweighted); needs --validation-y.
+    /// Evaluated after every epoch (weighted by --validation-sample-weight, if given); needs
+    /// --validation-y.
     #[arg(
         long,
         value_name = "X.npy",

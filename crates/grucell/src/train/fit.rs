@@ -367,7 +367,6 @@ fn sample_count<T: Float>(
     }
 }
 
-/// The rows `idx` (axis 0) of `t`, in that order.
 /// Keras' `class_weight_to_sample_weights`: the weight of each sample's class, 1 for classes
 /// `class_weight` does not list. A sample's class is its target rounded half to even (NumPy's
 /// `round`) for targets `(N,)` or `(N, 1)`, the index of the first largest entry for one-hot
@@ -438,6 +437,7 @@ pub fn class_sample_weights<T: Float>(
         .collect())
 }
 
+/// The rows `idx` (axis 0) of `t`, in that order.
 fn gather<T: Float>(t: &Tensor<T>, idx: &[usize]) -> Result<Tensor<T>, Error> {
     let n = t.shape().first().copied().unwrap_or(0);
     let row = t.len().checked_div(n).unwrap_or(0);
@@ -738,22 +738,18 @@ impl<T: Float> Model<T> {
         }
         // Per sample, `per` weights (1, or one per step).
         let (weights, per): (Option<Vec<T>>, usize) = match &cfg.sample_weight {
-            None if cfg.class_weight.is_some() => {
-                let [y] = y else {
+            None => match (&cfg.class_weight, y) {
+                (None, _) => (None, 0),
+                (Some(cw), [y]) => (Some(class_sample_weights(y, cw)?), 1),
+                (Some(_), _) => {
                     return Err(ConfigError::invalid(
                         "class_weight",
                         format!("a model with {} outputs", y.len()),
                         "a model with a single output (as Keras)",
                     )
-                    .into());
-                };
-                let cw = cfg
-                    .class_weight
-                    .as_ref()
-                    .map_or_else(BTreeMap::new, Clone::clone);
-                (Some(class_sample_weights(y, &cw)?), 1)
-            }
-            None => (None, 0),
+                    .into())
+                }
+            },
             Some(w) if w.shape().first() != Some(&n) || w.shape().len() > 2 => {
                 return Err(ShapeError::mismatch(
                     "sample_weight",
