@@ -12,7 +12,7 @@
 //! drops it), and so does grucell's.
 //!
 //! The products run as GEMMs on the input unfolded into its receptive fields (im2col), in
-//! chunks of rows that keep the unfolded copy under [`COLS_BUDGET`] values whatever the input.
+//! chunks of rows that keep the unfolded copy under `COLS_BUDGET` values whatever the input.
 
 use serde_json::{json, Map, Value};
 
