@@ -45,6 +45,23 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `grucell fit --model model --x x --y y --output out`, then `rest` of the command line.
+fn fit(model: &Path, x: &Path, y: &Path, out: &Path, rest: &[&str]) -> Output {
+    let mut a = vec![
+        "fit",
+        "--model",
+        s(model),
+        "--x",
+        s(x),
+        "--y",
+        s(y),
+        "--output",
+        s(out),
+    ];
+    a.extend_from_slice(rest);
+    grucell(&a)
+}
+
 /// Writes the npz arrays `x_key`, `y_key` of a fixture as x.npy / y.npy in `dir`.
 fn arrays(
     npz: &Path,
@@ -151,14 +168,7 @@ fn fits_compiled_fixture_like_keras() {
     let fx = root().join("tests/fixtures/fit");
     let (xp, yp, x) = arrays(&fx.join("basic.npz"), "input_0", "target_0", &dir, |_| {});
     let out = dir.path("trained.keras");
-    let o = grucell(&[
-        "fit",
-        "--model",
-        s(&fx.join("basic.keras")),
-        "--x",
-        s(&xp),
-        "--y",
-        s(&yp),
+    let rest = [
         "--no-shuffle",
         "--batch-size",
         "3",
@@ -166,9 +176,8 @@ fn fits_compiled_fixture_like_keras() {
         "3",
         "--validation-split",
         "0.2",
-        "--output",
-        s(&out),
-    ]);
+    ];
+    let o = fit(&fx.join("basic.keras"), &xp, &yp, &out, &rest);
     let stdout = success_stdout(&o);
     // compile config: Adam(0.02) + mse, as Keras recorded them; history as Keras printed it
     assert_history_like_keras(&stdout, "basic", 3);
@@ -205,24 +214,14 @@ fn fits_a_stateful_model_in_batches_of_its_size() {
     let out = dir.path("trained.keras");
     let model = fx.join("stateful_basic.keras");
     let run = |extra: &[&str]| {
-        let mut a = vec![
-            "fit",
-            "--model",
-            s(&model),
-            "--x",
-            s(&xp),
-            "--y",
-            s(&yp),
+        let rest = [
             "--no-shuffle",
             "--epochs",
             "3",
             "--validation-split",
             "0.25",
-            "--output",
-            s(&out),
         ];
-        a.extend_from_slice(extra);
-        grucell(&a)
+        fit(&model, &xp, &yp, &out, &[&rest[..], extra].concat())
     };
     let o = run(&["--batch-size", "3"]);
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -256,15 +255,9 @@ fn fits_with_sample_weights_like_keras() {
     write_npy(&wp, &w).unwrap();
     write_npy(&bad, &Tensor::new(vec![10, 2], vec![1.0f32; 20]).unwrap()).unwrap();
     let out = dir.path("trained.keras");
+    let model = fx.join("weighted_split.keras");
     let run = |w: &Path| {
-        grucell(&[
-            "fit",
-            "--model",
-            s(&fx.join("weighted_split.keras")),
-            "--x",
-            s(&xp),
-            "--y",
-            s(&yp),
+        let rest = [
             "--sample-weight",
             s(w),
             "--no-shuffle",
@@ -274,9 +267,8 @@ fn fits_with_sample_weights_like_keras() {
             "2",
             "--validation-split",
             "0.2",
-            "--output",
-            s(&out),
-        ])
+        ];
+        fit(&model, &xp, &yp, &out, &rest)
     };
     let o = run(&bad);
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -303,14 +295,7 @@ fn fits_with_class_weights_like_keras() {
     let out = dir.path("trained.keras");
     let model = fx.join("class_onehot.keras");
     let run = |extra: &[&str]| {
-        let mut a = vec![
-            "fit",
-            "--model",
-            s(&model),
-            "--x",
-            s(&xp),
-            "--y",
-            s(&yp),
+        let rest = [
             "--no-shuffle",
             "--batch-size",
             "4",
@@ -318,11 +303,8 @@ fn fits_with_class_weights_like_keras() {
             "3",
             "--validation-split",
             "0.25",
-            "--output",
-            s(&out),
         ];
-        a.extend_from_slice(extra);
-        grucell(&a)
+        fit(&model, &xp, &yp, &out, &[&rest[..], extra].concat())
     };
     for (bad, want) in [
         ("0:1,1", "expected CLASS:WEIGHT"),
@@ -358,14 +340,7 @@ fn fits_with_validation_data_like_keras() {
     let out = dir.path("trained.keras");
     let model = fx.join("class_onehot.keras");
     let run = |extra: &[&str]| {
-        let mut a = vec![
-            "fit",
-            "--model",
-            s(&model),
-            "--x",
-            s(&paths[0]),
-            "--y",
-            s(&paths[1]),
+        let rest = [
             "--no-shuffle",
             "--batch-size",
             "4",
@@ -373,11 +348,14 @@ fn fits_with_validation_data_like_keras() {
             "3",
             "--class-weight",
             "0:1,1:3,2:0.25",
-            "--output",
-            s(&out),
         ];
-        a.extend_from_slice(extra);
-        grucell(&a)
+        fit(
+            &model,
+            &paths[0],
+            &paths[1],
+            &out,
+            &[&rest[..], extra].concat(),
+        )
     };
     for bad in [
         vec!["--validation-x", s(&paths[2])],
@@ -416,32 +394,22 @@ fn fits_with_weighted_validation_data_like_keras() {
     let keys = ["input_0", "target_0", "sample_weight"];
     let paths = split_arrays(&npz, &keys, n * 4 / 5, &dir);
     let (out, model) = (dir.path("trained.keras"), fx.join("weighted_split.keras"));
-    let mut args = vec![
-        "fit",
-        "--model",
-        s(&model),
+    let rest = [
         "--no-shuffle",
         "--batch-size",
         "3",
         "--epochs",
         "2",
-        "--output",
-        s(&out),
-    ];
-    for (flag, p) in [
-        "--x",
-        "--y",
         "--sample-weight",
+        s(&paths[2]),
         "--validation-x",
+        s(&paths[3]),
         "--validation-y",
+        s(&paths[4]),
         "--validation-sample-weight",
-    ]
-    .into_iter()
-    .zip(&paths)
-    {
-        args.extend([flag, s(p)]);
-    }
-    let o = grucell(&args);
+        s(&paths[5]),
+    ];
+    let o = fit(&model, &paths[0], &paths[1], &out, &rest);
     let stdout = success_stdout(&o);
     assert_history_like_keras(&stdout, "weighted_split", 2);
 }

@@ -887,7 +887,8 @@ impl<T: Float> Model<T> {
     /// A layer that passes its input's mask on hands on the mask argument Keras recorded for
     /// its call, when there is one (`compute_mask(inputs, mask)`), whatever mask its input
     /// tensor carries at run time: the two differ once a `MultiHeadAttention` has removed the
-    /// input's mask (see [`crate::layers::keras_order`]).
+    /// input's mask (see [`crate::layers::keras_order`]). A layer that drops the mask
+    /// ([`ModelLayer::drops_mask`]) hands on none. Every forward pass calls this after each node.
     pub(crate) fn recorded_output_mask(
         &self,
         node: &Node,

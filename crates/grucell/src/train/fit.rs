@@ -367,6 +367,27 @@ fn sample_count<T: Float>(
     }
 }
 
+/// Sample weights `w` (argument `arg`) of `n` samples (`what`): `(n,)` or `(n, steps)`, finite,
+/// as the model's float type, with the number of weights per sample.
+fn sample_weights<T: Float>(
+    w: &Tensor<f64>,
+    n: usize,
+    arg: &str,
+    what: &str,
+) -> Result<(Vec<T>, usize), Error> {
+    if w.shape().first() != Some(&n) || w.shape().len() > 2 {
+        return Err(ShapeError::mismatch(
+            arg,
+            w.shape(),
+            format!("({n},) or ({n}, steps): the loss terms of the {n} {what}"),
+        )
+        .into());
+    }
+    w.check_finite(arg)?;
+    let per = w.len().checked_div(n).unwrap_or(0);
+    Ok((w.data().iter().map(|&v| T::of(v)).collect(), per))
+}
+
 /// Keras' `class_weight_to_sample_weights`: the weight of each sample's class, 1 for classes
 /// `class_weight` does not list. A sample's class is its target rounded half to even (NumPy's
 /// `round`) for targets `(N,)` or `(N, 1)`, the index of the first largest entry for one-hot
@@ -750,18 +771,9 @@ impl<T: Float> Model<T> {
                     .into())
                 }
             },
-            Some(w) if w.shape().first() != Some(&n) || w.shape().len() > 2 => {
-                return Err(ShapeError::mismatch(
-                    "sample_weight",
-                    w.shape(),
-                    format!("({n},) or ({n}, steps): the loss terms of the {n} samples of x"),
-                )
-                .into())
-            }
             Some(w) => {
-                w.check_finite("sample_weight")?;
-                let per = w.len().checked_div(n).unwrap_or(0);
-                (Some(w.data().iter().map(|&v| T::of(v)).collect()), per)
+                let (w, per) = sample_weights(w, n, "sample_weight", "samples of x")?;
+                (Some(w), per)
             }
         };
         // Validation data: given, or the tail of x/y (Keras' train_validation_split).
@@ -795,29 +807,21 @@ impl<T: Float> Model<T> {
         )?;
         // The split's samples keep their sample weights; given validation data has its own, if
         // any; class weights apply to the training batches only.
-        let given_val_weights: Option<Vec<T>> = match (&validation_data, &cfg.validation_sample_weight) {
-            (_, None) => None,
-            (None, Some(_)) => {
-                return Err(ConfigError::invalid(
-                    "validation_sample_weight",
-                    "given without validation data",
-                    "validation data to weigh (validation_data)",
-                )
-                .into())
-            }
-            (Some(_), Some(w)) if w.shape().first() != Some(&n_val) || w.shape().len() > 2 => {
-                return Err(ShapeError::mismatch(
-                    "validation_sample_weight",
-                    w.shape(),
-                    format!("({n_val},) or ({n_val}, steps): the loss terms of the {n_val} validation samples"),
-                )
-                .into())
-            }
-            (Some(_), Some(w)) => {
-                w.check_finite("validation_sample_weight")?;
-                Some(w.data().iter().map(|&v| T::of(v)).collect())
-            }
-        };
+        let given_val_weights: Option<Vec<T>> =
+            match (&validation_data, &cfg.validation_sample_weight) {
+                (_, None) => None,
+                (None, Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        "validation_sample_weight",
+                        "given without validation data",
+                        "validation data to weigh (validation_data)",
+                    )
+                    .into())
+                }
+                (Some(_), Some(w)) => Some(
+                    sample_weights(w, n_val, "validation_sample_weight", "validation samples")?.0,
+                ),
+            };
         let val_weights: Option<&[T]> = match (&split, &weights) {
             (Some(_), Some(w)) if cfg.class_weight.is_none() => w.get(n_train * per..),
             _ => given_val_weights.as_deref(),
