@@ -125,12 +125,17 @@ fn fixture_rows(npz: &Path, key: &str) -> usize {
     a.iter().find(|(n, _)| n == key).unwrap().1.shape()[0]
 }
 
-/// `epoch loss val_loss` rows of the printed history.
+/// `epoch loss val_loss` rows of the printed history (an empty field, after an epoch not
+/// validated, reads as NaN).
 fn history(stdout: &str) -> Vec<Vec<f64>> {
     stdout
         .lines()
         .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
-        .map(|l| l.split('\t').map(|v| v.parse().unwrap()).collect())
+        .map(|l| {
+            l.split('\t')
+                .map(|v| if v.is_empty() { f64::NAN } else { v.parse().unwrap() })
+                .collect()
+        })
         .collect()
 }
 
@@ -148,18 +153,29 @@ fn assert_history_like_keras(stdout: &str, name: &str, epochs: usize) {
         .unwrap();
     let h = history(stdout);
     assert_eq!(h.len(), epochs, "{stdout}");
+    // Keras' History.epoch (0-based) where the case has one, else 0, 1, …
+    let numbers: Vec<f64> = match case.get("history_epoch").and_then(|e| e.as_array()) {
+        Some(e) => e.iter().map(|e| e.as_f64().unwrap() + 1.0).collect(),
+        None => (1..=epochs).map(|e| e as f64).collect(),
+    };
+    let close = |got: f64, want: f64, what: &str| {
+        assert!(
+            (got - want).abs() < 1e-5 * want.abs(),
+            "{name}: {what}: {got} vs Keras {want}\n{stdout}"
+        );
+    };
+    let mut validated = 0;
     for (e, row) in h.iter().enumerate() {
-        assert_eq!(row[0], (e + 1) as f64);
-        for (k, col) in [("loss", 1), ("val_loss", 2)] {
-            let want = case["history"][k][e].as_f64().unwrap();
-            assert!(
-                (row[col] - want).abs() < 1e-5 * want.abs(),
-                "{name}: epoch {} {k}: {} vs Keras {want}",
-                e + 1,
-                row[col]
-            );
+        assert_eq!(row[0], numbers[e], "{stdout}");
+        close(row[1], case["history"]["loss"][e].as_f64().unwrap(), "loss");
+        if let Some(&v) = row.get(2).filter(|v| !v.is_nan()) {
+            let want = case["history"]["val_loss"][validated].as_f64().unwrap();
+            close(v, want, "val_loss");
+            validated += 1;
         }
     }
+    let want_val = case["history"].get("val_loss").map_or(0, |v| v.as_array().unwrap().len());
+    assert_eq!(validated, want_val, "{name}: validated epochs\n{stdout}");
 }
 
 #[test]
@@ -323,6 +339,96 @@ fn fits_with_class_weights_like_keras() {
     let o = run(&["--class-weight", "0:1, 1:3, 2:0.25"]);
     let stdout = success_stdout(&o);
     assert_history_like_keras(&stdout, "class_onehot", 3);
+}
+
+/// Keras' epoch options on the command line: `--steps-per-epoch`, `--initial-epoch`,
+/// `--validation-freq`/`--validation-epochs`, `--validation-steps` and
+/// `--validation-batch-size` give the histories Keras reported; counts of 0 and malformed epoch
+/// lists are refused naming the flag.
+#[test]
+fn fits_with_keras_epoch_options_like_keras() {
+    let dir = Scratch::new("epoch-options");
+    let fx = root().join("tests/fixtures/fit");
+    let run = |name: &str, args: &[&str]| {
+        let (xp, yp, _) = arrays(
+            &fx.join(format!("{name}.npz")),
+            "input_0",
+            "target_0",
+            &dir,
+            |_| {},
+        );
+        let out = dir.path(&format!("{name}.keras"));
+        let o = fit(&fx.join(format!("{name}.keras")), &xp, &yp, &out, args);
+        (o, out)
+    };
+    let (o, _) = run(
+        "steps_partial_pass",
+        &["--no-shuffle", "--batch-size", "3", "--epochs", "5", "--validation-split", "0.2"]
+            .iter()
+            .chain(&["--steps-per-epoch", "2"])
+            .copied()
+            .collect::<Vec<_>>(),
+    );
+    assert_history_like_keras(&success_stdout(&o), "steps_partial_pass", 5);
+    let (o, _) = run(
+        "val_freq_initial_epoch",
+        &[
+            "--no-shuffle",
+            "--batch-size",
+            "3",
+            "--epochs",
+            "12",
+            "--validation-split",
+            "0.4",
+            "--patience",
+            "1",
+            "--initial-epoch",
+            "1",
+            "--validation-freq",
+            "2",
+            "--validation-steps",
+            "2",
+            "--validation-batch-size",
+            "2",
+        ],
+    );
+    let stdout = success_stdout(&o);
+    assert_history_like_keras(&stdout, "val_freq_initial_epoch", 3);
+    assert!(stdout.contains("stopped early; weights of epoch 2"), "{stdout}");
+    let (o, _) = run(
+        "val_freq_list",
+        &[
+            "--no-shuffle",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "4",
+            "--validation-split",
+            "0.3",
+            "--validation-epochs",
+            "1,3",
+            "--steps-per-epoch",
+            "7",
+            "--validation-batch-size",
+            "3",
+        ],
+    );
+    assert_history_like_keras(&success_stdout(&o), "val_freq_list", 4);
+    std::fs::remove_file(dir.path("val_freq_list.keras")).unwrap();
+    for (bad, flag) in [
+        (&["--steps-per-epoch", "0"][..], "--steps-per-epoch"),
+        (&["--validation-freq", "0"], "--validation-freq"),
+        (&["--validation-steps", "0"], "--validation-steps"),
+        (&["--validation-batch-size", "0"], "--validation-batch-size"),
+        (&["--validation-epochs", "1,0"], "--validation-epochs"),
+        (&["--validation-epochs", "2,x"], "--validation-epochs"),
+        (&["--validation-epochs", "2", "--validation-freq", "2"], "cannot be used with"),
+    ] {
+        let (o, out) = run("val_freq_list", bad);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && !out.exists(), "{bad:?}");
+        assert!(stderr.contains(flag), "{bad:?}: {stderr}");
+    }
 }
 
 /// `--validation-x/--validation-y` (Keras' `validation_data`): the last quarter of the

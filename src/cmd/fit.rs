@@ -15,7 +15,7 @@
 //! trainable variables) is trained from a fresh state, with a warning, as Keras does. The
 //! `.keras` output holds the state after training.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -24,7 +24,9 @@ use grucell::io::keras::load_keras_file;
 use grucell::io::keras::write::{save_model_with_optimizer, save_safetensors_model};
 use grucell::io::npy::read_npy;
 use grucell::layers::model::Model;
-use grucell::train::fit::{keras_compile_config, EarlyStopping, FitConfig, Monitor, Progress};
+use grucell::train::fit::{
+    keras_compile_config, EarlyStopping, FitConfig, Monitor, Progress, ValidationFreq,
+};
 use grucell::train::loss::Loss;
 use grucell::train::optimizer::{Optimizer, OptimizerConfig, Restored};
 use grucell::{Float, Tensor};
@@ -92,6 +94,27 @@ pub struct Args {
     /// `validation_data=(x, y, sample_weight)`). Needs --validation-x.
     #[arg(long, value_name = "W.npy", requires = "validation_x")]
     pub validation_sample_weight: Option<PathBuf>,
+    /// Validate after every N-th epoch only (Keras' `validation_freq=N`).
+    #[arg(long, value_name = "N", value_parser = at_least_one(), conflicts_with = "validation_epochs")]
+    pub validation_freq: Option<usize>,
+    /// Validate after the listed 1-based epochs only, e.g. `1,5,10` (Keras' `validation_freq`
+    /// as a list).
+    #[arg(long, value_name = "E,…", value_parser = parse_epochs)]
+    pub validation_epochs: Option<BTreeSet<usize>>,
+    /// Validate on the first N validation batches only (Keras' `validation_steps`).
+    #[arg(long, value_name = "N", value_parser = at_least_one())]
+    pub validation_steps: Option<usize>,
+    /// Samples per validation batch [default: --batch-size] (Keras' `validation_batch_size`).
+    #[arg(long, value_name = "N", value_parser = at_least_one())]
+    pub validation_batch_size: Option<usize>,
+    /// Start at this 0-based epoch, so that epochs N+1 to --epochs run (Keras' `initial_epoch`,
+    /// to resume a run's epoch count).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub initial_epoch: usize,
+    /// At most N batches per epoch; a pass over the samples then runs on across epochs, and an
+    /// epoch ends early where a pass ends (Keras' `steps_per_epoch` on arrays).
+    #[arg(long, value_name = "N", value_parser = at_least_one())]
+    pub steps_per_epoch: Option<usize>,
     /// Stop after N epochs without improvement of val_loss (loss without validation data or
     /// split) and keep
     /// the best epoch's weights (Keras EarlyStopping with restore_best_weights).
@@ -209,6 +232,23 @@ fn read_sample_weight(path: &Path, flag: &str) -> Result<Tensor<f64>> {
         );
     }
     Ok(a)
+}
+
+/// A count flag's parser: an integer ≥ 1.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
+/// `--validation-epochs`: 1-based epoch numbers separated by commas.
+fn parse_epochs(s: &str) -> Result<BTreeSet<usize>, String> {
+    s.split(',')
+        .map(|e| match e.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(format!(
+                "`{e}` in `{s}`: expected 1-based epoch numbers separated by commas, e.g. 1,5,10"
+            )),
+        })
+        .collect()
 }
 
 /// `--class-weight`: `CLASS:WEIGHT` pairs separated by commas, each class once.
@@ -378,6 +418,14 @@ fn train<T: Float>(
             .as_deref()
             .map(|p| read_sample_weight(p, "--validation-sample-weight"))
             .transpose()?,
+        initial_epoch: args.initial_epoch,
+        steps_per_epoch: args.steps_per_epoch,
+        validation_steps: args.validation_steps,
+        validation_batch_size: args.validation_batch_size,
+        validation_freq: match (&args.validation_epochs, args.validation_freq) {
+            (Some(e), _) => ValidationFreq::Epochs(e.clone()),
+            (None, n) => ValidationFreq::Every(n.unwrap_or(1)),
+        },
     };
     let history = model.fit(&x, &y, &loss, &mut optimizer, &cfg, validation)?;
 

@@ -13,7 +13,9 @@ use grucell::io::npy::read_npz;
 use grucell::layers::activation::Activation;
 use grucell::layers::dense::DenseConfig;
 use grucell::layers::model::{Layer, Model};
-use grucell::train::fit::{EarlyStopping, FitConfig, History, Monitor, Progress};
+use grucell::train::fit::{
+    EarlyStopping, FitConfig, History, Monitor, Progress, ValidationFreq,
+};
 use grucell::train::loss::Loss;
 use grucell::train::optimizer::{Optimizer, OptimizerConfig};
 use grucell::{Error, GruCellConfig, Rnn, Tensor, TrainError};
@@ -133,6 +135,25 @@ fn keras_case(name: &str) -> (Value, Model<f32>, HashMap<String, Tensor<f32>>) {
     (case, model, npz(&format!("{name}.npz")))
 }
 
+/// The epoch options of a case's Keras `fit` (`fit_options` in fit.json; null: none).
+fn fit_options(o: &Value) -> FitConfig {
+    let count = |k: &str| o.get(k).and_then(Value::as_u64).map(|v| v as usize);
+    FitConfig {
+        initial_epoch: count("initial_epoch").unwrap_or(0),
+        steps_per_epoch: count("steps_per_epoch"),
+        validation_steps: count("validation_steps"),
+        validation_batch_size: count("validation_batch_size"),
+        validation_freq: match o.get("validation_freq") {
+            Some(Value::Array(e)) => {
+                ValidationFreq::Epochs(e.iter().map(|v| v.as_u64().unwrap() as usize).collect())
+            }
+            Some(v) => ValidationFreq::Every(v.as_u64().unwrap() as usize),
+            None => ValidationFreq::default(),
+        },
+        ..FitConfig::default()
+    }
+}
+
 fn run_keras_case(name: &str) -> (Value, Model<f32>, History, HashMap<String, Tensor<f32>>) {
     let (case, mut model, data) = keras_case(name);
     let (loss, opt) = model.compiled_loss_and_optimizer().unwrap();
@@ -173,6 +194,7 @@ fn run_keras_case(name: &str) -> (Value, Model<f32>, History, HashMap<String, Te
                     .collect()
             }),
         validation_sample_weight: None,
+        ..fit_options(&case["fit_options"])
     };
     let h = model
         .fit(
@@ -206,6 +228,10 @@ fn check_keras_case(name: &str) -> (Value, History) {
         "{name}: epochs run"
     );
     assert_eq!(h.loss.len(), want_loss.len(), "{name}: {h:?}");
+    if let Some(epochs) = case.get("history_epoch").and_then(Value::as_array) {
+        let want: Vec<usize> = epochs.iter().map(|e| e.as_u64().unwrap() as usize).collect();
+        assert_eq!(h.epoch, want, "{name}: History.epoch");
+    }
     for (e, (a, b)) in h.loss.iter().zip(&want_loss).enumerate() {
         assert!(
             close(*a, *b, 1e-5),
@@ -324,6 +350,38 @@ fn keras_sample_weight_per_step_on_a_masked_sequence_output() {
 fn keras_class_weight_one_hot_with_unweighted_validation_split() {
     let (_, h) = check_keras_case("class_onehot");
     assert_eq!(h.val_loss.len(), 3);
+}
+
+#[test]
+fn keras_steps_per_epoch_continues_a_pass_across_epochs() {
+    let (_, h) = check_keras_case("steps_partial_pass");
+    // 8 training samples in batches of 3: passes of 3 batches, 2 per epoch, so every second
+    // epoch has the pass's last batch only; validated every epoch.
+    assert_eq!(h.epoch, [0, 1, 2, 3, 4]);
+    assert_eq!(h.val_epoch, [0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn keras_initial_epoch_validation_freq_steps_and_batch_size_with_early_stopping() {
+    let (case, h) = check_keras_case("val_freq_initial_epoch");
+    // Epochs 2.. run (0-based 1..); validation after the even ones only, and early stopping
+    // skips the others.
+    assert_eq!(h.epoch[0], 1);
+    assert!(h.val_epoch.iter().all(|e| (e + 1) % 2 == 0), "{h:?}");
+    assert!(h.stopped_early, "{h:?}");
+    assert_eq!(
+        h.best_epoch,
+        Some(case["best_epoch"].as_u64().unwrap() as usize + 1)
+    );
+    assert!(h.table().contains("\n3\t") && !h.table().contains("\n1\t"));
+}
+
+#[test]
+fn keras_validation_freq_as_a_list_and_steps_per_epoch_beyond_a_pass() {
+    let (_, h) = check_keras_case("val_freq_list");
+    assert_eq!(h.val_epoch, [0, 2]);
+    // The epochs not validated have an empty val_loss field in the table.
+    assert!(h.table().lines().nth(2).unwrap().ends_with('\t'), "{}", h.table());
 }
 
 #[test]
@@ -1045,6 +1103,116 @@ fn bad_inputs_are_errors() {
     bad.data_mut()[3] = f32::NAN;
     let e = fit(&bad, &y, quiet(4, 1));
     assert!(e.contains("x[0]"), "{e}");
+    for (cfg, name) in [
+        (
+            FitConfig {
+                steps_per_epoch: Some(0),
+                ..quiet(4, 1)
+            },
+            "steps_per_epoch",
+        ),
+        (
+            FitConfig {
+                validation_steps: Some(0),
+                ..quiet(4, 1)
+            },
+            "validation_steps",
+        ),
+        (
+            FitConfig {
+                validation_batch_size: Some(0),
+                ..quiet(4, 1)
+            },
+            "validation_batch_size",
+        ),
+        (
+            FitConfig {
+                validation_freq: ValidationFreq::Every(0),
+                ..quiet(4, 1)
+            },
+            "validation_freq",
+        ),
+        (
+            FitConfig {
+                validation_freq: ValidationFreq::Epochs([0, 2].into()),
+                ..quiet(4, 1)
+            },
+            "validation_freq",
+        ),
+    ] {
+        let e = fit(&x, &y, cfg);
+        assert!(e.contains(name) && e.contains("0"), "{e}");
+    }
+}
+
+/// `initial_epoch` at or past `epochs` runs nothing (as Keras' `range(initial_epoch, epochs)`);
+/// a stateful model's validation batches are checked against `validation_batch_size`, and only
+/// those `validation_steps` reaches.
+#[test]
+fn initial_epoch_past_the_end_and_stateful_validation_batches() {
+    let mut m = gru_dense(3, 2, Activation::Linear, 1);
+    let (x, y) = regression_data(8, 3, 1);
+    let mut opt = optimizer_for(&m, OptimizerConfig::sgd(0.1));
+    let before = weights(&m);
+    let h = m
+        .fit(
+            std::slice::from_ref(&x),
+            std::slice::from_ref(&y),
+            &Loss::MeanSquaredError,
+            &mut opt,
+            &FitConfig {
+                initial_epoch: 3,
+                ..quiet(4, 3)
+            },
+            None,
+        )
+        .unwrap();
+    assert_eq!(h, History::default());
+    assert_eq!(weights(&m), before);
+    assert_eq!(opt.iterations(), 0);
+
+    let gru = Rnn::<f32>::new(GruCellConfig::new(1).seed(Some(1)), 2)
+        .unwrap()
+        .stateful(true);
+    let mut m = Model::sequential(
+        "m",
+        vec![Some(3), Some(2)],
+        vec![("gru".into(), Layer::Rnn(gru))],
+    )
+    .unwrap();
+    let (x, y) = regression_data(9, 3, 1);
+    let mut run = |cfg: FitConfig| {
+        let mut opt = optimizer_for(&m, OptimizerConfig::sgd(0.01));
+        m.fit(
+            std::slice::from_ref(&x),
+            std::slice::from_ref(&y),
+            &Loss::MeanSquaredError,
+            &mut opt,
+            &cfg,
+            None,
+        )
+        .map_err(|e| e.to_string())
+    };
+    // 6 training samples in batches of 2, 3 validation samples.
+    let split = |b: Option<usize>, steps: Option<usize>| FitConfig {
+        validation_split: 0.3,
+        validation_batch_size: b,
+        validation_steps: steps,
+        ..quiet(2, 1)
+    };
+    let e = run(split(None, None)).unwrap_err();
+    assert!(
+        e.contains("batch_size") && e.contains("3 validation samples"),
+        "{e}"
+    );
+    let e = run(split(Some(3), None)).unwrap_err();
+    assert!(
+        e.contains("`validation_batch_size`: got 3") && e.contains("2, the training batch size"),
+        "{e}"
+    );
+    // One whole batch of 2 is all that validation_steps = 1 reaches.
+    let h = run(split(Some(2), Some(1))).unwrap();
+    assert_eq!(h.val_loss.len(), 1);
 }
 
 /// A stateful model takes batches of one size: a partial batch, or a batch size other than

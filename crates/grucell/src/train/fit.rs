@@ -26,6 +26,11 @@
 //! - `class_weight` gives each training sample the weight of its class (Keras'
 //!   `class_weight_to_sample_weights`: the target rounded half to even, or its arg-max when it is
 //!   one-hot); the validation data stays unweighted;
+//! - Keras' epoch options: `initial_epoch` (epochs `initial_epoch..epochs` run, numbered so),
+//!   `steps_per_epoch` (a pass over the samples runs on across epochs and an epoch ends where
+//!   its pass ends, as Keras' epoch iterator runs arrays), `validation_freq` (every n-th epoch
+//!   or listed epochs; early stopping skips the others), `validation_steps` (the first batches
+//!   only) and `validation_batch_size`;
 //! - after the last epoch, the optimizer's `finalize_variable_values` (with `use_ema` the weights
 //!   take their moving averages, [`Optimizer::finalize_variable_values`]), then early stopping's
 //!   restore, in Keras' order.
@@ -36,7 +41,7 @@
 //! carry on with NaN weights); the weights are then those from before that batch (a stateful
 //! layer's states are those that batch's forward ended with, as in Keras).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::time::Instant;
 
@@ -158,6 +163,62 @@ pub struct FitConfig {
     /// `sample_weight` is (Keras' `validation_data=(x_val, y_val, val_sample_weight)`). Needs
     /// validation data; `None`: unweighted.
     pub validation_sample_weight: Option<Tensor<f64>>,
+    /// Keras' `initial_epoch`: the 0-based epoch to start at, so that epochs `initial_epoch + 1`
+    /// to `epochs` run (numbered as Keras numbers them, which early stopping's "never after the
+    /// first epoch" rule and [`History::epoch`] follow). Resumes an earlier run's count; the
+    /// optimizer keeps its own step count either way. Default 0.
+    pub initial_epoch: usize,
+    /// Keras' `steps_per_epoch`: at most this many batches per epoch. A pass over the training
+    /// samples then runs on across epochs (its batches in order, reshuffled only when a new pass
+    /// starts), and an epoch ends early where the pass ends, as Keras' epoch iterator does on
+    /// in-memory arrays. `None` (Keras' default): one whole pass per epoch.
+    pub steps_per_epoch: Option<usize>,
+    /// Keras' `validation_steps`: validate on the first this-many validation batches only
+    /// (`None`: all of them, Keras' default).
+    pub validation_steps: Option<usize>,
+    /// Keras' `validation_batch_size` (`None`: `batch_size`, Keras' default). The validation
+    /// loss is the size-weighted mean of the batch losses either way, so only round-off (and
+    /// stateful layers, which need every batch of their size) can tell them apart.
+    pub validation_batch_size: Option<usize>,
+    /// Keras' `validation_freq`: the epochs after which the validation data is evaluated
+    /// (default: every epoch).
+    pub validation_freq: ValidationFreq,
+}
+
+/// When [`Model::fit`] evaluates the validation data: Keras' `validation_freq`, an integer or
+/// a list of epochs.
+///
+/// ```
+/// use grucell::train::fit::ValidationFreq;
+/// // Keras validation_freq=2: after epochs 2, 4, 6, …
+/// assert!(!ValidationFreq::Every(2).is_due(1) && ValidationFreq::Every(2).is_due(2));
+/// // Keras validation_freq=[1, 5]
+/// let listed = ValidationFreq::Epochs([1, 5].into());
+/// assert!(listed.is_due(5) && !listed.is_due(4));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ValidationFreq {
+    /// After every `n`-th epoch (1-based epochs `n`, `2n`, …); `n ≥ 1`.
+    Every(usize),
+    /// After the listed 1-based epochs only.
+    Epochs(BTreeSet<usize>),
+}
+
+impl Default for ValidationFreq {
+    /// Keras' default, `validation_freq=1`: after every epoch.
+    fn default() -> Self {
+        ValidationFreq::Every(1)
+    }
+}
+
+impl ValidationFreq {
+    /// Whether validation runs after the 1-based `epoch` (Keras' `_should_eval`).
+    pub fn is_due(&self, epoch: usize) -> bool {
+        match self {
+            ValidationFreq::Every(n) => *n > 0 && epoch.is_multiple_of(*n),
+            ValidationFreq::Epochs(e) => e.contains(&epoch),
+        }
+    }
 }
 
 impl Default for FitConfig {
@@ -174,16 +235,48 @@ impl Default for FitConfig {
             sample_weight: None,
             class_weight: None,
             validation_sample_weight: None,
+            initial_epoch: 0,
+            steps_per_epoch: None,
+            validation_steps: None,
+            validation_batch_size: None,
+            validation_freq: ValidationFreq::default(),
         }
     }
 }
 
 impl FitConfig {
-    /// Checks the options: `batch_size ≥ 1`, `validation_split` in `[0, 1)`, a finite
-    /// `min_delta`.
+    /// Checks the options: `batch_size ≥ 1`, `validation_split` in `[0, 1)`, finite class
+    /// weights, not both class and sample weights, a finite `min_delta`, and counts of at
+    /// least 1 for the step and batch options and `validation_freq`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.batch_size == 0 {
             return Err(ConfigError::invalid("batch_size", 0, "an integer ≥ 1"));
+        }
+        for (name, v) in [
+            ("steps_per_epoch", self.steps_per_epoch),
+            ("validation_steps", self.validation_steps),
+            ("validation_batch_size", self.validation_batch_size),
+        ] {
+            if v == Some(0) {
+                return Err(ConfigError::invalid(name, 0, "an integer ≥ 1, or none"));
+            }
+        }
+        match &self.validation_freq {
+            ValidationFreq::Every(0) => {
+                return Err(ConfigError::invalid(
+                    "validation_freq",
+                    0,
+                    "an integer ≥ 1 (validate every n-th epoch) or a list of epochs",
+                ))
+            }
+            ValidationFreq::Epochs(e) if e.contains(&0) => {
+                return Err(ConfigError::invalid(
+                    "validation_freq",
+                    format!("{e:?}"),
+                    "1-based epochs (0 is never reached)",
+                ))
+            }
+            _ => {}
         }
         if !(0.0..1.0).contains(&self.validation_split) {
             return Err(ConfigError::invalid(
@@ -227,21 +320,29 @@ impl FitConfig {
 /// What [`Model::fit`] returns: Keras' `History.history` plus how training ended.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct History {
+    /// The 0-based index of each epoch run (Keras' `History.epoch`): `initial_epoch`,
+    /// `initial_epoch + 1`, …
+    pub epoch: Vec<usize>,
     /// Training loss of each epoch run.
     pub loss: Vec<f64>,
-    /// Validation loss of each epoch run (empty without validation data).
+    /// Validation loss of each epoch after which validation ran (Keras' `history["val_loss"]`;
+    /// empty without validation data). Without `validation_freq` that is every epoch run.
     pub val_loss: Vec<f64>,
+    /// The 0-based index of the epoch of each entry of `val_loss`.
+    pub val_epoch: Vec<usize>,
     /// Number of epochs run.
     pub epochs_run: usize,
     /// Whether early stopping ended training before `epochs`.
     pub stopped_early: bool,
     /// With early stopping: the 1-based epoch with the best monitored value (whose weights were
-    /// restored when `restore_best_weights`); `None` without early stopping or epochs.
+    /// restored when `restore_best_weights`); `None` without early stopping or without a
+    /// monitored value (no epoch run, or none validated).
     pub best_epoch: Option<usize>,
 }
 
 impl History {
-    /// The history as a table: a header `epoch loss [val_loss]`, then one line per epoch.
+    /// The history as a table: a header `epoch loss [val_loss]`, then one line per epoch run,
+    /// with its 1-based number; the `val_loss` field is empty after an epoch not validated.
     pub fn table(&self) -> String {
         let with_val = !self.val_loss.is_empty();
         let mut s = String::from(if with_val {
@@ -249,10 +350,14 @@ impl History {
         } else {
             "epoch\tloss\n"
         });
-        for (i, l) in self.loss.iter().enumerate() {
-            s.push_str(&format!("{}\t{l}", i + 1));
-            if let Some(v) = self.val_loss.get(i) {
-                s.push_str(&format!("\t{v}"));
+        for (&e, l) in self.epoch.iter().zip(&self.loss) {
+            s.push_str(&format!("{}\t{l}", e + 1));
+            if with_val {
+                s.push('\t');
+                let val = self.val_epoch.iter().zip(&self.val_loss);
+                if let Some((_, v)) = val.into_iter().find(|(&ve, _)| ve == e) {
+                    s.push_str(&v.to_string());
+                }
             }
             s.push('\n');
         }
@@ -528,6 +633,7 @@ impl<T: Float> Model<T> {
     /// another batch size.
     fn check_stateful_batches(
         &self,
+        arg: &str,
         batch_size: usize,
         samples: &[(&str, usize)],
     ) -> Result<(), Error> {
@@ -541,7 +647,7 @@ impl<T: Float> Model<T> {
             .find(|&b| b != batch_size)
         {
             return Err(ConfigError::invalid(
-                "batch_size",
+                arg,
                 batch_size,
                 format!("{fixed}, the batch size of the stateful model's inputs"),
             )
@@ -550,7 +656,7 @@ impl<T: Float> Model<T> {
         for &(what, n) in samples {
             if !n.is_multiple_of(batch_size) {
                 return Err(ConfigError::invalid(
-                    "batch_size",
+                    arg,
                     batch_size,
                     format!(
                         "a divisor of the {n} {what} samples: a stateful model carries its \
@@ -662,10 +768,11 @@ impl<T: Float> Model<T> {
             return Err(ConfigError::invalid("batch_size", 0, "an integer ≥ 1").into());
         }
         loss.validate()?;
-        self.evaluate_in(x, y, None, loss, batch_size)
+        self.evaluate_in(x, y, None, loss, batch_size, None)
     }
 
-    /// [`Model::evaluate`] with optional per-sample weights (Keras' `sample_weight`).
+    /// [`Model::evaluate`] with optional per-sample weights (Keras' `sample_weight`) and a
+    /// limit on the number of batches (Keras' `steps`: the first `steps` batches).
     fn evaluate_in(
         &mut self,
         x: &[Tensor<T>],
@@ -673,12 +780,14 @@ impl<T: Float> Model<T> {
         sample_weight: Option<&[T]>,
         loss: &Loss,
         batch_size: usize,
+        steps: Option<usize>,
     ) -> Result<f64, Error> {
         self.check_arity(x, y, "x", "y")?;
-        let n = sample_count(x, y, "x", "y")?;
-        self.check_stateful_batches(batch_size, &[("evaluation", n)])?;
+        let all = sample_count(x, y, "x", "y")?;
+        let n = steps.map_or(all, |s| all.min(s.saturating_mul(batch_size)));
+        self.check_stateful_batches("batch_size", batch_size, &[("evaluation", n)])?;
         // Each sample's share of the flat weights (1, or one per step).
-        let per = sample_weight.map_or(0, |w| w.len().checked_div(n).unwrap_or(0));
+        let per = sample_weight.map_or(0, |w| w.len().checked_div(all).unwrap_or(0));
         let (mut total, mut count) = (T::zero(), T::zero());
         let mut start = 0;
         while start < n {
@@ -801,10 +910,28 @@ impl<T: Float> Model<T> {
             }
             None => None,
         };
-        self.check_stateful_batches(
-            cfg.batch_size,
-            &[("training", n_train), ("validation", n_val)],
-        )?;
+        let val_batch_size = cfg.validation_batch_size.unwrap_or(cfg.batch_size);
+        self.check_stateful_batches("batch_size", cfg.batch_size, &[("training", n_train)])?;
+        let n_val_used = cfg
+            .validation_steps
+            .map_or(n_val, |s| n_val.min(s.saturating_mul(val_batch_size)));
+        let val_arg = match cfg.validation_batch_size {
+            Some(_) => "validation_batch_size",
+            None => "batch_size",
+        };
+        if self.is_stateful() && val_batch_size != cfg.batch_size {
+            return Err(ConfigError::invalid(
+                "validation_batch_size",
+                val_batch_size,
+                format!(
+                    "{}, the training batch size: a stateful model's states keep the batch size \
+                     they were made with",
+                    cfg.batch_size
+                ),
+            )
+            .into());
+        }
+        self.check_stateful_batches(val_arg, val_batch_size, &[("validation", n_val_used)])?;
         // The split's samples keep their sample weights; given validation data has its own, if
         // any; class weights apply to the training batches only.
         let given_val_weights: Option<Vec<T>> =
@@ -849,25 +976,35 @@ impl<T: Float> Model<T> {
             Progress::Auto => std::io::stderr().is_terminal(),
             Progress::Always => true,
         };
+        // Batches per pass over the training samples; `pass_at` is the next batch of the pass
+        // under way (0: a new pass starts, with a new order when shuffling). Without
+        // `steps_per_epoch` every epoch is one whole pass.
         let batches = n_train.div_ceil(cfg.batch_size);
+        let steps = cfg.steps_per_epoch.unwrap_or(batches);
+        let mut pass_at = 0;
         let partial_batch = !n_train.is_multiple_of(cfg.batch_size);
         let mut order: Vec<usize> = (0..n_train).collect();
         let mut history = History::default();
-        for epoch in 0..cfg.epochs {
+        for epoch in cfg.initial_epoch..cfg.epochs {
             let started = Instant::now();
             if cfg.reset_states_each_epoch {
                 self.reset_states();
             }
-            if cfg.shuffle {
+            if pass_at == 0 && cfg.shuffle {
                 order.shuffle(&mut shuffle_rng);
             }
-            let bar = epoch_bar(show, epoch + 1, cfg.epochs, batches);
+            // Keras' epoch iterator ends an epoch where its pass ends.
+            let first = pass_at;
+            let last = (first + steps).min(batches);
+            pass_at = if last == batches { 0 } else { last };
+            let bar = epoch_bar(show, epoch + 1, cfg.epochs, last - first);
             let (mut total, mut count) = (T::zero(), T::zero());
             // Keras traces its training step on an unknown batch size when the epoch ends with
             // a partial batch, which changes one layer's forward (Conv1D::bias_on_steps).
             self.set_partial_batch_fit(partial_batch);
             let trained = (|| -> Result<(), Error> {
-                for (b, idx) in order.chunks(cfg.batch_size).enumerate() {
+                let pass = order.chunks(cfg.batch_size).enumerate();
+                for (b, idx) in pass.skip(first).take(last - first) {
                     let xb = x
                         .iter()
                         .map(|t| gather(t, idx))
@@ -907,15 +1044,22 @@ impl<T: Float> Model<T> {
             trained?;
             bar.finish_and_clear();
             let epoch_loss = (total / count).f64();
+            history.epoch.push(epoch);
             history.loss.push(epoch_loss);
             let val_loss = match val {
-                Some((vx, vy)) => {
-                    Some(self.evaluate_in(vx, vy, val_weights, loss, cfg.batch_size)?)
-                }
-                None => None,
+                Some((vx, vy)) if cfg.validation_freq.is_due(epoch + 1) => Some(self.evaluate_in(
+                    vx,
+                    vy,
+                    val_weights,
+                    loss,
+                    val_batch_size,
+                    cfg.validation_steps,
+                )?),
+                _ => None,
             };
             if let Some(v) = val_loss {
                 history.val_loss.push(v);
+                history.val_epoch.push(epoch);
             }
             history.epochs_run += 1;
             if show {
@@ -930,11 +1074,13 @@ impl<T: Float> Model<T> {
                 );
             }
             if let Some(s) = stopper.as_mut() {
+                // An epoch without the monitored value (not validated) is skipped, as Keras
+                // skips it (with a warning).
                 let current = match s.cfg.monitor {
-                    Monitor::Loss => epoch_loss,
-                    Monitor::ValLoss => val_loss.unwrap_or(f64::NAN),
+                    Monitor::Loss => Some(epoch_loss),
+                    Monitor::ValLoss => val_loss,
                 };
-                if s.on_epoch_end(epoch, current, &self.layers) {
+                if current.is_some_and(|c| s.on_epoch_end(epoch, c, &self.layers)) {
                     history.stopped_early = true;
                     if show {
                         eprintln!("Epoch {}: early stopping", epoch + 1);
@@ -957,7 +1103,7 @@ impl<T: Float> Model<T> {
         }
         // on_train_end
         if let Some(s) = stopper {
-            if history.epochs_run > 0 {
+            if s.best.is_some() {
                 history.best_epoch = Some(s.best_epoch + 1);
             }
             if let Some(layers) = s.best_weights {
