@@ -44,7 +44,7 @@ enum Command {
     /// settings).
     Inspect(cmd::inspect::Args),
     /// Train a Keras model (.keras or .h5) on arrays (.npy), as Keras' fit, and save it.
-    Fit(cmd::fit::Args),
+    Fit(Box<cmd::fit::Args>),
     /// Train a GRU forecaster on a column of a CSV file.
     Forecast(cmd::forecast::Args),
     /// Time the GRU engine (forward and training) on standard sizes.

@@ -133,7 +133,13 @@ fn history(stdout: &str) -> Vec<Vec<f64>> {
         .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
         .map(|l| {
             l.split('\t')
-                .map(|v| if v.is_empty() { f64::NAN } else { v.parse().unwrap() })
+                .map(|v| {
+                    if v.is_empty() {
+                        f64::NAN
+                    } else {
+                        v.parse().unwrap()
+                    }
+                })
                 .collect()
         })
         .collect()
@@ -174,7 +180,9 @@ fn assert_history_like_keras(stdout: &str, name: &str, epochs: usize) {
             validated += 1;
         }
     }
-    let want_val = case["history"].get("val_loss").map_or(0, |v| v.as_array().unwrap().len());
+    let want_val = case["history"]
+        .get("val_loss")
+        .map_or(0, |v| v.as_array().unwrap().len());
     assert_eq!(validated, want_val, "{name}: validated epochs\n{stdout}");
 }
 
@@ -363,11 +371,19 @@ fn fits_with_keras_epoch_options_like_keras() {
     };
     let (o, _) = run(
         "steps_partial_pass",
-        &["--no-shuffle", "--batch-size", "3", "--epochs", "5", "--validation-split", "0.2"]
-            .iter()
-            .chain(&["--steps-per-epoch", "2"])
-            .copied()
-            .collect::<Vec<_>>(),
+        &[
+            "--no-shuffle",
+            "--batch-size",
+            "3",
+            "--epochs",
+            "5",
+            "--validation-split",
+            "0.2",
+        ]
+        .iter()
+        .chain(&["--steps-per-epoch", "2"])
+        .copied()
+        .collect::<Vec<_>>(),
     );
     assert_history_like_keras(&success_stdout(&o), "steps_partial_pass", 5);
     let (o, _) = run(
@@ -394,7 +410,10 @@ fn fits_with_keras_epoch_options_like_keras() {
     );
     let stdout = success_stdout(&o);
     assert_history_like_keras(&stdout, "val_freq_initial_epoch", 3);
-    assert!(stdout.contains("stopped early; weights of epoch 2"), "{stdout}");
+    assert!(
+        stdout.contains("stopped early; weights of epoch 2"),
+        "{stdout}"
+    );
     let (o, _) = run(
         "val_freq_list",
         &[
@@ -422,7 +441,10 @@ fn fits_with_keras_epoch_options_like_keras() {
         (&["--validation-batch-size", "0"], "--validation-batch-size"),
         (&["--validation-epochs", "1,0"], "--validation-epochs"),
         (&["--validation-epochs", "2,x"], "--validation-epochs"),
-        (&["--validation-epochs", "2", "--validation-freq", "2"], "cannot be used with"),
+        (
+            &["--validation-epochs", "2", "--validation-freq", "2"],
+            "cannot be used with",
+        ),
     ] {
         let (o, out) = run("val_freq_list", bad);
         let stderr = String::from_utf8_lossy(&o.stderr);

@@ -583,7 +583,7 @@ def check_multi(args, keras, layers, rng, pick, out):
 
 def check_fit(args, keras, layers, rng, pick, out):
     bad = unstable = unbuildable = 0
-    with_schedule = with_ema = with_accumulation = with_scale = with_states = with_weights = with_class_weights = 0
+    with_schedule = with_ema = with_accumulation = with_scale = with_states = with_weights = with_class_weights = with_epoch_options = 0
     drawn = {}  # loss name (and from_logits) -> count
     reg = lambda: pick([None, "l2", "l1", keras.regularizers.L1L2(0.01, 0.02)])  # noqa: E731
     con = lambda: pick([None, None, "non_neg", keras.constraints.MaxNorm(1.5),  # noqa: E731
@@ -819,20 +819,30 @@ def check_fit(args, keras, layers, rng, pick, out):
             keys.add(int(labels.max()) + 1)  # a class that never occurs
             cw = {int(c): float(np.float32(rng.uniform(0.1, 3.0))) for c in sorted(keys)}
         with_class_weights += cw is not None
+        # Keras' epoch options: at most steps_per_epoch batches (a pass runs on into the next
+        # epoch), and an epoch count resumed from initial_epoch.
+        kw = {}
+        if rng.random() < args.epoch_options:
+            kw["steps_per_epoch"] = int(rng.integers(1, -(-len(X) // bs) + 2))
+            if rng.random() < 0.5:
+                kw["initial_epoch"] = int(rng.integers(1, 3))
+                ep += kw["initial_epoch"]
+        with_epoch_options += bool(kw)
         try:
-            m.fit(X, Y, batch_size=bs, epochs=ep, shuffle=False, verbose=0, sample_weight=sw, class_weight=cw)
+            m.fit(X, Y, batch_size=bs, epochs=ep, shuffle=False, verbose=0, sample_weight=sw, class_weight=cw, **kw)
         except Exception as e:  # a draw Keras builds but cannot train (a shape it checks late)
             unbuildable += 1
             print(f"model {i}: skipped, Keras cannot fit it: {str(e).splitlines()[0][:120]}", flush=True)
             continue
         common = ["--x", str(out / "x.npy"), "--y", str(out / "y.npy"), "--batch-size", str(bs),
                   "--no-shuffle", "--quiet"] + weight_args(out, sw, cw)
+        first = epoch_args(kw)
         rate = type(opt._learning_rate).__name__ if sched else "constant rate"
         lname = loss if isinstance(loss_obj, str) else json.dumps(keras.saving.serialize_keras_object(loss_obj)["config"])
         label = (f"model {i} ({kind}{', stateful' if stateful else ''}, {opt_name} {clip}, {rate}, {loss} {lname}, act={act}, mask={mask}, emb={emb}, "
                  f"{dense.__class__.__name__})")
         rc, _, err = run([args.grucell, "fit", "--model", str(out / "untrained.keras"),
-                          "--epochs", str(ep), "--output", str(out / "ours.keras"), *common])
+                          "--epochs", str(ep), "--output", str(out / "ours.keras"), *common, *first])
         if rc != 0:
             bad += 1
             print(f"{label}: fit failed: {err.strip()[:200]}")
@@ -842,7 +852,7 @@ def check_fit(args, keras, layers, rng, pick, out):
         except Exception as why:  # grucell wrote a file Keras cannot load: a disagreement
             bad += 1
             print(f"{label}: Keras cannot load grucell's trained file: {str(why).splitlines()[0][:200]}")
-            keep(args, out, f"fit_{i}", m, dict(batch_size=bs, epochs=ep, class_weight=cw))
+            keep(args, out, f"fit_{i}", m, dict(batch_size=bs, epochs=ep, class_weight=cw, **kw))
             continue
         e = max(float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in zip(ours.weights, m.weights))
         # One more epoch from grucell's file: in Keras (its optimizer state restored) and in grucell.
@@ -865,7 +875,7 @@ def check_fit(args, keras, layers, rng, pick, out):
             # but round-off noise in float32, blown up by a unit-norm constraint to
             # w / (1e-7 + |w|)), and comparing two float32 implementations says nothing.
             try:
-                ek = keras_f64_distance(keras, out / "untrained.keras", m, X, Y, bs, ep, sw, cw)
+                ek = keras_f64_distance(keras, out / "untrained.keras", m, X, Y, bs, ep, sw, cw, kw)
             except Exception as why:  # a layer Keras cannot run in float64: counted as a disagreement
                 ek = float("nan")
                 print(f"{label}: Keras in float64 failed: {str(why)[:120]}")
@@ -877,7 +887,7 @@ def check_fit(args, keras, layers, rng, pick, out):
             if ek > 1e-5 and not skipped:
                 # The continued epoch is as sensitive: train the float64 copy with grucell too.
                 try:
-                    g64 = grucell_f64_distance(args, keras, out / "untrained.keras", X, Y, bs, ep, out, sw, cw)
+                    g64 = grucell_f64_distance(args, keras, out / "untrained.keras", X, Y, bs, ep, out, sw, cw, kw)
                 except Exception as why:
                     g64 = float("nan")
                     print(f"{label}: float64 comparison failed: {str(why)[:120]}")
@@ -892,7 +902,7 @@ def check_fit(args, keras, layers, rng, pick, out):
                 # alone, which a UnitNorm constraint or a clip then blows up. Keras against
                 # itself, with inputs moved by one part in 1e12, tells.
                 try:
-                    p64 = keras_f64_perturbed_distance(keras, out / "untrained.keras", X, Y, bs, ep, sw, cw)
+                    p64 = keras_f64_perturbed_distance(keras, out / "untrained.keras", X, Y, bs, ep, sw, cw, kw)
                 except Exception as why:
                     p64 = 0.0
                     print(f"{label}: perturbed float64 run failed: {str(why)[:120]}")
@@ -906,11 +916,11 @@ def check_fit(args, keras, layers, rng, pick, out):
             bad += 1
             print(f"{label}: fit {e:.2e}, continued {e2}, Keras warnings {skipped[:1]} "
                   f"{err.strip()[:200]} (Keras float32 vs float64: {ek:.2e})")
-            keep(args, out, f"fit_{i}", m, dict(batch_size=bs, epochs=ep, class_weight=cw))
+            keep(args, out, f"fit_{i}", m, dict(batch_size=bs, epochs=ep, class_weight=cw, **kw))
     print(f"fit: {args.n} models, {bad} disagreements, {unstable} unstable (not counted), "
           f"{unbuildable} that Keras cannot build or fit (skipped); {with_schedule} with a learning-rate schedule, "
           f"{with_ema} with use_ema, {with_accumulation} with gradient accumulation, {with_scale} with "
-          f"loss_scale_factor, {with_states} stateful, {with_weights} with sample weights, {with_class_weights} with class weights; losses drawn: {dict(sorted(drawn.items()))}")
+          f"loss_scale_factor, {with_states} stateful, {with_weights} with sample weights, {with_class_weights} with class weights, {with_epoch_options} with steps_per_epoch (and initial_epoch); losses drawn: {dict(sorted(drawn.items()))}")
     return bad
 
 
@@ -961,7 +971,12 @@ def weight_args(out, sw, cw):
     return []
 
 
-def keras_f64_distance(keras, untrained, m32, X, Y, bs, ep, sw=None, cw=None):
+def epoch_args(kw):
+    """`grucell fit`'s options for Keras' steps_per_epoch and initial_epoch."""
+    return [a for k, v in kw.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+
+
+def keras_f64_distance(keras, untrained, m32, X, Y, bs, ep, sw=None, cw=None, kw=None):
     """Largest difference between `m32`'s weights after fit and those of the same model, compiled
     and trained the same way, in float64."""
     old = keras.config.floatx()
@@ -969,14 +984,15 @@ def keras_f64_distance(keras, untrained, m32, X, Y, bs, ep, sw=None, cw=None):
     try:
         m64 = compiled_f64_copy(keras, untrained)
         m64.fit(X.astype("float64"), Y.astype("float64"), batch_size=bs, epochs=ep,
-                shuffle=False, verbose=0, sample_weight=None if sw is None else sw.astype("float64"), class_weight=cw)
+                shuffle=False, verbose=0, sample_weight=None if sw is None else sw.astype("float64"), class_weight=cw,
+                **(kw or {}))
         return max(float(np.max(np.abs(a.numpy() - b.numpy().astype("float64"))))
                    for a, b in zip(m64.weights, m32.weights))
     finally:
         keras.config.set_floatx(old)
 
 
-def keras_f64_perturbed_distance(keras, untrained, X, Y, bs, ep, sw=None, cw=None):
+def keras_f64_perturbed_distance(keras, untrained, X, Y, bs, ep, sw=None, cw=None, kw=None):
     """Largest difference between the weights of two float64 Keras fits of the untrained model,
     one on the inputs as they are, one on inputs scaled by 1 + 1e-12: how far round-off alone
     moves the result."""
@@ -987,14 +1003,15 @@ def keras_f64_perturbed_distance(keras, untrained, X, Y, bs, ep, sw=None, cw=Non
         for scale in (1.0, 1.0 + 1e-12):
             m64 = compiled_f64_copy(keras, untrained)
             m64.fit(X.astype("float64") * scale, Y.astype("float64"), batch_size=bs, epochs=ep, shuffle=False,
-                    verbose=0, sample_weight=None if sw is None else sw.astype("float64"), class_weight=cw)
+                    verbose=0, sample_weight=None if sw is None else sw.astype("float64"), class_weight=cw,
+                    **(kw or {}))
             runs.append([w.numpy() for w in m64.weights])
         return max(float(np.max(np.abs(a - b))) for a, b in zip(*runs))
     finally:
         keras.config.set_floatx(old)
 
 
-def grucell_f64_distance(args, keras, untrained, X, Y, bs, ep, out, sw=None, cw=None):
+def grucell_f64_distance(args, keras, untrained, X, Y, bs, ep, out, sw=None, cw=None, kw=None):
     """Largest difference between the weights Keras and `grucell fit` reach from the float64
     copy of the untrained model (same optimizer, data, batches and epochs)."""
     old = keras.config.floatx()
@@ -1006,11 +1023,11 @@ def grucell_f64_distance(args, keras, untrained, X, Y, bs, ep, out, sw=None, cw=
         np.save(out / "y64.npy", Y.astype("float64"))
         w64 = None if sw is None else sw.astype("float64")
         m64.fit(X.astype("float64"), Y.astype("float64"), batch_size=bs, epochs=ep, shuffle=False, verbose=0,
-                sample_weight=w64, class_weight=cw)
+                sample_weight=w64, class_weight=cw, **(kw or {}))
         rc, _, err = run([args.grucell, "fit", "--model", str(out / "untrained64.keras"), "--x", str(out / "x64.npy"),
                           "--y", str(out / "y64.npy"), "--batch-size", str(bs), "--epochs", str(ep), "--no-shuffle",
                           "--quiet", "--output", str(out / "ours64.keras")]
-                         + weight_args(out, sw, cw))
+                         + weight_args(out, sw, cw) + epoch_args(kw or {}))
         if rc != 0:
             raise RuntimeError(err.strip()[:200])
         ours = keras.saving.load_model(out / "ours64.keras")
@@ -1040,6 +1057,8 @@ def main():
                     help="predict, fit: the share of models whose recurrent layers are stateful")
     ap.add_argument("--class-weighted", type=float, default=0.15, metavar="P",
                     help="fit: the share of fits (of those without sample weights) with Keras' class_weight")
+    ap.add_argument("--epoch-options", type=float, default=0.2, metavar="P",
+                    help="fit: the share of fits with Keras' steps_per_epoch (half of them also with initial_epoch)")
     ap.add_argument("--weighted", type=float, default=0.2, metavar="P",
                     help="fit: the share of fits with Keras' sample_weight")
     ap.add_argument("--keep", metavar="DIR", help="copy the files of each disagreeing case into DIR")

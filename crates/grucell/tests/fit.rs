@@ -13,9 +13,7 @@ use grucell::io::npy::read_npz;
 use grucell::layers::activation::Activation;
 use grucell::layers::dense::DenseConfig;
 use grucell::layers::model::{Layer, Model};
-use grucell::train::fit::{
-    EarlyStopping, FitConfig, History, Monitor, Progress, ValidationFreq,
-};
+use grucell::train::fit::{EarlyStopping, FitConfig, History, Monitor, Progress, ValidationFreq};
 use grucell::train::loss::Loss;
 use grucell::train::optimizer::{Optimizer, OptimizerConfig};
 use grucell::{Error, GruCellConfig, Rnn, Tensor, TrainError};
@@ -229,7 +227,10 @@ fn check_keras_case(name: &str) -> (Value, History) {
     );
     assert_eq!(h.loss.len(), want_loss.len(), "{name}: {h:?}");
     if let Some(epochs) = case.get("history_epoch").and_then(Value::as_array) {
-        let want: Vec<usize> = epochs.iter().map(|e| e.as_u64().unwrap() as usize).collect();
+        let want: Vec<usize> = epochs
+            .iter()
+            .map(|e| e.as_u64().unwrap() as usize)
+            .collect();
         assert_eq!(h.epoch, want, "{name}: History.epoch");
     }
     for (e, (a, b)) in h.loss.iter().zip(&want_loss).enumerate() {
@@ -381,7 +382,11 @@ fn keras_validation_freq_as_a_list_and_steps_per_epoch_beyond_a_pass() {
     let (_, h) = check_keras_case("val_freq_list");
     assert_eq!(h.val_epoch, [0, 2]);
     // The epochs not validated have an empty val_loss field in the table.
-    assert!(h.table().lines().nth(2).unwrap().ends_with('\t'), "{}", h.table());
+    assert!(
+        h.table().lines().nth(2).unwrap().ends_with('\t'),
+        "{}",
+        h.table()
+    );
 }
 
 #[test]
