@@ -45,6 +45,8 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Train a Keras model (.keras or .h5) on arrays (.npy), as Keras' fit, and save it.
     Fit(Box<cmd::fit::Args>),
+    /// The loss of a Keras model on data (.npy), as Keras' evaluate.
+    Evaluate(cmd::evaluate::Args),
     /// Train a GRU forecaster on a column of a CSV file.
     Forecast(cmd::forecast::Args),
     /// Time the GRU engine (forward and training) on standard sizes.
@@ -58,6 +60,7 @@ impl Command {
             Command::Predict(a) => cmd::predict::run(a),
             Command::Inspect(a) => cmd::inspect::run(a),
             Command::Fit(a) => cmd::fit::run(a),
+            Command::Evaluate(a) => cmd::evaluate::run(a),
             Command::Forecast(a) => cmd::forecast::run(a),
             Command::Bench(a) => cmd::bench::run(a),
         }

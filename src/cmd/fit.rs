@@ -22,12 +22,12 @@ use anyhow::{bail, Context, Result};
 use grucell::io::keras::load::{file_dtype, model_from_file};
 use grucell::io::keras::load_keras_file;
 use grucell::io::keras::write::{save_model_with_optimizer, save_safetensors_model};
-use grucell::io::npy::read_npy;
 use grucell::layers::model::Model;
+
+use super::data::{at_least_one, default_batch_size, loss_of, read_arrays, read_sample_weight};
 use grucell::train::fit::{
     keras_compile_config, EarlyStopping, FitConfig, Monitor, Progress, ValidationFreq,
 };
-use grucell::train::loss::Loss;
 use grucell::train::optimizer::{Optimizer, OptimizerConfig, Restored};
 use grucell::{Float, Tensor};
 use serde_json::Value;
@@ -199,46 +199,6 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Keras' default batch size (32), or the fixed input batch size of a stateful model, which
-/// takes batches of that size only.
-fn default_batch_size<T: Float>(model: &Model<T>) -> usize {
-    match model.fixed_batch_size() {
-        Some(b) if model.is_stateful() => b,
-        _ => 32,
-    }
-}
-
-fn read_arrays<T: Float>(paths: &[PathBuf], flag: &str) -> Result<Vec<Tensor<T>>> {
-    paths
-        .iter()
-        .map(|p| {
-            read_npy(p)
-                .map(|a| a.into_float::<T>())
-                .with_context(|| format!("reading {flag} {}", p.display()))
-        })
-        .collect()
-}
-
-/// `--sample-weight` (`flag`): weights shaped like the loss terms, `(N,)` or `(N, T)`.
-fn read_sample_weight(path: &Path, flag: &str) -> Result<Tensor<f64>> {
-    let a = read_npy(path)
-        .map(|a| a.into_float::<f64>())
-        .with_context(|| format!("reading {flag} {}", path.display()))?;
-    if !(1..=2).contains(&a.shape().len()) {
-        bail!(
-            "{flag} {}: shape {:?}, expected (samples,) or (samples, steps)",
-            path.display(),
-            a.shape()
-        );
-    }
-    Ok(a)
-}
-
-/// A count flag's parser: an integer ≥ 1.
-fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(1..)
-}
-
 /// `--validation-epochs`: 1-based epoch numbers separated by commas.
 fn parse_epochs(s: &str) -> Result<BTreeSet<usize>, String> {
     s.split(',')
@@ -337,21 +297,11 @@ fn train<T: Float>(
     // The file's loss and optimizer are only read when the command line does not replace them,
     // so that one grucell cannot read does not stop a run that names its own.
     let reading = || format!("reading the compile config of {}", args.model.display());
-    let compiled_loss = match &args.loss {
-        Some(_) => None,
-        None => model.compiled_loss().with_context(reading)?,
-    };
+    let loss = loss_of(&model, args.loss.as_deref(), &args.model)?;
+    let from_config_loss = args.loss.is_none();
     let compiled_opt = match &args.optimizer {
         Some(_) => None,
         None => model.compiled_optimizer().with_context(reading)?,
-    };
-    let from_config_loss = args.loss.is_none() && compiled_loss.is_some();
-    let loss = match (&args.loss, compiled_loss) {
-        (Some(name), _) => Loss::from_name(name).context("--loss")?,
-        (None, Some(l)) => l,
-        (None, None) => bail!(
-            "no --loss and the model has no compile config with a loss; give one, e.g. --loss mse"
-        ),
     };
     let from_config_opt =
         args.optimizer.is_none() && args.learning_rate.is_none() && compiled_opt.is_some();

@@ -2,7 +2,9 @@
 //! (wired up in `main.rs`).
 
 pub mod bench;
+pub mod data;
 pub mod demo;
+pub mod evaluate;
 pub mod fit;
 pub mod forecast;
 pub mod inspect;

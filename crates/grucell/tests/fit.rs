@@ -389,6 +389,46 @@ fn keras_validation_freq_as_a_list_and_steps_per_epoch_beyond_a_pass() {
     );
 }
 
+/// Keras' `evaluate` without and with `sample_weight` (a weight per sample and step of a
+/// masked sequence output, a regularizer adding its penalty); a weight per sample is refused
+/// there, as Keras refuses it.
+#[test]
+fn keras_evaluate_with_and_without_sample_weights() {
+    let mut model = load_model::<f32>(&fixture("evaluate_weighted.keras")).unwrap();
+    let data = npz("evaluate_weighted.npz");
+    let loss = model.compiled_loss().unwrap().unwrap();
+    let (x, y) = ([data["input_0"].clone()], [data["target_0"].clone()]);
+    let want = |k: &str| f64::from(data[k].data()[0]);
+    let plain = model.evaluate(&x, &y, &loss, 3).unwrap();
+    assert!(
+        close(plain, want("eval"), 1e-5),
+        "{plain} vs Keras {}",
+        want("eval")
+    );
+    let w = data["sample_weight"].cast::<f64>();
+    let weighted = model.evaluate_weighted(&x, &y, &w, &loss, 3).unwrap();
+    assert!(
+        close(weighted, want("eval_weighted"), 1e-5),
+        "{weighted} vs Keras {}",
+        want("eval_weighted")
+    );
+    let per_sample = Tensor::new(vec![7], vec![1.0; 7]).unwrap();
+    let e = model
+        .evaluate_weighted(&x, &y, &per_sample, &loss, 3)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sample_weight"), "{e}");
+    let short = Tensor::new(vec![6, 5], vec![1.0; 30]).unwrap();
+    let e = model
+        .evaluate_weighted(&x, &y, &short, &loss, 3)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("sample_weight") && e.contains("7 samples"),
+        "{e}"
+    );
+}
+
 #[test]
 fn keras_class_weight_class_indices_with_an_absent_class() {
     check_keras_case("class_sparse");

@@ -771,6 +771,48 @@ impl<T: Float> Model<T> {
         self.evaluate_in(x, y, None, loss, batch_size, None)
     }
 
+    /// Keras `model.evaluate(x, y, batch_size, sample_weight=w)`: [`Model::evaluate`] with each
+    /// loss term multiplied by its weight. `sample_weight` is shaped like the loss terms, as
+    /// [`FitConfig::sample_weight`]: `(N,)` for outputs `(N, C)`, `(N, T)` for sequence outputs;
+    /// Keras' mean still divides by the number of terms, zero weights included.
+    ///
+    /// ```
+    /// use grucell::layers::dense::DenseConfig;
+    /// use grucell::layers::model::{Layer, Model};
+    /// use grucell::train::loss::Loss;
+    /// use grucell::{GruCellConfig, Rnn, Tensor};
+    /// let gru = Rnn::<f32>::new(GruCellConfig::new(3).seed(Some(0)), 2)?;
+    /// let dense = DenseConfig::new(1).build(3, 1)?;
+    /// let mut model = Model::sequential("m", vec![None, Some(2)], vec![
+    ///     ("gru".into(), Layer::Rnn(gru)),
+    ///     ("dense".into(), Layer::Dense(dense)),
+    /// ])?;
+    /// let x = Tensor::new(vec![4, 3, 2], (0..24).map(|i| (i % 7) as f32 / 7.0).collect())?;
+    /// let y = Tensor::new(vec![4, 1], vec![0.5; 4])?;
+    /// let plain = model.evaluate(&[x.clone()], &[y.clone()], &Loss::MeanSquaredError, 2)?;
+    /// let twice = Tensor::new(vec![4], vec![2.0; 4])?;
+    /// let weighted = model.evaluate_weighted(&[x], &[y], &twice, &Loss::MeanSquaredError, 2)?;
+    /// assert!((weighted - 2.0 * plain).abs() < 1e-6);
+    /// # Ok::<(), grucell::Error>(())
+    /// ```
+    pub fn evaluate_weighted(
+        &mut self,
+        x: &[Tensor<T>],
+        y: &[Tensor<T>],
+        sample_weight: &Tensor<f64>,
+        loss: &Loss,
+        batch_size: usize,
+    ) -> Result<f64, Error> {
+        if batch_size == 0 {
+            return Err(ConfigError::invalid("batch_size", 0, "an integer ≥ 1").into());
+        }
+        loss.validate()?;
+        self.check_arity(x, y, "x", "y")?;
+        let n = sample_count(x, y, "x", "y")?;
+        let (w, _) = sample_weights::<T>(sample_weight, n, "sample_weight", "samples of x")?;
+        self.evaluate_in(x, y, Some(&w), loss, batch_size, None)
+    }
+
     /// [`Model::evaluate`] with optional per-sample weights (Keras' `sample_weight`) and a
     /// limit on the number of batches (Keras' `steps`: the first `steps` batches).
     fn evaluate_in(

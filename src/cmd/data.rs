@@ -1,0 +1,67 @@
+//! What `fit` and `evaluate` share: reading the data arrays and sample weights, the default
+//! batch size and the loss to use.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use grucell::io::npy::read_npy;
+use grucell::layers::model::Model;
+use grucell::train::loss::Loss;
+use grucell::{Float, Tensor};
+
+/// Keras' default batch size (32), or the fixed input batch size of a stateful model, which
+/// takes batches of that size only.
+pub fn default_batch_size<T: Float>(model: &Model<T>) -> usize {
+    match model.fixed_batch_size() {
+        Some(b) if model.is_stateful() => b,
+        _ => 32,
+    }
+}
+
+/// Reads one `.npy` per path (`flag` names them in errors), converted to `T`.
+pub fn read_arrays<T: Float>(paths: &[PathBuf], flag: &str) -> Result<Vec<Tensor<T>>> {
+    paths
+        .iter()
+        .map(|p| {
+            read_npy(p)
+                .map(|a| a.into_float::<T>())
+                .with_context(|| format!("reading {flag} {}", p.display()))
+        })
+        .collect()
+}
+
+/// `--sample-weight` (`flag`): weights shaped like the loss terms, `(N,)` or `(N, T)`.
+pub fn read_sample_weight(path: &Path, flag: &str) -> Result<Tensor<f64>> {
+    let a = read_npy(path)
+        .map(|a| a.into_float::<f64>())
+        .with_context(|| format!("reading {flag} {}", path.display()))?;
+    if !(1..=2).contains(&a.shape().len()) {
+        bail!(
+            "{flag} {}: shape {:?}, expected (samples,) or (samples, steps)",
+            path.display(),
+            a.shape()
+        );
+    }
+    Ok(a)
+}
+
+/// A count flag's parser: an integer ≥ 1.
+pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
+/// The loss: `--loss NAME` when given, else the one in the model file's compile config.
+pub fn loss_of<T: Float>(model: &Model<T>, flag: Option<&str>, path: &Path) -> Result<Loss> {
+    match flag {
+        Some(name) => Loss::from_name(name).context("--loss"),
+        None => model
+            .compiled_loss()
+            .with_context(|| format!("reading the compile config of {}", path.display()))?
+            .with_context(|| {
+                format!(
+                    "no --loss and {} has no compile config with a loss; give one, e.g. --loss mse",
+                    path.display()
+                )
+            }),
+    }
+}

@@ -1,0 +1,92 @@
+//! `grucell evaluate --model M --x X.npy --y Y.npy`: Keras' `model.evaluate`, the loss of a
+//! model on data.
+//!
+//! The loss is the one named by `--loss`, else the model file's compiled loss, computed as
+//! Keras' `evaluate(x, y, batch_size, sample_weight)` computes it: in inference mode, batch by
+//! batch, each batch's loss (regularization penalties included) weighted by its size. Stateful
+//! layers start from zeros (as after Keras' `load_model`) and carry their states through the
+//! batches, which then must all have the model's batch size.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use grucell::io::keras::load::{file_dtype, model_from_file};
+use grucell::io::keras::load_keras_file;
+use grucell::layers::model::Model;
+use grucell::Float;
+use serde_json::json;
+
+use super::data::{at_least_one, default_batch_size, loss_of, read_arrays, read_sample_weight};
+
+/// Arguments of `grucell evaluate`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Keras model file (.keras or legacy .h5), or a .safetensors model written by grucell fit.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// Inputs (.npy), samples on axis 0; repeat once per model input.
+    #[arg(long, value_name = "X.npy", required = true)]
+    pub x: Vec<PathBuf>,
+    /// Targets (.npy), samples on axis 0; repeat once per model output.
+    #[arg(long, value_name = "Y.npy", required = true)]
+    pub y: Vec<PathBuf>,
+    /// Loss, by Keras name (as `grucell fit --loss`). Default: the model's compile config.
+    #[arg(long, value_name = "NAME")]
+    pub loss: Option<String>,
+    /// Samples per batch [default: the model's fixed input batch size if it has stateful
+    /// layers, else 32].
+    #[arg(long, value_name = "N", value_parser = at_least_one())]
+    pub batch_size: Option<usize>,
+    /// Keras' `sample_weight` (.npy): one weight per sample, or per sample and step for a
+    /// sequence output, multiplying those loss terms.
+    #[arg(long, value_name = "W.npy")]
+    pub sample_weight: Option<PathBuf>,
+    /// Threads for the matrix products.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub threads: usize,
+    /// Print one JSON object (`{"loss": …, "samples": …, "batch_size": …}`) instead of
+    /// `loss<TAB>value`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `grucell evaluate`.
+pub fn run(args: &Args) -> Result<()> {
+    let file = load_keras_file(&args.model)
+        .with_context(|| format!("loading --model {}", args.model.display()))?;
+    super::warn_reduced_precision(&file, &format!("--model {}", args.model.display()));
+    let building = || format!("cannot build the model in --model {}", args.model.display());
+    if file_dtype(&file) == "float64" {
+        evaluate::<f64>(args, model_from_file(&file).with_context(building)?)
+    } else {
+        evaluate::<f32>(args, model_from_file(&file).with_context(building)?)
+    }
+}
+
+fn evaluate<T: Float>(args: &Args, mut model: Model<T>) -> Result<()> {
+    model.set_threads(args.threads);
+    let loss = loss_of(&model, args.loss.as_deref(), &args.model)?;
+    let x = read_arrays::<T>(&args.x, "--x")?;
+    let y = read_arrays::<T>(&args.y, "--y")?;
+    let batch_size = args
+        .batch_size
+        .unwrap_or_else(|| default_batch_size(&model));
+    let value = match &args.sample_weight {
+        Some(p) => {
+            let w = read_sample_weight(p, "--sample-weight")?;
+            model.evaluate_weighted(&x, &y, &w, &loss, batch_size)?
+        }
+        None => model.evaluate(&x, &y, &loss, batch_size)?,
+    };
+    if args.json {
+        let samples = x.first().and_then(|t| t.shape().first().copied());
+        println!(
+            "{}",
+            json!({"loss": value, "samples": samples, "batch_size": batch_size})
+        );
+    } else {
+        println!("loss\t{value}");
+    }
+    Ok(())
+}
