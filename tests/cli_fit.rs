@@ -692,6 +692,18 @@ fn evaluates_like_keras() {
         ])),
         "eval_weighted",
     );
+    // Compiled metrics are not computed, and the user is told so.
+    let mut with_metrics = load_model::<f32>(&model).unwrap();
+    with_metrics.compile_config.as_mut().unwrap()["metrics"] = serde_json::json!(["mae"]);
+    let mp = dir.path("metrics.keras");
+    grucell::io::keras::write::save_model(&with_metrics, &mp).unwrap();
+    let o = evaluate(&mp, &xp, &yp, &["--batch-size", "3"]);
+    close(value(&o), "eval");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("compiled with metrics [mae]; grucell computes the loss only"),
+        "{stderr}"
+    );
     let o = run(&["--batch-size", "3", "--json"]);
     let j: serde_json::Value = serde_json::from_str(success_stdout(&o).trim()).unwrap();
     close(j["loss"].as_f64().unwrap(), "eval");

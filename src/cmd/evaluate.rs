@@ -66,6 +66,7 @@ pub fn run(args: &Args) -> Result<()> {
 
 fn evaluate<T: Float>(args: &Args, mut model: Model<T>) -> Result<()> {
     model.set_threads(args.threads);
+    super::warn_uncomputed_metrics(&model, &format!("--model {}", args.model.display()));
     let loss = loss_of(&model, args.loss.as_deref(), &args.model)?;
     let x = read_arrays::<T>(&args.x, "--x")?;
     let y = read_arrays::<T>(&args.y, "--y")?;

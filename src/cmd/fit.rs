@@ -287,6 +287,7 @@ fn train<T: Float>(
     out: OutKind,
 ) -> Result<()> {
     model.set_threads(args.threads);
+    super::warn_uncomputed_metrics(&model, &format!("--model {}", args.model.display()));
     // A model no Keras 3 file can hold fails now, not after training.
     grucell::io::keras::write::model_config_json(&model).with_context(|| {
         format!(

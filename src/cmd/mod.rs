@@ -22,3 +22,46 @@ pub fn warn_reduced_precision(file: &grucell::io::keras::KerasFile, shown: &str)
         );
     }
 }
+
+/// A Keras object's name (for messages): a plain string, else its `class_name`, else compact JSON.
+pub fn object_name(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Object(o) => {
+            match o.get("class_name").and_then(serde_json::Value::as_str) {
+                Some(c) => c.to_string(),
+                None => v.to_string(),
+            }
+        }
+        serde_json::Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(object_name).collect::<Vec<_>>().join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Warns (stderr) that the metrics in the model's compile config are not computed: `fit` and
+/// `evaluate` report the loss only (a saved model keeps the metrics in its compile config).
+pub fn warn_uncomputed_metrics<T: grucell::Float>(
+    model: &grucell::layers::model::Model<T>,
+    shown: &str,
+) {
+    let Some(serde_json::Value::Object(c)) = &model.compile_config else {
+        return;
+    };
+    for key in ["metrics", "weighted_metrics"] {
+        let listed = c.get(key).filter(|v| match v {
+            serde_json::Value::Null => false,
+            serde_json::Value::Array(a) => !a.is_empty(),
+            serde_json::Value::Object(o) => !o.is_empty(),
+            _ => true,
+        });
+        if let Some(m) = listed {
+            eprintln!(
+                "warning: {shown} is compiled with {key} {}; grucell computes the loss only",
+                object_name(m)
+            );
+        }
+    }
+}
