@@ -1226,7 +1226,9 @@ fn initial_epoch_past_the_end_and_stateful_validation_batches() {
     )
     .unwrap();
     let (x, y) = regression_data(9, 3, 1);
+    // Each run starts from zero states (their batch size is the one they were made with).
     let mut run = |cfg: FitConfig| {
+        m.reset_states();
         let mut opt = optimizer_for(&m, OptimizerConfig::sgd(0.01));
         m.fit(
             std::slice::from_ref(&x),
@@ -1258,6 +1260,13 @@ fn initial_epoch_past_the_end_and_stateful_validation_batches() {
     // One whole batch of 2 is all that validation_steps = 1 reaches.
     let h = run(split(Some(2), Some(1))).unwrap();
     assert_eq!(h.val_loss.len(), 1);
+    // Without validation data the validation batch size has nothing to apply to.
+    let h = run(FitConfig {
+        validation_batch_size: Some(2),
+        ..quiet(3, 1)
+    })
+    .unwrap();
+    assert!(h.val_loss.is_empty());
 }
 
 /// A stateful model takes batches of one size: a partial batch, or a batch size other than

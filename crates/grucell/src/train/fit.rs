@@ -961,7 +961,7 @@ impl<T: Float> Model<T> {
             Some(_) => "validation_batch_size",
             None => "batch_size",
         };
-        if self.is_stateful() && val_batch_size != cfg.batch_size {
+        if self.is_stateful() && n_val > 0 && val_batch_size != cfg.batch_size {
             return Err(ConfigError::invalid(
                 "validation_batch_size",
                 val_batch_size,
@@ -1045,8 +1045,9 @@ impl<T: Float> Model<T> {
             // a partial batch, which changes one layer's forward (Conv1D::bias_on_steps).
             self.set_partial_batch_fit(partial_batch);
             let trained = (|| -> Result<(), Error> {
-                let pass = order.chunks(cfg.batch_size).enumerate();
-                for (b, idx) in pass.skip(first).take(last - first) {
+                // `b`: the batch's 0-based step in this epoch.
+                let pass = order.chunks(cfg.batch_size).skip(first).take(last - first);
+                for (b, idx) in pass.enumerate() {
                     let xb = x
                         .iter()
                         .map(|t| gather(t, idx))
