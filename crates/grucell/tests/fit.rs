@@ -157,6 +157,8 @@ fn run_keras_case(name: &str) -> (Value, Model<f32>, History, HashMap<String, Te
     let (loss, opt) = model.compiled_loss_and_optimizer().unwrap();
     let loss = loss.expect("fixture is compiled with a loss");
     let mut opt = optimizer_for(&model, opt.expect("fixture is compiled with an optimizer"));
+    let compiled = model.compiled_metrics();
+    assert!(compiled.unsupported.is_empty(), "{compiled:?}");
     let early_stopping = match &case["early_stopping"] {
         Value::Null => None,
         es => Some(EarlyStopping {
@@ -192,6 +194,8 @@ fn run_keras_case(name: &str) -> (Value, Model<f32>, History, HashMap<String, Te
                     .collect()
             }),
         validation_sample_weight: None,
+        metrics: compiled.metrics,
+        weighted_metrics: compiled.weighted_metrics,
         ..fit_options(&case["fit_options"])
     };
     let h = model
@@ -248,6 +252,32 @@ fn check_keras_case(name: &str) -> (Value, History) {
             e + 1
         );
     }
+    // Compiled metrics: every history column Keras has, and none more.
+    let keras_keys: Vec<&String> = case["history"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| *k != "loss" && *k != "val_loss")
+        .collect();
+    let ours: Vec<&(String, Vec<f64>)> = h.metrics.iter().chain(&h.val_metrics).collect();
+    assert_eq!(
+        ours.len(),
+        keras_keys.len(),
+        "{name}: {ours:?} vs Keras {keras_keys:?}"
+    );
+    for (k, got) in ours {
+        let want = case["history"][k]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: {k}"));
+        assert_eq!(got.len(), want.len(), "{name}: {k}");
+        for (e, (a, b)) in got.iter().zip(want).enumerate() {
+            let b = b.as_f64().unwrap();
+            assert!(
+                close(*a, b, 1e-5),
+                "{name}: {k} of entry {e}: grucell {a}, Keras {b}"
+            );
+        }
+    }
     let rel = |a: &[f64], b: &[f64]| {
         a.iter()
             .zip(b)
@@ -291,6 +321,28 @@ fn check_keras_case(name: &str) -> (Value, History) {
         close(ev, want_ev, 1e-5),
         "{name}: evaluate {ev}, Keras {want_ev}"
     );
+    if let Some(want) = case.get("eval_metrics").and_then(Value::as_object) {
+        let compiled = model.compiled_metrics();
+        let e = model
+            .evaluate_with_metrics(
+                std::slice::from_ref(&data["input_0"]),
+                &[data["target_0"].clone()],
+                &model.compiled_loss().unwrap().unwrap(),
+                batch_size,
+                None,
+                &compiled.metrics,
+                &compiled.weighted_metrics,
+            )
+            .unwrap();
+        assert_eq!(e.metrics.len(), want.len(), "{name}: {e:?}");
+        for (k, v) in &e.metrics {
+            let w = want[k].as_f64().unwrap();
+            assert!(
+                close(*v, w, 1e-5),
+                "{name}: evaluate's {k}: grucell {v}, Keras {w}"
+            );
+        }
+    }
     (case, h)
 }
 
@@ -427,6 +479,27 @@ fn keras_evaluate_with_and_without_sample_weights() {
         e.contains("sample_weight") && e.contains("7 samples"),
         "{e}"
     );
+}
+
+#[test]
+fn keras_metrics_on_a_binary_output_with_sample_weights() {
+    let (_, h) = check_keras_case("metrics_binary");
+    let names: Vec<&str> = h.metrics.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["accuracy", "mae", "binary_accuracy", "mse", "acc"]);
+}
+
+#[test]
+fn keras_metrics_on_a_masked_sequence_output_with_weights_per_step() {
+    check_keras_case("metrics_seq_masked");
+}
+
+#[test]
+fn keras_metrics_categorical_named_objects_and_validation_every_second_epoch() {
+    let (_, h) = check_keras_case("metrics_categorical");
+    assert_eq!(h.val_epoch, [1]);
+    assert!(h
+        .table()
+        .starts_with("epoch\tloss\tcategorical_accuracy\taccuracy\tmape\tmsle\tsq\tval_loss"));
 }
 
 #[test]

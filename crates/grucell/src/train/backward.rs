@@ -115,6 +115,9 @@ pub struct LossAndGrads<T> {
     /// the looked-up rows as TensorFlow's `IndexedSlices` holds them (`grads` has their sums):
     /// the optimizer squares those rows, as Keras does ([`Optimizer::step_with_rows`]).
     pub rows: Vec<Option<RowGrads<T>>>,
+    /// The model's outputs of this call with their masks, kept when `fit` or `evaluate`
+    /// compute metrics on them (empty otherwise).
+    pub(crate) outputs: Vec<(Tensor<T>, Option<Mask>)>,
 }
 
 fn cell_weight_names(use_bias: bool) -> &'static [&'static str] {
@@ -366,11 +369,13 @@ impl<T: Float> Model<T> {
         loss: &Loss,
         rng: Option<&mut StdRng>,
     ) -> Result<LossAndGrads<T>, Error> {
-        self.loss_and_grads_in(x, y, None, loss, rng, true)
+        self.loss_and_grads_in(x, y, None, loss, rng, true, false)
     }
 
     /// [`Model::loss_and_grads`] in training mode (`training`), or in Keras' inference mode
     /// (`evaluate`: `BatchNormalization` on its moving statistics, which stay as they are).
+    // Crate-private: the public entry points fix most of these.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn loss_and_grads_in(
         &mut self,
         x: &[Tensor<T>],
@@ -379,6 +384,7 @@ impl<T: Float> Model<T> {
         loss: &Loss,
         rng: Option<&mut StdRng>,
         training: bool,
+        keep_outputs: bool,
     ) -> Result<LossAndGrads<T>, Error> {
         if y.len() != self.outputs.len() {
             return Err(ConfigError::invalid(
@@ -407,12 +413,16 @@ impl<T: Float> Model<T> {
             vals.iter().map(|v| vec![None; v.len()]).collect();
         let mut total = T::zero();
         let mut logit_nodes = std::collections::HashSet::new();
+        let mut outputs = Vec::new();
         // Data loss on every output, summed (Keras' default loss_weights of 1).
         for (k, (r, yt)) in self.outputs.iter().zip(y).enumerate() {
             let p = pos[&(r.layer, r.node)];
             let Val::F(pred, mask) = &vals[p][r.index] else {
                 return Err(ConfigError::unsupported("model output", "a boolean tensor").into());
             };
+            if keep_outputs {
+                outputs.push((pred.clone(), mask.clone()));
+            }
             // Keras' crossentropies read the input of a sigmoid/softmax output activation
             // (`Loss::on_activation_output`). A `TimeDistributed` wrapper's output is a
             // transposed stack, which carries no logits.
@@ -542,6 +552,7 @@ impl<T: Float> Model<T> {
             loss: total,
             grads,
             rows,
+            outputs,
         })
     }
 
@@ -556,7 +567,8 @@ impl<T: Float> Model<T> {
         optimizer: &mut Optimizer<T>,
         rng: Option<&mut StdRng>,
     ) -> Result<T, Error> {
-        self.train_step(x, y, None, loss, optimizer, rng)
+        self.train_step(x, y, None, loss, optimizer, rng, false)
+            .map(|(v, _)| v)
     }
 
     /// [`Model::train_on_batch`] with Keras' `sample_weight`, flattened: one weight per loss term
@@ -572,9 +584,12 @@ impl<T: Float> Model<T> {
         optimizer: &mut Optimizer<T>,
         rng: Option<&mut StdRng>,
     ) -> Result<T, Error> {
-        self.train_step(x, y, Some(sample_weight), loss, optimizer, rng)
+        self.train_step(x, y, Some(sample_weight), loss, optimizer, rng, false)
+            .map(|(v, _)| v)
     }
 
+    // Crate-private: `train_on_batch[_weighted]` and `fit` fix most of these.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn train_step(
         &mut self,
         x: &[Tensor<T>],
@@ -583,7 +598,8 @@ impl<T: Float> Model<T> {
         loss: &Loss,
         optimizer: &mut Optimizer<T>,
         rng: Option<&mut StdRng>,
-    ) -> Result<T, Error> {
+        keep_outputs: bool,
+    ) -> Result<(T, Vec<(Tensor<T>, Option<Mask>)>), Error> {
         if let Some(w) = sample_weight {
             if let Some(i) = w.iter().position(|v| !v.is_finite()) {
                 return Err(ConfigError::invalid(
@@ -598,7 +614,8 @@ impl<T: Float> Model<T> {
             loss: value,
             mut grads,
             mut rows,
-        } = self.loss_and_grads_in(x, y, sample_weight, loss, rng, true)?;
+            outputs,
+        } = self.loss_and_grads_in(x, y, sample_weight, loss, rng, true, keep_outputs)?;
         if !value.is_finite() {
             return Err(TrainError::NonFinite {
                 what: "loss",
@@ -641,7 +658,7 @@ impl<T: Float> Model<T> {
         // derived data (pre-summed biases, packed inference weights) must follow them.
         self.weights_changed();
         updated?;
-        Ok(value)
+        Ok((value, outputs))
     }
 
     fn forward_train(

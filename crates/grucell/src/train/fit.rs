@@ -56,6 +56,7 @@ use crate::float::Float;
 use crate::layers::model::{Layer, Model, ModelLayer};
 use crate::tensor::Tensor;
 use crate::train::loss::Loss;
+use crate::train::metrics::{Metric, MetricSet};
 use crate::train::optimizer::{Optimizer, OptimizerConfig};
 
 /// Mixed into the seed for the dropout stream, so that it differs from the shuffle stream.
@@ -63,6 +64,47 @@ const DROPOUT_STREAM: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// Validation inputs and targets for [`Model::fit`]: one array per model input, one per output.
 pub type ValidationData<'a, T> = (&'a [Tensor<T>], &'a [Tensor<T>]);
+
+/// What [`Model::evaluate_with_metrics`] returns: Keras' `evaluate(..., return_dict=True)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    /// The loss, as [`Model::evaluate`] gives it.
+    pub loss: f64,
+    /// Each metric's value under its Keras name, in Keras' order.
+    pub metrics: Vec<(String, f64)>,
+}
+
+/// What [`Model::compiled_metrics`] finds in a compile config.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CompiledMetrics {
+    /// `metrics`, unweighted.
+    pub metrics: Vec<Metric>,
+    /// `weighted_metrics`.
+    pub weighted_metrics: Vec<Metric>,
+    /// A message for each listed metric that grucell does not compute.
+    pub unsupported: Vec<String>,
+}
+
+/// How an evaluation walks its samples.
+#[derive(Clone, Copy)]
+struct Batches<'a, T> {
+    /// Flat weights, one per loss term (per sample, or per sample and step).
+    sample_weight: Option<&'a [T]>,
+    batch_size: usize,
+    /// At most this many batches (Keras' `steps`).
+    steps: Option<usize>,
+}
+
+impl<T> Batches<'_, T> {
+    /// Every sample, unweighted, in batches of `batch_size`.
+    fn all(batch_size: usize) -> Self {
+        Batches {
+            sample_weight: None,
+            batch_size,
+            steps: None,
+        }
+    }
+}
 
 /// The value [`EarlyStopping`] watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,6 +225,13 @@ pub struct FitConfig {
     /// Keras' `validation_freq`: the epochs after which the validation data is evaluated
     /// (default: every epoch).
     pub validation_freq: ValidationFreq,
+    /// Keras' compiled `metrics` ([`Model::compiled_metrics`]): computed on each training
+    /// batch's outputs (those its loss saw, before its update) and on the validation data,
+    /// without the sample or class weights (an output mask still applies), as Keras does.
+    /// Single-output models. Reported in [`History::metrics`].
+    pub metrics: Vec<Metric>,
+    /// Keras' `weighted_metrics`: as `metrics`, weighted by the sample (or class) weights.
+    pub weighted_metrics: Vec<Metric>,
 }
 
 /// When [`Model::fit`] evaluates the validation data: Keras' `validation_freq`, an integer or
@@ -240,6 +289,8 @@ impl Default for FitConfig {
             validation_steps: None,
             validation_batch_size: None,
             validation_freq: ValidationFreq::default(),
+            metrics: Vec::new(),
+            weighted_metrics: Vec::new(),
         }
     }
 }
@@ -330,6 +381,11 @@ pub struct History {
     pub val_loss: Vec<f64>,
     /// The 0-based index of the epoch of each entry of `val_loss`.
     pub val_epoch: Vec<usize>,
+    /// Each compiled metric's training value per epoch run, under its Keras log name
+    /// (`"mae"`, `"accuracy"`, …), in Keras' order.
+    pub metrics: Vec<(String, Vec<f64>)>,
+    /// Each compiled metric's validation value (`"val_mae"`, …), aligned with `val_loss`.
+    pub val_metrics: Vec<(String, Vec<f64>)>,
     /// Number of epochs run.
     pub epochs_run: usize,
     /// Whether early stopping ended training before `epochs`.
@@ -341,22 +397,39 @@ pub struct History {
 }
 
 impl History {
-    /// The history as a table: a header `epoch loss [val_loss]`, then one line per epoch run,
-    /// with its 1-based number; the `val_loss` field is empty after an epoch not validated.
+    /// The history as a table: a header `epoch loss [metrics…] [val_loss val_metrics…]`, then
+    /// one line per epoch run, with its 1-based number; the validation fields are empty after an
+    /// epoch not validated.
     pub fn table(&self) -> String {
         let with_val = !self.val_loss.is_empty();
-        let mut s = String::from(if with_val {
-            "epoch\tloss\tval_loss\n"
-        } else {
-            "epoch\tloss\n"
-        });
-        for (&e, l) in self.epoch.iter().zip(&self.loss) {
+        let mut s = String::from("epoch\tloss");
+        for (name, _) in &self.metrics {
+            s.push_str(&format!("\t{name}"));
+        }
+        if with_val {
+            s.push_str("\tval_loss");
+            for (name, _) in &self.val_metrics {
+                s.push_str(&format!("\t{name}"));
+            }
+        }
+        s.push('\n');
+        for (i, (&e, l)) in self.epoch.iter().zip(&self.loss).enumerate() {
             s.push_str(&format!("{}\t{l}", e + 1));
-            if with_val {
+            for (_, v) in &self.metrics {
                 s.push('\t');
-                let val = self.val_epoch.iter().zip(&self.val_loss);
-                if let Some((_, v)) = val.into_iter().find(|(&ve, _)| ve == e) {
+                if let Some(v) = v.get(i) {
                     s.push_str(&v.to_string());
+                }
+            }
+            if with_val {
+                let at = self.val_epoch.iter().position(|&ve| ve == e);
+                let columns =
+                    std::iter::once(&self.val_loss).chain(self.val_metrics.iter().map(|(_, v)| v));
+                for col in columns {
+                    s.push('\t');
+                    if let Some(v) = at.and_then(|j| col.get(j)) {
+                        s.push_str(&v.to_string());
+                    }
                 }
             }
             s.push('\n');
@@ -592,6 +665,18 @@ fn slice_all<T: Float>(
     ts.iter().map(|t| gather(t, &idx)).collect()
 }
 
+/// Appends each metric's result to its history column (`prefix` + its name), making the column
+/// on first use.
+fn push_metrics<T: Float>(columns: &mut Vec<(String, Vec<f64>)>, set: &MetricSet<T>, prefix: &str) {
+    for (name, v) in set.names().iter().zip(set.results()) {
+        let key = format!("{prefix}{name}");
+        match columns.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, col)) => col.push(v),
+            None => columns.push((key, vec![v])),
+        }
+    }
+}
+
 /// Puts the 1-based epoch and batch into a [`TrainError::NonFinite`].
 fn at_batch(e: Error, epoch: usize, batch: usize) -> Error {
     match e {
@@ -722,6 +807,55 @@ impl<T: Float> Model<T> {
         }
     }
 
+    /// The `metrics` and `weighted_metrics` of the compile config (Keras 3's `compile_config`
+    /// or TF-Keras 2's `training_config`): names, metric objects and TF-Keras' function
+    /// wrappers, listed flat or (for this single output) in a one-entry list or dict. What
+    /// grucell does not compute, or a multi-output model's metrics, is listed in `unsupported`,
+    /// for the caller to report.
+    pub fn compiled_metrics(&self) -> CompiledMetrics {
+        let mut out = CompiledMetrics::default();
+        for (key, weighted) in [("metrics", false), ("weighted_metrics", true)] {
+            let Some(v) = self.compile_entry(&[key]) else {
+                continue;
+            };
+            // One output's entry: a list of lists or a dict with one entry.
+            let single = match v {
+                Value::Array(a) if a.len() == 1 && a[0].is_array() => &a[0],
+                Value::Object(o) if o.len() == 1 && !o.contains_key("class_name") => {
+                    o.values().next().unwrap_or(v)
+                }
+                _ => v,
+            };
+            let items: Vec<&Value> = match single {
+                Value::Array(a) => a.iter().collect(),
+                one => vec![one],
+            };
+            for item in items {
+                let shown = || match item {
+                    Value::String(s) => s.clone(),
+                    other => other
+                        .get("class_name")
+                        .and_then(Value::as_str)
+                        .map_or_else(|| other.to_string(), str::to_string),
+                };
+                if self.outputs.len() != 1 {
+                    out.unsupported.push(format!(
+                        "{key} `{}` (metrics of a model with {} outputs are not computed)",
+                        shown(),
+                        self.outputs.len()
+                    ));
+                    continue;
+                }
+                match Metric::from_keras(item) {
+                    Ok(m) if weighted => out.weighted_metrics.push(m),
+                    Ok(m) => out.metrics.push(m),
+                    Err(e) => out.unsupported.push(format!("{key} `{}`: {e}", shown())),
+                }
+            }
+        }
+        out
+    }
+
     /// The first of `keys` present (and not null) in the compile config.
     fn compile_entry(&self, keys: &[&str]) -> Option<&Value> {
         let Some(Value::Object(c)) = &self.compile_config else {
@@ -768,7 +902,7 @@ impl<T: Float> Model<T> {
             return Err(ConfigError::invalid("batch_size", 0, "an integer ≥ 1").into());
         }
         loss.validate()?;
-        self.evaluate_in(x, y, None, loss, batch_size, None)
+        self.evaluate_in(x, y, loss, Batches::all(batch_size), None)
     }
 
     /// Keras `model.evaluate(x, y, batch_size, sample_weight=w)`: [`Model::evaluate`] with each
@@ -810,20 +944,106 @@ impl<T: Float> Model<T> {
         self.check_arity(x, y, "x", "y")?;
         let n = sample_count(x, y, "x", "y")?;
         let (w, _) = sample_weights::<T>(sample_weight, n, "sample_weight", "samples of x")?;
-        self.evaluate_in(x, y, Some(&w), loss, batch_size, None)
+        let batches = Batches {
+            sample_weight: Some(&w),
+            ..Batches::all(batch_size)
+        };
+        self.evaluate_in(x, y, loss, batches, None)
     }
 
-    /// [`Model::evaluate`] with optional per-sample weights (Keras' `sample_weight`) and a
-    /// limit on the number of batches (Keras' `steps`: the first `steps` batches).
+    /// Keras `model.evaluate(x, y, batch_size, sample_weight, return_dict=True)` on a model
+    /// compiled with metrics: the loss as [`Model::evaluate`] (weighted as
+    /// [`Model::evaluate_weighted`] when `sample_weight` is given) and each metric's value
+    /// under its Keras name, `metrics` unweighted and `weighted_metrics` weighted.
+    ///
+    /// ```
+    /// use grucell::layers::dense::DenseConfig;
+    /// use grucell::layers::model::{Layer, Model};
+    /// use grucell::train::loss::Loss;
+    /// use grucell::train::metrics::Metric;
+    /// use grucell::{GruCellConfig, Rnn, Tensor};
+    /// let gru = Rnn::<f32>::new(GruCellConfig::new(3).seed(Some(0)), 2)?;
+    /// let dense = DenseConfig::new(1).build(3, 1)?;
+    /// let mut model = Model::sequential("m", vec![None, Some(2)], vec![
+    ///     ("gru".into(), Layer::Rnn(gru)),
+    ///     ("dense".into(), Layer::Dense(dense)),
+    /// ])?;
+    /// let x = Tensor::new(vec![4, 3, 2], (0..24).map(|i| (i % 7) as f32 / 7.0).collect())?;
+    /// let y = Tensor::new(vec![4, 1], vec![0.5; 4])?;
+    /// let metrics = [Metric::from_name("mse")?, Metric::from_name("mae")?];
+    /// let e = model.evaluate_with_metrics(&[x], &[y], &Loss::MeanSquaredError, 2, None, &metrics, &[])?;
+    /// assert_eq!(e.metrics[0].0, "mse");
+    /// assert!((e.metrics[0].1 - e.loss).abs() < 1e-6); // no regularizer: mse is the loss
+    /// # Ok::<(), grucell::Error>(())
+    /// ```
+    #[allow(clippy::too_many_arguments)] // Keras' evaluate arguments, one each
+    pub fn evaluate_with_metrics(
+        &mut self,
+        x: &[Tensor<T>],
+        y: &[Tensor<T>],
+        loss: &Loss,
+        batch_size: usize,
+        sample_weight: Option<&Tensor<f64>>,
+        metrics: &[Metric],
+        weighted_metrics: &[Metric],
+    ) -> Result<Evaluation, Error> {
+        if batch_size == 0 {
+            return Err(ConfigError::invalid("batch_size", 0, "an integer ≥ 1").into());
+        }
+        loss.validate()?;
+        self.check_arity(x, y, "x", "y")?;
+        let n = sample_count(x, y, "x", "y")?;
+        let w = match sample_weight {
+            Some(w) => Some(sample_weights::<T>(w, n, "sample_weight", "samples of x")?.0),
+            None => None,
+        };
+        let mut set = self.metric_set(metrics, weighted_metrics)?;
+        let batches = Batches {
+            sample_weight: w.as_deref(),
+            ..Batches::all(batch_size)
+        };
+        let loss = self.evaluate_in(x, y, loss, batches, Some(&mut set))?;
+        Ok(Evaluation {
+            loss,
+            metrics: set.names().iter().cloned().zip(set.results()).collect(),
+        })
+    }
+
+    /// The metrics' running state, for a single-output model (or no metrics).
+    fn metric_set(&self, metrics: &[Metric], weighted: &[Metric]) -> Result<MetricSet<T>, Error> {
+        if self.outputs.len() != 1 && !(metrics.is_empty() && weighted.is_empty()) {
+            return Err(ConfigError::unsupported(
+                "metrics",
+                format!(
+                    "compiled metrics of a model with {} outputs (grucell computes them for \
+                     single-output models)",
+                    self.outputs.len()
+                ),
+            )
+            .into());
+        }
+        Ok(MetricSet::new(metrics, weighted))
+    }
+
+    /// [`Model::evaluate`] in `batches` (optional per-sample weights, Keras' `sample_weight`, and
+    /// a limit on the number of batches, Keras' `steps`), updating `metrics` (reset first).
     fn evaluate_in(
         &mut self,
         x: &[Tensor<T>],
         y: &[Tensor<T>],
-        sample_weight: Option<&[T]>,
         loss: &Loss,
-        batch_size: usize,
-        steps: Option<usize>,
+        batches: Batches<'_, T>,
+        mut metrics: Option<&mut MetricSet<T>>,
     ) -> Result<f64, Error> {
+        let Batches {
+            sample_weight,
+            batch_size,
+            steps,
+        } = batches;
+        if let Some(m) = metrics.as_deref_mut() {
+            m.reset();
+        }
+        let keep = metrics.as_ref().is_some_and(|m| !m.is_empty());
         self.check_arity(x, y, "x", "y")?;
         let all = sample_count(x, y, "x", "y")?;
         let n = steps.map_or(all, |s| all.min(s.saturating_mul(batch_size)));
@@ -837,9 +1057,15 @@ impl<T: Float> Model<T> {
             let xb = slice_all(x, start, end)?;
             let yb = slice_all(y, start, end)?;
             let wb = sample_weight.and_then(|w| w.get(start * per..end * per));
-            let v = self
-                .loss_and_grads_in(&xb, &yb, wb, loss, None, false)?
-                .loss;
+            let out = self.loss_and_grads_in(&xb, &yb, wb, loss, None, false, keep)?;
+            if let (Some(m), [yt], [o]) = (
+                metrics.as_deref_mut(),
+                yb.as_slice(),
+                out.outputs.as_slice(),
+            ) {
+                m.update(yt, o, wb)?;
+            }
+            let v = out.loss;
             let w = T::of((end - start) as f64);
             total += v * w;
             count += w;
@@ -997,6 +1223,9 @@ impl<T: Float> Model<T> {
         };
         let val: Option<ValidationData<'_, T>> =
             validation_data.or(split.as_ref().map(|[a, b]| (a.as_slice(), b.as_slice())));
+        let mut train_metrics = self.metric_set(&cfg.metrics, &cfg.weighted_metrics)?;
+        let mut val_metrics = train_metrics.clone();
+        let keep = !train_metrics.is_empty();
         let mut stopper = match &cfg.early_stopping {
             Some(es) if es.monitor == Monitor::ValLoss && val.is_none() => {
                 return Err(ConfigError::invalid(
@@ -1041,6 +1270,7 @@ impl<T: Float> Model<T> {
             pass_at = if last == batches { 0 } else { last };
             let bar = epoch_bar(show, epoch + 1, cfg.epochs, last - first);
             let (mut total, mut count) = (T::zero(), T::zero());
+            train_metrics.reset();
             // Keras traces its training step on an unknown batch size when the epoch ends with
             // a partial batch, which changes one layer's forward (Conv1D::bias_on_steps).
             self.set_partial_batch_fit(partial_batch);
@@ -1062,7 +1292,7 @@ impl<T: Float> Model<T> {
                             .copied()
                             .collect()
                     });
-                    let v = self
+                    let (v, outputs) = self
                         .train_step(
                             &xb,
                             &yb,
@@ -1070,11 +1300,15 @@ impl<T: Float> Model<T> {
                             loss,
                             optimizer,
                             Some(&mut dropout_rng),
+                            keep,
                         )
                         .map_err(|e| {
                             bar.abandon();
                             at_batch(e, epoch + 1, b + 1)
                         })?;
+                    if let ([yt], [o]) = (yb.as_slice(), outputs.as_slice()) {
+                        train_metrics.update(yt, o, wb.as_deref())?;
+                    }
                     let w = T::of(idx.len() as f64);
                     total += v * w;
                     count += w;
@@ -1089,20 +1323,22 @@ impl<T: Float> Model<T> {
             let epoch_loss = (total / count).f64();
             history.epoch.push(epoch);
             history.loss.push(epoch_loss);
+            push_metrics(&mut history.metrics, &train_metrics, "");
             let val_loss = match val {
-                Some((vx, vy)) if cfg.validation_freq.is_due(epoch + 1) => Some(self.evaluate_in(
-                    vx,
-                    vy,
-                    val_weights,
-                    loss,
-                    val_batch_size,
-                    cfg.validation_steps,
-                )?),
+                Some((vx, vy)) if cfg.validation_freq.is_due(epoch + 1) => {
+                    let batches = Batches {
+                        sample_weight: val_weights,
+                        batch_size: val_batch_size,
+                        steps: cfg.validation_steps,
+                    };
+                    Some(self.evaluate_in(vx, vy, loss, batches, Some(&mut val_metrics))?)
+                }
                 _ => None,
             };
             if let Some(v) = val_loss {
                 history.val_loss.push(v);
                 history.val_epoch.push(epoch);
+                push_metrics(&mut history.val_metrics, &val_metrics, "val_");
             }
             history.epochs_run += 1;
             if show {

@@ -1,0 +1,471 @@
+//! Keras' compiled metrics (`model.compile(metrics=[…], weighted_metrics=[…])`), as Keras 3.15.1
+//! reports them in `fit`'s history and in `evaluate`.
+//!
+//! Each metric is Keras' `MeanMetricWrapper`: a function gives one value per element of its result
+//! (`mae`: the mean over the last axis of `|y − ŷ|`, one per sample or per sample and step;
+//! `binary_accuracy`: one per output entry), and the metric is their weighted mean over every batch
+//! of the epoch or evaluation, `Σ v·w / Σ w`. The weights are the output mask (for a masked
+//! sequence output), times the sample weights for `weighted_metrics` only: plain `metrics` ignore
+//! sample and class weights, as in Keras. Each sample's values and weights are averaged first and
+//! the sums run over samples, in Keras' order.
+//!
+//! Supported: `mae`, `mse`, `mape`, `msle` (and their long and class names), `accuracy`/`acc`
+//! (resolved from the shapes to binary, sparse categorical or categorical accuracy, as Keras'
+//! `compile` does), `binary_accuracy` (with its `threshold`), `categorical_accuracy`,
+//! `sparse_categorical_accuracy`. Other metrics are reported by [`Metric::from_keras`] as
+//! unsupported.
+
+use serde_json::Value;
+
+use crate::error::{ConfigError, Error, ShapeError};
+use crate::float::Float;
+use crate::layers::rnn::Mask;
+use crate::tensor::Tensor;
+
+/// What a metric computes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MetricFn {
+    /// `mean(|y − ŷ|)` over the last axis.
+    MeanAbsoluteError,
+    /// `mean((y − ŷ)²)` over the last axis.
+    MeanSquaredError,
+    /// `100 · mean(|y − ŷ| / max(|y|, 1e-7))` over the last axis.
+    MeanAbsolutePercentageError,
+    /// `mean((log(max(ŷ, 1e-7) + 1) − log(max(y, 1e-7) + 1))²)` over the last axis.
+    MeanSquaredLogarithmicError,
+    /// Keras' `"accuracy"`/`"acc"`: binary, sparse categorical or categorical accuracy, picked
+    /// from the shapes of the targets and outputs when the metric first sees them.
+    Accuracy,
+    /// `ŷ > threshold` equals `y`, per entry.
+    BinaryAccuracy {
+        /// Keras default 0.5.
+        threshold: f64,
+    },
+    /// The arg-max of `ŷ` equals the arg-max of the one-hot `y`.
+    CategoricalAccuracy,
+    /// The arg-max of `ŷ` equals the class index `y`.
+    SparseCategoricalAccuracy,
+}
+
+/// One compiled metric: its history name and what it computes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Metric {
+    /// The name in the history (`"mae"`, `"accuracy"`, …; `val_` is prefixed for validation):
+    /// the string the metric was compiled with, or a metric object's `name`.
+    pub name: String,
+    /// The function.
+    pub function: MetricFn,
+}
+
+impl Metric {
+    /// A metric by the names `keras.metrics.get` knows (case-sensitive, as Keras), with the name
+    /// as its history key; `"accuracy"` and `"acc"` (any case) are resolved later from the shapes.
+    ///
+    /// ```
+    /// use grucell::train::metrics::{Metric, MetricFn};
+    /// assert_eq!(Metric::from_name("mae")?.function, MetricFn::MeanAbsoluteError);
+    /// assert_eq!(Metric::from_name("acc")?.function, MetricFn::Accuracy);
+    /// assert!(Metric::from_name("AUC").is_err());
+    /// # Ok::<(), grucell::ConfigError>(())
+    /// ```
+    pub fn from_name(name: &str) -> Result<Metric, ConfigError> {
+        let function = match name {
+            _ if ["accuracy", "acc"].contains(&name.to_lowercase().as_str()) => MetricFn::Accuracy,
+            "mae" | "MAE" | "mean_absolute_error" | "MeanAbsoluteError" => {
+                MetricFn::MeanAbsoluteError
+            }
+            "mse" | "MSE" | "mean_squared_error" | "MeanSquaredError" => MetricFn::MeanSquaredError,
+            "mape" | "MAPE" | "mean_absolute_percentage_error" | "MeanAbsolutePercentageError" => {
+                MetricFn::MeanAbsolutePercentageError
+            }
+            "msle" | "MSLE" | "mean_squared_logarithmic_error" | "MeanSquaredLogarithmicError" => {
+                MetricFn::MeanSquaredLogarithmicError
+            }
+            "binary_accuracy" | "BinaryAccuracy" => MetricFn::BinaryAccuracy { threshold: 0.5 },
+            "categorical_accuracy" | "CategoricalAccuracy" => MetricFn::CategoricalAccuracy,
+            "sparse_categorical_accuracy" | "SparseCategoricalAccuracy" => {
+                MetricFn::SparseCategoricalAccuracy
+            }
+            other => {
+                return Err(ConfigError::unsupported(
+                    "metric",
+                    format!(
+                        "`{other}` is not computed by grucell (supported: mae, mse, mape, msle, \
+                         accuracy, binary_accuracy, categorical_accuracy, \
+                         sparse_categorical_accuracy)"
+                    ),
+                ))
+            }
+        };
+        Ok(Metric {
+            name: name.to_string(),
+            function,
+        })
+    }
+
+    /// A metric as a Keras compile config holds it: a name, or a serialized metric object
+    /// (`{"class_name": "BinaryAccuracy", "config": {"name": …, "threshold": …}}`), named by
+    /// its config's `name` as Keras names it.
+    pub fn from_keras(v: &Value) -> Result<Metric, ConfigError> {
+        match v {
+            Value::String(s) => Metric::from_name(s),
+            Value::Object(o) => {
+                let class = o.get("class_name").and_then(Value::as_str).unwrap_or("");
+                let config = o.get("config");
+                let name = config
+                    .and_then(|c| c.get("name"))
+                    .and_then(Value::as_str)
+                    .unwrap_or(class);
+                // TF-Keras 2 saves compiled metrics as wrappers of a named function.
+                if class == "MeanMetricWrapper" {
+                    if let Some(f) = config.and_then(|c| c.get("fn")).and_then(Value::as_str) {
+                        let mut m = Metric::from_name(f)?;
+                        m.name = name.to_string();
+                        return Ok(m);
+                    }
+                }
+                // A metric class named "Accuracy" is Keras' exact-equality metric, not the
+                // string's shape-resolved accuracy.
+                if class == "Accuracy" {
+                    return Err(ConfigError::unsupported(
+                        "metric",
+                        "`Accuracy` (the exact-equality metric) is not computed by grucell",
+                    ));
+                }
+                let mut m = Metric::from_name(class)?;
+                if let MetricFn::BinaryAccuracy { threshold } = &mut m.function {
+                    if let Some(t) = config.and_then(|c| c.get("threshold")) {
+                        *threshold = t.as_f64().ok_or_else(|| {
+                            ConfigError::invalid("BinaryAccuracy.threshold", t, "a number")
+                        })?;
+                    }
+                }
+                m.name = name.to_string();
+                Ok(m)
+            }
+            other => Err(ConfigError::invalid(
+                "metric",
+                other,
+                "a metric name or a serialized Keras metric",
+            )),
+        }
+    }
+
+    /// This metric with `Accuracy` resolved for targets of shape `y_true` and outputs of shape
+    /// `y_pred`, as Keras' `is_binary_or_sparse_categorical`.
+    pub fn resolved(&self, y_true: &[usize], y_pred: &[usize]) -> Metric {
+        let function = match self.function {
+            MetricFn::Accuracy => {
+                let (t_last, p_last) = (y_true.last().copied(), y_pred.last().copied());
+                if p_last == Some(1) {
+                    MetricFn::BinaryAccuracy { threshold: 0.5 }
+                } else if y_true.len() < y_pred.len()
+                    || (t_last == Some(1) && p_last.is_some_and(|p| p > 1))
+                {
+                    MetricFn::SparseCategoricalAccuracy
+                } else {
+                    MetricFn::CategoricalAccuracy
+                }
+            }
+            f => f,
+        };
+        Metric {
+            name: self.name.clone(),
+            function,
+        }
+    }
+}
+
+/// The running state of one metric: Keras' `Mean` with its `total` and `count`.
+#[derive(Clone, Debug)]
+pub(crate) struct MetricState<T> {
+    pub(crate) metric: Metric,
+    /// Takes the sample weights (a `weighted_metrics` entry).
+    pub(crate) weighted: bool,
+    resolved: Option<MetricFn>,
+    total: T,
+    count: T,
+}
+
+impl<T: Float> MetricState<T> {
+    pub(crate) fn new(metric: Metric, weighted: bool) -> Self {
+        MetricState {
+            metric,
+            weighted,
+            resolved: None,
+            total: T::zero(),
+            count: T::zero(),
+        }
+    }
+
+    /// `reset_state`.
+    pub(crate) fn reset(&mut self) {
+        self.total = T::zero();
+        self.count = T::zero();
+    }
+
+    /// `result`: `total / count`, 0 when nothing was counted (`divide_no_nan`).
+    pub(crate) fn result(&self) -> f64 {
+        if self.count == T::zero() {
+            0.0
+        } else {
+            (self.total / self.count).f64()
+        }
+    }
+
+    /// `update_state(y_true, y_pred, sample_weight)` for one batch. `sample_weight` holds one
+    /// weight per loss term (per sample, or per sample and step), as the loss takes them; it is
+    /// used by weighted metrics only. `mask` is the output's mask (sequence outputs).
+    pub(crate) fn update(
+        &mut self,
+        y_true: &Tensor<T>,
+        y_pred: &Tensor<T>,
+        mask: Option<&Mask>,
+        sample_weight: Option<&[T]>,
+    ) -> Result<(), Error> {
+        let function = match self.resolved {
+            Some(f) => f,
+            None => {
+                let f = self
+                    .metric
+                    .resolved(y_true.shape(), y_pred.shape())
+                    .function;
+                self.resolved = Some(f);
+                f
+            }
+        };
+        let values = metric_values(function, &self.metric.name, y_true, y_pred)?;
+        let n = y_pred.shape().first().copied().unwrap_or(1).max(1);
+        let per = values.len() / n;
+        // Weights per sample: none, one, or one per step (mask and/or step weights).
+        let mask = mask.filter(|m| y_pred.shape().len() == 3 && m.data.len() == n * m.time);
+        let sw = sample_weight.filter(|_| self.weighted);
+        if mask.is_none() && sw.is_none() {
+            for v in values.chunks(per.max(1)) {
+                self.total += mean(v);
+            }
+            self.count += T::of(n as f64);
+            return Ok(());
+        }
+        let steps = mask.map(|m| m.time);
+        let sw_per = sw.map_or(1, |w| w.len() / n);
+        // The weights' own layout: per step where the mask or the weights are.
+        let w_per = steps.unwrap_or(sw_per).max(sw_per).max(1);
+        if per % w_per != 0 || sw.is_some_and(|w| w.len() != n * sw_per) {
+            return Err(ShapeError::mismatch(
+                format!("metric `{}` weights", self.metric.name),
+                [sw.map_or(0, <[T]>::len)].as_slice(),
+                format!("{n} samples of {w_per} weights for {per} values each"),
+            )
+            .into());
+        }
+        let each = per / w_per;
+        for s in 0..n {
+            let (mut vw, mut ws) = (T::zero(), T::zero());
+            for j in 0..w_per {
+                let mut w = T::one();
+                if let Some(m) = mask {
+                    let t = j * m.time / w_per;
+                    if !m.data[s * m.time + t] {
+                        w = T::zero();
+                    }
+                }
+                if let Some(sw) = sw {
+                    w *= sw[s * sw_per + j * sw_per / w_per];
+                }
+                for v in &values[(s * w_per + j) * each..(s * w_per + j + 1) * each] {
+                    vw += *v * w;
+                    ws += w;
+                }
+            }
+            let size = T::of(per as f64);
+            self.total += vw / size;
+            self.count += ws / size;
+        }
+        Ok(())
+    }
+}
+
+fn mean<T: Float>(v: &[T]) -> T {
+    let mut s = T::zero();
+    for x in v {
+        s += *x;
+    }
+    s / T::of(v.len().max(1) as f64)
+}
+
+/// The metric function's result, flattened: one value per row of `y_pred` (all axes but the
+/// last), or per entry for binary accuracy.
+fn metric_values<T: Float>(
+    f: MetricFn,
+    name: &str,
+    y_true: &Tensor<T>,
+    y_pred: &Tensor<T>,
+) -> Result<Vec<T>, Error> {
+    let shape = y_pred.shape();
+    let last = shape.last().copied().unwrap_or(1).max(1);
+    let rows = y_pred.len() / last;
+    let (t, p) = (y_true.data(), y_pred.data());
+    let mismatch = |want: String| -> Error {
+        ShapeError::mismatch(format!("metric `{name}` targets"), y_true.shape(), want).into()
+    };
+    let sparse = matches!(f, MetricFn::SparseCategoricalAccuracy);
+    if sparse {
+        if y_true.len() != rows {
+            return Err(mismatch(format!(
+                "one class index per row of the output {shape:?}"
+            )));
+        }
+    } else if y_true.len() != y_pred.len() {
+        return Err(mismatch(format!("the output's shape {shape:?}")));
+    }
+    let per_row = |g: &dyn Fn(T, T) -> T| -> Vec<T> {
+        (0..rows)
+            .map(|r| {
+                let mut s = T::zero();
+                for j in r * last..(r + 1) * last {
+                    s += g(t[j], p[j]);
+                }
+                s / T::of(last as f64)
+            })
+            .collect()
+    };
+    let eps = T::of(1e-7);
+    let argmax = |v: &[T]| -> usize {
+        let mut best = 0;
+        for (i, x) in v.iter().enumerate() {
+            if *x > v[best] {
+                best = i;
+            }
+        }
+        best
+    };
+    Ok(match f {
+        MetricFn::MeanAbsoluteError => per_row(&|a, b| (a - b).abs()),
+        MetricFn::MeanSquaredError => per_row(&|a, b| (a - b) * (a - b)),
+        MetricFn::MeanAbsolutePercentageError => per_row(&|a, b| {
+            let d = ((a - b) / a.abs().max(eps)).abs();
+            d * T::of(100.0)
+        }),
+        MetricFn::MeanSquaredLogarithmicError => per_row(&|a, b| {
+            let d = (b.max(eps) + T::one()).ln() - (a.max(eps) + T::one()).ln();
+            d * d
+        }),
+        MetricFn::BinaryAccuracy { threshold } => {
+            let th = T::of(threshold);
+            t.iter()
+                .zip(p)
+                .map(|(a, b)| {
+                    let hit = if *b > th { T::one() } else { T::zero() };
+                    if hit == *a {
+                        T::one()
+                    } else {
+                        T::zero()
+                    }
+                })
+                .collect()
+        }
+        MetricFn::CategoricalAccuracy => (0..rows)
+            .map(|r| {
+                let same =
+                    argmax(&t[r * last..(r + 1) * last]) == argmax(&p[r * last..(r + 1) * last]);
+                if same {
+                    T::one()
+                } else {
+                    T::zero()
+                }
+            })
+            .collect(),
+        MetricFn::SparseCategoricalAccuracy => (0..rows)
+            .map(|r| {
+                let class = T::of(argmax(&p[r * last..(r + 1) * last]) as f64);
+                if class == t[r] {
+                    T::one()
+                } else {
+                    T::zero()
+                }
+            })
+            .collect(),
+        MetricFn::Accuracy => {
+            return Err(ConfigError::invalid(
+                "metric",
+                name,
+                "an accuracy resolved from the shapes before use",
+            )
+            .into())
+        }
+    })
+}
+
+/// The metrics of one `fit` or `evaluate` call, with the names Keras gives them in its logs:
+/// `metrics` first, then `weighted_metrics`; a repeated name gets `_1`, `_2`, … (a weighted
+/// one `weighted_` first), as Keras' `CompileMetrics.result`.
+#[derive(Clone, Debug)]
+pub(crate) struct MetricSet<T> {
+    states: Vec<MetricState<T>>,
+    names: Vec<String>,
+}
+
+impl<T: Float> MetricSet<T> {
+    pub(crate) fn new(metrics: &[Metric], weighted: &[Metric]) -> Self {
+        let mut seen: std::collections::HashMap<String, usize> = Default::default();
+        let mut unique = |name: String| -> String {
+            match seen.get_mut(&name) {
+                None => {
+                    seen.insert(name.clone(), 1);
+                    name
+                }
+                Some(k) => {
+                    let n = format!("{name}_{k}");
+                    *k += 1;
+                    n
+                }
+            }
+        };
+        let mut states = Vec::new();
+        let mut names = Vec::new();
+        for m in metrics {
+            names.push(unique(m.name.clone()));
+            states.push(MetricState::new(m.clone(), false));
+        }
+        for m in weighted {
+            let name = if names.contains(&m.name) {
+                unique(format!("weighted_{}", m.name))
+            } else {
+                unique(m.name.clone())
+            };
+            names.push(name);
+            states.push(MetricState::new(m.clone(), true));
+        }
+        MetricSet { states, names }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
+    pub(crate) fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.states.iter_mut().for_each(MetricState::reset);
+    }
+
+    /// Every metric's `update_state` with one batch of a single-output model.
+    pub(crate) fn update(
+        &mut self,
+        y_true: &Tensor<T>,
+        output: &(Tensor<T>, Option<Mask>),
+        sample_weight: Option<&[T]>,
+    ) -> Result<(), Error> {
+        for s in &mut self.states {
+            s.update(y_true, &output.0, output.1.as_ref(), sample_weight)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn results(&self) -> Vec<f64> {
+        self.states.iter().map(MetricState::result).collect()
+    }
+}
