@@ -173,19 +173,39 @@ fn assert_history_like_keras(stdout: &str, name: &str, epochs: usize) {
     };
     let close = |got: f64, want: f64, what: &str| {
         assert!(
-            (got - want).abs() < 1e-5 * want.abs(),
+            (got - want).abs() <= 1e-5 * want.abs().max(1e-3),
             "{name}: {what}: {got} vs Keras {want}\n{stdout}"
         );
     };
+    // Every column of the printed table (its header names them) is Keras' history entry of
+    // that name; a validation column's values are those of the validated epochs in order.
+    let header: Vec<&str> = stdout
+        .lines()
+        .find(|l| l.starts_with("epoch\t"))
+        .unwrap()
+        .split('\t')
+        .collect();
+    let keras = case["history"].as_object().unwrap();
+    assert_eq!(header.len(), keras.len() + 1, "{name}: columns\n{stdout}");
+    let val_col = header.iter().position(|c| *c == "val_loss");
     let mut validated = 0;
     for (e, row) in h.iter().enumerate() {
         assert_eq!(row[0], numbers[e], "{stdout}");
-        close(row[1], case["history"]["loss"][e].as_f64().unwrap(), "loss");
-        if let Some(&v) = row.get(2).filter(|v| !v.is_nan()) {
-            let want = case["history"]["val_loss"][validated].as_f64().unwrap();
-            close(v, want, "val_loss");
-            validated += 1;
+        let is_val = val_col.is_some_and(|c| !row[c].is_nan());
+        for (col, key) in header.iter().enumerate().skip(1) {
+            let got = row[col];
+            let want = &keras[*key];
+            if key.starts_with("val_") {
+                if is_val {
+                    close(got, want[validated].as_f64().unwrap(), key);
+                } else {
+                    assert!(got.is_nan(), "{name}: {key} of epoch {}\n{stdout}", e + 1);
+                }
+            } else {
+                close(got, want[e].as_f64().unwrap(), key);
+            }
         }
+        validated += usize::from(is_val);
     }
     let want_val = case["history"]
         .get("val_loss")
@@ -460,6 +480,55 @@ fn fits_with_keras_epoch_options_like_keras() {
     }
 }
 
+/// A model compiled with metrics reports them as Keras does: training and validation columns
+/// in the history, the weighted ones with `--sample-weight`.
+#[test]
+fn fits_with_compiled_metrics_like_keras() {
+    let dir = Scratch::new("metrics");
+    let fx = root().join("tests/fixtures/fit");
+    let npz = fx.join("metrics_binary.npz");
+    let (xp, yp, _) = arrays(&npz, "input_0", "target_0", &dir, |_| {});
+    let a = read_npz(&npz).unwrap();
+    let w = a
+        .iter()
+        .find(|(n, _)| n == "sample_weight")
+        .unwrap()
+        .1
+        .to_f32();
+    let wp = dir.path("w.npy");
+    write_npy(&wp, &w).unwrap();
+    let rest = [
+        "--no-shuffle",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "3",
+        "--validation-split",
+        "0.25",
+        "--sample-weight",
+        s(&wp),
+    ];
+    let out = dir.path("binary.keras");
+    let o = fit(&fx.join("metrics_binary.keras"), &xp, &yp, &out, &rest);
+    assert_history_like_keras(&success_stdout(&o), "metrics_binary", 3);
+    let npz = fx.join("metrics_categorical.npz");
+    let (xp, yp, _) = arrays(&npz, "input_0", "target_0", &dir, |_| {});
+    let rest = [
+        "--no-shuffle",
+        "--batch-size",
+        "5",
+        "--epochs",
+        "3",
+        "--validation-split",
+        "0.25",
+        "--validation-freq",
+        "2",
+    ];
+    let out = dir.path("categorical.keras");
+    let o = fit(&fx.join("metrics_categorical.keras"), &xp, &yp, &out, &rest);
+    assert_history_like_keras(&success_stdout(&o), "metrics_categorical", 3);
+}
+
 /// `--validation-x/--validation-y` (Keras' `validation_data`): the last quarter of the
 /// `class_onehot` samples given as validation data gives the history Keras reported for
 /// `validation_split=0.25` on all of them. Half of the pair, or both with --validation-split,
@@ -667,8 +736,9 @@ fn evaluates_like_keras() {
     let value = |o: &Output| -> f64 {
         let stdout = success_stdout(o);
         stdout
-            .trim()
-            .strip_prefix("loss\t")
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("loss\t"))
             .unwrap()
             .parse()
             .unwrap()
@@ -692,16 +762,22 @@ fn evaluates_like_keras() {
         ])),
         "eval_weighted",
     );
-    // Compiled metrics are not computed, and the user is told so.
+    // Compiled metrics grucell computes are printed after the loss; others are named in a
+    // warning and left out.
     let mut with_metrics = load_model::<f32>(&model).unwrap();
-    with_metrics.compile_config.as_mut().unwrap()["metrics"] = serde_json::json!(["mae"]);
+    with_metrics.compile_config.as_mut().unwrap()["metrics"] = serde_json::json!(["mae", "AUC"]);
     let mp = dir.path("metrics.keras");
     grucell::io::keras::write::save_model(&with_metrics, &mp).unwrap();
     let o = evaluate(&mp, &xp, &yp, &["--batch-size", "3"]);
-    close(value(&o), "eval");
+    let stdout = success_stdout(&o);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines.len() == 2 && lines[1].starts_with("mae\t"),
+        "{stdout}"
+    );
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
-        stderr.contains("compiled with metrics [mae]; grucell computes the loss only"),
+        stderr.contains("compiled metrics `AUC`") && stderr.contains("left out"),
         "{stderr}"
     );
     let o = run(&["--batch-size", "3", "--json"]);

@@ -5,7 +5,9 @@
 //! Keras' `evaluate(x, y, batch_size, sample_weight)` computes it: in inference mode, batch by
 //! batch, each batch's loss (regularization penalties included) weighted by its size. Stateful
 //! layers start from zeros (as after Keras' `load_model`) and carry their states through the
-//! batches, which then must all have the model's batch size.
+//! batches, which then must all have the model's batch size. The model's compiled metrics that
+//! grucell computes are printed after the loss (`metrics` unweighted, `weighted_metrics` with
+//! the sample weights), as Keras' `evaluate(..., return_dict=True)` reports them.
 
 use std::path::PathBuf;
 
@@ -45,8 +47,8 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub threads: usize,
-    /// Print one JSON object (`{"loss": …, "samples": …, "batch_size": …}`) instead of
-    /// `loss<TAB>value`.
+    /// Print one JSON object (`{"loss": …, "samples": …, "batch_size": …, "metrics": {…}}`)
+    /// instead of `NAME<TAB>value` lines (the loss, then each compiled metric).
     #[arg(long)]
     pub json: bool,
 }
@@ -66,28 +68,40 @@ pub fn run(args: &Args) -> Result<()> {
 
 fn evaluate<T: Float>(args: &Args, mut model: Model<T>) -> Result<()> {
     model.set_threads(args.threads);
-    super::warn_uncomputed_metrics(&model, &format!("--model {}", args.model.display()));
+    let (metrics, weighted_metrics) =
+        super::compiled_metrics(&model, &format!("--model {}", args.model.display()));
     let loss = loss_of(&model, args.loss.as_deref(), &args.model)?;
     let x = read_arrays::<T>(&args.x, "--x")?;
     let y = read_arrays::<T>(&args.y, "--y")?;
     let batch_size = args
         .batch_size
         .unwrap_or_else(|| default_batch_size(&model));
-    let value = match &args.sample_weight {
-        Some(p) => {
-            let w = read_sample_weight(p, "--sample-weight")?;
-            model.evaluate_weighted(&x, &y, &w, &loss, batch_size)?
-        }
-        None => model.evaluate(&x, &y, &loss, batch_size)?,
-    };
+    let weights = args
+        .sample_weight
+        .as_deref()
+        .map(|p| read_sample_weight(p, "--sample-weight"))
+        .transpose()?;
+    let e = model.evaluate_with_metrics(
+        &x,
+        &y,
+        &loss,
+        batch_size,
+        weights.as_ref(),
+        &metrics,
+        &weighted_metrics,
+    )?;
     if args.json {
         let samples = x.first().and_then(|t| t.shape().first().copied());
-        println!(
-            "{}",
-            json!({"loss": value, "samples": samples, "batch_size": batch_size})
-        );
+        let mut out = json!({"loss": e.loss, "samples": samples, "batch_size": batch_size});
+        for (name, v) in &e.metrics {
+            out["metrics"][name] = json!(v);
+        }
+        println!("{out}");
     } else {
-        println!("loss\t{value}");
+        println!("loss\t{}", e.loss);
+        for (name, v) in &e.metrics {
+            println!("{name}\t{v}");
+        }
     }
     Ok(())
 }

@@ -287,7 +287,8 @@ fn train<T: Float>(
     out: OutKind,
 ) -> Result<()> {
     model.set_threads(args.threads);
-    super::warn_uncomputed_metrics(&model, &format!("--model {}", args.model.display()));
+    let (metrics, weighted_metrics) =
+        super::compiled_metrics(&model, &format!("--model {}", args.model.display()));
     // A model no Keras 3 file can hold fails now, not after training.
     grucell::io::keras::write::model_config_json(&model).with_context(|| {
         format!(
@@ -377,6 +378,8 @@ fn train<T: Float>(
             (Some(e), _) => ValidationFreq::Epochs(e.clone()),
             (None, n) => ValidationFreq::Every(n.unwrap_or(1)),
         },
+        metrics,
+        weighted_metrics,
     };
     let history = model.fit(&x, &y, &loss, &mut optimizer, &cfg, validation)?;
 

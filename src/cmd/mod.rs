@@ -41,27 +41,18 @@ pub fn object_name(v: &serde_json::Value) -> String {
     }
 }
 
-/// Warns (stderr) that the metrics in the model's compile config are not computed: `fit` and
-/// `evaluate` report the loss only (a saved model keeps the metrics in its compile config).
-pub fn warn_uncomputed_metrics<T: grucell::Float>(
+/// The model's compiled metrics that grucell computes (`metrics`, `weighted_metrics`); a
+/// warning on stderr names each one it does not.
+pub fn compiled_metrics<T: grucell::Float>(
     model: &grucell::layers::model::Model<T>,
     shown: &str,
+) -> (
+    Vec<grucell::train::metrics::Metric>,
+    Vec<grucell::train::metrics::Metric>,
 ) {
-    let Some(serde_json::Value::Object(c)) = &model.compile_config else {
-        return;
-    };
-    for key in ["metrics", "weighted_metrics"] {
-        let listed = c.get(key).filter(|v| match v {
-            serde_json::Value::Null => false,
-            serde_json::Value::Array(a) => !a.is_empty(),
-            serde_json::Value::Object(o) => !o.is_empty(),
-            _ => true,
-        });
-        if let Some(m) = listed {
-            eprintln!(
-                "warning: {shown} is compiled with {key} {}; grucell computes the loss only",
-                object_name(m)
-            );
-        }
+    let c = model.compiled_metrics();
+    for u in &c.unsupported {
+        eprintln!("warning: {shown}: compiled {u}; it is left out");
     }
+    (c.metrics, c.weighted_metrics)
 }

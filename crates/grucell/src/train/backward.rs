@@ -117,8 +117,11 @@ pub struct LossAndGrads<T> {
     pub rows: Vec<Option<RowGrads<T>>>,
     /// The model's outputs of this call with their masks, kept when `fit` or `evaluate`
     /// compute metrics on them (empty otherwise).
-    pub(crate) outputs: Vec<(Tensor<T>, Option<Mask>)>,
+    pub(crate) outputs: Vec<ModelOutput<T>>,
 }
+
+/// One model output of a training or evaluation call, with its mask.
+pub(crate) type ModelOutput<T> = (Tensor<T>, Option<Mask>);
 
 fn cell_weight_names(use_bias: bool) -> &'static [&'static str] {
     if use_bias {
@@ -599,7 +602,7 @@ impl<T: Float> Model<T> {
         optimizer: &mut Optimizer<T>,
         rng: Option<&mut StdRng>,
         keep_outputs: bool,
-    ) -> Result<(T, Vec<(Tensor<T>, Option<Mask>)>), Error> {
+    ) -> Result<(T, Vec<ModelOutput<T>>), Error> {
         if let Some(w) = sample_weight {
             if let Some(i) = w.iter().position(|v| !v.is_finite()) {
                 return Err(ConfigError::invalid(
