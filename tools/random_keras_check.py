@@ -584,6 +584,7 @@ def check_multi(args, keras, layers, rng, pick, out):
 def check_fit(args, keras, layers, rng, pick, out):
     bad = unstable = unbuildable = 0
     with_schedule = with_ema = with_accumulation = with_scale = with_states = with_weights = with_class_weights = with_epoch_options = 0
+    with_metrics = metric_bad = 0
     drawn = {}  # loss name (and from_logits) -> count
     reg = lambda: pick([None, "l2", "l1", keras.regularizers.L1L2(0.01, 0.02)])  # noqa: E731
     con = lambda: pick([None, None, "non_neg", keras.constraints.MaxNorm(1.5),  # noqa: E731
@@ -763,7 +764,18 @@ def check_fit(args, keras, layers, rng, pick, out):
                "adamax": lambda: keras.optimizers.Adamax(lr.value(), **clip),
                "lion": lambda: keras.optimizers.Lion((lr / 10).value(), **clip),
                "adadelta": lambda: keras.optimizers.Adadelta((lr * 20).value(), **clip)}[opt_name]()
-        m.compile(optimizer=opt, loss=loss_obj)
+        # Keras' compiled metrics (those grucell computes), some weighted.
+        metric_names, weighted_names = [], []
+        if rng.random() < args.metrics:
+            if loss in ("sparse_categorical_crossentropy", "generalized_ce"):
+                pool = ["acc", "accuracy", "sparse_categorical_accuracy"]
+            else:
+                pool = ["mae", "mse", "msle", "mape", "acc", "binary_accuracy", "categorical_accuracy"]
+            metric_names = [str(v) for v in rng.choice(pool, size=int(rng.integers(1, 3)), replace=False)]
+            weighted_names = [str(v) for v in rng.choice(pool, size=int(rng.integers(0, 2)), replace=False)]
+        with_metrics += bool(metric_names)
+        m.compile(optimizer=opt, loss=loss_obj, metrics=metric_names or None,
+                  weighted_metrics=weighted_names or None)
         with_schedule += sched is not None
         with_ema += "use_ema" in clip
         with_accumulation += "gradient_accumulation_steps" in clip
@@ -829,7 +841,8 @@ def check_fit(args, keras, layers, rng, pick, out):
                 ep += kw["initial_epoch"]
         with_epoch_options += bool(kw)
         try:
-            m.fit(X, Y, batch_size=bs, epochs=ep, shuffle=False, verbose=0, sample_weight=sw, class_weight=cw, **kw)
+            hist = m.fit(X, Y, batch_size=bs, epochs=ep, shuffle=False, verbose=0, sample_weight=sw, class_weight=cw,
+                         **kw).history
         except Exception as e:  # a draw Keras builds but cannot train (a shape it checks late)
             unbuildable += 1
             print(f"model {i}: skipped, Keras cannot fit it: {str(e).splitlines()[0][:120]}", flush=True)
@@ -841,12 +854,19 @@ def check_fit(args, keras, layers, rng, pick, out):
         lname = loss if isinstance(loss_obj, str) else json.dumps(keras.saving.serialize_keras_object(loss_obj)["config"])
         label = (f"model {i} ({kind}{', stateful' if stateful else ''}, {opt_name} {clip}, {rate}, {loss} {lname}, act={act}, mask={mask}, emb={emb}, "
                  f"{dense.__class__.__name__})")
-        rc, _, err = run([args.grucell, "fit", "--model", str(out / "untrained.keras"),
-                          "--epochs", str(ep), "--output", str(out / "ours.keras"), *common, *first])
+        # With metrics, the history table is printed (not --quiet) and compared with Keras'.
+        shown = [a for a in common if a != "--quiet"] if metric_names else common
+        rc, table, err = run([args.grucell, "fit", "--model", str(out / "untrained.keras"),
+                              "--epochs", str(ep), "--output", str(out / "ours.keras"), *shown, *first])
         if rc != 0:
             bad += 1
             print(f"{label}: fit failed: {err.strip()[:200]}")
             continue
+        if metric_names:
+            off = metric_differences(table, hist)
+            if off:
+                metric_bad += 1
+                print(f"{label}: metrics {metric_names} weighted {weighted_names} differ: {off[:3]}")
         try:
             ours = keras.saving.load_model(out / "ours.keras")
         except Exception as why:  # grucell wrote a file Keras cannot load: a disagreement
@@ -917,11 +937,11 @@ def check_fit(args, keras, layers, rng, pick, out):
             print(f"{label}: fit {e:.2e}, continued {e2}, Keras warnings {skipped[:1]} "
                   f"{err.strip()[:200]} (Keras float32 vs float64: {ek:.2e})")
             keep(args, out, f"fit_{i}", m, dict(batch_size=bs, epochs=ep, class_weight=cw, **kw))
-    print(f"fit: {args.n} models, {bad} disagreements, {unstable} unstable (not counted), "
+    print(f"fit: {args.n} models, {bad} disagreements, {metric_bad} with compiled metrics differing (of {with_metrics} with metrics), {unstable} unstable (not counted), "
           f"{unbuildable} that Keras cannot build or fit (skipped); {with_schedule} with a learning-rate schedule, "
           f"{with_ema} with use_ema, {with_accumulation} with gradient accumulation, {with_scale} with "
           f"loss_scale_factor, {with_states} stateful, {with_weights} with sample weights, {with_class_weights} with class weights, {with_epoch_options} with steps_per_epoch (and initial_epoch); losses drawn: {dict(sorted(drawn.items()))}")
-    return bad
+    return bad + metric_bad
 
 
 def to_f64_config(v):
@@ -969,6 +989,33 @@ def weight_args(out, sw, cw):
     if cw is not None:
         return ["--class-weight", ",".join(f"{c}:{w!r}" for c, w in cw.items())]
     return []
+
+
+def metric_differences(table, hist):
+    """Where `grucell fit`'s printed history table differs from Keras' history (metric columns
+    only; the loss is compared through the weights): (column, epoch, grucell, Keras)."""
+    lines = [l.split("\t") for l in table.splitlines()]
+    header = next((l for l in lines if l and l[0] == "epoch"), None)
+    if header is None:
+        return [("no table", None, None, None)]
+    rows = [l for l in lines if l and l[0].isdigit()]
+    off = []
+    for c, key in enumerate(header):
+        if key in ("epoch", "loss", "val_loss"):
+            continue
+        want = hist.get(key)
+        if want is None:
+            off.append((key, None, "not in Keras", None))
+            continue
+        got = [float(r[c]) for r in rows if c < len(r) and r[c] != ""]
+        if len(got) != len(want):
+            off.append((key, None, len(got), len(want)))
+            continue
+        for e, (a, b) in enumerate(zip(got, want)):
+            if abs(a - b) > 1e-4 * max(1.0, abs(b)):
+                off.append((key, e + 1, a, b))
+    missing = [k for k in hist if k not in header]
+    return off + [(k, None, "missing", None) for k in missing]
 
 
 def epoch_args(kw):
@@ -1057,6 +1104,8 @@ def main():
                     help="predict, fit: the share of models whose recurrent layers are stateful")
     ap.add_argument("--class-weighted", type=float, default=0.15, metavar="P",
                     help="fit: the share of fits (of those without sample weights) with Keras' class_weight")
+    ap.add_argument("--metrics", type=float, default=0.3, metavar="P",
+                    help="fit: the share of models compiled with Keras metrics, compared with the history")
     ap.add_argument("--epoch-options", type=float, default=0.2, metavar="P",
                     help="fit: the share of fits with Keras' steps_per_epoch (half of them also with initial_epoch)")
     ap.add_argument("--weighted", type=float, default=0.2, metavar="P",
