@@ -821,6 +821,49 @@ fn evaluates_like_keras() {
     );
 }
 
+/// A TF-Keras 2 `.h5` compiled with metrics (function wrappers, a metric object, a weighted
+/// metric): `grucell evaluate` prints TF-Keras' values, with and without sample weights.
+#[test]
+fn evaluates_tf_keras_2_metrics_like_tf_keras() {
+    let dir = Scratch::new("evaluate-tfk");
+    let fx = root().join("tests/fixtures/tfkeras");
+    let npz = fx.join("eval_metrics.npz");
+    let (xp, yp, _) = arrays(&npz, "input_0", "target_0", &dir, |_| {});
+    let a = read_npz(&npz).unwrap();
+    let get = |k: &str| a.iter().find(|(n, _)| n == k).unwrap().1.to_f64().data()[0];
+    let wp = dir.path("w.npy");
+    let w = a
+        .iter()
+        .find(|(n, _)| n == "sample_weight")
+        .unwrap()
+        .1
+        .to_f32();
+    write_npy(&wp, &w).unwrap();
+    let model = fx.join("eval_metrics.h5");
+    for (rest, prefix) in [
+        (&["--batch-size", "4"][..], "eval_"),
+        (
+            &["--batch-size", "4", "--sample-weight", s(&wp)],
+            "eval_weighted_",
+        ),
+    ] {
+        let stdout = success_stdout(&evaluate(&model, &xp, &yp, rest));
+        let names: Vec<&str> = stdout
+            .lines()
+            .map(|l| l.split('\t').next().unwrap())
+            .collect();
+        assert_eq!(names, ["loss", "accuracy", "mae", "ba4", "mse"], "{stdout}");
+        for line in stdout.lines() {
+            let (name, v) = line.split_once('\t').unwrap();
+            let (got, want) = (v.parse::<f64>().unwrap(), get(&format!("{prefix}{name}")));
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs().max(1e-3),
+                "{prefix}{name}: {got} vs TF-Keras {want}"
+            );
+        }
+    }
+}
+
 #[test]
 fn missing_loss_is_an_error() {
     let dir = Scratch::new("noloss");
