@@ -503,6 +503,23 @@ fn keras_metrics_categorical_named_objects_and_validation_every_second_epoch() {
 }
 
 #[test]
+fn keras_precision_recall_and_rmse_ignore_the_output_mask() {
+    let (_, h) = check_keras_case("metrics_confusion");
+    let names: Vec<&str> = h.metrics.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "precision",
+            "recall",
+            "root_mean_squared_error",
+            "weighted_precision",
+            "rmse",
+            "weighted_recall"
+        ]
+    );
+}
+
+#[test]
 fn keras_class_weight_class_indices_with_an_absent_class() {
     check_keras_case("class_sparse");
 }

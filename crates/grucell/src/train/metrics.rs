@@ -12,8 +12,10 @@
 //! Supported: `mae`, `mse`, `mape`, `msle` (and their long and class names), `accuracy`/`acc`
 //! (resolved from the shapes to binary, sparse categorical or categorical accuracy, as Keras'
 //! `compile` does), `binary_accuracy` (with its `threshold`), `categorical_accuracy`,
-//! `sparse_categorical_accuracy`. Other metrics are reported by [`Metric::from_keras`] as
-//! unsupported.
+//! `sparse_categorical_accuracy`; and three metrics that are not mean wrappers and do not see the
+//! output mask, as in Keras: `root_mean_squared_error` (a weighted mean of squares, then its
+//! root), `precision` and `recall` (weighted confusion counts over the epoch, one threshold, no
+//! `top_k` or `class_id`). Other metrics are reported by [`Metric::from_keras`] as unsupported.
 
 use serde_json::Value;
 
@@ -45,6 +47,20 @@ pub enum MetricFn {
     CategoricalAccuracy,
     /// The arg-max of `ŷ` equals the class index `y`.
     SparseCategoricalAccuracy,
+    /// `sqrt` of the weighted mean of `(y − ŷ)²` over every entry (Keras' `RootMeanSquaredError`,
+    /// a plain `Mean`: the output mask does not apply).
+    RootMeanSquaredError,
+    /// True positives over predicted positives, `ŷ > threshold` against `y ≠ 0`, per entry,
+    /// counted over the epoch (the output mask does not apply).
+    Precision {
+        /// Keras default 0.5.
+        threshold: f64,
+    },
+    /// True positives over actual positives, as `Precision`.
+    Recall {
+        /// Keras default 0.5.
+        threshold: f64,
+    },
 }
 
 /// One compiled metric: its history name and what it computes.
@@ -86,13 +102,16 @@ impl Metric {
             "sparse_categorical_accuracy" | "SparseCategoricalAccuracy" => {
                 MetricFn::SparseCategoricalAccuracy
             }
+            "root_mean_squared_error" | "RootMeanSquaredError" => MetricFn::RootMeanSquaredError,
+            "precision" | "Precision" => MetricFn::Precision { threshold: 0.5 },
+            "recall" | "Recall" => MetricFn::Recall { threshold: 0.5 },
             other => {
                 return Err(ConfigError::unsupported(
                     "metric",
                     format!(
                         "`{other}` is not computed by grucell (supported: mae, mse, mape, msle, \
-                         accuracy, binary_accuracy, categorical_accuracy, \
-                         sparse_categorical_accuracy)"
+                         root_mean_squared_error, accuracy, binary_accuracy, \
+                         categorical_accuracy, sparse_categorical_accuracy, precision, recall)"
                     ),
                 ))
             }
@@ -133,12 +152,37 @@ impl Metric {
                     ));
                 }
                 let mut m = Metric::from_name(class)?;
-                if let MetricFn::BinaryAccuracy { threshold } = &mut m.function {
-                    if let Some(t) = config.and_then(|c| c.get("threshold")) {
-                        *threshold = t.as_f64().ok_or_else(|| {
-                            ConfigError::invalid("BinaryAccuracy.threshold", t, "a number")
-                        })?;
+                let setting = |k: &str| config.and_then(|c| c.get(k)).filter(|v| !v.is_null());
+                match &mut m.function {
+                    MetricFn::BinaryAccuracy { threshold } => {
+                        if let Some(t) = setting("threshold") {
+                            *threshold = t.as_f64().ok_or_else(|| {
+                                ConfigError::invalid("BinaryAccuracy.threshold", t, "a number")
+                            })?;
+                        }
                     }
+                    MetricFn::Precision { threshold } | MetricFn::Recall { threshold } => {
+                        if let Some(k) = ["top_k", "class_id"]
+                            .into_iter()
+                            .find(|k| setting(k).is_some())
+                        {
+                            return Err(ConfigError::unsupported(
+                                "metric",
+                                format!("`{class}` with `{k}` is not computed by grucell"),
+                            ));
+                        }
+                        if let Some(t) = setting("thresholds") {
+                            *threshold = t.as_f64().ok_or_else(|| {
+                                ConfigError::unsupported(
+                                    "metric",
+                                    format!(
+                                        "`{class}` with thresholds {t} (one number is computed)"
+                                    ),
+                                )
+                            })?;
+                        }
+                    }
+                    _ => {}
                 }
                 m.name = name.to_string();
                 Ok(m)
@@ -204,12 +248,17 @@ impl<T: Float> MetricState<T> {
         self.count = T::zero();
     }
 
-    /// `result`: `total / count`, 0 when nothing was counted (`divide_no_nan`).
+    /// `result`: `total / count`, 0 when nothing was counted (`divide_no_nan`); its square
+    /// root for `RootMeanSquaredError`.
     pub(crate) fn result(&self) -> f64 {
-        if self.count == T::zero() {
-            0.0
+        let r = if self.count == T::zero() {
+            T::zero()
         } else {
-            (self.total / self.count).f64()
+            self.total / self.count
+        };
+        match self.resolved {
+            Some(MetricFn::RootMeanSquaredError) => r.sqrt().f64(),
+            _ => r.f64(),
         }
     }
 
@@ -237,10 +286,17 @@ impl<T: Float> MetricState<T> {
         let values = metric_values(function, &self.metric.name, y_true, y_pred)?;
         let n = y_pred.shape().first().copied().unwrap_or(1).max(1);
         let per = values.len() / n;
-        // Weights per sample: none, one, or one per step (mask and/or step weights).
-        let mask = mask.filter(|m| y_pred.shape().len() == 3 && m.data.len() == n * m.time);
+        // Weights per sample: none, one, or one per step (mask and/or step weights). Keras'
+        // plain `Mean` and confusion-matrix metrics do not see the output mask.
+        let wrapper = !matches!(
+            function,
+            MetricFn::RootMeanSquaredError | MetricFn::Precision { .. } | MetricFn::Recall { .. }
+        );
+        let mask =
+            mask.filter(|m| wrapper && y_pred.shape().len() == 3 && m.data.len() == n * m.time);
         let sw = sample_weight.filter(|_| self.weighted);
-        if mask.is_none() && sw.is_none() {
+        let confusion = !wrapper && function != MetricFn::RootMeanSquaredError;
+        if mask.is_none() && sw.is_none() && !confusion {
             for v in values.chunks(per.max(1)) {
                 self.total += mean(v);
             }
@@ -260,6 +316,26 @@ impl<T: Float> MetricState<T> {
             .into());
         }
         let each = per / w_per;
+        if let MetricFn::Precision { threshold } | MetricFn::Recall { threshold } = function {
+            // Confusion counts: `total` true positives, `count` those plus the false positives
+            // (precision) or the false negatives (recall).
+            let th = T::of(threshold);
+            let precision = matches!(function, MetricFn::Precision { .. });
+            for (i, (&label, &pred)) in y_true.data().iter().zip(y_pred.data()).enumerate() {
+                let (s, j) = (i / per, (i % per) / each);
+                let w = sw.map_or(T::one(), |w| w[s * sw_per + j * sw_per / w_per]);
+                let (actual, predicted) = (label != T::zero(), pred > th);
+                if actual && predicted {
+                    self.total += w;
+                    self.count += w;
+                } else if (predicted && !actual && precision)
+                    || (actual && !predicted && !precision)
+                {
+                    self.count += w;
+                }
+            }
+            return Ok(());
+        }
         for s in 0..n {
             let (mut vw, mut ws) = (T::zero(), T::zero());
             for j in 0..w_per {
@@ -386,6 +462,13 @@ fn metric_values<T: Float>(
                 }
             })
             .collect(),
+        MetricFn::RootMeanSquaredError => t
+            .iter()
+            .zip(p)
+            .map(|(a, b)| (*b - *a) * (*b - *a))
+            .collect(),
+        // Counted in `update` from the entries themselves; one placeholder per entry.
+        MetricFn::Precision { .. } | MetricFn::Recall { .. } => vec![T::zero(); p.len()],
         MetricFn::Accuracy => {
             return Err(ConfigError::invalid(
                 "metric",
