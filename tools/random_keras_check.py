@@ -770,7 +770,8 @@ def check_fit(args, keras, layers, rng, pick, out):
             if loss in ("sparse_categorical_crossentropy", "generalized_ce"):
                 pool = ["acc", "accuracy", "sparse_categorical_accuracy"]
             else:
-                pool = ["mae", "mse", "msle", "mape", "acc", "binary_accuracy", "categorical_accuracy"]
+                pool = ["mae", "mse", "msle", "mape", "acc", "binary_accuracy", "categorical_accuracy",
+                        "root_mean_squared_error", "precision", "recall"]
             metric_names = [str(v) for v in rng.choice(pool, size=int(rng.integers(1, 3)), replace=False)]
             weighted_names = [str(v) for v in rng.choice(pool, size=int(rng.integers(0, 2)), replace=False)]
         with_metrics += bool(metric_names)

@@ -519,6 +519,31 @@ fn keras_precision_recall_and_rmse_ignore_the_output_mask() {
     );
 }
 
+/// A single output takes every metric of the compile config, however nested (Keras'
+/// `tree.flatten`: dicts by sorted key); what grucell does not compute, and a multi-output
+/// model's metrics, are listed as unsupported.
+#[test]
+fn compiled_metrics_are_flattened_and_unsupported_ones_listed() {
+    let mut model = gru_dense(3, 2, Activation::Linear, 1);
+    model.compile_config = Some(serde_json::json!({
+        "metrics": [["mae"], {"b": "mse", "a": {"class_name": "Recall", "config": {"name": "r", "thresholds": 0.2}}}],
+        "weighted_metrics": ["AUC", {"class_name": "Precision", "config": {"name": "p", "top_k": 2}}],
+    }));
+    let c = model.compiled_metrics();
+    let names: Vec<&str> = c.metrics.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["mae", "r", "mse"]);
+    assert_eq!(
+        c.metrics[1].function,
+        grucell::train::metrics::MetricFn::Recall { threshold: 0.2 }
+    );
+    assert!(c.weighted_metrics.is_empty());
+    assert_eq!(c.unsupported.len(), 2, "{c:?}");
+    assert!(
+        c.unsupported[0].contains("AUC") && c.unsupported[1].contains("top_k"),
+        "{c:?}"
+    );
+}
+
 #[test]
 fn keras_class_weight_class_indices_with_an_absent_class() {
     check_keras_case("class_sparse");

@@ -665,6 +665,21 @@ fn slice_all<T: Float>(
     ts.iter().map(|t| gather(t, &idx)).collect()
 }
 
+/// The leaves of a nested `metrics` entry (metric names and serialized metric objects), in
+/// Keras' `tree.flatten` order.
+fn flatten_metrics<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Array(a) => a.iter().for_each(|x| flatten_metrics(x, out)),
+        Value::Object(o) if !o.contains_key("class_name") => {
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            keys.into_iter().for_each(|k| flatten_metrics(&o[k], out));
+        }
+        Value::Null => {}
+        leaf => out.push(leaf),
+    }
+}
+
 /// Appends each metric's result to its history column (`prefix` + its name), making the column
 /// on first use.
 fn push_metrics<T: Float>(columns: &mut Vec<(String, Vec<f64>)>, set: &MetricSet<T>, prefix: &str) {
@@ -809,7 +824,7 @@ impl<T: Float> Model<T> {
 
     /// The `metrics` and `weighted_metrics` of the compile config (Keras 3's `compile_config`
     /// or TF-Keras 2's `training_config`): names, metric objects and TF-Keras' function
-    /// wrappers, listed flat or (for this single output) in a one-entry list or dict. What
+    /// wrappers, listed flat or nested (a single output takes them all, as in Keras). What
     /// grucell does not compute, or a multi-output model's metrics, is listed in `unsupported`,
     /// for the caller to report.
     pub fn compiled_metrics(&self) -> CompiledMetrics {
@@ -818,18 +833,10 @@ impl<T: Float> Model<T> {
             let Some(v) = self.compile_entry(&[key]) else {
                 continue;
             };
-            // One output's entry: a list of lists or a dict with one entry.
-            let single = match v {
-                Value::Array(a) if a.len() == 1 && a[0].is_array() => &a[0],
-                Value::Object(o) if o.len() == 1 && !o.contains_key("class_name") => {
-                    o.values().next().unwrap_or(v)
-                }
-                _ => v,
-            };
-            let items: Vec<&Value> = match single {
-                Value::Array(a) => a.iter().collect(),
-                one => vec![one],
-            };
+            // A single output takes every metric listed, however nested (Keras'
+            // `tree.flatten`: lists in order, dicts by sorted key).
+            let mut items = Vec::new();
+            flatten_metrics(v, &mut items);
             for item in items {
                 let shown = || match item {
                     Value::String(s) => s.clone(),
