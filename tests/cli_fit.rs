@@ -77,8 +77,7 @@ fn arrays(
     dir: &Scratch,
     edit_y: impl Fn(&mut Tensor<f32>),
 ) -> (PathBuf, PathBuf, Tensor<f32>) {
-    let a = read_npz(npz).unwrap();
-    let get = |k: &str| a.iter().find(|(n, _)| n == k).unwrap().1.to_f32();
+    let get = |k: &str| fixture_array(npz, k).cast::<f32>();
     let x = get(x_key);
     let mut y = get(y_key);
     edit_y(&mut y);
@@ -102,12 +101,10 @@ fn success_stdout(o: &Output) -> String {
 /// Writes the arrays `keys` of a fixture, split at sample `cut`, as `<key>.npy` (samples before
 /// `cut`) then `v<key>.npy` (the rest) in `dir`; returns the paths in that order.
 fn split_arrays(npz: &Path, keys: &[&str], cut: usize, dir: &Scratch) -> Vec<PathBuf> {
-    let a = read_npz(npz).unwrap();
-    let get = |k: &str| a.iter().find(|(n, _)| n == k).unwrap().1.to_f32();
     let mut paths = Vec::new();
     for (prefix, part) in [("", 0), ("v", 1)] {
         for k in keys {
-            let t = get(k);
+            let t = fixture_array(npz, k).cast::<f32>();
             let n = t.shape()[0];
             let (from, to) = if part == 0 { (0, cut) } else { (cut, n) };
             let p = dir.path(&format!("{prefix}{k}.npy"));
@@ -126,10 +123,26 @@ fn rows(t: &Tensor<f32>, from: usize, to: usize) -> Tensor<f32> {
     Tensor::new(shape, t.data()[from * row..to * row].to_vec()).unwrap()
 }
 
+/// Array `key` of a fixture `.npz`, in float64.
+fn fixture_array(npz: &Path, key: &str) -> Tensor<f64> {
+    let a = read_npz(npz).unwrap();
+    let found = a.iter().find(|(n, _)| n == key);
+    found
+        .unwrap_or_else(|| panic!("{}: no {key}", npz.display()))
+        .1
+        .to_f64()
+}
+
 /// The number of samples of array `key` of a fixture.
 fn fixture_rows(npz: &Path, key: &str) -> usize {
-    let a = read_npz(npz).unwrap();
-    a.iter().find(|(n, _)| n == key).unwrap().1.shape()[0]
+    fixture_array(npz, key).shape()[0]
+}
+
+/// Writes a fixture's `sample_weight` array as `w.npy` in `dir`; returns its path.
+fn fixture_weights(npz: &Path, dir: &Scratch) -> PathBuf {
+    let wp = dir.path("w.npy");
+    write_npy(&wp, &fixture_array(npz, "sample_weight").cast::<f32>()).unwrap();
+    wp
 }
 
 /// `epoch loss val_loss` rows of the printed history (an empty field, after an epoch not
@@ -235,13 +248,7 @@ fn fits_compiled_fixture_like_keras() {
     // the saved model loads and predicts what Keras' trained model predicts
     let m = load_model::<f32>(&out).unwrap();
     let p = m.predict(&[x]).unwrap();
-    let a = read_npz(&fx.join("basic.npz")).unwrap();
-    let want = a
-        .iter()
-        .find(|(n, _)| n == "pred_after")
-        .unwrap()
-        .1
-        .to_f32();
+    let want = fixture_array(&fx.join("basic.npz"), "pred_after").cast::<f32>();
     assert!(p[0].max_abs_diff(&want) < 2e-5);
     assert_eq!(
         m.compile_config.as_ref().unwrap()["optimizer"]["class_name"],
@@ -295,15 +302,7 @@ fn fits_with_sample_weights_like_keras() {
     let fx = root().join("tests/fixtures/fit");
     let npz = fx.join("weighted_split.npz");
     let (xp, yp, _) = arrays(&npz, "input_0", "target_0", &dir, |_| {});
-    let a = read_npz(&npz).unwrap();
-    let w = a
-        .iter()
-        .find(|(n, _)| n == "sample_weight")
-        .unwrap()
-        .1
-        .to_f32();
-    let (wp, bad) = (dir.path("w.npy"), dir.path("w2.npy"));
-    write_npy(&wp, &w).unwrap();
+    let (wp, bad) = (fixture_weights(&npz, &dir), dir.path("w2.npy"));
     write_npy(&bad, &Tensor::new(vec![10, 2], vec![1.0f32; 20]).unwrap()).unwrap();
     let out = dir.path("trained.keras");
     let model = fx.join("weighted_split.keras");
@@ -488,15 +487,7 @@ fn fits_with_compiled_metrics_like_keras() {
     let fx = root().join("tests/fixtures/fit");
     let npz = fx.join("metrics_binary.npz");
     let (xp, yp, _) = arrays(&npz, "input_0", "target_0", &dir, |_| {});
-    let a = read_npz(&npz).unwrap();
-    let w = a
-        .iter()
-        .find(|(n, _)| n == "sample_weight")
-        .unwrap()
-        .1
-        .to_f32();
-    let wp = dir.path("w.npy");
-    write_npy(&wp, &w).unwrap();
+    let wp = fixture_weights(&npz, &dir);
     let rest = [
         "--no-shuffle",
         "--batch-size",
@@ -727,10 +718,8 @@ fn evaluates_like_keras() {
     let fx = root().join("tests/fixtures/fit");
     let npz = fx.join("evaluate_weighted.npz");
     let (xp, yp, _) = arrays(&npz, "input_0", "target_0", &dir, |_| {});
-    let a = read_npz(&npz).unwrap();
-    let get = |k: &str| a.iter().find(|(n, _)| n == k).unwrap().1.to_f64();
-    let wp = dir.path("w.npy");
-    write_npy(&wp, &get("sample_weight").cast::<f32>()).unwrap();
+    let get = |k: &str| fixture_array(&npz, k);
+    let wp = fixture_weights(&npz, &dir);
     let model = fx.join("evaluate_weighted.keras");
     let run = |rest: &[&str]| evaluate(&model, &xp, &yp, rest);
     let value = |o: &Output| -> f64 {
@@ -829,16 +818,8 @@ fn evaluates_tf_keras_2_metrics_like_tf_keras() {
     let fx = root().join("tests/fixtures/tfkeras");
     let npz = fx.join("eval_metrics.npz");
     let (xp, yp, _) = arrays(&npz, "input_0", "target_0", &dir, |_| {});
-    let a = read_npz(&npz).unwrap();
-    let get = |k: &str| a.iter().find(|(n, _)| n == k).unwrap().1.to_f64().data()[0];
-    let wp = dir.path("w.npy");
-    let w = a
-        .iter()
-        .find(|(n, _)| n == "sample_weight")
-        .unwrap()
-        .1
-        .to_f32();
-    write_npy(&wp, &w).unwrap();
+    let get = |k: &str| fixture_array(&npz, k).data()[0];
+    let wp = fixture_weights(&npz, &dir);
     let model = fx.join("eval_metrics.h5");
     for (rest, prefix) in [
         (&["--batch-size", "4"][..], "eval_"),

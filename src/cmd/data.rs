@@ -9,6 +9,20 @@ use grucell::layers::model::Model;
 use grucell::train::loss::Loss;
 use grucell::{Float, Tensor};
 
+/// The model and arrays `fit` and `evaluate` read.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelData {
+    /// Keras model file (.keras or legacy .h5), or a .safetensors model written by grucell fit.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// Inputs (.npy), samples on axis 0; repeat once per model input.
+    #[arg(long, value_name = "X.npy", required = true)]
+    pub x: Vec<PathBuf>,
+    /// Targets (.npy), samples on axis 0; repeat once per model output.
+    #[arg(long, value_name = "Y.npy", required = true)]
+    pub y: Vec<PathBuf>,
+}
+
 /// Keras' default batch size (32), or the fixed input batch size of a stateful model, which
 /// takes batches of that size only.
 pub fn default_batch_size<T: Float>(model: &Model<T>) -> usize {

@@ -18,20 +18,16 @@ use grucell::layers::model::Model;
 use grucell::Float;
 use serde_json::json;
 
-use super::data::{at_least_one, default_batch_size, loss_of, read_arrays, read_sample_weight};
+use super::data::{
+    at_least_one, default_batch_size, loss_of, read_arrays, read_sample_weight, ModelData,
+};
 
 /// Arguments of `grucell evaluate`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// Keras model file (.keras or legacy .h5), or a .safetensors model written by grucell fit.
-    #[arg(long, value_name = "FILE")]
-    pub model: PathBuf,
-    /// Inputs (.npy), samples on axis 0; repeat once per model input.
-    #[arg(long, value_name = "X.npy", required = true)]
-    pub x: Vec<PathBuf>,
-    /// Targets (.npy), samples on axis 0; repeat once per model output.
-    #[arg(long, value_name = "Y.npy", required = true)]
-    pub y: Vec<PathBuf>,
+    /// The model and the data.
+    #[command(flatten)]
+    pub data: ModelData,
     /// Loss, by Keras name (as `grucell fit --loss`). Default: the model's compile config.
     #[arg(long, value_name = "NAME")]
     pub loss: Option<String>,
@@ -55,10 +51,15 @@ pub struct Args {
 
 /// Runs `grucell evaluate`.
 pub fn run(args: &Args) -> Result<()> {
-    let file = load_keras_file(&args.model)
-        .with_context(|| format!("loading --model {}", args.model.display()))?;
-    super::warn_reduced_precision(&file, &format!("--model {}", args.model.display()));
-    let building = || format!("cannot build the model in --model {}", args.model.display());
+    let file = load_keras_file(&args.data.model)
+        .with_context(|| format!("loading --model {}", args.data.model.display()))?;
+    super::warn_reduced_precision(&file, &format!("--model {}", args.data.model.display()));
+    let building = || {
+        format!(
+            "cannot build the model in --model {}",
+            args.data.model.display()
+        )
+    };
     if file_dtype(&file) == "float64" {
         evaluate::<f64>(args, model_from_file(&file).with_context(building)?)
     } else {
@@ -69,10 +70,10 @@ pub fn run(args: &Args) -> Result<()> {
 fn evaluate<T: Float>(args: &Args, mut model: Model<T>) -> Result<()> {
     model.set_threads(args.threads);
     let (metrics, weighted_metrics) =
-        super::compiled_metrics(&model, &format!("--model {}", args.model.display()));
-    let loss = loss_of(&model, args.loss.as_deref(), &args.model)?;
-    let x = read_arrays::<T>(&args.x, "--x")?;
-    let y = read_arrays::<T>(&args.y, "--y")?;
+        super::compiled_metrics(&model, &format!("--model {}", args.data.model.display()));
+    let loss = loss_of(&model, args.loss.as_deref(), &args.data.model)?;
+    let x = read_arrays::<T>(&args.data.x, "--x")?;
+    let y = read_arrays::<T>(&args.data.y, "--y")?;
     let batch_size = args
         .batch_size
         .unwrap_or_else(|| default_batch_size(&model));

@@ -24,7 +24,9 @@ use grucell::io::keras::load_keras_file;
 use grucell::io::keras::write::{save_model_with_optimizer, save_safetensors_model};
 use grucell::layers::model::Model;
 
-use super::data::{at_least_one, default_batch_size, loss_of, read_arrays, read_sample_weight};
+use super::data::{
+    at_least_one, default_batch_size, loss_of, read_arrays, read_sample_weight, ModelData,
+};
 use grucell::train::fit::{
     keras_compile_config, EarlyStopping, FitConfig, Monitor, Progress, ValidationFreq,
 };
@@ -40,15 +42,9 @@ use serde_json::Value;
 infinite loss or gradient) stops with an error naming the epoch and batch, and nothing is written."
 )]
 pub struct Args {
-    /// Keras model file (.keras or legacy .h5), or a .safetensors model written by grucell fit.
-    #[arg(long, value_name = "FILE")]
-    pub model: PathBuf,
-    /// Inputs (.npy), samples on axis 0; repeat once per model input.
-    #[arg(long, value_name = "X.npy", required = true)]
-    pub x: Vec<PathBuf>,
-    /// Targets (.npy), samples on axis 0; repeat once per model output.
-    #[arg(long, value_name = "Y.npy", required = true)]
-    pub y: Vec<PathBuf>,
+    /// The model and the data.
+    #[command(flatten)]
+    pub data: ModelData,
     /// Loss, by Keras name (mse, mae, huber, log_cosh, mape, msle, poisson, hinge, squared_hinge,
     /// categorical_hinge, kld, cosine_similarity, binary_crossentropy, categorical_crossentropy,
     /// sparse_categorical_crossentropy, binary_focal_crossentropy, categorical_focal_crossentropy,
@@ -172,7 +168,7 @@ fn check_output(args: &Args) -> Result<OutKind> {
             args.output.display()
         ),
     };
-    if !args.overwrite && same_file(&args.model, &args.output) {
+    if !args.overwrite && same_file(&args.data.model, &args.output) {
         bail!(
             "--output {} is the input model; pass --overwrite to replace it, or choose another file",
             args.output.display()
@@ -241,10 +237,15 @@ pub fn run(args: &Args) -> Result<()> {
         bail!("--threads {}: expected 1..=1024", args.threads);
     }
     let out = check_output(args)?;
-    let file = load_keras_file(&args.model)
-        .with_context(|| format!("loading --model {}", args.model.display()))?;
-    super::warn_reduced_precision(&file, &format!("--model {}", args.model.display()));
-    let building = || format!("cannot build the model in --model {}", args.model.display());
+    let file = load_keras_file(&args.data.model)
+        .with_context(|| format!("loading --model {}", args.data.model.display()))?;
+    super::warn_reduced_precision(&file, &format!("--model {}", args.data.model.display()));
+    let building = || {
+        format!(
+            "cannot build the model in --model {}",
+            args.data.model.display()
+        )
+    };
     let saved_opt = file.optimizer_variables();
     if file_dtype(&file) == "float64" {
         let model = model_from_file(&file).with_context(building)?;
@@ -262,7 +263,7 @@ fn restore_optimizer<T: Float>(
     optimizer: &mut Optimizer<T>,
     saved: &[&Tensor<f64>],
 ) -> Result<bool> {
-    let shown = args.model.display();
+    let shown = args.data.model.display();
     match optimizer
         .restore_keras_state(saved)
         .with_context(|| format!("restoring the optimizer state of --model {shown}"))?
@@ -288,18 +289,23 @@ fn train<T: Float>(
 ) -> Result<()> {
     model.set_threads(args.threads);
     let (metrics, weighted_metrics) =
-        super::compiled_metrics(&model, &format!("--model {}", args.model.display()));
+        super::compiled_metrics(&model, &format!("--model {}", args.data.model.display()));
     // A model no Keras 3 file can hold fails now, not after training.
     grucell::io::keras::write::model_config_json(&model).with_context(|| {
         format!(
             "--model {} cannot be saved after training",
-            args.model.display()
+            args.data.model.display()
         )
     })?;
     // The file's loss and optimizer are only read when the command line does not replace them,
     // so that one grucell cannot read does not stop a run that names its own.
-    let reading = || format!("reading the compile config of {}", args.model.display());
-    let loss = loss_of(&model, args.loss.as_deref(), &args.model)?;
+    let reading = || {
+        format!(
+            "reading the compile config of {}",
+            args.data.model.display()
+        )
+    };
+    let loss = loss_of(&model, args.loss.as_deref(), &args.data.model)?;
     let from_config_loss = args.loss.is_none();
     let compiled_opt = match &args.optimizer {
         Some(_) => None,
@@ -325,13 +331,13 @@ fn train<T: Float>(
     if from_config_opt && restore_optimizer(args, &mut optimizer, saved_opt)? && !args.quiet {
         println!(
             "restored the optimizer state of {} (iteration {})",
-            args.model.display(),
+            args.data.model.display(),
             optimizer.iterations()
         );
     }
 
-    let x = read_arrays::<T>(&args.x, "--x")?;
-    let y = read_arrays::<T>(&args.y, "--y")?;
+    let x = read_arrays::<T>(&args.data.x, "--x")?;
+    let y = read_arrays::<T>(&args.data.y, "--y")?;
     let val_x = read_arrays::<T>(&args.validation_x, "--validation-x")?;
     let val_y = read_arrays::<T>(&args.validation_y, "--validation-y")?;
     let validation = (!val_x.is_empty()).then_some((val_x.as_slice(), val_y.as_slice()));
