@@ -1,5 +1,5 @@
-//! What `fit` and `evaluate` share: reading the data arrays and sample weights, the default
-//! batch size and the loss to use.
+//! What `fit` and `evaluate` share: their model and data arguments, reading the arrays and sample
+//! weights, the default batch size, the loss and the compiled metrics to use.
 
 use std::path::{Path, PathBuf};
 
@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use grucell::io::npy::read_npy;
 use grucell::layers::model::Model;
 use grucell::train::loss::Loss;
+use grucell::train::metrics::Metric;
 use grucell::{Float, Tensor};
 
 /// The model and arrays `fit` and `evaluate` read.
@@ -78,4 +79,14 @@ pub fn loss_of<T: Float>(model: &Model<T>, flag: Option<&str>, path: &Path) -> R
                 )
             }),
     }
+}
+
+/// The model's compiled metrics that grucell computes (`metrics`, `weighted_metrics`); a
+/// warning on stderr names each one it does not.
+pub fn compiled_metrics<T: Float>(model: &Model<T>, shown: &str) -> (Vec<Metric>, Vec<Metric>) {
+    let c = model.compiled_metrics();
+    for u in &c.unsupported {
+        eprintln!("warning: {shown}: compiled {u}; it is left out");
+    }
+    (c.metrics, c.weighted_metrics)
 }

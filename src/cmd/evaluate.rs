@@ -19,7 +19,8 @@ use grucell::Float;
 use serde_json::json;
 
 use super::data::{
-    at_least_one, default_batch_size, loss_of, read_arrays, read_sample_weight, ModelData,
+    at_least_one, compiled_metrics, default_batch_size, loss_of, read_arrays, read_sample_weight,
+    ModelData,
 };
 
 /// Arguments of `grucell evaluate`.
@@ -70,7 +71,7 @@ pub fn run(args: &Args) -> Result<()> {
 fn evaluate<T: Float>(args: &Args, mut model: Model<T>) -> Result<()> {
     model.set_threads(args.threads);
     let (metrics, weighted_metrics) =
-        super::compiled_metrics(&model, &format!("--model {}", args.data.model.display()));
+        compiled_metrics(&model, &format!("--model {}", args.data.model.display()));
     let loss = loss_of(&model, args.loss.as_deref(), &args.data.model)?;
     let x = read_arrays::<T>(&args.data.x, "--x")?;
     let y = read_arrays::<T>(&args.data.y, "--y")?;

@@ -25,7 +25,8 @@ use grucell::io::keras::write::{save_model_with_optimizer, save_safetensors_mode
 use grucell::layers::model::Model;
 
 use super::data::{
-    at_least_one, default_batch_size, loss_of, read_arrays, read_sample_weight, ModelData,
+    at_least_one, compiled_metrics, default_batch_size, loss_of, read_arrays, read_sample_weight,
+    ModelData,
 };
 use grucell::train::fit::{
     keras_compile_config, EarlyStopping, FitConfig, Monitor, Progress, ValidationFreq,
@@ -289,7 +290,7 @@ fn train<T: Float>(
 ) -> Result<()> {
     model.set_threads(args.threads);
     let (metrics, weighted_metrics) =
-        super::compiled_metrics(&model, &format!("--model {}", args.data.model.display()));
+        compiled_metrics(&model, &format!("--model {}", args.data.model.display()));
     // A model no Keras 3 file can hold fails now, not after training.
     grucell::io::keras::write::model_config_json(&model).with_context(|| {
         format!(

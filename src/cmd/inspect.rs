@@ -8,8 +8,6 @@ use grucell::io::keras::load::{file_dtype, model_from_file};
 use grucell::io::keras::{load_keras_file, KerasFile};
 use grucell::Float;
 use serde_json::Value;
-
-use super::object_name;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -30,6 +28,22 @@ fn fmt_shape(s: &[Option<usize>]) -> String {
     match parts.as_slice() {
         [one] => format!("({one},)"),
         _ => format!("({})", parts.join(", ")),
+    }
+}
+
+/// A Keras object's name: a plain string, else its `class_name`, else compact JSON.
+fn object_name(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Object(o) => match o.get("class_name").and_then(Value::as_str) {
+            Some(c) => c.to_string(),
+            None => v.to_string(),
+        },
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(object_name).collect::<Vec<_>>().join(", ")
+        ),
+        other => other.to_string(),
     }
 }
 

@@ -22,37 +22,3 @@ pub fn warn_reduced_precision(file: &grucell::io::keras::KerasFile, shown: &str)
         );
     }
 }
-
-/// A Keras object's name (for messages): a plain string, else its `class_name`, else compact JSON.
-pub fn object_name(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Object(o) => {
-            match o.get("class_name").and_then(serde_json::Value::as_str) {
-                Some(c) => c.to_string(),
-                None => v.to_string(),
-            }
-        }
-        serde_json::Value::Array(items) => format!(
-            "[{}]",
-            items.iter().map(object_name).collect::<Vec<_>>().join(", ")
-        ),
-        other => other.to_string(),
-    }
-}
-
-/// The model's compiled metrics that grucell computes (`metrics`, `weighted_metrics`); a
-/// warning on stderr names each one it does not.
-pub fn compiled_metrics<T: grucell::Float>(
-    model: &grucell::layers::model::Model<T>,
-    shown: &str,
-) -> (
-    Vec<grucell::train::metrics::Metric>,
-    Vec<grucell::train::metrics::Metric>,
-) {
-    let c = model.compiled_metrics();
-    for u in &c.unsupported {
-        eprintln!("warning: {shown}: compiled {u}; it is left out");
-    }
-    (c.metrics, c.weighted_metrics)
-}
