@@ -519,6 +519,58 @@ fn keras_precision_recall_and_rmse_ignore_the_output_mask() {
     );
 }
 
+/// A model with two outputs: Keras' history tracks each output's loss (`a_loss`, `b_loss`, their
+/// `val_` forms; the total adds the regularizer), and so does evaluate.
+#[test]
+fn keras_multi_output_history_tracks_each_output_loss() {
+    let mut model = load_model::<f32>(&fixture("multi_output_losses.keras")).unwrap();
+    let data = npz("multi_output_losses.npz");
+    let (loss, opt) = model.compiled_loss_and_optimizer().unwrap();
+    let (loss, opt) = (loss.unwrap(), opt.unwrap());
+    let mut opt = optimizer_for(&model, opt);
+    let x = [data["input_0"].clone()];
+    let y = [data["target_0"].clone(), data["target_1"].clone()];
+    let cfg = FitConfig {
+        validation_split: 0.2,
+        shuffle: false,
+        ..quiet(3, 2)
+    };
+    let h = model.fit(&x, &y, &loss, &mut opt, &cfg, None).unwrap();
+    let check = |key: &str, got: &[f64]| {
+        let want = &data[&format!("history_{key}")];
+        assert_eq!(got.len(), want.len(), "{key}");
+        for (a, b) in got.iter().zip(want.data()) {
+            let b = f64::from(*b);
+            assert!(close(*a, b, 1e-5), "{key}: grucell {a}, Keras {b}");
+        }
+    };
+    check("loss", &h.loss);
+    check("val_loss", &h.val_loss);
+    let columns: Vec<&str> = h
+        .metrics
+        .iter()
+        .chain(&h.val_metrics)
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert_eq!(columns, ["a_loss", "b_loss", "val_a_loss", "val_b_loss"]);
+    for (k, v) in h.metrics.iter().chain(&h.val_metrics) {
+        check(k, v);
+    }
+    let e = model
+        .evaluate_with_metrics(&x, &y, &loss, 3, None, &[], &[])
+        .unwrap();
+    let want = |k: &str| f64::from(data[&format!("eval_{k}")].data()[0]);
+    assert!(close(e.loss, want("loss"), 1e-5), "{e:?}");
+    for (k, v) in &e.metrics {
+        assert!(
+            close(*v, want(k), 1e-5),
+            "{k}: grucell {v}, Keras {}",
+            want(k)
+        );
+    }
+    assert_eq!(e.metrics.len(), 2);
+}
+
 /// A single output takes every metric of the compile config, however nested (Keras'
 /// `tree.flatten`: dicts by sorted key); what grucell does not compute, and a multi-output
 /// model's metrics, are listed as unsupported.

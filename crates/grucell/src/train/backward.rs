@@ -118,6 +118,16 @@ pub struct LossAndGrads<T> {
     /// The model's outputs of this call with their masks, kept when `fit` or `evaluate`
     /// compute metrics on them (empty otherwise).
     pub(crate) outputs: Vec<ModelOutput<T>>,
+    /// Each output's data loss (no penalties), which Keras tracks as `<output>_loss` for a
+    /// model with several outputs.
+    pub(crate) output_losses: Vec<T>,
+}
+
+/// What one training step gives `fit`: the loss, and with metrics the outputs.
+pub(crate) struct Step<T> {
+    pub(crate) loss: T,
+    pub(crate) outputs: Vec<ModelOutput<T>>,
+    pub(crate) output_losses: Vec<T>,
 }
 
 /// One model output of a training or evaluation call, with its mask.
@@ -417,6 +427,7 @@ impl<T: Float> Model<T> {
         let mut total = T::zero();
         let mut logit_nodes = std::collections::HashSet::new();
         let mut outputs = Vec::new();
+        let mut output_losses = Vec::new();
         // Data loss on every output, summed (Keras' default loss_weights of 1).
         for (k, (r, yt)) in self.outputs.iter().zip(y).enumerate() {
             let p = pos[&(r.layer, r.node)];
@@ -479,6 +490,7 @@ impl<T: Float> Model<T> {
             let v =
                 loss_fn.value_and_grad(yt.data(), used.data(), &shape, sw.as_deref(), &mut grad)?;
             total += v;
+            output_losses.push(v);
             let g = Tensor::new(shape, grad)?;
             if logits.is_some() {
                 // Gradient is w.r.t. the pre-activation: hand it to the layer's backward directly.
@@ -556,6 +568,7 @@ impl<T: Float> Model<T> {
             grads,
             rows,
             outputs,
+            output_losses,
         })
     }
 
@@ -571,7 +584,7 @@ impl<T: Float> Model<T> {
         rng: Option<&mut StdRng>,
     ) -> Result<T, Error> {
         self.train_step(x, y, None, loss, optimizer, rng, false)
-            .map(|(v, _)| v)
+            .map(|s| s.loss)
     }
 
     /// [`Model::train_on_batch`] with Keras' `sample_weight`, flattened: one weight per loss term
@@ -588,7 +601,7 @@ impl<T: Float> Model<T> {
         rng: Option<&mut StdRng>,
     ) -> Result<T, Error> {
         self.train_step(x, y, Some(sample_weight), loss, optimizer, rng, false)
-            .map(|(v, _)| v)
+            .map(|s| s.loss)
     }
 
     // Crate-private: `train_on_batch[_weighted]` and `fit` fix most of these.
@@ -602,7 +615,7 @@ impl<T: Float> Model<T> {
         optimizer: &mut Optimizer<T>,
         rng: Option<&mut StdRng>,
         keep_outputs: bool,
-    ) -> Result<(T, Vec<ModelOutput<T>>), Error> {
+    ) -> Result<Step<T>, Error> {
         if let Some(w) = sample_weight {
             if let Some(i) = w.iter().position(|v| !v.is_finite()) {
                 return Err(ConfigError::invalid(
@@ -618,6 +631,7 @@ impl<T: Float> Model<T> {
             mut grads,
             mut rows,
             outputs,
+            output_losses,
         } = self.loss_and_grads_in(x, y, sample_weight, loss, rng, true, keep_outputs)?;
         if !value.is_finite() {
             return Err(TrainError::NonFinite {
@@ -661,7 +675,11 @@ impl<T: Float> Model<T> {
         // derived data (pre-summed biases, packed inference weights) must follow them.
         self.weights_changed();
         updated?;
-        Ok((value, outputs))
+        Ok(Step {
+            loss: value,
+            outputs,
+            output_losses,
+        })
     }
 
     fn forward_train(

@@ -70,7 +70,8 @@ pub type ValidationData<'a, T> = (&'a [Tensor<T>], &'a [Tensor<T>]);
 pub struct Evaluation {
     /// The loss, as [`Model::evaluate`] gives it.
     pub loss: f64,
-    /// Each metric's value under its Keras name, in Keras' order.
+    /// Each output's loss (`"<output>_loss"`, several outputs only), then each metric's value,
+    /// under their Keras names, in Keras' order.
     pub metrics: Vec<(String, f64)>,
 }
 
@@ -381,10 +382,12 @@ pub struct History {
     pub val_loss: Vec<f64>,
     /// The 0-based index of the epoch of each entry of `val_loss`.
     pub val_epoch: Vec<usize>,
-    /// Each compiled metric's training value per epoch run, under its Keras log name
-    /// (`"mae"`, `"accuracy"`, …), in Keras' order.
+    /// Per epoch run, under its Keras log name: for a model with several outputs each output's
+    /// loss (`"<output>_loss"`, without penalties, the mean over the epoch's batches), then each
+    /// compiled metric (`"mae"`, `"accuracy"`, …), in Keras' order.
     pub metrics: Vec<(String, Vec<f64>)>,
-    /// Each compiled metric's validation value (`"val_mae"`, …), aligned with `val_loss`.
+    /// The same on the validation data (`"val_a_loss"`, `"val_mae"`, …), aligned with
+    /// `val_loss`.
     pub val_metrics: Vec<(String, Vec<f64>)>,
     /// Number of epochs run.
     pub epochs_run: usize,
@@ -1012,7 +1015,7 @@ impl<T: Float> Model<T> {
         let loss = self.evaluate_in(x, y, loss, batches, Some(&mut set))?;
         Ok(Evaluation {
             loss,
-            metrics: set.names().iter().cloned().zip(set.results()).collect(),
+            metrics: set.names().into_iter().zip(set.results()).collect(),
         })
     }
 
@@ -1029,7 +1032,16 @@ impl<T: Float> Model<T> {
             )
             .into());
         }
-        Ok(MetricSet::new(metrics, weighted))
+        // Keras tracks each output's loss when there are several.
+        let output_losses: Vec<String> = match self.outputs.len() {
+            1 => Vec::new(),
+            _ => self
+                .outputs
+                .iter()
+                .map(|r| self.layers[r.layer].name.clone())
+                .collect(),
+        };
+        Ok(MetricSet::new(metrics, weighted, &output_losses))
     }
 
     /// [`Model::evaluate`] in `batches` (optional per-sample weights, Keras' `sample_weight`, and
@@ -1050,7 +1062,7 @@ impl<T: Float> Model<T> {
         if let Some(m) = metrics.as_deref_mut() {
             m.reset();
         }
-        let keep = metrics.as_ref().is_some_and(|m| !m.is_empty());
+        let keep = metrics.as_ref().is_some_and(|m| m.needs_outputs());
         self.check_arity(x, y, "x", "y")?;
         let all = sample_count(x, y, "x", "y")?;
         let n = steps.map_or(all, |s| all.min(s.saturating_mul(batch_size)));
@@ -1065,12 +1077,11 @@ impl<T: Float> Model<T> {
             let yb = slice_all(y, start, end)?;
             let wb = sample_weight.and_then(|w| w.get(start * per..end * per));
             let out = self.loss_and_grads_in(&xb, &yb, wb, loss, None, false, keep)?;
-            if let (Some(m), [yt], [o]) = (
-                metrics.as_deref_mut(),
-                yb.as_slice(),
-                out.outputs.as_slice(),
-            ) {
-                m.update(yt, o, wb)?;
+            if let Some(m) = metrics.as_deref_mut() {
+                m.update_losses(&out.output_losses);
+                if let ([yt], [o]) = (yb.as_slice(), out.outputs.as_slice()) {
+                    m.update(yt, o, wb)?;
+                }
             }
             let v = out.loss;
             let w = T::of((end - start) as f64);
@@ -1232,7 +1243,7 @@ impl<T: Float> Model<T> {
             validation_data.or(split.as_ref().map(|[a, b]| (a.as_slice(), b.as_slice())));
         let mut train_metrics = self.metric_set(&cfg.metrics, &cfg.weighted_metrics)?;
         let mut val_metrics = train_metrics.clone();
-        let keep = !train_metrics.is_empty();
+        let keep = train_metrics.needs_outputs();
         let mut stopper = match &cfg.early_stopping {
             Some(es) if es.monitor == Monitor::ValLoss && val.is_none() => {
                 return Err(ConfigError::invalid(
@@ -1299,7 +1310,7 @@ impl<T: Float> Model<T> {
                             .copied()
                             .collect()
                     });
-                    let (v, outputs) = self
+                    let step = self
                         .train_step(
                             &xb,
                             &yb,
@@ -1313,11 +1324,12 @@ impl<T: Float> Model<T> {
                             bar.abandon();
                             at_batch(e, epoch + 1, b + 1)
                         })?;
-                    if let ([yt], [o]) = (yb.as_slice(), outputs.as_slice()) {
+                    train_metrics.update_losses(&step.output_losses);
+                    if let ([yt], [o]) = (yb.as_slice(), step.outputs.as_slice()) {
                         train_metrics.update(yt, o, wb.as_deref())?;
                     }
                     let w = T::of(idx.len() as f64);
-                    total += v * w;
+                    total += step.loss * w;
                     count += w;
                     bar.inc(1);
                     bar.set_message(format!("loss {:.4}", (total / count).f64()));

@@ -481,16 +481,21 @@ fn metric_values<T: Float>(
 }
 
 /// The metrics of one `fit` or `evaluate` call, with the names Keras gives them in its logs:
-/// `metrics` first, then `weighted_metrics`; a repeated name gets `_1`, `_2`, … (a weighted
-/// one `weighted_` first), as Keras' `CompileMetrics.result`.
+/// each output's loss (`<output>_loss`, for a model with several outputs), then `metrics`, then
+/// `weighted_metrics`; a repeated metric name gets `_1`, `_2`, … (a weighted one `weighted_`
+/// first), as Keras' `CompileMetrics.result`.
 #[derive(Clone, Debug)]
 pub(crate) struct MetricSet<T> {
+    /// Per output: Keras' `Mean` of its loss over the batches.
+    losses: Vec<(String, T, T)>,
     states: Vec<MetricState<T>>,
     names: Vec<String>,
 }
 
 impl<T: Float> MetricSet<T> {
-    pub(crate) fn new(metrics: &[Metric], weighted: &[Metric]) -> Self {
+    /// `output_losses`: the names of the outputs whose losses are tracked (none for a single
+    /// output, as in Keras).
+    pub(crate) fn new(metrics: &[Metric], weighted: &[Metric], output_losses: &[String]) -> Self {
         let mut seen: std::collections::HashMap<String, usize> = Default::default();
         let mut unique = |name: String| -> String {
             match seen.get_mut(&name) {
@@ -520,19 +525,45 @@ impl<T: Float> MetricSet<T> {
             names.push(name);
             states.push(MetricState::new(m.clone(), true));
         }
-        MetricSet { states, names }
+        let losses = output_losses
+            .iter()
+            .map(|o| (format!("{o}_loss"), T::zero(), T::zero()))
+            .collect();
+        MetricSet {
+            losses,
+            states,
+            names,
+        }
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.states.is_empty()
+    /// Whether the outputs must be kept for the metrics.
+    pub(crate) fn needs_outputs(&self) -> bool {
+        !self.states.is_empty()
     }
 
-    pub(crate) fn names(&self) -> &[String] {
-        &self.names
+    /// The log names: the output losses', then the metrics'.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let losses = self.losses.iter().map(|(n, _, _)| n.clone());
+        losses.chain(self.names.iter().cloned()).collect()
     }
 
     pub(crate) fn reset(&mut self) {
         self.states.iter_mut().for_each(MetricState::reset);
+        for (_, total, count) in &mut self.losses {
+            *total = T::zero();
+            *count = T::zero();
+        }
+    }
+
+    /// Each output's loss of one batch. Keras weighs each batch by its static batch size, which
+    /// its traced step knows only when every batch is whole: with equal batches, or with a
+    /// partial one (no static size, a weight of 1 each), that is the plain mean of the batches'
+    /// losses.
+    pub(crate) fn update_losses(&mut self, values: &[T]) {
+        for ((_, total, count), v) in self.losses.iter_mut().zip(values) {
+            *total += *v;
+            *count += T::one();
+        }
     }
 
     /// Every metric's `update_state` with one batch of a single-output model.
@@ -549,6 +580,15 @@ impl<T: Float> MetricSet<T> {
     }
 
     pub(crate) fn results(&self) -> Vec<f64> {
-        self.states.iter().map(MetricState::result).collect()
+        let losses = self.losses.iter().map(|(_, total, count)| {
+            if *count == T::zero() {
+                0.0
+            } else {
+                (*total / *count).f64()
+            }
+        });
+        losses
+            .chain(self.states.iter().map(MetricState::result))
+            .collect()
     }
 }
