@@ -98,6 +98,16 @@ fn success_stdout(o: &Output) -> String {
     stdout
 }
 
+/// The stderr of a run that must have failed (else fails with its stdout).
+fn failure_stderr(o: &Output) -> String {
+    assert!(
+        !o.status.success(),
+        "expected a failure:\n{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 /// Writes the arrays `keys` of a fixture, split at sample `cut`, as `<key>.npy` (samples before
 /// `cut`) then `v<key>.npy` (the rest) in `dir`; returns the paths in that order.
 fn split_arrays(npz: &Path, keys: &[&str], cut: usize, dir: &Scratch) -> Vec<PathBuf> {
@@ -281,9 +291,8 @@ fn fits_a_stateful_model_in_batches_of_its_size() {
         ];
         fit(&model, &xp, &yp, &out, &[&rest[..], extra].concat())
     };
-    let o = run(&["--batch-size", "3"]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && !out.exists());
+    let stderr = failure_stderr(&run(&["--batch-size", "3"]));
+    assert!(!out.exists());
     assert!(
         stderr.contains("batch_size") && stderr.contains("4, the batch size"),
         "{stderr}"
@@ -320,9 +329,8 @@ fn fits_with_sample_weights_like_keras() {
         ];
         fit(&model, &xp, &yp, &out, &rest)
     };
-    let o = run(&bad);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && !out.exists());
+    let stderr = failure_stderr(&run(&bad));
+    assert!(!out.exists());
     assert!(stderr.contains("sample_weight"), "{stderr}");
     let o = run(&wp);
     let stdout = success_stdout(&o);
@@ -362,14 +370,13 @@ fn fits_with_class_weights_like_keras() {
         ("1:inf", "not a finite number"),
         ("1:2,1:3", "class 1 is given twice"),
     ] {
-        let o = run(&["--class-weight", bad]);
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success() && !out.exists());
+        let stderr = failure_stderr(&run(&["--class-weight", bad]));
+        assert!(!out.exists());
         assert!(stderr.contains(want), "{bad}: {stderr}");
     }
-    let o = run(&["--class-weight", "0:1", "--sample-weight", s(&xp)]);
-    assert!(!o.status.success() && !out.exists());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be used with"));
+    let stderr = failure_stderr(&run(&["--class-weight", "0:1", "--sample-weight", s(&xp)]));
+    assert!(!out.exists());
+    assert!(stderr.contains("cannot be used with"));
     let o = run(&["--class-weight", "0:1, 1:3, 2:0.25"]);
     let stdout = success_stdout(&o);
     assert_history_like_keras(&stdout, "class_onehot", 3);
@@ -473,8 +480,8 @@ fn fits_with_keras_epoch_options_like_keras() {
         ),
     ] {
         let (o, out) = run("val_freq_list", bad);
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success() && !out.exists(), "{bad:?}");
+        let stderr = failure_stderr(&o);
+        assert!(!out.exists(), "{bad:?}");
         assert!(stderr.contains(flag), "{bad:?}: {stderr}");
     }
 }
@@ -776,18 +783,10 @@ fn evaluates_like_keras() {
         (j["samples"].as_u64(), j["batch_size"].as_u64()),
         (Some(7), Some(3))
     );
-    let o = run(&["--batch-size", "0"]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && stderr.contains("--batch-size"),
-        "{stderr}"
-    );
-    let o = run(&["--sample-weight", s(&xp)]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && stderr.contains("sample-weight"),
-        "{stderr}"
-    );
+    let stderr = failure_stderr(&run(&["--batch-size", "0"]));
+    assert!(stderr.contains("--batch-size"), "{stderr}");
+    let stderr = failure_stderr(&run(&["--sample-weight", s(&xp)]));
+    assert!(stderr.contains("sample-weight"), "{stderr}");
     let models = root().join("tests/fixtures/models");
     let (xp, yp, _) = arrays(
         &models.join("dense_stack.npz"),
@@ -797,12 +796,8 @@ fn evaluates_like_keras() {
         |_| {},
     );
     let dense = models.join("dense_stack.keras");
-    let o = evaluate(&dense, &xp, &yp, &[]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && stderr.contains("no --loss and"),
-        "{stderr}"
-    );
+    let stderr = failure_stderr(&evaluate(&dense, &xp, &yp, &[]));
+    assert!(stderr.contains("no --loss and"), "{stderr}");
     let o = evaluate(&dense, &xp, &yp, &["--loss", "mse"]);
     assert!(
         value(&o) < 1e-10,

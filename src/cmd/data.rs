@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use grucell::io::keras::load::model_from_file;
+use grucell::io::keras::{load_keras_file, KerasFile};
 use grucell::io::npy::read_npy;
 use grucell::layers::model::Model;
 use grucell::train::loss::Loss;
@@ -22,6 +24,22 @@ pub struct ModelData {
     /// Targets (.npy), samples on axis 0; repeat once per model output.
     #[arg(long, value_name = "Y.npy", required = true)]
     pub y: Vec<PathBuf>,
+}
+
+impl ModelData {
+    /// Loads `--model` (warning when Keras computes it in 16-bit floats).
+    pub fn open(&self) -> Result<KerasFile> {
+        let file = load_keras_file(&self.model)
+            .with_context(|| format!("loading --model {}", self.model.display()))?;
+        super::warn_reduced_precision(&file, &format!("--model {}", self.model.display()));
+        Ok(file)
+    }
+
+    /// The model of the loaded `--model` file, computing in `T`.
+    pub fn build<T: Float>(&self, file: &KerasFile) -> Result<Model<T>> {
+        model_from_file(file)
+            .with_context(|| format!("cannot build the model in --model {}", self.model.display()))
+    }
 }
 
 /// Keras' default batch size (32), or the fixed input batch size of a stateful model, which

@@ -11,9 +11,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use grucell::io::keras::load::{file_dtype, model_from_file};
-use grucell::io::keras::load_keras_file;
+use anyhow::Result;
+use grucell::io::keras::load::file_dtype;
 use grucell::layers::model::Model;
 use grucell::Float;
 use serde_json::json;
@@ -52,19 +51,11 @@ pub struct Args {
 
 /// Runs `grucell evaluate`.
 pub fn run(args: &Args) -> Result<()> {
-    let file = load_keras_file(&args.data.model)
-        .with_context(|| format!("loading --model {}", args.data.model.display()))?;
-    super::warn_reduced_precision(&file, &format!("--model {}", args.data.model.display()));
-    let building = || {
-        format!(
-            "cannot build the model in --model {}",
-            args.data.model.display()
-        )
-    };
+    let file = args.data.open()?;
     if file_dtype(&file) == "float64" {
-        evaluate::<f64>(args, model_from_file(&file).with_context(building)?)
+        evaluate::<f64>(args, args.data.build(&file)?)
     } else {
-        evaluate::<f32>(args, model_from_file(&file).with_context(building)?)
+        evaluate::<f32>(args, args.data.build(&file)?)
     }
 }
 

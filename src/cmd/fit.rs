@@ -19,8 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use grucell::io::keras::load::{file_dtype, model_from_file};
-use grucell::io::keras::load_keras_file;
+use grucell::io::keras::load::file_dtype;
 use grucell::io::keras::write::{save_model_with_optimizer, save_safetensors_model};
 use grucell::layers::model::Model;
 
@@ -238,22 +237,12 @@ pub fn run(args: &Args) -> Result<()> {
         bail!("--threads {}: expected 1..=1024", args.threads);
     }
     let out = check_output(args)?;
-    let file = load_keras_file(&args.data.model)
-        .with_context(|| format!("loading --model {}", args.data.model.display()))?;
-    super::warn_reduced_precision(&file, &format!("--model {}", args.data.model.display()));
-    let building = || {
-        format!(
-            "cannot build the model in --model {}",
-            args.data.model.display()
-        )
-    };
+    let file = args.data.open()?;
     let saved_opt = file.optimizer_variables();
     if file_dtype(&file) == "float64" {
-        let model = model_from_file(&file).with_context(building)?;
-        train::<f64>(args, model, &saved_opt, out)
+        train::<f64>(args, args.data.build(&file)?, &saved_opt, out)
     } else {
-        let model = model_from_file(&file).with_context(building)?;
-        train::<f32>(args, model, &saved_opt, out)
+        train::<f32>(args, args.data.build(&file)?, &saved_opt, out)
     }
 }
 

@@ -947,18 +947,8 @@ impl<T: Float> Model<T> {
         loss: &Loss,
         batch_size: usize,
     ) -> Result<f64, Error> {
-        if batch_size == 0 {
-            return Err(ConfigError::invalid("batch_size", 0, "an integer ≥ 1").into());
-        }
-        loss.validate()?;
-        self.check_arity(x, y, "x", "y")?;
-        let n = sample_count(x, y, "x", "y")?;
-        let (w, _) = sample_weights::<T>(sample_weight, n, "sample_weight", "samples of x")?;
-        let batches = Batches {
-            sample_weight: Some(&w),
-            ..Batches::all(batch_size)
-        };
-        self.evaluate_in(x, y, loss, batches, None)
+        self.evaluate_with_metrics(x, y, loss, batch_size, Some(sample_weight), &[], &[])
+            .map(|e| e.loss)
     }
 
     /// Keras `model.evaluate(x, y, batch_size, sample_weight, return_dict=True)` on a model
