@@ -519,6 +519,48 @@ fn keras_precision_recall_and_rmse_ignore_the_output_mask() {
     );
 }
 
+/// Keras' loss-function metrics on a saturating sigmoid output read its logits, as the loss does;
+/// AUC (ROC, PR; interpolation, minoring, majoring; 7 thresholds) and the confusion counts,
+/// plain and weighted.
+#[test]
+fn keras_crossentropy_auc_and_count_metrics_on_a_sigmoid_output() {
+    let (_, h) = check_keras_case("metrics_sigmoid");
+    let names: Vec<&str> = h.metrics.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "binary_crossentropy",
+            "auc",
+            "pr_auc",
+            "auc7",
+            "true_positives",
+            "false_negatives",
+            "hinge",
+            "squared_hinge",
+            "poisson",
+            "bce_smooth",
+            "weighted_auc",
+            "bce",
+            "true_negatives",
+            "false_positives",
+            "pr_major"
+        ]
+    );
+}
+
+/// On a softmax output: categorical crossentropy (from the logits), KL divergence, top-k,
+/// categorical hinge, cosine similarity, log-cosh, PR-gain AUC and exact `Accuracy`.
+#[test]
+fn keras_probabilistic_top_k_and_cosine_metrics_on_a_softmax_output() {
+    check_keras_case("metrics_softmax");
+}
+
+/// Sparse crossentropy and sparse top-k on a masked softmax sequence output, weighted per step.
+#[test]
+fn keras_sparse_metrics_on_a_masked_softmax_sequence_output() {
+    check_keras_case("metrics_sparse_seq");
+}
+
 /// A model with two outputs: Keras' history tracks each output's loss (`a_loss`, `b_loss`, their
 /// `val_` forms; the total adds the regularizer), and so does evaluate.
 #[test]
@@ -579,7 +621,7 @@ fn compiled_metrics_are_flattened_and_unsupported_ones_listed() {
     let mut model = gru_dense(3, 2, Activation::Linear, 1);
     model.compile_config = Some(serde_json::json!({
         "metrics": [["mae"], {"b": "mse", "a": {"class_name": "Recall", "config": {"name": "r", "thresholds": 0.2}}}],
-        "weighted_metrics": ["AUC", {"class_name": "Precision", "config": {"name": "p", "top_k": 2}}],
+        "weighted_metrics": ["F1Score", {"class_name": "Precision", "config": {"name": "p", "top_k": 2}}],
     }));
     let c = model.compiled_metrics();
     let names: Vec<&str> = c.metrics.iter().map(|m| m.name.as_str()).collect();
@@ -591,7 +633,7 @@ fn compiled_metrics_are_flattened_and_unsupported_ones_listed() {
     assert!(c.weighted_metrics.is_empty());
     assert_eq!(c.unsupported.len(), 2, "{c:?}");
     assert!(
-        c.unsupported[0].contains("AUC") && c.unsupported[1].contains("top_k"),
+        c.unsupported[0].contains("F1Score") && c.unsupported[1].contains("top_k"),
         "{c:?}"
     );
 }

@@ -130,8 +130,15 @@ pub(crate) struct Step<T> {
     pub(crate) output_losses: Vec<T>,
 }
 
-/// One model output of a training or evaluation call, with its mask.
-pub(crate) type ModelOutput<T> = (Tensor<T>, Option<Mask>);
+/// One model output of a training or evaluation call, with its mask, and the input of its
+/// `sigmoid`/`softmax` activation where it ends in one (which crossentropy metrics read, as the
+/// loss does).
+#[derive(Clone, Debug)]
+pub(crate) struct ModelOutput<T> {
+    pub(crate) value: Tensor<T>,
+    pub(crate) mask: Option<Mask>,
+    pub(crate) logits: Option<(Activation, Tensor<T>)>,
+}
 
 fn cell_weight_names(use_bias: bool) -> &'static [&'static str] {
     if use_bias {
@@ -434,9 +441,6 @@ impl<T: Float> Model<T> {
             let Val::F(pred, mask) = &vals[p][r.index] else {
                 return Err(ConfigError::unsupported("model output", "a boolean tensor").into());
             };
-            if keep_outputs {
-                outputs.push((pred.clone(), mask.clone()));
-            }
             // Keras' crossentropies read the input of a sigmoid/softmax output activation
             // (`Loss::on_activation_output`). A `TimeDistributed` wrapper's output is a
             // transposed stack, which carries no logits.
@@ -445,6 +449,15 @@ impl<T: Float> Model<T> {
                 Some(_) => None,
                 None => output_activation(&caches[p], &ml.layer).map(|(a, pre, _)| (a, pre)),
             };
+            if keep_outputs {
+                outputs.push(ModelOutput {
+                    value: pred.clone(),
+                    mask: mask.clone(),
+                    logits: activation
+                        .filter(|(a, _)| matches!(a, Activation::Sigmoid | Activation::Softmax))
+                        .map(|(a, z)| (a, z.clone())),
+                });
+            }
             let shortcut = match activation {
                 Some((a, z)) => loss.on_activation_output(a)?.map(|l| (z, l)),
                 None => None,

@@ -29,6 +29,7 @@ use crate::layers::activation::Activation;
 use crate::layers::keras_json::{get_bool, get_f64};
 use crate::layers::pointwise::L2Scale;
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 
 /// Keras' backend epsilon (`keras.config.epsilon()`), the clip margin of the crossentropies.
 pub const EPSILON: f64 = 1e-7;
@@ -789,6 +790,50 @@ impl Loss {
         self.compute(y_true, y_pred, shape, sample_weight, None)
     }
 
+    /// The unreduced loss: one value `L_r` per row, what Keras' loss function returns before
+    /// its reduction (and what a metric wrapping it averages). Arguments as
+    /// [`Loss::value_and_grad`], without weights.
+    pub(crate) fn row_values<T: Float>(
+        &self,
+        y_true: &[T],
+        y_pred: &[T],
+        shape: &[usize],
+    ) -> Result<Vec<T>, ShapeError> {
+        let (rows, c, y_true) = self.prepared(y_true, y_pred, shape, None)?;
+        let true_width = if self.sparse_labels() { 1 } else { c };
+        Ok(y_true
+            .chunks(true_width)
+            .zip(y_pred.chunks(c.max(1)))
+            .take(rows)
+            .map(|(t, p)| self.row(t, p, T::zero(), None))
+            .collect())
+    }
+
+    /// Checks the shapes (and sparse labels), and gives the rows, the classes and the labels
+    /// the loss reads: Keras' `convert_binary_labels_to_hinge` turns a batch of 0/1 labels into
+    /// `2t − 1` for the hinge losses.
+    fn prepared<'a, T: Float>(
+        &self,
+        y_true: &'a [T],
+        y_pred: &[T],
+        shape: &[usize],
+        sample_weight: Option<&[T]>,
+    ) -> Result<(usize, usize, Cow<'a, [T]>), ShapeError> {
+        let (rows, c) = check_shapes(self.sparse_labels(), y_true, y_pred, shape, sample_weight)?;
+        if self.sparse_labels() && rows > 0 {
+            check_labels(y_true, c)?;
+        }
+        let y_true = match self {
+            Loss::Hinge | Loss::SquaredHinge
+                if y_true.iter().all(|&t| t == T::zero() || t == T::one()) =>
+            {
+                Cow::Owned(y_true.iter().map(|&t| T::of(2.0) * t - T::one()).collect())
+            }
+            _ => Cow::Borrowed(y_true),
+        };
+        Ok((rows, c, y_true))
+    }
+
     fn compute<T: Float>(
         &self,
         y_true: &[T],
@@ -797,27 +842,12 @@ impl Loss {
         sample_weight: Option<&[T]>,
         mut grad: Option<&mut [T]>,
     ) -> Result<T, ShapeError> {
-        let (rows, c) = check_shapes(self.sparse_labels(), y_true, y_pred, shape, sample_weight)?;
+        let (rows, c, y_true) = self.prepared(y_true, y_pred, shape, sample_weight)?;
         if rows == 0 {
             return Ok(T::zero());
         }
-        if self.sparse_labels() {
-            check_labels(y_true, c)?;
-        }
         let inv_rows = T::one() / T::of(rows as f64);
         let true_width = if self.sparse_labels() { 1 } else { c };
-        // Keras' `convert_binary_labels_to_hinge`: if every label of the batch is 0 or 1, all
-        // become `2t − 1`.
-        let hinge_labels: Vec<T>;
-        let y_true = match self {
-            Loss::Hinge | Loss::SquaredHinge
-                if y_true.iter().all(|&t| t == T::zero() || t == T::one()) =>
-            {
-                hinge_labels = y_true.iter().map(|&t| T::of(2.0) * t - T::one()).collect();
-                &hinge_labels[..]
-            }
-            _ => y_true,
-        };
         let mut total = 0.0f64;
         for r in 0..rows {
             let (t, p) = match (

@@ -9,20 +9,27 @@
 //! sample and class weights, as in Keras. Each sample's values and weights are averaged first and
 //! the sums run over samples, in Keras' order.
 //!
-//! Supported: `mae`, `mse`, `mape`, `msle` (and their long and class names), `accuracy`/`acc`
-//! (resolved from the shapes to binary, sparse categorical or categorical accuracy, as Keras'
-//! `compile` does), `binary_accuracy` (with its `threshold`), `categorical_accuracy`,
-//! `sparse_categorical_accuracy`; and three metrics that are not mean wrappers and do not see the
+//! Supported mean wrappers: `mae`, `mse`, `mape`, `msle`, `log_cosh_error`, `cosine_similarity`
+//! (and their class names), `accuracy`/`acc` (resolved from the shapes to binary, sparse
+//! categorical or categorical accuracy, as Keras' `compile` does), `binary_accuracy` (with its
+//! `threshold`), `categorical_accuracy`, `sparse_categorical_accuracy`, the exact `Accuracy`
+//! class, the top-k accuracies, and Keras' loss functions as metrics (the crossentropies, KL
+//! divergence, Poisson, the hinges). Metrics that are not mean wrappers and do not see the
 //! output mask, as in Keras: `root_mean_squared_error` (a weighted mean of squares, then its
-//! root), `precision` and `recall` (weighted confusion counts over the epoch, one threshold, no
-//! `top_k` or `class_id`). Other metrics are reported by [`Metric::from_keras`] as unsupported.
+//! root), `precision`, `recall` and the four confusion counts (weighted counts over the epoch,
+//! one threshold, no `top_k` or `class_id`), and `auc` (one label, thresholds spread evenly).
+//! Other metrics are reported by [`Metric::from_keras`] as unsupported.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error::{ConfigError, Error, ShapeError};
 use crate::float::Float;
+use crate::layers::activation::Activation;
+use crate::layers::keras_json::{get_bool, get_f64, get_u64};
 use crate::layers::rnn::Mask;
 use crate::tensor::Tensor;
+use crate::train::backward::ModelOutput;
+use crate::train::loss::Loss;
 
 /// What a metric computes.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -61,6 +68,87 @@ pub enum MetricFn {
         /// Keras default 0.5.
         threshold: f64,
     },
+    /// The mean of a Keras loss function's values (Keras' `BinaryCrossentropy`,
+    /// `CategoricalCrossentropy`, `SparseCategoricalCrossentropy`, `KLDivergence`, `Poisson`,
+    /// `Hinge`, `SquaredHinge`, `CategoricalHinge` and `LogCoshError` metrics): one value per
+    /// row, as the loss computes it before its reduction. A crossentropy on a `sigmoid` or
+    /// `softmax` output reads that activation's input as logits, as the loss does
+    /// ([`Loss::on_activation_output`]).
+    Loss(Loss),
+    /// The cosine of the angle between `y` and `ŷ` over the last axis (Keras'
+    /// `CosineSimilarity` metric: the loss of that name, negated).
+    CosineSimilarity,
+    /// `ŷ` equals `y`, per entry (Keras' `Accuracy` class; the string `"accuracy"` is
+    /// [`MetricFn::Accuracy`]).
+    ExactAccuracy,
+    /// The class of the one-hot `y` is among the `k` largest `ŷ` (TensorFlow's `in_top_k`:
+    /// fewer than `k` entries are larger).
+    TopKCategoricalAccuracy {
+        /// Keras default 5.
+        k: usize,
+    },
+    /// The class index `y` is among the `k` largest `ŷ`.
+    SparseTopKCategoricalAccuracy {
+        /// Keras default 5.
+        k: usize,
+    },
+    /// A confusion count over the epoch, `ŷ > threshold` against `y ≠ 0` per entry, weighted
+    /// (Keras' `TruePositives`, `FalsePositives`, `TrueNegatives`, `FalseNegatives`; the
+    /// output mask does not apply).
+    Count {
+        /// Which count.
+        count: Confusion,
+        /// Keras default 0.5.
+        threshold: f64,
+    },
+    /// The area under the ROC or precision-recall curve (Keras' `AUC`, one label), from
+    /// confusion counts at `num_thresholds` thresholds spread evenly over `[0, 1]`, counted over
+    /// the epoch as Keras buckets them (the output mask does not apply).
+    Auc {
+        /// Keras default 200.
+        num_thresholds: usize,
+        /// Keras default ROC.
+        curve: AucCurve,
+        /// Keras default interpolation.
+        summation: AucSummation,
+        /// Apply a sigmoid to `ŷ` first.
+        from_logits: bool,
+    },
+}
+
+/// Which confusion count a [`MetricFn::Count`] gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confusion {
+    /// `y ≠ 0` and `ŷ > threshold`.
+    TruePositives,
+    /// `y = 0` and `ŷ > threshold`.
+    FalsePositives,
+    /// `y = 0` and `ŷ ≤ threshold`.
+    TrueNegatives,
+    /// `y ≠ 0` and `ŷ ≤ threshold`.
+    FalseNegatives,
+}
+
+/// The curve of a [`MetricFn::Auc`] (Keras' `curve`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AucCurve {
+    /// `"ROC"`: recall over the false-positive rate.
+    Roc,
+    /// `"PR"`: precision over recall.
+    Pr,
+    /// `"PRGAIN"`: precision gain over recall gain.
+    PrGain,
+}
+
+/// How a [`MetricFn::Auc`] sums its rectangles (Keras' `summation_method`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AucSummation {
+    /// `"interpolation"`: trapezoids (ROC, PR gain), or Davis and Goadrich's interpolation (PR).
+    Interpolation,
+    /// `"minoring"`: the lower of each interval's two heights.
+    Minoring,
+    /// `"majoring"`: the higher one.
+    Majoring,
 }
 
 /// One compiled metric: its history name and what it computes.
@@ -81,10 +169,14 @@ impl Metric {
     /// use grucell::train::metrics::{Metric, MetricFn};
     /// assert_eq!(Metric::from_name("mae")?.function, MetricFn::MeanAbsoluteError);
     /// assert_eq!(Metric::from_name("acc")?.function, MetricFn::Accuracy);
-    /// assert!(Metric::from_name("AUC").is_err());
+    /// assert!(Metric::from_name("f1_score").is_err());
     /// # Ok::<(), grucell::ConfigError>(())
     /// ```
     pub fn from_name(name: &str) -> Result<Metric, ConfigError> {
+        let count = |count| MetricFn::Count {
+            count,
+            threshold: 0.5,
+        };
         let function = match name {
             _ if ["accuracy", "acc"].contains(&name.to_lowercase().as_str()) => MetricFn::Accuracy,
             "mae" | "MAE" | "mean_absolute_error" | "MeanAbsoluteError" => {
@@ -105,13 +197,56 @@ impl Metric {
             "root_mean_squared_error" | "RootMeanSquaredError" => MetricFn::RootMeanSquaredError,
             "precision" | "Precision" => MetricFn::Precision { threshold: 0.5 },
             "recall" | "Recall" => MetricFn::Recall { threshold: 0.5 },
+            "bce" | "BCE" | "binary_crossentropy" | "BinaryCrossentropy" => {
+                MetricFn::Loss(Loss::BinaryCrossentropy {
+                    from_logits: false,
+                    label_smoothing: 0.0,
+                })
+            }
+            "categorical_crossentropy" | "CategoricalCrossentropy" => {
+                MetricFn::Loss(Loss::CategoricalCrossentropy {
+                    from_logits: false,
+                    label_smoothing: 0.0,
+                })
+            }
+            "sparse_categorical_crossentropy" | "SparseCategoricalCrossentropy" => {
+                MetricFn::Loss(Loss::SparseCategoricalCrossentropy { from_logits: false })
+            }
+            "kl_divergence" | "KLDivergence" => MetricFn::Loss(Loss::KlDivergence),
+            "poisson" | "Poisson" => MetricFn::Loss(Loss::Poisson),
+            "hinge" | "Hinge" => MetricFn::Loss(Loss::Hinge),
+            "squared_hinge" | "SquaredHinge" => MetricFn::Loss(Loss::SquaredHinge),
+            "categorical_hinge" | "CategoricalHinge" => MetricFn::Loss(Loss::CategoricalHinge),
+            "log_cosh_error" | "LogCoshError" => MetricFn::Loss(Loss::LogCosh),
+            "cosine_similarity" | "CosineSimilarity" => MetricFn::CosineSimilarity,
+            "top_k_categorical_accuracy" | "TopKCategoricalAccuracy" => {
+                MetricFn::TopKCategoricalAccuracy { k: 5 }
+            }
+            "sparse_top_k_categorical_accuracy" | "SparseTopKCategoricalAccuracy" => {
+                MetricFn::SparseTopKCategoricalAccuracy { k: 5 }
+            }
+            "true_positives" | "TruePositives" => count(Confusion::TruePositives),
+            "false_positives" | "FalsePositives" => count(Confusion::FalsePositives),
+            "true_negatives" | "TrueNegatives" => count(Confusion::TrueNegatives),
+            "false_negatives" | "FalseNegatives" => count(Confusion::FalseNegatives),
+            "auc" | "AUC" => MetricFn::Auc {
+                num_thresholds: 200,
+                curve: AucCurve::Roc,
+                summation: AucSummation::Interpolation,
+                from_logits: false,
+            },
             other => {
                 return Err(ConfigError::unsupported(
                     "metric",
                     format!(
                         "`{other}` is not computed by grucell (supported: mae, mse, mape, msle, \
-                         root_mean_squared_error, accuracy, binary_accuracy, \
-                         categorical_accuracy, sparse_categorical_accuracy, precision, recall)"
+                         root_mean_squared_error, log_cosh_error, cosine_similarity, accuracy, \
+                         binary_accuracy, categorical_accuracy, sparse_categorical_accuracy, \
+                         top_k_categorical_accuracy, sparse_top_k_categorical_accuracy, \
+                         binary_crossentropy, categorical_crossentropy, \
+                         sparse_categorical_crossentropy, kl_divergence, poisson, hinge, \
+                         squared_hinge, categorical_hinge, precision, recall, true_positives, \
+                         false_positives, true_negatives, false_negatives, auc)"
                     ),
                 ))
             }
@@ -126,73 +261,203 @@ impl Metric {
     /// (`{"class_name": "BinaryAccuracy", "config": {"name": …, "threshold": …}}`), named by
     /// its config's `name` as Keras names it.
     pub fn from_keras(v: &Value) -> Result<Metric, ConfigError> {
-        match v {
-            Value::String(s) => Metric::from_name(s),
-            Value::Object(o) => {
-                let class = o.get("class_name").and_then(Value::as_str).unwrap_or("");
-                let config = o.get("config");
-                let name = config
-                    .and_then(|c| c.get("name"))
-                    .and_then(Value::as_str)
-                    .unwrap_or(class);
-                // TF-Keras 2 saves compiled metrics as wrappers of a named function.
-                if class == "MeanMetricWrapper" {
-                    if let Some(f) = config.and_then(|c| c.get("fn")).and_then(Value::as_str) {
-                        let mut m = Metric::from_name(f)?;
-                        m.name = name.to_string();
-                        return Ok(m);
-                    }
-                }
-                // A metric class named "Accuracy" is Keras' exact-equality metric, not the
-                // string's shape-resolved accuracy.
-                if class == "Accuracy" {
-                    return Err(ConfigError::unsupported(
-                        "metric",
-                        "`Accuracy` (the exact-equality metric) is not computed by grucell",
-                    ));
-                }
-                let mut m = Metric::from_name(class)?;
-                let setting = |k: &str| config.and_then(|c| c.get(k)).filter(|v| !v.is_null());
-                match &mut m.function {
-                    MetricFn::BinaryAccuracy { threshold } => {
-                        if let Some(t) = setting("threshold") {
-                            *threshold = t.as_f64().ok_or_else(|| {
-                                ConfigError::invalid("BinaryAccuracy.threshold", t, "a number")
-                            })?;
-                        }
-                    }
-                    MetricFn::Precision { threshold } | MetricFn::Recall { threshold } => {
-                        if let Some(k) = ["top_k", "class_id"]
-                            .into_iter()
-                            .find(|k| setting(k).is_some())
-                        {
-                            return Err(ConfigError::unsupported(
-                                "metric",
-                                format!("`{class}` with `{k}` is not computed by grucell"),
-                            ));
-                        }
-                        if let Some(t) = setting("thresholds") {
-                            *threshold = t.as_f64().ok_or_else(|| {
-                                ConfigError::unsupported(
-                                    "metric",
-                                    format!(
-                                        "`{class}` with thresholds {t} (one number is computed)"
-                                    ),
-                                )
-                            })?;
-                        }
-                    }
-                    _ => {}
-                }
-                m.name = name.to_string();
-                Ok(m)
+        let o = match v {
+            Value::String(s) => return Metric::from_name(s),
+            Value::Object(o) => o,
+            other => {
+                return Err(ConfigError::invalid(
+                    "metric",
+                    other,
+                    "a metric name or a serialized Keras metric",
+                ))
             }
-            other => Err(ConfigError::invalid(
-                "metric",
-                other,
-                "a metric name or a serialized Keras metric",
-            )),
+        };
+        let class = o.get("class_name").and_then(Value::as_str).unwrap_or("");
+        let config = o.get("config");
+        // A metric function (`metrics=[keras.metrics.mae]`) is saved by its name.
+        if class == "function" {
+            return match config.and_then(Value::as_str) {
+                Some(f) => Metric::from_function(f),
+                None => Err(ConfigError::invalid(
+                    "metric.config",
+                    config.unwrap_or(&Value::Null),
+                    "the name of a Keras metric function",
+                )),
+            };
         }
+        let empty = Map::new();
+        let cfg = config.and_then(Value::as_object).unwrap_or(&empty);
+        let name = cfg.get("name").and_then(Value::as_str).unwrap_or(class);
+        let named = |function| Metric {
+            name: name.to_string(),
+            function,
+        };
+        // TF-Keras 2 saves compiled metrics as wrappers of a named function.
+        if class == "MeanMetricWrapper" {
+            let f = match cfg.get("fn") {
+                Some(Value::String(f)) => Some(f.as_str()),
+                Some(Value::Object(f)) => f.get("config").and_then(Value::as_str),
+                _ => None,
+            };
+            if let Some(f) = f {
+                return Ok(named(Metric::from_function(f)?.function));
+            }
+        }
+        let setting = |k: &str| cfg.get(k).filter(|v| !v.is_null());
+        let refuse = |what: String| {
+            Err(ConfigError::unsupported(
+                "metric",
+                format!("`{class}` with {what} is not computed by grucell"),
+            ))
+        };
+        // Keras' `thresholds`: none (0.5), one number, or a list of one.
+        let threshold = || -> Result<f64, ConfigError> {
+            match setting("thresholds") {
+                None => Ok(0.5),
+                Some(Value::Array(a)) if a.len() == 1 && a[0].is_number() => {
+                    Ok(a[0].as_f64().unwrap_or(0.5))
+                }
+                Some(t) => t.as_f64().ok_or_else(|| {
+                    ConfigError::unsupported(
+                        "metric",
+                        format!("`{class}` with thresholds {t} (one number is computed)"),
+                    )
+                }),
+            }
+        };
+        let k = || -> Result<usize, ConfigError> {
+            Ok(get_u64(cfg, "k")?.map_or(5, |k| usize::try_from(k).unwrap_or(usize::MAX)))
+        };
+        let function = match class {
+            // A metric class named "Accuracy" is Keras' exact-equality metric, not the
+            // string's shape-resolved accuracy.
+            "Accuracy" => MetricFn::ExactAccuracy,
+            "BinaryCrossentropy"
+            | "CategoricalCrossentropy"
+            | "SparseCategoricalCrossentropy"
+            | "KLDivergence"
+            | "Poisson"
+            | "Hinge"
+            | "SquaredHinge"
+            | "CategoricalHinge" => {
+                // The metric classes take the loss classes' settings.
+                MetricFn::Loss(Loss::from_keras(
+                    &serde_json::json!({ "class_name": class, "config": cfg }),
+                )?)
+            }
+            "CosineSimilarity" => {
+                if setting("axis").is_some_and(|a| a.as_i64() != Some(-1)) {
+                    return refuse(format!("axis {}", cfg["axis"]));
+                }
+                MetricFn::CosineSimilarity
+            }
+            "TopKCategoricalAccuracy" => MetricFn::TopKCategoricalAccuracy { k: k()? },
+            "SparseTopKCategoricalAccuracy" => {
+                if get_bool(cfg, "from_sorted_ids", false)? {
+                    return refuse("`from_sorted_ids`".into());
+                }
+                MetricFn::SparseTopKCategoricalAccuracy { k: k()? }
+            }
+            "BinaryAccuracy" => MetricFn::BinaryAccuracy {
+                threshold: get_f64(cfg, "threshold", 0.5)?,
+            },
+            "Precision" | "Recall" | "TruePositives" | "FalsePositives" | "TrueNegatives"
+            | "FalseNegatives" => {
+                if let Some(k) = ["top_k", "class_id"]
+                    .into_iter()
+                    .find(|k| setting(k).is_some())
+                {
+                    return refuse(format!("`{k}`"));
+                }
+                let threshold = threshold()?;
+                match Metric::from_name(class)?.function {
+                    MetricFn::Precision { .. } => MetricFn::Precision { threshold },
+                    MetricFn::Recall { .. } => MetricFn::Recall { threshold },
+                    MetricFn::Count { count, .. } => MetricFn::Count { count, threshold },
+                    f => f,
+                }
+            }
+            "AUC" => {
+                if get_bool(cfg, "multi_label", false)? {
+                    return refuse("`multi_label`".into());
+                }
+                if let Some(k) = ["thresholds", "label_weights"]
+                    .into_iter()
+                    .find(|k| setting(k).is_some())
+                {
+                    return refuse(format!("`{k}`"));
+                }
+                let num_thresholds = match get_u64(cfg, "num_thresholds")? {
+                    None => 200,
+                    Some(n) if (2..=1 << 20).contains(&n) => n as usize,
+                    Some(n) => {
+                        return Err(ConfigError::invalid(
+                            "AUC.num_thresholds",
+                            n,
+                            "an integer in [2, 1048576]",
+                        ))
+                    }
+                };
+                let text = |k: &str, default: &str| -> String {
+                    cfg.get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or(default)
+                        .to_string()
+                };
+                let curve = match text("curve", "ROC").to_uppercase().as_str() {
+                    "ROC" => AucCurve::Roc,
+                    "PR" => AucCurve::Pr,
+                    "PRGAIN" => AucCurve::PrGain,
+                    other => {
+                        return Err(ConfigError::invalid(
+                            "AUC.curve",
+                            other,
+                            "\"ROC\", \"PR\" or \"PRGAIN\"",
+                        ))
+                    }
+                };
+                let summation = match text("summation_method", "interpolation")
+                    .to_lowercase()
+                    .as_str()
+                {
+                    "interpolation" => AucSummation::Interpolation,
+                    "minoring" => AucSummation::Minoring,
+                    "majoring" => AucSummation::Majoring,
+                    other => {
+                        return Err(ConfigError::invalid(
+                            "AUC.summation_method",
+                            other,
+                            "\"interpolation\", \"minoring\" or \"majoring\"",
+                        ))
+                    }
+                };
+                MetricFn::Auc {
+                    num_thresholds,
+                    curve,
+                    summation,
+                    from_logits: get_bool(cfg, "from_logits", false)?,
+                }
+            }
+            _ => Metric::from_name(class)?.function,
+        };
+        Ok(named(function))
+    }
+
+    /// A metric function by its name, as Keras 3 saves `metrics=[keras.metrics.mae]` and
+    /// TF-Keras 2 the function of a `MeanMetricWrapper`, with that name. The function
+    /// `accuracy` is exact equality; TF-Keras 2 also names `kl_divergence` and `log_cosh`
+    /// `kld`/`kullback_leibler_divergence` and `logcosh`.
+    fn from_function(f: &str) -> Result<Metric, ConfigError> {
+        let function = match f {
+            "accuracy" => MetricFn::ExactAccuracy,
+            "kld" | "KLD" | "kullback_leibler_divergence" => MetricFn::Loss(Loss::KlDivergence),
+            "logcosh" | "log_cosh" => MetricFn::Loss(Loss::LogCosh),
+            f => Metric::from_name(f)?.function,
+        };
+        Ok(Metric {
+            name: f.to_string(),
+            function,
+        })
     }
 
     /// This metric with `Accuracy` resolved for targets of shape `y_true` and outputs of shape
@@ -220,7 +485,8 @@ impl Metric {
     }
 }
 
-/// The running state of one metric: Keras' `Mean` with its `total` and `count`.
+/// The running state of one metric: Keras' `Mean` with its `total` and `count`, or the
+/// confusion counts of the threshold metrics.
 #[derive(Clone, Debug)]
 pub(crate) struct MetricState<T> {
     pub(crate) metric: Metric,
@@ -229,16 +495,24 @@ pub(crate) struct MetricState<T> {
     resolved: Option<MetricFn>,
     total: T,
     count: T,
+    /// AUC's counts per threshold: true positives, false positives, true negatives, false
+    /// negatives.
+    curve: Vec<[T; 4]>,
 }
 
 impl<T: Float> MetricState<T> {
     pub(crate) fn new(metric: Metric, weighted: bool) -> Self {
+        let curve = match metric.function {
+            MetricFn::Auc { num_thresholds, .. } => vec![[T::zero(); 4]; num_thresholds],
+            _ => Vec::new(),
+        };
         MetricState {
             metric,
             weighted,
             resolved: None,
             total: T::zero(),
             count: T::zero(),
+            curve,
         }
     }
 
@@ -246,10 +520,12 @@ impl<T: Float> MetricState<T> {
     pub(crate) fn reset(&mut self) {
         self.total = T::zero();
         self.count = T::zero();
+        self.curve.iter_mut().for_each(|c| *c = [T::zero(); 4]);
     }
 
     /// `result`: `total / count`, 0 when nothing was counted (`divide_no_nan`); its square
-    /// root for `RootMeanSquaredError`.
+    /// root for `RootMeanSquaredError`, the count itself for a confusion count, the area for
+    /// AUC.
     pub(crate) fn result(&self) -> f64 {
         let r = if self.count == T::zero() {
             T::zero()
@@ -258,18 +534,24 @@ impl<T: Float> MetricState<T> {
         };
         match self.resolved {
             Some(MetricFn::RootMeanSquaredError) => r.sqrt().f64(),
+            Some(MetricFn::Count { .. }) => self.total.f64(),
+            Some(MetricFn::Auc {
+                curve, summation, ..
+            }) => auc(&self.curve, curve, summation).f64(),
             _ => r.f64(),
         }
     }
 
     /// `update_state(y_true, y_pred, sample_weight)` for one batch. `sample_weight` holds one
     /// weight per loss term (per sample, or per sample and step), as the loss takes them; it is
-    /// used by weighted metrics only. `mask` is the output's mask (sequence outputs).
+    /// used by weighted metrics only. `mask` is the output's mask (sequence outputs); `logits`
+    /// the input of the output's `sigmoid`/`softmax` activation, which crossentropies read.
     pub(crate) fn update(
         &mut self,
         y_true: &Tensor<T>,
         y_pred: &Tensor<T>,
         mask: Option<&Mask>,
+        logits: Option<(Activation, &Tensor<T>)>,
         sample_weight: Option<&[T]>,
     ) -> Result<(), Error> {
         let function = match self.resolved {
@@ -283,19 +565,22 @@ impl<T: Float> MetricState<T> {
                 f
             }
         };
-        let values = metric_values(function, &self.metric.name, y_true, y_pred)?;
+        let values = metric_values(function, &self.metric.name, y_true, y_pred, logits)?;
         let n = y_pred.shape().first().copied().unwrap_or(1).max(1);
         let per = values.len() / n;
         // Weights per sample: none, one, or one per step (mask and/or step weights). Keras'
         // plain `Mean` and confusion-matrix metrics do not see the output mask.
-        let wrapper = !matches!(
+        let confusion = matches!(
             function,
-            MetricFn::RootMeanSquaredError | MetricFn::Precision { .. } | MetricFn::Recall { .. }
+            MetricFn::Precision { .. }
+                | MetricFn::Recall { .. }
+                | MetricFn::Count { .. }
+                | MetricFn::Auc { .. }
         );
+        let wrapper = !confusion && function != MetricFn::RootMeanSquaredError;
         let mask =
             mask.filter(|m| wrapper && y_pred.shape().len() == 3 && m.data.len() == n * m.time);
         let sw = sample_weight.filter(|_| self.weighted);
-        let confusion = !wrapper && function != MetricFn::RootMeanSquaredError;
         if mask.is_none() && sw.is_none() && !confusion {
             for v in values.chunks(per.max(1)) {
                 self.total += mean(v);
@@ -316,24 +601,20 @@ impl<T: Float> MetricState<T> {
             .into());
         }
         let each = per / w_per;
-        if let MetricFn::Precision { threshold } | MetricFn::Recall { threshold } = function {
-            // Confusion counts: `total` true positives, `count` those plus the false positives
-            // (precision) or the false negatives (recall).
-            let th = T::of(threshold);
-            let precision = matches!(function, MetricFn::Precision { .. });
-            for (i, (&label, &pred)) in y_true.data().iter().zip(y_pred.data()).enumerate() {
-                let (s, j) = (i / per, (i % per) / each);
-                let w = sw.map_or(T::one(), |w| w[s * sw_per + j * sw_per / w_per]);
-                let (actual, predicted) = (label != T::zero(), pred > th);
-                if actual && predicted {
-                    self.total += w;
-                    self.count += w;
-                } else if (predicted && !actual && precision)
-                    || (actual && !predicted && !precision)
-                {
-                    self.count += w;
-                }
-            }
+        if confusion {
+            // Per entry: its label, prediction and weight.
+            let entries =
+                y_true
+                    .data()
+                    .iter()
+                    .zip(y_pred.data())
+                    .enumerate()
+                    .map(|(i, (&label, &pred))| {
+                        let (s, j) = (i / per, (i % per) / each);
+                        let w = sw.map_or(T::one(), |w| w[s * sw_per + j * sw_per / w_per]);
+                        (label != T::zero(), pred, w)
+                    });
+            self.count_confusion(function, entries);
             return Ok(());
         }
         for s in 0..n {
@@ -360,6 +641,140 @@ impl<T: Float> MetricState<T> {
         }
         Ok(())
     }
+
+    /// Adds one batch's weighted confusion counts: `(y ≠ 0, ŷ, weight)` per entry.
+    fn count_confusion(&mut self, function: MetricFn, entries: impl Iterator<Item = (bool, T, T)>) {
+        match function {
+            MetricFn::Precision { threshold } | MetricFn::Recall { threshold } => {
+                // `total` true positives, `count` those plus the false positives (precision)
+                // or the false negatives (recall).
+                let th = T::of(threshold);
+                let precision = matches!(function, MetricFn::Precision { .. });
+                for (actual, pred, w) in entries {
+                    let predicted = pred > th;
+                    if actual && predicted {
+                        self.total += w;
+                        self.count += w;
+                    } else if (predicted && !actual && precision)
+                        || (actual && !predicted && !precision)
+                    {
+                        self.count += w;
+                    }
+                }
+            }
+            MetricFn::Count { count, threshold } => {
+                let th = T::of(threshold);
+                for (actual, pred, w) in entries {
+                    // Keras' `logical_not(pred > threshold)`: a NaN prediction is negative.
+                    let positive = pred > th;
+                    let hit = match count {
+                        Confusion::TruePositives => actual && positive,
+                        Confusion::FalsePositives => !actual && positive,
+                        Confusion::TrueNegatives => !actual && !positive,
+                        Confusion::FalseNegatives => actual && !positive,
+                    };
+                    if hit {
+                        self.total += w;
+                    }
+                }
+            }
+            MetricFn::Auc { from_logits, .. } => {
+                // Keras' evenly spread thresholds: `−ε, 1/(n−1), …, (n−2)/(n−1), 1 + ε`. A
+                // prediction clipped to [0, 1] falls in bucket `max(⌈ŷ·(n−1)⌉ − 1, 0)` and
+                // counts as positive at every threshold up to its bucket; the batch's bucket
+                // sums are then summed from the top.
+                let n = self.curve.len();
+                let scale = T::of(n as f64 - 1.0);
+                let mut buckets = vec![[T::zero(); 2]; n];
+                let (mut pos, mut neg) = (T::zero(), T::zero());
+                for (actual, pred, w) in entries {
+                    let p = if from_logits {
+                        Activation::Sigmoid.apply(pred)
+                    } else {
+                        pred
+                    };
+                    let p = p.max(T::zero()).min(T::one());
+                    let b = ((p * scale).ceil().f64() - 1.0).max(0.0);
+                    // NaN predictions land in bucket 0, as TensorFlow's cast of NaN does here.
+                    let b = if b.is_finite() {
+                        (b as usize).min(n - 1)
+                    } else {
+                        0
+                    };
+                    let slot = usize::from(!actual);
+                    buckets[b][slot] += w;
+                    if actual {
+                        pos += w;
+                    } else {
+                        neg += w;
+                    }
+                }
+                let (mut tp, mut fp) = (T::zero(), T::zero());
+                for (c, b) in self.curve.iter_mut().zip(&buckets).rev() {
+                    tp += b[0];
+                    fp += b[1];
+                    c[0] += tp;
+                    c[1] += fp;
+                    c[2] += neg - fp;
+                    c[3] += pos - tp;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Keras' `AUC.result` from the counts per threshold (`[tp, fp, tn, fn]`), in its order of
+/// operations.
+fn auc<T: Float>(c: &[[T; 4]], curve: AucCurve, summation: AucSummation) -> T {
+    let div = |a: T, b: T| if b == T::zero() { T::zero() } else { a / b };
+    let zero = T::zero();
+    let mut sum = zero;
+    if curve == AucCurve::Pr && summation == AucSummation::Interpolation {
+        for w in c.windows(2) {
+            let ([tp0, fp0, _, _], [tp1, fp1, _, fn1]) = (w[0], w[1]);
+            let dtp = tp0 - tp1;
+            let (p0, p1) = (tp0 + fp0, tp1 + fp1);
+            let slope = div(dtp, (p0 - p1).max(zero));
+            let intercept = tp1 - slope * p1;
+            let ratio = if p0 > zero && p1 > zero {
+                div(p0, p1.max(zero))
+            } else {
+                T::one()
+            };
+            sum += div(
+                slope * (dtp + intercept * ratio.ln()),
+                (tp1 + fn1).max(zero),
+            );
+        }
+        return sum;
+    }
+    let point = |&[tp, fp, tn, fun]: &[T; 4]| -> (T, T) {
+        let recall = div(tp, tp + fun);
+        match curve {
+            AucCurve::Roc => (div(fp, fp + tn), recall),
+            AucCurve::Pr => (recall, div(tp, tp + fp)),
+            AucCurve::PrGain => {
+                let scaling = div(tp + fun, tn + fp);
+                if tp == zero {
+                    (zero, T::one())
+                } else {
+                    let rg = T::one() - scaling * div(fun, tp);
+                    (rg.max(zero), T::one() - scaling * div(fp, tp))
+                }
+            }
+        }
+    };
+    for w in c.windows(2) {
+        let ((x0, y0), (x1, y1)) = (point(&w[0]), point(&w[1]));
+        let height = match summation {
+            AucSummation::Interpolation => (y0 + y1) / T::of(2.0),
+            AucSummation::Minoring => y0.min(y1),
+            AucSummation::Majoring => y0.max(y1),
+        };
+        sum += (x0 - x1) * height;
+    }
+    sum
 }
 
 fn mean<T: Float>(v: &[T]) -> T {
@@ -371,12 +786,13 @@ fn mean<T: Float>(v: &[T]) -> T {
 }
 
 /// The metric function's result, flattened: one value per row of `y_pred` (all axes but the
-/// last), or per entry for binary accuracy.
+/// last), or per entry for the entry-wise metrics.
 fn metric_values<T: Float>(
     f: MetricFn,
     name: &str,
     y_true: &Tensor<T>,
     y_pred: &Tensor<T>,
+    logits: Option<(Activation, &Tensor<T>)>,
 ) -> Result<Vec<T>, Error> {
     let shape = y_pred.shape();
     let last = shape.last().copied().unwrap_or(1).max(1);
@@ -385,7 +801,13 @@ fn metric_values<T: Float>(
     let mismatch = |want: String| -> Error {
         ShapeError::mismatch(format!("metric `{name}` targets"), y_true.shape(), want).into()
     };
-    let sparse = matches!(f, MetricFn::SparseCategoricalAccuracy);
+    let sparse = match f {
+        MetricFn::SparseCategoricalAccuracy | MetricFn::SparseTopKCategoricalAccuracy { .. } => {
+            true
+        }
+        MetricFn::Loss(l) => l.sparse_labels(),
+        _ => false,
+    };
     if sparse {
         if y_true.len() != rows {
             return Err(mismatch(format!(
@@ -416,6 +838,19 @@ fn metric_values<T: Float>(
         }
         best
     };
+    let one_if = |b: bool| if b { T::one() } else { T::zero() };
+    // TensorFlow's `in_top_k`: the target's score is finite and fewer than `k` scores beat it.
+    let in_top_k = |row: &[T], target: Option<usize>, k: usize| -> T {
+        one_if(
+            target
+                .and_then(|c| row.get(c))
+                .is_some_and(|&s| s.is_finite() && row.iter().filter(|&&x| x > s).count() < k),
+        )
+    };
+    let class_index = |v: T| -> Option<usize> {
+        let v = v.f64();
+        (v.is_finite() && v >= 0.0).then_some(v as usize)
+    };
     Ok(match f {
         MetricFn::MeanAbsoluteError => per_row(&|a, b| (a - b).abs()),
         MetricFn::MeanSquaredError => per_row(&|a, b| (a - b) * (a - b)),
@@ -431,36 +866,41 @@ fn metric_values<T: Float>(
             let th = T::of(threshold);
             t.iter()
                 .zip(p)
-                .map(|(a, b)| {
-                    let hit = if *b > th { T::one() } else { T::zero() };
-                    if hit == *a {
-                        T::one()
-                    } else {
-                        T::zero()
-                    }
-                })
+                .map(|(a, b)| one_if(one_if(*b > th) == *a))
                 .collect()
         }
+        MetricFn::ExactAccuracy => t.iter().zip(p).map(|(a, b)| one_if(a == b)).collect(),
         MetricFn::CategoricalAccuracy => (0..rows)
             .map(|r| {
-                let same =
-                    argmax(&t[r * last..(r + 1) * last]) == argmax(&p[r * last..(r + 1) * last]);
-                if same {
-                    T::one()
-                } else {
-                    T::zero()
-                }
+                one_if(argmax(&t[r * last..(r + 1) * last]) == argmax(&p[r * last..(r + 1) * last]))
             })
             .collect(),
         MetricFn::SparseCategoricalAccuracy => (0..rows)
+            .map(|r| one_if(T::of(argmax(&p[r * last..(r + 1) * last]) as f64) == t[r]))
+            .collect(),
+        MetricFn::TopKCategoricalAccuracy { k } => (0..rows)
             .map(|r| {
-                let class = T::of(argmax(&p[r * last..(r + 1) * last]) as f64);
-                if class == t[r] {
-                    T::one()
-                } else {
-                    T::zero()
-                }
+                let target = argmax(&t[r * last..(r + 1) * last]);
+                in_top_k(&p[r * last..(r + 1) * last], Some(target), k)
             })
+            .collect(),
+        MetricFn::SparseTopKCategoricalAccuracy { k } => (0..rows)
+            .map(|r| in_top_k(&p[r * last..(r + 1) * last], class_index(t[r]), k))
+            .collect(),
+        MetricFn::Loss(loss) => {
+            let (used, loss) = match logits {
+                Some((a, z)) => match loss.on_activation_output(a)? {
+                    Some(l) => (z, l),
+                    None => (y_pred, loss),
+                },
+                None => (y_pred, loss),
+            };
+            loss.row_values(t, used.data(), used.shape())?
+        }
+        MetricFn::CosineSimilarity => Loss::CosineSimilarity
+            .row_values(t, p, shape)?
+            .into_iter()
+            .map(|v| -v)
             .collect(),
         MetricFn::RootMeanSquaredError => t
             .iter()
@@ -468,7 +908,10 @@ fn metric_values<T: Float>(
             .map(|(a, b)| (*b - *a) * (*b - *a))
             .collect(),
         // Counted in `update` from the entries themselves; one placeholder per entry.
-        MetricFn::Precision { .. } | MetricFn::Recall { .. } => vec![T::zero(); p.len()],
+        MetricFn::Precision { .. }
+        | MetricFn::Recall { .. }
+        | MetricFn::Count { .. }
+        | MetricFn::Auc { .. } => vec![T::zero(); p.len()],
         MetricFn::Accuracy => {
             return Err(ConfigError::invalid(
                 "metric",
@@ -570,11 +1013,18 @@ impl<T: Float> MetricSet<T> {
     pub(crate) fn update(
         &mut self,
         y_true: &Tensor<T>,
-        output: &(Tensor<T>, Option<Mask>),
+        output: &ModelOutput<T>,
         sample_weight: Option<&[T]>,
     ) -> Result<(), Error> {
+        let logits = output.logits.as_ref().map(|(a, z)| (*a, z));
         for s in &mut self.states {
-            s.update(y_true, &output.0, output.1.as_ref(), sample_weight)?;
+            s.update(
+                y_true,
+                &output.value,
+                output.mask.as_ref(),
+                logits,
+                sample_weight,
+            )?;
         }
         Ok(())
     }
@@ -590,5 +1040,302 @@ impl<T: Float> MetricSet<T> {
         losses
             .chain(self.states.iter().map(MetricState::result))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// One metric over one batch `(y_true, y_pred)` of shape `shape`, with weights where given.
+    fn run(
+        metric: Value,
+        y_true: &[f32],
+        y_pred: &[f32],
+        shape: &[usize],
+        w: Option<&[f32]>,
+    ) -> f64 {
+        let metric = Metric::from_keras(&metric).unwrap();
+        let mut state = MetricState::<f32>::new(metric, w.is_some());
+        let true_shape = if y_true.len() == y_pred.len() {
+            shape.to_vec()
+        } else {
+            shape[..shape.len() - 1].to_vec()
+        };
+        let t = Tensor::new(true_shape, y_true.to_vec()).unwrap();
+        let p = Tensor::new(shape.to_vec(), y_pred.to_vec()).unwrap();
+        state.update(&t, &p, None, None, w).unwrap();
+        state.result()
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-6 * b.abs().max(1.0)
+    }
+
+    // The values are the examples of Keras' own docstrings.
+
+    #[test]
+    fn auc_matches_keras_examples() {
+        let auc = |cfg: Value| {
+            run(
+                json!({"class_name": "AUC", "config": cfg}),
+                &[0.0, 0.0, 1.0, 1.0],
+                &[0.0, 0.5, 0.3, 0.9],
+                &[4],
+                None,
+            )
+        };
+        assert!(close(auc(json!({"num_thresholds": 3})), 0.75));
+        // Weighted: `sample_weight=[1, 0, 0, 1]` gives 1.0.
+        let w = run(
+            json!({"class_name": "AUC", "config": {"num_thresholds": 3}}),
+            &[0.0, 0.0, 1.0, 1.0],
+            &[0.0, 0.5, 0.3, 0.9],
+            &[4],
+            Some(&[1.0, 0.0, 0.0, 1.0]),
+        );
+        assert!(close(w, 1.0), "{w}");
+        // From logits: a sigmoid first.
+        let logits = run(
+            json!({"class_name": "AUC", "config": {"from_logits": true}}),
+            &[0.0, 0.0, 1.0, 1.0],
+            &[-3.0, 0.0, -0.5, 2.0],
+            &[4],
+            None,
+        );
+        let probs = auc(json!({}));
+        assert!(close(logits, probs), "{logits} vs {probs}");
+        // A perfect ranking has area 1 on every curve.
+        for curve in ["ROC", "PR", "PRGAIN"] {
+            let a = run(
+                json!({"class_name": "AUC", "config": {"curve": curve}}),
+                &[0.0, 1.0, 0.0, 1.0],
+                &[0.1, 0.8, 0.3, 0.9],
+                &[4],
+                None,
+            );
+            assert!(close(a, 1.0), "{curve}: {a}");
+        }
+    }
+
+    #[test]
+    fn confusion_counts_match_keras_examples() {
+        let count = |class: &str, w: Option<&[f32]>| {
+            run(
+                json!({"class_name": class, "config": {}}),
+                &[0.0, 1.0, 1.0, 1.0],
+                &[1.0, 0.0, 1.0, 1.0],
+                &[4],
+                w,
+            )
+        };
+        assert_eq!(count("TruePositives", None), 2.0);
+        assert_eq!(count("TruePositives", Some(&[0.0, 0.0, 1.0, 0.0])), 1.0);
+        assert_eq!(count("FalsePositives", None), 1.0);
+        assert_eq!(count("FalseNegatives", None), 1.0);
+        assert_eq!(count("TrueNegatives", None), 0.0);
+        let tn = run(
+            json!("true_negatives"),
+            &[0.0, 1.0, 0.0, 0.0],
+            &[0.0, 0.0, 1.0, 0.0],
+            &[4],
+            None,
+        );
+        assert_eq!(tn, 2.0);
+        // One threshold, as a number or a list of one.
+        let at = |t: Value| {
+            Metric::from_keras(
+                &json!({"class_name": "FalsePositives", "config": {"thresholds": t}}),
+            )
+            .map(|m| m.function)
+        };
+        let want = MetricFn::Count {
+            count: Confusion::FalsePositives,
+            threshold: 0.25,
+        };
+        assert_eq!(at(json!(0.25)).unwrap(), want);
+        assert_eq!(at(json!([0.25])).unwrap(), want);
+        assert!(at(json!([0.25, 0.5]))
+            .unwrap_err()
+            .to_string()
+            .contains("thresholds"));
+    }
+
+    #[test]
+    fn top_k_accuracies_match_keras_examples() {
+        let y_pred = [0.1, 0.9, 0.8, 0.05, 0.95, 0.0];
+        let top = run(
+            json!({"class_name": "TopKCategoricalAccuracy", "config": {"k": 1}}),
+            &[0.0, 0.0, 1.0, 0.0, 1.0, 0.0],
+            &y_pred,
+            &[2, 3],
+            None,
+        );
+        assert!(close(top, 0.5));
+        let sparse = run(
+            json!({"class_name": "SparseTopKCategoricalAccuracy", "config": {"k": 1}}),
+            &[2.0, 1.0],
+            &y_pred,
+            &[2, 3],
+            None,
+        );
+        assert!(close(sparse, 0.5));
+        // Ties at the boundary are in the top k (TensorFlow's `in_top_k`).
+        let tie = run(
+            json!({"class_name": "SparseTopKCategoricalAccuracy", "config": {"k": 1}}),
+            &[0.0],
+            &[0.5, 0.5, 0.1],
+            &[1, 3],
+            None,
+        );
+        assert_eq!(tie, 1.0);
+        // Five by default: every class of three.
+        let all = run(
+            json!("top_k_categorical_accuracy"),
+            &[1.0, 0.0, 0.0],
+            &[0.0, 1.0, 2.0],
+            &[1, 3],
+            None,
+        );
+        assert_eq!(all, 1.0);
+    }
+
+    #[test]
+    fn exact_accuracy_cosine_and_loss_metrics_match_keras_examples() {
+        let exact = run(
+            json!({"class_name": "Accuracy", "config": {"name": "accuracy"}}),
+            &[1.0, 2.0, 3.0, 4.0],
+            &[0.0, 2.0, 3.0, 4.0],
+            &[4, 1],
+            None,
+        );
+        assert!(close(exact, 0.75));
+        let cos = run(
+            json!("cosine_similarity"),
+            &[0.0, 1.0, 1.0, 1.0],
+            &[1.0, 0.0, 1.0, 1.0],
+            &[2, 2],
+            None,
+        );
+        assert!(close(cos, 0.49999997), "{cos}");
+        // keras.metrics.BinaryCrossentropy docstring: 0.81492424.
+        let bce = run(
+            json!("binary_crossentropy"),
+            &[0.0, 1.0, 0.0, 0.0],
+            &[0.6, 0.4, 0.4, 0.6],
+            &[2, 2],
+            None,
+        );
+        assert!(close(bce, 0.81492424), "{bce}");
+        // keras.metrics.CategoricalCrossentropy: 1.1769392.
+        let cce = run(
+            json!("categorical_crossentropy"),
+            &[0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+            &[0.05, 0.95, 0.0, 0.1, 0.8, 0.1],
+            &[2, 3],
+            None,
+        );
+        assert!(close(cce, 1.1769392), "{cce}");
+        let sparse = run(
+            json!("sparse_categorical_crossentropy"),
+            &[1.0, 2.0],
+            &[0.05, 0.95, 0.0, 0.1, 0.8, 0.1],
+            &[2, 3],
+            None,
+        );
+        assert!(close(sparse, 1.1769392), "{sparse}");
+        // keras.metrics.Hinge: 1.3; SquaredHinge: 1.86; CategoricalHinge: 1.4.
+        let hinge = |m: &str| {
+            run(
+                json!(m),
+                &[0.0, 1.0, 0.0, 0.0],
+                &[0.6, 0.4, 0.4, 0.6],
+                &[2, 2],
+                None,
+            )
+        };
+        assert!(close(hinge("hinge"), 1.3));
+        assert!(close(hinge("squared_hinge"), 1.86));
+        assert!(close(hinge("categorical_hinge"), 1.4));
+        // keras.metrics.KLDivergence: 0.45814306; Poisson: 0.49999997.
+        assert!(
+            close(hinge("kl_divergence"), 0.45814306),
+            "{}",
+            hinge("kl_divergence")
+        );
+        let poisson = run(
+            json!("poisson"),
+            &[0.0, 1.0, 0.0, 0.0],
+            &[1.0, 1.0, 0.0, 0.0],
+            &[2, 2],
+            None,
+        );
+        assert!(close(poisson, 0.49999997), "{poisson}");
+    }
+
+    #[test]
+    fn metric_functions_and_refused_settings() {
+        let f = |v: Value| Metric::from_keras(&v);
+        // Keras 3 saves metric functions by name; TF-Keras 2 wraps them.
+        let m = f(json!({"class_name": "function", "config": "mean_absolute_error"})).unwrap();
+        assert_eq!(
+            (m.name.as_str(), m.function),
+            ("mean_absolute_error", MetricFn::MeanAbsoluteError)
+        );
+        let m = f(json!({"class_name": "MeanMetricWrapper", "config": {"name": "kl", "fn": "kullback_leibler_divergence"}}))
+            .unwrap();
+        assert_eq!(
+            (m.name.as_str(), m.function),
+            ("kl", MetricFn::Loss(Loss::KlDivergence))
+        );
+        assert_eq!(
+            f(json!({"class_name": "function", "config": "accuracy"}))
+                .unwrap()
+                .function,
+            MetricFn::ExactAccuracy
+        );
+        let m = f(json!({"class_name": "BinaryCrossentropy", "config": {"name": "b", "from_logits": true, "label_smoothing": 0.1}}))
+            .unwrap();
+        assert_eq!(
+            m.function,
+            MetricFn::Loss(Loss::BinaryCrossentropy {
+                from_logits: true,
+                label_smoothing: 0.1
+            })
+        );
+        let refused = |v: Value, what: &str| {
+            let e = f(v).unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        };
+        refused(
+            json!({"class_name": "AUC", "config": {"multi_label": true}}),
+            "multi_label",
+        );
+        refused(
+            json!({"class_name": "AUC", "config": {"thresholds": [0.1, 0.5]}}),
+            "thresholds",
+        );
+        refused(
+            json!({"class_name": "AUC", "config": {"curve": "XY"}}),
+            "AUC.curve",
+        );
+        refused(
+            json!({"class_name": "AUC", "config": {"num_thresholds": 1}}),
+            "num_thresholds",
+        );
+        refused(
+            json!({"class_name": "SparseTopKCategoricalAccuracy", "config": {"from_sorted_ids": true}}),
+            "from_sorted_ids",
+        );
+        refused(
+            json!({"class_name": "SparseCategoricalCrossentropy", "config": {"ignore_class": 0}}),
+            "ignore_class",
+        );
+        refused(
+            json!({"class_name": "CosineSimilarity", "config": {"axis": 1}}),
+            "axis",
+        );
+        refused(json!("f1_score"), "f1_score");
     }
 }
