@@ -768,10 +768,16 @@ def check_fit(args, keras, layers, rng, pick, out):
         metric_names, weighted_names = [], []
         if rng.random() < args.metrics:
             if loss in ("sparse_categorical_crossentropy", "generalized_ce"):
-                pool = ["acc", "accuracy", "sparse_categorical_accuracy"]
+                pool = ["acc", "accuracy", "sparse_categorical_accuracy", "sparse_categorical_crossentropy",
+                        "sparse_top_k_categorical_accuracy"]
             else:
                 pool = ["mae", "mse", "msle", "mape", "acc", "binary_accuracy", "categorical_accuracy",
-                        "root_mean_squared_error", "precision", "recall"]
+                        "root_mean_squared_error", "precision", "recall", "log_cosh_error", "cosine_similarity",
+                        "hinge", "squared_hinge", "categorical_hinge", "kl_divergence", "top_k_categorical_accuracy",
+                        "auc", "true_positives", "false_negatives", "binary_crossentropy"]
+                # Poisson and categorical crossentropy need positive outputs (NaN otherwise).
+                if act in ("sigmoid", "softmax", "softplus"):
+                    pool += ["poisson", "categorical_crossentropy"]
             metric_names = [str(v) for v in rng.choice(pool, size=int(rng.integers(1, 3)), replace=False)]
             weighted_names = [str(v) for v in rng.choice(pool, size=int(rng.integers(0, 2)), replace=False)]
         with_metrics += bool(metric_names)

@@ -561,6 +561,15 @@ fn keras_sparse_metrics_on_a_masked_softmax_sequence_output() {
     check_keras_case("metrics_sparse_seq");
 }
 
+/// Keras' `"ce"` loss alias on `(N, 1)` class indices against a softmax: sparse categorical
+/// crossentropy, picked from the shapes.
+#[test]
+fn keras_ce_alias_resolves_to_sparse_crossentropy_from_the_shapes() {
+    let (_, model, _) = keras_case("ce_alias");
+    assert_eq!(model.compiled_loss().unwrap(), Some(Loss::Crossentropy));
+    check_keras_case("ce_alias");
+}
+
 /// A model with two outputs: Keras' history tracks each output's loss (`a_loss`, `b_loss`, their
 /// `val_` forms; the total adds the regularizer), and so does evaluate.
 #[test]

@@ -458,6 +458,8 @@ impl<T: Float> Model<T> {
                         .map(|(a, z)| (a, z.clone())),
                 });
             }
+            // Keras' "crossentropy" alias, picked from the shapes.
+            let loss = &loss.resolved(yt.shape(), pred.shape());
             let shortcut = match activation {
                 Some((a, z)) => loss.on_activation_output(a)?.map(|l| (z, l)),
                 None => None,

@@ -175,6 +175,10 @@ pub enum Loss {
         /// The noise parameter `q` in `(0, 1)` (Keras default 0.5).
         q: f64,
     },
+    /// Keras' `"crossentropy"`/`"ce"` (any case): binary, sparse categorical or categorical
+    /// crossentropy, picked from the shapes of the targets and outputs when the loss first meets
+    /// them ([`Loss::resolved`]), as Keras' `compile` does.
+    Crossentropy,
 }
 
 /// Names Keras' `keras.losses.get` knows but grucell does not implement.
@@ -207,8 +211,8 @@ impl Loss {
     /// (`"mean_squared_error"`, `"huber"`, `"log_cosh"`, `"binary_crossentropy"`, …) and the aliases
     /// `"mse"`, `"MSE"`, `"mae"`, `"MAE"`, `"bce"`, `"BCE"`.
     ///
-    /// Other Keras losses give [`ConfigError::Unsupported`]; so do `"crossentropy"`/`"ce"`, which
-    /// Keras' `compile` resolves from the data shapes.
+    /// `"crossentropy"` and `"ce"` (any case) are [`Loss::Crossentropy`], which Keras' `compile`
+    /// resolves from the data shapes. Other Keras losses give [`ConfigError::Unsupported`].
     pub fn from_name(name: &str) -> Result<Self, ConfigError> {
         let loss = match name {
             "mse" | "MSE" | "mean_squared_error" | "MeanSquaredError" => Loss::MeanSquaredError,
@@ -263,14 +267,8 @@ impl Loss {
             "CategoricalGeneralizedCrossEntropy" => {
                 Loss::CategoricalGeneralizedCrossEntropy { q: 0.5 }
             }
-            "crossentropy" | "ce" => {
-                return Err(ConfigError::unsupported(
-                    "loss",
-                    format!(
-                        "`{name}` (Keras picks binary, categorical or sparse crossentropy from the \
-                         data shapes); name the crossentropy explicitly"
-                    ),
-                ))
+            _ if ["crossentropy", "ce"].contains(&name.to_lowercase().as_str()) => {
+                Loss::Crossentropy
             }
             other if KERAS_UNSUPPORTED.contains(&other) => {
                 return Err(ConfigError::unsupported(
@@ -488,6 +486,10 @@ impl Loss {
     /// "label_smoothing": 0.0, "axis": -1}, "registered_name": null}`. A Huber `delta` other than
     /// 1 is written too (Keras omits it, but reads it).
     pub fn to_keras(&self) -> Value {
+        // Keras keeps the alias as the string it was compiled with.
+        if *self == Loss::Crossentropy {
+            return json!("crossentropy");
+        }
         let mut config = Map::new();
         config.insert("name".into(), json!(self.keras_name()));
         config.insert("reduction".into(), json!("sum_over_batch_size"));
@@ -575,6 +577,8 @@ impl Loss {
             Loss::BinaryFocalCrossentropy { .. } => "BinaryFocalCrossentropy",
             Loss::CategoricalFocalCrossentropy { .. } => "CategoricalFocalCrossentropy",
             Loss::CategoricalGeneralizedCrossEntropy { .. } => "CategoricalGeneralizedCrossEntropy",
+            // An alias without a class of its own.
+            Loss::Crossentropy => "crossentropy",
         }
     }
 
@@ -602,6 +606,57 @@ impl Loss {
             Loss::CategoricalGeneralizedCrossEntropy { .. } => {
                 "categorical_generalized_cross_entropy"
             }
+            Loss::Crossentropy => "crossentropy",
+        }
+    }
+
+    /// This loss for targets of shape `y_true` and outputs of shape `y_pred`:
+    /// [`Loss::Crossentropy`] becomes binary crossentropy for one output per row, sparse
+    /// categorical crossentropy for class indices (targets of lower rank, or a last axis of 1
+    /// against several classes), categorical crossentropy otherwise (Keras'
+    /// `is_binary_or_sparse_categorical`); other losses are unchanged.
+    ///
+    /// ```
+    /// use grucell::train::loss::Loss;
+    /// let ce = Loss::from_name("ce")?;
+    /// assert_eq!(ce.resolved(&[8], &[8, 3]), Loss::SparseCategoricalCrossentropy { from_logits: false });
+    /// assert_eq!(ce.resolved(&[8, 1], &[8, 1]), Loss::from_name("binary_crossentropy")?);
+    /// assert_eq!(ce.resolved(&[8, 3], &[8, 3]), Loss::from_name("categorical_crossentropy")?);
+    /// # Ok::<(), grucell::ConfigError>(())
+    /// ```
+    pub fn resolved(&self, y_true: &[usize], y_pred: &[usize]) -> Loss {
+        if *self != Loss::Crossentropy {
+            return *self;
+        }
+        let (t_last, p_last) = (y_true.last().copied(), y_pred.last().copied());
+        if p_last == Some(1) {
+            Loss::BinaryCrossentropy {
+                from_logits: false,
+                label_smoothing: 0.0,
+            }
+        } else if y_true.len() < y_pred.len()
+            || (t_last == Some(1) && p_last.is_some_and(|p| p > 1))
+        {
+            Loss::SparseCategoricalCrossentropy { from_logits: false }
+        } else {
+            Loss::CategoricalCrossentropy {
+                from_logits: false,
+                label_smoothing: 0.0,
+            }
+        }
+    }
+
+    /// [`Loss::resolved`] from the lengths of flat targets for outputs of shape `shape`: class
+    /// indices when there is one target per row.
+    fn resolved_by_len(&self, true_len: usize, shape: &[usize]) -> Loss {
+        let c = shape.last().copied().unwrap_or(1);
+        let rows = shape[..shape.len().saturating_sub(1)]
+            .iter()
+            .product::<usize>();
+        if c > 1 && true_len == rows {
+            self.resolved(&shape[..shape.len() - 1], shape)
+        } else {
+            self.resolved(shape, shape)
         }
     }
 
@@ -799,6 +854,11 @@ impl Loss {
         y_pred: &[T],
         shape: &[usize],
     ) -> Result<Vec<T>, ShapeError> {
+        if *self == Loss::Crossentropy {
+            return self
+                .resolved_by_len(y_true.len(), shape)
+                .row_values(y_true, y_pred, shape);
+        }
         let (rows, c, y_true) = self.prepared(y_true, y_pred, shape, None)?;
         let true_width = if self.sparse_labels() { 1 } else { c };
         Ok(y_true
@@ -842,6 +902,15 @@ impl Loss {
         sample_weight: Option<&[T]>,
         mut grad: Option<&mut [T]>,
     ) -> Result<T, ShapeError> {
+        if *self == Loss::Crossentropy {
+            return self.resolved_by_len(y_true.len(), shape).compute(
+                y_true,
+                y_pred,
+                shape,
+                sample_weight,
+                grad,
+            );
+        }
         let (rows, c, y_true) = self.prepared(y_true, y_pred, shape, sample_weight)?;
         if rows == 0 {
             return Ok(T::zero());
@@ -1105,6 +1174,13 @@ impl Loss {
                 }
                 -dot
             }
+            // Resolved before any row is computed (`compute`, `row_values`); a row as wide as
+            // its labels is categorical.
+            Loss::Crossentropy => Loss::CategoricalCrossentropy {
+                from_logits: false,
+                label_smoothing: 0.0,
+            }
+            .row(t, p, g, grad),
             Loss::CategoricalGeneralizedCrossEntropy { q } => {
                 let onehot = onehot_of::<T>(t);
                 // p = Σ y_pred · onehot, as Keras forms it.
@@ -1686,10 +1762,44 @@ mod tests {
             Loss::from_name("categorical_generalized_cross_entropy"),
             Err(ConfigError::UnknownName { .. })
         ));
-        assert!(matches!(
-            Loss::from_name("ce"),
-            Err(ConfigError::Unsupported { .. })
-        ));
+        assert_eq!(Loss::from_name("ce").unwrap(), Loss::Crossentropy);
+        // Called directly, the alias resolves from the lengths: one label per row of several
+        // classes is sparse, a single output binary, full-width labels categorical.
+        let ce = Loss::Crossentropy;
+        let p = [0.2f64, 0.5, 0.3, 0.6, 0.1, 0.3];
+        let explicit = |name: &str, t: &[f64], shape: &[usize]| {
+            Loss::from_name(name)
+                .unwrap()
+                .value(t, &p, shape, None)
+                .unwrap()
+        };
+        for (t, shape, name) in [
+            (
+                &[1.0, 0.0][..],
+                &[2, 3][..],
+                "sparse_categorical_crossentropy",
+            ),
+            (
+                &[0.0, 1.0, 0.0, 1.0, 0.0, 0.0][..],
+                &[2, 3][..],
+                "categorical_crossentropy",
+            ),
+            (
+                &[0.0, 1.0, 1.0, 0.0, 1.0, 0.0][..],
+                &[6, 1][..],
+                "binary_crossentropy",
+            ),
+        ] {
+            let got = ce.value(t, &p, shape, None).unwrap();
+            assert_eq!(got, explicit(name, t, shape), "{name}");
+            let rows = ce.row_values(t, &p, shape).unwrap();
+            assert_eq!(rows.len(), shape[0], "{name}");
+        }
+        assert_eq!(Loss::from_name("CrossEntropy").unwrap(), Loss::Crossentropy);
+        assert_eq!(
+            Loss::from_keras(&Loss::Crossentropy.to_keras()).unwrap(),
+            Loss::Crossentropy
+        );
         assert!(matches!(
             Loss::from_name("Mse"),
             Err(ConfigError::UnknownName { .. })
