@@ -229,7 +229,7 @@ pub struct FitConfig {
     /// Keras' compiled `metrics` ([`Model::compiled_metrics`]): computed on each training
     /// batch's outputs (those its loss saw, before its update) and on the validation data,
     /// without the sample or class weights (an output mask still applies), as Keras does.
-    /// Single-output models. Reported in [`History::metrics`].
+    /// Each applies to its [`Metric::output`]. Reported in [`History::metrics`].
     pub metrics: Vec<Metric>,
     /// Keras' `weighted_metrics`: as `metrics`, weighted by the sample (or class) weights.
     pub weighted_metrics: Vec<Metric>,
@@ -827,20 +827,56 @@ impl<T: Float> Model<T> {
 
     /// The `metrics` and `weighted_metrics` of the compile config (Keras 3's `compile_config`
     /// or TF-Keras 2's `training_config`): names, metric objects and TF-Keras' function
-    /// wrappers, listed flat or nested (a single output takes them all, as in Keras). What
-    /// grucell does not compute, or a multi-output model's metrics, is listed in `unsupported`,
-    /// for the caller to report.
+    /// wrappers. A single output takes them all, however nested, as in Keras; with several
+    /// outputs, a list with one entry per output or a dict keyed by output names gives each
+    /// output its own ([`Metric::output`]). What grucell does not compute, or cannot place on an
+    /// output, is listed in `unsupported`, for the caller to report.
     pub fn compiled_metrics(&self) -> CompiledMetrics {
         let mut out = CompiledMetrics::default();
+        let names: Vec<&str> = self
+            .outputs
+            .iter()
+            .map(|r| self.layers[r.layer].name.as_str())
+            .collect();
         for (key, weighted) in [("metrics", false), ("weighted_metrics", true)] {
             let Some(v) = self.compile_entry(&[key]) else {
                 continue;
             };
-            // A single output takes every metric listed, however nested (Keras'
-            // `tree.flatten`: lists in order, dicts by sorted key).
-            let mut items = Vec::new();
-            flatten_metrics(v, &mut items);
-            for item in items {
+            // Each output's entries (Keras' `_build_metrics_set`): a single output takes every
+            // metric listed, however nested (`tree.flatten`: lists in order, dicts by sorted
+            // key); several take a list of one entry per output, or a dict by output name.
+            let mut items: Vec<(usize, &Value)> = Vec::new();
+            fn per_output(k: usize, entry: &Value) -> Vec<(usize, &Value)> {
+                let mut flat = Vec::new();
+                flatten_metrics(entry, &mut flat);
+                flat.into_iter().map(|m| (k, m)).collect()
+            }
+            match v {
+                _ if names.len() == 1 => items = per_output(0, v),
+                Value::Array(a) if a.len() == names.len() => {
+                    for (k, entry) in a.iter().enumerate() {
+                        items.extend(per_output(k, entry));
+                    }
+                }
+                Value::Object(o)
+                    if !o.contains_key("class_name")
+                        && o.keys().all(|k| names.contains(&k.as_str())) =>
+                {
+                    for (k, name) in names.iter().enumerate() {
+                        if let Some(entry) = o.get(*name) {
+                            items.extend(per_output(k, entry));
+                        }
+                    }
+                }
+                other => {
+                    out.unsupported.push(format!(
+                        "{key} {other} (for a model with {} outputs grucell takes a list with one \
+                         entry per output or a dict keyed by output name: {names:?})",
+                        names.len()
+                    ));
+                }
+            }
+            for (k, item) in items {
                 let shown = || match item {
                     Value::String(s) => s.clone(),
                     other => other
@@ -848,15 +884,7 @@ impl<T: Float> Model<T> {
                         .and_then(Value::as_str)
                         .map_or_else(|| other.to_string(), str::to_string),
                 };
-                if self.outputs.len() != 1 {
-                    out.unsupported.push(format!(
-                        "{key} `{}` (metrics of a model with {} outputs are not computed)",
-                        shown(),
-                        self.outputs.len()
-                    ));
-                    continue;
-                }
-                match Metric::from_keras(item) {
+                match Metric::from_keras(item).map(|m| m.on_output(k)) {
                     Ok(m) if weighted => out.weighted_metrics.push(m),
                     Ok(m) => out.metrics.push(m),
                     Err(e) => out.unsupported.push(format!("{key} `{}`: {e}", shown())),
@@ -1009,20 +1037,22 @@ impl<T: Float> Model<T> {
         })
     }
 
-    /// The metrics' running state, for a single-output model (or no metrics).
+    /// The metrics' running state.
     fn metric_set(&self, metrics: &[Metric], weighted: &[Metric]) -> Result<MetricSet<T>, Error> {
-        if self.outputs.len() != 1 && !(metrics.is_empty() && weighted.is_empty()) {
-            return Err(ConfigError::unsupported(
-                "metrics",
-                format!(
-                    "compiled metrics of a model with {} outputs (grucell computes them for \
-                     single-output models)",
-                    self.outputs.len()
-                ),
+        if let Some(m) = metrics
+            .iter()
+            .chain(weighted)
+            .find(|m| m.output >= self.outputs.len())
+        {
+            return Err(ConfigError::invalid(
+                format!("metric `{}` output", m.name),
+                m.output,
+                format!("an output index below {}", self.outputs.len()),
             )
             .into());
         }
-        // Keras tracks each output's loss when there are several.
+        // Keras tracks each output's loss when there are several, and prefixes the metrics'
+        // names with the outputs'.
         let output_losses: Vec<String> = match self.outputs.len() {
             1 => Vec::new(),
             _ => self
@@ -1069,9 +1099,7 @@ impl<T: Float> Model<T> {
             let out = self.loss_and_grads_in(&xb, &yb, wb, loss, None, false, keep)?;
             if let Some(m) = metrics.as_deref_mut() {
                 m.update_losses(&out.output_losses);
-                if let ([yt], [o]) = (yb.as_slice(), out.outputs.as_slice()) {
-                    m.update(yt, o, wb)?;
-                }
+                m.update(&yb, &out.outputs, wb)?;
             }
             let v = out.loss;
             let w = T::of((end - start) as f64);
@@ -1315,9 +1343,7 @@ impl<T: Float> Model<T> {
                             at_batch(e, epoch + 1, b + 1)
                         })?;
                     train_metrics.update_losses(&step.output_losses);
-                    if let ([yt], [o]) = (yb.as_slice(), step.outputs.as_slice()) {
-                        train_metrics.update(yt, o, wb.as_deref())?;
-                    }
+                    train_metrics.update(&yb, &step.outputs, wb.as_deref())?;
                     let w = T::of(idx.len() as f64);
                     total += step.loss * w;
                     count += w;

@@ -159,6 +159,9 @@ pub struct Metric {
     pub name: String,
     /// The function.
     pub function: MetricFn,
+    /// The model output it is computed on (0 for a single output). For a model with several
+    /// outputs Keras prefixes its name with the output's: `"b_mae"`.
+    pub output: usize,
 }
 
 impl Metric {
@@ -254,7 +257,13 @@ impl Metric {
         Ok(Metric {
             name: name.to_string(),
             function,
+            output: 0,
         })
+    }
+
+    /// The same metric on model output `output`.
+    pub fn on_output(self, output: usize) -> Metric {
+        Metric { output, ..self }
     }
 
     /// A metric as a Keras compile config holds it: a name, or a serialized metric object
@@ -291,6 +300,7 @@ impl Metric {
         let named = |function| Metric {
             name: name.to_string(),
             function,
+            output: 0,
         };
         // TF-Keras 2 saves compiled metrics as wrappers of a named function.
         if class == "MeanMetricWrapper" {
@@ -457,6 +467,7 @@ impl Metric {
         Ok(Metric {
             name: f.to_string(),
             function,
+            output: 0,
         })
     }
 
@@ -481,6 +492,7 @@ impl Metric {
         Metric {
             name: self.name.clone(),
             function,
+            output: self.output,
         }
     }
 }
@@ -925,8 +937,8 @@ fn metric_values<T: Float>(
 
 /// The metrics of one `fit` or `evaluate` call, with the names Keras gives them in its logs:
 /// each output's loss (`<output>_loss`, for a model with several outputs), then `metrics`, then
-/// `weighted_metrics`; a repeated metric name gets `_1`, `_2`, … (a weighted one `weighted_`
-/// first), as Keras' `CompileMetrics.result`.
+/// `weighted_metrics`, each named `<output>_<name>` when there are several outputs; a repeated
+/// name gets `_1`, `_2`, … (a weighted one `weighted_` first), as Keras' `CompileMetrics.result`.
 #[derive(Clone, Debug)]
 pub(crate) struct MetricSet<T> {
     /// Per output: Keras' `Mean` of its loss over the batches.
@@ -936,39 +948,45 @@ pub(crate) struct MetricSet<T> {
 }
 
 impl<T: Float> MetricSet<T> {
-    /// `output_losses`: the names of the outputs whose losses are tracked (none for a single
-    /// output, as in Keras).
-    pub(crate) fn new(metrics: &[Metric], weighted: &[Metric], output_losses: &[String]) -> Self {
+    /// `outputs`: the names of the model's outputs when it has several (their losses are
+    /// tracked, and their names prefix the metrics'), none for a single output, as in Keras.
+    pub(crate) fn new(metrics: &[Metric], weighted: &[Metric], outputs: &[String]) -> Self {
         let mut seen: std::collections::HashMap<String, usize> = Default::default();
-        let mut unique = |name: String| -> String {
-            match seen.get_mut(&name) {
+        let prefixed = |m: &Metric, name: &str| match outputs.get(m.output) {
+            Some(o) => format!("{o}_{name}"),
+            None => name.to_string(),
+        };
+        let mut states = Vec::new();
+        let mut names = Vec::new();
+        for m in metrics {
+            let name = prefixed(m, &m.name);
+            let name = match seen.get_mut(&name) {
                 None => {
                     seen.insert(name.clone(), 1);
                     name
                 }
                 Some(k) => {
-                    let n = format!("{name}_{k}");
                     *k += 1;
-                    n
+                    format!("{name}_{}", *k - 1)
                 }
-            }
-        };
-        let mut states = Vec::new();
-        let mut names = Vec::new();
-        for m in metrics {
-            names.push(unique(m.name.clone()));
+            };
+            names.push(name);
             states.push(MetricState::new(m.clone(), false));
         }
         for m in weighted {
-            let name = if names.contains(&m.name) {
-                unique(format!("weighted_{}", m.name))
-            } else {
-                unique(m.name.clone())
-            };
+            let mut name = prefixed(m, &m.name);
+            if seen.contains_key(&name) {
+                name = prefixed(m, &format!("weighted_{}", m.name));
+                if let Some(k) = seen.get_mut(&name) {
+                    *k += 1;
+                    name = format!("{name}_{}", *k - 1);
+                }
+            }
+            seen.entry(name.clone()).or_insert(1);
             names.push(name);
             states.push(MetricState::new(m.clone(), true));
         }
-        let losses = output_losses
+        let losses = outputs
             .iter()
             .map(|o| (format!("{o}_loss"), T::zero(), T::zero()))
             .collect();
@@ -1009,22 +1027,26 @@ impl<T: Float> MetricSet<T> {
         }
     }
 
-    /// Every metric's `update_state` with one batch of a single-output model.
+    /// Every metric's `update_state` with one batch: the targets and outputs of every model
+    /// output, and the batch's weights, which every output shares (as Keras repeats them).
     pub(crate) fn update(
         &mut self,
-        y_true: &Tensor<T>,
-        output: &ModelOutput<T>,
+        y_true: &[Tensor<T>],
+        outputs: &[ModelOutput<T>],
         sample_weight: Option<&[T]>,
     ) -> Result<(), Error> {
-        let logits = output.logits.as_ref().map(|(a, z)| (*a, z));
         for s in &mut self.states {
-            s.update(
-                y_true,
-                &output.value,
-                output.mask.as_ref(),
-                logits,
-                sample_weight,
-            )?;
+            let k = s.metric.output;
+            let (Some(y), Some(o)) = (y_true.get(k), outputs.get(k)) else {
+                return Err(ConfigError::invalid(
+                    format!("metric `{}` output", s.metric.name),
+                    k,
+                    format!("an output of the model's {}", outputs.len()),
+                )
+                .into());
+            };
+            let logits = o.logits.as_ref().map(|(a, z)| (*a, z));
+            s.update(y, &o.value, o.mask.as_ref(), logits, sample_weight)?;
         }
         Ok(())
     }
