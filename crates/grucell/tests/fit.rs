@@ -720,6 +720,16 @@ fn keras_multi_output_metrics_per_output_as_dict_and_list() {
             assert!(c.metrics.is_empty(), "{c:?}");
             assert!(c.unsupported[0].contains("one entry per output"), "{c:?}");
         }
+        // TF-Keras 2 broadcasts and renames a multi-output model's metrics its own way.
+        model.compile_config = Some(serde_json::json!({
+            "optimizer_config": {"class_name": "Adam", "config": {}},
+            "metrics": [["mae"], ["mse"]],
+        }));
+        let c = model.compiled_metrics();
+        assert!(
+            c.metrics.is_empty() && c.unsupported[0].contains("TF-Keras 2"),
+            "{c:?}"
+        );
     }
 }
 

@@ -829,8 +829,9 @@ impl<T: Float> Model<T> {
     /// or TF-Keras 2's `training_config`): names, metric objects and TF-Keras' function
     /// wrappers. A single output takes them all, however nested, as in Keras; with several
     /// outputs, a list with one entry per output or a dict keyed by output names gives each
-    /// output its own ([`Metric::output`]). What grucell does not compute, or cannot place on an
-    /// output, is listed in `unsupported`, for the caller to report.
+    /// output its own ([`Metric::output`]), as Keras 3 does (not for a TF-Keras 2 file, whose
+    /// metrics of several outputs follow other rules). What grucell does not compute, or cannot
+    /// place on an output, is listed in `unsupported`, for the caller to report.
     pub fn compiled_metrics(&self) -> CompiledMetrics {
         let mut out = CompiledMetrics::default();
         let names: Vec<&str> = self
@@ -851,8 +852,15 @@ impl<T: Float> Model<T> {
                 flatten_metrics(entry, &mut flat);
                 flat.into_iter().map(|m| (k, m)).collect()
             }
+            // TF-Keras 2 (a legacy `training_config`) broadcasts and renames a multi-output
+            // model's metrics its own way; those are not placed.
+            let tf_keras = self.compile_entry(&["optimizer_config"]).is_some();
             match v {
                 _ if names.len() == 1 => items = per_output(0, v),
+                _ if tf_keras => out.unsupported.push(format!(
+                    "{key} {v} (metrics of a TF-Keras 2 model with several outputs are not \
+                     computed)"
+                )),
                 Value::Array(a) if a.len() == names.len() => {
                     for (k, entry) in a.iter().enumerate() {
                         items.extend(per_output(k, entry));
