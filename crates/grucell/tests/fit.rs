@@ -570,56 +570,89 @@ fn keras_ce_alias_resolves_to_sparse_crossentropy_from_the_shapes() {
     check_keras_case("ce_alias");
 }
 
-/// A model with two outputs: Keras' history tracks each output's loss (`a_loss`, `b_loss`, their
-/// `val_` forms; the total adds the regularizer), and so does evaluate.
-#[test]
-fn keras_multi_output_history_tracks_each_output_loss() {
-    let mut model = load_model::<f32>(&fixture("multi_output_losses.keras")).unwrap();
-    let data = npz("multi_output_losses.npz");
+/// Fits a two-output fixture model (`<name>.keras`, `<name>.npz`) with its compiled metrics, in
+/// batches of `batch_size` with `validation_split`, with the fixture's `sample_weight` where
+/// `weighted`, and checks the history (columns `columns`, then their `val_` forms) and evaluate
+/// against Keras'.
+fn check_multi_output(
+    name: &str,
+    batch_size: usize,
+    validation_split: f64,
+    weighted: bool,
+    columns: &[&str],
+) {
+    let mut model = load_model::<f32>(&fixture(&format!("{name}.keras"))).unwrap();
+    let data = npz(&format!("{name}.npz"));
     let (loss, opt) = model.compiled_loss_and_optimizer().unwrap();
     let (loss, opt) = (loss.unwrap(), opt.unwrap());
     let mut opt = optimizer_for(&model, opt);
+    let compiled = model.compiled_metrics();
+    assert!(compiled.unsupported.is_empty(), "{name}: {compiled:?}");
     let x = [data["input_0"].clone()];
     let y = [data["target_0"].clone(), data["target_1"].clone()];
+    let w = weighted.then(|| {
+        let w = &data["sample_weight"];
+        Tensor::new(
+            w.shape().to_vec(),
+            w.data().iter().map(|v| f64::from(*v)).collect(),
+        )
+        .unwrap()
+    });
     let cfg = FitConfig {
-        validation_split: 0.2,
+        validation_split,
         shuffle: false,
-        ..quiet(3, 2)
+        sample_weight: w.clone(),
+        metrics: compiled.metrics.clone(),
+        weighted_metrics: compiled.weighted_metrics.clone(),
+        ..quiet(batch_size, 2)
     };
     let h = model.fit(&x, &y, &loss, &mut opt, &cfg, None).unwrap();
     let check = |key: &str, got: &[f64]| {
         let want = &data[&format!("history_{key}")];
-        assert_eq!(got.len(), want.len(), "{key}");
+        assert_eq!(got.len(), want.len(), "{name}: {key}");
         for (a, b) in got.iter().zip(want.data()) {
             let b = f64::from(*b);
-            assert!(close(*a, b, 1e-5), "{key}: grucell {a}, Keras {b}");
+            assert!(close(*a, b, 1e-5), "{name}: {key}: grucell {a}, Keras {b}");
         }
     };
     check("loss", &h.loss);
     check("val_loss", &h.val_loss);
-    let columns: Vec<&str> = h
-        .metrics
-        .iter()
-        .chain(&h.val_metrics)
-        .map(|(k, _)| k.as_str())
-        .collect();
-    assert_eq!(columns, ["a_loss", "b_loss", "val_a_loss", "val_b_loss"]);
+    let got: Vec<&str> = h.metrics.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(got, columns, "{name}");
+    let val: Vec<String> = h.val_metrics.iter().map(|(k, _)| k.clone()).collect();
+    let want_val: Vec<String> = columns.iter().map(|k| format!("val_{k}")).collect();
+    assert_eq!(val, want_val, "{name}");
     for (k, v) in h.metrics.iter().chain(&h.val_metrics) {
         check(k, v);
     }
     let e = model
-        .evaluate_with_metrics(&x, &y, &loss, 3, None, &[], &[])
+        .evaluate_with_metrics(
+            &x,
+            &y,
+            &loss,
+            batch_size,
+            w.as_ref(),
+            &compiled.metrics,
+            &compiled.weighted_metrics,
+        )
         .unwrap();
     let want = |k: &str| f64::from(data[&format!("eval_{k}")].data()[0]);
-    assert!(close(e.loss, want("loss"), 1e-5), "{e:?}");
+    assert!(close(e.loss, want("loss"), 1e-5), "{name}: {e:?}");
+    assert_eq!(e.metrics.len(), columns.len(), "{name}");
     for (k, v) in &e.metrics {
         assert!(
             close(*v, want(k), 1e-5),
-            "{k}: grucell {v}, Keras {}",
+            "{name}: {k}: grucell {v}, Keras {}",
             want(k)
         );
     }
-    assert_eq!(e.metrics.len(), 2);
+}
+
+/// A model with two outputs: Keras' history tracks each output's loss (`a_loss`, `b_loss`, their
+/// `val_` forms; the total adds the regularizer), and so does evaluate.
+#[test]
+fn keras_multi_output_history_tracks_each_output_loss() {
+    check_multi_output("multi_output_losses", 3, 0.2, false, &["a_loss", "b_loss"]);
 }
 
 /// Compiled metrics of a model with two outputs, per output as a dict by output name or as a
@@ -627,110 +660,59 @@ fn keras_multi_output_history_tracks_each_output_loss() {
 /// sample weights every output shares: fit's history and evaluate match Keras'.
 #[test]
 fn keras_multi_output_metrics_per_output_as_dict_and_list() {
-    for (name, want_names) in [
-        (
-            "multi_output_metrics_dict",
-            &[
-                "a_loss",
-                "b_loss",
-                "a_acc",
-                "a_auc",
-                "b_mae",
-                "b_weighted_mae",
-                "b_mse",
-            ][..],
-        ),
-        (
-            "multi_output_metrics_list",
-            &[
-                "a_loss",
-                "b_loss",
-                "a_mse",
-                "a_binary_crossentropy",
-                "b_mse",
-                "b_mae",
-                "b_weighted_mse",
-            ][..],
-        ),
-    ] {
-        let mut model = load_model::<f32>(&fixture(&format!("{name}.keras"))).unwrap();
-        let data = npz(&format!("{name}.npz"));
-        let (loss, opt) = model.compiled_loss_and_optimizer().unwrap();
-        let (loss, opt) = (loss.unwrap(), opt.unwrap());
-        let mut opt = optimizer_for(&model, opt);
-        let compiled = model.compiled_metrics();
-        assert!(compiled.unsupported.is_empty(), "{name}: {compiled:?}");
-        let x = [data["input_0"].clone()];
-        let y = [data["target_0"].clone(), data["target_1"].clone()];
-        let w = &data["sample_weight"];
-        let w = Tensor::new(
-            w.shape().to_vec(),
-            w.data().iter().map(|v| f64::from(*v)).collect(),
-        )
-        .unwrap();
-        let cfg = FitConfig {
-            validation_split: 0.25,
-            shuffle: false,
-            sample_weight: Some(w.clone()),
-            metrics: compiled.metrics.clone(),
-            weighted_metrics: compiled.weighted_metrics.clone(),
-            ..quiet(4, 2)
-        };
-        let h = model.fit(&x, &y, &loss, &mut opt, &cfg, None).unwrap();
-        let check = |key: &str, got: &[f64]| {
-            let want = &data[&format!("history_{key}")];
-            assert_eq!(got.len(), want.len(), "{name}: {key}");
-            for (a, b) in got.iter().zip(want.data()) {
-                let b = f64::from(*b);
-                assert!(close(*a, b, 1e-5), "{name}: {key}: grucell {a}, Keras {b}");
-            }
-        };
-        check("loss", &h.loss);
-        check("val_loss", &h.val_loss);
-        let columns: Vec<&str> = h.metrics.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(columns, want_names, "{name}");
-        for (k, v) in h.metrics.iter().chain(&h.val_metrics) {
-            check(k, v);
-        }
-        let e = model
-            .evaluate_with_metrics(
-                &x,
-                &y,
-                &loss,
-                4,
-                Some(&w),
-                &compiled.metrics,
-                &compiled.weighted_metrics,
-            )
-            .unwrap();
-        let want = |k: &str| f64::from(data[&format!("eval_{k}")].data()[0]);
-        assert!(close(e.loss, want("loss"), 1e-5), "{name}: {e:?}");
-        assert_eq!(e.metrics.len(), want_names.len(), "{name}");
-        for (k, v) in &e.metrics {
-            assert!(
-                close(*v, want(k), 1e-5),
-                "{name}: {k}: grucell {v}, Keras {}",
-                want(k)
-            );
-        }
-        // A list that is not one entry per output, or a dict naming no output, is not placed.
-        for bad in [serde_json::json!(["mae"]), serde_json::json!({"c": "mae"})] {
-            model.compile_config = Some(serde_json::json!({ "metrics": bad }));
-            let c = model.compiled_metrics();
-            assert!(c.metrics.is_empty(), "{c:?}");
-            assert!(c.unsupported[0].contains("one entry per output"), "{c:?}");
-        }
-        // TF-Keras 2 broadcasts and renames a multi-output model's metrics its own way.
-        model.compile_config = Some(serde_json::json!({
-            "optimizer_config": {"class_name": "Adam", "config": {}},
-            "metrics": [["mae"], ["mse"]],
-        }));
+    check_multi_output(
+        "multi_output_metrics_dict",
+        4,
+        0.25,
+        true,
+        &[
+            "a_loss",
+            "b_loss",
+            "a_acc",
+            "a_auc",
+            "b_mae",
+            "b_weighted_mae",
+            "b_mse",
+        ],
+    );
+    check_multi_output(
+        "multi_output_metrics_list",
+        4,
+        0.25,
+        true,
+        &[
+            "a_loss",
+            "b_loss",
+            "a_mse",
+            "a_binary_crossentropy",
+            "b_mse",
+            "b_mae",
+            "b_weighted_mse",
+        ],
+    );
+}
+
+/// With several outputs, metrics are placed from a list of one entry per output or a dict by
+/// output name (Keras 3); anything else, and TF-Keras 2's forms, are listed as unsupported.
+#[test]
+fn multi_output_metrics_that_cannot_be_placed_are_listed() {
+    let mut model = load_model::<f32>(&fixture("multi_output_metrics_dict.keras")).unwrap();
+    for bad in [serde_json::json!(["mae"]), serde_json::json!({"c": "mae"})] {
+        model.compile_config = Some(serde_json::json!({ "metrics": bad }));
         let c = model.compiled_metrics();
-        assert!(
-            c.metrics.is_empty() && c.unsupported[0].contains("TF-Keras 2"),
-            "{c:?}"
-        );
+        assert!(c.metrics.is_empty(), "{c:?}");
+        assert!(c.unsupported[0].contains("one entry per output"), "{c:?}");
     }
+    // TF-Keras 2 broadcasts and renames a multi-output model's metrics its own way.
+    model.compile_config = Some(serde_json::json!({
+        "optimizer_config": {"class_name": "Adam", "config": {}},
+        "metrics": [["mae"], ["mse"]],
+    }));
+    let c = model.compiled_metrics();
+    assert!(
+        c.metrics.is_empty() && c.unsupported[0].contains("TF-Keras 2"),
+        "{c:?}"
+    );
 }
 
 /// A single output takes every metric of the compile config, however nested (Keras'
