@@ -1047,6 +1047,9 @@ impl<T: Float> Model<T> {
 
     /// The metrics' running state.
     fn metric_set(&self, metrics: &[Metric], weighted: &[Metric]) -> Result<MetricSet<T>, Error> {
+        for m in metrics.iter().chain(weighted) {
+            m.validate()?;
+        }
         if let Some(m) = metrics
             .iter()
             .chain(weighted)

@@ -862,7 +862,7 @@ impl Loss {
         let (rows, c, y_true) = self.prepared(y_true, y_pred, shape, None)?;
         let true_width = if self.sparse_labels() { 1 } else { c };
         Ok(y_true
-            .chunks(true_width)
+            .chunks(true_width.max(1))
             .zip(y_pred.chunks(c.max(1)))
             .take(rows)
             .map(|(t, p)| self.row(t, p, T::zero(), None))

@@ -261,6 +261,21 @@ impl Metric {
         })
     }
 
+    /// Checks the settings a [`Metric`] built in code may carry: AUC's `num_thresholds` in
+    /// `[2, 2^20]`, as Keras files are read.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.function {
+            MetricFn::Auc { num_thresholds, .. } if !(2..=1 << 20).contains(&num_thresholds) => {
+                Err(ConfigError::invalid(
+                    format!("metric `{}` num_thresholds", self.name),
+                    num_thresholds,
+                    "an integer in [2, 1048576]",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The same metric on model output `output`.
     pub fn on_output(self, output: usize) -> Metric {
         Metric { output, ..self }
@@ -1359,5 +1374,19 @@ mod tests {
             "axis",
         );
         refused(json!("f1_score"), "f1_score");
+        // Built in code: checked before use.
+        let mut auc = Metric::from_name("auc").unwrap();
+        assert!(auc.validate().is_ok());
+        auc.function = MetricFn::Auc {
+            num_thresholds: 0,
+            curve: AucCurve::Roc,
+            summation: AucSummation::Interpolation,
+            from_logits: false,
+        };
+        assert!(auc
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("num_thresholds"));
     }
 }
