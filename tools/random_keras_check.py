@@ -775,6 +775,9 @@ def check_fit(args, keras, layers, rng, pick, out):
                         "root_mean_squared_error", "precision", "recall", "log_cosh_error", "cosine_similarity",
                         "hinge", "squared_hinge", "categorical_hinge", "kl_divergence", "top_k_categorical_accuracy",
                         "auc", "true_positives", "false_negatives", "binary_crossentropy"]
+                # R² takes (batch, outputs) only.
+                if not rs:
+                    pool.append("r2_score")
                 # Poisson and categorical crossentropy need positive outputs (NaN otherwise).
                 if act in ("sigmoid", "softmax", "softplus"):
                     pool += ["poisson", "categorical_crossentropy"]

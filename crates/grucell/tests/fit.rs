@@ -561,6 +561,13 @@ fn keras_sparse_metrics_on_a_masked_softmax_sequence_output() {
     check_keras_case("metrics_sparse_seq");
 }
 
+/// R² (uniform and variance-weighted, plain and weighted), log-cosh and cosine similarity on a
+/// two-column regression output.
+#[test]
+fn keras_r2_log_cosh_and_cosine_metrics_on_a_regression_output() {
+    check_keras_case("metrics_regression");
+}
+
 /// Keras' `"ce"` loss alias on `(N, 1)` class indices against a softmax: sparse categorical
 /// crossentropy, picked from the shapes.
 #[test]

@@ -17,7 +17,8 @@
 //! divergence, Poisson, the hinges). Metrics that are not mean wrappers and do not see the
 //! output mask, as in Keras: `root_mean_squared_error` (a weighted mean of squares, then its
 //! root), `precision`, `recall` and the four confusion counts (weighted counts over the epoch,
-//! one threshold, no `top_k` or `class_id`), and `auc` (one label, thresholds spread evenly).
+//! one threshold, no `top_k` or `class_id`), `auc` (one label, thresholds spread evenly) and
+//! `r2_score` (combined over the output columns).
 //! Other metrics are reported by [`Metric::from_keras`] as unsupported.
 
 use serde_json::{Map, Value};
@@ -114,6 +115,25 @@ pub enum MetricFn {
         /// Apply a sigmoid to `ŷ` first.
         from_logits: bool,
     },
+    /// The coefficient of determination of each output column over the epoch, weighted by the
+    /// sample weights, then averaged (Keras' `R2Score` on `(batch, outputs)` outputs; the output
+    /// mask does not apply).
+    R2Score {
+        /// How the columns' scores are combined (Keras default: uniform average).
+        aggregation: R2Aggregation,
+        /// Keras' `num_regressors`: the adjusted R² for this many independent variables (0: the
+        /// plain R²).
+        num_regressors: usize,
+    },
+}
+
+/// How a [`MetricFn::R2Score`] combines its columns (Keras' `class_aggregation`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum R2Aggregation {
+    /// `"uniform_average"`: the mean of the columns' scores.
+    Uniform,
+    /// `"variance_weighted_average"`: weighted by each column's total sum of squares.
+    VarianceWeighted,
 }
 
 /// Which confusion count a [`MetricFn::Count`] gives.
@@ -232,6 +252,10 @@ impl Metric {
             "false_positives" | "FalsePositives" => count(Confusion::FalsePositives),
             "true_negatives" | "TrueNegatives" => count(Confusion::TrueNegatives),
             "false_negatives" | "FalseNegatives" => count(Confusion::FalseNegatives),
+            "r2_score" | "R2Score" => MetricFn::R2Score {
+                aggregation: R2Aggregation::Uniform,
+                num_regressors: 0,
+            },
             "auc" | "AUC" => MetricFn::Auc {
                 num_thresholds: 200,
                 curve: AucCurve::Roc,
@@ -249,7 +273,7 @@ impl Metric {
                          binary_crossentropy, categorical_crossentropy, \
                          sparse_categorical_crossentropy, kl_divergence, poisson, hinge, \
                          squared_hinge, categorical_hinge, precision, recall, true_positives, \
-                         false_positives, true_negatives, false_negatives, auc)"
+                         false_positives, true_negatives, false_negatives, auc, r2_score)"
                     ),
                 ))
             }
@@ -371,8 +395,8 @@ impl Metric {
                 )?)
             }
             "CosineSimilarity" => {
-                if setting("axis").is_some_and(|a| a.as_i64() != Some(-1)) {
-                    return refuse(format!("axis {}", cfg["axis"]));
+                if let Some(a) = setting("axis").filter(|a| a.as_i64() != Some(-1)) {
+                    return refuse(format!("axis {a}"));
                 }
                 MetricFn::CosineSimilarity
             }
@@ -400,6 +424,25 @@ impl Metric {
                     MetricFn::Recall { .. } => MetricFn::Recall { threshold },
                     MetricFn::Count { count, .. } => MetricFn::Count { count, threshold },
                     f => f,
+                }
+            }
+            "R2Score" => {
+                let aggregation = match cfg.get("class_aggregation") {
+                    None => R2Aggregation::Uniform,
+                    Some(Value::String(a)) if a == "uniform_average" => R2Aggregation::Uniform,
+                    Some(Value::String(a)) if a == "variance_weighted_average" => {
+                        R2Aggregation::VarianceWeighted
+                    }
+                    Some(other) => {
+                        return refuse(format!(
+                            "class_aggregation {other} (one score per column is not computed)"
+                        ))
+                    }
+                };
+                let num_regressors = get_u64(cfg, "num_regressors")?.unwrap_or(0);
+                MetricFn::R2Score {
+                    aggregation,
+                    num_regressors: usize::try_from(num_regressors).unwrap_or(usize::MAX),
                 }
             }
             "AUC" => {
@@ -522,14 +565,17 @@ pub(crate) struct MetricState<T> {
     resolved: Option<MetricFn>,
     total: T,
     count: T,
-    /// AUC's counts per threshold: true positives, false positives, true negatives, false
-    /// negatives.
-    curve: Vec<[T; 4]>,
+    /// AUC's counts per threshold (true positives, false positives, true negatives, false
+    /// negatives), or R²'s sums per output column (of `y`, of `y²`, of `(y − ŷ)²`, of the
+    /// weights).
+    sums: Vec<[T; 4]>,
+    /// R²'s count of entries (Keras' `num_samples`).
+    entries: T,
 }
 
 impl<T: Float> MetricState<T> {
     pub(crate) fn new(metric: Metric, weighted: bool) -> Self {
-        let curve = match metric.function {
+        let sums = match metric.function {
             MetricFn::Auc { num_thresholds, .. } => vec![[T::zero(); 4]; num_thresholds],
             _ => Vec::new(),
         };
@@ -539,7 +585,8 @@ impl<T: Float> MetricState<T> {
             resolved: None,
             total: T::zero(),
             count: T::zero(),
-            curve,
+            sums,
+            entries: T::zero(),
         }
     }
 
@@ -547,7 +594,8 @@ impl<T: Float> MetricState<T> {
     pub(crate) fn reset(&mut self) {
         self.total = T::zero();
         self.count = T::zero();
-        self.curve.iter_mut().for_each(|c| *c = [T::zero(); 4]);
+        self.sums.iter_mut().for_each(|c| *c = [T::zero(); 4]);
+        self.entries = T::zero();
     }
 
     /// `result`: `total / count`, 0 when nothing was counted (`divide_no_nan`); its square
@@ -564,7 +612,11 @@ impl<T: Float> MetricState<T> {
             Some(MetricFn::Count { .. }) => self.total.f64(),
             Some(MetricFn::Auc {
                 curve, summation, ..
-            }) => auc(&self.curve, curve, summation).f64(),
+            }) => auc(&self.sums, curve, summation).f64(),
+            Some(MetricFn::R2Score {
+                aggregation,
+                num_regressors,
+            }) => r2(&self.sums, self.entries, aggregation, num_regressors).f64(),
             _ => r.f64(),
         }
     }
@@ -592,6 +644,10 @@ impl<T: Float> MetricState<T> {
                 f
             }
         };
+        let sw = sample_weight.filter(|_| self.weighted);
+        if let MetricFn::R2Score { .. } = function {
+            return self.update_r2(y_true, y_pred, sw);
+        }
         let values = metric_values(function, &self.metric.name, y_true, y_pred, logits)?;
         let n = y_pred.shape().first().copied().unwrap_or(1).max(1);
         let per = values.len() / n;
@@ -607,7 +663,6 @@ impl<T: Float> MetricState<T> {
         let wrapper = !confusion && function != MetricFn::RootMeanSquaredError;
         let mask =
             mask.filter(|m| wrapper && y_pred.shape().len() == 3 && m.data.len() == n * m.time);
-        let sw = sample_weight.filter(|_| self.weighted);
         if mask.is_none() && sw.is_none() && !confusion {
             for v in values.chunks(per.max(1)) {
                 self.total += mean(v);
@@ -669,6 +724,60 @@ impl<T: Float> MetricState<T> {
         Ok(())
     }
 
+    /// R²'s sums of one batch: `(batch, outputs)` targets and outputs, one weight per sample.
+    fn update_r2(
+        &mut self,
+        y_true: &Tensor<T>,
+        y_pred: &Tensor<T>,
+        sample_weight: Option<&[T]>,
+    ) -> Result<(), Error> {
+        let shape = y_pred.shape();
+        let [rows, cols] = *shape else {
+            return Err(ShapeError::mismatch(
+                format!("metric `{}` outputs", self.metric.name),
+                shape,
+                "2-D outputs (batch, outputs), as Keras' R2Score takes",
+            )
+            .into());
+        };
+        if y_true.len() != y_pred.len() {
+            return Err(ShapeError::mismatch(
+                format!("metric `{}` targets", self.metric.name),
+                y_true.shape(),
+                format!("the output's shape {shape:?}"),
+            )
+            .into());
+        }
+        if sample_weight.is_some_and(|w| w.len() != rows) {
+            return Err(ShapeError::mismatch(
+                format!("metric `{}` weights", self.metric.name),
+                [sample_weight.map_or(0, <[T]>::len)].as_slice(),
+                format!("one weight per sample of {rows}"),
+            )
+            .into());
+        }
+        if self.sums.len() != cols {
+            self.sums = vec![[T::zero(); 4]; cols];
+        }
+        for (r, (t, p)) in y_true
+            .data()
+            .chunks(cols.max(1))
+            .zip(y_pred.data().chunks(cols.max(1)))
+            .enumerate()
+        {
+            let w = sample_weight.map_or(T::one(), |w| w[r]);
+            for ((s, &y), &q) in self.sums.iter_mut().zip(t).zip(p) {
+                let wy = y * w;
+                s[0] += wy;
+                s[1] += y * wy;
+                s[2] += (y - q) * (y - q) * w;
+                s[3] += w;
+            }
+        }
+        self.entries += T::of(y_true.len() as f64);
+        Ok(())
+    }
+
     /// Adds one batch's weighted confusion counts: `(y ≠ 0, ŷ, weight)` per entry.
     fn count_confusion(&mut self, function: MetricFn, entries: impl Iterator<Item = (bool, T, T)>) {
         match function {
@@ -710,7 +819,10 @@ impl<T: Float> MetricState<T> {
                 // prediction clipped to [0, 1] falls in bucket `max(⌈ŷ·(n−1)⌉ − 1, 0)` and
                 // counts as positive at every threshold up to its bucket; the batch's bucket
                 // sums are then summed from the top.
-                let n = self.curve.len();
+                let n = self.sums.len();
+                if n == 0 {
+                    return;
+                }
                 let scale = T::of(n as f64 - 1.0);
                 let mut buckets = vec![[T::zero(); 2]; n];
                 let (mut pos, mut neg) = (T::zero(), T::zero());
@@ -737,7 +849,7 @@ impl<T: Float> MetricState<T> {
                     }
                 }
                 let (mut tp, mut fp) = (T::zero(), T::zero());
-                for (c, b) in self.curve.iter_mut().zip(&buckets).rev() {
+                for (c, b) in self.sums.iter_mut().zip(&buckets).rev() {
                     tp += b[0];
                     fp += b[1];
                     c[0] += tp;
@@ -802,6 +914,31 @@ fn auc<T: Float>(c: &[[T; 4]], curve: AucCurve, summation: AucSummation) -> T {
         sum += (x0 - x1) * height;
     }
     sum
+}
+
+/// Keras' `R2Score.result` from the sums per column (`[Σwy, Σwy², Σw(y − ŷ)², Σw]`) and the
+/// number of entries seen.
+fn r2<T: Float>(sums: &[[T; 4]], entries: T, aggregation: R2Aggregation, regressors: usize) -> T {
+    let (mut sum_scores, mut weighted, mut totals) = (T::zero(), T::zero(), T::zero());
+    for &[sum, squares, residual, count] in sums {
+        let mean = sum / count;
+        let total = squares - sum * mean;
+        let raw = T::one() - residual / total;
+        let raw = if raw.is_infinite() { T::zero() } else { raw };
+        sum_scores += raw;
+        weighted += total * raw;
+        totals += total;
+    }
+    let score = match aggregation {
+        R2Aggregation::Uniform => sum_scores / T::of(sums.len().max(1) as f64),
+        R2Aggregation::VarianceWeighted => weighted / totals,
+    };
+    // The adjusted score, where there are more entries than regressors plus one.
+    let (n, p) = (entries, T::of(regressors as f64));
+    if regressors == 0 || p >= n - T::one() {
+        return score;
+    }
+    T::one() - ((T::one() - score) * (n - T::one())) / ((n - p) - T::one())
 }
 
 fn mean<T: Float>(v: &[T]) -> T {
@@ -938,7 +1075,8 @@ fn metric_values<T: Float>(
         MetricFn::Precision { .. }
         | MetricFn::Recall { .. }
         | MetricFn::Count { .. }
-        | MetricFn::Auc { .. } => vec![T::zero(); p.len()],
+        | MetricFn::Auc { .. }
+        | MetricFn::R2Score { .. } => vec![T::zero(); p.len()],
         MetricFn::Accuracy => {
             return Err(ConfigError::invalid(
                 "metric",
@@ -1312,6 +1450,33 @@ mod tests {
     }
 
     #[test]
+    fn r2_matches_keras_examples() {
+        // keras.metrics.R2Score docstring: 0.57142854.
+        let y_true = [1.0, 4.0, 3.0];
+        let y_pred = [2.0, 4.0, 4.0];
+        let r2 = run(json!("r2_score"), &y_true, &y_pred, &[3, 1], None);
+        assert!(close(r2, 0.57142854), "{r2}");
+        // Adjusted for 1 regressor over 3 entries: 1 − (1 − r2)·2/1.
+        let adj = run(
+            json!({"class_name": "R2Score", "config": {"num_regressors": 1}}),
+            &y_true,
+            &y_pred,
+            &[3, 1],
+            None,
+        );
+        assert!(close(adj, 1.0 - (1.0 - 0.57142854) * 2.0), "{adj}");
+        // Sequence outputs are refused, as Keras refuses them.
+        let metric = Metric::from_name("r2_score").unwrap();
+        let mut state = MetricState::<f32>::new(metric, false);
+        let t = Tensor::new(vec![1, 2, 1], vec![1.0, 2.0]).unwrap();
+        let e = state
+            .update(&t, &t, None, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("2-D"), "{e}");
+    }
+
+    #[test]
     fn metric_functions_and_refused_settings() {
         let f = |v: Value| Metric::from_keras(&v);
         // Keras 3 saves metric functions by name; TF-Keras 2 wraps them.
@@ -1374,6 +1539,10 @@ mod tests {
             "axis",
         );
         refused(json!("f1_score"), "f1_score");
+        refused(
+            json!({"class_name": "R2Score", "config": {"class_aggregation": null}}),
+            "class_aggregation",
+        );
         // Built in code: checked before use.
         let mut auc = Metric::from_name("auc").unwrap();
         assert!(auc.validate().is_ok());
