@@ -301,6 +301,12 @@ impl Metric {
     }
 
     /// The same metric on model output `output`.
+    ///
+    /// ```
+    /// use grucell::train::metrics::Metric;
+    /// assert_eq!(Metric::from_name("mae")?.on_output(1).output, 1);
+    /// # Ok::<(), grucell::ConfigError>(())
+    /// ```
     pub fn on_output(self, output: usize) -> Metric {
         Metric { output, ..self }
     }
@@ -308,6 +314,18 @@ impl Metric {
     /// A metric as a Keras compile config holds it: a name, or a serialized metric object
     /// (`{"class_name": "BinaryAccuracy", "config": {"name": …, "threshold": …}}`), named by
     /// its config's `name` as Keras names it.
+    ///
+    /// ```
+    /// use grucell::train::metrics::{AucCurve, Metric, MetricFn};
+    /// let v = serde_json::json!({"class_name": "AUC", "config": {"name": "pr", "curve": "PR"}});
+    /// let m = Metric::from_keras(&v)?;
+    /// assert_eq!(m.name, "pr");
+    /// assert!(matches!(m.function, MetricFn::Auc { curve: AucCurve::Pr, num_thresholds: 200, .. }));
+    /// // What grucell does not compute is an error naming it.
+    /// let f1 = serde_json::json!({"class_name": "F1Score", "config": {}});
+    /// assert!(Metric::from_keras(&f1).unwrap_err().to_string().contains("F1Score"));
+    /// # Ok::<(), grucell::ConfigError>(())
+    /// ```
     pub fn from_keras(v: &Value) -> Result<Metric, ConfigError> {
         let o = match v {
             Value::String(s) => return Metric::from_name(s),
