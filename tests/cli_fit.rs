@@ -762,7 +762,7 @@ fn evaluates_like_keras() {
     // warning and left out.
     let mut with_metrics = load_model::<f32>(&model).unwrap();
     with_metrics.compile_config.as_mut().unwrap()["metrics"] =
-        serde_json::json!(["mae", "r2_score"]);
+        serde_json::json!(["mae", "f1_score"]);
     let mp = dir.path("metrics.keras");
     grucell::io::keras::write::save_model(&with_metrics, &mp).unwrap();
     let o = evaluate(&mp, &xp, &yp, &["--batch-size", "3"]);
@@ -774,7 +774,7 @@ fn evaluates_like_keras() {
     );
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
-        stderr.contains("compiled metrics `r2_score`") && stderr.contains("left out"),
+        stderr.contains("compiled metrics `f1_score`") && stderr.contains("left out"),
         "{stderr}"
     );
     let o = run(&["--batch-size", "3", "--json"]);
