@@ -834,11 +834,10 @@ impl<T: Float> Model<T> {
     /// place on an output, is listed in `unsupported`, for the caller to report.
     pub fn compiled_metrics(&self) -> CompiledMetrics {
         let mut out = CompiledMetrics::default();
-        let names: Vec<&str> = self
-            .outputs
-            .iter()
-            .map(|r| self.layers[r.layer].name.as_str())
-            .collect();
+        let names = self.output_names();
+        // TF-Keras 2 (a legacy `training_config`) broadcasts and renames a multi-output model's
+        // metrics its own way; those are not placed.
+        let tf_keras = self.compile_entry(&["optimizer_config"]).is_some();
         for (key, weighted) in [("metrics", false), ("weighted_metrics", true)] {
             let Some(v) = self.compile_entry(&[key]) else {
                 continue;
@@ -852,9 +851,6 @@ impl<T: Float> Model<T> {
                 flatten_metrics(entry, &mut flat);
                 flat.into_iter().map(|m| (k, m)).collect()
             }
-            // TF-Keras 2 (a legacy `training_config`) broadcasts and renames a multi-output
-            // model's metrics its own way; those are not placed.
-            let tf_keras = self.compile_entry(&["optimizer_config"]).is_some();
             match v {
                 _ if names.len() == 1 => items = per_output(0, v),
                 _ if tf_keras => out.unsupported.push(format!(
@@ -1064,15 +1060,23 @@ impl<T: Float> Model<T> {
         }
         // Keras tracks each output's loss when there are several, and prefixes the metrics'
         // names with the outputs'.
-        let output_losses: Vec<String> = match self.outputs.len() {
+        let outputs: Vec<String> = match self.outputs.len() {
             1 => Vec::new(),
             _ => self
-                .outputs
-                .iter()
-                .map(|r| self.layers[r.layer].name.clone())
+                .output_names()
+                .into_iter()
+                .map(str::to_string)
                 .collect(),
         };
-        Ok(MetricSet::new(metrics, weighted, &output_losses))
+        Ok(MetricSet::new(metrics, weighted, &outputs))
+    }
+
+    /// The names of the model's outputs (their layers' names), as Keras names them in its logs.
+    fn output_names(&self) -> Vec<&str> {
+        self.outputs
+            .iter()
+            .map(|r| self.layers[r.layer].name.as_str())
+            .collect()
     }
 
     /// [`Model::evaluate`] in `batches` (optional per-sample weights, Keras' `sample_weight`, and

@@ -1089,7 +1089,8 @@ fn metric_values<T: Float>(
             .zip(p)
             .map(|(a, b)| (*b - *a) * (*b - *a))
             .collect(),
-        // Counted in `update` from the entries themselves; one placeholder per entry.
+        // Counted in `update` from the entries themselves; one placeholder per entry (R² is
+        // summed by `update_r2` and does not come here).
         MetricFn::Precision { .. }
         | MetricFn::Recall { .. }
         | MetricFn::Count { .. }
