@@ -354,6 +354,43 @@ fn check_all_paths(level: Isa) {
     }
 }
 
+/// Batch-1 inference on two threads splits each step by units (`engine::pair`, from 48 units
+/// and 8 steps, where the second worker comes in time): under every kernel level, with and
+/// without masks, initial state and pre-packed weights, the same bits as one thread.
+#[test]
+fn batch_one_on_two_threads_matches_one_thread_under_every_level() {
+    let _turn = isa_turn();
+    let _full = FullIsa;
+    for level in [Isa::Portable, Isa::Avx2Fma, Isa::Avx512] {
+        if level > isa::detected() {
+            continue;
+        }
+        isa::set_limit(level);
+        for (i, (size, masked, backwards)) in [
+            ((1, 40, 9, 100), false, false),
+            ((1, 30, 5, 64), true, true),
+            ((1, 24, 300, 144), true, false),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut pr = Problem::new(size, true, masked, backwards, false, 90 + i as u64);
+            for (h0, prepack) in [(true, false), (false, true)] {
+                pr.h0_given = h0;
+                pr.prepack = prepack;
+                let one = pr.run::<f32>(1, false);
+                for _ in 0..3 {
+                    let two = pr.run::<f32>(2, false);
+                    let label =
+                        format!("{level}: {size:?} mask={masked} h0={h0} prepack={prepack}");
+                    assert!(same(&one.0, &two.0), "{label}: outputs");
+                    assert!(same(&one.1, &two.1), "{label}: state");
+                }
+            }
+        }
+    }
+}
+
 /// Bit-for-bit equality that treats NaN as equal to NaN.
 fn same(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len()

@@ -939,6 +939,10 @@ fn sequence_rows<T: Float>(
     let in_step = inputs_in_steps(p, fusable, dropout, call_rows / time.max(1));
     let alone = in_step && !team && d > PROJECT_OWN_MAX_K;
     let raw = in_step && (team || alone);
+    if !raw && fusable && !team && super::pair::wanted::<T>(opts.threads, batch, time, u) {
+        sequence_pair(p, x, time, h0, opts, dropout, out, ws, shared);
+        return;
+    }
     if raw {
         // Only the two state buffers: no projections buffer, no unfused-step scratch.
         grow(&mut ws.h, batch * u);
@@ -1123,6 +1127,82 @@ fn sequence_rows<T: Float>(
     if opts.mask.is_none() && time > 0 {
         out.last_output[..batch * u].copy_from_slice(&h[..batch * u]);
     }
+}
+
+/// [`sequence_rows`] for one batch row on two threads, split by units (see `engine::pair`): a
+/// fused inference call (see [`fusable`]) whose inputs are projected before the loop, the
+/// projection done by the caller while the helper thread comes. The same sums as on one
+/// thread.
+#[allow(clippy::too_many_arguments)]
+fn sequence_pair<T: Float>(
+    p: &GruParams<T>,
+    x: &[T],
+    time: usize,
+    h0: Option<&[T]>,
+    opts: SequenceOptions<'_>,
+    dropout: DropoutMasks<'_, T>,
+    out: SequenceOutputs<'_, T>,
+    ws: &mut GruWorkspace<T>,
+    shared: Shared<'_, T>,
+) {
+    let u = p.units;
+    let g = 3 * u;
+    ws.reserve(1, time, u);
+    match h0 {
+        Some(h0) => ws.h[..u].copy_from_slice(&h0[..u]),
+        None => ws.h[..u].fill(T::zero()),
+    }
+    let GruWorkspace {
+        xp,
+        hu,
+        h,
+        h2,
+        packed,
+        xm,
+        ..
+    } = ws;
+    let rhs = match shared.recurrent {
+        Some(rhs) => rhs,
+        None => recurrent_rhs(p, 1, time, opts.threads, packed),
+    };
+    // As `sequence_rows`: the first step of a zero state skips its (exactly zero) products.
+    let finite_u = match rhs {
+        Rhs::Packed(pk) => pk.is_finite(),
+        Rhs::Plain { .. } => prepacked(p).is_some_and(|pw| pw.recurrent().is_finite()),
+    };
+    let ctx = super::pair::PairRun {
+        rhs,
+        time,
+        units: u,
+        hh_bias: p.hh_bias,
+        activation: p.activation,
+        recurrent_activation: p.recurrent_activation,
+        go_backwards: opts.go_backwards,
+        zero_start: h0.is_none() && finite_u,
+    };
+    let call_rows = shared.call_rows;
+    let project = move || {
+        // (Moved in: the closure is then `FnOnce` and may hand out `xp` for good.)
+        let (xp, xm) = (xp, xm);
+        match dropout.input {
+            None => {
+                let own = preferred::<T>(call_rows);
+                project_rows(p, x, time, own, xp, xm, opts.threads);
+            }
+            Some(m) => project_inputs_masked(p, x, 1, time, m, xp, xm, opts.threads),
+        }
+        let xp: &Vec<T> = xp;
+        &xp[..time * g]
+    };
+    let bufs = super::pair::CallerBufs {
+        h: &mut h[..u],
+        h2: &mut h2[..u],
+        pre: &mut hu[..g],
+        sequence: out.sequence,
+        last_output: &mut out.last_output[..u],
+    };
+    super::pair::run(&ctx, project, opts.mask, opts.zero_output_for_mask, bufs);
+    out.state[..u].copy_from_slice(&h[..u]);
 }
 
 /// One time step for a batch: `x_t` `(B, D)`, state `h` `(B, u)` updated in place.

@@ -132,6 +132,21 @@ fn tanh_impl<const F: bool>(x: f32) -> f32 {
     }
 }
 
+/// One lane of [`sigmoid_slice_f32`] on the active instruction set (`F`: with fused
+/// multiply-adds, as on AVX2 and AVX-512; without, as the portable build), for element-wise
+/// loops that compute several gates in one pass inside [`vectorized`]: the same bits as the
+/// slice kernel, without a call per gate.
+#[inline(always)]
+pub(crate) fn sigmoid_lane<const F: bool>(x: f32) -> f32 {
+    sigmoid_impl::<F>(x)
+}
+
+/// One lane of [`tanh_slice_f32`], as [`sigmoid_lane`] is one of [`sigmoid_slice_f32`].
+#[inline(always)]
+pub(crate) fn tanh_lane<const F: bool>(x: f32) -> f32 {
+    tanh_impl::<F>(x)
+}
+
 /// In-place [`sigmoid_f32`] over a slice: 16 or 8 lanes with fused multiply-adds where the CPU
 /// has AVX-512F or AVX2 + FMA (the results then differ from [`sigmoid_f32`] by an ULP or so, and
 /// agree bit for bit between the two widths), 4 lanes otherwise.

@@ -625,6 +625,105 @@ impl<T: Float> Rhs<'_, T> {
         self.scatter(&segs, 0..n_panels, m, tiles, c, ldc, false);
     }
 
+    /// `c[..cols.len()] = a[kr] · B[kr, columns cols of segment s]` for one row `a` (batch 1),
+    /// every column summed exactly as the batch-1 [`Rhs::matmul`] of a single thread sums it,
+    /// whatever `cols` is, provided `cols.start` is a multiple of [`strip_granule`] (`cols.end`
+    /// at most the segment's width). The pieces of a step split between threads by units
+    /// (`engine::pair`) therefore add up to the single-threaded step, bit for bit.
+    pub(crate) fn row_cols(
+        &self,
+        a: &[T],
+        kr: Range<usize>,
+        s: usize,
+        cols: Range<usize>,
+        c: &mut [T],
+    ) {
+        let strip = self.strip(s).skip(cols.start);
+        run_strip(a, &kr, strip, cols.len(), c, false);
+    }
+
+    /// [`Rhs::row_cols`] for the three gate segments at once: `c[g·cols.len() + j]` for gate
+    /// `g` and column `cols.start + j`, each summed as `row_cols` sums it. With AVX-512 and
+    /// `f32`, the three gates' strips run together ([`super::simd512::strip_gates`]).
+    pub(crate) fn row_gates(&self, a: &[T], kr: Range<usize>, cols: Range<usize>, c: &mut [T]) {
+        let w = cols.len();
+        let mut c0 = 0;
+        #[cfg(target_arch = "x86_64")]
+        if active() == Isa::Avx512 {
+            if let (Some(a32), Some(c32)) = (T::slice_f32(a), T::slice_f32_mut(c)) {
+                for width in [WIDE, 2 * NR, NR] {
+                    while c0 + width <= w {
+                        let j = cols.start + c0;
+                        let bs = [0, 1, 2].map(|s| {
+                            let (d, ldb, _) = self.strip(s).at(j);
+                            T::slice_f32(d).and_then(|d| d.get(kr.start * ldb..))
+                        });
+                        let (ldb, vs) = {
+                            let (_, ldb, vs) = self.strip(0).at(j);
+                            (ldb, vs)
+                        };
+                        let (Some(b0), Some(b1), Some(b2)) = (bs[0], bs[1], bs[2]) else {
+                            break;
+                        };
+                        let out = &mut c32[c0..];
+                        // SAFETY: the CPU has AVX-512F (checked by `active`).
+                        let done = unsafe {
+                            match width {
+                                WIDE => super::simd512::strip_gates::<4>(
+                                    a32,
+                                    &kr,
+                                    [b0, b1, b2],
+                                    ldb,
+                                    vs,
+                                    out,
+                                    w,
+                                ),
+                                32 => super::simd512::strip_gates::<2>(
+                                    a32,
+                                    &kr,
+                                    [b0, b1, b2],
+                                    ldb,
+                                    vs,
+                                    out,
+                                    w,
+                                ),
+                                _ => super::simd512::strip_gates::<1>(
+                                    a32,
+                                    &kr,
+                                    [b0, b1, b2],
+                                    ldb,
+                                    vs,
+                                    out,
+                                    w,
+                                ),
+                            }
+                        };
+                        if !done {
+                            break;
+                        }
+                        c0 += width;
+                    }
+                }
+            }
+        }
+        if c0 < w {
+            for (s, cg) in c.chunks_exact_mut(w).take(3).enumerate() {
+                self.row_cols(a, kr.clone(), s, cols.start + c0..cols.end, &mut cg[c0..]);
+            }
+        }
+    }
+
+    /// Segment `s` as the batch-1 strips read it.
+    fn strip(&self, s: usize) -> Strip<'_, T> {
+        match *self {
+            Rhs::Plain { data, ld, seg } => Strip::Plain(&data[s * seg..], ld),
+            Rhs::Packed(p) => {
+                let (pps, stride) = (p.seg.div_ceil(NR), panel_stride(p.k));
+                Strip::Packed(&p.data[s * pps * stride..(s + 1) * pps * stride], stride)
+            }
+        }
+    }
+
     /// [`Rhs::matmul`] or the team's product, as `par` says.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn product(
@@ -1035,6 +1134,14 @@ enum Strip<'a, T> {
 }
 
 impl<'a, T> Strip<'a, T> {
+    /// The strip from column `c0` (a multiple of [`NR`]) on.
+    fn skip(self, c0: usize) -> Self {
+        match self {
+            Strip::Plain(d, ld) => Strip::Plain(&d[c0..], ld),
+            Strip::Packed(d, stride) => Strip::Packed(&d[c0 / NR * stride..], stride),
+        }
+    }
+
     /// The data from column `c0` (a multiple of [`NR`]), its row stride, and the distance between
     /// its 16-column vectors.
     fn at(self, c0: usize) -> (&'a [T], usize, usize) {
@@ -1146,6 +1253,20 @@ fn run_strip<T: Float>(
 
 /// Columns per strip of the batch-1 SIMD kernels.
 const WIDE: usize = 64;
+
+/// The multiple of which a run of columns must start for [`run_strip`] to sum each of its
+/// columns as a run from column 0 does ([`Rhs::row_cols`]). The AVX2 64-column strips sum `k`
+/// in order while its narrower tails sum even and odd `k` apart, so with AVX2 kernels on `f32`
+/// a run must start where a 64-column strip would; every other build (AVX-512's strips of 64,
+/// 32 and 16 and its tails alike, the portable and `f64` kernels 16 columns at a time) sums a
+/// column the same way in any strip.
+pub(crate) fn strip_granule<T: Float>() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if active() == Isa::Avx2Fma && T::slice_f32(&[T::zero()]).is_some() {
+        return WIDE;
+    }
+    NR
+}
 
 std::thread_local! {
     /// Whether this thread's next batch-1 product on a packed `B` takes its segments last to

@@ -610,6 +610,86 @@ pub(super) fn strip<const V: usize>(
     true
 }
 
+/// [`strip`] for three strips at once, one per gate: the same `16·V` columns of the three
+/// gate segments of `B` (`bs[g]`, each offset to row `kr.start` and to the strip's first
+/// column, row stride `ldb`, vectors `vs` apart), into `c[g·ldc..g·ldc + 16V]`. Each value of
+/// `A` is broadcast once for all three, and the `6V` accumulators (12 for a 32-column strip)
+/// hide the FMA latency that one gate's `2V` alone cannot. Every column is summed exactly as
+/// [`strip`] sums it. Returns `false` if a slice is too short.
+#[target_feature(enable = "avx512f")]
+pub(super) fn strip_gates<const V: usize>(
+    a: &[f32],
+    kr: &Range<usize>,
+    bs: [&[f32]; 3],
+    ldb: usize,
+    vs: usize,
+    c: &mut [f32],
+    ldc: usize,
+) -> bool {
+    let width = V * NR;
+    let klen = kr.len();
+    let need = if klen == 0 {
+        0
+    } else {
+        (klen - 1) * ldb + (V - 1) * vs + NR
+    };
+    if width > WIDE
+        || ldc < width
+        || bs.iter().any(|b| b.len() < need)
+        || a.len() < kr.end
+        || c.len() < 2 * ldc + width
+    {
+        return false;
+    }
+    let a = &a[kr.clone()];
+    let bp = bs.map(|b| b.as_ptr());
+    let mut even: [[__m512; V]; 3] = [[_mm512_setzero_ps(); V]; 3];
+    let mut odd: [[__m512; V]; 3] = [[_mm512_setzero_ps(); V]; 3];
+    let pairs = a.chunks_exact(2);
+    let last = pairs.remainder().first().copied();
+    for (p, pair) in pairs.enumerate() {
+        let (a0, a1) = (_mm512_set1_ps(pair[0]), _mm512_set1_ps(pair[1]));
+        let row = 2 * p * ldb;
+        for g in 0..3 {
+            for v in 0..V {
+                // SAFETY: row + ldb + v·vs + 16 ≤ (klen − 1)·ldb + (V − 1)·vs + 16 ≤ bs[g].len(),
+                // checked above (2p + 1 ≤ klen − 1).
+                let (b0, b1) = unsafe {
+                    (
+                        _mm512_loadu_ps(bp[g].add(row + vs * v)),
+                        _mm512_loadu_ps(bp[g].add(row + ldb + vs * v)),
+                    )
+                };
+                even[g][v] = _mm512_fmadd_ps(a0, b0, even[g][v]);
+                odd[g][v] = _mm512_fmadd_ps(a1, b1, odd[g][v]);
+            }
+        }
+    }
+    if let Some(al) = last {
+        let (al, row) = (_mm512_set1_ps(al), (klen - 1) * ldb);
+        for g in 0..3 {
+            for (v, even) in even[g].iter_mut().enumerate() {
+                // SAFETY: row + v·vs + 16 ≤ (klen − 1)·ldb + (V − 1)·vs + 16 ≤ bs[g].len(),
+                // checked above.
+                let bv = unsafe { _mm512_loadu_ps(bp[g].add(row + vs * v)) };
+                *even = _mm512_fmadd_ps(al, bv, *even);
+            }
+        }
+    }
+    for g in 0..3 {
+        for v in 0..V {
+            // SAFETY: g·ldc + 16v + 16 ≤ 2·ldc + width ≤ c.len(), checked above.
+            unsafe {
+                _mm512_storeu_ps(
+                    c.as_mut_ptr().add(g * ldc + NR * v),
+                    _mm512_add_ps(even[g][v], odd[g][v]),
+                )
+            };
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     //! These run only where the CPU has AVX-512F (elsewhere they pass without checking anything

@@ -192,11 +192,11 @@ const SPIN: Duration = Duration::from_micros(50);
 /// How long the caller waits for the helpers of one step before it concludes that the machine is
 /// oversubscribed (a helper without a core of its own) and finishes the sequence alone: waiting
 /// for a descheduled helper every step made 2 threads ~10× slower than 1 on a busy machine.
-const GIVE_UP: Duration = Duration::from_millis(2);
+pub(crate) const GIVE_UP: Duration = Duration::from_millis(2);
 
 /// Spins, then yields, until `cond` holds (`true`) or `give_up` has passed (`false`).
 #[inline]
-fn wait_for(cond: impl Fn() -> bool, give_up: Option<Duration>) -> bool {
+pub(crate) fn wait_for(cond: impl Fn() -> bool, give_up: Option<Duration>) -> bool {
     if cond() {
         return true;
     }

@@ -1,0 +1,861 @@
+//! Batch-1 inference split between two threads by units.
+//!
+//! A batch-1 step is one row of `h` times all of `U` (`u × 3u`), then the gates: too little work
+//! for a [`super::team::Team`], whose threads are started per call and share each step's left
+//! operand through locks. But at batch 1 the time goes to reading `U`, not to arithmetic: S's
+//! 48 KiB of `U` does not fit a 32 KiB L1, and a core streams it from L2 at every step (on an
+//! AMD Zen 4, one core's batch-1 strips ran at 1.8 cycles per 512-bit multiply-add from L2,
+//! 1.2 from L1). Split by units, each of two cores reads only its own columns of `U` (24 KiB for
+//! S, which then stay in its L1) and computes their gates; the two halves of the new state
+//! cross between the cores once per step.
+//!
+//! The helper is a rayon job ([`rayon::join`]) that another worker of the caller's pool picks
+//! up when it is free, while the caller projects the inputs. The caller never waits for it to
+//! start: it runs the steps alone until the helper says it is ready, hands it the state at the
+//! next step boundary, and from then on the two run in lock step. Each value of a half crosses
+//! in one atomic word with the number of the exchange it belongs to (one per computed step), so
+//! a core that waits for the other's half spins on the very cache lines that bring it, not on a
+//! flag and then the data. Two buffers, by exchange parity, keep a fast thread from
+//! overwriting a half the other has not read: its next exchange needs that other's half first.
+//! Steps a mask skips are skipped by both threads without an exchange. A helper that never comes costs nothing but
+//! the check; one that stops answering for [`GIVE_UP`] (a busy machine) is left behind and the
+//! caller finishes alone.
+//!
+//! Every unit is summed as the single-threaded batch-1 step sums it ([`Rhs::row_cols`]) and
+//! its gates are the same element-wise operations, so the results are those of one thread, bit
+//! for bit. No `unsafe`: the helper reads only what the caller shares, through atomics and a
+//! `OnceLock`. `f32` only (the stamp and the value share a 64-bit word).
+
+use super::gru::activate;
+use super::gru::team_size;
+use super::isa::{active, Isa};
+use super::math::{sigmoid_lane, tanh_lane, vectorized};
+use super::packed::{strip_granule, Rhs};
+use super::team::{wait_for, GIVE_UP};
+use crate::float::Float;
+use crate::layers::activation::Activation;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Fewest units for which a batch-1 sequence is split: below it a step's products take less
+/// than the cross-core handoff of the state.
+const PAIR_MIN_UNITS: usize = 48;
+
+/// Fewest time steps for which a batch-1 sequence is split.
+const PAIR_MIN_STEPS: usize = 8;
+
+/// Helper states.
+const OPEN: usize = 0;
+const READY: usize = 1;
+const CLOSED: usize = 2;
+
+/// `start` before the caller hands the state over.
+const NOT_STARTED: usize = usize::MAX;
+
+/// What both threads read: one batch-1 fused inference sequence (`reset_after = true`,
+/// element-wise activations, no recurrent dropout, inputs projected before the loop).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PairRun<'a, T> {
+    /// `U` as the time loop reads it.
+    pub rhs: Rhs<'a, T>,
+    /// Time steps `T`.
+    pub time: usize,
+    /// Units `u`.
+    pub units: usize,
+    /// Recurrent candidate bias `(u)`.
+    pub hh_bias: Option<&'a [T]>,
+    /// Candidate activation.
+    pub activation: Activation,
+    /// Gate activation.
+    pub recurrent_activation: Activation,
+    /// Steps taken last to first.
+    pub go_backwards: bool,
+    /// The state starts at zero and `U` is finite: the first step's products are exactly zero.
+    pub zero_start: bool,
+}
+
+impl<T> PairRun<'_, T> {
+    /// The time index of step `k`.
+    fn t(&self, k: usize) -> usize {
+        if self.go_backwards {
+            self.time - 1 - k
+        } else {
+            k
+        }
+    }
+}
+
+/// Whether a call of `batch` rows, `time` steps and `units` units with `threads` threads runs
+/// split by units: `f32`, batch 1, long and wide enough, two hardware threads for the call, and
+/// the caller on a worker of a rayon pool with another worker (the helper must not be a thread
+/// started per call, nor a job injected into a pool from outside, each costing more than S's
+/// whole sequence).
+pub(crate) fn wanted<T: Float>(threads: usize, batch: usize, time: usize, units: usize) -> bool {
+    batch == 1
+        && T::slice_f32(&[T::zero()]).is_some()
+        && time >= PAIR_MIN_STEPS
+        && units >= PAIR_MIN_UNITS
+        && team_size(threads) >= 2
+        && rayon::current_thread_index().is_some()
+        && rayon::current_num_threads() >= 2
+        && split_at::<T>(units).is_some()
+        && Pace::may_pair()
+}
+
+/// Where the caller's units end and the helper's begin: half the strips of
+/// [`strip_granule`] columns (the caller takes the odd one), `None` for fewer than two.
+fn split_at<T: Float>(units: usize) -> Option<usize> {
+    let g = strip_granule::<T>();
+    let blocks = units.div_ceil(g);
+    (blocks >= 2).then(|| blocks.div_ceil(2) * g)
+}
+
+/// Eight stamped values: one cache line.
+#[repr(align(64))]
+struct Line([AtomicU64; 8]);
+
+/// Steps per timing window of [`Pace`].
+const WINDOW: usize = 8;
+
+/// Paired steps not timed (see [`Pace::paired_step`]).
+const WARM_UP: usize = 2;
+
+/// Largest ratio of a paired step's time to a step's alone for which the caller keeps its
+/// helper.
+const KEEP_BELOW: f64 = 0.9;
+
+/// Calls that run alone after one found its paired steps too slow (then pairing is tried
+/// again).
+const BACK_OFF_CALLS: usize = 8;
+
+/// The last pace alone measured: `units << 32 | nanoseconds per step`.
+static ALONE_PACE: AtomicU64 = AtomicU64::new(0);
+
+/// Calls left to run alone (see [`BACK_OFF_CALLS`]).
+static BACK_OFF: AtomicUsize = AtomicUsize::new(0);
+
+/// The caller's clock: how long a step takes alone, and whether paired steps are faster.
+///
+/// Two cores pay off only while a handoff between them is quick. On the AMD EPYC VM measured,
+/// two threads passing a cache line back and forth took 110 ns a round trip in some runs and
+/// 500 ns in others (where the host had put the virtual CPUs), and at 500 ns paired S steps
+/// took twice as long as steps alone (S forward 0.16 against 0.07 ms). So the pace of a step
+/// alone is timed over [`WINDOW`] steps (after the first, which may skip its products) and
+/// remembered for the next calls with as many units ([`ALONE_PACE`]); paired steps are timed
+/// in windows of as many steps (after [`WARM_UP`]), and after two windows in a row slower than
+/// [`KEEP_BELOW`] of the pace alone, the caller sends the helper away, finishes alone, and the
+/// next [`BACK_OFF_CALLS`] calls do not pair.
+struct Pace {
+    units: usize,
+    /// Nanoseconds per step alone, once known.
+    alone_ns: Option<f64>,
+    from: Instant,
+    steps: usize,
+    /// Paired windows timed so far.
+    windows: usize,
+    /// The last paired window was slow.
+    slow: bool,
+}
+
+impl Pace {
+    fn new(units: usize) -> Self {
+        let known = ALONE_PACE.load(Ordering::Relaxed);
+        Pace {
+            units,
+            alone_ns: (known >> 32 == units as u64).then_some((known & 0xffff_ffff) as f64),
+            from: Instant::now(),
+            steps: 0,
+            windows: 0,
+            slow: false,
+        }
+    }
+
+    /// Whether a call may pair (not while backing off; each call asking counts).
+    fn may_pair() -> bool {
+        BACK_OFF
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_err()
+    }
+
+    fn restart(&mut self) {
+        self.from = Instant::now();
+        self.steps = 0;
+    }
+
+    /// Counts a step computed alone (not the first of the call).
+    fn alone_step(&mut self) {
+        if self.steps == 0 {
+            self.restart();
+        }
+        self.steps += 1;
+        if self.steps > WINDOW {
+            let ns = self.from.elapsed().as_nanos() as f64 / WINDOW as f64;
+            self.alone_ns = Some(ns);
+            let word = (self.units as u64) << 32 | (ns as u64).min(0xffff_ffff);
+            ALONE_PACE.store(word, Ordering::Relaxed);
+            self.steps = 0;
+        }
+    }
+
+    /// Counts a paired step: `false` when the window just timed says to stop pairing.
+    fn paired_step(&mut self) -> bool {
+        self.steps += 1;
+        if self.windows == 0 && self.steps == WARM_UP {
+            // The first paired steps read each core's part of `U` into its L1: not timed.
+            self.restart();
+            self.windows = 1;
+            return true;
+        }
+        if self.steps < WINDOW {
+            return true;
+        }
+        let ns = self.from.elapsed().as_nanos() as f64 / self.steps as f64;
+        self.restart();
+        self.windows += 1;
+        // One slow window is often a passing hiccup (an interrupt, a descheduled core): two
+        // in a row end the pairing.
+        let slow = self.alone_ns.is_some_and(|a| ns >= KEEP_BELOW * a);
+        let stop = slow && self.slow;
+        self.slow = slow;
+        if stop {
+            BACK_OFF.store(BACK_OFF_CALLS, Ordering::Relaxed);
+        }
+        !stop
+    }
+}
+
+/// What the two threads share.
+struct Exchange<'a, T> {
+    /// The helper's state: [`OPEN`], [`READY`] or [`CLOSED`].
+    phase: Padded<AtomicUsize>,
+    /// The step from which the two run together ([`NOT_STARTED`] before).
+    start: Padded<AtomicUsize>,
+    /// The input projections, once the caller has made them.
+    xp: OnceLock<&'a [T]>,
+    /// The state of exchanges of each parity, unit by unit: `(exchange << 32) | f32 bits`. Each
+    /// thread writes its own units; the split falls on a line boundary. Exchange 0 is the
+    /// caller's hand-over of the whole state; exchange `e` the state after the `e`-th step
+    /// computed after it.
+    h: [Vec<Line>; 2],
+}
+
+/// Keeps the caller's and the helper's words on separate cache lines.
+#[repr(align(128))]
+struct Padded<A>(A);
+
+impl<T: Float> Exchange<'_, T> {
+    fn closed(&self) -> bool {
+        self.phase.0.load(Ordering::Acquire) == CLOSED
+    }
+
+    fn word(&self, e: usize, i: usize) -> &AtomicU64 {
+        &self.h[e % 2][i / 8].0[i % 8]
+    }
+
+    /// Publishes `v` as units `cols` of exchange `e`.
+    fn put(&self, e: usize, cols: Range<usize>, v: &[T]) {
+        let stamp = (e as u64 & 0xffff_ffff) << 32;
+        for (i, x) in cols.zip(v) {
+            let bits = (x.f64() as f32).to_bits();
+            self.word(e, i)
+                .store(stamp | u64::from(bits), Ordering::Release);
+        }
+    }
+
+    /// Reads units `cols` of exchange `e` into `v`, each as soon as it is published: `false`
+    /// if `give_up` passes first, or the helper's phase is closed while waiting.
+    ///
+    /// Last unit first: [`Exchange::put`] publishes in order, so once the last has come the
+    /// others are there too (release and acquire), and their cache lines, requested together
+    /// rather than one after another, cross between the cores in about the time of one.
+    fn take(&self, e: usize, cols: Range<usize>, v: &mut [T], give_up: Option<Duration>) -> bool {
+        let stamp = e as u64 & 0xffff_ffff;
+        for (i, x) in cols.zip(v).rev() {
+            let word = self.word(e, i);
+            let ready = || word.load(Ordering::Acquire) >> 32 == stamp;
+            // (Woken by `closed` rather than by the value: not there.)
+            let came = ready() || (wait_for(|| ready() || self.closed(), give_up) && ready());
+            if !came {
+                return false;
+            }
+            let bits = word.load(Ordering::Acquire) as u32;
+            *x = T::of(f64::from(f32::from_bits(bits)));
+        }
+        true
+    }
+}
+
+/// Marks the helper's phase closed when the caller leaves (also on unwinding), so that a
+/// helper still waiting returns and `rayon::join` can finish.
+struct CloseOnDrop<'e, 'a, T: Float>(&'e Exchange<'a, T>);
+impl<T: Float> Drop for CloseOnDrop<'_, '_, T> {
+    fn drop(&mut self) {
+        self.0.phase.0.store(CLOSED, Ordering::Release);
+    }
+}
+
+/// The caller's side of [`run`]: the outputs and its scratch.
+pub(crate) struct CallerBufs<'b, T> {
+    /// The state `(u)`: the initial one on entry, the final one on return.
+    pub h: &'b mut [T],
+    /// Scratch `(u)`.
+    pub h2: &'b mut [T],
+    /// Scratch `(3u)`.
+    pub pre: &'b mut [T],
+    /// Output row `k` at `k·u` (`(T, u)`), where wanted.
+    pub sequence: Option<&'b mut [T]>,
+    /// The last output `(u)`: the state after the last unmasked step, or zeros (`zero_output`).
+    pub last_output: &'b mut [T],
+}
+
+/// Runs the sequence on the input projections `(T, 3u)` that `project` makes (on the calling
+/// thread, while the helper comes), writing `bufs`. `mask[t]` false skips time index `t`: the
+/// state is carried over and the output row repeats the last output (zeros where
+/// `zero_output`), as `gru::sequence_rows` does.
+pub(crate) fn run<'a, T: Float>(
+    ctx: &PairRun<'_, T>,
+    project: impl FnOnce() -> &'a [T] + Send,
+    mask: Option<&[bool]>,
+    zero_output: bool,
+    bufs: CallerBufs<'_, T>,
+) {
+    let u = ctx.units;
+    let split = split_at::<T>(u).unwrap_or(u);
+    let lines = || {
+        (0..u.div_ceil(8))
+            .map(|_| Line(Default::default()))
+            .collect()
+    };
+    let ex = Exchange {
+        phase: Padded(AtomicUsize::new(OPEN)),
+        start: Padded(AtomicUsize::new(NOT_STARTED)),
+        xp: OnceLock::new(),
+        h: [lines(), lines()],
+    };
+    let (own, other) = (0..split, split..u);
+    // Whether step `k` is skipped by the mask: the same answer on both threads.
+    let skipped = |k: usize| mask.is_some_and(|m| !m[ctx.t(k)]);
+    let CallerBufs {
+        h,
+        h2,
+        pre,
+        mut sequence,
+        last_output,
+    } = bufs;
+    last_output[..u].fill(T::zero());
+    let caller = || {
+        let _close = CloseOnDrop(&ex);
+        let xp = project();
+        let _ = ex.xp.set(xp);
+        let (mut cur, mut next) = (&mut h[..u], &mut h2[..u]);
+        let (mut paired, mut alone, mut in_h2) = (false, false, false);
+        let mut pace = Pace::new(u);
+        // Exchanges made since the hand-over.
+        let mut e = 0;
+        for k in 0..ctx.time {
+            // Hand over at a step boundary once the helper is ready and the pace of a step
+            // alone is known (not for the last step).
+            if !paired
+                && !alone
+                && k + 1 < ctx.time
+                && pace.alone_ns.is_some()
+                && ex.phase.0.load(Ordering::Acquire) == READY
+            {
+                ex.put(0, 0..u, cur);
+                ex.start.0.store(k, Ordering::Release);
+                paired = true;
+                pace.restart();
+            }
+            if skipped(k) {
+                if zero_output {
+                    last_output[..u].fill(T::zero());
+                }
+                if let Some(seq) = sequence.as_deref_mut() {
+                    seq[k * u..(k + 1) * u].copy_from_slice(&last_output[..u]);
+                }
+                continue;
+            }
+            if paired {
+                step_cols(ctx, xp, k, cur, own.clone(), pre, &mut next[own.clone()]);
+                e += 1;
+                ex.put(e, own.clone(), &next[own.clone()]);
+                let answered = ex.take(e, other.clone(), &mut next[other.clone()], Some(GIVE_UP));
+                if !answered {
+                    // The helper stopped answering: this step's other half here, then alone.
+                    step_cols(
+                        ctx,
+                        xp,
+                        k,
+                        cur,
+                        other.clone(),
+                        pre,
+                        &mut next[other.clone()],
+                    );
+                }
+                if !answered || !pace.paired_step() {
+                    paired = false;
+                    alone = true;
+                    ex.phase.0.store(CLOSED, Ordering::Release);
+                }
+            } else {
+                step_cols(ctx, xp, k, cur, 0..u, pre, next);
+                if k > 0 && !alone && pace.alone_ns.is_none() {
+                    pace.alone_step();
+                }
+            }
+            last_output[..u].copy_from_slice(next);
+            if let Some(seq) = sequence.as_deref_mut() {
+                seq[k * u..(k + 1) * u].copy_from_slice(next);
+            }
+            std::mem::swap(&mut cur, &mut next);
+            in_h2 = !in_h2;
+        }
+        if in_h2 {
+            next.copy_from_slice(cur);
+        }
+        #[cfg(test)]
+        tests::HANDED_OVER.with(|c| c.set(c.get() + usize::from(e > 0)));
+    };
+    let helper = || {
+        if ex
+            .phase
+            .0
+            .compare_exchange(OPEN, READY, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        // Until the hand-over, take part in the pool's other work (the caller's projection may
+        // be split between workers).
+        while ex.start.0.load(Ordering::Acquire) == NOT_STARTED && !ex.closed() {
+            if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                std::hint::spin_loop();
+            }
+        }
+        let k0 = ex.start.0.load(Ordering::Acquire);
+        let Some(&xp) = ex.xp.get() else {
+            return;
+        };
+        if k0 == NOT_STARTED || ex.closed() {
+            return;
+        }
+        let mut cur = vec![T::zero(); u];
+        let mut next = vec![T::zero(); u];
+        let mut pre = vec![T::zero(); 3 * other.len()];
+        if !ex.take(0, 0..u, &mut cur, None) {
+            return;
+        }
+        let mut e = 0;
+        for k in k0..ctx.time {
+            if skipped(k) {
+                continue;
+            }
+            step_cols(
+                ctx,
+                xp,
+                k,
+                &cur,
+                other.clone(),
+                &mut pre,
+                &mut next[other.clone()],
+            );
+            e += 1;
+            ex.put(e, other.clone(), &next[other.clone()]);
+            if k + 1 == ctx.time || !ex.take(e, own.clone(), &mut next[own.clone()], None) {
+                return;
+            }
+            std::mem::swap(&mut cur, &mut next);
+        }
+    };
+    rayon::join(caller, helper);
+}
+
+/// Units `cols` of step `k` (time index `T − 1 − k` when going backwards) from the state `h`
+/// `(u)` and the projections `xp` `(T, 3u)`, into `out` (`cols.len()`), with `pre` (at least
+/// `3·|cols|`) as scratch: the arithmetic of the unfused batch-1 step (`gru::step_rows`) on
+/// those units alone.
+fn step_cols<T: Float>(
+    ctx: &PairRun<'_, T>,
+    xp: &[T],
+    k: usize,
+    h: &[T],
+    cols: Range<usize>,
+    pre: &mut [T],
+    out: &mut [T],
+) {
+    let (u, w) = (ctx.units, cols.len());
+    let g = 3 * u;
+    let t = ctx.t(k);
+    let x = &xp[t * g..(t + 1) * g];
+    let pre = &mut pre[..3 * w];
+    if ctx.zero_start && k == 0 {
+        pre.fill(T::zero());
+    } else if w == u {
+        // All units on one thread (no helper): the single-threaded product, whose batch-1
+        // strips take the gates in alternate orders from step to step (`packed::STRIP_ORDER`).
+        ctx.rhs
+            .matmul(1, h, u, 0..u, 0..3, pre, g, false, 1, &mut Vec::new());
+    } else {
+        ctx.rhs.row_gates(h, 0..u, cols.clone(), pre);
+    }
+    let (z, rest) = pre.split_at_mut(w);
+    let (r, cand) = rest.split_at_mut(w);
+    let (xz, xr, xh) = (
+        &x[cols.clone()],
+        &x[u + cols.start..u + cols.end],
+        &x[2 * u..],
+    );
+    let xh = &xh[cols.clone()];
+    let (hb, bias) = (&h[cols.clone()], ctx.hh_bias.map(|b| &b[cols.clone()]));
+    if let (Activation::Sigmoid, Activation::Tanh) = (ctx.recurrent_activation, ctx.activation) {
+        let f32s = (
+            T::slice_f32(z),
+            T::slice_f32(r),
+            T::slice_f32(cand),
+            T::slice_f32(xz),
+            T::slice_f32(xr),
+            T::slice_f32(xh),
+            T::slice_f32(hb),
+            T::slice_f32_mut(out),
+        );
+        if let (Some(z), Some(r), Some(c), Some(xz), Some(xr), Some(xh), Some(hb), Some(out)) = f32s
+        {
+            let bias = bias.and_then(T::slice_f32);
+            let gates = [z, r, c, xz, xr, xh, hb];
+            if active() >= Isa::Avx2Fma {
+                vectorized(
+                    #[inline(always)]
+                    || sigmoid_tanh_gates::<true>(gates, bias, out),
+                );
+            } else {
+                sigmoid_tanh_gates::<false>(gates, bias, out);
+            }
+            return;
+        }
+    }
+    vectorized(
+        #[inline(always)]
+        || {
+            for (v, xv) in z.iter_mut().zip(xz) {
+                *v += *xv;
+            }
+            for (v, xv) in r.iter_mut().zip(xr) {
+                *v += *xv;
+            }
+            activate(ctx.recurrent_activation, z);
+            activate(ctx.recurrent_activation, r);
+            if let Some(br) = bias {
+                for (c, bv) in cand.iter_mut().zip(br) {
+                    *c += *bv;
+                }
+            }
+            for ((c, rv), xv) in cand.iter_mut().zip(&*r).zip(xh) {
+                *c = *xv + *rv * *c;
+            }
+            activate(ctx.activation, cand);
+            for (((n, zv), hv), cv) in out.iter_mut().zip(&*z).zip(hb).zip(&*cand) {
+                // Keras: z * h + (1 - z) * hh
+                *n = *zv * *hv + (T::one() - *zv) * *cv;
+            }
+        },
+    );
+}
+
+/// The gate pass above for Keras' default activations in one loop over the units, each gate's
+/// activation inlined ([`sigmoid_lane`], [`tanh_lane`]; `F` as the slice kernels of the active
+/// instruction set): the same operations on each value as the pass of separate loops, so the
+/// same bits, without the calls and passes over memory. `g` holds the products `z`, `r`, `ĥ`,
+/// the projections `x_z`, `x_r`, `x_h` and the state `h` of these units.
+#[inline(always)]
+fn sigmoid_tanh_gates<const F: bool>(g: [&[f32]; 7], bias: Option<&[f32]>, out: &mut [f32]) {
+    // Sixteen units at a time, each block a loop of fixed length that the compiler turns into
+    // one pass of 16-lane vectors (a loop over all `n` units was vectorized four vectors at a
+    // time, and S's 32 units per thread then all went through its scalar remainder).
+    let n = out.len();
+    let [z, r, c, xz, xr, xh, h] = g.map(|v| &v[..n]);
+    let bias = bias.map(|b| &b[..n]);
+    let mut j = 0;
+    while j < n {
+        let m = LANES.min(n - j);
+        // A whole block is read in place; the last, short one through zero-padded copies.
+        let at = |v: &[f32]| -> [f32; LANES] {
+            match v.get(j..j + LANES) {
+                Some(w) if m == LANES => w.try_into().unwrap_or([0.0; LANES]),
+                _ => {
+                    let mut a = [0.0; LANES];
+                    a[..m].copy_from_slice(&v[j..j + m]);
+                    a
+                }
+            }
+        };
+        let (zj, rj, cj, xzj, xrj, xhj, hj) = (at(z), at(r), at(c), at(xz), at(xr), at(xh), at(h));
+        let mut res = [0.0f32; LANES];
+        match bias {
+            Some(b) => {
+                let bj = at(b);
+                for l in 0..LANES {
+                    let cl = cj[l] + bj[l];
+                    res[l] = blend::<F>(zj[l] + xzj[l], rj[l] + xrj[l], cl, xhj[l], hj[l]);
+                }
+            }
+            // (No bias is not a zero bias: `c + 0` would turn −0 into +0.)
+            None => {
+                for l in 0..LANES {
+                    res[l] = blend::<F>(zj[l] + xzj[l], rj[l] + xrj[l], cj[l], xhj[l], hj[l]);
+                }
+            }
+        }
+        out[j..j + m].copy_from_slice(&res[..m]);
+        j += m;
+    }
+}
+
+/// Units per block of [`sigmoid_tanh_gates`]: one AVX-512 vector of `f32`.
+const LANES: usize = 16;
+
+/// One unit of [`sigmoid_tanh_gates`] from its pre-activations.
+#[inline(always)]
+fn blend<const F: bool>(z: f32, r: f32, c: f32, xh: f32, h: f32) -> f32 {
+    let z = sigmoid_lane::<F>(z);
+    let r = sigmoid_lane::<F>(r);
+    let c = tanh_lane::<F>(xh + r * c);
+    // Keras: z * h + (1 - z) * hh
+    z * h + (1.0 - z) * c
+}
+
+#[cfg(test)]
+mod tests {
+    //! The split sequence against the single-threaded one, bit for bit, on every path it has:
+    //! units that are and are not multiples of 16, in-place and pre-packed `U`, with and
+    //! without biases, initial state, masks (skipped first and last steps, zeroed outputs),
+    //! `go_backwards`, input dropout, Keras' default activations (one fused gate loop) and
+    //! others (the slice kernels).
+    use super::*;
+    use crate::engine::gru::{
+        gru_sequence, DropoutMasks, GruParams, SequenceOptions, SequenceOutputs,
+    };
+    use crate::engine::prepacked::PackedWeights;
+    use crate::engine::workspace::GruWorkspace;
+    use std::cell::Cell;
+
+    std::thread_local! {
+        /// Calls of this thread that handed a sequence over to a helper.
+        pub(super) static HANDED_OVER: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn ramp(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    struct Case {
+        t: usize,
+        d: usize,
+        u: usize,
+        bias: bool,
+        h0: bool,
+        backwards: bool,
+        mask: Option<Vec<bool>>,
+        zero_output: bool,
+        input_dropout: bool,
+        prepack: bool,
+        acts: (Activation, Activation),
+    }
+
+    /// Outputs, state and last output of `c` with `threads` threads, and whether the call
+    /// handed over to a helper.
+    fn run(c: &Case, threads: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>, bool) {
+        let (t, d, u) = (c.t, c.d, c.u);
+        let g = 3 * u;
+        let kernel = ramp(d * g, 1, 0.4);
+        let recurrent = ramp(u * g, 2, 1.0 / (u as f32).sqrt());
+        let xb = ramp(g, 3, 0.2);
+        let hb = ramp(u, 4, 0.2);
+        let x = ramp(t * d, 5, 1.0);
+        let h0 = ramp(u, 6, 0.5);
+        let drop: Vec<Vec<f32>> = (0..3)
+            .map(|s| {
+                ramp(d, 7 + s, 1.0)
+                    .iter()
+                    .map(|v| if *v > -0.3 { 1.4 } else { 0.0 })
+                    .collect()
+            })
+            .collect();
+        let p = GruParams {
+            kernel: &kernel,
+            recurrent: &recurrent,
+            xp_bias: c.bias.then_some(&xb[..]),
+            hh_bias: c.bias.then_some(&hb[..]),
+            input_dim: d,
+            units: u,
+            reset_after: true,
+            activation: c.acts.1,
+            recurrent_activation: c.acts.0,
+            packed: None,
+        };
+        let packed = c.prepack.then(|| PackedWeights::new(&p, 1).unwrap());
+        let p = GruParams {
+            packed: packed.as_ref(),
+            ..p
+        };
+        let opts = SequenceOptions {
+            mask: c.mask.as_deref(),
+            go_backwards: c.backwards,
+            zero_output_for_mask: c.zero_output,
+            threads,
+        };
+        let dropout = DropoutMasks {
+            input: c
+                .input_dropout
+                .then(|| [&drop[0][..], &drop[1][..], &drop[2][..]]),
+            recurrent: None,
+        };
+        let mut seq = vec![0f32; t * u];
+        let mut last = vec![0f32; u];
+        let mut state = vec![0f32; u];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let handed = pool.install(|| {
+            let before = HANDED_OVER.with(Cell::get);
+            gru_sequence(
+                &p,
+                &x,
+                1,
+                t,
+                c.h0.then_some(&h0[..]),
+                opts,
+                dropout,
+                SequenceOutputs {
+                    sequence: Some(&mut seq),
+                    last_output: &mut last,
+                    state: &mut state,
+                },
+                &mut GruWorkspace::new(),
+                None,
+            );
+            HANDED_OVER.with(Cell::get) > before
+        });
+        (seq, state, last, handed)
+    }
+
+    fn same(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
+    #[test]
+    fn split_sequences_match_one_thread_bit_for_bit() {
+        // (At the CPU's own kernel level, which is process-wide: `tests/engine_paths.rs`
+        // compares one and two threads at batch 1 under every level.)
+        let level = active();
+        let sig_tanh = (Activation::Sigmoid, Activation::Tanh);
+        let others = (Activation::HardSigmoid, Activation::Relu);
+        let holes = |t: usize| Some((0..t).map(|i| i % 5 != 0 && i + 2 < t).collect());
+        let cases = [
+            // S-like, Keras defaults, pre-packed: the fused gate loop.
+            (
+                48, 32, 64, true, false, false, None, false, false, true, sig_tanh,
+            ),
+            // A narrow last panel (u = 100), in place, initial state, backwards.
+            (
+                40, 7, 100, true, true, true, None, false, false, false, sig_tanh,
+            ),
+            // No biases; a mask that skips the first and the last two steps, outputs zeroed.
+            (
+                40,
+                5,
+                80,
+                false,
+                false,
+                false,
+                holes(40),
+                true,
+                false,
+                true,
+                sig_tanh,
+            ),
+            // The same mask, outputs carried over; other activations (the slice kernels).
+            (
+                40,
+                5,
+                130,
+                true,
+                true,
+                false,
+                holes(40),
+                false,
+                false,
+                false,
+                others,
+            ),
+            // Input dropout (the masked projection), wide units.
+            (
+                24, 20, 256, true, false, true, None, false, true, true, sig_tanh,
+            ),
+        ];
+        {
+            let mut handed = 0;
+            for (t, d, u, bias, h0, backwards, mask, zero_output, input_dropout, prepack, acts) in
+                cases.clone()
+            {
+                let c = Case {
+                    t,
+                    d,
+                    u,
+                    bias,
+                    h0,
+                    backwards,
+                    mask,
+                    zero_output,
+                    input_dropout,
+                    prepack,
+                    acts,
+                };
+                let one = run(&c, 1);
+                assert!(!one.3, "one thread never hands over");
+                // The helper comes only when a worker is free in time: try a few times.
+                for _ in 0..20 {
+                    let two = run(&c, 2);
+                    let label = format!("{level}: T={t} D={d} u={u} split={}", two.3);
+                    assert!(same(&one.0, &two.0), "{label}: outputs");
+                    assert!(same(&one.1, &two.1), "{label}: state");
+                    assert!(same(&one.2, &two.2), "{label}: last output");
+                    if two.3 {
+                        handed += 1;
+                        break;
+                    }
+                }
+            }
+            // Where the process has two hardware threads, at least some calls must really
+            // have been split (or this test would compare one thread with itself).
+            if team_size(2) >= 2 {
+                assert!(handed > 0, "{level}: no call was split between two threads");
+            }
+        }
+    }
+
+    #[test]
+    fn split_points_fall_on_strip_boundaries() {
+        let g = strip_granule::<f32>();
+        for u in [16, 48, 64, 70, 100, 128, 130, 256, 1024] {
+            match split_at::<f32>(u) {
+                Some(s) => {
+                    assert_eq!(s % g, 0, "u = {u}");
+                    assert!(s < u && s >= u - s, "u = {u}: split at {s}");
+                }
+                None => assert!(u <= g, "u = {u}"),
+            }
+        }
+        assert_eq!(split_at::<f64>(64), Some(32));
+    }
+}
