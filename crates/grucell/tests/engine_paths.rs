@@ -354,7 +354,7 @@ fn check_all_paths(level: Isa) {
     }
 }
 
-/// Batch-1 inference on two threads splits each step by units (`engine::pair`, from 48 units
+/// Batch-1 inference on two threads splits each step by units (`engine::pair`, from 128 units
 /// and 8 steps, where the second worker comes in time): under every kernel level, with and
 /// without masks, initial state and pre-packed weights, the same bits as one thread.
 #[test]
@@ -367,8 +367,8 @@ fn batch_one_on_two_threads_matches_one_thread_under_every_level() {
         }
         isa::set_limit(level);
         for (i, (size, masked, backwards)) in [
-            ((1, 40, 9, 100), false, false),
-            ((1, 30, 5, 64), true, true),
+            ((1, 40, 9, 130), false, false),
+            ((1, 30, 5, 128), true, true),
             ((1, 24, 300, 144), true, false),
         ]
         .into_iter()
@@ -469,13 +469,19 @@ fn single_steps_on_prepacked_weights_change_nothing() {
         let p = tanh_params((&kernel, &rec), (Some(&xb), Some(&hb)), (d, u), true);
         let pw = PackedWeights::new(&p, 1).unwrap();
         // `U` padded to whole 16-column panels per gate, each panel one 16-value row longer
-        // than its depth (see `panel_stride`); `W` for inputs of ≤ 256 features, and for wider
-        // ones where `engine::projection` may read it (elsewhere the GEMM crate projects them
-        // from the slice).
+        // than its depth (see `panel_stride`), and each packing one 16-value cache line longer
+        // (its panels start on a line); `W` for inputs of ≤ 256 features, and for wider ones
+        // where `engine::projection` may read it (elsewhere the GEMM crate projects them from
+        // the slice).
         let per_row = 3 * u.div_ceil(16) * 16;
         let packs_w = d <= 256 || projection::available::<f32>();
-        let w_len = if packs_w { per_row * (d + 1) } else { 0 };
-        assert_eq!(pw.len(), per_row * (u + 1) + w_len, "(D, u) = {:?}", (d, u));
+        let w_len = if packs_w { per_row * (d + 1) + 16 } else { 0 };
+        assert_eq!(
+            pw.len(),
+            per_row * (u + 1) + 16 + w_len,
+            "(D, u) = {:?}",
+            (d, u)
+        );
         let mut outs = Vec::new();
         for packed in [None, Some(&pw)] {
             let p = GruParams { packed, ..p };

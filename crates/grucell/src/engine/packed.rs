@@ -241,7 +241,10 @@ pub(crate) fn tile_rows(m: usize, i: usize, max: usize) -> usize {
 /// `B` packed into column panels, grouped in equal segments of columns.
 #[derive(Debug, Clone, Default)]
 pub struct PackedRhs<T> {
+    /// The panels start at `data[off]`, the first 64-byte boundary of the allocation (see
+    /// [`PackedRhs::panels`]).
     data: Vec<T>,
+    off: usize,
     k: usize,
     seg: usize,
     segs: usize,
@@ -254,6 +257,7 @@ impl<T: Float> PackedRhs<T> {
     pub fn new() -> Self {
         PackedRhs {
             data: Vec::new(),
+            off: 0,
             k: 0,
             seg: 0,
             segs: 0,
@@ -293,6 +297,15 @@ impl<T: Float> PackedRhs<T> {
         self.data.is_empty()
     }
 
+    /// The panels, from a 64-byte boundary: every 16-float row of a panel is one cache line,
+    /// so that no 512-bit load of the kernels straddles two. The allocator only promises the
+    /// element type's alignment (glibc gives 16 bytes, and large blocks sit 16 bytes past a
+    /// page boundary), and a straddling load costs two. (A clone keeps the offset but may lose
+    /// the alignment: slower, never wrong.)
+    pub(crate) fn panels(&self) -> &[T] {
+        &self.data[self.off..]
+    }
+
     /// Packs `B` (`k × segs·seg`, read through `b`) as `segs` segments of `seg` columns.
     pub fn pack(&mut self, b: Operand<'_, T>, k: usize, seg: usize, segs: usize) {
         self.pack_with_threads(b, k, seg, segs, 1);
@@ -314,7 +327,10 @@ impl<T: Float> PackedRhs<T> {
         let stride = panel_stride(k);
         let n_panels = pps * segs;
         // Every element is written below (padding included), so old contents need no clearing.
-        super::pages::resize(&mut self.data, n_panels * stride, T::zero());
+        // One cache line more than the panels, to start them on a line (`panels`).
+        let line = (64 / std::mem::size_of::<T>()).max(1);
+        super::pages::resize(&mut self.data, n_panels * stride + line, T::zero());
+        self.off = self.data.as_ptr().align_offset(64).min(line - 1);
         self.k = k;
         self.seg = seg;
         self.segs = segs;
@@ -387,7 +403,7 @@ impl<T: Float> PackedRhs<T> {
             }
             finite
         };
-        let data = &mut self.data[..n_panels * stride];
+        let data = &mut self.data[self.off..self.off + n_panels * stride];
         self.finite = if tasks > 1 {
             data.par_chunks_mut(per * group * stride)
                 .enumerate()
@@ -462,7 +478,7 @@ impl<T: Float> Rhs<'_, T> {
             Rhs::Packed(p) => {
                 let (len, stride) = (p.k * NR, panel_stride(p.k));
                 let i = s * p.pps + q;
-                (c0, w, &p.data[i * stride..i * stride + len], NR)
+                (c0, w, &p.panels()[i * stride..i * stride + len], NR)
             }
             Rhs::Plain { data, ld, .. } => (c0, w, &data[c0..], *ld),
         }
@@ -573,7 +589,7 @@ impl<T: Float> Rhs<'_, T> {
                         } else {
                             segs.start + i
                         };
-                        let d = &p.data[s * pps * stride..(s + 1) * pps * stride];
+                        let d = &p.panels()[s * pps * stride..(s + 1) * pps * stride];
                         run_strip(
                             a,
                             &kr,
@@ -651,53 +667,27 @@ impl<T: Float> Rhs<'_, T> {
         #[cfg(target_arch = "x86_64")]
         if active() == Isa::Avx512 {
             if let (Some(a32), Some(c32)) = (T::slice_f32(a), T::slice_f32_mut(c)) {
-                for width in [WIDE, 2 * NR, NR] {
+                // (Safe `#[target_feature]` functions coerce to `unsafe fn` pointers.)
+                let kernels: [(usize, StripGates); 3] = [
+                    (WIDE, super::simd512::strip_gates::<4>),
+                    (2 * NR, super::simd512::strip_gates::<2>),
+                    (NR, super::simd512::strip_gates::<1>),
+                ];
+                for (width, kernel) in kernels {
                     while c0 + width <= w {
                         let j = cols.start + c0;
+                        let (_, ldb, vs) = self.strip(0).at(j);
                         let bs = [0, 1, 2].map(|s| {
-                            let (d, ldb, _) = self.strip(s).at(j);
+                            let (d, _, _) = self.strip(s).at(j);
                             T::slice_f32(d).and_then(|d| d.get(kr.start * ldb..))
                         });
-                        let (ldb, vs) = {
-                            let (_, ldb, vs) = self.strip(0).at(j);
-                            (ldb, vs)
-                        };
                         let (Some(b0), Some(b1), Some(b2)) = (bs[0], bs[1], bs[2]) else {
                             break;
                         };
-                        let out = &mut c32[c0..];
-                        // SAFETY: the CPU has AVX-512F (checked by `active`).
-                        let done = unsafe {
-                            match width {
-                                WIDE => super::simd512::strip_gates::<4>(
-                                    a32,
-                                    &kr,
-                                    [b0, b1, b2],
-                                    ldb,
-                                    vs,
-                                    out,
-                                    w,
-                                ),
-                                32 => super::simd512::strip_gates::<2>(
-                                    a32,
-                                    &kr,
-                                    [b0, b1, b2],
-                                    ldb,
-                                    vs,
-                                    out,
-                                    w,
-                                ),
-                                _ => super::simd512::strip_gates::<1>(
-                                    a32,
-                                    &kr,
-                                    [b0, b1, b2],
-                                    ldb,
-                                    vs,
-                                    out,
-                                    w,
-                                ),
-                            }
-                        };
+                        // SAFETY: the CPU has AVX-512F (checked by `active`), the kernels' only
+                        // requirement.
+                        let done =
+                            unsafe { kernel(a32, &kr, [b0, b1, b2], ldb, vs, &mut c32[c0..], w) };
                         if !done {
                             break;
                         }
@@ -719,7 +709,10 @@ impl<T: Float> Rhs<'_, T> {
             Rhs::Plain { data, ld, seg } => Strip::Plain(&data[s * seg..], ld),
             Rhs::Packed(p) => {
                 let (pps, stride) = (p.seg.div_ceil(NR), panel_stride(p.k));
-                Strip::Packed(&p.data[s * pps * stride..(s + 1) * pps * stride], stride)
+                Strip::Packed(
+                    &p.panels()[s * pps * stride..(s + 1) * pps * stride],
+                    stride,
+                )
             }
         }
     }
@@ -1254,6 +1247,11 @@ fn run_strip<T: Float>(
 /// Columns per strip of the batch-1 SIMD kernels.
 const WIDE: usize = 64;
 
+/// [`super::simd512::strip_gates`] for one strip width.
+#[cfg(target_arch = "x86_64")]
+type StripGates =
+    unsafe fn(&[f32], &Range<usize>, [&[f32]; 3], usize, usize, &mut [f32], usize) -> bool;
+
 /// The multiple of which a run of columns must start for [`run_strip`] to sum each of its
 /// columns as a run from column 0 does ([`Rhs::row_cols`]). The AVX2 64-column strips sum `k`
 /// in order while its narrower tails sum even and odd `k` apart, so with AVX2 kernels on `f32`
@@ -1687,7 +1685,11 @@ mod tests {
             assert!(one.len() >= PAR_MIN_PACK && one.is_finite());
             let mut three = PackedRhs::new();
             pool.install(|| three.pack_with_threads(src(&b, transposed, k, n), k, seg, segs, 3));
-            assert!(one.data == three.data, "transposed={transposed}");
+            let len = seg.div_ceil(NR) * segs * panel_stride(k);
+            assert!(
+                one.panels()[..len] == three.panels()[..len],
+                "transposed={transposed}"
+            );
             assert!(three.is_finite());
             b[k * seg * segs - 5] = f32::NAN;
             pool.install(|| three.pack_with_threads(src(&b, transposed, k, n), k, seg, segs, 3));

@@ -2,12 +2,11 @@
 //!
 //! A batch-1 step is one row of `h` times all of `U` (`u × 3u`), then the gates: too little work
 //! for a [`super::team::Team`], whose threads are started per call and share each step's left
-//! operand through locks. But at batch 1 the time goes to reading `U`, not to arithmetic: S's
-//! 48 KiB of `U` does not fit a 32 KiB L1, and a core streams it from L2 at every step (on an
-//! AMD Zen 4, one core's batch-1 strips ran at 1.8 cycles per 512-bit multiply-add from L2,
-//! 1.2 from L1). Split by units, each of two cores reads only its own columns of `U` (24 KiB for
-//! S, which then stay in its L1) and computes their gates; the two halves of the new state
-//! cross between the cores once per step.
+//! operand through locks. But at batch 1 the time goes to reading `U`, not to arithmetic, and
+//! from 128 units `U` (192 KiB) no longer fits a core's L1 (at 512 units, 3 MiB, not its L2).
+//! Split by units, each of two cores reads only its own columns of `U`, from its own caches, and
+//! computes their gates; the two halves of the new state cross between the cores once per step.
+//! Below [`PAIR_MIN_UNITS`] that handoff costs about what the split saves.
 //!
 //! The helper is a rayon job ([`rayon::join`]) that another worker of the caller's pool picks
 //! up when it is free, while the caller projects the inputs. The caller never waits for it to
@@ -39,9 +38,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Fewest units for which a batch-1 sequence is split: below it a step's products take less
-/// than the cross-core handoff of the state.
-const PAIR_MIN_UNITS: usize = 48;
+/// Fewest units for which a batch-1 sequence is split: below it a step's products take about
+/// as long as the cross-core handoff of the state. `grucell bench --sizes 1,100,32,u`, AMD
+/// EPYC Zen 4 VM, one thread against two: u = 64 0.072 against 0.074 ms, 96 0.144 against
+/// 0.139, 128 0.236 against 0.196, 192 0.478 against 0.371, 256 0.826 against 0.635, 512 3.72
+/// against 2.12.
+const PAIR_MIN_UNITS: usize = 128;
 
 /// Fewest time steps for which a batch-1 sequence is split.
 const PAIR_MIN_STEPS: usize = 8;
@@ -140,8 +142,8 @@ static BACK_OFF: AtomicUsize = AtomicUsize::new(0);
 ///
 /// Two cores pay off only while a handoff between them is quick. On the AMD EPYC VM measured,
 /// two threads passing a cache line back and forth took 110 ns a round trip in some runs and
-/// 500 ns in others (where the host had put the virtual CPUs), and at 500 ns paired S steps
-/// took twice as long as steps alone (S forward 0.16 against 0.07 ms). So the pace of a step
+/// 500 ns in others (where the host had put the virtual CPUs), and at 500 ns paired steps of 64
+/// units took twice as long as steps alone (0.16 against 0.07 ms for 100 steps). So the pace of a step
 /// alone is timed over [`WINDOW`] steps (after the first, which may skip its products) and
 /// remembered for the next calls with as many units ([`ALONE_PACE`]); paired steps are timed
 /// in windows of as many steps (after [`WARM_UP`]), and after two windows in a row slower than
@@ -762,19 +764,19 @@ mod tests {
         let others = (Activation::HardSigmoid, Activation::Relu);
         let holes = |t: usize| Some((0..t).map(|i| i % 5 != 0 && i + 2 < t).collect());
         let cases = [
-            // S-like, Keras defaults, pre-packed: the fused gate loop.
+            // Keras defaults, pre-packed: the fused gate loop.
             (
-                48, 32, 64, true, false, false, None, false, false, true, sig_tanh,
+                48, 32, 128, true, false, false, None, false, false, true, sig_tanh,
             ),
-            // A narrow last panel (u = 100), in place, initial state, backwards.
+            // A narrow last panel (u = 150), in place, initial state, backwards.
             (
-                40, 7, 100, true, true, true, None, false, false, false, sig_tanh,
+                40, 7, 150, true, true, true, None, false, false, false, sig_tanh,
             ),
             // No biases; a mask that skips the first and the last two steps, outputs zeroed.
             (
                 40,
                 5,
-                80,
+                160,
                 false,
                 false,
                 false,

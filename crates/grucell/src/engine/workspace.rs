@@ -71,7 +71,7 @@ impl<T: Float> GruWorkspace<T> {
     /// use grucell::engine::workspace::GruWorkspace;
     /// // L: (64, 50, 512, 512), at most about 34 MB of f32 scratch.
     /// let n = GruWorkspace::<f32>::required_len(64, 50, 512, 512);
-    /// assert_eq!(n, 8_519_680);
+    /// assert_eq!(n, 8_522_784);
     /// ```
     pub fn required_len(batch: usize, time: usize, input_dim: usize, units: usize) -> usize {
         let nr = super::packed::NR;
@@ -86,8 +86,13 @@ impl<T: Float> GruWorkspace<T> {
             batch.saturating_mul(units).saturating_mul(6),
             // xm: masked or packed inputs.
             rows.saturating_mul(input_dim),
-            // packed U and W.
-            units.saturating_add(input_dim).saturating_mul(padded),
+            // packed U and W: each panel one row deeper than `k`, and each packing one
+            // cache line longer (its panels start on a line, `PackedRhs::panels`).
+            units
+                .saturating_add(input_dim)
+                .saturating_add(2)
+                .saturating_mul(padded)
+                .saturating_add(2 * nr),
             // pscratch: panel-major product rows or a fused step's gate tiles.
             batch.saturating_mul(padded.max(6 * nr)),
         ]
