@@ -10,23 +10,23 @@
 //!
 //! The helper is a rayon job ([`rayon::join`]) that another worker of the caller's pool picks
 //! up when it is free, while the caller projects the inputs. The caller never waits for it to
-//! start: it runs the steps alone until the helper says it is ready, hands it the state at the
-//! next step boundary, and from then on the two run in lock step. Each value of a half crosses
-//! in one atomic word with the number of the exchange it belongs to (one per computed step), so
-//! a core that waits for the other's half spins on the very cache lines that bring it, not on a
-//! flag and then the data. Two buffers, by exchange parity, keep a fast thread from
-//! overwriting a half the other has not read: its next exchange needs that other's half first.
-//! Steps a mask skips are skipped by both threads without an exchange. A helper that never comes costs nothing but
-//! the check; one that stops answering for [`GIVE_UP`] (a busy machine) is left behind and the
-//! caller finishes alone.
+//! start: it runs the steps alone until the helper says it is ready (and the pace of a step
+//! alone is known, see [`Pace`]), hands it the state at the next step boundary, and from then
+//! on the two run in lock step. Each value of a half crosses in one atomic word with the number
+//! of the exchange it belongs to (one per computed step), so a core that waits for the other's
+//! half spins on the very cache lines that bring it, not on a flag and then the data. Two
+//! buffers, by exchange parity, keep a fast thread from overwriting a half the other has not
+//! read: its next exchange needs that other's half first. Steps a mask skips are skipped by
+//! both threads without an exchange. A helper that never comes costs nothing but the check;
+//! one that stops answering for [`GIVE_UP`] (a busy machine) is left behind and the caller
+//! finishes alone.
 //!
 //! Every unit is summed as the single-threaded batch-1 step sums it ([`Rhs::row_cols`]) and
 //! its gates are the same element-wise operations, so the results are those of one thread, bit
 //! for bit. No `unsafe`: the helper reads only what the caller shares, through atomics and a
 //! `OnceLock`. `f32` only (the stamp and the value share a 64-bit word).
 
-use super::gru::activate;
-use super::gru::team_size;
+use super::gru::{activate, team_size};
 use super::isa::{active, Isa};
 use super::math::{sigmoid_lane, tanh_lane, vectorized};
 use super::packed::{strip_granule, Rhs};
