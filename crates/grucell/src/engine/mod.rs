@@ -10,7 +10,7 @@ pub mod math;
 pub mod packed;
 #[allow(unsafe_code)] // madvise: huge pages for large buffers
 mod pages;
-pub mod pair;
+pub(crate) mod pair;
 pub mod prepacked;
 pub mod projection;
 #[cfg(target_arch = "x86_64")]

@@ -1044,6 +1044,47 @@ mod tests {
         }
     }
 
+    /// The three-gate strip gives each gate's columns the bits of the one-gate strip, for every
+    /// width, odd and even depths, vectors adjacent (in place) or a panel apart (packed).
+    fn check_strip_gates<const V: usize>() {
+        let width = V * NR;
+        for &(k0, k1) in &[(0usize, 0usize), (0, 1), (2, 9), (0, 64), (1, 300)] {
+            for &(ldb, vs) in &[(WIDE + 8, NR), (NR, 301 * NR)] {
+                let kr = k0..k1;
+                let a = data(k1 + 2, 0.41);
+                let len = kr.len().max(1) * ldb + 3 * vs + NR;
+                let bs: Vec<Vec<f32>> = (0..3).map(|g| data(len, 0.07 + 0.01 * g as f32)).collect();
+                let ldc = width + 5;
+                let mut c = vec![f32::NAN; 2 * ldc + width];
+                let b3 = [&bs[0][..], &bs[1][..], &bs[2][..]];
+                // SAFETY: AVX-512F is present (checked by the caller).
+                assert!(unsafe { strip_gates::<V>(&a, &kr, b3, ldb, vs, &mut c, ldc) });
+                for (g, b) in bs.iter().enumerate() {
+                    let mut one = vec![0f32; width];
+                    // SAFETY: as above.
+                    assert!(unsafe { strip::<V>(&a, &kr, b, ldb, vs, &mut one, false) });
+                    let got = &c[g * ldc..g * ldc + width];
+                    assert!(
+                        got.iter()
+                            .zip(&one)
+                            .all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "V {V} k {kr:?} ldb {ldb} gate {g}: {got:?} vs {one:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strip_gates_match_strip_bit_for_bit() {
+        if !avx512() {
+            return;
+        }
+        check_strip_gates::<4>();
+        check_strip_gates::<2>();
+        check_strip_gates::<1>();
+    }
+
     #[test]
     fn strip_matches_reference() {
         if !avx512() {
