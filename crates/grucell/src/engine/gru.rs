@@ -504,6 +504,15 @@ pub(crate) fn recurrent_rhs<'a, T: Float>(
     }
 }
 
+/// Whether `U` as `rhs` reads it is known to be finite (checked when packed; read in place, when
+/// the caller's pre-packed copy is), so that `0 · U` is exactly zero.
+fn known_finite<T: Float>(p: &GruParams<T>, rhs: Rhs<'_, T>) -> bool {
+    match rhs {
+        Rhs::Packed(pk) => pk.is_finite(),
+        Rhs::Plain { .. } => prepacked(p).is_some_and(|pw| pw.recurrent().is_finite()),
+    }
+}
+
 /// Where a step's trace rows go: the trace and a map from batch row to trace row.
 type Keep<'a, 'b, T> = Option<(&'a mut TraceRows<'b, T>, &'a dyn Fn(usize) -> usize)>;
 
@@ -998,11 +1007,7 @@ fn sequence_rows<T: Float>(
     // which packing checks), so that step skips them. `U` read in place (short sequences, batch
     // 1) is known finite when the caller packed it beforehand: a single step with no state
     // (T1: 1 × 256 · 256 × 768) then costs only its input projection.
-    let finite_u = match rhs {
-        Rhs::Packed(pk) => pk.is_finite(),
-        Rhs::Plain { .. } => prepacked(p).is_some_and(|pw| pw.recurrent().is_finite()),
-    };
-    let zero_start = h0.is_none() && finite_u;
+    let zero_start = h0.is_none() && known_finite(p, rhs);
     let xp: &[T] = xp;
     // The inputs of each step packed for the group kernel, all before the loop (input dropout,
     // the buffer's other use, never comes here).
@@ -1166,10 +1171,6 @@ fn sequence_pair<T: Float>(
         None => recurrent_rhs(p, 1, time, opts.threads, packed),
     };
     // As `sequence_rows`: the first step of a zero state skips its (exactly zero) products.
-    let finite_u = match rhs {
-        Rhs::Packed(pk) => pk.is_finite(),
-        Rhs::Plain { .. } => prepacked(p).is_some_and(|pw| pw.recurrent().is_finite()),
-    };
     let ctx = super::pair::PairRun {
         rhs,
         time,
@@ -1178,7 +1179,7 @@ fn sequence_pair<T: Float>(
         activation: p.activation,
         recurrent_activation: p.recurrent_activation,
         go_backwards: opts.go_backwards,
-        zero_start: h0.is_none() && finite_u,
+        zero_start: h0.is_none() && known_finite(p, rhs),
     };
     let call_rows = shared.call_rows;
     let project = move || {
