@@ -577,8 +577,13 @@ fn step_rows<T: Float>(
                         tr.pre[o..o + u2].copy_from_slice(&hr[..u2]);
                     }
                 }
-                activate(p.recurrent_activation, &mut hr[..u]);
-                activate(p.recurrent_activation, &mut hr[u..u2]);
+                if p.recurrent_activation.is_elementwise() {
+                    // z and r in one call: the same operations on each value.
+                    activate(p.recurrent_activation, &mut hr[..u2]);
+                } else {
+                    activate(p.recurrent_activation, &mut hr[..u]);
+                    activate(p.recurrent_activation, &mut hr[u..u2]);
+                }
                 let hb = &h[b * u..(b + 1) * u];
                 if p.reset_after {
                     let (zr, cand) = hr.split_at_mut(u2);
@@ -613,28 +618,22 @@ fn step_rows<T: Float>(
             }
         },
     );
-    if !p.reset_after {
-        if !zero_state {
-            rhs.product(par, batch, tmp, u, 0..u, 2..3, hu, g, false, scratch);
-        }
-        vectorized(
-            #[inline(always)]
-            || {
-                for b in 0..batch {
-                    let x = &xp[xp_row(b) + u2..xp_row(b) + g];
-                    for (c, xv) in hu[b * g + u2..(b + 1) * g].iter_mut().zip(x) {
-                        *c += *xv;
-                    }
-                }
-            },
-        );
+    if !p.reset_after && !zero_state {
+        rhs.product(par, batch, tmp, u, 0..u, 2..3, hu, g, false, scratch);
     }
-    // Candidate activation and the blend h' = z ⊙ h + (1 − z) ⊙ ĥ.
+    // Candidate activation (reset_after = false: its input projection added first) and the
+    // blend h' = z ⊙ h + (1 − z) ⊙ ĥ.
     vectorized(
         #[inline(always)]
         || {
             for b in 0..batch {
                 let hr = &mut hu[b * g..(b + 1) * g];
+                if !p.reset_after {
+                    let x = &xp[xp_row(b) + u2..xp_row(b) + g];
+                    for (c, xv) in hr[u2..].iter_mut().zip(x) {
+                        *c += *xv;
+                    }
+                }
                 if let Some((tr, row)) = keep.as_mut() {
                     if tr.has_pre {
                         let o = row(b) * g;
