@@ -391,6 +391,51 @@ fn batch_one_on_two_threads_matches_one_thread_under_every_level() {
     }
 }
 
+/// Inference steps without a trace take their own gate loops where they can (Keras' default
+/// activations in `f32`: `reset_after = false` in `gru::step_rows`, fused steps for
+/// `reset_after = true`); the training forward keeps the trace through the generic passes.
+/// Both must give the same bits, under every kernel level, at batch 1 and beyond, for units
+/// that are and are not multiples of 16, with and without an initial state.
+#[test]
+fn inference_gives_the_training_forward_bits_under_every_level() {
+    let _turn = isa_turn();
+    let _full = FullIsa;
+    for level in [Isa::Portable, Isa::Avx2Fma, Isa::Avx512] {
+        if level > isa::detected() {
+            continue;
+        }
+        isa::set_limit(level);
+        for (i, (size, masked, backwards)) in [
+            ((1, 30, 7, 64), false, false),
+            ((1, 20, 5, 70), true, true),
+            ((3, 12, 9, 33), true, false),
+            ((1, 3, 4, 40), false, true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for reset_after in [false, true] {
+                let mut pr =
+                    Problem::new(size, reset_after, masked, backwards, false, 120 + i as u64);
+                for (h0, prepack) in [(true, false), (false, true)] {
+                    pr.h0_given = h0;
+                    pr.prepack = prepack;
+                    let label = format!(
+                        "{level}: {size:?} reset_after={reset_after} mask={masked} \
+                         back={backwards} h0={h0} prepack={prepack}"
+                    );
+                    for threads in [1, 2] {
+                        let infer = pr.run::<f32>(threads, false);
+                        let train = pr.run::<f32>(threads, true);
+                        assert!(same(&infer.0, &train.0), "{label} {threads}: outputs");
+                        assert!(same(&infer.1, &train.1), "{label} {threads}: state");
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Bit-for-bit equality that treats NaN as equal to NaN.
 fn same(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len()

@@ -560,6 +560,21 @@ fn step_rows<T: Float>(
             scratch,
         );
     }
+    // Inference with Keras' default activations in `f32`: each gate pass one loop, the
+    // activations inlined (`engine::gates`; the same bits as the passes below).
+    let lanes = keep.is_none()
+        && rec.is_none()
+        && matches!(
+            (p.recurrent_activation, p.activation),
+            (Activation::Sigmoid, Activation::Tanh)
+        )
+        && T::slice_f32(h).is_some();
+    if lanes {
+        lane_passes(
+            p, rhs, batch, xp, xp_row, h, h_new, hu, tmp, par, scratch, zero_state,
+        );
+        return;
+    }
     // Gates z and r (and for reset_after the candidate too) row by row, vectorized as wide as
     // the kernels run.
     vectorized(
@@ -656,6 +671,67 @@ fn step_rows<T: Float>(
             }
         },
     );
+}
+
+/// [`step_rows`]' gate passes for `f32` and Keras' default activations, without a trace or
+/// recurrent dropout (`engine::gates`); for `reset_after = false` the candidate's product in
+/// between. (Other types leave the step undone: the caller checks for `f32`.)
+#[allow(clippy::too_many_arguments)]
+fn lane_passes<T: Float>(
+    p: &GruParams<T>,
+    rhs: Rhs<'_, T>,
+    batch: usize,
+    xp: &[T],
+    xp_row: impl Fn(usize) -> usize,
+    h: &[T],
+    h_new: &mut [T],
+    hu: &mut [T],
+    tmp: &mut [T],
+    par: Par<'_, T>,
+    scratch: &mut Vec<T>,
+    zero_state: bool,
+) {
+    let (u, u2, g) = (p.units, 2 * p.units, 3 * p.units);
+    if !p.reset_after {
+        for b in 0..batch {
+            let x = &xp[xp_row(b)..xp_row(b) + u2];
+            let (hr, hb) = (&mut hu[b * g..b * g + u2], &h[b * u..(b + 1) * u]);
+            let tb = &mut tmp[b * u..(b + 1) * u];
+            if let (Some(hr), Some(x), Some(hb), Some(tb)) = (
+                T::slice_f32_mut(hr),
+                T::slice_f32(x),
+                T::slice_f32(hb),
+                T::slice_f32_mut(tb),
+            ) {
+                super::gates::reset_before_zr(hr, x, hb, tb);
+            }
+        }
+        if !zero_state {
+            rhs.product(par, batch, tmp, u, 0..u, 2..3, hu, g, false, scratch);
+        }
+    }
+    let bias = p.hh_bias.and_then(T::slice_f32);
+    for b in 0..batch {
+        let x = &xp[xp_row(b)..xp_row(b) + g];
+        let (hr, hb) = (&mut hu[b * g..(b + 1) * g], &h[b * u..(b + 1) * u]);
+        let nb = &mut h_new[b * u..(b + 1) * u];
+        let (Some(hr), Some(x), Some(hb), Some(nb)) = (
+            T::slice_f32_mut(hr),
+            T::slice_f32(x),
+            T::slice_f32(hb),
+            T::slice_f32_mut(nb),
+        ) else {
+            continue;
+        };
+        if p.reset_after {
+            let (z, rest) = hr.split_at_mut(u);
+            let (r, c) = rest.split_at_mut(u);
+            let xs = [&x[..u], &x[u..u2], &x[u2..]];
+            super::gates::reset_after([z, r, c], xs, bias, hb, nb);
+        } else {
+            super::gates::reset_before_blend(hr, &x[u2..], hb, nb);
+        }
+    }
 }
 
 /// Runs a GRU over a whole sequence `x` `(B, T, D)`.

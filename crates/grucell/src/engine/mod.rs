@@ -1,5 +1,6 @@
 //! The fast path, free of Keras vocabulary: GEMM, fused gate kernels, vectorized math, scratch.
 
+mod gates;
 pub mod gemm;
 pub mod gru;
 pub mod gru_backward;

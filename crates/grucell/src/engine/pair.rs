@@ -27,8 +27,7 @@
 //! `OnceLock`. `f32` only (the stamp and the value share a 64-bit word).
 
 use super::gru::{activate, team_size};
-use super::isa::{active, Isa};
-use super::math::{sigmoid_lane, tanh_lane, vectorized};
+use super::math::vectorized;
 use super::packed::{strip_granule, Rhs};
 use super::team::{wait_for, GIVE_UP};
 use crate::float::Float;
@@ -513,9 +512,9 @@ fn step_cols<T: Float>(
     let (hb, bias) = (&h[cols.clone()], ctx.hh_bias.map(|b| &b[cols.clone()]));
     if let (Activation::Sigmoid, Activation::Tanh) = (ctx.recurrent_activation, ctx.activation) {
         let f32s = (
-            T::slice_f32(z),
-            T::slice_f32(r),
-            T::slice_f32(cand),
+            T::slice_f32_mut(z),
+            T::slice_f32_mut(r),
+            T::slice_f32_mut(cand),
             T::slice_f32(xz),
             T::slice_f32(xr),
             T::slice_f32(xh),
@@ -525,15 +524,7 @@ fn step_cols<T: Float>(
         if let (Some(z), Some(r), Some(c), Some(xz), Some(xr), Some(xh), Some(hb), Some(out)) = f32s
         {
             let bias = bias.and_then(T::slice_f32);
-            let gates = [z, r, c, xz, xr, xh, hb];
-            if active() >= Isa::Avx2Fma {
-                vectorized(
-                    #[inline(always)]
-                    || sigmoid_tanh_gates::<true>(gates, bias, out),
-                );
-            } else {
-                sigmoid_tanh_gates::<false>(gates, bias, out);
-            }
+            super::gates::reset_after([z, r, c], [xz, xr, xh], bias, hb, out);
             return;
         }
     }
@@ -565,79 +556,18 @@ fn step_cols<T: Float>(
     );
 }
 
-/// The gate pass above for Keras' default activations in one loop over the units, each gate's
-/// activation inlined ([`sigmoid_lane`], [`tanh_lane`]; `F` as the slice kernels of the active
-/// instruction set): the same operations on each value as the pass of separate loops, so the
-/// same bits, without the calls and passes over memory. `g` holds the products `z`, `r`, `ĥ`,
-/// the projections `x_z`, `x_r`, `x_h` and the state `h` of these units.
-#[inline(always)]
-fn sigmoid_tanh_gates<const F: bool>(g: [&[f32]; 7], bias: Option<&[f32]>, out: &mut [f32]) {
-    // Sixteen units at a time, each block a loop of fixed length that the compiler turns into
-    // one pass of 16-lane vectors (a loop over all `n` units was vectorized four vectors at a
-    // time, and S's 32 units per thread then all went through its scalar remainder).
-    let n = out.len();
-    let [z, r, c, xz, xr, xh, h] = g.map(|v| &v[..n]);
-    let bias = bias.map(|b| &b[..n]);
-    let mut j = 0;
-    while j < n {
-        let m = LANES.min(n - j);
-        // A whole block is read in place; the last, short one through zero-padded copies.
-        let at = |v: &[f32]| -> [f32; LANES] {
-            match v.get(j..j + LANES) {
-                Some(w) if m == LANES => w.try_into().unwrap_or([0.0; LANES]),
-                _ => {
-                    let mut a = [0.0; LANES];
-                    a[..m].copy_from_slice(&v[j..j + m]);
-                    a
-                }
-            }
-        };
-        let (zj, rj, cj, xzj, xrj, xhj, hj) = (at(z), at(r), at(c), at(xz), at(xr), at(xh), at(h));
-        let mut res = [0.0f32; LANES];
-        match bias {
-            Some(b) => {
-                let bj = at(b);
-                for l in 0..LANES {
-                    let cl = cj[l] + bj[l];
-                    res[l] = blend::<F>(zj[l] + xzj[l], rj[l] + xrj[l], cl, xhj[l], hj[l]);
-                }
-            }
-            // (No bias is not a zero bias: `c + 0` would turn −0 into +0.)
-            None => {
-                for l in 0..LANES {
-                    res[l] = blend::<F>(zj[l] + xzj[l], rj[l] + xrj[l], cj[l], xhj[l], hj[l]);
-                }
-            }
-        }
-        out[j..j + m].copy_from_slice(&res[..m]);
-        j += m;
-    }
-}
-
-/// Units per block of [`sigmoid_tanh_gates`]: one AVX-512 vector of `f32`.
-const LANES: usize = 16;
-
-/// One unit of [`sigmoid_tanh_gates`] from its pre-activations.
-#[inline(always)]
-fn blend<const F: bool>(z: f32, r: f32, c: f32, xh: f32, h: f32) -> f32 {
-    let z = sigmoid_lane::<F>(z);
-    let r = sigmoid_lane::<F>(r);
-    let c = tanh_lane::<F>(xh + r * c);
-    // Keras: z * h + (1 - z) * hh
-    z * h + (1.0 - z) * c
-}
-
 #[cfg(test)]
 mod tests {
     //! The split sequence against the single-threaded one, bit for bit, on every path it has:
     //! units that are and are not multiples of 16, in-place and pre-packed `U`, with and
     //! without biases, initial state, masks (skipped first and last steps, zeroed outputs),
-    //! `go_backwards`, input dropout, Keras' default activations (one fused gate loop) and
+    //! `go_backwards`, input dropout, Keras' default activations (`engine::gates`) and
     //! others (the slice kernels).
     use super::*;
     use crate::engine::gru::{
         gru_sequence, DropoutMasks, GruParams, SequenceOptions, SequenceOutputs,
     };
+    use crate::engine::isa::active;
     use crate::engine::prepacked::PackedWeights;
     use crate::engine::workspace::GruWorkspace;
     use std::cell::Cell;
@@ -764,7 +694,7 @@ mod tests {
         let others = (Activation::HardSigmoid, Activation::Relu);
         let holes = |t: usize| Some((0..t).map(|i| i % 5 != 0 && i + 2 < t).collect());
         let cases = [
-            // Keras defaults, pre-packed: the fused gate loop.
+            // Keras defaults, pre-packed: the gate loops of `engine::gates`.
             (
                 48, 32, 128, true, false, false, None, false, false, true, sig_tanh,
             ),
