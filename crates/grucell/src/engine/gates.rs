@@ -7,10 +7,12 @@
 //! generic passes (`F` as the slice kernels of the active instruction set), so the results are
 //! the same bits: the training forward, which keeps its trace through the generic passes,
 //! gives what inference gives (`tests/engine_paths.rs`). The compiler vectorizes each loop
-//! inside [`vectorized`]. S forward (1, 100, 32, 64), one process: 0.0719 → 0.0679 ms, and
-//! with `reset_after = false` 0.0781 → 0.0754 (32, 48 and 96 units: 4–6 % and 2–7 % less).
-//! A loop over blocks of 16 units, every gate of a block at once, was slower than either
-//! (0.0757 ms).
+//! inside [`vectorized`]. Batch-1 forward (1, 100, 32, u), one thread's steps, medians in one
+//! process: S (u = 64) 0.0719 → 0.0679 ms, and with `reset_after = false` 0.0781 → 0.0754;
+//! 32, 48 and 96 units 2–5 % less (2–7 % with `reset_after = false`); split between two
+//! threads (`engine::pair`) 128 units 0.162 → 0.154 ms, 256 units 0.474 → 0.455 (fastest
+//! deciles). A loop over blocks of 16 units, every gate of a block at once (which `pair` had),
+//! was slower than the generic passes: S 0.0757 ms.
 
 use super::isa::{active, Isa};
 use super::math::{sigmoid_lane, tanh_lane, vectorized};
