@@ -98,6 +98,49 @@ fn parse_cell(cell: &str, decimal_comma: bool) -> Result<Option<f64>, BadCell> {
     }
 }
 
+/// For the error of a file without a numeric column: the columns that hold numbers but also
+/// cells that are not one, each with its first such cell (row 1-based, header = row 1), as
+/// ` (column `x` has numbers, but row 52 is `inf`)`; empty when there are none.
+fn almost_numeric(
+    headers: &[String],
+    records: &[csv::StringRecord],
+    skip: &[usize],
+    decimal_comma: bool,
+) -> String {
+    let found: Vec<String> = (0..headers.len())
+        .filter(|i| !skip.contains(i))
+        .filter_map(|i| {
+            let cells = records
+                .iter()
+                .enumerate()
+                .filter_map(|(r, rec)| Some((r, rec.get(i)?)));
+            let (mut any, mut first_bad) = (false, None);
+            for (r, c) in cells {
+                match parse_cell(c, decimal_comma) {
+                    Ok(Some(_)) => any = true,
+                    Ok(None) => {}
+                    Err(_) => {
+                        first_bad.get_or_insert((r, c));
+                    }
+                }
+            }
+            let (r, c) = first_bad.filter(|_| any)?;
+            let shown: String = c.trim().chars().take(40).collect();
+            Some(format!(
+                "column `{}` has numbers, but row {} is `{shown}`",
+                headers[i],
+                r + 2
+            ))
+        })
+        .take(3)
+        .collect();
+    if found.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", found.join("; "))
+    }
+}
+
 /// Reads `column` (and `date_column`) of the CSV file at `path`.
 ///
 /// `column = None` picks the only numeric column other than the date column, and fails
@@ -709,8 +752,9 @@ pub fn parse_series(
                         "--column",
                         "(not given)",
                         format!(
-                            "a column name: {} has no numeric column; columns: {}",
+                            "a column name: {} has no numeric column{}; columns: {}",
                             source,
+                            almost_numeric(&headers, &records, &axis_columns, decimal_comma),
                             list(&headers)
                         ),
                     )
@@ -861,6 +905,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("row 4") && e.contains("`abc`"), "{e}");
+    }
+
+    #[test]
+    fn no_numeric_column_names_the_cell_that_spoils_one() {
+        let e = parse(
+            "d,v,w\n2001-01,1,a\n2001-02,inf,b\n2001-03,3,c\n",
+            None,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("column `v` has numbers, but row 3 is `inf`"),
+            "{e}"
+        );
+        assert!(!e.contains("column `w`"), "{e}");
+        let e = parse("v,w\nx,a\n", None, None).unwrap_err().to_string();
+        assert!(e.contains("has no numeric column; columns"), "{e}");
     }
 
     #[test]
