@@ -775,17 +775,24 @@ def check_fit(args, keras, layers, rng, pick, out):
                         "root_mean_squared_error", "precision", "recall", "log_cosh_error", "cosine_similarity",
                         "hinge", "squared_hinge", "categorical_hinge", "kl_divergence", "top_k_categorical_accuracy",
                         "auc", "true_positives", "false_negatives", "binary_crossentropy"]
-                # R² takes (batch, outputs) only.
+                pool += ["pearson_correlation", "concordance_correlation"]
+                # R² and the F-scores take (batch, outputs) only.
                 if not rs:
-                    pool.append("r2_score")
+                    pool += ["r2_score", "f1_macro", "f1_micro", "fbeta_weighted"]
                 # Poisson and categorical crossentropy need positive outputs (NaN otherwise).
                 if act in ("sigmoid", "softmax", "softplus"):
                     pool += ["poisson", "categorical_crossentropy"]
             metric_names = [str(v) for v in rng.choice(pool, size=int(rng.integers(1, 3)), replace=False)]
             weighted_names = [str(v) for v in rng.choice(pool, size=int(rng.integers(0, 2)), replace=False)]
         with_metrics += bool(metric_names)
-        m.compile(optimizer=opt, loss=loss_obj, metrics=metric_names or None,
-                  weighted_metrics=weighted_names or None)
+        # Metric objects under a name of their own (strings stay strings).
+        objects = {"f1_macro": lambda n: keras.metrics.F1Score(average="macro", name=n),
+                   "f1_micro": lambda n: keras.metrics.F1Score(average="micro", threshold=0.5, name=n),
+                   "fbeta_weighted": lambda n: keras.metrics.FBetaScore(
+                       beta=2.0, average="weighted", threshold=0.4, name=n)}
+        as_metrics = lambda names: [objects[n](n) if n in objects else n for n in names] or None
+        m.compile(optimizer=opt, loss=loss_obj, metrics=as_metrics(metric_names),
+                  weighted_metrics=as_metrics(weighted_names))
         with_schedule += sched is not None
         with_ema += "use_ema" in clip
         with_accumulation += "gradient_accumulation_steps" in clip

@@ -18,7 +18,10 @@
 //! output mask, as in Keras: `root_mean_squared_error` (a weighted mean of squares, then its
 //! root), `precision`, `recall` and the four confusion counts (weighted counts over the epoch,
 //! one threshold, no `top_k` or `class_id`), `auc` (one label, thresholds spread evenly) and
-//! `r2_score` (combined over the output columns).
+//! `r2_score` (combined over the output columns), `F1Score`/`FBetaScore` (counts per class
+//! over the epoch, combined `micro`, `macro` or `weighted`; Keras' default of one score per class
+//! only for one column). `pearson_correlation` and `concordance_correlation` are mean wrappers
+//! of one value per row of the last axis.
 //! Other metrics are reported by [`Metric::from_keras`] as unsupported.
 
 use serde_json::{Map, Value};
@@ -125,6 +128,41 @@ pub enum MetricFn {
         /// plain R²).
         num_regressors: usize,
     },
+    /// Pearson's correlation between `y` and `ŷ` over the last axis, per row, averaged as a
+    /// loss-like metric (Keras' `PearsonCorrelation`: each row centred and divided by its
+    /// population standard deviation, no epsilon, so a constant row gives NaN as in Keras).
+    PearsonCorrelation,
+    /// Lin's concordance correlation over the last axis, per row, averaged (Keras'
+    /// `ConcordanceCorrelation`, with its formula as written: the covariance term centres `y`
+    /// on the mean of `ŷ`, and the denominator adds Keras' epsilon 1e-7).
+    ConcordanceCorrelation,
+    /// The F-beta score of `(batch, classes)` outputs over the epoch (Keras' `FBetaScore`, and
+    /// `F1Score` with `beta = 1`): weighted true-positive, false-positive and false-negative
+    /// sums per class (or over every entry, `micro`), combined as Keras' `result` does (the
+    /// output mask does not apply).
+    FBeta {
+        /// Keras' `beta` (1 for `F1Score`).
+        beta: f64,
+        /// Keras' `average`.
+        average: FAverage,
+        /// Keras' `threshold`: `ŷ > threshold` is positive; `None` marks each row's largest
+        /// entries (those not within 1e-9 of 0) positive.
+        threshold: Option<f64>,
+    },
+}
+
+/// How a [`MetricFn::FBeta`] combines its classes (Keras' `average`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FAverage {
+    /// `None`: one score per class. grucell logs scalars, so it computes this only for outputs
+    /// of one column (where Keras' one-element result is that score).
+    PerClass,
+    /// `"micro"`: the counts summed over every class first.
+    Micro,
+    /// `"macro"`: the mean of the classes' scores.
+    Macro,
+    /// `"weighted"`: the classes' scores weighted by their (weighted) counts of `y`.
+    Weighted,
 }
 
 /// How a [`MetricFn::R2Score`] combines its columns (Keras' `class_aggregation`).
@@ -192,7 +230,7 @@ impl Metric {
     /// use grucell::train::metrics::{Metric, MetricFn};
     /// assert_eq!(Metric::from_name("mae")?.function, MetricFn::MeanAbsoluteError);
     /// assert_eq!(Metric::from_name("acc")?.function, MetricFn::Accuracy);
-    /// assert!(Metric::from_name("f1_score").is_err());
+    /// assert!(Metric::from_name("iou").is_err());
     /// # Ok::<(), grucell::ConfigError>(())
     /// ```
     pub fn from_name(name: &str) -> Result<Metric, ConfigError> {
@@ -256,6 +294,15 @@ impl Metric {
                 aggregation: R2Aggregation::Uniform,
                 num_regressors: 0,
             },
+            "pearson_correlation" | "PearsonCorrelation" => MetricFn::PearsonCorrelation,
+            "concordance_correlation" | "ConcordanceCorrelation" => {
+                MetricFn::ConcordanceCorrelation
+            }
+            "f1_score" | "F1Score" => MetricFn::FBeta {
+                beta: 1.0,
+                average: FAverage::PerClass,
+                threshold: None,
+            },
             "auc" | "AUC" => MetricFn::Auc {
                 num_thresholds: 200,
                 curve: AucCurve::Roc,
@@ -273,7 +320,9 @@ impl Metric {
                          binary_crossentropy, categorical_crossentropy, \
                          sparse_categorical_crossentropy, kl_divergence, poisson, hinge, \
                          squared_hinge, categorical_hinge, precision, recall, true_positives, \
-                         false_positives, true_negatives, false_negatives, auc, r2_score)"
+                         false_positives, true_negatives, false_negatives, auc, r2_score, \
+                         pearson_correlation, concordance_correlation, f1_score and the \
+                         FBetaScore class)"
                     ),
                 ))
             }
@@ -322,8 +371,8 @@ impl Metric {
     /// assert_eq!(m.name, "pr");
     /// assert!(matches!(m.function, MetricFn::Auc { curve: AucCurve::Pr, num_thresholds: 200, .. }));
     /// // What grucell does not compute is an error naming it.
-    /// let f1 = serde_json::json!({"class_name": "F1Score", "config": {}});
-    /// assert!(Metric::from_keras(&f1).unwrap_err().to_string().contains("F1Score"));
+    /// let iou = serde_json::json!({"class_name": "MeanIoU", "config": {"num_classes": 2}});
+    /// assert!(Metric::from_keras(&iou).unwrap_err().to_string().contains("MeanIoU"));
     /// # Ok::<(), grucell::ConfigError>(())
     /// ```
     pub fn from_keras(v: &Value) -> Result<Metric, ConfigError> {
@@ -412,11 +461,56 @@ impl Metric {
                     &serde_json::json!({ "class_name": class, "config": cfg }),
                 )?)
             }
-            "CosineSimilarity" => {
+            "CosineSimilarity" | "PearsonCorrelation" | "ConcordanceCorrelation" => {
                 if let Some(a) = setting("axis").filter(|a| a.as_i64() != Some(-1)) {
                     return refuse(format!("axis {a}"));
                 }
-                MetricFn::CosineSimilarity
+                Metric::from_name(class)?.function
+            }
+            "F1Score" | "FBetaScore" => {
+                let average = match setting("average") {
+                    None => FAverage::PerClass,
+                    Some(Value::String(a)) if a == "micro" => FAverage::Micro,
+                    Some(Value::String(a)) if a == "macro" => FAverage::Macro,
+                    Some(Value::String(a)) if a == "weighted" => FAverage::Weighted,
+                    Some(other) => {
+                        return Err(ConfigError::invalid(
+                            format!("{class}.average"),
+                            other,
+                            "null, \"micro\", \"macro\" or \"weighted\"",
+                        ))
+                    }
+                };
+                let beta = if class == "F1Score" {
+                    1.0
+                } else {
+                    get_f64(cfg, "beta", 1.0)?
+                };
+                if !(beta.is_finite() && beta > 0.0) {
+                    return Err(ConfigError::invalid(
+                        format!("{class}.beta"),
+                        beta,
+                        "a number greater than 0",
+                    ));
+                }
+                let threshold = match setting("threshold") {
+                    None => None,
+                    Some(t) => match t.as_f64() {
+                        Some(t) if (0.0..=1.0).contains(&t) && t > 0.0 => Some(t),
+                        _ => {
+                            return Err(ConfigError::invalid(
+                                format!("{class}.threshold"),
+                                t,
+                                "null or a number in (0, 1]",
+                            ))
+                        }
+                    },
+                };
+                MetricFn::FBeta {
+                    beta,
+                    average,
+                    threshold,
+                }
             }
             "TopKCategoricalAccuracy" => MetricFn::TopKCategoricalAccuracy { k: k()? },
             "SparseTopKCategoricalAccuracy" => {
@@ -635,6 +729,7 @@ impl<T: Float> MetricState<T> {
                 aggregation,
                 num_regressors,
             }) => r2(&self.sums, self.entries, aggregation, num_regressors).f64(),
+            Some(MetricFn::FBeta { beta, average, .. }) => fbeta(&self.sums, beta, average).f64(),
             _ => r.f64(),
         }
     }
@@ -665,6 +760,12 @@ impl<T: Float> MetricState<T> {
         let sw = sample_weight.filter(|_| self.weighted);
         if let MetricFn::R2Score { .. } = function {
             return self.update_r2(y_true, y_pred, sw);
+        }
+        if let MetricFn::FBeta {
+            average, threshold, ..
+        } = function
+        {
+            return self.update_fbeta(y_true, y_pred, sw, average, threshold);
         }
         let values = metric_values(function, &self.metric.name, y_true, y_pred, logits)?;
         let n = y_pred.shape().first().copied().unwrap_or(1).max(1);
@@ -793,6 +894,89 @@ impl<T: Float> MetricState<T> {
             }
         }
         self.entries += T::of(y_true.len() as f64);
+        Ok(())
+    }
+
+    /// F-beta's sums of one batch, as Keras' `FBetaScore.update_state`: `(batch, classes)`
+    /// targets and outputs, one weight per sample; per class (one sum for `micro`) the batch's
+    /// `Σ w·p·y`, `Σ w·p·(1 − y)`, `Σ w·(1 − p)·y` and `Σ w·y`, with `p` the 0/1 prediction, then
+    /// added to the running sums.
+    fn update_fbeta(
+        &mut self,
+        y_true: &Tensor<T>,
+        y_pred: &Tensor<T>,
+        sample_weight: Option<&[T]>,
+        average: FAverage,
+        threshold: Option<f64>,
+    ) -> Result<(), Error> {
+        let shape = y_pred.shape();
+        let name = &self.metric.name;
+        let [rows, cols] = *shape else {
+            return Err(ShapeError::mismatch(
+                format!("metric `{name}` outputs"),
+                shape,
+                "2-D outputs (batch, classes), as Keras' FBetaScore takes",
+            )
+            .into());
+        };
+        if y_true.len() != y_pred.len() {
+            return Err(ShapeError::mismatch(
+                format!("metric `{name}` targets"),
+                y_true.shape(),
+                format!("the output's shape {shape:?}"),
+            )
+            .into());
+        }
+        if average == FAverage::PerClass && cols != 1 {
+            return Err(ConfigError::unsupported(
+                "metric",
+                format!(
+                    "`{name}` with average None on {cols} classes (one score per class is not \
+                     computed; compile it with average \"micro\", \"macro\" or \"weighted\")"
+                ),
+            )
+            .into());
+        }
+        if sample_weight.is_some_and(|w| w.len() != rows) {
+            return Err(ShapeError::mismatch(
+                format!("metric `{name}` weights"),
+                [sample_weight.map_or(0, <[T]>::len)].as_slice(),
+                format!("one weight per sample of {rows}"),
+            )
+            .into());
+        }
+        let slots = if average == FAverage::Micro { 1 } else { cols };
+        if self.sums.len() != slots {
+            self.sums = vec![[T::zero(); 4]; slots];
+        }
+        let mut batch = vec![[T::zero(); 4]; slots];
+        let tiny = T::of(1e-9);
+        for (r, (t, p)) in y_true
+            .data()
+            .chunks(cols.max(1))
+            .zip(y_pred.data().chunks(cols.max(1)))
+            .enumerate()
+        {
+            let top = p.iter().copied().fold(T::neg_infinity(), T::max);
+            let w = sample_weight.map_or(T::one(), |w| w[r]);
+            for (j, (&y, &q)) in t.iter().zip(p).enumerate() {
+                let positive = match threshold {
+                    Some(th) => q > T::of(th),
+                    None => q >= top && q.abs() > tiny,
+                };
+                let p = if positive { T::one() } else { T::zero() };
+                let s = &mut batch[j % slots];
+                s[0] += p * y * w;
+                s[1] += p * (T::one() - y) * w;
+                s[2] += (T::one() - p) * y * w;
+                s[3] += y * w;
+            }
+        }
+        for (s, b) in self.sums.iter_mut().zip(&batch) {
+            for k in 0..4 {
+                s[k] += b[k];
+            }
+        }
         Ok(())
     }
 
@@ -959,6 +1143,72 @@ fn r2<T: Float>(sums: &[[T; 4]], entries: T, aggregation: R2Aggregation, regress
     T::one() - ((T::one() - score) * (n - T::one())) / ((n - p) - T::one())
 }
 
+/// Keras' `FBetaScore.result` from the sums per class (`[tp, fp, fn, Σw·y]`; one for `micro`),
+/// in its order of operations, with Keras' epsilon 1e-7 in every denominator. Nothing counted
+/// yet gives 0, as Keras' zero-initialized sums do.
+fn fbeta<T: Float>(sums: &[[T; 4]], beta: f64, average: FAverage) -> T {
+    let eps = T::of(1e-7);
+    let b2 = T::of(beta * beta);
+    let scores: Vec<T> = sums
+        .iter()
+        .map(|&[tp, fp, fun, _]| {
+            let precision = tp / (tp + fp + eps);
+            let recall = tp / (tp + fun + eps);
+            let mul = precision * recall;
+            let add = b2 * precision + recall;
+            mul / (add + eps) * (T::one() + b2)
+        })
+        .collect();
+    match average {
+        FAverage::Weighted => {
+            let mut total = T::zero();
+            for s in sums {
+                total += s[3];
+            }
+            let mut sum = T::zero();
+            for (f, s) in scores.iter().zip(sums) {
+                sum += *f * (s[3] / (total + eps));
+            }
+            sum
+        }
+        _ => mean(&scores),
+    }
+}
+
+/// Keras' `pearson_correlation` of one row: both centred, each divided by its population
+/// standard deviation (of the centred values), then the mean of their products.
+fn pearson<T: Float>(y: &[T], q: &[T]) -> T {
+    let centred = |v: &[T]| -> Vec<T> {
+        let m = mean(v);
+        let c: Vec<T> = v.iter().map(|x| *x - m).collect();
+        let cm = mean(&c);
+        let var = mean(&c.iter().map(|x| (*x - cm) * (*x - cm)).collect::<Vec<_>>());
+        let sd = var.sqrt();
+        c.into_iter().map(|x| x / sd).collect()
+    };
+    let (a, b) = (centred(y), centred(q));
+    mean(&a.iter().zip(&b).map(|(x, z)| *x * *z).collect::<Vec<_>>())
+}
+
+/// Keras' `concordance_correlation` of one row, as written there:
+/// `mean(2 (y − mean ŷ)(ŷ − mean ŷ) / (var y + var ŷ + (mean y − mean ŷ)² + 1e-7))`.
+fn concordance<T: Float>(y: &[T], q: &[T]) -> T {
+    let (my, mq) = (mean(y), mean(q));
+    let var = |v: &[T], m: T| -> T {
+        let c: Vec<T> = v.iter().map(|x| *x - m).collect();
+        let cm = mean(&c);
+        mean(&c.iter().map(|x| (*x - cm) * (*x - cm)).collect::<Vec<_>>())
+    };
+    let norm = var(y, my) + var(q, mq) + (my - mq) * (my - mq);
+    let two = T::of(2.0);
+    let terms: Vec<T> = y
+        .iter()
+        .zip(q)
+        .map(|(a, b)| two * ((*a - mq) * (*b - mq)) / (norm + T::of(1e-7)))
+        .collect();
+    mean(&terms)
+}
+
 fn mean<T: Float>(v: &[T]) -> T {
     let mut s = T::zero();
     for x in v {
@@ -1084,6 +1334,16 @@ fn metric_values<T: Float>(
             .into_iter()
             .map(|v| -v)
             .collect(),
+        MetricFn::PearsonCorrelation | MetricFn::ConcordanceCorrelation => (0..rows)
+            .map(|r| {
+                let (a, b) = (&t[r * last..(r + 1) * last], &p[r * last..(r + 1) * last]);
+                if f == MetricFn::PearsonCorrelation {
+                    pearson(a, b)
+                } else {
+                    concordance(a, b)
+                }
+            })
+            .collect(),
         MetricFn::RootMeanSquaredError => t
             .iter()
             .zip(p)
@@ -1095,7 +1355,8 @@ fn metric_values<T: Float>(
         | MetricFn::Recall { .. }
         | MetricFn::Count { .. }
         | MetricFn::Auc { .. }
-        | MetricFn::R2Score { .. } => vec![T::zero(); p.len()],
+        | MetricFn::R2Score { .. }
+        | MetricFn::FBeta { .. } => vec![T::zero(); p.len()],
         MetricFn::Accuracy => {
             return Err(ConfigError::invalid(
                 "metric",
@@ -1496,6 +1757,114 @@ mod tests {
     }
 
     #[test]
+    fn correlations_match_keras() {
+        // keras.metrics.PearsonCorrelation / ConcordanceCorrelation (Keras 3.15.1, float32), on
+        // their docstrings' example, plain and with sample weights [2, 1].
+        let (a, b) = (
+            [0.0, 1.0, 0.5, 1.0, 1.0, 0.2],
+            [0.1, 0.9, 0.5, 1.0, 0.9, 0.2],
+        );
+        let w = [2.0, 1.0];
+        for (name, plain, weighted) in [
+            ("PearsonCorrelation", 0.9966995716094971, 0.9977996945381165),
+            (
+                "ConcordanceCorrelation",
+                0.9816316962242126,
+                0.9796242713928223,
+            ),
+        ] {
+            let m = || json!({"class_name": name, "config": {"name": "c", "axis": -1}});
+            let r = run(m(), &a, &b, &[2, 3], None);
+            assert!(close(r, plain), "{name} {r}");
+            let r = run(m(), &a, &b, &[2, 3], Some(&w));
+            assert!(close(r, weighted), "{name} weighted {r}");
+        }
+        // The string names, per step of a sequence output (the mean over rows of its last axis).
+        let r = run(json!("pearson_correlation"), &a, &b, &[1, 2, 3], None);
+        assert!(close(r, 0.9966995716094971), "{r}");
+        // One column: Keras divides 0 by a standard deviation of 0.
+        assert!(run(
+            json!("pearson_correlation"),
+            &[1.0, 2.0],
+            &[1.0, 3.0],
+            &[2, 1],
+            None
+        )
+        .is_nan());
+        let e =
+            Metric::from_keras(&json!({"class_name": "PearsonCorrelation", "config": {"axis": 0}}));
+        assert!(e.unwrap_err().to_string().contains("axis 0"));
+    }
+
+    #[test]
+    fn fbeta_matches_keras_over_two_batches() {
+        // keras.metrics.FBetaScore (Keras 3.15.1), update_state on two batches, without and with
+        // sample weights; the second batch has a row of zeros (no positive without a threshold).
+        let yt1 = [1., 0., 0., 0., 1., 0., 0., 0., 1., 1., 0., 0.];
+        let yp1 = [0.7, 0.2, 0.1, 0.3, 0.3, 0.4, 0.1, 0.5, 0.4, 0.6, 0.3, 0.1];
+        let (yt2, yp2) = ([0., 1., 0., 0., 0., 1.], [0.2, 0.5, 0.3, 0.0, 0.0, 0.0]);
+        let (w1, w2) = ([1.0, 2.0, 0.5, 1.0], [3.0, 1.0]);
+        #[rustfmt::skip]
+        let cases: [(Value, f64, [f64; 2]); 8] = [
+            (json!({"average": "micro"}), 1.0, [0.5454545021057129, 0.625]),
+            (json!({"average": "micro"}), 2.0, [0.5172414183616638, 0.6024096608161926]),
+            (json!({"average": "macro"}), 1.0, [0.5, 0.5686274170875549]),
+            (json!({"average": "macro"}), 2.0, [0.5, 0.5460992455482483]),
+            (json!({"average": "weighted"}), 1.0, [0.5, 0.650519073009491]),
+            (json!({"average": "weighted"}), 2.0, [0.5, 0.6107634902000427]),
+            (json!({"average": "macro", "threshold": 0.35}), 1.0, [0.6666666865348816, 0.6519607901573181]),
+            (json!({"average": "macro", "threshold": 0.35}), 2.0, [0.6666666865348816, 0.6441384553909302]),
+        ];
+        for (cfg, beta, want) in cases {
+            for (weighted, want) in [false, true].into_iter().zip(want) {
+                let mut cfg = cfg.clone();
+                cfg["beta"] = json!(beta);
+                let metric = json!({"class_name": "FBetaScore", "config": cfg});
+                let mut state =
+                    MetricState::<f32>::new(Metric::from_keras(&metric).unwrap(), weighted);
+                for (t, p, w, n) in [(&yt1[..], &yp1[..], &w1[..], 4), (&yt2, &yp2, &w2, 2)] {
+                    let t = Tensor::new(vec![n, 3], t.to_vec()).unwrap();
+                    let p = Tensor::new(vec![n, 3], p.to_vec()).unwrap();
+                    state.update(&t, &p, None, None, Some(w)).unwrap();
+                }
+                let r = state.result();
+                assert!(
+                    close(r, want),
+                    "{cfg} weighted {weighted}: {r} against {want}"
+                );
+            }
+        }
+        // F1Score's default (average None) on one column: Keras' one-element result.
+        let r = run(
+            json!("f1_score"),
+            &[1.0, 0.0, 1.0],
+            &[0.7, 0.2, 0.0],
+            &[3, 1],
+            None,
+        );
+        assert!(close(r, 0.49999994), "{r}");
+        // On several columns it would be one score per class: refused, naming the way out.
+        let mut state = MetricState::<f32>::new(Metric::from_name("f1_score").unwrap(), false);
+        let t = Tensor::new(vec![1, 2], vec![1.0, 0.0]).unwrap();
+        let e = state
+            .update(&t, &t, None, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("average None on 2 classes") && e.contains("macro"),
+            "{e}"
+        );
+        for bad in [
+            json!({"average": "mean"}),
+            json!({"beta": 0.0}),
+            json!({"threshold": 1.5}),
+        ] {
+            let m = json!({"class_name": "FBetaScore", "config": bad});
+            assert!(Metric::from_keras(&m).is_err(), "{m}");
+        }
+    }
+
+    #[test]
     fn metric_functions_and_refused_settings() {
         let f = |v: Value| Metric::from_keras(&v);
         // Keras 3 saves metric functions by name; TF-Keras 2 wraps them.
@@ -1557,7 +1926,7 @@ mod tests {
             json!({"class_name": "CosineSimilarity", "config": {"axis": 1}}),
             "axis",
         );
-        refused(json!("f1_score"), "f1_score");
+        refused(json!("iou"), "iou");
         refused(
             json!({"class_name": "R2Score", "config": {"class_aggregation": null}}),
             "class_aggregation",
