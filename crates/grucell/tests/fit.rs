@@ -730,7 +730,7 @@ fn compiled_metrics_are_flattened_and_unsupported_ones_listed() {
     let mut model = gru_dense(3, 2, Activation::Linear, 1);
     model.compile_config = Some(serde_json::json!({
         "metrics": [["mae"], {"b": "mse", "a": {"class_name": "Recall", "config": {"name": "r", "thresholds": 0.2}}}],
-        "weighted_metrics": ["F1Score", {"class_name": "Precision", "config": {"name": "p", "top_k": 2}}],
+        "weighted_metrics": ["MeanIoU", {"class_name": "Precision", "config": {"name": "p", "top_k": 2}}],
     }));
     let c = model.compiled_metrics();
     let names: Vec<&str> = c.metrics.iter().map(|m| m.name.as_str()).collect();
@@ -742,7 +742,38 @@ fn compiled_metrics_are_flattened_and_unsupported_ones_listed() {
     assert!(c.weighted_metrics.is_empty());
     assert_eq!(c.unsupported.len(), 2, "{c:?}");
     assert!(
-        c.unsupported[0].contains("F1Score") && c.unsupported[1].contains("top_k"),
+        c.unsupported[0].contains("MeanIoU") && c.unsupported[1].contains("top_k"),
+        "{c:?}"
+    );
+}
+
+/// Keras' default F-score (`average=None`) is one score per class: taken for an output of one
+/// column (its one-element result), listed as unsupported for more, before any training.
+#[test]
+fn per_class_f_scores_are_taken_for_one_column_only() {
+    let f1 = serde_json::json!({"metrics": ["f1_score", {"class_name": "F1Score", "config": {"name": "f1m", "average": "macro"}}]});
+    let mut one = gru_dense(3, 2, Activation::Sigmoid, 1);
+    one.compile_config = Some(f1.clone());
+    let c = one.compiled_metrics();
+    assert_eq!(c.metrics.len(), 2, "{c:?}");
+    assert!(c.unsupported.is_empty(), "{c:?}");
+    let gru = Rnn::<f32>::new(GruCellConfig::new(3).seed(Some(1)), 2).unwrap();
+    let dense = DenseConfig::new(4).build(3, 2).unwrap();
+    let mut four = Model::sequential(
+        "m",
+        vec![None, Some(2)],
+        vec![
+            ("gru".into(), Layer::Rnn(gru)),
+            ("dense".into(), Layer::Dense(dense)),
+        ],
+    )
+    .unwrap();
+    four.compile_config = Some(f1);
+    let c = four.compiled_metrics();
+    let names: Vec<&str> = c.metrics.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["f1m"]);
+    assert!(
+        c.unsupported.len() == 1 && c.unsupported[0].contains("average None on an output of 4"),
         "{c:?}"
     );
 }

@@ -56,7 +56,7 @@ use crate::float::Float;
 use crate::layers::model::{Layer, Model, ModelLayer};
 use crate::tensor::Tensor;
 use crate::train::loss::Loss;
-use crate::train::metrics::{Metric, MetricSet};
+use crate::train::metrics::{FAverage, Metric, MetricFn, MetricSet};
 use crate::train::optimizer::{Optimizer, OptimizerConfig};
 
 /// Mixed into the seed for the dropout stream, so that it differs from the shuffle stream.
@@ -838,6 +838,18 @@ impl<T: Float> Model<T> {
         // TF-Keras 2 (a legacy `training_config`) broadcasts and renames a multi-output model's
         // metrics its own way; those are not placed.
         let tf_keras = self.compile_entry(&["optimizer_config"]).is_some();
+        // Each output's last dimension where the model fixes it.
+        let shapes = self.output_shapes().unwrap_or_default();
+        let pos = self.node_positions();
+        let last_dims: Vec<Option<usize>> = self
+            .outputs
+            .iter()
+            .map(|r| {
+                let node = pos.get(&(r.layer, r.node))?;
+                let shape = shapes.get(*node)?.get(r.index)?;
+                shape.last().copied().flatten()
+            })
+            .collect();
         for (key, weighted) in [("metrics", false), ("weighted_metrics", true)] {
             let Some(v) = self.compile_entry(&[key]) else {
                 continue;
@@ -888,7 +900,29 @@ impl<T: Float> Model<T> {
                         .and_then(Value::as_str)
                         .map_or_else(|| other.to_string(), str::to_string),
                 };
-                match Metric::from_keras(item).map(|m| m.on_output(k)) {
+                let placed = Metric::from_keras(item)
+                    .map(|m| m.on_output(k))
+                    .and_then(|m| match (m.function, last_dims.get(k)) {
+                        // Keras' default F-score is a vector of one score per class; grucell
+                        // logs scalars, so it takes that only for an output of one column.
+                        (
+                            MetricFn::FBeta {
+                                average: FAverage::PerClass,
+                                ..
+                            },
+                            Some(Some(d)),
+                        ) if *d != 1 => Err(ConfigError::unsupported(
+                            "metric",
+                            format!(
+                                "`{}` with average None on an output of {d} classes (one score \
+                                 per class is not computed; average \"micro\", \"macro\" or \
+                                 \"weighted\" is)",
+                                m.name
+                            ),
+                        )),
+                        _ => Ok(m),
+                    });
+                match placed {
                     Ok(m) if weighted => out.weighted_metrics.push(m),
                     Ok(m) => out.metrics.push(m),
                     Err(e) => out.unsupported.push(format!("{key} `{}`: {e}", shown())),
