@@ -778,7 +778,7 @@ def check_fit(args, keras, layers, rng, pick, out):
                 pool += ["pearson_correlation", "concordance_correlation"]
                 # R² and the F-scores take (batch, outputs) only.
                 if not rs:
-                    pool += ["r2_score", "f1_macro", "f1_micro", "fbeta_weighted"]
+                    pool += ["r2_score", "f1_macro", "f1_micro", "fbeta_weighted", "auc_ml"]
                 # Poisson and categorical crossentropy need positive outputs (NaN otherwise).
                 if act in ("sigmoid", "softmax", "softplus"):
                     pool += ["poisson", "categorical_crossentropy"]
@@ -789,7 +789,8 @@ def check_fit(args, keras, layers, rng, pick, out):
         objects = {"f1_macro": lambda n: keras.metrics.F1Score(average="macro", name=n),
                    "f1_micro": lambda n: keras.metrics.F1Score(average="micro", threshold=0.5, name=n),
                    "fbeta_weighted": lambda n: keras.metrics.FBetaScore(
-                       beta=2.0, average="weighted", threshold=0.4, name=n)}
+                       beta=2.0, average="weighted", threshold=0.4, name=n),
+                   "auc_ml": lambda n: keras.metrics.AUC(multi_label=True, num_thresholds=50, name=n)}
         as_metrics = lambda names: [objects[n](n) if n in objects else n for n in names] or None
         m.compile(optimizer=opt, loss=loss_obj, metrics=as_metrics(metric_names),
                   weighted_metrics=as_metrics(weighted_names))

@@ -17,7 +17,8 @@
 //! divergence, Poisson, the hinges). Metrics that are not mean wrappers and do not see the
 //! output mask, as in Keras: `root_mean_squared_error` (a weighted mean of squares, then its
 //! root), `precision`, `recall` and the four confusion counts (weighted counts over the epoch,
-//! one threshold, no `top_k` or `class_id`), `auc` (one label, thresholds spread evenly) and
+//! one threshold, no `top_k` or `class_id`), `auc` (thresholds spread evenly; one label, or with `multi_label` the mean of the columns'
+//! areas) and
 //! `r2_score` (combined over the output columns), `F1Score`/`FBetaScore` (counts per class
 //! over the epoch, combined `micro`, `macro` or `weighted`; Keras' default of one score per class
 //! only for one column). `pearson_correlation` and `concordance_correlation` are mean wrappers
@@ -105,7 +106,7 @@ pub enum MetricFn {
         /// Keras default 0.5.
         threshold: f64,
     },
-    /// The area under the ROC or precision-recall curve (Keras' `AUC`, one label), from
+    /// The area under the ROC or precision-recall curve (Keras' `AUC`), from
     /// confusion counts at `num_thresholds` thresholds spread evenly over `[0, 1]`, counted over
     /// the epoch as Keras buckets them (the output mask does not apply).
     Auc {
@@ -117,6 +118,9 @@ pub enum MetricFn {
         summation: AucSummation,
         /// Apply a sigmoid to `ŷ` first.
         from_logits: bool,
+        /// Keras' `multi_label`: counts per column of `(batch, labels)` outputs and the mean of
+        /// the labels' areas, instead of every entry counted as one label.
+        multi_label: bool,
     },
     /// The coefficient of determination of each output column over the epoch, weighted by the
     /// sample weights, then averaged (Keras' `R2Score` on `(batch, outputs)` outputs; the output
@@ -308,6 +312,7 @@ impl Metric {
                 curve: AucCurve::Roc,
                 summation: AucSummation::Interpolation,
                 from_logits: false,
+                multi_label: false,
             },
             other => {
                 return Err(ConfigError::unsupported(
@@ -558,9 +563,6 @@ impl Metric {
                 }
             }
             "AUC" => {
-                if get_bool(cfg, "multi_label", false)? {
-                    return refuse("`multi_label`".into());
-                }
                 if let Some(k) = ["thresholds", "label_weights"]
                     .into_iter()
                     .find(|k| setting(k).is_some())
@@ -616,6 +618,7 @@ impl Metric {
                     curve,
                     summation,
                     from_logits: get_bool(cfg, "from_logits", false)?,
+                    multi_label: get_bool(cfg, "multi_label", false)?,
                 }
             }
             _ => Metric::from_name(class)?.function,
@@ -688,7 +691,11 @@ pub(crate) struct MetricState<T> {
 impl<T: Float> MetricState<T> {
     pub(crate) fn new(metric: Metric, weighted: bool) -> Self {
         let sums = match metric.function {
-            MetricFn::Auc { num_thresholds, .. } => vec![[T::zero(); 4]; num_thresholds],
+            MetricFn::Auc {
+                num_thresholds,
+                multi_label: false,
+                ..
+            } => vec![[T::zero(); 4]; num_thresholds],
             _ => Vec::new(),
         };
         MetricState {
@@ -722,6 +729,22 @@ impl<T: Float> MetricState<T> {
         match self.resolved {
             Some(MetricFn::RootMeanSquaredError) => r.sqrt().f64(),
             Some(MetricFn::Count { .. }) => self.total.f64(),
+            Some(MetricFn::Auc {
+                curve,
+                summation,
+                num_thresholds,
+                multi_label: true,
+                ..
+            }) => {
+                // Keras' unweighted mean of the labels' areas.
+                let labels = self.sums.chunks(num_thresholds.max(1));
+                let count = T::of(labels.len().max(1) as f64);
+                let mut sum = T::zero();
+                for c in labels {
+                    sum += auc(c, curve, summation);
+                }
+                (sum / count).f64()
+            }
             Some(MetricFn::Auc {
                 curve, summation, ..
             }) => auc(&self.sums, curve, summation).f64(),
@@ -802,6 +825,36 @@ impl<T: Float> MetricState<T> {
             .into());
         }
         let each = per / w_per;
+        if let MetricFn::Auc {
+            num_thresholds,
+            from_logits,
+            multi_label: true,
+            ..
+        } = function
+        {
+            let shape = y_pred.shape();
+            let [_, labels] = *shape else {
+                return Err(ShapeError::mismatch(
+                    format!("metric `{}` outputs", self.metric.name),
+                    shape,
+                    "2-D outputs (batch, labels), as Keras' AUC with multi_label takes",
+                )
+                .into());
+            };
+            if self.sums.len() != num_thresholds * labels {
+                self.sums = vec![[T::zero(); 4]; num_thresholds * labels];
+            }
+            let (t, p) = (y_true.data(), y_pred.data());
+            for (j, sums) in self.sums.chunks_mut(num_thresholds).enumerate() {
+                let entries = (0..n).map(|s| {
+                    let i = s * labels + j;
+                    let w = sw.map_or(T::one(), |w| w[s * sw_per]);
+                    (t[i] != T::zero(), p[i], w)
+                });
+                add_auc_counts(sums, from_logits, entries);
+            }
+            return Ok(());
+        }
         if confusion {
             // Per entry: its label, prediction and weight.
             let entries =
@@ -1017,51 +1070,61 @@ impl<T: Float> MetricState<T> {
                 }
             }
             MetricFn::Auc { from_logits, .. } => {
-                // Keras' evenly spread thresholds: `−ε, 1/(n−1), …, (n−2)/(n−1), 1 + ε`. A
-                // prediction clipped to [0, 1] falls in bucket `max(⌈ŷ·(n−1)⌉ − 1, 0)` and
-                // counts as positive at every threshold up to its bucket; the batch's bucket
-                // sums are then summed from the top.
-                let n = self.sums.len();
-                if n == 0 {
-                    return;
-                }
-                let scale = T::of(n as f64 - 1.0);
-                let mut buckets = vec![[T::zero(); 2]; n];
-                let (mut pos, mut neg) = (T::zero(), T::zero());
-                for (actual, pred, w) in entries {
-                    let p = if from_logits {
-                        Activation::Sigmoid.apply(pred)
-                    } else {
-                        pred
-                    };
-                    let p = p.max(T::zero()).min(T::one());
-                    let b = ((p * scale).ceil().f64() - 1.0).max(0.0);
-                    // NaN predictions land in bucket 0, as TensorFlow's cast of NaN does here.
-                    let b = if b.is_finite() {
-                        (b as usize).min(n - 1)
-                    } else {
-                        0
-                    };
-                    let slot = usize::from(!actual);
-                    buckets[b][slot] += w;
-                    if actual {
-                        pos += w;
-                    } else {
-                        neg += w;
-                    }
-                }
-                let (mut tp, mut fp) = (T::zero(), T::zero());
-                for (c, b) in self.sums.iter_mut().zip(&buckets).rev() {
-                    tp += b[0];
-                    fp += b[1];
-                    c[0] += tp;
-                    c[1] += fp;
-                    c[2] += neg - fp;
-                    c[3] += pos - tp;
-                }
+                add_auc_counts(&mut self.sums, from_logits, entries)
             }
             _ => {}
         }
+    }
+}
+
+/// Adds one batch's AUC counts per threshold (`[tp, fp, tn, fn]` in `sums`, one per threshold)
+/// from its entries `(y ≠ 0, ŷ, weight)`.
+fn add_auc_counts<T: Float>(
+    sums: &mut [[T; 4]],
+    from_logits: bool,
+    entries: impl Iterator<Item = (bool, T, T)>,
+) {
+    // Keras' evenly spread thresholds: `−ε, 1/(n−1), …, (n−2)/(n−1), 1 + ε`. A
+    // prediction clipped to [0, 1] falls in bucket `max(⌈ŷ·(n−1)⌉ − 1, 0)` and
+    // counts as positive at every threshold up to its bucket; the batch's bucket
+    // sums are then summed from the top.
+    let n = sums.len();
+    if n == 0 {
+        return;
+    }
+    let scale = T::of(n as f64 - 1.0);
+    let mut buckets = vec![[T::zero(); 2]; n];
+    let (mut pos, mut neg) = (T::zero(), T::zero());
+    for (actual, pred, w) in entries {
+        let p = if from_logits {
+            Activation::Sigmoid.apply(pred)
+        } else {
+            pred
+        };
+        let p = p.max(T::zero()).min(T::one());
+        let b = ((p * scale).ceil().f64() - 1.0).max(0.0);
+        // NaN predictions land in bucket 0, as TensorFlow's cast of NaN does here.
+        let b = if b.is_finite() {
+            (b as usize).min(n - 1)
+        } else {
+            0
+        };
+        let slot = usize::from(!actual);
+        buckets[b][slot] += w;
+        if actual {
+            pos += w;
+        } else {
+            neg += w;
+        }
+    }
+    let (mut tp, mut fp) = (T::zero(), T::zero());
+    for (c, b) in sums.iter_mut().zip(&buckets).rev() {
+        tp += b[0];
+        fp += b[1];
+        c[0] += tp;
+        c[1] += fp;
+        c[2] += neg - fp;
+        c[3] += pos - tp;
     }
 }
 
@@ -1757,6 +1820,55 @@ mod tests {
     }
 
     #[test]
+    fn multi_label_auc_matches_keras_over_two_batches() {
+        // keras.metrics.AUC(multi_label=True) (Keras 3.15.1), two batches of 3 labels, without
+        // and with sample weights.
+        let yt1 = [1., 0., 1., 0., 1., 0., 1., 1., 0., 0., 0., 1.];
+        let yp1 = [0.7, 0.2, 0.6, 0.3, 0.8, 0.4, 0.1, 0.5, 0.45, 0.6, 0.3, 0.9];
+        let (yt2, yp2) = ([0., 1., 1., 1., 0., 0.], [0.2, 0.55, 0.3, 0.95, 0.1, 0.2]);
+        let (w1, w2) = ([1.0, 2.0, 0.5, 1.0], [3.0, 1.0]);
+        #[rustfmt::skip]
+        let cases: [(Value, [f64; 2]); 4] = [
+            (json!({}), [0.8148148655891418, 0.7904761433601379]),
+            (json!({"curve": "PR"}), [0.8896387219429016, 0.8663627505302429]),
+            (json!({"curve": "PR", "summation_method": "minoring", "num_thresholds": 7}), [0.5444444417953491, 0.5176767706871033]),
+            (json!({"from_logits": true, "num_thresholds": 11}), [0.8148148059844971, 0.8309523463249207]),
+        ];
+        for (cfg, want) in cases {
+            for (weighted, want) in [false, true].into_iter().zip(want) {
+                let mut cfg = cfg.clone();
+                cfg["multi_label"] = json!(true);
+                let metric = json!({"class_name": "AUC", "config": cfg});
+                let mut state =
+                    MetricState::<f32>::new(Metric::from_keras(&metric).unwrap(), weighted);
+                for _ in 0..2 {
+                    // After a reset the counts start again.
+                    state.reset();
+                    for (t, p, w, n) in [(&yt1[..], &yp1[..], &w1[..], 4), (&yt2, &yp2, &w2, 2)] {
+                        let t = Tensor::new(vec![n, 3], t.to_vec()).unwrap();
+                        let p = Tensor::new(vec![n, 3], p.to_vec()).unwrap();
+                        state.update(&t, &p, None, None, Some(w)).unwrap();
+                    }
+                }
+                let r = state.result();
+                assert!(
+                    close(r, want),
+                    "{cfg} weighted {weighted}: {r} against {want}"
+                );
+            }
+        }
+        // Keras takes (batch, labels) only.
+        let m = json!({"class_name": "AUC", "config": {"multi_label": true}});
+        let mut state = MetricState::<f32>::new(Metric::from_keras(&m).unwrap(), false);
+        let t = Tensor::new(vec![1, 2, 1], vec![1.0, 0.0]).unwrap();
+        let e = state
+            .update(&t, &t, None, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("multi_label"), "{e}");
+    }
+
+    #[test]
     fn correlations_match_keras() {
         // keras.metrics.PearsonCorrelation / ConcordanceCorrelation (Keras 3.15.1, float32), on
         // their docstrings' example, plain and with sample weights [2, 1].
@@ -1899,8 +2011,8 @@ mod tests {
             assert!(e.contains(what), "{e}");
         };
         refused(
-            json!({"class_name": "AUC", "config": {"multi_label": true}}),
-            "multi_label",
+            json!({"class_name": "AUC", "config": {"multi_label": true, "label_weights": [1, 2]}}),
+            "label_weights",
         );
         refused(
             json!({"class_name": "AUC", "config": {"thresholds": [0.1, 0.5]}}),
@@ -1939,6 +2051,7 @@ mod tests {
             curve: AucCurve::Roc,
             summation: AucSummation::Interpolation,
             from_logits: false,
+            multi_label: false,
         };
         assert!(auc
             .validate()
