@@ -838,17 +838,13 @@ impl<T: Float> Model<T> {
         // TF-Keras 2 (a legacy `training_config`) broadcasts and renames a multi-output model's
         // metrics its own way; those are not placed.
         let tf_keras = self.compile_entry(&["optimizer_config"]).is_some();
-        // Each output's last dimension where the model fixes it.
+        // Each output's shape, where the model's config gives it.
         let shapes = self.output_shapes().unwrap_or_default();
         let pos = self.node_positions();
-        let last_dims: Vec<Option<usize>> = self
+        let out_shapes: Vec<Option<&Vec<Option<usize>>>> = self
             .outputs
             .iter()
-            .map(|r| {
-                let node = pos.get(&(r.layer, r.node))?;
-                let shape = shapes.get(*node)?.get(r.index)?;
-                shape.last().copied().flatten()
-            })
+            .map(|r| shapes.get(*pos.get(&(r.layer, r.node))?)?.get(r.index))
             .collect();
         for (key, weighted) in [("metrics", false), ("weighted_metrics", true)] {
             let Some(v) = self.compile_entry(&[key]) else {
@@ -902,25 +898,54 @@ impl<T: Float> Model<T> {
                 };
                 let placed = Metric::from_keras(item)
                     .map(|m| m.on_output(k))
-                    .and_then(|m| match (m.function, last_dims.get(k)) {
-                        // Keras' default F-score is a vector of one score per class; grucell
-                        // logs scalars, so it takes that only for an output of one column.
-                        (
-                            MetricFn::FBeta {
-                                average: FAverage::PerClass,
-                                ..
-                            },
-                            Some(Some(d)),
-                        ) if *d != 1 => Err(ConfigError::unsupported(
-                            "metric",
-                            format!(
-                                "`{}` with average None on an output of {d} classes (one score \
-                                 per class is not computed; average \"micro\", \"macro\" or \
-                                 \"weighted\" is)",
-                                m.name
-                            ),
-                        )),
-                        _ => Ok(m),
+                    .and_then(|m| {
+                        let shape = out_shapes.get(k).copied().flatten();
+                        let two_d = matches!(
+                            m.function,
+                            MetricFn::FBeta { .. }
+                                | MetricFn::R2Score { .. }
+                                | MetricFn::Auc {
+                                    multi_label: true,
+                                    ..
+                                }
+                        );
+                        match (m.function, shape) {
+                            // Keras builds these for (batch, columns) outputs only, and fails
+                            // on others.
+                            (_, Some(s)) if two_d && s.len() != 2 => Err(ConfigError::unsupported(
+                                "metric",
+                                format!(
+                                    "`{}` on an output of rank {} (Keras takes it for \
+                                         (batch, columns) outputs only)",
+                                    m.name,
+                                    s.len()
+                                ),
+                            )),
+                            // Keras' default F-score is a vector of one score per class;
+                            // grucell logs scalars, so it takes that only for one column.
+                            (
+                                MetricFn::FBeta {
+                                    average: FAverage::PerClass,
+                                    ..
+                                },
+                                Some(s),
+                            ) if s.last().is_some_and(|d| *d != Some(1)) => {
+                                Err(ConfigError::unsupported(
+                                    "metric",
+                                    format!(
+                                        "`{}` with average None on an output of {} classes \
+                                         (one score per class is not computed; average \
+                                         \"micro\", \"macro\" or \"weighted\" is)",
+                                        m.name,
+                                        s.last()
+                                            .copied()
+                                            .flatten()
+                                            .map_or("several".into(), |d| d.to_string())
+                                    ),
+                                ))
+                            }
+                            _ => Ok(m),
+                        }
                     });
                 match placed {
                     Ok(m) if weighted => out.weighted_metrics.push(m),
