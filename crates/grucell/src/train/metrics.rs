@@ -22,7 +22,8 @@
 //! columns) and `F1Score`/`FBetaScore` (counts per class over the epoch, combined `micro`,
 //! `macro` or `weighted`; Keras' default of one score per class only for one column).
 //! `pearson_correlation` and `concordance_correlation` are mean wrappers of one value per row of
-//! the last axis. Other metrics are reported by [`Metric::from_keras`] as unsupported.
+//! the last axis. The IoU metrics (`IoU`, `MeanIoU`, `BinaryIoU`, `OneHotIoU`, `OneHotMeanIoU`)
+//! count a confusion matrix over the epoch as Keras' integer-typed base class does. Other metrics are reported by [`Metric::from_keras`] as unsupported.
 
 use serde_json::{Map, Value};
 
@@ -139,6 +140,8 @@ pub enum MetricFn {
     /// `ConcordanceCorrelation`, with its formula as written: the covariance term centres `y`
     /// on the mean of `ŷ`, and the denominator adds Keras' epsilon 1e-7).
     ConcordanceCorrelation,
+    /// Keras' IoU metrics, counted over the epoch (the output mask does not apply).
+    Iou(IouConfig),
     /// The F-beta score of `(batch, classes)` outputs over the epoch (Keras' `FBetaScore`, and
     /// `F1Score` with `beta = 1`): weighted true-positive, false-positive and false-negative
     /// sums per class (or over every entry, `micro`), combined as Keras' `result` does (the
@@ -152,6 +155,44 @@ pub enum MetricFn {
         /// entries (those not within 1e-9 of 0) positive.
         threshold: Option<f64>,
     },
+}
+
+/// Most classes a [`MetricFn::Iou`] keeps a confusion matrix for (`num_classes²` counts).
+pub const IOU_MAX_CLASSES: usize = 4096;
+
+/// Keras' IoU metrics (`IoU`, `MeanIoU`, `BinaryIoU`, `OneHotIoU`, `OneHotMeanIoU`), as their
+/// shared base computes them: each entry's true and predicted class (an arg-max over the last
+/// axis where they are one-hot, a cast to an integer otherwise, which truncates), a weighted
+/// confusion matrix over the epoch, and the mean IoU `tp / (tp + fp + fn)` of the target classes
+/// that occur.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IouConfig {
+    /// Keras' `num_classes` (2 for `BinaryIoU`).
+    pub num_classes: usize,
+    /// Keras' `target_class_ids`: the classes averaged, as a bit set of the first 256 ids;
+    /// `None` for every class (`MeanIoU`).
+    pub targets: Option<[u64; 4]>,
+    /// Keras' `ignore_class`: entries of this true class are left out.
+    pub ignore_class: Option<i64>,
+    /// Keras' `sparse_y_true`: the targets are class ids (else one-hot, read by arg-max).
+    pub sparse_true: bool,
+    /// Keras' `sparse_y_pred`: the outputs are class ids (else scores, read by arg-max).
+    pub sparse_pred: bool,
+    /// `BinaryIoU`'s `threshold`: an output `≥ threshold` is class 1, else 0.
+    pub threshold: Option<f64>,
+    /// The metric's dtype is an integer type (Keras' default `int64`): the sample weights are
+    /// truncated to integers, as Keras casts them.
+    pub integer: bool,
+}
+
+impl IouConfig {
+    /// Whether class `c` is averaged.
+    fn targets(&self, c: usize) -> bool {
+        match self.targets {
+            None => true,
+            Some(bits) => c < 256 && bits[c / 64] >> (c % 64) & 1 == 1,
+        }
+    }
 }
 
 /// How a [`MetricFn::FBeta`] combines its classes (Keras' `average`).
@@ -233,7 +274,7 @@ impl Metric {
     /// use grucell::train::metrics::{Metric, MetricFn};
     /// assert_eq!(Metric::from_name("mae")?.function, MetricFn::MeanAbsoluteError);
     /// assert_eq!(Metric::from_name("acc")?.function, MetricFn::Accuracy);
-    /// assert!(Metric::from_name("iou").is_err());
+    /// assert!(Metric::from_name("sensitivity").is_err());
     /// # Ok::<(), grucell::ConfigError>(())
     /// ```
     pub fn from_name(name: &str) -> Result<Metric, ConfigError> {
@@ -325,8 +366,8 @@ impl Metric {
                          sparse_categorical_crossentropy, kl_divergence, poisson, hinge, \
                          squared_hinge, categorical_hinge, precision, recall, true_positives, \
                          false_positives, true_negatives, false_negatives, auc, r2_score, \
-                         pearson_correlation, concordance_correlation, f1_score and the \
-                         FBetaScore class)"
+                         pearson_correlation, concordance_correlation, f1_score, and the \
+                         FBetaScore and IoU classes)"
                     ),
                 ))
             }
@@ -375,8 +416,8 @@ impl Metric {
     /// assert_eq!(m.name, "pr");
     /// assert!(matches!(m.function, MetricFn::Auc { curve: AucCurve::Pr, num_thresholds: 200, .. }));
     /// // What grucell does not compute is an error naming it.
-    /// let iou = serde_json::json!({"class_name": "MeanIoU", "config": {"num_classes": 2}});
-    /// assert!(Metric::from_keras(&iou).unwrap_err().to_string().contains("MeanIoU"));
+    /// let ss = serde_json::json!({"class_name": "SensitivityAtSpecificity", "config": {}});
+    /// assert!(Metric::from_keras(&ss).unwrap_err().to_string().contains("SensitivityAtSpecificity"));
     /// # Ok::<(), grucell::ConfigError>(())
     /// ```
     pub fn from_keras(v: &Value) -> Result<Metric, ConfigError> {
@@ -470,6 +511,9 @@ impl Metric {
                     return refuse(format!("axis {a}"));
                 }
                 Metric::from_name(class)?.function
+            }
+            "IoU" | "MeanIoU" | "BinaryIoU" | "OneHotIoU" | "OneHotMeanIoU" => {
+                MetricFn::Iou(iou_config(class, cfg)?)
             }
             "F1Score" | "FBetaScore" => {
                 let average = match setting("average") {
@@ -685,10 +729,14 @@ pub(crate) struct MetricState<T> {
     sums: Vec<[T; 4]>,
     /// R²'s count of entries (Keras' `num_samples`).
     entries: T,
+    /// An IoU metric's confusion matrix, `[true][predicted]`, in `f64` (exact for Keras'
+    /// integer weights).
+    cm: Vec<f64>,
 }
 
 impl<T: Float> MetricState<T> {
     pub(crate) fn new(metric: Metric, weighted: bool) -> Self {
+        let metric_fn = metric.function;
         let sums = match metric.function {
             MetricFn::Auc {
                 num_thresholds,
@@ -705,6 +753,10 @@ impl<T: Float> MetricState<T> {
             count: T::zero(),
             sums,
             entries: T::zero(),
+            cm: match metric_fn {
+                MetricFn::Iou(c) => vec![0.0; c.num_classes * c.num_classes],
+                _ => Vec::new(),
+            },
         }
     }
 
@@ -714,6 +766,7 @@ impl<T: Float> MetricState<T> {
         self.count = T::zero();
         self.sums.iter_mut().for_each(|c| *c = [T::zero(); 4]);
         self.entries = T::zero();
+        self.cm.iter_mut().for_each(|c| *c = 0.0);
     }
 
     /// `result`: `total / count`, 0 when nothing was counted (`divide_no_nan`); its square
@@ -752,6 +805,7 @@ impl<T: Float> MetricState<T> {
                 num_regressors,
             }) => r2(&self.sums, self.entries, aggregation, num_regressors).f64(),
             Some(MetricFn::FBeta { beta, average, .. }) => fbeta(&self.sums, beta, average).f64(),
+            Some(MetricFn::Iou(c)) => iou(&self.cm, &c),
             _ => r.f64(),
         }
     }
@@ -788,6 +842,9 @@ impl<T: Float> MetricState<T> {
         } = function
         {
             return self.update_fbeta(y_true, y_pred, sw, average, threshold);
+        }
+        if let MetricFn::Iou(c) = function {
+            return self.update_iou(y_true, y_pred, sw, &c);
         }
         let values = metric_values(function, &self.metric.name, y_true, y_pred, logits)?;
         let n = y_pred.shape().first().copied().unwrap_or(1).max(1);
@@ -1032,6 +1089,97 @@ impl<T: Float> MetricState<T> {
         Ok(())
     }
 
+    /// An IoU metric's `update_state` for one batch: each entry's true and predicted class, its
+    /// weight (the sample weights broadcast over the entries, as Keras broadcasts them), and
+    /// the confusion matrix count. Entries whose classes are outside `[0, num_classes)`, or
+    /// whose true class is `ignore_class`, count 0.
+    fn update_iou(
+        &mut self,
+        y_true: &Tensor<T>,
+        y_pred: &Tensor<T>,
+        sample_weight: Option<&[T]>,
+        c: &IouConfig,
+    ) -> Result<(), Error> {
+        let name = &self.metric.name;
+        let last = |t: &Tensor<T>| t.shape().last().copied().unwrap_or(1).max(1);
+        // Class ids, one per entry (arg-max over the last axis where one-hot).
+        let classes = |t: &Tensor<T>, sparse: bool, threshold: Option<f64>| -> Vec<f64> {
+            let d = t.data();
+            if let Some(th) = threshold {
+                // BinaryIoU: compared in float32, as Keras converts the outputs.
+                let th = th as f32;
+                return d
+                    .iter()
+                    .map(|v| f64::from(u8::from(v.f64() as f32 >= th)))
+                    .collect();
+            }
+            if sparse {
+                // Keras casts to its integer dtype, truncating.
+                return d.iter().map(|v| v.f64().trunc()).collect();
+            }
+            d.chunks(last(t))
+                .map(|row| {
+                    let mut best = 0;
+                    for (i, x) in row.iter().enumerate() {
+                        if *x > row[best] {
+                            best = i;
+                        }
+                    }
+                    best as f64
+                })
+                .collect()
+        };
+        let truth = classes(y_true, c.sparse_true || c.threshold.is_some(), None);
+        let pred = classes(y_pred, c.sparse_pred, c.threshold);
+        if truth.len() != pred.len() {
+            return Err(ShapeError::mismatch(
+                format!("metric `{name}` targets"),
+                y_true.shape(),
+                format!(
+                    "{} class ids, one per entry of the output {:?}",
+                    pred.len(),
+                    y_pred.shape()
+                ),
+            )
+            .into());
+        }
+        let n = truth.len();
+        let weights: Option<Vec<f64>> = match sample_weight {
+            None => None,
+            Some(w) if w.len() == n || w.len() == 1 => Some(
+                (0..n)
+                    .map(|i| {
+                        let v = w[if w.len() == 1 { 0 } else { i }].f64();
+                        if c.integer {
+                            v.trunc()
+                        } else {
+                            v
+                        }
+                    })
+                    .collect(),
+            ),
+            Some(w) => {
+                return Err(ShapeError::mismatch(
+                    format!("metric `{name}` weights"),
+                    [w.len()].as_slice(),
+                    format!("one weight per class id ({n}), as Keras broadcasts them"),
+                )
+                .into())
+            }
+        };
+        let k = c.num_classes;
+        let in_range = |v: f64| v >= 0.0 && v < k as f64;
+        for i in 0..n {
+            let (t, p) = (truth[i], pred[i]);
+            if !in_range(t) || !in_range(p) || c.ignore_class.is_some_and(|g| g as f64 == t) {
+                continue;
+            }
+            let w = weights.as_ref().map_or(1.0, |w| w[i]);
+            self.cm[t as usize * k + p as usize] += w;
+        }
+        Ok(())
+    }
+
     /// Adds one batch's weighted confusion counts: `(y ≠ 0, ŷ, weight)` per entry.
     fn count_confusion(&mut self, function: MetricFn, entries: impl Iterator<Item = (bool, T, T)>) {
         match function {
@@ -1203,6 +1351,122 @@ fn r2<T: Float>(sums: &[[T; 4]], entries: T, aggregation: R2Aggregation, regress
         return score;
     }
     T::one() - ((T::one() - score) * (n - T::one())) / ((n - p) - T::one())
+}
+
+/// Keras' IoU `result` from the confusion matrix (`[true][predicted]`), in `float32` as Keras
+/// casts it: per target class `tp / (predicted + true − tp + 1e-7)` where that denominator is
+/// above 1e-9, else 0; their sum over the number of such classes (+ 1e-7).
+fn iou(cm: &[f64], c: &IouConfig) -> f64 {
+    let k = c.num_classes;
+    let (mut sum, mut valid) = (0f32, 0f32);
+    for class in (0..k).filter(|&j| c.targets(j)) {
+        let predicted: f64 = (0..k).map(|t| cm[t * k + class]).sum();
+        let truth: f64 = cm[class * k..(class + 1) * k].iter().sum();
+        let tp = cm[class * k + class];
+        let denominator = (predicted + truth - tp) as f32;
+        if denominator > 1e-9 {
+            valid += 1.0;
+            sum += tp as f32 / (denominator + 1e-7);
+        }
+    }
+    f64::from(sum / (valid + 1e-7))
+}
+
+/// An IoU metric's settings from its Keras class and config.
+fn iou_config(class: &str, cfg: &Map<String, Value>) -> Result<IouConfig, ConfigError> {
+    let setting = |k: &str| cfg.get(k).filter(|v| !v.is_null());
+    let binary = class == "BinaryIoU";
+    let num_classes = if binary {
+        2
+    } else {
+        match get_u64(cfg, "num_classes")? {
+            Some(n) if (1..=IOU_MAX_CLASSES as u64).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(ConfigError::invalid(
+                    format!("{class}.num_classes"),
+                    n,
+                    format!("an integer in [1, {IOU_MAX_CLASSES}]"),
+                ))
+            }
+            None => {
+                return Err(ConfigError::invalid(
+                    format!("{class}.num_classes"),
+                    "(not given)",
+                    "the number of classes",
+                ))
+            }
+        }
+    };
+    let targets = match (class, setting("target_class_ids")) {
+        ("MeanIoU" | "OneHotMeanIoU", _) => None,
+        ("BinaryIoU", None) => Some([3, 0, 0, 0]),
+        (_, Some(Value::Array(ids))) if !ids.is_empty() => {
+            let mut bits = [0u64; 4];
+            for id in ids {
+                match id.as_u64() {
+                    Some(i) if (i as usize) < num_classes && i < 256 => {
+                        bits[i as usize / 64] |= 1 << (i % 64)
+                    }
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            format!("{class}.target_class_ids"),
+                            id,
+                            format!(
+                                "class ids in [0, {}) (ids from 256 on are not computed)",
+                                num_classes.min(256)
+                            ),
+                        ))
+                    }
+                }
+            }
+            Some(bits)
+        }
+        (_, other) => {
+            return Err(ConfigError::invalid(
+                format!("{class}.target_class_ids"),
+                other.unwrap_or(&Value::Null),
+                "a non-empty list of class ids",
+            ))
+        }
+    };
+    if let Some(a) = setting("axis").filter(|a| a.as_i64() != Some(-1)) {
+        return Err(ConfigError::unsupported(
+            "metric",
+            format!("`{class}` with axis {a} is not computed by grucell"),
+        ));
+    }
+    let ignore_class = match setting("ignore_class") {
+        None => None,
+        Some(v) => Some(v.as_i64().ok_or_else(|| {
+            ConfigError::invalid(format!("{class}.ignore_class"), v, "null or an integer")
+        })?),
+    };
+    let one_hot = class.starts_with("OneHot");
+    let threshold = if binary {
+        Some(get_f64(cfg, "threshold", 0.5)?)
+    } else {
+        None
+    };
+    let integer = match setting("dtype") {
+        None => true,
+        Some(Value::String(d)) => d.contains("int"),
+        // A dtype policy object: its name.
+        Some(v) => v
+            .pointer("/config/name")
+            .and_then(Value::as_str)
+            .is_none_or(|d| d.contains("int")),
+    };
+    Ok(IouConfig {
+        num_classes,
+        targets,
+        ignore_class,
+        // The one-hot classes read their targets by arg-max; their outputs too, unless
+        // `sparse_y_pred` says they are class ids.
+        sparse_true: !one_hot && get_bool(cfg, "sparse_y_true", true)?,
+        sparse_pred: get_bool(cfg, "sparse_y_pred", !one_hot)?,
+        threshold,
+        integer,
+    })
 }
 
 /// Keras' `FBetaScore.result` from the sums per class (`[tp, fp, fn, Σw·y]`; one for `micro`),
@@ -1418,7 +1682,8 @@ fn metric_values<T: Float>(
         | MetricFn::Count { .. }
         | MetricFn::Auc { .. }
         | MetricFn::R2Score { .. }
-        | MetricFn::FBeta { .. } => vec![T::zero(); p.len()],
+        | MetricFn::FBeta { .. }
+        | MetricFn::Iou(_) => vec![T::zero(); p.len()],
         MetricFn::Accuracy => {
             return Err(ConfigError::invalid(
                 "metric",
@@ -1868,6 +2133,150 @@ mod tests {
     }
 
     #[test]
+    fn iou_metrics_match_keras_over_two_batches() {
+        // Keras 3.15.1's IoU metrics, update_state on rows 0–3 then 4–5, float32.
+        let yt = [0., 1., 2., 1., 2., 0.];
+        let yp = [0.2, 1.9, 2.5, 0.7, 2.0, 3.1];
+        let bt = [0., 1., 0., 1., 1., 0.];
+        let bp = [0.1, 0.2, 0.4, 0.7, 0.5, 0.5];
+        let ot: Vec<f32> = [0, 1, 2, 1, 2, 0]
+            .iter()
+            .flat_map(|&c| (0..3).map(move |j| f32::from(u8::from(j == c))))
+            .collect();
+        #[rustfmt::skip]
+        let op = [0.5, 0.3, 0.2, 0.1, 0.8, 0.1, 0.3, 0.3, 0.4, 0.6, 0.2, 0.2, 0.1, 0.1, 0.8, 0.2, 0.5, 0.3];
+        let w = [1.0, 2.0, 1.0, 3.0, 1.0, 2.0];
+        let wf = [0.5, 2.0, 1.0, 1.5, 1.0, 2.0];
+        let two = |cfg: Value, t: &[f32], p: &[f32], cols: usize, w: Option<&[f32]>| {
+            let mut state = MetricState::<f32>::new(Metric::from_keras(&cfg).unwrap(), w.is_some());
+            for rows in [0..4, 4..6] {
+                let tc = t.len() / 6;
+                let tt = Tensor::new(
+                    vec![rows.len(), tc],
+                    t[rows.start * tc..rows.end * tc].to_vec(),
+                );
+                let pp = Tensor::new(
+                    vec![rows.len(), cols],
+                    p[rows.start * cols..rows.end * cols].to_vec(),
+                );
+                let ww = w.map(|w| &w[rows]);
+                state
+                    .update(&tt.unwrap(), &pp.unwrap(), None, None, ww)
+                    .unwrap();
+            }
+            state.result()
+        };
+        let m = |class: &str, cfg: Value| json!({"class_name": class, "config": cfg});
+        // (metric, targets, outputs, output columns, sample weights, Keras' result)
+        type Case<'a> = (Value, &'a [f32], &'a [f32], usize, Option<&'a [f32]>, f64);
+        let cases: [Case; 10] = [
+            (
+                m("MeanIoU", json!({"num_classes": 3})),
+                &yt,
+                &yp,
+                1,
+                None,
+                0.6666666865348816,
+            ),
+            (
+                m("MeanIoU", json!({"num_classes": 3})),
+                &yt,
+                &yp,
+                1,
+                Some(&w),
+                0.550000011920929,
+            ),
+            (
+                m("IoU", json!({"num_classes": 3, "target_class_ids": [0, 2]})),
+                &yt,
+                &yp,
+                1,
+                None,
+                0.75,
+            ),
+            (
+                m(
+                    "IoU",
+                    json!({"num_classes": 3, "target_class_ids": [0, 1, 2], "ignore_class": 1}),
+                ),
+                &yt,
+                &yp,
+                1,
+                None,
+                0.9999999403953552,
+            ),
+            // A float dtype keeps fractional weights; Keras' default int64 truncates them.
+            (
+                m("MeanIoU", json!({"num_classes": 3, "dtype": "float32"})),
+                &yt,
+                &yp,
+                1,
+                Some(&wf),
+                0.6071428656578064,
+            ),
+            (
+                m("MeanIoU", json!({"num_classes": 3, "dtype": "int64"})),
+                &yt,
+                &yp,
+                1,
+                Some(&wf),
+                0.5555555820465088,
+            ),
+            (m("BinaryIoU", json!({})), &bt, &bp, 1, None, 0.5),
+            (
+                m(
+                    "BinaryIoU",
+                    json!({"target_class_ids": [1], "threshold": 0.3}),
+                ),
+                &bt,
+                &bp,
+                1,
+                None,
+                0.3999999463558197,
+            ),
+            (
+                m("OneHotMeanIoU", json!({"num_classes": 3})),
+                &ot,
+                &op,
+                3,
+                None,
+                0.5555555820465088,
+            ),
+            (
+                m(
+                    "OneHotIoU",
+                    json!({"num_classes": 3, "target_class_ids": [1, 2]}),
+                ),
+                &ot,
+                &op,
+                3,
+                None,
+                0.6666666865348816,
+            ),
+        ];
+        for (cfg, t, p, cols, w, want) in cases {
+            let r = two(cfg.clone(), t, p, cols, w);
+            assert!(
+                close(r, want),
+                "{cfg} weighted {}: {r} against {want}",
+                w.is_some()
+            );
+        }
+        for bad in [
+            m("MeanIoU", json!({})),
+            m("MeanIoU", json!({"num_classes": 0})),
+            m("IoU", json!({"num_classes": 3, "target_class_ids": [3]})),
+            m("IoU", json!({"num_classes": 3, "target_class_ids": []})),
+            m(
+                "IoU",
+                json!({"num_classes": 3, "target_class_ids": [0], "axis": 1}),
+            ),
+        ] {
+            assert!(Metric::from_keras(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn correlations_match_keras() {
         // keras.metrics.PearsonCorrelation / ConcordanceCorrelation (Keras 3.15.1, float32), on
         // their docstrings' example, plain and with sample weights [2, 1].
@@ -2037,7 +2446,7 @@ mod tests {
             json!({"class_name": "CosineSimilarity", "config": {"axis": 1}}),
             "axis",
         );
-        refused(json!("iou"), "iou");
+        refused(json!("sensitivity"), "sensitivity");
         refused(
             json!({"class_name": "R2Score", "config": {"class_aggregation": null}}),
             "class_aggregation",
