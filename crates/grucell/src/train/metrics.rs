@@ -157,8 +157,12 @@ pub enum MetricFn {
     },
 }
 
-/// Most classes a [`MetricFn::Iou`] keeps a confusion matrix for (`num_classes²` counts).
-pub const IOU_MAX_CLASSES: usize = 4096;
+/// Most classes a [`MetricFn::Iou`] keeps a confusion matrix for (`num_classes²` counts, 8 MiB
+/// at most): a file cannot make grucell allocate more.
+pub const IOU_MAX_CLASSES: usize = 1024;
+
+/// Most counts (thresholds × labels) a multi-label [`MetricFn::Auc`] keeps.
+pub const AUC_MAX_COUNTS: usize = 1 << 22;
 
 /// Keras' IoU metrics (`IoU`, `MeanIoU`, `BinaryIoU`, `OneHotIoU`, `OneHotMeanIoU`), as their
 /// shared base computes them: each entry's true and predicted class (an arg-max over the last
@@ -897,8 +901,17 @@ impl<T: Float> MetricState<T> {
                 )
                 .into());
             };
-            if self.sums.len() != num_thresholds * labels {
-                self.sums = vec![[T::zero(); 4]; num_thresholds * labels];
+            let counts = num_thresholds.saturating_mul(labels);
+            if counts > AUC_MAX_COUNTS {
+                return Err(ConfigError::invalid(
+                    format!("metric `{}` with multi_label", self.metric.name),
+                    format!("{num_thresholds} thresholds × {labels} labels"),
+                    format!("at most {AUC_MAX_COUNTS} counts"),
+                )
+                .into());
+            }
+            if self.sums.len() != counts {
+                self.sums = vec![[T::zero(); 4]; counts];
             }
             let (t, p) = (y_true.data(), y_pred.data());
             for (j, sums) in self.sums.chunks_mut(num_thresholds).enumerate() {
@@ -2121,6 +2134,15 @@ mod tests {
                 );
             }
         }
+        // Counts for every threshold and label are kept: a file's settings cannot make that huge.
+        let m = json!({"class_name": "AUC", "config": {"multi_label": true, "num_thresholds": 1 << 20}});
+        let mut state = MetricState::<f32>::new(Metric::from_keras(&m).unwrap(), false);
+        let t = Tensor::new(vec![1, 5], vec![1.0; 5]).unwrap();
+        let e = state
+            .update(&t, &t, None, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("× 5 labels") && state.sums.is_empty(), "{e}");
         // Keras takes (batch, labels) only.
         let m = json!({"class_name": "AUC", "config": {"multi_label": true}});
         let mut state = MetricState::<f32>::new(Metric::from_keras(&m).unwrap(), false);
@@ -2265,6 +2287,8 @@ mod tests {
         for bad in [
             m("MeanIoU", json!({})),
             m("MeanIoU", json!({"num_classes": 0})),
+            // Its confusion matrix would take more than 8 MiB.
+            m("MeanIoU", json!({"num_classes": IOU_MAX_CLASSES + 1})),
             m("IoU", json!({"num_classes": 3, "target_class_ids": [3]})),
             m("IoU", json!({"num_classes": 3, "target_class_ids": []})),
             m(
