@@ -1,5 +1,5 @@
-//! `.keras` / `.h5` bytes → KerasFile → Model (f32 and f64) → one small prediction, and the
-//! saved optimizer state. Must return errors, never panic, abort or allocate without bound.
+//! `.keras` / `.h5` bytes → KerasFile → Model (f32 and f64) → one small prediction, the compile
+//! config (loss, optimizer, metrics, one evaluation with them) and the saved optimizer state. Must return errors, never panic, abort or allocate without bound.
 #![no_main]
 
 use grucell::io::keras::load::model_from_file;
@@ -22,8 +22,26 @@ fn run<T: Float>(file: &grucell::io::keras::KerasFile) {
             (n <= 1 << 16).then(|| Tensor::zeros(shape))
         })
         .collect();
-    if let Some(inputs) = inputs {
-        let _ = model.predict(&inputs);
+    let Some(inputs) = inputs else {
+        return;
+    };
+    let Ok(outputs) = model.predict(&inputs) else {
+        return;
+    };
+    // The compile config: loss, optimizer and metrics; with a loss, one evaluation with the
+    // metrics on the prediction as targets.
+    let mut model = model;
+    let compiled = model.compiled_metrics();
+    if let Ok((Some(loss), _)) = model.compiled_loss_and_optimizer() {
+        let _ = model.evaluate_with_metrics(
+            &inputs,
+            &outputs,
+            &loss,
+            2,
+            None,
+            &compiled.metrics,
+            &compiled.weighted_metrics,
+        );
     }
 }
 

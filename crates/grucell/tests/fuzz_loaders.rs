@@ -1242,3 +1242,142 @@ fn absurd_units_are_refused_before_allocating() {
         eprintln!("units = {u}: {m}");
     }
 }
+
+/// Compiled metrics from hostile compile configs: every metric class grucell reads, with
+/// absurd or mistyped settings, on models of several output shapes; `compiled_metrics` and one
+/// evaluation with them must give errors or values, never a panic or a huge allocation.
+#[test]
+fn hostile_metric_configs_never_panic() {
+    let mut rng = Rng(0x3e7c_0000_0000_0005);
+    let mut h = Harness::new("metric configs");
+    let mut computed = 0;
+    let classes = [
+        "AUC",
+        "IoU",
+        "MeanIoU",
+        "BinaryIoU",
+        "OneHotIoU",
+        "OneHotMeanIoU",
+        "F1Score",
+        "FBetaScore",
+        "R2Score",
+        "PearsonCorrelation",
+        "ConcordanceCorrelation",
+        "Precision",
+        "TopKCategoricalAccuracy",
+        "SparseTopKCategoricalAccuracy",
+        "BinaryAccuracy",
+        "CosineSimilarity",
+        "BinaryCrossentropy",
+    ];
+    let keys = [
+        "num_thresholds",
+        "multi_label",
+        "num_classes",
+        "target_class_ids",
+        "ignore_class",
+        "sparse_y_true",
+        "sparse_y_pred",
+        "threshold",
+        "thresholds",
+        "average",
+        "beta",
+        "k",
+        "axis",
+        "dtype",
+        "class_aggregation",
+        "num_regressors",
+        "curve",
+        "summation_method",
+        "from_logits",
+        "label_smoothing",
+    ];
+    let extra = [
+        json!(1 << 20),
+        json!(1 << 30),
+        json!(1024),
+        json!(1025),
+        json!([0, 1, 2]),
+        json!([255, 256]),
+        json!([-1]),
+        json!("macro"),
+        json!("micro"),
+        json!("float32"),
+        json!("int64"),
+        json!(f64::MIN_POSITIVE),
+        json!(-0.5),
+    ];
+    for rel in [
+        "fit/metrics_categorical.keras",
+        "fit/metrics_sparse_seq.keras",
+        "fit/metrics_regression.keras",
+        "fit/multi_output_metrics_list.keras",
+    ] {
+        let file = load_keras_file(&fixture(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        let mut model = model_from_file::<f32>(&file).unwrap();
+        model.set_threads(1);
+        let inputs: Vec<Tensor<f32>> = model
+            .input_shapes()
+            .iter()
+            .map(|s| {
+                let dims: Vec<usize> = s
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| d.unwrap_or(if i == 0 { 3 } else { 4 }))
+                    .collect();
+                let n = dims.iter().product::<usize>();
+                Tensor::new(dims, (0..n).map(|i| (i % 7) as f32 * 0.3 - 0.9).collect()).unwrap()
+            })
+            .collect();
+        let outputs = model.predict(&inputs).unwrap();
+        let loss = model.compiled_loss().unwrap().unwrap();
+        for i in 0..150 * scale() {
+            let mut metrics = Vec::new();
+            for _ in 0..1 + rng.below(3) {
+                let mut cfg = serde_json::Map::new();
+                for _ in 0..rng.below(4) {
+                    let v = if rng.below(2) == 0 {
+                        hostile_value(&mut rng)
+                    } else {
+                        rng.pick(&extra).clone()
+                    };
+                    cfg.insert((*rng.pick(&keys)).to_string(), v);
+                }
+                metrics.push(json!({"class_name": rng.pick(&classes), "config": cfg}));
+            }
+            let metrics = Value::Array(metrics);
+            let config = if model.outputs.len() > 1 {
+                json!({"loss": "mse", "metrics": [metrics.clone(), metrics.clone()], "weighted_metrics": [metrics.clone(), []]})
+            } else {
+                json!({"loss": "mse", "metrics": metrics.clone(), "weighted_metrics": metrics.clone()})
+            };
+            let mut m = model.clone();
+            m.compile_config = Some(config);
+            h.case(format!("{rel} #{i}: {metrics}"), || {
+                let c = m.compiled_metrics();
+                let w = Tensor::<f64>::new(vec![3], vec![1.0, 0.5, 2.0]).unwrap();
+                for weights in [None, Some(&w)] {
+                    let e = m.evaluate_with_metrics(
+                        &inputs,
+                        &outputs,
+                        &loss,
+                        2,
+                        weights,
+                        &c.metrics,
+                        &c.weighted_metrics,
+                    );
+                    if e.is_ok_and(|e| e.metrics.len() > model.outputs.len()) {
+                        computed += 1;
+                    }
+                }
+            });
+        }
+    }
+    eprintln!("metric configs: {computed} evaluations computed metrics");
+    // The settings must reach the metrics, not just be refused when read.
+    assert!(
+        computed > 200,
+        "only {computed} evaluations computed metrics"
+    );
+    h.finish(400);
+}

@@ -162,7 +162,7 @@ pub enum MetricFn {
 pub const IOU_MAX_CLASSES: usize = 1024;
 
 /// Most counts (thresholds × labels) a multi-label [`MetricFn::Auc`] keeps.
-pub const AUC_MAX_COUNTS: usize = 1 << 22;
+pub const AUC_MAX_COUNTS: usize = 1 << 20;
 
 /// Keras' IoU metrics (`IoU`, `MeanIoU`, `BinaryIoU`, `OneHotIoU`, `OneHotMeanIoU`), as their
 /// shared base computes them: each entry's true and predicted class (an arg-max over the last
