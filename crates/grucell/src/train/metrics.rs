@@ -965,25 +965,29 @@ impl<T: Float> MetricState<T> {
         Ok(())
     }
 
-    /// R²'s sums of one batch: `(batch, outputs)` targets and outputs, one weight per sample.
-    fn update_r2(
-        &mut self,
+    /// Checks the batch of a metric Keras builds for 2-D outputs only (`what`, e.g. `(batch,
+    /// outputs)`, as Keras' `class` takes them): outputs of rank 2, targets of the same size,
+    /// one weight per sample. Returns the outputs' columns.
+    fn two_d(
+        &self,
         y_true: &Tensor<T>,
         y_pred: &Tensor<T>,
         sample_weight: Option<&[T]>,
-    ) -> Result<(), Error> {
-        let shape = y_pred.shape();
+        what: &str,
+        class: &str,
+    ) -> Result<usize, Error> {
+        let (shape, name) = (y_pred.shape(), &self.metric.name);
         let [rows, cols] = *shape else {
             return Err(ShapeError::mismatch(
-                format!("metric `{}` outputs", self.metric.name),
+                format!("metric `{name}` outputs"),
                 shape,
-                "2-D outputs (batch, outputs), as Keras' R2Score takes",
+                format!("2-D outputs {what}, as Keras' {class} takes"),
             )
             .into());
         };
         if y_true.len() != y_pred.len() {
             return Err(ShapeError::mismatch(
-                format!("metric `{}` targets", self.metric.name),
+                format!("metric `{name}` targets"),
                 y_true.shape(),
                 format!("the output's shape {shape:?}"),
             )
@@ -991,12 +995,23 @@ impl<T: Float> MetricState<T> {
         }
         if sample_weight.is_some_and(|w| w.len() != rows) {
             return Err(ShapeError::mismatch(
-                format!("metric `{}` weights", self.metric.name),
+                format!("metric `{name}` weights"),
                 [sample_weight.map_or(0, <[T]>::len)].as_slice(),
                 format!("one weight per sample of {rows}"),
             )
             .into());
         }
+        Ok(cols)
+    }
+
+    /// R²'s sums of one batch: `(batch, outputs)` targets and outputs, one weight per sample.
+    fn update_r2(
+        &mut self,
+        y_true: &Tensor<T>,
+        y_pred: &Tensor<T>,
+        sample_weight: Option<&[T]>,
+    ) -> Result<(), Error> {
+        let cols = self.two_d(y_true, y_pred, sample_weight, "(batch, outputs)", "R2Score")?;
         if self.sums.len() != cols {
             self.sums = vec![[T::zero(); 4]; cols];
         }
@@ -1031,24 +1046,14 @@ impl<T: Float> MetricState<T> {
         average: FAverage,
         threshold: Option<f64>,
     ) -> Result<(), Error> {
-        let shape = y_pred.shape();
+        let cols = self.two_d(
+            y_true,
+            y_pred,
+            sample_weight,
+            "(batch, classes)",
+            "FBetaScore",
+        )?;
         let name = &self.metric.name;
-        let [rows, cols] = *shape else {
-            return Err(ShapeError::mismatch(
-                format!("metric `{name}` outputs"),
-                shape,
-                "2-D outputs (batch, classes), as Keras' FBetaScore takes",
-            )
-            .into());
-        };
-        if y_true.len() != y_pred.len() {
-            return Err(ShapeError::mismatch(
-                format!("metric `{name}` targets"),
-                y_true.shape(),
-                format!("the output's shape {shape:?}"),
-            )
-            .into());
-        }
         if average == FAverage::PerClass && cols != 1 {
             return Err(ConfigError::unsupported(
                 "metric",
@@ -1056,14 +1061,6 @@ impl<T: Float> MetricState<T> {
                     "`{name}` with average None on {cols} classes (one score per class is not \
                      computed; compile it with average \"micro\", \"macro\" or \"weighted\")"
                 ),
-            )
-            .into());
-        }
-        if sample_weight.is_some_and(|w| w.len() != rows) {
-            return Err(ShapeError::mismatch(
-                format!("metric `{name}` weights"),
-                [sample_weight.map_or(0, <[T]>::len)].as_slice(),
-                format!("one weight per sample of {rows}"),
             )
             .into());
         }
