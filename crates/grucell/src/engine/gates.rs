@@ -85,16 +85,36 @@ pub(crate) fn reset_before_zr(zr: &mut [f32], x: &[f32], h: &[f32], t: &mut [f32
     fn pass<const F: bool>(zr: &mut [f32], x: &[f32], h: &[f32], t: &mut [f32]) {
         let u = h.len();
         let (z, r) = zr[..2 * u].split_at_mut(u);
-        for (v, xv) in z.iter_mut().zip(&x[..u]) {
-            *v = sigmoid_lane::<F>(*v + *xv);
-        }
-        for (((v, xv), tv), hv) in r.iter_mut().zip(&x[u..]).zip(t.iter_mut()).zip(h) {
-            let rv = sigmoid_lane::<F>(*v + *xv);
-            *v = rv;
-            *tv = rv * *hv;
-        }
+        z_lanes::<F>(z, &x[..u]);
+        r_lanes::<F>(r, &x[u..], h, t);
     }
     dispatch!(pass(zr, x, h, t));
+}
+
+/// [`reset_before_zr`]'s r half alone: `r = σ(r + x_r)` in place and `t = r ⊙ h`.
+pub(crate) fn reset_before_r(r: &mut [f32], xr: &[f32], h: &[f32], t: &mut [f32]) {
+    dispatch!(r_lanes(r, xr, h, t));
+}
+
+/// [`reset_before_zr`]'s z half alone: `z = σ(z + x_z)` in place.
+pub(crate) fn reset_before_z(z: &mut [f32], xz: &[f32]) {
+    dispatch!(z_lanes(z, xz));
+}
+
+#[inline(always)]
+fn z_lanes<const F: bool>(z: &mut [f32], xz: &[f32]) {
+    for (v, xv) in z.iter_mut().zip(xz) {
+        *v = sigmoid_lane::<F>(*v + *xv);
+    }
+}
+
+#[inline(always)]
+fn r_lanes<const F: bool>(r: &mut [f32], xr: &[f32], h: &[f32], t: &mut [f32]) {
+    for (((v, xv), tv), hv) in r.iter_mut().zip(xr).zip(t.iter_mut()).zip(h) {
+        let rv = sigmoid_lane::<F>(*v + *xv);
+        *v = rv;
+        *tv = rv * *hv;
+    }
 }
 
 /// The second pass of [`reset_before_zr`]'s step: `ĥ = tanh(c + x_h)` (`g` holds `[z, r, c]`,

@@ -1274,9 +1274,11 @@ std::thread_local! {
     /// segments in alternate orders starts each step with the lines the last one read last. The
     /// order of the segments (gates) changes no sum. S forward (1, 100, 32, 64), one process:
     /// 0.0856 against 0.0958 ms; 48, 96 and 128 units ±0. Only products of two or more
-    /// segments turn the order over: a `reset_after = false` step runs two products (z and r,
-    /// then the candidate's one segment), and were both to turn it, z and r would come in the
-    /// same order every step (S with `reset_after = false`: 0.0797 against 0.0831 ms).
+    /// segments turn the order over: a `reset_after = false` step of fewer than 64 units runs
+    /// two products (z and r, then the candidate's one segment), and were both to turn it, z and
+    /// r would come in the same order every step (S with `reset_after = false`: 0.0797 against
+    /// 0.0831 ms). From 64 units such a step takes its three segments one at a time, in orders
+    /// of its own (`gru::reset_before_one`).
     static STRIP_ORDER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
