@@ -553,7 +553,13 @@ fn step_rows<T: Float>(
             (Activation::Sigmoid, Activation::Tanh)
         )
         && T::slice_f32(h).is_some();
-    if lanes && batch == 1 && !p.reset_after && !zero_state && u >= RESET_BEFORE_SPLIT_UNITS {
+    if lanes
+        && batch == 1
+        && !p.reset_after
+        && !zero_state
+        && u >= RESET_BEFORE_SPLIT_UNITS
+        && u * u < super::packed::PAR_MIN_WORK
+    {
         reset_before_one(p, rhs, &xp[xp_row(0)..], h, h_new, hu, tmp, par, scratch);
         return;
     }
@@ -678,10 +684,13 @@ fn step_rows<T: Float>(
 }
 
 /// Fewest units for which a batch-1 `reset_after = false` step takes its products one segment
-/// at a time ([`reset_before_one`]). Below, `U` (at most 27 KiB at 48 units) stays in L1
-/// whatever the order, and the extra product call costs 1–5 % (32 and 48 units); 64 units
-/// (48 KiB): 0.0758–0.0774 → 0.0724–0.0727 ms, 96: −1.5 %, 128 and 256 within noise (Zen 4,
-/// one process).
+/// at a time ([`reset_before_one`]), up to those whose one segment would be split between
+/// threads (`u² ≥ PAR_MIN_WORK`, 1024 units: three splits per step instead of two, 1–2 %
+/// slower). Below, `U` (at most 27 KiB at 48 units) stays in L1 whatever the order, and the
+/// extra product call costs 1–5 % (32 and 48 units). Zen 4, one process, 2-thread pool, against
+/// the two-product step: 64 units (48 KiB) 0.0758–0.0774 → 0.0724–0.0727 ms, 96 −1.5 %, 128 to
+/// 640 within ±1 %, 768 5.0 → 3.9 ms (its z-and-r product of 2 · 768² multiply-adds had been
+/// split between two threads, slower than one at batch 1).
 const RESET_BEFORE_SPLIT_UNITS: usize = 64;
 
 std::thread_local! {
