@@ -59,6 +59,54 @@ use crate::train::loss::Loss;
 use crate::train::metrics::{FAverage, Metric, MetricFn, MetricSet};
 use crate::train::optimizer::{Optimizer, OptimizerConfig};
 
+/// `m` when it can be computed on an output of shape `shape` (where the config gives it): the
+/// metrics Keras builds for `(batch, columns)` outputs only (the F-scores, R², multi-label AUC)
+/// need rank 2, as Keras fails on others; Keras' default F-score is a vector of one score per
+/// class, and grucell logs scalars, so it takes that only for one column.
+fn fits_output(m: Metric, shape: Option<&Vec<Option<usize>>>) -> Result<Metric, ConfigError> {
+    let Some(s) = shape else {
+        return Ok(m);
+    };
+    let two_d = matches!(
+        m.function,
+        MetricFn::FBeta { .. }
+            | MetricFn::R2Score { .. }
+            | MetricFn::Auc {
+                multi_label: true,
+                ..
+            }
+    );
+    if two_d && s.len() != 2 {
+        return Err(ConfigError::unsupported(
+            "metric",
+            format!(
+                "`{}` on an output of rank {} (Keras takes it for (batch, columns) outputs only)",
+                m.name,
+                s.len()
+            ),
+        ));
+    }
+    let per_class = matches!(
+        m.function,
+        MetricFn::FBeta {
+            average: FAverage::PerClass,
+            ..
+        }
+    );
+    match s.last() {
+        Some(d) if per_class && *d != Some(1) => Err(ConfigError::unsupported(
+            "metric",
+            format!(
+                "`{}` with average None on an output of {} classes (one score per class is \
+                 not computed; average \"micro\", \"macro\" or \"weighted\" is)",
+                m.name,
+                d.map_or("several".into(), |d| d.to_string())
+            ),
+        )),
+        _ => Ok(m),
+    }
+}
+
 /// Mixed into the seed for the dropout stream, so that it differs from the shuffle stream.
 const DROPOUT_STREAM: u64 = 0x9E37_79B9_7F4A_7C15;
 
@@ -898,55 +946,7 @@ impl<T: Float> Model<T> {
                 };
                 let placed = Metric::from_keras(item)
                     .map(|m| m.on_output(k))
-                    .and_then(|m| {
-                        let shape = out_shapes.get(k).copied().flatten();
-                        let two_d = matches!(
-                            m.function,
-                            MetricFn::FBeta { .. }
-                                | MetricFn::R2Score { .. }
-                                | MetricFn::Auc {
-                                    multi_label: true,
-                                    ..
-                                }
-                        );
-                        match (m.function, shape) {
-                            // Keras builds these for (batch, columns) outputs only, and fails
-                            // on others.
-                            (_, Some(s)) if two_d && s.len() != 2 => Err(ConfigError::unsupported(
-                                "metric",
-                                format!(
-                                    "`{}` on an output of rank {} (Keras takes it for \
-                                         (batch, columns) outputs only)",
-                                    m.name,
-                                    s.len()
-                                ),
-                            )),
-                            // Keras' default F-score is a vector of one score per class;
-                            // grucell logs scalars, so it takes that only for one column.
-                            (
-                                MetricFn::FBeta {
-                                    average: FAverage::PerClass,
-                                    ..
-                                },
-                                Some(s),
-                            ) if s.last().is_some_and(|d| *d != Some(1)) => {
-                                Err(ConfigError::unsupported(
-                                    "metric",
-                                    format!(
-                                        "`{}` with average None on an output of {} classes \
-                                         (one score per class is not computed; average \
-                                         \"micro\", \"macro\" or \"weighted\" is)",
-                                        m.name,
-                                        s.last()
-                                            .copied()
-                                            .flatten()
-                                            .map_or("several".into(), |d| d.to_string())
-                                    ),
-                                ))
-                            }
-                            _ => Ok(m),
-                        }
-                    });
+                    .and_then(|m| fits_output(m, out_shapes.get(k).copied().flatten()));
                 match placed {
                     Ok(m) if weighted => out.weighted_metrics.push(m),
                     Ok(m) => out.metrics.push(m),
