@@ -1269,8 +1269,13 @@ fn hostile_metric_configs_never_panic() {
         "BinaryAccuracy",
         "CosineSimilarity",
         "BinaryCrossentropy",
+        "SensitivityAtSpecificity",
+        "PrecisionAtRecall",
     ];
     let keys = [
+        "specificity",
+        "recall",
+        "class_id",
         "num_thresholds",
         "multi_label",
         "num_classes",

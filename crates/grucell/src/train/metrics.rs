@@ -23,7 +23,9 @@
 //! `macro` or `weighted`; Keras' default of one score per class only for one column).
 //! `pearson_correlation` and `concordance_correlation` are mean wrappers of one value per row of
 //! the last axis. The IoU metrics (`IoU`, `MeanIoU`, `BinaryIoU`, `OneHotIoU`, `OneHotMeanIoU`)
-//! count a confusion matrix over the epoch as Keras' integer-typed base class does. Other metrics are reported by [`Metric::from_keras`] as unsupported.
+//! count a confusion matrix over the epoch as Keras' integer-typed base class does, and
+//! `SensitivityAtSpecificity`, `SpecificityAtSensitivity`, `PrecisionAtRecall` and
+//! `RecallAtPrecision` AUC's counts at evenly spread thresholds. Other metrics are reported by [`Metric::from_keras`] as unsupported.
 
 use serde_json::{Map, Value};
 
@@ -142,6 +144,19 @@ pub enum MetricFn {
     ConcordanceCorrelation,
     /// Keras' IoU metrics, counted over the epoch (the output mask does not apply).
     Iou(IouConfig),
+    /// One rate at the best threshold where another reaches `value` (Keras'
+    /// `SensitivityAtSpecificity`, `SpecificityAtSensitivity`, `PrecisionAtRecall`,
+    /// `RecallAtPrecision`), from confusion counts at `num_thresholds` thresholds spread evenly
+    /// over `[0, 1]`, counted over the epoch as AUC counts them (the output mask does not apply).
+    AtPoint {
+        /// Which rate, under which constraint.
+        kind: AtPoint,
+        /// Keras' `specificity`, `sensitivity`, `recall` or `precision`: the constraint's
+        /// least value.
+        value: f64,
+        /// Keras default 200.
+        num_thresholds: usize,
+    },
     /// The F-beta score of `(batch, classes)` outputs over the epoch (Keras' `FBetaScore`, and
     /// `F1Score` with `beta = 1`): weighted true-positive, false-positive and false-negative
     /// sums per class (or over every entry, `micro`), combined as Keras' `result` does (the
@@ -197,6 +212,19 @@ impl IouConfig {
             Some(bits) => c < 256 && bits[c / 64] >> (c % 64) & 1 == 1,
         }
     }
+}
+
+/// Which [`MetricFn::AtPoint`] metric: the rate maximized, and the one held at its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AtPoint {
+    /// `SensitivityAtSpecificity`: the best recall where specificity ≥ value.
+    SensitivityAtSpecificity,
+    /// `SpecificityAtSensitivity`: the best specificity where recall ≥ value.
+    SpecificityAtSensitivity,
+    /// `PrecisionAtRecall`: the best precision where recall ≥ value.
+    PrecisionAtRecall,
+    /// `RecallAtPrecision`: the best recall where precision ≥ value.
+    RecallAtPrecision,
 }
 
 /// How a [`MetricFn::FBeta`] combines its classes (Keras' `average`).
@@ -278,7 +306,7 @@ impl Metric {
     /// use grucell::train::metrics::{Metric, MetricFn};
     /// assert_eq!(Metric::from_name("mae")?.function, MetricFn::MeanAbsoluteError);
     /// assert_eq!(Metric::from_name("acc")?.function, MetricFn::Accuracy);
-    /// assert!(Metric::from_name("sensitivity").is_err());
+    /// assert!(Metric::from_name("mean_tensor").is_err());
     /// # Ok::<(), grucell::ConfigError>(())
     /// ```
     pub fn from_name(name: &str) -> Result<Metric, ConfigError> {
@@ -371,7 +399,8 @@ impl Metric {
                          squared_hinge, categorical_hinge, precision, recall, true_positives, \
                          false_positives, true_negatives, false_negatives, auc, r2_score, \
                          pearson_correlation, concordance_correlation, f1_score, and the \
-                         FBetaScore and IoU classes)"
+                         FBetaScore, IoU and sensitivity/specificity/precision/recall-at \
+                         classes)"
                     ),
                 ))
             }
@@ -420,8 +449,8 @@ impl Metric {
     /// assert_eq!(m.name, "pr");
     /// assert!(matches!(m.function, MetricFn::Auc { curve: AucCurve::Pr, num_thresholds: 200, .. }));
     /// // What grucell does not compute is an error naming it.
-    /// let ss = serde_json::json!({"class_name": "SensitivityAtSpecificity", "config": {}});
-    /// assert!(Metric::from_keras(&ss).unwrap_err().to_string().contains("SensitivityAtSpecificity"));
+    /// let m = serde_json::json!({"class_name": "MeanTensor", "config": {}});
+    /// assert!(Metric::from_keras(&m).unwrap_err().to_string().contains("MeanTensor"));
     /// # Ok::<(), grucell::ConfigError>(())
     /// ```
     pub fn from_keras(v: &Value) -> Result<Metric, ConfigError> {
@@ -518,6 +547,52 @@ impl Metric {
             }
             "IoU" | "MeanIoU" | "BinaryIoU" | "OneHotIoU" | "OneHotMeanIoU" => {
                 MetricFn::Iou(iou_config(class, cfg)?)
+            }
+            "SensitivityAtSpecificity"
+            | "SpecificityAtSensitivity"
+            | "PrecisionAtRecall"
+            | "RecallAtPrecision" => {
+                if setting("class_id").is_some() {
+                    return refuse("`class_id`".into());
+                }
+                let (kind, key) = match class {
+                    "SensitivityAtSpecificity" => {
+                        (AtPoint::SensitivityAtSpecificity, "specificity")
+                    }
+                    "SpecificityAtSensitivity" => {
+                        (AtPoint::SpecificityAtSensitivity, "sensitivity")
+                    }
+                    "PrecisionAtRecall" => (AtPoint::PrecisionAtRecall, "recall"),
+                    _ => (AtPoint::RecallAtPrecision, "precision"),
+                };
+                let value = match setting(key).and_then(Value::as_f64) {
+                    Some(v) if (0.0..=1.0).contains(&v) => v,
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            format!("{class}.{key}"),
+                            setting(key).unwrap_or(&Value::Null),
+                            "a number in [0, 1]",
+                        ))
+                    }
+                };
+                let num_thresholds = match get_u64(cfg, "num_thresholds")? {
+                    None => 200,
+                    Some(n) if (2..=1 << 20).contains(&n) => n as usize,
+                    // One threshold is Keras' 0.5 alone, not the evenly spread buckets.
+                    Some(1) => return refuse("num_thresholds 1".into()),
+                    Some(n) => {
+                        return Err(ConfigError::invalid(
+                            format!("{class}.num_thresholds"),
+                            n,
+                            "an integer in [2, 1048576]",
+                        ))
+                    }
+                };
+                MetricFn::AtPoint {
+                    kind,
+                    value,
+                    num_thresholds,
+                }
             }
             "F1Score" | "FBetaScore" => {
                 let average = match setting("average") {
@@ -746,7 +821,8 @@ impl<T: Float> MetricState<T> {
                 num_thresholds,
                 multi_label: false,
                 ..
-            } => vec![[T::zero(); 4]; num_thresholds],
+            }
+            | MetricFn::AtPoint { num_thresholds, .. } => vec![[T::zero(); 4]; num_thresholds],
             _ => Vec::new(),
         };
         MetricState {
@@ -810,6 +886,7 @@ impl<T: Float> MetricState<T> {
             }) => r2(&self.sums, self.entries, aggregation, num_regressors).f64(),
             Some(MetricFn::FBeta { beta, average, .. }) => fbeta(&self.sums, beta, average).f64(),
             Some(MetricFn::Iou(c)) => iou(&self.cm, &c),
+            Some(MetricFn::AtPoint { kind, value, .. }) => at_point(&self.sums, kind, value).f64(),
             _ => r.f64(),
         }
     }
@@ -861,6 +938,7 @@ impl<T: Float> MetricState<T> {
                 | MetricFn::Recall { .. }
                 | MetricFn::Count { .. }
                 | MetricFn::Auc { .. }
+                | MetricFn::AtPoint { .. }
         );
         let wrapper = !confusion && function != MetricFn::RootMeanSquaredError;
         let mask =
@@ -1229,6 +1307,7 @@ impl<T: Float> MetricState<T> {
             MetricFn::Auc { from_logits, .. } => {
                 add_auc_counts(&mut self.sums, from_logits, entries)
             }
+            MetricFn::AtPoint { .. } => add_auc_counts(&mut self.sums, false, entries),
             _ => {}
         }
     }
@@ -1361,6 +1440,30 @@ fn r2<T: Float>(sums: &[[T; 4]], entries: T, aggregation: R2Aggregation, regress
         return score;
     }
     T::one() - ((T::one() - score) * (n - T::one())) / ((n - p) - T::one())
+}
+
+/// Keras' `SensitivitySpecificityBase` results from the counts per threshold (`[tp, fp, tn,
+/// fn]`): the largest of one rate over the thresholds where the other is at least `value` (0
+/// where none is), each rate 0 where its denominator is.
+fn at_point<T: Float>(c: &[[T; 4]], kind: AtPoint, value: f64) -> T {
+    let div = |a: T, b: T| if b == T::zero() { T::zero() } else { a / b };
+    let value = T::of(value);
+    let mut best = T::zero();
+    for &[tp, fp, tn, fun] in c {
+        let recall = div(tp, tp + fun);
+        let specificity = div(tn, tn + fp);
+        let precision = div(tp, tp + fp);
+        let (constrained, dependent) = match kind {
+            AtPoint::SensitivityAtSpecificity => (specificity, recall),
+            AtPoint::SpecificityAtSensitivity => (recall, specificity),
+            AtPoint::PrecisionAtRecall => (recall, precision),
+            AtPoint::RecallAtPrecision => (precision, recall),
+        };
+        if constrained >= value && dependent > best {
+            best = dependent;
+        }
+    }
+    best
 }
 
 /// Keras' IoU `result` from the confusion matrix (`[true][predicted]`), in `float32` as Keras
@@ -1693,7 +1796,8 @@ fn metric_values<T: Float>(
         | MetricFn::Auc { .. }
         | MetricFn::R2Score { .. }
         | MetricFn::FBeta { .. }
-        | MetricFn::Iou(_) => vec![T::zero(); p.len()],
+        | MetricFn::Iou(_)
+        | MetricFn::AtPoint { .. } => vec![T::zero(); p.len()],
         MetricFn::Accuracy => {
             return Err(ConfigError::invalid(
                 "metric",
@@ -2298,6 +2402,67 @@ mod tests {
     }
 
     #[test]
+    fn rates_at_a_point_match_keras_over_two_batches() {
+        // Keras 3.15.1: (metric, its value key), value, num_thresholds, then its results
+        // without and with sample weights, update_state on two batches of (n, 1) outputs.
+        let yt1 = [0., 1., 1., 0., 1., 0., 0., 1.];
+        let yp1 = [0.1, 0.8, 0.45, 0.6, 0.3, 0.2, 0.55, 0.9];
+        let (yt2, yp2) = ([1., 0., 1., 0.], [0.7, 0.35, 0.05, 0.95]);
+        let (w1, w2) = (
+            [1.0, 2.0, 0.5, 1.0, 1.0, 3.0, 1.0, 0.5],
+            [2.0, 1.0, 1.0, 0.5],
+        );
+        #[rustfmt::skip]
+        let cases: [(&str, &str, f64, u64, [f64; 2]); 16] = [
+            ("SensitivityAtSpecificity", "specificity", 0.5, 200, [0.6666666865348816, 0.8571428656578064]),
+            ("SensitivityAtSpecificity", "specificity", 0.5, 7, [0.5, 0.7142857313156128]),
+            ("SensitivityAtSpecificity", "specificity", 0.8, 200, [0.5, 0.6428571343421936]),
+            ("SensitivityAtSpecificity", "specificity", 0.8, 7, [0.5, 0.6428571343421936]),
+            ("SpecificityAtSensitivity", "sensitivity", 0.5, 200, [0.8333333134651184, 0.9333333373069763]),
+            ("SpecificityAtSensitivity", "sensitivity", 0.5, 7, [0.8333333134651184, 0.9333333373069763]),
+            ("SpecificityAtSensitivity", "sensitivity", 0.8, 200, [0.3333333432674408, 0.5333333611488342]),
+            ("SpecificityAtSensitivity", "sensitivity", 0.8, 7, [0.1666666716337204, 0.13333334028720856]),
+            ("PrecisionAtRecall", "recall", 0.5, 200, [0.75, 0.8999999761581421]),
+            ("PrecisionAtRecall", "recall", 0.5, 7, [0.75, 0.8999999761581421]),
+            ("PrecisionAtRecall", "recall", 0.8, 200, [0.5555555820465088, 0.6315789222717285]),
+            ("PrecisionAtRecall", "recall", 0.8, 7, [0.5, 0.48275861144065857]),
+            ("RecallAtPrecision", "precision", 0.5, 200, [1.0, 0.8571428656578064]),
+            ("RecallAtPrecision", "precision", 0.5, 7, [1.0, 0.7142857313156128]),
+            ("RecallAtPrecision", "precision", 0.8, 200, [0.0, 0.6428571343421936]),
+            ("RecallAtPrecision", "precision", 0.8, 7, [0.0, 0.6428571343421936]),
+        ];
+        for (class, key, value, n, want) in cases {
+            for (weighted, want) in [false, true].into_iter().zip(want) {
+                let mut cfg = json!({"name": "m", "num_thresholds": n, "class_id": null});
+                cfg[key] = json!(value);
+                let metric = json!({"class_name": class, "config": cfg});
+                let mut state =
+                    MetricState::<f32>::new(Metric::from_keras(&metric).unwrap(), weighted);
+                for (t, p, w) in [(&yt1[..], &yp1[..], &w1[..]), (&yt2, &yp2, &w2)] {
+                    let t = Tensor::new(vec![t.len(), 1], t.to_vec()).unwrap();
+                    let p = Tensor::new(vec![p.len(), 1], p.to_vec()).unwrap();
+                    state.update(&t, &p, None, None, Some(w)).unwrap();
+                }
+                let r = state.result();
+                assert!(
+                    close(r, want),
+                    "{metric} weighted {weighted}: {r} against {want}"
+                );
+            }
+        }
+        let m = |cfg: Value| json!({"class_name": "PrecisionAtRecall", "config": cfg});
+        for bad in [
+            m(json!({})),
+            m(json!({"recall": 1.5})),
+            m(json!({"recall": 0.5, "num_thresholds": 0})),
+            m(json!({"recall": 0.5, "num_thresholds": 1})),
+            m(json!({"recall": 0.5, "class_id": 1})),
+        ] {
+            assert!(Metric::from_keras(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn correlations_match_keras() {
         // keras.metrics.PearsonCorrelation / ConcordanceCorrelation (Keras 3.15.1, float32), on
         // their docstrings' example, plain and with sample weights [2, 1].
@@ -2467,7 +2632,7 @@ mod tests {
             json!({"class_name": "CosineSimilarity", "config": {"axis": 1}}),
             "axis",
         );
-        refused(json!("sensitivity"), "sensitivity");
+        refused(json!("mean_tensor"), "mean_tensor");
         refused(
             json!({"class_name": "R2Score", "config": {"class_aggregation": null}}),
             "class_aggregation",
