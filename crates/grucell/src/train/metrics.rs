@@ -998,7 +998,7 @@ impl<T: Float> MetricState<T> {
                     let w = sw.map_or(T::one(), |w| w[s * sw_per]);
                     (t[i] != T::zero(), p[i], w)
                 });
-                add_auc_counts(sums, from_logits, entries);
+                add_auc_counts(sums, from_logits, true, entries);
             }
             return Ok(());
         }
@@ -1305,19 +1305,21 @@ impl<T: Float> MetricState<T> {
                 }
             }
             MetricFn::Auc { from_logits, .. } => {
-                add_auc_counts(&mut self.sums, from_logits, entries)
+                add_auc_counts(&mut self.sums, from_logits, true, entries)
             }
-            MetricFn::AtPoint { .. } => add_auc_counts(&mut self.sums, false, entries),
+            MetricFn::AtPoint { .. } => add_auc_counts(&mut self.sums, false, false, entries),
             _ => {}
         }
     }
 }
 
 /// Adds one batch's AUC counts per threshold (`[tp, fp, tn, fn]` in `sums`, one per threshold)
-/// from its entries `(y ≠ 0, ŷ, weight)`.
+/// from its entries `(y ≠ 0, ŷ, weight)`. `with_epsilon`: the thresholds run from −ε to 1 + ε
+/// (AUC's), not from 0 to 1 (the rates at a point).
 fn add_auc_counts<T: Float>(
     sums: &mut [[T; 4]],
     from_logits: bool,
+    with_epsilon: bool,
     entries: impl Iterator<Item = (bool, T, T)>,
 ) {
     // Keras' evenly spread thresholds: `−ε, 1/(n−1), …, (n−2)/(n−1), 1 + ε`. A
@@ -1337,16 +1339,21 @@ fn add_auc_counts<T: Float>(
         } else {
             pred
         };
-        let p = p.max(T::zero()).min(T::one());
-        let b = ((p * scale).ceil().f64() - 1.0).max(0.0);
         // NaN predictions land in bucket 0, as TensorFlow's cast of NaN does here.
-        let b = if b.is_finite() {
-            (b as usize).min(n - 1)
+        let b = if p.is_nan() {
+            Some(0)
         } else {
-            0
+            let b = (p.max(T::zero()).min(T::one()) * scale).ceil().f64() - 1.0;
+            match b {
+                // A prediction of 0 (or below) is positive at no threshold of `[0, …, 1]`:
+                // Keras' bucket −1, left out of every bucket; AUC's first threshold is −ε.
+                b if b < 0.0 => with_epsilon.then_some(0),
+                b => Some((b as usize).min(n - 1)),
+            }
         };
-        let slot = usize::from(!actual);
-        buckets[b][slot] += w;
+        if let Some(b) = b {
+            buckets[b][usize::from(!actual)] += w;
+        }
         if actual {
             pos += w;
         } else {
@@ -2450,6 +2457,28 @@ mod tests {
                 );
             }
         }
+        // Outputs of 0 and below are positive at no threshold of [0, …, 1] (AUC's start at −ε).
+        let (t, p) = ([0., 1., 1., 0., 1., 0.], [-0.5, 0.0, 0.3, 0.0, 0.8, 1.7]);
+        for (class, key) in [
+            ("SensitivityAtSpecificity", "specificity"),
+            ("SpecificityAtSensitivity", "sensitivity"),
+            ("PrecisionAtRecall", "recall"),
+            ("RecallAtPrecision", "precision"),
+        ] {
+            let mut cfg = json!({"num_thresholds": 11});
+            cfg[key] = json!(0.5);
+            let r = run(
+                json!({"class_name": class, "config": cfg}),
+                &t,
+                &p,
+                &[6, 1],
+                None,
+            );
+            assert!(close(r, 0.6666666865348816), "{class}: {r}");
+        }
+        let auc = json!({"class_name": "AUC", "config": {"num_thresholds": 11}});
+        let r = run(auc, &t, &p, &[6, 1], None);
+        assert!(close(r, 0.555555522441864), "AUC: {r}");
         let m = |cfg: Value| json!({"class_name": "PrecisionAtRecall", "config": cfg});
         for bad in [
             m(json!({})),
