@@ -970,15 +970,13 @@ impl<T: Float> MetricState<T> {
             ..
         } = function
         {
-            let shape = y_pred.shape();
-            let [_, labels] = *shape else {
-                return Err(ShapeError::mismatch(
-                    format!("metric `{}` outputs", self.metric.name),
-                    shape,
-                    "2-D outputs (batch, labels), as Keras' AUC with multi_label takes",
-                )
-                .into());
-            };
+            let labels = self.two_d(
+                y_true,
+                y_pred,
+                sw,
+                "(batch, labels)",
+                "AUC with multi_label",
+            )?;
             let counts = num_thresholds.saturating_mul(labels);
             if counts > AUC_MAX_COUNTS {
                 return Err(ConfigError::invalid(
@@ -995,7 +993,7 @@ impl<T: Float> MetricState<T> {
             for (j, sums) in self.sums.chunks_mut(num_thresholds).enumerate() {
                 let entries = (0..n).map(|s| {
                     let i = s * labels + j;
-                    let w = sw.map_or(T::one(), |w| w[s * sw_per]);
+                    let w = sw.map_or(T::one(), |w| w[s]);
                     (t[i] != T::zero(), p[i], w)
                 });
                 add_auc_counts(sums, from_logits, true, entries);
@@ -1205,17 +1203,7 @@ impl<T: Float> MetricState<T> {
                 // Keras casts to its integer dtype, truncating.
                 return d.iter().map(|v| v.f64().trunc()).collect();
             }
-            d.chunks(last(t))
-                .map(|row| {
-                    let mut best = 0;
-                    for (i, x) in row.iter().enumerate() {
-                        if *x > row[best] {
-                            best = i;
-                        }
-                    }
-                    best as f64
-                })
-                .collect()
+            d.chunks(last(t)).map(|row| argmax(row) as f64).collect()
         };
         let truth = classes(y_true, c.sparse_true || c.threshold.is_some(), None);
         let pred = classes(y_pred, c.sparse_pred, c.threshold);
@@ -1626,11 +1614,8 @@ fn fbeta<T: Float>(sums: &[[T; 4]], beta: f64, average: FAverage) -> T {
 fn pearson<T: Float>(y: &[T], q: &[T]) -> T {
     let centred = |v: &[T]| -> Vec<T> {
         let m = mean(v);
-        let c: Vec<T> = v.iter().map(|x| *x - m).collect();
-        let cm = mean(&c);
-        let var = mean(&c.iter().map(|x| (*x - cm) * (*x - cm)).collect::<Vec<_>>());
-        let sd = var.sqrt();
-        c.into_iter().map(|x| x / sd).collect()
+        let sd = variance_about(v, m).sqrt();
+        v.iter().map(|x| (*x - m) / sd).collect()
     };
     let (a, b) = (centred(y), centred(q));
     mean(&a.iter().zip(&b).map(|(x, z)| *x * *z).collect::<Vec<_>>())
@@ -1640,12 +1625,7 @@ fn pearson<T: Float>(y: &[T], q: &[T]) -> T {
 /// `mean(2 (y − mean ŷ)(ŷ − mean ŷ) / (var y + var ŷ + (mean y − mean ŷ)² + 1e-7))`.
 fn concordance<T: Float>(y: &[T], q: &[T]) -> T {
     let (my, mq) = (mean(y), mean(q));
-    let var = |v: &[T], m: T| -> T {
-        let c: Vec<T> = v.iter().map(|x| *x - m).collect();
-        let cm = mean(&c);
-        mean(&c.iter().map(|x| (*x - cm) * (*x - cm)).collect::<Vec<_>>())
-    };
-    let norm = var(y, my) + var(q, mq) + (my - mq) * (my - mq);
+    let norm = variance_about(y, my) + variance_about(q, mq) + (my - mq) * (my - mq);
     let two = T::of(2.0);
     let terms: Vec<T> = y
         .iter()
@@ -1653,6 +1633,26 @@ fn concordance<T: Float>(y: &[T], q: &[T]) -> T {
         .map(|(a, b)| two * ((*a - mq) * (*b - mq)) / (norm + T::of(1e-7)))
         .collect();
     mean(&terms)
+}
+
+/// Keras' `ops.var(v − m)`: the population variance of the values less `m`, centred again on
+/// their own mean (as Keras computes it, not assuming `m` is the mean).
+fn variance_about<T: Float>(v: &[T], m: T) -> T {
+    let c: Vec<T> = v.iter().map(|x| *x - m).collect();
+    let cm = mean(&c);
+    mean(&c.iter().map(|x| (*x - cm) * (*x - cm)).collect::<Vec<_>>())
+}
+
+/// The index of the first largest value (0 for an empty or all-NaN slice), as the accuracies
+/// and the one-hot IoU metrics take a class.
+fn argmax<T: Float>(v: &[T]) -> usize {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best
 }
 
 fn mean<T: Float>(v: &[T]) -> T {
@@ -1707,15 +1707,6 @@ fn metric_values<T: Float>(
             .collect()
     };
     let eps = T::of(1e-7);
-    let argmax = |v: &[T]| -> usize {
-        let mut best = 0;
-        for (i, x) in v.iter().enumerate() {
-            if *x > v[best] {
-                best = i;
-            }
-        }
-        best
-    };
     let one_if = |b: bool| if b { T::one() } else { T::zero() };
     // TensorFlow's `in_top_k`: the target's score is finite and fewer than `k` scores beat it.
     let in_top_k = |row: &[T], target: Option<usize>, k: usize| -> T {
