@@ -865,6 +865,15 @@ fn fusable<T: Float>(p: &GruParams<T>, training: bool, dropout: DropoutMasks<'_,
         && p.recurrent_activation.is_elementwise()
 }
 
+/// Whether a batch-1 inference call may be split by units (`engine::pair`): no trace,
+/// element-wise activations, no recurrent dropout, either convention.
+fn pairable<T: Float>(p: &GruParams<T>, training: bool, dropout: DropoutMasks<'_, T>) -> bool {
+    !training
+        && dropout.recurrent.is_none()
+        && p.activation.is_elementwise()
+        && p.recurrent_activation.is_elementwise()
+}
+
 /// Largest recurrent kernel (bytes) for which a sequence is split by batch rows (see
 /// [`batch_parts`]): each part then reads all of `U` at every step, twice the cache traffic of
 /// splitting the units, which pays only while `U` stays in the caches and each part's rows make
@@ -1098,7 +1107,11 @@ fn sequence_rows<T: Float>(
     let in_step = inputs_in_steps(p, fusable, dropout, call_rows / time.max(1));
     let alone = in_step && !team && d > PROJECT_OWN_MAX_K;
     let raw = in_step && (team || alone);
-    if !raw && fusable && !team && super::pair::wanted::<T>(opts.threads, batch, time, u) {
+    if !raw
+        && pairable(p, trace.is_some(), dropout)
+        && !team
+        && super::pair::wanted::<T>(opts.threads, batch, time, u)
+    {
         sequence_pair(p, x, time, h0, opts, dropout, out, ws, shared);
         return;
     }
@@ -1284,8 +1297,8 @@ fn sequence_rows<T: Float>(
     }
 }
 
-/// [`sequence_rows`] for one batch row on two threads, split by units (see `engine::pair`): a
-/// fused inference call (see [`fusable`]) whose inputs are projected before the loop, the
+/// [`sequence_rows`] for one batch row on two threads, split by units (see `engine::pair`): an
+/// inference call (see [`pairable`]) whose inputs are projected before the loop, the
 /// projection done by the caller while the helper thread comes. The same sums as on one
 /// thread.
 #[allow(clippy::too_many_arguments)]
@@ -1312,6 +1325,7 @@ fn sequence_pair<T: Float>(
         hu,
         h,
         h2,
+        tmp,
         packed,
         xm,
         ..
@@ -1325,6 +1339,7 @@ fn sequence_pair<T: Float>(
         rhs,
         time,
         units: u,
+        reset_after: p.reset_after,
         hh_bias: p.hh_bias,
         activation: p.activation,
         recurrent_activation: p.recurrent_activation,
@@ -1349,6 +1364,7 @@ fn sequence_pair<T: Float>(
         h: &mut h[..u],
         h2: &mut h2[..u],
         pre: &mut hu[..g],
+        t: &mut tmp[..u],
         sequence: out.sequence,
         last_output: &mut out.last_output[..u],
     };

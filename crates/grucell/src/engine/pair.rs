@@ -6,7 +6,10 @@
 //! from 128 units `U` (192 KiB) no longer fits a core's L1 (at 512 units, 3 MiB, not its L2).
 //! Split by units, each of two cores reads only its own columns of `U`, from its own caches, and
 //! computes their gates; the two halves of the new state cross between the cores once per step.
-//! Below [`PAIR_MIN_UNITS`] that handoff costs about what the split saves.
+//! Below [`PAIR_MIN_UNITS`] that handoff costs about what the split saves. Keras' other
+//! convention (`reset_after = false`) needs two crossings per step: the candidate's product
+//! takes `r ⊙ h` over all units, so the halves of `r ⊙ h` cross first, then those of the new
+//! state.
 //!
 //! The helper is a rayon job ([`rayon::join`]) that another worker of the caller's pool picks
 //! up when it is free, while the caller projects the inputs. The caller never waits for it to
@@ -55,8 +58,8 @@ const CLOSED: usize = 2;
 /// `start` before the caller hands the state over.
 const NOT_STARTED: usize = usize::MAX;
 
-/// What both threads read: one batch-1 fused inference sequence (`reset_after = true`,
-/// element-wise activations, no recurrent dropout, inputs projected before the loop).
+/// What both threads read: one batch-1 inference sequence (element-wise activations, no
+/// recurrent dropout, inputs projected before the loop).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PairRun<'a, T> {
     /// `U` as the time loop reads it.
@@ -65,7 +68,9 @@ pub(crate) struct PairRun<'a, T> {
     pub time: usize,
     /// Units `u`.
     pub units: usize,
-    /// Recurrent candidate bias `(u)`.
+    /// Keras' convention: the reset gate applied after the candidate's recurrent product.
+    pub reset_after: bool,
+    /// Recurrent candidate bias `(u)` (`reset_after` only).
     pub hh_bias: Option<&'a [T]>,
     /// Candidate activation.
     pub activation: Activation,
@@ -305,6 +310,8 @@ pub(crate) struct CallerBufs<'b, T> {
     pub h2: &'b mut [T],
     /// Scratch `(3u)`.
     pub pre: &'b mut [T],
+    /// Scratch `(u)`: `r ⊙ h` (`reset_after = false`).
+    pub t: &'b mut [T],
     /// Output row `k` at `k·u` (`(T, u)`), where wanted.
     pub sequence: Option<&'b mut [T]>,
     /// The last output `(u)`: the state after the last unmasked step, or zeros (`zero_output`).
@@ -342,9 +349,11 @@ pub(crate) fn run<'a, T: Float>(
         h,
         h2,
         pre,
+        t,
         mut sequence,
         last_output,
     } = bufs;
+    let t = &mut t[..u];
     last_output[..u].fill(T::zero());
     let caller = || {
         let _close = CloseOnDrop(&ex);
@@ -379,29 +388,92 @@ pub(crate) fn run<'a, T: Float>(
                 continue;
             }
             if paired {
-                step_cols(ctx, xp, k, cur, own.clone(), pre, &mut next[own.clone()]);
-                e += 1;
-                ex.put(e, own.clone(), &next[own.clone()]);
-                let answered = ex.take(e, other.clone(), &mut next[other.clone()], Some(GIVE_UP));
-                if !answered {
-                    // The helper stopped answering: this step's other half here, then alone.
-                    step_cols(
+                let answered = if ctx.reset_after {
+                    step_cols(ctx, xp, k, cur, own.clone(), pre, &mut next[own.clone()]);
+                    e += 1;
+                    ex.put(e, own.clone(), &next[own.clone()]);
+                    let answered =
+                        ex.take(e, other.clone(), &mut next[other.clone()], Some(GIVE_UP));
+                    if !answered {
+                        // The helper stopped answering: this step's other half here, then alone.
+                        step_cols(
+                            ctx,
+                            xp,
+                            k,
+                            cur,
+                            other.clone(),
+                            pre,
+                            &mut next[other.clone()],
+                        );
+                    }
+                    answered
+                } else {
+                    // Two crossings: the halves of `r ⊙ h`, then those of the new state. Each
+                    // half's z and r stay in its own part of `pre` for the blend.
+                    let (pre_own, pre_other) = pre.split_at_mut(3 * split);
+                    zr_cols(ctx, xp, k, cur, own.clone(), pre_own, &mut t[own.clone()]);
+                    e += 1;
+                    ex.put(e, own.clone(), &t[own.clone()]);
+                    let mut answered =
+                        ex.take(e, other.clone(), &mut t[other.clone()], Some(GIVE_UP));
+                    if !answered {
+                        zr_cols(
+                            ctx,
+                            xp,
+                            k,
+                            cur,
+                            other.clone(),
+                            pre_other,
+                            &mut t[other.clone()],
+                        );
+                    }
+                    cand_cols(
                         ctx,
                         xp,
                         k,
                         cur,
-                        other.clone(),
-                        pre,
-                        &mut next[other.clone()],
+                        t,
+                        own.clone(),
+                        pre_own,
+                        &mut next[own.clone()],
                     );
-                }
+                    if answered {
+                        e += 1;
+                        ex.put(e, own.clone(), &next[own.clone()]);
+                        answered =
+                            ex.take(e, other.clone(), &mut next[other.clone()], Some(GIVE_UP));
+                        if !answered {
+                            // The other half's z and r for its blend (its `r ⊙ h` again, the
+                            // same values).
+                            zr_cols(
+                                ctx,
+                                xp,
+                                k,
+                                cur,
+                                other.clone(),
+                                pre_other,
+                                &mut t[other.clone()],
+                            );
+                        }
+                    }
+                    if !answered {
+                        let o = other.clone();
+                        cand_cols(ctx, xp, k, cur, t, o.clone(), pre_other, &mut next[o]);
+                    }
+                    answered
+                };
                 if !answered || !pace.paired_step() {
                     paired = false;
                     alone = true;
                     ex.phase.0.store(CLOSED, Ordering::Release);
                 }
             } else {
-                step_cols(ctx, xp, k, cur, 0..u, pre, next);
+                if ctx.reset_after {
+                    step_cols(ctx, xp, k, cur, 0..u, pre, next);
+                } else {
+                    zr_cols(ctx, xp, k, cur, 0..u, pre, t);
+                    cand_cols(ctx, xp, k, cur, t, 0..u, pre, next);
+                }
                 if k > 0 && !alone && pace.alone_ns.is_none() {
                     pace.alone_step();
                 }
@@ -445,6 +517,7 @@ pub(crate) fn run<'a, T: Float>(
         let mut cur = vec![T::zero(); u];
         let mut next = vec![T::zero(); u];
         let mut pre = vec![T::zero(); 3 * other.len()];
+        let mut t = vec![T::zero(); if ctx.reset_after { 0 } else { u }];
         if !ex.take(0, 0..u, &mut cur, None) {
             return;
         }
@@ -453,15 +526,42 @@ pub(crate) fn run<'a, T: Float>(
             if skipped(k) {
                 continue;
             }
-            step_cols(
-                ctx,
-                xp,
-                k,
-                &cur,
-                other.clone(),
-                &mut pre,
-                &mut next[other.clone()],
-            );
+            if !ctx.reset_after {
+                zr_cols(
+                    ctx,
+                    xp,
+                    k,
+                    &cur,
+                    other.clone(),
+                    &mut pre,
+                    &mut t[other.clone()],
+                );
+                e += 1;
+                ex.put(e, other.clone(), &t[other.clone()]);
+                if !ex.take(e, own.clone(), &mut t[own.clone()], None) {
+                    return;
+                }
+                cand_cols(
+                    ctx,
+                    xp,
+                    k,
+                    &cur,
+                    &t,
+                    other.clone(),
+                    &mut pre,
+                    &mut next[other.clone()],
+                );
+            } else {
+                step_cols(
+                    ctx,
+                    xp,
+                    k,
+                    &cur,
+                    other.clone(),
+                    &mut pre,
+                    &mut next[other.clone()],
+                );
+            }
             e += 1;
             ex.put(e, other.clone(), &next[other.clone()]);
             if k + 1 == ctx.time || !ex.take(e, own.clone(), &mut next[own.clone()], None) {
@@ -556,13 +656,131 @@ fn step_cols<T: Float>(
     );
 }
 
+/// The first half of a `reset_after = false` step on units `cols` (time index as
+/// [`step_cols`]): z and r into `pre[..2w]` (`w = |cols|`) and `r ⊙ h` of those units into `out`
+/// (`w`), the arithmetic of the unfused batch-1 step (`gru::step_rows`) on those units alone.
+fn zr_cols<T: Float>(
+    ctx: &PairRun<'_, T>,
+    xp: &[T],
+    k: usize,
+    h: &[T],
+    cols: Range<usize>,
+    pre: &mut [T],
+    out: &mut [T],
+) {
+    let (u, w) = (ctx.units, cols.len());
+    let g = 3 * u;
+    let t = ctx.t(k);
+    let x = &xp[t * g..(t + 1) * g];
+    let (z, rest) = pre[..3 * w].split_at_mut(w);
+    let r = &mut rest[..w];
+    if ctx.zero_start && k == 0 {
+        z.fill(T::zero());
+        r.fill(T::zero());
+    } else {
+        ctx.rhs.row_cols(h, 0..u, 0, cols.clone(), z);
+        ctx.rhs.row_cols(h, 0..u, 1, cols.clone(), r);
+    }
+    let (xz, xr, hb) = (
+        &x[cols.clone()],
+        &x[u + cols.start..u + cols.end],
+        &h[cols.clone()],
+    );
+    if let (Activation::Sigmoid, Activation::Tanh) = (ctx.recurrent_activation, ctx.activation) {
+        let f32s = (
+            T::slice_f32_mut(z),
+            T::slice_f32_mut(r),
+            T::slice_f32(xz),
+            T::slice_f32(xr),
+            T::slice_f32(hb),
+            T::slice_f32_mut(out),
+        );
+        if let (Some(z), Some(r), Some(xz), Some(xr), Some(hb), Some(out)) = f32s {
+            super::gates::reset_before_z(z, xz);
+            super::gates::reset_before_r(r, xr, hb, out);
+            return;
+        }
+    }
+    vectorized(
+        #[inline(always)]
+        || {
+            for (v, xv) in z.iter_mut().zip(xz) {
+                *v += *xv;
+            }
+            for (v, xv) in r.iter_mut().zip(xr) {
+                *v += *xv;
+            }
+            activate(ctx.recurrent_activation, z);
+            activate(ctx.recurrent_activation, r);
+            for ((o, rv), hv) in out.iter_mut().zip(&*r).zip(hb) {
+                *o = *rv * *hv;
+            }
+        },
+    );
+}
+
+/// The second half of a `reset_after = false` step on units `cols`: the candidate's product of
+/// `t = r ⊙ h` (all `u` units) into `pre[2w..3w]`, then the candidate and the blend with z (left
+/// in `pre[..w]` by [`zr_cols`]) into `out` (`w`).
+#[allow(clippy::too_many_arguments)]
+fn cand_cols<T: Float>(
+    ctx: &PairRun<'_, T>,
+    xp: &[T],
+    k: usize,
+    h: &[T],
+    t: &[T],
+    cols: Range<usize>,
+    pre: &mut [T],
+    out: &mut [T],
+) {
+    let (u, w) = (ctx.units, cols.len());
+    let g = 3 * u;
+    let ti = ctx.t(k);
+    let xh = &xp[ti * g + 2 * u + cols.start..ti * g + 2 * u + cols.end];
+    let pre = &mut pre[..3 * w];
+    if ctx.zero_start && k == 0 {
+        pre[2 * w..].fill(T::zero());
+    } else {
+        ctx.rhs
+            .row_cols(t, 0..u, 2, cols.clone(), &mut pre[2 * w..]);
+    }
+    let hb = &h[cols];
+    if let (Activation::Sigmoid, Activation::Tanh) = (ctx.recurrent_activation, ctx.activation) {
+        let f32s = (
+            T::slice_f32_mut(pre),
+            T::slice_f32(xh),
+            T::slice_f32(hb),
+            T::slice_f32_mut(out),
+        );
+        if let (Some(g3), Some(xh), Some(hb), Some(out)) = f32s {
+            super::gates::reset_before_blend(g3, xh, hb, out);
+            return;
+        }
+    }
+    let (z, rest) = pre.split_at_mut(w);
+    let cand = &mut rest[w..];
+    vectorized(
+        #[inline(always)]
+        || {
+            for (c, xv) in cand.iter_mut().zip(xh) {
+                *c += *xv;
+            }
+            activate(ctx.activation, cand);
+            for (((n, zv), hv), cv) in out.iter_mut().zip(&*z).zip(hb).zip(&*cand) {
+                // Keras: z * h + (1 - z) * hh
+                *n = *zv * *hv + (T::one() - *zv) * *cv;
+            }
+        },
+    );
+}
+
 #[cfg(test)]
 mod tests {
     //! The split sequence against the single-threaded one, bit for bit, on every path it has:
     //! units that are and are not multiples of 16, in-place and pre-packed `U`, with and
     //! without biases, initial state, masks (skipped first and last steps, zeroed outputs),
     //! `go_backwards`, input dropout, Keras' default activations (`engine::gates`) and
-    //! others (the slice kernels).
+    //! others (the slice kernels), both of Keras' conventions.
     use super::*;
     use crate::engine::gru::{
         gru_sequence, DropoutMasks, GruParams, SequenceOptions, SequenceOutputs,
@@ -601,6 +819,7 @@ mod tests {
         input_dropout: bool,
         prepack: bool,
         acts: (Activation, Activation),
+        reset_after: bool,
     }
 
     /// Outputs, state and last output of `c` with `threads` threads, and whether the call
@@ -626,10 +845,10 @@ mod tests {
             kernel: &kernel,
             recurrent: &recurrent,
             xp_bias: c.bias.then_some(&xb[..]),
-            hh_bias: c.bias.then_some(&hb[..]),
+            hh_bias: (c.bias && c.reset_after).then_some(&hb[..]),
             input_dim: d,
             units: u,
-            reset_after: true,
+            reset_after: c.reset_after,
             activation: c.acts.1,
             recurrent_activation: c.acts.0,
             packed: None,
@@ -735,7 +954,7 @@ mod tests {
                 24, 20, 256, true, false, true, None, false, true, true, sig_tanh,
             ),
         ];
-        {
+        for reset_after in [true, false] {
             let mut handed = 0;
             for (t, d, u, bias, h0, backwards, mask, zero_output, input_dropout, prepack, acts) in
                 cases.clone()
@@ -752,13 +971,17 @@ mod tests {
                     input_dropout,
                     prepack,
                     acts,
+                    reset_after,
                 };
                 let one = run(&c, 1);
                 assert!(!one.3, "one thread never hands over");
                 // The helper comes only when a worker is free in time: try a few times.
                 for _ in 0..20 {
                     let two = run(&c, 2);
-                    let label = format!("{level}: T={t} D={d} u={u} split={}", two.3);
+                    let label = format!(
+                        "{level}: T={t} D={d} u={u} reset_after={reset_after} split={}",
+                        two.3
+                    );
                     assert!(same(&one.0, &two.0), "{label}: outputs");
                     assert!(same(&one.1, &two.1), "{label}: state");
                     assert!(same(&one.2, &two.2), "{label}: last output");
@@ -771,7 +994,10 @@ mod tests {
             // Where the process has two hardware threads, at least some calls must really
             // have been split (or this test would compare one thread with itself).
             if team_size(2) >= 2 {
-                assert!(handed > 0, "{level}: no call was split between two threads");
+                assert!(
+                    handed > 0,
+                    "{level}, reset_after={reset_after}: no call was split between two threads"
+                );
             }
         }
     }
