@@ -355,8 +355,9 @@ fn check_all_paths(level: Isa) {
 }
 
 /// Batch-1 inference on two threads splits each step by units (`engine::pair`, from 128 units
-/// and 8 steps, where the second worker comes in time): under every kernel level, with and
-/// without masks, initial state and pre-packed weights, the same bits as one thread.
+/// and 8 steps, where the second worker comes in time): under every kernel level, in both of
+/// Keras' conventions, with and without masks, initial state and pre-packed weights, the same
+/// bits as one thread.
 #[test]
 fn batch_one_on_two_threads_matches_one_thread_under_every_level() {
     let _turn = isa_turn();
@@ -366,23 +367,26 @@ fn batch_one_on_two_threads_matches_one_thread_under_every_level() {
             continue;
         }
         isa::set_limit(level);
-        for (i, (size, masked, backwards)) in [
+        for ((i, (size, masked, backwards)), reset_after) in [
             ((1, 40, 9, 130), false, false),
             ((1, 30, 5, 128), true, true),
             ((1, 24, 300, 144), true, false),
         ]
         .into_iter()
         .enumerate()
+        .flat_map(|c| [(c, true), (c, false)])
         {
-            let mut pr = Problem::new(size, true, masked, backwards, false, 90 + i as u64);
+            let mut pr = Problem::new(size, reset_after, masked, backwards, false, 90 + i as u64);
             for (h0, prepack) in [(true, false), (false, true)] {
                 pr.h0_given = h0;
                 pr.prepack = prepack;
                 let one = pr.run::<f32>(1, false);
                 for _ in 0..3 {
                     let two = pr.run::<f32>(2, false);
-                    let label =
-                        format!("{level}: {size:?} mask={masked} h0={h0} prepack={prepack}");
+                    let label = format!(
+                        "{level}: {size:?} reset_after={reset_after} mask={masked} h0={h0} \
+                         prepack={prepack}"
+                    );
                     assert!(same(&one.0, &two.0), "{label}: outputs");
                     assert!(same(&one.1, &two.1), "{label}: state");
                 }
