@@ -335,11 +335,27 @@ fn prepacked_kernel<'a, T: Float>(p: &GruParams<'a, T>) -> Option<&'a super::pac
     prepacked(p).and_then(PackedWeights::kernel)
 }
 
-/// Whether a sequence of this size reads `U` packed (the time loop's panel kernel; see
-/// [`recurrent_rhs`]).
-pub(crate) fn packs_recurrent(batch: usize, time: usize) -> bool {
-    batch >= 2 && time >= 4
+/// Whether a sequence of this size reads `U` packed (the time loop's panel kernel, or at batch 1
+/// strips over sequential panels; see [`recurrent_rhs`]): batches of 2 or more from 4 steps;
+/// batch 1 (a training forward, or a call without [`PackedWeights`]) from
+/// [`BATCH_ONE_PACK_MIN_STEPS`], or from 4 steps where `u` is a multiple of 1024.
+pub(crate) fn packs_recurrent(batch: usize, time: usize, units: usize) -> bool {
+    match batch {
+        0 => false,
+        1 => time >= BATCH_ONE_PACK_MIN_STEPS || (time >= 4 && units % 1024 == 0),
+        _ => time >= 4,
+    }
 }
+
+/// Fewest steps from which a batch-1 sequence packs `U`. In place, its strips take 256 bytes
+/// from each row of `U`, rows `3u` apart; packed, they read whole panels in order, with the
+/// same sums, a few per cent faster a step, after a copy of `U` that costs several steps.
+/// Where `u` is a multiple of 1024 the rows are a multiple of 12 KiB apart and share cache sets,
+/// and the strips in place run at half speed or less. `grucell bench`, training, `(1, T, 64,
+/// u)`, 2 threads, Zen 4, in place → packed: T = 8: u = 384 0.89 → 0.95 ms, 768 3.8 → 4.3, 1024
+/// 11.0 → 6.7; T = 50: u = 384 3.2 → 3.0, 768 13.6 → 12.2, 896 18.0 → 14.9, 1023 26.9 → 21.7,
+/// 1024 52.5 → 20.2.
+const BATCH_ONE_PACK_MIN_STEPS: usize = 32;
 
 /// Rows from which a single step ([`gru_step`]) reads a pre-packed `U` (the panel kernel; fewer
 /// rows take the in-place strips).
@@ -478,7 +494,7 @@ pub(crate) fn team_size(threads: usize) -> usize {
 }
 
 /// The recurrent kernel as the time loop reads it: packed once when the sequence is long enough
-/// for the copy to pay off (batch ≥ 2, ≥ 4 steps), else in place.
+/// for the copy to pay off ([`packs_recurrent`]), else in place.
 pub(crate) fn recurrent_rhs<'a, T: Float>(
     p: &GruParams<'a, T>,
     batch: usize,
@@ -488,7 +504,7 @@ pub(crate) fn recurrent_rhs<'a, T: Float>(
 ) -> Rhs<'a, T> {
     let u = p.units;
     let prepacked = prepacked(p);
-    if packs_recurrent(batch, time) || (batch == 1 && prepacked.is_some()) {
+    if packs_recurrent(batch, time, u) || (batch == 1 && prepacked.is_some()) {
         // Batch 1 reads a pre-packed `U` with the same strips as in place (same sums).
         if let Some(pw) = prepacked {
             return Rhs::Packed(pw.recurrent());

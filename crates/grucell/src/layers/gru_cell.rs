@@ -596,7 +596,7 @@ impl<T: Float> GruCell<T> {
     /// costs as much memory again as `W` and `U`.
     pub fn params_for(&self, batch: usize, time: usize, threads: usize) -> GruParams<'_, T> {
         let mut p = self.params();
-        let engine_packs = packs_recurrent(batch, time)
+        let engine_packs = packs_recurrent(batch, time, self.units())
             || (time == 1 && batch >= STEP_PACKED_MIN_ROWS)
             || batch == 1;
         if p.packed.is_none() && engine_packs {
