@@ -55,8 +55,18 @@ pub struct OutputGrads<'a, T> {
     pub state: Option<&'a [T]>,
 }
 
+/// Fewest units for which a batch-1 reverse loop reads `Uᵀ` in place. Its product is then one
+/// row times `Uᵀ`: the GEMM crate's dot products over rows of `U`, which are contiguous, while
+/// packing `Uᵀ` (a transposing copy) costs several steps. Below, its per-call overhead is more
+/// than the packed strips save. `grucell bench`, training, 2 threads, Zen 4, packed → in place:
+/// `(1, 8, 64, 128)` 0.097 → 0.105 ms, `(1, 100, 32, 192)` 1.35 → 1.55, `(1, 30, 32, 512)`
+/// 4.19 → 4.23, `(1, 100, 64, 512)` 10.4 → 9.7, `(1, 50, 64, 768)` 8.9 → 7.9, `(1, 50, 64,
+/// 1023)` 15.3 → 13.9, `(1, 16, 64, 1024)` 7.8 → 6.1.
+const BATCH_ONE_IN_PLACE_UNITS: usize = 512;
+
 /// `Uᵀ` for the per-step `dG · Uᵀ` of the reverse loop: packed once for sequences of 4 or more
-/// steps (as the forward packs `U`), else read in place by the GEMM crate.
+/// steps, except at batch 1 from [`BATCH_ONE_IN_PLACE_UNITS`]; else read in place by the GEMM
+/// crate.
 struct RecurrentT<'a, T> {
     packed: Option<Rhs<'a, T>>,
     recurrent: &'a [T],
@@ -65,9 +75,15 @@ struct RecurrentT<'a, T> {
 }
 
 impl<'a, T: Float> RecurrentT<'a, T> {
-    fn new(p: &GruParams<'a, T>, time: usize, threads: usize, store: &'a mut PackedRhs<T>) -> Self {
+    fn new(
+        p: &GruParams<'a, T>,
+        batch: usize,
+        time: usize,
+        threads: usize,
+        store: &'a mut PackedRhs<T>,
+    ) -> Self {
         let u = p.units;
-        let packed = (time >= 4).then(|| {
+        let packed = (time >= 4 && (batch > 1 || u < BATCH_ONE_IN_PLACE_UNITS)).then(|| {
             store.pack_with_threads(Operand::new(p.recurrent, 3 * u).t(), 3 * u, u, 1, threads);
             Rhs::Packed(&*store)
         });
@@ -263,7 +279,7 @@ pub fn gru_sequence_backward<T: Float>(
     grow(&mut sums, batch * 4 * u);
     sums[..batch * 4 * u].fill(T::zero());
     let mut part_sums = &mut sums[..batch * 4 * u];
-    let rec = RecurrentT::new(p, time, threads, &mut packed);
+    let rec = RecurrentT::new(p, batch, time, threads, &mut packed);
     let parts = batch_parts(threads, batch, time, u, std::mem::size_of::<T>(), false);
     let mut view = trace.rows(rows, u);
     if parts > 1 && rec.packed.is_some() {

@@ -612,6 +612,24 @@ impl<T: Float> Rhs<'_, T> {
             self.panels_into(&kr, &segs, 0..n_panels, m, lhs, c, ldc, accumulate);
             return;
         }
+        if m == 1 {
+            // Batch 1 split: each segment's columns in runs of whole strips (`strip_granule`),
+            // shared out between the threads, each run summed by the strips of one thread's
+            // product (`Rhs::row_cols`), so the same bits. (The panel kernels below would take
+            // one row per register tile: one chain of dependent FMAs per panel.)
+            let granule = strip_granule::<T>();
+            let per = seg.div_ceil(granule).div_ceil(threads).max(1) * granule;
+            c[segs.start * seg..segs.end * seg]
+                .par_chunks_mut(seg)
+                .zip(segs.clone())
+                .for_each(|(cs, s)| {
+                    cs.par_chunks_mut(per).enumerate().for_each(|(j, cc)| {
+                        let strip = self.strip(s).skip(j * per);
+                        run_strip(a, &kr, strip, cc.len(), cc, accumulate);
+                    });
+                });
+            return;
+        }
         // Panel-major scratch: panel i's m × NR tile at i·m·NR; each thread takes a run of panels.
         // Accumulating products start from C's values in the scratch, so that every element is
         // summed in the order of the single-threaded path (see `gather`).
