@@ -342,7 +342,7 @@ fn prepacked_kernel<'a, T: Float>(p: &GruParams<'a, T>) -> Option<&'a super::pac
 pub(crate) fn packs_recurrent(batch: usize, time: usize, units: usize) -> bool {
     match batch {
         0 => false,
-        1 => time >= BATCH_ONE_PACK_MIN_STEPS || (time >= 4 && units % 1024 == 0),
+        1 => time >= BATCH_ONE_PACK_MIN_STEPS || (time >= 4 && units.is_multiple_of(1024)),
         _ => time >= 4,
     }
 }

@@ -83,6 +83,12 @@ pub(crate) struct PairRun<'a, T> {
 }
 
 impl<T> PairRun<'_, T> {
+    /// Step `k`'s input projections `(3u)` in `xp` `(T, 3u)`.
+    fn projections<'x>(&self, xp: &'x [T], k: usize) -> &'x [T] {
+        let (g, t) = (3 * self.units, self.t(k));
+        &xp[t * g..(t + 1) * g]
+    }
+
     /// The time index of step `k`.
     fn t(&self, k: usize) -> usize {
         if self.go_backwards {
@@ -270,6 +276,13 @@ impl<T: Float> Exchange<'_, T> {
         }
     }
 
+    /// The caller's side of exchange `e`: publishes units `own` of `buf`, then takes units
+    /// `other` into it (`false`: the helper did not answer within [`GIVE_UP`]).
+    fn swap(&self, e: usize, own: &Range<usize>, other: &Range<usize>, buf: &mut [T]) -> bool {
+        self.put(e, own.clone(), &buf[own.clone()]);
+        self.take(e, other.clone(), &mut buf[other.clone()], Some(GIVE_UP))
+    }
+
     /// Reads units `cols` of exchange `e` into `v`, each as soon as it is published: `false`
     /// if `give_up` passes first, or the helper's phase is closed while waiting.
     ///
@@ -389,76 +402,46 @@ pub(crate) fn run<'a, T: Float>(
             }
             if paired {
                 let answered = if ctx.reset_after {
-                    step_cols(ctx, xp, k, cur, own.clone(), pre, &mut next[own.clone()]);
+                    let step = |cols: &Range<usize>, pre: &mut [T], next: &mut [T]| {
+                        step_cols(ctx, xp, k, cur, cols.clone(), pre, &mut next[cols.clone()]);
+                    };
+                    step(&own, pre, next);
                     e += 1;
-                    ex.put(e, own.clone(), &next[own.clone()]);
-                    let answered =
-                        ex.take(e, other.clone(), &mut next[other.clone()], Some(GIVE_UP));
+                    let answered = ex.swap(e, &own, &other, next);
                     if !answered {
                         // The helper stopped answering: this step's other half here, then alone.
-                        step_cols(
-                            ctx,
-                            xp,
-                            k,
-                            cur,
-                            other.clone(),
-                            pre,
-                            &mut next[other.clone()],
-                        );
+                        step(&other, pre, next);
                     }
                     answered
                 } else {
                     // Two crossings: the halves of `r ⊙ h`, then those of the new state. Each
                     // half's z and r stay in its own part of `pre` for the blend.
                     let (pre_own, pre_other) = pre.split_at_mut(3 * split);
-                    zr_cols(ctx, xp, k, cur, own.clone(), pre_own, &mut t[own.clone()]);
+                    let zr = |cols: &Range<usize>, pre: &mut [T], t: &mut [T]| {
+                        zr_cols(ctx, xp, k, cur, cols.clone(), pre, &mut t[cols.clone()]);
+                    };
+                    let cand = |cols: &Range<usize>, pre: &mut [T], t: &[T], next: &mut [T]| {
+                        let out = &mut next[cols.clone()];
+                        cand_cols(ctx, xp, k, cur, t, cols.clone(), pre, out);
+                    };
+                    zr(&own, pre_own, t);
                     e += 1;
-                    ex.put(e, own.clone(), &t[own.clone()]);
-                    let mut answered =
-                        ex.take(e, other.clone(), &mut t[other.clone()], Some(GIVE_UP));
+                    let mut answered = ex.swap(e, &own, &other, t);
                     if !answered {
-                        zr_cols(
-                            ctx,
-                            xp,
-                            k,
-                            cur,
-                            other.clone(),
-                            pre_other,
-                            &mut t[other.clone()],
-                        );
+                        zr(&other, pre_other, t);
                     }
-                    cand_cols(
-                        ctx,
-                        xp,
-                        k,
-                        cur,
-                        t,
-                        own.clone(),
-                        pre_own,
-                        &mut next[own.clone()],
-                    );
+                    cand(&own, pre_own, t, next);
                     if answered {
                         e += 1;
-                        ex.put(e, own.clone(), &next[own.clone()]);
-                        answered =
-                            ex.take(e, other.clone(), &mut next[other.clone()], Some(GIVE_UP));
+                        answered = ex.swap(e, &own, &other, next);
                         if !answered {
                             // The other half's z and r for its blend (its `r ⊙ h` again, the
                             // same values).
-                            zr_cols(
-                                ctx,
-                                xp,
-                                k,
-                                cur,
-                                other.clone(),
-                                pre_other,
-                                &mut t[other.clone()],
-                            );
+                            zr(&other, pre_other, t);
                         }
                     }
                     if !answered {
-                        let o = other.clone();
-                        cand_cols(ctx, xp, k, cur, t, o.clone(), pre_other, &mut next[o]);
+                        cand(&other, pre_other, t, next);
                     }
                     answered
                 };
@@ -588,8 +571,7 @@ fn step_cols<T: Float>(
 ) {
     let (u, w) = (ctx.units, cols.len());
     let g = 3 * u;
-    let t = ctx.t(k);
-    let x = &xp[t * g..(t + 1) * g];
+    let x = ctx.projections(xp, k);
     let pre = &mut pre[..3 * w];
     if ctx.zero_start && k == 0 {
         pre.fill(T::zero());
@@ -631,14 +613,7 @@ fn step_cols<T: Float>(
     vectorized(
         #[inline(always)]
         || {
-            for (v, xv) in z.iter_mut().zip(xz) {
-                *v += *xv;
-            }
-            for (v, xv) in r.iter_mut().zip(xr) {
-                *v += *xv;
-            }
-            activate(ctx.recurrent_activation, z);
-            activate(ctx.recurrent_activation, r);
+            z_and_r(ctx.recurrent_activation, z, r, xz, xr);
             if let Some(br) = bias {
                 for (c, bv) in cand.iter_mut().zip(br) {
                     *c += *bv;
@@ -648,10 +623,7 @@ fn step_cols<T: Float>(
                 *c = *xv + *rv * *c;
             }
             activate(ctx.activation, cand);
-            for (((n, zv), hv), cv) in out.iter_mut().zip(&*z).zip(hb).zip(&*cand) {
-                // Keras: z * h + (1 - z) * hh
-                *n = *zv * *hv + (T::one() - *zv) * *cv;
-            }
+            blend(z, hb, cand, out);
         },
     );
 }
@@ -669,9 +641,7 @@ fn zr_cols<T: Float>(
     out: &mut [T],
 ) {
     let (u, w) = (ctx.units, cols.len());
-    let g = 3 * u;
-    let t = ctx.t(k);
-    let x = &xp[t * g..(t + 1) * g];
+    let x = ctx.projections(xp, k);
     let (z, rest) = pre[..3 * w].split_at_mut(w);
     let r = &mut rest[..w];
     if ctx.zero_start && k == 0 {
@@ -704,14 +674,7 @@ fn zr_cols<T: Float>(
     vectorized(
         #[inline(always)]
         || {
-            for (v, xv) in z.iter_mut().zip(xz) {
-                *v += *xv;
-            }
-            for (v, xv) in r.iter_mut().zip(xr) {
-                *v += *xv;
-            }
-            activate(ctx.recurrent_activation, z);
-            activate(ctx.recurrent_activation, r);
+            z_and_r(ctx.recurrent_activation, z, r, xz, xr);
             for ((o, rv), hv) in out.iter_mut().zip(&*r).zip(hb) {
                 *o = *rv * *hv;
             }
@@ -734,9 +697,7 @@ fn cand_cols<T: Float>(
     out: &mut [T],
 ) {
     let (u, w) = (ctx.units, cols.len());
-    let g = 3 * u;
-    let ti = ctx.t(k);
-    let xh = &xp[ti * g + 2 * u + cols.start..ti * g + 2 * u + cols.end];
+    let xh = &ctx.projections(xp, k)[2 * u + cols.start..2 * u + cols.end];
     let pre = &mut pre[..3 * w];
     if ctx.zero_start && k == 0 {
         pre[2 * w..].fill(T::zero());
@@ -766,12 +727,32 @@ fn cand_cols<T: Float>(
                 *c += *xv;
             }
             activate(ctx.activation, cand);
-            for (((n, zv), hv), cv) in out.iter_mut().zip(&*z).zip(hb).zip(&*cand) {
-                // Keras: z * h + (1 - z) * hh
-                *n = *zv * *hv + (T::one() - *zv) * *cv;
-            }
+            blend(z, hb, cand, out);
         },
     );
+}
+
+/// z and r of some units from their products (in place) and input projections, with the gate
+/// activation: the generic passes of [`step_cols`] and [`zr_cols`].
+#[inline(always)]
+fn z_and_r<T: Float>(act: Activation, z: &mut [T], r: &mut [T], xz: &[T], xr: &[T]) {
+    for (v, xv) in z.iter_mut().zip(xz) {
+        *v += *xv;
+    }
+    for (v, xv) in r.iter_mut().zip(xr) {
+        *v += *xv;
+    }
+    activate(act, z);
+    activate(act, r);
+}
+
+/// The new state of some units, `h' = z ⊙ h + (1 − z) ⊙ ĥ`, into `out`.
+#[inline(always)]
+fn blend<T: Float>(z: &[T], h: &[T], cand: &[T], out: &mut [T]) {
+    for (((n, zv), hv), cv) in out.iter_mut().zip(z).zip(h).zip(cand) {
+        // Keras: z * h + (1 - z) * hh
+        *n = *zv * *hv + (T::one() - *zv) * *cv;
+    }
 }
 
 #[cfg(test)]
