@@ -775,7 +775,8 @@ def check_fit(args, keras, layers, rng, pick, out):
                         "root_mean_squared_error", "precision", "recall", "log_cosh_error", "cosine_similarity",
                         "hinge", "squared_hinge", "categorical_hinge", "kl_divergence", "top_k_categorical_accuracy",
                         "auc", "true_positives", "false_negatives", "binary_crossentropy"]
-                pool += ["pearson_correlation", "concordance_correlation", "binary_iou", "recall_at_p"]
+                pool += ["pearson_correlation", "concordance_correlation", "binary_iou", "recall_at_p",
+                         "precision_top1", "recall_class0", "sens_at_spec_class0"]
                 # R² and the F-scores take (batch, outputs) only.
                 if not rs:
                     pool += ["r2_score", "f1_macro", "f1_micro", "fbeta_weighted", "auc_ml"]
@@ -792,6 +793,10 @@ def check_fit(args, keras, layers, rng, pick, out):
                        beta=2.0, average="weighted", threshold=0.4, name=n),
                    "binary_iou": lambda n: keras.metrics.BinaryIoU(target_class_ids=[0, 1], threshold=0.4, name=n),
                    "recall_at_p": lambda n: keras.metrics.RecallAtPrecision(0.6, num_thresholds=20, name=n),
+                   "precision_top1": lambda n: keras.metrics.Precision(top_k=1, name=n),
+                   "recall_class0": lambda n: keras.metrics.Recall(class_id=0, thresholds=0.3, name=n),
+                   "sens_at_spec_class0": lambda n: keras.metrics.SensitivityAtSpecificity(
+                       0.5, class_id=0, num_thresholds=20, name=n),
                    "auc_ml": lambda n: keras.metrics.AUC(multi_label=True, num_thresholds=50, name=n)}
         as_metrics = lambda names: [objects[n](n) if n in objects else n for n in names] or None
         m.compile(optimizer=opt, loss=loss_obj, metrics=as_metrics(metric_names),

@@ -62,7 +62,8 @@ use crate::train::optimizer::{Optimizer, OptimizerConfig};
 /// `m` when it can be computed on an output of shape `shape` (where the config gives it): the
 /// metrics Keras builds for `(batch, columns)` outputs only (the F-scores, R², multi-label AUC)
 /// need rank 2, as Keras fails on others; Keras' default F-score is a vector of one score per
-/// class, and grucell logs scalars, so it takes that only for one column.
+/// class, and grucell logs scalars, so it takes that only for one column; a `class_id` or
+/// `top_k` beyond the last axis fails in Keras.
 fn fits_output(m: Metric, shape: Option<&Vec<Option<usize>>>) -> Result<Metric, ConfigError> {
     let Some(s) = shape else {
         return Ok(m);
@@ -93,6 +94,20 @@ fn fits_output(m: Metric, shape: Option<&Vec<Option<usize>>>) -> Result<Metric, 
             ..
         }
     );
+    let select = m.function.selection();
+    if let Some(Some(d)) = s.last() {
+        // Keras fails on a column or a top-k the last axis does not have.
+        let beyond = [
+            ("class_id", select.class_id.filter(|c| c >= d)),
+            ("top_k", select.top_k.filter(|k| k > d)),
+        ];
+        if let Some((key, Some(v))) = beyond.into_iter().find(|(_, v)| v.is_some()) {
+            return Err(ConfigError::unsupported(
+                "metric",
+                format!("`{}` with {key} {v} on an output of {d} columns", m.name),
+            ));
+        }
+    }
     match s.last() {
         Some(d) if per_class && *d != Some(1) => Err(ConfigError::unsupported(
             "metric",

@@ -17,7 +17,7 @@
 //! divergence, Poisson, the hinges). Metrics that are not mean wrappers and do not see the
 //! output mask, as in Keras: `root_mean_squared_error` (a weighted mean of squares, then its
 //! root), `precision`, `recall` and the four confusion counts (weighted counts over the epoch,
-//! one threshold, no `top_k` or `class_id`), `auc` (thresholds spread evenly; one label, or
+//! one threshold; `precision` and `recall` with Keras' `top_k` and `class_id`), `auc` (thresholds spread evenly; one label, or
 //! with `multi_label` the mean of the columns' areas), `r2_score` (combined over the output
 //! columns) and `F1Score`/`FBetaScore` (counts per class over the epoch, combined `micro`,
 //! `macro` or `weighted`; Keras' default of one score per class only for one column).
@@ -25,7 +25,7 @@
 //! the last axis. The IoU metrics (`IoU`, `MeanIoU`, `BinaryIoU`, `OneHotIoU`, `OneHotMeanIoU`)
 //! count a confusion matrix over the epoch as Keras' integer-typed base class does, and
 //! `SensitivityAtSpecificity`, `SpecificityAtSensitivity`, `PrecisionAtRecall` and
-//! `RecallAtPrecision` AUC's counts at evenly spread thresholds. Other metrics are reported by [`Metric::from_keras`] as unsupported.
+//! `RecallAtPrecision` AUC's counts at evenly spread thresholds (with `class_id`). Other metrics are reported by [`Metric::from_keras`] as unsupported.
 
 use serde_json::{Map, Value};
 
@@ -67,13 +67,17 @@ pub enum MetricFn {
     /// True positives over predicted positives, `ŷ > threshold` against `y ≠ 0`, per entry,
     /// counted over the epoch (the output mask does not apply).
     Precision {
-        /// Keras default 0.5.
+        /// Keras default 0.5 (0 with `top_k`).
         threshold: f64,
+        /// Keras' `top_k` and `class_id`.
+        select: Selection,
     },
     /// True positives over actual positives, as `Precision`.
     Recall {
-        /// Keras default 0.5.
+        /// Keras default 0.5 (0 with `top_k`).
         threshold: f64,
+        /// Keras' `top_k` and `class_id`.
+        select: Selection,
     },
     /// The mean of a Keras loss function's values (Keras' `BinaryCrossentropy`,
     /// `CategoricalCrossentropy`, `SparseCategoricalCrossentropy`, `KLDivergence`, `Poisson`,
@@ -156,6 +160,8 @@ pub enum MetricFn {
         value: f64,
         /// Keras default 200.
         num_thresholds: usize,
+        /// Keras' `class_id` (`top_k` is not a setting of these metrics).
+        select: Selection,
     },
     /// The F-beta score of `(batch, classes)` outputs over the epoch (Keras' `FBetaScore`, and
     /// `F1Score` with `beta = 1`): weighted true-positive, false-positive and false-negative
@@ -212,6 +218,30 @@ impl IouConfig {
             Some(bits) => c < 256 && bits[c / 64] >> (c % 64) & 1 == 1,
         }
     }
+}
+
+impl MetricFn {
+    /// The entries a confusion-count metric sees: Keras' `top_k` and `class_id`, where the
+    /// metric has them.
+    pub fn selection(&self) -> Selection {
+        match *self {
+            MetricFn::Precision { select, .. }
+            | MetricFn::Recall { select, .. }
+            | MetricFn::AtPoint { select, .. } => select,
+            _ => Selection::default(),
+        }
+    }
+}
+
+/// The entries a confusion-count metric sees (Keras' `top_k` and `class_id` of `Precision`,
+/// `Recall` and the rates at a point), along the last axis of `ŷ`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Only the `k` largest `ŷ` of each row keep their value; the others count as −10¹⁰ (Keras'
+    /// `_filter_top_k`; of equal values the first come first).
+    pub top_k: Option<usize>,
+    /// Only this column counts (`y[..., class_id]` against `ŷ[..., class_id]`), after `top_k`.
+    pub class_id: Option<usize>,
 }
 
 /// Which [`MetricFn::AtPoint`] metric: the rate maximized, and the one held at its value.
@@ -332,8 +362,14 @@ impl Metric {
                 MetricFn::SparseCategoricalAccuracy
             }
             "root_mean_squared_error" | "RootMeanSquaredError" => MetricFn::RootMeanSquaredError,
-            "precision" | "Precision" => MetricFn::Precision { threshold: 0.5 },
-            "recall" | "Recall" => MetricFn::Recall { threshold: 0.5 },
+            "precision" | "Precision" => MetricFn::Precision {
+                threshold: 0.5,
+                select: Selection::default(),
+            },
+            "recall" | "Recall" => MetricFn::Recall {
+                threshold: 0.5,
+                select: Selection::default(),
+            },
             "bce" | "BCE" | "binary_crossentropy" | "BinaryCrossentropy" => {
                 MetricFn::Loss(Loss::BinaryCrossentropy {
                     from_logits: false,
@@ -522,6 +558,10 @@ impl Metric {
         let k = || -> Result<usize, ConfigError> {
             Ok(get_u64(cfg, "k")?.map_or(5, |k| usize::try_from(k).unwrap_or(usize::MAX)))
         };
+        // `top_k`, `class_id`: null or a whole number.
+        let index = |key: &str| -> Result<Option<usize>, ConfigError> {
+            Ok(get_u64(cfg, key)?.map(|v| usize::try_from(v).unwrap_or(usize::MAX)))
+        };
         let function = match class {
             // A metric class named "Accuracy" is Keras' exact-equality metric, not the
             // string's shape-resolved accuracy.
@@ -552,9 +592,10 @@ impl Metric {
             | "SpecificityAtSensitivity"
             | "PrecisionAtRecall"
             | "RecallAtPrecision" => {
-                if setting("class_id").is_some() {
-                    return refuse("`class_id`".into());
-                }
+                let select = Selection {
+                    top_k: None,
+                    class_id: index("class_id")?,
+                };
                 let (kind, key) = match class {
                     "SensitivityAtSpecificity" => {
                         (AtPoint::SensitivityAtSpecificity, "specificity")
@@ -592,6 +633,7 @@ impl Metric {
                     kind,
                     value,
                     num_thresholds,
+                    select,
                 }
             }
             "F1Score" | "FBetaScore" => {
@@ -649,18 +691,32 @@ impl Metric {
             "BinaryAccuracy" => MetricFn::BinaryAccuracy {
                 threshold: get_f64(cfg, "threshold", 0.5)?,
             },
-            "Precision" | "Recall" | "TruePositives" | "FalsePositives" | "TrueNegatives"
-            | "FalseNegatives" => {
-                if let Some(k) = ["top_k", "class_id"]
-                    .into_iter()
-                    .find(|k| setting(k).is_some())
-                {
-                    return refuse(format!("`{k}`"));
+            "Precision" | "Recall" => {
+                let select = Selection {
+                    top_k: index("top_k")?,
+                    class_id: index("class_id")?,
+                };
+                if select.top_k == Some(0) {
+                    return Err(ConfigError::invalid(
+                        format!("{class}.top_k"),
+                        0,
+                        "null or a positive integer",
+                    ));
                 }
+                // Keras' default threshold is 0 with `top_k` (the others count as −10¹⁰).
+                let threshold = match (setting("thresholds"), select.top_k) {
+                    (None, Some(_)) => 0.0,
+                    _ => threshold()?,
+                };
+                if class == "Precision" {
+                    MetricFn::Precision { threshold, select }
+                } else {
+                    MetricFn::Recall { threshold, select }
+                }
+            }
+            "TruePositives" | "FalsePositives" | "TrueNegatives" | "FalseNegatives" => {
                 let threshold = threshold()?;
                 match Metric::from_name(class)?.function {
-                    MetricFn::Precision { .. } => MetricFn::Precision { threshold },
-                    MetricFn::Recall { .. } => MetricFn::Recall { threshold },
                     MetricFn::Count { count, .. } => MetricFn::Count { count, threshold },
                     f => f,
                 }
@@ -1001,18 +1057,43 @@ impl<T: Float> MetricState<T> {
             return Ok(());
         }
         if confusion {
+            let select = function.selection();
+            let last = y_pred.shape().last().copied().unwrap_or(1).max(1);
+            let too_big = |key: &str, v: usize, want: String| -> Error {
+                ConfigError::invalid(format!("metric `{}` {key}", self.metric.name), v, want).into()
+            };
+            if let Some(c) = select.class_id.filter(|c| *c >= last) {
+                return Err(too_big(
+                    "class_id",
+                    c,
+                    format!("below {last}, the output's last axis"),
+                ));
+            }
+            if let Some(k) = select.top_k.filter(|k| *k > last) {
+                return Err(too_big(
+                    "top_k",
+                    k,
+                    format!("at most {last}, the output's last axis"),
+                ));
+            }
+            let kept = select.top_k.map(|k| top_k_kept(y_pred.data(), last, k));
             // Per entry: its label, prediction and weight.
-            let entries =
-                y_true
-                    .data()
-                    .iter()
-                    .zip(y_pred.data())
-                    .enumerate()
-                    .map(|(i, (&label, &pred))| {
-                        let (s, j) = (i / per, (i % per) / each);
-                        let w = sw.map_or(T::one(), |w| w[s * sw_per + j * sw_per / w_per]);
-                        (label != T::zero(), pred, w)
-                    });
+            let entries = y_true
+                .data()
+                .iter()
+                .zip(y_pred.data())
+                .enumerate()
+                .filter(|(i, _)| select.class_id.is_none_or(|c| i % last == c))
+                .map(|(i, (&label, &pred))| {
+                    let (s, j) = (i / per, (i % per) / each);
+                    let w = sw.map_or(T::one(), |w| w[s * sw_per + j * sw_per / w_per]);
+                    // Keras: `x · mask + NEG_INF · (1 − mask)`.
+                    let pred = match &kept {
+                        Some(kept) if !kept[i] => pred * T::zero() + T::of(TOP_K_OUT),
+                        _ => pred,
+                    };
+                    (label != T::zero(), pred, w)
+                });
             self.count_confusion(function, entries);
             return Ok(());
         }
@@ -1259,7 +1340,7 @@ impl<T: Float> MetricState<T> {
     /// Adds one batch's weighted confusion counts: `(y ≠ 0, ŷ, weight)` per entry.
     fn count_confusion(&mut self, function: MetricFn, entries: impl Iterator<Item = (bool, T, T)>) {
         match function {
-            MetricFn::Precision { threshold } | MetricFn::Recall { threshold } => {
+            MetricFn::Precision { threshold, .. } | MetricFn::Recall { threshold, .. } => {
                 // `total` true positives, `count` those plus the false positives (precision)
                 // or the false negatives (recall).
                 let th = T::of(threshold);
@@ -1299,6 +1380,34 @@ impl<T: Float> MetricState<T> {
             _ => {}
         }
     }
+}
+
+/// What Keras' `_filter_top_k` gives the entries outside a row's `top_k` (its `NEG_INF`).
+const TOP_K_OUT: f64 = -1e10;
+
+/// Whether each entry of `pred` (rows of `last`) is among its row's `k` largest (TensorFlow's
+/// `top_k`: of equal values the first come first; NaN below every number).
+fn top_k_kept<T: Float>(pred: &[T], last: usize, k: usize) -> Vec<bool> {
+    let mut kept = vec![false; pred.len()];
+    let mut order: Vec<usize> = Vec::with_capacity(last);
+    for (row, out) in pred.chunks(last).zip(kept.chunks_mut(last)) {
+        order.clear();
+        order.extend(0..row.len());
+        // Stable: equal values keep their order.
+        order.sort_by(|&a, &b| {
+            let (x, y) = (row[a], row[b]);
+            match (x.is_nan(), y.is_nan()) {
+                (true, true) => std::cmp::Ordering::Equal,
+                (true, false) => std::cmp::Ordering::Greater,
+                (false, true) => std::cmp::Ordering::Less,
+                _ => y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal),
+            }
+        });
+        for &j in order.iter().take(k) {
+            out[j] = true;
+        }
+    }
+    kept
 }
 
 /// Adds one batch's AUC counts per threshold (`[tp, fp, tn, fn]` in `sums`, one per threshold)
@@ -2476,10 +2585,77 @@ mod tests {
             m(json!({"recall": 1.5})),
             m(json!({"recall": 0.5, "num_thresholds": 0})),
             m(json!({"recall": 0.5, "num_thresholds": 1})),
-            m(json!({"recall": 0.5, "class_id": 1})),
+            m(json!({"recall": 0.5, "class_id": -1})),
         ] {
             assert!(Metric::from_keras(&bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn top_k_and_class_id_match_keras_over_two_batches() {
+        // Keras 3.15.1: update_state on two batches of (n, 3) outputs, without and with sample
+        // weights. Rows [0.5, 0.5, 0.2] and [0.3, 0.3, 0.3] tie at the top-k boundary.
+        let (yt1, yp1) = (
+            [0., 1., 0., 1., 0., 0., 0., 0., 1., 0., 1., 1., 1., 0., 1.],
+            [
+                0.2, 0.7, 0.1, 0.6, 0.3, 0.8, 0.1, 0.4, 0.35, 0.5, 0.5, 0.2, 0.9, 0.05, 0.6,
+            ],
+        );
+        let (yt2, yp2) = (
+            [1., 0., 0., 0., 1., 0., 0., 0., 1.],
+            [0.3, 0.3, 0.3, 0.2, 0.9, 0.1, 0.45, 0.6, 0.7],
+        );
+        let (w1, w2) = ([1.0, 2.0, 0.5, 1.0, 3.0], [2.0, 1.0, 0.5]);
+        #[rustfmt::skip]
+        let cases: [(&str, Value, [f64; 2]); 11] = [
+            ("Precision", json!({"class_id": 1}), [0.6666666865348816, 0.800000011920929]),
+            ("Precision", json!({"class_id": 2, "thresholds": 0.3}), [0.75, 0.6666666865348816]),
+            ("Recall", json!({"class_id": 0}), [0.6666666865348816, 0.7142857313156128]),
+            ("Precision", json!({"top_k": 1}), [0.625, 0.6818181872367859]),
+            ("Recall", json!({"top_k": 2}), [0.8999999761581421, 0.9333333373069763]),
+            ("Precision", json!({"top_k": 2, "class_id": 2}), [0.75, 0.6666666865348816]),
+            ("Recall", json!({"top_k": 1, "class_id": 1}), [0.6666666865348816, 0.6666666865348816]),
+            ("Precision", json!({"top_k": 2, "thresholds": 0.4}), [0.699999988079071, 0.7666666507720947]),
+            ("SensitivityAtSpecificity", json!({"specificity": 0.5, "class_id": 2, "num_thresholds": 11}), [1.0, 0.800000011920929]),
+            ("RecallAtPrecision", json!({"precision": 0.5, "class_id": 0, "num_thresholds": 11}), [1.0, 1.0]),
+            ("PrecisionAtRecall", json!({"recall": 0.6, "class_id": 1}), [1.0, 1.0]),
+        ];
+        for (class, cfg, want) in cases {
+            let metric = json!({"class_name": class, "config": cfg});
+            for (weighted, want) in [false, true].into_iter().zip(want) {
+                let mut state =
+                    MetricState::<f32>::new(Metric::from_keras(&metric).unwrap(), weighted);
+                for (t, p, w) in [(&yt1[..], &yp1[..], &w1[..]), (&yt2, &yp2, &w2)] {
+                    let t = Tensor::new(vec![t.len() / 3, 3], t.to_vec()).unwrap();
+                    let p = Tensor::new(vec![p.len() / 3, 3], p.to_vec()).unwrap();
+                    state.update(&t, &p, None, None, Some(w)).unwrap();
+                }
+                let r = state.result();
+                assert!(
+                    close(r, want),
+                    "{metric} weighted {weighted}: {r} against {want}"
+                );
+            }
+        }
+        // Beyond the last axis: an error naming the setting, not a panic.
+        let (t, p) = (
+            Tensor::new(vec![1, 3], vec![0., 1., 0.]).unwrap(),
+            Tensor::new(vec![1, 3], vec![0.2, 0.7, 0.1]).unwrap(),
+        );
+        for (cfg, key) in [
+            (json!({"class_id": 3}), "class_id"),
+            (json!({"top_k": 4}), "top_k"),
+        ] {
+            let metric = json!({"class_name": "Recall", "config": cfg});
+            let mut state = MetricState::<f32>::new(Metric::from_keras(&metric).unwrap(), false);
+            let err = state
+                .update(&t, &p, None, None, None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        let bad = json!({"class_name": "Precision", "config": {"top_k": 0}});
+        assert!(Metric::from_keras(&bad).is_err());
     }
 
     #[test]
