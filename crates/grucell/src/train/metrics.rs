@@ -67,14 +67,14 @@ pub enum MetricFn {
     /// True positives over predicted positives, `ŷ > threshold` against `y ≠ 0`, per entry,
     /// counted over the epoch (the output mask does not apply).
     Precision {
-        /// Keras default 0.5 (0 with `top_k`).
+        /// Keras default 0.5 (−10¹⁰ with `top_k`).
         threshold: f64,
         /// Keras' `top_k` and `class_id`.
         select: Selection,
     },
     /// True positives over actual positives, as `Precision`.
     Recall {
-        /// Keras default 0.5 (0 with `top_k`).
+        /// Keras default 0.5 (−10¹⁰ with `top_k`).
         threshold: f64,
         /// Keras' `top_k` and `class_id`.
         select: Selection,
@@ -703,9 +703,10 @@ impl Metric {
                         "null or a positive integer",
                     ));
                 }
-                // Keras' default threshold is 0 with `top_k` (the others count as −10¹⁰).
+                // Keras' default threshold with `top_k` is its `NEG_INF`: every entry kept is a
+                // positive, every other (set to `NEG_INF`) a negative.
                 let threshold = match (setting("thresholds"), select.top_k) {
-                    (None, Some(_)) => 0.0,
+                    (None, Some(_)) => TOP_K_OUT,
                     _ => threshold()?,
                 };
                 if class == "Precision" {
@@ -2636,6 +2637,25 @@ mod tests {
                     "{metric} weighted {weighted}: {r} against {want}"
                 );
             }
+        }
+        // Kept entries of 0 and below are positives too: Keras' default threshold with `top_k` is
+        // −10¹⁰ (0.2 and 0.0 with a threshold of 0).
+        let t = [0., 1., 0., 1., 0., 0., 0., 0., 1., 0., 1., 1.];
+        let p = [
+            -0.2, -0.7, -0.1, 0.6, -0.3, 0.8, -0.1, -0.4, -0.35, 0.0, -0.5, -0.2,
+        ];
+        for (class, cfg, want) in [
+            ("Recall", json!({"top_k": 2}), 0.6000000238418579),
+            ("Precision", json!({"top_k": 2, "class_id": 0}), 0.25),
+        ] {
+            let r = run(
+                json!({"class_name": class, "config": cfg}),
+                &t,
+                &p,
+                &[4, 3],
+                None,
+            );
+            assert!(close(r, want), "{class} {cfg}: {r} against {want}");
         }
         // Beyond the last axis: an error naming the setting, not a panic.
         let (t, p) = (
