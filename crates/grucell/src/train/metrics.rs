@@ -2639,7 +2639,7 @@ mod tests {
             }
         }
         // Kept entries of 0 and below are positives too: Keras' default threshold with `top_k` is
-        // −10¹⁰ (0.2 and 0.0 with a threshold of 0).
+        // −10¹⁰ (with a threshold of 0 they would be 0.2 and 1.0).
         let t = [0., 1., 0., 1., 0., 0., 0., 0., 1., 0., 1., 1.];
         let p = [
             -0.2, -0.7, -0.1, 0.6, -0.3, 0.8, -0.1, -0.4, -0.35, 0.0, -0.5, -0.2,
