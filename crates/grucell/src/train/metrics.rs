@@ -17,15 +17,16 @@
 //! divergence, Poisson, the hinges). Metrics that are not mean wrappers and do not see the
 //! output mask, as in Keras: `root_mean_squared_error` (a weighted mean of squares, then its
 //! root), `precision`, `recall` and the four confusion counts (weighted counts over the epoch,
-//! one threshold; `precision` and `recall` with Keras' `top_k` and `class_id`), `auc` (thresholds spread evenly; one label, or
-//! with `multi_label` the mean of the columns' areas), `r2_score` (combined over the output
-//! columns) and `F1Score`/`FBetaScore` (counts per class over the epoch, combined `micro`,
-//! `macro` or `weighted`; Keras' default of one score per class only for one column).
-//! `pearson_correlation` and `concordance_correlation` are mean wrappers of one value per row of
-//! the last axis. The IoU metrics (`IoU`, `MeanIoU`, `BinaryIoU`, `OneHotIoU`, `OneHotMeanIoU`)
-//! count a confusion matrix over the epoch as Keras' integer-typed base class does, and
-//! `SensitivityAtSpecificity`, `SpecificityAtSensitivity`, `PrecisionAtRecall` and
-//! `RecallAtPrecision` AUC's counts at evenly spread thresholds (with `class_id`). Other metrics are reported by [`Metric::from_keras`] as unsupported.
+//! one threshold; `precision` and `recall` with Keras' `top_k` and `class_id`), `auc` (thresholds
+//! spread evenly; one label, or with `multi_label` the mean of the columns' areas), `r2_score`
+//! (combined over the output columns) and `F1Score`/`FBetaScore` (counts per class over the epoch,
+//! combined `micro`, `macro` or `weighted`; Keras' default of one score per class only for one
+//! column). `pearson_correlation` and `concordance_correlation` are mean wrappers of one value per
+//! row of the last axis. The IoU metrics (`IoU`, `MeanIoU`, `BinaryIoU`, `OneHotIoU`,
+//! `OneHotMeanIoU`) count a confusion matrix over the epoch as Keras' integer-typed base class
+//! does, and `SensitivityAtSpecificity`, `SpecificityAtSensitivity`, `PrecisionAtRecall` and
+//! `RecallAtPrecision` AUC's counts at evenly spread thresholds (with `class_id`). Other metrics
+//! are reported by [`Metric::from_keras`] as unsupported.
 
 use serde_json::{Map, Value};
 
