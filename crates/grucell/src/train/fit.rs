@@ -94,14 +94,9 @@ fn fits_output(m: Metric, shape: Option<&Vec<Option<usize>>>) -> Result<Metric, 
             ..
         }
     );
-    let select = m.function.selection();
     if let Some(Some(d)) = s.last() {
         // Keras fails on a column or a top-k the last axis does not have.
-        let beyond = [
-            ("class_id", select.class_id.filter(|c| c >= d)),
-            ("top_k", select.top_k.filter(|k| k > d)),
-        ];
-        if let Some((key, Some(v))) = beyond.into_iter().find(|(_, v)| v.is_some()) {
+        if let Some((key, v)) = m.function.selection().beyond(*d) {
             return Err(ConfigError::unsupported(
                 "metric",
                 format!("`{}` with {key} {v} on an output of {d} columns", m.name),

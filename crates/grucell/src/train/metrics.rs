@@ -245,6 +245,18 @@ pub struct Selection {
     pub class_id: Option<usize>,
 }
 
+impl Selection {
+    /// The setting that asks for more than an output whose last axis has `last` entries gives
+    /// (Keras fails there), with its value: a `class_id` from `last` on, a `top_k` over `last`.
+    pub fn beyond(&self, last: usize) -> Option<(&'static str, usize)> {
+        match (self.class_id, self.top_k) {
+            (Some(c), _) if c >= last => Some(("class_id", c)),
+            (_, Some(k)) if k > last => Some(("top_k", k)),
+            _ => None,
+        }
+    }
+}
+
 /// Which [`MetricFn::AtPoint`] metric: the rate maximized, and the one held at its value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AtPoint {
@@ -1061,22 +1073,18 @@ impl<T: Float> MetricState<T> {
         if confusion {
             let select = function.selection();
             let last = y_pred.shape().last().copied().unwrap_or(1).max(1);
-            let too_big = |key: &str, v: usize, want: String| -> Error {
-                ConfigError::invalid(format!("metric `{}` {key}", self.metric.name), v, want).into()
-            };
-            if let Some(c) = select.class_id.filter(|c| *c >= last) {
-                return Err(too_big(
-                    "class_id",
-                    c,
-                    format!("below {last}, the output's last axis"),
-                ));
-            }
-            if let Some(k) = select.top_k.filter(|k| *k > last) {
-                return Err(too_big(
-                    "top_k",
-                    k,
-                    format!("at most {last}, the output's last axis"),
-                ));
+            if let Some((key, v)) = select.beyond(last) {
+                let bound = if key == "class_id" {
+                    "below"
+                } else {
+                    "at most"
+                };
+                return Err(ConfigError::invalid(
+                    format!("metric `{}` {key}", self.metric.name),
+                    v,
+                    format!("{bound} {last}, the output's last axis"),
+                )
+                .into());
             }
             let kept = select.top_k.map(|k| top_k_kept(y_pred.data(), last, k));
             // Per entry: its label, prediction and weight.
