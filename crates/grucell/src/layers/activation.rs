@@ -2,9 +2,15 @@
 //!
 //! Every element-wise activation of `keras.activations` is here, with Keras 3's definitions
 //! (notably `hard_sigmoid(x) = relu6(x + 3) / 6`, not TF-Keras 2's `0.2x + 0.5`), plus the row-wise
-//! `softmax` and `log_softmax` (over the last axis, as Keras does), which Dense layers often use.
-//! `glu` (halves the last axis), `sparsemax` and `threshold` (needs arguments) are rejected with
-//! an error that names them.
+//! `softmax`, `log_softmax` and `sparsemax` (over the last axis, as Keras does), which Dense
+//! layers often use. `glu` (halves the last axis) and `threshold` (needs arguments) are rejected
+//! with an error that names them.
+//!
+//! `sparsemax` is Keras 3's TensorFlow-backend formula, which is not the paper's: its threshold
+//! is `τ = (Σ_{j ≤ k} c_j − 1) / k`, the sum of the first `k` cumulative sums of the sorted row
+//! rather than the `k`-th one, so a row's outputs need not sum to 1 (Keras gives `[0.25, 0.25]`
+//! for `[0.5, 0.5]`). grucell computes what Keras computes, and its gradient is the one
+//! TensorFlow derives from those operations; see [`Activation::Sparsemax`].
 
 use crate::error::ConfigError;
 use crate::float::Float;
@@ -80,6 +86,13 @@ pub enum Activation {
     Softmax,
     /// Log-softmax over the last axis (row-wise).
     LogSoftmax,
+    /// Sparsemax over the last axis (row-wise), as Keras 3's TensorFlow backend computes it:
+    /// the row sorted in descending order (`s`), its cumulative sums `c`, the support
+    /// `s_j − (c_j − 1) / j > 0` with `k` members, `τ = (Σ_{support} c_j − 1) / k` and
+    /// `y = max(x − τ, 0)`. A row with no support (huge or non-finite values) has `τ = −∞`. Ties
+    /// sort lower index first, and a row holding NaN sorts as TensorFlow's `top_k` sorts it
+    /// (insertion order) up to 16 values; a longer row holding NaN is NaN throughout.
+    Sparsemax,
 }
 
 const SELU_ALPHA: f64 = 1.673_263_242_354_377_3;
@@ -115,6 +128,7 @@ const NAMES: &[(&str, Activation)] = &[
     ("linear", Activation::Linear),
     ("softmax", Activation::Softmax),
     ("log_softmax", Activation::LogSoftmax),
+    ("sparsemax", Activation::Sparsemax),
 ];
 
 #[inline]
@@ -166,6 +180,120 @@ fn clip<T: Float>(x: T, lo: T, hi: T) -> T {
     min_nan(max_nan(x, lo), hi)
 }
 
+/// Longest row holding a NaN that [`SparsemaxRow::of`] sorts as TensorFlow does: `top_k`
+/// sorts a whole row with `std::sort` and a comparator that treats NaN as equal to everything,
+/// which libstdc++ runs as an insertion sort up to 16 elements. Longer rows are partitioned
+/// first, in an order that depends on that comparator's inconsistency (undefined behaviour in
+/// C++), which no emulation can follow.
+const SPARSEMAX_NAN_SORT_MAX: usize = 16;
+
+/// What Keras' TensorFlow-backend `sparsemax` computes from one row before its output: the
+/// row's descending sort order, its support and the threshold `τ`.
+struct SparsemaxRow<T> {
+    /// Indices of the row in sorted order (descending, ties lower index first).
+    order: Vec<usize>,
+    /// `s_j − (c_j − 1) / j > 0` per sorted position `j` (1-based in the formula).
+    support: Vec<bool>,
+    /// How many positions are in the support, as a float (Keras casts and sums the flags).
+    k: T,
+    /// `(Σ_{support} c_j − 1) / k`.
+    tau: T,
+}
+
+impl<T: Float> SparsemaxRow<T> {
+    /// `None` for a row longer than [`SPARSEMAX_NAN_SORT_MAX`] that holds a NaN.
+    fn of(x: &[T]) -> Option<Self> {
+        let order = Self::sort_order(x)?;
+        let (mut c, mut sum, mut k) = (T::zero(), T::zero(), T::zero());
+        let support: Vec<bool> = order
+            .iter()
+            .enumerate()
+            .map(|(j, &i)| {
+                let s = x[i];
+                c += s;
+                let kept = s - (c - T::one()) / T::of((j + 1) as f64) > T::zero();
+                if kept {
+                    sum += c;
+                    k += T::one();
+                }
+                kept
+            })
+            .collect();
+        let tau = (sum - T::one()) / k;
+        Some(SparsemaxRow {
+            order,
+            support,
+            k,
+            tau,
+        })
+    }
+
+    /// The order `tf.sort(direction="DESCENDING")` gives (it calls `top_k` on the whole row).
+    fn sort_order(x: &[T]) -> Option<Vec<usize>> {
+        let mut order: Vec<usize> = (0..x.len()).collect();
+        if !x.iter().any(|v| v.is_nan()) {
+            // A strict weak order without NaN: any stable sort gives TensorFlow's order.
+            order.sort_by(|&a, &b| x[b].partial_cmp(&x[a]).unwrap_or(std::cmp::Ordering::Equal));
+            return Some(order);
+        }
+        if x.len() > SPARSEMAX_NAN_SORT_MAX {
+            return None;
+        }
+        // TensorFlow's comparator: larger value first; equal or unordered (NaN), lower index.
+        let before = |a: usize, b: usize| {
+            if x[b] < x[a] {
+                true
+            } else if x[b] > x[a] {
+                false
+            } else {
+                a < b
+            }
+        };
+        // libstdc++'s `__insertion_sort`: an element that goes before the first moves to the
+        // front; any other moves left while it goes before its left neighbour.
+        for i in 1..order.len() {
+            let v = order[i];
+            if before(v, order[0]) {
+                order.copy_within(0..i, 1);
+                order[0] = v;
+            } else {
+                let mut j = i;
+                while j > 0 && before(v, order[j - 1]) {
+                    order[j] = order[j - 1];
+                    j -= 1;
+                }
+                order[j] = v;
+            }
+        }
+        Some(order)
+    }
+
+    /// `dx = J(x)ᵀ dy` as TensorFlow's gradients of Keras' operations give it: `dy` passes
+    /// where `x − τ ≥ 0` (`tf.maximum` passes ties to its first argument), their sum `G`
+    /// reaches `τ` negated, each support position's cumulative sum gets `−G / k`, and the sorted
+    /// value at position `l` the sum of those from `l` on (a reversed cumulative sum), which goes
+    /// back to its index.
+    fn backward(&self, x: &[T], dy: &[T], dx: &mut [T]) {
+        let mut g = T::zero();
+        for ((d, &xi), &gi) in dx.iter_mut().zip(x).zip(dy) {
+            *d = if xi - self.tau >= T::zero() {
+                gi
+            } else {
+                T::zero()
+            };
+            g += *d;
+        }
+        let dc = -g / self.k;
+        let mut ds = T::zero();
+        for (&i, &kept) in self.order.iter().zip(&self.support).rev() {
+            if kept {
+                ds += dc;
+            }
+            dx[i] += ds;
+        }
+    }
+}
+
 impl Activation {
     /// Looks up a Keras activation name (exact, lower case, as Keras' dictionary). `None` in a
     /// Keras config means `linear`; pass `"linear"`.
@@ -174,7 +302,7 @@ impl Activation {
             return Ok(*a);
         }
         match name {
-            "glu" | "sparsemax" | "threshold" => Err(ConfigError::unsupported(
+            "glu" | "threshold" => Err(ConfigError::unsupported(
                 "activation",
                 format!("`{name}` is not supported by grucell (it is not element-wise or needs arguments)"),
             )),
@@ -206,9 +334,13 @@ impl Activation {
             .map(|(_, a)| *a)
     }
 
-    /// True for activations that act on each element alone (all but softmax / log_softmax).
+    /// True for activations that act on each element alone (all but softmax, log_softmax and
+    /// sparsemax).
     pub fn is_elementwise(self) -> bool {
-        !matches!(self, Activation::Softmax | Activation::LogSoftmax)
+        !matches!(
+            self,
+            Activation::Softmax | Activation::LogSoftmax | Activation::Sparsemax
+        )
     }
 
     /// True when the derivative cannot be computed from the output alone, so training must keep
@@ -228,11 +360,12 @@ impl Activation {
                 | Softsign
                 | Celu
                 | LogSigmoid
+                | Sparsemax
         )
     }
 
     /// Applies an element-wise activation to one value. Row-wise activations (softmax,
-    /// log_softmax) applied to a single value see a row of length one.
+    /// log_softmax, sparsemax) applied to a single value see a row of length one.
     #[inline]
     pub fn apply<T: Float>(self, x: T) -> T {
         use Activation::*;
@@ -317,6 +450,11 @@ impl Activation {
             Linear => x,
             Softmax => one,
             LogSoftmax => zero,
+            Sparsemax => {
+                let mut row = [x];
+                self.apply_row(&mut row);
+                row[0]
+            }
         }
     }
 
@@ -462,7 +600,7 @@ impl Activation {
             Squareplus => T::of(0.5) * (one + x / (x * x + T::of(4.0)).sqrt()),
             Linear => one,
             // Row-wise: a row of length one has a constant output.
-            Softmax | LogSoftmax => zero,
+            Softmax | LogSoftmax | Sparsemax => zero,
         }
     }
 
@@ -488,6 +626,14 @@ impl Activation {
                     }
                 }
             }
+            Activation::Sparsemax => match SparsemaxRow::of(row) {
+                Some(s) => {
+                    for v in row.iter_mut() {
+                        *v = max_nan(*v - s.tau, T::zero());
+                    }
+                }
+                None => row.fill(T::nan()),
+            },
             _ => {
                 for v in row.iter_mut() {
                     *v = self.apply(*v);
@@ -512,6 +658,10 @@ impl Activation {
                     *d = g - yi.exp() * s;
                 }
             }
+            Activation::Sparsemax => match SparsemaxRow::of(x) {
+                Some(s) => s.backward(x, dy, dx),
+                None => dx.fill(T::nan()),
+            },
             _ => {
                 for (((d, &xi), &yi), &g) in dx.iter_mut().zip(x).zip(y).zip(dy) {
                     *d = g * self.derivative(xi, yi);
@@ -571,8 +721,11 @@ mod tests {
 
     #[test]
     fn rowwise_backward_matches_central_differences() {
-        for a in [Activation::Softmax, Activation::LogSoftmax] {
-            let x = [0.3f64, -1.2, 2.0, 0.1];
+        let rows = [[0.3f64, -1.2, 2.0, 0.1], [-0.5, -0.4, -0.45, -3.0]];
+        for (a, x) in Activation::all()
+            .filter(|a| !a.is_elementwise())
+            .flat_map(|a| rows.map(|x| (a, x)))
+        {
             let dy = [0.5f64, -0.25, 1.0, 0.75];
             let mut y = x;
             a.apply_row(&mut y);
@@ -587,6 +740,57 @@ mod tests {
                 a.apply_row(&mut m);
                 let num: f64 = (0..4).map(|j| dy[j] * (p[j] - m[j]) / (2.0 * h)).sum();
                 assert!((num - dx[k]).abs() < 1e-6, "{a} component {k}");
+            }
+        }
+    }
+
+    /// Keras' sparsemax (TensorFlow backend): `[-0.5, -0.4, -0.45, -3]` has a support of 3 and
+    /// `τ = ((-0.4) + (-0.85) + (-1.35) - 1) / 3 = -1.2`; `[0.5, 0.5]` gives `[0.25, 0.25]`, not
+    /// the paper's `[0.5, 0.5]`.
+    #[test]
+    fn sparsemax_is_keras_formula() {
+        let mut y = [-0.5f64, -0.4, -0.45, -3.0];
+        Activation::Sparsemax.apply_row(&mut y);
+        for (v, want) in y.iter().zip([0.7, 0.8, 0.75, 0.0]) {
+            assert!((v - want).abs() < 1e-12, "{y:?}");
+        }
+        let mut y = [0.5f32, 0.5];
+        Activation::Sparsemax.apply_row(&mut y);
+        assert_eq!(y, [0.25, 0.25]);
+        assert_eq!(Activation::Sparsemax.apply(3.0f32), 1.0);
+    }
+
+    /// Up to 16 values a row holding NaN sorts as TensorFlow's `top_k` sorts it; a longer one is
+    /// NaN throughout, values and gradient, and nothing panics on any mix of non-finite values.
+    #[test]
+    fn sparsemax_nan_rows() {
+        let mut y = [1.0f32, f32::NAN, 0.0];
+        Activation::Sparsemax.apply_row(&mut y);
+        assert!(y[0] == 1.0 && y[1].is_nan() && y[2] == 0.0, "{y:?}");
+        let mut long: Vec<f32> = (0..17).map(|i| i as f32 * 0.1).collect();
+        long[5] = f32::NAN;
+        let x = long.clone();
+        Activation::Sparsemax.apply_row(&mut long);
+        assert!(long.iter().all(|v| v.is_nan()));
+        let mut dx = vec![0.0f32; 17];
+        Activation::Sparsemax.backward_row(&x, &long, &[1.0; 17], &mut dx);
+        assert!(dx.iter().all(|v| v.is_nan()));
+        let odd = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            1e38,
+            -1e38,
+        ];
+        for n in 1..=odd.len() {
+            for start in 0..odd.len() {
+                let x: Vec<f32> = (0..n).map(|i| odd[(start + i * 3) % odd.len()]).collect();
+                let mut y = x.clone();
+                Activation::Sparsemax.apply_row(&mut y);
+                let mut dx = vec![0.0f32; n];
+                Activation::Sparsemax.backward_row(&x, &y, &vec![1.0; n], &mut dx);
             }
         }
     }
