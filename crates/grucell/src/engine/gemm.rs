@@ -320,7 +320,11 @@ fn span(rows: usize, cols: usize, ld: usize) -> usize {
     }
 }
 
+/// faer's parallelism for `threads`, capped at the hardware threads the process has: faer's
+/// threads wait for each other at spinning barriers, and more of them than cores spin while the
+/// thread they wait for has no core (M training, `--threads 4` on 2 cores: 3× slower).
 fn par(threads: usize) -> Par {
+    let threads = super::gru::team_size(threads);
     match std::num::NonZeroUsize::new(threads) {
         Some(n) if threads > 1 => Par::Rayon(n),
         _ => Par::Seq,
@@ -456,6 +460,18 @@ mod tests {
             }
         }
         c
+    }
+
+    /// faer never gets more threads than the machine's hardware threads (its barriers spin), nor
+    /// any for one thread.
+    #[test]
+    fn faer_threads_are_capped_at_the_hardware() {
+        let hw = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(matches!(par(1), Par::Seq));
+        match par(hw + 7) {
+            Par::Rayon(n) => assert_eq!(n.get(), hw),
+            Par::Seq => assert_eq!(hw, 1),
+        }
     }
 
     /// Every transposition, with row strides wider than the rows, on one and two threads; the
