@@ -829,6 +829,7 @@ const MODEL_FIXTURES: &[&str] = &[
     "models/legacy_h5_axes.h5",
     "models/td_prelu.h5",
     "fit/stateful_bidi_stacked.keras",
+    "training/sparsemax_layers.keras",
 ];
 
 /// Builds the model as `grucell predict` does and, when that works, runs what `predict` and
