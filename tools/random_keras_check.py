@@ -776,10 +776,11 @@ def check_fit(args, keras, layers, rng, pick, out):
                         "hinge", "squared_hinge", "categorical_hinge", "kl_divergence", "top_k_categorical_accuracy",
                         "auc", "true_positives", "false_negatives", "binary_crossentropy"]
                 pool += ["pearson_correlation", "concordance_correlation", "binary_iou", "recall_at_p",
-                         "precision_top1", "recall_class0", "sens_at_spec_class0"]
+                         "precision_top1", "recall_class0", "sens_at_spec_class0", "auc_thresholds_pr",
+                         "auc_label_weights"]
                 # R² and the F-scores take (batch, outputs) only.
                 if not rs:
-                    pool += ["r2_score", "f1_macro", "f1_micro", "fbeta_weighted", "auc_ml"]
+                    pool += ["r2_score", "f1_macro", "f1_micro", "fbeta_weighted", "auc_ml", "auc_ml_weighted"]
                 # Poisson and categorical crossentropy need positive outputs (NaN otherwise).
                 if act in ("sigmoid", "softmax", "softplus"):
                     pool += ["poisson", "categorical_crossentropy"]
@@ -797,7 +798,14 @@ def check_fit(args, keras, layers, rng, pick, out):
                    "recall_class0": lambda n: keras.metrics.Recall(class_id=0, thresholds=0.3, name=n),
                    "sens_at_spec_class0": lambda n: keras.metrics.SensitivityAtSpecificity(
                        0.5, class_id=0, num_thresholds=20, name=n),
-                   "auc_ml": lambda n: keras.metrics.AUC(multi_label=True, num_thresholds=50, name=n)}
+                   "auc_ml": lambda n: keras.metrics.AUC(multi_label=True, num_thresholds=50, name=n),
+                   "auc_thresholds_pr": lambda n: keras.metrics.AUC(thresholds=[0.9, 0.2, 0.45], curve="PR", name=n),
+                   # One weight per label of the output's last axis.
+                   "auc_label_weights": lambda n: keras.metrics.AUC(
+                       label_weights=[float(1 + j % 3) for j in range(k)], num_thresholds=30, name=n),
+                   "auc_ml_weighted": lambda n: keras.metrics.AUC(
+                       multi_label=True, thresholds=[0.3, 0.6], label_weights=[float(j % 2) + 0.5 for j in range(k)],
+                       name=n)}
         as_metrics = lambda names: [objects[n](n) if n in objects else n for n in names] or None
         m.compile(optimizer=opt, loss=loss_obj, metrics=as_metrics(metric_names),
                   weighted_metrics=as_metrics(weighted_names))

@@ -1299,6 +1299,7 @@ fn hostile_metric_configs_never_panic() {
         "summation_method",
         "from_logits",
         "label_smoothing",
+        "label_weights",
     ];
     let extra = [
         json!(1 << 20),
@@ -1314,6 +1315,9 @@ fn hostile_metric_configs_never_panic() {
         json!("int64"),
         json!(f64::MIN_POSITIVE),
         json!(-0.5),
+        json!([0.3, 2.0, -1.0]),
+        json!([0.0, 0.0]),
+        json!({"class_name": "__tensor__", "config": {"value": [2.0], "dtype": "float32"}}),
     ];
     for rel in [
         "fit/metrics_categorical.keras",

@@ -18,7 +18,8 @@
 //! output mask, as in Keras: `root_mean_squared_error` (a weighted mean of squares, then its
 //! root), `precision`, `recall` and the four confusion counts (weighted counts over the epoch,
 //! one threshold; `precision` and `recall` with Keras' `top_k` and `class_id`), `auc` (thresholds
-//! spread evenly; one label, or with `multi_label` the mean of the columns' areas), `r2_score`
+//! spread evenly or a given list; one label, or with `multi_label` the mean of the columns'
+//! areas; `label_weights`), `r2_score`
 //! (combined over the output columns) and `F1Score`/`FBetaScore` (counts per class over the epoch,
 //! combined `micro`, `macro` or `weighted`; Keras' default of one score per class only for one
 //! column). `pearson_correlation` and `concordance_correlation` are mean wrappers of one value per
@@ -339,6 +340,23 @@ pub struct Metric {
     /// The model output it is computed on (0 for a single output). For a model with several
     /// outputs Keras prefixes its name with the output's: `"b_mae"`.
     pub output: usize,
+    /// AUC's list settings (empty for every other metric).
+    pub auc: AucLists,
+}
+
+/// AUC's settings that are lists (Keras' `thresholds` and `label_weights`), kept beside the
+/// `Copy` [`MetricFn::Auc`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AucLists {
+    /// Keras' `thresholds` when they are not evenly spread (evenly spread ones are
+    /// `num_thresholds`, as Keras treats them): Keras' `−ε`, the given values ascending and
+    /// `1 + ε`, each rounded to `f32` as Keras' variables hold them. An entry counts as positive
+    /// at a threshold it exceeds.
+    pub thresholds: Option<Vec<f64>>,
+    /// Keras' `label_weights`, one per label (the last axis). Without `multi_label` each entry's
+    /// weight is multiplied by its label's; with it, the labels' areas are averaged with these
+    /// weights (0 when they sum to 0).
+    pub label_weights: Option<Vec<f64>>,
 }
 
 impl Metric {
@@ -458,6 +476,7 @@ impl Metric {
             name: name.to_string(),
             function,
             output: 0,
+            auc: AucLists::default(),
         })
     }
 
@@ -534,6 +553,7 @@ impl Metric {
             name: name.to_string(),
             function,
             output: 0,
+            auc: AucLists::default(),
         };
         // TF-Keras 2 saves compiled metrics as wrappers of a named function.
         if class == "MeanMetricWrapper" {
@@ -755,22 +775,25 @@ impl Metric {
                 }
             }
             "AUC" => {
-                if let Some(k) = ["thresholds", "label_weights"]
-                    .into_iter()
-                    .find(|k| setting(k).is_some())
-                {
-                    return refuse(format!("`{k}`"));
-                }
-                let num_thresholds = match get_u64(cfg, "num_thresholds")? {
-                    None => 200,
-                    Some(n) if (2..=1 << 20).contains(&n) => n as usize,
-                    Some(n) => {
-                        return Err(ConfigError::invalid(
-                            "AUC.num_thresholds",
-                            n,
-                            "an integer in [2, 1048576]",
-                        ))
-                    }
+                let label_weights = auc_list(setting("label_weights"), "label_weights")?;
+                let given = auc_list(setting("thresholds"), "thresholds")?;
+                let (num_thresholds, thresholds) = match given {
+                    Some(t) => (t.len() + 2, uneven_auc_thresholds(t)),
+                    None => match get_u64(cfg, "num_thresholds")? {
+                        None => (200, None),
+                        Some(n) if (2..=1 << 20).contains(&n) => (n as usize, None),
+                        Some(n) => {
+                            return Err(ConfigError::invalid(
+                                "AUC.num_thresholds",
+                                n,
+                                "an integer in [2, 1048576]",
+                            ))
+                        }
+                    },
+                };
+                let lists = AucLists {
+                    thresholds,
+                    label_weights,
                 };
                 let text = |k: &str, default: &str| -> String {
                     cfg.get(k)
@@ -805,13 +828,17 @@ impl Metric {
                         ))
                     }
                 };
-                MetricFn::Auc {
+                let function = MetricFn::Auc {
                     num_thresholds,
                     curve,
                     summation,
                     from_logits: get_bool(cfg, "from_logits", false)?,
                     multi_label: get_bool(cfg, "multi_label", false)?,
-                }
+                };
+                return Ok(Metric {
+                    auc: lists,
+                    ..named(function)
+                });
             }
             _ => Metric::from_name(class)?.function,
         };
@@ -833,6 +860,7 @@ impl Metric {
             name: f.to_string(),
             function,
             output: 0,
+            auc: AucLists::default(),
         })
     }
 
@@ -858,6 +886,7 @@ impl Metric {
             name: self.name.clone(),
             function,
             output: self.output,
+            auc: self.auc.clone(),
         }
     }
 }
@@ -938,14 +967,32 @@ impl<T: Float> MetricState<T> {
                 multi_label: true,
                 ..
             }) => {
-                // Keras' unweighted mean of the labels' areas.
+                // Keras' mean of the labels' areas, weighted by `label_weights` if any
+                // (`divide_no_nan`: 0 when they sum to 0).
                 let labels = self.sums.chunks(num_thresholds.max(1));
-                let count = T::of(labels.len().max(1) as f64);
-                let mut sum = T::zero();
-                for c in labels {
-                    sum += auc(c, curve, summation);
+                let n = labels.len();
+                match &self.metric.auc.label_weights {
+                    Some(lw) => {
+                        let (mut sum, mut total) = (T::zero(), T::zero());
+                        for (j, c) in labels.enumerate() {
+                            let w = T::of(lw[j % lw.len().max(1)]);
+                            sum += auc(c, curve, summation) * w;
+                            total += w;
+                        }
+                        if total == T::zero() {
+                            0.0
+                        } else {
+                            (sum / total).f64()
+                        }
+                    }
+                    None => {
+                        let mut sum = T::zero();
+                        for c in labels {
+                            sum += auc(c, curve, summation);
+                        }
+                        (sum / T::of(n.max(1) as f64)).f64()
+                    }
                 }
-                (sum / count).f64()
             }
             Some(MetricFn::Auc {
                 curve, summation, ..
@@ -1059,14 +1106,19 @@ impl<T: Float> MetricState<T> {
             if self.sums.len() != counts {
                 self.sums = vec![[T::zero(); 4]; counts];
             }
+            self.label_weights(labels)?;
             let (t, p) = (y_true.data(), y_pred.data());
+            let at = self.metric.auc.thresholds.as_deref();
             for (j, sums) in self.sums.chunks_mut(num_thresholds).enumerate() {
                 let entries = (0..n).map(|s| {
                     let i = s * labels + j;
                     let w = sw.map_or(T::one(), |w| w[s]);
                     (t[i] != T::zero(), p[i], w)
                 });
-                add_auc_counts(sums, from_logits, true, entries);
+                match at {
+                    Some(at) => add_auc_counts_at(sums, at, from_logits, entries),
+                    None => add_auc_counts(sums, from_logits, true, entries),
+                }
             }
             return Ok(());
         }
@@ -1087,6 +1139,11 @@ impl<T: Float> MetricState<T> {
                 .into());
             }
             let kept = select.top_k.map(|k| top_k_kept(y_pred.data(), last, k));
+            // AUC's `label_weights` scale each entry's weight by its label's (the last axis).
+            let label_weights = match function {
+                MetricFn::Auc { .. } => self.label_weights(last)?,
+                _ => None,
+            };
             // Per entry: its label, prediction and weight.
             let entries = y_true
                 .data()
@@ -1096,7 +1153,10 @@ impl<T: Float> MetricState<T> {
                 .filter(|(i, _)| select.class_id.is_none_or(|c| i % last == c))
                 .map(|(i, (&label, &pred))| {
                     let (s, j) = (i / per, (i % per) / each);
-                    let w = sw.map_or(T::one(), |w| w[s * sw_per + j * sw_per / w_per]);
+                    let mut w = sw.map_or(T::one(), |w| w[s * sw_per + j * sw_per / w_per]);
+                    if let Some(lw) = &label_weights {
+                        w *= lw[(i % last) % lw.len()];
+                    }
                     // Keras: `x · mask + NEG_INF · (1 − mask)`.
                     let pred = match &kept {
                         Some(kept) if !kept[i] => pred * T::zero() + T::of(TOP_K_OUT),
@@ -1348,6 +1408,23 @@ impl<T: Float> MetricState<T> {
     }
 
     /// Adds one batch's weighted confusion counts: `(y ≠ 0, ŷ, weight)` per entry.
+    /// AUC's `label_weights` for outputs of `labels` labels (the last axis), in `T`: as Keras
+    /// broadcasts them, one per label or a single one for all.
+    fn label_weights(&self, labels: usize) -> Result<Option<Vec<T>>, Error> {
+        let Some(lw) = &self.metric.auc.label_weights else {
+            return Ok(None);
+        };
+        if lw.len() != labels && lw.len() != 1 {
+            return Err(ShapeError::mismatch(
+                format!("metric `{}` label_weights", self.metric.name),
+                [lw.len()].as_slice(),
+                format!("one weight per label of the output's last axis ({labels}), or one"),
+            )
+            .into());
+        }
+        Ok(Some(lw.iter().map(|&w| T::of(w)).collect()))
+    }
+
     fn count_confusion(&mut self, function: MetricFn, entries: impl Iterator<Item = (bool, T, T)>) {
         match function {
             MetricFn::Precision { threshold, .. } | MetricFn::Recall { threshold, .. } => {
@@ -1383,13 +1460,73 @@ impl<T: Float> MetricState<T> {
                     }
                 }
             }
-            MetricFn::Auc { from_logits, .. } => {
-                add_auc_counts(&mut self.sums, from_logits, true, entries)
-            }
+            MetricFn::Auc { from_logits, .. } => match self.metric.auc.thresholds.as_deref() {
+                Some(t) => add_auc_counts_at(&mut self.sums, t, from_logits, entries),
+                None => add_auc_counts(&mut self.sums, from_logits, true, entries),
+            },
             MetricFn::AtPoint { .. } => add_auc_counts(&mut self.sums, false, false, entries),
             _ => {}
         }
     }
+}
+
+/// Most values in an AUC list setting (as `num_thresholds`).
+const AUC_MAX_LIST: usize = 1 << 20;
+
+/// An AUC list setting (`thresholds`, `label_weights`): a list of finite numbers, or Keras'
+/// serialized tensor of one (`{"class_name": "__tensor__", "config": {"value": [...]}}`).
+fn auc_list(v: Option<&Value>, key: &str) -> Result<Option<Vec<f64>>, ConfigError> {
+    let Some(v) = v else {
+        return Ok(None);
+    };
+    let list = match v {
+        Value::Object(o) if o.get("class_name").and_then(Value::as_str) == Some("__tensor__") => {
+            o.get("config").and_then(|c| c.get("value"))
+        }
+        v => Some(v),
+    };
+    let bad = || {
+        ConfigError::invalid(
+            format!("AUC.{key}"),
+            v,
+            format!("a list of at most {AUC_MAX_LIST} finite numbers"),
+        )
+    };
+    match list {
+        Some(Value::Array(a)) if a.len() <= AUC_MAX_LIST => a
+            .iter()
+            .map(|x| x.as_f64().filter(|f| f.is_finite()).ok_or_else(bad))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        _ => Err(bad()),
+    }
+}
+
+/// Keras' `backend.epsilon()`, which AUC puts below and above its thresholds.
+const AUC_EPSILON: f64 = 1e-7;
+
+/// AUC's thresholds from a `thresholds` list as Keras builds them: sorted; `None` when
+/// `[0, …, 1]` around them is evenly spread (Keras' `is_evenly_distributed_thresholds`:
+/// `np.allclose` against `arange(n) / (n − 1)` in `f32`, tolerance `ε + 1e-5·|even|`), for then
+/// Keras counts them as `num_thresholds` evenly spread ones; else `−ε`, the values, `1 + ε`,
+/// rounded to `f32`.
+fn uneven_auc_thresholds(mut given: Vec<f64>) -> Option<Vec<f64>> {
+    given.sort_by(f64::total_cmp);
+    let n = given.len() + 2;
+    let around = std::iter::once(0.0)
+        .chain(given.iter().copied())
+        .chain([1.0]);
+    let even = (0..n).map(|j| f64::from(j as f32 / (n - 1) as f32));
+    if n >= 3
+        && around
+            .zip(even)
+            .all(|(t, e)| (t - e).abs() <= AUC_EPSILON + 1e-5 * e.abs())
+    {
+        return None;
+    }
+    let ends = [0.0 - AUC_EPSILON, 1.0 + AUC_EPSILON];
+    let all = std::iter::once(ends[0]).chain(given).chain([ends[1]]);
+    Some(all.map(|t| f64::from(t as f32)).collect())
 }
 
 /// What Keras' `_filter_top_k` gives the entries outside a row's `top_k` (its `NEG_INF`).
@@ -1418,6 +1555,63 @@ fn top_k_kept<T: Float>(pred: &[T], last: usize, k: usize) -> Vec<bool> {
         }
     }
     kept
+}
+
+/// [`add_auc_counts`] for AUC's explicit, unevenly spread `thresholds` (Keras' general path):
+/// an entry counts as positive at each threshold its prediction exceeds, unclipped; a NaN
+/// prediction at none.
+fn add_auc_counts_at<T: Float>(
+    sums: &mut [[T; 4]],
+    thresholds: &[f64],
+    from_logits: bool,
+    entries: impl Iterator<Item = (bool, T, T)>,
+) {
+    let t: Vec<T> = thresholds
+        .iter()
+        .take(sums.len())
+        .map(|&v| T::of(v))
+        .collect();
+    // Ascending thresholds (always, unless some given ones lie outside [−ε, 1 + ε]): an entry is
+    // positive at a leading run of them, so it goes into the bucket of that run's length.
+    let ascending = t.windows(2).all(|w| w[0] <= w[1]);
+    let mut runs = vec![[T::zero(); 2]; t.len() + 1];
+    let (mut pos, mut neg) = (T::zero(), T::zero());
+    for (actual, pred, w) in entries {
+        let p = if from_logits {
+            Activation::Sigmoid.apply(pred)
+        } else {
+            pred
+        };
+        if actual {
+            pos += w;
+        } else {
+            neg += w;
+        }
+        if ascending {
+            runs[t.partition_point(|&ti| p > ti)][usize::from(!actual)] += w;
+        } else {
+            for (c, &ti) in sums.iter_mut().zip(&t) {
+                let k = match (actual, p > ti) {
+                    (true, true) => 0,
+                    (false, true) => 1,
+                    (false, false) => 2,
+                    (true, false) => 3,
+                };
+                c[k] += w;
+            }
+        }
+    }
+    if ascending {
+        let (mut tp, mut fp) = (T::zero(), T::zero());
+        for (c, r) in sums.iter_mut().zip(&runs[1..]).rev() {
+            tp += r[0];
+            fp += r[1];
+            c[0] += tp;
+            c[1] += fp;
+            c[2] += neg - fp;
+            c[3] += pos - tp;
+        }
+    }
 }
 
 /// Adds one batch's AUC counts per threshold (`[tp, fp, tn, fn]` in `sums`, one per threshold)
@@ -2372,6 +2566,95 @@ mod tests {
         assert!(e.contains("multi_label"), "{e}");
     }
 
+    /// AUC's `label_weights` (without and with `multi_label`) and explicit `thresholds` (uneven,
+    /// evenly spread, outside [0, 1]), against Keras 3.15.1 on `multi_label`'s two batches.
+    #[test]
+    fn auc_lists_match_keras_over_two_batches() {
+        let yt1 = [1., 0., 1., 0., 1., 0., 1., 1., 0., 0., 0., 1.];
+        let yp1 = [0.7, 0.2, 0.6, 0.3, 0.8, 0.4, 0.1, 0.5, 0.45, 0.6, 0.3, 0.9];
+        let (yt2, yp2) = ([0., 1., 1., 1., 0., 0.], [0.2, 0.55, 0.3, 0.95, 0.1, 0.2]);
+        let (w1, w2) = ([1.0, 2.0, 0.5, 1.0], [3.0, 1.0]);
+        // Keras saves label_weights as a serialized tensor.
+        let tensor = |v: Value| json!({"class_name": "__tensor__", "config": {"value": v, "dtype": "float32"}});
+        #[rustfmt::skip]
+        let cases: [(Value, [f64; 2]); 10] = [
+            (json!({"label_weights": tensor(json!([1.0, 2.0, 0.5]))}), [0.8594104051589966, 0.9090908765792847]),
+            (json!({"label_weights": [1.0, 2.0, 0.5], "multi_label": true}), [0.8730158805847168, 0.8816326856613159]),
+            (json!({"label_weights": [0.0, 3.0, 1.0], "multi_label": true, "curve": "PR"}), [0.9628094434738159, 0.9361467957496643]),
+            (json!({"label_weights": [1.0, 0.0, 2.0], "curve": "PR", "summation_method": "majoring", "num_thresholds": 9}), [0.8492063283920288, 0.7876078486442566]),
+            (json!({"thresholds": [0.45, 0.3, 0.9]}), [0.8148148059844971, 0.8015384674072266]),
+            (json!({"thresholds": [0.45, 0.3, 0.9], "curve": "PR"}), [0.839860200881958, 0.8393981456756592]),
+            (json!({"thresholds": [0.25, 0.5, 0.75]}), [0.8209877014160156, 0.8746154308319092]),
+            (json!({"thresholds": [0.1, 0.55, 0.6], "multi_label": true, "label_weights": [2.0, 1.0, 1.0]}), [0.7361111640930176, 0.771969735622406]),
+            (json!({"thresholds": [0.1, 0.55, 0.6], "label_weights": [2.0, 1.0, 1.0], "from_logits": true}), [0.7395833134651184, 0.838273823261261]),
+            (json!({"thresholds": [-0.5, 0.5, 2.0]}), [0.7777777910232544, 0.8061538934707642]),
+        ];
+        for (cfg, want) in cases {
+            for (weighted, want) in [false, true].into_iter().zip(want) {
+                let metric = json!({"class_name": "AUC", "config": cfg});
+                let mut state =
+                    MetricState::<f32>::new(Metric::from_keras(&metric).unwrap(), weighted);
+                for (t, p, w, n) in [(&yt1[..], &yp1[..], &w1[..], 4), (&yt2, &yp2, &w2, 2)] {
+                    let t = Tensor::new(vec![n, 3], t.to_vec()).unwrap();
+                    let p = Tensor::new(vec![n, 3], p.to_vec()).unwrap();
+                    state.update(&t, &p, None, None, Some(w)).unwrap();
+                }
+                let r = state.result();
+                assert!(
+                    close(r, want),
+                    "{cfg} weighted {weighted}: {r} against {want}"
+                );
+            }
+        }
+        // Given thresholds outside [0, 1] leave the list unsorted, and predictions outside
+        // [0, 1] (unclipped on this path) are then positive at no leading run of them.
+        for (curve, want) in [("ROC", 0.0), ("PR", 0.3004625737667084)] {
+            let metric = json!({"class_name": "AUC", "config": {"thresholds": [-0.5, 0.5, 2.0], "curve": curve}});
+            let mut state = MetricState::<f32>::new(Metric::from_keras(&metric).unwrap(), false);
+            let t = Tensor::new(vec![5, 1], vec![1., 0., 1., 0., 1.]).unwrap();
+            let p = Tensor::new(vec![5, 1], vec![1.5, -1.0, 0.7, 3.0, -0.7]).unwrap();
+            state.update(&t, &p, None, None, None).unwrap();
+            let r = state.result();
+            assert!(close(r, want), "{curve}: {r} against {want}");
+            // Keras' variables: true positives 2 2 2 0 1, false negatives 1 1 1 3 2, false
+            // positives and true negatives 1 each.
+            let counts: Vec<[f32; 4]> = state.sums.clone();
+            let want = [
+                [2., 1., 1., 1.],
+                [2., 1., 1., 1.],
+                [2., 1., 1., 1.],
+                [0., 1., 1., 3.],
+                [1., 1., 1., 2.],
+            ];
+            assert_eq!(counts, want, "{curve}");
+        }
+        // Evenly spread thresholds are Keras' `num_thresholds`; uneven ones are kept with ε ends.
+        let m = Metric::from_keras(&json!({"class_name": "AUC", "config": {"thresholds": [0.5]}}))
+            .unwrap();
+        assert!(matches!(
+            m.function,
+            MetricFn::Auc {
+                num_thresholds: 3,
+                ..
+            }
+        ));
+        assert_eq!(m.auc.thresholds, None);
+        let m =
+            Metric::from_keras(&json!({"class_name": "AUC", "config": {"thresholds": [0.7, 0.2]}}))
+                .unwrap();
+        let want = [-1e-7f32, 0.2, 0.7, 1.0 + 1e-7].map(f64::from).to_vec();
+        assert_eq!(m.auc.thresholds, Some(want));
+        // label_weights must match the labels (or be one weight).
+        let m = json!({"class_name": "AUC", "config": {"label_weights": [1.0, 2.0]}});
+        let mut state = MetricState::<f32>::new(Metric::from_keras(&m).unwrap(), false);
+        let t = Tensor::new(vec![1, 3], vec![1.0, 0.0, 1.0]).unwrap();
+        let e = state
+            .update(&t, &t, None, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("label_weights"), "{e}");
+    }
+
     #[test]
     fn iou_metrics_match_keras_over_two_batches() {
         // Keras 3.15.1's IoU metrics, update_state on rows 0–3 then 4–5, float32.
@@ -2830,12 +3113,12 @@ mod tests {
             assert!(e.contains(what), "{e}");
         };
         refused(
-            json!({"class_name": "AUC", "config": {"multi_label": true, "label_weights": [1, 2]}}),
-            "label_weights",
+            json!({"class_name": "AUC", "config": {"label_weights": [1, "x"]}}),
+            "AUC.label_weights",
         );
         refused(
-            json!({"class_name": "AUC", "config": {"thresholds": [0.1, 0.5]}}),
-            "thresholds",
+            json!({"class_name": "AUC", "config": {"thresholds": 0.5}}),
+            "AUC.thresholds",
         );
         refused(
             json!({"class_name": "AUC", "config": {"curve": "XY"}}),
