@@ -799,6 +799,38 @@ fn legacy_training_config_is_written_as_keras3_compile_config() {
     }
 }
 
+/// Keras 3.15.1 writes AUC's `label_weights` as a serialized tensor, which its own loader cannot
+/// read back; grucell writes them as a plain list, nested as Keras nests metrics per output.
+#[test]
+fn auc_label_weights_are_written_as_lists() {
+    let io = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/io/keras"
+    ));
+    let (out, keep) = out_dir("auc_label_weights");
+    let src = load_keras_file(&io.join("trained.keras")).unwrap();
+    let mut model = model_from_file::<f32>(&src).unwrap();
+    let tensor = serde_json::json!({"class_name": "__tensor__", "config": {"value": [1.0, 2.0], "dtype": "float32"}});
+    let auc = serde_json::json!({"module": "keras.metrics", "class_name": "AUC", "config": {"name": "auc", "label_weights": tensor}});
+    let mut cc = src.compile_config.clone().unwrap();
+    cc["metrics"] = serde_json::json!([auc, "mae"]);
+    cc["weighted_metrics"] = serde_json::json!({"out": [auc]});
+    model.compile_config = Some(cc);
+    let path = out.join("auc.keras");
+    save_model(&model, &path).unwrap();
+    let cc = load_keras_file(&path).unwrap().compile_config.unwrap();
+    let list = serde_json::json!([1.0, 2.0]);
+    assert_eq!(cc["metrics"][0]["config"]["label_weights"], list, "{cc}");
+    assert_eq!(cc["metrics"][1], "mae");
+    assert_eq!(
+        cc["weighted_metrics"]["out"][0]["config"]["label_weights"], list,
+        "{cc}"
+    );
+    if !keep {
+        std::fs::remove_dir_all(&out).ok();
+    }
+}
+
 /// `save_model_with_optimizer` writes `optimizer/vars` (int64 iteration count, learning rate,
 /// slots shaped like the trainable variables, in Keras' order) for float32 and float64 models;
 /// reading them back into a fresh optimizer restores the same state, and an optimizer made for

@@ -24,8 +24,9 @@
 //! - an uncompiled model gets `"compile_config": {}`, which is what Keras writes for one
 //!   (`Trainer.get_compile_config` returns `{}` when not compiled); the model's own
 //!   `compile_config` is written back unchanged otherwise, except that a legacy `.h5`
-//!   `training_config` is converted to Keras 3's form. Optimizer state is written by
-//!   [`save_model_with_optimizer`] (not by [`save_model`]).
+//!   `training_config` is converted to Keras 3's form and AUC metrics' `label_weights` are
+//!   written as a plain list (Keras' own serialized tensor there is one its loader refuses).
+//!   Optimizer state is written by [`save_model_with_optimizer`] (not by [`save_model`]).
 //!
 //! ```
 //! use grucell::io::keras::write::{model_config_json, save_model};
@@ -1399,8 +1400,47 @@ impl<'a, T: Float> Writer<'a, T> {
 /// `optimizer_config` key) is converted as Keras' own loader converts it
 /// (`compile_args_from_training_config`): the optimizer becomes a serialized `keras.optimizers`
 /// object and the other keys get Keras' `compile()` defaults. Keras 3 passes `compile_config` to
-/// `compile(**config)`, which rejects `optimizer_config`. Anything else is written unchanged.
+/// `compile(**config)`, which rejects `optimizer_config`. Anything else is written unchanged,
+/// except AUC metrics' `label_weights`, which Keras 3.15.1 writes as a serialized tensor that its
+/// own loader then cannot read (`AUC.__init__` gets the dict): they are written as a plain list,
+/// which it reads.
 fn keras3_compile_config(c: &Value) -> Value {
+    let mut out = keras3_compile_config_keys(c);
+    if let Some(o) = out.as_object_mut() {
+        for k in ["metrics", "weighted_metrics"] {
+            if let Some(m) = o.get_mut(k) {
+                auc_label_weights_as_lists(m);
+            }
+        }
+    }
+    out
+}
+
+/// Every AUC metric's `label_weights` under `v` (a metric, or lists and dicts of them, as Keras
+/// nests them per output) as a plain list where it is a serialized tensor.
+fn auc_label_weights_as_lists(v: &mut Value) {
+    match v {
+        Value::Array(a) => a.iter_mut().for_each(auc_label_weights_as_lists),
+        Value::Object(o) if o.get("class_name").and_then(Value::as_str) == Some("AUC") => {
+            let Some(lw) = o.get_mut("config").and_then(|c| c.get_mut("label_weights")) else {
+                return;
+            };
+            let list = lw
+                .get("config")
+                .and_then(|c| c.get("value"))
+                .filter(|_| lw.get("class_name").and_then(Value::as_str) == Some("__tensor__"))
+                .cloned();
+            if let Some(list) = list {
+                *lw = list;
+            }
+        }
+        Value::Object(o) => o.values_mut().for_each(auc_label_weights_as_lists),
+        _ => {}
+    }
+}
+
+/// [`keras3_compile_config`]'s keys: a legacy `training_config` converted, else `c`.
+fn keras3_compile_config_keys(c: &Value) -> Value {
     let Some(tc) = c.as_object().filter(|o| o.contains_key("optimizer_config")) else {
         return c.clone();
     };
