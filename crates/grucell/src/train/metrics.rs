@@ -2508,14 +2508,24 @@ mod tests {
         assert!(e.contains("2-D"), "{e}");
     }
 
-    #[test]
-    fn multi_label_auc_matches_keras_over_two_batches() {
-        // keras.metrics.AUC(multi_label=True) (Keras 3.15.1), two batches of 3 labels, without
-        // and with sample weights.
+    /// Feeds `state` the two batches of 3 labels the AUC tests share, with their sample weights
+    /// (used by weighted metrics only).
+    fn feed_auc_batches(state: &mut MetricState<f32>) {
         let yt1 = [1., 0., 1., 0., 1., 0., 1., 1., 0., 0., 0., 1.];
         let yp1 = [0.7, 0.2, 0.6, 0.3, 0.8, 0.4, 0.1, 0.5, 0.45, 0.6, 0.3, 0.9];
         let (yt2, yp2) = ([0., 1., 1., 1., 0., 0.], [0.2, 0.55, 0.3, 0.95, 0.1, 0.2]);
         let (w1, w2) = ([1.0, 2.0, 0.5, 1.0], [3.0, 1.0]);
+        for (t, p, w, n) in [(&yt1[..], &yp1[..], &w1[..], 4), (&yt2, &yp2, &w2, 2)] {
+            let t = Tensor::new(vec![n, 3], t.to_vec()).unwrap();
+            let p = Tensor::new(vec![n, 3], p.to_vec()).unwrap();
+            state.update(&t, &p, None, None, Some(w)).unwrap();
+        }
+    }
+
+    #[test]
+    fn multi_label_auc_matches_keras_over_two_batches() {
+        // keras.metrics.AUC(multi_label=True) (Keras 3.15.1), two batches of 3 labels, without
+        // and with sample weights.
         #[rustfmt::skip]
         let cases: [(Value, [f64; 2]); 4] = [
             (json!({}), [0.8148148655891418, 0.7904761433601379]),
@@ -2533,11 +2543,7 @@ mod tests {
                 for _ in 0..2 {
                     // After a reset the counts start again.
                     state.reset();
-                    for (t, p, w, n) in [(&yt1[..], &yp1[..], &w1[..], 4), (&yt2, &yp2, &w2, 2)] {
-                        let t = Tensor::new(vec![n, 3], t.to_vec()).unwrap();
-                        let p = Tensor::new(vec![n, 3], p.to_vec()).unwrap();
-                        state.update(&t, &p, None, None, Some(w)).unwrap();
-                    }
+                    feed_auc_batches(&mut state);
                 }
                 let r = state.result();
                 assert!(
@@ -2570,10 +2576,6 @@ mod tests {
     /// evenly spread, outside [0, 1]), against Keras 3.15.1 on `multi_label`'s two batches.
     #[test]
     fn auc_lists_match_keras_over_two_batches() {
-        let yt1 = [1., 0., 1., 0., 1., 0., 1., 1., 0., 0., 0., 1.];
-        let yp1 = [0.7, 0.2, 0.6, 0.3, 0.8, 0.4, 0.1, 0.5, 0.45, 0.6, 0.3, 0.9];
-        let (yt2, yp2) = ([0., 1., 1., 1., 0., 0.], [0.2, 0.55, 0.3, 0.95, 0.1, 0.2]);
-        let (w1, w2) = ([1.0, 2.0, 0.5, 1.0], [3.0, 1.0]);
         // Keras saves label_weights as a serialized tensor.
         let tensor = |v: Value| json!({"class_name": "__tensor__", "config": {"value": v, "dtype": "float32"}});
         #[rustfmt::skip]
@@ -2594,11 +2596,7 @@ mod tests {
                 let metric = json!({"class_name": "AUC", "config": cfg});
                 let mut state =
                     MetricState::<f32>::new(Metric::from_keras(&metric).unwrap(), weighted);
-                for (t, p, w, n) in [(&yt1[..], &yp1[..], &w1[..], 4), (&yt2, &yp2, &w2, 2)] {
-                    let t = Tensor::new(vec![n, 3], t.to_vec()).unwrap();
-                    let p = Tensor::new(vec![n, 3], p.to_vec()).unwrap();
-                    state.update(&t, &p, None, None, Some(w)).unwrap();
-                }
+                feed_auc_batches(&mut state);
                 let r = state.result();
                 assert!(
                     close(r, want),
