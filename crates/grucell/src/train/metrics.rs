@@ -775,7 +775,16 @@ impl Metric {
                 }
             }
             "AUC" => {
-                let label_weights = auc_list(setting("label_weights"), "label_weights")?;
+                let label_weights = match auc_list(setting("label_weights"), "label_weights")? {
+                    Some(w) if w.is_empty() => {
+                        return Err(ConfigError::invalid(
+                            "AUC.label_weights",
+                            "[]",
+                            "one weight per label, or one for all",
+                        ))
+                    }
+                    w => w,
+                };
                 let given = auc_list(setting("thresholds"), "thresholds")?;
                 let (num_thresholds, thresholds) = match given {
                     Some(t) => (t.len() + 2, uneven_auc_thresholds(t)),
@@ -975,7 +984,7 @@ impl<T: Float> MetricState<T> {
                     Some(lw) => {
                         let (mut sum, mut total) = (T::zero(), T::zero());
                         for (j, c) in labels.enumerate() {
-                            let w = T::of(lw[j % lw.len().max(1)]);
+                            let w = T::of(lw.get(j % lw.len().max(1)).copied().unwrap_or(1.0));
                             sum += auc(c, curve, summation) * w;
                             total += w;
                         }
@@ -1154,7 +1163,7 @@ impl<T: Float> MetricState<T> {
                 .map(|(i, (&label, &pred))| {
                     let (s, j) = (i / per, (i % per) / each);
                     let mut w = sw.map_or(T::one(), |w| w[s * sw_per + j * sw_per / w_per]);
-                    if let Some(lw) = &label_weights {
+                    if let Some(lw) = label_weights.as_ref().filter(|lw| !lw.is_empty()) {
                         w *= lw[(i % last) % lw.len()];
                     }
                     // Keras: `x · mask + NEG_INF · (1 − mask)`.
@@ -3117,6 +3126,10 @@ mod tests {
         refused(
             json!({"class_name": "AUC", "config": {"thresholds": 0.5}}),
             "AUC.thresholds",
+        );
+        refused(
+            json!({"class_name": "AUC", "config": {"label_weights": []}}),
+            "AUC.label_weights",
         );
         refused(
             json!({"class_name": "AUC", "config": {"curve": "XY"}}),
