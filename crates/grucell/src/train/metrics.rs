@@ -1586,11 +1586,7 @@ fn add_auc_counts_at<T: Float>(
     let mut runs = vec![[T::zero(); 2]; t.len() + 1];
     let (mut pos, mut neg) = (T::zero(), T::zero());
     for (actual, pred, w) in entries {
-        let p = if from_logits {
-            Activation::Sigmoid.apply(pred)
-        } else {
-            pred
-        };
+        let p = probability(pred, from_logits);
         if actual {
             pos += w;
         } else {
@@ -1611,15 +1607,16 @@ fn add_auc_counts_at<T: Float>(
         }
     }
     if ascending {
-        let (mut tp, mut fp) = (T::zero(), T::zero());
-        for (c, r) in sums.iter_mut().zip(&runs[1..]).rev() {
-            tp += r[0];
-            fp += r[1];
-            c[0] += tp;
-            c[1] += fp;
-            c[2] += neg - fp;
-            c[3] += pos - tp;
-        }
+        add_bucket_counts(sums, &runs[1..], pos, neg);
+    }
+}
+
+/// An AUC prediction: `ŷ`, or its sigmoid with `from_logits`.
+fn probability<T: Float>(pred: T, from_logits: bool) -> T {
+    if from_logits {
+        Activation::Sigmoid.apply(pred)
+    } else {
+        pred
     }
 }
 
@@ -1644,11 +1641,7 @@ fn add_auc_counts<T: Float>(
     let mut buckets = vec![[T::zero(); 2]; n];
     let (mut pos, mut neg) = (T::zero(), T::zero());
     for (actual, pred, w) in entries {
-        let p = if from_logits {
-            Activation::Sigmoid.apply(pred)
-        } else {
-            pred
-        };
+        let p = probability(pred, from_logits);
         // NaN predictions land in bucket 0, as TensorFlow's cast of NaN does here.
         let b = if p.is_nan() {
             Some(0)
@@ -1670,8 +1663,16 @@ fn add_auc_counts<T: Float>(
             neg += w;
         }
     }
+    add_bucket_counts(sums, &buckets, pos, neg);
+}
+
+/// Adds one batch's counts per threshold to `sums` (`[tp, fp, tn, fn]`) from `buckets`: the
+/// weight of the positive and of the negative entries whose last positive threshold is each one
+/// (they are positive at it and every threshold before it); `pos` and `neg` are the batch's
+/// total weights of each label. Summed from the top threshold down.
+fn add_bucket_counts<T: Float>(sums: &mut [[T; 4]], buckets: &[[T; 2]], pos: T, neg: T) {
     let (mut tp, mut fp) = (T::zero(), T::zero());
-    for (c, b) in sums.iter_mut().zip(&buckets).rev() {
+    for (c, b) in sums.iter_mut().zip(buckets).rev() {
         tp += b[0];
         fp += b[1];
         c[0] += tp;
