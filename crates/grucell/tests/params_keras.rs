@@ -277,8 +277,8 @@ fn rowwise_block(rw: &Value, block: &str, failures: &mut Vec<String>) {
 
 /// NaN, ±inf and overflowing inputs — what a layer sees after one that overflowed — give what
 /// TensorFlow's kernels give (NaN propagates through `relu`, `hard_tanh`, ...; a softmax row
-/// holding NaN or +inf is NaN throughout; a sparsemax row with no support is +inf or NaN). The engine's vectorized sigmoid/tanh are held to the
-/// same values.
+/// holding NaN or +inf is NaN throughout, as Eigen's kernel gives it; a sparsemax row with no
+/// support is +inf or NaN). The engine's vectorized sigmoid/tanh are held to the same values.
 #[test]
 fn nonfinite_inputs_propagate_as_in_keras() {
     let fx = fixture("activations.json");

@@ -107,6 +107,24 @@ pub fn data_format(channels_first: bool) -> Value {
     })
 }
 
+/// The `value` of a tensor as Keras serializes one in a config
+/// (`{"class_name": "__tensor__", "config": {"value": …, "dtype": …}}`); `None` for anything
+/// else, a tensor without a value included.
+///
+/// ```
+/// use grucell::layers::keras_json::tensor_value;
+/// use serde_json::json;
+/// let t = json!({"class_name": "__tensor__", "config": {"value": [1.0, 2.0], "dtype": "float32"}});
+/// assert_eq!(tensor_value(&t), Some(&json!([1.0, 2.0])));
+/// assert_eq!(tensor_value(&json!([1.0, 2.0])), None);
+/// ```
+pub fn tensor_value(v: &Value) -> Option<&Value> {
+    if v.get("class_name").and_then(Value::as_str) != Some("__tensor__") {
+        return None;
+    }
+    v.get("config").and_then(|c| c.get("value"))
+}
+
 /// Converts Keras' class names to the snake_case names its serializer also accepts
 /// (`GlorotUniform` → `glorot_uniform`, `L1L2` → `l1l2`), exactly as
 /// `keras.src.utils.naming.to_snake_case` does it with its three regular expressions.

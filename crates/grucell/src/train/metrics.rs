@@ -34,7 +34,7 @@ use serde_json::{Map, Value};
 use crate::error::{ConfigError, Error, ShapeError};
 use crate::float::Float;
 use crate::layers::activation::Activation;
-use crate::layers::keras_json::{get_bool, get_f64, get_u64};
+use crate::layers::keras_json::{get_bool, get_f64, get_u64, tensor_value};
 use crate::layers::rnn::Mask;
 use crate::tensor::Tensor;
 use crate::train::backward::ModelOutput;
@@ -1488,12 +1488,7 @@ fn auc_list(v: Option<&Value>, key: &str) -> Result<Option<Vec<f64>>, ConfigErro
     let Some(v) = v else {
         return Ok(None);
     };
-    let list = match v {
-        Value::Object(o) if o.get("class_name").and_then(Value::as_str) == Some("__tensor__") => {
-            o.get("config").and_then(|c| c.get("value"))
-        }
-        v => Some(v),
-    };
+    let list = tensor_value(v).unwrap_or(v);
     let bad = || {
         ConfigError::invalid(
             format!("AUC.{key}"),
@@ -1502,7 +1497,7 @@ fn auc_list(v: Option<&Value>, key: &str) -> Result<Option<Vec<f64>>, ConfigErro
         )
     };
     match list {
-        Some(Value::Array(a)) if a.len() <= AUC_MAX_LIST => a
+        Value::Array(a) if a.len() <= AUC_MAX_LIST => a
             .iter()
             .map(|x| x.as_f64().filter(|f| f.is_finite()).ok_or_else(bad))
             .collect::<Result<Vec<_>, _>>()

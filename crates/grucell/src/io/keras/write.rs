@@ -1425,12 +1425,7 @@ fn auc_label_weights_as_lists(v: &mut Value) {
             let Some(lw) = o.get_mut("config").and_then(|c| c.get_mut("label_weights")) else {
                 return;
             };
-            let list = lw
-                .get("config")
-                .and_then(|c| c.get("value"))
-                .filter(|_| lw.get("class_name").and_then(Value::as_str) == Some("__tensor__"))
-                .cloned();
-            if let Some(list) = list {
+            if let Some(list) = crate::layers::keras_json::tensor_value(lw).cloned() {
                 *lw = list;
             }
         }
