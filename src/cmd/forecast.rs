@@ -207,6 +207,9 @@ pub fn print_report(o: &ForecastOutcome, files: &OutputFiles, labels: &Labels, i
             m.gaps.interpolated, m.gaps.dropped_leading, m.gaps.dropped_trailing
         );
     }
+    if m.headerless {
+        println!("{indent}  no header row: the first row is data, columns are named `column 1`, `column 2`, …");
+    }
     if let Some(axis) = &m.time_axis {
         println!("{indent}  dates from {axis}");
     }

@@ -33,6 +33,9 @@ pub struct Series {
     pub time_axis: Option<String>,
     /// True when the rows were reversed to put them in chronological order.
     pub reversed: bool,
+    /// True when the file has no header row: its first row holds numbers (and dates) only, so
+    /// it is read as data and the columns are named `column 1`, `column 2`, ….
+    pub headerless: bool,
 }
 
 impl Series {
@@ -44,6 +47,7 @@ impl Series {
             dates: None,
             time_axis: None,
             reversed: false,
+            headerless: false,
         }
     }
 
@@ -99,13 +103,15 @@ fn parse_cell(cell: &str, decimal_comma: bool) -> Result<Option<f64>, BadCell> {
 }
 
 /// For the error of a file without a numeric column: the columns that hold numbers but also
-/// cells that are not one, each with its first such cell (row 1-based, header = row 1), as
+/// cells that are not one, each with its first such cell (row 1-based: `first_row` is the file
+/// row of the first record, 2 below a header), as
 /// ` (column `x` has numbers, but row 52 is `inf`)`; empty when there are none.
 fn almost_numeric(
     headers: &[String],
     records: &[csv::StringRecord],
     skip: &[usize],
     decimal_comma: bool,
+    first_row: usize,
 ) -> String {
     let found: Vec<String> = (0..headers.len())
         .filter(|i| !skip.contains(i))
@@ -129,7 +135,7 @@ fn almost_numeric(
             Some(format!(
                 "column `{}` has numbers, but row {} is `{shown}`",
                 headers[i],
-                r + 2
+                r + first_row
             ))
         })
         .take(3)
@@ -167,15 +173,30 @@ pub fn read_series(
     parse_series(&bytes, &shown, column, date_column)
 }
 
-/// Picks the field delimiter: `,` unless the header line has none and has `;` or a tab.
+/// Picks the field delimiter: the first of `,`, `;` and tab that occurs the same number of
+/// times (at least once) on each of the first lines (up to 20), so that `1.2.1990;2,5` reads as
+/// a semicolon file with a decimal comma; else `,` unless the first line has none and has `;`
+/// or a tab.
 fn sniff_delimiter(bytes: &[u8]) -> u8 {
-    let header = bytes.split(|b| *b == b'\n').next().unwrap_or(&[]);
-    let count = |c: u8| header.iter().filter(|b| **b == c).count();
-    if count(b',') > 0 {
+    let lines: Vec<&[u8]> = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .take(20)
+        .collect();
+    let count = |line: &[u8], c: u8| line.iter().filter(|b| **b == c).count();
+    let steady = |c: u8| {
+        let first = lines.first().map_or(0, |l| count(l, c));
+        first > 0 && lines.iter().all(|l| count(l, c) == first)
+    };
+    if let Some(c) = [b',', b';', b'\t'].into_iter().find(|&c| steady(c)) {
+        return c;
+    }
+    let header = lines.first().copied().unwrap_or(&[]);
+    if count(header, b',') > 0 {
         b','
-    } else if count(b';') > 0 {
+    } else if count(header, b';') > 0 {
         b';'
-    } else if count(b'\t') > 0 {
+    } else if count(header, b'\t') > 0 {
         b'\t'
     } else {
         b','
@@ -656,6 +677,25 @@ fn skipped(rule: Skip, header: &str, records: &[csv::StringRecord], i: usize) ->
     }
 }
 
+/// Whether a first row is data rather than a header: every cell is a number or a date
+/// (year first, day or month first, or naming its month or period), and at least one is a
+/// number. A header naming its columns by years only (`2019,2020`) is read as data too; the
+/// file then needs a header word such as `region` or `value` to be read as headed.
+fn is_data_row(cells: &[String], decimal_comma: bool) -> bool {
+    let number = |c: &str| matches!(parse_cell(c, decimal_comma), Ok(Some(_)));
+    let date = |c: &str| {
+        [
+            DateStyle::YearFirst,
+            DateStyle::Named,
+            DateStyle::DayFirst,
+            DateStyle::MonthFirst,
+        ]
+        .into_iter()
+        .any(|s| date_key(c, s).is_some())
+    };
+    cells.iter().any(|c| number(c)) && cells.iter().all(|c| number(c) || date(c))
+}
+
 fn list(headers: &[String]) -> String {
     headers
         .iter()
@@ -678,24 +718,39 @@ pub fn parse_series(
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .flexible(true)
+        .has_headers(false)
         .trim(csv::Trim::All)
         .from_reader(bytes);
-    let headers: Vec<String> = reader
-        .headers()
-        .map_err(|e| bad("header".into(), e.to_string()))?
-        .iter()
-        .map(|h| h.trim_start_matches('\u{feff}').to_string())
-        .collect();
-    if headers.is_empty() || headers.iter().all(|h| h.is_empty()) {
+    let mut records = reader
+        .records()
+        .collect::<Result<Vec<csv::StringRecord>, _>>()
+        .map_err(|e| bad("rows".into(), e.to_string()))?;
+    let first: Vec<String> = records
+        .first()
+        .map(|r| {
+            r.iter()
+                .map(|h| h.trim_start_matches('\u{feff}').trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    if first.is_empty() || first.iter().all(|h| h.is_empty()) {
         return Err(bad(
             "header".into(),
             "the file is empty or has no header row; expected a header naming the columns".into(),
         ));
     }
-    let records: Vec<csv::StringRecord> = reader
-        .records()
-        .collect::<Result<_, _>>()
-        .map_err(|e| bad("rows".into(), e.to_string()))?;
+    let headerless = is_data_row(&first, decimal_comma);
+    let headers: Vec<String> = if headerless {
+        if let Some(c) = records.first_mut() {
+            *c = first.iter().collect();
+        }
+        (1..=first.len()).map(|i| format!("column {i}")).collect()
+    } else {
+        records.remove(0);
+        first
+    };
+    // The file row of `records[i]` is `i + first_row` (1-based, a header is row 1).
+    let first_row = if headerless { 1 } else { 2 };
     let axis = match date_column {
         None => find_time_axis(&headers, &records),
         Some(d) => Some(TimeAxis::Column(find_column(&headers, d).ok_or_else(
@@ -754,7 +809,13 @@ pub fn parse_series(
                         format!(
                             "a column name: {} has no numeric column{}; columns: {}",
                             source,
-                            almost_numeric(&headers, &records, &axis_columns, decimal_comma),
+                            almost_numeric(
+                                &headers,
+                                &records,
+                                &axis_columns,
+                                decimal_comma,
+                                first_row
+                            ),
                             list(&headers)
                         ),
                     )
@@ -791,7 +852,7 @@ pub fn parse_series(
                 BadCell::NotFinite => "is not a finite number",
             };
             bad(
-                format!("column `{name}`, row {}", i + 2),
+                format!("column `{name}`, row {}", i + first_row),
                 format!("`{cell}` {what}; expected a number (empty cells and NA/NaN/null/./? are read as missing values)"),
             )
         })?;
@@ -830,6 +891,7 @@ pub fn parse_series(
         dates,
         time_axis: axis.as_ref().map(|a| a.describe(&headers)),
         reversed: false,
+        headerless,
     };
     // Every row's key read: newest first when they never rise and are not all equal.
     let keys: Option<Vec<DateKey>> = keys.and_then(|k| k.into_iter().collect());
@@ -897,6 +959,35 @@ mod tests {
         // Values of four digits and a decimal point are numbers, not dates.
         let s = parse("t,v\n2000-01,1234.5\n2000-02,1240.25\n", None, None).unwrap();
         assert_eq!((s.name.as_str(), s.dates.unwrap().len()), ("v", 2));
+    }
+
+    /// A first row of numbers (and dates) is data: nothing is lost, the columns are numbered,
+    /// dates are still found, and rows in errors count from the file's first line.
+    #[test]
+    fn a_first_row_of_numbers_is_data() {
+        let s = parse("\u{feff}10.5\n11\n12.25\n", None, None).unwrap();
+        assert!(s.headerless);
+        assert_eq!(s.name, "column 1");
+        assert_eq!(s.values, [Some(10.5), Some(11.0), Some(12.25)]);
+        let s = parse("1990-02,3\n1990-01,2\n", None, None).unwrap();
+        assert_eq!((s.name.as_str(), s.reversed), ("column 2", true));
+        assert_eq!(s.values, [Some(2.0), Some(3.0)]);
+        assert_eq!(s.time_axis.as_deref(), Some("column `column 1`"));
+        let s = parse("01.02.1990;2,5\n02.02.1990;3\n", Some("column 2"), None).unwrap();
+        assert_eq!(s.values, [Some(2.5), Some(3.0)]);
+        let e = parse("1\n2\nabc\n", None, None).unwrap_err().to_string();
+        assert!(e.contains("row 3") && e.contains("`abc`"), "{e}");
+        // A header has a word in it; dates alone, or a number beside a word, are a header.
+        for headed in [
+            "v\n1\n2\n",
+            "1990-01,value\n1990-02,3\n",
+            "1990-01,1991-01\n1,2\n",
+        ] {
+            assert!(
+                !parse(headed, None, None).is_ok_and(|s| s.headerless),
+                "{headed}"
+            );
+        }
     }
 
     #[test]

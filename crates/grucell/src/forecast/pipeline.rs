@@ -169,6 +169,9 @@ pub struct ForecastMetrics {
     pub time_axis: Option<String>,
     /// True when the rows were reversed into chronological order.
     pub reversed: bool,
+    /// True when the file had no header row (columns named `column 1`, `column 2`, …).
+    #[serde(default)]
+    pub headerless: bool,
     /// Points used after gap handling.
     pub points: usize,
     /// Points in the part that fits weights and scaling.
@@ -785,6 +788,7 @@ Output: the next {h} values of z, scaled the same way: unscale (v * std + mean),
         gaps,
         time_axis: series.time_axis.clone(),
         reversed: series.reversed,
+        headerless: series.headerless,
         points: n,
         train_size: n_fit,
         val_size: n_train - n_fit,
