@@ -21,7 +21,7 @@ stopping on the validation part, keeps the representation with the lowest valida
 members into one Keras model. Interior missing values are linearly interpolated; leading/trailing ones are dropped."
 )]
 pub struct Args {
-    /// CSV file with a header row.
+    /// CSV file: a header row naming the columns, or data from the first row (numbers and dates only; the columns are then `column 1`, `column 2`, …).
     #[arg(long, value_name = "FILE")]
     pub csv: PathBuf,
     /// Numeric column to forecast (default: the only numeric column, a row-number index column aside).

@@ -736,7 +736,7 @@ pub fn parse_series(
     if first.is_empty() || first.iter().all(|h| h.is_empty()) {
         return Err(bad(
             "header".into(),
-            "the file is empty or has no header row; expected a header naming the columns".into(),
+            "the file is empty; expected a header naming the columns, or rows of data".into(),
         ));
     }
     let headerless = is_data_row(&first, decimal_comma);
