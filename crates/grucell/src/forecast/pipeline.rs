@@ -424,8 +424,8 @@ fn train_member(
 /// Fewest training windows a representation needs.
 const MIN_FIT_WINDOWS: usize = 16;
 
-/// Relative margin within which validation RMSEs count as a tie.
-const TIE: f64 = 0.05;
+/// Relative margin within which validation RMSEs count as a tie (see [`choose`]).
+pub const TIE: f64 = 0.05;
 
 /// The candidate with the lowest validation RMSE; within [`TIE`] of it, differences are
 /// preferred to seasonal differences and those to levels, because a model of changes degrades
