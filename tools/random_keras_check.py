@@ -780,7 +780,8 @@ def check_fit(args, keras, layers, rng, pick, out):
                          "auc_label_weights"]
                 # R² and the F-scores take (batch, outputs) only.
                 if not rs:
-                    pool += ["r2_score", "f1_macro", "f1_micro", "fbeta_weighted", "auc_ml", "auc_ml_weighted"]
+                    pool += ["r2_score", "f1_macro", "f1_micro", "fbeta_weighted", "auc_ml", "auc_ml_weighted",
+                             "f1_score", "r2_per_column", "fbeta_per_class"]
                 # Poisson and categorical crossentropy need positive outputs (NaN otherwise).
                 if act in ("sigmoid", "softmax", "softplus"):
                     pool += ["poisson", "categorical_crossentropy"]
@@ -790,6 +791,8 @@ def check_fit(args, keras, layers, rng, pick, out):
         # Metric objects under a name of their own (strings stay strings).
         objects = {"f1_macro": lambda n: keras.metrics.F1Score(average="macro", name=n),
                    "f1_micro": lambda n: keras.metrics.F1Score(average="micro", threshold=0.5, name=n),
+                   "r2_per_column": lambda n: keras.metrics.R2Score(class_aggregation=None, name=n),
+                   "fbeta_per_class": lambda n: keras.metrics.FBetaScore(beta=0.5, threshold=0.3, name=n),
                    "fbeta_weighted": lambda n: keras.metrics.FBetaScore(
                        beta=2.0, average="weighted", threshold=0.4, name=n),
                    "binary_iou": lambda n: keras.metrics.BinaryIoU(target_class_ids=[0, 1], threshold=0.4, name=n),
@@ -1057,13 +1060,16 @@ def metric_differences(table, hist):
         if want is None:
             off.append((key, None, "not in Keras", None))
             continue
-        got = [float(r[c]) for r in rows if c < len(r) and r[c] != ""]
+        # A metric with one value per class (F1Score(average=None)) prints `[a, b, …]`.
+        got = [np.array(json.loads(r[c]) if r[c].startswith("[") else [float(r[c])], dtype=np.float64)
+               for r in rows if c < len(r) and r[c] != ""]
         if len(got) != len(want):
             off.append((key, None, len(got), len(want)))
             continue
         for e, (a, b) in enumerate(zip(got, want)):
-            if abs(a - b) > 1e-4 * max(1.0, abs(b)):
-                off.append((key, e + 1, a, b))
+            b = np.asarray(b, dtype=np.float64).ravel()
+            if a.shape != b.shape or np.any(np.abs(a - b) > 1e-4 * np.maximum(1.0, np.abs(b))):
+                off.append((key, e + 1, a.tolist(), b.tolist()))
     missing = [k for k in hist if k not in header]
     return off + [(k, None, "missing", None) for k in missing]
 

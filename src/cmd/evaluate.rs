@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use grucell::io::keras::load::file_dtype;
 use grucell::layers::model::Model;
+use grucell::train::metrics::MetricValue;
 use grucell::Float;
 use serde_json::json;
 
@@ -44,7 +45,8 @@ pub struct Args {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub threads: usize,
     /// Print one JSON object (`{"loss": …, "samples": …, "batch_size": …, "metrics": {…}}`)
-    /// instead of `NAME<TAB>value` lines (the loss, then each compiled metric).
+    /// instead of `NAME<TAB>value` lines (the loss, then each compiled metric; a metric with one
+    /// value per class, such as Keras' default `F1Score`, as a list `[a, b, …]`).
     #[arg(long)]
     pub json: bool,
 }
@@ -89,11 +91,17 @@ fn evaluate<T: Float>(args: &Args, mut model: Model<T>) -> Result<()> {
         for (name, v) in &e.metrics {
             out["metrics"][name] = json!(v);
         }
+        for (name, v) in &e.class_metrics {
+            out["metrics"][name] = json!(v);
+        }
         println!("{out}");
     } else {
         println!("loss\t{}", e.loss);
         for (name, v) in &e.metrics {
             println!("{name}\t{v}");
+        }
+        for (name, v) in &e.class_metrics {
+            println!("{name}\t{}", MetricValue::PerClass(v.clone()));
         }
     }
     Ok(())

@@ -259,22 +259,38 @@ fn check_keras_case(name: &str) -> (Value, History) {
         .keys()
         .filter(|k| *k != "loss" && *k != "val_loss")
         .collect();
-    let ours: Vec<&(String, Vec<f64>)> = h.metrics.iter().chain(&h.val_metrics).collect();
+    // Each column as one list of numbers per entry (a scalar metric's entries have one).
+    let scalars = h.metrics.iter().chain(&h.val_metrics);
+    let ours: Vec<(&String, Vec<Vec<f64>>)> = scalars
+        .map(|(k, v)| (k, v.iter().map(|v| vec![*v]).collect()))
+        .chain(
+            h.class_metrics
+                .iter()
+                .chain(&h.val_class_metrics)
+                .map(|(k, v)| (k, v.clone())),
+        )
+        .collect();
     assert_eq!(
         ours.len(),
         keras_keys.len(),
         "{name}: {ours:?} vs Keras {keras_keys:?}"
     );
+    let numbers = |v: &Value| -> Vec<f64> {
+        match v.as_array() {
+            Some(a) => a.iter().map(|x| x.as_f64().unwrap()).collect(),
+            None => vec![v.as_f64().unwrap()],
+        }
+    };
     for (k, got) in ours {
         let want = case["history"][k]
             .as_array()
             .unwrap_or_else(|| panic!("{name}: {k}"));
         assert_eq!(got.len(), want.len(), "{name}: {k}");
         for (e, (a, b)) in got.iter().zip(want).enumerate() {
-            let b = b.as_f64().unwrap();
+            let b = numbers(b);
             assert!(
-                close(*a, b, 1e-5),
-                "{name}: {k} of entry {e}: grucell {a}, Keras {b}"
+                a.len() == b.len() && a.iter().zip(&b).all(|(a, b)| close(*a, *b, 1e-5)),
+                "{name}: {k} of entry {e}: grucell {a:?}, Keras {b:?}"
             );
         }
     }
@@ -334,12 +350,28 @@ fn check_keras_case(name: &str) -> (Value, History) {
                 &compiled.weighted_metrics,
             )
             .unwrap();
-        assert_eq!(e.metrics.len(), want.len(), "{name}: {e:?}");
+        assert_eq!(
+            e.metrics.len() + e.class_metrics.len(),
+            want.len(),
+            "{name}: {e:?}"
+        );
         for (k, v) in &e.metrics {
             let w = want[k].as_f64().unwrap();
             assert!(
                 close(*v, w, 1e-5),
                 "{name}: evaluate's {k}: grucell {v}, Keras {w}"
+            );
+        }
+        for (k, v) in &e.class_metrics {
+            let w: Vec<f64> = want[k]
+                .as_array()
+                .unwrap_or_else(|| panic!("{name}: evaluate's {k} is one number in Keras"))
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            assert!(
+                v.len() == w.len() && v.iter().zip(&w).all(|(a, b)| close(*a, *b, 1e-5)),
+                "{name}: evaluate's {k}: grucell {v:?}, Keras {w:?}"
             );
         }
     }
@@ -751,10 +783,43 @@ fn compiled_metrics_are_flattened_and_unsupported_ones_listed() {
     );
 }
 
-/// Keras' default F-score (`average=None`) is one score per class: taken for an output of one
-/// column (its one-element result), listed as unsupported for more, before any training.
+/// Keras' default F-score (`average=None`) is one score per class, and `R2Score` with
+/// `class_aggregation=None` one per column: history and evaluate entries that are arrays in
+/// Keras, against its fit.
 #[test]
-fn per_class_f_scores_are_taken_for_one_column_only() {
+fn keras_per_class_metrics_log_one_value_per_class() {
+    let (_, h) = check_keras_case("metrics_per_class");
+    let names: Vec<&str> = h.class_metrics.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["f1", "f2", "r2"]);
+    assert!(h.class_metrics[0].1.iter().all(|v| v.len() == 3));
+    // The table prints them as lists, under their names.
+    let table = h.table();
+    let header: Vec<&str> = table.lines().next().unwrap().split('\t').collect();
+    assert_eq!(
+        header,
+        [
+            "epoch",
+            "loss",
+            "categorical_accuracy",
+            "f1",
+            "f2",
+            "r2",
+            "val_loss",
+            "val_categorical_accuracy",
+            "val_f1",
+            "val_f2",
+            "val_r2"
+        ]
+    );
+    let first: Vec<&str> = table.lines().nth(1).unwrap().split('\t').collect();
+    let f1 = &h.class_metrics[0].1[0];
+    assert_eq!(first[3], format!("[{}, {}, {}]", f1[0], f1[1], f1[2]));
+}
+
+/// Keras' default F-score (`average=None`) is taken for outputs of any number of classes (one
+/// column gives its one-element result as a number), before any training.
+#[test]
+fn per_class_f_scores_are_taken_for_any_number_of_classes() {
     let f1 = serde_json::json!({"metrics": ["f1_score", {"class_name": "F1Score", "config": {"name": "f1m", "average": "macro"}}]});
     let mut one = gru_dense(3, 2, Activation::Sigmoid, 1);
     one.compile_config = Some(f1.clone());
@@ -775,11 +840,8 @@ fn per_class_f_scores_are_taken_for_one_column_only() {
     four.compile_config = Some(f1);
     let c = four.compiled_metrics();
     let names: Vec<&str> = c.metrics.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["f1m"]);
-    assert!(
-        c.unsupported.len() == 1 && c.unsupported[0].contains("average None on an output of 4"),
-        "{c:?}"
-    );
+    assert_eq!(names, ["f1_score", "f1m"]);
+    assert!(c.unsupported.is_empty(), "{c:?}");
 }
 
 #[test]

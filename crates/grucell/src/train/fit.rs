@@ -56,14 +56,13 @@ use crate::float::Float;
 use crate::layers::model::{Layer, Model, ModelLayer};
 use crate::tensor::Tensor;
 use crate::train::loss::Loss;
-use crate::train::metrics::{FAverage, Metric, MetricFn, MetricSet};
+use crate::train::metrics::{Metric, MetricFn, MetricSet, MetricValue};
 use crate::train::optimizer::{Optimizer, OptimizerConfig};
 
 /// `m` when it can be computed on an output of shape `shape` (where the config gives it): the
 /// metrics Keras builds for `(batch, columns)` outputs only (the F-scores, R², multi-label AUC)
-/// need rank 2, as Keras fails on others; Keras' default F-score is a vector of one score per
-/// class, and grucell logs scalars, so it takes that only for one column; a `class_id` or
-/// `top_k` beyond the last axis fails in Keras.
+/// need rank 2, as Keras fails on others; a `class_id` or `top_k` beyond the last axis fails in
+/// Keras.
 fn fits_output(m: Metric, shape: Option<&Vec<Option<usize>>>) -> Result<Metric, ConfigError> {
     let Some(s) = shape else {
         return Ok(m);
@@ -87,13 +86,6 @@ fn fits_output(m: Metric, shape: Option<&Vec<Option<usize>>>) -> Result<Metric, 
             ),
         ));
     }
-    let per_class = matches!(
-        m.function,
-        MetricFn::FBeta {
-            average: FAverage::PerClass,
-            ..
-        }
-    );
     if let Some(Some(d)) = s.last() {
         // Keras fails on a column or a top-k the last axis does not have.
         if let Some((key, v)) = m.function.selection().beyond(*d) {
@@ -103,18 +95,7 @@ fn fits_output(m: Metric, shape: Option<&Vec<Option<usize>>>) -> Result<Metric, 
             ));
         }
     }
-    match s.last() {
-        Some(d) if per_class && *d != Some(1) => Err(ConfigError::unsupported(
-            "metric",
-            format!(
-                "`{}` with average None on an output of {} classes (one score per class is \
-                 not computed; average \"micro\", \"macro\" or \"weighted\" is)",
-                m.name,
-                d.map_or("several".into(), |d| d.to_string())
-            ),
-        )),
-        _ => Ok(m),
-    }
+    Ok(m)
 }
 
 /// Mixed into the seed for the dropout stream, so that it differs from the shuffle stream.
@@ -129,8 +110,12 @@ pub struct Evaluation {
     /// The loss, as [`Model::evaluate`] gives it.
     pub loss: f64,
     /// Each output's loss (`"<output>_loss"`, several outputs only), then each metric's value,
-    /// under their Keras names, in Keras' order.
+    /// under their Keras names, in Keras' order; metrics with one value per class are in
+    /// `class_metrics` instead.
     pub metrics: Vec<(String, f64)>,
+    /// The metrics whose value is one number per class or column (see
+    /// [`MetricValue::PerClass`]), under their Keras names, in Keras' order.
+    pub class_metrics: Vec<(String, Vec<f64>)>,
 }
 
 /// What [`Model::compiled_metrics`] finds in a compile config.
@@ -447,6 +432,11 @@ pub struct History {
     /// The same on the validation data (`"val_a_loss"`, `"val_mae"`, …), aligned with
     /// `val_loss`.
     pub val_metrics: Vec<(String, Vec<f64>)>,
+    /// Per epoch run, the metrics whose value is one number per class or column (see
+    /// [`MetricValue::PerClass`]): Keras logs them under their names like the others.
+    pub class_metrics: Vec<(String, Vec<Vec<f64>>)>,
+    /// The same on the validation data, aligned with `val_loss`.
+    pub val_class_metrics: Vec<(String, Vec<Vec<f64>>)>,
     /// Number of epochs run.
     pub epochs_run: usize,
     /// Whether early stopping ended training before `epochs`.
@@ -464,33 +454,50 @@ impl History {
     pub fn table(&self) -> String {
         let with_val = !self.val_loss.is_empty();
         let mut s = String::from("epoch\tloss");
-        for (name, _) in &self.metrics {
+        let names = |m: &[(String, Vec<f64>)], c: &[(String, Vec<Vec<f64>>)]| {
+            let m = m.iter().map(|(n, _)| n.clone());
+            m.chain(c.iter().map(|(n, _)| n.clone()))
+                .collect::<Vec<_>>()
+        };
+        for name in names(&self.metrics, &self.class_metrics) {
             s.push_str(&format!("\t{name}"));
         }
         if with_val {
             s.push_str("\tval_loss");
-            for (name, _) in &self.val_metrics {
+            for name in names(&self.val_metrics, &self.val_class_metrics) {
                 s.push_str(&format!("\t{name}"));
             }
         }
         s.push('\n');
+        // The `i`-th entry of each column, as `MetricValue` prints it (empty where there is none).
+        let cells = |i: Option<usize>, m: &[(String, Vec<f64>)], c: &[(String, Vec<Vec<f64>>)]| {
+            let m = m.iter().map(move |(_, v)| {
+                i.and_then(|i| v.get(i))
+                    .map(|v| MetricValue::Scalar(*v).to_string())
+            });
+            let c = c.iter().map(move |(_, v)| {
+                i.and_then(|i| v.get(i))
+                    .map(|v| MetricValue::PerClass(v.clone()).to_string())
+            });
+            m.chain(c)
+                .map(Option::unwrap_or_default)
+                .collect::<Vec<_>>()
+        };
         for (i, (&e, l)) in self.epoch.iter().zip(&self.loss).enumerate() {
             s.push_str(&format!("{}\t{l}", e + 1));
-            for (_, v) in &self.metrics {
+            for cell in cells(Some(i), &self.metrics, &self.class_metrics) {
                 s.push('\t');
-                if let Some(v) = v.get(i) {
-                    s.push_str(&v.to_string());
-                }
+                s.push_str(&cell);
             }
             if with_val {
                 let at = self.val_epoch.iter().position(|&ve| ve == e);
-                let columns =
-                    std::iter::once(&self.val_loss).chain(self.val_metrics.iter().map(|(_, v)| v));
-                for col in columns {
+                s.push('\t');
+                if let Some(v) = at.and_then(|j| self.val_loss.get(j)) {
+                    s.push_str(&v.to_string());
+                }
+                for cell in cells(at, &self.val_metrics, &self.val_class_metrics) {
                     s.push('\t');
-                    if let Some(v) = at.and_then(|j| col.get(j)) {
-                        s.push_str(&v.to_string());
-                    }
+                    s.push_str(&cell);
                 }
             }
             s.push('\n');
@@ -742,13 +749,24 @@ fn flatten_metrics<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
 }
 
 /// Appends each metric's result to its history column (`prefix` + its name), making the column
-/// on first use.
-fn push_metrics<T: Float>(columns: &mut Vec<(String, Vec<f64>)>, set: &MetricSet<T>, prefix: &str) {
-    for (name, v) in set.names().iter().zip(set.results()) {
-        let key = format!("{prefix}{name}");
+/// on first use: a number in `columns`, one per class in `class_columns`.
+fn push_metrics<T: Float>(
+    columns: &mut Vec<(String, Vec<f64>)>,
+    class_columns: &mut Vec<(String, Vec<Vec<f64>>)>,
+    set: &MetricSet<T>,
+    prefix: &str,
+) {
+    fn push<V>(columns: &mut Vec<(String, Vec<V>)>, key: String, v: V) {
         match columns.iter_mut().find(|(k, _)| *k == key) {
             Some((_, col)) => col.push(v),
             None => columns.push((key, vec![v])),
+        }
+    }
+    for (name, v) in set.names().iter().zip(set.values()) {
+        let key = format!("{prefix}{name}");
+        match v {
+            MetricValue::Scalar(v) => push(columns, key, v),
+            MetricValue::PerClass(v) => push(class_columns, key, v),
         }
     }
 }
@@ -1104,9 +1122,17 @@ impl<T: Float> Model<T> {
             ..Batches::all(batch_size)
         };
         let loss = self.evaluate_in(x, y, loss, batches, Some(&mut set))?;
+        let (mut metrics, mut class_metrics) = (Vec::new(), Vec::new());
+        for (name, v) in set.names().into_iter().zip(set.values()) {
+            match v {
+                MetricValue::Scalar(v) => metrics.push((name, v)),
+                MetricValue::PerClass(v) => class_metrics.push((name, v)),
+            }
+        }
         Ok(Evaluation {
             loss,
-            metrics: set.names().into_iter().zip(set.results()).collect(),
+            metrics,
+            class_metrics,
         })
     }
 
@@ -1442,7 +1468,12 @@ impl<T: Float> Model<T> {
             let epoch_loss = (total / count).f64();
             history.epoch.push(epoch);
             history.loss.push(epoch_loss);
-            push_metrics(&mut history.metrics, &train_metrics, "");
+            push_metrics(
+                &mut history.metrics,
+                &mut history.class_metrics,
+                &train_metrics,
+                "",
+            );
             let val_loss = match val {
                 Some((vx, vy)) if cfg.validation_freq.is_due(epoch + 1) => {
                     let batches = Batches {
@@ -1457,7 +1488,12 @@ impl<T: Float> Model<T> {
             if let Some(v) = val_loss {
                 history.val_loss.push(v);
                 history.val_epoch.push(epoch);
-                push_metrics(&mut history.val_metrics, &val_metrics, "val_");
+                push_metrics(
+                    &mut history.val_metrics,
+                    &mut history.val_class_metrics,
+                    &val_metrics,
+                    "val_",
+                );
             }
             history.epochs_run += 1;
             if show {

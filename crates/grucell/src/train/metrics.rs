@@ -20,9 +20,9 @@
 //! one threshold; `precision` and `recall` with Keras' `top_k` and `class_id`), `auc` (thresholds
 //! spread evenly or a given list; one label, or with `multi_label` the mean of the columns'
 //! areas; `label_weights`), `r2_score`
-//! (combined over the output columns) and `F1Score`/`FBetaScore` (counts per class over the epoch,
-//! combined `micro`, `macro` or `weighted`; Keras' default of one score per class only for one
-//! column). `pearson_correlation` and `concordance_correlation` are mean wrappers of one value per
+//! (combined over the output columns, or one score per column) and `F1Score`/`FBetaScore` (counts
+//! per class over the epoch, combined `micro`, `macro` or `weighted`, or Keras' default of one
+//! score per class: a [`MetricValue::PerClass`]). `pearson_correlation` and `concordance_correlation` are mean wrappers of one value per
 //! row of the last axis. The IoU metrics (`IoU`, `MeanIoU`, `BinaryIoU`, `OneHotIoU`,
 //! `OneHotMeanIoU`) count a confusion matrix over the epoch as Keras' integer-typed base class
 //! does, and `SensitivityAtSpecificity`, `SpecificityAtSensitivity`, `PrecisionAtRecall` and
@@ -271,11 +271,40 @@ pub enum AtPoint {
     RecallAtPrecision,
 }
 
+/// A metric's result after some batches: one number, or one per class (or column).
+///
+/// ```
+/// use grucell::train::metrics::MetricValue;
+/// assert_eq!(MetricValue::Scalar(0.5).to_string(), "0.5");
+/// assert_eq!(MetricValue::PerClass(vec![0.5, 0.25]).to_string(), "[0.5, 0.25]");
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub enum MetricValue {
+    /// One number, as most metrics give.
+    Scalar(f64),
+    /// One number per class or column, in their order: Keras' `F1Score`/`FBetaScore` with
+    /// `average=None` and `R2Score` with `class_aggregation=None`, on more than one column.
+    PerClass(Vec<f64>),
+}
+
+impl std::fmt::Display for MetricValue {
+    /// The number as Rust prints an `f64`; per class, `[a, b, …]`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetricValue::Scalar(v) => write!(f, "{v}"),
+            MetricValue::PerClass(v) => {
+                let items: Vec<String> = v.iter().map(f64::to_string).collect();
+                write!(f, "[{}]", items.join(", "))
+            }
+        }
+    }
+}
+
 /// How a [`MetricFn::FBeta`] combines its classes (Keras' `average`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FAverage {
-    /// `None`: one score per class. grucell logs scalars, so it computes this only for outputs
-    /// of one column (where Keras' one-element result is that score).
+    /// `None`: one score per class (a [`MetricValue::PerClass`] on several classes; on one
+    /// column, Keras' one-element result is logged as that score).
     PerClass,
     /// `"micro"`: the counts summed over every class first.
     Micro,
@@ -292,6 +321,8 @@ pub enum R2Aggregation {
     Uniform,
     /// `"variance_weighted_average"`: weighted by each column's total sum of squares.
     VarianceWeighted,
+    /// `None`: one score per column (a [`MetricValue::PerClass`] on several columns).
+    PerColumn,
 }
 
 /// Which confusion count a [`MetricFn::Count`] gives.
@@ -762,9 +793,12 @@ impl Metric {
                     Some(Value::String(a)) if a == "variance_weighted_average" => {
                         R2Aggregation::VarianceWeighted
                     }
+                    Some(Value::Null) => R2Aggregation::PerColumn,
                     Some(other) => {
-                        return refuse(format!(
-                            "class_aggregation {other} (one score per column is not computed)"
+                        return Err(ConfigError::invalid(
+                            "R2Score.class_aggregation",
+                            other,
+                            "null, \"uniform_average\" or \"variance_weighted_average\"",
                         ))
                     }
                 };
@@ -1014,6 +1048,29 @@ impl<T: Float> MetricState<T> {
             Some(MetricFn::Iou(c)) => iou(&self.cm, &c),
             Some(MetricFn::AtPoint { kind, value, .. }) => at_point(&self.sums, kind, value).f64(),
             _ => r.f64(),
+        }
+    }
+
+    /// [`Self::result`], or each class's (column's) score where Keras' result is one per class:
+    /// `F1Score`/`FBetaScore` with `average=None` and `R2Score` with `class_aggregation=None`,
+    /// on more than one column. (On one column Keras' one-element result is that score.)
+    pub(crate) fn value(&self) -> MetricValue {
+        let per_class = match self.resolved {
+            Some(MetricFn::FBeta {
+                beta,
+                average: FAverage::PerClass,
+                ..
+            }) => fbeta_per_class(&self.sums, beta),
+            Some(MetricFn::R2Score {
+                aggregation: R2Aggregation::PerColumn,
+                num_regressors,
+            }) => r2_per_column(&self.sums, self.entries, num_regressors),
+            _ => Vec::new(),
+        };
+        if per_class.len() > 1 {
+            MetricValue::PerClass(per_class.iter().map(|v| v.f64()).collect())
+        } else {
+            MetricValue::Scalar(self.result())
         }
     }
 
@@ -1289,17 +1346,6 @@ impl<T: Float> MetricState<T> {
             "(batch, classes)",
             "FBetaScore",
         )?;
-        let name = &self.metric.name;
-        if average == FAverage::PerClass && cols != 1 {
-            return Err(ConfigError::unsupported(
-                "metric",
-                format!(
-                    "`{name}` with average None on {cols} classes (one score per class is not \
-                     computed; compile it with average \"micro\", \"macro\" or \"weighted\")"
-                ),
-            )
-            .into());
-        }
         let slots = if average == FAverage::Micro { 1 } else { cols };
         if self.sums.len() != slots {
             self.sums = vec![[T::zero(); 4]; slots];
@@ -1734,20 +1780,40 @@ fn auc<T: Float>(c: &[[T; 4]], curve: AucCurve, summation: AucSummation) -> T {
 /// number of entries seen.
 fn r2<T: Float>(sums: &[[T; 4]], entries: T, aggregation: R2Aggregation, regressors: usize) -> T {
     let (mut sum_scores, mut weighted, mut totals) = (T::zero(), T::zero(), T::zero());
-    for &[sum, squares, residual, count] in sums {
-        let mean = sum / count;
-        let total = squares - sum * mean;
-        let raw = T::one() - residual / total;
-        let raw = if raw.is_infinite() { T::zero() } else { raw };
+    for (raw, total) in r2_columns(sums) {
         sum_scores += raw;
         weighted += total * raw;
         totals += total;
     }
     let score = match aggregation {
-        R2Aggregation::Uniform => sum_scores / T::of(sums.len().max(1) as f64),
+        R2Aggregation::Uniform | R2Aggregation::PerColumn => {
+            sum_scores / T::of(sums.len().max(1) as f64)
+        }
         R2Aggregation::VarianceWeighted => weighted / totals,
     };
-    // The adjusted score, where there are more entries than regressors plus one.
+    r2_adjusted(score, entries, regressors)
+}
+
+/// Keras' `R2Score.result` with `class_aggregation=None`: each column's score, adjusted as
+/// [`r2`] adjusts the aggregate.
+fn r2_per_column<T: Float>(sums: &[[T; 4]], entries: T, regressors: usize) -> Vec<T> {
+    r2_columns(sums)
+        .map(|(raw, _)| r2_adjusted(raw, entries, regressors))
+        .collect()
+}
+
+/// Each column's raw score (0 where it is infinite, as Keras sets it) and total sum of squares.
+fn r2_columns<T: Float>(sums: &[[T; 4]]) -> impl Iterator<Item = (T, T)> + '_ {
+    sums.iter().map(|&[sum, squares, residual, count]| {
+        let mean = sum / count;
+        let total = squares - sum * mean;
+        let raw = T::one() - residual / total;
+        (if raw.is_infinite() { T::zero() } else { raw }, total)
+    })
+}
+
+/// The adjusted score, where there are more entries than regressors plus one.
+fn r2_adjusted<T: Float>(score: T, entries: T, regressors: usize) -> T {
     let (n, p) = (entries, T::of(regressors as f64));
     if regressors == 0 || p >= n - T::one() {
         return score;
@@ -1900,17 +1966,7 @@ fn iou_config(class: &str, cfg: &Map<String, Value>) -> Result<IouConfig, Config
 /// yet gives 0, as Keras' zero-initialized sums do.
 fn fbeta<T: Float>(sums: &[[T; 4]], beta: f64, average: FAverage) -> T {
     let eps = T::of(1e-7);
-    let b2 = T::of(beta * beta);
-    let scores: Vec<T> = sums
-        .iter()
-        .map(|&[tp, fp, fun, _]| {
-            let precision = tp / (tp + fp + eps);
-            let recall = tp / (tp + fun + eps);
-            let mul = precision * recall;
-            let add = b2 * precision + recall;
-            mul / (add + eps) * (T::one() + b2)
-        })
-        .collect();
+    let scores = fbeta_per_class(sums, beta);
     match average {
         FAverage::Weighted => {
             let mut total = T::zero();
@@ -1925,6 +1981,21 @@ fn fbeta<T: Float>(sums: &[[T; 4]], beta: f64, average: FAverage) -> T {
         }
         _ => mean(&scores),
     }
+}
+
+/// Each class's score of [`fbeta`] (Keras' result with `average=None`).
+fn fbeta_per_class<T: Float>(sums: &[[T; 4]], beta: f64) -> Vec<T> {
+    let eps = T::of(1e-7);
+    let b2 = T::of(beta * beta);
+    sums.iter()
+        .map(|&[tp, fp, fun, _]| {
+            let precision = tp / (tp + fp + eps);
+            let recall = tp / (tp + fun + eps);
+            let mul = precision * recall;
+            let add = b2 * precision + recall;
+            mul / (add + eps) * (T::one() + b2)
+        })
+        .collect()
 }
 
 /// Keras' `pearson_correlation` of one row: both centred, each divided by its population
@@ -2241,16 +2312,17 @@ impl<T: Float> MetricSet<T> {
         Ok(())
     }
 
-    pub(crate) fn results(&self) -> Vec<f64> {
+    /// Each output's loss, then each metric's value, in [`Self::names`]' order.
+    pub(crate) fn values(&self) -> Vec<MetricValue> {
         let losses = self.losses.iter().map(|(_, total, count)| {
-            if *count == T::zero() {
+            MetricValue::Scalar(if *count == T::zero() {
                 0.0
             } else {
                 (*total / *count).f64()
-            }
+            })
         });
         losses
-            .chain(self.states.iter().map(MetricState::result))
+            .chain(self.states.iter().map(MetricState::value))
             .collect()
     }
 }
@@ -2502,6 +2574,57 @@ mod tests {
             None,
         );
         assert!(close(adj, 1.0 - (1.0 - 0.57142854) * 2.0), "{adj}");
+        // `class_aggregation=None`: one score per column, plain and adjusted, unweighted and
+        // weighted, over two batches (Keras 3.15.1's results).
+        let (t1, p1) = (
+            [1., 4., 3., 2., 0.5, 7., -1., 2., 2.5],
+            [2., 4., 4., 1., 0., 6., 0., 2., 3.],
+        );
+        let (t2, p2) = ([3., 1., 0., 2., 2., 1.], [2.5, 1.5, 0.5, 2., 1., 1.]);
+        let (w1, w2) = ([1., 2., 0.5], [3., 1.]);
+        #[rustfmt::skip]
+        let cases: [(Value, [[f64; 3]; 2]); 2] = [
+            (json!({"class_aggregation": null}),
+             [[0.64673912525177, 0.7916666865348816, 0.9131944179534912],
+              [0.49803149700164795, 0.7597864866256714, 0.9372130632400513]]),
+            (json!({"class_aggregation": null, "num_regressors": 2}),
+             [[0.5878623723983765, 0.756944477558136, 0.8987268209457397],
+              [0.414370059967041, 0.7197508811950684, 0.9267485737800598]]),
+        ];
+        for (cfg, want) in cases {
+            for (weighted, want) in [false, true].into_iter().zip(want) {
+                let metric = json!({"class_name": "R2Score", "config": cfg});
+                let mut state =
+                    MetricState::<f32>::new(Metric::from_keras(&metric).unwrap(), weighted);
+                for (t, p, w, n) in [(&t1[..], &p1[..], &w1[..], 3), (&t2, &p2, &w2, 2)] {
+                    let t = Tensor::new(vec![n, 3], t.to_vec()).unwrap();
+                    let p = Tensor::new(vec![n, 3], p.to_vec()).unwrap();
+                    state.update(&t, &p, None, None, Some(w)).unwrap();
+                }
+                let MetricValue::PerClass(got) = state.value() else {
+                    panic!("{cfg}: one number");
+                };
+                assert!(
+                    got.len() == 3 && got.iter().zip(want).all(|(a, b)| close(*a, b)),
+                    "{cfg} weighted {weighted}: {got:?} against {want:?}"
+                );
+            }
+        }
+        // On one column, Keras' one-element result is that score.
+        let one = run(
+            json!({"class_name": "R2Score", "config": {"class_aggregation": null}}),
+            &y_true,
+            &y_pred,
+            &[3, 1],
+            None,
+        );
+        assert!(close(one, 0.57142854), "{one}");
+        let bad = json!({"class_name": "R2Score", "config": {"class_aggregation": "max"}});
+        let e = Metric::from_keras(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("class_aggregation") && e.contains("\"max\""),
+            "{e}"
+        );
         // Sequence outputs are refused, as Keras refuses them.
         let metric = Metric::from_name("r2_score").unwrap();
         let mut state = MetricState::<f32>::new(metric, false);
@@ -3060,17 +3183,37 @@ mod tests {
             None,
         );
         assert!(close(r, 0.49999994), "{r}");
-        // On several columns it would be one score per class: refused, naming the way out.
-        let mut state = MetricState::<f32>::new(Metric::from_name("f1_score").unwrap(), false);
-        let t = Tensor::new(vec![1, 2], vec![1.0, 0.0]).unwrap();
-        let e = state
-            .update(&t, &t, None, None, None)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("average None on 2 classes") && e.contains("macro"),
-            "{e}"
-        );
+        // On several columns: one score per class, Keras' `FBetaScore(average=None)` result on
+        // the same two batches.
+        #[rustfmt::skip]
+        let per_class: [(Value, [[f64; 3]; 2]); 4] = [
+            (json!({}), [[1.0, 0.4999999403953552, 0.0], [1.0, 0.7058823704719543, 0.0]]),
+            (json!({"beta": 2.0}), [[1.0, 0.5, 0.0], [1.0, 0.6382978558540344, 0.0]]),
+            (json!({"threshold": 0.35}),
+             [[1.0, 0.4999999403953552, 0.4999999403953552], [1.0, 0.7058823704719543, 0.24999994039535522]]),
+            (json!({"beta": 0.5, "threshold": 0.35}),
+             [[0.9999999403953552, 0.49999988079071045, 0.49999988079071045],
+              [0.9999999403953552, 0.7894735932350159, 0.2173912525177002]]),
+        ];
+        for (cfg, want) in per_class {
+            for (weighted, want) in [false, true].into_iter().zip(want) {
+                let metric = json!({"class_name": "FBetaScore", "config": cfg});
+                let mut state =
+                    MetricState::<f32>::new(Metric::from_keras(&metric).unwrap(), weighted);
+                for (t, p, w, n) in [(&yt1[..], &yp1[..], &w1[..], 4), (&yt2, &yp2, &w2, 2)] {
+                    let t = Tensor::new(vec![n, 3], t.to_vec()).unwrap();
+                    let p = Tensor::new(vec![n, 3], p.to_vec()).unwrap();
+                    state.update(&t, &p, None, None, Some(w)).unwrap();
+                }
+                let MetricValue::PerClass(got) = state.value() else {
+                    panic!("{cfg}: one number");
+                };
+                assert!(
+                    got.len() == 3 && got.iter().zip(want).all(|(a, b)| close(*a, b)),
+                    "{cfg} weighted {weighted}: {got:?} against {want:?}"
+                );
+            }
+        }
         for bad in [
             json!({"average": "mean"}),
             json!({"beta": 0.0}),
@@ -3148,10 +3291,6 @@ mod tests {
             "axis",
         );
         refused(json!("mean_tensor"), "mean_tensor");
-        refused(
-            json!({"class_name": "R2Score", "config": {"class_aggregation": null}}),
-            "class_aggregation",
-        );
         // Built in code: checked before use.
         let mut auc = Metric::from_name("auc").unwrap();
         assert!(auc.validate().is_ok());
