@@ -721,10 +721,14 @@ pub fn parse_series(
         .has_headers(false)
         .trim(csv::Trim::All)
         .from_reader(bytes);
+    // An error in the first line is the header's (or, in a file without one, the first row's).
     let mut records = reader
         .records()
         .collect::<Result<Vec<csv::StringRecord>, _>>()
-        .map_err(|e| bad("rows".into(), e.to_string()))?;
+        .map_err(|e| {
+            let first = e.position().is_none_or(|p| p.record() == 0);
+            bad(if first { "header" } else { "rows" }.into(), e.to_string())
+        })?;
     let first: Vec<String> = records
         .first()
         .map(|r| {
