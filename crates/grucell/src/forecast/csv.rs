@@ -641,8 +641,9 @@ fn whole_numbers(records: &[csv::StringRecord], i: usize) -> Option<Vec<i64>> {
 /// The two rules by which a numeric column is passed over as the series (see [`skipped`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Skip {
-    /// Row numbers: named like an index (empty, pandas' `Unnamed: 0`, `index`, `id`) and
-    /// holding consecutive integers, counting up or down.
+    /// Row numbers: named like an index (empty, pandas' `Unnamed: 0`, `index`, `id`; any
+    /// column of a file without a header row) and holding consecutive integers, counting up or
+    /// down.
     RowNumbers,
     /// Whole numbers in a column named like a time axis that never turn back (`year`, `t`,
     /// `date`), or in a column named like a finer calendar part, within its range (`month`
@@ -651,14 +652,21 @@ enum Skip {
 }
 
 /// Whether column `i` is passed over by `rule` when another numeric column is there.
-fn skipped(rule: Skip, header: &str, records: &[csv::StringRecord], i: usize) -> bool {
+fn skipped(
+    rule: Skip,
+    header: &str,
+    headerless: bool,
+    records: &[csv::StringRecord],
+    i: usize,
+) -> bool {
     let h = header.trim().to_ascii_lowercase();
     let Some(n) = whole_numbers(records, i).filter(|n| n.len() >= 2) else {
         return false;
     };
     match rule {
         Skip::RowNumbers => {
-            let named = h.is_empty() || h.starts_with("unnamed") || h == "index" || h == "id";
+            let named =
+                headerless || h.is_empty() || h.starts_with("unnamed") || h == "index" || h == "id";
             named
                 && (n.windows(2).all(|w| w[1] == w[0] + 1)
                     || n.windows(2).all(|w| w[1] == w[0] - 1))
@@ -798,7 +806,7 @@ pub fn parse_series(
                 let kept: Vec<usize> = numeric
                     .iter()
                     .copied()
-                    .filter(|&i| !skipped(rule, &headers[i], &records, i))
+                    .filter(|&i| !skipped(rule, &headers[i], headerless, &records, i))
                     .collect();
                 if !kept.is_empty() {
                     numeric = kept;
@@ -979,6 +987,9 @@ mod tests {
         assert_eq!(s.time_axis.as_deref(), Some("column `column 1`"));
         let s = parse("01.02.1990;2,5\n02.02.1990;3\n", Some("column 2"), None).unwrap();
         assert_eq!(s.values, [Some(2.5), Some(3.0)]);
+        // Row numbers in the first column are passed over, as an `index` column is.
+        let s = parse("1,10.5\n2,11\n3,12\n", None, None).unwrap();
+        assert_eq!((s.name.as_str(), s.values.len()), ("column 2", 3));
         let e = parse("1\n2\nabc\n", None, None).unwrap_err().to_string();
         assert!(e.contains("row 3") && e.contains("`abc`"), "{e}");
         // A header has a word in it; dates alone, or a number beside a word, are a header.
