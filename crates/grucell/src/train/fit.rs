@@ -448,9 +448,10 @@ pub struct History {
 }
 
 impl History {
-    /// The history as a table: a header `epoch loss [metrics…] [val_loss val_metrics…]`, then
-    /// one line per epoch run, with its 1-based number; the validation fields are empty after an
-    /// epoch not validated.
+    /// The history as a table: a header `epoch loss [metrics…] [val_loss val_metrics…]` (each
+    /// group's per-class metrics after its other metrics), then one line per epoch run, with its
+    /// 1-based number; a per-class value is a list `[a, b, …]`, and the validation fields are
+    /// empty after an epoch not validated.
     pub fn table(&self) -> String {
         let with_val = !self.val_loss.is_empty();
         let mut s = String::from("epoch\tloss");

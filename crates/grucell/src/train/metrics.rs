@@ -19,11 +19,11 @@
 //! root), `precision`, `recall` and the four confusion counts (weighted counts over the epoch,
 //! one threshold; `precision` and `recall` with Keras' `top_k` and `class_id`), `auc` (thresholds
 //! spread evenly or a given list; one label, or with `multi_label` the mean of the columns'
-//! areas; `label_weights`), `r2_score`
-//! (combined over the output columns, or one score per column) and `F1Score`/`FBetaScore` (counts
-//! per class over the epoch, combined `micro`, `macro` or `weighted`, or Keras' default of one
-//! score per class: a [`MetricValue::PerClass`]). `pearson_correlation` and `concordance_correlation` are mean wrappers of one value per
-//! row of the last axis. The IoU metrics (`IoU`, `MeanIoU`, `BinaryIoU`, `OneHotIoU`,
+//! areas; `label_weights`), `r2_score` (combined over the output columns, or one score per
+//! column) and `F1Score`/`FBetaScore` (counts per class over the epoch, combined `micro`, `macro`
+//! or `weighted`, or Keras' default of one score per class: a [`MetricValue::PerClass`]).
+//! `pearson_correlation` and `concordance_correlation` are mean wrappers of one value per row of
+//! the last axis. The IoU metrics (`IoU`, `MeanIoU`, `BinaryIoU`, `OneHotIoU`,
 //! `OneHotMeanIoU`) count a confusion matrix over the epoch as Keras' integer-typed base class
 //! does, and `SensitivityAtSpecificity`, `SpecificityAtSensitivity`, `PrecisionAtRecall` and
 //! `RecallAtPrecision` AUC's counts at evenly spread thresholds (with `class_id`). Other metrics
