@@ -2357,6 +2357,37 @@ mod tests {
         (a - b).abs() <= 1e-6 * b.abs().max(1.0)
     }
 
+    /// One batch of 3 columns: targets, outputs, a weight per row (used by weighted metrics
+    /// only), and the number of rows.
+    type Batch<'a> = (&'a [f32], &'a [f32], &'a [f32], usize);
+
+    /// Feeds `state` the `batches`.
+    fn feed(state: &mut MetricState<f32>, batches: &[Batch<'_>]) {
+        for &(t, p, w, n) in batches {
+            let t = Tensor::new(vec![n, 3], t.to_vec()).unwrap();
+            let p = Tensor::new(vec![n, 3], p.to_vec()).unwrap();
+            state.update(&t, &p, None, None, Some(w)).unwrap();
+        }
+    }
+
+    /// `metric`'s state after `batches`.
+    fn after(metric: &Value, weighted: bool, batches: &[Batch<'_>]) -> MetricState<f32> {
+        let mut state = MetricState::<f32>::new(Metric::from_keras(metric).unwrap(), weighted);
+        feed(&mut state, batches);
+        state
+    }
+
+    /// Asserts that `state` gives one value per class, each close to `want`'s.
+    fn assert_per_class(state: &MetricState<f32>, want: &[f64], what: &str) {
+        let MetricValue::PerClass(got) = state.value() else {
+            panic!("{what}: one number");
+        };
+        assert!(
+            got.len() == want.len() && got.iter().zip(want).all(|(a, b)| close(*a, *b)),
+            "{what}: {got:?} against {want:?}"
+        );
+    }
+
     // The values are the examples of Keras' own docstrings.
 
     #[test]
@@ -2591,23 +2622,12 @@ mod tests {
              [[0.5878623723983765, 0.756944477558136, 0.8987268209457397],
               [0.414370059967041, 0.7197508811950684, 0.9267485737800598]]),
         ];
+        let batches: [Batch<'_>; 2] = [(&t1, &p1, &w1, 3), (&t2, &p2, &w2, 2)];
         for (cfg, want) in cases {
             for (weighted, want) in [false, true].into_iter().zip(want) {
                 let metric = json!({"class_name": "R2Score", "config": cfg});
-                let mut state =
-                    MetricState::<f32>::new(Metric::from_keras(&metric).unwrap(), weighted);
-                for (t, p, w, n) in [(&t1[..], &p1[..], &w1[..], 3), (&t2, &p2, &w2, 2)] {
-                    let t = Tensor::new(vec![n, 3], t.to_vec()).unwrap();
-                    let p = Tensor::new(vec![n, 3], p.to_vec()).unwrap();
-                    state.update(&t, &p, None, None, Some(w)).unwrap();
-                }
-                let MetricValue::PerClass(got) = state.value() else {
-                    panic!("{cfg}: one number");
-                };
-                assert!(
-                    got.len() == 3 && got.iter().zip(want).all(|(a, b)| close(*a, b)),
-                    "{cfg} weighted {weighted}: {got:?} against {want:?}"
-                );
+                let state = after(&metric, weighted, &batches);
+                assert_per_class(&state, &want, &format!("{cfg} weighted {weighted}"));
             }
         }
         // On one column, Keras' one-element result is that score.
@@ -2643,11 +2663,7 @@ mod tests {
         let yp1 = [0.7, 0.2, 0.6, 0.3, 0.8, 0.4, 0.1, 0.5, 0.45, 0.6, 0.3, 0.9];
         let (yt2, yp2) = ([0., 1., 1., 1., 0., 0.], [0.2, 0.55, 0.3, 0.95, 0.1, 0.2]);
         let (w1, w2) = ([1.0, 2.0, 0.5, 1.0], [3.0, 1.0]);
-        for (t, p, w, n) in [(&yt1[..], &yp1[..], &w1[..], 4), (&yt2, &yp2, &w2, 2)] {
-            let t = Tensor::new(vec![n, 3], t.to_vec()).unwrap();
-            let p = Tensor::new(vec![n, 3], p.to_vec()).unwrap();
-            state.update(&t, &p, None, None, Some(w)).unwrap();
-        }
+        feed(state, &[(&yt1, &yp1, &w1, 4), (&yt2, &yp2, &w2, 2)]);
     }
 
     #[test]
@@ -3144,6 +3160,7 @@ mod tests {
         let yp1 = [0.7, 0.2, 0.1, 0.3, 0.3, 0.4, 0.1, 0.5, 0.4, 0.6, 0.3, 0.1];
         let (yt2, yp2) = ([0., 1., 0., 0., 0., 1.], [0.2, 0.5, 0.3, 0.0, 0.0, 0.0]);
         let (w1, w2) = ([1.0, 2.0, 0.5, 1.0], [3.0, 1.0]);
+        let batches: [Batch<'_>; 2] = [(&yt1, &yp1, &w1, 4), (&yt2, &yp2, &w2, 2)];
         #[rustfmt::skip]
         let cases: [(Value, f64, [f64; 2]); 8] = [
             (json!({"average": "micro"}), 1.0, [0.5454545021057129, 0.625]),
@@ -3160,14 +3177,7 @@ mod tests {
                 let mut cfg = cfg.clone();
                 cfg["beta"] = json!(beta);
                 let metric = json!({"class_name": "FBetaScore", "config": cfg});
-                let mut state =
-                    MetricState::<f32>::new(Metric::from_keras(&metric).unwrap(), weighted);
-                for (t, p, w, n) in [(&yt1[..], &yp1[..], &w1[..], 4), (&yt2, &yp2, &w2, 2)] {
-                    let t = Tensor::new(vec![n, 3], t.to_vec()).unwrap();
-                    let p = Tensor::new(vec![n, 3], p.to_vec()).unwrap();
-                    state.update(&t, &p, None, None, Some(w)).unwrap();
-                }
-                let r = state.result();
+                let r = after(&metric, weighted, &batches).result();
                 assert!(
                     close(r, want),
                     "{cfg} weighted {weighted}: {r} against {want}"
@@ -3198,20 +3208,8 @@ mod tests {
         for (cfg, want) in per_class {
             for (weighted, want) in [false, true].into_iter().zip(want) {
                 let metric = json!({"class_name": "FBetaScore", "config": cfg});
-                let mut state =
-                    MetricState::<f32>::new(Metric::from_keras(&metric).unwrap(), weighted);
-                for (t, p, w, n) in [(&yt1[..], &yp1[..], &w1[..], 4), (&yt2, &yp2, &w2, 2)] {
-                    let t = Tensor::new(vec![n, 3], t.to_vec()).unwrap();
-                    let p = Tensor::new(vec![n, 3], p.to_vec()).unwrap();
-                    state.update(&t, &p, None, None, Some(w)).unwrap();
-                }
-                let MetricValue::PerClass(got) = state.value() else {
-                    panic!("{cfg}: one number");
-                };
-                assert!(
-                    got.len() == 3 && got.iter().zip(want).all(|(a, b)| close(*a, b)),
-                    "{cfg} weighted {weighted}: {got:?} against {want:?}"
-                );
+                let state = after(&metric, weighted, &batches);
+                assert_per_class(&state, &want, &format!("{cfg} weighted {weighted}"));
             }
         }
         for bad in [
