@@ -424,7 +424,9 @@ fn train_member(
 /// Fewest training windows a representation needs.
 const MIN_FIT_WINDOWS: usize = 16;
 
-/// Relative margin within which validation RMSEs count as a tie (see [`choose`]).
+/// Relative margin within which validation RMSEs count as a tie: among the representations
+/// within it of the lowest, differences are chosen first, then seasonal differences, then
+/// levels.
 pub const TIE: f64 = 0.05;
 
 /// The candidate with the lowest validation RMSE; within [`TIE`] of it, differences are
