@@ -777,7 +777,7 @@ def check_fit(args, keras, layers, rng, pick, out):
                         "auc", "true_positives", "false_negatives", "binary_crossentropy"]
                 pool += ["pearson_correlation", "concordance_correlation", "binary_iou", "recall_at_p",
                          "precision_top1", "recall_class0", "sens_at_spec_class0", "auc_thresholds_pr",
-                         "auc_label_weights"]
+                         "auc_label_weights", "precision_thresholds", "fn_thresholds"]
                 # R² and the F-scores take (batch, outputs) only.
                 if not rs:
                     pool += ["r2_score", "f1_macro", "f1_micro", "fbeta_weighted", "auc_ml", "auc_ml_weighted",
@@ -792,6 +792,8 @@ def check_fit(args, keras, layers, rng, pick, out):
         objects = {"f1_macro": lambda n: keras.metrics.F1Score(average="macro", name=n),
                    "f1_micro": lambda n: keras.metrics.F1Score(average="micro", threshold=0.5, name=n),
                    "r2_per_column": lambda n: keras.metrics.R2Score(class_aggregation=None, name=n),
+                   "precision_thresholds": lambda n: keras.metrics.Precision(thresholds=[0.6, 0.3], name=n),
+                   "fn_thresholds": lambda n: keras.metrics.FalseNegatives(thresholds=[0.2, 0.5, 0.8], name=n),
                    "fbeta_per_class": lambda n: keras.metrics.FBetaScore(beta=0.5, threshold=0.3, name=n),
                    "fbeta_weighted": lambda n: keras.metrics.FBetaScore(
                        beta=2.0, average="weighted", threshold=0.4, name=n),

@@ -770,7 +770,7 @@ fn compiled_metrics_are_flattened_and_unsupported_ones_listed() {
     assert_eq!(
         c.metrics[1].function,
         grucell::train::metrics::MetricFn::Recall {
-            threshold: 0.2,
+            thresholds: grucell::train::metrics::Thresholds::one(0.2),
             select: Default::default()
         }
     );

@@ -17,7 +17,8 @@
 //! divergence, Poisson, the hinges). Metrics that are not mean wrappers and do not see the
 //! output mask, as in Keras: `root_mean_squared_error` (a weighted mean of squares, then its
 //! root), `precision`, `recall` and the four confusion counts (weighted counts over the epoch,
-//! one threshold; `precision` and `recall` with Keras' `top_k` and `class_id`), `auc` (thresholds
+//! at one threshold or at each of a list, [`Thresholds`]; `precision` and `recall` with Keras'
+//! `top_k` and `class_id`), `auc` (thresholds
 //! spread evenly or a given list; one label, or with `multi_label` the mean of the columns'
 //! areas; `label_weights`), `r2_score` (combined over the output columns, or one score per
 //! column) and `F1Score`/`FBetaScore` (counts per class over the epoch, combined `micro`, `macro`
@@ -69,15 +70,15 @@ pub enum MetricFn {
     /// True positives over predicted positives, `ŷ > threshold` against `y ≠ 0`, per entry,
     /// counted over the epoch (the output mask does not apply).
     Precision {
-        /// Keras default 0.5 (−10¹⁰ with `top_k`).
-        threshold: f64,
+        /// Keras default 0.5 (−10¹⁰ with `top_k`); with several, one value per threshold.
+        thresholds: Thresholds,
         /// Keras' `top_k` and `class_id`.
         select: Selection,
     },
     /// True positives over actual positives, as `Precision`.
     Recall {
-        /// Keras default 0.5 (−10¹⁰ with `top_k`).
-        threshold: f64,
+        /// Keras default 0.5 (−10¹⁰ with `top_k`); with several, one value per threshold.
+        thresholds: Thresholds,
         /// Keras' `top_k` and `class_id`.
         select: Selection,
     },
@@ -111,8 +112,8 @@ pub enum MetricFn {
     Count {
         /// Which count.
         count: Confusion,
-        /// Keras default 0.5.
-        threshold: f64,
+        /// Keras default 0.5; with several, one count per threshold.
+        thresholds: Thresholds,
     },
     /// The area under the ROC or precision-recall curve (Keras' `AUC`), from
     /// confusion counts at `num_thresholds` thresholds spread evenly over `[0, 1]`, counted over
@@ -271,6 +272,53 @@ pub enum AtPoint {
     RecallAtPrecision,
 }
 
+/// Most thresholds a confusion metric takes at once (see [`Thresholds`]).
+pub const MAX_THRESHOLDS: usize = 32;
+
+/// The thresholds of `Precision`, `Recall` and the confusion counts (Keras' `thresholds`): one,
+/// or a list of up to [`MAX_THRESHOLDS`], for which the metric gives one value per threshold,
+/// in the list's order, as Keras does. A list of fixed capacity, so that [`MetricFn`] stays
+/// `Copy`.
+///
+/// ```
+/// use grucell::train::metrics::Thresholds;
+/// assert_eq!(Thresholds::one(0.5).as_slice(), &[0.5]);
+/// assert_eq!(Thresholds::new(&[0.7, 0.3]).unwrap().as_slice(), &[0.7, 0.3]);
+/// assert!(Thresholds::new(&[]).is_none());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Thresholds {
+    values: [f64; MAX_THRESHOLDS],
+    len: usize,
+}
+
+impl Thresholds {
+    /// One threshold.
+    pub fn one(t: f64) -> Self {
+        let mut values = [0.0; MAX_THRESHOLDS];
+        values[0] = t;
+        Thresholds { values, len: 1 }
+    }
+
+    /// The thresholds of `list`; `None` when it is empty or longer than [`MAX_THRESHOLDS`].
+    pub fn new(list: &[f64]) -> Option<Self> {
+        if list.is_empty() || list.len() > MAX_THRESHOLDS {
+            return None;
+        }
+        let mut values = [0.0; MAX_THRESHOLDS];
+        values[..list.len()].copy_from_slice(list);
+        Some(Thresholds {
+            values,
+            len: list.len(),
+        })
+    }
+
+    /// The thresholds, in their order.
+    pub fn as_slice(&self) -> &[f64] {
+        &self.values[..self.len]
+    }
+}
+
 /// A metric's result after some batches: one number, or one per class (or column).
 ///
 /// ```
@@ -283,7 +331,9 @@ pub enum MetricValue {
     /// One number, as most metrics give.
     Scalar(f64),
     /// One number per class or column, in their order: Keras' `F1Score`/`FBetaScore` with
-    /// `average=None` and `R2Score` with `class_aggregation=None`, on more than one column.
+    /// `average=None` and `R2Score` with `class_aggregation=None`, on more than one column;
+    /// also one number per threshold of `Precision`, `Recall` and the confusion counts given
+    /// several [`Thresholds`].
     PerClass(Vec<f64>),
 }
 
@@ -404,7 +454,7 @@ impl Metric {
     pub fn from_name(name: &str) -> Result<Metric, ConfigError> {
         let count = |count| MetricFn::Count {
             count,
-            threshold: 0.5,
+            thresholds: Thresholds::one(0.5),
         };
         let function = match name {
             _ if ["accuracy", "acc"].contains(&name.to_lowercase().as_str()) => MetricFn::Accuracy,
@@ -425,11 +475,11 @@ impl Metric {
             }
             "root_mean_squared_error" | "RootMeanSquaredError" => MetricFn::RootMeanSquaredError,
             "precision" | "Precision" => MetricFn::Precision {
-                threshold: 0.5,
+                thresholds: Thresholds::one(0.5),
                 select: Selection::default(),
             },
             "recall" | "Recall" => MetricFn::Recall {
-                threshold: 0.5,
+                thresholds: Thresholds::one(0.5),
                 select: Selection::default(),
             },
             "bce" | "BCE" | "binary_crossentropy" | "BinaryCrossentropy" => {
@@ -604,19 +654,26 @@ impl Metric {
                 format!("`{class}` with {what} is not computed by grucell"),
             ))
         };
-        // Keras' `thresholds`: none (0.5), one number, or a list of one.
-        let threshold = || -> Result<f64, ConfigError> {
+        // Keras' `thresholds`: none (0.5), one number, or a list of numbers.
+        let thresholds = || -> Result<Thresholds, ConfigError> {
+            let bad = |t: &Value| {
+                ConfigError::invalid(
+                    format!("{class}.thresholds"),
+                    t,
+                    format!("null, a number, or a list of 1 to {MAX_THRESHOLDS} numbers"),
+                )
+            };
             match setting("thresholds") {
-                None => Ok(0.5),
-                Some(Value::Array(a)) if a.len() == 1 && a[0].is_number() => {
-                    Ok(a[0].as_f64().unwrap_or(0.5))
+                None => Ok(Thresholds::one(0.5)),
+                Some(Value::Array(a)) => {
+                    let list = a
+                        .iter()
+                        .map(Value::as_f64)
+                        .collect::<Option<Vec<f64>>>()
+                        .ok_or_else(|| bad(&Value::Array(a.clone())))?;
+                    Thresholds::new(&list).ok_or_else(|| bad(&Value::Array(a.clone())))
                 }
-                Some(t) => t.as_f64().ok_or_else(|| {
-                    ConfigError::unsupported(
-                        "metric",
-                        format!("`{class}` with thresholds {t} (one number is computed)"),
-                    )
-                }),
+                Some(t) => t.as_f64().map(Thresholds::one).ok_or_else(|| bad(t)),
             }
         };
         let k = || -> Result<usize, ConfigError> {
@@ -769,20 +826,20 @@ impl Metric {
                 }
                 // Keras' default threshold with `top_k` is its `NEG_INF`: every entry kept is a
                 // positive, every other (set to `NEG_INF`) a negative.
-                let threshold = match (setting("thresholds"), select.top_k) {
-                    (None, Some(_)) => TOP_K_OUT,
-                    _ => threshold()?,
+                let thresholds = match (setting("thresholds"), select.top_k) {
+                    (None, Some(_)) => Thresholds::one(TOP_K_OUT),
+                    _ => thresholds()?,
                 };
                 if class == "Precision" {
-                    MetricFn::Precision { threshold, select }
+                    MetricFn::Precision { thresholds, select }
                 } else {
-                    MetricFn::Recall { threshold, select }
+                    MetricFn::Recall { thresholds, select }
                 }
             }
             "TruePositives" | "FalsePositives" | "TrueNegatives" | "FalseNegatives" => {
-                let threshold = threshold()?;
+                let thresholds = thresholds()?;
                 match Metric::from_name(class)?.function {
-                    MetricFn::Count { count, .. } => MetricFn::Count { count, threshold },
+                    MetricFn::Count { count, .. } => MetricFn::Count { count, thresholds },
                     f => f,
                 }
             }
@@ -1053,7 +1110,8 @@ impl<T: Float> MetricState<T> {
 
     /// [`Self::result`], or each class's (column's) score where Keras' result is one per class:
     /// `F1Score`/`FBetaScore` with `average=None` and `R2Score` with `class_aggregation=None`,
-    /// on more than one column. (On one column Keras' one-element result is that score.)
+    /// on more than one column (on one column Keras' one-element result is that score); or one
+    /// value per threshold for `Precision`, `Recall` and the confusion counts given several.
     pub(crate) fn value(&self) -> MetricValue {
         let per_class = match self.resolved {
             Some(MetricFn::FBeta {
@@ -1065,6 +1123,36 @@ impl<T: Float> MetricState<T> {
                 aggregation: R2Aggregation::PerColumn,
                 num_regressors,
             }) => r2_per_column(&self.sums, self.entries, num_regressors),
+            Some(f @ (MetricFn::Precision { .. } | MetricFn::Recall { .. }))
+                if self.sums.len() > 1 =>
+            {
+                // Keras' `divide_no_nan(tp, tp + fp)` (precision) or `(tp, tp + fn)` (recall).
+                let other = if matches!(f, MetricFn::Precision { .. }) {
+                    1
+                } else {
+                    3
+                };
+                self.sums
+                    .iter()
+                    .map(|c| {
+                        let d = c[0] + c[other];
+                        if d == T::zero() {
+                            T::zero()
+                        } else {
+                            c[0] / d
+                        }
+                    })
+                    .collect()
+            }
+            Some(MetricFn::Count { count, .. }) if self.sums.len() > 1 => {
+                let k = match count {
+                    Confusion::TruePositives => 0,
+                    Confusion::FalsePositives => 1,
+                    Confusion::TrueNegatives => 2,
+                    Confusion::FalseNegatives => 3,
+                };
+                self.sums.iter().map(|c| c[k]).collect()
+            }
             _ => Vec::new(),
         };
         if per_class.len() > 1 {
@@ -1482,10 +1570,22 @@ impl<T: Float> MetricState<T> {
 
     fn count_confusion(&mut self, function: MetricFn, entries: impl Iterator<Item = (bool, T, T)>) {
         match function {
-            MetricFn::Precision { threshold, .. } | MetricFn::Recall { threshold, .. } => {
+            MetricFn::Precision { thresholds, .. }
+            | MetricFn::Recall { thresholds, .. }
+            | MetricFn::Count { thresholds, .. }
+                if thresholds.len > 1 =>
+            {
+                // Counts per threshold (`[tp, fp, tn, fn]`), as AUC's general path keeps them.
+                let t = thresholds.as_slice();
+                if self.sums.len() != t.len() {
+                    self.sums = vec![[T::zero(); 4]; t.len()];
+                }
+                add_auc_counts_at(&mut self.sums, t, false, entries);
+            }
+            MetricFn::Precision { thresholds, .. } | MetricFn::Recall { thresholds, .. } => {
                 // `total` true positives, `count` those plus the false positives (precision)
                 // or the false negatives (recall).
-                let th = T::of(threshold);
+                let th = T::of(thresholds.values[0]);
                 let precision = matches!(function, MetricFn::Precision { .. });
                 for (actual, pred, w) in entries {
                     let predicted = pred > th;
@@ -1499,8 +1599,8 @@ impl<T: Float> MetricState<T> {
                     }
                 }
             }
-            MetricFn::Count { count, threshold } => {
-                let th = T::of(threshold);
+            MetricFn::Count { count, thresholds } => {
+                let th = T::of(thresholds.values[0]);
                 for (actual, pred, w) in entries {
                     // Keras' `logical_not(pred > threshold)`: a NaN prediction is negative.
                     let positive = pred > th;
@@ -2467,14 +2567,51 @@ mod tests {
         };
         let want = MetricFn::Count {
             count: Confusion::FalsePositives,
-            threshold: 0.25,
+            thresholds: Thresholds::one(0.25),
         };
         assert_eq!(at(json!(0.25)).unwrap(), want);
         assert_eq!(at(json!([0.25])).unwrap(), want);
-        assert!(at(json!([0.25, 0.5]))
-            .unwrap_err()
-            .to_string()
-            .contains("thresholds"));
+        for bad in [json!([]), json!(["a"]), json!("x"), json!(vec![0.5; 33])] {
+            let e = at(bad.clone()).unwrap_err().to_string();
+            assert!(e.contains("thresholds") && e.contains("32"), "{bad}: {e}");
+        }
+    }
+
+    /// Several thresholds: one value per threshold, Keras 3.15.1's results on the AUC tests' two
+    /// batches, unweighted and weighted (as a weighted metric).
+    #[test]
+    fn threshold_lists_give_one_value_per_threshold_as_keras() {
+        let t3 = json!([0.3, 0.5, 0.7]);
+        #[rustfmt::skip]
+        let cases: [(&str, Value, [&[f64]; 2]); 8] = [
+            ("Precision", json!({"thresholds": t3}),
+             [&[0.699999988079071, 0.8571428656578064, 1.0], &[0.7307692170143127, 0.8999999761581421, 1.0]]),
+            ("Recall", json!({"thresholds": t3}),
+             [&[0.7777777910232544, 0.6666666865348816, 0.3333333432674408],
+              &[0.7307692170143127, 0.692307710647583, 0.3076923191547394]]),
+            ("Precision", json!({"thresholds": [0.1, 0.5], "top_k": 2}),
+             [&[0.6666666865348816, 0.8571428656578064], &[0.7352941036224365, 0.8999999761581421]]),
+            ("Recall", json!({"thresholds": [0.25, 0.6], "class_id": 1}),
+             [&[1.0, 0.3333333432674408], &[1.0, 0.3636363744735718]]),
+            ("TruePositives", json!({"thresholds": t3}), [&[7.0, 6.0, 3.0], &[9.5, 9.0, 4.0]]),
+            ("FalsePositives", json!({"thresholds": t3}), [&[3.0, 1.0, 0.0], &[3.5, 1.0, 0.0]]),
+            ("TrueNegatives", json!({"thresholds": t3}), [&[6.0, 8.0, 9.0], &[9.0, 11.5, 12.5]]),
+            ("FalseNegatives", json!({"thresholds": t3}), [&[2.0, 3.0, 6.0], &[3.5, 4.0, 9.0]]),
+        ];
+        for (class, cfg, want) in cases {
+            for (weighted, want) in [false, true].into_iter().zip(want) {
+                let metric = json!({"class_name": class, "config": cfg});
+                let mut state =
+                    MetricState::<f32>::new(Metric::from_keras(&metric).unwrap(), weighted);
+                feed_auc_batches(&mut state);
+                assert_per_class(&state, want, &format!("{class} {cfg} weighted {weighted}"));
+            }
+        }
+        // Unsorted thresholds keep their order.
+        let metric = json!({"class_name": "TruePositives", "config": {"thresholds": [0.7, 0.3]}});
+        let mut state = MetricState::<f32>::new(Metric::from_keras(&metric).unwrap(), false);
+        feed_auc_batches(&mut state);
+        assert_per_class(&state, &[3.0, 7.0], "unsorted");
     }
 
     #[test]
