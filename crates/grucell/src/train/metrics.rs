@@ -665,14 +665,12 @@ impl Metric {
             };
             match setting("thresholds") {
                 None => Ok(Thresholds::one(0.5)),
-                Some(Value::Array(a)) => {
-                    let list = a
-                        .iter()
-                        .map(Value::as_f64)
-                        .collect::<Option<Vec<f64>>>()
-                        .ok_or_else(|| bad(&Value::Array(a.clone())))?;
-                    Thresholds::new(&list).ok_or_else(|| bad(&Value::Array(a.clone())))
-                }
+                Some(v @ Value::Array(a)) => a
+                    .iter()
+                    .map(Value::as_f64)
+                    .collect::<Option<Vec<f64>>>()
+                    .and_then(|list| Thresholds::new(&list))
+                    .ok_or_else(|| bad(v)),
                 Some(t) => t.as_f64().map(Thresholds::one).ok_or_else(|| bad(t)),
             }
         };
