@@ -33,6 +33,14 @@ fn dir() -> PathBuf {
 }
 
 /// Where saved files go, and whether to keep them.
+/// The Keras files of the loading fixtures (tests/fixtures/io/keras).
+fn io_keras_dir() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/io/keras"
+    ))
+}
+
 fn out_dir(tag: &str) -> (PathBuf, bool) {
     match std::env::var_os("GRUCELL_SAVE_OUT") {
         Some(d) => {
@@ -774,10 +782,7 @@ fn models_built_in_rust_round_trip() {
 
 #[test]
 fn legacy_training_config_is_written_as_keras3_compile_config() {
-    let io = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/io/keras"
-    ));
+    let io = io_keras_dir();
     let (out, keep) = out_dir("legacy_compile");
     let keras3 = load_keras_file(&io.join("trained.keras")).unwrap();
     for name in ["trained.h5", "tf2_style.h5", "trained.keras"] {
@@ -803,10 +808,7 @@ fn legacy_training_config_is_written_as_keras3_compile_config() {
 /// read back; grucell writes them as a plain list, nested as Keras nests metrics per output.
 #[test]
 fn auc_label_weights_are_written_as_lists() {
-    let io = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/io/keras"
-    ));
+    let io = io_keras_dir();
     let (out, keep) = out_dir("auc_label_weights");
     let src = load_keras_file(&io.join("trained.keras")).unwrap();
     let mut model = model_from_file::<f32>(&src).unwrap();
