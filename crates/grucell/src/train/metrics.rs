@@ -1050,11 +1050,7 @@ impl<T: Float> MetricState<T> {
     /// root for `RootMeanSquaredError`, the count itself for a confusion count, the area for
     /// AUC.
     pub(crate) fn result(&self) -> f64 {
-        let r = if self.count == T::zero() {
-            T::zero()
-        } else {
-            self.total / self.count
-        };
+        let r = divide_no_nan(self.total, self.count);
         match self.resolved {
             Some(MetricFn::RootMeanSquaredError) => r.sqrt().f64(),
             Some(MetricFn::Count { .. }) => self.total.f64(),
@@ -1077,11 +1073,7 @@ impl<T: Float> MetricState<T> {
                             sum += auc(c, curve, summation) * w;
                             total += w;
                         }
-                        if total == T::zero() {
-                            0.0
-                        } else {
-                            (sum / total).f64()
-                        }
+                        divide_no_nan(sum, total).f64()
                     }
                     None => {
                         let mut sum = T::zero();
@@ -1132,14 +1124,7 @@ impl<T: Float> MetricState<T> {
                 };
                 self.sums
                     .iter()
-                    .map(|c| {
-                        let d = c[0] + c[other];
-                        if d == T::zero() {
-                            T::zero()
-                        } else {
-                            c[0] / d
-                        }
-                    })
+                    .map(|c| divide_no_nan(c[0], c[0] + c[other]))
                     .collect()
             }
             Some(MetricFn::Count { count, .. }) if self.sums.len() > 1 => {
@@ -1750,6 +1735,15 @@ fn add_auc_counts_at<T: Float>(
     }
 }
 
+/// Keras' `divide_no_nan`: `a / b`, 0 where `b` is 0.
+fn divide_no_nan<T: Float>(a: T, b: T) -> T {
+    if b == T::zero() {
+        T::zero()
+    } else {
+        a / b
+    }
+}
+
 /// An AUC prediction: `ŷ`, or its sigmoid with `from_logits`.
 fn probability<T: Float>(pred: T, from_logits: bool) -> T {
     if from_logits {
@@ -1824,7 +1818,6 @@ fn add_bucket_counts<T: Float>(sums: &mut [[T; 4]], buckets: &[[T; 2]], pos: T, 
 /// Keras' `AUC.result` from the counts per threshold (`[tp, fp, tn, fn]`), in its order of
 /// operations.
 fn auc<T: Float>(c: &[[T; 4]], curve: AucCurve, summation: AucSummation) -> T {
-    let div = |a: T, b: T| if b == T::zero() { T::zero() } else { a / b };
     let zero = T::zero();
     let mut sum = zero;
     if curve == AucCurve::Pr && summation == AucSummation::Interpolation {
@@ -1832,14 +1825,14 @@ fn auc<T: Float>(c: &[[T; 4]], curve: AucCurve, summation: AucSummation) -> T {
             let ([tp0, fp0, _, _], [tp1, fp1, _, fn1]) = (w[0], w[1]);
             let dtp = tp0 - tp1;
             let (p0, p1) = (tp0 + fp0, tp1 + fp1);
-            let slope = div(dtp, (p0 - p1).max(zero));
+            let slope = divide_no_nan(dtp, (p0 - p1).max(zero));
             let intercept = tp1 - slope * p1;
             let ratio = if p0 > zero && p1 > zero {
-                div(p0, p1.max(zero))
+                divide_no_nan(p0, p1.max(zero))
             } else {
                 T::one()
             };
-            sum += div(
+            sum += divide_no_nan(
                 slope * (dtp + intercept * ratio.ln()),
                 (tp1 + fn1).max(zero),
             );
@@ -1847,17 +1840,17 @@ fn auc<T: Float>(c: &[[T; 4]], curve: AucCurve, summation: AucSummation) -> T {
         return sum;
     }
     let point = |&[tp, fp, tn, fun]: &[T; 4]| -> (T, T) {
-        let recall = div(tp, tp + fun);
+        let recall = divide_no_nan(tp, tp + fun);
         match curve {
-            AucCurve::Roc => (div(fp, fp + tn), recall),
-            AucCurve::Pr => (recall, div(tp, tp + fp)),
+            AucCurve::Roc => (divide_no_nan(fp, fp + tn), recall),
+            AucCurve::Pr => (recall, divide_no_nan(tp, tp + fp)),
             AucCurve::PrGain => {
-                let scaling = div(tp + fun, tn + fp);
+                let scaling = divide_no_nan(tp + fun, tn + fp);
                 if tp == zero {
                     (zero, T::one())
                 } else {
-                    let rg = T::one() - scaling * div(fun, tp);
-                    (rg.max(zero), T::one() - scaling * div(fp, tp))
+                    let rg = T::one() - scaling * divide_no_nan(fun, tp);
+                    (rg.max(zero), T::one() - scaling * divide_no_nan(fp, tp))
                 }
             }
         }
@@ -1923,13 +1916,12 @@ fn r2_adjusted<T: Float>(score: T, entries: T, regressors: usize) -> T {
 /// fn]`): the largest of one rate over the thresholds where the other is at least `value` (0
 /// where none is), each rate 0 where its denominator is.
 fn at_point<T: Float>(c: &[[T; 4]], kind: AtPoint, value: f64) -> T {
-    let div = |a: T, b: T| if b == T::zero() { T::zero() } else { a / b };
     let value = T::of(value);
     let mut best = T::zero();
     for &[tp, fp, tn, fun] in c {
-        let recall = div(tp, tp + fun);
-        let specificity = div(tn, tn + fp);
-        let precision = div(tp, tp + fp);
+        let recall = divide_no_nan(tp, tp + fun);
+        let specificity = divide_no_nan(tn, tn + fp);
+        let precision = divide_no_nan(tp, tp + fp);
         let (constrained, dependent) = match kind {
             AtPoint::SensitivityAtSpecificity => (specificity, recall),
             AtPoint::SpecificityAtSensitivity => (recall, specificity),
@@ -2412,13 +2404,10 @@ impl<T: Float> MetricSet<T> {
 
     /// Each output's loss, then each metric's value, in [`Self::names`]' order.
     pub(crate) fn values(&self) -> Vec<MetricValue> {
-        let losses = self.losses.iter().map(|(_, total, count)| {
-            MetricValue::Scalar(if *count == T::zero() {
-                0.0
-            } else {
-                (*total / *count).f64()
-            })
-        });
+        let losses = self
+            .losses
+            .iter()
+            .map(|(_, total, count)| MetricValue::Scalar(divide_no_nan(*total, *count).f64()));
         losses
             .chain(self.states.iter().map(MetricState::value))
             .collect()
