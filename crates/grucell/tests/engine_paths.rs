@@ -266,9 +266,14 @@ fn check_all_paths(level: Isa) {
     // call would (where AVX-512 or AVX2 `f32` make `projects_in_step` say so; otherwise the GEMM
     // crate does), with a narrow last panel (u = 88) and with a `U` over 4 MiB (u = 600). (The
     // team's fused steps that project wide inputs are compared with one thread in
-    // `engine::team`'s tests: sequences reach them only with a `U` over 16 MiB.)
+    // `engine::team`'s tests: sequences reach them only with a `U` over 16 MiB.) Thin batches
+    // of packed `U` take the group kernels (AVX-512: tiles of up to 8 rows run whole; AVX2:
+    // 2 rows), 2 rows of a `U` over 4 MiB split between threads by panels.
     let sizes = [
         (1, 5, 3, 70),
+        (2, 5, 3, 70),
+        (3, 6, 5, 100),
+        (2, 6, 5, 600),
         (3, 2, 5, 40),
         (13, 6, 7, 40),
         (16, 5, 24, 256),

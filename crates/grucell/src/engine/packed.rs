@@ -56,15 +56,6 @@ pub const NR: usize = 16;
 /// −1 to −5 %, dev VM with a 32 MiB L3 shared between tenants; 12 MiB: +5–10 % in most runs).
 pub(crate) const STREAMED_MIN_BYTES: usize = 4 << 20;
 
-/// Fewest rows from which the products take a streamed kernel in groups of panels (a fused
-/// step's three gate panels, `team::fused_panel`; adjacent panels elsewhere, [`Rhs::pair_with`]:
-/// each value of `h` broadcast once for the group, the next panels requested ahead by the group
-/// kernel) rather than panel by panel. The two compute the same sums. Measured on the AVX-512 Xeon, 2 threads, inference (B, T, D, u), medians in one
-/// process: XL (16, 25, 1024, 1024) 20.8 → 19.9 ms, (32, 25, 256, 1024) −9 %, (16, 50, 512,
-/// 768) −7 %, (64, 20, 512, 1024) −10 %; with fewer rows the group lost: (8, 30, 128, 640)
-/// +4 %, (4, 50, 256, 1024) +3 %.
-pub(crate) const STREAMED_GROUP_MIN_ROWS: usize = 16;
-
 /// Work (multiply-adds) below which a product runs on the calling thread only.
 pub(crate) const PAR_MIN_WORK: usize = 1 << 20;
 
@@ -765,9 +756,9 @@ impl<T: Float> Rhs<'_, T> {
     }
 
     /// The panel that panel `i` (full, of width `w` and row stride `ldb`) is computed together
-    /// with by [`run_panel_group`] for `m` rows: panel `i + 1` of `panels` (its first column and
-    /// data) when both are full packed panels, of a kernel that is not streamed or of `m` ≥
-    /// [`STREAMED_GROUP_MIN_ROWS`] rows (fewer take a streamed kernel panel by panel).
+    /// with by [`run_panel_group`]: panel `i + 1` of `panels` (its first column and data) when
+    /// both are full packed panels. Streamed kernels ([`STREAMED_MIN_BYTES`]) too, at any number
+    /// of rows: see `simd512::panel_group` for the measurements.
     fn pair_with(
         &self,
         segs: &Range<usize>,
@@ -775,13 +766,8 @@ impl<T: Float> Rhs<'_, T> {
         panels: &Range<usize>,
         w: usize,
         ldb: usize,
-        m: usize,
     ) -> Option<(usize, &[T])> {
-        if w != NR
-            || ldb != NR
-            || i + 1 >= panels.end
-            || (self.streamed() && m < STREAMED_GROUP_MIN_ROWS)
-        {
+        if w != NR || ldb != NR || i + 1 >= panels.end {
             return None;
         }
         let pps = self.panels_per_segment();
@@ -810,11 +796,11 @@ impl<T: Float> Rhs<'_, T> {
         offset: impl Fn(usize, usize) -> usize,
     ) -> usize {
         let (c0, w, b, ldb) = first;
-        let Some((c1, b1)) = self.pair_with(segs, i, panels, w, ldb, m) else {
+        let Some((c1, b1)) = self.pair_with(segs, i, panels, w, ldb) else {
             return 0;
         };
         let depth = block_depth(kr.len());
-        let done = match self.pair_with(segs, i + 1, panels, NR, NR, m) {
+        let done = match self.pair_with(segs, i + 1, panels, NR, NR) {
             Some((c2, b2)) => {
                 let os = [offset(0, c0), offset(1, c1), offset(2, c2)];
                 let next = self.upcoming_group::<3>(segs, i + 3, panels);
@@ -1083,9 +1069,10 @@ pub(crate) fn run_panel<T: Float>(
 
 /// `P` full panels (`bs`: packed, row stride [`NR`], from row 0) for all `m` rows at once, in
 /// k-blocks of `bk` ([`block_depth`] gives the panel kernels' own), into
-/// `c` at `offsets` (row stride `ldc`), each panel's 16 values of `bias` added last, when the
-/// AVX-512 kernel can (`f32`, `A` packed): `true` if done, `false` (nothing done) for the
-/// caller to compute them otherwise. `next`: the panels computed after these (requested ahead;
+/// `c` at `offsets` (row stride `ldc`), each panel's 16 values of `bias` added last, when a
+/// group kernel can (`f32`; with AVX-512, `A` packed; with AVX2 alone, at most
+/// `simd::GROUP_MAX_ROWS` rows): `true` if done, `false` (nothing done) for the caller to
+/// compute them otherwise. `next`: the panels computed after these (requested ahead;
 /// may be empty).
 #[allow(clippy::too_many_arguments)]
 #[inline]
@@ -1103,7 +1090,7 @@ pub(crate) fn run_panel_group<T: Float, const P: usize>(
     next: [&[T]; P],
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if active() == Isa::Avx512 {
+    {
         fn f32s<T: Float, const P: usize>(v: [&[T]; P], from: usize) -> Option<[&[f32]; P]> {
             let v: [Option<&[f32]>; P] =
                 std::array::from_fn(|p| T::slice_f32(v[p]).and_then(|b| b.get(from..)));
@@ -1111,23 +1098,35 @@ pub(crate) fn run_panel_group<T: Float, const P: usize>(
                 .all(Option::is_some)
                 .then(|| std::array::from_fn(|p| v[p].unwrap_or(&[])))
         }
+        let isa = active();
+        let kernel = match isa {
+            Isa::Avx512 => lhs.packed,
+            Isa::Avx2Fma if m <= super::simd::GROUP_MAX_ROWS => Some(lhs.rows),
+            _ => None,
+        };
         let bias32 = match bias {
             Some(b) => f32s(b, 0).map(Some),
             None => Some(None),
         };
         let next32 = f32s(next, 0).unwrap_or([&[]; P]);
-        if let (Some(at), Some(b), Some(bias), Some(c)) = (
-            lhs.packed.and_then(T::slice_f32),
+        if let (Some(a), Some(b), Some(bias), Some(c)) = (
+            kernel.and_then(T::slice_f32),
             f32s(bs, kr.start * NR),
             bias32,
             T::slice_f32_mut(c),
         ) {
-            // SAFETY: the CPU has AVX-512F (checked by `active`), the function's only
-            // requirement.
+            // SAFETY: the CPU has AVX-512F where `isa` says so, else AVX2 and FMA (checked by
+            // `active`), the functions' only requirements.
             return unsafe {
-                super::simd512::panel_group::<P>(
-                    m, at, kr, bk, b, c, offsets, ldc, accumulate, bias, next32,
-                )
+                if isa == Isa::Avx512 {
+                    super::simd512::panel_group::<P>(
+                        m, a, kr, bk, b, c, offsets, ldc, accumulate, bias, next32,
+                    )
+                } else {
+                    super::simd::panel_group::<P>(
+                        m, a, lhs.lda, kr, bk, b, c, offsets, ldc, accumulate, bias, next32,
+                    )
+                }
             };
         }
     }

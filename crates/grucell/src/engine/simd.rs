@@ -190,6 +190,173 @@ fn tile<const R: usize>(
     R
 }
 
+/// Most rows for which [`panel_group`] runs: [`panel`]'s tile of 2 rows has 4 chains of
+/// dependent FMAs, too few to hide their latency, and loads both vectors of the panel for 2
+/// FMAs each; with three panels at once, 2 rows are 12 chains (in `R` + 2 + 2·`R`·`P` = 16
+/// registers). 3 rows took longer in groups (tiles of 2 and 1) than in `panel`'s tile of 3:
+/// (3, 100, 32, 256) 2.12 against 1.99 ms.
+pub(super) const GROUP_MAX_ROWS: usize = 2;
+
+/// `P` (1 to 3) full-width packed panels for `m` ≤ [`GROUP_MAX_ROWS`] rows of `A` (its rows,
+/// stride `lda`, indexed by absolute `k`): `C_p (+)= A[0..m, kr] · B_p (+ bias_p)` for each `p`,
+/// panel `p` of row stride [`NR`] offset to row `kr.start`, element `(i, j)` of `C_p` at
+/// `c[os[p] + i·ldc + j]` (they must not overlap). Each value of `A` is broadcast once for the
+/// `P` panels of its tile. k-blocks of `depth`, each element summed exactly as [`panel`] sums
+/// it (each block's products in `k` order from zero, added to what the earlier blocks stored,
+/// the bias added last), so with `depth = block_depth(|kr|)` every element has the bits of
+/// `panel` on its panel alone. While a block runs, the next one (of these panels, or else the
+/// first of `next`, the panels computed after these) is requested, one line per `k`. Returns
+/// `false`, having done nothing, for more rows or a short slice.
+///
+/// The AVX2 counterpart of `simd512::panel_group`, for the thinnest products only (batches of
+/// 2, which went panel by panel). `grucell bench --isa avx2 --threads 1`, AMD EPYC Zen 4 VM,
+/// forward / training ms before → after: (2, 100, 32, 256) 1.84 → 1.26 / 4.68 → 3.70,
+/// (2, 100, 64, 128) 0.584 → 0.401 / 1.42 → 1.13, (2, 50, 64, 512) 3.32 → 2.84 / 9.31 → 8.63,
+/// (2, 50, 64, 1024) 12.9 → 11.8 / 38.4 → 36.9.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn panel_group<const P: usize>(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    kr: &Range<usize>,
+    depth: usize,
+    bs: [&[f32]; P],
+    c: &mut [f32],
+    os: [usize; P],
+    ldc: usize,
+    accumulate: bool,
+    bias: Option<[&[f32]; P]>,
+    next: [&[f32]; P],
+) -> bool {
+    let klen = kr.len();
+    if m == 0 {
+        return true;
+    }
+    let cl = (m - 1) * ldc + NR;
+    if m > GROUP_MAX_ROWS
+        || klen == 0
+        || depth == 0
+        || a.len() < (m - 1) * lda + kr.end
+        || bs.iter().any(|b| b.len() < klen * NR)
+        || os.iter().any(|&o| c.len() < o + cl)
+        || bias.is_some_and(|b| b.iter().any(|b| b.len() < NR))
+    {
+        return false;
+    }
+    let mut k0 = kr.start;
+    loop {
+        let k1 = (k0 + depth).min(kr.end);
+        let (kb, o) = (k0..k1, (k0 - kr.start) * NR);
+        let bk: [&[f32]; P] = std::array::from_fn(|p| &bs[p][o..]);
+        let acc = accumulate || k0 > kr.start;
+        let last = k1 >= kr.end;
+        let bias = if last { bias } else { None };
+        // The block requested meanwhile, as `P` runs of whole lines (`lines` per panel).
+        let ahead: [&[f32]; P] = std::array::from_fn(|p| {
+            let b = if last {
+                next[p]
+            } else {
+                &bs[p][(k1 - kr.start) * NR..]
+            };
+            &b[..b.len().min(depth * NR)]
+        });
+        let lines = ahead.iter().map(|b| b.len() / NR).min().unwrap_or(0);
+        let mut i = 0;
+        while i < m {
+            let rows = tile_rows(m, i, GROUP_MAX_ROWS);
+            // This tile's share of the lines ahead (line l of panel p is request l·P + p).
+            let pf = lines * P * i / m..lines * P * (i + rows) / m;
+            let oh: [usize; P] = std::array::from_fn(|p| os[p] + i * ldc);
+            let ai = &a[i * lda..];
+            match rows {
+                1 => tile_group::<1, P>(ai, lda, &kb, bk, c, oh, ldc, acc, bias, ahead, pf),
+                _ => tile_group::<2, P>(ai, lda, &kb, bk, c, oh, ldc, acc, bias, ahead, pf),
+            }
+            i += rows;
+        }
+        if last {
+            return true;
+        }
+        k0 = k1;
+    }
+}
+
+/// `R` rows of `A` times `P` panels over the `k` of `kr` (a block), each element's products
+/// summed in `k` order from zero and stored as [`tile`] stores them; requests lines `pf` of
+/// `ahead` (line `l` of panel `p` is request `l·P + p`), one per `k`. Bounds were checked by
+/// [`panel_group`].
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // registers by row and panel
+fn tile_group<const R: usize, const P: usize>(
+    a: &[f32],
+    lda: usize,
+    kr: &Range<usize>,
+    bs: [&[f32]; P],
+    c: &mut [f32],
+    os: [usize; P],
+    ldc: usize,
+    accumulate: bool,
+    bias: Option<[&[f32]; P]>,
+    ahead: [&[f32]; P],
+    pf: Range<usize>,
+) {
+    let klen = kr.len();
+    // Local proofs for the unchecked reads below (panics only if `panel_group` let a bad call
+    // through).
+    let a = &a[..(R - 1) * lda + kr.end];
+    let ap = a.as_ptr();
+    let bp: [*const f32; P] = std::array::from_fn(|p| bs[p][..klen * NR].as_ptr());
+    let pfp: [*const f32; P] = std::array::from_fn(|p| ahead[p].as_ptr());
+    let mut lo: [[__m256; R]; P] = [[_mm256_setzero_ps(); R]; P];
+    let mut hi: [[__m256; R]; P] = [[_mm256_setzero_ps(); R]; P];
+    for kk in 0..klen {
+        if kk < pf.len() {
+            let l = pf.start + kk;
+            // Within `ahead` (l / P < lines); a prefetch reads nothing into registers and
+            // never faults.
+            _mm_prefetch::<_MM_HINT_T0>(pfp[l % P].wrapping_add(l / P * NR).cast::<i8>());
+        }
+        // The rows' broadcasts first, then one panel's two vectors at a time: `R` + 2 + 2·`R`·`P`
+        // registers of the 16 (loading all `P` panels' vectors first spilled: (2, 100, 32, 256)
+        // 1.96 against 1.25 ms).
+        // SAFETY: i·lda + kr.start + kk < (R − 1)·lda + kr.end = a.len() (sliced above).
+        let av: [__m256; R] =
+            std::array::from_fn(|i| _mm256_set1_ps(unsafe { *ap.add(i * lda + kr.start + kk) }));
+        for p in 0..P {
+            // SAFETY: kk·NR + 16 ≤ klen·NR = every panel's length (sliced above).
+            let (b0, b1) = unsafe {
+                (
+                    _mm256_loadu_ps(bp[p].add(kk * NR)),
+                    _mm256_loadu_ps(bp[p].add(kk * NR + 8)),
+                )
+            };
+            for i in 0..R {
+                lo[p][i] = _mm256_fmadd_ps(av[i], b0, lo[p][i]);
+                hi[p][i] = _mm256_fmadd_ps(av[i], b1, hi[p][i]);
+            }
+        }
+    }
+    for p in 0..P {
+        for i in 0..R {
+            let mut out = [0f32; NR];
+            // SAFETY: `out` holds 16 floats; the two stores write 8 each.
+            unsafe {
+                _mm256_storeu_ps(out.as_mut_ptr(), lo[p][i]);
+                _mm256_storeu_ps(out.as_mut_ptr().add(8), hi[p][i]);
+            }
+            let row = &mut c[os[p] + i * ldc..os[p] + i * ldc + NR];
+            store(row, &out, accumulate);
+            if let Some(bias) = bias {
+                for (v, b) in row.iter_mut().zip(bias[p]) {
+                    *v += *b;
+                }
+            }
+        }
+    }
+}
+
 /// One row of `A` times a 64-column strip of `B` (offset to row `kr.start` and to the strip's
 /// first column): row stride `ldb`, its four 16-column vectors `vs` apart (`16` in place, a
 /// panel's length when `B` is packed). Returns `false` if a slice is too short.
@@ -586,6 +753,100 @@ mod tests {
                     }
                     assert!((f64::from(c1[j]) - want).abs() < 1e-4, "k {kr:?} col {j}");
                 }
+            }
+        }
+    }
+
+    /// The group kernel of 1–3 panels, for each row count it takes: each panel's elements the
+    /// bits of [`panel`] on that panel alone, with and without the bias and accumulating, over
+    /// one and several k-blocks, nothing written outside the panels' columns; more rows than
+    /// [`GROUP_MAX_ROWS`], or a short slice, refused before anything is written.
+    #[test]
+    fn panel_group_is_panel_bit_for_bit() {
+        if !avx2() {
+            return;
+        }
+        check_group::<1>();
+        check_group::<2>();
+        check_group::<3>();
+    }
+
+    fn check_group<const P: usize>() {
+        let sin = |n: usize, s: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * s).sin()).collect() };
+        for m in 1..=GROUP_MAX_ROWS {
+            for &(k0, k1) in &[(0usize, 1usize), (0, 7), (3, 300), (0, 512), (5, 600)] {
+                let kr = k0..k1;
+                let (klen, lda, ldc) = (kr.len(), k1 + 3, NR + 2);
+                let depth = block_depth(klen);
+                let a = sin(m * lda, 0.37);
+                let b = sin((klen + P) * NR, 0.11);
+                let bias = sin(P * NR, 0.9);
+                let c0 = sin(m * ldc, 0.23);
+                // Panel p is `b` from its row p; its C at offset p·span, 3 guard values after it.
+                let bs: [&[f32]; P] = std::array::from_fn(|p| &b[p * NR..]);
+                let span = m * ldc + 3;
+                let os: [usize; P] = std::array::from_fn(|p| p * span);
+                let fresh = || -> Vec<f32> {
+                    (0..P)
+                        .flat_map(|_| c0.iter().copied().chain([0.5; 3]))
+                        .collect()
+                };
+                let next: [&[f32]; P] = std::array::from_fn(|p| &b[p * NR..(p + 2) * NR]);
+                let biases: [&[f32]; P] = std::array::from_fn(|p| &bias[p * NR..]);
+                for accumulate in [false, true] {
+                    for with_bias in [false, true] {
+                        let bias = with_bias.then_some(biases);
+                        let at = format!("P {P} m {m} k {kr:?} acc {accumulate} bias {with_bias}");
+                        let mut got = fresh();
+                        // SAFETY: AVX2 and FMA are present (checked by the caller).
+                        let group = |c: &mut [f32], m: usize| unsafe {
+                            panel_group::<P>(
+                                m, &a, lda, &kr, depth, bs, c, os, ldc, accumulate, bias, next,
+                            )
+                        };
+                        assert!(group(&mut got, m), "{at}");
+                        for p in 0..P {
+                            let mut want = c0.clone();
+                            // SAFETY: as above.
+                            assert!(unsafe {
+                                panel(
+                                    m,
+                                    &a,
+                                    lda,
+                                    &kr,
+                                    bs[p],
+                                    NR,
+                                    &mut want,
+                                    ldc,
+                                    accumulate,
+                                    None,
+                                    bias.map(|b| b[p]),
+                                )
+                            });
+                            let g = &got[os[p]..os[p] + span];
+                            for (i, (x, y)) in g.iter().zip(&want).enumerate() {
+                                assert_eq!(x.to_bits(), y.to_bits(), "{at} panel {p} [{i}]");
+                            }
+                            assert_eq!(g[m * ldc..], [0.5; 3], "{at} panel {p}");
+                        }
+                        // One value short of the last panel's last row.
+                        let short = os[P - 1] + (m - 1) * ldc + NR - 1;
+                        let mut untouched = fresh();
+                        assert!(!group(&mut untouched[..short], m), "{at}");
+                        assert_eq!(untouched, fresh(), "{at}");
+                    }
+                }
+                let rows = GROUP_MAX_ROWS + 1;
+                let a = sin(rows * lda, 0.37);
+                let mut c = vec![0.5; P * (rows * ldc + 3)];
+                let os: [usize; P] = std::array::from_fn(|p| p * (rows * ldc + 3));
+                // SAFETY: as above.
+                assert!(!unsafe {
+                    panel_group::<P>(
+                        rows, &a, lda, &kr, depth, bs, &mut c, os, ldc, false, None, next,
+                    )
+                });
+                assert!(c.iter().all(|&v| v == 0.5));
             }
         }
     }

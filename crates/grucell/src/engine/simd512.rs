@@ -323,6 +323,20 @@ fn transpose16(v: &mut [__m512; 16]) {
 /// alternated in one process: XL forward −2 to −2.5 %, (16, 50, 512, 1024) −3 %, M forward
 /// −1 %, L training −1 %; the same with 4 or 12 values ahead, and 1–2 % less with the block
 /// ahead still into L1.
+///
+/// A tile of up to 8 rows runs whole. Every tile used to run in two halves, so a product of 2
+/// rows was two passes of one row, 3 chains of dependent FMAs each, each pass loading every
+/// panel vector. And kernels of 4 MiB or more (streamed) went panel by panel below 16 rows
+/// (`R` chains), as groups of halved tiles had lost there on the Xeon (+3–4 % at 4 and 8
+/// rows); they now take groups at any number of rows. Inference (B, T, D, u), one thread,
+/// medians of 1.2–2 s in alternation on the AMD EPYC Zen 4 VM, before → after:
+/// (2, 100, 32, 256) 1.91 → 1.21 ms, (3, 100, 32, 256) 2.04 → 1.51, (4, 100, 32, 256) 2.29 →
+/// 1.93, (6, 100, 32, 256) −3 to −5 %, (8, 100, 32, 256) ±2 %, (2, 100, 64, 128) 0.524 →
+/// 0.409, (4, 50, 64, 512) 4.45 → 3.69; streamed, (2, 50, 64, 1024) 14.1 → 11.5–12.4 ms,
+/// (2, 50, 64, 768) 7.9–8.2 → 6.1–6.3, (4, 50, 64, 768) −6 to −10 %, 5 to 12 rows −3 to +2 %;
+/// two threads (the team's fused steps group too), 4 to 16 rows at 640 to 1024 units ±4 %.
+/// Training too (`grucell bench --threads 1`): (2, 100, 32, 256) 4.98 → 3.75 ms,
+/// (2, 50, 64, 512) 10.6 → 8.6.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn panel_group<const P: usize>(
@@ -378,14 +392,17 @@ pub(super) fn panel_group<const P: usize>(
             let t = &at[i * klen + (k0 - kr.start) * rows..];
             // This tile's share of the lines ahead (line l of panel p is request l·P + p).
             let pf = lines * P * tile / tiles..lines * P * (tile + 1) / tiles;
-            // Two halves of at most 8 rows: 8 × P accumulators, P panel vectors and a
-            // broadcast fit the 32 registers for P ≤ 3.
-            let h1 = rows.div_ceil(2);
+            // At most 8 rows at a time: 8 × P accumulators, P panel vectors and a broadcast
+            // fit the 32 registers for P ≤ 3. A tile of up to 8 rows runs whole (each `k`'s
+            // panel vectors loaded once for all its rows), a larger one in two halves.
+            let h1 = if rows <= 8 { rows } else { rows.div_ceil(2) };
+            let mid = if h1 == rows {
+                pf.end
+            } else {
+                pf.start + pf.len() / 2
+            };
             let mut off = 0;
-            for (h, pf) in [
-                (h1, pf.start..pf.start + pf.len() / 2),
-                (rows - h1, pf.start + pf.len() / 2..pf.end),
-            ] {
+            for (h, pf) in [(h1, pf.start..mid), (rows - h1, mid..pf.end)] {
                 let oh: [usize; P] = std::array::from_fn(|p| os[p] + (i + off) * ldc);
                 // The first half tile of the block reads it from L2 (or beyond).
                 let near = tile == 0 && off == 0;

@@ -24,7 +24,7 @@
 
 use super::gru::{activate, PROJECT_OWN_MAX_K};
 use super::packed::{block_depth, prefetch, run_panel, run_panel_group, run_panel_range};
-use super::packed::{Lhs, Rhs, NR, STREAMED_GROUP_MIN_ROWS};
+use super::packed::{Lhs, Rhs, NR};
 use super::projection::GROUP_KC;
 use super::workspace::grow;
 use crate::float::Float;
@@ -573,13 +573,10 @@ fn fused_panel<T: Float>(
         }
     }
     // Gates z, r and ĥ of these units as one group of panels (each value of `h` broadcast once
-    // for all three, each panel's own sums), where the kernel can; a streamed kernel only from
-    // `STREAMED_GROUP_MIN_ROWS` rows (fewer are faster panel by panel). The three gates' panels
+    // for all three, each panel's own sums), where the kernel can. The three gates' panels
     // `q` are equally wide, so where the group kernel cannot run (no AVX-512, `h` not packed),
     // no pair could.
-    let grouped = !at.zero
-        && (!rhs.streamed() || m >= STREAMED_GROUP_MIN_ROWS)
-        && gate_group(rhs, q, m, hl, u, block_depth(u), th_tiles, None);
+    let grouped = !at.zero && gate_group(rhs, q, m, hl, u, block_depth(u), th_tiles, None);
     // With `x_t` packed, its products for the three gates as one group too (the bias added as
     // they are stored). Short inputs in k-blocks of `KC`: a call without a team projects them
     // before the loop with `run_panel`, which sums the same; wider ones, which are projected in
