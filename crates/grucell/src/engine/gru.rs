@@ -473,16 +473,32 @@ fn recurrent_product<T: Float>(
     }
 }
 
+/// Fewest multiply-adds in a step's products for which its time loop gets a [`Team`] (from 4
+/// batch rows).
+///
+/// It was 2^20, and smaller steps ran on one thread (the rayon split of a product,
+/// [`super::packed::PAR_MIN_WORK`], also starts at 2^20). `grucell bench --threads 2`, AMD EPYC
+/// Zen 4 VM, four alternations, forward / training ms, alone → team: (4, 100, 32, 256)
+/// 1.84–1.90 → 1.44–1.66 / 5.36–6.75 → 4.76–5.90, (6, 50, 64, 200) 1.66–1.78 → 1.52–1.59 /
+/// 4.10–4.72 → 3.70–3.97 (one run 6.18), (4, 50, 32, 220) 1.25–1.27 → 1.12–1.15 / 3.11–3.15 →
+/// 2.98–3.09, (8, 50, 32, 150) −2 % / −7 %, (7, 50, 64, 160) −1 % / −3 %. Below 2^19 the team
+/// was as often slower: (4, 50, 32, 160) −3 % / +5 %, (5, 50, 32, 150) +4 % / +4 %,
+/// (12, 50, 32, 100) −7 % / −10 %. Batches of 2 and 3 keep to one thread below 2^20: the team
+/// gave (2, 100, 32, 256) 0.95 against 1.22 ms in a quiet minute, but its spinning helper
+/// depends on the other core's being free, and over five alternations in a busier one it took
+/// 0.95–1.88 ms (median 1.47) against 1.22–1.60 (1.31), training 3.0–6.5 against 3.6–5.5.
+pub(crate) const TEAM_MIN_WORK: usize = 1 << 19;
+
 /// Whether a sequence's time loop gets a [`Team`]: two or more threads, enough steps to pay for
-/// starting the helpers, and a per-step product worth splitting (≥ 2^20 multiply-adds).
-/// Never more team members than the machine has hardware threads: a spinning helper without a
-/// core of its own would stall every step.
+/// starting the helpers, 4 or more batch rows, and a per-step product worth splitting
+/// ([`TEAM_MIN_WORK`]). Never more team members than the machine has hardware threads: a
+/// spinning helper without a core of its own would stall every step.
 pub(crate) fn use_team(threads: usize, batch: usize, time: usize, units: usize) -> bool {
-    threads >= 2
-        && time >= 4
-        && batch >= 4
-        && batch * 3 * units * units >= 1 << 20
-        && team_size(threads) >= 2
+    let work = units
+        .saturating_mul(units)
+        .saturating_mul(3)
+        .saturating_mul(batch);
+    threads >= 2 && time >= 4 && batch >= 4 && work >= TEAM_MIN_WORK && team_size(threads) >= 2
 }
 
 /// `threads`, capped at the hardware threads available to the process (asked once: the query
