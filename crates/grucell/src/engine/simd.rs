@@ -193,8 +193,9 @@ fn tile<const R: usize>(
 /// Most rows for which [`panel_group`] runs: [`panel`]'s tile of 2 rows has 4 chains of
 /// dependent FMAs, too few to hide their latency, and loads both vectors of the panel for 2
 /// FMAs each; with three panels at once, 2 rows are 12 chains (in `R` + 2 + 2·`R`·`P` = 16
-/// registers). 3 rows took longer in groups (tiles of 2 and 1) than in `panel`'s tile of 3:
-/// (3, 100, 32, 256) 2.12 against 1.99 ms.
+/// registers). 3 rows took longer in groups than in `panel`'s tile of 3, (3, 100, 32, 256)
+/// 1.99 ms: 2.12 in tiles of 2 and 1 rows of three panels, 2.94 in one tile of 3 rows of two
+/// panels (17 registers: spilled).
 pub(super) const GROUP_MAX_ROWS: usize = 2;
 
 /// `P` (1 to 3) full-width packed panels for `m` ≤ [`GROUP_MAX_ROWS`] rows of `A` (its rows,
