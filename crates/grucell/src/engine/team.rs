@@ -574,8 +574,8 @@ fn fused_panel<T: Float>(
     }
     // Gates z, r and ĥ of these units as one group of panels (each value of `h` broadcast once
     // for all three, each panel's own sums), where the kernel can. The three gates' panels
-    // `q` are equally wide, so where the group kernel cannot run (no AVX-512, `h` not packed),
-    // no pair could.
+    // `q` are equally wide, so where the group kernel cannot run (`run_panel_group`: with
+    // AVX-512, `h` not packed; with AVX2 alone, more than 2 rows), no pair could.
     let grouped = !at.zero && gate_group(rhs, q, m, hl, u, block_depth(u), th_tiles, None);
     // With `x_t` packed, its products for the three gates as one group too (the bias added as
     // they are stored). Short inputs in k-blocks of `KC`: a call without a team projects them
