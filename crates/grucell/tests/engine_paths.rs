@@ -269,13 +269,15 @@ fn check_all_paths(level: Isa) {
     // `engine::team`'s tests: sequences reach them only with a `U` over 16 MiB.) Thin batches
     // of packed `U` take the group kernels (AVX-512: tiles of up to 8 rows run whole; AVX2:
     // 2 rows), 2 rows of a `U` over 4 MiB split between threads by panels. 4 rows of 220 units
-    // take the team from `gru::TEAM_MIN_WORK`.
+    // take the team from `gru::TEAM_MIN_WORK`; training's batch-1 products of 300 units are
+    // split between threads (`packed::PAR_MIN_WORK_TRAINING_ONE_ROW`), inference's are not.
     let sizes = [
         (1, 5, 3, 70),
         (2, 5, 3, 70),
         (3, 6, 5, 100),
         (2, 6, 5, 600),
         (4, 5, 6, 220),
+        (1, 5, 4, 300),
         (3, 2, 5, 40),
         (13, 6, 7, 40),
         (16, 5, 24, 256),

@@ -1134,6 +1134,8 @@ fn sequence_rows<T: Float>(
     // give the team's sums), short ones before the loop, with the same sums.
     let d = p.input_dim;
     let fusable = fusable(p, trace.is_some(), dropout);
+    // Training's forward (it keeps a trace) splits its batch-1 products from a smaller size.
+    let training = trace.is_some();
     // Decided on the whole call's batch, so that a part of a split call projects its inputs as
     // the unsplit call would (the same sums whatever the thread count).
     let in_step = inputs_in_steps(p, fusable, dropout, call_rows / time.max(1));
@@ -1320,6 +1322,8 @@ fn sequence_rows<T: Float>(
         Team::run(team_size(opts.threads), rhs, fused, |team| {
             run(Par::Team(team))
         });
+    } else if training {
+        run(Par::Training(opts.threads));
     } else {
         run(Par::Threads(opts.threads));
     }

@@ -121,7 +121,7 @@ impl<'a, T: Float> RecurrentT<'a, T> {
                 c,
                 u,
                 match par {
-                    Par::Threads(t) => t,
+                    Par::Threads(t) | Par::Training(t) => t,
                     Par::Team(_) => self.threads,
                 },
             ),
@@ -345,7 +345,7 @@ pub fn gru_sequence_backward<T: Float>(
             Some(rhs) if use_team(threads, batch, time, u) => {
                 Team::run(team_size(threads), rhs, None, |team| run(Par::Team(team)))
             }
-            _ => run(Par::Threads(threads)),
+            _ => run(Par::Training(threads)),
         }
     }
     // From here on: `dxp` = d(input projections) (B·T, 3u); for reset_after `dg` = d(h·U_h + b_rh).

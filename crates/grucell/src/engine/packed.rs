@@ -59,6 +59,16 @@ pub(crate) const STREAMED_MIN_BYTES: usize = 4 << 20;
 /// Work (multiply-adds) below which a product runs on the calling thread only.
 pub(crate) const PAR_MIN_WORK: usize = 1 << 20;
 
+/// [`PAR_MIN_WORK`] for the batch-1 products of training ([`Par::Training`]): split in runs of
+/// whole strips (the same bits) from 2^18. `grucell bench --threads 2`, AMD EPYC Zen 4 VM,
+/// training ms, three alternations, 2^20 → 2^18: (1, 100, 32, 300) 3.15–3.30 → 2.33–2.39,
+/// (1, 50, 64, 384) 3.01–3.20 → 2.31–2.45, (1, 50, 64, 512) 5.06–5.32 → 4.34–4.63; 256 units
+/// (under 2^18) unchanged; from 2^17, 256 units 1.32–1.36 → 1.16–1.65 (too variable to take).
+/// Inference keeps [`PAR_MIN_WORK`]: there a split batch-1 step was slower than one thread's
+/// (a 768-unit `reset_after = false` step whose z-and-r product was split, 5.0 against 3.9 ms),
+/// and from 128 units its sequences take the pair split (`engine::pair`) instead.
+pub(crate) const PAR_MIN_WORK_TRAINING_ONE_ROW: usize = 1 << 18;
+
 /// The left operand `A` of a panel product: its rows (stride `lda`, indexed by absolute `k`) and,
 /// where the product made one ([`Lhs::wanted`]), a copy of `A[0..m, kr]` packed for the AVX-512
 /// tiles: in row tiles of at most [`LHS_TILE_ROWS`] rows, split as [`tile_rows`] splits them, each
@@ -431,6 +441,9 @@ const PAR_MIN_PACK: usize = 1 << 21;
 pub(crate) enum Par<'a, T> {
     /// Up to this many rayon threads (split only when the product is large enough).
     Threads(usize),
+    /// [`Par::Threads`] for training's products: batch-1 products split from
+    /// [`PAR_MIN_WORK_TRAINING_ONE_ROW`].
+    Training(usize),
     /// A team of spinning helpers that lives for the whole sequence.
     Team(&'a super::team::Team<T>),
 }
@@ -540,6 +553,28 @@ impl<T: Float> Rhs<'_, T> {
         threads: usize,
         scratch: &mut Vec<T>,
     ) {
+        let min = PAR_MIN_WORK;
+        self.matmul_from(
+            min, m, a, lda, kr, segs, c, ldc, accumulate, threads, scratch,
+        );
+    }
+
+    /// [`Rhs::matmul`], split between threads only from `min_work` multiply-adds.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_from(
+        &self,
+        min_work: usize,
+        m: usize,
+        a: &[T],
+        lda: usize,
+        kr: Range<usize>,
+        segs: Range<usize>,
+        c: &mut [T],
+        ldc: usize,
+        accumulate: bool,
+        threads: usize,
+        scratch: &mut Vec<T>,
+    ) {
         if m == 0 || segs.is_empty() {
             return;
         }
@@ -547,7 +582,7 @@ impl<T: Float> Rhs<'_, T> {
         let pps = seg.div_ceil(NR);
         let n_panels = segs.len() * pps;
         let work = m * segs.len() * seg * kr.len();
-        if threads <= 1 || work < PAR_MIN_WORK || n_panels < 2 {
+        if threads <= 1 || work < min_work || n_panels < 2 {
             match *self {
                 Rhs::Plain { data, ld, .. } if m <= 2 => {
                     // Batch 1–2 in place: wide strips, each `B` row read as 256 contiguous bytes.
@@ -743,6 +778,14 @@ impl<T: Float> Rhs<'_, T> {
     ) {
         match par {
             Par::Threads(t) => self.matmul(m, a, lda, kr, segs, c, ldc, accumulate, t, scratch),
+            Par::Training(t) => {
+                let min = if m == 1 {
+                    PAR_MIN_WORK_TRAINING_ONE_ROW
+                } else {
+                    PAR_MIN_WORK
+                };
+                self.matmul_from(min, m, a, lda, kr, segs, c, ldc, accumulate, t, scratch)
+            }
             Par::Team(team) if m > 0 && !segs.is_empty() => {
                 team.matmul(*self, m, a, lda, kr, segs, c, ldc, accumulate)
             }
