@@ -1133,16 +1133,16 @@ fn sequence_rows<T: Float>(
     // still projected in the steps (fused steps on this thread alone: the GEMM crate cannot
     // give the team's sums), short ones before the loop, with the same sums.
     let d = p.input_dim;
-    let fusable = fusable(p, trace.is_some(), dropout);
-    // Training's forward (it keeps a trace) splits its batch-1 products from a smaller size.
+    // Training's forward keeps a trace (and splits its batch-1 products from a smaller size).
     let training = trace.is_some();
+    let fusable = fusable(p, training, dropout);
     // Decided on the whole call's batch, so that a part of a split call projects its inputs as
     // the unsplit call would (the same sums whatever the thread count).
     let in_step = inputs_in_steps(p, fusable, dropout, call_rows / time.max(1));
     let alone = in_step && !team && d > PROJECT_OWN_MAX_K;
     let raw = in_step && (team || alone);
     if !raw
-        && pairable(p, trace.is_some(), dropout)
+        && pairable(p, training, dropout)
         && !team
         && super::pair::wanted::<T>(opts.threads, batch, time, u)
     {
